@@ -1,0 +1,98 @@
+"""The FastAPI application: ``create_app(settings, transport=None)``.
+
+The lifespan owns the upstream client and the backend registry; the error handlers render
+every failure, validation and routing errors included, in OpenAI's envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service import __version__, metrics
+from service.backends import BackendRegistry
+from service.deps import Gateway
+from service.errors import (
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    UnprocessableRequest,
+    error_json,
+)
+from service.routes import completions, health, models, proxy
+from service.settings import Settings
+from service.upstream import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
+               ) -> FastAPI:
+    """Build the gateway for ``settings``.
+
+    Args:
+        settings: validated settings; ``settings.upstreams`` must not be empty (the CLI starts
+            the embedded backend first when it is).
+        transport: an httpx transport for all upstream calls; tests pass fakes here.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = UpstreamClient(settings, transport=transport)
+        registry = BackendRegistry(settings.upstreams, settings.default_model)
+        await registry.discover(client, retries=1)
+        app.state.gateway = Gateway(settings=settings, client=client, registry=registry)
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app = FastAPI(title="ttc-router", version=__version__, lifespan=lifespan)
+    for module in (health, models, completions, proxy):
+        app.include_router(module.router)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> Response:
+        if isinstance(exc, (InvalidRequest, NotFound)):
+            metrics.REJECTED.labels("invalid").inc()
+        return _render(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        metrics.REJECTED.labels("invalid").inc()
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _render(UnprocessableRequest(f"{where}: {first.get('msg', 'invalid')}",
+                                            param=where or None))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        error: GatewayError
+        if exc.status_code == 404:
+            error = NotFound(f"no route for {request.method} {request.url.path}")
+        else:
+            error = InvalidRequest(str(exc.detail))
+            error.status = exc.status_code
+        return _render(error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _render(GatewayError("the gateway failed unexpectedly; it keeps serving"))
+
+
+def _render(exc: GatewayError) -> Response:
+    return Response(error_json(exc), status_code=exc.status, media_type="application/json",
+                    headers=exc.headers())

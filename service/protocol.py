@@ -1,0 +1,203 @@
+"""OpenAI wire format in, ``RoutedRequest`` out: the request is parsed and checked once here.
+
+The checks are deliberately the few the gateway relies on (the body is a JSON object, ``model``
+is a string, ``messages`` / ``prompt`` are present, the token caps and ``n`` are positive
+integers). Everything else, including fields the gateway does not know, content given as a list
+of parts, assistant turns with ``content: null`` and ``tool_calls``, and tool turns, is left
+for the backend exactly as the client sent it: strict validators wrongly refuse valid inputs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from service.errors import InvalidRequest, UnprocessableRequest
+
+Endpoint = Literal["chat", "completions"]
+
+STRATEGIES = ("auto", "direct", "parallel_vote", "sequential", "search")
+# Strategies this version can execute; the others are refused with a clear 400.
+AVAILABLE_STRATEGIES = ("auto", "direct")
+
+
+@dataclass(frozen=True)
+class RouterControls:
+    """The optional ``router`` object (or ``x-ttc-*`` headers) of a request."""
+
+    strategy: str = "auto"
+    budget_tokens: int | None = None
+    policy: str | None = None
+    experiment: str | None = None
+
+
+@dataclass(frozen=True)
+class RoutedRequest:
+    """A parsed, checked request.
+
+    ``body`` is what goes upstream: the client's body minus ``router``, with ``model`` set to
+    the upstream model id by the caller. ``n`` is the number of choices the client asked for;
+    ``max_tokens`` the smaller of ``max_tokens`` and ``max_completion_tokens`` (tokens), or
+    None when neither was given.
+    """
+
+    endpoint: Endpoint
+    model: str
+    body: dict[str, Any]
+    stream: bool
+    include_usage: bool
+    n: int
+    max_tokens: int | None
+    controls: RouterControls
+    decision_id: str
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Decode a request body.
+
+    Raises:
+        InvalidRequest: the body is not valid UTF-8 JSON, or not a JSON object.
+    """
+    if not raw:
+        raise InvalidRequest("the request body is empty; expected a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def parse_request(endpoint: Endpoint, body: dict[str, Any],
+                  headers: dict[str, str] | None = None) -> RoutedRequest:
+    """Check the fields the gateway uses and build the ``RoutedRequest``.
+
+    Raises:
+        InvalidRequest: missing ``model``, empty ``messages``, a missing ``prompt``, a bad
+            ``router`` control (400).
+        UnprocessableRequest: a field of the wrong type or out of range (422).
+    """
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest("you must provide a model parameter", param="model")
+    if not isinstance(model, str) or not model:
+        raise UnprocessableRequest("model must be a non-empty string", param="model")
+
+    if endpoint == "chat":
+        _check_messages(body.get("messages"))
+    else:
+        _check_prompt(body.get("prompt"))
+
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise UnprocessableRequest("stream must be a boolean", param="stream")
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise UnprocessableRequest("stream_options must be an object", param="stream_options")
+    include_usage = bool(stream_options and stream_options.get("include_usage"))
+
+    n = _positive_int(body, "n", default=1)
+    caps = [v for v in (_positive_int(body, "max_tokens"),
+                        _positive_int(body, "max_completion_tokens")) if v is not None]
+    controls = _parse_controls(body.get("router"), headers or {})
+
+    upstream_body = {key: value for key, value in body.items() if key != "router"}
+    return RoutedRequest(
+        endpoint=endpoint,
+        model=model,
+        body=upstream_body,
+        stream=stream,
+        include_usage=include_usage,
+        n=n or 1,
+        max_tokens=min(caps) if caps else None,
+        controls=controls,
+        decision_id=new_decision_id(),
+    )
+
+
+def new_decision_id() -> str:
+    """A unique id for one routing decision: ``dec_`` and 32 hex digits."""
+    return "dec_" + uuid.uuid4().hex
+
+
+def _check_messages(messages: Any) -> None:
+    if messages is None:
+        raise InvalidRequest("messages is required", param="messages")
+    if not isinstance(messages, list):
+        raise UnprocessableRequest("messages must be a list", param="messages")
+    if not messages:
+        raise InvalidRequest("messages must not be empty", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise UnprocessableRequest(f"messages[{i}] must be an object",
+                                       param=f"messages[{i}]")
+        if not isinstance(message.get("role"), str):
+            raise UnprocessableRequest(f"messages[{i}].role must be a string",
+                                       param=f"messages[{i}].role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise UnprocessableRequest(
+                f"messages[{i}].content must be a string, a list of parts, or null",
+                param=f"messages[{i}].content")
+
+
+def _check_prompt(prompt: Any) -> None:
+    if prompt is None:
+        raise InvalidRequest("prompt is required", param="prompt")
+    if isinstance(prompt, str):
+        return
+    if isinstance(prompt, list) and prompt and all(
+            isinstance(p, (str, int)) or (isinstance(p, list) and
+                                          all(isinstance(t, int) for t in p))
+            for p in prompt):
+        return
+    raise UnprocessableRequest(
+        "prompt must be a string, a list of strings, or token ids", param="prompt")
+
+
+def _positive_int(body: dict[str, Any], name: str, default: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UnprocessableRequest(f"{name} must be an integer", param=name)
+    if value < 1:
+        raise UnprocessableRequest(f"{name} must be at least 1", param=name)
+    return value
+
+
+def _parse_controls(router: Any, headers: dict[str, str]) -> RouterControls:
+    if router is None:
+        router = {}
+    if not isinstance(router, dict):
+        raise InvalidRequest("router must be an object", param="router")
+    strategy = router.get("strategy", headers.get("x-ttc-strategy", "auto"))
+    if strategy not in STRATEGIES:
+        raise InvalidRequest(
+            f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}",
+            param="router.strategy")
+    if strategy not in AVAILABLE_STRATEGIES:
+        raise InvalidRequest(f"strategy {strategy!r} is not available in this version",
+                             param="router.strategy")
+    budget = router.get("budget_tokens", headers.get("x-ttc-budget-tokens"))
+    if budget is not None:
+        try:
+            budget = int(budget)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest("budget_tokens must be an integer",
+                                 param="router.budget_tokens") from exc
+        if budget < 1:
+            raise InvalidRequest("budget_tokens must be at least 1", param="router.budget_tokens")
+    policy = router.get("policy", headers.get("x-ttc-policy"))
+    experiment = router.get("experiment", headers.get("x-ttc-experiment"))
+    for name, value in (("policy", policy), ("experiment", experiment)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"{name} must be a string", param=f"router.{name}")
+    return RouterControls(strategy=strategy, budget_tokens=budget, policy=policy,
+                          experiment=experiment)

@@ -1,0 +1,1 @@
+"""Thin HTTP handlers: parse -> RoutedRequest -> execute -> JSON or SSE."""

@@ -1,0 +1,73 @@
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from router_models.prompt import has_conversation
+from service.backends import AUTO_MODEL
+from service.deps import gateway, read_body
+from service.errors import GatewayError, InvalidRequest
+from service.passthrough import STRATEGY, Call, complete_json, open_streams, record, relay
+from service.protocol import Endpoint, RoutedRequest, parse_json_object, parse_request
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _complete(request, "chat")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    return await _complete(request, "completions")
+
+
+async def _complete(request: Request, endpoint: Endpoint) -> Response:
+    gw = gateway(request)
+    body = parse_json_object(await read_body(request, gw.settings.max_body_bytes))
+    routed = parse_request(endpoint, body, dict(request.headers))
+    _check_routable(routed)
+    backend, upstream_model = await gw.registry.resolve(routed.model, gw.client)
+    call = Call(routed, backend, upstream_model, gw.client, gw.registry,
+                gw.settings.fanout_concurrency)
+    headers = {"x-ttc-decision-id": routed.decision_id, "x-ttc-strategy": STRATEGY}
+
+    if not routed.stream:
+        try:
+            result = await complete_json(call)
+        except GatewayError as exc:
+            record(call, str(exc.status))
+            raise
+        record(call, "200")
+        return Response(orjson.dumps(result), media_type="application/json", headers=headers)
+
+    try:
+        streams = await open_streams(call)
+    except GatewayError as exc:
+        record(call, str(exc.status))
+        raise
+
+    def on_done(error: GatewayError | None) -> None:
+        record(call, "200" if error is None else str(error.status))
+
+    headers["cache-control"] = "no-cache"
+    return StreamingResponse(relay(call, streams, on_done), media_type="text/event-stream",
+                             headers=headers)
+
+
+def _check_routable(routed: RoutedRequest) -> None:
+    """Refuse what this version cannot route yet, and prompts ``auto`` cannot read."""
+    controls = routed.controls
+    if controls.policy is not None:
+        raise InvalidRequest(f"unknown policy {controls.policy!r}", param="router.policy")
+    if controls.experiment is not None:
+        raise InvalidRequest(f"unknown experiment {controls.experiment!r}",
+                             param="router.experiment")
+    if (routed.endpoint == "chat" and routed.model == AUTO_MODEL
+            and not has_conversation(routed.body["messages"])):
+        raise InvalidRequest("messages hold no user turn to answer", param="messages")

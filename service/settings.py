@@ -1,0 +1,163 @@
+"""Gateway settings: one ``Settings`` class, built once at the entry point and passed down.
+
+Precedence, highest first: command-line flags, ``TTC_*`` environment variables, the YAML
+config file (``--config FILE`` or ``TTC_CONFIG``). Everything is validated at start-up;
+``load_settings`` turns a pydantic ``ValidationError`` into ``SettingsError`` whose message
+names each bad setting by its path (``upstreams.0.url``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_DATA_DIR = Path("~/.local/share/ttc-router")
+
+
+class SettingsError(ValueError):
+    """Raised when the settings cannot be loaded; the message names the bad settings."""
+
+
+class UpstreamSettings(BaseModel):
+    """One OpenAI-compatible backend (vLLM, llama.cpp, Ollama, OpenAI, ...).
+
+    ``url`` is the base URL ending in ``/v1``. ``models`` lists the model ids it serves; when
+    empty they are read from its ``GET /models`` at start-up. ``supports_n``: whether the
+    backend honours ``n`` (None: detected from the first reply that returns fewer choices).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    name: str | None = None
+    models: list[str] = Field(default_factory=list)
+    api_key: SecretStr | None = None
+    supports_n: bool | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// base URL ending in /v1, got {value!r}")
+        return value
+
+    @property
+    def label(self) -> str:
+        """The name used in metrics and logs: the configured name, else host:port."""
+        if self.name:
+            return self.name
+        return self.url.split("://", 1)[1].split("/", 1)[0]
+
+
+class Settings(BaseSettings):
+    """Every setting of ``ttc-router serve``.
+
+    Times are seconds, sizes bytes. Raises ``pydantic.ValidationError`` on bad values (use
+    ``load_settings`` for a readable ``SettingsError``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TTC_", extra="forbid", yaml_file=None)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    upstreams: list[UpstreamSettings] = Field(default_factory=list)
+    default_model: str | None = None
+    data_dir: Path = DEFAULT_DATA_DIR
+
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(300.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    retry_backoff_s: float = Field(0.25, ge=0)
+    max_connections: int = Field(512, ge=1)
+    fanout_concurrency: int = Field(8, ge=1, le=256)
+
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    log_level: str = "info"
+
+    local_model: str = "qwen2.5-coder-0.5b-instruct"
+    local_n_ctx: int = Field(4096, ge=256)
+    local_threads: int | None = Field(None, ge=1)
+    local_start_timeout_s: float = Field(180.0, gt=0)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"critical", "error", "warning", "info", "debug"}:
+            raise ValueError("must be one of critical, error, warning, info, debug")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | str | None = None, **flags: Any) -> Settings:
+    """Build the settings from flags (keyword arguments; None means "not given"), ``TTC_*``
+    variables and the YAML file.
+
+    ``upstream_urls`` (the repeatable ``--upstream`` flag, or ``TTC_UPSTREAM_URL`` with
+    comma-separated URLs) replaces the file's ``upstreams``.
+
+    Raises:
+        SettingsError: a missing config file, bad YAML, or any invalid setting.
+    """
+    config_file = config_file or os.environ.get("TTC_CONFIG")
+    if config_file is not None:
+        path = Path(config_file).expanduser()
+        if not path.is_file():
+            raise SettingsError(f"config file not found: {path}")
+
+    given = {key: value for key, value in flags.items() if value is not None}
+    upstream_urls = given.pop("upstream_urls", None) or _env_upstream_urls()
+    if upstream_urls:
+        given["upstreams"] = [{"url": url} for url in upstream_urls]
+
+    class _WithFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=config_file)
+
+    try:
+        loaded = _WithFile(**given)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from exc
+    except Exception as exc:  # the YAML source raises yaml.YAMLError and friends
+        raise SettingsError(f"cannot read config file {config_file}: {exc}") from exc
+    return Settings.model_construct(**dict(loaded))
+
+
+def _env_upstream_urls() -> list[str]:
+    raw = os.environ.get("TTC_UPSTREAM_URL", "")
+    return [url.strip() for url in raw.split(",") if url.strip()]
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(root)"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown setting")
+        else:
+            lines.append(f"  {where}: {error['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""Shared fixtures: the gateway in process in front of a fake backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from service.app import create_app
+from service.settings import Settings, UpstreamSettings
+
+BACKEND_URL = "http://backend.test/v1"
+
+
+def make_settings(models: tuple[str, ...] | None = ("fake-model",), **overrides: Any) -> Settings:
+    """Settings for one fake upstream; retries without backoff so tests stay fast."""
+    upstream: dict[str, Any] = {"url": BACKEND_URL, "name": "fake"}
+    if models is not None:
+        upstream["models"] = list(models)
+    if "supports_n" in overrides:
+        upstream["supports_n"] = overrides.pop("supports_n")
+    values: dict[str, Any] = {"upstreams": [UpstreamSettings(**upstream)],
+                              "retry_backoff_s": 0.0, "max_retries": 2}
+    values.update(overrides)
+    return Settings(**values)
+
+
+@asynccontextmanager
+async def gateway_client(transport: httpx.AsyncBaseTransport,
+                         settings: Settings | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to the gateway app in process, its lifespan running."""
+    app = create_app(settings or make_settings(), transport=transport)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://gateway.test") as client:
+            yield client
+
+
+def metric(name: str, **labels: str) -> float:
+    """The current value of one Prometheus sample (0 when absent)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def chat_body() -> dict[str, Any]:
+    return {"model": "fake-model", "messages": [{"role": "user", "content": "What is 2+2?"}]}

@@ -1,0 +1,440 @@
+"""Contract tests: the gateway in process in front of a fake backend, JSON and SSE."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from tests.conftest import gateway_client, make_settings, metric
+from tests.fakes import FakeBackend, ScriptedStream, scripted_transport, sse_body
+
+
+def sse_payloads(text: str) -> list[Any]:
+    """The data payloads of an SSE body, ``[DONE]`` as the string."""
+    out = []
+    for event in text.split("\n\n"):
+        for line in event.splitlines():
+            if line.startswith("data: "):
+                data = line[6:]
+                out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+async def test_chat_json_answer_has_router_object_and_headers(chat_body):
+    backend = FakeBackend()
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post("/v1/chat/completions", json=chat_body)
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["choices"][0]["message"]["content"].strip() == "The answer is 4."
+    assert body["router"]["strategy"] == "direct"
+    assert body["router"]["decision_id"] == reply.headers["x-ttc-decision-id"]
+    assert reply.headers["x-ttc-strategy"] == "direct"
+    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}
+    assert body["router"]["spent_tokens"] == 4 and body["router"]["upstream_calls"] == 1
+
+
+async def test_unknown_fields_reach_the_backend_untouched():
+    backend = FakeBackend()
+    request = {
+        "model": "fake-model",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Describe"},
+                                         {"type": "image_url",
+                                          "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function",
+                 "function": {"name": "look", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "a cat"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "look", "parameters": {}}}],
+        "tool_choice": "auto", "response_format": {"type": "json_object"}, "logprobs": True,
+        "top_logprobs": 2, "seed": 7, "stop": ["\n\n"], "user": "u-1",
+        "reasoning_effort": "low", "top_k": 20, "chat_template_kwargs": {"enable_thinking": False},
+        "router": {"strategy": "direct"},
+    }
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post("/v1/chat/completions", json=request)
+    assert reply.status_code == 200
+    sent = backend.requests[0]
+    expected = {k: v for k, v in request.items() if k != "router"}
+    assert sent == expected  # byte-for-byte the same fields, router removed
+
+
+async def test_max_completion_tokens_is_sent_as_max_tokens_too(chat_body):
+    backend = FakeBackend()
+    async with gateway_client(backend.transport()) as client:
+        await client.post("/v1/chat/completions", json={**chat_body, "max_completion_tokens": 2})
+        await client.post("/v1/chat/completions",
+                          json={**chat_body, "max_tokens": 9, "max_completion_tokens": 3})
+    assert backend.requests[0]["max_tokens"] == 2
+    assert backend.requests[0]["max_completion_tokens"] == 2
+    assert backend.requests[1]["max_tokens"] == 3 == backend.requests[1]["max_completion_tokens"]
+
+
+async def test_budget_caps_every_choice(chat_body):
+    backend = FakeBackend(honours_n=False)
+    async with gateway_client(backend.transport(), make_settings(supports_n=False)) as client:
+        reply = await client.post("/v1/chat/completions",
+                                  json={**chat_body, "n": 4, "router": {"budget_tokens": 8}})
+    assert reply.status_code == 200
+    assert [r["max_tokens"] for r in backend.requests] == [2, 2, 2, 2]
+    assert reply.json()["router"]["spent_tokens"] <= 8
+
+
+async def test_n_is_honoured_by_fan_out_against_a_backend_that_ignores_it(chat_body):
+    backend = FakeBackend(honours_n=False)
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post("/v1/chat/completions", json={**chat_body, "n": 3, "seed": 5})
+        again = await client.post("/v1/chat/completions", json={**chat_body, "n": 2})
+    body = reply.json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    assert body["usage"]["completion_tokens"] == 12
+    assert body["usage"]["prompt_tokens"] == 21
+    assert body["router"]["upstream_calls"] == 3
+    # the first reply showed that n is ignored: 1 call asking n=3, then 2 single calls
+    assert [r.get("n") for r in backend.requests[:3]] == [3, 1, 1]
+    assert sorted(r["seed"] for r in backend.requests[1:3]) == [6, 7]
+    # once detected, the next request fans out from the start
+    assert [c["index"] for c in again.json()["choices"]] == [0, 1]
+    assert [r.get("n") for r in backend.requests[3:]] == [1, 1]
+
+
+async def test_n_is_passed_to_a_backend_that_honours_it(chat_body):
+    backend = FakeBackend(honours_n=True)
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post("/v1/chat/completions", json={**chat_body, "n": 3})
+    assert len(reply.json()["choices"]) == 3
+    assert len(backend.requests) == 1
+
+
+async def test_completions_endpoint(chat_body):
+    backend = FakeBackend()
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post("/v1/completions",
+                                  json={"model": "fake-model", "prompt": "2+2=", "max_tokens": 3})
+    assert reply.status_code == 200
+    assert reply.json()["choices"][0]["text"]
+    assert backend.paths == ["/v1/completions"]
+
+
+async def test_models_lists_backend_models_and_auto():
+    backend = FakeBackend(models=("m-a", "m-b"))
+    async with gateway_client(backend.transport(), make_settings(models=None)) as client:
+        reply = await client.get("/v1/models")
+    ids = [m["id"] for m in reply.json()["data"]]
+    assert ids == ["auto", "m-a", "m-b"]
+
+
+async def test_auto_resolves_to_the_default_model(chat_body):
+    backend = FakeBackend(models=("m-a", "m-b"))
+    settings = make_settings(models=None, default_model="m-b")
+    async with gateway_client(backend.transport(), settings) as client:
+        reply = await client.post("/v1/chat/completions", json={**chat_body, "model": "auto"})
+    assert reply.status_code == 200
+    assert backend.requests[0]["model"] == "m-b"
+
+
+async def test_two_upstreams_each_serve_their_models(chat_body):
+    first, second = FakeBackend(models=("m-a",)), FakeBackend(models=("m-b",))
+    apps = {"one.test": first.transport(), "two.test": second.transport()}
+
+    class ByHost(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return await apps[request.url.host].handle_async_request(request)
+
+    from service.settings import Settings, UpstreamSettings
+    settings = Settings(upstreams=[UpstreamSettings(url="http://one.test/v1"),
+                                   UpstreamSettings(url="http://two.test/v1")])
+    async with gateway_client(ByHost(), settings) as client:
+        await client.post("/v1/chat/completions", json={**chat_body, "model": "m-b"})
+        await client.post("/v1/chat/completions", json={**chat_body, "model": "m-a"})
+        models = (await client.get("/v1/models")).json()["data"]
+    assert [r["model"] for r in first.requests] == ["m-a"]
+    assert [r["model"] for r in second.requests] == ["m-b"]
+    assert {m["id"]: m["owned_by"] for m in models}["m-b"] == "two.test"
+
+
+# --- streaming ------------------------------------------------------------------------------
+
+
+async def test_stream_with_include_usage_ends_with_summed_usage(chat_body):
+    backend = FakeBackend()
+    request = {**chat_body, "stream": True, "stream_options": {"include_usage": True}}
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post("/v1/chat/completions", json=request)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/event-stream")
+    events = sse_payloads(reply.text)
+    assert events[-1] == "[DONE]"
+    usage_chunk = events[-2]
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"]["completion_tokens"] == 4
+    assert usage_chunk["router"]["decision_id"] == reply.headers["x-ttc-decision-id"]
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-2]
+                   if e["choices"])
+    assert text.strip() == "The answer is 4."
+
+
+async def test_stream_without_include_usage_strips_usage_but_counts_tokens(chat_body):
+    backend = FakeBackend()
+    before = metric("ttc_tokens_total", kind="completion", strategy="direct", policy="none",
+                    arm="none", model="fake-model")
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post("/v1/chat/completions", json={**chat_body, "stream": True})
+    events = sse_payloads(reply.text)
+    assert all("usage" not in e or e.get("choices") for e in events if isinstance(e, dict))
+    assert not any(isinstance(e, dict) and e.get("usage") for e in events)
+    assert backend.requests[0]["stream_options"] == {"include_usage": True}
+    after = metric("ttc_tokens_total", kind="completion", strategy="direct", policy="none",
+                   arm="none", model="fake-model")
+    assert after - before == 4
+
+
+async def test_running_usage_totals_are_counted_once(chat_body):
+    backend = FakeBackend(continuous_usage=True)
+    request = {**chat_body, "stream": True, "stream_options": {"include_usage": True}}
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post("/v1/chat/completions", json=request)
+    events = sse_payloads(reply.text)
+    assert events[-2]["usage"]["completion_tokens"] == 4
+
+
+async def test_stream_fan_out_reindexes_choices_and_sums_usage(chat_body):
+    backend = FakeBackend(honours_n=False)
+    request = {**chat_body, "n": 3, "stream": True, "stream_options": {"include_usage": True}}
+    async with gateway_client(backend.transport(), make_settings(supports_n=False)) as client:
+        reply = await client.post("/v1/chat/completions", json=request)
+    events = [e for e in sse_payloads(reply.text) if isinstance(e, dict)]
+    texts: dict[int, str] = {}
+    finishes: dict[int, list[str]] = {}
+    for event in events:
+        for choice in event["choices"]:
+            texts[choice["index"]] = texts.get(choice["index"], "") + (
+                choice["delta"].get("content") or "")
+            if choice.get("finish_reason"):
+                finishes.setdefault(choice["index"], []).append(choice["finish_reason"])
+    assert sorted(texts) == [0, 1, 2]
+    assert all(t.strip() == "The answer is 4." for t in texts.values())
+    assert finishes == {0: ["stop"], 1: ["stop"], 2: ["stop"]}
+    assert events[-1]["usage"] == {"prompt_tokens": 21, "completion_tokens": 12,
+                                   "total_tokens": 33}
+
+
+async def test_tool_call_deltas_split_over_many_chunks_arrive_intact(chat_body):
+    arguments = json.dumps({"city": "Zürich", "days": 3, "units": "metric"})
+    backend = FakeBackend(tool_call=("get_weather", arguments))
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post("/v1/chat/completions", json={**chat_body, "stream": True})
+    calls: dict[int, dict[str, str]] = {}
+    finish = []
+    for event in sse_payloads(reply.text):
+        if not isinstance(event, dict):
+            continue
+        for choice in event["choices"]:
+            for fragment in choice["delta"].get("tool_calls") or []:
+                call = calls.setdefault(fragment["index"], {"id": "", "name": "", "args": ""})
+                call["id"] = fragment.get("id") or call["id"]
+                function = fragment.get("function") or {}
+                call["name"] = function.get("name") or call["name"]
+                call["args"] += function.get("arguments") or ""
+            if choice.get("finish_reason"):
+                finish.append(choice["finish_reason"])
+    assert calls == {0: {"id": "call_1", "name": "get_weather", "args": arguments}}
+    assert finish == ["tool_calls"]
+
+
+async def test_utf8_character_split_across_upstream_chunks_is_not_mangled(chat_body):
+    text = "Grüße, 世界 🌍"
+    event = b"data: " + json.dumps(
+        {"id": "x", "object": "chat.completion.chunk", "model": "fake-model",
+         "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]},
+        ensure_ascii=False).encode() + b"\n\n"
+    cut = event.index("🌍".encode()) + 2  # in the middle of the 4-byte emoji
+    cut_2 = event.index("世".encode()) + 1
+    chunks = [event[:cut_2], event[cut_2:cut], event[cut:]] + sse_body(
+        {"id": "x", "object": "chat.completion.chunk", "model": "fake-model",
+         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}, "data: [DONE]\n\n")
+    transport = scripted_transport(lambda r: httpx.Response(200, stream=ScriptedStream(chunks)))
+    async with gateway_client(transport) as client:
+        reply = await client.post("/v1/chat/completions", json={**chat_body, "stream": True})
+    events = sse_payloads(reply.content.decode("utf-8"))
+    assert events[0]["choices"][0]["delta"]["content"] == text
+
+
+# --- backend failures -----------------------------------------------------------------------
+
+
+async def test_upstream_500_becomes_502_after_retries(chat_body):
+    backend = FakeBackend(failures=[500, 500, 500])
+    before = metric("ttc_upstream_retries_total", backend="fake", reason="upstream_error")
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post("/v1/chat/completions", json=chat_body)
+    assert reply.status_code == 502
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert len(backend.requests) == 3  # one try and max_retries=2 retries
+    after = metric("ttc_upstream_retries_total", backend="fake", reason="upstream_error")
+    assert after - before == 2
+
+
+async def test_upstream_429_and_503_are_retried_then_answered(chat_body):
+    backend = FakeBackend(failures=[429, 503])
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post("/v1/chat/completions", json=chat_body)
+    assert reply.status_code == 200
+    assert reply.json()["router"]["upstream_calls"] == 3
+
+
+async def test_upstream_400_keeps_its_status_and_message(chat_body):
+    backend = FakeBackend(failures=[400])
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post("/v1/chat/completions", json=chat_body)
+    assert reply.status_code == 400
+    assert reply.json()["error"]["message"] == "scripted failure 400"
+    assert len(backend.requests) == 1  # a client error is not retried
+
+
+async def test_upstream_read_timeout_becomes_504(chat_body):
+    transport = scripted_transport(lambda r: httpx.ReadTimeout("slow", request=r))
+    async with gateway_client(transport) as client:
+        reply = await client.post("/v1/chat/completions", json=chat_body)
+    assert reply.status_code == 504
+    assert reply.json()["error"]["type"] == "timeout_error"
+
+
+async def test_unreachable_upstream_becomes_503(chat_body):
+    calls = []
+
+    def refuse(request: httpx.Request) -> Exception:
+        calls.append(request)
+        return httpx.ConnectError("refused", request=request)
+
+    async with gateway_client(scripted_transport(refuse)) as client:
+        reply = await client.post("/v1/chat/completions", json=chat_body)
+    assert reply.status_code == 503
+    assert len(calls) == 3  # connection errors are retried
+
+
+async def test_malformed_json_from_upstream_becomes_502(chat_body):
+    transport = scripted_transport(lambda r: httpx.Response(200, content=b"{not json"))
+    async with gateway_client(transport) as client:
+        reply = await client.post("/v1/chat/completions", json=chat_body)
+    assert reply.status_code == 502
+    assert reply.json()["error"]["code"] == "upstream_malformed"
+
+
+async def test_stream_refused_before_first_byte_keeps_the_http_status(chat_body):
+    backend = FakeBackend(failures=[400])
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post("/v1/chat/completions", json={**chat_body, "stream": True})
+    assert reply.status_code == 400
+    assert reply.headers["content-type"].startswith("application/json")
+    assert reply.json()["error"]["message"] == "scripted failure 400"
+
+
+async def test_stream_that_breaks_midway_ends_with_error_event_and_done_without_retry(chat_body):
+    calls = []
+    first = {"id": "x", "object": "chat.completion.chunk", "model": "fake-model",
+             "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]}
+
+    def breaking(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, stream=ScriptedStream(
+            sse_body(first), error=httpx.ReadError("connection reset")))
+
+    async with gateway_client(scripted_transport(breaking)) as client:
+        reply = await client.post("/v1/chat/completions", json={**chat_body, "stream": True})
+    events = sse_payloads(reply.text)
+    assert reply.status_code == 200
+    assert events[0]["choices"][0]["delta"]["content"] == "Hel"
+    assert "error" in events[-2] and events[-2]["error"]["code"] == "stream_broken"
+    assert events[-1] == "[DONE]"
+    assert len(calls) == 1  # no retry once bytes reached the client
+    assert reply.text.count("Hel") == 1
+
+
+async def test_truncated_stream_without_done_ends_with_error_event(chat_body):
+    first = {"id": "x", "object": "chat.completion.chunk", "model": "fake-model",
+             "choices": [{"index": 0, "delta": {"content": "partial"}, "finish_reason": None}]}
+    transport = scripted_transport(
+        lambda r: httpx.Response(200, stream=ScriptedStream(sse_body(first))))
+    async with gateway_client(transport) as client:
+        reply = await client.post("/v1/chat/completions", json={**chat_body, "stream": True})
+    events = sse_payloads(reply.text)
+    assert events[-2]["error"]["code"] == "stream_truncated"
+    assert events[-1] == "[DONE]"
+
+
+async def test_stream_broken_before_first_byte_is_retried(chat_body):
+    calls = []
+    good = FakeBackend()
+    good_transport = good.transport()
+
+    async def flaky(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if request.url.path.endswith("/models"):
+            return await good_transport.handle_async_request(request)
+        if len(calls) < 3:
+            return httpx.Response(200, stream=ScriptedStream(
+                [], error=httpx.ReadError("reset before the first byte")))
+        return await good_transport.handle_async_request(request)
+
+    async with gateway_client(httpx.MockTransport(flaky)) as client:
+        calls.clear()
+        reply = await client.post("/v1/chat/completions", json={**chat_body, "stream": True})
+    assert reply.status_code == 200
+    assert sse_payloads(reply.text)[-1] == "[DONE]"
+    assert len(calls) == 3
+
+
+# --- other /v1/* endpoints ------------------------------------------------------------------
+
+
+async def test_embeddings_are_proxied_and_counted():
+    backend = FakeBackend()
+    before = metric("ttc_proxied_requests_total", endpoint="embeddings", status="200")
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post("/v1/embeddings", json={"model": "fake-model", "input": "hi"},
+                                  headers={"authorization": "Bearer client-secret"})
+    assert reply.status_code == 200
+    assert reply.json()["data"][0]["embedding"] == [0.1, 0.2, 0.3]
+    assert metric("ttc_proxied_requests_total", endpoint="embeddings", status="200") == before + 1
+
+
+async def test_streamed_responses_endpoint_is_proxied():
+    backend = FakeBackend()
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post("/v1/responses",
+                                  json={"model": "auto", "input": "hi", "stream": True})
+    assert reply.status_code == 200
+    assert "event: response.completed" in reply.text
+    assert backend.requests[0]["model"] == "fake-model"  # auto resolved
+
+
+async def test_proxy_to_unknown_model_is_404():
+    async with gateway_client(FakeBackend().transport()) as client:
+        reply = await client.post("/v1/embeddings", json={"model": "nope", "input": "hi"})
+    assert reply.status_code == 404
+    assert reply.json()["error"]["code"] == "model_not_found"
+
+
+async def test_client_authorization_is_not_forwarded_upstream(chat_body):
+    seen = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={"id": "x", "choices": [], "usage": None})
+
+    from service.settings import Settings, UpstreamSettings
+    settings = Settings(upstreams=[UpstreamSettings(url="http://b.test/v1", models=["fake-model"],
+                                                    api_key="sk-upstream")])
+    async with gateway_client(scripted_transport(record), settings) as client:
+        await client.post("/v1/chat/completions", json=chat_body,
+                          headers={"authorization": "Bearer sk-client"})
+        await client.post("/v1/embeddings", json={"model": "fake-model", "input": "x"},
+                          headers={"authorization": "Bearer sk-client"})
+    assert seen == ["Bearer sk-upstream", "Bearer sk-upstream"]

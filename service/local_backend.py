@@ -19,6 +19,7 @@ import ctypes
 import hashlib
 import importlib.metadata
 import importlib.util
+import os
 import signal
 import socket
 import subprocess
@@ -150,7 +151,7 @@ class LocalBackend:
         model_file: the GGUF file to serve.
         alias: the model id it serves under.
         n_ctx: context window (tokens).
-        threads: CPU threads, or None for llama.cpp's default.
+        threads: CPU threads, or None for all cores.
         log_file: where the child's output goes.
     """
 
@@ -184,9 +185,11 @@ class LocalBackend:
         self.port = free_port()
         command = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_file),
                    "--model_alias", self.alias, "--host", "127.0.0.1", "--port", str(self.port),
-                   "--n_ctx", str(self.n_ctx)]
-        if self.threads:
-            command += ["--n_threads", str(self.threads)]
+                   "--n_ctx", str(self.n_ctx),
+                   "--n_threads", str(self.threads or os.cpu_count() or 1),
+                   # By default a new request interrupts the one being generated; the gateway
+                   # sends concurrent requests (fan-out for n), which must queue instead.
+                   "--interrupt_requests", "False"]
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_file.open("ab")

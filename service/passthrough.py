@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from router_models.prompt import content_text
 from service import metrics, sse
 from service.backends import BackendRegistry
 from service.errors import GatewayError, InvalidRequest, UpstreamError, error_json
@@ -99,6 +100,7 @@ def router_info(call: Call, *, samples: int) -> dict[str, Any]:
         "votes": None,
         "search_calls": 0,
         "scores": None,
+        "usage_estimated": call.acct.estimated,
     }
 
 
@@ -371,13 +373,28 @@ def _check_complete(call: Call, states: list[_StreamState]) -> None:
 
 
 def _settle_usage(call: Call, states: list[_StreamState]) -> None:
-    # A backend that sent no usage still spent tokens: count one per content chunk seen
-    # (servers send a token per chunk), so that spend is never under-reported as zero.
+    # A backend that sends no usage in streams (llama-cpp-python's server ignores
+    # stream_options) still spent tokens: count one completion token per content chunk
+    # (servers send a token per chunk) and estimate the prompt, and say it is an estimate.
     for state in states:
         if state.usage is not None:
             call.acct.add_usage(state.usage)
         else:
             call.acct.completion_tokens += state.tokens_seen
+            call.acct.prompt_tokens += estimate_prompt_tokens(call.routed.body)
+            call.acct.estimated = True
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """A prompt's size in tokens when the backend did not report it: one token per 4
+    characters of prompt text, the rule of thumb OpenAI gives for English text."""
+    if "messages" in body:
+        chars = sum(len(content_text(m.get("content"))) + 4 for m in body["messages"]
+                    if isinstance(m, dict))
+    else:
+        prompt = body.get("prompt")
+        chars = len(prompt) if isinstance(prompt, str) else len(orjson.dumps(prompt))
+    return max(1, -(-chars // 4))
 
 
 def _usage_chunk(call: Call, template: dict[str, Any]) -> dict[str, Any]:

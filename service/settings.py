@@ -48,7 +48,7 @@ class UpstreamSettings(BaseModel):
     def _http_url(cls, value: str) -> str:
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http:// or https:// base URL ending in /v1, got {value!r}")
+            raise ValueError(f"must be an http(s):// base URL ending in /v1, got {value!r}")
         return value
 
     @property

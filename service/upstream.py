@@ -58,8 +58,8 @@ class Backend:
 class Accounting:
     """What one client request cost upstream, filled in by every call made on its behalf.
 
-    Tokens are as the backend reported them; ``wait_s`` is seconds spent waiting on backends,
-    so that gateway overhead = total duration - wait_s.
+    Tokens are as the backends reported them (``estimated`` when one did not); ``wait_s`` is
+    seconds spent waiting on backends, so that gateway overhead = total duration - wait_s.
     """
 
     prompt_tokens: int = 0
@@ -68,6 +68,7 @@ class Accounting:
     wait_s: float = 0.0
     retries: int = 0
     backends: set[str] = field(default_factory=set)
+    estimated: bool = False  # True when a backend reported no usage and tokens were counted
 
     def add_usage(self, usage: Mapping[str, Any] | None) -> None:
         """Add one call's final ``usage`` object (prompt and completion tokens)."""

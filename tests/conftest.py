@@ -34,10 +34,10 @@ async def gateway_client(transport: httpx.AsyncBaseTransport,
                          settings: Settings | None = None) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client talking to the gateway app in process, its lifespan running."""
     app = create_app(settings or make_settings(), transport=transport)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://gateway.test") as client:
-            yield client
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                  base_url="http://gateway.test") as client):
+        yield client
 
 
 def metric(name: str, **labels: str) -> float:

@@ -1,0 +1,107 @@
+"""Bad input gets OpenAI's error envelope with a fitting status, and the gateway keeps serving."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import gateway_client, make_settings, metric
+from tests.fakes import FakeBackend
+
+CHAT = "/v1/chat/completions"
+GOOD = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+
+BAD_INPUTS = [
+    ("malformed JSON", b'{"model": "fake-model", "messages": [', 400, None),
+    ("invalid UTF-8", b'{"model": "fake-\xff\xfe", "messages": []}', 400, None),
+    ("not an object", b'[1, 2, 3]', 400, None),
+    ("empty body", b"", 400, None),
+    ("missing model", b'{"messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
+    ("model not a string", b'{"model": 5, "messages": [{"role": "user", "content": "x"}]}',
+     422, "model"),
+    ("empty messages", b'{"model": "fake-model", "messages": []}', 400, "messages"),
+    ("messages not a list", b'{"model": "fake-model", "messages": "hi"}', 422, "messages"),
+    ("message without role", b'{"model": "fake-model", "messages": [{"content": "hi"}]}',
+     422, "messages[0].role"),
+    ("content a number", b'{"model": "fake-model", "messages": [{"role": "user", "content": 5}]}',
+     422, "messages[0].content"),
+    ("max_tokens a string",
+     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}',
+     422, "max_tokens"),
+    ("negative max_tokens",
+     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}',
+     422, "max_tokens"),
+    ("n zero", b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "n": 0}',
+     422, "n"),
+    ("stream not a bool",
+     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+     422, "stream"),
+    ("unknown strategy",
+     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
+     b' "router": {"strategy": "magic"}}', 400, "router.strategy"),
+    ("negative budget",
+     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
+     b' "router": {"budget_tokens": -5}}', 400, "router.budget_tokens"),
+    ("unknown policy",
+     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
+     b' "router": {"policy": "nope"}}', 400, "router.policy"),
+    ("auto with only a system turn",
+     b'{"model": "auto", "messages": [{"role": "system", "content": "be nice"}]}',
+     400, "messages"),
+    ("unknown model", b'{"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}',
+     404, "model"),
+]
+
+
+@pytest.mark.parametrize(("name", "raw", "status", "param"), BAD_INPUTS,
+                         ids=[case[0] for case in BAD_INPUTS])
+async def test_bad_input_gets_an_envelope_and_the_gateway_keeps_serving(name, raw, status, param):
+    backend = FakeBackend()
+    before = metric("ttc_rejected_total", reason="invalid")
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post(CHAT, content=raw,
+                                  headers={"content-type": "application/json"})
+        assert reply.status_code == status, reply.text
+        error = reply.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["message"]
+        assert error["param"] == param
+        follow_up = await client.post(CHAT, json=GOOD)
+        assert follow_up.status_code == 200
+    assert backend.requests == [GOOD]  # nothing bad reached the backend
+    assert metric("ttc_rejected_total", reason="invalid") == before + 1
+
+
+async def test_body_over_the_size_limit_is_413():
+    backend = FakeBackend()
+    settings = make_settings(max_body_bytes=4096)
+    big = {"model": "fake-model", "messages": [{"role": "user", "content": "x" * 10_000}]}
+    async with gateway_client(backend.transport(), settings) as client:
+        reply = await client.post(CHAT, json=big)
+        assert reply.status_code == 413
+        assert reply.json()["error"]["type"] == "invalid_request_error"
+
+        async def chunked():  # no content-length: the limit holds while reading
+            yield b'{"model": "fake-model", "messages": [{"role": "user", "content": "'
+            for _ in range(10):
+                yield b"y" * 1000
+            yield b'"}]}'
+
+        reply = await client.post(CHAT, content=chunked(),
+                                  headers={"content-type": "application/json"})
+        assert reply.status_code == 413
+        assert (await client.post(CHAT, json=GOOD)).status_code == 200
+    assert backend.requests == [GOOD]
+
+
+async def test_unknown_route_is_404_in_the_envelope():
+    async with gateway_client(FakeBackend().transport()) as client:
+        reply = await client.get("/nothing/here")
+    assert reply.status_code == 404
+    assert reply.json()["error"]["type"] == "not_found_error"
+
+
+async def test_budget_smaller_than_n_is_400():
+    async with gateway_client(FakeBackend().transport()) as client:
+        reply = await client.post(CHAT, json={**GOOD, "n": 4, "router": {"budget_tokens": 3}})
+    assert reply.status_code == 400
+    assert reply.json()["error"]["param"] == "router.budget_tokens"

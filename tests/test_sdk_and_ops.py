@@ -1,0 +1,82 @@
+"""The official openai SDK against the gateway in process; /health, /ready, /metrics."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from service.app import create_app
+from tests.conftest import gateway_client, make_settings
+from tests.fakes import FakeBackend
+
+
+@pytest.fixture
+async def sdk():
+    backend = FakeBackend(models=("fake-model",))
+    app = create_app(make_settings(), transport=backend.transport())
+    async with app.router.lifespan_context(app):
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
+        client = openai.AsyncOpenAI(base_url="http://gateway.test/v1", api_key="unused",
+                                    http_client=http, max_retries=0)
+        yield client, backend
+        await client.close()
+
+
+async def test_sdk_chat_stream_models_and_errors(sdk):
+    client, backend = sdk
+    reply = await client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "2+2?"}],
+        extra_body={"router": {"strategy": "direct"}})
+    assert reply.choices[0].message.content.strip() == "The answer is 4."
+    assert reply.usage.completion_tokens == 4
+    assert reply.model_extra["router"]["strategy"] == "direct"
+
+    stream = await client.chat.completions.create(
+        model="fake-model", messages=[{"role": "user", "content": "2+2?"}], stream=True,
+        stream_options={"include_usage": True})
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip() \
+        == "The answer is 4."
+    assert chunks[-1].usage.completion_tokens == 4
+
+    ids = [m.id async for m in client.models.list()]
+    assert ids == ["auto", "fake-model"]
+
+    with pytest.raises(openai.NotFoundError) as error:
+        await client.chat.completions.create(model="missing",
+                                             messages=[{"role": "user", "content": "x"}])
+    assert error.value.body["code"] == "model_not_found"
+
+    embedding = await client.embeddings.create(model="fake-model", input="hello")
+    assert embedding.data[0].embedding == [0.1, 0.2, 0.3]
+
+
+async def test_health_ready_and_metrics():
+    backend = FakeBackend()
+    async with gateway_client(backend.transport()) as client:
+        assert (await client.get("/health")).json() == {"status": "ok"}
+        ready = await client.get("/ready")
+        assert ready.status_code == 200 and ready.json()["backends"] == {"fake": "up"}
+        await client.post("/v1/chat/completions",
+                          json={"model": "fake-model", "messages": [{"role": "user",
+                                                                     "content": "x"}]})
+        text = (await client.get("/metrics")).text
+    assert 'ttc_requests_total{arm="none",model="fake-model",policy="none",status="200",' \
+           'strategy="direct"}' in text
+    assert "ttc_overhead_seconds_bucket" in text
+    assert 'ttc_upstream_requests_total{backend="fake",status="200"}' in text
+
+
+async def test_ready_is_503_when_no_backend_answers():
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    async with gateway_client(httpx.MockTransport(refuse)) as client:
+        reply = await client.get("/ready")
+        chat = await client.post("/v1/chat/completions",
+                                 json={"model": "fake-model",
+                                       "messages": [{"role": "user", "content": "x"}]})
+    assert reply.status_code == 503
+    assert reply.json()["backends"] == {"fake": "down"}
+    assert chat.status_code == 503

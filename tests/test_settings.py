@@ -1,0 +1,82 @@
+"""Settings: flags over TTC_* variables over the config file, checked at start-up."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.cli import main
+from service.settings import SettingsError, load_settings
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "ttc.yaml"
+    path.write_text(
+        "port: 9001\n"
+        "log_level: warning\n"
+        "upstreams:\n"
+        "  - url: http://10.0.0.1:8000/v1/\n"
+        "    models: [m-a]\n"
+        "    api_key: sk-secret\n"
+        "  - url: http://10.0.0.2:8000/v1\n"
+        "    name: second\n"
+        "    supports_n: false\n")
+    return path
+
+
+def test_the_config_file_is_read(config, monkeypatch):
+    monkeypatch.delenv("TTC_PORT", raising=False)
+    settings = load_settings(config)
+    assert settings.port == 9001
+    assert [u.url for u in settings.upstreams] == ["http://10.0.0.1:8000/v1",
+                                                  "http://10.0.0.2:8000/v1"]
+    assert settings.upstreams[0].models == ["m-a"]
+    assert settings.upstreams[0].api_key.get_secret_value() == "sk-secret"
+    assert "sk-secret" not in repr(settings)
+    assert [u.label for u in settings.upstreams] == ["10.0.0.1:8000", "second"]
+
+
+def test_environment_beats_the_file_and_flags_beat_both(config, monkeypatch):
+    monkeypatch.setenv("TTC_PORT", "9002")
+    monkeypatch.setenv("TTC_LOG_LEVEL", "debug")
+    settings = load_settings(config, port=9003)
+    assert settings.port == 9003
+    assert settings.log_level == "debug"
+
+
+def test_upstream_flag_and_variable_replace_the_file_upstreams(config, monkeypatch):
+    monkeypatch.setenv("TTC_UPSTREAM_URL", "http://a.test/v1,http://b.test/v1")
+    assert [u.url for u in load_settings(config).upstreams] == ["http://a.test/v1",
+                                                               "http://b.test/v1"]
+    flagged = load_settings(config, upstream_urls=["http://c.test/v1"])
+    assert [u.url for u in flagged.upstreams] == ["http://c.test/v1"]
+
+
+def test_bad_settings_are_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("TTC_PORT", raising=False)
+    path = tmp_path / "bad.yaml"
+    path.write_text("port: 99999\nupstreams:\n  - url: ftp://x\ncolour: blue\n")
+    with pytest.raises(SettingsError) as error:
+        load_settings(path)
+    message = str(error.value)
+    assert "port:" in message
+    assert "upstreams.0.url:" in message
+    assert "colour: unknown setting" in message
+
+
+def test_bad_variable_is_named(monkeypatch):
+    monkeypatch.setenv("TTC_READ_TIMEOUT_S", "soon")
+    with pytest.raises(SettingsError, match="read_timeout_s"):
+        load_settings()
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(SettingsError, match="config file not found"):
+        load_settings(tmp_path / "absent.yaml")
+
+
+def test_serve_exits_2_naming_the_bad_setting(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("log_level: chatty\n")
+    assert main(["serve", "--config", str(path)]) == 2
+    assert "log_level" in capsys.readouterr().err

@@ -6,8 +6,9 @@ every failure, validation and routing errors included, in OpenAI's envelope.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -35,13 +36,16 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
-               ) -> FastAPI:
+               on_shutdown: Callable[[], None] | None = None) -> FastAPI:
     """Build the gateway for ``settings``.
 
     Args:
         settings: validated settings; ``settings.upstreams`` must not be empty (the CLI starts
             the embedded backend first when it is).
         transport: an httpx transport for all upstream calls; tests pass fakes here.
+        on_shutdown: a blocking function run (in a thread) when the app stops, after the
+            upstream client closes: the CLI stops the embedded backend with it, since uvicorn
+            re-raises SIGTERM once it has shut down and nothing after it would run.
     """
 
     @asynccontextmanager
@@ -54,6 +58,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             yield
         finally:
             await client.aclose()
+            if on_shutdown is not None:
+                await asyncio.to_thread(on_shutdown)
 
     app = FastAPI(title="ttc-router", version=__version__, lifespan=lifespan)
     for module in (health, models, completions, proxy):

@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from service import __version__
@@ -80,14 +81,14 @@ def _serve(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"upstreams": [UpstreamSettings(
             url=local.url, name="local", models=[local.alias], supports_n=False)]})
     try:
-        _run_uvicorn(settings)
+        _run_uvicorn(settings, on_shutdown=local.stop if local is not None else None)
     finally:
-        if local is not None:
+        if local is not None:  # when uvicorn failed before its lifespan ran
             local.stop()
     return 0
 
 
-def _run_uvicorn(settings: Settings) -> None:
+def _run_uvicorn(settings: Settings, on_shutdown: Callable[[], None] | None) -> None:
     import uvicorn
 
     from service.app import create_app
@@ -96,7 +97,7 @@ def _run_uvicorn(settings: Settings) -> None:
         log.warning("listening on %s: every client that can reach it may spend tokens "
                     "(API keys are not available in this version)", settings.host)
     config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port,
+        create_app(settings, on_shutdown=on_shutdown), host=settings.host, port=settings.port,
         log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
         loop="auto", http="auto")
     uvicorn.Server(config).run()

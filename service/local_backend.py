@@ -237,6 +237,7 @@ class LocalBackend:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            print(f"stopped the embedded backend on 127.0.0.1:{self.port}", file=sys.stderr)
         if self._log is not None:
             self._log.close()
             self._log = None

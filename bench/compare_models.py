@@ -1,0 +1,238 @@
+"""Compare the embedded backend's candidate models: speed and answer quality on this machine.
+
+For each local model (Qwen2.5-Coder-0.5B-Instruct and Gemma 3 270M) the script assembles the
+GGUF with ``service.local_backend.model_path``, starts llama-cpp-python's server with
+``LocalBackend``, and measures over the OpenAI API (plain urllib, non-streaming):
+
+* load seconds: from ``LocalBackend.start()`` until the server lists its model;
+* prompt processing: a request with ``max_tokens=1`` on a fresh prompt; its wall time is the
+  time to read the prompt (plus one sampled token), and prompt_tokens / that time is the rate;
+* decode speed: the same prompt again with ``max_tokens=64``, temperature 0. llama.cpp keeps
+  the previous prompt in its context, so this request decodes only; completion tokens (from
+  ``usage``) / wall time is the decode rate. The median over ``--speed-prompts`` prompts is
+  reported;
+* quality: 12 short chat questions with checkable answers (arithmetic, capitals, yes/no, a
+  one-step word problem), temperature 0, ``max_tokens=32``, scored on the first non-empty line
+  of the reply: numbers by the last number on it, yes/no by its first word, capitals by the
+  word appearing on it.
+
+One warm-up request per model is sent first and not counted. Every child process is stopped in
+``finally``. Usage (from the repository root)::
+
+    .venv/bin/python bench/compare_models.py [--data-dir DIR] [--threads N] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from service.local_backend import (
+    GEMMA3_270M,
+    QWEN_CODER_05B,
+    LocalBackend,
+    LocalModel,
+    model_path,
+)
+
+MODELS: tuple[LocalModel, ...] = (QWEN_CODER_05B, GEMMA3_270M)
+
+# Distinct prompts so that each one is read cold by the first (max_tokens=1) request.
+SPEED_PROMPTS = (
+    "Write a detailed paragraph about how lighthouses guided ships before radio.",
+    "Explain in a long paragraph why the sky looks blue during the day.",
+    "Describe, in several sentences, how bread is made from flour, water and yeast.",
+    "Write a detailed paragraph about the life cycle of a butterfly.",
+    "Explain in a long paragraph how a bicycle's gears make climbing hills easier.",
+)
+
+NUMBER = "number"
+YESNO = "yesno"
+WORD = "word"
+
+# (question, kind, expected answer)
+QUESTIONS: tuple[tuple[str, str, str], ...] = (
+    ("What is 7+5? Answer with just the number.", NUMBER, "12"),
+    ("What is 9 times 6? Answer with just the number.", NUMBER, "54"),
+    ("What is 100 minus 37? Answer with just the number.", NUMBER, "63"),
+    ("What is 48 divided by 8? Answer with just the number.", NUMBER, "6"),
+    ("What is the capital of France? Answer with just the city name.", WORD, "paris"),
+    ("What is the capital of Japan? Answer with just the city name.", WORD, "tokyo"),
+    ("What is the capital of Italy? Answer with just the city name.", WORD, "rome"),
+    ("Is the Sun a star? Answer yes or no.", YESNO, "yes"),
+    ("Is 17 an even number? Answer yes or no.", YESNO, "no"),
+    ("Do spiders have eight legs? Answer yes or no.", YESNO, "yes"),
+    ("Tom has 3 apples and buys 4 more. How many apples does he have now? "
+     "Answer with just the number.", NUMBER, "7"),
+    ("A pen costs 2 dollars. How many dollars do 5 pens cost? "
+     "Answer with just the number.", NUMBER, "10"),
+)
+
+
+def chat(base_url: str, alias: str, prompt: str, max_tokens: int,
+         timeout_s: float = 120.0) -> tuple[dict[str, Any], float]:
+    """POST one chat completion; returns (reply JSON, wall seconds)."""
+    body = json.dumps({
+        "model": alias,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }).encode()
+    request = urllib.request.Request(base_url + "/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=timeout_s) as reply:
+        data = json.loads(reply.read())
+    return data, time.perf_counter() - started
+
+
+def reply_text(data: dict[str, Any]) -> str:
+    return data["choices"][0]["message"].get("content") or ""
+
+
+def first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def is_correct(kind: str, expected: str, text: str) -> bool:
+    line = first_line(text).lower()
+    if kind == NUMBER:
+        numbers = re.findall(r"-?\d+(?:\.\d+)?", line.replace(",", ""))
+        return bool(numbers) and float(numbers[-1]) == float(expected)
+    if kind == YESNO:
+        words = re.findall(r"[a-z]+", line)
+        return bool(words) and words[0] == expected
+    return re.search(rf"\b{re.escape(expected)}\b", line) is not None
+
+
+def measure_speed(backend: LocalBackend, prompts: tuple[str, ...]) -> dict[str, Any]:
+    runs = []
+    for prompt in prompts:
+        cold, pp_wall = chat(backend.url, backend.alias, prompt, max_tokens=1)
+        warm, decode_wall = chat(backend.url, backend.alias, prompt, max_tokens=64)
+        prompt_tokens = cold["usage"]["prompt_tokens"]
+        completion_tokens = warm["usage"]["completion_tokens"]
+        runs.append({
+            "prompt_tokens": prompt_tokens,
+            "prompt_s": round(pp_wall, 3),
+            "prompt_tok_s": round(prompt_tokens / pp_wall, 1),
+            "completion_tokens": completion_tokens,
+            "decode_s": round(decode_wall, 3),
+            "decode_tok_s": round(completion_tokens / decode_wall, 2),
+        })
+        print(f"  speed: {prompt_tokens} prompt tokens in {pp_wall:.2f}s; "
+              f"{completion_tokens} tokens in {decode_wall:.2f}s "
+              f"= {completion_tokens / decode_wall:.1f} tok/s", file=sys.stderr)
+    return {
+        "runs": runs,
+        "decode_tok_s_median": statistics.median(r["decode_tok_s"] for r in runs),
+        "prompt_s_median": statistics.median(r["prompt_s"] for r in runs),
+        "prompt_tok_s_median": statistics.median(r["prompt_tok_s"] for r in runs),
+    }
+
+
+def measure_quality(backend: LocalBackend) -> dict[str, Any]:
+    answers = []
+    for question, kind, expected in QUESTIONS:
+        data, wall = chat(backend.url, backend.alias, question, max_tokens=32)
+        text = reply_text(data)
+        correct = is_correct(kind, expected, text)
+        answers.append({"question": question, "expected": expected, "reply": text,
+                        "correct": correct, "wall_s": round(wall, 3)})
+        print(f"  {'ok ' if correct else 'BAD'} {question[:40]!r:44} -> "
+              f"{first_line(text)[:40]!r}", file=sys.stderr)
+    return {"correct": sum(a["correct"] for a in answers), "total": len(answers),
+            "answers": answers}
+
+
+def run_model(model: LocalModel, data_dir: Path, threads: int | None, n_ctx: int,
+              speed_prompts: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    path = model_path(model, data_dir / "models")
+    assemble_s = time.perf_counter() - started
+    backend = LocalBackend(path, model.alias, n_ctx=n_ctx, threads=threads,
+                           log_file=data_dir / "logs" / f"{model.alias}.log")
+    try:
+        started = time.perf_counter()
+        backend.start()
+        load_s = time.perf_counter() - started
+        chat(backend.url, backend.alias, "Hello.", max_tokens=4)  # warm-up, not counted
+        speed = measure_speed(backend, SPEED_PROMPTS[:speed_prompts])
+        quality = measure_quality(backend)
+    finally:
+        backend.stop()
+    return {
+        "model": model.alias,
+        "file": str(path),
+        "file_mb": round(path.stat().st_size / 1e6, 1),
+        "assemble_s": round(assemble_s, 2),
+        "load_s": round(load_s, 2),
+        "threads": threads or os.cpu_count() or 1,
+        "n_ctx": n_ctx,
+        **speed,
+        **quality,
+    }
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    header = (f"{'model':30} {'file MB':>8} {'load s':>7} {'tok/s':>7} "
+              f"{'prompt s':>9} {'prompt tok/s':>13} {'correct':>8}")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(f"{r['model']:30} {r['file_mb']:>8.1f} {r['load_s']:>7.2f} "
+              f"{r['decode_tok_s_median']:>7.1f} {r['prompt_s_median']:>9.2f} "
+              f"{r['prompt_tok_s_median']:>13.1f} {r['correct']:>5}/{r['total']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/ttc-bench-models"),
+                        help="where the GGUF files are assembled and logs written")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="llama.cpp threads (default: all cores, as LocalBackend does)")
+    parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--speed-prompts", type=int, default=3,
+                        choices=range(1, len(SPEED_PROMPTS) + 1), metavar="N",
+                        help=f"speed prompts per model, 1..{len(SPEED_PROMPTS)} (default 3)")
+    parser.add_argument("--models", nargs="+", default=[m.alias for m in MODELS],
+                        choices=[m.alias for m in MODELS])
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args(argv)
+
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    print(f"threads: {args.threads or os.cpu_count()} (os.cpu_count()={os.cpu_count()}), "
+          f"n_ctx: {args.n_ctx}", file=sys.stderr)
+    results = []
+    started = time.perf_counter()
+    for model in MODELS:
+        if model.alias in args.models:
+            print(f"== {model.alias}", file=sys.stderr)
+            results.append(run_model(model, args.data_dir, args.threads, args.n_ctx,
+                                     args.speed_prompts))
+    total_s = time.perf_counter() - started
+    print_table(results)
+    print(f"threads={results[0]['threads'] if results else '-'}  total {total_s:.0f}s")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"total_s": round(total_s, 1), "results": results},
+                                        indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""End to end: the official openai SDK -> ``ttc-router serve`` -> llama.cpp on the real model."""
+
+from __future__ import annotations
+
+import signal
+
+import openai
+import pytest
+
+from tests.e2e.conftest import port_answers, start_gateway, stop, wait_until_closed
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "qwen2.5-coder-0.5b-instruct"
+
+
+@pytest.fixture(scope="module")
+def client(gateway):
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0,
+                       timeout=120) as sdk:
+        yield sdk
+
+
+def test_models_list_has_the_local_model_and_auto(client):
+    assert [m.id for m in client.models.list()] == ["auto", MODEL]
+
+
+def test_chat_completion_answers_a_simple_question(client):
+    reply = client.chat.completions.create(
+        model="auto", temperature=0, max_tokens=16,
+        messages=[{"role": "user",
+                   "content": "What is the capital of France? Answer with one word."}])
+    assert "paris" in reply.choices[0].message.content.lower()
+    assert reply.model == MODEL
+    assert reply.usage.prompt_tokens > 0 and 0 < reply.usage.completion_tokens <= 16
+    assert reply.model_extra["router"]["spent_tokens"] == reply.usage.completion_tokens
+
+
+def test_streamed_completion_ends_with_usage(client):
+    stream = client.chat.completions.create(
+        model=MODEL, temperature=0, max_tokens=12, stream=True,
+        stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "Count from 1 to 5, separated by commas."}])
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "1" in text and "2" in text
+    assert chunks[-1].choices == []
+    assert 0 < chunks[-1].usage.completion_tokens <= 12
+
+
+def test_n_is_honoured_against_llama_cpp(client):
+    reply = client.chat.completions.create(
+        model="auto", n=2, max_tokens=4, temperature=0.8,
+        messages=[{"role": "user", "content": "Name a colour."}])
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert reply.model_extra["router"]["upstream_calls"] == 2
+
+
+def test_errors_arrive_as_sdk_exceptions(client):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model",
+                                       messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="auto", messages=[])
+
+
+def test_sigterm_stops_the_embedded_backend(data_dir, tmp_path):
+    running = start_gateway(data_dir, tmp_path / "gateway.log")
+    port = running.backend_port()
+    assert port_answers(port)
+    stop(running.process, signal.SIGTERM)
+    # uvicorn re-raises SIGTERM after its graceful shutdown, so the exit is by that signal
+    assert running.process.returncode in (0, -signal.SIGTERM)
+    assert f"stopped the embedded backend on 127.0.0.1:{port}" in running.log.read_text()
+    assert wait_until_closed(port)
+
+
+def test_the_backend_dies_with_a_killed_gateway(data_dir, tmp_path):
+    running = start_gateway(data_dir, tmp_path / "gateway.log")
+    port = running.backend_port()
+    stop(running.process, signal.SIGKILL)
+    assert wait_until_closed(port)

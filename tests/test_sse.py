@@ -12,7 +12,8 @@ def decode_all(chunks: list[bytes]) -> list[str | None]:
 
 
 def test_events_split_at_every_byte_come_out_whole():
-    stream = 'data: {"a": "é世🌍"}\n\n: keep-alive\n\ndata: line1\ndata: line2\r\n\r\ndata: [DONE]\n\n'
+    stream = ('data: {"a": "é世🌍"}\n\n: keep-alive\n\n'
+              'data: line1\ndata: line2\r\n\r\ndata: [DONE]\n\n')
     raw = stream.encode()
     whole = decode_all([raw])
     assert whole == ['{"a": "é世🌍"}', None, "line1\nline2", "[DONE]"]

@@ -5,19 +5,26 @@ GGUF with ``service.local_backend.model_path``, starts llama-cpp-python's server
 ``LocalBackend``, and measures over the OpenAI API (plain urllib, non-streaming):
 
 * load seconds: from ``LocalBackend.start()`` until the server lists its model;
-* prompt processing: a request with ``max_tokens=1`` on a fresh prompt; its wall time is the
-  time to read the prompt (plus one sampled token), and prompt_tokens / that time is the rate;
+* prompt processing: a ``/v1/completions`` request with ``max_tokens=1`` on a fresh prompt of
+  about 200 tokens; its wall time is the time to read the prompt (plus one sampled token), and
+  prompt_tokens / that time is the rate;
 * decode speed: the same prompt again with ``max_tokens=64``, temperature 0. llama.cpp keeps
   the previous prompt in its context, so this request decodes only; completion tokens (from
   ``usage``) / wall time is the decode rate. The median over ``--speed-prompts`` prompts is
-  reported;
-* quality: 12 short chat questions with checkable answers (arithmetic, capitals, yes/no, a
-  one-step word problem), temperature 0, ``max_tokens=32``, scored on the first non-empty line
-  of the reply: numbers by the last number on it, yes/no by its first word, capitals by the
-  word appearing on it.
+  reported. Speed uses raw completions, not chat, so that a model without a chat template
+  (the Gemma GGUF has none; llama-cpp-python then falls back to a llama-2 format and the base
+  model stops at once) still produces tokens to time;
+* quality: 12 short questions with checkable answers (arithmetic, capitals, yes/no, a one-step
+  word problem), temperature 0, ``max_tokens=32``, asked twice: as chat turns over
+  ``/v1/chat/completions`` (what the gateway serves: ``correct``) and as a raw
+  ``Question: ...\\nAnswer:`` completion (``raw``), which shows what a base model knows without
+  a chat template. Replies are scored on their first non-empty line: numbers by the last
+  number on it, yes/no by its first word, capitals by the word appearing on it.
 
-One warm-up request per model is sent first and not counted. Every child process is stopped in
-``finally``. Usage (from the repository root)::
+One warm-up request per model is sent first and not counted. The share of CPU used by other
+processes is sampled before each model and printed, since on a 2-core machine anything else
+running slows llama.cpp's threads badly. Every child process is stopped in ``finally``.
+Usage (from the repository root)::
 
     .venv/bin/python bench/compare_models.py [--data-dir DIR] [--threads N] [--json OUT]
 """
@@ -46,14 +53,33 @@ from service.local_backend import (
 
 MODELS: tuple[LocalModel, ...] = (QWEN_CODER_05B, GEMMA3_270M)
 
-# Distinct prompts so that each one is read cold by the first (max_tokens=1) request.
-SPEED_PROMPTS = (
-    "Write a detailed paragraph about how lighthouses guided ships before radio.",
-    "Explain in a long paragraph why the sky looks blue during the day.",
-    "Describe, in several sentences, how bread is made from flour, water and yeast.",
-    "Write a detailed paragraph about the life cycle of a butterfly.",
-    "Explain in a long paragraph how a bicycle's gears make climbing hills easier.",
+# Distinct openings so that each prompt is read cold by its first (max_tokens=1) request:
+# llama.cpp reuses only the prefix shared with the previous request.
+SPEED_TOPICS = (
+    "how lighthouses guided ships before radio",
+    "why the sky looks blue during the day",
+    "how bread is made from flour, water and yeast",
+    "the life cycle of a butterfly",
+    "how a bicycle's gears make climbing hills easier",
 )
+SPEED_CONTEXT = (
+    "The following notes were collected for a short article for a general audience. The "
+    "article should be clear, accurate and friendly, avoid jargon where a plain word will do, "
+    "and explain any technical term the first time it appears. Readers are curious adults "
+    "who have no special training in the subject, so each step of the explanation should "
+    "follow from the one before it, with a concrete example where that helps. The article "
+    "will be printed in a weekend magazine next to a photograph, so it should also be "
+    "pleasant to read aloud. Sentences should be of moderate length, and the tone should be "
+    "warm without being silly. Facts should be the kind that a reader could check in an "
+    "encyclopedia, and nothing should be exaggerated for effect. The editor has asked for a "
+    "single flowing paragraph rather than a list, beginning with a sentence that draws the "
+    "reader in and ending with a sentence that leaves them with something to think about."
+)
+
+
+def speed_prompt(topic: str) -> str:
+    return (f"Article topic: {topic}.\n\n{SPEED_CONTEXT}\n\n"
+            f"Here is the paragraph about {topic}:\n\n")
 
 NUMBER = "number"
 YESNO = "yesno"
@@ -78,16 +104,10 @@ QUESTIONS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def chat(base_url: str, alias: str, prompt: str, max_tokens: int,
+def post(url: str, payload: dict[str, Any],
          timeout_s: float = 120.0) -> tuple[dict[str, Any], float]:
-    """POST one chat completion; returns (reply JSON, wall seconds)."""
-    body = json.dumps({
-        "model": alias,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-    }).encode()
-    request = urllib.request.Request(base_url + "/chat/completions", data=body,
+    """POST JSON; returns (reply JSON, wall seconds)."""
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
                                      headers={"Content-Type": "application/json"})
     started = time.perf_counter()
     with urllib.request.urlopen(request, timeout=timeout_s) as reply:
@@ -95,8 +115,39 @@ def chat(base_url: str, alias: str, prompt: str, max_tokens: int,
     return data, time.perf_counter() - started
 
 
-def reply_text(data: dict[str, Any]) -> str:
-    return data["choices"][0]["message"].get("content") or ""
+def chat(backend: LocalBackend, prompt: str, max_tokens: int) -> tuple[str, dict[str, Any], float]:
+    """One chat turn at temperature 0; returns (reply text, usage, wall seconds)."""
+    data, wall = post(backend.url + "/chat/completions", {
+        "model": backend.alias, "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens, "temperature": 0})
+    return data["choices"][0]["message"].get("content") or "", data["usage"], wall
+
+
+def complete(backend: LocalBackend, prompt: str, max_tokens: int,
+             stop: list[str] | None = None) -> tuple[str, dict[str, Any], float]:
+    """One raw text completion at temperature 0; returns (text, usage, wall seconds)."""
+    payload: dict[str, Any] = {"model": backend.alias, "prompt": prompt,
+                               "max_tokens": max_tokens, "temperature": 0}
+    if stop:
+        payload["stop"] = stop
+    data, wall = post(backend.url + "/completions", payload)
+    return data["choices"][0].get("text") or "", data["usage"], wall
+
+
+def other_cpu_share(seconds: float = 1.0) -> float | None:
+    """Fraction of all CPU time spent busy during ``seconds`` (this script is idle then)."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields) - idle, sum(fields)
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except (OSError, ValueError):
+        return None
+    return (busy1 - busy0) / max(total1 - total0, 1)
 
 
 def first_line(text: str) -> str:
@@ -117,13 +168,14 @@ def is_correct(kind: str, expected: str, text: str) -> bool:
     return re.search(rf"\b{re.escape(expected)}\b", line) is not None
 
 
-def measure_speed(backend: LocalBackend, prompts: tuple[str, ...]) -> dict[str, Any]:
+def measure_speed(backend: LocalBackend, topics: tuple[str, ...]) -> dict[str, Any]:
     runs = []
-    for prompt in prompts:
-        cold, pp_wall = chat(backend.url, backend.alias, prompt, max_tokens=1)
-        warm, decode_wall = chat(backend.url, backend.alias, prompt, max_tokens=64)
-        prompt_tokens = cold["usage"]["prompt_tokens"]
-        completion_tokens = warm["usage"]["completion_tokens"]
+    for topic in topics:
+        prompt = speed_prompt(topic)
+        _, cold, pp_wall = complete(backend, prompt, max_tokens=1)
+        _, warm, decode_wall = complete(backend, prompt, max_tokens=64)
+        prompt_tokens = cold["prompt_tokens"]
+        completion_tokens = warm["completion_tokens"]
         runs.append({
             "prompt_tokens": prompt_tokens,
             "prompt_s": round(pp_wall, 3),
@@ -146,19 +198,30 @@ def measure_speed(backend: LocalBackend, prompts: tuple[str, ...]) -> dict[str, 
 def measure_quality(backend: LocalBackend) -> dict[str, Any]:
     answers = []
     for question, kind, expected in QUESTIONS:
-        data, wall = chat(backend.url, backend.alias, question, max_tokens=32)
-        text = reply_text(data)
+        text, _, wall = chat(backend, question, max_tokens=32)
+        raw, _, raw_wall = complete(backend, f"Question: {question}\nAnswer:", max_tokens=32,
+                                    stop=["\nQuestion:"])
         correct = is_correct(kind, expected, text)
-        answers.append({"question": question, "expected": expected, "reply": text,
-                        "correct": correct, "wall_s": round(wall, 3)})
-        print(f"  {'ok ' if correct else 'BAD'} {question[:40]!r:44} -> "
-              f"{first_line(text)[:40]!r}", file=sys.stderr)
-    return {"correct": sum(a["correct"] for a in answers), "total": len(answers),
-            "answers": answers}
+        raw_correct = is_correct(kind, expected, raw)
+        answers.append({"question": question, "expected": expected,
+                        "chat_reply": text, "correct": correct, "wall_s": round(wall, 3),
+                        "raw_reply": raw, "raw_correct": raw_correct,
+                        "raw_wall_s": round(raw_wall, 3)})
+        print(f"  chat {'ok ' if correct else 'BAD'} {first_line(text)[:24]!r:28} "
+              f"raw {'ok ' if raw_correct else 'BAD'} {first_line(raw)[:24]!r:28} "
+              f"<- {question[:34]!r}", file=sys.stderr)
+    return {"correct": sum(a["correct"] for a in answers),
+            "raw_correct": sum(a["raw_correct"] for a in answers),
+            "total": len(answers), "answers": answers}
 
 
 def run_model(model: LocalModel, data_dir: Path, threads: int | None, n_ctx: int,
               speed_prompts: int) -> dict[str, Any]:
+    busy = other_cpu_share()
+    if busy is not None:
+        print(f"  CPU busy before start (other processes): {busy:.0%}"
+              + ("  WARNING: measurements will be slowed" if busy > 0.15 else ""),
+              file=sys.stderr)
     started = time.perf_counter()
     path = model_path(model, data_dir / "models")
     assemble_s = time.perf_counter() - started
@@ -168,8 +231,8 @@ def run_model(model: LocalModel, data_dir: Path, threads: int | None, n_ctx: int
         started = time.perf_counter()
         backend.start()
         load_s = time.perf_counter() - started
-        chat(backend.url, backend.alias, "Hello.", max_tokens=4)  # warm-up, not counted
-        speed = measure_speed(backend, SPEED_PROMPTS[:speed_prompts])
+        complete(backend, "Hello, world.", max_tokens=4)  # warm-up, not counted
+        speed = measure_speed(backend, SPEED_TOPICS[:speed_prompts])
         quality = measure_quality(backend)
     finally:
         backend.stop()
@@ -181,6 +244,7 @@ def run_model(model: LocalModel, data_dir: Path, threads: int | None, n_ctx: int
         "load_s": round(load_s, 2),
         "threads": threads or os.cpu_count() or 1,
         "n_ctx": n_ctx,
+        "cpu_busy_before": None if busy is None else round(busy, 3),
         **speed,
         **quality,
     }
@@ -188,13 +252,14 @@ def run_model(model: LocalModel, data_dir: Path, threads: int | None, n_ctx: int
 
 def print_table(results: list[dict[str, Any]]) -> None:
     header = (f"{'model':30} {'file MB':>8} {'load s':>7} {'tok/s':>7} "
-              f"{'prompt s':>9} {'prompt tok/s':>13} {'correct':>8}")
+              f"{'prompt s':>9} {'prompt tok/s':>13} {'correct':>8} {'raw':>6}")
     print(header)
     print("-" * len(header))
     for r in results:
         print(f"{r['model']:30} {r['file_mb']:>8.1f} {r['load_s']:>7.2f} "
               f"{r['decode_tok_s_median']:>7.1f} {r['prompt_s_median']:>9.2f} "
-              f"{r['prompt_tok_s_median']:>13.1f} {r['correct']:>5}/{r['total']}")
+              f"{r['prompt_tok_s_median']:>13.1f} {r['correct']:>5}/{r['total']} "
+              f"{r['raw_correct']:>3}/{r['total']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="llama.cpp threads (default: all cores, as LocalBackend does)")
     parser.add_argument("--n-ctx", type=int, default=2048)
     parser.add_argument("--speed-prompts", type=int, default=3,
-                        choices=range(1, len(SPEED_PROMPTS) + 1), metavar="N",
-                        help=f"speed prompts per model, 1..{len(SPEED_PROMPTS)} (default 3)")
+                        choices=range(1, len(SPEED_TOPICS) + 1), metavar="N",
+                        help=f"speed prompts per model, 1..{len(SPEED_TOPICS)} (default 3)")
     parser.add_argument("--models", nargs="+", default=[m.alias for m in MODELS],
                         choices=[m.alias for m in MODELS])
     parser.add_argument("--json", type=Path, default=None, help="write the results here")

@@ -39,8 +39,6 @@ How to run it (from the repository root, with the project's virtualenv)
     included.
 """
 
-from __future__ import annotations
-
 import argparse
 import asyncio
 import contextlib

@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import orjson
 
 from router_models.prompt import content_text
@@ -160,7 +162,7 @@ async def _fan_out_json(call: Call, samples: range) -> list[dict[str, Any]]:
 def _merge_json(call: Call, replies: list[dict[str, Any]]) -> dict[str, Any]:
     merged = replies[0] if len(replies) == 1 else dict(replies[0])
     if len(replies) > 1:
-        choices = []
+        choices: list[dict[str, Any]] = []
         for reply in replies:
             for choice in reply["choices"]:
                 choice = dict(choice)
@@ -230,16 +232,21 @@ async def relay(call: Call, streams: list[UpstreamStream],
     template: dict[str, Any] = {}
     error: GatewayError | None = None
     try:
-        async for index, (payload, data) in _merged_events(streams):
-            out = _rewrite_chunk(call, states[index], payload, data, template)
-            if out is not None:
-                yield sse.data_event(out)
+        async with aclosing(_merged_events(streams)) as events:
+            async for index, (payload, data) in events:
+                out = _rewrite_chunk(call, states[index], payload, data, template)
+                if out is not None:
+                    yield sse.data_event(out)
         _check_complete(call, states)
     except GatewayError as exc:
         error = exc
     finally:
-        for stream in streams:
-            await stream.aclose()
+        # When the client goes away the task is cancelled, and anyio re-raises the
+        # cancellation at every await: shield the clean-up so the upstream connections are
+        # closed and the tokens already spent are still counted.
+        with anyio.CancelScope(shield=True):
+            for stream in streams:
+                await stream.aclose()
         _settle_usage(call, states)
         if on_done is not None:
             on_done(error)

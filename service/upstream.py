@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,7 +226,7 @@ class UpstreamClient:
 
     async def forward(self, backend: Backend, method: str, path: str, body: bytes,
                       headers: Mapping[str, str], acct: Accounting | None = None,
-                      ) -> tuple[int, dict[str, str], AsyncIterator[bytes]]:
+                      ) -> tuple[int, dict[str, str], AsyncGenerator[bytes, None]]:
         """Forward any other ``/v1/*`` call as it is: returns (status, headers, body chunks).
 
         Retried on connection errors, 429 and 5xx before any byte is returned. The body
@@ -324,7 +324,7 @@ class UpstreamClient:
 
 
 async def _closing_iter(response: httpx.Response, backend: Backend,
-                        started: float) -> AsyncIterator[bytes]:
+                        started: float) -> AsyncGenerator[bytes, None]:
     try:
         async for chunk in response.aiter_bytes():
             yield chunk

@@ -438,3 +438,39 @@ async def test_client_authorization_is_not_forwarded_upstream(chat_body):
         await client.post("/v1/embeddings", json={"model": "fake-model", "input": "x"},
                           headers={"authorization": "Bearer sk-client"})
     assert seen == ["Bearer sk-upstream", "Bearer sk-upstream"]
+
+
+async def test_client_going_away_closes_the_upstream_and_counts_what_was_spent(chat_body):
+    from service.backends import BackendRegistry
+    from service.passthrough import Call, open_streams, relay
+    from service.protocol import parse_request
+    from service.upstream import UpstreamClient
+
+    closed = []
+
+    class EndlessStream(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            while True:
+                yield sse_body({"id": "x", "object": "chat.completion.chunk", "model": "m",
+                                "choices": [{"index": 0, "delta": {"content": "la "},
+                                             "finish_reason": None}]})[0]
+
+        async def aclose(self):
+            closed.append(True)
+
+    settings = make_settings()
+    client = UpstreamClient(settings, transport=scripted_transport(
+        lambda r: httpx.Response(200, stream=EndlessStream())))
+    registry = BackendRegistry(settings.upstreams)
+    backend, model = await registry.resolve("fake-model", client)
+    call = Call(parse_request("chat", {**chat_body, "stream": True}), backend, model, client,
+                registry, fanout_concurrency=4)
+    outcomes = []
+    body = relay(call, await open_streams(call), outcomes.append)
+    received = [await body.__anext__() for _ in range(3)]
+    await body.aclose()  # what Starlette does when the client disconnects
+    await client.aclose()
+    assert all(b'"la "' in chunk for chunk in received)
+    assert closed == [True]
+    assert outcomes == [None]
+    assert call.acct.completion_tokens == 3 and call.acct.estimated

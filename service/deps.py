@@ -32,8 +32,10 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
         RequestTooLarge: the declared or the received size is over the limit (413).
     """
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
-        raise RequestTooLarge(f"the request body is over the limit of {limit_bytes} bytes")
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit_bytes:
+            raise RequestTooLarge(f"the request body is over the limit of {limit_bytes} bytes")
+        return await request.body()  # the server stops at content-length bytes
     chunks = []
     size = 0
     async for chunk in request.stream():

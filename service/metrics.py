@@ -27,6 +27,9 @@ OpenTelemetry GenAI mapping: ``ttc_tokens_total`` is the counter form of the his
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 # Latency buckets (seconds) from sub-millisecond gateway work to minute-long CPU generations.
@@ -62,10 +65,17 @@ REJECTED = Counter(
     "ttc_rejected", "Requests refused before any upstream call.", ["reason"])
 
 
+@lru_cache(maxsize=8192)
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, cached: ``labels()`` takes a lock and builds a key on every
+    call, a measurable cost on the request path. Label sets are bounded, and so is the cache."""
+    return metric.labels(*labels)
+
+
 def record_tokens(strategy: str, policy: str, arm: str, model: str,
                   prompt_tokens: int, completion_tokens: int) -> None:
     """Add one request's upstream tokens to ``ttc_tokens_total``."""
     if prompt_tokens:
-        TOKENS.labels("prompt", strategy, policy, arm, model).inc(prompt_tokens)
+        child(TOKENS, "prompt", strategy, policy, arm, model).inc(prompt_tokens)
     if completion_tokens:
-        TOKENS.labels("completion", strategy, policy, arm, model).inc(completion_tokens)
+        child(TOKENS, "completion", strategy, policy, arm, model).inc(completion_tokens)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -258,7 +258,7 @@ async def relay(call: Call, streams: list[UpstreamStream],
 
 
 async def _merged_events(streams: list[UpstreamStream],
-                         ) -> AsyncIterator[tuple[int, tuple[Any, str]]]:
+                         ) -> AsyncGenerator[tuple[int, tuple[Any, str]], None]:
     """(stream index, event) pairs from all streams, in arrival order."""
     if len(streams) == 1:
         async for event in _events(streams[0]):
@@ -419,9 +419,10 @@ def _usage_chunk(call: Call, template: dict[str, Any]) -> dict[str, Any]:
 def record(call: Call, status: str) -> None:
     """Count the finished request in the metrics (requests, tokens, duration, overhead)."""
     model = call.upstream_model
-    metrics.REQUESTS.labels(STRATEGY, metrics.NO_LABEL, metrics.NO_LABEL, model, status).inc()
+    metrics.child(metrics.REQUESTS, STRATEGY, metrics.NO_LABEL, metrics.NO_LABEL, model,
+                  status).inc()
     metrics.record_tokens(STRATEGY, metrics.NO_LABEL, metrics.NO_LABEL, model,
                           call.acct.prompt_tokens, call.acct.completion_tokens)
     elapsed = time.perf_counter() - call.started
-    metrics.REQUEST_DURATION.labels(STRATEGY).observe(elapsed)
+    metrics.child(metrics.REQUEST_DURATION, STRATEGY).observe(elapsed)
     metrics.OVERHEAD.observe(max(0.0, elapsed - call.acct.wait_s))

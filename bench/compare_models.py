@@ -21,9 +21,11 @@ GGUF with ``service.local_backend.model_path``, starts llama-cpp-python's server
   a chat template. Replies are scored on their first non-empty line: numbers by the last
   number on it, yes/no by its first word, capitals by the word appearing on it.
 
-One warm-up request per model is sent first and not counted. The share of CPU used by other
-processes is sampled before each model and printed, since on a 2-core machine anything else
-running slows llama.cpp's threads badly. Every child process is stopped in ``finally``.
+One warm-up request per model is sent first and not counted. On a 2-core machine anything else
+running slows llama.cpp's threads badly, so before each model the script waits (up to
+``--wait-idle`` seconds) for other processes to leave the CPU, and reports the share of all CPU
+time that other processes used while it measured (``other CPU``; near 0% for clean figures).
+Every child process is stopped in ``finally``.
 Usage (from the repository root)::
 
     .venv/bin/python bench/compare_models.py [--data-dir DIR] [--threads N] [--json OUT]
@@ -134,20 +136,66 @@ def complete(backend: LocalBackend, prompt: str, max_tokens: int,
     return data["choices"][0].get("text") or "", data["usage"], wall
 
 
-def other_cpu_share(seconds: float = 1.0) -> float | None:
-    """Fraction of all CPU time spent busy during ``seconds`` (this script is idle then)."""
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as stat:
-            fields = [int(x) for x in stat.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        return sum(fields) - idle, sum(fields)
-    try:
-        busy0, total0 = sample()
-        time.sleep(seconds)
-        busy1, total1 = sample()
-    except (OSError, ValueError):
-        return None
-    return (busy1 - busy0) / max(total1 - total0, 1)
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def own_jiffies(pid: int | None) -> int:
+    """Clock ticks used by this script plus process ``pid`` (the server)."""
+    times = os.times()
+    ticks = round((times.user + times.system) * os.sysconf("SC_CLK_TCK"))
+    if pid is not None:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks
+
+
+class OtherLoad:
+    """The share of all CPU time that processes other than ours used while measuring.
+
+    On a 2-core machine llama.cpp's threads slow down badly when anything else runs, so the
+    figure is printed beside the results it qualifies.
+    """
+
+    def __init__(self, pid: int | None = None):
+        self.pid = pid
+        self.share: float | None = None
+        self._start: tuple[int, int, int] | None = None
+
+    def __enter__(self) -> OtherLoad:
+        try:
+            self._start = (*cpu_jiffies(), own_jiffies(self.pid))
+        except (OSError, ValueError, IndexError):
+            self._start = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._start is None:
+            return
+        try:
+            busy, total = cpu_jiffies()
+            own = own_jiffies(self.pid)
+        except (OSError, ValueError, IndexError):
+            return
+        busy0, total0, own0 = self._start
+        self.share = max(0.0, ((busy - busy0) - (own - own0)) / max(total - total0, 1))
+
+
+def wait_for_idle(max_wait_s: float, threshold: float = 0.15) -> float | None:
+    """Wait up to ``max_wait_s`` for other processes to use under ``threshold`` of the CPU;
+    returns the last share measured (over one second)."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        with OtherLoad() as load:
+            time.sleep(1.0)
+        if load.share is None or load.share < threshold or time.monotonic() >= deadline:
+            return load.share
+        print(f"  other processes use {load.share:.0%} of the CPU; waiting ...", file=sys.stderr)
 
 
 def first_line(text: str) -> str:
@@ -216,12 +264,10 @@ def measure_quality(backend: LocalBackend) -> dict[str, Any]:
 
 
 def run_model(model: LocalModel, data_dir: Path, threads: int | None, n_ctx: int,
-              speed_prompts: int) -> dict[str, Any]:
-    busy = other_cpu_share()
+              speed_prompts: int, wait_idle_s: float) -> dict[str, Any]:
+    busy = wait_for_idle(wait_idle_s)
     if busy is not None:
-        print(f"  CPU busy before start (other processes): {busy:.0%}"
-              + ("  WARNING: measurements will be slowed" if busy > 0.15 else ""),
-              file=sys.stderr)
+        print(f"  other processes' CPU share before start: {busy:.0%}", file=sys.stderr)
     started = time.perf_counter()
     path = model_path(model, data_dir / "models")
     assemble_s = time.perf_counter() - started
@@ -232,8 +278,10 @@ def run_model(model: LocalModel, data_dir: Path, threads: int | None, n_ctx: int
         backend.start()
         load_s = time.perf_counter() - started
         complete(backend, "Hello, world.", max_tokens=4)  # warm-up, not counted
-        speed = measure_speed(backend, SPEED_TOPICS[:speed_prompts])
-        quality = measure_quality(backend)
+        process = backend._process  # for its CPU time only
+        with OtherLoad(process.pid if process is not None else None) as load:
+            speed = measure_speed(backend, SPEED_TOPICS[:speed_prompts])
+            quality = measure_quality(backend)
     finally:
         backend.stop()
     return {
@@ -244,7 +292,8 @@ def run_model(model: LocalModel, data_dir: Path, threads: int | None, n_ctx: int
         "load_s": round(load_s, 2),
         "threads": threads or os.cpu_count() or 1,
         "n_ctx": n_ctx,
-        "cpu_busy_before": None if busy is None else round(busy, 3),
+        "other_cpu_before": None if busy is None else round(busy, 3),
+        "other_cpu_during": None if load.share is None else round(load.share, 3),
         **speed,
         **quality,
     }
@@ -252,14 +301,15 @@ def run_model(model: LocalModel, data_dir: Path, threads: int | None, n_ctx: int
 
 def print_table(results: list[dict[str, Any]]) -> None:
     header = (f"{'model':30} {'file MB':>8} {'load s':>7} {'tok/s':>7} "
-              f"{'prompt s':>9} {'prompt tok/s':>13} {'correct':>8} {'raw':>6}")
+              f"{'prompt s':>9} {'prompt tok/s':>13} {'correct':>8} {'raw':>6} {'other CPU':>10}")
     print(header)
     print("-" * len(header))
     for r in results:
+        other = "-" if r["other_cpu_during"] is None else f"{r['other_cpu_during']:.0%}"
         print(f"{r['model']:30} {r['file_mb']:>8.1f} {r['load_s']:>7.2f} "
               f"{r['decode_tok_s_median']:>7.1f} {r['prompt_s_median']:>9.2f} "
               f"{r['prompt_tok_s_median']:>13.1f} {r['correct']:>5}/{r['total']} "
-              f"{r['raw_correct']:>3}/{r['total']}")
+              f"{r['raw_correct']:>3}/{r['total']} {other:>10}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,11 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="llama.cpp threads (default: all cores, as LocalBackend does)")
     parser.add_argument("--n-ctx", type=int, default=2048)
-    parser.add_argument("--speed-prompts", type=int, default=3,
+    parser.add_argument("--speed-prompts", type=int, default=5,
                         choices=range(1, len(SPEED_TOPICS) + 1), metavar="N",
-                        help=f"speed prompts per model, 1..{len(SPEED_TOPICS)} (default 3)")
+                        help=f"speed prompts per model, 1..{len(SPEED_TOPICS)} (default 5)")
     parser.add_argument("--models", nargs="+", default=[m.alias for m in MODELS],
                         choices=[m.alias for m in MODELS])
+    parser.add_argument("--wait-idle", type=float, default=60.0, metavar="SECONDS",
+                        help="before each model, wait up to this long for other processes "
+                             "to leave the CPU (default 60)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
 
@@ -288,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         if model.alias in args.models:
             print(f"== {model.alias}", file=sys.stderr)
             results.append(run_model(model, args.data_dir, args.threads, args.n_ctx,
-                                     args.speed_prompts))
+                                     args.speed_prompts, args.wait_idle))
     total_s = time.perf_counter() - started
     print_table(results)
     print(f"threads={results[0]['threads'] if results else '-'}  total {total_s:.0f}s")

@@ -28,13 +28,13 @@ What it measures
     - at concurrency 32 the gateway's throughput is at least 70% of the bare aiohttp proxy's.
 
 How to run it (from the repository root, with the project's virtualenv)
-    .venv/bin/python bench/gateway_overhead.py                 # full run, about 1-2 minutes
+    .venv/bin/python bench/gateway_overhead.py                 # full run, about 40 s on 2 cores
     .venv/bin/python bench/gateway_overhead.py --quick         # a short smoke run
-    .venv/bin/python bench/gateway_overhead.py --concurrency 1,8,32 --requests 3000 \\
+    .venv/bin/python bench/gateway_overhead.py --concurrency 1,8,32 --requests 5000 \\
         --json bench-gateway.json
 
-    ``--requests N`` is the number of measured requests per target and level (default 600 at
-    concurrency 1 and 2000 above). The exit status is 0 when both targets are met, 1 when one
+    ``--requests N`` is the number of measured requests per target and level (default 1000 at
+    concurrency 1 and 3000 above). The exit status is 0 when both targets are met, 1 when one
     is missed, 2 when the run could not be made. Every subprocess is stopped on exit, Ctrl-C
     included.
 """
@@ -468,14 +468,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Latency and throughput the gateway adds over a fast fake backend, "
                     "next to bare FastAPI pass-through proxies.")
     p.add_argument("--requests", type=int, default=None, metavar="N",
-                   help="measured requests per target and level (default 600 at "
-                        "concurrency 1, 2000 above; --quick: 150 and 400)")
+                   help="measured requests per target and level (default 1000 at "
+                        "concurrency 1, 3000 above; --quick: 150 and 400)")
     p.add_argument("--concurrency", default="1,8,32",
                    help="comma-separated concurrency levels (default 1,8,32)")
     p.add_argument("--targets", default=",".join(TARGETS),
                    help=f"comma-separated targets (default {','.join(TARGETS)})")
     p.add_argument("--rounds", type=int, default=None,
-                   help="rounds per level, target order rotated each round (default 3; "
+                   help="rounds per level, target order rotated each round (default 5; "
                         "--quick: 1)")
     p.add_argument("--warmup", type=int, default=None,
                    help="warm-up requests per target and level (default 100 + 4 x concurrency)")
@@ -531,8 +531,8 @@ async def _bench(args: argparse.Namespace, servers: Servers, targets: list[str],
     results: list[Result] = []
     for c in levels:
         n = args.requests or ((150 if c == 1 else 400) if args.quick
-                              else (600 if c == 1 else 2000))
-        rounds = args.rounds or (1 if args.quick else 3)
+                              else (1000 if c == 1 else 3000))
+        rounds = args.rounds or (1 if args.quick else 5)
         warmup = args.warmup if args.warmup is not None else (
             (20 + 2 * c) if args.quick else (100 + 4 * c))
         started = time.perf_counter()
@@ -569,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         targets.insert(0, "direct")
 
     signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in background
     log_dir = Path(tempfile.mkdtemp(prefix="gateway-overhead-"))
     servers = Servers(log_dir)
     print(f"gateway overhead: targets {', '.join(targets)}; concurrency "

@@ -28,6 +28,7 @@ from service.errors import (
     UnprocessableRequest,
     error_json,
 )
+from service.observe import Reporter
 from service.routes import completions, health, models, proxy
 from service.settings import Settings
 from service.upstream import UpstreamClient
@@ -53,7 +54,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         client = UpstreamClient(settings, transport=transport)
         registry = BackendRegistry(settings.upstreams, settings.default_model)
         await registry.discover(client, retries=1)
-        app.state.gateway = Gateway(settings=settings, client=client, registry=registry)
+        app.state.gateway = Gateway(settings=settings, client=client, registry=registry,
+                                    reporter=Reporter())
         try:
             yield
         finally:

@@ -8,17 +8,20 @@ from starlette.requests import Request
 
 from service.backends import BackendRegistry
 from service.errors import RequestTooLarge
+from service.observe import Reporter
 from service.settings import Settings
 from service.upstream import UpstreamClient
 
 
 @dataclass
 class Gateway:
-    """The state the lifespan owns: settings, the upstream client and the backend registry."""
+    """The state the lifespan owns: settings, the upstream client, the backend registry and
+    the reporter of finished requests."""
 
     settings: Settings
     client: UpstreamClient
     registry: BackendRegistry
+    reporter: Reporter
 
 
 def gateway(request: Request) -> Gateway:

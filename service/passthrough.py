@@ -24,9 +24,10 @@ import anyio
 import orjson
 
 from router_models.prompt import content_text
-from service import metrics, sse
+from service import sse
 from service.backends import BackendRegistry
 from service.errors import GatewayError, InvalidRequest, UpstreamError, error_json
+from service.observe import Outcome, Reporter
 from service.protocol import RoutedRequest
 from service.upstream import Accounting, Backend, UpstreamClient, UpstreamStream
 
@@ -44,7 +45,9 @@ class Call:
     client: UpstreamClient
     registry: BackendRegistry
     fanout_concurrency: int
+    reporter: Reporter = field(default_factory=Reporter)
     acct: Accounting = field(default_factory=Accounting)
+    response_id: str | None = None
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -169,6 +172,7 @@ def _merge_json(call: Call, replies: list[dict[str, Any]]) -> dict[str, Any]:
                 choice["index"] = len(choices)
                 choices.append(choice)
         merged["choices"] = choices
+    call.response_id = merged.get("id") if isinstance(merged.get("id"), str) else None
     usage = dict(merged.get("usage") or {})
     usage["prompt_tokens"] = call.acct.prompt_tokens
     usage["completion_tokens"] = call.acct.completion_tokens
@@ -345,6 +349,8 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
     if not template:
         template.update({k: payload[k] for k in ("id", "object", "created", "model",
                                                  "system_fingerprint") if k in payload})
+        if isinstance(template.get("id"), str):
+            call.response_id = template["id"]
     usage = payload.get("usage")
     if isinstance(usage, dict):
         state.usage = usage
@@ -417,12 +423,23 @@ def _usage_chunk(call: Call, template: dict[str, Any]) -> dict[str, Any]:
 
 
 def record(call: Call, status: str) -> None:
-    """Count the finished request in the metrics (requests, tokens, duration, overhead)."""
-    model = call.upstream_model
-    metrics.child(metrics.REQUESTS, STRATEGY, metrics.NO_LABEL, metrics.NO_LABEL, model,
-                  status).inc()
-    metrics.record_tokens(STRATEGY, metrics.NO_LABEL, metrics.NO_LABEL, model,
-                          call.acct.prompt_tokens, call.acct.completion_tokens)
-    elapsed = time.perf_counter() - call.started
-    metrics.child(metrics.REQUEST_DURATION, STRATEGY).observe(elapsed)
-    metrics.OVERHEAD.observe(max(0.0, elapsed - call.acct.wait_s))
+    """Report the finished request (metrics, and the request log when there is one)."""
+    call.reporter.report(Outcome(
+        decision_id=call.routed.decision_id,
+        response_id=call.response_id,
+        endpoint=call.routed.endpoint,
+        model=call.upstream_model,
+        strategy=STRATEGY,
+        policy=None,
+        arm=None,
+        status=status,
+        budget_tokens=call.routed.controls.budget_tokens,
+        prompt_tokens=call.acct.prompt_tokens,
+        completion_tokens=call.acct.completion_tokens,
+        upstream_calls=call.acct.upstream_calls,
+        samples=call.routed.n,
+        duration_s=time.perf_counter() - call.started,
+        wait_s=call.acct.wait_s,
+        estimated=call.acct.estimated,
+        stream=call.routed.stream,
+    ))

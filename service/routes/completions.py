@@ -38,7 +38,7 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
     _check_routable(routed)
     backend, upstream_model = await gw.registry.resolve(routed.model, gw.client)
     call = Call(routed, backend, upstream_model, gw.client, gw.registry,
-                gw.settings.fanout_concurrency)
+                gw.settings.fanout_concurrency, reporter=gw.reporter)
     headers = {"x-ttc-decision-id": routed.decision_id, "x-ttc-strategy": STRATEGY}
 
     if not routed.stream:

@@ -1,0 +1,68 @@
+"""The values that pass from deciding to executing: ``Scores`` and ``Plan``.
+
+A ``Plan`` is a width x depth allocation inside a total token budget: ``width`` parallel
+samples (a majority vote when more than one), each allowed ``depth_tokens`` completion tokens,
+plus up to ``search_calls`` retrieval calls. ``direct`` is one sample with the client's own
+parameters, ``parallel_vote`` many short samples, ``sequential`` one long chain; the general
+k chains x L tokens lie between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# One name per strategy, used alike in the API, the registry, metrics, logs and A/B arms.
+STRATEGIES = ("direct", "parallel_vote", "sequential", "search")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A classifier's reading of one prompt; each a probability in [0, 1].
+
+    ``difficulty``: how likely a small budget is to fail. ``sequential``: how much the prompt
+    depends on accumulating intermediate results (a chain helps, a vote of short tries does
+    not). ``search``: how much it needs facts the model may not have.
+    """
+
+    difficulty: float
+    sequential: float
+    search: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"difficulty": self.difficulty, "sequential": self.sequential,
+                "search": self.search}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to spend one request's tokens.
+
+    Args:
+        strategy: one of ``STRATEGIES``.
+        budget_tokens: the most completion tokens all upstream calls may spend together, or
+            None for no budget (``direct`` with the client's own caps).
+        width: parallel samples (k); 1 for direct and sequential.
+        depth_tokens: completion tokens per sample (L), or None to share the budget evenly.
+        search_calls: the most retrieval calls (the ``search`` strategy).
+        policy: the name of the policy that chose the plan.
+        probability: the probability with which the policy chose it (1.0 when deterministic),
+            logged so that other policies can be evaluated offline (inverse propensity).
+        reason: a short human-readable why.
+    """
+
+    strategy: str
+    budget_tokens: int | None = None
+    width: int = 1
+    depth_tokens: int | None = None
+    search_calls: int = 0
+    policy: str | None = None
+    probability: float = 1.0
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}")
+        if self.width < 1:
+            raise ValueError("width must be at least 1")
+        if self.budget_tokens is not None and self.budget_tokens < 1:
+            raise ValueError("budget_tokens must be at least 1")

@@ -1,0 +1,1 @@
+"""The subcommands of ``ttc-router``, one module each."""

@@ -1,0 +1,95 @@
+"""``ttc-router serve``: run the gateway, starting the embedded backend when no upstream is
+configured."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from service.settings import Settings, SettingsError, UpstreamSettings, load_settings
+
+log = logging.getLogger("ttc_router")
+
+
+def register(subcommands: Any) -> None:
+    serve = subcommands.add_parser(
+        "serve", help="run the gateway",
+        description="Run the gateway. With no upstream configured it starts the embedded local "
+                    "backend (llama.cpp on a small model) and routes to it. Settings come from "
+                    "flags, then TTC_* environment variables, then the config file.")
+    serve.add_argument("--config", type=Path, help="YAML config file (also TTC_CONFIG)")
+    serve.add_argument("--upstream", dest="upstream_urls", action="append", metavar="URL",
+                       help="an OpenAI-compatible base URL ending in /v1; repeatable "
+                            "(also TTC_UPSTREAM_URL, comma-separated)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument("--data-dir", type=Path,
+                       help="state directory (default ~/.local/share/ttc-router)")
+    serve.add_argument("--default-model", help="the backend model that `auto` resolves to")
+    serve.add_argument("--local-model", help="the embedded backend's model "
+                                             "(qwen2.5-coder-0.5b-instruct or gemma3-270m)")
+    serve.add_argument("--log-level", help="critical, error, warning, info or debug")
+    serve.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(
+            args.config, upstream_urls=args.upstream_urls, host=args.host, port=args.port,
+            data_dir=args.data_dir, default_model=args.default_model,
+            local_model=args.local_model, log_level=args.log_level)
+    except SettingsError as exc:
+        print(f"ttc-router: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    local = None
+    if not settings.upstreams:
+        from service.local_backend import LocalBackendError, start_embedded
+
+        try:
+            local = start_embedded(settings.data_dir, settings.local_model,
+                                   n_ctx=settings.local_n_ctx, threads=settings.local_threads,
+                                   timeout_s=settings.local_start_timeout_s)
+        except LocalBackendError as exc:
+            print(f"ttc-router: {exc}", file=sys.stderr)
+            return 1
+        # llama-cpp-python's server ignores `n`: the gateway fans out instead.
+        settings = settings.model_copy(update={"upstreams": [UpstreamSettings(
+            url=local.url, name="local", models=[local.alias], supports_n=False)]})
+    try:
+        _run_uvicorn(settings, on_shutdown=local.stop if local is not None else None)
+    finally:
+        if local is not None:  # when uvicorn failed before its lifespan ran
+            local.stop()
+    return 0
+
+
+def _run_uvicorn(settings: Settings, on_shutdown: Callable[[], None] | None) -> None:
+    import uvicorn
+
+    from service.app import create_app
+
+    if not _is_loopback(settings.host):
+        log.warning("listening on %s: every client that can reach it may spend tokens "
+                    "(API keys are not available in this version)", settings.host)
+    config = uvicorn.Config(
+        create_app(settings, on_shutdown=on_shutdown), host=settings.host, port=settings.port,
+        log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
+        loop="auto", http="auto")
+    uvicorn.Server(config).run()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

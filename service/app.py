@@ -1,6 +1,7 @@
 """The FastAPI application: ``create_app(settings, transport=None)``.
 
-The lifespan owns the upstream client and the backend registry; the error handlers render
+The lifespan owns the upstream client, the backend registry and the request log (opened
+first, closed last so every record of a finished request is written); the error handlers render
 every failure, validation and routing errors included, in OpenAI's envelope.
 """
 
@@ -29,8 +30,9 @@ from service.errors import (
     error_json,
 )
 from service.observe import Reporter
-from service.routes import completions, health, models, proxy
+from service.routes import completions, feedback, health, models, proxy
 from service.settings import Settings
+from service.store.log import open_request_log
 from service.upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -51,20 +53,29 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.database_url.get_secret_value() if settings.database_url else None
+        request_log = open_request_log(settings.data_dir, url,
+                                       queue_size=settings.log_queue_size)
+        await request_log.start()
         client = UpstreamClient(settings, transport=transport)
-        registry = BackendRegistry(settings.upstreams, settings.default_model)
-        await registry.discover(client, retries=1)
-        app.state.gateway = Gateway(settings=settings, client=client, registry=registry,
-                                    reporter=Reporter())
         try:
+            registry = BackendRegistry(settings.upstreams, settings.default_model)
+            await registry.discover(client, retries=1)
+            app.state.gateway = Gateway(
+                settings=settings, client=client, registry=registry,
+                reporter=Reporter(request_log, keep_text=settings.log_text),
+                request_log=request_log)
             yield
         finally:
-            await client.aclose()
-            if on_shutdown is not None:
-                await asyncio.to_thread(on_shutdown)
+            try:
+                await client.aclose()
+                await request_log.close()  # after the last request: every queued row written
+            finally:
+                if on_shutdown is not None:
+                    await asyncio.to_thread(on_shutdown)
 
     app = FastAPI(title="ttc-router", version=__version__, lifespan=lifespan)
-    for module in (health, models, completions, proxy):
+    for module in (health, models, completions, feedback, proxy):
         app.include_router(module.router)
     _install_error_handlers(app)
     return app

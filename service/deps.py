@@ -10,18 +10,20 @@ from service.backends import BackendRegistry
 from service.errors import RequestTooLarge
 from service.observe import Reporter
 from service.settings import Settings
+from service.store.log import RequestLog
 from service.upstream import UpstreamClient
 
 
 @dataclass
 class Gateway:
-    """The state the lifespan owns: settings, the upstream client, the backend registry and
-    the reporter of finished requests."""
+    """The state the lifespan owns: settings, the upstream client, the backend registry,
+    the reporter of finished requests and the request log (None when there is none)."""
 
     settings: Settings
     client: UpstreamClient
     registry: BackendRegistry
     reporter: Reporter
+    request_log: RequestLog | None = None
 
 
 def gateway(request: Request) -> Gateway:

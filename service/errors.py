@@ -9,6 +9,7 @@ boundary where they happen, ``raise ...Error(...) from exc``.
     +-- InvalidRequest                 400 invalid_request_error
     |   +-- UnprocessableRequest       422 invalid_request_error
     |   +-- RequestTooLarge            413 invalid_request_error
+    +-- Unauthorized                   401 authentication_error (missing or wrong bearer token)
     +-- NotFound                       404 not_found_error (unknown model, unknown route)
     +-- UpstreamError                  502 upstream_error (5xx, garbage, broken stream)
     |   +-- UpstreamClientError        the backend's own 4xx status, passed on
@@ -58,6 +59,16 @@ class UnprocessableRequest(InvalidRequest):
 
 class RequestTooLarge(InvalidRequest):
     status = 413
+
+
+class Unauthorized(GatewayError):
+    """A missing or wrong ``Authorization: Bearer`` token."""
+
+    status = 401
+    type = "authentication_error"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
 
 
 class NotFound(GatewayError):

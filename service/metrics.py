@@ -14,6 +14,26 @@ Names (labels):
 - ``ttc_proxied_requests_total{endpoint, status}``: other ``/v1/*`` calls forwarded as they are.
 - ``ttc_rejected_total{reason}``: requests refused before any upstream call
   (``invalid``, ``auth``, ``rate_limit``, ``budget``, ``overload``).
+- ``ttc_budget_tokens{strategy}``: histogram of the completion-token budgets allocated, one
+  observation per request that had a budget.
+- ``ttc_budget_utilization_ratio{strategy}``: histogram of spent / allocated completion tokens
+  per request with a budget; above 1 means a backend overran what it was granted.
+- ``ttc_vote_samples{policy}``: histogram of the samples drawn per ``parallel_vote`` request.
+- ``ttc_vote_early_stops_total{policy}``: votes stopped before drawing every planned sample.
+- ``ttc_classifier_duration_seconds``: one classifier reading of a prompt.
+- ``ttc_feedback_total{strategy, policy, arm, outcome}``: feedback received, ``outcome`` is
+  ``correct`` or ``incorrect`` (a score counts as correct from 0.5); counted once per request,
+  at its first feedback.
+- ``ttc_search_calls_total{backend}``: retrieval calls of the ``search`` strategy.
+- ``ttc_experiment_assignments_total{experiment, arm}``: requests assigned to an A/B arm.
+- ``ttc_key_tokens_total{key_name, kind}``: upstream tokens per API key (the operator's names).
+- ``ttc_log_records_total{result}``: request log records, ``written`` (committed), ``dropped``
+  (the queue was full) or ``failed`` (the database refused them after retries).
+- ``ttc_log_queue_records``: records waiting for the request log's writer.
+
+``service.observe.Reporter`` records the request, token, duration, budget, vote and key metrics
+from each ``Outcome``; ``service.routes.feedback`` records feedback; the upstream client, the
+classifier, the search strategy and the experiment assignment record their own.
 
 Label values come from configuration (model ids, backend labels, strategy names) or from fixed
 sets, never from free request text, so every label set stays bounded.
@@ -30,7 +50,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 # Latency buckets (seconds) from sub-millisecond gateway work to minute-long CPU generations.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -63,6 +83,41 @@ PROXIED = Counter(
     ["endpoint", "status"])
 REJECTED = Counter(
     "ttc_rejected", "Requests refused before any upstream call.", ["reason"])
+
+# Budgets (tokens) from a one-line answer to a long chain; ratios around the 1.0 that matters.
+_BUDGET_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+_RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.5, 2.0)
+_SAMPLE_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64)
+
+BUDGET_TOKENS = Histogram(
+    "ttc_budget_tokens", "Completion-token budget allocated to one request.", ["strategy"],
+    buckets=_BUDGET_BUCKETS)
+BUDGET_UTILIZATION = Histogram(
+    "ttc_budget_utilization_ratio", "Completion tokens spent / allocated, per request.",
+    ["strategy"], buckets=_RATIO_BUCKETS)
+VOTE_SAMPLES = Histogram(
+    "ttc_vote_samples", "Samples drawn by one parallel_vote request.", ["policy"],
+    buckets=_SAMPLE_BUCKETS)
+VOTE_EARLY_STOPS = Counter(
+    "ttc_vote_early_stops", "Votes stopped before drawing every planned sample.", ["policy"])
+CLASSIFIER_DURATION = Histogram(
+    "ttc_classifier_duration_seconds", "Duration of one classifier reading of a prompt.",
+    buckets=_OVERHEAD_BUCKETS)
+FEEDBACK = Counter(
+    "ttc_feedback", "Feedback received, once per request, by outcome (correct, incorrect).",
+    ["strategy", "policy", "arm", "outcome"])
+SEARCH_CALLS = Counter(
+    "ttc_search_calls", "Retrieval calls made by the search strategy.", ["backend"])
+EXPERIMENT_ASSIGNMENTS = Counter(
+    "ttc_experiment_assignments", "Requests assigned to an A/B experiment arm.",
+    ["experiment", "arm"])
+KEY_TOKENS = Counter(
+    "ttc_key_tokens", "Upstream tokens spent per API key, by kind (prompt, completion).",
+    ["key_name", "kind"])
+LOG_RECORDS = Counter(
+    "ttc_log_records", "Request log records by result (written, dropped, failed).", ["result"])
+LOG_QUEUE = Gauge(
+    "ttc_log_queue_records", "Records waiting for the request log's writer.")
 
 
 @lru_cache(maxsize=8192)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -33,6 +33,9 @@ class UpstreamSettings(BaseModel):
     ``url`` is the base URL ending in ``/v1``. ``models`` lists the model ids it serves; when
     empty they are read from its ``GET /models`` at start-up. ``supports_n``: whether the
     backend honours ``n`` (None: detected from the first reply that returns fewer choices).
+    ``prefill``: it continues a final assistant message (vLLM's ``continue_final_message``).
+    ``reasoning_effort``: it accepts OpenAI's ``reasoning_effort``. ``budget_tokens``: the
+    default budget (tokens) of requests it serves that name none.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -42,6 +45,9 @@ class UpstreamSettings(BaseModel):
     models: list[str] = Field(default_factory=list)
     api_key: SecretStr | None = None
     supports_n: bool | None = None
+    prefill: bool = False
+    reasoning_effort: bool = False
+    budget_tokens: int | None = Field(default=None, ge=1)
 
     @field_validator("url")
     @classmethod
@@ -82,7 +88,27 @@ class Settings(BaseSettings):
     fanout_concurrency: int = Field(8, ge=1, le=256)
 
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+
+    # Strategies (see README, "Strategies and budgets").
+    default_strategy: Literal["direct", "parallel_vote", "sequential"] = "direct"
+    default_budget_tokens: int = Field(1024, ge=1)
+    model_budget_tokens: dict[str, int] = Field(default_factory=dict)
+    vote_width: int = Field(8, ge=1, le=64)
+    vote_min_depth_tokens: int = Field(64, ge=1)
+    vote_first_wave: int = Field(4, ge=1)
+    vote_wave: int = Field(2, ge=1)
+    vote_stop_threshold: float = Field(0.95, gt=0, le=1)
+    answer_reserve_tokens: int = Field(64, ge=0)
+    keepalive_s: float = Field(10.0, gt=0)
     log_level: str = "info"
+
+    # The request log: SQLite at data_dir/requests.db unless database_url names PostgreSQL
+    # (postgresql://...) or another SQLite file (sqlite:///PATH).
+    database_url: SecretStr | None = None
+    log_text: bool = False  # keep prompt and answer text in the request log
+    log_queue_size: int = Field(10_000, ge=1)  # records waiting for the writer; more are dropped
+    # When set, GET /metrics needs `Authorization: Bearer <metrics_token>`.
+    metrics_token: SecretStr | None = None
 
     local_model: str = "qwen2.5-coder-0.5b-instruct"
     local_n_ctx: int = Field(4096, ge=256)
@@ -93,6 +119,14 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+                ("postgresql://", "postgres://", "sqlite:///")):
+            raise ValueError("must start with postgresql://, postgres:// or sqlite:///")
+        return value
 
     @field_validator("log_level")
     @classmethod

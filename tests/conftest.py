@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from service.app import create_app
 from service.settings import Settings, UpstreamSettings
+from tests.pg import database_url, postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 BACKEND_URL = "http://backend.test/v1"
 
@@ -43,6 +45,13 @@ async def gateway_client(transport: httpx.AsyncBaseTransport,
 def metric(name: str, **labels: str) -> float:
     """The current value of one Prometheus sample (0 when absent)."""
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture(autouse=True)
+def _own_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's gateway keeps its state (the request log) in its own temporary directory,
+    never under the user's home."""
+    monkeypatch.setenv("TTC_DATA_DIR", str(tmp_path / "ttc-data"))
 
 
 @pytest.fixture

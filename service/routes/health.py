@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -10,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.deps import gateway
-from service.errors import GatewayError, UpstreamUnavailable, error_body
+from service.errors import GatewayError, Unauthorized, UpstreamUnavailable, error_body
 
 router = APIRouter()
 
@@ -46,5 +47,17 @@ async def ready(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition; behind ``Authorization: Bearer <metrics_token>`` when the
+    ``metrics_token`` setting is set.
+
+    Raises:
+        Unauthorized: the token is set and the request does not carry it (401).
+    """
+    token = gateway(request).settings.metrics_token
+    if token is not None:
+        expected = b"Bearer " + token.get_secret_value().encode()
+        given = request.headers.get("authorization", "").encode()
+        if not secrets.compare_digest(given, expected):
+            raise Unauthorized("GET /metrics needs Authorization: Bearer <metrics_token>")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

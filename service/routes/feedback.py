@@ -1,0 +1,68 @@
+"""``POST /v1/feedback``: the outcome of one request, by decision id or response id."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.responses import JSONResponse
+
+from service import metrics
+from service.deps import Gateway, gateway
+from service.errors import GatewayError, NotFound
+from service.store import StoreError, UnknownId, is_correct
+
+router = APIRouter()
+
+
+class FeedbackRequest(BaseModel):
+    """``{"id", "correct": bool}`` or ``{"id", "score": 0.0..1.0}``; ``id`` is a decision id
+    (``dec_...``) or the response's ``id``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256)
+    correct: bool | None = None
+    score: float | None = Field(None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_outcome(self) -> FeedbackRequest:
+        if (self.correct is None) == (self.score is None):
+            raise ValueError("give exactly one of correct (a boolean) or score (0.0 to 1.0)")
+        return self
+
+    def as_score(self) -> float:
+        """The feedback as a score in [0, 1]: ``correct`` is 1.0, incorrect 0.0."""
+        if self.score is not None:
+            return self.score
+        return 1.0 if self.correct else 0.0
+
+
+@router.post("/v1/feedback")
+async def feedback(body: FeedbackRequest,
+                   gw: Annotated[Gateway, Depends(gateway)]) -> JSONResponse:
+    """Record the outcome on the request log (the last value wins) and, at a request's first
+    feedback only, in ``ttc_feedback_total``.
+
+    Raises:
+        NotFound: no request has this id (404).
+        GatewayError: the request log failed (500).
+    """
+    if gw.request_log is None:
+        raise GatewayError("the request log is not available")
+    score = body.as_score()
+    try:
+        applied = await gw.request_log.feedback(body.id, score)
+    except UnknownId as exc:
+        raise NotFound(str(exc), param="id", code="unknown_id") from exc
+    except StoreError as exc:
+        raise GatewayError(f"cannot record feedback: {exc}") from exc
+    correct = is_correct(score)
+    if applied.first:
+        metrics.child(metrics.FEEDBACK, applied.strategy, applied.policy or metrics.NO_LABEL,
+                      applied.arm or metrics.NO_LABEL,
+                      "correct" if correct else "incorrect").inc()
+    return JSONResponse({"object": "feedback", "id": body.id,
+                         "decision_id": applied.decision_id, "correct": correct,
+                         "score": score})

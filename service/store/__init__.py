@@ -1,0 +1,142 @@
+"""The request log: one durable row per client request, and the feedback that lands on it.
+
+``RequestLog`` (``service.store.log``) takes ``Record`` values off the request path through a
+bounded queue and a background writer; the rows live in SQLite (WAL, the default, under the
+data directory) or PostgreSQL (``database_url``, for several replicas). The schema is versioned
+by ordered migrations (``service.store.migrations``).
+
+    StoreError            the database cannot be opened, migrated or written
+    +-- UnknownId         feedback or a look-up named an id that no record has
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from service.observe import Outcome
+
+
+class StoreError(Exception):
+    """The request log's database cannot be opened, migrated, read or written."""
+
+
+class UnknownId(StoreError):
+    """No record has this decision id or response id."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One row of the request log: what one client request did and cost.
+
+    Times are seconds (``time_s`` a Unix timestamp), tokens are upstream tokens summed over
+    every call. ``prompt_text`` / ``answer_text`` are None unless the operator opted in
+    (``log_text``). ``feedback_correct`` / ``feedback_score`` hold the last feedback received
+    (a ``correct`` flag is stored as score 1.0 or 0.0; a score counts as correct from 0.5).
+    """
+
+    decision_id: str
+    response_id: str | None
+    time_s: float
+    endpoint: str
+    key_name: str | None
+    model: str
+    strategy: str
+    policy: str | None
+    arm: str | None
+    experiment: str | None
+    status: str
+    budget_tokens: int | None
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool
+    upstream_calls: int
+    samples: int
+    search_calls: int
+    duration_s: float
+    wait_s: float
+    stream: bool
+    scores: dict[str, float] | None = None
+    plan: dict[str, Any] | None = None
+    votes: dict[str, int] | None = None
+    prompt_text: str | None = None
+    answer_text: str | None = None
+    feedback_correct: bool | None = None
+    feedback_score: float | None = None
+    feedback_count: int = 0
+
+    @classmethod
+    def from_outcome(cls, outcome: Outcome, *, time_s: float, keep_text: bool) -> Record:
+        """The row for ``outcome``, finished at ``time_s`` (Unix seconds); prompt and answer
+        text are kept only when ``keep_text``."""
+        plan = outcome.plan
+        return cls(
+            decision_id=outcome.decision_id, response_id=outcome.response_id, time_s=time_s,
+            endpoint=outcome.endpoint, key_name=outcome.key_name, model=outcome.model,
+            strategy=outcome.strategy, policy=outcome.policy, arm=outcome.arm,
+            experiment=outcome.experiment, status=outcome.status,
+            budget_tokens=outcome.budget_tokens, prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens, estimated=outcome.estimated,
+            upstream_calls=outcome.upstream_calls, samples=outcome.samples,
+            search_calls=outcome.search_calls, duration_s=outcome.duration_s,
+            wait_s=outcome.wait_s, stream=outcome.stream,
+            scores=dict(outcome.scores) if outcome.scores is not None else None,
+            plan=asdict(plan) if plan is not None else None,
+            votes=dict(outcome.votes) if outcome.votes is not None else None,
+            prompt_text=outcome.prompt_text if keep_text else None,
+            answer_text=outcome.answer_text if keep_text else None,
+        )
+
+
+@dataclass(frozen=True)
+class FeedbackApplied:
+    """What a feedback update touched: the record's labels, and whether it was the first
+    feedback for that record (only the first one is counted in ``ttc_feedback_total``)."""
+
+    decision_id: str
+    strategy: str
+    policy: str | None
+    arm: str | None
+    first: bool
+
+
+# The row's columns, in the order both backends write them.
+COLUMNS: tuple[str, ...] = tuple(name for name in Record.__dataclass_fields__)
+JSON_COLUMNS = frozenset({"scores", "plan", "votes"})
+
+
+class Backend(Protocol):
+    """A database behind the request log. Every method raises ``StoreError`` on database
+    failure."""
+
+    async def open(self) -> None:
+        """Connect and bring the schema to the latest version."""
+
+    async def write(self, records: Sequence[Record]) -> None:
+        """Insert ``records`` in one transaction (a decision id already present is kept)."""
+
+    async def set_feedback(self, ident: str, score: float, time_s: float
+                           ) -> FeedbackApplied | None:
+        """Store feedback on the record with this decision id, else the latest record with
+        this response id; None when neither exists."""
+
+    async def get(self, ident: str) -> Record | None:
+        """The record with this decision id, else the latest with this response id."""
+
+    async def records(self, *, experiment: str | None = None,
+                      with_feedback: bool = False) -> list[Record]:
+        """Every record, oldest first, optionally of one experiment or with feedback only."""
+
+    async def schema_version(self) -> int:
+        """The schema version the database is at."""
+
+    async def close(self) -> None:
+        """Release the connection(s)."""
+
+
+def is_correct(score: float) -> bool:
+    """Whether a feedback score counts as a correct answer (from 0.5 up)."""
+    return score >= 0.5

@@ -1,0 +1,189 @@
+"""``RequestLog``: records leave the request path through a bounded queue to one writer task.
+
+``submit`` never waits: it puts the record on an ``asyncio.Queue`` (or, when the queue is full,
+counts it as dropped, so a slow database cannot slow requests down). The writer takes what has
+queued up, up to ``batch_size`` records, and commits them in one transaction. ``close`` (the
+app's lifespan, on graceful shutdown) drains the queue before returning, so every accepted
+record reaches the database; ``flush`` waits until everything accepted so far is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Final
+
+from service import metrics
+from service.store import Backend, FeedbackApplied, Record, StoreError, UnknownId
+
+log = logging.getLogger(__name__)
+
+_STOP: Final = object()
+
+
+class RequestLog:
+    """The request log of one gateway process.
+
+    Args:
+        backend: the database (``SqliteBackend`` or ``PostgresBackend``).
+        queue_size: the most records waiting for the writer; more are dropped and counted in
+            ``ttc_log_records_total{result="dropped"}``.
+        batch_size: the most records committed in one transaction.
+        retry_s: the first pause after a failed write, in seconds; doubled per attempt.
+        attempts: how many times one batch is tried before it is given up (and counted as
+            ``failed``), so a broken database cannot wedge the writer.
+    """
+
+    def __init__(self, backend: Backend, *, queue_size: int = 10_000, batch_size: int = 500,
+                 retry_s: float = 0.2, attempts: int = 5):
+        self.backend = backend
+        self._queue: asyncio.Queue[Record | object] = asyncio.Queue(maxsize=queue_size)
+        self._batch_size = batch_size
+        self._retry_s = retry_s
+        self._attempts = attempts
+        self._accepted = 0  # records put on the queue
+        self._done = 0  # records the writer has finished with (committed or given up)
+        self._progress = asyncio.Condition()
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        """Open the database (migrating it) and start the writer.
+
+        Raises:
+            StoreError: the database cannot be opened or migrated.
+        """
+        await self.backend.open()
+        self._writer = asyncio.create_task(self._write_forever(), name="ttc-request-log")
+
+    def submit(self, record: Record) -> bool:
+        """Queue ``record`` for writing; False (and counted) when the queue is full or the
+        log is closed. Call it from the event loop's thread; it never waits."""
+        if self._closed:
+            metrics.child(metrics.LOG_RECORDS, "dropped").inc()
+            log.warning("request log closed: record %s dropped", record.decision_id)
+            return False
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            metrics.child(metrics.LOG_RECORDS, "dropped").inc()
+            return False
+        self._accepted += 1
+        return True
+
+    async def flush(self) -> None:
+        """Wait until every record accepted before this call is committed (or given up)."""
+        target = self._accepted
+        if self._writer is None or self._writer.done():
+            return
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._done >= target)
+
+    async def feedback(self, ident: str, score: float) -> FeedbackApplied:
+        """Store feedback (``score`` in [0, 1]; 1.0 is a correct answer) on the record with
+        this decision id or response id. A record still queued is flushed first.
+
+        Raises:
+            UnknownId: no record has this id.
+            StoreError: the database failed.
+        """
+        now = time.time()
+        applied = await self.backend.set_feedback(ident, score, now)
+        if applied is None:
+            await self.flush()
+            applied = await self.backend.set_feedback(ident, score, now)
+        if applied is None:
+            raise UnknownId(f"no request has the id {ident!r}")
+        return applied
+
+    async def get(self, ident: str) -> Record:
+        """The record with this decision id (else the latest with this response id), flushing
+        queued records first.
+
+        Raises:
+            UnknownId: no record has this id.
+            StoreError: the database failed.
+        """
+        await self.flush()
+        record = await self.backend.get(ident)
+        if record is None:
+            raise UnknownId(f"no request has the id {ident!r}")
+        return record
+
+    async def close(self) -> None:
+        """Stop accepting records, write every queued one, and close the database."""
+        self._closed = True
+        if self._writer is not None and not self._writer.done():
+            await self._queue.put(_STOP)
+            await self._writer
+        await self.backend.close()
+
+    async def _write_forever(self) -> None:
+        while True:
+            item = await self._queue.get()
+            batch: list[Record] = []
+            stop = item is _STOP
+            if not stop:
+                batch.append(item)  # type: ignore[arg-type]
+            while not stop and len(batch) < self._batch_size and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is _STOP:
+                    stop = True
+                else:
+                    batch.append(item)  # type: ignore[arg-type]
+            if batch:
+                await self._write(batch)
+                metrics.LOG_QUEUE.set(self._queue.qsize())
+            if stop:
+                return
+
+    async def _write(self, batch: list[Record]) -> None:
+        pause = self._retry_s
+        result = "failed"
+        for attempt in range(1, self._attempts + 1):
+            try:
+                await self.backend.write(batch)
+                result = "written"
+                break
+            except StoreError as exc:
+                log.warning("request log: writing %d records failed (attempt %d of %d): %s",
+                            len(batch), attempt, self._attempts, exc)
+            except Exception:  # never let the writer die: the queue would fill up for good
+                log.exception("request log: unexpected error writing %d records", len(batch))
+            if attempt < self._attempts:
+                await asyncio.sleep(pause)
+                pause *= 2
+        if result == "failed":
+            log.error("request log: %d records given up after %d attempts",
+                      len(batch), self._attempts)
+        metrics.child(metrics.LOG_RECORDS, result).inc(len(batch))
+        async with self._progress:
+            self._done += len(batch)
+            self._progress.notify_all()
+
+
+def open_request_log(data_dir: Path, database_url: str | None, *,
+                     queue_size: int = 10_000) -> RequestLog:
+    """The request log the settings ask for: PostgreSQL when ``database_url`` starts with
+    ``postgresql://`` or ``postgres://``, SQLite at ``sqlite:///PATH`` or, by default, at
+    ``DATA_DIR/requests.db``. Call ``start()`` on it before use.
+
+    Raises:
+        StoreError: ``database_url`` has a scheme other than these.
+    """
+    if database_url is None:
+        from service.store.sqlite import SqliteBackend
+
+        return RequestLog(SqliteBackend(data_dir / "requests.db"), queue_size=queue_size)
+    if database_url.startswith(("postgresql://", "postgres://")):
+        from service.store.postgres import PostgresBackend
+
+        return RequestLog(PostgresBackend(database_url), queue_size=queue_size)
+    if database_url.startswith("sqlite:///"):
+        from service.store.sqlite import SqliteBackend
+
+        path = Path(database_url.removeprefix("sqlite:///")).expanduser()
+        return RequestLog(SqliteBackend(path), queue_size=queue_size)
+    raise StoreError("database_url must start with postgresql://, postgres:// or sqlite:///")

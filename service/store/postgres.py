@@ -1,0 +1,144 @@
+"""The request log in PostgreSQL, chosen by ``database_url``: one log for several replicas.
+
+psycopg 3's native asyncio connections, from a small ``psycopg_pool`` pool, so the writer and
+feedback updates run concurrently without a thread per query. Migrations run under a
+transaction-scoped advisory lock so replicas starting together migrate once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from service.store import (
+    COLUMNS,
+    JSON_COLUMNS,
+    FeedbackApplied,
+    Record,
+    StoreError,
+    is_correct,
+)
+from service.store.migrations import MIGRATIONS, SCHEMA_VERSION_DDL, Migration, pending
+
+_INSERT = (f"INSERT INTO requests ({', '.join(COLUMNS)}) "
+           f"VALUES ({', '.join('%s' for _ in COLUMNS)}) ON CONFLICT (decision_id) DO NOTHING")
+_FIND = ("SELECT {what} FROM requests WHERE decision_id = %(id)s OR response_id = %(id)s "
+         "ORDER BY (decision_id = %(id)s) DESC, time_s DESC LIMIT 1")
+_MIGRATION_LOCK = 0x7474635F6C6F67  # "ttc_log": the advisory lock key that serialises migrations
+
+
+class PostgresBackend:
+    """The request log in the PostgreSQL database at ``url`` (``postgresql://...``).
+
+    Args:
+        url: a libpq connection URL.
+        migrations: the schema steps (tests pass their own to exercise upgrades).
+        max_connections: the pool's size.
+        connect_timeout_s: how long opening the pool may take, in seconds.
+    """
+
+    def __init__(self, url: str, *, migrations: Sequence[Migration] = MIGRATIONS,
+                 max_connections: int = 4, connect_timeout_s: float = 10.0):
+        self._migrations = migrations
+        self._connect_timeout_s = connect_timeout_s
+        self._pool = AsyncConnectionPool(url, min_size=1, max_size=max_connections,
+                                         open=False, kwargs={"autocommit": True})
+
+    async def open(self) -> None:
+        try:
+            await self._pool.open(wait=True, timeout=self._connect_timeout_s)
+        except Exception as exc:  # PoolTimeout, OperationalError, bad URLs alike
+            raise StoreError(f"cannot connect to the request log database: {exc}") from exc
+        try:
+            async with self._pool.connection() as db, db.transaction():
+                await db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                await db.execute(SCHEMA_VERSION_DDL)
+                current = await _version(db)
+                for step in pending(current, self._migrations):
+                    for statement in step.statements("postgres"):
+                        await db.execute(statement)  # type: ignore[arg-type]
+                    await db.execute("INSERT INTO schema_version VALUES (%s, %s, %s)",
+                                     (step.version, step.description, time.time()))
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot migrate the request log database: {exc}") from exc
+
+    async def schema_version(self) -> int:
+        try:
+            async with self._pool.connection() as db:
+                return await _version(db)
+        except psycopg.Error as exc:
+            raise StoreError(f"request log: {exc}") from exc
+
+    async def write(self, records: Sequence[Record]) -> None:
+        rows = [_row(record) for record in records]
+        try:
+            async with self._pool.connection() as db, db.transaction(), db.cursor() as cur:
+                await cur.executemany(_INSERT, rows)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot write the request log: {exc}") from exc
+
+    async def set_feedback(self, ident: str, score: float, time_s: float
+                           ) -> FeedbackApplied | None:
+        sql = ("UPDATE requests SET feedback_correct = %(correct)s, feedback_score = %(score)s,"
+               " feedback_count = feedback_count + 1, feedback_time_s = %(time)s "
+               "WHERE decision_id = (" + _FIND.format(what="decision_id") + ") "
+               "RETURNING decision_id, strategy, policy, arm, feedback_count")
+        args = {"correct": is_correct(score), "score": score, "time": time_s, "id": ident}
+        try:
+            async with self._pool.connection() as db:
+                row = await (await db.execute(sql, args)).fetchone()  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot record feedback: {exc}") from exc
+        if row is None:
+            return None
+        return FeedbackApplied(row[0], row[1], row[2], row[3], first=row[4] == 1)
+
+    async def get(self, ident: str) -> Record | None:
+        sql = _FIND.format(what=", ".join(COLUMNS))
+        try:
+            async with self._pool.connection() as db:
+                row = await (await db.execute(sql, {"id": ident})).fetchone()  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise StoreError(f"request log: {exc}") from exc
+        return _record(row) if row is not None else None
+
+    async def records(self, *, experiment: str | None = None,
+                      with_feedback: bool = False) -> list[Record]:
+        where = ["TRUE"]
+        args: list[Any] = []
+        if experiment is not None:
+            where.append("experiment = %s")
+            args.append(experiment)
+        if with_feedback:
+            where.append("feedback_count > 0")
+        sql = (f"SELECT {', '.join(COLUMNS)} FROM requests WHERE {' AND '.join(where)} "
+               "ORDER BY time_s")
+        try:
+            async with self._pool.connection() as db:
+                rows = await (await db.execute(sql, args)).fetchall()  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise StoreError(f"request log: {exc}") from exc
+        return [_record(row) for row in rows]
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+async def _version(db: psycopg.AsyncConnection[Any]) -> int:
+    row = await (await db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+                 ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _row(record: Record) -> tuple[Any, ...]:
+    return tuple(Jsonb(value) if name in JSON_COLUMNS and value is not None else value
+                 for name in COLUMNS for value in (getattr(record, name),))
+
+
+def _record(row: Sequence[Any]) -> Record:
+    return Record(**dict(zip(COLUMNS, row, strict=True)))

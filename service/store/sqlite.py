@@ -1,0 +1,183 @@
+"""The request log in SQLite (WAL mode): the default, one file under the data directory.
+
+The standard library's ``sqlite3`` runs on one dedicated thread, so the connection never
+changes threads and the event loop never blocks on the disk. WAL with ``synchronous=NORMAL``
+keeps every committed transaction across a crash of the process (only a power loss can undo
+the last ones), and lets CLI commands read while the gateway writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from service.store import (
+    COLUMNS,
+    JSON_COLUMNS,
+    FeedbackApplied,
+    Record,
+    StoreError,
+    is_correct,
+)
+from service.store.migrations import MIGRATIONS, SCHEMA_VERSION_DDL, Migration, pending
+
+T = TypeVar("T")
+
+_INSERT = (f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS)}) "
+           f"VALUES ({', '.join('?' for _ in COLUMNS)})")
+# A decision id wins over a response id; among records sharing a response id, the latest.
+_FIND = ("SELECT {what} FROM requests WHERE decision_id = ? OR response_id = ? "
+         "ORDER BY (decision_id = ?) DESC, time_s DESC LIMIT 1")
+
+
+class SqliteBackend:
+    """The request log in the SQLite file ``path`` (created with its directory).
+
+    Args:
+        path: the database file.
+        migrations: the schema steps (tests pass their own to exercise upgrades).
+        busy_timeout_s: how long a write waits for another process's lock, in seconds.
+    """
+
+    def __init__(self, path: Path, *, migrations: Sequence[Migration] = MIGRATIONS,
+                 busy_timeout_s: float = 5.0):
+        self.path = path
+        self._migrations = migrations
+        self._busy_timeout_s = busy_timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttc-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            if self._db is None:
+                raise StoreError("the request log is not open")
+            try:
+                return fn(self._db)
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.rollback()
+                raise StoreError(f"request log ({self.path}): {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def open(self) -> None:
+        def connect() -> None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, isolation_level=None,
+                                     timeout=self._busy_timeout_s)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(f"cannot open the request log {self.path}: {exc}") from exc
+            self._db = db
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+        await self._run(self._migrate)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        db.execute(SCHEMA_VERSION_DDL)
+        db.execute("BEGIN IMMEDIATE")  # one migrating process at a time
+        try:
+            for step in pending(_version(db), self._migrations):
+                for statement in step.statements("sqlite"):
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_version VALUES (?, ?, ?)",
+                           (step.version, step.description, time.time()))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def schema_version(self) -> int:
+        return await self._run(_version)
+
+    async def write(self, records: Sequence[Record]) -> None:
+        rows = [_row(record) for record in records]
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN")
+            db.executemany(_INSERT, rows)
+            db.execute("COMMIT")
+
+        await self._run(insert)
+
+    async def set_feedback(self, ident: str, score: float, time_s: float
+                           ) -> FeedbackApplied | None:
+        def update(db: sqlite3.Connection) -> FeedbackApplied | None:
+            row = db.execute(
+                "UPDATE requests SET feedback_correct = ?, feedback_score = ?, "
+                "feedback_count = feedback_count + 1, feedback_time_s = ? "
+                "WHERE decision_id = (" + _FIND.format(what="decision_id") + ") "
+                "RETURNING decision_id, strategy, policy, arm, feedback_count",
+                (is_correct(score), score, time_s, ident, ident, ident)).fetchone()
+            if row is None:
+                return None
+            return FeedbackApplied(row[0], row[1], row[2], row[3], first=row[4] == 1)
+
+        return await self._run(update)
+
+    async def get(self, ident: str) -> Record | None:
+        def find(db: sqlite3.Connection) -> Record | None:
+            row = db.execute(_FIND.format(what=", ".join(COLUMNS)),
+                             (ident, ident, ident)).fetchone()
+            return _record(row) if row is not None else None
+
+        return await self._run(find)
+
+    async def records(self, *, experiment: str | None = None,
+                      with_feedback: bool = False) -> list[Record]:
+        where = ["1 = 1"]
+        args: list[Any] = []
+        if experiment is not None:
+            where.append("experiment = ?")
+            args.append(experiment)
+        if with_feedback:
+            where.append("feedback_count > 0")
+        sql = (f"SELECT {', '.join(COLUMNS)} FROM requests WHERE {' AND '.join(where)} "
+               "ORDER BY time_s")
+        return await self._run(lambda db: [_record(r) for r in db.execute(sql, args)])
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, shut)
+        self._executor.shutdown(wait=True)
+
+
+def _version(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+    return int(row[0])
+
+
+def _row(record: Record) -> tuple[Any, ...]:
+    values = []
+    for name in COLUMNS:
+        value = getattr(record, name)
+        if name in JSON_COLUMNS and value is not None:
+            value = json.dumps(value, separators=(",", ":"))
+        values.append(value)
+    return tuple(values)
+
+
+_BOOL_COLUMNS = frozenset({"estimated", "stream", "feedback_correct"})
+
+
+def _record(row: Sequence[Any]) -> Record:
+    values: dict[str, Any] = {}
+    for name, value in zip(COLUMNS, row, strict=True):
+        if value is not None and name in JSON_COLUMNS:
+            value = json.loads(value)
+        elif value is not None and name in _BOOL_COLUMNS:
+            value = bool(value)
+        values[name] = value
+    return Record(**values)

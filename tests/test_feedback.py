@@ -1,0 +1,124 @@
+"""``POST /v1/feedback`` and the request log behind the gateway in process (SQLite and the real
+PostgreSQL), and ``/metrics`` behind its bearer token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import gateway_client, make_settings, metric
+from tests.fakes import FakeBackend
+
+CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "What is 2+2?"}],
+        "router": {"budget_tokens": 64}}
+
+
+def feedback_count(outcome: str) -> float:
+    return metric("ttc_feedback_total", strategy="direct", policy="none", arm="none",
+                  outcome=outcome)
+
+
+async def ask(client: httpx.AsyncClient, **changes: Any) -> httpx.Response:
+    reply = await client.post("/v1/chat/completions", json={**CHAT, **changes})
+    assert reply.status_code == 200, reply.text
+    return reply
+
+
+async def test_feedback_is_stored_once_counted_and_the_last_value_wins(database_url):
+    settings = make_settings(database_url=database_url)
+    correct, incorrect = feedback_count("correct"), feedback_count("incorrect")
+    async with gateway_client(FakeBackend().transport(), settings) as client:
+        reply = await ask(client)
+        decision_id = reply.headers["x-ttc-decision-id"]
+        first = await client.post("/v1/feedback", json={"id": decision_id, "correct": True})
+        assert first.status_code == 200, first.text
+        assert first.json() == {"object": "feedback", "id": decision_id,
+                                "decision_id": decision_id, "correct": True, "score": 1.0}
+        again = await client.post("/v1/feedback", json={"id": decision_id, "correct": True})
+        changed = await client.post("/v1/feedback", json={"id": decision_id, "score": 0.2})
+        assert (again.status_code, changed.status_code) == (200, 200)
+        assert changed.json()["correct"] is False
+        log = client._transport.app.state.gateway.request_log  # type: ignore[attr-defined]
+        stored = await log.get(decision_id)
+    assert feedback_count("correct") - correct == 1  # counted once, at the first feedback
+    assert feedback_count("incorrect") - incorrect == 0
+    assert (stored.feedback_score, stored.feedback_correct, stored.feedback_count) == \
+        (0.2, False, 3)
+    assert (stored.strategy, stored.model, stored.status, stored.budget_tokens) == \
+        ("direct", "fake-model", "200", 64)
+    assert (stored.prompt_tokens, stored.completion_tokens) == \
+        (reply.json()["usage"]["prompt_tokens"], reply.json()["usage"]["completion_tokens"])
+    assert stored.prompt_text is None  # text is kept only when the operator opts in
+
+
+async def test_the_response_id_names_the_request_too(database_url):
+    settings = make_settings(database_url=database_url)
+    async with gateway_client(FakeBackend().transport(), settings) as client:
+        reply = await ask(client)
+        answer = await client.post("/v1/feedback",
+                                   json={"id": reply.json()["id"], "correct": False})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["decision_id"] == reply.headers["x-ttc-decision-id"]
+
+
+async def test_an_unknown_id_is_a_404_in_the_error_envelope():
+    async with gateway_client(FakeBackend().transport()) as client:
+        reply = await client.post("/v1/feedback", json={"id": "dec_nope", "correct": True})
+    assert reply.status_code == 404
+    assert reply.json() == {"error": {"message": "no request has the id 'dec_nope'",
+                                      "type": "not_found_error", "param": "id",
+                                      "code": "unknown_id"}}
+
+
+@pytest.mark.parametrize("body", [
+    {"id": "dec_x"},
+    {"id": "dec_x", "correct": True, "score": 1.0},
+    {"id": "dec_x", "score": 1.5},
+    {"id": "dec_x", "correct": "maybe"},
+    {"id": "", "correct": True},
+    {"correct": True},
+])
+async def test_a_malformed_feedback_is_a_422(body):
+    async with gateway_client(FakeBackend().transport()) as client:
+        reply = await client.post("/v1/feedback", json=body)
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_streamed_and_failed_requests_are_logged_with_their_status(database_url):
+    backend = FakeBackend(failures=[500, 500, 500])
+    settings = make_settings(database_url=database_url)
+    async with gateway_client(backend.transport(), settings) as client:
+        failed = await client.post("/v1/chat/completions", json=CHAT)
+        assert failed.status_code == 502
+        async with client.stream("POST", "/v1/chat/completions",
+                                 json={**CHAT, "stream": True}) as streamed:
+            assert streamed.status_code == 200
+            body = await streamed.aread()
+        assert body.endswith(b"data: [DONE]\n\n")
+        log = client._transport.app.state.gateway.request_log  # type: ignore[attr-defined]
+        await log.flush()
+        failed_row, streamed_row = await log.backend.records()  # oldest first
+    assert streamed_row.decision_id == streamed.headers["x-ttc-decision-id"]
+    assert (failed_row.status, failed_row.upstream_calls, failed_row.completion_tokens) == \
+        ("502", 3, 0)
+    assert streamed_row.stream is True and streamed_row.status == "200"
+    assert streamed_row.completion_tokens == 4
+
+
+async def test_metrics_need_the_bearer_token_when_one_is_set():
+    settings = make_settings(metrics_token="s3cret")
+    async with gateway_client(FakeBackend().transport(), settings) as client:
+        missing = await client.get("/metrics")
+        wrong = await client.get("/metrics", headers={"authorization": "Bearer nope"})
+        right = await client.get("/metrics", headers={"authorization": "Bearer s3cret"})
+    assert (missing.status_code, wrong.status_code, right.status_code) == (401, 401, 200)
+    assert missing.json()["error"]["type"] == "authentication_error"
+    assert "ttc_requests_total" in right.text
+
+
+async def test_metrics_are_open_without_a_token():
+    async with gateway_client(FakeBackend().transport()) as client:
+        assert (await client.get("/metrics")).status_code == 200

@@ -1,0 +1,234 @@
+"""The request log: the same tests against SQLite and against a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router_models.plan import Plan
+from service.observe import Outcome
+from service.store import Record, StoreError, UnknownId
+from service.store.log import RequestLog, open_request_log
+from service.store.migrations import MIGRATIONS, Migration
+from tests.conftest import metric
+
+
+def make_record(i: int = 0, **changes: Any) -> Record:
+    values: dict[str, Any] = dict(
+        decision_id=f"dec_{i:032x}", response_id=f"chatcmpl-{i}", time_s=1_700_000_000.0 + i,
+        endpoint="chat", key_name="team-a", model="fake-model", strategy="parallel_vote",
+        policy="cheap", arm="control", experiment="exp1", status="200", budget_tokens=512,
+        prompt_tokens=7, completion_tokens=120 + i, estimated=False, upstream_calls=3, samples=3,
+        search_calls=0, duration_s=0.25, wait_s=0.2, stream=False,
+        scores={"difficulty": 0.5, "sequential": 0.1, "search": 0.0},
+        plan={"strategy": "parallel_vote", "budget_tokens": 512, "width": 3},
+        votes={"4": 2, "5": 1})
+    values.update(changes)
+    return Record(**values)
+
+
+async def open_log(url: str, **options: Any) -> RequestLog:
+    log = open_request_log(Path("/nonexistent"), url, **options)
+    await log.start()
+    return log
+
+
+async def test_a_record_reads_back_unchanged_after_reopening(database_url):
+    record = make_record(1)
+    log = await open_log(database_url)
+    assert log.submit(record)
+    await log.close()
+    log = await open_log(database_url)
+    try:
+        assert await log.get(record.decision_id) == record
+        assert await log.get(record.response_id or "") == record
+        assert await log.backend.schema_version() == len(MIGRATIONS)
+    finally:
+        await log.close()
+
+
+async def test_feedback_last_value_wins_and_only_the_first_is_marked_first(database_url):
+    log = await open_log(database_url)
+    try:
+        log.submit(make_record(2))
+        first = await log.feedback("dec_" + "2".rjust(32, "0"), 1.0)
+        again = await log.feedback("chatcmpl-2", 0.0)  # the response id names the same row
+        assert (first.first, again.first) == (True, False)
+        assert (first.strategy, first.policy, first.arm) == ("parallel_vote", "cheap", "control")
+        stored = await log.get(first.decision_id)
+        assert (stored.feedback_correct, stored.feedback_score, stored.feedback_count) == \
+            (False, 0.0, 2)
+    finally:
+        await log.close()
+
+
+async def test_feedback_on_a_record_still_in_the_queue_finds_it(database_url):
+    log = await open_log(database_url)
+    try:
+        record = make_record(3)
+        log.submit(record)  # the writer has not run yet: the record is only queued
+        applied = await log.feedback(record.decision_id, 0.75)
+        assert applied.first and applied.decision_id == record.decision_id
+        assert (await log.get(record.decision_id)).feedback_correct is True
+    finally:
+        await log.close()
+
+
+async def test_an_unknown_id_is_refused(database_url):
+    log = await open_log(database_url)
+    try:
+        with pytest.raises(UnknownId):
+            await log.feedback("dec_missing", 1.0)
+        with pytest.raises(UnknownId):
+            await log.get("chatcmpl-missing")
+    finally:
+        await log.close()
+
+
+async def test_a_shared_response_id_names_the_latest_record(database_url):
+    log = await open_log(database_url)
+    try:
+        log.submit(make_record(4, response_id="chatcmpl-same", time_s=10.0))
+        log.submit(make_record(5, response_id="chatcmpl-same", time_s=20.0))
+        applied = await log.feedback("chatcmpl-same", 1.0)
+        assert applied.decision_id == make_record(5).decision_id
+    finally:
+        await log.close()
+
+
+async def test_close_writes_every_accepted_record(database_url):
+    log = await open_log(database_url)
+    accepted = sum(log.submit(make_record(i)) for i in range(3000))
+    await log.close()
+    log = await open_log(database_url)
+    try:
+        assert accepted == 3000
+        assert len(await log.backend.records()) == 3000
+    finally:
+        await log.close()
+
+
+async def test_a_full_queue_drops_records_and_counts_them(database_url):
+    dropped = metric("ttc_log_records_total", result="dropped")
+    log = await open_log(database_url, queue_size=5)
+    accepted = [log.submit(make_record(i)) for i in range(12)]  # the writer cannot run between
+    await log.close()
+    assert accepted == [True] * 5 + [False] * 7
+    assert metric("ttc_log_records_total", result="dropped") - dropped == 7
+    log = await open_log(database_url)
+    try:
+        assert len(await log.backend.records()) == 5
+    finally:
+        await log.close()
+
+
+async def test_records_can_be_read_by_experiment_and_feedback(database_url):
+    log = await open_log(database_url)
+    try:
+        log.submit(make_record(6))
+        log.submit(make_record(7, experiment=None, arm=None))
+        await log.feedback(make_record(6).decision_id, 1.0)
+        await log.flush()
+        assert [r.decision_id for r in await log.backend.records(experiment="exp1")] == \
+            [make_record(6).decision_id]
+        assert len(await log.backend.records(with_feedback=True)) == 1
+        assert len(await log.backend.records()) == 2
+    finally:
+        await log.close()
+
+
+async def test_an_older_schema_is_migrated_and_keeps_its_rows(database_url):
+    second = Migration(2, "a reviewer column",
+                       sqlite="ALTER TABLE requests ADD COLUMN reviewer TEXT",
+                       postgres="ALTER TABLE requests ADD COLUMN reviewer TEXT")
+    log = open_request_log(Path("/nonexistent"), database_url)
+    log.backend._migrations = MIGRATIONS  # type: ignore[attr-defined]
+    await log.start()
+    log.submit(make_record(8))
+    await log.close()
+
+    log = open_request_log(Path("/nonexistent"), database_url)
+    log.backend._migrations = (*MIGRATIONS, second)  # type: ignore[attr-defined]
+    await log.start()
+    try:
+        assert await log.backend.schema_version() == 2
+        assert (await log.get(make_record(8).decision_id)).completion_tokens == 128
+    finally:
+        await log.close()
+
+    log = open_request_log(Path("/nonexistent"), database_url)  # this gateway knows only v1
+    with pytest.raises(StoreError, match="newer than this gateway"):
+        await log.start()
+    await log.close()
+
+
+async def test_gateways_starting_together_migrate_once(database_url):
+    logs = [open_request_log(Path("/nonexistent"), database_url) for _ in range(4)]
+    await asyncio.gather(*(log.start() for log in logs))
+    try:
+        assert {await log.backend.schema_version() for log in logs} == {len(MIGRATIONS)}
+    finally:
+        for log in logs:
+            await log.close()
+
+
+class FlakyBackend:
+    """Wraps a backend; its first ``failures`` writes raise StoreError."""
+
+    def __init__(self, inner: Any, failures: int):
+        self.inner = inner
+        self.failures = failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def write(self, records: Sequence[Record]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("scripted failure")
+        await self.inner.write(records)
+
+
+async def test_a_failed_write_is_retried_then_given_up_and_counted(database_url, caplog):
+    base = open_request_log(Path("/nonexistent"), database_url)
+    written = metric("ttc_log_records_total", result="written")
+    failed = metric("ttc_log_records_total", result="failed")
+
+    log = RequestLog(FlakyBackend(base.backend, failures=2), retry_s=0.001, attempts=3)
+    await log.start()
+    log.submit(make_record(9))
+    await log.flush()
+    assert metric("ttc_log_records_total", result="written") - written == 1
+
+    log.backend.failures = 3  # type: ignore[attr-defined]
+    log.submit(make_record(10))
+    await log.flush()
+    assert metric("ttc_log_records_total", result="failed") - failed == 1
+    assert "given up" in caplog.text
+    with pytest.raises(UnknownId):
+        await log.get(make_record(10).decision_id)
+    await log.close()
+
+
+def test_a_record_keeps_text_only_when_the_operator_opts_in():
+    outcome = Outcome(
+        decision_id="dec_x", response_id="r", endpoint="chat", model="m", strategy="direct",
+        policy=None, arm=None, status="200", budget_tokens=None, prompt_tokens=1,
+        completion_tokens=2, upstream_calls=1, samples=1, duration_s=0.1, wait_s=0.05,
+        plan=Plan("direct", 256, policy="cheap"), prompt_text="2+2?", answer_text="4")
+    kept = Record.from_outcome(outcome, time_s=1.0, keep_text=True)
+    hidden = Record.from_outcome(outcome, time_s=1.0, keep_text=False)
+    assert (kept.prompt_text, kept.answer_text) == ("2+2?", "4")
+    assert (hidden.prompt_text, hidden.answer_text) == (None, None)
+    assert hidden.plan is not None and hidden.plan["budget_tokens"] == 256
+    assert replace(hidden, prompt_text="2+2?", answer_text="4") == kept
+
+
+def test_a_database_url_of_another_kind_is_refused():
+    with pytest.raises(StoreError, match="postgresql://"):
+        open_request_log(Path("/tmp"), "mysql://x")

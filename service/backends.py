@@ -8,6 +8,7 @@ request names a model nobody is known to serve). ``auto`` resolves to the defaul
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -34,7 +35,8 @@ class BackendRegistry:
         self._default_model = default_model
         self._backends = [
             Backend(u.label, u.url, u.api_key.get_secret_value() if u.api_key else None,
-                    tuple(u.models))
+                    tuple(u.models), prefill=u.prefill, reasoning_effort=u.reasoning_effort,
+                    budget_tokens=u.budget_tokens)
             for u in upstreams
         ]
         self._supports_n: dict[str, bool | None] = {u.label: u.supports_n for u in upstreams}
@@ -61,7 +63,7 @@ class BackendRegistry:
             except (GatewayError, AttributeError, KeyError, TypeError) as exc:
                 log.warning("could not list the models of backend %s: %s", backend.label, exc)
                 continue
-            self._backends[i] = Backend(backend.label, backend.base_url, backend.api_key, ids)
+            self._backends[i] = dataclasses.replace(backend, models=ids)
 
     def model_ids(self) -> list[str]:
         """Every model id served, in configuration order, without duplicates."""

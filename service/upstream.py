@@ -45,13 +45,16 @@ MAX_RETRY_AFTER_S = 5.0
 
 @dataclass(frozen=True)
 class Backend:
-    """One configured upstream: its label (for metrics), base URL ending in /v1, API key and
-    the model ids it serves."""
+    """One configured upstream: its label (for metrics), base URL ending in /v1, API key, the
+    model ids it serves, and what it accepts (see ``UpstreamSettings``)."""
 
     label: str
     base_url: str
     api_key: str | None
     models: tuple[str, ...]
+    prefill: bool = False
+    reasoning_effort: bool = False
+    budget_tokens: int | None = None
 
 
 @dataclass

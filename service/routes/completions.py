@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -11,8 +13,10 @@ from router_models.prompt import has_conversation
 from service.backends import AUTO_MODEL
 from service.deps import gateway, read_body
 from service.errors import GatewayError, InvalidRequest
-from service.passthrough import STRATEGY, Call, complete_json, open_streams, record, relay
+from service.planning import choose_plan
 from service.protocol import Endpoint, RoutedRequest, parse_json_object, parse_request
+from service.strategies import REGISTRY, Call
+from service.strategies.base import record
 
 router = APIRouter()
 
@@ -37,13 +41,15 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
     routed = parse_request(endpoint, body, dict(request.headers))
     _check_routable(routed)
     backend, upstream_model = await gw.registry.resolve(routed.model, gw.client)
-    call = Call(routed, backend, upstream_model, gw.client, gw.registry,
-                gw.settings.fanout_concurrency, reporter=gw.reporter)
-    headers = {"x-ttc-decision-id": routed.decision_id, "x-ttc-strategy": STRATEGY}
+    plan = choose_plan(routed, gw.settings, backend, upstream_model)
+    call = Call(routed, backend, upstream_model, gw.client, gw.registry, gw.settings, plan,
+                reporter=gw.reporter)
+    strategy = REGISTRY[plan.strategy]
+    headers = {"x-ttc-decision-id": routed.decision_id, "x-ttc-strategy": plan.strategy}
 
     if not routed.stream:
         try:
-            result = await complete_json(call)
+            result = await strategy.complete(call)
         except GatewayError as exc:
             record(call, str(exc.status))
             raise
@@ -51,17 +57,23 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
         return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
     try:
-        streams = await open_streams(call)
+        body_iter = await strategy.open_stream(call)
     except GatewayError as exc:
         record(call, str(exc.status))
         raise
-
-    def on_done(error: GatewayError | None) -> None:
-        record(call, "200" if error is None else str(error.status))
-
     headers["cache-control"] = "no-cache"
-    return StreamingResponse(relay(call, streams, on_done), media_type="text/event-stream",
+    return StreamingResponse(_recorded(call, body_iter), media_type="text/event-stream",
                              headers=headers)
+
+
+async def _recorded(call: Call, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The strategy's SSE body, reported once it ends (also when the client goes away)."""
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        error = call.stream_error
+        record(call, "200" if error is None else str(error.status))
 
 
 def _check_routable(routed: RoutedRequest) -> None:

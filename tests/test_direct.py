@@ -1,4 +1,4 @@
-"""Contract tests: the gateway in process in front of a fake backend, JSON and SSE."""
+"""Contract tests of the direct strategy: the gateway in process before a fake backend."""
 
 from __future__ import annotations
 
@@ -441,9 +441,11 @@ async def test_client_authorization_is_not_forwarded_upstream(chat_body):
 
 
 async def test_client_going_away_closes_the_upstream_and_counts_what_was_spent(chat_body):
+    from router_models.plan import Plan
     from service.backends import BackendRegistry
-    from service.passthrough import Call, open_streams, relay
     from service.protocol import parse_request
+    from service.strategies.base import Call
+    from service.strategies.direct import open_streams, relay
     from service.upstream import UpstreamClient
 
     closed = []
@@ -464,13 +466,12 @@ async def test_client_going_away_closes_the_upstream_and_counts_what_was_spent(c
     registry = BackendRegistry(settings.upstreams)
     backend, model = await registry.resolve("fake-model", client)
     call = Call(parse_request("chat", {**chat_body, "stream": True}), backend, model, client,
-                registry, fanout_concurrency=4)
-    outcomes = []
-    body = relay(call, await open_streams(call), outcomes.append)
+                registry, settings, Plan("direct"))
+    body = relay(call, await open_streams(call))
     received = [await body.__anext__() for _ in range(3)]
     await body.aclose()  # what Starlette does when the client disconnects
     await client.aclose()
     assert all(b'"la "' in chunk for chunk in received)
     assert closed == [True]
-    assert outcomes == [None]
+    assert call.stream_error is None
     assert call.acct.completion_tokens == 3 and call.acct.estimated

@@ -1,0 +1,57 @@
+"""From a request's controls to a ``Plan``: which strategy, and how many tokens.
+
+Until the policy issue lands, ``auto`` means the configured ``default_strategy`` for
+``model: "auto"``, and ``direct`` for a request naming a backend model (existing clients see
+no change until they opt in). The budget of a request that names none:
+
+- ``direct``: none; the client's own ``max_tokens`` (per choice) applies;
+- other strategies, when the request sets ``max_tokens`` (or ``max_completion_tokens``): that
+  value, as the total of all calls: a client that capped its answer at N tokens is never
+  billed more than N completion tokens, whatever the strategy;
+- otherwise the model's ``model_budget_tokens``, else the upstream's ``budget_tokens``, else
+  ``default_budget_tokens``.
+"""
+
+from __future__ import annotations
+
+from router_models.plan import Plan
+from service.backends import AUTO_MODEL
+from service.errors import InvalidRequest
+from service.protocol import RoutedRequest
+from service.settings import Settings
+from service.upstream import Backend
+
+
+def choose_plan(routed: RoutedRequest, settings: Settings, backend: Backend,
+                upstream_model: str) -> Plan:
+    """The plan for ``routed``.
+
+    Raises:
+        InvalidRequest: ``n`` > 1 with a strategy other than ``direct``.
+    """
+    controls = routed.controls
+    strategy = controls.strategy
+    reason = ""
+    if strategy == "auto":
+        strategy = settings.default_strategy if routed.model == AUTO_MODEL else "direct"
+        reason = "auto: the configured default" if routed.model == AUTO_MODEL else \
+            "a backend model without router controls passes through"
+    if strategy != "direct" and _may_call_tools(routed):
+        return Plan("direct", budget_tokens=controls.budget_tokens, reason=(
+            f"{strategy} asked, but the answer may be tool calls: answered directly"))
+    if strategy != "direct" and routed.n > 1:
+        raise InvalidRequest(f"n > 1 needs strategy direct, not {strategy}", param="n")
+    if strategy == "direct":
+        return Plan("direct", budget_tokens=controls.budget_tokens, reason=reason)
+
+    budget = controls.budget_tokens or routed.max_tokens or settings.model_budget_tokens.get(
+        upstream_model) or backend.budget_tokens or settings.default_budget_tokens
+    width = 1
+    if strategy == "parallel_vote":
+        width = max(1, min(settings.vote_width, budget // settings.vote_min_depth_tokens))
+    return Plan(strategy, budget_tokens=budget, width=width, reason=reason)
+
+
+def _may_call_tools(routed: RoutedRequest) -> bool:
+    tools = routed.body.get("tools") or routed.body.get("functions")
+    return bool(tools) and routed.body.get("tool_choice") != "none"

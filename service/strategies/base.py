@@ -1,0 +1,184 @@
+"""What every strategy shares: the ``Call`` it runs, the ``Strategy`` protocol, the bodies
+it sends upstream, the ``router`` object it returns and the outcome it reports."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import orjson
+
+from router_models.plan import Plan
+from router_models.prompt import content_text
+from service.backends import BackendRegistry
+from service.errors import GatewayError
+from service.ledger import BudgetLedger
+from service.observe import Outcome, Reporter
+from service.protocol import RoutedRequest
+from service.settings import Settings
+from service.upstream import Accounting, Backend, UpstreamClient
+
+PATHS = {"chat": "/chat/completions", "completions": "/completions"}
+
+
+@dataclass
+class Call:
+    """One client request being executed: what was asked, where it goes, the plan, and the
+    running account of what it cost. Built by the route, used once.
+
+    ``report`` collects strategy-specific fields of the ``router`` object (``votes``,
+    ``early_stop``, ``reason``, ...); ``stream_error`` is set when a stream ended with an error
+    event after its 200 status was sent.
+    """
+
+    routed: RoutedRequest
+    backend: Backend
+    upstream_model: str
+    client: UpstreamClient
+    registry: BackendRegistry
+    settings: Settings
+    plan: Plan
+    reporter: Reporter = field(default_factory=Reporter)
+    acct: Accounting = field(default_factory=Accounting)
+    ledger: BudgetLedger = field(default_factory=lambda: BudgetLedger(None))
+    report: dict[str, Any] = field(default_factory=dict)
+    response_id: str | None = None
+    stream_error: GatewayError | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.ledger = BudgetLedger(self.plan.budget_tokens)
+
+    @property
+    def path(self) -> str:
+        return PATHS[self.routed.endpoint]
+
+    @property
+    def strategy(self) -> str:
+        return self.plan.strategy
+
+
+class Strategy(Protocol):
+    """One way of spending a request's budget. ``name`` is the registry key, the API value,
+    the metric label and the log value alike.
+
+    ``complete`` returns an OpenAI response body (dict). ``open_stream`` does whatever must
+    happen before the client's 200 (so that a refusal becomes an HTTP status) and returns the
+    SSE body. Both raise the ``GatewayError`` family; tokens spent before a failure are still
+    in ``call.acct``.
+    """
+
+    name: ClassVar[str]
+
+    async def complete(self, call: Call) -> dict[str, Any]: ...
+
+    async def open_stream(self, call: Call) -> AsyncIterator[bytes]: ...
+
+
+def request_body(call: Call, *, max_tokens: int | None, n: int = 1, sample: int = 0,
+                 stream: bool = False, messages: list[Any] | None = None,
+                 prompt: Any = None) -> dict[str, Any]:
+    """The body of one upstream call: the client's body (every field it sent, ``router``
+    removed) with the model resolved and the caps set.
+
+    ``max_tokens`` (tokens per choice) is written to both ``max_tokens`` and
+    ``max_completion_tokens``: a backend may honour either one, and a cap on only one of them
+    enforces nothing. Fanned-out calls with a client ``seed`` get ``seed + sample`` so that
+    they are not all the same sample. Streamed calls always ask for usage.
+    """
+    routed = call.routed
+    body = dict(routed.body)
+    body["model"] = call.upstream_model
+    if messages is not None:
+        body["messages"] = messages
+    if prompt is not None:
+        body["prompt"] = prompt
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+        if "max_completion_tokens" in body or routed.endpoint == "chat":
+            body["max_completion_tokens"] = max_tokens
+    if n != 1 or "n" in body:
+        body["n"] = n
+    if sample and isinstance(body.get("seed"), int):
+        body["seed"] = body["seed"] + sample
+    if stream:
+        body["stream"] = True
+        options = dict(body.get("stream_options") or {})
+        options["include_usage"] = True
+        body["stream_options"] = options
+    else:
+        body.pop("stream", None)
+        body.pop("stream_options", None)
+    return body
+
+
+def router_info(call: Call) -> dict[str, Any]:
+    """The ``router`` object of a response (the fields ../shared/INTERFACE.md lists, plus
+    the strategy's own in ``call.report``)."""
+    info: dict[str, Any] = {
+        "decision_id": call.routed.decision_id,
+        "strategy": call.strategy,
+        "policy": call.plan.policy,
+        "arm": None,
+        "budget_tokens": call.plan.budget_tokens,
+        "spent_tokens": call.acct.completion_tokens,
+        "upstream_calls": call.acct.upstream_calls,
+        "samples": call.routed.n,
+        "votes": None,
+        "search_calls": 0,
+        "scores": None,
+        "usage_estimated": call.acct.estimated,
+        "budget_overrun": call.ledger.overrun,
+    }
+    if call.plan.reason:
+        info["reason"] = call.plan.reason
+    info.update(call.report)
+    return info
+
+
+def usage_body(call: Call) -> dict[str, int]:
+    """OpenAI's ``usage`` summed over every upstream call of the request."""
+    return {"prompt_tokens": call.acct.prompt_tokens,
+            "completion_tokens": call.acct.completion_tokens,
+            "total_tokens": call.acct.prompt_tokens + call.acct.completion_tokens}
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """A prompt's size in tokens when the backend did not report it: one token per 4
+    characters of prompt text, the rule of thumb OpenAI gives for English text."""
+    if "messages" in body:
+        chars = sum(len(content_text(m.get("content"))) + 4 for m in body["messages"]
+                    if isinstance(m, dict))
+    else:
+        prompt = body.get("prompt")
+        chars = len(prompt) if isinstance(prompt, str) else len(orjson.dumps(prompt))
+    return max(1, -(-chars // 4))
+
+
+def record(call: Call, status: str) -> None:
+    """Report the finished request (metrics, and the request log when there is one)."""
+    votes = call.report.get("votes")
+    call.reporter.report(Outcome(
+        decision_id=call.routed.decision_id,
+        response_id=call.response_id,
+        endpoint=call.routed.endpoint,
+        model=call.upstream_model,
+        strategy=call.strategy,
+        policy=call.plan.policy,
+        arm=None,
+        status=status,
+        budget_tokens=call.plan.budget_tokens,
+        prompt_tokens=call.acct.prompt_tokens,
+        completion_tokens=call.acct.completion_tokens,
+        upstream_calls=call.acct.upstream_calls,
+        samples=int(call.report.get("samples", call.routed.n)),
+        duration_s=time.perf_counter() - call.started,
+        wait_s=call.acct.wait_s,
+        estimated=call.acct.estimated,
+        stream=call.routed.stream,
+        votes=votes if isinstance(votes, dict) else None,
+        extra={k: v for k, v in call.report.items() if k in ("early_stop", "samples_saved",
+                                                              "failed_samples", "continued")},
+    ))

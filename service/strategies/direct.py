@@ -1,0 +1,278 @@
+"""The ``direct`` strategy: the client's request passed through, JSON and SSE.
+
+The client's body goes upstream as it came (``router`` removed, ``model`` resolved, the caps
+set from the budget: each of the ``n`` choices gets ``budget_tokens // n``). Two things are
+added for every backend:
+
+- usage is always asked for (``stream_options.include_usage``) and summed over every upstream
+  call, whatever the client asked; the usage chunk is stripped from the client's stream when it
+  did not ask for it;
+- ``n`` is honoured against backends that ignore it (llama-cpp-python's server) by fanning out
+  ``n`` single-choice calls, at most ``fanout_concurrency`` at a time, merged into one reply
+  whose choices are re-indexed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import orjson
+
+from service import sse
+from service.errors import GatewayError, InvalidRequest, UpstreamError, error_json
+from service.strategies.base import (
+    Call,
+    estimate_prompt_tokens,
+    request_body,
+    router_info,
+    usage_body,
+)
+from service.streaming import DONE, close_all, merged_events
+from service.upstream import UpstreamStream
+
+
+class Direct:
+    """One upstream call with the client's own parameters (``n`` choices)."""
+
+    name: ClassVar[str] = "direct"
+
+    async def complete(self, call: Call) -> dict[str, Any]:
+        return await complete_json(call)
+
+    async def open_stream(self, call: Call) -> AsyncIterator[bytes]:
+        return relay(call, await open_streams(call))
+
+
+def choice_cap(call: Call) -> int | None:
+    """``max_tokens`` per choice: the client's cap, and ``budget_tokens // n`` under a budget.
+
+    Raises:
+        InvalidRequest: a budget smaller than the number of choices.
+    """
+    routed = call.routed
+    cap = routed.max_tokens
+    if call.plan.budget_tokens is not None:
+        per_choice = call.plan.budget_tokens // routed.n
+        if per_choice < 1:
+            raise InvalidRequest("budget_tokens is smaller than the number of choices n",
+                                 param="router.budget_tokens")
+        cap = per_choice if cap is None else min(cap, per_choice)
+    return cap
+
+
+def _body(call: Call, *, n: int, sample: int = 0) -> dict[str, Any]:
+    return request_body(call, max_tokens=choice_cap(call), n=n, sample=sample,
+                        stream=call.routed.stream)
+
+
+def _fans_out(call: Call) -> bool:
+    return call.routed.n > 1 and call.registry.supports_n(call.backend) is False
+
+
+async def complete_json(call: Call) -> dict[str, Any]:
+    """Run the request without streaming and return the merged OpenAI response body.
+
+    Raises the ``UpstreamError`` family; tokens of calls that succeeded before a failure are
+    still in ``call.acct``.
+    """
+    n = call.routed.n
+    if _fans_out(call):
+        replies = await _fan_out_json(call, range(n))
+    else:
+        first = await _one_json(call, n=n, sample=0)
+        replies = [first]
+        got = len(first["choices"])
+        if n > 1 and got < n:  # the backend ignores n (llama-cpp-python's server)
+            call.registry.note_n_support(call.backend, False)
+            replies += await _fan_out_json(call, range(max(got, 1), n))
+        elif n > 1:
+            call.registry.note_n_support(call.backend, True)
+    call.ledger.charge(call.acct.completion_tokens)
+    return _merge_json(call, replies)
+
+
+async def _one_json(call: Call, *, n: int, sample: int) -> dict[str, Any]:
+    reply = await call.client.post_json(call.backend, call.path,
+                                        _body(call, n=n, sample=sample), call.acct)
+    body = reply.body
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        raise UpstreamError(f"backend {call.backend.label} returned no choices",
+                            code="upstream_malformed")
+    call.acct.add_usage(body.get("usage") if isinstance(body.get("usage"), dict) else None)
+    return body
+
+
+async def _fan_out_json(call: Call, samples: range) -> list[dict[str, Any]]:
+    gate = asyncio.Semaphore(call.settings.fanout_concurrency)
+
+    async def one(sample: int) -> dict[str, Any]:
+        async with gate:
+            return await _one_json(call, n=1, sample=sample)
+
+    results = await asyncio.gather(*(one(s) for s in samples), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return list(results)  # type: ignore[arg-type]
+
+
+def _merge_json(call: Call, replies: list[dict[str, Any]]) -> dict[str, Any]:
+    merged = replies[0] if len(replies) == 1 else dict(replies[0])
+    if len(replies) > 1:
+        choices: list[dict[str, Any]] = []
+        for reply in replies:
+            for choice in reply["choices"]:
+                choice = dict(choice)
+                choice["index"] = len(choices)
+                choices.append(choice)
+        merged["choices"] = choices
+    call.response_id = merged.get("id") if isinstance(merged.get("id"), str) else None
+    merged["usage"] = {**(merged.get("usage") or {}), **usage_body(call)}
+    merged["router"] = router_info(call)
+    return merged
+
+
+# --- SSE ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _StreamState:
+    """What one upstream stream showed: its last usage (running totals: the last one wins),
+    the choices that finished, and a token estimate for backends that send no usage."""
+
+    offset: int
+    usage: dict[str, Any] | None = None
+    finished: set[int] = field(default_factory=set)
+    tokens_seen: int = 0
+    done: bool = False
+
+
+async def open_streams(call: Call) -> list[UpstreamStream]:
+    """Open the upstream stream(s) before the client's response starts, so that a refusal
+    reaches the client as an HTTP status. One stream, or ``n`` when fanning out.
+
+    Raises the ``UpstreamError`` family; streams already opened are closed first.
+    """
+    if not _fans_out(call):
+        return [await call.client.open_stream(call.backend, call.path,
+                                              _body(call, n=call.routed.n), call.acct)]
+    gate = asyncio.Semaphore(call.settings.fanout_concurrency)
+
+    async def one(sample: int) -> UpstreamStream:
+        async with gate:
+            return await call.client.open_stream(
+                call.backend, call.path, _body(call, n=1, sample=sample), call.acct)
+
+    results = await asyncio.gather(*(one(s) for s in range(call.routed.n)),
+                                   return_exceptions=True)
+    streams = [r for r in results if isinstance(r, UpstreamStream)]
+    for result in results:
+        if isinstance(result, BaseException):
+            for stream in streams:
+                await stream.aclose()
+            raise result
+    return streams
+
+
+async def relay(call: Call, streams: list[UpstreamStream]) -> AsyncIterator[bytes]:
+    """The client's SSE body: upstream chunks passed through (byte for byte unless a choice
+    index or a usage field had to change), one usage chunk at the end when the client asked,
+    then ``data: [DONE]``. A broken upstream ends the stream with an error event.
+
+    Usage is settled in ``call.acct`` at the end, also when the client goes away.
+    """
+    states = [_StreamState(offset=i if len(streams) > 1 else 0) for i in range(len(streams))]
+    template: dict[str, Any] = {}
+    error: GatewayError | None = None
+    try:
+        async with aclosing(merged_events(streams)) as events:
+            async for index, (payload, data) in events:
+                out = _rewrite_chunk(call, states[index], payload, data, template)
+                if out is not None:
+                    yield sse.data_event(out)
+        _check_complete(call, states)
+    except GatewayError as exc:
+        error = exc
+    finally:
+        await close_all(streams)
+        _settle_usage(call, states)
+        call.ledger.charge(call.acct.completion_tokens)
+    if error is not None:
+        call.stream_error = error
+        yield sse.data_event(error_json(error))
+    elif call.routed.include_usage:
+        yield sse.data_event(orjson.dumps(_usage_chunk(call, template)))
+    yield sse.DONE
+
+
+def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
+                   template: dict[str, Any]) -> bytes | None:
+    """The bytes to send for one upstream chunk, or None to hold it back."""
+    if payload is DONE:
+        state.done = True
+        return None
+    if not isinstance(payload, dict):
+        raise UpstreamError("the backend sent a stream chunk that is not an object",
+                            code="upstream_malformed")
+    if not template:
+        template.update({k: payload[k] for k in ("id", "object", "created", "model",
+                                                 "system_fingerprint") if k in payload})
+        if isinstance(template.get("id"), str):
+            call.response_id = template["id"]
+    usage = payload.get("usage")
+    if isinstance(usage, dict):
+        state.usage = usage
+    choices = payload.get("choices")
+    if not choices:
+        return None  # the usage chunk: one summed chunk is sent at the end instead
+    changed = False
+    if usage is not None and not call.routed.include_usage:
+        payload.pop("usage")
+        changed = True
+    for choice in choices:
+        index = int(choice.get("index", 0)) + state.offset
+        if state.offset:
+            choice["index"] = index
+            changed = True
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or choice.get("text"):
+            state.tokens_seen += 1
+        if choice.get("finish_reason") is not None:
+            if index in state.finished:
+                choice["finish_reason"] = None  # one finish_reason per choice reaches the client
+                changed = True
+            state.finished.add(index)
+    return orjson.dumps(payload) if changed else data.encode()
+
+
+def _check_complete(call: Call, states: list[_StreamState]) -> None:
+    for state in states:
+        expected = 1 if len(states) > 1 else call.routed.n
+        if not state.done and len(state.finished) < expected:
+            raise UpstreamError("the stream from the backend ended before the answer was complete",
+                                code="stream_truncated")
+
+
+def _settle_usage(call: Call, states: list[_StreamState]) -> None:
+    # A backend that sends no usage in streams (llama-cpp-python's server ignores
+    # stream_options) still spent tokens: count one completion token per content chunk
+    # (servers send a token per chunk) and estimate the prompt, and say it is an estimate.
+    for state in states:
+        if state.usage is not None:
+            call.acct.add_usage(state.usage)
+        else:
+            call.acct.completion_tokens += state.tokens_seen
+            call.acct.prompt_tokens += estimate_prompt_tokens(call.routed.body)
+            call.acct.estimated = True
+
+
+def _usage_chunk(call: Call, template: dict[str, Any]) -> dict[str, Any]:
+    chunk = dict(template)
+    chunk["choices"] = []
+    chunk["usage"] = usage_body(call)
+    chunk["router"] = router_info(call)
+    return chunk

@@ -1,0 +1,182 @@
+"""``parallel_vote``: several short samples and a majority vote on their final answers
+(self-consistency, Wang et al. 2023), stopped early once the vote is settled
+(Adaptive-Consistency, Aggarwal et al. 2023).
+
+The plan gives the most samples (``width``, k) and the tokens per sample (``depth_tokens``, L;
+by default ``budget_tokens // width``). Samples are drawn in waves: ``vote_first_wave`` first,
+then ``vote_wave`` at a time, and after each wave the Beta stopping rule
+(``router_models.voting.is_settled``) decides whether more samples could change the answer.
+Each sample's final answer is extracted and normalised (``router_models.answers``); samples
+without one do not vote; votes are weighted by confidence when the backend returns logprobs.
+The reply is the best sample that gave the winning answer, as a normal completion, with the
+vote in ``router.votes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import orjson
+
+from router_models.answers import extract_answer
+from router_models.voting import Ballot, is_settled, tally, winner
+from service import sse
+from service.errors import GatewayError, UpstreamError, error_json
+from service.strategies.base import Call, router_info, usage_body
+from service.strategies.sampling import Sample, draw
+
+# A sample's temperature when the client set none: votes over greedy samples are all alike.
+# 0.7 is the temperature self-consistency is usually run at (Wang et al. 2023 use 0.5-0.7).
+DEFAULT_VOTE_TEMPERATURE = 0.7
+
+
+class ParallelVote:
+    """Majority vote over up to ``plan.width`` samples of ``plan.depth_tokens`` tokens."""
+
+    name: ClassVar[str] = "parallel_vote"
+
+    async def complete(self, call: Call) -> dict[str, Any]:
+        chosen = await run_vote(call)
+        return completion_body(call, chosen)
+
+    async def open_stream(self, call: Call) -> AsyncIterator[bytes]:
+        return _stream(call)
+
+
+def depth_tokens(call: Call) -> int:
+    """Tokens per sample (L): the plan's depth, else the budget shared by ``width`` samples."""
+    plan = call.plan
+    if plan.depth_tokens is not None:
+        return plan.depth_tokens
+    if plan.budget_tokens is None:
+        return call.routed.max_tokens or call.settings.default_budget_tokens // plan.width
+    return max(1, plan.budget_tokens // plan.width)
+
+
+async def run_vote(call: Call) -> Sample:
+    """Draw waves of samples until the vote is settled or the width or budget is spent;
+    returns the chosen sample and fills ``call.report``.
+
+    Raises:
+        UpstreamError (502) or the first failure's own error: every sample failed.
+    """
+    plan, settings = call.plan, call.settings
+    depth = depth_tokens(call)
+    overrides = None if "temperature" in call.routed.body else {
+        "temperature": DEFAULT_VOTE_TEMPERATURE}
+    samples: list[Sample] = []
+    ballots: list[Ballot] = []
+    failures: list[GatewayError] = []
+    drawn = 0
+    early_stop = False
+    while drawn < plan.width:
+        wave = min(settings.vote_first_wave if drawn == 0 else settings.vote_wave,
+                   plan.width - drawn)
+        new, failed = await draw(call, wave, depth, first_sample=drawn,
+                                 body_overrides=overrides)
+        if not new and not failed:
+            break  # the budget is spent
+        drawn += wave
+        samples += new
+        failures += failed
+        ballots += [Ballot(extract_answer(s.text), s.confidence or 1.0) for s in new]
+        if call.ledger.overrun:
+            break
+        if drawn < plan.width and is_settled(tally(ballots), remaining=plan.width - drawn,
+                                             threshold=settings.vote_stop_threshold):
+            early_stop = True
+            break
+    if not samples:
+        if failures and all(type(f) is type(failures[0]) for f in failures):
+            raise failures[0]
+        raise UpstreamError("every sample of the vote failed", code="all_samples_failed")
+    counts = tally(ballots)
+    best = winner(counts)
+    call.report.update({
+        "votes": {answer: _round(v) for answer, v in counts.items()},
+        "winner": best,
+        "samples": len(samples),
+        "max_samples": plan.width,
+        "early_stop": early_stop,
+        "samples_saved": plan.width - drawn if early_stop else 0,
+        "failed_samples": len(failures),
+        "depth_tokens": depth,
+    })
+    return _best_sample(samples, ballots, best)
+
+
+def _best_sample(samples: list[Sample], ballots: list[Ballot], best: str | None) -> Sample:
+    """The most confident sample that gave the winning answer (the first when there are no
+    confidences); the first sample when no sample had an extractable answer."""
+    if best is None:
+        return samples[0]
+    voters = [(s, b) for s, b in zip(samples, ballots, strict=True) if b.answer == best]
+    return max(voters, key=lambda pair: pair[1].weight)[0]
+
+
+def _round(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else round(value, 4)
+
+
+def completion_body(call: Call, chosen: Sample) -> dict[str, Any]:
+    """A normal OpenAI completion whose one choice is ``chosen``."""
+    reply = chosen.reply
+    call.response_id = reply.get("id") if isinstance(reply.get("id"), str) else None
+    body: dict[str, Any] = {k: reply[k] for k in ("id", "object", "created", "model",
+                                                  "system_fingerprint") if k in reply}
+    body["choices"] = [{**chosen.choice, "index": 0}]
+    body["usage"] = usage_body(call)
+    body["router"] = router_info(call)
+    return body
+
+
+async def _stream(call: Call) -> AsyncIterator[bytes]:
+    """The SSE body: keep-alive comments while the vote runs, then the chosen answer as
+    chunks, the usage chunk when asked, and ``[DONE]``."""
+    task = asyncio.create_task(run_vote(call))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=call.settings.keepalive_s)
+            if done:
+                break
+            yield sse.comment_event("voting")
+        chosen = task.result()
+    except GatewayError as exc:
+        call.stream_error = exc
+        yield sse.data_event(error_json(exc))
+        yield sse.DONE
+        return
+    finally:
+        if not task.done():
+            task.cancel()
+    for chunk in answer_chunks(call, chosen):
+        yield sse.data_event(orjson.dumps(chunk))
+    yield sse.DONE
+
+
+def answer_chunks(call: Call, chosen: Sample) -> list[dict[str, Any]]:
+    """A finished answer as stream chunks: the content (or text) in one delta, the finish
+    reason, then the usage chunk when the client asked for it."""
+    reply = chosen.reply
+    call.response_id = reply.get("id") if isinstance(reply.get("id"), str) else None
+    chat = call.routed.endpoint == "chat"
+    base = {"id": reply.get("id"), "object": "chat.completion.chunk" if chat
+            else "text_completion", "created": reply.get("created", int(time.time())),
+            "model": reply.get("model", call.upstream_model)}
+    if chat:
+        message = chosen.choice.get("message") or {}
+        delta = {k: v for k, v in message.items() if v is not None}
+        delta.setdefault("role", "assistant")
+        content = {"index": 0, "delta": delta, "finish_reason": None}
+    else:
+        content = {"index": 0, "text": chosen.text, "finish_reason": None}
+    finish = {"index": 0, "delta": {}, "finish_reason": chosen.finish_reason} if chat else {
+        "index": 0, "text": "", "finish_reason": chosen.finish_reason}
+    chunks = [{**base, "choices": [content]}, {**base, "choices": [finish]}]
+    if call.routed.include_usage:
+        chunks.append({**base, "choices": [], "usage": usage_body(call),
+                       "router": router_info(call)})
+    return chunks

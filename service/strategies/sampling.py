@@ -1,0 +1,148 @@
+"""Drawing samples under the ledger: the building block of ``parallel_vote`` and
+``sequential``.
+
+``draw`` asks for ``count`` samples of at most ``max_tokens`` each. It uses the backend's
+``n`` when the backend honours it, and concurrent single-choice calls otherwise (at most
+``fanout_concurrency`` in flight). Every call reserves its tokens from the ledger before it
+is sent and settles with the backend's reported usage after, so calls in flight together never
+exceed the budget. Failed calls are dropped and returned as failures; the caller decides what
+"all failed" means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from service.errors import GatewayError, UpstreamError
+from service.ledger import BudgetExhausted
+from service.strategies.base import Call, request_body
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled answer.
+
+    ``choice`` is the backend's choice object (``message`` or ``text``), ``reply`` the whole
+    reply it came in (for ``id``, ``model``, ``created``). ``confidence`` is exp(mean token
+    logprob) in (0, 1] when the backend returned logprobs, else None.
+    """
+
+    choice: dict[str, Any]
+    reply: dict[str, Any]
+    text: str
+    finish_reason: str | None
+    confidence: float | None
+
+
+async def draw(call: Call, count: int, max_tokens: int, *, first_sample: int = 0,
+               body_overrides: dict[str, Any] | None = None,
+               ) -> tuple[list[Sample], list[GatewayError]]:
+    """Draw up to ``count`` samples of at most ``max_tokens`` completion tokens each.
+
+    Fewer are drawn when the ledger cannot grant ``max_tokens`` to each. Returns the samples
+    and the errors of failed calls.
+    """
+    supports_n = call.registry.supports_n(call.backend)
+    if count > 1 and supports_n is not False:
+        return await _draw_with_n(call, count, max_tokens, first_sample, body_overrides)
+    gate = asyncio.Semaphore(call.settings.fanout_concurrency)
+
+    async def one(sample: int) -> list[Sample]:
+        async with gate:
+            return await _call(call, 1, max_tokens, sample, body_overrides)
+
+    results = await asyncio.gather(*(one(first_sample + i) for i in range(count)),
+                                   return_exceptions=True)
+    return _split(results)
+
+
+async def _draw_with_n(call: Call, count: int, max_tokens: int, first_sample: int,
+                       body_overrides: dict[str, Any] | None,
+                       ) -> tuple[list[Sample], list[GatewayError]]:
+    try:
+        samples = await _call(call, count, max_tokens, first_sample, body_overrides)
+    except GatewayError as exc:
+        return [], [exc]
+    if len(samples) < count:  # the backend ignores n: fill up with single calls
+        call.registry.note_n_support(call.backend, False)
+        more, failures = await draw(call, count - len(samples), max_tokens,
+                                    first_sample=first_sample + len(samples),
+                                    body_overrides=body_overrides)
+        return samples + more, failures
+    call.registry.note_n_support(call.backend, True)
+    return samples, []
+
+
+async def _call(call: Call, n: int, max_tokens: int, sample: int,
+                body_overrides: dict[str, Any] | None) -> list[Sample]:
+    try:
+        granted = call.ledger.reserve(max_tokens * n)
+    except BudgetExhausted:
+        return []
+    per_choice = granted // n
+    if per_choice < 1:
+        call.ledger.settle(granted, 0)
+        return []
+    body = request_body(call, max_tokens=per_choice, n=n, sample=sample)
+    if body_overrides:
+        body.update(body_overrides)
+    spent = 0
+    try:
+        reply = await call.client.post_json(call.backend, call.path, body, call.acct)
+        data = reply.body
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise UpstreamError(f"backend {call.backend.label} returned no choices",
+                                code="upstream_malformed")
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+        call.acct.add_usage(usage)
+        spent = int((usage or {}).get("completion_tokens") or 0)
+        return [_sample(choice, data) for choice in data["choices"] if isinstance(choice, dict)]
+    finally:
+        call.ledger.settle(granted, spent)
+
+
+def _sample(choice: dict[str, Any], reply: dict[str, Any]) -> Sample:
+    return Sample(choice=choice, reply=reply, text=choice_text(choice),
+                  finish_reason=choice.get("finish_reason"), confidence=_confidence(choice))
+
+
+def choice_text(choice: dict[str, Any]) -> str:
+    """The text of a chat (``message.content``) or completions (``text``) choice."""
+    message = choice.get("message")
+    if isinstance(message, dict):
+        content = message.get("content")
+        return content if isinstance(content, str) else ""
+    text = choice.get("text")
+    return text if isinstance(text, str) else ""
+
+
+def _confidence(choice: dict[str, Any]) -> float | None:
+    logprobs = choice.get("logprobs")
+    if not isinstance(logprobs, dict):
+        return None
+    values: list[float] = []
+    content = logprobs.get("content")
+    if isinstance(content, list):  # chat format
+        values = [t["logprob"] for t in content
+                  if isinstance(t, dict) and isinstance(t.get("logprob"), (int, float))]
+    elif isinstance(logprobs.get("token_logprobs"), list):  # completions format
+        values = [v for v in logprobs["token_logprobs"] if isinstance(v, (int, float))]
+    if not values:
+        return None
+    return math.exp(sum(values) / len(values))
+
+
+def _split(results: list[Any]) -> tuple[list[Sample], list[GatewayError]]:
+    samples: list[Sample] = []
+    failures: list[GatewayError] = []
+    for result in results:
+        if isinstance(result, GatewayError):
+            failures.append(result)
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            samples.extend(result)
+    return samples, failures

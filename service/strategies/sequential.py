@@ -1,0 +1,279 @@
+"""``sequential``: one long chain of thought given most of the budget.
+
+A small part of the budget (``answer_reserve_tokens``, at most a quarter of it) is held back.
+When the chain is cut by its cap before it states a final answer, the reserve buys one short
+continuation that asks for the final answer now, so a budget cut never returns an answerless
+text (budget forcing in the sense of Muennighoff et al. 2025, "s1": end the thinking, then
+force the answer). The continuation is an assistant prefill (``continue_final_message``, as
+vLLM accepts) for upstreams configured with ``prefill: true``, else a follow-up user turn.
+Backends configured with ``reasoning_effort: true`` are told how hard to think from the chain's
+cap when the client did not say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import orjson
+
+from router_models.answers import extract_answer
+from service import sse
+from service.errors import GatewayError, UpstreamError, error_json
+from service.ledger import BudgetExhausted
+from service.strategies.base import (
+    Call,
+    estimate_prompt_tokens,
+    request_body,
+    router_info,
+    usage_body,
+)
+from service.strategies.parallel_vote import completion_body
+from service.strategies.sampling import Sample, draw
+from service.streaming import DONE, close_all, events
+from service.upstream import UpstreamStream
+
+FINAL_ANSWER_REQUEST = ("You are out of thinking budget. State your final answer now, in the "
+                        "form \"The answer is X.\"")
+PREFILL = "\n\nSo the final answer is"
+
+
+class Sequential:
+    """One chain of up to ``budget - reserve`` tokens, and a forced answer if it is cut."""
+
+    name: ClassVar[str] = "sequential"
+
+    async def complete(self, call: Call) -> dict[str, Any]:
+        chain_cap, reserve = caps(call)
+        samples, failures = await draw(call, 1, chain_cap, body_overrides=_effort(call, chain_cap))
+        if not samples:
+            raise failures[0] if failures else UpstreamError("the chain could not be started",
+                                                             code="budget_spent")
+        chain = samples[0]
+        call.report.update({"samples": 1, "chain_tokens": chain_cap, "continued": False})
+        if not _needs_answer(chain.finish_reason, chain.text) or call.ledger.remaining == 0:
+            return completion_body(call, chain)
+        continuation, _ = await draw(call, 1, reserve,
+                                     body_overrides=_continuation(call, chain.text))
+        call.report["continued"] = True
+        if not continuation:
+            return completion_body(call, chain)
+        return completion_body(call, _joined(call, chain, continuation[0]))
+
+    async def open_stream(self, call: Call) -> AsyncIterator[bytes]:
+        chain_cap, reserve = caps(call)
+        granted = call.ledger.reserve(chain_cap)
+        try:
+            stream = await call.client.open_stream(
+                call.backend, call.path,
+                {**request_body(call, max_tokens=granted, stream=True),
+                 **_effort(call, chain_cap)}, call.acct)
+        except GatewayError:
+            call.ledger.settle(granted, 0)
+            raise
+        call.report.update({"samples": 1, "chain_tokens": chain_cap, "continued": False})
+        return _stream(call, stream, granted, reserve)
+
+
+def caps(call: Call) -> tuple[int, int]:
+    """(chain cap, reserve) in tokens: the reserve is ``answer_reserve_tokens`` but at most a
+    quarter of the budget; the chain gets the rest (or the plan's depth if smaller).
+
+    Raises:
+        InvalidRequest: never; a budget of 1 gives the chain 1 token and no reserve.
+    """
+    budget = call.plan.budget_tokens or call.settings.default_budget_tokens
+    reserve = min(call.settings.answer_reserve_tokens, budget // 4)
+    chain = budget - reserve
+    if call.plan.depth_tokens is not None:
+        chain = min(chain, call.plan.depth_tokens)
+    return max(1, chain), reserve
+
+
+def _needs_answer(finish_reason: str | None, text: str) -> bool:
+    return finish_reason == "length" and extract_answer(text, strict=True) is None
+
+
+def _effort(call: Call, chain_cap: int) -> dict[str, Any]:
+    if not call.backend.reasoning_effort:
+        return {}
+    if "reasoning_effort" in call.routed.body:
+        return {}
+    effort = "high" if chain_cap >= 4096 else "medium" if chain_cap >= 1024 else "low"
+    return {"reasoning_effort": effort}
+
+
+def _continuation(call: Call, chain_text: str) -> dict[str, Any]:
+    """Body fields that turn the request into "the chain so far, now the final answer"."""
+    body = call.routed.body
+    if call.routed.endpoint == "completions":
+        return {"prompt": f"{body['prompt']}{chain_text}{PREFILL}"}
+    messages = list(body["messages"])
+    if call.backend.prefill:
+        messages.append({"role": "assistant", "content": chain_text + PREFILL})
+        return {"messages": messages, "continue_final_message": True,
+                "add_generation_prompt": False}
+    messages += [{"role": "assistant", "content": chain_text},
+                 {"role": "user", "content": FINAL_ANSWER_REQUEST}]
+    return {"messages": messages}
+
+
+def _separator(call: Call) -> str:
+    prefilled = call.routed.endpoint == "completions" or call.backend.prefill
+    return PREFILL if prefilled else "\n\n"
+
+
+def _joined(call: Call, chain: Sample, continuation: Sample) -> Sample:
+    text = chain.text + _separator(call) + continuation.text
+    choice = dict(chain.choice)
+    if "message" in choice:
+        choice["message"] = {**choice["message"], "content": text}
+    else:
+        choice["text"] = text
+    choice["finish_reason"] = continuation.finish_reason
+    return Sample(choice=choice, reply=chain.reply, text=text,
+                  finish_reason=continuation.finish_reason, confidence=None)
+
+
+# --- SSE ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Piece:
+    """What one streamed upstream call showed."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    tokens_seen: int = 0
+    done: bool = False
+    template: dict[str, Any] = field(default_factory=dict)
+
+
+async def _stream(call: Call, stream: UpstreamStream, granted: int,
+                  reserve: int) -> AsyncIterator[bytes]:
+    chain = _Piece()
+    last = chain
+    try:
+        async for out in _forward(call, stream, chain, granted):
+            yield out
+        if _needs_answer(chain.finish_reason, chain.text) and reserve:
+            call.report["continued"] = True
+            last = _Piece(template=chain.template)
+            yield _delta_event(chain.template, call, _separator(call))
+            async for out in _continue(call, chain.text, reserve, last):
+                yield out
+    except GatewayError as exc:
+        call.stream_error = exc
+        yield sse.data_event(error_json(exc))
+        yield sse.DONE
+        return
+    yield sse.data_event(orjson.dumps(_finish_chunk(call, chain.template, last.finish_reason)))
+    if call.routed.include_usage:
+        yield sse.data_event(orjson.dumps({**chain.template, "choices": [],
+                                           "usage": usage_body(call),
+                                           "router": router_info(call)}))
+    yield sse.DONE
+
+
+async def _continue(call: Call, chain_text: str, reserve: int,
+                    piece: _Piece) -> AsyncIterator[bytes]:
+    try:
+        granted = call.ledger.reserve(reserve)
+    except BudgetExhausted:
+        return
+    try:
+        stream = await call.client.open_stream(
+            call.backend, call.path,
+            {**request_body(call, max_tokens=granted, stream=True),
+             **_continuation(call, chain_text)}, call.acct)
+    except GatewayError:
+        call.ledger.settle(granted, 0)
+        raise
+    async for out in _forward(call, stream, piece, granted):
+        yield out
+
+
+async def _forward(call: Call, stream: UpstreamStream, piece: _Piece,
+                   granted: int) -> AsyncIterator[bytes]:
+    """Send one upstream stream's content to the client, holding back its finish reason and
+    usage (the client gets one of each at the very end). Stops reading a backend that sends
+    more tokens than granted. Settles the ledger and the account at the end."""
+    try:
+        async with aclosing(events(stream)) as upstream:
+            async for payload, _data in upstream:
+                if payload is DONE:
+                    piece.done = True
+                    break
+                out = _take(call, piece, payload)
+                if out is not None:
+                    yield out
+                if piece.tokens_seen > granted:  # a backend ignoring its cap: stop paying
+                    break
+        if not piece.done and piece.finish_reason is None and piece.tokens_seen <= granted:
+            raise UpstreamError("the stream from the backend ended before the answer was "
+                                "complete", code="stream_truncated")
+    finally:
+        await close_all([stream])
+        _settle(call, piece, granted)
+
+
+def _take(call: Call, piece: _Piece, payload: Any) -> bytes | None:
+    if not isinstance(payload, dict):
+        raise UpstreamError("the backend sent a stream chunk that is not an object",
+                            code="upstream_malformed")
+    if not piece.template:
+        piece.template.update({k: payload[k] for k in ("id", "object", "created", "model")
+                               if k in payload})
+        if isinstance(piece.template.get("id"), str) and call.response_id is None:
+            call.response_id = piece.template["id"]
+    if isinstance(payload.get("usage"), dict):
+        piece.usage = payload["usage"]
+    choices = payload.get("choices") or []
+    if not choices:
+        return None
+    choice = choices[0]
+    if choice.get("finish_reason") is not None:
+        piece.finish_reason = choice["finish_reason"]
+    delta = choice.get("delta") or {}
+    text = delta.get("content") or choice.get("text") or ""
+    if not text and not delta.get("role"):
+        return None
+    piece.text += text
+    if text:
+        piece.tokens_seen += 1
+    forwarded = {**payload, "choices": [{**choice, "index": 0, "finish_reason": None}]}
+    forwarded.pop("usage", None)
+    return sse.data_event(orjson.dumps(forwarded))
+
+
+def _settle(call: Call, piece: _Piece, granted: int) -> None:
+    if piece.usage is not None:
+        call.acct.add_usage(piece.usage)
+        spent = int(piece.usage.get("completion_tokens") or 0)
+    else:  # no usage in the stream: count a token per content chunk, estimate the prompt
+        spent = piece.tokens_seen
+        call.acct.completion_tokens += spent
+        call.acct.prompt_tokens += estimate_prompt_tokens(call.routed.body)
+        call.acct.estimated = True
+    call.ledger.settle(granted, spent)
+
+
+def _delta_event(template: dict[str, Any], call: Call, text: str) -> bytes:
+    if call.routed.endpoint == "chat":
+        choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+    else:
+        choice = {"index": 0, "text": text, "finish_reason": None}
+    return sse.data_event(orjson.dumps({**template, "choices": [choice]}))
+
+
+def _finish_chunk(call: Call, template: dict[str, Any],
+                  finish_reason: str | None) -> dict[str, Any]:
+    if call.routed.endpoint == "chat":
+        choice: dict[str, Any] = {"index": 0, "delta": {}, "finish_reason": finish_reason}
+    else:
+        choice = {"index": 0, "text": "", "finish_reason": finish_reason}
+    return {**template, "choices": [choice]}
+

@@ -1,0 +1,106 @@
+"""Reading upstream SSE streams: parsed events, several streams merged, closing them safely.
+
+Shared by every strategy that streams from a backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import anyio
+import orjson
+
+from service import sse
+from service.errors import GatewayError, UpstreamError
+from service.upstream import UpstreamStream
+
+DONE = object()  # the payload of a ``data: [DONE]`` event
+
+
+async def events(stream: UpstreamStream) -> AsyncGenerator[tuple[Any, str], None]:
+    """(parsed JSON payload, data text) of each event of one upstream stream; the payload is
+    ``DONE`` for ``[DONE]``."""
+    decoder = sse.EventDecoder()
+    try:
+        async for chunk in stream.chunks():
+            for event in decoder.feed(chunk):
+                parsed = parse_event(event)
+                if parsed is not None:
+                    yield parsed
+        for event in decoder.close():
+            parsed = parse_event(event)
+            if parsed is not None:
+                yield parsed
+    except UnicodeDecodeError as exc:
+        raise UpstreamError("the backend sent a stream that is not UTF-8",
+                            code="upstream_malformed") from exc
+
+
+def parse_event(event: sse.Event) -> tuple[Any, str] | None:
+    if event.data is None:
+        return None
+    if event.data.strip() == "[DONE]":
+        return DONE, event.data
+    try:
+        payload = orjson.loads(event.data)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError("the backend sent a stream event that is not JSON",
+                            code="upstream_malformed") from exc
+    if isinstance(payload, dict) and payload.get("error") is not None:
+        detail = payload["error"]
+        message = detail.get("message") if isinstance(detail, dict) else str(detail)
+        raise UpstreamError(f"the backend reported an error mid-stream: {message}",
+                            code="upstream_stream_error")
+    return payload, event.data
+
+
+async def merged_events(streams: list[UpstreamStream],
+                         ) -> AsyncGenerator[tuple[int, tuple[Any, str]], None]:
+    """(stream index, event) pairs from all streams, in arrival order."""
+    if len(streams) == 1:
+        async for event in events(streams[0]):
+            yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    end = object()
+
+    async def pump(i: int, stream: UpstreamStream) -> None:
+        try:
+            async for event in events(stream):
+                await queue.put((i, event))
+        except GatewayError as exc:
+            await queue.put((i, exc))
+        finally:
+            await queue.put((i, end))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            i, item = await queue.get()
+            if item is end:
+                running -= 1
+            elif isinstance(item, GatewayError):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+
+
+async def close_all(streams: list[UpstreamStream]) -> None:
+    """Close upstream streams, also while the task is being cancelled.
+
+    When the client goes away Starlette cancels the task, and anyio re-raises the cancellation
+    at every await: the shield lets the connections close so nothing leaks.
+    """
+    with anyio.CancelScope(shield=True):
+        for stream in streams:
+            await stream.aclose()
+

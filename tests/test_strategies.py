@@ -1,0 +1,210 @@
+"""parallel_vote and sequential against scripted backends: votes, early stopping, failures,
+the forced final answer, streaming, and the budget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import gateway_client, make_settings
+from tests.scripted import ScriptedLLM
+
+QUESTION = {"model": "fake-model", "messages": [{"role": "user", "content": "What is 6*7?"}]}
+
+
+def vote(budget: int = 512, **extra):
+    return {**QUESTION, "router": {"strategy": "parallel_vote", "budget_tokens": budget}, **extra}
+
+
+def answers(*texts: str):
+    return lambda i, body: texts[i % len(texts)]
+
+
+async def post(llm: ScriptedLLM, body: dict, **settings):
+    async with gateway_client(llm.transport(), make_settings(**settings)) as client:
+        return await client.post("/v1/chat/completions", json=body)
+
+
+@pytest.mark.parametrize("texts, expected", [
+    (("The answer is 1,234.", "\\boxed{1234}", "so 1234.0", "The answer is 99"), "1234"),
+    (("Answer: (B)", "The answer is b.", "I pick C", "The answer is C"), "b"),
+    (("1/2", "The answer is 0.5", "the answer is 3/4", "0.50"), "0.5"),
+    (("Yes.", "The answer is yes", "No", "The answer is true"), "yes"),
+])
+async def test_vote_picks_the_plurality_under_each_normalisation(texts, expected):
+    llm = ScriptedLLM(answers(*texts))
+    reply = await post(llm, vote(), vote_width=4)
+    router = reply.json()["router"]
+    assert router["strategy"] == "parallel_vote" and router["winner"] == expected
+    assert router["votes"][expected] >= 2
+    assert reply.headers["x-ttc-strategy"] == "parallel_vote"
+
+
+async def test_a_settled_vote_stops_early_and_says_what_it_saved():
+    llm = ScriptedLLM(answers("The answer is 42."), honours_n=False)
+    reply = await post(llm, vote(budget=16 * 64), vote_width=16, supports_n=False)
+    router = reply.json()["router"]
+    assert router["early_stop"] is True
+    assert router["samples"] == 4 and router["samples_saved"] == 12
+    assert len(llm.requests) == 4
+    assert reply.json()["choices"][0]["message"]["content"] == "The answer is 42."
+
+
+async def test_a_split_vote_does_not_stop_early():
+    llm = ScriptedLLM(answers("The answer is 1.", "The answer is 2."))
+    reply = await post(llm, vote(budget=8 * 64), vote_width=8)
+    router = reply.json()["router"]
+    assert router["early_stop"] is False and router["samples"] == 8
+    assert router["votes"] == {"1": 4, "2": 4}
+
+
+@pytest.mark.parametrize("honours_n", [True, False])
+async def test_n_and_fan_out_give_the_same_vote(honours_n):
+    llm = ScriptedLLM(answers("The answer is 7.", "The answer is 7.", "The answer is 8."),
+                      honours_n=honours_n)
+    reply = await post(llm, vote(budget=6 * 64), vote_width=6, vote_first_wave=6)
+    router = reply.json()["router"]
+    assert router["votes"] == {"7": 4, "8": 2} and router["winner"] == "7"
+    assert reply.json()["usage"]["completion_tokens"] == llm.reported_tokens
+    assert all(body["max_tokens"] == 64 for body in llm.requests)
+
+
+async def test_failed_samples_are_dropped_and_reported():
+    llm = ScriptedLLM(answers("The answer is 5."), honours_n=False, fail={1, 2})
+    reply = await post(llm, vote(budget=4 * 64), vote_width=4, supports_n=False,
+                       max_retries=0)
+    assert reply.status_code == 200
+    assert reply.json()["router"]["failed_samples"] == 2
+    assert reply.json()["router"]["votes"] == {"5": 2}
+
+
+async def test_all_samples_failing_is_a_502():
+    llm = ScriptedLLM(answers("x"), honours_n=False, fail=set(range(100)))
+    reply = await post(llm, vote(budget=4 * 64), vote_width=4, supports_n=False,
+                       max_retries=0)
+    assert reply.status_code == 502
+    assert reply.json()["error"]["type"] == "upstream_error"
+
+
+async def test_vote_temperature_defaults_but_client_fields_reach_every_sample():
+    llm = ScriptedLLM(answers("The answer is 1."))
+    await post(llm, vote(stop=["\n\n"], seed=3, response_format={"type": "text"}),
+               vote_width=2)
+    assert all(b["temperature"] == 0.7 and b["stop"] == ["\n\n"] and
+               b["response_format"] == {"type": "text"} for b in llm.requests)
+    llm = ScriptedLLM(answers("The answer is 1."))
+    await post(llm, vote(temperature=1.1), vote_width=2)
+    assert all(b["temperature"] == 1.1 for b in llm.requests)
+
+
+async def test_votes_are_weighted_by_confidence_when_logprobs_come_back():
+    from service.strategies.sampling import _confidence
+
+    choice = {"logprobs": {"content": [{"token": "a", "logprob": -0.1},
+                                       {"token": "b", "logprob": -0.3}]}}
+    assert _confidence(choice) == pytest.approx(2.718281828 ** -0.2)
+    assert _confidence({"logprobs": None}) is None
+
+
+async def test_tool_turns_are_answered_directly_and_say_so():
+    llm = ScriptedLLM(answers("The answer is 1."))
+    body = vote(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    reply = await post(llm, body)
+    router = reply.json()["router"]
+    assert router["strategy"] == "direct" and "tool calls" in router["reason"]
+    assert len(llm.requests) == 1
+
+
+async def test_n_above_one_needs_direct():
+    reply = await post(ScriptedLLM(answers("x")), vote(n=2))
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "n"
+
+
+# --- sequential -----------------------------------------------------------------------------
+
+
+def long_chain(i, body):
+    if body["messages"][-1]["content"].startswith("You are out of thinking budget"):
+        return "The answer is 42."
+    return " ".join(["step"] * 500)
+
+
+async def test_a_chain_cut_by_its_budget_gets_a_forced_final_answer():
+    llm = ScriptedLLM(long_chain)
+    body = {**QUESTION, "router": {"strategy": "sequential", "budget_tokens": 256}}
+    reply = await post(llm, body, answer_reserve_tokens=32)
+    data = reply.json()
+    assert data["router"]["continued"] is True
+    assert data["choices"][0]["message"]["content"].endswith("The answer is 42.")
+    assert data["choices"][0]["finish_reason"] == "stop"
+    assert [b["max_tokens"] for b in llm.requests] == [224, 32]
+    follow_up = llm.requests[1]["messages"]
+    assert follow_up[-2]["role"] == "assistant" and follow_up[-1]["role"] == "user"
+    assert data["usage"]["completion_tokens"] == llm.reported_tokens <= 256
+
+
+async def test_prefill_backends_continue_the_assistant_message():
+    llm = ScriptedLLM(lambda i, body: " 42." if body.get("continue_final_message")
+                      else " ".join(["step"] * 500))
+    settings = make_settings()
+    settings.upstreams[0].prefill = True
+    body = {**QUESTION, "router": {"strategy": "sequential", "budget_tokens": 128}}
+    async with gateway_client(llm.transport(), settings) as client:
+        reply = await client.post("/v1/chat/completions", json=body)
+    second = llm.requests[1]
+    assert second["continue_final_message"] is True
+    assert second["messages"][-1]["content"].endswith("So the final answer is")
+    assert reply.json()["choices"][0]["message"]["content"].endswith(
+        "So the final answer is 42.")
+
+
+async def test_a_chain_that_answers_in_budget_is_not_continued():
+    llm = ScriptedLLM(answers("Six sevens are 42. The answer is 42."))
+    body = {**QUESTION, "router": {"strategy": "sequential", "budget_tokens": 256}}
+    reply = await post(llm, body)
+    assert reply.json()["router"]["continued"] is False
+    assert len(llm.requests) == 1
+
+
+def sse_events(text: str) -> list:
+    return [json.loads(line[6:]) if line[6:] != "[DONE]" else "[DONE]"
+            for line in text.splitlines() if line.startswith("data: ")]
+
+
+async def test_sequential_streams_the_chain_then_the_forced_answer():
+    llm = ScriptedLLM(long_chain)
+    body = {**QUESTION, "stream": True, "stream_options": {"include_usage": True},
+            "router": {"strategy": "sequential", "budget_tokens": 64}}
+    reply = await post(llm, body, answer_reserve_tokens=16)
+    events = sse_events(reply.text)
+    assert events[-1] == "[DONE]"
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]
+                   if isinstance(e, dict) and e["choices"])
+    assert text.startswith("step step") and text.endswith("The answer is 42.")
+    finishes = [c["finish_reason"] for e in events[:-1] if isinstance(e, dict)
+                for c in e["choices"] if c["finish_reason"]]
+    assert finishes == ["stop"]
+    assert events[-2]["usage"]["completion_tokens"] == llm.reported_tokens <= 64
+
+
+async def test_parallel_vote_streams_the_winner():
+    llm = ScriptedLLM(answers("The answer is 3.", "The answer is 3.", "The answer is 4."))
+    body = vote(budget=256, stream=True, stream_options={"include_usage": True})
+    reply = await post(llm, body, vote_width=3, vote_first_wave=3)
+    events = sse_events(reply.text)
+    assert events[0]["choices"][0]["delta"]["content"] == "The answer is 3."
+    assert events[1]["choices"][0]["finish_reason"] == "stop"
+    assert events[2]["router"]["votes"] == {"3": 2, "4": 1}
+    assert events[3] == "[DONE]"
+
+
+async def test_a_backend_that_ignores_its_cap_is_counted_and_stopped():
+    llm = ScriptedLLM(lambda i, body: " ".join(["word"] * 200), ignore_cap=True,
+                      honours_n=False)
+    reply = await post(llm, vote(budget=4 * 64), vote_width=4, supports_n=False,
+                       vote_first_wave=1, vote_wave=1)
+    router = reply.json()["router"]
+    assert router["budget_overrun"] is True
+    assert router["spent_tokens"] == llm.reported_tokens == 200  # every token is counted
+    assert len(llm.requests) == 1  # no call after the overrun

@@ -80,3 +80,24 @@ def test_the_backend_dies_with_a_killed_gateway(data_dir, tmp_path):
     port = running.backend_port()
     stop(running.process, signal.SIGKILL)
     assert wait_until_closed(port)
+
+
+@pytest.mark.parametrize("strategy, budget", [("parallel_vote", 128), ("sequential", 48)])
+@pytest.mark.parametrize("stream", [False, True])
+def test_each_strategy_through_the_sdk(client, strategy, budget, stream):
+    request = dict(model="auto", messages=[{"role": "user", "content": "What is 3 + 4? "
+                                            "End with 'The answer is N.'"}],
+                   extra_body={"router": {"strategy": strategy, "budget_tokens": budget}})
+    if not stream:
+        reply = client.chat.completions.create(**request)
+        router = reply.model_extra["router"]
+        assert router["strategy"] == strategy
+        assert 0 < reply.usage.completion_tokens == router["spent_tokens"] <= budget
+        assert reply.choices[0].message.content
+        return
+    chunks = list(client.chat.completions.create(
+        **request, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert chunks[-1].model_extra["router"]["strategy"] == strategy
+    assert 0 < chunks[-1].usage.completion_tokens <= budget

@@ -46,8 +46,8 @@ async def test_a_settled_vote_stops_early_and_says_what_it_saved():
     reply = await post(llm, vote(budget=16 * 64), vote_width=16, supports_n=False)
     router = reply.json()["router"]
     assert router["early_stop"] is True
-    assert router["samples"] == 4 and router["samples_saved"] == 12
-    assert len(llm.requests) == 4
+    assert router["samples"] == 3 and router["samples_saved"] == 13
+    assert len(llm.requests) == 3
     assert reply.json()["choices"][0]["message"]["content"] == "The answer is 42."
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 
 from service import __version__
-from service.commands import serve
+from service.commands import eval as eval_command
+from service.commands import serve, sim
 
 # Add a subcommand by adding its module here.
-COMMANDS = [serve]
+COMMANDS = [serve, sim, eval_command]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,122 @@
+"""``ttc-router eval``: run task suites through strategies and budgets against an
+OpenAI-compatible URL and report which strategy wins at equal tokens."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from router_models.plan import STRATEGIES
+
+DEFAULT_STRATEGIES = "direct,parallel_vote,sequential"
+DEFAULT_BUDGETS = "128,512,2048"
+
+
+def register(subcommands: Any) -> None:
+    ev = subcommands.add_parser(
+        "eval", help="evaluate strategies and budgets on task suites",
+        description="Send every item of the suites, under every strategy and budget, to an "
+                    "OpenAI-compatible URL (the gateway, or a backend directly), then write "
+                    "items.jsonl, summary.json, PNG plots and report.md to --out. A stopped "
+                    "run continues where it was when run again with the same --out.")
+    ev.add_argument("--backend", required=True,
+                    help="base URL ending in /v1 (the gateway, or a backend)")
+    ev.add_argument("--suite", default="",
+                    help="comma-separated suites: graph_connectivity, arithmetic_chain, "
+                         "mc_guess, gsm8k, svamp, multiarith, commonsenseqa, strategyqa, "
+                         "mmlu or mmlu:SUBJECT, hotpotqa")
+    ev.add_argument("--tasks", type=Path,
+                    help="your own tasks: JSONL with question, answer and optional family")
+    ev.add_argument("--strategies", default=DEFAULT_STRATEGIES,
+                    help=f"comma-separated, from {', '.join(STRATEGIES)} "
+                         f"(default {DEFAULT_STRATEGIES})")
+    ev.add_argument("--budgets", default=DEFAULT_BUDGETS,
+                    help=f"comma-separated budget_tokens (default {DEFAULT_BUDGETS})")
+    ev.add_argument("--policies", default="",
+                    help="comma-separated policy names to add as points (gateway only; "
+                         "`auto` is the gateway's own routing)")
+    ev.add_argument("--limit", type=int, help="items per suite (default: the whole suite)")
+    ev.add_argument("--out", type=Path, default=Path("eval-out"),
+                    help="output folder (default ./eval-out)")
+    ev.add_argument("--model", default="auto", help="the model field sent (default auto)")
+    ev.add_argument("--mode", choices=("auto", "gateway", "client"), default="auto",
+                    help="gateway: send router controls; client: approximate the strategies "
+                         "with n and max_tokens on a plain backend; auto: gateway when the "
+                         "URL lists the model `auto`")
+    ev.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    ev.add_argument("--timeout-s", type=float, default=600.0, help="per-request timeout")
+    ev.add_argument("--vote-depth-tokens", type=int, default=128,
+                    help="client mode: tokens per parallel_vote sample (default 128)")
+    ev.add_argument("--data", type=Path,
+                    help="benchmark data folder (default $TTC_BENCH_DATA, else ../shared/data)")
+    ev.add_argument("--api-key", help="bearer token for the URL, if it needs one")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.set_defaults(run=run)
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise ValueError(f"--{name}: comma-separated integers expected") from exc
+    if not values or min(values) < 1:
+        raise ValueError(f"--{name}: at least one positive integer expected")
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    from router_models.tasks import SuiteUnavailable, TaskItem, load_suite, load_tasks_file
+    from service.evaluation import report, runner
+
+    try:
+        budgets = _ints(args.budgets, "budgets")
+        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+        unknown = [s for s in strategies if s not in STRATEGIES]
+        if unknown or not strategies:
+            raise ValueError(f"--strategies: unknown {', '.join(unknown) or '(none)'}; "
+                             f"known: {', '.join(STRATEGIES)}")
+        suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+        if not suites and args.tasks is None:
+            raise ValueError("give --suite, --tasks or both")
+        items: list[TaskItem] = []
+        for name in suites:
+            items += load_suite(name, limit=args.limit, data_dir=args.data)
+        if args.tasks is not None:
+            items += load_tasks_file(args.tasks)[:args.limit]
+    except (ValueError, OSError, SuiteUnavailable) as exc:
+        print(f"ttc-router eval: {exc}", file=sys.stderr)
+        return 2
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    jobs = runner.plan_jobs(items, strategies, budgets, policies)
+    options = runner.RunOptions(backend=args.backend, model=args.model, mode=args.mode,
+                                concurrency=args.concurrency, timeout_s=args.timeout_s,
+                                vote_depth_tokens=args.vote_depth_tokens, api_key=args.api_key)
+
+    def progress(done: int, total: int) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=done, unit="req", desc="eval",
+                    disable=args.no_progress, file=sys.stderr)
+
+    started = time.perf_counter()
+    try:
+        mode, sent = asyncio.run(runner.run_jobs(jobs, args.out, options, progress))
+    except runner.EvalError as exc:
+        print(f"ttc-router eval: {exc}", file=sys.stderr)
+        return 1
+    records = runner.read_records(args.out / runner.ITEMS_FILE)
+    meta = {"backend": args.backend, "mode": mode, "model": args.model,
+            "suites": suites + (["tasks"] if args.tasks else []), "strategies": strategies,
+            "budgets": budgets, "policies": policies, "limit": args.limit,
+            "wall_s": round(time.perf_counter() - started, 2), "sent": sent,
+            "latency_sum_s": round(sum(r.get("latency_s", 0) for r in records), 2),
+            "command": "ttc-router " + shlex.join(sys.argv[1:])}
+    summary = report.write_report(args.out, records, meta)
+    print(f"{summary['records']} records ({summary['errors']} errors), {sent} sent now, mode "
+          f"{mode}: {args.out / report.REPORT_FILE}", file=sys.stderr)
+    return 0

@@ -1,0 +1,72 @@
+"""``ttc-router sim``: serve the simulated reasoner (SIMULATION) over the OpenAI API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def register(subcommands: Any) -> None:
+    sim = subcommands.add_parser(
+        "sim", help="serve the simulated reasoner (a SIMULATION backend)",
+        description="Serve a simulated reasoner over the OpenAI API, for evaluations, load and "
+                    "fault tests. Its per-family behaviour is set in YAML (--world); it "
+                    "recognises known benchmark and generated questions, or a marker "
+                    "[[sim family=NAME difficulty=0.4 answer=42]] in the prompt. Every reply "
+                    "is labelled as a simulation (model sim-reasoner, system_fingerprint "
+                    "simulation).")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sim.add_argument("--port", type=int, default=8100, help="port to listen on (default 8100)")
+    sim.add_argument("--world", type=Path,
+                     help="world YAML (default: the shipped router_models/data/sim_world.yaml)")
+    sim.add_argument("--tasks", type=Path, action="append", default=[],
+                     help="also recognise these tasks (JSONL: question, answer, family); "
+                          "repeatable")
+    sim.add_argument("--data", type=Path,
+                     help="benchmark data folder whose questions it recognises (default "
+                          "$TTC_BENCH_DATA, else ../shared/data when present)")
+    sim.add_argument("--latency-ms-per-token", type=float, default=0.5,
+                     help="decode time per token, milliseconds (default 0.5)")
+    sim.add_argument("--ttft-ms", type=float, default=10.0,
+                     help="time to the first token, milliseconds (default 10)")
+    sim.add_argument("--log-level", default="warning", help="uvicorn log level")
+    sim.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from router_models.simulation import World, WorldError
+    from router_models.tasks import load_tasks_file
+    from router_models.tasks.registry import TaskRegistry
+    from service.sim import SimConfig, create_sim_app
+
+    if args.latency_ms_per_token < 0 or args.ttft_ms < 0:
+        print("ttc-router sim: latencies must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        world = World.load(args.world)
+    except WorldError as exc:
+        print(f"ttc-router sim: {exc}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    registry = TaskRegistry.default(args.data, default_family=world.default_family)
+    try:
+        for path in args.tasks:
+            registry.add(load_tasks_file(path, world.default_family))
+    except (OSError, ValueError) as exc:
+        print(f"ttc-router sim: {exc}", file=sys.stderr)
+        return 2
+    print(f"SIMULATION: sim-reasoner on http://{args.host}:{args.port}/v1, "
+          f"{len(world.families())} families, {len(registry)} known questions "
+          f"(loaded in {time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
+    config = SimConfig(world=world, registry=registry,
+                       latency_per_token_s=args.latency_ms_per_token / 1000,
+                       ttft_s=args.ttft_ms / 1000,
+                       world_name=str(args.world) if args.world else "sim_world.yaml")
+    uvicorn.run(create_sim_app(config), host=args.host, port=args.port,
+                log_level=args.log_level, access_log=False)
+    return 0

@@ -170,7 +170,7 @@ def parse_request(body: Any, endpoint: str, default_max_tokens: int) -> SimReque
     for cap in caps:
         if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
             raise SimError("max_tokens must be a positive integer", "max_tokens")
-    n = body.get("n") or 1
+    n = 1 if body.get("n") is None else body["n"]
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_N:
         raise SimError(f"n must be an integer from 1 to {MAX_N}", "n")
     temperature = body.get("temperature")
@@ -180,8 +180,8 @@ def parse_request(body: Any, endpoint: str, default_max_tokens: int) -> SimReque
     seed = body.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise SimError("seed must be an integer", "seed")
-    top = body.get("top_logprobs") or 0
-    if not isinstance(top, int) or not 0 <= top <= 20:
+    top = 0 if body.get("top_logprobs") is None else body["top_logprobs"]
+    if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20:
         raise SimError("top_logprobs must be an integer from 0 to 20", "top_logprobs")
     logprobs = body.get("logprobs")
     return SimRequest(

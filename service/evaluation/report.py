@@ -48,8 +48,8 @@ def plot(out_dir: Path, cells: Sequence[Cell], envelope: Sequence[EnvelopePoint]
                           key=lambda c: c.budget_tokens or 0)
             xs = [max(c.mean_tokens, 1.0) for c in line]
             ys = [c.accuracy for c in line]
-            errors = [[c.accuracy - c.accuracy_ci95[0] for c in line],
-                      [c.accuracy_ci95[1] - c.accuracy for c in line]]
+            errors = [[max(0.0, c.accuracy - c.accuracy_ci95[0]) for c in line],
+                      [max(0.0, c.accuracy_ci95[1] - c.accuracy) for c in line]]
             ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=strategy)
         oracle = sorted((p for p in envelope if p.family == family),
                         key=lambda p: p.budget_tokens)

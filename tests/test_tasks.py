@@ -1,0 +1,200 @@
+"""Task suites: generated answers re-derived independently, data loaders, checkers, the
+simulator's registry of known questions."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from pathlib import Path
+
+import pytest
+
+from router_models.tasks import (
+    SuiteUnavailable,
+    TaskItem,
+    default_data_dir,
+    load_suite,
+    load_tasks_file,
+)
+from router_models.tasks.checkers import check, gold, parsed
+from router_models.tasks.generated import GRAPH_DEPTHS, is_prime
+from router_models.tasks.registry import TaskRegistry
+
+DATA = default_data_dir()
+needs_data = pytest.mark.skipif(
+    DATA is None or not (DATA / "gsm8k").is_dir(),
+    reason="benchmark data not found: set TTC_BENCH_DATA or run next to ../shared/data")
+
+
+def _graph(question: str) -> tuple[dict[str, list[str]], str, tuple[str, str]]:
+    edges = re.search(r"edges: (.*?)\. Exactly", question).group(1)  # type: ignore[union-attr]
+    neighbours: dict[str, list[str]] = {}
+    for edge in edges.split(", "):
+        a, b = edge.split("-")
+        neighbours.setdefault(a, []).append(b)
+        neighbours.setdefault(b, []).append(a)
+    found = re.search(r"node (\d+) and node (\d+) is connected to node (\d+)", question)
+    assert found
+    return neighbours, found.group(3), (found.group(1), found.group(2))
+
+
+def _distances(neighbours: dict[str, list[str]], source: str) -> dict[str, int]:
+    distance, queue = {source: 0}, deque([source])
+    while queue:
+        node = queue.popleft()
+        for nxt in neighbours[node]:
+            if nxt not in distance:
+                distance[nxt] = distance[node] + 1
+                queue.append(nxt)
+    return distance
+
+
+def test_graph_answers_are_verified_by_bfs_from_the_question_text() -> None:
+    items = load_suite("graph_connectivity", limit=2 * len(GRAPH_DEPTHS))
+    for index, item in enumerate(items):
+        neighbours, source, (first, second) = _graph(item.question)
+        distance = _distances(neighbours, source)
+        assert (first in distance) != (second in distance)  # exactly one is connected
+        assert item.answer == (first if first in distance else second)
+        assert set(item.choices) == {first, second}
+        # Depth is the difficulty knob: the path crosses at least that many bridges.
+        depth = GRAPH_DEPTHS[index % len(GRAPH_DEPTHS)]
+        assert distance[item.answer] >= depth
+        assert item.difficulty == pytest.approx((depth - 2) / 22, abs=1e-3)
+
+
+def test_arithmetic_chain_answers_recompute_from_the_text() -> None:
+    for item in load_suite("arithmetic_chain", limit=24):
+        value = int(re.match(r"Start with (\d+)\.", item.question).group(1))  # type: ignore[union-attr]
+        for op, amount in re.findall(r"(Add|Subtract|Multiply by) (\d+)\.", item.question):
+            value = {"Add": value + int(amount), "Subtract": value - int(amount),
+                     "Multiply by": value * int(amount)}[op]
+        assert str(value) == item.answer
+        assert 0 <= value < 1000
+
+
+def test_multiple_choice_items_have_exactly_one_prime() -> None:
+    for item in load_suite("mc_guess", limit=20):
+        options = dict(re.findall(r"^([A-D])\) (\d+)$", item.question, re.MULTILINE))
+        primes = [letter for letter, n in options.items() if is_prime(int(n))]
+        assert primes == [item.answer]
+
+
+def test_generated_suites_are_deterministic_prefixes() -> None:
+    assert load_suite("graph_connectivity", 5) == load_suite("graph_connectivity", 12)[:5]
+
+
+def test_is_prime() -> None:
+    assert [n for n in range(30) if is_prime(n)] == [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]
+
+
+def _item(kind: str, answer: str, choices: tuple[str, ...] = ()) -> TaskItem:
+    return TaskItem("t", "1", "independent_mc", 0.5, "q", answer, kind, choices)
+
+
+@pytest.mark.parametrize("reply, right", [
+    ("so 1,234 in all. The answer is $1,234.", True),
+    ("The answer is 1234.0", True),
+    ("The answer is 1235.", False),
+    ("12 + 22 = 1234", True),  # no answer phrase: the last number
+    ("I do not know.", False),
+])
+def test_number_checker(reply: str, right: bool) -> None:
+    assert check(_item("number", "1234"), reply) is right
+
+
+def test_number_checker_compares_decimals_by_value() -> None:
+    assert check(_item("number", "3.5"), "The answer is 3.50.")
+    assert gold(_item("number", "18.0")) == "18"
+
+
+@pytest.mark.parametrize("reply, right", [
+    ("The answer is B.", True), ("The answer is (B).", True), ("The answer is B) bank.", True),
+    ("The answer is b.", True), ("The answer is C.", False), ("no idea", False),
+])
+def test_choice_checker(reply: str, right: bool) -> None:
+    assert check(_item("choice", "B", ("A", "B", "C", "D")), reply) is right
+
+
+@pytest.mark.parametrize("reply, right", [
+    ("The answer is yes.", True), ("The answer is Yes, it is.", True),
+    ("The answer is no.", False),
+])
+def test_yes_no_checker(reply: str, right: bool) -> None:
+    assert check(_item("yes_no", "yes"), reply) is right
+
+
+def test_node_and_text_checkers() -> None:
+    assert check(_item("node", "178", ("178", "82")), "The answer is 178.")
+    assert not check(_item("node", "178", ("178", "82")), "The answer is 82.")
+    assert check(_item("text", "The Exies"), "The answer is the Exies.")
+    assert not check(_item("text", "The Exies"), "The answer is Exies Band.")
+    assert parsed(_item("text", "x"), "nothing stated here at all") != "x"
+
+
+def test_user_tasks_file_infers_kinds(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.jsonl"
+    rows = [{"question": "2+2?", "answer": 4}, {"question": "Pick", "answer": "C"},
+            {"question": "Sky blue?", "answer": "Yes", "family": "yes_no"},
+            {"question": "Capital of France?", "answer": "Paris"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    items = load_tasks_file(path)
+    assert [i.kind for i in items] == ["number", "choice", "yes_no", "text"]
+    assert items[2].family == "yes_no" and items[2].answer == "yes"
+    path.write_text('{"question": "no answer"}\n')
+    with pytest.raises(ValueError, match=":1:"):
+        load_tasks_file(path)
+
+
+def test_unknown_suite_and_missing_data_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(SuiteUnavailable, match="unknown suite"):
+        load_suite("nope")
+    with pytest.raises(SuiteUnavailable, match="not found"):
+        load_suite("gsm8k", limit=1, data_dir=tmp_path)
+
+
+@needs_data
+def test_data_suites_load_with_gold_answers() -> None:
+    gsm = load_suite("gsm8k", limit=3, data_dir=DATA)
+    assert gsm[0].answer == "18" and gsm[0].family == "word_math" and gsm[0].kind == "number"
+    assert 0 <= gsm[0].difficulty <= 1
+    for name, kind in [("svamp", "number"), ("multiarith", "number"),
+                       ("commonsenseqa", "choice"), ("strategyqa", "yes_no"),
+                       ("mmlu", "choice")]:
+        items = load_suite(name, limit=5, data_dir=DATA)
+        assert len(items) == 5 and all(i.kind == kind for i in items), name
+    mmlu = load_suite("mmlu", limit=5, data_dir=DATA)
+    assert len({i.item_id.rsplit("-", 1)[0] for i in mmlu}) == 5  # interleaved subjects
+    assert len(load_suite("mmlu:virology", limit=None, data_dir=DATA)) > 100
+    hotpot = load_suite("hotpotqa", limit=None, data_dir=DATA)
+    assert len(hotpot) == 100 and hotpot[0].answer == "a spirit"
+    assert {i.kind for i in hotpot} >= {"text", "yes_no"}
+
+
+def test_registry_recognises_a_question_inside_a_wider_prompt() -> None:
+    item = load_suite("arithmetic_chain", limit=1)[0]
+    registry = TaskRegistry([item])
+    wrapped = f"Some passage.\n\n{item.prompt()}"
+    match = registry.identify([("system", "Be brief."), ("user", wrapped)])
+    assert match.how == "registry" and match.item == item
+    # A continued chain: the question is in an earlier turn; its tokens count as prior.
+    match = registry.identify([("user", item.prompt()), ("assistant", "one two three"),
+                               ("user", "State your final answer now.")])
+    assert match.item == item and match.prior_tokens == 3
+
+
+def test_registry_marker_and_unknown_prompts() -> None:
+    registry = TaskRegistry()
+    match = registry.identify([("user", "Hi [[sim family=yes_no difficulty=0.2 answer=no]]")])
+    assert (match.how, match.item.family, match.item.difficulty, match.item.answer,
+            match.item.kind) == ("marker", "yes_no", 0.2, "no", "yes_no")
+    assert registry.identify([("user", "hello")]).how == "unknown"
+
+
+def test_registry_sees_retrieved_facts() -> None:
+    item = TaskItem("hotpotqa", "h1", "multihop_qa", 0.5, "Who founded X?", "Jane Doe", "text")
+    registry = TaskRegistry([item])
+    assert not registry.identify([("user", item.prompt())]).searched
+    passages = "Doc 1: X was founded in 1990 by Jane Doe."
+    assert registry.identify([("system", passages), ("user", item.prompt())]).searched

@@ -1,0 +1,208 @@
+"""Prompt features for the classifier: hand-made cues plus hashed word n-grams.
+
+Scoring is on the request path, so extraction is a few compiled regular expressions and one
+hash per token (tens of microseconds for a typical prompt). The n-grams are hashed exactly as
+scikit-learn's ``HashingVectorizer(ngram_range=(1, 2), alternate_sign=False, norm="l2")`` does
+(signed 32-bit MurmurHash3, index = |h| mod n_features), so there is no vocabulary file, and a
+test checks the two agree; it is reimplemented here only because the vectorizer costs about
+0.3 ms per single document in input validation alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.utils import murmurhash3_32
+
+from router_models.prompt import content_text, prompt_text
+
+# 2**14 buckets: collisions cost little for a linear model of three heads, and the shipped
+# weights stay small (3 x 16384 float32 = 192 KiB).
+N_HASH = 2 ** 14
+# Very long prompts are read from both ends only, which bounds the cost of scoring; the length
+# features still count the whole text.
+MAX_SCAN_CHARS = 4000
+
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")  # HashingVectorizer's default token_pattern
+_SENTENCE = re.compile(r"[.!?](?:\s|$)")
+_NUMBER = re.compile(r"\d[\d,.]*")
+_OPERATOR = re.compile(r"[+\-*/×÷^=<>]")
+_EQUATION = re.compile(r"\d\s*[-+*/×÷^]\s*\d|=\s*\d|\d\s*=")
+_FRACTION = re.compile(r"\d\s*/\s*\d|\d\.\d")
+_EDGE = re.compile(r"\b(?:\d+|[A-Za-z])\s*(?:--?>?|<->|—)\s*(?:\d+|[A-Za-z])\b"
+                   r"|\(\s*\w+\s*,\s*\w+\s*\)")
+_OPTION = re.compile(r"\([A-Ha-h]\)|(?:^|\n)\s*[A-H][.)]\s")
+_YEAR = re.compile(r"\b(?:1[5-9]\d\d|20\d\d)\b")
+_QUOTE = re.compile(r"\"[^\"]{2,}\"|“[^”]{2,}”")
+_MONEY_CHARS = ("$", "€", "£", "%")
+_CODE_MARKS = ("```", "def ", "class ", "return", "{", "}", "import ", "function", "=>",
+               "print(", ";\n")
+_CHOICE_CUES = ("answer choices", "which of the following", "choose", "options:")
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Word cues are counted on the same lower-cased tokens the n-grams use (a set lookup per token
+# is several times cheaper than a case-insensitive regular expression).
+_STEP_WORDS = _words(
+    "then after afterwards before first second next finally each every per total remaining "
+    "left times twice half step later again now more less")
+_SEQUENCE_WORDS = _words(
+    "flip flips flipped reverse reversed swap swaps switch switches trade trades concatenate "
+    "last letters letter order sequence iterate repeat recursively")
+_GRAPH_WORDS = _words(
+    "graph node nodes edge edges vertex vertices connected path neighbor neighbors neighbour "
+    "neighbours adjacent reachable")
+_FACT_WORDS = _words(
+    "who whom whose when where born founded capital president director author released "
+    "located nationality population headquarters headquartered album film band singer "
+    "country city company team")
+_MONEY_WORDS = _words("dollars dollar percent cents cent price cost costs")
+_HOW_BIGRAMS = frozenset({"how many", "how much", "how long", "how far", "how old"})
+_FANOUT_BIGRAMS = frozenset({"each of", "all of", "for each", "list all", "list the"})
+_YES_NO_WORDS = _words(
+    "is are does do can could would was were did has have will should")
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "log_chars", "log_words", "log_sentences", "log_lines", "questions",
+    "log_numbers", "number_density", "log_operators", "equation", "money_or_percent",
+    "log_fractions",
+    "log_step_cues", "how_many", "log_sequence_cues",
+    "log_edges", "log_graph_words",
+    "log_options", "choice_cue",
+    "log_capitalised", "capitalised_ratio", "log_years", "log_quotes", "log_fact_cues",
+    "fanout_cue", "yes_no_question",
+    "log_code_cues",
+    "has_system", "log_turns", "log_context_chars", "mean_word_chars", "digit_ratio",
+)
+N_DENSE = len(FEATURE_NAMES)
+
+
+@dataclass(frozen=True)
+class Features:
+    """One prompt's features.
+
+    ``dense``: float64 array of shape (N_DENSE,), named by ``FEATURE_NAMES``.
+    ``hash_indices`` (int64) and ``hash_values`` (float64), both of shape (n_nonzero,): the
+    l2-normalised counts of word unigrams and bigrams in ``N_HASH`` hashed buckets.
+    """
+
+    dense: np.ndarray
+    hash_indices: np.ndarray
+    hash_values: np.ndarray
+
+    def as_dict(self) -> dict[str, float]:
+        """The dense features by name (for logs and decisions)."""
+        return {name: float(v) for name, v in zip(FEATURE_NAMES, self.dense, strict=True)}
+
+
+def hashed_ngrams(text: str, n_features: int = N_HASH) -> tuple[np.ndarray, np.ndarray]:
+    """Word unigrams and bigrams of ``text`` hashed into ``n_features`` buckets.
+
+    Returns (indices, values): sorted unique bucket indices (int64) and their l2-normalised
+    counts (float64); both empty for a text without tokens. Same output as scikit-learn's
+    ``HashingVectorizer(n_features=n_features, ngram_range=(1, 2), alternate_sign=False,
+    norm="l2")``.
+    """
+    tokens = _TOKEN.findall(text.lower())
+    bigrams = [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
+    return _hash_tokens(tokens, bigrams, n_features)
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _bucket(token: str, n_features: int) -> int:
+    # scikit-learn's _hashing_fast: |h| mod n, with its special case for h = -2**31.
+    h = murmurhash3_32(token, seed=0)
+    if h == -2147483648:
+        return (2147483647 - (n_features - 1)) % n_features
+    return abs(h) % n_features
+
+
+def _hash_tokens(tokens: list[str], bigrams: list[str], n_features: int = N_HASH
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    if not tokens:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    counts: dict[int, int] = {}
+    for token in tokens + bigrams:
+        index = _bucket(token, n_features)
+        counts[index] = counts.get(index, 0) + 1
+    indices = np.fromiter(sorted(counts), np.int64, len(counts))
+    values = np.array([counts[i] for i in indices.tolist()], np.float64)
+    values /= math.sqrt(float(values @ values))
+    return indices, values
+
+
+def _scan(text: str) -> str:
+    if len(text) <= MAX_SCAN_CHARS:
+        return text
+    half = MAX_SCAN_CHARS // 2
+    return text[:half] + "\n" + text[-half:]
+
+
+def extract(messages: Sequence[Any] | str) -> Features:
+    """Features of the prompt being asked now.
+
+    Args:
+        messages: OpenAI chat messages of any shape (content as a string, a list of parts,
+            ``None``; system-only or empty lists are fine), or a bare prompt string.
+
+    Returns:
+        ``Features``; a prompt with no user text gives all-zero text features. Never raises on
+        malformed messages (they are skipped, as ``router_models.prompt`` does).
+    """
+    if isinstance(messages, str):
+        text, has_system, turns, context_chars = messages, 0.0, 1, len(messages)
+    else:
+        text = prompt_text(messages)
+        dicts = [m for m in messages if isinstance(m, dict)]
+        has_system = float(any(m.get("role") in ("system", "developer") for m in dicts))
+        turns = sum(1 for m in dicts if m.get("role") in ("user", "assistant"))
+        context_chars = sum(len(content_text(m.get("content"))) for m in dicts)
+    full_chars = len(text)
+    text = _scan(text)
+    lower = text.lower()
+    words = text.split()
+    n_words = len(words)
+    tokens = _TOKEN.findall(lower)
+    bigrams = [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
+    numbers = len(_NUMBER.findall(text))
+    # Capitalised words that do not open a sentence: names, places, titles.
+    capitalised = sum(1 for prev, w in zip(words, words[1:], strict=False)
+                      if w[:1].isupper() and w[1:2].islower() and prev[-1:] not in ".!?:")
+    digits = sum(c.isdigit() for c in text)
+    log = math.log1p
+    has_edges = "-" in text or "(" in text or "—" in text
+    dense = np.array([
+        log(full_chars), log(n_words), log(len(_SENTENCE.findall(text))),
+        log(text.count("\n")), min(text.count("?"), 5) / 5.0,
+        log(numbers), numbers / n_words if n_words else 0.0,
+        log(len(_OPERATOR.findall(text))), float(bool(_EQUATION.search(text))),
+        float(any(c in text for c in _MONEY_CHARS)
+              or any(t in _MONEY_WORDS for t in tokens)),
+        log(len(_FRACTION.findall(text))),
+        log(sum(1 for t in tokens if t in _STEP_WORDS)),
+        float(any(b in _HOW_BIGRAMS for b in bigrams)),
+        log(sum(1 for t in tokens if t in _SEQUENCE_WORDS)),
+        log(len(_EDGE.findall(text))) if has_edges else 0.0,
+        log(sum(1 for t in tokens if t in _GRAPH_WORDS)),
+        log(len(_OPTION.findall(text))), float(any(c in lower for c in _CHOICE_CUES)),
+        log(capitalised), capitalised / n_words if n_words else 0.0,
+        log(len(_YEAR.findall(text))), log(len(_QUOTE.findall(text))),
+        log(sum(1 for t in tokens if t in _FACT_WORDS)),
+        float(any(b in _FANOUT_BIGRAMS for b in bigrams)),
+        float(bool(tokens) and tokens[0] in _YES_NO_WORDS),
+        log(sum(lower.count(m) for m in _CODE_MARKS)),
+        has_system, log(turns), log(context_chars),
+        (sum(len(w) for w in words) / n_words / 10.0) if n_words else 0.0,
+        digits / len(text) if text else 0.0,
+    ], np.float64)
+    indices, values = _hash_tokens(tokens, bigrams)
+    return Features(dense, indices, values)

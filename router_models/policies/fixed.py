@@ -1,0 +1,85 @@
+"""``fixed:<strategy>@<budget_tokens>``: the same plan for every prompt (the baselines)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from router_models.features import Features
+from router_models.plan import STRATEGIES, Plan, Scores
+from router_models.policies.base import (
+    QUERY_TOKENS,
+    Candidate,
+    Decision,
+    Policy,
+    PolicyError,
+    check_strategy,
+    fit_to_budget,
+)
+
+# Tokens per vote sample when a fixed vote names only its total budget.
+VOTE_SAMPLE_TOKENS = 256
+MAX_VOTE_WIDTH = 8
+SEARCH_CALLS = 3
+
+
+def fixed_plan(strategy: str, budget_tokens: int) -> Plan:
+    """The plan ``fixed:<strategy>@<budget_tokens>`` stands for.
+
+    ``parallel_vote`` shares the budget over ``budget // 256`` samples (2 to 8);
+    ``search`` makes up to 3 retrieval calls (fewer on small budgets) and answers with the
+    rest; ``direct`` and ``sequential`` are one sample of the whole budget.
+
+    Raises:
+        PolicyError: unknown strategy or a budget below 1.
+    """
+    if strategy not in STRATEGIES:
+        raise PolicyError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    if budget_tokens < 1:
+        raise PolicyError("budget_tokens must be at least 1")
+    if strategy == "parallel_vote":
+        width = max(2, min(MAX_VOTE_WIDTH, budget_tokens // VOTE_SAMPLE_TOKENS))
+        return Plan(strategy, budget_tokens, width=width, depth_tokens=budget_tokens // width)
+    if strategy == "search":
+        calls = max(1, min(SEARCH_CALLS, budget_tokens // (4 * QUERY_TOKENS)))
+        return Plan(strategy, budget_tokens, search_calls=calls,
+                    depth_tokens=max(1, budget_tokens - QUERY_TOKENS * calls))
+    return Plan(strategy, budget_tokens, depth_tokens=budget_tokens)
+
+
+class FixedPolicy(Policy):
+    """Always the same plan. Spec: ``fixed:<strategy>@<budget_tokens>``, e.g.
+    ``fixed:parallel_vote@1024``."""
+
+    def __init__(self, strategy: str, budget_tokens: int):
+        self.base = fixed_plan(strategy, budget_tokens)
+        self.name = f"fixed:{strategy}@{budget_tokens}"
+
+    @classmethod
+    def from_spec(cls, spec: str) -> FixedPolicy:
+        """Parse ``fixed:<strategy>@<budget_tokens>``.
+
+        Raises:
+            PolicyError: the spec does not have that shape.
+        """
+        body = spec.removeprefix("fixed:")
+        strategy, sep, budget = body.partition("@")
+        if not spec.startswith("fixed:") or not sep or not budget.isdigit():
+            raise PolicyError(f"bad policy spec {spec!r}: expected fixed:<strategy>@<tokens>, "
+                              "e.g. fixed:parallel_vote@1024")
+        return cls(strategy, int(budget))
+
+    def decide(self, scores: Scores, features: Features | None = None, *,
+               budget_tokens: int | None = None, strategy: str | None = None,
+               rng: random.Random | None = None) -> Decision:
+        check_strategy(strategy)
+        plan = self.base
+        reason = "fixed plan"
+        if strategy is not None and strategy != plan.strategy:
+            plan = fixed_plan(strategy, plan.budget_tokens or VOTE_SAMPLE_TOKENS)
+            reason = f"strategy {strategy} forced by the request"
+        plan = fit_to_budget(plan, budget_tokens)
+        if plan.budget_tokens != self.base.budget_tokens:
+            reason += f"; capped at {budget_tokens} tokens by the request"
+        plan = dataclasses.replace(plan, policy=self.name, probability=1.0, reason=reason)
+        return Decision(plan, scores, (Candidate(plan, 1.0),))

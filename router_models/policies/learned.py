@@ -1,0 +1,400 @@
+"""``learned``: compute-optimal plans from estimated P(correct | prompt, plan), learning online.
+
+For each candidate plan c (strategy x width x depth x search calls) it estimates
+
+    P(correct | x, c) = sigmoid(logit(prior_c(x)) + (w_strategy(c) + w_c) . z(x))
+
+where ``prior_c`` is the structural prior below, z(x) = [1, difficulty, sequential, search,
+one-hot kind of prompt] and the weights start at 0. Feedback updates the weights by online
+Bayesian logistic regression with a diagonal Laplace approximation (Chapelle and Li 2011, "An
+Empirical Evaluation of Thompson Sampling", algorithm 3, one Newton step per observation).
+Sharing ``w_strategy`` across a strategy's plans lets evidence on one budget move the others.
+
+It picks the plan maximising expected accuracy - lambda x tokens, with lambda solved by
+``router_models.budget.solve_lambda`` over a reference set of recent prompts so that the mean
+budget meets ``target_tokens`` (compute-optimal allocation, Snell et al. 2024; bisection on a
+monotone spend, Zhai et al. 2026). With probability ``exploration`` it picks uniformly among
+the allowed candidates instead (epsilon-greedy), and it records the exact probability of the
+chosen plan in ``Plan.probability`` so other policies can be evaluated offline by inverse
+propensity weighting.
+
+Budget curriculum: each kind of prompt's lambda is scaled by
+``floor + (1 - floor) x n / (n + half)``, n being the feedback seen for that kind, so a kind
+with little feedback gets generous budgets (explore what works) and its budget tightens toward
+the least that keeps accuracy as evidence grows; ``budgets()`` reports the current figures.
+
+The structural prior (a planning assumption of this package, not fitted to a paper): with
+q = 1 - difficulty the chance a short answer is right, a chain of L tokens fixes a share
+``sequential x (sat(L) - sat(256))`` of the failures, sat(L) = 1 - exp(-L / (128 + 1024 x
+difficulty)); a majority vote of k such samples gains ``(1 - sequential)`` times the
+Condorcet-jury gain of independent voters; search recovers a share ``search x (1 - 2^-calls)``
+of the remaining failures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router_models import budget
+from router_models.features import Features
+from router_models.plan import STRATEGIES, Plan, Scores
+from router_models.policies.base import (
+    Candidate,
+    Decision,
+    Policy,
+    PolicyError,
+    check_strategy,
+    fit_to_budget,
+    plan_cost,
+)
+
+STATE_VERSION = 1
+KIND_NAMES = tuple(f"{d}/{s}/{r}" for d in ("easy", "hard") for s in ("independent", "chain")
+                   for r in ("closed", "search"))
+N_CONTEXT = 4 + len(KIND_NAMES)
+SHORT_TOKENS = 256  # what "a small budget" means for the difficulty score
+
+
+def default_candidates() -> list[Plan]:
+    """The candidate grid: direct@256; votes of 3, 5, 8 x 256 and 3, 5 x 512 tokens; chains
+    of 512 to 4096 tokens; search with 1 or 3 calls and a 512- or 1024-token answer."""
+    plans = [Plan("direct", 256, depth_tokens=256)]
+    for depth, widths in ((256, (3, 5, 8)), (512, (3, 5))):
+        plans += [Plan("parallel_vote", plan_cost("parallel_vote", w, depth), width=w,
+                       depth_tokens=depth) for w in widths]
+    plans += [Plan("sequential", d, depth_tokens=d) for d in (512, 1024, 2048, 4096)]
+    plans += [Plan("search", plan_cost("search", 1, d, c), depth_tokens=d, search_calls=c)
+              for d in (512, 1024) for c in (1, 3)]
+    return plans
+
+
+def kind_of(scores: Scores) -> int:
+    """The kind of prompt (index into ``KIND_NAMES``): hard or easy, chain or independent,
+    search or closed book, each at the score's 0.5 threshold."""
+    return (4 * (scores.difficulty >= 0.5) + 2 * (scores.sequential >= 0.5)
+            + (scores.search >= 0.5))
+
+
+def context(scores: np.ndarray) -> np.ndarray:
+    """z(x) for a batch: (n, 3) scores [difficulty, sequential, search] -> (n, N_CONTEXT)."""
+    n = len(scores)
+    kinds = (4 * (scores[:, 0] >= 0.5) + 2 * (scores[:, 1] >= 0.5)
+             + (scores[:, 2] >= 0.5)).astype(int)
+    z = np.zeros((n, N_CONTEXT))
+    z[:, 0] = 1.0
+    z[:, 1:4] = scores
+    z[np.arange(n), 4 + kinds] = 1.0
+    return z
+
+
+def _majority(p: np.ndarray, k: np.ndarray) -> np.ndarray:
+    # P(more than half of k independent voters are right), ties split evenly (Condorcet).
+    out = np.zeros(np.broadcast(p, k).shape)
+    p_b, k_b = np.broadcast_arrays(p, k)
+    for width in np.unique(k_b):
+        mask = k_b == width
+        q = p_b[mask]
+        total = np.zeros_like(q)
+        for j in range(int(width) + 1):
+            pmf = math.comb(int(width), j) * q ** j * (1 - q) ** (int(width) - j)
+            total += pmf * (1.0 if 2 * j > width else 0.5 if 2 * j == width else 0.0)
+        out[mask] = total
+    return out
+
+
+def prior_accuracy(scores: np.ndarray, plans: list[Plan]) -> np.ndarray:
+    """The structural prior (module docstring): (n, 3) scores x plans -> (n, n_plans)."""
+    d, s, r = (scores[:, i:i + 1] for i in range(3))
+    width = np.array([p.width for p in plans], float)
+    depth = np.array([p.depth_tokens or p.budget_tokens or SHORT_TOKENS for p in plans], float)
+    calls = np.array([p.search_calls for p in plans], float)
+    is_vote = np.array([p.strategy == "parallel_vote" for p in plans])
+    q = 1.0 - d
+    need = 128.0 + 1024.0 * d
+    gain = np.clip((1 - np.exp(-depth / need)) - (1 - np.exp(-SHORT_TOKENS / need)), 0, None)
+    single = q + (1 - q) * s * gain
+    vote = single + (1 - s) * (_majority(single, np.broadcast_to(width, single.shape))
+                               - single)
+    acc = np.where(is_vote, vote, single)
+    acc = acc + (1 - acc) * r * (1 - 0.5 ** calls)
+    return np.clip(acc, 0.01, 0.99)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p) - np.log1p(-p)
+
+
+class LearnedPolicy(Policy):
+    """Compute-optimal choice among candidate plans with online learning (module docstring).
+
+    Args:
+        target_tokens: the mean budget per request to meet (completion tokens).
+        exploration: epsilon of epsilon-greedy, in [0, 1).
+        candidates: the plans to choose among (default ``default_candidates()``).
+        prior_precision: the weight of the prior, as the initial diagonal precision.
+        curriculum_floor, curriculum_half: the lambda scale of a kind with no feedback, and
+            the feedback count at which it is half way to 1.
+        reference_size: recent prompts kept to solve lambda over.
+        resolve_every: re-solve lambda after this many new prompts or feedbacks.
+        seed: seeds the policy's own random source.
+
+    Raises:
+        PolicyError: exploration outside [0, 1) or a non-positive target.
+    """
+
+    name = "learned"
+
+    def __init__(self, target_tokens: float = 1024.0, exploration: float = 0.05,
+                 candidates: list[Plan] | None = None, prior_precision: float = 4.0,
+                 curriculum_floor: float = 0.25, curriculum_half: float = 50.0,
+                 reference_size: int = 512, resolve_every: int = 64, seed: int = 0):
+        if not 0.0 <= exploration < 1.0:
+            raise PolicyError("exploration must be in [0, 1)")
+        if target_tokens <= 0:
+            raise PolicyError("target_tokens must be positive")
+        self.target_tokens = float(target_tokens)
+        self.exploration = float(exploration)
+        self.candidates = list(candidates or default_candidates())
+        self.costs = np.array([p.budget_tokens for p in self.candidates], float)
+        self.strategy_index = np.array([STRATEGIES.index(p.strategy) for p in self.candidates])
+        n = len(self.candidates)
+        self.prior_precision = prior_precision
+        self.w_plan = np.zeros((n, N_CONTEXT))
+        self.h_plan = np.full((n, N_CONTEXT), prior_precision)
+        self.w_strategy = np.zeros((len(STRATEGIES), N_CONTEXT))
+        self.h_strategy = np.full((len(STRATEGIES), N_CONTEXT), prior_precision)
+        self.feedback = np.zeros(len(KIND_NAMES))
+        self.curriculum_floor, self.curriculum_half = curriculum_floor, curriculum_half
+        self.reference: deque[tuple[float, float, float]] = deque(maxlen=reference_size)
+        self.resolve_every = resolve_every
+        self._since_solve = 0
+        self.rng = random.Random(seed)
+        self.allocation = budget.Allocation(0.0, 0.0, 1.0, 0.0)
+        self.resolve()
+
+    # -- estimates -------------------------------------------------------------------------
+
+    def expected_accuracy(self, scores: np.ndarray) -> np.ndarray:
+        """P(correct | scores, plan): (n, 3) scores -> (n, n_candidates)."""
+        scores = np.atleast_2d(np.asarray(scores, float))
+        z = context(scores)
+        weights = self.w_plan + self.w_strategy[self.strategy_index]
+        logits = _logit(prior_accuracy(scores, self.candidates)) + z @ weights.T
+        return 1.0 / (1.0 + np.exp(-logits))
+
+    def lambda_scale(self, kinds: np.ndarray) -> np.ndarray:
+        """The curriculum's lambda multiplier per kind index (floor with no feedback -> 1)."""
+        n = self.feedback[kinds]
+        return self.curriculum_floor + (1 - self.curriculum_floor) * n / (
+            n + self.curriculum_half)
+
+    def _reference_scores(self) -> np.ndarray:
+        if self.reference:
+            return np.array(self.reference, float)
+        grid = np.linspace(0.05, 0.95, 4)  # no traffic yet: a grid over the score cube
+        return np.array([(a, b, c) for a in grid for b in grid for c in grid])
+
+    def resolve(self) -> budget.Allocation:
+        """Re-solve lambda over the reference prompts so the mean budget meets the target."""
+        scores = self._reference_scores()
+        kinds = context(scores)[:, 4:].argmax(axis=1)
+        self.allocation = budget.solve_lambda(
+            self.expected_accuracy(scores), self.costs, self.target_tokens, self.exploration,
+            scale=self.lambda_scale(kinds))
+        self._since_solve = 0
+        return self.allocation
+
+    def _tick(self) -> None:
+        self._since_solve += 1
+        if self._since_solve >= self.resolve_every:
+            self.resolve()
+
+    # -- deciding ---------------------------------------------------------------------------
+
+    def distribution(self, scores: Scores, *, budget_tokens: int | None = None,
+                     strategy: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(probabilities, expected accuracies, allowed mask) over ``self.candidates`` for one
+        prompt; the probabilities sum to 1 over the allowed candidates (all zeros when no
+        candidate fits the controls)."""
+        row = np.array([[scores.difficulty, scores.sequential, scores.search]])
+        acc = self.expected_accuracy(row)
+        allowed = np.ones((1, len(self.candidates)), bool)
+        if budget_tokens is not None:
+            allowed &= self.costs[None, :] <= budget_tokens
+        if strategy is not None:
+            allowed &= np.array([p.strategy == strategy for p in self.candidates])[None, :]
+        if not allowed.any():
+            return np.zeros(len(self.candidates)), acc[0], allowed[0]
+        scale = self.lambda_scale(np.array([kind_of(scores)]))
+        a = self.allocation
+        low = budget.choice_probabilities(acc, self.costs, a.lam_low * scale, self.exploration,
+                                          allowed)
+        high = budget.choice_probabilities(acc, self.costs, a.lam_high * scale,
+                                           self.exploration, allowed)
+        return (a.mix * low + (1 - a.mix) * high)[0], acc[0], allowed[0]
+
+    def decide(self, scores: Scores, features: Features | None = None, *,
+               budget_tokens: int | None = None, strategy: str | None = None,
+               rng: random.Random | None = None) -> Decision:
+        check_strategy(strategy)
+        self.reference.append((scores.difficulty, scores.sequential, scores.search))
+        self._tick()
+        probs, acc, allowed = self.distribution(scores, budget_tokens=budget_tokens,
+                                                strategy=strategy)
+        if not allowed.any():
+            # No candidate fits the request's controls: the smallest plan of the strategy
+            # (or a direct answer), shrunk to the cap.
+            pool = [p for p in self.candidates if strategy in (None, p.strategy)]
+            base = min(pool, key=lambda p: p.budget_tokens or 0) if pool else \
+                Plan(strategy or "direct", budget_tokens)
+            plan = dataclasses.replace(fit_to_budget(base, budget_tokens), policy=self.name,
+                                       probability=1.0,
+                                       reason="no candidate fits the request's controls")
+            return Decision(plan, scores, (Candidate(plan, 1.0),))
+        index = (rng or self.rng).choices(range(len(probs)), weights=probs.tolist())[0]
+        greedy = int(np.argmax(probs))
+        kind = KIND_NAMES[kind_of(scores)]
+        reason = (f"max expected accuracy - lambda x tokens for {kind} "
+                  f"(est. {acc[index]:.2f})" if index == greedy else
+                  f"exploring (epsilon {self.exploration}) for {kind}")
+        plan = dataclasses.replace(self.candidates[index], policy=self.name,
+                                   probability=float(probs[index]), reason=reason)
+        candidates = tuple(Candidate(c, float(p), float(a)) for c, p, a, ok in
+                           zip(self.candidates, probs, acc, allowed, strict=True) if ok)
+        return Decision(plan, scores, candidates)
+
+    # -- learning ---------------------------------------------------------------------------
+
+    def candidate_index(self, plan: Plan) -> int:
+        """The candidate ``plan`` is (same strategy, width, depth and calls), else the same
+        strategy's candidate nearest in budget (plans of other policies, capped plans)."""
+        for i, c in enumerate(self.candidates):
+            if (c.strategy, c.width, c.depth_tokens, c.search_calls) == (
+                    plan.strategy, plan.width, plan.depth_tokens, plan.search_calls):
+                return i
+        pool = [i for i, c in enumerate(self.candidates) if c.strategy == plan.strategy] \
+            or list(range(len(self.candidates)))
+        spend = plan.budget_tokens or SHORT_TOKENS
+        return min(pool, key=lambda i: abs(math.log((self.costs[i]) / spend)))
+
+    def update(self, scores: Scores, plan: Plan, correct: bool | float,
+               features: Features | None = None) -> None:
+        """One online Newton step on the chosen plan's weights (Chapelle and Li 2011).
+
+        ``correct``: True/False or a score in [0, 1]. Plans not in the grid update their
+        nearest candidate (``candidate_index``).
+        """
+        y = float(correct)
+        if not 0.0 <= y <= 1.0:
+            raise ValueError("correct must be a bool or a score in [0, 1]")
+        i = self.candidate_index(plan)
+        row = np.array([[scores.difficulty, scores.sequential, scores.search]])
+        z = context(row)[0]
+        p = float(self.expected_accuracy(row)[0, i])
+        gradient = (y - p) * z
+        curvature = p * (1 - p) * z * z
+        s = self.strategy_index[i]
+        self.h_plan[i] += curvature
+        self.h_strategy[s] += curvature
+        self.w_plan[i] += gradient / self.h_plan[i]
+        self.w_strategy[s] += gradient / self.h_strategy[s]
+        self.feedback[kind_of(scores)] += 1
+        self._tick()
+
+    # -- reporting and state ----------------------------------------------------------------
+
+    def budgets(self) -> dict[str, dict[str, float]]:
+        """Per kind of prompt: feedback seen, the curriculum's lambda scale, and the mean
+        budget (tokens) the current allocation gives that kind's reference prompts."""
+        scores = self._reference_scores()
+        kinds = context(scores)[:, 4:].argmax(axis=1)
+        acc = self.expected_accuracy(scores)
+        a = self.allocation
+        scale = self.lambda_scale(kinds)
+        probs = (a.mix * budget.choice_probabilities(acc, self.costs, a.lam_low * scale,
+                                                     self.exploration)
+                 + (1 - a.mix) * budget.choice_probabilities(acc, self.costs,
+                                                             a.lam_high * scale,
+                                                             self.exploration))
+        spend = probs @ self.costs
+        out = {}
+        for k, name in enumerate(KIND_NAMES):
+            mask = kinds == k
+            out[name] = {"feedback": float(self.feedback[k]),
+                         "lambda_scale": float(self.lambda_scale(np.array([k]))[0]),
+                         "mean_budget_tokens": float(spend[mask].mean()) if mask.any()
+                         else float("nan")}
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to restore the policy, JSON-ready (plain lists and numbers)."""
+        def r(a: np.ndarray) -> list[Any]:
+            return np.round(a, 8).tolist()
+        return {
+            "state_version": STATE_VERSION,
+            "config": {"target_tokens": self.target_tokens, "exploration": self.exploration,
+                       "prior_precision": self.prior_precision,
+                       "curriculum_floor": self.curriculum_floor,
+                       "curriculum_half": self.curriculum_half,
+                       "reference_size": self.reference.maxlen,
+                       "resolve_every": self.resolve_every},
+            "candidates": [{"strategy": p.strategy, "budget_tokens": p.budget_tokens,
+                            "width": p.width, "depth_tokens": p.depth_tokens,
+                            "search_calls": p.search_calls} for p in self.candidates],
+            "w_plan": r(self.w_plan), "h_plan": r(self.h_plan),
+            "w_strategy": r(self.w_strategy), "h_strategy": r(self.h_strategy),
+            "feedback": r(self.feedback),
+            "reference": [list(map(float, np.round(x, 6))) for x in self.reference],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], **overrides: Any) -> LearnedPolicy:
+        """Restore from ``state()``; keyword overrides replace config values (for example
+        ``target_tokens`` or ``exploration`` from the operator's config).
+
+        Raises:
+            PolicyError: another state version or a malformed state.
+        """
+        if state.get("state_version") != STATE_VERSION:
+            raise PolicyError(f"learned policy state version {state.get('state_version')}; "
+                              f"this code reads {STATE_VERSION}")
+        try:
+            config = dict(state["config"], **overrides)
+            candidates = [Plan(**c) for c in state["candidates"]]
+            policy = cls(candidates=candidates, **config)
+            for name in ("w_plan", "h_plan", "w_strategy", "h_strategy", "feedback"):
+                value = np.array(state[name], float)
+                if value.shape != getattr(policy, name).shape:
+                    raise PolicyError(f"learned policy state: {name} has shape {value.shape}")
+                setattr(policy, name, value)
+            policy.reference.extend(tuple(x) for x in state["reference"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PolicyError(f"malformed learned policy state: {exc}") from exc
+        policy.resolve()
+        return policy
+
+    def save(self, path: Path) -> None:
+        """Write ``state()`` as JSON (deterministic bytes)."""
+        path.write_text(json.dumps(self.state(), indent=1, sort_keys=True) + "\n",
+                        encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path, **overrides: Any) -> LearnedPolicy:
+        """Read a state written by ``save`` (JSON only; never unpickles).
+
+        Raises:
+            PolicyError: unreadable or malformed file.
+        """
+        try:
+            state = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise PolicyError(f"cannot read learned policy state {path}: {exc}") from exc
+        return cls.from_state(state, **overrides)

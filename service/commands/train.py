@@ -1,0 +1,164 @@
+"""``ttc-router train``: re-fit the classifier and the learned policy, and print held-out
+metrics; ``--from-log`` re-fits the learned policy to the gateway's own decisions with
+feedback. The fitting itself lives in ``router_models.train``; this module parses flags,
+reads the request log (a thin adapter over ``service.store``) and prints."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from router_models.classifier import DEFAULT_ARTIFACT_DIR, ArtifactError, Classifier
+from router_models.plan import Plan, Scores
+from router_models.policies import LearnedPolicy, PolicyError, parse_policy
+from service.settings import SettingsError, load_settings
+
+if TYPE_CHECKING:  # router_models.train imports scikit-learn's solvers: only when training
+    from router_models.train import FeedbackRecord
+
+
+def register(subcommands: Any) -> None:
+    train = subcommands.add_parser(
+        "train", help="re-fit the classifier and policies; print held-out metrics",
+        description="Fit the prompt classifier on the shared benchmark data (zero_shot_cot "
+                    "logs, routellm, GSM8K solutions, task families, generated tasks), print "
+                    "per-score AUC and Brier score by dataset and the strategy each policy "
+                    "picks per task family, and write the artifacts. The same data and seed "
+                    "give the same bytes. With --from-log, replay the gateway's logged "
+                    "decisions with feedback into the learned policy instead.")
+    train.add_argument("--data", type=Path, default=None, metavar="DIR",
+                       help="the shared benchmark data (default: ../shared/data next to "
+                            "the source tree)")
+    train.add_argument("--out", type=Path, default=None, metavar="DIR",
+                       help="where to write classifier.npz, classifier.json and "
+                            "learned.json (default: DATA_DIR/models; pass "
+                            "router_models/artifacts to rebuild the shipped default)")
+    train.add_argument("--seed", type=int, default=0, help="split and sampling seed")
+    train.add_argument("--limit", type=int, default=None, metavar="N",
+                       help="keep only the first N examples of each dataset (quick runs)")
+    train.add_argument("--generated", type=int, default=1500, metavar="N",
+                       help="generated tasks of each family (graph connectivity, arithmetic "
+                            "chains)")
+    train.add_argument("--target-tokens", type=float, default=1024.0,
+                       help="the learned policy's mean budget per request (tokens)")
+    train.add_argument("--from-log", action="store_true",
+                       help="replay the request log's decisions with feedback into the "
+                            "learned policy (no benchmark data needed)")
+    train.add_argument("--config", type=Path, help="YAML config file (for data_dir and "
+                                                   "database_url)")
+    train.add_argument("--data-dir", type=Path, help="state directory (request log, models)")
+    train.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config, data_dir=args.data_dir)
+    except SettingsError as exc:
+        print(f"ttc-router: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or settings.data_dir / "models"
+    if args.from_log:
+        url = settings.database_url.get_secret_value() if settings.database_url else None
+        return _from_log(settings.data_dir, url, out)
+    return _from_data(args, out)
+
+
+def _from_data(args: argparse.Namespace, out: Path) -> int:
+    from router_models import train as training
+    from router_models.training_data import DEFAULT_DATA_DIR, DataMissingError
+
+    data = args.data or DEFAULT_DATA_DIR
+    print(f"training on {data} (seed {args.seed}"
+          + (f", first {args.limit} per dataset" if args.limit else "") + ") ...",
+          file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    try:
+        result = training.train(data, out, seed=args.seed, limit_per_dataset=args.limit,
+                                n_generated=args.generated, target_tokens=args.target_tokens)
+    except DataMissingError as exc:
+        print(f"ttc-router train: {exc}", file=sys.stderr)
+        return 1
+    print(training.summary(result))
+    print(f"\nwrote {out} in {time.perf_counter() - started:.1f} s:")
+    for name in ("classifier.npz", "classifier.json", "learned.json"):
+        digest = training.file_digest(out / name)
+        shipped = DEFAULT_ARTIFACT_DIR / name
+        same = ""
+        if shipped.exists() and shipped.resolve() != (out / name).resolve():
+            same = ("  (identical to the shipped artifact)"
+                    if training.file_digest(shipped) == digest else
+                    "  (differs from the shipped artifact)")
+        print(f"  {name:16} sha256 {digest}{same}")
+    return 0
+
+
+def _from_log(data_dir: Path, database_url: str | None, out: Path) -> int:
+    from router_models import train as training
+
+    try:
+        classifier = Classifier.load()
+        base = out / "learned.json"
+        learned = LearnedPolicy.load(base) if base.exists() else parse_policy("learned")
+    except (ArtifactError, PolicyError) as exc:
+        print(f"ttc-router train: {exc}", file=sys.stderr)
+        return 1
+    assert isinstance(learned, LearnedPolicy)
+    try:
+        rows = asyncio.run(_read_feedback(data_dir, database_url))
+    except Exception as exc:  # the store's errors: report them, do not trace back
+        print(f"ttc-router train: cannot read the request log: {exc}", file=sys.stderr)
+        return 1
+    records = list(feedback_records(rows))
+    skipped = len(rows) - len(records)
+    print(f"request log: {len(rows)} decisions with feedback"
+          + (f", {skipped} skipped (no scores and no prompt text)" if skipped else ""),
+          file=sys.stderr)
+    counts = training.train_from_records(records, classifier, learned, out)
+    print(f"replayed {counts['records']} outcomes ({counts['correct']:.0f} correct) into the "
+          f"learned policy; by strategy: {counts['by_strategy']}")
+    print("current budgets by kind of prompt:")
+    for kind, row in learned.budgets().items():
+        print(f"  {kind:26} feedback {row['feedback']:>7.0f}  lambda scale "
+              f"{row['lambda_scale']:.2f}  mean budget {row['mean_budget_tokens']:.0f} tokens")
+    print(f"wrote {out / 'learned.json'}")
+    return 0
+
+
+async def _read_feedback(data_dir: Path, database_url: str | None) -> list[Any]:
+    from service.store.log import open_request_log
+
+    log = open_request_log(data_dir, database_url)
+    await log.backend.open()
+    try:
+        return list(await log.backend.records(with_feedback=True))
+    finally:
+        await log.backend.close()
+
+
+def feedback_records(rows: list[Any]) -> Iterator[FeedbackRecord]:
+    """``router_models.train.FeedbackRecord`` values from request-log rows
+    (``service.store.Record``): the logged scores (or the prompt text, when kept), the plan
+    that ran, and the feedback score. Rows with neither scores nor text are skipped."""
+    from router_models.train import FeedbackRecord
+
+    plan_fields = set(Plan.__dataclass_fields__)
+    for row in rows:
+        if row.feedback_score is None:
+            continue
+        scores = None
+        if row.scores and {"difficulty", "sequential", "search"} <= set(row.scores):
+            scores = Scores(float(row.scores["difficulty"]), float(row.scores["sequential"]),
+                            float(row.scores["search"]))
+        if scores is None and not row.prompt_text:
+            continue
+        try:
+            plan = Plan(**{k: v for k, v in (row.plan or {}).items() if k in plan_fields}) \
+                if row.plan else Plan(row.strategy, row.budget_tokens)
+        except (TypeError, ValueError):
+            continue
+        yield FeedbackRecord(row.prompt_text or "", plan, float(row.feedback_score), scores)

@@ -1,0 +1,88 @@
+"""The shipped classifier: probabilities in [0, 1], a safe and small artifact, round trips."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import router_models
+from router_models.classifier import (
+    DEFAULT_ARTIFACT_DIR,
+    HEADS,
+    ArtifactError,
+    Classifier,
+)
+from router_models.plan import Scores
+from tests.test_features import MESSAGE_SHAPES
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Classifier:
+    return Classifier.load()
+
+
+@pytest.mark.parametrize("messages", MESSAGE_SHAPES)
+def test_scores_are_probabilities_for_every_message_shape(classifier, messages):
+    scores = classifier.score(messages)
+    assert isinstance(scores, Scores)
+    assert all(0.0 <= v <= 1.0 for v in scores.as_dict().values())
+
+
+def test_shipped_artifact_is_small_safe_and_carries_its_provenance():
+    npz = DEFAULT_ARTIFACT_DIR / "classifier.npz"
+    size = sum(p.stat().st_size for p in DEFAULT_ARTIFACT_DIR.iterdir())
+    assert size < 2_000_000
+    with zipfile.ZipFile(npz) as zf:
+        assert all(name.endswith(".npy") for name in zf.namelist())
+    with np.load(npz, allow_pickle=False) as arrays:  # raises if anything needs unpickling
+        assert {f"{h}.w_hash" for h in HEADS} <= set(arrays.files)
+    meta = json.loads((DEFAULT_ARTIFACT_DIR / "classifier.json").read_text())
+    assert len(meta["data_hash"]) == 64 and meta["version"] == meta["artifact_version"]
+    for head in HEADS:
+        overall = meta["metrics"][head]["overall"]
+        assert 0.5 < overall["auc"] <= 1.0
+        assert overall["brier"] < overall["brier_constant"]  # better than the base rate
+
+
+def test_round_trip_gives_the_same_scores_and_the_same_bytes(classifier, tmp_path):
+    classifier.save(tmp_path / "a")
+    again = Classifier.load(tmp_path / "a")
+    again.save(tmp_path / "b")
+    for name in ("classifier.npz", "classifier.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    prompt = "Take the last letters of each word in 'Ada Lovelace Byron' and concatenate them."
+    assert again.score(prompt) == classifier.score(prompt)
+
+
+def test_loading_another_version_or_a_missing_artifact_fails_clearly(classifier, tmp_path):
+    with pytest.raises(ArtifactError, match="cannot read"):
+        Classifier.load(tmp_path / "absent")
+    classifier.save(tmp_path)
+    meta = json.loads((tmp_path / "classifier.json").read_text())
+    meta["artifact_version"] = 999
+    (tmp_path / "classifier.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="version 999"):
+        Classifier.load(tmp_path)
+
+
+def test_scores_separate_the_kinds_of_prompt(classifier):
+    graph = classifier.score("Here is an undirected graph given by its edge list: 11-12, "
+                             "12-13, 13-21, 21-22, 22-23, 23-31, 41-42, 42-43, 43-51. Is node "
+                             "11 connected to node 31 (t1) or to node 51 (t2)?")
+    recall = classifier.score("Which of the following is the body cavity that contains the "
+                              "pituitary gland?\nA. Abdominal\nB. Cranial\nC. Pleural\n"
+                              "D. Spinal\nAnswer:")
+    multihop = classifier.score("What is the nationality of the director of the film that "
+                                "won the Palme d'Or in 1994?")
+    assert graph.sequential > recall.sequential
+    assert multihop.search > max(graph.search, recall.search)
+
+
+def test_load_default_gives_the_classifier_and_the_named_policies(tmp_path):
+    classifier, policies = router_models.load_default(tmp_path)  # empty dir: shipped files
+    assert set(policies) == {"rules", "learned"}
+    decision = policies["learned"].decide(classifier.score("What is 17 * 3?"))
+    assert decision.plan.policy == "learned" and 0 < decision.plan.probability <= 1

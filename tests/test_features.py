@@ -1,0 +1,88 @@
+"""Prompt features: every message shape, the cues, and agreement with scikit-learn's hashing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.feature_extraction.text import HashingVectorizer
+
+from router_models.features import FEATURE_NAMES, N_DENSE, N_HASH, extract, hashed_ngrams
+
+MESSAGE_SHAPES = [
+    [],
+    [{"role": "system", "content": "You are terse."}],
+    [{"role": "user", "content": None}],
+    [{"role": "user", "content": ""}],
+    [{"role": "user", "content": [{"type": "text", "text": "What is 2 + 2?"},
+                                  {"type": "image_url", "image_url": {"url": "data:,"}}]}],
+    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}],
+    [{"role": "assistant", "content": None, "tool_calls": [{"id": "x"}]}],
+    ["not a message", 3, None, {"role": "user", "content": "hi"}],
+    [{"role": "user"}],
+    "a bare prompt string",
+]
+
+
+@pytest.mark.parametrize("messages", MESSAGE_SHAPES)
+def test_messages_of_every_shape_give_finite_features(messages):
+    f = extract(messages)
+    assert f.dense.shape == (N_DENSE,) and np.isfinite(f.dense).all()
+    assert len(f.hash_indices) == len(f.hash_values)
+    assert ((f.hash_indices >= 0) & (f.hash_indices < N_HASH)).all()
+    assert set(f.as_dict()) == set(FEATURE_NAMES)
+
+
+def test_system_only_has_no_prompt_text_but_notes_the_system_turn():
+    f = extract([{"role": "system", "content": "Be brief."}])
+    assert f.as_dict()["has_system"] == 1.0
+    assert f.as_dict()["log_chars"] == 0.0 and len(f.hash_indices) == 0
+
+
+def test_the_last_user_turn_is_what_is_scored():
+    early = {"role": "user", "content": "Here is an edge list: 1-2, 2-3, 3-4."}
+    late = {"role": "user", "content": "Who directed the film Alien?"}
+    f = extract([early, {"role": "assistant", "content": "ok"}, late])
+    assert f.as_dict()["log_edges"] == 0.0
+    assert f.as_dict()["log_fact_cues"] > 0
+    assert f.as_dict()["log_turns"] == pytest.approx(math.log1p(3))
+
+
+@pytest.mark.parametrize("text", [
+    "Janet's ducks lay 16 eggs per day. How much in dollars does she make?",
+    "Is node 12 connected to node 40 (t1) or to node 77 (t2)? Edges: 12-13, 13-40, 77-78.",
+    "",
+    "Ünïcödé wörds and emoji 🙂 mixed with code: def f(x): return x",
+])
+def test_hashing_matches_scikit_learns_hashing_vectorizer(text):
+    vectorizer = HashingVectorizer(n_features=N_HASH, ngram_range=(1, 2),
+                                   alternate_sign=False, norm="l2")
+    expected = vectorizer.transform([text]).toarray()[0]
+    indices, values = hashed_ngrams(text)
+    got = np.zeros(N_HASH)
+    got[indices] = values
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_cues_fire_on_their_kind_of_prompt():
+    graph = extract("Undirected graph with edges 3-7, 7-9, 9-12, 4-5. Is node 3 connected "
+                    "to node 12 or node 5?").as_dict()
+    choice = extract("Which is a mammal? Answer Choices: (A) trout (B) whale (C) eel "
+                     "(D) newt").as_dict()
+    code = extract("```python\ndef f(x):\n    return x + 1\n```\nWhat does f(2) return?")
+    fact = extract("Who was the president of the country where the director of Alien "
+                   "was born in 1937?").as_dict()
+    assert graph["log_edges"] >= math.log1p(3) and graph["log_graph_words"] > 0
+    assert choice["log_options"] == pytest.approx(math.log1p(4)) and choice["choice_cue"] == 1
+    assert code.as_dict()["log_code_cues"] > 0
+    assert fact["log_fact_cues"] > 0 and fact["log_years"] > 0
+    plain = extract("hello there").as_dict()
+    assert plain["log_edges"] == plain["log_options"] == plain["log_fact_cues"] == 0
+
+
+def test_a_huge_prompt_is_read_from_both_ends_but_its_length_counts_in_full():
+    text = "word " * 200_000 + "Who founded Rome?"
+    f = extract(text).as_dict()
+    assert f["log_chars"] == pytest.approx(math.log1p(len(text)))
+    assert f["log_fact_cues"] > 0  # the end of the prompt is still read

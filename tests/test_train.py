@@ -1,0 +1,112 @@
+"""Training on the shared data: log parsing against the published figures, byte-for-byte
+reproducibility on a small subset, the command, and re-fitting from feedback records."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from router_models import train as training
+from router_models.classifier import Classifier
+from router_models.plan import Plan, Scores
+from router_models.policies import LearnedPolicy
+from router_models.training_data import (
+    DEFAULT_DATA_DIR,
+    DataMissingError,
+    load_examples,
+    read_log,
+    split_of,
+)
+from service.cli import main
+from service.commands.train import feedback_records
+
+needs_data = pytest.mark.skipif(
+    not DEFAULT_DATA_DIR.is_dir(),
+    reason=f"shared benchmark data not found at {DEFAULT_DATA_DIR} (see MANIFEST.md)")
+
+
+@needs_data
+@pytest.mark.parametrize("stem, direct, cot", [
+    # Kojima et al. 2022, Table 1 (text-davinci-002, zero-shot vs zero-shot-CoT).
+    ("multiarith", 17.7, 78.7), ("coin_flip", 12.8, 91.4), ("last_letters", 0.2, 57.6),
+    ("commonsensqa", 68.8, 64.6), ("strategyqa", 12.7, 54.8)])
+def test_log_parsing_reproduces_the_published_accuracies(stem, direct, cot):
+    log = DEFAULT_DATA_DIR / "zero_shot_cot" / "log"
+    for suffix, expected in (("zero_shot", direct), ("zero_shot_cot", cot)):
+        outcomes = read_log(log / f"{stem}_{suffix}.log")
+        assert 100 * sum(ok for _, ok in outcomes) / len(outcomes) == pytest.approx(
+            expected, abs=0.06)
+
+
+@needs_data
+def test_the_same_question_from_two_sources_lands_in_one_split():
+    examples = load_examples(limit_per_dataset=None, n_generated=0, per_source=10)
+    by_text: dict[str, set[str]] = {}
+    for e in examples:
+        by_text.setdefault(" ".join(e.text.lower().split()), set()).add(split_of(e.text, 0))
+    shared = [s for s in by_text.values() if len(s) > 1]
+    assert not shared
+
+
+@needs_data
+def test_train_reproduces_its_artifact_byte_for_byte_on_a_small_subset(tmp_path, capsys):
+    first, second = tmp_path / "a", tmp_path / "b"
+    result = training.train(DEFAULT_DATA_DIR, first, seed=3, limit_per_dataset=40,
+                            n_generated=60)
+    code = main(["train", "--data", str(DEFAULT_DATA_DIR), "--out", str(second), "--seed",
+                 "3", "--limit", "40", "--generated", "60", "--data-dir", str(tmp_path / "state")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "AUC" in printed and "Brier" in printed and "chosen strategy by task family" in printed
+    for name in ("classifier.npz", "classifier.json", "learned.json"):
+        assert (first / name).read_bytes() != b""
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    meta = result.classifier.metadata
+    assert meta["seed"] == 3 and len(meta["data_hash"]) == 64
+    assert set(meta["metrics"]) == {"difficulty", "sequential", "search"}
+    assert Classifier.load(first).score("What is 2 + 2?") == \
+        result.classifier.score("What is 2 + 2?")
+
+
+def test_missing_data_is_reported_by_name(tmp_path, capsys):
+    with pytest.raises(DataMissingError, match="shared benchmark data not found"):
+        load_examples(tmp_path / "nowhere")
+    code = main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"),
+                 "--data-dir", str(tmp_path)])
+    assert code == 1
+    assert "shared benchmark data not found" in capsys.readouterr().err
+
+
+def test_records_with_feedback_refit_the_learned_policy(tmp_path):
+    classifier = Classifier.load()
+    policy = LearnedPolicy(exploration=0.0)
+    chain = "Start with 5. Add 3, then double it, then subtract 4, then triple it. Result?"
+    vote = Plan("parallel_vote", 768, width=3, depth_tokens=256)
+    records = [training.FeedbackRecord([{"role": "user", "content": chain}], vote, True)
+               for _ in range(30)]
+    records += [training.FeedbackRecord("", Plan("sequential", 1024, depth_tokens=1024), 0.0,
+                                        Scores(0.9, 0.9, 0.0)) for _ in range(30)]
+    counts = training.train_from_records(records, classifier, policy, tmp_path)
+    assert counts == {"records": 60, "correct": 30.0,
+                      "by_strategy": {"parallel_vote": 30, "sequential": 30}}
+    assert sum(row["feedback"] for row in policy.budgets().values()) == 60
+    assert LearnedPolicy.load(tmp_path / "learned.json").state() == policy.state()
+
+
+def test_request_log_rows_become_feedback_records():
+    def row(**kw):
+        base = dict(feedback_score=1.0, scores={"difficulty": 0.2, "sequential": 0.7,
+                                                "search": 0.1},
+                    prompt_text=None, strategy="sequential", budget_tokens=512,
+                    plan={"strategy": "sequential", "budget_tokens": 512, "width": 1,
+                          "depth_tokens": 512, "search_calls": 0, "policy": "learned",
+                          "probability": 0.9, "reason": "x"})
+        return SimpleNamespace(**{**base, **kw})
+    rows = [row(), row(scores=None), row(scores=None, prompt_text="Who wrote Dune?"),
+            row(feedback_score=None), row(plan=None)]
+    records = list(feedback_records(rows))
+    assert len(records) == 3
+    assert records[0].scores == Scores(0.2, 0.7, 0.1) and records[0].plan.probability == 0.9
+    assert records[1].scores is None and records[1].messages == "Who wrote Dune?"
+    assert records[2].plan == Plan("sequential", 512)

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= local,test,dev
 
-.PHONY: install serve test test-fast lint bench check clean
+.PHONY: install serve test test-fast lint bench check deploy-check clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,6 +28,13 @@ lint: install
 
 bench: install
 	$(PY) bench/gateway_overhead.py
+
+deploy-check: install  ## rule files and their unit tests (promtool), Kubernetes manifests
+	promtool check rules deploy/rules/*.yml
+	promtool test rules deploy/rules/tests/ttc-rules-test.yml
+	promtool check config deploy/prometheus.yml
+	$(PY) -m kubernetes_validate --strict deploy/k8s/configmap.yaml deploy/k8s/deployment.yaml \
+		deploy/k8s/service.yaml deploy/k8s/hpa.yaml
 
 check: lint test
 

@@ -31,6 +31,7 @@ from service.strategies.base import (
     router_info,
     usage_body,
 )
+from service.strategies.sampling import choice_text
 from service.streaming import DONE, close_all, merged_events
 from service.upstream import UpstreamStream
 
@@ -131,6 +132,8 @@ def _merge_json(call: Call, replies: list[dict[str, Any]]) -> dict[str, Any]:
                 choices.append(choice)
         merged["choices"] = choices
     call.response_id = merged.get("id") if isinstance(merged.get("id"), str) else None
+    if merged["choices"] and isinstance(merged["choices"][0], dict):
+        call.answer_text = choice_text(merged["choices"][0])
     merged["usage"] = {**(merged.get("usage") or {}), **usage_body(call)}
     merged["router"] = router_info(call)
     return merged

@@ -125,6 +125,7 @@ def completion_body(call: Call, chosen: Sample) -> dict[str, Any]:
     """A normal OpenAI completion whose one choice is ``chosen``."""
     reply = chosen.reply
     call.response_id = reply.get("id") if isinstance(reply.get("id"), str) else None
+    call.answer_text = chosen.text
     body: dict[str, Any] = {k: reply[k] for k in ("id", "object", "created", "model",
                                                   "system_fingerprint") if k in reply}
     body["choices"] = [{**chosen.choice, "index": 0}]
@@ -162,6 +163,7 @@ def answer_chunks(call: Call, chosen: Sample) -> list[dict[str, Any]]:
     reason, then the usage chunk when the client asked for it."""
     reply = chosen.reply
     call.response_id = reply.get("id") if isinstance(reply.get("id"), str) else None
+    call.answer_text = chosen.text
     chat = call.routed.endpoint == "chat"
     base = {"id": reply.get("id"), "object": "chat.completion.chunk" if chat
             else "text_completion", "created": reply.get("created", int(time.time())),

@@ -170,6 +170,7 @@ async def _stream(call: Call, stream: UpstreamStream, granted: int,
         yield sse.data_event(error_json(exc))
         yield sse.DONE
         return
+    call.answer_text = chain.text if last is chain else chain.text + _separator(call) + last.text
     yield sse.data_event(orjson.dumps(_finish_chunk(call, chain.template, last.finish_reason)))
     if call.routed.include_usage:
         yield sse.data_event(orjson.dumps({**chain.template, "choices": [],

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Protocol
 import orjson
 
 from router_models.plan import Plan
-from router_models.prompt import content_text
+from router_models.prompt import content_text, prompt_text
 from service.backends import BackendRegistry
 from service.errors import GatewayError
 from service.ledger import BudgetLedger
@@ -29,8 +29,9 @@ class Call:
     running account of what it cost. Built by the route, used once.
 
     ``report`` collects strategy-specific fields of the ``router`` object (``votes``,
-    ``early_stop``, ``reason``, ...); ``stream_error`` is set when a stream ended with an error
-    event after its 200 status was sent.
+    ``early_stop``, ``reason``, ...); ``answer_text`` is the text answered (for the request
+    log, when the operator keeps text); ``stream_error`` is set when a stream ended with an
+    error event after its 200 status was sent.
     """
 
     routed: RoutedRequest
@@ -45,6 +46,7 @@ class Call:
     ledger: BudgetLedger = field(default_factory=lambda: BudgetLedger(None))
     report: dict[str, Any] = field(default_factory=dict)
     response_id: str | None = None
+    answer_text: str | None = None
     stream_error: GatewayError | None = None
     started: float = field(default_factory=time.perf_counter)
 
@@ -179,6 +181,17 @@ def record(call: Call, status: str) -> None:
         estimated=call.acct.estimated,
         stream=call.routed.stream,
         votes=votes if isinstance(votes, dict) else None,
+        search_calls=int(call.report.get("search_calls", 0)),
         extra={k: v for k, v in call.report.items() if k in ("early_stop", "samples_saved",
                                                               "failed_samples", "continued")},
+        plan=call.plan,
+        prompt_text=_prompt_of(call.routed.body),
+        answer_text=call.answer_text,
     ))
+
+
+def _prompt_of(body: dict[str, Any]) -> str:
+    if "messages" in body:
+        return prompt_text(body["messages"])
+    prompt = body.get("prompt")
+    return prompt if isinstance(prompt, str) else ""

@@ -5,10 +5,12 @@ For each candidate plan c (strategy x width x depth x search calls) it estimates
     P(correct | x, c) = sigmoid(logit(prior_c(x)) + (w_strategy(c) + w_c) . z(x))
 
 where ``prior_c`` is the structural prior below, z(x) = [1, difficulty, sequential, search,
-one-hot kind of prompt] and the weights start at 0. Feedback updates the weights by online
-Bayesian logistic regression with a diagonal Laplace approximation (Chapelle and Li 2011, "An
-Empirical Evaluation of Thompson Sampling", algorithm 3, one Newton step per observation).
-Sharing ``w_strategy`` across a strategy's plans lets evidence on one budget move the others.
+one-hot kind of prompt] and the weights start at 0. The weights have a Gaussian (Laplace)
+posterior, updated one observation at a time by a Newton step and a Sherman-Morrison update of
+the covariance: online Bayesian logistic regression (Spiegelhalter and Lauritzen 1990;
+Chapelle and Li 2011, "An Empirical Evaluation of Thompson Sampling", use its diagonal form).
+Sharing ``w_strategy`` across a strategy's plans lets evidence on one budget move the others,
+and the joint covariance keeps that sharing from being counted twice.
 
 It picks the plan maximising expected accuracy - lambda x tokens, with lambda solved by
 ``router_models.budget.solve_lambda`` over a reference set of recent prompts so that the mean
@@ -34,6 +36,7 @@ of the remaining failures.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -56,7 +59,7 @@ from router_models.policies.base import (
     plan_cost,
 )
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 KIND_NAMES = tuple(f"{d}/{s}/{r}" for d in ("easy", "hard") for s in ("independent", "chain")
                    for r in ("closed", "search"))
 N_CONTEXT = 4 + len(KIND_NAMES)
@@ -95,18 +98,23 @@ def context(scores: np.ndarray) -> np.ndarray:
     return z
 
 
-def _majority(p: np.ndarray, k: np.ndarray) -> np.ndarray:
-    # P(more than half of k independent voters are right), ties split evenly (Condorcet).
-    out = np.zeros(np.broadcast(p, k).shape)
-    p_b, k_b = np.broadcast_arrays(p, k)
-    for width in np.unique(k_b):
-        mask = k_b == width
-        q = p_b[mask]
-        total = np.zeros_like(q)
-        for j in range(int(width) + 1):
-            pmf = math.comb(int(width), j) * q ** j * (1 - q) ** (int(width) - j)
-            total += pmf * (1.0 if 2 * j > width else 0.5 if 2 * j == width else 0.0)
-        out[mask] = total
+@functools.lru_cache(maxsize=64)
+def _vote_terms(width: int) -> tuple[np.ndarray, np.ndarray]:
+    # For j right votes of `width`: C(width, j) x (1 if a majority, 1/2 if a tie, else 0).
+    j = np.arange(width + 1)
+    win = np.where(2 * j > width, 1.0, np.where(2 * j == width, 0.5, 0.0))
+    return j, np.array([math.comb(width, int(i)) for i in j], float) * win
+
+
+def _majority(p: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """P(more than half of ``width`` independent voters are right, ties split evenly): the
+    Condorcet jury theorem's majority probability, per element."""
+    out = np.empty(p.shape)
+    for k in np.unique(width):
+        mask = width == k
+        j, terms = _vote_terms(int(k))
+        q = p[mask][:, None]
+        out[mask] = (q ** j * (1 - q) ** (int(k) - j) * terms).sum(axis=1)
     return out
 
 
@@ -121,7 +129,7 @@ def prior_accuracy(scores: np.ndarray, plans: list[Plan]) -> np.ndarray:
     need = 128.0 + 1024.0 * d
     gain = np.clip((1 - np.exp(-depth / need)) - (1 - np.exp(-SHORT_TOKENS / need)), 0, None)
     single = q + (1 - q) * s * gain
-    vote = single + (1 - s) * (_majority(single, np.broadcast_to(width, single.shape))
+    vote = single + (1 - s) * (_majority(single, np.broadcast_to(width, single.shape).copy())
                                - single)
     acc = np.where(is_vote, vote, single)
     acc = acc + (1 - acc) * r * (1 - 0.5 ** calls)
@@ -155,7 +163,7 @@ class LearnedPolicy(Policy):
     def __init__(self, target_tokens: float = 1024.0, exploration: float = 0.05,
                  candidates: list[Plan] | None = None, prior_precision: float = 4.0,
                  curriculum_floor: float = 0.25, curriculum_half: float = 50.0,
-                 reference_size: int = 512, resolve_every: int = 64, seed: int = 0):
+                 reference_size: int = 512, resolve_every: int = 256, seed: int = 0):
         if not 0.0 <= exploration < 1.0:
             raise PolicyError("exploration must be in [0, 1)")
         if target_tokens <= 0:
@@ -167,10 +175,11 @@ class LearnedPolicy(Policy):
         self.strategy_index = np.array([STRATEGIES.index(p.strategy) for p in self.candidates])
         n = len(self.candidates)
         self.prior_precision = prior_precision
-        self.w_plan = np.zeros((n, N_CONTEXT))
-        self.h_plan = np.full((n, N_CONTEXT), prior_precision)
-        self.w_strategy = np.zeros((len(STRATEGIES), N_CONTEXT))
-        self.h_strategy = np.full((len(STRATEGIES), N_CONTEXT), prior_precision)
+        # Parameter blocks of N_CONTEXT weights: one per strategy, then one per candidate.
+        self.n_blocks = len(STRATEGIES) + n
+        dim = self.n_blocks * N_CONTEXT
+        self.theta = np.zeros(dim)
+        self.cov = np.eye(dim) / prior_precision
         self.feedback = np.zeros(len(KIND_NAMES))
         self.curriculum_floor, self.curriculum_half = curriculum_floor, curriculum_half
         self.reference: deque[tuple[float, float, float]] = deque(maxlen=reference_size)
@@ -186,7 +195,8 @@ class LearnedPolicy(Policy):
         """P(correct | scores, plan): (n, 3) scores -> (n, n_candidates)."""
         scores = np.atleast_2d(np.asarray(scores, float))
         z = context(scores)
-        weights = self.w_plan + self.w_strategy[self.strategy_index]
+        blocks = self.theta.reshape(self.n_blocks, N_CONTEXT)
+        weights = blocks[len(STRATEGIES):] + blocks[self.strategy_index]
         logits = _logit(prior_accuracy(scores, self.candidates)) + z @ weights.T
         return 1.0 / (1.0 + np.exp(-logits))
 
@@ -287,10 +297,13 @@ class LearnedPolicy(Policy):
 
     def update(self, scores: Scores, plan: Plan, correct: bool | float,
                features: Features | None = None) -> None:
-        """One online Newton step on the chosen plan's weights (Chapelle and Li 2011).
+        """One online Bayesian logistic-regression step on the plan's weights.
 
         ``correct``: True/False or a score in [0, 1]. Plans not in the grid update their
         nearest candidate (``candidate_index``).
+
+        Raises:
+            ValueError: ``correct`` outside [0, 1].
         """
         y = float(correct)
         if not 0.0 <= y <= 1.0:
@@ -299,13 +312,18 @@ class LearnedPolicy(Policy):
         row = np.array([[scores.difficulty, scores.sequential, scores.search]])
         z = context(row)[0]
         p = float(self.expected_accuracy(row)[0, i])
-        gradient = (y - p) * z
-        curvature = p * (1 - p) * z * z
-        s = self.strategy_index[i]
-        self.h_plan[i] += curvature
-        self.h_strategy[s] += curvature
-        self.w_plan[i] += gradient / self.h_plan[i]
-        self.w_strategy[s] += gradient / self.h_strategy[s]
+        phi = np.zeros_like(self.theta)
+        s = int(self.strategy_index[i])
+        phi[s * N_CONTEXT:(s + 1) * N_CONTEXT] = z
+        c = len(STRATEGIES) + i
+        phi[c * N_CONTEXT:(c + 1) * N_CONTEXT] += z
+        # Laplace step: precision += p(1-p) phi phi^T (Sherman-Morrison on the covariance),
+        # then one Newton step on the mean.
+        curvature = max(p * (1 - p), 1e-6)
+        v = self.cov @ phi
+        denom = 1.0 + curvature * float(phi @ v)
+        self.cov -= np.outer(v, v) * (curvature / denom)
+        self.theta += v * ((y - p) / denom)
         self.feedback[kind_of(scores)] += 1
         self._tick()
 
@@ -349,9 +367,9 @@ class LearnedPolicy(Policy):
             "candidates": [{"strategy": p.strategy, "budget_tokens": p.budget_tokens,
                             "width": p.width, "depth_tokens": p.depth_tokens,
                             "search_calls": p.search_calls} for p in self.candidates],
-            "w_plan": r(self.w_plan), "h_plan": r(self.h_plan),
-            "w_strategy": r(self.w_strategy), "h_strategy": r(self.h_strategy),
-            "feedback": r(self.feedback),
+            "theta": r(self.theta), "feedback": r(self.feedback),
+            # The covariance is the prior's (identity / prior_precision) until feedback.
+            "cov": r(self.cov) if self.feedback.sum() else None,
             "reference": [list(map(float, np.round(x, 6))) for x in self.reference],
         }
 
@@ -370,7 +388,9 @@ class LearnedPolicy(Policy):
             config = dict(state["config"], **overrides)
             candidates = [Plan(**c) for c in state["candidates"]]
             policy = cls(candidates=candidates, **config)
-            for name in ("w_plan", "h_plan", "w_strategy", "h_strategy", "feedback"):
+            for name in ("theta", "feedback", "cov"):
+                if state.get(name) is None:
+                    continue
                 value = np.array(state[name], float)
                 if value.shape != getattr(policy, name).shape:
                     raise PolicyError(f"learned policy state: {name} has shape {value.shape}")

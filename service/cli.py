@@ -7,11 +7,11 @@ import argparse
 
 from service import __version__
 from service.commands import eval as eval_command
-from service.commands import serve, sim
+from service.commands import index, serve, sim
 from service.commands import train as train_command
 
 # Add a subcommand by adding its module here.
-COMMANDS = [serve, sim, eval_command, train_command]
+COMMANDS = [serve, sim, eval_command, train_command, index]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,9 @@ no change until they opt in). The budget of a request that names none:
   billed more than N completion tokens, whatever the strategy;
 - otherwise the model's ``model_budget_tokens``, else the upstream's ``budget_tokens``, else
   ``default_budget_tokens``.
+
+A ``search`` plan may make up to ``search_max_calls`` retrieval calls; search on the
+completions endpoint (a bare prompt, no messages to hold results) runs ``sequential``.
 """
 
 from __future__ import annotations
@@ -44,12 +47,17 @@ def choose_plan(routed: RoutedRequest, settings: Settings, backend: Backend,
     if strategy == "direct":
         return Plan("direct", budget_tokens=controls.budget_tokens, reason=reason)
 
+    if strategy == "search" and routed.endpoint != "chat":
+        strategy, reason = "sequential", "search needs chat messages: ran sequential"
+
     budget = controls.budget_tokens or routed.max_tokens or settings.model_budget_tokens.get(
         upstream_model) or backend.budget_tokens or settings.default_budget_tokens
     width = 1
     if strategy == "parallel_vote":
         width = max(1, min(settings.vote_width, budget // settings.vote_min_depth_tokens))
-    return Plan(strategy, budget_tokens=budget, width=width, reason=reason)
+    search_calls = settings.search_max_calls if strategy == "search" else 0
+    return Plan(strategy, budget_tokens=budget, width=width, search_calls=search_calls,
+                reason=reason)
 
 
 def _may_call_tools(routed: RoutedRequest) -> bool:

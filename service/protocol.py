@@ -21,7 +21,7 @@ Endpoint = Literal["chat", "completions"]
 
 STRATEGIES = ("auto", "direct", "parallel_vote", "sequential", "search")
 # Strategies this version can execute; the others are refused with a clear 400.
-AVAILABLE_STRATEGIES = ("auto", "direct", "parallel_vote", "sequential")
+AVAILABLE_STRATEGIES = ("auto", "direct", "parallel_vote", "sequential", "search")
 
 
 @dataclass(frozen=True)

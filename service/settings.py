@@ -12,7 +12,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -35,7 +43,9 @@ class UpstreamSettings(BaseModel):
     backend honours ``n`` (None: detected from the first reply that returns fewer choices).
     ``prefill``: it continues a final assistant message (vLLM's ``continue_final_message``).
     ``reasoning_effort``: it accepts OpenAI's ``reasoning_effort``. ``budget_tokens``: the
-    default budget (tokens) of requests it serves that name none.
+    default budget (tokens) of requests it serves that name none. ``tools``: it accepts
+    OpenAI tool calls, so the ``search`` strategy offers search as a tool instead of its
+    plain-text protocol.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -48,6 +58,8 @@ class UpstreamSettings(BaseModel):
     prefill: bool = False
     reasoning_effort: bool = False
     budget_tokens: int | None = Field(default=None, ge=1)
+    # It accepts OpenAI's tools / tool_calls: the search strategy offers search as a tool.
+    tools: bool = False
 
     @field_validator("url")
     @classmethod
@@ -102,6 +114,18 @@ class Settings(BaseSettings):
     vote_stop_threshold: float = Field(0.9, gt=0, le=1)
     answer_reserve_tokens: int = Field(64, ge=0)
     keepalive_s: float = Field(10.0, gt=0)
+
+    # The search strategy (README, "Search"): where it searches, how often, how much it reads.
+    # local: the tantivy index under data_dir (ttc-router index add); searxng: a SearxNG base
+    # URL; elasticsearch: an Elasticsearch/OpenSearch base URL and index.
+    search_backend: Literal["local", "searxng", "elasticsearch"] = "local"
+    search_url: str | None = None
+    search_index: str = "documents"
+    search_api_key: SecretStr | None = None
+    search_timeout_s: float = Field(5.0, gt=0)
+    search_max_calls: int = Field(3, ge=0, le=32)
+    search_top_k: int = Field(3, ge=1, le=20)
+    search_result_chars: int = Field(1200, ge=100)  # per hit, in the context
     log_level: str = "info"
 
     # The request log: SQLite at data_dir/requests.db unless database_url names PostgreSQL
@@ -129,6 +153,19 @@ class Settings(BaseSettings):
                 ("postgresql://", "postgres://", "sqlite:///")):
             raise ValueError("must start with postgresql://, postgres:// or sqlite:///")
         return value
+
+    @field_validator("search_url")
+    @classmethod
+    def _search_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s):// URL, got {value!r}")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _search_needs_url(self) -> Settings:
+        if self.search_backend != "local" and not self.search_url:
+            raise ValueError(f"search_backend {self.search_backend} needs search_url")
+        return self
 
     @field_validator("log_level")
     @classmethod

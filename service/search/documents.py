@@ -1,0 +1,129 @@
+"""Documents for the local index, read from the files ``ttc-router index add`` is given.
+
+- ``.jsonl``: one JSON object a line with ``text`` (required), ``id`` and ``title``. A line
+  without ``id`` gets ``PATH:LINE``; re-adding an id replaces that document.
+- ``.txt`` and ``.md``: split into passages of whole paragraphs (blank-line separated) of up
+  to ``PASSAGE_CHARS`` characters, so that a hit is a passage a model can read, not a whole
+  book. Ids are ``PATH#N``; the title is the file's first Markdown heading (``.md``) or its
+  name, with the current ``#`` section heading appended for Markdown.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+SUFFIXES = (".jsonl", ".txt", ".md")
+# About 250 tokens at 4 characters a token: a few passages fit a search result block.
+PASSAGE_CHARS = 1000
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+
+
+class DocumentError(ValueError):
+    """An input file cannot be read as documents; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document to index: ``id`` (unique in the index), ``title`` and ``text``."""
+
+    id: str
+    title: str
+    text: str
+
+
+def input_files(paths: list[Path]) -> list[Path]:
+    """The files to read: each file as given, and every ``.jsonl``/``.txt``/``.md`` file
+    under each directory (sorted).
+
+    Raises:
+        DocumentError: a path that does not exist, or a file of another type.
+    """
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and
+                            p.suffix.lower() in SUFFIXES)
+        elif path.is_file():
+            if path.suffix.lower() not in SUFFIXES:
+                raise DocumentError(f"{path}: not a .jsonl, .txt or .md file")
+            files.append(path)
+        else:
+            raise DocumentError(f"{path}: no such file or directory")
+    return files
+
+
+def read_documents(path: Path) -> Iterator[tuple[Document, int]]:
+    """The documents of one file, each with the bytes of the file read so far (for progress).
+
+    Raises:
+        DocumentError: a JSONL line that is not an object with a string ``text``, or a file
+            that is not UTF-8.
+    """
+    try:
+        if path.suffix.lower() == ".jsonl":
+            yield from _jsonl(path)
+        else:
+            yield from _passages(path)
+    except UnicodeDecodeError as exc:
+        raise DocumentError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+
+
+def _jsonl(path: Path) -> Iterator[tuple[Document, int]]:
+    done = 0
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            done += len(raw)
+            if not raw.strip():
+                continue
+            try:
+                row = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise DocumentError(f"{path}:{number}: not valid JSON ({exc})") from exc
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise DocumentError(f'{path}:{number}: expected an object with a "text" string')
+            doc_id = row.get("id")
+            title = row.get("title")
+            yield Document(id=str(doc_id) if doc_id is not None else f"{path}:{number}",
+                           title=title if isinstance(title, str) else "",
+                           text=row["text"]), done
+
+
+def _passages(path: Path) -> Iterator[tuple[Document, int]]:
+    content = path.read_text(encoding="utf-8")
+    markdown = path.suffix.lower() == ".md"
+    title = path.stem
+    if markdown:
+        first = next((m for m in map(_HEADING.match, content.splitlines()) if m), None)
+        if first:
+            title = first.group(2)
+    section = ""
+    buffer: list[str] = []
+    number = 0
+    done = 0
+
+    def flush() -> Document:
+        nonlocal number
+        number += 1
+        heading = f"{title} / {section}" if section and section != title else title
+        return Document(id=f"{path}#{number}", title=heading, text="\n\n".join(buffer))
+
+    for paragraph in re.split(r"\n\s*\n", content):
+        done += len(paragraph.encode()) + 2
+        paragraph = paragraph.strip()
+        if not paragraph:
+            continue
+        heading = _HEADING.match(paragraph.splitlines()[0]) if markdown else None
+        if heading or (buffer and sum(map(len, buffer)) + len(paragraph) > PASSAGE_CHARS):
+            if buffer:
+                yield flush(), done
+                buffer = []
+            if heading:
+                section = heading.group(2)
+        buffer.append(paragraph)
+    if buffer:
+        yield flush(), len(content.encode())

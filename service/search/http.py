@@ -1,0 +1,53 @@
+"""The HTTP boundary of the search adapters: one request, its failures translated into
+``SearchError`` (``unavailable``, ``timeout``, ``status``, ``malformed``).
+
+Each search opens a short-lived httpx client (over ``transport`` when one is given: tests
+inject ``httpx.MockTransport`` or ``httpx.ASGITransport`` here). A search is a handful of
+calls per request next to model calls that take seconds, and a per-call client has no
+lifetime to tie to the gateway's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+
+from service.search.base import SearchError
+
+
+async def request_json(method: str, url: str, *, backend: str, timeout_s: float,
+                       transport: httpx.AsyncBaseTransport | None = None,
+                       params: dict[str, str] | None = None, json: Any = None,
+                       headers: dict[str, str] | None = None) -> Any:
+    """Send one request and decode its JSON body.
+
+    Raises:
+        SearchError: the service is unreachable (``unavailable``), slower than
+            ``timeout_s`` seconds (``timeout``), answered a non-2xx status (``status``), or
+            sent a body that is not JSON (``malformed``).
+    """
+    try:
+        async with httpx.AsyncClient(transport=transport, timeout=timeout_s,
+                                     follow_redirects=True) as client:
+            response = await client.request(method, url, params=params, json=json,
+                                            headers=headers)
+    except httpx.TimeoutException as exc:
+        raise SearchError(f"{backend} did not answer within {timeout_s} s",
+                          reason="timeout") from exc
+    except httpx.HTTPError as exc:
+        raise SearchError(f"{backend} is unreachable at {url}: {exc!r}") from exc
+    if not response.is_success:
+        raise SearchError(f"{backend} answered HTTP {response.status_code}: "
+                          f"{response.text[:200]}", reason="status")
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise SearchError(f"{backend} sent a body that is not JSON: {exc}",
+                          reason="malformed") from exc
+
+
+def malformed(backend: str, what: str) -> SearchError:
+    """The error for a JSON body that lacks what the backend's API promises."""
+    return SearchError(f"{backend} sent JSON without {what}", reason="malformed")

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import __version__, metrics
+from service.admission import AdmissionMiddleware
 from service.backends import BackendRegistry
 from service.deps import Gateway
 from service.errors import (
@@ -29,6 +30,8 @@ from service.errors import (
     UnprocessableRequest,
     error_json,
 )
+from service.keys import KeyRing, open_key_store
+from service.limits import KeyLimiter, MemoryCounters, RedisCounters
 from service.observe import Reporter
 from service.routes import completions, feedback, health, models, proxy
 from service.settings import Settings
@@ -58,17 +61,22 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                                        queue_size=settings.log_queue_size)
         await request_log.start()
         client = UpstreamClient(settings, transport=transport)
+        redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+        limiter = KeyLimiter(RedisCounters(redis_url) if redis_url else MemoryCounters())
         try:
+            keys = KeyRing(open_key_store(settings.data_dir, url), settings.keys_refresh_s)
+            await keys.reload()  # an unreadable key store stops the start: never fail open
             registry = BackendRegistry(settings.upstreams, settings.default_model)
             await registry.discover(client, retries=1)
             app.state.gateway = Gateway(
                 settings=settings, client=client, registry=registry,
                 reporter=Reporter(request_log, keep_text=settings.log_text),
-                request_log=request_log)
+                request_log=request_log, keys=keys, limiter=limiter)
             yield
         finally:
             try:
                 await client.aclose()
+                await limiter.aclose()
                 await request_log.close()  # after the last request: every queued row written
             finally:
                 if on_shutdown is not None:
@@ -77,6 +85,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     app = FastAPI(title="ttc-router", version=__version__, lifespan=lifespan)
     for module in (health, models, completions, feedback, proxy):
         app.include_router(module.router)
+    app.add_middleware(AdmissionMiddleware)
     _install_error_handlers(app)
     return app
 

@@ -4,6 +4,10 @@ Model ids come from each upstream's ``models`` setting or, when that is empty, f
 ``GET /models`` (read at start-up, and again at most every ``REDISCOVER_S`` seconds when a
 request names a model nobody is known to serve). ``auto`` resolves to the default model: the
 ``default_model`` setting, else the first model of the first upstream.
+
+A model served by several upstreams goes to the first whose circuit breaker lets traffic
+through (``service.breaker``): a backend taken out after repeated failures is skipped, counted
+in ``ttc_upstream_failovers_total{backend}``, until its cool-down is over.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import dataclasses
 import logging
 import time
 
-from service.errors import GatewayError, NotFound, UpstreamUnavailable
+from service import metrics
+from service.errors import GatewayError, NotFound, Overloaded, UpstreamUnavailable
 from service.settings import UpstreamSettings
 from service.upstream import Backend, UpstreamClient
 
@@ -85,29 +90,47 @@ class BackendRegistry:
         Raises:
             NotFound: no configured backend serves ``model`` (404).
             UpstreamUnavailable: no backend's models are known, none is reachable (503).
+            Overloaded: every backend serving ``model`` is cooling down after failures (503
+                with ``Retry-After``).
         """
         found = self._lookup(model)
         if found is None and time.monotonic() - self._last_discovery > REDISCOVER_S:
             await self.discover(client)
             found = self._lookup(model)
         if found is not None:
-            return found
+            return self._healthy(found, client)
         if not self.model_ids():
             raise UpstreamUnavailable("no backend is available: none could list its models",
                                       code="no_backend")
         raise NotFound(f"the model {model!r} does not exist; GET /v1/models lists the models",
                        param="model", code="model_not_found")
 
-    def _lookup(self, model: str) -> tuple[Backend, str] | None:
+    def _lookup(self, model: str) -> tuple[list[Backend], str] | None:
+        """Every backend serving ``model`` (``auto`` resolved), in order of preference."""
         if model == AUTO_MODEL:
             target = self.default_model()
             if target is None:
                 return None
             model = target
-        for backend in self._backends:
-            if model in backend.models:
+        serving = [backend for backend in self._backends if model in backend.models]
+        return (serving, model) if serving else None
+
+    @staticmethod
+    def _healthy(found: tuple[list[Backend], str],
+                 client: UpstreamClient) -> tuple[Backend, str]:
+        """The first backend whose circuit lets traffic through; the ones skipped on the way
+        are counted as failovers."""
+        serving, model = found
+        for i, backend in enumerate(serving):
+            if client.breaker(backend).allows():
+                for skipped in serving[:i]:
+                    metrics.child(metrics.UPSTREAM_FAILOVERS, skipped.label).inc()
                 return backend, model
-        return None
+        wait_s = min(client.breaker(backend).retry_after_s() for backend in serving)
+        names = ", ".join(backend.label for backend in serving)
+        raise Overloaded(f"every backend serving {model!r} ({names}) failed repeatedly and is "
+                         f"cooling down; retry in {max(1, round(wait_s))}s",
+                         retry_after_s=wait_s, code="backends_cooling_down")
 
     def supports_n(self, backend: Backend) -> bool | None:
         """True/False when known; None until a reply shows it."""

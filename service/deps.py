@@ -8,6 +8,8 @@ from starlette.requests import Request
 
 from service.backends import BackendRegistry
 from service.errors import RequestTooLarge
+from service.keys import KeyRing
+from service.limits import KeyLimiter
 from service.observe import Reporter
 from service.settings import Settings
 from service.store.log import RequestLog
@@ -17,13 +19,16 @@ from service.upstream import UpstreamClient
 @dataclass
 class Gateway:
     """The state the lifespan owns: settings, the upstream client, the backend registry,
-    the reporter of finished requests and the request log (None when there is none)."""
+    the reporter of finished requests, the request log (None when there is none), the API
+    keys and the per-key limiter (``service.admission`` uses both)."""
 
     settings: Settings
     client: UpstreamClient
     registry: BackendRegistry
     reporter: Reporter
     request_log: RequestLog | None = None
+    keys: KeyRing | None = None
+    limiter: KeyLimiter | None = None
 
 
 def gateway(request: Request) -> Gateway:

@@ -10,7 +10,10 @@ boundary where they happen, ``raise ...Error(...) from exc``.
     |   +-- UnprocessableRequest       422 invalid_request_error
     |   +-- RequestTooLarge            413 invalid_request_error
     +-- Unauthorized                   401 authentication_error (missing or wrong bearer token)
+    +-- Forbidden                      403 permission_error (an admin surface, no admin key)
     +-- NotFound                       404 not_found_error (unknown model, unknown route)
+    +-- RateLimited                    429 rate_limit_error (over an API key's limits)
+    +-- Overloaded                     503 service_unavailable (saturated, or cooling down)
     +-- UpstreamError                  502 upstream_error (5xx, garbage, broken stream)
     |   +-- UpstreamClientError        the backend's own 4xx status, passed on
     |   +-- UpstreamRateLimited        429 rate_limit_error
@@ -20,6 +23,7 @@ boundary where they happen, ``raise ...Error(...) from exc``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -71,9 +75,54 @@ class Unauthorized(GatewayError):
         return {"WWW-Authenticate": "Bearer"}
 
 
+class Forbidden(GatewayError):
+    """A valid key without the right: an admin surface asked for with a key that is not an
+    admin key."""
+
+    status = 403
+    type = "permission_error"
+
+
 class NotFound(GatewayError):
     status = 404
     type = "not_found_error"
+
+
+class RateLimited(GatewayError):
+    """Over one of an API key's limits (requests or tokens per minute, tokens per day).
+
+    Args:
+        retry_after_s: seconds until the limit that refused the request frees up.
+        rate_headers: the ``x-ratelimit-*`` headers to send with the refusal.
+    """
+
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: float, code: str,
+                 rate_headers: dict[str, str] | None = None):
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+        self.rate_headers = rate_headers or {}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s))), **self.rate_headers}
+
+
+class Overloaded(GatewayError):
+    """The gateway will not queue more work: a backend's concurrency and waiting room are
+    full, every backend serving the model is cooling down after failures, or the gateway is
+    shutting down. ``retry_after_s``: seconds worth waiting before trying again."""
+
+    status = 503
+    type = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, code: str = "overloaded"):
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
 class UpstreamError(GatewayError):

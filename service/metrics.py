@@ -27,6 +27,12 @@ Names (labels):
 - ``ttc_search_calls_total{backend}``: retrieval calls of the ``search`` strategy.
 - ``ttc_experiment_assignments_total{experiment, arm}``: requests assigned to an A/B arm.
 - ``ttc_key_tokens_total{key_name, kind}``: upstream tokens per API key (the operator's names).
+- ``ttc_circuit_open{backend}``: 1 while a backend is taken out after repeated failures
+  (``service.breaker``), else 0.
+- ``ttc_upstream_failovers_total{backend}``: requests sent to another upstream because this
+  backend's circuit was open.
+- ``ttc_upstream_in_flight{backend}``: calls in flight to a backend (bounded by
+  ``backend_max_concurrency``).
 - ``ttc_log_records_total{result}``: request log records, ``written`` (committed), ``dropped``
   (the queue was full) or ``failed`` (the database refused them after retries).
 - ``ttc_log_queue_records``: records waiting for the request log's writer.
@@ -114,6 +120,13 @@ EXPERIMENT_ASSIGNMENTS = Counter(
 KEY_TOKENS = Counter(
     "ttc_key_tokens", "Upstream tokens spent per API key, by kind (prompt, completion).",
     ["key_name", "kind"])
+CIRCUIT_OPEN = Gauge(
+    "ttc_circuit_open", "1 while a backend is taken out after repeated failures.", ["backend"])
+UPSTREAM_FAILOVERS = Counter(
+    "ttc_upstream_failovers", "Requests sent to another upstream because this backend's "
+    "circuit was open.", ["backend"])
+UPSTREAM_IN_FLIGHT = Gauge(
+    "ttc_upstream_in_flight", "Calls in flight to a backend.", ["backend"])
 LOG_RECORDS = Counter(
     "ttc_log_records", "Request log records by result (written, dropped, failed).", ["result"])
 LOG_QUEUE = Gauge(

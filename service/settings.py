@@ -133,8 +133,29 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     log_text: bool = False  # keep prompt and answer text in the request log
     log_queue_size: int = Field(10_000, ge=1)  # records waiting for the writer; more are dropped
-    # When set, GET /metrics needs `Authorization: Bearer <metrics_token>`.
+    # When set, GET /metrics needs `Authorization: Bearer <metrics_token>` (or an admin key).
     metrics_token: SecretStr | None = None
+
+    # API keys (``ttc-router keys``) and their limits; see service/keys.py, service/limits.py.
+    require_keys: bool = False  # refuse /v1/* without a key even before any key exists
+    protect_metrics: bool = False  # GET /metrics needs an admin key (or the metrics_token)
+    keys_refresh_s: float = Field(1.0, gt=0)  # how stale the gateway's view of the keys may be
+    # Per-key counters shared by replicas (redis://...); without it they live in this process.
+    redis_url: SecretStr | None = None
+    # Operator caps per request: past them a 400, never an unbounded amount of work.
+    max_n: int = Field(16, ge=1)
+    max_budget_tokens: int = Field(32_768, ge=1)
+    max_samples: int = Field(64, ge=1)  # upstream samples of one request (n x vote width)
+    # Per backend: calls in flight, calls waiting for a slot, and the wait (seconds); past
+    # them a 503 with Retry-After.
+    backend_max_concurrency: int = Field(256, ge=1)
+    backend_max_waiting: int = Field(1024, ge=0)
+    backend_queue_timeout_s: float = Field(10.0, gt=0)
+    # Circuit breaker: consecutive failures that take a backend out, and for how long (s).
+    breaker_failures: int = Field(5, ge=1)
+    breaker_cool_down_s: float = Field(30.0, gt=0)
+    # On SIGTERM, in-flight requests get this long (s) to finish before they are cut off.
+    shutdown_timeout_s: float = Field(30.0, ge=0)
 
     local_model: str = "qwen2.5-coder-0.5b-instruct"
     local_n_ctx: int = Field(4096, ge=256)
@@ -173,6 +194,14 @@ class Settings(BaseSettings):
         value = value.lower()
         if value not in {"critical", "error", "warning", "info", "debug"}:
             raise ValueError("must be one of critical, error, warning, info, debug")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+                ("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
     @classmethod

@@ -8,6 +8,10 @@ as ``UpstreamError`` for the caller to end its stream with.
 
 Every attempt is counted in ``ttc_upstream_requests_total{backend, status}`` and timed in
 ``ttc_upstream_duration_seconds{backend}``; retries in ``ttc_upstream_retries_total``.
+
+Each backend has a ``ConcurrencyGate`` (calls in flight, held until the reply is read or the
+stream closed) and a ``CircuitBreaker`` fed with every call's fate (``service.breaker``);
+``BackendRegistry.resolve`` reads the breakers to steer new requests around a failing backend.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import httpx
 import orjson
 
 from service import metrics
+from service.breaker import CircuitBreaker, ConcurrencyGate
 from service.errors import (
     GatewayError,
     UpstreamClientError,
@@ -98,7 +103,8 @@ class UpstreamStream:
     """
 
     def __init__(self, response: httpx.Response, first: bytes, byte_iter: AsyncIterator[bytes],
-                 backend: Backend, acct: Accounting | None, started: float):
+                 backend: Backend, acct: Accounting | None, started: float,
+                 gate: ConcurrencyGate | None = None, breaker: CircuitBreaker | None = None):
         self.status = response.status_code
         self.headers = response.headers
         self._response = response
@@ -107,6 +113,8 @@ class UpstreamStream:
         self._backend = backend
         self._acct = acct
         self._started = started
+        self._gate = gate
+        self._breaker = breaker
 
     async def chunks(self) -> AsyncIterator[bytes]:
         if self._first:
@@ -118,6 +126,8 @@ class UpstreamStream:
             except StopAsyncIteration:
                 return
             except httpx.HTTPError as exc:
+                if self._breaker is not None:
+                    self._breaker.record_failure()
                 raise _translate(exc, self._backend, streaming=True) from exc
             finally:
                 if self._acct is not None:
@@ -125,7 +135,12 @@ class UpstreamStream:
             yield chunk
 
     async def aclose(self) -> None:
-        await self._response.aclose()
+        try:
+            await self._response.aclose()
+        finally:
+            if self._gate is not None:
+                gate, self._gate = self._gate, None
+                gate.release()
         metrics.child(metrics.UPSTREAM_DURATION, self._backend.label).observe(
             time.perf_counter() - self._started)
 
@@ -157,6 +172,25 @@ class UpstreamClient:
                 max_keepalive_connections=settings.max_connections))
         self._transport = transport
         self._urls: dict[tuple[str, str], httpx.URL] = {}
+        self._gates: dict[str, ConcurrencyGate] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    def breaker(self, backend: Backend) -> CircuitBreaker:
+        """The circuit breaker of ``backend`` (one per backend label)."""
+        breaker = self._breakers.get(backend.label)
+        if breaker is None:
+            breaker = self._breakers[backend.label] = CircuitBreaker(
+                backend.label, self._settings.breaker_failures,
+                self._settings.breaker_cool_down_s)
+        return breaker
+
+    def _gate(self, backend: Backend) -> ConcurrencyGate:
+        gate = self._gates.get(backend.label)
+        if gate is None:
+            gate = self._gates[backend.label] = ConcurrencyGate(
+                backend.label, self._settings.backend_max_concurrency,
+                self._settings.backend_max_waiting, self._settings.backend_queue_timeout_s)
+        return gate
 
     async def aclose(self) -> None:
         await self._transport.aclose()
@@ -209,11 +243,18 @@ class UpstreamClient:
 
         async def attempt(last: bool) -> tuple[int, dict[str, str], AsyncGenerator[bytes, None]]:
             started = time.perf_counter()
-            response = await self._exchange(backend, method, self._url(backend, path), body,
-                                            _auth_headers(backend, headers), acct)
-            if response.status_code in RETRYABLE_STATUSES and not last:
-                await _read(response, backend)
-                raise _error_from_status(response.status_code, b"", response.headers)
+            # A forwarded call holds its slot until the reply's headers arrive: its body is
+            # read by the route's response, which may never start if the client goes away.
+            gate = self._gate(backend)
+            await gate.acquire()
+            try:
+                response = await self._exchange(backend, method, self._url(backend, path),
+                                                body, _auth_headers(backend, headers), acct)
+                if response.status_code in RETRYABLE_STATUSES and not last:
+                    await _read(response, backend)
+                    raise _error_from_status(response.status_code, b"", response.headers)
+            finally:
+                gate.release()
             out_headers = {k: v for k, v in response.headers.items()
                            if k.lower() not in HOP_HEADERS}
             return response.status_code, out_headers, _closing_iter(response, backend, started)
@@ -224,12 +265,15 @@ class UpstreamClient:
 
     async def _json_attempt(self, backend: Backend, method: str, path: str,
                             content: bytes | None, acct: Accounting | None) -> JsonReply:
+        gate = self._gate(backend)
+        await gate.acquire()
         started = time.perf_counter()
         try:
             response = await self._exchange(backend, method, self._url(backend, path), content,
                                             _auth_headers(backend, _JSON_HEADERS), acct)
             payload = await _read(response, backend)
         finally:
+            gate.release()
             elapsed = time.perf_counter() - started
             metrics.child(metrics.UPSTREAM_DURATION, backend.label).observe(elapsed)
             if acct is not None:
@@ -245,6 +289,8 @@ class UpstreamClient:
 
     async def _stream_attempt(self, backend: Backend, path: str, content: bytes,
                               acct: Accounting | None) -> UpstreamStream:
+        gate = self._gate(backend)
+        await gate.acquire()
         started = time.perf_counter()
         try:
             response = await self._exchange(backend, "POST", self._url(backend, path), content,
@@ -260,10 +306,14 @@ class UpstreamClient:
             except httpx.HTTPError as exc:
                 await response.aclose()
                 raise _translate(exc, backend) from exc  # nothing reached the client: retryable
+        except BaseException:
+            gate.release()
+            raise
         finally:
             if acct is not None:
                 acct.wait_s += time.perf_counter() - started
-        return UpstreamStream(response, first, byte_iter, backend, acct, started)
+        return UpstreamStream(response, first, byte_iter, backend, acct, started, gate,
+                              self.breaker(backend))
 
     async def _exchange(self, backend: Backend, method: str, url: httpx.URL,
                         content: bytes | None, headers: Mapping[str, str],
@@ -301,11 +351,14 @@ class UpstreamClient:
         try, or the retries run out. Backoff is exponential with jitter; a backend's
         ``Retry-After`` is honoured up to ``MAX_RETRY_AFTER_S``."""
         limit = self._settings.max_retries if max_retries is None else max_retries
+        breaker = self.breaker(backend)
         tries = 0
         while True:
             try:
-                return await attempt(tries >= limit)
+                result = await attempt(tries >= limit)
             except GatewayError as error:
+                if _backend_fault(error):
+                    breaker.record_failure()
                 if tries >= limit or not _retryable(error):
                     raise
                 delay = self._settings.retry_backoff_s * (2 ** tries) * (0.5 + random.random())
@@ -318,6 +371,9 @@ class UpstreamClient:
                     acct.retries += 1
                 tries += 1
                 await asyncio.sleep(delay)
+            else:
+                breaker.record_success()
+                return result
 
 
 _T = TypeVar("_T")
@@ -356,6 +412,13 @@ def _auth_headers(backend: Backend, headers: Mapping[str, str]) -> dict[str, str
     return out
 
 
+def _backend_fault(error: GatewayError) -> bool:
+    """Whether ``error`` says the backend is failing (counted by its circuit breaker), as
+    opposed to refusing this request (its 4xx) or asking for patience (429)."""
+    return isinstance(error, UpstreamError) and not isinstance(
+        error, (UpstreamClientError, UpstreamRateLimited))
+
+
 def _retryable(error: GatewayError) -> bool:
     if isinstance(error, UpstreamClientError):
         return False
@@ -368,6 +431,17 @@ def _retryable(error: GatewayError) -> bool:
 def _translate(exc: httpx.HTTPError, backend: Backend, streaming: bool = False) -> GatewayError:
     """Map an httpx exception to the error tree; messages name the backend, never its key."""
     name = backend.label
+    cause = exc.__cause__
+    if isinstance(exc, httpx.ConnectTimeout) and cause is not None and not isinstance(
+            cause, TimeoutError):
+        # httpx-aiohttp maps every aiohttp ClientConnectionError to ConnectTimeout, a refused
+        # connection and a server that hung up included: tell them apart by the cause.
+        if isinstance(cause, OSError):
+            return UpstreamUnavailable(f"backend {name} is unreachable", code="connect_error")
+        if streaming:
+            return UpstreamError(f"the stream from backend {name} broke off",
+                                 code="stream_broken")
+        return UpstreamError(f"lost the connection to backend {name}", code="connection_lost")
     if isinstance(exc, httpx.ConnectTimeout):
         return UpstreamTimeout(f"backend {name} did not accept a connection in time",
                                code="connect_timeout")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -76,14 +77,29 @@ def _run_uvicorn(settings: Settings, on_shutdown: Callable[[], None] | None) -> 
 
     from service.app import create_app
 
-    if not _is_loopback(settings.host):
-        log.warning("listening on %s: every client that can reach it may spend tokens "
-                    "(API keys are not available in this version)", settings.host)
+    if not _is_loopback(settings.host) and not settings.require_keys and not _any_keys(settings):
+        log.warning("listening on %s without API keys: every client that can reach it may "
+                    "spend tokens; create one with `ttc-router keys create NAME`",
+                    settings.host)
+    # On SIGTERM uvicorn stops accepting, gives in-flight requests shutdown_timeout_s to
+    # finish (service.admission answers the ones cut off), then runs the lifespan's shutdown,
+    # which flushes the request log and stops the embedded backend.
     config = uvicorn.Config(
         create_app(settings, on_shutdown=on_shutdown), host=settings.host, port=settings.port,
-        log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
+        log_level=settings.log_level, access_log=False,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
         loop="auto", http="auto")
     uvicorn.Server(config).run()
+
+
+def _any_keys(settings: Settings) -> bool:
+    from service.keys import KeyStoreError, open_key_store
+
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    try:
+        return bool(open_key_store(settings.data_dir, url).active())
+    except KeyStoreError:
+        return False  # the app's start-up reports it
 
 
 def _is_loopback(host: str) -> bool:

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from router_models.prompt import has_conversation
+from service.admission import reserve_for_call
 from service.backends import AUTO_MODEL
 from service.deps import gateway, read_body
 from service.errors import GatewayError, InvalidRequest
@@ -42,8 +43,9 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
     _check_routable(routed)
     backend, upstream_model = await gw.registry.resolve(routed.model, gw.client)
     plan = choose_plan(routed, gw.settings, backend, upstream_model)
+    plan, reservation = await reserve_for_call(request, gw, routed, plan)
     call = Call(routed, backend, upstream_model, gw.client, gw.registry, gw.settings, plan,
-                reporter=gw.reporter)
+                reporter=gw.reporter, reservation=reservation)
     strategy = REGISTRY[plan.strategy]
     headers = {"x-ttc-decision-id": routed.decision_id, "x-ttc-strategy": plan.strategy}
 

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from service.admission import is_admin
 from service.deps import gateway
 from service.errors import GatewayError, Unauthorized, UpstreamUnavailable, error_body
 
@@ -48,14 +49,14 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    """Prometheus exposition; behind ``Authorization: Bearer <metrics_token>`` when the
-    ``metrics_token`` setting is set.
+    """Prometheus exposition; behind ``Authorization: Bearer <metrics_token>`` (or an admin
+    key, see ``service.admission``) when the ``metrics_token`` setting is set.
 
     Raises:
         Unauthorized: the token is set and the request does not carry it (401).
     """
     token = gateway(request).settings.metrics_token
-    if token is not None:
+    if token is not None and not is_admin(request):
         expected = b"Bearer " + token.get_secret_value().encode()
         given = request.headers.get("authorization", "").encode()
         if not secrets.compare_digest(given, expected):

@@ -15,6 +15,7 @@ from router_models.prompt import content_text, prompt_text
 from service.backends import BackendRegistry
 from service.errors import GatewayError
 from service.ledger import BudgetLedger
+from service.limits import Reservation
 from service.observe import Outcome, Reporter
 from service.protocol import RoutedRequest
 from service.settings import Settings
@@ -49,6 +50,9 @@ class Call:
     answer_text: str | None = None
     stream_error: GatewayError | None = None
     started: float = field(default_factory=time.perf_counter)
+    # The API key's tokens reserved for this request (None without keys); ``record`` settles
+    # it with the true spend.
+    reservation: Reservation | None = None
 
     def __post_init__(self) -> None:
         self.ledger = BudgetLedger(self.plan.budget_tokens)
@@ -160,7 +164,10 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
 
 
 def record(call: Call, status: str) -> None:
-    """Report the finished request (metrics, and the request log when there is one)."""
+    """Report the finished request (metrics, and the request log when there is one), and
+    settle its key's token reservation with the completion tokens really spent."""
+    if call.reservation is not None:
+        call.reservation.settle_with(call.acct.completion_tokens)
     votes = call.report.get("votes")
     call.reporter.report(Outcome(
         decision_id=call.routed.decision_id,
@@ -180,6 +187,7 @@ def record(call: Call, status: str) -> None:
         wait_s=call.acct.wait_s,
         estimated=call.acct.estimated,
         stream=call.routed.stream,
+        key_name=call.reservation.key_name if call.reservation is not None else None,
         votes=votes if isinstance(votes, dict) else None,
         search_calls=int(call.report.get("search_calls", 0)),
         extra={k: v for k, v in call.report.items() if k in ("early_stop", "samples_saved",

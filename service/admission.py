@@ -1,0 +1,287 @@
+"""Who may use the gateway and how much: the API key on every ``/v1/*`` request, each key's
+limits, the operator's caps on one request, and a clean answer for a request cut off at
+shutdown.
+
+``AdmissionMiddleware`` (pure ASGI, so it costs nothing measurable on the hot path) runs
+before every route:
+
+- with no active key and ``require_keys`` unset, ``/v1/*`` is open;
+- otherwise ``Authorization: Bearer KEY`` must name an active key (401), an admin key for the
+  admin surfaces (``/v1/experiments...``, 403), and the key must have requests left this
+  minute (429 with ``Retry-After`` and ``x-ratelimit-*``); ``/metrics``, when protected
+  (``protect_metrics`` or ``metrics_token``), takes an admin key or the metrics token;
+- every response of a key carries its ``x-ratelimit-*`` headers, as OpenAI's do;
+- a token reservation made by the completion route is settled once the response is sent;
+- a request still running when the shutdown deadline cancels it gets a 503 in the envelope, or,
+  when its stream had started, a final error event and ``data: [DONE]``.
+
+The completion route calls ``reserve_for_call`` between planning and the first upstream
+call: it applies the operator's caps (``max_n``, ``max_budget_tokens``, ``max_samples``) and
+reserves the request's tokens from its key's limits. Refusals are counted in
+``ttc_rejected_total{reason}`` (``auth``, ``rate_limit``, ``budget``, ``overload``).
+Neither the key nor the Authorization header is ever logged or echoed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+
+from router_models.plan import Plan
+from service import metrics
+from service.errors import (
+    Forbidden,
+    GatewayError,
+    InvalidRequest,
+    Overloaded,
+    RateLimited,
+    Unauthorized,
+    error_json,
+)
+from service.keys import ApiKey
+from service.limits import Reservation, TokensOverLimit
+from service.protocol import RoutedRequest
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Paths under these prefixes need an admin key once keys exist.
+ADMIN_PREFIXES = ("/v1/experiments",)
+_STATE = "ttc_admission"
+_ADMIN = "ttc_admin"
+
+
+@dataclass
+class Admission:
+    """A request admitted with a key: the key, the ``x-ratelimit-*`` headers its response
+    gets, and the token reservation of a completion request (settled after the response)."""
+
+    key: ApiKey
+    headers: dict[str, str] = field(default_factory=dict)
+    reservation: Reservation | None = None
+
+
+def admission_of(request: Request) -> Admission | None:
+    """The request's ``Admission``, or None when the gateway is open (no keys)."""
+    admission = request.scope.get("state", {}).get(_STATE)
+    return admission if isinstance(admission, Admission) else None
+
+
+def is_admin(request: Request) -> bool:
+    """Whether the request presented an admin key (set for a protected ``/metrics``)."""
+    return bool(request.scope.get("state", {}).get(_ADMIN))
+
+
+class AdmissionMiddleware:
+    """Keys and per-key request limits for ``/v1/*`` and a protected ``/metrics``; see the
+    module docstring. Reads the ``Gateway`` from ``app.state.gateway`` at each request."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = getattr(scope["app"].state, "gateway", None) if "app" in scope else None
+        if scope["type"] != "http" or gw is None:
+            await self.app(scope, receive, send)
+            return
+        tracker = _Tracker(send)
+        admission: Admission | None = None
+        try:
+            try:
+                admission = await _admit(gw, scope)
+            except GatewayError as exc:
+                await _send_error(send, exc)
+                return
+            if admission is not None:
+                scope.setdefault("state", {})[_STATE] = admission
+                tracker.extra_headers = admission.headers
+            await self.app(scope, receive, tracker.send)
+        except asyncio.CancelledError:
+            await tracker.cut_off()
+            raise
+        finally:
+            if admission is not None and admission.reservation is not None:
+                await gw.limiter.settle(admission.reservation)
+
+
+async def _admit(gw: Any, scope: Scope) -> Admission | None:
+    """Check the request's key; None when no key is needed.
+
+    Raises:
+        Unauthorized: no key or an unknown one where one is needed (401).
+        Forbidden: an admin surface with a key that is not an admin key (403).
+        RateLimited: the key used up its requests this minute (429).
+        Overloaded: the shared counters do not answer (503).
+    """
+    path: str = scope["path"]
+    settings = gw.settings
+    if path == "/metrics":
+        if not (settings.protect_metrics or settings.metrics_token is not None):
+            return None
+        token = _bearer(scope)
+        key = await gw.keys.lookup(token) if token else None
+        if key is not None and key.admin:
+            scope.setdefault("state", {})[_ADMIN] = True
+        elif settings.metrics_token is None:  # else the route checks the metrics token
+            metrics.child(metrics.REJECTED, "auth").inc()
+            raise Unauthorized("GET /metrics needs an admin key: Authorization: Bearer KEY",
+                               code="invalid_api_key")
+        return None
+    if not path.startswith("/v1/"):
+        return None
+    if not settings.require_keys and not await gw.keys.any_keys():
+        return None
+    token = _bearer(scope)
+    key = await gw.keys.lookup(token) if token else None
+    if key is None:
+        metrics.child(metrics.REJECTED, "auth").inc()
+        raise Unauthorized(
+            "this gateway needs an API key: Authorization: Bearer KEY" if not token
+            else "the API key is not valid (unknown or revoked)", code="invalid_api_key")
+    if path.startswith(ADMIN_PREFIXES) and not key.admin:
+        metrics.child(metrics.REJECTED, "auth").inc()
+        raise Forbidden(f"{path} needs an admin key", code="admin_key_required")
+    try:
+        headers = await gw.limiter.admit_request(key)
+    except RateLimited:
+        metrics.child(metrics.REJECTED, "rate_limit").inc()
+        raise
+    except Overloaded:
+        metrics.child(metrics.REJECTED, "overload").inc()
+        raise
+    return Admission(key, headers)
+
+
+async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest,
+                           plan: Plan) -> tuple[Plan, Reservation | None]:
+    """Apply the operator's caps to one completion request and reserve its completion tokens
+    from its key's limits, before any upstream call.
+
+    The reservation is the plan's ``budget_tokens``, else ``max_tokens`` x ``n``; a request
+    with neither gets as many as the key has left, up to ``default_budget_tokens``, which
+    becomes its budget. Returns the plan (with that budget) and the reservation (None without
+    a key), which ``record()`` settles with the true spend.
+
+    Raises:
+        InvalidRequest: ``n``, the budget or the samples are over the operator's caps, or the
+            request needs more tokens than its key may spend in a whole window (400).
+        RateLimited: the key's tokens this minute or today are used up (429).
+        Overloaded: the shared counters do not answer (503).
+    """
+    settings = gw.settings
+    if routed.n > settings.max_n:
+        raise InvalidRequest(f"n is at most {settings.max_n} on this gateway", param="n",
+                             code="over_operator_cap")
+    if plan.budget_tokens is not None and plan.budget_tokens > settings.max_budget_tokens:
+        raise InvalidRequest(f"budget_tokens is at most {settings.max_budget_tokens} on this "
+                             "gateway", param="router.budget_tokens", code="over_operator_cap")
+    if routed.n * plan.width > settings.max_samples:
+        raise InvalidRequest(f"this request would draw {routed.n * plan.width} samples; at "
+                             f"most {settings.max_samples} on this gateway", param="n",
+                             code="over_operator_cap")
+    admission = admission_of(request)
+    if admission is None:
+        return plan, None
+    wanted = plan.budget_tokens
+    if wanted is None and routed.max_tokens is not None:
+        wanted = routed.max_tokens * routed.n
+    try:
+        reservation, headers = await gw.limiter.reserve_tokens(
+            admission.key, wanted, flexible_cap=settings.default_budget_tokens)
+    except TokensOverLimit as exc:
+        metrics.child(metrics.REJECTED, "budget").inc()
+        raise InvalidRequest(str(exc), param="router.budget_tokens" if plan.budget_tokens
+                             else "max_tokens", code="over_key_limit") from exc
+    except RateLimited as exc:
+        reason = "budget" if exc.code == "daily_budget_exhausted" else "rate_limit"
+        metrics.child(metrics.REJECTED, reason).inc()
+        exc.rate_headers = {**admission.headers, **exc.rate_headers}
+        raise
+    except Overloaded:
+        metrics.child(metrics.REJECTED, "overload").inc()
+        raise
+    admission.reservation = reservation
+    admission.headers.update(headers)
+    if plan.budget_tokens is None and reservation.tokens:
+        plan = dataclasses.replace(plan, budget_tokens=reservation.tokens)
+    return plan, reservation
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            token = token.strip()
+            return token if scheme.lower() == "bearer" and token else None
+    return None
+
+
+async def _send_error(send: Send, exc: GatewayError) -> None:
+    body = error_json(exc)
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in exc.headers().items()]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Tracker:
+    """Wraps ``send``: adds the key's ``x-ratelimit-*`` headers, and remembers how far the
+    response got, so that a request cancelled at shutdown can still end cleanly."""
+
+    def __init__(self, send: Send):
+        self._send = send
+        self.extra_headers: dict[str, str] = {}
+        self.started = False
+        self.finished = False
+        self.sse = False
+        self.at_event_boundary = True
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.started = True
+            headers = list(message.get("headers", ()))
+            for name, value in headers:
+                if name.lower() == b"content-type" and value.startswith(b"text/event-stream"):
+                    self.sse = True
+            if self.extra_headers:
+                present = {name.lower() for name, _ in headers}
+                headers += [(k.encode("latin-1"), v.encode("latin-1"))
+                            for k, v in self.extra_headers.items()
+                            if k.encode("latin-1") not in present]
+                message = {**message, "headers": headers}
+        elif kind == "http.response.body":
+            body = message.get("body", b"")
+            if body:
+                self.at_event_boundary = body.endswith(b"\n\n")
+            if not message.get("more_body", False):
+                self.finished = True
+        await self._send(message)
+
+    async def cut_off(self) -> None:
+        """Answer a request cancelled before it finished (the shutdown deadline passed)."""
+        if self.finished:
+            return
+        error = Overloaded("the gateway is shutting down; retry the request",
+                           code="shutting_down")
+        try:
+            if not self.started:
+                await _send_error(self._send, error)
+            elif self.sse and self.at_event_boundary:
+                await self._send({"type": "http.response.body", "more_body": False,
+                                  "body": b"data: " + error_json(error) + b"\n\ndata: [DONE]\n\n"})
+        except Exception:  # the connection is already gone: nothing more to say
+            log.debug("could not answer a request cut off at shutdown", exc_info=True)

@@ -1,0 +1,199 @@
+"""Backend faults on real sockets (refuse, hang, garbage, cut off, trickle, saturated): each gets
+a clean answer in OpenAI's envelope within its timeout, a backend that keeps failing is taken
+out (circuit breaker) and a second upstream serving the same model takes over."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from service.settings import Settings, UpstreamSettings
+from tests.conftest import gateway_client, metric
+from tests.fault_backend import closed_port_url, make_app, serve_in_thread
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture(scope="module")
+def fault_url() -> Iterator[str]:
+    with serve_in_thread(make_app(delay_s=0.3, trickle_s=0.05)) as url:
+        yield url
+
+
+def settings_for(*upstreams: dict[str, Any], **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"upstreams": [UpstreamSettings(**u) for u in upstreams],
+                              "retry_backoff_s": 0.0, "max_retries": 1,
+                              "read_timeout_s": 1.0, "connect_timeout_s": 1.0}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def ask(model: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+            **extra}
+
+
+def assert_envelope(reply, status: int, error_type: str) -> dict[str, Any]:
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == error_type
+    return error
+
+
+def stream_events(text: str) -> list[str]:
+    return [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+
+
+async def test_refused_connection_is_a_quick_503():
+    settings = settings_for({"url": closed_port_url(), "name": "gone", "models": ["m"]})
+    async with gateway_client(None, settings) as client:  # type: ignore[arg-type]
+        started = time.perf_counter()
+        reply = await client.post(CHAT, json=ask("m"))
+        assert_envelope(reply, 503, "service_unavailable")
+        assert time.perf_counter() - started < 2
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_hanging_backend_is_a_504_within_the_read_timeout(fault_url, stream):
+    settings = settings_for({"url": fault_url, "name": "fault"}, read_timeout_s=0.5)
+    async with gateway_client(None, settings) as client:  # type: ignore[arg-type]
+        started = time.perf_counter()
+        reply = await client.post(CHAT, json=ask("hang-model", stream=stream))
+        elapsed = time.perf_counter() - started
+        assert_envelope(reply, 504, "timeout_error")
+        assert 0.4 < elapsed < 3
+
+
+async def test_garbage_is_a_502(fault_url):
+    async with gateway_client(None, settings_for({"url": fault_url})) as client:  # type: ignore[arg-type]
+        reply = await client.post(CHAT, json=ask("garbage-model"))
+        error = assert_envelope(reply, 502, "upstream_error")
+        assert error["code"] == "upstream_malformed"
+
+
+async def test_garbage_stream_ends_cleanly(fault_url):
+    async with gateway_client(None, settings_for({"url": fault_url})) as client:  # type: ignore[arg-type]
+        reply = await client.post(CHAT, json=ask("garbage-model", stream=True))
+        assert reply.status_code in (200, 502), reply.text
+        if reply.status_code == 200:
+            events = stream_events(reply.text)
+            assert events[-1] == "[DONE]"
+        else:
+            assert reply.json()["error"]["type"] == "upstream_error"
+
+
+async def test_reply_cut_off_is_a_502(fault_url):
+    async with gateway_client(None, settings_for({"url": fault_url})) as client:  # type: ignore[arg-type]
+        reply = await client.post(CHAT, json=ask("cut-model"))
+        assert_envelope(reply, 502, "upstream_error")
+
+
+async def test_stream_cut_off_mid_way_ends_with_an_error_event(fault_url):
+    async with gateway_client(None, settings_for({"url": fault_url})) as client:  # type: ignore[arg-type]
+        reply = await client.post(CHAT, json=ask("cut-model", stream=True))
+        assert reply.status_code == 200  # the first tokens had been sent
+        events = stream_events(reply.text)
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert error["type"] == "upstream_error"
+        text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "")
+                       for e in events[:-2] if json.loads(e).get("choices"))
+        assert text == "w w "  # what arrived before the break, sent once
+
+
+async def test_slow_trickle_within_the_timeout_completes(fault_url):
+    async with gateway_client(None, settings_for({"url": fault_url})) as client:  # type: ignore[arg-type]
+        reply = await client.post(CHAT, json=ask("trickle-model", stream=True, max_tokens=6))
+        assert reply.status_code == 200
+        events = stream_events(reply.text)
+        assert events[-1] == "[DONE]"
+        assert not any('"error"' in e for e in events)
+
+
+async def test_trickle_slower_than_the_read_timeout_ends_with_a_timeout(fault_url):
+    settings = settings_for({"url": fault_url}, read_timeout_s=0.02)
+    async with gateway_client(None, settings) as client:  # type: ignore[arg-type]
+        reply = await client.post(CHAT, json=ask("trickle-model", stream=True))
+        if reply.status_code == 200:  # the first word came in time, a later one did not
+            events = stream_events(reply.text)
+            assert events[-1] == "[DONE]"
+            assert json.loads(events[-2])["error"]["type"] in ("timeout_error", "upstream_error")
+        else:
+            assert_envelope(reply, 504, "timeout_error")
+
+
+async def test_a_saturated_backend_answers_503_instead_of_queueing(fault_url):
+    settings = settings_for({"url": fault_url, "name": "narrow"}, backend_max_concurrency=1,
+                            backend_max_waiting=0)
+    before = metric("ttc_rejected_total", reason="overload")
+    async with gateway_client(None, settings) as client:  # type: ignore[arg-type]
+        first = asyncio.create_task(client.post(CHAT, json=ask("slow-model")))
+        await asyncio.sleep(0.1)  # the first holds the only slot
+        second = await client.post(CHAT, json=ask("ok-model"))
+        assert_envelope(second, 503, "service_unavailable")
+        assert second.headers["retry-after"] == "1"
+        assert (await first).status_code == 200
+        assert metric("ttc_upstream_in_flight", backend="narrow") == 0
+        third = await client.post(CHAT, json=ask("ok-model"))  # the slot was given back
+        assert third.status_code == 200
+    assert metric("ttc_rejected_total", reason="overload") == before + 1
+
+
+async def test_a_waiting_call_gives_up_after_the_queue_timeout(fault_url):
+    settings = settings_for({"url": fault_url, "name": "queue"}, backend_max_concurrency=1,
+                            backend_max_waiting=4, backend_queue_timeout_s=0.1)
+    async with gateway_client(None, settings) as client:  # type: ignore[arg-type]
+        first = asyncio.create_task(client.post(CHAT, json=ask("slow-model")))
+        await asyncio.sleep(0.05)
+        second = await client.post(CHAT, json=ask("ok-model"))
+        assert_envelope(second, 503, "service_unavailable")
+        assert (await first).status_code == 200
+
+
+async def test_second_upstream_takes_over_when_the_first_is_broken(fault_url):
+    broken = {"url": closed_port_url(), "name": "broken", "models": ["ok-model"]}
+    healthy = {"url": fault_url, "name": "healthy", "models": ["ok-model"]}
+    settings = settings_for(broken, healthy, breaker_failures=2, breaker_cool_down_s=0.5,
+                            max_retries=1)
+    failovers = metric("ttc_upstream_failovers_total", backend="broken")
+    async with gateway_client(None, settings) as client:  # type: ignore[arg-type]
+        first = await client.post(CHAT, json=ask("ok-model"))
+        assert_envelope(first, 503, "service_unavailable")  # its two attempts open the circuit
+        assert metric("ttc_circuit_open", backend="broken") == 1
+        for _ in range(5):
+            reply = await client.post(CHAT, json=ask("ok-model"))
+            assert reply.status_code == 200, reply.text
+        assert metric("ttc_upstream_failovers_total", backend="broken") == failovers + 5
+        await asyncio.sleep(0.6)  # cool-down over: the broken one is tried again and fails
+        again = await client.post(CHAT, json=ask("ok-model"))
+        assert again.status_code == 503
+        assert metric("ttc_circuit_open", backend="broken") == 1
+        assert (await client.post(CHAT, json=ask("ok-model"))).status_code == 200
+
+
+async def test_only_backend_cooling_down_is_a_fast_503_with_retry_after():
+    settings = settings_for({"url": closed_port_url(), "name": "lonely", "models": ["m"]},
+                            breaker_failures=1, breaker_cool_down_s=30, max_retries=0)
+    async with gateway_client(None, settings) as client:  # type: ignore[arg-type]
+        assert (await client.post(CHAT, json=ask("m"))).status_code == 503
+        reply = await client.post(CHAT, json=ask("m"))
+        error = assert_envelope(reply, 503, "service_unavailable")
+        assert error["code"] == "backends_cooling_down"
+        assert 25 <= int(reply.headers["retry-after"]) <= 30
+
+
+async def test_a_recovered_backend_closes_its_circuit(fault_url):
+    settings = settings_for({"url": fault_url, "name": "flappy"}, breaker_failures=1,
+                            breaker_cool_down_s=0.2, max_retries=0)
+    async with gateway_client(None, settings) as client:  # type: ignore[arg-type]
+        assert (await client.post(CHAT, json=ask("garbage-model"))).status_code == 502
+        assert metric("ttc_circuit_open", backend="flappy") == 1
+        await asyncio.sleep(0.25)
+        assert (await client.post(CHAT, json=ask("ok-model"))).status_code == 200
+        assert metric("ttc_circuit_open", backend="flappy") == 0

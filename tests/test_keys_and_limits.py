@@ -1,0 +1,271 @@
+"""API keys and per-key limits, with the gateway in process: 401 without or with a wrong key,
+keys that take effect without a restart, admin surfaces, 429 with ``Retry-After`` and
+``x-ratelimit-*`` over a key's requests or tokens, and a daily token budget that concurrent
+requests never overspend."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.app import create_app
+from service.keys import SqliteKeyStore
+from service.settings import Settings
+from tests.conftest import make_settings, metric
+from tests.fakes import FakeBackend
+from tests.scripted import ScriptedLLM
+
+CHAT = "/v1/chat/completions"
+NOON = 1_800_000_000.0 - 1_800_000_000.0 % 86_400 + 43_200.0  # 12:00:00 UTC, a minute's start
+
+
+def store() -> SqliteKeyStore:
+    return SqliteKeyStore(Path(os.environ["TTC_DATA_DIR"]) / "keys.db")
+
+
+def ask(**extra: Any) -> dict[str, Any]:
+    return {"model": "fake-model", "messages": [{"role": "user", "content": "q"}], **extra}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+@asynccontextmanager
+async def running(transport: httpx.AsyncBaseTransport, config: Settings | None = None,
+                  clock: float | None = NOON) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The gateway in process, its limiter's clock fixed (the middle of a minute) so that no
+    window rolls over during a test."""
+    app = create_app(config or make_settings(), transport=transport)
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                  base_url="http://gateway.test") as client):
+        if clock is not None:
+            app.state.gateway.limiter.clock = lambda: clock
+        yield app, client
+
+
+def long_answers() -> ScriptedLLM:
+    """A backend whose every answer is long enough to spend its whole grant."""
+    return ScriptedLLM(lambda i, body: " ".join(["w"] * 5000) + " 7")
+
+
+async def test_without_keys_the_gateway_is_open():
+    async with running(FakeBackend().transport()) as (_, client):
+        assert (await client.post(CHAT, json=ask())).status_code == 200
+
+
+async def test_missing_or_wrong_key_is_401_in_the_envelope():
+    secret = store().create("alice")
+    before = metric("ttc_rejected_total", reason="auth")
+    backend = FakeBackend()
+    async with running(backend.transport()) as (_, client):
+        for headers in ({}, bearer("ttc-wrong"), {"authorization": secret}):
+            reply = await client.post(CHAT, json=ask(), headers=headers)
+            assert reply.status_code == 401
+            error = reply.json()["error"]
+            assert error["type"] == "authentication_error"
+            assert error["code"] == "invalid_api_key"
+            assert secret not in reply.text
+            assert reply.headers["www-authenticate"] == "Bearer"
+        assert (await client.get("/v1/models")).status_code == 401
+        assert (await client.post(CHAT, json=ask(), headers=bearer(secret))).status_code == 200
+        assert (await client.get("/health")).status_code == 200  # not under /v1
+    assert metric("ttc_rejected_total", reason="auth") == before + 4
+    assert len(backend.requests) == 1  # nothing refused reached the backend
+
+
+async def test_require_keys_refuses_before_any_key_exists():
+    async with running(FakeBackend().transport(), make_settings(require_keys=True)) as (_, c):
+        assert (await c.post(CHAT, json=ask())).status_code == 401
+
+
+async def test_keys_take_effect_and_are_revoked_without_a_restart():
+    first = store().create("first")
+    async with running(FakeBackend().transport(), make_settings(keys_refresh_s=0.1)) as (_, c):
+        assert (await c.post(CHAT, json=ask(), headers=bearer(first))).status_code == 200
+        second = store().create("second")  # as `ttc-router keys create` would, meanwhile
+        await asyncio.sleep(0.3)
+        assert (await c.post(CHAT, json=ask(), headers=bearer(second))).status_code == 200
+        store().revoke("first")
+        await asyncio.sleep(0.2)
+        assert (await c.post(CHAT, json=ask(), headers=bearer(first))).status_code == 401
+        assert (await c.post(CHAT, json=ask(), headers=bearer(second))).status_code == 200
+
+
+async def test_admin_surfaces_need_an_admin_key():
+    user = store().create("user")
+    admin = store().create("root", admin=True)
+    config = make_settings(protect_metrics=True)
+    async with running(FakeBackend().transport(), config) as (_, client):
+        refused = await client.get("/v1/experiments/demo", headers=bearer(user))
+        assert refused.status_code == 403
+        assert refused.json()["error"]["type"] == "permission_error"
+        allowed = await client.get("/v1/experiments/demo", headers=bearer(admin))
+        assert allowed.status_code not in (401, 403)
+        assert (await client.get("/metrics")).status_code == 401
+        assert (await client.get("/metrics", headers=bearer(user))).status_code == 401
+        scraped = await client.get("/metrics", headers=bearer(admin))
+        assert scraped.status_code == 200
+        assert "ttc_rejected_total" in scraped.text
+
+
+async def test_metrics_token_and_admin_key_both_open_a_protected_metrics():
+    admin = store().create("root", admin=True)
+    config = make_settings(metrics_token="scrape-me")
+    async with running(FakeBackend().transport(), config) as (_, client):
+        assert (await client.get("/metrics")).status_code == 401
+        assert (await client.get("/metrics", headers=bearer("scrape-me"))).status_code == 200
+        assert (await client.get("/metrics", headers=bearer(admin))).status_code == 200
+
+
+async def test_a_key_limited_to_10_requests_a_minute_gets_429_with_retry_after():
+    secret = store().create("tenrpm", rpm=10)
+    backend = FakeBackend()
+    before = metric("ttc_rejected_total", reason="rate_limit")
+    async with running(backend.transport()) as (_, client):
+        for left in range(9, -1, -1):
+            reply = await client.post(CHAT, json=ask(), headers=bearer(secret))
+            assert reply.status_code == 200
+            assert reply.headers["x-ratelimit-limit-requests"] == "10"
+            assert reply.headers["x-ratelimit-remaining-requests"] == str(left)
+        refused = await client.post(CHAT, json=ask(), headers=bearer(secret))
+        assert refused.status_code == 429
+        error = refused.json()["error"]
+        assert error["type"] == "rate_limit_error"
+        assert error["code"] == "rate_limit_requests"
+        assert refused.headers["retry-after"] == "60"  # the clock is at a minute's start
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert len(backend.requests) == 10
+    assert metric("ttc_rejected_total", reason="rate_limit") == before + 1
+
+
+async def test_the_request_window_resets_after_a_minute():
+    secret = store().create("onerpm", rpm=1)
+    async with running(FakeBackend().transport()) as (app, client):
+        assert (await client.post(CHAT, json=ask(), headers=bearer(secret))).status_code == 200
+        assert (await client.post(CHAT, json=ask(), headers=bearer(secret))).status_code == 429
+        app.state.gateway.limiter.clock = lambda: NOON + 60
+        assert (await client.post(CHAT, json=ask(), headers=bearer(secret))).status_code == 200
+
+
+async def test_daily_tokens_are_reserved_settled_and_then_refused():
+    secret = store().create("daily", tokens_per_day=100)
+    llm = long_answers()
+    before = metric("ttc_rejected_total", reason="budget")
+    async with running(llm.transport()) as (_, client):
+        for _ in range(2):
+            reply = await client.post(CHAT, json=ask(max_tokens=40), headers=bearer(secret))
+            assert reply.status_code == 200
+        assert reply.headers["x-ratelimit-remaining-tokens"] == "20"
+        refused = await client.post(CHAT, json=ask(max_tokens=40), headers=bearer(secret))
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "daily_budget_exhausted"
+        assert int(refused.headers["retry-after"]) == 43_200  # until 00:00 UTC
+        assert refused.headers["x-ratelimit-remaining-tokens"] == "20"
+        uncapped = await client.post(CHAT, json=ask(), headers=bearer(secret))
+        assert uncapped.status_code == 200  # granted what is left: 20 tokens
+        assert uncapped.json()["router"]["budget_tokens"] == 20
+        assert uncapped.json()["usage"]["completion_tokens"] == 20
+        assert (await client.post(CHAT, json=ask(), headers=bearer(secret))).status_code == 429
+    assert llm.reported_tokens == 100
+    assert metric("ttc_rejected_total", reason="budget") == before + 2
+
+
+async def test_unspent_tokens_are_given_back():
+    secret = store().create("refund", tpm=50)
+    backend = FakeBackend()  # answers 4 tokens whatever it is granted
+    async with running(backend.transport()) as (_, client):
+        # Each request reserves 40 of the minute's 50 and gives back the 36 it did not spend,
+        # so three fit where reservations alone would let one through.
+        for left in (10, 6, 2):
+            reply = await client.post(CHAT, json=ask(max_tokens=40), headers=bearer(secret))
+            assert reply.status_code == 200
+            assert reply.headers["x-ratelimit-remaining-tokens"] == str(left)
+        refused = await client.post(CHAT, json=ask(max_tokens=40), headers=bearer(secret))
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limit_tokens"
+        assert refused.headers["x-ratelimit-remaining-tokens"] == "38"
+
+
+async def test_a_request_bigger_than_a_whole_window_is_a_400():
+    secret = store().create("small", tpm=100)
+    async with running(FakeBackend().transport()) as (_, client):
+        reply = await client.post(CHAT, json=ask(max_tokens=500), headers=bearer(secret))
+        assert reply.status_code == 400
+        assert reply.json()["error"]["code"] == "over_key_limit"
+
+
+async def test_key_tokens_reach_the_metric_and_the_request_log():
+    secret = store().create("metered")
+    before = metric("ttc_key_tokens_total", key_name="metered", kind="completion")
+    async with running(FakeBackend().transport()) as (app, client):
+        reply = await client.post(CHAT, json=ask(), headers=bearer(secret))
+        decision = reply.headers["x-ttc-decision-id"]
+        record = await app.state.gateway.request_log.get(decision)
+    assert record.key_name == "metered"
+    assert metric("ttc_key_tokens_total", key_name="metered", kind="completion") == before + 4
+
+
+async def test_operator_caps_are_clear_400s():
+    config = make_settings(max_n=4, max_budget_tokens=1000, max_samples=8, vote_width=16,
+                           vote_min_depth_tokens=1)
+    async with running(FakeBackend().transport(), config) as (_, client):
+        too_many = await client.post(CHAT, json=ask(n=5))
+        assert too_many.status_code == 400
+        assert too_many.json()["error"]["param"] == "n"
+        too_big = await client.post(CHAT, json=ask(router={"budget_tokens": 1001}))
+        assert too_big.status_code == 400
+        assert too_big.json()["error"]["param"] == "router.budget_tokens"
+        wide = await client.post(CHAT, json=ask(router={"strategy": "parallel_vote",
+                                                       "budget_tokens": 900}))
+        assert wide.status_code == 400
+        assert "samples" in wide.json()["error"]["message"]
+        assert (await client.post(CHAT, json=ask(n=4))).status_code == 200
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(day=st.integers(50, 2000),
+       requests=st.lists(st.tuples(st.sampled_from(["direct", "parallel_vote", "sequential",
+                                                    "uncapped"]),
+                                   st.integers(1, 600), st.booleans()),
+                         min_size=1, max_size=24))
+def test_concurrent_requests_never_spend_past_a_daily_budget(tmp_path_factory, day, requests):
+    data_dir = tmp_path_factory.mktemp("keys")
+    secret = SqliteKeyStore(data_dir / "keys.db").create("budgeted", tokens_per_day=day)
+    llm = long_answers()
+
+    def body(strategy: str, tokens: int, stream: bool) -> dict[str, Any]:
+        extra: dict[str, Any] = {"stream": True} if stream else {}
+        if strategy == "uncapped":
+            return ask(**extra)
+        if strategy == "direct":
+            return ask(max_tokens=tokens, **extra)
+        return ask(router={"strategy": strategy, "budget_tokens": tokens}, **extra)
+
+    async def run() -> list[httpx.Response]:
+        config = make_settings(data_dir=data_dir, vote_min_depth_tokens=8,
+                               default_budget_tokens=300, answer_reserve_tokens=8)
+        async with running(llm.transport(), config) as (_, client):
+            return await asyncio.gather(*(
+                client.post(CHAT, json=body(*r), headers=bearer(secret)) for r in requests))
+
+    replies = asyncio.run(run())
+    assert llm.reported_tokens <= day
+    assert all(r.status_code in (200, 400, 429) for r in replies), [r.text for r in replies]
+
+
+@pytest.mark.parametrize("name", ["", "has space", "-dash-first", "x" * 65])
+def test_bad_key_names_are_refused(name):
+    with pytest.raises(ValueError):
+        store().create(name)

@@ -178,8 +178,8 @@ def simulate_feedback(items: list[Item], oracle: Oracle, policy: LearnedPolicy, 
     for t in range(1, n + 1):
         item = items[rng.randrange(len(items))]
         plan = policy.decide(item.scores, rng=rng).plan
-        correct = rng.random() < oracle(item, plan)[0]
-        policy.update(item.scores, plan, correct)
+        accuracy, tokens = oracle(item, plan)
+        policy.update(item.scores, plan, rng.random() < accuracy, spent_tokens=int(tokens))
         if report_every and t % report_every == 0:
             report(t)
 

@@ -51,13 +51,15 @@ REFERENCE_PER_FAMILY = 40  # held-out prompts per family in the learned policy's
 @dataclass(frozen=True)
 class FeedbackRecord:
     """One logged request with feedback: the messages (or prompt text), the plan that ran,
-    whether it was correct (True/False or a score in [0, 1]), and the scores logged with the
-    decision (None: score ``messages`` again with the current classifier)."""
+    whether it was correct (True/False or a score in [0, 1]), the scores logged with the
+    decision (None: score ``messages`` again with the current classifier), and the completion
+    tokens it spent (None when unknown)."""
 
     messages: Sequence[Any] | str
     plan: Plan
     correct: bool | float
     scores: Scores | None = None
+    spent_tokens: int | None = None
 
 
 @dataclass
@@ -293,7 +295,7 @@ def train_from_records(records: Iterable[FeedbackRecord], classifier: Classifier
     for record in records:
         scores = record.scores or classifier.score(record.messages)
         learned.reference.append((scores.difficulty, scores.sequential, scores.search))
-        learned.update(scores, record.plan, record.correct)
+        learned.update(scores, record.plan, record.correct, spent_tokens=record.spent_tokens)
         counts[record.plan.strategy] += 1
         correct += float(record.correct)
     learned.resolve()

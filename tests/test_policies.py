@@ -16,6 +16,7 @@ from router_models.policies import (
     LearnedPolicy,
     PolicyError,
     RulesPolicy,
+    kind_of,
     parse_policy,
 )
 
@@ -194,3 +195,15 @@ def test_learned_state_round_trips_through_json(tmp_path):
 
 def test_fixed_policy_from_spec_names_itself():
     assert FixedPolicy.from_spec("fixed:sequential@512").name == "fixed:sequential@512"
+
+
+def test_reported_spend_lowers_a_plans_expected_cost_for_that_kind_only():
+    policy = LearnedPolicy()
+    chain = next(i for i, p in enumerate(policy.candidates) if p.budget_tokens == 4096)
+    kind = np.array([kind_of(HARD_CHAIN)])
+    other = np.array([kind_of(EASY)])
+    assert policy.expected_cost(kind)[0, chain] == 4096
+    for _ in range(18):
+        policy.update(HARD_CHAIN, policy.candidates[chain], True, spent_tokens=1024)
+    assert policy.expected_cost(kind)[0, chain] == pytest.approx(4096 * (18 * 0.25 + 2) / 20)
+    assert policy.expected_cost(other)[0, chain] == 4096

@@ -99,6 +99,7 @@ def test_request_log_rows_become_feedback_records():
         base = dict(feedback_score=1.0, scores={"difficulty": 0.2, "sequential": 0.7,
                                                 "search": 0.1},
                     prompt_text=None, strategy="sequential", budget_tokens=512,
+                    completion_tokens=300,
                     plan={"strategy": "sequential", "budget_tokens": 512, "width": 1,
                           "depth_tokens": 512, "search_calls": 0, "policy": "learned",
                           "probability": 0.9, "reason": "x"})
@@ -108,5 +109,6 @@ def test_request_log_rows_become_feedback_records():
     records = list(feedback_records(rows))
     assert len(records) == 3
     assert records[0].scores == Scores(0.2, 0.7, 0.1) and records[0].plan.probability == 0.9
+    assert records[0].spent_tokens == 300
     assert records[1].scores is None and records[1].messages == "Who wrote Dune?"
     assert records[2].plan == Plan("sequential", 512)

@@ -87,9 +87,10 @@ class Policy(ABC):
         return self.decide(scores, features, **controls).plan
 
     def update(self, scores: Scores, plan: Plan, correct: bool | float,
-               features: Features | None = None) -> None:
-        """Learn from one outcome: ``correct`` is True/False or a score in [0, 1]. Policies
-        that do not learn ignore it."""
+               features: Features | None = None, spent_tokens: int | None = None) -> None:
+        """Learn from one outcome: ``correct`` is True/False or a score in [0, 1];
+        ``spent_tokens`` the completion tokens the request spent, when known. Policies that
+        do not learn ignore it."""
         return None
 
 

@@ -14,8 +14,12 @@ and the joint covariance keeps that sharing from being counted twice.
 
 It picks the plan maximising expected accuracy - lambda x tokens, with lambda solved by
 ``router_models.budget.solve_lambda`` over a reference set of recent prompts so that the mean
-budget meets ``target_tokens`` (compute-optimal allocation, Snell et al. 2024; bisection on a
-monotone spend, Zhai et al. 2026). With probability ``exploration`` it picks uniformly among
+budget meets ``target_tokens``. "Tokens" is a plan's expected spend: its budget until feedback
+reports what plans actually spend (``update(..., spent_tokens=)``; a chain that finishes early
+spends less than its budget), then the budget times the mean spent share for that kind of
+prompt and plan (with a prior of two requests spending the whole budget). This is
+compute-optimal allocation (Snell et al. 2024), with lambda found by bisection on a monotone
+spend (Zhai et al. 2026). With probability ``exploration`` it picks uniformly among
 the allowed candidates instead (epsilon-greedy), and it records the exact probability of the
 chosen plan in ``Plan.probability`` so other policies can be evaluated offline by inverse
 propensity weighting.
@@ -64,6 +68,7 @@ KIND_NAMES = tuple(f"{d}/{s}/{r}" for d in ("easy", "hard") for s in ("independe
                    for r in ("closed", "search"))
 N_CONTEXT = 4 + len(KIND_NAMES)
 SHORT_TOKENS = 256  # what "a small budget" means for the difficulty score
+SPEND_PRIOR_REQUESTS = 2.0  # pseudo-requests that spent their whole budget, per kind and plan
 
 
 def default_candidates() -> list[Plan]:
@@ -181,6 +186,8 @@ class LearnedPolicy(Policy):
         self.theta = np.zeros(dim)
         self.cov = np.eye(dim) / prior_precision
         self.feedback = np.zeros(len(KIND_NAMES))
+        self.spent_share_sum = np.zeros((len(KIND_NAMES), n))
+        self.spent_count = np.zeros((len(KIND_NAMES), n))
         self.curriculum_floor, self.curriculum_half = curriculum_floor, curriculum_half
         self.reference: deque[tuple[float, float, float]] = deque(maxlen=reference_size)
         self.resolve_every = resolve_every
@@ -200,6 +207,12 @@ class LearnedPolicy(Policy):
         logits = _logit(prior_accuracy(scores, self.candidates)) + z @ weights.T
         return 1.0 / (1.0 + np.exp(-logits))
 
+    def expected_cost(self, kinds: np.ndarray) -> np.ndarray:
+        """Expected tokens spent per candidate for prompts of these kinds: (n,) -> (n, C)."""
+        share = (self.spent_share_sum[kinds] + SPEND_PRIOR_REQUESTS) / (
+            self.spent_count[kinds] + SPEND_PRIOR_REQUESTS)
+        return self.costs[None, :] * share
+
     def lambda_scale(self, kinds: np.ndarray) -> np.ndarray:
         """The curriculum's lambda multiplier per kind index (floor with no feedback -> 1)."""
         n = self.feedback[kinds]
@@ -217,7 +230,8 @@ class LearnedPolicy(Policy):
         scores = self._reference_scores()
         kinds = context(scores)[:, 4:].argmax(axis=1)
         self.allocation = budget.solve_lambda(
-            self.expected_accuracy(scores), self.costs, self.target_tokens, self.exploration,
+            self.expected_accuracy(scores), self.expected_cost(kinds), self.target_tokens,
+            self.exploration,
             scale=self.lambda_scale(kinds))
         self._since_solve = 0
         return self.allocation
@@ -243,12 +257,14 @@ class LearnedPolicy(Policy):
             allowed &= np.array([p.strategy == strategy for p in self.candidates])[None, :]
         if not allowed.any():
             return np.zeros(len(self.candidates)), acc[0], allowed[0]
-        scale = self.lambda_scale(np.array([kind_of(scores)]))
+        kinds = np.array([kind_of(scores)])
+        scale = self.lambda_scale(kinds)
+        cost = self.expected_cost(kinds)
         a = self.allocation
-        low = budget.choice_probabilities(acc, self.costs, a.lam_low * scale, self.exploration,
+        low = budget.choice_probabilities(acc, cost, a.lam_low * scale, self.exploration,
                                           allowed)
-        high = budget.choice_probabilities(acc, self.costs, a.lam_high * scale,
-                                           self.exploration, allowed)
+        high = budget.choice_probabilities(acc, cost, a.lam_high * scale, self.exploration,
+                                           allowed)
         return (a.mix * low + (1 - a.mix) * high)[0], acc[0], allowed[0]
 
     def decide(self, scores: Scores, features: Features | None = None, *,
@@ -296,11 +312,12 @@ class LearnedPolicy(Policy):
         return min(pool, key=lambda i: abs(math.log((self.costs[i]) / spend)))
 
     def update(self, scores: Scores, plan: Plan, correct: bool | float,
-               features: Features | None = None) -> None:
+               features: Features | None = None, spent_tokens: int | None = None) -> None:
         """One online Bayesian logistic-regression step on the plan's weights.
 
-        ``correct``: True/False or a score in [0, 1]. Plans not in the grid update their
-        nearest candidate (``candidate_index``).
+        ``correct``: True/False or a score in [0, 1]. ``spent_tokens``: the completion tokens
+        the request actually spent, when known (updates the plan's expected spend). Plans not
+        in the grid update their nearest candidate (``candidate_index``).
 
         Raises:
             ValueError: ``correct`` outside [0, 1].
@@ -324,31 +341,36 @@ class LearnedPolicy(Policy):
         denom = 1.0 + curvature * float(phi @ v)
         self.cov -= np.outer(v, v) * (curvature / denom)
         self.theta += v * ((y - p) / denom)
-        self.feedback[kind_of(scores)] += 1
+        kind = kind_of(scores)
+        self.feedback[kind] += 1
+        if spent_tokens is not None and plan.budget_tokens:
+            self.spent_share_sum[kind, i] += min(1.0, max(0, spent_tokens) / plan.budget_tokens)
+            self.spent_count[kind, i] += 1
         self._tick()
 
     # -- reporting and state ----------------------------------------------------------------
 
     def budgets(self) -> dict[str, dict[str, float]]:
         """Per kind of prompt: feedback seen, the curriculum's lambda scale, and the mean
-        budget (tokens) the current allocation gives that kind's reference prompts."""
+        expected tokens the current allocation gives that kind's reference prompts (NaN when
+        none of them is of that kind)."""
         scores = self._reference_scores()
         kinds = context(scores)[:, 4:].argmax(axis=1)
         acc = self.expected_accuracy(scores)
         a = self.allocation
         scale = self.lambda_scale(kinds)
-        probs = (a.mix * budget.choice_probabilities(acc, self.costs, a.lam_low * scale,
+        cost = self.expected_cost(kinds)
+        probs = (a.mix * budget.choice_probabilities(acc, cost, a.lam_low * scale,
                                                      self.exploration)
-                 + (1 - a.mix) * budget.choice_probabilities(acc, self.costs,
-                                                             a.lam_high * scale,
+                 + (1 - a.mix) * budget.choice_probabilities(acc, cost, a.lam_high * scale,
                                                              self.exploration))
-        spend = probs @ self.costs
+        spend = (probs * cost).sum(axis=1)
         out = {}
         for k, name in enumerate(KIND_NAMES):
             mask = kinds == k
             out[name] = {"feedback": float(self.feedback[k]),
                          "lambda_scale": float(self.lambda_scale(np.array([k]))[0]),
-                         "mean_budget_tokens": float(spend[mask].mean()) if mask.any()
+                         "mean_expected_tokens": float(spend[mask].mean()) if mask.any()
                          else float("nan")}
         return out
 
@@ -368,6 +390,7 @@ class LearnedPolicy(Policy):
                             "width": p.width, "depth_tokens": p.depth_tokens,
                             "search_calls": p.search_calls} for p in self.candidates],
             "theta": r(self.theta), "feedback": r(self.feedback),
+            "spent_share_sum": r(self.spent_share_sum), "spent_count": r(self.spent_count),
             # The covariance is the prior's (identity / prior_precision) until feedback.
             "cov": r(self.cov) if self.feedback.sum() else None,
             "reference": [list(map(float, np.round(x, 6))) for x in self.reference],
@@ -388,7 +411,7 @@ class LearnedPolicy(Policy):
             config = dict(state["config"], **overrides)
             candidates = [Plan(**c) for c in state["candidates"]]
             policy = cls(candidates=candidates, **config)
-            for name in ("theta", "feedback", "cov"):
+            for name in ("theta", "feedback", "cov", "spent_share_sum", "spent_count"):
                 if state.get(name) is None:
                     continue
                 value = np.array(state[name], float)

@@ -124,7 +124,7 @@ def _from_log(data_dir: Path, database_url: str | None, out: Path) -> int:
     print("current budgets by kind of prompt:")
     for kind, row in learned.budgets().items():
         print(f"  {kind:26} feedback {row['feedback']:>7.0f}  lambda scale "
-              f"{row['lambda_scale']:.2f}  mean budget {row['mean_budget_tokens']:.0f} tokens")
+              f"{row['lambda_scale']:.2f}  mean expected {row['mean_expected_tokens']:.0f} tokens")
     print(f"wrote {out / 'learned.json'}")
     return 0
 
@@ -143,7 +143,8 @@ async def _read_feedback(data_dir: Path, database_url: str | None) -> list[Any]:
 def feedback_records(rows: list[Any]) -> Iterator[FeedbackRecord]:
     """``router_models.train.FeedbackRecord`` values from request-log rows
     (``service.store.Record``): the logged scores (or the prompt text, when kept), the plan
-    that ran, and the feedback score. Rows with neither scores nor text are skipped."""
+    that ran, the feedback score and the completion tokens spent. Rows with neither scores
+    nor text are skipped."""
     from router_models.train import FeedbackRecord
 
     plan_fields = set(Plan.__dataclass_fields__)
@@ -161,4 +162,5 @@ def feedback_records(rows: list[Any]) -> Iterator[FeedbackRecord]:
                 if row.plan else Plan(row.strategy, row.budget_tokens)
         except (TypeError, ValueError):
             continue
-        yield FeedbackRecord(row.prompt_text or "", plan, float(row.feedback_score), scores)
+        yield FeedbackRecord(row.prompt_text or "", plan, float(row.feedback_score), scores,
+                             row.completion_tokens)

@@ -279,7 +279,8 @@ class UpstreamClient:
             if acct is not None:
                 acct.wait_s += elapsed
         if response.status_code >= 400:
-            raise _error_from_status(response.status_code, payload, response.headers)
+            raise _error_from_status(response.status_code, payload, response.headers,
+                                     backend.api_key)
         try:
             parsed = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
@@ -297,7 +298,8 @@ class UpstreamClient:
                                             _auth_headers(backend, _SSE_HEADERS), acct)
             if response.status_code >= 400:
                 payload = await _read(response, backend)
-                raise _error_from_status(response.status_code, payload, response.headers)
+                raise _error_from_status(response.status_code, payload, response.headers,
+                                         backend.api_key)
             byte_iter = response.aiter_bytes().__aiter__()
             try:
                 first = await byte_iter.__anext__()
@@ -455,8 +457,11 @@ def _translate(exc: httpx.HTTPError, backend: Backend, streaming: bool = False) 
     return UpstreamError(f"lost the connection to backend {name}", code="connection_lost")
 
 
-def _error_from_status(status: int, payload: bytes, headers: Mapping[str, str]) -> GatewayError:
+def _error_from_status(status: int, payload: bytes, headers: Mapping[str, str],
+                       secret: str | None = None) -> GatewayError:
     message, param, code, error_type = _parse_error(payload)
+    if secret:  # a backend that echoes the gateway's own key must not show it to the client
+        message = message.replace(secret, "[redacted]")
     if status == 429:
         retry_after = _retry_after_s(headers)
         return UpstreamRateLimited(message or "the backend is rate limiting",

@@ -1,0 +1,180 @@
+"""Bad input, by hand and fuzzed: every malformed, mistyped, absurd or oversized request gets a
+4xx in OpenAI's envelope, never a 5xx, and the gateway keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import gateway_client, make_settings
+
+CHAT = "/v1/chat/completions"
+GOOD = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def answering_backend() -> httpx.MockTransport:
+    """A backend that answers every call well (JSON or SSE), whatever the body says: any 5xx
+    the gateway gives is then its own."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"data": [{"id": "fake-model"}]})
+        try:
+            body = json.loads(request.content)
+        except ValueError:
+            body = {}
+        usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+        if isinstance(body, dict) and body.get("stream") is True:
+            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                     "choices": [{"index": 0, "delta": {"content": "ok 4"},
+                                  "finish_reason": "stop"}]}
+            events = [b"data: " + json.dumps(chunk).encode() + b"\n\n",
+                      b"data: " + json.dumps({**chunk, "choices": [], "usage": usage}).encode()
+                      + b"\n\n", b"data: [DONE]\n\n"]
+            return httpx.Response(200, content=b"".join(events),
+                                  headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json={
+            "id": "c", "object": "chat.completion", "created": 1, "model": "m", "usage": usage,
+            "choices": [{"index": 0, "finish_reason": "stop", "text": "ok 4",
+                         "message": {"role": "assistant", "content": "ok 4"}}]})
+
+    return httpx.MockTransport(handle)
+
+
+def envelope_ok(reply: httpx.Response) -> bool:
+    error = reply.json().get("error")
+    return isinstance(error, dict) and set(error) == {"message", "type", "param", "code"}
+
+
+TABLE = [
+    ("malformed JSON", b'{"model": "fake-model", "messages": [', 400),
+    ("invalid UTF-8 in a string", b'{"model": "fake-model", "messages": [{"role": "user", '
+                                  b'"content": "\xc3\x28"}]}', 400),
+    ("a lone surrogate", b'{"model": "fake-model", "messages": [{"role": "user", '
+                         b'"content": "\\ud800"}]}', 400),
+    ("NaN", b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], '
+            b'"temperature": NaN}', 400),
+    ("a bare string", b'"hello"', 400),
+    ("null", b"null", 400),
+    ("messages an object", b'{"model": "fake-model", "messages": {"role": "user"}}', 422),
+    ("role a number", b'{"model": "fake-model", "messages": [{"role": 1, "content": "x"}]}',
+     422),
+    ("n a float", b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], '
+                  b'"n": 1.5}', 422),
+    ("n a boolean", b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], '
+                    b'"n": true}', 422),
+    ("absurd n", b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], '
+                 b'"n": 1000000000000}', 400),
+    ("astronomical n", b'{"model": "fake-model", "messages": [{"role": "user", "content": '
+                       b'"x"}], "n": 100000000000000000000000000000000}', 422),  # a float
+    ("negative budget", b'{"model": "fake-model", "messages": [{"role": "user", "content": '
+                        b'"x"}], "router": {"budget_tokens": -1}}', 400),
+    ("absurd budget", b'{"model": "fake-model", "messages": [{"role": "user", "content": '
+                      b'"x"}], "router": {"budget_tokens": 1000000000000000000000}}', 400),
+    ("budget a list", b'{"model": "fake-model", "messages": [{"role": "user", "content": '
+                      b'"x"}], "router": {"budget_tokens": [1]}}', 400),
+    ("router a string", b'{"model": "fake-model", "messages": [{"role": "user", "content": '
+                        b'"x"}], "router": "fast"}', 400),
+    ("prompt an object", b'{"model": "fake-model", "prompt": {"a": 1}}', 422),
+    ("stream_options a list", b'{"model": "fake-model", "messages": [{"role": "user", '
+                              b'"content": "x"}], "stream": true, "stream_options": []}', 422),
+]
+
+
+@pytest.mark.parametrize(("name", "raw", "status"), TABLE, ids=[row[0] for row in TABLE])
+async def test_bad_input_is_a_4xx_envelope(name, raw, status):
+    path = "/v1/completions" if b'"prompt"' in raw else CHAT
+    async with gateway_client(answering_backend()) as client:
+        reply = await client.post(path, content=raw, headers={"content-type": "application/json"})
+        assert reply.status_code == status, reply.text
+        assert envelope_ok(reply)
+        assert (await client.post(CHAT, json=GOOD)).status_code == 200
+
+
+@pytest.mark.parametrize("header", [("x-ttc-budget-tokens", "-5"),
+                                    ("x-ttc-budget-tokens", "1e9"),
+                                    ("x-ttc-budget-tokens", "99999999999999999999999"),
+                                    ("x-ttc-strategy", "rm -rf /")])
+async def test_bad_control_headers_are_400s(header):
+    async with gateway_client(answering_backend()) as client:
+        reply = await client.post(CHAT, json=GOOD, headers=dict([header]))
+        assert reply.status_code == 400
+        assert envelope_ok(reply)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_40_mb_body_is_a_413(chunked):
+    payload = json.dumps({"model": "fake-model", "messages": [
+        {"role": "user", "content": "x" * (40 * 1024 * 1024)}]}).encode()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(payload), 1 << 20):
+            yield payload[start:start + (1 << 20)]
+
+    async with gateway_client(answering_backend()) as client:
+        reply = await client.post(CHAT, content=pieces() if chunked else payload,
+                                  headers={"content-type": "application/json"})
+        assert reply.status_code == 413
+        assert envelope_ok(reply)
+        assert (await client.post(CHAT, json=GOOD)).status_code == 200
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=8)
+MESSAGE = st.fixed_dictionaries({}, optional={
+    "role": st.sampled_from(["user", "system", "assistant", "tool"]) | JSON,
+    "content": st.text(max_size=20) | st.lists(st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "image_url"]) | JSON}, optional={"text": JSON}),
+        max_size=2) | JSON,
+    "tool_calls": JSON, "name": JSON})
+BODY = st.fixed_dictionaries({}, optional={
+    "model": st.sampled_from(["fake-model", "auto", "nope"]) | JSON,
+    "messages": st.lists(MESSAGE, max_size=3) | JSON,
+    "prompt": st.text(max_size=10) | st.lists(st.integers(), max_size=3) | JSON,
+    "n": st.integers(-3, 40) | JSON,
+    "max_tokens": st.integers(-3, 10**6) | JSON,
+    "max_completion_tokens": st.integers(-3, 10**6) | JSON,
+    "stream": st.booleans() | JSON,
+    "stream_options": st.fixed_dictionaries({}, optional={"include_usage": JSON}) | JSON,
+    "seed": st.integers() | JSON,
+    "tools": JSON, "tool_choice": JSON, "temperature": JSON,
+    "router": st.fixed_dictionaries({}, optional={
+        "strategy": st.sampled_from(["auto", "direct", "parallel_vote", "sequential",
+                                     "search"]) | JSON,
+        "budget_tokens": st.integers(-5, 10**7) | JSON,
+        "policy": JSON, "experiment": JSON}) | JSON,
+})
+HEADERS = st.fixed_dictionaries({}, optional={
+    "x-ttc-strategy": st.sampled_from(["direct", "parallel_vote", "x"]),
+    "x-ttc-budget-tokens": st.sampled_from(["0", "12", "-1", "abc", "1e3"]),
+    "x-ttc-policy": st.text(alphabet="abc", max_size=4)})
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(endpoint=st.sampled_from([CHAT, "/v1/completions"]), body=BODY, headers=HEADERS,
+       raw=st.none() | st.binary(max_size=40))
+def test_fuzzed_requests_never_get_a_5xx(endpoint, body, headers, raw):
+    content = raw if raw is not None else json.dumps(body).encode()
+
+    async def run() -> tuple[httpx.Response, httpx.Response]:
+        config = make_settings(max_retries=0, vote_width=4)
+        async with gateway_client(answering_backend(), config) as client:
+            reply = await client.post(endpoint, content=content,
+                                      headers={"content-type": "application/json", **headers})
+            return reply, await client.post(CHAT, json=GOOD)
+
+    reply, follow_up = asyncio.run(run())
+    assert reply.status_code < 500, (reply.status_code, reply.text)
+    if reply.status_code >= 400:
+        assert envelope_ok(reply), reply.text
+    assert follow_up.status_code == 200

@@ -1,0 +1,145 @@
+"""Security basics: only the configuration says where upstream calls go and with which key;
+the client's Authorization never travels upstream; keys and Authorization headers never reach
+logs (at DEBUG), error messages, metrics or the request log; prompts are logged only when the
+operator opts in."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY, generate_latest
+
+from service.app import create_app
+from service.keys import SqliteKeyStore
+from service.settings import Settings, UpstreamSettings
+from tests.conftest import BACKEND_URL, gateway_client, make_settings
+
+CHAT = "/v1/chat/completions"
+UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+PROMPT = "my-private-prompt-7f3a9"
+
+
+class Recorder:
+    """A MockTransport backend that records every request's URL and headers, and answers."""
+
+    def __init__(self, status: int = 200, echo_auth: bool = False):
+        self.seen: list[httpx.Request] = []
+        self.status = status
+        self.echo_auth = echo_auth
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self._handle)
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(request)
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"data": [{"id": "fake-model"}]})
+        if self.status != 200:
+            message = f"bad credentials {request.headers.get('authorization')}" \
+                if self.echo_auth else "no"
+            return httpx.Response(self.status, json={"error": {"message": message}})
+        if request.url.path.endswith("/embeddings"):
+            return httpx.Response(200, json={"data": [], "object": "list"})
+        return httpx.Response(200, json={
+            "id": "x", "object": "chat.completion", "created": 1, "model": "fake-model",
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "fine"}}]})
+
+
+def keyed_settings(**overrides) -> Settings:
+    upstream = UpstreamSettings(url=BACKEND_URL, name="fake", models=["fake-model"],
+                                api_key=UPSTREAM_KEY)
+    return make_settings(upstreams=[upstream], **overrides)
+
+
+def new_key(name: str = "client", **limits) -> str:
+    return SqliteKeyStore(Path(os.environ["TTC_DATA_DIR"]) / "keys.db").create(name, **limits)
+
+
+async def test_no_request_field_or_header_can_point_the_gateway_elsewhere():
+    backend = Recorder()
+    hostile_headers = {"host": "evil.test", "x-forwarded-host": "evil.test",
+                       "x-upstream-url": "http://evil.test/v1", "x-ttc-backend": "evil",
+                       "forwarded": "host=evil.test", "x-original-url": "http://evil.test"}
+    hostile_fields = {"base_url": "http://evil.test/v1", "api_base": "http://evil.test/v1",
+                      "upstream": "http://evil.test/v1", "api_key": "sk-client",
+                      "router": {"strategy": "direct", "upstream": "http://evil.test/v1",
+                                 "base_url": "http://evil.test/v1"}}
+    async with gateway_client(backend.transport(), keyed_settings()) as client:
+        for path, body in ((CHAT, {"model": "fake-model", "messages": [
+                {"role": "user", "content": "hi"}], **hostile_fields}),
+                ("/v1/embeddings", {"model": "fake-model", "input": "x", **hostile_fields})):
+            reply = await client.post(path, json=body, headers=hostile_headers)
+            assert reply.status_code == 200, reply.text
+    assert backend.seen
+    assert {r.url.host for r in backend.seen} == {"backend.test"}
+    assert all(str(r.url).startswith(BACKEND_URL) for r in backend.seen)
+
+
+async def test_the_clients_authorization_never_goes_upstream_only_the_configured_key():
+    backend = Recorder()
+    secret = new_key()
+    async with gateway_client(backend.transport(), keyed_settings()) as client:
+        for path, body in ((CHAT, {"model": "fake-model", "messages": [
+                {"role": "user", "content": "hi"}]}),
+                ("/v1/embeddings", {"model": "fake-model", "input": "x"})):
+            reply = await client.post(path, json=body,
+                                      headers={"authorization": f"Bearer {secret}"})
+            assert reply.status_code == 200
+    calls = [r for r in backend.seen if not r.url.path.endswith("/models")]
+    assert len(calls) == 2
+    for request in calls:
+        assert request.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+        assert secret not in str(request.headers) and secret.encode() not in request.content
+
+
+@pytest.mark.parametrize("upstream_status", [200, 401, 500])
+async def test_keys_never_reach_logs_errors_metrics_or_the_request_log(caplog,
+                                                                        upstream_status):
+    caplog.set_level(logging.DEBUG)
+    secret = new_key("logged", rpm=3, tokens_per_day=1000)
+    wrong = "ttc-not-a-real-key-but-secret-looking"
+    backend = Recorder(status=upstream_status, echo_auth=True)
+    settings = keyed_settings(max_retries=0)
+    app = create_app(settings, transport=backend.transport())
+    bodies = []
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                  base_url="http://gateway.test") as client):
+        for token in (secret, wrong, secret, secret, secret):  # the last one is over the rpm
+            for stream in (False, True):
+                reply = await client.post(
+                    CHAT, headers={"authorization": f"Bearer {token}"},
+                    json={"model": "fake-model", "stream": stream, "max_tokens": 5,
+                          "messages": [{"role": "user", "content": "hello"}]})
+                bodies.append(reply.text + str(reply.headers))
+        request_log = app.state.gateway.request_log
+        await request_log.flush()
+    assert any("429" in b or "rate_limit" in b for b in bodies)
+    exposed = generate_latest(REGISTRY).decode()
+    data = b"".join(p.read_bytes() for p in Path(os.environ["TTC_DATA_DIR"]).glob("requests.db*"))
+    for needle in (secret, wrong, UPSTREAM_KEY):
+        assert needle not in caplog.text
+        assert all(needle not in body for body in bodies)
+        assert needle not in exposed
+        assert needle.encode() not in data
+    assert "Bearer" not in caplog.text
+
+
+async def test_prompts_are_logged_only_when_the_operator_opts_in(caplog):
+    caplog.set_level(logging.DEBUG)
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": PROMPT}]}
+    for keep in (False, True):
+        app = create_app(keyed_settings(log_text=keep), transport=Recorder().transport())
+        async with (app.router.lifespan_context(app),
+                    httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                      base_url="http://gateway.test") as client):
+            reply = await client.post(CHAT, json=body)
+            record = await app.state.gateway.request_log.get(reply.headers["x-ttc-decision-id"])
+        assert PROMPT not in caplog.text  # never in the process log
+        assert (record.prompt_text is not None and PROMPT in record.prompt_text) == keep

@@ -121,3 +121,21 @@ def test_the_index_and_its_command_do_not_import_the_web_framework():
     code = ("import sys, service.search.local, service.commands.index; "
             "sys.exit('fastapi' in sys.modules or 'starlette' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_an_open_index_sees_documents_another_process_adds(tmp_path):
+    """The gateway keeps its index open while `ttc-router index add` runs in another
+    process: tantivy's reader picks up the commit (it polls meta.json) without a restart."""
+    import time
+
+    open_index = LocalIndex(index_path(tmp_path))
+    open_index.add([Document("1", "one", "alpha")])
+    assert open_index.search("beta", 3) == []
+    docs = tmp_path / "more.jsonl"
+    docs.write_text(json.dumps({"id": "2", "title": "two", "text": "beta"}) + "\n")
+    subprocess.run([sys.executable, "-m", "service", "index", "add", str(docs),
+                    "--data-dir", str(tmp_path)], check=True, capture_output=True)
+    deadline = time.monotonic() + 5
+    while not open_index.search("beta", 3) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [h.id for h in open_index.search("beta", 3)] == ["2"]

@@ -112,3 +112,38 @@ def test_request_log_rows_become_feedback_records():
     assert records[0].spent_tokens == 300
     assert records[1].scores is None and records[1].messages == "Who wrote Dune?"
     assert records[2].plan == Plan("sequential", 512)
+
+
+def test_from_log_replays_the_sqlite_request_log_into_the_learned_policy(tmp_path, capsys):
+    import asyncio
+
+    from service.store import Record
+    from service.store.sqlite import SqliteBackend
+
+    async def write() -> None:
+        backend = SqliteBackend(tmp_path / "requests.db")
+        await backend.open()
+        rows = []
+        for i in range(6):
+            rows.append(Record(
+                decision_id=f"dec_{i}", response_id=None, time_s=1.0 + i, endpoint="chat",
+                key_name=None, model="m", strategy="sequential", policy="learned", arm=None,
+                experiment=None, status="200", budget_tokens=1024, prompt_tokens=9,
+                completion_tokens=400, estimated=False, upstream_calls=1, samples=1,
+                search_calls=0, duration_s=0.1, wait_s=0.1, stream=False,
+                scores={"difficulty": 0.8, "sequential": 0.9, "search": 0.0},
+                plan={"strategy": "sequential", "budget_tokens": 1024, "width": 1,
+                      "depth_tokens": 1024, "search_calls": 0}))
+        await backend.write(rows)
+        for i in range(4):  # two decisions get no feedback
+            await backend.set_feedback(f"dec_{i}", float(i % 2), 10.0)
+        await backend.close()
+
+    asyncio.run(write())
+    out = tmp_path / "models"
+    assert main(["train", "--from-log", "--data-dir", str(tmp_path), "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "4 decisions with feedback" in printed.err
+    assert "replayed 4 outcomes (2 correct)" in printed.out
+    state = LearnedPolicy.load(out / "learned.json")
+    assert sum(row["feedback"] for row in state.budgets().values()) == 4

@@ -36,6 +36,7 @@ import httpx
 from router_models.tasks import TaskItem, checkers
 
 ITEMS_FILE = "items.jsonl"
+TEXT_CHARS = 2000  # the end of the first choice's text kept per record, to audit the checker
 Key = tuple[str, str, str, int | None]
 
 
@@ -174,6 +175,7 @@ def score(job: Job, mode: str, reply: dict[str, Any], latency_s: float) -> dict[
         "samples": (router or {}).get("samples", len(texts)),
         "votes": (router or {}).get("votes") or (dict(votes) if len(texts) > 1 else None),
         "router": router, "latency_s": round(latency_s, 4),
+        "text": texts[0][-TEXT_CHARS:] if texts else None,
         "simulated": reply.get("system_fingerprint") == "simulation"
         or "simulation" in reply,
         "error": None,

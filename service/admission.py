@@ -140,10 +140,12 @@ async def _admit(gw: Any, scope: Scope) -> Admission | None:
         return None
     if not path.startswith("/v1/"):
         return None
-    if not settings.require_keys and not await gw.keys.any_keys():
-        return None
     token = _bearer(scope)
+    # A presented key is always looked up (an unknown one reloads the keys), so a key created
+    # a moment ago is limited from its first request, even while the gateway is still open.
     key = await gw.keys.lookup(token) if token else None
+    if key is None and not settings.require_keys and not await gw.keys.any_keys():
+        return None
     if key is None:
         metrics.child(metrics.REJECTED, "auth").inc()
         raise Unauthorized(

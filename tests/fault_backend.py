@@ -146,9 +146,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay-s", type=float, default=1.0, help="slow-model's delay")
+    parser.add_argument("--trickle-s", type=float, default=0.05,
+                        help="trickle-model's pause between words")
     args = parser.parse_args()
-    uvicorn.run(make_app(delay_s=args.delay_s), host="127.0.0.1", port=args.port,
-                log_level="critical")
+    uvicorn.run(make_app(delay_s=args.delay_s, trickle_s=args.trickle_s), host="127.0.0.1",
+                port=args.port, log_level="critical", timeout_graceful_shutdown=1)
 
 
 if __name__ == "__main__":

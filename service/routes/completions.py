@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import orjson
@@ -13,7 +14,7 @@ from router_models.prompt import has_conversation
 from service.admission import reserve_for_call
 from service.backends import AUTO_MODEL
 from service.deps import gateway, read_body
-from service.errors import GatewayError, InvalidRequest
+from service.errors import GatewayError, InvalidRequest, Overloaded
 from service.planning import choose_plan
 from service.protocol import Endpoint, RoutedRequest, parse_json_object, parse_request
 from service.strategies import REGISTRY, Call
@@ -55,6 +56,9 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
         except GatewayError as exc:
             record(call, str(exc.status))
             raise
+        except asyncio.CancelledError:  # cut off at the shutdown deadline: answered 503
+            record(call, str(Overloaded.status))
+            raise
         record(call, "200")
         return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
@@ -62,6 +66,9 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
         body_iter = await strategy.open_stream(call)
     except GatewayError as exc:
         record(call, str(exc.status))
+        raise
+    except asyncio.CancelledError:
+        record(call, str(Overloaded.status))
         raise
     headers["cache-control"] = "no-cache"
     return StreamingResponse(_recorded(call, body_iter), media_type="text/event-stream",
@@ -73,6 +80,9 @@ async def _recorded(call: Call, body: AsyncIterator[bytes]) -> AsyncIterator[byt
     try:
         async for chunk in body:
             yield chunk
+    except asyncio.CancelledError:  # cut off at the shutdown deadline (service.admission)
+        call.stream_error = call.stream_error or Overloaded("the gateway is shutting down")
+        raise
     finally:
         error = call.stream_error
         record(call, "200" if error is None else str(error.status))

@@ -34,6 +34,7 @@ from service.keys import KeyRing, open_key_store
 from service.limits import KeyLimiter, MemoryCounters, RedisCounters
 from service.observe import Reporter
 from service.routes import completions, feedback, health, models, proxy
+from service.routing import Router
 from service.settings import Settings
 from service.store.log import open_request_log
 from service.upstream import UpstreamClient
@@ -67,12 +68,14 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             keys = KeyRing(open_key_store(settings.data_dir, url), settings.keys_refresh_s)
             await keys.reload()  # an unreadable key store stops the start: never fail open
             registry = BackendRegistry(settings.upstreams, settings.default_model)
+            router = Router(settings)
             await registry.discover(client, retries=1)
             app.state.gateway = Gateway(
                 settings=settings, client=client, registry=registry,
                 reporter=Reporter(request_log, keep_text=settings.log_text),
-                request_log=request_log, keys=keys, limiter=limiter)
+                request_log=request_log, keys=keys, limiter=limiter, router=router)
             yield
+            router.save()
         finally:
             try:
                 await client.aclose()

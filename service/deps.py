@@ -11,6 +11,7 @@ from service.errors import RequestTooLarge
 from service.keys import KeyRing
 from service.limits import KeyLimiter
 from service.observe import Reporter
+from service.routing import Router
 from service.settings import Settings
 from service.store.log import RequestLog
 from service.upstream import UpstreamClient
@@ -20,7 +21,8 @@ from service.upstream import UpstreamClient
 class Gateway:
     """The state the lifespan owns: settings, the upstream client, the backend registry,
     the reporter of finished requests, the request log (None when there is none), the API
-    keys and the per-key limiter (``service.admission`` uses both)."""
+    keys and the per-key limiter (``service.admission`` uses both), and the router (the
+    classifier and the policies behind ``model: "auto"``)."""
 
     settings: Settings
     client: UpstreamClient
@@ -29,6 +31,7 @@ class Gateway:
     request_log: RequestLog | None = None
     keys: KeyRing | None = None
     limiter: KeyLimiter | None = None
+    router: Router | None = None
 
 
 def gateway(request: Request) -> Gateway:

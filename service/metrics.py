@@ -36,6 +36,9 @@ Names (labels):
 - ``ttc_log_records_total{result}``: request log records, ``written`` (committed), ``dropped``
   (the queue was full) or ``failed`` (the database refused them after retries).
 - ``ttc_log_queue_records``: records waiting for the request log's writer.
+- ``ttc_policy_budget_tokens{policy, kind}`` and ``ttc_policy_feedback{policy, kind}``: the
+  learned policy's budget curriculum per kind of prompt (its mean budget in tokens, and the
+  feedback it has learned from), set at each scrape by ``service.routing``.
 
 ``service.observe.Reporter`` records the request, token, duration, budget, vote and key metrics
 from each ``Outcome``; ``service.routes.feedback`` records feedback; the upstream client, the
@@ -131,6 +134,12 @@ LOG_RECORDS = Counter(
     "ttc_log_records", "Request log records by result (written, dropped, failed).", ["result"])
 LOG_QUEUE = Gauge(
     "ttc_log_queue_records", "Records waiting for the request log's writer.")
+POLICY_BUDGET = Gauge(
+    "ttc_policy_budget_tokens", "The learned policy's current mean budget per kind of prompt "
+    "(tokens; its budget curriculum), set at each scrape.", ["policy", "kind"])
+POLICY_FEEDBACK = Gauge(
+    "ttc_policy_feedback", "Feedback the learned policy has learned from, per kind of prompt.",
+    ["policy", "kind"])
 
 
 @lru_cache(maxsize=8192)

@@ -39,7 +39,7 @@ def choose_plan(routed: RoutedRequest, settings: Settings, backend: Backend,
         strategy = settings.default_strategy if routed.model == AUTO_MODEL else "direct"
         reason = "auto: the configured default" if routed.model == AUTO_MODEL else \
             "a backend model without router controls passes through"
-    if strategy != "direct" and _may_call_tools(routed):
+    if strategy != "direct" and may_call_tools(routed):
         return Plan("direct", budget_tokens=controls.budget_tokens, reason=(
             f"{strategy} asked, but the answer may be tool calls: answered directly"))
     if strategy != "direct" and routed.n > 1:
@@ -60,6 +60,7 @@ def choose_plan(routed: RoutedRequest, settings: Settings, backend: Backend,
                 reason=reason)
 
 
-def _may_call_tools(routed: RoutedRequest) -> bool:
+def may_call_tools(routed: RoutedRequest) -> bool:
+    """True when the answer may be tool calls (``tools`` given, ``tool_choice`` not none)."""
     tools = routed.body.get("tools") or routed.body.get("functions")
     return bool(tools) and routed.body.get("tool_choice") != "none"

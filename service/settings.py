@@ -103,6 +103,12 @@ class Settings(BaseSettings):
 
     # Strategies (see README, "Strategies and budgets").
     default_strategy: Literal["direct", "parallel_vote", "sequential"] = "direct"
+    # Policies (service/routing.py): named specs (fixed:<strategy>@<tokens>, rules[:file],
+    # learned[:file]), the policy per backend model, and the one `model: auto` uses (None:
+    # `default_strategy` instead).
+    policies: dict[str, str] = Field(default_factory=dict)
+    model_policies: dict[str, str] = Field(default_factory=dict)
+    default_policy: str | None = "learned"
     default_budget_tokens: int = Field(1024, ge=1)
     model_budget_tokens: dict[str, int] = Field(default_factory=dict)
     vote_width: int = Field(8, ge=1, le=64)

@@ -15,7 +15,6 @@ from service.admission import reserve_for_call
 from service.backends import AUTO_MODEL
 from service.deps import gateway, read_body
 from service.errors import GatewayError, InvalidRequest, Overloaded
-from service.planning import choose_plan
 from service.protocol import Endpoint, RoutedRequest, parse_json_object, parse_request
 from service.strategies import REGISTRY, Call
 from service.strategies.base import record
@@ -43,10 +42,11 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
     routed = parse_request(endpoint, body, dict(request.headers))
     _check_routable(routed)
     backend, upstream_model = await gw.registry.resolve(routed.model, gw.client)
-    plan = choose_plan(routed, gw.settings, backend, upstream_model)
+    assert gw.router is not None
+    plan, scores = gw.router.plan(routed, backend, upstream_model)
     plan, reservation = await reserve_for_call(request, gw, routed, plan)
     call = Call(routed, backend, upstream_model, gw.client, gw.registry, gw.settings, plan,
-                reporter=gw.reporter, reservation=reservation)
+                reporter=gw.reporter, reservation=reservation, scores=scores)
     strategy = REGISTRY[plan.strategy]
     headers = {"x-ttc-decision-id": routed.decision_id, "x-ttc-strategy": plan.strategy}
 
@@ -91,8 +91,6 @@ async def _recorded(call: Call, body: AsyncIterator[bytes]) -> AsyncIterator[byt
 def _check_routable(routed: RoutedRequest) -> None:
     """Refuse what this version cannot route yet, and prompts ``auto`` cannot read."""
     controls = routed.controls
-    if controls.policy is not None:
-        raise InvalidRequest(f"unknown policy {controls.policy!r}", param="router.policy")
     if controls.experiment is not None:
         raise InvalidRequest(f"unknown experiment {controls.experiment!r}",
                              param="router.experiment")

@@ -59,6 +59,8 @@ async def feedback(body: FeedbackRequest,
     except StoreError as exc:
         raise GatewayError(f"cannot record feedback: {exc}") from exc
     correct = is_correct(score)
+    if gw.router is not None:
+        gw.router.learn(applied.decision_id, score)
     if applied.first:
         metrics.child(metrics.FEEDBACK, applied.strategy, applied.policy or metrics.NO_LABEL,
                       applied.arm or metrics.NO_LABEL,

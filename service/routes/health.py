@@ -61,4 +61,7 @@ async def metrics(request: Request) -> Response:
         given = request.headers.get("authorization", "").encode()
         if not secrets.compare_digest(given, expected):
             raise Unauthorized("GET /metrics needs Authorization: Bearer <metrics_token>")
+    router = gateway(request).router
+    if router is not None:
+        router.export_budgets()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

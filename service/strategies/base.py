@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Protocol
 
 import orjson
 
-from router_models.plan import Plan
+from router_models.plan import Plan, Scores
 from router_models.prompt import content_text, prompt_text
 from service.backends import BackendRegistry
 from service.errors import GatewayError
@@ -48,6 +48,7 @@ class Call:
     report: dict[str, Any] = field(default_factory=dict)
     response_id: str | None = None
     answer_text: str | None = None
+    scores: Scores | None = None
     stream_error: GatewayError | None = None
     started: float = field(default_factory=time.perf_counter)
     # The API key's tokens reserved for this request (None without keys); ``record`` settles
@@ -134,12 +135,14 @@ def router_info(call: Call) -> dict[str, Any]:
         "samples": call.routed.n,
         "votes": None,
         "search_calls": 0,
-        "scores": None,
+        "scores": call.scores.as_dict() if call.scores is not None else None,
         "usage_estimated": call.acct.estimated,
         "budget_overrun": call.ledger.overrun,
     }
     if call.plan.reason:
         info["reason"] = call.plan.reason
+    if call.plan.policy is not None:  # the propensity, for off-policy evaluation
+        info["probability"] = call.plan.probability
     info.update(call.report)
     return info
 
@@ -193,6 +196,7 @@ def record(call: Call, status: str) -> None:
         extra={k: v for k, v in call.report.items() if k in ("early_stop", "samples_saved",
                                                               "failed_samples", "continued")},
         plan=call.plan,
+        scores=call.scores.as_dict() if call.scores is not None else None,
         prompt_text=_prompt_of(call.routed.body),
         answer_text=call.answer_text,
     ))

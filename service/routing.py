@@ -1,0 +1,182 @@
+"""``model: "auto"`` made measurable: the classifier scores the prompt and a named policy turns
+the scores into a plan; feedback teaches the learned policy online.
+
+Which policy decides a request, first match wins:
+
+1. the request's ``router.policy`` (or ``x-ttc-policy``): a name from ``policies`` in the
+   config, or ``rules`` / ``learned``; an unknown name is a 400;
+2. the operator's ``model_policies[model]`` for the backend model asked for;
+3. ``default_policy`` (``learned``) for ``model: "auto"`` with ``router.strategy`` ``auto``.
+
+Otherwise the plan comes from ``service.planning`` (a forced strategy, or a backend model passed
+through as ``direct``). Turns that may be answered by tool calls, and ``n`` > 1, always run
+``direct``.
+
+The learned policy learns from ``POST /v1/feedback``: each decision's scores and plan are
+kept in memory (the last ``DECISION_MEMORY`` of them) until feedback names it, and the
+policy's state is saved under the data directory at shutdown, so it survives restarts;
+``ttc-router train --from-log`` replays the durable request log instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from router_models import load_default
+from router_models.classifier import Classifier
+from router_models.plan import Plan, Scores
+from router_models.policies import Policy, PolicyError, parse_policy
+from router_models.prompt import has_conversation
+from service import metrics
+from service.backends import AUTO_MODEL
+from service.errors import InvalidRequest
+from service.planning import choose_plan, may_call_tools
+from service.protocol import RoutedRequest
+from service.settings import Settings, SettingsError
+from service.upstream import Backend
+
+log = logging.getLogger(__name__)
+
+DECISION_MEMORY = 50_000  # decisions kept for online learning (about 200 bytes each)
+LEARNED_STATE = "learned.json"
+
+
+class Router:
+    """The classifier and the named policies of one gateway.
+
+    Args:
+        settings: ``policies`` (name -> spec), ``model_policies``, ``default_policy``,
+            ``data_dir`` (re-fitted artifacts and learned state under ``data_dir/models``).
+
+    Raises:
+        SettingsError: a configured policy spec is malformed, or a policy name is unknown.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.models_dir = settings.data_dir / "models"
+        self.classifier: Classifier
+        builtins: dict[str, Policy]
+        self.classifier, builtins = load_default(self.models_dir)
+        self.policies: dict[str, Policy] = dict(builtins)
+        for name, spec in settings.policies.items():
+            try:
+                policy = parse_policy(spec)
+            except PolicyError as exc:
+                raise SettingsError(f"invalid settings:\n  policies.{name}: {exc}") from exc
+            policy.name = name
+            self.policies[name] = policy
+        for field_name, names in (("default_policy", [settings.default_policy]),
+                                  ("model_policies", list(settings.model_policies.values()))):
+            unknown = [n for n in names if n is not None and n not in self.policies]
+            if unknown:
+                raise SettingsError(f"invalid settings:\n  {field_name}: unknown policy "
+                                    f"{unknown[0]!r}; known: {', '.join(sorted(self.policies))}")
+        self._decisions: OrderedDict[str, tuple[Scores, Plan]] = OrderedDict()
+
+    def plan(self, routed: RoutedRequest, backend: Backend,
+             upstream_model: str) -> tuple[Plan, Scores | None]:
+        """The plan for one request, and the classifier's scores when a policy decided.
+
+        Raises:
+            InvalidRequest: an unknown policy, no user turn to score, or ``n`` > 1 with a
+                strategy other than ``direct`` (400).
+        """
+        policy_name = self._policy_name(routed, upstream_model)
+        if policy_name is None or may_call_tools(routed) or routed.n > 1:
+            return choose_plan(routed, self.settings, backend, upstream_model), None
+        policy = self.policies.get(policy_name)
+        if policy is None:
+            known = ", ".join(sorted(self.policies))
+            raise InvalidRequest(f"unknown policy {policy_name!r}; known: {known}",
+                                 param="router.policy")
+        scores = self.score(routed)
+        controls = routed.controls
+        forced = None if controls.strategy == "auto" else controls.strategy
+        try:
+            decision = policy.decide(scores, budget_tokens=controls.budget_tokens
+                                     or routed.max_tokens, strategy=forced)
+        except PolicyError as exc:
+            raise InvalidRequest(str(exc), param="router") from exc
+        plan = decision.plan
+        if plan.strategy == "search" and routed.endpoint != "chat":
+            plan = dataclasses.replace(plan, strategy="sequential", search_calls=0,
+                                       reason="search needs chat messages: ran sequential")
+        self._remember(routed.decision_id, scores, plan)
+        return plan, scores
+
+    def score(self, routed: RoutedRequest) -> Scores:
+        """The classifier's scores for the request's prompt, timed in
+        ``ttc_classifier_duration_seconds``.
+
+        Raises:
+            InvalidRequest: a chat request with no user, assistant or tool turn.
+        """
+        started = time.perf_counter()
+        if routed.endpoint == "chat":
+            messages = routed.body["messages"]
+            if not has_conversation(messages):
+                raise InvalidRequest("messages hold no user turn to answer", param="messages")
+            scores = self.classifier.score(messages)
+        else:
+            prompt = routed.body["prompt"]
+            scores = self.classifier.score(prompt if isinstance(prompt, str) else str(prompt))
+        metrics.CLASSIFIER_DURATION.observe(time.perf_counter() - started)
+        return scores
+
+    def learn(self, decision_id: str, score: float, spent_tokens: int | None = None) -> bool:
+        """Teach the deciding policy the outcome of one decision; False when the decision is
+        not in memory (made by another replica, or too long ago)."""
+        remembered = self._decisions.get(decision_id)
+        if remembered is None:
+            return False
+        scores, plan = remembered
+        policy = self.policies.get(plan.policy or "")
+        if policy is None:
+            return False
+        policy.update(scores, plan, score, spent_tokens=spent_tokens)
+        return True
+
+    def export_budgets(self) -> None:
+        """Set ``ttc_policy_budget_tokens`` and ``ttc_policy_feedback`` from the learning
+        policies' current budget curriculum (called when Prometheus scrapes)."""
+        for name, policy in self.policies.items():
+            budgets = getattr(policy, "budgets", None)
+            if budgets is None:
+                continue
+            for kind, row in budgets().items():
+                if row["mean_expected_tokens"] == row["mean_expected_tokens"]:  # not NaN
+                    metrics.POLICY_BUDGET.labels(name, kind).set(row["mean_expected_tokens"])
+                metrics.POLICY_FEEDBACK.labels(name, kind).set(row["feedback"])
+
+    def save(self) -> None:
+        """Write the learned policy's state under ``data_dir/models`` (called at shutdown)."""
+        learned = self.policies.get("learned")
+        save = getattr(learned, "save", None)
+        if save is None:
+            return
+        try:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            save(Path(self.models_dir / LEARNED_STATE))
+        except OSError as exc:
+            log.warning("could not save the learned policy's state: %s", exc)
+
+    def _policy_name(self, routed: RoutedRequest, upstream_model: str) -> str | None:
+        controls = routed.controls
+        if controls.policy is not None:
+            return controls.policy
+        configured = self.settings.model_policies.get(upstream_model)
+        if configured is not None:
+            return configured
+        if routed.model == AUTO_MODEL and controls.strategy == "auto":
+            return self.settings.default_policy
+        return None
+
+    def _remember(self, decision_id: str, scores: Scores, plan: Plan) -> None:
+        self._decisions[decision_id] = (scores, plan)
+        if len(self._decisions) > DECISION_MEMORY:
+            self._decisions.popitem(last=False)

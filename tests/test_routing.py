@@ -1,0 +1,101 @@
+"""model "auto": the classifier scores the prompt, a named policy plans, feedback teaches."""
+
+from __future__ import annotations
+
+import pytest
+
+from router_models.plan import STRATEGIES
+from service.routing import Router
+from service.settings import SettingsError
+from tests.conftest import gateway_client, make_settings, metric
+from tests.scripted import ScriptedLLM
+
+GRAPH = ("Edges: a-b, b-c, c-d, x-y. Is node a connected to node d? Think step by step.")
+
+
+def llm():
+    return ScriptedLLM(lambda i, body: "Let me see. The answer is yes.")
+
+
+async def test_auto_is_planned_by_the_learned_policy_with_scores():
+    before = metric("ttc_classifier_duration_seconds_count")
+    async with gateway_client(llm().transport()) as client:
+        reply = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": GRAPH}]})
+    router = reply.json()["router"]
+    assert reply.status_code == 200
+    assert router["policy"] == "learned" and router["strategy"] in STRATEGIES
+    assert set(router["scores"]) == {"difficulty", "sequential", "search"}
+    assert all(0.0 <= v <= 1.0 for v in router["scores"].values())
+    assert 0.0 < router["probability"] <= 1.0
+    assert metric("ttc_classifier_duration_seconds_count") == before + 1
+
+
+async def test_named_policies_from_the_request_and_the_config():
+    settings = make_settings(policies={"cheap": "fixed:direct@256"},
+                             model_policies={"fake-model": "cheap"})
+    async with gateway_client(llm().transport(), settings) as client:
+        by_model = await client.post("/v1/chat/completions", json={
+            "model": "fake-model", "messages": [{"role": "user", "content": "2+2?"}]})
+        by_request = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": "2+2?"}],
+            "router": {"policy": "rules"}})
+        unknown = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": "2+2?"}],
+            "router": {"policy": "nope"}})
+    assert by_model.json()["router"]["policy"] == "cheap"
+    assert by_model.json()["router"]["strategy"] == "direct"
+    assert by_model.json()["router"]["budget_tokens"] == 256
+    assert by_request.json()["router"]["policy"] == "rules"
+    assert unknown.status_code == 400 and "cheap" in unknown.json()["error"]["message"]
+
+
+async def test_a_forced_strategy_is_kept_and_scored():
+    async with gateway_client(llm().transport()) as client:
+        reply = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": GRAPH}],
+            "router": {"policy": "learned", "strategy": "sequential", "budget_tokens": 300}})
+    router = reply.json()["router"]
+    assert router["strategy"] == "sequential" and router["budget_tokens"] <= 300
+    assert router["scores"] is not None
+
+
+async def test_a_backend_model_without_controls_is_not_scored():
+    async with gateway_client(llm().transport()) as client:
+        reply = await client.post("/v1/chat/completions", json={
+            "model": "fake-model", "messages": [{"role": "user", "content": "2+2?"}]})
+    router = reply.json()["router"]
+    assert router["strategy"] == "direct" and router["scores"] is None
+    assert router["policy"] is None
+
+
+async def test_feedback_teaches_the_learned_policy_and_its_state_is_saved(tmp_path):
+    settings = make_settings(data_dir=tmp_path)
+    async with gateway_client(llm().transport(), settings) as client:
+        reply = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": GRAPH}]})
+        decision = reply.json()["router"]["decision_id"]
+        app_router = client._transport.app.state.gateway.router  # type: ignore[attr-defined]
+        learned = app_router.policies["learned"]
+        seen_before = sum(v["feedback"] for v in learned.budgets().values())
+        answer = await client.post("/v1/feedback", json={"id": decision, "correct": True})
+        assert answer.status_code == 200
+        assert sum(v["feedback"] for v in learned.budgets().values()) == seen_before + 1
+    assert (tmp_path / "models" / "learned.json").is_file()
+    restored = Router(settings).policies["learned"].budgets()
+    assert {k: v["feedback"] for k, v in restored.items()} == \
+        {k: v["feedback"] for k, v in learned.budgets().items()}
+
+
+def test_bad_policy_settings_are_named():
+    with pytest.raises(SettingsError, match="policies.cheap"):
+        Router(make_settings(policies={"cheap": "fixed:teleport@1"}))
+    with pytest.raises(SettingsError, match="default_policy"):
+        Router(make_settings(default_policy="missing"))
+
+
+async def test_the_budget_curriculum_is_in_the_metrics():
+    async with gateway_client(llm().transport()) as client:
+        text = (await client.get("/metrics")).text
+    assert 'ttc_policy_budget_tokens{kind="' in text and 'policy="learned"' in text
+    assert "ttc_policy_feedback{" in text

@@ -33,7 +33,6 @@ ROUND_PAUSE_S = 2.5  # more than two scrape intervals: counters must grow betwee
 # it is removed from here, and from then on its panels must return data like every other.
 NOT_YET_PRODUCED = {
     "ttc_key_tokens_total": "API keys",
-    "ttc_classifier_duration_seconds": "the classifier behind model auto",
     "ttc_search_calls_total": "the search strategy",
     "ttc_experiment_assignments_total": "A/B experiments",
 }
@@ -122,10 +121,13 @@ def send_round(client: httpx.Client, traffic: Traffic, index: int) -> None:
     # A vote of identical answers stops early (ttc_vote_early_stops_total).
     for strategy in ("parallel_vote", "sequential"):
         routed = chat("fake-model", router={"strategy": strategy, "budget_tokens": 1024})
-        if routed.status_code == 200:
-            traffic.add_usage(routed.json()["usage"])
-        else:
-            assert routed.status_code == 400, routed.text  # not routable in this build yet
+        assert routed.status_code == 200, routed.text
+        traffic.add_usage(routed.json()["usage"])
+    # model auto: the classifier scores the prompt (ttc_classifier_duration_seconds).
+    auto = chat("auto", router={"budget_tokens": 512})
+    assert auto.status_code == 200, auto.text
+    assert auto.json()["router"]["scores"] is not None
+    traffic.add_usage(auto.json()["usage"])
 
     for i, decision_id in enumerate(answered):
         correct = i % 3 == 0

@@ -31,7 +31,7 @@ from service.strategies.base import (
     router_info,
     usage_body,
 )
-from service.strategies.sampling import choice_text
+from service.strategies.sampling import choice_text, post_completion
 from service.streaming import DONE, close_all, merged_events
 from service.upstream import UpstreamStream
 
@@ -97,14 +97,7 @@ async def complete_json(call: Call) -> dict[str, Any]:
 
 
 async def _one_json(call: Call, *, n: int, sample: int) -> dict[str, Any]:
-    reply = await call.client.post_json(call.backend, call.path,
-                                        _body(call, n=n, sample=sample), call.acct)
-    body = reply.body
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-        raise UpstreamError(f"backend {call.backend.label} returned no choices",
-                            code="upstream_malformed")
-    call.acct.add_usage(body.get("usage") if isinstance(body.get("usage"), dict) else None)
-    return body
+    return await post_completion(call, _body(call, n=n, sample=sample))
 
 
 async def _fan_out_json(call: Call, samples: range) -> list[dict[str, Any]]:

@@ -91,17 +91,28 @@ async def _call(call: Call, n: int, max_tokens: int, sample: int,
         body.update(body_overrides)
     spent = 0
     try:
-        reply = await call.client.post_json(call.backend, call.path, body, call.acct)
-        data = reply.body
-        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-            raise UpstreamError(f"backend {call.backend.label} returned no choices",
-                                code="upstream_malformed")
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
-        call.acct.add_usage(usage)
-        spent = int((usage or {}).get("completion_tokens") or 0)
+        data = await post_completion(call, body)
+        spent = int((data.get("usage") or {}).get("completion_tokens") or 0)
         return [_sample(choice, data) for choice in data["choices"] if isinstance(choice, dict)]
     finally:
         call.ledger.settle(granted, spent)
+
+
+async def post_completion(call: Call, body: dict[str, Any]) -> dict[str, Any]:
+    """One non-streamed upstream call: the reply body, its usage added to ``call.acct``.
+
+    Raises:
+        UpstreamError: the reply has no ``choices`` list; and ``post_json``'s errors.
+    """
+    reply = await call.client.post_json(call.backend, call.path, body, call.acct)
+    data = reply.body
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise UpstreamError(f"backend {call.backend.label} returned no choices",
+                            code="upstream_malformed")
+    if not isinstance(data.get("usage"), dict):
+        data["usage"] = None
+    call.acct.add_usage(data["usage"])
+    return data
 
 
 def _sample(choice: dict[str, Any], reply: dict[str, Any]) -> Sample:

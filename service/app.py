@@ -30,10 +30,11 @@ from service.errors import (
     UnprocessableRequest,
     error_json,
 )
+from service.experiments import Experiments
 from service.keys import KeyRing, open_key_store
 from service.limits import KeyLimiter, MemoryCounters, RedisCounters
 from service.observe import Reporter
-from service.routes import completions, feedback, health, models, proxy
+from service.routes import completions, experiments, feedback, health, models, proxy
 from service.routing import Router
 from service.settings import Settings
 from service.store.log import open_request_log
@@ -73,7 +74,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             app.state.gateway = Gateway(
                 settings=settings, client=client, registry=registry,
                 reporter=Reporter(request_log, keep_text=settings.log_text),
-                request_log=request_log, keys=keys, limiter=limiter, router=router)
+                request_log=request_log, keys=keys, limiter=limiter, router=router,
+                experiments=Experiments(settings, request_log))
             yield
             router.save()
         finally:
@@ -86,7 +88,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                     await asyncio.to_thread(on_shutdown)
 
     app = FastAPI(title="ttc-router", version=__version__, lifespan=lifespan)
-    for module in (health, models, completions, feedback, proxy):
+    for module in (health, models, completions, feedback, experiments, proxy):
         app.include_router(module.router)
     app.add_middleware(AdmissionMiddleware)
     _install_error_handlers(app)

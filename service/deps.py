@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from service.backends import BackendRegistry
 from service.errors import RequestTooLarge
+from service.experiments import Experiments
 from service.keys import KeyRing
 from service.limits import KeyLimiter
 from service.observe import Reporter
@@ -21,8 +22,8 @@ from service.upstream import UpstreamClient
 class Gateway:
     """The state the lifespan owns: settings, the upstream client, the backend registry,
     the reporter of finished requests, the request log (None when there is none), the API
-    keys and the per-key limiter (``service.admission`` uses both), and the router (the
-    classifier and the policies behind ``model: "auto"``)."""
+    keys and the per-key limiter (``service.admission`` uses both), the router (the
+    classifier and the policies behind ``model: "auto"``) and the A/B experiments."""
 
     settings: Settings
     client: UpstreamClient
@@ -32,6 +33,7 @@ class Gateway:
     keys: KeyRing | None = None
     limiter: KeyLimiter | None = None
     router: Router | None = None
+    experiments: Experiments | None = None
 
 
 def gateway(request: Request) -> Gateway:

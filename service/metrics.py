@@ -26,6 +26,9 @@ Names (labels):
   at its first feedback.
 - ``ttc_search_calls_total{backend}``: retrieval calls of the ``search`` strategy.
 - ``ttc_experiment_assignments_total{experiment, arm}``: requests assigned to an A/B arm.
+- ``ttc_experiment_tokens_total{experiment, arm}``: upstream completion tokens of an arm's
+  requests, and ``ttc_experiment_feedback_total{experiment, arm, outcome}``: its feedback
+  (once per request), so an experiment's arms are told apart from another's of the same name.
 - ``ttc_key_tokens_total{key_name, kind}``: upstream tokens per API key (the operator's names).
 - ``ttc_circuit_open{backend}``: 1 while a backend is taken out after repeated failures
   (``service.breaker``), else 0.
@@ -120,6 +123,12 @@ SEARCH_CALLS = Counter(
 EXPERIMENT_ASSIGNMENTS = Counter(
     "ttc_experiment_assignments", "Requests assigned to an A/B experiment arm.",
     ["experiment", "arm"])
+EXPERIMENT_TOKENS = Counter(
+    "ttc_experiment_tokens", "Upstream completion tokens of an A/B arm's requests.",
+    ["experiment", "arm"])
+EXPERIMENT_FEEDBACK = Counter(
+    "ttc_experiment_feedback", "Feedback on an A/B arm's requests, once per request, by "
+    "outcome (correct, incorrect).", ["experiment", "arm", "outcome"])
 KEY_TOKENS = Counter(
     "ttc_key_tokens", "Upstream tokens spent per API key, by kind (prompt, completion).",
     ["key_name", "kind"])

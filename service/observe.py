@@ -93,6 +93,9 @@ class Reporter:
             metrics.child(metrics.VOTE_SAMPLES, policy).observe(outcome.samples)
             if outcome.extra.get("early_stop"):
                 metrics.child(metrics.VOTE_EARLY_STOPS, policy).inc()
+        if outcome.experiment is not None and outcome.arm is not None:
+            metrics.child(metrics.EXPERIMENT_TOKENS, outcome.experiment, outcome.arm).inc(
+                outcome.completion_tokens)
         if outcome.key_name is not None:
             if outcome.prompt_tokens:
                 metrics.child(metrics.KEY_TOKENS, outcome.key_name, "prompt").inc(

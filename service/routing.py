@@ -70,6 +70,18 @@ class Router:
                 raise SettingsError(f"invalid settings:\n  policies.{name}: {exc}") from exc
             policy.name = name
             self.policies[name] = policy
+        for experiment, config in settings.experiments.items():
+            for arm, arm_settings in config.arms.items():
+                spec = arm_settings.policy
+                if spec in self.policies:
+                    continue
+                try:  # an arm may name a spec directly; it is registered under that spec
+                    policy = parse_policy(spec)
+                except PolicyError as exc:
+                    raise SettingsError(f"invalid settings:\n  experiments.{experiment}.arms."
+                                        f"{arm}.policy: {exc}") from exc
+                policy.name = spec
+                self.policies[spec] = policy
         for field_name, names in (("default_policy", [settings.default_policy]),
                                   ("model_policies", list(settings.model_policies.values()))):
             unknown = [n for n in names if n is not None and n not in self.policies]
@@ -78,19 +90,20 @@ class Router:
                                     f"{unknown[0]!r}; known: {', '.join(sorted(self.policies))}")
         self._decisions: OrderedDict[str, tuple[Scores, Plan]] = OrderedDict()
 
-    def plan(self, routed: RoutedRequest, backend: Backend,
-             upstream_model: str) -> tuple[Plan, Scores | None]:
+    def plan(self, routed: RoutedRequest, backend: Backend, upstream_model: str,
+             policy: str | None = None) -> tuple[Plan, Scores | None]:
         """The plan for one request, and the classifier's scores when a policy decided.
+        ``policy`` (an A/B arm's) takes the place of the request's and the configured ones.
 
         Raises:
             InvalidRequest: an unknown policy, no user turn to score, or ``n`` > 1 with a
                 strategy other than ``direct`` (400).
         """
-        policy_name = self._policy_name(routed, upstream_model)
+        policy_name = policy or self._policy_name(routed, upstream_model)
         if policy_name is None or may_call_tools(routed) or routed.n > 1:
             return choose_plan(routed, self.settings, backend, upstream_model), None
-        policy = self.policies.get(policy_name)
-        if policy is None:
+        chosen = self.policies.get(policy_name)
+        if chosen is None:
             known = ", ".join(sorted(self.policies))
             raise InvalidRequest(f"unknown policy {policy_name!r}; known: {known}",
                                  param="router.policy")
@@ -98,7 +111,7 @@ class Router:
         controls = routed.controls
         forced = None if controls.strategy == "auto" else controls.strategy
         try:
-            decision = policy.decide(scores, budget_tokens=controls.budget_tokens
+            decision = chosen.decide(scores, budget_tokens=controls.budget_tokens
                                      or routed.max_tokens, strategy=forced)
         except PolicyError as exc:
             raise InvalidRequest(str(exc), param="router") from exc

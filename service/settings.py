@@ -77,6 +77,45 @@ class UpstreamSettings(BaseModel):
         return self.url.split("://", 1)[1].split("/", 1)[0]
 
 
+class ArmSettings(BaseModel):
+    """One arm of an A/B experiment: its policy (a name from ``policies``, ``rules``,
+    ``learned``, or a spec such as ``fixed:sequential@512``) and its weight (any positive
+    scale; the arms' weights are normalised to shares)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: str = Field(min_length=1)
+    weight: float = Field(1.0, gt=0)
+
+
+class ExperimentSettings(BaseModel):
+    """One A/B experiment (``service.experiments``): named arms, and optional adaptive
+    allocation by Thompson sampling.
+
+    ``adaptive``: once every arm has ``min_feedback`` requests with feedback, shares follow
+    the posterior probability that each arm is best on ``objective`` (``accuracy``, or
+    ``accuracy_minus_tokens``: accuracy - ``lambda_per_1k_tokens`` x mean completion tokens /
+    1000), never below ``floor`` per arm. ``planned_feedback``: the feedback per arm at which
+    the repeated-look stopping rule is tightest.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    arms: dict[str, ArmSettings] = Field(min_length=1)
+    adaptive: bool = False
+    objective: Literal["accuracy", "accuracy_minus_tokens"] = "accuracy"
+    lambda_per_1k_tokens: float = Field(0.0, ge=0)
+    min_feedback: int = Field(100, ge=1)
+    floor: float = Field(0.05, ge=0, lt=1)
+    planned_feedback: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _floor_fits(self) -> ExperimentSettings:
+        if self.floor * len(self.arms) > 1:
+            raise ValueError(f"floor {self.floor} x {len(self.arms)} arms is more than 1")
+        return self
+
+
 class Settings(BaseSettings):
     """Every setting of ``ttc-router serve``.
 
@@ -109,6 +148,12 @@ class Settings(BaseSettings):
     policies: dict[str, str] = Field(default_factory=dict)
     model_policies: dict[str, str] = Field(default_factory=dict)
     default_policy: str | None = "learned"
+    # A/B experiments (service/experiments.py): name -> arms; a request joins one by
+    # `router.experiment` / `x-ttc-experiment`, or the `default_experiment`.
+    experiments: dict[str, ExperimentSettings] = Field(default_factory=dict)
+    default_experiment: str | None = None
+    # How often (s) adaptive allocation re-reads the request log (other replicas' feedback).
+    experiment_refresh_s: float = Field(10.0, gt=0)
     default_budget_tokens: int = Field(1024, ge=1)
     model_budget_tokens: dict[str, int] = Field(default_factory=dict)
     vote_width: int = Field(8, ge=1, le=64)
@@ -192,6 +237,14 @@ class Settings(BaseSettings):
     def _search_needs_url(self) -> Settings:
         if self.search_backend != "local" and not self.search_url:
             raise ValueError(f"search_backend {self.search_backend} needs search_url")
+        return self
+
+    @model_validator(mode="after")
+    def _default_experiment_exists(self) -> Settings:
+        if self.default_experiment is not None and self.default_experiment not in \
+                self.experiments:
+            raise ValueError(f"default_experiment {self.default_experiment!r} is not one of "
+                             f"experiments: {', '.join(sorted(self.experiments)) or 'none'}")
         return self
 
     @field_validator("log_level")

@@ -11,10 +11,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from router_models.prompt import has_conversation
-from service.admission import reserve_for_call
+from service.admission import admission_of, reserve_for_call
 from service.backends import AUTO_MODEL
 from service.deps import gateway, read_body
 from service.errors import GatewayError, InvalidRequest, Overloaded
+from service.experiments import identity_of
 from service.protocol import Endpoint, RoutedRequest, parse_json_object, parse_request
 from service.strategies import REGISTRY, Call
 from service.strategies.base import record
@@ -41,12 +42,21 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
     body = parse_json_object(await read_body(request, gw.settings.max_body_bytes))
     routed = parse_request(endpoint, body, dict(request.headers))
     _check_routable(routed)
+    assert gw.router is not None and gw.experiments is not None
+    experiment = gw.experiments.experiment_for(routed)
     backend, upstream_model = await gw.registry.resolve(routed.model, gw.client)
-    assert gw.router is not None
-    plan, scores = gw.router.plan(routed, backend, upstream_model)
+    assignment = None
+    if experiment is not None:
+        admission = admission_of(request)
+        identity, how = identity_of(routed, request.headers.get("x-session-id"),
+                                    admission.key.name if admission is not None else None)
+        assignment = await gw.experiments.assign(experiment, identity, how)
+    plan, scores = gw.router.plan(routed, backend, upstream_model,
+                                  policy=assignment.policy if assignment else None)
     plan, reservation = await reserve_for_call(request, gw, routed, plan)
     call = Call(routed, backend, upstream_model, gw.client, gw.registry, gw.settings, plan,
-                reporter=gw.reporter, reservation=reservation, scores=scores)
+                reporter=gw.reporter, reservation=reservation, scores=scores,
+                assignment=assignment)
     strategy = REGISTRY[plan.strategy]
     headers = {"x-ttc-decision-id": routed.decision_id, "x-ttc-strategy": plan.strategy}
 
@@ -89,11 +99,7 @@ async def _recorded(call: Call, body: AsyncIterator[bytes]) -> AsyncIterator[byt
 
 
 def _check_routable(routed: RoutedRequest) -> None:
-    """Refuse what this version cannot route yet, and prompts ``auto`` cannot read."""
-    controls = routed.controls
-    if controls.experiment is not None:
-        raise InvalidRequest(f"unknown experiment {controls.experiment!r}",
-                             param="router.experiment")
+    """Refuse prompts ``auto`` cannot read."""
     if (routed.endpoint == "chat" and routed.model == AUTO_MODEL
             and not has_conversation(routed.body["messages"])):
         raise InvalidRequest("messages hold no user turn to answer", param="messages")

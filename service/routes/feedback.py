@@ -65,6 +65,8 @@ async def feedback(body: FeedbackRequest,
         metrics.child(metrics.FEEDBACK, applied.strategy, applied.policy or metrics.NO_LABEL,
                       applied.arm or metrics.NO_LABEL,
                       "correct" if correct else "incorrect").inc()
+    if gw.experiments is not None:
+        await gw.experiments.feedback(applied, correct)
     return JSONResponse({"object": "feedback", "id": body.id,
                          "decision_id": applied.decision_id, "correct": correct,
                          "score": score})

@@ -101,6 +101,22 @@ class FeedbackApplied:
     policy: str | None
     arm: str | None
     first: bool
+    experiment: str | None = None
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ArmRow:
+    """One arm's totals in the request log (``Backend.arm_totals``): requests, completion
+    tokens summed and summed squared over them, and of them those with feedback and those
+    whose feedback counts as correct."""
+
+    arm: str
+    requests: int
+    tokens_sum: float
+    tokens_sumsq: float
+    feedback: int
+    correct: int
 
 
 # The row's columns, in the order both backends write them.
@@ -126,9 +142,13 @@ class Backend(Protocol):
     async def get(self, ident: str) -> Record | None:
         """The record with this decision id, else the latest with this response id."""
 
-    async def records(self, *, experiment: str | None = None,
-                      with_feedback: bool = False) -> list[Record]:
-        """Every record, oldest first, optionally of one experiment or with feedback only."""
+    async def records(self, *, experiment: str | None = None, with_feedback: bool = False,
+                      since_s: float | None = None) -> list[Record]:
+        """Every record, oldest first, optionally of one experiment, with feedback only, or
+        finished at or after ``since_s`` (Unix seconds)."""
+
+    async def arm_totals(self, experiment: str) -> list[ArmRow]:
+        """Per arm of ``experiment``, its totals (arms in name order)."""
 
     async def schema_version(self) -> int:
         """The schema version the database is at."""

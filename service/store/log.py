@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from service import metrics
-from service.store import Backend, FeedbackApplied, Record, StoreError, UnknownId
+from service.store import ArmRow, Backend, FeedbackApplied, Record, StoreError, UnknownId
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,16 @@ class RequestLog:
         if record is None:
             raise UnknownId(f"no request has the id {ident!r}")
         return record
+
+    async def arm_totals(self, experiment: str) -> list[ArmRow]:
+        """Per arm of ``experiment``, its totals (``Backend.arm_totals``), flushing queued
+        records first.
+
+        Raises:
+            StoreError: the database failed.
+        """
+        await self.flush()
+        return await self.backend.arm_totals(experiment)
 
     async def close(self) -> None:
         """Stop accepting records, write every queued one, and close the database."""

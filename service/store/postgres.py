@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from service.store import (
     COLUMNS,
     JSON_COLUMNS,
+    ArmRow,
     FeedbackApplied,
     Record,
     StoreError,
@@ -29,6 +30,12 @@ _INSERT = (f"INSERT INTO requests ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join('%s' for _ in COLUMNS)}) ON CONFLICT (decision_id) DO NOTHING")
 _FIND = ("SELECT {what} FROM requests WHERE decision_id = %(id)s OR response_id = %(id)s "
          "ORDER BY (decision_id = %(id)s) DESC, time_s DESC LIMIT 1")
+_ARM_TOTALS = (
+    "SELECT arm, COUNT(*), COALESCE(SUM(completion_tokens), 0), "
+    "COALESCE(SUM(completion_tokens::double precision * completion_tokens), 0), "
+    "COUNT(*) FILTER (WHERE feedback_count > 0), "
+    "COUNT(*) FILTER (WHERE feedback_count > 0 AND feedback_correct) "
+    "FROM requests WHERE experiment = %s AND arm IS NOT NULL GROUP BY arm ORDER BY arm")
 _MIGRATION_LOCK = 0x7474635F6C6F67  # "ttc_log": the advisory lock key that serialises migrations
 
 
@@ -87,7 +94,8 @@ class PostgresBackend:
         sql = ("UPDATE requests SET feedback_correct = %(correct)s, feedback_score = %(score)s,"
                " feedback_count = feedback_count + 1, feedback_time_s = %(time)s "
                "WHERE decision_id = (" + _FIND.format(what="decision_id") + ") "
-               "RETURNING decision_id, strategy, policy, arm, feedback_count")
+               "RETURNING decision_id, strategy, policy, arm, feedback_count, experiment, "
+               "completion_tokens")
         args = {"correct": is_correct(score), "score": score, "time": time_s, "id": ident}
         try:
             async with self._pool.connection() as db:
@@ -96,7 +104,8 @@ class PostgresBackend:
             raise StoreError(f"cannot record feedback: {exc}") from exc
         if row is None:
             return None
-        return FeedbackApplied(row[0], row[1], row[2], row[3], first=row[4] == 1)
+        return FeedbackApplied(row[0], row[1], row[2], row[3], first=row[4] == 1,
+                               experiment=row[5], completion_tokens=row[6])
 
     async def get(self, ident: str) -> Record | None:
         sql = _FIND.format(what=", ".join(COLUMNS))
@@ -107,8 +116,8 @@ class PostgresBackend:
             raise StoreError(f"request log: {exc}") from exc
         return _record(row) if row is not None else None
 
-    async def records(self, *, experiment: str | None = None,
-                      with_feedback: bool = False) -> list[Record]:
+    async def records(self, *, experiment: str | None = None, with_feedback: bool = False,
+                      since_s: float | None = None) -> list[Record]:
         where = ["TRUE"]
         args: list[Any] = []
         if experiment is not None:
@@ -116,6 +125,9 @@ class PostgresBackend:
             args.append(experiment)
         if with_feedback:
             where.append("feedback_count > 0")
+        if since_s is not None:
+            where.append("time_s >= %s")
+            args.append(since_s)
         sql = (f"SELECT {', '.join(COLUMNS)} FROM requests WHERE {' AND '.join(where)} "
                "ORDER BY time_s")
         try:
@@ -124,6 +136,15 @@ class PostgresBackend:
         except psycopg.Error as exc:
             raise StoreError(f"request log: {exc}") from exc
         return [_record(row) for row in rows]
+
+    async def arm_totals(self, experiment: str) -> list[ArmRow]:
+        try:
+            async with self._pool.connection() as db:
+                rows = await (await db.execute(_ARM_TOTALS, (experiment,))).fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"request log: {exc}") from exc
+        return [ArmRow(r[0], int(r[1]), float(r[2]), float(r[3]), int(r[4]), int(r[5]))
+                for r in rows]
 
     async def close(self) -> None:
         await self._pool.close()

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from service.store import (
     COLUMNS,
     JSON_COLUMNS,
+    ArmRow,
     FeedbackApplied,
     Record,
     StoreError,
@@ -34,6 +35,13 @@ _INSERT = (f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS)}) "
 # A decision id wins over a response id; among records sharing a response id, the latest.
 _FIND = ("SELECT {what} FROM requests WHERE decision_id = ? OR response_id = ? "
          "ORDER BY (decision_id = ?) DESC, time_s DESC LIMIT 1")
+
+
+_ARM_TOTALS = (
+    "SELECT arm, COUNT(*), COALESCE(SUM(completion_tokens), 0), "
+    "COALESCE(SUM(CAST(completion_tokens AS REAL) * completion_tokens), 0), "
+    "SUM(feedback_count > 0), SUM(feedback_count > 0 AND feedback_correct) "
+    "FROM requests WHERE experiment = ? AND arm IS NOT NULL GROUP BY arm ORDER BY arm")
 
 
 class SqliteBackend:
@@ -115,11 +123,13 @@ class SqliteBackend:
                 "UPDATE requests SET feedback_correct = ?, feedback_score = ?, "
                 "feedback_count = feedback_count + 1, feedback_time_s = ? "
                 "WHERE decision_id = (" + _FIND.format(what="decision_id") + ") "
-                "RETURNING decision_id, strategy, policy, arm, feedback_count",
+                "RETURNING decision_id, strategy, policy, arm, feedback_count, experiment, "
+                "completion_tokens",
                 (is_correct(score), score, time_s, ident, ident, ident)).fetchone()
             if row is None:
                 return None
-            return FeedbackApplied(row[0], row[1], row[2], row[3], first=row[4] == 1)
+            return FeedbackApplied(row[0], row[1], row[2], row[3], first=row[4] == 1,
+                                   experiment=row[5], completion_tokens=row[6])
 
         return await self._run(update)
 
@@ -131,8 +141,8 @@ class SqliteBackend:
 
         return await self._run(find)
 
-    async def records(self, *, experiment: str | None = None,
-                      with_feedback: bool = False) -> list[Record]:
+    async def records(self, *, experiment: str | None = None, with_feedback: bool = False,
+                      since_s: float | None = None) -> list[Record]:
         where = ["1 = 1"]
         args: list[Any] = []
         if experiment is not None:
@@ -140,9 +150,16 @@ class SqliteBackend:
             args.append(experiment)
         if with_feedback:
             where.append("feedback_count > 0")
+        if since_s is not None:
+            where.append("time_s >= ?")
+            args.append(since_s)
         sql = (f"SELECT {', '.join(COLUMNS)} FROM requests WHERE {' AND '.join(where)} "
                "ORDER BY time_s")
         return await self._run(lambda db: [_record(r) for r in db.execute(sql, args)])
+
+    async def arm_totals(self, experiment: str) -> list[ArmRow]:
+        return await self._run(lambda db: [ArmRow(*r) for r in db.execute(_ARM_TOTALS,
+                                                                           (experiment,))])
 
     async def close(self) -> None:
         def shut() -> None:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Protocol
 
 import orjson
 
+from router_models.experiments.assignment import Assignment
 from router_models.plan import Plan, Scores
 from router_models.prompt import content_text, prompt_text
 from service.backends import BackendRegistry
@@ -54,6 +55,8 @@ class Call:
     # The API key's tokens reserved for this request (None without keys); ``record`` settles
     # it with the true spend.
     reservation: Reservation | None = None
+    # The request's A/B arm (None outside experiments).
+    assignment: Assignment | None = None
 
     def __post_init__(self) -> None:
         self.ledger = BudgetLedger(self.plan.budget_tokens)
@@ -128,7 +131,7 @@ def router_info(call: Call) -> dict[str, Any]:
         "decision_id": call.routed.decision_id,
         "strategy": call.strategy,
         "policy": call.plan.policy,
-        "arm": None,
+        "arm": call.assignment.arm if call.assignment is not None else None,
         "budget_tokens": call.plan.budget_tokens,
         "spent_tokens": call.acct.completion_tokens,
         "upstream_calls": call.acct.upstream_calls,
@@ -143,6 +146,9 @@ def router_info(call: Call) -> dict[str, Any]:
         info["reason"] = call.plan.reason
     if call.plan.policy is not None:  # the propensity, for off-policy evaluation
         info["probability"] = call.plan.probability
+    if call.assignment is not None:
+        info["experiment"] = call.assignment.experiment
+        info["assignment"] = call.assignment.how  # user, session, key, or random
     info.update(call.report)
     return info
 
@@ -179,7 +185,8 @@ def record(call: Call, status: str) -> None:
         model=call.upstream_model,
         strategy=call.strategy,
         policy=call.plan.policy,
-        arm=None,
+        arm=call.assignment.arm if call.assignment is not None else None,
+        experiment=call.assignment.experiment if call.assignment is not None else None,
         status=status,
         budget_tokens=call.plan.budget_tokens,
         prompt_tokens=call.acct.prompt_tokens,

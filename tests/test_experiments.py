@@ -1,0 +1,195 @@
+"""A/B experiments in the gateway: sticky assignment, the arm in the response, log and
+metrics, the report's fields, and the 400s."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from typing import Any
+
+import pytest
+from statsmodels.stats.proportion import proportion_confint
+
+from router_models.experiments import assign, bucket
+from service.experiments import identity_of
+from service.protocol import parse_request
+from service.routing import Router
+from service.settings import Settings, SettingsError
+from tests.conftest import gateway_client, make_settings, metric
+from tests.scripted import ScriptedLLM
+
+ARMS = {"control": {"policy": "fixed:direct@256", "weight": 0.7},
+        "treatment": {"policy": "fixed:sequential@512", "weight": 0.3}}
+
+
+def settings(**extra: Any) -> Settings:
+    return make_settings(experiments={"exp": {"arms": ARMS}}, **extra)
+
+
+def llm() -> ScriptedLLM:
+    return ScriptedLLM(lambda i, body: "The answer is 4.")
+
+
+def chat(router: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "fake-model",
+                            "messages": [{"role": "user", "content": "What is 2+2?"}], **extra}
+    if router is not None:
+        body["router"] = router
+    return body
+
+
+@pytest.mark.parametrize("weights", [{"a": 0.7, "b": 0.3}, {"a": 0.5, "b": 0.3, "c": 0.2}])
+def test_the_split_over_10k_users_is_within_a_point_of_the_weights(weights):
+    policies = {arm: "fixed:direct@256" for arm in weights}
+    arms = Counter(assign("split", weights, f"user-{i}", how="user", policies=policies).arm
+                   for i in range(10_000))
+    for arm, weight in weights.items():
+        assert abs(arms[arm] / 10_000 - weight) < 0.01, (arm, arms)
+
+
+def test_an_identity_keeps_its_bucket_in_another_process_with_another_hash_seed():
+    users = [f"user-{i}" for i in range(50)]
+    code = ("import sys; from router_models.experiments import bucket; "
+            f"print(repr([bucket('exp', u) for u in {users!r}]))")
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, env={"PYTHONHASHSEED": seed}).stdout
+               for seed in ("1", "2")}
+    assert outputs == {repr([bucket("exp", u) for u in users]) + "\n"}
+
+
+def test_the_identity_is_the_user_then_the_session_then_the_key():
+    with_user = parse_request("chat", chat(user="alice"))
+    without = parse_request("chat", chat())
+    assert identity_of(with_user, "s1", "key-a") == ("alice", "user")
+    assert identity_of(without, "s1", "key-a") == ("s1", "session")
+    assert identity_of(without, None, "key-a") == ("key-a", "key")
+    assert identity_of(without, None, None) == (None, "random")
+
+
+async def test_a_user_lands_in_one_arm_across_two_gateways_sharing_a_config():
+    config = settings()
+    arms: dict[str, set[str]] = {}
+    async with gateway_client(llm().transport(), config) as one, \
+            gateway_client(llm().transport(), config) as two:
+        for i in range(40):
+            for client in (one, two, one):
+                reply = await client.post("/v1/chat/completions", json=chat(
+                    {"experiment": "exp"}, user=f"user-{i}"))
+                assert reply.status_code == 200, reply.text
+                arms.setdefault(f"user-{i}", set()).add(reply.json()["router"]["arm"])
+    assert all(len(seen) == 1 for seen in arms.values())
+    assert {arm for seen in arms.values() for arm in seen} == {"control", "treatment"}
+
+
+async def test_the_arm_plans_and_is_in_the_response_the_log_and_the_metrics():
+    before = metric("ttc_experiment_assignments_total", experiment="exp", arm="treatment")
+    feedback_before = metric("ttc_experiment_feedback_total", experiment="exp",
+                             arm="treatment", outcome="correct")
+    async with gateway_client(llm().transport(), settings()) as client:
+        user = next(f"u{i}" for i in range(100) if assign(
+            "exp", {"control": 0.7, "treatment": 0.3}, f"u{i}", how="user",
+            policies={"control": "", "treatment": ""}).arm == "treatment")
+        reply = await client.post("/v1/chat/completions", json=chat({"experiment": "exp"},
+                                                                    user=user))
+        router = reply.json()["router"]
+        sent = await client.post("/v1/feedback", json={"id": router["decision_id"],
+                                                        "correct": True})
+        assert sent.status_code == 200
+        report = (await client.get("/v1/experiments/exp")).json()
+    assert router["arm"] == "treatment" and router["experiment"] == "exp"
+    assert router["assignment"] == "user"
+    assert router["policy"] == "fixed:sequential@512" and router["strategy"] == "sequential"
+    assert metric("ttc_experiment_assignments_total", experiment="exp",
+                  arm="treatment") == before + 1
+    assert metric("ttc_requests_total", strategy="sequential", policy="fixed:sequential@512",
+                  arm="treatment", model="fake-model", status="200") >= 1
+    assert metric("ttc_experiment_feedback_total", experiment="exp", arm="treatment",
+                  outcome="correct") == feedback_before + 1
+    assert report["arms"]["treatment"]["requests"] == 1
+    assert report["arms"]["treatment"]["feedback"] == 1
+
+
+async def test_a_request_without_identity_is_assigned_at_random_and_marked():
+    async with gateway_client(llm().transport(), settings()) as client:
+        arms = set()
+        for _ in range(30):
+            reply = await client.post("/v1/chat/completions", json=chat({"experiment": "exp"}))
+            assert reply.json()["router"]["assignment"] == "random"
+            arms.add(reply.json()["router"]["arm"])
+    assert arms == {"control", "treatment"}
+
+
+async def test_the_session_header_is_sticky():
+    async with gateway_client(llm().transport(), settings()) as client:
+        arms = {(await client.post("/v1/chat/completions", json=chat({"experiment": "exp"}),
+                                   headers={"x-session-id": "sess-1"})).json()["router"]["arm"]
+                for _ in range(10)}
+    assert len(arms) == 1
+
+
+async def test_the_default_experiment_applies_unless_the_request_names_a_policy():
+    async with gateway_client(llm().transport(), settings(default_experiment="exp")) as client:
+        joined = (await client.post("/v1/chat/completions", json=chat(user="bob"))).json()
+        own = (await client.post("/v1/chat/completions",
+                                 json=chat({"policy": "rules"}, user="bob"))).json()
+    assert joined["router"]["arm"] in ARMS
+    assert own["router"]["arm"] is None and own["router"]["policy"] == "rules"
+
+
+async def test_unknown_experiments_are_400_in_the_envelope():
+    async with gateway_client(llm().transport(), settings()) as client:
+        by_body = await client.post("/v1/chat/completions", json=chat({"experiment": "nope"}))
+        by_header = await client.post("/v1/chat/completions", json=chat(),
+                                      headers={"x-ttc-experiment": "nope"})
+        both = await client.post("/v1/chat/completions",
+                                 json=chat({"experiment": "exp", "policy": "rules"}))
+        report = await client.get("/v1/experiments/nope")
+    for reply in (by_body, by_header, both, report):
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["type"] == "invalid_request_error"
+    assert "exp" in by_body.json()["error"]["message"]
+
+
+def test_an_arm_with_an_unknown_policy_fails_at_start():
+    bad = make_settings(experiments={"exp": {"arms": {"a": {"policy": "nope"}}}})
+    with pytest.raises(SettingsError, match="experiments.exp.arms.a.policy"):
+        Router(bad)
+    with pytest.raises(ValueError, match="default_experiment"):
+        make_settings(default_experiment="missing")
+
+
+async def test_the_report_has_the_interface_fields_and_wilson_intervals():
+    async with gateway_client(llm().transport(), settings()) as client:
+        outcomes: dict[str, list[bool]] = {"control": [], "treatment": []}
+        for i in range(60):
+            reply = (await client.post("/v1/chat/completions", json=chat(
+                {"experiment": "exp"}, user=f"r{i}"))).json()["router"]
+            correct = i % 3 != 0
+            outcomes[reply["arm"]].append(correct)
+            await client.post("/v1/feedback", json={"id": reply["decision_id"],
+                                                    "correct": correct})
+        # a request without feedback counts in requests and tokens, not in accuracy
+        extra = (await client.post("/v1/chat/completions", json=chat(
+            {"experiment": "exp"}, user="r0"))).json()["router"]
+        report = (await client.get("/v1/experiments/exp")).json()
+    assert set(report) >= {"name", "arms", "comparison"}
+    assert set(report["comparison"]) >= {"metric", "difference", "ci95", "p_value"}
+    for arm, seen in outcomes.items():
+        row = report["arms"][arm]
+        assert set(row) >= {"requests", "feedback", "accuracy", "accuracy_ci95", "mean_tokens",
+                            "mean_tokens_ci95", "correct_per_1k_tokens"}
+        assert row["feedback"] == len(seen)
+        assert row["requests"] == len(seen) + (arm == extra["arm"])
+        assert row["accuracy"] == pytest.approx(sum(seen) / len(seen))
+        expected = proportion_confint(sum(seen), len(seen), method="wilson")
+        assert row["accuracy_ci95"] == pytest.approx(list(expected))
+        assert row["mean_tokens"] == 4.0  # "The answer is 4." is four tokens, every time
+        assert row["correct_per_1k_tokens"] == pytest.approx(row["accuracy"] / 4 * 1000)
+    comparison = report["comparison"]
+    assert comparison["metric"] == "accuracy"
+    assert comparison["difference"] == pytest.approx(
+        report["arms"]["treatment"]["accuracy"] - report["arms"]["control"]["accuracy"])
+    low, high = comparison["ci95"]
+    assert low <= comparison["difference"] <= high and 0 < comparison["p_value"] <= 1
+    assert report["sequential"]["can_stop"] is False  # 60 requests: far too few to stop

@@ -8,8 +8,9 @@ PostgreSQL (``database_url``), in the table ``ttc_api_keys`` of that database, s
 replica sees the same keys.
 
 The gateway reads the keys through a ``KeyRing``: a snapshot reloaded at most every
-``refresh_s`` seconds, and sooner when a request presents a key it does not know, so a key
-created while the gateway runs works at once and a revoked one stops within ``refresh_s``.
+``refresh_s`` seconds, and sooner (at most every ``MISS_RELOAD_S``) when a request presents a
+key it does not know, so a key created while the gateway runs works from its first use (a
+quarter second after its creation at most) and a revoked one stops within ``refresh_s``.
 
     KeyStoreError      the key database cannot be read or written
     +-- KeyExists      an active key already has this name

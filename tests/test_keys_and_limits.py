@@ -19,7 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.app import create_app
-from service.keys import SqliteKeyStore
+from service.keys import (
+    KeyExists,
+    PostgresKeyStore,
+    SqliteKeyStore,
+    UnknownKey,
+    hash_secret,
+    open_key_store,
+)
 from service.settings import Settings
 from tests.conftest import make_settings, metric
 from tests.fakes import FakeBackend
@@ -269,3 +276,30 @@ def test_concurrent_requests_never_spend_past_a_daily_budget(tmp_path_factory, d
 def test_bad_key_names_are_refused(name):
     with pytest.raises(ValueError):
         store().create(name)
+
+
+def test_key_store_create_list_revoke(database_url, tmp_path):
+    keys = open_key_store(tmp_path, database_url)
+    assert isinstance(keys, PostgresKeyStore) == database_url.startswith("postgresql")
+    secret = keys.create("svc", rpm=5, tpm=100, tokens_per_day=1000, admin=True)
+    assert secret.startswith("ttc-") and len(secret) == 47
+    with pytest.raises(KeyExists):
+        keys.create("svc")
+    [stored] = keys.active()
+    assert (stored.name, stored.rpm, stored.tpm, stored.tokens_per_day, stored.admin) == (
+        "svc", 5, 100, 1000, True)
+    assert stored.key_hash == hash_secret(secret) and secret not in repr(stored)
+    keys.revoke("svc")
+    assert keys.active() == []
+    with pytest.raises(UnknownKey):
+        keys.revoke("svc")
+    again = keys.create("svc")  # a revoked name can be reused; the old secret stays refused
+    assert [k.key_hash for k in keys.active()] == [hash_secret(again)]
+
+
+async def test_with_postgresql_the_gateway_reads_keys_from_the_database(postgres_url):
+    secret = PostgresKeyStore(postgres_url).create("pg-client")
+    config = make_settings(database_url=postgres_url)
+    async with running(FakeBackend().transport(), config) as (_, client):
+        assert (await client.post(CHAT, json=ask())).status_code == 401
+        assert (await client.post(CHAT, json=ask(), headers=bearer(secret))).status_code == 200

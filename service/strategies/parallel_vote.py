@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, ClassVar
 
 import orjson
@@ -43,7 +43,7 @@ class ParallelVote:
         return completion_body(call, chosen)
 
     async def open_stream(self, call: Call) -> AsyncIterator[bytes]:
-        return _stream(call)
+        return stream_when_done(call, run_vote(call), "voting")
 
 
 def depth_tokens(call: Call) -> int:
@@ -134,16 +134,19 @@ def completion_body(call: Call, chosen: Sample) -> dict[str, Any]:
     return body
 
 
-async def _stream(call: Call) -> AsyncIterator[bytes]:
-    """The SSE body: keep-alive comments while the vote runs, then the chosen answer as
-    chunks, the usage chunk when asked, and ``[DONE]``."""
-    task = asyncio.create_task(run_vote(call))
+async def stream_when_done(call: Call, work: Coroutine[Any, Any, Sample],
+                           activity: str) -> AsyncIterator[bytes]:
+    """The SSE body of a strategy that knows its answer only at the end (``parallel_vote``,
+    ``search``): an SSE comment naming the ``activity`` every ``keepalive_s`` seconds while
+    ``work`` runs, then the chosen answer as chunks, the usage chunk when asked, and
+    ``[DONE]``; an error event instead when ``work`` fails."""
+    task = asyncio.create_task(work)
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=call.settings.keepalive_s)
             if done:
                 break
-            yield sse.comment_event("voting")
+            yield sse.comment_event(activity)
         chosen = task.result()
     except GatewayError as exc:
         call.stream_error = exc

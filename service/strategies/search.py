@@ -27,7 +27,6 @@ out. Then one last call asks for the final answer now (the forced answer of ``se
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -37,11 +36,11 @@ from typing import Any, ClassVar
 import orjson
 
 from router_models.answers import extract_answer
-from service import metrics, sse
-from service.errors import GatewayError, InvalidRequest, UpstreamError, error_json
+from service import metrics
+from service.errors import InvalidRequest, UpstreamError
 from service.search import BACKENDS, Hit, SearchBackend, SearchError
 from service.strategies.base import Call
-from service.strategies.parallel_vote import answer_chunks, completion_body
+from service.strategies.parallel_vote import completion_body, stream_when_done
 from service.strategies.sampling import Sample, draw
 
 # A search request in the plain-text protocol: a line of the model's reply starting SEARCH:.
@@ -70,7 +69,7 @@ class Search:
         return completion_body(call, await run_search(call))
 
     async def open_stream(self, call: Call) -> AsyncIterator[bytes]:
-        return _stream(call)
+        return stream_when_done(call, run_search(call), "searching")
 
 
 @dataclass
@@ -338,26 +337,3 @@ def _for_client(sample: Sample) -> Sample:
     choice = {**sample.choice, "message": message, "finish_reason": finish}
     return Sample(choice=choice, reply=sample.reply, text=message["content"],
                   finish_reason=finish, confidence=sample.confidence)
-
-
-async def _stream(call: Call) -> AsyncIterator[bytes]:
-    """The SSE body: keep-alive comments while the loop runs, then the answer as chunks."""
-    task = asyncio.create_task(run_search(call))
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=call.settings.keepalive_s)
-            if done:
-                break
-            yield sse.comment_event("searching")
-        chosen = task.result()
-    except GatewayError as exc:
-        call.stream_error = exc
-        yield sse.data_event(error_json(exc))
-        yield sse.DONE
-        return
-    finally:
-        if not task.done():
-            task.cancel()
-    for chunk in answer_chunks(call, chosen):
-        yield sse.data_event(orjson.dumps(chunk))
-    yield sse.DONE

@@ -65,14 +65,7 @@ class Sequential:
     async def open_stream(self, call: Call) -> AsyncIterator[bytes]:
         chain_cap, reserve = caps(call)
         granted = call.ledger.reserve(chain_cap)
-        try:
-            stream = await call.client.open_stream(
-                call.backend, call.path,
-                {**request_body(call, max_tokens=granted, stream=True),
-                 **_effort(call, chain_cap)}, call.acct)
-        except GatewayError:
-            call.ledger.settle(granted, 0)
-            raise
+        stream = await _open(call, granted, _effort(call, chain_cap))
         call.report.update({"samples": 1, "chain_tokens": chain_cap, "continued": False})
         return _stream(call, stream, granted, reserve)
 
@@ -185,16 +178,20 @@ async def _continue(call: Call, chain_text: str, reserve: int,
         granted = call.ledger.reserve(reserve)
     except BudgetExhausted:
         return
+    stream = await _open(call, granted, _continuation(call, chain_text))
+    async for out in _forward(call, stream, piece, granted):
+        yield out
+
+
+async def _open(call: Call, granted: int, overrides: dict[str, Any]) -> UpstreamStream:
+    """Open one streamed call of ``granted`` tokens; the grant is released if it fails."""
     try:
-        stream = await call.client.open_stream(
+        return await call.client.open_stream(
             call.backend, call.path,
-            {**request_body(call, max_tokens=granted, stream=True),
-             **_continuation(call, chain_text)}, call.acct)
+            {**request_body(call, max_tokens=granted, stream=True), **overrides}, call.acct)
     except GatewayError:
         call.ledger.settle(granted, 0)
         raise
-    async for out in _forward(call, stream, piece, granted):
-        yield out
 
 
 async def _forward(call: Call, stream: UpstreamStream, piece: _Piece,

@@ -88,7 +88,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                     await asyncio.to_thread(on_shutdown)
 
     app = FastAPI(title="ttc-router", version=__version__, lifespan=lifespan)
-    for module in (health, models, completions, feedback, experiments, proxy):
+    # The completion routes first: routes are matched in order, and they take the traffic.
+    for module in (completions, health, models, feedback, experiments, proxy):
         app.include_router(module.router)
     app.add_middleware(AdmissionMiddleware)
     _install_error_handlers(app)

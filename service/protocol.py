@@ -9,7 +9,7 @@ for the backend exactly as the client sent it: strict validators wrongly refuse 
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -123,7 +123,7 @@ def parse_request(endpoint: Endpoint, body: dict[str, Any],
 
 def new_decision_id() -> str:
     """A unique id for one routing decision: ``dec_`` and 32 hex digits."""
-    return "dec_" + uuid.uuid4().hex
+    return "dec_" + os.urandom(16).hex()  # as random as uuid4, without building a UUID
 
 
 def _check_messages(messages: Any) -> None:

@@ -204,7 +204,7 @@ def record(call: Call, status: str) -> None:
                                                               "failed_samples", "continued")},
         plan=call.plan,
         scores=call.scores.as_dict() if call.scores is not None else None,
-        prompt_text=_prompt_of(call.routed.body),
+        prompt_text=_prompt_of(call.routed.body) if call.reporter.keep_text else None,
         answer_text=call.answer_text,
     ))
 

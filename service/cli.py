@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 
 from service import __version__
+from service.commands import ab, index, serve, sim
 from service.commands import eval as eval_command
-from service.commands import index, serve, sim
 from service.commands import keys as keys_command
 from service.commands import train as train_command
 
 # Add a subcommand by adding its module here.
-COMMANDS = [serve, sim, eval_command, train_command, keys_command, index]
+COMMANDS = [serve, sim, eval_command, train_command, keys_command, index, ab]
 
 
 def main(argv: list[str] | None = None) -> int:

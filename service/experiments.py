@@ -26,7 +26,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from router_models.experiments import (
@@ -39,11 +39,13 @@ from router_models.experiments import (
     thompson_shares,
     wilson_interval,
 )
+from router_models.experiments.replay import LoggedDecision
+from router_models.plan import Plan, Scores
 from service import metrics
 from service.errors import InvalidRequest
 from service.protocol import RoutedRequest
 from service.settings import ExperimentSettings, Settings
-from service.store import ArmRow, FeedbackApplied, StoreError
+from service.store import ArmRow, FeedbackApplied, Record, StoreError, is_correct
 from service.store.log import RequestLog
 
 log = logging.getLogger(__name__)
@@ -176,6 +178,31 @@ def build_report(name: str, config: ExperimentSettings, rows: list[ArmRow]) -> d
                        "min_feedback": config.min_feedback, "floor": config.floor},
         "leader": max(scored, key=lambda arm: scored[arm]) if scored else None,
     }
+
+
+def logged_decisions(records: Iterable[Record]) -> list[LoggedDecision]:
+    """The request log's rows as decisions to replay: answered (status 200) requests that a
+    policy planned, with the scores it read, the plan it ran and that plan's logged
+    probability (the propensity), the completion tokens spent and the feedback (correct
+    from a score of 0.5). Rows without scores or a plan are left out."""
+    fields = set(Plan.__dataclass_fields__)
+    out = []
+    for record in records:
+        if record.status != "200" or not record.scores or not record.plan:
+            continue
+        if record.plan.get("policy") is None:
+            continue
+        try:
+            scores = Scores(float(record.scores["difficulty"]),
+                            float(record.scores["sequential"]), float(record.scores["search"]))
+            plan = Plan(**{k: v for k, v in record.plan.items() if k in fields})
+        except (KeyError, TypeError, ValueError):
+            continue
+        correct = None if record.feedback_score is None else float(
+            is_correct(record.feedback_score))
+        out.append(LoggedDecision(scores, plan, plan.probability,
+                                  float(record.completion_tokens), correct))
+    return out
 
 
 def _pair(interval: tuple[float, float] | None) -> list[float] | None:

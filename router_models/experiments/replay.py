@@ -18,7 +18,10 @@ Estimators, each with a 95% interval:
 The effective sample size is Kish's (sum w)^2 / sum w^2. The log cannot support an estimate
 when the target puts more than ``max_unsupported`` of its probability on plans the log never
 explored: for a row logged with propensity 1 (a deterministic policy), every plan but the
-logged one; for an exploring row, plans absent from the whole log.
+logged one; for an exploring row, plans absent from the whole log. When an operator allows
+some (``max_unsupported`` above 0), the rows that cannot support the target count as zero in
+IPS, which is then biased down by about that share; SNIPS and DR renormalise over the rows
+that can (right when which rows can is independent of the outcome, as with A/B arms).
 """
 
 from __future__ import annotations

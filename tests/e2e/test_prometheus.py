@@ -34,10 +34,13 @@ ROUND_PAUSE_S = 2.5  # more than two scrape intervals: counters must grow betwee
 NOT_YET_PRODUCED = {
     "ttc_key_tokens_total": "API keys",
     "ttc_search_calls_total": "the search strategy",
-    "ttc_experiment_assignments_total": "A/B experiments",
 }
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "15s",
-                     "$strategy": ".*", "$policy": ".*", "$arm": ".*", "$model": ".*"}
+                     "$strategy": ".*", "$policy": ".*", "$arm": ".*", "$model": ".*",
+                     "$experiment": ".*"}
+# An A/B experiment the traffic joins (ttc_experiment_* and the arm label).
+EXPERIMENTS = {"e2e": {"arms": {"short": {"policy": "fixed:direct@64"},
+                                "long": {"policy": "fixed:sequential@128"}}}}
 
 
 @dataclass
@@ -65,7 +68,8 @@ def stack(tmp_path: Path) -> Iterator[tuple[Process, Process]]:
     gateway = None
     prometheus = None
     try:
-        gateway = start_gateway(backend.url, tmp_path / "data", tmp_path)
+        gateway = start_gateway(backend.url, tmp_path / "data", tmp_path,
+                                env={"TTC_EXPERIMENTS": json.dumps(EXPERIMENTS)})
         config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(DEPLOY / f) for f in config["rule_files"]]
@@ -123,6 +127,15 @@ def send_round(client: httpx.Client, traffic: Traffic, index: int) -> None:
         routed = chat("fake-model", router={"strategy": strategy, "budget_tokens": 1024})
         assert routed.status_code == 200, routed.text
         traffic.add_usage(routed.json()["usage"])
+    # A/B experiment traffic: sticky users in both arms (ttc_experiment_*), with feedback.
+    arms = set()
+    for user in range(6):
+        joined = chat("fake-model", user=f"e2e-user-{user}", router={"experiment": "e2e"})
+        assert joined.status_code == 200, joined.text
+        traffic.add_usage(joined.json()["usage"])
+        arms.add(joined.json()["router"]["arm"])
+        answered.append(joined.headers["x-ttc-decision-id"])
+    assert arms == {"short", "long"}
     # model auto: the classifier scores the prompt (ttc_classifier_duration_seconds).
     auto = chat("auto", router={"budget_tokens": 512})
     assert auto.status_code == 200, auto.text

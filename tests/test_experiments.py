@@ -3,9 +3,12 @@ metrics, the report's fields, and the 400s."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,11 +16,15 @@ from statsmodels.stats.proportion import proportion_confint
 
 from router_models.experiments import assign, bucket
 from service.experiments import identity_of
+from service.keys import open_key_store
 from service.protocol import parse_request
 from service.routing import Router
 from service.settings import Settings, SettingsError
+from service.store import ArmRow
+from service.store.log import open_request_log
 from tests.conftest import gateway_client, make_settings, metric
 from tests.scripted import ScriptedLLM
+from tests.test_store import make_record
 
 ARMS = {"control": {"policy": "fixed:direct@256", "weight": 0.7},
         "treatment": {"policy": "fixed:sequential@512", "weight": 0.3}}
@@ -193,3 +200,47 @@ async def test_the_report_has_the_interface_fields_and_wilson_intervals():
     low, high = comparison["ci95"]
     assert low <= comparison["difference"] <= high and 0 < comparison["p_value"] <= 1
     assert report["sequential"]["can_stop"] is False  # 60 requests: far too few to stop
+
+
+async def test_a_request_with_only_an_api_key_is_assigned_by_the_keys_name():
+    key = open_key_store(Path(os.environ["TTC_DATA_DIR"]), None).create("team-a")
+    expected = assign("exp", {"control": 0.7, "treatment": 0.3}, "team-a", how="key",
+                      policies={"control": "", "treatment": ""}).arm
+    async with gateway_client(llm().transport(), settings()) as client:
+        routers = [(await client.post("/v1/chat/completions", json=chat({"experiment": "exp"}),
+                                      headers={"authorization": f"Bearer {key}"})
+                    ).json()["router"] for _ in range(5)]
+    assert {(r["arm"], r["assignment"]) for r in routers} == {(expected, "key")}
+
+
+async def test_a_streamed_answer_carries_the_arm_and_is_logged_with_it():
+    async with gateway_client(llm().transport(), settings()) as client:
+        async with client.stream("POST", "/v1/chat/completions", json=chat(
+                {"experiment": "exp"}, user="streamer", stream=True,
+                stream_options={"include_usage": True})) as reply:
+            events = [line for line in [line async for line in reply.aiter_lines()]
+                      if line.startswith("data: {")]
+        routers = [json.loads(e.removeprefix("data: ")).get("router") for e in events]
+        report = (await client.get("/v1/experiments/exp")).json()
+    arm = next(r["arm"] for r in routers if r)
+    assert arm in ARMS and report["arms"][arm]["requests"] == 1
+
+
+async def test_the_store_sums_arms_and_reads_since_a_time(database_url):
+    log = open_request_log(Path("/nonexistent"), database_url)
+    await log.start()
+    try:
+        for i, (arm, tokens, score) in enumerate([("a", 10, 1.0), ("a", 30, 0.0), ("b", 20, None),
+                                                   ("b", 40, 0.9), ("b", 60, 0.2)]):
+            log.submit(make_record(i, arm=arm, experiment="exp", completion_tokens=tokens))
+            await log.flush()
+            if score is not None:
+                await log.feedback(make_record(i).decision_id, score)
+        log.submit(make_record(9, arm="a", experiment="other"))
+        rows = {row.arm: row for row in await log.arm_totals("exp")}
+        since = await log.backend.records(since_s=make_record(3).time_s)
+    finally:
+        await log.close()
+    assert rows["a"] == ArmRow("a", 2, 40.0, 1000.0, 2, 1)
+    assert rows["b"] == ArmRow("b", 3, 120.0, 5600.0, 2, 1)
+    assert [r.decision_id for r in since] == [make_record(i).decision_id for i in (3, 4, 9)]

@@ -99,9 +99,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> Response:
-        if isinstance(exc, (InvalidRequest, NotFound)):
-            metrics.REJECTED.labels("invalid").inc()
-        return _render(exc)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -123,8 +121,21 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _render(GatewayError("the gateway failed unexpectedly; it keeps serving"))
+        return unexpected_error_response(request, exc)
+
+
+def error_response(exc: GatewayError) -> Response:
+    """The response for a ``GatewayError`` raised while handling a request; a refused
+    request (400/404/413/422) is counted in ``ttc_rejected_total{reason="invalid"}``."""
+    if isinstance(exc, (InvalidRequest, NotFound)):
+        metrics.REJECTED.labels("invalid").inc()
+    return _render(exc)
+
+
+def unexpected_error_response(request: Request, exc: Exception) -> Response:
+    """A 500 in the envelope for a bug: logged with its traceback, never crashing the app."""
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return _render(GatewayError("the gateway failed unexpectedly; it keeps serving"))
 
 
 def _render(exc: GatewayError) -> Response:

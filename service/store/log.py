@@ -2,7 +2,10 @@
 
 ``submit`` never waits: it puts the record on an ``asyncio.Queue`` (or, when the queue is full,
 counts it as dropped, so a slow database cannot slow requests down). The writer takes what has
-queued up, up to ``batch_size`` records, and commits them in one transaction. ``close`` (the
+queued up, up to ``batch_size`` records, and commits them in one transaction; after the first
+record of a batch it lingers ``linger_s`` so that a busy gateway commits a few large batches
+instead of many small ones (each commit and each hand-over to the database thread costs CPU
+on the request path's interpreter). ``close`` (the
 app's lifespan, on graceful shutdown) drains the queue before returning, so every accepted
 record reaches the database; ``flush`` waits until everything accepted so far is committed.
 """
@@ -10,6 +13,7 @@ record reaches the database; ``flush`` waits until everything accepted so far is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -31,16 +35,20 @@ class RequestLog:
         queue_size: the most records waiting for the writer; more are dropped and counted in
             ``ttc_log_records_total{result="dropped"}``.
         batch_size: the most records committed in one transaction.
+        linger_s: how long the writer waits for more records after the first of a batch
+            (seconds); ``flush`` and ``close`` wait at most this much longer.
         retry_s: the first pause after a failed write, in seconds; doubled per attempt.
         attempts: how many times one batch is tried before it is given up (and counted as
             ``failed``), so a broken database cannot wedge the writer.
     """
 
     def __init__(self, backend: Backend, *, queue_size: int = 10_000, batch_size: int = 500,
-                 retry_s: float = 0.2, attempts: int = 5):
+                 retry_s: float = 0.2, attempts: int = 5, linger_s: float = 0.05):
         self.backend = backend
         self._queue: asyncio.Queue[Record | object] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
+        self._linger_s = linger_s
+        self._hurry = asyncio.Event()  # set by flush() and close(): stop lingering now
         self._retry_s = retry_s
         self._attempts = attempts
         self._accepted = 0  # records put on the queue
@@ -78,6 +86,7 @@ class RequestLog:
         target = self._accepted
         if self._writer is None or self._writer.done():
             return
+        self._hurry.set()
         async with self._progress:
             await self._progress.wait_for(lambda: self._done >= target)
 
@@ -126,6 +135,7 @@ class RequestLog:
         """Stop accepting records, write every queued one, and close the database."""
         self._closed = True
         if self._writer is not None and not self._writer.done():
+            self._hurry.set()
             await self._queue.put(_STOP)
             await self._writer
         await self.backend.close()
@@ -137,6 +147,10 @@ class RequestLog:
             stop = item is _STOP
             if not stop:
                 batch.append(item)  # type: ignore[arg-type]
+                if self._linger_s and self._queue.qsize() < self._batch_size:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._hurry.wait(), self._linger_s)
+                self._hurry.clear()
             while not stop and len(batch) < self._batch_size and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is _STOP:

@@ -8,6 +8,7 @@ every failure, validation and routing errors included, in OpenAI's envelope.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -76,6 +77,11 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 reporter=Reporter(request_log, keep_text=settings.log_text),
                 request_log=request_log, keys=keys, limiter=limiter, router=router,
                 experiments=Experiments(settings, request_log))
+            # Start-up made hundreds of thousands of long-lived objects (scikit-learn, numpy,
+            # the classifier): freezing them keeps the garbage collector's full passes, which
+            # pause the event loop, from walking them again and again.
+            gc.collect()
+            gc.freeze()
             yield
             router.save()
         finally:

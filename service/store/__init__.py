@@ -159,6 +159,24 @@ class Backend(Protocol):
         """Release the connection(s)."""
 
 
+def records_query(placeholder: str, *, experiment: str | None, with_feedback: bool,
+                  since_s: float | None) -> tuple[str, list[Any]]:
+    """The SELECT of ``Backend.records`` and its arguments, for a dialect whose parameter
+    placeholder is ``placeholder`` (``?`` in SQLite, ``%s`` in PostgreSQL)."""
+    where = ["1 = 1"]
+    args: list[Any] = []
+    if experiment is not None:
+        where.append(f"experiment = {placeholder}")
+        args.append(experiment)
+    if with_feedback:
+        where.append("feedback_count > 0")
+    if since_s is not None:
+        where.append(f"time_s >= {placeholder}")
+        args.append(since_s)
+    return (f"SELECT {', '.join(COLUMNS)} FROM requests WHERE {' AND '.join(where)} "
+            "ORDER BY time_s"), args
+
+
 def is_correct(score: float) -> bool:
     """Whether a feedback score counts as a correct answer (from 0.5 up)."""
     return score >= 0.5

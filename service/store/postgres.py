@@ -23,6 +23,7 @@ from service.store import (
     Record,
     StoreError,
     is_correct,
+    records_query,
 )
 from service.store.migrations import MIGRATIONS, SCHEMA_VERSION_DDL, Migration, pending
 
@@ -118,18 +119,8 @@ class PostgresBackend:
 
     async def records(self, *, experiment: str | None = None, with_feedback: bool = False,
                       since_s: float | None = None) -> list[Record]:
-        where = ["TRUE"]
-        args: list[Any] = []
-        if experiment is not None:
-            where.append("experiment = %s")
-            args.append(experiment)
-        if with_feedback:
-            where.append("feedback_count > 0")
-        if since_s is not None:
-            where.append("time_s >= %s")
-            args.append(since_s)
-        sql = (f"SELECT {', '.join(COLUMNS)} FROM requests WHERE {' AND '.join(where)} "
-               "ORDER BY time_s")
+        sql, args = records_query("%s", experiment=experiment, with_feedback=with_feedback,
+                                  since_s=since_s)
         try:
             async with self._pool.connection() as db:
                 rows = await (await db.execute(sql, args)).fetchall()  # type: ignore[arg-type]

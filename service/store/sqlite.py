@@ -27,6 +27,7 @@ from service.store import (
     Record,
     StoreError,
     is_correct,
+    records_query,
 )
 from service.store.migrations import MIGRATIONS, SCHEMA_VERSION_DDL, Migration, pending
 
@@ -153,18 +154,8 @@ class SqliteBackend:
 
     async def records(self, *, experiment: str | None = None, with_feedback: bool = False,
                       since_s: float | None = None) -> list[Record]:
-        where = ["1 = 1"]
-        args: list[Any] = []
-        if experiment is not None:
-            where.append("experiment = ?")
-            args.append(experiment)
-        if with_feedback:
-            where.append("feedback_count > 0")
-        if since_s is not None:
-            where.append("time_s >= ?")
-            args.append(since_s)
-        sql = (f"SELECT {', '.join(COLUMNS)} FROM requests WHERE {' AND '.join(where)} "
-               "ORDER BY time_s")
+        sql, args = records_query("?", experiment=experiment, with_feedback=with_feedback,
+                                  since_s=since_s)
         return await self._run(lambda db: [_record(r) for r in db.execute(sql, args)])
 
     async def arm_totals(self, experiment: str) -> list[ArmRow]:

@@ -19,10 +19,13 @@ reports what plans actually spend (``update(..., spent_tokens=)``; a chain that 
 spends less than its budget), then the budget times the mean spent share for that kind of
 prompt and plan (with a prior of two requests spending the whole budget). This is
 compute-optimal allocation (Snell et al. 2024), with lambda found by bisection on a monotone
-spend (Zhai et al. 2026). With probability ``exploration`` it picks uniformly among
-the allowed candidates instead (epsilon-greedy), and it records the exact probability of the
-chosen plan in ``Plan.probability`` so other policies can be evaluated offline by inverse
-propensity weighting.
+spend (Zhai et al. 2026). While exploring (``exploration`` > 0) it chooses by Thompson
+sampling: the candidates' logits for the prompt are linear in the weights, so their posterior
+is exactly Gaussian; ``thompson_draws`` draws from it each pick their best plan, and with
+probability ``exploration`` it picks uniformly among the allowed candidates instead. The
+chosen plan's probability under that mixture (the draws' shares, plus the uniform part) is
+recorded in ``Plan.probability`` so other policies can be evaluated offline by inverse
+propensity weighting. With ``exploration`` 0 it takes the posterior mean's best plan.
 
 Budget curriculum: each kind of prompt's lambda is scaled by
 ``floor + (1 - floor) x n / (n + half)``, n being the feedback seen for that kind, so a kind
@@ -150,7 +153,8 @@ class LearnedPolicy(Policy):
 
     Args:
         target_tokens: the mean budget per request to meet (completion tokens).
-        exploration: epsilon of epsilon-greedy, in [0, 1).
+        exploration: the uniformly spread share of the choice, in [0, 1); when positive,
+            the rest follows Thompson sampling (module docstring).
         candidates: the plans to choose among (default ``default_candidates()``).
         prior_precision: the weight of the prior, as the initial diagonal precision.
         curriculum_floor, curriculum_half: the lambda scale of a kind with no feedback, and
@@ -158,6 +162,7 @@ class LearnedPolicy(Policy):
         reference_size: recent prompts kept to solve lambda over.
         resolve_every: re-solve lambda after this many new prompts or feedbacks.
         seed: seeds the policy's own random source.
+        thompson_draws: posterior draws per decision while exploring (0: epsilon-greedy).
 
     Raises:
         PolicyError: exploration outside [0, 1) or a non-positive target.
@@ -168,13 +173,15 @@ class LearnedPolicy(Policy):
     def __init__(self, target_tokens: float = 1024.0, exploration: float = 0.05,
                  candidates: list[Plan] | None = None, prior_precision: float = 4.0,
                  curriculum_floor: float = 0.25, curriculum_half: float = 50.0,
-                 reference_size: int = 512, resolve_every: int = 256, seed: int = 0):
+                 reference_size: int = 512, resolve_every: int = 256, seed: int = 0,
+                 thompson_draws: int = 64):
         if not 0.0 <= exploration < 1.0:
             raise PolicyError("exploration must be in [0, 1)")
         if target_tokens <= 0:
             raise PolicyError("target_tokens must be positive")
         self.target_tokens = float(target_tokens)
         self.exploration = float(exploration)
+        self.thompson_draws = int(thompson_draws)
         self.candidates = list(candidates or default_candidates())
         self.costs = np.array([p.budget_tokens for p in self.candidates], float)
         self.strategy_index = np.array([STRATEGIES.index(p.strategy) for p in self.candidates])
@@ -243,11 +250,26 @@ class LearnedPolicy(Policy):
 
     # -- deciding ---------------------------------------------------------------------------
 
+    def _features(self, z: np.ndarray) -> np.ndarray:
+        """(n_candidates, dim) design rows: candidate i's weights are its strategy's block
+        plus its own block, both times the context z."""
+        n = len(self.candidates)
+        phi = np.zeros((n, self.n_blocks, N_CONTEXT))
+        phi[np.arange(n), self.strategy_index] = z
+        phi[np.arange(n), len(STRATEGIES) + np.arange(n)] += z
+        return phi.reshape(n, -1)
+
     def distribution(self, scores: Scores, *, budget_tokens: int | None = None,
-                     strategy: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     strategy: str | None = None, rng: random.Random | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(probabilities, expected accuracies, allowed mask) over ``self.candidates`` for one
         prompt; the probabilities sum to 1 over the allowed candidates (all zeros when no
-        candidate fits the controls)."""
+        candidate fits the controls).
+
+        With ``rng`` and a positive exploration rate the probabilities are Thompson
+        sampling's: ``thompson_draws`` draws of the candidates' logits from the posterior,
+        each choosing its best plan, mixed with ``exploration`` spread uniformly; without, the
+        posterior mean's choice with ``exploration`` spread uniformly (epsilon-greedy)."""
         row = np.array([[scores.difficulty, scores.sequential, scores.search]])
         acc = self.expected_accuracy(row)
         allowed = np.ones((1, len(self.candidates)), bool)
@@ -261,11 +283,22 @@ class LearnedPolicy(Policy):
         scale = self.lambda_scale(kinds)
         cost = self.expected_cost(kinds)
         a = self.allocation
-        low = budget.choice_probabilities(acc, cost, a.lam_low * scale, self.exploration,
-                                          allowed)
-        high = budget.choice_probabilities(acc, cost, a.lam_high * scale, self.exploration,
-                                           allowed)
-        return (a.mix * low + (1 - a.mix) * high)[0], acc[0], allowed[0]
+        values = acc
+        if rng is not None and self.exploration > 0 and self.thompson_draws > 0:
+            # The candidates' logits are linear in the weights, so their posterior is the
+            # exact Gaussian N(mean logits, Phi cov Phi^T): draw from it.
+            phi = self._features(context(row)[0])
+            logit_cov = phi @ self.cov @ phi.T
+            chol = np.linalg.cholesky(logit_cov + 1e-9 * np.eye(len(phi)))
+            noise = np.random.default_rng(rng.getrandbits(64)).standard_normal(
+                (self.thompson_draws, len(phi)))
+            values = 1.0 / (1.0 + np.exp(-(_logit(acc) + noise @ chol.T)))
+        many = np.broadcast_to(allowed, values.shape)
+        greedy_low = budget.choice_probabilities(values, cost, a.lam_low * scale, 0.0, many)
+        greedy_high = budget.choice_probabilities(values, cost, a.lam_high * scale, 0.0, many)
+        greedy = (a.mix * greedy_low + (1 - a.mix) * greedy_high).mean(axis=0)
+        uniform = allowed[0] / allowed[0].sum()
+        return (1 - self.exploration) * greedy + self.exploration * uniform, acc[0], allowed[0]
 
     def decide(self, scores: Scores, features: Features | None = None, *,
                budget_tokens: int | None = None, strategy: str | None = None,
@@ -273,8 +306,9 @@ class LearnedPolicy(Policy):
         check_strategy(strategy)
         self.reference.append((scores.difficulty, scores.sequential, scores.search))
         self._tick()
+        rng = rng or self.rng
         probs, acc, allowed = self.distribution(scores, budget_tokens=budget_tokens,
-                                                strategy=strategy)
+                                                strategy=strategy, rng=rng)
         if not allowed.any():
             # No candidate fits the request's controls: the smallest plan of the strategy
             # (or a direct answer), shrunk to the cap.
@@ -285,12 +319,12 @@ class LearnedPolicy(Policy):
                                        probability=1.0,
                                        reason="no candidate fits the request's controls")
             return Decision(plan, scores, (Candidate(plan, 1.0),))
-        index = (rng or self.rng).choices(range(len(probs)), weights=probs.tolist())[0]
+        index = rng.choices(range(len(probs)), weights=probs.tolist())[0]
         greedy = int(np.argmax(probs))
         kind = KIND_NAMES[kind_of(scores)]
         reason = (f"max expected accuracy - lambda x tokens for {kind} "
                   f"(est. {acc[index]:.2f})" if index == greedy else
-                  f"exploring (epsilon {self.exploration}) for {kind}")
+                  f"exploring (Thompson sampling, epsilon {self.exploration}) for {kind}")
         plan = dataclasses.replace(self.candidates[index], policy=self.name,
                                    probability=float(probs[index]), reason=reason)
         candidates = tuple(Candidate(c, float(p), float(a)) for c, p, a, ok in
@@ -329,11 +363,7 @@ class LearnedPolicy(Policy):
         row = np.array([[scores.difficulty, scores.sequential, scores.search]])
         z = context(row)[0]
         p = float(self.expected_accuracy(row)[0, i])
-        phi = np.zeros_like(self.theta)
-        s = int(self.strategy_index[i])
-        phi[s * N_CONTEXT:(s + 1) * N_CONTEXT] = z
-        c = len(STRATEGIES) + i
-        phi[c * N_CONTEXT:(c + 1) * N_CONTEXT] += z
+        phi = self._features(z)[i]
         # Laplace step: precision += p(1-p) phi phi^T (Sherman-Morrison on the covariance),
         # then one Newton step on the mean.
         curvature = max(p * (1 - p), 1e-6)

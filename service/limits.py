@@ -38,16 +38,6 @@ DAY_S = 86_400
 REDIS_TIMEOUT_S = 2.0
 
 
-@dataclass(frozen=True)
-class Grant:
-    """What a counter call granted: ``granted`` units (0 when refused) and, per window, the
-    units left after it (``remaining``) and the seconds until it resets (``reset_s``)."""
-
-    granted: int
-    remaining: tuple[int, ...]
-    reset_s: tuple[float, ...]
-
-
 class Counters(Protocol):
     """Window counters: atomic check-and-charge, and adjustment after the fact."""
 

@@ -20,10 +20,9 @@ _EVENT_END = re.compile(r"\r\n\r\n|\n\n|\r\r")
 @dataclass(frozen=True)
 class Event:
     """One SSE event: ``data`` is its data lines joined by ``\\n`` (None for a comment or an
-    event with no data); ``raw`` is the event's text as received, without the blank line."""
+    event with no data)."""
 
     data: str | None
-    raw: str
 
 
 class EventDecoder:
@@ -61,7 +60,7 @@ def _parse(raw: str) -> Event:
         if line.startswith("data:"):
             value = line[5:]
             data_lines.append(value[1:] if value.startswith(" ") else value)
-    return Event("\n".join(data_lines) if data_lines else None, raw)
+    return Event("\n".join(data_lines) if data_lines else None)
 
 
 def data_event(payload: bytes) -> bytes:

@@ -21,7 +21,7 @@ import functools
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -75,8 +75,6 @@ class Accounting:
     completion_tokens: int = 0
     upstream_calls: int = 0
     wait_s: float = 0.0
-    retries: int = 0
-    backends: set[str] = field(default_factory=set)
     estimated: bool = False  # True when a backend reported no usage and tokens were counted
 
     def add_usage(self, usage: Mapping[str, Any] | None) -> None:
@@ -334,7 +332,6 @@ class UpstreamClient:
                       str(response.status_code)).inc()
         if acct is not None:
             acct.upstream_calls += 1
-            acct.backends.add(backend.label)
         return response
 
     def _url(self, backend: Backend, path: str) -> httpx.URL:
@@ -370,8 +367,6 @@ class UpstreamClient:
                         raise
                     delay = max(delay, error.retry_after_s)
                 metrics.child(metrics.UPSTREAM_RETRIES, backend.label, error.type).inc()
-                if acct is not None:
-                    acct.retries += 1
                 tries += 1
                 await asyncio.sleep(delay)
             else:

@@ -58,3 +58,16 @@ def _own_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def chat_body() -> dict[str, Any]:
     return {"model": "fake-model", "messages": [{"role": "user", "content": "What is 2+2?"}]}
+
+
+@pytest.fixture(scope="module")
+def hotpot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory whose search index holds the 994 HotpotQA documents, added by
+    ``ttc-router index add`` (tests using it are marked ``needs_hotpotqa``)."""
+    from service.cli import main
+    from tests.hotpotqa import write_corpus_jsonl
+
+    folder = tmp_path_factory.mktemp("hotpot")
+    corpus = write_corpus_jsonl(folder / "corpus.jsonl")
+    assert main(["index", "add", str(corpus), "--data-dir", str(folder / "data")]) == 0
+    return folder / "data"

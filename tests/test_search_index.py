@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,16 +13,7 @@ from service.cli import main
 from service.search import LocalIndex, SearchError
 from service.search.documents import Document, DocumentError, input_files, read_documents
 from service.search.local import index_path
-from tests.hotpotqa import needs_hotpotqa, questions, write_corpus_jsonl
-
-
-@pytest.fixture(scope="module")
-def hotpot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data directory whose index holds the 994 HotpotQA documents, added by the CLI."""
-    folder = tmp_path_factory.mktemp("hotpot")
-    corpus = write_corpus_jsonl(folder / "corpus.jsonl")
-    assert main(["index", "add", str(corpus), "--data-dir", str(folder / "data")]) == 0
-    return folder / "data"
+from tests.hotpotqa import needs_hotpotqa, questions
 
 
 @needs_hotpotqa

@@ -12,12 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from service.cli import main
 from service.search import BACKENDS, LocalIndex, SearxngSearch
 from service.search.documents import Document
 from service.search.local import index_path
 from tests.conftest import gateway_client, make_settings, metric
-from tests.hotpotqa import needs_hotpotqa, write_corpus_jsonl
+from tests.hotpotqa import needs_hotpotqa
 from tests.scripted import ScriptedLLM
 from tests.search_fakes import closed_port, silent_server
 
@@ -41,14 +40,6 @@ def data_lines(text: str) -> list[str]:
     match = re.search(r"^BEGIN (DATA-[0-9a-f]{12})\n(.*?)\nEND \1$", text, re.S | re.M)
     assert match, text
     return match.group(2).splitlines()
-
-
-@pytest.fixture(scope="module")
-def hotpot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("hotpot")
-    corpus = write_corpus_jsonl(folder / "corpus.jsonl")
-    assert main(["index", "add", str(corpus), "--data-dir", str(folder / "data")]) == 0
-    return folder / "data"
 
 
 @pytest.fixture

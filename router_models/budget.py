@@ -124,9 +124,12 @@ def solve_lambda(values: np.ndarray, costs: np.ndarray, target_tokens: float,
     if free <= target_tokens:
         return Allocation(0.0, 0.0, 1.0, free)
     # Past this lambda one token costs more than the whole accuracy range: cheapest always.
+    # Costs closer than one token count as one token apart: expected costs (budget x mean
+    # spent share) differ by float noise (1e-13 tokens), and a gap that small would put `hi`
+    # so high that bisection ran out of steps far above the answer.
     min_scale = float(np.min(scale)) if scale is not None else 1.0
     positive_gaps = np.diff(np.unique(costs))
-    min_gap = float(positive_gaps.min()) if positive_gaps.size else 1.0
+    min_gap = max(1.0, float(positive_gaps.min())) if positive_gaps.size else 1.0
     hi = 2.0 / (min_gap * max(min_scale, 1e-6))
     cheapest = spend(hi)
     if cheapest > target_tokens:

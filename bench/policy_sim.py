@@ -194,8 +194,8 @@ def part_one(items: list[Item], world: World, args: argparse.Namespace) -> None:
     prior = parse_policy("learned", target_tokens=args.target, exploration=0.0)
     assert isinstance(prior, LearnedPolicy)
     prior.reference.clear()
-    prior.reference.extend((i.scores.difficulty, i.scores.sequential, i.scores.search)
-                           for i in items[:: max(1, len(items) // 512)])
+    for item in items[:: max(1, len(items) // 512)]:
+        prior.add_reference(item.scores)
     prior.resolve()
     trained = copy.deepcopy(prior)
     trained.exploration = args.epsilon
@@ -262,8 +262,8 @@ def part_two(items: list[Item], args: argparse.Namespace) -> None:
     prior = parse_policy("learned", target_tokens=args.target, exploration=args.epsilon)
     assert isinstance(prior, LearnedPolicy)
     prior.reference.clear()
-    prior.reference.extend((i.scores.difficulty, i.scores.sequential, i.scores.search)
-                           for i in items[:: max(1, len(items) // 512)])
+    for item in items[:: max(1, len(items) // 512)]:
+        prior.add_reference(item.scores)
     prior.resolve()
     world, prior_pick, winner = flipped_world(args.world, items, prior)
     oracle = Oracle(world)

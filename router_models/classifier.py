@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from router_models.features import FEATURE_NAMES, N_DENSE, N_HASH, Features, extract
+from router_models.features import (
+    FEATURE_NAMES,
+    N_DENSE,
+    N_HASH,
+    Features,
+    extract,
+    prompt_form,
+)
 from router_models.plan import Scores
 
 HEADS = ("difficulty", "sequential", "search")
@@ -75,10 +82,10 @@ class Classifier:
         return self.score_features(extract(messages))
 
     def score_features(self, f: Features) -> Scores:
-        """Scores from already extracted features."""
+        """Scores from already extracted features, with the prompt's form."""
         p = {name: self.heads[name].probability(f) for name in HEADS}
         return Scores(difficulty=p["difficulty"], sequential=p["sequential"],
-                      search=p["search"])
+                      search=p["search"], form=prompt_form(f))
 
     # -- artifact ------------------------------------------------------------------------
 

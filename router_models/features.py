@@ -68,6 +68,10 @@ _FACT_WORDS = _words(
 _MONEY_WORDS = _words("dollars dollar percent cents cent price cost costs")
 _HOW_BIGRAMS = frozenset({"how many", "how much", "how long", "how far", "how old"})
 _FANOUT_BIGRAMS = frozenset({"each of", "all of", "for each", "list all", "list the"})
+# Comparison questions name two things and ask what they share ("Are X and Y both ...?"),
+# HotpotQA's comparison type (Yang et al. 2018): two look-ups, then one step.
+_COMPARISON_WORDS = _words("both either neither")
+_COMPARISON_BIGRAMS = frozenset({"the same", "in common"})
 _YES_NO_WORDS = _words(
     "is are does do can could would was were did has have will should")
 
@@ -79,11 +83,16 @@ FEATURE_NAMES: tuple[str, ...] = (
     "log_edges", "log_graph_words",
     "log_options", "choice_cue",
     "log_capitalised", "capitalised_ratio", "log_years", "log_quotes", "log_fact_cues",
-    "fanout_cue", "yes_no_question",
+    "fanout_cue", "comparison_cue", "yes_no_question",
     "log_code_cues",
     "has_system", "log_turns", "log_context_chars", "mean_word_chars", "digit_ratio",
 )
 N_DENSE = len(FEATURE_NAMES)
+
+# The prompt's form: the structural cue that most often decides which axis pays (an edge list
+# rewards a long chain, options a vote, a bare fact question search). See prompt_form.
+FORMS: tuple[str, ...] = ("choice", "graph", "comparison", "yes_no", "numeric", "open")
+_COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,25 @@ class Features:
     def as_dict(self) -> dict[str, float]:
         """The dense features by name (for logs and decisions)."""
         return {name: float(v) for name, v in zip(FEATURE_NAMES, self.dense, strict=True)}
+
+
+def prompt_form(f: Features) -> str:
+    """The prompt's form, one of ``FORMS``, the first that holds: choice (lettered options
+    or a choice cue; first, because a multiple-choice question may mention a path or a pair
+    of coordinates), graph (edges or graph words), comparison (a comparison cue and no
+    numbers: word problems say "both" too), yes_no (opens with an auxiliary verb), numeric
+    (has numbers), else open."""
+    d = f.dense
+    if d[_COLUMN["log_options"]] > 0 or d[_COLUMN["choice_cue"]] > 0:
+        return "choice"
+    if d[_COLUMN["log_edges"]] > 0 or d[_COLUMN["log_graph_words"]] > 0:
+        return "graph"
+    has_numbers = d[_COLUMN["log_numbers"]] > 0
+    if d[_COLUMN["comparison_cue"]] > 0 and not has_numbers:
+        return "comparison"
+    if d[_COLUMN["yes_no_question"]] > 0:
+        return "yes_no"
+    return "numeric" if has_numbers else "open"
 
 
 def hashed_ngrams(text: str, n_features: int = N_HASH) -> tuple[np.ndarray, np.ndarray]:
@@ -198,6 +226,8 @@ def extract(messages: Sequence[Any] | str) -> Features:
         log(len(_YEAR.findall(text))), log(len(_QUOTE.findall(text))),
         log(sum(1 for t in tokens if t in _FACT_WORDS)),
         float(any(b in _FANOUT_BIGRAMS for b in bigrams)),
+        float(any(t in _COMPARISON_WORDS for t in tokens)
+              or any(b in _COMPARISON_BIGRAMS for b in bigrams)),
         float(bool(tokens) and tokens[0] in _YES_NO_WORDS),
         log(sum(lower.count(m) for m in _CODE_MARKS)),
         has_system, log(turns), log(context_chars),

@@ -9,7 +9,9 @@ k chains x L tokens lie between them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 # One name per strategy, used alike in the API, the registry, metrics, logs and A/B arms.
 STRATEGIES = ("direct", "parallel_vote", "sequential", "search")
@@ -21,16 +23,34 @@ class Scores:
 
     ``difficulty``: how likely a small budget is to fail. ``sequential``: how much the prompt
     depends on accumulating intermediate results (a chain helps, a vote of short tries does
-    not). ``search``: how much it needs facts the model may not have.
+    not). ``search``: how much it needs facts the model may not have. ``form``: the
+    prompt's form, one of ``router_models.features.FORMS``, or None when unknown (scores
+    logged before forms existed, or built by hand).
     """
 
     difficulty: float
     sequential: float
     search: float
+    form: str | None = None
 
-    def as_dict(self) -> dict[str, float]:
-        return {"difficulty": self.difficulty, "sequential": self.sequential,
-                "search": self.search}
+    def as_dict(self) -> dict[str, Any]:
+        """The three scores by name, plus ``form`` when known."""
+        out: dict[str, Any] = {"difficulty": self.difficulty, "sequential": self.sequential,
+                               "search": self.search}
+        if self.form is not None:
+            out["form"] = self.form
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Scores:
+        """The inverse of ``as_dict`` (a logged ``scores`` object).
+
+        Raises:
+            KeyError: a score is missing. TypeError, ValueError: a score is not a number.
+        """
+        form = values.get("form")
+        return cls(float(values["difficulty"]), float(values["sequential"]),
+                   float(values["search"]), str(form) if form is not None else None)
 
 
 @dataclass(frozen=True)

@@ -236,7 +236,7 @@ def strategy_table(examples: Sequence[Example], scores: Sequence[Scores],
 
 
 def reference_scores(examples: Sequence[Example], scores: Sequence[Scores],
-                     per_family: int = REFERENCE_PER_FAMILY) -> list[tuple[float, float, float]]:
+                     per_family: int = REFERENCE_PER_FAMILY) -> list[Scores]:
     """Up to ``per_family`` held-out prompts' scores per family, in order: the learned
     policy's initial reference set for solving lambda."""
     taken: Counter[str] = Counter()
@@ -244,7 +244,7 @@ def reference_scores(examples: Sequence[Example], scores: Sequence[Scores],
     for e, s in zip(examples, scores, strict=True):
         if taken[e.family] < per_family:
             taken[e.family] += 1
-            out.append((round(s.difficulty, 6), round(s.sequential, 6), round(s.search, 6)))
+            out.append(s)
     return out
 
 
@@ -269,7 +269,8 @@ def train(data_dir: Path = DEFAULT_DATA_DIR, out_dir: Path = DEFAULT_ARTIFACT_DI
     test_examples = [e for e, _ in test]
     test_scores = [classifier.score_features(f) for _, f in test]
     learned = LearnedPolicy(target_tokens=target_tokens)
-    learned.reference.extend(reference_scores(test_examples, test_scores))
+    for s in reference_scores(test_examples, test_scores):
+        learned.add_reference(s)
     learned.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     classifier.save(out_dir)
@@ -294,7 +295,7 @@ def train_from_records(records: Iterable[FeedbackRecord], classifier: Classifier
     correct = 0.0
     for record in records:
         scores = record.scores or classifier.score(record.messages)
-        learned.reference.append((scores.difficulty, scores.sequential, scores.search))
+        learned.add_reference(scores)
         learned.update(scores, record.plan, record.correct, spent_tokens=record.spent_tokens)
         counts[record.plan.strategy] += 1
         correct += float(record.correct)

@@ -193,8 +193,7 @@ def logged_decisions(records: Iterable[Record]) -> list[LoggedDecision]:
         if record.plan.get("policy") is None:
             continue
         try:
-            scores = Scores(float(record.scores["difficulty"]),
-                            float(record.scores["sequential"]), float(record.scores["search"]))
+            scores = Scores.from_dict(record.scores)
             plan = Plan(**{k: v for k, v in record.plan.items() if k in fields})
         except (KeyError, TypeError, ValueError):
             continue

@@ -15,6 +15,7 @@ from router_models.classifier import (
     ArtifactError,
     Classifier,
 )
+from router_models.features import FORMS
 from router_models.plan import Scores
 from tests.test_features import MESSAGE_SHAPES
 
@@ -28,7 +29,9 @@ def classifier() -> Classifier:
 def test_scores_are_probabilities_for_every_message_shape(classifier, messages):
     scores = classifier.score(messages)
     assert isinstance(scores, Scores)
-    assert all(0.0 <= v <= 1.0 for v in scores.as_dict().values())
+    assert all(0.0 <= v <= 1.0 for v in (scores.difficulty, scores.sequential, scores.search))
+    assert scores.form in FORMS
+    assert Scores.from_dict(scores.as_dict()) == scores
 
 
 def test_shipped_artifact_is_small_safe_and_carries_its_provenance():

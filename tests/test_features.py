@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from sklearn.feature_extraction.text import HashingVectorizer
 
-from router_models.features import FEATURE_NAMES, N_DENSE, N_HASH, extract, hashed_ngrams
+from router_models.features import (
+    FEATURE_NAMES,
+    FORMS,
+    N_DENSE,
+    N_HASH,
+    extract,
+    hashed_ngrams,
+    prompt_form,
+)
 
 MESSAGE_SHAPES = [
     [],
@@ -79,6 +87,24 @@ def test_cues_fire_on_their_kind_of_prompt():
     assert fact["log_fact_cues"] > 0 and fact["log_years"] > 0
     plain = extract("hello there").as_dict()
     assert plain["log_edges"] == plain["log_options"] == plain["log_fact_cues"] == 0
+
+
+@pytest.mark.parametrize(("text", "form"), [
+    ("Which is a mammal?\nA) trout\nB) whale\nC) eel", "choice"),
+    # Options win over the coordinates and the path a multiple-choice question mentions.
+    ("Reflect the path through (1, 2) and (3, 4). Which of the following is it? (A) x (B) y",
+     "choice"),
+    ("Edges: 1-2, 2-3, 5-6. Is node 1 connected to node 3?", "graph"),
+    ("Are Christopher Nolan and Sathish Kalathil both film directors?", "comparison"),
+    ("Do Medici and Senet have the same number of players?", "comparison"),
+    ("Tom and Ann both have 3 apples. How many apples do they have?", "numeric"),
+    ("Is it common to see frost during some college commencements?", "yes_no"),
+    ("A pack costs 76 dollars. How much for 3 packs?", "numeric"),
+    ("If Gallu is a demon Lilu is what?", "open"),
+    ("", "open"),
+])
+def test_prompt_form_reads_the_structure_first_match_wins(text, form):
+    assert prompt_form(extract(text)) == form and form in FORMS
 
 
 def test_a_huge_prompt_is_read_from_both_ends_but_its_length_counts_in_full():

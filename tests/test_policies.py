@@ -19,6 +19,7 @@ from router_models.policies import (
     kind_of,
     parse_policy,
 )
+from router_models.policies.learned import FORM_OFFSET, N_CONTEXT, UNKNOWN_FORM
 
 EASY = Scores(difficulty=0.1, sequential=0.1, search=0.0)
 HARD_CHAIN = Scores(difficulty=0.8, sequential=0.9, search=0.0)
@@ -105,6 +106,69 @@ def test_lambda_bisection_meets_the_target_mean_budget_exactly():
     cheapest = 0.9 * 256 + 0.1 * costs.mean()
     a = budget.solve_lambda(values, costs, 300.0, exploration=0.1)
     assert not a.feasible and a.spend == pytest.approx(cheapest)
+
+
+def test_lambda_bisection_is_not_thrown_off_by_costs_that_differ_by_float_noise():
+    # Expected costs (budget x mean spent share) can differ by 1e-13 tokens; that gap once
+    # set the bisection's upper end so high that 50 halvings stopped far above the answer.
+    rng = np.random.default_rng(3)
+    base = np.array([256, 768, 1024, 2048, 4096], float)
+    costs = base + rng.integers(0, 2, (300, 5)) * 1e-13
+    values = np.sort(rng.random((300, 5)), axis=1)
+    a = budget.solve_lambda(values, costs, 1500.0)
+    assert a.lam_high - a.lam_low < 1e-9 * max(a.lam_high, 1e-12)
+    assert a.spend == pytest.approx(1500.0, abs=1e-6)
+    assert a.lam_low > 0
+
+
+def test_scores_round_trip_through_their_logged_form():
+    for scores in (Scores(0.2, 0.7, 0.1), Scores(0.2, 0.7, 0.1, form="graph")):
+        assert Scores.from_dict(scores.as_dict()) == scores
+    assert "form" not in Scores(0.2, 0.7, 0.1).as_dict()
+    with pytest.raises(KeyError):
+        Scores.from_dict({"difficulty": 0.1, "sequential": 0.2})
+
+
+def test_the_form_separates_prompts_that_score_alike():
+    # Same three scores, opposite winners: only the form can tell them apart.
+    choice = Scores(0.8, 0.9, 0.0, form="choice")
+    numeric = Scores(0.8, 0.9, 0.0, form="numeric")
+    policy = LearnedPolicy(target_tokens=2048, exploration=0.0, resolve_every=8)
+    vote = next(p for p in policy.candidates if p.strategy == "parallel_vote")
+    chain = next(p for p in policy.candidates if p.strategy == "sequential"
+                 and p.budget_tokens == 2048)
+    for _ in range(80):
+        policy.update(choice, vote, True)
+        policy.update(choice, chain, False)
+        policy.update(numeric, vote, False)
+        policy.update(numeric, chain, True)
+    assert policy.plan(choice).strategy == "parallel_vote"
+    assert policy.plan(numeric).strategy == "sequential"
+
+
+def test_a_version_2_state_is_migrated_with_its_learning_kept(tmp_path):
+    policy = LearnedPolicy(target_tokens=700)
+    for scores in _random_scores(40, seed=7):  # no form: what version 2 could learn
+        policy.update(scores, policy.plan(scores), scores.difficulty < 0.5)
+    state = policy.state()
+    n_blocks = policy.n_blocks
+    theta = np.array(state["theta"]).reshape(n_blocks, N_CONTEXT)
+    assert not theta[:, FORM_OFFSET:].any()  # form columns untouched without forms
+    cov = np.array(state["cov"]).reshape(n_blocks, N_CONTEXT, n_blocks, N_CONTEXT)
+    old = dict(state, state_version=2,
+               theta=theta[:, :FORM_OFFSET].reshape(-1).tolist(),
+               cov=cov[:, :FORM_OFFSET, :, :FORM_OFFSET].reshape(
+                   n_blocks * FORM_OFFSET, -1).tolist(),
+               reference=[row[:3] for row in state["reference"]])
+    (tmp_path / "v2.json").write_text(json.dumps(old))
+    again = LearnedPolicy.load(tmp_path / "v2.json")
+    rows = np.array([[0.3, 0.6, 0.1, UNKNOWN_FORM], [0.9, 0.2, 0.7, UNKNOWN_FORM]])
+    np.testing.assert_allclose(again.expected_accuracy(rows), policy.expected_accuracy(rows),
+                               atol=1e-6)
+    np.testing.assert_allclose(again.cov, policy.cov, atol=1e-6)
+    assert len(again.reference) == len(policy.reference)
+    with pytest.raises(PolicyError, match="version 1"):
+        LearnedPolicy.from_state(dict(state, state_version=1))
 
 
 def test_spend_is_monotone_in_lambda():

@@ -25,8 +25,10 @@ async def test_auto_is_planned_by_the_learned_policy_with_scores():
     router = reply.json()["router"]
     assert reply.status_code == 200
     assert router["policy"] == "learned" and router["strategy"] in STRATEGIES
-    assert set(router["scores"]) == {"difficulty", "sequential", "search"}
-    assert all(0.0 <= v <= 1.0 for v in router["scores"].values())
+    scores = dict(router["scores"])
+    assert scores.pop("form") == "graph"
+    assert set(scores) == {"difficulty", "sequential", "search"}
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert 0.0 < router["probability"] <= 1.0
     assert metric("ttc_classifier_duration_seconds_count") == before + 1
 

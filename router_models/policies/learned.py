@@ -5,10 +5,14 @@ For each candidate plan c (strategy x width x depth x search calls) it estimates
     P(correct | x, c) = sigmoid(logit(prior_c(x)) + (w_strategy(c) + w_c) . z(x))
 
 where ``prior_c`` is the structural prior below, z(x) = [1, difficulty, sequential, search,
-one-hot kind of prompt] and the weights start at 0. The weights have a Gaussian (Laplace)
-posterior, updated one observation at a time by a Newton step and a Sherman-Morrison update of
-the covariance: online Bayesian logistic regression (Spiegelhalter and Lauritzen 1990;
-Chapelle and Li 2011, "An Empirical Evaluation of Thompson Sampling", use its diagonal form).
+one-hot kind of prompt, one-hot form of prompt (``features.FORMS``; none when unknown)] and
+the weights start at 0. The form matters: prompts that read alike in the three scores (a
+multiple-choice question and a numeric word problem, both hard and chain-like) can still
+reward opposite axes, and only a cue from the text tells them apart. The weights have a
+Gaussian (Laplace) posterior, updated one observation at a time by a Newton step and a
+Sherman-Morrison update of the covariance: online Bayesian logistic regression
+(Spiegelhalter and Lauritzen 1990; Chapelle and Li 2011, "An Empirical Evaluation of Thompson
+Sampling", use its diagonal form).
 Sharing ``w_strategy`` across a strategy's plans lets evidence on one budget move the others,
 and the joint covariance keeps that sharing from being counted twice.
 
@@ -33,11 +37,12 @@ with little feedback gets generous budgets (explore what works) and its budget t
 the least that keeps accuracy as evidence grows; ``budgets()`` reports the current figures.
 
 The structural prior (a planning assumption of this package, not fitted to a paper): with
-q = 1 - difficulty the chance a short answer is right, a chain of L tokens fixes a share
-``sequential x (sat(L) - sat(256))`` of the failures, sat(L) = 1 - exp(-L / (128 + 1024 x
-difficulty)); a majority vote of k such samples gains ``(1 - sequential)`` times the
-Condorcet-jury gain of independent voters; search recovers a share ``search x (1 - 2^-calls)``
-of the remaining failures.
+q = 1 - difficulty the chance a short answer (256 tokens) is right, a chain of L tokens
+fixes a share ``sequential x (sat(L) - sat(256))`` of the failures, sat(L) = 1 - exp(-L / (128
++ 1024 x difficulty)), and below 256 tokens the answer may not fit: accuracy scales by
+(1 - exp(-L / 64)) / (1 - exp(-256 / 64)); a majority vote of k such samples gains
+``(1 - sequential)`` times the Condorcet-jury gain of independent voters; search recovers a
+share ``search x (1 - 2^-calls)`` of the remaining failures.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from router_models import budget
-from router_models.features import Features
+from router_models.features import FORMS, Features
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies.base import (
     Candidate,
@@ -66,18 +71,22 @@ from router_models.policies.base import (
     plan_cost,
 )
 
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3 added the form columns to z(x); version 2 states are migrated
 KIND_NAMES = tuple(f"{d}/{s}/{r}" for d in ("easy", "hard") for s in ("independent", "chain")
                    for r in ("closed", "search"))
-N_CONTEXT = 4 + len(KIND_NAMES)
+FORM_OFFSET = 4 + len(KIND_NAMES)
+N_CONTEXT = FORM_OFFSET + len(FORMS)
+UNKNOWN_FORM = -1.0
 SHORT_TOKENS = 256  # what "a small budget" means for the difficulty score
+FINISH_TOKENS = 64.0  # the prior's scale for an answer's own length (see prior_accuracy)
 SPEND_PRIOR_REQUESTS = 2.0  # pseudo-requests that spent their whole budget, per kind and plan
 
 
 def default_candidates() -> list[Plan]:
-    """The candidate grid: direct@256; votes of 3, 5, 8 x 256 and 3, 5 x 512 tokens; chains
-    of 512 to 4096 tokens; search with 1 or 3 calls and a 512- or 1024-token answer."""
-    plans = [Plan("direct", 256, depth_tokens=256)]
+    """The candidate grid: direct@128 and @256; votes of 3, 5, 8 x 256 and 3, 5 x 512
+    tokens; chains of 512 to 4096 tokens; search with 1 or 3 calls and a 512- or 1024-token
+    answer."""
+    plans = [Plan("direct", d, depth_tokens=d) for d in (128, SHORT_TOKENS)]
     for depth, widths in ((256, (3, 5, 8)), (512, (3, 5))):
         plans += [Plan("parallel_vote", plan_cost("parallel_vote", w, depth), width=w,
                        depth_tokens=depth) for w in widths]
@@ -94,15 +103,27 @@ def kind_of(scores: Scores) -> int:
             + (scores.search >= 0.5))
 
 
-def context(scores: np.ndarray) -> np.ndarray:
-    """z(x) for a batch: (n, 3) scores [difficulty, sequential, search] -> (n, N_CONTEXT)."""
-    n = len(scores)
-    kinds = (4 * (scores[:, 0] >= 0.5) + 2 * (scores[:, 1] >= 0.5)
-             + (scores[:, 2] >= 0.5)).astype(int)
+def score_row(scores: Scores) -> tuple[float, float, float, float]:
+    """One prompt as the policy reads it: (difficulty, sequential, search, form index), the
+    form index being its position in ``FORMS`` or ``UNKNOWN_FORM``."""
+    form = FORMS.index(scores.form) if scores.form in FORMS else UNKNOWN_FORM
+    return (scores.difficulty, scores.sequential, scores.search, float(form))
+
+
+def context(rows: np.ndarray) -> np.ndarray:
+    """z(x) for a batch: (n, 4) ``score_row`` rows -> (n, N_CONTEXT); (n, 3) rows of scores
+    alone read as of unknown form."""
+    n = len(rows)
+    kinds = (4 * (rows[:, 0] >= 0.5) + 2 * (rows[:, 1] >= 0.5)
+             + (rows[:, 2] >= 0.5)).astype(int)
     z = np.zeros((n, N_CONTEXT))
     z[:, 0] = 1.0
-    z[:, 1:4] = scores
+    z[:, 1:4] = rows[:, :3]
     z[np.arange(n), 4 + kinds] = 1.0
+    if rows.shape[1] > 3:
+        forms = rows[:, 3].astype(int)
+        known = forms >= 0
+        z[np.flatnonzero(known), FORM_OFFSET + forms[known]] = 1.0
     return z
 
 
@@ -136,7 +157,11 @@ def prior_accuracy(scores: np.ndarray, plans: list[Plan]) -> np.ndarray:
     q = 1.0 - d
     need = 128.0 + 1024.0 * d
     gain = np.clip((1 - np.exp(-depth / need)) - (1 - np.exp(-SHORT_TOKENS / need)), 0, None)
-    single = q + (1 - q) * s * gain
+    # Below SHORT_TOKENS an answer may be cut before it is written: scale by the chance it
+    # fits, relative to SHORT_TOKENS.
+    fits = np.minimum(1.0, (1 - np.exp(-depth / FINISH_TOKENS))
+                      / (1 - np.exp(-SHORT_TOKENS / FINISH_TOKENS)))
+    single = (q + (1 - q) * s * gain) * fits
     vote = single + (1 - s) * (_majority(single, np.broadcast_to(width, single.shape).copy())
                                - single)
     acc = np.where(is_vote, vote, single)
@@ -171,7 +196,7 @@ class LearnedPolicy(Policy):
     name = "learned"
 
     def __init__(self, target_tokens: float = 1024.0, exploration: float = 0.05,
-                 candidates: list[Plan] | None = None, prior_precision: float = 4.0,
+                 candidates: list[Plan] | None = None, prior_precision: float = 1.0,
                  curriculum_floor: float = 0.25, curriculum_half: float = 50.0,
                  reference_size: int = 512, resolve_every: int = 256, seed: int = 0,
                  thompson_draws: int = 64):
@@ -196,7 +221,8 @@ class LearnedPolicy(Policy):
         self.spent_share_sum = np.zeros((len(KIND_NAMES), n))
         self.spent_count = np.zeros((len(KIND_NAMES), n))
         self.curriculum_floor, self.curriculum_half = curriculum_floor, curriculum_half
-        self.reference: deque[tuple[float, float, float]] = deque(maxlen=reference_size)
+        # score_row()s of recent prompts.
+        self.reference: deque[tuple[float, ...]] = deque(maxlen=reference_size)
         self.resolve_every = resolve_every
         self._since_solve = 0
         self.rng = random.Random(seed)
@@ -205,13 +231,14 @@ class LearnedPolicy(Policy):
 
     # -- estimates -------------------------------------------------------------------------
 
-    def expected_accuracy(self, scores: np.ndarray) -> np.ndarray:
-        """P(correct | scores, plan): (n, 3) scores -> (n, n_candidates)."""
-        scores = np.atleast_2d(np.asarray(scores, float))
-        z = context(scores)
+    def expected_accuracy(self, rows: np.ndarray) -> np.ndarray:
+        """P(correct | prompt, plan): (n, 4) ``score_row`` rows (or (n, 3) scores) ->
+        (n, n_candidates)."""
+        rows = np.atleast_2d(np.asarray(rows, float))
+        z = context(rows)
         blocks = self.theta.reshape(self.n_blocks, N_CONTEXT)
         weights = blocks[len(STRATEGIES):] + blocks[self.strategy_index]
-        logits = _logit(prior_accuracy(scores, self.candidates)) + z @ weights.T
+        logits = _logit(prior_accuracy(rows[:, :3], self.candidates)) + z @ weights.T
         return 1.0 / (1.0 + np.exp(-logits))
 
     def expected_cost(self, kinds: np.ndarray) -> np.ndarray:
@@ -226,16 +253,22 @@ class LearnedPolicy(Policy):
         return self.curriculum_floor + (1 - self.curriculum_floor) * n / (
             n + self.curriculum_half)
 
-    def _reference_scores(self) -> np.ndarray:
+    def add_reference(self, scores: Scores) -> None:
+        """Remember a prompt for solving lambda (the oldest drops out past
+        ``reference_size``); takes effect at the next ``resolve``."""
+        self.reference.append(score_row(scores))
+
+    def _reference_rows(self) -> np.ndarray:
         if self.reference:
             return np.array(self.reference, float)
-        grid = np.linspace(0.05, 0.95, 4)  # no traffic yet: a grid over the score cube
-        return np.array([(a, b, c) for a in grid for b in grid for c in grid])
+        # No traffic yet: a grid over the score cube, of unknown form.
+        grid = np.linspace(0.05, 0.95, 4)
+        return np.array([(a, b, c, UNKNOWN_FORM) for a in grid for b in grid for c in grid])
 
     def resolve(self) -> budget.Allocation:
         """Re-solve lambda over the reference prompts so the mean budget meets the target."""
-        scores = self._reference_scores()
-        kinds = context(scores)[:, 4:].argmax(axis=1)
+        scores = self._reference_rows()
+        kinds = context(scores)[:, 4:FORM_OFFSET].argmax(axis=1)
         self.allocation = budget.solve_lambda(
             self.expected_accuracy(scores), self.expected_cost(kinds), self.target_tokens,
             self.exploration,
@@ -250,14 +283,28 @@ class LearnedPolicy(Policy):
 
     # -- deciding ---------------------------------------------------------------------------
 
-    def _features(self, z: np.ndarray) -> np.ndarray:
-        """(n_candidates, dim) design rows: candidate i's weights are its strategy's block
-        plus its own block, both times the context z."""
+    def _design_row(self, z: np.ndarray, i: int) -> np.ndarray:
+        """Candidate i's (dim,) design row at context z: its weights are its strategy's block
+        plus its own block, both times z."""
+        phi = np.zeros((self.n_blocks, N_CONTEXT))
+        phi[self.strategy_index[i]] = z
+        phi[len(STRATEGIES) + i] += z
+        return phi.reshape(-1)
+
+    def _logit_covariance(self, z: np.ndarray) -> np.ndarray:
+        """Phi cov Phi^T for the candidates' design rows at context z, (C, C), without
+        building Phi: each row is z in two blocks (its strategy's and its own), so project
+        the covariance onto z block by block first (n_blocks^2 x N_CONTEXT^2 work instead of
+        C x dim^2)."""
+        nb = self.n_blocks
+        per_block = (self.cov.reshape(nb * N_CONTEXT, nb, N_CONTEXT) @ z).reshape(
+            nb, N_CONTEXT, nb)
+        block_cov = np.einsum("aib,i->ab", per_block, z)  # z^T cov[a, b] z
         n = len(self.candidates)
-        phi = np.zeros((n, self.n_blocks, N_CONTEXT))
-        phi[np.arange(n), self.strategy_index] = z
-        phi[np.arange(n), len(STRATEGIES) + np.arange(n)] += z
-        return phi.reshape(n, -1)
+        design = np.zeros((n, nb))
+        design[np.arange(n), self.strategy_index] = 1.0
+        design[np.arange(n), len(STRATEGIES) + np.arange(n)] += 1.0
+        return design @ block_cov @ design.T
 
     def distribution(self, scores: Scores, *, budget_tokens: int | None = None,
                      strategy: str | None = None, rng: random.Random | None = None
@@ -270,7 +317,7 @@ class LearnedPolicy(Policy):
         sampling's: ``thompson_draws`` draws of the candidates' logits from the posterior,
         each choosing its best plan, mixed with ``exploration`` spread uniformly; without, the
         posterior mean's choice with ``exploration`` spread uniformly (epsilon-greedy)."""
-        row = np.array([[scores.difficulty, scores.sequential, scores.search]])
+        row = np.array([score_row(scores)])
         acc = self.expected_accuracy(row)
         allowed = np.ones((1, len(self.candidates)), bool)
         if budget_tokens is not None:
@@ -287,11 +334,10 @@ class LearnedPolicy(Policy):
         if rng is not None and self.exploration > 0 and self.thompson_draws > 0:
             # The candidates' logits are linear in the weights, so their posterior is the
             # exact Gaussian N(mean logits, Phi cov Phi^T): draw from it.
-            phi = self._features(context(row)[0])
-            logit_cov = phi @ self.cov @ phi.T
-            chol = np.linalg.cholesky(logit_cov + 1e-9 * np.eye(len(phi)))
+            logit_cov = self._logit_covariance(context(row)[0])
+            chol = np.linalg.cholesky(logit_cov + 1e-9 * np.eye(len(logit_cov)))
             noise = np.random.default_rng(rng.getrandbits(64)).standard_normal(
-                (self.thompson_draws, len(phi)))
+                (self.thompson_draws, len(self.candidates)))
             values = 1.0 / (1.0 + np.exp(-(_logit(acc) + noise @ chol.T)))
         many = np.broadcast_to(allowed, values.shape)
         greedy_low = budget.choice_probabilities(values, cost, a.lam_low * scale, 0.0, many)
@@ -304,7 +350,7 @@ class LearnedPolicy(Policy):
                budget_tokens: int | None = None, strategy: str | None = None,
                rng: random.Random | None = None) -> Decision:
         check_strategy(strategy)
-        self.reference.append((scores.difficulty, scores.sequential, scores.search))
+        self.add_reference(scores)
         self._tick()
         rng = rng or self.rng
         probs, acc, allowed = self.distribution(scores, budget_tokens=budget_tokens,
@@ -360,10 +406,10 @@ class LearnedPolicy(Policy):
         if not 0.0 <= y <= 1.0:
             raise ValueError("correct must be a bool or a score in [0, 1]")
         i = self.candidate_index(plan)
-        row = np.array([[scores.difficulty, scores.sequential, scores.search]])
+        row = np.array([score_row(scores)])
         z = context(row)[0]
         p = float(self.expected_accuracy(row)[0, i])
-        phi = self._features(z)[i]
+        phi = self._design_row(z, i)
         # Laplace step: precision += p(1-p) phi phi^T (Sherman-Morrison on the covariance),
         # then one Newton step on the mean.
         curvature = max(p * (1 - p), 1e-6)
@@ -384,8 +430,8 @@ class LearnedPolicy(Policy):
         """Per kind of prompt: feedback seen, the curriculum's lambda scale, and the mean
         expected tokens the current allocation gives that kind's reference prompts (NaN when
         none of them is of that kind)."""
-        scores = self._reference_scores()
-        kinds = context(scores)[:, 4:].argmax(axis=1)
+        scores = self._reference_rows()
+        kinds = context(scores)[:, 4:FORM_OFFSET].argmax(axis=1)
         acc = self.expected_accuracy(scores)
         a = self.allocation
         scale = self.lambda_scale(kinds)
@@ -431,12 +477,18 @@ class LearnedPolicy(Policy):
         """Restore from ``state()``; keyword overrides replace config values (for example
         ``target_tokens`` or ``exploration`` from the operator's config).
 
+        A version 2 state (before the form columns) is migrated: its weights and covariance
+        keep their values, the form weights start at the prior, and its reference prompts
+        read as of unknown form.
+
         Raises:
             PolicyError: another state version or a malformed state.
         """
+        if state.get("state_version") == 2:
+            state = _migrate_v2(state)
         if state.get("state_version") != STATE_VERSION:
             raise PolicyError(f"learned policy state version {state.get('state_version')}; "
-                              f"this code reads {STATE_VERSION}")
+                              f"this code reads {STATE_VERSION} (and migrates 2)")
         try:
             config = dict(state["config"], **overrides)
             candidates = [Plan(**c) for c in state["candidates"]]
@@ -448,7 +500,7 @@ class LearnedPolicy(Policy):
                 if value.shape != getattr(policy, name).shape:
                     raise PolicyError(f"learned policy state: {name} has shape {value.shape}")
                 setattr(policy, name, value)
-            policy.reference.extend(tuple(x) for x in state["reference"])
+            policy.reference.extend(tuple(map(float, x)) for x in state["reference"])
         except (KeyError, TypeError, ValueError) as exc:
             raise PolicyError(f"malformed learned policy state: {exc}") from exc
         policy.resolve()
@@ -471,3 +523,36 @@ class LearnedPolicy(Policy):
         except (OSError, ValueError) as exc:
             raise PolicyError(f"cannot read learned policy state {path}: {exc}") from exc
         return cls.from_state(state, **overrides)
+
+
+def _migrate_v2(state: dict[str, Any]) -> dict[str, Any]:
+    """A version 2 state (z(x) without the form columns) as version 3.
+
+    Raises:
+        PolicyError: a malformed version 2 state.
+    """
+    old_context = FORM_OFFSET  # version 2's z(x) ended where the form columns begin
+    try:
+        theta = np.array(state["theta"], float)
+        n_blocks = theta.size // old_context
+        if theta.size != n_blocks * old_context:
+            raise ValueError(f"theta has {theta.size} values")
+        new_theta = np.zeros((n_blocks, N_CONTEXT))
+        new_theta[:, :old_context] = theta.reshape(n_blocks, old_context)
+        migrated = dict(state, state_version=3, theta=new_theta.reshape(-1).tolist(),
+                        reference=[list(map(float, x))[:3] + [UNKNOWN_FORM]
+                                   for x in state["reference"]])
+        if state.get("cov") is not None:
+            cov = np.array(state["cov"], float).reshape(n_blocks, old_context, n_blocks,
+                                                        old_context)
+            precision = float(state["config"].get("prior_precision", 4.0))
+            new_cov = np.zeros((n_blocks, N_CONTEXT, n_blocks, N_CONTEXT))
+            new_cov[:, :old_context, :, :old_context] = cov
+            for block in range(n_blocks):
+                for column in range(old_context, N_CONTEXT):
+                    new_cov[block, column, block, column] = 1.0 / precision
+            dim = n_blocks * N_CONTEXT
+            migrated["cov"] = new_cov.reshape(dim, dim).tolist()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PolicyError(f"malformed version 2 learned policy state: {exc}") from exc
+    return migrated

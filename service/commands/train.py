@@ -152,9 +152,11 @@ def feedback_records(rows: list[Any]) -> Iterator[FeedbackRecord]:
         if row.feedback_score is None:
             continue
         scores = None
-        if row.scores and {"difficulty", "sequential", "search"} <= set(row.scores):
-            scores = Scores(float(row.scores["difficulty"]), float(row.scores["sequential"]),
-                            float(row.scores["search"]))
+        if row.scores:
+            try:
+                scores = Scores.from_dict(row.scores)
+            except (KeyError, TypeError, ValueError):
+                scores = None
         if scores is None and not row.prompt_text:
             continue
         try:

@@ -14,12 +14,16 @@ Entry point for the gateway::
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from router_models.classifier import Classifier
     from router_models.policies import Policy
+
+
+logger = logging.getLogger(__name__)
 
 
 def load_default(directory: Path | None = None, **learned_options: Any
@@ -34,14 +38,23 @@ def load_default(directory: Path | None = None, **learned_options: Any
             overriding the stored state's.
 
     Raises:
-        classifier.ArtifactError, policies.PolicyError: an artifact is unreadable.
+        classifier.ArtifactError, policies.PolicyError: an artifact is unreadable. A
+            classifier built for another feature set (``StaleFeaturesError``) is not an
+            error: it is logged and the shipped classifier is used.
     """
-    from router_models.classifier import Classifier
+    from router_models.classifier import Classifier, StaleFeaturesError
     from router_models.policies import LearnedPolicy, RulesPolicy, parse_policy
 
+    classifier = None
     if directory is not None and (directory / "classifier.json").exists():
-        classifier = Classifier.load(directory)
-    else:
+        try:
+            classifier = Classifier.load(directory)
+        except StaleFeaturesError as exc:
+            # An older version's artifact (train --from-log copies the classifier alongside
+            # the policy): its weights cannot score today's features, and refusing to start
+            # would turn an upgrade into an outage. The shipped classifier reads them.
+            logger.warning("%s; scoring with the shipped classifier instead", exc)
+    if classifier is None:
         classifier = Classifier.load()
     if directory is not None and (directory / "learned.json").exists():
         learned: Policy = LearnedPolicy.load(directory / "learned.json", **learned_options)

@@ -43,6 +43,11 @@ class ArtifactError(ValueError):
     """An artifact directory is missing, unreadable, or of another format version."""
 
 
+class StaleFeaturesError(ArtifactError):
+    """A readable classifier artifact built for another feature set (an older version of
+    this package): its weights do not line up with today's features."""
+
+
 @dataclass(frozen=True)
 class Head:
     """One calibrated linear head.
@@ -117,6 +122,7 @@ class Classifier:
 
         Raises:
             ArtifactError: files missing, arrays missing, or another artifact version.
+            StaleFeaturesError: built for another feature set.
         """
         try:
             meta = json.loads((directory / "classifier.json").read_text("utf-8"))
@@ -129,8 +135,8 @@ class Classifier:
             raise ArtifactError(f"classifier artifact version {meta.get('artifact_version')} "
                                 f"in {directory}; this code reads {ARTIFACT_VERSION}")
         if meta.get("n_hash") != N_HASH or meta.get("feature_names") != list(FEATURE_NAMES):
-            raise ArtifactError(f"classifier artifact in {directory} was built for other "
-                                "features; re-run `ttc-router train`")
+            raise StaleFeaturesError(f"classifier artifact in {directory} was built for other "
+                                     "features; re-run `ttc-router train`")
         return cls(from_arrays(arrays), meta)
 
 

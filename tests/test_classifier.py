@@ -14,6 +14,7 @@ from router_models.classifier import (
     HEADS,
     ArtifactError,
     Classifier,
+    StaleFeaturesError,
 )
 from router_models.features import FORMS
 from router_models.plan import Scores
@@ -89,3 +90,16 @@ def test_load_default_gives_the_classifier_and_the_named_policies(tmp_path):
     assert set(policies) == {"rules", "learned"}
     decision = policies["learned"].decide(classifier.score("What is 17 * 3?"))
     assert decision.plan.policy == "learned" and 0 < decision.plan.probability <= 1
+
+
+def test_an_older_versions_classifier_falls_back_to_the_shipped_one(tmp_path, caplog):
+    # What `train --from-log` copied under an older version: readable, other features.
+    Classifier.load().save(tmp_path)
+    meta = json.loads((tmp_path / "classifier.json").read_text())
+    meta["feature_names"] = meta["feature_names"][:-1]
+    (tmp_path / "classifier.json").write_text(json.dumps(meta))
+    with pytest.raises(StaleFeaturesError):
+        Classifier.load(tmp_path)
+    classifier, _ = router_models.load_default(tmp_path)
+    assert classifier.score("What is 17 * 3?") == Classifier.load().score("What is 17 * 3?")
+    assert "shipped classifier" in caplog.text

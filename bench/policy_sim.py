@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import random
 import sys
 from collections import Counter, defaultdict
@@ -193,6 +194,16 @@ def grouped_oracle(items: list[Item], oracle: Oracle, plans: list[Plan], groups:
     return float((probs * acc).sum(axis=1).mean())
 
 
+def seed_reference(policy: LearnedPolicy, items: list[Item]) -> None:
+    """Replace the policy's reference prompts with an even sample of ``items`` (every
+    family, as many as the reference holds) and re-solve lambda."""
+    policy.reference.clear()
+    size = policy.reference.maxlen or len(items)
+    for item in items[:: math.ceil(len(items) / size)]:
+        policy.add_reference(item.scores)
+    policy.resolve()
+
+
 def all_plans(policy: LearnedPolicy) -> list[Plan]:
     plans = {_key(p): p for p in policy.candidates}
     for strategy, budgets in FIXED_BUDGETS.items():
@@ -227,12 +238,10 @@ def part_one(items: list[Item], world: World, args: argparse.Namespace, seed: in
     curves = {s: fixed_curve(items, oracle, s) for s in STRATEGIES}
     prior = parse_policy("learned", target_tokens=args.target, exploration=0.0)
     assert isinstance(prior, LearnedPolicy)
-    prior.reference.clear()
-    for item in items[:: max(1, len(items) // 512)]:
-        prior.add_reference(item.scores)
-    prior.resolve()
+    seed_reference(prior, items)
     trained = copy.deepcopy(prior)
     trained.exploration = args.epsilon
+    trained.resolve()  # as a deployment exploring at epsilon solves lambda
     simulate_feedback(items, oracle, trained, args.feedback, seed)
     trained.exploration = 0.0
     trained.resolve()
@@ -307,10 +316,7 @@ def part_two(items: list[Item], args: argparse.Namespace, seed: int) -> int:
     """Prints part 2; returns how many families end within 5 points of their best."""
     prior = parse_policy("learned", target_tokens=args.target, exploration=args.epsilon)
     assert isinstance(prior, LearnedPolicy)
-    prior.reference.clear()
-    for item in items[:: max(1, len(items) // 512)]:
-        prior.add_reference(item.scores)
-    prior.resolve()
+    seed_reference(prior, items)
     world, prior_pick, winner = flipped_world(args.world, items, prior)
     oracle = Oracle(world)
     families = sorted({i.family for i in items})
@@ -345,6 +351,7 @@ def part_two(items: list[Item], args: argparse.Namespace, seed: int) -> int:
     def report(t: int) -> None:
         greedy = copy.deepcopy(prior)
         greedy.exploration = 0.0
+        greedy.resolve()  # lambda for the greedy choice alone, so it spends the target
         acc, tok = policy_figures(items, oracle, greedy)
         cells = []
         last_gaps.clear()

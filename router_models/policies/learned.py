@@ -110,12 +110,17 @@ def score_row(scores: Scores) -> tuple[float, float, float, float]:
     return (scores.difficulty, scores.sequential, scores.search, float(form))
 
 
+def kinds_of(rows: np.ndarray) -> np.ndarray:
+    """``kind_of`` for a batch: (n, 3 or 4) rows -> (n,) kind indices."""
+    return (4 * (rows[:, 0] >= 0.5) + 2 * (rows[:, 1] >= 0.5)
+            + (rows[:, 2] >= 0.5)).astype(int)
+
+
 def context(rows: np.ndarray) -> np.ndarray:
     """z(x) for a batch: (n, 4) ``score_row`` rows -> (n, N_CONTEXT); (n, 3) rows of scores
     alone read as of unknown form."""
     n = len(rows)
-    kinds = (4 * (rows[:, 0] >= 0.5) + 2 * (rows[:, 1] >= 0.5)
-             + (rows[:, 2] >= 0.5)).astype(int)
+    kinds = kinds_of(rows)
     z = np.zeros((n, N_CONTEXT))
     z[:, 0] = 1.0
     z[:, 1:4] = rows[:, :3]
@@ -214,6 +219,10 @@ class LearnedPolicy(Policy):
         self.prior_precision = prior_precision
         # Parameter blocks of N_CONTEXT weights: one per strategy, then one per candidate.
         self.n_blocks = len(STRATEGIES) + n
+        # Which blocks each candidate's weights sum: its strategy's and its own.
+        self._design = np.zeros((n, self.n_blocks))
+        self._design[np.arange(n), self.strategy_index] = 1.0
+        self._design[np.arange(n), len(STRATEGIES) + np.arange(n)] += 1.0
         dim = self.n_blocks * N_CONTEXT
         self.theta = np.zeros(dim)
         self.cov = np.eye(dim) / prior_precision
@@ -268,7 +277,7 @@ class LearnedPolicy(Policy):
     def resolve(self) -> budget.Allocation:
         """Re-solve lambda over the reference prompts so the mean budget meets the target."""
         scores = self._reference_rows()
-        kinds = context(scores)[:, 4:FORM_OFFSET].argmax(axis=1)
+        kinds = kinds_of(scores)
         self.allocation = budget.solve_lambda(
             self.expected_accuracy(scores), self.expected_cost(kinds), self.target_tokens,
             self.exploration,
@@ -300,11 +309,7 @@ class LearnedPolicy(Policy):
         per_block = (self.cov.reshape(nb * N_CONTEXT, nb, N_CONTEXT) @ z).reshape(
             nb, N_CONTEXT, nb)
         block_cov = np.einsum("aib,i->ab", per_block, z)  # z^T cov[a, b] z
-        n = len(self.candidates)
-        design = np.zeros((n, nb))
-        design[np.arange(n), self.strategy_index] = 1.0
-        design[np.arange(n), len(STRATEGIES) + np.arange(n)] += 1.0
-        return design @ block_cov @ design.T
+        return self._design @ block_cov @ self._design.T
 
     def distribution(self, scores: Scores, *, budget_tokens: int | None = None,
                      strategy: str | None = None, rng: random.Random | None = None
@@ -431,7 +436,7 @@ class LearnedPolicy(Policy):
         expected tokens the current allocation gives that kind's reference prompts (NaN when
         none of them is of that kind)."""
         scores = self._reference_rows()
-        kinds = context(scores)[:, 4:FORM_OFFSET].argmax(axis=1)
+        kinds = kinds_of(scores)
         acc = self.expected_accuracy(scores)
         a = self.allocation
         scale = self.lambda_scale(kinds)

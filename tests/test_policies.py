@@ -271,3 +271,14 @@ def test_reported_spend_lowers_a_plans_expected_cost_for_that_kind_only():
         policy.update(HARD_CHAIN, policy.candidates[chain], True, spent_tokens=1024)
     assert policy.expected_cost(kind)[0, chain] == pytest.approx(4096 * (18 * 0.25 + 2) / 20)
     assert policy.expected_cost(other)[0, chain] == 4096
+
+
+def test_the_priors_majority_vote_is_the_condorcet_jury_probability():
+    from router_models.policies.learned import _majority, _plan_arrays
+    plans = (Plan("parallel_vote", 768, width=3, depth_tokens=256),
+             Plan("parallel_vote", 512, width=2, depth_tokens=256),
+             Plan("direct", 256, depth_tokens=256))
+    p = np.array([[0.7, 0.6, 0.9]])
+    # 3 voters: P(2 or 3 right); 2 voters: both right, plus half of one-one ties; 1 voter: p.
+    expected = [3 * 0.7 ** 2 * 0.3 + 0.7 ** 3, 0.6 ** 2 + 0.5 * 2 * 0.6 * 0.4, 0.9]
+    np.testing.assert_allclose(_majority(p, _plan_arrays(plans))[0], expected, rtol=1e-12)

@@ -132,45 +132,65 @@ def context(rows: np.ndarray) -> np.ndarray:
     return z
 
 
-@functools.lru_cache(maxsize=64)
-def _vote_terms(width: int) -> tuple[np.ndarray, np.ndarray]:
-    # For j right votes of `width`: C(width, j) x (1 if a majority, 1/2 if a tie, else 0).
-    j = np.arange(width + 1)
-    win = np.where(2 * j > width, 1.0, np.where(2 * j == width, 0.5, 0.0))
-    return j, np.array([math.comb(width, int(i)) for i in j], float) * win
+@dataclasses.dataclass(frozen=True)
+class _PlanArrays:
+    """The plans' shapes as arrays, computed once per candidate grid: width, depth (tokens),
+    search calls, whether a vote, and for the majority vote the exponents j and the weights
+    C(width, j) x (1 if a majority, 1/2 if a tie, else 0) for j right votes (zero past the
+    plan's width), each (C, max_width + 1)."""
+
+    width: np.ndarray
+    depth: np.ndarray
+    calls: np.ndarray
+    is_vote: np.ndarray
+    right: np.ndarray
+    wrong: np.ndarray
+    weight: np.ndarray
 
 
-def _majority(p: np.ndarray, width: np.ndarray) -> np.ndarray:
-    """P(more than half of ``width`` independent voters are right, ties split evenly): the
-    Condorcet jury theorem's majority probability, per element."""
-    out = np.empty(p.shape)
-    for k in np.unique(width):
-        mask = width == k
-        j, terms = _vote_terms(int(k))
-        q = p[mask][:, None]
-        out[mask] = (q ** j * (1 - q) ** (int(k) - j) * terms).sum(axis=1)
-    return out
+@functools.lru_cache(maxsize=16)
+def _plan_arrays(plans: tuple[Plan, ...]) -> _PlanArrays:
+    width = np.array([p.width for p in plans], int)
+    j = np.arange(width.max() + 1)[None, :]
+    w = width[:, None]
+    win = np.where(2 * j > w, 1.0, np.where(2 * j == w, 0.5, 0.0))
+    comb = np.array([[math.comb(int(k), int(i)) if i <= k else 0 for i in j[0]]
+                     for k in width], float)
+    return _PlanArrays(
+        width=width.astype(float),
+        depth=np.array([p.depth_tokens or p.budget_tokens or SHORT_TOKENS for p in plans],
+                       float),
+        calls=np.array([p.search_calls for p in plans], float),
+        is_vote=np.array([p.strategy == "parallel_vote" for p in plans]),
+        right=np.broadcast_to(j, comb.shape).astype(float),
+        wrong=np.maximum(w - j, 0).astype(float),
+        weight=comb * win)
+
+
+def _majority(p: np.ndarray, arrays: _PlanArrays) -> np.ndarray:
+    """P(more than half of each plan's ``width`` independent voters are right, ties split
+    evenly), each voter right with probability p: the Condorcet jury theorem's majority
+    probability. (n, C) -> (n, C)."""
+    q = p[:, :, None]
+    return (q ** arrays.right * (1 - q) ** arrays.wrong * arrays.weight).sum(axis=2)
 
 
 def prior_accuracy(scores: np.ndarray, plans: list[Plan]) -> np.ndarray:
     """The structural prior (module docstring): (n, 3) scores x plans -> (n, n_plans)."""
     d, s, r = (scores[:, i:i + 1] for i in range(3))
-    width = np.array([p.width for p in plans], float)
-    depth = np.array([p.depth_tokens or p.budget_tokens or SHORT_TOKENS for p in plans], float)
-    calls = np.array([p.search_calls for p in plans], float)
-    is_vote = np.array([p.strategy == "parallel_vote" for p in plans])
+    arrays = _plan_arrays(tuple(plans))
     q = 1.0 - d
     need = 128.0 + 1024.0 * d
-    gain = np.clip((1 - np.exp(-depth / need)) - (1 - np.exp(-SHORT_TOKENS / need)), 0, None)
+    gain = np.clip((1 - np.exp(-arrays.depth / need)) - (1 - np.exp(-SHORT_TOKENS / need)),
+                   0, None)
     # Below SHORT_TOKENS an answer may be cut before it is written: scale by the chance it
     # fits, relative to SHORT_TOKENS.
-    fits = np.minimum(1.0, (1 - np.exp(-depth / FINISH_TOKENS))
+    fits = np.minimum(1.0, (1 - np.exp(-arrays.depth / FINISH_TOKENS))
                       / (1 - np.exp(-SHORT_TOKENS / FINISH_TOKENS)))
     single = (q + (1 - q) * s * gain) * fits
-    vote = single + (1 - s) * (_majority(single, np.broadcast_to(width, single.shape).copy())
-                               - single)
-    acc = np.where(is_vote, vote, single)
-    acc = acc + (1 - acc) * r * (1 - 0.5 ** calls)
+    vote = single + (1 - s) * (_majority(single, arrays) - single)
+    acc = np.where(arrays.is_vote, vote, single)
+    acc = acc + (1 - acc) * r * (1 - 0.5 ** arrays.calls)
     return np.clip(acc, 0.01, 0.99)
 
 

@@ -12,8 +12,9 @@ Estimators, each with a 95% interval:
 - DR, doubly robust (Dudik, Langford and Li 2011): a reward model's prediction for the
   target's plans plus the importance-weighted residual of the logged plan; unbiased when
   either the propensities or the model are right. The model (per plan, a logistic regression
-  on the classifier's scores for accuracy, a mean for tokens) is cross-fitted on two folds so
-  no row is predicted by a model that saw it. Interval: Student's t on the terms.
+  on the classifier's scores and the prompt's form for accuracy, a mean for tokens) is
+  cross-fitted on two folds so no row is predicted by a model that saw it. Interval:
+  Student's t on the terms.
 
 The effective sample size is Kish's (sum w)^2 / sum w^2. The log cannot support an estimate
 when the target puts more than ``max_unsupported`` of its probability on plans the log never
@@ -36,6 +37,7 @@ import numpy as np
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
 
+from router_models.features import FORMS
 from router_models.plan import Plan, Scores
 from router_models.policies import Policy
 
@@ -141,9 +143,9 @@ def _snips(weights: np.ndarray, values: np.ndarray, seed: int) -> Estimate:
 
 def _model(keys: list[PlanKey], x: np.ndarray, y: np.ndarray, binary: bool
            ) -> Callable[[PlanKey, np.ndarray], np.ndarray]:
-    """A per-plan outcome model fitted on (keys, x, y): logistic regression on the scores for
-    a binary outcome when the plan has both outcomes at least 5 times, else the plan's mean
-    (Beta(1, 1)-smoothed for binary), else the overall mean."""
+    """A per-plan outcome model fitted on (keys, x, y): logistic regression on x (the scores
+    and the form's one-hot) for a binary outcome when the plan has both outcomes at least 5
+    times, else the plan's mean (Beta(1, 1)-smoothed for binary), else the overall mean."""
     overall = float(y.mean()) if len(y) else 0.0
     by_plan: dict[PlanKey, list[int]] = defaultdict(list)
     for i, key in enumerate(keys):
@@ -248,8 +250,9 @@ def replay(decisions: Sequence[LoggedDecision], target: Policy, *,
             f"plans the log never explored ({', '.join(unexplored)})"))
     if weights.sum() == 0:
         return _with(result, reason="no logged plan is one the target would pick")
+    # The outcome model reads what the learned policy reads: the scores and the form.
     x = np.array([[d.scores.difficulty, d.scores.sequential, d.scores.search]
-                  for d in decisions])
+                  + [float(d.scores.form == form) for form in FORMS] for d in decisions])
     tokens = np.array([float(d.tokens) for d in decisions])
     mean_tokens = {
         "ips": _t_interval(weights * tokens),

@@ -154,17 +154,10 @@ def policy_figures(items: list[Item], oracle: Oracle, policy: Any) -> tuple[floa
     return float(np.mean(accs)), float(np.mean(toks))
 
 
-def oracle_at(items: list[Item], oracle: Oracle, plans: list[Plan], tokens: float
-              ) -> tuple[float, float]:
+def oracle_at(items: list[Item], oracle: Oracle, plans: list[Plan], tokens: float) -> float:
     """The per-prompt oracle: the best plan per prompt in hindsight, lambda-solved so its
     mean tokens equal ``tokens``."""
-    acc = np.array([[oracle(i, p)[0] for p in plans] for i in items])
-    tok = np.array([[oracle(i, p)[1] for p in plans] for i in items])
-    allocation = budget.solve_lambda(acc, tok, tokens)
-    probs = sum(w * budget.choice_probabilities(acc, tok, lam) for w, lam in
-                ((allocation.mix, allocation.lam_low), (1 - allocation.mix,
-                                                        allocation.lam_high)))
-    return float((probs * acc).sum(axis=1).mean()), float((probs * tok).sum(axis=1).mean())
+    return grouped_oracle(items, oracle, plans, list(range(len(items))), tokens)
 
 
 def context_groups(items: list[Item]) -> dict[str, list[Any]]:
@@ -265,7 +258,7 @@ def part_one(items: list[Item], world: World, args: argparse.Namespace, seed: in
         fixed = {s: at_tokens(c, tok) for s, c in curves.items()}
         known = [v for v in fixed.values() if v is not None]
         best = max(known) if known else float("nan")
-        oracle_acc, _ = oracle_at(items, oracle, plans, tok)
+        oracle_acc = oracle_at(items, oracle, plans, tok)
         gain = (acc - cheap_acc) / (oracle_acc - cheap_acc) if oracle_acc > cheap_acc else 0
         cells = " | ".join(f"{v:>13.3f}" if v is not None else f"{'n/a':>13}"
                            for v in fixed.values())

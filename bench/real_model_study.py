@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 import httpx
 
 from router_models.tasks import default_data_dir
-from service.local_backend import free_port
+from service.local_backend import free_port, stop_process
 
 START_TIMEOUT_S = 600
 
@@ -86,11 +85,7 @@ def main() -> int:
              "--strategies", args.strategies, "--concurrency", str(args.concurrency),
              "--timeout-s", "1800", "--out", str(args.out)], check=False)
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        try:
-            gateway.wait(60)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
+        stop_process(gateway, grace_s=60)
     print(f"study wall time: {time.perf_counter() - started:.0f} s; report: "
           f"{args.out / 'report.md'}")
     return evaluation.returncode

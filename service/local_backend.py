@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 CHUNK_BYTES = 8 * 1024 * 1024
 
@@ -136,6 +136,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[Any], sig: int = signal.SIGTERM,
+                 grace_s: float = 10.0) -> int:
+    """Send ``sig`` to a running child, wait up to ``grace_s`` seconds, then SIGKILL and
+    reap it. Returns its exit status (a negative signal number when killed by one)."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -231,12 +244,7 @@ class LocalBackend:
         """Stop the child (SIGTERM, then SIGKILL after ``grace_s`` seconds)."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, grace_s=grace_s)
             print(f"stopped the embedded backend on 127.0.0.1:{self.port}", file=sys.stderr)
         if self._log is not None:
             self._log.close()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.local_backend import free_port
+from service.local_backend import free_port, stop_process
 
 
 def _answers(port: int) -> bool:
@@ -42,9 +42,4 @@ def redis_url() -> Iterator[str]:
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.local_backend import free_port
+from service.local_backend import free_port, stop_process
 
 START_TIMEOUT_S = 300
 
@@ -66,13 +66,7 @@ def start_gateway(data_dir: Path, log: Path) -> GatewayProcess:
 
 
 def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process, sig, grace_s=30)
 
 
 def port_answers(port: int) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from service.local_backend import free_port
+from service.local_backend import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,14 +29,7 @@ class Process:
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 40) -> int:
         """Send ``sig`` and wait; kill after ``timeout_s``. Returns the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, sig, timeout_s)
 
 
 def _start(args: list[str], log: Path, ready: Callable[[str], bool], url: str,

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.keys import SqliteKeyStore
-from service.local_backend import free_port
+from service.local_backend import free_port, stop_process
 from tests.redis_server import redis_url  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.e2e
@@ -78,13 +78,7 @@ def start_gateway(upstream: str, data_dir: Path, **env: str) -> tuple[subprocess
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process, grace_s=30)
 
 
 @pytest.fixture

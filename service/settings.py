@@ -116,6 +116,18 @@ class ExperimentSettings(BaseModel):
         return self
 
 
+def _with_scheme(value: SecretStr | None, schemes: tuple[str, ...]) -> SecretStr | None:
+    """``value`` when it is None or starts with one of ``schemes``; the error names the
+    schemes, never the secret.
+
+    Raises:
+        ValueError: another scheme.
+    """
+    if value is not None and not value.get_secret_value().startswith(schemes):
+        raise ValueError(f"must start with {', '.join(schemes[:-1])} or {schemes[-1]}")
+    return value
+
+
 class Settings(BaseSettings):
     """Every setting of ``ttc-router serve``.
 
@@ -221,10 +233,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith(
-                ("postgresql://", "postgres://", "sqlite:///")):
-            raise ValueError("must start with postgresql://, postgres:// or sqlite:///")
-        return value
+        return _with_scheme(value, ("postgresql://", "postgres://", "sqlite:///"))
 
     @field_validator("search_url")
     @classmethod
@@ -258,10 +267,7 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith(
-                ("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return value
+        return _with_scheme(value, ("redis://", "rediss://", "unix://"))
 
     @classmethod
     def settings_customise_sources(

@@ -190,14 +190,26 @@ def measure(engine_cls: Callable[[Path], Any], docs: list[Doc], extra: list[Doc]
                    if labelled else {})}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def hotpotqa_from_args(description: str
+                       ) -> tuple[argparse.Namespace, list[Doc], list[dict[str, Any]]]:
+    """The search benches' shared command line (``--data``, ``--synthetic``) and the
+    HotpotQA corpus and questions it names.
+
+    Raises:
+        SystemExit: the corpus is not there.
+    """
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--synthetic", type=int, default=100_000)
     args = parser.parse_args()
     if not (args.data / "hotpotqa_train_corpus.json").exists():
         raise SystemExit(f"HotpotQA not found at {args.data} (see ../shared/data/MANIFEST.md)")
     docs, questions = load_hotpotqa(args.data)
+    return args, docs, questions
+
+
+def main() -> None:
+    args, docs, questions = hotpotqa_from_args(__doc__.split("\n")[0])
     extra = synthetic(docs, 1000, seed=1)
     big = synthetic(docs, args.synthetic) if args.synthetic else []
     print("| engine | corpus | build s | docs/s | add 1,000 s | p50 ms | p95 ms "

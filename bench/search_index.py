@@ -11,7 +11,6 @@ Run: ``.venv/bin/python bench/search_index.py [--synthetic 100000] [--data DIR]`
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.search_engines import DEFAULT_DATA, load_hotpotqa, synthetic  # noqa: E402
+from bench.search_engines import hotpotqa_from_args, synthetic  # noqa: E402
 from service.search.documents import Document  # noqa: E402
 from service.search.local import LocalIndex  # noqa: E402
 
@@ -49,13 +48,7 @@ def run(name: str, docs: list[Document], queries: list[str], target_ms: float) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--synthetic", type=int, default=100_000)
-    args = parser.parse_args()
-    if not (args.data / "hotpotqa_train_corpus.json").exists():
-        raise SystemExit(f"HotpotQA not found at {args.data} (see ../shared/data/MANIFEST.md)")
-    docs, questions = load_hotpotqa(args.data)
+    args, docs, questions = hotpotqa_from_args(__doc__.split("\n")[0])
     queries = [q["question"] for q in questions]
     print("| corpus | documents | build s | documents/s | index MiB | query p50 ms "
           "| query p99 ms | target p50 ms | |")

@@ -469,7 +469,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     parser.add_argument("--ctx", type=int, default=32768, help="llama-server -c (all slots)")
-    parser.add_argument("--threads", type=int, default=None, help="llama-server -t")
+    # One thread: on a shared machine two spinning llama.cpp threads that wait for each other
+    # at every barrier ran at 0.8 tokens/s (8 requests at a time), one thread at 4.5-5.6.
+    parser.add_argument("--threads", type=int, default=1, help="llama-server -t (default 1)")
     parser.add_argument("--log", type=Path, default=Path("/tmp/outcome-bank-server.log"))
     return parser.parse_args(argv)
 
@@ -522,7 +524,7 @@ def main(argv: list[str] | None = None) -> None:
     tokens = 0
     started = time.monotonic()
     try:
-        with httpx.Client(timeout=httpx.Timeout(600.0, connect=10.0)) as client, \
+        with httpx.Client(timeout=httpx.Timeout(7200.0, connect=10.0)) as client, \
                 futures.ThreadPoolExecutor(args.concurrency) as pool, \
                 futures.ThreadPoolExecutor(max(2, args.concurrency // 4)) as runners, \
                 tqdm(total=len(runs), unit="run", smoothing=0.05) as bar:

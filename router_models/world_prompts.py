@@ -353,6 +353,8 @@ def write_prompt(phrasing: Phrasing, difficulty: float, rng: random.Random
     messages: list[dict[str, Any]] = []
     if rng.random() < phrasing.system_rate:
         messages.append({"role": "system", "content": rng.choice(SYSTEMS)})
-    messages.append({"role": "user", "content": "\n\n".join(parts) if len(parts) > 2
+    # Parts on lines of their own, never blank lines: the simulator recognises a prompt by
+    # its blank-line blocks once a harness appends an instruction.
+    messages.append({"role": "user", "content": "\n".join(parts) if len(parts) > 2
                      else " ".join(parts)})
     return messages, choices, template

@@ -39,17 +39,17 @@ allowed) and saturated accuracy p:
   share of the way to chance);
 - wrong answers: the most common wrong answer takes a share 1 / sum_{j=1..choices-1} j^-z of
   the wrong mass (its Zipf share); the rest is scattered (samples never agree on it). On
-  all-or-nothing kinds (concentration 0) the model either knows the answer (p = 1) or holds
-  one wrong answer (p = 0, every sample gives it), so votes, length and search change
-  nothing once a sample finishes.
+  all-or-nothing kinds (concentration 0) every sample of a prompt gives the same answer: the
+  model knows it, or holds one guess, right by chance (p = 1 or 0), so votes, length and
+  search change nothing once a sample finishes.
 
 A plan of ``width`` samples takes a majority vote over the samples that answered
 (self-consistency, Wang et al. 2023): the right answer wins when it has more votes than the
 most common wrong answer, half of the ties (scattered wrong answers never form a block); a
 plan whose samples all were cut is a guess (chance). The vote's accuracy is the exact sum
-over the multinomial counts of (right, most common wrong, scattered wrong, cut). The plan spends ``width`` x the
-sample's expected tokens, plus ``QUERY_TOKENS`` for each retrieval call after the first (the
-first uses the question as its query and costs no model tokens).
+over the multinomial counts of (right, most common wrong, scattered wrong, cut). The plan
+spends ``width`` x the sample's expected tokens, plus ``QUERY_TOKENS`` for each retrieval call
+after the first (the first uses the question as its query and costs no model tokens).
 
 Every figure is a SIMULATION: the ranges are wide on purpose and NOT fitted to any model.
 """
@@ -93,12 +93,12 @@ RANGES: dict[str, dict[str, tuple[float, float]]] = {
               "wrong_zipf": (0.2, 1.0), "answer_tokens": (30, 300), "answer_growth": (1, 2),
               "answer_spread": (0.15, 0.5), "length_gain": (0.0, 0.15),
               "saturation": (0.3, 1.0), "think": (1.5, 5), "overthink": (1.2, 3),
-              "decline": (2, 10), "search_gain": (-0.15, 0.05), "search_hit": (0.5, 0.95)},
+              "decline": (2, 10), "search_gain": (-0.30, 0.0), "search_hit": (0.5, 0.95)},
     "chain": {"accuracy0": (0.75, 0.97), "accuracy1": (0.35, 0.80), "concentration": (1, 6),
               "wrong_zipf": (0.3, 1.5), "answer_tokens": (60, 400), "answer_growth": (2, 6),
               "answer_spread": (0.15, 0.4), "length_gain": (0.5, 0.9),
               "saturation": (0.5, 1.5), "think": (2, 5), "overthink": (6, 12),
-              "decline": (5, 20), "search_gain": (-0.10, 0.05), "search_hit": (0.5, 0.95)},
+              "decline": (5, 20), "search_gain": (-0.35, 0.0), "search_hit": (0.5, 0.95)},
     "search": {"accuracy0": (0.10, 0.45), "accuracy1": (0.0, 0.20), "concentration": (0.3, 2),
                "wrong_zipf": (0.3, 1.0), "answer_tokens": (20, 200), "answer_growth": (1, 1.5),
                "answer_spread": (0.15, 0.5), "length_gain": (0.0, 0.10),
@@ -109,7 +109,7 @@ RANGES: dict[str, dict[str, tuple[float, float]]] = {
                 "answer_tokens": (8, 80), "answer_growth": (1, 1.5),
                 "answer_spread": (0.15, 0.4), "length_gain": (0.0, 0.03),
                 "saturation": (0.3, 1.0), "think": (1, 1.5), "overthink": (1.5, 4),
-                "decline": (3, 10), "search_gain": (-0.05, 0.02), "search_hit": (0.5, 0.95)},
+                "decline": (3, 10), "search_gain": (-0.20, 0.0), "search_hit": (0.5, 0.95)},
 }
 # Flat worlds: every kind all-or-nothing (concentration 0), uniform wrong answers, no gain
 # from length, votes or search, no overthinking; accuracy and lengths still drawn widely.
@@ -233,8 +233,11 @@ class RandomWorld:
             curve = self.curves[kind_name]
             mean = np.clip(curve.accuracy_share(difficulty[rows_k]), 1e-3, 1 - 1e-3)
             kappa = curve.params["concentration"]
-            if kappa <= 0:  # all or nothing: the model knows the answer or holds a wrong one
-                share[rows_k] = (u[rows_k] < mean).astype(float)
+            if kappa <= 0:
+                # All or nothing: the model knows the answer (share `mean`), else it holds one
+                # answer, a guess fixed per prompt: right by chance.
+                lucky = mean + (1 - mean) * chance[rows_k]
+                share[rows_k] = (u[rows_k] < lucky).astype(float)
                 all_or_nothing[rows_k] = True
             else:
                 share[rows_k] = _beta_quantile(u[rows_k], kappa * mean, kappa * (1 - mean))
@@ -259,18 +262,46 @@ class RandomWorld:
         depth = float(plan_depth(plan))
         calls = plan.search_calls
         searched = plan.strategy == "search" or calls > 0
-        p = prompts.params
-        a = prompts.answer_tokens
-        think = np.minimum(MAX_TOKENS, p["think"] * a)
-        answered = finish_probability(depth, a, p["answer_spread"])
-        q = self._sample_accuracy(prompts, depth, think, searched, max(1, calls))
-        wrong = 1.0 - q
-        top = wrong * prompts.top_wrong
-        accuracy = vote_accuracy(answered, q, top, wrong - top, prompts.chance, plan.width)
-        tokens = plan.width * sample_tokens(depth, a, p["answer_spread"], think)
+        answered, right, top, other = self.sample_parts(prompts, depth, searched, calls)
+        accuracy = vote_accuracy(answered, right, top, other, prompts.chance, plan.width)
+        a, spread = prompts.answer_tokens, prompts.params["answer_spread"]
+        think = np.minimum(MAX_TOKENS, prompts.params["think"] * a)
+        tokens = plan.width * sample_tokens(depth, a, spread, think)
         if searched:
             tokens = tokens + QUERY_TOKENS * max(0, calls - 1)
         return accuracy, tokens
+
+    def sample_parts(self, prompts: Prompts, depth: float, searched: bool, calls: int = 1
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One sample of allowance ``depth`` tokens, per prompt: P(it answers), and given an
+        answer P(right), P(the most common wrong answer), P(a scattered wrong one); (n,)
+        each (module docstring)."""
+        a = prompts.answer_tokens
+        answered = finish_probability(depth, a, prompts.params["answer_spread"])
+        think = np.minimum(MAX_TOKENS, prompts.params["think"] * a)
+        right = self._sample_accuracy(prompts, depth, think, searched, max(1, calls))
+        top = (1.0 - right) * prompts.top_wrong
+        return answered, right, top, 1.0 - right - top
+
+    def average_prompt(self, kind: str, difficulty: float) -> Prompts:
+        """A stand-in for an unknown prompt of ``kind`` at ``difficulty``: the kind's mean
+        accuracy and answer length there, four choices, no text.
+
+        Raises:
+            WorldDrawError: an unknown kind.
+        """
+        if kind not in self.curves:
+            raise WorldDrawError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+        curve = self.curves[kind]
+        d = np.array([difficulty])
+        chance = np.array([0.25])
+        share = np.clip(curve.accuracy_share(d), 0.0, 1.0)
+        zipf = curve.params["wrong_zipf"]
+        return Prompts(messages=[[]], templates=["average"], kind=np.array([KINDS.index(kind)]),
+                       difficulty=d, chance=chance, accuracy=chance + (1 - chance) * share,
+                       answer_tokens=curve.answer_median(d),
+                       top_wrong=np.array([1.0 / sum(j ** -zipf for j in range(1, 4))]),
+                       params={k: np.array([v]) for k, v in curve.params.items()})
 
     def _sample_accuracy(self, prompts: Prompts, depth: float, think: np.ndarray,
                          searched: bool, calls: int) -> np.ndarray:
@@ -295,7 +326,7 @@ class RandomWorld:
         correctness is a Bernoulli draw of the plan's expected accuracy on the prompt
         (``accuracy`` when the caller has it), independent of the lengths drawn."""
         if accuracy is None:
-            accuracy = float(self.outcome(_one(prompts, index), plan)[0][0])
+            accuracy = float(self.outcome(single_prompt(prompts, index), plan)[0][0])
         depth = plan_depth(plan)
         a = float(prompts.answer_tokens[index])
         think = min(MAX_TOKENS, float(prompts.params["think"][index]) * a)
@@ -386,7 +417,8 @@ def _beta_quantile(u: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return betaincinv(np.maximum(a, 1e-3), np.maximum(b, 1e-3), u)
 
 
-def _one(prompts: Prompts, index: int) -> Prompts:
+def single_prompt(prompts: Prompts, index: int) -> Prompts:
+    """Prompt ``index`` of ``prompts`` as a set of one."""
     take = slice(index, index + 1)
     return Prompts(messages=prompts.messages[take], templates=prompts.templates[take],
                    kind=prompts.kind[take], difficulty=prompts.difficulty[take],

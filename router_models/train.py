@@ -226,8 +226,7 @@ def strategy_table(examples: Sequence[Example], scores: Sequence[Scores],
         counts: dict[str, Counter[str]] = defaultdict(Counter)
         for e, s in zip(examples, scores, strict=True):
             if isinstance(policy, LearnedPolicy):
-                probs, _, _ = policy.distribution(s)
-                strategy = policy.candidates[int(np.argmax(probs))].strategy
+                strategy = policy.sized(policy.strategy_for(s), s).strategy
             else:
                 strategy = policy.decide(s).plan.strategy
             counts[e.family][strategy] += 1

@@ -70,12 +70,13 @@ class Router:
         builtins: dict[str, Policy]
         self.classifier, builtins = load_default(
             self.models_dir, target_tokens=settings.learned_target_tokens,
-            exploration=settings.learned_exploration, vote_width=settings.vote_width)
+            exploration=settings.learned_exploration, vote_width=settings.vote_width,
+            default_answer_tokens=settings.default_answer_tokens)
         learned = builtins.get("learned")
         if isinstance(learned, LearnedPolicy):
             learned.lengths_from_feedback = False  # observe_usage reports every request's
         # Tokens a complete answer takes, per (backend model, kind of prompt).
-        self.answer_lengths = AnswerLengths()
+        self.answer_lengths = AnswerLengths(settings.default_answer_tokens)
         self.policies: dict[str, Policy] = dict(builtins)
         for name, spec in settings.policies.items():
             try:

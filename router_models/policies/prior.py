@@ -138,12 +138,17 @@ def fit_vote(plan: Plan, answer_tokens: int, budget_tokens: int | None = None) -
     """
     if plan.strategy != "parallel_vote":
         return plan
-    depth = max(plan.depth_tokens or 0, sample_tokens(answer_tokens))
-    total = budget_tokens or plan.budget_tokens or plan.width * depth
+    needed = sample_tokens(answer_tokens)
+    total = budget_tokens or plan.budget_tokens or plan.width * max(plan.depth_tokens or 0,
+                                                                      needed)
+    depth = plan.depth_tokens or total // plan.width  # unset: the budget shared evenly
+    if depth >= needed and plan.width * depth <= total:
+        return plan if plan.budget_tokens == total else dataclasses.replace(
+            plan, budget_tokens=total)
+    depth = max(depth, needed)
     width = min(plan.width, total // depth)
     if width >= 2:
-        return dataclasses.replace(plan, budget_tokens=width * depth, width=width,
-                                   depth_tokens=depth)
+        return dataclasses.replace(plan, budget_tokens=total, width=width, depth_tokens=depth)
     why = (f"a vote needs samples of {depth} tokens to finish (answers take about "
            f"{answer_tokens}); {total} tokens buy one: ran one chain")
     return dataclasses.replace(plan, strategy="sequential", budget_tokens=total, width=1,

@@ -12,6 +12,9 @@ Otherwise the plan comes from ``service.planning`` (a forced strategy, or a back
 through as ``direct``). Turns that may be answered by tool calls, and ``n`` > 1, always run
 ``direct``.
 
+With the local search backend and an empty index, a prompt's ``search`` score reads 0 before
+a policy sees it: ``auto`` never plans search where nothing can be found.
+
 Every vote, whoever planned it, is fitted to the answer lengths observed for its kind of prompt
 and backend model (``router_models.answer_lengths``, fed from each request's usage by
 ``observe_usage``): its samples are long enough to finish, and a budget that buys only one
@@ -43,6 +46,7 @@ from service.backends import AUTO_MODEL
 from service.errors import InvalidRequest
 from service.planning import choose_plan, may_call_tools
 from service.protocol import RoutedRequest
+from service.search.local import LocalIndex, index_path
 from service.settings import Settings, SettingsError
 from service.upstream import Backend
 
@@ -50,6 +54,7 @@ log = logging.getLogger(__name__)
 
 DECISION_MEMORY = 50_000  # decisions kept for online learning (about 200 bytes each)
 LEARNED_STATE = "learned.json"
+SEARCH_CHECK_S = 2.0  # how stale the "is there anything to search" answer may be
 
 
 class Router:
@@ -104,6 +109,8 @@ class Router:
                 raise SettingsError(f"invalid settings:\n  {field_name}: unknown policy "
                                     f"{unknown[0]!r}; known: {', '.join(sorted(self.policies))}")
         self._decisions: OrderedDict[str, tuple[Scores, Plan]] = OrderedDict()
+        self._search_available = False
+        self._search_checked_at = -SEARCH_CHECK_S
 
     def plan(self, routed: RoutedRequest, backend: Backend, upstream_model: str,
              policy: str | None = None) -> tuple[Plan, Scores | None]:
@@ -127,6 +134,9 @@ class Router:
             raise InvalidRequest(f"unknown policy {policy_name!r}; known: {known}",
                                  param="router.policy")
         scores = self.score(routed)
+        if scores.search > 0 and not self.search_available():
+            # Nothing to search in: the policy must not plan search (nor explore it).
+            scores = dataclasses.replace(scores, search=0.0)
         controls = routed.controls
         forced = None if controls.strategy == "auto" else controls.strategy
         try:
@@ -140,6 +150,21 @@ class Router:
                                        reason="search needs chat messages: ran sequential")
         self._remember(routed.decision_id, scores, plan)
         return plan, scores
+
+    def search_available(self) -> bool:
+        """Whether ``search`` can find anything: a remote search service is configured, or the
+        local index holds documents (``ttc-router index add``). Read at most every
+        ``SEARCH_CHECK_S`` seconds, so documents added while the gateway runs count."""
+        if self.settings.search_backend != "local":
+            return True
+        now = time.monotonic()
+        if now - self._search_checked_at >= SEARCH_CHECK_S:
+            self._search_checked_at = now
+            try:
+                self._search_available = LocalIndex(index_path(self.settings.data_dir)).exists()
+            except OSError:
+                self._search_available = False
+        return self._search_available
 
     def score(self, routed: RoutedRequest) -> Scores:
         """The classifier's scores for the request's prompt, timed in

@@ -133,3 +133,25 @@ async def test_observed_short_answers_widen_later_votes():
         later = (await client.post("/v1/chat/completions", json=body)).json()["router"]
     assert first["max_samples"] == 2
     assert later["max_samples"] == 8 and later["strategy"] == "parallel_vote"
+
+
+async def test_auto_never_plans_search_when_there_is_nothing_to_search(tmp_path):
+    from service.search import LocalIndex
+    from service.search.documents import Document
+    from service.search.local import index_path
+
+    fact = {"model": "auto", "messages": [{"role": "user", "content": (
+        "Who founded the Quenmoor observatory, and in which year was it built?")}]}
+    settings = make_settings(data_dir=tmp_path)
+    async with gateway_client(llm().transport(), settings) as client:
+        gw = client._transport.app.state.gateway  # type: ignore[attr-defined]
+        router = gw.router
+        scores = router.classifier.score(fact["messages"])
+        assert scores.search >= 0.5  # the classifier reads it as a fact question
+        for _ in range(20):
+            reply = (await client.post("/v1/chat/completions", json=fact)).json()["router"]
+            assert reply["strategy"] != "search" and reply["scores"]["search"] == 0.0
+        LocalIndex(index_path(tmp_path)).add([Document("q", "Quenmoor", "Quenmoor was built.")])
+        router._search_checked_at = -1e9  # skip the 2-second recheck interval
+        reply = (await client.post("/v1/chat/completions", json=fact)).json()["router"]
+    assert reply["strategy"] == "search"

@@ -127,11 +127,12 @@ def print_summary(name: str, rows: list[WorldResult], feedback: int) -> dict[str
         ratios = [r.token_ratio for r in group]
         shares = [r.share for r in group if r.share is not None]
         s_med, s_p10, s_worst = summary(shares) if shares else (float("nan"),) * 3
+        share_cell = (f"{100 * s_med:.0f}% / {100 * s_p10:.0f}% / {100 * s_worst:.0f}%"
+                      if shares else "n/a (no gain to take)")
         met = sum(r.share_met for r in group)
         print(f"| {world_type} | {len(group)} | {100 * med:+.1f} / {100 * p10:+.1f} / "
               f"{100 * worst:+.1f} | {np.median(ratios):.2f} / {max(ratios):.2f} | "
-              f"{100 * s_med:.0f}% / {100 * s_p10:.0f}% / {100 * s_worst:.0f}% "
-              f"({len(shares)} with gain) | {met}/{len(group)} |")
+              f"{share_cell} ({len(shares)} with gain) | {met}/{len(group)} |")
         out[world_type] = {"worlds": len(group), "margin_median": med, "margin_p10": p10,
                            "margin_worst": worst, "share_median": s_med, "share_p10": s_p10,
                            "share_worst": s_worst, "share_met": met}

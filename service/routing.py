@@ -12,19 +12,18 @@ Otherwise the plan comes from ``service.planning`` (a forced strategy, or a back
 through as ``direct``). Turns that may be answered by tool calls, and ``n`` > 1, always run
 ``direct``.
 
-The learned policy learns from ``POST /v1/feedback``: each decision's scores and plan are
-kept in memory (the last ``DECISION_MEMORY`` of them) until feedback names it, and the
-policy's state is saved under the data directory at shutdown, so it survives restarts;
-``ttc-router train --from-log`` replays the durable request log instead.
+The learned policies learn from ``POST /v1/feedback`` through ``service.learning.Learner``,
+which reads each decision's scores and plan from the durable request log (so feedback may reach
+any replica) and replaces the policies served here as the shared state moves;
+``ttc-router train --from-log`` re-fits from the same log offline.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
-from collections import OrderedDict
-from pathlib import Path
 
 from router_models import load_default
 from router_models.classifier import Classifier
@@ -41,7 +40,6 @@ from service.upstream import Backend
 
 log = logging.getLogger(__name__)
 
-DECISION_MEMORY = 50_000  # decisions kept for online learning (about 200 bytes each)
 LEARNED_STATE = "learned.json"
 
 
@@ -88,7 +86,10 @@ class Router:
             if unknown:
                 raise SettingsError(f"invalid settings:\n  {field_name}: unknown policy "
                                     f"{unknown[0]!r}; known: {', '.join(sorted(self.policies))}")
-        self._decisions: OrderedDict[str, tuple[Scores, Plan]] = OrderedDict()
+        # The random source of exploring policies, this process's own: the policies served
+        # are copies of a shared state (service.learning), and each copy's own source would
+        # restart from the same draw at every refresh, on every replica.
+        self._rng = random.Random()
 
     def plan(self, routed: RoutedRequest, backend: Backend, upstream_model: str,
              policy: str | None = None) -> tuple[Plan, Scores | None]:
@@ -112,14 +113,13 @@ class Router:
         forced = None if controls.strategy == "auto" else controls.strategy
         try:
             decision = chosen.decide(scores, budget_tokens=controls.budget_tokens
-                                     or routed.max_tokens, strategy=forced)
+                                     or routed.max_tokens, strategy=forced, rng=self._rng)
         except PolicyError as exc:
             raise InvalidRequest(str(exc), param="router") from exc
         plan = decision.plan
         if plan.strategy == "search" and routed.endpoint != "chat":
             plan = dataclasses.replace(plan, strategy="sequential", search_calls=0,
                                        reason="search needs chat messages: ran sequential")
-        self._remember(routed.decision_id, scores, plan)
         return plan, scores
 
     def score(self, routed: RoutedRequest) -> Scores:
@@ -141,19 +141,6 @@ class Router:
         metrics.CLASSIFIER_DURATION.observe(time.perf_counter() - started)
         return scores
 
-    def learn(self, decision_id: str, score: float, spent_tokens: int | None = None) -> bool:
-        """Teach the deciding policy the outcome of one decision; False when the decision is
-        not in memory (made by another replica, or too long ago)."""
-        remembered = self._decisions.get(decision_id)
-        if remembered is None:
-            return False
-        scores, plan = remembered
-        policy = self.policies.get(plan.policy or "")
-        if policy is None:
-            return False
-        policy.update(scores, plan, score, spent_tokens=spent_tokens)
-        return True
-
     def export_budgets(self) -> None:
         """Set ``ttc_policy_budget_tokens`` and ``ttc_policy_feedback`` from the learning
         policies' current budget curriculum (called when Prometheus scrapes)."""
@@ -166,18 +153,6 @@ class Router:
                     metrics.POLICY_BUDGET.labels(name, kind).set(row["mean_expected_tokens"])
                 metrics.POLICY_FEEDBACK.labels(name, kind).set(row["feedback"])
 
-    def save(self) -> None:
-        """Write the learned policy's state under ``data_dir/models`` (called at shutdown)."""
-        learned = self.policies.get("learned")
-        save = getattr(learned, "save", None)
-        if save is None:
-            return
-        try:
-            self.models_dir.mkdir(parents=True, exist_ok=True)
-            save(Path(self.models_dir / LEARNED_STATE))
-        except OSError as exc:
-            log.warning("could not save the learned policy's state: %s", exc)
-
     def _policy_name(self, routed: RoutedRequest, upstream_model: str) -> str | None:
         controls = routed.controls
         if controls.policy is not None:
@@ -188,8 +163,3 @@ class Router:
         if routed.model == AUTO_MODEL and controls.strategy == "auto":
             return self.settings.default_policy
         return None
-
-    def _remember(self, decision_id: str, scores: Scores, plan: Plan) -> None:
-        self._decisions[decision_id] = (scores, plan)
-        if len(self._decisions) > DECISION_MEMORY:
-            self._decisions.popitem(last=False)

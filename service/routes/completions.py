@@ -70,6 +70,8 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
             record(call, str(Overloaded.status))
             raise
         record(call, "200")
+        if gw.reporter.durable:  # the decision is in the shared log before the client sees it
+            await gw.reporter.committed(routed.decision_id)
         return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
     try:

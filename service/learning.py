@@ -12,24 +12,27 @@ learner counts each decision once, however often its feedback is posted.
 
 **State.** For each learning policy (one whose class overrides ``Policy.update``):
 
-    S(0) = the first snapshot written to the database (by the first replica to start on it)
+    S(0) = the first snapshot written to the database (by the first replica to start on it:
+           its policy as loaded, from DATA_DIR/models or the shipped artifact)
     S(n) = S(n - 1).update(event n)           events apply in sequence order
     at every multiple c of ``checkpoint_every``:
     S(c) = from_state(json(state(S(c))))      the checkpoint's round trip is part of S
 
-``update`` is deterministic (numpy arithmetic on the state, no random draw: checked by
-``tests/test_learning.py``), so every replica at the same cursor holds the same state bit for
-bit, whether it applied every event since S(0) or loaded the checkpoint at c and replayed the
-rest. Checkpoints go into ``policy_snapshots`` (one transaction; a position already stored is
-kept, since replicas compute identical checkpoints) and, for ``learned``, atomically to
-``DATA_DIR/models/learned.json`` (temporary file, fsync, rename). A new replica loads the
-latest checkpoint and replays the events after it.
+``update`` is deterministic (it counts and tests; no random draw: checked by
+``tests/test_learning.py``), so every replica at the same cursor holds the same canonical state
+bit for bit, whether it applied every event since S(0) or loaded the checkpoint at c and
+replayed the rest (``GET /v1/learner`` shows the cursor and the state's SHA-256).
+Checkpoints go into ``policy_snapshots`` (one transaction; a position already stored is kept,
+since replicas compute identical checkpoints). A new replica loads the latest checkpoint
+and replays the events after it.
 
-**Serving.** Requests are decided by a copy of each learned policy, replaced whenever the
-canonical state moves: deciding changes a ``LearnedPolicy`` (it remembers recent prompts and
-re-solves its price of tokens), and one replica's traffic must not leak into the shared state.
-The price is solved over the reference prompts of the shared state, not each replica's recent
-traffic.
+**Serving.** Requests are decided by the router's own policy objects, which receive the same
+events through ``update`` in the same order, so what they learn from feedback equals the
+canonical state's; the canonical copy never decides. Deciding and usage also change a served
+``LearnedPolicy`` locally (its exploration counters, the prompts it sizes budgets over, the
+answer lengths it observes): that part is each replica's own, starts from the checkpoint at
+start-up, and is saved atomically (temporary file, fsync, rename) to
+``DATA_DIR/models/learned.json`` at checkpoints and at shutdown.
 
 **Staleness.** The replica that receives feedback applies it before answering; every other
 replica reads new events every ``learn_interval_s`` (1 s), so a feedback reaches every
@@ -43,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import dataclasses
 import json
 import logging
@@ -93,13 +95,13 @@ class Learner:
     """The event-sourced state of the router's learning policies (module docstring).
 
     Args:
-        router: whose learning policies are served; their start-up state is S(0) when the
-            database holds no snapshot yet.
+        router: whose learning policies are served and updated; their start-up state is
+            S(0) when the database holds no snapshot yet.
         backend: the request log's database.
         interval_s: how often the background task reads new events (seconds).
         checkpoint_every: events between checkpoints.
-        models_dir: where ``learned.json`` is saved at checkpoints and at ``close`` (None:
-            not saved).
+        models_dir: where the served ``learned`` policy is saved as ``learned.json`` at
+            checkpoints and at ``close`` (None: not saved).
     """
 
     def __init__(self, router: Router, backend: Backend, *, interval_s: float = 1.0,
@@ -115,20 +117,21 @@ class Learner:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def policies(self) -> dict[str, Policy]:
+        """The canonical state of each learning policy (read-only for callers; hold
+        ``reading()`` to read it together with ``cursor``)."""
+        return self._canonical
+
     def reading(self) -> asyncio.Lock:
         """A lock to hold while reading ``policies`` and ``cursor`` together (no event is
         applied meanwhile)."""
         return self._lock
 
-    @property
-    def policies(self) -> dict[str, Policy]:
-        """The canonical state of each learning policy (read-only for callers)."""
-        return self._canonical
-
     async def start(self) -> None:
-        """Load each learning policy's latest checkpoint (writing S(0) when there is none),
-        replay the events after it, serve the result, and start reading new events every
-        ``interval_s``.
+        """Load each learning policy's latest checkpoint (writing S(0) when there is none)
+        into both the canonical copy and the served policy, replay the events after it, and
+        start reading new events every ``interval_s``. Call it before serving requests.
 
         Raises:
             StoreError: the database failed.
@@ -145,10 +148,11 @@ class Learner:
             latest = {snap.policy: snap for snap in await self._backend.latest_snapshots()}
         for name in names:
             snap = latest[name]
-            self._canonical[name] = await asyncio.to_thread(self._restore, name, snap.state)
+            state = json.loads(snap.state)
+            self._canonical[name] = self._router.restore(name, state)
+            self._router.policies[name] = self._router.restore(name, state)
             self._base[name] = snap.position
         self.cursor = min(self._base.values(), default=0)
-        self._publish()
         await self.sync()
         self._task = asyncio.create_task(self._poll_forever(), name="ttc-learner")
 
@@ -165,15 +169,19 @@ class Learner:
             checkpoint: int | None = None
             while True:
                 events = await self._backend.learning_events(self.cursor, _BATCH)
-                if events:  # in a thread: a replica catching up must not stall requests
-                    checkpoint = await asyncio.to_thread(self._apply_all, events) or checkpoint
+                for event in events:
+                    self._apply(event)
+                    if event.seq // self._checkpoint_every > self.cursor // self._checkpoint_every:
+                        checkpoint = event.seq
+                        await self._checkpoint(event.seq)
+                    self.cursor = event.seq
+                    if event.seq % 64 == 0:
+                        await asyncio.sleep(0)  # a replica catching up still serves
                 read += len(events)
                 if len(events) < _BATCH:
                     break
-            if read:
-                self._publish()
             if checkpoint is not None:
-                await self._store_checkpoint(checkpoint)
+                await asyncio.to_thread(self._save_file)
             return read
 
     async def close(self) -> None:
@@ -191,67 +199,43 @@ class Learner:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _apply_all(self, events: list[LearningEvent]) -> int | None:
-        """Apply ``events`` (in order, after the cursor); returns the last checkpoint crossed."""
-        checkpoint = None
-        for event in events:
-            self._apply(event)
-            if event.seq // self._checkpoint_every > self.cursor // self._checkpoint_every:
-                self._rebase(event.seq)
-                checkpoint = event.seq
-            self.cursor = event.seq
-        return checkpoint
-
     def _apply(self, event: LearningEvent) -> None:
         if event.plan is None or event.scores is None:
             return  # a request no policy decided: nothing to learn
         name = event.plan.get("policy")
-        policy = self._canonical.get(name) if isinstance(name, str) else None
-        if policy is None or event.seq <= self._base[name]:
+        canonical = self._canonical.get(name) if isinstance(name, str) else None
+        if canonical is None or event.seq <= self._base[name]:
             return
         try:
             plan = Plan(**{k: v for k, v in event.plan.items() if k in _PLAN_FIELDS})
             scores = Scores.from_dict(event.scores)
-            policy.update(scores, plan, event.score, spent_tokens=event.completion_tokens)
+            for policy in (canonical, self._router.policies[name]):
+                policy.update(scores, plan, event.score, spent_tokens=event.completion_tokens)
         except (KeyError, TypeError, ValueError) as exc:
             # Every replica skips the same malformed row, so the states still agree.
             log.warning("learner: event %d (%s) skipped: %s", event.seq, event.decision_id, exc)
 
-    def _rebase(self, position: int) -> None:
-        """The checkpoint at ``position``: each state goes through its JSON round trip."""
-        for name, policy in self._canonical.items():
-            self._canonical[name] = self._restore(name, _dumps(policy))
+    async def _checkpoint(self, position: int) -> None:
+        """The checkpoint at ``position``: each canonical state through its JSON round trip,
+        stored unless another replica stored it first (the same bytes)."""
+        texts = {name: _dumps(policy) for name, policy in self._canonical.items()}
+        for name, text in texts.items():
+            self._canonical[name] = self._router.restore(name, json.loads(text))
             self._base[name] = position
-
-    async def _store_checkpoint(self, position: int) -> None:
-        texts = await asyncio.to_thread(
-            lambda: {name: _dumps(policy) for name, policy in self._canonical.items()})
         try:
             await self._backend.put_snapshots(
                 [Snapshot(name, position, text) for name, text in texts.items()])
         except StoreError as exc:  # another replica will store the same checkpoint
             log.warning("learner: checkpoint %d not stored: %s", position, exc)
-        await asyncio.to_thread(self._save_file)
 
     def _save_file(self) -> None:
-        learned = self._canonical.get("learned")
-        if learned is None or self._models_dir is None:
+        learned = self._router.policies.get("learned")
+        if learned is None or self._models_dir is None or not learns(learned):
             return
         try:
             save_atomically(learned, self._models_dir / LEARNED_STATE)
         except OSError as exc:
             log.warning("could not save the learned policy's state: %s", exc)
-
-    def _restore(self, name: str, text: str) -> Policy:
-        policy: Policy = type(self._router.policies[name]).from_state(  # type: ignore[attr-defined]
-            json.loads(text))
-        policy.name = name
-        return policy
-
-    def _publish(self) -> None:
-        """Serve copies of the canonical state (deciding must not change it)."""
-        for name, policy in self._canonical.items():
-            self._router.policies[name] = copy.deepcopy(policy)
 
     async def _poll_forever(self) -> None:
         while True:

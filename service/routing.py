@@ -12,9 +12,14 @@ Otherwise the plan comes from ``service.planning`` (a forced strategy, or a back
 through as ``direct``). Turns that may be answered by tool calls, and ``n`` > 1, always run
 ``direct``.
 
+Every vote, whoever planned it, is fitted to the answer lengths observed for its kind of prompt
+and backend model (``router_models.answer_lengths``, fed from each request's usage by
+``observe_usage``): its samples are long enough to finish, and a budget that buys only one
+complete sample runs one chain, saying so in ``router.reason``.
+
 The learned policies learn from ``POST /v1/feedback`` through ``service.learning.Learner``,
 which reads each decision's scores and plan from the durable request log (so feedback may reach
-any replica) and replaces the policies served here as the shared state moves;
+any replica) and applies it to the policies served here in the log's order;
 ``ttc-router train --from-log`` re-fits from the same log offline.
 """
 
@@ -24,11 +29,14 @@ import dataclasses
 import logging
 import random
 import time
+from typing import Any
 
 from router_models import load_default
+from router_models.answer_lengths import AnswerLengths
 from router_models.classifier import Classifier
-from router_models.plan import Plan, Scores
-from router_models.policies import Policy, PolicyError, parse_policy
+from router_models.plan import STRATEGIES, Plan, Scores
+from router_models.policies import KIND_NAMES, LearnedPolicy, Policy, PolicyError, parse_policy
+from router_models.policies.prior import fit_vote, kind_of
 from router_models.prompt import has_conversation
 from service import metrics
 from service.backends import AUTO_MODEL
@@ -59,7 +67,16 @@ class Router:
         self.models_dir = settings.data_dir / "models"
         self.classifier: Classifier
         builtins: dict[str, Policy]
-        self.classifier, builtins = load_default(self.models_dir)
+        self._learned_options: dict[str, Any] = {
+            "target_tokens": settings.learned_target_tokens,
+            "exploration": settings.learned_exploration, "vote_width": settings.vote_width,
+            "default_answer_tokens": settings.default_answer_tokens}
+        self.classifier, builtins = load_default(self.models_dir, **self._learned_options)
+        learned = builtins.get("learned")
+        if isinstance(learned, LearnedPolicy):
+            learned.lengths_from_feedback = False  # observe_usage reports every request's
+        # Tokens a complete answer takes, per (backend model, kind of prompt).
+        self.answer_lengths = AnswerLengths(settings.default_answer_tokens)
         self.policies: dict[str, Policy] = dict(builtins)
         for name, spec in settings.policies.items():
             try:
@@ -86,9 +103,8 @@ class Router:
             if unknown:
                 raise SettingsError(f"invalid settings:\n  {field_name}: unknown policy "
                                     f"{unknown[0]!r}; known: {', '.join(sorted(self.policies))}")
-        # The random source of exploring policies, this process's own: the policies served
-        # are copies of a shared state (service.learning), and each copy's own source would
-        # restart from the same draw at every refresh, on every replica.
+        # The random source of exploring policies, this process's own: seeded from the OS,
+        # so replicas that hold the same learned state still explore independently.
         self._rng = random.Random()
 
     def plan(self, routed: RoutedRequest, backend: Backend, upstream_model: str,
@@ -102,7 +118,11 @@ class Router:
         """
         policy_name = policy or self._policy_name(routed, upstream_model)
         if policy_name is None or may_call_tools(routed) or routed.n > 1:
-            return choose_plan(routed, self.settings, backend, upstream_model), None
+            plan = choose_plan(routed, self.settings, backend, upstream_model)
+            if plan.strategy != "parallel_vote":
+                return plan, None
+            scores = self.score(routed)
+            return self._fit_vote(plan, scores, upstream_model), scores
         chosen = self.policies.get(policy_name)
         if chosen is None:
             known = ", ".join(sorted(self.policies))
@@ -116,7 +136,7 @@ class Router:
                                      or routed.max_tokens, strategy=forced, rng=self._rng)
         except PolicyError as exc:
             raise InvalidRequest(str(exc), param="router") from exc
-        plan = decision.plan
+        plan = self._fit_vote(decision.plan, scores, upstream_model)
         if plan.strategy == "search" and routed.endpoint != "chat":
             plan = dataclasses.replace(plan, strategy="sequential", search_calls=0,
                                        reason="search needs chat messages: ran sequential")
@@ -141,6 +161,44 @@ class Router:
         metrics.CLASSIFIER_DURATION.observe(time.perf_counter() - started)
         return scores
 
+    def answer_tokens(self, scores: Scores, upstream_model: str) -> int:
+        """Tokens a complete answer takes for this kind of prompt on this model (p90)."""
+        return self.answer_lengths.estimate((upstream_model, KIND_NAMES[kind_of(scores)]))
+
+    def _fit_vote(self, plan: Plan, scores: Scores, upstream_model: str) -> Plan:
+        if plan.strategy != "parallel_vote":
+            return plan
+        return fit_vote(plan, self.answer_tokens(scores, upstream_model))
+
+    def observe_usage(self, scores: Scores | None, plan: Plan, upstream_model: str,
+                      completion_tokens: int, report: dict[str, object]) -> None:
+        """Learn answer lengths from one answered request: its samples' completion tokens,
+        each finished or cut at its ``max_tokens`` (right-censored). A vote's samples count
+        as its mean tokens per sample; a chain that needed a continuation counts as cut."""
+        if scores is None or completion_tokens <= 0:
+            return
+        samples: list[tuple[int, bool]]
+        if plan.strategy == "parallel_vote":
+            count = int(report.get("samples", 0) or 0)  # type: ignore[call-overload]
+            cut = int(report.get("cut_samples", 0) or 0)  # type: ignore[call-overload]
+            if count <= 0:
+                return
+            depth = int(report.get("depth_tokens", 0) or 0)  # type: ignore[call-overload]
+            mean = max(1, round(completion_tokens / count))
+            samples = [(mean, True)] * (count - cut) + [(depth or mean, False)] * cut
+        elif plan.strategy in ("direct", "sequential") and plan.budget_tokens:
+            finished = (not report.get("continued")
+                        and completion_tokens < plan.budget_tokens)
+            samples = [(completion_tokens, finished)]
+        else:
+            return
+        key = (upstream_model, KIND_NAMES[kind_of(scores)])
+        for tokens, finished in samples:
+            self.answer_lengths.observe(key, tokens, finished)
+        learned = self.policies.get("learned")
+        if isinstance(learned, LearnedPolicy):
+            learned.observe_usage(scores, samples)
+
     def export_budgets(self) -> None:
         """Set ``ttc_policy_budget_tokens`` and ``ttc_policy_feedback`` from the learning
         policies' current budget curriculum (called when Prometheus scrapes)."""
@@ -152,6 +210,30 @@ class Router:
                 if row["mean_expected_tokens"] == row["mean_expected_tokens"]:  # not NaN
                     metrics.POLICY_BUDGET.labels(name, kind).set(row["mean_expected_tokens"])
                 metrics.POLICY_FEEDBACK.labels(name, kind).set(row["feedback"])
+                if "strategy" in row:
+                    for strategy in STRATEGIES:
+                        metrics.POLICY_STRATEGY.labels(name, kind, strategy).set(
+                            float(row["strategy"] == strategy))
+            if isinstance(policy, LearnedPolicy):
+                metrics.POLICY_TARGET_TOKENS.labels(name).set(policy.target_tokens)
+                metrics.POLICY_EXPLORATION_SHARE.labels(name).set(policy.exploration)
+                metrics.POLICY_EXPLORED_RATIO.labels(name).set(policy.exploration_share())
+
+    def restore(self, name: str, state: dict[str, Any]) -> Policy:
+        """The policy ``name`` rebuilt from a ``state()`` of it (a checkpoint of the shared
+        learned state), with this gateway's settings applied as at start-up; it does not
+        replace the served one.
+
+        Raises:
+            PolicyError: a malformed state. KeyError: no policy has this name.
+        """
+        current = self.policies[name]
+        options = self._learned_options if name == "learned" else {}
+        restored: Policy = type(current).from_state(state, **options)  # type: ignore[attr-defined]
+        restored.name = current.name
+        if isinstance(restored, LearnedPolicy) and isinstance(current, LearnedPolicy):
+            restored.lengths_from_feedback = current.lengths_from_feedback
+        return restored
 
     def _policy_name(self, routed: RoutedRequest, upstream_model: str) -> str | None:
         controls = routed.controls

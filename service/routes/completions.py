@@ -17,6 +17,7 @@ from service.deps import gateway, read_body
 from service.errors import GatewayError, InvalidRequest, Overloaded
 from service.experiments import identity_of
 from service.protocol import Endpoint, RoutedRequest, parse_json_object, parse_request
+from service.routing import Router
 from service.strategies import REGISTRY, Call
 from service.strategies.base import record
 
@@ -70,6 +71,7 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
             record(call, str(Overloaded.status))
             raise
         record(call, "200")
+        _observe_usage(gw.router, call)
         if gw.reporter.durable:  # the decision is in the shared log before the client sees it
             await gw.reporter.committed(routed.decision_id)
         return Response(orjson.dumps(result), media_type="application/json", headers=headers)
@@ -83,11 +85,12 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
         record(call, str(Overloaded.status))
         raise
     headers["cache-control"] = "no-cache"
-    return StreamingResponse(_recorded(call, body_iter), media_type="text/event-stream",
+    return StreamingResponse(_recorded(call, body_iter, gw.router), media_type="text/event-stream",
                              headers=headers)
 
 
-async def _recorded(call: Call, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _recorded(call: Call, body: AsyncIterator[bytes], router: Router | None
+                    ) -> AsyncIterator[bytes]:
     """The strategy's SSE body, reported once it ends (also when the client goes away)."""
     try:
         async for chunk in body:
@@ -98,6 +101,15 @@ async def _recorded(call: Call, body: AsyncIterator[bytes]) -> AsyncIterator[byt
     finally:
         error = call.stream_error
         record(call, "200" if error is None else str(error.status))
+        if error is None:
+            _observe_usage(router, call)
+
+
+def _observe_usage(router: Router | None, call: Call) -> None:
+    """Teach the router how long this kind of prompt's answers run on this model."""
+    if router is not None:
+        router.observe_usage(call.scores, call.plan, call.upstream_model,
+                             call.acct.completion_tokens, call.report)
 
 
 def _check_routable(routed: RoutedRequest) -> None:

@@ -12,6 +12,11 @@ Otherwise the plan comes from ``service.planning`` (a forced strategy, or a back
 through as ``direct``). Turns that may be answered by tool calls, and ``n`` > 1, always run
 ``direct``.
 
+With the local search backend, a prompt's ``search`` score is read against the index before a
+policy sees it (``search_evidence``): 0 with an empty index, so ``auto`` never plans search
+where nothing can be found; with documents, the share of the question that the top hits cover
+(``service.coverage``), so it searches where the collection can answer.
+
 Every vote, whoever planned it, is fitted to the answer lengths observed for its kind of prompt
 and backend model (``router_models.answer_lengths``, fed from each request's usage by
 ``observe_usage``): its samples are long enough to finish, and a budget that buys only one
@@ -37,18 +42,24 @@ from router_models.classifier import Classifier
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies import KIND_NAMES, LearnedPolicy, Policy, PolicyError, parse_policy
 from router_models.policies.prior import fit_vote, kind_of
-from router_models.prompt import has_conversation
+from router_models.prompt import has_conversation, prompt_text
 from service import metrics
 from service.backends import AUTO_MODEL
+from service.coverage import COVERED, coverage
 from service.errors import InvalidRequest
 from service.planning import choose_plan, may_call_tools
 from service.protocol import RoutedRequest
+from service.search.base import SearchError
+from service.search.local import LocalIndex, index_path
 from service.settings import Settings, SettingsError
 from service.upstream import Backend
 
 log = logging.getLogger(__name__)
 
 LEARNED_STATE = "learned.json"
+SEARCH_CHECK_S = 2.0  # how stale the "is there anything to search" answer may be
+COVERAGE_HITS = 3  # top hits whose words count as the collection's cover of a question
+UNCOVERED_SEARCH = 0.3  # the search score of a question the local collection does not cover
 
 
 class Router:
@@ -106,6 +117,9 @@ class Router:
         # The random source of exploring policies, this process's own: seeded from the OS,
         # so replicas that hold the same learned state still explore independently.
         self._rng = random.Random()
+        self._search_available = False
+        self._search_checked_at = -SEARCH_CHECK_S
+        self._index: LocalIndex | None = None
 
     def plan(self, routed: RoutedRequest, backend: Backend, upstream_model: str,
              policy: str | None = None) -> tuple[Plan, Scores | None]:
@@ -128,7 +142,7 @@ class Router:
             known = ", ".join(sorted(self.policies))
             raise InvalidRequest(f"unknown policy {policy_name!r}; known: {known}",
                                  param="router.policy")
-        scores = self.score(routed)
+        scores = self.search_evidence(routed, self.score(routed))
         controls = routed.controls
         forced = None if controls.strategy == "auto" else controls.strategy
         try:
@@ -141,6 +155,51 @@ class Router:
             plan = dataclasses.replace(plan, strategy="sequential", search_calls=0,
                                        reason="search needs chat messages: ran sequential")
         return plan, scores
+
+    def search_available(self) -> bool:
+        """Whether ``search`` can find anything: a remote search service is configured, or the
+        local index holds documents (``ttc-router index add``). Read at most every
+        ``SEARCH_CHECK_S`` seconds, so documents added while the gateway runs count."""
+        if self.settings.search_backend != "local":
+            return True
+        now = time.monotonic()
+        if now - self._search_checked_at >= SEARCH_CHECK_S:
+            self._search_checked_at = now
+            try:
+                self._search_available = LocalIndex(index_path(self.settings.data_dir)).exists()
+            except OSError:
+                self._search_available = False
+        return self._search_available
+
+    def search_evidence(self, routed: RoutedRequest, scores: Scores) -> Scores:
+        """``scores`` with ``search`` read against what there is to search.
+
+        Nothing to search in (the local backend with an empty index): 0, so no policy plans
+        or explores search. A local index with documents: the share of the question's content
+        words its top hits cover (``service.coverage``) when that is at least ``COVERED``,
+        else at most ``UNCOVERED_SEARCH`` (still plausible to explore when the classifier
+        reads a fact question). A remote search service: the classifier's score.
+        """
+        if self.settings.search_backend != "local":
+            return scores
+        if not self.search_available():
+            return dataclasses.replace(scores, search=0.0) if scores.search else scores
+        question = (prompt_text(routed.body["messages"]) if routed.endpoint == "chat"
+                    else str(routed.body.get("prompt", "")))
+        try:
+            hits = self._local_index().search(question, COVERAGE_HITS)
+        except SearchError as exc:
+            log.warning("coverage check of the local index failed: %s", exc)
+            return scores
+        share = coverage(question, hits)
+        if share >= COVERED:
+            return dataclasses.replace(scores, search=round(share, 4))
+        return dataclasses.replace(scores, search=min(scores.search, UNCOVERED_SEARCH))
+
+    def _local_index(self) -> LocalIndex:
+        if self._index is None:
+            self._index = LocalIndex(index_path(self.settings.data_dir))
+        return self._index
 
     def score(self, routed: RoutedRequest) -> Scores:
         """The classifier's scores for the request's prompt, timed in

@@ -20,7 +20,8 @@ the issue's three targets, met or not.
 
 How to run it (from the repository root; about 2 to 4 s per world on one core)
     .venv/bin/python bench/policy_worlds.py [--worlds 100] [--seeds report|tune|LIST]
-        [--feedback 100] [--held-out 400] [--policies learned,rules] [--json OUT]
+        [--feedback 100] [--held-out 400] [--policies learned,rules] [--explain]
+        [--json OUT]
 """
 
 from __future__ import annotations
@@ -104,6 +105,28 @@ def print_world_rows(results: dict[str, list[WorldResult]]) -> None:
               f"{points(first.oracle - first.fixed.accuracy)} | " + " | ".join(cells) + " |")
 
 
+def print_explanations(results: dict[str, list[WorldResult]]) -> None:
+    print("\n== SIMULATION: per world and kind of prompt (accuracy/tokens, strategy shares; "
+          "the oracle's plan for the kind after feedback) ==")
+    for rows in zip(*results.values(), strict=True):
+        first = rows[0]
+        print(f"seed {first.seed} ({first.world_type}, axes {axes_code(first)}):")
+        for r in rows:
+            for kind, k in r.per_kind.items():
+                scores = " ".join(f"{h[:3]} {v:.2f}" for h, v in k["scores"].items())
+                forms = ",".join(f"{f} {n}" for f, n in sorted(k["forms"].items()))
+
+                def mix(f: dict[str, Any]) -> str:
+                    shares = " ".join(f"{s} {100 * w:.0f}%" for s, w in sorted(
+                        f["strategies"].items(), key=lambda x: -x[1]))
+                    return f"{f['accuracy']:.2f}/{f['tokens']:.0f}t [{shares}]"
+
+                print(f"  {r.policy:8} {kind:5} ({k['axis']}, {k['prompts']} prompts, {scores}; "
+                      f"{forms}): before {mix(k['before'])} -> after {mix(k['after'])}; oracle "
+                      f"{k.get('oracle_plan', '-')} {k.get('oracle_accuracy', float('nan')):.2f}/"
+                      f"{k.get('oracle_tokens', float('nan')):.0f}t")
+
+
 def print_summary(name: str, rows: list[WorldResult], feedback: int) -> dict[str, Any]:
     print(f"\n== SIMULATION: {name}, summary by world type ({len(rows)} worlds) ==")
     print("| world type | worlds | (a) vs best fixed, points: median / p10 / worst | "
@@ -160,6 +183,9 @@ def main() -> int:
                         help="held-out prompts per world, by traffic share (default 400)")
     parser.add_argument("--policies", default="learned,rules",
                         help="policy specs, comma-separated (default learned,rules)")
+    parser.add_argument("--explain", action="store_true",
+                        help="also print, per world and kind of prompt, the classifier's "
+                             "scores, the policy's strategies and the oracle's plan")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args()
     seeds = pick_seeds(args.seeds, args.worlds)
@@ -179,6 +205,8 @@ def main() -> int:
     print(f"{len(seeds)} worlds in {elapsed:.0f} s ({elapsed / max(1, len(seeds)):.1f} s per "
           "world, one process)")
     print_world_rows(results)
+    if args.explain:
+        print_explanations(results)
     report = {spec: print_summary(spec, rows, args.feedback) for spec, rows in results.items()}
     if args.json:
         args.json.write_text(json.dumps({
@@ -194,7 +222,8 @@ def main() -> int:
                                "trained_tokens": r.trained_tokens,
                                "trained_best_fixed_accuracy": r.trained_fixed.accuracy,
                                "trained_oracle": r.trained_oracle, "share": r.share,
-                               "share_met": r.share_met} for r in rows]
+                               "share_met": r.share_met, "per_kind": r.per_kind}
+                              for r in rows]
                        for spec, rows in results.items()}}, indent=1) + "\n")
     return 0
 

@@ -89,13 +89,15 @@ class PlanTable:
 @dataclass(frozen=True)
 class Figures:
     """A policy's expected figures on a prompt set: mean accuracy, mean tokens (completion
-    tokens actually spent), per-prompt arrays of both, and the plans it gave weight to."""
+    tokens actually spent), per-prompt arrays of both, the plans it gave weight to, and per
+    strategy the (n,) probability that each prompt got it."""
 
     accuracy: float
     tokens: float
     per_prompt_accuracy: np.ndarray
     per_prompt_tokens: np.ndarray
     plans: tuple[Plan, ...]
+    strategy_weights: dict[str, np.ndarray]
 
 
 def decision_weights(policy: Policy, routed: Routed, rng: random.Random
@@ -114,14 +116,17 @@ def expected_figures(policy: Policy, routed: Sequence[Routed], table: PlanTable,
     """Decide every prompt once and take expectations over each decision's candidates."""
     acc = np.zeros(len(routed))
     tok = np.zeros(len(routed))
+    shares = {s: np.zeros(len(routed)) for s in STRATEGIES}
     plans: dict[tuple[Any, ...], Plan] = {}
     for i, r in enumerate(routed):
         for weight, plan in decision_weights(policy, r, rng):
             a, t = table(plan)
             acc[i] += weight * a[i]
             tok[i] += weight * t[i]
+            shares[plan.strategy][i] += weight
             plans.setdefault(plan_key(plan), plan)
-    return Figures(float(acc.mean()), float(tok.mean()), acc, tok, tuple(plans.values()))
+    return Figures(float(acc.mean()), float(tok.mean()), acc, tok, tuple(plans.values()),
+                   shares)
 
 
 def fixed_plan_of(strategy: str, budget_tokens: int, scores: Scores) -> Plan:
@@ -198,13 +203,28 @@ def oracle_plans(scores: Scores, extra: Sequence[Plan] = ()) -> list[Plan]:
     return list(plans.values())
 
 
+@dataclass(frozen=True)
+class OracleChoice:
+    """The per-kind oracle at a mean spend: its ``accuracy``, and per kind name the plan it
+    gives most weight (in the mix of the two lambdas either side of the step)."""
+
+    accuracy: float
+    plans: dict[str, Plan]
+
+
 def kind_oracle(table: PlanTable, plans: Sequence[Plan], tokens: float) -> float:
-    """The per-kind oracle's accuracy: one plan per kind of prompt (the hidden truth), the
-    best in hindsight, chosen to maximise accuracy - lambda x tokens with lambda solved by
-    bisection so the mean tokens equal ``tokens`` (mixing the two choices either side of the
-    step, the randomised Lagrangian solution of this knapsack; Snell et al. 2024's
-    compute-optimal allocation with the kind as the only context). When even the cheapest
-    choice per kind spends more, that choice's accuracy."""
+    """The per-kind oracle's accuracy (``kind_oracle_choice``)."""
+    return kind_oracle_choice(table, plans, tokens).accuracy
+
+
+def kind_oracle_choice(table: PlanTable, plans: Sequence[Plan], tokens: float
+                       ) -> OracleChoice:
+    """The per-kind oracle: one plan per kind of prompt (the hidden truth), the best in
+    hindsight, chosen to maximise accuracy - lambda x tokens with lambda solved by bisection
+    so the mean tokens equal ``tokens`` (mixing the two choices either side of the step, the
+    randomised Lagrangian solution of this knapsack; Snell et al. 2024's compute-optimal
+    allocation with the kind as the only context). When even the cheapest choice per kind
+    spends more, that choice."""
     kinds = table.prompts.kind
     present = [k for k in range(len(KINDS)) if (kinds == k).any()]
     weight = np.array([(kinds == k).mean() for k in present])
@@ -217,19 +237,25 @@ def kind_oracle(table: PlanTable, plans: Sequence[Plan], tokens: float) -> float
             tok[g, j] = plan_tok[kinds == k].mean()
     rows = np.arange(len(present))
 
+    def best(lam: float) -> np.ndarray:
+        return np.argmax(acc - lam * tok - 1e-12 * tok, axis=1)
+
     def choose(lam: float) -> tuple[float, float]:
-        best = np.argmax(acc - lam * tok - 1e-12 * tok, axis=1)
-        return float(weight @ acc[rows, best]), float(weight @ tok[rows, best])
+        j = best(lam)
+        return float(weight @ acc[rows, j]), float(weight @ tok[rows, j])
+
+    def named(lam: float) -> dict[str, Plan]:
+        return {KINDS[k]: plans[int(j)] for k, j in zip(present, best(lam), strict=True)}
 
     free_acc, free_tok = choose(0.0)
     if free_tok <= tokens:
-        return free_acc
+        return OracleChoice(free_acc, named(0.0))
     lo, hi = 0.0, 1.0
     while choose(hi)[1] > tokens and hi < 1e6:
         hi *= 4
     acc_hi, tok_hi = choose(hi)
     if tok_hi > tokens:
-        return acc_hi
+        return OracleChoice(acc_hi, named(hi))
     acc_lo, tok_lo = free_acc, free_tok
     for _ in range(60):
         mid = (lo + hi) / 2
@@ -239,7 +265,7 @@ def kind_oracle(table: PlanTable, plans: Sequence[Plan], tokens: float) -> float
         else:
             hi, acc_hi, tok_hi = mid, a, t
     mix = 0.0 if tok_lo == tok_hi else (tokens - tok_hi) / (tok_lo - tok_hi)
-    return mix * acc_lo + (1 - mix) * acc_hi
+    return OracleChoice(mix * acc_lo + (1 - mix) * acc_hi, named(lo if mix >= 0.5 else hi))
 
 
 def train(policy: Policy, world: RandomWorld, routed: Sequence[Routed], table: PlanTable,
@@ -274,6 +300,7 @@ class WorldResult:
     After feedback: ``trained_accuracy``, ``trained_tokens``, ``trained_fixed``,
     ``trained_oracle``; ``share`` = (trained - fixed) / (oracle - fixed), None when the
     oracle gains less than ``NO_GAIN``; ``share_met`` the feedback target's verdict.
+    ``per_kind``: per kind name, what explains the figures (``kind_breakdown``).
     """
 
     seed: int
@@ -289,6 +316,7 @@ class WorldResult:
     trained_fixed: FixedMatch
     trained_oracle: float
     feedbacks: int
+    per_kind: dict[str, dict[str, Any]]
 
     @property
     def margin(self) -> float:
@@ -356,13 +384,60 @@ def evaluate_policy(setup: WorldSetup, make_policy: Callable[[], Policy], name: 
     matched = [fixed_plan_of(m.strategy, b, scores) for m in (fixed, trained_fixed)
                for b in m.budgets]
     plans = oracle_plans(scores, [*before.plans, *after.plans, *matched])
+    trained_oracle = kind_oracle_choice(table, plans, after.tokens)
     return WorldResult(
         seed=seed, world_type=world.world_type, axes=world.axes, policy=name,
         accuracy=before.accuracy, tokens=before.tokens, fixed=fixed,
         oracle=kind_oracle(table, plans, before.tokens),
         trained_accuracy=after.accuracy, trained_tokens=after.tokens,
-        trained_fixed=trained_fixed, trained_oracle=kind_oracle(table, plans, after.tokens),
-        feedbacks=feedbacks)
+        trained_fixed=trained_fixed, trained_oracle=trained_oracle.accuracy,
+        feedbacks=feedbacks,
+        per_kind=kind_breakdown(setup, before, after, trained_oracle))
+
+
+def _kind_figures(f: Figures, rows: np.ndarray) -> dict[str, Any]:
+    return {"accuracy": float(f.per_prompt_accuracy[rows].mean()),
+            "tokens": float(f.per_prompt_tokens[rows].mean()),
+            "strategies": {s: float(w[rows].mean())
+                           for s, w in f.strategy_weights.items() if w[rows].any()}}
+
+
+def describe(plan: Plan) -> str:
+    """A plan in a few characters: ``parallel_vote 5x256``, ``search 1x960+3``."""
+    depth = plan.depth_tokens if plan.depth_tokens is not None else plan.budget_tokens
+    calls = f"+{plan.search_calls}" if plan.search_calls else ""
+    return f"{plan.strategy} {plan.width}x{depth}{calls}"
+
+
+def kind_breakdown(setup: WorldSetup, before: Figures, after: Figures,
+                   oracle: OracleChoice) -> dict[str, dict[str, Any]]:
+    """Per kind of prompt: its axis, held-out prompts, the classifier's mean scores and its
+    forms, the policy's accuracy, tokens and strategy shares before and after feedback, and
+    the oracle's plan for the kind with that plan's accuracy and tokens there."""
+    table, routed = setup.held_out, setup.held_out_routed
+    out: dict[str, dict[str, Any]] = {}
+    for k, name in enumerate(KINDS):
+        rows = np.flatnonzero(table.prompts.kind == k)
+        if not len(rows):
+            continue
+
+        forms: dict[str, int] = {}
+        for i in rows:
+            form = str(routed[i].scores.form)
+            forms[form] = forms.get(form, 0) + 1
+        plan = oracle.plans.get(name)
+        entry: dict[str, Any] = {
+            "axis": setup.world.axes[name], "prompts": int(len(rows)),
+            "scores": {h: float(np.mean([getattr(routed[i].scores, h) for i in rows]))
+                       for h in ("difficulty", "sequential", "search")},
+            "forms": forms, "before": _kind_figures(before, rows),
+            "after": _kind_figures(after, rows)}
+        if plan is not None:
+            a, t = table(plan)
+            entry.update(oracle_plan=describe(plan), oracle_accuracy=float(a[rows].mean()),
+                         oracle_tokens=float(t[rows].mean()))
+        out[name] = entry
+    return out
 
 
 def policy_factory(spec: str, **options: Any) -> Callable[[], Policy]:

@@ -188,6 +188,12 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest,
     if routed.n > settings.max_n:
         raise InvalidRequest(f"n is at most {settings.max_n} on this gateway", param="n",
                              code="over_operator_cap")
+    # The client's own budget is checked whether or not it named a strategy: a policy may
+    # plan less than was asked, but the request itself is over the operator's cap.
+    asked = routed.controls.budget_tokens
+    if asked is not None and asked > settings.max_budget_tokens:
+        raise InvalidRequest(f"budget_tokens is at most {settings.max_budget_tokens} on this "
+                             "gateway", param="router.budget_tokens", code="over_operator_cap")
     if plan.budget_tokens is not None and plan.budget_tokens > settings.max_budget_tokens:
         raise InvalidRequest(f"budget_tokens is at most {settings.max_budget_tokens} on this "
                              "gateway", param="router.budget_tokens", code="over_operator_cap")

@@ -1,4 +1,4 @@
-"""The FastAPI application: ``create_app(settings, transport=None)``.
+"""The gateway as an ASGI application: ``create_app(settings, transport=None)``.
 
 The lifespan owns the upstream client, the backend registry, the request log (opened
 first, closed last so every record of a finished request is written) and the learner that
@@ -25,19 +25,15 @@ from service import __version__, metrics
 from service.admission import AdmissionMiddleware
 from service.backends import BackendRegistry
 from service.deps import Gateway
-from service.errors import (
-    GatewayError,
-    InvalidRequest,
-    NotFound,
-    UnprocessableRequest,
-    error_json,
-)
+from service.errors import GatewayError, InvalidRequest, NotFound, UnprocessableRequest
 from service.experiments import Experiments
+from service.hotpath import HotPath
 from service.keys import KeyRing, open_key_store
 from service.learning import Learner
 from service.limits import KeyLimiter, MemoryCounters, RedisCounters
 from service.observe import Reporter
-from service.routes import completions, experiments, feedback, health, learning, models, proxy
+from service.rendering import error_response, render, unexpected_error_response
+from service.routes import experiments, feedback, health, learning, models, proxy
 from service.routing import Router
 from service.settings import Settings
 from service.store.log import open_request_log
@@ -47,8 +43,9 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
-               on_shutdown: Callable[[], None] | None = None) -> FastAPI:
-    """Build the gateway for ``settings``.
+               on_shutdown: Callable[[], None] | None = None) -> HotPath:
+    """Build the gateway for ``settings``: the completion hot path (``service.hotpath``) in
+    front of the FastAPI app that serves everything else and owns the lifespan.
 
     Args:
         settings: validated settings; ``settings.upstreams`` must not be empty (the CLI starts
@@ -105,12 +102,12 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                     await asyncio.to_thread(on_shutdown)
 
     app = FastAPI(title="ttc-router", version=__version__, lifespan=lifespan)
-    # The completion routes first: routes are matched in order, and they take the traffic.
-    for module in (completions, health, models, feedback, experiments, learning, proxy):
+    for module in (health, models, feedback, experiments, learning, proxy):
         app.include_router(module.router)
     app.add_middleware(AdmissionMiddleware)
     _install_error_handlers(app)
-    return app
+    # The completion routes are registered once, on the hot path in front of the app.
+    return HotPath(app)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -123,7 +120,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         metrics.REJECTED.labels("invalid").inc()
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return _render(UnprocessableRequest(f"{where}: {first.get('msg', 'invalid')}",
+        return render(UnprocessableRequest(f"{where}: {first.get('msg', 'invalid')}",
                                             param=where or None))
 
     @app.exception_handler(HTTPException)
@@ -134,27 +131,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         else:
             error = InvalidRequest(str(exc.detail))
             error.status = exc.status_code
-        return _render(error)
+        return render(error)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         return unexpected_error_response(request, exc)
-
-
-def error_response(exc: GatewayError) -> Response:
-    """The response for a ``GatewayError`` raised while handling a request; a refused
-    request (400/404/413/422) is counted in ``ttc_rejected_total{reason="invalid"}``."""
-    if isinstance(exc, (InvalidRequest, NotFound)):
-        metrics.REJECTED.labels("invalid").inc()
-    return _render(exc)
-
-
-def unexpected_error_response(request: Request, exc: Exception) -> Response:
-    """A 500 in the envelope for a bug: logged with its traceback, never crashing the app."""
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return _render(GatewayError("the gateway failed unexpectedly; it keeps serving"))
-
-
-def _render(exc: GatewayError) -> Response:
-    return Response(error_json(exc), status_code=exc.status, media_type="application/json",
-                    headers=exc.headers())

@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import random
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from router_models import load_default
@@ -230,21 +231,23 @@ class Router:
         return fit_vote(plan, self.answer_tokens(scores, upstream_model))
 
     def observe_usage(self, scores: Scores | None, plan: Plan, upstream_model: str,
-                      completion_tokens: int, report: dict[str, object]) -> None:
+                      completion_tokens: int, report: Mapping[str, Any]) -> None:
         """Learn answer lengths from one answered request: its samples' completion tokens,
-        each finished or cut at its ``max_tokens`` (right-censored). A vote's samples count
-        as its mean tokens per sample; a chain that needed a continuation counts as cut."""
+        each finished or cut at its ``max_tokens`` (right-censored). A vote's finished samples
+        count as their mean tokens (usage is one total per call); a chain that needed a
+        continuation counts as cut."""
         if scores is None or completion_tokens <= 0:
             return
         samples: list[tuple[int, bool]]
         if plan.strategy == "parallel_vote":
-            count = int(report.get("samples", 0) or 0)  # type: ignore[call-overload]
-            cut = int(report.get("cut_samples", 0) or 0)  # type: ignore[call-overload]
-            if count <= 0:
+            count = int(report.get("samples") or 0)
+            cut = min(count, int(report.get("cut_samples") or 0))
+            depth = int(report.get("depth_tokens") or 0)
+            if count <= 0 or (cut and not depth):
                 return
-            depth = int(report.get("depth_tokens", 0) or 0)  # type: ignore[call-overload]
-            mean = max(1, round(completion_tokens / count))
-            samples = [(mean, True)] * (count - cut) + [(depth or mean, False)] * cut
+            finished = count - cut
+            mean = max(1, round((completion_tokens - cut * depth) / finished)) if finished else 0
+            samples = [(mean, True)] * finished + [(depth, False)] * cut
         elif plan.strategy in ("direct", "sequential") and plan.budget_tokens:
             finished = (not report.get("continued")
                         and completion_tokens < plan.budget_tokens)

@@ -10,7 +10,8 @@ Every attempt is counted in ``ttc_upstream_requests_total{backend, status}`` and
 ``ttc_upstream_duration_seconds{backend}``; retries in ``ttc_upstream_retries_total``.
 
 Each backend has a ``ConcurrencyGate`` (calls in flight, held until the reply is read or the
-stream closed) and a ``CircuitBreaker`` fed with every call's fate (``service.breaker``);
+stream closed) and a ``CircuitBreaker`` fed with every call's final fate, once per call and
+not per attempt (``service.breaker``); readiness probes (``probe``) bypass both;
 ``BackendRegistry.resolve`` reads the breakers to steer new requests around a failing backend.
 """
 
@@ -204,6 +205,25 @@ class UpstreamClient:
             lambda last: self._json_attempt(backend, "GET", path, None, None))
         return reply.body
 
+    async def probe(self, backend: Backend, path: str) -> Any:
+        """GET ``path`` once for a health check: outside the backend's concurrency gate (a
+        readiness probe must not queue behind traffic, or every replica turns NotReady under
+        load), without retries, and without feeding the circuit breaker.
+
+        Raises the ``UpstreamError`` family on failure.
+        """
+        response = await self._exchange(backend, "GET", self._url(backend, path), None,
+                                        _fixed_headers(backend, "json"), None)
+        payload = await _read(response, backend)
+        if response.status_code >= 400:
+            raise _error_from_status(response.status_code, payload, response.headers,
+                                     backend.api_key)
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(f"backend {backend.label} returned a body that is not JSON",
+                                code="upstream_malformed") from exc
+
     async def post_json(self, backend: Backend, path: str, body: Mapping[str, Any],
                         acct: Accounting | None = None) -> JsonReply:
         """POST a JSON body and parse the JSON reply, with retries.
@@ -235,9 +255,13 @@ class UpstreamClient:
                       ) -> tuple[int, dict[str, str], AsyncGenerator[bytes, None]]:
         """Forward any other ``/v1/*`` call as it is: returns (status, headers, body chunks).
 
-        Retried on connection errors, 429 and 5xx before any byte is returned; the last
-        attempt's reply is returned whatever its status. The body iterator closes the
-        upstream response when exhausted or closed.
+        Retried on connection errors, 429 and 5xx before any byte is returned. The body
+        iterator closes the upstream response when exhausted or closed.
+
+        Raises:
+            the ``UpstreamError`` family as ``post_json`` does, for a failure or an error
+            status (4xx, or 5xx after retries) of the last attempt: the backend's own error
+            body is never passed through as it is.
         """
 
         async def attempt(last: bool) -> tuple[int, dict[str, str], AsyncGenerator[bytes, None]]:
@@ -252,6 +276,12 @@ class UpstreamClient:
                 if response.status_code in RETRYABLE_STATUSES and not last:
                     await _read(response, backend)
                     raise _error_from_status(response.status_code, b"", response.headers)
+                if response.status_code >= 400:
+                    # Rendered in OpenAI's envelope like every other error, whatever the
+                    # backend's body was (plain text included); its message is kept.
+                    payload = await _read(response, backend)
+                    raise _error_from_status(response.status_code, payload, response.headers,
+                                             backend.api_key)
             finally:
                 gate.release()
             out_headers = {k: v for k, v in response.headers.items()
@@ -357,9 +387,13 @@ class UpstreamClient:
             try:
                 result = await attempt(tries >= limit)
             except GatewayError as error:
-                if _backend_fault(error):
-                    breaker.record_failure()
                 if tries >= limit or not _retryable(error):
+                    # The breaker hears once per call, at its final outcome: counting every
+                    # attempt opened it after two requests with two retries each.
+                    if _backend_fault(error):
+                        breaker.record_failure()
+                    else:  # the backend answered (a refusal, a 429): not a verdict on it
+                        breaker.end_trial()
                     raise
                 delay = self._settings.retry_backoff_s * (2 ** tries) * (0.5 + random.random())
                 if isinstance(error, UpstreamRateLimited) and error.retry_after_s is not None:

@@ -12,7 +12,6 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.app import create_app
-from service.hotpath import HotPath
 from service.settings import Settings, UpstreamSettings
 from tests.pg import database_url, postgres_server, postgres_url  # noqa: F401  (fixtures)
 
@@ -41,7 +40,7 @@ async def gateway_client(transport: httpx.AsyncBaseTransport,
     """An httpx client talking to the gateway app in process, its lifespan running."""
     app = create_app(settings or make_settings(), transport=transport)
     async with (app.router.lifespan_context(app),
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=HotPath(app)),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                   base_url="http://gateway.test") as client):
         yield client
 

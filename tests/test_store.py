@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from router_models.plan import Plan
-from service.observe import Outcome
+from service.observe import Outcome, record_of
 from service.store import Record, StoreError, UnknownId
 from service.store.log import RequestLog, open_request_log
 from service.store.migrations import MIGRATIONS, Migration
@@ -223,8 +223,8 @@ def test_a_record_keeps_text_only_when_the_operator_opts_in():
         policy=None, arm=None, status="200", budget_tokens=None, prompt_tokens=1,
         completion_tokens=2, upstream_calls=1, samples=1, duration_s=0.1, wait_s=0.05,
         plan=Plan("direct", 256, policy="cheap"), prompt_text="2+2?", answer_text="4")
-    kept = Record.from_outcome(outcome, time_s=1.0, keep_text=True)
-    hidden = Record.from_outcome(outcome, time_s=1.0, keep_text=False)
+    kept = record_of(outcome, time_s=1.0, keep_text=True)
+    hidden = record_of(outcome, time_s=1.0, keep_text=False)
     assert (kept.prompt_text, kept.answer_text) == ("2+2?", "4")
     assert (hidden.prompt_text, hidden.answer_text) == (None, None)
     assert hidden.plan is not None and hidden.plan["budget_tokens"] == 256

@@ -1,4 +1,6 @@
-"""``POST /v1/chat/completions`` and ``POST /v1/completions``."""
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``: the handlers, served by
+``service.hotpath`` (registered there only: FastAPI's routing and dependency solving are a
+measurable share of the gateway's own CPU on the hottest path)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import orjson
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -21,8 +22,6 @@ from service.routing import Router
 from service.strategies import REGISTRY, Call
 from service.strategies.base import record
 
-router = APIRouter()
-
 
 async def chat_completions(request: Request) -> Response:
     return await _complete(request, "chat")
@@ -30,12 +29,6 @@ async def chat_completions(request: Request) -> Response:
 
 async def completions(request: Request) -> Response:
     return await _complete(request, "completions")
-
-
-# Plain Starlette routes: FastAPI's per-request dependency solving is a measurable share of the
-# gateway's own CPU on the hottest path, and these handlers take nothing but the request.
-router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
-router.add_route("/v1/completions", completions, methods=["POST"])
 
 
 async def _complete(request: Request, endpoint: Endpoint) -> Response:

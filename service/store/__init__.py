@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from service.observe import Outcome
-
 
 class StoreError(Exception):
     """The request log's database cannot be opened, migrated, read or written."""
@@ -67,30 +65,6 @@ class Record:
     feedback_correct: bool | None = None
     feedback_score: float | None = None
     feedback_count: int = 0
-
-    @classmethod
-    def from_outcome(cls, outcome: Outcome, *, time_s: float, keep_text: bool) -> Record:
-        """The row for ``outcome``, finished at ``time_s`` (Unix seconds); prompt and answer
-        text are kept only when ``keep_text``."""
-        plan = outcome.plan
-        return cls(
-            decision_id=outcome.decision_id, response_id=outcome.response_id, time_s=time_s,
-            endpoint=outcome.endpoint, key_name=outcome.key_name, model=outcome.model,
-            strategy=outcome.strategy, policy=outcome.policy, arm=outcome.arm,
-            experiment=outcome.experiment, status=outcome.status,
-            budget_tokens=outcome.budget_tokens, prompt_tokens=outcome.prompt_tokens,
-            completion_tokens=outcome.completion_tokens, estimated=outcome.estimated,
-            upstream_calls=outcome.upstream_calls, samples=outcome.samples,
-            search_calls=outcome.search_calls, duration_s=outcome.duration_s,
-            wait_s=outcome.wait_s, stream=outcome.stream,
-            scores=dict(outcome.scores) if outcome.scores is not None else None,
-            # vars(), not asdict(): a Plan holds only scalars, and asdict's deep copy was a
-            # visible share of the gateway's CPU per request.
-            plan=dict(vars(plan)) if plan is not None else None,
-            votes=dict(outcome.votes) if outcome.votes is not None else None,
-            prompt_text=outcome.prompt_text if keep_text else None,
-            answer_text=outcome.answer_text if keep_text else None,
-        )
 
 
 @dataclass(frozen=True)

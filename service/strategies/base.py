@@ -153,6 +153,19 @@ def router_info(call: Call) -> dict[str, Any]:
     return info
 
 
+def conform_choice(choice: dict[str, Any]) -> dict[str, Any]:
+    """A response choice as OpenAI's schemas require it (``CreateChatCompletionResponse``,
+    ``CreateCompletionResponse``): ``logprobs`` present (null when the backend sent none),
+    and a chat message's ``refusal`` present (null unless the backend gave one). Backends
+    such as llama.cpp leave both out; the SDKs tolerate it, strict clients do not."""
+    out = {**choice}
+    out.setdefault("logprobs", None)
+    message = out.get("message")
+    if isinstance(message, dict) and "refusal" not in message:
+        out["message"] = {**message, "refusal": None}
+    return out
+
+
 def usage_body(call: Call) -> dict[str, int]:
     """OpenAI's ``usage`` summed over every upstream call of the request."""
     return {"prompt_tokens": call.acct.prompt_tokens,
@@ -206,7 +219,18 @@ def record(call: Call, status: str) -> None:
         scores=call.scores.as_dict() if call.scores is not None else None,
         prompt_text=_prompt_of(call.routed.body) if call.reporter.keep_text else None,
         answer_text=call.answer_text,
+        propensity=propensity(call),
+        controls={"strategy": call.routed.controls.strategy,
+                  "budget_tokens": call.routed.controls.budget_tokens or call.routed.max_tokens},
     ))
+
+
+def propensity(call: Call) -> float:
+    """The probability with which this request got its plan: the policy's probability of the
+    plan times, in an A/B experiment, the share of traffic its arm had when it was assigned
+    (inverse propensity weights need both when arms run different policies)."""
+    share = call.assignment.probability if call.assignment is not None else 1.0
+    return share * call.plan.probability
 
 
 def _prompt_of(body: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """The gateway as an ASGI application: ``create_app(settings, transport=None)``.
 
-The lifespan owns the upstream client, the backend registry and the request log (opened
-first, closed last so every record of a finished request is written); the error handlers render
+The lifespan owns the upstream client, the backend registry, the request log (opened
+first, closed last so every record of a finished request is written) and the learner that
+feeds the request log's feedback to the learned policies; the error handlers render
 every failure, validation and routing errors included, in OpenAI's envelope.
 """
 
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from router_models.answers import load_latex_parser
 from service import __version__, metrics
 from service.admission import AdmissionMiddleware
 from service.backends import BackendRegistry
@@ -28,10 +30,11 @@ from service.errors import GatewayError, InvalidRequest, NotFound, Unprocessable
 from service.experiments import Experiments
 from service.hotpath import HotPath
 from service.keys import KeyRing, open_key_store
+from service.learning import Learner
 from service.limits import KeyLimiter, MemoryCounters, RedisCounters
 from service.observe import Reporter
 from service.rendering import error_response, render, unexpected_error_response
-from service.routes import experiments, feedback, health, models, proxy
+from service.routes import experiments, feedback, health, learning, models, proxy
 from service.routing import Router
 from service.settings import Settings
 from service.store.log import open_request_log
@@ -63,26 +66,39 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         client = UpstreamClient(settings, transport=transport)
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         limiter = KeyLimiter(RedisCounters(redis_url) if redis_url else MemoryCounters())
+        learner: Learner | None = None
         try:
             keys = KeyRing(open_key_store(settings.data_dir, url), settings.keys_refresh_s)
             await keys.reload()  # an unreadable key store stops the start: never fail open
             registry = BackendRegistry(settings.upstreams, settings.default_model)
             router = Router(settings)
+            learner = Learner(router, request_log.backend, interval_s=settings.learn_interval_s,
+                              checkpoint_every=settings.learn_checkpoint_every,
+                              models_dir=router.models_dir)
+            await learner.start()
             await registry.discover(client, retries=1)
+            durable = settings.log_durable
+            if durable is None:  # a shared database: replicas come and go, decisions stay
+                durable = url is not None and url.startswith(("postgresql://", "postgres://"))
             app.state.gateway = Gateway(
                 settings=settings, client=client, registry=registry,
-                reporter=Reporter(request_log, keep_text=settings.log_text),
+                reporter=Reporter(request_log, keep_text=settings.log_text, durable=durable),
                 request_log=request_log, keys=keys, limiter=limiter, router=router,
-                experiments=Experiments(settings, request_log))
+                experiments=Experiments(settings, request_log), learner=learner)
             # Start-up made hundreds of thousands of long-lived objects (scikit-learn, numpy,
             # the classifier): freezing them keeps the garbage collector's full passes, which
             # pause the event loop, from walking them again and again.
             gc.collect()
             gc.freeze()
+            # SymPy and the LaTeX parser votes use for LaTeX answers take seconds to import:
+            # off the event loop, now, rather than on the first such answer.
+            warm_up = asyncio.create_task(asyncio.to_thread(load_latex_parser))
             yield
-            router.save()
+            await warm_up
         finally:
             try:
+                if learner is not None:
+                    await learner.close()  # applies the last feedback, saves learned.json
                 await client.aclose()
                 await limiter.aclose()
                 await request_log.close()  # after the last request: every queued row written
@@ -91,7 +107,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                     await asyncio.to_thread(on_shutdown)
 
     app = FastAPI(title="ttc-router", version=__version__, lifespan=lifespan)
-    for module in (health, models, feedback, experiments, proxy):
+    for module in (health, models, feedback, experiments, learning, proxy):
         app.include_router(module.router)
     app.add_middleware(AdmissionMiddleware)
     _install_error_handlers(app)

@@ -72,14 +72,26 @@ class Reporter:
     Args:
         request_log: where rows go (None: metrics only).
         keep_text: whether rows keep the prompt and answer text.
+        durable: whether the route waits for a row's commit before answering
+            (``committed``); without it ``committed`` returns at once.
 
     Safe to call from any request handler on the event loop; never raises for a well-formed
     ``Outcome`` and never waits (the row is queued, see ``service.store.log``).
     """
 
-    def __init__(self, request_log: RequestLog | None = None, *, keep_text: bool = False):
+    def __init__(self, request_log: RequestLog | None = None, *, keep_text: bool = False,
+                 durable: bool = False):
         self.request_log = request_log
         self.keep_text = keep_text
+        self.durable = durable and request_log is not None
+        self._tickets: dict[str, int] = {}  # decision id -> the request log's ticket
+
+    async def committed(self, decision_id: str) -> None:
+        """Wait until the row of the reported request ``decision_id`` is committed (durable
+        reporters only; a no-op otherwise)."""
+        ticket = self._tickets.pop(decision_id, 0)
+        if ticket and self.request_log is not None:
+            await self.request_log.committed(ticket)
 
     def report(self, outcome: Outcome) -> None:
         policy = outcome.policy or metrics.NO_LABEL
@@ -109,8 +121,12 @@ class Reporter:
                 metrics.child(metrics.KEY_TOKENS, outcome.key_name, "completion").inc(
                     outcome.completion_tokens)
         if self.request_log is not None:
-            self.request_log.submit(record_of(outcome, time_s=time.time(),
-                                              keep_text=self.keep_text))
+            ticket = self.request_log.submit(record_of(outcome, time_s=time.time(),
+                                                       keep_text=self.keep_text))
+            # Only answered, non-streamed requests wait (the route pops the ticket); a
+            # stream's row is reported after its last byte, when there is nothing to hold.
+            if self.durable and ticket and outcome.status == "200" and not outcome.stream:
+                self._tickets[outcome.decision_id] = ticket
 
 
 def record_of(outcome: Outcome, *, time_s: float, keep_text: bool) -> Record:

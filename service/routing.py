@@ -22,20 +22,19 @@ and backend model (``router_models.answer_lengths``, fed from each request's usa
 ``observe_usage``): its samples are long enough to finish, and a budget that buys only one
 complete sample runs one chain, saying so in ``router.reason``.
 
-The learned policy learns from ``POST /v1/feedback``: each decision's scores and plan are
-kept in memory (the last ``DECISION_MEMORY`` of them) until feedback names it, and the
-policy's state is saved under the data directory at shutdown, so it survives restarts;
-``ttc-router train --from-log`` replays the durable request log instead.
+The learned policies learn from ``POST /v1/feedback`` through ``service.learning.Learner``,
+which reads each decision's scores and plan from the durable request log (so feedback may reach
+any replica) and applies it to the policies served here in the log's order;
+``ttc-router train --from-log`` re-fits from the same log offline.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from router_models import load_default
@@ -58,7 +57,6 @@ from service.upstream import Backend
 
 log = logging.getLogger(__name__)
 
-DECISION_MEMORY = 50_000  # decisions kept for online learning (about 200 bytes each)
 LEARNED_STATE = "learned.json"
 SEARCH_CHECK_S = 2.0  # how stale the "is there anything to search" answer may be
 COVERAGE_HITS = 3  # top hits whose words count as the collection's cover of a question
@@ -81,10 +79,11 @@ class Router:
         self.models_dir = settings.data_dir / "models"
         self.classifier: Classifier
         builtins: dict[str, Policy]
-        self.classifier, builtins = load_default(
-            self.models_dir, target_tokens=settings.learned_target_tokens,
-            exploration=settings.learned_exploration, vote_width=settings.vote_width,
-            default_answer_tokens=settings.default_answer_tokens)
+        self._learned_options: dict[str, Any] = {
+            "target_tokens": settings.learned_target_tokens,
+            "exploration": settings.learned_exploration, "vote_width": settings.vote_width,
+            "default_answer_tokens": settings.default_answer_tokens}
+        self.classifier, builtins = load_default(self.models_dir, **self._learned_options)
         learned = builtins.get("learned")
         if isinstance(learned, LearnedPolicy):
             learned.lengths_from_feedback = False  # observe_usage reports every request's
@@ -116,7 +115,9 @@ class Router:
             if unknown:
                 raise SettingsError(f"invalid settings:\n  {field_name}: unknown policy "
                                     f"{unknown[0]!r}; known: {', '.join(sorted(self.policies))}")
-        self._decisions: OrderedDict[str, tuple[Scores, Plan]] = OrderedDict()
+        # The random source of exploring policies, this process's own: seeded from the OS,
+        # so replicas that hold the same learned state still explore independently.
+        self._rng = random.Random()
         self._search_available = False
         self._search_checked_at = -SEARCH_CHECK_S
         self._index: LocalIndex | None = None
@@ -147,14 +148,13 @@ class Router:
         forced = None if controls.strategy == "auto" else controls.strategy
         try:
             decision = chosen.decide(scores, budget_tokens=controls.budget_tokens
-                                     or routed.max_tokens, strategy=forced)
+                                     or routed.max_tokens, strategy=forced, rng=self._rng)
         except PolicyError as exc:
             raise InvalidRequest(str(exc), param="router") from exc
         plan = self._fit_vote(decision.plan, scores, upstream_model)
         if plan.strategy == "search" and routed.endpoint != "chat":
             plan = dataclasses.replace(plan, strategy="sequential", search_calls=0,
                                        reason="search needs chat messages: ran sequential")
-        self._remember(routed.decision_id, scores, plan)
         return plan, scores
 
     def search_available(self) -> bool:
@@ -261,19 +261,6 @@ class Router:
         if isinstance(learned, LearnedPolicy):
             learned.observe_usage(scores, samples)
 
-    def learn(self, decision_id: str, score: float, spent_tokens: int | None = None) -> bool:
-        """Teach the deciding policy the outcome of one decision; False when the decision is
-        not in memory (made by another replica, or too long ago)."""
-        remembered = self._decisions.get(decision_id)
-        if remembered is None:
-            return False
-        scores, plan = remembered
-        policy = self.policies.get(plan.policy or "")
-        if policy is None:
-            return False
-        policy.update(scores, plan, score, spent_tokens=spent_tokens)
-        return True
-
     def export_budgets(self) -> None:
         """Set ``ttc_policy_budget_tokens`` and ``ttc_policy_feedback`` from the learning
         policies' current budget curriculum (called when Prometheus scrapes)."""
@@ -294,17 +281,21 @@ class Router:
                 metrics.POLICY_EXPLORATION_SHARE.labels(name).set(policy.exploration)
                 metrics.POLICY_EXPLORED_RATIO.labels(name).set(policy.exploration_share())
 
-    def save(self) -> None:
-        """Write the learned policy's state under ``data_dir/models`` (called at shutdown)."""
-        learned = self.policies.get("learned")
-        save = getattr(learned, "save", None)
-        if save is None:
-            return
-        try:
-            self.models_dir.mkdir(parents=True, exist_ok=True)
-            save(Path(self.models_dir / LEARNED_STATE))
-        except OSError as exc:
-            log.warning("could not save the learned policy's state: %s", exc)
+    def restore(self, name: str, state: dict[str, Any]) -> Policy:
+        """The policy ``name`` rebuilt from a ``state()`` of it (a checkpoint of the shared
+        learned state), with this gateway's settings applied as at start-up; it does not
+        replace the served one.
+
+        Raises:
+            PolicyError: a malformed state. KeyError: no policy has this name.
+        """
+        current = self.policies[name]
+        options = self._learned_options if name == "learned" else {}
+        restored: Policy = type(current).from_state(state, **options)  # type: ignore[attr-defined]
+        restored.name = current.name
+        if isinstance(restored, LearnedPolicy) and isinstance(current, LearnedPolicy):
+            restored.lengths_from_feedback = current.lengths_from_feedback
+        return restored
 
     def _policy_name(self, routed: RoutedRequest, upstream_model: str) -> str | None:
         controls = routed.controls
@@ -316,8 +307,3 @@ class Router:
         if routed.model == AUTO_MODEL and controls.strategy == "auto":
             return self.settings.default_policy
         return None
-
-    def _remember(self, decision_id: str, scores: Scores, plan: Plan) -> None:
-        self._decisions[decision_id] = (scores, plan)
-        if len(self._decisions) > DECISION_MEMORY:
-            self._decisions.popitem(last=False)

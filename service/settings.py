@@ -205,6 +205,14 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     log_text: bool = False  # keep prompt and answer text in the request log
     log_queue_size: int = Field(10_000, ge=1)  # records waiting for the writer; more are dropped
+    # Answer a request only once its record is committed (a replica killed with SIGKILL loses
+    # no decision a client has seen); None: on when database_url is PostgreSQL.
+    log_durable: bool | None = None
+    # Learning from feedback (service/learning.py): how often each replica reads new feedback
+    # from the shared log (seconds), and every how many feedback events the learned policies'
+    # state is checkpointed into the database (and saved under data_dir/models).
+    learn_interval_s: float = Field(1.0, gt=0)
+    learn_checkpoint_every: int = Field(100, ge=1)
     # When set, GET /metrics needs `Authorization: Bearer <metrics_token>` (or an admin key).
     metrics_token: SecretStr | None = None
 

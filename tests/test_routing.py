@@ -78,10 +78,11 @@ async def test_feedback_teaches_the_learned_policy_and_its_state_is_saved(tmp_pa
             "model": "auto", "messages": [{"role": "user", "content": GRAPH}]})
         decision = reply.json()["router"]["decision_id"]
         app_router = client._transport.app.state.gateway.router  # type: ignore[attr-defined]
-        learned = app_router.policies["learned"]
-        seen_before = sum(v["feedback"] for v in learned.budgets().values())
+        seen_before = sum(v["feedback"] for v in app_router.policies["learned"].budgets()
+                          .values())
         answer = await client.post("/v1/feedback", json={"id": decision, "correct": True})
         assert answer.status_code == 200
+        learned = app_router.policies["learned"]  # the served copy, replaced as it learns
         assert sum(v["feedback"] for v in learned.budgets().values()) == seen_before + 1
     assert (tmp_path / "models" / "learned.json").is_file()
     restored = Router(settings).policies["learned"].budgets()

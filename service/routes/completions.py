@@ -65,6 +65,8 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
             raise
         record(call, "200")
         _observe_usage(gw.router, call)
+        if gw.reporter.durable:  # the decision is in the shared log before the client sees it
+            await gw.reporter.committed(routed.decision_id)
         return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
     try:

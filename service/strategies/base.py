@@ -189,7 +189,7 @@ def record(call: Call, status: str) -> None:
     """Report the finished request (metrics, and the request log when there is one), and
     settle its key's token reservation with the completion tokens really spent."""
     if call.reservation is not None:
-        call.reservation.settle_with(call.acct.completion_tokens)
+        call.reservation.settle_with(call.acct.completion_tokens, call.acct.prompt_tokens)
     votes = call.report.get("votes")
     call.reporter.report(Outcome(
         decision_id=call.routed.decision_id,

@@ -37,6 +37,7 @@ from service.limits import KeyLimiter, MemoryCounters, RedisCounters
 from service.observe import Reporter
 from service.routes import completions, experiments, feedback, health, models, proxy
 from service.routing import Router
+from service.search import SearchBackend, open_backend, open_client
 from service.settings import Settings
 from service.store.log import open_request_log
 from service.upstream import UpstreamClient
@@ -45,7 +46,8 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
-               on_shutdown: Callable[[], None] | None = None) -> FastAPI:
+               on_shutdown: Callable[[], None] | None = None,
+               search_backend: SearchBackend | None = None) -> FastAPI:
     """Build the gateway for ``settings``.
 
     Args:
@@ -55,6 +57,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         on_shutdown: a blocking function run (in a thread) when the app stops, after the
             upstream client closes: the CLI stops the embedded backend with it, since uvicorn
             re-raises SIGTERM once it has shut down and nothing after it would run.
+        search_backend: the ``search`` strategy's backend instead of the configured one
+            (tests, embedding programs).
     """
 
     @asynccontextmanager
@@ -64,6 +68,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                                        queue_size=settings.log_queue_size)
         await request_log.start()
         client = UpstreamClient(settings, transport=transport)
+        search_client = open_client()
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         limiter = KeyLimiter(RedisCounters(redis_url) if redis_url else MemoryCounters())
         try:
@@ -76,7 +81,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 settings=settings, client=client, registry=registry,
                 reporter=Reporter(request_log, keep_text=settings.log_text),
                 request_log=request_log, keys=keys, limiter=limiter, router=router,
-                experiments=Experiments(settings, request_log))
+                experiments=Experiments(settings, request_log),
+                search=search_backend or open_backend(settings, search_client))
             # Start-up made hundreds of thousands of long-lived objects (scikit-learn, numpy,
             # the classifier): freezing them keeps the garbage collector's full passes, which
             # pause the event loop, from walking them again and again.
@@ -87,6 +93,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         finally:
             try:
                 await client.aclose()
+                await search_client.aclose()
                 await limiter.aclose()
                 await request_log.close()  # after the last request: every queued row written
             finally:

@@ -8,17 +8,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-import orjson
-
 from router_models.experiments.assignment import Assignment
 from router_models.plan import Plan, Scores
-from router_models.prompt import content_text, prompt_text
+from router_models.prompt import prompt_text
 from service.backends import BackendRegistry
 from service.errors import GatewayError
 from service.ledger import BudgetLedger
 from service.limits import Reservation
 from service.observe import Outcome, Reporter
 from service.protocol import RoutedRequest
+from service.search import SearchBackend
 from service.settings import Settings
 from service.upstream import Accounting, Backend, UpstreamClient
 
@@ -57,9 +56,15 @@ class Call:
     reservation: Reservation | None = None
     # The request's A/B arm (None outside experiments).
     assignment: Assignment | None = None
+    # Prompt tokens reported for each prompt sent (``metered.prompt_key``): fan-out resends
+    # a prompt, and its later calls reserve its true size against ``budget_total_tokens``.
+    prompt_counts: dict[bytes, int] = field(default_factory=dict)
+    # The app's search backend (None: ``search`` opens the configured one for this call).
+    search: SearchBackend | None = None
 
     def __post_init__(self) -> None:
-        self.ledger = BudgetLedger(self.plan.budget_tokens)
+        self.ledger = BudgetLedger(self.plan.budget_tokens,
+                                   self.routed.controls.budget_total_tokens)
 
     @property
     def path(self) -> str:
@@ -140,8 +145,13 @@ def router_info(call: Call) -> dict[str, Any]:
         "search_calls": 0,
         "scores": call.scores.as_dict() if call.scores is not None else None,
         "usage_estimated": call.acct.estimated,
+        "usage_source": call.acct.usage_source,
+        "prompt_tokens": call.acct.prompt_tokens,
+        "retries": call.acct.retries,
         "budget_overrun": call.ledger.overrun,
     }
+    if call.ledger.total_budget_tokens is not None:
+        info["budget_total_tokens"] = call.ledger.total_budget_tokens
     if call.plan.reason:
         info["reason"] = call.plan.reason
     if call.plan.policy is not None:  # the propensity, for off-policy evaluation
@@ -158,18 +168,6 @@ def usage_body(call: Call) -> dict[str, int]:
     return {"prompt_tokens": call.acct.prompt_tokens,
             "completion_tokens": call.acct.completion_tokens,
             "total_tokens": call.acct.prompt_tokens + call.acct.completion_tokens}
-
-
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """A prompt's size in tokens when the backend did not report it: one token per 4
-    characters of prompt text, the rule of thumb OpenAI gives for English text."""
-    if "messages" in body:
-        chars = sum(len(content_text(m.get("content"))) + 4 for m in body["messages"]
-                    if isinstance(m, dict))
-    else:
-        prompt = body.get("prompt")
-        chars = len(prompt) if isinstance(prompt, str) else len(orjson.dumps(prompt))
-    return max(1, -(-chars // 4))
 
 
 def record(call: Call, status: str) -> None:

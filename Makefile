@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= local,test,dev
 
-.PHONY: install serve test test-fast lint bench check deploy-check clean
+.PHONY: install serve test test-fast lint bench bench-replicas check deploy-check clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,6 +28,9 @@ lint: install
 
 bench: install
 	$(PY) bench/gateway_overhead.py
+
+bench-replicas: install  ## 3 gateways behind HAProxy on PostgreSQL and Redis (apt: haproxy postgresql redis-server)
+	$(PY) bench/replicas.py
 
 deploy-check: install  ## rule files and their unit tests (promtool), Kubernetes manifests
 	promtool check rules deploy/rules/*.yml

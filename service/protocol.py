@@ -37,6 +37,10 @@ class RouterControls:
     experiment: str | None = None
 
 
+# The keys a request's ``router`` object may hold (../shared/INTERFACE.md: any other is a 400).
+ROUTER_CONTROLS = frozenset(RouterControls.__dataclass_fields__)
+
+
 @dataclass(frozen=True)
 class RoutedRequest:
     """A parsed, checked request.
@@ -180,6 +184,12 @@ def _parse_controls(router: Any, headers: dict[str, str]) -> RouterControls:
         router = {}
     if not isinstance(router, dict):
         raise InvalidRequest("router must be an object", param="router")
+    unknown = sorted(str(key) for key in router if key not in ROUTER_CONTROLS)
+    if unknown:  # a misspelt control ("stratgy") must not be silently ignored
+        raise InvalidRequest(
+            f"unknown router control {unknown[0]!r}; expected one of "
+            f"{', '.join(sorted(ROUTER_CONTROLS))}", param=f"router.{unknown[0]}",
+            code="unknown_parameter")
     strategy = router.get("strategy", headers.get("x-ttc-strategy", "auto"))
     if strategy not in STRATEGIES:
         raise InvalidRequest(

@@ -168,6 +168,15 @@ class Settings(BaseSettings):
     policies: dict[str, str] = Field(default_factory=dict)
     model_policies: dict[str, str] = Field(default_factory=dict)
     default_policy: str | None = "learned"
+    # The learned policy (router_models/policies/learned.py): the mean budget per request it
+    # sizes plans to (completion tokens), and the most share of decisions that may explore
+    # another plausible strategy (ttc_policy_target_tokens, ttc_policy_exploration_share).
+    learned_target_tokens: float = Field(1024.0, gt=0)
+    learned_exploration: float = Field(0.05, ge=0, lt=1)
+    # Completion tokens a complete answer is assumed to take (p90) for a kind of prompt and
+    # model until usage has shown it (router_models/answer_lengths.py): a vote's samples get
+    # 1.25x that, so none is cut before its answer.
+    default_answer_tokens: int = Field(256, ge=1)
     # A/B experiments (service/experiments.py): name -> arms; a request joins one by
     # `router.experiment` / `x-ttc-experiment`, or the `default_experiment`.
     experiments: dict[str, ExperimentSettings] = Field(default_factory=dict)
@@ -207,6 +216,14 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     log_text: bool = False  # keep prompt and answer text in the request log
     log_queue_size: int = Field(10_000, ge=1)  # records waiting for the writer; more are dropped
+    # Answer a request only once its record is committed (a replica killed with SIGKILL loses
+    # no decision a client has seen); None: on when database_url is PostgreSQL.
+    log_durable: bool | None = None
+    # Learning from feedback (service/learning.py): how often each replica reads new feedback
+    # from the shared log (seconds), and every how many feedback events the learned policies'
+    # state is checkpointed into the database (and saved under data_dir/models).
+    learn_interval_s: float = Field(1.0, gt=0)
+    learn_checkpoint_every: int = Field(100, ge=1)
     # When set, GET /metrics needs `Authorization: Bearer <metrics_token>` (or an admin key).
     metrics_token: SecretStr | None = None
 

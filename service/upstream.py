@@ -21,7 +21,8 @@ usage: ``POST /tokenize`` (llama.cpp's server and vLLM, at the server's root) or
 /extras/tokenize/count`` (llama-cpp-python's server), detected once per backend and cached.
 
 Each backend has a ``ConcurrencyGate`` (calls in flight, held until the reply is read or the
-stream closed) and a ``CircuitBreaker`` fed with every call's fate (``service.breaker``);
+stream closed) and a ``CircuitBreaker`` fed with every call's final fate, once per call and
+not per attempt (``service.breaker``); readiness probes (``probe``) bypass both;
 ``BackendRegistry.resolve`` reads the breakers to steer new requests around a failing backend.
 """
 
@@ -32,7 +33,7 @@ import functools
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
@@ -100,6 +101,9 @@ class Accounting:
     estimated: bool = False
     usage_source: str = "backend"
     retries: int = 0
+    # Backends whose circuit breaker has counted this request's failure: a request counts
+    # once, however many of its calls (vote samples, retries) failed.
+    failed_backends: set[str] = field(default_factory=set)
 
     def add_usage(self, usage: Mapping[str, Any] | None) -> None:
         """Add one call's final ``usage`` object (prompt and completion tokens)."""
@@ -165,7 +169,7 @@ class UpstreamStream:
                 return
             except httpx.HTTPError as exc:
                 if self._breaker is not None:
-                    self._breaker.record_failure()
+                    count_failure(self._breaker, self._backend, self._acct)
                 raise _translate(exc, self._backend, streaming=True) from exc
             finally:
                 if self._acct is not None:
@@ -256,6 +260,25 @@ class UpstreamClient:
             lambda last: self._json_attempt(backend, "GET", path, None, None))
         return reply.body
 
+    async def probe(self, backend: Backend, path: str) -> Any:
+        """GET ``path`` once for a health check: outside the backend's concurrency gate (a
+        readiness probe must not queue behind traffic, or every replica turns NotReady under
+        load), without retries, and without feeding the circuit breaker.
+
+        Raises the ``UpstreamError`` family on failure.
+        """
+        response = await self._exchange(backend, "GET", self._url(backend, path), None,
+                                        _fixed_headers(backend, "json"), None)
+        payload = await _read(response, backend)
+        if response.status_code >= 400:
+            raise _error_from_status(response.status_code, payload, response.headers,
+                                     backend.api_key)
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(f"backend {backend.label} returned a body that is not JSON",
+                                code="upstream_malformed") from exc
+
     async def post_json(self, backend: Backend, path: str, body: Mapping[str, Any],
                         acct: Accounting | None = None,
                         retry: RetryHook | None = None) -> JsonReply:
@@ -344,9 +367,13 @@ class UpstreamClient:
                       ) -> tuple[int, dict[str, str], AsyncGenerator[bytes, None]]:
         """Forward any other ``/v1/*`` call as it is: returns (status, headers, body chunks).
 
-        Retried on connection errors, 429 and 5xx before any byte is returned; the last
-        attempt's reply is returned whatever its status. The body iterator closes the
-        upstream response when exhausted or closed.
+        Retried on connection errors, 429 and 5xx before any byte is returned. The body
+        iterator closes the upstream response when exhausted or closed.
+
+        Raises:
+            the ``UpstreamError`` family as ``post_json`` does, for a failure or an error
+            status (4xx, or 5xx after retries) of the last attempt: the backend's own error
+            body is never passed through as it is.
         """
 
         async def attempt(last: bool) -> tuple[int, dict[str, str], AsyncGenerator[bytes, None]]:
@@ -361,6 +388,12 @@ class UpstreamClient:
                 if response.status_code in RETRYABLE_STATUSES and not last:
                     await _read(response, backend)
                     raise _error_from_status(response.status_code, b"", response.headers)
+                if response.status_code >= 400:
+                    # Rendered in OpenAI's envelope like every other error, whatever the
+                    # backend's body was (plain text included); its message is kept.
+                    payload = await _read(response, backend)
+                    raise _error_from_status(response.status_code, payload, response.headers,
+                                             backend.api_key)
             finally:
                 gate.release()
             out_headers = {k: v for k, v in response.headers.items()
@@ -470,19 +503,19 @@ class UpstreamClient:
             try:
                 result = await attempt(tries >= limit)
             except GatewayError as error:
-                if _backend_fault(error):
-                    breaker.record_failure()
-                if tries >= limit or not _retryable(error):
-                    raise
                 delay = self._settings.retry_backoff_s * (2 ** tries) * (0.5 + random.random())
-                if isinstance(error, UpstreamRateLimited) and error.retry_after_s is not None:
-                    if error.retry_after_s > MAX_RETRY_AFTER_S:
-                        raise
-                    delay = max(delay, error.retry_after_s)
-                if not budget.can_withdraw():
-                    metrics.child(metrics.RETRIES_REFUSED, backend.label, "retry_budget").inc()
-                    raise
-                if retry is not None and not retry(error):
+                wait = error.retry_after_s if isinstance(error, UpstreamRateLimited) else None
+                if wait is not None:
+                    delay = max(delay, wait)
+                if (tries >= limit or not _retryable(error)
+                        or (wait is not None and wait > MAX_RETRY_AFTER_S)
+                        or not self._may_retry(backend, budget, retry, error)):
+                    # The breaker hears of a request once, at a call's final outcome:
+                    # counting every attempt opened it after two requests with two retries.
+                    if _backend_fault(error):
+                        count_failure(breaker, backend, acct)
+                    else:  # the backend answered (a refusal, a 429): not a verdict on it
+                        breaker.end_trial()
                     raise
                 budget.withdraw()
                 metrics.child(metrics.RETRY_BUDGET_AVAILABLE, backend.label).set(
@@ -495,6 +528,15 @@ class UpstreamClient:
             else:
                 breaker.record_success()
                 return result
+
+    @staticmethod
+    def _may_retry(backend: Backend, budget: RetryBudget, retry: RetryHook | None,
+                   error: GatewayError) -> bool:
+        """Whether the backend's retry budget, then the caller's hook, allow one more try."""
+        if not budget.can_withdraw():
+            metrics.child(metrics.RETRIES_REFUSED, backend.label, "retry_budget").inc()
+            return False
+        return retry is None or retry(error)
 
 
 _T = TypeVar("_T")
@@ -545,6 +587,16 @@ def _auth_headers(backend: Backend, headers: Mapping[str, str]) -> dict[str, str
     if backend.api_key:
         out["authorization"] = f"Bearer {backend.api_key}"
     return out
+
+
+def count_failure(breaker: CircuitBreaker, backend: Backend, acct: Accounting | None) -> None:
+    """Tell ``breaker`` one client request failed on ``backend``, once per request: the
+    breaker counts requests, not their calls or attempts (without ``acct``, the call)."""
+    if acct is not None:
+        if backend.label in acct.failed_backends:
+            return
+        acct.failed_backends.add(backend.label)
+    breaker.record_failure()
 
 
 def _backend_fault(error: GatewayError) -> bool:

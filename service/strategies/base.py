@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+import orjson
+
 from router_models.experiments.assignment import Assignment
 from router_models.plan import Plan, Scores
-from router_models.prompt import prompt_text
+from router_models.prompt import content_text, prompt_text
 from service.backends import BackendRegistry
 from service.errors import GatewayError
 from service.ledger import BudgetLedger
@@ -163,6 +165,19 @@ def router_info(call: Call) -> dict[str, Any]:
     return info
 
 
+def conform_choice(choice: dict[str, Any]) -> dict[str, Any]:
+    """A response choice as OpenAI's schemas require it (``CreateChatCompletionResponse``,
+    ``CreateCompletionResponse``): ``logprobs`` present (null when the backend sent none),
+    and a chat message's ``refusal`` present (null unless the backend gave one). Backends
+    such as llama.cpp leave both out; the SDKs tolerate it, strict clients do not."""
+    out = {**choice}
+    out.setdefault("logprobs", None)
+    message = out.get("message")
+    if isinstance(message, dict) and "refusal" not in message:
+        out["message"] = {**message, "refusal": None}
+    return out
+
+
 def usage_body(call: Call) -> dict[str, int]:
     """OpenAI's ``usage`` summed over every upstream call of the request."""
     return {"prompt_tokens": call.acct.prompt_tokens,
@@ -170,11 +185,24 @@ def usage_body(call: Call) -> dict[str, int]:
             "total_tokens": call.acct.prompt_tokens + call.acct.completion_tokens}
 
 
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """A prompt's size in tokens before it is sent, for admission: one token per 4 characters
+    of prompt text, the rule of thumb OpenAI gives for English text. (What a call really cost
+    is counted by ``service.strategies.metered``.)"""
+    if "messages" in body:
+        chars = sum(len(content_text(m.get("content"))) + 4 for m in body["messages"]
+                    if isinstance(m, dict))
+    else:
+        prompt = body.get("prompt")
+        chars = len(prompt) if isinstance(prompt, str) else len(orjson.dumps(prompt))
+    return max(1, -(-chars // 4))
+
+
 def record(call: Call, status: str) -> None:
     """Report the finished request (metrics, and the request log when there is one), and
     settle its key's token reservation with the completion tokens really spent."""
     if call.reservation is not None:
-        call.reservation.settle_with(call.acct.completion_tokens)
+        call.reservation.settle_with(call.acct.completion_tokens, call.acct.prompt_tokens)
     votes = call.report.get("votes")
     call.reporter.report(Outcome(
         decision_id=call.routed.decision_id,
@@ -204,7 +232,18 @@ def record(call: Call, status: str) -> None:
         scores=call.scores.as_dict() if call.scores is not None else None,
         prompt_text=_prompt_of(call.routed.body) if call.reporter.keep_text else None,
         answer_text=call.answer_text,
+        propensity=propensity(call),
+        controls={"strategy": call.routed.controls.strategy,
+                  "budget_tokens": call.routed.controls.budget_tokens or call.routed.max_tokens},
     ))
+
+
+def propensity(call: Call) -> float:
+    """The probability with which this request got its plan: the policy's probability of the
+    plan times, in an A/B experiment, the share of traffic its arm had when it was assigned
+    (inverse propensity weights need both when arms run different policies)."""
+    share = call.assignment.probability if call.assignment is not None else 1.0
+    return share * call.plan.probability
 
 
 def _prompt_of(body: dict[str, Any]) -> str:

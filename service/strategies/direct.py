@@ -27,7 +27,7 @@ import orjson
 
 from service import sse
 from service.errors import GatewayError, InvalidRequest, UpstreamError, error_json
-from service.strategies.base import Call, request_body, router_info, usage_body
+from service.strategies.base import Call, conform_choice, request_body, router_info, usage_body
 from service.strategies.metered import Metered, delta_text
 from service.strategies.sampling import choice_text, post_completion
 from service.streaming import DONE, close_all, merged_events
@@ -134,6 +134,8 @@ def _merge_json(call: Call, replies: list[dict[str, Any]]) -> dict[str, Any]:
                 choice["index"] = len(choices)
                 choices.append(choice)
         merged["choices"] = choices
+    merged["choices"] = [conform_choice(c) if isinstance(c, dict) else c
+                         for c in merged["choices"]]
     call.response_id = merged.get("id") if isinstance(merged.get("id"), str) else None
     if merged["choices"] and isinstance(merged["choices"][0], dict):
         call.answer_text = choice_text(merged["choices"][0])

@@ -23,6 +23,7 @@ from router_models.world_eval import (
     fixed_plan_of,
     kind_oracle,
     oracle_plans,
+    pick_seeds,
     policy_factory,
     read_prompts,
     set_up_world,
@@ -121,3 +122,12 @@ async def test_a_randomized_world_is_served_over_http() -> None:
     assert body["simulation"]["match"] == "registry"
     assert body["usage"]["completion_tokens"] <= 4 * 4096
     assert {c["finish_reason"] for c in cut.json()["choices"]} == {"length"}
+
+
+def test_report_seeds_are_fresh_and_at_least_1000_tune_seeds_below() -> None:
+    report = pick_seeds("report", 100)
+    assert len(set(report)) == 100 and min(report) >= 1000
+    assert pick_seeds("report", 100) != report  # drawn when the report runs
+    tune = pick_seeds("tune", 50)
+    assert max(tune) < 1000 and tune == pick_seeds("tune", 50)
+    assert pick_seeds("3,7-9", 0) == [3, 7, 8, 9]

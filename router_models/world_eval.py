@@ -2,7 +2,7 @@
 through their public interface only: ``Policy.decide`` and ``Policy.update``, with policies
 built from specs (``router_models.policies.parse_policy``).
 
-Per world and policy (``evaluate_world``):
+Per world and policy (``evaluate_policy``):
 
 (a) no feedback: the policy as shipped decides every held-out prompt. Its accuracy and mean
     tokens are expectations under each decision's candidate probabilities (``Decision.

@@ -286,6 +286,13 @@ def _latex(span: str) -> str | None:
     return _parsed_latex(span)
 
 
+def load_latex_parser() -> None:
+    """Import SymPy and the LaTeX parser now (about 1.7 s on this project's 2-core machine),
+    so that the first LaTeX answer a vote reads does not pay for it. The gateway calls it in
+    a thread at start-up."""
+    import latex2sympy2_extended  # noqa: F401
+
+
 @functools.lru_cache(maxsize=4096)
 def _parsed_latex(span: str) -> str | None:
     # Imported here: SymPy and the parser take about a second to import, and most answers

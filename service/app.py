@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from router_models.answers import load_latex_parser
 from service import __version__, metrics
 from service.admission import AdmissionMiddleware
 from service.backends import BackendRegistry
@@ -89,7 +90,11 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             # pause the event loop, from walking them again and again.
             gc.collect()
             gc.freeze()
+            # SymPy and the LaTeX parser votes use for LaTeX answers take seconds to import:
+            # off the event loop, now, rather than on the first such answer.
+            warm_up = asyncio.create_task(asyncio.to_thread(load_latex_parser))
             yield
+            await warm_up
         finally:
             try:
                 if learner is not None:

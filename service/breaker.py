@@ -4,7 +4,8 @@
 timed out, 5xx after retries, garbage, a broken stream; never a refusal of the request itself)
 is taken out for ``cool_down_s`` seconds, during which ``BackendRegistry.resolve`` sends its
 models' traffic to another upstream serving them, or answers 503 with ``Retry-After`` when
-there is none. A call counts once, at its final outcome after its retries. After the
+there is none. A client request counts once, however many of its calls and retries failed
+(``service.upstream.count_failure``). After the
 cool-down it is half-open: exactly one trial request goes to it (the others still go
 elsewhere or get 503), its success closes the circuit and its failure opens it for another
 cool-down; a trial that reports nothing for ``cool_down_s`` (its client went away) frees the

@@ -230,7 +230,9 @@ def logged_decisions(records: Iterable[Record], *,
         else:
             correct = float(is_correct(record.feedback_score))
         propensity = record.plan.get("propensity")
-        if not isinstance(propensity, (int, float)) or not 0 < propensity <= 1:
+        if isinstance(propensity, (int, float)) and 0 < propensity <= 1:
+            share = min(1.0, propensity / plan.probability) if plan.probability > 0 else 1.0
+        else:
             share = 1.0
             if config is not None and record.arm in config.arms:
                 share = configured_shares(config)[record.arm]
@@ -238,7 +240,7 @@ def logged_decisions(records: Iterable[Record], *,
         support = None
         loggers = _logging_policies(record, config, policies)
         if loggers is not None:
-            support, others = _mixture(loggers, record.arm, scores, controls, plan)
+            support, others = _mixture(loggers, record.arm, share, scores, controls, plan)
             propensity = min(1.0, float(propensity) + others)
         out.append(LoggedDecision(scores, plan, float(propensity),
                                   float(record.completion_tokens), correct, controls, support))
@@ -274,15 +276,14 @@ def _logging_policies(record: Record, config: ExperimentSettings | None,
 
 
 def _mixture(loggers: list[tuple[str | None, float, Policy]], logged_arm: str | None,
-             scores: Scores, controls: Controls, plan: Plan
+             logged_share: float, scores: Scores, controls: Controls, plan: Plan
              ) -> tuple[frozenset[PlanKey], float]:
     """The plans the logging policies could pick for this prompt, and the probability that
-    arms other than the logged one give the logged plan (each arm's share times its policy's
-    probability)."""
+    arms other than the logged one (which had ``logged_share`` of the traffic) give the
+    logged plan: each arm's share times its policy's probability."""
     key = plan_key(plan)
     support: set[PlanKey] = set()
     others = 0.0
-    logged_share = next((share for arm, share, _ in loggers if arm == logged_arm), 1.0)
     rest = sum(share for arm, share, _ in loggers if arm != logged_arm)
     for arm, share, policy in loggers:
         try:

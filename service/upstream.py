@@ -22,7 +22,7 @@ import functools
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
@@ -77,6 +77,9 @@ class Accounting:
     upstream_calls: int = 0
     wait_s: float = 0.0
     estimated: bool = False  # True when a backend reported no usage and tokens were counted
+    # Backends whose circuit breaker has counted this request's failure: a request counts
+    # once, however many of its calls (vote samples, retries) failed.
+    failed_backends: set[str] = field(default_factory=set)
 
     def add_usage(self, usage: Mapping[str, Any] | None) -> None:
         """Add one call's final ``usage`` object (prompt and completion tokens)."""
@@ -127,7 +130,7 @@ class UpstreamStream:
                 return
             except httpx.HTTPError as exc:
                 if self._breaker is not None:
-                    self._breaker.record_failure()
+                    count_failure(self._breaker, self._backend, self._acct)
                 raise _translate(exc, self._backend, streaming=True) from exc
             finally:
                 if self._acct is not None:
@@ -388,10 +391,10 @@ class UpstreamClient:
                 result = await attempt(tries >= limit)
             except GatewayError as error:
                 if tries >= limit or not _retryable(error):
-                    # The breaker hears once per call, at its final outcome: counting every
-                    # attempt opened it after two requests with two retries each.
+                    # The breaker hears of a request once, at a call's final outcome:
+                    # counting every attempt opened it after two requests with two retries.
                     if _backend_fault(error):
-                        breaker.record_failure()
+                        count_failure(breaker, backend, acct)
                     else:  # the backend answered (a refusal, a 429): not a verdict on it
                         breaker.end_trial()
                     raise
@@ -455,6 +458,16 @@ def _auth_headers(backend: Backend, headers: Mapping[str, str]) -> dict[str, str
     if backend.api_key:
         out["authorization"] = f"Bearer {backend.api_key}"
     return out
+
+
+def count_failure(breaker: CircuitBreaker, backend: Backend, acct: Accounting | None) -> None:
+    """Tell ``breaker`` one client request failed on ``backend``, once per request: the
+    breaker counts requests, not their calls or attempts (without ``acct``, the call)."""
+    if acct is not None:
+        if backend.label in acct.failed_backends:
+            return
+        acct.failed_backends.add(backend.label)
+    breaker.record_failure()
 
 
 def _backend_fault(error: GatewayError) -> bool:

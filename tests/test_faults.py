@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from service.settings import Settings, UpstreamSettings
-from tests.conftest import gateway_client, metric
+from tests.conftest import gateway_client, make_settings, metric
 from tests.fault_backend import closed_port_url, make_app, serve_in_thread
 
 CHAT = "/v1/chat/completions"
@@ -227,3 +227,18 @@ def test_half_open_lets_exactly_one_trial_through():
     assert breaker.allows()
     breaker.record_success()
     assert breaker.state == "closed" and all(breaker.allows() for _ in range(3))
+
+
+async def test_a_vote_whose_samples_all_fail_counts_once():
+    from tests.scripted import ScriptedLLM
+
+    llm = ScriptedLLM(lambda i, body: "The answer is 4.", fail=set(range(1000)))
+    settings = make_settings(breaker_failures=2, breaker_cool_down_s=30, max_retries=1)
+    vote = {"model": "fake-model", "messages": [{"role": "user", "content": "2+2?"}],
+            "router": {"strategy": "parallel_vote", "budget_tokens": 1024}}
+    async with gateway_client(llm.transport(), settings) as client:
+        first = await client.post(CHAT, json=vote)
+        assert first.status_code == 502 and len(llm.requests) >= 4  # several samples failed
+        assert metric("ttc_circuit_open", backend="fake") == 0  # one request: one failure
+        assert (await client.post(CHAT, json=vote)).status_code == 502
+        assert metric("ttc_circuit_open", backend="fake") == 1

@@ -126,7 +126,7 @@ def _script(i: int, body: dict[str, Any]) -> str:
     """Searches once when asked to (the search strategy's protocol), else answers."""
     messages = body.get("messages") or []
     said = " ".join(str(m.get("content") or "") for m in messages)
-    if "SEARCH:" in said and "BEGIN DATA" not in said:
+    if "SEARCH:" in said and "BEGIN DATA-" not in said:  # results come as BEGIN DATA-<nonce>
         return "SEARCH: owls"
     return "Owls hunt at night. The answer is 4."
 
@@ -149,12 +149,14 @@ def _events(text: str) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_chat_responses_and_chunks_of_every_strategy_conform(strategy, data_dir):
     body = {"model": "auto", "messages": [{"role": "user", "content": "How many legs?"}],
-            "router": {"strategy": strategy, "budget_tokens": 400}}
+            "router": {"strategy": strategy, "budget_tokens": 1024}}
     async with gateway_client(LlamaLike(_script).transport(),
                               make_settings(data_dir=data_dir)) as client:
         reply = await client.post("/v1/chat/completions", json=body)
         assert reply.status_code == 200, reply.text
         assert reply.json()["router"]["strategy"] == strategy
+        if strategy == "search":  # the model searched, read the results and answered
+            assert reply.json()["router"]["search_calls"] == 1
         check("CreateChatCompletionResponse", reply.json())
         for include_usage in (False, True):
             stream = await client.post("/v1/chat/completions", json={

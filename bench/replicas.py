@@ -1,6 +1,6 @@
 """Replicas on real processes: three gateways behind HAProxy, one PostgreSQL, one Redis.
 
-    .venv/bin/python bench/replicas.py [--learn 240] [--duration-s 8] [--concurrency 32]
+    .venv/bin/python bench/replicas.py [--learn 240] [--duration-s 6] [--concurrency 32]
     make bench-replicas
 
 Starts a throw-away PostgreSQL (``tests/pg.py``), Redis (``tests/redis_server.py``), the
@@ -388,7 +388,8 @@ async def main_async(args: argparse.Namespace) -> int:
         for g in gateways:
             lb.wait_status(g.name, "UP")
         print(f"3 gateways (SIMULATED backend ttc-router sim), HAProxy {lb.url}, "
-              f"PostgreSQL, Redis; {os.cpu_count()} cores")
+              f"PostgreSQL, Redis; {os.cpu_count()} cores, load average "
+              f"{os.getloadavg()[0]:.1f}")
 
         # Throughput: one replica, then three, same load, same run, alternated twice so that
         # a change in the machine's other load hits both alike.
@@ -406,6 +407,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 print(f"  round {round_}, {replicas} replica{'s' if replicas > 1 else ' '}: "
                       f"{summary(results, args.duration_s)}")
         ratio = statistics.mean(rates[3]) / statistics.mean(rates[1])
+        print(f"  load average {os.getloadavg()[0]:.1f} (other work on the machine counts too)")
         print(f"  mean: 1 replica {statistics.mean(rates[1]):.1f} req/s, 3 replicas "
               f"{statistics.mean(rates[3]):.1f} req/s, ratio 3/1 {ratio:.2f}")
 
@@ -537,7 +539,7 @@ async def main_async(args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--learn", type=int, default=240, help="answers with feedback")
-    parser.add_argument("--duration-s", type=float, default=8.0, help="each load phase")
+    parser.add_argument("--duration-s", type=float, default=6.0, help="each load phase")
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
     sys.exit(asyncio.run(main_async(args)))

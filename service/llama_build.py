@@ -100,7 +100,7 @@ def ensure_server(*, root: Path | None = None, jobs: int | None = None, force: b
         raise LlamaBuildError(f"{DISTRIBUTION} is not installed: pip install '.[local]'")
     target = binary_path(version, root)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / ".lock"):
+    with _locked(target.parent / ".lock", progress):
         if target.is_file() and os.access(target, os.X_OK) and not force:
             return target
         if shutil.which("cmake") is None:
@@ -176,9 +176,15 @@ def _run(command: list[str], log: IO[bytes], log_path: Path,
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, progress: IO[str]) -> Iterator[None]:
     with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress.write(f"another set-up is building llama-server in {path.parent}; "
+                           "waiting for it\n")
+            progress.flush()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

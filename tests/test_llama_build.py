@@ -3,9 +3,11 @@ progress, and the unpacking of the sdist. The real build runs in ``make install`
 
 from __future__ import annotations
 
+import fcntl
 import io
 import subprocess
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,21 @@ def test_only_vendor_llama_cpp_is_unpacked(tmp_path, monkeypatch):
     assert source == work / "src" / "llama_cpp_python-9.9.9" / "vendor" / "llama.cpp"
     assert (source / "CMakeLists.txt").is_file()
     assert not (work / "src" / "llama_cpp_python-9.9.9" / "pyproject.toml").exists()
+
+
+def test_a_second_set_up_waits_for_the_first_build_and_says_so(cache, tmp_path):
+    path = binary_path("9.9.9")
+    path.parent.mkdir(parents=True)
+    progress = io.StringIO()
+    with (path.parent / ".lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: ensure_server(progress=progress))
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive()  # blocked on the lock, not building
+        path.write_text("#!/bin/sh\n")  # the first set-up finishes its build
+        path.chmod(0o755)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    waiter.join(5)
+    assert not waiter.is_alive()
+    assert "another set-up is building llama-server" in progress.getvalue()

@@ -85,22 +85,24 @@ def find_server(root: Path | None = None) -> Path | None:
 
 
 def ensure_server(*, root: Path | None = None, jobs: int | None = None, force: bool = False,
-                  progress: IO[str] = sys.stderr) -> Path:
+                  wait: bool = True, progress: IO[str] = sys.stderr) -> Path:
     """The built ``llama-server`` for the installed llama-cpp-python, building it when absent.
 
     Building takes about 10 minutes on 2 cores (``jobs`` parallel compiles, default all
     cores); the cmake output goes to ``<cache>/llama-server-<version>/build.log`` and a
-    percentage to ``progress``.
+    percentage to ``progress``. When another process is building it, waits for that build,
+    or with ``wait=False`` raises at once.
 
     Raises:
-        LlamaBuildError: llama-cpp-python is not installed, cmake is missing, or a step failed.
+        LlamaBuildError: llama-cpp-python is not installed, cmake is missing, a step failed,
+            or (``wait=False``) another build is in progress.
     """
     version = installed_version()
     if version is None:
         raise LlamaBuildError(f"{DISTRIBUTION} is not installed: pip install '.[local]'")
     target = binary_path(version, root)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / ".lock", progress):
+    with _locked(target.parent / ".lock", wait, progress):
         if target.is_file() and os.access(target, os.X_OK) and not force:
             return target
         if shutil.which("cmake") is None:
@@ -176,11 +178,15 @@ def _run(command: list[str], log: IO[bytes], log_path: Path,
 
 
 @contextlib.contextmanager
-def _locked(path: Path, progress: IO[str]) -> Iterator[None]:
+def _locked(path: Path, wait: bool, progress: IO[str]) -> Iterator[None]:
     with path.open("w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                raise LlamaBuildError(f"another set-up is building it now in {path.parent} "
+                                      "(see build.log there); `ttc-router serve` uses it once "
+                                      "it is done") from None
             progress.write(f"another set-up is building llama-server in {path.parent}; "
                            "waiting for it\n")
             progress.flush()
@@ -204,13 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, help="parallel compiles (default: all cores)")
     args = parser.parse_args(argv)
     try:
-        path = ensure_server(jobs=args.jobs, force=args.force)
+        # Set-up never waits for another set-up's build of up to an hour.
+        path = ensure_server(jobs=args.jobs, force=args.force, wait=not args.best_effort)
     except (LlamaBuildError, OSError) as exc:
         print(f"\nllama-server was not built: {exc}", file=sys.stderr)
         if not args.best_effort:
             return 1
-        print("`ttc-router serve` will use llama-cpp-python's server instead (one request "
-              "at a time); retry with `make llama-server`", file=sys.stderr)
+        print("while llama-server is not built, `ttc-router serve` falls back to "
+              "llama-cpp-python's server (one request at a time); `make llama-server` builds "
+              "it", file=sys.stderr)
         return 0
     print(path)
     return 0

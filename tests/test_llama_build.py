@@ -80,7 +80,7 @@ def test_best_effort_explains_the_fallback_and_exits_0(cache, monkeypatch, capsy
     assert llama_build.main(["--best-effort"]) == 0
     err = capsys.readouterr().err
     assert "llama-server was not built: building llama-server needs cmake" in err
-    assert "llama-cpp-python's server instead" in err
+    assert "falls back to llama-cpp-python's server" in err
     assert llama_build.main([]) == 1
 
 
@@ -140,3 +140,14 @@ def test_a_second_set_up_waits_for_the_first_build_and_says_so(cache, tmp_path):
     waiter.join(5)
     assert not waiter.is_alive()
     assert "another set-up is building llama-server" in progress.getvalue()
+
+
+def test_best_effort_set_up_does_not_wait_for_another_build(cache, capsys):
+    path = binary_path("9.9.9")
+    path.parent.mkdir(parents=True)
+    with (path.parent / ".lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert llama_build.main(["--best-effort"]) == 0
+    err = capsys.readouterr().err
+    assert "another set-up is building it now" in err
+    assert "falls back to llama-cpp-python's server" in err

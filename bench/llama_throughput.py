@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.compare_models import cpu_jiffies, own_jiffies  # noqa: E402
 from service.embedded import probe_n_support  # noqa: E402
-from service.llama_build import find_server  # noqa: E402
+from service.llama_build import find_server, installed_version  # noqa: E402
 from service.llama_server import LlamaServer  # noqa: E402
 from service.local_backend import (  # noqa: E402
     QWEN_CODER_05B,
@@ -69,6 +69,13 @@ TOPICS = ("a lighthouse keeper", "a lost cat in Paris", "the first train to the 
 VOTE_PROMPT = "A farmer has 17 sheep and buys 5 more, then sells 8. How many sheep are left? " \
               "Think step by step, then end with 'The answer is N.'"
 VOTE_WIDTH = 8
+
+
+def server_version(binary: Path) -> str:
+    """What ``llama-server --version`` prints (its version and build commit)."""
+    done = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                          timeout=30, check=False)
+    return " ".join((done.stdout + done.stderr).split())
 
 
 def post(url: str, payload: dict[str, Any], timeout_s: float = 600.0) -> dict[str, Any]:
@@ -298,13 +305,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vote-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--start-timeout-s", type=float, default=300.0)
+    parser.add_argument("--llama-server", type=Path,
+                        help="the llama-server binary (default: the one built for the "
+                             "installed llama-cpp-python)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
-    binary = find_server()
+    binary = args.llama_server or find_server()
     if binary is None:
         print("llama-server is not built: run `make llama-server` first", file=sys.stderr)
         return 1
+    versions = {"llama-cpp-python": installed_version(), "llama-server": server_version(binary)}
     model = assemble_model(QWEN_CODER_05B, args.data_dir.expanduser() / "models")
     results = []
     with tempfile.TemporaryDirectory(prefix="llama-throughput-") as tmp:
@@ -320,9 +331,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_server(backend, args, work))
     print_tables(results, args)
     print(f"\nmachine: {os.cpu_count()} cores; threads {args.threads}; llama-server slots "
-          f"{args.slots} x {args.n_ctx} tokens")
+          f"{args.slots} x {args.n_ctx} tokens; versions: {versions}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        args.json.write_text(json.dumps({"versions": versions, "servers": results},
+                                        indent=1) + "\n")
     return 0
 
 

@@ -58,7 +58,7 @@ def start_embedded(settings: Settings, progress: IO[str] | None = sys.stderr) ->
                                   slots=slots, threads=settings.local_threads,
                                   log_file=logs / "llama-server.log")
             try:
-                backend.start(timeout_s, progress)
+                _start_and_probe(backend, timeout_s, progress)
             except LocalBackendError as exc:
                 if settings.local_server == "llama-server":
                     raise
@@ -69,14 +69,31 @@ def start_embedded(settings: Settings, progress: IO[str] | None = sys.stderr) ->
         backend = LocalBackend(path, model.alias, n_ctx=settings.local_n_ctx,
                                threads=settings.local_threads,
                                log_file=logs / "llama-cpp-python-server.log")
-        backend.start(timeout_s, progress)
-    backend.supports_n = probe_n_support(backend.url, backend.alias)
+        _start_and_probe(backend, timeout_s, progress)
     if progress is not None:
         layout = (f"{backend.slots} parallel slots x {backend.n_ctx} tokens"
                   if isinstance(backend, LlamaServer) else f"{backend.n_ctx} tokens of context")
         progress.write(f"embedded backend: {backend.name}, {layout}; n "
                        f"{'honoured' if backend.supports_n else 'fanned out by the gateway'}\n")
     return backend
+
+
+def _start_and_probe(backend: LocalBackend, timeout_s: float, progress: IO[str] | None) -> None:
+    """Start ``backend``, then send it the ``n`` probe, which is also its first chat call: a
+    server that dies on it (llama.cpp built with instructions this CPU refuses dies with
+    SIGILL on its first prompt) counts as one that did not start.
+
+    Raises:
+        LocalBackendError: the server did not come up, or exited on the probe.
+    """
+    backend.start(timeout_s, progress)
+    backend.supports_n = probe_n_support(backend.url, backend.alias)
+    code = backend.exit_code(wait_s=0.0 if backend.supports_n else 1.0)
+    if code is not None:
+        backend.stop()
+        raise LocalBackendError(
+            f"the embedded backend ({backend.name}) exited with code {code} on its first "
+            f"request; see {backend.log_file}")
 
 
 def probe_n_support(url: str, model: str, timeout_s: float = 60.0) -> bool:

@@ -264,6 +264,16 @@ class LocalBackend:
                     f"{timeout_s:.0f}s; see {self.log_file}")
             time.sleep(0.25)
 
+    def exit_code(self, wait_s: float = 0.0) -> int | None:
+        """The child's exit status once it has exited (waiting up to ``wait_s`` seconds for
+        that), else None; None as well when it was never started."""
+        if self._process is None:
+            return None
+        try:
+            return self._process.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop the child (SIGTERM, then SIGKILL after ``grace_s`` seconds)."""
         process, self._process = self._process, None

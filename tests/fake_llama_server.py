@@ -5,7 +5,9 @@ completions with ``n`` choices of one word each.
 
 ``--ignore-n`` answers one choice whatever ``n`` is (as llama-cpp-python's server does);
 ``--refuse-n`` answers ``n > 1`` with llama-server 0.3.16's 500; ``--exit-code C`` exits at
-once (a broken build). Its command line is written to ``$FAKE_LLAMA_ARGV_FILE`` when set.
+once (a broken build); ``--crash-on-chat`` dies with SIGILL on its first chat call (a build
+with instructions the CPU refuses). Its command line is written to ``$FAKE_LLAMA_ARGV_FILE``
+when set.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +30,7 @@ def main() -> None:
     parser.add_argument("--ignore-n", action="store_true")
     parser.add_argument("--refuse-n", action="store_true")
     parser.add_argument("--exit-code", type=int)
+    parser.add_argument("--crash-on-chat", action="store_true")
     args, _ = parser.parse_known_args()
     if argv_file := os.environ.get("FAKE_LLAMA_ARGV_FILE"):
         with open(argv_file, "w") as out:
@@ -58,6 +62,8 @@ def main() -> None:
 
         def do_POST(self) -> None:  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            if args.crash_on_chat:
+                os.kill(os.getpid(), signal.SIGILL)
             n = int(body.get("n", 1))
             if n > 1 and args.refuse_n:
                 self._send(500, {"error": {"code": 500, "type": "server_error",

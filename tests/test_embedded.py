@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +99,16 @@ def test_a_llama_server_that_exits_falls_back_and_names_its_log(
     assert type(backend) is LocalBackend
     assert "exited with code 3" in caplog.text
     assert str(tmp_path / "logs" / "llama-server.log") in caplog.text
+
+
+def test_a_llama_server_that_dies_on_its_first_request_falls_back(
+        settings, started, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(embedded, "find_server",
+                        lambda: fake_binary(tmp_path, "--crash-on-chat"))
+    with caplog.at_level(logging.WARNING, logger="ttc_router"):
+        backend = start(settings, started)
+    assert type(backend) is LocalBackend
+    assert f"exited with code {-signal.SIGILL} on its first request" in caplog.text
 
 
 def test_asking_for_llama_server_by_name_does_not_fall_back(settings, started, monkeypatch):

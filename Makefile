@@ -3,7 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= local,test,dev
 
-.PHONY: install llama-server serve test test-fast lint bench bench-llama check deploy-check clean
+.PHONY: install llama-server serve test test-fast lint bench bench-llama bench-replicas check \
+	deploy-check clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,6 +43,9 @@ bench: install
 
 bench-llama: install  ## both embedded servers: tokens/s at 1, 4, 8 concurrent; vote of 8 vs one
 	$(PY) bench/llama_throughput.py
+
+bench-replicas: install  ## 3 gateways behind HAProxy on PostgreSQL and Redis (apt: haproxy postgresql redis-server)
+	$(PY) bench/replicas.py
 
 deploy-check: install  ## rule files and their unit tests (promtool), Kubernetes manifests
 	promtool check rules deploy/rules/*.yml

@@ -78,7 +78,6 @@ def _run_uvicorn(settings: Settings, on_shutdown: Callable[[], None] | None) -> 
     import uvicorn
 
     from service.app import create_app
-    from service.hotpath import HotPath
 
     if not _is_loopback(settings.host) and not settings.require_keys and not _any_keys(settings):
         log.warning("listening on %s without API keys: every client that can reach it may "
@@ -88,7 +87,7 @@ def _run_uvicorn(settings: Settings, on_shutdown: Callable[[], None] | None) -> 
     # finish (service.admission answers the ones cut off), then runs the lifespan's shutdown,
     # which flushes the request log and stops the embedded backend.
     config = uvicorn.Config(
-        HotPath(create_app(settings, on_shutdown=on_shutdown)), host=settings.host,
+        create_app(settings, on_shutdown=on_shutdown), host=settings.host,
         port=settings.port,
         log_level=settings.log_level, access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),

@@ -2,7 +2,7 @@
 through their public interface only: ``Policy.decide`` and ``Policy.update``, with policies
 built from specs (``router_models.policies.parse_policy``).
 
-Per world and policy (``evaluate_world``):
+Per world and policy (``evaluate_policy``):
 
 (a) no feedback: the policy as shipped decides every held-out prompt. Its accuracy and mean
     tokens are expectations under each decision's candidate probabilities (``Decision.
@@ -43,6 +43,9 @@ MIN_BUDGET, MAX_BUDGET = 16, 32768
 # The oracle's plans besides the fixed strategies' budgets: votes of these widths and depths.
 ORACLE_WIDTHS = (2, 3, 5, 8, 16)
 ORACLE_DEPTHS = tuple(16 * 2 ** k for k in range(9))  # 16 .. 4096
+# Tune on worlds below 1000; report on worlds at or above it (issue 13).
+TUNE_SEEDS = (0, 1000)
+REPORT_SEEDS = (1000, 10**9)
 # A world whose oracle gains less than this (accuracy) has nothing to learn: the feedback
 # target counts as met there when the policy ends within this of the oracle.
 NO_GAIN = 0.01
@@ -446,3 +449,23 @@ def policy_factory(spec: str, **options: Any) -> Callable[[], Policy]:
     template = parse_policy(spec, **options) if spec.startswith("learned") and options \
         else parse_policy(spec)
     return lambda: copy.deepcopy(template)
+
+
+def pick_seeds(spec: str, count: int) -> list[int]:
+    """World seeds: ``report`` draws ``count`` seeds now from ``REPORT_SEEDS`` (system
+    entropy, so the report's worlds are not known in advance); ``tune`` draws ``count`` from
+    ``TUNE_SEEDS`` with a fixed seed (the same every run); else a comma-separated list of
+    seeds or ``A-B`` ranges.
+
+    Raises:
+        ValueError: a malformed list, or more seeds asked than the range holds.
+    """
+    if spec == "report":
+        return sorted(random.SystemRandom().sample(range(*REPORT_SEEDS), count))
+    if spec == "tune":
+        return sorted(random.Random(0).sample(range(*TUNE_SEEDS), count))
+    seeds: list[int] = []
+    for part in spec.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        seeds += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    return seeds

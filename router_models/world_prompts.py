@@ -298,7 +298,15 @@ DISTRACTORS = ("Note: the cafeteria closes early on Fridays.",
                "are not needed here.",
                "(Unrelated, but the weather here has been lovely all week.)",
                "Background: the following was copied from a forum post written in 2019 by "
-               "someone who collects old maps and enjoys hiking in the mountains.")
+               "someone who collects old maps and enjoys hiking in the mountains.",
+               "For context, here is the full message I received this morning, including the "
+               "parts that do not matter. Our team meets every Tuesday at ten in the small "
+               "room on the third floor, and the coffee machine there has been broken since "
+               "March. Last week we discussed the new schedule for the spring, the budget for "
+               "the summer outing, which of the two printers to replace, and whether the "
+               "quarterly report should include the survey results or wait for the next "
+               "round. Several people asked about parking. None of that is needed for the "
+               "question below, which came at the end of the message.")
 SYSTEMS = ("You are a helpful assistant.", "You are a careful tutor. Be concise.",
            "You answer questions for a customer-support team.")
 

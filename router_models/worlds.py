@@ -90,23 +90,23 @@ MAX_TOKENS = 32768
 #     search_gain: G; search_hit: h.
 RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "votes": {"accuracy0": (0.40, 0.80), "accuracy1": (0.10, 0.45), "concentration": (3, 15),
-              "wrong_zipf": (0.2, 1.0), "answer_tokens": (30, 300), "answer_growth": (1, 2),
+              "wrong_zipf": (0.2, 1.0), "answer_tokens": (30, 400), "answer_growth": (1, 2),
               "answer_spread": (0.15, 0.5), "length_gain": (0.0, 0.15),
               "saturation": (0.3, 1.0), "think": (1.5, 5), "overthink": (1.2, 3),
               "decline": (2, 10), "search_gain": (-0.30, 0.0), "search_hit": (0.5, 0.95)},
     "chain": {"accuracy0": (0.75, 0.97), "accuracy1": (0.35, 0.80), "concentration": (1, 6),
-              "wrong_zipf": (0.3, 1.5), "answer_tokens": (60, 400), "answer_growth": (2, 6),
+              "wrong_zipf": (0.3, 1.5), "answer_tokens": (60, 600), "answer_growth": (2, 6),
               "answer_spread": (0.15, 0.4), "length_gain": (0.5, 0.9),
               "saturation": (0.5, 1.5), "think": (2, 5), "overthink": (6, 12),
               "decline": (5, 20), "search_gain": (-0.35, 0.0), "search_hit": (0.5, 0.95)},
     "search": {"accuracy0": (0.10, 0.45), "accuracy1": (0.0, 0.20), "concentration": (0.3, 2),
-               "wrong_zipf": (0.3, 1.0), "answer_tokens": (20, 200), "answer_growth": (1, 1.5),
+               "wrong_zipf": (0.3, 1.0), "answer_tokens": (20, 300), "answer_growth": (1, 1.5),
                "answer_spread": (0.15, 0.5), "length_gain": (0.0, 0.10),
                "saturation": (0.3, 1.0), "think": (1, 2), "overthink": (1.5, 4),
                "decline": (3, 10), "search_gain": (0.5, 0.9), "search_hit": (0.6, 0.95)},
     "nothing": {"accuracy0": (0.80, 0.98), "accuracy1": (0.50, 0.90),
                 "concentration": (0.05, 0.3), "wrong_zipf": (1.5, 3.0),
-                "answer_tokens": (8, 80), "answer_growth": (1, 1.5),
+                "answer_tokens": (8, 120), "answer_growth": (1, 1.5),
                 "answer_spread": (0.15, 0.4), "length_gain": (0.0, 0.03),
                 "saturation": (0.3, 1.0), "think": (1, 1.5), "overthink": (1.5, 4),
                 "decline": (3, 10), "search_gain": (-0.20, 0.0), "search_hit": (0.5, 0.95)},
@@ -115,7 +115,7 @@ RANGES: dict[str, dict[str, tuple[float, float]]] = {
 # from length, votes or search, no overthinking; accuracy and lengths still drawn widely.
 FLAT_RANGES: dict[str, tuple[float, float]] = {
     "accuracy0": (0.30, 0.95), "accuracy1": (0.05, 0.60), "concentration": (0, 0),
-    "wrong_zipf": (0, 0), "answer_tokens": (8, 300), "answer_growth": (1, 2),
+    "wrong_zipf": (0, 0), "answer_tokens": (8, 400), "answer_growth": (1, 2),
     "answer_spread": (0.15, 0.5), "length_gain": (0, 0), "saturation": (1, 1),
     "think": (1, 3), "overthink": (math.inf, math.inf), "decline": (1, 1),
     "search_gain": (0, 0), "search_hit": (0.5, 0.95)}

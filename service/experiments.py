@@ -260,13 +260,13 @@ def _logging_policies(record: Record, config: ExperimentSettings | None,
                       policies: Mapping[str, Policy]
                       ) -> list[tuple[str | None, float, Policy]] | None:
     """(arm, share, policy) of every policy that could have decided the row: each arm of its
-    experiment with the arm's share (the assigned arm's share as logged, the others sharing
-    the rest by weight), or the row's own policy at share 1; None when one is unknown."""
+    experiment with its configured share, or the row's own policy at share 1; None when one
+    is unknown."""
     if config is None or record.arm not in config.arms:
         policy = policies.get(str(record.plan.get("policy") if record.plan else ""))
         return None if policy is None else [(None, 1.0, policy)]
     shares = configured_shares(config)
-    out = []
+    out: list[tuple[str | None, float, Policy]] = []
     for arm, arm_settings in config.arms.items():
         policy = policies.get(arm_settings.policy)
         if policy is None:

@@ -4,6 +4,7 @@ training loop through the public policy interface, and a randomized world served
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -23,6 +24,7 @@ from router_models.world_eval import (
     fixed_plan_of,
     kind_oracle,
     oracle_plans,
+    pick_seeds,
     policy_factory,
     read_prompts,
     set_up_world,
@@ -121,3 +123,36 @@ async def test_a_randomized_world_is_served_over_http() -> None:
     assert body["simulation"]["match"] == "registry"
     assert body["usage"]["completion_tokens"] <= 4 * 4096
     assert {c["finish_reason"] for c in cut.json()["choices"]} == {"length"}
+
+
+def test_report_seeds_are_fresh_and_at_least_1000_tune_seeds_below() -> None:
+    report = pick_seeds("report", 100)
+    assert len(set(report)) == 100 and min(report) >= 1000
+    assert pick_seeds("report", 100) != report  # drawn when the report runs
+    tune = pick_seeds("tune", 50)
+    assert max(tune) < 1000 and tune == pick_seeds("tune", 50)
+    assert pick_seeds("3,7-9", 0) == [3, 7, 8, 9]
+
+
+def test_sim_command_refuses_a_world_file_and_a_world_seed_together(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    assert main(["sim", "--world-seed", "3", "--world", str(tmp_path / "w.yaml")]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["sim", "--world-tasks", str(tmp_path / "t.jsonl")]) == 2
+    assert "needs --world-seed" in capsys.readouterr().err
+
+
+def test_world_tasks_round_trip_into_the_eval_harness(tmp_path: Path) -> None:
+    from router_models.tasks import load_tasks_file
+    from service.commands.sim import _randomized
+
+    path = tmp_path / "tasks.jsonl"
+    world, registry, label = _randomized(1013, path)
+    tasks = load_tasks_file(path)
+    assert tasks and all(t.family in ("guess", "chain", "easy", "fact") for t in tasks)
+    assert "randomized world 1013" in label
+    # What the harness sends (question, blank line, instruction) is recognised as that item.
+    found = registry.identify([("user", tasks[0].prompt())])
+    assert found.how == "registry" and found.item.question == tasks[0].question

@@ -248,8 +248,14 @@ class Settings(BaseSettings):
     # On SIGTERM, in-flight requests get this long (s) to finish before they are cut off.
     shutdown_timeout_s: float = Field(30.0, ge=0)
 
+    # The embedded backend (no upstream configured): which server (auto: llama.cpp's
+    # llama-server when built, else llama-cpp-python's), its model, the context of each
+    # parallel slot (tokens), the slots (None: sized for the machine, service.llama_server)
+    # and the CPU threads (None: all cores).
+    local_server: Literal["auto", "llama-server", "llama-cpp-python"] = "auto"
     local_model: str = "qwen2.5-coder-0.5b-instruct"
     local_n_ctx: int = Field(4096, ge=256)
+    local_parallel: int | None = Field(None, ge=1, le=256)
     local_threads: int | None = Field(None, ge=1)
     local_start_timeout_s: float = Field(180.0, gt=0)
 

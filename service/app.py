@@ -36,6 +36,7 @@ from service.observe import Reporter
 from service.rendering import error_response, render, unexpected_error_response
 from service.routes import experiments, feedback, health, learning, models, proxy
 from service.routing import Router
+from service.search import SearchBackend, open_backend, open_client
 from service.settings import Settings
 from service.store.log import open_request_log
 from service.upstream import UpstreamClient
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
-               on_shutdown: Callable[[], None] | None = None) -> HotPath:
+               on_shutdown: Callable[[], None] | None = None,
+               search_backend: SearchBackend | None = None) -> HotPath:
     """Build the gateway for ``settings``: the completion hot path (``service.hotpath``) in
     front of the FastAPI app that serves everything else and owns the lifespan.
 
@@ -55,6 +57,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         on_shutdown: a blocking function run (in a thread) when the app stops, after the
             upstream client closes: the CLI stops the embedded backend with it, since uvicorn
             re-raises SIGTERM once it has shut down and nothing after it would run.
+        search_backend: the ``search`` strategy's backend instead of the configured one
+            (tests, embedding programs).
     """
 
     @asynccontextmanager
@@ -64,6 +68,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                                        queue_size=settings.log_queue_size)
         await request_log.start()
         client = UpstreamClient(settings, transport=transport)
+        search_client = open_client()
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         limiter = KeyLimiter(RedisCounters(redis_url) if redis_url else MemoryCounters())
         learner: Learner | None = None
@@ -84,7 +89,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 settings=settings, client=client, registry=registry,
                 reporter=Reporter(request_log, keep_text=settings.log_text, durable=durable),
                 request_log=request_log, keys=keys, limiter=limiter, router=router,
-                experiments=Experiments(settings, request_log), learner=learner)
+                experiments=Experiments(settings, request_log), learner=learner,
+                search=search_backend or open_backend(settings, search_client))
             # Start-up made hundreds of thousands of long-lived objects (scikit-learn, numpy,
             # the classifier): freezing them keeps the garbage collector's full passes, which
             # pause the event loop, from walking them again and again.
@@ -100,6 +106,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 if learner is not None:
                     await learner.close()  # applies the last feedback, saves learned.json
                 await client.aclose()
+                await search_client.aclose()
                 await limiter.aclose()
                 await request_log.close()  # after the last request: every queued row written
             finally:

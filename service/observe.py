@@ -102,6 +102,9 @@ class Reporter:
                               outcome.prompt_tokens, outcome.completion_tokens)
         metrics.child(metrics.REQUEST_DURATION, outcome.strategy).observe(outcome.duration_s)
         metrics.OVERHEAD.observe(max(0.0, outcome.duration_s - outcome.wait_s))
+        if outcome.prompt_tokens:
+            metrics.child(metrics.REQUEST_PROMPT_TOKENS, outcome.strategy).observe(
+                outcome.prompt_tokens)
         if outcome.budget_tokens:
             metrics.child(metrics.BUDGET_TOKENS, outcome.strategy).observe(outcome.budget_tokens)
             metrics.child(metrics.BUDGET_UTILIZATION, outcome.strategy).observe(

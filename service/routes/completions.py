@@ -50,7 +50,7 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
     plan, reservation = await reserve_for_call(request, gw, routed, plan)
     call = Call(routed, backend, upstream_model, gw.client, gw.registry, gw.settings, plan,
                 reporter=gw.reporter, reservation=reservation, scores=scores,
-                assignment=assignment)
+                assignment=assignment, search=gw.search)
     strategy = REGISTRY[plan.strategy]
     headers = {"x-ttc-decision-id": routed.decision_id, "x-ttc-strategy": plan.strategy}
 

@@ -19,6 +19,7 @@ from service.ledger import BudgetLedger
 from service.limits import Reservation
 from service.observe import Outcome, Reporter
 from service.protocol import RoutedRequest
+from service.search import SearchBackend
 from service.settings import Settings
 from service.upstream import Accounting, Backend, UpstreamClient
 
@@ -57,9 +58,15 @@ class Call:
     reservation: Reservation | None = None
     # The request's A/B arm (None outside experiments).
     assignment: Assignment | None = None
+    # Prompt tokens reported for each prompt sent (``metered.prompt_key``): fan-out resends
+    # a prompt, and its later calls reserve its true size against ``budget_total_tokens``.
+    prompt_counts: dict[bytes, int] = field(default_factory=dict)
+    # The app's search backend (None: ``search`` opens the configured one for this call).
+    search: SearchBackend | None = None
 
     def __post_init__(self) -> None:
-        self.ledger = BudgetLedger(self.plan.budget_tokens)
+        self.ledger = BudgetLedger(self.plan.budget_tokens,
+                                   self.routed.controls.budget_total_tokens)
 
     @property
     def path(self) -> str:
@@ -140,8 +147,13 @@ def router_info(call: Call) -> dict[str, Any]:
         "search_calls": 0,
         "scores": call.scores.as_dict() if call.scores is not None else None,
         "usage_estimated": call.acct.estimated,
+        "usage_source": call.acct.usage_source,
+        "prompt_tokens": call.acct.prompt_tokens,
+        "retries": call.acct.retries,
         "budget_overrun": call.ledger.overrun,
     }
+    if call.ledger.total_budget_tokens is not None:
+        info["budget_total_tokens"] = call.ledger.total_budget_tokens
     if call.plan.reason:
         info["reason"] = call.plan.reason
     if call.plan.policy is not None:  # the propensity, for off-policy evaluation
@@ -174,8 +186,9 @@ def usage_body(call: Call) -> dict[str, int]:
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """A prompt's size in tokens when the backend did not report it: one token per 4
-    characters of prompt text, the rule of thumb OpenAI gives for English text."""
+    """A prompt's size in tokens before it is sent, for admission: one token per 4 characters
+    of prompt text, the rule of thumb OpenAI gives for English text. (What a call really cost
+    is counted by ``service.strategies.metered``.)"""
     if "messages" in body:
         chars = sum(len(content_text(m.get("content"))) + 4 for m in body["messages"]
                     if isinstance(m, dict))

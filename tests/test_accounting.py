@@ -47,7 +47,9 @@ async def test_a_reply_without_usage_is_counted_with_the_backends_tokenizer():
         assert reply.json()["usage"]["completion_tokens"] == router["spent_tokens"]
     # 5 words and an end-of-sequence token, then 9 and one: counted exactly
     assert [r.json()["usage"]["completion_tokens"] for r in replies] == [6, 10]
-    assert backend.generated == 16 and backend.tokenize_calls == 2
+    assert backend.generated == 16 and backend.tokenize_calls == 4  # answers and prompts
+    # the prompt: its 3 words and at most 8 tokens of chat template around the message
+    assert [r.json()["usage"]["prompt_tokens"] for r in replies] == [11, 11]
 
 
 async def test_without_usage_or_tokenizer_the_whole_grant_is_charged_and_flagged():

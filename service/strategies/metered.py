@@ -196,7 +196,23 @@ class Metered:
                 total, source = total + self.per_choice, "grant"  # the choice's whole cap
             else:
                 total, source = total + len(text.encode()) + 1, "text_bytes"
-        return total, None, source
+        prompt = await self._prompt_count() if source == "tokenizer" else None
+        return total, prompt, source
+
+    async def _prompt_count(self) -> int | None:
+        """The prompt's tokens by the backend's tokenizer: its text's tokens plus
+        ``TEMPLATE_TOKENS_PER_MESSAGE`` per message (the chat template is not applied), or
+        None without a tokenizer. Remembered per prompt for the request's other calls."""
+        call, key = self.call, prompt_key(self.body)
+        known = call.prompt_counts.get(key)
+        if known is not None:
+            return known
+        text, messages = prompt_parts(self.body)
+        counted = await call.client.count_tokens(call.backend, call.upstream_model, text)
+        if counted is None:
+            return None
+        call.prompt_counts[key] = counted = counted + TEMPLATE_TOKENS_PER_MESSAGE * messages
+        return counted
 
     def _fallback(self, texts: list[str]) -> tuple[int, int | None, str]:
         if self.granted is not None:
@@ -276,24 +292,31 @@ def prompt_bound(call: Call, body: dict[str, Any]) -> int:
     return known if known is not None else body_prompt_bound(body)
 
 
+def prompt_parts(body: dict[str, Any]) -> tuple[str, int]:
+    """(the prompt's text: message contents, tool calls and tool definitions; the number of
+    chat messages) of a call's body."""
+    parts = [orjson.dumps(body["tools"]).decode()] if body.get("tools") else []
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        prompt = body.get("prompt")
+        parts.append(prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode())
+        return "\n".join(parts), 0
+    count = 0
+    for message in messages:
+        if isinstance(message, dict):
+            count += 1
+            parts.append(content_text(message.get("content")))
+            if message.get("tool_calls"):
+                parts.append(orjson.dumps(message["tool_calls"]).decode())
+    return "\n".join(parts), count
+
+
 def body_prompt_bound(body: dict[str, Any]) -> int:
     """An upper bound on a body's prompt tokens without a tokenizer: its text's UTF-8 bytes
     (a token of a byte-level BPE or byte-fallback vocabulary is at least one byte) plus
-    ``TEMPLATE_TOKENS_PER_MESSAGE`` per message, and the tool definitions' JSON."""
-    size = len(orjson.dumps(body["tools"])) if body.get("tools") else 0
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            size += len(content_text(message.get("content")).encode())
-            size += TEMPLATE_TOKENS_PER_MESSAGE
-            if message.get("tool_calls"):
-                size += len(orjson.dumps(message["tool_calls"]))
-        return max(1, size)
-    prompt = body.get("prompt")
-    text = prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()
-    return max(1, size + len(text.encode()) + 1)
+    ``TEMPLATE_TOKENS_PER_MESSAGE`` per message, the tool definitions included."""
+    text, messages = prompt_parts(body)
+    return max(1, len(text.encode()) + TEMPLATE_TOKENS_PER_MESSAGE * messages + 1)
 
 
 def _has_usage(usage: Any) -> bool:

@@ -137,6 +137,7 @@ async def _first_retrieval(loop: _Loop) -> None:
     if not loop.max_calls or not question or not loop.call.settings.search_question_first:
         return
     request = _Request(question[:MAX_QUERY_CHARS], tool_call_id="call_search_question")
+    message: dict[str, Any]
     if loop.tools:
         arguments = orjson.dumps({"query": request.query}).decode()
         message = {"role": "assistant", "content": None, "tool_calls": [
@@ -144,8 +145,8 @@ async def _first_retrieval(loop: _Loop) -> None:
              "function": {"name": "search", "arguments": arguments}}]}
         text = ""
     else:
-        message = {"role": "assistant", "content": f"SEARCH: {request.query}"}
-        text = message["content"]
+        text = f"SEARCH: {request.query}"
+        message = {"role": "assistant", "content": text}
     turn = Sample(choice={"index": 0, "message": message, "finish_reason": "stop"},
                   reply={}, text=text, finish_reason="stop", confidence=None)
     await _search(loop, turn, [request])

@@ -1,4 +1,4 @@
-"""REPLAY: a real model's recorded outcomes served over the OpenAI API (``ttc-router sim
+"""BANK REPLAY: a real model's recorded outcomes served over the OpenAI API (``ttc-router sim
 --bank``), so the gateway, every strategy and every policy run end to end on real-model
 outcomes in seconds, without the model.
 

@@ -203,10 +203,13 @@ async def test_search_through_the_gateway_follows_the_recorded_schedule(tmp_path
                                   json=routed(HOTPOT[0], "search", 1024, temperature=0))
     assert reply.status_code == 200, reply.text
     router = reply.json()["router"]
+    # The gateway runs the first search itself, with the user's prompt (search_question_first);
+    # the replay then asks for the recorded schedule's next queries, and answers as the model
+    # did with three searches' results.
     assert router["search_calls"] == 3
-    assert router["search_queries"] == list(HOTPOT[3].queries)
+    assert router["search_queries"][1:] == list(HOTPOT[3].queries[1:])
     assert reply.json()["choices"][0]["message"]["content"] == HOTPOT[3].greedy.text
     kinds = [r.json()["replay"].get("synthesized") for _, r in transport.calls]
-    assert kinds == ["search_request"] * 3 + [None]
+    assert kinds == ["search_request"] * 2 + [None]
     served = sum(r.json()["usage"]["completion_tokens"] for _, r in transport.calls)
     assert reply.json()["usage"]["completion_tokens"] == served

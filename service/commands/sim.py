@@ -102,7 +102,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-<<<<<<< HEAD
 def run_bank(args: argparse.Namespace) -> int:
     """Serve an outcome bank (``--bank``); 2 when it cannot be read."""
     import uvicorn
@@ -122,14 +121,15 @@ def run_bank(args: argparse.Namespace) -> int:
         print(f"ttc-router sim: {exc}", file=sys.stderr)
         return 2
     suites = ", ".join(f"{name} {count}" for name, count in bank.suites().items())
-    print(f"REPLAY: bank-replay of {bank.meta.get('model_file', 'an unnamed model')} on "
+    print(f"BANK REPLAY: bank-replay of {bank.meta.get('model_file', 'an unnamed model')} on "
           f"http://{args.host}:{args.port}/v1, {len(bank)} runs from {bank.path} ({suites}; "
           f"loaded in {time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
     config = ReplayConfig(bank=bank, latency_per_token_s=latency / 1000, ttft_s=ttft / 1000)
     uvicorn.run(create_replay_app(config), host=args.host, port=args.port,
                 log_level=args.log_level, access_log=False)
     return 0
-=======
+
+
 def _randomized(seed: int, tasks_out: Path | None) -> tuple[Any, Any, str]:
     """World ``seed`` of the randomized family, a registry of its prompts, and its label;
     writes its held-out prompts to ``tasks_out`` when given."""
@@ -147,4 +147,3 @@ def _randomized(seed: int, tasks_out: Path | None) -> tuple[Any, Any, str]:
         tasks_out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     label = f"randomized world {seed} ({world.world.world_type})"
     return world, registry, label
->>>>>>> main

@@ -8,6 +8,13 @@ Names (labels):
 - ``ttc_upstream_requests_total{backend, status}``: every attempt sent to a backend, retries
   included; ``status`` is the HTTP status, or ``error`` when no status came back.
 - ``ttc_upstream_retries_total{backend, reason}``: attempts repeated after a failure.
+- ``ttc_upstream_retries_refused_total{backend, reason}``: retries not made although the call
+  allowed one: ``retry_budget`` (the backend's retry budget, a share of its calls, was spent),
+  ``request_retries`` (the request made ``max_request_retries``), ``token_budget`` (the
+  request's ledger could not grant the retried call its tokens again).
+- ``ttc_retry_budget_available{backend}``: retries the backend's retry budget allows now.
+- ``ttc_request_prompt_tokens{strategy}``: histogram of the prompt tokens of one request,
+  summed over its upstream calls: fan-out and search resend the prompt with every call.
 - ``ttc_upstream_duration_seconds{backend}``: one upstream call, first byte sent to last read.
 - ``ttc_request_duration_seconds{strategy}``: one client request, end to end.
 - ``ttc_overhead_seconds``: time spent in the gateway itself, upstream waits excluded.
@@ -41,7 +48,9 @@ Names (labels):
 - ``ttc_log_queue_records``: records waiting for the request log's writer.
 - ``ttc_policy_budget_tokens{policy, kind}`` and ``ttc_policy_feedback{policy, kind}``: the
   learned policy's budget curriculum per kind of prompt (its mean budget in tokens, and the
-  feedback it has learned from), set at each scrape by ``service.routing``.
+  feedback it has learned from), set at each scrape by ``service.routing``;
+  ``ttc_policy_target_tokens{policy}``, ``ttc_policy_exploration_share{policy}``,
+  ``ttc_policy_explored_ratio{policy}`` and ``ttc_policy_strategy{policy, kind, strategy}``.
 
 ``service.observe.Reporter`` records the request, token, duration, budget, vote and key metrics
 from each ``Outcome``; ``service.routes.feedback`` records feedback; the upstream client, the
@@ -81,6 +90,11 @@ UPSTREAM_REQUESTS = Counter(
     ["backend", "status"])
 UPSTREAM_RETRIES = Counter(
     "ttc_upstream_retries", "Upstream attempts repeated after a failure.", ["backend", "reason"])
+RETRIES_REFUSED = Counter(
+    "ttc_upstream_retries_refused", "Retries not made: the backend's retry budget, the "
+    "request's retry count or its token budget refused them.", ["backend", "reason"])
+RETRY_BUDGET_AVAILABLE = Gauge(
+    "ttc_retry_budget_available", "Retries a backend's retry budget allows now.", ["backend"])
 UPSTREAM_DURATION = Histogram(
     "ttc_upstream_duration_seconds", "Duration of one upstream call.", ["backend"],
     buckets=_LATENCY_BUCKETS)
@@ -104,6 +118,10 @@ _SAMPLE_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64)
 BUDGET_TOKENS = Histogram(
     "ttc_budget_tokens", "Completion-token budget allocated to one request.", ["strategy"],
     buckets=_BUDGET_BUCKETS)
+_PROMPT_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+REQUEST_PROMPT_TOKENS = Histogram(
+    "ttc_request_prompt_tokens", "Prompt tokens of one request, summed over its upstream "
+    "calls (fan-out and search resend the prompt).", ["strategy"], buckets=_PROMPT_BUCKETS)
 BUDGET_UTILIZATION = Histogram(
     "ttc_budget_utilization_ratio", "Completion tokens spent / allocated, per request.",
     ["strategy"], buckets=_RATIO_BUCKETS)
@@ -149,6 +167,19 @@ POLICY_BUDGET = Gauge(
 POLICY_FEEDBACK = Gauge(
     "ttc_policy_feedback", "Feedback the learned policy has learned from, per kind of prompt.",
     ["policy", "kind"])
+POLICY_TARGET_TOKENS = Gauge(
+    "ttc_policy_target_tokens", "The mean budget per request (completion tokens) the learned "
+    "policy sizes its plans to (setting learned_target_tokens).", ["policy"])
+POLICY_EXPLORATION_SHARE = Gauge(
+    "ttc_policy_exploration_share", "The most share of decisions the learned policy may spend "
+    "exploring (setting learned_exploration).", ["policy"])
+POLICY_EXPLORED_RATIO = Gauge(
+    "ttc_policy_explored_ratio", "The share of the learned policy's decisions so far that "
+    "explored another strategy (never above ttc_policy_exploration_share).", ["policy"])
+POLICY_STRATEGY = Gauge(
+    "ttc_policy_strategy", "1 for the strategy the learned policy currently gives each kind of "
+    "prompt (the prior until feedback shows another better with confidence), else 0.",
+    ["policy", "kind", "strategy"])
 
 
 @lru_cache(maxsize=8192)

@@ -147,6 +147,14 @@ class Settings(BaseSettings):
     read_timeout_s: float = Field(300.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
     retry_backoff_s: float = Field(0.25, ge=0)
+    # Retries of all the upstream calls of one client request together (a vote of 8 with
+    # max_retries 2 could otherwise send 24 calls to a failing backend).
+    max_request_retries: int = Field(4, ge=0, le=100)
+    # The retry budget per backend (service/retry_budget.py, after Finagle's): retries are at
+    # most this share of the calls over the window, plus a floor per second.
+    retry_budget_ratio: float = Field(0.2, ge=0, le=1)
+    retry_budget_min_per_s: float = Field(10.0, ge=0)
+    retry_budget_window_s: float = Field(10.0, ge=1, le=600)
     max_connections: int = Field(512, ge=1)
     fanout_concurrency: int = Field(8, ge=1, le=256)
 
@@ -160,6 +168,15 @@ class Settings(BaseSettings):
     policies: dict[str, str] = Field(default_factory=dict)
     model_policies: dict[str, str] = Field(default_factory=dict)
     default_policy: str | None = "learned"
+    # The learned policy (router_models/policies/learned.py): the mean budget per request it
+    # sizes plans to (completion tokens), and the most share of decisions that may explore
+    # another plausible strategy (ttc_policy_target_tokens, ttc_policy_exploration_share).
+    learned_target_tokens: float = Field(1024.0, gt=0)
+    learned_exploration: float = Field(0.05, ge=0, lt=1)
+    # Completion tokens a complete answer is assumed to take (p90) for a kind of prompt and
+    # model until usage has shown it (router_models/answer_lengths.py): a vote's samples get
+    # 1.25x that, so none is cut before its answer.
+    default_answer_tokens: int = Field(256, ge=1)
     # A/B experiments (service/experiments.py): name -> arms; a request joins one by
     # `router.experiment` / `x-ttc-experiment`, or the `default_experiment`.
     experiments: dict[str, ExperimentSettings] = Field(default_factory=dict)
@@ -187,6 +204,9 @@ class Settings(BaseSettings):
     search_api_key: SecretStr | None = None
     search_timeout_s: float = Field(5.0, gt=0)
     search_max_calls: int = Field(3, ge=0, le=32)
+    # The first search uses the user's question as its query, before the first model call
+    # (no model tokens; works with a model that never asks); it counts as one of the calls.
+    search_question_first: bool = True
     search_top_k: int = Field(3, ge=1, le=20)
     search_result_chars: int = Field(1200, ge=100)  # per hit, in the context
     log_level: str = "info"
@@ -196,6 +216,14 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     log_text: bool = False  # keep prompt and answer text in the request log
     log_queue_size: int = Field(10_000, ge=1)  # records waiting for the writer; more are dropped
+    # Answer a request only once its record is committed (a replica killed with SIGKILL loses
+    # no decision a client has seen); None: on when database_url is PostgreSQL.
+    log_durable: bool | None = None
+    # Learning from feedback (service/learning.py): how often each replica reads new feedback
+    # from the shared log (seconds), and every how many feedback events the learned policies'
+    # state is checkpointed into the database (and saved under data_dir/models).
+    learn_interval_s: float = Field(1.0, gt=0)
+    learn_checkpoint_every: int = Field(100, ge=1)
     # When set, GET /metrics needs `Authorization: Bearer <metrics_token>` (or an admin key).
     metrics_token: SecretStr | None = None
 
@@ -220,8 +248,14 @@ class Settings(BaseSettings):
     # On SIGTERM, in-flight requests get this long (s) to finish before they are cut off.
     shutdown_timeout_s: float = Field(30.0, ge=0)
 
+    # The embedded backend (no upstream configured): which server (auto: llama.cpp's
+    # llama-server when built, else llama-cpp-python's), its model, the context of each
+    # parallel slot (tokens), the slots (None: sized for the machine, service.llama_server)
+    # and the CPU threads (None: all cores).
+    local_server: Literal["auto", "llama-server", "llama-cpp-python"] = "auto"
     local_model: str = "qwen2.5-coder-0.5b-instruct"
     local_n_ctx: int = Field(4096, ge=256)
+    local_parallel: int | None = Field(None, ge=1, le=256)
     local_threads: int | None = Field(None, ge=1)
     local_start_timeout_s: float = Field(180.0, gt=0)
 

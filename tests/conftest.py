@@ -12,7 +12,6 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.app import create_app
-from service.hotpath import HotPath
 from service.settings import Settings, UpstreamSettings
 from tests.pg import database_url, postgres_server, postgres_url  # noqa: F401  (fixtures)
 
@@ -26,19 +25,25 @@ def make_settings(models: tuple[str, ...] | None = ("fake-model",), **overrides:
         upstream["models"] = list(models)
     if "supports_n" in overrides:
         upstream["supports_n"] = overrides.pop("supports_n")
+    # The fake backends answer in a few tokens: assume answers of 48 tokens (samples of 60)
+    # where a real deployment assumes 256 until usage tells, so small test budgets still vote.
     values: dict[str, Any] = {"upstreams": [UpstreamSettings(**upstream)],
-                              "retry_backoff_s": 0.0, "max_retries": 2}
+                              "retry_backoff_s": 0.0, "max_retries": 2,
+                              "default_answer_tokens": 48}
     values.update(overrides)
     return Settings(**values)
 
 
 @asynccontextmanager
 async def gateway_client(transport: httpx.AsyncBaseTransport,
-                         settings: Settings | None = None) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client talking to the gateway app in process, its lifespan running."""
-    app = create_app(settings or make_settings(), transport=transport)
+                         settings: Settings | None = None,
+                         search_backend: Any = None) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to the gateway app in process, its lifespan running (with
+    ``search_backend`` as the search strategy's backend when given)."""
+    app = create_app(settings or make_settings(), transport=transport,
+                     search_backend=search_backend)
     async with (app.router.lifespan_context(app),
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=HotPath(app)),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                   base_url="http://gateway.test") as client):
         yield client
 

@@ -1,4 +1,6 @@
-"""``POST /v1/chat/completions`` and ``POST /v1/completions``."""
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``: the handlers, served by
+``service.hotpath`` (registered there only: FastAPI's routing and dependency solving are a
+measurable share of the gateway's own CPU on the hottest path)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import orjson
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -17,10 +18,9 @@ from service.deps import gateway, read_body
 from service.errors import GatewayError, InvalidRequest, Overloaded
 from service.experiments import identity_of
 from service.protocol import Endpoint, RoutedRequest, parse_json_object, parse_request
+from service.routing import Router
 from service.strategies import REGISTRY, Call
 from service.strategies.base import record
-
-router = APIRouter()
 
 
 async def chat_completions(request: Request) -> Response:
@@ -29,12 +29,6 @@ async def chat_completions(request: Request) -> Response:
 
 async def completions(request: Request) -> Response:
     return await _complete(request, "completions")
-
-
-# Plain Starlette routes: FastAPI's per-request dependency solving is a measurable share of the
-# gateway's own CPU on the hottest path, and these handlers take nothing but the request.
-router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
-router.add_route("/v1/completions", completions, methods=["POST"])
 
 
 async def _complete(request: Request, endpoint: Endpoint) -> Response:
@@ -56,7 +50,7 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
     plan, reservation = await reserve_for_call(request, gw, routed, plan)
     call = Call(routed, backend, upstream_model, gw.client, gw.registry, gw.settings, plan,
                 reporter=gw.reporter, reservation=reservation, scores=scores,
-                assignment=assignment)
+                assignment=assignment, search=gw.search)
     strategy = REGISTRY[plan.strategy]
     headers = {"x-ttc-decision-id": routed.decision_id, "x-ttc-strategy": plan.strategy}
 
@@ -70,6 +64,9 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
             record(call, str(Overloaded.status))
             raise
         record(call, "200")
+        _observe_usage(gw.router, call)
+        if gw.reporter.durable:  # the decision is in the shared log before the client sees it
+            await gw.reporter.committed(routed.decision_id)
         return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
     try:
@@ -81,11 +78,12 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
         record(call, str(Overloaded.status))
         raise
     headers["cache-control"] = "no-cache"
-    return StreamingResponse(_recorded(call, body_iter), media_type="text/event-stream",
+    return StreamingResponse(_recorded(call, body_iter, gw.router), media_type="text/event-stream",
                              headers=headers)
 
 
-async def _recorded(call: Call, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _recorded(call: Call, body: AsyncIterator[bytes], router: Router | None
+                    ) -> AsyncIterator[bytes]:
     """The strategy's SSE body, reported once it ends (also when the client goes away)."""
     try:
         async for chunk in body:
@@ -96,6 +94,15 @@ async def _recorded(call: Call, body: AsyncIterator[bytes]) -> AsyncIterator[byt
     finally:
         error = call.stream_error
         record(call, "200" if error is None else str(error.status))
+        if error is None:
+            _observe_usage(router, call)
+
+
+def _observe_usage(router: Router | None, call: Call) -> None:
+    """Teach the router how long this kind of prompt's answers run on this model."""
+    if router is not None:
+        router.observe_usage(call.scores, call.plan, call.upstream_model,
+                             call.acct.completion_tokens, call.report)
 
 
 def _check_routable(routed: RoutedRequest) -> None:

@@ -24,7 +24,9 @@ from router_models.world_eval import (
     expected_figures,
     fixed_at_tokens,
     fixed_plan_of,
+    grouped_oracle,
     kind_oracle,
+    observable_groups,
     oracle_plans,
     pick_seeds,
     policy_factory,
@@ -183,3 +185,18 @@ def test_the_served_world_draws_what_the_library_world_predicts() -> None:
                                            else 0.0)
         assert abs(wins / trials - accuracy[index[1]]) < 0.035
         assert abs(spent / trials - tokens[index[1]]) < 0.05 * tokens[index[1]] + 2
+
+
+def test_finer_groups_never_lower_the_oracle(classifier: Classifier) -> None:
+    world = draw_world(12)
+    prompts = world.prompts(100)
+    table = PlanTable(world, prompts)
+    routed = read_prompts(prompts, classifier)
+    plans = oracle_plans(routed[0].scores)
+    tokens = 600.0
+    one, _ = grouped_oracle(table, plans, tokens, np.zeros(len(prompts), int))
+    by_kind = kind_oracle(table, plans, tokens)
+    per_prompt, _ = grouped_oracle(table, plans, tokens, np.arange(len(prompts)))
+    assert one <= by_kind + 1e-9 <= per_prompt + 2e-9
+    observable, chosen = grouped_oracle(table, plans, tokens, observable_groups(routed))
+    assert one - 1e-9 <= observable <= per_prompt + 1e-9 and chosen

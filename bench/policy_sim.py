@@ -188,14 +188,14 @@ def main() -> int:
     classifier = Classifier.load()
     factories = {spec: policy_factory(spec) for spec in specs}
     results: dict[str, list[WorldResult]] = {spec: [] for spec in specs}
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for seed in tqdm(seeds, desc="SIMULATION worlds", unit="world", file=sys.stderr):
         setup = set_up_world(seed, classifier, args.feedback, args.held_out)
         for spec in specs:
             results[spec].append(evaluate_policy(setup, factories[spec], spec, args.feedback))
-    elapsed = time.perf_counter() - started
-    print(f"{len(seeds)} worlds in {elapsed:.0f} s ({elapsed / max(1, len(seeds)):.1f} s per "
-          "world, one process)")
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    print(f"{len(seeds)} worlds in {elapsed:.0f} s wall, {cpu:.0f} s CPU (one process; "
+          f"{cpu / max(1, len(seeds)):.1f} s CPU per world)")
     print_world_rows(results)
     if args.explain:
         print_explanations(results)

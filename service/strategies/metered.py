@@ -155,15 +155,16 @@ class Metered:
         completion, prompt, source = await self._count(usage, texts, finishes)
         self._settle(completion, prompt, source)
 
-    def abandon(self, usage: Any, seen_text: str) -> None:
-        """Settle a stream that did not end normally (broken, abandoned): its ``usage`` when
-        it arrived, else its grant (else, with no cap, the text seen, in UTF-8 bytes)."""
+    def abandon(self, usage: Any, seen_text: str, *, at_least: int = 0) -> None:
+        """Settle a stream that did not end normally (broken, abandoned, or cut off for
+        sending more than granted): its ``usage`` when it arrived, else its grant or
+        ``at_least`` tokens if more (else, with no cap, the text seen, in UTF-8 bytes)."""
         if self.settled:
             return
         if _has_usage(usage):
             self._settle(int(usage["completion_tokens"]), _prompt_of(usage), "backend")
         elif self.granted is not None:
-            self._settle(self.granted, None, "grant")
+            self._settle(max(self.granted, at_least), None, "grant")
         else:
             self._settle(len(seen_text.encode()) + self.n, None, "text_bytes")
 

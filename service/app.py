@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
                on_shutdown: Callable[[], None] | None = None,
-               search_backend: SearchBackend | None = None) -> HotPath:
+               search_backend: SearchBackend | None = None,
+               search_transport: httpx.AsyncBaseTransport | None = None) -> HotPath:
     """Build the gateway for ``settings``: the completion hot path (``service.hotpath``) in
     front of the FastAPI app that serves everything else and owns the lifespan.
 
@@ -59,6 +60,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             re-raises SIGTERM once it has shut down and nothing after it would run.
         search_backend: the ``search`` strategy's backend instead of the configured one
             (tests, embedding programs).
+        search_transport: an httpx transport for the search client (tests).
     """
 
     @asynccontextmanager
@@ -68,7 +70,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                                        queue_size=settings.log_queue_size)
         await request_log.start()
         client = UpstreamClient(settings, transport=transport)
-        search_client = open_client()
+        search_client = open_client(search_transport)
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         limiter = KeyLimiter(RedisCounters(redis_url) if redis_url else MemoryCounters())
         learner: Learner | None = None

@@ -12,6 +12,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
@@ -20,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service import __version__, metrics
+from service import __version__, metrics, tracing
 from service.admission import AdmissionMiddleware
 from service.backends import BackendRegistry
 from service.deps import Gateway
@@ -41,11 +42,15 @@ from service.settings import Settings
 from service.store.log import open_request_log
 from service.upstream import UpstreamClient
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
-               on_shutdown: Callable[[], None] | None = None) -> FastAPI:
+               on_shutdown: Callable[[], None] | None = None,
+               span_exporter: SpanExporter | None = None) -> FastAPI:
     """Build the gateway for ``settings``.
 
     Args:
@@ -55,6 +60,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         on_shutdown: a blocking function run (in a thread) when the app stops, after the
             upstream client closes: the CLI stops the embedded backend with it, since uvicorn
             re-raises SIGTERM once it has shut down and nothing after it would run.
+        span_exporter: an OpenTelemetry span exporter that turns tracing on for this app
+            (tests pass an in-memory one); otherwise ``settings.otel_enabled`` decides.
     """
 
     @asynccontextmanager
@@ -63,6 +70,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         request_log = open_request_log(settings.data_dir, url,
                                        queue_size=settings.log_queue_size)
         await request_log.start()
+        tracing.start(settings, span_exporter)
         client = UpstreamClient(settings, transport=transport)
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         limiter = KeyLimiter(RedisCounters(redis_url) if redis_url else MemoryCounters())
@@ -89,6 +97,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 await client.aclose()
                 await limiter.aclose()
                 await request_log.close()  # after the last request: every queued row written
+                tracing.stop()  # exports the spans still queued
             finally:
                 if on_shutdown is not None:
                     await asyncio.to_thread(on_shutdown)

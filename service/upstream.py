@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 
-from service import metrics
+from service import metrics, tracing
 from service.breaker import CircuitBreaker, ConcurrencyGate
 from service.errors import (
     GatewayError,
@@ -114,9 +114,11 @@ class UpstreamStream:
         self._started = started
         self._gate = gate
         self._breaker = breaker
+        self.span: Any = None  # the call's trace span, ended by aclose (service.tracing)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         if self._first:
+            tracing.note_stream_chunk(self.span, self._first)
             yield self._first
         while True:
             waited_from = time.perf_counter()
@@ -127,10 +129,14 @@ class UpstreamStream:
             except httpx.HTTPError as exc:
                 if self._breaker is not None:
                     self._breaker.record_failure()
-                raise _translate(exc, self._backend, streaming=True) from exc
+                error = _translate(exc, self._backend, streaming=True)
+                tracing.fail(self.span, error)
+                raise error from exc
             finally:
                 if self._acct is not None:
                     self._acct.wait_s += time.perf_counter() - waited_from
+            if self.span is not None:
+                tracing.note_stream_chunk(self.span, chunk)
             yield chunk
 
     async def aclose(self) -> None:
@@ -140,6 +146,9 @@ class UpstreamStream:
             if self._gate is not None:
                 gate, self._gate = self._gate, None
                 gate.release()
+            if self.span is not None:
+                span, self.span = self.span, None
+                span.end()
         metrics.child(metrics.UPSTREAM_DURATION, self._backend.label).observe(
             time.perf_counter() - self._started)
 
@@ -216,9 +225,21 @@ class UpstreamClient:
             UpstreamError: 5xx after retries, or a body that is not JSON.
         """
         content = orjson.dumps(body)
-        return await self._retrying(
-            backend, acct, None,
-            lambda last: self._json_attempt(backend, "POST", path, content, acct))
+
+        def attempt(last: bool) -> Awaitable[JsonReply]:
+            return self._json_attempt(backend, "POST", path, content, acct)
+
+        if not tracing.enabled():
+            return await self._retrying(backend, acct, None, attempt)
+        with tracing.span(tracing.upstream_name(path, body), tracing.upstream_attributes(
+                backend.base_url, backend.label, path, body), kind="CLIENT") as span:
+            try:
+                reply = await self._retrying(backend, acct, None, attempt)
+            except GatewayError as error:
+                tracing.fail(span, error)
+                raise
+            tracing.note_reply(span, reply.body)
+            return reply
 
     async def open_stream(self, backend: Backend, path: str, body: Mapping[str, Any],
                           acct: Accounting | None = None) -> UpstreamStream:
@@ -227,8 +248,25 @@ class UpstreamClient:
         Raises the same errors as ``post_json`` for failures before the first byte.
         """
         content = orjson.dumps(body)
-        return await self._retrying(
-            backend, acct, None, lambda last: self._stream_attempt(backend, path, content, acct))
+
+        def attempt(last: bool) -> Awaitable[UpstreamStream]:
+            return self._stream_attempt(backend, path, content, acct)
+
+        if not tracing.enabled():
+            return await self._retrying(backend, acct, None, attempt)
+        # The span lasts as long as the stream: it ends when the stream is closed.
+        span = tracing.open_span(tracing.upstream_name(path, body), tracing.upstream_attributes(
+            backend.base_url, backend.label, path, body))
+        try:
+            with tracing.current(span):
+                stream = await self._retrying(backend, acct, None, attempt)
+        except BaseException as error:
+            tracing.fail(span, error)
+            if span is not None:
+                span.end()
+            raise
+        stream.span = span
+        return stream
 
     async def forward(self, backend: Backend, method: str, path: str, body: bytes,
                       headers: Mapping[str, str], acct: Accounting | None = None,

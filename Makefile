@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= local,test,dev
 
-.PHONY: install serve test test-fast lint bench check deploy-check clean
+.PHONY: install serve test test-fast lint bench check deploy-check wheelhouse image-test clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,8 +33,19 @@ deploy-check: install  ## rule files and their unit tests (promtool), Kubernetes
 	promtool check rules deploy/rules/*.yml
 	promtool test rules deploy/rules/tests/ttc-rules-test.yml
 	promtool check config deploy/prometheus.yml
-	$(PY) -m kubernetes_validate --strict deploy/k8s/configmap.yaml deploy/k8s/deployment.yaml \
-		deploy/k8s/service.yaml deploy/k8s/hpa.yaml
+	$(PY) -m pytest -q tests/test_deploy.py  # every manifest and each rendered overlay, strictly
+
+# Every wheel the images install, for a build with no package index (docs/deploy.md). Built for
+# Python 3.11: Debian 12's python3 is 3.11.2, where redis also needs async-timeout (environment
+# markers follow the interpreter that runs pip, so it is named here).
+WHEELHOUSE_EXTRAS ?= local
+wheelhouse: install
+	$(PY) -m pip wheel --quiet --wheel-dir wheelhouse '.[$(WHEELHOUSE_EXTRAS)]' \
+		'async-timeout>=4.0.3'
+
+image-test: install  ## build the slim and local images with podman and run them (not in `test`)
+	$(PY) -m pip install --quiet -e '.[images]'
+	PY=$(PY) deploy/images/image-test.sh
 
 check: lint test
 

@@ -43,8 +43,7 @@ from router_models.experiments import (  # noqa: E402
     wilson_interval,
 )
 from router_models.experiments.replay import replay  # noqa: E402
-from router_models.plan import Plan  # noqa: E402
-from router_models.policies import LearnedPolicy, fixed_plan, parse_policy  # noqa: E402
+from router_models.policies import fixed_plan, parse_policy  # noqa: E402
 from router_models.simulation import World  # noqa: E402
 from router_models.tasks import TaskItem, load_suite  # noqa: E402
 from router_models.tasks.checkers import check  # noqa: E402
@@ -173,12 +172,8 @@ async def replays(runs: int, logged: int) -> None:
     ess = []
     for run in range(runs):
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "explorer.json"
-            LearnedPolicy(exploration=0.9, candidates=[
-                Plan("direct", 256, depth_tokens=256),
-                Plan("parallel_vote", 768, width=3, depth_tokens=256), plan]).save(path)
-            async with gateway(items, Path(tmp), policies={"explorer": f"learned:{path}"}) \
-                    as client:
+            explorer = "random:direct@256,parallel_vote@768,sequential@1024"
+            async with gateway(items, Path(tmp), policies={"explorer": explorer}) as client:
                 gw = client._transport.app.state.gateway  # type: ignore[attr-defined]
                 gw.router.policies["explorer"].rng = random.Random(run)
                 for i in range(logged):

@@ -226,8 +226,7 @@ def strategy_table(examples: Sequence[Example], scores: Sequence[Scores],
         counts: dict[str, Counter[str]] = defaultdict(Counter)
         for e, s in zip(examples, scores, strict=True):
             if isinstance(policy, LearnedPolicy):
-                probs, _, _ = policy.distribution(s)
-                strategy = policy.candidates[int(np.argmax(probs))].strategy
+                strategy = policy.sized(policy.strategy_for(s), s).strategy
             else:
                 strategy = policy.decide(s).plan.strategy
             counts[e.family][strategy] += 1
@@ -348,10 +347,8 @@ def summary(result: TrainResult) -> str:
     meta = result.classifier.metadata
     head = (f"training data sha256 {meta['data_hash']}, seed {meta['seed']}, examples "
             f"{json.dumps(meta['examples'])}, C {json.dumps(meta['regularisation_c'])}")
-    allocation = result.learned.allocation
-    lam = f"lambda {allocation.lam_high:.3g} (mix {allocation.mix:.3f})"
     tail = (f"\nlearned policy: target {result.learned.target_tokens:g} tokens per request, "
-            f"{lam}, expected mean budget {allocation.spend:.1f} over "
+            f"difficulty scale {result.learned.scale:.3g} over "
             f"{len(result.learned.reference)} reference prompts")
     return head + format_metrics(meta["metrics"]) + "\n" + format_strategy_table(
         result.strategy_table) + tail

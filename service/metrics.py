@@ -48,7 +48,9 @@ Names (labels):
 - ``ttc_log_queue_records``: records waiting for the request log's writer.
 - ``ttc_policy_budget_tokens{policy, kind}`` and ``ttc_policy_feedback{policy, kind}``: the
   learned policy's budget curriculum per kind of prompt (its mean budget in tokens, and the
-  feedback it has learned from), set at each scrape by ``service.routing``.
+  feedback it has learned from), set at each scrape by ``service.routing``;
+  ``ttc_policy_target_tokens{policy}``, ``ttc_policy_exploration_share{policy}``,
+  ``ttc_policy_explored_ratio{policy}`` and ``ttc_policy_strategy{policy, kind, strategy}``.
 
 ``service.observe.Reporter`` records the request, token, duration, budget, vote and key metrics
 from each ``Outcome``; ``service.routes.feedback`` records feedback; the upstream client, the
@@ -170,6 +172,19 @@ POLICY_BUDGET = Gauge(
 POLICY_FEEDBACK = Gauge(
     "ttc_policy_feedback", "Feedback the learned policy has learned from, per kind of prompt.",
     ["policy", "kind"])
+POLICY_TARGET_TOKENS = Gauge(
+    "ttc_policy_target_tokens", "The mean budget per request (completion tokens) the learned "
+    "policy sizes its plans to (setting learned_target_tokens).", ["policy"])
+POLICY_EXPLORATION_SHARE = Gauge(
+    "ttc_policy_exploration_share", "The most share of decisions the learned policy may spend "
+    "exploring (setting learned_exploration).", ["policy"])
+POLICY_EXPLORED_RATIO = Gauge(
+    "ttc_policy_explored_ratio", "The share of the learned policy's decisions so far that "
+    "explored another strategy (never above ttc_policy_exploration_share).", ["policy"])
+POLICY_STRATEGY = Gauge(
+    "ttc_policy_strategy", "1 for the strategy the learned policy currently gives each kind of "
+    "prompt (the prior until feedback shows another better with confidence), else 0.",
+    ["policy", "kind", "strategy"])
 
 
 @lru_cache(maxsize=8192)

@@ -12,6 +12,11 @@ Otherwise the plan comes from ``service.planning`` (a forced strategy, or a back
 through as ``direct``). Turns that may be answered by tool calls, and ``n`` > 1, always run
 ``direct``.
 
+Every vote, whoever planned it, is fitted to the answer lengths observed for its kind of prompt
+and backend model (``router_models.answer_lengths``, fed from each request's usage by
+``observe_usage``): its samples are long enough to finish, and a budget that buys only one
+complete sample runs one chain, saying so in ``router.reason``.
+
 The learned policy learns from ``POST /v1/feedback``: each decision's scores and plan are
 kept in memory (the last ``DECISION_MEMORY`` of them) until feedback names it, and the
 policy's state is saved under the data directory at shutdown, so it survives restarts;
@@ -27,9 +32,11 @@ from collections import OrderedDict
 from pathlib import Path
 
 from router_models import load_default
+from router_models.answer_lengths import AnswerLengths
 from router_models.classifier import Classifier
-from router_models.plan import Plan, Scores
-from router_models.policies import Policy, PolicyError, parse_policy
+from router_models.plan import STRATEGIES, Plan, Scores
+from router_models.policies import KIND_NAMES, LearnedPolicy, Policy, PolicyError, parse_policy
+from router_models.policies.prior import fit_vote, kind_of
 from router_models.prompt import has_conversation
 from service import metrics, tracing
 from service.backends import AUTO_MODEL
@@ -61,7 +68,15 @@ class Router:
         self.models_dir = settings.data_dir / "models"
         self.classifier: Classifier
         builtins: dict[str, Policy]
-        self.classifier, builtins = load_default(self.models_dir)
+        self.classifier, builtins = load_default(
+            self.models_dir, target_tokens=settings.learned_target_tokens,
+            exploration=settings.learned_exploration, vote_width=settings.vote_width,
+            default_answer_tokens=settings.default_answer_tokens)
+        learned = builtins.get("learned")
+        if isinstance(learned, LearnedPolicy):
+            learned.lengths_from_feedback = False  # observe_usage reports every request's
+        # Tokens a complete answer takes, per (backend model, kind of prompt).
+        self.answer_lengths = AnswerLengths(settings.default_answer_tokens)
         self.policies: dict[str, Policy] = dict(builtins)
         for name, spec in settings.policies.items():
             try:
@@ -101,7 +116,11 @@ class Router:
         """
         policy_name = policy or self._policy_name(routed, upstream_model)
         if policy_name is None or may_call_tools(routed) or routed.n > 1:
-            return choose_plan(routed, self.settings, backend, upstream_model), None
+            plan = choose_plan(routed, self.settings, backend, upstream_model)
+            if plan.strategy != "parallel_vote":
+                return plan, None
+            scores = self.score(routed)
+            return self._fit_vote(plan, scores, upstream_model), scores
         chosen = self.policies.get(policy_name)
         if chosen is None:
             known = ", ".join(sorted(self.policies))
@@ -119,7 +138,7 @@ class Router:
                                          "ttc.budget_tokens": decision.plan.budget_tokens or 0})
         except PolicyError as exc:
             raise InvalidRequest(str(exc), param="router") from exc
-        plan = decision.plan
+        plan = self._fit_vote(decision.plan, scores, upstream_model)
         if plan.strategy == "search" and routed.endpoint != "chat":
             plan = dataclasses.replace(plan, strategy="sequential", search_calls=0,
                                        reason="search needs chat messages: ran sequential")
@@ -148,6 +167,44 @@ class Router:
         metrics.CLASSIFIER_DURATION.observe(time.perf_counter() - started)
         return scores
 
+    def answer_tokens(self, scores: Scores, upstream_model: str) -> int:
+        """Tokens a complete answer takes for this kind of prompt on this model (p90)."""
+        return self.answer_lengths.estimate((upstream_model, KIND_NAMES[kind_of(scores)]))
+
+    def _fit_vote(self, plan: Plan, scores: Scores, upstream_model: str) -> Plan:
+        if plan.strategy != "parallel_vote":
+            return plan
+        return fit_vote(plan, self.answer_tokens(scores, upstream_model))
+
+    def observe_usage(self, scores: Scores | None, plan: Plan, upstream_model: str,
+                      completion_tokens: int, report: dict[str, object]) -> None:
+        """Learn answer lengths from one answered request: its samples' completion tokens,
+        each finished or cut at its ``max_tokens`` (right-censored). A vote's samples count
+        as its mean tokens per sample; a chain that needed a continuation counts as cut."""
+        if scores is None or completion_tokens <= 0:
+            return
+        samples: list[tuple[int, bool]]
+        if plan.strategy == "parallel_vote":
+            count = int(report.get("samples", 0) or 0)  # type: ignore[call-overload]
+            cut = int(report.get("cut_samples", 0) or 0)  # type: ignore[call-overload]
+            if count <= 0:
+                return
+            depth = int(report.get("depth_tokens", 0) or 0)  # type: ignore[call-overload]
+            mean = max(1, round(completion_tokens / count))
+            samples = [(mean, True)] * (count - cut) + [(depth or mean, False)] * cut
+        elif plan.strategy in ("direct", "sequential") and plan.budget_tokens:
+            finished = (not report.get("continued")
+                        and completion_tokens < plan.budget_tokens)
+            samples = [(completion_tokens, finished)]
+        else:
+            return
+        key = (upstream_model, KIND_NAMES[kind_of(scores)])
+        for tokens, finished in samples:
+            self.answer_lengths.observe(key, tokens, finished)
+        learned = self.policies.get("learned")
+        if isinstance(learned, LearnedPolicy):
+            learned.observe_usage(scores, samples)
+
     def learn(self, decision_id: str, score: float, spent_tokens: int | None = None) -> bool:
         """Teach the deciding policy the outcome of one decision; False when the decision is
         not in memory (made by another replica, or too long ago)."""
@@ -172,6 +229,14 @@ class Router:
                 if row["mean_expected_tokens"] == row["mean_expected_tokens"]:  # not NaN
                     metrics.POLICY_BUDGET.labels(name, kind).set(row["mean_expected_tokens"])
                 metrics.POLICY_FEEDBACK.labels(name, kind).set(row["feedback"])
+                if "strategy" in row:
+                    for strategy in STRATEGIES:
+                        metrics.POLICY_STRATEGY.labels(name, kind, strategy).set(
+                            float(row["strategy"] == strategy))
+            if isinstance(policy, LearnedPolicy):
+                metrics.POLICY_TARGET_TOKENS.labels(name).set(policy.target_tokens)
+                metrics.POLICY_EXPLORATION_SHARE.labels(name).set(policy.exploration)
+                metrics.POLICY_EXPLORED_RATIO.labels(name).set(policy.exploration_share())
 
     def save(self) -> None:
         """Write the learned policy's state under ``data_dir/models`` (called at shutdown)."""

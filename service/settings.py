@@ -160,6 +160,15 @@ class Settings(BaseSettings):
     policies: dict[str, str] = Field(default_factory=dict)
     model_policies: dict[str, str] = Field(default_factory=dict)
     default_policy: str | None = "learned"
+    # The learned policy (router_models/policies/learned.py): the mean budget per request it
+    # sizes plans to (completion tokens), and the most share of decisions that may explore
+    # another plausible strategy (ttc_policy_target_tokens, ttc_policy_exploration_share).
+    learned_target_tokens: float = Field(1024.0, gt=0)
+    learned_exploration: float = Field(0.05, ge=0, lt=1)
+    # Completion tokens a complete answer is assumed to take (p90) for a kind of prompt and
+    # model until usage has shown it (router_models/answer_lengths.py): a vote's samples get
+    # 1.25x that, so none is cut before its answer.
+    default_answer_tokens: int = Field(256, ge=1)
     # A/B experiments (service/experiments.py): name -> arms; a request joins one by
     # `router.experiment` / `x-ttc-experiment`, or the `default_experiment`.
     experiments: dict[str, ExperimentSettings] = Field(default_factory=dict)

@@ -26,8 +26,11 @@ def make_settings(models: tuple[str, ...] | None = ("fake-model",), **overrides:
         upstream["models"] = list(models)
     if "supports_n" in overrides:
         upstream["supports_n"] = overrides.pop("supports_n")
+    # The fake backends answer in a few tokens: assume answers of 48 tokens (samples of 60)
+    # where a real deployment assumes 256 until usage tells, so small test budgets still vote.
     values: dict[str, Any] = {"upstreams": [UpstreamSettings(**upstream)],
-                              "retry_backoff_s": 0.0, "max_retries": 2}
+                              "retry_backoff_s": 0.0, "max_retries": 2,
+                              "default_answer_tokens": 48}
     values.update(overrides)
     return Settings(**values)
 

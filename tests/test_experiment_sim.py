@@ -13,8 +13,7 @@ import httpx
 
 from router_models.experiments import bucket, pick
 from router_models.experiments.replay import LoggedDecision, replay
-from router_models.plan import Plan
-from router_models.policies import LearnedPolicy, parse_policy
+from router_models.policies import parse_policy
 from router_models.simulation import World
 from router_models.tasks import TaskItem, load_suite
 from router_models.tasks.checkers import check
@@ -75,16 +74,11 @@ async def test_adaptive_allocation_moves_traffic_to_the_clearly_better_arm(tmp_p
 
 
 async def explore(items: list[TaskItem], data_dir: Path, run: int) -> list[LoggedDecision]:
-    """The request log of ``LOGGED`` requests planned by an exploring policy (epsilon 0.9
-    over three plans), its random draws seeded by ``run``."""
+    """The request log of ``LOGGED`` requests planned by a uniformly random logging policy
+    over three plans, its random draws seeded by ``run``."""
     data_dir.mkdir(parents=True)
-    explorer = data_dir / "explorer.json"
-    LearnedPolicy(exploration=0.9, candidates=[
-        Plan("direct", 256, depth_tokens=256),
-        Plan("parallel_vote", 768, width=3, depth_tokens=256),
-        Plan("sequential", 1024, depth_tokens=1024)]).save(explorer)
-    settings = make_settings(models=(MODEL_ID,), data_dir=data_dir,
-                             policies={"explorer": f"learned:{explorer}"})
+    settings = make_settings(models=(MODEL_ID,), data_dir=data_dir, policies={
+        "explorer": "random:direct@256,parallel_vote@768,sequential@1024"})
     async with gateway_client(sim(items), settings) as client:
         gw = client._transport.app.state.gateway  # type: ignore[attr-defined]
         gw.router.policies["explorer"].rng = random.Random(run)  # the state file holds no seed

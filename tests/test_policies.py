@@ -1,5 +1,5 @@
-"""Policies: spec parsing, fixed and rules plans, and the learned policy's allocation,
-exploration, learning and curriculum."""
+"""Policies: spec parsing, fixed and rules plans, and the learned policy's prior, sizing,
+bounded exploration and conservative learning."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from router_models.policies import (
     kind_of,
     parse_policy,
 )
-from router_models.policies.learned import FORM_OFFSET, N_CONTEXT, UNKNOWN_FORM
+from router_models.policies.learned import wilson_bounds
+from router_models.policies.prior import KIND_NAMES, PRIOR_STRATEGY, fit_vote
 
 EASY = Scores(difficulty=0.1, sequential=0.1, search=0.0)
 HARD_CHAIN = Scores(difficulty=0.8, sequential=0.9, search=0.0)
@@ -69,7 +70,7 @@ def test_shipped_rules_follow_their_thresholds():
     rules = RulesPolicy.from_yaml()
     assert rules.plan(FACTS).strategy == "search"
     assert rules.plan(HARD_CHAIN).strategy == "sequential"
-    assert rules.plan(HARD_CHAIN).budget_tokens == 2048
+    assert rules.plan(HARD_CHAIN).budget_tokens == 960
     assert rules.plan(EASY).strategy == "direct"
     assert rules.plan(Scores(0.7, 0.1, 0.1)).strategy == "parallel_vote"
     assert rules.decide(EASY).plan.reason == "rule: easy"
@@ -129,113 +130,132 @@ def test_scores_round_trip_through_their_logged_form():
         Scores.from_dict({"difficulty": 0.1, "sequential": 0.2})
 
 
-def test_the_form_separates_prompts_that_score_alike():
-    # Same three scores, opposite winners: only the form can tell them apart.
-    choice = Scores(0.8, 0.9, 0.0, form="choice")
-    numeric = Scores(0.8, 0.9, 0.0, form="numeric")
-    policy = LearnedPolicy(target_tokens=2048, exploration=0.0, resolve_every=8)
-    vote = next(p for p in policy.candidates if p.strategy == "parallel_vote")
-    chain = next(p for p in policy.candidates if p.strategy == "sequential"
-                 and p.budget_tokens == 2048)
-    for _ in range(80):
-        policy.update(choice, vote, True)
-        policy.update(choice, chain, False)
-        policy.update(numeric, vote, False)
-        policy.update(numeric, chain, True)
-    assert policy.plan(choice).strategy == "parallel_vote"
-    assert policy.plan(numeric).strategy == "sequential"
+def test_fixed_policy_from_spec_names_itself():
+    assert FixedPolicy.from_spec("fixed:sequential@512").name == "fixed:sequential@512"
 
 
-def test_a_version_2_state_is_migrated_with_its_learning_kept(tmp_path):
-    policy = LearnedPolicy(target_tokens=700)
-    for scores in _random_scores(40, seed=7):  # no form: what version 2 could learn
-        policy.update(scores, policy.plan(scores), scores.difficulty < 0.5)
-    state = policy.state()
-    n_blocks = policy.n_blocks
-    theta = np.array(state["theta"]).reshape(n_blocks, N_CONTEXT)
-    assert not theta[:, FORM_OFFSET:].any()  # form columns untouched without forms
-    cov = np.array(state["cov"]).reshape(n_blocks, N_CONTEXT, n_blocks, N_CONTEXT)
-    old = dict(state, state_version=2,
-               theta=theta[:, :FORM_OFFSET].reshape(-1).tolist(),
-               cov=cov[:, :FORM_OFFSET, :, :FORM_OFFSET].reshape(
-                   n_blocks * FORM_OFFSET, -1).tolist(),
-               reference=[row[:3] for row in state["reference"]])
-    (tmp_path / "v2.json").write_text(json.dumps(old))
-    again = LearnedPolicy.load(tmp_path / "v2.json")
-    rows = np.array([[0.3, 0.6, 0.1, UNKNOWN_FORM], [0.9, 0.2, 0.7, UNKNOWN_FORM]])
-    np.testing.assert_allclose(again.expected_accuracy(rows), policy.expected_accuracy(rows),
-                               atol=1e-6)
-    np.testing.assert_allclose(again.cov, policy.cov, atol=1e-6)
-    assert len(again.reference) == len(policy.reference)
-    with pytest.raises(PolicyError, match="version 1"):
-        LearnedPolicy.from_state(dict(state, state_version=1))
+INDEPENDENT_HARD = Scores(difficulty=0.8, sequential=0.1, search=0.05, form="choice")
+EASY_FACT = Scores(difficulty=0.2, sequential=0.1, search=0.9)
 
 
-def test_spend_is_monotone_in_lambda():
-    rng = np.random.default_rng(2)
-    values, costs = rng.random((200, 6)), np.array([1, 2, 4, 8, 16, 32], float) * 128
-    spends = [budget.mean_spend(values, costs, lam) for lam in np.geomspace(1e-7, 1e-1, 40)]
-    assert all(a >= b for a, b in zip(spends, spends[1:], strict=False))
+@pytest.mark.parametrize("spec", ["rules", "learned"])
+def test_out_of_the_box_both_policies_follow_the_literatures_prior(spec):
+    policy = parse_policy(spec)
+    assert policy.plan(INDEPENDENT_HARD, rng=random.Random(0)).strategy == "parallel_vote"
+    assert policy.plan(HARD_CHAIN).strategy == "sequential"
+    assert policy.plan(FACTS).strategy == "search"
+    assert policy.plan(EASY_FACT).strategy == "search"
+    easy = policy.plan(EASY)
+    assert easy.strategy == "direct" and (easy.budget_tokens or 0) <= 512
 
 
-def test_learned_policy_meets_its_target_over_its_reference_prompts():
-    policy = LearnedPolicy(target_tokens=900, exploration=0.05)
-    for scores in _random_scores(256, seed=4):
-        policy.decide(scores)
-    allocation = policy.resolve()
-    assert allocation.spend == pytest.approx(900, abs=1e-6)
-    rows = np.array([(s[0], s[1], s[2]) for s in policy.reference])
-    expected = []
-    for row in rows:
-        probs, _, _ = policy.distribution(Scores(*row))
-        expected.append(probs @ policy.costs)
-    assert np.mean(expected) == pytest.approx(900, abs=1e-6)
+def test_the_prior_table_names_every_kind():
+    assert set(PRIOR_STRATEGY) == set(KIND_NAMES)
+    assert PRIOR_STRATEGY["hard/independent"] == "parallel_vote"
+    assert PRIOR_STRATEGY["hard/chain"] == "sequential"
 
 
-def test_exploration_probabilities_sum_to_one_and_the_chosen_ones_are_logged():
-    policy = LearnedPolicy(exploration=0.2)
-    n = len(policy.candidates)
-    for scores in _random_scores(20, seed=5):
-        decision = policy.decide(scores, rng=random.Random(0))
-        probs = [c.probability for c in decision.candidates]
-        assert sum(probs) == pytest.approx(1.0)
-        assert min(probs) >= 0.2 / n - 1e-12
-        chosen = [c for c in decision.candidates if c.plan == dataclass_plan(decision.plan)]
-        assert chosen and chosen[0].probability == pytest.approx(decision.plan.probability)
+def test_harder_prompts_get_more_tokens_within_the_target_mean():
+    policy = LearnedPolicy(target_tokens=600, exploration=0.0)
+    for scores in _random_scores(400, seed=4):
+        policy.add_reference(scores)
+    policy.resolve()
+    reference = list(policy.reference)
+    mean = np.mean([policy.sized(policy.strategy_for(s), s).budget_tokens for s in reference])
+    assert 500 < mean <= 600
+    lighter = Scores(0.55, 0.1, 0.0)
+    heavier = Scores(0.95, 0.1, 0.0)
+    assert policy.plan(heavier).budget_tokens >= policy.plan(lighter).budget_tokens
+    assert policy.plan(heavier).budget_tokens > policy.plan(EASY).budget_tokens
+    roomier = LearnedPolicy(target_tokens=4096, exploration=0.0)
+    roomier.reference.extend(policy.reference)
+    roomier.resolve()
+    assert roomier.plan(heavier).width > policy.plan(heavier).width
 
 
-def dataclass_plan(plan: Plan) -> Plan:
-    return Plan(plan.strategy, plan.budget_tokens, plan.width, plan.depth_tokens,
-                plan.search_calls)
+def test_vote_samples_follow_the_observed_answer_length():
+    policy = LearnedPolicy(target_tokens=2048, exploration=0.0)
+    before = policy.plan(INDEPENDENT_HARD)
+    assert before.strategy == "parallel_vote" and before.depth_tokens == 320
+    # This model's answers to such prompts run to about 600 tokens.
+    policy.observe_usage(INDEPENDENT_HARD, [(560 + i, True) for i in range(40)])
+    after = policy.plan(INDEPENDENT_HARD)
+    assert after.depth_tokens is not None and after.depth_tokens >= 590 * 1.25
+    assert (after.budget_tokens or 0) <= 2 * 2048  # re-sized to the target at once
+    assert after.width * after.depth_tokens <= (after.budget_tokens or 0)
 
 
-def test_without_exploration_the_choice_is_deterministic_and_the_restricted_set_sums_to_one():
+def test_a_budget_that_buys_one_complete_sample_runs_one_chain_and_says_so():
     policy = LearnedPolicy(exploration=0.0)
-    decision = policy.decide(HARD_CHAIN, budget_tokens=1100, strategy="parallel_vote")
-    assert {c.plan.strategy for c in decision.candidates} == {"parallel_vote"}
-    assert all(c.plan.budget_tokens <= 1100 for c in decision.candidates)
-    assert sum(c.probability for c in decision.candidates) == pytest.approx(1.0)
+    policy.observe_usage(INDEPENDENT_HARD, [(400, True)] * 20)  # samples need 500 tokens
+    plan = policy.plan(INDEPENDENT_HARD, budget_tokens=700)
+    assert plan.strategy == "sequential" and plan.budget_tokens == 700
+    assert "ran one chain" in plan.reason
+    forced = policy.plan(INDEPENDENT_HARD, budget_tokens=700, strategy="parallel_vote")
+    assert forced.strategy == "sequential" and "ran one chain" in forced.reason
+    assert policy.plan(INDEPENDENT_HARD, budget_tokens=1000,
+                       strategy="parallel_vote").width == 2
 
 
-def test_feedback_moves_the_choice_to_the_plan_that_works():
-    policy = LearnedPolicy(target_tokens=2048, exploration=0.0, resolve_every=8)
-    before = policy.plan(HARD_CHAIN)
-    assert before.strategy == "sequential"
-    vote = next(p for p in policy.candidates if p.strategy == "parallel_vote")
-    for _ in range(60):
-        policy.update(HARD_CHAIN, policy.plan(HARD_CHAIN), False)
+def test_fit_vote_never_shortens_samples_below_an_answer():
+    plan = fit_vote(Plan("parallel_vote", 256, width=4, depth_tokens=64), answer_tokens=200)
+    assert plan.strategy == "sequential" and plan.budget_tokens == 256
+    wide = fit_vote(Plan("parallel_vote", 2000, width=8, depth_tokens=250), answer_tokens=200)
+    assert wide.strategy == "parallel_vote" and wide.depth_tokens == 250 and wide.width == 8
+
+
+def test_exploration_never_exceeds_its_share_over_10000_decisions():
+    for share in (0.05, 0.2):
+        policy = LearnedPolicy(exploration=share, seed=3)
+        rng = random.Random(5)
+        explored = 0
+        for i, scores in enumerate(_random_scores(10_000, seed=9), start=1):
+            decision = policy.decide(scores, rng=rng)
+            current = policy.current[kind_of(scores)]
+            explored += decision.plan.reason.startswith(f"{KIND_NAMES[kind_of(scores)]}: "
+                                                        "exploring")
+            assert explored <= share * i
+            assert sum(c.probability for c in decision.candidates) == pytest.approx(1.0)
+            assert current in {c.plan.strategy for c in decision.candidates} or \
+                decision.plan.strategy != "parallel_vote"
+        assert explored == policy.explored
+        assert 0.5 * share < explored / 10_000 <= share
+
+
+def test_exploration_stays_among_plausible_plans():
+    policy = LearnedPolicy(exploration=0.5, seed=1)
+    rng = random.Random(2)
+    seen = {policy.plan(INDEPENDENT_HARD, rng=rng).strategy for _ in range(400)}
+    assert "search" not in seen and "parallel_vote" in seen
+    assert {"direct", "sequential"} <= seen
+
+
+def test_a_noisy_advantage_never_moves_a_kind_but_clear_evidence_does():
+    policy = LearnedPolicy(exploration=0.0)
+    kind = kind_of(HARD_CHAIN)
+    chain, vote = Plan("sequential", 960), Plan("parallel_vote", 1280, width=4,
+                                                 depth_tokens=320)
+    for i in range(30):  # the chain: 15 of 30
+        policy.update(HARD_CHAIN, chain, i % 2 == 0)
+    for i in range(12):  # the vote: 9 of 12 is better, but not with confidence
+        policy.update(HARD_CHAIN, vote, i % 4 != 0)
+    assert policy.current[kind] == "sequential"
+    for _ in range(12):  # now 21 of 24
         policy.update(HARD_CHAIN, vote, True)
+    assert policy.current[kind] == "parallel_vote"
+    assert policy.switches[-1]["from"] == "sequential"
     assert policy.plan(HARD_CHAIN).strategy == "parallel_vote"
+    # Other kinds keep their prior.
+    assert policy.plan(INDEPENDENT_HARD).strategy == "parallel_vote"
+    assert policy.plan(EASY).strategy == "direct"
 
 
-def test_curriculum_is_generous_without_feedback_and_tightens_with_it():
-    policy = LearnedPolicy(curriculum_floor=0.25, curriculum_half=10)
-    kind = "hard/chain/closed"
-    assert policy.budgets()[kind]["lambda_scale"] == pytest.approx(0.25)
-    for _ in range(90):
-        policy.update(HARD_CHAIN, policy.plan(HARD_CHAIN), True)
-    row = policy.budgets()[kind]
-    assert row["feedback"] == 90 and row["lambda_scale"] == pytest.approx(0.25 + 0.75 * 0.9)
+def test_wilson_bounds_bracket_the_proportion_and_tighten_with_trials():
+    low, high = wilson_bounds(5, 10)
+    assert low < 0.5 < high
+    low2, high2 = wilson_bounds(50, 100)
+    assert low < low2 < 0.5 < high2 < high
+    assert wilson_bounds(0, 0) == (0.0, 1.0)
 
 
 def test_update_rejects_scores_outside_zero_one():
@@ -245,40 +265,25 @@ def test_update_rejects_scores_outside_zero_one():
 
 def test_learned_state_round_trips_through_json(tmp_path):
     policy = LearnedPolicy(target_tokens=700, exploration=0.1)
-    for scores in _random_scores(40, seed=6):
-        policy.update(scores, policy.plan(scores), scores.difficulty < 0.5)
+    for scores in _random_scores(50):
+        policy.decide(scores)
+        policy.update(scores, Plan("sequential", 512), True, spent_tokens=300)
+    policy.observe_usage(INDEPENDENT_HARD, [(200, True)] * 10)
     policy.save(tmp_path / "learned.json")
     again = parse_policy(f"learned:{tmp_path / 'learned.json'}")
     assert isinstance(again, LearnedPolicy)
     assert json.loads((tmp_path / "learned.json").read_text())["config"]["target_tokens"] == 700
-    np.testing.assert_allclose(again.expected_accuracy(np.array([[0.3, 0.6, 0.1]])),
-                               policy.expected_accuracy(np.array([[0.3, 0.6, 0.1]])), atol=1e-6)
     again.save(tmp_path / "again.json")
     assert (tmp_path / "again.json").read_text() == (tmp_path / "learned.json").read_text()
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_fixed_policy_from_spec_names_itself():
-    assert FixedPolicy.from_spec("fixed:sequential@512").name == "fixed:sequential@512"
-
-
-def test_reported_spend_lowers_a_plans_expected_cost_for_that_kind_only():
-    policy = LearnedPolicy()
-    chain = next(i for i, p in enumerate(policy.candidates) if p.budget_tokens == 4096)
-    kind = np.array([kind_of(HARD_CHAIN)])
-    other = np.array([kind_of(EASY)])
-    assert policy.expected_cost(kind)[0, chain] == 4096
-    for _ in range(18):
-        policy.update(HARD_CHAIN, policy.candidates[chain], True, spent_tokens=1024)
-    assert policy.expected_cost(kind)[0, chain] == pytest.approx(4096 * (18 * 0.25 + 2) / 20)
-    assert policy.expected_cost(other)[0, chain] == 4096
-
-
-def test_the_priors_majority_vote_is_the_condorcet_jury_probability():
-    from router_models.policies.learned import _majority, _plan_arrays
-    plans = (Plan("parallel_vote", 768, width=3, depth_tokens=256),
-             Plan("parallel_vote", 512, width=2, depth_tokens=256),
-             Plan("direct", 256, depth_tokens=256))
-    p = np.array([[0.7, 0.6, 0.9]])
-    # 3 voters: P(2 or 3 right); 2 voters: both right, plus half of one-one ties; 1 voter: p.
-    expected = [3 * 0.7 ** 2 * 0.3 + 0.7 ** 3, 0.6 ** 2 + 0.5 * 2 * 0.6 * 0.4, 0.9]
-    np.testing.assert_allclose(_majority(p, _plan_arrays(plans))[0], expected, rtol=1e-12)
+def test_an_older_state_starts_from_the_prior_keeping_its_target(tmp_path):
+    (tmp_path / "v3.json").write_text(json.dumps(
+        {"state_version": 3, "config": {"target_tokens": 900, "exploration": 0.02},
+         "theta": [0.0]}))
+    policy = LearnedPolicy.load(tmp_path / "v3.json")
+    assert policy.target_tokens == 900 and policy.exploration == 0.02
+    assert policy.current == [PRIOR_STRATEGY[k] for k in KIND_NAMES]
+    with pytest.raises(PolicyError):
+        LearnedPolicy.from_state({"state_version": 99})

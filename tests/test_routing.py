@@ -101,3 +101,35 @@ async def test_the_budget_curriculum_is_in_the_metrics():
         text = (await client.get("/metrics")).text
     assert 'ttc_policy_budget_tokens{kind="' in text and 'policy="learned"' in text
     assert "ttc_policy_feedback{" in text
+
+
+async def test_a_forced_vote_too_small_for_complete_samples_runs_one_chain_and_says_so():
+    # A real deployment's prior: answers take 256 tokens, so a sample needs 320.
+    settings = make_settings(default_answer_tokens=256)
+    async with gateway_client(llm().transport(), settings) as client:
+        reply = await client.post("/v1/chat/completions", json={
+            "model": "fake-model", "messages": [{"role": "user", "content": "Guess a number"}],
+            "router": {"strategy": "parallel_vote", "budget_tokens": 260}})
+        wide = await client.post("/v1/chat/completions", json={
+            "model": "fake-model", "messages": [{"role": "user", "content": "Guess a number"}],
+            "router": {"strategy": "parallel_vote", "budget_tokens": 1000}})
+    router = reply.json()["router"]
+    assert router["strategy"] == "sequential" and router["spent_tokens"] <= 260
+    assert "260 tokens buy one: ran one chain" in router["reason"]
+    assert wide.json()["router"]["strategy"] == "parallel_vote"
+    assert wide.json()["router"]["max_samples"] == 3  # 1000 // 320
+
+
+async def test_observed_short_answers_widen_later_votes():
+    # Answers of 7 words (tokens, for the scripted backend) are seen, so 320-token samples
+    # were far more than needed: a vote of the same budget gets more, shorter samples.
+    settings = make_settings(default_answer_tokens=256, vote_width=8)
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "Guess a number"}],
+            "router": {"strategy": "parallel_vote", "budget_tokens": 700}}
+    async with gateway_client(llm().transport(), settings) as client:
+        first = (await client.post("/v1/chat/completions", json=body)).json()["router"]
+        for _ in range(4):
+            await client.post("/v1/chat/completions", json=body)
+        later = (await client.post("/v1/chat/completions", json=body)).json()["router"]
+    assert first["max_samples"] == 2
+    assert later["max_samples"] == 8 and later["strategy"] == "parallel_vote"

@@ -3,10 +3,13 @@
 Specs (``parse_policy``):
 
 - ``fixed:<strategy>@<budget_tokens>``: the same plan always (``FixedPolicy``);
+- ``random:<strategy>@<tokens>,...``: a uniformly random choice among fixed plans, the
+  logging policy for off-policy evaluation (``RandomPolicy``);
 - ``rules`` or ``rules:<path.yaml>``: thresholds on the scores (``RulesPolicy``);
-- ``learned`` or ``learned:<state.json>``: compute-optimal choice with online learning
-  (``LearnedPolicy``); plain ``learned`` starts from the shipped state in
-  ``router_models/artifacts/learned.json`` when it exists.
+- ``learned`` or ``learned:<state.json>``: the literature's prior per kind of prompt, sized to
+  a mean budget, with bounded exploration and conservative learning (``LearnedPolicy``); plain
+  ``learned`` starts from the shipped state in ``router_models/artifacts/learned.json`` when it
+  exists, else from the prior.
 
 ``POLICIES`` maps each spec's name to its class.
 """
@@ -17,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from router_models.policies.base import Candidate, Decision, Policy, PolicyError, fit_to_budget
-from router_models.policies.fixed import FixedPolicy, fixed_plan
-from router_models.policies.learned import LearnedPolicy, default_candidates, kind_of
+from router_models.policies.fixed import FixedPolicy, RandomPolicy, fixed_plan
+from router_models.policies.learned import LearnedPolicy
+from router_models.policies.prior import KIND_NAMES, PRIOR_STRATEGY, kind_of
 from router_models.policies.rules import RulesPolicy
 
 POLICIES: dict[str, type[Policy]] = {
-    "fixed": FixedPolicy, "rules": RulesPolicy, "learned": LearnedPolicy}
+    "fixed": FixedPolicy, "random": RandomPolicy, "rules": RulesPolicy, "learned": LearnedPolicy}
 SHIPPED_LEARNED_STATE = Path(__file__).resolve().parents[1] / "artifacts" / "learned.json"
 
 
@@ -40,9 +44,11 @@ def parse_policy(spec: str, **learned_options: Any) -> Policy:
     name, _, argument = spec.strip().partition(":")
     if name not in POLICIES:
         raise PolicyError(f"unknown policy {spec!r}: expected fixed:<strategy>@<tokens>, "
-                          "rules or learned")
+                          "random:<strategy>@<tokens>,..., rules or learned")
     if name == "fixed":
         return FixedPolicy.from_spec(spec.strip())
+    if name == "random":
+        return RandomPolicy.from_spec(spec.strip())
     if name == "rules":
         return RulesPolicy.from_yaml(Path(argument) if argument else None)
     path = Path(argument) if argument else SHIPPED_LEARNED_STATE
@@ -55,6 +61,6 @@ def parse_policy(spec: str, **learned_options: Any) -> Policy:
     return policy
 
 
-__all__ = ["POLICIES", "Candidate", "Decision", "FixedPolicy", "LearnedPolicy", "Policy",
-           "PolicyError", "RulesPolicy", "default_candidates", "fit_to_budget", "fixed_plan",
-           "kind_of", "parse_policy"]
+__all__ = ["KIND_NAMES", "POLICIES", "PRIOR_STRATEGY", "Candidate", "Decision", "FixedPolicy",
+           "LearnedPolicy", "Policy", "PolicyError", "RandomPolicy", "RulesPolicy", "fit_to_budget",
+           "fixed_plan", "kind_of", "parse_policy"]

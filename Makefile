@@ -35,13 +35,8 @@ deploy-check: install  ## rule files and their unit tests (promtool), Kubernetes
 	promtool check config deploy/prometheus.yml
 	$(PY) -m pytest -q tests/test_deploy.py  # every manifest and each rendered overlay, strictly
 
-# Every wheel the images install, for a build with no package index (docs/deploy.md). Built for
-# Python 3.11: Debian 12's python3 is 3.11.2, where redis also needs async-timeout (environment
-# markers follow the interpreter that runs pip, so it is named here).
-WHEELHOUSE_EXTRAS ?= local
-wheelhouse: install
-	$(PY) -m pip wheel --quiet --wheel-dir wheelhouse '.[$(WHEELHOUSE_EXTRAS)]' \
-		'async-timeout>=4.0.3'
+wheelhouse: install  ## every wheel the images install, for a build with no index (docs/deploy.md)
+	PY=$(PY) deploy/images/wheelhouse.sh
 
 image-test: install  ## build the slim and local images with podman and run them (not in `test`)
 	$(PY) -m pip install --quiet -e '.[images]'

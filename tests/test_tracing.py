@@ -96,9 +96,8 @@ async def test_a_vote_has_one_client_span_per_upstream_call():
     assert reply.status_code == 200
     calls = [s for s in spans if s.kind == SpanKind.CLIENT]
     assert len(calls) == reply.json()["router"]["upstream_calls"] == len(llm.requests)
-    # A backend model named: no classify, no decide; the root has the calls' name.
     root = next(s for s in spans if s.kind == SpanKind.SERVER)
-    assert root.name == "chat fake-model" and len(spans) == len(calls) + 1
+    assert root.name == "chat fake-model"  # the model the client named
     assert {s.parent.span_id for s in calls if s.parent} == {root.context.span_id}
     assert sum((s.attributes or {})["gen_ai.usage.output_tokens"] for s in calls) == \
         reply.json()["usage"]["completion_tokens"]

@@ -21,10 +21,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_ready() {  # URL SECONDS: until GET URL answers 200
+wait_ready() {  # URL SECONDS CONTAINER: until GET URL answers 200, else the container's log
   local deadline=$((SECONDS + $2))
-  until curl -fsS -o /dev/null "$1"; do
-    if ((SECONDS > deadline)); then echo "image-test: $1 not ready after $2 s" >&2; return 1; fi
+  until curl -fsS -o /dev/null "$1" 2>/dev/null; do
+    if ((SECONDS > deadline)); then
+      echo "image-test: $1 not ready after $2 s; the log of $3:" >&2
+      podman logs "$3" 2>&1 | tail -30 >&2
+      return 1
+    fi
     sleep 1
   done
 }
@@ -39,7 +43,7 @@ run() {  # NAME IMAGE ARGS...: a detached container on the host network, removed
 size_mb() { echo $(( $(podman image inspect --format '{{.Size}}' "$1") / 1000000 )); }
 
 [[ "$BASE" == localhost/ttc-base:* ]] && deploy/images/base-image.sh "$BASE"
-make wheelhouse PY="$PY"
+PY="$PY" deploy/images/wheelhouse.sh
 
 podman build --target slim --build-arg BASE="$BASE" -t "localhost/ttc-router-slim:$TAG" .
 echo "image-test: slim image $(size_mb "localhost/ttc-router-slim:$TAG") MB"
@@ -47,11 +51,11 @@ echo "image-test: slim image $(size_mb "localhost/ttc-router-slim:$TAG") MB"
 # The simulated backend and the slim gateway in front of it.
 run ttc-image-sim "localhost/ttc-router-slim:$TAG" \
   ttc-router sim --host 127.0.0.1 --port "$SIM_PORT"
-wait_ready "http://127.0.0.1:$SIM_PORT/v1/models" 60
-run ttc-image-slim --read-only --tmpfs /tmp --tmpfs /data:uid=10001,gid=10001 \
+wait_ready "http://127.0.0.1:$SIM_PORT/v1/models" 90 ttc-image-sim
+run ttc-image-slim --read-only --tmpfs /tmp --tmpfs /data:rw,U \
   -e TTC_UPSTREAM_URL="http://127.0.0.1:$SIM_PORT/v1" -e TTC_HOST=127.0.0.1 \
   -e TTC_PORT="$SLIM_PORT" "localhost/ttc-router-slim:$TAG"
-wait_ready "http://127.0.0.1:$SLIM_PORT/ready" 60
+wait_ready "http://127.0.0.1:$SLIM_PORT/ready" 90 ttc-image-slim
 "$PY" deploy/images/smoke.py "http://127.0.0.1:$SLIM_PORT/v1"
 podman exec ttc-image-slim sleep 0  # the Kubernetes preStop hook runs `sleep`
 podman stop -t 60 ttc-image-slim >/dev/null
@@ -63,7 +67,7 @@ if [[ "${SKIP_LOCAL:-}" != 1 ]]; then
   echo "image-test: local image $(size_mb "localhost/ttc-router-local:$TAG") MB"
   run ttc-image-local -e TTC_HOST=127.0.0.1 -e TTC_PORT="$LOCAL_PORT" \
     "localhost/ttc-router-local:$TAG"
-  wait_ready "http://127.0.0.1:$LOCAL_PORT/ready" 600
+  wait_ready "http://127.0.0.1:$LOCAL_PORT/ready" 600 ttc-image-local
   "$PY" deploy/images/smoke.py "http://127.0.0.1:$LOCAL_PORT/v1" --max-tokens 16
 fi
 
@@ -75,7 +79,7 @@ if [[ -x "$compose" ]]; then
   (cd deploy && "$compose" -p ttc-image-test up -d backend gateway)
   started+=(ttc-image-test_gateway_1 ttc-image-test_backend_1)
   trap '(cd deploy && "$compose" -p ttc-image-test down -t 10 >/dev/null 2>&1) || true; cleanup' EXIT
-  wait_ready "http://127.0.0.1:$SLIM_PORT/ready" 90
+  wait_ready "http://127.0.0.1:$SLIM_PORT/ready" 90 ttc-image-test_gateway_1
   "$PY" deploy/images/smoke.py "http://127.0.0.1:$SLIM_PORT/v1"
   echo "image-test: podman-compose ran the gateway and the backend"
 else

@@ -3,7 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= local,test,dev
 
-.PHONY: install serve test test-fast lint bench check deploy-check wheelhouse image-test clean
+.PHONY: install llama-server serve test test-fast lint bench bench-llama bench-replicas check \
+	deploy-check wheelhouse image-test clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -11,7 +12,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
-install: $(VENV)/.installed
+# llama.cpp's own llama-server (parallel slots), built once per machine and llama-cpp-python
+# version into ~/.cache/ttc-router (service/llama_build.py). On failure set-up goes on and the
+# gateway serves with llama-cpp-python's server instead.
+$(VENV)/.llama-server: $(VENV)/.installed
+	$(PY) -m service.llama_build --best-effort
+	touch $@
+
+install: $(VENV)/.installed $(VENV)/.llama-server
+
+llama-server: $(VENV)/.installed  ## build llama-server now (fails loudly, unlike install)
+	$(PY) -m service.llama_build
+	touch $(VENV)/.llama-server
 
 serve: install  ## the gateway on the embedded local backend, http://127.0.0.1:8000/v1
 	$(VENV)/bin/ttc-router serve
@@ -28,6 +40,12 @@ lint: install
 
 bench: install
 	$(PY) bench/gateway_overhead.py
+
+bench-llama: install  ## both embedded servers: tokens/s at 1, 4, 8 concurrent; vote of 8 vs one
+	$(PY) bench/llama_throughput.py
+
+bench-replicas: install  ## 3 gateways behind HAProxy on PostgreSQL and Redis (apt: haproxy postgresql redis-server)
+	$(PY) bench/replicas.py
 
 deploy-check: install  ## rule files and their unit tests (promtool), Kubernetes manifests
 	promtool check rules deploy/rules/*.yml

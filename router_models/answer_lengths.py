@@ -47,15 +47,15 @@ def kaplan_meier_quantile(observations: Iterable[tuple[int, bool]], quantile: fl
     for tokens, finished in observations:
         counts = events.setdefault(int(tokens), [0, 0])
         counts[0 if finished else 1] += 1
-    at_risk = sum(finished + cut for finished, cut in events.values())
+    at_risk = sum(ended + cut for ended, cut in events.values())
     survival = 1.0
     for length in sorted(events):
-        finished, cut = events[length]
-        if finished and at_risk:
-            survival *= 1.0 - finished / at_risk
+        ended, cut = events[length]
+        if ended and at_risk:
+            survival *= 1.0 - ended / at_risk
             if 1.0 - survival >= quantile - 1e-12:
                 return length
-        at_risk -= finished + cut
+        at_risk -= ended + cut
     return None
 
 

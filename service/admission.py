@@ -47,6 +47,7 @@ from service.errors import (
 from service.keys import ApiKey
 from service.limits import Reservation, TokensOverLimit
 from service.protocol import RoutedRequest
+from service.strategies.base import estimate_prompt_tokens
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Paths under these prefixes need an admin key once keys exist.
-ADMIN_PREFIXES = ("/v1/experiments",)
+ADMIN_PREFIXES = ("/v1/experiments", "/v1/learner")
 _STATE = "ttc_admission"
 _ADMIN = "ttc_admin"
 
@@ -172,8 +173,10 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest,
 
     The reservation is the plan's ``budget_tokens``, else ``max_tokens`` x ``n``; a request
     with neither gets as many as the key has left, up to ``default_budget_tokens``, which
-    becomes its budget. Returns the plan (with that budget) and the reservation (None without
-    a key), which ``record()`` settles with the true spend.
+    becomes its budget. A key with a prompt-token limit also reserves the prompt's estimated
+    tokens times the upstream calls the plan may make. Returns the plan (with that budget)
+    and the reservation (None without a key), which ``record()`` settles with the true
+    spend.
 
     Raises:
         InvalidRequest: ``n``, the budget or the samples are over the operator's caps, or the
@@ -185,6 +188,12 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest,
     if routed.n > settings.max_n:
         raise InvalidRequest(f"n is at most {settings.max_n} on this gateway", param="n",
                              code="over_operator_cap")
+    # The client's own budget is checked whether or not it named a strategy: a policy may
+    # plan less than was asked, but the request itself is over the operator's cap.
+    asked = routed.controls.budget_tokens
+    if asked is not None and asked > settings.max_budget_tokens:
+        raise InvalidRequest(f"budget_tokens is at most {settings.max_budget_tokens} on this "
+                             "gateway", param="router.budget_tokens", code="over_operator_cap")
     if plan.budget_tokens is not None and plan.budget_tokens > settings.max_budget_tokens:
         raise InvalidRequest(f"budget_tokens is at most {settings.max_budget_tokens} on this "
                              "gateway", param="router.budget_tokens", code="over_operator_cap")
@@ -198,13 +207,20 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest,
     wanted = plan.budget_tokens
     if wanted is None and routed.max_tokens is not None:
         wanted = routed.max_tokens * routed.n
+    prompt_tokens = 0
+    if admission.key.prompt_tpm is not None:
+        # Every upstream call resends the prompt: one per sample, one more per search call.
+        calls = routed.n * plan.width + plan.search_calls
+        prompt_tokens = estimate_prompt_tokens(routed.body) * calls
     try:
         reservation, headers = await gw.limiter.reserve_tokens(
-            admission.key, wanted, flexible_cap=settings.default_budget_tokens)
+            admission.key, wanted, flexible_cap=settings.default_budget_tokens,
+            prompt_tokens=prompt_tokens)
     except TokensOverLimit as exc:
         metrics.child(metrics.REJECTED, "budget").inc()
-        raise InvalidRequest(str(exc), param="router.budget_tokens" if plan.budget_tokens
-                             else "max_tokens", code="over_key_limit") from exc
+        param = ("messages" if exc.kind == "prompt" else
+                 "router.budget_tokens" if plan.budget_tokens else "max_tokens")
+        raise InvalidRequest(str(exc), param=param, code="over_key_limit") from exc
     except RateLimited as exc:
         reason = "budget" if exc.code == "daily_budget_exhausted" else "rate_limit"
         metrics.child(metrics.REJECTED, reason).inc()

@@ -1,7 +1,8 @@
-"""The FastAPI application: ``create_app(settings, transport=None)``.
+"""The gateway as an ASGI application: ``create_app(settings, transport=None)``.
 
-The lifespan owns the upstream client, the backend registry and the request log (opened
-first, closed last so every record of a finished request is written); the error handlers render
+The lifespan owns the upstream client, the backend registry, the request log (opened
+first, closed last so every record of a finished request is written) and the learner that
+feeds the request log's feedback to the learned policies; the error handlers render
 every failure, validation and routing errors included, in OpenAI's envelope.
 """
 
@@ -21,23 +22,22 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from router_models.answers import load_latex_parser
 from service import __version__, metrics, tracing
 from service.admission import AdmissionMiddleware
 from service.backends import BackendRegistry
 from service.deps import Gateway
-from service.errors import (
-    GatewayError,
-    InvalidRequest,
-    NotFound,
-    UnprocessableRequest,
-    error_json,
-)
+from service.errors import GatewayError, InvalidRequest, NotFound, UnprocessableRequest
 from service.experiments import Experiments
+from service.hotpath import HotPath
 from service.keys import KeyRing, open_key_store
+from service.learning import Learner
 from service.limits import KeyLimiter, MemoryCounters, RedisCounters
 from service.observe import Reporter
-from service.routes import completions, experiments, feedback, health, models, proxy
+from service.rendering import error_response, render, unexpected_error_response
+from service.routes import experiments, feedback, health, learning, models, proxy
 from service.routing import Router
+from service.search import SearchBackend, open_backend, open_client
 from service.settings import Settings
 from service.store.log import open_request_log
 from service.upstream import UpstreamClient
@@ -50,8 +50,10 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
                on_shutdown: Callable[[], None] | None = None,
-               span_exporter: SpanExporter | None = None) -> FastAPI:
-    """Build the gateway for ``settings``.
+               search_backend: SearchBackend | None = None,
+               span_exporter: SpanExporter | None = None) -> HotPath:
+    """Build the gateway for ``settings``: the completion hot path (``service.hotpath``) in
+    front of the FastAPI app that serves everything else and owns the lifespan.
 
     Args:
         settings: validated settings; ``settings.upstreams`` must not be empty (the CLI starts
@@ -60,6 +62,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         on_shutdown: a blocking function run (in a thread) when the app stops, after the
             upstream client closes: the CLI stops the embedded backend with it, since uvicorn
             re-raises SIGTERM once it has shut down and nothing after it would run.
+        search_backend: the ``search`` strategy's backend instead of the configured one
+            (tests, embedding programs).
         span_exporter: an OpenTelemetry span exporter that turns tracing on for this app
             (tests pass an in-memory one); otherwise ``settings.otel_enabled`` decides.
     """
@@ -72,29 +76,45 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         await request_log.start()
         tracing.start(settings, span_exporter)
         client = UpstreamClient(settings, transport=transport)
+        search_client = open_client()
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         limiter = KeyLimiter(RedisCounters(redis_url) if redis_url else MemoryCounters())
+        learner: Learner | None = None
         try:
             keys = KeyRing(open_key_store(settings.data_dir, url), settings.keys_refresh_s)
             await keys.reload()  # an unreadable key store stops the start: never fail open
             registry = BackendRegistry(settings.upstreams, settings.default_model)
             router = Router(settings)
+            learner = Learner(router, request_log.backend, interval_s=settings.learn_interval_s,
+                              checkpoint_every=settings.learn_checkpoint_every,
+                              models_dir=router.models_dir)
+            await learner.start()
             await registry.discover(client, retries=1)
+            durable = settings.log_durable
+            if durable is None:  # a shared database: replicas come and go, decisions stay
+                durable = url is not None and url.startswith(("postgresql://", "postgres://"))
             app.state.gateway = Gateway(
                 settings=settings, client=client, registry=registry,
-                reporter=Reporter(request_log, keep_text=settings.log_text),
+                reporter=Reporter(request_log, keep_text=settings.log_text, durable=durable),
                 request_log=request_log, keys=keys, limiter=limiter, router=router,
-                experiments=Experiments(settings, request_log))
+                experiments=Experiments(settings, request_log), learner=learner,
+                search=search_backend or open_backend(settings, search_client))
             # Start-up made hundreds of thousands of long-lived objects (scikit-learn, numpy,
             # the classifier): freezing them keeps the garbage collector's full passes, which
             # pause the event loop, from walking them again and again.
             gc.collect()
             gc.freeze()
+            # SymPy and the LaTeX parser votes use for LaTeX answers take seconds to import:
+            # off the event loop, now, rather than on the first such answer.
+            warm_up = asyncio.create_task(asyncio.to_thread(load_latex_parser))
             yield
-            router.save()
+            await warm_up
         finally:
             try:
+                if learner is not None:
+                    await learner.close()  # applies the last feedback, saves learned.json
                 await client.aclose()
+                await search_client.aclose()
                 await limiter.aclose()
                 await request_log.close()  # after the last request: every queued row written
                 tracing.stop()  # exports the spans still queued
@@ -103,12 +123,12 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                     await asyncio.to_thread(on_shutdown)
 
     app = FastAPI(title="ttc-router", version=__version__, lifespan=lifespan)
-    # The completion routes first: routes are matched in order, and they take the traffic.
-    for module in (completions, health, models, feedback, experiments, proxy):
+    for module in (health, models, feedback, experiments, learning, proxy):
         app.include_router(module.router)
     app.add_middleware(AdmissionMiddleware)
     _install_error_handlers(app)
-    return app
+    # The completion routes are registered once, on the hot path in front of the app.
+    return HotPath(app)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -121,7 +141,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         metrics.REJECTED.labels("invalid").inc()
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return _render(UnprocessableRequest(f"{where}: {first.get('msg', 'invalid')}",
+        return render(UnprocessableRequest(f"{where}: {first.get('msg', 'invalid')}",
                                             param=where or None))
 
     @app.exception_handler(HTTPException)
@@ -132,27 +152,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         else:
             error = InvalidRequest(str(exc.detail))
             error.status = exc.status_code
-        return _render(error)
+        return render(error)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         return unexpected_error_response(request, exc)
-
-
-def error_response(exc: GatewayError) -> Response:
-    """The response for a ``GatewayError`` raised while handling a request; a refused
-    request (400/404/413/422) is counted in ``ttc_rejected_total{reason="invalid"}``."""
-    if isinstance(exc, (InvalidRequest, NotFound)):
-        metrics.REJECTED.labels("invalid").inc()
-    return _render(exc)
-
-
-def unexpected_error_response(request: Request, exc: Exception) -> Response:
-    """A 500 in the envelope for a bug: logged with its traceback, never crashing the app."""
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return _render(GatewayError("the gateway failed unexpectedly; it keeps serving"))
-
-
-def _render(exc: GatewayError) -> Response:
-    return Response(error_json(exc), status_code=exc.status, media_type="application/json",
-                    headers=exc.headers())

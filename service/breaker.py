@@ -4,8 +4,12 @@
 timed out, 5xx after retries, garbage, a broken stream; never a refusal of the request itself)
 is taken out for ``cool_down_s`` seconds, during which ``BackendRegistry.resolve`` sends its
 models' traffic to another upstream serving them, or answers 503 with ``Retry-After`` when
-there is none. After the cool-down it is half-open: traffic goes to it again, one success
-closes it and one failure opens it for another cool-down. The libraries looked at
+there is none. A client request counts once, however many of its calls and retries failed
+(``service.upstream.count_failure``). After the
+cool-down it is half-open: exactly one trial request goes to it (the others still go
+elsewhere or get 503), its success closes the circuit and its failure opens it for another
+cool-down; a trial that reports nothing for ``cool_down_s`` (its client went away) frees the
+slot for another. The libraries looked at
 (``pybreaker``, ``aiobreaker``) only count failures of calls made through their own
 ``call()`` wrapper, which does not fit a call whose failure may come after a stream has
 started, and ``aiobreaker`` has not been released since 2021; so it is this small class.
@@ -53,6 +57,7 @@ class CircuitBreaker:
         self._state: State = "closed"
         self._failures = 0
         self._opened_at = 0.0
+        self._trial_started: float | None = None  # when the half-open trial was let through
         metrics.child(metrics.CIRCUIT_OPEN, backend).set(0)
 
     @property
@@ -65,8 +70,21 @@ class CircuitBreaker:
         return self._state
 
     def allows(self) -> bool:
-        """Whether new requests may go to this backend."""
-        return self.state != "open"
+        """Whether a new request may go to this backend now. While half-open, True for one
+        request only (the trial), until it reports or ``cool_down_s`` passes."""
+        state = self.state
+        if state != "half_open":
+            return state == "closed"
+        now = self._clock()
+        if self._trial_started is not None and now - self._trial_started < self.cool_down_s:
+            return False
+        self._trial_started = now
+        return True
+
+    def end_trial(self) -> None:
+        """The half-open trial ended without a verdict on the backend (it refused the request
+        itself, or asked for patience): another request may be the trial."""
+        self._trial_started = None
 
     def retry_after_s(self) -> float:
         """Seconds until an open circuit lets traffic through again (0 when it does now)."""
@@ -75,6 +93,8 @@ class CircuitBreaker:
         return max(0.0, self.cool_down_s - (self._clock() - self._opened_at))
 
     def record_success(self) -> None:
+        """One call succeeded: the circuit closes."""
+        self._trial_started = None
         if self._state != "closed":
             log.info("backend %s answered again: circuit closed", self.backend)
             metrics.child(metrics.CIRCUIT_OPEN, self.backend).set(0)
@@ -82,6 +102,9 @@ class CircuitBreaker:
         self._failures = 0
 
     def record_failure(self) -> None:
+        """One call failed (after its retries): the circuit opens at ``failures_to_open`` in
+        a row, or at once when half-open."""
+        self._trial_started = None
         self._failures += 1
         if self.state == "half_open" or (
                 self._state == "closed" and self._failures >= self.failures_to_open):

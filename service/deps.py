@@ -10,9 +10,11 @@ from service.backends import BackendRegistry
 from service.errors import RequestTooLarge
 from service.experiments import Experiments
 from service.keys import KeyRing
+from service.learning import Learner
 from service.limits import KeyLimiter
 from service.observe import Reporter
 from service.routing import Router
+from service.search import SearchBackend
 from service.settings import Settings
 from service.store.log import RequestLog
 from service.upstream import UpstreamClient
@@ -23,7 +25,9 @@ class Gateway:
     """The state the lifespan owns: settings, the upstream client, the backend registry,
     the reporter of finished requests, the request log (None when there is none), the API
     keys and the per-key limiter (``service.admission`` uses both), the router (the
-    classifier and the policies behind ``model: "auto"``) and the A/B experiments."""
+    classifier and the policies behind ``model: "auto"``), the A/B experiments, the learner
+    that feeds feedback to the learned policies, and the search backend of the ``search``
+    strategy (opened once, on the app's search HTTP client)."""
 
     settings: Settings
     client: UpstreamClient
@@ -34,6 +38,8 @@ class Gateway:
     limiter: KeyLimiter | None = None
     router: Router | None = None
     experiments: Experiments | None = None
+    search: SearchBackend | None = None
+    learner: Learner | None = None
 
 
 def gateway(request: Request) -> Gateway:

@@ -39,8 +39,15 @@ from router_models.experiments import (
     thompson_shares,
     wilson_interval,
 )
-from router_models.experiments.replay import LoggedDecision
+from router_models.experiments.replay import (
+    Controls,
+    LoggedDecision,
+    PlanKey,
+    plan_key,
+    target_distribution,
+)
 from router_models.plan import Plan, Scores
+from router_models.policies import Policy, PolicyError
 from service import metrics
 from service.errors import InvalidRequest
 from service.protocol import RoutedRequest
@@ -180,28 +187,115 @@ def build_report(name: str, config: ExperimentSettings, rows: list[ArmRow]) -> d
     }
 
 
-def logged_decisions(records: Iterable[Record]) -> list[LoggedDecision]:
-    """The request log's rows as decisions to replay: answered (status 200) requests that a
-    policy planned, with the scores it read, the plan it ran and that plan's logged
-    probability (the propensity), the completion tokens spent and the feedback (correct
-    from a score of 0.5). Rows without scores or a plan are left out."""
+# Statuses that say nothing about the plan: the request was refused before it ran.
+_NOT_RUN = frozenset({"401", "403", "429"})
+
+
+def logged_decisions(records: Iterable[Record], *,
+                     experiments: Mapping[str, ExperimentSettings] | None = None,
+                     policies: Mapping[str, Policy] | None = None) -> list[LoggedDecision]:
+    """The request log's rows as decisions to replay: requests that a policy planned, with the
+    scores it read, the request's controls, the plan it ran and its propensity, the
+    completion tokens spent and the outcome (correct from a feedback score of 0.5; a failed
+    request counts as wrong). Rows without scores or a plan, or refused before they ran, are
+    left out.
+
+    The propensity is the logged one (the arm's share times the policy's probability; older
+    rows: the policy's probability times the arm's configured share). When ``experiments``
+    and ``policies`` (name or spec -> a frozen policy) name every logging policy of a row,
+    its ``support`` (every plan any arm could pick for the prompt) is recomputed, and the
+    other arms' share of the same plan is added to its propensity: the propensity is the
+    probability of the plan, whichever arm picked it.
+    """
     fields = set(Plan.__dataclass_fields__)
+    experiments = experiments or {}
+    policies = policies or {}
     out = []
     for record in records:
-        if record.status != "200" or not record.scores or not record.plan:
+        if record.status in _NOT_RUN or not record.scores or not record.plan:
             continue
         if record.plan.get("policy") is None:
             continue
         try:
             scores = Scores.from_dict(record.scores)
             plan = Plan(**{k: v for k, v in record.plan.items() if k in fields})
+            controls = _controls(record.plan.get("controls"))
         except (KeyError, TypeError, ValueError):
             continue
-        correct = None if record.feedback_score is None else float(
-            is_correct(record.feedback_score))
-        out.append(LoggedDecision(scores, plan, plan.probability,
-                                  float(record.completion_tokens), correct))
+        config = experiments.get(record.experiment or "")
+        if record.status != "200":
+            correct: float | None = 0.0
+        elif record.feedback_score is None:
+            correct = None
+        else:
+            correct = float(is_correct(record.feedback_score))
+        propensity = record.plan.get("propensity")
+        if isinstance(propensity, (int, float)) and 0 < propensity <= 1:
+            share = min(1.0, propensity / plan.probability) if plan.probability > 0 else 1.0
+        else:
+            share = 1.0
+            if config is not None and record.arm in config.arms:
+                share = configured_shares(config)[record.arm]
+            propensity = share * plan.probability
+        support = None
+        loggers = _logging_policies(record, config, policies)
+        if loggers is not None:
+            support, others = _mixture(loggers, record.arm, share, scores, controls, plan)
+            propensity = min(1.0, float(propensity) + others)
+        out.append(LoggedDecision(scores, plan, float(propensity),
+                                  float(record.completion_tokens), correct, controls, support))
     return out
+
+
+def _controls(raw: Any) -> Controls:
+    if not isinstance(raw, dict):
+        return Controls()
+    strategy = raw.get("strategy")
+    budget = raw.get("budget_tokens")
+    return Controls(None if strategy in (None, "auto") else str(strategy),
+                    None if budget is None else int(budget))
+
+
+def _logging_policies(record: Record, config: ExperimentSettings | None,
+                      policies: Mapping[str, Policy]
+                      ) -> list[tuple[str | None, float, Policy]] | None:
+    """(arm, share, policy) of every policy that could have decided the row: each arm of its
+    experiment with its configured share, or the row's own policy at share 1; None when one
+    is unknown."""
+    if config is None or record.arm not in config.arms:
+        policy = policies.get(str(record.plan.get("policy") if record.plan else ""))
+        return None if policy is None else [(None, 1.0, policy)]
+    shares = configured_shares(config)
+    out: list[tuple[str | None, float, Policy]] = []
+    for arm, arm_settings in config.arms.items():
+        policy = policies.get(arm_settings.policy)
+        if policy is None:
+            return None
+        out.append((arm, shares[arm], policy))
+    return out
+
+
+def _mixture(loggers: list[tuple[str | None, float, Policy]], logged_arm: str | None,
+             logged_share: float, scores: Scores, controls: Controls, plan: Plan
+             ) -> tuple[frozenset[PlanKey], float]:
+    """The plans the logging policies could pick for this prompt, and the probability that
+    arms other than the logged one (which had ``logged_share`` of the traffic) give the
+    logged plan: each arm's share times its policy's probability."""
+    key = plan_key(plan)
+    support: set[PlanKey] = set()
+    others = 0.0
+    rest = sum(share for arm, share, _ in loggers if arm != logged_arm)
+    for arm, share, policy in loggers:
+        try:
+            dist = target_distribution(policy, scores, controls)
+        except PolicyError:
+            continue
+        support.update(k for k, p in dist.items() if p > 0)
+        if arm != logged_arm and rest > 0:
+            # The other arms share what the logged arm did not have, by their weights.
+            others += (1.0 - logged_share) * share / rest * dist.get(key, 0.0)
+    support.add(key)
+    return frozenset(support), others
 
 
 def _pair(interval: tuple[float, float] | None) -> list[float] | None:

@@ -1,8 +1,9 @@
 """The two completion routes, served without FastAPI's middleware stack and router.
 
-``HotPath`` wraps the FastAPI app: ``POST /v1/chat/completions`` and ``POST /v1/completions``
-go through the admission middleware (keys, limits, shutdown) straight to their handlers, and
-everything else (lifespan included) goes to the FastAPI app as usual. FastAPI's stack (error,
+``HotPath`` wraps the FastAPI app (``service.app.create_app`` returns it): ``POST
+/v1/chat/completions`` and ``POST /v1/completions`` go through the admission middleware (keys,
+limits, shutdown) straight to their handlers, which are registered here only, and everything
+else (lifespan included) goes to the FastAPI app as usual. FastAPI's stack (error,
 telemetry, body-limit, exit-stack middlewares, two routers) cost about 17% of the gateway's CPU
 per request under load, measured with py-spy and bench/gateway_overhead.py. Errors are rendered
 by the same functions as the app's exception handlers, so clients cannot tell the paths apart.
@@ -25,9 +26,9 @@ from starlette.responses import Response
 
 from service import metrics, tracing
 from service.admission import AdmissionMiddleware
-from service.app import error_response, unexpected_error_response
 from service.errors import GatewayError
 from service.latency import CALL, RECEIVED, ClientTimer
+from service.rendering import error_response, unexpected_error_response
 from service.routes.completions import chat_completions, completions
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -48,6 +49,11 @@ class HotPath:
     def state(self) -> Any:
         """The wrapped app's state (``state.gateway``), as on the app itself."""
         return self.app.state
+
+    @property
+    def router(self) -> Any:
+        """The wrapped app's router (``router.lifespan_context`` runs the lifespan)."""
+        return self.app.router
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):

@@ -59,8 +59,9 @@ class ApiKey:
     """One API key as stored: never the secret, only its SHA-256 (hex).
 
     Limits are None when unlimited: ``rpm`` requests per minute, ``tpm`` completion tokens per
-    minute, ``tokens_per_day`` completion tokens per UTC day. ``admin`` keys may also use the
-    admin surfaces (experiments, a protected ``/metrics``). Times are Unix seconds.
+    minute, ``tokens_per_day`` completion tokens per UTC day, ``prompt_tpm`` prompt tokens per
+    minute (minutes are any 60 seconds, ``service.limits``). ``admin`` keys may also use the
+    admin surfaces (experiments, the learner, a protected ``/metrics``). Times are Unix seconds.
     """
 
     name: str
@@ -71,6 +72,7 @@ class ApiKey:
     admin: bool = False
     created_s: float = 0.0
     revoked_s: float | None = None
+    prompt_tpm: int | None = None
 
     @property
     def limits_tokens(self) -> bool:
@@ -105,7 +107,8 @@ class KeyStore(Protocol):
     """Where keys are kept. Methods are blocking (the gateway calls them in a thread)."""
 
     def create(self, name: str, *, rpm: int | None = None, tpm: int | None = None,
-               tokens_per_day: int | None = None, admin: bool = False) -> str: ...
+               tokens_per_day: int | None = None, admin: bool = False,
+               prompt_tpm: int | None = None) -> str: ...
 
     def revoke(self, name: str) -> None: ...
 
@@ -114,7 +117,7 @@ class KeyStore(Protocol):
     def active(self) -> list[ApiKey]: ...
 
 
-_COLUMNS = "name, key_hash, rpm, tpm, tokens_per_day, admin, created_s, revoked_s"
+_COLUMNS = "name, key_hash, rpm, tpm, tokens_per_day, admin, created_s, revoked_s, prompt_tpm"
 
 
 class _SqlKeyStore:
@@ -132,7 +135,8 @@ class _SqlKeyStore:
         return statement.replace("%s", self.placeholder)
 
     def create(self, name: str, *, rpm: int | None = None, tpm: int | None = None,
-               tokens_per_day: int | None = None, admin: bool = False) -> str:
+               tokens_per_day: int | None = None, admin: bool = False,
+               prompt_tpm: int | None = None) -> str:
         """Store a new key named ``name`` and return its secret (shown once, never stored).
 
         A revoked key's name may be reused; its old secret stays refused.
@@ -143,7 +147,8 @@ class _SqlKeyStore:
             KeyStoreError: the database failed.
         """
         check_name(name)
-        for label, value in (("rpm", rpm), ("tpm", tpm), ("tokens_per_day", tokens_per_day)):
+        for label, value in (("rpm", rpm), ("tpm", tpm), ("tokens_per_day", tokens_per_day),
+                             ("prompt_tpm", prompt_tpm)):
             if value is not None and value < 1:
                 raise ValueError(f"{label} must be at least 1, got {value}")
         secret = new_secret()
@@ -155,9 +160,9 @@ class _SqlKeyStore:
             if row is not None:
                 db.execute(self._sql("DELETE FROM ttc_api_keys WHERE name = %s"), (name,))
             db.execute(self._sql(f"INSERT INTO ttc_api_keys ({_COLUMNS}) "
-                                 "VALUES (%s, %s, %s, %s, %s, %s, %s, NULL)"),
+                                 "VALUES (%s, %s, %s, %s, %s, %s, %s, NULL, %s)"),
                        (name, hash_secret(secret), rpm, tpm, tokens_per_day, bool(admin),
-                        time.time()))
+                        time.time(), prompt_tpm))
         return secret
 
     def revoke(self, name: str) -> None:
@@ -183,7 +188,7 @@ class _SqlKeyStore:
         with self._connect() as db:
             rows = db.execute(f"SELECT {_COLUMNS} FROM ttc_api_keys ORDER BY name").fetchall()
         return [ApiKey(r[0], r[1], r[2], r[3], r[4], bool(r[5]), float(r[6]),
-                       None if r[7] is None else float(r[7])) for r in rows]
+                       None if r[7] is None else float(r[7]), r[8]) for r in rows]
 
     def active(self) -> list[ApiKey]:
         """The keys that are not revoked.
@@ -216,6 +221,9 @@ class SqliteKeyStore(_SqlKeyStore):
             with db:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(_SCHEMA.format(real="REAL"))
+                columns = {row[1] for row in db.execute("PRAGMA table_info(ttc_api_keys)")}
+                if "prompt_tpm" not in columns:  # a key database from before the column
+                    db.execute("ALTER TABLE ttc_api_keys ADD COLUMN prompt_tpm INTEGER")
                 yield db
         except sqlite3.Error as exc:
             raise KeyStoreError(f"the key database {self.path} failed: {exc}") from exc
@@ -237,6 +245,11 @@ class PostgresKeyStore(_SqlKeyStore):
         try:
             with psycopg.connect(self._url, connect_timeout=5) as db:
                 db.execute(_SCHEMA.format(real="DOUBLE PRECISION"))
+                if db.execute("SELECT 1 FROM information_schema.columns WHERE table_name = "
+                              "'ttc_api_keys' AND column_name = 'prompt_tpm'").fetchone() is None:
+                    # A key table from before the column (ALTER only then: it locks the table).
+                    db.execute("ALTER TABLE ttc_api_keys ADD COLUMN IF NOT EXISTS prompt_tpm "
+                               "BIGINT")
                 yield db
         except psycopg.Error as exc:
             # psycopg's messages can carry the connection string; name the table instead.
@@ -252,7 +265,8 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS ttc_api_keys (
     tokens_per_day BIGINT,
     admin BOOLEAN NOT NULL,
     created_s {real} NOT NULL,
-    revoked_s {real}
+    revoked_s {real},
+    prompt_tpm BIGINT
 )"""
 
 

@@ -1,202 +1,72 @@
-"""Per-key limits: requests per minute, completion tokens per minute and per UTC day.
+"""Per-key limits: requests, completion tokens and prompt tokens per minute, and completion
+tokens per UTC day.
 
-Each limit is a counter in a fixed window (a minute, or a UTC day) keyed by the key's name
-and the window's number. A request takes one unit of the request window when it arrives;
-a completion request then *reserves* its tokens (its budget) from the token windows before
-any upstream call, and is *settled* with the tokens it really spent when it ends, so requests
-running together can never be granted more than a key has left. A reservation checks and
-charges every window in one atomic step, so two limits cannot be half-charged.
+The minute limits are sliding windows (any 60 seconds, ``service.counters``), so a key cannot
+spend twice its limit across a minute boundary; the day's is a quota that resets at 00:00 UTC.
+A request takes one unit of the request window when it arrives; a completion request then
+*reserves* its tokens before any upstream call (its budget of completion tokens, and its
+estimated prompt tokens times the upstream calls it may make), and is *settled* with the
+tokens it really spent when it ends, so requests running together can never be granted more
+than a key has left. A reservation checks and charges every completion window in one atomic
+step, so two limits cannot be half-charged.
 
-The counters live in process (``MemoryCounters``: one replica) or in Redis
-(``RedisCounters``: shared by every replica; redis-py, with the check-and-charge as one Lua
-script that Redis runs atomically). The ``limits`` library was the first choice, but it has no
-way to give back the unspent part of a reservation, which is what lets a key be charged its
-true spend rather than its budgets.
+Prompt tokens are known only once the backend has counted them, so their reservation is an
+estimate (4 characters a token) settled with the backend's count: a request whose prompt was
+under-estimated is charged the difference after the fact, and the key's next requests wait
+for it. Completion tokens are the unit of ``budget_tokens``, which the gateway caps exactly.
 
-Tokens here are upstream *completion* tokens, the unit of ``budget_tokens`` that the gateway
-can cap; prompt tokens are counted in ``ttc_key_tokens_total`` but not limited.
+The counters live in process (``MemoryCounters``: one replica) or in Redis (``RedisCounters``:
+shared by every replica).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
+import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from service.errors import Overloaded, RateLimited
+from service.counters import Counters, MemoryCounters, RedisCounters, Window, seconds
+from service.errors import RateLimited
 from service.keys import ApiKey
 
 log = logging.getLogger(__name__)
 
 MINUTE_S = 60
 DAY_S = 86_400
-# Give Redis calls this long (seconds) before the request is refused as overloaded.
-REDIS_TIMEOUT_S = 2.0
 
-
-class Counters(Protocol):
-    """Window counters: atomic check-and-charge, and adjustment after the fact."""
-
-    async def charge(self, keys: Sequence[str], limits: Sequence[int], ttls: Sequence[int],
-                     amount: int, minimum: int) -> tuple[int, list[int]]:
-        """Charge ``g = min(amount, room in every window)`` to every counter if ``g >=
-        minimum``; returns (g or 0 when refused, each counter's value before the charge)."""
-        ...
-
-    async def adjust(self, keys: Sequence[str], delta: int) -> None:
-        """Add ``delta`` (may be negative) to each counter that still exists."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-class MemoryCounters:
-    """Counters in this process (one replica). Safe on one event loop: nothing awaits between
-    the check and the charge."""
-
-    def __init__(self, clock: Callable[[], float] = time.time):
-        self._values: dict[str, tuple[int, float]] = {}  # key -> (value, expires at)
-        self._clock = clock
-        self._next_purge = 0.0
-
-    async def charge(self, keys: Sequence[str], limits: Sequence[int], ttls: Sequence[int],
-                     amount: int, minimum: int) -> tuple[int, list[int]]:
-        now = self._clock()
-        self._purge(now)
-        used = [self._get(key, now) for key in keys]
-        grant = min([amount, *(limit - u for limit, u in zip(limits, used, strict=True))])
-        if grant < minimum:
-            return 0, used
-        for key, ttl, u in zip(keys, ttls, used, strict=True):
-            expires = self._values[key][1] if key in self._values else now + ttl
-            self._values[key] = (u + grant, expires)
-        return grant, used
-
-    async def adjust(self, keys: Sequence[str], delta: int) -> None:
-        now = self._clock()
-        for key in keys:
-            self._get(key, now)  # drops the counter when its window is over
-            entry = self._values.get(key)
-            if entry is not None:
-                self._values[key] = (entry[0] + delta, entry[1])
-
-    async def aclose(self) -> None:
-        self._values.clear()
-
-    def _get(self, key: str, now: float) -> int:
-        entry = self._values.get(key)
-        if entry is None:
-            return 0
-        if entry[1] <= now:
-            del self._values[key]
-            return 0
-        return entry[0]
-
-    def _purge(self, now: float) -> None:
-        if now < self._next_purge:
-            return
-        self._next_purge = now + MINUTE_S
-        for key in [k for k, (_, expires) in self._values.items() if expires <= now]:
-            del self._values[key]
-
-
-# KEYS: the window counters. ARGV: amount, minimum, then a limit and a TTL (s) per counter.
-# Returns {granted or 0, value of each counter before}.
-_CHARGE_LUA = """
-local amount = tonumber(ARGV[1])
-local minimum = tonumber(ARGV[2])
-local grant = amount
-local used = {}
-for i, key in ipairs(KEYS) do
-  used[i] = tonumber(redis.call('GET', key) or '0')
-  local room = tonumber(ARGV[1 + 2 * i]) - used[i]
-  if room < grant then grant = room end
-end
-if grant < minimum then
-  return {0, unpack(used)}
-end
-for i, key in ipairs(KEYS) do
-  redis.call('INCRBY', key, grant)
-  if redis.call('TTL', key) < 0 then
-    redis.call('EXPIRE', key, tonumber(ARGV[2 + 2 * i]))
-  end
-end
-return {grant, unpack(used)}
-"""
-# KEYS: counters; ARGV: delta. Adds delta to the counters still alive (an expired window
-# needs no refund).
-_ADJUST_LUA = """
-for _, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('INCRBY', key, ARGV[1])
-  end
-end
-return 0
-"""
-
-
-class RedisCounters:
-    """Counters in Redis, shared by every replica pointing at the same ``redis_url``.
-
-    Raises ``Overloaded`` (503) from ``charge`` when Redis does not answer within
-    ``REDIS_TIMEOUT_S``: without its counters the gateway cannot tell what a key has left.
-    """
-
-    def __init__(self, url: str):
-        import redis.asyncio as redis
-
-        self._redis = redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S,
-                                     socket_connect_timeout=REDIS_TIMEOUT_S)
-        self._charge = self._redis.register_script(_CHARGE_LUA)
-        self._adjust = self._redis.register_script(_ADJUST_LUA)
-
-    async def charge(self, keys: Sequence[str], limits: Sequence[int], ttls: Sequence[int],
-                     amount: int, minimum: int) -> tuple[int, list[int]]:
-        from redis.exceptions import RedisError
-
-        argv: list[int] = [amount, minimum]
-        for limit, ttl in zip(limits, ttls, strict=True):
-            argv += [limit, ttl]
-        try:
-            reply = await asyncio.wait_for(self._charge(keys=list(keys), args=argv),
-                                           REDIS_TIMEOUT_S)
-        except (RedisError, OSError, TimeoutError) as exc:
-            # The URL may carry a password: name the failure, not the connection.
-            log.warning("the rate-limit counters (Redis) failed: %s", type(exc).__name__)
-            raise Overloaded("the gateway cannot check this key's limits right now",
-                             code="limits_unavailable") from exc
-        return int(reply[0]), [int(v) for v in reply[1:]]
-
-    async def adjust(self, keys: Sequence[str], delta: int) -> None:
-        await asyncio.wait_for(self._adjust(keys=list(keys), args=[delta]), REDIS_TIMEOUT_S)
-
-    async def aclose(self) -> None:
-        await self._redis.aclose()
+__all__ = ["DAY_S", "MINUTE_S", "KeyLimiter", "MemoryCounters", "RedisCounters", "Reservation",
+           "TokensOverLimit"]
 
 
 @dataclass
 class Reservation:
-    """Completion tokens reserved for one request of one key, until it is settled.
+    """Tokens reserved for one request of one key, until it is settled.
 
-    ``tokens``: reserved (0 when the key has no token limit); ``spent``: the true spend, set
-    by ``settle_with`` when the request's outcome is recorded (None until then: a request that
-    never reached its record is charged its whole reservation).
+    ``tokens``: completion tokens reserved (0 when the key has no completion-token limit);
+    ``prompt_tokens``: prompt tokens reserved (0 without a prompt-token limit); ``spent`` and
+    ``prompt_spent``: the true counts, set by ``settle_with`` when the request's outcome is
+    recorded (None until then: a request that never reached its record is charged its whole
+    reservation). ``entry`` names the reservation in the sliding windows.
     """
 
     key_name: str
     tokens: int = 0
-    counters: tuple[str, ...] = ()
+    windows: tuple[Window, ...] = ()
+    prompt_tokens: int = 0
+    prompt_windows: tuple[Window, ...] = ()
+    entry: str = ""
     spent: int | None = None
+    prompt_spent: int | None = None
     settled: bool = field(default=False, repr=False)
 
-    def settle_with(self, spent_tokens: int) -> None:
-        """Note what the request really spent (completion tokens); the ``KeyLimiter`` applies
-        it to the counters once the response is sent."""
+    def settle_with(self, spent_tokens: int, prompt_tokens: int | None = None) -> None:
+        """Note what the request really spent (completion tokens, and prompt tokens when
+        known); the ``KeyLimiter`` applies it to the counters once the response is sent."""
         self.spent = spent_tokens
+        if prompt_tokens is not None:
+            self.prompt_spent = prompt_tokens
 
 
 class KeyLimiter:
@@ -215,114 +85,153 @@ class KeyLimiter:
         self._prefix = prefix
 
     async def admit_request(self, key: ApiKey) -> dict[str, str]:
-        """Count one request against ``key.rpm``; returns the ``x-ratelimit-*-requests``
-        headers.
+        """Count one request against ``key.rpm`` (any 60 seconds); returns the
+        ``x-ratelimit-*-requests`` headers.
 
         Raises:
-            RateLimited: the key made ``rpm`` requests this minute (429, ``Retry-After``).
+            RateLimited: the key made ``rpm`` requests in the last minute (429,
+                ``Retry-After``: when the oldest of them leaves the window).
             Overloaded: the shared counters do not answer (503).
         """
         if key.rpm is None:
             return {}
-        counter, ttl, reset_s = self._window(key, "rpm", MINUTE_S)
-        granted, used = await self.counters.charge([counter], [key.rpm], [ttl], 1, 1)
-        remaining = max(0, key.rpm - used[0] - granted)
+        window = Window(f"{self._prefix}{key.name}:rpm", key.rpm, MINUTE_S)
+        charge = await self.counters.charge([window], 1, 1, secrets.token_hex(8), self.clock())
+        remaining = max(0, key.rpm - charge.used[0] - charge.granted)
         headers = {"x-ratelimit-limit-requests": str(key.rpm),
                    "x-ratelimit-remaining-requests": str(remaining),
-                   "x-ratelimit-reset-requests": f"{math.ceil(reset_s)}s"}
-        if not granted:
+                   "x-ratelimit-reset-requests": f"{seconds(charge.wait_s[0])}s"}
+        if not charge.granted:
+            wait = max(charge.wait_s[0], 0.001)
             raise RateLimited(f"this key may make {key.rpm} requests per minute; retry in "
-                              f"{math.ceil(reset_s)}s", retry_after_s=reset_s,
+                              f"{seconds(wait)}s", retry_after_s=wait,
                               code="rate_limit_requests", rate_headers=headers)
         return headers
 
-    async def reserve_tokens(self, key: ApiKey, tokens: int | None,
-                             flexible_cap: int) -> tuple[Reservation, dict[str, str]]:
+    async def reserve_tokens(self, key: ApiKey, tokens: int | None, flexible_cap: int,
+                             prompt_tokens: int = 0) -> tuple[Reservation, dict[str, str]]:
         """Reserve ``tokens`` completion tokens for one request, or, when ``tokens`` is None
-        (the request set no cap), as many as the key has left up to ``flexible_cap``.
+        (the request set no cap), as many as the key has left up to ``flexible_cap``; and
+        ``prompt_tokens`` (an estimate) against the key's prompt-token limit.
 
-        Returns the reservation and the ``x-ratelimit-*-tokens`` headers.
+        Returns the reservation and the ``x-ratelimit-*-tokens`` headers (completion tokens).
 
         Raises:
-            TokensOverLimit: ``tokens`` is more than a window's whole limit (no wait helps).
+            TokensOverLimit: ``tokens`` or ``prompt_tokens`` is more than a window's whole
+                limit (no wait helps).
             RateLimited: the minute's or the day's tokens are used up (429, ``Retry-After``).
             Overloaded: the shared counters do not answer (503).
         """
+        entry = secrets.token_hex(8)
+        now = self.clock()
+        prompt_windows: tuple[Window, ...] = ()
+        if key.prompt_tpm is not None and prompt_tokens > 0:
+            if prompt_tokens > key.prompt_tpm:
+                raise TokensOverLimit(prompt_tokens, key.prompt_tpm, kind="prompt")
+            prompt_windows = (Window(f"{self._prefix}{key.name}:ptpm", key.prompt_tpm,
+                                     MINUTE_S),)
+            charge = await self.counters.charge(prompt_windows, prompt_tokens, prompt_tokens,
+                                                entry, now)
+            if not charge.granted:
+                left = max(0, key.prompt_tpm - charge.used[0])
+                wait = max(charge.wait_s[0], 0.001)
+                raise RateLimited(
+                    f"this key may send {key.prompt_tpm} prompt tokens per minute; {left} are "
+                    f"left and this request needs about {prompt_tokens}; retry in "
+                    f"{seconds(wait)}s", retry_after_s=wait, code="rate_limit_prompt_tokens",
+                    rate_headers={"x-ratelimit-limit-prompt-tokens": str(key.prompt_tpm),
+                                  "x-ratelimit-remaining-prompt-tokens": str(left)})
+        reservation = Reservation(key.name, prompt_tokens=prompt_tokens if prompt_windows else 0,
+                                  prompt_windows=prompt_windows, entry=entry)
         if not key.limits_tokens:
-            return Reservation(key.name), {}
-        windows = [self._window(key, kind, length)
-                   for kind, limit, length in self._token_limits(key)]
-        limits = [limit for _, limit, _ in self._token_limits(key)]
+            return reservation, {}
+        windows = self._token_windows(key, now)
+        limits = [w.limit for w in windows]
         if tokens is not None and tokens > min(limits):
+            await self._release_prompt(reservation)
             raise TokensOverLimit(tokens, min(limits))
         amount = flexible_cap if tokens is None else tokens
-        counters = [w[0] for w in windows]
-        granted, used = await self.counters.charge(
-            counters, limits, [w[1] for w in windows], amount, 1 if tokens is None else amount)
-        rooms = [limit - u - granted for limit, u in zip(limits, used, strict=True)]
+        minimum = 1 if tokens is None else amount
+        charge = await self.counters.charge(windows, amount, minimum, entry, now)
+        rooms = [w.limit - u - charge.granted for w, u in zip(windows, charge.used, strict=True)]
         tightest = min(range(len(rooms)), key=lambda i: rooms[i])
         headers = {"x-ratelimit-limit-tokens": str(limits[tightest]),
                    "x-ratelimit-remaining-tokens": str(max(0, rooms[tightest])),
-                   "x-ratelimit-reset-tokens": f"{math.ceil(windows[tightest][2])}s"}
-        if not granted:
-            # The window that refused: the one with the least room for this request.
-            refusing = min(range(len(limits)), key=lambda i: limits[i] - used[i])
-            kind = self._token_limits(key)[refusing][0]
-            reset_s = windows[refusing][2]
-            what = "per minute" if kind == "tpm" else "per day (UTC)"
+                   "x-ratelimit-reset-tokens": f"{seconds(charge.wait_s[tightest])}s"}
+        if not charge.granted:
+            await self._release_prompt(reservation)
+            # The window that refused: the one that frees room last.
+            refusing = max((i for i in range(len(windows)) if windows[i].limit
+                            - charge.used[i] < minimum), key=lambda i: charge.wait_s[i])
+            window = windows[refusing]
+            wait = max(charge.wait_s[refusing], 0.001)
+            what = "per minute" if window.sliding else "per day (UTC)"
             raise RateLimited(
-                f"this key may spend {limits[refusing]} completion tokens {what}; "
-                f"{max(0, limits[refusing] - used[refusing])} are left and this request "
-                f"needs {amount}; retry in {math.ceil(reset_s)}s",
-                retry_after_s=reset_s,
-                code="rate_limit_tokens" if kind == "tpm" else "daily_budget_exhausted",
+                f"this key may spend {window.limit} completion tokens {what}; "
+                f"{max(0, window.limit - charge.used[refusing])} are left and this request "
+                f"needs {minimum}; retry in {seconds(wait)}s",
+                retry_after_s=wait,
+                code="rate_limit_tokens" if window.sliding else "daily_budget_exhausted",
                 rate_headers=headers)
-        return Reservation(key.name, granted, tuple(counters)), headers
+        reservation.tokens = charge.granted
+        reservation.windows = tuple(windows)
+        return reservation, headers
 
     async def settle(self, reservation: Reservation) -> None:
         """Give back what a finished request did not spend (or charge an overrun). Idempotent;
         a failure is logged, never raised (the response is already sent)."""
-        if reservation.settled or not reservation.counters:
-            reservation.settled = True
+        if reservation.settled:
             return
         reservation.settled = True
-        spent = reservation.tokens if reservation.spent is None else reservation.spent
-        delta = spent - reservation.tokens
-        if delta == 0:
-            return
-        try:
-            await self.counters.adjust(reservation.counters, delta)
-        except Exception as exc:  # Redis down: the reservation stays charged in full
-            log.warning("could not settle a token reservation of key %s: %s",
-                        reservation.key_name, type(exc).__name__)
+        parts = []
+        if reservation.windows and reservation.spent is not None:
+            parts.append((reservation.windows, reservation.spent - reservation.tokens))
+        if reservation.prompt_windows and reservation.prompt_spent is not None:
+            parts.append((reservation.prompt_windows,
+                          reservation.prompt_spent - reservation.prompt_tokens))
+        for windows, delta in parts:
+            if delta == 0:
+                continue
+            try:
+                await self.counters.adjust(windows, reservation.entry, delta)
+            except Exception as exc:  # Redis down: the reservation stays charged as it was
+                log.warning("could not settle a token reservation of key %s: %s",
+                            reservation.key_name, type(exc).__name__)
 
     async def aclose(self) -> None:
         await self.counters.aclose()
 
-    @staticmethod
-    def _token_limits(key: ApiKey) -> list[tuple[str, int, int]]:
-        out = []
-        if key.tpm is not None:
-            out.append(("tpm", key.tpm, MINUTE_S))
-        if key.tokens_per_day is not None:
-            out.append(("tpd", key.tokens_per_day, DAY_S))
-        return out
+    async def _release_prompt(self, reservation: Reservation) -> None:
+        if reservation.prompt_windows and reservation.prompt_tokens:
+            try:
+                await self.counters.adjust(reservation.prompt_windows, reservation.entry,
+                                           -reservation.prompt_tokens)
+            except Exception as exc:
+                log.warning("could not release a prompt reservation of key %s: %s",
+                            reservation.key_name, type(exc).__name__)
 
-    def _window(self, key: ApiKey, kind: str, length_s: int) -> tuple[str, int, float]:
-        """(counter name, its TTL in seconds, seconds until the window resets). Windows start
-        at multiples of their length since the epoch: minutes, and days at 00:00 UTC."""
-        now = self.clock()
-        number = int(now // length_s)
-        reset_s = (number + 1) * length_s - now
-        return f"{self._prefix}{key.name}:{kind}:{number}", length_s + MINUTE_S, reset_s
+    def _token_windows(self, key: ApiKey, now: float) -> list[Window]:
+        """The completion-token windows: the last minute (sliding), and the UTC day (fixed,
+        from 00:00 UTC)."""
+        windows = []
+        if key.tpm is not None:
+            windows.append(Window(f"{self._prefix}{key.name}:tpm", key.tpm, MINUTE_S))
+        if key.tokens_per_day is not None:
+            day = int(now // DAY_S)
+            windows.append(Window(f"{self._prefix}{key.name}:tpd:{day}", key.tokens_per_day,
+                                  DAY_S, sliding=False, end_s=(day + 1) * DAY_S))
+        return windows
 
 
 class TokensOverLimit(Exception):
-    """A request asks for more tokens than a key may spend in a whole window."""
+    """A request asks for more tokens than a key may spend in a whole window: ``kind``
+    "completion" (its budget) or "prompt" (its estimated prompt tokens over every call)."""
 
-    def __init__(self, tokens: int, limit: int):
-        super().__init__(f"this request may spend {tokens} completion tokens, more than this "
-                         f"key may spend in a whole window ({limit}); lower max_tokens or "
-                         "router.budget_tokens")
+    def __init__(self, tokens: int, limit: int, kind: str = "completion"):
+        advice = ("lower max_tokens or router.budget_tokens" if kind == "completion" else
+                  "shorten the prompt or make fewer calls (n, the vote's width)")
+        super().__init__(f"this request may use {tokens} {kind} tokens, more than this key "
+                         f"may use in a whole window ({limit}); {advice}")
         self.tokens = tokens
         self.limit = limit
+        self.kind = kind

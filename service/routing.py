@@ -12,15 +12,20 @@ Otherwise the plan comes from ``service.planning`` (a forced strategy, or a back
 through as ``direct``). Turns that may be answered by tool calls, and ``n`` > 1, always run
 ``direct``.
 
+With the local search backend, a prompt's ``search`` score is read against the index before a
+policy sees it (``search_evidence``): 0 with an empty index, so ``auto`` never plans search
+where nothing can be found; with documents, the share of the question that the top hits cover
+(``service.coverage``), so it searches where the collection can answer.
+
 Every vote, whoever planned it, is fitted to the answer lengths observed for its kind of prompt
 and backend model (``router_models.answer_lengths``, fed from each request's usage by
 ``observe_usage``): its samples are long enough to finish, and a budget that buys only one
 complete sample runs one chain, saying so in ``router.reason``.
 
-The learned policy learns from ``POST /v1/feedback``: each decision's scores and plan are
-kept in memory (the last ``DECISION_MEMORY`` of them) until feedback names it, and the
-policy's state is saved under the data directory at shutdown, so it survives restarts;
-``ttc-router train --from-log`` replays the durable request log instead.
+The learned policies learn from ``POST /v1/feedback`` through ``service.learning.Learner``,
+which reads each decision's scores and plan from the durable request log (so feedback may reach
+any replica) and applies it to the policies served here in the log's order;
+``ttc-router train --from-log`` re-fits from the same log offline.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections import OrderedDict
-from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
 
 from router_models import load_default
 from router_models.answer_lengths import AnswerLengths
@@ -37,19 +42,24 @@ from router_models.classifier import Classifier
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies import KIND_NAMES, LearnedPolicy, Policy, PolicyError, parse_policy
 from router_models.policies.prior import fit_vote, kind_of
-from router_models.prompt import has_conversation
+from router_models.prompt import has_conversation, prompt_text
 from service import metrics, tracing
 from service.backends import AUTO_MODEL
+from service.coverage import COVERED, coverage
 from service.errors import InvalidRequest
 from service.planning import choose_plan, may_call_tools
 from service.protocol import RoutedRequest
+from service.search.base import SearchError
+from service.search.local import LocalIndex, index_path
 from service.settings import Settings, SettingsError
 from service.upstream import Backend
 
 log = logging.getLogger(__name__)
 
-DECISION_MEMORY = 50_000  # decisions kept for online learning (about 200 bytes each)
 LEARNED_STATE = "learned.json"
+SEARCH_CHECK_S = 2.0  # how stale the "is there anything to search" answer may be
+COVERAGE_HITS = 3  # top hits whose words count as the collection's cover of a question
+UNCOVERED_SEARCH = 0.3  # the search score of a question the local collection does not cover
 
 
 class Router:
@@ -68,10 +78,11 @@ class Router:
         self.models_dir = settings.data_dir / "models"
         self.classifier: Classifier
         builtins: dict[str, Policy]
-        self.classifier, builtins = load_default(
-            self.models_dir, target_tokens=settings.learned_target_tokens,
-            exploration=settings.learned_exploration, vote_width=settings.vote_width,
-            default_answer_tokens=settings.default_answer_tokens)
+        self._learned_options: dict[str, Any] = {
+            "target_tokens": settings.learned_target_tokens,
+            "exploration": settings.learned_exploration, "vote_width": settings.vote_width,
+            "default_answer_tokens": settings.default_answer_tokens}
+        self.classifier, builtins = load_default(self.models_dir, **self._learned_options)
         learned = builtins.get("learned")
         if isinstance(learned, LearnedPolicy):
             learned.lengths_from_feedback = False  # observe_usage reports every request's
@@ -103,7 +114,9 @@ class Router:
             if unknown:
                 raise SettingsError(f"invalid settings:\n  {field_name}: unknown policy "
                                     f"{unknown[0]!r}; known: {', '.join(sorted(self.policies))}")
-        self._decisions: OrderedDict[str, tuple[Scores, Plan]] = OrderedDict()
+        self._search_available = False
+        self._search_checked_at = -SEARCH_CHECK_S
+        self._index: LocalIndex | None = None
 
     def plan(self, routed: RoutedRequest, backend: Backend, upstream_model: str,
              policy: str | None = None) -> tuple[Plan, Scores | None]:
@@ -126,7 +139,7 @@ class Router:
             known = ", ".join(sorted(self.policies))
             raise InvalidRequest(f"unknown policy {policy_name!r}; known: {known}",
                                  param="router.policy")
-        scores = self.score(routed)
+        scores = self.search_evidence(routed, self.score(routed))
         controls = routed.controls
         forced = None if controls.strategy == "auto" else controls.strategy
         try:
@@ -142,8 +155,52 @@ class Router:
         if plan.strategy == "search" and routed.endpoint != "chat":
             plan = dataclasses.replace(plan, strategy="sequential", search_calls=0,
                                        reason="search needs chat messages: ran sequential")
-        self._remember(routed.decision_id, scores, plan)
         return plan, scores
+
+    def search_available(self) -> bool:
+        """Whether ``search`` can find anything: a remote search service is configured, or the
+        local index holds documents (``ttc-router index add``). Read at most every
+        ``SEARCH_CHECK_S`` seconds, so documents added while the gateway runs count."""
+        if self.settings.search_backend != "local":
+            return True
+        now = time.monotonic()
+        if now - self._search_checked_at >= SEARCH_CHECK_S:
+            self._search_checked_at = now
+            try:
+                self._search_available = LocalIndex(index_path(self.settings.data_dir)).exists()
+            except OSError:
+                self._search_available = False
+        return self._search_available
+
+    def search_evidence(self, routed: RoutedRequest, scores: Scores) -> Scores:
+        """``scores`` with ``search`` read against what there is to search.
+
+        Nothing to search in (the local backend with an empty index): 0, so no policy plans
+        or explores search. A local index with documents: the share of the question's content
+        words its top hits cover (``service.coverage``) when that is at least ``COVERED``,
+        else at most ``UNCOVERED_SEARCH`` (still plausible to explore when the classifier
+        reads a fact question). A remote search service: the classifier's score.
+        """
+        if self.settings.search_backend != "local":
+            return scores
+        if not self.search_available():
+            return dataclasses.replace(scores, search=0.0) if scores.search else scores
+        question = (prompt_text(routed.body["messages"]) if routed.endpoint == "chat"
+                    else str(routed.body.get("prompt", "")))
+        try:
+            hits = self._local_index().search(question, COVERAGE_HITS)
+        except SearchError as exc:
+            log.warning("coverage check of the local index failed: %s", exc)
+            return scores
+        share = coverage(question, hits)
+        if share >= COVERED:
+            return dataclasses.replace(scores, search=round(share, 4))
+        return dataclasses.replace(scores, search=min(scores.search, UNCOVERED_SEARCH))
+
+    def _local_index(self) -> LocalIndex:
+        if self._index is None:
+            self._index = LocalIndex(index_path(self.settings.data_dir))
+        return self._index
 
     def score(self, routed: RoutedRequest) -> Scores:
         """The classifier's scores for the request's prompt, timed in
@@ -177,21 +234,23 @@ class Router:
         return fit_vote(plan, self.answer_tokens(scores, upstream_model))
 
     def observe_usage(self, scores: Scores | None, plan: Plan, upstream_model: str,
-                      completion_tokens: int, report: dict[str, object]) -> None:
+                      completion_tokens: int, report: Mapping[str, Any]) -> None:
         """Learn answer lengths from one answered request: its samples' completion tokens,
-        each finished or cut at its ``max_tokens`` (right-censored). A vote's samples count
-        as its mean tokens per sample; a chain that needed a continuation counts as cut."""
+        each finished or cut at its ``max_tokens`` (right-censored). A vote's finished samples
+        count as their mean tokens (usage is one total per call); a chain that needed a
+        continuation counts as cut."""
         if scores is None or completion_tokens <= 0:
             return
         samples: list[tuple[int, bool]]
         if plan.strategy == "parallel_vote":
-            count = int(report.get("samples", 0) or 0)  # type: ignore[call-overload]
-            cut = int(report.get("cut_samples", 0) or 0)  # type: ignore[call-overload]
-            if count <= 0:
+            count = int(report.get("samples") or 0)
+            cut = min(count, int(report.get("cut_samples") or 0))
+            depth = int(report.get("depth_tokens") or 0)
+            if count <= 0 or (cut and not depth):
                 return
-            depth = int(report.get("depth_tokens", 0) or 0)  # type: ignore[call-overload]
-            mean = max(1, round(completion_tokens / count))
-            samples = [(mean, True)] * (count - cut) + [(depth or mean, False)] * cut
+            finished = count - cut
+            mean = max(1, round((completion_tokens - cut * depth) / finished)) if finished else 0
+            samples = [(mean, True)] * finished + [(depth, False)] * cut
         elif plan.strategy in ("direct", "sequential") and plan.budget_tokens:
             finished = (not report.get("continued")
                         and completion_tokens < plan.budget_tokens)
@@ -204,19 +263,6 @@ class Router:
         learned = self.policies.get("learned")
         if isinstance(learned, LearnedPolicy):
             learned.observe_usage(scores, samples)
-
-    def learn(self, decision_id: str, score: float, spent_tokens: int | None = None) -> bool:
-        """Teach the deciding policy the outcome of one decision; False when the decision is
-        not in memory (made by another replica, or too long ago)."""
-        remembered = self._decisions.get(decision_id)
-        if remembered is None:
-            return False
-        scores, plan = remembered
-        policy = self.policies.get(plan.policy or "")
-        if policy is None:
-            return False
-        policy.update(scores, plan, score, spent_tokens=spent_tokens)
-        return True
 
     def export_budgets(self) -> None:
         """Set ``ttc_policy_budget_tokens`` and ``ttc_policy_feedback`` from the learning
@@ -238,17 +284,21 @@ class Router:
                 metrics.POLICY_EXPLORATION_SHARE.labels(name).set(policy.exploration)
                 metrics.POLICY_EXPLORED_RATIO.labels(name).set(policy.exploration_share())
 
-    def save(self) -> None:
-        """Write the learned policy's state under ``data_dir/models`` (called at shutdown)."""
-        learned = self.policies.get("learned")
-        save = getattr(learned, "save", None)
-        if save is None:
-            return
-        try:
-            self.models_dir.mkdir(parents=True, exist_ok=True)
-            save(Path(self.models_dir / LEARNED_STATE))
-        except OSError as exc:
-            log.warning("could not save the learned policy's state: %s", exc)
+    def restore(self, name: str, state: dict[str, Any]) -> Policy:
+        """The policy ``name`` rebuilt from a ``state()`` of it (a checkpoint of the shared
+        learned state), with this gateway's settings applied as at start-up; it does not
+        replace the served one.
+
+        Raises:
+            PolicyError: a malformed state. KeyError: no policy has this name.
+        """
+        current = self.policies[name]
+        options = self._learned_options if name == "learned" else {}
+        restored: Policy = type(current).from_state(state, **options)  # type: ignore[attr-defined]
+        restored.name = current.name
+        if isinstance(restored, LearnedPolicy) and isinstance(current, LearnedPolicy):
+            restored.lengths_from_feedback = current.lengths_from_feedback
+        return restored
 
     def _policy_name(self, routed: RoutedRequest, upstream_model: str) -> str | None:
         controls = routed.controls
@@ -260,8 +310,3 @@ class Router:
         if routed.model == AUTO_MODEL and controls.strategy == "auto":
             return self.settings.default_policy
         return None
-
-    def _remember(self, decision_id: str, scores: Scores, plan: Plan) -> None:
-        self._decisions[decision_id] = (scores, plan)
-        if len(self._decisions) > DECISION_MEMORY:
-            self._decisions.popitem(last=False)

@@ -147,6 +147,14 @@ class Settings(BaseSettings):
     read_timeout_s: float = Field(300.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
     retry_backoff_s: float = Field(0.25, ge=0)
+    # Retries of all the upstream calls of one client request together (a vote of 8 with
+    # max_retries 2 could otherwise send 24 calls to a failing backend).
+    max_request_retries: int = Field(4, ge=0, le=100)
+    # The retry budget per backend (service/retry_budget.py, after Finagle's): retries are at
+    # most this share of the calls over the window, plus a floor per second.
+    retry_budget_ratio: float = Field(0.2, ge=0, le=1)
+    retry_budget_min_per_s: float = Field(10.0, ge=0)
+    retry_budget_window_s: float = Field(10.0, ge=1, le=600)
     max_connections: int = Field(512, ge=1)
     fanout_concurrency: int = Field(8, ge=1, le=256)
 
@@ -196,6 +204,9 @@ class Settings(BaseSettings):
     search_api_key: SecretStr | None = None
     search_timeout_s: float = Field(5.0, gt=0)
     search_max_calls: int = Field(3, ge=0, le=32)
+    # The first search uses the user's question as its query, before the first model call
+    # (no model tokens; works with a model that never asks); it counts as one of the calls.
+    search_question_first: bool = True
     search_top_k: int = Field(3, ge=1, le=20)
     search_result_chars: int = Field(1200, ge=100)  # per hit, in the context
     log_level: str = "info"
@@ -205,6 +216,14 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     log_text: bool = False  # keep prompt and answer text in the request log
     log_queue_size: int = Field(10_000, ge=1)  # records waiting for the writer; more are dropped
+    # Answer a request only once its record is committed (a replica killed with SIGKILL loses
+    # no decision a client has seen); None: on when database_url is PostgreSQL.
+    log_durable: bool | None = None
+    # Learning from feedback (service/learning.py): how often each replica reads new feedback
+    # from the shared log (seconds), and every how many feedback events the learned policies'
+    # state is checkpointed into the database (and saved under data_dir/models).
+    learn_interval_s: float = Field(1.0, gt=0)
+    learn_checkpoint_every: int = Field(100, ge=1)
     # When set, GET /metrics needs `Authorization: Bearer <metrics_token>` (or an admin key).
     metrics_token: SecretStr | None = None
     # OpenTelemetry traces (service/tracing.py), off by default: one span per stage of each
@@ -236,8 +255,14 @@ class Settings(BaseSettings):
     # On SIGTERM, in-flight requests get this long (s) to finish before they are cut off.
     shutdown_timeout_s: float = Field(30.0, ge=0)
 
+    # The embedded backend (no upstream configured): which server (auto: llama.cpp's
+    # llama-server when built, else llama-cpp-python's), its model, the context of each
+    # parallel slot (tokens), the slots (None: sized for the machine, service.llama_server)
+    # and the CPU threads (None: all cores).
+    local_server: Literal["auto", "llama-server", "llama-cpp-python"] = "auto"
     local_model: str = "qwen2.5-coder-0.5b-instruct"
     local_n_ctx: int = Field(4096, ge=256)
+    local_parallel: int | None = Field(None, ge=1, le=256)
     local_threads: int | None = Field(None, ge=1)
     local_start_timeout_s: float = Field(180.0, gt=0)
 

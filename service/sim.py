@@ -42,6 +42,7 @@ from router_models.prompt import content_text
 from router_models.simulation import CORRECT, NO_ANSWER, World
 from router_models.tasks import TaskItem
 from router_models.tasks.registry import Match, TaskRegistry
+from router_models.world_backend import WorldReasoner
 
 MODEL_ID = "sim-reasoner"
 FINGERPRINT = "simulation"
@@ -60,10 +61,10 @@ class SimError(Exception):
 
 @dataclass(frozen=True)
 class SimConfig:
-    """The simulator's set-up: the world, the known tasks, latency (seconds) and a label for
-    the world file shown in replies."""
+    """The simulator's set-up: the world (the shipped kind, or one randomized world), the
+    known tasks, latency (seconds) and a label for the world shown in replies."""
 
-    world: World
+    world: World | WorldReasoner
     registry: TaskRegistry
     latency_per_token_s: float = 0.0005
     ttft_s: float = 0.01
@@ -193,7 +194,7 @@ def parse_request(body: Any, endpoint: str, default_max_tokens: int) -> SimReque
         top_logprobs=top)
 
 
-def sample(world: World, match: Match, request: SimRequest) -> list[Sample]:
+def sample(world: World | WorldReasoner, match: Match, request: SimRequest) -> list[Sample]:
     """Draw the request's ``n`` choices from the world (SIMULATION)."""
     item = match.item
     family = item.family if item.family in world.families() else world.default_family

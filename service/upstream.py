@@ -9,8 +9,20 @@ as ``UpstreamError`` for the caller to end its stream with.
 Every attempt is counted in ``ttc_upstream_requests_total{backend, status}`` and timed in
 ``ttc_upstream_duration_seconds{backend}``; retries in ``ttc_upstream_retries_total``.
 
+Retries are bounded three ways: per call (``max_retries``), per client request (the caller's
+``retry`` hook: the request's own retry count, and a new grant from its budget ledger, since
+a retried call may generate its tokens again), and across requests by a retry budget per
+backend (``service.retry_budget``: retries at most ``retry_budget_ratio`` of the calls over a
+sliding window, plus a floor per second, as Finagle's and Envoy's retry budgets). Refused
+retries are counted in ``ttc_upstream_retries_refused_total{backend, reason}``.
+
+``count_tokens`` counts a text with the backend's own tokenizer, for replies that carry no
+usage: ``POST /tokenize`` (llama.cpp's server and vLLM, at the server's root) or ``POST
+/extras/tokenize/count`` (llama-cpp-python's server), detected once per backend and cached.
+
 Each backend has a ``ConcurrencyGate`` (calls in flight, held until the reply is read or the
-stream closed) and a ``CircuitBreaker`` fed with every call's fate (``service.breaker``);
+stream closed) and a ``CircuitBreaker`` fed with every call's final fate, once per call and
+not per attempt (``service.breaker``); readiness probes (``probe``) bypass both;
 ``BackendRegistry.resolve`` reads the breakers to steer new requests around a failing backend.
 """
 
@@ -21,7 +33,7 @@ import functools
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
@@ -37,6 +49,7 @@ from service.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from service.retry_budget import RetryBudget
 from service.settings import Settings
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -63,19 +76,34 @@ class Backend:
     budget_tokens: int | None = None
 
 
+# How a call's tokens were known, from the best source to the most cautious: the backend's
+# usage, a count with the backend's tokenizer, the whole grant (neither available), or the
+# text's UTF-8 bytes (a call with no cap, so no grant).
+USAGE_SOURCES = ("backend", "tokenizer", "grant", "text_bytes")
+
+
 @dataclass
 class Accounting:
     """What one client request cost upstream, filled in by every call made on its behalf.
 
-    Tokens are as the backends reported them (``estimated`` when one did not); ``wait_s`` is
-    seconds spent waiting on backends, so that gateway overhead = total duration - wait_s.
+    Tokens are as the backends reported them, else counted by the gateway
+    (``service.strategies.metered``): ``usage_source`` is the most cautious way any call was
+    counted (one of ``USAGE_SOURCES``), and ``estimated`` is True when any count is not the
+    backend's own (a grant charged in full, or a prompt estimated). ``retries`` counts the
+    attempts repeated for this request; ``wait_s`` is seconds spent waiting on backends, so
+    that gateway overhead = total duration - wait_s.
     """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     upstream_calls: int = 0
     wait_s: float = 0.0
-    estimated: bool = False  # True when a backend reported no usage and tokens were counted
+    estimated: bool = False
+    usage_source: str = "backend"
+    retries: int = 0
+    # Backends whose circuit breaker has counted this request's failure: a request counts
+    # once, however many of its calls (vote samples, retries) failed.
+    failed_backends: set[str] = field(default_factory=set)
 
     def add_usage(self, usage: Mapping[str, Any] | None) -> None:
         """Add one call's final ``usage`` object (prompt and completion tokens)."""
@@ -83,6 +111,21 @@ class Accounting:
             return
         self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
         self.completion_tokens += int(usage.get("completion_tokens") or 0)
+
+    def add_counted(self, prompt_tokens: int, completion_tokens: int, source: str,
+                    *, estimated: bool) -> None:
+        """Add one call's tokens counted by the gateway, saying how (``source``)."""
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.estimated = self.estimated or estimated
+        if USAGE_SOURCES.index(source) > USAGE_SOURCES.index(self.usage_source):
+            self.usage_source = source
+
+
+# A hook a caller gives a call: told of a failed attempt that could be retried, it charges
+# what the attempt may have generated and says whether another attempt may be made (False:
+# the error is raised instead). See ``service.strategies.metered``.
+RetryHook = Callable[["GatewayError"], bool]
 
 
 @dataclass(frozen=True)
@@ -128,7 +171,7 @@ class UpstreamStream:
                 return
             except httpx.HTTPError as exc:
                 if self._breaker is not None:
-                    self._breaker.record_failure()
+                    count_failure(self._breaker, self._backend, self._acct)
                 error = _translate(exc, self._backend, streaming=True)
                 tracing.fail(self.span, error)
                 raise error from exc
@@ -182,6 +225,19 @@ class UpstreamClient:
         self._urls: dict[tuple[str, str], httpx.URL] = {}
         self._gates: dict[str, ConcurrencyGate] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._retry_budgets: dict[str, RetryBudget] = {}
+        # backend label -> its tokenizer path, or None when it has none (absent: not probed)
+        self._tokenizers: dict[str, str | None] = {}
+
+    def retry_budget(self, backend: Backend) -> RetryBudget:
+        """The retry budget of ``backend`` (one per backend label)."""
+        budget = self._retry_budgets.get(backend.label)
+        if budget is None:
+            settings = self._settings
+            budget = self._retry_budgets[backend.label] = RetryBudget(
+                ratio=settings.retry_budget_ratio, min_per_s=settings.retry_budget_min_per_s,
+                window_s=settings.retry_budget_window_s)
+        return budget
 
     def breaker(self, backend: Backend) -> CircuitBreaker:
         """The circuit breaker of ``backend`` (one per backend label)."""
@@ -213,9 +269,30 @@ class UpstreamClient:
             lambda last: self._json_attempt(backend, "GET", path, None, None))
         return reply.body
 
+    async def probe(self, backend: Backend, path: str) -> Any:
+        """GET ``path`` once for a health check: outside the backend's concurrency gate (a
+        readiness probe must not queue behind traffic, or every replica turns NotReady under
+        load), without retries, and without feeding the circuit breaker.
+
+        Raises the ``UpstreamError`` family on failure.
+        """
+        response = await self._exchange(backend, "GET", self._url(backend, path), None,
+                                        _fixed_headers(backend, "json"), None)
+        payload = await _read(response, backend)
+        if response.status_code >= 400:
+            raise _error_from_status(response.status_code, payload, response.headers,
+                                     backend.api_key)
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(f"backend {backend.label} returned a body that is not JSON",
+                                code="upstream_malformed") from exc
+
     async def post_json(self, backend: Backend, path: str, body: Mapping[str, Any],
-                        acct: Accounting | None = None) -> JsonReply:
-        """POST a JSON body and parse the JSON reply, with retries.
+                        acct: Accounting | None = None,
+                        retry: RetryHook | None = None) -> JsonReply:
+        """POST a JSON body and parse the JSON reply, with retries (each one first allowed by
+        ``retry`` when given, and by the backend's retry budget).
 
         Raises:
             UpstreamClientError: the backend refused the request (4xx other than 429).
@@ -230,11 +307,11 @@ class UpstreamClient:
             return self._json_attempt(backend, "POST", path, content, acct)
 
         if not tracing.enabled():
-            return await self._retrying(backend, acct, None, attempt)
+            return await self._retrying(backend, acct, None, attempt, retry)
         with tracing.span(tracing.upstream_name(path, body), tracing.upstream_attributes(
                 backend.base_url, backend.label, path, body), kind="CLIENT") as span:
             try:
-                reply = await self._retrying(backend, acct, None, attempt)
+                reply = await self._retrying(backend, acct, None, attempt, retry)
             except GatewayError as error:
                 tracing.fail(span, error)
                 raise
@@ -242,8 +319,10 @@ class UpstreamClient:
             return reply
 
     async def open_stream(self, backend: Backend, path: str, body: Mapping[str, Any],
-                          acct: Accounting | None = None) -> UpstreamStream:
-        """POST and open a streamed reply; retried until the first bytes arrive.
+                          acct: Accounting | None = None,
+                          retry: RetryHook | None = None) -> UpstreamStream:
+        """POST and open a streamed reply; retried until the first bytes arrive (each retry
+        first allowed by ``retry`` when given, and by the backend's retry budget).
 
         Raises the same errors as ``post_json`` for failures before the first byte.
         """
@@ -253,13 +332,13 @@ class UpstreamClient:
             return self._stream_attempt(backend, path, content, acct)
 
         if not tracing.enabled():
-            return await self._retrying(backend, acct, None, attempt)
+            return await self._retrying(backend, acct, None, attempt, retry)
         # The span lasts as long as the stream: it ends when the stream is closed.
         span = tracing.open_span(tracing.upstream_name(path, body), tracing.upstream_attributes(
             backend.base_url, backend.label, path, body))
         try:
             with tracing.current(span):
-                stream = await self._retrying(backend, acct, None, attempt)
+                stream = await self._retrying(backend, acct, None, attempt, retry)
         except BaseException as error:
             tracing.fail(span, error)
             if span is not None:
@@ -268,14 +347,70 @@ class UpstreamClient:
         stream.span = span
         return stream
 
+    async def count_tokens(self, backend: Backend, model: str, text: str) -> int | None:
+        """The tokens of ``text`` by the backend's own tokenizer, without special tokens; None
+        when the backend offers no tokenizer endpoint or it failed.
+
+        The endpoint is detected at the first use and remembered per backend: ``POST
+        {root}/tokenize`` with ``content`` (llama.cpp's server) and ``prompt`` (vLLM), then
+        ``POST {root}/extras/tokenize/count`` with ``input`` (llama-cpp-python's server), where
+        root is the base URL without its ``/v1``. One attempt, no retry: a failed count falls
+        back to charging the grant.
+        """
+        if not text:
+            return 0
+        known = self._tokenizers.get(backend.label, "")
+        if known is None:
+            return None
+        paths = (known,) if known else TOKENIZE_PATHS
+        for path in paths:
+            count = await self._tokenize_once(backend, path, model, text)
+            if count is not None:
+                self._tokenizers[backend.label] = path
+                return count
+        if not known:
+            self._tokenizers[backend.label] = None  # no tokenizer here: never ask again
+        return None
+
+    async def _tokenize_once(self, backend: Backend, path: str, model: str,
+                             text: str) -> int | None:
+        root = backend.base_url.removesuffix("/").removesuffix("/v1")
+        body = ({"input": text, "model": model} if path.startswith("/extras") else
+                {"model": model, "content": text, "prompt": text, "add_special": False,
+                 "add_special_tokens": False})
+        request = httpx.Request("POST", root + path, content=orjson.dumps(body),
+                                headers=_fixed_headers(backend, "json"),
+                                extensions=self._timeouts)
+        try:
+            response = await self._transport.handle_async_request(request)
+            payload = await _read(response, backend)
+        except (httpx.HTTPError, GatewayError):
+            return None
+        if response.status_code != 200:
+            return None
+        try:
+            parsed = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(parsed, dict):
+            return None
+        if isinstance(parsed.get("count"), int):
+            return int(parsed["count"])
+        tokens = parsed.get("tokens")
+        return len(tokens) if isinstance(tokens, list) else None
+
     async def forward(self, backend: Backend, method: str, path: str, body: bytes,
                       headers: Mapping[str, str], acct: Accounting | None = None,
                       ) -> tuple[int, dict[str, str], AsyncGenerator[bytes, None]]:
         """Forward any other ``/v1/*`` call as it is: returns (status, headers, body chunks).
 
-        Retried on connection errors, 429 and 5xx before any byte is returned; the last
-        attempt's reply is returned whatever its status. The body iterator closes the
-        upstream response when exhausted or closed.
+        Retried on connection errors, 429 and 5xx before any byte is returned. The body
+        iterator closes the upstream response when exhausted or closed.
+
+        Raises:
+            the ``UpstreamError`` family as ``post_json`` does, for a failure or an error
+            status (4xx, or 5xx after retries) of the last attempt: the backend's own error
+            body is never passed through as it is.
         """
 
         async def attempt(last: bool) -> tuple[int, dict[str, str], AsyncGenerator[bytes, None]]:
@@ -290,6 +425,12 @@ class UpstreamClient:
                 if response.status_code in RETRYABLE_STATUSES and not last:
                     await _read(response, backend)
                     raise _error_from_status(response.status_code, b"", response.headers)
+                if response.status_code >= 400:
+                    # Rendered in OpenAI's envelope like every other error, whatever the
+                    # backend's body was (plain text included); its message is kept.
+                    payload = await _read(response, backend)
+                    raise _error_from_status(response.status_code, payload, response.headers,
+                                             backend.api_key)
             finally:
                 gate.release()
             out_headers = {k: v for k, v in response.headers.items()
@@ -384,35 +525,59 @@ class UpstreamClient:
 
     async def _retrying(self, backend: Backend, acct: Accounting | None,
                         max_retries: int | None,
-                        attempt: Callable[[bool], Awaitable[_T]]) -> _T:
+                        attempt: Callable[[bool], Awaitable[_T]],
+                        retry: RetryHook | None = None) -> _T:
         """Run ``attempt(last)`` until it succeeds, or fails with an error not worth another
-        try, or the retries run out. Backoff is exponential with jitter; a backend's
+        try, or the retries run out (this call's ``max_retries``, the caller's ``retry`` hook,
+        the backend's retry budget). Backoff is exponential with jitter; a backend's
         ``Retry-After`` is honoured up to ``MAX_RETRY_AFTER_S``."""
         limit = self._settings.max_retries if max_retries is None else max_retries
         breaker = self.breaker(backend)
+        budget = self.retry_budget(backend)
+        budget.deposit()
         tries = 0
         while True:
             try:
                 result = await attempt(tries >= limit)
             except GatewayError as error:
-                if _backend_fault(error):
-                    breaker.record_failure()
-                if tries >= limit or not _retryable(error):
-                    raise
                 delay = self._settings.retry_backoff_s * (2 ** tries) * (0.5 + random.random())
-                if isinstance(error, UpstreamRateLimited) and error.retry_after_s is not None:
-                    if error.retry_after_s > MAX_RETRY_AFTER_S:
-                        raise
-                    delay = max(delay, error.retry_after_s)
+                wait = error.retry_after_s if isinstance(error, UpstreamRateLimited) else None
+                if wait is not None:
+                    delay = max(delay, wait)
+                if (tries >= limit or not _retryable(error)
+                        or (wait is not None and wait > MAX_RETRY_AFTER_S)
+                        or not self._may_retry(backend, budget, retry, error)):
+                    # The breaker hears of a request once, at a call's final outcome:
+                    # counting every attempt opened it after two requests with two retries.
+                    if _backend_fault(error):
+                        count_failure(breaker, backend, acct)
+                    else:  # the backend answered (a refusal, a 429): not a verdict on it
+                        breaker.end_trial()
+                    raise
+                budget.withdraw()
+                metrics.child(metrics.RETRY_BUDGET_AVAILABLE, backend.label).set(
+                    budget.available())
                 metrics.child(metrics.UPSTREAM_RETRIES, backend.label, error.type).inc()
+                if acct is not None:
+                    acct.retries += 1
                 tries += 1
                 await asyncio.sleep(delay)
             else:
                 breaker.record_success()
                 return result
 
+    @staticmethod
+    def _may_retry(backend: Backend, budget: RetryBudget, retry: RetryHook | None,
+                   error: GatewayError) -> bool:
+        """Whether the backend's retry budget, then the caller's hook, allow one more try."""
+        if not budget.can_withdraw():
+            metrics.child(metrics.RETRIES_REFUSED, backend.label, "retry_budget").inc()
+            return False
+        return retry is None or retry(error)
+
 
 _T = TypeVar("_T")
+TOKENIZE_PATHS = ("/tokenize", "/extras/tokenize/count")
 _JSON_HEADERS = {"content-type": "application/json"}
 _SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
 
@@ -461,11 +626,33 @@ def _auth_headers(backend: Backend, headers: Mapping[str, str]) -> dict[str, str
     return out
 
 
+def count_failure(breaker: CircuitBreaker, backend: Backend, acct: Accounting | None) -> None:
+    """Tell ``breaker`` one client request failed on ``backend``, once per request: the
+    breaker counts requests, not their calls or attempts (without ``acct``, the call)."""
+    if acct is not None:
+        if backend.label in acct.failed_backends:
+            return
+        acct.failed_backends.add(backend.label)
+    breaker.record_failure()
+
+
 def _backend_fault(error: GatewayError) -> bool:
     """Whether ``error`` says the backend is failing (counted by its circuit breaker), as
     opposed to refusing this request (its 4xx) or asking for patience (429)."""
     return isinstance(error, UpstreamError) and not isinstance(
         error, (UpstreamClientError, UpstreamRateLimited))
+
+
+def may_have_generated(error: GatewayError) -> bool:
+    """Whether a call that failed with ``error`` may have made the backend generate tokens:
+    the request reached it and it may have worked on it (a 5xx, a read timeout, a lost
+    connection, a broken stream, a body that is not JSON), as opposed to a refused connection,
+    a connect timeout, a 4xx, a 429 or the gateway's own refusal (nothing generated)."""
+    if isinstance(error, UpstreamTimeout):
+        return error.code != "connect_timeout"
+    if isinstance(error, (UpstreamClientError, UpstreamRateLimited, UpstreamUnavailable)):
+        return False
+    return isinstance(error, UpstreamError) and error.code != "upstream_auth"
 
 
 def _retryable(error: GatewayError) -> bool:

@@ -12,7 +12,6 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.app import create_app
-from service.hotpath import HotPath
 from service.settings import Settings, UpstreamSettings
 from tests.pg import database_url, postgres_server, postgres_url  # noqa: F401  (fixtures)
 
@@ -37,11 +36,14 @@ def make_settings(models: tuple[str, ...] | None = ("fake-model",), **overrides:
 
 @asynccontextmanager
 async def gateway_client(transport: httpx.AsyncBaseTransport,
-                         settings: Settings | None = None) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client talking to the gateway app in process, its lifespan running."""
-    app = create_app(settings or make_settings(), transport=transport)
+                         settings: Settings | None = None,
+                         search_backend: Any = None) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to the gateway app in process, its lifespan running (with
+    ``search_backend`` as the search strategy's backend when given)."""
+    app = create_app(settings or make_settings(), transport=transport,
+                     search_backend=search_backend)
     async with (app.router.lifespan_context(app),
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=HotPath(app)),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                   base_url="http://gateway.test") as client):
         yield client
 

@@ -155,3 +155,125 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class LyingBackend:
+    """A *simulated* backend, in process (``transport()``), that knows how many tokens it
+    really generated (``generated``) whatever it reports, for accounting tests.
+
+    One word is one token. Sample ``i`` (counting every choice of every call) writes
+    ``lengths[i % len(lengths)]`` words, the last of them ``tail(i)`` (so a script can answer or
+    ask for a search); ``max_tokens`` cuts it (``finish_reason: length``: exactly
+    ``max_tokens`` generated), else it ends with ``stop`` after one more, unseen,
+    end-of-sequence token, as real servers do.
+
+    - ``usage=False``: no ``usage`` anywhere, in replies or streams;
+    - ``tokens_per_chunk``: words per streamed content chunk (a server that batches tokens);
+    - ``fail``: sample numbers whose call generates its whole text and then fails: a 500 for
+      a JSON reply, a connection broken after half of the chunks for a stream; with
+      ``fail_status=429`` the call is refused instead, before generating anything;
+    - ``tokenizer``: serve llama.cpp's ``POST /tokenize`` (``{"tokens": [...]}``), counting
+      words; without it that path answers 404;
+    - ``honours_n``: answer ``n`` choices per call, or one.
+    """
+
+    def __init__(self, lengths: list[int], *, tail: Any = None, usage: bool = True,
+                 tokens_per_chunk: int = 1, fail: set[int] | None = None,
+                 tokenizer: bool = False, honours_n: bool = True, model: str = "fake-model",
+                 fail_status: int = 500):
+        self.lengths = lengths
+        self.tail = tail or (lambda i: "7")
+        self.usage = usage
+        self.tokens_per_chunk = max(1, tokens_per_chunk)
+        self.fail = fail or set()
+        self.tokenizer = tokenizer
+        self.honours_n = honours_n
+        self.model = model
+        self.fail_status = fail_status
+        self.generated = 0  # completion tokens really generated, failed calls included
+        self.calls = 0  # completion calls received, failed ones included
+        self.tokenize_calls = 0  # tokenizer calls answered
+        self.probes = 0  # tokenizer calls of any kind, answered or not
+        self._samples = 0
+
+    def transport(self) -> Any:
+        import httpx
+
+        return httpx.MockTransport(self._handle)
+
+    def _handle(self, request: Any) -> Any:
+        import httpx
+
+        from tests.fakes import ScriptedStream
+
+        path = request.url.path
+        if path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": self.model}]})
+        body = json.loads(request.content)
+        if path == "/tokenize" or path.startswith("/extras"):
+            self.probes += 1
+        if path == "/tokenize":
+            if not self.tokenizer:
+                return httpx.Response(404, json={"error": "not found"})
+            self.tokenize_calls += 1
+            words = str(body.get("content") or "").split()
+            return httpx.Response(200, json={"tokens": list(range(len(words)))})
+        if path.startswith("/extras"):
+            return httpx.Response(404, json={"detail": "Not Found"})
+        self.calls += 1
+        n = int(body.get("n") or 1) if self.honours_n else 1
+        cap = body.get("max_tokens")
+        choices = []
+        spent = 0
+        failed = False
+        for index in range(n):
+            number = self._samples
+            self._samples += 1
+            length = self.lengths[number % len(self.lengths)]
+            words = ["w"] * max(0, length - 1) + [str(self.tail(number))]
+            if isinstance(cap, int) and len(words) >= cap:
+                words, finish, cost = words[:cap], "length", cap
+            else:
+                finish, cost = "stop", len(words) + 1  # the end-of-sequence token
+            spent += cost
+            failed = failed or number in self.fail
+            choices.append((index, words, finish))
+        if failed and self.fail_status == 429:
+            return httpx.Response(429, json={"error": {"message": "slow down"}})
+        self.generated += spent
+        usage = {"prompt_tokens": 5, "completion_tokens": spent, "total_tokens": 5 + spent}
+        if body.get("stream"):
+            chunks = self._sse(choices, usage if self.usage else None, body)
+            if failed:
+                return httpx.Response(200, stream=ScriptedStream(
+                    chunks[:max(1, len(chunks) // 2)], httpx.ReadError("broken on purpose")))
+            return httpx.Response(200, stream=ScriptedStream(chunks))
+        if failed:
+            return httpx.Response(500, json={"error": {"message": "crashed after generating"}})
+        reply: dict[str, Any] = {
+            "id": f"chatcmpl-{self.calls}", "object": "chat.completion", "created": 1,
+            "model": body["model"],
+            "choices": [{"index": i, "finish_reason": finish,
+                         "message": {"role": "assistant", "content": " ".join(words)}}
+                        for i, words, finish in choices]}
+        if self.usage:
+            reply["usage"] = usage
+        return httpx.Response(200, json=reply)
+
+    def _sse(self, choices: list[tuple[int, list[str], str]], usage: dict[str, int] | None,
+             body: dict[str, Any]) -> list[bytes]:
+        base = {"id": "chatcmpl-lying", "object": "chat.completion.chunk", "created": 1,
+                "model": body["model"]}
+        out = []
+        for index, words, finish in choices:
+            for start in range(0, len(words), self.tokens_per_chunk):
+                piece = " ".join(words[start:start + self.tokens_per_chunk])
+                text = piece if start == 0 else " " + piece
+                out.append({**base, "choices": [{"index": index, "delta": {"content": text},
+                                                 "finish_reason": None}]})
+            out.append({**base, "choices": [{"index": index, "delta": {},
+                                             "finish_reason": finish}]})
+        if usage is not None and (body.get("stream_options") or {}).get("include_usage"):
+            out.append({**base, "choices": [], "usage": usage})
+        return [b"data: " + json.dumps(c).encode() + b"\n\n" for c in out] + [
+            b"data: [DONE]\n\n"]

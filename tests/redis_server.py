@@ -23,23 +23,39 @@ def _answers(port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """``redis://127.0.0.1:PORT/0`` of a Redis server running for the test session."""
+def start_redis() -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``redis-server`` on a free loopback port, without persistence; returns the
+    process and its ``redis://`` URL (stop it with ``stop_process``).
+
+    Raises:
+        FileNotFoundError: redis-server is not installed.
+        RuntimeError: it did not start within 10 s.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
     port = free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
          "no", "--protected-mode", "yes", "--loglevel", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not _answers(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.05)
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """``redis://127.0.0.1:PORT/0`` of a Redis server running for the test session."""
     try:
-        deadline = time.monotonic() + 10
-        while not _answers(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        process, url = start_redis()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield url
     finally:
         stop_process(process)

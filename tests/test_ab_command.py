@@ -67,12 +67,10 @@ def test_ab_replay_refuses_a_policy_the_log_never_explored(tmp_path, config, cap
     refused = json.loads(capsys.readouterr().out)
     assert refused["supported"] is False and refused["accuracy"] == {}
     assert "never explored" in refused["reason"]
-    # the control arm's plan is supported on the control arm's rows only (about half the
-    # log): refused by default, estimated when the operator allows that much unsupported
-    # choice, and then the self-normalised estimate is the control arm's own accuracy
-    assert main(["ab", "replay", "--policy", "cheap", *args, "--since", "1h"]) == 1
-    assert json.loads(capsys.readouterr().out)["supported"] is False
-    assert main(["ab", "replay", "--policy", "cheap", *args, "--max-unsupported", "0.7"]) == 0
+    # the control arm's plan is supported on every prompt, since any prompt could have
+    # been assigned to the control arm; the self-normalised estimate is then the control
+    # arm's own accuracy
+    assert main(["ab", "replay", "--policy", "cheap", *args, "--since", "1h"]) == 0
     cheap = json.loads(capsys.readouterr().out)
     assert cheap["supported"] is True and cheap["rows"] == 30
     assert cheap["accuracy"]["snips"]["value"] == pytest.approx(
@@ -89,3 +87,84 @@ def test_since_takes_seconds_iso_times_and_ages():
     assert parse_since("2h", now_s=10_000) == 2_800
     with pytest.raises(ValueError, match="--since"):
         parse_since("yesterday")
+
+
+# A synthetic log with a known answer: two arms of different weights (80% / 20%), fixed
+# policies, outcomes drawn with known accuracies, failures among them. Replaying the
+# treatment arm's policy must recover the treatment arm's accuracy, failures counted wrong.
+SYNTHETIC = {"upstreams": [{"url": "http://backend.test/v1", "name": "fake",
+                            "models": ["fake-model"]}],
+             "experiments": {"skewed": {"arms": {
+                 "control": {"policy": "fixed:direct@256", "weight": 0.8},
+                 "treatment": {"policy": "fixed:parallel_vote@512", "weight": 0.2}}}}}
+TRUE_ACCURACY = {"control": 0.5, "treatment": 0.9 * 0.8}  # treatment: 10% of calls fail
+
+
+def _synthetic_log(data_dir: Path, rows: int = 1500, seed: int = 3) -> dict[str, list[float]]:
+    """Write the synthetic log; returns each arm's outcomes (1 correct, 0 wrong or failed)."""
+    import random
+    from dataclasses import asdict
+
+    from router_models.plan import Scores
+    from router_models.policies import parse_policy
+    from service.store import Record
+    from service.store.log import open_request_log
+
+    rng = random.Random(seed)
+    shares = {arm: a["weight"] for arm, a in SYNTHETIC["experiments"]["skewed"]["arms"].items()}
+    outcomes: dict[str, list[float]] = {"control": [], "treatment": []}
+
+    async def write() -> None:
+        log = open_request_log(data_dir, None)
+        await log.start()
+        for i in range(rows):
+            arm = "control" if rng.random() < shares["control"] else "treatment"
+            spec = SYNTHETIC["experiments"]["skewed"]["arms"][arm]["policy"]
+            scores = Scores(rng.random(), rng.random(), rng.random(), "numeric")
+            plan = parse_policy(spec).decide(scores).plan
+            failed = arm == "treatment" and rng.random() < 0.1
+            correct = not failed and rng.random() < (0.5 if arm == "control" else 0.8)
+            outcomes[arm].append(float(correct))
+            log.submit(Record(
+                decision_id=f"dec_{i:032x}", response_id=None, time_s=1_700_000_000.0 + i,
+                endpoint="chat", key_name=None, model="fake-model", strategy=plan.strategy,
+                policy=plan.policy, arm=arm, experiment="skewed",
+                status="502" if failed else "200", budget_tokens=plan.budget_tokens,
+                prompt_tokens=10, completion_tokens=plan.budget_tokens or 0, estimated=False,
+                upstream_calls=1, samples=plan.width, search_calls=0, duration_s=0.1,
+                wait_s=0.1, stream=False, scores=scores.as_dict(),
+                plan={**asdict(plan), "propensity": shares[arm] * plan.probability,
+                      "controls": {"strategy": "auto", "budget_tokens": None}},
+                feedback_score=None if failed else float(correct)))
+        await log.close()
+
+    asyncio.run(write())
+    return outcomes
+
+
+def test_ab_replay_recovers_a_known_policy_value_from_two_arms_of_different_weights(
+        tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(SYNTHETIC))
+    outcomes = _synthetic_log(tmp_path / "data")
+    args = ["--config", str(config), "--data-dir", str(tmp_path / "data"), "--json"]
+    for arm, spec in (("treatment", "fixed:parallel_vote@512"), ("control", "fixed:direct@256")):
+        assert main(["ab", "replay", "--policy", spec, *args]) == 0
+        result = json.loads(capsys.readouterr().out)
+        # Every prompt could have gone to either arm: the other arm's plan is supported.
+        assert result["supported"] is True and result["unsupported_share"] == 0.0
+        # Failed requests are in the log and count as wrong.
+        assert result["feedback"] == 1500
+        observed = sum(outcomes[arm]) / len(outcomes[arm])
+        # Self-normalised IPS is the arm's own accuracy, failures included, exactly ...
+        assert result["accuracy"]["snips"]["value"] == pytest.approx(observed)
+        # ... and IPS, weighted by 1 / (share x probability), finds the true value: with the
+        # policy's probability alone (1.0) it would be the share times it (0.144, 0.4).
+        ips = result["accuracy"]["ips"]
+        assert ips["ci95"][0] <= TRUE_ACCURACY[arm] <= ips["ci95"][1]
+        assert ips["value"] == pytest.approx(TRUE_ACCURACY[arm], abs=0.12)  # 3 s.e.
+        dr = result["accuracy"]["dr"]
+        assert dr["ci95"][0] <= TRUE_ACCURACY[arm] <= dr["ci95"][1]
+    # A plan neither arm could pick for these prompts is refused, per prompt.
+    assert main(["ab", "replay", "--policy", "fixed:sequential@1024", *args]) == 1
+    assert json.loads(capsys.readouterr().out)["unsupported_share"] == 1.0

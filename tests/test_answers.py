@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from router_models.answers import extract_answer, normalise
+from router_models.answers import (
+    canonical_number,
+    extract_answer,
+    lettered_options,
+    normalise,
+)
 
 SAME = [
     ("The answer is 1,234.", "So the final answer is $1234", "1234"),
     ("\\boxed{\\frac{1}{2}} hmm \\boxed{0.5}", "The answer is 1/2", "0.5"),
     ("The answer is 0.50", "Answer: 1/2", "0.5"),
     ("#### 18", "She earns 18 dollars. The answer is 18 dollars.", "18"),
-    ("The answer is (B).", "Answer: b", "b"),
-    ("Option C", "The answer is C)", "c"),
+    ("The answer is (B).", "Answer: b", "B"),
+    ("Option C", "The answer is C)", "C"),
     ("Yes.", "The answer is yes", "yes"),
     ("So, no.", "The final answer: No", "no"),
     ("The answer is 5.0", "five... I mean\n5", "5"),
@@ -52,3 +57,83 @@ def test_negative_and_decimal_numbers():
     assert extract_answer("The answer is -3") == "-3"
     assert extract_answer("The answer is 2.25") == "2.25"
     assert extract_answer("The answer is 9/4") == "2.25"
+
+
+# Issue 15: each answer form a review found misread, with the reading a person would give.
+PROMPT_WITH_OPTIONS = "What is 3 * 4?\nA) 10\nB) 11\nC) 12\nD) 13"
+READINGS = [
+    ("The answer is \u22123", "-3"),                   # a Unicode minus sign
+    ("The answer is \u2013 3", "-3"),                  # an en dash written as a minus
+    ("Correct answer is B", "B"),                      # not "yes" (from "correct")
+    ("The correct option is D.", "D"),
+    ("N", "n"),                                        # a letter, not "no"
+    ("No one", "no one"),                              # not "no"
+    ("Nothing.", "nothing"),
+    ("No, it is not.", "no"),
+    ("Yes, both are American.", "yes"),
+    ("The answer is 42. Because 7 is prime", "42"),    # the answer ends at its sentence
+    ("The answer is B. Because the rest are wrong", "B"),
+    ("The answer is J. K. Rowling.", "j. k. rowling"),  # initials do not end the sentence
+    ("\\boxed{\\frac{1}{2}}", "0.5"),                 # LaTeX fractions are numbers
+    ("The answer is \\(\\dfrac{3}{4}\\)", "0.75"),
+    ("\\boxed{x = \\frac{1}{2}}", "0.5"),
+    ("\\boxed{\\text{(C)}}", "C"),
+    ("The answer is 1{,}234", "1234"),
+    ("\\boxed{50\\%}", "50"),
+    ("The answer is 1234567.5", "1234567.5"),
+    ("The answer is 1/3", "1/3"),
+    ("5 + 3 = 8", "8"),
+    ("The answer is 12 km/h.", "12"),
+]
+
+
+@pytest.mark.parametrize(("text", "reading"), READINGS)
+def test_answer_forms_are_read_as_a_person_reads_them(text, reading):
+    assert extract_answer(text) == reading
+
+
+def test_close_large_numbers_do_not_vote_together():
+    assert extract_answer("The answer is 1234567.5") != extract_answer("The answer is 1234568.4")
+    assert extract_answer("1234568.4") == "1234568.4"
+
+
+def test_boxed_fraction_votes_with_its_decimal():
+    assert extract_answer("so \\boxed{\\frac{1}{2}}") == extract_answer("The answer is 0.5")
+
+
+def test_equivalent_latex_expressions_vote_together():
+    first = extract_answer("\\boxed{\\frac{1}{\\sqrt{2}}}")
+    assert first == extract_answer("\\boxed{\\frac{\\sqrt{2}}{2}}")
+    assert first == "sqrt(2)/2"
+    assert extract_answer("\\boxed{2\\pi}") != extract_answer("\\boxed{\\pi}")
+
+
+def test_a_letter_with_its_option_text_reads_as_the_letter_when_options_exist():
+    options = lettered_options(PROMPT_WITH_OPTIONS)
+    assert options == frozenset("ABCD")
+    assert extract_answer("Answer: C) 12", options=options) == "C"
+    assert extract_answer("The answer is (B) 11", options=options) == "B"
+    # Without options in the prompt, "C) 12" is not an option letter.
+    assert extract_answer("Answer: C) 12") != "C"
+    # A letter the prompt does not offer is not an option.
+    assert extract_answer("Answer: F) 12", options=options) != "F"
+
+
+def test_prompts_without_lettered_options_have_none():
+    assert lettered_options("What is 3 * 4? Answer with a number.") == frozenset()
+    assert lettered_options("Choose:\n(A) red (B) blue") == frozenset("AB")
+
+
+def test_latex_that_sympy_would_evaluate_at_length_is_kept_as_text():
+    # A power tower or a huge factorial would take SymPy unbounded time: never parsed.
+    assert extract_answer("\\boxed{9^{9^{9^{9}}}}") == "9^{9^{9^{9}}}"
+    assert extract_answer("\\boxed{100000000!}") is not None
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    ((5, 1), "5"), ((-1, 4), "-0.25"), ((2469135, 2), "1234567.5"), ((1, 3), "1/3"),
+    ((1, 8), "0.125"), ((-7, 3), "-7/3"), ((3, 50), "0.06")])
+def test_canonical_numbers_are_exact(value, text):
+    from fractions import Fraction
+
+    assert canonical_number(Fraction(*value)) == text

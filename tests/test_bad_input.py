@@ -49,6 +49,15 @@ BAD_INPUTS = [
      400, "messages"),
     ("unknown model", b'{"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}',
      404, "model"),
+    ("misspelt router control",
+     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
+     b' "router": {"stratgy": "direct"}}', 400, "router.stratgy"),
+    ("budget over the cap, no strategy",
+     b'{"model": "auto", "messages": [{"role": "user", "content": "x"}],'
+     b' "router": {"budget_tokens": 1000000}}', 400, "router.budget_tokens"),
+    ("budget over the cap, a backend model",
+     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
+     b' "router": {"budget_tokens": 1000000}}', 400, "router.budget_tokens"),
 ]
 
 
@@ -105,3 +114,28 @@ async def test_budget_smaller_than_n_is_400():
         reply = await client.post(CHAT, json={**GOOD, "n": 4, "router": {"budget_tokens": 3}})
     assert reply.status_code == 400
     assert reply.json()["error"]["param"] == "router.budget_tokens"
+
+
+async def test_a_forwarded_endpoints_errors_are_in_the_envelope():
+    """A backend's plain-text error and a malformed JSON body on ``/v1/embeddings`` (which
+    the gateway forwards) get OpenAI's envelope, the backend's message kept."""
+    import httpx
+
+    def backend(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "fake-model"}]})
+        if request.url.path.endswith("/rerank"):
+            return httpx.Response(404, text="Not Found: no such route")
+        return httpx.Response(500, text="Internal Server Error: out of memory")
+
+    async with gateway_client(httpx.MockTransport(backend)) as client:
+        failed = await client.post("/v1/embeddings", json={"model": "fake-model", "input": "x"})
+        missing = await client.post("/v1/rerank", json={"model": "fake-model", "query": "x"})
+        malformed = await client.post("/v1/embeddings", content=b'{"model": ',
+                                      headers={"content-type": "application/json"})
+    assert failed.status_code == 502
+    assert "out of memory" in failed.json()["error"]["message"]
+    assert missing.status_code == 404
+    assert missing.json()["error"]["message"] == "Not Found: no such route"
+    assert malformed.status_code == 400
+    assert "not valid JSON" in malformed.json()["error"]["message"]

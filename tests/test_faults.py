@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from service.settings import Settings, UpstreamSettings
-from tests.conftest import gateway_client, metric
+from tests.conftest import gateway_client, make_settings, metric
 from tests.fault_backend import closed_port_url, make_app, serve_in_thread
 
 CHAT = "/v1/chat/completions"
@@ -164,7 +164,11 @@ async def test_second_upstream_takes_over_when_the_first_is_broken(fault_url):
     failovers = metric("ttc_upstream_failovers_total", backend="broken")
     async with gateway_client(None, settings) as client:  # type: ignore[arg-type]
         first = await client.post(CHAT, json=ask("ok-model"))
-        assert_envelope(first, 503, "service_unavailable")  # its two attempts open the circuit
+        assert_envelope(first, 503, "service_unavailable")
+        # its two attempts (a retry) count as one failure: the circuit is still closed
+        assert metric("ttc_circuit_open", backend="broken") == 0
+        second = await client.post(CHAT, json=ask("ok-model"))
+        assert_envelope(second, 503, "service_unavailable")  # the second failure opens it
         assert metric("ttc_circuit_open", backend="broken") == 1
         for _ in range(5):
             reply = await client.post(CHAT, json=ask("ok-model"))
@@ -197,3 +201,44 @@ async def test_a_recovered_backend_closes_its_circuit(fault_url):
         await asyncio.sleep(0.25)
         assert (await client.post(CHAT, json=ask("ok-model"))).status_code == 200
         assert metric("ttc_circuit_open", backend="flappy") == 0
+
+
+def test_half_open_lets_exactly_one_trial_through():
+    from service.breaker import CircuitBreaker
+
+    now = [0.0]
+    breaker = CircuitBreaker("trial", failures_to_open=2, cool_down_s=10.0,
+                             clock=lambda: now[0])
+    breaker.record_failure()
+    assert breaker.allows()  # one failure: still closed
+    breaker.record_failure()
+    assert not breaker.allows() and breaker.state == "open"
+    now[0] = 10.0
+    assert breaker.state == "half_open"
+    assert breaker.allows()  # the trial
+    assert [breaker.allows() for _ in range(5)] == [False] * 5  # everyone else waits
+    breaker.record_failure()  # the trial failed: open for another cool-down
+    assert breaker.state == "open" and not breaker.allows()
+    now[0] = 20.0
+    assert breaker.allows() and not breaker.allows()
+    breaker.end_trial()  # the trial was refused for its own reasons: another may try
+    assert breaker.allows() and not breaker.allows()
+    now[0] = 30.0  # a trial that never reports frees the slot after a cool-down
+    assert breaker.allows()
+    breaker.record_success()
+    assert breaker.state == "closed" and all(breaker.allows() for _ in range(3))
+
+
+async def test_a_vote_whose_samples_all_fail_counts_once():
+    from tests.scripted import ScriptedLLM
+
+    llm = ScriptedLLM(lambda i, body: "The answer is 4.", fail=set(range(1000)))
+    settings = make_settings(breaker_failures=2, breaker_cool_down_s=30, max_retries=1)
+    vote = {"model": "fake-model", "messages": [{"role": "user", "content": "2+2?"}],
+            "router": {"strategy": "parallel_vote", "budget_tokens": 1024}}
+    async with gateway_client(llm.transport(), settings) as client:
+        first = await client.post(CHAT, json=vote)
+        assert first.status_code == 502 and len(llm.requests) >= 4  # several samples failed
+        assert metric("ttc_circuit_open", backend="fake") == 0  # one request: one failure
+        assert (await client.post(CHAT, json=vote)).status_code == 502
+        assert metric("ttc_circuit_open", backend="fake") == 1

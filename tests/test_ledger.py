@@ -31,3 +31,23 @@ def test_unbounded_ledger_grants_what_is_asked():
     ledger = BudgetLedger(None)
     assert ledger.reserve(4096) == 4096
     assert ledger.remaining is None
+
+
+def test_a_total_budget_counts_the_prompt_of_every_call():
+    ledger = BudgetLedger(1000, total_budget_tokens=300)
+    first = ledger.reserve(200, prompt_tokens=120)  # prompt + completion within 300
+    assert first == 180
+    with pytest.raises(BudgetExhausted):
+        ledger.reserve(10, prompt_tokens=120)  # the prompt alone would not fit again
+    assert ledger.prompt_reserved == 120  # a refused reservation leaves nothing behind
+    ledger.settle(first, 50, prompt_reserved=120, prompt_spent=100)
+    assert ledger.remaining == 150 and not ledger.overrun
+    ledger.charge(0, prompt_tokens=200)  # a prompt larger than its bound: the limit is passed
+    assert ledger.overrun
+
+
+def test_a_charged_grant_is_spent_not_an_overrun():
+    ledger = BudgetLedger(100)
+    grant = ledger.reserve(60)
+    ledger.settle(grant, grant)  # a failed call charged its whole grant
+    assert ledger.spent == 60 and ledger.remaining == 40 and not ledger.overrun

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from service.counters import Window
 from service.errors import Overloaded, RateLimited
 from service.keys import ApiKey
 from service.limits import KeyLimiter, MemoryCounters, RedisCounters
@@ -37,13 +38,68 @@ def key(**limits) -> ApiKey:
 
 async def test_charge_is_all_or_nothing_across_windows(make_counters):
     counters = make_counters()
-    a, b = f"a{uuid.uuid4().hex}", f"b{uuid.uuid4().hex}"
-    assert await counters.charge([a, b], [100, 30], [60, 60], 25, 25) == (25, [0, 0])
-    granted, used = await counters.charge([a, b], [100, 30], [60, 60], 25, 25)
-    assert (granted, used) == (0, [25, 25])  # b has 5 left: nothing is charged anywhere
-    assert await counters.charge([a, b], [100, 30], [60, 60], 25, 1) == (5, [25, 25])
-    await counters.adjust([a, b], -10)
-    assert await counters.charge([a, b], [100, 30], [60, 60], 10, 10) == (10, [20, 20])
+    a = Window(f"a{uuid.uuid4().hex}", 100, 60)
+    b = Window(f"b{uuid.uuid4().hex}", 30, 60)
+    charge = await counters.charge([a, b], 25, 25, "r1", NOON)
+    assert (charge.granted, charge.used) == (25, [0, 0])
+    charge = await counters.charge([a, b], 25, 25, "r2", NOON + 1)
+    assert (charge.granted, charge.used) == (0, [25, 25])  # b has 5 left: nothing charged
+    assert charge.wait_s[1] == pytest.approx(59.0)  # when r1 leaves b's window
+    charge = await counters.charge([a, b], 25, 1, "r3", NOON + 2)
+    assert (charge.granted, charge.used) == (5, [25, 25])
+    await counters.adjust([a, b], "r1", -10)  # r1 spent 15 of its 25
+    charge = await counters.charge([a, b], 10, 10, "r4", NOON + 3)
+    assert (charge.granted, charge.used) == (10, [20, 20])
+    await counters.aclose()
+
+
+async def test_a_sliding_window_holds_at_the_minute_edge(make_counters):
+    """A fixed minute lets a key spend its limit at 12:00:59 and again at 12:01:00; the
+    sliding window refuses the second until the first is a minute old."""
+    counters = make_counters()
+    w = Window(f"edge{uuid.uuid4().hex}", 100, 60)
+    minute_end = NOON + 60 - 1
+    assert (await counters.charge([w], 100, 100, "late", minute_end)).granted == 100
+    early = await counters.charge([w], 100, 1, "next", minute_end + 1)
+    assert early.granted == 0 and early.wait_s[0] == pytest.approx(59.0)
+    assert (await counters.charge([w], 100, 1, "after", minute_end + 60.5)).granted == 100
+    await counters.aclose()
+
+
+async def test_a_fixed_day_window_resets_at_midnight(make_counters):
+    counters = make_counters()
+    day = int(NOON // 86_400)
+    w = Window(f"day{uuid.uuid4().hex}:{day}", 10, 86_400, sliding=False,
+               end_s=(day + 1) * 86_400)
+    assert (await counters.charge([w], 10, 10, "a", NOON)).granted == 10
+    refused = await counters.charge([w], 1, 1, "b", NOON)
+    assert refused.granted == 0 and refused.wait_s[0] == pytest.approx(43_200)
+    await counters.aclose()
+
+
+async def test_any_minute_of_random_traffic_stays_under_the_limit(make_counters):
+    """Random requests over three minutes, each settled with a random true spend: in every
+    60-second span the tokens charged never pass the limit."""
+    counters = make_counters()
+    limiter = KeyLimiter(counters)
+    budgeted = key(tpm=500)
+    rng = random.Random(3)
+    t = NOON
+    spends: list[tuple[float, int]] = []
+    for _ in range(400):
+        t += rng.random() * 0.9
+        limiter.clock = lambda t=t: t
+        try:
+            reservation, _ = await limiter.reserve_tokens(budgeted, rng.randint(10, 120), 64)
+        except RateLimited:
+            continue
+        spent = rng.randint(0, reservation.tokens)
+        reservation.settle_with(spent)
+        await limiter.settle(reservation)
+        spends.append((t, spent))
+    assert len(spends) > 20
+    for start, _ in spends:
+        assert sum(s for at, s in spends if start <= at < start + 60) <= 500
     await counters.aclose()
 
 

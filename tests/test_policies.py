@@ -287,3 +287,20 @@ def test_an_older_state_starts_from_the_prior_keeping_its_target(tmp_path):
     assert policy.current == [PRIOR_STRATEGY[k] for k in KIND_NAMES]
     with pytest.raises(PolicyError):
         LearnedPolicy.from_state({"state_version": 99})
+
+
+def test_kaplan_meier_reads_cut_samples_as_at_least_their_length():
+    from router_models.answer_lengths import AnswerLengths, kaplan_meier_quantile
+
+    finished = [(100 + i, True) for i in range(10)]
+    assert kaplan_meier_quantile(finished, 0.9) == 108
+    # Half the samples were cut at 60 tokens: they say nothing about lengths below 60, and
+    # the finished ones alone still set the quantile.
+    assert kaplan_meier_quantile(finished + [(60, False)] * 10, 0.9) == 108
+    # Every sample cut at 64: the quantile is out of reach, so the estimate probes twice higher.
+    lengths = AnswerLengths(default_tokens=256)
+    for _ in range(10):
+        lengths.observe("k", 64, finished=False)
+    assert kaplan_meier_quantile([(64, False)] * 10, 0.9) is None
+    assert lengths.estimate("k") == 128
+    assert lengths.estimate("unseen") == 256

@@ -78,10 +78,11 @@ async def test_feedback_teaches_the_learned_policy_and_its_state_is_saved(tmp_pa
             "model": "auto", "messages": [{"role": "user", "content": GRAPH}]})
         decision = reply.json()["router"]["decision_id"]
         app_router = client._transport.app.state.gateway.router  # type: ignore[attr-defined]
-        learned = app_router.policies["learned"]
-        seen_before = sum(v["feedback"] for v in learned.budgets().values())
+        seen_before = sum(v["feedback"] for v in app_router.policies["learned"].budgets()
+                          .values())
         answer = await client.post("/v1/feedback", json={"id": decision, "correct": True})
         assert answer.status_code == 200
+        learned = app_router.policies["learned"]  # the served copy, replaced as it learns
         assert sum(v["feedback"] for v in learned.budgets().values()) == seen_before + 1
     assert (tmp_path / "models" / "learned.json").is_file()
     restored = Router(settings).policies["learned"].budgets()
@@ -133,3 +134,48 @@ async def test_observed_short_answers_widen_later_votes():
         later = (await client.post("/v1/chat/completions", json=body)).json()["router"]
     assert first["max_samples"] == 2
     assert later["max_samples"] == 8 and later["strategy"] == "parallel_vote"
+
+
+async def test_auto_never_plans_search_when_there_is_nothing_to_search(tmp_path):
+    from service.search import LocalIndex
+    from service.search.documents import Document
+    from service.search.local import index_path
+
+    fact = {"model": "auto", "messages": [{"role": "user", "content": (
+        "Who founded the Quenmoor observatory, and in which year was it built?")}]}
+    settings = make_settings(data_dir=tmp_path)
+    async with gateway_client(llm().transport(), settings) as client:
+        gw = client._transport.app.state.gateway  # type: ignore[attr-defined]
+        router = gw.router
+        scores = router.classifier.score(fact["messages"])
+        assert scores.search >= 0.5  # the classifier reads it as a fact question
+        for _ in range(20):
+            reply = (await client.post("/v1/chat/completions", json=fact)).json()["router"]
+            assert reply["strategy"] != "search" and reply["scores"]["search"] == 0.0
+        LocalIndex(index_path(tmp_path)).add([
+            Document("q", "Quenmoor observatory", "The Quenmoor observatory was founded by Ada "
+                     "Lind and built in 1872 on the hill above the town."),
+            Document("r", "Harbour", "The harbour was dredged twice in the last century.")])
+        router._search_checked_at = -1e9  # skip the 2-second recheck interval
+        reply = (await client.post("/v1/chat/completions", json=fact)).json()["router"]
+        assert reply["strategy"] == "search" and reply["scores"]["search"] >= 0.5
+        # A question the collection does not cover is not sent to search by the prior.
+        other = {"model": "auto", "messages": [{"role": "user", "content": (
+            "Who founded the Vantor shipyard, and in which year was it opened?")}]}
+        reply = (await client.post("/v1/chat/completions", json=other)).json()["router"]
+        assert reply["scores"]["search"] <= 0.3
+
+
+def test_coverage_is_the_share_of_the_questions_content_words_in_the_hits():
+    from service.coverage import coverage
+    from service.search.base import Hit
+
+    hits = [Hit("1", "Velmar Industries", "Velmar Industries opened its Ostrava plant in 1998.",
+                1.0)]
+    # Five of six content words (not "year"): "open" matches "opened".
+    assert coverage("In what year did Velmar Industries open its Ostrava plant?",
+                    hits) == pytest.approx(5 / 6)
+    assert coverage("Start with 7, add 5, then multiply by 3. What is the result?", hits) == 0.0
+    assert coverage("Which planet is largest? (A) Mars (B) Jupiter", hits) == 0.0
+    assert coverage("Where is Velmar based?", hits) == 0.0  # one shared word is chance
+    assert coverage("Velmar plant workers: how many?", []) == 0.0

@@ -42,6 +42,11 @@ async def test_sdk_chat_stream_models_and_errors(sdk):
 
     ids = [m.id async for m in client.models.list()]
     assert ids == ["auto", "fake-model"]
+    auto = await client.models.retrieve("auto")
+    assert (auto.id, auto.object, auto.owned_by) == ("auto", "model", "ttc-router")
+    assert (await client.models.retrieve("fake-model")).owned_by == "fake"
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("missing")
 
     with pytest.raises(openai.NotFoundError) as error:
         await client.chat.completions.create(model="missing",
@@ -80,3 +85,31 @@ async def test_ready_is_503_when_no_backend_answers():
     assert reply.status_code == 503
     assert reply.json()["backends"] == {"fake": "down"}
     assert chat.status_code == 503
+
+
+async def test_ready_stays_ready_while_traffic_fills_the_backends_slots():
+    """``/ready`` probes the backend outside the concurrency gate that traffic queues at, so
+    a saturated replica is still ready."""
+    import asyncio
+
+    release = asyncio.Event()
+    backend = FakeBackend()
+    app = backend.app()
+
+    async def slow(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "http" and scope["path"].endswith("/chat/completions"):
+            await release.wait()
+        await app(scope, receive, send)
+
+    settings = make_settings(backend_max_concurrency=1, backend_max_waiting=0)
+    async with gateway_client(httpx.ASGITransport(app=slow), settings) as client:
+        busy = asyncio.create_task(client.post("/v1/chat/completions", json={
+            "model": "fake-model", "messages": [{"role": "user", "content": "x"}]}))
+        await asyncio.sleep(0.1)
+        refused = await client.post("/v1/chat/completions", json={
+            "model": "fake-model", "messages": [{"role": "user", "content": "x"}]})
+        ready = await client.get("/ready")
+        release.set()
+        assert (await busy).status_code == 200
+    assert refused.status_code == 503  # the one slot is taken and nobody may wait
+    assert ready.status_code == 200 and ready.json()["backends"] == {"fake": "up"}

@@ -68,14 +68,18 @@ async def test_no_request_field_or_header_can_point_the_gateway_elsewhere():
                        "forwarded": "host=evil.test", "x-original-url": "http://evil.test"}
     hostile_fields = {"base_url": "http://evil.test/v1", "api_base": "http://evil.test/v1",
                       "upstream": "http://evil.test/v1", "api_key": "sk-client",
-                      "router": {"strategy": "direct", "upstream": "http://evil.test/v1",
-                                 "base_url": "http://evil.test/v1"}}
+                      "router": {"strategy": "direct"}}
     async with gateway_client(backend.transport(), keyed_settings()) as client:
         for path, body in ((CHAT, {"model": "fake-model", "messages": [
                 {"role": "user", "content": "hi"}], **hostile_fields}),
                 ("/v1/embeddings", {"model": "fake-model", "input": "x", **hostile_fields})):
             reply = await client.post(path, json=body, headers=hostile_headers)
             assert reply.status_code == 200, reply.text
+        # a destination among the routing controls is an unknown control: a 400 naming it
+        steer = {"strategy": "direct", "upstream": "http://evil.test/v1"}
+        reply = await client.post(CHAT, json={"model": "fake-model", "router": steer,
+                                              "messages": [{"role": "user", "content": "hi"}]})
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "router.upstream"
     assert backend.seen
     assert {r.url.host for r in backend.seen} == {"backend.test"}
     assert all(str(r.url).startswith(BACKEND_URL) for r in backend.seen)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from router_models.plan import Plan
-from service.observe import Outcome
+from service.observe import Outcome, record_of
 from service.store import Record, StoreError, UnknownId
 from service.store.log import RequestLog, open_request_log
 from service.store.migrations import MIGRATIONS, Migration
@@ -103,7 +103,7 @@ async def test_a_shared_response_id_names_the_latest_record(database_url):
 
 async def test_close_writes_every_accepted_record(database_url):
     log = await open_log(database_url)
-    accepted = sum(log.submit(make_record(i)) for i in range(3000))
+    accepted = sum(bool(log.submit(make_record(i))) for i in range(3000))
     await log.close()
     log = await open_log(database_url)
     try:
@@ -116,7 +116,8 @@ async def test_close_writes_every_accepted_record(database_url):
 async def test_a_full_queue_drops_records_and_counts_them(database_url):
     dropped = metric("ttc_log_records_total", result="dropped")
     log = await open_log(database_url, queue_size=5)
-    accepted = [log.submit(make_record(i)) for i in range(12)]  # the writer cannot run between
+    # the writer cannot run between these submits
+    accepted = [bool(log.submit(make_record(i))) for i in range(12)]
     await log.close()
     assert accepted == [True] * 5 + [False] * 7
     assert metric("ttc_log_records_total", result="dropped") - dropped == 7
@@ -143,7 +144,8 @@ async def test_records_can_be_read_by_experiment_and_feedback(database_url):
 
 
 async def test_an_older_schema_is_migrated_and_keeps_its_rows(database_url):
-    second = Migration(2, "a reviewer column",
+    newer = len(MIGRATIONS) + 1
+    second = Migration(newer, "a reviewer column",
                        sqlite="ALTER TABLE requests ADD COLUMN reviewer TEXT",
                        postgres="ALTER TABLE requests ADD COLUMN reviewer TEXT")
     log = open_request_log(Path("/nonexistent"), database_url)
@@ -156,12 +158,12 @@ async def test_an_older_schema_is_migrated_and_keeps_its_rows(database_url):
     log.backend._migrations = (*MIGRATIONS, second)  # type: ignore[attr-defined]
     await log.start()
     try:
-        assert await log.backend.schema_version() == 2
+        assert await log.backend.schema_version() == newer
         assert (await log.get(make_record(8).decision_id)).completion_tokens == 128
     finally:
         await log.close()
 
-    log = open_request_log(Path("/nonexistent"), database_url)  # this gateway knows only v1
+    log = open_request_log(Path("/nonexistent"), database_url)  # one version behind
     with pytest.raises(StoreError, match="newer than this gateway"):
         await log.start()
     await log.close()
@@ -221,8 +223,8 @@ def test_a_record_keeps_text_only_when_the_operator_opts_in():
         policy=None, arm=None, status="200", budget_tokens=None, prompt_tokens=1,
         completion_tokens=2, upstream_calls=1, samples=1, duration_s=0.1, wait_s=0.05,
         plan=Plan("direct", 256, policy="cheap"), prompt_text="2+2?", answer_text="4")
-    kept = Record.from_outcome(outcome, time_s=1.0, keep_text=True)
-    hidden = Record.from_outcome(outcome, time_s=1.0, keep_text=False)
+    kept = record_of(outcome, time_s=1.0, keep_text=True)
+    hidden = record_of(outcome, time_s=1.0, keep_text=False)
     assert (kept.prompt_text, kept.answer_text) == ("2+2?", "4")
     assert (hidden.prompt_text, hidden.answer_text) == (None, None)
     assert hidden.plan is not None and hidden.plan["budget_tokens"] == 256

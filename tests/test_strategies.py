@@ -28,7 +28,7 @@ async def post(llm: ScriptedLLM, body: dict, **settings):
 
 @pytest.mark.parametrize("texts, expected", [
     (("The answer is 1,234.", "\\boxed{1234}", "so 1234.0", "The answer is 99"), "1234"),
-    (("Answer: (B)", "The answer is b.", "I pick C", "The answer is C"), "b"),
+    (("Answer: (B)", "The answer is b.", "I pick C", "The answer is C"), "B"),
     (("1/2", "The answer is 0.5", "the answer is 3/4", "0.50"), "0.5"),
     (("Yes.", "The answer is yes", "No", "The answer is true"), "yes"),
 ])

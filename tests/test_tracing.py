@@ -17,7 +17,6 @@ from prometheus_client import REGISTRY
 
 from service import tracing
 from service.app import create_app
-from service.hotpath import HotPath
 from service.search.documents import Document
 from service.search.local import LocalIndex, index_path
 from service.settings import Settings
@@ -33,7 +32,7 @@ async def traced(transport: httpx.AsyncBaseTransport, body: dict[str, Any],
     exporter = InMemorySpanExporter()
     app = create_app(settings or make_settings(), transport=transport, span_exporter=exporter)
     async with (app.router.lifespan_context(app),
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=HotPath(app)),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                   base_url="http://gateway.test") as client):
         reply = await client.post("/v1/chat/completions", json=body)
         reply.read()

@@ -16,10 +16,19 @@ Estimators, each with a 95% interval:
   cross-fitted on two folds so no row is predicted by a model that saw it. Interval:
   Student's t on the terms.
 
-The effective sample size is Kish's (sum w)^2 / sum w^2. The log cannot support an estimate
-when the target puts more than ``max_unsupported`` of its probability on plans the log never
-explored: for a row logged with propensity 1 (a deterministic policy), every plan but the
-logged one; for an exploring row, plans absent from the whole log. When an operator allows
+The propensity of a row in an A/B experiment is its arm's share times the arm policy's
+probability of the plan (for arms whose plans overlap, the caller adds the other arms' share
+of the same plan: the propensity is the probability of the plan, whichever arm picked it).
+The target is asked through a frozen copy, with each row's logged controls (a forced strategy,
+the request's cap), as the logging policy was. Failed requests count as wrong: dropping them
+would favour plans that fail.
+
+The effective sample size is Kish's (sum w)^2 / sum w^2. Positivity is checked per prompt:
+the log cannot support an estimate when the target puts more than ``max_unsupported`` of its
+probability on plans the logging policies could not have picked for that prompt (a row's
+``support``, every arm included); for older rows without one, for a row logged with
+propensity 1 (a deterministic policy), every plan but the logged one, and for an exploring
+row, plans absent from the whole log. When an operator allows
 some (``max_unsupported`` above 0), the rows that cannot support the target count as zero in
 IPS, which is then biased down by about that share; SNIPS and DR renormalise over the rows
 that can (right when which rows can is independent of the outcome, as with A/B arms).
@@ -27,6 +36,7 @@ that can (right when which rows can is independent of the outcome, as with A/B a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -61,16 +71,34 @@ def describe(key: PlanKey) -> str:
 
 
 @dataclass(frozen=True)
+class Controls:
+    """What a request asked of the policy that decided it: a forced strategy (None: the
+    policy's choice) and its cap on completion tokens (None: no cap)."""
+
+    strategy: str | None = None
+    budget_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class LoggedDecision:
     """One logged request: the scores the policy read, the plan it ran, that plan's
-    propensity in (0, 1], the completion tokens spent and the feedback (1.0 correct, 0.0
-    wrong; None without feedback)."""
+    propensity in (0, 1] (in an A/B experiment, the arm's share times the policy's
+    probability), the completion tokens spent and the outcome (1.0 correct, 0.0 wrong or
+    failed; None without feedback).
+
+    ``controls`` are the request's own, given to the target policy as they were to the
+    logging one. ``support`` is every plan the logging policies (all arms, with their
+    shares) could have picked for this prompt; None when unknown (older logs), in which case
+    positivity falls back to the log as a whole for exploring rows.
+    """
 
     scores: Scores
     plan: Plan
     propensity: float
     tokens: float
     correct: float | None = None
+    controls: Controls = Controls()
+    support: frozenset[PlanKey] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,10 +132,13 @@ class Replay:
     target_plans: dict[str, float] = field(default_factory=dict)
 
 
-def target_distribution(policy: Policy, scores: Scores) -> dict[PlanKey, float]:
-    """The target policy's probability of each plan for these scores
-    (``Policy.decide(...).candidates``; a deterministic policy has one plan at 1)."""
-    decision = policy.decide(scores)
+def target_distribution(policy: Policy, scores: Scores,
+                        controls: Controls = Controls()) -> dict[PlanKey, float]:
+    """The policy's probability of each plan for these scores and the request's controls
+    (``Policy.decide(...).candidates``; a deterministic policy has one plan at 1). Policies
+    that explore draw from their own random source: pass a frozen copy (``freeze``)."""
+    decision = policy.decide(scores, budget_tokens=controls.budget_tokens,
+                             strategy=controls.strategy)
     out: dict[PlanKey, float] = defaultdict(float)
     for candidate in decision.candidates:
         if candidate.probability > 0:
@@ -115,6 +146,12 @@ def target_distribution(policy: Policy, scores: Scores) -> dict[PlanKey, float]:
     if not out:
         out[plan_key(decision.plan)] = 1.0
     return dict(out)
+
+
+def freeze(policy: Policy) -> Policy:
+    """A copy of ``policy`` that replay may ask as often as it likes: deciding draws from a
+    policy's random source and may touch its state, and the live policy must not change."""
+    return copy.deepcopy(policy)
 
 
 def _t_interval(terms: np.ndarray) -> Estimate:
@@ -204,8 +241,10 @@ def replay(decisions: Sequence[LoggedDecision], target: Policy, *,
     (module docstring: IPS, SNIPS and DR with 95% intervals, effective sample size, support).
 
     Args:
-        decisions: logged decisions with scores; accuracy uses those with feedback, tokens all.
-        target: the policy to evaluate (its ``decide`` gives its probabilities).
+        decisions: logged decisions with scores; accuracy uses those with an outcome (failed
+            requests count as wrong), tokens all.
+        target: the policy to evaluate (a frozen copy's ``decide``, given each row's logged
+            controls, gives its probabilities; ``target`` itself is never asked).
         max_unsupported: the most target probability allowed on unexplored plans.
         seed: for the bootstrap and the cross-fitting folds.
 
@@ -220,7 +259,8 @@ def replay(decisions: Sequence[LoggedDecision], target: Policy, *,
         raise ValueError("every propensity must be in (0, 1]")
     logged_keys = [plan_key(d.plan) for d in decisions]
     explored = set(logged_keys)
-    targets = [target_distribution(target, d.scores) for d in decisions]
+    frozen = freeze(target)
+    targets = [target_distribution(frozen, d.scores, d.controls) for d in decisions]
     unsupported = np.zeros(len(decisions))
     missing: dict[PlanKey, float] = defaultdict(float)
     plans: dict[PlanKey, float] = defaultdict(float)
@@ -228,7 +268,14 @@ def replay(decisions: Sequence[LoggedDecision], target: Policy, *,
         deterministic = d.propensity >= 1.0 - 1e-9
         for key, p in dist.items():
             plans[key] += p / len(decisions)
-            covered = key == logged_keys[i] if deterministic else key in explored
+            # Positivity per prompt: could the logging policies have picked this plan for
+            # this prompt? Known when the support was logged or recomputed; else a
+            # deterministic row supports its own plan only, an exploring row what the log
+            # explored anywhere.
+            if d.support is not None:
+                covered = key in d.support
+            else:
+                covered = key == logged_keys[i] if deterministic else key in explored
             if not covered:
                 unsupported[i] += p
                 missing[key] += p

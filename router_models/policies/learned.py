@@ -11,7 +11,9 @@ Learning is safe by construction:
 
 - **Bounded exploration.** With probability ``exploration`` (default 0.05) a decision tries
   another *plausible* strategy for its prompt (``prior.plausible_strategies``: search only when
-  the prompt may need facts), uniformly, except strategies already shown worse with confidence.
+  the prompt may need facts), never one already shown worse with confidence: two thirds of the
+  time the one with the highest Wilson upper bound (the one that could most be better), else
+  any of them evenly.
   A running cap makes the share a hard bound: a decision may explore only while explored
   decisions stay at most ``exploration`` x decisions, so over any prefix of traffic the share
   never exceeds the setting. The chosen plan's probability is logged for inverse propensity
@@ -74,7 +76,8 @@ from router_models.policies.prior import (
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 4  # 4: the prior with conservative per-kind learning (3 was a logistic model)
-MIN_SWITCH_FEEDBACK = 10
+MIN_SWITCH_FEEDBACK = 5
+FOCUS = 2 / 3  # the exploring share given to the most promising alternative
 SWITCH_CONFIDENCE = 0.95  # one-sided, for both bounds of the improvement test
 FORCED_VOTE_WIDTH = 3  # a forced vote with no budget: the smallest vote with a majority
 # The reference prompts before any traffic: one per kind at a typical difficulty.
@@ -256,10 +259,11 @@ class LearnedPolicy(Policy):
             self.explored + 1 <= self.exploration * self.decisions)
         probabilities = {current: 1.0 - self.exploration if may_explore else 1.0}
         if may_explore:
-            probabilities.update({a: self.exploration / len(alternatives) for a in alternatives})
+            probabilities.update(self._exploration_shares(kind, alternatives))
         chosen = current
         if may_explore and rng.random() < self.exploration:
-            chosen = alternatives[rng.randrange(len(alternatives))]
+            weights = [probabilities[a] for a in alternatives]
+            chosen = rng.choices(alternatives, weights=weights)[0]
             self.explored += 1
         plans = {a: self.sized(a, scores, budget_tokens) for a in probabilities}
         prior_note = "the prior" if current == PRIOR_STRATEGY[name] else "learnt from feedback"
@@ -274,6 +278,17 @@ class LearnedPolicy(Policy):
             Candidate(plan if a == chosen else plans[a], p, self.accuracy(kind, a)[0])
             for a, p in probabilities.items())
         return Decision(plan, scores, candidates)
+
+    def _exploration_shares(self, kind: int, alternatives: list[str]) -> dict[str, float]:
+        """How the exploring share is spread: ``FOCUS`` of it on the alternative with the
+        highest Wilson upper bound (optimism in the face of uncertainty, as in UCB: the one
+        that could most be better; ties go to the earliest in ``STRATEGIES``), the rest evenly
+        over all, so each keeps a positive propensity for off-policy replay."""
+        uppers = [self.accuracy(kind, a)[2] for a in alternatives]
+        focus = alternatives[int(np.argmax(uppers))]
+        even = (1.0 - FOCUS) / len(alternatives)
+        return {a: self.exploration * (even + (FOCUS if a == focus else 0.0))
+                for a in alternatives}
 
     # -- learning --------------------------------------------------------------------------
 

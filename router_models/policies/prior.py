@@ -14,7 +14,8 @@ The strategy per kind (``PRIOR_STRATEGY``):
 - chain and hard: ``sequential``. On compositional tasks one long chain is exponentially better
   than any vote over short ones (Mirtaheri et al. 2025, "Let Me Think!");
 - search (easy or hard): ``search``. Reasoning tokens cannot supply a missing fact; retrieval
-  can (the search axis of the issue; ReAct, Yao et al. 2023);
+  can (the search axis of the issue; ReAct, Yao et al. 2023). Its answer is one chain sized
+  like ``sequential``'s, so a chain-like prompt read as needing facts keeps its room;
 - easy: ``direct`` with a small budget: extra compute buys little on easy prompts (Snell et
   al. 2024).
 
@@ -117,10 +118,13 @@ def size_plan(strategy: str, scores: Scores, answer_tokens: int, scale: float,
                         answer_tokens)
     if strategy == "search":
         # The first retrieval uses the question itself and costs no model tokens; each further
-        # call costs the tokens of writing its query.
+        # call costs the tokens of writing its query. The answer is one chain sized as
+        # `sequential` would be: search is a chain with documents in its context, so a
+        # chain-like prompt sent to search keeps the room for its steps.
         calls = 1 if not hard else max(1, min(search_calls,
                                               1 + int((allotment - sample) // QUERY_TOKENS)))
-        return Plan("search", sample + QUERY_TOKENS * (calls - 1), depth_tokens=sample,
+        depth = max(sample, min(int(allotment), int(sample * MAX_CHAIN_MULTIPLE)))
+        return Plan("search", depth + QUERY_TOKENS * (calls - 1), depth_tokens=depth,
                     search_calls=calls)
     raise ValueError(f"unknown strategy {strategy!r}")
 
@@ -209,5 +213,5 @@ def mean_budget(rows: Sequence[tuple[Scores, str, int]], scale: float, vote_widt
                                    search_calls), 1)
     budget = np.select(
         [strategy == "direct", strategy == "sequential", strategy == "parallel_vote"],
-        [sample, chain, width * sample], sample + QUERY_TOKENS * (calls - 1))
+        [sample, chain, width * sample], chain + QUERY_TOKENS * (calls - 1))
     return float(budget.mean())

@@ -23,6 +23,7 @@ from typing import Any
 from router_models.tasks import TaskItem
 
 _ANSWER = re.compile(r"answer\s*(?:is|:)\s*:?\s*(.+?)(?:\.\s*$|\.\s|\n|$)", re.IGNORECASE)
+_FRACTION = re.compile(r"^(-?\d+)/([1-9]\d*)$")
 _NUMBER = re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+")
 
 
@@ -51,9 +52,13 @@ def _fallback_extract(text: str) -> str | None:
 
 
 def parse_number(text: str | None) -> float | None:
-    """The first number in ``text`` (commas and ``$`` dropped), or None."""
+    """The number ``text`` holds: a fraction ``p/q`` as a whole, else the first number
+    (commas and ``$`` dropped); None when there is none."""
     if not text:
         return None
+    fraction = _FRACTION.match(text.strip())
+    if fraction:  # extract_answer writes non-terminating fractions as p/q
+        return int(fraction.group(1)) / int(fraction.group(2))
     found = _NUMBER.search(text)
     if not found:
         return None

@@ -169,9 +169,8 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from router_models import load_default
     from router_models.experiments.replay import replay
-    from router_models.policies import PolicyError, parse_policy
+    from router_models.policies import PolicyError
     from service.experiments import logged_decisions
 
     try:
@@ -179,25 +178,62 @@ def _replay(args: argparse.Namespace) -> int:
         since_s = parse_since(args.since) if args.since else None
     except (SettingsError, ValueError) as exc:
         return _fail(str(exc), 2)
-    spec = settings.policies.get(args.policy, args.policy)
     try:
-        _, builtins = load_default(settings.data_dir / "models")
-        policy = builtins.get(spec) or parse_policy(spec)
+        policies = logging_policies(settings)
+        policy = _policy(settings, args.policy, policies)
     except PolicyError as exc:
         return _fail(str(exc), 2)
-    policy.name = args.policy
     try:
         records = asyncio.run(_read(settings, "records", since_s=since_s))
     except Exception as exc:  # the store's errors: report them, do not trace back
         return _fail(f"cannot read the request log: {exc}")
     print(f"request log: {len(records)} requests" + (f" since {args.since}" if args.since
                                                       else ""), file=sys.stderr)
-    result = replay(logged_decisions(records), policy, max_unsupported=args.max_unsupported)
+    decisions = logged_decisions(records, experiments=settings.experiments, policies=policies)
+    result = replay(decisions, policy, max_unsupported=args.max_unsupported)
     if args.json:
         print(json.dumps(_replay_json(result), indent=2))
     else:
         print(format_replay(result))
     return 0 if result.supported else 1
+
+
+def logging_policies(settings: Settings) -> dict[str, Any]:
+    """Frozen copies of every policy that may have decided a logged request, by the name or
+    spec the log and the config use: ``rules``, ``learned`` (its saved state), the
+    configured policies and the experiments' arm specs.
+
+    Raises:
+        PolicyError: a configured spec is malformed.
+    """
+    from router_models import load_default
+    from router_models.experiments.replay import freeze
+    from router_models.policies import parse_policy
+
+    _, builtins = load_default(settings.data_dir / "models")
+    out: dict[str, Any] = dict(builtins)
+    for name, spec in settings.policies.items():
+        out[name] = out[spec] if spec in out else parse_policy(spec)
+    for config in settings.experiments.values():
+        for arm in config.arms.values():
+            if arm.policy not in out:
+                out[arm.policy] = parse_policy(arm.policy)
+    return {name: freeze(policy) for name, policy in out.items()}
+
+
+def _policy(settings: Settings, name: str, policies: dict[str, Any]) -> Any:
+    """The target policy ``name`` (a configured name, a built-in, or a spec), a frozen copy.
+
+    Raises:
+        PolicyError: an unknown name or a malformed spec.
+    """
+    from router_models.experiments.replay import freeze
+    from router_models.policies import parse_policy
+
+    spec = settings.policies.get(name, name)
+    policy = freeze(policies[spec] if spec in policies else parse_policy(spec))
+    policy.name = name
+    return policy
 
 
 def _replay_json(result: Any) -> dict[str, Any]:

@@ -35,6 +35,8 @@ def register(subcommands: Any) -> None:
     create.add_argument("--rpm", type=int, help="requests per minute")
     create.add_argument("--tpm", type=int, help="completion tokens per minute")
     create.add_argument("--tokens-per-day", type=int, help="completion tokens per UTC day")
+    create.add_argument("--prompt-tpm", type=int,
+                        help="prompt tokens per minute (every upstream call's prompt counts)")
     create.add_argument("--admin", action="store_true",
                         help="also allow the admin surfaces (experiments, protected /metrics)")
     create.set_defaults(run=_create)
@@ -63,11 +65,13 @@ def _fail(message: str) -> int:
 def _create(args: argparse.Namespace) -> int:
     try:
         secret = _store(args).create(args.name, rpm=args.rpm, tpm=args.tpm,
-                                     tokens_per_day=args.tokens_per_day, admin=args.admin)
+                                     tokens_per_day=args.tokens_per_day, admin=args.admin,
+                                     prompt_tpm=args.prompt_tpm)
     except (SettingsError, KeyStoreError, ValueError) as exc:
         return _fail(str(exc))
     limits = ", ".join(f"{label} {value}" for label, value in (
-        ("rpm", args.rpm), ("tpm", args.tpm), ("tokens/day", args.tokens_per_day))
+        ("rpm", args.rpm), ("tpm", args.tpm), ("tokens/day", args.tokens_per_day),
+        ("prompt tpm", args.prompt_tpm))
         if value is not None) or "no limits"
     print(f"created {'admin ' if args.admin else ''}key {args.name!r} ({limits}); "
           "it is shown once, store it now:")
@@ -80,12 +84,13 @@ def _list(args: argparse.Namespace) -> int:
         keys = _store(args).all()
     except (SettingsError, KeyStoreError) as exc:
         return _fail(str(exc))
-    rows = [("NAME", "ADMIN", "RPM", "TPM", "TOKENS/DAY", "CREATED (UTC)", "STATUS")]
+    rows = [("NAME", "ADMIN", "RPM", "TPM", "TOKENS/DAY", "PROMPT TPM", "CREATED (UTC)",
+             "STATUS")]
     for key in keys:
         if key.revoked_s is not None and not args.all:
             continue
         rows.append((key.name, "yes" if key.admin else "no", _limit(key.rpm), _limit(key.tpm),
-                     _limit(key.tokens_per_day),
+                     _limit(key.tokens_per_day), _limit(key.prompt_tpm),
                      time.strftime("%Y-%m-%d %H:%M", time.gmtime(key.created_s)),
                      "revoked" if key.revoked_s is not None else "active"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -34,6 +34,9 @@ def register(subcommands: Any) -> None:
     serve.add_argument("--default-model", help="the backend model that `auto` resolves to")
     serve.add_argument("--local-model", help="the embedded backend's model "
                                              "(qwen2.5-coder-0.5b-instruct or gemma3-270m)")
+    serve.add_argument("--local-server", choices=["auto", "llama-server", "llama-cpp-python"],
+                       help="the embedded backend's server (default auto: llama.cpp's "
+                            "llama-server when built, else llama-cpp-python's)")
     serve.add_argument("--log-level", help="critical, error, warning, info or debug")
     serve.set_defaults(run=run)
 
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings(
             args.config, upstream_urls=args.upstream_urls, host=args.host, port=args.port,
             data_dir=args.data_dir, default_model=args.default_model,
-            local_model=args.local_model, log_level=args.log_level)
+            local_model=args.local_model, local_server=args.local_server,
+            log_level=args.log_level)
     except SettingsError as exc:
         print(f"ttc-router: {exc}", file=sys.stderr)
         return 2
@@ -52,18 +56,16 @@ def run(args: argparse.Namespace) -> int:
 
     local = None
     if not settings.upstreams:
-        from service.local_backend import LocalBackendError, start_embedded
+        from service.embedded import start_embedded
+        from service.local_backend import LocalBackendError
 
         try:
-            local = start_embedded(settings.data_dir, settings.local_model,
-                                   n_ctx=settings.local_n_ctx, threads=settings.local_threads,
-                                   timeout_s=settings.local_start_timeout_s)
+            local = start_embedded(settings)
         except LocalBackendError as exc:
             print(f"ttc-router: {exc}", file=sys.stderr)
             return 1
-        # llama-cpp-python's server ignores `n`: the gateway fans out instead.
         settings = settings.model_copy(update={"upstreams": [UpstreamSettings(
-            url=local.url, name="local", models=[local.alias], supports_n=False)]})
+            url=local.url, name="local", models=[local.alias], supports_n=local.supports_n)]})
     try:
         _run_uvicorn(settings, on_shutdown=local.stop if local is not None else None)
     finally:
@@ -76,7 +78,6 @@ def _run_uvicorn(settings: Settings, on_shutdown: Callable[[], None] | None) -> 
     import uvicorn
 
     from service.app import create_app
-    from service.hotpath import HotPath
 
     if not _is_loopback(settings.host) and not settings.require_keys and not _any_keys(settings):
         log.warning("listening on %s without API keys: every client that can reach it may "
@@ -86,7 +87,7 @@ def _run_uvicorn(settings: Settings, on_shutdown: Callable[[], None] | None) -> 
     # finish (service.admission answers the ones cut off), then runs the lifespan's shutdown,
     # which flushes the request log and stops the embedded backend.
     config = uvicorn.Config(
-        HotPath(create_app(settings, on_shutdown=on_shutdown)), host=settings.host,
+        create_app(settings, on_shutdown=on_shutdown), host=settings.host,
         port=settings.port,
         log_level=settings.log_level, access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),

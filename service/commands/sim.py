@@ -22,6 +22,12 @@ def register(subcommands: Any) -> None:
     sim.add_argument("--port", type=int, default=8100, help="port to listen on (default 8100)")
     sim.add_argument("--world", type=Path,
                      help="world YAML (default: the shipped router_models/data/sim_world.yaml)")
+    sim.add_argument("--world-seed", type=int, metavar="N",
+                     help="serve randomized world N instead (router_models.worlds; a "
+                          "SIMULATION): it recognises that world's prompts")
+    sim.add_argument("--world-tasks", type=Path, metavar="FILE",
+                     help="with --world-seed: also write the world's held-out prompts to FILE "
+                          "(JSONL for `ttc-router eval --tasks`)")
     sim.add_argument("--tasks", type=Path, action="append", default=[],
                      help="also recognise these tasks (JSONL: question, answer, family); "
                           "repeatable")
@@ -47,13 +53,23 @@ def run(args: argparse.Namespace) -> int:
     if args.latency_ms_per_token < 0 or args.ttft_ms < 0:
         print("ttc-router sim: latencies must be >= 0", file=sys.stderr)
         return 2
-    try:
-        world = World.load(args.world)
-    except WorldError as exc:
-        print(f"ttc-router sim: {exc}", file=sys.stderr)
+    if args.world_seed is not None and args.world is not None:
+        print("ttc-router sim: give --world or --world-seed, not both", file=sys.stderr)
+        return 2
+    if args.world_tasks is not None and args.world_seed is None:
+        print("ttc-router sim: --world-tasks needs --world-seed", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    registry = TaskRegistry.default(args.data, default_family=world.default_family)
+    if args.world_seed is not None:
+        world, registry, world_name = _randomized(args.world_seed, args.world_tasks)
+    else:
+        try:
+            world = World.load(args.world)
+        except WorldError as exc:
+            print(f"ttc-router sim: {exc}", file=sys.stderr)
+            return 2
+        registry = TaskRegistry.default(args.data, default_family=world.default_family)
+        world_name = str(args.world) if args.world else "sim_world.yaml"
     try:
         for path in args.tasks:
             registry.add(load_tasks_file(path, world.default_family))
@@ -66,7 +82,26 @@ def run(args: argparse.Namespace) -> int:
     config = SimConfig(world=world, registry=registry,
                        latency_per_token_s=args.latency_ms_per_token / 1000,
                        ttft_s=args.ttft_ms / 1000,
-                       world_name=str(args.world) if args.world else "sim_world.yaml")
+                       world_name=world_name)
     uvicorn.run(create_sim_app(config), host=args.host, port=args.port,
                 log_level=args.log_level, access_log=False)
     return 0
+
+
+def _randomized(seed: int, tasks_out: Path | None) -> tuple[Any, Any, str]:
+    """World ``seed`` of the randomized family, a registry of its prompts, and its label;
+    writes its held-out prompts to ``tasks_out`` when given."""
+    import json
+
+    from router_models.tasks.registry import TaskRegistry
+    from router_models.world_backend import WorldReasoner
+
+    world = WorldReasoner(seed)
+    registry = TaskRegistry(world.items, default_family=world.default_family)
+    if tasks_out is not None:
+        rows = [{"id": item.item_id, "question": item.question, "answer": item.answer,
+                 "family": item.family, "difficulty": item.difficulty}
+                for item in world.items if item.item_id.startswith("eval-")]
+        tasks_out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    label = f"randomized world {seed} ({world.world.world_type})"
+    return world, registry, label

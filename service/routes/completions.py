@@ -1,4 +1,6 @@
-"""``POST /v1/chat/completions`` and ``POST /v1/completions``."""
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``: the handlers, served by
+``service.hotpath`` (registered there only: FastAPI's routing and dependency solving are a
+measurable share of the gateway's own CPU on the hottest path)."""
 
 from __future__ import annotations
 
@@ -7,23 +9,22 @@ import time
 from collections.abc import AsyncIterator
 
 import orjson
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from router_models.prompt import has_conversation
+from service import sse
 from service.admission import admission_of, reserve_for_call
 from service.backends import AUTO_MODEL
 from service.deps import gateway, read_body
 from service.errors import GatewayError, InvalidRequest, Overloaded
 from service.experiments import identity_of
 from service.latency import CALL, RECEIVED
+from service.observe import Reporter
 from service.protocol import Endpoint, RoutedRequest, parse_json_object, parse_request
 from service.routing import Router
 from service.strategies import REGISTRY, Call
 from service.strategies.base import record
-
-router = APIRouter()
 
 
 async def chat_completions(request: Request) -> Response:
@@ -32,12 +33,6 @@ async def chat_completions(request: Request) -> Response:
 
 async def completions(request: Request) -> Response:
     return await _complete(request, "completions")
-
-
-# Plain Starlette routes: FastAPI's per-request dependency solving is a measurable share of the
-# gateway's own CPU on the hottest path, and these handlers take nothing but the request.
-router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
-router.add_route("/v1/completions", completions, methods=["POST"])
 
 
 async def _complete(request: Request, endpoint: Endpoint) -> Response:
@@ -59,7 +54,8 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
     plan, reservation = await reserve_for_call(request, gw, routed, plan)
     call = Call(routed, backend, upstream_model, gw.client, gw.registry, gw.settings, plan,
                 reporter=gw.reporter, reservation=reservation, scores=scores,
-                assignment=assignment, started=request.scope.get(RECEIVED, time.perf_counter()))
+                assignment=assignment, search=gw.search,
+                started=request.scope.get(RECEIVED, time.perf_counter()))
     request.scope[CALL] = call  # for the overhead header and the trace (service.latency)
     strategy = REGISTRY[plan.strategy]
     headers = {"x-ttc-decision-id": routed.decision_id, "x-ttc-strategy": plan.strategy}
@@ -75,6 +71,8 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
             raise
         record(call, "200")
         _observe_usage(gw.router, call)
+        if gw.reporter.durable:  # the decision is in the shared log before the client sees it
+            await gw.reporter.committed(routed.decision_id)
         return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
     try:
@@ -86,24 +84,39 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
         record(call, str(Overloaded.status))
         raise
     headers["cache-control"] = "no-cache"
-    return StreamingResponse(_recorded(call, body_iter, gw.router), media_type="text/event-stream",
+    return StreamingResponse(_recorded(call, body_iter, gw.router, gw.reporter),
+                             media_type="text/event-stream",
                              headers=headers)
 
 
-async def _recorded(call: Call, body: AsyncIterator[bytes], router: Router | None
-                    ) -> AsyncIterator[bytes]:
-    """The strategy's SSE body, reported once it ends (also when the client goes away)."""
+async def _recorded(call: Call, body: AsyncIterator[bytes], router: Router | None,
+                    reporter: Reporter | None = None) -> AsyncIterator[bytes]:
+    """The strategy's SSE body, reported once it ends (also when the client goes away). A
+    durable reporter's row is committed before the client reads ``data: [DONE]``."""
+    recorded = False
     try:
         async for chunk in body:
+            if chunk == sse.DONE and not recorded:
+                recorded = True
+                _finish_stream(call, router)
+                if reporter is not None and reporter.durable:
+                    await reporter.committed(call.routed.decision_id)
             yield chunk
     except asyncio.CancelledError:  # cut off at the shutdown deadline (service.admission)
         call.stream_error = call.stream_error or Overloaded("the gateway is shutting down")
         raise
     finally:
-        error = call.stream_error
-        record(call, "200" if error is None else str(error.status))
-        if error is None:
-            _observe_usage(router, call)
+        if not recorded:
+            _finish_stream(call, router)
+            if reporter is not None:
+                reporter.forget(call.routed.decision_id)
+
+
+def _finish_stream(call: Call, router: Router | None) -> None:
+    error = call.stream_error
+    record(call, "200" if error is None else str(error.status))
+    if error is None:
+        _observe_usage(router, call)
 
 
 def _observe_usage(router: Router | None, call: Call) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -13,6 +14,7 @@ from service.deps import Gateway, gateway
 from service.errors import GatewayError, NotFound
 from service.store import StoreError, UnknownId, is_correct
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -43,7 +45,8 @@ class FeedbackRequest(BaseModel):
 async def feedback(body: FeedbackRequest,
                    gw: Annotated[Gateway, Depends(gateway)]) -> JSONResponse:
     """Record the outcome on the request log (the last value wins) and, at a request's first
-    feedback only, in ``ttc_feedback_total``.
+    feedback only, in ``ttc_feedback_total`` and as a learning event (``service.learning``:
+    the learned policies learn each decision once, from its first feedback).
 
     Raises:
         NotFound: no request has this id (404).
@@ -59,8 +62,11 @@ async def feedback(body: FeedbackRequest,
     except StoreError as exc:
         raise GatewayError(f"cannot record feedback: {exc}") from exc
     correct = is_correct(score)
-    if gw.router is not None:
-        gw.router.learn(applied.decision_id, score)
+    if gw.learner is not None and applied.learning_seq is not None:
+        try:  # learn it here at once; other replicas read it within learn_interval_s
+            await gw.learner.sync()
+        except StoreError as exc:  # recorded all the same: the learner's next read applies it
+            log.warning("feedback recorded, learning deferred: %s", exc)
     if applied.first:
         metrics.child(metrics.FEEDBACK, applied.strategy, applied.policy or metrics.NO_LABEL,
                       applied.arm or metrics.NO_LABEL,

@@ -30,8 +30,8 @@ async def ready(request: Request) -> JSONResponse:
 
     async def probe(backend):  # type: ignore[no-untyped-def]
         try:
-            await asyncio.wait_for(gw.client.get_json(backend, "/models", retries=0),
-                                   READY_TIMEOUT_S)
+            # Outside the traffic's concurrency gate: a saturated backend is still ready.
+            await asyncio.wait_for(gw.client.probe(backend, "/models"), READY_TIMEOUT_S)
             return "up"
         except (GatewayError, TimeoutError):
             return "down"

@@ -1,6 +1,8 @@
 """Every other ``/v1/*`` call (``/v1/embeddings``, ``/v1/responses``, ...), forwarded as it is
 to the backend serving the named model, streaming included, so that pointing an application
-at the gateway breaks nothing. Counted in ``ttc_proxied_requests_total``."""
+at the gateway breaks nothing. A JSON body that does not parse is a 400, and a backend's error
+reply (whatever its body: JSON or plain text) is rendered in OpenAI's envelope, its message
+kept. Counted in ``ttc_proxied_requests_total``."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from starlette.responses import StreamingResponse
 from service import metrics
 from service.backends import AUTO_MODEL
 from service.deps import gateway, read_body
-from service.errors import GatewayError, UpstreamUnavailable
+from service.errors import GatewayError, InvalidRequest, UpstreamUnavailable
 
 router = APIRouter()
 
@@ -52,12 +54,17 @@ async def forward(path: str, request: Request) -> StreamingResponse:
 
 async def _choose_backend(gw, body: bytes, content_type: str):  # type: ignore[no-untyped-def]
     """The backend serving the body's ``model`` (``auto`` rewritten to the default model), or
-    the first backend when the call names no model."""
+    the first backend when the call names no model.
+
+    Raises:
+        InvalidRequest: a JSON body that does not parse (400).
+        NotFound: no backend serves the named model (404).
+    """
     if body and content_type.startswith("application/json"):
         try:
             parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            parsed = None
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
         if isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
             backend, model = await gw.registry.resolve(parsed["model"], gw.client)
             if parsed["model"] == AUTO_MODEL:

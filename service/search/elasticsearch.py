@@ -26,17 +26,21 @@ class ElasticsearchSearch:
         index: the index (or alias, or comma-separated indices) to search.
         api_key: sent as ``Authorization: ApiKey ...`` when given.
         timeout_s: the most seconds one search may take.
-        transport: an httpx transport (tests); None for a real connection.
+        client: the app's search client (``http.open_client``); None: a short-lived one
+            per search.
+        transport: an httpx transport for those short-lived clients (tests).
     """
 
     name: ClassVar[str] = "elasticsearch"
 
     def __init__(self, url: str, index: str, *, api_key: str | None = None,
-                 timeout_s: float = 5.0, transport: httpx.AsyncBaseTransport | None = None):
+                 timeout_s: float = 5.0, client: httpx.AsyncClient | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None):
         self.url = url.rstrip("/")
         self.index = index
         self.api_key = api_key
         self.timeout_s = timeout_s
+        self.client = client
         self.transport = transport
 
     def query_body(self, query: str, k: int) -> dict[str, Any]:
@@ -48,7 +52,8 @@ class ElasticsearchSearch:
         headers = {"Authorization": f"ApiKey {self.api_key}"} if self.api_key else None
         body = await request_json("POST", f"{self.url}/{self.index}/_search",
                                   backend=self.name, timeout_s=self.timeout_s,
-                                  transport=self.transport, json=self.query_body(query, k),
+                                  client=self.client, transport=self.transport,
+                                  json=self.query_body(query, k),
                                   headers=headers)
         hits = body.get("hits") if isinstance(body, dict) else None
         rows = hits.get("hits") if isinstance(hits, dict) else None

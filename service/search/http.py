@@ -1,10 +1,11 @@
 """The HTTP boundary of the search adapters: one request, its failures translated into
 ``SearchError`` (``unavailable``, ``timeout``, ``status``, ``malformed``).
 
-Each search opens a short-lived httpx client (over ``transport`` when one is given: tests
-inject ``httpx.MockTransport`` or ``httpx.ASGITransport`` here). A search is a handful of
-calls per request next to model calls that take seconds, and a per-call client has no
-lifetime to tie to the gateway's.
+The gateway's searches share one httpx client (``open_client``), which the app opens at
+start-up and closes at shutdown, so connections to the search service are pooled and none
+outlives the gateway. An adapter used alone (the command line, a test) with no client opens a
+short-lived one per search, over ``transport`` when one is given (tests inject
+``httpx.MockTransport`` or ``httpx.ASGITransport`` here).
 """
 
 from __future__ import annotations
@@ -17,11 +18,19 @@ import orjson
 from service.search.base import SearchError
 
 
+def open_client() -> httpx.AsyncClient:
+    """The search client the app owns: pooled connections, redirects followed, no default
+    timeout (each search passes its own ``search_timeout_s``). Close it with ``aclose()``."""
+    return httpx.AsyncClient(follow_redirects=True)
+
+
 async def request_json(method: str, url: str, *, backend: str, timeout_s: float,
+                       client: httpx.AsyncClient | None = None,
                        transport: httpx.AsyncBaseTransport | None = None,
                        params: dict[str, str] | None = None, json: Any = None,
                        headers: dict[str, str] | None = None) -> Any:
-    """Send one request and decode its JSON body.
+    """Send one request (on ``client``, else on a short-lived client over ``transport``) and
+    decode its JSON body.
 
     Raises:
         SearchError: the service is unreachable (``unavailable``), slower than
@@ -29,10 +38,14 @@ async def request_json(method: str, url: str, *, backend: str, timeout_s: float,
             sent a body that is not JSON (``malformed``).
     """
     try:
-        async with httpx.AsyncClient(transport=transport, timeout=timeout_s,
-                                     follow_redirects=True) as client:
+        if client is not None:
             response = await client.request(method, url, params=params, json=json,
-                                            headers=headers)
+                                            headers=headers, timeout=timeout_s)
+        else:
+            async with httpx.AsyncClient(transport=transport, timeout=timeout_s,
+                                         follow_redirects=True) as own:
+                response = await own.request(method, url, params=params, json=json,
+                                             headers=headers)
     except httpx.TimeoutException as exc:
         raise SearchError(f"{backend} did not answer within {timeout_s} s",
                           reason="timeout") from exc

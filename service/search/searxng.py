@@ -23,20 +23,25 @@ class SearxngSearch:
     Args:
         url: the instance's base URL; ``/search`` is appended.
         timeout_s: the most seconds one search may take.
-        transport: an httpx transport (tests); None for a real connection.
+        client: the app's search client (``http.open_client``); None: a short-lived one
+            per search.
+        transport: an httpx transport for those short-lived clients (tests).
     """
 
     name: ClassVar[str] = "searxng"
 
     def __init__(self, url: str, *, timeout_s: float = 5.0,
+                 client: httpx.AsyncClient | None = None,
                  transport: httpx.AsyncBaseTransport | None = None):
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        self.client = client
         self.transport = transport
 
     async def search(self, query: str, k: int) -> list[Hit]:
         body = await request_json("GET", f"{self.url}/search", backend=self.name,
-                                  timeout_s=self.timeout_s, transport=self.transport,
+                                  timeout_s=self.timeout_s, client=self.client,
+                                  transport=self.transport,
                                   params={"q": query, "format": "json"})
         results = body.get("results") if isinstance(body, dict) else None
         if not isinstance(results, list):

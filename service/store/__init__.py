@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from service.observe import Outcome
-
 
 class StoreError(Exception):
     """The request log's database cannot be opened, migrated, read or written."""
@@ -68,30 +66,6 @@ class Record:
     feedback_score: float | None = None
     feedback_count: int = 0
 
-    @classmethod
-    def from_outcome(cls, outcome: Outcome, *, time_s: float, keep_text: bool) -> Record:
-        """The row for ``outcome``, finished at ``time_s`` (Unix seconds); prompt and answer
-        text are kept only when ``keep_text``."""
-        plan = outcome.plan
-        return cls(
-            decision_id=outcome.decision_id, response_id=outcome.response_id, time_s=time_s,
-            endpoint=outcome.endpoint, key_name=outcome.key_name, model=outcome.model,
-            strategy=outcome.strategy, policy=outcome.policy, arm=outcome.arm,
-            experiment=outcome.experiment, status=outcome.status,
-            budget_tokens=outcome.budget_tokens, prompt_tokens=outcome.prompt_tokens,
-            completion_tokens=outcome.completion_tokens, estimated=outcome.estimated,
-            upstream_calls=outcome.upstream_calls, samples=outcome.samples,
-            search_calls=outcome.search_calls, duration_s=outcome.duration_s,
-            wait_s=outcome.wait_s, stream=outcome.stream,
-            scores=dict(outcome.scores) if outcome.scores is not None else None,
-            # vars(), not asdict(): a Plan holds only scalars, and asdict's deep copy was a
-            # visible share of the gateway's CPU per request.
-            plan=dict(vars(plan)) if plan is not None else None,
-            votes=dict(outcome.votes) if outcome.votes is not None else None,
-            prompt_text=outcome.prompt_text if keep_text else None,
-            answer_text=outcome.answer_text if keep_text else None,
-        )
-
 
 @dataclass(frozen=True)
 class FeedbackApplied:
@@ -105,6 +79,31 @@ class FeedbackApplied:
     first: bool
     experiment: str | None = None
     completion_tokens: int = 0
+    learning_seq: int | None = None  # the learning event this feedback made (first only)
+
+
+@dataclass(frozen=True)
+class LearningEvent:
+    """One decision's first feedback (``seq`` in the gapless learning sequence, ``score`` in
+    [0, 1]) with what the request log kept of the decision: its classifier ``scores``, its
+    ``plan`` (as logged, ``vars(Plan)``) and the completion tokens it really spent."""
+
+    seq: int
+    decision_id: str
+    score: float
+    scores: dict[str, Any] | None
+    plan: dict[str, Any] | None
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A learning policy's ``state()`` as JSON text, after the learning events up to and
+    including ``position`` (0: before any)."""
+
+    policy: str
+    position: int
+    state: str
 
 
 @dataclass(frozen=True)
@@ -155,6 +154,16 @@ class Backend(Protocol):
     async def schema_version(self) -> int:
         """The schema version the database is at."""
 
+    async def learning_events(self, after: int, limit: int) -> list[LearningEvent]:
+        """The learning events with ``seq > after``, in ``seq`` order, at most ``limit``."""
+
+    async def latest_snapshots(self) -> list[Snapshot]:
+        """Each policy's snapshot at its highest position."""
+
+    async def put_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
+        """Store ``snapshots`` in one transaction; a (policy, position) already stored is kept
+        (replicas write identical checkpoints), and each policy's older snapshots go."""
+
     async def close(self) -> None:
         """Release the connection(s)."""
 
@@ -175,6 +184,27 @@ def records_query(placeholder: str, *, experiment: str | None, with_feedback: bo
         args.append(since_s)
     return (f"SELECT {', '.join(COLUMNS)} FROM requests WHERE {' AND '.join(where)} "
             "ORDER BY time_s"), args
+
+
+# The event of a decision's first feedback: the next number of the sequence, or nothing
+# when the decision has one already. The caller holds the feedback lock (SQLite's write lock,
+# PostgreSQL's advisory lock), so MAX + 1 is gapless and commit order is sequence order.
+# (``WHERE 1 = 1`` lets SQLite parse the upsert after a SELECT.)
+INSERT_LEARNING_EVENT = (
+    "INSERT INTO feedback_events (seq, decision_id, score, time_s) "
+    "SELECT COALESCE(MAX(seq), 0) + 1, {p}, {p}, {p} FROM feedback_events WHERE 1 = 1 "
+    "ON CONFLICT (decision_id) DO NOTHING RETURNING seq")
+LEARNING_EVENTS = (
+    "SELECT e.seq, e.decision_id, e.score, r.scores, r.plan, r.completion_tokens "
+    "FROM feedback_events e JOIN requests r ON r.decision_id = e.decision_id "
+    "WHERE e.seq > {p} ORDER BY e.seq LIMIT {p}")
+LATEST_SNAPSHOTS = (
+    "SELECT policy, position, state FROM policy_snapshots s WHERE position = "
+    "(SELECT MAX(position) FROM policy_snapshots WHERE policy = s.policy) ORDER BY policy")
+INSERT_SNAPSHOT = (
+    "INSERT INTO policy_snapshots (policy, position, state, time_s) VALUES ({p}, {p}, {p}, {p}) "
+    "ON CONFLICT (policy, position) DO NOTHING")
+PRUNE_SNAPSHOTS = "DELETE FROM policy_snapshots WHERE policy = {p} AND position < {p}"
 
 
 def is_correct(score: float) -> bool:

@@ -8,6 +8,17 @@ instead of many small ones (each commit and each hand-over to the database threa
 on the request path's interpreter). ``close`` (the
 app's lifespan, on graceful shutdown) drains the queue before returning, so every accepted
 record reaches the database; ``flush`` waits until everything accepted so far is committed.
+
+A durable gateway (``log_durable``, on by default with PostgreSQL) answers a request (a
+stream: sends its ``data: [DONE]``) only once its record is committed: ``submit`` returns a
+ticket and ``committed(ticket)`` waits for it (without the linger: records queued while one
+batch commits form the next batch, a group commit). A replica killed with SIGKILL then loses
+no decision a client has seen.
+
+With a shared database (PostgreSQL, or a SQLite file named by ``database_url`` that several
+gateways on one box write), feedback may reach a replica before
+the replica that served the request has committed its record; ``feedback`` then polls for
+``SHARED_RECORD_WAIT_S`` before answering that the id is unknown.
 """
 
 from __future__ import annotations
@@ -25,6 +36,11 @@ from service.store import ArmRow, Backend, FeedbackApplied, Record, StoreError, 
 log = logging.getLogger(__name__)
 
 _STOP: Final = object()
+# How long feedback waits for a record that another replica may not have committed yet
+# (seconds): a record is committed at most a linger (0.05 s) and one batch's commit after its
+# response, so 2 s covers a slow database; an id unknown after that is a 404.
+SHARED_RECORD_WAIT_S = 2.0
+_SHARED_POLL_S = 0.1
 
 
 class RequestLog:
@@ -66,20 +82,32 @@ class RequestLog:
         await self.backend.open()
         self._writer = asyncio.create_task(self._write_forever(), name="ttc-request-log")
 
-    def submit(self, record: Record) -> bool:
-        """Queue ``record`` for writing; False (and counted) when the queue is full or the
-        log is closed. Call it from the event loop's thread; it never waits."""
+    def submit(self, record: Record) -> int:
+        """Queue ``record`` for writing; returns its ticket for ``committed`` (1, 2, ...), or
+        0 (and counted) when the queue is full or the log is closed. Call it from the event
+        loop's thread; it never waits."""
         if self._closed:
             metrics.child(metrics.LOG_RECORDS, "dropped").inc()
             log.warning("request log closed: record %s dropped", record.decision_id)
-            return False
+            return 0
         try:
             self._queue.put_nowait(record)
         except asyncio.QueueFull:
             metrics.child(metrics.LOG_RECORDS, "dropped").inc()
-            return False
+            return 0
         self._accepted += 1
-        return True
+        return self._accepted
+
+    async def committed(self, ticket: int) -> None:
+        """Wait until the record ``submit`` gave ``ticket`` is committed (or given up after
+        ``attempts``); returns at once for ticket 0 (a dropped record)."""
+        if ticket <= 0 or self._done >= ticket:
+            return
+        if self._writer is None or self._writer.done():
+            return
+        self._hurry.set()  # someone is waiting: commit now rather than linger
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._done >= ticket)
 
     async def flush(self) -> None:
         """Wait until every record accepted before this call is committed (or given up)."""
@@ -103,6 +131,11 @@ class RequestLog:
         if applied is None:
             await self.flush()
             applied = await self.backend.set_feedback(ident, score, now)
+        if applied is None and getattr(self.backend, "shared", False):
+            deadline = time.monotonic() + SHARED_RECORD_WAIT_S
+            while applied is None and time.monotonic() < deadline:
+                await asyncio.sleep(_SHARED_POLL_S)
+                applied = await self.backend.set_feedback(ident, score, now)
         if applied is None:
             raise UnknownId(f"no request has the id {ident!r}")
         return applied
@@ -209,5 +242,5 @@ def open_request_log(data_dir: Path, database_url: str | None, *,
         from service.store.sqlite import SqliteBackend
 
         path = Path(database_url.removeprefix("sqlite:///")).expanduser()
-        return RequestLog(SqliteBackend(path), queue_size=queue_size)
+        return RequestLog(SqliteBackend(path, shared=True), queue_size=queue_size)
     raise StoreError("database_url must start with postgresql://, postgres:// or sqlite:///")

@@ -74,6 +74,24 @@ CREATE INDEX IF NOT EXISTS requests_time ON requests (time_s);
 CREATE INDEX IF NOT EXISTS requests_experiment ON requests (experiment, arm)
 """
 
+# ``feedback_events.seq`` is 1, 2, 3, ... with no gap (each is MAX + 1, assigned under the
+# feedback lock, see ``service.learning``); one row per decision (its first feedback).
+_LEARNING_TABLES = """
+CREATE TABLE feedback_events (
+    seq BIGINT PRIMARY KEY,
+    decision_id TEXT NOT NULL UNIQUE,
+    score {real} NOT NULL,
+    time_s {real} NOT NULL
+);
+CREATE TABLE policy_snapshots (
+    policy TEXT NOT NULL,
+    position BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    time_s {real} NOT NULL,
+    PRIMARY KEY (policy, position)
+)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "the requests table: one row per client request, with its feedback",
@@ -81,6 +99,12 @@ MIGRATIONS: tuple[Migration, ...] = (
                + _REQUESTS_INDEXES,
         postgres="CREATE TABLE requests (" + _REQUESTS_COLUMNS.format(json="JSONB") + ")"
                  + _REQUESTS_INDEXES,
+    ),
+    Migration(
+        2, "learning events: each decision's first feedback in one gapless sequence, and "
+           "checkpoints of the learned policies' state at positions of that sequence",
+        sqlite=_LEARNING_TABLES.format(real="REAL"),
+        postgres=_LEARNING_TABLES.format(real="DOUBLE PRECISION"),
     ),
 )
 

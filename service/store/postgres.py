@@ -17,10 +17,17 @@ from psycopg_pool import AsyncConnectionPool
 
 from service.store import (
     COLUMNS,
+    INSERT_LEARNING_EVENT,
+    INSERT_SNAPSHOT,
     JSON_COLUMNS,
+    LATEST_SNAPSHOTS,
+    LEARNING_EVENTS,
+    PRUNE_SNAPSHOTS,
     ArmRow,
     FeedbackApplied,
+    LearningEvent,
     Record,
+    Snapshot,
     StoreError,
     is_correct,
     records_query,
@@ -38,10 +45,14 @@ _ARM_TOTALS = (
     "COUNT(*) FILTER (WHERE feedback_count > 0 AND feedback_correct) "
     "FROM requests WHERE experiment = %s AND arm IS NOT NULL GROUP BY arm ORDER BY arm")
 _MIGRATION_LOCK = 0x7474635F6C6F67  # "ttc_log": the advisory lock key that serialises migrations
+# "ttc_learn": serialises feedback, so each learning event's MAX + 1 is gapless and commits in
+# sequence order (a reader never sees seq n + 1 before n).
+_FEEDBACK_LOCK = 0x7474635F6C6561
 
 
 class PostgresBackend:
-    """The request log in the PostgreSQL database at ``url`` (``postgresql://...``).
+    """The request log in the PostgreSQL database at ``url`` (``postgresql://...``), which
+    several replicas share (``shared``: a record may be committed by another process).
 
     Args:
         url: a libpq connection URL.
@@ -49,6 +60,8 @@ class PostgresBackend:
         max_connections: the pool's size.
         connect_timeout_s: how long opening the pool may take, in seconds.
     """
+
+    shared = True
 
     def __init__(self, url: str, *, migrations: Sequence[Migration] = MIGRATIONS,
                  max_connections: int = 4, connect_timeout_s: float = 10.0):
@@ -98,15 +111,22 @@ class PostgresBackend:
                "RETURNING decision_id, strategy, policy, arm, feedback_count, experiment, "
                "completion_tokens")
         args = {"correct": is_correct(score), "score": score, "time": time_s, "id": ident}
+        event = None
         try:
-            async with self._pool.connection() as db:
+            async with self._pool.connection() as db, db.transaction():
+                await db.execute("SELECT pg_advisory_xact_lock(%s)", (_FEEDBACK_LOCK,))
                 row = await (await db.execute(sql, args)).fetchone()  # type: ignore[arg-type]
+                if row is not None:
+                    event = await (await db.execute(
+                        INSERT_LEARNING_EVENT.format(p="%s"),  # type: ignore[arg-type]
+                        (row[0], score, time_s))).fetchone()
         except psycopg.Error as exc:
             raise StoreError(f"cannot record feedback: {exc}") from exc
         if row is None:
             return None
         return FeedbackApplied(row[0], row[1], row[2], row[3], first=row[4] == 1,
-                               experiment=row[5], completion_tokens=row[6])
+                               experiment=row[5], completion_tokens=row[6],
+                               learning_seq=event[0] if event is not None else None)
 
     async def get(self, ident: str) -> Record | None:
         sql = _FIND.format(what=", ".join(COLUMNS))
@@ -136,6 +156,35 @@ class PostgresBackend:
             raise StoreError(f"request log: {exc}") from exc
         return [ArmRow(r[0], int(r[1]), float(r[2]), float(r[3]), int(r[4]), int(r[5]))
                 for r in rows]
+
+    async def learning_events(self, after: int, limit: int) -> list[LearningEvent]:
+        try:
+            async with self._pool.connection() as db:
+                rows = await (await db.execute(LEARNING_EVENTS.format(p="%s"),  # type: ignore[arg-type]
+                                               (after, limit))).fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"request log: {exc}") from exc
+        return [LearningEvent(int(r[0]), r[1], float(r[2]), r[3], r[4], int(r[5])) for r in rows]
+
+    async def latest_snapshots(self) -> list[Snapshot]:
+        try:
+            async with self._pool.connection() as db:
+                rows = await (await db.execute(LATEST_SNAPSHOTS)).fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"request log: {exc}") from exc
+        return [Snapshot(r[0], int(r[1]), r[2]) for r in rows]
+
+    async def put_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
+        now = time.time()
+        try:
+            async with self._pool.connection() as db, db.transaction():
+                for snap in snapshots:
+                    await db.execute(INSERT_SNAPSHOT.format(p="%s"),  # type: ignore[arg-type]
+                                     (snap.policy, snap.position, snap.state, now))
+                    await db.execute(PRUNE_SNAPSHOTS.format(p="%s"),  # type: ignore[arg-type]
+                                     (snap.policy, snap.position))
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot store a policy snapshot: {exc}") from exc
 
     async def close(self) -> None:
         await self._pool.close()

@@ -21,10 +21,17 @@ import orjson
 
 from service.store import (
     COLUMNS,
+    INSERT_LEARNING_EVENT,
+    INSERT_SNAPSHOT,
     JSON_COLUMNS,
+    LATEST_SNAPSHOTS,
+    LEARNING_EVENTS,
+    PRUNE_SNAPSHOTS,
     ArmRow,
     FeedbackApplied,
+    LearningEvent,
     Record,
+    Snapshot,
     StoreError,
     is_correct,
     records_query,
@@ -55,11 +62,13 @@ class SqliteBackend:
         path: the database file.
         migrations: the schema steps (tests pass their own to exercise upgrades).
         busy_timeout_s: how long a write waits for another process's lock, in seconds.
+        shared: other gateways write the same file (a ``sqlite:///`` ``database_url``).
     """
 
     def __init__(self, path: Path, *, migrations: Sequence[Migration] = MIGRATIONS,
-                 busy_timeout_s: float = 5.0):
+                 busy_timeout_s: float = 5.0, shared: bool = False):
         self.path = path
+        self.shared = shared  # other gateways on this box may write the same file
         self._migrations = migrations
         self._busy_timeout_s = busy_timeout_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttc-sqlite")
@@ -130,6 +139,9 @@ class SqliteBackend:
     async def set_feedback(self, ident: str, score: float, time_s: float
                            ) -> FeedbackApplied | None:
         def update(db: sqlite3.Connection) -> FeedbackApplied | None:
+            # BEGIN IMMEDIATE takes the database's write lock first: the learning event's
+            # MAX + 1 is then gapless across every process sharing the file.
+            db.execute("BEGIN IMMEDIATE")
             row = db.execute(
                 "UPDATE requests SET feedback_correct = ?, feedback_score = ?, "
                 "feedback_count = feedback_count + 1, feedback_time_s = ? "
@@ -138,9 +150,14 @@ class SqliteBackend:
                 "completion_tokens",
                 (is_correct(score), score, time_s, ident, ident, ident)).fetchone()
             if row is None:
+                db.execute("COMMIT")
                 return None
+            event = db.execute(INSERT_LEARNING_EVENT.format(p="?"),
+                               (row[0], score, time_s)).fetchone()
+            db.execute("COMMIT")
             return FeedbackApplied(row[0], row[1], row[2], row[3], first=row[4] == 1,
-                                   experiment=row[5], completion_tokens=row[6])
+                                   experiment=row[5], completion_tokens=row[6],
+                                   learning_seq=event[0] if event is not None else None)
 
         return await self._run(update)
 
@@ -161,6 +178,33 @@ class SqliteBackend:
     async def arm_totals(self, experiment: str) -> list[ArmRow]:
         return await self._run(lambda db: [ArmRow(*r) for r in db.execute(_ARM_TOTALS,
                                                                            (experiment,))])
+
+    async def learning_events(self, after: int, limit: int) -> list[LearningEvent]:
+        def read(db: sqlite3.Connection) -> list[LearningEvent]:
+            rows = db.execute(LEARNING_EVENTS.format(p="?"), (after, limit)).fetchall()
+            return [LearningEvent(int(r[0]), r[1], float(r[2]),
+                                  json.loads(r[3]) if r[3] is not None else None,
+                                  json.loads(r[4]) if r[4] is not None else None, int(r[5]))
+                    for r in rows]
+
+        return await self._run(read)
+
+    async def latest_snapshots(self) -> list[Snapshot]:
+        return await self._run(lambda db: [Snapshot(r[0], int(r[1]), r[2])
+                                           for r in db.execute(LATEST_SNAPSHOTS)])
+
+    async def put_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
+        now = time.time()
+
+        def put(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            for snap in snapshots:
+                db.execute(INSERT_SNAPSHOT.format(p="?"),
+                           (snap.policy, snap.position, snap.state, now))
+                db.execute(PRUNE_SNAPSHOTS.format(p="?"), (snap.policy, snap.position))
+            db.execute("COMMIT")
+
+        await self._run(put)
 
     async def close(self) -> None:
         def shut() -> None:

@@ -19,6 +19,7 @@ from service.ledger import BudgetLedger
 from service.limits import Reservation
 from service.observe import Outcome, Reporter
 from service.protocol import RoutedRequest
+from service.search import SearchBackend
 from service.settings import Settings
 from service.upstream import Accounting, Backend, UpstreamClient
 
@@ -57,9 +58,15 @@ class Call:
     reservation: Reservation | None = None
     # The request's A/B arm (None outside experiments).
     assignment: Assignment | None = None
+    # Prompt tokens reported for each prompt sent (``metered.prompt_key``): fan-out resends
+    # a prompt, and its later calls reserve its true size against ``budget_total_tokens``.
+    prompt_counts: dict[bytes, int] = field(default_factory=dict)
+    # The app's search backend (None: ``search`` opens the configured one for this call).
+    search: SearchBackend | None = None
 
     def __post_init__(self) -> None:
-        self.ledger = BudgetLedger(self.plan.budget_tokens)
+        self.ledger = BudgetLedger(self.plan.budget_tokens,
+                                   self.routed.controls.budget_total_tokens)
 
     @property
     def path(self) -> str:
@@ -140,8 +147,13 @@ def router_info(call: Call) -> dict[str, Any]:
         "search_calls": 0,
         "scores": call.scores.as_dict() if call.scores is not None else None,
         "usage_estimated": call.acct.estimated,
+        "usage_source": call.acct.usage_source,
+        "prompt_tokens": call.acct.prompt_tokens,
+        "retries": call.acct.retries,
         "budget_overrun": call.ledger.overrun,
     }
+    if call.ledger.total_budget_tokens is not None:
+        info["budget_total_tokens"] = call.ledger.total_budget_tokens
     if call.plan.reason:
         info["reason"] = call.plan.reason
     if call.plan.policy is not None:  # the propensity, for off-policy evaluation
@@ -153,6 +165,19 @@ def router_info(call: Call) -> dict[str, Any]:
     return info
 
 
+def conform_choice(choice: dict[str, Any]) -> dict[str, Any]:
+    """A response choice as OpenAI's schemas require it (``CreateChatCompletionResponse``,
+    ``CreateCompletionResponse``): ``logprobs`` present (null when the backend sent none),
+    and a chat message's ``refusal`` present (null unless the backend gave one). Backends
+    such as llama.cpp leave both out; the SDKs tolerate it, strict clients do not."""
+    out = {**choice}
+    out.setdefault("logprobs", None)
+    message = out.get("message")
+    if isinstance(message, dict) and "refusal" not in message:
+        out["message"] = {**message, "refusal": None}
+    return out
+
+
 def usage_body(call: Call) -> dict[str, int]:
     """OpenAI's ``usage`` summed over every upstream call of the request."""
     return {"prompt_tokens": call.acct.prompt_tokens,
@@ -161,8 +186,9 @@ def usage_body(call: Call) -> dict[str, int]:
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """A prompt's size in tokens when the backend did not report it: one token per 4
-    characters of prompt text, the rule of thumb OpenAI gives for English text."""
+    """A prompt's size in tokens before it is sent, for admission: one token per 4 characters
+    of prompt text, the rule of thumb OpenAI gives for English text. (What a call really cost
+    is counted by ``service.strategies.metered``.)"""
     if "messages" in body:
         chars = sum(len(content_text(m.get("content"))) + 4 for m in body["messages"]
                     if isinstance(m, dict))
@@ -176,7 +202,7 @@ def record(call: Call, status: str) -> None:
     """Report the finished request (metrics, and the request log when there is one), and
     settle its key's token reservation with the completion tokens really spent."""
     if call.reservation is not None:
-        call.reservation.settle_with(call.acct.completion_tokens)
+        call.reservation.settle_with(call.acct.completion_tokens, call.acct.prompt_tokens)
     votes = call.report.get("votes")
     call.reporter.report(Outcome(
         decision_id=call.routed.decision_id,
@@ -206,7 +232,18 @@ def record(call: Call, status: str) -> None:
         scores=call.scores.as_dict() if call.scores is not None else None,
         prompt_text=_prompt_of(call.routed.body) if call.reporter.keep_text else None,
         answer_text=call.answer_text,
+        propensity=propensity(call),
+        controls={"strategy": call.routed.controls.strategy,
+                  "budget_tokens": call.routed.controls.budget_tokens or call.routed.max_tokens},
     ))
+
+
+def propensity(call: Call) -> float:
+    """The probability with which this request got its plan: the policy's probability of the
+    plan times, in an A/B experiment, the share of traffic its arm had when it was assigned
+    (inverse propensity weights need both when arms run different policies)."""
+    share = call.assignment.probability if call.assignment is not None else 1.0
+    return share * call.plan.probability
 
 
 def _prompt_of(body: dict[str, Any]) -> str:

@@ -7,6 +7,9 @@ added for every backend:
 - usage is always asked for (``stream_options.include_usage``) and summed over every upstream
   call, whatever the client asked; the usage chunk is stripped from the client's stream when it
   did not ask for it;
+- every call is metered (``service.strategies.metered``): under a budget it reserves its
+  choices' caps from the ledger, and its cost is the backend's usage, else its tokenizer's
+  count, else its grant; a failed call is charged what it may have generated;
 - ``n`` is honoured against backends that ignore it (llama-cpp-python's server) by fanning out
   ``n`` single-choice calls, at most ``fanout_concurrency`` at a time, merged into one reply
   whose choices are re-indexed.
@@ -24,13 +27,8 @@ import orjson
 
 from service import sse
 from service.errors import GatewayError, InvalidRequest, UpstreamError, error_json
-from service.strategies.base import (
-    Call,
-    estimate_prompt_tokens,
-    request_body,
-    router_info,
-    usage_body,
-)
+from service.strategies.base import Call, conform_choice, request_body, router_info, usage_body
+from service.strategies.metered import Metered, delta_text
 from service.strategies.sampling import choice_text, post_completion
 from service.streaming import DONE, close_all, merged_events
 from service.upstream import UpstreamStream
@@ -92,12 +90,24 @@ async def complete_json(call: Call) -> dict[str, Any]:
             replies += await _fan_out_json(call, range(max(got, 1), n))
         elif n > 1:
             call.registry.note_n_support(call.backend, True)
-    call.ledger.charge(call.acct.completion_tokens)
     return _merge_json(call, replies)
 
 
+def _metered(call: Call, *, n: int, sample: int = 0) -> Metered:
+    """One call's body under the ledger (the caps as ``choice_cap`` says).
+
+    Raises:
+        UpstreamError: the budget is spent (failed calls were charged what they may have
+            generated, and nothing is left for this one).
+    """
+    metered = Metered.reserve(call, _body(call, n=n, sample=sample), choice_cap(call), n)
+    if metered is None:
+        raise UpstreamError("the token budget is spent", code="budget_spent")
+    return metered
+
+
 async def _one_json(call: Call, *, n: int, sample: int) -> dict[str, Any]:
-    return await post_completion(call, _body(call, n=n, sample=sample))
+    return await post_completion(call, _metered(call, n=n, sample=sample))
 
 
 async def _fan_out_json(call: Call, samples: range) -> list[dict[str, Any]]:
@@ -124,6 +134,8 @@ def _merge_json(call: Call, replies: list[dict[str, Any]]) -> dict[str, Any]:
                 choice["index"] = len(choices)
                 choices.append(choice)
         merged["choices"] = choices
+    merged["choices"] = [conform_choice(c) if isinstance(c, dict) else c
+                         for c in merged["choices"]]
     call.response_id = merged.get("id") if isinstance(merged.get("id"), str) else None
     if merged["choices"] and isinstance(merged["choices"][0], dict):
         call.answer_text = choice_text(merged["choices"][0])
@@ -138,65 +150,106 @@ def _merge_json(call: Call, replies: list[dict[str, Any]]) -> dict[str, Any]:
 @dataclass
 class _StreamState:
     """What one upstream stream showed: its last usage (running totals: the last one wins),
-    the choices that finished, and a token estimate for backends that send no usage."""
+    the text and finish reason of each choice (to count a stream that sends no usage)."""
 
     offset: int
+    metered: Metered
     usage: dict[str, Any] | None = None
     finished: set[int] = field(default_factory=set)
-    tokens_seen: int = 0
+    texts: dict[int, str] = field(default_factory=dict)
+    finishes: dict[int, str | None] = field(default_factory=dict)
+    chunks: int = 0  # choice chunks that carried generated text: a token each at least
     done: bool = False
 
 
-async def open_streams(call: Call) -> list[UpstreamStream]:
+@dataclass(frozen=True)
+class OpenStream:
+    """An upstream stream opened for the client and the metering of its call."""
+
+    stream: UpstreamStream
+    metered: Metered
+
+
+async def open_streams(call: Call) -> list[OpenStream]:
     """Open the upstream stream(s) before the client's response starts, so that a refusal
     reaches the client as an HTTP status. One stream, or ``n`` when fanning out.
 
-    Raises the ``UpstreamError`` family; streams already opened are closed first.
+    Raises the ``UpstreamError`` family; streams already opened are closed first (and
+    charged their grants: their backends may have started generating).
     """
     if not _fans_out(call):
-        return [await call.client.open_stream(call.backend, call.path,
-                                              _body(call, n=call.routed.n), call.acct)]
+        return [await _open_one(call, call.routed.n, 0)]
     gate = asyncio.Semaphore(call.settings.fanout_concurrency)
 
-    async def one(sample: int) -> UpstreamStream:
+    async def one(sample: int) -> OpenStream:
         async with gate:
-            return await call.client.open_stream(
-                call.backend, call.path, _body(call, n=1, sample=sample), call.acct)
+            return await _open_one(call, 1, sample)
 
     results = await asyncio.gather(*(one(s) for s in range(call.routed.n)),
                                    return_exceptions=True)
-    streams = [r for r in results if isinstance(r, UpstreamStream)]
+    opened = [r for r in results if isinstance(r, OpenStream)]
     for result in results:
         if isinstance(result, BaseException):
-            for stream in streams:
-                await stream.aclose()
+            for item in opened:
+                await item.stream.aclose()
+                item.metered.abandon(None, "")
             raise result
-    return streams
+    return opened
 
 
-async def relay(call: Call, streams: list[UpstreamStream]) -> AsyncIterator[bytes]:
+async def _open_one(call: Call, n: int, sample: int) -> OpenStream:
+    metered = _metered(call, n=n, sample=sample)
+    try:
+        stream = await call.client.open_stream(call.backend, call.path, metered.body,
+                                               call.acct, retry=metered.retry)
+    except GatewayError as exc:
+        metered.fail(exc)
+        raise
+    except BaseException:
+        metered.abandon(None, "")
+        raise
+    return OpenStream(stream, metered)
+
+
+async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
     """The client's SSE body: upstream chunks passed through (byte for byte unless a choice
     index or a usage field had to change), one usage chunk at the end when the client asked,
     then ``data: [DONE]``. A broken upstream ends the stream with an error event.
 
-    Usage is settled in ``call.acct`` at the end, also when the client goes away.
+    Usage is settled in ``call.acct`` and the ledger at the end, also when the client goes
+    away (``service.strategies.metered``: a stream that did not finish is charged its grant
+    unless its usage arrived).
     """
-    states = [_StreamState(offset=i if len(streams) > 1 else 0) for i in range(len(streams))]
+    streams = [item.stream for item in opened]
+    states = [_StreamState(offset=i if len(opened) > 1 else 0, metered=item.metered)
+              for i, item in enumerate(opened)]
     template: dict[str, Any] = {}
     error: GatewayError | None = None
     try:
         async with aclosing(merged_events(streams)) as events:
             async for index, (payload, data) in events:
-                out = _rewrite_chunk(call, states[index], payload, data, template)
+                state = states[index]
+                out = _rewrite_chunk(call, state, payload, data, template)
                 if out is not None:
                     yield sse.data_event(out)
+                granted = state.metered.granted
+                if granted is not None and state.chunks > granted:
+                    # It ignores max_tokens, and every chunk of text costs a token at least:
+                    # stop paying, count it in full (the ledger marks the overrun).
+                    state.metered.abandon(state.usage, "", at_least=state.chunks)
+                    raise UpstreamError("the backend sent more tokens than its max_tokens",
+                                        code="upstream_over_cap")
         _check_complete(call, states)
+        for state in states:
+            await state.metered.finish_counted(
+                state.usage, list(state.texts.values()),
+                [state.finishes.get(i) for i in state.texts])
     except GatewayError as exc:
         error = exc
     finally:
         await close_all(streams)
-        _settle_usage(call, states)
-        call.ledger.charge(call.acct.completion_tokens)
+        for state in states:  # not counted above: broken, or the client went away
+            state.metered.abandon(state.usage, "".join(state.texts.values()))
     if error is not None:
         call.stream_error = error
         yield sse.data_event(error_json(error))
@@ -234,10 +287,11 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
         if state.offset:
             choice["index"] = index
             changed = True
-        delta = choice.get("delta") or {}
-        if delta.get("content") or delta.get("tool_calls") or choice.get("text"):
-            state.tokens_seen += 1
+        generated = delta_text(choice)
+        state.texts[index] = state.texts.get(index, "") + generated
+        state.chunks += 1 if generated else 0
         if choice.get("finish_reason") is not None:
+            state.finishes[index] = choice["finish_reason"]
             if index in state.finished:
                 choice["finish_reason"] = None  # one finish_reason per choice reaches the client
                 changed = True
@@ -251,19 +305,6 @@ def _check_complete(call: Call, states: list[_StreamState]) -> None:
         if not state.done and len(state.finished) < expected:
             raise UpstreamError("the stream from the backend ended before the answer was complete",
                                 code="stream_truncated")
-
-
-def _settle_usage(call: Call, states: list[_StreamState]) -> None:
-    # A backend that sends no usage in streams (llama-cpp-python's server ignores
-    # stream_options) still spent tokens: count one completion token per content chunk
-    # (servers send a token per chunk) and estimate the prompt, and say it is an estimate.
-    for state in states:
-        if state.usage is not None:
-            call.acct.add_usage(state.usage)
-        else:
-            call.acct.completion_tokens += state.tokens_seen
-            call.acct.prompt_tokens += estimate_prompt_tokens(call.routed.body)
-            call.acct.estimated = True
 
 
 def _usage_chunk(call: Call, template: dict[str, Any]) -> dict[str, Any]:

@@ -21,11 +21,12 @@ from typing import Any, ClassVar
 
 import orjson
 
-from router_models.answers import extract_answer
+from router_models.answers import extract_answer, lettered_options
+from router_models.prompt import prompt_text
 from router_models.voting import Ballot, is_settled, tally, winner
 from service import sse
 from service.errors import GatewayError, UpstreamError, error_json
-from service.strategies.base import Call, router_info, usage_body
+from service.strategies.base import Call, conform_choice, router_info, usage_body
 from service.strategies.sampling import Sample, draw
 
 # A sample's temperature when the client set none: votes over greedy samples are all alike.
@@ -67,6 +68,8 @@ async def run_vote(call: Call) -> Sample:
     depth = depth_tokens(call)
     overrides = None if "temperature" in call.routed.body else {
         "temperature": DEFAULT_VOTE_TEMPERATURE}
+    # "C) 12" reads as the option C only when the prompt offers lettered options.
+    options = lettered_options(_prompt_of(call))
     samples: list[Sample] = []
     ballots: list[Ballot] = []
     failures: list[GatewayError] = []
@@ -82,7 +85,8 @@ async def run_vote(call: Call) -> Sample:
         drawn += wave
         samples += new
         failures += failed
-        ballots += [Ballot(extract_answer(s.text), s.confidence or 1.0) for s in new]
+        ballots += [Ballot(extract_answer(s.text, options=options), s.confidence or 1.0)
+                    for s in new]
         if call.ledger.overrun:
             break
         if drawn < plan.width and is_settled(tally(ballots), remaining=plan.width - drawn,
@@ -109,6 +113,14 @@ async def run_vote(call: Call) -> Sample:
     return _best_sample(samples, ballots, best)
 
 
+def _prompt_of(call: Call) -> str:
+    body = call.routed.body
+    if call.routed.endpoint == "chat":
+        return prompt_text(body.get("messages") or [])
+    prompt = body.get("prompt")
+    return prompt if isinstance(prompt, str) else ""
+
+
 def _best_sample(samples: list[Sample], ballots: list[Ballot], best: str | None) -> Sample:
     """The most confident sample that gave the winning answer (the first when there are no
     confidences); the first sample when no sample had an extractable answer."""
@@ -123,13 +135,14 @@ def _round(value: float) -> float | int:
 
 
 def completion_body(call: Call, chosen: Sample) -> dict[str, Any]:
-    """A normal OpenAI completion whose one choice is ``chosen``."""
+    """A normal OpenAI completion whose one choice is ``chosen`` (with ``logprobs`` and a chat
+    message's ``refusal``, null unless the backend gave them: ``conform_choice``)."""
     reply = chosen.reply
     call.response_id = reply.get("id") if isinstance(reply.get("id"), str) else None
     call.answer_text = chosen.text
     body: dict[str, Any] = {k: reply[k] for k in ("id", "object", "created", "model",
                                                   "system_fingerprint") if k in reply}
-    body["choices"] = [{**chosen.choice, "index": 0}]
+    body["choices"] = [conform_choice({**chosen.choice, "index": 0})]
     body["usage"] = usage_body(call)
     body["router"] = router_info(call)
     return body

@@ -4,9 +4,10 @@
 ``draw`` asks for ``count`` samples of at most ``max_tokens`` each. It uses the backend's
 ``n`` when the backend honours it, and concurrent single-choice calls otherwise (at most
 ``fanout_concurrency`` in flight). Every call reserves its tokens from the ledger before it
-is sent and settles with the backend's reported usage after, so calls in flight together never
-exceed the budget. Failed calls are dropped and returned as failures; the caller decides what
-"all failed" means.
+is sent and settles with what it cost after (``service.strategies.metered``: the backend's
+usage, else its tokenizer's count, else the grant; a failed call is charged what it may have
+generated), so calls in flight together never exceed the budget. Failed calls are dropped
+and returned as failures; the caller decides what "all failed" means.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.errors import GatewayError, UpstreamError
-from service.ledger import BudgetExhausted
 from service.strategies.base import Call, request_body
+from service.strategies.metered import Metered
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ async def _draw_with_n(call: Call, count: int, max_tokens: int, first_sample: in
         samples = await _call(call, count, max_tokens, first_sample, body_overrides)
     except GatewayError as exc:
         return [], [exc]
+    if not samples:  # the ledger granted nothing: the budget is spent
+        return [], []
     if len(samples) < count:  # the backend ignores n: fill up with single calls
         call.registry.note_n_support(call.backend, False)
         more, failures = await draw(call, count - len(samples), max_tokens,
@@ -78,40 +81,43 @@ async def _draw_with_n(call: Call, count: int, max_tokens: int, first_sample: in
 
 async def _call(call: Call, n: int, max_tokens: int, sample: int,
                 body_overrides: dict[str, Any] | None) -> list[Sample]:
-    try:
-        granted = call.ledger.reserve(max_tokens * n)
-    except BudgetExhausted:
-        return []
-    per_choice = granted // n
-    if per_choice < 1:
-        call.ledger.settle(granted, 0)
-        return []
-    body = request_body(call, max_tokens=per_choice, n=n, sample=sample)
+    body = request_body(call, max_tokens=max_tokens, n=n, sample=sample)
     if body_overrides:
         body.update(body_overrides)
-    spent = 0
-    try:
-        data = await post_completion(call, body)
-        spent = int((data.get("usage") or {}).get("completion_tokens") or 0)
-        return [_sample(choice, data) for choice in data["choices"] if isinstance(choice, dict)]
-    finally:
-        call.ledger.settle(granted, spent)
+    metered = Metered.reserve(call, body, max_tokens, n)
+    if metered is None:
+        return []
+    data = await post_completion(call, metered)
+    return [_sample(choice, data) for choice in data["choices"] if isinstance(choice, dict)]
 
 
-async def post_completion(call: Call, body: dict[str, Any]) -> dict[str, Any]:
-    """One non-streamed upstream call: the reply body, its usage added to ``call.acct``.
+async def post_completion(call: Call, metered: Metered) -> dict[str, Any]:
+    """One non-streamed upstream call of ``metered.body``: the reply body, its cost counted
+    into ``call.acct`` and the ledger (also when it fails).
 
     Raises:
         UpstreamError: the reply has no ``choices`` list; and ``post_json``'s errors.
     """
-    reply = await call.client.post_json(call.backend, call.path, body, call.acct)
-    data = reply.body
-    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-        raise UpstreamError(f"backend {call.backend.label} returned no choices",
-                            code="upstream_malformed")
+    try:
+        reply = await call.client.post_json(call.backend, call.path, metered.body, call.acct,
+                                            retry=metered.retry)
+        data = reply.body
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise UpstreamError(f"backend {call.backend.label} returned no choices",
+                                code="upstream_malformed")
+    except GatewayError as exc:
+        metered.fail(exc)
+        raise
+    except BaseException:  # cancelled: the backend may be generating the whole grant
+        metered.fail(UpstreamError("the call was abandoned", code="connection_lost"))
+        raise
     if not isinstance(data.get("usage"), dict):
         data["usage"] = None
-    call.acct.add_usage(data["usage"])
+    try:
+        await metered.finish(data)
+    except BaseException:  # cancelled while counting: charge the grant
+        metered.abandon(data["usage"], "")
+        raise
     return data
 
 

@@ -1,10 +1,14 @@
 """``search``: spend the budget on retrieval calls as well as tokens.
 
-A loop (ReAct-style: the model acts, the router observes and reports back): the model either
-answers or asks for a search; the router runs the query against the configured search
-backend (``service.search``), puts the top ``search_top_k`` hits into the context, and asks
-again, until the model answers or the search calls (``plan.search_calls``) or the tokens run
-out. Then one last call asks for the final answer now (the forced answer of ``sequential``).
+It works with any model, also one that never asks for a search: the first retrieval uses the
+user's question as the query, spends no model tokens, and its hits are in the context of the
+first model call (shown as the model's own first search, in the protocol it is told to use,
+so the model sees the protocol at work). Then a loop (ReAct-style: the model acts, the router
+observes and reports back): the model either answers or asks for another search; the
+router runs the query against the configured search backend (``service.search``), puts the
+top ``search_top_k`` hits into the context, and asks again, until the model answers or
+the search calls (``plan.search_calls``) or the tokens run out. Then one last call asks for
+the final answer now (the forced answer of ``sequential``).
 
 - **Asking.** Upstreams configured with ``tools: true`` are offered a ``search`` function
   (OpenAI tool calls). Others get a plain-text protocol: a line ``SEARCH: query`` in the
@@ -16,10 +20,12 @@ out. Then one last call asks for the final answer now (the forced answer of ``se
   carrying a random nonce that no document can know, under a line saying they are data, not
   instructions. A document that says ``SEARCH: ...`` or "stop searching" changes nothing in
   the loop: the router reads requests only from the model's own turn, at the start of a line.
-- **The ledger.** Every model call reserves its cap from the ledger first; a reserve
-  (``answer_reserve_tokens``, at most a quarter of the budget) is held back for the forced
-  answer. Search calls are counted (``router.search_calls``,
-  ``ttc_search_calls_total{backend}``) and never exceed the plan's cap.
+- **The ledger.** Every model call reserves its cap from the ledger first and is debited
+  what it really cost (``service.strategies.metered``: usage, else the backend's tokenizer,
+  else the whole grant); a reserve (``answer_reserve_tokens``, at most a quarter of the
+  budget) is held back for the forced answer. Search calls, the first one included, are
+  counted (``router.search_calls``, ``ttc_search_calls_total{backend}``) and never exceed the
+  plan's cap.
 - **Failures.** A search backend that is down, slow or answers garbage ends the searching, not
   the request: the model is told and answers from what it has, and ``router.search_error``
   says what happened.
@@ -36,9 +42,10 @@ from typing import Any, ClassVar
 import orjson
 
 from router_models.answers import extract_answer
+from router_models.prompt import prompt_text
 from service import metrics, tracing
 from service.errors import InvalidRequest, UpstreamError
-from service.search import BACKENDS, Hit, SearchBackend, SearchError
+from service.search import Hit, SearchBackend, SearchError, open_backend
 from service.strategies.base import Call
 from service.strategies.parallel_vote import completion_body, stream_when_done
 from service.strategies.sampling import Sample, draw
@@ -106,11 +113,12 @@ async def run_search(call: Call) -> Sample:
         raise InvalidRequest("the search strategy needs chat messages", param="router.strategy")
     settings = call.settings
     budget = call.plan.budget_tokens or settings.default_budget_tokens
-    loop = _Loop(call=call, backend=BACKENDS.get(settings), tools=uses_tools(call),
-                 max_calls=call.plan.search_calls, budget=budget,
+    loop = _Loop(call=call, backend=call.search or open_backend(settings),
+                 tools=uses_tools(call), max_calls=call.plan.search_calls, budget=budget,
                  reserve=min(settings.answer_reserve_tokens, budget // 4))
     loop.messages = _with_instructions(call.routed.body["messages"], loop)
     try:
+        await _first_retrieval(loop)
         return await _run(loop)
     finally:
         call.report.update({
@@ -120,6 +128,28 @@ async def run_search(call: Call) -> Sample:
             "samples": 1})
         if loop.error:
             call.report["search_error"] = loop.error
+
+
+async def _first_retrieval(loop: _Loop) -> None:
+    """Search with the user's question before any model call (no model tokens spent), and put
+    the hits in the conversation as the model's own first search and its results."""
+    question = " ".join(prompt_text(loop.call.routed.body["messages"]).split())
+    if not loop.max_calls or not question or not loop.call.settings.search_question_first:
+        return
+    request = _Request(question[:MAX_QUERY_CHARS], tool_call_id="call_search_question")
+    message: dict[str, Any]
+    if loop.tools:
+        arguments = orjson.dumps({"query": request.query}).decode()
+        message = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": request.tool_call_id, "type": "function",
+             "function": {"name": "search", "arguments": arguments}}]}
+        text = ""
+    else:
+        text = f"SEARCH: {request.query}"
+        message = {"role": "assistant", "content": text}
+    turn = Sample(choice={"index": 0, "message": message, "finish_reason": "stop"},
+                  reply={}, text=text, finish_reason="stop", confidence=None)
+    await _search(loop, turn, [request])
 
 
 async def _run(loop: _Loop) -> Sample:

@@ -22,14 +22,8 @@ import orjson
 from router_models.answers import extract_answer
 from service import sse
 from service.errors import GatewayError, UpstreamError, error_json
-from service.ledger import BudgetExhausted
-from service.strategies.base import (
-    Call,
-    estimate_prompt_tokens,
-    request_body,
-    router_info,
-    usage_body,
-)
+from service.strategies.base import Call, request_body, router_info, usage_body
+from service.strategies.metered import Metered, delta_text
 from service.strategies.parallel_vote import completion_body
 from service.strategies.sampling import Sample, draw
 from service.streaming import DONE, close_all, events
@@ -64,10 +58,11 @@ class Sequential:
 
     async def open_stream(self, call: Call) -> AsyncIterator[bytes]:
         chain_cap, reserve = caps(call)
-        granted = call.ledger.reserve(chain_cap)
-        stream = await _open(call, granted, _effort(call, chain_cap))
+        opened = await _open(call, chain_cap, _effort(call, chain_cap))
+        if opened is None:
+            raise UpstreamError("the chain could not be started", code="budget_spent")
         call.report.update({"samples": 1, "chain_tokens": chain_cap, "continued": False})
-        return _stream(call, stream, granted, reserve)
+        return _stream(call, opened, reserve)
 
 
 def caps(call: Call) -> tuple[int, int]:
@@ -138,19 +133,20 @@ class _Piece:
     """What one streamed upstream call showed."""
 
     text: str = ""
+    generated: str = ""  # everything generated, as text: content, reasoning, tool calls
+    chunks: int = 0  # chunks that carried generated text: each holds at least one token
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
-    tokens_seen: int = 0
     done: bool = False
     template: dict[str, Any] = field(default_factory=dict)
 
 
-async def _stream(call: Call, stream: UpstreamStream, granted: int,
+async def _stream(call: Call, opened: tuple[UpstreamStream, Metered],
                   reserve: int) -> AsyncIterator[bytes]:
     chain = _Piece()
     last = chain
     try:
-        async for out in _forward(call, stream, chain, granted):
+        async for out in _forward(call, *opened, chain):
             yield out
         if _needs_answer(chain.finish_reason, chain.text) and reserve:
             call.report["continued"] = True
@@ -174,31 +170,42 @@ async def _stream(call: Call, stream: UpstreamStream, granted: int,
 
 async def _continue(call: Call, chain_text: str, reserve: int,
                     piece: _Piece) -> AsyncIterator[bytes]:
-    try:
-        granted = call.ledger.reserve(reserve)
-    except BudgetExhausted:
+    opened = await _open(call, reserve, _continuation(call, chain_text))
+    if opened is None:
         return
-    stream = await _open(call, granted, _continuation(call, chain_text))
-    async for out in _forward(call, stream, piece, granted):
+    async for out in _forward(call, *opened, piece):
         yield out
 
 
-async def _open(call: Call, granted: int, overrides: dict[str, Any]) -> UpstreamStream:
-    """Open one streamed call of ``granted`` tokens; the grant is released if it fails."""
+async def _open(call: Call, cap: int,
+                overrides: dict[str, Any]) -> tuple[UpstreamStream, Metered] | None:
+    """Open one streamed call of at most ``cap`` tokens under the ledger; None when the
+    ledger grants nothing. A failed call is charged what it may have generated."""
+    body = {**request_body(call, max_tokens=cap, stream=True), **overrides}
+    metered = Metered.reserve(call, body, cap)
+    if metered is None:
+        return None
     try:
-        return await call.client.open_stream(
-            call.backend, call.path,
-            {**request_body(call, max_tokens=granted, stream=True), **overrides}, call.acct)
-    except GatewayError:
-        call.ledger.settle(granted, 0)
+        stream = await call.client.open_stream(call.backend, call.path, metered.body,
+                                               call.acct, retry=metered.retry)
+    except GatewayError as exc:
+        metered.fail(exc)
         raise
+    except BaseException:
+        metered.abandon(None, "")
+        raise
+    return stream, metered
 
 
-async def _forward(call: Call, stream: UpstreamStream, piece: _Piece,
-                   granted: int) -> AsyncIterator[bytes]:
+async def _forward(call: Call, stream: UpstreamStream, metered: Metered,
+                   piece: _Piece) -> AsyncIterator[bytes]:
     """Send one upstream stream's content to the client, holding back its finish reason and
-    usage (the client gets one of each at the very end). Stops reading a backend that sends
-    more tokens than granted. Settles the ledger and the account at the end."""
+    usage (the client gets one of each at the very end). Counts the call at the end
+    (``Metered``): its usage, else its tokenizer's count, else its grant; a stream that did
+    not end normally is charged its grant unless its usage arrived. Stops reading a backend
+    that sends more chunks of text than it was granted tokens: it ignores its cap, and every
+    chunk it sends costs a token at least."""
+    overran = False
     try:
         async with aclosing(events(stream)) as upstream:
             async for payload, _data in upstream:
@@ -208,14 +215,18 @@ async def _forward(call: Call, stream: UpstreamStream, piece: _Piece,
                 out = _take(call, piece, payload)
                 if out is not None:
                     yield out
-                if piece.tokens_seen > granted:  # a backend ignoring its cap: stop paying
+                if metered.granted is not None and piece.chunks > metered.granted:
+                    overran = True
                     break
-        if not piece.done and piece.finish_reason is None and piece.tokens_seen <= granted:
+        if overran:  # counted in full (at least a token per chunk): the ledger notes it
+            metered.abandon(piece.usage, piece.generated, at_least=piece.chunks)
+        elif not piece.done and piece.finish_reason is None:
             raise UpstreamError("the stream from the backend ended before the answer was "
                                 "complete", code="stream_truncated")
+        await metered.finish_counted(piece.usage, [piece.generated], [piece.finish_reason])
     finally:
         await close_all([stream])
-        _settle(call, piece, granted)
+        metered.abandon(piece.usage, piece.generated)
 
 
 def _take(call: Call, piece: _Piece, payload: Any) -> bytes | None:
@@ -235,28 +246,18 @@ def _take(call: Call, piece: _Piece, payload: Any) -> bytes | None:
     choice = choices[0]
     if choice.get("finish_reason") is not None:
         piece.finish_reason = choice["finish_reason"]
+    generated = delta_text(choice)
+    if generated:
+        piece.generated += generated
+        piece.chunks += 1
     delta = choice.get("delta") or {}
     text = delta.get("content") or choice.get("text") or ""
     if not text and not delta.get("role"):
         return None
     piece.text += text
-    if text:
-        piece.tokens_seen += 1
     forwarded = {**payload, "choices": [{**choice, "index": 0, "finish_reason": None}]}
     forwarded.pop("usage", None)
     return sse.data_event(orjson.dumps(forwarded))
-
-
-def _settle(call: Call, piece: _Piece, granted: int) -> None:
-    if piece.usage is not None:
-        call.acct.add_usage(piece.usage)
-        spent = int(piece.usage.get("completion_tokens") or 0)
-    else:  # no usage in the stream: count a token per content chunk, estimate the prompt
-        spent = piece.tokens_seen
-        call.acct.completion_tokens += spent
-        call.acct.prompt_tokens += estimate_prompt_tokens(call.routed.body)
-        call.acct.estimated = True
-    call.ledger.settle(granted, spent)
 
 
 def _delta_event(template: dict[str, Any], call: Call, text: str) -> bytes:

@@ -34,9 +34,16 @@ class GatewayProcess:
     log: Path
 
     def backend_port(self) -> int:
-        found = re.search(r"on 127\.0\.0\.1:(\d+)", self.log.read_text(errors="replace"))
+        # the last address printed: the fallback's, when llama-server did not come up
+        found = re.findall(r"on 127\.0\.0\.1:(\d+)", self.log.read_text(errors="replace"))
         assert found, "the gateway did not print its embedded backend's address"
-        return int(found.group(1))
+        return int(found[-1])
+
+    def backend_honours_n(self) -> bool:
+        found = re.search(r"embedded backend: .*; n (honoured|fanned out)",
+                          self.log.read_text(errors="replace"))
+        assert found, "the gateway did not print which embedded backend it started"
+        return found.group(1) == "honoured"
 
 
 def start_gateway(data_dir: Path, log: Path) -> GatewayProcess:

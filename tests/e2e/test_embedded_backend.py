@@ -46,14 +46,19 @@ def test_streamed_completion_ends_with_usage(client):
     assert "1" in text and "2" in text
     assert chunks[-1].choices == []
     assert 0 < chunks[-1].usage.completion_tokens <= 12
+    # llama-cpp-python's server may send no usage in streams: then its own tokenizer
+    # (POST /extras/tokenize/count) counts the tokens, and the grant is never charged
+    assert chunks[-1].model_extra["router"]["usage_source"] in ("backend", "tokenizer")
 
 
-def test_n_is_honoured_against_llama_cpp(client):
+def test_n_is_honoured_against_llama_cpp(client, gateway):
     reply = client.chat.completions.create(
         model="auto", n=2, max_tokens=4, temperature=0.8,
         messages=[{"role": "user", "content": "Name a colour."}])
     assert [c.index for c in reply.choices] == [0, 1]
-    assert reply.model_extra["router"]["upstream_calls"] == 2
+    # one call when the server returns n choices, else one single-choice call per choice
+    calls = 1 if gateway.backend_honours_n() else 2
+    assert reply.model_extra["router"]["upstream_calls"] == calls
 
 
 def test_errors_arrive_as_sdk_exceptions(client):

@@ -1,0 +1,112 @@
+"""Choosing and starting the embedded backend when no upstream is configured.
+
+``local_server: auto`` (the default) starts llama.cpp's ``llama-server`` (parallel slots,
+continuous batching) when ``service.llama_build`` has built it for the installed
+llama-cpp-python, and falls back to llama-cpp-python's server, saying why, when the binary is
+missing or does not come up. Naming one server runs that one or fails.
+
+Whether the server returns ``n`` choices in one reply is measured with one 1-token call once
+it is up (``probe_n_support``); the gateway fans ``n`` out into single calls where it does not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from typing import IO
+
+from service.llama_build import find_server, installed_version
+from service.llama_server import LlamaServer, default_slots
+from service.local_backend import LOCAL_MODELS, LocalBackend, LocalBackendError, model_path
+from service.settings import Settings
+
+log = logging.getLogger("ttc_router")
+
+
+def start_embedded(settings: Settings, progress: IO[str] | None = sys.stderr) -> LocalBackend:
+    """Assemble the model if needed, start the embedded backend and probe its ``n`` support;
+    returns it running, with ``supports_n`` set.
+
+    Raises:
+        LocalBackendError: an unknown ``local_model``, or the chosen server (after the
+            fallback, for ``auto``) cannot start.
+    """
+    if settings.local_model not in LOCAL_MODELS:
+        raise LocalBackendError(f"unknown local_model {settings.local_model!r}; "
+                                f"known: {', '.join(LOCAL_MODELS)}")
+    model = LOCAL_MODELS[settings.local_model]
+    path = model_path(model, settings.data_dir / "models")
+    logs = settings.data_dir / "logs"
+    timeout_s = settings.local_start_timeout_s
+    backend: LocalBackend | None = None
+    if settings.local_server != "llama-cpp-python":
+        binary = find_server()
+        if binary is None:
+            reason = (f"llama.cpp's llama-server is not built for llama-cpp-python "
+                      f"{installed_version() or '(not installed)'}; `make llama-server` "
+                      f"builds it (about 10 minutes on 2 cores)")
+            if settings.local_server == "llama-server":
+                raise LocalBackendError(reason)
+            log.warning("%s; falling back to llama-cpp-python's server, which decodes one "
+                        "request at a time", reason)
+        else:
+            slots = settings.local_parallel or default_slots(settings.fanout_concurrency)
+            backend = LlamaServer(binary, path, model.alias, n_ctx=settings.local_n_ctx,
+                                  slots=slots, threads=settings.local_threads,
+                                  log_file=logs / "llama-server.log")
+            try:
+                _start_and_probe(backend, timeout_s, progress)
+            except LocalBackendError as exc:
+                if settings.local_server == "llama-server":
+                    raise
+                log.warning("%s; falling back to llama-cpp-python's server, which decodes "
+                            "one request at a time", exc)
+                backend = None
+    if backend is None:
+        backend = LocalBackend(path, model.alias, n_ctx=settings.local_n_ctx,
+                               threads=settings.local_threads,
+                               log_file=logs / "llama-cpp-python-server.log")
+        _start_and_probe(backend, timeout_s, progress)
+    if progress is not None:
+        layout = (f"{backend.slots} parallel slots x {backend.n_ctx} tokens"
+                  if isinstance(backend, LlamaServer) else f"{backend.n_ctx} tokens of context")
+        progress.write(f"embedded backend: {backend.name}, {layout}; n "
+                       f"{'honoured' if backend.supports_n else 'fanned out by the gateway'}\n")
+    return backend
+
+
+def _start_and_probe(backend: LocalBackend, timeout_s: float, progress: IO[str] | None) -> None:
+    """Start ``backend``, then send it the ``n`` probe, which is also its first chat call: a
+    server that dies on it (llama.cpp built with instructions this CPU refuses dies with
+    SIGILL on its first prompt) counts as one that did not start.
+
+    Raises:
+        LocalBackendError: the server did not come up, or exited on the probe.
+    """
+    backend.start(timeout_s, progress)
+    backend.supports_n = probe_n_support(backend.url, backend.alias)
+    code = backend.exit_code(wait_s=0.0 if backend.supports_n else 1.0)
+    if code is not None:
+        backend.stop()
+        raise LocalBackendError(
+            f"the embedded backend ({backend.name}) exited with code {code} on its first "
+            f"request; see {backend.log_file}")
+
+
+def probe_n_support(url: str, model: str, timeout_s: float = 60.0) -> bool:
+    """Whether the OpenAI-compatible server at ``url`` (ending in /v1) answers ``n: 2`` with
+    two choices: one chat call of 1 completion token. A refusal (llama-server before ``n``
+    support answers 500 "Only one completion choice is allowed") or any error counts as no."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hi"}],
+                       "n": 2, "max_tokens": 1}).encode()
+    request = urllib.request.Request(url + "/chat/completions", data=body,
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as reply:
+            choices = json.loads(reply.read()).get("choices")
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        return False
+    return isinstance(choices, list) and len(choices) == 2

@@ -1,0 +1,53 @@
+"""``GET /v1/learner``: where this replica's learner stands (an admin surface: once API keys
+exist it needs an admin key, checked by ``service.admission``).
+
+Replicas at the same ``cursor`` must report the same ``sha256`` per policy; operators and
+``bench/replicas.py`` compare them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from starlette.responses import JSONResponse
+
+from service.deps import Gateway, gateway
+from service.errors import NotFound
+
+router = APIRouter()
+
+
+@router.get("/v1/learner")
+async def learner_status(gw: Annotated[Gateway, Depends(gateway)],
+                         state: bool = False) -> JSONResponse:
+    """``{"cursor": N, "policies": {NAME: {"sha256", "feedback"[, "state"]}}}``: the last
+    learning event applied, and per learning policy the SHA-256 of its state's JSON (keys
+    sorted), the feedback it has learned from, and with ``?state=true`` the state itself.
+
+    Raises:
+        NotFound: this gateway has no learner (404).
+    """
+    if gw.learner is None:
+        raise NotFound("this gateway has no learner")
+    learner = gw.learner
+
+    def describe() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, policy in learner.policies.items():
+            snapshot = policy.state()  # type: ignore[attr-defined]
+            text = json.dumps(snapshot, sort_keys=True)
+            entry: dict[str, Any] = {"sha256": hashlib.sha256(text.encode()).hexdigest(),
+                                     "feedback": sum(snapshot.get("feedback") or [])}
+            if state:
+                entry["state"] = snapshot
+            out[name] = entry
+        return out
+
+    async with learner.reading():
+        cursor = learner.cursor
+        policies = await asyncio.to_thread(describe)
+    return JSONResponse({"cursor": cursor, "policies": policies})

@@ -1,0 +1,340 @@
+"""One upstream call metered: its grant from the ledger, its retries, and what it cost.
+
+Every strategy sends its calls through ``Metered``, so that the budget ledger, ``usage``,
+``router.spent_tokens``, the key limits, the metrics and the request log all read one count
+(``call.acct``), whatever the backend reports:
+
+- **Usage reported.** The backend's ``usage`` is the count.
+- **No usage** (llama-cpp-python's server in streams, some proxies): a choice cut by its cap
+  (``finish_reason: length``) generated exactly its ``max_tokens``; any other choice is counted
+  with the backend's own tokenizer (``UpstreamClient.count_tokens``), plus the end-of-sequence
+  token and the longest ``stop`` string that the server removed from the text. Without a
+  tokenizer the call is charged its whole grant (``max_tokens`` x choices), never less. The
+  prompt is counted with the tokenizer too, else bounded by its UTF-8 bytes (every token of a
+  byte-level BPE or byte-fallback vocabulary is at least one byte), and marked estimated.
+- **Failed calls** are charged what they may have generated: the grant of every attempt that
+  reached the backend and may have worked (``upstream.may_have_generated``); nothing for a
+  refused connection, a 4xx or a 429.
+- **Retries.** A retried call may generate its tokens again, so a retry needs a new grant of
+  the same size from the ledger, and the request's retry count must be under
+  ``max_request_retries``; the backend's retry budget is checked by the upstream client.
+- **A broken or abandoned stream** is charged its grant unless its usage arrived: the backend
+  may have generated more than reached the gateway.
+
+``router.usage_source`` names the most cautious source any call needed (``backend``,
+``tokenizer``, ``grant``, ``text_bytes``: a call with no cap at all, bounded by its text's
+UTF-8 bytes) and ``router.usage_estimated`` is True whenever a count is not the backend's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from router_models.prompt import content_text
+from service import metrics
+from service.errors import GatewayError
+from service.ledger import BudgetExhausted
+from service.strategies.base import Call
+from service.upstream import may_have_generated
+
+# Tokens a chat template adds around each message (role markers, separators): an upper bound
+# for the common templates (ChatML adds 4 to 5, Llama 3 adds 5).
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+
+
+@dataclass
+class Metered:
+    """The grants and charges of one upstream call with ``n`` choices (and its retries).
+
+    Build it with ``Metered.reserve``; pass ``retry`` to the upstream client as its retry
+    hook; end it with ``finish`` (a reply), ``finish_counted`` (a stream's texts), ``abandon``
+    (a stream that did not end normally) or ``fail`` (an error); the first one counts.
+    ``granted`` is the completion tokens granted per attempt (``per_choice * n``), None for a
+    call without a cap (``direct`` with no budget and no ``max_tokens``).
+    """
+
+    call: Call
+    body: dict[str, Any]
+    n: int
+    per_choice: int | None
+    granted: int | None
+    prompt_bound: int = 0
+    settled: bool = False
+    attempt_open: bool = True  # the current attempt's grant is reserved and not yet settled
+
+    @classmethod
+    def reserve(cls, call: Call, body: dict[str, Any], per_choice: int | None,
+                n: int = 1) -> Metered | None:
+        """Reserve ``per_choice`` x ``n`` completion tokens (fewer when the ledger has less:
+        ``per_choice`` shrinks to what is granted) and write the cap into ``body``'s
+        ``max_tokens`` (and ``max_completion_tokens``). Returns None when the ledger cannot
+        grant a token per choice."""
+        bound = prompt_bound(call, body) if call.ledger.total_budget_tokens is not None else 0
+        if per_choice is None and call.ledger.remaining is None:
+            return cls(call, body, n, None, None, bound)
+        want = per_choice if per_choice is not None else call.ledger.remaining or 0
+        try:
+            granted = call.ledger.reserve(want * n, bound)
+        except BudgetExhausted:
+            return None
+        per = granted // n
+        if per < 1:
+            call.ledger.settle(granted, 0, prompt_reserved=bound)
+            return None
+        if per * n != granted:
+            call.ledger.settle(granted - per * n, 0)
+        set_cap(call, body, per)
+        return cls(call, body, n, per, per * n, bound)
+
+    # --- retries -------------------------------------------------------------------------
+
+    def retry(self, error: GatewayError) -> bool:
+        """The upstream client's retry hook: charge the failed attempt, then allow another
+        one only within the request's retries and with a fresh grant of the same size."""
+        call = self.call
+        self._charge_attempt(error)
+        label = call.backend.label
+        if call.acct.retries >= call.settings.max_request_retries:
+            metrics.child(metrics.RETRIES_REFUSED, label, "request_retries").inc()
+            return False
+        if self.granted is not None:
+            try:
+                again = call.ledger.reserve(self.granted, self.prompt_bound)
+            except BudgetExhausted:
+                again = 0
+            if again < self.granted:
+                if again:
+                    call.ledger.settle(again, 0, prompt_reserved=self.prompt_bound)
+                metrics.child(metrics.RETRIES_REFUSED, label, "token_budget").inc()
+                return False
+        self.attempt_open = True
+        return True
+
+    def _charge_attempt(self, error: GatewayError) -> None:
+        """Settle one failed attempt's grant with what it may have generated."""
+        if not self.attempt_open:
+            return
+        self.attempt_open = False
+        spent = prompt = 0
+        if may_have_generated(error):
+            spent = self.granted if self.granted is not None else 0
+            prompt = self.prompt_bound or body_prompt_bound(self.body)
+            self.call.acct.add_counted(prompt, spent, "grant", estimated=True)
+        if self.granted is not None:
+            self.call.ledger.settle(self.granted, spent, prompt_reserved=self.prompt_bound,
+                                    prompt_spent=prompt)
+        else:
+            self.call.ledger.charge(spent, prompt)
+
+    def fail(self, error: GatewayError) -> None:
+        """The call failed for good with ``error``: charge its last attempt."""
+        if self.settled:
+            return
+        self.settled = True
+        self._charge_attempt(error)
+
+    # --- replies -------------------------------------------------------------------------
+
+    async def finish(self, data: dict[str, Any]) -> None:
+        """Count a non-streamed reply (its ``usage``, else as the module docstring says) into
+        ``call.acct`` and settle the grant."""
+        choices = [c for c in data.get("choices") or [] if isinstance(c, dict)]
+        texts = [choice_tokens_text(c) for c in choices]
+        finishes = [c.get("finish_reason") for c in choices]
+        await self.finish_counted(data.get("usage"), texts, finishes)
+
+    async def finish_counted(self, usage: Any, texts: list[str],
+                             finishes: list[str | None]) -> None:
+        """Count a call from its ``usage`` (None when absent) or from the ``texts`` and
+        ``finishes`` of its choices, and settle."""
+        if self.settled:
+            return
+        completion, prompt, source = await self._count(usage, texts, finishes)
+        self._settle(completion, prompt, source)
+
+    def abandon(self, usage: Any, seen_text: str, *, at_least: int = 0) -> None:
+        """Settle a stream that did not end normally (broken, abandoned, or cut off for
+        sending more than granted): its ``usage`` when it arrived, else its grant or
+        ``at_least`` tokens if more (else, with no cap, the text seen, in UTF-8 bytes)."""
+        if self.settled:
+            return
+        if _has_usage(usage):
+            self._settle(int(usage["completion_tokens"]), _prompt_of(usage), "backend")
+        elif self.granted is not None:
+            self._settle(max(self.granted, at_least), None, "grant")
+        else:
+            self._settle(len(seen_text.encode()) + self.n, None, "text_bytes")
+
+    async def _count(self, usage: Any, texts: list[str], finishes: list[str | None],
+                     ) -> tuple[int, int | None, str]:
+        """(completion tokens, prompt tokens or None, source) of a finished call."""
+        if _has_usage(usage):
+            return int(usage["completion_tokens"]), _prompt_of(usage), "backend"
+        if not texts:  # nothing came back: it may still have generated its grant
+            return self._fallback(texts)
+        call = self.call
+        total = 0
+        source = "tokenizer"
+        for text, finish in zip(texts, finishes, strict=True):
+            if finish == "length" and self.per_choice is not None:
+                total += self.per_choice  # cut by its cap: exactly max_tokens were generated
+                continue
+            counted = None
+            if source == "tokenizer":
+                counted = await call.client.count_tokens(call.backend, call.upstream_model,
+                                                         text)
+            if counted is not None:
+                # The end-of-sequence token, or a stop string the server removed, was
+                # generated too; within the cap unless the backend ignored it.
+                extra = 1 + _stop_allowance(self.body)
+                if self.per_choice is not None and counted <= self.per_choice:
+                    extra = min(extra, self.per_choice - counted)
+                total += counted + extra
+            elif self.per_choice is not None:
+                total, source = total + self.per_choice, "grant"  # the choice's whole cap
+            else:
+                total, source = total + len(text.encode()) + 1, "text_bytes"
+        prompt = await self._prompt_count() if source == "tokenizer" else None
+        return total, prompt, source
+
+    async def _prompt_count(self) -> int | None:
+        """The prompt's tokens by the backend's tokenizer: its text's tokens plus
+        ``TEMPLATE_TOKENS_PER_MESSAGE`` per message (the chat template is not applied), or
+        None without a tokenizer. Remembered per prompt for the request's other calls."""
+        call, key = self.call, prompt_key(self.body)
+        known = call.prompt_counts.get(key)
+        if known is not None:
+            return known
+        text, messages = prompt_parts(self.body)
+        counted = await call.client.count_tokens(call.backend, call.upstream_model, text)
+        if counted is None:
+            return None
+        call.prompt_counts[key] = counted = counted + TEMPLATE_TOKENS_PER_MESSAGE * messages
+        return counted
+
+    def _fallback(self, texts: list[str]) -> tuple[int, int | None, str]:
+        if self.granted is not None:
+            return self.granted, None, "grant"
+        return sum(len(t.encode()) + 1 for t in texts), None, "text_bytes"
+
+    def _settle(self, completion: int, prompt: int | None, source: str) -> None:
+        call = self.call
+        self.settled = True
+        estimated = source != "backend"
+        if prompt is None:
+            prompt = self.prompt_bound or body_prompt_bound(self.body)
+            estimated = True
+        elif call.ledger.total_budget_tokens is not None:
+            call.prompt_counts[prompt_key(self.body)] = prompt
+        if source == "backend" and not estimated:
+            call.acct.prompt_tokens += prompt
+            call.acct.completion_tokens += completion
+        else:
+            call.acct.add_counted(prompt, completion, source, estimated=estimated)
+        if self.granted is not None:
+            call.ledger.settle(self.granted, completion, prompt_reserved=self.prompt_bound,
+                               prompt_spent=prompt)
+        else:
+            call.ledger.charge(completion, prompt)
+
+
+def set_cap(call: Call, body: dict[str, Any], per_choice: int) -> None:
+    """Write ``per_choice`` as the call's ``max_tokens`` (and ``max_completion_tokens``, which
+    a backend may honour instead: a cap on only one of them enforces nothing)."""
+    body["max_tokens"] = per_choice
+    if "max_completion_tokens" in body or call.routed.endpoint == "chat":
+        body["max_completion_tokens"] = per_choice
+
+
+def choice_tokens_text(choice: dict[str, Any]) -> str:
+    """Everything a choice generated, as text: content (or completions ``text``), reasoning
+    (``reasoning_content``, vLLM's reasoning parsers) and tool calls (names and arguments)."""
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        text = choice.get("text")
+        return text if isinstance(text, str) else ""
+    parts = [message.get("content"), message.get("reasoning_content"),
+             message.get("reasoning")]
+    out = "".join(p for p in parts if isinstance(p, str))
+    for tool_call in message.get("tool_calls") or []:
+        function = tool_call.get("function") if isinstance(tool_call, dict) else None
+        if isinstance(function, dict):
+            out += str(function.get("name") or "") + str(function.get("arguments") or "")
+    return out
+
+
+def delta_text(choice: dict[str, Any]) -> str:
+    """What one streamed choice chunk generated, as text (content, reasoning, tool calls)."""
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        text = choice.get("text")
+        return text if isinstance(text, str) else ""
+    out = "".join(v for v in (delta.get("content"), delta.get("reasoning_content"),
+                              delta.get("reasoning")) if isinstance(v, str))
+    for tool_call in delta.get("tool_calls") or []:
+        function = tool_call.get("function") if isinstance(tool_call, dict) else None
+        if isinstance(function, dict):
+            out += str(function.get("name") or "") + str(function.get("arguments") or "")
+    return out
+
+
+def prompt_key(body: dict[str, Any]) -> bytes:
+    """What identifies a call's prompt (its messages or prompt, and its tools)."""
+    return orjson.dumps([body.get("messages", body.get("prompt")), body.get("tools")])
+
+
+def prompt_bound(call: Call, body: dict[str, Any]) -> int:
+    """The most prompt tokens a call may cost: the count reported for the same prompt by an
+    earlier call of the request (fan-out resends it), else ``body_prompt_bound``."""
+    known = call.prompt_counts.get(prompt_key(body))
+    return known if known is not None else body_prompt_bound(body)
+
+
+def prompt_parts(body: dict[str, Any]) -> tuple[str, int]:
+    """(the prompt's text: message contents, tool calls and tool definitions; the number of
+    chat messages) of a call's body."""
+    parts = [orjson.dumps(body["tools"]).decode()] if body.get("tools") else []
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        prompt = body.get("prompt")
+        parts.append(prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode())
+        return "\n".join(parts), 0
+    count = 0
+    for message in messages:
+        if isinstance(message, dict):
+            count += 1
+            parts.append(content_text(message.get("content")))
+            if message.get("tool_calls"):
+                parts.append(orjson.dumps(message["tool_calls"]).decode())
+    return "\n".join(parts), count
+
+
+def body_prompt_bound(body: dict[str, Any]) -> int:
+    """An upper bound on a body's prompt tokens without a tokenizer: its text's UTF-8 bytes
+    (a token of a byte-level BPE or byte-fallback vocabulary is at least one byte) plus
+    ``TEMPLATE_TOKENS_PER_MESSAGE`` per message, the tool definitions included."""
+    text, messages = prompt_parts(body)
+    return max(1, len(text.encode()) + TEMPLATE_TOKENS_PER_MESSAGE * messages + 1)
+
+
+def _has_usage(usage: Any) -> bool:
+    return isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int)
+
+
+def _prompt_of(usage: dict[str, Any]) -> int | None:
+    prompt = usage.get("prompt_tokens")
+    return prompt if isinstance(prompt, int) else None
+
+
+def _stop_allowance(body: dict[str, Any]) -> int:
+    """Tokens of the longest ``stop`` string, which servers remove from the text after
+    generating it (bounded by its UTF-8 bytes)."""
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        return len(stop.encode())
+    if isinstance(stop, list):
+        return max((len(s.encode()) for s in stop if isinstance(s, str)), default=0)
+    return 0

@@ -1,0 +1,167 @@
+"""One learner for every replica: feedback learned once, from the durable log, the same way on
+every gateway that shares the database (``service.learning``)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from router_models.plan import Plan, Scores
+from router_models.policies import LearnedPolicy
+from service.learning import Learner, save_atomically
+from tests.conftest import gateway_client, make_settings
+from tests.scripted import ScriptedLLM
+
+PROMPTS = [
+    "Edges: a-b, b-c, c-d, x-y. Is node a connected to node d? Think step by step.",
+    "What is 17 * 23?",
+    "Which is larger, 2^10 or 10^3?",
+    "Who wrote the novel Middlemarch?",
+    "A) 3 B) 4 C) 5. How many sides has a square?",
+    "Tom has 3 apples and buys 4 bags of 6. How many apples has he now?",
+]
+
+
+def llm() -> ScriptedLLM:
+    return ScriptedLLM(lambda i, body: "Let me see. The answer is 4.")
+
+
+def gateway_of(client: httpx.AsyncClient) -> Any:
+    return client._transport.app.state.gateway  # type: ignore[attr-defined]
+
+
+async def decide(client: httpx.AsyncClient, prompt: str) -> dict[str, Any]:
+    reply = await client.post("/v1/chat/completions", json={
+        "model": "auto", "messages": [{"role": "user", "content": prompt}]})
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def learned_state(client: httpx.AsyncClient) -> dict[str, Any]:
+    return gateway_of(client).learner.policies["learned"].state()
+
+
+def feedback_seen(policy: Any) -> float:
+    """The feedback a learned policy has counted, summed over its kinds of prompt."""
+    return sum(row["feedback"] for row in policy.budgets().values())
+
+
+def greedy(state: dict[str, Any], scores: Scores) -> Plan:
+    """The plan a state makes for ``scores`` without exploring."""
+    return LearnedPolicy.from_state(state, exploration=0.0).decide(scores).plan
+
+
+async def test_repeated_feedback_moves_the_learner_once_with_the_true_spend(tmp_path):
+    settings = make_settings(data_dir=tmp_path)
+    async with gateway_client(llm().transport(), settings) as client:
+        reply = await decide(client, PROMPTS[0])
+        canonical = gateway_of(client).learner.policies["learned"]
+        seen: list[tuple[Plan, float, int | None]] = []
+        original = canonical.update
+
+        def spy(scores: Scores, plan: Plan, correct: float, features: Any = None,
+                spent_tokens: int | None = None) -> None:
+            seen.append((plan, correct, spent_tokens))
+            original(scores, plan, correct, features=features, spent_tokens=spent_tokens)
+
+        canonical.update = spy  # type: ignore[method-assign]
+        before = LearnedPolicy.from_state(learned_state(client))
+        decision = reply["router"]["decision_id"]
+        for correct in (True, True, False):  # posted three times, the last one different
+            answer = await client.post("/v1/feedback", json={"id": decision, "correct": correct})
+            assert answer.status_code == 200
+        await gateway_of(client).learner.sync()
+        after = learned_state(client)
+        served = gateway_of(client).router.policies["learned"]
+        assert served is not canonical  # the canonical copy never decides
+        assert feedback_seen(served) == feedback_seen(canonical) == feedback_seen(before) + 1
+    assert len(seen) == 1  # learned once, from the first feedback
+    plan, correct, spent = seen[0]
+    assert correct == 1.0 and plan.strategy == reply["router"]["strategy"]
+    assert spent == reply["router"]["spent_tokens"] == reply["usage"]["completion_tokens"]
+    assert after != before.state()
+    # The served policy is saved at shutdown, atomically.
+    saved = LearnedPolicy.load(tmp_path / "models" / "learned.json")
+    assert feedback_seen(saved) == feedback_seen(before) + 1
+
+
+async def test_gateways_sharing_a_database_converge_to_the_same_state(database_url, tmp_path):
+    """Two gateways on one database: decisions on both, each one's feedback posted to the
+    *other*, and the state of both equals the initial state updated with every first
+    feedback in sequence order (what one gateway alone computes from the same feedback)."""
+    settings = [make_settings(data_dir=tmp_path / name, database_url=database_url,
+                              learn_interval_s=60.0, learn_checkpoint_every=5)
+                for name in ("a", "b")]
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(gateway_client(llm().transport(), settings[0]))
+        b = await stack.enter_async_context(gateway_client(llm().transport(), settings[1]))
+        initial = learned_state(a)
+        assert learned_state(b) == initial  # both start from the one stored S(0)
+        replies = [await decide(a if i % 2 else b, prompt)
+                   for i, prompt in enumerate(PROMPTS * 2)]
+        outcomes = []
+        for i, reply in enumerate(replies):
+            other = b if i % 2 else a  # feedback reaches the replica that did not decide
+            correct = (i % 3) != 0
+            answer = await other.post("/v1/feedback", json={
+                "id": reply["router"]["decision_id"], "correct": correct})
+            assert answer.status_code == 200, answer.text
+            outcomes.append((reply, correct))
+        for client in (a, b):
+            await gateway_of(client).learner.sync()
+        assert gateway_of(a).learner.cursor == gateway_of(b).learner.cursor == len(replies)
+        assert learned_state(a) == learned_state(b)
+        served = [gateway_of(c).router.policies["learned"] for c in (a, b)]
+        assert feedback_seen(served[0]) == feedback_seen(served[1]) == \
+            feedback_seen(LearnedPolicy.from_state(initial)) + len(replies)
+        # The same decisions.
+        probes = [Scores(d, s, r, form) for d in (0.2, 0.8) for s in (0.2, 0.8)
+                  for r in (0.1, 0.8) for form in ("numeric", "choice")]
+        assert [greedy(learned_state(a), p) for p in probes] == \
+            [greedy(learned_state(b), p) for p in probes]
+        # A third gateway started later loads the checkpoint and replays the tail.
+        c = await stack.enter_async_context(gateway_client(llm().transport(), make_settings(
+            data_dir=tmp_path / "c", database_url=database_url, learn_checkpoint_every=5)))
+        assert learned_state(c) == learned_state(a)
+        # One learner given the same feedback, in the same order, from the same start, with
+        # the decisions' plans and spend as logged.
+        alone = gateway_of(a).router.restore("learned", json.loads(json.dumps(initial)))
+        for n, (reply, correct) in enumerate(outcomes, start=1):
+            row = await gateway_of(a).request_log.get(reply["router"]["decision_id"])
+            assert row.completion_tokens == reply["router"]["spent_tokens"]
+            plan = Plan(**{k: v for k, v in row.plan.items() if k in Plan.__dataclass_fields__})
+            alone.update(Scores.from_dict(row.scores), plan, float(correct),
+                         spent_tokens=row.completion_tokens)
+            if n % 5 == 0:  # the checkpoints' round trip
+                alone = gateway_of(a).router.restore(
+                    "learned", json.loads(json.dumps(alone.state(), sort_keys=True)))
+        assert alone.state() == learned_state(a)
+
+
+def test_an_atomic_save_never_leaves_a_torn_file(tmp_path):
+    class Exploding:
+        def save(self, path: Path) -> None:
+            path.write_text('{"half": ')
+            raise OSError("disk full")
+
+    target = tmp_path / "learned.json"
+    target.write_text('{"whole": true}\n')
+    with pytest.raises(OSError):
+        save_atomically(Exploding(), target)
+    assert json.loads(target.read_text()) == {"whole": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["learned.json"]
+
+
+def test_learner_only_takes_policies_that_learn():
+    from router_models.policies import parse_policy
+    from service.learning import learns
+
+    assert learns(parse_policy("learned"))
+    assert not learns(parse_policy("rules"))
+    assert not learns(parse_policy("fixed:direct@256"))
+    assert Learner  # the class the app starts

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
                on_shutdown: Callable[[], None] | None = None,
                search_backend: SearchBackend | None = None,
+               search_transport: httpx.AsyncBaseTransport | None = None,
                span_exporter: SpanExporter | None = None) -> HotPath:
     """Build the gateway for ``settings``: the completion hot path (``service.hotpath``) in
     front of the FastAPI app that serves everything else and owns the lifespan.
@@ -64,6 +65,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             re-raises SIGTERM once it has shut down and nothing after it would run.
         search_backend: the ``search`` strategy's backend instead of the configured one
             (tests, embedding programs).
+        search_transport: an httpx transport for the search client (tests).
         span_exporter: an OpenTelemetry span exporter that turns tracing on for this app
             (tests pass an in-memory one); otherwise ``settings.otel_enabled`` decides.
     """
@@ -76,7 +78,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         await request_log.start()
         tracing.start(settings, span_exporter)
         client = UpstreamClient(settings, transport=transport)
-        search_client = open_client()
+        search_client = open_client(search_transport)
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         limiter = KeyLimiter(RedisCounters(redis_url) if redis_url else MemoryCounters())
         learner: Learner | None = None

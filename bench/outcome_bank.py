@@ -51,6 +51,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -324,7 +325,7 @@ class Server:
 
     def __init__(self, binary: Path, model: Path, slots: int, ctx: int, log: Path,
                  threads: int | None):
-        from service.local_backend import free_port
+        from service.local_backend import _die_with_parent, free_port
 
         self.port = free_port()
         self.args = ["-m", str(model), "-c", str(ctx), "-np", str(slots),
@@ -334,8 +335,10 @@ class Server:
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log = log.open("ab")
+        # The server dies with the recorder, even when the recorder is killed outright.
         self.process = subprocess.Popen([str(binary), *self.args], stdout=self._log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent)
         self.url = f"http://127.0.0.1:{self.port}/v1"
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -478,6 +481,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # SIGTERM (kill PID) ends the recording like Ctrl-C: the server is stopped, and the runs
+    # already written stay in the bank for the next start to skip.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bank = Bank(args.bank)
     bank.load()
     runs = [r for r in plan_runs(args.suites.split(","), args.items, args.data)

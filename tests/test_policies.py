@@ -70,7 +70,7 @@ def test_shipped_rules_follow_their_thresholds():
     rules = RulesPolicy.from_yaml()
     assert rules.plan(FACTS).strategy == "search"
     assert rules.plan(HARD_CHAIN).strategy == "sequential"
-    assert rules.plan(HARD_CHAIN).budget_tokens == 960
+    assert rules.plan(HARD_CHAIN).budget_tokens == 1600
     assert rules.plan(EASY).strategy == "direct"
     assert rules.plan(Scores(0.7, 0.1, 0.1)).strategy == "parallel_vote"
     assert rules.decide(EASY).plan.reason == "rule: easy"

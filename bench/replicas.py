@@ -1,6 +1,6 @@
 """Replicas on real processes: three gateways behind HAProxy, one PostgreSQL, one Redis.
 
-    .venv/bin/python bench/replicas.py [--learn 240] [--duration-s 8] [--concurrency 32]
+    .venv/bin/python bench/replicas.py [--learn 240] [--duration-s 6] [--concurrency 32]
     make bench-replicas
 
 Starts a throw-away PostgreSQL (``tests/pg.py``), Redis (``tests/redis_server.py``), the
@@ -206,6 +206,7 @@ class Result:
     feedback_status: int | None = None
     sent_s: float = 0.0
     latency_s: float = 0.0
+    completion_tokens: int = 0
 
 
 async def load(url: str, concurrency: int, duration_s: float, *, feedback: bool = False,
@@ -240,6 +241,8 @@ async def load(url: str, concurrency: int, duration_s: float, *, feedback: bool 
                 result = Result(0, "?", None, sent_s=time.monotonic() - started)
                 payload = {}
             result.latency_s = time.perf_counter() - t0
+            if result.status == 200:
+                result.completion_tokens = int(payload["usage"]["completion_tokens"])
             if feedback and result.status == 200 and result.decision_id:
                 content = payload["choices"][0]["message"]["content"] or ""
                 correct = f"answer is {answer}".lower() in content.lower()
@@ -385,24 +388,28 @@ async def main_async(args: argparse.Namespace) -> int:
         for g in gateways:
             lb.wait_status(g.name, "UP")
         print(f"3 gateways (SIMULATED backend ttc-router sim), HAProxy {lb.url}, "
-              f"PostgreSQL, Redis; {os.cpu_count()} cores")
+              f"PostgreSQL, Redis; {os.cpu_count()} cores, load average "
+              f"{os.getloadavg()[0]:.1f}")
 
-        # Throughput: one replica, then three, same load, same run.
-        for g in gateways[1:]:
-            lb.set_state(g.name, "maint")
-        await load(lb.url, args.concurrency, 2.0)  # warm-up
-        one = await load(lb.url, args.concurrency, args.duration_s, seed=1)
-        for g in gateways[1:]:
-            lb.set_state(g.name, "ready")
-        for g in gateways[1:]:
-            lb.wait_status(g.name, "UP")
-        three = await load(lb.url, args.concurrency, args.duration_s, seed=2)
-        rate_one = sum(r.status == 200 for r in one) / args.duration_s
-        rate_three = sum(r.status == 200 for r in three) / args.duration_s
+        # Throughput: one replica, then three, same load, same run, alternated twice so that
+        # a change in the machine's other load hits both alike.
+        await load(lb.url, args.concurrency, 2.0)  # warm-up, every replica
+        rates: dict[int, list[float]] = {1: [], 3: []}
         print(f"throughput, concurrency {args.concurrency}, direct answers of <= 64 tokens:")
-        print(f"  1 replica : {summary(one, args.duration_s)}")
-        print(f"  3 replicas: {summary(three, args.duration_s)}")
-        print(f"  ratio 3/1: {rate_three / rate_one:.2f}")
+        for round_ in (1, 2):
+            for replicas in (1, 3):
+                for g in gateways[1:]:
+                    lb.set_state(g.name, "maint" if replicas == 1 else "ready")
+                for g in gateways[1:replicas]:
+                    lb.wait_status(g.name, "UP")
+                results = await load(lb.url, args.concurrency, args.duration_s, seed=round_)
+                rates[replicas].append(sum(r.status == 200 for r in results) / args.duration_s)
+                print(f"  round {round_}, {replicas} replica{'s' if replicas > 1 else ' '}: "
+                      f"{summary(results, args.duration_s)}")
+        ratio = statistics.mean(rates[3]) / statistics.mean(rates[1])
+        print(f"  load average {os.getloadavg()[0]:.1f} (other work on the machine counts too)")
+        print(f"  mean: 1 replica {statistics.mean(rates[1]):.1f} req/s, 3 replicas "
+              f"{statistics.mean(rates[3]):.1f} req/s, ratio 3/1 {ratio:.2f}")
 
         # 1. Learning.
         print("1. learning across replicas")
@@ -428,21 +435,36 @@ async def main_async(args: argparse.Namespace) -> int:
         if alone["policies"]["learned"]["sha256"] != digests[0] or same != len(probes):
             failures.append("replicas differ from one gateway given the same feedback")
 
-        # 2. A per-key limit across replicas.
+        # 2. Per-key limits across replicas.
         print("2. per-key limits across replicas (Redis, sliding 60 s windows)")
-        created = subprocess.run([PY, "-m", "service", "keys", "create", "bench-rpm", "--rpm",
-                                  "60"], env={**os.environ, **env,
-                                              "TTC_DATA_DIR": str(root / "cli")},
-                                 capture_output=True, text=True, cwd=ROOT, check=True)
-        secret = created.stdout.strip().splitlines()[-1]
+        cli_env = {**os.environ, **env, "TTC_DATA_DIR": str(root / "cli")}
+
+        def keys(*argv: str) -> str:
+            done = subprocess.run([PY, "-m", "service", "keys", *argv], env=cli_env,
+                                  capture_output=True, text=True, cwd=ROOT, check=True)
+            return done.stdout.strip().splitlines()[-1]
+
+        secret = keys("create", "bench-rpm", "--rpm", "60")
         limited = await load(lb.url, 16, 30.0, total=150,
                              headers={"Authorization": f"Bearer {secret}"})
         codes = Counter(r.status for r in limited)
         served_by = Counter(r.replica for r in limited if r.status == 200)
-        print(f"  rpm 60, 150 requests over 3 replicas: {dict(codes)}; answered per replica "
-              f"{dict(served_by)}")
+        print(f"  rpm 60, 150 requests at concurrency 16: {dict(sorted(codes.items()))}; "
+              f"answered per replica {dict(sorted(served_by.items()))}")
         if codes.get(200) != 60:
-            failures.append("the per-key limit did not hold across replicas")
+            failures.append("the request limit did not hold across replicas")
+        secret = keys("create", "bench-tpm", "--tpm", "640")
+        limited = await load(lb.url, 16, 30.0, total=150,
+                             headers={"Authorization": f"Bearer {secret}"})
+        codes = Counter(r.status for r in limited)
+        spent = sum(r.completion_tokens for r in limited)
+        print(f"  tpm 640, 150 requests reserving 64 tokens each: {dict(sorted(codes.items()))};"
+              f" {spent} completion tokens spent (unspent reservations given back)")
+        if spent > 640 or not codes.get(429):
+            failures.append("the token limit did not hold across replicas")
+        keys("revoke", "bench-rpm")
+        keys("revoke", "bench-tpm")
+        await asyncio.sleep(1.5)  # keys_refresh_s: the gateways are open again
 
         # 3. SIGKILL under load.
         print(f"3. SIGKILL of one replica under load (concurrency {args.concurrency})")
@@ -517,7 +539,7 @@ async def main_async(args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--learn", type=int, default=240, help="answers with feedback")
-    parser.add_argument("--duration-s", type=float, default=8.0, help="each load phase")
+    parser.add_argument("--duration-s", type=float, default=6.0, help="each load phase")
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
     sys.exit(asyncio.run(main_async(args)))

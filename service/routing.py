@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -115,9 +114,6 @@ class Router:
             if unknown:
                 raise SettingsError(f"invalid settings:\n  {field_name}: unknown policy "
                                     f"{unknown[0]!r}; known: {', '.join(sorted(self.policies))}")
-        # The random source of exploring policies, this process's own: seeded from the OS,
-        # so replicas that hold the same learned state still explore independently.
-        self._rng = random.Random()
         self._search_available = False
         self._search_checked_at = -SEARCH_CHECK_S
         self._index: LocalIndex | None = None
@@ -148,7 +144,7 @@ class Router:
         forced = None if controls.strategy == "auto" else controls.strategy
         try:
             decision = chosen.decide(scores, budget_tokens=controls.budget_tokens
-                                     or routed.max_tokens, strategy=forced, rng=self._rng)
+                                     or routed.max_tokens, strategy=forced)
         except PolicyError as exc:
             raise InvalidRequest(str(exc), param="router") from exc
         plan = self._fit_vote(decision.plan, scores, upstream_model)

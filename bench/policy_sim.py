@@ -17,10 +17,12 @@ Per world and policy it prints (a) the policy with no feedback minus the best fi
 at equal mean tokens (each fixed strategy given the budget that makes it spend what the
 policy spent), with the token ratio; and (b) after ``--feedback`` feedbacks per kind of
 prompt, on-policy, the policy's share of the per-kind oracle's gain over the best fixed
-strategy on held-out prompts. Then per world type the median, 10th percentile and worst, and
-the issue's three targets, met or not.
+strategy on held-out prompts, and the ceiling a policy that reads only the classifier's scores
+and form could reach (the best plan per group of prompts it tells apart, as a share of the same
+gain: below 100%, the classifier hides what pays). Then per world type the median, 10th
+percentile and worst, and the issue's three targets, met or not.
 
-How to run it (from the repository root; about 2 to 4 s per world on one core)
+How to run it (from the repository root; about 1.5 s of CPU per world)
     .venv/bin/python bench/policy_sim.py [--worlds 100] [--seeds report|tune|LIST]
         [--feedback 100] [--held-out 400] [--policies learned,rules] [--explain]
         [--json OUT]
@@ -84,8 +86,10 @@ def print_world_rows(results: dict[str, list[WorldResult]]) -> None:
         cells = []
         for r in rows:
             cells.append(f"{points(r.margin)} ({r.fixed.strategy}, {r.token_ratio:.2f}x)")
+            ceiling = ("" if r.observable_share is None
+                       else f"; scores' ceiling {100 * r.observable_share:.0f}%")
             cells.append(f"{share_text(r)} ({points(r.trained_accuracy - r.trained_fixed.accuracy)}"
-                         f" of {points(r.oracle_gain)})")
+                         f" of {points(r.oracle_gain)}{ceiling})")
         print(f"| {first.seed} | {first.world_type} | {axes_code(first)} | "
               f"{points(first.oracle - first.fixed.accuracy)} | " + " | ".join(cells) + " |")
 
@@ -116,8 +120,8 @@ def print_summary(name: str, rows: list[WorldResult], feedback: int) -> dict[str
     print(f"\n== SIMULATION: {name}, summary by world type ({len(rows)} worlds) ==")
     print("| world type | worlds | (a) vs best fixed, points: median / p10 / worst | "
           "(a) tokens x: median / worst | (b) share of oracle gain: median / p10 / worst | "
-          "(b) met |")
-    print("|---|---|---|---|---|---|")
+          "(b) met | scores' ceiling: median share |")
+    print("|---|---|---|---|---|---|---|")
     out: dict[str, Any] = {}
     for world_type in (*WORLD_TYPES, "all"):
         group = [r for r in rows if world_type in ("all", r.world_type)]
@@ -130,9 +134,11 @@ def print_summary(name: str, rows: list[WorldResult], feedback: int) -> dict[str
         share_cell = (f"{100 * s_med:.0f}% / {100 * s_p10:.0f}% / {100 * s_worst:.0f}%"
                       if shares else "n/a (no gain to take)")
         met = sum(r.share_met for r in group)
+        ceilings = [r.observable_share for r in group if r.observable_share is not None]
+        ceiling = f"{100 * np.median(ceilings):.0f}%" if ceilings else "n/a"
         print(f"| {world_type} | {len(group)} | {100 * med:+.1f} / {100 * p10:+.1f} / "
               f"{100 * worst:+.1f} | {np.median(ratios):.2f} / {max(ratios):.2f} | "
-              f"{share_cell} ({len(shares)} with gain) | {met}/{len(group)} |")
+              f"{share_cell} ({len(shares)} with gain) | {met}/{len(group)} | {ceiling} |")
         out[world_type] = {"worlds": len(group), "margin_median": med, "margin_p10": p10,
                            "margin_worst": worst, "share_median": s_med, "share_p10": s_p10,
                            "share_worst": s_worst, "share_met": met}
@@ -182,14 +188,14 @@ def main() -> int:
     classifier = Classifier.load()
     factories = {spec: policy_factory(spec) for spec in specs}
     results: dict[str, list[WorldResult]] = {spec: [] for spec in specs}
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for seed in tqdm(seeds, desc="SIMULATION worlds", unit="world", file=sys.stderr):
         setup = set_up_world(seed, classifier, args.feedback, args.held_out)
         for spec in specs:
             results[spec].append(evaluate_policy(setup, factories[spec], spec, args.feedback))
-    elapsed = time.perf_counter() - started
-    print(f"{len(seeds)} worlds in {elapsed:.0f} s ({elapsed / max(1, len(seeds)):.1f} s per "
-          "world, one process)")
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    print(f"{len(seeds)} worlds in {elapsed:.0f} s wall, {cpu:.0f} s CPU (one process; "
+          f"{cpu / max(1, len(seeds)):.1f} s CPU per world)")
     print_world_rows(results)
     if args.explain:
         print_explanations(results)
@@ -208,7 +214,9 @@ def main() -> int:
                                "trained_tokens": r.trained_tokens,
                                "trained_best_fixed_accuracy": r.trained_fixed.accuracy,
                                "trained_oracle": r.trained_oracle, "share": r.share,
-                               "share_met": r.share_met, "per_kind": r.per_kind}
+                               "share_met": r.share_met, "observable": r.observable,
+                               "observable_share": r.observable_share,
+                               "per_kind": r.per_kind}
                               for r in rows]
                        for spec, rows in results.items()}}, indent=1) + "\n")
     return 0

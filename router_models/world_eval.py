@@ -224,20 +224,38 @@ def kind_oracle_choice(table: PlanTable, plans: Sequence[Plan], tokens: float
                        ) -> OracleChoice:
     """The per-kind oracle: one plan per kind of prompt (the hidden truth), the best in
     hindsight, chosen to maximise accuracy - lambda x tokens with lambda solved by bisection
-    so the mean tokens equal ``tokens`` (mixing the two choices either side of the step, the
-    randomised Lagrangian solution of this knapsack; Snell et al. 2024's compute-optimal
-    allocation with the kind as the only context). When even the cheapest choice per kind
-    spends more, that choice."""
-    kinds = table.prompts.kind
-    present = [k for k in range(len(KINDS)) if (kinds == k).any()]
-    weight = np.array([(kinds == k).mean() for k in present])
+    so the mean tokens equal ``tokens`` (``grouped_oracle`` with the kinds as groups)."""
+    accuracy, chosen = grouped_oracle(table, plans, tokens, table.prompts.kind)
+    return OracleChoice(accuracy, {KINDS[int(k)]: plan for k, plan in chosen.items()})
+
+
+def observable_groups(routed: Sequence[Routed]) -> np.ndarray:
+    """What a policy can tell prompts apart by, short of their text: the classifier's form
+    and whether each of its three scores is at least 0.5; (n,) group codes."""
+    labels = [(r.scores.form, r.scores.difficulty >= 0.5, r.scores.sequential >= 0.5,
+               r.scores.search >= 0.5) for r in routed]
+    index = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+    return np.array([index[label] for label in labels])
+
+
+def grouped_oracle(table: PlanTable, plans: Sequence[Plan], tokens: float,
+                   groups: np.ndarray) -> tuple[float, dict[int, Plan]]:
+    """The best plan per group of prompts in hindsight, one plan for all of a group's prompts,
+    chosen to maximise accuracy - lambda x tokens with lambda solved by bisection so the mean
+    tokens equal ``tokens``, mixing the two choices either side of the step (the randomised
+    Lagrangian solution of this knapsack; Snell et al. 2024's compute-optimal allocation with
+    the group as the only context). When even the cheapest choice per group spends more, that
+    choice. Returns (accuracy, group -> the plan with most weight in the mix)."""
+    present = [int(g) for g in dict.fromkeys(groups.tolist())]
+    weight = np.array([(groups == g).mean() for g in present])
     acc = np.zeros((len(present), len(plans)))
     tok = np.zeros((len(present), len(plans)))
+    masks = [groups == g for g in present]
     for j, plan in enumerate(plans):
         plan_acc, plan_tok = table(plan)
-        for g, k in enumerate(present):
-            acc[g, j] = plan_acc[kinds == k].mean()
-            tok[g, j] = plan_tok[kinds == k].mean()
+        for row, mask in enumerate(masks):
+            acc[row, j] = plan_acc[mask].mean()
+            tok[row, j] = plan_tok[mask].mean()
     rows = np.arange(len(present))
 
     def best(lam: float) -> np.ndarray:
@@ -247,18 +265,18 @@ def kind_oracle_choice(table: PlanTable, plans: Sequence[Plan], tokens: float
         j = best(lam)
         return float(weight @ acc[rows, j]), float(weight @ tok[rows, j])
 
-    def named(lam: float) -> dict[str, Plan]:
-        return {KINDS[k]: plans[int(j)] for k, j in zip(present, best(lam), strict=True)}
+    def named(lam: float) -> dict[int, Plan]:
+        return {g: plans[int(j)] for g, j in zip(present, best(lam), strict=True)}
 
     free_acc, free_tok = choose(0.0)
     if free_tok <= tokens:
-        return OracleChoice(free_acc, named(0.0))
+        return free_acc, named(0.0)
     lo, hi = 0.0, 1.0
     while choose(hi)[1] > tokens and hi < 1e6:
         hi *= 4
     acc_hi, tok_hi = choose(hi)
     if tok_hi > tokens:
-        return OracleChoice(acc_hi, named(hi))
+        return acc_hi, named(hi)
     acc_lo, tok_lo = free_acc, free_tok
     for _ in range(60):
         mid = (lo + hi) / 2
@@ -268,7 +286,7 @@ def kind_oracle_choice(table: PlanTable, plans: Sequence[Plan], tokens: float
         else:
             hi, acc_hi, tok_hi = mid, a, t
     mix = 0.0 if tok_lo == tok_hi else (tokens - tok_hi) / (tok_lo - tok_hi)
-    return OracleChoice(mix * acc_lo + (1 - mix) * acc_hi, named(lo if mix >= 0.5 else hi))
+    return mix * acc_lo + (1 - mix) * acc_hi, named(lo if mix >= 0.5 else hi)
 
 
 def train(policy: Policy, world: RandomWorld, routed: Sequence[Routed], table: PlanTable,
@@ -304,6 +322,9 @@ class WorldResult:
     ``trained_oracle``; ``share`` = (trained - fixed) / (oracle - fixed), None when the
     oracle gains less than ``NO_GAIN``; ``share_met`` the feedback target's verdict.
     ``per_kind``: per kind name, what explains the figures (``kind_breakdown``).
+    ``observable``: the best plan per group of prompts the classifier tells apart
+    (``observable_groups``), at ``trained_tokens``: the ceiling of a policy that reads only
+    the scores and the form; ``observable_share`` its share of the oracle's gain.
     """
 
     seed: int
@@ -320,6 +341,7 @@ class WorldResult:
     trained_oracle: float
     feedbacks: int
     per_kind: dict[str, dict[str, Any]]
+    observable: float = math.nan
 
     @property
     def margin(self) -> float:
@@ -338,6 +360,12 @@ class WorldResult:
         if self.oracle_gain < NO_GAIN:
             return None
         return (self.trained_accuracy - self.trained_fixed.accuracy) / self.oracle_gain
+
+    @property
+    def observable_share(self) -> float | None:
+        if self.oracle_gain < NO_GAIN:
+            return None
+        return (self.observable - self.trained_fixed.accuracy) / self.oracle_gain
 
     @property
     def share_met(self) -> bool:
@@ -395,7 +423,8 @@ def evaluate_policy(setup: WorldSetup, make_policy: Callable[[], Policy], name: 
         trained_accuracy=after.accuracy, trained_tokens=after.tokens,
         trained_fixed=trained_fixed, trained_oracle=trained_oracle.accuracy,
         feedbacks=feedbacks,
-        per_kind=kind_breakdown(setup, before, after, trained_oracle))
+        per_kind=kind_breakdown(setup, before, after, trained_oracle),
+        observable=grouped_oracle(table, plans, after.tokens, observable_groups(routed))[0])
 
 
 def _kind_figures(f: Figures, rows: np.ndarray) -> dict[str, Any]:

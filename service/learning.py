@@ -203,8 +203,10 @@ class Learner:
         if event.plan is None or event.scores is None:
             return  # a request no policy decided: nothing to learn
         name = event.plan.get("policy")
-        canonical = self._canonical.get(name) if isinstance(name, str) else None
-        if canonical is None or event.seq <= self._base[name]:
+        if not isinstance(name, str) or name not in self._canonical:
+            return  # decided by a policy that does not learn
+        canonical = self._canonical[name]
+        if event.seq <= self._base[name]:
             return
         try:
             plan = Plan(**{k: v for k, v in event.plan.items() if k in _PLAN_FIELDS})

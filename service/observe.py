@@ -86,6 +86,10 @@ class Reporter:
         self.durable = durable and request_log is not None
         self._tickets: dict[str, int] = {}  # decision id -> the request log's ticket
 
+    def forget(self, decision_id: str) -> None:
+        """Drop the ticket of a reported request nobody will wait for."""
+        self._tickets.pop(decision_id, None)
+
     async def committed(self, decision_id: str) -> None:
         """Wait until the row of the reported request ``decision_id`` is committed (durable
         reporters only; a no-op otherwise)."""
@@ -126,9 +130,9 @@ class Reporter:
         if self.request_log is not None:
             ticket = self.request_log.submit(record_of(outcome, time_s=time.time(),
                                                        keep_text=self.keep_text))
-            # Only answered, non-streamed requests wait (the route pops the ticket); a
-            # stream's row is reported after its last byte, when there is nothing to hold.
-            if self.durable and ticket and outcome.status == "200" and not outcome.stream:
+            # Only answered requests wait (the route pops the ticket, or forgets it when a
+            # stream ended without its last event).
+            if self.durable and ticket and outcome.status == "200":
                 self._tickets[outcome.decision_id] = ticket
 
 

@@ -303,3 +303,25 @@ async def test_with_postgresql_the_gateway_reads_keys_from_the_database(postgres
     async with running(FakeBackend().transport(), config) as (_, client):
         assert (await client.post(CHAT, json=ask())).status_code == 401
         assert (await client.post(CHAT, json=ask(), headers=bearer(secret))).status_code == 200
+
+
+async def test_a_prompt_token_limit_reserves_the_estimate_and_settles_the_true_count():
+    from tests.fakes import PROMPT_TOKENS
+
+    secret = store().create("prompts", prompt_tpm=4 * PROMPT_TOKENS)
+    long_prompt = {"model": "fake-model", "max_tokens": 4,
+                   "messages": [{"role": "user", "content": "x" * 400}]}  # ~100 tokens
+    async with running(FakeBackend().transport()) as (_, client):
+        too_long = await client.post(CHAT, json=long_prompt, headers=bearer(secret))
+        assert too_long.status_code == 400  # more than a whole minute's prompt tokens
+        assert too_long.json()["error"]["code"] == "over_key_limit"
+        assert too_long.json()["error"]["param"] == "messages"
+        # A short prompt is estimated at 2 tokens and charged the backend's count on settling,
+        # so four requests use the minute up and the fifth waits for the oldest to leave.
+        for _ in range(4):
+            reply = await client.post(CHAT, json=ask(max_tokens=4), headers=bearer(secret))
+            assert reply.status_code == 200, reply.text
+        refused = await client.post(CHAT, json=ask(max_tokens=4), headers=bearer(secret))
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limit_prompt_tokens"
+        assert refused.headers["retry-after"] == "60"

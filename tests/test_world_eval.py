@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from router_models.classifier import Classifier
+from router_models.plan import Plan
 from router_models.policies import parse_policy
+from router_models.simulation import CORRECT, NO_ANSWER
 from router_models.tasks.registry import TaskRegistry
 from router_models.world_backend import WorldReasoner
 from router_models.world_eval import (
@@ -22,7 +24,9 @@ from router_models.world_eval import (
     expected_figures,
     fixed_at_tokens,
     fixed_plan_of,
+    grouped_oracle,
     kind_oracle,
+    observable_groups,
     oracle_plans,
     pick_seeds,
     policy_factory,
@@ -156,3 +160,43 @@ def test_world_tasks_round_trip_into_the_eval_harness(tmp_path: Path) -> None:
     # What the harness sends (question, blank line, instruction) is recognised as that item.
     found = registry.identify([("user", tasks[0].prompt())])
     assert found.how == "registry" and found.item.question == tasks[0].question
+
+
+def test_the_served_world_draws_what_the_library_world_predicts() -> None:
+    # Two-choice prompts have no scattered wrong answers, so a majority vote over the served
+    # samples must match the library's exact vote accuracy; tokens must match on average.
+    world = WorldReasoner(1017, per_split=60)
+    items = [i for i in world.items if i.kind == "yes_no"][:4]
+    assert items
+    rng = random.Random(0)
+    for item in items:
+        index = world._index[(item.family, item.difficulty)]
+        prompts = world._prompts[index[0]]
+        depth = int(float(prompts.answer_tokens[index[1]]) * 1.2)
+        plan = Plan("parallel_vote", 3 * depth, width=3, depth_tokens=depth)
+        accuracy, tokens = world.world.outcome(prompts, plan)
+        wins, spent, trials = 0.0, 0, 3000
+        for _ in range(trials):
+            draws = [world.draw(rng, item.family, item.difficulty, depth) for _ in range(3)]
+            spent += sum(t for _, t in draws)
+            votes = [label for label, _ in draws if label != NO_ANSWER]
+            right, wrong = votes.count(CORRECT), len(votes) - votes.count(CORRECT)
+            wins += 0.5 if not votes else (1.0 if right > wrong else 0.5 if right == wrong
+                                           else 0.0)
+        assert abs(wins / trials - accuracy[index[1]]) < 0.035
+        assert abs(spent / trials - tokens[index[1]]) < 0.05 * tokens[index[1]] + 2
+
+
+def test_finer_groups_never_lower_the_oracle(classifier: Classifier) -> None:
+    world = draw_world(12)
+    prompts = world.prompts(100)
+    table = PlanTable(world, prompts)
+    routed = read_prompts(prompts, classifier)
+    plans = oracle_plans(routed[0].scores)
+    tokens = 600.0
+    one, _ = grouped_oracle(table, plans, tokens, np.zeros(len(prompts), int))
+    by_kind = kind_oracle(table, plans, tokens)
+    per_prompt, _ = grouped_oracle(table, plans, tokens, np.arange(len(prompts)))
+    assert one <= by_kind + 1e-9 <= per_prompt + 2e-9
+    observable, chosen = grouped_oracle(table, plans, tokens, observable_groups(routed))
+    assert one - 1e-9 <= observable <= per_prompt + 1e-9 and chosen

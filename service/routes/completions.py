@@ -5,6 +5,7 @@ measurable share of the gateway's own CPU on the hottest path)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import orjson
@@ -12,11 +13,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from router_models.prompt import has_conversation
+from service import sse
 from service.admission import admission_of, reserve_for_call
 from service.backends import AUTO_MODEL
 from service.deps import gateway, read_body
 from service.errors import GatewayError, InvalidRequest, Overloaded
 from service.experiments import identity_of
+from service.latency import CALL, RECEIVED
+from service.observe import Reporter
 from service.protocol import Endpoint, RoutedRequest, parse_json_object, parse_request
 from service.routing import Router
 from service.strategies import REGISTRY, Call
@@ -50,7 +54,9 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
     plan, reservation = await reserve_for_call(request, gw, routed, plan)
     call = Call(routed, backend, upstream_model, gw.client, gw.registry, gw.settings, plan,
                 reporter=gw.reporter, reservation=reservation, scores=scores,
-                assignment=assignment, search=gw.search)
+                assignment=assignment, search=gw.search,
+                started=request.scope.get(RECEIVED, time.perf_counter()))
+    request.scope[CALL] = call  # for the overhead header and the trace (service.latency)
     strategy = REGISTRY[plan.strategy]
     headers = {"x-ttc-decision-id": routed.decision_id, "x-ttc-strategy": plan.strategy}
 
@@ -78,24 +84,39 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
         record(call, str(Overloaded.status))
         raise
     headers["cache-control"] = "no-cache"
-    return StreamingResponse(_recorded(call, body_iter, gw.router), media_type="text/event-stream",
+    return StreamingResponse(_recorded(call, body_iter, gw.router, gw.reporter),
+                             media_type="text/event-stream",
                              headers=headers)
 
 
-async def _recorded(call: Call, body: AsyncIterator[bytes], router: Router | None
-                    ) -> AsyncIterator[bytes]:
-    """The strategy's SSE body, reported once it ends (also when the client goes away)."""
+async def _recorded(call: Call, body: AsyncIterator[bytes], router: Router | None,
+                    reporter: Reporter | None = None) -> AsyncIterator[bytes]:
+    """The strategy's SSE body, reported once it ends (also when the client goes away). A
+    durable reporter's row is committed before the client reads ``data: [DONE]``."""
+    recorded = False
     try:
         async for chunk in body:
+            if chunk == sse.DONE and not recorded:
+                recorded = True
+                _finish_stream(call, router)
+                if reporter is not None and reporter.durable:
+                    await reporter.committed(call.routed.decision_id)
             yield chunk
     except asyncio.CancelledError:  # cut off at the shutdown deadline (service.admission)
         call.stream_error = call.stream_error or Overloaded("the gateway is shutting down")
         raise
     finally:
-        error = call.stream_error
-        record(call, "200" if error is None else str(error.status))
-        if error is None:
-            _observe_usage(router, call)
+        if not recorded:
+            _finish_stream(call, router)
+            if reporter is not None:
+                reporter.forget(call.routed.decision_id)
+
+
+def _finish_stream(call: Call, router: Router | None) -> None:
+    error = call.stream_error
+    record(call, "200" if error is None else str(error.status))
+    if error is None:
+        _observe_usage(router, call)
 
 
 def _observe_usage(router: Router | None, call: Call) -> None:

@@ -9,10 +9,11 @@ on the request path's interpreter). ``close`` (the
 app's lifespan, on graceful shutdown) drains the queue before returning, so every accepted
 record reaches the database; ``flush`` waits until everything accepted so far is committed.
 
-A durable gateway (``log_durable``, on by default with a shared database) answers a request
-only once its record is committed: ``submit`` returns a ticket and ``committed(ticket)`` waits
-for it (without the linger: records queued while one batch commits form the next batch, a
-group commit). A replica killed with SIGKILL then loses no decision a client has seen.
+A durable gateway (``log_durable``, on by default with PostgreSQL) answers a request (a
+stream: sends its ``data: [DONE]``) only once its record is committed: ``submit`` returns a
+ticket and ``committed(ticket)`` waits for it (without the linger: records queued while one
+batch commits form the next batch, a group commit). A replica killed with SIGKILL then loses
+no decision a client has seen.
 
 With a shared database (PostgreSQL, or a SQLite file named by ``database_url`` that several
 gateways on one box write), feedback may reach a replica before

@@ -35,7 +35,7 @@ import orjson
 
 from router_models.prompt import content_text
 from service import metrics
-from service.errors import GatewayError
+from service.errors import GatewayError, InvalidRequest
 from service.ledger import BudgetExhausted
 from service.strategies.base import Call
 from service.upstream import may_have_generated
@@ -71,8 +71,20 @@ class Metered:
         """Reserve ``per_choice`` x ``n`` completion tokens (fewer when the ledger has less:
         ``per_choice`` shrinks to what is granted) and write the cap into ``body``'s
         ``max_tokens`` (and ``max_completion_tokens``). Returns None when the ledger cannot
-        grant a token per choice."""
-        bound = prompt_bound(call, body) if call.ledger.total_budget_tokens is not None else 0
+        grant a token per choice.
+
+        Raises:
+            InvalidRequest: the request's first call finds ``budget_total_tokens`` too small
+                for its prompt's upper bound and one token of answer (400).
+        """
+        ledger = call.ledger
+        bound = prompt_bound(call, body) if ledger.total_budget_tokens is not None else 0
+        if (ledger.total_budget_tokens is not None and bound >= ledger.total_budget_tokens
+                and ledger.spent == ledger.prompt_spent == ledger.reserved == 0):
+            raise InvalidRequest(
+                f"budget_total_tokens ({ledger.total_budget_tokens}) leaves no room for an "
+                f"answer after the prompt (at most {bound} tokens, counted as UTF-8 bytes "
+                "without the backend's usage)", param="router.budget_total_tokens")
         if per_choice is None and call.ledger.remaining is None:
             return cls(call, body, n, None, None, bound)
         want = per_choice if per_choice is not None else call.ledger.remaining or 0
@@ -155,15 +167,16 @@ class Metered:
         completion, prompt, source = await self._count(usage, texts, finishes)
         self._settle(completion, prompt, source)
 
-    def abandon(self, usage: Any, seen_text: str) -> None:
-        """Settle a stream that did not end normally (broken, abandoned): its ``usage`` when
-        it arrived, else its grant (else, with no cap, the text seen, in UTF-8 bytes)."""
+    def abandon(self, usage: Any, seen_text: str, *, at_least: int = 0) -> None:
+        """Settle a stream that did not end normally (broken, abandoned, or cut off for
+        sending more than granted): its ``usage`` when it arrived, else its grant or
+        ``at_least`` tokens if more (else, with no cap, the text seen, in UTF-8 bytes)."""
         if self.settled:
             return
         if _has_usage(usage):
             self._settle(int(usage["completion_tokens"]), _prompt_of(usage), "backend")
         elif self.granted is not None:
-            self._settle(self.granted, None, "grant")
+            self._settle(max(self.granted, at_least), None, "grant")
         else:
             self._settle(len(seen_text.encode()) + self.n, None, "text_bytes")
 
@@ -196,7 +209,23 @@ class Metered:
                 total, source = total + self.per_choice, "grant"  # the choice's whole cap
             else:
                 total, source = total + len(text.encode()) + 1, "text_bytes"
-        return total, None, source
+        prompt = await self._prompt_count() if source == "tokenizer" else None
+        return total, prompt, source
+
+    async def _prompt_count(self) -> int | None:
+        """The prompt's tokens by the backend's tokenizer: its text's tokens plus
+        ``TEMPLATE_TOKENS_PER_MESSAGE`` per message (the chat template is not applied), or
+        None without a tokenizer. Remembered per prompt for the request's other calls."""
+        call, key = self.call, prompt_key(self.body)
+        known = call.prompt_counts.get(key)
+        if known is not None:
+            return known
+        text, messages = prompt_parts(self.body)
+        counted = await call.client.count_tokens(call.backend, call.upstream_model, text)
+        if counted is None:
+            return None
+        call.prompt_counts[key] = counted = counted + TEMPLATE_TOKENS_PER_MESSAGE * messages
+        return counted
 
     def _fallback(self, texts: list[str]) -> tuple[int, int | None, str]:
         if self.granted is not None:
@@ -276,24 +305,31 @@ def prompt_bound(call: Call, body: dict[str, Any]) -> int:
     return known if known is not None else body_prompt_bound(body)
 
 
+def prompt_parts(body: dict[str, Any]) -> tuple[str, int]:
+    """(the prompt's text: message contents, tool calls and tool definitions; the number of
+    chat messages) of a call's body."""
+    parts = [orjson.dumps(body["tools"]).decode()] if body.get("tools") else []
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        prompt = body.get("prompt")
+        parts.append(prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode())
+        return "\n".join(parts), 0
+    count = 0
+    for message in messages:
+        if isinstance(message, dict):
+            count += 1
+            parts.append(content_text(message.get("content")))
+            if message.get("tool_calls"):
+                parts.append(orjson.dumps(message["tool_calls"]).decode())
+    return "\n".join(parts), count
+
+
 def body_prompt_bound(body: dict[str, Any]) -> int:
     """An upper bound on a body's prompt tokens without a tokenizer: its text's UTF-8 bytes
     (a token of a byte-level BPE or byte-fallback vocabulary is at least one byte) plus
-    ``TEMPLATE_TOKENS_PER_MESSAGE`` per message, and the tool definitions' JSON."""
-    size = len(orjson.dumps(body["tools"])) if body.get("tools") else 0
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            size += len(content_text(message.get("content")).encode())
-            size += TEMPLATE_TOKENS_PER_MESSAGE
-            if message.get("tool_calls"):
-                size += len(orjson.dumps(message["tool_calls"]))
-        return max(1, size)
-    prompt = body.get("prompt")
-    text = prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()
-    return max(1, size + len(text.encode()) + 1)
+    ``TEMPLATE_TOKENS_PER_MESSAGE`` per message, the tool definitions included."""
+    text, messages = prompt_parts(body)
+    return max(1, len(text.encode()) + TEMPLATE_TOKENS_PER_MESSAGE * messages + 1)
 
 
 def _has_usage(usage: Any) -> bool:

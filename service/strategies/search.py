@@ -43,7 +43,7 @@ import orjson
 
 from router_models.answers import extract_answer
 from router_models.prompt import prompt_text
-from service import metrics
+from service import metrics, tracing
 from service.errors import InvalidRequest, UpstreamError
 from service.search import Hit, SearchBackend, SearchError, open_backend
 from service.strategies.base import Call
@@ -137,6 +137,7 @@ async def _first_retrieval(loop: _Loop) -> None:
     if not loop.max_calls or not question or not loop.call.settings.search_question_first:
         return
     request = _Request(question[:MAX_QUERY_CHARS], tool_call_id="call_search_question")
+    message: dict[str, Any]
     if loop.tools:
         arguments = orjson.dumps({"query": request.query}).decode()
         message = {"role": "assistant", "content": None, "tool_calls": [
@@ -144,8 +145,8 @@ async def _first_retrieval(loop: _Loop) -> None:
              "function": {"name": "search", "arguments": arguments}}]}
         text = ""
     else:
-        message = {"role": "assistant", "content": f"SEARCH: {request.query}"}
-        text = message["content"]
+        text = f"SEARCH: {request.query}"
+        message = {"role": "assistant", "content": text}
     turn = Sample(choice={"index": 0, "message": message, "finish_reason": "stop"},
                   reply={}, text=text, finish_reason="stop", confidence=None)
     await _search(loop, turn, [request])
@@ -249,7 +250,17 @@ async def _search(loop: _Loop, turn: Sample, requests: list[_Request]) -> None:
             loop.queries.append(request.query)
             metrics.child(metrics.SEARCH_CALLS, loop.backend.name).inc()
             try:
-                hits = await loop.backend.search(request.query, settings.search_top_k)
+                with tracing.span(f"retrieval {loop.backend.name}", {
+                        "gen_ai.operation.name": "retrieval",
+                        "gen_ai.data_source.id": loop.backend.name,
+                        "gen_ai.retrieval.top_k": settings.search_top_k}) as span:
+                    try:
+                        hits = await loop.backend.search(request.query, settings.search_top_k)
+                    except SearchError as exc:
+                        tracing.fail(span, exc)
+                        raise
+                    if span is not None:
+                        span.set_attribute("ttc.search.hits", len(hits))
             except SearchError as exc:
                 loop.error = f"{loop.backend.name} {exc.reason}: {exc}"
                 results.append("The search failed: search is unavailable for this question.")

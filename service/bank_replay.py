@@ -16,7 +16,8 @@ How a request is answered (``router_models.bank`` holds the recordings):
 - **Samples.** Temperature 0 serves the greedy chain (to every choice). Otherwise choice ``i``
   is recorded sample ``(start + i) mod S`` (``S`` samples per run, 8 in the shipped bank), with
   ``start = seed mod S`` when a seed is given (so replies repeat) and a random start when not.
-  ``n`` above ``S`` repeats samples (``replay.repeated: true``). Whatever temperature is asked,
+  ``n`` above ``S`` repeats samples (``replay.repeated: true``), and so may two separate
+  calls without a seed (each draws its own start). Whatever temperature is asked,
   the samples are those recorded (at the bank's temperature, ``replay.recorded_temperature``).
 - **Budgets.** ``max_tokens`` (or ``max_completion_tokens``, the smaller) cuts the recorded
   token pieces: a choice gets its first ``max_tokens`` pieces, ``finish_reason: length`` when

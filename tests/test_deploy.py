@@ -17,6 +17,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
+from service.routes.health import READY_TIMEOUT_S
 from service.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -160,6 +161,8 @@ def test_kubernetes_resources_refer_to_each_other(overlay):
     assert all(e["path"] == "/metrics" for e in monitor["spec"]["endpoints"])
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    # The kubelet waits longer than /ready's own probe of the backends.
+    assert container["readinessProbe"]["timeoutSeconds"] > READY_TIMEOUT_S
     assert {"requests", "limits"} <= set(container["resources"])
     secrets = {s["metadata"]["name"] for s in kinds.get("Secret", [])}
     for env in container["env"]:

@@ -378,7 +378,7 @@ async def main_async(args: argparse.Namespace) -> int:
     upstream = f"http://127.0.0.1:{sim_port}/v1"
     env = {"TTC_DATABASE_URL": database_url, "TTC_REDIS_URL": redis_url,
            "TTC_LOG_LEVEL": "warning", "TTC_SHUTDOWN_TIMEOUT_S": "20"}
-    gateways = [Gateway(f"r{i}", free_port(), root / f"r{i}", env) for i in (1, 2, 3)]
+    gateways = [Gateway(f"r{i}", free_port(), root / f"r{i}", dict(env)) for i in (1, 2, 3)]
     lb: HAProxy | None = None
     try:
         wait_http(f"http://127.0.0.1:{sim_port}/health", sim)
@@ -410,6 +410,30 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"  load average {os.getloadavg()[0]:.1f} (other work on the machine counts too)")
         print(f"  mean: 1 replica {statistics.mean(rates[1]):.1f} req/s, 3 replicas "
               f"{statistics.mean(rates[3]):.1f} req/s, ratio 3/1 {ratio:.2f}")
+
+        # The cost of the durable log: one replica with and without it, alternated.
+        first = gateways[0]
+        durable_rates: dict[str, list[float]] = {"true": [], "false": []}
+        for g in gateways[1:]:
+            lb.set_state(g.name, "maint")
+        for durable in ("false", "true", "false", "true"):
+            first.env["TTC_LOG_DURABLE"] = durable
+            lb.set_state(first.name, "drain")
+            await asyncio.to_thread(first.stop)
+            await asyncio.to_thread(first.start, upstream)
+            lb.set_state(first.name, "ready")
+            await asyncio.to_thread(lb.wait_status, first.name, "UP")
+            await load(lb.url, args.concurrency, 1.0)  # warm-up
+            results = await load(lb.url, args.concurrency, args.duration_s, seed=5)
+            durable_rates[durable].append(sum(r.status == 200 for r in results)
+                                          / args.duration_s)
+            print(f"  1 replica, log_durable {durable:5}: {summary(results, args.duration_s)}")
+        for g in gateways[1:]:
+            lb.set_state(g.name, "ready")
+        for g in gateways[1:]:
+            lb.wait_status(g.name, "UP")
+        print(f"  durable log: {statistics.mean(durable_rates['true']):.1f} req/s against "
+              f"{statistics.mean(durable_rates['false']):.1f} without")
 
         # 1. Learning.
         print("1. learning across replicas")

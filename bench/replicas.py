@@ -140,8 +140,9 @@ class HAProxy:
             "defaults", "  mode http", "  timeout connect 1s", "  timeout client 60s",
             "  timeout server 60s", "  retries 3", "  option redispatch",
             # Only a request that never reached a gateway is retried elsewhere: a POST that
-            # did is not idempotent (its tokens were spent).
-            "  retry-on conn-failure",
+            # did is not idempotent (its tokens were spent). A connection per request to the
+            # gateways (loopback, cheap), so that none is reused after its gateway died.
+            "  retry-on conn-failure", "  option http-server-close",
             "frontend gateway", f"  bind 127.0.0.1:{self.port}", "  default_backend replicas",
             "backend replicas", "  balance leastconn", "  option httpchk GET /health",
             "  http-after-response set-header x-replica %s",
@@ -531,6 +532,11 @@ async def main_async(args: argparse.Namespace) -> int:
               f"{len(others)} others")
         if in_log != len(answered) or fb_in_log != len(fed):
             failures.append("a decision or a feedback was lost")
+        for r in others:
+            print(f"    other: status {r.status} via {r.replica}, feedback {r.feedback_status}, "
+                  f"sent {r.sent_s - killed_at:+.3f} s, ended {r.ended_s - killed_at:+.3f} s, "
+                  f"feedback {r.feedback_sent_s - killed_at:+.3f}..."
+                  f"{r.feedback_ended_s - killed_at:+.3f} s from the kill")
         if others:
             failures.append("errors beyond the requests the killed replica held")
         victim.start(upstream)

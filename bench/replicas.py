@@ -147,8 +147,11 @@ class HAProxy:
             "frontend gateway", f"  bind 127.0.0.1:{self.port}", "  default_backend replicas",
             "backend replicas", "  balance leastconn", "  option httpchk GET /health",
             "  http-after-response set-header x-replica %s",
-            *(f"  server {g.name} 127.0.0.1:{g.port} check inter 300ms fall 2 rise 2"
-              for g in servers)]
+            # Passive checks too: the first refused connection marks a server down at once,
+            # or leastconn would send every retry to the dead server (it has the fewest
+            # connections) until the active check notices.
+            *(f"  server {g.name} 127.0.0.1:{g.port} check inter 300ms fall 2 rise 2 "
+              "observe layer4 error-limit 1 on-error mark-down" for g in servers)]
         config.write_text("\n".join(lines) + "\n")
         binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
         if not Path(binary).exists():
@@ -248,10 +251,15 @@ async def load(url: str, concurrency: int, duration_s: float, *, feedback: bool 
             try:
                 async with session.post(url + "/v1/chat/completions", json=body,
                                         headers=headers) as reply:
-                    payload = await reply.json(content_type=None)
                     result = Result(reply.status, reply.headers.get("x-replica", "?"),
                                     reply.headers.get("x-ttc-decision-id"), sent_s=sent_s)
-            except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError) as exc:
+                    text = await reply.text()
+                    try:
+                        payload = json.loads(text)
+                    except json.JSONDecodeError:  # the balancer's own error page
+                        payload = {}
+                        result.error = text[:160]
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 result = Result(0, "?", None, sent_s=sent_s, error=repr(exc)[:160])
                 payload = {}
             result.latency_s = time.perf_counter() - t0

@@ -202,8 +202,11 @@ def extract(messages: Sequence[Any] | str) -> Features:
     tokens = _TOKEN.findall(lower)
     bigrams = [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
     numbers = len(_NUMBER.findall(text))
-    # Capitalised words that do not open a sentence: names, places, titles.
-    capitalised = sum(1 for prev, w in zip(words, words[1:], strict=False)
+    # Capitalised words that do not open a sentence: names, places, titles. Quoted material
+    # is data the prompt supplies ("the last letters of "Jeff Jen Giselle""), not an entity
+    # to look up, so it does not count.
+    unquoted = _QUOTE.sub(" ", text).split() if '"' in text or "“" in text else words
+    capitalised = sum(1 for prev, w in zip(unquoted, unquoted[1:], strict=False)
                       if w[:1].isupper() and w[1:2].islower() and prev[-1:] not in ".!?:")
     digits = sum(c.isdigit() for c in text)
     log = math.log1p

@@ -8,10 +8,11 @@ deterministic and run on one BLAS thread, and the files are written deterministi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import scipy.sparse as sp
 import sklearn
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
+from sklearn.metrics import log_loss
 from threadpoolctl import threadpool_limits
 
 from router_models.classifier import (
@@ -35,6 +36,7 @@ from router_models.classifier import (
 from router_models.features import N_DENSE, N_HASH, Features, extract
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies import LearnedPolicy, Policy, RulesPolicy
+from router_models.reliability import evaluate, expand
 from router_models.training_data import (
     DEFAULT_DATA_DIR,
     Example,
@@ -44,6 +46,14 @@ from router_models.training_data import (
 )
 
 C_GRID = (0.3, 1.0, 3.0)  # inverse L2 strength tried per head, picked on calibration log loss
+# The n-grams enter the design scaled by HASH_SCALE, which makes their L2 penalty 1 /
+# HASH_SCALE**2 times that of the hand-made cues: n-grams recognise a dataset's wording, the
+# cues carry over to prompts of a kind never seen. Chosen by the leave-one-dataset-out
+# evaluation (README).
+HASH_SCALE = 0.3
+# Each family's labels weigh in at most as FAMILY_CAP prompts (per head), so that MMLU's
+# 14,042 prompts do not decide what "difficult" means for every other kind of prompt.
+FAMILY_CAP = 2000
 TARGET_TOKENS = 1024  # the shipped learned policy's mean budget per request
 REFERENCE_PER_FAMILY = 40  # held-out prompts per family in the learned policy's reference set
 
@@ -64,56 +74,50 @@ class FeedbackRecord:
 
 @dataclass
 class TrainResult:
-    """What ``train`` produced: the classifier, the learned policy, and the metrics
-    (``classifier.metadata["metrics"]``) and chosen-strategy tables it printed."""
+    """What ``train`` produced: the classifier, the learned policy, the metrics
+    (``classifier.metadata["metrics"]``) and chosen-strategy tables it printed, and the
+    examples with their features (for ``router_models.lodo``)."""
 
     classifier: Classifier
     learned: LearnedPolicy
     strategy_table: dict[str, dict[str, dict[str, int]]]
+    examples: list[Example] = dataclasses.field(default_factory=list)
+    features: list[Features] = dataclasses.field(default_factory=list)
 
 
 # -- fitting ----------------------------------------------------------------------------------
 
-def design_matrix(features: Sequence[Features], mean: np.ndarray, scale: np.ndarray
-                  ) -> sp.csr_matrix:
-    """(n, N_DENSE + N_HASH) sparse matrix: standardised dense features, then n-grams."""
+def design_matrix(features: Sequence[Features], mean: np.ndarray, scale: np.ndarray,
+                  hash_scale: float = HASH_SCALE) -> sp.csr_matrix:
+    """(n, N_DENSE + N_HASH) sparse matrix: standardised dense features, then the n-grams
+    times ``hash_scale``."""
     dense = (np.array([f.dense for f in features]) - mean) / scale
     rows = np.repeat(np.arange(len(features)), [len(f.hash_indices) for f in features])
     cols = np.concatenate([f.hash_indices for f in features] + [np.zeros(0, np.int64)])
-    vals = np.concatenate([f.hash_values for f in features] + [np.zeros(0)])
+    vals = np.concatenate([f.hash_values for f in features] + [np.zeros(0)]) * hash_scale
     hashed = sp.csr_matrix((vals, (rows, cols)), shape=(len(features), N_HASH))
     return sp.hstack([sp.csr_matrix(dense), hashed], format="csr")
 
 
-def _expand(labels: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # A fractional label f becomes a positive row of weight f and a negative of weight 1 - f.
-    index, y, w = [], [], []
-    for i, f in enumerate(labels):
-        if f is None:
-            continue
-        for target, weight in ((1, f), (0, 1.0 - f)):
-            if weight > 0:
-                index.append(i)
-                y.append(target)
-                w.append(weight)
-    return np.array(index, int), np.array(y, int), np.array(w, float)
-
-
 def fit_head(x_train: sp.csr_matrix, train_labels: Sequence[float | None],
-             x_calib: sp.csr_matrix, calib_labels: Sequence[float | None],
-             mean: np.ndarray, scale: np.ndarray, seed: int) -> tuple[Head, float]:
-    """Logistic regression (C picked from ``C_GRID`` on calibration log loss), then isotonic
-    calibration on the calibration split. Returns the head and the chosen C.
+             train_weights: Sequence[float], x_calib: sp.csr_matrix,
+             calib_labels: Sequence[float | None], calib_weights: Sequence[float],
+             mean: np.ndarray, scale: np.ndarray, seed: int,
+             c_grid: Sequence[float] = C_GRID, hash_scale: float = HASH_SCALE
+             ) -> tuple[Head, float]:
+    """Logistic regression on weighted soft labels (``reliability.expand``), C picked from
+    ``c_grid`` on calibration log loss, then isotonic calibration on the calibration split.
+    Returns the head and the chosen C.
 
     Raises:
         ValueError: a split lacks one of the two classes.
     """
-    ti, ty, tw = _expand(train_labels)
-    ci, cy, cw = _expand(calib_labels)
+    ti, ty, tw = expand(train_labels, train_weights)
+    ci, cy, cw = expand(calib_labels, calib_weights)
     if len(set(ty)) < 2 or len(set(cy)) < 2:
         raise ValueError("a head needs both classes in its train and calibration splits")
     best: tuple[float, float, LogisticRegression] | None = None
-    for c in C_GRID:
+    for c in c_grid:
         model = LogisticRegression(C=c, max_iter=3000, random_state=seed)
         model.fit(x_train[ti], ty, sample_weight=tw)
         loss = log_loss(cy, model.predict_proba(x_calib[ci])[:, 1], sample_weight=cw)
@@ -126,21 +130,89 @@ def fit_head(x_train: sp.csr_matrix, train_labels: Sequence[float | None],
     intercept = float(model.intercept_[0] - np.sum(coef[:N_DENSE] * mean / scale))
     # Calibrate the float32-rounded model, since that is what ships.
     w_dense32 = w_dense.astype(np.float32).astype(np.float64)
-    w_hash32 = coef[N_DENSE:].astype(np.float32).astype(np.float64)
+    w_hash32 = (coef[N_DENSE:] * hash_scale).astype(np.float32).astype(np.float64)
     intercept32 = float(np.float32(intercept))
     raw_calib = x_calib[ci]
     dense_raw = raw_calib[:, :N_DENSE].toarray() * scale + mean
-    decision = dense_raw @ w_dense32 + raw_calib[:, N_DENSE:] @ w_hash32 + intercept32
+    hashed_raw = raw_calib[:, N_DENSE:] / hash_scale
+    decision = dense_raw @ w_dense32 + hashed_raw @ w_hash32 + intercept32
     iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
     iso.fit(decision, cy, sample_weight=cw)
     return Head(w_dense32, w_hash32, intercept32, iso.X_thresholds_.astype(np.float64),
                 iso.y_thresholds_.astype(np.float64)), c
 
 
+def standardisation(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, scale, constant) of the (n, N_DENSE) dense features: a column that is constant
+    up to rounding gets scale 1 and is flagged, so it cannot be blown up into a huge weight
+    (the std of identical floats can be 1e-16 rather than 0)."""
+    mean = dense.mean(axis=0)
+    scale = dense.std(axis=0)
+    constant = scale <= 1e-9 * np.maximum(1.0, np.abs(mean))
+    scale[constant] = 1.0
+    return mean, scale, constant
+
+
+def family_weights(examples: Sequence[Example], index: Sequence[int], head: str,
+                   cap: float | None) -> list[float]:
+    """Each indexed example's label weight for ``head``, scaled so that no family's labelled
+    prompts count for more than ``cap`` prompts (None: unscaled)."""
+    weights = [examples[i].weight(head) for i in index]
+    if cap is None:
+        return weights
+    counts = Counter(examples[i].family for i in index if examples[i].label(head) is not None)
+    return [w * min(1.0, cap / counts[examples[i].family]) if counts[examples[i].family]
+            else w for w, i in zip(weights, index, strict=True)]
+
+
+def fit_heads(examples: Sequence[Example], features: Sequence[Features],
+              fit_idx: Sequence[int], calib_idx: Sequence[int], seed: int,
+              c_grid: Mapping[str, Sequence[float]] | None = None,
+              hash_scale: float = HASH_SCALE, family_cap: float | None = FAMILY_CAP
+              ) -> tuple[Classifier, dict[str, float]]:
+    """The three heads fitted on ``fit_idx`` and calibrated on ``calib_idx`` (indices into
+    ``examples`` and ``features``), rounded to the float32 arrays that ship.
+
+    Args:
+        c_grid: per head, the inverse L2 strengths to try (default ``C_GRID`` for each).
+        hash_scale: the n-grams' scale in the design (``HASH_SCALE``).
+        family_cap: the most prompts' weight a family's labels carry per head and split
+            (``FAMILY_CAP``; None: no cap).
+
+    Returns:
+        (classifier without metadata, the C chosen per head).
+
+    Raises:
+        ValueError: a split lacks a class for some head.
+    """
+    mean, scale, constant = standardisation(np.array([features[i].dense for i in fit_idx]))
+    x_fit = design_matrix([features[i] for i in fit_idx], mean, scale, hash_scale)
+    x_calib = design_matrix([features[i] for i in calib_idx], mean, scale, hash_scale)
+    heads: dict[str, Head] = {}
+    chosen_c: dict[str, float] = {}
+    with threadpool_limits(limits=1):
+        for name in HEADS:
+            grid = C_GRID if c_grid is None else c_grid[name]
+            fit_w = family_weights(examples, fit_idx, name, family_cap)
+            calib_w = family_weights(examples, calib_idx, name, family_cap)
+            heads[name], chosen_c[name] = fit_head(
+                x_fit, [examples[i].label(name) for i in fit_idx], fit_w,
+                x_calib, [examples[i].label(name) for i in calib_idx], calib_w,
+                mean, scale, seed, grid, hash_scale)
+    # A cue that never varies in training (has_system, log_turns: the benchmarks are bare
+    # questions) gets no weight, so a request with a system prompt or several turns is scored
+    # as its question alone would be.
+    for head in heads.values():
+        head.w_dense[constant] = 0.0
+    # Evaluate exactly what ships: the float32 arrays of the artifact.
+    return Classifier(from_arrays(Classifier(heads).arrays())), chosen_c
+
+
 def fit_classifier(examples: Sequence[Example], seed: int = 0,
                    features: Sequence[Features] | None = None) -> Classifier:
     """Fit the three heads on the ``train`` split, calibrate on ``calibration``, and record
-    held-out metrics on ``test`` in the metadata (see ``evaluate``).
+    held-out metrics on ``test`` (a random split within datasets, see ``split_of``) in the
+    metadata. The leave-one-dataset-out evaluation is ``router_models.lodo``.
 
     Raises:
         ValueError: too little data for a head (a split lacks a class).
@@ -150,21 +222,7 @@ def fit_classifier(examples: Sequence[Example], seed: int = 0,
     train_idx = [i for i, s in enumerate(splits) if s == "train"]
     calib_idx = [i for i, s in enumerate(splits) if s == "calibration"]
     test_idx = [i for i, s in enumerate(splits) if s == "test"]
-    dense = np.array([feats[i].dense for i in train_idx])
-    mean = dense.mean(axis=0)
-    scale = dense.std(axis=0)
-    scale[scale == 0] = 1.0
-    x_train = design_matrix([feats[i] for i in train_idx], mean, scale)
-    x_calib = design_matrix([feats[i] for i in calib_idx], mean, scale)
-    heads: dict[str, Head] = {}
-    chosen_c: dict[str, float] = {}
-    with threadpool_limits(limits=1):
-        for name in HEADS:
-            heads[name], chosen_c[name] = fit_head(
-                x_train, [getattr(examples[i], name) for i in train_idx],
-                x_calib, [getattr(examples[i], name) for i in calib_idx], mean, scale, seed)
-    # Evaluate exactly what ships: the float32 arrays of the artifact.
-    classifier = Classifier(from_arrays(Classifier(heads).arrays()))
+    classifier, chosen_c = fit_heads(examples, feats, train_idx, calib_idx, seed)
     test = [examples[i] for i in test_idx]
     test_scores = [classifier.score_features(feats[i]) for i in test_idx]
     classifier.metadata = {
@@ -179,43 +237,6 @@ def fit_classifier(examples: Sequence[Example], seed: int = 0,
 
 
 # -- evaluation -------------------------------------------------------------------------------
-
-def _metrics(labels: Sequence[float], probs: Sequence[float]) -> dict[str, float | None]:
-    index, y, w = _expand(labels)
-    p = np.asarray(probs, float)[index]
-    out: dict[str, float | None] = {"n": float(len(labels)),
-                                    "mean_label": float(np.average(y, weights=w)),
-                                    "mean_score": float(np.average(p, weights=w))}
-    out["brier"] = float(brier_score_loss(y, p, sample_weight=w))
-    base = float(np.average(y, weights=w))
-    out["brier_constant"] = float(brier_score_loss(y, np.full(len(y), base), sample_weight=w))
-    out["auc"] = float(roc_auc_score(y, p, sample_weight=w)) if len(set(y)) == 2 else None
-    bins = np.minimum((p * 10).astype(int), 9)
-    ece = sum(abs(np.average(y[bins == b], weights=w[bins == b])
-                  - np.average(p[bins == b], weights=w[bins == b])) * w[bins == b].sum()
-              for b in range(10) if w[bins == b].sum() > 0) / w.sum()
-    out["ece"] = float(ece)
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
-
-
-def evaluate(examples: Sequence[Example], scores: Sequence[Scores]) -> dict[str, Any]:
-    """Held-out reliability per head, overall and by dataset: n, mean label and score, Brier
-    score (and that of a constant predictor at the base rate), AUC (None when a dataset has
-    one class only) and expected calibration error over 10 bins."""
-    out: dict[str, Any] = {}
-    for head in HEADS:
-        rows = [(getattr(e, head), getattr(s, head), e.dataset)
-                for e, s in zip(examples, scores, strict=True) if getattr(e, head) is not None]
-        by_dataset: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        for label, prob, dataset in rows:
-            by_dataset[dataset].append((label, prob))
-        out[head] = {
-            "overall": _metrics([r[0] for r in rows], [r[1] for r in rows]),
-            "by_dataset": {d: _metrics([a for a, _ in v], [b for _, b in v])
-                           for d, v in sorted(by_dataset.items())},
-        }
-    return out
-
 
 def strategy_table(examples: Sequence[Example], scores: Sequence[Scores],
                    policies: Sequence[Policy]) -> dict[str, dict[str, dict[str, int]]]:
@@ -251,16 +272,17 @@ def reference_scores(examples: Sequence[Example], scores: Sequence[Scores],
 
 def train(data_dir: Path = DEFAULT_DATA_DIR, out_dir: Path = DEFAULT_ARTIFACT_DIR, *,
           seed: int = 0, limit_per_dataset: int | None = None, n_generated: int = 1500,
-          target_tokens: float = TARGET_TOKENS) -> TrainResult:
+          target_tokens: float = TARGET_TOKENS, extra: Iterable[Iterable[Example]] = ()
+          ) -> TrainResult:
     """Fit and write ``classifier.npz``, ``classifier.json`` and ``learned.json`` to
-    ``out_dir``.
+    ``out_dir``; ``extra`` adds examples to the shared data's (``load_examples``).
 
     Raises:
         training_data.DataMissingError: the shared data is absent.
         ValueError: too little data for a head.
     """
     examples = load_examples(data_dir, seed=seed, limit_per_dataset=limit_per_dataset,
-                             n_generated=n_generated)
+                             n_generated=n_generated, extra=extra)
     features = [extract(e.text) for e in examples]
     classifier = fit_classifier(examples, seed, features)
     test = [(e, f) for e, f in zip(examples, features, strict=True)
@@ -275,7 +297,7 @@ def train(data_dir: Path = DEFAULT_DATA_DIR, out_dir: Path = DEFAULT_ARTIFACT_DI
     classifier.save(out_dir)
     learned.save(out_dir / "learned.json")
     table = strategy_table(test_examples, test_scores, [RulesPolicy.from_yaml(), learned])
-    return TrainResult(classifier, learned, table)
+    return TrainResult(classifier, learned, table, examples, features)
 
 
 def train_from_records(records: Iterable[FeedbackRecord], classifier: Classifier,
@@ -313,16 +335,20 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     """The held-out metrics as plain-text tables (one per head, a row per dataset)."""
     lines = []
     for head, m in metrics.items():
-        lines.append(f"\n{head}: held-out reliability (Brier lower is better; constant = "
-                     "base-rate predictor)")
+        lines.append(f"\n{head}: reliability on the random held-out split within datasets "
+                     "(Brier lower is better; const = base-rate predictor)")
         lines.append(f"  {'dataset':36} {'n':>6} {'label':>6} {'score':>6} {'AUC':>6} "
                      f"{'Brier':>6} {'const':>6} {'ECE':>6}")
         for name, row in [("ALL", m["overall"]), *m["by_dataset"].items()]:
             auc = "-" if row["auc"] is None else f"{row['auc']:.3f}"
             lines.append(f"  {name:36} {int(row['n']):>6} {row['mean_label']:>6.3f} "
-                         f"{row['mean_score']:>6.3f} {auc:>6} {row['brier']:>6.3f} "
-                         f"{row['brier_constant']:>6.3f} {row['ece']:>6.3f}")
+                         f"{row['mean_score']:>6.3f} {auc:>6} {_num(row['brier'])} "
+                         f"{_num(row['brier_constant'])} {row['ece']:>6.3f}")
     return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "     -" if value is None else f"{value:>6.3f}"
 
 
 def format_strategy_table(table: dict[str, dict[str, dict[str, int]]]) -> str:

@@ -41,11 +41,11 @@ from router_models.answer_lengths import AnswerLengths
 from router_models.classifier import Classifier
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies import KIND_NAMES, LearnedPolicy, Policy, PolicyError, parse_policy
-from router_models.policies.prior import fit_vote, kind_of
+from router_models.policies.prior import fit_vote, kind_of, read_search
 from router_models.prompt import has_conversation, prompt_text
-from service import metrics
+from service import metrics, tracing
 from service.backends import AUTO_MODEL
-from service.coverage import COVERED, coverage
+from service.coverage import coverage
 from service.errors import InvalidRequest
 from service.planning import choose_plan, may_call_tools
 from service.protocol import RoutedRequest
@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 LEARNED_STATE = "learned.json"
 SEARCH_CHECK_S = 2.0  # how stale the "is there anything to search" answer may be
 COVERAGE_HITS = 3  # top hits whose words count as the collection's cover of a question
-UNCOVERED_SEARCH = 0.3  # the search score of a question the local collection does not cover
 
 
 class Router:
@@ -143,8 +142,12 @@ class Router:
         controls = routed.controls
         forced = None if controls.strategy == "auto" else controls.strategy
         try:
-            decision = chosen.decide(scores, budget_tokens=controls.budget_tokens
-                                     or routed.max_tokens, strategy=forced)
+            with tracing.span("ttc.decide", {"ttc.policy": policy_name}) as span:
+                decision = chosen.decide(scores, budget_tokens=controls.budget_tokens
+                                         or routed.max_tokens, strategy=forced)
+                if span is not None:
+                    span.set_attributes({"ttc.strategy": decision.plan.strategy,
+                                         "ttc.budget_tokens": decision.plan.budget_tokens or 0})
         except PolicyError as exc:
             raise InvalidRequest(str(exc), param="router") from exc
         plan = self._fit_vote(decision.plan, scores, upstream_model)
@@ -173,9 +176,9 @@ class Router:
 
         Nothing to search in (the local backend with an empty index): 0, so no policy plans
         or explores search. A local index with documents: the share of the question's content
-        words its top hits cover (``service.coverage``) when that is at least ``COVERED``,
-        else at most ``UNCOVERED_SEARCH`` (still plausible to explore when the classifier
-        reads a fact question). A remote search service: the classifier's score.
+        words its top hits cover (``service.coverage``; ``prior.read_search``: at least
+        ``COVERED`` makes a search prompt, less caps the score at ``UNCOVERED_SEARCH``). A
+        remote search service: the classifier's score.
         """
         if self.settings.search_backend != "local":
             return scores
@@ -188,10 +191,7 @@ class Router:
         except SearchError as exc:
             log.warning("coverage check of the local index failed: %s", exc)
             return scores
-        share = coverage(question, hits)
-        if share >= COVERED:
-            return dataclasses.replace(scores, search=round(share, 4))
-        return dataclasses.replace(scores, search=min(scores.search, UNCOVERED_SEARCH))
+        return read_search(scores, coverage(question, hits))
 
     def _local_index(self) -> LocalIndex:
         if self._index is None:
@@ -206,14 +206,17 @@ class Router:
             InvalidRequest: a chat request with no user, assistant or tool turn.
         """
         started = time.perf_counter()
-        if routed.endpoint == "chat":
-            messages = routed.body["messages"]
-            if not has_conversation(messages):
-                raise InvalidRequest("messages hold no user turn to answer", param="messages")
-            scores = self.classifier.score(messages)
-        else:
-            prompt = routed.body["prompt"]
-            scores = self.classifier.score(prompt if isinstance(prompt, str) else str(prompt))
+        with tracing.span("ttc.classify"):
+            if routed.endpoint == "chat":
+                messages = routed.body["messages"]
+                if not has_conversation(messages):
+                    raise InvalidRequest("messages hold no user turn to answer",
+                                         param="messages")
+                scores = self.classifier.score(messages)
+            else:
+                prompt = routed.body["prompt"]
+                scores = self.classifier.score(prompt if isinstance(prompt, str)
+                                               else str(prompt))
         metrics.CLASSIFIER_DURATION.observe(time.perf_counter() - started)
         return scores
 

@@ -161,3 +161,57 @@ async def test_a_stream_with_unicode_line_separators_inside_json_passes_through(
                 for line in reply.text.split("\n") if line.startswith("data: {")
                 and json.loads(line[6:])["choices"]]
     assert text in contents
+
+
+async def test_a_stream_that_ignores_its_cap_is_cut_off_and_counted_in_full(chat_body):
+    sent = []
+
+    class EndlessStream(httpx.AsyncByteStream):
+        """A backend ignoring max_tokens, with no usage: a word per chunk, for ever."""
+
+        async def __aiter__(self):
+            while True:
+                sent.append(1)
+                yield (b'data: {"id": "x", "object": "chat.completion.chunk", "model": "m", '
+                       b'"choices": [{"index": 0, "delta": {"content": "la "}, '
+                       b'"finish_reason": null}]}\n\n')
+
+    transport = scripted_transport(lambda r: httpx.Response(200, stream=EndlessStream()))
+    body = {**chat_body, "stream": True, "stream_options": {"include_usage": True},
+            "router": {"strategy": "sequential", "budget_tokens": 20}}
+    async with gateway_client(transport) as client:
+        reply = await client.post(CHAT, json=body)
+    last = last_event(reply)
+    chain_cap = 20 - 5  # the reserve is a quarter of the budget
+    assert len(sent) <= chain_cap + 2  # read no further than one chunk past the grant
+    assert last["router"]["budget_overrun"] is True
+    assert last["usage"]["completion_tokens"] >= chain_cap + 1
+
+
+async def test_a_direct_stream_that_ignores_its_cap_ends_with_an_error_and_is_counted(
+        chat_body):
+    chunk = (b'data: {"id": "x", "object": "chat.completion.chunk", "model": "m", '
+             b'"choices": [{"index": 0, "delta": {"content": "la "}, "finish_reason": null}]}'
+             b'\n\n')
+    transport = scripted_transport(lambda r: httpx.Response(200, stream=ScriptedStream(
+        [chunk] * 500)))
+    before = metric("ttc_tokens_total", kind="completion", strategy="direct", policy="none",
+                    arm="none", model="fake-model")
+    body = {**chat_body, "stream": True, "max_tokens": 10}
+    async with gateway_client(transport) as client:
+        reply = await client.post(CHAT, json=body)
+    events = [line for line in reply.text.splitlines() if line.startswith("data: {")]
+    assert '"upstream_over_cap"' in events[-1]
+    assert len(events) <= 12  # 11 chunks relayed, then the error
+    after = metric("ttc_tokens_total", kind="completion", strategy="direct", policy="none",
+                   arm="none", model="fake-model")
+    assert after - before >= 11
+
+
+async def test_a_total_budget_smaller_than_the_prompt_is_a_clear_400():
+    backend = LyingBackend([5])
+    body = ask("parallel_vote", 100)
+    body["router"]["budget_total_tokens"] = 10  # "How many bridges?": 17 bytes, 8 template
+    (reply,) = await post_all(backend, [body])
+    assert reply.status_code == 400 and backend.calls == 0
+    assert reply.json()["error"]["param"] == "router.budget_total_tokens"

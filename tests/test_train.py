@@ -7,14 +7,18 @@ from types import SimpleNamespace
 
 import pytest
 
+from router_models import lodo
 from router_models import train as training
 from router_models.classifier import Classifier
+from router_models.features import extract
 from router_models.plan import Plan, Scores
 from router_models.policies import LearnedPolicy
 from router_models.training_data import (
     DEFAULT_DATA_DIR,
     DataMissingError,
+    Example,
     load_examples,
+    normalised,
     read_log,
     split_of,
 )
@@ -34,14 +38,14 @@ needs_data = pytest.mark.skipif(
 def test_log_parsing_reproduces_the_published_accuracies(stem, direct, cot):
     log = DEFAULT_DATA_DIR / "zero_shot_cot" / "log"
     for suffix, expected in (("zero_shot", direct), ("zero_shot_cot", cot)):
-        outcomes = read_log(log / f"{stem}_{suffix}.log")
-        assert 100 * sum(ok for _, ok in outcomes) / len(outcomes) == pytest.approx(
+        outcomes = read_log(log / f"{stem}_{suffix}.log")  # no answer (None) counts as wrong
+        assert 100 * sum(bool(ok) for _, ok in outcomes) / len(outcomes) == pytest.approx(
             expected, abs=0.06)
 
 
 @needs_data
 def test_the_same_question_from_two_sources_lands_in_one_split():
-    examples = load_examples(limit_per_dataset=None, n_generated=0, per_source=10)
+    examples = load_examples(limit_per_dataset=None, n_generated=0)
     by_text: dict[str, set[str]] = {}
     for e in examples:
         by_text.setdefault(" ".join(e.text.lower().split()), set()).add(split_of(e.text, 0))
@@ -50,15 +54,85 @@ def test_the_same_question_from_two_sources_lands_in_one_split():
 
 
 @needs_data
+def test_labels_are_per_question_outcomes_not_dataset_constants():
+    examples = load_examples(n_generated=0)
+    by_dataset: dict[str, list[Example]] = {}
+    for e in examples:
+        by_dataset.setdefault(e.dataset, []).append(e)
+    # No source labels a whole dataset at once any more (GSM8K train as all-chain,
+    # CommonsenseQA train as all-vote).
+    assert "gsm8k/train" not in by_dataset and "commonsenseqa/train" not in by_dataset
+    for dataset in ("zero_shot_cot/gsm8k", "zero_shot_cot/multiarith",
+                    "zero_shot_cot/commonsenseqa", "zero_shot_cot/svamp"):
+        labels = {e.sequential for e in by_dataset[dataset] if e.label("sequential") is not None}
+        assert 0.0 in labels and 1.0 in labels, dataset
+    # MMLU: no chain where no equation (Sprague et al. 2024), no label where there is one.
+    assert all((e.label("sequential") is None) == ("=" in e.text)
+               for e in by_dataset["routellm/mmlu"])
+
+
+@needs_data
+def test_chains_pay_on_state_tracking_and_arithmetic_and_not_on_commonsense():
+    examples = load_examples(n_generated=0, sources=["zero_shot_cot"])
+
+    def mean_sequential(family: str) -> float:
+        rows = [(e.sequential, e.weight("sequential")) for e in examples
+                if e.family == family and e.label("sequential") is not None]
+        return sum(s * w for s, w in rows) / sum(w for _, w in rows)
+
+    for family in ("coin_flip", "object_tracking", "last_letters", "multiarith", "gsm8k"):
+        assert mean_sequential(family) > 0.7, family
+    for family in ("commonsenseqa", "strategyqa", "singleeq", "addsub"):
+        assert mean_sequential(family) < 0.25, family
+
+
+def test_lodo_folds_hold_out_each_family_and_its_duplicates():
+    examples = [Example("Q one", "a/x", "a", 1.0, 1.0, 0.0),
+                Example("q  ONE", "b/y", "b", 0.0, 0.0, 0.0),  # the same question, recorded twice
+                Example("Q two", "b/y", "b", 0.0, 0.0, 0.0),
+                Example("Q three", "c/z", "c", 1.0, None, 1.0)]
+    folds = list(lodo.folds(examples, seed=0))
+    assert [f.family for f in folds] == ["a", "b", "c"]
+    for fold in folds:
+        held_texts = {normalised(examples[i].text) for i in fold.held}
+        assert {examples[i].family for i in fold.held} == {fold.family}
+        train = fold.fit + fold.calibration
+        assert sorted(fold.held + train) == sorted(set(fold.held + train))
+        assert all(examples[i].family != fold.family for i in train)
+        assert not held_texts & {normalised(examples[i].text) for i in train}
+    assert sorted(folds[0].fit + folds[0].calibration) == [2, 3]  # "q  ONE" left out
+
+
+@needs_data
+def test_lodo_report_has_a_row_per_held_out_family_and_the_pooled_row():
+    examples = load_examples(limit_per_dataset=60, n_generated=60)
+    features = [extract(e.text) for e in examples]
+    grid = {"difficulty": (1.0,), "sequential": (1.0,), "search": (1.0,)}
+    result = lodo.leave_one_dataset_out(examples, features, seed=0, c_grid=grid)
+    assert result.families == list(dict.fromkeys(e.family for e in examples))
+    table = lodo.format_markdown(result)
+    for family in result.families:
+        assert f"| {family} |" in table
+    assert "| **pooled** |" in table
+    # Every prompt is scored once, by the fold that held its family out.
+    assert result.pooled["search"]["n"] == sum(e.label("search") is not None for e in examples)
+    assert result.by_family["search"]["hotpotqa"]["auc"] is None  # all positive: one class
+    assert "search on hotpotqa (one class)" in lodo.unmet(result)
+    assert 0.5 < result.pooled["search"]["auc"] <= 1.0
+
+
+@needs_data
 def test_train_reproduces_its_artifact_byte_for_byte_on_a_small_subset(tmp_path, capsys):
     first, second = tmp_path / "a", tmp_path / "b"
     result = training.train(DEFAULT_DATA_DIR, first, seed=3, limit_per_dataset=40,
                             n_generated=60)
     code = main(["train", "--data", str(DEFAULT_DATA_DIR), "--out", str(second), "--seed",
-                 "3", "--limit", "40", "--generated", "60", "--data-dir", str(tmp_path / "state")])
+                 "3", "--limit", "40", "--generated", "60", "--data-dir", str(tmp_path / "state"),
+                 "--report"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "AUC" in printed and "Brier" in printed and "chosen strategy by task family" in printed
+    assert "leave-one-dataset-out" in printed and "| **pooled** |" in printed
     for name in ("classifier.npz", "classifier.json", "learned.json"):
         assert (first / name).read_bytes() != b""
         assert (first / name).read_bytes() == (second / name).read_bytes(), name

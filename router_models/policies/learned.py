@@ -66,7 +66,7 @@ from router_models.policies.prior import (
     fit_cap,
     fit_vote,
     kind_of,
-    mean_budget,
+    mean_spend,
     plausible_strategies,
     sample_tokens,
     size_plan,
@@ -175,7 +175,7 @@ class LearnedPolicy(Policy):
         prompts: Iterable[Scores] = self.reference or _DEFAULT_REFERENCE
         answers = [self.answer_tokens(k) for k in range(len(KIND_NAMES))]
         rows = [(s, self.strategy_for(s), answers[kind_of(s)]) for s in prompts]
-        self.scale = solve_scale(lambda x: mean_budget(rows, x, self.vote_width),
+        self.scale = solve_scale(lambda x: mean_spend(rows, x, self.vote_width),
                                  self.target_tokens)
         self._solved_lengths = {k: self.answer_tokens(k) for k in range(len(KIND_NAMES))}
         self._since_solve = 0

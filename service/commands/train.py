@@ -46,6 +46,11 @@ def register(subcommands: Any) -> None:
                             "chains)")
     train.add_argument("--target-tokens", type=float, default=1024.0,
                        help="the learned policy's mean budget per request (tokens)")
+    train.add_argument("--report", action="store_true",
+                       help="also evaluate leave-one-dataset-out (fit on every benchmark "
+                            "family but one, score that one, for each family) and print AUC "
+                            "and Brier score per score and held-out dataset as a Markdown "
+                            "table (several minutes)")
     train.add_argument("--from-log", action="store_true",
                        help="replay the request log's decisions with feedback into the "
                             "learned policy (no benchmark data needed)")
@@ -94,7 +99,32 @@ def _from_data(args: argparse.Namespace, out: Path) -> int:
                     if training.file_digest(shipped) == digest else
                     "  (differs from the shipped artifact)")
         print(f"  {name:16} sha256 {digest}{same}")
+    if args.report:
+        _report(result, args.seed)
     return 0
+
+
+def _report(result: Any, seed: int) -> None:
+    from router_models import lodo
+
+    print("\nleave-one-dataset-out evaluation ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    c_grid = {head: (c,) for head, c in
+              result.classifier.metadata["regularisation_c"].items()}
+    report = lodo.leave_one_dataset_out(
+        result.examples, result.features, seed, c_grid,
+        progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print("\nleave-one-dataset-out: AUC and Brier score per held-out dataset (* below the "
+          "0.8 target; one class: the label is constant there, AUC undefined; no label: "
+          "the dataset says nothing about that score; pooled: all held-out predictions "
+          "ranked together)\n")
+    print(lodo.format_markdown(report))
+    print("\nmean label / mean score per held-out dataset:")
+    print(lodo.format_calibration(report))
+    missed = lodo.unmet(report)
+    print(f"\ntarget AUC >= 0.8 not met or undefined in {len(missed)} cells"
+          + (": " + "; ".join(missed) if missed else ""))
+    print(f"({time.perf_counter() - started:.0f} s)")
 
 
 def _from_log(data_dir: Path, database_url: str | None, out: Path) -> int:

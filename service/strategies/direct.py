@@ -158,6 +158,7 @@ class _StreamState:
     finished: set[int] = field(default_factory=set)
     texts: dict[int, str] = field(default_factory=dict)
     finishes: dict[int, str | None] = field(default_factory=dict)
+    chunks: int = 0  # choice chunks that carried generated text: a token each at least
     done: bool = False
 
 
@@ -227,9 +228,17 @@ async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
     try:
         async with aclosing(merged_events(streams)) as events:
             async for index, (payload, data) in events:
-                out = _rewrite_chunk(call, states[index], payload, data, template)
+                state = states[index]
+                out = _rewrite_chunk(call, state, payload, data, template)
                 if out is not None:
                     yield sse.data_event(out)
+                granted = state.metered.granted
+                if granted is not None and state.chunks > granted:
+                    # It ignores max_tokens, and every chunk of text costs a token at least:
+                    # stop paying, count it in full (the ledger marks the overrun).
+                    state.metered.abandon(state.usage, "", at_least=state.chunks)
+                    raise UpstreamError("the backend sent more tokens than its max_tokens",
+                                        code="upstream_over_cap")
         _check_complete(call, states)
         for state in states:
             await state.metered.finish_counted(
@@ -278,7 +287,9 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
         if state.offset:
             choice["index"] = index
             changed = True
-        state.texts[index] = state.texts.get(index, "") + delta_text(choice)
+        generated = delta_text(choice)
+        state.texts[index] = state.texts.get(index, "") + generated
+        state.chunks += 1 if generated else 0
         if choice.get("finish_reason") is not None:
             state.finishes[index] = choice["finish_reason"]
             if index in state.finished:

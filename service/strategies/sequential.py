@@ -134,6 +134,7 @@ class _Piece:
 
     text: str = ""
     generated: str = ""  # everything generated, as text: content, reasoning, tool calls
+    chunks: int = 0  # chunks that carried generated text: each holds at least one token
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     done: bool = False
@@ -201,7 +202,10 @@ async def _forward(call: Call, stream: UpstreamStream, metered: Metered,
     """Send one upstream stream's content to the client, holding back its finish reason and
     usage (the client gets one of each at the very end). Counts the call at the end
     (``Metered``): its usage, else its tokenizer's count, else its grant; a stream that did
-    not end normally is charged its grant unless its usage arrived."""
+    not end normally is charged its grant unless its usage arrived. Stops reading a backend
+    that sends more chunks of text than it was granted tokens: it ignores its cap, and every
+    chunk it sends costs a token at least."""
+    overran = False
     try:
         async with aclosing(events(stream)) as upstream:
             async for payload, _data in upstream:
@@ -211,7 +215,12 @@ async def _forward(call: Call, stream: UpstreamStream, metered: Metered,
                 out = _take(call, piece, payload)
                 if out is not None:
                     yield out
-        if not piece.done and piece.finish_reason is None:
+                if metered.granted is not None and piece.chunks > metered.granted:
+                    overran = True
+                    break
+        if overran:  # counted in full (at least a token per chunk): the ledger notes it
+            metered.abandon(piece.usage, piece.generated, at_least=piece.chunks)
+        elif not piece.done and piece.finish_reason is None:
             raise UpstreamError("the stream from the backend ended before the answer was "
                                 "complete", code="stream_truncated")
         await metered.finish_counted(piece.usage, [piece.generated], [piece.finish_reason])
@@ -237,7 +246,10 @@ def _take(call: Call, piece: _Piece, payload: Any) -> bytes | None:
     choice = choices[0]
     if choice.get("finish_reason") is not None:
         piece.finish_reason = choice["finish_reason"]
-    piece.generated += delta_text(choice)
+    generated = delta_text(choice)
+    if generated:
+        piece.generated += generated
+        piece.chunks += 1
     delta = choice.get("delta") or {}
     text = delta.get("content") or choice.get("text") or ""
     if not text and not delta.get("role"):

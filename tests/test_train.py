@@ -221,3 +221,10 @@ def test_from_log_replays_the_sqlite_request_log_into_the_learned_policy(tmp_pat
     assert "replayed 4 outcomes (2 correct)" in printed.out
     state = LearnedPolicy.load(out / "learned.json")
     assert sum(row["feedback"] for row in state.budgets().values()) == 4
+
+
+def test_a_missing_outcome_bank_is_reported_not_traced(tmp_path, capsys):
+    code = main(["train", "--bank", str(tmp_path / "no-bank"), "--out", str(tmp_path / "o"),
+                 "--data-dir", str(tmp_path)])
+    assert code == 1
+    assert "bank" in capsys.readouterr().err

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= local,test,dev
 
 .PHONY: install llama-server serve test test-fast lint bench bench-llama bench-replicas check \
-	deploy-check clean
+	deploy-check wheelhouse image-test clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -51,8 +51,14 @@ deploy-check: install  ## rule files and their unit tests (promtool), Kubernetes
 	promtool check rules deploy/rules/*.yml
 	promtool test rules deploy/rules/tests/ttc-rules-test.yml
 	promtool check config deploy/prometheus.yml
-	$(PY) -m kubernetes_validate --strict deploy/k8s/configmap.yaml deploy/k8s/deployment.yaml \
-		deploy/k8s/service.yaml deploy/k8s/hpa.yaml
+	$(PY) -m pytest -q tests/test_deploy.py  # every manifest and each rendered overlay, strictly
+
+wheelhouse: install  ## every wheel the images install, for a build with no index (docs/deploy.md)
+	PY=$(PY) deploy/images/wheelhouse.sh
+
+image-test: install  ## build the slim and local images with podman and run them (not in `test`)
+	$(PY) -m pip install --quiet -e '.[images]'
+	PY=$(PY) deploy/images/image-test.sh
 
 check: lint test
 

@@ -33,6 +33,11 @@ How to run it (from the repository root, with the project's virtualenv)
     .venv/bin/python bench/gateway_overhead.py --concurrency 1,8,32 --requests 5000 \\
         --json bench-gateway.json
 
+    ``--baseline DIR`` adds the target ``gateway-baseline``: the same gateway started from the
+    source tree DIR (``PYTHONPATH=DIR``), for example a worktree of the commit before a change
+    (``git worktree add /tmp/before main``), so a change's cost is measured against its parent
+    in one run, with the same noise.
+
     ``--requests N`` is the number of measured requests per target and level (default 1000 at
     concurrency 1 and 3000 above). The exit status is 0 when both targets are met, 1 when one
     is missed, 2 when the run could not be made. Every subprocess is stopped on exit, Ctrl-C
@@ -235,9 +240,9 @@ class Servers:
         self.servers: dict[str, Server] = {}
 
     def start(self, name: str, argv: list[str], port: int, ready_path: str = "/v1/models",
-              ) -> Server:
+              extra_env: dict[str, str] | None = None) -> Server:
         log_path = self.log_dir / f"{name}.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -440,6 +445,20 @@ def _table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def _versus_baseline(results: list[Result]) -> str:
+    """The gateway against ``gateway-baseline`` at each concurrency, measured in this run."""
+    lines = ["gateway vs gateway-baseline (same run):"]
+    for r in results:
+        base = _by(results, "gateway-baseline", r.concurrency)
+        if r.target != "gateway" or base is None:
+            continue
+        cpu = (f", CPU/request x{r.cpu_us_per_req / base.cpu_us_per_req:.3f}"
+               if r.cpu_us_per_req and base.cpu_us_per_req else "")
+        lines.append(f"  concurrency {r.concurrency}: p50 {r.p50_ms - base.p50_ms:+.3f} ms, "
+                     f"req/s x{r.rps / base.rps:.3f}{cpu}")
+    return "\n".join(lines)
+
+
 def _checks(results: list[Result]) -> list[dict[str, Any]]:
     checks = []
     gw, direct = _by(results, "gateway", 1), _by(results, "direct", 1)
@@ -482,6 +501,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=60.0,
                    help="time limit per target and level; unfinished requests are dropped")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the results here")
+    p.add_argument("--baseline", type=Path, metavar="DIR",
+                   help="also run the gateway from the source tree DIR (gateway-baseline)")
     p.add_argument("--quick", action="store_true", help="a short run (a smoke test)")
     p.add_argument("--gateway-bin", default=None,
                    help="the ttc-router executable (default: next to this Python)")
@@ -519,12 +540,15 @@ async def _bench(args: argparse.Namespace, servers: Servers, targets: list[str],
         if t == "direct":
             continue
         port = _free_port()
-        if t == "gateway":
+        extra_env = None
+        if t in ("gateway", "gateway-baseline"):
             argv = [_gateway_bin(args.gateway_bin), "serve", "--upstream", upstream,
                     "--port", str(port), "--log-level", "warning"]
+            if t == "gateway-baseline":
+                extra_env = {"PYTHONPATH": str(args.baseline.resolve())}
         else:
             argv = [py, this, "--serve", t, "--port", str(port), "--upstream", upstream]
-        servers.start(t, argv, port)
+        servers.start(t, argv, port, extra_env=extra_env)
     for t in targets:
         await _wait_ready(servers.servers[t], 60)
 
@@ -567,6 +591,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if "direct" not in targets:
         targets.insert(0, "direct")
+    if args.baseline is not None:
+        if not (args.baseline / "service" / "__init__.py").is_file():
+            print(f"--baseline {args.baseline}: no service/ package there", file=sys.stderr)
+            return 2
+        targets.insert(targets.index("gateway") + 1 if "gateway" in targets else 1,
+                       "gateway-baseline")
 
     signal.signal(signal.SIGTERM, _sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in background
@@ -589,6 +619,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(log_dir, ignore_errors=True)
 
     print(_table(results))
+    if args.baseline is not None:
+        print()
+        print(_versus_baseline(results))
     checks = _checks(results)
     print()
     for check in checks:

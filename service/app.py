@@ -13,6 +13,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
@@ -22,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from router_models.answers import load_latex_parser
-from service import __version__, metrics
+from service import __version__, metrics, tracing
 from service.admission import AdmissionMiddleware
 from service.backends import BackendRegistry
 from service.deps import Gateway
@@ -41,12 +42,17 @@ from service.settings import Settings
 from service.store.log import open_request_log
 from service.upstream import UpstreamClient
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
                on_shutdown: Callable[[], None] | None = None,
-               search_backend: SearchBackend | None = None) -> HotPath:
+               search_backend: SearchBackend | None = None,
+               search_transport: httpx.AsyncBaseTransport | None = None,
+               span_exporter: SpanExporter | None = None) -> HotPath:
     """Build the gateway for ``settings``: the completion hot path (``service.hotpath``) in
     front of the FastAPI app that serves everything else and owns the lifespan.
 
@@ -59,6 +65,9 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             re-raises SIGTERM once it has shut down and nothing after it would run.
         search_backend: the ``search`` strategy's backend instead of the configured one
             (tests, embedding programs).
+        search_transport: an httpx transport for the search client (tests).
+        span_exporter: an OpenTelemetry span exporter that turns tracing on for this app
+            (tests pass an in-memory one); otherwise ``settings.otel_enabled`` decides.
     """
 
     @asynccontextmanager
@@ -67,8 +76,9 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         request_log = open_request_log(settings.data_dir, url,
                                        queue_size=settings.log_queue_size)
         await request_log.start()
+        tracing.start(settings, span_exporter)
         client = UpstreamClient(settings, transport=transport)
-        search_client = open_client()
+        search_client = open_client(search_transport)
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         limiter = KeyLimiter(RedisCounters(redis_url) if redis_url else MemoryCounters())
         learner: Learner | None = None
@@ -109,6 +119,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 await search_client.aclose()
                 await limiter.aclose()
                 await request_log.close()  # after the last request: every queued row written
+                tracing.stop()  # exports the spans still queued
             finally:
                 if on_shutdown is not None:
                     await asyncio.to_thread(on_shutdown)

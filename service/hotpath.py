@@ -7,10 +7,16 @@ else (lifespan included) goes to the FastAPI app as usual. FastAPI's stack (erro
 telemetry, body-limit, exit-stack middlewares, two routers) cost about 17% of the gateway's CPU
 per request under load, measured with py-spy and bench/gateway_overhead.py. Errors are rendered
 by the same functions as the app's exception handlers, so clients cannot tell the paths apart.
+
+Every ``/v1/*`` request is counted in ``ttc_requests_in_flight`` while it is served. A
+completion request is timed from its arrival by ``service.latency.ClientTimer`` (the
+``x-ttc-overhead-ms`` header, time to first token, inter-token latency) and, with tracing on,
+is the root span of its trace (``service.tracing``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -18,8 +24,10 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service import metrics, tracing
 from service.admission import AdmissionMiddleware
 from service.errors import GatewayError
+from service.latency import CALL, RECEIVED, ClientTimer
 from service.rendering import error_response, unexpected_error_response
 from service.routes.completions import chat_completions, completions
 
@@ -48,12 +56,41 @@ class HotPath:
         return self.app.router
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        if (scope["type"] == "http" and scope["method"] == "POST"
-                and scope["path"] in HANDLERS):
-            scope["app"] = self.app  # where handlers and admission find the Gateway
-            await self._admitted(scope, receive, send)
-        else:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
+            return
+        metrics.REQUESTS_IN_FLIGHT.inc()
+        try:
+            if scope["method"] == "POST" and scope["path"] in HANDLERS:
+                scope["app"] = self.app  # where handlers and admission find the Gateway
+                scope[RECEIVED] = time.perf_counter()
+                timed = ClientTimer(scope, send)
+                if tracing.enabled():
+                    await self._traced(scope, receive, timed)
+                else:
+                    await self._admitted(scope, receive, timed)
+            else:
+                await self.app(scope, receive, send)
+        finally:
+            metrics.REQUESTS_IN_FLIGHT.dec()
+
+    async def _traced(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        """The request as the root span of its trace: named and described once it is
+        answered (the model and strategy are known only then)."""
+        operation = tracing.OPERATIONS[scope["path"]]
+        status: list[int] = []
+
+        async def send_noting_status(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        with tracing.span(operation, {"gen_ai.operation.name": operation},
+                          kind="SERVER") as root:
+            await self._admitted(scope, receive, send_noting_status)
+            if root is not None:
+                tracing.describe_request(root, operation, scope.get(CALL), scope[RECEIVED],
+                                         status[0] if status else None)
 
     async def _handle(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         request = Request(scope, receive)

@@ -17,7 +17,14 @@ Names (labels):
   summed over its upstream calls: fan-out and search resend the prompt with every call.
 - ``ttc_upstream_duration_seconds{backend}``: one upstream call, first byte sent to last read.
 - ``ttc_request_duration_seconds{strategy}``: one client request, end to end.
-- ``ttc_overhead_seconds``: time spent in the gateway itself, upstream waits excluded.
+- ``ttc_overhead_seconds``: time spent in the gateway itself, upstream waits excluded, from
+  the request's arrival (also returned per request in the ``x-ttc-overhead-ms`` header).
+- ``ttc_requests_in_flight``: client ``/v1/*`` requests this process is serving (the load
+  metric the HorizontalPodAutoscaler in deploy/k8s scales on).
+- ``ttc_time_to_first_token_seconds{strategy}``: for streams, from the request's arrival to
+  the first event carrying generated text sent to the client; and
+  ``ttc_inter_token_latency_seconds{strategy}``: the gaps between such events
+  (``service.latency``).
 - ``ttc_proxied_requests_total{endpoint, status}``: other ``/v1/*`` calls forwarded as they are.
 - ``ttc_rejected_total{reason}``: requests refused before any upstream call
   (``invalid``, ``auth``, ``rate_limit``, ``budget``, ``overload``).
@@ -63,7 +70,9 @@ OpenTelemetry GenAI mapping: ``ttc_tokens_total`` is the counter form of the his
 ``gen_ai.client.token.usage`` (``kind`` = ``gen_ai.token.type`` with values ``input``/
 ``output`` named ``prompt``/``completion`` as in OpenAI's ``usage``; ``model`` =
 ``gen_ai.request.model``); ``ttc_upstream_duration_seconds`` corresponds to
-``gen_ai.client.operation.duration``.
+``gen_ai.client.operation.duration``; ``ttc_time_to_first_token_seconds`` and
+``ttc_inter_token_latency_seconds`` to ``gen_ai.server.time_to_first_token`` and
+``gen_ai.server.time_per_output_token``, measured where the gateway serves the client.
 """
 
 from __future__ import annotations
@@ -104,6 +113,18 @@ REQUEST_DURATION = Histogram(
 OVERHEAD = Histogram(
     "ttc_overhead_seconds", "Time spent in the gateway itself, upstream waits excluded.",
     buckets=_OVERHEAD_BUCKETS)
+REQUESTS_IN_FLIGHT = Gauge(
+    "ttc_requests_in_flight", "Client /v1/* requests this process is serving.")
+# Streaming latencies: first tokens from tens of milliseconds (a cached answer) to a minute (a
+# long vote on CPU); token gaps from a fast GPU's millisecond to a slow CPU's second.
+TIME_TO_FIRST_TOKEN = Histogram(
+    "ttc_time_to_first_token_seconds", "Streams: request arrival to the first generated text "
+    "sent to the client.", ["strategy"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80))
+INTER_TOKEN_LATENCY = Histogram(
+    "ttc_inter_token_latency_seconds", "Streams: gap between consecutive events carrying "
+    "generated text sent to the client.", ["strategy"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5))
 PROXIED = Counter(
     "ttc_proxied_requests", "Other /v1/* calls forwarded to a backend as they are.",
     ["endpoint", "status"])

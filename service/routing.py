@@ -43,7 +43,7 @@ from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies import KIND_NAMES, LearnedPolicy, Policy, PolicyError, parse_policy
 from router_models.policies.prior import fit_vote, kind_of
 from router_models.prompt import has_conversation, prompt_text
-from service import metrics
+from service import metrics, tracing
 from service.backends import AUTO_MODEL
 from service.coverage import COVERED, coverage
 from service.errors import InvalidRequest
@@ -143,8 +143,12 @@ class Router:
         controls = routed.controls
         forced = None if controls.strategy == "auto" else controls.strategy
         try:
-            decision = chosen.decide(scores, budget_tokens=controls.budget_tokens
-                                     or routed.max_tokens, strategy=forced)
+            with tracing.span("ttc.decide", {"ttc.policy": policy_name}) as span:
+                decision = chosen.decide(scores, budget_tokens=controls.budget_tokens
+                                         or routed.max_tokens, strategy=forced)
+                if span is not None:
+                    span.set_attributes({"ttc.strategy": decision.plan.strategy,
+                                         "ttc.budget_tokens": decision.plan.budget_tokens or 0})
         except PolicyError as exc:
             raise InvalidRequest(str(exc), param="router") from exc
         plan = self._fit_vote(decision.plan, scores, upstream_model)
@@ -206,14 +210,17 @@ class Router:
             InvalidRequest: a chat request with no user, assistant or tool turn.
         """
         started = time.perf_counter()
-        if routed.endpoint == "chat":
-            messages = routed.body["messages"]
-            if not has_conversation(messages):
-                raise InvalidRequest("messages hold no user turn to answer", param="messages")
-            scores = self.classifier.score(messages)
-        else:
-            prompt = routed.body["prompt"]
-            scores = self.classifier.score(prompt if isinstance(prompt, str) else str(prompt))
+        with tracing.span("ttc.classify"):
+            if routed.endpoint == "chat":
+                messages = routed.body["messages"]
+                if not has_conversation(messages):
+                    raise InvalidRequest("messages hold no user turn to answer",
+                                         param="messages")
+                scores = self.classifier.score(messages)
+            else:
+                prompt = routed.body["prompt"]
+                scores = self.classifier.score(prompt if isinstance(prompt, str)
+                                               else str(prompt))
         metrics.CLASSIFIER_DURATION.observe(time.perf_counter() - started)
         return scores
 

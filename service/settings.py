@@ -226,6 +226,13 @@ class Settings(BaseSettings):
     learn_checkpoint_every: int = Field(100, ge=1)
     # When set, GET /metrics needs `Authorization: Bearer <metrics_token>` (or an admin key).
     metrics_token: SecretStr | None = None
+    # OpenTelemetry traces (service/tracing.py), off by default: one span per stage of each
+    # request, sent over OTLP/HTTP to otel_endpoint (a base URL; unset: the SDK's
+    # OTEL_EXPORTER_OTLP_* variables, else http://localhost:4318), a share of the traces kept.
+    otel_enabled: bool = False
+    otel_endpoint: str | None = None
+    otel_service_name: str = "ttc-router"
+    otel_sample_ratio: float = Field(1.0, ge=0, le=1)
 
     # API keys (``ttc-router keys``) and their limits; see service/keys.py, service/limits.py.
     require_keys: bool = False  # refuse /v1/* without a key even before any key exists

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 
-from service import metrics
+from service import metrics, tracing
 from service.breaker import CircuitBreaker, ConcurrencyGate
 from service.errors import (
     GatewayError,
@@ -157,9 +157,11 @@ class UpstreamStream:
         self._started = started
         self._gate = gate
         self._breaker = breaker
+        self.span: Any = None  # the call's trace span, ended by aclose (service.tracing)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         if self._first:
+            tracing.note_stream_chunk(self.span, self._first)
             yield self._first
         while True:
             waited_from = time.perf_counter()
@@ -170,10 +172,14 @@ class UpstreamStream:
             except httpx.HTTPError as exc:
                 if self._breaker is not None:
                     count_failure(self._breaker, self._backend, self._acct)
-                raise _translate(exc, self._backend, streaming=True) from exc
+                error = _translate(exc, self._backend, streaming=True)
+                tracing.fail(self.span, error)
+                raise error from exc
             finally:
                 if self._acct is not None:
                     self._acct.wait_s += time.perf_counter() - waited_from
+            if self.span is not None:
+                tracing.note_stream_chunk(self.span, chunk)
             yield chunk
 
     async def aclose(self) -> None:
@@ -183,6 +189,9 @@ class UpstreamStream:
             if self._gate is not None:
                 gate, self._gate = self._gate, None
                 gate.release()
+            if self.span is not None:
+                span, self.span = self.span, None
+                span.end()
         metrics.child(metrics.UPSTREAM_DURATION, self._backend.label).observe(
             time.perf_counter() - self._started)
 
@@ -293,9 +302,21 @@ class UpstreamClient:
             UpstreamError: 5xx after retries, or a body that is not JSON.
         """
         content = orjson.dumps(body)
-        return await self._retrying(
-            backend, acct, None,
-            lambda last: self._json_attempt(backend, "POST", path, content, acct), retry)
+
+        def attempt(last: bool) -> Awaitable[JsonReply]:
+            return self._json_attempt(backend, "POST", path, content, acct)
+
+        if not tracing.enabled():
+            return await self._retrying(backend, acct, None, attempt, retry)
+        with tracing.span(tracing.upstream_name(path, body), tracing.upstream_attributes(
+                backend.base_url, backend.label, path, body), kind="CLIENT") as span:
+            try:
+                reply = await self._retrying(backend, acct, None, attempt, retry)
+            except GatewayError as error:
+                tracing.fail(span, error)
+                raise
+            tracing.note_reply(span, reply.body)
+            return reply
 
     async def open_stream(self, backend: Backend, path: str, body: Mapping[str, Any],
                           acct: Accounting | None = None,
@@ -306,9 +327,25 @@ class UpstreamClient:
         Raises the same errors as ``post_json`` for failures before the first byte.
         """
         content = orjson.dumps(body)
-        return await self._retrying(
-            backend, acct, None, lambda last: self._stream_attempt(backend, path, content, acct),
-            retry)
+
+        def attempt(last: bool) -> Awaitable[UpstreamStream]:
+            return self._stream_attempt(backend, path, content, acct)
+
+        if not tracing.enabled():
+            return await self._retrying(backend, acct, None, attempt, retry)
+        # The span lasts as long as the stream: it ends when the stream is closed.
+        span = tracing.open_span(tracing.upstream_name(path, body), tracing.upstream_attributes(
+            backend.base_url, backend.label, path, body))
+        try:
+            with tracing.current(span):
+                stream = await self._retrying(backend, acct, None, attempt, retry)
+        except BaseException as error:
+            tracing.fail(span, error)
+            if span is not None:
+                span.end()
+            raise
+        stream.span = span
+        return stream
 
     async def count_tokens(self, backend: Backend, model: str, text: str) -> int | None:
         """The tokens of ``text`` by the backend's own tokenizer, without special tokens; None

@@ -206,3 +206,12 @@ async def test_a_direct_stream_that_ignores_its_cap_ends_with_an_error_and_is_co
     after = metric("ttc_tokens_total", kind="completion", strategy="direct", policy="none",
                    arm="none", model="fake-model")
     assert after - before >= 11
+
+
+async def test_a_total_budget_smaller_than_the_prompt_is_a_clear_400():
+    backend = LyingBackend([5])
+    body = ask("parallel_vote", 100)
+    body["router"]["budget_total_tokens"] = 10  # "How many bridges?": 17 bytes, 8 template
+    (reply,) = await post_all(backend, [body])
+    assert reply.status_code == 400 and backend.calls == 0
+    assert reply.json()["error"]["param"] == "router.budget_total_tokens"

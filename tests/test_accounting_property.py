@@ -10,7 +10,8 @@ import asyncio
 import json
 from typing import Any, ClassVar
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
@@ -52,23 +53,26 @@ def reply_usage(reply: Any) -> dict[str, Any] | None:
     return {**last["usage"], "router": last["router"]} if "usage" in last else None
 
 
-@settings(max_examples=70, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(strategy=st.sampled_from(["direct", "parallel_vote", "sequential", "search"]),
-       budget=st.integers(1, 1500), width=st.integers(1, 8),
+@pytest.mark.parametrize("strategy", ["direct", "parallel_vote", "sequential", "search"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(budget=st.integers(1, 1500), width=st.integers(1, 8),
        lengths=st.lists(st.integers(1, 400), min_size=1, max_size=6),
        fail=st.sets(st.integers(0, 12), max_size=3), usage=st.booleans(),
        tokenizer=st.booleans(), tokens_per_chunk=st.sampled_from([1, 8, 50]),
        honours_n=st.booleans(), stream=st.booleans(), retries=st.integers(0, 2),
-       n=st.sampled_from([1, 1, 2]), asks=st.booleans())
+       n=st.sampled_from([1, 1, 2]), asks=st.booleans(),
+       total=st.none() | st.integers(30, 3000))
 def test_generated_tokens_stay_within_the_budget_and_are_never_under_counted(
         strategy, budget, width, lengths, fail, usage, tokenizer, tokens_per_chunk, honours_n,
-        stream, retries, n, asks):
+        stream, retries, n, asks, total):
     backend = LyingBackend(lengths, usage=usage, tokenizer=tokenizer, fail=fail,
                            tokens_per_chunk=tokens_per_chunk, honours_n=honours_n,
                            tail=lambda i: "SEARCH: bridges" if asks and i % 2 == 0 else "7")
     request: dict[str, Any] = {
         "model": "fake-model", "messages": [{"role": "user", "content": "How many bridges?"}],
         "router": {"strategy": strategy, "budget_tokens": budget}}
+    if total is not None:  # prompt and completion tokens together
+        request["router"]["budget_total_tokens"] = total
     if strategy == "direct" and n > 1:
         request["n"] = n
     if stream:
@@ -87,10 +91,13 @@ def test_generated_tokens_stay_within_the_budget_and_are_never_under_counted(
     counted = completion_tokens_counted() - before
     assert counted >= backend.generated  # metrics (and so the key limits and the log)
     seen = reply_usage(reply)
+    event("usage seen" if seen else "no usage (an error)")
     if seen is not None:
         assert seen["completion_tokens"] == counted
         assert seen["router"]["spent_tokens"] == counted
         assert seen["completion_tokens"] >= backend.generated
+        if total is not None:
+            assert seen["prompt_tokens"] + seen["completion_tokens"] <= total
         if usage and not fail:
             assert seen["completion_tokens"] == backend.generated
             assert seen["router"]["usage_source"] == "backend"

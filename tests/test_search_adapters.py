@@ -172,3 +172,24 @@ def test_an_http_search_backend_without_a_url_stops_the_start():
         load_settings(search_backend="searxng")
     with pytest.raises(SettingsError, match="search_url"):
         load_settings(search_backend="searxng", search_url="searx:8888")
+
+
+async def test_the_app_owns_one_search_client_shared_by_every_search(tmp_path):
+    from service.app import create_app
+    from tests.conftest import make_settings
+    from tests.fakes import FakeBackend
+
+    settings = make_settings(search_backend="searxng", search_url="http://searx.test",
+                             data_dir=tmp_path)
+    fake = FakeSearch()
+    app = create_app(settings, transport=FakeBackend().transport(),
+                     search_transport=fake.transport())
+    async with app.router.lifespan_context(app):
+        backend = app.state.gateway.search
+        assert isinstance(backend, SearxngSearch)
+        client = backend.client
+        assert isinstance(client, httpx.AsyncClient) and not client.is_closed
+        await backend.search("owls", 2)
+        await backend.search("cats", 2)
+        assert [s["params"]["q"] for s in fake.seen] == ["owls", "cats"]
+    assert client.is_closed  # closed with the app

@@ -1,4 +1,5 @@
-"""``ttc-router sim``: serve the simulated reasoner (SIMULATION) over the OpenAI API."""
+"""``ttc-router sim``: serve the simulated reasoner (SIMULATION) over the OpenAI API, or, with
+``--bank``, replay a real model's recorded outcomes (``service.bank_replay``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+BANK_DEFAULT = Path("-")  # --bank with no PATH: the shipped bank
 
 
 def register(subcommands: Any) -> None:
@@ -17,7 +20,12 @@ def register(subcommands: Any) -> None:
                     "recognises known benchmark and generated questions, or a marker "
                     "[[sim family=NAME difficulty=0.4 answer=42]] in the prompt. Every reply "
                     "is labelled as a simulation (model sim-reasoner, system_fingerprint "
-                    "simulation).")
+                    "simulation). With --bank it instead replays a real model's outcomes "
+                    "recorded by bench/outcome_bank.py (model bank-replay).")
+    sim.add_argument("--bank", type=Path, nargs="?", const=BANK_DEFAULT, default=None,
+                     metavar="PATH",
+                     help="replay this outcome bank folder instead of simulating; with no "
+                          "PATH, the bank the project ships (router_models/data/bank)")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
     sim.add_argument("--port", type=int, default=8100, help="port to listen on (default 8100)")
     sim.add_argument("--world", type=Path,
@@ -34,16 +42,22 @@ def register(subcommands: Any) -> None:
     sim.add_argument("--data", type=Path,
                      help="benchmark data folder whose questions it recognises (default "
                           "$TTC_BENCH_DATA, else ../shared/data when present)")
-    sim.add_argument("--latency-ms-per-token", type=float, default=0.5,
-                     help="decode time per token, milliseconds (default 0.5)")
-    sim.add_argument("--ttft-ms", type=float, default=10.0,
-                     help="time to the first token, milliseconds (default 10)")
+    sim.add_argument("--latency-ms-per-token", type=float, default=None,
+                     help="decode time per token, milliseconds (default 0.5; 0 with --bank)")
+    sim.add_argument("--ttft-ms", type=float, default=None,
+                     help="time to the first token, milliseconds (default 10; 0 with --bank)")
     sim.add_argument("--log-level", default="warning", help="uvicorn log level")
     sim.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
+
+    if args.bank is not None:
+        return run_bank(args)
+    args.latency_ms_per_token = 0.5 if args.latency_ms_per_token is None \
+        else args.latency_ms_per_token
+    args.ttft_ms = 10.0 if args.ttft_ms is None else args.ttft_ms
 
     from router_models.simulation import World, WorldError
     from router_models.tasks import load_tasks_file
@@ -84,6 +98,34 @@ def run(args: argparse.Namespace) -> int:
                        ttft_s=args.ttft_ms / 1000,
                        world_name=world_name)
     uvicorn.run(create_sim_app(config), host=args.host, port=args.port,
+                log_level=args.log_level, access_log=False)
+    return 0
+
+
+def run_bank(args: argparse.Namespace) -> int:
+    """Serve an outcome bank (``--bank``); 2 when it cannot be read."""
+    import uvicorn
+
+    from router_models.bank import Bank, BankError
+    from service.bank_replay import ReplayConfig, create_replay_app
+
+    latency = args.latency_ms_per_token or 0.0
+    ttft = args.ttft_ms or 0.0
+    if latency < 0 or ttft < 0:
+        print("ttc-router sim: latencies must be >= 0", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        bank = Bank.load(None if args.bank == BANK_DEFAULT else args.bank)
+    except (BankError, OSError) as exc:
+        print(f"ttc-router sim: {exc}", file=sys.stderr)
+        return 2
+    suites = ", ".join(f"{name} {count}" for name, count in bank.suites().items())
+    print(f"BANK REPLAY: bank-replay of {bank.meta.get('model_file', 'an unnamed model')} on "
+          f"http://{args.host}:{args.port}/v1, {len(bank)} runs from {bank.path} ({suites}; "
+          f"loaded in {time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
+    config = ReplayConfig(bank=bank, latency_per_token_s=latency / 1000, ttft_s=ttft / 1000)
+    uvicorn.run(create_replay_app(config), host=args.host, port=args.port,
                 log_level=args.log_level, access_log=False)
     return 0
 

@@ -5,6 +5,7 @@ measurable share of the gateway's own CPU on the hottest path)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import orjson
@@ -18,6 +19,7 @@ from service.backends import AUTO_MODEL
 from service.deps import gateway, read_body
 from service.errors import GatewayError, InvalidRequest, Overloaded
 from service.experiments import identity_of
+from service.latency import CALL, RECEIVED
 from service.observe import Reporter
 from service.protocol import Endpoint, RoutedRequest, parse_json_object, parse_request
 from service.routing import Router
@@ -52,7 +54,9 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
     plan, reservation = await reserve_for_call(request, gw, routed, plan)
     call = Call(routed, backend, upstream_model, gw.client, gw.registry, gw.settings, plan,
                 reporter=gw.reporter, reservation=reservation, scores=scores,
-                assignment=assignment, search=gw.search)
+                assignment=assignment, search=gw.search,
+                started=request.scope.get(RECEIVED, time.perf_counter()))
+    request.scope[CALL] = call  # for the overhead header and the trace (service.latency)
     strategy = REGISTRY[plan.strategy]
     headers = {"x-ttc-decision-id": routed.decision_id, "x-ttc-strategy": plan.strategy}
 

@@ -18,10 +18,11 @@ import orjson
 from service.search.base import SearchError
 
 
-def open_client() -> httpx.AsyncClient:
+def open_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """The search client the app owns: pooled connections, redirects followed, no default
-    timeout (each search passes its own ``search_timeout_s``). Close it with ``aclose()``."""
-    return httpx.AsyncClient(follow_redirects=True)
+    timeout (each search passes its own ``search_timeout_s``), over ``transport`` when given
+    (tests). Close it with ``aclose()``."""
+    return httpx.AsyncClient(transport=transport, follow_redirects=True)
 
 
 async def request_json(method: str, url: str, *, backend: str, timeout_s: float,

@@ -35,7 +35,7 @@ import orjson
 
 from router_models.prompt import content_text
 from service import metrics
-from service.errors import GatewayError
+from service.errors import GatewayError, InvalidRequest
 from service.ledger import BudgetExhausted
 from service.strategies.base import Call
 from service.upstream import may_have_generated
@@ -71,8 +71,20 @@ class Metered:
         """Reserve ``per_choice`` x ``n`` completion tokens (fewer when the ledger has less:
         ``per_choice`` shrinks to what is granted) and write the cap into ``body``'s
         ``max_tokens`` (and ``max_completion_tokens``). Returns None when the ledger cannot
-        grant a token per choice."""
-        bound = prompt_bound(call, body) if call.ledger.total_budget_tokens is not None else 0
+        grant a token per choice.
+
+        Raises:
+            InvalidRequest: the request's first call finds ``budget_total_tokens`` too small
+                for its prompt's upper bound and one token of answer (400).
+        """
+        ledger = call.ledger
+        bound = prompt_bound(call, body) if ledger.total_budget_tokens is not None else 0
+        if (ledger.total_budget_tokens is not None and bound >= ledger.total_budget_tokens
+                and ledger.spent == ledger.prompt_spent == ledger.reserved == 0):
+            raise InvalidRequest(
+                f"budget_total_tokens ({ledger.total_budget_tokens}) leaves no room for an "
+                f"answer after the prompt (at most {bound} tokens, counted as UTF-8 bytes "
+                "without the backend's usage)", param="router.budget_total_tokens")
         if per_choice is None and call.ledger.remaining is None:
             return cls(call, body, n, None, None, bound)
         want = per_choice if per_choice is not None else call.ledger.remaining or 0

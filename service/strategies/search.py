@@ -43,7 +43,7 @@ import orjson
 
 from router_models.answers import extract_answer
 from router_models.prompt import prompt_text
-from service import metrics
+from service import metrics, tracing
 from service.errors import InvalidRequest, UpstreamError
 from service.search import Hit, SearchBackend, SearchError, open_backend
 from service.strategies.base import Call
@@ -250,7 +250,17 @@ async def _search(loop: _Loop, turn: Sample, requests: list[_Request]) -> None:
             loop.queries.append(request.query)
             metrics.child(metrics.SEARCH_CALLS, loop.backend.name).inc()
             try:
-                hits = await loop.backend.search(request.query, settings.search_top_k)
+                with tracing.span(f"retrieval {loop.backend.name}", {
+                        "gen_ai.operation.name": "retrieval",
+                        "gen_ai.data_source.id": loop.backend.name,
+                        "gen_ai.retrieval.top_k": settings.search_top_k}) as span:
+                    try:
+                        hits = await loop.backend.search(request.query, settings.search_top_k)
+                    except SearchError as exc:
+                        tracing.fail(span, exc)
+                        raise
+                    if span is not None:
+                        span.set_attribute("ttc.search.hits", len(hits))
             except SearchError as exc:
                 loop.error = f"{loop.backend.name} {exc.reason}: {exc}"
                 results.append("The search failed: search is unavailable for this question.")

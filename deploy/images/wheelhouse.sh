@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every wheel the images install, built on this host into ./wheelhouse, so that the image
+# builds need no package index (docs/deploy.md, "Building without a registry or an index").
+#
+#   PY=.venv/bin/python deploy/images/wheelhouse.sh [EXTRAS]     (default EXTRAS: local)
+#
+# Wheels are for Python 3.11. Debian 12's python3 is 3.11.2, where redis also needs
+# async-timeout; environment markers follow the interpreter that runs pip, so a newer host
+# would skip it: it is named here. pip reuses its cache of llama-cpp-python's wheel.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+"${PY:-.venv/bin/python}" -m pip wheel --quiet --wheel-dir wheelhouse ".[${1:-local}]" \
+  'async-timeout>=4.0.3'
+# The Dockerfile copies this list into the image before installing: a changed wheel changes it,
+# so a builder's layer cache (which does not look inside bind mounts) cannot serve stale code,
+# and the install checks every wheel against it.
+(cd wheelhouse && sha256sum -- *.whl > SHA256SUMS)
+echo "wheelhouse: $(ls wheelhouse/*.whl | wc -l) wheels in $PWD/wheelhouse"

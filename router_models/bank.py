@@ -1,0 +1,204 @@
+"""The outcome bank: a real model's recorded answers to the task suites (``bench/outcome_bank.py``
+records it), read for replay (``ttc-router sim --bank``) and evaluation.
+
+A bank is a folder of JSONL shards (one line per run: an item, and for HotpotQA a number of
+searches fed into its prompt) and ``bank.json`` (the model, quantization, server, sampling
+settings and prompt format it was recorded with). Each run holds one greedy chain and several
+seeded samples; each sample is its completion split into token pieces, so that a budget of
+``b`` tokens replays as exactly the first ``b`` pieces. The project ships its bank in
+``router_models/data/bank``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from router_models.tasks import TaskItem
+
+DEFAULT_BANK = Path(__file__).resolve().parent / "data" / "bank"
+_LABEL = re.compile(r"^(?:question|q)\s*:\s*", re.IGNORECASE)
+
+
+class BankError(ValueError):
+    """A bank folder that is missing, empty or holds a line that is not a run."""
+
+
+def question_key(text: str) -> str:
+    """The normal form questions are matched on: a leading ``Question:``/``Q:`` label
+    dropped, whitespace collapsed, lower case (as ``router_models.tasks.registry``)."""
+    return " ".join(_LABEL.sub("", text.strip()).split()).lower()
+
+
+@dataclass(frozen=True)
+class BankSample:
+    """One recorded completion.
+
+    Args:
+        tokens: the completion's token pieces; ``"".join(tokens)`` is its text.
+        lp: each token's log-probability in centi-nats (``round(100 * logprob)``).
+        finish_reason: ``stop`` or ``length`` (cut by the recording's max_tokens).
+        seed: the sampling seed, None for the greedy chain.
+        temperature: 0.0 for the greedy chain.
+        answer, correct: the extracted answer (checker's canonical form) and whether it is
+            the gold answer, for the whole completion.
+        lp_mean, conf_min, conf_bottom10, conf_mean: the mean token log-probability (nats)
+            and DeepConf's confidences (Fu et al. 2025) of the whole completion.
+    """
+
+    tokens: tuple[str, ...]
+    lp: tuple[int, ...]
+    finish_reason: str
+    seed: int | None
+    temperature: float
+    answer: str | None
+    correct: bool
+    lp_mean: float
+    conf_min: float
+    conf_bottom10: float
+    conf_mean: float
+
+    @property
+    def text(self) -> str:
+        """The whole completion."""
+        return "".join(self.tokens)
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> BankSample:
+        """From a shard's sample object. Raises KeyError/TypeError on a malformed one."""
+        tokens = tuple(str(t) for t in row["tokens"])
+        return cls(tokens=tokens, lp=tuple(int(v) for v in row.get("lp") or [0] * len(tokens)),
+                   finish_reason=str(row.get("finish_reason") or "stop"),
+                   seed=row.get("seed"), temperature=float(row.get("temperature", 0.0)),
+                   answer=row.get("answer"), correct=bool(row.get("correct")),
+                   lp_mean=float(row.get("lp_mean", 0.0)),
+                   conf_min=float(row.get("conf_min", 0.0)),
+                   conf_bottom10=float(row.get("conf_bottom10", 0.0)),
+                   conf_mean=float(row.get("conf_mean", 0.0)))
+
+
+@dataclass(frozen=True)
+class BankRun:
+    """One recorded run: an item, the prompt it was sent as (with ``searches`` searches' hits
+    before the question, HotpotQA only), its prompt tokens, the greedy chain and the samples.
+    ``search_turns`` are the token pieces of the line ``SEARCH: <query>`` for each recorded
+    query (None where the server could not tokenize)."""
+
+    key: str
+    item: TaskItem
+    searches: int
+    prompt: str
+    prompt_tokens: int
+    greedy: BankSample
+    samples: tuple[BankSample, ...]
+    queries: tuple[str, ...] = ()
+    docs: tuple[str, ...] = ()
+    search_turns: tuple[tuple[str, ...] | None, ...] = ()
+
+    @property
+    def suite(self) -> str:
+        """The bank's suite name (``mmlu`` for every MMLU subject)."""
+        return self.key.split("/", 1)[0]
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> BankRun:
+        """From one shard line. Raises KeyError/TypeError/ValueError on a malformed one."""
+        item = TaskItem(
+            suite=str(row.get("item_suite") or row["suite"]), item_id=str(row["item_id"]),
+            family=str(row.get("family", "")), difficulty=float(row.get("difficulty", 0.5)),
+            question=str(row["question"]), answer=str(row["answer"]), kind=str(row["kind"]),
+            choices=tuple(str(c) for c in row.get("choices") or ()))
+        return cls(key=str(row["key"]), item=item, searches=int(row.get("searches", 0)),
+                   prompt=str(row["prompt"]), prompt_tokens=int(row.get("prompt_tokens", 0)),
+                   greedy=BankSample.from_json(row["greedy"]),
+                   samples=tuple(BankSample.from_json(s) for s in row["samples"]),
+                   queries=tuple(row.get("queries") or ()), docs=tuple(row.get("docs") or ()),
+                   search_turns=tuple(None if t is None else tuple(t)
+                                      for t in row.get("search_turns") or ()))
+
+
+class Bank:
+    """The runs of a bank folder, indexed by normalised question.
+
+    Args:
+        runs: the runs (a later run with the same key replaces an earlier one).
+        meta: ``bank.json``'s content (model, server, sampling settings), or {}.
+        path: where it was read from, or None.
+    """
+
+    def __init__(self, runs: Iterable[BankRun], meta: dict[str, Any] | None = None,
+                 path: Path | None = None):
+        self.meta = meta or {}
+        self.path = path
+        by_key: dict[str, BankRun] = {run.key: run for run in runs}
+        self.runs: list[BankRun] = list(by_key.values())
+        self._by_question: dict[str, dict[int, BankRun]] = {}
+        for run in self.runs:
+            self._by_question.setdefault(question_key(run.item.question), {})[
+                run.searches] = run
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Bank:
+        """Read a bank folder (default: the shipped ``router_models/data/bank``).
+
+        Raises:
+            BankError: the folder does not exist, holds no runs, or a line is not a run
+                (the message names the file and line).
+        """
+        folder = path or DEFAULT_BANK
+        if not folder.is_dir():
+            raise BankError(f"no outcome bank at {folder}")
+        meta_file = folder / "bank.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        bank = cls(_read_runs(sorted(folder.glob("*.jsonl"))), meta, folder)
+        if not bank.runs:
+            raise BankError(f"the outcome bank at {folder} holds no runs")
+        return bank
+
+    def suites(self) -> dict[str, int]:
+        """Items per suite (an item with several search counts counts once)."""
+        counts: dict[str, set[str]] = {}
+        for run in self.runs:
+            counts.setdefault(run.suite, set()).add(run.item.item_id)
+        return {suite: len(ids) for suite, ids in sorted(counts.items())}
+
+    def lookup(self, text: str) -> dict[int, BankRun] | None:
+        """The runs (by number of searches) whose question is ``text``, one of its
+        blank-line blocks, or, for a recorded prompt, the whole prompt; None when none."""
+        key = question_key(text)
+        found = self._by_question.get(key)
+        if found is not None:
+            return found
+        for block in re.split(r"\n\s*\n", text):
+            found = self._by_question.get(question_key(block))
+            if found is not None:
+                return found
+        return None
+
+    def items(self) -> list[TaskItem]:
+        """Every item once, in bank order."""
+        seen: dict[tuple[str, str], TaskItem] = {}
+        for run in self.runs:
+            seen.setdefault((run.item.suite, run.item.item_id), run.item)
+        return list(seen.values())
+
+
+def _read_runs(shards: Sequence[Path]) -> Iterator[BankRun]:
+    for shard in shards:
+        with shard.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                if not line.endswith("\n"):
+                    break  # a line being appended by the recorder right now
+                try:
+                    yield BankRun.from_json(json.loads(line))
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    raise BankError(f"{shard}:{number}: not a bank run: {exc}") from exc

@@ -1,0 +1,403 @@
+"""BANK REPLAY: a real model's recorded outcomes served over the OpenAI API (``ttc-router sim
+--bank``), so the gateway, every strategy and every policy run end to end on real-model
+outcomes in seconds, without the model.
+
+Every reply says it is a replay: the model id is ``bank-replay``, ``system_fingerprint`` is
+``bank-replay``, and a top-level ``replay`` object names the bank run, the recorded samples
+served, the token they start at, and what was synthesized or estimated.
+
+How a request is answered (``router_models.bank`` holds the recordings):
+
+- **Matching.** The question is found as the sim does (``router_models.tasks.registry``): a
+  system, user or tool message, or one of its blank-line blocks, whose normalised text is a
+  recorded question. Unknown prompts get a 404 in OpenAI's error envelope
+  (``code: bank_item_not_found``): the bank has no outcome for them, and inventing one would
+  not be a replay.
+- **Samples.** Temperature 0 serves the greedy chain (to every choice). Otherwise choice ``i``
+  is recorded sample ``(start + i) mod S`` (``S`` samples per run, 8 in the shipped bank), with
+  ``start = seed mod S`` when a seed is given (so replies repeat) and a random start when not.
+  ``n`` above ``S`` repeats samples (``replay.repeated: true``). Whatever temperature is asked,
+  the samples are those recorded (at the bank's temperature, ``replay.recorded_temperature``).
+- **Budgets.** ``max_tokens`` (or ``max_completion_tokens``, the smaller) cuts the recorded
+  token pieces: a choice gets its first ``max_tokens`` pieces, ``finish_reason: length`` when
+  that cut it, else the recorded finish reason (a chain the recording cut at its own
+  max_tokens stays ``length``).
+- **Usage.** ``completion_tokens`` is exactly the pieces returned. ``prompt_tokens`` is the
+  recorded count when the request is the recorded prompt as the only message; otherwise the
+  recorded count plus the pieces of a continued chain's prefix plus 4 characters per token for
+  any other text, marked ``replay.prompt_tokens_estimated: true``.
+- **Continuations.** When assistant turns after the question are the start of a recorded
+  chain (the gateway's ``sequential`` continuing a cut chain, by prefill or by a follow-up
+  turn), the reply is the rest of that same chain from where the prefix ends.
+- **Search.** Retrieved results in the context (``Results of the search ...`` blocks, as the
+  search strategy writes them) select the run recorded with that many searches (the largest
+  recorded count not above it: 0, 1 or 3 for HotpotQA). When a request offers search (the
+  search strategy's text protocol, or a ``search`` tool) with searches left and the bank holds
+  a run with more searches, the reply is the recorded schedule's next query (``SEARCH: q`` or a
+  tool call), its tokens the recorded tokenizer pieces of that line
+  (``replay.synthesized: search_request``). The answer then comes from the run recorded with
+  the bank's retrieval; the gateway's own search results are not read.
+
+Endpoints: ``GET /v1/models``, ``GET /health``, ``POST /v1/chat/completions`` and
+``POST /v1/completions``, JSON or SSE (one chunk per token piece, then the finish chunks, then
+a usage chunk when ``stream_options.include_usage``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from router_models.bank import Bank, BankRun, BankSample
+from service.sim import SimError, SimRequest, parse_request
+
+MODEL_ID = "bank-replay"
+FINGERPRINT = "bank-replay"
+CONTEXT_ROLES = frozenset({"system", "developer", "user", "tool", "function"})
+# What the search strategy writes for each search it ran (service.strategies.search).
+_SEARCH_RESULT = re.compile(r"^(?:Results of the search |The search .* found no documents\.)",
+                            re.MULTILINE)
+_SEARCHES_LEFT = re.compile(r"Searches left: (\d+) of (\d+)")
+_SEARCH_CAP = re.compile(r"(?:search at most|call it at most) (\d+) times")
+_TEXT_PROTOCOL = "SEARCH: <query>"
+# The continuation prefill the sequential strategy appends (service.strategies.sequential).
+_PREFILLS = ("\n\nSo the final answer is",)
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """The replay's set-up: the bank, and latency in seconds (0: as fast as it can)."""
+
+    bank: Bank
+    latency_per_token_s: float = 0.0
+    ttft_s: float = 0.0
+
+
+@dataclass
+class Choice:
+    """One served choice: the recorded sample and the piece range served, or a synthesized
+    search request (``query`` and its pieces)."""
+
+    pieces: list[str]
+    lp: list[int]
+    finish_reason: str
+    sample: str
+    start: int = 0
+    query: str | None = None
+    tool: bool = False
+
+
+@dataclass
+class Reply:
+    """What a request is answered with, and the ``replay`` object describing it."""
+
+    choices: list[Choice]
+    prompt_tokens: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(c.pieces) for c in self.choices)
+
+
+def create_replay_app(config: ReplayConfig) -> Starlette:
+    """The replay backend as an ASGI app (mount it with ``httpx.ASGITransport`` in tests)."""
+    recorded_max = int((config.bank.meta.get("sessions") or [{}])[-1].get("max_tokens", 512))
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [
+            {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": FINGERPRINT,
+             "recorded_model": config.bank.meta.get("model_file")}]})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "replay": True, "runs": len(config.bank),
+                             "suites": config.bank.suites()})
+
+    async def complete(request: Request, endpoint: str) -> Response:
+        try:
+            body = await request.json()
+            parsed = parse_request(body, endpoint, recorded_max)
+            reply = answer(config.bank, parsed, body)
+        except json.JSONDecodeError:
+            return _error(SimError("the body is not valid JSON"))
+        except SimError as exc:
+            return _error(exc)
+        if parsed.stream:
+            return StreamingResponse(_stream(config, parsed, reply),
+                                     media_type="text/event-stream")
+        longest = max((len(c.pieces) for c in reply.choices), default=0)
+        await asyncio.sleep(config.ttft_s + longest * config.latency_per_token_s)
+        return JSONResponse(_response(parsed, reply))
+
+    async def chat(request: Request) -> Response:
+        return await complete(request, "chat")
+
+    async def completions(request: Request) -> Response:
+        return await complete(request, "completions")
+
+    return Starlette(routes=[
+        Route("/v1/models", models), Route("/health", health),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+    ])
+
+
+def _error(exc: SimError) -> Response:
+    code = "bank_item_not_found" if exc.status == 404 else None
+    return JSONResponse({"error": {"message": exc.message, "type": "invalid_request_error",
+                                   "param": exc.param, "code": code}}, status_code=exc.status)
+
+
+# ------------------------------------------------------------------------------ answering
+
+
+def answer(bank: Bank, request: SimRequest, body: dict[str, Any]) -> Reply:
+    """The choices a request is answered with (see the module docstring).
+
+    Raises:
+        SimError: 404 when no recorded question is in the prompt.
+    """
+    messages = request.messages
+    found = _find_question(bank, messages)
+    if found is None:
+        raise SimError("no recorded question in this prompt: the outcome bank replays only "
+                       "the questions it holds (ttc-router sim --bank PATH)", "messages", 404)
+    runs, position = found
+    searched = sum(len(_SEARCH_RESULT.findall(text)) for _, text in messages)
+    run = runs[max((s for s in runs if s <= searched), default=min(runs))]
+    meta: dict[str, Any] = {"bank": bank.path.name if bank.path else None, "key": run.key,
+                            "searches": run.searches}
+    if request.endpoint == "chat":
+        later = [text for role, text in messages[position + 1:] if role == "assistant"]
+        prefix = "".join(later)
+    else:
+        prompt = messages[0][1]
+        at = prompt.find(run.prompt)
+        prefix = prompt[at + len(run.prompt):] if at >= 0 else ""
+    query = _next_query(runs, searched, messages, body)
+    if query is not None:
+        text, pieces, tool = query
+        choices = [Choice(pieces, [0] * len(pieces), "stop", "search_request", query=text,
+                          tool=tool) for _ in range(request.n)]
+        meta["synthesized"] = "search_request"
+    else:
+        choices = _continuation(run, prefix, request, meta) if prefix.strip() else None
+        if choices is None:
+            choices = _fresh(run, request, meta)
+    exact = request.endpoint == "chat" and messages == [("user", run.prompt)]
+    prompt_tokens = run.prompt_tokens
+    if not exact:
+        extra = sum(len(text) for _, text in messages) - len(run.prompt) - len(prefix)
+        prompt_tokens += meta.get("prefix_tokens", 0) + max(0, math.ceil(
+            extra / CHARS_PER_TOKEN))
+        meta["prompt_tokens_estimated"] = True
+    return Reply(choices, prompt_tokens, meta)
+
+
+def _find_question(bank: Bank, messages: Sequence[tuple[str, str]]
+                   ) -> tuple[dict[int, BankRun], int] | None:
+    for position in range(len(messages) - 1, -1, -1):
+        role, text = messages[position]
+        if role in CONTEXT_ROLES:
+            runs = bank.lookup(text)
+            if runs is not None:
+                return runs, position
+    return None
+
+
+def _next_query(runs: dict[int, BankRun], searched: int, messages: Sequence[tuple[str, str]],
+                body: dict[str, Any]) -> tuple[str, list[str], bool] | None:
+    """The recorded schedule's next search request when the request offers search with
+    searches left; None otherwise."""
+    deepest = runs[max(runs)]
+    if searched >= len(deepest.queries):
+        return None
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    offered_tool = any((t.get("function") or {}).get("name") == "search" for t in tools) \
+        and body.get("tool_choice") != "none"
+    text = "\n".join(t for _, t in messages)
+    if not offered_tool and _TEXT_PROTOCOL not in text:
+        return None
+    left = _SEARCHES_LEFT.findall(text)
+    if left:
+        remaining = int(left[-1][0])
+    else:
+        cap = _SEARCH_CAP.findall(text)
+        remaining = int(cap[-1]) - searched if cap else 0
+    if remaining <= 0:
+        return None
+    query = deepest.queries[searched]
+    line = f"SEARCH: {query}"
+    turns = deepest.search_turns
+    pieces = list(turns[searched]) if searched < len(turns) and turns[searched] else \
+        re.findall(r"\s*\S+", line)
+    return query, pieces, offered_tool
+
+
+def _continuation(run: BankRun, prefix: str, request: SimRequest,
+                  meta: dict[str, Any]) -> list[Choice] | None:
+    """The rest of the recorded chain that ``prefix`` starts, or None when it starts none.
+    The prefix matches the first ``k`` pieces exactly, or up to trailing whitespace (then
+    the largest such ``k``); the sequential strategy's prefill is not part of it."""
+    target = prefix
+    for prefill in _PREFILLS:
+        if target.endswith(prefill):
+            target = target[:-len(prefill)]
+    stripped = target.rstrip()
+    for name, sample in _candidates(run, request):
+        text, loose = "", None
+        for k in range(len(sample.tokens) + 1):
+            if text == target:
+                return _served(name, sample, k, request, meta)
+            if text.rstrip() == stripped:
+                loose = k
+            elif len(text.rstrip()) > len(stripped):
+                break
+            if k < len(sample.tokens):
+                text += sample.tokens[k]
+        if loose is not None:
+            return _served(name, sample, loose, request, meta)
+    return None
+
+
+def _served(name: str, sample: BankSample, start: int, request: SimRequest,
+            meta: dict[str, Any]) -> list[Choice]:
+    meta.update({"continued": True, "prefix_tokens": start})
+    choice = _cut(name, sample, start, request.max_tokens)
+    meta["samples"] = [name]
+    return [choice for _ in range(request.n)]
+
+
+def _candidates(run: BankRun, request: SimRequest) -> list[tuple[str, BankSample]]:
+    named = [(f"sample:{i}", s) for i, s in enumerate(run.samples)]
+    greedy = ("greedy", run.greedy)
+    return [greedy, *named] if request.temperature == 0 else [*named, greedy]
+
+
+def _fresh(run: BankRun, request: SimRequest, meta: dict[str, Any]) -> list[Choice]:
+    if request.temperature == 0 or not run.samples:
+        chosen = [("greedy", run.greedy)] * request.n
+    else:
+        count = len(run.samples)
+        start = request.seed % count if request.seed is not None else random.randrange(count)
+        chosen = [(f"sample:{(start + i) % count}", run.samples[(start + i) % count])
+                  for i in range(request.n)]
+        meta["recorded_temperature"] = run.samples[0].temperature
+        if request.n > count:
+            meta["repeated"] = True
+    meta["samples"] = [name for name, _ in chosen]
+    return [_cut(name, sample, 0, request.max_tokens) for name, sample in chosen]
+
+
+def _cut(name: str, sample: BankSample, start: int, max_tokens: int) -> Choice:
+    end = min(len(sample.tokens), start + max_tokens)
+    finish = "length" if end < len(sample.tokens) else sample.finish_reason
+    return Choice(list(sample.tokens[start:end]), list(sample.lp[start:end]), finish, name,
+                  start)
+
+
+# ------------------------------------------------------------------------------- rendering
+
+
+def _usage(reply: Reply) -> dict[str, int]:
+    return {"prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "total_tokens": reply.prompt_tokens + reply.completion_tokens}
+
+
+def _logprobs(request: SimRequest, choice: Choice) -> dict[str, Any] | None:
+    if not request.logprobs:
+        return None
+    return {"content": [{"token": p, "logprob": lp / 100, "bytes": list(p.encode()),
+                         "top_logprobs": []} for p, lp in zip(choice.pieces, choice.lp,
+                                                             strict=True)]}
+
+
+def _tool_call(choice: Choice) -> dict[str, Any]:
+    return {"id": f"call_{uuid.uuid4().hex[:16]}", "type": "function",
+            "function": {"name": "search", "arguments": json.dumps({"query": choice.query})}}
+
+
+def _is_tool(choice: Choice) -> bool:
+    return choice.tool
+
+
+def _response(request: SimRequest, reply: Reply) -> dict[str, Any]:
+    chat = request.endpoint == "chat"
+    out: list[dict[str, Any]] = []
+    for index, choice in enumerate(reply.choices):
+        text = "".join(choice.pieces)
+        if chat and _is_tool(choice):
+            out.append({"index": index, "finish_reason": "tool_calls", "logprobs": None,
+                        "message": {"role": "assistant", "content": None,
+                                    "tool_calls": [_tool_call(choice)]}})
+        elif chat:
+            out.append({"index": index, "message": {"role": "assistant", "content": text},
+                        "finish_reason": choice.finish_reason,
+                        "logprobs": _logprobs(request, choice)})
+        else:
+            out.append({"index": index, "text": text, "finish_reason": choice.finish_reason,
+                        "logprobs": _logprobs(request, choice)})
+    return {"id": f"{'chatcmpl' if chat else 'cmpl'}-replay-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": MODEL_ID, "system_fingerprint": FINGERPRINT,
+            "choices": out, "usage": _usage(reply), "replay": reply.meta}
+
+
+async def _stream(config: ReplayConfig, request: SimRequest,
+                  reply: Reply) -> AsyncIterator[bytes]:
+    chat = request.endpoint == "chat"
+    base = {"id": f"{'chatcmpl' if chat else 'cmpl'}-replay-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()), "model": MODEL_ID, "system_fingerprint": FINGERPRINT}
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return b"data: " + json.dumps({**base, "choices": choices, **extra}).encode() + b"\n\n"
+
+    def piece(index: int, text: str, logprob: int | None) -> dict[str, Any]:
+        logprobs = None if logprob is None or not request.logprobs else {"content": [
+            {"token": text, "logprob": logprob / 100, "bytes": list(text.encode()),
+             "top_logprobs": []}]}
+        if chat:
+            return {"index": index, "delta": {"content": text}, "finish_reason": None,
+                    "logprobs": logprobs}
+        return {"index": index, "text": text, "finish_reason": None, "logprobs": logprobs}
+
+    await asyncio.sleep(config.ttft_s)
+    if chat:
+        for index in range(len(reply.choices)):
+            yield event([{"index": index, "delta": {"role": "assistant", "content": ""},
+                          "finish_reason": None}])
+    longest = max((len(c.pieces) for c in reply.choices), default=0)
+    for position in range(longest):
+        if config.latency_per_token_s > 0:
+            await asyncio.sleep(config.latency_per_token_s)
+        for index, choice in enumerate(reply.choices):
+            if position < len(choice.pieces) and not (chat and _is_tool(choice)):
+                yield event([piece(index, choice.pieces[position], choice.lp[position])])
+    for index, choice in enumerate(reply.choices):
+        if chat and _is_tool(choice):
+            call = _tool_call(choice)
+            yield event([{"index": index, "delta": {"tool_calls": [{"index": 0, **call}]},
+                          "finish_reason": "tool_calls"}])
+        elif chat:
+            yield event([{"index": index, "delta": {}, "finish_reason": choice.finish_reason}])
+        else:
+            yield event([{"index": index, "text": "", "finish_reason": choice.finish_reason}])
+    if request.include_usage:
+        yield event([], usage=_usage(reply), replay=reply.meta)
+    yield b"data: [DONE]\n\n"

@@ -1,0 +1,215 @@
+"""The replay backend (``ttc-router sim --bank``) on a small hand-written bank fixture: budgets
+cut recorded chains, usage is exact, ``n``/seeds/greedy pick recorded samples, streaming,
+continuations, search requests, unknown prompts; and every strategy through the gateway in
+process against it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from router_models.bank import Bank, BankError
+from service.bank_replay import ReplayConfig, create_replay_app
+from service.search import LocalIndex
+from service.search.documents import Document
+from service.search.local import index_path
+from tests.conftest import gateway_client, make_settings
+
+FIXTURE = Path(__file__).parent / "bank_fixture"
+BANK = Bank.load(FIXTURE)
+CHAIN = BANK.runs[0]
+MC = BANK.runs[1]
+HOTPOT = {run.searches: run for run in BANK.runs[2:]}
+
+
+class Recording(httpx.AsyncBaseTransport):
+    """The replay app behind an ASGI transport that keeps every request body and reply."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.ASGITransport(app=create_replay_app(ReplayConfig(bank=BANK)))
+        self.calls: list[tuple[dict[str, Any], httpx.Response]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        body = json.loads(request.content or b"{}")
+        content = await response.aread()
+        self.calls.append((body, httpx.Response(response.status_code, content=content)))
+        return httpx.Response(response.status_code, headers=response.headers, content=content)
+
+
+async def replay(body: dict[str, Any], path: str = "/v1/chat/completions") -> httpx.Response:
+    transport = httpx.ASGITransport(app=create_replay_app(ReplayConfig(bank=BANK)))
+    async with httpx.AsyncClient(transport=transport, base_url="http://replay.test") as client:
+        return await client.post(path, json=body)
+
+
+def ask(run: Any = CHAIN, **extra: Any) -> dict[str, Any]:
+    return {"model": "bank-replay", "messages": [{"role": "user", "content": run.prompt}],
+            **extra}
+
+
+def test_the_fixture_loads_and_a_bad_bank_is_refused(tmp_path: Path) -> None:
+    assert BANK.suites() == {"arithmetic_chain": 1, "hotpotqa": 1, "mmlu": 1}
+    assert len(BANK) == 5 and sorted(HOTPOT) == [0, 1, 3]
+    with pytest.raises(BankError, match="no outcome bank"):
+        Bank.load(tmp_path / "absent")
+    (tmp_path / "x-001.jsonl").write_text('{"key": "x"}\n')
+    with pytest.raises(BankError, match="x-001.jsonl:1"):
+        Bank.load(tmp_path)
+
+
+async def test_a_budget_cuts_the_recorded_chain_and_usage_is_exact() -> None:
+    reply = (await replay(ask(temperature=0, max_tokens=5))).json()
+    choice = reply["choices"][0]
+    assert choice["message"]["content"] == "".join(CHAIN.greedy.tokens[:5])
+    assert choice["finish_reason"] == "length"
+    assert reply["usage"] == {"prompt_tokens": CHAIN.prompt_tokens, "completion_tokens": 5,
+                              "total_tokens": CHAIN.prompt_tokens + 5}
+    assert reply["model"] == "bank-replay" and reply["replay"]["samples"] == ["greedy"]
+    assert "prompt_tokens_estimated" not in reply["replay"]
+    whole = (await replay(ask(temperature=0, max_tokens=500))).json()["choices"][0]
+    assert whole["message"]["content"] == CHAIN.greedy.text and whole["finish_reason"] == "stop"
+
+
+async def test_n_gives_distinct_samples_a_seed_picks_them_and_repeats() -> None:
+    first = (await replay(ask(n=3, seed=1, temperature=0.7))).json()
+    texts = [c["message"]["content"] for c in first["choices"]]
+    assert texts == [CHAIN.samples[i].text for i in (1, 2, 3)]
+    assert first["usage"]["completion_tokens"] == sum(len(CHAIN.samples[i].tokens)
+                                                      for i in (1, 2, 3))
+    again = (await replay(ask(n=3, seed=1, temperature=0.7))).json()
+    assert [c["message"]["content"] for c in again["choices"]] == texts
+    wide = (await replay(ask(n=6, seed=0))).json()
+    assert wide["replay"]["repeated"] is True and len(wide["choices"]) == 6
+
+
+async def test_streaming_sends_token_pieces_and_the_usage_chunk() -> None:
+    reply = await replay(ask(temperature=0, max_tokens=7, stream=True,
+                             stream_options={"include_usage": True}))
+    events = [json.loads(line[6:]) for line in reply.text.splitlines()
+              if line.startswith("data: {")]
+    pieces = [e["choices"][0]["delta"].get("content") for e in events
+              if e["choices"] and e["choices"][0]["delta"].get("content")]
+    assert pieces == list(CHAIN.greedy.tokens[:7])
+    assert events[-2]["choices"][0]["finish_reason"] == "length"
+    assert events[-1]["usage"]["completion_tokens"] == 7
+    assert reply.text.rstrip().endswith("data: [DONE]")
+
+
+async def test_a_continuation_replays_the_rest_of_the_same_sample() -> None:
+    sample = CHAIN.samples[3]
+    body = {"model": "bank-replay", "max_tokens": 4, "messages": [
+        {"role": "user", "content": CHAIN.prompt},
+        {"role": "assistant", "content": "".join(sample.tokens[:6])},
+        {"role": "user", "content": "You are out of thinking budget. State your final answer "
+                                    "now, in the form \"The answer is X.\""}]}
+    reply = (await replay(body)).json()
+    assert reply["choices"][0]["message"]["content"] == "".join(sample.tokens[6:10])
+    assert reply["replay"]["continued"] is True and reply["replay"]["samples"] == ["sample:3"]
+    assert reply["replay"]["prompt_tokens_estimated"] is True
+    assert reply["usage"]["completion_tokens"] == 4
+    assert reply["usage"]["prompt_tokens"] > CHAIN.prompt_tokens + 6
+
+
+async def test_unknown_prompts_get_a_404_in_openai_envelope_and_bad_input_a_400() -> None:
+    reply = await replay({"model": "bank-replay",
+                          "messages": [{"role": "user", "content": "What is love?"}]})
+    assert reply.status_code == 404
+    assert reply.json()["error"]["code"] == "bank_item_not_found"
+    bad = await replay({"model": "bank-replay", "messages": []})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
+
+
+async def test_searched_context_selects_the_run_recorded_with_that_many_searches() -> None:
+    three = (await replay(ask(HOTPOT[3], temperature=0))).json()
+    assert three["replay"]["key"] == HOTPOT[3].key
+    assert three["choices"][0]["message"]["content"] == HOTPOT[3].greedy.text
+    assert three["usage"]["prompt_tokens"] == HOTPOT[3].prompt_tokens
+    none = (await replay(ask(HOTPOT[0], temperature=0))).json()
+    assert none["replay"]["key"] == HOTPOT[0].key
+
+
+async def test_completions_endpoint_replays_too() -> None:
+    reply = (await replay({"model": "bank-replay", "prompt": MC.prompt, "temperature": 0,
+                           "max_tokens": 3}, "/v1/completions")).json()
+    assert reply["choices"][0]["text"] == "".join(MC.greedy.tokens[:3])
+
+
+# --- every strategy through the gateway -------------------------------------------------
+
+
+async def gateway(body: dict[str, Any], transport: Recording,
+                  **settings: Any) -> httpx.Response:
+    async with gateway_client(transport, make_settings(models=("bank-replay",),
+                                                       **settings)) as client:
+        return await client.post("/v1/chat/completions", json=body)
+
+
+def routed(run: Any, strategy: str, budget: int, **extra: Any) -> dict[str, Any]:
+    return {**ask(run, **extra), "router": {"strategy": strategy, "budget_tokens": budget}}
+
+
+async def test_direct_through_the_gateway_counts_the_replayed_tokens() -> None:
+    transport = Recording()
+    reply = await gateway(routed(MC, "direct", 64, temperature=0, max_tokens=6), transport)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["choices"][0]["message"]["content"] == "".join(MC.greedy.tokens[:6])
+    assert body["usage"]["completion_tokens"] == 6
+    assert body["usage"]["prompt_tokens"] == MC.prompt_tokens
+
+
+async def test_parallel_vote_through_the_gateway_votes_on_recorded_samples() -> None:
+    transport = Recording()
+    reply = await gateway(routed(CHAIN, "parallel_vote", 4 * 64, seed=0), transport,
+                          vote_width=4, vote_first_wave=4)
+    assert reply.status_code == 200, reply.text
+    router = reply.json()["router"]
+    # Samples 0 and 2 say 16, sample 1 says 18, and the cut sample 3 ends on "= 16, so the
+    # result is", which the gateway's lenient extraction reads as 16.
+    assert router["winner"] == "16" and router["votes"] == {"16": 3, "18": 1}
+    served = sum(r.json()["usage"]["completion_tokens"] for _, r in transport.calls)
+    assert reply.json()["usage"]["completion_tokens"] == served
+    assert served == sum(len(s.tokens) for s in CHAIN.samples)
+
+
+async def test_sequential_through_the_gateway_continues_the_cut_chain() -> None:
+    transport = Recording()
+    reply = await gateway(routed(CHAIN, "sequential", 16, temperature=0), transport)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["router"]["continued"] is True
+    first, second = (r.json() for _, r in transport.calls)
+    cap = transport.calls[0][0]["max_tokens"]
+    assert first["choices"][0]["message"]["content"] == "".join(CHAIN.greedy.tokens[:cap])
+    assert second["replay"]["continued"] is True
+    assert second["choices"][0]["message"]["content"] == "".join(
+        CHAIN.greedy.tokens[cap:cap + transport.calls[1][0]["max_tokens"]])
+    assert reply.json()["usage"]["completion_tokens"] <= 16
+
+
+async def test_search_through_the_gateway_follows_the_recorded_schedule(tmp_path: Path) -> None:
+    data = tmp_path / "index"
+    LocalIndex(index_path(data)).add([
+        Document("fd", "Fixture Dreams", "Fixture Dreams is a novel by Marie Exemple."),
+        Document("me", "Marie Exemple", "Marie Exemple was a French writer born in Lyon.")])
+    settings = make_settings(models=("bank-replay",), data_dir=data)
+    transport = Recording()
+    async with gateway_client(transport, settings) as client:
+        reply = await client.post("/v1/chat/completions",
+                                  json=routed(HOTPOT[0], "search", 1024, temperature=0))
+    assert reply.status_code == 200, reply.text
+    router = reply.json()["router"]
+    # The gateway runs the first search itself, with the user's prompt (search_question_first);
+    # the replay then asks for the recorded schedule's next queries, and answers as the model
+    # did with three searches' results.
+    assert router["search_calls"] == 3
+    assert router["search_queries"][1:] == list(HOTPOT[3].queries[1:])
+    assert reply.json()["choices"][0]["message"]["content"] == HOTPOT[3].greedy.text
+    kinds = [r.json()["replay"].get("synthesized") for _, r in transport.calls]
+    assert kinds == ["search_request"] * 2 + [None]
+    served = sum(r.json()["usage"]["completion_tokens"] for _, r in transport.calls)
+    assert reply.json()["usage"]["completion_tokens"] == served

@@ -54,6 +54,7 @@ HASH_SCALE = 0.3
 # Each family's labels weigh in at most as FAMILY_CAP prompts (per head), so that MMLU's
 # 14,042 prompts do not decide what "difficult" means for every other kind of prompt.
 FAMILY_CAP = 2000
+CALIBRATION = "isotonic"
 TARGET_TOKENS = 1024  # the shipped learned policy's mean budget per request
 REFERENCE_PER_FAMILY = 40  # held-out prompts per family in the learned policy's reference set
 
@@ -136,6 +137,14 @@ def fit_head(x_train: sp.csr_matrix, train_labels: Sequence[float | None],
     dense_raw = raw_calib[:, :N_DENSE].toarray() * scale + mean
     hashed_raw = raw_calib[:, N_DENSE:] / hash_scale
     decision = dense_raw @ w_dense32 + hashed_raw @ w_hash32 + intercept32
+    if CALIBRATION == "platt":
+        platt = LogisticRegression(C=1e6, max_iter=1000)
+        platt.fit(decision.reshape(-1, 1), cy, sample_weight=cw)
+        lo, hi = float(decision.min()), float(decision.max())
+        pad = max(1.0, hi - lo)
+        xs = np.linspace(lo - pad, hi + pad, 129)
+        ys = 1.0 / (1.0 + np.exp(-(platt.coef_[0, 0] * xs + platt.intercept_[0])))
+        return Head(w_dense32, w_hash32, intercept32, xs, ys), c
     iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
     iso.fit(decision, cy, sample_weight=cw)
     return Head(w_dense32, w_hash32, intercept32, iso.X_thresholds_.astype(np.float64),

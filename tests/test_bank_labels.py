@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 from router_models.bank_labels import bank_examples, short_vote_right
@@ -53,3 +54,14 @@ def test_search_pays_where_retrieved_hits_fix_a_closed_book_failure():
     examples = {e.text: e for e in bank_examples([closed, with_hits, known_closed, known_hits])}
     assert examples[q].search == 1.0
     assert examples[known].search == 0.0
+
+
+def test_the_recorded_bank_fixture_reads_as_labelled_examples():
+    from router_models.bank import Bank
+
+    fixture = Path(__file__).resolve().parent / "bank_fixture"
+    examples = {e.family: e for e in bank_examples(Bank.load(fixture).runs)}
+    assert set(examples) == {"arithmetic_chain", "hotpotqa", "mmlu"}
+    assert examples["hotpotqa"].search == 1.0  # wrong closed-book, right with its hits
+    assert examples["mmlu"].sequential == 0.0  # the short vote is right
+    assert all(0.0 <= e.difficulty <= 1.0 for e in examples.values())

@@ -37,6 +37,7 @@ from router_models.classifier import Classifier
 from router_models.features import Features, extract
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies import Policy, parse_policy
+from router_models.policies.prior import read_search
 from router_models.worlds import KINDS, Prompts, RandomWorld, draw_world
 
 MIN_BUDGET, MAX_BUDGET = 16, 32768
@@ -59,13 +60,36 @@ class Routed:
     features: Features
 
 
-def read_prompts(prompts: Prompts, classifier: Classifier) -> list[Routed]:
-    """Score every prompt's messages with the real classifier."""
+def read_prompts(prompts: Prompts, classifier: Classifier,
+                 rng: np.random.Generator | None = None) -> list[Routed]:
+    """Score every prompt's messages with the real classifier, then, with ``rng``, read the
+    search score against a simulated collection as the gateway reads it against its index
+    (``collection_coverage``, ``prior.read_search``)."""
+    covered = collection_coverage(prompts, rng) if rng is not None else None
     out = []
-    for messages in prompts.messages:
+    for i, messages in enumerate(prompts.messages):
         features = extract(messages)
-        out.append(Routed(classifier.score_features(features), features))
+        scores = classifier.score_features(features)
+        if covered is not None:
+            scores = read_search(scores, float(covered[i]))
+        out.append(Routed(scores, features))
     return out
+
+
+# SIMULATION of the gateway's coverage reading (service/coverage.py): the operator indexed the
+# documents that hold the fact questions' answers, so their content words are mostly found
+# (a share drawn in COVERED_FACT); another prompt shares a few words with the collection by
+# chance, and is read as covered with probability FALSE_COVERAGE.
+COVERED_FACT = (0.5, 1.0)
+FALSE_COVERAGE = 0.05
+
+
+def collection_coverage(prompts: Prompts, rng: np.random.Generator) -> np.ndarray:
+    """SIMULATION: each prompt's coverage by the collection, (n,) shares in [0, 1]."""
+    fact = prompts.kind == KINDS.index("fact")
+    share = rng.uniform(*COVERED_FACT, len(prompts))
+    false = rng.random(len(prompts)) < FALSE_COVERAGE
+    return np.where(fact | false, share, rng.uniform(0.0, 0.45, len(prompts)))
 
 
 def plan_key(plan: Plan) -> tuple[Any, ...]:
@@ -393,9 +417,10 @@ def set_up_world(seed: int, classifier: Classifier, feedback_per_kind: int,
     world = draw_world(seed)
     train_prompts = world.prompts(max(20, feedback_per_kind), split="train", per_kind=True)
     eval_prompts = world.prompts(held_out, split="eval")
+    rng = np.random.default_rng(seed)
     return WorldSetup(world, PlanTable(world, train_prompts),
-                      read_prompts(train_prompts, classifier),
-                      PlanTable(world, eval_prompts), read_prompts(eval_prompts, classifier))
+                      read_prompts(train_prompts, classifier, rng),
+                      PlanTable(world, eval_prompts), read_prompts(eval_prompts, classifier, rng))
 
 
 def evaluate_policy(setup: WorldSetup, make_policy: Callable[[], Policy], name: str,

@@ -48,8 +48,10 @@ A plan of ``width`` samples takes a majority vote over the samples that answered
 most common wrong answer, half of the ties (scattered wrong answers never form a block); a
 plan whose samples all were cut is a guess (chance). The vote's accuracy is the exact sum
 over the multinomial counts of (right, most common wrong, scattered wrong, cut). The plan
-spends ``width`` x the sample's expected tokens, plus ``QUERY_TOKENS`` for each retrieval call
-after the first (the first uses the question as its query and costs no model tokens).
+spends its expected samples x the sample's expected tokens (a vote stops early, as the
+gateway's does, when its first three samples agree: ``expected_samples``), plus
+``QUERY_TOKENS`` for each retrieval call after the first (the first uses the question as its
+query and costs no model tokens).
 
 Every figure is a SIMULATION: the ranges are wide on purpose and NOT fitted to any model.
 """
@@ -74,6 +76,8 @@ LITERATURE = {"guess": "votes", "chain": "chain", "easy": "nothing", "fact": "se
 WORLD_TYPES = {"literature": 0.60, "reversed": 0.25, "flat": 0.15}
 # Tokens the model writes per retrieval query (a planning figure, as in the search strategy).
 QUERY_TOKENS = 64
+# The gateway's first wave of vote samples before its early-stopping rule is read.
+FIRST_WAVE = 3
 # A plan with neither depth nor budget: a request without max_tokens.
 DEFAULT_MAX_TOKENS = 512
 # The answer-length median of a prompt varies around its kind's curve by this log-normal sigma.
@@ -266,7 +270,8 @@ class RandomWorld:
         accuracy = vote_accuracy(answered, right, top, other, prompts.chance, plan.width)
         a, spread = prompts.answer_tokens, prompts.params["answer_spread"]
         think = np.minimum(MAX_TOKENS, prompts.params["think"] * a)
-        tokens = plan.width * sample_tokens(depth, a, spread, think)
+        tokens = expected_samples(plan, answered, right, top) * sample_tokens(
+            depth, a, spread, think)
         if searched:
             tokens = tokens + QUERY_TOKENS * max(0, calls - 1)
         return accuracy, tokens
@@ -374,6 +379,20 @@ def sample_tokens(depth: float, answer_tokens: np.ndarray, spread: np.ndarray,
     t = np.minimum(think, depth)
     inside = t * cdf(t) + below(depth) - below(t) + depth * (1 - cdf(depth))
     return np.where(think >= depth, float(depth), inside)
+
+
+def expected_samples(plan: Plan, answered: np.ndarray, right: np.ndarray, top: np.ndarray
+                     ) -> np.ndarray | float:
+    """Samples a plan draws, per prompt. A vote stops early as the gateway's does
+    (Adaptive-Consistency, Aggarwal et al. 2023; ``parallel_vote``'s defaults: a first wave of
+    ``FIRST_WAVE``, stopped when the Beta rule is settled): modelled as stopping after the
+    first wave when its samples agree (three alike settle the rule at threshold 0.9), else
+    drawing all ``width``; the vote's accuracy is taken as the full vote's (the gateway's
+    early stopping kept it within 0.3 points in bench/early_stopping.py)."""
+    if plan.strategy != "parallel_vote" or plan.width <= FIRST_WAVE:
+        return float(plan.width)
+    alike = (answered * right) ** FIRST_WAVE + (answered * top) ** FIRST_WAVE
+    return FIRST_WAVE + (1.0 - alike) * (plan.width - FIRST_WAVE)
 
 
 @functools.lru_cache(maxsize=64)

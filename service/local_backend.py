@@ -16,6 +16,7 @@ it SIGTERM if the gateway itself dies (``PR_SET_PDEATHSIG``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import importlib.metadata
@@ -31,6 +32,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from service.cpu_quirks import amx_traps, deny_amx
 
 CHUNK_BYTES = 8 * 1024 * 1024
 
@@ -158,6 +161,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
+def _deny_amx_and_die_with_parent() -> None:  # runs in the child between fork and exec
+    _die_with_parent()
+    # On failure the server dies on its first prompt, which service.embedded reports.
+    with contextlib.suppress(OSError):
+        deny_amx()
+
+
 class LocalBackend:
     """llama-cpp-python's server as a child process: one request decoded at a time, ``n``
     ignored (``supports_n`` False). ``service.llama_server.LlamaServer`` is the batching one.
@@ -222,12 +232,17 @@ class LocalBackend:
         """
         self.port = free_port()
         command = self.command()
+        deny = amx_traps()
+        if deny and progress is not None:
+            progress.write("this CPU advertises AMX but traps on it: the server runs with AMX "
+                           "denied, on its AVX kernels (service/cpu_quirks.py)\n")
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_file.open("ab")
         self._process = subprocess.Popen(
             command, stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            stdin=subprocess.DEVNULL, preexec_fn=_deny_amx_and_die_with_parent if deny
+            else _die_with_parent)
         self._wait_ready(timeout_s, progress)
 
     def _wait_ready(self, timeout_s: float, progress: IO[str] | None) -> None:

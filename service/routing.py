@@ -41,11 +41,11 @@ from router_models.answer_lengths import AnswerLengths
 from router_models.classifier import Classifier
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies import KIND_NAMES, LearnedPolicy, Policy, PolicyError, parse_policy
-from router_models.policies.prior import fit_vote, kind_of
+from router_models.policies.prior import fit_vote, kind_of, read_search
 from router_models.prompt import has_conversation, prompt_text
 from service import metrics, tracing
 from service.backends import AUTO_MODEL
-from service.coverage import COVERED, coverage
+from service.coverage import coverage
 from service.errors import InvalidRequest
 from service.planning import choose_plan, may_call_tools
 from service.protocol import RoutedRequest
@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 LEARNED_STATE = "learned.json"
 SEARCH_CHECK_S = 2.0  # how stale the "is there anything to search" answer may be
 COVERAGE_HITS = 3  # top hits whose words count as the collection's cover of a question
-UNCOVERED_SEARCH = 0.3  # the search score of a question the local collection does not cover
 
 
 class Router:
@@ -177,9 +176,9 @@ class Router:
 
         Nothing to search in (the local backend with an empty index): 0, so no policy plans
         or explores search. A local index with documents: the share of the question's content
-        words its top hits cover (``service.coverage``) when that is at least ``COVERED``,
-        else at most ``UNCOVERED_SEARCH`` (still plausible to explore when the classifier
-        reads a fact question). A remote search service: the classifier's score.
+        words its top hits cover (``service.coverage``; ``prior.read_search``: at least
+        ``COVERED`` makes a search prompt, less caps the score at ``UNCOVERED_SEARCH``). A
+        remote search service: the classifier's score.
         """
         if self.settings.search_backend != "local":
             return scores
@@ -192,10 +191,7 @@ class Router:
         except SearchError as exc:
             log.warning("coverage check of the local index failed: %s", exc)
             return scores
-        share = coverage(question, hits)
-        if share >= COVERED:
-            return dataclasses.replace(scores, search=round(share, 4))
-        return dataclasses.replace(scores, search=min(scores.search, UNCOVERED_SEARCH))
+        return read_search(scores, coverage(question, hits))
 
     def _local_index(self) -> LocalIndex:
         if self._index is None:
@@ -236,9 +232,9 @@ class Router:
     def observe_usage(self, scores: Scores | None, plan: Plan, upstream_model: str,
                       completion_tokens: int, report: Mapping[str, Any]) -> None:
         """Learn answer lengths from one answered request: its samples' completion tokens,
-        each finished or cut at its ``max_tokens`` (right-censored). A vote's finished samples
-        count as their mean tokens (usage is one total per call); a chain that needed a
-        continuation counts as cut."""
+        each finished or cut at its ``max_tokens`` (right-censored), for a direct answer or a
+        vote (a chain given room thinks past its answer, so it is not counted). A vote's
+        finished samples count as their mean tokens (usage is one total per call)."""
         if scores is None or completion_tokens <= 0:
             return
         samples: list[tuple[int, bool]]
@@ -251,12 +247,10 @@ class Router:
             finished = count - cut
             mean = max(1, round((completion_tokens - cut * depth) / finished)) if finished else 0
             samples = [(mean, True)] * finished + [(depth, False)] * cut
-        elif plan.strategy in ("direct", "sequential") and plan.budget_tokens:
-            finished = (not report.get("continued")
-                        and completion_tokens < plan.budget_tokens)
-            samples = [(completion_tokens, finished)]
+        elif plan.strategy == "direct" and plan.budget_tokens:
+            samples = [(completion_tokens, completion_tokens < plan.budget_tokens)]
         else:
-            return
+            return  # a chain given room thinks past its answer: not a sample's length
         key = (upstream_model, KIND_NAMES[kind_of(scores)])
         for tokens, finished in samples:
             self.answer_lengths.observe(key, tokens, finished)

@@ -133,6 +133,15 @@ async def test_searched_context_selects_the_run_recorded_with_that_many_searches
     assert none["replay"]["key"] == HOTPOT[0].key
 
 
+async def test_tokenize_counts_recorded_pieces_exactly_and_other_text_approximately() -> None:
+    start = "".join(CHAIN.samples[2].tokens[:4])
+    exact = (await replay({"content": start}, "/tokenize")).json()
+    assert exact == {"tokens": list(CHAIN.samples[2].tokens[:4]), "exact": True}
+    other = (await replay({"content": "8 * 2 = 16 zq"}, "/tokenize")).json()
+    assert other["exact"] is False and "".join(other["tokens"]) == "8 * 2 = 16 zq"
+    assert (await replay({"content": 5}, "/tokenize")).status_code == 400
+
+
 async def test_completions_endpoint_replays_too() -> None:
     reply = (await replay({"model": "bank-replay", "prompt": MC.prompt, "temperature": 0,
                            "max_tokens": 3}, "/v1/completions")).json()
@@ -213,3 +222,28 @@ async def test_search_through_the_gateway_follows_the_recorded_schedule(tmp_path
     assert kinds == ["search_request"] * 2 + [None]
     served = sum(r.json()["usage"]["completion_tokens"] for _, r in transport.calls)
     assert reply.json()["usage"]["completion_tokens"] == served
+
+
+async def test_eval_through_the_gateway_over_the_replay_scores_every_strategy(
+        tmp_path: Path) -> None:
+    from service.app import create_app
+    from service.commands.eval import _bank_items
+    from service.evaluation import runner
+    from service.hotpath import HotPath
+
+    items = _bank_items(FIXTURE, ["arithmetic_chain", "mmlu"], None)
+    assert [item.family for item in items] == ["arithmetic_chain", "mmlu"]
+    app = create_app(make_settings(models=("bank-replay",)), transport=Recording())
+    async with app.router.lifespan_context(app):
+        options = runner.RunOptions(backend="http://gateway.test/v1",
+                                    transport=httpx.ASGITransport(app=HotPath(app)))
+        jobs = runner.plan_jobs(items, ("direct", "parallel_vote", "sequential"), [48, 256])
+        mode, sent = await runner.run_jobs(jobs, tmp_path, options)
+    assert (mode, sent) == ("gateway", len(jobs))
+    records = runner.read_records(tmp_path / runner.ITEMS_FILE)
+    assert len(records) == len(jobs) and not any(r["error"] for r in records)
+    assert all(0 < r["completion_tokens"] <= r["budget_tokens"] for r in records)
+    recorded = {r.item.item_id: [s.text for s in (r.greedy, *r.samples)] for r in BANK.runs}
+    direct = [r for r in records if r["strategy"] == "direct" and r["budget_tokens"] == 256]
+    assert direct and all(any(text.endswith(r["text"]) for text in recorded[r["item_id"]])
+                          for r in direct)

@@ -165,3 +165,20 @@ def test_learner_only_takes_policies_that_learn():
     assert not learns(parse_policy("rules"))
     assert not learns(parse_policy("fixed:direct@256"))
     assert Learner  # the class the app starts
+
+
+async def test_outcomes_of_policies_that_do_not_learn_teach_the_learned_policy(tmp_path):
+    settings = make_settings(data_dir=tmp_path)
+    async with gateway_client(llm().transport(), settings) as client:
+        reply = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": PROMPTS[3]}],
+            "router": {"policy": "rules"}})
+        assert reply.status_code == 200 and reply.json()["router"]["policy"] == "rules"
+        learner = gateway_of(client).learner
+        before = feedback_seen(learner.policies["learned"])
+        answer = await client.post("/v1/feedback", json={
+            "id": reply.json()["router"]["decision_id"], "correct": True})
+        assert answer.status_code == 200
+        await learner.sync()
+        assert feedback_seen(learner.policies["learned"]) == before + 1
+        assert feedback_seen(gateway_of(client).router.policies["learned"]) == before + 1

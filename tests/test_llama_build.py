@@ -151,16 +151,3 @@ def test_best_effort_set_up_does_not_wait_for_another_build(cache, capsys):
     err = capsys.readouterr().err
     assert "another set-up is building it now" in err
     assert "falls back to llama-cpp-python's server" in err
-
-
-def test_amx_is_turned_off_where_the_cpu_advertises_it_but_traps(monkeypatch):
-    monkeypatch.setattr(llama_build, "_advertises_amx", lambda: True)
-    monkeypatch.setattr(llama_build, "amx_works", lambda: False)
-    flags = llama_build.build_flags()
-    assert f"-DCMAKE_CXX_FLAGS={llama_build.NO_AMX_FLAGS}" in flags
-    monkeypatch.setattr(llama_build, "amx_works", lambda: True)
-    assert llama_build.build_flags() == list(llama_build.CMAKE_FLAGS)
-
-
-def test_amx_counts_as_not_working_when_the_probe_cannot_be_compiled():
-    assert llama_build.amx_works(compiler="false") is False

@@ -1,32 +1,38 @@
 """The prior: what the test-time-compute literature says to do with each kind of prompt, before
 any feedback, and how large each plan is.
 
-Kinds of prompt (``KIND_NAMES``) are read off the classifier's scores: easy or hard
-(``difficulty`` at 0.5), and of three archetypes: ``search`` (``search`` >= 0.5: facts the model
-lacks), ``chain`` (``sequential`` >= 0.5: the answer builds on intermediate results), else
-``independent`` (knowledge, estimation, judgement: each try is an independent guess).
+Kinds of prompt (``KIND_NAMES``) are read off the classifier's scores: easy (``difficulty``
+below ``EASY_BELOW``, 0.2: the direct answer fails less than one time in five) or hard, and of
+three archetypes: ``search`` (``search`` >= 0.5: facts the model lacks; the gateway reads this
+score against its collection, ``read_search``), ``chain`` (``sequential`` >= 0.5: the answer
+builds on intermediate results), else ``independent`` (knowledge, estimation, judgement: each
+try is an independent guess).
 
 The strategy per kind (``PRIOR_STRATEGY``):
 
-- independent and hard: ``parallel_vote``. Majority voting over independent samples helps
+- independent, not easy: ``parallel_vote``. Majority voting over independent samples helps
   where each try is a guess (self-consistency, Wang et al. 2023; at equal tokens a vote of short
-  chains beats one long chain by up to 20 points, Ghosal et al. 2025);
-- chain and hard: ``sequential``. On compositional tasks one long chain is exponentially better
-  than any vote over short ones (Mirtaheri et al. 2025, "Let Me Think!");
-- search (easy or hard): ``search``. Reasoning tokens cannot supply a missing fact; retrieval
-  can (the search axis of the issue; ReAct, Yao et al. 2023). Its answer is one chain sized
-  like ``sequential``'s, so a chain-like prompt read as needing facts keeps its room;
-- easy: ``direct`` with a small budget: extra compute buys little on easy prompts (Snell et
-  al. 2024).
+  chains beats one long chain by up to 20 points, Ghosal et al. 2025), and it helps well below
+  "hard": five samples each right 80% of the time elect the right answer 94% of the time;
+- chain: ``sequential``. On compositional tasks one long chain is exponentially better than any
+  vote over short ones (Mirtaheri et al. 2025, "Let Me Think!"); an easy chain ends early, so it
+  costs what a direct answer would;
+- search: ``search``. Reasoning tokens cannot supply a missing fact; retrieval can (ReAct, Yao
+  et al. 2023). Its answer is one chain sized like ``sequential``'s, so a chain-like prompt
+  read as needing facts keeps its room;
+- independent and easy: ``direct`` with a small budget: extra compute buys little on easy
+  prompts (Snell et al. 2024).
 
 Sizes (``size_plan``) follow the tokens a complete answer of that kind takes, ``answer_tokens``
 (observed: ``router_models.answer_lengths``), times ``HEADROOM``: a direct answer and each vote
-sample get that much, so every sample can finish; a hard prompt gets an allotment of
-``answer x HEADROOM x (1 + scale x difficulty)``, which buys a wider vote or a longer chain
-cap, and ``scale`` is solved so the mean budget over recent traffic meets the operator's target
-(``solve_scale``): harder prompts get more tokens within the configured mean (compute-optimal
-allocation, Snell et al. 2024). A vote whose allotment buys fewer than two complete samples runs
-one chain instead (``fit_vote``).
+sample get that much, so every sample can finish. A chain's cap is ``CHAIN_CAP`` samples times
+(1 + difficulty): room for long chains, not spend, since a chain stops when its answer is
+written. A vote gets ``2 + scale x difficulty`` samples, and ``scale`` is solved so the mean
+expected spend over recent traffic meets the operator's target (``solve_scale``, ``mean_spend``):
+harder prompts get more tokens within the configured mean (compute-optimal allocation, Snell et
+al. 2024). A vote whose budget buys fewer than two complete samples runs one chain instead
+(``fit_vote``). The vote's early stopping (Adaptive-Consistency) then saves samples where the
+first ones agree.
 """
 
 from __future__ import annotations
@@ -44,19 +50,47 @@ ARCHETYPES = ("independent", "chain", "search")
 LEVELS = ("easy", "hard")
 KIND_NAMES = tuple(f"{level}/{archetype}" for level in LEVELS for archetype in ARCHETYPES)
 PRIOR_STRATEGY = {
-    "easy/independent": "direct", "easy/chain": "direct", "easy/search": "search",
+    "easy/independent": "direct", "easy/chain": "sequential", "easy/search": "search",
     "hard/independent": "parallel_vote", "hard/chain": "sequential", "hard/search": "search",
 }
 # A sample gets this multiple of the observed p90 answer length: room for the answer itself
 # and for variation between samples.
 HEADROOM = 1.25
-# A chain's cap stops growing at this multiple of its sized answer: a chain ends when its
-# answer is written, so budget beyond that is never spent and would only crowd out votes.
-MAX_CHAIN_MULTIPLE = 3.0
+# A chain's cap is this multiple of a sample, times (1 + difficulty): a chain ends when its
+# answer is written, so the cap is room for long chains (whose length the answer-length
+# estimate of the kind may not know yet), not spend.
+CHAIN_CAP = 4.0
+MIN_VOTE_WIDTH = 3  # the smallest vote with a strict majority of two against one
+# Easy: the direct answer fails less than one time in five. Above that, votes still gain: a
+# majority of five samples each right 80% of the time is right 94% of the time (Condorcet).
+EASY_BELOW = 0.2
 MAX_SCALE = 32.0
 # The search score above which a prompt outside the search archetype may still be offered
 # search while exploring (a plausible plan, not a prior choice).
 PLAUSIBLE_SEARCH = 0.25
+
+
+# The search score from the operator's collection (``read_search``): a question whose content
+# words the top hits cover at least this much is a search prompt; one covered less keeps at most
+# ``UNCOVERED_SEARCH`` (plausible to explore, never the prior's choice).
+COVERED = 0.5
+UNCOVERED_SEARCH = 0.3
+
+
+def read_search(scores: Scores, coverage: float | None) -> Scores:
+    """``scores`` with ``search`` read against the collection there is to search.
+
+    Args:
+        scores: the classifier's reading.
+        coverage: the share of the question's content words the collection's top hits hold
+            (``service.coverage``), or None when the collection cannot be read (a remote
+            search service): then the classifier decides.
+    """
+    if coverage is None:
+        return scores
+    if coverage >= COVERED:
+        return dataclasses.replace(scores, search=round(coverage, 4))
+    return dataclasses.replace(scores, search=min(scores.search, UNCOVERED_SEARCH))
 
 
 def archetype_of(scores: Scores) -> str:
@@ -72,7 +106,7 @@ def kind_of(scores: Scores) -> int:
     """The kind of prompt: an index into ``KIND_NAMES``."""
     # On the request path: the archetype's index computed inline, not looked up.
     archetype = 2 if scores.search >= 0.5 else (1 if scores.sequential >= 0.5 else 0)
-    return (3 if scores.difficulty >= 0.5 else 0) + archetype
+    return (3 if scores.difficulty >= EASY_BELOW else 0) + archetype
 
 
 def plausible_strategies(scores: Scores) -> tuple[str, ...]:
@@ -92,41 +126,46 @@ def size_plan(strategy: str, scores: Scores, answer_tokens: int, scale: float,
               vote_width: int = 8, search_calls: int = 3) -> Plan:
     """The plan of ``strategy`` for this prompt (module docstring).
 
+    A direct answer and each vote sample get ``sample_tokens(answer)``. A chain (``sequential``,
+    and the answer of ``search``) gets a cap of ``CHAIN_CAP x sample x (1 + difficulty)``: a
+    chain ends when its answer is written, so the cap is room, not spend. A vote of a prompt
+    that is not easy gets ``2 + scale x difficulty`` samples (at least ``MIN_VOTE_WIDTH``, at
+    most ``vote_width``). Search may make ``search_calls`` retrieval calls, the first with the
+    question itself.
+
     Args:
         strategy: one of ``plan.STRATEGIES``.
-        scores: the prompt's scores (``difficulty`` sets the hard prompts' allotment).
+        scores: the prompt's scores (``difficulty`` sizes chains and votes).
         answer_tokens: tokens a complete answer of this kind takes (p90).
-        scale: the allotment's multiplier of difficulty (``solve_scale``), >= 0.
+        scale: the vote width's multiplier of difficulty (``solve_scale``), >= 0.
         vote_width: the most samples of a vote.
-        search_calls: the most retrieval calls of a hard prompt's search.
+        search_calls: the most retrieval calls of a search.
 
     Returns:
         A ``Plan`` with ``budget_tokens`` and ``depth_tokens`` set; a vote that cannot buy two
         complete samples comes back as one chain (``fit_vote``).
     """
     sample = sample_tokens(answer_tokens)
-    hard = scores.difficulty >= 0.5
-    allotment = sample * (1.0 + scale * scores.difficulty) if hard else float(sample)
     if strategy == "direct":
         return Plan("direct", sample, depth_tokens=sample)
+    cap = int(sample * CHAIN_CAP * (1.0 + scores.difficulty))
     if strategy == "sequential":
-        cap = max(sample, min(int(allotment), int(sample * MAX_CHAIN_MULTIPLE)))
         return Plan("sequential", cap, depth_tokens=cap)
     if strategy == "parallel_vote":
-        width = max(1, min(vote_width, int(allotment // sample)))
+        width = vote_width_for(scores.difficulty, scale, vote_width)
         return fit_vote(Plan("parallel_vote", width * sample, width=width, depth_tokens=sample),
                         answer_tokens)
     if strategy == "search":
-        # The first retrieval uses the question itself and costs no model tokens; each further
-        # call costs the tokens of writing its query. The answer is one chain sized as
-        # `sequential` would be: search is a chain with documents in its context, so a
-        # chain-like prompt sent to search keeps the room for its steps.
-        calls = 1 if not hard else max(1, min(search_calls,
-                                              1 + int((allotment - sample) // QUERY_TOKENS)))
-        depth = max(sample, min(int(allotment), int(sample * MAX_CHAIN_MULTIPLE)))
-        return Plan("search", depth + QUERY_TOKENS * (calls - 1), depth_tokens=depth,
-                    search_calls=calls)
+        return Plan("search", cap + QUERY_TOKENS * (search_calls - 1), depth_tokens=cap,
+                    search_calls=search_calls)
     raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def vote_width_for(difficulty: float, scale: float, vote_width: int) -> int:
+    """Samples of a vote: ``2 + scale x difficulty``, within [``MIN_VOTE_WIDTH``,
+    ``vote_width``]."""
+    return int(max(min(MIN_VOTE_WIDTH, vote_width), min(vote_width,
+                                                         2 + scale * difficulty)))
 
 
 def fit_vote(plan: Plan, answer_tokens: int, budget_tokens: int | None = None) -> Plan:
@@ -176,42 +215,38 @@ def fit_cap(plan: Plan, cap: int | None, answer_tokens: int) -> Plan:
     return dataclasses.replace(plan, budget_tokens=cap, depth_tokens=cap)
 
 
-def solve_scale(mean_budget: Callable[[float], float], target_tokens: float,
+def solve_scale(mean_spend: Callable[[float], float], target_tokens: float,
                 iterations: int = 40) -> float:
     """The largest ``scale`` in [0, ``MAX_SCALE``] whose mean budget is at most
     ``target_tokens``, by bisection (the mean budget is non-decreasing in ``scale``).
     Returns 0 when even ``scale`` 0 spends more than the target."""
-    if mean_budget(MAX_SCALE) <= target_tokens:
+    if mean_spend(MAX_SCALE) <= target_tokens:
         return MAX_SCALE
-    if mean_budget(0.0) > target_tokens:
+    if mean_spend(0.0) > target_tokens:
         return 0.0
     lo, hi = 0.0, MAX_SCALE
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
-        if mean_budget(mid) <= target_tokens:
+        if mean_spend(mid) <= target_tokens:
             lo = mid
         else:
             hi = mid
     return lo
 
 
-def mean_budget(rows: Sequence[tuple[Scores, str, int]], scale: float, vote_width: int = 8,
+def mean_spend(rows: Sequence[tuple[Scores, str, int]], scale: float, vote_width: int = 8,
                 search_calls: int = 3) -> float:
-    """The mean ``size_plan`` budget over ``rows`` of (scores, strategy, answer tokens) at
-    ``scale``; vectorised, since ``solve_scale`` evaluates it some forty times per solve."""
+    """The mean expected spend over ``rows`` of (scores, strategy, answer tokens) at ``scale``:
+    a chain, a search or a direct answer spends about one answer (a chain stops when done),
+    a vote one answer per sample (before early stopping saves some). Vectorised, since
+    ``solve_scale`` evaluates it some forty times per solve."""
     if not rows:
         return 0.0
     difficulty = np.array([r[0].difficulty for r in rows])
-    sample = np.ceil(np.array([r[2] for r in rows], float) * HEADROOM)
+    answer = np.array([r[2] for r in rows], float)
     strategy = np.array([r[1] for r in rows])
-    hard = difficulty >= 0.5
-    allotment = np.where(hard, sample * (1.0 + scale * difficulty), sample)
-    chain = np.maximum(sample, np.minimum(np.floor(allotment),
-                                          np.floor(sample * MAX_CHAIN_MULTIPLE)))
-    width = np.clip(np.floor(allotment / sample), 1, vote_width)
-    calls = np.where(hard, np.clip(1 + np.floor((allotment - sample) / QUERY_TOKENS), 1,
-                                   search_calls), 1)
-    budget = np.select(
-        [strategy == "direct", strategy == "sequential", strategy == "parallel_vote"],
-        [sample, chain, width * sample], chain + QUERY_TOKENS * (calls - 1))
-    return float(budget.mean())
+    low = min(MIN_VOTE_WIDTH, vote_width)
+    width = np.floor(np.clip(2 + scale * difficulty, low, vote_width))
+    spend = np.select([strategy == "parallel_vote", strategy == "search"],
+                      [width * answer, answer + QUERY_TOKENS], answer)
+    return float(spend.mean())

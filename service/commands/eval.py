@@ -15,6 +15,7 @@ from router_models.plan import STRATEGIES
 
 DEFAULT_STRATEGIES = "direct,parallel_vote,sequential"
 DEFAULT_BUDGETS = "128,512,2048"
+BANK_DEFAULT = Path("-")  # --bank with no PATH: the shipped outcome bank
 
 
 def register(subcommands: Any) -> None:
@@ -32,6 +33,11 @@ def register(subcommands: Any) -> None:
                          "mmlu or mmlu:SUBJECT, hotpotqa")
     ev.add_argument("--tasks", type=Path,
                     help="your own tasks: JSONL with question, answer and optional family")
+    ev.add_argument("--bank", type=Path, nargs="?", const=BANK_DEFAULT, default=None,
+                    metavar="PATH",
+                    help="the items of an outcome bank (default: the shipped one), for a "
+                         "backend that replays it (ttc-router sim --bank); --suite then "
+                         "filters the bank's suites, and each suite is its own family")
     ev.add_argument("--strategies", default=DEFAULT_STRATEGIES,
                     help=f"comma-separated, from {', '.join(STRATEGIES)} "
                          f"(default {DEFAULT_STRATEGIES})")
@@ -81,11 +87,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--strategies: unknown {', '.join(unknown) or '(none)'}; "
                              f"known: {', '.join(STRATEGIES)}")
         suites = [s.strip() for s in args.suite.split(",") if s.strip()]
-        if not suites and args.tasks is None:
-            raise ValueError("give --suite, --tasks or both")
+        if not suites and args.tasks is None and args.bank is None:
+            raise ValueError("give --suite, --tasks, --bank or several")
         items: list[TaskItem] = []
-        for name in suites:
-            items += load_suite(name, limit=args.limit, data_dir=args.data)
+        if args.bank is not None:
+            items += _bank_items(args.bank, suites, args.limit)
+        else:
+            for name in suites:
+                items += load_suite(name, limit=args.limit, data_dir=args.data)
         if args.tasks is not None:
             items += load_tasks_file(args.tasks)[:args.limit]
     except (ValueError, OSError, SuiteUnavailable) as exc:
@@ -111,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     records = runner.read_records(args.out / runner.ITEMS_FILE)
     meta = {"backend": args.backend, "mode": mode, "model": args.model,
-            "suites": suites + (["tasks"] if args.tasks else []), "strategies": strategies,
+            "suites": suites + (["tasks"] if args.tasks else []) + (["bank"] if args.bank else []),
+            "strategies": strategies,
             "budgets": budgets, "policies": policies, "limit": args.limit,
             "wall_s": round(time.perf_counter() - started, 2), "sent": sent,
             "latency_sum_s": round(sum(r.get("latency_s", 0) for r in records), 2),
@@ -120,3 +130,28 @@ def run(args: argparse.Namespace) -> int:
     print(f"{summary['records']} records ({summary['errors']} errors), {sent} sent now, mode "
           f"{mode}: {args.out / report.REPORT_FILE}", file=sys.stderr)
     return 0
+
+
+def _bank_items(path: Path, suites: list[str], limit: int | None) -> list[Any]:
+    """The items of an outcome bank, the first ``limit`` of each of ``suites`` (all suites
+    when empty), each with its suite as its family so the report compares suites.
+
+    Raises:
+        router_models.bank.BankError (a ValueError): the bank cannot be read.
+    """
+    import dataclasses
+
+    from router_models.bank import Bank
+
+    bank = Bank.load(None if path == BANK_DEFAULT else path)
+    counts: dict[str, int] = {}
+    items = []
+    for item in bank.items():
+        suite = item.suite.partition(":")[0]
+        if (suites and suite not in suites) or (limit and counts.get(suite, 0) >= limit):
+            continue
+        counts[suite] = counts.get(suite, 0) + 1
+        items.append(dataclasses.replace(item, family=suite))
+    if not items:
+        raise ValueError(f"the bank at {bank.path} has no items of {', '.join(suites)}")
+    return items

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import sklearn
-from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from threadpoolctl import threadpool_limits
@@ -54,6 +53,7 @@ HASH_SCALE = 0.3
 # Each family's labels weigh in at most as FAMILY_CAP prompts (per head), so that MMLU's
 # 14,042 prompts do not decide what "difficult" means for every other kind of prompt.
 FAMILY_CAP = 2000
+PLATT_KNOTS = 129  # knots tabulating each head's sigmoid calibration (numpy.interp between)
 TARGET_TOKENS = 1024  # the shipped learned policy's mean budget per request
 REFERENCE_PER_FAMILY = 40  # held-out prompts per family in the learned policy's reference set
 
@@ -106,7 +106,7 @@ def fit_head(x_train: sp.csr_matrix, train_labels: Sequence[float | None],
              c_grid: Sequence[float] = C_GRID, hash_scale: float = HASH_SCALE
              ) -> tuple[Head, float]:
     """Logistic regression on weighted soft labels (``reliability.expand``), C picked from
-    ``c_grid`` on calibration log loss, then isotonic calibration on the calibration split.
+    ``c_grid`` on calibration log loss, then Platt scaling on the calibration split.
     Returns the head and the chosen C.
 
     Raises:
@@ -136,10 +136,29 @@ def fit_head(x_train: sp.csr_matrix, train_labels: Sequence[float | None],
     dense_raw = raw_calib[:, :N_DENSE].toarray() * scale + mean
     hashed_raw = raw_calib[:, N_DENSE:] / hash_scale
     decision = dense_raw @ w_dense32 + hashed_raw @ w_hash32 + intercept32
-    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-    iso.fit(decision, cy, sample_weight=cw)
-    return Head(w_dense32, w_hash32, intercept32, iso.X_thresholds_.astype(np.float64),
-                iso.y_thresholds_.astype(np.float64)), c
+    xs, ys = platt_knots(decision, cy, cw)
+    return Head(w_dense32, w_hash32, intercept32, xs, ys), c
+
+
+def platt_knots(decision: np.ndarray, y: np.ndarray, weights: np.ndarray,
+                n_knots: int = PLATT_KNOTS) -> tuple[np.ndarray, np.ndarray]:
+    """Platt scaling (Platt 1999): a one-feature logistic regression of the labels on the
+    linear score, tabulated as ``n_knots`` (x, sigmoid) pairs over the calibration scores'
+    range widened by its own width on each side (at least 1), for ``numpy.interp``.
+
+    Platt rather than isotonic regression: isotonic steps map every score past the last
+    calibration score to one value, so a kind of prompt never seen in training, whose scores
+    fall outside that range, is ranked as a tie and read as certain; the sigmoid keeps the
+    ranking (measured on the leave-one-dataset-out folds with MMLU cut to 3,000 prompts: the
+    pooled AUC of ``search``, families weighted equally, rose from 0.68 to 0.80).
+    """
+    platt = LogisticRegression(C=1e6, max_iter=1000)
+    platt.fit(decision.reshape(-1, 1), y, sample_weight=weights)
+    lo, hi = float(decision.min()), float(decision.max())
+    pad = max(1.0, hi - lo)
+    xs = np.linspace(lo - pad, hi + pad, n_knots)
+    ys = 1.0 / (1.0 + np.exp(-(platt.coef_[0, 0] * xs + platt.intercept_[0])))
+    return xs, ys
 
 
 def standardisation(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -172,6 +172,20 @@ def standardisation(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return mean, scale, constant
 
 
+def duplicate_columns(dense: np.ndarray) -> dict[int, int]:
+    """column -> the first earlier column equal to it on every row, for the (n, N_DENSE)
+    dense features (constant columns excluded: ``standardisation`` handles them)."""
+    twins: dict[int, int] = {}
+    for j in range(dense.shape[1]):
+        if np.ptp(dense[:, j]) == 0:
+            continue
+        for i in range(j):
+            if i not in twins and np.array_equal(dense[:, i], dense[:, j]):
+                twins[j] = i
+                break
+    return twins
+
+
 def family_weights(examples: Sequence[Example], index: Sequence[int], head: str,
                    cap: float | None) -> list[float]:
     """Each indexed example's label weight for ``head``, scaled so that no family's labelled
@@ -204,7 +218,8 @@ def fit_heads(examples: Sequence[Example], features: Sequence[Features],
     Raises:
         ValueError: a split lacks a class for some head.
     """
-    mean, scale, constant = standardisation(np.array([features[i].dense for i in fit_idx]))
+    dense_fit = np.array([features[i].dense for i in fit_idx])
+    mean, scale, constant = standardisation(dense_fit)
     x_fit = design_matrix([features[i] for i in fit_idx], mean, scale, hash_scale)
     x_calib = design_matrix([features[i] for i in calib_idx], mean, scale, hash_scale)
     heads: dict[str, Head] = {}
@@ -221,8 +236,15 @@ def fit_heads(examples: Sequence[Example], features: Sequence[Features],
     # A cue that never varies in training (has_system, log_turns: the benchmarks are bare
     # questions) gets no weight, so a request with a system prompt or several turns is scored
     # as its question alone would be.
+    # A cue equal to another on every training prompt (log_context_chars is log_chars for a
+    # bare question) hands its weight to that one: the same scores on such prompts, and a
+    # long conversation before the question does not move them.
+    twins = duplicate_columns(dense_fit)
     for head in heads.values():
         head.w_dense[constant] = 0.0
+        for column, first in twins.items():
+            head.w_dense[first] += head.w_dense[column]
+            head.w_dense[column] = 0.0
     # Evaluate exactly what ships: the float32 arrays of the artifact.
     return Classifier(from_arrays(Classifier(heads).arrays())), chosen_c
 

@@ -198,7 +198,9 @@ class Retriever:
     def schedule(self, question: str, searches: int) -> tuple[list[str], list[list[Any]]]:
         """The fixed search schedule (see the module docstring): the queries and, per
         query, its hits not already retrieved (at most ``SEARCH_TOP_K``)."""
-        queries, results, seen = [], [], set()
+        queries: list[str] = []
+        results: list[list[Any]] = []
+        seen: set[str] = set()
         query = question
         for _ in range(searches):
             hits = [h for h in self.index.search(query, SEARCH_TOP_K + len(seen))
@@ -520,9 +522,9 @@ def main(argv: list[str] | None = None) -> None:
         model = args.model
         if model is None:
             from service.local_backend import QWEN_CODER_05B, model_path
-            from service.settings import Settings
+            from service.settings import load_settings
 
-            model = model_path(QWEN_CODER_05B, Path(Settings().data_dir) / "models")
+            model = model_path(QWEN_CODER_05B, Path(load_settings().data_dir) / "models")
         server = Server(args.server_binary, model, args.concurrency, args.ctx, args.log,
                         args.threads)
         url = server.url

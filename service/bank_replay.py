@@ -242,15 +242,16 @@ def answer(bank: Bank, request: SimRequest, body: dict[str, Any]) -> Reply:
         at = prompt.find(run.prompt)
         prefix = prompt[at + len(run.prompt):] if at >= 0 else ""
     query = _next_query(runs, searched, messages, body)
+    choices: list[Choice] | None = None
     if query is not None:
         text, pieces, tool = query
         choices = [Choice(pieces, [0] * len(pieces), "stop", "search_request", query=text,
                           tool=tool) for _ in range(request.n)]
         meta["synthesized"] = "search_request"
-    else:
-        choices = _continuation(run, prefix, request, meta) if prefix.strip() else None
-        if choices is None:
-            choices = _fresh(run, request, meta)
+    elif prefix.strip():
+        choices = _continuation(run, prefix, request, meta)
+    if choices is None:
+        choices = _fresh(run, request, meta)
     exact = request.endpoint == "chat" and messages == [("user", run.prompt)]
     prompt_tokens = run.prompt_tokens
     if not exact:
@@ -295,9 +296,8 @@ def _next_query(runs: dict[int, BankRun], searched: int, messages: Sequence[tupl
         return None
     query = deepest.queries[searched]
     line = f"SEARCH: {query}"
-    turns = deepest.search_turns
-    pieces = list(turns[searched]) if searched < len(turns) and turns[searched] else \
-        re.findall(r"\s*\S+", line)
+    recorded = deepest.search_turns[searched] if searched < len(deepest.search_turns) else None
+    pieces = list(recorded) if recorded else re.findall(r"\s*\S+", line)
     return query, pieces, offered_tool
 
 

@@ -221,3 +221,7 @@ def test_from_log_replays_the_sqlite_request_log_into_the_learned_policy(tmp_pat
     assert "replayed 4 outcomes (2 correct)" in printed.out
     state = LearnedPolicy.load(out / "learned.json")
     assert sum(row["feedback"] for row in state.budgets().values()) == 4
+    # Run again over the state it wrote: the log's outcomes are not counted twice.
+    assert main(["train", "--from-log", "--data-dir", str(tmp_path), "--out", str(out)]) == 0
+    again = LearnedPolicy.load(out / "learned.json")
+    assert sum(row["feedback"] for row in again.budgets().values()) == 4

@@ -138,6 +138,9 @@ def _from_log(data_dir: Path, database_url: str | None, out: Path) -> int:
         print(f"ttc-router train: {exc}", file=sys.stderr)
         return 1
     assert isinstance(learned, LearnedPolicy)
+    # The saved state may already hold the log's feedback (learned online): replay it all
+    # from the prior, or every outcome would count twice.
+    learned.forget_feedback()
     try:
         rows = asyncio.run(_read_feedback(data_dir, database_url))
     except Exception as exc:  # the store's errors: report them, do not trace back

@@ -373,11 +373,18 @@ def _usage(reply: Reply) -> dict[str, int]:
 
 
 def _logprobs(request: SimRequest, choice: Choice) -> dict[str, Any] | None:
+    """The recorded log-probabilities of the served pieces (the bank keeps no alternatives),
+    in the chat shape (``content``) or the completions shape (``token_logprobs``)."""
     if not request.logprobs:
         return None
-    return {"content": [{"token": p, "logprob": lp / 100, "bytes": list(p.encode()),
-                         "top_logprobs": []} for p, lp in zip(choice.pieces, choice.lp,
-                                                             strict=True)]}
+    values = [lp / 100 for lp in choice.lp]
+    if request.endpoint != "chat":
+        offsets = [sum(len(p) for p in choice.pieces[:i]) for i in range(len(choice.pieces))]
+        return {"tokens": list(choice.pieces), "token_logprobs": values,
+                "top_logprobs": [{} for _ in values], "text_offset": offsets}
+    return {"content": [{"token": p, "logprob": v, "bytes": list(p.encode()),
+                         "top_logprobs": []} for p, v in zip(choice.pieces, values,
+                                                            strict=True)]}
 
 
 def _tool_call(choice: Choice) -> dict[str, Any]:

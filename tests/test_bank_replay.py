@@ -144,8 +144,14 @@ async def test_tokenize_counts_recorded_pieces_exactly_and_other_text_approximat
 
 async def test_completions_endpoint_replays_too() -> None:
     reply = (await replay({"model": "bank-replay", "prompt": MC.prompt, "temperature": 0,
-                           "max_tokens": 3}, "/v1/completions")).json()
+                           "max_tokens": 3, "logprobs": 1}, "/v1/completions")).json()
     assert reply["choices"][0]["text"] == "".join(MC.greedy.tokens[:3])
+    logprobs = reply["choices"][0]["logprobs"]
+    assert logprobs["tokens"] == list(MC.greedy.tokens[:3])
+    assert logprobs["token_logprobs"] == [v / 100 for v in MC.greedy.lp[:3]]
+    chat = (await replay(ask(MC, temperature=0, max_tokens=2, logprobs=True))).json()
+    assert [t["logprob"] for t in chat["choices"][0]["logprobs"]["content"]] == [
+        v / 100 for v in MC.greedy.lp[:2]]
 
 
 # --- every strategy through the gateway -------------------------------------------------

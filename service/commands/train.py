@@ -35,8 +35,8 @@ def register(subcommands: Any) -> None:
                        help="the shared benchmark data (default: ../shared/data next to "
                             "the source tree)")
     train.add_argument("--out", type=Path, default=None, metavar="DIR",
-                       help="where to write classifier.npz, classifier.json and "
-                            "learned.json (default: DATA_DIR/models; pass "
+                       help="where to write classifier.npz and classifier.json (and, "
+                            "with --from-log, learned.json) (default: DATA_DIR/models; pass "
                             "router_models/artifacts to rebuild the shipped default)")
     train.add_argument("--seed", type=int, default=0, help="split and sampling seed")
     train.add_argument("--limit", type=int, default=None, metavar="N",
@@ -97,7 +97,7 @@ def _from_data(args: argparse.Namespace, out: Path) -> int:
         return 1
     print(training.summary(result))
     print(f"\nwrote {out} in {time.perf_counter() - started:.1f} s:")
-    for name in ("classifier.npz", "classifier.json", "learned.json"):
+    for name in ("classifier.npz", "classifier.json"):
         digest = training.file_digest(out / name)
         shipped = DEFAULT_ARTIFACT_DIR / name
         same = ""

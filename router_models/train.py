@@ -315,8 +315,11 @@ def train(data_dir: Path = DEFAULT_DATA_DIR, out_dir: Path = DEFAULT_ARTIFACT_DI
           seed: int = 0, limit_per_dataset: int | None = None, n_generated: int = 1500,
           target_tokens: float = TARGET_TOKENS, extra: Iterable[Iterable[Example]] = ()
           ) -> TrainResult:
-    """Fit and write ``classifier.npz``, ``classifier.json`` and ``learned.json`` to
-    ``out_dir``; ``extra`` adds examples to the shared data's (``load_examples``).
+    """Fit and write ``classifier.npz`` and ``classifier.json`` to ``out_dir``; ``extra`` adds
+    examples to the shared data's (``load_examples``). The learned policy is the prior
+    (``router_models.policies.prior``), sized over held-out prompts for the strategy table;
+    benchmark data has nothing to teach it, so no ``learned.json`` is written (a deployment's
+    learned state under ``DATA_DIR/models`` is left as it is).
 
     Raises:
         training_data.DataMissingError: the shared data is absent.
@@ -336,7 +339,6 @@ def train(data_dir: Path = DEFAULT_DATA_DIR, out_dir: Path = DEFAULT_ARTIFACT_DI
     learned.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     classifier.save(out_dir)
-    learned.save(out_dir / "learned.json")
     table = strategy_table(test_examples, test_scores, [RulesPolicy.from_yaml(), learned])
     return TrainResult(classifier, learned, table, examples, features)
 

@@ -134,7 +134,8 @@ def test_train_reproduces_its_artifact_byte_for_byte_on_a_small_subset(tmp_path,
     printed = capsys.readouterr().out
     assert "AUC" in printed and "Brier" in printed and "chosen strategy by task family" in printed
     assert "leave-one-dataset-out" in printed and "| **pooled** |" in printed
-    for name in ("classifier.npz", "classifier.json", "learned.json"):
+    assert not (first / "learned.json").exists()  # the learned policy is the prior
+    for name in ("classifier.npz", "classifier.json"):
         assert (first / name).read_bytes() != b""
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
     meta = result.classifier.metadata
@@ -222,6 +223,10 @@ def test_from_log_replays_the_sqlite_request_log_into_the_learned_policy(tmp_pat
     assert "replayed 4 outcomes (2 correct)" in printed.out
     state = LearnedPolicy.load(out / "learned.json")
     assert sum(row["feedback"] for row in state.budgets().values()) == 4
+    # Run again over the state it wrote: the log's outcomes are not counted twice.
+    assert main(["train", "--from-log", "--data-dir", str(tmp_path), "--out", str(out)]) == 0
+    again = LearnedPolicy.load(out / "learned.json")
+    assert sum(row["feedback"] for row in again.budgets().values()) == 4
 
 
 def test_a_missing_outcome_bank_is_reported_not_traced(tmp_path, capsys):

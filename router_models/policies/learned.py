@@ -327,6 +327,16 @@ class LearnedPolicy(Policy):
         self.lengths.observe(KIND_NAMES[kind], spent_tokens, finished=spent_tokens < depth)
         self._resolve_if_lengths_moved(kind)
 
+    def forget_feedback(self) -> None:
+        """Drop what feedback taught (the outcome counts, switched strategies), keeping the
+        configuration and what usage taught (answer lengths): the start for replaying a whole
+        request log, whose feedback this state may already have counted."""
+        self.trials[:] = 0.0
+        self.successes[:] = 0.0
+        self.current = [PRIOR_STRATEGY[kind] for kind in KIND_NAMES]
+        self.switches = []
+        self.resolve()
+
     def observe_usage(self, scores: Scores, samples: Sequence[tuple[int, bool]]) -> None:
         """Record the completion tokens of a request's samples, each with whether it finished
         (False: cut at its ``max_tokens``), for the kind's answer length."""

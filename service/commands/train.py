@@ -35,8 +35,8 @@ def register(subcommands: Any) -> None:
                        help="the shared benchmark data (default: ../shared/data next to "
                             "the source tree)")
     train.add_argument("--out", type=Path, default=None, metavar="DIR",
-                       help="where to write classifier.npz, classifier.json and "
-                            "learned.json (default: DATA_DIR/models; pass "
+                       help="where to write classifier.npz and classifier.json (and, "
+                            "with --from-log, learned.json) (default: DATA_DIR/models; pass "
                             "router_models/artifacts to rebuild the shipped default)")
     train.add_argument("--seed", type=int, default=0, help="split and sampling seed")
     train.add_argument("--limit", type=int, default=None, metavar="N",
@@ -97,7 +97,7 @@ def _from_data(args: argparse.Namespace, out: Path) -> int:
         return 1
     print(training.summary(result))
     print(f"\nwrote {out} in {time.perf_counter() - started:.1f} s:")
-    for name in ("classifier.npz", "classifier.json", "learned.json"):
+    for name in ("classifier.npz", "classifier.json"):
         digest = training.file_digest(out / name)
         shipped = DEFAULT_ARTIFACT_DIR / name
         same = ""
@@ -157,6 +157,9 @@ def _from_log(data_dir: Path, database_url: str | None, out: Path) -> int:
         print(f"ttc-router train: {exc}", file=sys.stderr)
         return 1
     assert isinstance(learned, LearnedPolicy)
+    # The saved state may already hold the log's feedback (learned online): replay it all
+    # from the prior, or every outcome would count twice.
+    learned.forget_feedback()
     try:
         rows = asyncio.run(_read_feedback(data_dir, database_url))
     except Exception as exc:  # the store's errors: report them, do not trace back

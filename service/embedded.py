@@ -47,7 +47,7 @@ def start_embedded(settings: Settings, progress: IO[str] | None = sys.stderr) ->
         if binary is None:
             reason = (f"llama.cpp's llama-server is not built for llama-cpp-python "
                       f"{installed_version() or '(not installed)'}; `make llama-server` "
-                      f"builds it (about 10 minutes on 2 cores)")
+                      f"builds it (15 to 60 minutes on 2 cores)")
             if settings.local_server == "llama-server":
                 raise LocalBackendError(reason)
             log.warning("%s; falling back to llama-cpp-python's server, which decodes one "

@@ -14,10 +14,10 @@ unmeasured warm-up request, then measures over the OpenAI API (plain urllib, non
   least tokens per vote sample): the median wall time over ``--repeats`` of one sample, of 8
   concurrent single-choice calls, of one ``n=8`` call (when the server honours ``n``), and of
   a ``parallel_vote`` request through the gateway (``ttc-router serve --upstream`` on this
-  server, one wave of 8 samples of 64 tokens: ``budget_tokens`` 512, ``TTC_VOTE_FIRST_WAVE=8``,
-  ``TTC_DEFAULT_ANSWER_TOKENS=48`` so that the planner counts 64 tokens as enough)
-  against a ``direct`` request of 64 tokens through the same gateway. The ratios (vote /
-  one sample) are what issue 14 targets: at most 3.
+  server, one wave of 8 samples: ``budget_tokens`` 8 x 64, ``TTC_VOTE_FIRST_WAVE=8``, and an
+  answer-length prior and least sample size under which the planner keeps 8 samples of 64
+  tokens) against a ``direct`` request of 64 tokens through the same gateway, each repeat on
+  a fresh gateway. The ratios (vote / one sample) are what issue 14 targets: at most 3.
 
 Every request suppresses the model's end-of-generation tokens (``logit_bias`` -100), so each
 sample runs to its ``max_tokens`` and "the same length" holds; the printed tokens per request
@@ -26,7 +26,8 @@ share of the CPU while measuring is printed beside each server's figures.
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/llama_throughput.py [--data-dir DIR] [--threads N] [--json OUT]
+    .venv/bin/python bench/llama_throughput.py [--data-dir DIR] [--llama-server PATH]
+        [--max-tokens 128] [--vote-tokens 64] [--repeats 3] [--json OUT]
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.compare_models import cpu_jiffies, own_jiffies  # noqa: E402
+from router_models.policies.prior import HEADROOM as ANSWER_HEADROOM  # noqa: E402
 from service.embedded import probe_n_support  # noqa: E402
 from service.llama_build import find_server, installed_version  # noqa: E402
 from service.llama_server import LlamaServer  # noqa: E402
@@ -216,7 +218,7 @@ def vote_ratios(url: str, open_gateway: Callable[[], AbstractContextManager[str]
     return result
 
 
-def start_gateway(upstream: str, supports_n: bool,
+def start_gateway(upstream: str, supports_n: bool, sample_tokens: int,
                   work: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``ttc-router serve`` on ``upstream`` with votes drawn in one wave of 8 samples."""
     config = work / "gateway.yaml"
@@ -224,10 +226,11 @@ def start_gateway(upstream: str, supports_n: bool,
                       f"    supports_n: {'true' if supports_n else 'false'}\n")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TTC_")}
-    # One wave of 8 samples; a 64-token sample counts as one that can finish (the planner's
-    # prior otherwise gives samples 320 tokens and turns a 512-token vote into one chain); a
-    # shared machine may be slow enough to need more than the default 300 s read timeout.
-    env.update(TTC_VOTE_FIRST_WAVE=str(VOTE_WIDTH), TTC_DEFAULT_ANSWER_TOKENS="48",
+    # One wave of 8 samples of ``sample_tokens``, which the planner must count as enough (its
+    # prior otherwise wants 320 tokens a sample and 64 at least, and turns a small vote into
+    # fewer samples or one chain); a shared machine may need more than the 300 s read timeout.
+    env.update(TTC_VOTE_FIRST_WAVE=str(VOTE_WIDTH), TTC_VOTE_MIN_DEPTH_TOKENS=str(sample_tokens),
+               TTC_DEFAULT_ANSWER_TOKENS=str(int(sample_tokens / ANSWER_HEADROOM)),
                TTC_READ_TIMEOUT_S="1800")
     with (work / "gateway.log").open("ab") as log:
         process = subprocess.Popen(
@@ -270,7 +273,7 @@ def run_server(backend: LocalBackend, args: argparse.Namespace, work: Path) -> d
 
         @contextlib.contextmanager
         def open_gateway() -> Iterator[str]:
-            process, url = start_gateway(backend.url, supports_n, work)
+            process, url = start_gateway(backend.url, supports_n, args.vote_tokens, work)
             try:
                 yield url
             finally:

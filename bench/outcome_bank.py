@@ -32,7 +32,8 @@ bank is skipped, so the command resumes where it stopped.
 
 Usage::
 
-    python -m bench.outcome_bank --server-binary PATH/llama-server      # starts llama-server
+    python -m bench.outcome_bank                   # starts the llama-server the project builds
+    python -m bench.outcome_bank --server-binary PATH/llama-server      # or this one
     python -m bench.outcome_bank --url http://127.0.0.1:8080/v1         # any OpenAI server
         [--bank router_models/data/bank] [--items 150] [--suites gsm8k,svamp,...]
         [--samples 8] [--max-tokens 512] [--concurrency 8]
@@ -51,6 +52,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -196,7 +198,9 @@ class Retriever:
     def schedule(self, question: str, searches: int) -> tuple[list[str], list[list[Any]]]:
         """The fixed search schedule (see the module docstring): the queries and, per
         query, its hits not already retrieved (at most ``SEARCH_TOP_K``)."""
-        queries, results, seen = [], [], set()
+        queries: list[str] = []
+        results: list[list[Any]] = []
+        seen: set[str] = set()
         query = question
         for _ in range(searches):
             hits = [h for h in self.index.search(query, SEARCH_TOP_K + len(seen))
@@ -324,7 +328,7 @@ class Server:
 
     def __init__(self, binary: Path, model: Path, slots: int, ctx: int, log: Path,
                  threads: int | None):
-        from service.local_backend import free_port
+        from service.local_backend import _die_with_parent, free_port
 
         self.port = free_port()
         self.args = ["-m", str(model), "-c", str(ctx), "-np", str(slots),
@@ -334,8 +338,10 @@ class Server:
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log = log.open("ab")
+        # The server dies with the recorder, even when the recorder is killed outright.
         self.process = subprocess.Popen([str(binary), *self.args], stdout=self._log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent)
         self.url = f"http://127.0.0.1:{self.port}/v1"
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -454,9 +460,11 @@ def write_meta(bank: Path, meta: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    where = parser.add_mutually_exclusive_group(required=True)
+    where = parser.add_mutually_exclusive_group()
     where.add_argument("--url", help="an OpenAI-compatible base URL ending in /v1")
-    where.add_argument("--server-binary", type=Path, help="start this llama-server")
+    where.add_argument("--server-binary", type=Path,
+                       help="start this llama-server (default: the one the project builds, "
+                            "python -m service.llama_build)")
     parser.add_argument("--model", type=Path,
                         help="the GGUF file (default: the embedded Qwen2.5-Coder-0.5B, "
                              "assembled under the data directory)")
@@ -478,6 +486,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.url is None and args.server_binary is None:
+        from service.llama_build import find_server
+
+        args.server_binary = find_server()
+        if args.server_binary is None:
+            raise SystemExit("no llama-server: build it with `python -m service.llama_build`, "
+                             "or give --server-binary PATH or --url URL")
+    # SIGTERM (kill PID) ends the recording like Ctrl-C: the server is stopped, and the runs
+    # already written stay in the bank for the next start to skip.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bank = Bank(args.bank)
     bank.load()
     runs = [r for r in plan_runs(args.suites.split(","), args.items, args.data)
@@ -504,9 +522,9 @@ def main(argv: list[str] | None = None) -> None:
         model = args.model
         if model is None:
             from service.local_backend import QWEN_CODER_05B, model_path
-            from service.settings import Settings
+            from service.settings import load_settings
 
-            model = model_path(QWEN_CODER_05B, Path(Settings().data_dir) / "models")
+            model = model_path(QWEN_CODER_05B, Path(load_settings().data_dir) / "models")
         server = Server(args.server_binary, model, args.concurrency, args.ctx, args.log,
                         args.threads)
         url = server.url
@@ -516,6 +534,7 @@ def main(argv: list[str] | None = None) -> None:
                      "server_args": [a if a != str(model) else model.name
                                      for a in server.args if a]})
         session["server_args"] = meta["server_args"]
+        session["server"] = meta["server"]  # a resumed recording may use another build
     else:
         url = args.url.rstrip("/")
         session["url"] = url

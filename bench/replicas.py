@@ -53,6 +53,7 @@ from tests.pg import PostgresServer, start_postgres  # noqa: E402
 from tests.redis_server import start_redis  # noqa: E402
 
 PY = sys.executable
+PHASES = "throughput,durable,learning,limits,kill,restart"
 # (family, question) pairs: the marker tells the simulator the task; the text is what the
 # classifier reads.
 TASKS = [
@@ -140,13 +141,17 @@ class HAProxy:
             "defaults", "  mode http", "  timeout connect 1s", "  timeout client 60s",
             "  timeout server 60s", "  retries 3", "  option redispatch",
             # Only a request that never reached a gateway is retried elsewhere: a POST that
-            # did is not idempotent (its tokens were spent).
-            "  retry-on conn-failure",
+            # did is not idempotent (its tokens were spent). A connection per request to the
+            # gateways (loopback, cheap), so that none is reused after its gateway died.
+            "  retry-on conn-failure", "  option http-server-close",
             "frontend gateway", f"  bind 127.0.0.1:{self.port}", "  default_backend replicas",
             "backend replicas", "  balance leastconn", "  option httpchk GET /health",
             "  http-after-response set-header x-replica %s",
-            *(f"  server {g.name} 127.0.0.1:{g.port} check inter 300ms fall 2 rise 2"
-              for g in servers)]
+            # Passive checks too: the first refused connection marks a server down at once,
+            # or leastconn would send every retry to the dead server (it has the fewest
+            # connections) until the active check notices.
+            *(f"  server {g.name} 127.0.0.1:{g.port} check inter 300ms fall 2 rise 2 "
+              "observe layer4 error-limit 1 on-error mark-down" for g in servers)]
         config.write_text("\n".join(lines) + "\n")
         binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
         if not Path(binary).exists():
@@ -200,6 +205,9 @@ class HAProxy:
 
 @dataclass
 class Result:
+    """One request (and its feedback): statuses, the replica that answered (HAProxy's
+    ``x-replica``), and when each call was sent and ended (``time.monotonic()`` seconds)."""
+
     status: int
     replica: str
     decision_id: str | None
@@ -207,6 +215,16 @@ class Result:
     sent_s: float = 0.0
     latency_s: float = 0.0
     completion_tokens: int = 0
+    ended_s: float = 0.0
+    feedback_sent_s: float = 0.0
+    feedback_ended_s: float = 0.0
+    error: str = ""  # the client's exception when no HTTP answer came
+
+    def overlaps(self, start: float, end: float) -> bool:
+        """Whether the call that failed was sent before ``end`` and ended after ``start``."""
+        if self.status != 200:
+            return self.sent_s <= end and self.ended_s >= start
+        return self.feedback_sent_s <= end and self.feedback_ended_s >= start
 
 
 async def load(url: str, concurrency: int, duration_s: float, *, feedback: bool = False,
@@ -217,7 +235,6 @@ async def load(url: str, concurrency: int, duration_s: float, *, feedback: bool 
     request's feedback posted through the balancer when ``feedback``."""
     results: list[Result] = []
     stop_at = time.monotonic() + duration_s
-    started = time.monotonic()
     sent = 0
 
     async def worker(index: int, session: aiohttp.ClientSession) -> None:
@@ -230,28 +247,37 @@ async def load(url: str, concurrency: int, duration_s: float, *, feedback: bool 
             body = {"model": "auto", "messages": [{"role": "user", "content": text}],
                     "router": {"strategy": "direct", "budget_tokens": 64}}
             t0 = time.perf_counter()
+            sent_s = time.monotonic()
             try:
                 async with session.post(url + "/v1/chat/completions", json=body,
                                         headers=headers) as reply:
-                    payload = await reply.json(content_type=None)
                     result = Result(reply.status, reply.headers.get("x-replica", "?"),
-                                    reply.headers.get("x-ttc-decision-id"),
-                                    sent_s=time.monotonic() - started)
-            except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError):
-                result = Result(0, "?", None, sent_s=time.monotonic() - started)
+                                    reply.headers.get("x-ttc-decision-id"), sent_s=sent_s)
+                    text = await reply.text()
+                    try:
+                        payload = json.loads(text)
+                    except json.JSONDecodeError:  # the balancer's own error page
+                        payload = {}
+                        result.error = text[:160]
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                result = Result(0, "?", None, sent_s=sent_s, error=repr(exc)[:160])
                 payload = {}
             result.latency_s = time.perf_counter() - t0
+            result.ended_s = time.monotonic()
             if result.status == 200:
                 result.completion_tokens = int(payload["usage"]["completion_tokens"])
             if feedback and result.status == 200 and result.decision_id:
                 content = payload["choices"][0]["message"]["content"] or ""
                 correct = f"answer is {answer}".lower() in content.lower()
+                result.feedback_sent_s = time.monotonic()
                 try:
                     async with session.post(url + "/v1/feedback", json={
                             "id": result.decision_id, "correct": correct}) as answered:
                         result.feedback_status = answered.status
-                except aiohttp.ClientError:
+                except aiohttp.ClientError as exc:
                     result.feedback_status = 0
+                    result.error = repr(exc)[:160]
+                result.feedback_ended_s = time.monotonic()
             results.append(result)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -378,7 +404,7 @@ async def main_async(args: argparse.Namespace) -> int:
     upstream = f"http://127.0.0.1:{sim_port}/v1"
     env = {"TTC_DATABASE_URL": database_url, "TTC_REDIS_URL": redis_url,
            "TTC_LOG_LEVEL": "warning", "TTC_SHUTDOWN_TIMEOUT_S": "20"}
-    gateways = [Gateway(f"r{i}", free_port(), root / f"r{i}", env) for i in (1, 2, 3)]
+    gateways = [Gateway(f"r{i}", free_port(), root / f"r{i}", dict(env)) for i in (1, 2, 3)]
     lb: HAProxy | None = None
     try:
         wait_http(f"http://127.0.0.1:{sim_port}/health", sim)
@@ -391,137 +417,182 @@ async def main_async(args: argparse.Namespace) -> int:
               f"PostgreSQL, Redis; {os.cpu_count()} cores, load average "
               f"{os.getloadavg()[0]:.1f}")
 
-        # Throughput: one replica, then three, same load, same run, alternated twice so that
-        # a change in the machine's other load hits both alike.
-        await load(lb.url, args.concurrency, 2.0)  # warm-up, every replica
-        rates: dict[int, list[float]] = {1: [], 3: []}
-        print(f"throughput, concurrency {args.concurrency}, direct answers of <= 64 tokens:")
-        for round_ in (1, 2):
-            for replicas in (1, 3):
-                for g in gateways[1:]:
-                    lb.set_state(g.name, "maint" if replicas == 1 else "ready")
-                for g in gateways[1:replicas]:
-                    lb.wait_status(g.name, "UP")
-                results = await load(lb.url, args.concurrency, args.duration_s, seed=round_)
-                rates[replicas].append(sum(r.status == 200 for r in results) / args.duration_s)
-                print(f"  round {round_}, {replicas} replica{'s' if replicas > 1 else ' '}: "
-                      f"{summary(results, args.duration_s)}")
-        ratio = statistics.mean(rates[3]) / statistics.mean(rates[1])
-        print(f"  load average {os.getloadavg()[0]:.1f} (other work on the machine counts too)")
-        print(f"  mean: 1 replica {statistics.mean(rates[1]):.1f} req/s, 3 replicas "
-              f"{statistics.mean(rates[3]):.1f} req/s, ratio 3/1 {ratio:.2f}")
+        if "throughput" in args.phases:
+            # Throughput: one replica, then three, same load, same run, alternated twice so that
+            # a change in the machine's other load hits both alike.
+            await load(lb.url, args.concurrency, 2.0)  # warm-up, every replica
+            rates: dict[int, list[float]] = {1: [], 3: []}
+            print(f"throughput, concurrency {args.concurrency}, direct answers of <= 64 tokens:")
+            for round_ in (1, 2):
+                for replicas in (1, 3):
+                    for g in gateways[1:]:
+                        lb.set_state(g.name, "maint" if replicas == 1 else "ready")
+                    for g in gateways[1:replicas]:
+                        lb.wait_status(g.name, "UP")
+                    results = await load(lb.url, args.concurrency, args.duration_s, seed=round_)
+                    rates[replicas].append(sum(r.status == 200 for r in results) / args.duration_s)
+                    print(f"  round {round_}, {replicas} replica{'s' if replicas > 1 else ' '}: "
+                          f"{summary(results, args.duration_s)}")
+            ratio = statistics.mean(rates[3]) / statistics.mean(rates[1])
+            print(f"  load average {os.getloadavg()[0]:.1f} (other work on the machine counts too)")
+            print(f"  mean: 1 replica {statistics.mean(rates[1]):.1f} req/s, 3 replicas "
+                  f"{statistics.mean(rates[3]):.1f} req/s, ratio 3/1 {ratio:.2f}")
 
-        # 1. Learning.
-        print("1. learning across replicas")
-        posted = await learning(lb, gateways, args.learn)
-        await asyncio.sleep(2.5)  # more than learn_interval_s (1 s)
-        status = [learner(g, state=True) for g in gateways]
-        cursors = [s["cursor"] for s in status]
-        digests = [s["policies"]["learned"]["sha256"] for s in status]
-        print(f"  cursors {cursors}; learned state sha256 {[d[:12] for d in digests]}")
-        alone = await reference(pg, database_url, root, upstream, gateways)
-        print(f"  one gateway alone, same feedback: cursor {alone['cursor']}, sha256 "
-              f"{alone['policies']['learned']['sha256'][:12]}")
-        probes = [{"difficulty": d / 10, "sequential": s / 10, "search": 0.1, "form": form}
-                  for d in range(1, 10, 2) for s in range(1, 10, 2)
-                  for form in ("numeric", "choice", "graph", "yes_no")]
-        plans = [greedy_plans(s["policies"]["learned"]["state"], probes) for s in status]
-        alone_plans = greedy_plans(alone["policies"]["learned"]["state"], probes)
-        same = sum(all(p[i] == alone_plans[i] for p in plans) for i in range(len(probes)))
-        print(f"  greedy decisions on {len(probes)} probe prompts: {same} identical on all "
-              "three replicas and the lone gateway")
-        if len(set(digests)) != 1 or len(set(cursors)) != 1 or cursors[0] != len(posted):
-            failures.append("replicas did not converge")
-        if alone["policies"]["learned"]["sha256"] != digests[0] or same != len(probes):
-            failures.append("replicas differ from one gateway given the same feedback")
+        if "durable" in args.phases:
+            # The cost of the durable log: one replica with and without it, alternated.
+            first = gateways[0]
+            durable_rates: dict[str, list[float]] = {"true": [], "false": []}
+            for g in gateways[1:]:
+                lb.set_state(g.name, "maint")
+            for durable in ("false", "true", "false", "true"):
+                first.env["TTC_LOG_DURABLE"] = durable
+                lb.set_state(first.name, "drain")
+                await asyncio.to_thread(first.stop)
+                await asyncio.to_thread(first.start, upstream)
+                lb.set_state(first.name, "ready")
+                await asyncio.to_thread(lb.wait_status, first.name, "UP")
+                await load(lb.url, args.concurrency, 1.0)  # warm-up
+                results = await load(lb.url, args.concurrency, args.duration_s, seed=5)
+                durable_rates[durable].append(sum(r.status == 200 for r in results)
+                                              / args.duration_s)
+                print(f"  1 replica, log_durable {durable:5}: {summary(results, args.duration_s)}")
+            for g in gateways[1:]:
+                lb.set_state(g.name, "ready")
+            for g in gateways[1:]:
+                lb.wait_status(g.name, "UP")
+            print(f"  durable log: {statistics.mean(durable_rates['true']):.1f} req/s against "
+                  f"{statistics.mean(durable_rates['false']):.1f} without")
 
-        # 2. Per-key limits across replicas.
-        print("2. per-key limits across replicas (Redis, sliding 60 s windows)")
-        cli_env = {**os.environ, **env, "TTC_DATA_DIR": str(root / "cli")}
+        if "learning" in args.phases:
+            # 1. Learning.
+            print("1. learning across replicas")
+            posted = await learning(lb, gateways, args.learn)
+            await asyncio.sleep(2.5)  # more than learn_interval_s (1 s)
+            status = [learner(g, state=True) for g in gateways]
+            cursors = [s["cursor"] for s in status]
+            digests = [s["policies"]["learned"]["sha256"] for s in status]
+            print(f"  cursors {cursors}; learned state sha256 {[d[:12] for d in digests]}")
+            alone = await reference(pg, database_url, root, upstream, gateways)
+            print(f"  one gateway alone, same feedback: cursor {alone['cursor']}, sha256 "
+                  f"{alone['policies']['learned']['sha256'][:12]}")
+            probes = [{"difficulty": d / 10, "sequential": s / 10, "search": 0.1, "form": form}
+                      for d in range(1, 10, 2) for s in range(1, 10, 2)
+                      for form in ("numeric", "choice", "graph", "yes_no")]
+            plans = [greedy_plans(s["policies"]["learned"]["state"], probes) for s in status]
+            alone_plans = greedy_plans(alone["policies"]["learned"]["state"], probes)
+            same = sum(all(p[i] == alone_plans[i] for p in plans) for i in range(len(probes)))
+            print(f"  greedy decisions on {len(probes)} probe prompts: {same} identical on all "
+                  "three replicas and the lone gateway")
+            if len(set(digests)) != 1 or len(set(cursors)) != 1 or cursors[0] != len(posted):
+                failures.append("replicas did not converge")
+            if alone["policies"]["learned"]["sha256"] != digests[0] or same != len(probes):
+                failures.append("replicas differ from one gateway given the same feedback")
 
-        def keys(*argv: str) -> str:
-            done = subprocess.run([PY, "-m", "service", "keys", *argv], env=cli_env,
-                                  capture_output=True, text=True, cwd=ROOT, check=True)
-            return done.stdout.strip().splitlines()[-1]
+        if "limits" in args.phases:
+            # 2. Per-key limits across replicas.
+            print("2. per-key limits across replicas (Redis, sliding 60 s windows)")
+            cli_env = {**os.environ, **env, "TTC_DATA_DIR": str(root / "cli")}
 
-        secret = keys("create", "bench-rpm", "--rpm", "60")
-        limited = await load(lb.url, 16, 30.0, total=150,
-                             headers={"Authorization": f"Bearer {secret}"})
-        codes = Counter(r.status for r in limited)
-        served_by = Counter(r.replica for r in limited if r.status == 200)
-        print(f"  rpm 60, 150 requests at concurrency 16: {dict(sorted(codes.items()))}; "
-              f"answered per replica {dict(sorted(served_by.items()))}")
-        if codes.get(200) != 60:
-            failures.append("the request limit did not hold across replicas")
-        secret = keys("create", "bench-tpm", "--tpm", "640")
-        limited = await load(lb.url, 16, 30.0, total=150,
-                             headers={"Authorization": f"Bearer {secret}"})
-        codes = Counter(r.status for r in limited)
-        spent = sum(r.completion_tokens for r in limited)
-        print(f"  tpm 640, 150 requests reserving 64 tokens each: {dict(sorted(codes.items()))};"
-              f" {spent} completion tokens spent (unspent reservations given back)")
-        if spent > 640 or not codes.get(429):
-            failures.append("the token limit did not hold across replicas")
-        keys("revoke", "bench-rpm")
-        keys("revoke", "bench-tpm")
-        await asyncio.sleep(1.5)  # keys_refresh_s: the gateways are open again
+            def keys(*argv: str) -> str:
+                done = subprocess.run([PY, "-m", "service", "keys", *argv], env=cli_env,
+                                      capture_output=True, text=True, cwd=ROOT, check=True)
+                return done.stdout.strip().splitlines()[-1]
 
-        # 3. SIGKILL under load.
-        print(f"3. SIGKILL of one replica under load (concurrency {args.concurrency})")
-        victim = gateways[1]
-        task = asyncio.create_task(load(lb.url, args.concurrency, args.duration_s,
-                                        feedback=True, seed=3))
-        await asyncio.sleep(args.duration_s / 3)
-        held = lb.stats(victim.name).get("scur", "?")
-        assert victim.process is not None
-        victim.process.kill()
-        results = await task
-        victim.process.wait()
-        answered = [r.decision_id for r in results if r.status == 200 and r.decision_id]
-        fed = [r.decision_id for r in results if r.feedback_status == 200 and r.decision_id]
-        errors = [r for r in results if r.status != 200 or r.feedback_status not in (200, None)]
-        in_log = decisions_in_log(database_url, answered)
-        fb_in_log = feedback_in_log(database_url, fed)
-        print(f"  {len(results)} requests; {len(answered)} answered, {in_log} of them in the "
-              f"log; {len(fed)} feedbacks accepted, {fb_in_log} in the log")
-        print(f"  errors: {len(errors)} (the killed replica held {held} requests when killed; "
-              f"statuses {dict(Counter((r.status, r.replica) for r in errors))})")
-        if in_log != len(answered) or fb_in_log != len(fed):
-            failures.append("a decision or a feedback was lost")
-        if held != "?" and len(errors) > int(held):
-            failures.append("more errors than requests the killed replica held")
-        victim.start(upstream)
-        lb.wait_status(victim.name, "UP")
+            secret = keys("create", "bench-rpm", "--rpm", "60")
+            limited = await load(lb.url, 16, 30.0, total=150,
+                                 headers={"Authorization": f"Bearer {secret}"})
+            codes = Counter(r.status for r in limited)
+            served_by = Counter(r.replica for r in limited if r.status == 200)
+            print(f"  rpm 60, 150 requests at concurrency 16: {dict(sorted(codes.items()))}; "
+                  f"answered per replica {dict(sorted(served_by.items()))}")
+            if codes.get(200) != 60:
+                failures.append("the request limit did not hold across replicas")
+            secret = keys("create", "bench-tpm", "--tpm", "640")
+            limited = await load(lb.url, 16, 30.0, total=150,
+                                 headers={"Authorization": f"Bearer {secret}"})
+            codes = Counter(r.status for r in limited)
+            spent = sum(r.completion_tokens for r in limited)
+            print(f"  tpm 640, 150 requests reserving 64 tokens each: "
+                  f"{dict(sorted(codes.items()))}; {spent} completion tokens spent (unspent "
+                  "reservations given back)")
+            if spent > 640 or not codes.get(429):
+                failures.append("the token limit did not hold across replicas")
+            keys("revoke", "bench-rpm")
+            keys("revoke", "bench-tpm")
+            await asyncio.sleep(1.5)  # keys_refresh_s: the gateways are open again
 
-        # 4. Rolling restart under load.
-        print(f"4. rolling restart under load (concurrency {args.concurrency})")
-        stop = asyncio.Event()
-        task = asyncio.create_task(load(lb.url, args.concurrency, 600, feedback=True, seed=4,
-                                        stop=stop))
-        started = time.monotonic()
-        await asyncio.sleep(1.0)
-        for g in gateways:  # what Kubernetes does: out of the endpoints, drain, stop, start
-            lb.set_state(g.name, "drain")
-            deadline = time.monotonic() + 30
-            while lb.stats(g.name).get("scur", "0") != "0" and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            await asyncio.to_thread(g.stop)
-            await asyncio.to_thread(g.start, upstream)
-            lb.set_state(g.name, "ready")
-            await asyncio.to_thread(lb.wait_status, g.name, "UP")
-        await asyncio.sleep(1.0)
-        stop.set()
-        results = await task
-        elapsed = time.monotonic() - started
-        answered = [r.decision_id for r in results if r.status == 200 and r.decision_id]
-        fed = [r.decision_id for r in results if r.feedback_status == 200 and r.decision_id]
-        errors = [r for r in results if r.status != 200 or r.feedback_status not in (200, None)]
-        print(f"  {len(results)} requests in {elapsed:.1f} s while each replica restarted in "
-              f"turn: {len(errors)} errors; {decisions_in_log(database_url, answered)} of "
-              f"{len(answered)} decisions and {feedback_in_log(database_url, fed)} of "
-              f"{len(fed)} feedbacks in the log")
-        if errors:
-            failures.append("errors during the rolling restart")
+        if "kill" in args.phases:
+            # 3. SIGKILL under load.
+            print(f"3. SIGKILL of one replica under load (concurrency {args.concurrency})")
+            victim = gateways[1]
+            task = asyncio.create_task(load(lb.url, args.concurrency, args.duration_s,
+                                            feedback=True, seed=3))
+            await asyncio.sleep(args.duration_s / 3)
+            held = lb.stats(victim.name).get("scur", "?")
+            assert victim.process is not None
+            victim.process.kill()
+            killed_at = time.monotonic()
+            await asyncio.to_thread(victim.process.wait)
+            gone_at = time.monotonic()  # reaped: its sockets, listening one included, closed
+            results = await task
+            answered = [r.decision_id for r in results if r.status == 200 and r.decision_id]
+            fed = [r.decision_id for r in results if r.feedback_status == 200 and r.decision_id]
+            errors = [r for r in results if r.status != 200 or r.feedback_status not in (200, None)]
+            # The killed replica held the calls in flight at the kill (their connections
+            # reset) and those HAProxy sent it before the process was gone (the kernel still
+            # accepted them into its listen queue, then reset them): a failed call sent
+            # after the process was gone, or ended before the kill, is one the balancer should
+            # have avoided.
+            others = [r for r in errors if not r.overlaps(killed_at, gone_at)]
+            in_log = decisions_in_log(database_url, answered)
+            fb_in_log = feedback_in_log(database_url, fed)
+            print(f"  {len(results)} requests; {len(answered)} answered, {in_log} of them in the "
+                  f"log; {len(fed)} feedbacks accepted, {fb_in_log} in the log")
+            print(f"  errors: {len(errors)}, all but {len(others)} on calls in flight between "
+                  f"the kill and the process's end {(gone_at - killed_at) * 1000:.0f} ms later "
+                  f"({sum(r.overlaps(killed_at, killed_at) for r in errors)} in flight at the "
+                  f"kill itself; HAProxy counted {held} sessions on it just before)")
+            if in_log != len(answered) or fb_in_log != len(fed):
+                failures.append("a decision or a feedback was lost")
+            for r in others:
+                print(f"    other: status {r.status} via {r.replica}, feedback "
+                      f"{r.feedback_status}, sent {r.sent_s - killed_at:+.3f} s, ended "
+                      f"{r.ended_s - killed_at:+.3f} s from the kill; {r.error}")
+            if others:
+                failures.append("errors beyond the requests the killed replica held")
+            victim.start(upstream)
+            lb.wait_status(victim.name, "UP")
+
+        if "restart" in args.phases:
+            # 4. Rolling restart under load.
+            print(f"4. rolling restart under load (concurrency {args.concurrency})")
+            stop = asyncio.Event()
+            task = asyncio.create_task(load(lb.url, args.concurrency, 600, feedback=True, seed=4,
+                                            stop=stop))
+            started = time.monotonic()
+            await asyncio.sleep(1.0)
+            for g in gateways:  # what Kubernetes does: out of the endpoints, drain, stop, start
+                lb.set_state(g.name, "drain")
+                deadline = time.monotonic() + 30
+                while lb.stats(g.name).get("scur", "0") != "0" and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                await asyncio.to_thread(g.stop)
+                await asyncio.to_thread(g.start, upstream)
+                lb.set_state(g.name, "ready")
+                await asyncio.to_thread(lb.wait_status, g.name, "UP")
+            await asyncio.sleep(1.0)
+            stop.set()
+            results = await task
+            elapsed = time.monotonic() - started
+            answered = [r.decision_id for r in results if r.status == 200 and r.decision_id]
+            fed = [r.decision_id for r in results if r.feedback_status == 200 and r.decision_id]
+            errors = [r for r in results if r.status != 200 or r.feedback_status not in (200, None)]
+            print(f"  {len(results)} requests in {elapsed:.1f} s while each replica restarted in "
+                  f"turn: {len(errors)} errors; {decisions_in_log(database_url, answered)} of "
+                  f"{len(answered)} decisions and {feedback_in_log(database_url, fed)} of "
+                  f"{len(fed)} feedbacks in the log")
+            if errors:
+                failures.append("errors during the rolling restart")
         return 1 if failures else 0
     finally:
         if lb is not None:
@@ -541,6 +612,9 @@ def main() -> None:
     parser.add_argument("--learn", type=int, default=240, help="answers with feedback")
     parser.add_argument("--duration-s", type=float, default=6.0, help="each load phase")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--phases", type=lambda v: set(v.split(",")),
+                        default=set(PHASES.split(",")),
+                        help=f"which parts to run (default all: {PHASES})")
     args = parser.parse_args()
     sys.exit(asyncio.run(main_async(args)))
 

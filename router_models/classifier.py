@@ -1,11 +1,11 @@
 """The light classifier: three calibrated linear heads (difficulty, sequential, search).
 
 Each head is a scikit-learn ``LogisticRegression`` over the standardised hand-made features
-and the hashed n-grams of ``router_models.features``, followed by isotonic calibration fitted
-on a held-out calibration split (Zadrozny and Elkan 2002; scikit-learn's
-``IsotonicRegression``). At scoring time both are plain arrays: one sparse dot product per head
-and a piecewise-linear map (``numpy.interp``, which is what ``IsotonicRegression.predict``
-computes), so no scikit-learn object is loaded and nothing is unpickled.
+and the hashed n-grams of ``router_models.features``, followed by Platt scaling fitted on a
+held-out calibration split (Platt 1999; ``router_models.train.platt_knots``). At scoring time
+both are plain arrays: one sparse dot product per head and a piecewise-linear map
+(``numpy.interp`` over the tabulated sigmoid), so no scikit-learn object is loaded and nothing
+is unpickled.
 
 The artifact is a directory holding ``classifier.npz`` (arrays only, read with
 ``allow_pickle=False``) and ``classifier.json`` (version, training-data hash, seed, held-out

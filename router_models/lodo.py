@@ -31,11 +31,14 @@ from router_models.training_data import Example, normalised, split_of
 class LodoResult:
     """``by_family``: head -> held-out family -> reliability metrics (``reliability.metrics``),
     or None when the family has no label for that head. ``pooled``: head -> metrics over all
-    held-out predictions. ``families``: the families held out, in order."""
+    held-out predictions; ``pooled_balanced``: the same with each family's labels weighing
+    as much in total as any other family's (MMLU's 14,042 prompts would otherwise decide
+    the pooled figure). ``families``: the families held out, in order."""
 
     families: list[str]
     by_family: dict[str, dict[str, dict[str, Any] | None]] = field(default_factory=dict)
     pooled: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pooled_balanced: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -109,10 +112,16 @@ def leave_one_dataset_out(examples: Sequence[Example], features: Sequence[Featur
             progress(f"[{n}/{len(result.families)}] held out {family} ({len(held)} prompts, "
                      f"trained on {len(fit)} + {len(calib)} calibration)")
     for head in HEADS:
-        rows = [(e.label(head), e.weight(head), getattr(s, head)) for e, s in held_scores
-                if e.label(head) is not None]
+        rows = [(e.label(head), e.weight(head), getattr(s, head), e.family)
+                for e, s in held_scores if e.label(head) is not None]
         result.pooled[head] = metrics([r[0] for r in rows], [r[2] for r in rows],
                                       [r[1] for r in rows])
+        totals: dict[str, float] = {}
+        for _, w, _, family in rows:
+            totals[family] = totals.get(family, 0.0) + w
+        result.pooled_balanced[head] = metrics(
+            [r[0] for r in rows], [r[2] for r in rows],
+            [r[1] / totals[r[3]] if totals[r[3]] > 0 else 0.0 for r in rows])
     return result
 
 
@@ -144,10 +153,12 @@ def format_markdown(result: LodoResult, target_auc: float = 0.8) -> str:
         n = max(int(r["n"]) for r in rows if r is not None) if any(rows) else 0
         cells = " | ".join(f"{auc(r)} | {_cell(r, 'brier')}" for r in rows)
         lines.append(f"| {family} | {n:,} | {cells} |")
-    pooled = [result.pooled[h] for h in HEADS]
-    n = max(int(r["n"]) for r in pooled)
-    cells = " | ".join(f"**{auc(r)}** | **{_cell(r, 'brier')}**" for r in pooled)
-    lines.append(f"| **pooled** | {n:,} | {cells} |")
+    for name, pooled in (("pooled", result.pooled),
+                         ("pooled, families weighted equally", result.pooled_balanced)):
+        rows = [pooled[h] for h in HEADS]
+        n = max(int(r["n"]) for r in rows)
+        cells = " | ".join(f"**{auc(r)}** | **{_cell(r, 'brier')}**" for r in rows)
+        lines.append(f"| **{name}** | {n:,} | {cells} |")
     return "\n".join(lines)
 
 

@@ -16,7 +16,8 @@ How a request is answered (``router_models.bank`` holds the recordings):
 - **Samples.** Temperature 0 serves the greedy chain (to every choice). Otherwise choice ``i``
   is recorded sample ``(start + i) mod S`` (``S`` samples per run, 8 in the shipped bank), with
   ``start = seed mod S`` when a seed is given (so replies repeat) and a random start when not.
-  ``n`` above ``S`` repeats samples (``replay.repeated: true``). Whatever temperature is asked,
+  ``n`` above ``S`` repeats samples (``replay.repeated: true``), and so may two separate
+  calls without a seed (each draws its own start). Whatever temperature is asked,
   the samples are those recorded (at the bank's temperature, ``replay.recorded_temperature``).
 - **Budgets.** ``max_tokens`` (or ``max_completion_tokens``, the smaller) cuts the recorded
   token pieces: a choice gets its first ``max_tokens`` pieces, ``finish_reason: length`` when
@@ -40,12 +41,16 @@ How a request is answered (``router_models.bank`` holds the recordings):
 
 Endpoints: ``GET /v1/models``, ``GET /health``, ``POST /v1/chat/completions`` and
 ``POST /v1/completions``, JSON or SSE (one chunk per token piece, then the finish chunks, then
-a usage chunk when ``stream_options.include_usage``).
+a usage chunk when ``stream_options.include_usage``), and ``POST /tokenize`` (llama.cpp's
+shape, ``content`` or ``prompt``): the bank keeps pieces, not token ids, so it returns the
+pieces (``tokens``), exactly (``exact: true``) for the start of a recorded completion cut at
+a piece boundary, else by greedy longest match over the bank's pieces (``exact: false``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import math
 import random
@@ -114,9 +119,56 @@ class Reply:
         return sum(len(c.pieces) for c in self.choices)
 
 
+class PieceCounter:
+    """Token pieces of a text, from the bank's recorded completions (see ``/tokenize``)."""
+
+    def __init__(self, bank: Bank):
+        samples = [s for run in bank.runs for s in (run.greedy, *run.samples)]
+        self._texts = sorted({s.text: s.tokens for s in samples}.items())
+        self._keys = [text for text, _ in self._texts]
+        self._vocab = {p for s in samples for p in s.tokens if p}
+        self._longest = max((len(p) for p in self._vocab), default=1)
+
+    def pieces(self, text: str) -> tuple[list[str], bool]:
+        """(pieces, exact): the recorded pieces when ``text`` is the start of a recorded
+        completion ending on a piece boundary, else a greedy longest match over the known
+        pieces (a character no piece covers counts as one)."""
+        at = bisect.bisect_left(self._keys, text)
+        while at < len(self._keys) and self._keys[at].startswith(text):
+            out, length = [], 0
+            for piece in self._texts[at][1]:
+                if length == len(text):
+                    break
+                out.append(piece)
+                length += len(piece)
+            if length == len(text):
+                return out, True
+            at += 1
+        out, start = [], 0
+        while start < len(text):
+            for end in range(min(len(text), start + self._longest), start, -1):
+                if text[start:end] in self._vocab or end == start + 1:
+                    out.append(text[start:end])
+                    start = end
+                    break
+        return out, False
+
+
 def create_replay_app(config: ReplayConfig) -> Starlette:
     """The replay backend as an ASGI app (mount it with ``httpx.ASGITransport`` in tests)."""
     recorded_max = int((config.bank.meta.get("sessions") or [{}])[-1].get("max_tokens", 512))
+    counter = PieceCounter(config.bank)
+
+    async def tokenize(request: Request) -> Response:
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            return _error(SimError("the body is not valid JSON"))
+        text = body.get("content", body.get("prompt")) if isinstance(body, dict) else None
+        if not isinstance(text, str):
+            return _error(SimError("content must be a string", "content"))
+        pieces, exact = counter.pieces(text)
+        return JSONResponse({"tokens": pieces, "exact": exact})
 
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [
@@ -153,6 +205,7 @@ def create_replay_app(config: ReplayConfig) -> Starlette:
         Route("/v1/models", models), Route("/health", health),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/tokenize", tokenize, methods=["POST"]),
     ])
 
 
@@ -189,15 +242,16 @@ def answer(bank: Bank, request: SimRequest, body: dict[str, Any]) -> Reply:
         at = prompt.find(run.prompt)
         prefix = prompt[at + len(run.prompt):] if at >= 0 else ""
     query = _next_query(runs, searched, messages, body)
+    choices: list[Choice] | None = None
     if query is not None:
         text, pieces, tool = query
         choices = [Choice(pieces, [0] * len(pieces), "stop", "search_request", query=text,
                           tool=tool) for _ in range(request.n)]
         meta["synthesized"] = "search_request"
-    else:
-        choices = _continuation(run, prefix, request, meta) if prefix.strip() else None
-        if choices is None:
-            choices = _fresh(run, request, meta)
+    elif prefix.strip():
+        choices = _continuation(run, prefix, request, meta)
+    if choices is None:
+        choices = _fresh(run, request, meta)
     exact = request.endpoint == "chat" and messages == [("user", run.prompt)]
     prompt_tokens = run.prompt_tokens
     if not exact:
@@ -242,9 +296,8 @@ def _next_query(runs: dict[int, BankRun], searched: int, messages: Sequence[tupl
         return None
     query = deepest.queries[searched]
     line = f"SEARCH: {query}"
-    turns = deepest.search_turns
-    pieces = list(turns[searched]) if searched < len(turns) and turns[searched] else \
-        re.findall(r"\s*\S+", line)
+    recorded = deepest.search_turns[searched] if searched < len(deepest.search_turns) else None
+    pieces = list(recorded) if recorded else re.findall(r"\s*\S+", line)
     return query, pieces, offered_tool
 
 
@@ -320,11 +373,18 @@ def _usage(reply: Reply) -> dict[str, int]:
 
 
 def _logprobs(request: SimRequest, choice: Choice) -> dict[str, Any] | None:
+    """The recorded log-probabilities of the served pieces (the bank keeps no alternatives),
+    in the chat shape (``content``) or the completions shape (``token_logprobs``)."""
     if not request.logprobs:
         return None
-    return {"content": [{"token": p, "logprob": lp / 100, "bytes": list(p.encode()),
-                         "top_logprobs": []} for p, lp in zip(choice.pieces, choice.lp,
-                                                             strict=True)]}
+    values = [lp / 100 for lp in choice.lp]
+    if request.endpoint != "chat":
+        offsets = [sum(len(p) for p in choice.pieces[:i]) for i in range(len(choice.pieces))]
+        return {"tokens": list(choice.pieces), "token_logprobs": values,
+                "top_logprobs": [{} for _ in values], "text_offset": offsets}
+    return {"content": [{"token": p, "logprob": v, "bytes": list(p.encode()),
+                         "top_logprobs": []} for p, v in zip(choice.pieces, values,
+                                                            strict=True)]}
 
 
 def _tool_call(choice: Choice) -> dict[str, Any]:

@@ -232,9 +232,9 @@ class Router:
     def observe_usage(self, scores: Scores | None, plan: Plan, upstream_model: str,
                       completion_tokens: int, report: Mapping[str, Any]) -> None:
         """Learn answer lengths from one answered request: its samples' completion tokens,
-        each finished or cut at its ``max_tokens`` (right-censored). A vote's finished samples
-        count as their mean tokens (usage is one total per call); a chain that needed a
-        continuation counts as cut."""
+        each finished or cut at its ``max_tokens`` (right-censored), for a direct answer or a
+        vote (a chain given room thinks past its answer, so it is not counted). A vote's
+        finished samples count as their mean tokens (usage is one total per call)."""
         if scores is None or completion_tokens <= 0:
             return
         samples: list[tuple[int, bool]]
@@ -247,12 +247,10 @@ class Router:
             finished = count - cut
             mean = max(1, round((completion_tokens - cut * depth) / finished)) if finished else 0
             samples = [(mean, True)] * finished + [(depth, False)] * cut
-        elif plan.strategy in ("direct", "sequential") and plan.budget_tokens:
-            finished = (not report.get("continued")
-                        and completion_tokens < plan.budget_tokens)
-            samples = [(completion_tokens, finished)]
+        elif plan.strategy == "direct" and plan.budget_tokens:
+            samples = [(completion_tokens, completion_tokens < plan.budget_tokens)]
         else:
-            return
+            return  # a chain given room thinks past its answer: not a sample's length
         key = (upstream_model, KIND_NAMES[kind_of(scores)])
         for tokens, finished in samples:
             self.answer_lengths.observe(key, tokens, finished)

@@ -133,10 +133,25 @@ async def test_searched_context_selects_the_run_recorded_with_that_many_searches
     assert none["replay"]["key"] == HOTPOT[0].key
 
 
+async def test_tokenize_counts_recorded_pieces_exactly_and_other_text_approximately() -> None:
+    start = "".join(CHAIN.samples[2].tokens[:4])
+    exact = (await replay({"content": start}, "/tokenize")).json()
+    assert exact == {"tokens": list(CHAIN.samples[2].tokens[:4]), "exact": True}
+    other = (await replay({"content": "8 * 2 = 16 zq"}, "/tokenize")).json()
+    assert other["exact"] is False and "".join(other["tokens"]) == "8 * 2 = 16 zq"
+    assert (await replay({"content": 5}, "/tokenize")).status_code == 400
+
+
 async def test_completions_endpoint_replays_too() -> None:
     reply = (await replay({"model": "bank-replay", "prompt": MC.prompt, "temperature": 0,
-                           "max_tokens": 3}, "/v1/completions")).json()
+                           "max_tokens": 3, "logprobs": 1}, "/v1/completions")).json()
     assert reply["choices"][0]["text"] == "".join(MC.greedy.tokens[:3])
+    logprobs = reply["choices"][0]["logprobs"]
+    assert logprobs["tokens"] == list(MC.greedy.tokens[:3])
+    assert logprobs["token_logprobs"] == [v / 100 for v in MC.greedy.lp[:3]]
+    chat = (await replay(ask(MC, temperature=0, max_tokens=2, logprobs=True))).json()
+    assert [t["logprob"] for t in chat["choices"][0]["logprobs"]["content"]] == [
+        v / 100 for v in MC.greedy.lp[:2]]
 
 
 # --- every strategy through the gateway -------------------------------------------------

@@ -16,7 +16,7 @@ from router_models.classifier import (
     Classifier,
     StaleFeaturesError,
 )
-from router_models.features import FORMS
+from router_models.features import FEATURE_NAMES, FORMS
 from router_models.plan import Scores
 from tests.test_features import MESSAGE_SHAPES
 
@@ -103,3 +103,27 @@ def test_an_older_versions_classifier_falls_back_to_the_shipped_one(tmp_path, ca
     classifier, _ = router_models.load_default(tmp_path)
     assert classifier.score("What is 17 * 3?") == Classifier.load().score("What is 17 * 3?")
     assert "shipped classifier" in caplog.text
+
+
+def test_cues_constant_in_training_carry_no_weight(classifier):
+    # The benchmarks are bare questions: one turn, no system prompt. Standardising such a
+    # column once divided by a rounding-level spread and gave it a weight of 1e13.
+    for name in ("has_system", "log_turns"):
+        column = FEATURE_NAMES.index(name)
+        assert all(head.w_dense[column] == 0.0 for head in classifier.heads.values())
+    question = "What is 17 * 3?"
+    alone = classifier.score(question)
+    chat = classifier.score([{"role": "system", "content": "Be brief."},
+                             {"role": "user", "content": "hi"},
+                             {"role": "assistant", "content": "Hello! How can I help?"},
+                             {"role": "user", "content": question}])
+    for head in HEADS:
+        assert abs(getattr(chat, head) - getattr(alone, head)) < 0.2, head
+
+
+def test_standardisation_flags_columns_constant_up_to_rounding():
+    from router_models.train import standardisation
+
+    dense = np.column_stack([np.full(1001, np.log1p(1.0)), np.arange(1001.0)])
+    _, scale, constant = standardisation(dense)
+    assert constant.tolist() == [True, False] and scale[0] == 1.0

@@ -88,7 +88,9 @@ async def test_a_malformed_feedback_is_a_422(body):
 
 
 async def test_streamed_and_failed_requests_are_logged_with_their_status(database_url):
-    backend = FakeBackend(failures=[500, 500, 500])
+    # A 500 may come after the backend generated its grant: the failed call is charged the
+    # grant (64), so the request's budget pays for no retry.
+    backend = FakeBackend(failures=[500])
     settings = make_settings(database_url=database_url)
     async with gateway_client(backend.transport(), settings) as client:
         failed = await client.post("/v1/chat/completions", json=CHAT)
@@ -103,7 +105,8 @@ async def test_streamed_and_failed_requests_are_logged_with_their_status(databas
         failed_row, streamed_row = await log.backend.records()  # oldest first
     assert streamed_row.decision_id == streamed.headers["x-ttc-decision-id"]
     assert (failed_row.status, failed_row.upstream_calls, failed_row.completion_tokens) == \
-        ("502", 3, 0)
+        ("502", 1, 64)
+    assert failed_row.estimated is True
     assert streamed_row.stream is True and streamed_row.status == "200"
     assert streamed_row.completion_tokens == 4
 

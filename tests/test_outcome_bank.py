@@ -78,3 +78,19 @@ def test_a_bank_resumes_after_a_cut_line(tmp_path: Path) -> None:
     again = Bank(tmp_path)
     again.load()
     assert again.done == {"gsm8k/a/0", "gsm8k/b/0"}
+
+
+def test_bank_figures_cut_every_sample_to_its_share_of_the_budget() -> None:
+    from bench.bank_figures import Cell, budget_row, confidence_row
+    from router_models.bank import Bank
+
+    runs = [r for r in Bank.load(Path(__file__).parent / "bank_fixture").runs
+            if r.suite == "arithmetic_chain"]
+    # Four votes of 16 tokens: 16, 18, 16 and the cut "... = 16, so the result" (read as 16).
+    assert budget_row(runs, 64)["vote 4"] == Cell(1, 1)
+    # Four votes of 2 tokens: "5 +", "5 +", "First 5", "We add": no right answer.
+    assert budget_row(runs, 8)["vote 4"] == Cell(0, 1)
+    # The greedy chain cut after "Start with 5. Adding 3 gives 5 + 3 =" reads as 3.
+    assert budget_row(runs, 10)["greedy"] == Cell(0, 1)
+    assert budget_row(runs, 64)["greedy"] == Cell(1, 1)
+    assert confidence_row(runs)["vote"] == Cell(1, 1)

@@ -304,3 +304,20 @@ def test_kaplan_meier_reads_cut_samples_as_at_least_their_length():
     assert kaplan_meier_quantile([(64, False)] * 10, 0.9) is None
     assert lengths.estimate("k") == 128
     assert lengths.estimate("unseen") == 256
+
+
+def test_a_graph_prompt_is_a_chain_whatever_its_sequential_score():
+    graph = Scores(difficulty=0.05, sequential=0.0, search=0.0, form="graph")
+    assert kind_of(graph) == KIND_NAMES.index("easy/chain")
+    assert parse_policy("learned").plan(graph).strategy == "sequential"
+
+
+def test_rules_may_name_the_prompts_form(tmp_path):
+    graph = Scores(difficulty=0.05, sequential=0.0, search=0.0, form="graph")
+    assert parse_policy("rules").plan(graph).strategy == "sequential"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - when: {form: table}\n"
+                   "    plan: {strategy: direct, budget_tokens: 1}\n"
+                   "default: {plan: {strategy: direct, budget_tokens: 1}}\n")
+    with pytest.raises(PolicyError, match="rules.0.when.form"):
+        RulesPolicy.from_yaml(bad)

@@ -229,8 +229,8 @@ def test_spans_reach_an_otlp_collector_over_http():
             otel_enabled=True, otel_endpoint=f"http://127.0.0.1:{server.server_port}"))
         with tracing.span("ttc.classify"):
             pass
-        tracing.stop()  # exports what the batch processor still holds
     finally:
+        tracing.stop()  # exports what the batch processor still holds
         server.shutdown()
         server.server_close()
     assert [path for path, _ in received] == ["/v1/traces"]

@@ -3,6 +3,7 @@ reproducibility on a small subset, the command, and re-fitting from feedback rec
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -133,7 +134,8 @@ def test_train_reproduces_its_artifact_byte_for_byte_on_a_small_subset(tmp_path,
     printed = capsys.readouterr().out
     assert "AUC" in printed and "Brier" in printed and "chosen strategy by task family" in printed
     assert "leave-one-dataset-out" in printed and "| **pooled** |" in printed
-    for name in ("classifier.npz", "classifier.json", "learned.json"):
+    assert not (first / "learned.json").exists()  # the learned policy is the prior
+    for name in ("classifier.npz", "classifier.json"):
         assert (first / name).read_bytes() != b""
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
     meta = result.classifier.metadata
@@ -221,3 +223,30 @@ def test_from_log_replays_the_sqlite_request_log_into_the_learned_policy(tmp_pat
     assert "replayed 4 outcomes (2 correct)" in printed.out
     state = LearnedPolicy.load(out / "learned.json")
     assert sum(row["feedback"] for row in state.budgets().values()) == 4
+    # Run again over the state it wrote: the log's outcomes are not counted twice.
+    assert main(["train", "--from-log", "--data-dir", str(tmp_path), "--out", str(out)]) == 0
+    again = LearnedPolicy.load(out / "learned.json")
+    assert sum(row["feedback"] for row in again.budgets().values()) == 4
+
+
+def test_a_missing_outcome_bank_is_reported_not_traced(tmp_path, capsys):
+    code = main(["train", "--bank", str(tmp_path / "no-bank"), "--out", str(tmp_path / "o"),
+                 "--data-dir", str(tmp_path)])
+    assert code == 1
+    assert "bank" in capsys.readouterr().err
+
+
+@needs_data
+def test_train_learns_from_an_outcome_bank_as_well(tmp_path, capsys):
+    fixture = Path(__file__).resolve().parent / "bank_fixture"
+    code = main(["train", "--bank", str(fixture), "--limit", "30", "--generated", "30",
+                 "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path)])
+    assert code == 0
+    assert "outcome bank" in capsys.readouterr().err
+    from router_models.bank import Bank
+    from router_models.bank_labels import bank_examples
+
+    result = training.train(DEFAULT_DATA_DIR, tmp_path / "p", limit_per_dataset=30,
+                            n_generated=30, extra=[bank_examples(Bank.load(fixture).runs)])
+    assert {"bank/arithmetic_chain", "bank/hotpotqa", "bank/mmlu"} <= \
+        {e.dataset for e in result.examples}

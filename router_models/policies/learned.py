@@ -32,9 +32,10 @@ Learning is safe by construction:
   and other policies' traffic teach it too. Counting each decision once is the caller's job
   (the gateway applies a decision's first feedback only).
 
-Answer lengths (``router_models.answer_lengths``) are learnt per kind from usage: the gateway
-reports every request's samples (``observe_usage``); without it, ``update``'s ``spent_tokens``
-stands in for a single chain's length.
+Answer lengths (``router_models.answer_lengths``) are learnt per kind from usage of short
+samples, a direct answer's or a vote's: the gateway reports every request's samples
+(``observe_usage``); without it, ``update``'s ``spent_tokens`` stands in. A chain given room
+thinks past its answer, so its length says nothing about how long a vote sample must be.
 """
 
 from __future__ import annotations
@@ -298,8 +299,8 @@ class LearnedPolicy(Policy):
         conservative improvement test to that kind (module docstring).
 
         ``correct``: True/False or a score in [0, 1]. ``spent_tokens``: the completion tokens
-        the request spent, when known: a single chain that stopped below its budget tells the
-        kind's answer length (unless ``observe_usage`` reports lengths).
+        the request spent, when known: a direct answer's tells the kind's answer length
+        (unless ``observe_usage`` reports lengths).
 
         Raises:
             ValueError: ``correct`` outside [0, 1].
@@ -311,13 +312,30 @@ class LearnedPolicy(Policy):
         i = STRATEGIES.index(plan.strategy)
         self.trials[kind, i] += 1
         self.successes[kind, i] += y
-        if (self.lengths_from_feedback and spent_tokens and plan.budget_tokens
-                and plan.strategy in ("direct", "sequential")):
-            self.lengths.observe(KIND_NAMES[kind], int(spent_tokens),
-                                 finished=spent_tokens < plan.budget_tokens)
-            self._resolve_if_lengths_moved(kind)
+        if self.lengths_from_feedback and spent_tokens:
+            self._observe_spend(kind, plan, int(spent_tokens))
         self._consider_switch(kind)
         self._tick()
+
+    def _observe_spend(self, kind: int, plan: Plan, spent_tokens: int) -> None:
+        # Only a short sample tells how long an answer runs when one is asked for: a chain
+        # given room thinks past its answer, and a vote's total hides how many samples it drew
+        # (early stopping) and which were cut. observe_usage gets those from the gateway.
+        depth = plan.depth_tokens or plan.budget_tokens
+        if not depth or plan.strategy != "direct":
+            return
+        self.lengths.observe(KIND_NAMES[kind], spent_tokens, finished=spent_tokens < depth)
+        self._resolve_if_lengths_moved(kind)
+
+    def forget_feedback(self) -> None:
+        """Drop what feedback taught (the outcome counts, switched strategies), keeping the
+        configuration and what usage taught (answer lengths): the start for replaying a whole
+        request log, whose feedback this state may already have counted."""
+        self.trials[:] = 0.0
+        self.successes[:] = 0.0
+        self.current = [PRIOR_STRATEGY[kind] for kind in KIND_NAMES]
+        self.switches = []
+        self.resolve()
 
     def observe_usage(self, scores: Scores, samples: Sequence[tuple[int, bool]]) -> None:
         """Record the completion tokens of a request's samples, each with whether it finished

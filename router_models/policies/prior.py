@@ -94,10 +94,12 @@ def read_search(scores: Scores, coverage: float | None) -> Scores:
 
 
 def archetype_of(scores: Scores) -> str:
-    """``search``, ``chain`` or ``independent`` (module docstring)."""
+    """``search``, ``chain`` or ``independent`` (module docstring). A prompt of form ``graph``
+    is a chain whatever its ``sequential`` score: graph connectivity is the compositional task
+    on which one long chain beats any vote (Mirtaheri et al. 2025)."""
     if scores.search >= 0.5:
         return "search"
-    if scores.sequential >= 0.5:
+    if scores.sequential >= 0.5 or scores.form == "graph":
         return "chain"
     return "independent"
 
@@ -105,7 +107,8 @@ def archetype_of(scores: Scores) -> str:
 def kind_of(scores: Scores) -> int:
     """The kind of prompt: an index into ``KIND_NAMES``."""
     # On the request path: the archetype's index computed inline, not looked up.
-    archetype = 2 if scores.search >= 0.5 else (1 if scores.sequential >= 0.5 else 0)
+    archetype = 2 if scores.search >= 0.5 else (
+        1 if scores.sequential >= 0.5 or scores.form == "graph" else 0)
     return (3 if scores.difficulty >= EASY_BELOW else 0) + archetype
 
 

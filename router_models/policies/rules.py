@@ -1,5 +1,6 @@
-"""``rules``: thresholds on the scores, read from YAML (``rules.yaml`` here by default, or
-``rules:<path>``); the first matching rule picks the plan."""
+"""``rules``: thresholds on the scores, and optionally the prompt's form, read from YAML
+(``rules.yaml`` here by default, or ``rules:<path>``); the first matching rule picks the
+plan."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from router_models.features import Features
+from router_models.features import FORMS, Features
 from router_models.plan import Plan, Scores
 from router_models.policies.base import (
     Candidate,
@@ -35,8 +36,11 @@ class Rule:
     name: str
     bounds: dict[str, tuple[float | None, float | None]]
     plan: Plan
+    forms: frozenset[str] | None = None  # the prompt forms it applies to (None: any)
 
     def matches(self, scores: Scores) -> bool:
+        if self.forms is not None and scores.form not in self.forms:
+            return False
         values = scores.as_dict()
         for score, (lo, hi) in self.bounds.items():
             if (lo is not None and values[score] < lo) or (hi is not None
@@ -66,7 +70,14 @@ def _rule(entry: Any, where: str) -> Rule:
     when = entry.get("when", {}) or {}
     if not isinstance(when, dict):
         raise PolicyError(f"{where}.when: expected a mapping of score -> bounds")
+    forms: frozenset[str] | None = None
     for score, bound in when.items():
+        if score == "form":
+            names = [bound] if isinstance(bound, str) else bound
+            if not isinstance(names, list) or not all(n in FORMS for n in names):
+                raise PolicyError(f"{where}.when.form: expected one of {FORMS} or a list")
+            forms = frozenset(names)
+            continue
         if score not in SCORE_NAMES or not isinstance(bound, dict) \
                 or set(bound) - {"min", "max"}:
             raise PolicyError(f"{where}.when.{score}: expected one of {SCORE_NAMES} with "
@@ -88,7 +99,7 @@ def _rule(entry: Any, where: str) -> Rule:
                                              if k not in ("strategy", "budget_tokens")})
     except (TypeError, ValueError) as exc:
         raise PolicyError(f"{where}.plan: {exc}") from exc
-    return Rule(str(entry.get("name", where)), bounds, plan)
+    return Rule(str(entry.get("name", where)), bounds, plan, forms)
 
 
 class RulesPolicy(Policy):

@@ -35,8 +35,8 @@ def register(subcommands: Any) -> None:
                        help="the shared benchmark data (default: ../shared/data next to "
                             "the source tree)")
     train.add_argument("--out", type=Path, default=None, metavar="DIR",
-                       help="where to write classifier.npz, classifier.json and "
-                            "learned.json (default: DATA_DIR/models; pass "
+                       help="where to write classifier.npz and classifier.json (and, "
+                            "with --from-log, learned.json) (default: DATA_DIR/models; pass "
                             "router_models/artifacts to rebuild the shipped default)")
     train.add_argument("--seed", type=int, default=0, help="split and sampling seed")
     train.add_argument("--limit", type=int, default=None, metavar="N",
@@ -46,6 +46,10 @@ def register(subcommands: Any) -> None:
                             "chains)")
     train.add_argument("--target-tokens", type=float, default=1024.0,
                        help="the learned policy's mean budget per request (tokens)")
+    train.add_argument("--bank", type=Path, default=None, metavar="DIR",
+                       help="also learn from an outcome bank recorded from the local model "
+                            "(a folder of JSONL shards, e.g. router_models/data/bank): "
+                            "short votes, chains and searches per question")
     train.add_argument("--report", action="store_true",
                        help="also evaluate leave-one-dataset-out (fit on every benchmark "
                             "family but one, score that one, for each family) and print AUC "
@@ -83,14 +87,17 @@ def _from_data(args: argparse.Namespace, out: Path) -> int:
           file=sys.stderr, flush=True)
     started = time.perf_counter()
     try:
+        extra = [_bank_examples(args.bank)] if args.bank else []
         result = training.train(data, out, seed=args.seed, limit_per_dataset=args.limit,
-                                n_generated=args.generated, target_tokens=args.target_tokens)
-    except DataMissingError as exc:
+                                n_generated=args.generated, target_tokens=args.target_tokens,
+                                extra=extra)
+    except (DataMissingError, ValueError, ImportError) as exc:
+        # ValueError covers the bank reader's BankError (a missing or malformed bank).
         print(f"ttc-router train: {exc}", file=sys.stderr)
         return 1
     print(training.summary(result))
     print(f"\nwrote {out} in {time.perf_counter() - started:.1f} s:")
-    for name in ("classifier.npz", "classifier.json", "learned.json"):
+    for name in ("classifier.npz", "classifier.json"):
         digest = training.file_digest(out / name)
         shipped = DEFAULT_ARTIFACT_DIR / name
         same = ""
@@ -102,6 +109,18 @@ def _from_data(args: argparse.Namespace, out: Path) -> int:
     if args.report:
         _report(result, args.seed)
     return 0
+
+
+def _bank_examples(path: Path) -> list[Any]:
+    from router_models import bank as outcome_bank
+    from router_models.bank_labels import bank_examples
+
+    bank = outcome_bank.Bank.load(path)
+    examples = list(bank_examples(bank.runs))
+    print(f"outcome bank {path}: {len(bank.runs)} runs, {len(examples)} questions "
+          f"({', '.join(f'{k} {v}' for k, v in bank.suites().items())})",
+          file=sys.stderr, flush=True)
+    return examples
 
 
 def _report(result: Any, seed: int) -> None:
@@ -138,6 +157,9 @@ def _from_log(data_dir: Path, database_url: str | None, out: Path) -> int:
         print(f"ttc-router train: {exc}", file=sys.stderr)
         return 1
     assert isinstance(learned, LearnedPolicy)
+    # The saved state may already hold the log's feedback (learned online): replay it all
+    # from the prior, or every outcome would count twice.
+    learned.forget_feedback()
     try:
         rows = asyncio.run(_read_feedback(data_dir, database_url))
     except Exception as exc:  # the store's errors: report them, do not trace back

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from tests.e2e.obs import Process, start_fake_backend, start_gateway
 pytestmark = pytest.mark.e2e
 
 WORKERS = 16
+ENOUGH_ANSWERED = 120  # requests answered before the signal, at least
+MAX_EXTRA_LOAD_S = 30.0
 LOAD_S = 1.5
 
 
@@ -68,6 +71,12 @@ async def run_load_then(gateway: Process, sig: int) -> tuple[Load, float]:
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30, limits=limits) as client:
         tasks = [asyncio.create_task(worker(client, load, i)) for i in range(WORKERS)]
         await asyncio.sleep(LOAD_S)
+        # On a busy machine LOAD_S may answer too few requests to prove anything: load on
+        # until enough are answered (bounded, so a stuck gateway still fails the test).
+        deadline = time.monotonic() + MAX_EXTRA_LOAD_S
+        while ((len(load.answered) <= ENOUGH_ANSWERED or len(load.acknowledged) <= 30)
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.25)
         exposition = (await client.get("/metrics")).text
         gateway.process.send_signal(sig)
         await asyncio.wait_for(asyncio.gather(*tasks), 60)

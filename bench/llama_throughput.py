@@ -14,9 +14,10 @@ unmeasured warm-up request, then measures over the OpenAI API (plain urllib, non
   least tokens per vote sample): the median wall time over ``--repeats`` of one sample, of 8
   concurrent single-choice calls, of one ``n=8`` call (when the server honours ``n``), and of
   a ``parallel_vote`` request through the gateway (``ttc-router serve --upstream`` on this
-  server, one wave of 8 samples of 64 tokens: ``budget_tokens`` 512, ``TTC_VOTE_FIRST_WAVE=8``)
-  against a ``direct`` request of 64 tokens through the same gateway. The ratios (vote /
-  one sample) are what issue 14 targets: at most 3.
+  server, one wave of 8 samples: ``budget_tokens`` 8 x 64, ``TTC_VOTE_FIRST_WAVE=8``, and an
+  answer-length prior and least sample size under which the planner keeps 8 samples of 64
+  tokens) against a ``direct`` request of 64 tokens through the same gateway, each repeat on
+  a fresh gateway. The ratios (vote / one sample) are what issue 14 targets: at most 3.
 
 Every request suppresses the model's end-of-generation tokens (``logit_bias`` -100), so each
 sample runs to its ``max_tokens`` and "the same length" holds; the printed tokens per request
@@ -25,12 +26,14 @@ share of the CPU while measuring is printed beside each server's figures.
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/llama_throughput.py [--data-dir DIR] [--threads N] [--json OUT]
+    .venv/bin/python bench/llama_throughput.py [--data-dir DIR] [--llama-server PATH]
+        [--max-tokens 128] [--vote-tokens 64] [--repeats 3] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -39,14 +42,16 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.compare_models import cpu_jiffies, own_jiffies  # noqa: E402
+from router_models.policies.prior import HEADROOM as ANSWER_HEADROOM  # noqa: E402
 from service.embedded import probe_n_support  # noqa: E402
 from service.llama_build import find_server, installed_version  # noqa: E402
 from service.llama_server import LlamaServer  # noqa: E402
@@ -100,8 +105,9 @@ def process_jiffies(pid: int) -> int:
 
 
 class CpuShare:
-    """The share of all CPU time used by processes other than this script and ``pids`` (the
-    servers it started) between ``__enter__`` and ``__exit__``."""
+    """The share of all CPU time used by processes other than this script, the children it
+    has reaped (the gateways) and ``pids`` (the server it started) between ``__enter__`` and
+    ``__exit__``."""
 
     def __init__(self, pids: list[int]):
         self.pids = pids
@@ -109,7 +115,9 @@ class CpuShare:
         self._start = (0, 0, 0)
 
     def _ours(self) -> int:
-        return own_jiffies(None) + sum(process_jiffies(pid) for pid in self.pids)
+        times = os.times()
+        reaped = round((times.children_user + times.children_system) * os.sysconf("SC_CLK_TCK"))
+        return own_jiffies(None) + reaped + sum(process_jiffies(pid) for pid in self.pids)
 
     def __enter__(self) -> CpuShare:
         self._start = (*cpu_jiffies(), self._ours())
@@ -152,9 +160,11 @@ def median_wall(action: Callable[[int], int], repeats: int) -> tuple[float, floa
     return statistics.median(walls), statistics.mean(tokens)
 
 
-def vote_ratios(url: str, gateway_url: str, model: str, supports_n: bool, tokens: int,
-                repeats: int) -> dict[str, Any]:
-    """Wall time of one sample of ``tokens`` tokens and of votes of 8 such samples."""
+def vote_ratios(url: str, open_gateway: Callable[[], AbstractContextManager[str]], model: str,
+                supports_n: bool, tokens: int, repeats: int) -> dict[str, Any]:
+    """Wall time of one sample of ``tokens`` tokens and of votes of 8 such samples. Each
+    gateway repeat runs on a fresh gateway (``open_gateway`` yields its URL): one that has
+    seen cut samples learns longer answers and would plan fewer, longer samples."""
     chat = url + "/chat/completions"
 
     def one(repeat: int) -> int:
@@ -171,15 +181,14 @@ def vote_ratios(url: str, gateway_url: str, model: str, supports_n: bool, tokens
         reply = post(chat, chat_body(model, VOTE_PROMPT, tokens, repeat, n=VOTE_WIDTH))
         return int(reply["usage"]["completion_tokens"])
 
-    def gateway(strategy: str, budget: int) -> Callable[[int], int]:
-        def run(repeat: int) -> int:
-            reply = post(gateway_url + "/v1/chat/completions", chat_body(
-                "auto", VOTE_PROMPT, tokens, repeat,
-                router={"strategy": strategy, "budget_tokens": budget}))
-            assert reply["router"]["samples"] == (VOTE_WIDTH if strategy == "parallel_vote"
-                                                  else 1), reply["router"]
-            return int(reply["usage"]["completion_tokens"])
-        return run
+    def through(gateway_url: str, strategy: str, budget: int, repeat: int) -> int:
+        reply = post(gateway_url + "/v1/chat/completions", chat_body(
+            "auto", VOTE_PROMPT, tokens, repeat,
+            router={"strategy": strategy, "budget_tokens": budget}))
+        router = reply["router"]
+        assert router["strategy"] == strategy, router
+        assert router["samples"] == (VOTE_WIDTH if strategy == "parallel_vote" else 1), router
+        return int(reply["usage"]["completion_tokens"])
 
     result: dict[str, Any] = {"sample_tokens": tokens}
     single_s, single_tokens = median_wall(one, repeats)
@@ -191,15 +200,25 @@ def vote_ratios(url: str, gateway_url: str, model: str, supports_n: bool, tokens
         wall_s, spent = median_wall(action, repeats)
         result[name] = {"wall_s": round(wall_s, 2), "tokens": spent,
                         "ratio": round(wall_s / single_s, 2)}
-    gateway_one_s, spent = median_wall(gateway("direct", tokens), repeats)
-    result["gateway_direct"] = {"wall_s": round(gateway_one_s, 2), "tokens": spent}
-    wall_s, spent = median_wall(gateway("parallel_vote", VOTE_WIDTH * tokens), repeats)
-    result["gateway_parallel_vote_8"] = {"wall_s": round(wall_s, 2), "tokens": spent,
+    walls: dict[str, list[float]] = {"direct": [], "parallel_vote": []}
+    gateway_spent: dict[str, list[int]] = {"direct": [], "parallel_vote": []}
+    for repeat in range(repeats):
+        with open_gateway() as gateway_url:
+            for strategy, budget in (("direct", tokens), ("parallel_vote", VOTE_WIDTH * tokens)):
+                started = time.perf_counter()
+                gateway_spent[strategy].append(through(gateway_url, strategy, budget, repeat))
+                walls[strategy].append(time.perf_counter() - started)
+    gateway_one_s = statistics.median(walls["direct"])
+    result["gateway_direct"] = {"wall_s": round(gateway_one_s, 2),
+                                "tokens": statistics.mean(gateway_spent["direct"])}
+    wall_s = statistics.median(walls["parallel_vote"])
+    result["gateway_parallel_vote_8"] = {"wall_s": round(wall_s, 2),
+                                         "tokens": statistics.mean(gateway_spent["parallel_vote"]),
                                          "ratio": round(wall_s / gateway_one_s, 2)}
     return result
 
 
-def start_gateway(upstream: str, supports_n: bool,
+def start_gateway(upstream: str, supports_n: bool, sample_tokens: int,
                   work: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``ttc-router serve`` on ``upstream`` with votes drawn in one wave of 8 samples."""
     config = work / "gateway.yaml"
@@ -207,7 +226,12 @@ def start_gateway(upstream: str, supports_n: bool,
                       f"    supports_n: {'true' if supports_n else 'false'}\n")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TTC_")}
-    env["TTC_VOTE_FIRST_WAVE"] = str(VOTE_WIDTH)
+    # One wave of 8 samples of ``sample_tokens``, which the planner must count as enough (its
+    # prior otherwise wants 320 tokens a sample and 64 at least, and turns a small vote into
+    # fewer samples or one chain); a shared machine may need more than the 300 s read timeout.
+    env.update(TTC_VOTE_FIRST_WAVE=str(VOTE_WIDTH), TTC_VOTE_MIN_DEPTH_TOKENS=str(sample_tokens),
+               TTC_DEFAULT_ANSWER_TOKENS=str(int(sample_tokens / ANSWER_HEADROOM)),
+               TTC_READ_TIMEOUT_S="1800")
     with (work / "gateway.log").open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--config", str(config), "--port",
@@ -233,7 +257,6 @@ def run_server(backend: LocalBackend, args: argparse.Namespace, work: Path) -> d
     """Start ``backend``, measure it, stop it."""
     print(f"\n== {backend.name}", file=sys.stderr)
     backend.start(args.start_timeout_s)
-    gateway = None
     try:
         supports_n = probe_n_support(backend.url, backend.alias)
         post(backend.url + "/chat/completions", chat_body(backend.alias, "Hello", 16, 0))
@@ -247,14 +270,20 @@ def run_server(backend: LocalBackend, args: argparse.Namespace, work: Path) -> d
                 print(f"  {concurrency} at a time: {rate['tokens_per_s']} tokens/s "
                       f"({rate['tokens_per_request']} tokens a request)", file=sys.stderr)
                 rates.append(rate)
-        gateway, gateway_url = start_gateway(backend.url, supports_n, work)
-        with CpuShare([*pids, gateway.pid]) as vote_load:
-            votes = vote_ratios(backend.url, gateway_url, backend.alias, supports_n,
+
+        @contextlib.contextmanager
+        def open_gateway() -> Iterator[str]:
+            process, url = start_gateway(backend.url, supports_n, args.vote_tokens, work)
+            try:
+                yield url
+            finally:
+                stop_process(process)
+
+        with CpuShare(pids) as vote_load:
+            votes = vote_ratios(backend.url, open_gateway, backend.alias, supports_n,
                                 args.vote_tokens, args.repeats)
         print(f"  vote of 8 / one sample: {json.dumps(votes)}", file=sys.stderr)
     finally:
-        if gateway is not None:
-            stop_process(gateway)
         backend.stop()
     return {"server": backend.name, "supports_n": supports_n,
             "slots": getattr(backend, "slots", 1), "threads": backend.threads,

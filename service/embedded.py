@@ -47,7 +47,7 @@ def start_embedded(settings: Settings, progress: IO[str] | None = sys.stderr) ->
         if binary is None:
             reason = (f"llama.cpp's llama-server is not built for llama-cpp-python "
                       f"{installed_version() or '(not installed)'}; `make llama-server` "
-                      f"builds it (about 10 minutes on 2 cores)")
+                      f"builds it (15 to 60 minutes on 2 cores)")
             if settings.local_server == "llama-server":
                 raise LocalBackendError(reason)
             log.warning("%s; falling back to llama-cpp-python's server, which decodes one "
@@ -98,15 +98,24 @@ def _start_and_probe(backend: LocalBackend, timeout_s: float, progress: IO[str] 
 
 def probe_n_support(url: str, model: str, timeout_s: float = 60.0) -> bool:
     """Whether the OpenAI-compatible server at ``url`` (ending in /v1) answers ``n: 2`` with
-    two choices: one chat call of 1 completion token. A refusal (llama-server before ``n``
-    support answers 500 "Only one completion choice is allowed") or any error counts as no."""
+    two choices and counts the tokens of both: one chat call of 1 completion token a choice.
+
+    A refusal (llama-server in llama-cpp-python 0.3.16 answers 500 "Only one completion choice
+    is allowed"), one choice, any error, or usage below the tokens the choices spent counts as
+    no: llama-server in 0.3.36 returns n choices but the usage of one, which would let a vote
+    spend past its budget uncounted. The gateway then sends single-choice calls instead.
+    """
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hi"}],
                        "n": 2, "max_tokens": 1}).encode()
     request = urllib.request.Request(url + "/chat/completions", data=body,
                                      headers={"content-type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as reply:
-            choices = json.loads(reply.read()).get("choices")
-    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+            data = json.loads(reply.read())
+        choices = data["choices"]
+        counted = int(data["usage"]["completion_tokens"])
+        # a choice cut at max_tokens=1 spent exactly one token
+        spent = sum(1 for choice in choices if choice.get("finish_reason") == "length")
+    except (urllib.error.URLError, OSError, ValueError, AttributeError, KeyError, TypeError):
         return False
-    return isinstance(choices, list) and len(choices) == 2
+    return isinstance(choices, list) and len(choices) == 2 and counted >= spent

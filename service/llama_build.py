@@ -88,7 +88,7 @@ def ensure_server(*, root: Path | None = None, jobs: int | None = None, force: b
                   wait: bool = True, progress: IO[str] = sys.stderr) -> Path:
     """The built ``llama-server`` for the installed llama-cpp-python, building it when absent.
 
-    Building takes about 10 minutes on 2 cores (``jobs`` parallel compiles, default all
+    Building takes 15 to 60 minutes on 2 cores (``jobs`` parallel compiles, default all
     cores); the cmake output goes to ``<cache>/llama-server-<version>/build.log`` and a
     percentage to ``progress``. When another process is building it, waits for that build,
     or with ``wait=False`` raises at once.
@@ -111,7 +111,7 @@ def ensure_server(*, root: Path | None = None, jobs: int | None = None, force: b
         flags = list(CMAKE_FLAGS)
         log_path = target.parent / "build.log"
         progress.write(f"building llama.cpp's llama-server from the {DISTRIBUTION} {version} "
-                       f"sdist into {target.parent} (about 10 minutes on 2 cores, once; "
+                       f"sdist into {target.parent} (15 to 60 minutes on 2 cores, once; "
                        f"log: {log_path})\n")
         with tempfile.TemporaryDirectory(prefix="build-", dir=target.parent) as work, \
                 log_path.open("wb") as log:

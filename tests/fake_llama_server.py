@@ -6,7 +6,8 @@ completions with ``n`` choices of one word each.
 ``--ignore-n`` answers one choice whatever ``n`` is (as llama-cpp-python's server does);
 ``--refuse-n`` answers ``n > 1`` with llama-server 0.3.16's 500; ``--exit-code C`` exits at
 once (a broken build); ``--crash-on-chat`` dies with SIGILL on its first chat call (a build
-with instructions the CPU refuses). Its command line is written to ``$FAKE_LLAMA_ARGV_FILE``
+with instructions the CPU refuses); ``--usage-of-one`` reports the usage of one choice (as
+llama-server 0.3.36 does for ``n``). Its command line is written to ``$FAKE_LLAMA_ARGV_FILE``
 when set.
 """
 
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--refuse-n", action="store_true")
     parser.add_argument("--exit-code", type=int)
     parser.add_argument("--crash-on-chat", action="store_true")
+    parser.add_argument("--usage-of-one", action="store_true")
     args, _ = parser.parse_known_args()
     if argv_file := os.environ.get("FAKE_LLAMA_ARGV_FILE"):
         with open(argv_file, "w") as out:
@@ -70,13 +72,14 @@ def main() -> None:
                                            "message": "Only one completion choice is allowed"}})
                 return
             count = 1 if args.ignore_n else n
+            spent = 1 if args.usage_of_one else count  # one token a choice
             self._send(200, {
                 "id": "chatcmpl-fake", "object": "chat.completion", "model": args.alias,
                 "choices": [{"index": i, "finish_reason": "length",
                              "message": {"role": "assistant", "content": "Hello"}}
                             for i in range(count)],
-                "usage": {"prompt_tokens": 3, "completion_tokens": count,
-                          "total_tokens": 3 + count}})
+                "usage": {"prompt_tokens": 3, "completion_tokens": spent,
+                          "total_tokens": 3 + spent}})
 
     ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
 

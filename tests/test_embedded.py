@@ -80,6 +80,14 @@ def test_a_server_that_refuses_n_is_probed_as_not_honouring_it(
     assert backend.supports_n is False
 
 
+def test_a_server_that_counts_one_choice_of_n_is_probed_as_not_honouring_it(
+        settings, started, tmp_path, monkeypatch):
+    monkeypatch.setattr(embedded, "find_server", lambda: fake_binary(tmp_path, "--usage-of-one"))
+    backend = start(settings, started)
+    assert isinstance(backend, LlamaServer)
+    assert backend.supports_n is False
+
+
 def test_a_missing_llama_server_falls_back_to_llama_cpp_python(
         settings, started, monkeypatch, caplog):
     monkeypatch.setattr(embedded, "find_server", lambda: None)

@@ -11,6 +11,7 @@ it is up (``probe_n_support``); the gateway fans ``n`` out into single calls whe
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import sys
@@ -116,6 +117,9 @@ def probe_n_support(url: str, model: str, timeout_s: float = 60.0) -> bool:
         counted = int(data["usage"]["completion_tokens"])
         # a choice cut at max_tokens=1 spent exactly one token
         spent = sum(1 for choice in choices if choice.get("finish_reason") == "length")
-    except (urllib.error.URLError, OSError, ValueError, AttributeError, KeyError, TypeError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError,
+            AttributeError, KeyError, TypeError):
+        # HTTPException: a server that dies while it answers (IncompleteRead) is a failed
+        # probe, and the caller then finds it exited.
         return False
     return isinstance(choices, list) and len(choices) == 2 and counted >= spent

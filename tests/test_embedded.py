@@ -137,3 +137,30 @@ def test_asking_for_llama_cpp_python_skips_llama_server(
                                                   (1, 1, 1)])
 def test_default_slots_are_four_per_core_up_to_one_votes_fan_out(fanout, cores, slots):
     assert default_slots(fanout, cores) == slots
+
+
+def test_a_server_that_dies_mid_reply_fails_the_n_probe_instead_of_raising():
+    import socket
+    import threading
+
+    from service.embedded import probe_n_support
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def answer_half_then_die() -> None:
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                           b"content-length: 369\r\n\r\n")
+        connection.close()
+
+    thread = threading.Thread(target=answer_half_then_die)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        assert probe_n_support(f"http://127.0.0.1:{port}/v1", "m", timeout_s=5) is False
+    finally:
+        thread.join(5)
+        listener.close()

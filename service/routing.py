@@ -166,7 +166,7 @@ class Router:
         if now - self._search_checked_at >= SEARCH_CHECK_S:
             self._search_checked_at = now
             try:
-                self._search_available = LocalIndex(index_path(self.settings.data_dir)).exists()
+                self._search_available = self._local_index().exists()
             except OSError:
                 self._search_available = False
         return self._search_available

@@ -199,16 +199,7 @@ async def open_streams(call: Call) -> list[OpenStream]:
 
 async def _open_one(call: Call, n: int, sample: int) -> OpenStream:
     metered = _metered(call, n=n, sample=sample)
-    try:
-        stream = await call.client.open_stream(call.backend, call.path, metered.body,
-                                               call.acct, retry=metered.retry)
-    except GatewayError as exc:
-        metered.fail(exc)
-        raise
-    except BaseException:
-        metered.abandon(None, "")
-        raise
-    return OpenStream(stream, metered)
+    return OpenStream(await metered.open_stream(call), metered)
 
 
 async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:

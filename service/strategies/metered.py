@@ -38,7 +38,7 @@ from service import metrics
 from service.errors import GatewayError, InvalidRequest
 from service.ledger import BudgetExhausted
 from service.strategies.base import Call
-from service.upstream import may_have_generated
+from service.upstream import UpstreamStream, may_have_generated
 
 # Tokens a chat template adds around each message (role markers, separators): an upper bound
 # for the common templates (ChatML adds 4 to 5, Llama 3 adds 5).
@@ -64,6 +64,23 @@ class Metered:
     prompt_bound: int = 0
     settled: bool = False
     attempt_open: bool = True  # the current attempt's grant is reserved and not yet settled
+
+    async def open_stream(self, call: Call) -> UpstreamStream:
+        """Open this reserved call as a stream; a failure to open is charged what it may have
+        generated (``fail``), a cancellation gives the grant back (``abandon``).
+
+        Raises:
+            GatewayError: the backend refused or failed before streaming.
+        """
+        try:
+            return await call.client.open_stream(call.backend, call.path, self.body,
+                                                 call.acct, retry=self.retry)
+        except GatewayError as exc:
+            self.fail(exc)
+            raise
+        except BaseException:
+            self.abandon(None, "")
+            raise
 
     @classmethod
     def reserve(cls, call: Call, body: dict[str, Any], per_choice: int | None,

@@ -185,16 +185,7 @@ async def _open(call: Call, cap: int,
     metered = Metered.reserve(call, body, cap)
     if metered is None:
         return None
-    try:
-        stream = await call.client.open_stream(call.backend, call.path, metered.body,
-                                               call.acct, retry=metered.retry)
-    except GatewayError as exc:
-        metered.fail(exc)
-        raise
-    except BaseException:
-        metered.abandon(None, "")
-        raise
-    return stream, metered
+    return await metered.open_stream(call), metered
 
 
 async def _forward(call: Call, stream: UpstreamStream, metered: Metered,

@@ -87,10 +87,10 @@ class Classifier:
         return self.score_features(extract(messages))
 
     def score_features(self, f: Features) -> Scores:
-        """Scores from already extracted features, with the prompt's form."""
+        """Scores from already extracted features, with the prompt's form and steps."""
         p = {name: self.heads[name].probability(f) for name in HEADS}
         return Scores(difficulty=p["difficulty"], sequential=p["sequential"],
-                      search=p["search"], form=prompt_form(f))
+                      search=p["search"], form=prompt_form(f), steps=f.steps)
 
     # -- artifact ------------------------------------------------------------------------
 

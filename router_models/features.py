@@ -21,6 +21,7 @@ import numpy as np
 from sklearn.utils import murmurhash3_32
 
 from router_models.prompt import content_text, prompt_text
+from router_models.steps import state_steps
 
 # 2**14 buckets: collisions cost little for a linear model of three heads, and the shipped
 # weights stay small (3 x 16384 float32 = 192 KiB).
@@ -102,11 +103,14 @@ class Features:
     ``dense``: float64 array of shape (N_DENSE,), named by ``FEATURE_NAMES``.
     ``hash_indices`` (int64) and ``hash_values`` (float64), both of shape (n_nonzero,): the
     l2-normalised counts of word unigrams and bigrams in ``N_HASH`` hashed buckets.
+    ``steps``: the dependent steps the prompt states (``router_models.steps.state_steps``);
+    read by the policies, not by the classifier's heads.
     """
 
     dense: np.ndarray
     hash_indices: np.ndarray
     hash_values: np.ndarray
+    steps: int = 0
 
     def as_dict(self) -> dict[str, float]:
         """The dense features by name (for logs and decisions)."""
@@ -238,4 +242,4 @@ def extract(messages: Sequence[Any] | str) -> Features:
         digits / len(text) if text else 0.0,
     ], np.float64)
     indices, values = _hash_tokens(tokens, bigrams)
-    return Features(dense, indices, values)
+    return Features(dense, indices, values, state_steps(text))

@@ -25,20 +25,24 @@ class Scores:
     depends on accumulating intermediate results (a chain helps, a vote of short tries does
     not). ``search``: how much it needs facts the model may not have. ``form``: the
     prompt's form, one of ``router_models.features.FORMS``, or None when unknown (scores
-    logged before forms existed, or built by hand).
+    logged before forms existed, or built by hand). ``steps``: the dependent steps the prompt
+    states (``router_models.steps.state_steps``), or None when unknown.
     """
 
     difficulty: float
     sequential: float
     search: float
     form: str | None = None
+    steps: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The three scores by name, plus ``form`` when known."""
+        """The three scores by name, plus ``form`` and ``steps`` when known."""
         out: dict[str, Any] = {"difficulty": self.difficulty, "sequential": self.sequential,
                                "search": self.search}
         if self.form is not None:
             out["form"] = self.form
+        if self.steps is not None:
+            out["steps"] = self.steps
         return out
 
     @classmethod
@@ -48,9 +52,10 @@ class Scores:
         Raises:
             KeyError: a score is missing. TypeError, ValueError: a score is not a number.
         """
-        form = values.get("form")
+        form, steps = values.get("form"), values.get("steps")
         return cls(float(values["difficulty"]), float(values["sequential"]),
-                   float(values["search"]), str(form) if form is not None else None)
+                   float(values["search"]), str(form) if form is not None else None,
+                   int(steps) if steps is not None else None)
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from router_models.policies import (
     kind_of,
     parse_policy,
 )
-from router_models.policies.learned import wilson_bounds
+from router_models.policies.learned import difference_bounds, wilson_bounds
 from router_models.policies.prior import KIND_NAMES, PRIOR_STRATEGY, fit_vote, mean_spend
 
-EASY = Scores(difficulty=0.1, sequential=0.1, search=0.0)
+EASY = Scores(difficulty=0.05, sequential=0.1, search=0.0)
 HARD_CHAIN = Scores(difficulty=0.8, sequential=0.9, search=0.0)
 FACTS = Scores(difficulty=0.6, sequential=0.2, search=0.9)
 
@@ -73,6 +73,9 @@ def test_shipped_rules_follow_their_thresholds():
     assert rules.plan(HARD_CHAIN).budget_tokens == 1600
     assert rules.plan(EASY).strategy == "direct"
     assert rules.plan(Scores(0.7, 0.1, 0.1)).strategy == "parallel_vote"
+    # A prompt that states two dependent steps is a chain whatever its sequential score.
+    assert rules.plan(Scores(0.7, 0.1, 0.1, steps=2)).strategy == "sequential"
+    assert rules.plan(Scores(0.7, 0.1, 0.1, steps=1)).strategy == "parallel_vote"
     assert rules.decide(EASY).plan.reason == "rule: easy"
 
 
@@ -123,9 +126,11 @@ def test_lambda_bisection_is_not_thrown_off_by_costs_that_differ_by_float_noise(
 
 
 def test_scores_round_trip_through_their_logged_form():
-    for scores in (Scores(0.2, 0.7, 0.1), Scores(0.2, 0.7, 0.1, form="graph")):
+    for scores in (Scores(0.2, 0.7, 0.1), Scores(0.2, 0.7, 0.1, form="graph"),
+                   Scores(0.2, 0.1, 0.1, form="numeric", steps=4)):
         assert Scores.from_dict(scores.as_dict()) == scores
     assert "form" not in Scores(0.2, 0.7, 0.1).as_dict()
+    assert "steps" not in Scores(0.2, 0.7, 0.1).as_dict()
     with pytest.raises(KeyError):
         Scores.from_dict({"difficulty": 0.1, "sequential": 0.2})
 
@@ -248,6 +253,27 @@ def test_a_noisy_advantage_never_moves_a_kind_but_clear_evidence_does():
     # Other kinds keep their prior.
     assert policy.plan(INDEPENDENT_HARD).strategy == "parallel_vote"
     assert policy.plan(EASY).strategy == "direct"
+
+
+def test_the_improvement_test_bounds_the_difference_not_each_side():
+    # 15/20 against 50/100: the two one-sided 95% Wilson intervals overlap (0.57 < 0.58), yet
+    # the difference's lower bound (Newcombe) is above zero, so the kind moves.
+    assert wilson_bounds(15, 20)[0] < wilson_bounds(50, 100)[1]
+    low, high = difference_bounds(15, 20, 50, 100)
+    assert 0.0 < low < 0.25 < high
+    policy = LearnedPolicy(exploration=0.0)
+    kind = kind_of(HARD_CHAIN)
+    chain, vote = Plan("sequential", 960), Plan("parallel_vote", 960, width=3,
+                                                 depth_tokens=320)
+    for i in range(100):
+        policy.update(HARD_CHAIN, chain, i % 2 == 0)
+    for i in range(20):
+        policy.update(HARD_CHAIN, vote, i % 4 != 0)
+    assert policy.current[kind] == "parallel_vote"
+    assert policy.switches[-1]["difference_lower_bound"] > 0.0  # at the first outcome it held
+    # Worse with the same confidence: no longer explored.
+    assert policy.eliminated(kind, "sequential")
+    assert difference_bounds(1, 0, 3, 4) == (-1.0, 1.0)
 
 
 def test_wilson_bounds_bracket_the_proportion_and_tighten_with_trials():

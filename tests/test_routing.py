@@ -27,6 +27,7 @@ async def test_auto_is_planned_by_the_learned_policy_with_scores():
     assert router["policy"] == "learned" and router["strategy"] in STRATEGIES
     scores = dict(router["scores"])
     assert scores.pop("form") == "graph"
+    assert isinstance(scores.pop("steps"), int)
     assert set(scores) == {"difficulty", "sequential", "search"}
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert 0.0 < router["probability"] <= 1.0

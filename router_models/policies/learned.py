@@ -18,15 +18,20 @@ Learning is safe by construction:
   decisions stay at most ``exploration`` x decisions, so over any prefix of traffic the share
   never exceeds the setting. The chosen plan's probability is logged for inverse propensity
   weighting (1 when the cap forbade exploring: no random draw was made).
-- **Conservative improvement.** A kind leaves its current strategy only when another strategy's
-  one-sided 95% Wilson lower bound on accuracy, from at least ``min_switch_feedback`` outcomes,
-  lies above the current strategy's Wilson upper bound. This is a high-confidence policy
-  improvement test (Thomas et al. 2015, "High Confidence Policy Improvement") with SPIBB's
-  rule of never leaving the baseline where the alternative has fewer than N observations
-  (Laroche et al. 2019, "Safe Policy Improvement with Baseline Bootstrapping"). A noisy point
-  estimate never moves a kind; a wrong prior is left once the evidence is clear. Wilson bounds
-  (Wilson 1927) keep their coverage at small counts, where the normal interval does not; they
-  come from statsmodels' ``proportion_confint``.
+- **Conservative improvement.** A kind leaves its current strategy only when, with at least
+  ``min_switch_feedback`` outcomes of each, the one-sided 95% lower confidence bound of the
+  difference in accuracy (alternative minus current) is above zero. This is a high-confidence
+  policy improvement test (Thomas et al. 2015, "High Confidence Policy Improvement") with
+  SPIBB's rule of never leaving the baseline where the alternative has fewer than N
+  observations (Laroche et al. 2019, "Safe Policy Improvement with Baseline Bootstrapping").
+  A noisy point estimate never moves a kind; a wrong prior is left once the evidence is
+  clear. The bound is Newcombe's hybrid score interval for a difference of two independent
+  proportions (Newcombe 1998, method 10, built from Wilson intervals), from statsmodels'
+  ``confint_proportions_2indep``: it keeps its coverage at small counts, where the Wald
+  interval does not, and it needs less evidence than asking the two Wilson intervals not to
+  overlap (which is a test at about the 0.6% level, not 5%), so a wrong prior is left sooner
+  at the same error rate. A strategy whose difference is below zero with the same confidence
+  is no longer explored.
 - Outcomes update per (kind, strategy) counts, whoever chose the plan: the outcome of a
   strategy on a kind of prompt does not depend on which policy picked it, so forced strategies
   and other policies' traffic teach it too. Counting each decision once is the caller's job
@@ -87,6 +92,23 @@ _DEFAULT_REFERENCE = tuple(
     for difficulty in (0.25, 0.75) for sequential, search in ((0.2, 0.1), (0.8, 0.1), (0.3, 0.8)))
 
 
+def difference_bounds(successes: float, trials: float, base_successes: float,
+                      base_trials: float, confidence: float = SWITCH_CONFIDENCE
+                      ) -> tuple[float, float]:
+    """One-sided ``confidence`` lower and upper bounds of the difference of two proportions,
+    ``successes / trials`` minus ``base_successes / base_trials``: Newcombe's hybrid score
+    interval (Newcombe 1998, method 10; statsmodels ``confint_proportions_2indep``), each bound
+    the matching end of the two-sided interval at ``2 x confidence - 1``. (-1, 1) when either
+    side has no trials. Successes may be fractional (scores in [0, 1])."""
+    if trials <= 0 or base_trials <= 0:
+        return -1.0, 1.0
+    from statsmodels.stats.proportion import confint_proportions_2indep
+    low, high = confint_proportions_2indep(successes, trials, base_successes, base_trials,
+                                           method="newcomb", compare="diff",
+                                           alpha=2 * (1 - confidence))
+    return float(low), float(high)
+
+
 def wilson_bounds(successes: float, trials: float, confidence: float = SWITCH_CONFIDENCE
                   ) -> tuple[float, float]:
     """One-sided ``confidence`` Wilson lower and upper bounds of a proportion (each bound
@@ -122,7 +144,7 @@ class LearnedPolicy(Policy):
 
     name = "learned"
 
-    def __init__(self, target_tokens: float = 1024.0, exploration: float = 0.05,
+    def __init__(self, target_tokens: float = 512.0, exploration: float = 0.05,
                  vote_width: int = 8, min_switch_feedback: int = MIN_SWITCH_FEEDBACK,
                  confidence: float = SWITCH_CONFIDENCE,
                  default_answer_tokens: int = DEFAULT_ANSWER_TOKENS,
@@ -225,15 +247,22 @@ class LearnedPolicy(Policy):
         low, high = wilson_bounds(s, n, self.confidence)
         return (float(s / n) if n else None), low, high
 
+    def improvement(self, kind: int, strategy: str) -> tuple[float, float] | None:
+        """One-sided bounds (``confidence``) of ``strategy``'s accuracy minus the kind's
+        current strategy's (``difference_bounds``), or None while either has fewer than
+        ``min_switch_feedback`` outcomes."""
+        i, c = STRATEGIES.index(strategy), STRATEGIES.index(self.current[kind])
+        if min(self.trials[kind, i], self.trials[kind, c]) < self.min_switch_feedback:
+            return None
+        return difference_bounds(self.successes[kind, i], self.trials[kind, i],
+                                 self.successes[kind, c], self.trials[kind, c],
+                                 self.confidence)
+
     def eliminated(self, kind: int, strategy: str) -> bool:
         """True when ``strategy`` is worse than the kind's current strategy with confidence
         (no longer worth exploring)."""
-        i = STRATEGIES.index(strategy)
-        if self.trials[kind, i] < self.min_switch_feedback:
-            return False
-        _, _, high = self.accuracy(kind, strategy)
-        _, current_low, _ = self.accuracy(kind, self.current[kind])
-        return high < current_low
+        bounds = self.improvement(kind, strategy)
+        return bounds is not None and bounds[1] < 0.0
 
     def decide(self, scores: Scores, features: Features | None = None, *,
                budget_tokens: int | None = None, strategy: str | None = None,
@@ -354,20 +383,15 @@ class LearnedPolicy(Policy):
 
     def _consider_switch(self, kind: int) -> None:
         current = self.current[kind]
-        _, _, current_high = self.accuracy(kind, current)
         best: tuple[float, str] | None = None
         for strategy in STRATEGIES:
-            i = STRATEGIES.index(strategy)
-            if strategy == current or self.trials[kind, i] < self.min_switch_feedback:
-                continue
-            _, low, _ = self.accuracy(kind, strategy)
-            if low > current_high and (best is None or low > best[0]):
-                best = (low, strategy)
+            bounds = None if strategy == current else self.improvement(kind, strategy)
+            if bounds is not None and bounds[0] > 0.0 and (best is None or bounds[0] > best[0]):
+                best = (bounds[0], strategy)
         if best is not None:
             self.current[kind] = best[1]
             self.switches.append({"kind": KIND_NAMES[kind], "from": current, "to": best[1],
-                                  "lower_bound": round(best[0], 4),
-                                  "upper_bound_of_current": round(current_high, 4),
+                                  "difference_lower_bound": round(best[0], 4),
                                   "decisions": self.decisions})
             self.resolve()
 

@@ -25,7 +25,9 @@ from router_models.policies.base import (
 )
 from router_models.policies.fixed import fixed_plan
 
-SCORE_NAMES = ("difficulty", "sequential", "search")
+# ``steps`` is the count of dependent steps the prompt states (``Scores.steps``; 0 when
+# unknown), the three others are probabilities.
+SCORE_NAMES = ("difficulty", "sequential", "search", "steps")
 PLAN_FIELDS = ("strategy", "budget_tokens", "width", "depth_tokens", "search_calls")
 
 
@@ -42,6 +44,7 @@ class Rule:
         if self.forms is not None and scores.form not in self.forms:
             return False
         values = scores.as_dict()
+        values.setdefault("steps", 0)
         for score, (lo, hi) in self.bounds.items():
             if (lo is not None and values[score] < lo) or (hi is not None
                                                            and values[score] >= hi):

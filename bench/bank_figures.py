@@ -7,8 +7,10 @@ model): per suite and token budget ``B``, the accuracy of
   samples, each cut at ``B // k`` tokens,
 
 and, at the recorded length, a plain vote of all samples against DeepConf's (Fu et al. 2025)
-confidence-weighted vote (each vote weighted by the sample's lowest group confidence) and
-confidence-filtered vote (only the most confident half of the samples vote).
+confidence-weighted vote (each vote weighted by the sample's lowest group confidence),
+confidence-filtered vote (only the most confident half of the samples vote) and the paper's
+offline DeepConf-low / DeepConf-high (the top 10% / 90% most confident samples, weighted).
+``bench/bank_findings.py`` adds paired tests, the search axis, early stopping and plots.
 
 A cut chain's answer is read leniently, as the gateway's votes and the evaluation's checkers
 read it (``router_models.tasks.checkers.parsed``: the stated answer, else the last number);
@@ -66,32 +68,86 @@ def vote(run: BankRun, samples: Sequence[BankSample], tokens: int,
     return right(run, winner(tally(ballots)))
 
 
+ARMS = ("chain", "greedy", *(f"vote {k}" for k in VOTE_SIZES))
+
+
+def arm_samples(run: BankRun, arm: str) -> list[BankSample] | None:
+    """The recorded samples ``arm`` (one of ``ARMS``) draws for ``run``, in recorded order:
+    ``chain`` the first sampled chain, ``greedy`` the greedy chain, ``vote k`` the first ``k``
+    samples; None when the run holds fewer. Raises ValueError for an unknown arm."""
+    if arm == "greedy":
+        return [run.greedy]
+    if arm == "chain":
+        return [run.samples[0]] if run.samples else None
+    if arm.startswith("vote "):
+        k = int(arm.split()[1])
+        return list(run.samples[:k]) if len(run.samples) >= k else None
+    raise ValueError(f"unknown arm {arm!r}; known: {', '.join(ARMS)}")
+
+
+def outcome(run: BankRun, arm: str, budget: int) -> bool | None:
+    """Whether ``arm`` answers ``run`` right at ``budget`` tokens (a vote of ``k`` cuts each
+    sample at ``budget // k``); None when the run lacks the samples."""
+    samples = arm_samples(run, arm)
+    if samples is None:
+        return None
+    if len(samples) == 1 and not arm.startswith("vote "):
+        return right(run, cut_answer(run, samples[0], budget))
+    return vote(run, samples, budget // len(samples))
+
+
+def spent(run: BankRun, arm: str, budget: int) -> int:
+    """Completion tokens ``arm`` spends on ``run`` at ``budget``: each sample's recorded length
+    capped at its share of the budget (a chain that stops early spends less than the budget).
+    0 when the run lacks the samples."""
+    samples = arm_samples(run, arm) or []
+    share = budget // max(1, len(samples))
+    return sum(min(len(s.tokens), share) for s in samples)
+
+
 def budget_row(runs: Sequence[BankRun], budget: int) -> dict[str, Cell]:
-    """The accuracies at one budget over ``runs``."""
-    n = len(runs)
-    sampled = [r for r in runs if r.samples]
-    row = {"chain": Cell(sum(right(r, cut_answer(r, r.samples[0], budget)) for r in sampled),
-                         len(sampled)),
-           "greedy": Cell(sum(right(r, cut_answer(r, r.greedy, budget)) for r in runs), n)}
-    for k in VOTE_SIZES:
-        usable = [r for r in runs if len(r.samples) >= k]
-        row[f"vote {k}"] = Cell(sum(vote(r, r.samples[:k], budget // k) for r in usable),
-                                len(usable))
+    """The accuracies at one budget over ``runs`` (each arm over the runs that have its
+    samples)."""
+    row = {}
+    for arm in ARMS:
+        results = [o for o in (outcome(r, arm, budget) for r in runs) if o is not None]
+        row[arm] = Cell(sum(results), len(results))
     return row
 
 
+CONFIDENCE_VOTES = ("vote", "confidence-weighted", "confidence-filtered (top 50%)",
+                    "DeepConf-low (top 10%, weighted)", "DeepConf-high (top 90%, weighted)")
+
+
+def most_confident(samples: Sequence[BankSample], percent: int) -> list[BankSample]:
+    """The ``percent``% of ``samples`` with the highest lowest-group confidence (at least one;
+    DeepConf's offline filtering, Fu et al. 2025, keeps the top 10% or 90% of traces)."""
+    keep = max(1, len(samples) * percent // 100)
+    return sorted(samples, key=lambda s: -s.conf_min)[:keep]
+
+
+def confidence_outcomes(run: BankRun) -> dict[str, bool]:
+    """Per ``CONFIDENCE_VOTES`` name, whether that vote of all of ``run``'s samples (uncut) is
+    right: a plain majority vote; each vote weighted by the sample's lowest group confidence
+    (``conf_min``); a plain vote of the most confident half; and DeepConf's filtered votes,
+    which weight the votes of the kept traces by the same confidence."""
+    samples, full = list(run.samples), 10 ** 6
+
+    def weighted(chosen: Sequence[BankSample]) -> bool:
+        return vote(run, chosen, full, [s.conf_min for s in chosen])
+
+    return {"vote": vote(run, samples, full),
+            "confidence-weighted": weighted(samples),
+            "confidence-filtered (top 50%)": vote(run, most_confident(samples, 50), full),
+            "DeepConf-low (top 10%, weighted)": weighted(most_confident(samples, 10)),
+            "DeepConf-high (top 90%, weighted)": weighted(most_confident(samples, 90))}
+
+
 def confidence_row(runs: Sequence[BankRun]) -> dict[str, Cell]:
-    """Plain, confidence-weighted and confidence-filtered votes of all samples, uncut."""
-    n = len(runs)
-    plain = weighted = filtered = 0
-    for run in runs:
-        samples, full = list(run.samples), 10 ** 6
-        plain += vote(run, samples, full)
-        weighted += vote(run, samples, full, [s.conf_min for s in samples])
-        kept = sorted(samples, key=lambda s: -s.conf_min)[:max(1, len(samples) // 2)]
-        filtered += vote(run, kept, full)
-    return {"vote": Cell(plain, n), "confidence-weighted": Cell(weighted, n),
-            "confidence-filtered (top 50%)": Cell(filtered, n)}
+    """Per ``CONFIDENCE_VOTES`` name, its accuracy over the runs that hold samples."""
+    outcomes = [confidence_outcomes(r) for r in runs if r.samples]
+    return {name: Cell(sum(o[name] for o in outcomes), len(outcomes))
+            for name in CONFIDENCE_VOTES}
 
 
 def groups(bank: Bank) -> dict[str, list[BankRun]]:
@@ -112,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     print(f"outcome bank {bank.path}: {len(bank)} runs; model "
           f"{bank.meta.get('model_file')}; accuracy % [Wilson 95%]\n")
-    columns = ["chain", "greedy", *(f"vote {k}" for k in VOTE_SIZES)]
+    columns = list(ARMS)
     print("| suite | n | budget | " + " | ".join(columns) + " |")
     print("| --- | ---: | ---: |" + " --- |" * len(columns))
     for name, runs in groups(bank).items():
@@ -120,8 +176,8 @@ def main(argv: list[str] | None = None) -> None:
             row = budget_row(runs, budget)
             print(f"| {name} | {len(runs)} | {budget} | "
                   + " | ".join(row[c].render() for c in columns) + " |")
-    print("\n| suite | n | " + " | ".join(confidence_row([]).keys()) + " |")
-    print("| --- | ---: |" + " --- |" * 3)
+    print("\n| suite | n | " + " | ".join(CONFIDENCE_VOTES) + " |")
+    print("| --- | ---: |" + " --- |" * len(CONFIDENCE_VOTES))
     for name, runs in groups(bank).items():
         row = confidence_row(runs)
         print(f"| {name} | {len(runs)} | " + " | ".join(c.render() for c in row.values()) + " |")

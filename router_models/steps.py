@@ -30,22 +30,27 @@ _NUMBER = re.compile(r"\d")
 _WORD = re.compile(r"[a-z]+")
 # An arithmetic operator between two operands: "3 + 4", "(2 * 5)", "12/4".
 _EXPRESSION_OPERATOR = re.compile(r"(?<=[\d)])\s*[-+*/×÷^]\s*(?=[\d(])")
-_CONNECTIVES = frozenset(
-    "then next finally afterwards afterward later subsequently first second third".split())
+_CONNECTIVES = frozenset([
+    "then", "next", "finally", "afterwards", "afterward", "later", "subsequently", "first",
+    "second", "third",
+])
 # Verbs that change a state: quantities, positions, possession, order.
-_STATE_VERBS = frozenset("""
-    add adds added subtract subtracts subtracted multiply multiplies multiplied divide divides
-    divided double doubles doubled triple triples tripled halve halves halved increase
-    increases increased decrease decreases decreased
-    give gives gave receive receives received buy buys bought sell sells sold spend spends
-    spent earn earns earned lose loses lost find finds found collect collects collected eat
-    eats ate pay pays paid save saves saved borrow borrows borrowed return returns returned
-    take takes took put puts move moves moved turn turns turned walk walks walked step steps
-    swap swaps swapped switch switches switched trade trades traded exchange exchanges
-    exchanged flip flips flipped remove removes removed replace replaces replaced
-""".split())
+_STATE_VERBS = frozenset([
+    "add", "adds", "added", "subtract", "subtracts", "subtracted", "multiply", "multiplies",
+    "multiplied", "divide", "divides", "divided", "double", "doubles", "doubled", "triple",
+    "triples", "tripled", "halve", "halves", "halved", "increase", "increases", "increased",
+    "decrease", "decreases", "decreased", "give", "gives", "gave", "receive", "receives",
+    "received", "buy", "buys", "bought", "sell", "sells", "sold", "spend", "spends", "spent",
+    "earn", "earns", "earned", "lose", "loses", "lost", "find", "finds", "found", "collect",
+    "collects", "collected", "eat", "eats", "ate", "pay", "pays", "paid", "save", "saves",
+    "saved", "borrow", "borrows", "borrowed", "return", "returns", "returned", "take", "takes",
+    "took", "put", "puts", "move", "moves", "moved", "turn", "turns", "turned", "walk", "walks",
+    "walked", "step", "steps", "swap", "swaps", "swapped", "switch", "switches", "switched",
+    "trade", "trades", "traded", "exchange", "exchanges", "exchanged", "flip", "flips",
+    "flipped", "remove", "removes", "removed", "replace", "replaces", "replaced",
+])
 _INSTRUCTION_WORDS = frozenset(
-    "answer explain respond reply think show reason write give end".split())
+    ["answer", "explain", "respond", "reply", "think", "show", "reason", "write", "give", "end"])
 
 
 def state_steps(text: str) -> int:

@@ -317,7 +317,10 @@ def train(policy: Policy, world: RandomWorld, routed: Sequence[Routed], table: P
           per_kind: int, rng: random.Random, np_rng: np.random.Generator) -> int:
     """Serve ``per_kind`` training prompts of every kind (drawn from ``table.prompts`` in a
     random order), on-policy: ``decide``, a drawn outcome and the tokens really spent
-    (``RandomWorld.realize``), ``update``. Returns the number of feedbacks given."""
+    (``RandomWorld.realize_usage``), the samples' lengths to ``observe_usage`` (as the
+    gateway reports them), ``update``. Returns the number of feedbacks given."""
+    if hasattr(policy, "lengths_from_feedback"):
+        policy.lengths_from_feedback = False  # usage reports the lengths, as in the gateway
     kinds = table.prompts.kind
     order: list[int] = []
     for k in range(len(KINDS)):
@@ -330,7 +333,13 @@ def train(policy: Policy, world: RandomWorld, routed: Sequence[Routed], table: P
         r = routed[i]
         plan = policy.decide(r.scores, r.features, rng=rng).plan
         accuracy = float(table(plan)[0][i])
-        correct, spent = world.realize(table.prompts, i, plan, np_rng, accuracy=accuracy)
+        correct, spent, samples = world.realize_usage(table.prompts, i, plan, np_rng,
+                                                      accuracy=accuracy)
+        # As the gateway does (Router.observe_usage): a direct answer's and a vote's samples
+        # tell the kind's answer length, feedback or not; a chain's do not.
+        observe_usage = getattr(policy, "observe_usage", None)
+        if observe_usage is not None and plan.strategy in ("direct", "parallel_vote"):
+            observe_usage(r.scores, samples)
         policy.update(r.scores, plan, correct, features=r.features, spent_tokens=spent)
     return len(order)
 

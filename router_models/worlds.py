@@ -330,6 +330,14 @@ class RandomWorld:
         answer length is drawn (log-normal), so the tokens vary as a real request's do;
         correctness is a Bernoulli draw of the plan's expected accuracy on the prompt
         (``accuracy`` when the caller has it), independent of the lengths drawn."""
+        correct, spent, _ = self.realize_usage(prompts, index, plan, rng, accuracy)
+        return correct, spent
+
+    def realize_usage(self, prompts: Prompts, index: int, plan: Plan,
+                      rng: np.random.Generator, accuracy: float | None = None
+                      ) -> tuple[bool, int, list[tuple[int, bool]]]:
+        """``realize``, plus each sample's (completion tokens, finished before its
+        allowance), as the gateway reports a request's usage (``Router.observe_usage``)."""
         if accuracy is None:
             accuracy = float(self.outcome(single_prompt(prompts, index), plan)[0][0])
         depth = plan_depth(plan)
@@ -337,10 +345,12 @@ class RandomWorld:
         think = min(MAX_TOKENS, float(prompts.params["think"][index]) * a)
         lengths = a * np.exp(float(prompts.params["answer_spread"][index])
                              * rng.standard_normal(plan.width))
-        spent = float(np.minimum(depth, np.maximum(lengths, think)).sum())
+        tokens = np.minimum(depth, np.maximum(lengths, think))
+        spent = float(tokens.sum())
         if plan.strategy == "search" or plan.search_calls > 0:
             spent += QUERY_TOKENS * max(0, plan.search_calls - 1)
-        return bool(rng.random() < accuracy), int(round(spent))
+        samples = [(int(round(t)), bool(t < depth)) for t in tokens]
+        return bool(rng.random() < accuracy), int(round(spent)), samples
 
 
 def plan_depth(plan: Plan) -> int:

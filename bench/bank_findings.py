@@ -1,0 +1,477 @@
+"""The findings of issue 14 read off a real model's outcome bank, without a gateway or model:
+markdown tables on stdout, PNG plots in ``--out``.
+
+Per family (a bank suite; HotpotQA with 0 searches, so that every item counts once; ``all``
+pools the families):
+
+a. **Votes against one chain at equal tokens**, at each budget ``B`` (tokens): the arms of
+   ``bench.bank_figures`` (``greedy`` / ``chain`` cut at ``B``; ``vote k`` of the first ``k``
+   samples cut at ``B // k``), the tokens each actually spends (a chain that stops early spends
+   less than ``B``), and the best vote against the best single chain on the same items: the
+   paired difference in points with its paired bootstrap 95% interval and McNemar's exact
+   p-value (``service.evaluation.analysis.paired_difference``). Both sides are the better of
+   their arms at that budget, picked after the fact, as ``ttc-router eval``'s winner table
+   does; the winner "flips" where the better side changes from one budget to the next.
+b. **The search axis on HotpotQA**: the greedy chain and a vote of 8 with 0, 1 and 3 BM25
+   searches' hits in the prompt, the tokens they cost, and each count against 0 searches on
+   the items recorded with both.
+c. **Early stopping** (``bench.bank_stopping``): Adaptive-Consistency and ESC replayed over the
+   recorded samples in recorded order, against the fixed vote of all of them (issue 14's
+   target: within 1 point of its accuracy with at least 2x fewer samples overall).
+d. **DeepConf** (Fu et al. 2025): confidence-weighted and confidence-filtered votes against the
+   plain vote (``bench.bank_figures.confidence_outcomes``), and how well each sample's
+   confidence separates its right from its wrong answers (ROC AUC, scikit-learn).
+
+Accuracies are percent with Wilson 95% intervals; n is the number of items. A bank still being
+recorded is read up to its last complete line.
+
+Usage: ``python -m bench.bank_findings [--bank PATH] [--budgets 128,256,512,1024,4096]
+[--out docs/findings]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sklearn.metrics import roc_auc_score
+
+from bench.bank_figures import (
+    ARMS,
+    CONFIDENCE_VOTES,
+    Cell,
+    confidence_outcomes,
+    cut_answer,
+    outcome,
+    right,
+    spent,
+)
+from bench.bank_stopping import FULL, StopRule, default_rules, stopped_vote
+from router_models.bank import Bank, BankRun
+from router_models.voting import Ballot, tally
+from service.evaluation.analysis import paired_difference
+
+ALL = "all"
+DEFAULT_BUDGETS = (128, 256, 512, 1024, 4096)
+SEARCH_COUNTS = (0, 1, 3)
+VOTE_ARMS = tuple(a for a in ARMS if a.startswith("vote "))
+CHAIN_ARMS = tuple(a for a in ARMS if not a.startswith("vote "))
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A paired comparison a - b on ``n`` items: the difference in accuracy (0..1), its paired
+    bootstrap 95% interval and McNemar's exact p-value; all None when n = 0."""
+
+    n: int
+    difference: float | None = None
+    ci95: tuple[float, float] | None = None
+    p_value: float | None = None
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes 0 and p < 0.05."""
+        return (self.ci95 is not None and self.p_value is not None and self.p_value < 0.05
+                and (self.ci95[0] > 0 or self.ci95[1] < 0))
+
+    def render(self) -> str:
+        """``+20.0 [-20.0, 60.0], p = 0.62``: points, interval, p; ``-`` when n = 0."""
+        if self.difference is None or self.ci95 is None or self.p_value is None:
+            return "-"
+        low, high = self.ci95
+        return (f"{100 * self.difference:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}], "
+                f"p = {self.p_value:.2g}")
+
+
+def paired(a: Sequence[bool], b: Sequence[bool]) -> Paired:
+    """``Paired`` for outcomes ``a`` and ``b`` of the same items (same order). Raises
+    ValueError when the lengths differ."""
+    if len(a) != len(b):
+        raise ValueError("paired outcomes must have the same length")
+    if not a:
+        return Paired(0)
+    difference, ci, p = paired_difference(list(a), list(b))
+    return Paired(len(a), difference, ci, p)
+
+
+def families(bank: Bank) -> dict[str, list[BankRun]]:
+    """Runs per suite (HotpotQA: its 0-search runs), sorted, then ``all`` pooling them."""
+    out: dict[str, list[BankRun]] = {}
+    for run in bank.runs:
+        if run.searches == 0:
+            out.setdefault(run.suite, []).append(run)
+    out = dict(sorted(out.items()))
+    out[ALL] = [run for runs in out.values() for run in runs]
+    return out
+
+
+# a. votes against one chain at equal tokens ------------------------------------------------
+
+@dataclass(frozen=True)
+class VoteChainRow:
+    """One (family, budget): per arm its accuracy and mean completion tokens spent; the best
+    vote arm and best chain arm; their paired comparison (vote - chain); the winning side
+    (``vote``, ``chain`` or ``tie``)."""
+
+    family: str
+    budget: int
+    n: int
+    cells: dict[str, Cell]
+    tokens: dict[str, float]
+    vote_arm: str
+    chain_arm: str
+    comparison: Paired
+    winner: str
+
+
+def _best(arms: Sequence[str], cells: dict[str, Cell], tokens: dict[str, float]) -> str:
+    # Higher accuracy first, then fewer tokens spent, then the order of ARMS.
+    return min(arms, key=lambda a: (-(cells[a].correct / max(1, cells[a].n)), tokens[a],
+                                    arms.index(a)))
+
+
+def vote_vs_chain(family: str, runs: Sequence[BankRun], budget: int) -> VoteChainRow:
+    """The ``VoteChainRow`` of ``runs`` at ``budget`` tokens."""
+    results = {arm: [outcome(r, arm, budget) for r in runs] for arm in ARMS}
+    cells = {arm: Cell(sum(o for o in res if o), sum(o is not None for o in res))
+             for arm, res in results.items()}
+    tokens = {arm: (sum(spent(r, arm, budget) for r in runs) / len(runs) if runs else 0.0)
+              for arm in ARMS}
+    vote_arm = _best(VOTE_ARMS, cells, tokens)
+    chain_arm = _best(CHAIN_ARMS, cells, tokens)
+    pairs = [(v, c) for v, c in zip(results[vote_arm], results[chain_arm], strict=True)
+             if v is not None and c is not None]
+    comparison = paired([v for v, _ in pairs], [c for _, c in pairs])
+    diff = comparison.difference
+    winner = "tie" if not diff else ("vote" if diff > 0 else "chain")
+    return VoteChainRow(family, budget, len(runs), cells, tokens, vote_arm, chain_arm,
+                        comparison, winner)
+
+
+def flips(rows: Sequence[VoteChainRow]) -> list[str]:
+    """Where the winning side changes along one family's rows (by budget, ties skipped):
+    e.g. ``chain -> vote at 4096``."""
+    out, last = [], None
+    for row in sorted(rows, key=lambda r: r.budget):
+        if row.winner == "tie":
+            continue
+        if last is not None and row.winner != last:
+            out.append(f"{last} -> {row.winner} at {row.budget}")
+        last = row.winner
+    return out
+
+
+# b. the search axis on HotpotQA -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SearchRow:
+    """HotpotQA with ``searches`` searches: items; greedy chain and vote of all samples (uncut)
+    accuracy; mean prompt tokens (the hits are prompt text), mean completion tokens of the
+    greedy chain and of the whole vote; each arm against 0 searches on the shared items."""
+
+    searches: int
+    n: int
+    greedy: Cell
+    vote: Cell
+    prompt_tokens: float
+    greedy_tokens: float
+    vote_tokens: float
+    greedy_vs_none: Paired
+    vote_vs_none: Paired
+
+
+def search_axis(bank: Bank, counts: Sequence[int] = SEARCH_COUNTS) -> list[SearchRow]:
+    """One ``SearchRow`` per search count with at least one HotpotQA run."""
+    by_count: dict[int, dict[str, BankRun]] = {}
+    for run in bank.runs:
+        if run.suite == "hotpotqa":
+            by_count.setdefault(run.searches, {})[run.item.item_id] = run
+    base = by_count.get(0, {})
+
+    def voted(run: BankRun) -> bool:
+        return bool(run.samples) and confidence_outcomes(run)["vote"]
+
+    rows = []
+    for count in counts:
+        runs = by_count.get(count)
+        if not runs:
+            continue
+        greedy = {i: right(r, cut_answer(r, r.greedy, FULL)) for i, r in runs.items()}
+        votes = {i: voted(r) for i, r in runs.items()}
+        shared = sorted(set(runs) & set(base))
+        base_greedy = [right(base[i], cut_answer(base[i], base[i].greedy, FULL)) for i in shared]
+        n = len(runs)
+        rows.append(SearchRow(
+            count, n, Cell(sum(greedy.values()), n), Cell(sum(votes.values()), n),
+            sum(r.prompt_tokens for r in runs.values()) / n,
+            sum(len(r.greedy.tokens) for r in runs.values()) / n,
+            sum(sum(len(s.tokens) for s in r.samples) for r in runs.values()) / n,
+            paired([greedy[i] for i in shared], base_greedy),
+            paired([votes[i] for i in shared], [voted(base[i]) for i in shared])))
+    return rows
+
+
+# c. early stopping ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StoppingRow:
+    """One (family, rule): the rule's and the fixed vote's accuracy, their paired comparison
+    (rule - fixed), mean samples read by each, and the share of the fixed vote's completion
+    tokens the rule reads."""
+
+    family: str
+    rule: str
+    n: int
+    accuracy: Cell
+    fixed: Cell
+    comparison: Paired
+    samples: float
+    fixed_samples: float
+    token_share: float
+
+    @property
+    def saving(self) -> float:
+        """How many times fewer samples than the fixed vote (inf when none read)."""
+        return self.fixed_samples / self.samples if self.samples else math.inf
+
+    @property
+    def meets_target(self) -> bool:
+        """Issue 14's target: accuracy within 1 point of the fixed vote, >= 2x fewer samples."""
+        n = max(1, self.n)
+        return (self.fixed.correct - self.accuracy.correct) / n <= 0.01 and self.saving >= 2
+
+
+def stopping_rows(family: str, runs: Sequence[BankRun],
+                  rules: Sequence[StopRule] | None = None) -> list[StoppingRow]:
+    """One ``StoppingRow`` per rule (default ``default_rules()``) over the runs with samples."""
+    runs = [r for r in runs if r.samples]
+    rows = []
+    for rule in rules or default_rules():
+        votes = [stopped_vote(r, rule) for r in runs]
+        n = len(votes)
+        fixed_tokens = sum(v.fixed_tokens for v in votes)
+        rows.append(StoppingRow(
+            family, rule.name, n, Cell(sum(v.correct for v in votes), n),
+            Cell(sum(v.fixed_correct for v in votes), n),
+            paired([v.correct for v in votes], [v.fixed_correct for v in votes]),
+            sum(v.samples for v in votes) / max(1, n),
+            sum(v.fixed_samples for v in votes) / max(1, n),
+            sum(v.tokens for v in votes) / fixed_tokens if fixed_tokens else 0.0))
+    return rows
+
+
+def agreement(runs: Sequence[BankRun]) -> tuple[int, float, float]:
+    """How settled the recorded votes are: (items with samples, mean share of an item's samples
+    that give its most frequent answer, share of items whose samples all give one answer).
+    Early stopping saves samples only on settled items."""
+    shares, unanimous = [], 0
+    for run in runs:
+        if not run.samples:
+            continue
+        answers = [cut_answer(run, s, FULL) for s in run.samples]
+        counts = tally(Ballot(a) for a in answers)
+        top = max(counts.values(), default=0.0)
+        shares.append(top / len(answers))
+        unanimous += top == len(answers)
+    n = len(shares)
+    return n, (sum(shares) / n if n else 0.0), (unanimous / n if n else 0.0)
+
+
+# d. DeepConf ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConfidenceRow:
+    """One family: per ``CONFIDENCE_VOTES`` name its accuracy and its paired comparison with
+    the plain vote (that vote - plain)."""
+
+    family: str
+    n: int
+    cells: dict[str, Cell]
+    against_plain: dict[str, Paired]
+
+
+def confidence_rows(family: str, runs: Sequence[BankRun]) -> ConfidenceRow:
+    """The ``ConfidenceRow`` of the runs with samples."""
+    outcomes = [confidence_outcomes(r) for r in runs if r.samples]
+    plain = [o["vote"] for o in outcomes]
+    return ConfidenceRow(
+        family, len(outcomes),
+        {name: Cell(sum(o[name] for o in outcomes), len(outcomes)) for name in CONFIDENCE_VOTES},
+        {name: paired([o[name] for o in outcomes], plain) for name in CONFIDENCE_VOTES[1:]})
+
+
+CONFIDENCE_MEASURES = ("conf_min", "conf_bottom10", "conf_mean", "lp_mean")
+
+
+def confidence_auc(runs: Sequence[BankRun]) -> tuple[int, int, dict[str, float | None]]:
+    """How well each per-sample confidence measure ranks right answers above wrong ones, over
+    every sample of ``runs`` (uncut): (samples, right samples, ROC AUC per measure; None when
+    all samples are right or all wrong). 0.5 is chance. Samples of one item share its
+    difficulty, so this mixes within- and between-item separation."""
+    labels, scores = [], {m: [] for m in CONFIDENCE_MEASURES}
+    for run in runs:
+        for sample in run.samples:
+            labels.append(int(right(run, cut_answer(run, sample, FULL))))
+            for measure in CONFIDENCE_MEASURES:
+                scores[measure].append(getattr(sample, measure))
+    both = 0 < sum(labels) < len(labels)
+    return len(labels), sum(labels), {
+        m: (float(roc_auc_score(labels, s)) if both else None) for m, s in scores.items()}
+
+
+# rendering ------------------------------------------------------------------------------------
+
+def render_vote_chain(rows: Sequence[VoteChainRow]) -> str:
+    """Markdown: one line per (family, budget)."""
+    head = ("| family | n | budget | " + " | ".join(ARMS)
+            + " | best vote - best chain (points, paired 95%), McNemar p | winner |\n"
+            "| --- | ---: | ---: |" + " --- |" * (len(ARMS) + 2))
+    lines = [head]
+    for r in rows:
+        arms = " | ".join(f"{r.cells[a].render()} ({r.tokens[a]:.0f} t)" for a in ARMS)
+        mark = " (significant)" if r.comparison.significant else ""
+        lines.append(f"| {r.family} | {r.n} | {r.budget} | {arms} | {r.vote_arm} - "
+                     f"{r.chain_arm}: {r.comparison.render()} | {r.winner}{mark} |")
+    return "\n".join(lines)
+
+
+def render_search(rows: Sequence[SearchRow]) -> str:
+    """Markdown: one line per search count."""
+    lines = ["| searches | n | greedy chain | vote of 8 | prompt tokens | greedy completion "
+             "tokens | vote completion tokens | greedy vs 0 searches | vote vs 0 searches |",
+             "| ---: | ---: | --- | --- | ---: | ---: | ---: | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r.searches} | {r.n} | {r.greedy.render()} | {r.vote.render()} | "
+                     f"{r.prompt_tokens:.0f} | {r.greedy_tokens:.0f} | {r.vote_tokens:.0f} | "
+                     f"{r.greedy_vs_none.render()} (n = {r.greedy_vs_none.n}) | "
+                     f"{r.vote_vs_none.render()} (n = {r.vote_vs_none.n}) |")
+    return "\n".join(lines)
+
+
+def render_stopping(rows: Sequence[StoppingRow]) -> str:
+    """Markdown: one line per (family, rule)."""
+    lines = ["| family | n | rule | accuracy | fixed vote | rule - fixed (points, paired 95%), "
+             "McNemar p | samples (fixed) | fewer samples | tokens read | target |",
+             "| --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        lines.append(f"| {r.family} | {r.n} | {r.rule} | {r.accuracy.render()} | "
+                     f"{r.fixed.render()} | {r.comparison.render()} | "
+                     f"{r.samples:.2f} ({r.fixed_samples:.0f}) | "
+                     f"{r.saving:.2f}x | {100 * r.token_share:.0f}% | "
+                     f"{'met' if r.meets_target else 'not met'} |")
+    return "\n".join(lines)
+
+
+def render_agreement(per_family: dict[str, tuple[int, float, float]]) -> str:
+    """Markdown: per family, how settled its votes of 8 are."""
+    lines = ["| family | n | mean share of the leading answer | items with one answer |",
+             "| --- | ---: | ---: | ---: |"]
+    for family, (n, share, unanimous) in per_family.items():
+        lines.append(f"| {family} | {n} | {100 * share:.0f}% | {100 * unanimous:.0f}% |")
+    return "\n".join(lines)
+
+
+def render_confidence(rows: Sequence[ConfidenceRow]) -> str:
+    """Markdown: one line per family; each non-plain vote with its difference to plain."""
+    lines = ["| family | n | " + " | ".join(CONFIDENCE_VOTES) + " |",
+             "| --- | ---: |" + " --- |" * len(CONFIDENCE_VOTES)]
+    for r in rows:
+        cells = [r.cells["vote"].render()] + [
+            f"{r.cells[name].render()}; {r.against_plain[name].render()}"
+            for name in CONFIDENCE_VOTES[1:]]
+        lines.append(f"| {r.family} | {r.n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_auc(per_family: dict[str, tuple[int, int, dict[str, float | None]]]) -> str:
+    """Markdown: ROC AUC of each confidence measure per family."""
+    lines = ["| family | samples | right | " + " | ".join(CONFIDENCE_MEASURES) + " |",
+             "| --- | ---: | ---: |" + " ---: |" * len(CONFIDENCE_MEASURES)]
+    for family, (n, n_right, aucs) in per_family.items():
+        values = " | ".join("-" if aucs[m] is None else f"{aucs[m]:.2f}"
+                            for m in CONFIDENCE_MEASURES)
+        lines.append(f"| {family} | {n} | {n_right} | {values} |")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Findings:
+    """Every table's rows for one bank."""
+
+    bank: Bank
+    budgets: tuple[int, ...]
+    vote_chain: list[VoteChainRow]
+    search: list[SearchRow]
+    stopping: list[StoppingRow]
+    agreement: dict[str, tuple[int, float, float]]
+    confidence: list[ConfidenceRow]
+    auc: dict[str, tuple[int, int, dict[str, float | None]]]
+
+
+def compute(bank: Bank, budgets: Sequence[int] = DEFAULT_BUDGETS) -> Findings:
+    """All four findings for ``bank`` at ``budgets`` (tokens)."""
+    groups = families(bank)
+    return Findings(
+        bank, tuple(budgets),
+        [vote_vs_chain(f, runs, b) for f, runs in groups.items() for b in budgets],
+        search_axis(bank),
+        [row for f, runs in groups.items() for row in stopping_rows(f, runs)],
+        {f: agreement(runs) for f, runs in groups.items()},
+        [confidence_rows(f, runs) for f, runs in groups.items()],
+        {f: confidence_auc(runs) for f, runs in groups.items()})
+
+
+def render(findings: Findings) -> str:
+    """The whole report as markdown."""
+    bank = findings.bank
+    per_suite = ", ".join(f"{s} {n}" for s, n in bank.suites().items())
+    by_family: dict[str, list[VoteChainRow]] = {}
+    for row in findings.vote_chain:
+        by_family.setdefault(row.family, []).append(row)
+    flip_lines = "\n".join(f"- {f}: {'; '.join(flips(rows)) or 'no flip'}"
+                           for f, rows in by_family.items())
+    return "\n\n".join([
+        f"Outcome bank `{bank.path}`: {len(bank)} runs, items per suite: {per_suite}; model "
+        f"`{bank.meta.get('model_file')}`; read {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. "
+        "Accuracy in % with Wilson 95% intervals; (N t) = mean completion tokens spent.",
+        "### a. Votes against one chain at equal tokens", render_vote_chain(findings.vote_chain),
+        "Where the winner flips (ties skipped):\n\n" + flip_lines,
+        "### b. The search axis on HotpotQA", render_search(findings.search),
+        "### c. Early stopping against a fixed vote", render_stopping(findings.stopping),
+        "How settled the recorded votes are:", render_agreement(findings.agreement),
+        "### d. DeepConf: confidence-weighted and confidence-filtered votes",
+        render_confidence(findings.confidence),
+        "Per-sample confidence as a predictor of a right answer (ROC AUC, 0.5 = chance):",
+        render_auc(findings.auc)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bank", type=Path, default=None, help="default: the shipped bank")
+    parser.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)),
+                        help="token budgets for votes against one chain")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the PNG plots and bank_findings.md (none without it)")
+    args = parser.parse_args(argv)
+    findings = compute(Bank.load(args.bank), [int(b) for b in args.budgets.split(",")])
+    report = render(findings)
+    print(report)
+    if args.out is not None:
+        from bench.bank_plots import write_plots  # matplotlib only when plotting
+
+        paths = write_plots(findings, args.out)
+        markdown = args.out / "bank_findings.md"
+        command = " ".join(["python -m bench.bank_findings",
+                            *(sys.argv[1:] if argv is None else argv)])
+        markdown.write_text(f"# Outcome bank findings (generated)\n\n`{command}`\n\n{report}\n")
+        for path in [*paths, markdown]:
+            print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

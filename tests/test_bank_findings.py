@@ -1,0 +1,179 @@
+"""The findings read off an outcome bank (bench/bank_findings.py, bench/bank_stopping.py), on
+the hand-written fixture bank in tests/bank_fixture: early-stopping rules, votes against one
+chain, the HotpotQA search axis, DeepConf votes, and the generator's files."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from bench.bank_figures import Cell, confidence_outcomes
+from bench.bank_findings import (
+    ALL,
+    Paired,
+    agreement,
+    confidence_auc,
+    families,
+    flips,
+    main,
+    paired,
+    search_axis,
+    stopping_rows,
+    vote_vs_chain,
+)
+from bench.bank_stopping import StopRule, stopped_vote
+from router_models.bank import Bank, BankRun
+
+FIXTURE = Path(__file__).parent / "bank_fixture"
+ONE_AT_A_TIME = StopRule("AC", "beta", first_wave=1, wave=1, threshold=0.95)
+
+
+@pytest.fixture(scope="module")
+def bank() -> Bank:
+    return Bank.load(FIXTURE)
+
+
+def _run(bank: Bank, key: str) -> BankRun:
+    return next(r for r in bank.runs if r.key == key)
+
+
+def test_beta_rule_stops_once_the_leader_is_settled() -> None:
+    # Beta(4, 1) gives P(share > 0.5) = 0.9375 < 0.95 after three agreeing samples; Beta(5, 1)
+    # gives 0.969 after four.
+    assert ONE_AT_A_TIME.used(["a"] * 8) == 4
+    assert dataclasses.replace(ONE_AT_A_TIME, first_wave=3, threshold=0.9).used(["a"] * 8) == 3
+    # Alternating answers never settle: all eight are read.
+    assert ONE_AT_A_TIME.used(["a", "b"] * 4) == 8
+    # Answerless samples give no vote, so they never settle the vote either.
+    assert ONE_AT_A_TIME.used([None] * 8) == 8
+
+
+def test_esc_stops_after_the_first_window_that_agrees() -> None:
+    esc2 = StopRule("ESC", "esc", window=2)
+    assert esc2.used(["a", "b", "c", "c", "d", "d", "e", "e"]) == 4
+    assert esc2.used([None, None, "a", "a"]) == 4  # two missing answers do not agree
+    assert StopRule("ESC", "esc", window=4).used(["a", "a", "a", "b", "a", "a", "a", "a"]) == 8
+
+
+def test_a_stopping_rule_rejects_an_empty_vote_and_an_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="at least one sample"):
+        ONE_AT_A_TIME.used([])
+    with pytest.raises(ValueError, match="unknown stopping rule"):
+        StopRule("x", "nope").used(["a"])
+    with pytest.raises(ValueError, match="window"):
+        StopRule("ESC", "esc", window=0).used(["a"])
+
+
+def test_stopped_vote_reads_recorded_samples_in_order(bank: Bank) -> None:
+    run = _run(bank, "hotpotqa/hotpot-fixture/3")  # lyon, lyon, lyon, paris; gold Lyon
+    # After three "lyon" the one sample left cannot change the leader.
+    vote = stopped_vote(run, ONE_AT_A_TIME)
+    assert (vote.correct, vote.samples, vote.tokens) == (True, 3, 21)
+    assert (vote.fixed_correct, vote.fixed_samples, vote.fixed_tokens) == (True, 4, 25)
+    esc = stopped_vote(run, StopRule("ESC", "esc", window=2))
+    assert (esc.correct, esc.samples, esc.tokens) == (True, 2, 14)
+
+
+def test_stopping_rows_pool_and_check_the_target(bank: Bank) -> None:
+    runs = families(bank)[ALL]  # chain 16/18/16/16, mmlu B/C/B/A, hotpot paris x3/lyon
+    row = stopping_rows(ALL, runs, [StopRule("ESC", "esc", window=2)])[0]
+    # ESC(2): the chain and MMLU read all 4, the HotpotQA item stops after "paris, paris".
+    assert (row.n, row.samples, row.fixed_samples) == (3, pytest.approx(10 / 3), 4)
+    assert row.accuracy == row.fixed == Cell(2, 3)
+    assert not row.meets_target  # 1.2x fewer samples, not 2x
+    assert row.comparison.difference == 0
+
+
+def test_vote_against_chain_pairs_the_best_of_each_side(bank: Bank) -> None:
+    runs = [r for r in families(bank)[ALL] if r.suite != "hotpotqa"]
+    row = vote_vs_chain("two", runs, 64)
+    # Both chains are right on both items; every vote of 16/32 tokens per sample too.
+    assert row.cells["greedy"] == Cell(2, 2) and row.cells["vote 4"] == Cell(2, 2)
+    assert row.chain_arm in ("chain", "greedy") and row.vote_arm.startswith("vote ")
+    assert row.winner == "tie" and row.comparison.n == 2
+    # At 8 tokens a vote of 4 cuts each sample at 2 tokens and answers nothing.
+    small = vote_vs_chain("two", runs, 8)
+    assert small.cells["vote 4"] == Cell(0, 2)
+    assert small.tokens["vote 4"] == 8.0  # 4 samples x 2 tokens spent on each item
+
+
+def test_flips_skip_ties_and_name_the_budget() -> None:
+    def row(budget: int, winner: str):  # noqa: ANN202
+        return dataclasses.make_dataclass("R", ["budget", "winner"])(budget, winner)
+
+    rows = [row(128, "chain"), row(256, "tie"), row(512, "vote"), row(1024, "vote"),
+            row(4096, "chain")]
+    assert flips(rows) == ["chain -> vote at 512", "vote -> chain at 4096"]
+    assert flips([row(128, "tie")]) == []
+
+
+def test_search_axis_pairs_each_count_with_no_search(bank: Bank) -> None:
+    rows = {r.searches: r for r in search_axis(bank)}
+    assert sorted(rows) == [0, 1, 3]
+    # Greedy: paris, paris, lyon; votes: paris (3 of 4), lyon (2 of 4), lyon (3 of 4).
+    assert [rows[s].greedy for s in (0, 1, 3)] == [Cell(0, 1), Cell(0, 1), Cell(1, 1)]
+    assert [rows[s].vote for s in (0, 1, 3)] == [Cell(0, 1), Cell(1, 1), Cell(1, 1)]
+    assert [rows[s].prompt_tokens for s in (0, 1, 3)] == [38, 90, 170]
+    assert rows[3].greedy_vs_none.difference == 1.0 and rows[3].greedy_vs_none.n == 1
+    assert rows[1].vote_vs_none.difference == 1.0
+
+
+def test_deepconf_votes_follow_the_confidences(bank: Bank) -> None:
+    run = _run(bank, "mmlu/astronomy-fixture/0")  # B, C, B, A; gold B
+    confident_c = dataclasses.replace(run, samples=tuple(
+        dataclasses.replace(s, conf_min=c) for s, c in zip(run.samples, (1.0, 5.0, 1.0, 1.0),
+                                                           strict=True)))
+    got = confidence_outcomes(confident_c)
+    assert got["vote"] is True
+    assert got["confidence-weighted"] is False          # C 5.0 against B 2.0
+    assert got["DeepConf-low (top 10%, weighted)"] is False  # the single most confident: C
+    assert got["DeepConf-high (top 90%, weighted)"] is False  # C, B, B: 5.0 against 2.0
+
+
+def test_confidence_auc_is_chance_without_signal_and_one_with_it(bank: Bank) -> None:
+    runs = [r for r in bank.runs if r.searches == 0]
+    n, n_right, aucs = confidence_auc(runs)
+    assert (n, n_right) == (12, 6)
+    assert aucs["conf_min"] == pytest.approx(0.5)  # the fixture's confidences are all 1.5
+    graded = [dataclasses.replace(r, samples=tuple(
+        dataclasses.replace(s, conf_min=2.0 if a else 1.0)
+        for s, a in zip(r.samples, _rights(r), strict=True))) for r in runs]
+    assert confidence_auc(graded)[2]["conf_min"] == pytest.approx(1.0)
+
+
+def _rights(run: BankRun) -> list[bool]:
+    from bench.bank_figures import cut_answer, right
+
+    return [right(run, cut_answer(run, s, 10 ** 6)) for s in run.samples]
+
+
+def test_agreement_counts_settled_votes(bank: Bank) -> None:
+    runs = [r for r in bank.runs if r.searches == 0]  # 3 of 4, 2 of 4, 3 of 4
+    n, share, unanimous = agreement(runs)
+    assert (n, unanimous) == (3, 0.0)
+    assert share == pytest.approx((0.75 + 0.5 + 0.75) / 3)
+
+
+def test_paired_needs_equal_lengths_and_renders_nothing_for_no_items() -> None:
+    with pytest.raises(ValueError, match="same length"):
+        paired([True], [])
+    assert paired([], []).render() == "-"
+    assert not Paired(0).significant
+    both = paired([True] * 12, [False] * 12)
+    assert both.difference == 1.0 and both.p_value < 0.05 and both.significant
+
+
+def test_generator_writes_the_report_and_plots(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--bank", str(FIXTURE), "--budgets", "8,64", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    for heading in ("### a.", "### b.", "### c.", "### d."):
+        assert heading in printed
+    assert "| all | 3 | 64 |" in printed
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {"bank_vote_vs_chain.png", "bank_search_axis.png",
+                     "bank_early_stopping.png", "bank_deepconf.png", "bank_findings.md"}
+    assert all((tmp_path / n).stat().st_size > 1000 for n in names)
+    assert "--budgets 8,64" in (tmp_path / "bank_findings.md").read_text()

@@ -173,10 +173,15 @@ def test_coverage_is_the_share_of_the_questions_content_words_in_the_hits():
 
     hits = [Hit("1", "Velmar Industries", "Velmar Industries opened its Ostrava plant in 1998.",
                 1.0)]
-    # Five of six content words (not "year"): "open" matches "opened".
+    # Its names (Velmar, Industries, Ostrava) are all in the hits.
     assert coverage("In what year did Velmar Industries open its Ostrava plant?",
+                    hits) == 1.0
+    # No names (lower case): five of six content words (not "year"); "open" matches "opened".
+    assert coverage("in what year did velmar industries open its ostrava plant?",
                     hits) == pytest.approx(5 / 6)
     assert coverage("Start with 7, add 5, then multiply by 3. What is the result?", hits) == 0.0
     assert coverage("Which planet is largest? (A) Mars (B) Jupiter", hits) == 0.0
-    assert coverage("Where is Velmar based?", hits) == 0.0  # one shared word is chance
+    assert coverage("Where is the plant based?", hits) == 0.0  # one common word is chance
+    # one name the hits hold is what they are about, however the question is phrased
+    assert coverage("Where is Velmar based?", hits) == 1.0
     assert coverage("Velmar plant workers: how many?", []) == 0.0

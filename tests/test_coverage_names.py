@@ -1,0 +1,38 @@
+"""A question that names what a document is about is covered, however it is phrased
+(``service.coverage.names``); a question that names nothing the collection holds is not."""
+
+from __future__ import annotations
+
+from service.coverage import coverage, names
+from service.search.base import Hit
+
+KAEXTARR = Hit("fact-0", "Kaextarr", (
+    "Kaextarr is a brewery in the Broskthil valley. It was founded in 1484 by Broth "
+    "Thousknaer. Today Kaextarr is best known for its terr ink, which traders carry down the "
+    "valley every autumn."), 3.1)
+
+
+def test_paraphrased_questions_about_a_named_entity_are_covered():
+    # The word share misses these: their frames ("established", "famous for making") are
+    # not the document's words, and only one word, the name, is shared.
+    for question in ("According to the records, who established Kaextarr?",
+                     "Kaextarr is famous for making what?",
+                     "In which year was Kaextarr established?"):
+        assert names(question, [KAEXTARR]) == ["kaextarr"]
+        assert coverage(question, [KAEXTARR]) == 1.0
+
+
+def test_words_that_start_a_sentence_are_names_only_when_the_hits_spell_them_so():
+    assert names("Which valley is the brewery in? Begin with the name.", [KAEXTARR]) == []
+    # "Today" starts a sentence in the question and in the hit: not a name
+    assert names("Today, what does it make?", [KAEXTARR]) == []
+
+
+def test_names_the_collection_does_not_hold_leave_the_question_uncovered():
+    question = "Which of these rivers is the longest? (A) Nile (B) Danube (C) Rhine"
+    assert names(question, [KAEXTARR]) == ["nile", "danube", "rhine"]
+    assert coverage(question, [KAEXTARR]) == 0.0
+    assert coverage("Who founded the Vantor shipyard?", [KAEXTARR]) == 0.0
+    # one of four options named in the collection is not its subject
+    assert coverage("Which is oldest? (A) Kaextarr (B) Quenmoor (C) Vantor (D) Lind",
+                    [KAEXTARR]) == 0.25

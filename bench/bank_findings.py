@@ -25,7 +25,7 @@ d. **DeepConf** (Fu et al. 2025): confidence-weighted and confidence-filtered vo
 Accuracies are percent with Wilson 95% intervals; n is the number of items. A bank still being
 recorded is read up to its last complete line.
 
-Usage: ``python -m bench.bank_findings [--bank PATH] [--budgets 128,256,512,1024,4096]
+Usage: ``python -m bench.bank_findings [--bank PATH] [--budgets 128,256,512,1024,2048,4096]
 [--out docs/findings]``.
 """
 
@@ -57,7 +57,7 @@ from router_models.voting import Ballot, tally
 from service.evaluation.analysis import paired_difference
 
 ALL = "all"
-DEFAULT_BUDGETS = (128, 256, 512, 1024, 4096)
+DEFAULT_BUDGETS = (128, 256, 512, 1024, 2048, 4096)
 SEARCH_COUNTS = (0, 1, 3)
 VOTE_ARMS = tuple(a for a in ARMS if a.startswith("vote "))
 CHAIN_ARMS = tuple(a for a in ARMS if not a.startswith("vote "))
@@ -151,6 +151,16 @@ def vote_vs_chain(family: str, runs: Sequence[BankRun], budget: int) -> VoteChai
     winner = "tie" if not diff else ("vote" if diff > 0 else "chain")
     return VoteChainRow(family, budget, len(runs), cells, tokens, vote_arm, chain_arm,
                         comparison, winner)
+
+
+def cut_by_recording(runs: Sequence[BankRun]) -> tuple[float, float]:
+    """Shares (0..1) of greedy chains and of samples that the recording's ``max_tokens`` cut
+    (``finish_reason: length``): beyond that length (512 tokens in the shipped bank) a chain
+    cannot think longer in replay, so budgets above it compare against the cut chain."""
+    greedy = [r.greedy.finish_reason == "length" for r in runs]
+    samples = [s.finish_reason == "length" for r in runs for s in r.samples]
+    return (sum(greedy) / len(greedy) if greedy else 0.0,
+            sum(samples) / len(samples) if samples else 0.0)
 
 
 def flips(rows: Sequence[VoteChainRow]) -> list[str]:
@@ -406,6 +416,7 @@ class Findings:
     bank: Bank
     budgets: tuple[int, ...]
     vote_chain: list[VoteChainRow]
+    cut: dict[str, tuple[float, float]]
     search: list[SearchRow]
     stopping: list[StoppingRow]
     agreement: dict[str, tuple[int, float, float]]
@@ -419,6 +430,7 @@ def compute(bank: Bank, budgets: Sequence[int] = DEFAULT_BUDGETS) -> Findings:
     return Findings(
         bank, tuple(budgets),
         [vote_vs_chain(f, runs, b) for f, runs in groups.items() for b in budgets],
+        {f: cut_by_recording(runs) for f, runs in groups.items()},
         search_axis(bank),
         [row for f, runs in groups.items() for row in stopping_rows(f, runs)],
         {f: agreement(runs) for f, runs in groups.items()},
@@ -435,12 +447,17 @@ def render(findings: Findings) -> str:
         by_family.setdefault(row.family, []).append(row)
     flip_lines = "\n".join(f"- {f}: {'; '.join(flips(rows)) or 'no flip'}"
                            for f, rows in by_family.items())
+    cut_lines = "\n".join(
+        ["| family | greedy chains cut | samples cut |", "| --- | ---: | ---: |"]
+        + [f"| {f} | {100 * g:.0f}% | {100 * c:.0f}% |" for f, (g, c) in findings.cut.items()])
     return "\n\n".join([
         f"Outcome bank `{bank.path}`: {len(bank)} runs, items per suite: {per_suite}; model "
         f"`{bank.meta.get('model_file')}`; read {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. "
         "Accuracy in % with Wilson 95% intervals; (N t) = mean completion tokens spent.",
         "### a. Votes against one chain at equal tokens", render_vote_chain(findings.vote_chain),
         "Where the winner flips (ties skipped):\n\n" + flip_lines,
+        "Chains the recording's max_tokens cut (a chain cannot run past it in replay):",
+        cut_lines,
         "### b. The search axis on HotpotQA", render_search(findings.search),
         "### c. Early stopping against a fixed vote", render_stopping(findings.stopping),
         "How settled the recorded votes are:", render_agreement(findings.agreement),

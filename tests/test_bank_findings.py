@@ -15,6 +15,7 @@ from bench.bank_findings import (
     Paired,
     agreement,
     confidence_auc,
+    cut_by_recording,
     families,
     flips,
     main,
@@ -107,6 +108,18 @@ def test_flips_skip_ties_and_name_the_budget() -> None:
             row(4096, "chain")]
     assert flips(rows) == ["chain -> vote at 512", "vote -> chain at 4096"]
     assert flips([row(128, "tie")]) == []
+
+
+def test_cut_by_recording_counts_length_stops(bank: Bank) -> None:
+    runs = [r for r in bank.runs if r.searches == 0]
+    # The fixture's chain item has one sample cut at the recording's max_tokens.
+    assert cut_by_recording(runs) == (0.0, pytest.approx(1 / 12))
+    mmlu = _run(bank, "mmlu/astronomy-fixture/0")
+    cut = dataclasses.replace(mmlu, greedy=dataclasses.replace(
+        mmlu.greedy, finish_reason="length"), samples=(dataclasses.replace(
+            mmlu.samples[0], finish_reason="length"), *mmlu.samples[1:]))
+    others = [r for r in runs if r is not mmlu]
+    assert cut_by_recording([cut, *others]) == (pytest.approx(1 / 3), pytest.approx(2 / 12))
 
 
 def test_search_axis_pairs_each_count_with_no_search(bank: Bank) -> None:

@@ -350,6 +350,20 @@ def render_vote_chain(rows: Sequence[VoteChainRow]) -> str:
     return "\n".join(lines)
 
 
+def render_vote_chain_summary(rows: Sequence[VoteChainRow]) -> str:
+    """Markdown: per (family, budget) only the best chain and the best vote, and their paired
+    comparison."""
+    lines = ["| family | n | budget | best chain | best vote | vote - chain (points, paired "
+             "95%), McNemar p | winner |", "| --- | ---: | ---: | --- | --- | --- | --- |"]
+    for r in rows:
+        mark = " (significant)" if r.comparison.significant else ""
+        chain = f"{r.chain_arm} {r.cells[r.chain_arm].render()} ({r.tokens[r.chain_arm]:.0f} t)"
+        voted = f"{r.vote_arm} {r.cells[r.vote_arm].render()} ({r.tokens[r.vote_arm]:.0f} t)"
+        lines.append(f"| {r.family} | {r.n} | {r.budget} | {chain} | {voted} | "
+                     f"{r.comparison.render()} | {r.winner}{mark} |")
+    return "\n".join(lines)
+
+
 def render_search(rows: Sequence[SearchRow]) -> str:
     """Markdown: one line per search count."""
     lines = ["| searches | n | greedy chain | vote of 8 | prompt tokens | greedy completion "
@@ -454,8 +468,10 @@ def render(findings: Findings) -> str:
         f"Outcome bank `{bank.path}`: {len(bank)} runs, items per suite: {per_suite}; model "
         f"`{bank.meta.get('model_file')}`; read {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. "
         "Accuracy in % with Wilson 95% intervals; (N t) = mean completion tokens spent.",
-        "### a. Votes against one chain at equal tokens", render_vote_chain(findings.vote_chain),
+        "### a. Votes against one chain at equal tokens",
+        render_vote_chain_summary(findings.vote_chain),
         "Where the winner flips (ties skipped):\n\n" + flip_lines,
+        "Every arm at every budget:", render_vote_chain(findings.vote_chain),
         "Chains the recording's max_tokens cut (a chain cannot run past it in replay):",
         cut_lines,
         "### b. The search axis on HotpotQA", render_search(findings.search),

@@ -116,7 +116,7 @@ def families(bank: Bank) -> dict[str, list[BankRun]]:
 class VoteChainRow:
     """One (family, budget): per arm its accuracy and mean completion tokens spent; the best
     vote arm and best chain arm; their paired comparison (vote - chain); the winning side
-    (``vote``, ``chain`` or ``tie``)."""
+    (``vote``, ``chain``, ``tie``, or ``-`` when no item has both)."""
 
     family: str
     budget: int
@@ -130,9 +130,11 @@ class VoteChainRow:
 
 
 def _best(arms: Sequence[str], cells: dict[str, Cell], tokens: dict[str, float]) -> str:
-    # Higher accuracy first, then fewer tokens spent, then the order of ARMS.
-    return min(arms, key=lambda a: (-(cells[a].correct / max(1, cells[a].n)), tokens[a],
-                                    arms.index(a)))
+    # Arms with items only (a bank of 4 samples has no vote of 8); higher accuracy first,
+    # then fewer tokens spent, then the order of ARMS.
+    usable = [a for a in arms if cells[a].n] or list(arms)
+    return min(usable, key=lambda a: (-(cells[a].correct / max(1, cells[a].n)), tokens[a],
+                                      arms.index(a)))
 
 
 def vote_vs_chain(family: str, runs: Sequence[BankRun], budget: int) -> VoteChainRow:
@@ -148,7 +150,8 @@ def vote_vs_chain(family: str, runs: Sequence[BankRun], budget: int) -> VoteChai
              if v is not None and c is not None]
     comparison = paired([v for v, _ in pairs], [c for _, c in pairs])
     diff = comparison.difference
-    winner = "tie" if not diff else ("vote" if diff > 0 else "chain")
+    sides = {True: "vote", False: "chain"}
+    winner = "-" if diff is None else ("tie" if diff == 0 else sides[diff > 0])
     return VoteChainRow(family, budget, len(runs), cells, tokens, vote_arm, chain_arm,
                         comparison, winner)
 
@@ -168,7 +171,7 @@ def flips(rows: Sequence[VoteChainRow]) -> list[str]:
     e.g. ``chain -> vote at 4096``."""
     out, last = [], None
     for row in sorted(rows, key=lambda r: r.budget):
-        if row.winner == "tie":
+        if row.winner in ("tie", "-"):
             continue
         if last is not None and row.winner != last:
             out.append(f"{last} -> {row.winner} at {row.budget}")
@@ -364,6 +367,30 @@ def render_vote_chain_summary(rows: Sequence[VoteChainRow]) -> str:
     return "\n".join(lines)
 
 
+def render_winner_grid(rows: Sequence[VoteChainRow]) -> str:
+    """Markdown: one line per family, one column per budget: the winning side and the best
+    vote's margin over the best chain in points (``*`` when significant)."""
+    budgets = sorted({r.budget for r in rows})
+    by_family: dict[str, dict[int, VoteChainRow]] = {}
+    for r in rows:
+        by_family.setdefault(r.family, {})[r.budget] = r
+    lines = ["| family | n | " + " | ".join(str(b) for b in budgets) + " |",
+             "| --- | ---: |" + " --- |" * len(budgets)]
+    for family, cells in by_family.items():
+        parts = []
+        for budget in budgets:
+            row = cells.get(budget)
+            if row is None or row.comparison.difference is None:
+                parts.append("-")
+                continue
+            star = "*" if row.comparison.significant else ""
+            parts.append("tie" if row.winner == "tie" else
+                         f"{row.winner} {100 * row.comparison.difference:+.0f}{star}")
+        n = next(iter(cells.values())).n
+        lines.append(f"| {family} | {n} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
 def render_search(rows: Sequence[SearchRow]) -> str:
     """Markdown: one line per search count."""
     lines = ["| searches | n | greedy chain | vote of 8 | prompt tokens | greedy completion "
@@ -469,6 +496,9 @@ def render(findings: Findings) -> str:
         f"`{bank.meta.get('model_file')}`; read {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. "
         "Accuracy in % with Wilson 95% intervals; (N t) = mean completion tokens spent.",
         "### a. Votes against one chain at equal tokens",
+        "The winning side per budget (tokens) and the best vote's margin over the best chain "
+        "in points (* significant: paired bootstrap interval excludes 0 and McNemar p < 0.05):",
+        render_winner_grid(findings.vote_chain),
         render_vote_chain_summary(findings.vote_chain),
         "Where the winner flips (ties skipped):\n\n" + flip_lines,
         "Every arm at every budget:", render_vote_chain(findings.vote_chain),

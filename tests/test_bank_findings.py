@@ -97,6 +97,9 @@ def test_vote_against_chain_pairs_the_best_of_each_side(bank: Bank) -> None:
     # At 8 tokens a vote of 4 cuts each sample at 2 tokens and answers nothing.
     small = vote_vs_chain("two", runs, 8)
     assert small.cells["vote 4"] == Cell(0, 2)
+    # The fixture holds 4 samples per item: a vote of 8 has no items and is never "best".
+    assert small.cells["vote 8"] == Cell(0, 0) and small.vote_arm != "vote 8"
+    assert small.winner == "chain" and small.comparison.difference == pytest.approx(-0.5)
     assert small.tokens["vote 4"] == 8.0  # 4 samples x 2 tokens spent on each item
 
 
@@ -185,6 +188,9 @@ def test_generator_writes_the_report_and_plots(tmp_path: Path,
     for heading in ("### a.", "### b.", "### c.", "### d."):
         assert heading in printed
     assert "| all | 3 | 64 |" in printed
+    # The winner grid: at 8 tokens the sampled chain still answers the MMLU item ("B" in 7
+    # tokens), a vote of 2 samples of 4 tokens answers nothing.
+    assert "| all | 3 | chain -33 | tie |" in printed
     names = {p.name for p in tmp_path.iterdir()}
     assert names == {"bank_vote_vs_chain.png", "bank_search_axis.png",
                      "bank_early_stopping.png", "bank_deepconf.png", "bank_findings.md"}

@@ -25,7 +25,7 @@ d. **DeepConf** (Fu et al. 2025): confidence-weighted and confidence-filtered vo
 Accuracies are percent with Wilson 95% intervals; n is the number of items. A bank still being
 recorded is read up to its last complete line.
 
-Usage: ``python -m bench.bank_findings [--bank PATH] [--budgets 128,256,512,1024,4096]
+Usage: ``python -m bench.bank_findings [--bank PATH] [--budgets 128,256,512,1024,2048,4096]
 [--out docs/findings]``.
 """
 
@@ -57,7 +57,7 @@ from router_models.voting import Ballot, tally
 from service.evaluation.analysis import paired_difference
 
 ALL = "all"
-DEFAULT_BUDGETS = (128, 256, 512, 1024, 4096)
+DEFAULT_BUDGETS = (128, 256, 512, 1024, 2048, 4096)
 SEARCH_COUNTS = (0, 1, 3)
 VOTE_ARMS = tuple(a for a in ARMS if a.startswith("vote "))
 CHAIN_ARMS = tuple(a for a in ARMS if not a.startswith("vote "))
@@ -116,7 +116,7 @@ def families(bank: Bank) -> dict[str, list[BankRun]]:
 class VoteChainRow:
     """One (family, budget): per arm its accuracy and mean completion tokens spent; the best
     vote arm and best chain arm; their paired comparison (vote - chain); the winning side
-    (``vote``, ``chain`` or ``tie``)."""
+    (``vote``, ``chain``, ``tie``, or ``-`` when no item has both)."""
 
     family: str
     budget: int
@@ -130,9 +130,11 @@ class VoteChainRow:
 
 
 def _best(arms: Sequence[str], cells: dict[str, Cell], tokens: dict[str, float]) -> str:
-    # Higher accuracy first, then fewer tokens spent, then the order of ARMS.
-    return min(arms, key=lambda a: (-(cells[a].correct / max(1, cells[a].n)), tokens[a],
-                                    arms.index(a)))
+    # Arms with items only (a bank of 4 samples has no vote of 8); higher accuracy first,
+    # then fewer tokens spent, then the order of ARMS.
+    usable = [a for a in arms if cells[a].n] or list(arms)
+    return min(usable, key=lambda a: (-(cells[a].correct / max(1, cells[a].n)), tokens[a],
+                                      arms.index(a)))
 
 
 def vote_vs_chain(family: str, runs: Sequence[BankRun], budget: int) -> VoteChainRow:
@@ -148,9 +150,20 @@ def vote_vs_chain(family: str, runs: Sequence[BankRun], budget: int) -> VoteChai
              if v is not None and c is not None]
     comparison = paired([v for v, _ in pairs], [c for _, c in pairs])
     diff = comparison.difference
-    winner = "tie" if not diff else ("vote" if diff > 0 else "chain")
+    sides = {True: "vote", False: "chain"}
+    winner = "-" if diff is None else ("tie" if diff == 0 else sides[diff > 0])
     return VoteChainRow(family, budget, len(runs), cells, tokens, vote_arm, chain_arm,
                         comparison, winner)
+
+
+def cut_by_recording(runs: Sequence[BankRun]) -> tuple[float, float]:
+    """Shares (0..1) of greedy chains and of samples that the recording's ``max_tokens`` cut
+    (``finish_reason: length``): beyond that length (512 tokens in the shipped bank) a chain
+    cannot think longer in replay, so budgets above it compare against the cut chain."""
+    greedy = [r.greedy.finish_reason == "length" for r in runs]
+    samples = [s.finish_reason == "length" for r in runs for s in r.samples]
+    return (sum(greedy) / len(greedy) if greedy else 0.0,
+            sum(samples) / len(samples) if samples else 0.0)
 
 
 def flips(rows: Sequence[VoteChainRow]) -> list[str]:
@@ -158,7 +171,7 @@ def flips(rows: Sequence[VoteChainRow]) -> list[str]:
     e.g. ``chain -> vote at 4096``."""
     out, last = [], None
     for row in sorted(rows, key=lambda r: r.budget):
-        if row.winner == "tie":
+        if row.winner in ("tie", "-"):
             continue
         if last is not None and row.winner != last:
             out.append(f"{last} -> {row.winner} at {row.budget}")
@@ -340,6 +353,44 @@ def render_vote_chain(rows: Sequence[VoteChainRow]) -> str:
     return "\n".join(lines)
 
 
+def render_vote_chain_summary(rows: Sequence[VoteChainRow]) -> str:
+    """Markdown: per (family, budget) only the best chain and the best vote, and their paired
+    comparison."""
+    lines = ["| family | n | budget | best chain | best vote | vote - chain (points, paired "
+             "95%), McNemar p | winner |", "| --- | ---: | ---: | --- | --- | --- | --- |"]
+    for r in rows:
+        mark = " (significant)" if r.comparison.significant else ""
+        chain = f"{r.chain_arm} {r.cells[r.chain_arm].render()} ({r.tokens[r.chain_arm]:.0f} t)"
+        voted = f"{r.vote_arm} {r.cells[r.vote_arm].render()} ({r.tokens[r.vote_arm]:.0f} t)"
+        lines.append(f"| {r.family} | {r.n} | {r.budget} | {chain} | {voted} | "
+                     f"{r.comparison.render()} | {r.winner}{mark} |")
+    return "\n".join(lines)
+
+
+def render_winner_grid(rows: Sequence[VoteChainRow]) -> str:
+    """Markdown: one line per family, one column per budget: the winning side and the best
+    vote's margin over the best chain in points (``*`` when significant)."""
+    budgets = sorted({r.budget for r in rows})
+    by_family: dict[str, dict[int, VoteChainRow]] = {}
+    for r in rows:
+        by_family.setdefault(r.family, {})[r.budget] = r
+    lines = ["| family | n | " + " | ".join(str(b) for b in budgets) + " |",
+             "| --- | ---: |" + " --- |" * len(budgets)]
+    for family, cells in by_family.items():
+        parts = []
+        for budget in budgets:
+            row = cells.get(budget)
+            if row is None or row.comparison.difference is None:
+                parts.append("-")
+                continue
+            star = "*" if row.comparison.significant else ""
+            parts.append("tie" if row.winner == "tie" else
+                         f"{row.winner} {100 * row.comparison.difference:+.0f}{star}")
+        n = next(iter(cells.values())).n
+        lines.append(f"| {family} | {n} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
 def render_search(rows: Sequence[SearchRow]) -> str:
     """Markdown: one line per search count."""
     lines = ["| searches | n | greedy chain | vote of 8 | prompt tokens | greedy completion "
@@ -406,6 +457,7 @@ class Findings:
     bank: Bank
     budgets: tuple[int, ...]
     vote_chain: list[VoteChainRow]
+    cut: dict[str, tuple[float, float]]
     search: list[SearchRow]
     stopping: list[StoppingRow]
     agreement: dict[str, tuple[int, float, float]]
@@ -419,6 +471,7 @@ def compute(bank: Bank, budgets: Sequence[int] = DEFAULT_BUDGETS) -> Findings:
     return Findings(
         bank, tuple(budgets),
         [vote_vs_chain(f, runs, b) for f, runs in groups.items() for b in budgets],
+        {f: cut_by_recording(runs) for f, runs in groups.items()},
         search_axis(bank),
         [row for f, runs in groups.items() for row in stopping_rows(f, runs)],
         {f: agreement(runs) for f, runs in groups.items()},
@@ -435,12 +488,22 @@ def render(findings: Findings) -> str:
         by_family.setdefault(row.family, []).append(row)
     flip_lines = "\n".join(f"- {f}: {'; '.join(flips(rows)) or 'no flip'}"
                            for f, rows in by_family.items())
+    cut_lines = "\n".join(
+        ["| family | greedy chains cut | samples cut |", "| --- | ---: | ---: |"]
+        + [f"| {f} | {100 * g:.0f}% | {100 * c:.0f}% |" for f, (g, c) in findings.cut.items()])
     return "\n\n".join([
         f"Outcome bank `{bank.path}`: {len(bank)} runs, items per suite: {per_suite}; model "
         f"`{bank.meta.get('model_file')}`; read {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. "
         "Accuracy in % with Wilson 95% intervals; (N t) = mean completion tokens spent.",
-        "### a. Votes against one chain at equal tokens", render_vote_chain(findings.vote_chain),
+        "### a. Votes against one chain at equal tokens",
+        "The winning side per budget (tokens) and the best vote's margin over the best chain "
+        "in points (* significant: paired bootstrap interval excludes 0 and McNemar p < 0.05):",
+        render_winner_grid(findings.vote_chain),
+        render_vote_chain_summary(findings.vote_chain),
         "Where the winner flips (ties skipped):\n\n" + flip_lines,
+        "Every arm at every budget:", render_vote_chain(findings.vote_chain),
+        "Chains the recording's max_tokens cut (a chain cannot run past it in replay):",
+        cut_lines,
         "### b. The search axis on HotpotQA", render_search(findings.search),
         "### c. Early stopping against a fixed vote", render_stopping(findings.stopping),
         "How settled the recorded votes are:", render_agreement(findings.agreement),

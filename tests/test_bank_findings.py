@@ -15,6 +15,7 @@ from bench.bank_findings import (
     Paired,
     agreement,
     confidence_auc,
+    cut_by_recording,
     families,
     flips,
     main,
@@ -96,6 +97,9 @@ def test_vote_against_chain_pairs_the_best_of_each_side(bank: Bank) -> None:
     # At 8 tokens a vote of 4 cuts each sample at 2 tokens and answers nothing.
     small = vote_vs_chain("two", runs, 8)
     assert small.cells["vote 4"] == Cell(0, 2)
+    # The fixture holds 4 samples per item: a vote of 8 has no items and is never "best".
+    assert small.cells["vote 8"] == Cell(0, 0) and small.vote_arm != "vote 8"
+    assert small.winner == "chain" and small.comparison.difference == pytest.approx(-0.5)
     assert small.tokens["vote 4"] == 8.0  # 4 samples x 2 tokens spent on each item
 
 
@@ -107,6 +111,18 @@ def test_flips_skip_ties_and_name_the_budget() -> None:
             row(4096, "chain")]
     assert flips(rows) == ["chain -> vote at 512", "vote -> chain at 4096"]
     assert flips([row(128, "tie")]) == []
+
+
+def test_cut_by_recording_counts_length_stops(bank: Bank) -> None:
+    runs = [r for r in bank.runs if r.searches == 0]
+    # The fixture's chain item has one sample cut at the recording's max_tokens.
+    assert cut_by_recording(runs) == (0.0, pytest.approx(1 / 12))
+    mmlu = _run(bank, "mmlu/astronomy-fixture/0")
+    cut = dataclasses.replace(mmlu, greedy=dataclasses.replace(
+        mmlu.greedy, finish_reason="length"), samples=(dataclasses.replace(
+            mmlu.samples[0], finish_reason="length"), *mmlu.samples[1:]))
+    others = [r for r in runs if r is not mmlu]
+    assert cut_by_recording([cut, *others]) == (pytest.approx(1 / 3), pytest.approx(2 / 12))
 
 
 def test_search_axis_pairs_each_count_with_no_search(bank: Bank) -> None:
@@ -172,6 +188,9 @@ def test_generator_writes_the_report_and_plots(tmp_path: Path,
     for heading in ("### a.", "### b.", "### c.", "### d."):
         assert heading in printed
     assert "| all | 3 | 64 |" in printed
+    # The winner grid: at 8 tokens the sampled chain still answers the MMLU item ("B" in 7
+    # tokens), a vote of 2 samples of 4 tokens answers nothing.
+    assert "| all | 3 | chain -33 | tie |" in printed
     names = {p.name for p in tmp_path.iterdir()}
     assert names == {"bank_vote_vs_chain.png", "bank_search_axis.png",
                      "bank_early_stopping.png", "bank_deepconf.png", "bank_findings.md"}

@@ -36,17 +36,22 @@ deterministic given the seed and the order of calls per prompt.
 The bench: starts that backend, writes the fact documents (JSONL, plus a Markdown file of
 distractors) to a temporary folder and indexes them into a temporary data directory, starts
 ``python -m service serve --upstream`` on it, sends every prompt twice with ``model: "auto"``
-(no budget, no ``max_tokens``: the product decides; no feedback: out of the box), then each
-fixed strategy through ``router: {"strategy": S, "budget_tokens": B}`` with B found by
-bisection (on log B, on the first pass) so that its mean completion tokens match ``auto``'s.
-It prints accuracy and mean completion tokens per policy, per-kind accuracy, the best fixed
-strategy per kind, and what ``auto`` chose per kind with the classifier's scores read from the
-``router`` objects.
+(no budget, no ``max_tokens``: the product decides; no feedback: out of the box), then with
+``router: {"policy": "rules"}`` (``--policies``), then each fixed strategy through
+``router: {"strategy": S, "budget_tokens": B}`` with B found by bisection (on log B, on the
+first pass) so that its mean completion tokens match ``auto``'s. A strategy whose answers end
+on their own below that mean (a direct answer, one chain, a search) cannot spend more: its
+bisection stops where a larger budget buys nothing, and the table shows what it spent. It
+prints accuracy, mean completion tokens and correct answers per 1,000 tokens per policy,
+per-kind accuracy, the best fixed strategy per kind, and what ``auto`` chose per kind with the
+classifier's scores read from the ``router`` objects (``--json`` keeps every reply).
 
-Run (from the repository root; about 1-2 minutes of CPU on 2 shared cores):
+Run (from the repository root; about 30 s of CPU for the bench, its backend and the gateway
+together):
 
     .venv/bin/python bench/mixed_traffic.py [--seed 13] [--per-kind 60] [--passes 2]
-        [--strategies direct,parallel_vote,sequential,search] [--json OUT] [--keep]
+        [--strategies direct,parallel_vote,sequential,search] [--policies rules]
+        [--json OUT] [--keep]
 """
 
 from __future__ import annotations
@@ -828,6 +833,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         print(f"auto: accuracy {auto_summary['all']['accuracy']:.3f}, mean tokens "
               f"{target:.1f} ({_elapsed(started)})", flush=True)
 
+        others: dict[str, list[Reply]] = {}
+        for policy in args.policies:  # the same traffic planned by another named policy
+            others[policy] = client.run({"policy": policy}, args.passes)
+            _check_errors(f"auto:{policy}", others[policy])
+            results["policies"][f"auto:{policy}"] = {"summary": summary(others[policy]),
+                                                     "budget": None}
+
         fixed: dict[str, list[Reply]] = {}
         for strategy in args.strategies:
             cache: dict[int, list[Reply]] = {}
@@ -847,7 +859,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                   f"({_elapsed(started)})", flush=True)
 
         results["auto_choices"] = describe_auto(auto)
+        results["other_choices"] = {p: describe_auto(rows) for p, rows in others.items()}
         results["auto_replies"] = [asdict(r) for r in auto]
+        results["other_replies"] = {p: [asdict(r) for r in rows] for p, rows in others.items()}
         results["fixed_replies"] = {s: [asdict(r) for r in rows] for s, rows in fixed.items()}
     finally:
         for process in reversed(processes):
@@ -869,22 +883,27 @@ def print_tables(results: dict[str, Any]) -> None:
     policies = results["policies"]
     print(f"\nSIMULATION: mixed traffic, seed {results['seed']}, {results['per_kind']} prompts "
           f"per kind, each sent {results['passes']} times; backend bench/mixed_traffic.py\n")
-    print("| policy | budget_tokens | accuracy | mean completion tokens | errors |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| policy | budget_tokens | accuracy | mean completion tokens | correct per 1k tokens "
+          "| errors |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for name, row in policies.items():
-        label = "`auto` (out of the box)" if name == "auto" else f"`{name}`"
+        label = ("`auto` (`learned`, out of the box)" if name == "auto" else
+                 f"`auto`, `router.policy: {name[5:]}`" if name.startswith("auto:")
+                 else f"`{name}`")
         budget = "-" if row["budget"] is None else str(row["budget"])
         s = row["summary"]["all"]
         print(f"| {label} | {budget} | {s['accuracy']:.3f} | {s['mean_tokens']:.1f} | "
-              f"{s['errors']} |")
-    fixed = {k: v for k, v in policies.items() if k != "auto"}
+              f"{1000 * s['accuracy'] / s['mean_tokens']:.2f} | {s['errors']} |")
+    fixed = {k: v for k, v in policies.items() if not k.startswith("auto")}
     if fixed:
-        best = {kind: max(fixed, key=lambda s: fixed[s]["summary"][kind]["accuracy"])
+        # ties go to the cheaper strategy
+        best = {kind: max(fixed, key=lambda s: (fixed[s]["summary"][kind]["accuracy"],
+                                                -fixed[s]["summary"][kind]["mean_tokens"]))
                 for kind in KINDS}
         accuracy = sum(fixed[best[k]]["summary"][k]["accuracy"] for k in KINDS) / len(KINDS)
         tokens = sum(fixed[best[k]]["summary"][k]["mean_tokens"] for k in KINDS) / len(KINDS)
         print(f"| best fixed strategy per kind ({', '.join(f'{k}: {best[k]}' for k in KINDS)})"
-              f" | - | {accuracy:.3f} | {tokens:.1f} | - |")
+              f" | - | {accuracy:.3f} | {tokens:.1f} | {1000 * accuracy / tokens:.2f} | - |")
     print("\nper kind: accuracy / mean completion tokens\n")
     print("| policy | " + " | ".join(KINDS) + " |")
     print("| --- |" + " --- |" * len(KINDS))
@@ -895,6 +914,10 @@ def print_tables(results: dict[str, Any]) -> None:
     print("\nwhat `auto` chose per kind (router objects):")
     for line in results["auto_choices"]:
         print(line)
+    for policy, lines in results.get("other_choices", {}).items():
+        print(f"\nwhat `router.policy: {policy}` chose per kind:")
+        for line in lines:
+            print(line)
     print(f"\nCPU {results['cpu_s']:.0f} s (the bench, its backend and gateway), wall "
           f"{results['wall_s']:.0f} s")
 
@@ -918,6 +941,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--strategies", default="direct,parallel_vote,sequential,search",
                         type=lambda s: [x for x in s.split(",") if x])
+    parser.add_argument("--policies", default="rules",
+                        type=lambda s: [x for x in s.split(",") if x],
+                        help="other named policies to run `auto` with (router.policy); '' "
+                             "for none")
     parser.add_argument("--json", type=Path, help="write every figure and reply here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--serve-backend", action="store_true", help=argparse.SUPPRESS)

@@ -51,7 +51,7 @@ together):
 
     .venv/bin/python bench/mixed_traffic.py [--seed 13] [--per-kind 60] [--passes 2]
         [--strategies direct,parallel_vote,sequential,search] [--policies rules]
-        [--json OUT] [--keep]
+        [--system TEXT] [--max-tokens N] [--json OUT] [--keep]
 """
 
 from __future__ import annotations
@@ -645,7 +645,7 @@ class Client:
     """Sends the traffic through the gateway with the official ``openai`` client."""
 
     def __init__(self, gateway: str, backend: str, items: list[Item], concurrency: int,
-                 seed: int):
+                 seed: int, system: str | None = None, max_tokens: int | None = None):
         import openai
         self.client = openai.OpenAI(base_url=gateway + "/v1", api_key="unused",
                                     max_retries=0, timeout=120)
@@ -653,6 +653,8 @@ class Client:
         self.items = items
         self.concurrency = concurrency
         self.seed = seed
+        self.system = system  # a system turn before every question, as many clients send
+        self.max_tokens = max_tokens  # the client's own cap on every request
 
     def run(self, router: dict[str, Any] | None, passes: int) -> list[Reply]:
         """Every prompt ``passes`` times (pass after pass, each in its own shuffled order),
@@ -670,10 +672,13 @@ class Client:
     def send(self, item: Item, router: dict[str, Any] | None) -> Reply:
         import openai
         extra = {"router": router} if router else None
+        messages = [{"role": "user", "content": item.question}]
+        if self.system:
+            messages.insert(0, {"role": "system", "content": self.system})
+        cap = {"max_tokens": self.max_tokens} if self.max_tokens else {}
         try:
             reply = self.client.chat.completions.create(
-                model="auto", messages=[{"role": "user", "content": item.question}],
-                extra_body=extra)
+                model="auto", messages=messages, extra_body=extra, **cap)
         except openai.APIError as exc:
             return Reply(item.id, item.kind, False, 0, {}, error=str(exc)[:200])
         info = (reply.model_extra or {}).get("router") or {}
@@ -821,10 +826,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         processes.append(gateway)
         gateway_url = f"http://127.0.0.1:{gateway_port}"
         wait_http(gateway_url + "/ready", gateway, gateway_log)
-        client = Client(gateway_url, backend_url, items, args.concurrency, args.seed)
+        client = Client(gateway_url, backend_url, items, args.concurrency, args.seed,
+                        args.system, args.max_tokens)
 
         results: dict[str, Any] = {"seed": args.seed, "per_kind": args.per_kind,
-                                   "passes": args.passes, "policies": {}}
+                                   "passes": args.passes, "system": args.system,
+                                   "max_tokens": args.max_tokens, "policies": {}}
         auto = client.run(None, args.passes)
         _check_errors("auto", auto)
         auto_summary = summary(auto)
@@ -882,7 +889,10 @@ def print_tables(results: dict[str, Any]) -> None:
     ``auto``'s choices."""
     policies = results["policies"]
     print(f"\nSIMULATION: mixed traffic, seed {results['seed']}, {results['per_kind']} prompts "
-          f"per kind, each sent {results['passes']} times; backend bench/mixed_traffic.py\n")
+          f"per kind, each sent {results['passes']} times; backend bench/mixed_traffic.py"
+          + (f"; system turn {results['system']!r}" if results.get("system") else "")
+          + (f"; max_tokens {results['max_tokens']} on every request"
+             if results.get("max_tokens") else "") + "\n")
     print("| policy | budget_tokens | accuracy | mean completion tokens | correct per 1k tokens "
           "| errors |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -945,6 +955,9 @@ def main(argv: list[str] | None = None) -> int:
                         type=lambda s: [x for x in s.split(",") if x],
                         help="other named policies to run `auto` with (router.policy); '' "
                              "for none")
+    parser.add_argument("--system", help="a system turn sent before every question")
+    parser.add_argument("--max-tokens", type=int,
+                        help="the client's max_tokens on every request (default: none)")
     parser.add_argument("--json", type=Path, help="write every figure and reply here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--serve-backend", action="store_true", help=argparse.SUPPRESS)

@@ -14,7 +14,8 @@ unmeasured warm-up request, then measures over the OpenAI API (plain urllib, non
   least tokens per vote sample): the median wall time over ``--repeats`` of one sample, of 8
   concurrent single-choice calls, of one ``n=8`` call (when the server honours ``n``), and of
   a ``parallel_vote`` request through the gateway (``ttc-router serve --upstream`` on this
-  server, one wave of 8 samples: ``budget_tokens`` 8 x 64, ``TTC_VOTE_FIRST_WAVE=8``, and an
+  server, one wave of 8 samples: ``budget_tokens`` 8 x 64, ``TTC_VOTE_FIRST_WAVE=8`` (and no
+  majority first), and an
   answer-length prior and least sample size under which the planner keeps 8 samples of 64
   tokens) against a ``direct`` request of 64 tokens through the same gateway, each repeat on
   a fresh gateway. The ratios (vote / one sample) are what issue 14 targets: at most 3.
@@ -229,7 +230,8 @@ def start_gateway(upstream: str, supports_n: bool, sample_tokens: int,
     # One wave of 8 samples of ``sample_tokens``, which the planner must count as enough (its
     # prior otherwise wants 320 tokens a sample and 64 at least, and turns a small vote into
     # fewer samples or one chain); a shared machine may need more than the 300 s read timeout.
-    env.update(TTC_VOTE_FIRST_WAVE=str(VOTE_WIDTH), TTC_VOTE_MIN_DEPTH_TOKENS=str(sample_tokens),
+    env.update(TTC_VOTE_FIRST_WAVE=str(VOTE_WIDTH), TTC_VOTE_MAJORITY_FIRST="false",
+               TTC_VOTE_MIN_DEPTH_TOKENS=str(sample_tokens),
                TTC_DEFAULT_ANSWER_TOKENS=str(int(sample_tokens / ANSWER_HEADROOM)),
                TTC_READ_TIMEOUT_S="1800")
     with (work / "gateway.log").open("ab") as log:

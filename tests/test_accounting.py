@@ -87,7 +87,8 @@ async def test_a_failing_vote_is_bounded_by_the_requests_retries():
     refused = metric("ttc_upstream_retries_refused_total", backend="fake",
                      reason="request_retries")
     (reply,) = await post_all(backend, [ask("parallel_vote", 8000)], vote_width=8,
-                              vote_first_wave=8, max_retries=2, max_request_retries=3,
+                              vote_first_wave=8, vote_majority_first=False, max_retries=2,
+                              max_request_retries=3,
                               supports_n=False)
     assert reply.status_code == 429
     assert backend.calls == 8 + 3  # not 8 x 3
@@ -130,7 +131,8 @@ async def test_the_prompt_cost_is_visible_and_a_total_budget_bounds_it():
     body = ask("parallel_vote", 1000)
     body["messages"][0]["content"] = long_prompt
     body["router"]["budget_total_tokens"] = 1200
-    (reply,) = await post_all(backend, [body], vote_width=4, vote_first_wave=4)
+    (reply,) = await post_all(backend, [body], vote_width=4, vote_first_wave=4,
+                              vote_majority_first=False)
     usage, router = reply.json()["usage"], reply.json()["router"]
     assert router["prompt_tokens"] == usage["prompt_tokens"] == 5 * backend.calls
     assert usage["prompt_tokens"] + usage["completion_tokens"] <= 1200

@@ -181,7 +181,8 @@ async def test_direct_through_the_gateway_counts_the_replayed_tokens() -> None:
 async def test_parallel_vote_through_the_gateway_votes_on_recorded_samples() -> None:
     transport = Recording()
     reply = await gateway(routed(CHAIN, "parallel_vote", 4 * 64, seed=0), transport,
-                          vote_width=4, vote_first_wave=4)
+                          vote_width=4, vote_first_wave=4,
+                          vote_majority_first=False)
     assert reply.status_code == 200, reply.text
     router = reply.json()["router"]
     # Samples 0 and 2 say 16, sample 1 says 18, and the cut sample 3 ends on "= 16, so the

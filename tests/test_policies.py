@@ -212,6 +212,7 @@ def test_fit_vote_never_shortens_samples_below_an_answer():
 def test_exploration_never_exceeds_its_share_over_10000_decisions():
     for share in (0.05, 0.2):
         policy = LearnedPolicy(exploration=share, seed=3)
+        policy.update(HARD_CHAIN, Plan("sequential", 960), True)  # feedback flows
         rng = random.Random(5)
         explored = 0
         for i, scores in enumerate(_random_scores(10_000, seed=9), start=1):
@@ -227,8 +228,26 @@ def test_exploration_never_exceeds_its_share_over_10000_decisions():
         assert 0.5 * share < explored / 10_000 <= share
 
 
+def test_exploration_waits_for_feedback_and_then_keeps_its_share():
+    policy = LearnedPolicy(exploration=0.2, seed=3)
+    rng = random.Random(5)
+    for scores in _random_scores(1_000, seed=9):  # nobody posts feedback: the prior only
+        decision = policy.decide(scores, rng=rng)
+        assert decision.plan.probability == 1.0 and "exploring" not in decision.plan.reason
+    assert policy.explored == 0
+    policy.update(HARD_CHAIN, Plan("sequential", 960), True)
+    for i, scores in enumerate(_random_scores(200, seed=4), start=1):
+        policy.decide(scores, rng=rng)
+        # No backlog from the 1,000 decisions before: the share counts from the feedback on.
+        assert policy.explored <= 0.2 * i
+    assert policy.explored > 0
+    restored = LearnedPolicy.from_state(policy.state())
+    assert restored.exploring_decisions == policy.exploring_decisions == 200
+
+
 def test_exploration_stays_among_plausible_plans():
     policy = LearnedPolicy(exploration=0.5, seed=1)
+    policy.update(HARD_CHAIN, Plan("sequential", 960), True)  # feedback flows
     rng = random.Random(2)
     seen = {policy.plan(INDEPENDENT_HARD, rng=rng).strategy for _ in range(400)}
     assert "search" not in seen and "parallel_vote" in seen

@@ -51,6 +51,22 @@ async def test_a_settled_vote_stops_early_and_says_what_it_saved():
     assert reply.json()["choices"][0]["message"]["content"] == "The answer is 42."
 
 
+async def test_a_vote_of_three_draws_a_majority_first():
+    # Two agreeing samples decide a vote of three: the third is never drawn.
+    llm = ScriptedLLM(answers("The answer is 42."), honours_n=False)
+    reply = await post(llm, vote(budget=3 * 64), vote_width=3, supports_n=False)
+    router = reply.json()["router"]
+    assert router["samples"] == 2 and router["samples_saved"] == 1 and router["early_stop"]
+    assert len(llm.requests) == 2
+    # Two that disagree leave it open: the third is drawn and decides.
+    llm = ScriptedLLM(answers("The answer is 1.", "The answer is 2.", "The answer is 1."),
+                      honours_n=False)
+    reply = await post(llm, vote(budget=3 * 64), vote_width=3, supports_n=False)
+    router = reply.json()["router"]
+    assert router["samples"] == 3 and router["votes"] == {"1": 2, "2": 1}
+    assert router["winner"] == "1"
+
+
 async def test_a_split_vote_does_not_stop_early():
     llm = ScriptedLLM(answers("The answer is 1.", "The answer is 2."))
     reply = await post(llm, vote(budget=8 * 64), vote_width=8)
@@ -63,7 +79,8 @@ async def test_a_split_vote_does_not_stop_early():
 async def test_n_and_fan_out_give_the_same_vote(honours_n):
     llm = ScriptedLLM(answers("The answer is 7.", "The answer is 7.", "The answer is 8."),
                       honours_n=honours_n)
-    reply = await post(llm, vote(budget=6 * 64), vote_width=6, vote_first_wave=6)
+    reply = await post(llm, vote(budget=6 * 64), vote_width=6, vote_first_wave=6,
+                       vote_majority_first=False)
     router = reply.json()["router"]
     assert router["votes"] == {"7": 4, "8": 2} and router["winner"] == "7"
     assert reply.json()["usage"]["completion_tokens"] == llm.reported_tokens
@@ -191,7 +208,8 @@ async def test_sequential_streams_the_chain_then_the_forced_answer():
 async def test_parallel_vote_streams_the_winner():
     llm = ScriptedLLM(answers("The answer is 3.", "The answer is 3.", "The answer is 4."))
     body = vote(budget=256, stream=True, stream_options={"include_usage": True})
-    reply = await post(llm, body, vote_width=3, vote_first_wave=3)
+    reply = await post(llm, body, vote_width=3, vote_first_wave=3,
+                       vote_majority_first=False)
     events = sse_events(reply.text)
     assert events[0]["choices"][0]["delta"]["content"] == "The answer is 3."
     assert events[1]["choices"][0]["finish_reason"] == "stop"

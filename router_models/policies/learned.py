@@ -16,8 +16,12 @@ Learning is safe by construction:
   any of them evenly.
   A running cap makes the share a hard bound: a decision may explore only while explored
   decisions stay at most ``exploration`` x decisions, so over any prefix of traffic the share
-  never exceeds the setting. The chosen plan's probability is logged for inverse propensity
-  weighting (1 when the cap forbade exploring: no random draw was made).
+  never exceeds the setting. Exploration buys information only when outcomes come back, so
+  it starts with the first feedback: a deployment that never posts feedback gets the prior,
+  with no decision spent on a plan the prior thinks worse, and only decisions made since the
+  first feedback count toward the share (so no backlog of exploring is spent in a burst).
+  The chosen plan's probability is logged for inverse propensity weighting (1 when the cap
+  forbade exploring: no random draw was made).
 - **Conservative improvement.** A kind leaves its current strategy only when, with at least
   ``min_switch_feedback`` outcomes of each, the one-sided 95% lower confidence bound of the
   difference in accuracy (alternative minus current) is above zero. This is a high-confidence
@@ -168,6 +172,7 @@ class LearnedPolicy(Policy):
         self.successes = np.zeros(shape)
         self.decisions = 0
         self.explored = 0
+        self.exploring_decisions = 0  # decisions since the first feedback (module docstring)
         self.switches: list[dict[str, Any]] = []
         self.lengths = AnswerLengths(self.default_answer_tokens)
         # Set False by a caller that reports usage through observe_usage, so that a request's
@@ -283,10 +288,12 @@ class LearnedPolicy(Policy):
             observed = self.accuracy(kind, plan.strategy)[0]
             return Decision(plan, scores, (Candidate(plan, 1.0, observed),))
 
+        feedback_flows = bool(self.trials.any())
+        self.exploring_decisions += feedback_flows
         alternatives = [a for a in plausible_strategies(scores)
                         if a != current and not self.eliminated(kind, a)]
-        may_explore = bool(alternatives) and self.exploration > 0 and (
-            self.explored + 1 <= self.exploration * self.decisions)
+        may_explore = feedback_flows and bool(alternatives) and self.exploration > 0 and (
+            self.explored + 1 <= self.exploration * self.exploring_decisions)
         probabilities = {current: 1.0 - self.exploration if may_explore else 1.0}
         if may_explore:
             probabilities.update(self._exploration_shares(kind, alternatives))
@@ -432,10 +439,11 @@ class LearnedPolicy(Policy):
             "trials": np.round(self.trials, 6).tolist(),
             "successes": np.round(self.successes, 6).tolist(),
             "decisions": self.decisions, "explored": self.explored,
+            "exploring_decisions": self.exploring_decisions,
             "switches": self.switches,
             "answer_lengths": self.lengths.state(),
             "reference": [[round(s.difficulty, 6), round(s.sequential, 6), round(s.search, 6),
-                           s.form] for s in self.reference],
+                           s.form, s.steps] for s in self.reference],
         }
 
     @classmethod
@@ -473,11 +481,14 @@ class LearnedPolicy(Policy):
                 setattr(policy, name, value)
             policy.decisions = int(state.get("decisions", 0))
             policy.explored = int(state.get("explored", 0))
+            policy.exploring_decisions = int(state.get(
+                "exploring_decisions", policy.decisions if policy.trials.any() else 0))
             policy.switches = list(state.get("switches", []))
             policy.lengths.restore(state.get("answer_lengths", {}))
-            for d, s, r, form in state.get("reference", []):
-                policy.reference.append(Scores(float(d), float(s), float(r),
-                                               form if form in FORMS else None))
+            for d, s, r, form, *steps in state.get("reference", []):
+                policy.reference.append(Scores(
+                    float(d), float(s), float(r), form if form in FORMS else None,
+                    int(steps[0]) if steps and steps[0] is not None else None))
         except (KeyError, TypeError, ValueError) as exc:
             raise PolicyError(f"malformed learned policy state: {exc}") from exc
         policy.resolve()

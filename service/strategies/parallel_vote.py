@@ -57,6 +57,17 @@ def depth_tokens(call: Call) -> int:
     return max(1, plan.budget_tokens // plan.width)
 
 
+def first_wave(width: int, settings: Any) -> int:
+    """Samples of a vote's first wave: ``vote_first_wave``, or, when that is the whole vote
+    and ``vote_majority_first`` is on, a strict majority of it (``width // 2 + 1``): if the
+    majority agrees, the remaining samples cannot outvote it (``is_settled``), so they are
+    never drawn."""
+    wave = min(settings.vote_first_wave, width)
+    if settings.vote_majority_first and wave == width and width > 2:
+        return width // 2 + 1
+    return wave
+
+
 async def run_vote(call: Call) -> Sample:
     """Draw waves of samples until the vote is settled or the width or budget is spent;
     returns the chosen sample and fills ``call.report``.
@@ -76,7 +87,7 @@ async def run_vote(call: Call) -> Sample:
     drawn = 0
     early_stop = False
     while drawn < plan.width:
-        wave = min(settings.vote_first_wave if drawn == 0 else settings.vote_wave,
+        wave = min(first_wave(plan.width, settings) if drawn == 0 else settings.vote_wave,
                    plan.width - drawn)
         new, failed = await draw(call, wave, depth, first_sample=drawn,
                                  body_overrides=overrides)

@@ -171,6 +171,9 @@ def main() -> int:
                              "list such as 1000,1001 or 0-9")
     parser.add_argument("--feedback", type=int, default=100,
                         help="feedbacks per kind of prompt before (b) (default 100)")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="usage-only requests per kind of prompt before (a): what a "
+                             "deployed gateway learns with no feedback (default 0: none)")
     parser.add_argument("--held-out", type=int, default=400,
                         help="held-out prompts per world, by traffic share (default 400)")
     parser.add_argument("--policies", default="learned,rules",
@@ -192,7 +195,8 @@ def main() -> int:
     for seed in tqdm(seeds, desc="SIMULATION worlds", unit="world", file=sys.stderr):
         setup = set_up_world(seed, classifier, args.feedback, args.held_out)
         for spec in specs:
-            results[spec].append(evaluate_policy(setup, factories[spec], spec, args.feedback))
+            results[spec].append(evaluate_policy(setup, factories[spec], spec, args.feedback,
+                                                 args.warmup))
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     print(f"{len(seeds)} worlds in {elapsed:.0f} s wall, {cpu:.0f} s CPU (one process; "
           f"{cpu / max(1, len(seeds)):.1f} s CPU per world)")

@@ -313,14 +313,26 @@ def grouped_oracle(table: PlanTable, plans: Sequence[Plan], tokens: float,
     return mix * acc_lo + (1 - mix) * acc_hi, named(lo if mix >= 0.5 else hi)
 
 
-def train(policy: Policy, world: RandomWorld, routed: Sequence[Routed], table: PlanTable,
-          per_kind: int, rng: random.Random, np_rng: np.random.Generator) -> int:
-    """Serve ``per_kind`` training prompts of every kind (drawn from ``table.prompts`` in a
-    random order), on-policy: ``decide``, a drawn outcome and the tokens really spent
-    (``RandomWorld.realize_usage``), the samples' lengths to ``observe_usage`` (as the
-    gateway reports them), ``update``. Returns the number of feedbacks given."""
+def warm_up(policy: Policy, world: RandomWorld, routed: Sequence[Routed], table: PlanTable,
+            per_kind: int, rng: random.Random, np_rng: np.random.Generator) -> None:
+    """Serve ``per_kind`` training prompts of every kind with usage only, no feedback: what a
+    freshly deployed gateway learns before anyone posts an outcome (the samples' lengths,
+    ``observe_usage``, as ``Router.observe_usage`` reports them)."""
+    observe_usage = getattr(policy, "observe_usage", None)
+    if observe_usage is None or per_kind <= 0:
+        return
     if hasattr(policy, "lengths_from_feedback"):
-        policy.lengths_from_feedback = False  # usage reports the lengths, as in the gateway
+        policy.lengths_from_feedback = False
+    for i in _training_order(table, per_kind, rng):
+        r = routed[i]
+        plan = policy.decide(r.scores, r.features, rng=rng).plan
+        _, _, samples = world.realize_usage(table.prompts, i, plan, np_rng,
+                                            accuracy=float(table(plan)[0][i]))
+        if plan.strategy in ("direct", "parallel_vote"):
+            observe_usage(r.scores, samples)
+
+
+def _training_order(table: PlanTable, per_kind: int, rng: random.Random) -> list[int]:
     kinds = table.prompts.kind
     order: list[int] = []
     for k in range(len(KINDS)):
@@ -329,6 +341,18 @@ def train(policy: Policy, world: RandomWorld, routed: Sequence[Routed], table: P
             order += rng.choices(pool.tolist(), k=per_kind) if len(pool) < per_kind \
                 else rng.sample(pool.tolist(), per_kind)
     rng.shuffle(order)
+    return order
+
+
+def train(policy: Policy, world: RandomWorld, routed: Sequence[Routed], table: PlanTable,
+          per_kind: int, rng: random.Random, np_rng: np.random.Generator) -> int:
+    """Serve ``per_kind`` training prompts of every kind (drawn from ``table.prompts`` in a
+    random order), on-policy: ``decide``, a drawn outcome and the tokens really spent
+    (``RandomWorld.realize_usage``), the samples' lengths to ``observe_usage`` (as the
+    gateway reports them), ``update``. Returns the number of feedbacks given."""
+    if hasattr(policy, "lengths_from_feedback"):
+        policy.lengths_from_feedback = False  # usage reports the lengths, as in the gateway
+    order = _training_order(table, per_kind, rng)
     for i in order:
         r = routed[i]
         plan = policy.decide(r.scores, r.features, rng=rng).plan
@@ -433,12 +457,17 @@ def set_up_world(seed: int, classifier: Classifier, feedback_per_kind: int,
 
 
 def evaluate_policy(setup: WorldSetup, make_policy: Callable[[], Policy], name: str,
-                    feedback_per_kind: int) -> WorldResult:
-    """(a) and (b) of the module docstring for one policy in one world."""
+                    feedback_per_kind: int, warmup_per_kind: int = 0) -> WorldResult:
+    """(a) and (b) of the module docstring for one policy in one world; with
+    ``warmup_per_kind``, (a) is measured after that many usage-only requests of every kind
+    (``warm_up``: no feedback)."""
     world, table, routed = setup.world, setup.held_out, setup.held_out_routed
     seed = world.seed
     scores = routed[0].scores
-    before = expected_figures(make_policy(), routed, table, random.Random(f"{seed}-decide"))
+    fresh = make_policy()
+    warm_up(fresh, world, setup.train_routed, setup.train, warmup_per_kind,
+            random.Random(f"{seed}-warmup-{name}"), np.random.default_rng(seed + 1))
+    before = expected_figures(fresh, routed, table, random.Random(f"{seed}-decide"))
     fixed = best_fixed(table, before.tokens, scores)
     learner = make_policy()
     rng = random.Random(f"{seed}-train-{name}")

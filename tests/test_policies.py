@@ -178,6 +178,29 @@ def test_harder_prompts_get_more_tokens_within_the_target_mean():
     assert roomier.plan(heavier).width > policy.plan(heavier).width
 
 
+def test_a_mean_too_small_for_every_vote_keeps_votes_for_the_hardest():
+    # Answers run to about 400 tokens, so a vote of three costs about 1,500: a 500-token mean
+    # cannot fund one for every independent prompt, and the easiest give theirs up first.
+    policy = LearnedPolicy(target_tokens=500, exploration=0.0)
+    independent = [Scores(d, 0.1, 0.0) for d in np.linspace(0.15, 0.95, 200)]
+    policy.reference.extend(independent)
+    policy.observe_usage(Scores(0.5, 0.1, 0.0), [(400, True)] * 40)
+    policy.resolve()
+    assert 0.15 < policy.vote_above < 0.95
+    easier, harder = Scores(0.2, 0.1, 0.0), Scores(0.9, 0.1, 0.0)
+    assert policy.plan(harder).strategy == "parallel_vote"
+    plan = policy.plan(easier)
+    assert plan.strategy == "direct" and "buys votes only above difficulty" in plan.reason
+    rows = [(s, policy.strategy_for(s), policy.answer_tokens(kind_of(s))) for s in independent]
+    assert mean_spend(rows, policy.scale, vote_above=policy.vote_above) <= 500
+    assert mean_spend(rows, policy.scale) > 500  # without it, the mean would be exceeded
+    # A mean that funds every vote cuts none.
+    roomy = LearnedPolicy(target_tokens=4096, exploration=0.0)
+    roomy.reference.extend(independent)
+    roomy.resolve()
+    assert roomy.vote_above == 0.0 and roomy.plan(easier).strategy == "parallel_vote"
+
+
 def test_vote_samples_follow_the_observed_answer_length():
     policy = LearnedPolicy(target_tokens=2048, exploration=0.0)
     before = policy.plan(INDEPENDENT_HARD)

@@ -81,6 +81,7 @@ from router_models.policies.prior import (
     sample_tokens,
     size_plan,
     solve_scale,
+    solve_vote_above,
 )
 
 logger = logging.getLogger(__name__)
@@ -183,6 +184,7 @@ class LearnedPolicy(Policy):
         self._since_solve = 0
         self.rng = random.Random(seed)
         self.scale = 0.0
+        self.vote_above = 0.0  # difficulty below which votes become direct (solve_vote_above)
         self._solved_lengths: dict[int, int] = {}
         self.resolve()
 
@@ -205,6 +207,9 @@ class LearnedPolicy(Policy):
         rows = [(s, self.strategy_for(s), answers[kind_of(s)]) for s in prompts]
         self.scale = solve_scale(lambda x: mean_spend(rows, x, self.vote_width),
                                  self.target_tokens)
+        self.vote_above = solve_vote_above(
+            lambda x, above: mean_spend(rows, x, self.vote_width, vote_above=above),
+            self.target_tokens)
         self._solved_lengths = {k: self.answer_tokens(k) for k in range(len(KIND_NAMES))}
         self._since_solve = 0
         return self.scale
@@ -226,7 +231,8 @@ class LearnedPolicy(Policy):
     def sized(self, strategy: str, scores: Scores, budget_tokens: int | None = None) -> Plan:
         """The plan of ``strategy`` for this prompt at the current scale, within a cap."""
         answer = self.answer_tokens(kind_of(scores))
-        plan = size_plan(strategy, scores, answer, self.scale, self.vote_width)
+        plan = size_plan(strategy, scores, answer, self.scale, self.vote_width,
+                         vote_above=self.vote_above)
         return fit_cap(plan, budget_tokens, answer)
 
     def forced(self, strategy: str, scores: Scores, budget_tokens: int | None) -> Plan:

@@ -148,7 +148,7 @@ def sample_tokens(answer_tokens: int) -> int:
 
 
 def size_plan(strategy: str, scores: Scores, answer_tokens: int, scale: float,
-              vote_width: int = 8, search_calls: int = 3) -> Plan:
+              vote_width: int = 8, search_calls: int = 3, vote_above: float = 0.0) -> Plan:
     """The plan of ``strategy`` for this prompt (module docstring).
 
     A direct answer and each vote sample get ``sample_tokens(answer)``. A chain (``sequential``,
@@ -165,6 +165,8 @@ def size_plan(strategy: str, scores: Scores, answer_tokens: int, scale: float,
         scale: the vote width's multiplier of difficulty (``solve_scale``), >= 0.
         vote_width: the most samples of a vote.
         search_calls: the most retrieval calls of a search.
+        vote_above: the difficulty below which the mean budget buys no vote
+            (``solve_vote_above``): such a prompt gets one direct answer instead.
 
     Returns:
         A ``Plan`` with ``budget_tokens`` and ``depth_tokens`` set; a vote that cannot buy two
@@ -176,6 +178,9 @@ def size_plan(strategy: str, scores: Scores, answer_tokens: int, scale: float,
     cap = int(sample * CHAIN_CAP * (1.0 + scores.difficulty))
     if strategy == "sequential":
         return Plan("sequential", cap, depth_tokens=cap)
+    if strategy == "parallel_vote" and scores.difficulty < vote_above:
+        return Plan("direct", sample, depth_tokens=sample, reason=(
+            f"the mean budget buys votes only above difficulty {vote_above:.2f}: one answer"))
     if strategy == "parallel_vote":
         width = vote_width_for(scores.difficulty, scale, vote_width)
         return fit_vote(Plan("parallel_vote", width * sample, width=width, depth_tokens=sample),
@@ -259,8 +264,31 @@ def solve_scale(mean_spend: Callable[[float], float], target_tokens: float,
     return lo
 
 
+def solve_vote_above(mean_spend: Callable[[float, float], float], target_tokens: float,
+                     iterations: int = 30) -> float:
+    """The least difficulty ``vote_above`` in [0, 1] below which votes become one direct
+    answer, so that the mean budget at ``scale`` 0 (the narrowest votes) meets
+    ``target_tokens``: when even three-sample votes for every independent prompt cost more than
+    the operator's mean, the easiest prompts give up their votes first (compute-optimal: the
+    tokens go where the direct answer fails most, Snell et al. 2024). 0 when the target is met
+    without it; 1 when even no votes spend more (then nothing more can be cut here).
+    ``mean_spend(scale, vote_above)`` is non-increasing in ``vote_above``."""
+    if mean_spend(0.0, 0.0) <= target_tokens:
+        return 0.0
+    if mean_spend(0.0, 1.0) > target_tokens:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if mean_spend(0.0, mid) <= target_tokens:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def mean_spend(rows: Sequence[tuple[Scores, str, int]], scale: float, vote_width: int = 8,
-                search_calls: int = 3) -> float:
+                search_calls: int = 3, vote_above: float = 0.0) -> float:
     """The mean expected spend over ``rows`` of (scores, strategy, answer tokens) at ``scale``:
     a chain, a search or a direct answer spends about one answer (a chain stops when done),
     a vote one answer per sample (before early stopping saves some). Vectorised, since
@@ -272,6 +300,7 @@ def mean_spend(rows: Sequence[tuple[Scores, str, int]], scale: float, vote_width
     strategy = np.array([r[1] for r in rows])
     low = min(MIN_VOTE_WIDTH, vote_width)
     width = np.floor(np.clip(2 + scale * difficulty, low, vote_width))
-    spend = np.select([strategy == "parallel_vote", strategy == "search"],
+    votes = (strategy == "parallel_vote") & (difficulty >= vote_above)
+    spend = np.select([votes, strategy == "search"],
                       [width * answer, answer + QUERY_TOKENS], answer)
     return float(spend.mean())

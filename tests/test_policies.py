@@ -191,9 +191,17 @@ def test_a_mean_too_small_for_every_vote_keeps_votes_for_the_hardest():
     assert policy.plan(harder).strategy == "parallel_vote"
     plan = policy.plan(easier)
     assert plan.strategy == "direct" and "buys votes only above difficulty" in plan.reason
+    # An explored vote stays a vote: one answer would teach nothing about votes.
+    assert policy.sized("parallel_vote", easier, exploring=True).strategy == "parallel_vote"
     rows = [(s, policy.strategy_for(s), policy.answer_tokens(kind_of(s))) for s in independent]
     assert mean_spend(rows, policy.scale, vote_above=policy.vote_above) <= 500
     assert mean_spend(rows, policy.scale) > 500  # without it, the mean would be exceeded
+    # A mean that even no votes would meet is not the votes' doing: none are cut.
+    chains = LearnedPolicy(target_tokens=50, exploration=0.0)
+    chains.reference.extend(independent)
+    chains.observe_usage(Scores(0.5, 0.1, 0.0), [(400, True)] * 40)
+    chains.resolve()
+    assert chains.vote_above == 0.0
     # A mean that funds every vote cuts none.
     roomy = LearnedPolicy(target_tokens=4096, exploration=0.0)
     roomy.reference.extend(independent)

@@ -228,11 +228,14 @@ class LearnedPolicy(Policy):
             return PRIOR_STRATEGY[KIND_NAMES[kind]]
         return current
 
-    def sized(self, strategy: str, scores: Scores, budget_tokens: int | None = None) -> Plan:
-        """The plan of ``strategy`` for this prompt at the current scale, within a cap."""
+    def sized(self, strategy: str, scores: Scores, budget_tokens: int | None = None, *,
+              exploring: bool = False) -> Plan:
+        """The plan of ``strategy`` for this prompt at the current scale, within a cap. An
+        explored vote stays a vote whatever ``vote_above`` says: a vote turned into one answer
+        would teach nothing about votes."""
         answer = self.answer_tokens(kind_of(scores))
         plan = size_plan(strategy, scores, answer, self.scale, self.vote_width,
-                         vote_above=self.vote_above)
+                         vote_above=0.0 if exploring else self.vote_above)
         return fit_cap(plan, budget_tokens, answer)
 
     def forced(self, strategy: str, scores: Scores, budget_tokens: int | None) -> Plan:
@@ -308,7 +311,8 @@ class LearnedPolicy(Policy):
             weights = [probabilities[a] for a in alternatives]
             chosen = rng.choices(alternatives, weights=weights)[0]
             self.explored += 1
-        plans = {a: self.sized(a, scores, budget_tokens) for a in probabilities}
+        plans = {a: self.sized(a, scores, budget_tokens, exploring=a != current)
+                 for a in probabilities}
         prior_note = "the prior" if current == PRIOR_STRATEGY[name] else "learnt from feedback"
         reason = (f"{name}: {current} ({prior_note})" if chosen == current else
                   f"{name}: exploring {chosen} (share {self.exploration:g}) instead of {current}")

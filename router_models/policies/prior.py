@@ -271,12 +271,11 @@ def solve_vote_above(mean_spend: Callable[[float, float], float], target_tokens:
     ``target_tokens``: when even three-sample votes for every independent prompt cost more than
     the operator's mean, the easiest prompts give up their votes first (compute-optimal: the
     tokens go where the direct answer fails most, Snell et al. 2024). 0 when the target is met
-    without it; 1 when even no votes spend more (then nothing more can be cut here).
+    without it, and also when even no votes at all would meet it: then the votes are not what
+    overspends (long chains are), and cutting them all would only lose what they buy.
     ``mean_spend(scale, vote_above)`` is non-increasing in ``vote_above``."""
-    if mean_spend(0.0, 0.0) <= target_tokens:
+    if mean_spend(0.0, 0.0) <= target_tokens or mean_spend(0.0, 1.0) > target_tokens:
         return 0.0
-    if mean_spend(0.0, 1.0) > target_tokens:
-        return 1.0
     lo, hi = 0.0, 1.0
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)

@@ -95,8 +95,9 @@ def _stems(word: str) -> tuple[str, ...]:
 def coverage(question: str, hits: Sequence[Hit]) -> float:
     """How much of ``question`` the ``hits`` (title and text) hold, by stem: the larger of
     the share of its content words (0 when fewer than ``MIN_MATCHED_WORDS`` match: one
-    common word is chance) and the share of its names (``names``; one name the hits hold is
-    not chance: it is what they are about). 0 when the question has no content words.
+    common word is chance) and the share of its names (``names``) that a hit is about (in
+    its title or first sentence; one such name is not chance: it is the question's subject).
+    0 when the question has no content words.
 
     Returns:
         A share in [0, 1].
@@ -110,7 +111,21 @@ def coverage(question: str, hits: Sequence[Hit]) -> float:
     # shorter.
     matched = sum(w[:STEM_CHARS] in found for w in words)
     word_share = matched / len(words) if matched >= MIN_MATCHED_WORDS else 0.0
+    # A name counts where a hit is about it: in its title or its first sentence. A name met in
+    # passing ("the offsite was held in France") does not make "What is the capital of
+    # France?" a question for the collection.
+    about = {key for hit in hits for w in content_words(f"{hit.title} {_lead(hit.text)}")
+             for key in _stems(w)}
     subject = names(question, hits)
-    name_share = (sum(w[:STEM_CHARS] in found for w in subject) / len(subject)
+    name_share = (sum(w[:STEM_CHARS] in about for w in subject) / len(subject)
                   if subject else 0.0)
     return max(word_share, name_share)
+
+
+_FIRST_SENTENCE = re.compile(r"^.*?(?:[.!?](?:\s|$)|\n|$)", re.DOTALL)
+
+
+def _lead(text: str) -> str:
+    """``text``'s first sentence (or line): where a document says what it is about."""
+    match = _FIRST_SENTENCE.match(text.lstrip())
+    return match.group(0) if match else ""

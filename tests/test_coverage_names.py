@@ -36,3 +36,12 @@ def test_names_the_collection_does_not_hold_leave_the_question_uncovered():
     # one of four options named in the collection is not its subject
     assert coverage("Which is oldest? (A) Kaextarr (B) Quenmoor (C) Vantor (D) Lind",
                     [KAEXTARR]) == 0.25
+
+
+def test_a_name_met_in_passing_is_not_the_subject():
+    passing = Hit("d1", "Travel notes",
+                  "Our team met in Lyon for the offsite. It was held in France in 2023.", 1.0)
+    assert coverage("What is the capital of France?", [passing]) == 0.0
+    # Where the document is about it (title or first sentence), the name is its subject.
+    about = Hit("d2", "Notes", "France hosted the 2023 offsite of the team.", 1.0)
+    assert coverage("What is the capital of France?", [about]) == 1.0

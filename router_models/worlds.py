@@ -336,7 +336,7 @@ class RandomWorld:
     def realize_usage(self, prompts: Prompts, index: int, plan: Plan,
                       rng: np.random.Generator, accuracy: float | None = None
                       ) -> tuple[bool, int, list[tuple[int, bool]]]:
-        """``realize``, plus each sample's (completion tokens, finished before its
+        """``realize``, plus each sample's (completion tokens, stated its answer within its
         allowance), as the gateway reports a request's usage (``Router.observe_usage``)."""
         if accuracy is None:
             accuracy = float(self.outcome(single_prompt(prompts, index), plan)[0][0])
@@ -349,7 +349,10 @@ class RandomWorld:
         spent = float(tokens.sum())
         if plan.strategy == "search" or plan.search_calls > 0:
             spent += QUERY_TOKENS * max(0, plan.search_calls - 1)
-        samples = [(int(round(t)), bool(t < depth)) for t in tokens]
+        # A sample that states its answer (L <= depth) and thinks on to its cap still shows the
+        # answer fits, as the gateway counts it (Router.observe_usage).
+        samples = [(int(round(t)), bool(length <= depth))
+                   for t, length in zip(tokens, lengths, strict=True)]
         return bool(rng.random() < accuracy), int(round(spent)), samples
 
 

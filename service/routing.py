@@ -234,13 +234,16 @@ class Router:
         """Learn answer lengths from one answered request: its samples' completion tokens,
         each finished or cut at its ``max_tokens`` (right-censored), for a direct answer or a
         vote (a chain given room thinks past its answer, so it is not counted). A vote's
-        finished samples count as their mean tokens (usage is one total per call)."""
+        finished samples count as their mean tokens (usage is one total per call); a vote
+        sample cut after stating its answer counts as finished."""
         if scores is None or completion_tokens <= 0:
             return
         samples: list[tuple[int, bool]]
         if plan.strategy == "parallel_vote":
             count = int(report.get("samples") or 0)
-            cut = min(count, int(report.get("cut_samples") or 0))
+            # A sample cut at its cap after stating its answer fits: counted as finished at
+            # its cap, or a model that rambles to the cap would make samples grow forever.
+            cut = min(count, int(report.get("cut_unanswered", report.get("cut_samples")) or 0))
             depth = int(report.get("depth_tokens") or 0)
             if count <= 0 or (cut and not depth):
                 return

@@ -119,6 +119,10 @@ async def run_vote(call: Call) -> Sample:
         "samples_saved": plan.width - drawn if early_stop else 0,
         "failed_samples": len(failures),
         "cut_samples": sum(s.finish_reason == "length" for s in samples),
+        # Cut before stating an answer: only these say the answer needs more room (a sample
+        # that stated one and rambled on to its cap shows the answer fits).
+        "cut_unanswered": sum(s.finish_reason == "length" and b.answer is None
+                              for s, b in zip(samples, ballots, strict=True)),
         "depth_tokens": depth,
     })
     return _best_sample(samples, ballots, best)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router_models.plan import STRATEGIES
+from router_models.plan import STRATEGIES, Plan, Scores
 from service.routing import Router
 from service.settings import SettingsError
 from tests.conftest import gateway_client, make_settings, metric
@@ -185,3 +185,20 @@ def test_coverage_is_the_share_of_the_questions_content_words_in_the_hits():
     # one name the hits hold is what they are about, however the question is phrased
     assert coverage("Where is Velmar based?", hits) == 1.0
     assert coverage("Velmar plant workers: how many?", []) == 0.0
+
+
+def test_vote_samples_cut_after_their_answer_count_as_finished():
+    # A model that rambles on to its cap after stating the answer: the answer fits, so the
+    # length estimate must not grow (it would, without end, if cut samples counted as "at
+    # least this long").
+    scores = Scores(0.5, 0.1, 0.0)
+    vote = Plan("parallel_vote", 3 * 100, width=3, depth_tokens=100)
+    rambling = Router(make_settings(default_answer_tokens=80))
+    unanswered = Router(make_settings(default_answer_tokens=80))
+    for _ in range(30):
+        rambling.observe_usage(scores, vote, "m", 300, {
+            "samples": 3, "cut_samples": 3, "cut_unanswered": 0, "depth_tokens": 100})
+        unanswered.observe_usage(scores, vote, "m", 300, {
+            "samples": 3, "cut_samples": 3, "cut_unanswered": 3, "depth_tokens": 100})
+    assert rambling.answer_tokens(scores, "m") <= 100
+    assert unanswered.answer_tokens(scores, "m") > 100

@@ -261,10 +261,12 @@ class StoppingRow:
 
 def stopping_rows(family: str, runs: Sequence[BankRun],
                   rules: Sequence[StopRule] | None = None) -> list[StoppingRow]:
-    """One ``StoppingRow`` per rule (default ``default_rules()``) over the runs with samples."""
+    """One ``StoppingRow`` per rule (default ``default_rules`` for votes as wide as the
+    runs' samples) over the runs with samples."""
     runs = [r for r in runs if r.samples]
+    width = max((len(r.samples) for r in runs), default=8)
     rows = []
-    for rule in rules or default_rules():
+    for rule in rules or default_rules(width):
         votes = [stopped_vote(r, rule) for r in runs]
         n = len(votes)
         fixed_tokens = sum(v.fixed_tokens for v in votes)

@@ -30,6 +30,7 @@ from bench.bank_figures import cut_answer, right
 from router_models.bank import BankRun
 from router_models.voting import Ballot, is_settled, tally, winner
 from service.settings import Settings
+from service.strategies.parallel_vote import first_wave
 
 FULL = 10 ** 6  # a cut longer than any recorded sample: the whole sample
 
@@ -89,16 +90,18 @@ def _esc_used(answers: Sequence[str | None], window: int) -> int:
     return read
 
 
-def default_rules() -> list[StopRule]:
-    """The rules the findings compare: Adaptive-Consistency as published (one at a time, 0.95),
-    as the gateway runs it by default (``service.settings.Settings``), and ESC with windows
-    of 2 and 4 samples (the paper's window is 5 of 40; these votes hold 8)."""
+def default_rules(width: int = 8) -> list[StopRule]:
+    """The rules the findings compare for votes of ``width`` samples: Adaptive-Consistency as
+    published (one at a time, 0.95), as the gateway's ``parallel_vote`` runs it with the
+    default ``service.settings.Settings`` (its first wave from ``first_wave``), and ESC with
+    windows of 2 and 4 samples (the paper's window is 5 of 40; these votes hold 8)."""
     gateway = Settings()
+    wave = first_wave(width, gateway)
     return [
         StopRule("Adaptive-Consistency (1 at a time, Beta 0.95)", "beta"),
-        StopRule(f"gateway default (first wave {gateway.vote_first_wave}, then "
-                 f"{gateway.vote_wave}, Beta {gateway.vote_stop_threshold:g})", "beta",
-                 first_wave=gateway.vote_first_wave, wave=gateway.vote_wave,
+        StopRule(f"gateway default (first wave {wave}, then {gateway.vote_wave}, "
+                 f"Beta {gateway.vote_stop_threshold:g})", "beta",
+                 first_wave=wave, wave=gateway.vote_wave,
                  threshold=gateway.vote_stop_threshold),
         StopRule("ESC (window 2)", "esc", window=2),
         StopRule("ESC (window 4)", "esc", window=4),

@@ -196,3 +196,12 @@ def test_generator_writes_the_report_and_plots(tmp_path: Path,
                      "bank_early_stopping.png", "bank_deepconf.png", "bank_findings.md"}
     assert all((tmp_path / n).stat().st_size > 1000 for n in names)
     assert "--budgets 8,64" in (tmp_path / "bank_findings.md").read_text()
+
+
+def test_the_gateway_rule_draws_its_first_wave_as_parallel_vote_does() -> None:
+    from bench.bank_stopping import default_rules
+
+    # A vote of 8: the default first wave of 3; a vote of 3: a majority of 2 first.
+    assert default_rules(8)[1].first_wave == 3
+    assert default_rules(3)[1].first_wave == 2
+    assert default_rules(3)[1].used(["a", "a", "b"]) == 2

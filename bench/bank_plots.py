@@ -35,7 +35,8 @@ def _point(cell: Cell) -> tuple[float, float, float]:
         return math.nan, 0.0, 0.0
     p = 100 * cell.correct / cell.n
     low, high = wilson(cell.correct, cell.n)
-    return p, p - 100 * low, 100 * high - p
+    # Clamped: at 0% or 100% rounding can put the bound a hair past the point.
+    return p, max(0.0, p - 100 * low), max(0.0, 100 * high - p)
 
 
 def _errorbar(ax, xs: Sequence[float], cells: Sequence[Cell], **kwargs) -> None:  # noqa: ANN001

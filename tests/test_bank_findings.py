@@ -205,3 +205,13 @@ def test_the_gateway_rule_draws_its_first_wave_as_parallel_vote_does() -> None:
     assert default_rules(8)[1].first_wave == 3
     assert default_rules(3)[1].first_wave == 2
     assert default_rules(3)[1].used(["a", "a", "b"]) == 2
+
+
+def test_plot_error_bars_are_never_negative() -> None:
+    from bench.bank_plots import _point
+
+    # Wilson bounds at 0% and 100% can fall a rounding error past the point itself.
+    for n in range(1, 40):
+        for correct in range(n + 1):
+            _, below, above = _point(Cell(correct, n))
+            assert below >= 0 and above >= 0

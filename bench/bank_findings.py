@@ -328,7 +328,8 @@ def confidence_auc(runs: Sequence[BankRun]) -> tuple[int, int, dict[str, float |
     every sample of ``runs`` (uncut): (samples, right samples, ROC AUC per measure; None when
     all samples are right or all wrong). 0.5 is chance. Samples of one item share its
     difficulty, so this mixes within- and between-item separation."""
-    labels, scores = [], {m: [] for m in CONFIDENCE_MEASURES}
+    labels: list[int] = []
+    scores: dict[str, list[float]] = {m: [] for m in CONFIDENCE_MEASURES}
     for run in runs:
         for sample in run.samples:
             labels.append(int(right(run, cut_answer(run, sample, FULL))))

@@ -37,11 +37,8 @@ def test_a_chain_of_steps_is_a_chain_whatever_the_sequential_score():
     assert archetype_of(word_problem) == "chain"
     assert KIND_NAMES[kind_of(word_problem)] == "hard/chain"
     assert archetype_of(guess) == "independent"
-    # Steps come before coverage: a word problem whose names some document also holds is
-    # still a chain; a covered question that states no steps is searched.
-    assert archetype_of(Scores(0.5, 0.1, 0.9, steps=3)) == "chain"
-    assert KIND_NAMES[kind_of(Scores(0.5, 0.1, 0.9, steps=3))] == "hard/chain"
-    assert archetype_of(Scores(0.5, 0.1, 0.9, steps=1)) == "search"
+    # Facts still come first: a question the collection answers is searched.
+    assert archetype_of(Scores(0.5, 0.1, 0.9, steps=3)) == "search"
 
 
 def test_the_classifier_reports_the_steps_it_reads():

@@ -109,12 +109,7 @@ def read_search(scores: Scores, coverage: float | None) -> Scores:
 def archetype_of(scores: Scores) -> str:
     """``search``, ``chain`` or ``independent`` (module docstring). A prompt of form ``graph``
     is a chain whatever its ``sequential`` score: graph connectivity is the compositional task
-    on which one long chain beats any vote (Mirtaheri et al. 2025). A prompt that states
-    ``CHAIN_STEPS`` dependent steps is a chain even when the collection seems to cover it: fact
-    questions state none (0% of HotpotQA, ``bench/steps_check.py``), while a word problem's
-    first names and common words can match some document of a large collection."""
-    if (scores.steps or 0) >= CHAIN_STEPS:
-        return "chain"
+    on which one long chain beats any vote (Mirtaheri et al. 2025)."""
     if scores.search >= 0.5:
         return "search"
     if is_chain(scores):
@@ -133,9 +128,9 @@ def is_chain(scores: Scores) -> bool:
 def kind_of(scores: Scores) -> int:
     """The kind of prompt: an index into ``KIND_NAMES``."""
     # On the request path: the archetype's index computed inline, not looked up.
-    archetype = 1 if (scores.steps or 0) >= CHAIN_STEPS else (
-        2 if scores.search >= 0.5 else (
-            1 if scores.sequential >= 0.5 or scores.form == "graph" else 0))
+    archetype = 2 if scores.search >= 0.5 else (
+        1 if scores.sequential >= 0.5 or scores.form == "graph"
+        or (scores.steps or 0) >= CHAIN_STEPS else 0)
     return (3 if scores.difficulty >= EASY_BELOW else 0) + archetype
 
 

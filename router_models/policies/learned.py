@@ -50,6 +50,7 @@ thinks past its answer, so its length says nothing about how long a vote sample 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import random
@@ -114,6 +115,7 @@ def difference_bounds(successes: float, trials: float, base_successes: float,
     return float(low), float(high)
 
 
+@functools.lru_cache(maxsize=4096)  # pure; deciding asks for the same counts again and again
 def wilson_bounds(successes: float, trials: float, confidence: float = SWITCH_CONFIDENCE
                   ) -> tuple[float, float]:
     """One-sided ``confidence`` Wilson lower and upper bounds of a proportion (each bound
@@ -186,6 +188,7 @@ class LearnedPolicy(Policy):
         self.scale = 0.0
         self.vote_above = 0.0  # difficulty below which votes become direct (solve_vote_above)
         self._solved_lengths: dict[int, int] = {}
+        self._worse: dict[int, set[str]] = {}  # per kind: strategies shown worse (eliminated)
         self.resolve()
 
     # -- sizing ----------------------------------------------------------------------------
@@ -274,9 +277,13 @@ class LearnedPolicy(Policy):
 
     def eliminated(self, kind: int, strategy: str) -> bool:
         """True when ``strategy`` is worse than the kind's current strategy with confidence
-        (no longer worth exploring)."""
-        bounds = self.improvement(kind, strategy)
-        return bounds is not None and bounds[1] < 0.0
+        (no longer worth exploring). Read from ``_worse``, which only outcomes change: the
+        interval is computed when feedback arrives, not on every decision."""
+        return strategy in self._worse.get(kind, ())
+
+    def _refresh_worse(self, kind: int) -> None:
+        self._worse[kind] = {s for s in STRATEGIES if s != self.current[kind]
+                             and (b := self.improvement(kind, s)) is not None and b[1] < 0.0}
 
     def decide(self, scores: Scores, features: Features | None = None, *,
                budget_tokens: int | None = None, strategy: str | None = None,
@@ -361,6 +368,7 @@ class LearnedPolicy(Policy):
         if self.lengths_from_feedback and spent_tokens:
             self._observe_spend(kind, plan, int(spent_tokens))
         self._consider_switch(kind)
+        self._refresh_worse(kind)
         self._tick()
 
     def _observe_spend(self, kind: int, plan: Plan, spent_tokens: int) -> None:
@@ -381,6 +389,7 @@ class LearnedPolicy(Policy):
         self.successes[:] = 0.0
         self.current = [PRIOR_STRATEGY[kind] for kind in KIND_NAMES]
         self.switches = []
+        self._worse = {}
         self.resolve()
 
     def observe_usage(self, scores: Scores, samples: Sequence[tuple[int, bool]]) -> None:
@@ -501,6 +510,8 @@ class LearnedPolicy(Policy):
                     int(steps[0]) if steps and steps[0] is not None else None))
         except (KeyError, TypeError, ValueError) as exc:
             raise PolicyError(f"malformed learned policy state: {exc}") from exc
+        for kind in range(len(KIND_NAMES)):
+            policy._refresh_worse(kind)
         policy.resolve()
         return policy
 

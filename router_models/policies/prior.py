@@ -73,10 +73,11 @@ EASY_BELOW = 0.1
 MAX_SCALE = 32.0
 # A prompt that states this many dependent steps (a quantity and what happens to it, moves,
 # swaps, operators) is a chain (``router_models.steps``). Two: one premise is a fact or a
-# story, two that build on each other are a chain. On public data the rule was not written
-# from (bench/steps_check.py, 200 prompts each), two or more steps held for 84% of GSM8K, 82%
-# of SVAMP, 100% of MultiArith, object tracking and coin flips, and for 0% of CommonsenseQA,
-# StrategyQA and HotpotQA, 18% of MMLU (its arithmetic and algebra).
+# story, two that build on each other are a chain. On public data (bench/steps_check.py, 200
+# prompts each) two or more steps held for 84% of GSM8K, 82% of SVAMP and 100% of MultiArith
+# (the rule was tuned on missed SVAMP and MultiArith prompts), and, held out, for 100% of
+# object tracking and coin flips, 68% of dates, 0% of CommonsenseQA, StrategyQA and HotpotQA
+# and 18% of MMLU (its arithmetic and algebra).
 CHAIN_STEPS = 2
 # The search score above which a prompt outside the search archetype may still be offered
 # search while exploring (a plausible plan, not a prior choice).
@@ -127,10 +128,8 @@ def is_chain(scores: Scores) -> bool:
 
 def kind_of(scores: Scores) -> int:
     """The kind of prompt: an index into ``KIND_NAMES``."""
-    # On the request path: the archetype's index computed inline, not looked up.
-    archetype = 2 if scores.search >= 0.5 else (
-        1 if scores.sequential >= 0.5 or scores.form == "graph"
-        or (scores.steps or 0) >= CHAIN_STEPS else 0)
+    # On the request path: the archetype's index computed, not looked up by name.
+    archetype = 2 if scores.search >= 0.5 else (1 if is_chain(scores) else 0)
     return (3 if scores.difficulty >= EASY_BELOW else 0) + archetype
 
 

@@ -580,13 +580,13 @@ def _cut(lines: list[str], max_tokens: int | None) -> tuple[str, int, str]:
     return "\n".join(out), used, "stop"
 
 
-def serve_backend(world_file: str, mode: str, port: int) -> None:
-    """Run the scripted model at http://127.0.0.1:`port`/v1 (model `held-out-sim`)."""
-    import uvicorn
+def create_backend(items: list[dict], mode: str):
+    """The scripted model's OpenAI-compatible app (model `held-out-sim`) over `items` (dicts of
+    `Item` fields) in `mode` ("normal" or "reversed"); `GET /stats` counts what it saw."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, StreamingResponse
 
-    model = Model(json.loads(Path(world_file).read_text()), mode)
+    model = Model(items, mode)
     app = FastAPI()
 
     @app.get("/v1/models")
@@ -642,6 +642,14 @@ def serve_backend(world_file: str, mode: str, port: int) -> None:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    return app
+
+
+def serve_backend(world_file: str, mode: str, port: int) -> None:
+    """Run the scripted model at http://127.0.0.1:`port`/v1 (uvicorn, one process)."""
+    import uvicorn
+
+    app = create_backend(json.loads(Path(world_file).read_text()), mode)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 

@@ -754,12 +754,17 @@ class Result:
     correct: bool
     tokens: int
     router: dict
+    prompt_tokens: int = 0
 
 
-def send(client, item: Item, router: dict | None, gold: str, feedback_url: str | None) -> Result:
-    """One chat request through the gateway (official SDK); optionally posts its feedback."""
-    kwargs: dict[str, Any] = {"model": "auto",
-                              "messages": [{"role": "user", "content": item.prompt}]}
+def send(client, item: Item, router: dict | None, gold: str, feedback_url: str | None,
+         system: str | None) -> Result:
+    """One chat request through the gateway (official SDK), after an optional system message;
+    optionally posts its feedback."""
+    messages = [{"role": "user", "content": item.prompt}]
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    kwargs: dict[str, Any] = {"model": "auto", "messages": messages}
     if router:
         kwargs["extra_body"] = {"router": router}
     for attempt in range(3):
@@ -780,11 +785,13 @@ def send(client, item: Item, router: dict | None, gold: str, feedback_url: str |
             headers={"content-type": "application/json"})
         with urllib.request.urlopen(req, timeout=30):
             pass
-    return Result(item, correct, reply.usage.completion_tokens if reply.usage else 0, meta)
+    usage = reply.usage
+    return Result(item, correct, usage.completion_tokens if usage else 0, meta,
+                  usage.prompt_tokens if usage else 0)
 
 
 def run(world: World, items: list[Item], router: dict | None, *, mode: str, concurrency: int,
-        feedback: bool = False) -> list[Result]:
+        feedback: bool = False, system: str | None = None) -> list[Result]:
     """Send `items` in order through the gateway, `concurrency` at a time."""
     from openai import OpenAI
 
@@ -792,8 +799,9 @@ def run(world: World, items: list[Item], router: dict | None, *, mode: str, conc
     feedback_url = f"{world.url}/v1/feedback" if feedback else None
     golds = [it.gold_reversed if mode == "reversed" else it.gold for it in items]
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(lambda pair: send(client, pair[0], router, pair[1], feedback_url),
-                             zip(items, golds, strict=True)))
+        return list(pool.map(
+            lambda pair: send(client, pair[0], router, pair[1], feedback_url, system),
+            zip(items, golds, strict=True)))
 
 
 def summary(results: list[Result]) -> tuple[float, float, dict[str, float]]:
@@ -805,7 +813,8 @@ def summary(results: list[Result]) -> tuple[float, float, dict[str, float]]:
 
 
 def matched_budget(world: World, items: list[Item], strategy: str, target: float, *, mode: str,
-                   steps: int, concurrency: int) -> tuple[int, list[Result], list[tuple]]:
+                   steps: int, concurrency: int,
+                   system: str | None) -> tuple[int, list[Result], list[tuple]]:
     """Bisection (geometric) on `budget_tokens` so that `strategy` spends `target` mean tokens.
 
     Returns the budget whose mean spend came closest to `target`, its results and every
@@ -816,7 +825,7 @@ def matched_budget(world: World, items: list[Item], strategy: str, target: float
     best = None
     for _ in range(steps):
         results = run(world, items, {"strategy": strategy, "budget_tokens": budget}, mode=mode,
-                      concurrency=concurrency)
+                      concurrency=concurrency, system=system)
         acc, spend, _ = summary(results)
         tried.append((budget, spend, acc))
         print(f"    {strategy} @ {budget}: {spend:.0f} tokens, accuracy {acc:.3f}", flush=True)
@@ -841,13 +850,22 @@ def _pct(x: float) -> str:
 
 
 def print_table(rows: list[tuple[str, str, list[Result]]]) -> None:
-    print("| policy | budget_tokens | accuracy | mean completion tokens | "
-          + " | ".join(KINDS) + " |")
-    print("| --- | --- | --- | --- | " + " | ".join("---" for _ in KINDS) + " |")
+    """Accuracy (Wilson 95% interval), mean completion and prompt tokens, and per kind
+    "accuracy / mean completion tokens"."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    print("| policy | budget_tokens | accuracy [95% CI] | mean completion tokens | "
+          "mean prompt tokens | " + " | ".join(KINDS) + " |")
+    print("| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in KINDS) + " |")
     for name, budget, results in rows:
         acc, tokens, per_kind = summary(results)
-        print(f"| {name} | {budget} | {_pct(acc)} | {tokens:.0f} | "
-              + " | ".join(_pct(per_kind.get(k, float('nan'))) for k in KINDS) + " |")
+        lo, hi = proportion_confint(sum(r.correct for r in results), len(results),
+                                    method="wilson")
+        prompt = sum(r.prompt_tokens for r in results) / len(results)
+        kind_tokens = per_kind_tokens(results)
+        cells = [f"{_pct(per_kind[k])} / {kind_tokens[k]:.0f}" for k in KINDS if k in per_kind]
+        print(f"| {name} | {budget} | {_pct(acc)} [{_pct(lo)}, {_pct(hi)}] | {tokens:.0f} | "
+              f"{prompt:.0f} | " + " | ".join(cells) + " |")
 
 
 def per_kind_tokens(results: list[Result]) -> dict[str, float]:
@@ -873,6 +891,25 @@ def best_per_kind(fixed: dict[str, list[Result]]) -> tuple[dict[str, str], float
         tokens += sum(r.tokens for r in rs)
         count += len(rs)
     return choice, correct / count, tokens / count
+
+
+def compare_paired(auto: list[Result], fixed: dict[str, list[Result]],
+                   best: dict[str, str]) -> str:
+    """Auto minus the best fixed strategy per kind on the same prompts (the runs send the same
+    list in the same order), with McNemar's exact test (statsmodels)."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    other = [fixed[best[r.item.kind]][i] for i, r in enumerate(auto)]
+    assert all(a.item.id == b.item.id for a, b in zip(auto, other, strict=True))
+    table = [[0, 0], [0, 0]]
+    for a, b in zip(auto, other, strict=True):
+        table[int(not a.correct)][int(not b.correct)] += 1
+    diff = (table[0][1] - table[1][0]) / len(auto)
+    p = mcnemar(table, exact=True).pvalue
+    tokens = sum(r.tokens for r in auto) / max(1, sum(r.tokens for r in other))
+    return (f"auto minus best fixed per kind: {diff:+.3f} accuracy (McNemar exact p = {p:.3g}; "
+            f"auto only right {table[0][1]}, fixed only right {table[1][0]}), at {tokens:.2f}x "
+            "its completion tokens")
 
 
 def print_choices(results: list[Result]) -> None:
@@ -908,6 +945,23 @@ def print_bad_examples(results: list[Result], best: dict[str, str], per_kind_max
                 break
 
 
+def print_other_choices(results: list[Result], best: dict[str, str]) -> None:
+    """One example per kind and strategy auto chose that is not the kind's best fixed one,
+    right or wrong: what the router said when it left the best strategy."""
+    seen = set()
+    for r in results:
+        s = r.router.get("strategy")
+        if s == best[r.item.kind] or (r.item.kind, s) in seen:
+            continue
+        seen.add((r.item.kind, s))
+        fields = {f: r.router.get(f) for f in ("strategy", "budget_tokens", "spent_tokens",
+                                                "samples", "search_calls", "reason", "scores")}
+        print(f"- {r.item.kind} -> {s} ({'right' if r.correct else 'wrong'}, "
+              f"{r.tokens} completion + {r.prompt_tokens} prompt tokens): "
+              f"{r.item.prompt[:80]!r}")
+        print(f"  {json.dumps(fields)[:700]}")
+
+
 def part_one(args, docs, items_by_kind, workdir: Path) -> None:
     items = [it for k in KINDS for it in items_by_kind[k][: args.per_kind]]
     random.Random(args.seed + 1).shuffle(items)
@@ -917,7 +971,8 @@ def part_one(args, docs, items_by_kind, workdir: Path) -> None:
     world = World(items, docs, "normal", workdir)
     try:
         t0 = time.monotonic()
-        auto = run(world, traffic, None, mode="normal", concurrency=args.concurrency)
+        auto = run(world, traffic, None, mode="normal", concurrency=args.concurrency,
+                   system=args.system)
         acc, target, _ = summary(auto)
         print(f"  auto: accuracy {acc:.3f}, {target:.0f} mean tokens "
               f"({time.monotonic() - t0:.0f} s)", flush=True)
@@ -925,7 +980,8 @@ def part_one(args, docs, items_by_kind, workdir: Path) -> None:
         for s in STRATEGIES:
             budgets[s], fixed[s], _ = matched_budget(world, traffic, s, target, mode="normal",
                                                      steps=args.bisect_steps,
-                                                     concurrency=args.concurrency)
+                                                     concurrency=args.concurrency,
+                                                     system=args.system)
         stats = world.backend_stats()
     finally:
         world.close()
@@ -939,15 +995,28 @@ def report(auto: list[Result], fixed: dict, budgets: dict, stats: dict) -> None:
     rows += [(s, str(budgets[s]), fixed[s]) for s in STRATEGIES]
     print_table(rows)
     best, best_acc, best_tokens = best_per_kind(fixed)
-    print(f"\nBest fixed strategy per kind: {best}: accuracy {best_acc:.2f}, "
-          f"{best_tokens:.0f} mean tokens")
-    print("\nMean completion tokens per kind: auto "
-          + json.dumps({k: round(v) for k, v in per_kind_tokens(auto).items()}))
+    print(f"\nBest fixed strategy per kind (highest accuracy, fewer tokens break ties): {best}: "
+          f"accuracy {best_acc:.2f}, {best_tokens:.0f} mean completion tokens")
+    print(compare_paired(auto, fixed, best))
+    print("\nMean upstream samples per reply (router.samples) and the strategy that ran, per kind "
+          "(a forced vote whose budget buys one complete sample runs one chain):\n")
+    print("| policy | " + " | ".join(KINDS) + " |")
+    print("| --- | " + " | ".join("---" for _ in KINDS) + " |")
+    for name, results in [("auto", auto), *fixed.items()]:
+        cells = []
+        for k in KINDS:
+            rs = [r for r in results if r.item.kind == k]
+            ran = collections.Counter(r.router.get("strategy") for r in rs).most_common(2)
+            samples = sum(r.router.get("samples") or 0 for r in rs) / max(1, len(rs))
+            cells.append(f"{samples:.1f}; " + ", ".join(f"{s} {c}" for s, c in ran))
+        print(f"| {name} | " + " | ".join(cells) + " |")
     print("\nWhat auto chose:\n")
     print_choices(auto)
     print(f"\nBackend counts: {json.dumps(stats, sort_keys=True)}")
     print("\nWrong auto replies whose strategy was not the kind's best fixed one:\n")
     print_bad_examples(auto, best)
+    print("\nOne reply per kind and strategy auto chose other than the kind's best fixed one:\n")
+    print_other_choices(auto, best)
 
 
 def part_two(args, docs, items_by_kind, workdir: Path) -> None:
@@ -966,20 +1035,22 @@ def part_two(args, docs, items_by_kind, workdir: Path) -> None:
         training = []
         for r in range(rounds):
             results = run(world, per_round[r], None, mode="reversed",
-                          concurrency=args.concurrency, feedback=True)
+                          concurrency=args.concurrency, feedback=True, system=args.system)
             training.append(results)
             acc, tokens, per_kind = summary(results)
             print(f"  round {r + 1}: accuracy {acc:.3f}, {tokens:.0f} mean tokens, "
                   + json.dumps({k: round(v, 2) for k, v in per_kind.items()}), flush=True)
         held_out = per_round[rounds]
-        auto = run(world, held_out, None, mode="reversed", concurrency=args.concurrency)
+        auto = run(world, held_out, None, mode="reversed", concurrency=args.concurrency,
+                   system=args.system)
         acc, target, _ = summary(auto)
         print(f"  held-out auto: accuracy {acc:.3f}, {target:.0f} mean tokens", flush=True)
         fixed, budgets = {}, {}
         for s in STRATEGIES:
             budgets[s], fixed[s], _ = matched_budget(world, held_out, s, target, mode="reversed",
                                                      steps=args.bisect_steps,
-                                                     concurrency=args.concurrency)
+                                                     concurrency=args.concurrency,
+                                                     system=args.system)
         stats = world.backend_stats()
     finally:
         world.close()
@@ -1002,6 +1073,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bisect-steps", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=6)
     parser.add_argument("--seed", type=int, default=20261206)
+    parser.add_argument("--system", default="You are a helpful assistant.",
+                        help="system message sent before every prompt ('' for none)")
     parser.add_argument("--part", choices=["1", "2", "both"], default="both")
     parser.add_argument("--serve-backend", metavar="WORLD_FILE", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="normal", help=argparse.SUPPRESS)

@@ -5,21 +5,27 @@ A vote is only worth its width when each sample can reach its answer: a sample c
 model (a 0.5B model reasons for about 200 tokens on a word problem; a larger one may take 60)
 and on the kind of prompt, so they are observed rather than assumed.
 
-Each observation is one sample's completion tokens and whether it finished (``finish_reason``
-``stop``) or was cut (``length``): a cut sample says only "at least this many", a right-censored
-observation. The estimate is the ``QUANTILE`` of the Kaplan-Meier estimate of the length
-distribution over the last ``WINDOW`` observations (Kaplan and Meier 1958, the standard
-estimator under right censoring), so cut samples push the estimate up instead of being read as
-short answers. Until ``MIN_OBSERVATIONS`` have been seen the prior ``DEFAULT_ANSWER_TOKENS``
-holds; when the quantile is not reached because too many samples were cut, the estimate is
-twice the longest cut length (capped at ``MAX_ANSWER_TOKENS``), so the next budgets probe
-higher.
+Each observation is the tokens one sample took to state its answer, and whether it stated one:
+a sample that writes an explicit answer ("The answer is 42.", ``\\boxed{42}``) counts the
+tokens up to it, whatever it writes after (a model that checks its work after answering would
+otherwise make every later sample, and the spend, grow where accuracy does not); one that
+stops without a marker counts all its tokens; one cut at its cap (``finish_reason``
+``length``) before any explicit answer says only "at least this many", a right-censored
+observation (``observations``). The estimate is the ``QUANTILE`` of the Kaplan-Meier
+estimate of the length distribution over the last ``WINDOW`` observations (Kaplan and Meier
+1958, the standard estimator under right censoring), so cut samples push the estimate up
+instead of being read as short answers. Until ``MIN_OBSERVATIONS`` have been seen the prior
+``DEFAULT_ANSWER_TOKENS`` holds; when the quantile is not reached because too many samples
+were cut, the estimate is twice the longest cut length (capped at ``MAX_ANSWER_TOKENS``), so
+the next budgets probe higher.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
+
+from router_models.answers import first_answer_end
 
 # The prior length of a complete answer, in tokens: a short chain of thought and its final
 # line. Measured on the embedded 0.5B model: about 200 tokens on word problems (issue 13).
@@ -57,6 +63,38 @@ def kaplan_meier_quantile(observations: Iterable[tuple[int, bool]], quantile: fl
                 return length
         at_risk -= ended + cut
     return None
+
+
+def observations(samples: Sequence[tuple[str, str | None, int | None]],
+                 completion_tokens: int) -> list[tuple[int, bool]]:
+    """Per sample, (tokens its answer took, stated an answer) for ``AnswerLengths.observe``.
+
+    Args:
+        samples: each sample's (text, ``finish_reason``, ``max_tokens`` or None), all from
+            calls whose usage sums to ``completion_tokens``.
+        completion_tokens: the samples' completion tokens together. Usage is one total per
+            call, so a sample's own count is estimated: a sample cut at its cap spent the cap,
+            the others share the rest in proportion to their characters.
+
+    Returns:
+        One pair per sample with text: the tokens up to its first explicit answer
+        (``answers.first_answer_end``) and True; else, when it stopped on its own, all its
+        tokens and True; else (cut before any explicit answer) its tokens and False.
+    """
+    kept = [(text, reason, cap) for text, reason, cap in samples if text]
+    spent_at_cap = [cap if reason == "length" and cap else None for _, reason, cap in kept]
+    rest = max(0, completion_tokens - sum(c for c in spent_at_cap if c))
+    chars = sum(len(text) for (text, _, _), at_cap in zip(kept, spent_at_cap, strict=True)
+                if at_cap is None) or 1
+    found: list[tuple[int, bool]] = []
+    for (text, reason, _), at_cap in zip(kept, spent_at_cap, strict=True):
+        tokens = at_cap or max(1, round(rest * len(text) / chars))
+        end = first_answer_end(text)
+        if end is not None:
+            found.append((max(1, round(tokens * end / len(text))), True))
+        else:
+            found.append((tokens, reason != "length"))
+    return found
 
 
 class AnswerLengths:

@@ -130,6 +130,38 @@ def extract_answer(text: str | None, *, strict: bool = False,
     return normalise(line, options=options) or None
 
 
+def first_answer_end(text: str | None) -> int | None:
+    """Where a model's output first states an explicit answer: the index just past the first
+    ``\\boxed{...}``, or past the sentence (or line) that the first "the answer is",
+    "Answer:" or ``####`` marker opens. None when no explicit answer is stated (what
+    ``extract_answer(..., strict=True)`` would find nothing in).
+
+    A sample cut just after this point would already carry its answer, so the tokens before
+    it are what the answer needs; what a model writes after (a check of its work) is not
+    (``router_models.answer_lengths``)."""
+    if not text:
+        return None
+    ends: list[int] = []
+    boxed = _BOXED.search(text)
+    if boxed is not None:
+        depth = 1
+        for i in range(boxed.end(), len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                ends.append(i + 1)
+                break
+    lower = _lower_aligned(text)
+    for pattern in _MARKERS:
+        for match in pattern.finditer(lower):
+            line = text[match.end():].split("\n", 1)[0]
+            if not line.strip():
+                continue
+            stop = _SENTENCE_END.search(line, len(line) - len(line.lstrip()) + 1)
+            ends.append(match.end() + (stop.start() + 1 if stop else len(line)))
+            break  # the pattern's first stated answer
+    return min(ends) if ends else None
+
+
 def normalise(answer: str, *, options: Collection[str] = ()) -> str:
     """The normal form of one answer's span (see the module docstring); "" for no content.
 
@@ -333,10 +365,16 @@ def _last_boxed(text: str) -> str | None:
     return None
 
 
-def _last_marker(text: str) -> str | None:
+def _lower_aligned(text: str) -> str:
+    """``text`` lower-cased with its indices kept (a few characters lower-case to two)."""
     lower = text.lower()
-    if len(lower) != len(text):  # a few characters lower-case to two: keep indices aligned
+    if len(lower) != len(text):
         lower = "".join(ch if len(ch.lower()) != 1 else ch.lower() for ch in text)
+    return lower
+
+
+def _last_marker(text: str) -> str | None:
+    lower = _lower_aligned(text)
     end = -1
     for pattern in _MARKERS:
         for match in pattern.finditer(lower):

@@ -336,8 +336,8 @@ class RandomWorld:
     def realize_usage(self, prompts: Prompts, index: int, plan: Plan,
                       rng: np.random.Generator, accuracy: float | None = None
                       ) -> tuple[bool, int, list[tuple[int, bool]]]:
-        """``realize``, plus each sample's (completion tokens, stated its answer within its
-        allowance), as the gateway reports a request's usage (``Router.observe_usage``)."""
+        """``realize``, plus each sample's (tokens to its answer, stated it within its
+        allowance), as the gateway observes a request's samples (``Router.observe_usage``)."""
         if accuracy is None:
             accuracy = float(self.outcome(single_prompt(prompts, index), plan)[0][0])
         depth = plan_depth(plan)
@@ -349,10 +349,10 @@ class RandomWorld:
         spent = float(tokens.sum())
         if plan.strategy == "search" or plan.search_calls > 0:
             spent += QUERY_TOKENS * max(0, plan.search_calls - 1)
-        # A sample that states its answer (L <= depth) and thinks on to its cap still shows the
-        # answer fits, as the gateway counts it (Router.observe_usage).
-        samples = [(int(round(t)), bool(length <= depth))
-                   for t, length in zip(tokens, lengths, strict=True)]
+        # What the gateway observes of each sample (answer_lengths.observations): the tokens up
+        # to its stated answer, whatever it thinks after; cut before it, its cap (censored).
+        samples = [(max(1, int(round(length))), True) if length <= depth else (int(depth), False)
+                   for length in lengths]
         return bool(rng.random() < accuracy), int(round(spent)), samples
 
 

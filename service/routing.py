@@ -33,11 +33,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 from router_models import load_default
-from router_models.answer_lengths import AnswerLengths
+from router_models.answer_lengths import AnswerLengths, observations
 from router_models.classifier import Classifier
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies import KIND_NAMES, LearnedPolicy, Policy, PolicyError, parse_policy
@@ -45,7 +45,7 @@ from router_models.policies.prior import fit_vote, kind_of, read_search
 from router_models.prompt import has_conversation, prompt_text
 from service import metrics, tracing
 from service.backends import AUTO_MODEL
-from service.coverage import coverage
+from service.coverage import coverage_shares
 from service.errors import InvalidRequest
 from service.planning import choose_plan, may_call_tools
 from service.protocol import RoutedRequest
@@ -191,7 +191,8 @@ class Router:
         except SearchError as exc:
             log.warning("coverage check of the local index failed: %s", exc)
             return scores
-        return read_search(scores, coverage(question, hits))
+        shares = coverage_shares(question, hits)
+        return read_search(scores, shares.words, shares.names)
 
     def _local_index(self) -> LocalIndex:
         if self._index is None:
@@ -230,36 +231,23 @@ class Router:
         return fit_vote(plan, self.answer_tokens(scores, upstream_model))
 
     def observe_usage(self, scores: Scores | None, plan: Plan, upstream_model: str,
-                      completion_tokens: int, report: Mapping[str, Any]) -> None:
-        """Learn answer lengths from one answered request: its samples' completion tokens,
-        each finished or cut at its ``max_tokens`` (right-censored), for a direct answer or a
-        vote (a chain given room thinks past its answer, so it is not counted). A vote's
-        finished samples count as their mean tokens (usage is one total per call); a vote
-        sample cut after stating its answer counts as finished."""
-        if scores is None or completion_tokens <= 0:
+                      completion_tokens: int,
+                      samples: Sequence[tuple[str, str | None, int | None]]) -> None:
+        """Learn answer lengths from one answered request of a direct answer or a vote: each
+        sample's (text, ``finish_reason``, ``max_tokens``), whose usage sums to
+        ``completion_tokens`` (``router_models.answer_lengths.observations``: the tokens up to
+        its first explicit answer, or all of them; cut before any answer, right-censored). A
+        chain is not counted: given room, it is no sample of the kind's answers."""
+        if (scores is None or completion_tokens <= 0 or not samples
+                or plan.strategy not in ("direct", "parallel_vote")):
             return
-        samples: list[tuple[int, bool]]
-        if plan.strategy == "parallel_vote":
-            count = int(report.get("samples") or 0)
-            # A sample cut at its cap after stating its answer fits: counted as finished at
-            # its cap, or a model that rambles to the cap would make samples grow forever.
-            cut = min(count, int(report.get("cut_unanswered", report.get("cut_samples")) or 0))
-            depth = int(report.get("depth_tokens") or 0)
-            if count <= 0 or (cut and not depth):
-                return
-            finished = count - cut
-            mean = max(1, round((completion_tokens - cut * depth) / finished)) if finished else 0
-            samples = [(mean, True)] * finished + [(depth, False)] * cut
-        elif plan.strategy == "direct" and plan.budget_tokens:
-            samples = [(completion_tokens, completion_tokens < plan.budget_tokens)]
-        else:
-            return  # a chain given room thinks past its answer: not a sample's length
+        found = observations(samples, completion_tokens)
         key = (upstream_model, KIND_NAMES[kind_of(scores)])
-        for tokens, finished in samples:
+        for tokens, finished in found:
             self.answer_lengths.observe(key, tokens, finished)
         learned = self.policies.get("learned")
         if isinstance(learned, LearnedPolicy):
-            learned.observe_usage(scores, samples)
+            learned.observe_usage(scores, found)
 
     def export_budgets(self) -> None:
         """Set ``ttc_policy_budget_tokens`` and ``ttc_policy_feedback`` from the learning

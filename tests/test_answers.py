@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from router_models.answer_lengths import observations
 from router_models.answers import (
     canonical_number,
     extract_answer,
+    first_answer_end,
     lettered_options,
     normalise,
 )
@@ -137,3 +139,34 @@ def test_canonical_numbers_are_exact(value, text):
     from fractions import Fraction
 
     assert canonical_number(Fraction(*value)) == text
+
+
+@pytest.mark.parametrize(("text", "stated"), [
+    ("5 + 3 = 8.\nThe answer is 8. Let me check: 8 - 3 = 5.", "5 + 3 = 8.\nThe answer is 8."),
+    ("The answer is 3.5 dollars. To check, 7 / 2 = 3.5.", "The answer is 3.5 dollars."),
+    ("so \\boxed{\\frac{1}{2}} and then \\boxed{3}", "so \\boxed{\\frac{1}{2}}"),
+    ("Reasoning...\nAnswer: B\nBecause B is larger.", "Reasoning...\nAnswer: B"),
+    ("#### 18\nThe answer is 18.", "#### 18"),
+])
+def test_first_answer_end_is_where_the_first_explicit_answer_is_stated(text, stated):
+    end = first_answer_end(text)
+    assert end is not None and text[:end] == stated
+    # Whatever follows, a sample cut there already carries the answer.
+    assert extract_answer(text[:end], strict=True) == extract_answer(stated, strict=True)
+
+
+@pytest.mark.parametrize("text", ["", "4 + 4 is 8", "The answer is:\n\n8", None])
+def test_no_explicit_answer_has_no_answer_end(text):
+    assert first_answer_end(text) is None
+
+
+def test_observations_split_a_calls_usage_and_stop_at_the_answer():
+    answered = "x" * 50 + " The answer is 7. " + "y" * 132  # 200 characters, answer at 67
+    found = observations([
+        (answered, "stop", 300),           # finished, checked its work after answering
+        ("z" * 200, "stop", 300),          # finished, no explicit answer: all of it counts
+        ("w" * 40, "length", 300),         # cut at its cap before any answer: censored
+        ("", "stop", 300),                 # nothing generated: no observation
+    ], completion_tokens=300 + 400)
+    # The cut sample spent its cap (300); the other two share 400 by their characters.
+    assert found == [(round(200 * 67 / 200), True), (200, True), (300, False)]

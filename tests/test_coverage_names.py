@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from service.coverage import coverage, names
+from router_models.plan import Scores
+from router_models.policies.prior import read_search
+from router_models.steps import state_steps
+from service.coverage import coverage, coverage_shares, names
 from service.search.base import Hit
 
 KAEXTARR = Hit("fact-0", "Kaextarr", (
@@ -45,3 +48,26 @@ def test_a_name_met_in_passing_is_not_the_subject():
     # Where the document is about it (title or first sentence), the name is its subject.
     about = Hit("d2", "Notes", "France hosted the 2023 offsite of the team.", 1.0)
     assert coverage("What is the capital of France?", [about]) == 1.0
+
+
+NATALIA = Hit("wiki-1", "Natalia Oreiro", (
+    "Natalia Oreiro is a Uruguayan singer and actress. She starred in the telenovela Muneca "
+    "Brava and released several albums."), 9.0)
+
+
+def test_a_word_problems_characters_are_not_the_collections_subjects():
+    # A word problem whose only name is what the top hit is about; none of its other words are.
+    problem = ("Natalia sold clips to 48 of her friends, and then she sold half as many "
+               "clips to her neighbours. How many clips did Natalia sell altogether?")
+    shares = coverage_shares(problem, [NATALIA])
+    assert shares.names == 1.0 and shares.words < 0.5
+    steps = state_steps(problem)
+    assert steps >= 2
+    read = read_search(Scores(0.5, 0.9, 0.1, steps=steps), shares.words, shares.names)
+    assert read.search <= 0.3  # not a search prompt: it carries its own facts
+    # A question about her, with no steps of its own, is the collection's.
+    question = "Which telenovela made Natalia famous?"
+    shares = coverage_shares(question, [NATALIA])
+    read = read_search(Scores(0.5, 0.1, 0.1, steps=state_steps(question)), shares.words,
+                       shares.names)
+    assert read.search >= 0.5

@@ -195,10 +195,29 @@ def test_vote_samples_cut_after_their_answer_count_as_finished():
     vote = Plan("parallel_vote", 3 * 100, width=3, depth_tokens=100)
     rambling = Router(make_settings(default_answer_tokens=80))
     unanswered = Router(make_settings(default_answer_tokens=80))
+    answered = "Four plus three is seven. The answer is 7. " + "Let me check that again. " * 9
     for _ in range(30):
-        rambling.observe_usage(scores, vote, "m", 300, {
-            "samples": 3, "cut_samples": 3, "cut_unanswered": 0, "depth_tokens": 100})
-        unanswered.observe_usage(scores, vote, "m", 300, {
-            "samples": 3, "cut_samples": 3, "cut_unanswered": 3, "depth_tokens": 100})
-    assert rambling.answer_tokens(scores, "m") <= 100
+        rambling.observe_usage(scores, vote, "m", 300, [(answered, "length", 100)] * 3)
+        unanswered.observe_usage(scores, vote, "m", 300,
+                                 [("Four plus three is " + "x " * 80, "length", 100)] * 3)
+    assert rambling.answer_tokens(scores, "m") <= 30  # the answer came within a fifth
     assert unanswered.answer_tokens(scores, "m") > 100
+
+
+def test_answers_checked_after_they_are_stated_do_not_grow_the_samples():
+    # A model that answers in about 100 tokens, then checks its work for 200 more before it
+    # stops: the kind's answers take 100 tokens, not 300 (issue 13: lengths that include the
+    # check grew every later vote, and its spend, where accuracy did not).
+    scores = Scores(0.5, 0.1, 0.0)
+    direct = Plan("direct", 400, depth_tokens=400)
+    router = Router(make_settings(default_answer_tokens=80))
+    text = "a" * 97 + " The answer is 7. " + "b" * 185
+    for _ in range(30):
+        router.observe_usage(scores, direct, "m", 300, [(text, "stop", 400)])
+    assert 100 <= router.answer_tokens(scores, "m") <= 120
+    # A chain is not a sample of the kind's answers.
+    chain = Router(make_settings(default_answer_tokens=80))
+    for _ in range(30):
+        chain.observe_usage(scores, Plan("sequential", 400, depth_tokens=400), "m", 300,
+                            [(text, "stop", 400)])
+    assert chain.answer_tokens(scores, "m") == 80

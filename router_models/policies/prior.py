@@ -91,7 +91,8 @@ COVERED = 0.5
 UNCOVERED_SEARCH = 0.3
 
 
-def read_search(scores: Scores, coverage: float | None) -> Scores:
+def read_search(scores: Scores, coverage: float | None, name_coverage: float = 0.0
+                ) -> Scores:
     """``scores`` with ``search`` read against the collection there is to search.
 
     Args:
@@ -99,9 +100,17 @@ def read_search(scores: Scores, coverage: float | None) -> Scores:
         coverage: the share of the question's content words the collection's top hits hold
             (``service.coverage``), or None when the collection cannot be read (a remote
             search service): then the classifier decides.
+        name_coverage: the share of the question's names that a top hit is about. It counts
+            as coverage except for a prompt that states ``CHAIN_STEPS`` dependent steps: such
+            a prompt carries its own facts, and its names are its characters ("Natalia sold
+            clips to 48 of her friends..." is not about the Natalia of a document that the
+            top hit is about; a GSM8K item's first name matched a HotpotQA article for 5 of
+            24 word problems on the outcome bank).
     """
     if coverage is None:
         return scores
+    if (scores.steps or 0) < CHAIN_STEPS:
+        coverage = max(coverage, name_coverage)
     if coverage >= COVERED:
         return dataclasses.replace(scores, search=round(coverage, 4))
     return dataclasses.replace(scores, search=min(scores.search, UNCOVERED_SEARCH))

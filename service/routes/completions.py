@@ -123,7 +123,7 @@ def _observe_usage(router: Router | None, call: Call) -> None:
     """Teach the router how long this kind of prompt's answers run on this model."""
     if router is not None:
         router.observe_usage(call.scores, call.plan, call.upstream_model,
-                             call.acct.completion_tokens, call.report)
+                             call.acct.completion_tokens, call.answer_samples)
 
 
 def _check_routable(routed: RoutedRequest) -> None:

@@ -139,6 +139,9 @@ def _merge_json(call: Call, replies: list[dict[str, Any]]) -> dict[str, Any]:
     call.response_id = merged.get("id") if isinstance(merged.get("id"), str) else None
     if merged["choices"] and isinstance(merged["choices"][0], dict):
         call.answer_text = choice_text(merged["choices"][0])
+    cap = choice_cap(call)
+    call.answer_samples = [(choice_text(c), c.get("finish_reason"), cap)
+                           for c in merged["choices"] if isinstance(c, dict)]
     merged["usage"] = {**(merged.get("usage") or {}), **usage_body(call)}
     merged["router"] = router_info(call)
     return merged
@@ -235,6 +238,8 @@ async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
             await state.metered.finish_counted(
                 state.usage, list(state.texts.values()),
                 [state.finishes.get(i) for i in state.texts])
+            call.answer_samples += [(text, state.finishes.get(i), choice_cap(call))
+                                    for i, text in state.texts.items()]
     except GatewayError as exc:
         error = exc
     finally:

@@ -108,6 +108,7 @@ async def run_vote(call: Call) -> Sample:
         if failures and all(type(f) is type(failures[0]) for f in failures):
             raise failures[0]
         raise UpstreamError("every sample of the vote failed", code="all_samples_failed")
+    call.answer_samples = [(s.text, s.finish_reason, depth) for s in samples]
     counts = tally(ballots)
     best = winner(counts)
     call.report.update({
@@ -119,10 +120,6 @@ async def run_vote(call: Call) -> Sample:
         "samples_saved": plan.width - drawn if early_stop else 0,
         "failed_samples": len(failures),
         "cut_samples": sum(s.finish_reason == "length" for s in samples),
-        # Cut before stating an answer: only these say the answer needs more room (a sample
-        # that stated one and rambled on to its cap shows the answer fits).
-        "cut_unanswered": sum(s.finish_reason == "length" and b.answer is None
-                              for s, b in zip(samples, ballots, strict=True)),
         "depth_tokens": depth,
     })
     return _best_sample(samples, ballots, best)

@@ -12,7 +12,9 @@ The world (part 1, "normal"):
   distribution (the right option has probability 0.25-0.95, mean about 0.6), so a vote elects
   the modal option and one chain is one draw. The model reasons 40-90 tokens, writes "The answer
   is (X).", then keeps writing a verification paragraph of 100-300 tokens ("thinks past its
-  answer").
+  answer"); half of those paragraphs end with a usual confirmation ("So the answer is indeed
+  (B).", "Yes, the answer is correct."). A reply is graded on the line the model committed to
+  ("The answer is X." at the start of a line), not on its later checking.
 - `chain`: word problems with first names ("Natalia", "James", "Maria"), 3-7 dependent steps of
   60-90 tokens each; each step is right with probability 0.96; the answer is right only when
   the reasoning is finished (a chain cut mid-way, or asked to answer at once, answers with the
@@ -58,7 +60,13 @@ from typing import Any
 from fastapi import Request  # at module level: FastAPI resolves the handler's string annotation
 
 KINDS = ("guess", "chain", "fact", "easy")
-_ANSWER = re.compile(r"the answer is\s+(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+# The model commits to its answer on a line of its own; graders read that line.
+_COMMITTED = re.compile(r"^The answer is\s+(.+?)\s*$", re.MULTILINE)
+# How a verification paragraph may end (half of them do): a reasoning model's usual
+# confirmations, restating or merely endorsing the answer it committed to.
+CONFIRMATIONS = ["So the answer is indeed {a}.", "This confirms that the answer is {a}.",
+                 "Yes, the answer is correct.", "Everything checks out, so I keep {a}.",
+                 "The answer is {a}, which matches the question."]
 STRATEGIES = ("direct", "parallel_vote", "sequential", "search")
 
 # --------------------------------------------------------------------------------------------
@@ -477,8 +485,7 @@ class Model:
             return [f"The answer is ({answer})."]
         words = max(5, st["reason_words"] + rng.randint(-8, 8))
         reasoning = [self.OPENING, " ".join(_filler(rng, words - 5, FILLER))]
-        verify = " ".join(_filler(rng, rng.randint(100, 300), VERIFY))
-        return [*reasoning, f"The answer is ({answer}).", verify]
+        return [*reasoning, f"The answer is ({answer}).", _verification(rng, f"({answer})")]
 
     def _chain_lines(self, item, rng, per_step_right: float) -> tuple[list[str], list[int]]:
         st = item["state"]
@@ -497,14 +504,13 @@ class Model:
             # Asked to answer now: the last value its earlier text reached (the sample's final
             # value only if every step was written).
             earlier = "\n".join(_content(m) for m in messages if m.get("role") == "assistant")
-            stated = _ANSWER.findall(earlier)
+            stated = _COMMITTED.findall(earlier)
             reached = re.findall(r"Step \d+: \S+ now has (-?\d+)", earlier)
             answer = (stated[-1].rstrip(".") if stated else reached[-1] if reached
                       else str(item["state"]["values"][0] // 2))
             return [f"The answer is {answer}."]
         lines, shown = self._chain_lines(item, rng, 0.96)
-        verify = " ".join(_filler(rng, rng.randint(100, 300), VERIFY))
-        return [*lines, f"The answer is {shown[-1]}.", verify]
+        return [*lines, f"The answer is {shown[-1]}.", _verification(rng, str(shown[-1]))]
 
     def _fact(self, item, messages, rng, progress, rushed):
         st = item["state"]
@@ -557,6 +563,15 @@ class Model:
     def _reversed_easy(self, item, messages, rng, progress, rushed):
         answer = item["gold"] if item["state"]["reversed_right"] else _wrong(item["gold"], None)
         return [f"The answer is {answer}."]
+
+
+def _verification(rng: random.Random, answer: str) -> str:
+    """100-300 words of checking written after the answer; half end with a confirmation."""
+    words = rng.randint(100, 300)
+    if rng.random() < 0.5:
+        closing = rng.choice(CONFIRMATIONS).format(a=answer)
+        return " ".join(_filler(rng, words - len(closing.split()), VERIFY) + [closing])
+    return " ".join(_filler(rng, words, VERIFY))
 
 
 def _wrong(gold: str, rng: random.Random | None) -> str:
@@ -734,16 +749,13 @@ class World:
 
 
 def grade(text: str, gold: str) -> bool:
-    """True when the last "The answer is X" line of `text` states `gold` (case, parentheses
-    and a final full stop ignored)."""
-    found = None
-    for line in (text or "").splitlines():
-        m = _ANSWER.search(line.strip())
-        if m:
-            found = m.group(1)
+    """True when the first line of `text` that starts "The answer is" (the answer the model
+    committed to, not its later checking) states `gold` (case, parentheses and a final full
+    stop ignored)."""
+    found = _COMMITTED.search(text or "")
     if found is None:
         return False
-    return found.strip().rstrip(".").strip("()").lower() == gold.lower()
+    return found.group(1).strip().rstrip(".").strip("()").lower() == gold.lower()
 
 
 @dataclass

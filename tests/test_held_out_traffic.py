@@ -78,3 +78,9 @@ def test_reversed_guesses_are_right_only_after_a_long_deliberation():
     short = _ask(client, guess.prompt, max_tokens=200)["choices"][0]["message"]["content"]
     assert grade(long, guess.gold_reversed)
     assert not grade(short, guess.gold_reversed)
+
+
+def test_grading_reads_the_committed_answer_not_the_checking_after_it():
+    text = "Let me work through this.\nThe answer is (B).\nchecking. Yes, the answer is correct."
+    assert grade(text, "B")
+    assert not grade("So the answer is indeed (B).", "B")

@@ -50,6 +50,8 @@ REPORT_SEEDS = (1000, 10**9)
 # A world whose oracle gains less than this (accuracy) has nothing to learn: the feedback
 # target counts as met there when the policy ends within this of the oracle.
 NO_GAIN = 0.01
+# The strategies whose samples teach answer lengths, as in the gateway (Router.observe_usage).
+OBSERVED_STRATEGIES = ("direct", "parallel_vote", "sequential")
 
 
 @dataclass(frozen=True)
@@ -328,7 +330,7 @@ def warm_up(policy: Policy, world: RandomWorld, routed: Sequence[Routed], table:
         plan = policy.decide(r.scores, r.features, rng=rng).plan
         _, _, samples = world.realize_usage(table.prompts, i, plan, np_rng,
                                             accuracy=float(table(plan)[0][i]))
-        if plan.strategy in ("direct", "parallel_vote"):
+        if plan.strategy in OBSERVED_STRATEGIES:
             observe_usage(r.scores, samples)
 
 
@@ -359,10 +361,10 @@ def train(policy: Policy, world: RandomWorld, routed: Sequence[Routed], table: P
         accuracy = float(table(plan)[0][i])
         correct, spent, samples = world.realize_usage(table.prompts, i, plan, np_rng,
                                                       accuracy=accuracy)
-        # As the gateway does (Router.observe_usage): a direct answer's and a vote's samples
-        # tell the kind's answer length, feedback or not; a chain's do not.
+        # As the gateway does (Router.observe_usage): a direct answer's, a vote's and a chain's
+        # samples tell the kind's answer length, feedback or not; a search's do not.
         observe_usage = getattr(policy, "observe_usage", None)
-        if observe_usage is not None and plan.strategy in ("direct", "parallel_vote"):
+        if observe_usage is not None and plan.strategy in OBSERVED_STRATEGIES:
             observe_usage(r.scores, samples)
         policy.update(r.scores, plan, correct, features=r.features, spent_tokens=spent)
     return len(order)

@@ -131,7 +131,9 @@ class Router:
             plan = choose_plan(routed, self.settings, backend, upstream_model)
             if plan.strategy != "parallel_vote":
                 return plan, None
-            scores = self.score(routed)
+            # Read against the collection as a policy's scores are, so the prompt is the same
+            # kind (and shares its answer lengths) whichever path planned it.
+            scores = self.search_evidence(routed, self.score(routed))
             return self._fit_vote(plan, scores, upstream_model), scores
         chosen = self.policies.get(policy_name)
         if chosen is None:
@@ -233,13 +235,16 @@ class Router:
     def observe_usage(self, scores: Scores | None, plan: Plan, upstream_model: str,
                       completion_tokens: int,
                       samples: Sequence[tuple[str, str | None, int | None]]) -> None:
-        """Learn answer lengths from one answered request of a direct answer or a vote: each
-        sample's (text, ``finish_reason``, ``max_tokens``), whose usage sums to
+        """Learn answer lengths from one answered request of a direct answer, a vote or a
+        chain: each sample's (text, ``finish_reason``, ``max_tokens``), whose usage sums to
         ``completion_tokens`` (``router_models.answer_lengths.observations``: the tokens up to
         its first explicit answer, or all of them; cut before any answer, right-censored). A
-        chain is not counted: given room, it is no sample of the kind's answers."""
+        chain counts up to its answer too, so what a model writes after it (a chain given
+        room checks its work) does not grow the kind's samples; a chain cut by its cap tells
+        the kind's answers need more room. A search's answer, read with passages in its
+        context, is not counted."""
         if (scores is None or completion_tokens <= 0 or not samples
-                or plan.strategy not in ("direct", "parallel_vote")):
+                or plan.strategy not in ("direct", "parallel_vote", "sequential")):
             return
         found = observations(samples, completion_tokens)
         key = (upstream_model, KIND_NAMES[kind_of(scores)])

@@ -215,9 +215,35 @@ def test_answers_checked_after_they_are_stated_do_not_grow_the_samples():
     for _ in range(30):
         router.observe_usage(scores, direct, "m", 300, [(text, "stop", 400)])
     assert 100 <= router.answer_tokens(scores, "m") <= 120
-    # A chain is not a sample of the kind's answers.
+    # A chain counts up to its answer too; a search's answer, read with passages, does not.
     chain = Router(make_settings(default_answer_tokens=80))
+    searched = Router(make_settings(default_answer_tokens=80))
     for _ in range(30):
         chain.observe_usage(scores, Plan("sequential", 400, depth_tokens=400), "m", 300,
                             [(text, "stop", 400)])
-    assert chain.answer_tokens(scores, "m") == 80
+        searched.observe_usage(scores, Plan("search", 400, depth_tokens=400, search_calls=1),
+                               "m", 300, [(text, "stop", 400)])
+    assert 100 <= chain.answer_tokens(scores, "m") <= 120
+    assert searched.answer_tokens(scores, "m") == 80
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("strategy", ["direct", "sequential", "parallel_vote"])
+async def test_every_answer_teaches_how_long_answers_run_up_to_the_answer(strategy, stream):
+    # The model answers in 6 tokens, then checks its work for 200 more: through the gateway,
+    # JSON or streamed, each strategy's replies teach that an answer takes 6 tokens, so a
+    # later vote of 700 tokens gets its full width of short samples (with the 256-token prior
+    # it would get 2 samples of 320).
+    text = "Let me see. The answer is 7. " + " ".join(["Checking again."] * 100)
+    settings = make_settings(default_answer_tokens=256, vote_width=8)
+    guess = [{"role": "user", "content": "Guess a number"}]
+    async with gateway_client(ScriptedLLM(lambda i, body: text).transport(), settings) as client:
+        for _ in range(8):
+            reply = await client.post("/v1/chat/completions", json={
+                "model": "auto", "messages": guess, "stream": stream,
+                "router": {"strategy": strategy, "budget_tokens": 2000, "policy": "learned"}})
+            assert reply.status_code == 200
+        later = (await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": guess,
+            "router": {"strategy": "parallel_vote", "budget_tokens": 700}})).json()["router"]
+    assert later["strategy"] == "parallel_vote" and later["max_samples"] == 8

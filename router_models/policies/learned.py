@@ -41,10 +41,10 @@ Learning is safe by construction:
   and other policies' traffic teach it too. Counting each decision once is the caller's job
   (the gateway applies a decision's first feedback only).
 
-Answer lengths (``router_models.answer_lengths``) are learnt per kind from usage of short
-samples, a direct answer's or a vote's: the gateway reports every request's samples
-(``observe_usage``); without it, ``update``'s ``spent_tokens`` stands in. A chain given room
-thinks past its answer, so its length says nothing about how long a vote sample must be.
+Answer lengths (``router_models.answer_lengths``) are learnt per kind from usage: the gateway
+reports every direct answer's, vote's and chain's samples, each counted up to its first
+explicit answer (``observe_usage``); without it, ``update``'s ``spent_tokens`` of a direct
+answer stands in.
 """
 
 from __future__ import annotations

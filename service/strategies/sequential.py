@@ -46,6 +46,7 @@ class Sequential:
             raise failures[0] if failures else UpstreamError("the chain could not be started",
                                                              code="budget_spent")
         chain = samples[0]
+        call.answer_samples = [(chain.text, chain.finish_reason, chain_cap)]
         call.report.update({"samples": 1, "chain_tokens": chain_cap, "continued": False})
         if not _needs_answer(chain.finish_reason, chain.text) or call.ledger.remaining == 0:
             return completion_body(call, chain)
@@ -62,7 +63,7 @@ class Sequential:
         if opened is None:
             raise UpstreamError("the chain could not be started", code="budget_spent")
         call.report.update({"samples": 1, "chain_tokens": chain_cap, "continued": False})
-        return _stream(call, opened, reserve)
+        return _stream(call, opened, chain_cap, reserve)
 
 
 def caps(call: Call) -> tuple[int, int]:
@@ -141,13 +142,14 @@ class _Piece:
     template: dict[str, Any] = field(default_factory=dict)
 
 
-async def _stream(call: Call, opened: tuple[UpstreamStream, Metered],
+async def _stream(call: Call, opened: tuple[UpstreamStream, Metered], chain_cap: int,
                   reserve: int) -> AsyncIterator[bytes]:
     chain = _Piece()
     last = chain
     try:
         async for out in _forward(call, *opened, chain):
             yield out
+        call.answer_samples = [(chain.text, chain.finish_reason, chain_cap)]
         if _needs_answer(chain.finish_reason, chain.text) and reserve:
             call.report["continued"] = True
             last = _Piece(template=chain.template)

@@ -924,6 +924,13 @@ def compare_paired(auto: list[Result], fixed: dict[str, list[Result]],
             "its completion tokens")
 
 
+def strategy_counts(results: list[Result]) -> str:
+    """"strategy count, ..." over `results`, with how many of them were explorations."""
+    counts = collections.Counter(r.router.get("strategy") for r in results)
+    explored = sum("exploring" in (r.router.get("reason") or "") for r in results)
+    return ", ".join(f"{s} {c}" for s, c in counts.most_common()) + f" ({explored} explored)"
+
+
 def print_choices(results: list[Result]) -> None:
     """The strategies auto chose per kind, with their mean budget and accuracy."""
     print("| kind | strategy auto chose | replies | accuracy | mean budget_tokens | "
@@ -1052,6 +1059,9 @@ def part_two(args, docs, items_by_kind, workdir: Path) -> None:
             acc, tokens, per_kind = summary(results)
             print(f"  round {r + 1}: accuracy {acc:.3f}, {tokens:.0f} mean tokens, "
                   + json.dumps({k: round(v, 2) for k, v in per_kind.items()}), flush=True)
+            print("    strategies per kind (explored decisions): " + json.dumps(
+                {k: strategy_counts([x for x in results if x.item.kind == k]) for k in KINDS}),
+                flush=True)
         held_out = per_round[rounds]
         auto = run(world, held_out, None, mode="reversed", concurrency=args.concurrency,
                    system=args.system)

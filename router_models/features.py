@@ -117,16 +117,21 @@ class Features:
         return {name: float(v) for name, v in zip(FEATURE_NAMES, self.dense, strict=True)}
 
 
+_TWO_EDGES = math.log1p(2) - 1e-9  # the log_edges feature of two edges
+
+
 def prompt_form(f: Features) -> str:
     """The prompt's form, one of ``FORMS``, the first that holds: choice (lettered options
     or a choice cue; first, because a multiple-choice question may mention a path or a pair
-    of coordinates), graph (edges or graph words), comparison (a comparison cue and no
+    of coordinates), graph (two or more edges, or graph words), comparison (a comparison cue and no
     numbers: word problems say "both" too), yes_no (opens with an auxiliary verb), numeric
     (has numbers), else open."""
     d = f.dense
     if d[_COLUMN["log_options"]] > 0 or d[_COLUMN["choice_cue"]] > 0:
         return "choice"
-    if d[_COLUMN["log_edges"]] > 0 or d[_COLUMN["log_graph_words"]] > 0:
+    # One "13 - 16" is a subtraction or a range, not a graph: a graph lists its edges, or
+    # names itself (node, edge, connected, path).
+    if d[_COLUMN["log_edges"]] >= _TWO_EDGES or d[_COLUMN["log_graph_words"]] > 0:
         return "graph"
     has_numbers = d[_COLUMN["log_numbers"]] > 0
     if d[_COLUMN["comparison_cue"]] > 0 and not has_numbers:

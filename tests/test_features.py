@@ -95,6 +95,10 @@ def test_cues_fire_on_their_kind_of_prompt():
     ("Reflect the path through (1, 2) and (3, 4). Which of the following is it? (A) x (B) y",
      "choice"),
     ("Edges: 1-2, 2-3, 5-6. Is node 1 connected to node 3?", "graph"),
+    ("Roads: a-b, b-c. Can I drive from a to c?", "graph"),  # an edge list, no graph word
+    # One subtraction or range is arithmetic, not an edge list.
+    ("What is 13 - 16?", "numeric"),
+    ("Lunch is served from 12-2. How long is it?", "numeric"),
     ("Are Christopher Nolan and Sathish Kalathil both film directors?", "comparison"),
     ("Do Medici and Senet have the same number of players?", "comparison"),
     ("Tom and Ann both have 3 apples. How many apples do they have?", "numeric"),

@@ -82,19 +82,33 @@ def observations(samples: Sequence[tuple[str, str | None, int | None]],
         tokens and True; else (cut before any explicit answer) its tokens and False.
     """
     kept = [(text, reason, cap) for text, reason, cap in samples if text]
-    spent_at_cap = [cap if reason == "length" and cap else None for _, reason, cap in kept]
-    rest = max(0, completion_tokens - sum(c for c in spent_at_cap if c))
-    chars = sum(len(text) for (text, _, _), at_cap in zip(kept, spent_at_cap, strict=True)
-                if at_cap is None) or 1
+    counts = _sample_tokens(kept, completion_tokens)
     found: list[tuple[int, bool]] = []
-    for (text, reason, _), at_cap in zip(kept, spent_at_cap, strict=True):
-        tokens = at_cap or max(1, round(rest * len(text) / chars))
+    for (text, reason, _), tokens in zip(kept, counts, strict=True):
         end = first_answer_end(text)
         if end is not None:
             found.append((max(1, round(tokens * end / len(text))), True))
         else:
             found.append((tokens, reason != "length"))
     return found
+
+
+def _sample_tokens(samples: Sequence[tuple[str, str | None, int | None]],
+                   completion_tokens: int) -> list[int]:
+    """Each sample's share of ``completion_tokens``: a sample cut (``length``) at its cap spent
+    the cap and the others share the rest by their characters; when the total cannot hold
+    that (a backend that stopped a sample early, at its context's end), every sample gets its
+    share by characters, a cut one at most its cap."""
+    chars = [max(1, len(text)) for text, _, _ in samples]
+    at_cap = [cap if reason == "length" and cap else None for _, reason, cap in samples]
+    rest = completion_tokens - sum(c for c in at_cap if c)
+    finished_chars = sum(n for n, c in zip(chars, at_cap, strict=True) if c is None)
+    if rest >= sum(c is None for c in at_cap):
+        return [c if c else max(1, round(rest * n / (finished_chars or 1)))
+                for n, c in zip(chars, at_cap, strict=True)]
+    total_chars = sum(chars) or 1
+    return [max(1, min(c or completion_tokens, round(completion_tokens * n / total_chars)))
+            for n, c in zip(chars, at_cap, strict=True)]
 
 
 class AnswerLengths:

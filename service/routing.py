@@ -41,7 +41,7 @@ from router_models.answer_lengths import AnswerLengths, observations
 from router_models.classifier import Classifier
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies import KIND_NAMES, LearnedPolicy, Policy, PolicyError, parse_policy
-from router_models.policies.prior import fit_vote, kind_of, read_search
+from router_models.policies.prior import fit_cap, fit_vote, kind_of, read_search
 from router_models.prompt import has_conversation, prompt_text
 from service import metrics, tracing
 from service.backends import AUTO_MODEL
@@ -153,6 +153,10 @@ class Router:
         except PolicyError as exc:
             raise InvalidRequest(str(exc), param="router") from exc
         plan = self._fit_vote(decision.plan, scores, upstream_model)
+        # The operator's cap holds for what a policy plans too: a plan sized from long answers
+        # is fitted under it, never refused (the client asked for no such budget).
+        plan = fit_cap(plan, self.settings.max_budget_tokens,
+                       self.answer_tokens(scores, upstream_model))
         if plan.strategy == "search" and routed.endpoint != "chat":
             plan = dataclasses.replace(plan, strategy="sequential", search_calls=0,
                                        reason="search needs chat messages: ran sequential")

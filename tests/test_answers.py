@@ -170,3 +170,10 @@ def test_observations_split_a_calls_usage_and_stop_at_the_answer():
     ], completion_tokens=300 + 400)
     # The cut sample spent its cap (300); the other two share 400 by their characters.
     assert found == [(round(200 * 67 / 200), True), (200, True), (300, False)]
+
+
+def test_a_sample_the_backend_stopped_before_its_cap_counts_what_it_spent():
+    # A backend that ends a sample at its context's end (or a replay of a sample recorded with
+    # a smaller cap) says "length" below the cap: the sample spent the call's 512 tokens, not
+    # its cap of 2,000, and it is censored there.
+    assert observations([("x " * 300, "length", 2000)], completion_tokens=512) == [(512, False)]

@@ -247,3 +247,16 @@ async def test_every_answer_teaches_how_long_answers_run_up_to_the_answer(strate
             "model": "auto", "messages": guess,
             "router": {"strategy": "parallel_vote", "budget_tokens": 700}})).json()["router"]
     assert later["strategy"] == "parallel_vote" and later["max_samples"] == 8
+
+
+async def test_a_plan_sized_from_long_answers_is_fitted_under_the_operators_cap():
+    # The operator allows 1,000 tokens per request; the prior sizes a chain's cap at 4 x 320 x
+    # (1 + difficulty) tokens. auto fits its own plan under the cap instead of refusing the
+    # request (the client asked for no budget at all).
+    settings = make_settings(default_answer_tokens=256, max_budget_tokens=1000)
+    async with gateway_client(llm().transport(), settings) as client:
+        reply = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": GRAPH}]})
+    assert reply.status_code == 200
+    router = reply.json()["router"]
+    assert router["strategy"] == "sequential" and 0 < router["budget_tokens"] <= 1000

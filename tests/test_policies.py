@@ -276,6 +276,25 @@ def test_exploration_waits_for_feedback_and_then_keeps_its_share():
     assert restored.exploring_decisions == policy.exploring_decisions == 200
 
 
+def test_exploration_goes_where_the_current_strategy_fails_most():
+    # Two kinds with the same traffic: chains whose one chain is right 9 times in 10, and
+    # facts whose search is right 3 times in 10. The share is spent mostly on the facts, and
+    # over all decisions it stays within the setting.
+    policy = LearnedPolicy(exploration=0.05, seed=3)
+    for i in range(100):
+        policy.update(HARD_CHAIN, policy.plan(HARD_CHAIN, strategy="sequential"), i % 10 != 0)
+        policy.update(FACTS, policy.plan(FACTS, strategy="search"), i % 10 < 3)
+    rng = random.Random(7)
+    explored = {kind_of(HARD_CHAIN): 0, kind_of(FACTS): 0}
+    for i in range(4_000):
+        scores = HARD_CHAIN if i % 2 else FACTS
+        decision = policy.decide(scores, rng=rng)
+        explored[kind_of(scores)] += "exploring" in decision.plan.reason
+        assert sum(c.probability for c in decision.candidates) == pytest.approx(1.0)
+    assert explored[kind_of(FACTS)] > 2 * explored[kind_of(HARD_CHAIN)] > 0
+    assert policy.explored <= 0.05 * policy.exploring_decisions
+
+
 def test_exploration_stays_among_plausible_plans():
     policy = LearnedPolicy(exploration=0.5, seed=1)
     policy.update(HARD_CHAIN, Plan("sequential", 960), True)  # feedback flows

@@ -9,11 +9,15 @@ table, so the two agree before any feedback.
 
 Learning is safe by construction:
 
-- **Bounded exploration.** With probability ``exploration`` (default 0.05) a decision tries
-  another *plausible* strategy for its prompt (``prior.plausible_strategies``: search only when
-  the prompt may need facts), never one already shown worse with confidence: two thirds of the
-  time the one with the highest Wilson upper bound (the one that could most be better), else
-  any of them evenly.
+- **Bounded exploration.** With probability ``exploration`` (default 0.05) on average, a
+  decision tries another *plausible* strategy for its prompt (``prior.plausible_strategies``:
+  search only when the prompt may need facts), never one already shown worse with
+  confidence: two thirds of the time the one with the highest Wilson upper bound (the one
+  that could most be better), else any of them evenly. The share is spent where it can gain
+  most: a decision's chance is the share times its kind's ``potential`` (the best
+  alternative's upper bound minus the current strategy's accuracy) over the running mean,
+  at most four times the share, so a kind whose current strategy fails often explores more
+  than one that is right nine times in ten.
   A running cap makes the share a hard bound: a decision may explore only while explored
   decisions stay at most ``exploration`` x decisions, so over any prefix of traffic the share
   never exceeds the setting. Exploration buys information only when outcomes come back, so
@@ -90,6 +94,11 @@ logger = logging.getLogger(__name__)
 STATE_VERSION = 4  # 4: the prior with conservative per-kind learning (3 was a logistic model)
 MIN_SWITCH_FEEDBACK = 5
 FOCUS = 2 / 3  # the exploring share given to the most promising alternative
+# A kind with much to gain explores up to this many times the share (``_exploration_rate``);
+# the running mean of potentials it is weighed against forgets over about 1 / SMOOTHING
+# decisions.
+MAX_EXPLORATION_BOOST = 4.0
+POTENTIAL_SMOOTHING = 1 / 256
 SWITCH_CONFIDENCE = 0.95  # one-sided, for both bounds of the improvement test
 FORCED_VOTE_WIDTH = 3  # a forced vote with no budget: the smallest vote with a majority
 # The reference prompts before any traffic: one per kind at a typical difficulty.
@@ -189,6 +198,7 @@ class LearnedPolicy(Policy):
         self.vote_above = 0.0  # difficulty below which votes become direct (solve_vote_above)
         self._solved_lengths: dict[int, int] = {}
         self._worse: dict[int, set[str]] = {}  # per kind: strategies shown worse (eliminated)
+        self._mean_potential = 0.5  # running mean of explorable decisions' potentials
         self.resolve()
 
     # -- sizing ----------------------------------------------------------------------------
@@ -310,11 +320,12 @@ class LearnedPolicy(Policy):
                         if a != current and not self.eliminated(kind, a)]
         may_explore = feedback_flows and bool(alternatives) and self.exploration > 0 and (
             self.explored + 1 <= self.exploration * self.exploring_decisions)
-        probabilities = {current: 1.0 - self.exploration if may_explore else 1.0}
+        rate = self._exploration_rate(kind, alternatives) if may_explore else 0.0
+        probabilities = {current: 1.0 - rate}
         if may_explore:
-            probabilities.update(self._exploration_shares(kind, alternatives))
+            probabilities.update(self._exploration_shares(kind, alternatives, rate))
         chosen = current
-        if may_explore and rng.random() < self.exploration:
+        if may_explore and rng.random() < rate:
             weights = [probabilities[a] for a in alternatives]
             chosen = rng.choices(alternatives, weights=weights)[0]
             self.explored += 1
@@ -333,16 +344,40 @@ class LearnedPolicy(Policy):
             for a, p in probabilities.items())
         return Decision(plan, scores, candidates)
 
-    def _exploration_shares(self, kind: int, alternatives: list[str]) -> dict[str, float]:
-        """How the exploring share is spread: ``FOCUS`` of it on the alternative with the
-        highest Wilson upper bound (optimism in the face of uncertainty, as in UCB: the one
-        that could most be better; ties go to the earliest in ``STRATEGIES``), the rest evenly
-        over all, so each keeps a positive propensity for off-policy replay."""
+    def potential(self, kind: int, alternatives: Sequence[str]) -> float:
+        """What exploring this kind could gain, in [0, 1]: the highest Wilson upper bound of
+        its alternatives' accuracy minus its current strategy's observed accuracy (0.5 before
+        any outcome of it). An alternative with no outcome has an upper bound of 1."""
+        mean = self.accuracy(kind, self.current[kind])[0]
+        best = max(self.accuracy(kind, a)[2] for a in alternatives)
+        return max(0.0, best - (0.5 if mean is None else mean))
+
+    def _exploration_rate(self, kind: int, alternatives: Sequence[str]) -> float:
+        """This decision's chance to explore: the ``exploration`` share scaled by the kind's
+        ``potential`` against the running mean over explorable decisions, at most
+        ``MAX_EXPLORATION_BOOST`` times the share. The share goes where the current strategy
+        could be beaten most (a kind whose current strategy fails half the time, against one
+        right nine times in ten), as UCB spends its tries (Auer et al. 2002); over all
+        decisions it stays the setting, and the running cap in ``decide`` keeps it a hard
+        bound."""
+        potential = self.potential(kind, alternatives)
+        self._mean_potential += (potential - self._mean_potential) * POTENTIAL_SMOOTHING
+        if self._mean_potential <= 0.0:
+            return self.exploration
+        boost = min(MAX_EXPLORATION_BOOST, potential / self._mean_potential)
+        return min(0.5, self.exploration * boost)
+
+    def _exploration_shares(self, kind: int, alternatives: list[str], rate: float
+                            ) -> dict[str, float]:
+        """How this decision's exploring chance ``rate`` is spread: ``FOCUS`` of it on the
+        alternative with the highest Wilson upper bound (optimism in the face of uncertainty,
+        as in UCB: the one that could most be better; ties go to the earliest in
+        ``STRATEGIES``), the rest evenly over all, so each keeps a positive propensity for
+        off-policy replay."""
         uppers = [self.accuracy(kind, a)[2] for a in alternatives]
         focus = alternatives[int(np.argmax(uppers))]
         even = (1.0 - FOCUS) / len(alternatives)
-        return {a: self.exploration * (even + (FOCUS if a == focus else 0.0))
-                for a in alternatives}
+        return {a: rate * (even + (FOCUS if a == focus else 0.0)) for a in alternatives}
 
     # -- learning --------------------------------------------------------------------------
 

@@ -229,8 +229,11 @@ def test_a_budget_that_buys_one_complete_sample_runs_one_chain_and_says_so():
     assert "ran one chain" in plan.reason
     forced = policy.plan(INDEPENDENT_HARD, budget_tokens=700, strategy="parallel_vote")
     assert forced.strategy == "sequential" and "ran one chain" in forced.reason
-    assert policy.plan(INDEPENDENT_HARD, budget_tokens=1000,
-                       strategy="parallel_vote").width == 2
+    # Two complete samples are no vote: two that disagree have no majority.
+    two = policy.plan(INDEPENDENT_HARD, budget_tokens=1000, strategy="parallel_vote")
+    assert two.strategy == "sequential" and "a vote needs 3 for a majority" in two.reason
+    assert policy.plan(INDEPENDENT_HARD, budget_tokens=1500,
+                       strategy="parallel_vote").width == 3
 
 
 def test_fit_vote_never_shortens_samples_below_an_answer():

@@ -208,8 +208,11 @@ def vote_width_for(difficulty: float, scale: float, vote_width: int) -> int:
 
 def fit_vote(plan: Plan, answer_tokens: int, budget_tokens: int | None = None) -> Plan:
     """A vote whose every sample can finish: samples of at least ``sample_tokens(answer)``
-    tokens, as many as ``budget_tokens`` (default: the plan's budget) buys; with fewer than two,
-    one chain of the whole budget, saying so in ``reason``. Other plans pass unchanged.
+    tokens, as many as ``budget_tokens`` (default: the plan's budget) buys; with fewer than
+    ``MIN_VOTE_WIDTH`` (three: two samples that disagree have no majority, so a vote of two
+    answers like one sample at twice the tokens), one chain of the whole budget, saying so in
+    ``reason``. A plan that asks for a narrower vote itself keeps its width. Other plans pass
+    unchanged.
 
     Args:
         plan: any plan.
@@ -228,10 +231,11 @@ def fit_vote(plan: Plan, answer_tokens: int, budget_tokens: int | None = None) -
             plan, budget_tokens=total)
     depth = max(depth, needed)
     width = min(plan.width, total // depth)
-    if width >= 2:
+    if width >= min(MIN_VOTE_WIDTH, plan.width):
         return dataclasses.replace(plan, budget_tokens=total, width=width, depth_tokens=depth)
+    bought = "one" if width < 2 else f"{width}, and a vote needs {MIN_VOTE_WIDTH} for a majority"
     why = (f"a vote needs samples of {depth} tokens to finish (answers take about "
-           f"{answer_tokens}); {total} tokens buy one: ran one chain")
+           f"{answer_tokens}); {total} tokens buy {bought}: ran one chain")
     return dataclasses.replace(plan, strategy="sequential", budget_tokens=total, width=1,
                                depth_tokens=total, search_calls=0,
                                reason=f"{plan.reason}; {why}" if plan.reason else why)

@@ -64,7 +64,7 @@ class Call:
     # The app's search backend (None: ``search`` opens the configured one for this call).
     search: SearchBackend | None = None
     # (text, finish_reason, max_tokens) of each sample that answered the prompt on its own (a
-    # direct answer's choices, a vote's samples): what answer lengths are learnt from
+    # direct answer's choices, a vote's samples, a chain): what answer lengths are learnt from
     # (``Router.observe_usage``, ``router_models.answer_lengths.observations``).
     answer_samples: list[tuple[str, str | None, int | None]] = field(default_factory=list)
 

@@ -88,8 +88,9 @@ def test_the_backend_dies_with_a_killed_gateway(data_dir, tmp_path):
 
 
 # A vote needs samples that can finish: before it has learned answer lengths the gateway
-# allows 320 tokens a sample, so 640 buys a vote of two (the answers themselves are short).
-@pytest.mark.parametrize("strategy, budget", [("parallel_vote", 640), ("sequential", 48)])
+# allows 320 tokens a sample, so 960 buys a vote of three, the smallest with a majority (the
+# answers themselves are short).
+@pytest.mark.parametrize("strategy, budget", [("parallel_vote", 960), ("sequential", 48)])
 @pytest.mark.parametrize("stream", [False, True])
 def test_each_strategy_through_the_sdk(client, strategy, budget, stream):
     request = dict(model="auto", messages=[{"role": "user", "content": "What is 3 + 4? "

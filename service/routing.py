@@ -19,8 +19,8 @@ where nothing can be found; with documents, the share of the question that the t
 
 Every vote, whoever planned it, is fitted to the answer lengths observed for its kind of prompt
 and backend model (``router_models.answer_lengths``, fed from each request's usage by
-``observe_usage``): its samples are long enough to finish, and a budget that buys only one
-complete sample runs one chain, saying so in ``router.reason``.
+``observe_usage``): its samples are long enough to finish, and a budget that buys fewer than
+three complete samples (no majority) runs one chain, saying so in ``router.reason``.
 
 The learned policies learn from ``POST /v1/feedback`` through ``service.learning.Learner``,
 which reads each decision's scores and plan from the durable request log (so feedback may reach

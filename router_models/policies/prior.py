@@ -31,7 +31,7 @@ sample get that much, so every sample can finish. A chain's cap is ``CHAIN_CAP``
 written. A vote gets ``2 + scale x difficulty`` samples, and ``scale`` is solved so the mean
 expected spend over recent traffic meets the operator's target (``solve_scale``, ``mean_spend``):
 harder prompts get more tokens within the configured mean (compute-optimal allocation, Snell et
-al. 2024). A vote whose budget buys fewer than two complete samples runs one chain instead
+al. 2024). A vote whose budget buys fewer than three complete samples runs one chain instead
 (``fit_vote``). The vote's early stopping (Adaptive-Consistency) then saves samples where the
 first ones agree.
 """

@@ -298,6 +298,20 @@ def test_exploration_goes_where_the_current_strategy_fails_most():
     assert policy.explored <= 0.05 * policy.exploring_decisions
 
 
+def test_untried_alternatives_are_tried_in_the_archetypes_runner_up_order():
+    # Before any outcome of them, every alternative could be best (upper bound 1): a chain's
+    # exploring share goes first to a vote, a guess's to one chain.
+    policy = LearnedPolicy(exploration=0.05, seed=1)
+    policy.update(FACTS, policy.plan(FACTS, strategy="search"), True)  # feedback flows
+    for _ in range(40):  # the running cap has room for an exploring decision
+        policy.decide(FACTS, rng=random.Random(3))
+    for scores, runner_up in ((HARD_CHAIN, "parallel_vote"), (INDEPENDENT_HARD, "sequential")):
+        shares = {c.plan.strategy: c.probability
+                  for c in policy.decide(scores, rng=random.Random(3)).candidates}
+        others = {s: p for s, p in shares.items() if s != policy.current[kind_of(scores)]}
+        assert max(others, key=others.get) == runner_up
+
+
 def test_exploration_stays_among_plausible_plans():
     policy = LearnedPolicy(exploration=0.5, seed=1)
     policy.update(HARD_CHAIN, Plan("sequential", 960), True)  # feedback flows

@@ -98,6 +98,15 @@ FOCUS = 2 / 3  # the exploring share given to the most promising alternative
 # the running mean of potentials it is weighed against forgets over about 1 / SMOOTHING
 # decisions.
 MAX_EXPLORATION_BOOST = 4.0
+# Per archetype, the order in which alternatives the evidence cannot yet tell apart are tried:
+# the other axis of test-time compute first (a chain's runner-up is a vote of short samples,
+# Ghosal et al. 2025; a guess's is one long chain, Mirtaheri et al. 2025; a fact question's
+# is reasoning without the collection), then one direct answer, the least compute.
+RUNNER_UP = {
+    "chain": ("parallel_vote", "direct", "sequential", "search"),
+    "independent": ("sequential", "parallel_vote", "direct", "search"),
+    "search": ("sequential", "parallel_vote", "direct", "search"),
+}
 POTENTIAL_SMOOTHING = 1 / 256
 SWITCH_CONFIDENCE = 0.95  # one-sided, for both bounds of the improvement test
 FORCED_VOTE_WIDTH = 3  # a forced vote with no budget: the smallest vote with a majority
@@ -371,11 +380,11 @@ class LearnedPolicy(Policy):
                             ) -> dict[str, float]:
         """How this decision's exploring chance ``rate`` is spread: ``FOCUS`` of it on the
         alternative with the highest Wilson upper bound (optimism in the face of uncertainty,
-        as in UCB: the one that could most be better; ties go to the earliest in
-        ``STRATEGIES``), the rest evenly over all, so each keeps a positive propensity for
-        off-policy replay."""
-        uppers = [self.accuracy(kind, a)[2] for a in alternatives]
-        focus = alternatives[int(np.argmax(uppers))]
+        as in UCB: the one that could most be better; ties, such as the untried, go to the
+        kind's runner-up in ``RUNNER_UP``), the rest evenly over all, so each keeps a positive
+        propensity for off-policy replay."""
+        order = RUNNER_UP[KIND_NAMES[kind].split("/")[1]]
+        focus = max(alternatives, key=lambda a: (self.accuracy(kind, a)[2], -order.index(a)))
         even = (1.0 - FOCUS) / len(alternatives)
         return {a: rate * (even + (FOCUS if a == focus else 0.0)) for a in alternatives}
 

@@ -14,10 +14,9 @@ Usage: ``python -m bench.coverage_check [--limit 200]``.
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
 from pathlib import Path
 
+from bench.outcome_bank import Retriever
 from bench.steps_check import prompts
 from router_models.plan import Scores
 from router_models.policies.prior import COVERED, read_search
@@ -25,46 +24,40 @@ from router_models.steps import state_steps
 from router_models.tasks import default_data_dir, load_suite
 from service.coverage import coverage_shares
 from service.routing import COVERAGE_HITS
-from service.search.documents import Document
-from service.search.local import LocalIndex
 
 
-def hotpotqa_documents() -> list[Document]:
-    """The HotpotQA corpus in ../shared/data, one document per article."""
+def hotpotqa_corpus() -> Path:
+    """The HotpotQA corpus file in ../shared/data."""
     data = default_data_dir()
     path = data / "hotpotqa" / "hotpotqa_train_corpus.json" if data else None
     if path is None or not path.is_file():
         raise SystemExit("HotpotQA corpus not found: see ../shared/data/MANIFEST.md")
-    corpus = json.loads(path.read_text())
-    return [Document(title, title, "".join(sentences)) for title, sentences in corpus.items()]
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit", type=int, default=200)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        index = LocalIndex(Path(tmp) / "index")
-        index.add(hotpotqa_documents())
-        datasets = prompts(args.limit)
-        # HotpotQA's bare questions, as a user would ask them (the suite's prompt adds an
-        # instruction line).
-        datasets["hotpotqa"] = [item.question for item in load_suite("hotpotqa",
-                                                                     limit=args.limit)]
-        print("| dataset | n | search by words | by words or names | gateway (steps before "
-              "names) |")
-        print("|---|---:|---:|---:|---:|")
-        for name, texts in datasets.items():
-            words = either = read = 0
-            for text in texts:
-                shares = coverage_shares(text, index.search(text, COVERAGE_HITS))
-                scores = Scores(0.5, 0.5, 0.0, steps=state_steps(text))
-                words += shares.words >= COVERED
-                either += max(shares) >= COVERED
-                read += read_search(scores, shares.words, shares.names).search >= COVERED
-            n = len(texts)
-            print(f"| {name} | {n} | {words / n:.0%} | {either / n:.0%} | {read / n:.0%} |")
-
+    # The outcome bank's retriever indexes the corpus as `ttc-router index add` does (kept
+    # referenced: its index lives in its temporary folder).
+    retriever = Retriever(hotpotqa_corpus())
+    datasets = prompts(args.limit)
+    # HotpotQA's bare questions, as a user would ask them (the suite's prompt adds an
+    # instruction line).
+    datasets["hotpotqa"] = [item.question for item in load_suite("hotpotqa", limit=args.limit)]
+    print("| dataset | n | search by words | by words or names | gateway (steps before names) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, texts in datasets.items():
+        words = either = read = 0
+        for text in texts:
+            shares = coverage_shares(text, retriever.index.search(text, COVERAGE_HITS))
+            scores = Scores(0.5, 0.5, 0.0, steps=state_steps(text))
+            words += shares.words >= COVERED
+            either += max(shares) >= COVERED
+            read += read_search(scores, shares.words, shares.names).search >= COVERED
+        n = len(texts)
+        print(f"| {name} | {n} | {words / n:.0%} | {either / n:.0%} | {read / n:.0%} |")
 
 if __name__ == "__main__":
     main()

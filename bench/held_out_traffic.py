@@ -989,22 +989,30 @@ def part_one(args, docs, items_by_kind, workdir: Path) -> None:
           f"sent {args.repeats} times; {len(docs)} documents indexed)\n", flush=True)
     world = World(items, docs, "normal", workdir)
     try:
-        t0 = time.monotonic()
-        auto = run(world, traffic, None, mode="normal", concurrency=args.concurrency,
-                   system=args.system)
-        acc, target, _ = summary(auto)
-        print(f"  auto: accuracy {acc:.3f}, {target:.0f} mean tokens "
-              f"({time.monotonic() - t0:.0f} s)", flush=True)
-        fixed, budgets = {}, {}
-        for s in STRATEGIES:
-            budgets[s], fixed[s], _ = matched_budget(world, traffic, s, target, mode="normal",
-                                                     steps=args.bisect_steps,
-                                                     concurrency=args.concurrency,
-                                                     system=args.system)
-        stats = world.backend_stats()
+        auto, fixed, budgets, stats = auto_against_fixed(world, traffic, "normal", args, "auto")
     finally:
         world.close()
     report(auto, fixed, budgets, stats)
+
+
+def auto_against_fixed(world: World, traffic: list, mode: str, args, label: str
+                       ) -> tuple[list[Result], dict, dict, dict]:
+    """``auto`` on ``traffic`` (no feedback), then every fixed strategy at the budget that
+    makes it spend what ``auto`` spent (``matched_budget``); returns auto's results, the fixed
+    strategies' results and budgets, and the backend's counts."""
+    t0 = time.monotonic()
+    auto = run(world, traffic, None, mode=mode, concurrency=args.concurrency,
+               system=args.system)
+    acc, target, _ = summary(auto)
+    print(f"  {label}: accuracy {acc:.3f}, {target:.0f} mean tokens "
+          f"({time.monotonic() - t0:.0f} s)", flush=True)
+    fixed, budgets = {}, {}
+    for s in STRATEGIES:
+        budgets[s], fixed[s], _ = matched_budget(world, traffic, s, target, mode=mode,
+                                                 steps=args.bisect_steps,
+                                                 concurrency=args.concurrency,
+                                                 system=args.system)
+    return auto, fixed, budgets, world.backend_stats()
 
 
 def report(auto: list[Result], fixed: dict, budgets: dict, stats: dict) -> None:
@@ -1062,18 +1070,8 @@ def part_two(args, docs, items_by_kind, workdir: Path) -> None:
             print("    strategies per kind (explored decisions): " + json.dumps(
                 {k: strategy_counts([x for x in results if x.item.kind == k]) for k in KINDS}),
                 flush=True)
-        held_out = per_round[rounds]
-        auto = run(world, held_out, None, mode="reversed", concurrency=args.concurrency,
-                   system=args.system)
-        acc, target, _ = summary(auto)
-        print(f"  held-out auto: accuracy {acc:.3f}, {target:.0f} mean tokens", flush=True)
-        fixed, budgets = {}, {}
-        for s in STRATEGIES:
-            budgets[s], fixed[s], _ = matched_budget(world, held_out, s, target, mode="reversed",
-                                                     steps=args.bisect_steps,
-                                                     concurrency=args.concurrency,
-                                                     system=args.system)
-        stats = world.backend_stats()
+        auto, fixed, budgets, stats = auto_against_fixed(world, per_round[rounds], "reversed",
+                                                         args, "held-out auto")
     finally:
         world.close()
     print("\nSIMULATION, reversed world. Training rounds (auto, feedback posted for every "

@@ -143,13 +143,8 @@ def first_answer_end(text: str | None) -> int | None:
         return None
     ends: list[int] = []
     boxed = _BOXED.search(text)
-    if boxed is not None:
-        depth = 1
-        for i in range(boxed.end(), len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                ends.append(i + 1)
-                break
+    if boxed is not None and (close := _closing_brace(text, boxed.end())) is not None:
+        ends.append(close + 1)
     lower = _lower_aligned(text)
     for pattern in _MARKERS:
         for match in pattern.finditer(lower):
@@ -353,7 +348,12 @@ def _last_boxed(text: str) -> str | None:
     starts = [m.end() for m in _BOXED.finditer(text)]
     if not starts:
         return None
-    start = starts[-1]
+    close = _closing_brace(text, starts[-1])
+    return None if close is None else text[starts[-1]:close]
+
+
+def _closing_brace(text: str, start: int) -> int | None:
+    """The index of the ``}`` that closes a brace opened just before ``start``, or None."""
     depth = 1
     for i in range(start, len(text)):
         if text[i] == "{":
@@ -361,7 +361,7 @@ def _last_boxed(text: str) -> str | None:
         elif text[i] == "}":
             depth -= 1
             if depth == 0:
-                return text[start:i]
+                return i
     return None
 
 

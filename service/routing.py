@@ -152,11 +152,10 @@ class Router:
                                          "ttc.budget_tokens": decision.plan.budget_tokens or 0})
         except PolicyError as exc:
             raise InvalidRequest(str(exc), param="router") from exc
-        plan = self._fit_vote(decision.plan, scores, upstream_model)
+        answer = self.answer_tokens(scores, upstream_model)
         # The operator's cap holds for what a policy plans too: a plan sized from long answers
         # is fitted under it, never refused (the client asked for no such budget).
-        plan = fit_cap(plan, self.settings.max_budget_tokens,
-                       self.answer_tokens(scores, upstream_model))
+        plan = fit_cap(fit_vote(decision.plan, answer), self.settings.max_budget_tokens, answer)
         if plan.strategy == "search" and routed.endpoint != "chat":
             plan = dataclasses.replace(plan, strategy="sequential", search_calls=0,
                                        reason="search needs chat messages: ran sequential")

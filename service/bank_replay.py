@@ -27,9 +27,10 @@ How a request is answered (``router_models.bank`` holds the recordings):
   recorded count when the request is the recorded prompt as the only message; otherwise the
   recorded count plus the pieces of a continued chain's prefix plus 4 characters per token for
   any other text, marked ``replay.prompt_tokens_estimated: true``.
-- **Continuations.** When assistant turns after the question are the start of a recorded
-  chain (the gateway's ``sequential`` continuing a cut chain, by prefill or by a follow-up
-  turn), the reply is the rest of that same chain from where the prefix ends.
+- **Continuations.** When assistant turns after the question (after its last search
+  request, if any) are the start of a recorded chain (the gateway's ``sequential`` continuing
+  a cut chain, by prefill or by a follow-up turn, or ``search`` forcing an answer after a cut
+  reply), the reply is the rest of that same chain from where the prefix ends.
 - **Search.** Retrieved results in the context (``Results of the search ...`` blocks, as the
   search strategy writes them) select the run recorded with that many searches (the largest
   recorded count not above it: 0, 1 or 3 for HotpotQA). When a request offers search (the
@@ -78,6 +79,8 @@ _SEARCH_RESULT = re.compile(r"^(?:Results of the search |The search .* found no 
 _SEARCHES_LEFT = re.compile(r"Searches left: (\d+) of (\d+)")
 _SEARCH_CAP = re.compile(r"(?:search at most|call it at most) (\d+) times")
 _TEXT_PROTOCOL = "SEARCH: <query>"
+# A reply asking for a search in the text protocol (service.strategies.search.SEARCH_LINE).
+_SEARCH_REQUEST = re.compile(r"^[ \t]*SEARCH:", re.MULTILINE)
 # The continuation prefill the sequential strategy appends (service.strategies.sequential).
 _PREFILLS = ("\n\nSo the final answer is",)
 CHARS_PER_TOKEN = 4
@@ -236,7 +239,10 @@ def answer(bank: Bank, request: SimRequest, body: dict[str, Any]) -> Reply:
                             "searches": run.searches}
     if request.endpoint == "chat":
         later = [text for role, text in messages[position + 1:] if role == "assistant"]
-        prefix = "".join(later)
+        # A search request ends a reply, and the reply after its results starts afresh: only
+        # the assistant turns after the last request can be the start of a recorded chain.
+        asked = [i for i, text in enumerate(later) if _SEARCH_REQUEST.search(text)]
+        prefix = "".join(later[asked[-1] + 1:] if asked else later)
     else:
         prompt = messages[0][1]
         at = prompt.find(run.prompt)

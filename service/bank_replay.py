@@ -68,7 +68,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from router_models.bank import Bank, BankRun, BankSample
-from service.sim import SimError, SimRequest, parse_request
+from service.sim import ENVELOPE_HANDLERS, SimError, SimRequest, parse_request
 
 MODEL_ID = "bank-replay"
 FINGERPRINT = "bank-replay"
@@ -209,7 +209,7 @@ def create_replay_app(config: ReplayConfig) -> Starlette:
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/tokenize", tokenize, methods=["POST"]),
-    ])
+    ], exception_handlers=ENVELOPE_HANDLERS)
 
 
 def _error(exc: SimError) -> Response:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -121,12 +122,28 @@ def create_sim_app(config: SimConfig) -> Starlette:
         Route("/v1/models", models), Route("/health", health),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
-    ])
+    ], exception_handlers=ENVELOPE_HANDLERS)
 
 
 def _error(exc: SimError) -> Response:
     return JSONResponse({"error": {"message": exc.message, "type": "invalid_request_error",
                                    "param": exc.param, "code": None}}, status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """A route or method this backend does not serve (404, 405), in OpenAI's error envelope
+    like its other errors: Starlette's default answer is plain text, which an OpenAI client
+    cannot read."""
+    assert isinstance(exc, HTTPException)  # registered for HTTPException only
+    return JSONResponse({"error": {"message": f"{request.method} {request.url.path}: "
+                                              f"{exc.detail}",
+                                   "type": "invalid_request_error", "param": None,
+                                   "code": None}}, status_code=exc.status_code,
+                        headers=exc.headers)
+
+
+# Starlette's exception_handlers for the simulated backends (this one and service.bank_replay).
+ENVELOPE_HANDLERS: dict[Any, Any] = {HTTPException: _http_error}
 
 
 async def _complete(config: SimConfig, request: Request, endpoint: str) -> Response:

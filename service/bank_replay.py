@@ -37,7 +37,8 @@ How a request is answered (``router_models.bank`` holds the recordings):
   search strategy's text protocol, or a ``search`` tool) with searches left and the bank holds
   a run with more searches, the reply is the recorded schedule's next query (``SEARCH: q`` or a
   tool call), its tokens the recorded tokenizer pieces of that line
-  (``replay.synthesized: search_request``). The answer then comes from the run recorded with
+  (``replay.synthesized: search_request``), cut by ``max_tokens`` like any reply (then plain
+  text, ``finish_reason: length``). The answer then comes from the run recorded with
   the bank's retrieval; the gateway's own search results are not read.
 
 Endpoints: ``GET /v1/models``, ``GET /health``, ``POST /v1/chat/completions`` and
@@ -251,7 +252,12 @@ def answer(bank: Bank, request: SimRequest, body: dict[str, Any]) -> Reply:
     choices: list[Choice] | None = None
     if query is not None:
         text, pieces, tool = query
-        choices = [Choice(pieces, [0] * len(pieces), "stop", "search_request", query=text,
+        finish = "stop"
+        if len(pieces) > request.max_tokens:
+            # The cap cuts the request line as it cuts any reply: a partial line, and no tool
+            # call (its arguments would not be whole).
+            pieces, finish, tool = pieces[:request.max_tokens], "length", False
+        choices = [Choice(pieces, [0] * len(pieces), finish, "search_request", query=text,
                           tool=tool) for _ in range(request.n)]
         meta["synthesized"] = "search_request"
     elif prefix.strip():

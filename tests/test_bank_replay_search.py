@@ -1,13 +1,17 @@
-"""The replay backend under the search strategy's forced answer: a reply cut by its budget is
-continued from the same recorded chain, as ``sequential``'s is (``tests/test_bank_replay.py``
-holds the replay's other tests and the fixture)."""
+"""The replay backend under the search strategy: a reply cut by its budget is continued from
+the same recorded chain for the forced answer, as ``sequential``'s is, and a synthesized search
+request is cut by ``max_tokens`` like any reply (``tests/test_bank_replay.py`` holds the
+replay's other tests and the fixture)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from service.search import LocalIndex
+from service.search.documents import Document
+from service.search.local import index_path
 from tests.conftest import gateway_client, make_settings
-from tests.test_bank_replay import CHAIN, Recording, routed
+from tests.test_bank_replay import CHAIN, HOTPOT, Recording, ask, replay, routed
 
 
 async def test_search_cut_by_its_budget_continues_the_same_chain_for_its_forced_answer(
@@ -30,3 +34,37 @@ async def test_search_cut_by_its_budget_continues_the_same_chain_for_its_forced_
         CHAIN.greedy.tokens[cap:cap + second_body["max_tokens"]])
     served = sum(r.json()["usage"]["completion_tokens"] for _, r in transport.calls)
     assert reply.json()["usage"]["completion_tokens"] == served <= 16
+
+
+async def test_a_synthesized_search_request_is_cut_by_max_tokens() -> None:
+    line = HOTPOT[3].search_turns[0]
+    assert line is not None and len(line) > 3
+    body = {**ask(HOTPOT[0], temperature=0, max_tokens=3), "messages": [
+        {"role": "system", "content": "Reply SEARCH: <query> to search. You may search at "
+                                      "most 3 times."},
+        {"role": "user", "content": HOTPOT[0].prompt}]}
+    reply = (await replay(body)).json()
+    assert reply["replay"]["synthesized"] == "search_request"
+    assert reply["usage"]["completion_tokens"] == 3
+    choice = reply["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"]["content"] == "".join(line[:3])
+    whole = (await replay({**body, "max_tokens": 100})).json()["choices"][0]
+    assert whole["finish_reason"] == "stop" and whole["message"]["content"] == "".join(line)
+
+
+async def test_search_through_the_gateway_never_spends_past_a_small_budget(
+        tmp_path: Path) -> None:
+    data = tmp_path / "index"
+    LocalIndex(index_path(data)).add([
+        Document("fd", "Fixture Dreams", "Fixture Dreams is a novel by Marie Exemple.")])
+    settings = make_settings(models=("bank-replay",), data_dir=data)
+    for budget in (1, 8, 30):
+        transport = Recording()
+        async with gateway_client(transport, settings) as client:
+            reply = await client.post("/v1/chat/completions",
+                                      json=routed(HOTPOT[0], "search", budget, temperature=0))
+        assert reply.status_code == 200, reply.text
+        served = sum(r.json()["usage"]["completion_tokens"] for _, r in transport.calls)
+        assert reply.json()["usage"]["completion_tokens"] == served <= budget
+        assert reply.json()["router"]["budget_overrun"] is False

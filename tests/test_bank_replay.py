@@ -234,11 +234,11 @@ async def test_search_through_the_gateway_follows_the_recorded_schedule(tmp_path
 async def test_eval_through_the_gateway_over_the_replay_scores_every_strategy(
         tmp_path: Path) -> None:
     from service.app import create_app
-    from service.commands.eval import _bank_items
+    from service.commands.eval import bank_items
     from service.evaluation import runner
     from service.hotpath import HotPath
 
-    items = _bank_items(FIXTURE, ["arithmetic_chain", "mmlu"], None)
+    items = bank_items(FIXTURE, ["arithmetic_chain", "mmlu"], None)
     assert [item.family for item in items] == ["arithmetic_chain", "mmlu"]
     app = create_app(make_settings(models=("bank-replay",)), transport=Recording())
     async with app.router.lifespan_context(app):

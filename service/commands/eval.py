@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("give --suite, --tasks, --bank or several")
         items: list[TaskItem] = []
         if args.bank is not None:
-            items += _bank_items(args.bank, suites, args.limit)
+            items += bank_items(args.bank, suites, args.limit)
         else:
             for name in suites:
                 items += load_suite(name, limit=args.limit, data_dir=args.data)
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bank_items(path: Path, suites: list[str], limit: int | None) -> list[Any]:
+def bank_items(path: Path, suites: list[str], limit: int | None) -> list[Any]:
     """The items of an outcome bank, the first ``limit`` of each of ``suites`` (all suites
     when empty), each with its suite as its family so the report compares suites.
 

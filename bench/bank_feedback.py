@@ -1,0 +1,389 @@
+"""`auto` after feedback, on outcome-bank items its training never saw (issues 13 and 14).
+
+Real-model outcomes, replayed: ``ttc-router sim --bank`` serves the outcome bank recorded from
+the embedded model, and a real gateway (``ttc-router serve --upstream``) runs every strategy
+and the served ``learned`` policy in front of it. The bank's items are split into ``--folds``
+folds (within each suite, in the order of a hash of the item, so every fold holds each suite
+alike). For each fold in turn:
+
+1. **Out of the box.** A gateway on a fresh data directory answers the held-out fold with
+   ``model: auto`` and no feedback, then every fixed strategy at each ``--budgets`` budget
+   (``ttc-router eval``'s runner: same seeds, same scoring).
+2. **Training.** A second fresh gateway answers the other folds' items ``--rounds`` times
+   each (round ``r`` sends seed ``r``, so the replay serves other recorded samples) and
+   posts each answer's correctness to ``POST /v1/feedback``, as a user's application would.
+3. **After feedback.** That gateway answers the held-out fold with ``model: auto``, the same
+   requests as step 1 (same seeds), and ``GET /v1/learner?state=true`` says what it learnt.
+
+Every item is held out once, so the pooled table covers the whole bank, each answer made by a
+gateway that never received feedback on that item. Both gateways index the HotpotQA corpus
+(``ttc-router index add``) so ``auto`` can read coverage, as a deployment with a document
+collection would. Intervals are Wilson 95%; pairs are compared by McNemar's exact test
+(``service.evaluation.analysis``).
+
+What the replay cannot show: a repeated request replays one of 8 recorded samples, so the
+training rounds of one item are 8 draws at most, not fresh model calls; and greedy requests
+(temperature 0) repeat exactly.
+
+Usage (from the repository root; minutes on 2 cores, no model)::
+
+    .venv/bin/python -m bench.bank_feedback [--bank PATH] [--folds 2] [--rounds 4]
+        [--budgets 256,512,1024] [--exploration 0.05] [--out bench/results/bank-feedback]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.mixed_traffic import clean_env, free_port, stop, wait_http
+from router_models.tasks import TaskItem, default_data_dir
+from router_models.tasks.checkers import check
+from service.commands.eval import BANK_DEFAULT, bank_items
+from service.evaluation.analysis import paired_difference, wilson
+from service.evaluation.runner import RunOptions, plan_jobs, read_records, run_jobs
+
+ROOT = Path(__file__).resolve().parent.parent
+STRATEGIES = ("direct", "parallel_vote", "sequential", "search")
+
+
+# ----------------------------------------------------------------------------- the folds
+
+def item_key(item: TaskItem) -> str:
+    """The stable name of an item: ``suite/item_id``."""
+    return f"{item.suite}/{item.item_id}"
+
+
+def make_folds(items: Sequence[TaskItem], count: int) -> list[list[TaskItem]]:
+    """``count`` folds: within each family, items in the order of the CRC-32 of their key,
+    dealt round-robin, so each fold holds every family alike and the split does not depend on
+    the bank's recording order.
+
+    Raises:
+        ValueError: fewer than 2 folds, or fewer items than folds.
+    """
+    if count < 2 or len(items) < count:
+        raise ValueError(f"need at least 2 folds and as many items ({len(items)} items)")
+    folds: list[list[TaskItem]] = [[] for _ in range(count)]
+    by_family: dict[str, list[TaskItem]] = defaultdict(list)
+    for item in items:
+        by_family[item.family].append(item)
+    dealt = 0
+    for family in sorted(by_family):
+        for item in sorted(by_family[family], key=lambda i: zlib.crc32(item_key(i).encode())):
+            folds[dealt % count].append(item)
+            dealt += 1
+    return folds
+
+
+# ----------------------------------------------------------------------------- the stack
+
+class Stack:
+    """The replay and the gateways in front of it, as subprocesses; ``close`` stops them."""
+
+    def __init__(self, bank: Path | None, work: Path, exploration: float | None):
+        self.work = work
+        self.exploration = exploration
+        self.processes: list[subprocess.Popen[bytes]] = []
+        port = free_port()
+        log = work / "replay.log"
+        command = [sys.executable, "-m", "service", "sim", "--port", str(port), "--bank"]
+        if bank is not None:
+            command.append(str(bank))
+        with log.open("wb") as out:
+            replay = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                      env=clean_env(), cwd=ROOT)
+        self.processes.append(replay)
+        self.replay_url = f"http://127.0.0.1:{port}/v1"
+        wait_http(self.replay_url + "/models", replay, log)
+        self.corpus = hotpot_corpus(work)
+
+    def gateway(self, name: str) -> str:
+        """A gateway on a fresh data directory (the HotpotQA corpus indexed); its base URL."""
+        data_dir = self.work / name
+        if self.corpus is not None:
+            indexed = subprocess.run(
+                [sys.executable, "-m", "service", "index", "add", str(self.corpus),
+                 "--data-dir", str(data_dir)],
+                capture_output=True, text=True, env=clean_env(), cwd=ROOT)
+            if indexed.returncode != 0:
+                raise RuntimeError(f"ttc-router index add failed:\n{indexed.stderr[-2000:]}")
+        env = clean_env()
+        if self.exploration is not None:
+            env["TTC_LEARNED_EXPLORATION"] = str(self.exploration)
+        port = free_port()
+        log = self.work / f"{name}.log"
+        with log.open("wb") as out:
+            gateway = subprocess.Popen(
+                [sys.executable, "-m", "service", "serve", "--upstream", self.replay_url,
+                 "--port", str(port), "--data-dir", str(data_dir), "--log-level", "warning"],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        self.processes.append(gateway)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/ready", gateway, log)
+        return url + "/v1"
+
+    def close(self) -> None:
+        """Stop every process, gateways first."""
+        for process in reversed(self.processes):
+            stop(process)
+
+
+def hotpot_corpus(work: Path) -> Path | None:
+    """The shared HotpotQA corpus as ``ttc-router index add`` JSONL (``id``, ``title``,
+    ``text``) in ``work``; None when the benchmark data is absent (``auto`` then reads no
+    coverage, as a deployment without a collection)."""
+    data = default_data_dir()
+    source = data / "hotpotqa" / "hotpotqa_train_corpus.json" if data else None
+    if source is None or not source.is_file():
+        print("HotpotQA corpus not found: gateways run without a document collection",
+              file=sys.stderr)
+        return None
+    out = work / "hotpot.jsonl"
+    docs = json.loads(source.read_text())
+    with out.open("w") as handle:
+        for title, sentences in docs.items():
+            handle.write(json.dumps({"id": title, "title": title,
+                                     "text": "".join(sentences)}) + "\n")
+    return out
+
+
+# ----------------------------------------------------------------------------- the phases
+
+def evaluate(url: str, items: Sequence[TaskItem], out: Path, *, policies: Sequence[str] = (),
+             strategies: Sequence[str] = (), budgets: Sequence[int] = ()) -> list[dict]:
+    """``ttc-router eval``'s runner over ``items``; its records (one per item and arm)."""
+    jobs = plan_jobs(items, strategies, budgets, policies)
+    asyncio.run(run_jobs(jobs, out, RunOptions(backend=url, concurrency=4)))
+    return read_records(out / "items.jsonl")
+
+
+def train(url: str, items: Sequence[TaskItem], rounds: int, seed: int) -> list[dict[str, Any]]:
+    """Send every item ``rounds`` times to ``model: auto`` (each round in its own shuffled
+    order, seed = round), grade each answer and post it to ``/v1/feedback``; one record per
+    request.
+
+    Raises:
+        RuntimeError: a request or a feedback post failed (training would be incomplete).
+    """
+    client = httpx.Client(base_url=url, timeout=120)
+
+    def one(round_: int, item: TaskItem) -> dict[str, Any]:
+        reply = client.post("/chat/completions", json={
+            "model": "auto", "seed": round_,
+            "messages": [{"role": "user", "content": item.prompt()}]})
+        if reply.status_code != 200:
+            raise RuntimeError(f"{item_key(item)}: HTTP {reply.status_code}: {reply.text[:300]}")
+        body = reply.json()
+        text = body["choices"][0]["message"].get("content") or ""
+        correct = check(item, text)
+        router = body.get("router") or {}
+        posted = client.post("/feedback", json={"id": router["decision_id"],
+                                                "correct": correct})
+        if posted.status_code != 200:
+            raise RuntimeError(f"feedback: HTTP {posted.status_code}: {posted.text[:300]}")
+        return {"round": round_, "item": item_key(item), "family": item.family,
+                "correct": correct, "tokens": body["usage"]["completion_tokens"],
+                "strategy": router.get("strategy"), "reason": router.get("reason")}
+
+    records: list[dict[str, Any]] = []
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            for round_ in range(rounds):
+                order = list(items)
+                random.Random(f"{seed}:{round_}").shuffle(order)
+                records += list(pool.map(lambda item, r=round_: one(r, item), order))
+    finally:
+        client.close()
+    return records
+
+
+def learner_state(url: str) -> dict[str, Any]:
+    """The served ``learned`` policy's state (``GET /v1/learner?state=true``)."""
+    reply = httpx.get(url + "/learner", params={"state": "true"}, timeout=30)
+    reply.raise_for_status()
+    return reply.json()["policies"]["learned"]["state"]
+
+
+# ----------------------------------------------------------------------------- the report
+
+def arm_name(record: dict[str, Any]) -> str:
+    """``strategy @budget`` or ``policy:NAME``."""
+    if record["strategy"].startswith("policy:"):
+        return record["strategy"]
+    return f"{record['strategy']} @{record['budget_tokens']}"
+
+
+def by_arm(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """arm -> item key -> record."""
+    arms: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for record in records:
+        arms[arm_name(record)][f"{record['suite']}/{record['item_id']}"] = record
+    return arms
+
+
+def arm_rows(arms: dict[str, dict[str, dict[str, Any]]], reference: str) -> list[str]:
+    """Markdown rows: accuracy [Wilson 95%], mean completion tokens, errors, and the pairing
+    with ``reference`` (items only it / only the arm got right, McNemar exact p)."""
+    base = arms[reference]
+    rows = []
+    order = sorted(arms, key=lambda a: (a != reference, -sum(
+        r["correct"] for r in arms[a].values()) / max(1, len(arms[a]))))
+    for arm in order:
+        records = arms[arm]
+        keys = sorted(set(records) & set(base))
+        correct = sum(r["correct"] for r in records.values())
+        n = len(records)
+        low, high = wilson(correct, n)
+        tokens = sum(r["completion_tokens"] for r in records.values()) / max(1, n)
+        errors = sum(bool(r.get("error")) for r in records.values())
+        pairing = "- | -"
+        if arm != reference and keys:
+            a = [base[k]["correct"] for k in keys]
+            b = [records[k]["correct"] for k in keys]
+            _, _, p = paired_difference(a, b)
+            only_ref = sum(x and not y for x, y in zip(a, b, strict=True))
+            only_arm = sum(y and not x for x, y in zip(a, b, strict=True))
+            pairing = f"{only_ref} / {only_arm} | {p:.2g}"
+        rows.append(f"| {arm} | {100 * correct / max(1, n):.1f} [{100 * low:.1f}, "
+                    f"{100 * high:.1f}] | {tokens:.0f} | {pairing} | {errors} | {n} |")
+    return rows
+
+
+def family_rows(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
+                ) -> list[str]:
+    """Per family: ``auto`` before and after feedback, with the strategies it chose."""
+    rows = []
+    families = sorted({r["family"] for r in before.values()})
+    for family in families:
+        keys = [k for k, r in before.items() if r["family"] == family and k in after]
+        cells = []
+        for side in (before, after):
+            correct = sum(side[k]["correct"] for k in keys)
+            tokens = sum(side[k]["completion_tokens"] for k in keys) / max(1, len(keys))
+            chosen = Counter((side[k].get("router") or {}).get("strategy") for k in keys)
+            mix = ", ".join(f"{s} {c}" for s, c in chosen.most_common())
+            cells.append(f"{100 * correct / max(1, len(keys)):.1f} | {tokens:.0f} | {mix}")
+        rows.append(f"| {family} | {len(keys)} | {cells[0]} | {cells[1]} |")
+    return rows
+
+
+def report(results: dict[str, Any]) -> str:
+    """The markdown report of a finished run."""
+    records = [r for fold in results["folds"] for r in fold["before"] + fold["fixed"]]
+    after = [dict(r, strategy="policy:auto after feedback")
+             for fold in results["folds"] for r in fold["after"]]
+    arms = by_arm(records + after)
+    reference = "policy:auto after feedback"
+    lines = [
+        "# `auto` after feedback on the outcome bank (real-model outcomes, replayed)", "",
+        f"Command: `{results['command']}`, {results['started']}; bank: {results['runs']} runs, "
+        f"{results['items']} items; {results['folds_count']} folds, {results['rounds']} training "
+        f"rounds per training item; exploration "
+        f"{results['exploration'] if results['exploration'] is not None else 'default'}; "
+        f"{results['elapsed_s']:.0f} s.", "",
+        "Every item held out once: each answer below is made by a gateway that received no "
+        "feedback on that item. Pairs are against `auto` after feedback.", "",
+        "| arm | accuracy % [Wilson 95%] | mean completion tokens | only `auto` after / only "
+        "the arm right | McNemar exact p | errors | n |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: |",
+        *arm_rows(arms, reference), "",
+        "Per family, `auto` before / after feedback (accuracy %, mean tokens, strategies):", "",
+        "| family | n | before % | tokens | strategies | after % | tokens | strategies |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |",
+        *family_rows(arms["policy:auto"], arms[reference]), "",
+        "What training taught, per fold:", ""]
+    for number, fold in enumerate(results["folds"]):
+        train_rounds = defaultdict(list)
+        for record in fold["training"]:
+            train_rounds[record["round"]].append(record["correct"])
+        accuracy = ", ".join(f"{100 * sum(v) / len(v):.1f}" for _, v in sorted(
+            train_rounds.items()))
+        state = fold["learner"]
+        explored = sum("exploring" in (r["reason"] or "") for r in fold["training"])
+        feedback = {k: int(sum(row)) for k, row in zip(state["current"], state["trials"],
+                                                       strict=True) if sum(row)}
+        lines += [f"- fold {number}: {len(fold['training'])} training requests with feedback; "
+                  f"training accuracy by round: {accuracy}; {explored} of them explored; "
+                  f"feedback per kind {feedback}; switches: "
+                  f"{state['switches'] or 'none'}; strategies now "
+                  f"{ {k: v for k, v in state['current'].items() if k in feedback} }"]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bank", type=Path, default=None,
+                        help="outcome bank folder (default: the shipped one)")
+    parser.add_argument("--folds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="training requests per training item (seeds 0..rounds-1)")
+    parser.add_argument("--budgets", default="256,512,1024",
+                        help="budgets of the fixed strategies, tokens")
+    parser.add_argument("--exploration", type=float, default=None,
+                        help="the learned policy's exploration share (default: the gateway's)")
+    parser.add_argument("--limit", type=int, default=None, help="items per suite (a quick run)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/bank-feedback"))
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    items = bank_items(args.bank or BANK_DEFAULT, [], args.limit)
+    folds = make_folds(items, args.folds)
+    budgets = [int(b) for b in args.budgets.split(",") if b]
+    from router_models.bank import Bank
+    runs = len(Bank.load(args.bank))
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "command": "python -m bench.bank_feedback " + " ".join(sys.argv[1:] if argv is None
+                                                                else argv),
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs,
+        "items": len(items), "folds_count": args.folds, "rounds": args.rounds,
+        "exploration": args.exploration, "folds": []}
+    work = Path(tempfile.mkdtemp(prefix="bank-feedback-"))
+    stack = Stack(args.bank, work, args.exploration)
+    try:
+        for number, held_out in enumerate(folds):
+            training = [i for k, fold in enumerate(folds) if k != number for i in fold]
+            fold_dir = work / f"fold-{number}"
+            print(f"fold {number}: {len(held_out)} held out, {len(training)} for training",
+                  flush=True)
+            fresh = stack.gateway(f"fold-{number}-fresh")
+            before = evaluate(fresh, held_out, fold_dir / "before", policies=["auto"])
+            fixed = evaluate(fresh, held_out, fold_dir / "fixed", strategies=STRATEGIES,
+                             budgets=budgets)
+            learner = stack.gateway(f"fold-{number}-learner")
+            trained = train(learner, training, args.rounds, seed=number)
+            after = evaluate(learner, held_out, fold_dir / "after", policies=["auto"])
+            results["folds"].append({"before": before, "fixed": fixed, "after": after,
+                                     "training": trained, "learner": learner_state(learner)})
+    finally:
+        stack.close()
+    results["elapsed_s"] = time.monotonic() - started
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    text = report(results)
+    (args.out / "report.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

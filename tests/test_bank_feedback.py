@@ -1,0 +1,67 @@
+"""bench/bank_feedback.py: the folds, and one whole run on the bank fixture through a real
+replay and real gateways."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from bench.bank_feedback import item_key, main, make_folds
+from router_models.tasks import TaskItem
+
+FIXTURE = Path(__file__).parent / "bank_fixture"
+
+
+def _items(per_family: dict[str, int]) -> list[TaskItem]:
+    return [TaskItem(suite=family, item_id=f"{family}-{i}", family=family, difficulty=0.5,
+                     question=f"q {family} {i}", answer="1", kind="number")
+            for family, count in per_family.items() for i in range(count)]
+
+
+def test_folds_hold_every_item_once_and_each_family_alike() -> None:
+    items = _items({"gsm8k": 10, "mmlu": 7, "hotpotqa": 3})
+    folds = make_folds(items, 2)
+    keys = [item_key(i) for fold in folds for i in fold]
+    assert sorted(keys) == sorted(item_key(i) for i in items)
+    for family, count in {"gsm8k": 10, "mmlu": 7, "hotpotqa": 3}.items():
+        sizes = [sum(i.family == family for i in fold) for fold in folds]
+        assert max(sizes) - min(sizes) <= 1 and sum(sizes) == count
+
+
+def test_folds_do_not_depend_on_the_recording_order() -> None:
+    items = _items({"gsm8k": 9, "svamp": 5})
+    shuffled = list(items)
+    random.Random(3).shuffle(shuffled)
+    assert ([[item_key(i) for i in f] for f in make_folds(items, 3)]
+            == [[item_key(i) for i in f] for f in make_folds(shuffled, 3)])
+
+
+def test_folds_refuse_too_few() -> None:
+    with pytest.raises(ValueError):
+        make_folds(_items({"gsm8k": 3}), 1)
+    with pytest.raises(ValueError):
+        make_folds(_items({"gsm8k": 1}), 2)
+
+
+@pytest.mark.e2e
+def test_a_whole_run_on_the_fixture_bank(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["--bank", str(FIXTURE), "--folds", "2", "--rounds", "2", "--budgets", "64",
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    items = results["items"]
+    assert items == 3
+    for fold in results["folds"]:
+        # Every held-out item answered by auto before and after, and by each fixed arm.
+        assert len(fold["before"]) == len(fold["after"])
+        assert len(fold["fixed"]) == 4 * len(fold["before"])
+        assert not any(r["error"] for r in fold["before"] + fold["after"] + fold["fixed"])
+        # Each training request's feedback reached the learner once.
+        training_items = items - len(fold["before"])
+        assert len(fold["training"]) == 2 * training_items
+        assert sum(map(sum, fold["learner"]["trials"])) == 2 * training_items
+    text = (out / "report.md").read_text()
+    assert "| policy:auto after feedback |" in text and "| policy:auto |" in text

@@ -5,8 +5,9 @@ does, each prompt's top 3 hits read by ``service.coverage`` and ``prior.read_sea
 search prompt is a misreading; HotpotQA's own questions should be read as search prompts.
 
 Prints, per dataset, the share read as search by the word share alone, by the word or name
-share (the reading before steps took precedence over names), and by the gateway's reading
-(a prompt that states two or more dependent steps is not covered by its names alone).
+share (``coverage_shares``: a self-contained word problem, ``router_models.quantities``, has
+neither), and by the gateway's reading (a prompt that states two or more dependent steps is
+not covered by its names alone either).
 
 Usage: ``python -m bench.coverage_check [--limit 200]``.
 """

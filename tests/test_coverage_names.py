@@ -1,13 +1,22 @@
 """A question that names what a document is about is covered, however it is phrased
-(``service.coverage.names``); a question that names nothing the collection holds is not."""
+(``service.coverage.names``); a question that names nothing the collection holds is not, nor
+a self-contained word problem (``router_models.quantities``)."""
 
 from __future__ import annotations
 
+import pytest
+
 from router_models.plan import Scores
-from router_models.policies.prior import read_search
+from router_models.policies.prior import COVERED, read_search
+from router_models.quantities import is_word_problem, stated_quantities
 from router_models.steps import state_steps
+from router_models.tasks import SuiteUnavailable, load_suite
 from service.coverage import coverage, coverage_shares, names
+from service.routing import COVERAGE_HITS
+from service.search import LocalIndex
 from service.search.base import Hit
+from service.search.local import index_path
+from tests.hotpotqa import needs_hotpotqa, questions
 
 KAEXTARR = Hit("fact-0", "Kaextarr", (
     "Kaextarr is a brewery in the Broskthil valley. It was founded in 1484 by Broth "
@@ -59,9 +68,15 @@ def test_a_word_problems_characters_are_not_the_collections_subjects():
     # A word problem whose only name is what the top hit is about; none of its other words are.
     problem = ("Natalia sold clips to 48 of her friends, and then she sold half as many "
                "clips to her neighbours. How many clips did Natalia sell altogether?")
-    shares = coverage_shares(problem, [NATALIA])
+    assert names(problem, [NATALIA]) == ["natalia"]
+    assert coverage_shares(problem, [NATALIA]) == (0.0, 0.0)  # a word problem
+    # A prompt that states its dependent steps carries its own facts too, word problem or
+    # not: its names alone do not cover it (``read_search``).
+    story = ("A coin is heads up. Natalia flips the coin. Then Natalia turns it over. Is the "
+             "coin still heads up?")
+    shares = coverage_shares(story, [NATALIA])
     assert shares.names == 1.0 and shares.words < 0.5
-    steps = state_steps(problem)
+    steps = state_steps(story)
     assert steps >= 2
     read = read_search(Scores(0.5, 0.9, 0.1, steps=steps), shares.words, shares.names)
     assert read.search <= 0.3  # not a search prompt: it carries its own facts
@@ -71,3 +86,73 @@ def test_a_word_problems_characters_are_not_the_collections_subjects():
     read = read_search(Scores(0.5, 0.1, 0.1, steps=state_steps(question)), shares.words,
                        shares.names)
     assert read.search >= 0.5
+
+
+CLAIRE = Hit("Claire Fryer", "Claire Fryer", (
+    "Claire Fryer is an English cook and food writer. She wrote books on eggs, omelets and "
+    "family breakfasts for every morning of the week."), 9.0)
+CLAIRE_PROBLEM = ("Claire makes a 3 egg omelet every morning for her family. How many dozens of "
+                  "eggs will she eat in 4 weeks?")
+
+
+def test_a_word_problem_is_self_contained_whatever_names_it_shares_with_the_collection():
+    # One dependent step only (the question is not a step), so the steps rule does not apply:
+    # the word problem's own shape must.
+    assert state_steps(CLAIRE_PROBLEM) < 2
+    assert names(CLAIRE_PROBLEM, [CLAIRE]) == ["claire"]
+    assert coverage_shares(CLAIRE_PROBLEM, [CLAIRE]) == (0.0, 0.0)
+    read = read_search(Scores(0.5, 0.5, 0.6, steps=state_steps(CLAIRE_PROBLEM)), 0.0, 0.0)
+    assert read.search <= 0.3
+    # A question about her asks for a fact of the collection, not a computed quantity.
+    question = "What did Claire Fryer write books about?"
+    assert coverage_shares(question, [CLAIRE]).names == 1.0
+
+
+def test_what_makes_a_word_problem():
+    problems = (
+        CLAIRE_PROBLEM,
+        # number words and multiplicative relations are quantities
+        "Jan has three times the number of pets as Marcia. Marcia has two more pets than "
+        "Cindy. If Cindy has four pets, how many total pets do the three have?",
+        "There are twice as many boys as girls at Dr. Wertz's school. If there are 60 girls "
+        "and 5 students to every teacher, how many teachers are there?",
+        "Sid traveled 110 miles in 2 hours, then 140 miles in 3 hours. What's his average "
+        "speed?",
+    )
+    for text in problems:
+        assert is_word_problem(text), text
+    facts = (
+        "Which magazine was started first, Arthur's Magazine or First for Women?",
+        "Were Scott Derrickson and Ed Wood of the same nationality?",
+        # numbers, even a quantity asked for, but no premise states the operands
+        "What is the batting hand of each of the first five picks in the 1998 MLB draft?",
+        "How many people lived in the city where the 2 founders were born as of 2010?",
+        # a premise with a quantity, but no quantity asked for
+        "The band released 3 albums in 12 years. Who was its lead singer?",
+    )
+    for text in facts:
+        assert not is_word_problem(text), text
+    assert stated_quantities("In 1998 she bought 2 cars, half as many as in 2004.") == 2
+
+
+@needs_hotpotqa
+def test_on_the_hotpotqa_collection_word_problems_stay_off_search_and_its_questions_on(
+        hotpot_dir):
+    """The rule on whole datasets, as ``Router.search_evidence`` reads them (the figures of
+    ``bench/coverage_check.py``): every HotpotQA question is still a search prompt, the
+    first 200 GSM8K prompts none (4 of them were before, by a first name alone)."""
+    index = LocalIndex(index_path(hotpot_dir))
+
+    def read(text: str) -> float:
+        shares = coverage_shares(text, index.search(text, COVERAGE_HITS))
+        return read_search(Scores(0.5, 0.5, 0.0, steps=state_steps(text)), shares.words,
+                           shares.names).search
+
+    assert "Claire Fryer" in {h.id for h in index.search(CLAIRE_PROBLEM, COVERAGE_HITS)}
+    assert read(CLAIRE_PROBLEM) < COVERED
+    assert all(read(item["question"]) >= COVERED for item in questions())
+    try:
+        gsm8k = [item.prompt() for item in load_suite("gsm8k", limit=200)]
+    except SuiteUnavailable as exc:
+        pytest.skip(f"GSM8K not found: {exc}")
+    assert [p for p in gsm8k if read(p) >= COVERED] == []

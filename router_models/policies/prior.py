@@ -105,7 +105,9 @@ def read_search(scores: Scores, coverage: float | None, name_coverage: float = 0
             a prompt carries its own facts, and its names are its characters ("Natalia sold
             clips to 48 of her friends..." is not about the Natalia of a document that the
             top hit is about; a GSM8K item's first name matched a HotpotQA article for 5 of
-            24 word problems on the outcome bank).
+            24 word problems on the outcome bank). A word problem with fewer steps ("Claire
+            makes a 3 egg omelet every morning...") arrives with both shares 0:
+            ``service.coverage.coverage_shares`` reads it as self-contained.
     """
     if coverage is None:
         return scores

@@ -68,3 +68,7 @@ async def test_search_through_the_gateway_never_spends_past_a_small_budget(
         served = sum(r.json()["usage"]["completion_tokens"] for _, r in transport.calls)
         assert reply.json()["usage"]["completion_tokens"] == served <= budget
         assert reply.json()["router"]["budget_overrun"] is False
+        # The cap cuts synthesized request lines (at 8: "SEARCH: In which city was the"); a
+        # cut line is no request, so every search after the question's is a whole query.
+        queries = reply.json()["router"]["search_queries"]
+        assert all(q in HOTPOT[3].queries for q in queries[1:]), queries

@@ -15,6 +15,7 @@ import pytest
 from service.search import LocalIndex, SearxngSearch
 from service.search.documents import Document
 from service.search.local import index_path
+from service.strategies.search import search_request_line
 from tests.conftest import gateway_client, make_settings, metric
 from tests.hotpotqa import needs_hotpotqa
 from tests.scripted import ScriptedLLM
@@ -180,6 +181,44 @@ async def test_a_silent_search_backend_times_out_and_the_request_still_answers()
             reply = await client.post("/v1/chat/completions", json=ask())
     assert reply.status_code == 200
     assert reply.json()["router"]["search_error"].startswith("searxng timeout")
+
+
+async def test_a_request_line_cut_by_the_cap_is_not_searched(small_dir):
+    """The cap can stop the model in the middle of its query: that line is not a request.
+    The reply is a cut reply (the forced answer follows), and every token is counted once."""
+    def model(i: int, body: dict[str, Any]) -> str:
+        if "state your final answer now" in last_user(body):
+            return "The answer is birds."
+        return "I need facts.\nSEARCH: what are the owls of the northern forests"
+
+    llm = ScriptedLLM(model)
+    # budget 8: the first call gets 8 minus the answer's reserve of 2 = 6 words, which end
+    # "SEARCH: what are the"; the forced answer gets the last 2.
+    reply = await post(llm, ask("What are owls?", budget=8), data_dir=small_dir)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    router = body["router"]
+    assert llm.requests[0]["max_tokens"] == 6
+    assert router["search_calls"] == 0 and router["search_queries"] == []
+    assert router["forced_answer"] is True and len(llm.requests) == 2
+    assert "cut by its token cap" in last_user(llm.requests[1])
+    assert body["choices"][0]["message"]["content"] == "The answer"  # its 2 tokens
+    assert (router["spent_tokens"] == body["usage"]["completion_tokens"]
+            == llm.reported_tokens == 8)
+    # A request line the model ended before the cap is searched, cut reply or not.
+    llm = ScriptedLLM(lambda i, body: "The answer is birds." if i else
+                      "SEARCH: owls\nand then more words than the cap allows here")
+    reply = await post(llm, ask("What are owls?", budget=40), data_dir=small_dir)
+    assert reply.json()["router"]["search_queries"] == ["owls"]
+
+
+def test_only_a_line_the_model_ended_is_a_search_request():
+    assert search_request_line("SEARCH: owls of the", "length") is None
+    assert search_request_line("SEARCH: owls of the", "stop").group(1) == "owls of the"
+    assert search_request_line("SEARCH: owls\nmore", "length").group(1) == "owls"
+    assert search_request_line("SEARCH: owls\r\nmore", "length") is not None
+    assert search_request_line("SEARCH: cut\nSEARCH: last", "length").group(1) == "cut"
+    assert search_request_line("Thinking.\nSEARCH: partial que", "length") is None
 
 
 @pytest.mark.parametrize("budget", [8, 40, 100, 257])

@@ -215,10 +215,29 @@ class _Request:
     tool_call_id: str | None = None
 
 
+def search_request_line(text: str, finish_reason: str | None) -> re.Match[str] | None:
+    """The first complete ``SEARCH: query`` line of a reply in the text protocol, or None.
+
+    A line is complete when the model ended it: a line break follows it, or the reply ended
+    by itself (any finish but ``length``). The last line of a reply cut by its token cap
+    (``finish_reason: length``) is not a request: the cap may have stopped the model in the
+    middle of its query ("SEARCH: In which city was the"), and searching a partial query
+    spends one of the request's searches on words the model did not finish asking for. The
+    loop then treats the reply as cut (its forced answer), and its tokens were already debited
+    like any other call's.
+    """
+    for match in SEARCH_LINE.finditer(text):
+        if finish_reason != "length" or text[match.end():].startswith(("\n", "\r")):
+            return match
+    return None
+
+
 def _requests(turn: Sample, tools: bool) -> list[_Request]:
-    """The searches the model's own reply asks for (none: it answered)."""
+    """The searches the model's own reply asks for (none: it answered, or its only request
+    line was cut by its cap, ``search_request_line``). A tool call cut by the cap has
+    arguments that do not parse, and is answered "Not run"."""
     if not tools:
-        match = SEARCH_LINE.search(turn.text)
+        match = search_request_line(turn.text, turn.finish_reason)
         return [_Request(match.group(1)[:MAX_QUERY_CHARS])] if match else []
     message = turn.choice.get("message") or {}
     out = []
@@ -277,7 +296,7 @@ async def _search(loop: _Loop, turn: Sample, requests: list[_Request]) -> None:
             loop.messages.append({"role": "tool", "tool_call_id": request.tool_call_id,
                                   "content": f"{text}\n\n{left}" if last else text})
     else:
-        match = SEARCH_LINE.search(turn.text)
+        match = search_request_line(turn.text, turn.finish_reason)
         asked = turn.text[:match.end()] if match else turn.text
         loop.messages.append({"role": "assistant", "content": asked})
         loop.messages.append({"role": "user", "content": "\n\n".join([*results, left])})

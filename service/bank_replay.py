@@ -38,8 +38,10 @@ How a request is answered (``router_models.bank`` holds the recordings):
   a run with more searches, the reply is the recorded schedule's next query (``SEARCH: q`` or a
   tool call), its tokens the recorded tokenizer pieces of that line
   (``replay.synthesized: search_request``), cut by ``max_tokens`` like any reply (then plain
-  text, ``finish_reason: length``). The answer then comes from the run recorded with
-  the bank's retrieval; the gateway's own search results are not read.
+  text, ``finish_reason: length``). The search strategy's request for its final answer
+  ("state your final answer now") offers no search: it gets an answer. The answer then
+  comes from the run recorded with the bank's retrieval; the gateway's own search results
+  are not read.
 
 Endpoints: ``GET /v1/models``, ``GET /health``, ``POST /v1/chat/completions`` and
 ``POST /v1/completions``, JSON or SSE (one chunk per token piece, then the finish chunks, then
@@ -80,6 +82,10 @@ _SEARCH_RESULT = re.compile(r"^(?:Results of the search |The search .* found no 
 _SEARCHES_LEFT = re.compile(r"Searches left: (\d+) of (\d+)")
 _SEARCH_CAP = re.compile(r"(?:search at most|call it at most) (\d+) times")
 _TEXT_PROTOCOL = "SEARCH: <query>"
+# The search strategy's request for the final answer (service.strategies.search.FINAL_ANSWER):
+# it offers no search (a tool upstream gets tool_choice "none"), so a text-protocol request
+# that ends with it is answered, not given another search request.
+_FORCED_ANSWER = "state your final answer now"
 # A reply asking for a search in the text protocol (service.strategies.search.SEARCH_LINE).
 _SEARCH_REQUEST = re.compile(r"^[ \t]*SEARCH:", re.MULTILINE)
 # The continuation prefill the sequential strategy appends (service.strategies.sequential).
@@ -296,7 +302,8 @@ def _next_query(runs: dict[int, BankRun], searched: int, messages: Sequence[tupl
     offered_tool = any((t.get("function") or {}).get("name") == "search" for t in tools) \
         and body.get("tool_choice") != "none"
     text = "\n".join(t for _, t in messages)
-    if not offered_tool and _TEXT_PROTOCOL not in text:
+    if not offered_tool and (_TEXT_PROTOCOL not in text
+                             or (messages and _FORCED_ANSWER in messages[-1][1])):
         return None
     left = _SEARCHES_LEFT.findall(text)
     if left:

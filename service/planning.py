@@ -11,6 +11,10 @@ no change until they opt in). The budget of a request that names none:
 - otherwise the model's ``model_budget_tokens``, else the upstream's ``budget_tokens``, else
   ``default_budget_tokens``.
 
+A request's ``max_tokens`` also caps the reply it receives when it names a larger budget: the
+strategies grant every call whose reply may be returned at most that
+(``service.strategies.base.reply_cap``), while the budget bounds all calls together.
+
 A ``search`` plan may make up to ``search_max_calls`` retrieval calls; search on the
 completions endpoint (a bare prompt, no messages to hold results) runs ``sequential``.
 """

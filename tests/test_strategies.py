@@ -226,3 +226,44 @@ async def test_a_backend_that_ignores_its_cap_is_counted_and_stopped():
     assert router["budget_overrun"] is True
     assert router["spent_tokens"] == llm.reported_tokens == 200  # every token is counted
     assert len(llm.requests) == 1  # no call after the overrun
+
+
+# --- max_tokens with budget_tokens ------------------------------------------------------------
+
+
+def rambler(i, body):
+    """30 words ending with an answer; the forced answers (sequential's, search's) are short."""
+    last = body["messages"][-1]["content"]
+    if isinstance(last, str) and ("final answer now" in last or "thinking budget" in last):
+        return "The answer is 42."
+    return " ".join(["step"] * 26 + ["The answer is 42."])
+
+
+@pytest.mark.parametrize("strategy", ["direct", "sequential", "parallel_vote", "search"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_max_tokens_caps_the_reply_and_the_budget_caps_the_spend(strategy, stream,
+                                                                       tmp_path):
+    """With ``max_tokens: 20`` and ``budget_tokens: 2048`` every strategy answers in at most 20
+    tokens (one scripted word is one token); the budget pays for what the client does not
+    receive: a vote's other samples, here."""
+    llm = ScriptedLLM(rambler, honours_n=False)
+    body = {**QUESTION, "max_tokens": 20,
+            "router": {"strategy": strategy, "budget_tokens": 2048}}
+    if stream:
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    reply = await post(llm, body, data_dir=tmp_path, vote_width=4, supports_n=False)
+    assert reply.status_code == 200, reply.text
+    if stream:
+        events = [e for e in sse_events(reply.text) if isinstance(e, dict)]
+        text = "".join(c["delta"].get("content") or "" for e in events
+                       for c in e.get("choices") or [])
+        usage = next(e["usage"] for e in events if e.get("usage"))
+    else:
+        text = reply.json()["choices"][0]["message"]["content"]
+        usage = reply.json()["usage"]
+    assert 0 < len(text.split()) <= 20, text
+    assert all(b["max_tokens"] <= 20 and b["max_completion_tokens"] <= 20
+               for b in llm.requests)
+    assert usage["completion_tokens"] == llm.reported_tokens <= 2048
+    if strategy == "parallel_vote":  # several samples of 20 tokens each, paid by the budget
+        assert len(llm.requests) >= 2 and llm.reported_tokens == 20 * len(llm.requests)

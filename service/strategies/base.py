@@ -135,6 +135,18 @@ def request_body(call: Call, *, max_tokens: int | None, n: int = 1, sample: int 
     return body
 
 
+def reply_cap(call: Call, tokens: int) -> int:
+    """``tokens``, at most the client's ``max_tokens`` (``RoutedRequest.max_tokens``, the
+    smaller of ``max_tokens`` and ``max_completion_tokens``) when it set one.
+
+    The cap of every upstream call whose reply the client may receive: OpenAI's ``max_tokens``
+    is the most tokens of the reply the client gets, so a gateway that spends a larger
+    ``budget_tokens`` on votes or searches still never returns a longer answer. The budget
+    bounds all calls together (the ledger); this bounds each reply."""
+    cap = call.routed.max_tokens
+    return tokens if cap is None else min(tokens, cap)
+
+
 def router_info(call: Call) -> dict[str, Any]:
     """The ``router`` object of a response (the fields ../shared/INTERFACE.md lists, plus
     the strategy's own in ``call.report``)."""

@@ -26,7 +26,7 @@ from router_models.prompt import prompt_text
 from router_models.voting import Ballot, is_settled, tally, winner
 from service import sse
 from service.errors import GatewayError, UpstreamError, error_json
-from service.strategies.base import Call, conform_choice, router_info, usage_body
+from service.strategies.base import Call, conform_choice, reply_cap, router_info, usage_body
 from service.strategies.sampling import Sample, draw
 
 # A sample's temperature when the client set none: votes over greedy samples are all alike.
@@ -48,13 +48,17 @@ class ParallelVote:
 
 
 def depth_tokens(call: Call) -> int:
-    """Tokens per sample (L): the plan's depth, else the budget shared by ``width`` samples."""
+    """Tokens per sample (L): the plan's depth, else the budget shared by ``width`` samples;
+    at most the client's ``max_tokens`` (``base.reply_cap``), since the sample that wins is the
+    reply the client receives."""
     plan = call.plan
     if plan.depth_tokens is not None:
-        return plan.depth_tokens
-    if plan.budget_tokens is None:
-        return call.routed.max_tokens or call.settings.default_budget_tokens // plan.width
-    return max(1, plan.budget_tokens // plan.width)
+        depth = plan.depth_tokens
+    elif plan.budget_tokens is None:
+        depth = call.routed.max_tokens or call.settings.default_budget_tokens // plan.width
+    else:
+        depth = max(1, plan.budget_tokens // plan.width)
+    return reply_cap(call, depth)
 
 
 def first_wave(width: int, settings: Any) -> int:

@@ -22,8 +22,10 @@ the final answer now (the forced answer of ``sequential``).
   the loop: the router reads requests only from the model's own turn, at the start of a line.
 - **The ledger.** Every model call reserves its cap from the ledger first and is debited
   what it really cost (``service.strategies.metered``: usage, else the backend's tokenizer,
-  else the whole grant); a reserve (``answer_reserve_tokens``, at most a quarter of the
-  budget) is held back for the forced answer. Search calls, the first one included, are
+  else the whole grant). Each call's cap is at most the client's ``max_tokens``, since any
+  turn may be the reply it receives (``base.reply_cap``); a reserve
+  (``answer_reserve_tokens``, at most a quarter of the budget) is held back for the forced
+  answer. Search calls, the first one included, are
   counted (``router.search_calls``, ``ttc_search_calls_total{backend}``) and never exceed the
   plan's cap.
 - **Failures.** A search backend that is down, slow or answers garbage ends the searching, not
@@ -46,7 +48,7 @@ from router_models.prompt import prompt_text
 from service import metrics, tracing
 from service.errors import InvalidRequest, UpstreamError
 from service.search import Hit, SearchBackend, SearchError, open_backend
-from service.strategies.base import Call
+from service.strategies.base import Call, reply_cap
 from service.strategies.parallel_vote import completion_body, stream_when_done
 from service.strategies.sampling import Sample, draw
 
@@ -158,7 +160,9 @@ async def _run(loop: _Loop) -> Sample:
     why = "No searches are left."
     call.report["forced_answer"] = False
     while True:
-        cap = (call.ledger.remaining or 0) - loop.reserve
+        # Any turn may be the answer (it answers instead of asking), so each gets at most the
+        # client's max_tokens; the budget bounds all of them together.
+        cap = reply_cap(call, (call.ledger.remaining or 0) - loop.reserve)
         if cap < 1:
             why = "The token budget is nearly spent."
             break
@@ -182,7 +186,7 @@ async def _run(loop: _Loop) -> Sample:
     call.report["forced_answer"] = True
     if call.ledger.remaining:
         _ask(loop.messages, FINAL_ANSWER.format(why=why))
-        final = await _turn(loop, call.ledger.remaining, offer_search=False)
+        final = await _turn(loop, reply_cap(call, call.ledger.remaining), offer_search=False)
         if final is not None:
             return _for_client(final)
     if last is None:

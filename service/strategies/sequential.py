@@ -22,7 +22,7 @@ import orjson
 from router_models.answers import extract_answer
 from service import sse
 from service.errors import GatewayError, UpstreamError, error_json
-from service.strategies.base import Call, request_body, router_info, usage_body
+from service.strategies.base import Call, reply_cap, request_body, router_info, usage_body
 from service.strategies.metered import Metered, delta_text
 from service.strategies.parallel_vote import completion_body
 from service.strategies.sampling import Sample, draw
@@ -68,12 +68,14 @@ class Sequential:
 
 def caps(call: Call) -> tuple[int, int]:
     """(chain cap, reserve) in tokens: the reserve is ``answer_reserve_tokens`` but at most a
-    quarter of the budget; the chain gets the rest (or the plan's depth if smaller).
+    quarter of the budget; the chain gets the rest (or the plan's depth if smaller). The chain
+    and its continuation are the reply the client receives, so together they get at most the
+    client's ``max_tokens`` (``base.reply_cap``), whatever larger ``budget_tokens`` it set.
 
     Raises:
         InvalidRequest: never; a budget of 1 gives the chain 1 token and no reserve.
     """
-    budget = call.plan.budget_tokens or call.settings.default_budget_tokens
+    budget = reply_cap(call, call.plan.budget_tokens or call.settings.default_budget_tokens)
     reserve = min(call.settings.answer_reserve_tokens, budget // 4)
     chain = budget - reserve
     if call.plan.depth_tokens is not None:

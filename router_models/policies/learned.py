@@ -38,8 +38,19 @@ Learning is safe by construction:
   ``confint_proportions_2indep``: it keeps its coverage at small counts, where the Wald
   interval does not, and it needs less evidence than asking the two Wilson intervals not to
   overlap (which is a test at about the 0.6% level, not 5%), so a wrong prior is left sooner
-  at the same error rate. A strategy whose difference is below zero with the same confidence
-  is no longer explored.
+  at the same error rate.
+- **Looks, not every outcome.** A test at level alpha repeated as outcomes arrive rejects a
+  true null far more often than alpha (the peeking problem: with every strategy tied, 37.5% of
+  kinds switched within 1,000 decisions when each outcome was a new test at 5%;
+  ``bench/switch_errors.py``). An alternative is tested only when its outcomes on the kind
+  reach ``min_switch_feedback`` x 2^j (looks j = 0, 1, 2, ...), at level alpha / 2^(j + 1)
+  (``look_confidence``), so by the union bound (Bonferroni over the looks) the chance of ever
+  leaving the current strategy for one that is not better is at most alpha = 1 -
+  ``confidence`` per alternative, however long the traffic runs. The always-valid confidence
+  sequence of the A/B experiments (``router_models.experiments.stats``) would allow a test at
+  every outcome, but at these counts it is far wider (17 of 20 against 50 of 100: a lower
+  bound of -0.58 there, +0.05 at the look of 20). A strategy whose difference is below zero
+  at one of its looks, or the one a kind switched away from, is no longer explored.
 - Outcomes update per (kind, strategy) counts, whoever chose the plan: the outcome of a
   strategy on a kind of prompt does not depend on which policy picked it, so forced strategies
   and other policies' traffic teach it too. Counting each decision once is the caller's job
@@ -131,6 +142,29 @@ def difference_bounds(successes: float, trials: float, base_successes: float,
                                            method="newcomb", compare="diff",
                                            alpha=2 * (1 - confidence))
     return float(low), float(high)
+
+
+def look_confidence(outcomes: float, first_look: int, confidence: float = SWITCH_CONFIDENCE
+                    ) -> float | None:
+    """The one-sided confidence of the improvement test when an alternative has ``outcomes``
+    outcomes, or None when that count is not a look.
+
+    Looks are at ``first_look`` x 2^j outcomes (j = 0, 1, 2, ...), look j at level
+    alpha / 2^(j + 1) with alpha = 1 - ``confidence``: the levels sum to alpha, so over any
+    number of looks the chance of a false switch stays at most alpha (Bonferroni's union
+    bound over doubling looks; testing at every outcome instead inflates it, the peeking
+    problem of sequential testing). Spacing the looks geometrically keeps the level of look
+    j from shrinking faster than the evidence grows (z about 1.96, 2.24, 2.50, 2.73 at 5, 10,
+    20, 40 outcomes when alpha is 0.05).
+    """
+    count = round(outcomes)
+    if count < first_look or count % first_look:
+        return None
+    ratio = count // first_look
+    if ratio & (ratio - 1):  # not a power of two
+        return None
+    look = ratio.bit_length() - 1
+    return 1.0 - (1.0 - confidence) / 2 ** (look + 1)
 
 
 @functools.lru_cache(maxsize=4096)  # pure; deciding asks for the same counts again and again
@@ -283,26 +317,33 @@ class LearnedPolicy(Policy):
         low, high = wilson_bounds(s, n, self.confidence)
         return (float(s / n) if n else None), low, high
 
-    def improvement(self, kind: int, strategy: str) -> tuple[float, float] | None:
-        """One-sided bounds (``confidence``) of ``strategy``'s accuracy minus the kind's
-        current strategy's (``difference_bounds``), or None while either has fewer than
-        ``min_switch_feedback`` outcomes."""
+    def improvement(self, kind: int, strategy: str, confidence: float | None = None
+                    ) -> tuple[float, float] | None:
+        """One-sided bounds (``confidence``, by default the policy's) of ``strategy``'s
+        accuracy minus the kind's current strategy's (``difference_bounds``), or None while
+        either has fewer than ``min_switch_feedback`` outcomes."""
         i, c = STRATEGIES.index(strategy), STRATEGIES.index(self.current[kind])
         if min(self.trials[kind, i], self.trials[kind, c]) < self.min_switch_feedback:
             return None
         return difference_bounds(self.successes[kind, i], self.trials[kind, i],
                                  self.successes[kind, c], self.trials[kind, c],
-                                 self.confidence)
+                                 confidence or self.confidence)
 
     def eliminated(self, kind: int, strategy: str) -> bool:
-        """True when ``strategy`` is worse than the kind's current strategy with confidence
-        (no longer worth exploring). Read from ``_worse``, which only outcomes change: the
-        interval is computed when feedback arrives, not on every decision."""
+        """True when ``strategy`` was worse than the kind's current strategy with confidence
+        at its last look, or is the strategy the kind switched away from (no longer worth
+        exploring). Read from ``_worse``, which only outcomes change."""
         return strategy in self._worse.get(kind, ())
 
-    def _refresh_worse(self, kind: int) -> None:
-        self._worse[kind] = {s for s in STRATEGIES if s != self.current[kind]
-                             and (b := self.improvement(kind, s)) is not None and b[1] < 0.0}
+    def _look(self, kind: int, strategy: str) -> tuple[float, float, float] | None:
+        """At a look of ``strategy`` on ``kind`` (``look_confidence``): the look's confidence
+        and the bounds of its difference from the current strategy; else None."""
+        if strategy == self.current[kind]:
+            return None
+        confidence = look_confidence(self.trials[kind, STRATEGIES.index(strategy)],
+                                     self.min_switch_feedback, self.confidence)
+        bounds = None if confidence is None else self.improvement(kind, strategy, confidence)
+        return None if bounds is None else (confidence, *bounds)
 
     def decide(self, scores: Scores, features: Features | None = None, *,
                budget_tokens: int | None = None, strategy: str | None = None,
@@ -411,8 +452,7 @@ class LearnedPolicy(Policy):
         self.successes[kind, i] += y
         if self.lengths_from_feedback and spent_tokens:
             self._observe_spend(kind, plan, int(spent_tokens))
-        self._consider_switch(kind)
-        self._refresh_worse(kind)
+        self._consider_switch(kind, plan.strategy)
         self._tick()
 
     def _observe_spend(self, kind: int, plan: Plan, spent_tokens: int) -> None:
@@ -451,19 +491,27 @@ class LearnedPolicy(Policy):
         if abs(self.answer_tokens(kind) - solved) > 0.1 * solved:
             self.resolve()
 
-    def _consider_switch(self, kind: int) -> None:
+    def _consider_switch(self, kind: int, strategy: str) -> None:
+        # Only the strategy whose outcome just arrived can have reached a look.
+        look = self._look(kind, strategy)
+        if look is None:
+            return
+        confidence, low, high = look
+        worse = self._worse.setdefault(kind, set())
+        worse.discard(strategy)
+        if high < 0.0:
+            worse.add(strategy)
+        if low <= 0.0:
+            return
         current = self.current[kind]
-        best: tuple[float, str] | None = None
-        for strategy in STRATEGIES:
-            bounds = None if strategy == current else self.improvement(kind, strategy)
-            if bounds is not None and bounds[0] > 0.0 and (best is None or bounds[0] > best[0]):
-                best = (bounds[0], strategy)
-        if best is not None:
-            self.current[kind] = best[1]
-            self.switches.append({"kind": KIND_NAMES[kind], "from": current, "to": best[1],
-                                  "difference_lower_bound": round(best[0], 4),
-                                  "decisions": self.decisions})
-            self.resolve()
+        self.current[kind] = strategy
+        # The switch concluded, at the look's confidence, that the old strategy is worse.
+        self._worse[kind] = {current}
+        self.switches.append({"kind": KIND_NAMES[kind], "from": current, "to": strategy,
+                              "difference_lower_bound": round(low, 4),
+                              "confidence": round(confidence, 6),
+                              "decisions": self.decisions})
+        self.resolve()
 
     # -- reporting and state ---------------------------------------------------------------
 
@@ -504,6 +552,7 @@ class LearnedPolicy(Policy):
             "decisions": self.decisions, "explored": self.explored,
             "exploring_decisions": self.exploring_decisions,
             "switches": self.switches,
+            "worse": {KIND_NAMES[k]: sorted(v) for k, v in sorted(self._worse.items()) if v},
             "answer_lengths": self.lengths.state(),
             "reference": [[round(s.difficulty, 6), round(s.sequential, 6), round(s.search, 6),
                            s.form, s.steps] for s in self.reference],
@@ -547,6 +596,13 @@ class LearnedPolicy(Policy):
             policy.exploring_decisions = int(state.get(
                 "exploring_decisions", policy.decisions if policy.trials.any() else 0))
             policy.switches = list(state.get("switches", []))
+            # Verdicts of past looks; a state written before looks existed has none, and its
+            # alternatives are judged again at their next look.
+            policy._worse = {KIND_NAMES.index(name): set(strategies)
+                             for name, strategies in (state.get("worse") or {}).items()
+                             if name in KIND_NAMES}
+            if any(s not in STRATEGIES for v in policy._worse.values() for s in v):
+                raise ValueError(f"unknown strategy in {state.get('worse')}")
             policy.lengths.restore(state.get("answer_lengths", {}))
             for d, s, r, form, *steps in state.get("reference", []):
                 policy.reference.append(Scores(
@@ -554,8 +610,6 @@ class LearnedPolicy(Policy):
                     int(steps[0]) if steps and steps[0] is not None else None))
         except (KeyError, TypeError, ValueError) as exc:
             raise PolicyError(f"malformed learned policy state: {exc}") from exc
-        for kind in range(len(KIND_NAMES)):
-            policy._refresh_worse(kind)
         policy.resolve()
         return policy
 

@@ -464,3 +464,22 @@ def test_rules_may_name_the_prompts_form(tmp_path):
                    "default: {plan: {strategy: direct, budget_tokens: 1}}\n")
     with pytest.raises(PolicyError, match="rules.0.when.form"):
         RulesPolicy.from_yaml(bad)
+
+
+def test_samples_that_had_room_and_never_answered_do_not_raise_the_estimate():
+    from router_models.answer_lengths import AnswerLengths, answered_quantile
+
+    answering = [(100 + 10 * i, True) for i in range(20)]  # 100..290 tokens
+    assert answered_quantile(answering, 0.9) == 270
+    # One sample in five runs to a 512-token cap with no answer: nearly twice the answering
+    # samples' length, so they are read as never answering, and the estimate stays theirs.
+    looping = AnswerLengths(default_tokens=256)
+    for tokens, finished in answering + [(512, False)] * 5:
+        looping.observe("k", tokens, finished)
+    assert looping.estimate("k") == 270
+    # Cut at 300, just past the answering ones: the caps may be what cut them, so probe.
+    tight = AnswerLengths(default_tokens=256)
+    for tokens, finished in answering + [(300, False)] * 5:
+        tight.observe("k", tokens, finished)
+    assert tight.estimate("k") == 600
+    assert answered_quantile([(64, False)] * 3, 0.9) is None

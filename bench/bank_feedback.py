@@ -164,12 +164,22 @@ def hotpot_corpus(work: Path) -> Path | None:
 
 # ----------------------------------------------------------------------------- the phases
 
+ROUTER_KEPT = ("strategy", "budget_tokens", "spent_tokens", "reason")
+
+
 def evaluate(url: str, items: Sequence[TaskItem], out: Path, *, policies: Sequence[str] = (),
              strategies: Sequence[str] = (), budgets: Sequence[int] = ()) -> list[dict]:
-    """``ttc-router eval``'s runner over ``items``; its records (one per item and arm)."""
+    """``ttc-router eval``'s runner over ``items``; its records (one per item and arm),
+    without the reply's text and with only ``ROUTER_KEPT`` of its ``router`` object, so the
+    results file stays small."""
     jobs = plan_jobs(items, strategies, budgets, policies)
     asyncio.run(run_jobs(jobs, out, RunOptions(backend=url, concurrency=4)))
-    return read_records(out / "items.jsonl")
+    records = read_records(out / "items.jsonl")
+    for record in records:
+        record.pop("text", None)
+        router = record.get("router") or {}
+        record["router"] = {k: router.get(k) for k in ROUTER_KEPT} if router else None
+    return records
 
 
 def train(url: str, items: Sequence[TaskItem], rounds: int, seed: int) -> list[dict[str, Any]]:
@@ -378,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         stack.close()
     results["elapsed_s"] = time.monotonic() - started
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "results.json").write_text(json.dumps(results) + "\n")
     text = report(results)
     (args.out / "report.md").write_text(text)
     print(text)

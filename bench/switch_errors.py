@@ -5,7 +5,8 @@ One kind of prompt (a hard compositional prompt: the prior gives it one chain) r
 decisions with feedback; each strategy answers correctly with a fixed probability. Where every
 strategy ties, any switch is a false one (the improvement test's error); where one alternative
 is better, the share of runs that switched to it is the test's power within that many
-decisions. Decisions include the policy's own bounded exploration (5%), as in the gateway.
+decisions; where every alternative is worse, a switch is a harmful one. Decisions include the
+policy's own bounded exploration (5%), as in the gateway.
 
 Usage: ``.venv/bin/python -m bench.switch_errors [--runs 200] [--decisions 200,1000]``
 """
@@ -20,10 +21,13 @@ from router_models.plan import Scores
 from router_models.policies.learned import LearnedPolicy
 
 HARD_CHAIN = Scores(0.8, 0.8, 0.1)  # kind hard/chain: the prior runs one chain
-# Name -> (accuracy of every strategy, overrides): ties, then a vote better than the chain.
+# Name -> (accuracy of every strategy, overrides): ties, alternatives worse than the chain (any
+# switch is a harmful one), then a vote better than the chain.
 WORLDS = {
     "all tie at 0.3": (0.3, {}),
     "all tie at 0.6": (0.6, {}),
+    "the others 5 points worse (0.5 vs 0.45)": (0.45, {"sequential": 0.5}),
+    "the others 10 points worse (0.5 vs 0.4)": (0.4, {"sequential": 0.5}),
     "vote +0.30 (0.7 vs 0.4)": (0.4, {"parallel_vote": 0.7}),
     "vote +0.15 (0.6 vs 0.45)": (0.45, {"parallel_vote": 0.6}),
 }

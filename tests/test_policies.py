@@ -471,15 +471,18 @@ def test_samples_that_had_room_and_never_answered_do_not_raise_the_estimate():
 
     answering = [(100 + 10 * i, True) for i in range(20)]  # 100..290 tokens
     assert answered_quantile(answering, 0.9) == 270
-    # One sample in five runs to a 512-token cap with no answer: nearly twice the answering
-    # samples' length, so they are read as never answering, and the estimate stays theirs.
-    looping = AnswerLengths(default_tokens=256)
-    for tokens, finished in answering + [(512, False)] * 5:
-        looping.observe("k", tokens, finished)
-    assert looping.estimate("k") == 270
-    # Cut at 300, just past the answering ones: the caps may be what cut them, so probe.
-    tight = AnswerLengths(default_tokens=256)
-    for tokens, finished in answering + [(300, False)] * 5:
-        tight.observe("k", tokens, finished)
-    assert tight.estimate("k") == 600
+
+    def estimate(cuts: list[tuple[int, bool]]) -> int:
+        lengths = AnswerLengths(default_tokens=256)
+        for tokens, finished in answering + cuts:
+            lengths.observe("k", tokens, finished)
+        return lengths.estimate("k")
+
+    # One sample in five cut at 600 tokens with no answer: more than twice the longest answer
+    # (290), so they are read as never answering and the estimate stays the answering ones'.
+    assert estimate([(600, False)] * 5) == 270
+    # Cut at 300, just past the answers: the caps may be what cut them, so probe twice higher.
+    assert estimate([(300, False)] * 5) == 600
+    # One long cut among short ones is not enough follow-up to call them loops.
+    assert estimate([(300, False)] * 4 + [(600, False)]) == 1200
     assert answered_quantile([(64, False)] * 3, 0.9) is None

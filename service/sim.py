@@ -201,11 +201,14 @@ def parse_request(body: Any, endpoint: str, default_max_tokens: int) -> SimReque
     top = 0 if body.get("top_logprobs") is None else body["top_logprobs"]
     if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20:
         raise SimError("top_logprobs must be an integer from 0 to 20", "top_logprobs")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):  # "yes" is not true, as at OpenAI
+        raise SimError("stream must be a boolean", "stream")
     logprobs = body.get("logprobs")
     return SimRequest(
         endpoint=endpoint, messages=messages, n=n,
         max_tokens=min(caps) if caps else default_max_tokens,
-        temperature=float(temperature), seed=seed, stream=bool(body.get("stream")),
+        temperature=float(temperature), seed=seed, stream=bool(stream),
         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
         logprobs=bool(logprobs) or (endpoint == "completions" and isinstance(logprobs, int)),
         top_logprobs=top)

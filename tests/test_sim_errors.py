@@ -37,3 +37,16 @@ async def test_unknown_routes_and_methods_answer_in_openai_envelope(
     error = reply.json()["error"]
     assert path in error["message"] and error["type"] == "invalid_request_error"
     assert set(error) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("app", apps(), ids=["sim", "sim --bank"])
+@pytest.mark.parametrize("stream", ["yes", 1, "false"])
+async def test_stream_must_be_a_boolean(app: Starlette, stream: object) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://sim.test") as client:
+        reply = await client.post("/v1/chat/completions", json={
+            "model": "m", "stream": stream,
+            "messages": [{"role": "user", "content": "What is 2 + 2?"}]})
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["param"] == "stream" and "boolean" in error["message"]

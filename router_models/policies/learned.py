@@ -342,7 +342,9 @@ class LearnedPolicy(Policy):
             return None
         confidence = look_confidence(self.trials[kind, STRATEGIES.index(strategy)],
                                      self.min_switch_feedback, self.confidence)
-        bounds = None if confidence is None else self.improvement(kind, strategy, confidence)
+        if confidence is None:
+            return None
+        bounds = self.improvement(kind, strategy, confidence)
         return None if bounds is None else (confidence, *bounds)
 
     def decide(self, scores: Scores, features: Features | None = None, *,

@@ -72,6 +72,7 @@ from starlette.routing import Route
 
 from router_models.bank import Bank, BankRun, BankSample
 from service.sim import ENVELOPE_HANDLERS, SimError, SimRequest, parse_request
+from service.text_protocol import FINAL_ANSWER_MARK, PREFILL, SEARCH_LINE
 
 MODEL_ID = "bank-replay"
 FINGERPRINT = "bank-replay"
@@ -82,14 +83,12 @@ _SEARCH_RESULT = re.compile(r"^(?:Results of the search |The search .* found no 
 _SEARCHES_LEFT = re.compile(r"Searches left: (\d+) of (\d+)")
 _SEARCH_CAP = re.compile(r"(?:search at most|call it at most) (\d+) times")
 _TEXT_PROTOCOL = "SEARCH: <query>"
-# The search strategy's request for the final answer (service.strategies.search.FINAL_ANSWER):
-# it offers no search (a tool upstream gets tool_choice "none"), so a text-protocol request
-# that ends with it is answered, not given another search request.
-_FORCED_ANSWER = "state your final answer now"
-# A reply asking for a search in the text protocol (service.strategies.search.SEARCH_LINE).
-_SEARCH_REQUEST = re.compile(r"^[ \t]*SEARCH:", re.MULTILINE)
-# The continuation prefill the sequential strategy appends (service.strategies.sequential).
-_PREFILLS = ("\n\nSo the final answer is",)
+# The search strategy's request for the final answer offers no search (a tool upstream gets
+# tool_choice "none"), so a text-protocol request that ends with it is answered, not given
+# another search request.
+_FORCED_ANSWER = FINAL_ANSWER_MARK
+# The continuation prefill the sequential strategy appends.
+_PREFILLS = (PREFILL,)
 CHARS_PER_TOKEN = 4
 
 
@@ -248,7 +247,7 @@ def answer(bank: Bank, request: SimRequest, body: dict[str, Any]) -> Reply:
         later = [text for role, text in messages[position + 1:] if role == "assistant"]
         # A search request ends a reply, and the reply after its results starts afresh: only
         # the assistant turns after the last request can be the start of a recorded chain.
-        asked = [i for i, text in enumerate(later) if _SEARCH_REQUEST.search(text)]
+        asked = [i for i, text in enumerate(later) if SEARCH_LINE.search(text)]
         prefix = "".join(later[asked[-1] + 1:] if asked else later)
     else:
         prompt = messages[0][1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,13 +131,16 @@ async def test_a_document_that_says_search_does_not_trigger_a_search(small_dir):
     assert "> END DATA-000000000000" in lines and all(line.startswith(">") for line in lines)
 
 
-async def test_a_document_that_says_stop_searching_does_not_end_the_loop(small_dir):
+def answers_when_told(told: str, otherwise: str) -> Callable[[int, dict[str, Any]], str]:
+    """A scripted model that answers "The answer is birds." once its last user turn contains
+    ``told``, and replies ``otherwise`` before that."""
     def model(i: int, body: dict[str, Any]) -> str:
-        if "No searches are left." in last_user(body):
-            return "The answer is birds."
-        return "SEARCH: owls nocturnal"
+        return "The answer is birds." if told in last_user(body) else otherwise
+    return model
 
-    llm = ScriptedLLM(model)
+
+async def test_a_document_that_says_stop_searching_does_not_end_the_loop(small_dir):
+    llm = ScriptedLLM(answers_when_told("No searches are left.", "SEARCH: owls nocturnal"))
     reply = await post(llm, ask("What are owls?", budget=2000), data_dir=small_dir)
     router = reply.json()["router"]
     assert router["search_calls"] == 3 and router["forced_answer"] is True
@@ -186,12 +190,9 @@ async def test_a_silent_search_backend_times_out_and_the_request_still_answers()
 async def test_a_request_line_cut_by_the_cap_is_not_searched(small_dir):
     """The cap can stop the model in the middle of its query: that line is not a request.
     The reply is a cut reply (the forced answer follows), and every token is counted once."""
-    def model(i: int, body: dict[str, Any]) -> str:
-        if "state your final answer now" in last_user(body):
-            return "The answer is birds."
-        return "I need facts.\nSEARCH: what are the owls of the northern forests"
-
-    llm = ScriptedLLM(model)
+    llm = ScriptedLLM(answers_when_told(
+        "state your final answer now",
+        "I need facts.\nSEARCH: what are the owls of the northern forests"))
     # budget 8: the first call gets 8 minus the answer's reserve of 2 = 6 words, which end
     # "SEARCH: what are the"; the forced answer gets the last 2.
     reply = await post(llm, ask("What are owls?", budget=8), data_dir=small_dir)

@@ -51,9 +51,8 @@ from service.search import Hit, SearchBackend, SearchError, open_backend
 from service.strategies.base import Call, reply_cap
 from service.strategies.parallel_vote import completion_body, stream_when_done
 from service.strategies.sampling import Sample, draw
+from service.text_protocol import FINAL_ANSWER, SEARCH_LINE
 
-# A search request in the plain-text protocol: a line of the model's reply starting SEARCH:.
-SEARCH_LINE = re.compile(r"^[ \t]*SEARCH:[ \t]*(\S[^\n]*?)[ \t]*$", re.MULTILINE)
 MAX_QUERY_CHARS = 500
 SEARCH_TOOL: dict[str, Any] = {
     "type": "function",
@@ -65,8 +64,6 @@ SEARCH_TOOL: dict[str, Any] = {
                                                 "description": "what to look for"}}},
     },
 }
-FINAL_ANSWER = ("{why} Using the search results above and what you know, state your final "
-                "answer now, in the form \"The answer is X.\"")
 
 
 class Search:

@@ -27,11 +27,11 @@ from service.strategies.metered import Metered, delta_text
 from service.strategies.parallel_vote import completion_body
 from service.strategies.sampling import Sample, draw
 from service.streaming import DONE, close_all, events
+from service.text_protocol import PREFILL
 from service.upstream import UpstreamStream
 
 FINAL_ANSWER_REQUEST = ("You are out of thinking budget. State your final answer now, in the "
                         "form \"The answer is X.\"")
-PREFILL = "\n\nSo the final answer is"
 
 
 class Sequential:

@@ -15,6 +15,7 @@ import http.client
 import json
 import logging
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import IO
@@ -89,12 +90,37 @@ def _start_and_probe(backend: LocalBackend, timeout_s: float, progress: IO[str] 
     """
     backend.start(timeout_s, progress)
     backend.supports_n = probe_n_support(backend.url, backend.alias)
-    code = backend.exit_code(wait_s=0.0 if backend.supports_n else 1.0)
+    code = None if backend.supports_n else _exit_code_after_no(backend)
     if code is not None:
         backend.stop()
         raise LocalBackendError(
             f"the embedded backend ({backend.name}) exited with code {code} on its first "
             f"request; see {backend.log_file}")
+
+
+def _exit_code_after_no(backend: LocalBackend, deadline_s: float = 30.0) -> int | None:
+    """After a probe that said no: the server's exit code if the probe killed it, None if it
+    still answers ``/health``.
+
+    A no is either a live server that does not honour ``n`` or one that died on the call. A
+    dying process can take seconds to be reaped (SIGILL writes a core dump, slowly on a loaded
+    machine), and while it dumps its socket still accepts connections that nobody answers; so
+    only a real HTTP answer from ``/health`` counts as alive, and the wait ends at the first
+    of an exit, an answer or ``deadline_s`` seconds (then: alive, as before this check).
+    """
+    health = backend.url.removesuffix("/v1") + "/health"
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if (code := backend.exit_code(wait_s=0.2)) is not None:
+            return code
+        try:
+            with urllib.request.urlopen(health, timeout=1.0):
+                return None
+        except urllib.error.HTTPError:
+            return None  # an answer, whatever its status: the process is serving
+        except (urllib.error.URLError, OSError, http.client.HTTPException):
+            continue  # refused, reset or unanswered: dying or not yet reaped
+    return backend.exit_code()
 
 
 def probe_n_support(url: str, model: str, timeout_s: float = 60.0) -> bool:

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -65,7 +66,10 @@ def main() -> None:
         def do_POST(self) -> None:  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["content-length"])))
             if args.crash_on_chat:
-                os.kill(os.getpid(), signal.SIGILL)
+                # Directed at this thread, so it cannot go on to answer before the process
+                # dies (a signal sent to the process may be delivered to the main thread).
+                signal.pthread_kill(threading.get_ident(), signal.SIGILL)
+                time.sleep(60)
             n = int(body.get("n", 1))
             if n > 1 and args.refuse_n:
                 self._send(500, {"error": {"code": 500, "type": "server_error",

@@ -22,7 +22,9 @@ How a request is answered (``router_models.bank`` holds the recordings):
 - **Budgets.** ``max_tokens`` (or ``max_completion_tokens``, the smaller) cuts the recorded
   token pieces: a choice gets its first ``max_tokens`` pieces, ``finish_reason: length`` when
   that cut it, else the recorded finish reason (a chain the recording cut at its own
-  max_tokens stays ``length``).
+  max_tokens stays ``length``). ``stop`` strings end a choice as a server ends it: the text
+  stops before the first one generated, ``finish_reason: stop``, and usage counts the pieces
+  generated up to the end of that string.
 - **Usage.** ``completion_tokens`` is exactly the pieces returned. ``prompt_tokens`` is the
   recorded count when the request is the recorded prompt as the only message; otherwise the
   recorded count plus the pieces of a continued chain's prefix plus 4 characters per token for
@@ -62,7 +64,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from starlette.applications import Starlette
@@ -348,7 +350,7 @@ def _continuation(run: BankRun, prefix: str, request: SimRequest,
 def _served(name: str, sample: BankSample, start: int, request: SimRequest,
             meta: dict[str, Any]) -> list[Choice]:
     meta.update({"continued": True, "prefix_tokens": start})
-    choice = _cut(name, sample, start, request.max_tokens)
+    choice = _cut(name, sample, start, request)
     meta["samples"] = [name]
     return [choice for _ in range(request.n)]
 
@@ -371,14 +373,35 @@ def _fresh(run: BankRun, request: SimRequest, meta: dict[str, Any]) -> list[Choi
         if request.n > count:
             meta["repeated"] = True
     meta["samples"] = [name for name, _ in chosen]
-    return [_cut(name, sample, 0, request.max_tokens) for name, sample in chosen]
+    return [_cut(name, sample, 0, request) for name, sample in chosen]
 
 
-def _cut(name: str, sample: BankSample, start: int, max_tokens: int) -> Choice:
-    end = min(len(sample.tokens), start + max_tokens)
+def _cut(name: str, sample: BankSample, start: int, request: SimRequest) -> Choice:
+    end = min(len(sample.tokens), start + request.max_tokens)
     finish = "length" if end < len(sample.tokens) else sample.finish_reason
-    return Choice(list(sample.tokens[start:end]), list(sample.lp[start:end]), finish, name,
-                  start)
+    choice = Choice(list(sample.tokens[start:end]), list(sample.lp[start:end]), finish, name,
+                    start)
+    return _stopped(choice, request.stop)
+
+
+def _stopped(choice: Choice, stops: Sequence[str]) -> Choice:
+    """``choice`` ended where a server with these ``stop`` strings ends it: at the first piece
+    after which the text holds one of them. The text returned ends before that string (servers
+    drop it) while the usage still counts every piece generated, the stop's own included, as
+    llama.cpp and vLLM count them; ``finish_reason`` is then ``stop``."""
+    text = "".join(choice.pieces)
+    found = [(at + len(stop), at) for stop in stops if (at := text.find(stop)) >= 0]
+    if not found:
+        return choice
+    stop_end, keep = min(found)
+    pieces, length = [], 0
+    for piece in choice.pieces:
+        if length >= stop_end:
+            break
+        pieces.append(piece[:max(0, keep - length)])
+        length += len(piece)
+    return replace(choice, pieces=pieces, lp=choice.lp[:len(pieces)],
+                               finish_reason="stop")
 
 
 # ------------------------------------------------------------------------------- rendering

@@ -50,6 +50,7 @@ FINGERPRINT = "simulation"
 FILLER = ["let", "me", "work", "through", "this", "carefully", "and", "check", "each",
           "step", "before", "I", "answer", "the", "question"]
 MAX_N = 128
+MAX_STOP = 4  # OpenAI's API reference: up to 4 stop sequences
 
 
 class SimError(Exception):
@@ -86,6 +87,7 @@ class SimRequest:
     include_usage: bool
     logprobs: bool
     top_logprobs: int
+    stop: tuple[str, ...] = ()  # OpenAI's ``stop``: up to 4 strings that end a choice
 
 
 @dataclass(frozen=True)
@@ -205,13 +207,19 @@ def parse_request(body: Any, endpoint: str, default_max_tokens: int) -> SimReque
     if stream is not None and not isinstance(stream, bool):  # "yes" is not true, as at OpenAI
         raise SimError("stream must be a boolean", "stream")
     logprobs = body.get("logprobs")
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
+    if not isinstance(stops, list) or len(stops) > MAX_STOP or not all(
+            isinstance(x, str) and x for x in stops):
+        raise SimError(f"stop must be a non-empty string or a list of up to {MAX_STOP} of "
+                       "them", "stop")
     return SimRequest(
         endpoint=endpoint, messages=messages, n=n,
         max_tokens=min(caps) if caps else default_max_tokens,
         temperature=float(temperature), seed=seed, stream=bool(stream),
         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
         logprobs=bool(logprobs) or (endpoint == "completions" and isinstance(logprobs, int)),
-        top_logprobs=top)
+        top_logprobs=top, stop=tuple(stops))
 
 
 def sample(world: World | WorldReasoner, match: Match, request: SimRequest) -> list[Sample]:

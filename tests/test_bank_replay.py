@@ -115,6 +115,33 @@ async def test_a_continuation_replays_the_rest_of_the_same_sample() -> None:
     assert reply["usage"]["prompt_tokens"] > CHAIN.prompt_tokens + 6
 
 
+async def test_stop_strings_end_the_choice_as_a_server_ends_it() -> None:
+    reply = (await replay(ask(temperature=0, stop=" gives 5"))).json()
+    choice = reply["choices"][0]
+    # the text ends before the stop string; usage counts the 7 pieces generated through it
+    assert choice["message"]["content"] == "Start with 5. Adding 3"
+    assert choice["finish_reason"] == "stop"
+    assert reply["usage"]["completion_tokens"] == 7
+    # of several, the one completed first wins, wherever it comes in the list
+    first = (await replay(ask(temperature=0, stop=["16.", "Adding"]))).json()
+    assert first["choices"][0]["message"]["content"] == "Start with 5. "
+    assert first["usage"]["completion_tokens"] == 4
+    streamed = await replay(ask(temperature=0, stop=["Adding"], stream=True,
+                                stream_options={"include_usage": True}))
+    events = [json.loads(line[6:]) for line in streamed.text.splitlines()
+              if line.startswith("data: {")]
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events
+                   if e["choices"])
+    assert text == "Start with 5. " and events[-1]["usage"]["completion_tokens"] == 4
+    assert [e["choices"][0]["finish_reason"] for e in events if e["choices"]][-1] == "stop"
+    # a stop string the text never holds changes nothing; a bad one is a 400 naming it
+    whole = (await replay(ask(temperature=0, stop=["never said"]))).json()
+    assert whole["choices"][0]["message"]["content"] == CHAIN.greedy.text
+    for bad in (7, [""], ["a", "b", "c", "d", "e"]):
+        refused = await replay(ask(temperature=0, stop=bad))
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "stop"
+
+
 async def test_unknown_prompts_get_a_404_in_openai_envelope_and_bad_input_a_400() -> None:
     reply = await replay({"model": "bank-replay",
                           "messages": [{"role": "user", "content": "What is love?"}]})

@@ -16,7 +16,10 @@ alike). For each fold in turn:
    requests as step 1 (same seeds), and ``GET /v1/learner?state=true`` says what it learnt.
 
 Every item is held out once, so the pooled table covers the whole bank, each answer made by a
-gateway that never received feedback on that item. Both gateways index the HotpotQA corpus
+gateway that never received feedback on that item. Both gateways of a fold score prompts with
+a classifier fitted on the shared data and the training fold's bank runs only
+(``--classifier fold``, the default; ``ttc-router train --bank``), since the shipped classifier
+learnt from the whole shipped bank. Both gateways index the HotpotQA corpus
 (``ttc-router index add``) so ``auto`` can read coverage, as a deployment with a document
 collection would. Intervals are Wilson 95%; pairs are compared by McNemar's exact test
 (``service.evaluation.analysis``).
@@ -37,6 +40,7 @@ import argparse
 import asyncio
 import json
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,6 +55,7 @@ from typing import Any
 import httpx
 
 from bench.mixed_traffic import clean_env, free_port, stop, wait_http
+from router_models.bank import DEFAULT_BANK
 from router_models.tasks import TaskItem, default_data_dir
 from router_models.tasks.checkers import check
 from service.commands.eval import BANK_DEFAULT, bank_items
@@ -112,9 +117,14 @@ class Stack:
         wait_http(self.replay_url + "/models", replay, log)
         self.corpus = hotpot_corpus(work)
 
-    def gateway(self, name: str) -> str:
-        """A gateway on a fresh data directory (the HotpotQA corpus indexed); its base URL."""
+    def gateway(self, name: str, classifier: Path | None = None) -> str:
+        """A gateway on a fresh data directory (the HotpotQA corpus indexed), scoring with the
+        classifier in the folder ``classifier`` (default: the shipped one); its base URL."""
         data_dir = self.work / name
+        if classifier is not None:
+            (data_dir / "models").mkdir(parents=True, exist_ok=True)
+            for artifact in ("classifier.npz", "classifier.json"):
+                shutil.copyfile(classifier / artifact, data_dir / "models" / artifact)
         if self.corpus is not None:
             indexed = subprocess.run(
                 [sys.executable, "-m", "service", "index", "add", str(self.corpus),
@@ -162,8 +172,52 @@ def hotpot_corpus(work: Path) -> Path | None:
     return out
 
 
+# ----------------------------------------------------------------------------- the classifier
+
+def bank_subset(bank: Path, keep: set[str], out: Path) -> Path:
+    """A copy of the bank folder ``bank`` holding only the runs of the items in ``keep``
+    (``item_key`` names), with its ``bank.json``; returns ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    meta = bank / "bank.json"
+    if meta.is_file():
+        shutil.copyfile(meta, out / "bank.json")
+    for shard in sorted(bank.glob("*.jsonl")):
+        kept = []
+        for line in shard.read_text(encoding="utf-8").splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break  # a run being appended by the recorder right now
+            row = json.loads(line)
+            if f"{row.get('item_suite') or row['suite']}/{row['item_id']}" in keep:
+                kept.append(line)
+        (out / shard.name).write_text("".join(kept), encoding="utf-8")
+    return out
+
+
+def fold_classifier(bank: Path, training: Sequence[TaskItem], out: Path,
+                    limit: int | None = None) -> Path:
+    """Fit the classifier as ``ttc-router train --bank`` does, on the shared data and the bank
+    runs of ``training`` only, so the held-out fold's outcomes never reach the classifier
+    either (the shipped one learnt from the whole bank). Returns its folder.
+
+    Raises:
+        RuntimeError: training failed (for example without the shared data).
+    """
+    subset = bank_subset(bank, {item_key(i) for i in training}, out / "bank")
+    command = [sys.executable, "-m", "service", "train", "--bank", str(subset),
+               "--out", str(out / "classifier")]
+    if limit is not None:
+        command += ["--limit", str(limit), "--generated", str(limit)]
+    done = subprocess.run(command, capture_output=True, text=True, env=clean_env(), cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"ttc-router train failed:\n{done.stderr[-2000:]}")
+    return out / "classifier"
+
+
 # ----------------------------------------------------------------------------- the phases
 
+CLASSIFIER_NOTE = {
+    "fold": "fitted per fold on the shared data and the training fold's bank runs",
+    "shipped": "the shipped one (it learnt from the bank it is tested on)"}
 ROUTER_KEPT = ("strategy", "budget_tokens", "spent_tokens", "reason")
 
 
@@ -305,6 +359,7 @@ def report(results: dict[str, Any]) -> str:
         f"{results['items']} items; {results['folds_count']} folds, {results['rounds']} training "
         f"rounds per training item; exploration "
         f"{results['exploration'] if results['exploration'] is not None else 'default'}; "
+        f"classifier: {CLASSIFIER_NOTE[results.get('classifier', 'shipped')]}; "
         f"{results['elapsed_s']:.0f} s.", "",
         "Every item held out once: each answer below is made by a gateway that received no "
         "feedback on that item. Pairs are against `auto` after feedback.", "",
@@ -349,6 +404,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--exploration", type=float, default=None,
                         help="the learned policy's exploration share (default: the gateway's)")
     parser.add_argument("--limit", type=int, default=None, help="items per suite (a quick run)")
+    parser.add_argument("--classifier", choices=("fold", "shipped"), default="fold",
+                        help="fold (default): per fold, fit the classifier on the shared data "
+                             "and the training fold's bank runs (needs ../shared/data); "
+                             "shipped: the shipped classifier, which learnt from the whole "
+                             "shipped bank, so held-out items are not unseen by it")
+    parser.add_argument("--train-limit", type=int, default=None, metavar="N",
+                        help="with --classifier fold: train on the first N examples of each "
+                             "dataset (a quick run)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/bank-feedback"))
     return parser.parse_args(argv)
 
@@ -367,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                 else argv),
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs,
         "items": len(items), "folds_count": args.folds, "rounds": args.rounds,
-        "exploration": args.exploration, "folds": []}
+        "exploration": args.exploration, "classifier": args.classifier, "folds": []}
     work = Path(tempfile.mkdtemp(prefix="bank-feedback-"))
     stack = Stack(args.bank, work, args.exploration)
     try:
@@ -376,11 +439,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             fold_dir = work / f"fold-{number}"
             print(f"fold {number}: {len(held_out)} held out, {len(training)} for training",
                   flush=True)
-            fresh = stack.gateway(f"fold-{number}-fresh")
+            classifier = None
+            if args.classifier == "fold":
+                classifier = fold_classifier(args.bank or DEFAULT_BANK, training, fold_dir,
+                                             args.train_limit)
+            fresh = stack.gateway(f"fold-{number}-fresh", classifier)
             before = evaluate(fresh, held_out, fold_dir / "before", policies=["auto"])
             fixed = evaluate(fresh, held_out, fold_dir / "fixed", strategies=STRATEGIES,
                              budgets=budgets)
-            learner = stack.gateway(f"fold-{number}-learner")
+            learner = stack.gateway(f"fold-{number}-learner", classifier)
             trained = train(learner, training, args.rounds, seed=number)
             after = evaluate(learner, held_out, fold_dir / "after", policies=["auto"])
             results["folds"].append({"before": before, "fixed": fixed, "after": after,

@@ -98,6 +98,7 @@ class BankRun:
     queries: tuple[str, ...] = ()
     docs: tuple[str, ...] = ()
     search_turns: tuple[tuple[str, ...] | None, ...] = ()
+    recorded: str = ""  # when it was recorded, ISO 8601 UTC ("2026-12-06T08:54:28Z")
 
     @property
     def suite(self) -> str:
@@ -118,7 +119,8 @@ class BankRun:
                    samples=tuple(BankSample.from_json(s) for s in row["samples"]),
                    queries=tuple(row.get("queries") or ()), docs=tuple(row.get("docs") or ()),
                    search_turns=tuple(None if t is None else tuple(t)
-                                      for t in row.get("search_turns") or ()))
+                                      for t in row.get("search_turns") or ()),
+                   recorded=str(row.get("recorded") or ""))
 
 
 class Bank:

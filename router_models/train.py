@@ -313,10 +313,11 @@ def reference_scores(examples: Sequence[Example], scores: Sequence[Scores],
 
 def train(data_dir: Path = DEFAULT_DATA_DIR, out_dir: Path = DEFAULT_ARTIFACT_DIR, *,
           seed: int = 0, limit_per_dataset: int | None = None, n_generated: int = 1500,
-          target_tokens: float = TARGET_TOKENS, extra: Iterable[Iterable[Example]] = ()
-          ) -> TrainResult:
+          target_tokens: float = TARGET_TOKENS, extra: Iterable[Iterable[Example]] = (),
+          provenance: dict[str, Any] | None = None) -> TrainResult:
     """Fit and write ``classifier.npz`` and ``classifier.json`` to ``out_dir``; ``extra`` adds
-    examples to the shared data's (``load_examples``). The learned policy is the prior
+    examples to the shared data's (``load_examples``), and ``provenance`` (for example the
+    outcome bank's snapshot) is stored in the metadata as given. The learned policy is the prior
     (``router_models.policies.prior``), sized over held-out prompts for the strategy table;
     benchmark data has nothing to teach it, so no ``learned.json`` is written (a deployment's
     learned state under ``DATA_DIR/models`` is left as it is).
@@ -329,6 +330,7 @@ def train(data_dir: Path = DEFAULT_DATA_DIR, out_dir: Path = DEFAULT_ARTIFACT_DI
                              n_generated=n_generated, extra=extra)
     features = [extract(e.text) for e in examples]
     classifier = fit_classifier(examples, seed, features)
+    classifier.metadata.update(provenance or {})
     test = [(e, f) for e, f in zip(examples, features, strict=True)
             if split_of(e.text, seed) == "test"]
     test_examples = [e for e, _ in test]

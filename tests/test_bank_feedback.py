@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.bank_feedback import item_key, main, make_folds
+from bench.bank_feedback import bank_subset, fold_classifier, item_key, main, make_folds
+from router_models.bank import Bank
+from router_models.classifier import Classifier
 from router_models.tasks import TaskItem
+from router_models.training_data import DEFAULT_DATA_DIR
 
 FIXTURE = Path(__file__).parent / "bank_fixture"
 
@@ -50,7 +53,7 @@ def test_folds_refuse_too_few() -> None:
 def test_a_whole_run_on_the_fixture_bank(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(["--bank", str(FIXTURE), "--folds", "2", "--rounds", "2", "--budgets", "64",
-                 "--out", str(out)]) == 0
+                 "--classifier", "shipped", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     items = results["items"]
     assert items == 3
@@ -65,3 +68,23 @@ def test_a_whole_run_on_the_fixture_bank(tmp_path: Path) -> None:
         assert sum(map(sum, fold["learner"]["trials"])) == 2 * training_items
     text = (out / "report.md").read_text()
     assert "| policy:auto after feedback |" in text and "| policy:auto |" in text
+
+
+def test_a_bank_subset_keeps_only_the_named_items_runs(tmp_path: Path) -> None:
+    whole = Bank.load(FIXTURE)
+    hotpot = {item_key(r.item) for r in whole.runs if r.suite == "hotpotqa"}
+    subset = Bank.load(bank_subset(FIXTURE, hotpot, tmp_path / "subset"))
+    # every search count of the kept item, nothing of the others, and the bank's metadata
+    assert sorted(r.searches for r in subset.runs) == [0, 1, 3]
+    assert {item_key(r.item) for r in subset.runs} == hotpot
+    assert subset.meta == whole.meta
+
+
+@pytest.mark.skipif(not DEFAULT_DATA_DIR.is_dir(), reason="needs ../shared/data")
+def test_a_fold_classifier_learns_from_the_training_folds_runs_only(tmp_path: Path) -> None:
+    whole = Bank.load(FIXTURE)
+    training = [r.item for r in whole.runs if r.suite != "mmlu"]
+    folder = fold_classifier(FIXTURE, training, tmp_path, limit=20)
+    bank = Classifier.load(folder).metadata["bank"]
+    # the held-out MMLU item's run is not among those it learnt from
+    assert bank["runs"] == len(whole) - 1 and "mmlu" not in bank["suites"]

@@ -250,3 +250,29 @@ def test_train_learns_from_an_outcome_bank_as_well(tmp_path, capsys):
                             n_generated=30, extra=[bank_examples(Bank.load(fixture).runs)])
     assert {"bank/arithmetic_chain", "bank/hotpotqa", "bank/mmlu"} <= \
         {e.dataset for e in result.examples}
+
+
+@needs_data
+def test_bank_until_trains_on_a_snapshot_of_a_growing_bank_and_records_it(tmp_path, capsys):
+    import shutil
+
+    bank = tmp_path / "bank"
+    shutil.copytree(Path(__file__).resolve().parent / "bank_fixture", bank)
+    shard = bank / "fixture-001.jsonl"
+    shard.write_text("".join(  # the MMLU run recorded a day after the others
+        line.replace('"2026-12-06T00:00:00Z"', '"2026-12-07T00:00:00Z"')
+        if '"suite":"mmlu"' in line else line
+        for line in shard.read_text().splitlines(keepends=True)))
+    out = tmp_path / "o"
+    args = ["train", "--bank", str(bank), "--limit", "20", "--generated", "20",
+            "--out", str(out), "--data-dir", str(tmp_path)]
+    assert main([*args, "--bank-until", "2026-12-06T12:00:00Z"]) == 0
+    snapshot = Classifier.load(out).metadata["bank"]
+    assert snapshot["runs"] == 4 and "mmlu" not in snapshot["suites"]
+    assert snapshot["recorded_until"] == "2026-12-06T00:00:00Z"
+    assert len(snapshot["keys_sha256"]) == 64
+    assert main(args) == 0  # no snapshot: every run
+    assert Classifier.load(out).metadata["bank"]["runs"] == 5
+    capsys.readouterr()
+    assert main([*args, "--bank-until", "2026-12-05T00:00:00Z"]) == 1
+    assert "no run of the outcome bank" in capsys.readouterr().err

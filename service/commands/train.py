@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import sys
 import time
 from collections.abc import Iterator
@@ -50,6 +51,11 @@ def register(subcommands: Any) -> None:
                        help="also learn from an outcome bank recorded from the local model "
                             "(a folder of JSONL shards, e.g. router_models/data/bank): "
                             "short votes, chains and searches per question")
+    train.add_argument("--bank-until", default=None, metavar="TIME",
+                       help="with --bank, only the runs recorded at or before this UTC time "
+                            "(ISO 8601, e.g. 2026-12-06T19:30:00Z): a growing bank's snapshot, "
+                            "so the same bytes can be rebuilt later (the shipped artifact's "
+                            "is in classifier.json, under bank)")
     train.add_argument("--report", action="store_true",
                        help="also evaluate leave-one-dataset-out (fit on every benchmark "
                             "family but one, score that one, for each family) and print AUC "
@@ -87,10 +93,13 @@ def _from_data(args: argparse.Namespace, out: Path) -> int:
           file=sys.stderr, flush=True)
     started = time.perf_counter()
     try:
-        extra = [_bank_examples(args.bank)] if args.bank else []
+        extra, provenance = [], {}
+        if args.bank:
+            examples, provenance["bank"] = _bank_examples(args.bank, args.bank_until)
+            extra.append(examples)
         result = training.train(data, out, seed=args.seed, limit_per_dataset=args.limit,
                                 n_generated=args.generated, target_tokens=args.target_tokens,
-                                extra=extra)
+                                extra=extra, provenance=provenance)
     except (DataMissingError, ValueError, ImportError) as exc:
         # ValueError covers the bank reader's BankError (a missing or malformed bank).
         print(f"ttc-router train: {exc}", file=sys.stderr)
@@ -111,16 +120,29 @@ def _from_data(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
-def _bank_examples(path: Path) -> list[Any]:
+def _bank_examples(path: Path, until: str | None) -> tuple[list[Any], dict[str, Any]]:
+    """The bank's training examples (the runs recorded at or before ``until``, when given) and
+    what identifies that snapshot: runs, items per suite, the last run's time and the SHA-256
+    of the sorted run keys."""
     from router_models import bank as outcome_bank
     from router_models.bank_labels import bank_examples
 
     bank = outcome_bank.Bank.load(path)
+    if until is not None:
+        bank = outcome_bank.Bank([r for r in bank.runs if r.recorded <= until], bank.meta,
+                                 bank.path)
+        if not bank.runs:
+            raise ValueError(f"no run of the outcome bank {path} was recorded by {until}")
     examples = list(bank_examples(bank.runs))
-    print(f"outcome bank {path}: {len(bank.runs)} runs, {len(examples)} questions "
+    keys = "\n".join(sorted(run.key for run in bank.runs)).encode()
+    provenance = {"runs": len(bank.runs), "suites": bank.suites(),
+                  "recorded_until": max(run.recorded for run in bank.runs),
+                  "keys_sha256": hashlib.sha256(keys).hexdigest()}
+    print(f"outcome bank {path}: {len(bank.runs)} runs recorded by "
+          f"{provenance['recorded_until']}, {len(examples)} questions "
           f"({', '.join(f'{k} {v}' for k, v in bank.suites().items())})",
           file=sys.stderr, flush=True)
-    return examples
+    return examples, provenance
 
 
 def _report(result: Any, seed: int) -> None:

@@ -76,6 +76,20 @@ def test_shipped_rules_follow_their_thresholds():
     # A prompt that states two dependent steps is a chain whatever its sequential score.
     assert rules.plan(Scores(0.7, 0.1, 0.1, steps=2)).strategy == "sequential"
     assert rules.plan(Scores(0.7, 0.1, 0.1, steps=1)).strategy == "parallel_vote"
+    # One that states three or more carries its premises: never search, whatever its score.
+    assert rules.plan(Scores(0.7, 0.1, 0.9, steps=2)).strategy == "search"
+    assert rules.plan(Scores(0.7, 0.1, 0.9, steps=3)).strategy == "sequential"
+
+
+def test_a_self_contained_prompt_is_a_chain_for_both_policies_whatever_its_search_score():
+    rules, learned = RulesPolicy.from_yaml(), LearnedPolicy()
+    graph = Scores(0.6, 0.99, 0.7, form="graph", steps=199)  # a held-out graph read as search
+    moves = Scores(0.6, 0.2, 0.8, steps=3)
+    for scores in (graph, moves):
+        assert KIND_NAMES[kind_of(scores)] == "hard/chain"
+        assert rules.plan(scores).strategy == learned.decide(scores).plan.strategy \
+            == "sequential"
+    assert KIND_NAMES[kind_of(Scores(0.6, 0.2, 0.8, steps=2))] == "hard/search"
     assert rules.decide(EASY).plan.reason == "rule: easy"
 
 

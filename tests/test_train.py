@@ -276,3 +276,43 @@ def test_bank_until_trains_on_a_snapshot_of_a_growing_bank_and_records_it(tmp_pa
     capsys.readouterr()
     assert main([*args, "--bank-until", "2026-12-05T00:00:00Z"]) == 1
     assert "no run of the outcome bank" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("until", ["yesterday", "2026-12-06", "19:23:54"])
+def test_bank_until_that_is_not_a_date_and_time_exits_2_before_training(until, tmp_path,
+                                                                         capsys):
+    fixture = Path(__file__).resolve().parent / "bank_fixture"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--bank", str(fixture), "--bank-until", until,
+              "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--bank-until" in err and "not an ISO 8601 date and time" in err
+    assert "outcome bank" not in err and not (tmp_path / "o").exists()
+
+
+def test_bank_until_without_bank_exits_2(tmp_path, capsys):
+    code = main(["train", "--bank-until", "2026-12-06T19:23:54Z",
+                 "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path)])
+    assert code == 2
+    assert "--bank-until needs --bank" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("until", "runs"), [
+    ("2026-12-06T00:00:00Z", 5),
+    ("2026-12-06T01:00:00+01:00", 5),   # the same instant, written with an offset
+    ("2026-12-06T00:00:00", 5),         # no offset: UTC (as text it sorts before "...Z")
+    ("2026-12-06T00:00:00.000Z", 5),    # fractions (as text "." sorts before "Z")
+    ("2026-12-05T23:59:59.999Z", 0),
+    ("2026-12-06T00:59:59+01:00", 0),   # before, though "00:59" sorts after "00:00" as text
+])
+def test_bank_until_compares_instants_not_text(until, runs):
+    from service.commands.train import _bank_examples, utc_time
+
+    fixture = Path(__file__).resolve().parent / "bank_fixture"  # 5 runs at 2026-12-06T00:00:00Z
+    if runs:
+        assert _bank_examples(fixture, utc_time(until))[1]["runs"] == runs
+    else:
+        with pytest.raises(ValueError, match="no run of the outcome bank .* recorded by 2026-12-0"):
+            _bank_examples(fixture, utc_time(until))

@@ -11,6 +11,7 @@ import hashlib
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,9 +52,10 @@ def register(subcommands: Any) -> None:
                        help="also learn from an outcome bank recorded from the local model "
                             "(a folder of JSONL shards, e.g. router_models/data/bank): "
                             "short votes, chains and searches per question")
-    train.add_argument("--bank-until", default=None, metavar="TIME",
-                       help="with --bank, only the runs recorded at or before this UTC time "
-                            "(ISO 8601, e.g. 2026-12-06T19:30:00Z): a growing bank's snapshot, "
+    train.add_argument("--bank-until", type=utc_time, default=None, metavar="TIME",
+                       help="with --bank, only the runs recorded at or before this time "
+                            "(ISO 8601, e.g. 2026-12-06T19:30:00Z; UTC unless it gives an "
+                            "offset): a growing bank's snapshot, "
                             "so the same bytes can be rebuilt later (the shipped artifact's "
                             "is in classifier.json, under bank)")
     train.add_argument("--report", action="store_true",
@@ -75,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings(args.config, data_dir=args.data_dir)
     except SettingsError as exc:
         print(f"ttc-router: {exc}", file=sys.stderr)
+        return 2
+    if args.bank_until is not None and args.bank is None:
+        print("ttc-router train: --bank-until needs --bank (the outcome bank to take a "
+              "snapshot of)", file=sys.stderr)
         return 2
     out = args.out or settings.data_dir / "models"
     if args.from_log:
@@ -120,19 +126,41 @@ def _from_data(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
-def _bank_examples(path: Path, until: str | None) -> tuple[list[Any], dict[str, Any]]:
+def utc_time(text: str) -> datetime:
+    """``text``, an ISO 8601 date and time, as an aware UTC ``datetime``: ``Z`` or an offset
+    (``+01:00``) is honoured, a time without one is read as UTC, fractions of a second are
+    kept. Raises ``argparse.ArgumentTypeError`` (argparse reports it and exits with status 2)
+    when it does not parse or gives no time of day, since "by 2026-12-06" could mean either
+    end of that day."""
+    stripped = text.strip()
+    try:
+        moment = datetime.fromisoformat(stripped)
+    except ValueError:
+        moment = None
+    if moment is None or not any(sep in stripped.upper() for sep in ("T", " ")):
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 date and time: {text!r} (e.g. 2026-12-06T19:30:00Z)")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _bank_examples(path: Path, until: datetime | None) -> tuple[list[Any], dict[str, Any]]:
     """The bank's training examples (the runs recorded at or before ``until``, when given) and
     what identifies that snapshot: runs, items per suite, the last run's time and the SHA-256
-    of the sorted run keys."""
+    of the sorted run keys. Times are compared as instants, not as text. A run with no
+    recorded time predates the field, so it counts as recorded before any ``until``. Raises
+    ValueError when no run is left or a run's time does not parse."""
     from router_models import bank as outcome_bank
     from router_models.bank_labels import bank_examples
 
     bank = outcome_bank.Bank.load(path)
     if until is not None:
-        bank = outcome_bank.Bank([r for r in bank.runs if r.recorded <= until], bank.meta,
-                                 bank.path)
+        bank = outcome_bank.Bank([r for r in bank.runs if _recorded_at(r) <= until],
+                                 bank.meta, bank.path)
         if not bank.runs:
-            raise ValueError(f"no run of the outcome bank {path} was recorded by {until}")
+            raise ValueError(f"no run of the outcome bank {path} was recorded by "
+                             f"{until.isoformat().replace('+00:00', 'Z')}")
     examples = list(bank_examples(bank.runs))
     keys = "\n".join(sorted(run.key for run in bank.runs)).encode()
     provenance = {"runs": len(bank.runs), "suites": bank.suites(),
@@ -143,6 +171,17 @@ def _bank_examples(path: Path, until: str | None) -> tuple[list[Any], dict[str, 
           f"({', '.join(f'{k} {v}' for k, v in bank.suites().items())})",
           file=sys.stderr, flush=True)
     return examples, provenance
+
+
+def _recorded_at(run: Any) -> datetime:
+    """When the bank run ``run`` was recorded, as an aware UTC time (the earliest one for a
+    run without a time). Raises ValueError naming the run when its time does not parse."""
+    if not run.recorded:
+        return datetime.min.replace(tzinfo=UTC)
+    try:
+        return utc_time(run.recorded)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(f"outcome bank run {run.key}: recorded {exc}") from None
 
 
 def _report(result: Any, seed: int) -> None:

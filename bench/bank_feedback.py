@@ -31,7 +31,11 @@ training rounds of one item are 8 draws at most, not fresh model calls; and gree
 Usage (from the repository root; minutes on 2 cores, no model)::
 
     .venv/bin/python -m bench.bank_feedback [--bank PATH] [--folds 2] [--rounds 4]
-        [--budgets 256,512,1024] [--exploration 0.05] [--out bench/results/bank-feedback]
+        [--budgets 256,512,1024] [--exploration 0.05] [--classifier fold|shipped]
+        [--train-limit N] [--out bench/results/bank-feedback]
+
+The work folder (gateways' data, logs, the indexed corpus: megabytes per run) is removed after
+a run that finishes, and kept, with its path printed, after one that fails.
 """
 
 from __future__ import annotations
@@ -218,6 +222,19 @@ def fold_classifier(bank: Path, training: Sequence[TaskItem], out: Path,
 CLASSIFIER_NOTE = {
     "fold": "fitted per fold on the shared data and the training fold's bank runs",
     "shipped": "the shipped one (it learnt from the bank it is tested on)"}
+
+
+def classifier_note(results: dict[str, Any]) -> str:
+    """What the report says of the classifier used: ``CLASSIFIER_NOTE``, and for the shipped
+    one the outcome bank snapshot it learnt from (``results["classifier_bank"]``, the
+    ``bank`` entry of its metadata), since the bank tested on need not be that one."""
+    mode = results.get("classifier", "shipped")
+    snapshot = results.get("classifier_bank")
+    if mode != "shipped" or not snapshot:
+        return CLASSIFIER_NOTE[mode]
+    return (f"the shipped one (it learnt from the shipped bank's {snapshot['runs']} runs "
+            f"recorded by {snapshot['recorded_until']}; held-out items among them are not "
+            "unseen by it)")
 ROUTER_KEPT = ("strategy", "budget_tokens", "spent_tokens", "reason")
 
 
@@ -359,7 +376,7 @@ def report(results: dict[str, Any]) -> str:
         f"{results['items']} items; {results['folds_count']} folds, {results['rounds']} training "
         f"rounds per training item; exploration "
         f"{results['exploration'] if results['exploration'] is not None else 'default'}; "
-        f"classifier: {CLASSIFIER_NOTE[results.get('classifier', 'shipped')]}; "
+        f"classifier: {classifier_note(results)}; "
         f"{results['elapsed_s']:.0f} s.", "",
         "Every item held out once: each answer below is made by a gateway that received no "
         "feedback on that item. Pairs are against `auto` after feedback.", "",
@@ -413,7 +430,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="with --classifier fold: train on the first N examples of each "
                              "dataset (a quick run)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/bank-feedback"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.train_limit is not None and args.classifier != "fold":
+        parser.error("--train-limit limits the per-fold classifier's training: it needs "
+                     "--classifier fold")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -431,7 +452,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs,
         "items": len(items), "folds_count": args.folds, "rounds": args.rounds,
         "exploration": args.exploration, "classifier": args.classifier, "folds": []}
+    if args.classifier == "shipped":
+        from router_models.classifier import Classifier
+        results["classifier_bank"] = Classifier.load().metadata.get("bank")
     work = Path(tempfile.mkdtemp(prefix="bank-feedback-"))
+    finished = False
     stack = Stack(args.bank, work, args.exploration)
     try:
         for number, held_out in enumerate(folds):
@@ -452,8 +477,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             after = evaluate(learner, held_out, fold_dir / "after", policies=["auto"])
             results["folds"].append({"before": before, "fixed": fixed, "after": after,
                                      "training": trained, "learner": learner_state(learner)})
+        finished = True
     finally:
         stack.close()
+        if finished:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"bank_feedback: the gateways' logs and data are kept in {work}",
+                  file=sys.stderr)
     results["elapsed_s"] = time.monotonic() - started
     (args.out / "results.json").write_text(json.dumps(results) + "\n")
     text = report(results)

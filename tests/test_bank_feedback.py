@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,11 @@ def test_folds_refuse_too_few() -> None:
 
 
 @pytest.mark.e2e
-def test_a_whole_run_on_the_fixture_bank(tmp_path: Path) -> None:
+def test_a_whole_run_on_the_fixture_bank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    scratch = tmp_path / "scratch"  # where the run's work folder goes
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     out = tmp_path / "out"
     assert main(["--bank", str(FIXTURE), "--folds", "2", "--rounds", "2", "--budgets", "64",
                  "--classifier", "shipped", "--out", str(out)]) == 0
@@ -68,6 +73,20 @@ def test_a_whole_run_on_the_fixture_bank(tmp_path: Path) -> None:
         assert sum(map(sum, fold["learner"]["trials"])) == 2 * training_items
     text = (out / "report.md").read_text()
     assert "| policy:auto after feedback |" in text and "| policy:auto |" in text
+    # the shipped classifier's own snapshot is named, not the fixture bank tested on
+    shipped = Classifier.load().metadata["bank"]
+    assert (f"the shipped bank's {shipped['runs']} runs recorded by "
+            f"{shipped['recorded_until']}") in text
+    assert list(scratch.iterdir()) == []  # the work folder is gone after a finished run
+
+
+def test_train_limit_without_a_fold_classifier_is_refused(capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--bank", str(FIXTURE), "--classifier", "shipped", "--train-limit", "30"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--train-limit" in err and "needs --classifier fold" in err
 
 
 def test_a_bank_subset_keeps_only_the_named_items_runs(tmp_path: Path) -> None:

@@ -102,9 +102,8 @@ def leave_one_dataset_out(examples: Sequence[Example], features: Sequence[Featur
         scores = [classifier.score_features(features[i]) for i in held]
         held_scores += [(examples[i], s) for i, s in zip(held, scores, strict=True)]
         for head in HEADS:
-            rows = [(examples[i].label(head), examples[i].weight(head), getattr(s, head))
-                    for i, s in zip(held, scores, strict=True)
-                    if examples[i].label(head) is not None]
+            rows = _labelled([(examples[i], s) for i, s in zip(held, scores, strict=True)],
+                             head)
             result.by_family[head][family] = metrics(
                 [r[0] for r in rows], [r[2] for r in rows], [r[1] for r in rows]) \
                 if rows else None
@@ -112,8 +111,7 @@ def leave_one_dataset_out(examples: Sequence[Example], features: Sequence[Featur
             progress(f"[{n}/{len(result.families)}] held out {family} ({len(held)} prompts, "
                      f"trained on {len(fit)} + {len(calib)} calibration)")
     for head in HEADS:
-        rows = [(e.label(head), e.weight(head), getattr(s, head), e.family)
-                for e, s in held_scores if e.label(head) is not None]
+        rows = _labelled(held_scores, head)
         result.pooled[head] = metrics([r[0] for r in rows], [r[2] for r in rows],
                                       [r[1] for r in rows])
         totals: dict[str, float] = {}
@@ -123,6 +121,17 @@ def leave_one_dataset_out(examples: Sequence[Example], features: Sequence[Featur
             [r[0] for r in rows], [r[2] for r in rows],
             [r[1] / totals[r[3]] if totals[r[3]] > 0 else 0.0 for r in rows])
     return result
+
+
+def _labelled(scored: Sequence[tuple[Example, Scores]], head: str
+              ) -> list[tuple[float, float, float, str]]:
+    """(label, weight, score, family) of the scored examples that have a ``head`` label."""
+    rows = []
+    for example, scores in scored:
+        label = example.label(head)
+        if label is not None:
+            rows.append((label, example.weight(head), getattr(scores, head), example.family))
+    return rows
 
 
 def _cell(row: dict[str, Any] | None, key: str) -> str:
@@ -156,7 +165,7 @@ def format_markdown(result: LodoResult, target_auc: float = 0.8) -> str:
     for name, pooled in (("pooled", result.pooled),
                          ("pooled, families weighted equally", result.pooled_balanced)):
         rows = [pooled[h] for h in HEADS]
-        n = max(int(r["n"]) for r in rows)
+        n = max(int(r["n"]) for r in rows if r is not None)
         cells = " | ".join(f"**{auc(r)}** | **{_cell(r, 'brier')}**" for r in rows)
         lines.append(f"| **{name}** | {n:,} | {cells} |")
     return "\n".join(lines)

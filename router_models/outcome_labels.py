@@ -81,7 +81,8 @@ def latent_cells(pairs: Iterable[tuple[bool | None, bool]], guess: float) -> Lat
     p11 = 1.0 - p00 - p10 - p01
     raw = [max(0.0, p) for p in (p11, p10, p01, p00)]
     total = sum(raw)
-    return LatentCells(*(p / total for p in raw), guess=guess)
+    k11, k10, k01, k00 = (p / total for p in raw)
+    return LatentCells(k11, k10, k01, k00, guess=guess)
 
 
 def _likelihood(observed: bool | None, knows: int, guess: float) -> float:

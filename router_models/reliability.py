@@ -72,8 +72,11 @@ def evaluate(examples: Sequence[Example], scores: Sequence[Scores], key: str = "
     or ``family``): head -> {"overall": metrics, "by_<key>": {name: metrics}}."""
     out: dict[str, Any] = {}
     for head in HEADS:
-        rows = [(e.label(head), e.weight(head), getattr(s, head), getattr(e, key))
-                for e, s in zip(examples, scores, strict=True) if e.label(head) is not None]
+        rows: list[tuple[float, float, float, str]] = []
+        for e, s in zip(examples, scores, strict=True):
+            label = e.label(head)
+            if label is not None:
+                rows.append((label, e.weight(head), getattr(s, head), getattr(e, key)))
         groups: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
         for label, weight, prob, group in rows:
             groups[group].append((label, weight, prob))

@@ -24,8 +24,10 @@ How a request is answered (``router_models.bank`` holds the recordings):
   that cut it, else the recorded finish reason (a chain the recording cut at its own
   max_tokens stays ``length``). ``stop`` strings end a choice as a server ends it: the text
   stops before the first one generated, ``finish_reason: stop``, and usage counts the pieces
-  generated up to the end of that string.
-- **Usage.** ``completion_tokens`` is exactly the pieces returned. ``prompt_tokens`` is the
+  generated up to the end of that string. As llama.cpp's server does, the pieces of the stop
+  string itself are neither streamed nor listed in ``logprobs``.
+- **Usage.** ``completion_tokens`` is exactly the pieces generated: those returned, plus a stop
+  string's, which are counted but not returned. ``prompt_tokens`` is the
   recorded count when the request is the recorded prompt as the only message; otherwise the
   recorded count plus the pieces of a continued chain's prefix plus 4 characters per token for
   any other text, marked ``replay.prompt_tokens_estimated: true``.
@@ -106,7 +108,8 @@ class ReplayConfig:
 @dataclass
 class Choice:
     """One served choice: the recorded sample and the piece range served, or a synthesized
-    search request (``query`` and its pieces)."""
+    search request (``query`` and its pieces). ``withheld`` counts the pieces generated after
+    ``pieces`` but not returned (a stop string's): usage counts them, the text does not."""
 
     pieces: list[str]
     lp: list[int]
@@ -115,6 +118,7 @@ class Choice:
     start: int = 0
     query: str | None = None
     tool: bool = False
+    withheld: int = 0
 
 
 @dataclass
@@ -127,7 +131,7 @@ class Reply:
 
     @property
     def completion_tokens(self) -> int:
-        return sum(len(c.pieces) for c in self.choices)
+        return sum(len(c.pieces) + c.withheld for c in self.choices)
 
 
 class PieceCounter:
@@ -202,7 +206,7 @@ def create_replay_app(config: ReplayConfig) -> Starlette:
         if parsed.stream:
             return StreamingResponse(_stream(config, parsed, reply),
                                      media_type="text/event-stream")
-        longest = max((len(c.pieces) for c in reply.choices), default=0)
+        longest = max((len(c.pieces) + c.withheld for c in reply.choices), default=0)
         await asyncio.sleep(config.ttft_s + longest * config.latency_per_token_s)
         return JSONResponse(_response(parsed, reply))
 
@@ -388,20 +392,25 @@ def _stopped(choice: Choice, stops: Sequence[str]) -> Choice:
     """``choice`` ended where a server with these ``stop`` strings ends it: at the first piece
     after which the text holds one of them. The text returned ends before that string (servers
     drop it) while the usage still counts every piece generated, the stop's own included, as
-    llama.cpp and vLLM count them; ``finish_reason`` is then ``stop``."""
+    llama.cpp and vLLM count them; ``finish_reason`` is then ``stop``. The pieces that lie
+    wholly inside the stop string are ``withheld``: not returned, streamed or given
+    log-probabilities (llama.cpp's server drops them from its probabilities too); a piece
+    that starts before it is returned cut short."""
     text = "".join(choice.pieces)
     found = [(at + len(stop), at) for stop in stops if (at := text.find(stop)) >= 0]
     if not found:
         return choice
     stop_end, keep = min(found)
-    pieces, length = [], 0
+    pieces, generated, length = [], 0, 0
     for piece in choice.pieces:
         if length >= stop_end:
             break
-        pieces.append(piece[:max(0, keep - length)])
+        if length < keep:
+            pieces.append(piece[:keep - length])
+        generated += 1
         length += len(piece)
-    return replace(choice, pieces=pieces, lp=choice.lp[:len(pieces)],
-                               finish_reason="stop")
+    return replace(choice, pieces=pieces, lp=choice.lp[:len(pieces)], finish_reason="stop",
+                   withheld=generated - len(pieces))
 
 
 # ------------------------------------------------------------------------------- rendering
@@ -483,7 +492,7 @@ async def _stream(config: ReplayConfig, request: SimRequest,
         for index in range(len(reply.choices)):
             yield event([{"index": index, "delta": {"role": "assistant", "content": ""},
                           "finish_reason": None}])
-    longest = max((len(c.pieces) for c in reply.choices), default=0)
+    longest = max((len(c.pieces) + c.withheld for c in reply.choices), default=0)
     for position in range(longest):
         if config.latency_per_token_s > 0:
             await asyncio.sleep(config.latency_per_token_s)

@@ -142,6 +142,28 @@ async def test_stop_strings_end_the_choice_as_a_server_ends_it() -> None:
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "stop"
 
 
+async def test_a_stop_strings_pieces_are_counted_but_neither_streamed_nor_in_logprobs() -> None:
+    # " gives 5" is the greedy chain's pieces 6 and 7 (" gives", " 5"): generated, counted,
+    # dropped, as llama.cpp's server drops a stop word's tokens from its probabilities
+    whole = (await replay(ask(temperature=0, stop=" gives 5", logprobs=True))).json()
+    tokens = [t["token"] for t in whole["choices"][0]["logprobs"]["content"]]
+    assert tokens == ["Start", " with", " 5.", " Adding", " 3"]
+    assert whole["usage"]["completion_tokens"] == 7
+    streamed = await replay(ask(temperature=0, stop=" gives 5", stream=True, logprobs=True,
+                                stream_options={"include_usage": True}))
+    events = [json.loads(line[6:]) for line in streamed.text.splitlines()
+              if line.startswith("data: {")]
+    contents = [e["choices"][0]["delta"]["content"] for e in events
+                if e["choices"] and e["choices"][0]["delta"].get("content") is not None][1:]
+    assert contents == tokens  # after the role chunk's "", no empty chunk for the stop
+    assert events[-1]["usage"]["completion_tokens"] == 7
+    # a stop string starting inside a piece: that piece is returned cut, the rest withheld
+    cut = (await replay(ask(temperature=0, stop="dding 3", logprobs=True))).json()
+    assert cut["choices"][0]["message"]["content"] == "Start with 5. A"
+    assert [t["token"] for t in cut["choices"][0]["logprobs"]["content"]][-1] == " A"
+    assert cut["usage"]["completion_tokens"] == 5
+
+
 async def test_unknown_prompts_get_a_404_in_openai_envelope_and_bad_input_a_400() -> None:
     reply = await replay({"model": "bank-replay",
                           "messages": [{"role": "user", "content": "What is love?"}]})

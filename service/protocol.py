@@ -86,7 +86,8 @@ def parse_request(endpoint: Endpoint, body: dict[str, Any],
     Raises:
         InvalidRequest: missing ``model``, empty ``messages``, a missing ``prompt``, a bad
             ``router`` control (400).
-        UnprocessableRequest: a field of the wrong type or out of range (422).
+        UnprocessableRequest: a field of the wrong type or out of range (422); ``stop``
+            counts as used, since the ledger sizes a stopped reply's allowance by it.
     """
     model = body.get("model")
     if model is None:
@@ -109,6 +110,7 @@ def parse_request(endpoint: Endpoint, body: dict[str, Any],
         raise UnprocessableRequest("stream_options must be an object", param="stream_options")
     include_usage = bool(stream_options and stream_options.get("include_usage"))
 
+    _check_stop(body.get("stop"))
     n = _positive_int(body, "n", default=1)
     caps = [v for v in (_positive_int(body, "max_tokens"),
                         _positive_int(body, "max_completion_tokens")) if v is not None]
@@ -166,6 +168,18 @@ def _check_prompt(prompt: Any) -> None:
         return
     raise UnprocessableRequest(
         "prompt must be a string, a list of strings, or token ids", param="prompt")
+
+
+def _check_stop(stop: Any) -> None:
+    # OpenAI's type for stop: a string, a list of strings, or null. How many, and whether an
+    # empty one is allowed, is left to the backend (OpenAI takes 4, llama.cpp and vLLM more).
+    # The type is checked here: llama.cpp's server (the embedded backend) silently ignores a
+    # stop that is neither a string nor a list, so a client's mistake would pass unnoticed.
+    if stop is None or isinstance(stop, str):
+        return
+    if not isinstance(stop, list) or not all(isinstance(word, str) for word in stop):
+        raise UnprocessableRequest("stop must be a string, a list of strings, or null",
+                                   param="stop")
 
 
 def _positive_int(body: dict[str, Any], name: str, default: int | None = None) -> int | None:

@@ -35,6 +35,15 @@ BAD_INPUTS = [
     ("stream not a bool",
      b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
      422, "stream"),
+    ("stop a number",
+     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "stop": 5}',
+     422, "stop"),
+    ("stop an object",
+     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
+     b' "stop": {"a": 1}}', 422, "stop"),
+    ("stop a list holding a number",
+     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
+     b' "stop": ["ok", 1]}', 422, "stop"),
     ("unknown strategy",
      b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
      b' "router": {"strategy": "magic"}}', 400, "router.strategy"),

@@ -434,6 +434,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.train_limit is not None and args.classifier != "fold":
         parser.error("--train-limit limits the per-fold classifier's training: it needs "
                      "--classifier fold")
+    from router_models import training_data  # read at call time: tests move it
+
+    if args.classifier == "fold" and not training_data.DEFAULT_DATA_DIR.is_dir():
+        parser.error(f"--classifier fold (the default) trains on the shared benchmark data, "
+                     f"not found at {training_data.DEFAULT_DATA_DIR}; pass --classifier "
+                     "shipped to score with the shipped classifier instead")
     return args
 
 

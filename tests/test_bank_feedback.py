@@ -89,6 +89,20 @@ def test_train_limit_without_a_fold_classifier_is_refused(capsys: pytest.Capture
     assert "--train-limit" in err and "needs --classifier fold" in err
 
 
+def test_a_fold_classifier_without_the_shared_data_is_refused_before_anything_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from router_models import training_data
+
+    monkeypatch.setattr(training_data, "DEFAULT_DATA_DIR", tmp_path / "no-data")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--bank", str(FIXTURE), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"not found at {tmp_path / 'no-data'}" in err and "--classifier shipped" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_bank_subset_keeps_only_the_named_items_runs(tmp_path: Path) -> None:
     whole = Bank.load(FIXTURE)
     hotpot = {item_key(r.item) for r in whole.runs if r.suite == "hotpotqa"}

@@ -8,7 +8,8 @@ vote over short tries compounds their errors, and one chain with room for the st
 (Mirtaheri et al. 2025, "Let Me Think!"). A knowledge question, an estimate or a judgement
 states at most a premise or two: every try is an independent guess.
 
-``state_steps`` counts clauses outside the question that carry a step: a number, a
+``state_steps`` counts clauses outside the question that carry a step: a number (not a year:
+"The 2006 edition was held in Germany." dates a fact, it states no quantity), a
 state-changing verb, or a sequence connective ("then", "next", "finally"); plus the operators
 of an arithmetic expression beyond the first. It reads structure, not words of one benchmark,
 so it holds for phrasing the classifier never saw. Options lines ("A) ..."), the question
@@ -26,7 +27,10 @@ _CLAUSE = re.compile(r"(?<=[.!?;:])\s+|\n+|,\s*(?:and\s+)?then\s+|,\s+and\s+|\s+
 _OPTION_LINE = re.compile(r"^\s*\(?[A-Ha-h][.)]\s")
 # A line listing options side by side: "A) 20 B) 200 C) 2000", "(A) cat (B) dog".
 _OPTION_MARK = re.compile(r"(?:^|\s)\(?[A-H][.)](?=\s)")
-_NUMBER = re.compile(r"\d")
+# A numeral; a year ("in 1998": four digits from 1000 to 2099, as ``router_models.quantities``
+# reads them) dates a clause, it does not state a quantity a step works on.
+_NUMERAL = re.compile(r"(?<![\d^])\d+(?:[.,]\d+)*")
+_YEAR = re.compile(r"(?:1\d|20)\d\d")
 _WORD = re.compile(r"[a-z]+")
 # An arithmetic operator between two operands: "3 + 4", "(2 * 5)", "12/4".
 _EXPRESSION_OPERATOR = re.compile(r"(?<=[\d)])\s*[-+*/×÷^]\s*(?=[\d(])")
@@ -71,12 +75,18 @@ def state_steps(text: str) -> int:
         if not clause or clause.endswith("?"):
             continue
         words = _WORD.findall(clause.lower())
-        if not words and not _NUMBER.search(clause):
+        quantity = _states_quantity(clause)
+        if not words and not quantity:
             continue
-        if words and words[0] in _INSTRUCTION_WORDS and not _NUMBER.search(clause):
+        if words and words[0] in _INSTRUCTION_WORDS and not quantity:
             continue  # "Think step by step.", "Answer with the letter."
-        if (_NUMBER.search(clause) or _CONNECTIVES.intersection(words[:2])
+        if (quantity or _CONNECTIVES.intersection(words[:2])
                 or _STATE_VERBS.intersection(words)):
             steps += 1
     operators = len(_EXPRESSION_OPERATOR.findall(text))
     return steps + max(0, operators - 1)
+
+
+def _states_quantity(clause: str) -> bool:
+    """Whether the clause holds a numeral that is not a year."""
+    return any(not _YEAR.fullmatch(m.group(0)) for m in _NUMERAL.finditer(clause))

@@ -21,6 +21,7 @@ from router_models.policies import (
 )
 from router_models.policies.learned import difference_bounds, look_confidence, wilson_bounds
 from router_models.policies.prior import KIND_NAMES, PRIOR_STRATEGY, fit_vote, mean_spend
+from router_models.steps import state_steps
 
 EASY = Scores(difficulty=0.05, sequential=0.1, search=0.0)
 HARD_CHAIN = Scores(difficulty=0.8, sequential=0.9, search=0.0)
@@ -79,6 +80,7 @@ def test_shipped_rules_follow_their_thresholds():
     # One that states three or more carries its premises: never search, whatever its score.
     assert rules.plan(Scores(0.7, 0.1, 0.9, steps=2)).strategy == "search"
     assert rules.plan(Scores(0.7, 0.1, 0.9, steps=3)).strategy == "sequential"
+    assert rules.decide(EASY).plan.reason == "rule: easy"
 
 
 def test_a_self_contained_prompt_is_a_chain_for_both_policies_whatever_its_search_score():
@@ -90,7 +92,17 @@ def test_a_self_contained_prompt_is_a_chain_for_both_policies_whatever_its_searc
         assert rules.plan(scores).strategy == learned.decide(scores).plan.strategy \
             == "sequential"
     assert KIND_NAMES[kind_of(Scores(0.6, 0.2, 0.8, steps=2))] == "hard/search"
-    assert rules.decide(EASY).plan.reason == "rule: easy"
+
+
+def test_dated_background_sentences_do_not_make_a_fact_question_self_contained():
+    question = ("The 1998 FIFA World Cup was held in France. The 2002 edition was held in "
+                "South Korea and Japan. The 2006 edition was held in Germany. Who scored the "
+                "winning goal in the final of the 2006 edition?")
+    assert state_steps(question) == 0
+    # a clause with a quantity besides its year still counts
+    assert state_steps("In 1998 Tom had 40 stamps. He sold 12. Then he bought 30.") == 3
+    facts = Scores(0.6, 0.2, 0.97, steps=state_steps(question))
+    assert KIND_NAMES[kind_of(facts)] == "hard/search"
 
 
 def test_rules_come_from_a_yaml_file_and_bad_files_name_the_entry(tmp_path):

@@ -37,8 +37,10 @@ def test_a_chain_of_steps_is_a_chain_whatever_the_sequential_score():
     assert archetype_of(word_problem) == "chain"
     assert KIND_NAMES[kind_of(word_problem)] == "hard/chain"
     assert archetype_of(guess) == "independent"
-    # Facts still come first: a question the collection answers is searched.
-    assert archetype_of(Scores(0.5, 0.1, 0.9, steps=3)) == "search"
+    # Facts come first for a prompt that states a premise or two: a question the collection
+    # answers is searched; one that states three or more steps carries its own premises.
+    assert archetype_of(Scores(0.5, 0.1, 0.9, steps=2)) == "search"
+    assert archetype_of(Scores(0.5, 0.1, 0.9, steps=3)) == "chain"
 
 
 def test_the_classifier_reports_the_steps_it_reads():

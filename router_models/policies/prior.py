@@ -85,7 +85,8 @@ CHAIN_STEPS = 2
 # held-out graph questions scored 0.86, README's leave-one-dataset-out table). Three, not two:
 # on 200 prompts per public dataset (the shipped classifier, 6 Dec 2026), 0 of 100 HotpotQA and
 # 1 of 400 FanOutQA questions state three or more, against 2 of 400 FanOutQA for two; GSM8K's
-# 46-55% and every generated graph do.
+# 46-55% and every generated graph do. Years are not quantities (``router_models.steps``), so
+# dated background sentences before a fact question do not make it self-contained.
 SELF_CONTAINED_STEPS = 3
 # The search score above which a prompt outside the search archetype may still be offered
 # search while exploring (a plausible plan, not a prior choice).

@@ -17,21 +17,23 @@ estimate of the length distribution over the last ``WINDOW`` observations (Kapla
 instead of being read as short answers. Until ``MIN_OBSERVATIONS`` have been seen the prior
 ``DEFAULT_ANSWER_TOKENS`` holds.
 
-When the quantile is not reached because more than one sample in ten was cut, two readings
-are possible. Either the caps were too tight (the cut ones would have answered a little
-later), or some samples never answer at all: a small model that loops, restates the question
-or drifts writes until any cap. Survival analysis calls the second a cure model (Berkson and
-Gage 1952), and it can be told from too short a follow-up only when the follow-up is long
-against the event times (Maller and Zhou 1996): here, when at least one sample in ten was cut
-with at least ``LOOP_ROOM`` times the length of the longest answer ever observed and still
-stated nothing. Then the cut ones are read as never answering, and the estimate is the
-length by which nine in ten of the *answering* samples answer (``answered_quantile``): a
-vote's samples are sized for the samples that answer, and a chain's cap (``prior.CHAIN_CAP``
-times that) still leaves room. Otherwise the estimate is twice the longest cut length (capped
-at ``MAX_ANSWER_TOKENS``), so the next budgets probe higher, and a probe is what gives loops
-the room that shows them. A weaker test (cut samples with 1.2 times the answering samples'
-90th percentile) read heavy-tailed answer lengths as loops and under-sized every sample: 6 to
-10 points lost in 3 of 17 flat randomized worlds (``bench/policy_sim.py``, SIMULATION).
+When the quantile is not reached because more than one sample in ten was cut, two readings are
+possible. Either the caps were too tight (the cut ones would have answered a little later), or
+some samples never answer at all: a small model that loops, restates the question or drifts
+writes until any cap. Survival analysis calls the second a cure model (Berkson and Gage 1952),
+and it can be told from too short a follow-up only when the follow-up is long against the event
+times (Maller and Zhou 1996): here, when at least one sample in ten was cut with at least
+``LOOP_ROOM`` times the length of the longest answer ever observed (and at least ``LOOP_FLOOR``
+tokens) and still stated nothing. Then the cut ones are read as never answering, and the
+estimate is the length by which nine in ten of the *answering* samples answer
+(``answered_quantile``): a vote's samples are sized for the samples that answer, and a chain's
+cap (``prior.CHAIN_CAP`` times that) still leaves room. Otherwise the estimate is twice the
+longest cut length (capped at ``MAX_ANSWER_TOKENS``), so the next budgets probe higher, and a
+probe is what gives loops the room that shows them. A weaker test (cut samples with 1.2 times
+the answering samples' 90th percentile) read heavy-tailed answer lengths as loops and
+under-sized every sample: 6 to 10 points lost in 3 of 17 flat randomized worlds
+(``bench/policy_sim.py``, SIMULATION).
+
 The shipped outcome bank cannot show loops this way: its samples were recorded with a
 512-token cap, so none ever had twice the room of its longest answer.
 """
@@ -53,6 +55,12 @@ MIN_OBSERVATIONS = 8
 # Samples cut with this many times the longest observed answer, still without an answer, are
 # read as never answering once they are at least ``1 - QUANTILE`` of the observations.
 LOOP_ROOM = 2.0
+# ... and with at least this many tokens: a kind that pools one-line answers (4 tokens) with
+# guesses that reason for 100 would otherwise read guesses cut at 13 tokens as loops, and keep
+# every vote's samples too short to answer (held-out traffic seed 24: the first 45 guess votes
+# got 3 samples of 13 tokens). No sample given fewer tokens than an answer is assumed to take
+# before usage says (``DEFAULT_ANSWER_TOKENS``) is judged never to answer.
+LOOP_FLOOR = DEFAULT_ANSWER_TOKENS
 
 
 def kaplan_meier_quantile(observations: Iterable[tuple[int, bool]], quantile: float
@@ -202,7 +210,7 @@ class AnswerLengths:
         answers = [tokens for tokens, finished in seen if finished]
         if not answers:
             return None
-        room = LOOP_ROOM * max(answers)
+        room = max(LOOP_ROOM * max(answers), LOOP_FLOOR)
         long_cuts = sum(1 for tokens, finished in seen if not finished and tokens >= room)
         if long_cuts < (1.0 - QUANTILE) * len(seen):
             return None

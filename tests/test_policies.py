@@ -512,3 +512,16 @@ def test_samples_that_had_room_and_never_answered_do_not_raise_the_estimate():
     # One long cut among short ones is not enough follow-up to call them loops.
     assert estimate([(300, False)] * 4 + [(600, False)]) == 1200
     assert answered_quantile([(64, False)] * 3, 0.9) is None
+
+
+def test_a_kind_of_one_liners_and_long_guesses_probes_up_instead_of_seeing_loops():
+    from router_models.answer_lengths import AnswerLengths
+
+    lengths = AnswerLengths(default_tokens=256)
+    for _ in range(20):  # one-line answers of 4 tokens, then a guess vote's samples cut at 13
+        lengths.observe("k", 4, True)
+    for _ in range(6):
+        lengths.observe("k", 13, False)
+    # 13 is more than twice the longest answer, but no sample given 13 tokens can be judged
+    # never to answer: the estimate probes twice the cut, so the next samples get room.
+    assert lengths.estimate("k") == 26

@@ -11,7 +11,10 @@ and SHA-256 before use. The alternative measured against it, the base model Gemm
 the files of its part packages.
 
 The child dies with the gateway: it is stopped on shutdown and SIGTERM, and the kernel sends
-it SIGTERM if the gateway itself dies (``PR_SET_PDEATHSIG``).
+it SIGKILL if the gateway itself dies (``PR_SET_PDEATHSIG``). Not SIGTERM: llama-server
+closes its port on SIGTERM but its graceful shutdown can hang, and one left by a gateway killed
+with SIGKILL was found alive, orphaned, ten minutes later (and ignored a second SIGTERM); with
+nobody left to serve there is nothing to shut down gracefully.
 """
 
 from __future__ import annotations
@@ -156,7 +159,7 @@ def stop_process(process: subprocess.Popen[Any], sig: int = signal.SIGTERM,
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (module docstring)
     except OSError:
         pass
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -83,8 +85,40 @@ def test_sigterm_stops_the_embedded_backend(data_dir, tmp_path):
 def test_the_backend_dies_with_a_killed_gateway(data_dir, tmp_path):
     running = start_gateway(data_dir, tmp_path / "gateway.log")
     port = running.backend_port()
+    backend = processes_serving(port)
+    assert backend, f"no process found serving port {port}"
     stop(running.process, signal.SIGKILL)
     assert wait_until_closed(port)
+    # The process itself, not only its port: a server whose graceful shutdown hangs closes
+    # its port and lives on, orphaned.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(alive(pid) for pid in backend):
+        time.sleep(0.2)
+    assert not [pid for pid in backend if alive(pid)]
+
+
+def processes_serving(port: int) -> list[int]:
+    """Pids whose command line holds ``--port PORT`` (the embedded backend's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--port" in argv and str(port).encode() in argv[argv.index(b"--port") + 1:][:1]:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 # A vote needs samples that can finish: before it has learned answer lengths the gateway

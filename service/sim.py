@@ -208,10 +208,11 @@ def parse_request(body: Any, endpoint: str, default_max_tokens: int) -> SimReque
         raise SimError("stream must be a boolean", "stream")
     logprobs = body.get("logprobs")
     stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
-    if not isinstance(stops, list) or len(stops) > MAX_STOP or not all(
-            isinstance(x, str) and x for x in stops):
-        raise SimError(f"stop must be a non-empty string or a list of up to {MAX_STOP} of "
+    stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    # OpenAI's schema: null, a string, or a list of 1 to MAX_STOP strings.
+    if stop is not None and (not isinstance(stops, list) or not 0 < len(stops) <= MAX_STOP
+                             or not all(isinstance(x, str) and x for x in stops)):
+        raise SimError(f"stop must be a non-empty string or a list of 1 to {MAX_STOP} of "
                        "them", "stop")
     return SimRequest(
         endpoint=endpoint, messages=messages, n=n,

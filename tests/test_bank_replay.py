@@ -137,7 +137,7 @@ async def test_stop_strings_end_the_choice_as_a_server_ends_it() -> None:
     # a stop string the text never holds changes nothing; a bad one is a 400 naming it
     whole = (await replay(ask(temperature=0, stop=["never said"]))).json()
     assert whole["choices"][0]["message"]["content"] == CHAIN.greedy.text
-    for bad in (7, [""], ["a", "b", "c", "d", "e"]):
+    for bad in (7, [""], [], ["a", "b", "c", "d", "e"]):
         refused = await replay(ask(temperature=0, stop=bad))
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "stop"
 

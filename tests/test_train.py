@@ -316,3 +316,10 @@ def test_bank_until_compares_instants_not_text(until, runs):
     else:
         with pytest.raises(ValueError, match="no run of the outcome bank .* recorded by 2026-12-0"):
             _bank_examples(fixture, utc_time(until))
+
+
+def test_from_log_refuses_a_bank_it_would_ignore(tmp_path, capsys):
+    fixture = Path(__file__).resolve().parent / "bank_fixture"
+    assert main(["train", "--from-log", "--bank", str(fixture), "--data-dir",
+                 str(tmp_path)]) == 2
+    assert "run them separately" in capsys.readouterr().err

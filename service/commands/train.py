@@ -82,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
         print("ttc-router train: --bank-until needs --bank (the outcome bank to take a "
               "snapshot of)", file=sys.stderr)
         return 2
+    if args.from_log and args.bank is not None:
+        print("ttc-router train: --from-log replays the request log into the learned policy; "
+              "--bank trains the classifier: run them separately", file=sys.stderr)
+        return 2
     out = args.out or settings.data_dir / "models"
     if args.from_log:
         url = settings.database_url.get_secret_value() if settings.database_url else None

@@ -338,6 +338,24 @@ def test_untried_alternatives_are_tried_in_the_archetypes_runner_up_order():
         assert max(others, key=others.get) == runner_up
 
 
+def test_the_runner_up_keeps_the_focus_until_its_first_look():
+    # One failed vote on the chain kind leaves the untried direct answer with the higher
+    # upper bound; the vote keeps the focus until it has the outcomes its first look needs.
+    policy = LearnedPolicy(exploration=0.05, seed=1)
+    chain = kind_of(HARD_CHAIN)
+    policy.update(HARD_CHAIN, policy.plan(HARD_CHAIN, strategy="parallel_vote"), False)
+
+    def focus() -> str:
+        shares = policy._exploration_shares(chain, ["direct", "parallel_vote"], 0.1)
+        return max(shares, key=shares.get)
+
+    assert policy.accuracy(chain, "direct")[2] > policy.accuracy(chain, "parallel_vote")[2]
+    assert focus() == "parallel_vote"
+    for _ in range(policy.min_switch_feedback - 1):
+        policy.update(HARD_CHAIN, policy.plan(HARD_CHAIN, strategy="parallel_vote"), False)
+    assert focus() == "direct"  # five failures: now the untried one could most be better
+
+
 def test_exploration_stays_among_plausible_plans():
     policy = LearnedPolicy(exploration=0.5, seed=1)
     policy.update(HARD_CHAIN, Plan("sequential", 960), True)  # feedback flows

@@ -206,7 +206,8 @@ class AnswerLengths:
     def _never_answering(seen: Sequence[tuple[int, bool]]) -> int | None:
         """The answering samples' quantile when the cut ones are read as never answering
         (module docstring: at least ``1 - QUANTILE`` of the observations cut with
-        ``LOOP_ROOM`` times the longest answer); else None."""
+        ``LOOP_ROOM`` times the longest answer and at least ``LOOP_FLOOR`` tokens); else
+        None."""
         answers = [tokens for tokens, finished in seen if finished]
         if not answers:
             return None

@@ -64,12 +64,16 @@ _ASKS_QUANTITY = re.compile(
     re.IGNORECASE)
 
 
+def numerals(text: str) -> int:
+    """The numerals in ``text`` that are not years (module docstring). A count >= 0."""
+    return sum(not _YEAR.fullmatch(m.group(0)) for m in _NUMBER.finditer(text))
+
+
 def stated_quantities(text: str) -> int:
     """The quantities ``text`` states outside its option lines: numerals that are not years,
     and number words (module docstring). A count >= 0."""
     body = _without_options(text)
-    numerals = sum(not _YEAR.fullmatch(m.group(0)) for m in _NUMBER.finditer(body))
-    return numerals + sum(w in _NUMBER_WORDS for w in _WORD.findall(body.lower()))
+    return numerals(body) + sum(w in _NUMBER_WORDS for w in _WORD.findall(body.lower()))
 
 
 def premise_quantities(text: str) -> int:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 
+from router_models.quantities import numerals
+
 # Clauses: sentences, lines, and the parts of a sentence joined by "; ", ", then", ", and".
 # The premise of a question is a clause of its own: "If 2 of them broke, how many are left?".
 _CLAUSE = re.compile(r"(?<=[.!?;:])\s+|\n+|,\s*(?:and\s+)?then\s+|,\s+and\s+|\s+and\s+then\s+"
@@ -27,10 +29,6 @@ _CLAUSE = re.compile(r"(?<=[.!?;:])\s+|\n+|,\s*(?:and\s+)?then\s+|,\s+and\s+|\s+
 _OPTION_LINE = re.compile(r"^\s*\(?[A-Ha-h][.)]\s")
 # A line listing options side by side: "A) 20 B) 200 C) 2000", "(A) cat (B) dog".
 _OPTION_MARK = re.compile(r"(?:^|\s)\(?[A-H][.)](?=\s)")
-# A numeral; a year ("in 1998": four digits from 1000 to 2099, as ``router_models.quantities``
-# reads them) dates a clause, it does not state a quantity a step works on.
-_NUMERAL = re.compile(r"(?<![\d^])\d+(?:[.,]\d+)*")
-_YEAR = re.compile(r"(?:1\d|20)\d\d")
 _WORD = re.compile(r"[a-z]+")
 # An arithmetic operator between two operands: "3 + 4", "(2 * 5)", "12/4".
 _EXPRESSION_OPERATOR = re.compile(r"(?<=[\d)])\s*[-+*/×÷^]\s*(?=[\d(])")
@@ -75,7 +73,8 @@ def state_steps(text: str) -> int:
         if not clause or clause.endswith("?"):
             continue
         words = _WORD.findall(clause.lower())
-        quantity = _states_quantity(clause)
+        # A year ("in 1998") dates a clause; it states no quantity a step works on.
+        quantity = numerals(clause) > 0
         if not words and not quantity:
             continue
         if words and words[0] in _INSTRUCTION_WORDS and not quantity:
@@ -85,8 +84,3 @@ def state_steps(text: str) -> int:
             steps += 1
     operators = len(_EXPRESSION_OPERATOR.findall(text))
     return steps + max(0, operators - 1)
-
-
-def _states_quantity(clause: str) -> bool:
-    """Whether the clause holds a numeral that is not a year."""
-    return any(not _YEAR.fullmatch(m.group(0)) for m in _NUMERAL.finditer(clause))

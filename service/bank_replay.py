@@ -87,12 +87,6 @@ _SEARCH_RESULT = re.compile(r"^(?:Results of the search |The search .* found no 
 _SEARCHES_LEFT = re.compile(r"Searches left: (\d+) of (\d+)")
 _SEARCH_CAP = re.compile(r"(?:search at most|call it at most) (\d+) times")
 _TEXT_PROTOCOL = "SEARCH: <query>"
-# The search strategy's request for the final answer offers no search (a tool upstream gets
-# tool_choice "none"), so a text-protocol request that ends with it is answered, not given
-# another search request.
-_FORCED_ANSWER = FINAL_ANSWER_MARK
-# The continuation prefill the sequential strategy appends.
-_PREFILLS = (PREFILL,)
 CHARS_PER_TOKEN = 4
 
 
@@ -308,7 +302,9 @@ def _next_query(runs: dict[int, BankRun], searched: int, messages: Sequence[tupl
         and body.get("tool_choice") != "none"
     text = "\n".join(t for _, t in messages)
     if not offered_tool and (_TEXT_PROTOCOL not in text
-                             or (messages and _FORCED_ANSWER in messages[-1][1])):
+                             # the search strategy's request for its final answer offers
+                             # no search (a tool upstream gets tool_choice "none")
+                             or (messages and FINAL_ANSWER_MARK in messages[-1][1])):
         return None
     left = _SEARCHES_LEFT.findall(text)
     if left:
@@ -330,10 +326,7 @@ def _continuation(run: BankRun, prefix: str, request: SimRequest,
     """The rest of the recorded chain that ``prefix`` starts, or None when it starts none.
     The prefix matches the first ``k`` pieces exactly, or up to trailing whitespace (then
     the largest such ``k``); the sequential strategy's prefill is not part of it."""
-    target = prefix
-    for prefill in _PREFILLS:
-        if target.endswith(prefill):
-            target = target[:-len(prefill)]
+    target = prefix.removesuffix(PREFILL)
     stripped = target.rstrip()
     for name, sample in _candidates(run, request):
         text, loose = "", None

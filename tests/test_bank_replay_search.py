@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.bank_replay import _FORCED_ANSWER
 from service.search import LocalIndex
 from service.search.documents import Document
 from service.search.local import index_path
 from service.strategies.search import FINAL_ANSWER
+from service.text_protocol import FINAL_ANSWER_MARK
 from tests.conftest import gateway_client, make_settings
 from tests.test_bank_replay import CHAIN, HOTPOT, Recording, ask, replay, routed
 
@@ -79,7 +79,7 @@ async def test_search_through_the_gateway_never_spends_past_a_small_budget(
 async def test_the_forced_answer_is_an_answer_not_another_search_request(tmp_path: Path) -> None:
     # The search strategy's last call asks for the final answer and offers no search; the
     # replay answered it with the schedule's next SEARCH line (at budget 8: "SEARCH: In").
-    assert _FORCED_ANSWER in FINAL_ANSWER.format(why="")
+    assert FINAL_ANSWER_MARK in FINAL_ANSWER.format(why="")
     data = tmp_path / "index"
     LocalIndex(index_path(data)).add([
         Document("fd", "Fixture Dreams", "Fixture Dreams is a novel by Marie Exemple.")])
@@ -91,6 +91,6 @@ async def test_the_forced_answer_is_an_answer_not_another_search_request(tmp_pat
                                       json=routed(HOTPOT[0], "search", budget, temperature=0))
         assert reply.json()["router"]["forced_answer"] is True
         body, last = transport.calls[-1]
-        assert _FORCED_ANSWER in body["messages"][-1]["content"]
+        assert FINAL_ANSWER_MARK in body["messages"][-1]["content"]
         assert "synthesized" not in last.json()["replay"]
         assert not reply.json()["choices"][0]["message"]["content"].startswith("SEARCH:")

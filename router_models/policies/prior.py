@@ -82,11 +82,11 @@ MAX_SCALE = 32.0
 CHAIN_STEPS = 2
 # A prompt that states this many dependent steps is self-contained, never a search prompt,
 # whatever the classifier's ``search`` (which reads kinds of prompt it never saw as search:
-# held-out graph questions scored 0.86, README's leave-one-dataset-out table). Three, not two:
-# on 200 prompts per public dataset (the shipped classifier, 6 Dec 2026), 0 of 100 HotpotQA and
-# 1 of 400 FanOutQA questions state three or more, against 2 of 400 FanOutQA for two; GSM8K's
-# 46-55% and every generated graph do. Years are not quantities (``router_models.steps``), so
-# dated background sentences before a fact question do not make it self-contained.
+# held-out graph questions scored 0.86, README's leave-one-dataset-out table). Three, not two,
+# for a margin: with years not counted as quantities (``router_models.steps``: dated background
+# sentences before a fact question do not make it self-contained), none of HotpotQA's 100 or
+# FanOutQA's 310 dev questions states even two, while 616 of GSM8K's 1,319 test problems (47%)
+# and every generated graph state three or more (``state_steps``, 6 Dec 2026, 21:30 UTC).
 SELF_CONTAINED_STEPS = 3
 # The search score above which a prompt outside the search archetype may still be offered
 # search while exploring (a plausible plan, not a prior choice).

@@ -55,6 +55,28 @@ _ARM_TOTALS = (
     "FROM requests WHERE experiment = ? AND arm IS NOT NULL GROUP BY arm ORDER BY arm")
 
 
+def enable_wal(db: sqlite3.Connection, timeout_s: float) -> None:
+    """Put ``db``'s file in write-ahead-log mode, retrying for up to ``timeout_s`` seconds.
+
+    The switch needs the file's exclusive lock, and while another connection makes the same
+    switch SQLite can answer "database is locked" at once, without waiting out the busy
+    timeout: 6 of 200 trials of six connections switching a fresh file together failed so
+    (gateways on one file starting together; ``tests/test_store.py``).
+
+    Raises:
+        sqlite3.OperationalError: still locked after ``timeout_s``, or another error.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)
+
+
 class SqliteBackend:
     """The request log in the SQLite file ``path`` (created with its directory).
 
@@ -93,7 +115,7 @@ class SqliteBackend:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 db = sqlite3.connect(self.path, isolation_level=None,
                                      timeout=self._busy_timeout_s)
-                db.execute("PRAGMA journal_mode=WAL")
+                enable_wal(db, self._busy_timeout_s)
                 db.execute("PRAGMA synchronous=NORMAL")
             except (OSError, sqlite3.Error) as exc:
                 raise StoreError(f"cannot open the request log {self.path}: {exc}") from exc

@@ -345,6 +345,10 @@ class RandomWorld:
         think = min(MAX_TOKENS, float(prompts.params["think"][index]) * a)
         lengths = a * np.exp(float(prompts.params["answer_spread"][index])
                              * rng.standard_normal(plan.width))
+        # A vote stops after its first wave with the chance ``expected_samples`` models, and
+        # then spends and reports only the samples it drew, as the gateway does.
+        drawn = self._samples_drawn(prompts, index, plan, depth, rng)
+        lengths = lengths[:drawn]
         tokens = np.minimum(depth, np.maximum(lengths, think))
         spent = float(tokens.sum())
         if plan.strategy == "search" or plan.search_calls > 0:
@@ -354,6 +358,20 @@ class RandomWorld:
         samples = [(max(1, int(round(length))), True) if length <= depth else (int(depth), False)
                    for length in lengths]
         return bool(rng.random() < accuracy), int(round(spent)), samples
+
+
+    def _samples_drawn(self, prompts: Prompts, index: int, plan: Plan, depth: int,
+                       rng: np.random.Generator) -> int:
+        """Samples one request of ``plan`` draws: all ``width``, or for a vote the first
+        wave alone with the chance that its samples agree (``expected_samples``)."""
+        if plan.strategy != "parallel_vote" or plan.width <= FIRST_WAVE:
+            return plan.width
+        searched = plan.search_calls > 0
+        answered, right, top, _ = self.sample_parts(single_prompt(prompts, index), float(depth),
+                                                    searched, plan.search_calls)
+        expected = float(np.asarray(expected_samples(plan, answered, right, top))[0])
+        stop = (plan.width - expected) / (plan.width - FIRST_WAVE)
+        return FIRST_WAVE if rng.random() < stop else plan.width
 
 
 def plan_depth(plan: Plan) -> int:

@@ -143,6 +143,24 @@ def test_realized_spend_averages_to_the_expected_spend() -> None:
     assert abs(np.mean([c for c, _ in draws]) - accuracy) < 0.03
 
 
+def test_a_realized_vote_stops_early_as_often_as_the_expected_spend_says() -> None:
+    # Training feeds the policy realized spends and samples; they must agree with the spend
+    # the evaluation expects, early stopping included (a vote of 8 whose first three samples
+    # agree draws and reports only those three).
+    world = draw_world(21)
+    prompts = world.prompts(50)
+    plan = Plan("parallel_vote", 8 * 256, width=8, depth_tokens=256)
+    _, tokens = world.outcome(prompts, plan)
+    one = world.outcome(prompts, Plan("direct", 256, depth_tokens=256))[1]
+    index = int(np.argmin(tokens / one))  # the prompt whose vote stops early most often
+    assert tokens[index] < 6 * one[index]
+    rng = np.random.default_rng(0)
+    draws = [world.realize_usage(prompts, index, plan, rng) for _ in range(3000)]
+    assert {len(samples) for _, _, samples in draws} == {3, 8}
+    mean_spent = np.mean([spent for _, spent, _ in draws])
+    assert abs(mean_spent - tokens[index]) < 0.03 * tokens[index] + 2
+
+
 def test_flat_worlds_tie_every_plan_that_finishes() -> None:
     flat = [draw_world(s) for s in range(60) if draw_world(s).world_type == "flat"]
     assert flat

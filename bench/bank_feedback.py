@@ -65,6 +65,7 @@ from router_models.tasks.checkers import check
 from service.commands.eval import BANK_DEFAULT, bank_items
 from service.evaluation.analysis import paired_difference, wilson
 from service.evaluation.runner import RunOptions, plan_jobs, read_records, run_jobs
+from service.search.local import index_path
 
 ROOT = Path(__file__).resolve().parent.parent
 STRATEGIES = ("direct", "parallel_vote", "sequential", "search")
@@ -121,24 +122,33 @@ class Stack:
         wait_http(self.replay_url + "/models", replay, log)
         self.corpus = hotpot_corpus(work)
 
-    def gateway(self, name: str, classifier: Path | None = None) -> str:
+    def gateway(self, name: str, classifier: Path | None = None,
+                target_tokens: int | None = None) -> str:
         """A gateway on a fresh data directory (the HotpotQA corpus indexed), scoring with the
-        classifier in the folder ``classifier`` (default: the shipped one); its base URL."""
+        classifier in the folder ``classifier`` (default: the shipped one), its learned
+        policy's mean at ``target_tokens`` (default: the gateway's); its base URL."""
         data_dir = self.work / name
         if classifier is not None:
             (data_dir / "models").mkdir(parents=True, exist_ok=True)
             for artifact in ("classifier.npz", "classifier.json"):
                 shutil.copyfile(classifier / artifact, data_dir / "models" / artifact)
         if self.corpus is not None:
-            indexed = subprocess.run(
-                [sys.executable, "-m", "service", "index", "add", str(self.corpus),
-                 "--data-dir", str(data_dir)],
-                capture_output=True, text=True, env=clean_env(), cwd=ROOT)
-            if indexed.returncode != 0:
-                raise RuntimeError(f"ttc-router index add failed:\n{indexed.stderr[-2000:]}")
+            # Indexed once (``ttc-router index add``), then copied: each gateway gets the same
+            # collection without indexing it again.
+            indexed = self.work / "indexed"
+            if not indexed.is_dir():
+                done = subprocess.run(
+                    [sys.executable, "-m", "service", "index", "add", str(self.corpus),
+                     "--data-dir", str(indexed)],
+                    capture_output=True, text=True, env=clean_env(), cwd=ROOT)
+                if done.returncode != 0:
+                    raise RuntimeError(f"ttc-router index add failed:\n{done.stderr[-2000:]}")
+            shutil.copytree(index_path(indexed), index_path(data_dir))
         env = clean_env()
         if self.exploration is not None:
             env["TTC_LEARNED_EXPLORATION"] = str(self.exploration)
+        if target_tokens is not None:
+            env["TTC_LEARNED_TARGET_TOKENS"] = str(target_tokens)
         port = free_port()
         log = self.work / f"{name}.log"
         with log.open("wb") as out:
@@ -345,6 +355,36 @@ def arm_rows(arms: dict[str, dict[str, dict[str, Any]]], reference: str) -> list
     return rows
 
 
+def equal_token_rows(arms: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Markdown rows: per ``policy:`` arm, the fixed arm of highest accuracy among those whose
+    mean completion tokens are at most 1.1x the policy's, and the paired difference."""
+
+    def accuracy(records: dict[str, dict[str, Any]]) -> float:
+        return sum(r["correct"] for r in records.values()) / max(1, len(records))
+
+    def tokens(records: dict[str, dict[str, Any]]) -> float:
+        return sum(r["completion_tokens"] for r in records.values()) / max(1, len(records))
+
+    rows = []
+    fixed = [a for a in arms if not a.startswith("policy:")]
+    for arm in sorted((a for a in arms if a.startswith("policy:")),
+                      key=lambda a: tokens(arms[a])):
+        mine = arms[arm]
+        within = [a for a in fixed if tokens(arms[a]) <= 1.1 * tokens(mine)]
+        if not within:
+            rows.append(f"| {arm} | {100 * accuracy(mine):.1f} | {tokens(mine):.0f} | none "
+                        "spends so little | - | - | - | - |")
+            continue
+        best = max(within, key=lambda a: (accuracy(arms[a]), -tokens(arms[a])))
+        keys = sorted(set(mine) & set(arms[best]))
+        difference, (low, high), p = paired_difference(
+            [mine[k]["correct"] for k in keys], [arms[best][k]["correct"] for k in keys])
+        rows.append(f"| {arm} | {100 * accuracy(mine):.1f} | {tokens(mine):.0f} | {best} | "
+                    f"{100 * accuracy(arms[best]):.1f} | {tokens(arms[best]):.0f} | "
+                    f"{100 * difference:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] | {p:.2g} |")
+    return rows
+
+
 def family_rows(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
                 ) -> list[str]:
     """Per family: ``auto`` before and after feedback, with the strategies it chose."""
@@ -365,7 +405,8 @@ def family_rows(before: dict[str, dict[str, Any]], after: dict[str, dict[str, An
 
 def report(results: dict[str, Any]) -> str:
     """The markdown report of a finished run."""
-    records = [r for fold in results["folds"] for r in fold["before"] + fold["fixed"]]
+    records = [r for fold in results["folds"]
+               for r in fold["before"] + fold["fixed"] + fold.get("targets", [])]
     after = [dict(r, strategy="policy:auto after feedback")
              for fold in results["folds"] for r in fold["after"]]
     arms = by_arm(records + after)
@@ -384,6 +425,13 @@ def report(results: dict[str, Any]) -> str:
         "the arm right | McNemar exact p | errors | n |",
         "| --- | ---: | ---: | --- | ---: | ---: | ---: |",
         *arm_rows(arms, reference), "",
+        "At equal tokens: each `auto` arm against the most accurate fixed arm that spends at "
+        "most 1.1x its mean completion tokens (the issue's criterion), paired on the same "
+        "items:", "",
+        "| `auto` arm | accuracy % | tokens | best fixed arm within 1.1x its tokens | accuracy % "
+        "| tokens | difference, points [paired bootstrap 95%] | McNemar exact p |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        *equal_token_rows(arms), "",
         "Per family, `auto` before / after feedback (accuracy %, mean tokens, strategies):", "",
         "| family | n | before % | tokens | strategies | after % | tokens | strategies |",
         "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |",
@@ -416,8 +464,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=4,
                         help="training requests per training item (seeds 0..rounds-1)")
-    parser.add_argument("--budgets", default="256,512,1024",
-                        help="budgets of the fixed strategies, tokens")
+    parser.add_argument("--budgets", default="256,512,1024,2048",
+                        help="budgets of the fixed strategies, tokens (a vote needs about "
+                             "three complete samples: 2048 for this model's long answers)")
+    parser.add_argument("--targets", default="256,1024",
+                        help="other mean budgets (TTC_LEARNED_TARGET_TOKENS) at which `auto` "
+                             "also answers out of the box, besides the gateway's default; "
+                             "empty for none")
     parser.add_argument("--exploration", type=float, default=None,
                         help="the learned policy's exploration share (default: the gateway's)")
     parser.add_argument("--limit", type=int, default=None, help="items per suite (a quick run)")
@@ -449,6 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = bank_items(args.bank or BANK_DEFAULT, [], args.limit)
     folds = make_folds(items, args.folds)
     budgets = [int(b) for b in args.budgets.split(",") if b]
+    targets = [int(t) for t in args.targets.split(",") if t]
     from router_models.bank import Bank
     runs = len(Bank.load(args.bank))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -457,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                 else argv),
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs,
         "items": len(items), "folds_count": args.folds, "rounds": args.rounds,
-        "exploration": args.exploration, "classifier": args.classifier, "folds": []}
+        "exploration": args.exploration, "classifier": args.classifier, "targets": targets,
+        "folds": []}
     if args.classifier == "shipped":
         from router_models.classifier import Classifier
         results["classifier_bank"] = Classifier.load().metadata.get("bank")
@@ -478,10 +533,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             before = evaluate(fresh, held_out, fold_dir / "before", policies=["auto"])
             fixed = evaluate(fresh, held_out, fold_dir / "fixed", strategies=STRATEGIES,
                              budgets=budgets)
+            at_targets: list[dict[str, Any]] = []
+            for target in targets:  # out of the box at other means: auto's own trade-off
+                other = stack.gateway(f"fold-{number}-target-{target}", classifier, target)
+                at_targets += [dict(r, strategy=f"policy:auto @mean {target}") for r in evaluate(
+                    other, held_out, fold_dir / f"target-{target}", policies=["auto"])]
             learner = stack.gateway(f"fold-{number}-learner", classifier)
             trained = train(learner, training, args.rounds, seed=number)
             after = evaluate(learner, held_out, fold_dir / "after", policies=["auto"])
-            results["folds"].append({"before": before, "fixed": fixed, "after": after,
+            results["folds"].append({"before": before, "fixed": fixed, "targets": at_targets,
+                                     "after": after,
                                      "training": trained, "learner": learner_state(learner)})
         finished = True
     finally:

@@ -58,7 +58,7 @@ def test_a_whole_run_on_the_fixture_bank(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     out = tmp_path / "out"
     assert main(["--bank", str(FIXTURE), "--folds", "2", "--rounds", "2", "--budgets", "64",
-                 "--classifier", "shipped", "--out", str(out)]) == 0
+                 "--targets", "128", "--classifier", "shipped", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     items = results["items"]
     assert items == 3
@@ -66,13 +66,22 @@ def test_a_whole_run_on_the_fixture_bank(tmp_path: Path, monkeypatch: pytest.Mon
         # Every held-out item answered by auto before and after, and by each fixed arm.
         assert len(fold["before"]) == len(fold["after"])
         assert len(fold["fixed"]) == 4 * len(fold["before"])
-        assert not any(r["error"] for r in fold["before"] + fold["after"] + fold["fixed"])
+        # ... and by auto out of the box at the other mean asked for.
+        assert [r["item_id"] for r in fold["targets"]] == [r["item_id"] for r in fold["before"]]
+        assert {r["strategy"] for r in fold["targets"]} == {"policy:auto @mean 128"}
+        assert not any(r["error"] for r in fold["before"] + fold["after"] + fold["fixed"]
+                       + fold["targets"])
         # Each training request's feedback reached the learner once.
         training_items = items - len(fold["before"])
         assert len(fold["training"]) == 2 * training_items
         assert sum(map(sum, fold["learner"]["trials"])) == 2 * training_items
     text = (out / "report.md").read_text()
     assert "| policy:auto after feedback |" in text and "| policy:auto |" in text
+    # Each auto arm has its row of the equal-token comparison, against a fixed arm or none.
+    equal = text.split("At equal tokens")[1].split("Per family")[0]
+    for arm in ("policy:auto", "policy:auto after feedback", "policy:auto @mean 128"):
+        row = next(line for line in equal.splitlines() if line.startswith(f"| {arm} |"))
+        assert "@64" in row or "none spends so little" in row
     # the shipped classifier's own snapshot is named, not the fixture bank tested on
     shipped = Classifier.load().metadata["bank"]
     assert (f"the shipped bank's {shipped['runs']} runs recorded by "

@@ -8,7 +8,9 @@ alike). For each fold in turn:
 
 1. **Out of the box.** A gateway on a fresh data directory answers the held-out fold with
    ``model: auto`` and no feedback, then every fixed strategy at each ``--budgets`` budget
-   (``ttc-router eval``'s runner: same seeds, same scoring).
+   (``ttc-router eval``'s runner: same seeds, same scoring); and, for each ``--targets``
+   mean, another fresh gateway with ``TTC_LEARNED_TARGET_TOKENS`` at that mean answers with
+   ``model: auto`` (``auto``'s own trade-off of tokens for accuracy).
 2. **Training.** A second fresh gateway answers the other folds' items ``--rounds`` times
    each (round ``r`` sends seed ``r``, so the replay serves other recorded samples) and
    posts each answer's correctness to ``POST /v1/feedback``, as a user's application would.
@@ -16,13 +18,16 @@ alike). For each fold in turn:
    requests as step 1 (same seeds), and ``GET /v1/learner?state=true`` says what it learnt.
 
 Every item is held out once, so the pooled table covers the whole bank, each answer made by a
-gateway that never received feedback on that item. Both gateways of a fold score prompts with
-a classifier fitted on the shared data and the training fold's bank runs only
-(``--classifier fold``, the default; ``ttc-router train --bank``), since the shipped classifier
-learnt from the whole shipped bank. Both gateways index the HotpotQA corpus
-(``ttc-router index add``) so ``auto`` can read coverage, as a deployment with a document
-collection would. Intervals are Wilson 95%; pairs are compared by McNemar's exact test
-(``service.evaluation.analysis``).
+gateway that never received feedback on that item. A second table sets each ``auto`` arm
+against the most accurate fixed arm that spends at most 1.1x its mean tokens, paired on the
+same items (issue 13's criterion: more accurate at no more than 1.1x the tokens).
+
+The gateways of a fold score prompts with a classifier fitted on the shared data and the
+training fold's bank runs only (``--classifier fold``, the default; ``ttc-router train
+--bank``), since the shipped classifier learnt from the whole shipped bank. They hold the
+HotpotQA corpus, indexed once per run (``ttc-router index add``), so ``auto`` can read
+coverage, as a deployment with a document collection would. Intervals are Wilson 95%; pairs are
+compared by McNemar's exact test (``service.evaluation.analysis``).
 
 What the replay cannot show: a repeated request replays one of 8 recorded samples, so the
 training rounds of one item are 8 draws at most, not fresh model calls; and greedy requests

@@ -142,6 +142,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         metrics.REJECTED.labels("invalid").inc()
         first = exc.errors()[0] if exc.errors() else {}
+        # A body that is not JSON at all is a 400, as on the completion routes
+        # (``protocol.parse_json_object``); a well-formed body that fails its schema is a 422.
+        if first.get("type") == "json_invalid":
+            detail = (first.get("ctx") or {}).get("error", "invalid")
+            return render(InvalidRequest(f"the request body is not valid JSON: {detail}"))
+        if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
+            return render(InvalidRequest("the request body is not valid JSON: it is empty"))
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return render(UnprocessableRequest(f"{where}: {first.get('msg', 'invalid')}",
                                             param=where or None))

@@ -15,6 +15,10 @@ A request's ``max_tokens`` also caps the reply it receives when it names a large
 strategies grant every call whose reply may be returned at most that
 (``service.strategies.base.reply_cap``), while the budget bounds all calls together.
 
+A forced ``parallel_vote`` whose budget buys fewer than three samples of
+``vote_min_depth_tokens`` runs one chain and says so in its reason (``fit_vote`` then checks
+the samples against the answer lengths observed).
+
 A ``search`` plan may make up to ``search_max_calls`` retrieval calls; search on the
 completions endpoint (a bare prompt, no messages to hold results) runs ``sequential``.
 """
@@ -22,6 +26,7 @@ completions endpoint (a bare prompt, no messages to hold results) runs ``sequent
 from __future__ import annotations
 
 from router_models.plan import Plan
+from router_models.policies.prior import MIN_VOTE_WIDTH
 from service.backends import AUTO_MODEL
 from service.errors import InvalidRequest
 from service.protocol import RoutedRequest
@@ -59,6 +64,14 @@ def choose_plan(routed: RoutedRequest, settings: Settings, backend: Backend,
     width = 1
     if strategy == "parallel_vote":
         width = max(1, min(settings.vote_width, budget // settings.vote_min_depth_tokens))
+        if width < min(MIN_VOTE_WIDTH, settings.vote_width):
+            # Two samples that disagree have no majority, and one is no vote: the budget
+            # buys one chain (the samples' own length is checked later, by ``fit_vote``).
+            bought = "one" if width < 2 else (
+                f"{width}, and a vote needs {MIN_VOTE_WIDTH} for a majority")
+            return Plan("sequential", budget_tokens=budget, reason=(
+                f"a vote needs samples of at least {settings.vote_min_depth_tokens} tokens "
+                f"(vote_min_depth_tokens); {budget} tokens buy {bought}: ran one chain"))
     search_calls = settings.search_max_calls if strategy == "search" else 0
     return Plan(strategy, budget_tokens=budget, width=width, search_calls=search_calls,
                 reason=reason)

@@ -246,7 +246,29 @@ def sample(world: World | WorldReasoner, match: Match, request: SimRequest) -> l
                         key=lambda pair: -pair[1])
         samples.append(Sample(words, tokens, "stop", answer, dist[label],
                               ranked[:request.top_logprobs]))
-    return samples
+    return [stopped(s, request.stop) for s in samples] if request.stop else samples
+
+
+def stopped(sample: Sample, stops: tuple[str, ...]) -> Sample:
+    """``sample`` ended where a server with these ``stop`` strings ends it (OpenAI's ``stop``):
+    the text ends before the first stop string generated, ``finish_reason`` is ``stop``, and
+    usage counts the tokens (words) generated up to the end of that string, the stop's own
+    included, as llama.cpp and vLLM count them. An answer whose sentence the stop cut is no
+    longer stated. Unchanged when no stop string occurs."""
+    text = " ".join(sample.words)
+    found = [(at + len(stop), at) for stop in stops if (at := text.find(stop)) >= 0]
+    if not found:
+        return sample
+    stop_end, keep = min(found)
+    starts = [0]
+    for word in sample.words[:-1]:
+        starts.append(starts[-1] + len(word) + 1)
+    generated = sum(1 for start in starts if start < stop_end)
+    kept = text[:keep]
+    stated = sample.answer is not None and f"The answer is {sample.answer}." in kept
+    return Sample(kept.split(" "), generated, "stop", sample.answer if stated else None,
+                  sample.probability if stated else 0.0,
+                  sample.alternatives if stated else [])
 
 
 def answer_text(item: TaskItem, label: str) -> str:

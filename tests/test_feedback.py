@@ -79,12 +79,38 @@ async def test_an_unknown_id_is_a_404_in_the_error_envelope():
     {"id": "dec_x", "correct": "maybe"},
     {"id": "", "correct": True},
     {"correct": True},
+    # wrong types are refused, not coerced: a 1, "yes" or "0.5" is not an outcome
+    {"id": "dec_x", "correct": 1},
+    {"id": "dec_x", "correct": "yes"},
+    {"id": "dec_x", "correct": "true"},
+    {"id": "dec_x", "correct": 0.0},
+    {"id": "dec_x", "score": "0.5"},
+    {"id": "dec_x", "score": True},
 ])
 async def test_a_malformed_feedback_is_a_422(body):
     async with gateway_client(FakeBackend().transport()) as client:
         reply = await client.post("/v1/feedback", json=body)
     assert reply.status_code == 422, reply.text
     assert reply.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_whole_number_score_is_a_score():
+    async with gateway_client(FakeBackend().transport()) as client:
+        decision_id = (await ask(client)).headers["x-ttc-decision-id"]
+        answer = await client.post("/v1/feedback", json={"id": decision_id, "score": 1})
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["score"], answer.json()["correct"]) == (1.0, True)
+
+
+@pytest.mark.parametrize("raw", [b"not json", b'{"id": "dec_x", "correct": tru', b""])
+async def test_a_feedback_body_that_is_not_json_is_a_400(raw):
+    async with gateway_client(FakeBackend().transport()) as client:
+        reply = await client.post("/v1/feedback", content=raw,
+                                  headers={"content-type": "application/json"})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] is None
+    assert error["message"].startswith("the request body is not valid JSON")
 
 
 async def test_streamed_and_failed_requests_are_logged_with_their_status(database_url):

@@ -84,3 +84,26 @@ def test_grading_reads_the_committed_answer_not_the_checking_after_it():
     text = "Let me work through this.\nThe answer is (B).\nchecking. Yes, the answer is correct."
     assert grade(text, "B")
     assert not grade("So the answer is indeed (B).", "B")
+
+
+def test_the_cross_fitted_comparison_picks_each_sends_best_on_the_other_send():
+    # Per kind, "a" wins on send 0 and "b" on send 1 by luck: the in-sample best of each kind
+    # is scored on the replies that made it best; cross-fitted, send 0 is scored against the
+    # arm that won send 1 and the other way round.
+    from bench.held_out_traffic import Item, Result, compare_cross_fitted
+
+    items = [Item(f"{kind}{i}", kind, "q", "A", "B") for kind in KINDS for i in range(2)]
+    traffic = items * 2
+    half = len(items)
+
+    def results(right: list[bool]) -> list[Result]:
+        return [Result(item, ok, 10, {}) for item, ok in zip(traffic, right, strict=True)]
+
+    auto = results([True, False] * half)  # one of each kind's two prompts, on both sends
+    fixed = {"a": results([True] * half + [False] * half),
+             "b": results([False] * half + [True] * half),
+             "c": results([False] * 2 * half), "d": results([False] * 2 * half)}
+    line = compare_cross_fitted(auto, fixed, 2)
+    # Send 0 against "b" (best on send 1), wrong on all of send 0; send 1 against "a".
+    assert line is not None and "+0.500 accuracy" in line and f"auto only right {half}" in line
+    assert compare_cross_fitted(auto, fixed, 1) is None

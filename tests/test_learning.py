@@ -3,6 +3,7 @@ every gateway that shares the database (``service.learning``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -88,6 +89,26 @@ async def test_repeated_feedback_moves_the_learner_once_with_the_true_spend(tmp_
     # The served policy is saved at shutdown, atomically.
     saved = LearnedPolicy.load(tmp_path / "models" / "learned.json")
     assert feedback_seen(saved) == feedback_seen(before) + 1
+
+
+async def test_the_learner_endpoint_counts_a_decision_once_across_posts_and_a_restart(tmp_path):
+    settings = make_settings(data_dir=tmp_path)
+    async with gateway_client(llm().transport(), settings) as client:
+        start = (await client.get("/v1/learner")).json()["policies"]["learned"]
+        reply = await decide(client, PROMPTS[1])
+        decision = reply["router"]["decision_id"]
+        posts = [client.post("/v1/feedback", json={"id": key, "correct": index % 2 == 0})
+                 for index, key in enumerate([decision, reply["id"]] * 5)]
+        assert {answer.status_code for answer in await asyncio.gather(*posts)} == {200}
+        after = (await client.get("/v1/learner")).json()["policies"]["learned"]
+        assert after["feedback"] == start["feedback"] + 1 == \
+            feedback_seen(gateway_of(client).learner.policies["learned"])
+        assert after["sha256"] != start["sha256"]
+    async with gateway_client(llm().transport(), make_settings(data_dir=tmp_path)) as client:
+        answer = await client.post("/v1/feedback", json={"id": decision, "correct": False})
+        assert answer.status_code == 200
+        restarted = (await client.get("/v1/learner")).json()["policies"]["learned"]
+    assert restarted == after  # the same state: the decision's feedback was learned already
 
 
 async def test_gateways_sharing_a_database_converge_to_the_same_state(database_url, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from router_models.plan import STRATEGIES, Plan, Scores
@@ -120,6 +122,32 @@ async def test_a_forced_vote_too_small_for_complete_samples_runs_one_chain_and_s
     assert "260 tokens buy one: ran one chain" in router["reason"]
     assert wide.json()["router"]["strategy"] == "parallel_vote"
     assert wide.json()["router"]["max_samples"] == 3  # 1000 // 320
+
+
+@pytest.mark.parametrize("budget, bought", [(70, "buy one"), (130, "buy 2")])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_forced_vote_whose_budget_buys_fewer_than_three_samples_runs_one_chain(
+        budget, bought, stream):
+    # Short answers (48 tokens assumed: samples of 60), but a budget under three samples of
+    # vote_min_depth_tokens (64): the budget rule used to keep a vote of 1 or 2 samples,
+    # unannounced, where a vote of two has no majority.
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "Guess a number"}],
+            "router": {"strategy": "parallel_vote", "budget_tokens": budget}}
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    async with gateway_client(llm().transport()) as client:
+        reply = await client.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200
+    if stream:
+        chunks = [json.loads(line[6:]) for line in reply.text.splitlines()
+                  if line.startswith("data: {")]
+        router = next(chunk["router"] for chunk in chunks if chunk.get("router"))
+        usage = next(chunk["usage"] for chunk in chunks if chunk.get("usage"))
+    else:
+        router, usage = reply.json()["router"], reply.json()["usage"]
+    assert router["strategy"] == "sequential" and router["samples"] == 1
+    assert f"{budget} tokens {bought}" in router["reason"] and "ran one chain" in router["reason"]
+    assert router["spent_tokens"] == usage["completion_tokens"] <= budget
 
 
 async def test_observed_short_answers_widen_later_votes():

@@ -4,6 +4,7 @@ text."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -50,3 +51,38 @@ async def test_stream_must_be_a_boolean(app: Starlette, stream: object) -> None:
     assert reply.status_code == 400
     error = reply.json()["error"]
     assert error["param"] == "stream" and "boolean" in error["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_plain_sim_ends_a_choice_at_its_stop_string(stream: bool) -> None:
+    # OpenAI's `stop`: the text ends before the stop string, finish_reason "stop", and usage
+    # counts the words generated through the stop (as llama.cpp and vLLM count tokens).
+    sim = apps()[0]
+    body = {"model": "m", "messages": [{"role": "user", "content": "What is 2 + 2?"}],
+            "seed": 3, "max_tokens": 400, "n": 2}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim),
+                                 base_url="http://sim.test") as client:
+        free = (await client.post("/v1/chat/completions", json=body)).json()
+        texts = [c["message"]["content"] for c in free["choices"]]
+        assert all("The answer is" in t for t in texts)
+        reply = await client.post("/v1/chat/completions", json={
+            **body, "stop": ["The answer"], "stream": stream,
+            "stream_options": {"include_usage": True}} if stream else {
+            **body, "stop": "The answer"})
+    if stream:
+        chunks = [json.loads(line[6:]) for line in reply.text.splitlines()
+                  if line.startswith("data: {")]
+        got = ["".join(c["choices"][0]["delta"].get("content") or "" for c in chunks
+                       if c["choices"] and c["choices"][0]["index"] == i) for i in range(2)]
+        finishes = [c["choices"][0]["finish_reason"] for c in chunks
+                    if c["choices"] and c["choices"][0]["finish_reason"]]
+        usage = chunks[-1]["usage"]
+    else:
+        got = [c["message"]["content"] for c in reply.json()["choices"]]
+        finishes = [c["finish_reason"] for c in reply.json()["choices"]]
+        usage = reply.json()["usage"]
+    assert got == [t[:t.index("The answer")] for t in texts]
+    assert finishes == ["stop", "stop"]
+    # Each choice generated its words before the stop plus the stop's two.
+    expected = sum(len(t[:t.index("The answer")].split()) + 2 for t in texts)
+    assert usage["completion_tokens"] == expected

@@ -25,8 +25,10 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=256)
-    correct: bool | None = None
-    score: float | None = Field(None, ge=0.0, le=1.0)
+    # Strict: an outcome of 1, "yes" or "0.5" is a client's bug, refused (422) rather than
+    # guessed at and learned from; a whole-number score (0 or 1) is still a number.
+    correct: bool | None = Field(None, strict=True)
+    score: float | None = Field(None, ge=0.0, le=1.0, strict=True)
 
     @model_validator(mode="after")
     def _one_outcome(self) -> FeedbackRequest:

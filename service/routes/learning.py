@@ -21,6 +21,14 @@ from service.errors import NotFound
 router = APIRouter()
 
 
+def feedback_learned(state: dict[str, Any]) -> float:
+    """The feedback a learning policy's ``state()`` has learned from: the sum of its outcome
+    counts per kind and strategy (``trials``, a nested list; a score counts as one)."""
+    def total(counts: Any) -> float:
+        return sum(total(c) for c in counts) if isinstance(counts, list) else float(counts)
+    return total(state.get("trials") or [])
+
+
 @router.get("/v1/learner")
 async def learner_status(gw: Annotated[Gateway, Depends(gateway)],
                          state: bool = False) -> JSONResponse:
@@ -41,7 +49,7 @@ async def learner_status(gw: Annotated[Gateway, Depends(gateway)],
             snapshot = policy.state()  # type: ignore[attr-defined]
             text = json.dumps(snapshot, sort_keys=True)
             entry: dict[str, Any] = {"sha256": hashlib.sha256(text.encode()).hexdigest(),
-                                     "feedback": sum(snapshot.get("feedback") or [])}
+                                     "feedback": feedback_learned(snapshot)}
             if state:
                 entry["state"] = snapshot
             out[name] = entry

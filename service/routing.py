@@ -41,7 +41,13 @@ from router_models.answer_lengths import AnswerLengths, observations
 from router_models.classifier import Classifier
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies import KIND_NAMES, LearnedPolicy, Policy, PolicyError, parse_policy
-from router_models.policies.prior import fit_cap, fit_vote, kind_of, read_search
+from router_models.policies.prior import (
+    MIN_VOTE_WIDTH,
+    fit_cap,
+    fit_vote,
+    kind_of,
+    read_search,
+)
 from router_models.prompt import has_conversation, prompt_text
 from service import metrics, tracing
 from service.backends import AUTO_MODEL
@@ -155,7 +161,8 @@ class Router:
         answer = self.answer_tokens(scores, upstream_model)
         # The operator's cap holds for what a policy plans too: a plan sized from long answers
         # is fitted under it, never refused (the client asked for no such budget).
-        plan = fit_cap(fit_vote(decision.plan, answer), self.settings.max_budget_tokens, answer)
+        plan = fit_cap(fit_vote(decision.plan, answer, min_width=self._min_vote_width()),
+                       self.settings.max_budget_tokens, answer)
         if plan.strategy == "search" and routed.endpoint != "chat":
             plan = dataclasses.replace(plan, strategy="sequential", search_calls=0,
                                        reason="search needs chat messages: ran sequential")
@@ -233,7 +240,13 @@ class Router:
     def _fit_vote(self, plan: Plan, scores: Scores, upstream_model: str) -> Plan:
         if plan.strategy != "parallel_vote":
             return plan
-        return fit_vote(plan, self.answer_tokens(scores, upstream_model))
+        return fit_vote(plan, self.answer_tokens(scores, upstream_model),
+                        min_width=self._min_vote_width())
+
+    def _min_vote_width(self) -> int:
+        """The narrowest vote that runs: a strict majority needs three samples, unless the
+        operator set ``vote_width`` below that (then votes of that width are asked for)."""
+        return min(MIN_VOTE_WIDTH, self.settings.vote_width)
 
     def observe_usage(self, scores: Scores | None, plan: Plan, upstream_model: str,
                       completion_tokens: int,

@@ -150,6 +150,35 @@ async def test_a_forced_vote_whose_budget_buys_fewer_than_three_samples_runs_one
     assert router["spent_tokens"] == usage["completion_tokens"] <= budget
 
 
+@pytest.mark.parametrize("router_controls, budget", [
+    ({"strategy": "parallel_vote", "policy": "rules", "budget_tokens": 70}, 70),
+    ({"strategy": "parallel_vote", "policy": "rules", "budget_tokens": 130}, 130),
+    ({"policy": "tiny_vote"}, 100),
+])
+async def test_a_policy_vote_cut_below_three_samples_by_its_budget_runs_one_chain(
+        router_controls, budget):
+    # fit_to_budget keeps as many 64-token samples as the budget buys (1 or 2 here), and the
+    # vote used to run so: "every vote, whichever policy planned it" must be a chain instead.
+    settings = make_settings(policies={"tiny_vote": "fixed:parallel_vote@100"})
+    async with gateway_client(llm().transport(), settings) as client:
+        reply = await client.post("/v1/chat/completions", json={
+            "model": "fake-model", "messages": [{"role": "user", "content": "Guess a number"}],
+            "router": router_controls})
+    router = reply.json()["router"]
+    assert router["strategy"] == "sequential" and router["samples"] == 1, router
+    assert f"{budget} tokens buy" in router["reason"] and "ran one chain" in router["reason"]
+    assert router["spent_tokens"] == reply.json()["usage"]["completion_tokens"] <= budget
+
+
+async def test_an_operator_who_set_votes_of_two_keeps_them():
+    settings = make_settings(vote_width=2)
+    async with gateway_client(llm().transport(), settings) as client:
+        reply = await client.post("/v1/chat/completions", json={
+            "model": "fake-model", "messages": [{"role": "user", "content": "Guess a number"}],
+            "router": {"strategy": "parallel_vote", "policy": "rules", "budget_tokens": 130}})
+    assert reply.json()["router"]["strategy"] == "parallel_vote"
+
+
 async def test_observed_short_answers_widen_later_votes():
     # Answers of 7 words (tokens, for the scripted backend) are seen, so 320-token samples
     # were far more than needed: a vote of the same budget gets more, shorter samples.

@@ -223,19 +223,24 @@ def vote_width_for(difficulty: float, scale: float, vote_width: int) -> int:
                                                          2 + scale * difficulty)))
 
 
-def fit_vote(plan: Plan, answer_tokens: int, budget_tokens: int | None = None) -> Plan:
+def fit_vote(plan: Plan, answer_tokens: int, budget_tokens: int | None = None,
+             min_width: int | None = None) -> Plan:
     """A vote whose every sample can finish: samples of at least ``sample_tokens(answer)``
     tokens, as many as ``budget_tokens`` (default: the plan's budget) buys; with fewer than
     ``MIN_VOTE_WIDTH`` (three: two samples that disagree have no majority, so a vote of two
     answers like one sample at twice the tokens), one chain of the whole budget, saying so in
-    ``reason``. A plan that asks for a narrower vote itself keeps its width. Other plans pass
-    unchanged.
+    ``reason``. A plan that asks for a narrower vote itself keeps its width, unless
+    ``min_width`` says otherwise. Other plans pass unchanged.
 
     Args:
         plan: any plan.
         answer_tokens: tokens a complete answer takes (p90) for this kind and model.
         budget_tokens: the total to fit in (None: ``plan.budget_tokens``, else the plan's
             width x depth).
+        min_width: the narrowest vote that may run (None: ``MIN_VOTE_WIDTH``, or the plan's
+            own width when narrower). The gateway gives ``min(MIN_VOTE_WIDTH, vote_width)``:
+            a vote narrowed by a budget cut (``fit_to_budget``) is not one the operator asked
+            for, and runs as one chain too.
     """
     if plan.strategy != "parallel_vote":
         return plan
@@ -243,16 +248,26 @@ def fit_vote(plan: Plan, answer_tokens: int, budget_tokens: int | None = None) -
     total = budget_tokens or plan.budget_tokens or plan.width * max(plan.depth_tokens or 0,
                                                                       needed)
     depth = plan.depth_tokens or total // plan.width  # unset: the budget shared evenly
+    floor = min(MIN_VOTE_WIDTH, plan.width) if min_width is None else min_width
     if depth >= needed and plan.width * depth <= total:
-        return plan if plan.budget_tokens == total else dataclasses.replace(
-            plan, budget_tokens=total)
-    depth = max(depth, needed)
-    width = min(plan.width, total // depth)
-    if width >= min(MIN_VOTE_WIDTH, plan.width):
-        return dataclasses.replace(plan, budget_tokens=total, width=width, depth_tokens=depth)
-    bought = "one" if width < 2 else f"{width}, and a vote needs {MIN_VOTE_WIDTH} for a majority"
-    why = (f"a vote needs samples of {depth} tokens to finish (answers take about "
-           f"{answer_tokens}); {total} tokens buy {bought}: ran one chain")
+        if plan.width >= floor:
+            return plan if plan.budget_tokens == total else dataclasses.replace(
+                plan, budget_tokens=total)
+        # Samples long enough, but the budget cut the vote below a majority.
+        bought = "one sample" if plan.width < 2 else (
+            f"{plan.width} samples of {depth} tokens, and a vote needs {MIN_VOTE_WIDTH} "
+            "for a majority")
+        why = f"{total} tokens buy {bought}: ran one chain"
+    else:
+        depth = max(depth, needed)
+        width = min(plan.width, total // depth)
+        if width >= floor:
+            return dataclasses.replace(plan, budget_tokens=total, width=width,
+                                       depth_tokens=depth)
+        bought = "one" if width < 2 else (
+            f"{width}, and a vote needs {MIN_VOTE_WIDTH} for a majority")
+        why = (f"a vote needs samples of {depth} tokens to finish (answers take about "
+               f"{answer_tokens}); {total} tokens buy {bought}: ran one chain")
     return dataclasses.replace(plan, strategy="sequential", budget_tokens=total, width=1,
                                depth_tokens=total, search_calls=0,
                                reason=f"{plan.reason}; {why}" if plan.reason else why)

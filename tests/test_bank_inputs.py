@@ -155,3 +155,23 @@ def test_help_descriptions_are_whole_sentences(capsys: pytest.CaptureFixture[str
         description = capsys.readouterr().out.split("options:")[0].split("\n\n", 1)[1]
         text = " ".join(description.split())
         assert text.endswith((".", ")")), text
+
+
+@pytest.mark.parametrize("option", [["--world-seed", "3"], ["--world", "w.yaml"],
+                                    ["--tasks", "t.jsonl"], ["--data", "d"],
+                                    ["--world-tasks", "out.jsonl"]])
+def test_sim_bank_refuses_the_simulators_options(option: list[str],
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # They used to be ignored silently: `sim --bank --world-seed 3` served the bank.
+    import uvicorn
+
+    from service.cli import main
+
+    def no_server(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the replay started although its options were refused")
+
+    monkeypatch.setattr(uvicorn, "run", no_server)
+    assert main(["sim", "--bank", str(FIXTURE), *option]) == 2
+    err = capsys.readouterr().err
+    assert option[0] in err and "--bank" in err

@@ -103,12 +103,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_bank(args: argparse.Namespace) -> int:
-    """Serve an outcome bank (``--bank``); 2 when it cannot be read."""
+    """Serve an outcome bank (``--bank``); 2 when it cannot be read, or when an option of the
+    simulator (``--world``, ``--world-seed``, ``--world-tasks``, ``--tasks``, ``--data``) is
+    given with it."""
     import uvicorn
 
     from router_models.bank import Bank, BankError
     from service.bank_replay import ReplayConfig, create_replay_app
 
+    # The simulator's own options say which world or questions to simulate; a replay answers
+    # only the bank's questions with their recorded outcomes, so they would be ignored.
+    given = [flag for flag, value in (("--world", args.world), ("--world-seed", args.world_seed),
+                                      ("--world-tasks", args.world_tasks),
+                                      ("--tasks", args.tasks), ("--data", args.data))
+             if value not in (None, [])]
+    if given:
+        print(f"ttc-router sim: {', '.join(given)} set up the simulator; --bank replays the "
+              "outcome bank's questions only", file=sys.stderr)
+        return 2
     latency = args.latency_ms_per_token or 0.0
     ttft = args.ttft_ms or 0.0
     if latency < 0 or ttft < 0:

@@ -37,8 +37,8 @@ Usage (from the repository root; minutes on 2 cores, no model)::
 
     .venv/bin/python -m bench.bank_feedback [--bank PATH] [--folds 2] [--rounds 4]
         [--budgets 256,512,1024,2048] [--targets 256,1024] [--exploration 0.05]
-        [--classifier fold|shipped]
-        [--train-limit N] [--out bench/results/bank-feedback]
+        [--classifier fold|shipped] [--train-limit N] [--limit N]
+        [--out bench/results/bank-feedback]
 
 The work folder (gateways' data, logs, the indexed corpus: megabytes per run) is removed after
 a run that finishes, and kept, with its path printed, after one that fails.
@@ -65,7 +65,15 @@ from typing import Any
 import httpx
 
 from bench.mixed_traffic import clean_env, free_port, stop, wait_http
-from router_models.bank import DEFAULT_BANK
+from bench.options import (
+    at_least_two,
+    non_negative_int,
+    positive_int,
+    share,
+    token_budgets,
+    token_list,
+)
+from router_models.bank import DEFAULT_BANK, Bank
 from router_models.tasks import TaskItem, default_data_dir
 from router_models.tasks.checkers import check
 from service.commands.eval import BANK_DEFAULT, bank_items
@@ -467,28 +475,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bank", type=Path, default=None,
                         help="outcome bank folder (default: the shipped one)")
-    parser.add_argument("--folds", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=4,
+    parser.add_argument("--folds", type=at_least_two, default=2,
+                        help="folds of the bank's items, each held out once (default 2)")
+    parser.add_argument("--rounds", type=non_negative_int, default=4,
                         help="training requests per training item (seeds 0..rounds-1)")
-    parser.add_argument("--budgets", default="256,512,1024,2048",
+    parser.add_argument("--budgets", type=token_budgets, default=[256, 512, 1024, 2048],
                         help="budgets of the fixed strategies, tokens (a vote needs about "
                              "three complete samples: 2048 for this model's long answers)")
-    parser.add_argument("--targets", default="256,1024",
+    parser.add_argument("--targets", type=token_list, default=[256, 1024],
                         help="other mean budgets (TTC_LEARNED_TARGET_TOKENS) at which `auto` "
                              "also answers out of the box, besides the gateway's default; "
                              "empty for none")
-    parser.add_argument("--exploration", type=float, default=None,
+    parser.add_argument("--exploration", type=share, default=None,
                         help="the learned policy's exploration share (default: the gateway's)")
-    parser.add_argument("--limit", type=int, default=None, help="items per suite (a quick run)")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="items per suite (a quick run)")
     parser.add_argument("--classifier", choices=("fold", "shipped"), default="fold",
                         help="fold (default): per fold, fit the classifier on the shared data "
                              "and the training fold's bank runs (needs ../shared/data); "
                              "shipped: the shipped classifier, which learnt from the whole "
                              "shipped bank, so held-out items are not unseen by it")
-    parser.add_argument("--train-limit", type=int, default=None, metavar="N",
+    parser.add_argument("--train-limit", type=positive_int, default=None, metavar="N",
                         help="with --classifier fold: train on the first N examples of each "
                              "dataset (a quick run)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/bank-feedback"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/bank-feedback"),
+                        help="folder for results.json and report.md "
+                             "(default bench/results/bank-feedback)")
     args = parser.parse_args(argv)
     if args.train_limit is not None and args.classifier != "fold":
         parser.error("--train-limit limits the per-fold classifier's training: it needs "
@@ -499,18 +511,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--classifier fold (the default) trains on the shared benchmark data, "
                      f"not found at {training_data.DEFAULT_DATA_DIR}; pass --classifier "
                      "shipped to score with the shipped classifier instead")
+    # The bank is read, and the folds dealt, before any gateway starts: a folder that is not
+    # a bank, or too few items for the folds, ends here with the reason.
+    try:
+        args.items = bank_items(args.bank or BANK_DEFAULT, [], args.limit)
+        args.folds_of_items = make_folds(args.items, args.folds)
+        args.runs = len(Bank.load(args.bank))
+    except ValueError as exc:  # router_models.bank.BankError is one
+        parser.error(str(exc))
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
-    items = bank_items(args.bank or BANK_DEFAULT, [], args.limit)
-    folds = make_folds(items, args.folds)
-    budgets = [int(b) for b in args.budgets.split(",") if b]
-    targets = [int(t) for t in args.targets.split(",") if t]
-    from router_models.bank import Bank
-    runs = len(Bank.load(args.bank))
+    items, folds, runs = args.items, args.folds_of_items, args.runs
+    budgets, targets = args.budgets, args.targets
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "command": "python -m bench.bank_feedback " + " ".join(sys.argv[1:] if argv is None

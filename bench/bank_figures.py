@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.options import load_bank, token_budgets
 from router_models.bank import Bank, BankRun, BankSample
 from router_models.tasks.checkers import is_correct, parsed
 from router_models.voting import Ballot, tally, winner
@@ -160,12 +161,17 @@ def groups(bank: Bank) -> dict[str, list[BankRun]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bank", type=Path, default=None, help="default: the shipped bank")
-    parser.add_argument("--budgets", default="128,256,512,1024")
+    parser = argparse.ArgumentParser(description=(
+        "Votes against one chain at equal tokens, and DeepConf's confidence-weighted and "
+        "-filtered votes, read straight from an outcome bank (no gateway, no model): markdown "
+        "tables on stdout, accuracy in % with Wilson 95% intervals."))
+    parser.add_argument("--bank", type=Path, default=None,
+                        help="outcome bank folder (default: the shipped one)")
+    parser.add_argument("--budgets", type=token_budgets, default=[128, 256, 512, 1024],
+                        help="comma-separated token budgets (default 128,256,512,1024)")
     args = parser.parse_args(argv)
-    bank = Bank.load(args.bank)
-    budgets = [int(b) for b in args.budgets.split(",")]
+    bank = load_bank(parser, args.bank)
+    budgets = args.budgets
     print(f"outcome bank {bank.path}: {len(bank)} runs; model "
           f"{bank.meta.get('model_file')}; accuracy % [Wilson 95%]\n")
     columns = list(ARMS)

@@ -52,6 +52,7 @@ from bench.bank_figures import (
     spent,
 )
 from bench.bank_stopping import FULL, StopRule, default_rules, stopped_vote
+from bench.options import load_bank, token_budgets
 from router_models.bank import Bank, BankRun
 from router_models.voting import Ballot, tally
 from service.evaluation.analysis import paired_difference
@@ -517,14 +518,20 @@ def render(findings: Findings) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bank", type=Path, default=None, help="default: the shipped bank")
-    parser.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)),
-                        help="token budgets for votes against one chain")
+    parser = argparse.ArgumentParser(description=(
+        "The findings of issue 14 read off a real model's outcome bank, without a gateway or "
+        "model: votes against one chain at equal tokens, the HotpotQA search axis, early "
+        "stopping and DeepConf's votes, as markdown tables on stdout and, with --out, PNG "
+        "plots and bank_findings.md."))
+    parser.add_argument("--bank", type=Path, default=None,
+                        help="outcome bank folder (default: the shipped one)")
+    parser.add_argument("--budgets", type=token_budgets, default=list(DEFAULT_BUDGETS),
+                        help="comma-separated token budgets for votes against one chain "
+                             f"(default {','.join(map(str, DEFAULT_BUDGETS))})")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the PNG plots and bank_findings.md (none without it)")
     args = parser.parse_args(argv)
-    findings = compute(Bank.load(args.bank), [int(b) for b in args.budgets.split(",")])
+    findings = compute(load_bank(parser, args.bank), args.budgets)
     report = render(findings)
     print(report)
     if args.out is not None:

@@ -151,14 +151,13 @@ class Bank:
         """Read a bank folder (default: the shipped ``router_models/data/bank``).
 
         Raises:
-            BankError: the folder does not exist, holds no runs, or a line is not a run
-                (the message names the file and line).
+            BankError: the folder does not exist, holds no runs, its ``bank.json`` is not a
+                JSON object, or a line is not a run (the message names the file and line).
         """
         folder = path or DEFAULT_BANK
         if not folder.is_dir():
             raise BankError(f"no outcome bank at {folder}")
-        meta_file = folder / "bank.json"
-        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        meta = _read_meta(folder / "bank.json")
         bank = cls(_read_runs(sorted(folder.glob("*.jsonl"))), meta, folder)
         if not bank.runs:
             raise BankError(f"the outcome bank at {folder} holds no runs")
@@ -192,6 +191,20 @@ class Bank:
         return list(seen.values())
 
 
+def _read_meta(path: Path) -> dict[str, Any]:
+    """``bank.json``'s object, {} when the file is absent. Raises BankError naming the file
+    when it is not a JSON object."""
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BankError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise BankError(f"{path}: not a JSON object")
+    return meta
+
+
 def _read_runs(shards: Sequence[Path]) -> Iterator[BankRun]:
     for shard in shards:
         with shard.open(encoding="utf-8") as lines:
@@ -201,6 +214,11 @@ def _read_runs(shards: Sequence[Path]) -> Iterator[BankRun]:
                 if not line.endswith("\n"):
                     break  # a line being appended by the recorder right now
                 try:
-                    yield BankRun.from_json(json.loads(line))
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise TypeError(f"a JSON object expected, not {type(row).__name__}")
+                    run = BankRun.from_json(row)
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError,
+                        AttributeError) as exc:  # AttributeError: a field of the wrong shape
                     raise BankError(f"{shard}:{number}: not a bank run: {exc}") from exc
+                yield run

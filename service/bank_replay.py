@@ -34,7 +34,10 @@ How a request is answered (``router_models.bank`` holds the recordings):
 - **Continuations.** When assistant turns after the question (after its last search
   request, if any) are the start of a recorded chain (the gateway's ``sequential`` continuing
   a cut chain, by prefill or by a follow-up turn, or ``search`` forcing an answer after a cut
-  reply), the reply is the rest of that same chain from where the prefix ends.
+  reply), the reply is the rest of that same chain from where the prefix ends. When several
+  recorded chains start with the prefix, the one the request's seed serves is continued (the
+  gateway resends the client's seed), else the greedy chain at temperature 0, else the first
+  recorded sample.
 - **Search.** Retrieved results in the context (``Results of the search ...`` blocks, as the
   search strategy writes them) select the run recorded with that many searches (the largest
   recorded count not above it: 0, 1 or 3 for HotpotQA). When a request offers search (the
@@ -47,12 +50,13 @@ How a request is answered (``router_models.bank`` holds the recordings):
   comes from the run recorded with the bank's retrieval; the gateway's own search results
   are not read.
 
-Endpoints: ``GET /v1/models``, ``GET /health``, ``POST /v1/chat/completions`` and
-``POST /v1/completions``, JSON or SSE (one chunk per token piece, then the finish chunks, then
-a usage chunk when ``stream_options.include_usage``), and ``POST /tokenize`` (llama.cpp's
-shape, ``content`` or ``prompt``): the bank keeps pieces, not token ids, so it returns the
-pieces (``tokens``), exactly (``exact: true``) for the start of a recorded completion cut at
-a piece boundary, else by greedy longest match over the bank's pieces (``exact: false``).
+Endpoints: ``GET /v1/models``, ``GET /v1/models/bank-replay``, ``GET /health``,
+``POST /v1/chat/completions`` and ``POST /v1/completions``, JSON or SSE (one chunk per token
+piece, then the finish chunks, then a usage chunk when ``stream_options.include_usage``),
+and ``POST /tokenize`` (llama.cpp's shape, ``content`` or ``prompt``): the bank keeps pieces,
+not token ids, so it returns the pieces (``tokens``), exactly (``exact: true``) for the start
+of a recorded completion cut at a piece boundary, else by greedy longest match over the
+bank's pieces (``exact: false``).
 """
 
 from __future__ import annotations
@@ -179,10 +183,20 @@ def create_replay_app(config: ReplayConfig) -> Starlette:
         pieces, exact = counter.pieces(text)
         return JSONResponse({"tokens": pieces, "exact": exact})
 
+    model_card = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": FINGERPRINT,
+                  "recorded_model": config.bank.meta.get("model_file")}
+
     async def models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [
-            {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": FINGERPRINT,
-             "recorded_model": config.bank.meta.get("model_file")}]})
+        return JSONResponse({"object": "list", "data": [model_card]})
+
+    async def model(request: Request) -> Response:
+        name = request.path_params["model"]
+        if name != MODEL_ID:
+            return JSONResponse({"error": {
+                "message": f"The model '{name}' does not exist; this replay serves {MODEL_ID}",
+                "type": "invalid_request_error", "param": "model", "code": "model_not_found"}},
+                status_code=404)
+        return JSONResponse(model_card)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "replay": True, "runs": len(config.bank),
@@ -211,7 +225,8 @@ def create_replay_app(config: ReplayConfig) -> Starlette:
         return await complete(request, "completions")
 
     return Starlette(routes=[
-        Route("/v1/models", models), Route("/health", health),
+        Route("/v1/models", models), Route("/v1/models/{model:path}", model),
+        Route("/health", health),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/tokenize", tokenize, methods=["POST"]),
@@ -237,7 +252,8 @@ def answer(bank: Bank, request: SimRequest, body: dict[str, Any]) -> Reply:
     found = _find_question(bank, messages)
     if found is None:
         raise SimError("no recorded question in this prompt: the outcome bank replays only "
-                       "the questions it holds (ttc-router sim --bank PATH)", "messages", 404)
+                       "the questions it holds (ttc-router sim --bank PATH)",
+                       "messages" if request.endpoint == "chat" else "prompt", 404)
     runs, position = found
     searched = sum(len(_SEARCH_RESULT.findall(text)) for _, text in messages)
     run = runs[max((s for s in runs if s <= searched), default=min(runs))]
@@ -353,7 +369,14 @@ def _served(name: str, sample: BankSample, start: int, request: SimRequest,
 
 
 def _candidates(run: BankRun, request: SimRequest) -> list[tuple[str, BankSample]]:
+    """The recorded chains a continuation may continue, in the order tried: the greedy chain
+    first at temperature 0; else the samples from the one the request's seed serves (the
+    order ``_fresh`` serves them in), so a chain cut and continued with one seed continues the
+    same sample even when other samples start alike, then the greedy chain."""
     named = [(f"sample:{i}", s) for i, s in enumerate(run.samples)]
+    if request.seed is not None and named:
+        start = request.seed % len(named)
+        named = named[start:] + named[:start]
     greedy = ("greedy", run.greedy)
     return [greedy, *named] if request.temperature == 0 else [*named, greedy]
 

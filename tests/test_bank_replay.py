@@ -115,6 +115,39 @@ async def test_a_continuation_replays_the_rest_of_the_same_sample() -> None:
     assert reply["usage"]["prompt_tokens"] > CHAIN.prompt_tokens + 6
 
 
+async def test_a_continuation_with_the_seed_of_the_cut_continues_that_sample() -> None:
+    # Samples 0 and 1 of the fixture chain start alike ("5 + 3 ="): cut at 4 pieces, the
+    # seed's sample (1) is the one continued, not the first recorded sample with that start.
+    assert CHAIN.samples[0].tokens[:4] == CHAIN.samples[1].tokens[:4]
+    assert CHAIN.samples[0].tokens[4] != CHAIN.samples[1].tokens[4]
+    cut = (await replay(ask(seed=1, temperature=0.7, max_tokens=4))).json()
+    assert cut["replay"]["samples"] == ["sample:1"]
+    body = ask(seed=1, temperature=0.7, max_tokens=200)
+    body["messages"].append({"role": "assistant",
+                             "content": cut["choices"][0]["message"]["content"]})
+    rest = (await replay(body)).json()
+    assert rest["replay"]["samples"] == ["sample:1"]
+    assert (cut["choices"][0]["message"]["content"] + rest["choices"][0]["message"]["content"]
+            == CHAIN.samples[1].text)
+
+
+async def test_an_unknown_prompt_on_the_completions_endpoint_names_the_prompt() -> None:
+    reply = await replay({"model": "bank-replay", "prompt": "What is love?"}, "/v1/completions")
+    assert reply.status_code == 404
+    assert reply.json()["error"]["param"] == "prompt"
+    assert reply.json()["error"]["code"] == "bank_item_not_found"
+
+
+async def test_the_model_is_served_by_id_as_openai_serves_it() -> None:
+    transport = httpx.ASGITransport(app=create_replay_app(ReplayConfig(bank=BANK)))
+    async with httpx.AsyncClient(transport=transport, base_url="http://replay.test") as client:
+        model = await client.get("/v1/models/bank-replay")
+        other = await client.get("/v1/models/gpt-4o")
+    assert model.status_code == 200 and model.json()["id"] == "bank-replay"
+    assert model.json()["object"] == "model"
+    assert other.status_code == 404 and other.json()["error"]["code"] == "model_not_found"
+
+
 async def test_stop_strings_end_the_choice_as_a_server_ends_it() -> None:
     reply = (await replay(ask(temperature=0, stop=" gives 5"))).json()
     choice = reply["choices"][0]

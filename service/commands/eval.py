@@ -80,6 +80,13 @@ def run(args: argparse.Namespace) -> int:
     from service.evaluation import report, runner
 
     try:
+        # 0 and negatives mean nothing here (--limit 0 used to run every item of the suites).
+        for name, value in (("limit", args.limit), ("concurrency", args.concurrency)):
+            if value is not None and value < 1:
+                raise ValueError(f"--{name}: a positive integer expected, not {value}")
+        if not args.timeout_s > 0:
+            raise ValueError(f"--timeout-s: a positive number of seconds expected, not "
+                             f"{args.timeout_s}")
         budgets = _ints(args.budgets, "budgets")
         strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
         unknown = [s for s in strategies if s not in STRATEGIES]

@@ -150,7 +150,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
             return render(InvalidRequest("the request body is not valid JSON: it is empty"))
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return render(UnprocessableRequest(f"{where}: {first.get('msg', 'invalid')}",
+        message = str(first.get("msg", "invalid"))
+        if first.get("type") == "value_error":  # our own validator's words, without pydantic's
+            message = message.removeprefix("Value error, ")
+        return render(UnprocessableRequest(f"{where}: {message}" if where else message,
                                             param=where or None))
 
     @app.exception_handler(HTTPException)

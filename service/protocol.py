@@ -225,14 +225,24 @@ def _parse_controls(router: Any, headers: dict[str, str]) -> RouterControls:
 
 
 def _token_control(router: dict[str, Any], headers: dict[str, str], name: str) -> int | None:
-    """A positive token count from ``router.<name>`` or the ``x-ttc-<name>`` header."""
-    value = router.get(name, headers.get("x-ttc-" + name.replace("_", "-")))
-    if value is None:
-        return None
-    try:
-        value = int(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"{name} must be an integer", param=f"router.{name}") from exc
+    """A positive token count from ``router.<name>`` (a JSON integer) or the
+    ``x-ttc-<name>`` header (its digits)."""
+    if name in router:
+        value = router[name]
+        if value is None:
+            return None
+        # int() would read true as 1, 1.5 as 1 and "100" as 100: a client's mistake, refused.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequest(f"{name} must be an integer", param=f"router.{name}")
+    else:
+        header = headers.get("x-ttc-" + name.replace("_", "-"))
+        if header is None:
+            return None
+        try:
+            value = int(header)
+        except ValueError as exc:
+            raise InvalidRequest(f"{name} must be an integer",
+                                 param=f"router.{name}") from exc
     if value < 1:
         raise InvalidRequest(f"{name} must be at least 1", param=f"router.{name}")
     return value

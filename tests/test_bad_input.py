@@ -50,6 +50,19 @@ BAD_INPUTS = [
     ("negative budget",
      b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
      b' "router": {"budget_tokens": -5}}', 400, "router.budget_tokens"),
+    # a budget of true read as 1, of 1.5 as 1 and of "100" as 100 until these were refused
+    ("budget a boolean",
+     b'{"model": "auto", "messages": [{"role": "user", "content": "x"}],'
+     b' "router": {"budget_tokens": true}}', 400, "router.budget_tokens"),
+    ("budget a fraction",
+     b'{"model": "auto", "messages": [{"role": "user", "content": "x"}],'
+     b' "router": {"budget_tokens": 1.5}}', 400, "router.budget_tokens"),
+    ("budget a string in the body",
+     b'{"model": "auto", "messages": [{"role": "user", "content": "x"}],'
+     b' "router": {"budget_tokens": "100"}}', 400, "router.budget_tokens"),
+    ("total budget a boolean",
+     b'{"model": "auto", "messages": [{"role": "user", "content": "x"}],'
+     b' "router": {"budget_total_tokens": true}}', 400, "router.budget_total_tokens"),
     ("unknown policy",
      b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
      b' "router": {"policy": "nope"}}', 400, "router.policy"),

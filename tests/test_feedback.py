@@ -94,6 +94,14 @@ async def test_a_malformed_feedback_is_a_422(body):
     assert reply.json()["error"]["type"] == "invalid_request_error"
 
 
+async def test_a_feedback_with_no_outcome_says_what_to_give():
+    async with gateway_client(FakeBackend().transport()) as client:
+        reply = await client.post("/v1/feedback", json={"id": "dec_x"})
+    assert reply.status_code == 422
+    assert reply.json()["error"]["message"] == \
+        "give exactly one of correct (a boolean) or score (0.0 to 1.0)"
+
+
 async def test_a_whole_number_score_is_a_score():
     async with gateway_client(FakeBackend().transport()) as client:
         decision_id = (await ask(client)).headers["x-ttc-decision-id"]

@@ -66,6 +66,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from bench.options import positive_int
 from router_models.tasks import SuiteUnavailable, TaskItem, default_data_dir, load_suite
 from router_models.tasks.checkers import is_correct, parsed
 
@@ -458,8 +459,22 @@ def write_meta(bank: Path, meta: dict[str, Any]) -> None:
     path.write_text(json.dumps(old, indent=1, ensure_ascii=False) + "\n")
 
 
+def _sampling_temperature(text: str) -> float:
+    """A temperature in (0, 2]: 0 would record the greedy chain again as every sample."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number expected, not {text!r}") from None
+    if not 0 < value <= 2:
+        raise argparse.ArgumentTypeError(f"above 0 and at most 2 expected, not {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(
+        "Record the outcome bank: a real model's answers to the project's task suites, kept so "
+        "that any strategy and budget can later be replayed without the model (ttc-router sim "
+        "--bank). Resumable: runs already in the bank are skipped."))
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--url", help="an OpenAI-compatible base URL ending in /v1")
     where.add_argument("--server-binary", type=Path,
@@ -468,19 +483,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path,
                         help="the GGUF file (default: the embedded Qwen2.5-Coder-0.5B, "
                              "assembled under the data directory)")
-    parser.add_argument("--bank", type=Path, default=DEFAULT_BANK)
+    parser.add_argument("--bank", type=Path, default=DEFAULT_BANK,
+                        help="bank folder, created or resumed (default: the shipped "
+                             "router_models/data/bank)")
     parser.add_argument("--data", type=Path, default=None, help="benchmark data folder")
-    parser.add_argument("--suites", default=",".join(SUITES))
-    parser.add_argument("--items", type=int, default=150, help="items per suite")
-    parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--max-tokens", type=int, default=512)
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
-    parser.add_argument("--ctx", type=int, default=32768, help="llama-server -c (all slots)")
+    parser.add_argument("--suites", default=",".join(SUITES),
+                        help=f"comma-separated suites (default {','.join(SUITES)})")
+    parser.add_argument("--items", type=positive_int, default=150,
+                        help="items per suite (default 150)")
+    parser.add_argument("--samples", type=positive_int, default=8,
+                        help="sampled chains per run (default 8)")
+    parser.add_argument("--temperature", type=_sampling_temperature, default=0.7,
+                        help="the samples' temperature, above 0 and at most 2 (default 0.7)")
+    parser.add_argument("--max-tokens", type=positive_int, default=512,
+                        help="tokens per chain (default 512)")
+    parser.add_argument("--concurrency", type=positive_int, default=8,
+                        help="requests in flight (default 8)")
+    parser.add_argument("--ctx", type=positive_int, default=32768,
+                        help="llama-server -c (all slots)")
     # One thread: on a shared machine two spinning llama.cpp threads that wait for each other
     # at every barrier ran at 0.8 tokens/s (8 requests at a time), one thread at 4.5-5.6.
-    parser.add_argument("--threads", type=int, default=1, help="llama-server -t (default 1)")
-    parser.add_argument("--log", type=Path, default=Path("/tmp/outcome-bank-server.log"))
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="llama-server -t (default 1)")
+    parser.add_argument("--log", type=Path, default=Path("/tmp/outcome-bank-server.log"),
+                        help="llama-server's log (default /tmp/outcome-bank-server.log)")
     return parser.parse_args(argv)
 
 

@@ -175,3 +175,18 @@ def test_sim_bank_refuses_the_simulators_options(option: list[str],
     assert main(["sim", "--bank", str(FIXTURE), *option]) == 2
     err = capsys.readouterr().err
     assert option[0] in err and "--bank" in err
+
+
+@pytest.mark.parametrize("argv", [["--items", "0"], ["--samples", "0"], ["--max-tokens", "-5"],
+                                  ["--concurrency", "0"], ["--threads", "0"], ["--ctx", "x"],
+                                  ["--temperature", "0"], ["--temperature", "2.5"]])
+def test_the_recorder_refuses_bad_values_before_it_reads_the_bank(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # Only the arguments are parsed: nothing is recorded, no server starts. --items 0 used to
+    # reach load_suite(limit=0), which reads a data suite whole.
+    from bench.outcome_bank import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    assert argv[0] in capsys.readouterr().err

@@ -211,14 +211,16 @@ def _read_runs(shards: Sequence[Path]) -> Iterator[BankRun]:
             for number, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
-                if not line.endswith("\n"):
-                    break  # a line being appended by the recorder right now
                 try:
                     row = json.loads(line)
                     if not isinstance(row, dict):
                         raise TypeError(f"a JSON object expected, not {type(row).__name__}")
                     run = BankRun.from_json(row)
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError,
+                except json.JSONDecodeError as exc:
+                    if not line.endswith("\n"):
+                        break  # the last line, being appended by the recorder right now
+                    raise BankError(f"{shard}:{number}: not a bank run: {exc}") from exc
+                except (KeyError, TypeError, ValueError,
                         AttributeError) as exc:  # AttributeError: a field of the wrong shape
                     raise BankError(f"{shard}:{number}: not a bank run: {exc}") from exc
                 yield run

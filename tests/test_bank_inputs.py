@@ -190,3 +190,17 @@ def test_the_recorder_refuses_bad_values_before_it_reads_the_bank(
         parse_args(argv)
     assert exit_info.value.code == 2
     assert argv[0] in capsys.readouterr().err
+
+
+def test_a_whole_last_line_without_a_newline_is_read_and_a_partial_one_skipped(
+        tmp_path: Path) -> None:
+    # A shard saved by an editor may lack the final newline: its last run used to be dropped
+    # silently, as if the recorder were still appending it. Only a line that does not parse
+    # yet (the recorder mid-write) is skipped now.
+    folder = _copy(tmp_path)
+    shard = folder / "fixture-001.jsonl"
+    whole = len(Bank.load(folder))
+    shard.write_text(shard.read_text().rstrip("\n"))
+    assert len(Bank.load(folder)) == whole
+    shard.write_text(shard.read_text() + '\n{"key": "arith')
+    assert len(Bank.load(folder)) == whole

@@ -12,9 +12,11 @@ confidence-filtered vote (only the most confident half of the samples vote) and 
 offline DeepConf-low / DeepConf-high (the top 10% / 90% most confident samples, weighted).
 ``bench/bank_findings.py`` adds paired tests, the search axis, early stopping and plots.
 
-A cut chain's answer is read leniently, as the gateway's votes and the evaluation's checkers
-read it (``router_models.tasks.checkers.parsed``: the stated answer, else the last number);
-no forced final answer is added (the gateway's sequential strategy adds one). Intervals are
+A cut chain's answer is read leniently, as the evaluation's checkers read it
+(``router_models.tasks.checkers.parsed``: the stated answer, else the last number), which
+stands in for the final answer the gateway's sequential strategy forces. A vote's sample cut
+before it stated an answer casts no vote, as in the gateway's votes
+(``service.strategies.parallel_vote``: its last line is mid-reasoning). Intervals are
 Wilson 95% (``service.evaluation.analysis.wilson``).
 
 Usage: ``python -m bench.bank_figures [--bank PATH] [--budgets 128,256,512,1024]``.
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.options import load_bank, token_budgets
+from router_models.answers import extract_answer
 from router_models.bank import Bank, BankRun, BankSample
 from router_models.tasks.checkers import is_correct, parsed
 from router_models.voting import Ballot, tally, winner
@@ -56,6 +59,16 @@ def cut_answer(run: BankRun, sample: BankSample, tokens: int) -> str | None:
     return parsed(run.item, "".join(sample.tokens[:tokens]))
 
 
+def ballot_answer(run: BankRun, sample: BankSample, tokens: int) -> str | None:
+    """``sample``'s vote when cut at ``tokens``: its answer, or None when it was cut (by
+    ``tokens`` or by the recording's cap) before it stated one (``extract_answer`` strict)."""
+    text = "".join(sample.tokens[:tokens])
+    cut = len(sample.tokens) > tokens or sample.finish_reason == "length"
+    if cut and extract_answer(text, strict=True) is None:
+        return None
+    return parsed(run.item, text)
+
+
 def right(run: BankRun, answer: str | None) -> bool:
     """Whether ``answer`` (canonical form) is the item's gold answer."""
     return answer is not None and is_correct(run.item, answer)
@@ -64,7 +77,7 @@ def right(run: BankRun, answer: str | None) -> bool:
 def vote(run: BankRun, samples: Sequence[BankSample], tokens: int,
          weights: Sequence[float] | None = None) -> bool:
     """Whether the (weighted) majority of ``samples`` cut at ``tokens`` is right."""
-    ballots = [Ballot(cut_answer(run, s, tokens), 1.0 if weights is None else w)
+    ballots = [Ballot(ballot_answer(run, s, tokens), 1.0 if weights is None else w)
                for s, w in zip(samples, weights or [1.0] * len(samples), strict=True)]
     return right(run, winner(tally(ballots)))
 

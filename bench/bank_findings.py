@@ -45,6 +45,7 @@ from bench.bank_figures import (
     ARMS,
     CONFIDENCE_VOTES,
     Cell,
+    ballot_answer,
     confidence_outcomes,
     cut_answer,
     outcome,
@@ -289,7 +290,7 @@ def agreement(runs: Sequence[BankRun]) -> tuple[int, float, float]:
     for run in runs:
         if not run.samples:
             continue
-        answers = [cut_answer(run, s, FULL) for s in run.samples]
+        answers = [ballot_answer(run, s, FULL) for s in run.samples]
         counts = tally(Ballot(a) for a in answers)
         top = max(counts.values(), default=0.0)
         shares.append(top / len(answers))

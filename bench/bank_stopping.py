@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.bank_figures import cut_answer, right
+from bench.bank_figures import ballot_answer, right
 from router_models.bank import BankRun
 from router_models.voting import Ballot, is_settled, tally, winner
 from service.settings import Settings
@@ -124,7 +124,7 @@ class StoppedVote:
 def stopped_vote(run: BankRun, rule: StopRule) -> StoppedVote:
     """Replay ``rule`` on ``run``'s samples (uncut, recorded order). Raises ValueError when the
     run holds no samples."""
-    answers = [cut_answer(run, s, FULL) for s in run.samples]
+    answers = [ballot_answer(run, s, FULL) for s in run.samples]  # as the gateway's votes
     used = rule.used(answers)
 
     def majority(chosen: Sequence[str | None]) -> bool:

@@ -67,6 +67,26 @@ async def test_a_vote_of_three_draws_a_majority_first():
     assert router["winner"] == "1"
 
 
+async def test_a_sample_cut_before_its_answer_casts_no_vote():
+    # Three samples cut by their cap mid-reasoning end on the same number; read leniently, they
+    # would settle the vote on it at once. A cut sample votes only with an answer it stated
+    # ("The answer is", \boxed{}), so the complete samples decide (issue 13: on the outcome
+    # bank, graph-connectivity votes of 3 rose from 10% to 28% right).
+    rambling = "Let me think about 6 times 7 step by step. " + "We have 5 " * 40
+    llm = ScriptedLLM(answers(rambling, rambling, rambling, "The answer is 42.",
+                              "The answer is 42."), honours_n=False)
+    reply = await post(llm, vote(budget=5 * 64), vote_width=5, supports_n=False)
+    router = reply.json()["router"]
+    assert router["cut_samples"] == 3 and router["samples"] == 5
+    assert router["votes"] == {"42": 2} and router["winner"] == "42"
+    assert reply.json()["choices"][0]["message"]["content"] == "The answer is 42."
+    # A cut sample that stated its answer before the cap still votes.
+    stated = "The answer is 42. Let me check: " + "six sevens are 42 " * 40
+    llm = ScriptedLLM(answers(stated), honours_n=False)
+    reply = await post(llm, vote(budget=3 * 64), vote_width=3, supports_n=False)
+    assert reply.json()["router"]["votes"] == {"42": 2}
+
+
 async def test_a_split_vote_does_not_stop_early():
     llm = ScriptedLLM(answers("The answer is 1.", "The answer is 2."))
     reply = await post(llm, vote(budget=8 * 64), vote_width=8)

@@ -100,8 +100,12 @@ async def run_vote(call: Call) -> Sample:
         drawn += wave
         samples += new
         failures += failed
-        ballots += [Ballot(extract_answer(s.text, options=options), s.confidence or 1.0)
-                    for s in new]
+        # A sample cut by its cap votes only with an answer it stated: its last line is
+        # mid-reasoning, and cut samples agreeing on one settled votes on noise (outcome bank,
+        # graph connectivity: votes of 3 right 10% of the time read leniently, 28% strictly).
+        ballots += [Ballot(extract_answer(s.text, options=options,
+                                          strict=s.finish_reason == "length"),
+                           s.confidence or 1.0) for s in new]
         if call.ledger.overrun:
             break
         if drawn < plan.width and is_settled(tally(ballots), remaining=plan.width - drawn,

@@ -217,3 +217,23 @@ def test_plot_error_bars_are_never_negative() -> None:
         for correct in range(n + 1):
             _, below, above = _point(Cell(correct, n))
             assert below >= 0 and above >= 0
+
+
+def test_cut_votes_compares_the_two_readings_of_a_cut_sample(bank: Bank,
+                                                             capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
+    from bench.cut_votes import main as cut_votes_main
+    from bench.cut_votes import voted_right
+
+    chain = next(r for r in bank.runs if r.item.family == "arithmetic_chain")
+    wrong, cut = chain.samples[1], chain.samples[3]  # "18" stated; cut after "16 ..." unstated
+    assert cut.finish_reason == "length"
+    # Two cut samples ending on the right number outvote one stated wrong answer only when
+    # cut samples are read leniently.
+    run = dataclasses.replace(chain, samples=(wrong, cut, cut))
+    assert voted_right(run, 3, "lenient") and not voted_right(run, 3, "stated")
+    with pytest.raises(ValueError, match="unknown reading"):
+        voted_right(run, 3, "generous")
+    assert cut_votes_main(["--bank", str(FIXTURE)]) == 0
+    printed = capsys.readouterr().out
+    assert "| all | 3 |" in printed and "vote 3 stated" in printed

@@ -268,8 +268,9 @@ async def test_parallel_vote_through_the_gateway_votes_on_recorded_samples() -> 
     assert reply.status_code == 200, reply.text
     router = reply.json()["router"]
     # Samples 0 and 2 say 16, sample 1 says 18, and the cut sample 3 ends on "= 16, so the
-    # result is", which the gateway's lenient extraction reads as 16.
-    assert router["winner"] == "16" and router["votes"] == {"16": 3, "18": 1}
+    # result is" without stating an answer: cut by its cap, it casts no vote.
+    assert router["winner"] == "16" and router["votes"] == {"16": 2, "18": 1}
+    assert router["cut_samples"] == 1
     served = sum(r.json()["usage"]["completion_tokens"] for _, r in transport.calls)
     assert reply.json()["usage"]["completion_tokens"] == served
     assert served == sum(len(s.tokens) for s in CHAIN.samples)

@@ -196,8 +196,9 @@ async def stream_when_done(call: Call, work: Coroutine[Any, Any, Sample],
 
 
 def answer_chunks(call: Call, chosen: Sample) -> list[dict[str, Any]]:
-    """A finished answer as stream chunks: the content (or text) in one delta, the finish
-    reason, then the usage chunk when the client asked for it."""
+    """A finished answer as stream chunks: the content (or text) in one delta, with the
+    chosen sample's ``logprobs`` when it has them, the finish reason, then the usage chunk
+    when the client asked for it; every chunk carries the backend's ``system_fingerprint``."""
     reply = chosen.reply
     call.response_id = reply.get("id") if isinstance(reply.get("id"), str) else None
     call.answer_text = chosen.text
@@ -205,13 +206,23 @@ def answer_chunks(call: Call, chosen: Sample) -> list[dict[str, Any]]:
     base = {"id": reply.get("id"), "object": "chat.completion.chunk" if chat
             else "text_completion", "created": reply.get("created", int(time.time())),
             "model": reply.get("model", call.upstream_model)}
+    if reply.get("system_fingerprint") is not None:
+        base["system_fingerprint"] = reply["system_fingerprint"]
     if chat:
         message = chosen.choice.get("message") or {}
         delta = {k: v for k, v in message.items() if v is not None}
         delta.setdefault("role", "assistant")
+        if isinstance(delta.get("tool_calls"), list):
+            # a stream's tool calls carry their position (OpenAI's ChoiceDeltaToolCall.index)
+            delta["tool_calls"] = [{**tool, "index": i} if isinstance(tool, dict) else tool
+                                   for i, tool in enumerate(delta["tool_calls"])]
         content = {"index": 0, "delta": delta, "finish_reason": None}
     else:
         content = {"index": 0, "text": chosen.text, "finish_reason": None}
+    if chosen.choice.get("logprobs") is not None:
+        # the one delta holds the whole answer, so it holds the whole answer's logprobs,
+        # as the JSON reply of the same request does
+        content["logprobs"] = chosen.choice["logprobs"]
     finish = {"index": 0, "delta": {}, "finish_reason": chosen.finish_reason} if chat else {
         "index": 0, "text": "", "finish_reason": chosen.finish_reason}
     chunks = [{**base, "choices": [content]}, {**base, "choices": [finish]}]

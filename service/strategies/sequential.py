@@ -229,8 +229,10 @@ def _take(call: Call, piece: _Piece, payload: Any) -> bytes | None:
         raise UpstreamError("the backend sent a stream chunk that is not an object",
                             code="upstream_malformed")
     if not piece.template:
-        piece.template.update({k: payload[k] for k in ("id", "object", "created", "model")
-                               if k in payload})
+        # system_fingerprint too: the chunks the gateway writes itself (the forced answer's
+        # separator, the finish and usage chunks) must read like the backend's own.
+        piece.template.update({k: payload[k] for k in ("id", "object", "created", "model",
+                                                       "system_fingerprint") if k in payload})
         if isinstance(piece.template.get("id"), str) and call.response_id is None:
             call.response_id = piece.template["id"]
     if isinstance(payload.get("usage"), dict):

@@ -1,0 +1,63 @@
+"""The official ``openai`` client against the gateway in process, in front of the simulated
+reasoner (SIMULATION, ``service.sim``) in process: what a client developer reads off JSON
+replies and streams, for every strategy, is the same in both."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from router_models.simulation import World
+from router_models.tasks.registry import TaskRegistry
+from service.app import create_app
+from service.sim import FINGERPRINT, SimConfig, create_sim_app
+from tests.conftest import make_settings
+
+STRATEGIES = ("direct", "parallel_vote", "sequential", "search")
+QUESTION = [{"role": "user", "content": "[[sim family=independent_mc difficulty=0.1 answer=B]] "
+                                        "Which option is right? A, B, C or D."}]
+
+
+@pytest.fixture
+async def client() -> Any:
+    sim = create_sim_app(SimConfig(World.load(), TaskRegistry([]), latency_per_token_s=0,
+                                   ttft_s=0))
+    app = create_app(make_settings(models=None), transport=httpx.ASGITransport(app=sim))
+    async with app.router.lifespan_context(app):
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
+        sdk = openai.AsyncOpenAI(base_url="http://gateway.test/v1", api_key="unused",
+                                 http_client=http, max_retries=0)
+        yield sdk
+        await sdk.close()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_every_chunk_of_a_stream_carries_the_backends_system_fingerprint(client, strategy):
+    router = {"router": {"strategy": strategy, "budget_tokens": 2048}}
+    reply = await client.chat.completions.create(model="auto", messages=QUESTION,
+                                                 max_tokens=400, extra_body=router)
+    assert reply.system_fingerprint == FINGERPRINT
+    stream = await client.chat.completions.create(
+        model="auto", messages=QUESTION, max_tokens=400, extra_body=router, stream=True,
+        stream_options={"include_usage": True})
+    chunks = [chunk async for chunk in stream]
+    assert chunks and {chunk.system_fingerprint for chunk in chunks} == {FINGERPRINT}
+
+
+@pytest.mark.parametrize("strategy", ["parallel_vote", "search"])
+async def test_a_streamed_vote_or_search_keeps_the_logprobs_its_json_reply_has(client, strategy):
+    router = {"router": {"strategy": strategy, "budget_tokens": 2048}}
+    reply = await client.chat.completions.create(model="auto", messages=QUESTION,
+                                                 max_tokens=400, logprobs=True,
+                                                 extra_body=router)
+    assert reply.choices[0].logprobs is not None and reply.choices[0].logprobs.content
+    stream = await client.chat.completions.create(
+        model="auto", messages=QUESTION, max_tokens=400, logprobs=True, extra_body=router,
+        stream=True)
+    streamed = [choice.logprobs.content for chunk in [c async for c in stream]
+                for choice in chunk.choices if choice.logprobs is not None
+                and choice.logprobs.content]
+    assert streamed, "the streamed answer dropped the chosen sample's logprobs"

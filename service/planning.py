@@ -39,7 +39,8 @@ def choose_plan(routed: RoutedRequest, settings: Settings, backend: Backend,
     """The plan for ``routed``.
 
     Raises:
-        InvalidRequest: ``n`` > 1 with a strategy other than ``direct``.
+        InvalidRequest: ``n`` > 1, or a completions ``prompt`` given as a list
+            (``prompt_list``), with a strategy other than ``direct``.
     """
     controls = routed.controls
     strategy = controls.strategy
@@ -53,6 +54,11 @@ def choose_plan(routed: RoutedRequest, settings: Settings, backend: Backend,
             f"{strategy} asked, but the answer may be tool calls: answered directly"))
     if strategy != "direct" and routed.n > 1:
         raise InvalidRequest(f"n > 1 needs strategy direct, not {strategy}", param="n")
+    if strategy != "direct" and prompt_list(routed):
+        raise InvalidRequest(
+            f"a prompt given as a list (several prompts, or token ids) needs strategy direct, "
+            f"not {strategy}: the other strategies read one prompt's text and return one "
+            f"answer", param="prompt")
     if strategy == "direct":
         return Plan("direct", budget_tokens=controls.budget_tokens, reason=reason)
 
@@ -81,3 +87,10 @@ def may_call_tools(routed: RoutedRequest) -> bool:
     """True when the answer may be tool calls (``tools`` given, ``tool_choice`` not none)."""
     tools = routed.body.get("tools") or routed.body.get("functions")
     return bool(tools) and routed.body.get("tool_choice") != "none"
+
+
+def prompt_list(routed: RoutedRequest) -> bool:
+    """True when a completions request's ``prompt`` is not one string: a batch of prompts
+    (OpenAI answers each, ``n`` choices apiece) or token ids. Only ``direct`` passes those
+    through whole; a vote or a chain would read one text and return one choice."""
+    return routed.endpoint != "chat" and not isinstance(routed.body.get("prompt"), str)

@@ -53,7 +53,7 @@ from service import metrics, tracing
 from service.backends import AUTO_MODEL
 from service.coverage import coverage_shares
 from service.errors import InvalidRequest
-from service.planning import choose_plan, may_call_tools
+from service.planning import choose_plan, may_call_tools, prompt_list
 from service.protocol import RoutedRequest
 from service.search.base import SearchError
 from service.search.local import LocalIndex, index_path
@@ -129,11 +129,12 @@ class Router:
         ``policy`` (an A/B arm's) takes the place of the request's and the configured ones.
 
         Raises:
-            InvalidRequest: an unknown policy, no user turn to score, or ``n`` > 1 with a
-                strategy other than ``direct`` (400).
+            InvalidRequest: an unknown policy, no user turn to score, or ``n`` > 1 or a
+                completions prompt list with a strategy other than ``direct`` (400).
         """
         policy_name = policy or self._policy_name(routed, upstream_model)
-        if policy_name is None or may_call_tools(routed) or routed.n > 1:
+        if (policy_name is None or may_call_tools(routed) or routed.n > 1
+                or prompt_list(routed)):
             plan = choose_plan(routed, self.settings, backend, upstream_model)
             if plan.strategy != "parallel_vote":
                 return plan, None

@@ -15,6 +15,7 @@ from router_models.tasks.registry import TaskRegistry
 from service.app import create_app
 from service.sim import FINGERPRINT, SimConfig, create_sim_app
 from tests.conftest import make_settings
+from tests.fakes import FakeBackend
 
 STRATEGIES = ("direct", "parallel_vote", "sequential", "search")
 QUESTION = [{"role": "user", "content": "[[sim family=independent_mc difficulty=0.1 answer=B]] "
@@ -61,3 +62,39 @@ async def test_a_streamed_vote_or_search_keeps_the_logprobs_its_json_reply_has(c
                 for choice in chunk.choices if choice.logprobs is not None
                 and choice.logprobs.content]
     assert streamed, "the streamed answer dropped the chosen sample's logprobs"
+
+
+@pytest.fixture
+async def fake_client() -> Any:
+    backend = FakeBackend(models=("fake-model",))
+    app = create_app(make_settings(), transport=backend.transport())
+    async with app.router.lifespan_context(app):
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
+        sdk = openai.AsyncOpenAI(base_url="http://gateway.test/v1", api_key="unused",
+                                 http_client=http, max_retries=0)
+        yield sdk, backend
+        await sdk.close()
+
+
+BATCHES = [["Q: 1+1?", "Q: 2+2?"], [[16, 10, 16], [17, 10, 17]], [1, 2, 3]]
+
+
+@pytest.mark.parametrize("strategy", ["parallel_vote", "sequential", "search"])
+@pytest.mark.parametrize("prompt", BATCHES)
+async def test_a_prompt_list_with_a_strategy_that_reads_one_answer_is_a_clear_400(
+        fake_client, strategy, prompt):
+    client, backend = fake_client
+    with pytest.raises(openai.BadRequestError) as error:
+        await client.completions.create(model="auto", prompt=prompt, max_tokens=256,
+                                        extra_body={"router": {"strategy": strategy}})
+    assert error.value.body["param"] == "prompt"
+    assert "direct" in error.value.body["message"]
+    assert backend.requests == []
+
+
+@pytest.mark.parametrize("prompt", BATCHES)
+async def test_auto_sends_a_prompt_list_through_unchanged(fake_client, prompt):
+    client, backend = fake_client
+    reply = await client.completions.create(model="auto", prompt=prompt, max_tokens=256)
+    assert reply.model_extra["router"]["strategy"] == "direct"
+    assert [body["prompt"] for body in backend.requests] == [prompt]

@@ -82,6 +82,10 @@ class Backend:
 USAGE_SOURCES = ("backend", "tokenizer", "grant", "text_bytes")
 
 
+# The breakdowns OpenAI's ``usage`` carries (CompletionUsage in its OpenAPI document).
+DETAIL_FIELDS = ("completion_tokens_details", "prompt_tokens_details")
+
+
 @dataclass
 class Accounting:
     """What one client request cost upstream, filled in by every call made on its behalf.
@@ -104,6 +108,36 @@ class Accounting:
     # Backends whose circuit breaker has counted this request's failure: a request counts
     # once, however many of its calls (vote samples, retries) failed.
     failed_backends: set[str] = field(default_factory=set)
+    # OpenAI's usage breakdowns (``completion_tokens_details.reasoning_tokens``,
+    # ``prompt_tokens_details.cached_tokens``, ...) summed over the calls that reported them;
+    # ``settled_calls`` / ``detailed_calls`` say whether every call did.
+    details: dict[str, dict[str, int]] = field(default_factory=dict)
+    settled_calls: int = 0
+    detailed_calls: int = 0
+
+    def add_details(self, usage: Any) -> None:
+        """Count one settled call: add its ``*_tokens_details`` integers when ``usage`` (the
+        backend's own usage object, or None when the call was counted otherwise) has any."""
+        self.settled_calls += 1
+        if not isinstance(usage, Mapping):
+            return
+        found = {name: {k: v for k, v in part.items() if isinstance(v, int)
+                        and not isinstance(v, bool)}
+                 for name in DETAIL_FIELDS if isinstance(part := usage.get(name), Mapping)}
+        if not any(found.values()):
+            return
+        self.detailed_calls += 1
+        for name, part in found.items():
+            into = self.details.setdefault(name, {})
+            for key, value in part.items():
+                into[key] = into.get(key, 0) + value
+
+    def usage_details(self) -> dict[str, dict[str, int]]:
+        """The summed breakdowns, only when every settled call reported one (a sum over some
+        of the calls would understate the request), else {}."""
+        if self.detailed_calls == 0 or self.detailed_calls != self.settled_calls:
+            return {}
+        return {name: dict(part) for name, part in self.details.items()}
 
     def add_usage(self, usage: Mapping[str, Any] | None) -> None:
         """Add one call's final ``usage`` object (prompt and completion tokens)."""

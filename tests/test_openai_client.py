@@ -4,6 +4,7 @@ replies and streams, for every strategy, is the same in both."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from router_models.tasks.registry import TaskRegistry
 from service.app import create_app
 from service.sim import FINGERPRINT, SimConfig, create_sim_app
 from tests.conftest import make_settings
-from tests.fakes import FakeBackend
+from tests.fakes import FakeBackend, ScriptedStream, scripted_transport, sse_body
 
 STRATEGIES = ("direct", "parallel_vote", "sequential", "search")
 QUESTION = [{"role": "user", "content": "[[sim family=independent_mc difficulty=0.1 answer=B]] "
@@ -98,3 +99,74 @@ async def test_auto_sends_a_prompt_list_through_unchanged(fake_client, prompt):
     reply = await client.completions.create(model="auto", prompt=prompt, max_tokens=256)
     assert reply.model_extra["router"]["strategy"] == "direct"
     assert [body["prompt"] for body in backend.requests] == [prompt]
+
+
+def _detailed_reply(request: httpx.Request) -> httpx.Response:
+    """One choice whose usage breaks its tokens down, as OpenAI's reasoning models report:
+    12 completion tokens of which 5 reasoning, a prompt of 7 of which 2 cached."""
+    body = json.loads(request.content)
+    usage = {"prompt_tokens": 7, "completion_tokens": 12, "total_tokens": 19,
+             "completion_tokens_details": {"reasoning_tokens": 5},
+             "prompt_tokens_details": {"cached_tokens": 2}}
+    base = {"id": "chatcmpl-d", "created": 1, "model": body["model"]}
+    if body.get("stream"):
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              stream=ScriptedStream(sse_body(
+                                  {**base, "object": "chat.completion.chunk", "choices": [
+                                      {"index": 0, "delta": {"role": "assistant",
+                                                             "content": "The answer is B."},
+                                       "finish_reason": "stop"}]},
+                                  {**base, "object": "chat.completion.chunk", "choices": [],
+                                   "usage": usage}, "data: [DONE]\n\n")))
+    return httpx.Response(200, json={**base, "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "The answer is B."},
+         "finish_reason": "stop"}], "usage": usage})
+
+
+@pytest.mark.parametrize(("router", "n", "calls"), [
+    ({"strategy": "direct"}, 3, 3),                       # n fanned out as 3 calls
+    ({"strategy": "parallel_vote", "budget_tokens": 600}, 1, 3)])  # a settled vote of 3
+@pytest.mark.parametrize("stream", [False, True])
+async def test_usage_details_are_summed_over_every_call(router, n, calls, stream):
+    app = create_app(make_settings(supports_n=False, vote_width=3),
+                     transport=scripted_transport(_detailed_reply))
+    async with app.router.lifespan_context(app):
+        sdk = openai.AsyncOpenAI(base_url="http://gateway.test/v1", api_key="unused",
+                                 http_client=httpx.AsyncClient(
+                                     transport=httpx.ASGITransport(app=app)), max_retries=0)
+        kwargs: dict[str, Any] = {"model": "auto", "messages": QUESTION, "n": n,
+                                  "max_tokens": 200, "extra_body": {"router": router}}
+        if stream:
+            chunks = [c async for c in await sdk.chat.completions.create(
+                **kwargs, stream=True, stream_options={"include_usage": True})]
+            usage, info = chunks[-1].usage, chunks[-1].model_extra["router"]
+        else:
+            reply = await sdk.chat.completions.create(**kwargs)
+            usage, info = reply.usage, reply.model_extra["router"]
+        await sdk.close()
+    calls = info["upstream_calls"] if router["strategy"] == "parallel_vote" else calls
+    assert usage.completion_tokens == 12 * calls and usage.prompt_tokens == 7 * calls
+    assert usage.completion_tokens_details.reasoning_tokens == 5 * calls
+    assert usage.prompt_tokens_details.cached_tokens == 2 * calls
+
+
+async def test_usage_details_are_left_out_when_a_call_had_none():
+    replies = iter([httpx.Response(500, json={"error": {"message": "busy"}})])
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        return next(replies, None) or _detailed_reply(request)
+
+    app = create_app(make_settings(), transport=scripted_transport(flaky))
+    async with app.router.lifespan_context(app):
+        sdk = openai.AsyncOpenAI(base_url="http://gateway.test/v1", api_key="unused",
+                                 http_client=httpx.AsyncClient(
+                                     transport=httpx.ASGITransport(app=app)), max_retries=0)
+        reply = await sdk.chat.completions.create(
+            model="auto", messages=QUESTION, max_tokens=50,
+            extra_body={"router": {"strategy": "direct"}})
+        await sdk.close()
+    # the failed attempt is charged its grant of 50, which has no breakdown
+    assert reply.model_extra["router"]["retries"] == 1
+    assert reply.usage.completion_tokens == 12 + 50
+    assert reply.usage.completion_tokens_details is None
+    assert reply.usage.prompt_tokens_details is None

@@ -194,11 +194,14 @@ def conform_choice(choice: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def usage_body(call: Call) -> dict[str, int]:
-    """OpenAI's ``usage`` summed over every upstream call of the request."""
+def usage_body(call: Call) -> dict[str, Any]:
+    """OpenAI's ``usage`` summed over every upstream call of the request, with
+    ``completion_tokens_details`` / ``prompt_tokens_details`` summed too when every call's
+    usage had them (``Accounting.usage_details``)."""
     return {"prompt_tokens": call.acct.prompt_tokens,
             "completion_tokens": call.acct.completion_tokens,
-            "total_tokens": call.acct.prompt_tokens + call.acct.completion_tokens}
+            "total_tokens": call.acct.prompt_tokens + call.acct.completion_tokens,
+            **call.acct.usage_details()}
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:

@@ -31,7 +31,7 @@ from service.strategies.base import Call, conform_choice, request_body, router_i
 from service.strategies.metered import Metered, delta_text
 from service.strategies.sampling import choice_text, post_completion
 from service.streaming import DONE, close_all, merged_events
-from service.upstream import UpstreamStream
+from service.upstream import DETAIL_FIELDS, UpstreamStream
 
 
 class Direct:
@@ -142,7 +142,11 @@ def _merge_json(call: Call, replies: list[dict[str, Any]]) -> dict[str, Any]:
     cap = choice_cap(call)
     call.answer_samples = [(choice_text(c), c.get("finish_reason"), cap)
                            for c in merged["choices"] if isinstance(c, dict)]
-    merged["usage"] = {**(merged.get("usage") or {}), **usage_body(call)}
+    # The first reply's own breakdowns describe one call of several: only the summed ones
+    # (present when every call reported them) may stand beside the summed totals.
+    upstream_usage = {k: v for k, v in (merged.get("usage") or {}).items()
+                      if k not in DETAIL_FIELDS}
+    merged["usage"] = {**upstream_usage, **usage_body(call)}
     merged["router"] = router_info(call)
     return merged
 

@@ -152,6 +152,7 @@ class Metered:
             spent = self.granted if self.granted is not None else 0
             prompt = self.prompt_bound or body_prompt_bound(self.body)
             self.call.acct.add_counted(prompt, spent, "grant", estimated=True)
+            self.call.acct.add_details(None)  # tokens with no breakdown: the sums are partial
         if self.granted is not None:
             self.call.ledger.settle(self.granted, spent, prompt_reserved=self.prompt_bound,
                                     prompt_spent=prompt)
@@ -182,7 +183,7 @@ class Metered:
         if self.settled:
             return
         completion, prompt, source = await self._count(usage, texts, finishes)
-        self._settle(completion, prompt, source)
+        self._settle(completion, prompt, source, usage if source == "backend" else None)
 
     def abandon(self, usage: Any, seen_text: str, *, at_least: int = 0) -> None:
         """Settle a stream that did not end normally (broken, abandoned, or cut off for
@@ -191,7 +192,7 @@ class Metered:
         if self.settled:
             return
         if _has_usage(usage):
-            self._settle(int(usage["completion_tokens"]), _prompt_of(usage), "backend")
+            self._settle(int(usage["completion_tokens"]), _prompt_of(usage), "backend", usage)
         elif self.granted is not None:
             self._settle(max(self.granted, at_least), None, "grant")
         else:
@@ -249,9 +250,13 @@ class Metered:
             return self.granted, None, "grant"
         return sum(len(t.encode()) + 1 for t in texts), None, "text_bytes"
 
-    def _settle(self, completion: int, prompt: int | None, source: str) -> None:
+    def _settle(self, completion: int, prompt: int | None, source: str,
+                usage: Any = None) -> None:
+        """Add the call's tokens to ``call.acct`` (and its usage breakdowns when ``usage``,
+        the backend's own usage object, has them) and settle its grant in the ledger."""
         call = self.call
         self.settled = True
+        call.acct.add_details(usage)
         estimated = source != "backend"
         if prompt is None:
             prompt = self.prompt_bound or body_prompt_bound(self.body)

@@ -49,8 +49,8 @@ async def test_every_chunk_of_a_stream_carries_the_backends_system_fingerprint(c
     assert chunks and {chunk.system_fingerprint for chunk in chunks} == {FINGERPRINT}
 
 
-@pytest.mark.parametrize("strategy", ["parallel_vote", "search"])
-async def test_a_streamed_vote_or_search_keeps_the_logprobs_its_json_reply_has(client, strategy):
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_a_stream_keeps_the_logprobs_its_json_reply_has(client, strategy):
     router = {"router": {"strategy": strategy, "budget_tokens": 2048}}
     reply = await client.chat.completions.create(model="auto", messages=QUESTION,
                                                  max_tokens=400, logprobs=True,

@@ -249,8 +249,8 @@ def _take(call: Call, piece: _Piece, payload: Any) -> bytes | None:
         piece.chunks += 1
     delta = choice.get("delta") or {}
     text = delta.get("content") or choice.get("text") or ""
-    if not text and not delta.get("role"):
-        return None
+    if not text and not delta.get("role") and not choice.get("logprobs"):
+        return None  # (a backend may send a token's logprobs on a chunk with no text)
     piece.text += text
     forwarded = {**payload, "choices": [{**choice, "index": 0, "finish_reason": None}]}
     forwarded.pop("usage", None)

@@ -170,3 +170,60 @@ async def test_usage_details_are_left_out_when_a_call_had_none():
     assert reply.usage.completion_tokens == 12 + 50
     assert reply.usage.completion_tokens_details is None
     assert reply.usage.prompt_tokens_details is None
+
+
+def _cut_json(request: httpx.Request) -> httpx.Response:
+    """A JSON answer cut by its cap (finish_reason length), with no answer stated yet."""
+    body = json.loads(request.content)
+    usage = {"prompt_tokens": 7, "completion_tokens": 6, "total_tokens": 13}
+    base = {"id": "chatcmpl-j", "created": 1, "model": body["model"]}
+    text = '{"reasoning": "first'
+    if body.get("stream"):
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              stream=ScriptedStream(sse_body(
+                                  {**base, "object": "chat.completion.chunk", "choices": [
+                                      {"index": 0, "delta": {"role": "assistant",
+                                                             "content": text},
+                                       "finish_reason": "length"}]},
+                                  {**base, "object": "chat.completion.chunk", "choices": [],
+                                   "usage": usage}, "data: [DONE]\n\n")))
+    return httpx.Response(200, json={**base, "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": text},
+         "finish_reason": "length"}], "usage": usage})
+
+
+@pytest.mark.parametrize("response_format", [
+    {"type": "json_object"},
+    {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_cut_structured_chain_is_not_continued_in_prose(response_format, stream):
+    calls: list[dict[str, Any]] = []
+
+    def backend(request: httpx.Request) -> httpx.Response:
+        calls.append(json.loads(request.content))
+        return _cut_json(request)
+
+    app = create_app(make_settings(), transport=scripted_transport(backend))
+    async with app.router.lifespan_context(app):
+        sdk = openai.AsyncOpenAI(base_url="http://gateway.test/v1", api_key="unused",
+                                 http_client=httpx.AsyncClient(
+                                     transport=httpx.ASGITransport(app=app)), max_retries=0)
+        kwargs: dict[str, Any] = {"model": "auto", "messages": QUESTION,
+                                  "response_format": response_format,
+                                  "extra_body": {"router": {"strategy": "sequential",
+                                                            "budget_tokens": 400}}}
+        if stream:
+            chunks = [c async for c in await sdk.chat.completions.create(
+                **kwargs, stream=True, stream_options={"include_usage": True})]
+            text = "".join(ch.delta.content or "" for c in chunks for ch in c.choices)
+            finish = [ch.finish_reason for c in chunks for ch in c.choices if ch.finish_reason]
+            info = chunks[-1].model_extra["router"]
+        else:
+            reply = await sdk.chat.completions.create(**kwargs)
+            text, finish = reply.choices[0].message.content, [reply.choices[0].finish_reason]
+            info = reply.model_extra["router"]
+        await sdk.close()
+    # a prose answer appended to JSON would be neither, and would end in "stop"
+    assert len(calls) == 1 and info["continued"] is False
+    assert calls[0]["max_tokens"] == 400  # no reserve held back for a continuation
+    assert text == '{"reasoning": "first' and finish == ["length"]

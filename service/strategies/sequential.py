@@ -48,7 +48,7 @@ class Sequential:
         chain = samples[0]
         call.answer_samples = [(chain.text, chain.finish_reason, chain_cap)]
         call.report.update({"samples": 1, "chain_tokens": chain_cap, "continued": False})
-        if not _needs_answer(chain.finish_reason, chain.text) or call.ledger.remaining == 0:
+        if not _needs_answer(call, chain.finish_reason, chain.text) or call.ledger.remaining == 0:
             return completion_body(call, chain)
         continuation, _ = await draw(call, 1, reserve,
                                      body_overrides=_continuation(call, chain.text))
@@ -71,20 +71,36 @@ def caps(call: Call) -> tuple[int, int]:
     quarter of the budget; the chain gets the rest (or the plan's depth if smaller). The chain
     and its continuation are the reply the client receives, so together they get at most the
     client's ``max_tokens`` (``base.reply_cap``), whatever larger ``budget_tokens`` it set.
+    Structured output (``structured_output``) keeps no reserve.
 
     Raises:
         InvalidRequest: never; a budget of 1 gives the chain 1 token and no reserve.
     """
     budget = reply_cap(call, call.plan.budget_tokens or call.settings.default_budget_tokens)
-    reserve = min(call.settings.answer_reserve_tokens, budget // 4)
+    # structured output is never continued (``_needs_answer``): the chain gets it all
+    reserve = 0 if structured_output(call.routed.body) else min(
+        call.settings.answer_reserve_tokens, budget // 4)
     chain = budget - reserve
     if call.plan.depth_tokens is not None:
         chain = min(chain, call.plan.depth_tokens)
     return max(1, chain), reserve
 
 
-def _needs_answer(finish_reason: str | None, text: str) -> bool:
+def _needs_answer(call: Call, finish_reason: str | None, text: str) -> bool:
+    """Whether a chain was cut before stating an answer, and a forced answer may follow: not
+    for structured output (``response_format`` json_object or json_schema), where a prose
+    answer appended to cut JSON would be neither, and would hide the cut (finish "stop")."""
+    if structured_output(call.routed.body):
+        return False
     return finish_reason == "length" and extract_answer(text, strict=True) is None
+
+
+def structured_output(body: dict[str, Any]) -> bool:
+    """True when the request asks for JSON output (OpenAI's ``response_format`` types
+    ``json_object`` and ``json_schema``)."""
+    response_format = body.get("response_format")
+    return isinstance(response_format, dict) and response_format.get("type") in (
+        "json_object", "json_schema")
 
 
 def _effort(call: Call, chain_cap: int) -> dict[str, Any]:
@@ -152,7 +168,7 @@ async def _stream(call: Call, opened: tuple[UpstreamStream, Metered], chain_cap:
         async for out in _forward(call, *opened, chain):
             yield out
         call.answer_samples = [(chain.text, chain.finish_reason, chain_cap)]
-        if _needs_answer(chain.finish_reason, chain.text) and reserve:
+        if _needs_answer(call, chain.finish_reason, chain.text) and reserve:
             call.report["continued"] = True
             last = _Piece(template=chain.template)
             yield _delta_event(chain.template, call, _separator(call))

@@ -227,3 +227,39 @@ async def test_a_cut_structured_chain_is_not_continued_in_prose(response_format,
     assert len(calls) == 1 and info["continued"] is False
     assert calls[0]["max_tokens"] == 400  # no reserve held back for a continuation
     assert text == '{"reasoning": "first' and finish == ["length"]
+
+
+async def test_a_fanned_out_stream_reads_as_one_completion():
+    """n = 3 from a backend that ignores n: three upstream streams with their own ids and
+    times, merged into one stream whose chunks all carry one id and one created, as
+    OpenAI's do (clients group a stream's chunks by id)."""
+    made: list[str] = []
+
+    def backend(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        made.append(f"chatcmpl-{len(made)}")
+        base = {"id": made[-1], "created": len(made), "model": body["model"],
+                "object": "chat.completion.chunk"}
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              stream=ScriptedStream(sse_body(
+                                  {**base, "choices": [{"index": 0, "delta": {
+                                      "role": "assistant", "content": "B"},
+                                      "finish_reason": "stop"}]},
+                                  {**base, "choices": [], "usage": {
+                                      "prompt_tokens": 7, "completion_tokens": 1,
+                                      "total_tokens": 8}}, "data: [DONE]\n\n")))
+
+    app = create_app(make_settings(supports_n=False), transport=scripted_transport(backend))
+    async with app.router.lifespan_context(app):
+        sdk = openai.AsyncOpenAI(base_url="http://gateway.test/v1", api_key="unused",
+                                 http_client=httpx.AsyncClient(
+                                     transport=httpx.ASGITransport(app=app)), max_retries=0)
+        chunks = [c async for c in await sdk.chat.completions.create(
+            model="auto", messages=QUESTION, n=3, max_tokens=5, stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"router": {"strategy": "direct"}})]
+        await sdk.close()
+    assert len(made) == 3
+    assert sorted({ch.index for c in chunks for ch in c.choices}) == [0, 1, 2]
+    assert len({c.id for c in chunks}) == 1 and len({c.created for c in chunks}) == 1
+    assert chunks[-1].usage.completion_tokens == 3

@@ -279,6 +279,12 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
     if not choices:
         return None  # the usage chunk: one summed chunk is sent at the end instead
     changed = False
+    for key in ("id", "created"):
+        # n fanned out as several calls: each call's stream has its own id and time, but one
+        # completion's chunks share one of each (clients group a stream's chunks by id)
+        if key in template and payload.get(key) != template[key]:
+            payload[key] = template[key]
+            changed = True
     if usage is not None and not call.routed.include_usage:
         payload.pop("usage")
         changed = True

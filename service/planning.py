@@ -40,7 +40,8 @@ def choose_plan(routed: RoutedRequest, settings: Settings, backend: Backend,
 
     Raises:
         InvalidRequest: ``n`` > 1, or a completions ``prompt`` given as a list
-            (``prompt_list``), with a strategy other than ``direct``.
+            (``prompt_list``), with a strategy other than ``direct`` named by the request
+            (under ``auto`` those run ``direct``).
     """
     controls = routed.controls
     strategy = controls.strategy
@@ -49,6 +50,13 @@ def choose_plan(routed: RoutedRequest, settings: Settings, backend: Backend,
         strategy = settings.default_strategy if routed.model == AUTO_MODEL else "direct"
         reason = "auto: the configured default" if routed.model == AUTO_MODEL else \
             "a backend model without router controls passes through"
+    if controls.strategy == "auto" and strategy != "direct" and (
+            routed.n > 1 or prompt_list(routed)):
+        # Nobody asked for this strategy, and it returns one answer: a request OpenAI accepts
+        # (n choices, a batch of prompts) is answered directly rather than refused.
+        asked = "n > 1" if routed.n > 1 else "a prompt list"
+        return Plan("direct", budget_tokens=controls.budget_tokens, reason=(
+            f"{asked} needs direct (the default strategy {strategy} returns one answer)"))
     if strategy != "direct" and may_call_tools(routed):
         return Plan("direct", budget_tokens=controls.budget_tokens, reason=(
             f"{strategy} asked, but the answer may be tool calls: answered directly"))

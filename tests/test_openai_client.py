@@ -263,3 +263,31 @@ async def test_a_fanned_out_stream_reads_as_one_completion():
     assert sorted({ch.index for c in chunks for ch in c.choices}) == [0, 1, 2]
     assert len({c.id for c in chunks}) == 1 and len({c.created for c in chunks}) == 1
     assert chunks[-1].usage.completion_tokens == 3
+
+
+@pytest.mark.parametrize("default_strategy", ["parallel_vote", "sequential"])
+async def test_auto_answers_n_choices_and_prompt_lists_whatever_the_default_strategy(
+        default_strategy):
+    """``model: "auto"`` with no strategy named is never refused for what OpenAI accepts:
+    n > 1 and a completions prompt list run ``direct`` when the configured default
+    strategy cannot return them."""
+    backend = FakeBackend(models=("fake-model",))
+    app = create_app(make_settings(default_strategy=default_strategy),
+                     transport=backend.transport())
+    async with app.router.lifespan_context(app):
+        sdk = openai.AsyncOpenAI(base_url="http://gateway.test/v1", api_key="unused",
+                                 http_client=httpx.AsyncClient(
+                                     transport=httpx.ASGITransport(app=app)), max_retries=0)
+        chat = await sdk.chat.completions.create(model="auto", messages=QUESTION, n=3,
+                                                 max_tokens=64)
+        batch = await sdk.completions.create(model="auto", prompt=["Q: 1+1?", "Q: 2+2?"],
+                                             max_tokens=64)
+        with pytest.raises(openai.BadRequestError):  # a strategy named is still checked
+            await sdk.chat.completions.create(
+                model="auto", messages=QUESTION, n=3, max_tokens=64,
+                extra_body={"router": {"strategy": default_strategy}})
+        await sdk.close()
+    assert [c.index for c in chat.choices] == [0, 1, 2]
+    assert chat.model_extra["router"]["strategy"] == "direct"
+    assert chat.usage.completion_tokens == 3 * 4  # "The answer is 4." is 4 tokens a choice
+    assert batch.model_extra["router"]["strategy"] == "direct"

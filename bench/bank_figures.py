@@ -25,7 +25,7 @@ Usage: ``python -m bench.bank_figures [--bank PATH] [--budgets 128,256,512,1024]
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,9 +75,12 @@ def right(run: BankRun, answer: str | None) -> bool:
 
 
 def vote(run: BankRun, samples: Sequence[BankSample], tokens: int,
-         weights: Sequence[float] | None = None) -> bool:
-    """Whether the (weighted) majority of ``samples`` cut at ``tokens`` is right."""
-    ballots = [Ballot(ballot_answer(run, s, tokens), 1.0 if weights is None else w)
+         weights: Sequence[float] | None = None,
+         read: Callable[[BankRun, BankSample, int], str | None] | None = None) -> bool:
+    """Whether the (weighted) majority of ``samples`` cut at ``tokens`` is right, each read
+    by ``read`` (default ``ballot_answer``: a cut sample votes only with a stated answer)."""
+    read = read or ballot_answer
+    ballots = [Ballot(read(run, s, tokens), 1.0 if weights is None else w)
                for s, w in zip(samples, weights or [1.0] * len(samples), strict=True)]
     return right(run, winner(tally(ballots)))
 

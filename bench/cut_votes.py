@@ -18,11 +18,10 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.bank_figures import ballot_answer, cut_answer, right
+from bench.bank_figures import ballot_answer, cut_answer, vote
 from bench.bank_stopping import FULL
 from bench.options import load_bank
 from router_models.bank import BankRun
-from router_models.voting import Ballot, tally, winner
 
 VOTE_SIZES = (3, 5, 8)
 READINGS = ("lenient", "stated")
@@ -33,9 +32,8 @@ def voted_right(run: BankRun, k: int, reading: str) -> bool:
     right. Raises ValueError for an unknown reading."""
     if reading not in READINGS:
         raise ValueError(f"unknown reading {reading!r}; known: {', '.join(READINGS)}")
-    read = cut_answer if reading == "lenient" else ballot_answer
-    ballots = [Ballot(read(run, sample, FULL)) for sample in run.samples[:k]]
-    return right(run, winner(tally(ballots)))
+    return vote(run, run.samples[:k], FULL,
+                read=cut_answer if reading == "lenient" else ballot_answer)
 
 
 def table(runs: Sequence[BankRun]) -> list[str]:

@@ -909,19 +909,8 @@ def compare_paired(auto: list[Result], fixed: dict[str, list[Result]],
                    best: dict[str, str]) -> str:
     """Auto minus the best fixed strategy per kind on the same prompts (the runs send the same
     list in the same order), with McNemar's exact test (statsmodels)."""
-    from statsmodels.stats.contingency_tables import mcnemar
-
     other = [fixed[best[r.item.kind]][i] for i, r in enumerate(auto)]
-    assert all(a.item.id == b.item.id for a, b in zip(auto, other, strict=True))
-    table = [[0, 0], [0, 0]]
-    for a, b in zip(auto, other, strict=True):
-        table[int(not a.correct)][int(not b.correct)] += 1
-    diff = (table[0][1] - table[1][0]) / len(auto)
-    p = mcnemar(table, exact=True).pvalue
-    tokens = sum(r.tokens for r in auto) / max(1, sum(r.tokens for r in other))
-    return (f"auto minus best fixed per kind: {diff:+.3f} accuracy (McNemar exact p = {p:.3g}; "
-            f"auto only right {table[0][1]}, fixed only right {table[1][0]}), at {tokens:.2f}x "
-            "its completion tokens")
+    return "auto minus best fixed per kind: " + _paired(auto, other)
 
 
 def compare_cross_fitted(auto: list[Result], fixed: dict[str, list[Result]], sends: int
@@ -933,27 +922,31 @@ def compare_cross_fitted(auto: list[Result], fixed: dict[str, list[Result]], sen
     times, so reply i belongs to send ``i // (len(auto) // sends)``. None with one send."""
     if sends < 2 or len(auto) % sends:
         return None
+    per_send = len(auto) // sends
+    other: list[Result] = []
+    for send in range(sends):
+        best, _, _ = best_per_kind({s: [r for i, r in enumerate(rs) if i // per_send != send]
+                                    for s, rs in fixed.items()})
+        other += [fixed[best[auto[i].item.kind]][i]
+                  for i in range(send * per_send, (send + 1) * per_send)]
+    return ("auto minus the best fixed strategy per kind chosen on the other sends "
+            "(cross-fitted): " + _paired(auto, other))
+
+
+def _paired(auto: list[Result], other: list[Result]) -> str:
+    """The paired difference of ``auto`` and ``other`` (the same prompts in the same order):
+    accuracy, McNemar's exact p (statsmodels), the discordant pairs and the token ratio."""
     from statsmodels.stats.contingency_tables import mcnemar
 
-    per_send = len(auto) // sends
+    assert all(a.item.id == b.item.id for a, b in zip(auto, other, strict=True))
     table = [[0, 0], [0, 0]]
-    spent = [0, 0]
-    for send in range(sends):
-        others = {s: [r for i, r in enumerate(rs) if i // per_send != send]
-                  for s, rs in fixed.items()}
-        best, _, _ = best_per_kind(others)
-        for i in range(send * per_send, (send + 1) * per_send):
-            a, b = auto[i], fixed[best[auto[i].item.kind]][i]
-            assert a.item.id == b.item.id
-            table[int(not a.correct)][int(not b.correct)] += 1
-            spent[0] += a.tokens
-            spent[1] += b.tokens
+    for a, b in zip(auto, other, strict=True):
+        table[int(not a.correct)][int(not b.correct)] += 1
     diff = (table[0][1] - table[1][0]) / len(auto)
     p = mcnemar(table, exact=True).pvalue
-    return (f"auto minus the best fixed strategy per kind chosen on the other sends "
-            f"(cross-fitted): {diff:+.3f} accuracy (McNemar exact p = {p:.3g}; auto only right "
-            f"{table[0][1]}, fixed only right {table[1][0]}), at "
-            f"{spent[0] / max(1, spent[1]):.2f}x its completion tokens")
+    tokens = sum(r.tokens for r in auto) / max(1, sum(r.tokens for r in other))
+    return (f"{diff:+.3f} accuracy (McNemar exact p = {p:.3g}; auto only right {table[0][1]}, "
+            f"fixed only right {table[1][0]}), at {tokens:.2f}x its completion tokens")
 
 
 def strategy_counts(results: list[Result]) -> str:

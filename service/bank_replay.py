@@ -79,7 +79,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from router_models.bank import Bank, BankRun, BankSample
-from service.sim import ENVELOPE_HANDLERS, SimError, SimRequest, parse_request
+from service.sim import ENVELOPE_HANDLERS, SimError, SimRequest, cut_at_stop, parse_request
 from service.text_protocol import FINAL_ANSWER_MARK, PREFILL, SEARCH_LINE
 
 MODEL_ID = "bank-replay"
@@ -412,19 +412,10 @@ def _stopped(choice: Choice, stops: Sequence[str]) -> Choice:
     wholly inside the stop string are ``withheld``: not returned, streamed or given
     log-probabilities (llama.cpp's server drops them from its probabilities too); a piece
     that starts before it is returned cut short."""
-    text = "".join(choice.pieces)
-    found = [(at + len(stop), at) for stop in stops if (at := text.find(stop)) >= 0]
-    if not found:
+    cut = cut_at_stop(choice.pieces, stops)
+    if cut is None:
         return choice
-    stop_end, keep = min(found)
-    pieces, generated, length = [], 0, 0
-    for piece in choice.pieces:
-        if length >= stop_end:
-            break
-        if length < keep:
-            pieces.append(piece[:keep - length])
-        generated += 1
-        length += len(piece)
+    pieces, generated = cut
     return replace(choice, pieces=pieces, lp=choice.lp[:len(pieces)], finish_reason="stop",
                    withheld=generated - len(pieces))
 

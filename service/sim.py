@@ -29,7 +29,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,22 +249,40 @@ def sample(world: World | WorldReasoner, match: Match, request: SimRequest) -> l
     return [stopped(s, request.stop) for s in samples] if request.stop else samples
 
 
-def stopped(sample: Sample, stops: tuple[str, ...]) -> Sample:
-    """``sample`` ended where a server with these ``stop`` strings ends it (OpenAI's ``stop``):
-    the text ends before the first stop string generated, ``finish_reason`` is ``stop``, and
-    usage counts the tokens (words) generated up to the end of that string, the stop's own
-    included, as llama.cpp and vLLM count them. An answer whose sentence the stop cut is no
-    longer stated. Unchanged when no stop string occurs."""
-    text = " ".join(sample.words)
+def cut_at_stop(pieces: Sequence[str], stops: Sequence[str]
+                ) -> tuple[list[str], int] | None:
+    """Where a server with these ``stop`` strings (OpenAI's ``stop``) ends a completion of
+    these token pieces: the pieces it returns, the text ending before the first stop string
+    generated (a piece that starts before it is cut short), and how many pieces were generated
+    up to the end of that string, which usage counts (the stop's own included, as llama.cpp
+    and vLLM count them). None when no stop string occurs."""
+    text = "".join(pieces)
     found = [(at + len(stop), at) for stop in stops if (at := text.find(stop)) >= 0]
     if not found:
-        return sample
+        return None
     stop_end, keep = min(found)
-    starts = [0]
-    for word in sample.words[:-1]:
-        starts.append(starts[-1] + len(word) + 1)
-    generated = sum(1 for start in starts if start < stop_end)
-    kept = text[:keep]
+    kept: list[str] = []
+    generated = length = 0
+    for piece in pieces:
+        if length >= stop_end:
+            break
+        if length < keep:
+            kept.append(piece[:keep - length])
+        generated += 1
+        length += len(piece)
+    return kept, generated
+
+
+def stopped(sample: Sample, stops: tuple[str, ...]) -> Sample:
+    """``sample`` ended where a server with these ``stop`` strings ends it (``cut_at_stop``;
+    a word is a token, the space before it its own): ``finish_reason`` ``stop``, usage the
+    words generated through the stop. An answer whose sentence the stop cut is no longer
+    stated. Unchanged when no stop string occurs."""
+    cut = cut_at_stop([w if i == 0 else " " + w for i, w in enumerate(sample.words)], stops)
+    if cut is None:
+        return sample
+    kept_pieces, generated = cut
+    kept = "".join(kept_pieces)
     stated = sample.answer is not None and f"The answer is {sample.answer}." in kept
     return Sample(kept.split(" "), generated, "stop", sample.answer if stated else None,
                   sample.probability if stated else 0.0,

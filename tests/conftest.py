@@ -76,3 +76,21 @@ def hotpot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     corpus = write_corpus_jsonl(folder / "corpus.jsonl")
     assert main(["index", "add", str(corpus), "--data-dir", str(folder / "data")]) == 0
     return folder / "data"
+
+
+@pytest.fixture
+async def sdk() -> AsyncIterator[tuple[Any, Any]]:
+    """The official ``openai`` client and the ``FakeBackend`` behind the gateway in process
+    (lifespan running): ``(client, backend)``."""
+    import openai
+
+    from tests.fakes import FakeBackend
+
+    backend = FakeBackend(models=("fake-model",))
+    app = create_app(make_settings(), transport=backend.transport())
+    async with app.router.lifespan_context(app):
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
+        client = openai.AsyncOpenAI(base_url="http://gateway.test/v1", api_key="unused",
+                                    http_client=http, max_retries=0)
+        yield client, backend
+        await client.close()

@@ -65,26 +65,14 @@ async def test_a_stream_keeps_the_logprobs_its_json_reply_has(client, strategy):
     assert streamed, "the streamed answer dropped the chosen sample's logprobs"
 
 
-@pytest.fixture
-async def fake_client() -> Any:
-    backend = FakeBackend(models=("fake-model",))
-    app = create_app(make_settings(), transport=backend.transport())
-    async with app.router.lifespan_context(app):
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
-        sdk = openai.AsyncOpenAI(base_url="http://gateway.test/v1", api_key="unused",
-                                 http_client=http, max_retries=0)
-        yield sdk, backend
-        await sdk.close()
-
-
 BATCHES = [["Q: 1+1?", "Q: 2+2?"], [[16, 10, 16], [17, 10, 17]], [1, 2, 3]]
 
 
 @pytest.mark.parametrize("strategy", ["parallel_vote", "sequential", "search"])
 @pytest.mark.parametrize("prompt", BATCHES)
 async def test_a_prompt_list_with_a_strategy_that_reads_one_answer_is_a_clear_400(
-        fake_client, strategy, prompt):
-    client, backend = fake_client
+        sdk, strategy, prompt):
+    client, backend = sdk
     with pytest.raises(openai.BadRequestError) as error:
         await client.completions.create(model="auto", prompt=prompt, max_tokens=256,
                                         extra_body={"router": {"strategy": strategy}})
@@ -94,8 +82,8 @@ async def test_a_prompt_list_with_a_strategy_that_reads_one_answer_is_a_clear_40
 
 
 @pytest.mark.parametrize("prompt", BATCHES)
-async def test_auto_sends_a_prompt_list_through_unchanged(fake_client, prompt):
-    client, backend = fake_client
+async def test_auto_sends_a_prompt_list_through_unchanged(sdk, prompt):
+    client, backend = sdk
     reply = await client.completions.create(model="auto", prompt=prompt, max_tokens=256)
     assert reply.model_extra["router"]["strategy"] == "direct"
     assert [body["prompt"] for body in backend.requests] == [prompt]

@@ -6,21 +6,8 @@ import httpx
 import openai
 import pytest
 
-from service.app import create_app
 from tests.conftest import gateway_client, make_settings
 from tests.fakes import FakeBackend
-
-
-@pytest.fixture
-async def sdk():
-    backend = FakeBackend(models=("fake-model",))
-    app = create_app(make_settings(), transport=backend.transport())
-    async with app.router.lifespan_context(app):
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
-        client = openai.AsyncOpenAI(base_url="http://gateway.test/v1", api_key="unused",
-                                    http_client=http, max_retries=0)
-        yield client, backend
-        await client.close()
 
 
 async def test_sdk_chat_stream_models_and_errors(sdk):

@@ -135,3 +135,9 @@ def stopped_vote(run: BankRun, rule: StopRule) -> StoppedVote:
         tokens=sum(len(s.tokens) for s in run.samples[:used]),
         fixed_correct=majority(answers), fixed_samples=len(answers),
         fixed_tokens=sum(len(s.tokens) for s in run.samples))
+
+
+if __name__ == "__main__":
+    raise SystemExit("bench.bank_stopping is the early-stopping replay that bench.bank_findings "
+                     "reads; run: python -m bench.bank_findings --bank router_models/data/bank "
+                     "--out docs/findings")

@@ -456,7 +456,10 @@ def write_meta(bank: Path, meta: dict[str, Any]) -> None:
     sessions.append(meta.pop("session"))
     old.update(meta)
     old["sessions"] = sessions
-    path.write_text(json.dumps(old, indent=1, ensure_ascii=False) + "\n")
+    # Written beside and renamed over: a recorder stopped mid-write leaves the old file whole.
+    fresh = path.with_suffix(".json.tmp")
+    fresh.write_text(json.dumps(old, indent=1, ensure_ascii=False) + "\n")
+    os.replace(fresh, path)
 
 
 def _sampling_temperature(text: str) -> float:

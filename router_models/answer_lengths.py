@@ -29,10 +29,13 @@ estimate is the length by which nine in ten of the *answering* samples answer
 (``answered_quantile``): a vote's samples are sized for the samples that answer, and a chain's
 cap (``prior.CHAIN_CAP`` times that) still leaves room. Otherwise the estimate is twice the
 longest cut length (capped at ``MAX_ANSWER_TOKENS``), so the next budgets probe higher, and a
-probe is what gives loops the room that shows them. A weaker test (cut samples with 1.2 times
-the answering samples' 90th percentile) read heavy-tailed answer lengths as loops and
-under-sized every sample: 6 to 10 points lost in 3 of 17 flat randomized worlds
-(``bench/policy_sim.py``, SIMULATION).
+probe is what gives loops the room that shows them. A kind none of whose samples ever answered
+probes only up to ``PROBE_LIMIT`` times the prior; cut there, it is read as never answering and
+its samples return to the prior's size (a cure model whose cure is everyone). Once those long
+cuts leave the window, it probes again: a changed model is found at the cost of one climb.
+A weaker loop test (cut samples with 1.2 times the answering samples' 90th percentile) read
+heavy-tailed answer lengths as loops and under-sized every sample: 6 to 10 points lost in 3
+of 17 flat randomized worlds (``bench/policy_sim.py``, SIMULATION).
 
 The shipped outcome bank cannot show loops this way: its samples were recorded with a
 512-token cap, so none ever had twice the room of its longest answer.
@@ -61,6 +64,17 @@ LOOP_ROOM = 2.0
 # got 3 samples of 13 tokens). No sample given fewer tokens than an answer is assumed to take
 # before usage says (``DEFAULT_ANSWER_TOKENS``) is judged never to answer.
 LOOP_FLOOR = DEFAULT_ANSWER_TOKENS
+# Probing stops here, as a multiple of the prior (``AnswerLengths.default_tokens``): a kind of
+# prompt none of whose samples answered with this much room is read as never answering, and
+# its samples go back to the prior's size. Without a stop, a kind that never answers doubled
+# its samples at every request up to ``MAX_ANSWER_TOKENS`` and stayed there: votes of 3 x
+# 4,096 tokens against a mean of 512. Eight: a 0.5B model reasons for about 200 tokens on a
+# word problem, a reasoning model for one to two thousand; an operator whose model needs more
+# sets the prior (``default_answer_tokens``).
+PROBE_LIMIT = 8
+# A sample that spent its whole cap and stated its answer past this share of its text answered
+# where the cap was, not where its answer would have ended (``observations``).
+FILLED_ANSWER_SHARE = 0.9
 
 
 def kaplan_meier_quantile(observations: Iterable[tuple[int, bool]], quantile: float
@@ -130,18 +144,24 @@ def observations(samples: Sequence[tuple[str, str | None, int | None]],
 
     Returns:
         One pair per sample with text: the tokens up to its first explicit answer
-        (``answers.first_answer_end``) and True; else, when it stopped on its own, all its
-        tokens and True; else (cut before any explicit answer) its tokens and False.
+        (``answers.first_answer_end``) and True; else, when it stopped on its own before its
+        cap, all its tokens and True; else (cut before any explicit answer) its tokens and
+        False. A sample that spent its whole cap and stated its answer only in the last
+        ``1 - FILLED_ANSWER_SHARE`` of its text counts as cut too: a backend that writes until
+        the cap and answers there (budget forcing, a simulator) would otherwise teach that
+        answers need all the room they were given, and each next sample gets ``prior.HEADROOM``
+        more (the estimate grew 1.25x a request to ``MAX_ANSWER_TOKENS``).
     """
     kept = [(text, reason, cap) for text, reason, cap in samples if text]
     counts = _sample_tokens(kept, completion_tokens)
     found: list[tuple[int, bool]] = []
-    for (text, reason, _), tokens in zip(kept, counts, strict=True):
+    for (text, reason, cap), tokens in zip(kept, counts, strict=True):
         end = first_answer_end(text)
-        if end is not None:
+        filled = cap is not None and tokens >= cap  # spent its whole cap, whatever it says
+        if end is not None and not (filled and end >= FILLED_ANSWER_SHARE * len(text)):
             found.append((max(1, round(tokens * end / len(text))), True))
         else:
-            found.append((tokens, reason != "length"))
+            found.append((tokens, reason != "length" and not filled))
     return found
 
 
@@ -196,8 +216,7 @@ class AnswerLengths:
         else:
             found = kaplan_meier_quantile(seen, QUANTILE)
             if found is None:  # more than one in ten cut: loops, or caps too tight?
-                found = self._never_answering(seen) or 2 * max(
-                    tokens for tokens, finished in seen if not finished)
+                found = self._never_answering(seen) or self._probe(seen)
             value = max(1, min(MAX_ANSWER_TOKENS, found))
         self._cache[key] = value
         return value
@@ -216,6 +235,17 @@ class AnswerLengths:
         if long_cuts < (1.0 - QUANTILE) * len(seen):
             return None
         return answered_quantile(seen, QUANTILE)
+
+    def _probe(self, seen: Sequence[tuple[int, bool]]) -> int:
+        """Twice the longest cut, so the next samples get the room that tells tight caps
+        from loops; when no sample answered at all, at most ``PROBE_LIMIT`` times the prior,
+        and the prior itself once a sample was cut there (never answering: more room buys
+        nothing, module docstring)."""
+        longest = max(tokens for tokens, finished in seen if not finished)
+        if any(finished for _, finished in seen):
+            return 2 * longest
+        limit = PROBE_LIMIT * self.default_tokens
+        return self.default_tokens if longest >= limit else min(limit, 2 * longest)
 
     def count(self, key: Hashable) -> int:
         """Observations kept for ``key``."""

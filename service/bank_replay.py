@@ -37,7 +37,8 @@ How a request is answered (``router_models.bank`` holds the recordings):
   reply), the reply is the rest of that same chain from where the prefix ends. When several
   recorded chains start with the prefix, the one the request's seed serves is continued (the
   gateway resends the client's seed), else the greedy chain at temperature 0, else the first
-  recorded sample.
+  recorded sample. The bank holds one rest per prefix, so ``n`` above 1 repeats it
+  (``replay.repeated: true``).
 - **Search.** Retrieved results in the context (``Results of the search ...`` blocks, as the
   search strategy writes them) select the run recorded with that many searches (the largest
   recorded count not above it: 0, 1 or 3 for HotpotQA). When a request offers search (the
@@ -365,6 +366,8 @@ def _served(name: str, sample: BankSample, start: int, request: SimRequest,
     meta.update({"continued": True, "prefix_tokens": start})
     choice = _cut(name, sample, start, request)
     meta["samples"] = [name]
+    if request.n > 1:  # the bank holds one rest of this prefix: the n choices repeat it
+        meta["repeated"] = True
     return [choice for _ in range(request.n)]
 
 

@@ -177,3 +177,17 @@ def test_a_sample_the_backend_stopped_before_its_cap_counts_what_it_spent():
     # a smaller cap) says "length" below the cap: the sample spent the call's 512 tokens, not
     # its cap of 2,000, and it is censored there.
     assert observations([("x " * 300, "length", 2000)], completion_tokens=512) == [(512, False)]
+
+
+def test_a_sample_that_answers_only_where_its_cap_ends_is_read_as_cut():
+    # A backend that writes until the cap and states its answer there (budget forcing, the
+    # plain simulator on a prompt it does not know) says nothing about how long answers are:
+    # read as answered at its cap, each next sample got 1.25x more, request after request.
+    at_the_end = "x" * 280 + " The answer is 7."
+    assert observations([(at_the_end, "stop", 300)], completion_tokens=300) == [(300, False)]
+    # The same sample with room to spare, or one that answered early and then checked its work
+    # to the cap, did answer where it says.
+    assert observations([(at_the_end, "stop", 400)], completion_tokens=300)[0][1] is True
+    early = "x" * 50 + " The answer is 7. " + "y" * 232
+    assert observations([(early, "length", 300)], completion_tokens=300) == [
+        (round(300 * 67 / 300), True)]

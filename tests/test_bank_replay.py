@@ -113,6 +113,12 @@ async def test_a_continuation_replays_the_rest_of_the_same_sample() -> None:
     assert reply["replay"]["prompt_tokens_estimated"] is True
     assert reply["usage"]["completion_tokens"] == 4
     assert reply["usage"]["prompt_tokens"] > CHAIN.prompt_tokens + 6
+    assert "repeated" not in reply["replay"]
+    # The bank holds one rest of this prefix, so n choices repeat it, and the reply says so.
+    wide = (await replay({**body, "n": 3})).json()
+    assert [c["message"]["content"] for c in wide["choices"]] == [
+        "".join(sample.tokens[6:10])] * 3
+    assert wide["replay"]["repeated"] is True
 
 
 async def test_a_continuation_with_the_seed_of_the_cut_continues_that_sample() -> None:

@@ -532,6 +532,49 @@ def test_samples_that_had_room_and_never_answered_do_not_raise_the_estimate():
     assert answered_quantile([(64, False)] * 3, 0.9) is None
 
 
+def test_a_kind_that_never_answers_stops_probing_and_returns_to_the_prior():
+    from router_models.answer_lengths import PROBE_LIMIT, AnswerLengths
+
+    lengths = AnswerLengths(default_tokens=256)
+    seen = []
+    cap = 320
+    for _ in range(8):  # every sample cut at its cap, none ever answers
+        for _ in range(8):
+            lengths.observe("k", cap, finished=False)
+        cap = int(lengths.estimate("k") * 1.25)
+        seen.append(lengths.estimate("k"))
+    # It probes twice higher, never past PROBE_LIMIT times the prior, and once samples were
+    # cut there with no answer it reads the kind as never answering: back to the prior.
+    assert seen[:3] == [640, 1600, PROBE_LIMIT * 256]
+    assert max(seen) == PROBE_LIMIT * 256 and seen[-1] == 256
+    # Once one sample answers, the long cuts read as loops and the answers set the size.
+    lengths.observe("k", 300, finished=True)
+    assert lengths.estimate("k") == 300
+
+
+def test_no_plan_of_the_learned_policy_exceeds_its_ceiling():
+    from router_models.policies.learned import PLAN_CEILING
+
+    policy = LearnedPolicy(target_tokens=512)
+    for _ in range(16):  # a kind whose answers take 4,000 tokens
+        policy.lengths.observe(KIND_NAMES[0], 4000, finished=True)
+    policy.resolve()
+    easy = Scores(difficulty=0.0, sequential=0.0, search=0.0)
+    hard_chain = Scores(difficulty=0.9, sequential=1.0, search=0.0)
+    for _ in range(16):
+        policy.lengths.observe(KIND_NAMES[kind_of(hard_chain)], 4000, finished=True)
+    ceiling = int(PLAN_CEILING * 512)
+    for scores in (easy, hard_chain):
+        for strategy in (None, "sequential", "parallel_vote", "search"):
+            plan = policy.decide(scores, strategy=strategy).plan
+            assert plan.budget_tokens <= ceiling, (scores, strategy, plan)
+    # Sized alone, the chain would have had a cap of 4 x 5,000 x 1.9 tokens.
+    assert policy.decide(hard_chain).plan.budget_tokens == ceiling
+    # A request's own budget holds for a strategy it forces, above the ceiling too.
+    forced = policy.decide(hard_chain, strategy="sequential", budget_tokens=3 * ceiling).plan
+    assert forced.budget_tokens == 3 * ceiling
+
+
 def test_a_kind_of_one_liners_and_long_guesses_probes_up_instead_of_seeing_loops():
     from router_models.answer_lengths import AnswerLengths
 

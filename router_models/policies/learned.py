@@ -121,6 +121,11 @@ RUNNER_UP = {
 POTENTIAL_SMOOTHING = 1 / 256
 SWITCH_CONFIDENCE = 0.95  # one-sided, for both bounds of the improvement test
 FORCED_VOTE_WIDTH = 3  # a forced vote with no budget: the smallest vote with a majority
+# No plan this policy makes on its own exceeds this multiple of ``target_tokens``: the
+# operator's mean is a promise about spend, and a plan sized from answer lengths alone (a
+# model that writes long, a kind whose answers run to any cap) is otherwise bounded only by
+# ``max_budget_tokens``. A chain's cap is room rather than spend, so the ceiling is wide.
+PLAN_CEILING = 8.0
 # The reference prompts before any traffic: one per kind at a typical difficulty.
 _DEFAULT_REFERENCE = tuple(
     Scores(difficulty, sequential, search)
@@ -284,27 +289,37 @@ class LearnedPolicy(Policy):
             return PRIOR_STRATEGY[KIND_NAMES[kind]]
         return current
 
+    def plan_ceiling(self) -> int:
+        """The most completion tokens a plan of this policy's own choosing may have:
+        ``PLAN_CEILING`` x ``target_tokens``."""
+        return max(1, int(PLAN_CEILING * self.target_tokens))
+
     def sized(self, strategy: str, scores: Scores, budget_tokens: int | None = None, *,
-              exploring: bool = False) -> Plan:
-        """The plan of ``strategy`` for this prompt at the current scale, within a cap. An
-        explored vote stays a vote whatever ``vote_above`` says: a vote turned into one answer
-        would teach nothing about votes."""
+              exploring: bool = False, ceiling: bool = True) -> Plan:
+        """The plan of ``strategy`` for this prompt at the current scale, within the request's
+        cap ``budget_tokens`` (tokens) and, when ``ceiling``, ``plan_ceiling``. An explored
+        vote stays a vote whatever ``vote_above`` says: a vote turned into one answer would
+        teach nothing about votes."""
         answer = self.answer_tokens(kind_of(scores))
         plan = size_plan(strategy, scores, answer, self.scale, self.vote_width,
                          vote_above=0.0 if exploring else self.vote_above)
-        return fit_cap(plan, budget_tokens, answer)
+        caps = [c for c in (budget_tokens, self.plan_ceiling() if ceiling else None)
+                if c is not None]
+        return fit_cap(plan, min(caps) if caps else None, answer)
 
     def forced(self, strategy: str, scores: Scores, budget_tokens: int | None) -> Plan:
         """The plan of a strategy the request forces: a vote spends the request's budget on
         as many complete samples as it buys (up to ``vote_width``; at least
-        ``FORCED_VOTE_WIDTH`` without a budget), any other strategy is sized as usual."""
+        ``FORCED_VOTE_WIDTH`` without a budget), any other strategy is sized as usual. A
+        request's own budget holds instead of ``plan_ceiling``; without one, the ceiling
+        holds."""
         if strategy != "parallel_vote":
-            return self.sized(strategy, scores, budget_tokens)
+            return self.sized(strategy, scores, budget_tokens, ceiling=budget_tokens is None)
         answer = self.answer_tokens(kind_of(scores))
         depth = sample_tokens(answer)
         width = self.vote_width if budget_tokens else min(self.vote_width, FORCED_VOTE_WIDTH)
         vote = Plan("parallel_vote", width * depth, width=width, depth_tokens=depth)
-        return fit_vote(vote, answer, min(budget_tokens or vote.budget_tokens or 0,
+        return fit_vote(vote, answer, min(budget_tokens or self.plan_ceiling(),
                                           vote.budget_tokens or 0))
 
     # -- deciding --------------------------------------------------------------------------

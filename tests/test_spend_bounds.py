@@ -1,0 +1,45 @@
+"""Spend stays bounded when answer lengths feed on themselves: a gateway in front of the plain
+simulator (SIMULATION), which writes until the cap and answers there on prompts it does not
+know, the way a backend with budget forcing would."""
+
+from __future__ import annotations
+
+import httpx
+
+from router_models.policies.learned import PLAN_CEILING
+from router_models.simulation import World
+from router_models.tasks.registry import TaskRegistry
+from service.sim import SimConfig, create_sim_app
+from tests.conftest import gateway_client, make_settings
+
+
+async def test_the_same_prompt_again_and_again_never_ratchets_its_budget():
+    sim = create_sim_app(SimConfig(World.load(), TaskRegistry([]), latency_per_token_s=0,
+                                   ttft_s=0))
+    target = 512
+    settings = make_settings(models=None, default_answer_tokens=256,
+                             learned_target_tokens=target)
+    body = {"model": "auto", "messages": [{"role": "user",
+                                           "content": "Write a haiku about the sea."}]}
+    spent = []
+    async with gateway_client(httpx.ASGITransport(app=sim), settings) as client:
+        for _ in range(25):
+            reply = (await client.post("/v1/chat/completions", json=body)).json()
+            assert reply["router"]["budget_tokens"] <= PLAN_CEILING * target
+            spent.append(reply["usage"]["completion_tokens"])
+    # Before the fix: 640, 960, ... 12,288 tokens a request, growing 1.25x each time. Now a
+    # short climb (the probe), then the prior's size.
+    assert max(spent) <= PLAN_CEILING * target
+    assert max(spent[-10:]) <= 3 * 320, spent
+
+
+async def test_backends_that_loop_or_fill_their_cap_stay_within_the_ceiling():
+    from bench.spend_bounds import run_behaviour, summary
+
+    for behaviour in ("never_answers", "fills_cap", "long"):
+        spent = await run_behaviour(behaviour, requests=60, target=512, seed=1)
+        found = summary(spent, 512)
+        # Before: 30,216 tokens at most and about 18,000 a request on average (never_answers,
+        # bench/spend_bounds.py --baseline). A probe's climb, then the prior's size.
+        assert found["max"] <= PLAN_CEILING * 512, (behaviour, found)
+        assert found["last_quarter_mean"] <= 4 * 512, (behaviour, found)

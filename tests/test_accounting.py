@@ -217,3 +217,56 @@ async def test_a_total_budget_smaller_than_the_prompt_is_a_clear_400():
     (reply,) = await post_all(backend, [body])
     assert reply.status_code == 400 and backend.calls == 0
     assert reply.json()["error"]["param"] == "router.budget_total_tokens"
+
+
+def _tokenizing(reply: dict[str, Any]) -> httpx.MockTransport:
+    """A backend answering every completion call with ``reply`` and counting words at
+    llama.cpp's ``POST /tokenize``."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/tokenize":
+            words = str(json.loads(request.content).get("content") or "").split()
+            return httpx.Response(200, json={"tokens": list(range(len(words)))})
+        return httpx.Response(200, json=reply)
+
+    return scripted_transport(handle)
+
+
+def _reply(text: str, finish: str, usage: dict[str, Any] | None) -> dict[str, Any]:
+    reply: dict[str, Any] = {
+        "id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "fake-model",
+        "choices": [{"index": 0, "finish_reason": finish,
+                     "message": {"role": "assistant", "content": text}}]}
+    if usage is not None:
+        reply["usage"] = usage
+    return reply
+
+
+async def test_negative_usage_is_not_a_count_and_the_reply_is_still_served(chat_body):
+    # A broken proxy's usage: a negative count would lower the ledger's spend (room for more
+    # calls than the budget) and a Prometheus counter cannot go down (it raised: a 500).
+    usage = {"prompt_tokens": -3, "completion_tokens": -40, "total_tokens": -43}
+    transport = _tokenizing(_reply("one two three four", "stop", usage))
+    async with gateway_client(transport) as client:
+        reply = await client.post(CHAT, json={**chat_body, "max_tokens": 10})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["usage"]["completion_tokens"] == 5  # 4 words and end-of-sequence, counted
+    assert body["usage"]["prompt_tokens"] > 0
+    assert body["router"]["usage_estimated"] is True
+
+
+async def test_a_reply_cut_past_its_cap_without_usage_is_counted_by_its_text(chat_body):
+    # A backend that ignores max_tokens (cut at its own context's end) and reports no usage:
+    # "length" means "generated its max_tokens" only when the cap was honoured.
+    transport = _tokenizing(_reply(" ".join(["la"] * 50), "length", None))
+    async with gateway_client(transport) as client:
+        reply = await client.post(CHAT, json={**chat_body, "max_tokens": 10})
+    body = reply.json()
+    assert body["usage"]["completion_tokens"] == 50
+    assert body["router"]["budget_overrun"] is True  # more than its grant of 10
+    forced = {**chat_body, "router": {"strategy": "sequential", "budget_tokens": 20}}
+    async with gateway_client(transport) as client:
+        reply = await client.post(CHAT, json=forced)
+    router = reply.json()["router"]
+    assert router["spent_tokens"] == 50 and router["budget_overrun"] is True

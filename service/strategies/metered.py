@@ -6,7 +6,8 @@ Every strategy sends its calls through ``Metered``, so that the budget ledger, `
 
 - **Usage reported.** The backend's ``usage`` is the count.
 - **No usage** (llama-cpp-python's server in streams, some proxies): a choice cut by its cap
-  (``finish_reason: length``) generated exactly its ``max_tokens``; any other choice is counted
+  (``finish_reason: length``) generated exactly its ``max_tokens``, or its tokenizer's count
+  when that is more (a backend that ignores ``max_tokens``); any other choice is counted
   with the backend's own tokenizer (``UpstreamClient.count_tokens``), plus the end-of-sequence
   token and the longest ``stop`` string that the server removed from the text. Without a
   tokenizer the call is charged its whole grant (``max_tokens`` x choices), never less. The
@@ -209,14 +210,19 @@ class Metered:
         total = 0
         source = "tokenizer"
         for text, finish in zip(texts, finishes, strict=True):
-            if finish == "length" and self.per_choice is not None:
+            cut = finish == "length" and self.per_choice is not None
+            if cut and len(text.encode()) <= self.per_choice:
                 total += self.per_choice  # cut by its cap: exactly max_tokens were generated
                 continue
             counted = None
             if source == "tokenizer":
                 counted = await call.client.count_tokens(call.backend, call.upstream_model,
                                                          text)
-            if counted is not None:
+            if cut and counted is not None:
+                # More UTF-8 bytes than its cap (a token is at least one byte), so it may be
+                # more tokens: a backend that ignores max_tokens and stops at its own limit.
+                total += max(self.per_choice or 0, counted)
+            elif counted is not None:
                 # The end-of-sequence token, or a stop string the server removed, was
                 # generated too; within the cap unless the backend ignored it.
                 extra = 1 + _stop_allowance(self.body)
@@ -355,12 +361,19 @@ def body_prompt_bound(body: dict[str, Any]) -> int:
 
 
 def _has_usage(usage: Any) -> bool:
-    return isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int)
+    return isinstance(usage, dict) and _is_count(usage.get("completion_tokens"))
 
 
 def _prompt_of(usage: dict[str, Any]) -> int | None:
     prompt = usage.get("prompt_tokens")
-    return prompt if isinstance(prompt, int) else None
+    return prompt if _is_count(prompt) else None
+
+
+def _is_count(value: Any) -> bool:
+    """A token count a backend may report: a non-negative int. A negative one (a broken proxy)
+    would lower the ledger's spend and cannot go into a Prometheus counter, so the call is
+    counted as if the backend had reported nothing."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _stop_allowance(body: dict[str, Any]) -> int:

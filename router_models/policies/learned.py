@@ -59,7 +59,9 @@ Learning is safe by construction:
 Answer lengths (``router_models.answer_lengths``) are learnt per kind from usage: the gateway
 reports every direct answer's, vote's and chain's samples, each counted up to its first
 explicit answer (``observe_usage``); without it, ``update``'s ``spent_tokens`` of a direct
-answer stands in.
+answer stands in. Whatever those lengths say, no plan the policy makes on its own exceeds
+``PLAN_CEILING`` times ``target_tokens`` (``plan_ceiling``): a backend whose answers run to any
+cap cannot grow a request's budget without bound.
 """
 
 from __future__ import annotations

@@ -212,15 +212,44 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest,
         # Every upstream call resends the prompt: one per sample, one more per search call.
         calls = routed.n * plan.width + plan.search_calls
         prompt_tokens = estimate_prompt_tokens(routed.body) * calls
+    param = "router.budget_tokens" if plan.budget_tokens else "max_tokens"
+    reservation = await _reserve(gw, admission, wanted, prompt_tokens, param)
+    if plan.budget_tokens is None and reservation.tokens:
+        plan = dataclasses.replace(plan, budget_tokens=reservation.tokens)
+    return plan, reservation
+
+
+async def reserve_for_proxy(request: Request, gw: Any, wanted: int | None,
+                            param: str) -> Reservation | None:
+    """Reserve the completion tokens of a forwarded call that may generate (``/v1/responses``,
+    ``/v1/embeddings``, ...) from its key's limits: ``wanted`` (its own cap, ``param``), else
+    what the key has left up to ``default_budget_tokens``. The route settles it with the
+    usage the reply reports (``service.proxy_usage``), so a key cannot spend past its limits
+    through endpoints other than completions. None without a key.
+
+    Raises:
+        InvalidRequest: ``wanted`` is more than the key may spend in a whole window (400).
+        RateLimited: the key's tokens this minute or today are used up (429).
+        Overloaded: the shared counters do not answer (503).
+    """
+    admission = admission_of(request)
+    if admission is None:
+        return None
+    return await _reserve(gw, admission, wanted, 0, param)
+
+
+async def _reserve(gw: Any, admission: Admission, wanted: int | None, prompt_tokens: int,
+                   param: str) -> Reservation:
+    """``KeyLimiter.reserve_tokens`` with its refusals counted and in the envelope; the
+    reservation is kept on ``admission`` (settled once the response is sent)."""
     try:
         reservation, headers = await gw.limiter.reserve_tokens(
-            admission.key, wanted, flexible_cap=settings.default_budget_tokens,
+            admission.key, wanted, flexible_cap=gw.settings.default_budget_tokens,
             prompt_tokens=prompt_tokens)
     except TokensOverLimit as exc:
         metrics.child(metrics.REJECTED, "budget").inc()
-        param = ("messages" if exc.kind == "prompt" else
-                 "router.budget_tokens" if plan.budget_tokens else "max_tokens")
-        raise InvalidRequest(str(exc), param=param, code="over_key_limit") from exc
+        raise InvalidRequest(str(exc), param="messages" if exc.kind == "prompt" else param,
+                             code="over_key_limit") from exc
     except RateLimited as exc:
         reason = "budget" if exc.code == "daily_budget_exhausted" else "rate_limit"
         metrics.child(metrics.REJECTED, reason).inc()
@@ -231,9 +260,7 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest,
         raise
     admission.reservation = reservation
     admission.headers.update(headers)
-    if plan.budget_tokens is None and reservation.tokens:
-        plan = dataclasses.replace(plan, budget_tokens=reservation.tokens)
-    return plan, reservation
+    return reservation
 
 
 def _bearer(scope: Scope) -> str | None:

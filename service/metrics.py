@@ -4,7 +4,9 @@ Names (labels):
 
 - ``ttc_requests_total{strategy, policy, arm, model, status}``: client requests answered.
 - ``ttc_tokens_total{kind, strategy, policy, arm, model}``: upstream tokens, ``kind`` is
-  ``prompt`` or ``completion``, summed over every upstream call of a request.
+  ``prompt`` or ``completion``, summed over every upstream call of a request; the usage of a
+  forwarded call (``/v1/responses``, ``/v1/embeddings``, ...) has ``strategy``, ``policy``
+  and ``arm`` ``none`` (``service.proxy_usage``).
 - ``ttc_upstream_requests_total{backend, status}``: every attempt sent to a backend, retries
   included; ``status`` is the HTTP status, or ``error`` when no status came back.
 - ``ttc_upstream_retries_total{backend, reason}``: attempts repeated after a failure.

@@ -415,6 +415,51 @@ async def test_streamed_responses_endpoint_is_proxied():
     assert backend.requests[0]["model"] == "fake-model"  # auto resolved
 
 
+def responses_backend(output_tokens: int) -> httpx.MockTransport:
+    """A backend whose ``/v1/responses`` spends ``output_tokens`` (Responses API usage: JSON,
+    or a stream whose ``response.completed`` event carries it) and whose ``/v1/embeddings``
+    reads 3 prompt tokens."""
+    usage = {"input_tokens": 11, "output_tokens": output_tokens,
+             "total_tokens": 11 + output_tokens}
+    done = {"id": "resp_1", "object": "response", "status": "completed",
+            "output": [{"type": "message", "content": [
+                {"type": "output_text", "text": "The usage is here: \"usage\": {}"}]}],
+            "usage": usage}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if request.url.path.endswith("/embeddings"):
+            return httpx.Response(200, json={"object": "list", "data": [], "usage": {
+                "prompt_tokens": 3, "total_tokens": 3}})
+        if not body.get("stream"):
+            return httpx.Response(200, json=done)
+        events = [("response.created", {"type": "response.created",
+                                        "response": {**done, "status": "in_progress",
+                                                     "usage": None}}),
+                  ("response.completed", {"type": "response.completed", "response": done})]
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=(
+            ScriptedStream([f"event: {k}\ndata: {json.dumps(v)}\n\n".encode()
+                            for k, v in events])))
+
+    return scripted_transport(handle)
+
+
+async def test_tokens_spent_through_other_endpoints_are_counted():
+    def tokens(kind: str) -> float:
+        return metric("ttc_tokens_total", kind=kind, strategy="none", policy="none",
+                      arm="none", model="fake-model")
+
+    before = tokens("completion"), tokens("prompt")
+    async with gateway_client(responses_backend(30)) as client:
+        for stream in (False, True):
+            reply = await client.post("/v1/responses", json={
+                "model": "auto", "input": "hi", "stream": stream})
+            assert reply.status_code == 200
+        await client.post("/v1/embeddings", json={"model": "fake-model", "input": "hi"})
+    assert tokens("completion") - before[0] == 2 * 30
+    assert tokens("prompt") - before[1] == 2 * 11 + 3
+
+
 async def test_proxy_to_unknown_model_is_404():
     async with gateway_client(FakeBackend().transport()) as client:
         reply = await client.post("/v1/embeddings", json={"model": "nope", "input": "hi"})

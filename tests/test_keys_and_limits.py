@@ -224,6 +224,30 @@ async def test_key_tokens_reach_the_metric_and_the_request_log():
     assert metric("ttc_key_tokens_total", key_name="metered", kind="completion") == before + 4
 
 
+async def test_a_key_out_of_tokens_cannot_spend_them_through_other_endpoints():
+    from tests.test_direct import responses_backend
+
+    secret = store().create("responder", tokens_per_day=100)
+    before = metric("ttc_key_tokens_total", key_name="responder", kind="completion")
+    async with running(responses_backend(80)) as (_, client):
+        first = await client.post("/v1/responses", json={"model": "auto", "input": "hi"},
+                                  headers=bearer(secret))
+        assert first.status_code == 200
+        # 80 of the day's 100 spent; the next 80 would overspend it: refused like a chat call
+        refused = await client.post(CHAT, json=ask(max_tokens=80), headers=bearer(secret))
+        assert refused.status_code == 429
+        first = await client.post("/v1/responses", json={"model": "auto", "input": "hi",
+                                                         "stream": True},
+                                  headers=bearer(secret))
+        assert first.status_code == 200  # granted the 20 left: it spent 80, counted in full
+        again = await client.post("/v1/responses", json={"model": "auto", "input": "hi"},
+                                  headers=bearer(secret))
+        assert again.status_code == 429
+        assert again.json()["error"]["code"] == "daily_budget_exhausted"
+    assert metric("ttc_key_tokens_total", key_name="responder", kind="completion") == (
+        before + 160)
+
+
 async def test_operator_caps_are_clear_400s():
     config = make_settings(max_n=4, max_budget_tokens=1000, max_samples=8, vote_width=16,
                            vote_min_depth_tokens=1)

@@ -2,7 +2,9 @@
 to the backend serving the named model, streaming included, so that pointing an application
 at the gateway breaks nothing. A JSON body that does not parse is a 400, and a backend's error
 reply (whatever its body: JSON or plain text) is rendered in OpenAI's envelope, its message
-kept. Counted in ``ttc_proxied_requests_total``."""
+kept. Counted in ``ttc_proxied_requests_total``; a call that names a model reserves tokens
+from its key's limits like a completion (``admission.reserve_for_proxy``), and the usage its
+reply reports is counted (``service.proxy_usage``)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from service import metrics
+from service.admission import reserve_for_proxy
 from service.backends import AUTO_MODEL
 from service.deps import gateway, read_body
 from service.errors import GatewayError, InvalidRequest, UpstreamUnavailable
+from service.proxy_usage import counted
 
 router = APIRouter()
 
@@ -38,7 +42,11 @@ async def forward(path: str, request: Request) -> StreamingResponse:
     endpoint = path.split("/", 1)[0] if path.split("/", 1)[0] in KNOWN_ENDPOINTS else "other"
     try:
         body = await read_body(request, gw.settings.max_body_bytes)
-        backend, body = await _choose_backend(gw, body, request.headers.get("content-type", ""))
+        backend, body, model, cap = await _choose_backend(
+            gw, body, request.headers.get("content-type", ""))
+        reservation = None
+        if model is not None:  # a call that may generate: within the key's token limits
+            reservation = await reserve_for_proxy(request, gw, cap, "max_output_tokens")
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in _DROPPED_REQUEST_HEADERS}
         upstream_path = "/" + path + (f"?{request.url.query}" if request.url.query else "")
@@ -48,13 +56,16 @@ async def forward(path: str, request: Request) -> StreamingResponse:
         metrics.PROXIED.labels(endpoint, str(exc.status)).inc()
         raise
     metrics.PROXIED.labels(endpoint, str(status)).inc()
-    return StreamingResponse(chunks, status_code=status, headers=out_headers,
+    out = chunks if model is None else counted(chunks, model, reservation)
+    return StreamingResponse(out, status_code=status, headers=out_headers,
                              background=BackgroundTask(chunks.aclose))
 
 
 async def _choose_backend(gw, body: bytes, content_type: str):  # type: ignore[no-untyped-def]
-    """The backend serving the body's ``model`` (``auto`` rewritten to the default model), or
-    the first backend when the call names no model.
+    """(backend, body, model, cap): the backend serving the body's ``model`` (``auto``
+    rewritten to the default model), or the first backend when the call names no model (then
+    ``model`` is None); ``cap`` is the body's ``max_output_tokens`` (the Responses API's
+    ``max_tokens``) when it is a positive integer, else None.
 
     Raises:
         InvalidRequest: a JSON body that does not parse (400).
@@ -70,7 +81,9 @@ async def _choose_backend(gw, body: bytes, content_type: str):  # type: ignore[n
             if parsed["model"] == AUTO_MODEL:
                 parsed["model"] = model
                 body = orjson.dumps(parsed)
-            return backend, body
+            cap = parsed.get("max_output_tokens")
+            valid = isinstance(cap, int) and not isinstance(cap, bool) and cap > 0
+            return backend, body, parsed["model"], cap if valid else None
     if not gw.registry.backends:
         raise UpstreamUnavailable("no backend is configured", code="no_backend")
-    return gw.registry.backends[0], body
+    return gw.registry.backends[0], body, None, None

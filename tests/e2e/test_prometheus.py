@@ -68,8 +68,11 @@ def stack(tmp_path: Path) -> Iterator[tuple[Process, Process]]:
     gateway = None
     prometheus = None
     try:
+        # A target mean of one token: the auto request spends more than 1.5x it, so the
+        # TTCMeanSpendAboveTarget expression has data (pending; it fires after an hour).
         gateway = start_gateway(backend.url, tmp_path / "data", tmp_path,
-                                env={"TTC_EXPERIMENTS": json.dumps(EXPERIMENTS)})
+                                env={"TTC_EXPERIMENTS": json.dumps(EXPERIMENTS),
+                                     "TTC_LEARNED_TARGET_TOKENS": "1"})
         config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(DEPLOY / f) for f in config["rule_files"]]
@@ -249,7 +252,8 @@ def test_every_dashboard_and_rule_expression_returns_data(stack):
     assert all(rule["health"] == "ok" for group in rules for rule in group["rules"]), rules
     alerts = httpx.get(prometheus.url + "/api/v1/alerts", timeout=10).json()["data"]["alerts"]
     assert {a["labels"]["alertname"] for a in alerts} == {
-        "TTCBackendErrors", "TTCBudgetOverruns", "TTCAccuracyDrop", "TTCRejectedRequests"}
+        "TTCBackendErrors", "TTCBudgetOverruns", "TTCAccuracyDrop", "TTCRejectedRequests",
+        "TTCMeanSpendAboveTarget"}
 
     # Grafana's template variables (label_values(ttc_requests_total, LABEL)) have values.
     for label in ("strategy", "policy", "arm", "model"):

@@ -460,6 +460,19 @@ async def test_tokens_spent_through_other_endpoints_are_counted():
     assert tokens("prompt") - before[1] == 2 * 11 + 3
 
 
+def test_a_forwarded_replys_usage_is_its_last_valid_one():
+    from service.proxy_usage import read_usage
+
+    chat = b'{"usage": {"prompt_tokens": 4, "completion_tokens": 9, "total_tokens": 13}}'
+    assert read_usage(chat) == (4, 9)
+    running = (b'data: {"usage": {"input_tokens": 1, "output_tokens": 2}}\n\n'
+               b'data: {"usage": {"input_tokens": 1, "output_tokens": 5}}\n\n')
+    assert read_usage(running) == (1, 5)  # running totals: the last one
+    broken = b'{"usage": {"prompt_tokens": 3, "total_tokens": 3}} {"usage": {"prompt_tokens": -1}}'
+    assert read_usage(broken) == (3, 0)  # a negative count is no count
+    assert read_usage(b'{"usage": null, "text": "\\"usage\\": {\\"output_tokens\\": 9}"}') is None
+
+
 async def test_proxy_to_unknown_model_is_404():
     async with gateway_client(FakeBackend().transport()) as client:
         reply = await client.post("/v1/embeddings", json={"model": "nope", "input": "hi"})

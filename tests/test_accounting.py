@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import gateway_client, make_settings, metric
-from tests.fakes import ScriptedStream, scripted_transport
+from tests.fakes import ScriptedStream, scripted_transport, sse_body
 from tests.fault_backend import LyingBackend
 
 CHAT = "/v1/chat/completions"
@@ -270,3 +270,25 @@ async def test_a_reply_cut_past_its_cap_without_usage_is_counted_by_its_text(cha
         reply = await client.post(CHAT, json=forced)
     router = reply.json()["router"]
     assert router["spent_tokens"] == 50 and router["budget_overrun"] is True
+
+
+async def test_a_stream_whose_only_usage_came_early_is_counted_by_its_chunks(chat_body):
+    # A proxy that sends a running usage (prompt only) with its first chunk and none at the
+    # end: 30 chunks of text are 30 tokens at least, whatever that stale usage says.
+    base = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "fake-model"}
+    early = {**base, "choices": [{"index": 0, "delta": {"role": "assistant"},
+                                  "finish_reason": None}],
+             "usage": {"prompt_tokens": 10, "completion_tokens": 0, "total_tokens": 10}}
+    text = {**base, "choices": [{"index": 0, "delta": {"content": "w "},
+                                 "finish_reason": None}]}
+    end = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    transport = scripted_transport(lambda r: httpx.Response(
+        200, headers={"content-type": "text/event-stream"},
+        stream=ScriptedStream(sse_body(early, *[text] * 30, end, "data: [DONE]\n\n"))))
+    stream = {**chat_body, "stream": True, "stream_options": {"include_usage": True}}
+    async with gateway_client(transport) as client:
+        for extra in ({"max_tokens": 100},
+                      {"router": {"strategy": "sequential", "budget_tokens": 100}}):
+            last = last_event(await client.post(CHAT, json={**stream, **extra}))
+            assert last["usage"]["completion_tokens"] >= 30, extra
+            assert last["router"]["usage_estimated"] is True

@@ -241,7 +241,7 @@ async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
         for state in states:
             await state.metered.finish_counted(
                 state.usage, list(state.texts.values()),
-                [state.finishes.get(i) for i in state.texts])
+                [state.finishes.get(i) for i in state.texts], at_least=state.chunks)
             call.answer_samples += [(text, state.finishes.get(i), choice_cap(call))
                                     for i, text in state.texts.items()]
     except GatewayError as exc:

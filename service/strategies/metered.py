@@ -20,7 +20,9 @@ Every strategy sends its calls through ``Metered``, so that the budget ledger, `
   the same size from the ledger, and the request's retry count must be under
   ``max_request_retries``; the backend's retry budget is checked by the upstream client.
 - **A broken or abandoned stream** is charged its grant unless its usage arrived: the backend
-  may have generated more than reached the gateway.
+  may have generated more than reached the gateway. A stream's usage below its chunks of text
+  (a token each at least) is a stale running total, sent early and never updated: the call is
+  counted as if it had none.
 
 ``router.usage_source`` names the most cautious source any call needed (``backend``,
 ``tokenizer``, ``grant``, ``text_bytes``: a call with no cap at all, bounded by its text's
@@ -178,21 +180,27 @@ class Metered:
         await self.finish_counted(data.get("usage"), texts, finishes)
 
     async def finish_counted(self, usage: Any, texts: list[str],
-                             finishes: list[str | None]) -> None:
+                             finishes: list[str | None], *, at_least: int = 0) -> None:
         """Count a call from its ``usage`` (None when absent) or from the ``texts`` and
-        ``finishes`` of its choices, and settle."""
+        ``finishes`` of its choices, and settle. ``at_least``: a stream's chunks that carried
+        text, a token each at least; a usage below that is a stale running total (sent early,
+        never updated) or wrong, and the call is counted as if it had none."""
         if self.settled:
             return
+        if _has_usage(usage) and usage["completion_tokens"] < at_least:
+            usage = None
         completion, prompt, source = await self._count(usage, texts, finishes)
-        self._settle(completion, prompt, source, usage if source == "backend" else None)
+        self._settle(max(completion, at_least), prompt, source,
+                     usage if source == "backend" else None)
 
     def abandon(self, usage: Any, seen_text: str, *, at_least: int = 0) -> None:
         """Settle a stream that did not end normally (broken, abandoned, or cut off for
-        sending more than granted): its ``usage`` when it arrived, else its grant or
-        ``at_least`` tokens if more (else, with no cap, the text seen, in UTF-8 bytes)."""
+        sending more than granted): its ``usage`` when it arrived and covers ``at_least``
+        (the chunks of text seen), else its grant or ``at_least`` tokens if more (else, with
+        no cap, the text seen, in UTF-8 bytes)."""
         if self.settled:
             return
-        if _has_usage(usage):
+        if _has_usage(usage) and usage["completion_tokens"] >= at_least:
             self._settle(int(usage["completion_tokens"]), _prompt_of(usage), "backend", usage)
         elif self.granted is not None:
             self._settle(max(self.granted, at_least), None, "grant")

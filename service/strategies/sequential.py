@@ -234,7 +234,8 @@ async def _forward(call: Call, stream: UpstreamStream, metered: Metered,
         elif not piece.done and piece.finish_reason is None:
             raise UpstreamError("the stream from the backend ended before the answer was "
                                 "complete", code="stream_truncated")
-        await metered.finish_counted(piece.usage, [piece.generated], [piece.finish_reason])
+        await metered.finish_counted(piece.usage, [piece.generated], [piece.finish_reason],
+                                     at_least=piece.chunks)
     finally:
         await close_all([stream])
         metered.abandon(piece.usage, piece.generated)

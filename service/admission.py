@@ -219,11 +219,12 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest,
     return plan, reservation
 
 
-async def reserve_for_proxy(request: Request, gw: Any, wanted: int | None,
-                            param: str) -> Reservation | None:
+async def reserve_for_proxy(request: Request, gw: Any, wanted: int | None, param: str,
+                            body: dict[str, Any]) -> Reservation | None:
     """Reserve the completion tokens of a forwarded call that may generate (``/v1/responses``,
     ``/v1/embeddings``, ...) from its key's limits: ``wanted`` (its own cap, ``param``), else
-    what the key has left up to ``default_budget_tokens``. The route settles it with the
+    what the key has left up to ``default_budget_tokens``; and, under a prompt-token limit,
+    the estimated tokens of its ``input`` (``body``, parsed). The route settles it with the
     usage the reply reports (``service.proxy_usage``), so a key cannot spend past its limits
     through endpoints other than completions. None without a key.
 
@@ -235,7 +236,10 @@ async def reserve_for_proxy(request: Request, gw: Any, wanted: int | None,
     admission = admission_of(request)
     if admission is None:
         return None
-    return await _reserve(gw, admission, wanted, 0, param)
+    prompt_tokens = 0
+    if admission.key.prompt_tpm is not None:
+        prompt_tokens = estimate_prompt_tokens({"prompt": body.get("input")})
+    return await _reserve(gw, admission, wanted, prompt_tokens, param)
 
 
 async def _reserve(gw: Any, admission: Admission, wanted: int | None, prompt_tokens: int,

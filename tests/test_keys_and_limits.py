@@ -248,6 +248,16 @@ async def test_a_key_out_of_tokens_cannot_spend_them_through_other_endpoints():
         before + 160)
 
 
+async def test_a_prompt_token_limit_holds_for_other_endpoints_too():
+    from tests.test_direct import responses_backend
+
+    secret = store().create("reader", prompt_tpm=20)  # each call reads 11 prompt tokens
+    async with running(responses_backend(5)) as (_, client):
+        codes = [(await client.post("/v1/responses", json={"model": "auto", "input": "hi"},
+                                    headers=bearer(secret))).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+
+
 async def test_operator_caps_are_clear_400s():
     config = make_settings(max_n=4, max_budget_tokens=1000, max_samples=8, vote_width=16,
                            vote_min_depth_tokens=1)

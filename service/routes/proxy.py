@@ -42,11 +42,15 @@ async def forward(path: str, request: Request) -> StreamingResponse:
     endpoint = path.split("/", 1)[0] if path.split("/", 1)[0] in KNOWN_ENDPOINTS else "other"
     try:
         body = await read_body(request, gw.settings.max_body_bytes)
-        backend, body, model, cap = await _choose_backend(
+        backend, body, parsed = await _choose_backend(
             gw, body, request.headers.get("content-type", ""))
+        model = parsed.get("model") if parsed is not None else None
         reservation = None
-        if model is not None:  # a call that may generate: within the key's token limits
-            reservation = await reserve_for_proxy(request, gw, cap, "max_output_tokens")
+        if parsed is not None:  # a call that may generate: within the key's token limits
+            cap = parsed.get("max_output_tokens")  # the Responses API's cap on its output
+            valid = isinstance(cap, int) and not isinstance(cap, bool) and cap > 0
+            reservation = await reserve_for_proxy(request, gw, cap if valid else None,
+                                                  "max_output_tokens", parsed)
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in _DROPPED_REQUEST_HEADERS}
         upstream_path = "/" + path + (f"?{request.url.query}" if request.url.query else "")
@@ -56,16 +60,15 @@ async def forward(path: str, request: Request) -> StreamingResponse:
         metrics.PROXIED.labels(endpoint, str(exc.status)).inc()
         raise
     metrics.PROXIED.labels(endpoint, str(status)).inc()
-    out = chunks if model is None else counted(chunks, model, reservation)
+    out = chunks if parsed is None else counted(chunks, str(model), reservation)
     return StreamingResponse(out, status_code=status, headers=out_headers,
                              background=BackgroundTask(chunks.aclose))
 
 
 async def _choose_backend(gw, body: bytes, content_type: str):  # type: ignore[no-untyped-def]
-    """(backend, body, model, cap): the backend serving the body's ``model`` (``auto``
-    rewritten to the default model), or the first backend when the call names no model (then
-    ``model`` is None); ``cap`` is the body's ``max_output_tokens`` (the Responses API's
-    ``max_tokens``) when it is a positive integer, else None.
+    """(backend, body, parsed): the backend serving the body's ``model`` (``auto`` rewritten
+    to the default model) and the body parsed, or the first backend when the call names no
+    model (then ``parsed`` is None).
 
     Raises:
         InvalidRequest: a JSON body that does not parse (400).
@@ -81,9 +84,7 @@ async def _choose_backend(gw, body: bytes, content_type: str):  # type: ignore[n
             if parsed["model"] == AUTO_MODEL:
                 parsed["model"] = model
                 body = orjson.dumps(parsed)
-            cap = parsed.get("max_output_tokens")
-            valid = isinstance(cap, int) and not isinstance(cap, bool) and cap > 0
-            return backend, body, parsed["model"], cap if valid else None
+            return backend, body, parsed
     if not gw.registry.backends:
         raise UpstreamUnavailable("no backend is configured", code="no_backend")
-    return gw.registry.backends[0], body, None, None
+    return gw.registry.backends[0], body, None

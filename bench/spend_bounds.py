@@ -15,7 +15,9 @@ counts them exactly, ``n`` is honoured:
 - ``fills_cap``: writes until ``max_tokens`` and states its answer there, ``finish_reason``
   ``stop`` (budget forcing; the plain simulator does this on prompts it does not know);
 - ``never_answers``: writes until ``max_tokens``, ``finish_reason`` ``length``, no answer (a
-  small model that loops).
+  small model that loops);
+- ``answers_late``: reasons for 89% of ``max_tokens``, answers, then checks its answer until
+  the cap cuts it (``finish_reason`` ``length``).
 
 Per backend it prints the mean completion tokens per request against the target mean
 (``learned_target_tokens``), the 99th percentile and the largest request, and the mean of the
@@ -43,7 +45,8 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent  # this script runs against another tree too
-BEHAVIOURS = ("short", "checks_after", "no_marker", "long", "fills_cap", "never_answers")
+BEHAVIOURS = ("short", "checks_after", "no_marker", "long", "fills_cap", "never_answers",
+              "answers_late")
 PROMPTS = (
     "Which planet has the most moons? (A) Mars (B) Saturn (C) Venus (D) Mercury",
     "Which gas do plants take in for photosynthesis? (A) oxygen (B) nitrogen (C) carbon "
@@ -62,6 +65,9 @@ PROMPTS = (
 def _reply_words(behaviour: str, cap: int, rng: random.Random) -> tuple[list[str], str]:
     """One choice's words and finish reason for ``behaviour`` given ``max_tokens`` ``cap``."""
     answer = ["The", "answer", "is", "7."]
+    if behaviour == "answers_late":
+        reasoning = ["step"] * max(0, int(0.89 * cap) - len(answer))
+        return (reasoning + answer + ["check"] * cap)[:cap], "length"
     if behaviour in ("fills_cap", "never_answers"):
         if behaviour == "fills_cap":
             return ["step"] * max(0, cap - len(answer)) + answer[:cap], "stop"

@@ -73,8 +73,16 @@ LOOP_FLOOR = DEFAULT_ANSWER_TOKENS
 # sets the prior (``default_answer_tokens``).
 PROBE_LIMIT = 8
 # A sample that spent its whole cap and stated its answer past this share of its text answered
-# where the cap was, not where its answer would have ended (``observations``).
-FILLED_ANSWER_SHARE = 0.9
+# where the cap was, not where its answer would have ended (``observations``). One over
+# ``prior.HEADROOM`` (1.25; not imported, the policies import this module): samples get 1.25x
+# the estimate, so an answer read later than 0.8 of a filled sample would raise the estimate,
+# and the next cap with it, request after request, for a backend whose answers follow its cap.
+# At 0.9, a backend that answers at 89% of its cap and checks until cut climbed to the plan
+# ceiling (bench/spend_bounds.py: 3,640 tokens a request against a target of 512; 832 at 0.8);
+# on the real bank the cost was 40 more tokens a request out of the box (413 -> 453, same
+# accuracy; 7 Dec 2026). Counting such answers at 0.8 of the cap instead of as cut failed on
+# chains, whose cap is four samples and more: 1,367 tokens a request.
+FILLED_ANSWER_SHARE = 0.8
 
 
 def kaplan_meier_quantile(observations: Iterable[tuple[int, bool]], quantile: float
@@ -146,11 +154,11 @@ def observations(samples: Sequence[tuple[str, str | None, int | None]],
         One pair per sample with text: the tokens up to its first explicit answer
         (``answers.first_answer_end``) and True; else, when it stopped on its own before its
         cap, all its tokens and True; else (cut before any explicit answer) its tokens and
-        False. A sample that spent its whole cap and stated its answer only in the last
-        ``1 - FILLED_ANSWER_SHARE`` of its text counts as cut too: a backend that writes until
-        the cap and answers there (budget forcing, a simulator) would otherwise teach that
-        answers need all the room they were given, and each next sample gets ``prior.HEADROOM``
-        more (the estimate grew 1.25x a request to ``MAX_ANSWER_TOKENS``).
+        False. A sample that spent its whole cap and stated its answer only past
+        ``FILLED_ANSWER_SHARE`` of its text counts as cut too: a backend that writes until the
+        cap and answers there (budget forcing, a simulator) would otherwise teach that answers
+        need all the room they were given, and each next sample gets ``prior.HEADROOM`` more
+        (the estimate grew 1.25x a request to ``MAX_ANSWER_TOKENS``).
     """
     kept = [(text, reason, cap) for text, reason, cap in samples if text]
     counts = _sample_tokens(kept, completion_tokens)
@@ -158,7 +166,7 @@ def observations(samples: Sequence[tuple[str, str | None, int | None]],
     for (text, reason, cap), tokens in zip(kept, counts, strict=True):
         end = first_answer_end(text)
         filled = cap is not None and tokens >= cap  # spent its whole cap, whatever it says
-        if end is not None and not (filled and end >= FILLED_ANSWER_SHARE * len(text)):
+        if end is not None and not (filled and end > FILLED_ANSWER_SHARE * len(text)):
             found.append((max(1, round(tokens * end / len(text))), True))
         else:
             found.append((tokens, reason != "length" and not filled))

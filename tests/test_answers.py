@@ -185,9 +185,20 @@ def test_a_sample_that_answers_only_where_its_cap_ends_is_read_as_cut():
     # read as answered at its cap, each next sample got 1.25x more, request after request.
     at_the_end = "x" * 280 + " The answer is 7."
     assert observations([(at_the_end, "stop", 300)], completion_tokens=300) == [(300, False)]
+    # Without an explicit answer, a sample that spent its whole cap is cut, whatever it says.
+    assert observations([("x" * 300, "stop", 300)], completion_tokens=300) == [(300, False)]
     # The same sample with room to spare, or one that answered early and then checked its work
     # to the cap, did answer where it says.
-    assert observations([(at_the_end, "stop", 400)], completion_tokens=300)[0][1] is True
+    assert observations([(at_the_end, "stop", 400)], completion_tokens=300) == [(300, True)]
     early = "x" * 50 + " The answer is 7. " + "y" * 232
     assert observations([(early, "length", 300)], completion_tokens=300) == [
         (round(300 * 67 / 300), True)]
+
+
+def test_the_filled_share_is_one_over_the_samples_headroom():
+    # An answer read past 1 / HEADROOM of a filled sample would raise the estimate, and the
+    # next sample's cap, each request (bench/spend_bounds.py's answers_late backend).
+    from router_models.answer_lengths import FILLED_ANSWER_SHARE
+    from router_models.policies.prior import HEADROOM
+
+    assert abs(FILLED_ANSWER_SHARE * HEADROOM - 1) < 1e-9

@@ -36,7 +36,7 @@ async def test_the_same_prompt_again_and_again_never_ratchets_its_budget():
 async def test_backends_that_loop_or_fill_their_cap_stay_within_the_ceiling():
     from bench.spend_bounds import run_behaviour, summary
 
-    for behaviour in ("never_answers", "fills_cap", "long"):
+    for behaviour in ("never_answers", "fills_cap", "answers_late", "long"):
         spent = await run_behaviour(behaviour, requests=60, target=512, seed=1)
         found = summary(spent, 512)
         # Before: 30,216 tokens at most and about 18,000 a request on average (never_answers,

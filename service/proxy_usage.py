@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeGuard
 
 from service import metrics
 from service.limits import Reservation
@@ -57,9 +57,14 @@ def _counts(usage: Any) -> tuple[int, int] | None:
         return None
     prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
     completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
-    valid = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                for v in (prompt, completion))
-    return (prompt, completion) if valid and (prompt or completion) else None
+    if not (_is_count(prompt) and _is_count(completion)):
+        return None
+    return (prompt, completion) if prompt or completion else None
+
+
+def _is_count(value: Any) -> TypeGuard[int]:
+    """A non-negative int (a bool is not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 async def counted(chunks: AsyncIterator[bytes], model: str,

@@ -217,10 +217,11 @@ class Metered:
         call = self.call
         total = 0
         source = "tokenizer"
+        cap = self.per_choice
         for text, finish in zip(texts, finishes, strict=True):
-            cut = finish == "length" and self.per_choice is not None
-            if cut and len(text.encode()) <= self.per_choice:
-                total += self.per_choice  # cut by its cap: exactly max_tokens were generated
+            cut = finish == "length" and cap is not None
+            if cut and cap is not None and len(text.encode()) <= cap:
+                total += cap  # cut by its cap: exactly max_tokens were generated
                 continue
             counted = None
             if source == "tokenizer":
@@ -229,7 +230,7 @@ class Metered:
             if cut and counted is not None:
                 # More UTF-8 bytes than its cap (a token is at least one byte), so it may be
                 # more tokens: a backend that ignores max_tokens and stops at its own limit.
-                total += max(self.per_choice or 0, counted)
+                total += max(cap or 0, counted)
             elif counted is not None:
                 # The end-of-sequence token, or a stop string the server removed, was
                 # generated too; within the cap unless the backend ignored it.

@@ -17,11 +17,14 @@ counts them exactly, ``n`` is honoured:
 - ``never_answers``: writes until ``max_tokens``, ``finish_reason`` ``length``, no answer (a
   small model that loops);
 - ``answers_late``: reasons for 89% of ``max_tokens``, answers, then checks its answer until
-  the cap cuts it (``finish_reason`` ``length``).
+  the cap cuts it (``finish_reason`` ``length``);
+- ``reasoning``: a reasoning model (vLLM's reasoning parser, DeepSeek-R1): 600-900 tokens in
+  ``reasoning_content``, then the answer as ``content``; cut before it, ``content`` is empty.
 
 Per backend it prints the mean completion tokens per request against the target mean
-(``learned_target_tokens``), the 99th percentile and the largest request, and the mean of the
-last quarter of the traffic (where a ratchet shows). ``--baseline DIR`` runs the same traffic
+(``learned_target_tokens``), the 99th percentile and the largest request, the mean of the
+last quarter of the traffic (where a ratchet shows), and the share of replies whose content
+states the answer (a reply whose samples were all cut states none). ``--baseline DIR`` runs the same traffic
 through the gateway of another source tree (a worktree of an older commit) in a subprocess,
 so a change is measured against its parent in one run.
 
@@ -46,7 +49,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent  # this script runs against another tree too
 BEHAVIOURS = ("short", "checks_after", "no_marker", "long", "fills_cap", "never_answers",
-              "answers_late")
+              "answers_late", "reasoning")
+ANSWER = ["The", "answer", "is", "7."]
 PROMPTS = (
     "Which planet has the most moons? (A) Mars (B) Saturn (C) Venus (D) Mercury",
     "Which gas do plants take in for photosynthesis? (A) oxygen (B) nitrogen (C) carbon "
@@ -62,9 +66,22 @@ PROMPTS = (
 )
 
 
-def _reply_words(behaviour: str, cap: int, rng: random.Random) -> tuple[list[str], str]:
-    """One choice's words and finish reason for ``behaviour`` given ``max_tokens`` ``cap``."""
-    answer = ["The", "answer", "is", "7."]
+def _reply_words(behaviour: str, cap: int, rng: random.Random
+                 ) -> tuple[list[str], str, list[str]]:
+    """One choice's content words, finish reason and ``reasoning_content`` words for
+    ``behaviour`` given ``max_tokens`` ``cap``."""
+    answer = ANSWER
+    if behaviour == "reasoning":
+        need = rng.randint(600, 900)
+        if cap < need + len(answer):
+            return [], "length", ["hmm"] * cap
+        return answer, "stop", ["hmm"] * need
+    words, finish = _visible_words(behaviour, cap, rng)
+    return words, finish, []
+
+
+def _visible_words(behaviour: str, cap: int, rng: random.Random) -> tuple[list[str], str]:
+    answer = ANSWER
     if behaviour == "answers_late":
         reasoning = ["step"] * max(0, int(0.89 * cap) - len(answer))
         return (reasoning + answer + ["check"] * cap)[:cap], "length"
@@ -96,10 +113,12 @@ def scripted_backend(behaviour: str, seed: int) -> httpx.MockTransport:
         cap = int(body.get("max_completion_tokens") or body.get("max_tokens") or 4096)
         choices, spent = [], 0
         for index in range(int(body.get("n") or 1)):
-            words, finish = _reply_words(behaviour, cap, rng)
-            spent += len(words)
-            choices.append({"index": index, "finish_reason": finish,
-                            "message": {"role": "assistant", "content": " ".join(words)}})
+            words, finish, hidden = _reply_words(behaviour, cap, rng)
+            spent += len(words) + len(hidden)
+            message = {"role": "assistant", "content": " ".join(words)}
+            if hidden:
+                message["reasoning_content"] = " ".join(hidden)
+            choices.append({"index": index, "finish_reason": finish, "message": message})
         return httpx.Response(200, json={
             "id": "chatcmpl-bench", "object": "chat.completion", "created": 0,
             "model": "scripted", "choices": choices,
@@ -110,8 +129,9 @@ def scripted_backend(behaviour: str, seed: int) -> httpx.MockTransport:
 
 
 async def run_behaviour(behaviour: str, requests: int, target: float, seed: int
-                        ) -> list[int]:
-    """Completion tokens of each of ``requests`` `auto` requests through a fresh gateway."""
+                        ) -> list[tuple[int, bool]]:
+    """(completion tokens, content states the answer) of each of ``requests`` `auto`
+    requests through a fresh gateway."""
     from service.app import create_app
     from service.settings import Settings, UpstreamSettings
 
@@ -129,18 +149,22 @@ async def run_behaviour(behaviour: str, requests: int, target: float, seed: int
                                                    "content": rng.choice(PROMPTS)}]}
             reply = await client.post("/v1/chat/completions", json=body)
             reply.raise_for_status()
-            spent.append(int(reply.json()["usage"]["completion_tokens"]))
+            data = reply.json()
+            content = data["choices"][0]["message"].get("content") or ""
+            spent.append((int(data["usage"]["completion_tokens"]),
+                          " ".join(ANSWER) in content))
     return spent
 
 
-def summary(spent: list[int], target: float) -> dict[str, float]:
-    """Mean, p99, largest and last-quarter mean of completion tokens per request, and the
-    mean's ratio to ``target``."""
-    values = np.array(spent, float)
+def summary(replies: list[tuple[int, bool]], target: float) -> dict[str, float]:
+    """Mean, p99, largest and last-quarter mean of completion tokens per request, the mean's
+    ratio to ``target``, and the share of replies that state the answer."""
+    values = np.array([tokens for tokens, _ in replies], float)
     tail = values[-max(1, len(values) // 4):]
     return {"mean": float(values.mean()), "x_target": float(values.mean() / target),
             "p99": float(np.percentile(values, 99)), "max": float(values.max()),
-            "last_quarter_mean": float(tail.mean())}
+            "last_quarter_mean": float(tail.mean()),
+            "answered": float(np.mean([stated for _, stated in replies]))}
 
 
 def measure(requests: int, target: float, seed: int) -> dict[str, dict[str, float]]:
@@ -179,13 +203,14 @@ def main(argv: list[str] | None = None) -> int:
                    **columns}
     print(f"SIMULATION: scripted backends, {args.requests} `auto` requests each, target mean "
           f"{args.target:g} completion tokens, seed {args.seed}\n")
-    print("| backend | tree | mean (x target) | last quarter mean | p99 | largest |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| backend | tree | mean (x target) | last quarter mean | p99 | largest | answered |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for behaviour in BEHAVIOURS:
         for tree, rows in columns.items():
             r = rows[behaviour]
             print(f"| {behaviour} | {tree} | {r['mean']:.0f} ({r['x_target']:.2f}x) | "
-                  f"{r['last_quarter_mean']:.0f} | {r['p99']:.0f} | {r['max']:.0f} |")
+                  f"{r['last_quarter_mean']:.0f} | {r['p99']:.0f} | {r['max']:.0f} | "
+                  f"{r['answered']:.0%} |")
     return 0
 
 

@@ -151,7 +151,8 @@ def observations(samples: Sequence[tuple[str, str | None, int | None]],
             the others share the rest in proportion to their characters.
 
     Returns:
-        One pair per sample with text: the tokens up to its first explicit answer
+        One pair per sample with text, or cut by its cap: the tokens up to its first explicit
+        answer
         (``answers.first_answer_end``) and True; else, when it stopped on its own before its
         cap, all its tokens and True; else (cut before any explicit answer) its tokens and
         False. A sample that spent its whole cap and stated its answer only past
@@ -160,7 +161,11 @@ def observations(samples: Sequence[tuple[str, str | None, int | None]],
         need all the room they were given, and each next sample gets ``prior.HEADROOM`` more
         (the estimate grew 1.25x a request to ``MAX_ANSWER_TOKENS``).
     """
-    kept = [(text, reason, cap) for text, reason, cap in samples if text]
+    # A sample cut with no text at all spent its tokens where the reply does not show them (a
+    # reasoning model's ``reasoning_content``): still a cut, or such models' samples would
+    # never be seen to need more room.
+    kept = [(text, reason, cap) for text, reason, cap in samples
+            if text or (reason == "length" and cap)]
     counts = _sample_tokens(kept, completion_tokens)
     found: list[tuple[int, bool]] = []
     for (text, reason, cap), tokens in zip(kept, counts, strict=True):

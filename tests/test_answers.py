@@ -202,3 +202,12 @@ def test_the_filled_share_is_one_over_the_samples_headroom():
     from router_models.policies.prior import HEADROOM
 
     assert abs(FILLED_ANSWER_SHARE * HEADROOM - 1) < 1e-9
+
+
+def test_a_sample_cut_inside_hidden_reasoning_is_a_cut():
+    # A reasoning model cut before it wrote any content spent its cap on reasoning_content:
+    # a censored observation, so its kind's samples get more room next time.
+    assert observations([("", "length", 300), ("The answer is 7.", "stop", 300)],
+                        completion_tokens=300 + 180) == [(300, False), (180, True)]
+    assert observations([("", "stop", 300)], completion_tokens=0) == []
+

@@ -37,9 +37,22 @@ async def test_backends_that_loop_or_fill_their_cap_stay_within_the_ceiling():
     from bench.spend_bounds import run_behaviour, summary
 
     for behaviour in ("never_answers", "fills_cap", "answers_late", "long"):
-        spent = await run_behaviour(behaviour, requests=60, target=512, seed=1)
-        found = summary(spent, 512)
+        replies = await run_behaviour(behaviour, requests=60, target=512, seed=1)
+        found = summary(replies, 512)
         # Before: 30,216 tokens at most and about 18,000 a request on average (never_answers,
         # bench/spend_bounds.py --baseline). A probe's climb, then the prior's size.
         assert found["max"] <= PLAN_CEILING * 512, (behaviour, found)
         assert found["last_quarter_mean"] <= 4 * 512, (behaviour, found)
+
+
+async def test_a_reasoning_model_cut_in_its_hidden_reasoning_gets_room_to_answer():
+    from bench.spend_bounds import run_behaviour
+
+    # 600-900 tokens of reasoning_content before the answer: samples cut inside it have empty
+    # content, and were dropped from the answer lengths, so samples stayed at 320 tokens and
+    # 22% of replies stated an answer (bench/spend_bounds.py against its parent).
+    replies = await run_behaviour("reasoning", requests=60, target=512, seed=1)
+    late = replies[20:]
+    assert sum(stated for _, stated in late) >= 0.9 * len(late)
+    assert max(tokens for tokens, _ in replies) <= PLAN_CEILING * 512
+

@@ -24,9 +24,9 @@ counts them exactly, ``n`` is honoured:
 Per backend it prints the mean completion tokens per request against the target mean
 (``learned_target_tokens``), the 99th percentile and the largest request, the mean of the
 last quarter of the traffic (where a ratchet shows), and the share of replies whose content
-states the answer (a reply whose samples were all cut states none). ``--baseline DIR`` runs the same traffic
-through the gateway of another source tree (a worktree of an older commit) in a subprocess,
-so a change is measured against its parent in one run.
+states the answer (a reply whose samples were all cut states none). ``--baseline DIR`` runs
+the same traffic through the gateway of another source tree (a worktree of an older commit) in
+a subprocess, so a change is measured against its parent in one run.
 
 Run: `.venv/bin/python bench/spend_bounds.py` (about a minute);
 `--baseline /tmp/before` to compare.

@@ -195,8 +195,12 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest,
         raise InvalidRequest(f"budget_tokens is at most {settings.max_budget_tokens} on this "
                              "gateway", param="router.budget_tokens", code="over_operator_cap")
     if plan.budget_tokens is not None and plan.budget_tokens > settings.max_budget_tokens:
-        raise InvalidRequest(f"budget_tokens is at most {settings.max_budget_tokens} on this "
-                             "gateway", param="router.budget_tokens", code="over_operator_cap")
+        # Not the client's budget_tokens (checked above): its max_tokens set the plan's.
+        field = ("max_completion_tokens" if routed.body.get("max_completion_tokens")
+                 == routed.max_tokens else "max_tokens")
+        raise InvalidRequest(f"{field} is at most {settings.max_budget_tokens} on this gateway "
+                             "when it sets a strategy's budget", param=field,
+                             code="over_operator_cap")
     if routed.n * plan.width > settings.max_samples:
         raise InvalidRequest(f"this request would draw {routed.n * plan.width} samples; at "
                              f"most {settings.max_samples} on this gateway", param="n",

@@ -536,3 +536,18 @@ async def test_client_going_away_closes_the_upstream_and_counts_what_was_spent(c
     # never fewer than the 3 chunks received.
     assert call.acct.completion_tokens >= 3 and call.acct.estimated
     assert call.acct.usage_source == "text_bytes"
+
+
+async def test_a_backend_that_returns_no_choices_is_a_malformed_reply_not_a_spent_budget(
+        chat_body):
+    def empty(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"id": "x", "object": "chat.completion", "choices": [],
+                                         "usage": {"prompt_tokens": 5, "completion_tokens": 0,
+                                                   "total_tokens": 5}})
+
+    async with gateway_client(scripted_transport(empty)) as client:
+        for strategy in ("sequential", "parallel_vote"):
+            reply = await client.post("/v1/chat/completions", json={
+                **chat_body, "router": {"strategy": strategy, "budget_tokens": 400}})
+            assert reply.status_code == 502, (strategy, reply.text)
+            assert reply.json()["error"]["code"] == "upstream_malformed", strategy

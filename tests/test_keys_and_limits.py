@@ -268,6 +268,12 @@ async def test_operator_caps_are_clear_400s():
         too_big = await client.post(CHAT, json=ask(router={"budget_tokens": 1001}))
         assert too_big.status_code == 400
         assert too_big.json()["error"]["param"] == "router.budget_tokens"
+        # A forced strategy's budget set by max_tokens names the field the client sent.
+        for field in ("max_tokens", "max_completion_tokens"):
+            capped = await client.post(CHAT, json=ask(router={"strategy": "sequential"},
+                                                      **{field: 1001}))
+            assert capped.status_code == 400
+            assert capped.json()["error"]["param"] == field
         wide = await client.post(CHAT, json=ask(router={"strategy": "parallel_vote",
                                                        "budget_tokens": 900}))
         assert wide.status_code == 400

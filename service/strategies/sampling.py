@@ -88,7 +88,11 @@ async def _call(call: Call, n: int, max_tokens: int, sample: int,
     if metered is None:
         return []
     data = await post_completion(call, metered)
-    return [_sample(choice, data) for choice in data["choices"] if isinstance(choice, dict)]
+    samples = [_sample(choice, data) for choice in data["choices"] if isinstance(choice, dict)]
+    if not samples:  # counted; not "the budget is spent", which an empty list would read as
+        raise UpstreamError(f"backend {call.backend.label} returned an empty choices list",
+                            code="upstream_malformed")
+    return samples
 
 
 async def post_completion(call: Call, metered: Metered) -> dict[str, Any]:

@@ -103,7 +103,17 @@ def run(args: argparse.Namespace) -> int:
             for name in suites:
                 items += load_suite(name, limit=args.limit, data_dir=args.data)
         if args.tasks is not None:
-            items += load_tasks_file(args.tasks)[:args.limit]
+            tasks = load_tasks_file(args.tasks)
+            if not tasks:
+                # Else the run measures nothing yet writes a report and exits 0.
+                raise ValueError(f"--tasks {args.tasks}: no tasks in it (one JSON object a "
+                                 "line with question and answer)")
+            items += tasks[:args.limit]
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"--out {args.out}: cannot create the output folder "
+                             f"({exc.strerror or exc})") from exc
     except (ValueError, OSError, SuiteUnavailable) as exc:
         print(f"ttc-router eval: {exc}", file=sys.stderr)
         return 2
@@ -136,6 +146,11 @@ def run(args: argparse.Namespace) -> int:
     summary = report.write_report(args.out, records, meta)
     print(f"{summary['records']} records ({summary['errors']} errors), {sent} sent now, mode "
           f"{mode}: {args.out / report.REPORT_FILE}", file=sys.stderr)
+    if records and summary["errors"] == summary["records"]:
+        # Nothing was measured: the report's tables are empty, so the exit status must say so.
+        print(f"ttc-router eval: every request failed; the first: {records[0]['error']} "
+              f"(the rest are in {args.out / runner.ITEMS_FILE})", file=sys.stderr)
+        return 1
     return 0
 
 

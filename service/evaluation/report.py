@@ -33,14 +33,15 @@ def _slug(name: str) -> str:
 def plot(out_dir: Path, cells: Sequence[Cell], envelope: Sequence[EnvelopePoint]) -> list[Path]:
     """One PNG per family (and ``all``): accuracy against mean completion tokens, a line per
     strategy over its budgets with Wilson 95% bars, the oracle envelope dashed, each policy a
-    star. Returns the files written."""
+    star. A family with no answered request (every one failed) gets no plot: an empty axes
+    would read as a result. Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     files = []
-    for family in sorted({c.family for c in cells}, key=lambda f: (f == ALL, f)):
+    for family in sorted({c.family for c in cells if c.n}, key=lambda f: (f == ALL, f)):
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
         mine = [c for c in cells if c.family == family and c.n]
         for strategy in sorted({c.strategy for c in mine if c.budget_tokens is not None}):

@@ -106,15 +106,27 @@ def plan_jobs(items: Sequence[TaskItem], strategies: Sequence[str], budgets: Seq
 
 async def detect_mode(client: httpx.AsyncClient, options: RunOptions) -> str:
     """``gateway`` or ``client`` (see the module docstring). Raises EvalError when the URL
-    does not answer ``/models``."""
+    does not answer ``/models`` with a model list (unreachable, a refusal, not JSON)."""
     if options.mode != "auto":
         return options.mode
     try:
         response = await client.get("/models")
-        response.raise_for_status()
-        ids = {m.get("id") for m in response.json().get("data", [])}
-    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+    except httpx.HTTPError as exc:
         raise EvalError(f"{options.backend}/models did not answer: {exc}") from exc
+    if response.status_code != 200:
+        # The two refusals a user meets first, said in terms of the flags that fix them
+        # (httpx's own message ends in a link to a page about HTTP status codes).
+        hint = {401: "; give its key with --api-key KEY",
+                403: "; give a key allowed to use it with --api-key KEY",
+                404: "; --backend is the base URL, usually ending in /v1"
+                }.get(response.status_code, "")
+        raise EvalError(f"{options.backend}/models answered HTTP {response.status_code}"
+                        f"{hint}")
+    try:
+        ids = {m.get("id") for m in response.json().get("data", [])}
+    except (ValueError, AttributeError) as exc:
+        raise EvalError(f"{options.backend}/models is not an OpenAI model list: {exc}") \
+            from exc
     return "gateway" if "auto" in ids else "client"
 
 

@@ -1,0 +1,78 @@
+"""``ttc-router eval`` as a user runs it, on the mistakes a user makes: an empty tasks file, an
+``--out`` that is a file, a URL that wants a key or lacks ``/v1``, a backend that fails every
+request. Each gets a clear message and a non-zero exit status, never a traceback or a report
+that reads as a result. Nothing here starts a server: port 9 refuses connections, and the
+answers of a backend come from ``httpx.MockTransport``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from router_models.tasks import load_tasks_file
+from service.cli import main
+from service.evaluation import runner
+
+REFUSED = "http://127.0.0.1:9/v1"  # the discard port: nothing listens, connections are refused
+
+
+def _tasks(tmp_path: Path) -> Path:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(json.dumps({"question": "What is 2+3?", "answer": "5"}) + "\n")
+    return path
+
+
+def _eval(*argv: str) -> int:
+    return main(["eval", "--no-progress", *argv])
+
+
+def test_an_empty_tasks_file_is_refused(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # It used to write an empty report and exit 0, as if the run had measured something.
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    code = _eval("--backend", REFUSED, "--tasks", str(empty), "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert "empty.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_out_that_is_a_file_is_a_clear_error(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # It used to end in a FileExistsError traceback.
+    tasks = _tasks(tmp_path)
+    code = _eval("--backend", REFUSED, "--mode", "gateway", "--tasks", str(tasks),
+                 "--out", str(tasks))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "Traceback" not in err
+
+
+def test_a_run_where_every_request_failed_exits_1_naming_the_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # It used to exit 0 with an empty winner table (and a matplotlib warning about empty plots).
+    out = tmp_path / "out"
+    code = _eval("--backend", REFUSED, "--mode", "gateway", "--tasks", str(_tasks(tmp_path)),
+                 "--strategies", "direct", "--budgets", "64", "--out", str(out))
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "every request failed" in err and "ConnectError" in err
+    assert (out / "items.jsonl").is_file()  # kept, so the failures can be read
+    assert not list(out.glob("*.png"))  # nothing measured, nothing to plot
+
+
+@pytest.mark.parametrize(("status", "hint"), [(401, "--api-key"), (404, "/v1")])
+async def test_a_models_list_refused_says_what_to_fix(tmp_path: Path, status: int,
+                                                      hint: str) -> None:
+    # The message used to be httpx's, ending in a developer.mozilla.org link.
+    transport = httpx.MockTransport(lambda request: httpx.Response(
+        status, json={"error": {"message": "nope"}}))
+    options = runner.RunOptions(backend="http://gw.test", transport=transport)
+    jobs = runner.plan_jobs(load_tasks_file(_tasks(tmp_path)), ["direct"], [64])
+    with pytest.raises(runner.EvalError, match=f"HTTP {status}") as caught:
+        await runner.run_jobs(jobs, tmp_path / "out", options)
+    assert hint in str(caught.value)
+    assert "mozilla" not in str(caught.value)

@@ -29,23 +29,31 @@ def register(subcommands: Any) -> None:
                     "files (split into passages of whole paragraphs). Directories are read "
                     "recursively for those three types. Shows progress on large inputs.")
     add.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    add.add_argument("--config", type=Path, help="YAML config file whose data_dir to use "
+                                                 "(also TTC_CONFIG)")
     add.add_argument("--data-dir", type=Path, help="the data directory (default TTC_DATA_DIR, "
-                                                   "else ~/.local/share/ttc-router)")
+                                                   "else the config file's, else "
+                                                   "~/.local/share/ttc-router)")
     add.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help=f"show a progress bar (default: for inputs over "
                           f"{PROGRESS_MIN_BYTES // 2**20} MiB)")
     add.set_defaults(run=run_add)
     stats = actions.add_parser("stats", help="documents, segments and size of the index")
+    stats.add_argument("--config", type=Path, help="YAML config file whose data_dir to use "
+                                                   "(also TTC_CONFIG)")
     stats.add_argument("--data-dir", type=Path, help="the data directory (default "
                                                      "TTC_DATA_DIR)")
     stats.set_defaults(run=run_stats)
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
+    """The data directory: ``--data-dir``, then ``TTC_DATA_DIR``, then ``--config``'s file
+    (as ``serve``, ``keys`` and ``ab`` read it, so they all see one index). Raises SystemExit
+    with a message when the settings are invalid."""
     from service.settings import SettingsError, load_settings
 
     try:
-        return load_settings(data_dir=args.data_dir).data_dir
+        return load_settings(args.config, data_dir=args.data_dir).data_dir
     except SettingsError as exc:
         raise SystemExit(f"ttc-router index: {exc}") from exc
 

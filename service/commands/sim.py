@@ -27,7 +27,7 @@ def register(subcommands: Any) -> None:
                      help="replay this outcome bank folder instead of simulating; with no "
                           "PATH, the bank the project ships (router_models/data/bank)")
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    sim.add_argument("--port", type=int, default=8100, help="port to listen on (default 8100)")
+    sim.add_argument("--port", type=port, default=8100, help="port to listen on (default 8100)")
     sim.add_argument("--world", type=Path,
                      help="world YAML (default: the shipped router_models/data/sim_world.yaml)")
     sim.add_argument("--world-seed", type=int, metavar="N",
@@ -48,6 +48,19 @@ def register(subcommands: Any) -> None:
                      help="time to the first token, milliseconds (default 10; 0 with --bank)")
     sim.add_argument("--log-level", default="warning", help="uvicorn log level")
     sim.set_defaults(run=run)
+
+
+def port(text: str) -> int:
+    """``text`` as a TCP port, 1-65535. Raises ``argparse.ArgumentTypeError`` (argparse reports
+    it and exits with status 2) otherwise: the socket layer takes a port modulo 65536, so 99999
+    would be announced while 34463 was bound."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port from 1 to 65535 expected, not {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -323,3 +323,33 @@ def test_from_log_refuses_a_bank_it_would_ignore(tmp_path, capsys):
     assert main(["train", "--from-log", "--bank", str(fixture), "--data-dir",
                  str(tmp_path)]) == 2
     assert "run them separately" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--limit", "0"], ["--limit", "-3"],
+                                    ["--generated", "-1"]])
+def test_train_refuses_sizes_that_cannot_mean_anything(option, tmp_path, capsys):
+    # --limit 0 used to end in a numpy TypeError traceback; --generated -1 trained silently.
+    code = main(["train", *option, "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert option[0] in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("mode", [[], ["--from-log"]])
+def test_train_names_an_out_that_cannot_be_a_folder(mode, tmp_path, capsys):
+    # It used to end in a FileExistsError traceback, after training when not --from-log.
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    code = main(["train", *mode, "--data-dir", str(tmp_path), "--out", str(taken)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "Traceback" not in err
+
+
+def test_from_log_on_an_empty_log_prints_no_nan(tmp_path, capsys):
+    # Kinds of prompt with no reference prompt printed "mean budget nan tokens".
+    assert main(["train", "--from-log", "--data-dir", str(tmp_path),
+                 "--out", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    assert "0 outcomes" in printed
+    assert "nan" not in printed

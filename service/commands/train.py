@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -86,7 +87,20 @@ def run(args: argparse.Namespace) -> int:
         print("ttc-router train: --from-log replays the request log into the learned policy; "
               "--bank trains the classifier: run them separately", file=sys.stderr)
         return 2
+    # Checked before any work: --limit 0 used to fail deep in the fit with a numpy traceback.
+    for flag, value, least in (("--limit", args.limit, 1), ("--generated", args.generated, 0)):
+        if value is not None and value < least:
+            print(f"ttc-router train: {flag}: at least {least} expected, not {value}",
+                  file=sys.stderr)
+            return 2
     out = args.out or settings.data_dir / "models"
+    try:
+        # Made now, so a bad --out is said before minutes of training, not as a traceback.
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"ttc-router train: --out {out}: cannot create the output folder "
+              f"({exc.strerror or exc})", file=sys.stderr)
+        return 2
     if args.from_log:
         url = settings.database_url.get_secret_value() if settings.database_url else None
         return _from_log(settings.data_dir, url, out)
@@ -240,9 +254,11 @@ def _from_log(data_dir: Path, database_url: str | None, out: Path) -> int:
           f"learned policy; by strategy: {counts['by_strategy']}")
     print("current budgets by kind of prompt:")
     for kind, row in learned.budgets().items():
+        # NaN when no reference prompt is of this kind: nothing to average, so say so.
+        mean = row["mean_expected_tokens"]
+        budget = "-" if math.isnan(mean) else f"{mean:.0f} tokens"
         print(f"  {kind:18} feedback {row['feedback']:>7.0f}  strategy {row['strategy']:13} "
-              f"answers ~{row['answer_tokens']} tokens  mean budget "
-              f"{row['mean_expected_tokens']:.0f} tokens")
+              f"answers ~{row['answer_tokens']} tokens  mean budget {budget}")
     print(f"wrote {out / 'learned.json'}")
     return 0
 

@@ -168,3 +168,13 @@ def test_ab_replay_recovers_a_known_policy_value_from_two_arms_of_different_weig
     # A plan neither arm could pick for these prompts is refused, per prompt.
     assert main(["ab", "replay", "--policy", "fixed:sequential@1024", *args]) == 1
     assert json.loads(capsys.readouterr().out)["unsupported_share"] == 1.0
+
+
+@pytest.mark.parametrize("share", ["2", "-0.1", "nan", "five"])
+def test_max_unsupported_outside_0_to_1_exits_2(share, tmp_path, capsys):
+    # A share of 2 used to be taken as given: every estimate "supported", however unexplored.
+    with pytest.raises(SystemExit) as exited:
+        main(["ab", "replay", "--policy", "fixed:direct@256", "--data-dir", str(tmp_path),
+              "--max-unsupported", share])
+    assert exited.value.code == 2
+    assert "--max-unsupported" in capsys.readouterr().err

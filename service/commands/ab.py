@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import re
 import sys
 import time
@@ -57,7 +58,7 @@ def register(subcommands: Any) -> None:
     replay.add_argument("--since", metavar="T",
                         help="only requests from T on: Unix seconds, an ISO 8601 time "
                              "(2025-01-31 or 2025-01-31T12:00Z), or an age such as 24h, 7d")
-    replay.add_argument("--max-unsupported", type=float, default=0.05, metavar="SHARE",
+    replay.add_argument("--max-unsupported", type=share, default=0.05, metavar="SHARE",
                         help="the most of the policy's choices allowed on plans the log "
                              "never explored (default 0.05)")
     replay.set_defaults(run=_replay)
@@ -86,6 +87,19 @@ def parse_since(text: str, now_s: float | None = None) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+def share(text: str) -> float:
+    """``text`` as a share from 0 to 1. Raises ``argparse.ArgumentTypeError`` (argparse reports
+    it and exits with status 2) otherwise: a share of 2 would call every estimate supported
+    however little of the log backs it, and NaN compares false with everything."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a share from 0 to 1 expected, not {text!r}")
+    return value
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -67,12 +67,16 @@ class TaskItem:
 
 def default_data_dir() -> Path | None:
     """Where the benchmark copies live: ``$TTC_BENCH_DATA``, else ``../shared/data`` from the
-    working directory when it exists, else None."""
+    working directory, else ``shared/data`` next to the source tree (where ``ttc-router
+    train`` looks: commands run from another folder find the same data), else None."""
     env = os.environ.get(DATA_ENV)
     if env:
         return Path(env)
-    guess = Path.cwd().parent / "shared" / "data"
-    return guess if guess.is_dir() else None
+    for guess in (Path.cwd().parent / "shared" / "data",
+                  Path(__file__).resolve().parents[3] / "shared" / "data"):
+        if guess.is_dir():
+            return guess
+    return None
 
 
 SUITES = ("graph_connectivity", "arithmetic_chain", "mc_guess", "gsm8k", "svamp",
@@ -116,8 +120,8 @@ def load_suite(name: str, limit: int | None = None,
     folder = data_dir or default_data_dir()
     if folder is None or not folder.is_dir():
         raise SuiteUnavailable(
-            f"suite {name!r} needs the benchmark data folder (set {DATA_ENV} or run from a "
-            "checkout next to ../shared/data)")
+            f"suite {name!r} needs the benchmark data folder (give --data DIR, set "
+            f"{DATA_ENV}, or run from a checkout next to ../shared/data)")
     if base == "mmlu" and subject:
         from router_models.tasks.datasets import mmlu
 

@@ -76,3 +76,16 @@ async def test_a_models_list_refused_says_what_to_fix(tmp_path: Path, status: in
         await runner.run_jobs(jobs, tmp_path / "out", options)
     assert hint in str(caught.value)
     assert "mozilla" not in str(caught.value)
+
+
+def test_client_mode_says_it_skips_search_and_policies(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    # Against a plain backend, search and --policies need the gateway; they used to be dropped
+    # silently, and a run of only those wrote an empty report and exited 0.
+    code = _eval("--backend", REFUSED, "--mode", "client", "--tasks", str(_tasks(tmp_path)),
+                 "--strategies", "search", "--budgets", "64", "--policies", "auto",
+                 "--out", str(tmp_path / "out"))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "search" in err and "policy:auto" in err and "gateway" in err

@@ -135,6 +135,14 @@ def run(args: argparse.Namespace) -> int:
     except runner.EvalError as exc:
         print(f"ttc-router eval: {exc}", file=sys.stderr)
         return 1
+    skipped = sorted({j.strategy for j in jobs if runner.needs_gateway(j)}) \
+        if mode == "client" else []
+    if skipped:
+        # Said aloud: the user asked for these points, and the report will not have them.
+        print(f"ttc-router eval: {args.backend} is a plain backend (client mode): "
+              f"{', '.join(skipped)} need the gateway and were skipped", file=sys.stderr)
+        if all(runner.needs_gateway(j) for j in jobs):
+            return 2
     records = runner.read_records(args.out / runner.ITEMS_FILE)
     meta = {"backend": args.backend, "mode": mode, "model": args.model,
             "suites": suites + (["tasks"] if args.tasks else []) + (["bank"] if args.bank else []),

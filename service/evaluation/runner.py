@@ -130,6 +130,12 @@ async def detect_mode(client: httpx.AsyncClient, options: RunOptions) -> str:
     return "gateway" if "auto" in ids else "client"
 
 
+def needs_gateway(job: Job) -> bool:
+    """Whether ``job`` runs only through the gateway (``search``, and policy points): client
+    mode has no way to approximate them, so it skips them."""
+    return job.strategy == "search" or job.strategy.startswith("policy:")
+
+
 def _body(job: Job, mode: str, options: RunOptions) -> dict[str, Any]:
     body: dict[str, Any] = {"model": options.model, "seed": job.seed,
                             "messages": [{"role": "user", "content": job.item.prompt()}]}
@@ -221,9 +227,7 @@ async def run_jobs(jobs: Sequence[Job], out_dir: Path, options: RunOptions,
     async with httpx.AsyncClient(base_url=options.backend.rstrip("/"), timeout=timeout,
                                  headers=headers, transport=options.transport) as client:
         mode = await detect_mode(client, options)
-        applicable = [j for j in jobs
-                      if not (mode == "client" and (j.strategy == "search"
-                                                    or j.strategy.startswith("policy:")))]
+        applicable = [j for j in jobs if not (mode == "client" and needs_gateway(j))]
         pending = [j for j in applicable if j.key not in done]
         bar = progress(len(applicable) - len(pending), len(applicable)) if progress else None
         if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):

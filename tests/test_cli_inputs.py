@@ -38,3 +38,26 @@ def test_index_add_and_stats_read_data_dir_from_the_config_file(
     out = capsys.readouterr().out
     assert str(data_dir / "search-index") in out
     assert "documents  1" in out
+
+
+def test_revoking_the_last_key_warns_that_the_gateway_is_open(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # With no active key the gateway is open (README, "Keys"), so after revoking the last one
+    # every client, the revoked key's holder included, is served; `keys revoke` used to say
+    # only that a running gateway refuses the revoked key.
+    monkeypatch.delenv("TTC_CONFIG", raising=False)
+    monkeypatch.delenv("TTC_REQUIRE_KEYS", raising=False)
+    base = ["--data-dir", str(tmp_path)]
+    assert main(["keys", "create", "alice", *base]) == 0
+    assert main(["keys", "create", "bob", *base]) == 0
+    capsys.readouterr()
+    assert main(["keys", "revoke", "alice", *base]) == 0
+    assert "open" not in capsys.readouterr().err  # bob still guards it
+    assert main(["keys", "revoke", "bob", *base]) == 0
+    err = capsys.readouterr().err
+    assert "no active key" in err and "require_keys" in err
+    monkeypatch.setenv("TTC_REQUIRE_KEYS", "true")
+    assert main(["keys", "create", "carol", *base]) == 0
+    assert main(["keys", "revoke", "carol", *base]) == 0
+    assert "no active key" not in capsys.readouterr().err  # require_keys keeps it closed

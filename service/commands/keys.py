@@ -102,10 +102,19 @@ def _list(args: argparse.Namespace) -> int:
 
 def _revoke(args: argparse.Namespace) -> int:
     try:
-        _store(args).revoke(args.name)
+        settings = load_settings(args.config, data_dir=args.data_dir)
+        store = _store(args)
+        store.revoke(args.name)
+        left = len(store.active())
     except (SettingsError, KeyStoreError) as exc:
         return _fail(str(exc))
     print(f"revoked key {args.name!r}; a running gateway refuses it within a second")
+    if not left and not settings.require_keys:
+        # With no active key the gateway is open (service.admission): revoking the last key
+        # lets every client in, the revoked key's holder too. Say so where it happens.
+        print("ttc-router keys: warning: no active key remains, so the gateway now serves "
+              "every client without a key; set require_keys: true (TTC_REQUIRE_KEYS=true) "
+              "to refuse them", file=sys.stderr)
     return 0
 
 

@@ -89,3 +89,22 @@ def test_client_mode_says_it_skips_search_and_policies(tmp_path: Path,
     assert code == 2
     err = capsys.readouterr().err
     assert "search" in err and "policy:auto" in err and "gateway" in err
+
+
+def test_repeated_strategies_and_budgets_are_sent_once(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    # `--budgets 128,128` used to send every request twice and keep one record of the two.
+    out = tmp_path / "out"
+    _eval("--backend", REFUSED, "--mode", "gateway", "--tasks", str(_tasks(tmp_path)),
+          "--strategies", "direct,direct", "--budgets", "64,64", "--out", str(out))
+    assert "1 sent now" in capsys.readouterr().err
+    assert len((out / "items.jsonl").read_text().splitlines()) == 1
+
+
+async def test_a_key_refused_is_not_told_to_give_a_key(tmp_path: Path) -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(401, json={}))
+    options = runner.RunOptions(backend="http://gw.test", transport=transport, api_key="old")
+    jobs = runner.plan_jobs(load_tasks_file(_tasks(tmp_path)), ["direct"], [64])
+    with pytest.raises(runner.EvalError, match="refused the key given with --api-key"):
+        await runner.run_jobs(jobs, tmp_path / "out", options)

@@ -72,7 +72,7 @@ def _ints(text: str, name: str) -> list[int]:
         raise ValueError(f"--{name}: comma-separated integers expected") from exc
     if not values or min(values) < 1:
         raise ValueError(f"--{name}: at least one positive integer expected")
-    return values
+    return list(dict.fromkeys(values))  # a repeat would send every request again
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,12 +88,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--timeout-s: a positive number of seconds expected, not "
                              f"{args.timeout_s}")
         budgets = _ints(args.budgets, "budgets")
-        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+        # Repeats dropped, order kept: a repeated one would send every request again.
+        strategies = list(dict.fromkeys(s.strip() for s in args.strategies.split(",")
+                                        if s.strip()))
         unknown = [s for s in strategies if s not in STRATEGIES]
         if unknown or not strategies:
             raise ValueError(f"--strategies: unknown {', '.join(unknown) or '(none)'}; "
                              f"known: {', '.join(STRATEGIES)}")
-        suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+        suites = list(dict.fromkeys(s.strip() for s in args.suite.split(",") if s.strip()))
         if not suites and args.tasks is None and args.bank is None:
             raise ValueError("give --suite, --tasks, --bank or several")
         items: list[TaskItem] = []
@@ -117,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, SuiteUnavailable) as exc:
         print(f"ttc-router eval: {exc}", file=sys.stderr)
         return 2
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    policies = list(dict.fromkeys(p.strip() for p in args.policies.split(",") if p.strip()))
     jobs = runner.plan_jobs(items, strategies, budgets, policies)
     options = runner.RunOptions(backend=args.backend, model=args.model, mode=args.mode,
                                 concurrency=args.concurrency, timeout_s=args.timeout_s,

@@ -116,7 +116,8 @@ async def detect_mode(client: httpx.AsyncClient, options: RunOptions) -> str:
     if response.status_code != 200:
         # The two refusals a user meets first, said in terms of the flags that fix them
         # (httpx's own message ends in a link to a page about HTTP status codes).
-        hint = {401: "; give its key with --api-key KEY",
+        hint = {401: ("; it refused the key given with --api-key" if options.api_key
+                      else "; give its key with --api-key KEY"),
                 403: "; give a key allowed to use it with --api-key KEY",
                 404: "; --backend is the base URL, usually ending in /v1"
                 }.get(response.status_code, "")

@@ -61,3 +61,12 @@ def test_revoking_the_last_key_warns_that_the_gateway_is_open(
     assert main(["keys", "create", "carol", *base]) == 0
     assert main(["keys", "revoke", "carol", *base]) == 0
     assert "no active key" not in capsys.readouterr().err  # require_keys keeps it closed
+
+
+def test_sim_names_a_world_tasks_file_it_cannot_write(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # It used to end in a FileNotFoundError traceback.
+    target = tmp_path / "no-such-folder" / "held-out.jsonl"
+    assert main(["sim", "--world-seed", "3", "--world-tasks", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "--world-tasks" in err and "Traceback" not in err

@@ -88,7 +88,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     started = time.perf_counter()
     if args.world_seed is not None:
-        world, registry, world_name = _randomized(args.world_seed, args.world_tasks)
+        try:
+            world, registry, world_name = _randomized(args.world_seed, args.world_tasks)
+        except OSError as exc:
+            print(f"ttc-router sim: --world-tasks {args.world_tasks}: cannot write it "
+                  f"({exc.strerror or exc})", file=sys.stderr)
+            return 2
     else:
         try:
             world = World.load(args.world)
@@ -157,7 +162,8 @@ def run_bank(args: argparse.Namespace) -> int:
 
 def _randomized(seed: int, tasks_out: Path | None) -> tuple[Any, Any, str]:
     """World ``seed`` of the randomized family, a registry of its prompts, and its label;
-    writes its held-out prompts to ``tasks_out`` when given."""
+    writes its held-out prompts to ``tasks_out`` when given. Raises OSError when that file
+    cannot be written."""
     import json
 
     from router_models.tasks.registry import TaskRegistry

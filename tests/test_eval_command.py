@@ -108,3 +108,26 @@ async def test_a_key_refused_is_not_told_to_give_a_key(tmp_path: Path) -> None:
     jobs = runner.plan_jobs(load_tasks_file(_tasks(tmp_path)), ["direct"], [64])
     with pytest.raises(runner.EvalError, match="refused the key given with --api-key"):
         await runner.run_jobs(jobs, tmp_path / "out", options)
+
+
+async def test_an_out_folder_of_another_backend_is_not_resumed(tmp_path: Path) -> None:
+    # Resuming used to take the folder's records as already measured: a second backend run
+    # into the same --out (./eval-out by default) sent nothing and reported the first's
+    # results under its own name.
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        return httpx.Response(200, json={"choices": [{"message": {"content": "5"}}],
+                                         "usage": {"completion_tokens": 1}})
+
+    transport = httpx.MockTransport(handle)
+    jobs = runner.plan_jobs(load_tasks_file(_tasks(tmp_path)), ["direct"], [64])
+    out = tmp_path / "out"
+    first = runner.RunOptions(backend="http://a.test/v1", transport=transport)
+    assert (await runner.run_jobs(jobs, out, first))[1] == 1
+    assert (await runner.run_jobs(jobs, out, first))[1] == 0  # the same run resumes
+    for other in (runner.RunOptions(backend="http://b.test/v1", transport=transport),
+                  runner.RunOptions(backend="http://a.test/v1", model="m",
+                                    transport=transport)):
+        with pytest.raises(runner.EvalError, match="--out"):
+            await runner.run_jobs(jobs, out, other)

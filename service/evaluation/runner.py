@@ -16,7 +16,8 @@ Two modes:
 
 Resume: a record's key is (suite, item id, strategy, budget). On start the records already in
 ``items.jsonl`` without an ``error`` are kept and their keys are not sent again; a line cut
-short by a kill is ignored.
+short by a kill is ignored. A folder resumes only the run of its own backend URL and model
+(``run.json``): another backend's records would be reported as this one's.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import httpx
 from router_models.tasks import TaskItem, checkers
 
 ITEMS_FILE = "items.jsonl"
+RUN_FILE = "run.json"  # the backend URL and model the folder's records were measured against
 TEXT_CHARS = 2000  # the end of the first choice's text kept per record, to audit the checker
 Key = tuple[str, str, str, int | None]
 
@@ -131,6 +133,34 @@ async def detect_mode(client: httpx.AsyncClient, options: RunOptions) -> str:
     return "gateway" if "auto" in ids else "client"
 
 
+def claim(out_dir: Path, options: RunOptions) -> None:
+    """Check that ``out_dir`` holds records of this run's backend URL and model (its
+    ``run.json``, else the ``meta`` of a ``summary.json`` written before ``run.json`` existed),
+    and record them there when it holds none.
+
+    Raises:
+        EvalError: the folder holds another backend's or model's records.
+    """
+    target = {"backend": options.backend.rstrip("/"), "model": options.model}
+    held: Any = None
+    for name, part in ((RUN_FILE, None), ("summary.json", "meta")):
+        try:
+            held = json.loads((out_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+        held = held.get(part) if part and isinstance(held, dict) else held
+        break
+    if isinstance(held, dict) and "backend" in held:
+        found = {"backend": str(held["backend"]).rstrip("/"), "model": held.get("model")}
+        if found != target:
+            raise EvalError(
+                f"--out {out_dir} holds a run against {found['backend']} (model "
+                f"{found['model']}); resuming it against {target['backend']} (model "
+                f"{target['model']}) would report those records as this one's: give another "
+                "--out, or remove that folder")
+    (out_dir / RUN_FILE).write_text(json.dumps(target) + "\n")
+
+
 def needs_gateway(job: Job) -> bool:
     """Whether ``job`` runs only through the gateway (``search``, and policy points): client
     mode has no way to approximate them, so it skips them."""
@@ -218,9 +248,11 @@ async def run_jobs(jobs: Sequence[Job], out_dir: Path, options: RunOptions,
     ``close()``). Returns (mode, jobs sent now).
 
     Raises:
-        EvalError: the backend does not answer ``/models`` (mode ``auto``).
+        EvalError: the backend does not answer ``/models`` (mode ``auto``), or ``out_dir``
+            holds another backend's or model's run (``claim``).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    claim(out_dir, options)
     path = out_dir / ITEMS_FILE
     done = {record_key(r) for r in read_records(path) if not r.get("error")}
     headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}

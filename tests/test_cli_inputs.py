@@ -70,3 +70,14 @@ def test_sim_names_a_world_tasks_file_it_cannot_write(
     assert main(["sim", "--world-seed", "3", "--world-tasks", str(target)]) == 2
     err = capsys.readouterr().err
     assert "--world-tasks" in err and "Traceback" not in err
+
+
+def test_index_add_of_a_folder_with_no_document_file_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A folder of PDFs used to report "added 0 documents from 0 files" and exit 0.
+    folder = tmp_path / "papers"
+    folder.mkdir()
+    (folder / "paper.pdf").write_bytes(b"%PDF-1.4")
+    code = main(["index", "add", str(folder), "--data-dir", str(tmp_path / "state")])
+    assert code == 2
+    assert "no .jsonl, .txt or .md file" in capsys.readouterr().err

@@ -41,13 +41,18 @@ def input_files(paths: list[Path]) -> list[Path]:
     under each directory (sorted).
 
     Raises:
-        DocumentError: a path that does not exist, or a file of another type.
+        DocumentError: a path that does not exist, a file of another type, or a directory
+            with no file of those types under it.
     """
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and
-                            p.suffix.lower() in SUFFIXES)
+            found = sorted(p for p in path.rglob("*") if p.is_file() and
+                           p.suffix.lower() in SUFFIXES)
+            if not found:
+                # Else a folder of PDFs reads as a successful run that added nothing.
+                raise DocumentError(f"{path}: no .jsonl, .txt or .md file under it")
+            files += found
         elif path.is_file():
             if path.suffix.lower() not in SUFFIXES:
                 raise DocumentError(f"{path}: not a .jsonl, .txt or .md file")

@@ -70,17 +70,17 @@ def _reply_words(behaviour: str, cap: int, rng: random.Random
                  ) -> tuple[list[str], str, list[str]]:
     """One choice's content words, finish reason and ``reasoning_content`` words for
     ``behaviour`` given ``max_tokens`` ``cap``."""
-    answer = ANSWER
     if behaviour == "reasoning":
         need = rng.randint(600, 900)
-        if cap < need + len(answer):
+        if cap < need + len(ANSWER):
             return [], "length", ["hmm"] * cap
-        return answer, "stop", ["hmm"] * need
+        return ANSWER, "stop", ["hmm"] * need
     words, finish = _visible_words(behaviour, cap, rng)
     return words, finish, []
 
 
 def _visible_words(behaviour: str, cap: int, rng: random.Random) -> tuple[list[str], str]:
+    """The content words and finish reason of every behaviour but ``reasoning``."""
     answer = ANSWER
     if behaviour == "answers_late":
         reasoning = ["step"] * max(0, int(0.89 * cap) - len(answer))

@@ -152,10 +152,9 @@ def observations(samples: Sequence[tuple[str, str | None, int | None]],
 
     Returns:
         One pair per sample with text, or cut by its cap: the tokens up to its first explicit
-        answer
-        (``answers.first_answer_end``) and True; else, when it stopped on its own before its
-        cap, all its tokens and True; else (cut before any explicit answer) its tokens and
-        False. A sample that spent its whole cap and stated its answer only past
+        answer (``answers.first_answer_end``) and True; else, when it stopped on its own
+        before its cap, all its tokens and True; else (cut before any explicit answer) its
+        tokens and False. A sample that spent its whole cap and stated its answer only past
         ``FILLED_ANSWER_SHARE`` of its text counts as cut too: a backend that writes until the
         cap and answers there (budget forcing, a simulator) would otherwise teach that answers
         need all the room they were given, and each next sample gets ``prior.HEADROOM`` more

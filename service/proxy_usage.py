@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any, TypeGuard
+from typing import Any
 
 from service import metrics
 from service.limits import Reservation
+from service.upstream import is_token_count
 
 # The end of a reply kept to find its usage in: a Responses API object puts ``usage`` after
 # its whole output, and a stream's final event repeats that output.
@@ -57,14 +58,9 @@ def _counts(usage: Any) -> tuple[int, int] | None:
         return None
     prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
     completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
-    if not (_is_count(prompt) and _is_count(completion)):
+    if not (is_token_count(prompt) and is_token_count(completion)):
         return None
     return (prompt, completion) if prompt or completion else None
-
-
-def _is_count(value: Any) -> TypeGuard[int]:
-    """A non-negative int (a bool is not a count)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 async def counted(chunks: AsyncIterator[bytes], model: str,

@@ -34,7 +34,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import httpx
 import orjson
@@ -84,6 +84,13 @@ USAGE_SOURCES = ("backend", "tokenizer", "grant", "text_bytes")
 
 # The breakdowns OpenAI's ``usage`` carries (CompletionUsage in its OpenAPI document).
 DETAIL_FIELDS = ("completion_tokens_details", "prompt_tokens_details")
+
+
+def is_token_count(value: Any) -> TypeGuard[int]:
+    """A token count a backend may report: a non-negative int (a bool is not one). A negative
+    count (a broken proxy) would lower the ledger's spend and cannot go into a Prometheus
+    counter, so a usage holding one is read as no usage."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 @dataclass

@@ -41,7 +41,7 @@ from service import metrics
 from service.errors import GatewayError, InvalidRequest
 from service.ledger import BudgetExhausted
 from service.strategies.base import Call
-from service.upstream import UpstreamStream, may_have_generated
+from service.upstream import UpstreamStream, is_token_count, may_have_generated
 
 # Tokens a chat template adds around each message (role markers, separators): an upper bound
 # for the common templates (ChatML adds 4 to 5, Llama 3 adds 5).
@@ -217,20 +217,19 @@ class Metered:
         call = self.call
         total = 0
         source = "tokenizer"
-        cap = self.per_choice
         for text, finish in zip(texts, finishes, strict=True):
-            cut = finish == "length" and cap is not None
-            if cut and cap is not None and len(text.encode()) <= cap:
-                total += cap  # cut by its cap: exactly max_tokens were generated
+            cut = self.per_choice if finish == "length" else None  # the cap that cut it
+            if cut is not None and len(text.encode()) <= cut:
+                total += cut  # cut by its cap: exactly max_tokens were generated
                 continue
             counted = None
             if source == "tokenizer":
                 counted = await call.client.count_tokens(call.backend, call.upstream_model,
                                                          text)
-            if cut and counted is not None:
+            if cut is not None and counted is not None:
                 # More UTF-8 bytes than its cap (a token is at least one byte), so it may be
                 # more tokens: a backend that ignores max_tokens and stops at its own limit.
-                total += max(cap or 0, counted)
+                total += max(cut, counted)
             elif counted is not None:
                 # The end-of-sequence token, or a stop string the server removed, was
                 # generated too; within the cap unless the backend ignored it.
@@ -370,19 +369,13 @@ def body_prompt_bound(body: dict[str, Any]) -> int:
 
 
 def _has_usage(usage: Any) -> bool:
-    return isinstance(usage, dict) and _is_count(usage.get("completion_tokens"))
+    return isinstance(usage, dict) and is_token_count(usage.get("completion_tokens"))
 
 
 def _prompt_of(usage: dict[str, Any]) -> int | None:
     prompt = usage.get("prompt_tokens")
-    return prompt if _is_count(prompt) else None
+    return prompt if is_token_count(prompt) else None
 
-
-def _is_count(value: Any) -> bool:
-    """A token count a backend may report: a non-negative int. A negative one (a broken proxy)
-    would lower the ledger's spend and cannot go into a Prometheus counter, so the call is
-    counted as if the backend had reported nothing."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _stop_allowance(body: dict[str, Any]) -> int:

@@ -129,3 +129,20 @@ def test_an_open_index_sees_documents_another_process_adds(tmp_path):
     while not open_index.search("beta", 3) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [h.id for h in open_index.search("beta", 3)] == ["2"]
+
+
+def test_stats_of_a_corrupt_index_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    LocalIndex(index_path(tmp_path)).add([Document("a", "A", "aardvarks")])
+    (index_path(tmp_path) / "meta.json").write_text("garbage")
+    assert main(["index", "stats", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open the local search index" in err and "Traceback" not in err
+    assert f"remove {index_path(tmp_path)}" in err
+    assert main(["index", "add", str(_jsonl(tmp_path)), "--data-dir", str(tmp_path)]) == 2
+    assert f"remove {index_path(tmp_path)}" in capsys.readouterr().err
+
+
+def _jsonl(tmp_path):
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"id": "b", "title": "B", "text": "badgers"}) + "\n")
+    return path

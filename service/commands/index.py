@@ -100,9 +100,14 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    from service.search.base import SearchError
     from service.search.local import LocalIndex, index_path
 
-    stats = LocalIndex(index_path(_data_dir(args))).stats()
+    try:
+        stats = LocalIndex(index_path(_data_dir(args))).stats()
+    except SearchError as exc:  # a damaged index, or one from another version
+        print(f"ttc-router index stats: {exc}", file=sys.stderr)
+        return 2
     print(f"path       {stats.path}")
     print(f"documents  {stats.documents}")
     print(f"segments   {stats.segments}")

@@ -11,7 +11,13 @@ import pytest
 
 from service.cli import main
 from service.search import LocalIndex, SearchError
-from service.search.documents import Document, DocumentError, input_files, read_documents
+from service.search.documents import (
+    PASSAGE_CHARS,
+    Document,
+    DocumentError,
+    input_files,
+    read_documents,
+)
 from service.search.local import index_path
 from tests.hotpotqa import needs_hotpotqa, questions
 
@@ -146,3 +152,19 @@ def _jsonl(tmp_path):
     path = tmp_path / "one.jsonl"
     path.write_text(json.dumps({"id": "b", "title": "B", "text": "badgers"}) + "\n")
     return path
+
+
+def test_a_text_file_without_blank_lines_is_still_split_into_passages(tmp_path):
+    # Hard-wrapped or one-paragraph-a-line text, and one line with no line break at all: the
+    # whole file was one passage (a 16 MB book was one hit of 16 MB).
+    lines = tmp_path / "lines.txt"
+    lines.write_text("\n".join(f"Line {i} of the logbook says the river rose again." * 2
+                               for i in range(200)))
+    one = tmp_path / "one.txt"
+    one.write_text(" ".join(f"word{i}" for i in range(3000)))
+    for path in (lines, one):
+        docs = [doc for doc, _ in read_documents(path)]
+        assert len(docs) > 5
+        assert all(0 < len(d.text) <= PASSAGE_CHARS * 1.1 for d in docs), path
+        # nothing lost: every word is in some passage, in order
+        assert " ".join(d.text for d in docs).split() == path.read_text().split()

@@ -44,7 +44,7 @@ class ParallelVote:
         return completion_body(call, chosen)
 
     async def open_stream(self, call: Call) -> AsyncIterator[bytes]:
-        return stream_when_done(call, run_vote(call), "voting")
+        return await stream_when_done(call, run_vote(call), "voting")
 
 
 def depth_tokens(call: Call) -> int:
@@ -173,14 +173,33 @@ async def stream_when_done(call: Call, work: Coroutine[Any, Any, Sample],
     """The SSE body of a strategy that knows its answer only at the end (``parallel_vote``,
     ``search``): an SSE comment naming the ``activity`` every ``keepalive_s`` seconds while
     ``work`` runs, then the chosen answer as chunks, the usage chunk when asked, and
-    ``[DONE]``; an error event instead when ``work`` fails."""
+    ``[DONE]``; an error event instead when ``work`` fails once the stream has started.
+
+    The response starts only when the first keep-alive is due or ``work`` has ended, so a
+    refusal that comes back at once (a prompt over the model's context, a field the backend
+    rejects) reaches the client as its HTTP status, as a direct stream's does.
+
+    Raises:
+        GatewayError: ``work`` failed within the first ``keepalive_s`` seconds.
+    """
     task = asyncio.create_task(work)
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=call.settings.keepalive_s)
-            if done:
-                break
+        await asyncio.wait({task}, timeout=call.settings.keepalive_s)
+        if task.done():
+            task.result()  # raises the refusal before any byte is sent
+    except BaseException:
+        if not task.done():
+            task.cancel()
+        raise
+    return _stream_when_done(call, task, activity)
+
+
+async def _stream_when_done(call: Call, task: asyncio.Task[Sample],
+                            activity: str) -> AsyncIterator[bytes]:
+    try:
+        while not task.done():
             yield sse.comment_event(activity)
+            await asyncio.wait({task}, timeout=call.settings.keepalive_s)
         chosen = task.result()
     except GatewayError as exc:
         call.stream_error = exc

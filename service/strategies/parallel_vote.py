@@ -21,12 +21,19 @@ from typing import Any, ClassVar
 
 import orjson
 
-from router_models.answers import extract_answer, lettered_options
+from router_models.answers import extract_answer, json_answer, lettered_options
 from router_models.prompt import prompt_text
 from router_models.voting import Ballot, is_settled, tally, winner
 from service import sse
 from service.errors import GatewayError, UpstreamError, error_json
-from service.strategies.base import Call, conform_choice, reply_cap, router_info, usage_body
+from service.strategies.base import (
+    Call,
+    conform_choice,
+    reply_cap,
+    router_info,
+    structured_output,
+    usage_body,
+)
 from service.strategies.sampling import Sample, draw
 
 # A sample's temperature when the client set none: votes over greedy samples are all alike.
@@ -85,6 +92,7 @@ async def run_vote(call: Call) -> Sample:
         "temperature": DEFAULT_VOTE_TEMPERATURE}
     # "C) 12" reads as the option C only when the prompt offers lettered options.
     options = lettered_options(_prompt_of(call))
+    structured = structured_output(call.routed.body)
     samples: list[Sample] = []
     ballots: list[Ballot] = []
     failures: list[GatewayError] = []
@@ -103,7 +111,9 @@ async def run_vote(call: Call) -> Sample:
         # A sample cut by its cap votes only with an answer it stated: its last line is
         # mid-reasoning, and cut samples agreeing on one settled votes on noise (outcome bank,
         # graph connectivity: votes of 3 right 10% of the time read leniently, 28% strictly).
-        ballots += [Ballot(extract_answer(s.text, options=options,
+        # Structured output's answer is its whole JSON value, not its last line ("}").
+        ballots += [Ballot(json_answer(s.text) if structured else
+                           extract_answer(s.text, options=options,
                                           strict=s.finish_reason == "length"),
                            s.confidence or 1.0) for s in new]
         if call.ledger.overrun:

@@ -2,7 +2,8 @@
 any strategy and budget can later be replayed without the model (``ttc-router sim --bank``).
 
 Per run (one item, and for HotpotQA one number of searches: 0, 1 or 3) it records 8 samples at
-temperature 0.7 (seeds recorded) and one greedy chain (temperature 0), each with
+temperature 0.7 (seeds recorded, 512 tokens of room) and one greedy chain (temperature 0, 2,048
+tokens of room: one long chain, the other side of the vote-or-chain question), each with
 
 - ``tokens``: the completion split into its token pieces, so that a budget of ``b`` tokens
   replays exactly as the first ``b`` pieces (finish ``length``);
@@ -36,7 +37,7 @@ Usage::
     python -m bench.outcome_bank --server-binary PATH/llama-server      # or this one
     python -m bench.outcome_bank --url http://127.0.0.1:8080/v1         # any OpenAI server
         [--bank router_models/data/bank] [--items 150] [--suites gsm8k,svamp,...]
-        [--samples 8] [--max-tokens 512] [--concurrency 8]
+        [--samples 8] [--max-tokens 512] [--greedy-max-tokens 2048] [--concurrency 8]
 
 The server must return token log-probabilities (``logprobs``/``top_logprobs``), as
 llama.cpp's ``llama-server`` does.
@@ -399,13 +400,15 @@ def chat(client: httpx.Client, url: str, prompt: str, *, temperature: float, see
 
 
 def record_run(client: httpx.Client, url: str, run: Run, pool: futures.Executor, *,
-               samples: int, temperature: float, max_tokens: int) -> dict[str, Any]:
-    """Record one run: ``samples`` seeded samples and one greedy chain, concurrently."""
+               samples: int, temperature: float, max_tokens: int,
+               greedy_max_tokens: int | None = None) -> dict[str, Any]:
+    """Record one run: ``samples`` seeded samples of at most ``max_tokens`` tokens and one
+    greedy chain of at most ``greedy_max_tokens`` (None: ``max_tokens``), concurrently."""
     seeds = run.seeds(samples)
     jobs = [pool.submit(chat, client, url, run.prompt, temperature=temperature, seed=s,
                         max_tokens=max_tokens) for s in seeds]
     jobs.append(pool.submit(chat, client, url, run.prompt, temperature=0.0, seed=None,
-                            max_tokens=max_tokens))
+                            max_tokens=greedy_max_tokens or max_tokens))
     replies = [job.result() for job in jobs]
     out = [sample_record(run.item, r["choices"][0], s, temperature)
            for r, s in zip(replies[:-1], seeds, strict=True)]
@@ -499,7 +502,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=_sampling_temperature, default=0.7,
                         help="the samples' temperature, above 0 and at most 2 (default 0.7)")
     parser.add_argument("--max-tokens", type=positive_int, default=512,
-                        help="tokens per chain (default 512)")
+                        help="tokens per sample (default 512)")
+    # One long chain is what the literature compares votes with on compositional tasks (Let
+    # Me Think!); at 512 tokens the cap cut 75% of the greedy chains on graph connectivity.
+    parser.add_argument("--greedy-max-tokens", type=positive_int, default=2048,
+                        help="tokens of the greedy chain (default 2048; bench/long_chains.py "
+                             "extends chains recorded with less)")
     parser.add_argument("--concurrency", type=positive_int, default=8,
                         help="requests in flight (default 8)")
     parser.add_argument("--ctx", type=positive_int, default=32768,
@@ -536,7 +544,8 @@ def main(argv: list[str] | None = None) -> None:
     session: dict[str, Any] = {
         "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "samples": args.samples, "temperature": args.temperature,
-        "max_tokens": args.max_tokens, "concurrency": args.concurrency}
+        "max_tokens": args.max_tokens, "greedy_max_tokens": args.greedy_max_tokens,
+        "concurrency": args.concurrency}
     meta: dict[str, Any] = {
         "format": 1, "top_logprobs": TOP_LOGPROBS, "conf_window": CONF_WINDOW,
         "prompt_format": "one user message: TaskItem.prompt() (question, blank line, "
@@ -584,7 +593,8 @@ def main(argv: list[str] | None = None) -> None:
                 for run in queue:
                     pending.add(runners.submit(
                         record_run, client, url, run, pool, samples=args.samples,
-                        temperature=args.temperature, max_tokens=args.max_tokens))
+                        temperature=args.temperature, max_tokens=args.max_tokens,
+                        greedy_max_tokens=args.greedy_max_tokens))
                     if len(pending) >= 3:
                         break
 

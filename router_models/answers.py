@@ -36,6 +36,7 @@ would evaluate exactly and could take unbounded time over). bench/answers.py mea
 from __future__ import annotations
 
 import functools
+import json
 import re
 import unicodedata
 from collections.abc import Collection
@@ -128,6 +129,20 @@ def extract_answer(text: str | None, *, strict: bool = False,
         if found:
             return _number(found[-1]) or normalise(line, options=options) or None
     return normalise(line, options=options) or None
+
+
+def json_answer(text: str | None) -> str | None:
+    """The answer of a structured-output reply (``response_format`` json_object or
+    json_schema): the whole JSON value, in one canonical form (keys sorted, no spaces), so
+    samples that state the same object vote together however they lay it out. None when the
+    text is not one JSON value (a reply cut by its cap), which then does not vote."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def first_answer_end(text: str | None) -> int | None:

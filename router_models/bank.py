@@ -7,10 +7,17 @@ settings and prompt format it was recorded with). Each run holds one greedy chai
 seeded samples; each sample is its completion split into token pieces, so that a budget of
 ``b`` tokens replays as exactly the first ``b`` pieces. The project ships its bank in
 ``router_models/data/bank``.
+
+Long chains (``bench/long_chains.py``) are greedy chains recorded again with more room, for the
+runs whose greedy chain the recording's cap cut: files ``long-chains-NNN.jsonl`` beside the
+shards, one line per run (``key``, ``max_tokens``, ``greedy``). Loading puts each in place of
+its run's greedy chain, whose first tokens it repeats (temperature 0), so a budget within the
+old cap replays as before and a larger one reads on where the cap used to cut.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,6 +28,7 @@ from typing import Any
 from router_models.tasks import TaskItem
 
 DEFAULT_BANK = Path(__file__).resolve().parent / "data" / "bank"
+LONG_CHAINS = "long-chains-"  # the prefix of the files of greedy chains recorded with more room
 _LABEL = re.compile(r"^(?:question|q)\s*:\s*", re.IGNORECASE)
 
 
@@ -158,7 +166,12 @@ class Bank:
         if not folder.is_dir():
             raise BankError(f"no outcome bank at {folder}")
         meta = _read_meta(folder / "bank.json")
-        bank = cls(_read_runs(sorted(folder.glob("*.jsonl"))), meta, folder)
+        files = sorted(folder.glob("*.jsonl"))
+        shards = [f for f in files if not f.name.startswith(LONG_CHAINS)]
+        longer = _read_long_chains([f for f in files if f.name.startswith(LONG_CHAINS)])
+        runs = (dataclasses.replace(run, greedy=longer[run.key]) if run.key in longer else run
+                for run in _read_runs(shards))
+        bank = cls(runs, meta, folder)
         if not bank.runs:
             raise BankError(f"the outcome bank at {folder} holds no runs")
         return bank
@@ -203,6 +216,30 @@ def _read_meta(path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise BankError(f"{path}: not a JSON object")
     return meta
+
+
+def _read_long_chains(files: Sequence[Path]) -> dict[str, BankSample]:
+    """The long greedy chains by run key (a later line for a key replaces an earlier one).
+
+    Raises:
+        BankError: a line is not a long chain (the message names the file and line).
+    """
+    chains: dict[str, BankSample] = {}
+    for path in files:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    chains[str(row["key"])] = BankSample.from_json(row["greedy"])
+                except json.JSONDecodeError as exc:
+                    if not line.endswith("\n"):
+                        break  # the last line, being appended right now
+                    raise BankError(f"{path}:{number}: not a long chain: {exc}") from exc
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    raise BankError(f"{path}:{number}: not a long chain: {exc}") from exc
+    return chains
 
 
 def _read_runs(shards: Sequence[Path]) -> Iterator[BankRun]:

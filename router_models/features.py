@@ -192,17 +192,21 @@ def extract(messages: Sequence[Any] | str) -> Features:
             ``None``; system-only or empty lists are fine), or a bare prompt string.
 
     Returns:
-        ``Features``; a prompt with no user text gives all-zero text features. Never raises on
+        ``Features`` of the text with surrounding whitespace removed; a prompt with no user
+        text (or only whitespace) gives all-zero text features. Never raises on
         malformed messages (they are skipped, as ``router_models.prompt`` does).
     """
+    # Whitespace around a text is not read: no training prompt has any, and a client's
+    # trailing newline (or a whitespace-only turn) would otherwise move the length features.
     if isinstance(messages, str):
-        text, has_system, turns, context_chars = messages, 0.0, 1, len(messages)
+        text = messages.strip()
+        has_system, turns, context_chars = 0.0, 1, len(text)
     else:
-        text = prompt_text(messages)
+        text = prompt_text(messages).strip()
         dicts = [m for m in messages if isinstance(m, dict)]
         has_system = float(any(m.get("role") in ("system", "developer") for m in dicts))
         turns = sum(1 for m in dicts if m.get("role") in ("user", "assistant"))
-        context_chars = sum(len(content_text(m.get("content"))) for m in dicts)
+        context_chars = sum(len(content_text(m.get("content")).strip()) for m in dicts)
     full_chars = len(text)
     text = _scan(text)
     lower = text.lower()

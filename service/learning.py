@@ -226,8 +226,12 @@ class Learner:
 
     async def _checkpoint(self, position: int) -> None:
         """The checkpoint at ``position``: each canonical state through its JSON round trip,
-        stored unless another replica stored it first (the same bytes)."""
-        texts = {name: _dumps(policy) for name, policy in self._canonical.items()}
+        stored unless another replica stored it first (the same bytes). A policy loaded from
+        a later checkpoint (the log is replayed from an earlier one for a policy added since)
+        is past ``position``: it is left alone, or its state would be stored as this
+        position's and the events after it applied again."""
+        texts = {name: _dumps(policy) for name, policy in self._canonical.items()
+                 if self._base[name] < position}
         for name, text in texts.items():
             self._canonical[name] = self._router.restore(name, json.loads(text))
             self._base[name] = position

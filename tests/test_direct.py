@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import gateway_client, make_settings, metric
 from tests.fakes import FakeBackend, ScriptedStream, scripted_transport, sse_body
@@ -331,6 +332,23 @@ async def test_stream_refused_before_first_byte_keeps_the_http_status(chat_body)
     backend = FakeBackend(failures=[400])
     async with gateway_client(backend.transport()) as client:
         reply = await client.post("/v1/chat/completions", json={**chat_body, "stream": True})
+    assert reply.status_code == 400
+    assert reply.headers["content-type"].startswith("application/json")
+    assert reply.json()["error"]["message"] == "scripted failure 400"
+
+
+@pytest.mark.parametrize("strategy", ["parallel_vote", "search"])
+async def test_a_voted_or_searched_stream_refused_at_once_keeps_the_http_status(
+        chat_body, strategy, tmp_path):
+    # A vote or a search streams its answer only at the end; a refusal that comes back before
+    # the first keep-alive is due (a prompt over the context, a bad field) is an HTTP status,
+    # as for a direct stream, not a 200 stream holding an error event.
+    backend = FakeBackend(failures=[400] * 20)
+    body = {**chat_body, "stream": True,
+            "router": {"strategy": strategy, "budget_tokens": 512}}
+    async with gateway_client(backend.transport(), make_settings(
+            data_dir=tmp_path, max_retries=0)) as client:
+        reply = await client.post("/v1/chat/completions", json=body)
     assert reply.status_code == 400
     assert reply.headers["content-type"].startswith("application/json")
     assert reply.json()["error"]["message"] == "scripted failure 400"

@@ -116,3 +116,19 @@ def test_a_huge_prompt_is_read_from_both_ends_but_its_length_counts_in_full():
     f = extract(text).as_dict()
     assert f["log_chars"] == pytest.approx(math.log1p(len(text)))
     assert f["log_fact_cues"] > 0  # the end of the prompt is still read
+
+
+@pytest.mark.parametrize("padded, bare", [
+    ("  What is 2+2?\n\n", "What is 2+2?"),
+    ("\n\tHow many days are in a week? ", "How many days are in a week?"),
+    ("   \n\t ", ""),
+])
+def test_whitespace_around_the_prompt_is_not_read(padded, bare):
+    # No training prompt has whitespace around it (checked over load_examples: 0 of 31,521),
+    # so a client's trailing newline, or a whitespace-only turn, must not move the features:
+    # "   \n\t " read as 7 characters with no words scored difficulty 0.77 and got a vote.
+    for messages in (padded, [{"role": "user", "content": padded}]):
+        got, want = extract(messages), extract(bare if isinstance(messages, str)
+                                               else [{"role": "user", "content": bare}])
+        assert np.array_equal(got.dense, want.dense)
+        assert np.array_equal(got.hash_indices, want.hash_indices)

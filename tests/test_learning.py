@@ -203,3 +203,29 @@ async def test_outcomes_of_policies_that_do_not_learn_teach_the_learned_policy(t
         await learner.sync()
         assert feedback_seen(learner.policies["learned"]) == before + 1
         assert feedback_seen(gateway_of(client).router.policies["learned"]) == before + 1
+
+
+async def test_a_learning_policy_added_later_leaves_the_checkpointed_ones_as_they_were(tmp_path):
+    """A restart that adds a learning policy (``policies: {mine: learned}``, or an A/B arm
+    ``learned:PATH``) replays the log from 0 for it; the policies already checkpointed past
+    those events must not take them again (events 3 and 4 were learned twice, and this
+    replica's state no longer matched its peers')."""
+    first = make_settings(data_dir=tmp_path, learn_checkpoint_every=2)
+    async with gateway_client(llm().transport(), first) as client:
+        for prompt in PROMPTS[:4]:
+            reply = await decide(client, prompt)
+            answer = await client.post("/v1/feedback", json={
+                "id": reply["router"]["decision_id"], "correct": True})
+            assert answer.status_code == 200
+        learned = learned_state(client)
+        assert gateway_of(client).learner.cursor == 4
+    again = make_settings(data_dir=tmp_path, learn_checkpoint_every=2,
+                          policies={"mine": "learned"})
+    async with gateway_client(llm().transport(), again) as client:
+        learner = gateway_of(client).learner
+        assert learner.cursor == 4 and set(learner.policies) == {"learned", "mine"}
+        assert learned_state(client) == learned
+        served = gateway_of(client).router.policies["learned"]
+        assert feedback_seen(served) == feedback_seen(LearnedPolicy.from_state(learned))
+    async with gateway_client(llm().transport(), again) as client:  # and from its checkpoints
+        assert learned_state(client) == learned

@@ -94,3 +94,30 @@ def test_bank_figures_cut_every_sample_to_its_share_of_the_budget() -> None:
     assert budget_row(runs, 10)["greedy"] == Cell(0, 1)
     assert budget_row(runs, 64)["greedy"] == Cell(1, 1)
     assert confidence_row(runs)["vote"] == Cell(1, 1)
+
+
+def test_the_greedy_chain_gets_its_own_room_and_the_samples_theirs() -> None:
+    import concurrent.futures as futures
+
+    import httpx
+
+    from bench.outcome_bank import Run, record_run
+
+    asked: list[dict] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        asked.append(body)
+        return httpx.Response(200, json={"choices": [{
+            "message": {"content": "The answer is 5."}, "finish_reason": "stop",
+            "logprobs": {"content": [_entry(b"The answer is 5.", -0.1)]}}],
+            "usage": {"prompt_tokens": 9}})
+
+    with httpx.Client(transport=httpx.MockTransport(server)) as client, \
+            futures.ThreadPoolExecutor(2) as pool:
+        record = record_run(client, "http://x/v1", Run(ITEM, 0, "What is 2 + 3?"), pool,
+                            samples=3, temperature=0.7, max_tokens=512,
+                            greedy_max_tokens=2048)
+    rooms = sorted((b["temperature"], b["max_tokens"]) for b in asked)
+    assert rooms == [(0.0, 2048), (0.7, 512), (0.7, 512), (0.7, 512)]
+    assert record["greedy"]["correct"] and len(record["samples"]) == 3

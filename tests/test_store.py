@@ -268,3 +268,33 @@ def test_connections_switching_one_file_to_wal_together_all_succeed(tmp_path: Pa
         for thread in threads:
             thread.join()
     assert errors == []
+
+
+async def test_feedback_waits_for_a_row_another_gateway_on_the_same_data_dir_commits(
+        tmp_path: Path) -> None:
+    # Two gateways on one box share DATA_DIR/requests.db (no database_url): feedback posted
+    # to the one that did not answer, before the other's writer commits the row, was a 404
+    # (2 of 100 such posts against two `ttc-router serve` processes).
+    from service.store.sqlite import SqliteBackend
+
+    answering = RequestLog(SqliteBackend(tmp_path / "requests.db"), linger_s=0.5)
+    other = open_request_log(tmp_path, None)
+    await answering.start()
+    await other.start()
+    lone = open_request_log(tmp_path / "alone", None)
+    await lone.start()
+    try:
+        answering.submit(make_record(20))
+        await answering.flush()  # the answering gateway has served before
+        late = make_record(21)
+        answering.submit(late)  # answered; its row lingers 0.5 s before the commit
+        applied = await other.feedback(late.decision_id, 1.0)
+        assert applied.first and applied.decision_id == late.decision_id
+        # A gateway alone on its file does not wait for rows nobody else can write.
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UnknownId):
+            await lone.feedback("dec_missing", 1.0)
+        assert asyncio.get_running_loop().time() - started < 1.0
+    finally:
+        for log in (answering, other, lone):
+            await log.close()

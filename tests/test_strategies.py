@@ -41,6 +41,20 @@ async def test_vote_picks_the_plurality_under_each_normalisation(texts, expected
     assert reply.headers["x-ttc-strategy"] == "parallel_vote"
 
 
+async def test_a_vote_on_structured_output_votes_on_the_whole_json_value():
+    # With response_format json_object the answer is the JSON value: its last line is "}" in
+    # every pretty-printed sample, which settled every vote on "}" after two samples.
+    llm = ScriptedLLM(answers('{\n  "answer": 5\n}', '{\n  "answer": 4\n}',
+                              '{"answer": 4}', '{"answer": 4, "note": "cut'), honours_n=False)
+    reply = await post(llm, vote(response_format={"type": "json_object"}), vote_width=4,
+                       supports_n=False, vote_first_wave=4)
+    router = reply.json()["router"]
+    assert router["votes"] == {'{"answer":5}': 1, '{"answer":4}': 2}
+    assert router["winner"] == '{"answer":4}'
+    content = reply.json()["choices"][0]["message"]["content"]
+    assert json.loads(content) == {"answer": 4}
+
+
 async def test_a_settled_vote_stops_early_and_says_what_it_saved():
     llm = ScriptedLLM(answers("The answer is 42."), honours_n=False)
     reply = await post(llm, vote(budget=16 * 64), vote_width=16, supports_n=False)

@@ -15,8 +15,9 @@ ticket and ``committed(ticket)`` waits for it (without the linger: records queue
 batch commits form the next batch, a group commit). A replica killed with SIGKILL then loses
 no decision a client has seen.
 
-With a shared database (PostgreSQL, or a SQLite file named by ``database_url`` that several
-gateways on one box write), feedback may reach a replica before
+With a shared database (PostgreSQL, a SQLite file named by ``database_url``, or the default
+``DATA_DIR/requests.db`` once another gateway on the box has written it), feedback may reach a
+replica before
 the replica that served the request has committed its record; ``feedback`` then polls for
 ``SHARED_RECORD_WAIT_S`` before answering that the id is unknown.
 """

@@ -85,16 +85,33 @@ class SqliteBackend:
         migrations: the schema steps (tests pass their own to exercise upgrades).
         busy_timeout_s: how long a write waits for another process's lock, in seconds.
         shared: other gateways write the same file (a ``sqlite:///`` ``database_url``).
+            Without it the file still counts as shared once another connection has
+            committed to it (``shared``).
     """
 
     def __init__(self, path: Path, *, migrations: Sequence[Migration] = MIGRATIONS,
                  busy_timeout_s: float = 5.0, shared: bool = False):
         self.path = path
-        self.shared = shared  # other gateways on this box may write the same file
+        self._declared_shared = shared
+        self._others_write = False  # another connection has committed since open
+        self._data_version = 0  # PRAGMA data_version at open
         self._migrations = migrations
         self._busy_timeout_s = busy_timeout_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttc-sqlite")
         self._db: sqlite3.Connection | None = None
+
+    @property
+    def shared(self) -> bool:
+        """Whether other gateways write this file, so a record may be committed by another
+        process: declared (``sqlite:///`` ``database_url``), or seen. Several gateways on one
+        box share ``DATA_DIR/requests.db`` without saying so; ``PRAGMA data_version`` changes
+        only when another connection commits, so once it has, this file is shared."""
+        return self._declared_shared or self._others_write
+
+    def _note_other_writers(self, db: sqlite3.Connection) -> None:
+        if not self.shared:
+            version = db.execute("PRAGMA data_version").fetchone()[0]
+            self._others_write = version != self._data_version
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
@@ -117,6 +134,7 @@ class SqliteBackend:
                                      timeout=self._busy_timeout_s)
                 enable_wal(db, self._busy_timeout_s)
                 db.execute("PRAGMA synchronous=NORMAL")
+                self._data_version = db.execute("PRAGMA data_version").fetchone()[0]
             except (OSError, sqlite3.Error) as exc:
                 raise StoreError(f"cannot open the request log {self.path}: {exc}") from exc
             self._db = db
@@ -173,6 +191,7 @@ class SqliteBackend:
                 (is_correct(score), score, time_s, ident, ident, ident)).fetchone()
             if row is None:
                 db.execute("COMMIT")
+                self._note_other_writers(db)  # then the caller waits for their commit
                 return None
             event = db.execute(INSERT_LEARNING_EVENT.format(p="?"),
                                (row[0], score, time_s)).fetchone()

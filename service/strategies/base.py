@@ -270,3 +270,11 @@ def _prompt_of(body: dict[str, Any]) -> str:
         return prompt_text(body["messages"])
     prompt = body.get("prompt")
     return prompt if isinstance(prompt, str) else ""
+
+
+def structured_output(body: dict[str, Any]) -> bool:
+    """True when the request asks for JSON output (OpenAI's ``response_format`` types
+    ``json_object`` and ``json_schema``)."""
+    response_format = body.get("response_format")
+    return isinstance(response_format, dict) and response_format.get("type") in (
+        "json_object", "json_schema")

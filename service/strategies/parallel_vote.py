@@ -21,12 +21,19 @@ from typing import Any, ClassVar
 
 import orjson
 
-from router_models.answers import extract_answer, lettered_options
+from router_models.answers import extract_answer, json_answer, lettered_options
 from router_models.prompt import prompt_text
 from router_models.voting import Ballot, is_settled, tally, winner
 from service import sse
 from service.errors import GatewayError, UpstreamError, error_json
-from service.strategies.base import Call, conform_choice, reply_cap, router_info, usage_body
+from service.strategies.base import (
+    Call,
+    conform_choice,
+    reply_cap,
+    router_info,
+    structured_output,
+    usage_body,
+)
 from service.strategies.sampling import Sample, draw
 
 # A sample's temperature when the client set none: votes over greedy samples are all alike.
@@ -44,7 +51,7 @@ class ParallelVote:
         return completion_body(call, chosen)
 
     async def open_stream(self, call: Call) -> AsyncIterator[bytes]:
-        return stream_when_done(call, run_vote(call), "voting")
+        return await stream_when_done(call, run_vote(call), "voting")
 
 
 def depth_tokens(call: Call) -> int:
@@ -85,6 +92,7 @@ async def run_vote(call: Call) -> Sample:
         "temperature": DEFAULT_VOTE_TEMPERATURE}
     # "C) 12" reads as the option C only when the prompt offers lettered options.
     options = lettered_options(_prompt_of(call))
+    structured = structured_output(call.routed.body)
     samples: list[Sample] = []
     ballots: list[Ballot] = []
     failures: list[GatewayError] = []
@@ -103,7 +111,9 @@ async def run_vote(call: Call) -> Sample:
         # A sample cut by its cap votes only with an answer it stated: its last line is
         # mid-reasoning, and cut samples agreeing on one settled votes on noise (outcome bank,
         # graph connectivity: votes of 3 right 10% of the time read leniently, 28% strictly).
-        ballots += [Ballot(extract_answer(s.text, options=options,
+        # Structured output's answer is its whole JSON value, not its last line ("}").
+        ballots += [Ballot(json_answer(s.text) if structured else
+                           extract_answer(s.text, options=options,
                                           strict=s.finish_reason == "length"),
                            s.confidence or 1.0) for s in new]
         if call.ledger.overrun:
@@ -173,14 +183,33 @@ async def stream_when_done(call: Call, work: Coroutine[Any, Any, Sample],
     """The SSE body of a strategy that knows its answer only at the end (``parallel_vote``,
     ``search``): an SSE comment naming the ``activity`` every ``keepalive_s`` seconds while
     ``work`` runs, then the chosen answer as chunks, the usage chunk when asked, and
-    ``[DONE]``; an error event instead when ``work`` fails."""
+    ``[DONE]``; an error event instead when ``work`` fails once the stream has started.
+
+    The response starts only when the first keep-alive is due or ``work`` has ended, so a
+    refusal that comes back at once (a prompt over the model's context, a field the backend
+    rejects) reaches the client as its HTTP status, as a direct stream's does.
+
+    Raises:
+        GatewayError: ``work`` failed within the first ``keepalive_s`` seconds.
+    """
     task = asyncio.create_task(work)
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=call.settings.keepalive_s)
-            if done:
-                break
+        await asyncio.wait({task}, timeout=call.settings.keepalive_s)
+        if task.done():
+            task.result()  # raises the refusal before any byte is sent
+    except BaseException:
+        if not task.done():
+            task.cancel()
+        raise
+    return _stream_when_done(call, task, activity)
+
+
+async def _stream_when_done(call: Call, task: asyncio.Task[Sample],
+                            activity: str) -> AsyncIterator[bytes]:
+    try:
+        while not task.done():
             yield sse.comment_event(activity)
+            await asyncio.wait({task}, timeout=call.settings.keepalive_s)
         chosen = task.result()
     except GatewayError as exc:
         call.stream_error = exc

@@ -75,7 +75,7 @@ class Search:
         return completion_body(call, await run_search(call))
 
     async def open_stream(self, call: Call) -> AsyncIterator[bytes]:
-        return stream_when_done(call, run_search(call), "searching")
+        return await stream_when_done(call, run_search(call), "searching")
 
 
 @dataclass

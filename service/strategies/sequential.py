@@ -22,7 +22,14 @@ import orjson
 from router_models.answers import extract_answer
 from service import sse
 from service.errors import GatewayError, UpstreamError, error_json
-from service.strategies.base import Call, reply_cap, request_body, router_info, usage_body
+from service.strategies.base import (
+    Call,
+    reply_cap,
+    request_body,
+    router_info,
+    structured_output,
+    usage_body,
+)
 from service.strategies.metered import Metered, delta_text
 from service.strategies.parallel_vote import completion_body
 from service.strategies.sampling import Sample, draw
@@ -93,14 +100,6 @@ def _needs_answer(call: Call, finish_reason: str | None, text: str) -> bool:
     if structured_output(call.routed.body):
         return False
     return finish_reason == "length" and extract_answer(text, strict=True) is None
-
-
-def structured_output(body: dict[str, Any]) -> bool:
-    """True when the request asks for JSON output (OpenAI's ``response_format`` types
-    ``json_object`` and ``json_schema``)."""
-    response_format = body.get("response_format")
-    return isinstance(response_format, dict) and response_format.get("type") in (
-        "json_object", "json_schema")
 
 
 def _effort(call: Call, chain_cap: int) -> dict[str, Any]:

@@ -1,0 +1,163 @@
+"""Record long greedy chains: the bank's greedy chains that its cap cut, recorded again with
+more room, so that "one long chain" is measured at the lengths the literature means.
+
+The outcome bank records every chain with the same cap (512 tokens by default). On graph
+connectivity that cap cut 75% of the greedy chains, so the bank could not say whether one
+long chain beats a vote there, which is the compositional task on which it should
+(Mirtaheri et al. 2025, "Let Me Think!"). This command asks the same model again, at
+temperature 0 with ``--max-tokens`` room (2,048 by default), for every run whose greedy chain
+finished ``length`` below that room, and appends each as one line of
+``<bank>/long-chains-NNN.jsonl`` (``key``, ``max_tokens``, ``recorded``, ``prefix_match``,
+``greedy``; each file under 2 MB). ``router_models.bank.Bank.load`` puts it in place of the
+run's greedy chain. ``prefix_match`` says whether its first tokens repeat the recorded chain
+(greedy decoding on a batching server is not bit-exact between runs); the count is printed.
+Resumable: runs already extended are skipped.
+
+Usage::
+
+    python -m bench.long_chains --url http://127.0.0.1:8080/v1 [--suites graph_connectivity]
+        [--max-tokens 2048] [--concurrency 4] [--bank router_models/data/bank]
+    python -m bench.long_chains          # starts the llama-server the project builds
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import datetime as dt
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+from bench.options import positive_int
+from bench.outcome_bank import DEFAULT_BANK, SHARD_BYTES, Server, chat, sample_record
+from router_models.bank import LONG_CHAINS, Bank, BankRun
+
+
+def runs_to_extend(bank: Bank, suites: set[str] | None, max_tokens: int,
+                   done: set[str]) -> list[BankRun]:
+    """The runs whose greedy chain the recording's cap cut below ``max_tokens`` tokens, of
+    ``suites`` (None: all), not yet in ``done``, in bank order."""
+    return [run for run in bank.runs
+            if (suites is None or run.suite in suites) and run.key not in done
+            and run.greedy.finish_reason == "length" and len(run.greedy.tokens) < max_tokens]
+
+
+class LongChains:
+    """The ``long-chains-NNN.jsonl`` files of a bank folder: the keys done, appending lines."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.lock = threading.Lock()
+        self.done: set[str] = set()
+        for path in self.files():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    try:
+                        self.done.add(json.loads(line)["key"])
+                    except (json.JSONDecodeError, KeyError):
+                        continue  # a line cut by a killed run: recorded again
+
+    def files(self) -> list[Path]:
+        """The files in order."""
+        return sorted(self.folder.glob(f"{LONG_CHAINS}*.jsonl"))
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one line, starting a new file past ``SHARD_BYTES``."""
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        with self.lock:
+            files = self.files()
+            path = files[-1] if files and files[-1].stat().st_size < SHARD_BYTES else (
+                self.folder / f"{LONG_CHAINS}{len(files) + 1:03d}.jsonl")
+            with path.open("a", encoding="utf-8") as out:
+                out.write(line)
+            self.done.add(record["key"])
+
+
+def record_long_chain(client: httpx.Client, url: str, run: BankRun, max_tokens: int
+                      ) -> dict[str, Any]:
+    """One run's greedy chain with ``max_tokens`` of room, as a ``long-chains`` line.
+
+    Raises:
+        httpx.HTTPError: the server kept failing (``outcome_bank.chat`` retries).
+        ValueError: the reply had no token log-probabilities.
+    """
+    reply = chat(client, url, run.prompt, temperature=0.0, seed=None, max_tokens=max_tokens)
+    greedy = sample_record(run.item, reply["choices"][0], None, 0.0)
+    old = run.greedy.tokens
+    return {"key": run.key, "max_tokens": max_tokens,
+            "recorded": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "prefix_match": tuple(greedy["tokens"][:len(old)]) == old, "greedy": greedy}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--url", help="an OpenAI-compatible base URL ending in /v1 (the "
+                                     "server that recorded the bank, for chains that match)")
+    where.add_argument("--server-binary", type=Path,
+                       help="start this llama-server (default: the one the project builds)")
+    parser.add_argument("--bank", type=Path, default=DEFAULT_BANK)
+    parser.add_argument("--suites", default="graph_connectivity",
+                        help="comma-separated suites, or 'all' (default graph_connectivity)")
+    parser.add_argument("--max-tokens", type=positive_int, default=2048,
+                        help="room of each chain (default 2048)")
+    parser.add_argument("--concurrency", type=positive_int, default=4)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    bank = Bank.load(args.bank)
+    store = LongChains(args.bank)
+    suites = None if args.suites == "all" else set(args.suites.split(","))
+    todo = runs_to_extend(bank, suites, args.max_tokens, store.done)
+    print(f"{len(store.done)} long chains in the bank, {len(todo)} to record", file=sys.stderr)
+    if not todo:
+        return
+    server: Server | None = None
+    if args.url is None:
+        from service.llama_build import find_server
+        from service.local_backend import QWEN_CODER_05B, model_path
+        from service.settings import load_settings
+
+        binary = args.server_binary or find_server()
+        if binary is None:
+            raise SystemExit("no llama-server: build it with `python -m service.llama_build`, "
+                             "or give --server-binary PATH or --url URL")
+        model = model_path(QWEN_CODER_05B, Path(load_settings().data_dir) / "models")
+        server = Server(binary, model, args.concurrency, 4096 * args.concurrency,
+                        Path("/tmp/long-chains-server.log"), 2)
+        url = server.url
+    else:
+        url = args.url.rstrip("/")
+    matched = finished = 0
+    try:
+        with httpx.Client(timeout=httpx.Timeout(7200.0, connect=10.0)) as client, \
+                futures.ThreadPoolExecutor(args.concurrency) as pool, \
+                tqdm(total=len(todo), unit="chain") as bar:
+            jobs = [pool.submit(record_long_chain, client, url, run, args.max_tokens)
+                    for run in todo]
+            for job in futures.as_completed(jobs):
+                record = job.result()
+                store.append(record)
+                matched += record["prefix_match"]
+                finished += record["greedy"]["finish_reason"] == "stop"
+                bar.update(1)
+                bar.set_postfix(key=record["key"], matched=matched, finished=finished)
+    finally:
+        if server is not None:
+            server.stop()
+    print(f"{matched} of {len(todo)} repeat the recorded chain's tokens; {finished} finished "
+          f"within {args.max_tokens} tokens", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

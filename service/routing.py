@@ -10,7 +10,8 @@ Which policy decides a request, first match wins:
 
 Otherwise the plan comes from ``service.planning`` (a forced strategy, or a backend model passed
 through as ``direct``). Turns that may be answered by tool calls, and ``n`` > 1, always run
-``direct``.
+``direct``; a vote the client did not name runs one chain at temperature 0
+(``greedy_vote_as_chain``).
 
 With the local search backend, a prompt's ``search`` score is read against the index before a
 policy sees it (``search_evidence``): 0 with an empty index, so ``auto`` never plans search
@@ -65,6 +66,22 @@ log = logging.getLogger(__name__)
 LEARNED_STATE = "learned.json"
 SEARCH_CHECK_S = 2.0  # how stale the "is there anything to search" answer may be
 COVERAGE_HITS = 3  # top hits whose words count as the collection's cover of a question
+
+
+def greedy_vote_as_chain(plan: Plan, body: dict[str, Any]) -> Plan:
+    """``plan``, or one chain of its budget when it is a vote and the request decodes greedily
+    (``temperature`` 0): self-consistency needs sampled reasoning paths (Wang et al. 2023,
+    arXiv 2203.11171), and greedy samples are all one answer, so such a vote pays two or three
+    times for it. Only for votes the client did not ask for (the caller checks): a client that
+    names ``parallel_vote`` with temperature 0 gets what it named."""
+    temperature = body.get("temperature")
+    if plan.strategy != "parallel_vote" or isinstance(temperature, bool) or not isinstance(
+            temperature, int | float) or temperature > 0:
+        return plan
+    why = "temperature 0 makes every sample the same answer: ran one chain"
+    return dataclasses.replace(plan, strategy="sequential", width=1,
+                               depth_tokens=plan.budget_tokens, search_calls=0,
+                               reason=f"{plan.reason}; {why}" if plan.reason else why)
 
 
 class Router:
@@ -141,7 +158,10 @@ class Router:
             # Read against the collection as a policy's scores are, so the prompt is the same
             # kind (and shares its answer lengths) whichever path planned it.
             scores = self.search_evidence(routed, self.score(routed))
-            return self._fit_vote(plan, scores, upstream_model), scores
+            plan = self._fit_vote(plan, scores, upstream_model)
+            if routed.controls.strategy == "auto":  # the configured default, not the client
+                plan = greedy_vote_as_chain(plan, routed.body)
+            return plan, scores
         chosen = self.policies.get(policy_name)
         if chosen is None:
             known = ", ".join(sorted(self.policies))
@@ -164,6 +184,8 @@ class Router:
         # is fitted under it, never refused (the client asked for no such budget).
         plan = fit_cap(fit_vote(decision.plan, answer, min_width=self._min_vote_width()),
                        self.settings.max_budget_tokens, answer)
+        if forced is None:
+            plan = greedy_vote_as_chain(plan, routed.body)
         if plan.strategy == "search" and routed.endpoint != "chat":
             plan = dataclasses.replace(plan, strategy="sequential", search_calls=0,
                                        reason="search needs chat messages: ran sequential")

@@ -170,6 +170,33 @@ async def test_a_policy_vote_cut_below_three_samples_by_its_budget_runs_one_chai
     assert router["spent_tokens"] == reply.json()["usage"]["completion_tokens"] <= budget
 
 
+@pytest.mark.parametrize("controls, temperature, strategy", [
+    ({"policy": "votes"}, 0, "sequential"),      # the policy's vote would repeat one answer
+    ({"policy": "votes"}, 0.0, "sequential"),
+    ({"policy": "votes"}, 0.7, "parallel_vote"),
+    ({"policy": "votes"}, None, "parallel_vote"),  # no temperature: votes sample at 0.7
+    ({"strategy": "parallel_vote", "budget_tokens": 1024}, 0, "parallel_vote"),  # asked for
+])
+async def test_a_greedy_request_is_not_planned_a_vote_of_identical_samples(
+        controls, temperature, strategy):
+    # Self-consistency needs sampled paths (Wang et al. 2023): at temperature 0 every sample
+    # is the greedy one, so a vote nobody asked for pays 2-3 times for one answer (bank
+    # replay, CommonsenseQA at temperature 0: votes of {'D': 2} for 322 tokens).
+    llm_ = llm()
+    settings = make_settings(policies={"votes": "fixed:parallel_vote@1024"})
+    body = {"model": "auto", "messages": [{"role": "user", "content": "Guess a number"}],
+            "router": controls}
+    if temperature is not None:
+        body["temperature"] = temperature
+    async with gateway_client(llm_.transport(), settings) as client:
+        reply = await client.post("/v1/chat/completions", json=body)
+    router = reply.json()["router"]
+    assert router["strategy"] == strategy, router
+    if strategy == "sequential":
+        assert "temperature 0" in router["reason"] and len(llm_.requests) == 1
+        assert router["budget_tokens"] == 1024
+
+
 async def test_an_operator_who_set_votes_of_two_keeps_them():
     settings = make_settings(vote_width=2)
     async with gateway_client(llm().transport(), settings) as client:

@@ -26,8 +26,9 @@ def register(subcommands: Any) -> None:
         "add", help="add documents (JSONL id,title,text per line; .txt; .md)",
         description="Add documents: JSONL files with one {\"id\", \"title\", \"text\"} object "
                     "a line (a document with an id already indexed replaces it), and .txt/.md "
-                    "files (split into passages of whole paragraphs). Directories are read "
-                    "recursively for those three types. Shows progress on large inputs.")
+                    "files (split into passages of about 1,000 characters, at blank lines where "
+                    "they are). Directories are read recursively for those three types. Shows "
+                    "progress on large inputs.")
     add.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     add.add_argument("--config", type=Path, help="YAML config file whose data_dir to use "
                                                  "(also TTC_CONFIG)")
@@ -100,9 +101,14 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    from service.search.base import SearchError
     from service.search.local import LocalIndex, index_path
 
-    stats = LocalIndex(index_path(_data_dir(args))).stats()
+    try:
+        stats = LocalIndex(index_path(_data_dir(args))).stats()
+    except SearchError as exc:  # a damaged index, or one from another version
+        print(f"ttc-router index stats: {exc}", file=sys.stderr)
+        return 2
     print(f"path       {stats.path}")
     print(f"documents  {stats.documents}")
     print(f"segments   {stats.segments}")

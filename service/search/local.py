@@ -104,8 +104,10 @@ class LocalIndex:
         try:
             self._index = tantivy.Index(_schema(), path=str(self.path), reuse=True)
         except (OSError, ValueError) as exc:
-            raise SearchError(f"cannot open the local search index at {self.path}: {exc}"
-                              ) from exc
+            # A damaged index, or one another tantivy version or schema wrote: nothing but
+            # rebuilding it from the documents can fix that, so say so.
+            raise SearchError(f"cannot open the local search index at {self.path}: {exc} "
+                              f"(remove {self.path} and add the documents again)") from exc
         return self._index
 
     def add(self, documents: Iterable[Document], *, batch: int = 50_000) -> int:
@@ -160,7 +162,11 @@ class LocalIndex:
             raise SearchError(f"the local search index failed: {exc}") from exc
 
     def stats(self) -> IndexStats:
-        """Live documents, segments and size of the index (zeros when it does not exist)."""
+        """Live documents, segments and size of the index (zeros when it does not exist).
+
+        Raises:
+            SearchError: the index cannot be opened (damaged, or from another version).
+        """
         if not self.exists():
             return IndexStats(self.path, 0, 0, 0)
         searcher = self._open().searcher()

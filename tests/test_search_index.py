@@ -193,3 +193,16 @@ def test_adding_a_file_again_replaces_its_passages_however_its_path_is_spelled(
     assert main(["index", "add", str(notes), str(tmp_path), "--data-dir", str(data)]) == 0
     assert LocalIndex(index_path(data)).stats().documents == 2 + 1
     assert "holds 3 documents" in capsys.readouterr().out
+
+
+def test_files_saved_with_a_utf8_byte_order_mark_are_read(tmp_path):
+    # Windows editors and PowerShell write one; orjson refuses it ("not valid JSON").
+    bom = b"\xef\xbb\xbf"
+    rows = tmp_path / "kb.jsonl"
+    rows.write_bytes(bom + json.dumps({"id": "z", "title": "Zürich",
+                                       "text": "Zürich liegt am Zürichsee."}).encode() + b"\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(bom + b"Quenmoor lies on the river Vell.")
+    docs = [doc for path in (rows, notes) for doc, _ in read_documents(path)]
+    assert docs[0] == Document("z", "Zürich", "Zürich liegt am Zürichsee.")
+    assert docs[1].text == "Quenmoor lies on the river Vell."

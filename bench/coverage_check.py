@@ -2,7 +2,8 @@
 collection: the HotpotQA corpus (994 Wikipedia articles) indexed as ``ttc-router index add``
 does, each prompt's top 3 hits read by ``service.coverage`` and ``prior.read_search``, as
 ``Router.search_evidence`` does. Word problems are self-contained, so every one read as a
-search prompt is a misreading; HotpotQA's own questions should be read as search prompts.
+search prompt is a misreading; HotpotQA's own questions should be read as search prompts,
+and none of ``GENERIC_PROMPTS`` (everyday requests) should be.
 
 Prints, per dataset, the share read as search by the word share alone, by the word or name
 share (``coverage_shares``: a self-contained word problem, ``router_models.quantities``, has
@@ -26,6 +27,51 @@ from router_models.tasks import default_data_dir, load_suite
 from service.coverage import coverage_shares
 from service.routing import COVERAGE_HITS
 
+# Everyday requests a new user sends (written for this check, 7 Dec 2026): the HotpotQA
+# articles hold none of their answers, so each one read as a search prompt is a misreading.
+GENERIC_PROMPTS = (
+    'What is the capital of France?',
+    'Write a short poem about the sea.',
+    'Write a haiku about autumn leaves.',
+    "Translate 'good morning' into Spanish.",
+    'Summarize the plot of Hamlet in two sentences.',
+    'Give me three tips for a job interview.',
+    'What is the boiling point of water in Fahrenheit?',
+    'Explain recursion to a five year old.',
+    'Write a Python function that reverses a string.',
+    'What does HTTP stand for?',
+    'Who wrote Pride and Prejudice?',
+    'How do I make pancakes?',
+    'What is the speed of light?',
+    'Tell me a fun fact about octopuses.',
+    'Suggest a name for a black cat.',
+    'What is the difference between weather and climate?',
+    'Write an email asking my manager for a day off.',
+    'List the planets of the solar system.',
+    'What year did World War II end?',
+    'Explain what a neural network is.',
+    'Recommend a good science fiction novel.',
+    'How many legs does a spider have?',
+    'What is the largest ocean on Earth?',
+    'Describe the color blue to someone who cannot see.',
+    'Write a limerick about a cat who plays the piano.',
+    'What is the tallest mountain in Africa?',
+    'Compose a short song about a football team winning the season.',
+    'Which band released the album Abbey Road?',
+    'How does a railway signal work?',
+    'Write a story about a village church.',
+    'What is the population of Tokyo?',
+    'Who painted the Mona Lisa?',
+    'Give me a recipe for a vegetarian lasagna.',
+    'How do airplanes stay in the air?',
+    'What is the meaning of life?',
+    'Tell me about the history of the Roman Empire.',
+    'Write a cover letter for a software engineer position.',
+    'Name a famous film director from Italy.',
+    'What is the national sport of Canada?',
+    'Why is the sky blue?',
+)
+
 
 def hotpotqa_corpus() -> Path:
     """The HotpotQA corpus file in ../shared/data."""
@@ -47,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     # HotpotQA's bare questions, as a user would ask them (the suite's prompt adds an
     # instruction line).
     datasets["hotpotqa"] = [item.question for item in load_suite("hotpotqa", limit=args.limit)]
+    datasets["generic"] = list(GENERIC_PROMPTS)
     print("| dataset | n | search by words | by words or names | gateway (steps before names) |")
     print("|---|---:|---:|---:|---:|")
     for name, texts in datasets.items():

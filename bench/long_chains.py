@@ -109,6 +109,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=positive_int, default=2048,
                         help="room of each chain (default 2048)")
     parser.add_argument("--concurrency", type=positive_int, default=4)
+    # One thread: on a machine shared with other work, llama.cpp's threads wait on each other
+    # whenever another process holds a core (generation fell to 0.5 tokens/s per slot at -t 2
+    # beside tests on 2 cores).
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="llama-server -t when this command starts it (default 1)")
     return parser.parse_args(argv)
 
 
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
                              "or give --server-binary PATH or --url URL")
         model = model_path(QWEN_CODER_05B, Path(load_settings().data_dir) / "models")
         server = Server(binary, model, args.concurrency, 4096 * args.concurrency,
-                        Path("/tmp/long-chains-server.log"), 2)
+                        Path("/tmp/long-chains-server.log"), args.threads)
         url = server.url
     else:
         url = args.url.rstrip("/")

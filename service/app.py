@@ -85,6 +85,13 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         try:
             keys = KeyRing(open_key_store(settings.data_dir, url), settings.keys_refresh_s)
             await keys.reload()  # an unreadable key store stops the start: never fail open
+            shared = url is not None and url.startswith(("postgresql://", "postgres://"))
+            if shared and redis_url is None and keys.limited():
+                # Keys in PostgreSQL reach every replica; the counters here reach only this one.
+                log.warning("keys %s have limits, counted in this process only: every replica "
+                            "on this database allows them in full (3 replicas, 3 times each "
+                            "limit); set redis_url to share the counters",
+                            ", ".join(repr(name) for name in keys.limited()))
             registry = BackendRegistry(settings.upstreams, settings.default_model)
             router = Router(settings)
             learner = Learner(router, request_log.backend, interval_s=settings.learn_interval_s,

@@ -318,6 +318,12 @@ class KeyRing:
                 self._loaded_at = time.monotonic()  # retry after refresh_s, not every request
                 log.warning("could not reload the API keys, keeping the previous ones: %s", exc)
 
+    def limited(self) -> list[str]:
+        """The names of the active keys (as last loaded) that have a limit, sorted."""
+        return sorted(key.name for key in self._by_hash.values()
+                      if (key.rpm, key.tpm, key.tokens_per_day, key.prompt_tpm)
+                      != (None, None, None, None))
+
     async def any_keys(self) -> bool:
         """Whether any active key exists (with none, the gateway is open)."""
         await self._fresh(self._refresh_s)

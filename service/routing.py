@@ -226,7 +226,11 @@ class Router:
         except SearchError as exc:
             log.warning("coverage check of the local index failed: %s", exc)
             return scores
-        shares = coverage_shares(question, hits)
+        # Read each hit as far as the search strategy shows it to the model: words past that
+        # cannot answer, and a whole book of a document would be read on the event loop.
+        cut = self.settings.search_result_chars
+        shares = coverage_shares(question, [dataclasses.replace(hit, text=hit.text[:cut])
+                                            for hit in hits])
         return read_search(scores, shares.words, shares.names)
 
     def _local_index(self) -> LocalIndex:

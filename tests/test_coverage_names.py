@@ -150,9 +150,39 @@ def test_on_the_hotpotqa_collection_word_problems_stay_off_search_and_its_questi
 
     assert "Claire Fryer" in {h.id for h in index.search(CLAIRE_PROBLEM, COVERAGE_HITS)}
     assert read(CLAIRE_PROBLEM) < COVERED
+    # The README's example: France is only in a painter's first sentence ("known in France").
+    assert read("What is the capital of France?") < COVERED
     assert all(read(item["question"]) >= COVERED for item in questions())
     try:
         gsm8k = [item.prompt() for item in load_suite("gsm8k", limit=200)]
     except SuiteUnavailable as exc:
         pytest.skip(f"GSM8K not found: {exc}")
     assert [p for p in gsm8k if read(p) >= COVERED] == []
+
+
+def test_a_name_in_a_first_sentence_about_something_else_is_not_the_subject():
+    # The top hits of "What is the capital of France?" on the HotpotQA corpus: France is in
+    # the first sentence, but the sentence is about a painter.
+    painter = Hit("Joannes van der Brugghen", "Joannes van der Brugghen", (
+        "Joannes van der Brugghen, known in France as Jean vander Bruggen, (1639 - c. 1714) "
+        "was a Flemish engraver and print publisher."), 9.0)
+    assert coverage("What is the capital of France?", [painter]) == 0.0
+    # A character's name in the first sentence of a document about a game is not its subject.
+    game = Hit("Demon Dice", "Demon Dice", (
+        "Demon Dice, originally published as Chaos Progenitus, is a collectible dice game "
+        "created by Lester Smith and Tim Brown."), 9.0)
+    assert coverage("Lester wants to share his sweets with Tim. Who gets more?", [game]) == 0.0
+    # Once a name is what a hit is about, the others count where its first sentence has them.
+    assert coverage("Did Lester Smith create Demon Dice?", [game]) == 1.0
+    assert coverage("Who created Demon Dice?", [game]) == 1.0
+
+
+def test_two_common_words_of_a_short_prompt_are_chance():
+    # A creative request shares "short" and "poems" with an author's article: 2 of its 4
+    # content words, which made it a search prompt (half covered).
+    author = Hit("Richard Wright (author)", "Richard Wright (author)", (
+        "Richard Nathaniel Wright (September 4, 1908 - November 28, 1960) was an American "
+        "author of sometimes controversial novels, short stories, poems, and non-fiction."),
+        9.0)
+    assert coverage("Write a short poem about the sea.", [author]) == 0.0
+    assert coverage("Which novels and short poems did Richard Wright write?", [author]) > 0.5

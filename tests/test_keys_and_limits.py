@@ -365,3 +365,19 @@ async def test_a_prompt_token_limit_reserves_the_estimate_and_settles_the_true_c
         assert refused.status_code == 429
         assert refused.json()["error"]["code"] == "rate_limit_prompt_tokens"
         assert refused.headers["retry-after"] == "60"
+
+
+async def test_shared_keys_with_limits_and_no_redis_warn_that_each_replica_counts_alone(
+        postgres_url, caplog):
+    # Replicas on one PostgreSQL share the keys but, without redis_url, count each key's
+    # limits in their own memory: 2 replicas let a --rpm 10 key make 20 requests a minute.
+    PostgresKeyStore(postgres_url).create("capped", rpm=10)
+    PostgresKeyStore(postgres_url).create("open")
+    async with running(FakeBackend().transport(), make_settings(database_url=postgres_url)):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if "redis_url" in r.getMessage()]
+    assert len(warnings) == 1 and "capped" in warnings[0] and "'open'" not in warnings[0]
+    caplog.clear()
+    async with running(FakeBackend().transport(), make_settings()):  # one box, keys.db
+        pass
+    assert not [r for r in caplog.records if "redis_url" in r.getMessage()]

@@ -11,7 +11,13 @@ import pytest
 
 from service.cli import main
 from service.search import LocalIndex, SearchError
-from service.search.documents import Document, DocumentError, input_files, read_documents
+from service.search.documents import (
+    PASSAGE_CHARS,
+    Document,
+    DocumentError,
+    input_files,
+    read_documents,
+)
 from service.search.local import index_path
 from tests.hotpotqa import needs_hotpotqa, questions
 
@@ -129,3 +135,61 @@ def test_an_open_index_sees_documents_another_process_adds(tmp_path):
     while not open_index.search("beta", 3) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [h.id for h in open_index.search("beta", 3)] == ["2"]
+
+
+def test_stats_of_a_corrupt_index_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    LocalIndex(index_path(tmp_path)).add([Document("a", "A", "aardvarks")])
+    (index_path(tmp_path) / "meta.json").write_text("garbage")
+    assert main(["index", "stats", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open the local search index" in err and "Traceback" not in err
+    assert f"remove {index_path(tmp_path)}" in err
+    assert main(["index", "add", str(_jsonl(tmp_path)), "--data-dir", str(tmp_path)]) == 2
+    assert f"remove {index_path(tmp_path)}" in capsys.readouterr().err
+
+
+def _jsonl(tmp_path):
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"id": "b", "title": "B", "text": "badgers"}) + "\n")
+    return path
+
+
+def test_a_text_file_without_blank_lines_is_still_split_into_passages(tmp_path):
+    # Hard-wrapped or one-paragraph-a-line text, and one line with no line break at all: the
+    # whole file was one passage (a 16 MB book was one hit of 16 MB).
+    lines = tmp_path / "lines.txt"
+    lines.write_text("\n".join(f"Line {i} of the logbook says the river rose again." * 2
+                               for i in range(200)))
+    one = tmp_path / "one.txt"
+    one.write_text(" ".join(f"word{i}" for i in range(3000)))
+    for path in (lines, one):
+        docs = [doc for doc, _ in read_documents(path)]
+        assert len(docs) > 5
+        assert all(0 < len(d.text) <= PASSAGE_CHARS * 1.1 for d in docs), path
+        # nothing lost: every word is in some passage, in order
+        assert " ".join(d.text for d in docs).split() == path.read_text().split()
+
+
+def test_adding_a_file_again_replaces_its_passages_however_its_path_is_spelled(
+        tmp_path, capsys, monkeypatch):
+    data = tmp_path / "data"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("\n\n".join(f"Paragraph {i} about owls. " + "hoot " * 150
+                                 for i in range(4)))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"title": "Owls", "text": "owls hunt at night"}) + "\n")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    for spelling in (str(notes), "notes.txt", "sub/../notes.txt"):
+        monkeypatch.chdir(tmp_path)
+        assert main(["index", "add", spelling, "rows.jsonl", "--data-dir", str(data)]) == 0
+    monkeypatch.chdir(sub)
+    assert main(["index", "add", "../notes.txt", "../rows.jsonl", "--data-dir", str(data)]) == 0
+    index = LocalIndex(index_path(data))
+    assert index.stats().documents == 4 + 1
+    # The file edited to half its length: its old last passages go too.
+    notes.write_text("\n\n".join(f"Paragraph {i} about owls. " + "hoot " * 150
+                                 for i in range(2)))
+    assert main(["index", "add", str(notes), str(tmp_path), "--data-dir", str(data)]) == 0
+    assert LocalIndex(index_path(data)).stats().documents == 2 + 1
+    assert "holds 3 documents" in capsys.readouterr().out

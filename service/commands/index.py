@@ -26,8 +26,9 @@ def register(subcommands: Any) -> None:
         "add", help="add documents (JSONL id,title,text per line; .txt; .md)",
         description="Add documents: JSONL files with one {\"id\", \"title\", \"text\"} object "
                     "a line (a document with an id already indexed replaces it), and .txt/.md "
-                    "files (split into passages of whole paragraphs). Directories are read "
-                    "recursively for those three types. Shows progress on large inputs.")
+                    "files (split into passages of about 1,000 characters, at blank lines where "
+                    "they are). Directories are read recursively for those three types. Shows "
+                    "progress on large inputs.")
     add.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     add.add_argument("--config", type=Path, help="YAML config file whose data_dir to use "
                                                  "(also TTC_CONFIG)")
@@ -62,7 +63,13 @@ def run_add(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from service.search.base import SearchError
-    from service.search.documents import Document, DocumentError, input_files, read_documents
+    from service.search.documents import (
+        Document,
+        DocumentError,
+        input_files,
+        passage_id,
+        read_documents,
+    )
     from service.search.local import LocalIndex, index_path
 
     try:
@@ -77,17 +84,28 @@ def run_add(args: argparse.Namespace) -> int:
     with tqdm(total=total, unit="B", unit_scale=True, desc="indexing", disable=not show,
               file=sys.stderr) as bar:
 
+        # Passages are numbered from 1 in each file: those a file held before past its new
+        # count are what an edit removed, and go (else they stayed searchable for ever).
+        before: dict[Path, int] = {}
+        after: dict[Path, int] = {}
+
         def documents() -> Iterator[Document]:
             for path in files:
                 seen = 0
                 for doc, done in read_documents(path):
                     bar.update(done - seen)
                     seen = done
+                    after[path] = after.get(path, 0) + 1
                     yield doc
                 bar.update(path.stat().st_size - seen)
 
         try:
+            for path in files:
+                if path.suffix.lower() != ".jsonl":
+                    before[path] = _passages_held(index, path)
             added = index.add(documents())
+            index.delete(passage_id(path, number) for path, count in before.items()
+                         for number in range(after.get(path, 0) + 1, count + 1))
         except (DocumentError, SearchError) as exc:
             print(f"ttc-router index add: {exc} (nothing from this run after the last commit "
                   "was kept)", file=sys.stderr)
@@ -99,10 +117,26 @@ def run_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _passages_held(index: Any, path: Path) -> int:
+    """How many passages of the text file ``path`` the index holds (they are numbered from 1
+    with no gaps: ``documents.passage_id``)."""
+    from service.search.documents import passage_id
+
+    count = 0
+    while index.holds(passage_id(path, count + 1)):
+        count += 1
+    return count
+
+
 def run_stats(args: argparse.Namespace) -> int:
+    from service.search.base import SearchError
     from service.search.local import LocalIndex, index_path
 
-    stats = LocalIndex(index_path(_data_dir(args))).stats()
+    try:
+        stats = LocalIndex(index_path(_data_dir(args))).stats()
+    except SearchError as exc:  # a damaged index, or one from another version
+        print(f"ttc-router index stats: {exc}", file=sys.stderr)
+        return 2
     print(f"path       {stats.path}")
     print(f"documents  {stats.documents}")
     print(f"segments   {stats.segments}")

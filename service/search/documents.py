@@ -1,16 +1,19 @@
 """Documents for the local index, read from the files ``ttc-router index add`` is given.
 
 - ``.jsonl``: one JSON object a line with ``text`` (required), ``id`` and ``title``. A line
-  without ``id`` gets ``PATH:LINE``; re-adding an id replaces that document.
+  without ``id`` gets ``PATH:LINE`` (PATH absolute, ``source_name``); re-adding an id
+  replaces that document.
 - ``.txt`` and ``.md``: split into passages of whole paragraphs (blank-line separated) of up
   to ``PASSAGE_CHARS`` characters, so that a hit is a passage a model can read, not a whole
-  book. Ids are ``PATH#N``; the title is the file's first Markdown heading (``.md``) or its
-  name, with the current ``#`` section heading appended for Markdown.
+  book; a longer paragraph is cut at line breaks, and a longer line at spaces.
+  Ids are ``PATH#N`` (``passage_id``, PATH absolute); the title is the file's first Markdown
+  heading (``.md``) or its name, with the current ``#`` section heading appended for Markdown.
 """
 
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +41,7 @@ class Document:
 
 def input_files(paths: list[Path]) -> list[Path]:
     """The files to read: each file as given, and every ``.jsonl``/``.txt``/``.md`` file
-    under each directory (sorted).
+    under each directory (sorted); a file named twice (``docs/`` and ``docs/a.md``) once.
 
     Raises:
         DocumentError: a path that does not exist, a file of another type, or a directory
@@ -59,7 +62,22 @@ def input_files(paths: list[Path]) -> list[Path]:
             files.append(path)
         else:
             raise DocumentError(f"{path}: no such file or directory")
-    return files
+    unique: dict[str, Path] = {}
+    for file in files:
+        unique.setdefault(source_name(file), file)
+    return list(unique.values())
+
+
+def source_name(path: Path) -> str:
+    """The name of an input file in the ids of its documents: its absolute path, so that the
+    file added again from another directory, or as ``./x.txt`` or ``sub/../x.txt``, replaces
+    its documents instead of adding copies (which then filled the top hits)."""
+    return str(path.resolve())
+
+
+def passage_id(path: Path, number: int) -> str:
+    """The id of the ``number``-th passage (from 1) of a ``.txt``/``.md`` file."""
+    return f"{source_name(path)}#{number}"
 
 
 def read_documents(path: Path) -> Iterator[tuple[Document, int]]:
@@ -93,7 +111,8 @@ def _jsonl(path: Path) -> Iterator[tuple[Document, int]]:
                 raise DocumentError(f'{path}:{number}: expected an object with a "text" string')
             doc_id = row.get("id")
             title = row.get("title")
-            yield Document(id=str(doc_id) if doc_id is not None else f"{path}:{number}",
+            yield Document(id=str(doc_id) if doc_id is not None else
+                           f"{source_name(path)}:{number}",
                            title=title if isinstance(title, str) else "",
                            text=row["text"]), done
 
@@ -115,20 +134,46 @@ def _passages(path: Path) -> Iterator[tuple[Document, int]]:
         nonlocal number
         number += 1
         heading = f"{title} / {section}" if section and section != title else title
-        return Document(id=f"{path}#{number}", title=heading, text="\n\n".join(buffer))
+        return Document(id=passage_id(path, number), title=heading, text="\n\n".join(buffer))
 
-    for paragraph in re.split(r"\n\s*\n", content):
-        done += len(paragraph.encode()) + 2
-        paragraph = paragraph.strip()
-        if not paragraph:
+    for block in re.split(r"\n\s*\n", content):
+        done += len(block.encode()) + 2
+        block = block.strip()
+        if not block:
             continue
-        heading = _HEADING.match(paragraph.splitlines()[0]) if markdown else None
-        if heading or (buffer and sum(map(len, buffer)) + len(paragraph) > PASSAGE_CHARS):
-            if buffer:
-                yield flush(), done
-                buffer = []
-            if heading:
-                section = heading.group(2)
-        buffer.append(paragraph)
+        heading = _HEADING.match(block.splitlines()[0]) if markdown else None
+        for paragraph in _pieces(block):
+            if heading or (buffer and sum(map(len, buffer)) + len(paragraph) > PASSAGE_CHARS):
+                if buffer:
+                    yield flush(), done
+                    buffer = []
+                if heading:
+                    section = heading.group(2)
+                    heading = None
+            buffer.append(paragraph)
     if buffer:
         yield flush(), len(content.encode())
+
+
+def _pieces(paragraph: str) -> list[str]:
+    """A paragraph cut into pieces of at most ``PASSAGE_CHARS`` characters: whole lines where
+    they fit, a longer line at spaces (``textwrap``). Files without blank lines (one
+    paragraph a line, hard-wrapped text, a book in one line) were one passage however large:
+    a 16 MB file one hit of 16 MB."""
+    if len(paragraph) <= PASSAGE_CHARS:
+        return [paragraph]
+    pieces: list[str] = []
+    lines: list[str] = []
+    size = -1  # the characters of the lines so far, joined by line breaks
+    for line in paragraph.splitlines():
+        parts = (textwrap.wrap(line, PASSAGE_CHARS, break_on_hyphens=False)
+                 if len(line) > PASSAGE_CHARS else [line])
+        for part in parts:
+            if lines and size + 1 + len(part) > PASSAGE_CHARS:
+                pieces.append("\n".join(lines))
+                lines, size = [], -1
+            lines.append(part)
+            size += 1 + len(part)
+    if lines:
+        pieces.append("\n".join(lines))
+    return pieces

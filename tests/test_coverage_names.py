@@ -197,3 +197,10 @@ def test_names_that_start_with_a_capital_outside_ascii_are_names():
     assert coverage("Где находится Москва?", hits) == 1.0
     assert coverage("Where is Łódź?", hits) == 1.0
     assert names("где находится москва?", hits) == []  # lower case: not a name
+
+
+def test_accents_do_not_have_to_be_typed_for_coverage_either():
+    hits = [Hit("z", "Zürich", "Zürich is the largest city in Switzerland.", 2.0)]
+    assert coverage("How large is Zurich?", hits) == 1.0
+    hits = [Hit("s", "Sao Paulo", "Sao Paulo is the largest city in Brazil.", 2.0)]
+    assert coverage("How large is São Paulo?", hits) == 1.0

@@ -59,7 +59,13 @@ QUESTION_WORDS = frozenset((
     "from", "about", "its", "his", "her", "it", "you", "your", "we", "our", "i"))
 
 
-_CAPITALISED = re.compile(r"\b[A-Z][\w'-]*")
+_WORD_START = re.compile(r"\b[^\W\d_][\w'-]*")
+
+
+def _capitalised(text: str) -> list[re.Match[str]]:
+    """The words of ``text`` that start with a capital, in any script ("Zürich", "Łódź",
+    "Москва"; ``[A-Z]`` missed all but the first)."""
+    return [m for m in _WORD_START.finditer(text) if m.group(0)[0].isupper()]
 _SENTENCE_END = re.compile(r"[.!?:;]\s*$|^\s*$")
 
 
@@ -71,11 +77,11 @@ def names(question: str, hits: Sequence[Hit]) -> list[str]:
     Lourhask when a document says "Today Lourhask is ...", while "Which ..." or "Begin with
     ..." name nothing. A word that is also a stop word or a question word is not a name."""
     hit_names = {w.lower() for hit in hits for w in _capitalised_inside(hit.text)}
-    hit_names |= {w.lower() for hit in hits for w in _CAPITALISED.findall(hit.title)}
+    hit_names |= {m.group(0).lower() for hit in hits for m in _capitalised(hit.title)}
     subject = set(content_words(question))
     found: dict[str, None] = {}
     for line in question.splitlines():
-        for match in _CAPITALISED.finditer(line):
+        for match in _capitalised(line):
             word = match.group(0).lower()
             if word not in subject:
                 continue
@@ -87,7 +93,7 @@ def names(question: str, hits: Sequence[Hit]) -> list[str]:
 
 def _capitalised_inside(text: str) -> list[str]:
     """Capitalised words of ``text`` that do not start a sentence or a line."""
-    return [m.group(0) for line in text.splitlines() for m in _CAPITALISED.finditer(line)
+    return [m.group(0) for line in text.splitlines() for m in _capitalised(line)
             if not _SENTENCE_END.search(line[:m.start()])]
 
 

@@ -344,3 +344,44 @@ async def test_a_plan_sized_from_long_answers_is_fitted_under_the_operators_cap(
     assert reply.status_code == 200
     router = reply.json()["router"]
     assert router["strategy"] == "sequential" and 0 < router["budget_tokens"] <= 1000
+
+
+def test_coverage_reads_a_hit_as_far_as_the_model_would(tmp_path):
+    """A hit is put in the model's context cut to ``search_result_chars``: words past the cut
+    cannot answer, so they do not cover the question. (Before, a 16 MB document was read
+    whole on the event loop, about 5 s of every request whose top hit it was.)"""
+    from service.protocol import parse_request
+    from service.search import LocalIndex
+    from service.search.documents import Document
+    from service.search.local import index_path
+
+    filler = "The annual report lists the departments and their staff. " * 400
+    LocalIndex(index_path(tmp_path)).add([
+        Document("early", "Report one", "The Quenmoor observatory was founded by Ada Lind. "
+                 + filler),
+        Document("late", "Report two", filler + "The Vantor shipyard was founded by Ola Brek.")])
+    router = Router(make_settings(data_dir=tmp_path, search_result_chars=1200))
+
+    def search_score(question: str) -> float:
+        routed = parse_request("chat", {"model": "auto", "messages": [
+            {"role": "user", "content": question}]})
+        return router.search_evidence(routed, Scores(0.5, 0.1, 0.9)).search
+
+    assert search_score("who founded the quenmoor observatory?") >= 0.5
+    assert search_score("who founded the vantor shipyard?") <= 0.3
+
+
+def test_an_index_that_cannot_be_read_is_nothing_to_search(tmp_path):
+    """A damaged index (or one another version wrote) answers no search: ``auto`` must not
+    plan one on the classifier's word, as with an empty index."""
+    from service.protocol import parse_request
+    from service.search import LocalIndex
+    from service.search.documents import Document
+    from service.search.local import index_path
+
+    LocalIndex(index_path(tmp_path)).add([Document("q", "Quenmoor", "Quenmoor is a town.")])
+    (index_path(tmp_path) / "meta.json").write_text("garbage")
+    router = Router(make_settings(data_dir=tmp_path))
+    routed = parse_request("chat", {"model": "auto", "messages": [
+        {"role": "user", "content": "Who founded the Quenmoor observatory?"}]})
+    assert router.search_evidence(routed, Scores(0.5, 0.1, 0.9)).search == 0.0

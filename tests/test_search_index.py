@@ -168,3 +168,41 @@ def test_a_text_file_without_blank_lines_is_still_split_into_passages(tmp_path):
         assert all(0 < len(d.text) <= PASSAGE_CHARS * 1.1 for d in docs), path
         # nothing lost: every word is in some passage, in order
         assert " ".join(d.text for d in docs).split() == path.read_text().split()
+
+
+def test_adding_a_file_again_replaces_its_passages_however_its_path_is_spelled(
+        tmp_path, capsys, monkeypatch):
+    data = tmp_path / "data"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("\n\n".join(f"Paragraph {i} about owls. " + "hoot " * 150
+                                 for i in range(4)))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"title": "Owls", "text": "owls hunt at night"}) + "\n")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    for spelling in (str(notes), "notes.txt", "sub/../notes.txt"):
+        monkeypatch.chdir(tmp_path)
+        assert main(["index", "add", spelling, "rows.jsonl", "--data-dir", str(data)]) == 0
+    monkeypatch.chdir(sub)
+    assert main(["index", "add", "../notes.txt", "../rows.jsonl", "--data-dir", str(data)]) == 0
+    index = LocalIndex(index_path(data))
+    assert index.stats().documents == 4 + 1
+    # The file edited to half its length: its old last passages go too.
+    notes.write_text("\n\n".join(f"Paragraph {i} about owls. " + "hoot " * 150
+                                 for i in range(2)))
+    assert main(["index", "add", str(notes), str(tmp_path), "--data-dir", str(data)]) == 0
+    assert LocalIndex(index_path(data)).stats().documents == 2 + 1
+    assert "holds 3 documents" in capsys.readouterr().out
+
+
+def test_files_saved_with_a_utf8_byte_order_mark_are_read(tmp_path):
+    # Windows editors and PowerShell write one; orjson refuses it ("not valid JSON").
+    bom = b"\xef\xbb\xbf"
+    rows = tmp_path / "kb.jsonl"
+    rows.write_bytes(bom + json.dumps({"id": "z", "title": "Zürich",
+                                       "text": "Zürich liegt am Zürichsee."}).encode() + b"\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(bom + b"Quenmoor lies on the river Vell.")
+    docs = [doc for path in (rows, notes) for doc, _ in read_documents(path)]
+    assert docs[0] == Document("z", "Zürich", "Zürich liegt am Zürichsee.")
+    assert docs[1].text == "Quenmoor lies on the river Vell."

@@ -195,6 +195,31 @@ async def test_a_chain_cut_by_its_budget_gets_a_forced_final_answer():
     assert data["usage"]["completion_tokens"] == llm.reported_tokens <= 256
 
 
+@pytest.mark.parametrize("budget", [None, 2048])
+@pytest.mark.parametrize("max_tokens", [3, 4, 5, 7, 27])
+async def test_a_cap_too_small_to_hold_a_forced_answer_is_not_continued(max_tokens, budget):
+    # max_tokens 5 left a reserve of one token: the reply became "Let's break down\n\n the"
+    # (bank replay), and the follow-up resent the prompt and the chain for that one token.
+    # With a larger budget, a reserve of 0 was reported as continued.
+    llm = ScriptedLLM(long_chain)
+    controls = {"strategy": "sequential", **({"budget_tokens": budget} if budget else {})}
+    body = {**QUESTION, "max_tokens": max_tokens, "router": controls}
+    reply = await post(llm, body)
+    data = reply.json()
+    assert data["router"]["continued"] is False and len(llm.requests) == 1
+    assert [b["max_tokens"] for b in llm.requests] == [max_tokens]
+    assert data["choices"][0]["message"]["content"] == " ".join(["step"] * max_tokens)
+    assert data["choices"][0]["finish_reason"] == "length"
+
+
+async def test_a_cap_that_holds_a_forced_answer_is_continued():
+    llm = ScriptedLLM(long_chain)
+    body = {**QUESTION, "max_tokens": 28, "router": {"strategy": "sequential"}}
+    reply = await post(llm, body)
+    assert reply.json()["router"]["continued"] is True
+    assert [b["max_tokens"] for b in llm.requests] == [21, 7]
+
+
 async def test_prefill_backends_continue_the_assistant_message():
     llm = ScriptedLLM(lambda i, body: " 42." if body.get("continue_final_message")
                       else " ".join(["step"] * 500))

@@ -63,7 +63,13 @@ def run_add(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from service.search.base import SearchError
-    from service.search.documents import Document, DocumentError, input_files, read_documents
+    from service.search.documents import (
+        Document,
+        DocumentError,
+        input_files,
+        passage_id,
+        read_documents,
+    )
     from service.search.local import LocalIndex, index_path
 
     try:
@@ -78,17 +84,28 @@ def run_add(args: argparse.Namespace) -> int:
     with tqdm(total=total, unit="B", unit_scale=True, desc="indexing", disable=not show,
               file=sys.stderr) as bar:
 
+        # Passages are numbered from 1 in each file: those a file held before past its new
+        # count are what an edit removed, and go (else they stayed searchable for ever).
+        before: dict[Path, int] = {}
+        after: dict[Path, int] = {}
+
         def documents() -> Iterator[Document]:
             for path in files:
                 seen = 0
                 for doc, done in read_documents(path):
                     bar.update(done - seen)
                     seen = done
+                    after[path] = after.get(path, 0) + 1
                     yield doc
                 bar.update(path.stat().st_size - seen)
 
         try:
+            for path in files:
+                if path.suffix.lower() != ".jsonl":
+                    before[path] = _passages_held(index, path)
             added = index.add(documents())
+            index.delete(passage_id(path, number) for path, count in before.items()
+                         for number in range(after.get(path, 0) + 1, count + 1))
         except (DocumentError, SearchError) as exc:
             print(f"ttc-router index add: {exc} (nothing from this run after the last commit "
                   "was kept)", file=sys.stderr)
@@ -98,6 +115,17 @@ def run_add(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - started:.2f} s; the index at {stats.path} holds "
           f"{stats.documents} documents")
     return 0
+
+
+def _passages_held(index: Any, path: Path) -> int:
+    """How many passages of the text file ``path`` the index holds (they are numbered from 1
+    with no gaps: ``documents.passage_id``)."""
+    from service.search.documents import passage_id
+
+    count = 0
+    while index.holds(passage_id(path, count + 1)):
+        count += 1
+    return count
 
 
 def run_stats(args: argparse.Namespace) -> int:

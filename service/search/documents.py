@@ -1,12 +1,13 @@
 """Documents for the local index, read from the files ``ttc-router index add`` is given.
 
 - ``.jsonl``: one JSON object a line with ``text`` (required), ``id`` and ``title``. A line
-  without ``id`` gets ``PATH:LINE``; re-adding an id replaces that document.
+  without ``id`` gets ``PATH:LINE`` (PATH absolute, ``source_name``); re-adding an id
+  replaces that document.
 - ``.txt`` and ``.md``: split into passages of whole paragraphs (blank-line separated) of up
   to ``PASSAGE_CHARS`` characters, so that a hit is a passage a model can read, not a whole
   book; a longer paragraph is cut at line breaks, and a longer line at spaces.
-  Ids are ``PATH#N``; the title is the file's first Markdown heading (``.md``) or its name,
-  with the current ``#`` section heading appended for Markdown.
+  Ids are ``PATH#N`` (``passage_id``, PATH absolute); the title is the file's first Markdown
+  heading (``.md``) or its name, with the current ``#`` section heading appended for Markdown.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import orjson
 SUFFIXES = (".jsonl", ".txt", ".md")
 # About 250 tokens at 4 characters a token: a few passages fit a search result block.
 PASSAGE_CHARS = 1000
+# The UTF-8 byte order mark some editors write first (Windows Notepad, PowerShell): not text.
+BOM = b"\xef\xbb\xbf"
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 
 
@@ -40,7 +43,7 @@ class Document:
 
 def input_files(paths: list[Path]) -> list[Path]:
     """The files to read: each file as given, and every ``.jsonl``/``.txt``/``.md`` file
-    under each directory (sorted).
+    under each directory (sorted); a file named twice (``docs/`` and ``docs/a.md``) once.
 
     Raises:
         DocumentError: a path that does not exist, a file of another type, or a directory
@@ -61,7 +64,22 @@ def input_files(paths: list[Path]) -> list[Path]:
             files.append(path)
         else:
             raise DocumentError(f"{path}: no such file or directory")
-    return files
+    unique: dict[str, Path] = {}
+    for file in files:
+        unique.setdefault(source_name(file), file)
+    return list(unique.values())
+
+
+def source_name(path: Path) -> str:
+    """The name of an input file in the ids of its documents: its absolute path, so that the
+    file added again from another directory, or as ``./x.txt`` or ``sub/../x.txt``, replaces
+    its documents instead of adding copies (which then filled the top hits)."""
+    return str(path.resolve())
+
+
+def passage_id(path: Path, number: int) -> str:
+    """The id of the ``number``-th passage (from 1) of a ``.txt``/``.md`` file."""
+    return f"{source_name(path)}#{number}"
 
 
 def read_documents(path: Path) -> Iterator[tuple[Document, int]]:
@@ -85,6 +103,8 @@ def _jsonl(path: Path) -> Iterator[tuple[Document, int]]:
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
             done += len(raw)
+            if number == 1:
+                raw = raw.removeprefix(BOM)
             if not raw.strip():
                 continue
             try:
@@ -95,13 +115,14 @@ def _jsonl(path: Path) -> Iterator[tuple[Document, int]]:
                 raise DocumentError(f'{path}:{number}: expected an object with a "text" string')
             doc_id = row.get("id")
             title = row.get("title")
-            yield Document(id=str(doc_id) if doc_id is not None else f"{path}:{number}",
+            yield Document(id=str(doc_id) if doc_id is not None else
+                           f"{source_name(path)}:{number}",
                            title=title if isinstance(title, str) else "",
                            text=row["text"]), done
 
 
 def _passages(path: Path) -> Iterator[tuple[Document, int]]:
-    content = path.read_text(encoding="utf-8")
+    content = path.read_text(encoding="utf-8-sig")
     markdown = path.suffix.lower() == ".md"
     title = path.stem
     if markdown:
@@ -117,7 +138,7 @@ def _passages(path: Path) -> Iterator[tuple[Document, int]]:
         nonlocal number
         number += 1
         heading = f"{title} / {section}" if section and section != title else title
-        return Document(id=f"{path}#{number}", title=heading, text="\n\n".join(buffer))
+        return Document(id=passage_id(path, number), title=heading, text="\n\n".join(buffer))
 
     for block in re.split(r"\n\s*\n", content):
         done += len(block.encode()) + 2

@@ -142,6 +142,32 @@ class LocalIndex:
         index.reload()
         return added
 
+    def holds(self, doc_id: str) -> bool:
+        """Whether a document with this id is in the index (False when there is no index)."""
+        if not self.exists():
+            return False
+        query = tantivy.Query.term_query(_schema(), "id", doc_id)
+        return self._open().searcher().search(query, 1).count > 0
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Remove the documents with these ids (those absent are ignored); returns how many
+        ids were given. Raises ``SearchError`` as ``add`` does."""
+        ids = list(ids)
+        if not ids or not self.exists():
+            return 0
+        index = self._open()
+        try:
+            writer = index.writer(heap_size=WRITER_HEAP_BYTES, num_threads=1)
+        except ValueError as exc:
+            raise SearchError(f"the local search index at {self.path} is being written by "
+                              f"another process: {exc}", reason="busy") from exc
+        for doc_id in ids:
+            writer.delete_documents_by_term("id", doc_id)
+        writer.commit()
+        writer.wait_merging_threads()
+        index.reload()
+        return len(ids)
+
     def search(self, query: str, k: int) -> list[Hit]:
         """The top ``k`` documents for ``query`` by BM25, best first (blocking: about a
         millisecond at 100,000 documents, see the module docstring).

@@ -37,6 +37,9 @@ from service.streaming import DONE, close_all, events
 from service.text_protocol import PREFILL
 from service.upstream import UpstreamStream
 
+# Tokens of the shortest forced answer, "The answer is 42." (7 pieces in Qwen2.5's tokenizer,
+# by the bank replay's /tokenize); a smaller reserve cannot hold it.
+FORCED_ANSWER_TOKENS = 7
 FINAL_ANSWER_REQUEST = ("You are out of thinking budget. State your final answer now, in the "
                         "form \"The answer is X.\"")
 
@@ -55,7 +58,8 @@ class Sequential:
         chain = samples[0]
         call.answer_samples = [(chain.text, chain.finish_reason, chain_cap)]
         call.report.update({"samples": 1, "chain_tokens": chain_cap, "continued": False})
-        if not _needs_answer(call, chain.finish_reason, chain.text) or call.ledger.remaining == 0:
+        if (not reserve or not _needs_answer(call, chain.finish_reason, chain.text)
+                or call.ledger.remaining == 0):
             return completion_body(call, chain)
         continuation, _ = await draw(call, 1, reserve,
                                      body_overrides=_continuation(call, chain.text))
@@ -78,7 +82,8 @@ def caps(call: Call) -> tuple[int, int]:
     quarter of the budget; the chain gets the rest (or the plan's depth if smaller). The chain
     and its continuation are the reply the client receives, so together they get at most the
     client's ``max_tokens`` (``base.reply_cap``), whatever larger ``budget_tokens`` it set.
-    Structured output (``structured_output``) keeps no reserve.
+    Structured output (``structured_output``) keeps no reserve, nor does a budget whose
+    quarter cannot hold a forced answer (``FORCED_ANSWER_TOKENS``).
 
     Raises:
         InvalidRequest: never; a budget of 1 gives the chain 1 token and no reserve.
@@ -87,6 +92,10 @@ def caps(call: Call) -> tuple[int, int]:
     # structured output is never continued (``_needs_answer``): the chain gets it all
     reserve = 0 if structured_output(call.routed.body) else min(
         call.settings.answer_reserve_tokens, budget // 4)
+    if reserve < FORCED_ANSWER_TOKENS:
+        # A reserve that cannot hold "The answer is X." would append a cut fragment to the
+        # reply and resend the prompt and chain for it: the chain gets it all instead.
+        reserve = 0
     chain = budget - reserve
     if call.plan.depth_tokens is not None:
         chain = min(chain, call.plan.depth_tokens)

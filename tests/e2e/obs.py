@@ -65,6 +65,16 @@ def start_fake_backend(workdir: Path, delay_ms: float = 0) -> Process:
                   _answers("/models"), f"http://127.0.0.1:{port}/v1")
 
 
+def start_sim(workdir: Path) -> Process:
+    """``ttc-router sim`` (the simulated reasoner, a SIMULATION) on a free port, answering at
+    once; its URL ends in ``/v1``."""
+    port = free_port()
+    return _start([sys.executable, "-m", "service", "sim", "--port", str(port),
+                   "--latency-ms-per-token", "0", "--ttft-ms", "0", "--log-level", "warning"],
+                  workdir / "sim.log", _answers("/models"), f"http://127.0.0.1:{port}/v1",
+                  timeout_s=90)
+
+
 def start_gateway(upstream: str, data_dir: Path, workdir: Path,
                   env: dict[str, str] | None = None) -> Process:
     """``ttc-router serve --upstream UPSTREAM`` with its data under ``data_dir``."""

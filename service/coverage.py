@@ -34,6 +34,7 @@ fact.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -59,24 +60,41 @@ QUESTION_WORDS = frozenset((
     "from", "about", "its", "his", "her", "it", "you", "your", "we", "our", "i"))
 
 
-_CAPITALISED = re.compile(r"\b[A-Z][\w'-]*")
+_WORD_START = re.compile(r"\b[^\W\d_][\w'-]*")
+
+
+def _capitalised(text: str) -> list[re.Match[str]]:
+    """The words of ``text`` that start with a capital, in any script ("Zürich", "Łódź",
+    "Москва"; ``[A-Z]`` missed all but the first)."""
+    return [m for m in _WORD_START.finditer(text) if m.group(0)[0].isupper()]
+
+
+def _fold(text: str) -> str:
+    """``text`` in lower case without accents ("Zürich" -> "zurich"), as the local index
+    reads words (``service.search.local.ANALYZER``): a question that spells a name without
+    its accents is about the same thing."""
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
 _SENTENCE_END = re.compile(r"[.!?:;]\s*$|^\s*$")
 
 
 def names(question: str, hits: Sequence[Hit]) -> list[str]:
-    """The question's names, lower-cased, each once: content words it capitalises where a
-    sentence does not start (after ``.``, ``!``, ``?``, ``:``, ``;`` or a line break), and
-    capitalised sentence-initial words that a hit spells capitalised too (in its title, or
-    where its own sentence does not start): "Lourhask is famous for making what?" names
-    Lourhask when a document says "Today Lourhask is ...", while "Which ..." or "Begin with
-    ..." name nothing. A word that is also a stop word or a question word is not a name."""
-    hit_names = {w.lower() for hit in hits for w in _capitalised_inside(hit.text)}
-    hit_names |= {w.lower() for hit in hits for w in _CAPITALISED.findall(hit.title)}
+    """The question's names, lower-cased without accents (``_fold``), each once: content
+    words it capitalises where a sentence does not start (after ``.``, ``!``, ``?``, ``:``,
+    ``;`` or a line break), and capitalised sentence-initial words that a hit spells
+    capitalised too (in its title, or where its own sentence does not start): "Lourhask is
+    famous for making what?" names Lourhask when a document says "Today Lourhask is ...",
+    while "Which ..." or "Begin with ..." name nothing. A word that is also a stop word or a
+    question word is not a name."""
+    hit_names = {_fold(w) for hit in hits for w in _capitalised_inside(hit.text)}
+    hit_names |= {_fold(m.group(0)) for hit in hits for m in _capitalised(hit.title)}
     subject = set(content_words(question))
     found: dict[str, None] = {}
     for line in question.splitlines():
-        for match in _CAPITALISED.finditer(line):
-            word = match.group(0).lower()
+        for match in _capitalised(line):
+            word = _fold(match.group(0))
             if word not in subject:
                 continue
             initial = bool(_SENTENCE_END.search(line[:match.start()]))
@@ -87,15 +105,15 @@ def names(question: str, hits: Sequence[Hit]) -> list[str]:
 
 def _capitalised_inside(text: str) -> list[str]:
     """Capitalised words of ``text`` that do not start a sentence or a line."""
-    return [m.group(0) for line in text.splitlines() for m in _CAPITALISED.finditer(line)
+    return [m.group(0) for line in text.splitlines() for m in _capitalised(line)
             if not _SENTENCE_END.search(line[:m.start()])]
 
 
 def content_words(text: str) -> list[str]:
-    """Lower-cased word runs of ``text`` without stop words, question words or lone digits,
-    in order, each once."""
+    """Word runs of ``text``, lower-cased and without accents (``_fold``), without stop
+    words, question words or lone digits, in order, each once."""
     seen: dict[str, None] = {}
-    for word in _WORD.findall(text.lower()):
+    for word in _WORD.findall(_fold(text)):
         if (word not in STOP_WORDS and word not in QUESTION_WORDS and not word.isdigit()
                 and len(word) > 1):
             seen.setdefault(word, None)

@@ -358,9 +358,11 @@ class Experiments:
         return None
 
     async def assign(self, name: str, identity: str | None, how: str) -> Assignment:
-        """Assign one request to an arm of ``name`` (counted in
-        ``ttc_experiment_assignments_total``); an adaptive experiment's shares are refreshed
-        first when older than ``experiment_refresh_s``.
+        """Assign one request to an arm of ``name``; an adaptive experiment's shares are
+        refreshed first when older than ``experiment_refresh_s``. The request counts in
+        ``ttc_experiment_assignments_total`` when it is reported (``service.observe``): one
+        refused before it ran (a key's token limit, a plan it cannot run) does not, as it
+        is not in the request log the report reads either.
 
         Raises:
             InvalidRequest: no experiment has this name (400).
@@ -370,7 +372,6 @@ class Experiments:
             await self.refresh(name)
         assignment = assign(name, self.shares[name], identity, how=how,
                             policies=self._policies[name], rng=self.rng)
-        metrics.child(metrics.EXPERIMENT_ASSIGNMENTS, name, assignment.arm).inc()
         return assignment
 
     async def refresh(self, name: str) -> dict[str, float]:

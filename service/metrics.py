@@ -41,7 +41,8 @@ Names (labels):
   ``correct`` or ``incorrect`` (a score counts as correct from 0.5); counted once per request,
   at its first feedback.
 - ``ttc_search_calls_total{backend}``: retrieval calls of the ``search`` strategy.
-- ``ttc_experiment_assignments_total{experiment, arm}``: requests assigned to an A/B arm.
+- ``ttc_experiment_assignments_total{experiment, arm}``: requests assigned to an A/B arm
+  that ran (the report's ``requests``: one refused after its arm was drawn is not counted).
 - ``ttc_experiment_tokens_total{experiment, arm}``: upstream completion tokens of an arm's
   requests, and ``ttc_experiment_feedback_total{experiment, arm, outcome}``: its feedback
   (once per request), so an experiment's arms are told apart from another's of the same name.

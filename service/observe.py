@@ -118,6 +118,9 @@ class Reporter:
             if outcome.extra.get("early_stop"):
                 metrics.child(metrics.VOTE_EARLY_STOPS, policy).inc()
         if outcome.experiment is not None and outcome.arm is not None:
+            # Counted here, with the request's row, not at assignment: a request refused after
+            # its arm was drawn (and retried) would count again and again.
+            metrics.child(metrics.EXPERIMENT_ASSIGNMENTS, outcome.experiment, outcome.arm).inc()
             metrics.child(metrics.EXPERIMENT_TOKENS, outcome.experiment, outcome.arm).inc(
                 outcome.completion_tokens)
         if outcome.key_name is not None:

@@ -209,11 +209,11 @@ class Router:
     def search_evidence(self, routed: RoutedRequest, scores: Scores) -> Scores:
         """``scores`` with ``search`` read against what there is to search.
 
-        Nothing to search in (the local backend with an empty index): 0, so no policy plans
-        or explores search. A local index with documents: the share of the question's content
-        words its top hits cover (``service.coverage``; ``prior.read_search``: at least
-        ``COVERED`` makes a search prompt, less caps the score at ``UNCOVERED_SEARCH``). A
-        remote search service: the classifier's score.
+        Nothing to search in (the local backend with an empty index, or one that cannot be
+        read): 0, so no policy plans or explores search. A local index with documents: the
+        share of the question's content words its top hits cover (``service.coverage``;
+        ``prior.read_search``: at least ``COVERED`` makes a search prompt, less caps the score
+        at ``UNCOVERED_SEARCH``). A remote search service: the classifier's score.
         """
         if self.settings.search_backend != "local":
             return scores
@@ -224,8 +224,10 @@ class Router:
         try:
             hits = self._local_index().search(question, COVERAGE_HITS)
         except SearchError as exc:
+            # A damaged index, or one another version wrote, answers no search either: as
+            # with an empty one, nothing can be found there.
             log.warning("coverage check of the local index failed: %s", exc)
-            return scores
+            return dataclasses.replace(scores, search=0.0) if scores.search else scores
         # Read each hit as far as the search strategy shows it to the model: words past that
         # cannot answer, and a whole book of a document would be read on the event loop.
         cut = self.settings.search_result_chars

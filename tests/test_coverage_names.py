@@ -186,3 +186,21 @@ def test_two_common_words_of_a_short_prompt_are_chance():
         9.0)
     assert coverage("Write a short poem about the sea.", [author]) == 0.0
     assert coverage("Which novels and short poems did Richard Wright write?", [author]) > 0.5
+
+
+def test_names_that_start_with_a_capital_outside_ascii_are_names():
+    # "Östergötland", "Łódź", "Москва": the names rule read only A-Z as capitals, so a short
+    # question about them (two content words: below the words rule's three) was uncovered.
+    hits = [Hit("m", "Москва", "Москва — столица России и крупнейший город страны.", 2.0),
+            Hit("l", "Łódź", "Łódź is the third-largest city in Poland.", 2.0)]
+    assert names("Где находится Москва?", hits) == ["москва"]
+    assert coverage("Где находится Москва?", hits) == 1.0
+    assert coverage("Where is Łódź?", hits) == 1.0
+    assert names("где находится москва?", hits) == []  # lower case: not a name
+
+
+def test_accents_do_not_have_to_be_typed_for_coverage_either():
+    hits = [Hit("z", "Zürich", "Zürich is the largest city in Switzerland.", 2.0)]
+    assert coverage("How large is Zurich?", hits) == 1.0
+    hits = [Hit("s", "Sao Paulo", "Sao Paulo is the largest city in Brazil.", 2.0)]
+    assert coverage("How large is São Paulo?", hits) == 1.0

@@ -244,3 +244,26 @@ async def test_the_store_sums_arms_and_reads_since_a_time(database_url):
     assert rows["a"] == ArmRow("a", 2, 40.0, 1000.0, 2, 1)
     assert rows["b"] == ArmRow("b", 3, 120.0, 5600.0, 2, 1)
     assert [r.decision_id for r in since] == [make_record(i).decision_id for i in (3, 4, 9)]
+
+
+async def test_a_request_refused_after_its_assignment_is_not_counted_as_assigned():
+    # A key's token limits are checked after the arm is drawn: a 429 there (which the OpenAI
+    # SDK retries twice) or, as here, a 400 for more tokens than the key's window. The
+    # request never ran: counting it made ttc_experiment_assignments_total (the dashboard's
+    # shares and mean tokens per request) disagree with the report's requests.
+    secret = open_key_store(Path(os.environ["TTC_DATA_DIR"]), None).create("small", tpm=100)
+    async with gateway_client(llm().transport(), settings()) as client:
+        before = {arm: metric("ttc_experiment_assignments_total", experiment="exp", arm=arm)
+                  for arm in ARMS}
+        key = {"authorization": f"Bearer {secret}"}
+        refused = [await client.post("/v1/chat/completions", headers=key, json=chat(
+            {"experiment": "exp"}, user="u1", max_tokens=400)) for _ in range(3)]
+        ran = await client.post("/v1/chat/completions", headers=key, json=chat(
+            {"experiment": "exp"}, user="u1", max_tokens=16))
+    assert [r.status_code for r in refused] == [400, 400, 400]
+    assert ran.status_code == 200
+    arm = ran.json()["router"]["arm"]
+    after = {arm: metric("ttc_experiment_assignments_total", experiment="exp", arm=arm)
+             for arm in ARMS}
+    assert sum(after.values()) - sum(before.values()) == 1
+    assert after[arm] - before[arm] == 1

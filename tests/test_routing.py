@@ -369,3 +369,19 @@ def test_coverage_reads_a_hit_as_far_as_the_model_would(tmp_path):
 
     assert search_score("who founded the quenmoor observatory?") >= 0.5
     assert search_score("who founded the vantor shipyard?") <= 0.3
+
+
+def test_an_index_that_cannot_be_read_is_nothing_to_search(tmp_path):
+    """A damaged index (or one another version wrote) answers no search: ``auto`` must not
+    plan one on the classifier's word, as with an empty index."""
+    from service.protocol import parse_request
+    from service.search import LocalIndex
+    from service.search.documents import Document
+    from service.search.local import index_path
+
+    LocalIndex(index_path(tmp_path)).add([Document("q", "Quenmoor", "Quenmoor is a town.")])
+    (index_path(tmp_path) / "meta.json").write_text("garbage")
+    router = Router(make_settings(data_dir=tmp_path))
+    routed = parse_request("chat", {"model": "auto", "messages": [
+        {"role": "user", "content": "Who founded the Quenmoor observatory?"}]})
+    assert router.search_evidence(routed, Scores(0.5, 0.1, 0.9)).search == 0.0

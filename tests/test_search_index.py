@@ -193,3 +193,48 @@ def test_adding_a_file_again_replaces_its_passages_however_its_path_is_spelled(
     assert main(["index", "add", str(notes), str(tmp_path), "--data-dir", str(data)]) == 0
     assert LocalIndex(index_path(data)).stats().documents == 2 + 1
     assert "holds 3 documents" in capsys.readouterr().out
+
+
+def test_files_saved_with_a_utf8_byte_order_mark_are_read(tmp_path):
+    # Windows editors and PowerShell write one; orjson refuses it ("not valid JSON").
+    bom = b"\xef\xbb\xbf"
+    rows = tmp_path / "kb.jsonl"
+    rows.write_bytes(bom + json.dumps({"id": "z", "title": "Zürich",
+                                       "text": "Zürich liegt am Zürichsee."}).encode() + b"\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(bom + b"Quenmoor lies on the river Vell.")
+    docs = [doc for path in (rows, notes) for doc, _ in read_documents(path)]
+    assert docs[0] == Document("z", "Zürich", "Zürich liegt am Zürichsee.")
+    assert docs[1].text == "Quenmoor lies on the river Vell."
+
+
+def test_accents_do_not_have_to_be_typed(tmp_path):
+    # Users type "Zurich" and "Sao Paulo" for the "Zürich" and "São Paulo" their documents
+    # spell (and the other way round); neither found the other.
+    index = LocalIndex(tmp_path / "idx")
+    index.add([Document("z", "Zürich", "Zürich is the largest city in Switzerland."),
+               Document("s", "Sao Paulo", "Sao Paulo is the largest city in Brazil."),
+               Document("l", "Łódź", "Łódź is a city in central Poland.")])
+    assert [h.id for h in index.search("Zurich", 3)] == ["z"]
+    assert [h.id for h in index.search("São Paulo", 3)] == ["s"]
+    assert [h.id for h in index.search("lodz", 3)] == ["l"]
+    assert index.search("Zürich", 3)[0].title == "Zürich"  # stored as written
+
+
+def test_an_index_built_before_accent_folding_still_opens_and_searches(tmp_path):
+    import tantivy
+
+    builder = tantivy.SchemaBuilder()
+    builder.add_text_field("id", stored=True, tokenizer_name="raw")
+    builder.add_text_field("title", stored=True, tokenizer_name="en_stem")
+    builder.add_text_field("text", stored=True, tokenizer_name="en_stem")
+    (tmp_path / "idx").mkdir()
+    old = tantivy.Index(builder.build(), path=str(tmp_path / "idx"))
+    writer = old.writer(heap_size=15_000_000, num_threads=1)
+    writer.add_document(tantivy.Document(id="b", title="Badgers", text="badgers dig setts"))
+    writer.commit()
+    writer.wait_merging_threads()
+    index = LocalIndex(tmp_path / "idx")
+    assert [h.id for h in index.search("badger setts", 3)] == ["b"]
+    index.add([Document("c", "Cats", "cats chase mice")])
+    assert index.stats().documents == 2

@@ -23,6 +23,8 @@ import orjson
 SUFFIXES = (".jsonl", ".txt", ".md")
 # About 250 tokens at 4 characters a token: a few passages fit a search result block.
 PASSAGE_CHARS = 1000
+# The UTF-8 byte order mark some editors write first (Windows Notepad, PowerShell): not text.
+BOM = b"\xef\xbb\xbf"
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 
 
@@ -101,6 +103,8 @@ def _jsonl(path: Path) -> Iterator[tuple[Document, int]]:
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
             done += len(raw)
+            if number == 1:
+                raw = raw.removeprefix(BOM)
             if not raw.strip():
                 continue
             try:
@@ -118,7 +122,7 @@ def _jsonl(path: Path) -> Iterator[tuple[Document, int]]:
 
 
 def _passages(path: Path) -> Iterator[tuple[Document, int]]:
-    content = path.read_text(encoding="utf-8")
+    content = path.read_text(encoding="utf-8-sig")
     markdown = path.suffix.lower() == ".md"
     title = path.stem
     if markdown:

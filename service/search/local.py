@@ -10,8 +10,9 @@ figures.
 
 Ranking is tantivy's BM25 (k1 = 1.2, b = 0.75; Robertson & Zaragoza 2009, "The Probabilistic
 Relevance Framework: BM25 and Beyond") over ``title`` and ``text`` with English stemming
-(``en_stem``). A query is the words of the text, less Lucene's 33 English stop words, OR-ed:
-free text never reaches tantivy's query language, so no query can fail to parse.
+and accents folded (``ANALYZER``). A query is the words of the text, less Lucene's 33 English
+stop words, OR-ed: free text never reaches tantivy's query language, so no query can fail to
+parse.
 
 One writer at a time may add to the index (tantivy's lock); readers (the gateway) see each
 commit without a restart. This module does not import the web framework: the command line
@@ -50,11 +51,27 @@ def index_path(data_dir: Path) -> Path:
     return data_dir / INDEX_DIR
 
 
+# tantivy's ``en_stem`` (words of letters and digits, longer than 40 bytes dropped, lower
+# case, English Snowball stems) with ASCII folding before stemming, so that "Zurich" finds
+# "Zürich" and "Sao Paulo" "São Paulo", either way round. Indexes built before it (with
+# ``en_stem``) keep their own analyzer: tantivy records each field's in the index.
+ANALYZER = "en_stem_folded"
+
+
+def _analyzer() -> tantivy.TextAnalyzer:
+    return (tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+            .filter(tantivy.Filter.remove_long(40))
+            .filter(tantivy.Filter.lowercase())
+            .filter(tantivy.Filter.ascii_fold())
+            .filter(tantivy.Filter.stemmer("english"))
+            .build())
+
+
 def _schema() -> tantivy.Schema:
     builder = tantivy.SchemaBuilder()
     builder.add_text_field("id", stored=True, tokenizer_name="raw")
-    builder.add_text_field("title", stored=True, tokenizer_name="en_stem")
-    builder.add_text_field("text", stored=True, tokenizer_name="en_stem")
+    builder.add_text_field("title", stored=True, tokenizer_name=ANALYZER)
+    builder.add_text_field("text", stored=True, tokenizer_name=ANALYZER)
     return builder.build()
 
 
@@ -102,7 +119,11 @@ class LocalIndex:
                                   "documents with `ttc-router index add PATH...`")
             self.path.mkdir(parents=True, exist_ok=True)
         try:
-            self._index = tantivy.Index(_schema(), path=str(self.path), reuse=True)
+            # An existing index is opened with the schema it was built with (its analyzers).
+            index = (tantivy.Index.open(str(self.path)) if self.exists() else
+                     tantivy.Index(_schema(), path=str(self.path)))
+            index.register_tokenizer(ANALYZER, _analyzer())
+            self._index = index
         except (OSError, ValueError) as exc:
             # A damaged index, or one another tantivy version or schema wrote: nothing but
             # rebuilding it from the documents can fix that, so say so.

@@ -31,7 +31,12 @@ N_HASH = 2 ** 14
 MAX_SCAN_CHARS = 4000
 
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # HashingVectorizer's default token_pattern
-_SENTENCE = re.compile(r"[.!?](?:\s|$)")
+_SENTENCE = re.compile(r"[.!?](?:\s|$)|[。！？]")  # CJK full stops need no space after
+# Scripts that put no spaces between words (Han, Hiragana, Katakana): each character counts as
+# a word, as BERT's basic tokenizer splits them (Devlin et al. 2019). No training prompt has
+# any, so this moves no shipped weight; without it a Chinese word problem was one long "word"
+# and read as no prompt the classifier was trained on (difficulty 0.0, search 1.0).
+_CJK = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])")
 _NUMBER = re.compile(r"\d[\d,.]*")
 _OPERATOR = re.compile(r"[+\-*/×÷^=<>]")
 _EQUATION = re.compile(r"\d\s*[-+*/×÷^]\s*\d|=\s*\d|\d\s*=")
@@ -210,15 +215,16 @@ def extract(messages: Sequence[Any] | str) -> Features:
     full_chars = len(text)
     text = _scan(text)
     lower = text.lower()
-    words = text.split()
+    spaced = _CJK.sub(r" \1 ", text) if _CJK.search(text) else text
+    words = spaced.split()
     n_words = len(words)
-    tokens = _TOKEN.findall(lower)
+    tokens = _TOKEN.findall(spaced.lower())
     bigrams = [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
     numbers = len(_NUMBER.findall(text))
     # Capitalised words that do not open a sentence: names, places, titles. Quoted material
     # is data the prompt supplies ("the last letters of "Jeff Jen Giselle""), not an entity
     # to look up, so it does not count.
-    unquoted = _QUOTE.sub(" ", text).split() if '"' in text or "“" in text else words
+    unquoted = _QUOTE.sub(" ", spaced).split() if '"' in text or "“" in text else words
     capitalised = sum(1 for prev, w in zip(unquoted, unquoted[1:], strict=False)
                       if w[:1].isupper() and w[1:2].islower() and prev[-1:] not in ".!?:")
     digits = sum(c.isdigit() for c in text)
@@ -226,7 +232,7 @@ def extract(messages: Sequence[Any] | str) -> Features:
     has_edges = "-" in text or "(" in text or "—" in text
     dense = np.array([
         log(full_chars), log(n_words), log(len(_SENTENCE.findall(text))),
-        log(text.count("\n")), min(text.count("?"), 5) / 5.0,
+        log(text.count("\n")), min(text.count("?") + text.count("？"), 5) / 5.0,
         log(numbers), numbers / n_words if n_words else 0.0,
         log(len(_OPERATOR.findall(text))), float(bool(_EQUATION.search(text))),
         float(any(c in text for c in _MONEY_CHARS)

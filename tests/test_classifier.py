@@ -127,3 +127,18 @@ def test_standardisation_flags_columns_constant_up_to_rounding():
     dense = np.column_stack([np.full(1001, np.log1p(1.0)), np.arange(1001.0)])
     _, scale, constant = standardisation(dense)
     assert constant.tolist() == [True, False] and scale[0] == 1.0
+
+
+def test_a_chinese_prompt_is_not_read_off_the_scale(classifier):
+    # Split on whitespace, GSM8K's first item in Chinese was a single 74-character word, and
+    # its length features put it beyond every training prompt: difficulty 0.0 (an "easy"
+    # prompt for a direct answer), search 1.0; "2+2等于几？" read sequential 0.999, search 1.0.
+    # The heads' cue words are English, so a translation does not read as its original does
+    # (sequential stays low); it reads as a prompt of its length, not as an outlier.
+    problem = classifier.score(
+        "珍妮特的鸭子每天下16个蛋。她每天早上吃三个，每天用四个给朋友烤松饼。她每天在农贸市场"
+        "以每个2美元的价格出售剩余的鸭蛋。她每天在农贸市场赚多少美元？")
+    assert problem.difficulty > 0.1 and problem.search < 0.5, problem
+    sum_zh, sum_en = classifier.score("2+2等于几？"), classifier.score("What is 2+2?")
+    assert abs(sum_zh.difficulty - sum_en.difficulty) < 0.1, (sum_zh, sum_en)
+    assert sum_zh.sequential < 0.5 and sum_zh.search < 0.5, sum_zh

@@ -132,3 +132,17 @@ def test_whitespace_around_the_prompt_is_not_read(padded, bare):
                                                else [{"role": "user", "content": bare}])
         assert np.array_equal(got.dense, want.dense)
         assert np.array_equal(got.hash_indices, want.hash_indices)
+
+
+def test_scripts_without_spaces_count_a_word_per_character():
+    # Chinese and Japanese do not put spaces between words: split on whitespace, a whole
+    # word problem was one "word" of 74 characters, and its length features left the range of
+    # every training prompt (mean_word_chars 7.4 where English reads about 0.45).
+    # Each CJK character counts as a word, as BERT's tokenizer splits them (Devlin et al. 2019).
+    f = extract("她每天早上吃三个。她卖了2个？")
+    d = f.as_dict()
+    assert d["log_words"] == pytest.approx(math.log1p(15))  # 13 characters, "2", "？"... see
+    assert d["mean_word_chars"] == pytest.approx(1 / 10.0)  # ... every word one character
+    assert d["log_sentences"] == pytest.approx(math.log1p(2))  # "。" and "？" end sentences
+    assert d["questions"] == pytest.approx(1 / 5)
+    assert d["log_chars"] == pytest.approx(math.log1p(15))

@@ -55,6 +55,29 @@ async def test_a_vote_on_structured_output_votes_on_the_whole_json_value():
     assert json.loads(content) == {"answer": 4}
 
 
+async def test_a_vote_whose_finished_samples_state_no_answer_stops_after_its_first_wave():
+    # A code question: every sample ends with a code fence, so none votes, and the vote drew
+    # all 8 samples to return the first. Finished samples with no answer cannot be tallied,
+    # and more of them cannot settle anything.
+    code = "Here it is:\n```python\ndef rev(xs):\n    return xs[::-1]\n```"
+    llm = ScriptedLLM(answers(code), honours_n=False)
+    reply = await post(llm, vote(budget=8 * 64), vote_width=8, supports_n=False)
+    router = reply.json()["router"]
+    assert router["samples"] == 3 and len(llm.requests) == 3, router
+    assert router["early_stop"] is True and router["samples_saved"] == 5
+    assert router["votes"] == {} and router["no_answer"] is True
+    assert reply.json()["choices"][0]["message"]["content"] == code
+
+
+async def test_a_vote_keeps_drawing_when_its_first_wave_was_cut():
+    # Cut samples may state an answer in another draw: only finished ones say there is none.
+    llm = ScriptedLLM(lambda i, body: " ".join(["step"] * 100) if i < 3
+                      else "The answer is 7.", honours_n=False)
+    reply = await post(llm, vote(budget=8 * 64), vote_width=8, supports_n=False)
+    router = reply.json()["router"]
+    assert router["samples"] > 3 and router["winner"] == "7", router
+
+
 async def test_a_settled_vote_stops_early_and_says_what_it_saved():
     llm = ScriptedLLM(answers("The answer is 42."), honours_n=False)
     reply = await post(llm, vote(budget=16 * 64), vote_width=16, supports_n=False)

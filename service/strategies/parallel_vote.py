@@ -97,7 +97,7 @@ async def run_vote(call: Call) -> Sample:
     ballots: list[Ballot] = []
     failures: list[GatewayError] = []
     drawn = 0
-    early_stop = False
+    early_stop = no_answer = False
     while drawn < plan.width:
         wave = min(first_wave(plan.width, settings) if drawn == 0 else settings.vote_wave,
                    plan.width - drawn)
@@ -117,6 +117,11 @@ async def run_vote(call: Call) -> Sample:
                                           strict=s.finish_reason == "length"),
                            s.confidence or 1.0) for s in new]
         if call.ledger.overrun:
+            break
+        if drawn < plan.width and _unanswerable(samples, ballots):
+            # Finished samples that state no answer (code, prose) cannot be tallied, and more
+            # of them settle nothing: the vote would draw its whole width to return the first.
+            no_answer = early_stop = True
             break
         if drawn < plan.width and is_settled(tally(ballots), remaining=plan.width - drawn,
                                              threshold=settings.vote_stop_threshold):
@@ -140,7 +145,16 @@ async def run_vote(call: Call) -> Sample:
         "cut_samples": sum(s.finish_reason == "length" for s in samples),
         "depth_tokens": depth,
     })
+    if no_answer:
+        call.report["no_answer"] = True
     return _best_sample(samples, ballots, best)
+
+
+def _unanswerable(samples: list[Sample], ballots: list[Ballot]) -> bool:
+    """True when samples were drawn, every one finished (not cut by its cap, which a longer
+    draw might not be), and none stated an answer to vote with."""
+    return bool(samples) and all(s.finish_reason != "length" for s in samples) and not any(
+        b.answer for b in ballots)
 
 
 def _prompt_of(call: Call) -> str:

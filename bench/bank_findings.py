@@ -160,8 +160,9 @@ def vote_vs_chain(family: str, runs: Sequence[BankRun], budget: int) -> VoteChai
 
 def cut_by_recording(runs: Sequence[BankRun]) -> tuple[float, float]:
     """Shares (0..1) of greedy chains and of samples that the recording's ``max_tokens`` cut
-    (``finish_reason: length``): beyond that length (512 tokens in the shipped bank) a chain
-    cannot think longer in replay, so budgets above it compare against the cut chain."""
+    (``finish_reason: length``): beyond that length (in the shipped bank 512 tokens for a
+    sample, 2,048 for the greedy chain: ``bench/long_chains.py``) a chain cannot think longer
+    in replay, so budgets above it compare against the cut chain."""
     greedy = [r.greedy.finish_reason == "length" for r in runs]
     samples = [s.finish_reason == "length" for r in runs for s in r.samples]
     return (sum(greedy) / len(greedy) if greedy else 0.0,

@@ -7,10 +7,12 @@ long chain beats a vote there, which is the compositional task on which it shoul
 (Mirtaheri et al. 2025, "Let Me Think!"). This command asks the same model again, at
 temperature 0 with ``--max-tokens`` room (2,048 by default), for every run whose greedy chain
 finished ``length`` below that room, and appends each as one line of
-``<bank>/long-chains-NNN.jsonl`` (``key``, ``max_tokens``, ``recorded``, ``prefix_match``,
-``greedy``; each file under 2 MB). ``router_models.bank.Bank.load`` puts it in place of the
-run's greedy chain. ``prefix_match`` says whether its first tokens repeat the recorded chain
-(greedy decoding on a batching server is not bit-exact between runs); the count is printed.
+``<bank>/long-chains-NNN.jsonl`` (``key``, ``max_tokens``, ``recorded``, ``server``,
+``same_until``, ``greedy``; each file under 2 MB). ``router_models.bank.Bank.load`` puts it in
+place of the run's greedy chain. ``same_until`` counts the leading tokens it shares with the
+chain it replaces: greedy decoding on a CPU server that batches is not reproducible (another
+thread count or batch sums the logits in another order, and a near tie flips), so a long chain
+is another greedy chain of the same model, not the old one continued; the median is printed.
 Resumable: runs already extended are skipped.
 
 Usage::
@@ -27,8 +29,10 @@ import concurrent.futures as futures
 import datetime as dt
 import json
 import os
+import statistics
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +40,14 @@ import httpx
 from tqdm import tqdm
 
 from bench.options import positive_int
-from bench.outcome_bank import DEFAULT_BANK, SHARD_BYTES, Server, chat, sample_record
+from bench.outcome_bank import (
+    DEFAULT_BANK,
+    SHARD_BYTES,
+    Server,
+    chat,
+    sample_record,
+    server_version,
+)
 from router_models.bank import LONG_CHAINS, Bank, BankRun
 
 
@@ -80,9 +91,16 @@ class LongChains:
             self.done.add(record["key"])
 
 
-def record_long_chain(client: httpx.Client, url: str, run: BankRun, max_tokens: int
-                      ) -> dict[str, Any]:
-    """One run's greedy chain with ``max_tokens`` of room, as a ``long-chains`` line.
+def same_until(old: Sequence[str], new: Sequence[str]) -> int:
+    """How many leading token pieces ``old`` and ``new`` share."""
+    shorter = min(len(old), len(new))
+    return next((i for i in range(shorter) if old[i] != new[i]), shorter)
+
+
+def record_long_chain(client: httpx.Client, url: str, run: BankRun, max_tokens: int,
+                      server: str = "") -> dict[str, Any]:
+    """One run's greedy chain with ``max_tokens`` of room, as a ``long-chains`` line
+    (``server``: what answered, for the record).
 
     Raises:
         httpx.HTTPError: the server kept failing (``outcome_bank.chat`` retries).
@@ -90,10 +108,10 @@ def record_long_chain(client: httpx.Client, url: str, run: BankRun, max_tokens: 
     """
     reply = chat(client, url, run.prompt, temperature=0.0, seed=None, max_tokens=max_tokens)
     greedy = sample_record(run.item, reply["choices"][0], None, 0.0)
-    old = run.greedy.tokens
     return {"key": run.key, "max_tokens": max_tokens,
             "recorded": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "prefix_match": tuple(greedy["tokens"][:len(old)]) == old, "greedy": greedy}
+            "server": server, "same_until": same_until(run.greedy.tokens, greedy["tokens"]),
+            "greedy": greedy}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -140,27 +158,32 @@ def main(argv: list[str] | None = None) -> None:
         server = Server(binary, model, args.concurrency, 4096 * args.concurrency,
                         Path("/tmp/long-chains-server.log"), args.threads)
         url = server.url
+        served = " ".join([f"llama.cpp llama-server {server_version(binary)}",
+                           *(a if a != str(model) else model.name for a in server.args)])
     else:
-        url = args.url.rstrip("/")
-    matched = finished = 0
+        url = served = args.url.rstrip("/")
+    shared: list[int] = []
+    finished = 0
     try:
         with httpx.Client(timeout=httpx.Timeout(7200.0, connect=10.0)) as client, \
                 futures.ThreadPoolExecutor(args.concurrency) as pool, \
                 tqdm(total=len(todo), unit="chain") as bar:
-            jobs = [pool.submit(record_long_chain, client, url, run, args.max_tokens)
+            jobs = [pool.submit(record_long_chain, client, url, run, args.max_tokens, served)
                     for run in todo]
             for job in futures.as_completed(jobs):
                 record = job.result()
                 store.append(record)
-                matched += record["prefix_match"]
+                shared.append(record["same_until"])
                 finished += record["greedy"]["finish_reason"] == "stop"
                 bar.update(1)
-                bar.set_postfix(key=record["key"], matched=matched, finished=finished)
+                bar.set_postfix(key=record["key"], finished=finished)
     finally:
         if server is not None:
             server.stop()
-    print(f"{matched} of {len(todo)} repeat the recorded chain's tokens; {finished} finished "
-          f"within {args.max_tokens} tokens", file=sys.stderr)
+    if shared:
+        print(f"{finished} of {len(shared)} finished within {args.max_tokens} tokens; they "
+              f"share a median of {statistics.median(shared):g} leading tokens with the chains "
+              "they replace", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -131,3 +131,13 @@ async def test_an_out_folder_of_another_backend_is_not_resumed(tmp_path: Path) -
                                     transport=transport)):
         with pytest.raises(runner.EvalError, match="--out"):
             await runner.run_jobs(jobs, out, other)
+
+
+def test_tasks_without_a_family_are_grouped_under_their_file(tmp_path: Path) -> None:
+    # They were reported as `independent_mc`, a family of the project's simulator that says
+    # something about the tasks (independent guesses, multiple choice) nobody claimed.
+    out = tmp_path / "out"
+    _eval("--backend", REFUSED, "--mode", "gateway", "--tasks", str(_tasks(tmp_path)),
+          "--strategies", "direct", "--budgets", "64", "--out", str(out))
+    records = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    assert [r["family"] for r in records] == ["tasks"]

@@ -53,13 +53,19 @@ def test_a_long_chain_replaces_the_cut_greedy_chain_and_keeps_its_first_tokens(
         tmp_path: Path) -> None:
     folder, whole = cut_bank(tmp_path)
     key = runs_to_extend(Bank.load(folder), None, 2048, set())[0].key
-    LongChains(folder).append({"key": key, "max_tokens": 2048, "prefix_match": True,
+    LongChains(folder).append({"key": key, "max_tokens": 2048, "same_until": CUT,
                                "recorded": "2026-12-07T04:00:00Z", "greedy": whole})
     run = next(r for r in Bank.load(folder).runs if r.key == key)
     assert run.greedy.finish_reason == "stop" and run.greedy.correct
     assert run.greedy.tokens == tuple(whole["tokens"])
     assert run.greedy.tokens[:CUT] == tuple(whole["tokens"][:CUT])
     assert len(Bank.load(folder).runs) == len(Bank.load(FIXTURE).runs)  # not a run itself
+
+
+def test_same_until_counts_the_shared_leading_pieces() -> None:
+    assert long_chains.same_until(["a", "b", "c"], ["a", "b", "x", "y"]) == 2
+    assert long_chains.same_until(["a", "b"], ["a", "b", "c"]) == 2
+    assert long_chains.same_until(["a"], ["b"]) == 0
 
 
 def test_recording_compares_the_prefix_and_resumes_past_a_cut_last_line(
@@ -78,10 +84,11 @@ def test_recording_compares_the_prefix_and_resumes_past_a_cut_last_line(
             "logprobs": {"content": content}}], "usage": {"prompt_tokens": 41}})
 
     with httpx.Client(transport=httpx.MockTransport(server)) as client:
-        record = record_long_chain(client, "http://bank/v1", run, 2048)
+        record = record_long_chain(client, "http://bank/v1", run, 2048, "http://bank/v1")
     assert asked[0]["temperature"] == 0.0 and asked[0]["max_tokens"] == 2048
     assert "seed" not in asked[0] and asked[0]["logprobs"] is True
-    assert record["prefix_match"] is True and record["key"] == run.key
+    assert record["same_until"] == CUT and record["key"] == run.key
+    assert record["server"] == "http://bank/v1"
     assert record["greedy"]["correct"] is True
     store = LongChains(folder)
     store.append(record)

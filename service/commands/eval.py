@@ -105,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
             for name in suites:
                 items += load_suite(name, limit=args.limit, data_dir=args.data)
         if args.tasks is not None:
-            tasks = load_tasks_file(args.tasks)
+            # A task without a family is reported under its file's name, not under a family
+            # of the simulator's that says what kind of task it is.
+            tasks = load_tasks_file(args.tasks, default_family=args.tasks.stem)
             if not tasks:
                 # Else the run measures nothing yet writes a report and exits 0.
                 raise ValueError(f"--tasks {args.tasks}: no tasks in it (one JSON object a "

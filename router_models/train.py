@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,13 +202,15 @@ def family_weights(examples: Sequence[Example], index: Sequence[int], head: str,
 def fit_heads(examples: Sequence[Example], features: Sequence[Features],
               fit_idx: Sequence[int], calib_idx: Sequence[int], seed: int,
               c_grid: Mapping[str, Sequence[float]] | None = None,
-              hash_scale: float = HASH_SCALE, family_cap: float | None = FAMILY_CAP
+              hash_scale: float = HASH_SCALE, family_cap: float | None = FAMILY_CAP,
+              progress: Callable[[str], None] | None = None
               ) -> tuple[Classifier, dict[str, float]]:
     """The three heads fitted on ``fit_idx`` and calibrated on ``calib_idx`` (indices into
     ``examples`` and ``features``), rounded to the float32 arrays that ship.
 
     Args:
         c_grid: per head, the inverse L2 strengths to try (default ``C_GRID`` for each).
+        progress: called with one line as each head is fitted (None: silent).
         hash_scale: the n-grams' scale in the design (``HASH_SCALE``).
         family_cap: the most prompts' weight a family's labels carry per head and split
             (``FAMILY_CAP``; None: no cap).
@@ -225,8 +228,11 @@ def fit_heads(examples: Sequence[Example], features: Sequence[Features],
     heads: dict[str, Head] = {}
     chosen_c: dict[str, float] = {}
     with threadpool_limits(limits=1):
-        for name in HEADS:
+        for number, name in enumerate(HEADS, 1):
             grid = C_GRID if c_grid is None else c_grid[name]
+            if progress is not None:
+                progress(f"  head {number}/{len(HEADS)}: {name} ({len(fit_idx)} prompts, "
+                         f"{len(grid)} regularisation value(s) to try)")
             fit_w = family_weights(examples, fit_idx, name, family_cap)
             calib_w = family_weights(examples, calib_idx, name, family_cap)
             heads[name], chosen_c[name] = fit_head(
@@ -250,7 +256,8 @@ def fit_heads(examples: Sequence[Example], features: Sequence[Features],
 
 
 def fit_classifier(examples: Sequence[Example], seed: int = 0,
-                   features: Sequence[Features] | None = None) -> Classifier:
+                   features: Sequence[Features] | None = None,
+                   progress: Callable[[str], None] | None = None) -> Classifier:
     """Fit the three heads on the ``train`` split, calibrate on ``calibration``, and record
     held-out metrics on ``test`` (a random split within datasets, see ``split_of``) in the
     metadata. The leave-one-dataset-out evaluation is ``router_models.lodo``.
@@ -263,7 +270,8 @@ def fit_classifier(examples: Sequence[Example], seed: int = 0,
     train_idx = [i for i, s in enumerate(splits) if s == "train"]
     calib_idx = [i for i, s in enumerate(splits) if s == "calibration"]
     test_idx = [i for i, s in enumerate(splits) if s == "test"]
-    classifier, chosen_c = fit_heads(examples, feats, train_idx, calib_idx, seed)
+    classifier, chosen_c = fit_heads(examples, feats, train_idx, calib_idx, seed,
+                                     progress=progress)
     test = [examples[i] for i in test_idx]
     test_scores = [classifier.score_features(feats[i]) for i in test_idx]
     classifier.metadata = {
@@ -314,22 +322,30 @@ def reference_scores(examples: Sequence[Example], scores: Sequence[Scores],
 def train(data_dir: Path = DEFAULT_DATA_DIR, out_dir: Path = DEFAULT_ARTIFACT_DIR, *,
           seed: int = 0, limit_per_dataset: int | None = None, n_generated: int = 1500,
           target_tokens: float = TARGET_TOKENS, extra: Iterable[Iterable[Example]] = (),
-          provenance: dict[str, Any] | None = None) -> TrainResult:
+          provenance: dict[str, Any] | None = None,
+          progress: Callable[[str], None] | None = None) -> TrainResult:
     """Fit and write ``classifier.npz`` and ``classifier.json`` to ``out_dir``; ``extra`` adds
     examples to the shared data's (``load_examples``), and ``provenance`` (for example the
     outcome bank's snapshot) is stored in the metadata as given. The learned policy is the prior
     (``router_models.policies.prior``), sized over held-out prompts for the strategy table;
     benchmark data has nothing to teach it, so no ``learned.json`` is written (a deployment's
-    learned state under ``DATA_DIR/models`` is left as it is).
+    learned state under ``DATA_DIR/models`` is left as it is). ``progress`` is called with
+    one line per stage (loading, features, each head), which take tens of seconds together.
 
     Raises:
         training_data.DataMissingError: the shared data is absent.
         ValueError: too little data for a head.
     """
+    say = progress or (lambda line: None)
+    started = time.perf_counter()
     examples = load_examples(data_dir, seed=seed, limit_per_dataset=limit_per_dataset,
                              n_generated=n_generated, extra=extra)
+    say(f"  {len(examples)} prompts loaded ({time.perf_counter() - started:.1f} s); "
+        "extracting features ...")
     features = [extract(e.text) for e in examples]
-    classifier = fit_classifier(examples, seed, features)
+    say(f"  features done ({time.perf_counter() - started:.1f} s); fitting 3 heads ...")
+    classifier = fit_classifier(examples, seed, features, progress)
+    say(f"  heads fitted ({time.perf_counter() - started:.1f} s)")
     classifier.metadata.update(provenance or {})
     test = [(e, f) for e, f in zip(examples, features, strict=True)
             if split_of(e.text, seed) == "test"]

@@ -271,9 +271,12 @@ def test_bank_until_trains_on_a_snapshot_of_a_growing_bank_and_records_it(tmp_pa
     assert snapshot["runs"] == 4 and "mmlu" not in snapshot["suites"]
     assert snapshot["recorded_until"] == "2026-12-06T00:00:00Z"
     assert len(snapshot["keys_sha256"]) == 64
+    capsys.readouterr()
     assert main(args) == 0  # no snapshot: every run
     assert Classifier.load(out).metadata["bank"]["runs"] == 5
-    capsys.readouterr()
+    # The fit takes tens of seconds on the full data: each stage says so as it starts.
+    stages = capsys.readouterr().err
+    assert "prompts loaded" in stages and "head 3/3: search" in stages
     assert main([*args, "--bank-until", "2026-12-05T00:00:00Z"]) == 1
     assert "no run of the outcome bank" in capsys.readouterr().err
 

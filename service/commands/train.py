@@ -123,7 +123,8 @@ def _from_data(args: argparse.Namespace, out: Path) -> int:
             extra.append(examples)
         result = training.train(data, out, seed=args.seed, limit_per_dataset=args.limit,
                                 n_generated=args.generated, target_tokens=args.target_tokens,
-                                extra=extra, provenance=provenance)
+                                extra=extra, provenance=provenance,
+                                progress=lambda line: print(line, file=sys.stderr, flush=True))
     except (DataMissingError, ValueError, ImportError) as exc:
         # ValueError covers the bank reader's BankError (a missing or malformed bank).
         print(f"ttc-router train: {exc}", file=sys.stderr)

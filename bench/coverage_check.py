@@ -16,6 +16,7 @@ Usage: ``python -m bench.coverage_check [--limit 200]``.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from bench.outcome_bank import Retriever
@@ -26,6 +27,11 @@ from router_models.steps import state_steps
 from router_models.tasks import default_data_dir, load_suite
 from service.coverage import coverage_shares
 from service.routing import COVERAGE_HITS
+from service.search.base import question_query
+from service.settings import Settings
+
+# A hit is read as far as the model is shown it (``Router.search_evidence``).
+SHOWN = Settings.model_fields["search_result_chars"].default
 
 # Everyday requests a new user sends (written for this check, 7 Dec 2026): the HotpotQA
 # articles hold none of their answers, so each one read as a search prompt is a misreading.
@@ -99,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, texts in datasets.items():
         words = either = read = 0
         for text in texts:
-            shares = coverage_shares(text, retriever.index.search(text, COVERAGE_HITS))
+            hits = retriever.index.search(question_query(text), COVERAGE_HITS)
+            shares = coverage_shares(text, [replace(h, text=h.text[:SHOWN]) for h in hits])
             scores = Scores(0.5, 0.5, 0.0, steps=state_steps(text))
             words += shares.words >= COVERED
             either += max(shares) >= COVERED

@@ -61,19 +61,23 @@ def runs_to_extend(bank: Bank, suites: set[str] | None, max_tokens: int,
 
 
 class LongChains:
-    """The ``long-chains-NNN.jsonl`` files of a bank folder: the keys done, appending lines."""
+    """The ``long-chains-NNN.jsonl`` files of a bank folder: the keys done, appending lines.
+    Opening it cuts a file back to its last whole line (a run killed mid-line), so the next
+    line appended starts on a line of its own."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.lock = threading.Lock()
         self.done: set[str] = set()
         for path in self.files():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            data = path.read_bytes()
+            whole = data.rfind(b"\n") + 1
+            if whole != len(data):  # a line cut by a killed run: dropped, recorded again
+                with path.open("r+b") as handle:
+                    handle.truncate(whole)
+            for line in data[:whole].decode("utf-8").splitlines():
                 if line.strip():
-                    try:
-                        self.done.add(json.loads(line)["key"])
-                    except (json.JSONDecodeError, KeyError):
-                        continue  # a line cut by a killed run: recorded again
+                    self.done.add(json.loads(line)["key"])
 
     def files(self) -> list[Path]:
         """The files in order."""

@@ -56,7 +56,7 @@ from service.coverage import coverage_shares
 from service.errors import InvalidRequest
 from service.planning import choose_plan, may_call_tools, prompt_list
 from service.protocol import RoutedRequest
-from service.search.base import SearchError
+from service.search.base import SearchError, question_query
 from service.search.local import LocalIndex, index_path
 from service.settings import Settings, SettingsError
 from service.upstream import Backend
@@ -222,7 +222,7 @@ class Router:
         question = (prompt_text(routed.body["messages"]) if routed.endpoint == "chat"
                     else str(routed.body.get("prompt", "")))
         try:
-            hits = self._local_index().search(question, COVERAGE_HITS)
+            hits = self._local_index().search(question_query(question), COVERAGE_HITS)
         except SearchError as exc:
             # A damaged index, or one another version wrote, answers no search either: as
             # with an empty one, nothing can be found there.

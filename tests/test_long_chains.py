@@ -94,8 +94,12 @@ def test_recording_compares_the_prefix_and_resumes_past_a_cut_last_line(
     store.append(record)
     with store.files()[-1].open("a", encoding="utf-8") as out:
         out.write('{"key": "cut-by-a-kill"')  # a run killed mid-line
-    assert LongChains(folder).done == {run.key}
     assert Bank.load(folder)  # the cut last line does not stop the bank from loading
+    again = LongChains(folder)
+    assert again.done == {run.key}
+    again.append(dict(record, key="next"))  # on a line of its own, not after the cut one
+    assert LongChains(folder).done == {run.key, "next"}
+    assert len(Bank.load(folder).runs) == len(Bank.load(FIXTURE).runs)
 
 
 def test_a_long_chain_line_that_is_not_one_names_its_file(tmp_path: Path) -> None:

@@ -48,12 +48,12 @@ from router_models.prompt import prompt_text
 from service import metrics, tracing
 from service.errors import InvalidRequest, UpstreamError
 from service.search import Hit, SearchBackend, SearchError, open_backend
+from service.search.base import MAX_QUERY_CHARS, question_query
 from service.strategies.base import Call, reply_cap
 from service.strategies.parallel_vote import completion_body, stream_when_done
 from service.strategies.sampling import Sample, draw
 from service.text_protocol import FINAL_ANSWER, SEARCH_LINE
 
-MAX_QUERY_CHARS = 500
 SEARCH_TOOL: dict[str, Any] = {
     "type": "function",
     "function": {
@@ -132,10 +132,10 @@ async def run_search(call: Call) -> Sample:
 async def _first_retrieval(loop: _Loop) -> None:
     """Search with the user's question before any model call (no model tokens spent), and put
     the hits in the conversation as the model's own first search and its results."""
-    question = " ".join(prompt_text(loop.call.routed.body["messages"]).split())
+    question = question_query(prompt_text(loop.call.routed.body["messages"]))
     if not loop.max_calls or not question or not loop.call.settings.search_question_first:
         return
-    request = _Request(question[:MAX_QUERY_CHARS], tool_call_id="call_search_question")
+    request = _Request(question, tool_call_id="call_search_question")
     message: dict[str, Any]
     if loop.tools:
         arguments = orjson.dumps({"query": request.query}).decode()

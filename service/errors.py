@@ -12,6 +12,7 @@ boundary where they happen, ``raise ...Error(...) from exc``.
     +-- Unauthorized                   401 authentication_error (missing or wrong bearer token)
     +-- Forbidden                      403 permission_error (an admin surface, no admin key)
     +-- NotFound                       404 not_found_error (unknown model, unknown route)
+    +-- Conflict                       409 invalid_request_error (an id naming several rows)
     +-- RateLimited                    429 rate_limit_error (over an API key's limits)
     +-- Overloaded                     503 service_unavailable (saturated, or cooling down)
     +-- UpstreamError                  502 upstream_error (5xx, garbage, broken stream)
@@ -86,6 +87,14 @@ class Forbidden(GatewayError):
 class NotFound(GatewayError):
     status = 404
     type = "not_found_error"
+
+
+class Conflict(GatewayError):
+    """The request names something ambiguously: a response id that several logged requests
+    carry (``service.store.AmbiguousId``)."""
+
+    status = 409
+    type = "invalid_request_error"
 
 
 class RateLimited(GatewayError):

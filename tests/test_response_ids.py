@@ -181,6 +181,25 @@ async def test_a_row_logged_before_the_change_keeps_its_upstream_id(database_url
         assert await feedback_reaches(client, UPSTREAM_CHAT_ID) == "dec_" + "0" * 32
 
 
+async def test_an_upstream_id_old_rows_share_is_a_409_and_their_decision_ids_still_work(
+        database_url):
+    settings = make_settings(database_url=database_url)
+    older, newer = "dec_" + "1" * 32, "dec_" + "2" * 32
+    async with gateway_client(same_id_backend(), settings) as client:
+        log = client._transport.app.state.gateway.request_log  # type: ignore[attr-defined]
+        await log.backend.write([old_row(older, UPSTREAM_CHAT_ID, 1_700_000_000.0),
+                                 old_row(newer, UPSTREAM_CHAT_ID, 1_700_000_001.0)])
+        refused = await client.post("/v1/feedback", json={"id": UPSTREAM_CHAT_ID,
+                                                          "correct": True})
+        assert refused.status_code == 409, refused.text
+        error = refused.json()["error"]
+        assert (error["type"], error["param"], error["code"]) == \
+            ("invalid_request_error", "id", "ambiguous_id")
+        assert "decision id" in error["message"]
+        assert await feedback_reaches(client, older) == older
+        assert [(await log.get(d)).feedback_count for d in (older, newer)] == [1, 0]
+
+
 async def test_the_openai_client_reads_the_minted_id():
     app = create_app(make_settings(), transport=same_id_backend())
     async with app.router.lifespan_context(app):

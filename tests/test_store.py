@@ -12,7 +12,7 @@ import pytest
 
 from router_models.plan import Plan
 from service.observe import Outcome, record_of
-from service.store import Record, StoreError, UnknownId
+from service.store import AmbiguousId, Record, StoreError, UnknownId
 from service.store.log import RequestLog, open_request_log
 from service.store.migrations import MIGRATIONS, Migration
 from tests.conftest import metric
@@ -90,13 +90,32 @@ async def test_an_unknown_id_is_refused(database_url):
         await log.close()
 
 
-async def test_a_shared_response_id_names_the_latest_record(database_url):
+async def test_a_response_id_several_records_share_is_ambiguous(database_url):
+    # Only records logged before the gateway minted its own ids can share one (a backend's
+    # repeated id): which request it names is unknown, so neither gets the feedback.
     log = await open_log(database_url)
     try:
         log.submit(make_record(4, response_id="chatcmpl-same", time_s=10.0))
         log.submit(make_record(5, response_id="chatcmpl-same", time_s=20.0))
-        applied = await log.feedback("chatcmpl-same", 1.0)
-        assert applied.decision_id == make_record(5).decision_id
+        with pytest.raises(AmbiguousId, match="send the decision id"):
+            await log.feedback("chatcmpl-same", 1.0)
+        with pytest.raises(AmbiguousId):
+            await log.get("chatcmpl-same")
+        untouched = [await log.get(make_record(i).decision_id) for i in (4, 5)]
+        assert [r.feedback_count for r in untouched] == [0, 0]
+        applied = await log.feedback(make_record(4).decision_id, 1.0)  # the decision id works
+        assert applied.decision_id == make_record(4).decision_id
+    finally:
+        await log.close()
+
+
+async def test_a_decision_id_wins_over_a_response_id_equal_to_it(database_url):
+    log = await open_log(database_url)
+    try:
+        named = make_record(6)
+        log.submit(named)
+        log.submit(make_record(7, response_id=named.decision_id, time_s=30.0))
+        assert (await log.feedback(named.decision_id, 1.0)).decision_id == named.decision_id
     finally:
         await log.close()
 

@@ -11,8 +11,8 @@ from starlette.responses import JSONResponse
 
 from service import metrics
 from service.deps import Gateway, gateway
-from service.errors import GatewayError, NotFound
-from service.store import StoreError, UnknownId, is_correct
+from service.errors import Conflict, GatewayError, NotFound
+from service.store import AmbiguousId, StoreError, UnknownId, is_correct
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -20,7 +20,8 @@ router = APIRouter()
 
 class FeedbackRequest(BaseModel):
     """``{"id", "correct": bool}`` or ``{"id", "score": 0.0..1.0}``; ``id`` is a decision id
-    (``dec_...``) or the response's ``id``."""
+    (``dec_...``) or the response's ``id`` (the gateway's own, ``chatcmpl-...`` / ``cmpl-...``;
+    or, for requests logged before it minted them, the backend's)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -52,6 +53,8 @@ async def feedback(body: FeedbackRequest,
 
     Raises:
         NotFound: no request has this id (404).
+        Conflict: several requests logged before the gateway minted its own response ids
+            share this response id (409; the decision id names one).
         GatewayError: the request log failed (500).
     """
     if gw.request_log is None:
@@ -61,6 +64,8 @@ async def feedback(body: FeedbackRequest,
         applied = await gw.request_log.feedback(body.id, score)
     except UnknownId as exc:
         raise NotFound(str(exc), param="id", code="unknown_id") from exc
+    except AmbiguousId as exc:
+        raise Conflict(str(exc), param="id", code="ambiguous_id") from exc
     except StoreError as exc:
         raise GatewayError(f"cannot record feedback: {exc}") from exc
     correct = is_correct(score)

@@ -7,6 +7,13 @@ by ordered migrations (``service.store.migrations``).
 
     StoreError            the database cannot be opened, migrated or written
     +-- UnknownId         feedback or a look-up named an id that no record has
+    +-- AmbiguousId       ... a response id that several records carry
+
+A record is found by its decision id, else by its response id when exactly one record carries
+it. Since the gateway mints its own response ids (``service.protocol.new_response_id``) every
+new record's is unique; only records logged before then hold a backend's id, which backends
+repeat (Ollama draws from 999 values). Feedback by such a shared id is refused rather than
+given to the latest record: a guess would teach the learner another decision's outcome.
 """
 
 from __future__ import annotations
@@ -24,6 +31,17 @@ class StoreError(Exception):
 
 class UnknownId(StoreError):
     """No record has this decision id or response id."""
+
+
+class AmbiguousId(StoreError):
+    """Several records carry this response id (records logged before the gateway minted its
+    own ids), and none has it as decision id: which request it names is unknown."""
+
+    def __init__(self, ident: str):
+        super().__init__(f"several requests logged before this gateway minted its own response "
+                         f"ids share the response id {ident!r}; send the decision id "
+                         "(router.decision_id, header x-ttc-decision-id) instead")
+        self.ident = ident
 
 
 @dataclass(frozen=True)
@@ -137,11 +155,20 @@ class Backend(Protocol):
 
     async def set_feedback(self, ident: str, score: float, time_s: float
                            ) -> FeedbackApplied | None:
-        """Store feedback on the record with this decision id, else the latest record with
-        this response id; None when neither exists."""
+        """Store feedback on the record with this decision id, else the one record with this
+        response id; None when neither exists.
+
+        Raises:
+            AmbiguousId: no decision id matches and several records carry the response id.
+        """
 
     async def get(self, ident: str) -> Record | None:
-        """The record with this decision id, else the latest with this response id."""
+        """The record with this decision id, else the one with this response id (None when
+        neither exists).
+
+        Raises:
+            AmbiguousId: as ``set_feedback``.
+        """
 
     async def records(self, *, experiment: str | None = None, with_feedback: bool = False,
                       since_s: float | None = None) -> list[Record]:
@@ -205,6 +232,27 @@ INSERT_SNAPSHOT = (
     "INSERT INTO policy_snapshots (policy, position, state, time_s) VALUES ({p}, {p}, {p}, {p}) "
     "ON CONFLICT (policy, position) DO NOTHING")
 PRUNE_SNAPSHOTS = "DELETE FROM policy_snapshots WHERE policy = {p} AND position < {p}"
+
+
+# The records ``ident`` may name: by decision id first, else by response id; two rows are
+# read so that a response id several records carry is seen (``AmbiguousId``). A UNION, not
+# an OR, so that each half uses its index (the primary key, ``requests_response_id``).
+FIND_IDS = ("SELECT decision_id, 0 AS by_response FROM requests WHERE decision_id = {p} "
+            "UNION ALL SELECT decision_id, 1 FROM requests WHERE response_id = {p} "
+            "ORDER BY by_response LIMIT 2")
+
+
+def decision_of(ident: str, rows: Sequence[Sequence[Any]]) -> str | None:
+    """The decision id that ``ident`` names, from the rows ``FIND_IDS`` read.
+
+    Raises:
+        AmbiguousId: no decision id matched and several records carry the response id.
+    """
+    if not rows:
+        return None
+    if rows[0][1] == 0 or len(rows) == 1:
+        return str(rows[0][0])
+    raise AmbiguousId(ident)
 
 
 def is_correct(score: float) -> bool:

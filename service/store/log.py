@@ -125,6 +125,8 @@ class RequestLog:
 
         Raises:
             UnknownId: no record has this id.
+            AmbiguousId: several records logged before the gateway minted its own response
+                ids carry this one (``service.store``).
             StoreError: the database failed.
         """
         now = time.time()
@@ -142,11 +144,12 @@ class RequestLog:
         return applied
 
     async def get(self, ident: str) -> Record:
-        """The record with this decision id (else the latest with this response id), flushing
+        """The record with this decision id (else the one with this response id), flushing
         queued records first.
 
         Raises:
             UnknownId: no record has this id.
+            AmbiguousId: several records carry this response id.
             StoreError: the database failed.
         """
         await self.flush()

@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from service.store import (
     COLUMNS,
+    FIND_IDS,
     INSERT_LEARNING_EVENT,
     INSERT_SNAPSHOT,
     JSON_COLUMNS,
@@ -29,6 +30,7 @@ from service.store import (
     Record,
     Snapshot,
     StoreError,
+    decision_of,
     is_correct,
     records_query,
 )
@@ -36,8 +38,7 @@ from service.store.migrations import MIGRATIONS, SCHEMA_VERSION_DDL, Migration, 
 
 _INSERT = (f"INSERT INTO requests ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join('%s' for _ in COLUMNS)}) ON CONFLICT (decision_id) DO NOTHING")
-_FIND = ("SELECT {what} FROM requests WHERE decision_id = %(id)s OR response_id = %(id)s "
-         "ORDER BY (decision_id = %(id)s) DESC, time_s DESC LIMIT 1")
+_FIND_IDS = FIND_IDS.format(p="%(id)s")
 _ARM_TOTALS = (
     "SELECT arm, COUNT(*), COALESCE(SUM(completion_tokens), 0), "
     "COALESCE(SUM(completion_tokens::double precision * completion_tokens), 0), "
@@ -107,15 +108,19 @@ class PostgresBackend:
                            ) -> FeedbackApplied | None:
         sql = ("UPDATE requests SET feedback_correct = %(correct)s, feedback_score = %(score)s,"
                " feedback_count = feedback_count + 1, feedback_time_s = %(time)s "
-               "WHERE decision_id = (" + _FIND.format(what="decision_id") + ") "
+               "WHERE decision_id = %(target)s "
                "RETURNING decision_id, strategy, policy, arm, feedback_count, experiment, "
                "completion_tokens")
-        args = {"correct": is_correct(score), "score": score, "time": time_s, "id": ident}
-        event = None
+        args = {"correct": is_correct(score), "score": score, "time": time_s}
+        row = event = None
         try:
             async with self._pool.connection() as db, db.transaction():
                 await db.execute("SELECT pg_advisory_xact_lock(%s)", (_FEEDBACK_LOCK,))
-                row = await (await db.execute(sql, args)).fetchone()  # type: ignore[arg-type]
+                found = await (await db.execute(_FIND_IDS, {"id": ident})).fetchall()
+                target = decision_of(ident, found)  # AmbiguousId leaves the transaction
+                if target is not None:
+                    row = await (await db.execute(
+                        sql, {**args, "target": target})).fetchone()  # type: ignore[arg-type]
                 if row is not None:
                     event = await (await db.execute(
                         INSERT_LEARNING_EVENT.format(p="%s"),  # type: ignore[arg-type]
@@ -129,10 +134,14 @@ class PostgresBackend:
                                learning_seq=event[0] if event is not None else None)
 
     async def get(self, ident: str) -> Record | None:
-        sql = _FIND.format(what=", ".join(COLUMNS))
+        sql = f"SELECT {', '.join(COLUMNS)} FROM requests WHERE decision_id = %s"
+        row = None
         try:
             async with self._pool.connection() as db:
-                row = await (await db.execute(sql, {"id": ident})).fetchone()  # type: ignore[arg-type]
+                found = await (await db.execute(_FIND_IDS, {"id": ident})).fetchall()
+                target = decision_of(ident, found)
+                if target is not None:
+                    row = await (await db.execute(sql, (target,))).fetchone()  # type: ignore[arg-type]
         except psycopg.Error as exc:
             raise StoreError(f"request log: {exc}") from exc
         return _record(row) if row is not None else None

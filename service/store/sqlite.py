@@ -21,18 +21,21 @@ import orjson
 
 from service.store import (
     COLUMNS,
+    FIND_IDS,
     INSERT_LEARNING_EVENT,
     INSERT_SNAPSHOT,
     JSON_COLUMNS,
     LATEST_SNAPSHOTS,
     LEARNING_EVENTS,
     PRUNE_SNAPSHOTS,
+    AmbiguousId,
     ArmRow,
     FeedbackApplied,
     LearningEvent,
     Record,
     Snapshot,
     StoreError,
+    decision_of,
     is_correct,
     records_query,
 )
@@ -43,9 +46,7 @@ T = TypeVar("T")
 _ROW_PLACEHOLDERS = f"({', '.join('?' for _ in COLUMNS)})"
 # Rows per INSERT statement, under SQLite's limit of 32,766 bound variables (3.32 and later).
 _ROWS_PER_INSERT = 32_766 // len(COLUMNS)
-# A decision id wins over a response id; among records sharing a response id, the latest.
-_FIND = ("SELECT {what} FROM requests WHERE decision_id = ? OR response_id = ? "
-         "ORDER BY (decision_id = ?) DESC, time_s DESC LIMIT 1")
+_FIND_IDS = FIND_IDS.format(p="?")
 
 
 _ARM_TOTALS = (
@@ -182,13 +183,18 @@ class SqliteBackend:
             # BEGIN IMMEDIATE takes the database's write lock first: the learning event's
             # MAX + 1 is then gapless across every process sharing the file.
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute(
+            try:
+                target = decision_of(ident, db.execute(_FIND_IDS, (ident, ident)).fetchall())
+            except AmbiguousId:
+                db.execute("COMMIT")
+                raise
+            row = None if target is None else db.execute(
                 "UPDATE requests SET feedback_correct = ?, feedback_score = ?, "
                 "feedback_count = feedback_count + 1, feedback_time_s = ? "
-                "WHERE decision_id = (" + _FIND.format(what="decision_id") + ") "
+                "WHERE decision_id = ? "
                 "RETURNING decision_id, strategy, policy, arm, feedback_count, experiment, "
                 "completion_tokens",
-                (is_correct(score), score, time_s, ident, ident, ident)).fetchone()
+                (is_correct(score), score, time_s, target)).fetchone()
             if row is None:
                 db.execute("COMMIT")
                 self._note_other_writers(db)  # then the caller waits for their commit
@@ -204,8 +210,11 @@ class SqliteBackend:
 
     async def get(self, ident: str) -> Record | None:
         def find(db: sqlite3.Connection) -> Record | None:
-            row = db.execute(_FIND.format(what=", ".join(COLUMNS)),
-                             (ident, ident, ident)).fetchone()
+            target = decision_of(ident, db.execute(_FIND_IDS, (ident, ident)).fetchall())
+            if target is None:
+                return None
+            row = db.execute(f"SELECT {', '.join(COLUMNS)} FROM requests WHERE decision_id = ?",
+                             (target,)).fetchone()
             return _record(row) if row is not None else None
 
         return await self._run(find)

@@ -8,7 +8,8 @@ before every route:
 - with no active key and ``require_keys`` unset, ``/v1/*`` is open;
 - otherwise ``Authorization: Bearer KEY`` must name an active key (401), an admin key for the
   admin surfaces (``/v1/experiments...``, 403), and the key must have requests left this
-  minute (429 with ``Retry-After`` and ``x-ratelimit-*``); ``/metrics``, when protected
+  minute (429 with ``Retry-After`` and ``x-ratelimit-*``; ``POST /v1/feedback`` counts in a
+  window of its own, ``KeyLimiter.admit_feedback``); ``/metrics``, when protected
   (``protect_metrics`` or ``metrics_token``), takes an admin key or the metrics token;
 - every response of a key carries its ``x-ratelimit-*`` headers, as OpenAI's do;
 - a token reservation made by the completion route is settled once the response is sent;
@@ -59,6 +60,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Paths under these prefixes need an admin key once keys exist.
 ADMIN_PREFIXES = ("/v1/experiments", "/v1/learner")
+# Counted in the key's feedback window, not its request window (``KeyLimiter.admit_feedback``).
+FEEDBACK_PATH = "/v1/feedback"
 _STATE = "ttc_admission"
 _ADMIN = "ttc_admin"
 
@@ -156,7 +159,10 @@ async def _admit(gw: Any, scope: Scope) -> Admission | None:
         metrics.child(metrics.REJECTED, "auth").inc()
         raise Forbidden(f"{path} needs an admin key", code="admin_key_required")
     try:
-        headers = await gw.limiter.admit_request(key)
+        if path == FEEDBACK_PATH:  # its own window: see ``KeyLimiter.admit_feedback``
+            headers = await gw.limiter.admit_feedback(key)
+        else:
+            headers = await gw.limiter.admit_request(key)
     except RateLimited:
         metrics.child(metrics.REJECTED, "rate_limit").inc()
         raise

@@ -93,19 +93,42 @@ class KeyLimiter:
                 ``Retry-After``: when the oldest of them leaves the window).
             Overloaded: the shared counters do not answer (503).
         """
+        return await self._admit(key, "rpm", "requests")
+
+    async def admit_feedback(self, key: ApiKey) -> dict[str, str]:
+        """Count one ``POST /v1/feedback`` against the key's feedback window: ``key.rpm``
+        feedbacks in any 60 seconds, counted apart from its requests. Feedback spends no
+        tokens and reports on an answer the key was already allowed, so it must not take an
+        answer's place (with ``--rpm 4``, two answers and their two feedbacks refused the
+        third answer); but each one is a write to the request log, so it is not unlimited
+        either: one feedback a minute per request a minute. Returns the
+        ``x-ratelimit-*-feedback`` headers.
+
+        Raises:
+            RateLimited: the key posted ``rpm`` feedbacks in the last minute (429,
+                ``Retry-After``).
+            Overloaded: the shared counters do not answer (503).
+        """
+        return await self._admit(key, "feedback", "feedback")
+
+    async def _admit(self, key: ApiKey, counter: str, what: str) -> dict[str, str]:
+        """One unit of the key's ``counter`` window (``key.rpm`` units in any 60 seconds);
+        the ``x-ratelimit-*-{what}`` headers, or ``RateLimited`` (code
+        ``rate_limit_{what}``)."""
         if key.rpm is None:
             return {}
-        window = Window(f"{self._prefix}{key.name}:rpm", key.rpm, MINUTE_S)
+        window = Window(f"{self._prefix}{key.name}:{counter}", key.rpm, MINUTE_S)
         charge = await self.counters.charge([window], 1, 1, secrets.token_hex(8), self.clock())
         remaining = max(0, key.rpm - charge.used[0] - charge.granted)
-        headers = {"x-ratelimit-limit-requests": str(key.rpm),
-                   "x-ratelimit-remaining-requests": str(remaining),
-                   "x-ratelimit-reset-requests": f"{seconds(charge.wait_s[0])}s"}
+        headers = {f"x-ratelimit-limit-{what}": str(key.rpm),
+                   f"x-ratelimit-remaining-{what}": str(remaining),
+                   f"x-ratelimit-reset-{what}": f"{seconds(charge.wait_s[0])}s"}
         if not charge.granted:
             wait = max(charge.wait_s[0], 0.001)
-            raise RateLimited(f"this key may make {key.rpm} requests per minute; retry in "
+            noun = "requests" if what == "requests" else "feedbacks"
+            raise RateLimited(f"this key may make {key.rpm} {noun} per minute; retry in "
                               f"{seconds(wait)}s", retry_after_s=wait,
-                              code="rate_limit_requests", rate_headers=headers)
+                              code=f"rate_limit_{what}", rate_headers=headers)
         return headers
 
     async def reserve_tokens(self, key: ApiKey, tokens: int | None, flexible_cap: int,

@@ -402,3 +402,27 @@ async def test_shared_keys_with_limits_and_no_redis_warn_that_each_replica_count
     async with running(FakeBackend().transport(), make_settings()):  # one box, keys.db
         pass
     assert not [r for r in caplog.records if "redis_url" in r.getMessage()]
+
+
+async def test_feedback_has_its_own_window_and_leaves_the_request_limit_to_answers():
+    # --rpm 4: four answers and a feedback on each fit in one minute; feedback spends no
+    # tokens, so it does not take an answer's place, but it is still limited (its own window
+    # of rpm), so a key cannot write to the log without bound.
+    secret = store().create("fourrpm", rpm=4)
+    async with running(FakeBackend().transport()) as (_, client):
+        for left in range(3, -1, -1):
+            reply = await client.post(CHAT, json=ask(), headers=bearer(secret))
+            assert reply.status_code == 200, reply.text
+            assert reply.headers["x-ratelimit-remaining-requests"] == str(left)
+            fed = await client.post("/v1/feedback", headers=bearer(secret), json={
+                "id": reply.headers["x-ttc-decision-id"], "correct": True})
+            assert fed.status_code == 200, fed.text
+            assert fed.headers["x-ratelimit-limit-feedback"] == "4"
+            assert fed.headers["x-ratelimit-remaining-feedback"] == str(left)
+            assert "x-ratelimit-remaining-requests" not in fed.headers
+        assert (await client.post(CHAT, json=ask(), headers=bearer(secret))).status_code == 429
+        refused = await client.post("/v1/feedback", headers=bearer(secret), json={
+            "id": reply.headers["x-ttc-decision-id"], "correct": False})
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limit_feedback"
+        assert refused.headers["retry-after"] == "60"

@@ -6,6 +6,7 @@ requests never overspend."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -246,6 +247,26 @@ async def test_a_key_out_of_tokens_cannot_spend_them_through_other_endpoints():
         assert again.json()["error"]["code"] == "daily_budget_exhausted"
     assert metric("ttc_key_tokens_total", key_name="responder", kind="completion") == (
         before + 160)
+
+
+async def test_a_forwarded_response_without_a_cap_is_capped_at_what_the_key_has_left():
+    from tests.test_direct import responses_backend
+
+    inner = responses_backend(30)
+    caps: list[object] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        caps.append(json.loads(request.content).get("max_output_tokens", "absent"))
+        return inner.handler(request)  # type: ignore[attr-defined]
+
+    secret = store().create("capped", tokens_per_day=100)
+    async with running(httpx.MockTransport(handle)) as (_, client):
+        for body in ({"input": "hi"}, {"input": "hi"}, {"input": "hi", "max_output_tokens": 7}):
+            reply = await client.post("/v1/responses", json={"model": "auto", **body},
+                                      headers=bearer(secret))
+            assert reply.status_code == 200
+    # The day's 100, then the 70 left after 30 were spent; a cap of the client's own is kept.
+    assert caps == [100, 70, 7]
 
 
 async def test_a_prompt_token_limit_holds_for_other_endpoints_too():

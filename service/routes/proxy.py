@@ -51,6 +51,11 @@ async def forward(path: str, request: Request) -> StreamingResponse:
             valid = isinstance(cap, int) and not isinstance(cap, bool) and cap > 0
             reservation = await reserve_for_proxy(request, gw, cap if valid else None,
                                                   "max_output_tokens", parsed)
+            if endpoint == "responses" and not valid and reservation is not None \
+                    and reservation.tokens > 0:
+                # The key's grant becomes the call's cap: a backend that honours it cannot
+                # spend past what the key has left (a budget is never exceeded).
+                body = orjson.dumps({**parsed, "max_output_tokens": reservation.tokens})
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in _DROPPED_REQUEST_HEADERS}
         upstream_path = "/" + path + (f"?{request.url.query}" if request.url.query else "")

@@ -48,7 +48,8 @@ class RoutedRequest:
     ``body`` is what goes upstream: the client's body minus ``router``, with ``model`` set to
     the upstream model id by the caller. ``n`` is the number of choices the client asked for;
     ``max_tokens`` the smaller of ``max_tokens`` and ``max_completion_tokens`` (tokens), or
-    None when neither was given.
+    None when neither was given. ``decision_id`` names the routing decision (header
+    ``x-ttc-decision-id``), ``response_id`` is the response's ``id`` (``new_response_id``).
     """
 
     endpoint: Endpoint
@@ -60,6 +61,7 @@ class RoutedRequest:
     max_tokens: int | None
     controls: RouterControls
     decision_id: str
+    response_id: str
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -127,12 +129,25 @@ def parse_request(endpoint: Endpoint, body: dict[str, Any],
         max_tokens=min(caps) if caps else None,
         controls=controls,
         decision_id=new_decision_id(),
+        response_id=new_response_id(endpoint),
     )
 
 
 def new_decision_id() -> str:
     """A unique id for one routing decision: ``dec_`` and 32 hex digits."""
     return "dec_" + os.urandom(16).hex()  # as random as uuid4, without building a UUID
+
+
+def new_response_id(endpoint: Endpoint) -> str:
+    """The ``id`` of the response the gateway sends for one request: ``chatcmpl-`` (chat) or
+    ``cmpl-`` (text completions) and 32 hex digits, OpenAI's prefixes.
+
+    Minted here rather than copied from the backend: backends repeat ids (Ollama draws
+    ``chatcmpl-%d`` from 999 values, llama.cpp's server and simple proxies may send one id
+    for every call), a vote or a chain makes several upstream calls with several ids, and
+    ``POST /v1/feedback`` finds a request by this id, so it must name one request only."""
+    prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-"
+    return prefix + os.urandom(16).hex()
 
 
 def _check_messages(messages: Any) -> None:

@@ -33,7 +33,8 @@ class Call:
 
     ``report`` collects strategy-specific fields of the ``router`` object (``votes``,
     ``early_stop``, ``reason``, ...); ``answer_text`` is the text answered (for the request
-    log, when the operator keeps text); ``stream_error`` is set when a stream ended with an
+    log, when the operator keeps text); ``response_id`` is the ``id`` the client receives;
+    ``stream_error`` is set when a stream ended with an
     error event after its 200 status was sent.
     """
 
@@ -48,7 +49,6 @@ class Call:
     acct: Accounting = field(default_factory=Accounting)
     ledger: BudgetLedger = field(default_factory=lambda: BudgetLedger(None))
     report: dict[str, Any] = field(default_factory=dict)
-    response_id: str | None = None
     answer_text: str | None = None
     scores: Scores | None = None
     stream_error: GatewayError | None = None
@@ -79,6 +79,13 @@ class Call:
     @property
     def strategy(self) -> str:
         return self.plan.strategy
+
+    @property
+    def response_id(self) -> str:
+        """The ``id`` of every response body and stream chunk this request answers with: the
+        gateway's own (``service.protocol.new_response_id``), never a backend's, which may
+        repeat and differs between the calls of a vote or a chain."""
+        return self.routed.response_id
 
 
 class Strategy(Protocol):

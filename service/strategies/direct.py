@@ -136,7 +136,7 @@ def _merge_json(call: Call, replies: list[dict[str, Any]]) -> dict[str, Any]:
         merged["choices"] = choices
     merged["choices"] = [conform_choice(c) if isinstance(c, dict) else c
                          for c in merged["choices"]]
-    call.response_id = merged.get("id") if isinstance(merged.get("id"), str) else None
+    merged["id"] = call.response_id
     if merged["choices"] and isinstance(merged["choices"][0], dict):
         call.answer_text = choice_text(merged["choices"][0])
     cap = choice_cap(call)
@@ -210,9 +210,10 @@ async def _open_one(call: Call, n: int, sample: int) -> OpenStream:
 
 
 async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
-    """The client's SSE body: upstream chunks passed through (byte for byte unless a choice
-    index or a usage field had to change), one usage chunk at the end when the client asked,
-    then ``data: [DONE]``. A broken upstream ends the stream with an error event.
+    """The client's SSE body: upstream chunks passed through with the gateway's response id
+    (``call.response_id``) in place of the backend's, choices re-indexed when fanned out, one
+    usage chunk at the end when the client asked, then ``data: [DONE]``. A broken upstream
+    ends the stream with an error event.
 
     Usage is settled in ``call.acct`` and the ledger at the end, also when the client goes
     away (``service.strategies.metered``: a stream that did not finish is charged its grant
@@ -268,10 +269,9 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
         raise UpstreamError("the backend sent a stream chunk that is not an object",
                             code="upstream_malformed")
     if not template:
-        template.update({k: payload[k] for k in ("id", "object", "created", "model",
+        template.update({k: payload[k] for k in ("object", "created", "model",
                                                  "system_fingerprint") if k in payload})
-        if isinstance(template.get("id"), str):
-            call.response_id = template["id"]
+        template["id"] = call.response_id
     usage = payload.get("usage")
     if isinstance(usage, dict):
         state.usage = usage
@@ -280,8 +280,9 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
         return None  # the usage chunk: one summed chunk is sent at the end instead
     changed = False
     for key in ("id", "created"):
-        # n fanned out as several calls: each call's stream has its own id and time, but one
-        # completion's chunks share one of each (clients group a stream's chunks by id)
+        # One completion's chunks share one id (the gateway's, not the backend's) and one
+        # time: clients group a stream's chunks by id, and n fanned out as several calls
+        # brings several streams, each with its own time.
         if key in template and payload.get(key) != template[key]:
             payload[key] = template[key]
             changed = True

@@ -182,10 +182,10 @@ def completion_body(call: Call, chosen: Sample) -> dict[str, Any]:
     """A normal OpenAI completion whose one choice is ``chosen`` (with ``logprobs`` and a chat
     message's ``refusal``, null unless the backend gave them: ``conform_choice``)."""
     reply = chosen.reply
-    call.response_id = reply.get("id") if isinstance(reply.get("id"), str) else None
     call.answer_text = chosen.text
-    body: dict[str, Any] = {k: reply[k] for k in ("id", "object", "created", "model",
-                                                  "system_fingerprint") if k in reply}
+    body: dict[str, Any] = {"id": call.response_id}
+    body.update({k: reply[k] for k in ("object", "created", "model", "system_fingerprint")
+                 if k in reply})
     body["choices"] = [conform_choice({**chosen.choice, "index": 0})]
     body["usage"] = usage_body(call)
     body["router"] = router_info(call)
@@ -243,10 +243,9 @@ def answer_chunks(call: Call, chosen: Sample) -> list[dict[str, Any]]:
     chosen sample's ``logprobs`` when it has them, the finish reason, then the usage chunk
     when the client asked for it; every chunk carries the backend's ``system_fingerprint``."""
     reply = chosen.reply
-    call.response_id = reply.get("id") if isinstance(reply.get("id"), str) else None
     call.answer_text = chosen.text
     chat = call.routed.endpoint == "chat"
-    base = {"id": reply.get("id"), "object": "chat.completion.chunk" if chat
+    base = {"id": call.response_id, "object": "chat.completion.chunk" if chat
             else "text_completion", "created": reply.get("created", int(time.time())),
             "model": reply.get("model", call.upstream_model)}
     if reply.get("system_fingerprint") is not None:

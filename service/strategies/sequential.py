@@ -256,10 +256,9 @@ def _take(call: Call, piece: _Piece, payload: Any) -> bytes | None:
     if not piece.template:
         # system_fingerprint too: the chunks the gateway writes itself (the forced answer's
         # separator, the finish and usage chunks) must read like the backend's own.
-        piece.template.update({k: payload[k] for k in ("id", "object", "created", "model",
+        piece.template.update({k: payload[k] for k in ("object", "created", "model",
                                                        "system_fingerprint") if k in payload})
-        if isinstance(piece.template.get("id"), str) and call.response_id is None:
-            call.response_id = piece.template["id"]
+        piece.template["id"] = call.response_id
     if isinstance(payload.get("usage"), dict):
         piece.usage = payload["usage"]
     choices = payload.get("choices") or []
@@ -277,7 +276,12 @@ def _take(call: Call, piece: _Piece, payload: Any) -> bytes | None:
     if not text and not delta.get("role") and not choice.get("logprobs"):
         return None  # (a backend may send a token's logprobs on a chunk with no text)
     piece.text += text
-    forwarded = {**payload, "choices": [{**choice, "index": 0, "finish_reason": None}]}
+    # The gateway's id and the chain's time on every chunk, the continuation's too: the
+    # client reads one completion, not the two upstream calls behind it.
+    forwarded = {**payload, "id": piece.template["id"],
+                 "choices": [{**choice, "index": 0, "finish_reason": None}]}
+    if "created" in piece.template:
+        forwarded["created"] = piece.template["created"]
     forwarded.pop("usage", None)
     return sse.data_event(orjson.dumps(forwarded))
 

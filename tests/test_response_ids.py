@@ -160,6 +160,19 @@ async def test_the_minted_id_is_in_the_shared_request_log(database_url, stream):
         assert await feedback_reaches(client, second[0]) == second[1]
 
 
+async def test_feedback_by_response_id_on_another_replica_reaches_its_decision(database_url):
+    # Two gateways sharing one log, both in front of the same repeating backend: each answer's
+    # id, posted to the replica that did not answer, finds that answer's decision.
+    settings = make_settings(database_url=database_url)
+    async with (gateway_client(same_id_backend(), settings) as one,
+                gateway_client(same_id_backend(), settings) as two):
+        first = await answer(one, ask("parallel_vote"))
+        second = await answer(two, ask("direct", stream=True))
+        assert first[0] != second[0]
+        assert await feedback_reaches(two, first[0]) == first[1]
+        assert await feedback_reaches(one, second[0]) == second[1]
+
+
 def old_row(decision_id: str, response_id: str, time_s: float) -> Record:
     """A row as the gateway wrote it before it minted ids: the backend's id."""
     return Record(decision_id=decision_id, response_id=response_id, time_s=time_s,

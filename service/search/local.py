@@ -168,7 +168,7 @@ class LocalIndex:
         if not self.exists():
             return False
         query = tantivy.Query.term_query(_schema(), "id", doc_id)
-        return self._open().searcher().search(query, 1).count > 0
+        return bool(self._open().searcher().search(query, 1).hits)
 
     def delete(self, ids: Iterable[str]) -> int:
         """Remove the documents with these ids (those absent are ignored); returns how many

@@ -20,15 +20,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from router_models.tasks import TaskItem
 
 DEFAULT_BANK = Path(__file__).resolve().parent / "data" / "bank"
 LONG_CHAINS = "long-chains-"  # the prefix of the files of greedy chains recorded with more room
+T = TypeVar("T")
 _LABEL = re.compile(r"^(?:question|q)\s*:\s*", re.IGNORECASE)
 
 
@@ -224,7 +225,24 @@ def _read_long_chains(files: Sequence[Path]) -> dict[str, BankSample]:
     Raises:
         BankError: a line is not a long chain (the message names the file and line).
     """
-    chains: dict[str, BankSample] = {}
+    return dict(_json_lines(files, "a long chain", lambda row: (
+        str(row["key"]), BankSample.from_json(row["greedy"]))))
+
+
+def _read_runs(shards: Sequence[Path]) -> Iterator[BankRun]:
+    return _json_lines(shards, "a bank run", BankRun.from_json)
+
+
+def _json_lines(files: Sequence[Path], what: str, read: Callable[[dict[str, Any]], T]
+                ) -> Iterator[T]:
+    """``read`` of each JSON object line of ``files``, in order. A last line without its
+    newline is one being appended right now (by the recorder) and is skipped. ``read`` raising
+    KeyError, TypeError, ValueError or AttributeError (a field of the wrong shape) marks a
+    line that is not ``what``.
+
+    Raises:
+        BankError: a line is not ``what`` (the message names the file and line).
+    """
     for path in files:
         with path.open(encoding="utf-8") as lines:
             for number, line in enumerate(lines, 1):
@@ -232,32 +250,13 @@ def _read_long_chains(files: Sequence[Path]) -> dict[str, BankSample]:
                     continue
                 try:
                     row = json.loads(line)
-                    chains[str(row["key"])] = BankSample.from_json(row["greedy"])
-                except json.JSONDecodeError as exc:
-                    if not line.endswith("\n"):
-                        break  # the last line, being appended right now
-                    raise BankError(f"{path}:{number}: not a long chain: {exc}") from exc
-                except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                    raise BankError(f"{path}:{number}: not a long chain: {exc}") from exc
-    return chains
-
-
-def _read_runs(shards: Sequence[Path]) -> Iterator[BankRun]:
-    for shard in shards:
-        with shard.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
                     if not isinstance(row, dict):
                         raise TypeError(f"a JSON object expected, not {type(row).__name__}")
-                    run = BankRun.from_json(row)
+                    value = read(row)
                 except json.JSONDecodeError as exc:
                     if not line.endswith("\n"):
-                        break  # the last line, being appended by the recorder right now
-                    raise BankError(f"{shard}:{number}: not a bank run: {exc}") from exc
-                except (KeyError, TypeError, ValueError,
-                        AttributeError) as exc:  # AttributeError: a field of the wrong shape
-                    raise BankError(f"{shard}:{number}: not a bank run: {exc}") from exc
-                yield run
+                        break
+                    raise BankError(f"{path}:{number}: not {what}: {exc}") from exc
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    raise BankError(f"{path}:{number}: not {what}: {exc}") from exc
+                yield value

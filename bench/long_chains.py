@@ -15,11 +15,16 @@ thread count or batch sums the logits in another order, and a near tie flips), s
 is another greedy chain of the same model, not the old one continued; the median is printed.
 Resumable: runs already extended are skipped.
 
+``--report`` records nothing: over the runs that have a long chain, per suite, it sets the
+long chain against the chain the cap cut and against votes of the recorded samples (cut at
+512 tokens), paired on the same items (McNemar's exact p, ``bench.bank_findings.paired``).
+
 Usage::
 
     python -m bench.long_chains --url http://127.0.0.1:8080/v1 [--suites graph_connectivity]
         [--max-tokens 2048] [--concurrency 4] [--bank router_models/data/bank]
     python -m bench.long_chains          # starts the llama-server the project builds
+    python -m bench.long_chains --report [--bank PATH]
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from bench.bank_figures import outcome, spent
+from bench.bank_findings import paired
 from bench.options import positive_int
 from bench.outcome_bank import (
     DEFAULT_BANK,
@@ -118,6 +125,70 @@ def record_long_chain(client: httpx.Client, url: str, run: BankRun, max_tokens: 
             "greedy": greedy}
 
 
+REPORT_ARMS = ("cut chain", "long chain", "vote 4", "vote 8")
+
+
+def report_rows(recorded: Bank, extended: Bank, keys: set[str]) -> list[dict[str, Any]]:
+    """Per suite with long chains, then ``all``: the runs' accuracy (%) and mean completion
+    tokens per arm (the chain the cap cut, the long chain, votes of the first 4 and of all 8
+    recorded samples), and the long chain minus each other arm, paired (``Paired``).
+
+    Args:
+        recorded: the bank as recorded (``Bank.load(path, long_chains=False)``).
+        extended: the same bank with its long chains (``Bank.load(path)``).
+        keys: the runs that have a long chain (``LongChains.done``).
+    """
+    longer = {run.key: run for run in extended.runs if run.key in keys}
+    by_suite: dict[str, list[tuple[BankRun, BankRun]]] = {}
+    for run in recorded.runs:
+        if run.key in longer and run.searches == 0:
+            by_suite.setdefault(run.suite, []).append((run, longer[run.key]))
+    groups = dict(sorted(by_suite.items()))
+    if len(groups) > 1:
+        groups["all"] = [pair for pairs in by_suite.values() for pair in pairs]
+    rows = []
+    for suite, pairs in groups.items():
+        right = {arm: [_right(old, new, arm) for old, new in pairs] for arm in REPORT_ARMS}
+        tokens = {arm: statistics.fmean(_tokens(old, new, arm) for old, new in pairs)
+                  for arm in REPORT_ARMS}
+        rows.append({"suite": suite, "n": len(pairs),
+                     "accuracy": {a: 100 * sum(r) / len(r) for a, r in right.items()},
+                     "tokens": tokens,
+                     "long_minus": {a: paired(right["long chain"], right[a])
+                                    for a in REPORT_ARMS if a != "long chain"}})
+    return rows
+
+
+def _right(cut: BankRun, extended: BankRun, arm: str) -> bool:
+    if arm == "cut chain":
+        return cut.greedy.correct
+    if arm == "long chain":
+        return extended.greedy.correct
+    return bool(outcome(cut, arm, 512 * int(arm.split()[1])))
+
+
+def _tokens(cut: BankRun, extended: BankRun, arm: str) -> int:
+    if arm == "cut chain":
+        return len(cut.greedy.tokens)
+    if arm == "long chain":
+        return len(extended.greedy.tokens)
+    return spent(cut, arm, 512 * int(arm.split()[1]))
+
+
+def render_report(rows: Sequence[dict[str, Any]]) -> str:
+    """``report_rows`` as a Markdown table: accuracy % (mean tokens) per arm, then the long
+    chain minus the vote of 8 and minus the cut chain in points (paired 95%), McNemar p."""
+    head = ("| suite | n | " + " | ".join(REPORT_ARMS)
+            + " | long chain - vote 8 | long chain - cut chain |")
+    lines = [head, "| --- | ---: |" + " ---: |" * len(REPORT_ARMS) + " --- | --- |"]
+    for row in rows:
+        cells = [f"{row['accuracy'][a]:.1f} ({row['tokens'][a]:.0f} t)" for a in REPORT_ARMS]
+        lines.append(f"| {row['suite']} | {row['n']} | " + " | ".join(cells) + " | "
+                     + f"{row['long_minus']['vote 8'].render()} | "
+                     + f"{row['long_minus']['cut chain'].render()} |")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     where = parser.add_mutually_exclusive_group()
@@ -131,6 +202,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=positive_int, default=2048,
                         help="room of each chain (default 2048)")
     parser.add_argument("--concurrency", type=positive_int, default=4)
+    parser.add_argument("--report", action="store_true",
+                        help="record nothing: compare the long chains recorded so far with "
+                             "the cut chains and with votes, paired")
     # One thread: on a machine shared with other work, llama.cpp's threads wait on each other
     # whenever another process holds a core (generation fell to 0.5 tokens/s per slot at -t 2
     # beside tests on 2 cores).
@@ -141,6 +215,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.report:
+        rows = report_rows(Bank.load(args.bank, long_chains=False), Bank.load(args.bank),
+                           LongChains(args.bank).done)
+        print(render_report(rows) if rows else "no long chains in this bank yet")
+        return
     bank = Bank.load(args.bank)
     store = LongChains(args.bank)
     suites = None if args.suites == "all" else set(args.suites.split(","))

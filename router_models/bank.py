@@ -156,8 +156,9 @@ class Bank:
         return len(self.runs)
 
     @classmethod
-    def load(cls, path: Path | None = None) -> Bank:
-        """Read a bank folder (default: the shipped ``router_models/data/bank``).
+    def load(cls, path: Path | None = None, long_chains: bool = True) -> Bank:
+        """Read a bank folder (default: the shipped ``router_models/data/bank``); with
+        ``long_chains`` False, each run keeps the greedy chain it was recorded with.
 
         Raises:
             BankError: the folder does not exist, holds no runs, its ``bank.json`` is not a
@@ -169,7 +170,8 @@ class Bank:
         meta = _read_meta(folder / "bank.json")
         files = sorted(folder.glob("*.jsonl"))
         shards = [f for f in files if not f.name.startswith(LONG_CHAINS)]
-        longer = _read_long_chains([f for f in files if f.name.startswith(LONG_CHAINS)])
+        longer = _read_long_chains([f for f in files if f.name.startswith(LONG_CHAINS)]
+                                   if long_chains else [])
         runs = (dataclasses.replace(run, greedy=longer[run.key]) if run.key in longer else run
                 for run in _read_runs(shards))
         bank = cls(runs, meta, folder)

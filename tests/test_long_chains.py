@@ -118,3 +118,23 @@ def test_a_new_file_starts_past_the_size_limit(tmp_path: Path,
     assert [p.name for p in store.files()] == ["long-chains-001.jsonl",
                                                "long-chains-002.jsonl"]
     assert LongChains(tmp_path).done == {"a", "b"}
+
+
+def test_the_report_sets_the_long_chain_against_the_cut_one_and_the_votes(
+        tmp_path: Path) -> None:
+    folder, whole = cut_bank(tmp_path)
+    key = runs_to_extend(Bank.load(folder), None, 2048, set())[0].key
+    LongChains(folder).append({"key": key, "max_tokens": 2048, "same_until": CUT,
+                               "greedy": whole})
+    rows = long_chains.report_rows(Bank.load(folder, long_chains=False), Bank.load(folder),
+                                   LongChains(folder).done)
+    assert [(r["suite"], r["n"]) for r in rows] == [(key.split("/")[0], 1)]
+    row = rows[0]
+    assert row["accuracy"]["cut chain"] == 0.0 and row["accuracy"]["long chain"] == 100.0
+    assert row["tokens"]["cut chain"] == CUT
+    assert row["tokens"]["long chain"] == len(whole["tokens"])
+    assert row["long_minus"]["cut chain"].difference == 1.0
+    table = long_chains.render_report(rows)
+    assert table.splitlines()[2].startswith(f"| {key.split('/')[0]} | 1 | 0.0 ({CUT} t) | 100.0")
+    assert long_chains.report_rows(Bank.load(folder, long_chains=False), Bank.load(folder),
+                                   set()) == []

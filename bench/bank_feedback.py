@@ -73,7 +73,7 @@ from bench.options import (
     token_budgets,
     token_list,
 )
-from router_models.bank import DEFAULT_BANK, Bank
+from router_models.bank import DEFAULT_BANK, LONG_CHAINS, Bank
 from router_models.tasks import TaskItem, default_data_dir
 from router_models.tasks.checkers import check
 from service.commands.eval import BANK_DEFAULT, bank_items
@@ -204,18 +204,25 @@ def hotpot_corpus(work: Path) -> Path | None:
 
 def bank_subset(bank: Path, keep: set[str], out: Path) -> Path:
     """A copy of the bank folder ``bank`` holding only the runs of the items in ``keep``
-    (``item_key`` names), with its ``bank.json``; returns ``out``."""
+    (``item_key`` names) and their long chains, with its ``bank.json``; returns ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     meta = bank / "bank.json"
     if meta.is_file():
         shutil.copyfile(meta, out / "bank.json")
-    for shard in sorted(bank.glob("*.jsonl")):
+    files = sorted(bank.glob("*.jsonl"))
+    runs = [f for f in files if not f.name.startswith(LONG_CHAINS)]
+    kept_runs: set[str] = set()
+    for shard in [*runs, *(f for f in files if f.name.startswith(LONG_CHAINS))]:
         kept = []
         for line in shard.read_text(encoding="utf-8").splitlines(keepends=True):
             if not line.endswith("\n"):
-                break  # a run being appended by the recorder right now
+                break  # a line being appended by the recorder right now
             row = json.loads(line)
-            if f"{row.get('item_suite') or row['suite']}/{row['item_id']}" in keep:
+            if "suite" not in row:  # a long chain (``bench.long_chains``): its run's fate
+                if row["key"] in kept_runs:
+                    kept.append(line)
+            elif f"{row.get('item_suite') or row['suite']}/{row['item_id']}" in keep:
+                kept_runs.add(row["key"])
                 kept.append(line)
         (out / shard.name).write_text("".join(kept), encoding="utf-8")
     return out

@@ -130,3 +130,21 @@ def test_a_fold_classifier_learns_from_the_training_folds_runs_only(tmp_path: Pa
     bank = Classifier.load(folder).metadata["bank"]
     # the held-out MMLU item's run is not among those it learnt from
     assert bank["runs"] == len(whole) - 1 and "mmlu" not in bank["suites"]
+
+
+def test_a_bank_subset_keeps_the_long_chains_of_its_runs_only(tmp_path: Path) -> None:
+    import shutil
+
+    bank = tmp_path / "bank"
+    shutil.copytree(FIXTURE, bank)
+    whole = Bank.load(bank)
+    first, other = whole.runs[0], next(r for r in whole.runs if r.suite != whole.runs[0].suite)
+    longer = dict(json.loads((FIXTURE / "fixture-001.jsonl").read_text().splitlines()[0])[
+        "greedy"], tokens=["A", " long", " chain."])
+    (bank / "long-chains-001.jsonl").write_text("".join(
+        json.dumps({"key": run.key, "greedy": longer}) + "\n" for run in (first, other)))
+    subset = Bank.load(bank_subset(bank, {item_key(first.item)}, tmp_path / "subset"))
+    kept = next(r for r in subset.runs if r.key == first.key)
+    assert kept.greedy.tokens == ("A", " long", " chain.")
+    lines = (tmp_path / "subset" / "long-chains-001.jsonl").read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == [first.key]

@@ -148,3 +148,26 @@ def test_a_bank_subset_keeps_the_long_chains_of_its_runs_only(tmp_path: Path) ->
     assert kept.greedy.tokens == ("A", " long", " chain.")
     lines = (tmp_path / "subset" / "long-chains-001.jsonl").read_text().splitlines()
     assert [json.loads(line)["key"] for line in lines] == [first.key]
+
+
+def test_cross_fitting_chooses_each_folds_fixed_arm_on_the_other_folds_items() -> None:
+    from bench.bank_feedback import cross_fitted_rows
+
+    def arm(right: list[bool], tokens: int = 100) -> dict[str, dict]:
+        return {f"s/{i}": {"correct": r, "completion_tokens": tokens}
+                for i, r in enumerate(right)}
+
+    # Items 0-3 are fold 0, items 4-7 fold 1. "lucky" is right on fold 0's items only,
+    # "steady" on half of each fold; each fold's arm is chosen on the other fold's items.
+    arms = {"policy:auto": arm([True, False, True, False, True, False, True, False], 100),
+            "lucky @64": arm([True] * 4 + [False] * 4, 90),
+            "steady @64": arm([True, True, False, False, True, True, False, False], 90),
+            "costly @64": arm([True] * 8, 500)}
+    fold_of = {f"s/{i}": 0 if i < 4 else 1 for i in range(8)}
+    (row,) = cross_fitted_rows(arms, fold_of)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # Fold 0's arm is chosen on fold 1 (lucky 0/4, steady 2/4: steady); fold 1's on fold 0
+    # (lucky 4/4: lucky, which then scores 0/4 on fold 1). Costly spends over 1.1x.
+    assert cells[3] == "steady @64 / lucky @64"
+    assert cells[4] == "25.0"  # steady 2/4 on fold 0, lucky 0/4 on fold 1
+    assert cells[1] == "50.0" and cells[2] == "100"

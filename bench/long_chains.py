@@ -126,6 +126,7 @@ def record_long_chain(client: httpx.Client, url: str, run: BankRun, max_tokens: 
 
 
 REPORT_ARMS = ("cut chain", "long chain", "vote 4", "vote 8")
+SAMPLE_TOKENS = 512  # the samples' room in the recording: a vote of k reads k whole samples
 
 
 def report_rows(recorded: Bank, extended: Bank, keys: set[str]) -> list[dict[str, Any]]:
@@ -164,7 +165,7 @@ def _right(cut: BankRun, extended: BankRun, arm: str) -> bool:
         return cut.greedy.correct
     if arm == "long chain":
         return extended.greedy.correct
-    return bool(outcome(cut, arm, 512 * int(arm.split()[1])))
+    return bool(outcome(cut, arm, SAMPLE_TOKENS * int(arm.split()[1])))
 
 
 def _tokens(cut: BankRun, extended: BankRun, arm: str) -> int:
@@ -172,7 +173,7 @@ def _tokens(cut: BankRun, extended: BankRun, arm: str) -> int:
         return len(cut.greedy.tokens)
     if arm == "long chain":
         return len(extended.greedy.tokens)
-    return spent(cut, arm, 512 * int(arm.split()[1]))
+    return spent(cut, arm, SAMPLE_TOKENS * int(arm.split()[1]))
 
 
 def render_report(rows: Sequence[dict[str, Any]]) -> str:

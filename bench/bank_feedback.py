@@ -212,19 +212,22 @@ def bank_subset(bank: Path, keep: set[str], out: Path) -> Path:
     if meta.is_file():
         shutil.copyfile(meta, out / "bank.json")
     files = sorted(bank.glob("*.jsonl"))
-    runs = [f for f in files if not f.name.startswith(LONG_CHAINS)]
     kept_runs: set[str] = set()
-    for shard in [*runs, *(f for f in files if f.name.startswith(LONG_CHAINS))]:
+    # Run shards first: a long chain (``bench.long_chains``) goes with its run.
+    for shard in sorted(files, key=lambda f: f.name.startswith(LONG_CHAINS)):
+        long_chains = shard.name.startswith(LONG_CHAINS)
         kept = []
         for line in shard.read_text(encoding="utf-8").splitlines(keepends=True):
             if not line.endswith("\n"):
                 break  # a line being appended by the recorder right now
             row = json.loads(line)
-            if "suite" not in row:  # a long chain (``bench.long_chains``): its run's fate
-                if row["key"] in kept_runs:
-                    kept.append(line)
-            elif f"{row.get('item_suite') or row['suite']}/{row['item_id']}" in keep:
-                kept_runs.add(row["key"])
+            if long_chains:
+                wanted = row["key"] in kept_runs
+            else:
+                wanted = f"{row.get('item_suite') or row['suite']}/{row['item_id']}" in keep
+                if wanted:
+                    kept_runs.add(row["key"])
+            if wanted:
                 kept.append(line)
         (out / shard.name).write_text("".join(kept), encoding="utf-8")
     return out

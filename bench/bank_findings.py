@@ -21,6 +21,10 @@ c. **Early stopping** (``bench.bank_stopping``): Adaptive-Consistency and ESC re
 d. **DeepConf** (Fu et al. 2025): confidence-weighted and confidence-filtered votes against the
    plain vote (``bench.bank_figures.confidence_outcomes``), and how well each sample's
    confidence separates its right from its wrong answers (ROC AUC, scikit-learn).
+e. **One chain, greedy or sampled**: the greedy chain against the first sampled chain
+   (temperature 0.7) of the same items, both within the samples' recorded room
+   (``SAMPLE_ROOM``), paired: what ``chain_temperature`` (``service.routing.greedy_chain``)
+   rests on.
 
 Accuracies are percent with Wilson 95% intervals; n is the number of items. A bank still being
 recorded is read up to its last complete line.
@@ -343,6 +347,38 @@ def confidence_auc(runs: Sequence[BankRun]) -> tuple[int, int, dict[str, float |
         m: (float(roc_auc_score(labels, s)) if both else None) for m, s in scores.items()}
 
 
+# e. one chain, greedy or sampled ------------------------------------------------------------
+
+SAMPLE_ROOM = 512  # the samples' max_tokens in the bank's recording (bank.json)
+
+
+@dataclass(frozen=True)
+class GreedyRow:
+    """One family: the greedy chain and one sampled chain at ``SAMPLE_ROOM`` tokens (their
+    accuracy and mean completion tokens spent) and their paired comparison (greedy -
+    sampled)."""
+
+    family: str
+    greedy: Cell
+    sampled: Cell
+    greedy_tokens: float
+    sampled_tokens: float
+    comparison: Paired
+
+
+def greedy_vs_sampled(family: str, runs: Sequence[BankRun], room: int = SAMPLE_ROOM
+                      ) -> GreedyRow:
+    """The ``GreedyRow`` of the runs with a sampled chain, each chain cut at ``room`` tokens
+    (the long greedy chains too, so both sides had the same room)."""
+    both = [r for r in runs if r.samples]
+    greedy = [bool(outcome(r, "greedy", room)) for r in both]
+    sampled = [bool(outcome(r, "chain", room)) for r in both]
+    n = max(1, len(both))
+    return GreedyRow(family, Cell(sum(greedy), len(both)), Cell(sum(sampled), len(both)),
+                     sum(spent(r, "greedy", room) for r in both) / n,
+                     sum(spent(r, "chain", room) for r in both) / n, paired(greedy, sampled))
+
+
 # rendering ------------------------------------------------------------------------------------
 
 def render_vote_chain(rows: Sequence[VoteChainRow]) -> str:
@@ -433,6 +469,18 @@ def render_agreement(per_family: dict[str, tuple[int, float, float]]) -> str:
     return "\n".join(lines)
 
 
+def render_greedy(rows: Sequence[GreedyRow]) -> str:
+    """Markdown: per family, the greedy chain against one sampled chain."""
+    lines = ["| family | n | greedy chain | sampled chain (0.7) | greedy - sampled (points, "
+             "paired 95%), McNemar p |", "| --- | ---: | --- | --- | --- |"]
+    for r in rows:
+        mark = " (significant)" if r.comparison.significant else ""
+        lines.append(f"| {r.family} | {r.greedy.n} | {r.greedy.render()} ({r.greedy_tokens:.0f}"
+                     f" t) | {r.sampled.render()} ({r.sampled_tokens:.0f} t) | "
+                     f"{r.comparison.render()}{mark} |")
+    return "\n".join(lines)
+
+
 def render_confidence(rows: Sequence[ConfidenceRow]) -> str:
     """Markdown: one line per family; each non-plain vote with its difference to plain."""
     lines = ["| family | n | " + " | ".join(CONFIDENCE_VOTES) + " |",
@@ -469,10 +517,11 @@ class Findings:
     agreement: dict[str, tuple[int, float, float]]
     confidence: list[ConfidenceRow]
     auc: dict[str, tuple[int, int, dict[str, float | None]]]
+    greedy: list[GreedyRow]
 
 
 def compute(bank: Bank, budgets: Sequence[int] = DEFAULT_BUDGETS) -> Findings:
-    """All four findings for ``bank`` at ``budgets`` (tokens)."""
+    """All five findings for ``bank`` at ``budgets`` (tokens)."""
     groups = families(bank)
     return Findings(
         bank, tuple(budgets),
@@ -482,7 +531,8 @@ def compute(bank: Bank, budgets: Sequence[int] = DEFAULT_BUDGETS) -> Findings:
         [row for f, runs in groups.items() for row in stopping_rows(f, runs)],
         {f: agreement(runs) for f, runs in groups.items()},
         [confidence_rows(f, runs) for f, runs in groups.items()],
-        {f: confidence_auc(runs) for f, runs in groups.items()})
+        {f: confidence_auc(runs) for f, runs in groups.items()},
+        [greedy_vs_sampled(f, runs) for f, runs in groups.items()])
 
 
 def render(findings: Findings) -> str:
@@ -516,7 +566,9 @@ def render(findings: Findings) -> str:
         "### d. DeepConf: confidence-weighted and confidence-filtered votes",
         render_confidence(findings.confidence),
         "Per-sample confidence as a predictor of a right answer (ROC AUC, 0.5 = chance):",
-        render_auc(findings.auc)])
+        render_auc(findings.auc),
+        f"### e. One chain, greedy or sampled, within {SAMPLE_ROOM} tokens",
+        render_greedy(findings.greedy)])
 
 
 def main(argv: list[str] | None = None) -> None:

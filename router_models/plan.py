@@ -73,6 +73,9 @@ class Plan:
         probability: the probability with which the policy chose it (1.0 when deterministic),
             logged so that other policies can be evaluated offline (inverse propensity).
         reason: a short human-readable why.
+        temperature: the sampling temperature of the plan's calls when the client set none
+            (``auto``'s one chain runs greedy, ``service.routing.greedy_chain``), or None:
+            the client's temperature, else the backend's default.
     """
 
     strategy: str
@@ -83,6 +86,7 @@ class Plan:
     policy: str | None = None
     probability: float = 1.0
     reason: str = ""
+    temperature: float | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -91,3 +95,5 @@ class Plan:
             raise ValueError("width must be at least 1")
         if self.budget_tokens is not None and self.budget_tokens < 1:
             raise ValueError("budget_tokens must be at least 1")
+        if self.temperature is not None and self.temperature < 0:
+            raise ValueError("temperature must be at least 0")

@@ -11,7 +11,8 @@ Which policy decides a request, first match wins:
 Otherwise the plan comes from ``service.planning`` (a forced strategy, or a backend model passed
 through as ``direct``). Turns that may be answered by tool calls, and ``n`` > 1, always run
 ``direct``; a vote the client did not name runs one chain at temperature 0
-(``greedy_vote_as_chain``).
+(``greedy_vote_as_chain``), and the one chain a policy plans runs at ``chain_temperature``
+(0: greedy) when the client set no temperature (``greedy_chain``).
 
 With the local search backend, a prompt's ``search`` score is read against the index before a
 policy sees it (``search_evidence``): 0 with an empty index, so ``auto`` never plans search
@@ -81,6 +82,29 @@ def greedy_vote_as_chain(plan: Plan, body: dict[str, Any]) -> Plan:
     why = "temperature 0 makes every sample the same answer: ran one chain"
     return dataclasses.replace(plan, strategy="sequential", width=1,
                                depth_tokens=plan.budget_tokens, search_calls=0,
+                               reason=f"{plan.reason}; {why}" if plan.reason else why)
+
+
+CHAINS = ("direct", "sequential", "search")  # the strategies that run one chain
+SAMPLING_FIELDS = ("temperature", "top_p")  # a client that sets either chose how to sample
+
+
+def greedy_chain(plan: Plan, body: dict[str, Any], temperature: float | None) -> Plan:
+    """``plan`` with ``temperature`` (``chain_temperature``) when it runs one chain and the
+    client chose no sampling (neither ``temperature`` nor ``top_p``); else ``plan``.
+
+    One chain's answer is what the client gets, and decoding it greedily is the more accurate
+    way for it on the outcome bank: the embedded model's greedy chain is right on 34.6% of
+    410 items, a chain sampled at temperature 0.7 on 29.3%, at 225 and 234 mean tokens
+    (+5.4 points, paired 95% interval [+0.2, +10.5], McNemar p = 0.045; ahead on 6 of 8
+    suites; ``python -m bench.bank_findings``, section e). Votes keep sampling
+    (self-consistency needs different paths, Wang et al. 2023). A chat UI's "regenerate"
+    then repeats the answer unless it sends a temperature, as with any greedy backend."""
+    if (temperature is None or plan.strategy not in CHAINS
+            or any(body.get(name) is not None for name in SAMPLING_FIELDS)):
+        return plan
+    why = f"one chain at temperature {temperature:g} (chain_temperature)"
+    return dataclasses.replace(plan, temperature=float(temperature),
                                reason=f"{plan.reason}; {why}" if plan.reason else why)
 
 
@@ -184,11 +208,12 @@ class Router:
         # is fitted under it, never refused (the client asked for no such budget).
         plan = fit_cap(fit_vote(decision.plan, answer, min_width=self._min_vote_width()),
                        self.settings.max_budget_tokens, answer)
-        if forced is None:
-            plan = greedy_vote_as_chain(plan, routed.body)
         if plan.strategy == "search" and routed.endpoint != "chat":
             plan = dataclasses.replace(plan, strategy="sequential", search_calls=0,
                                        reason="search needs chat messages: ran sequential")
+        if forced is None:  # a strategy the client named runs as it asked
+            plan = greedy_chain(greedy_vote_as_chain(plan, routed.body), routed.body,
+                                self.settings.chain_temperature)
         return plan, scores
 
     def search_available(self) -> bool:

@@ -18,6 +18,7 @@ from bench.bank_findings import (
     cut_by_recording,
     families,
     flips,
+    greedy_vs_sampled,
     main,
     paired,
     search_axis,
@@ -101,6 +102,19 @@ def test_vote_against_chain_pairs_the_best_of_each_side(bank: Bank) -> None:
     assert small.cells["vote 8"] == Cell(0, 0) and small.vote_arm != "vote 8"
     assert small.winner == "chain" and small.comparison.difference == pytest.approx(-0.5)
     assert small.tokens["vote 4"] == 8.0  # 4 samples x 2 tokens spent on each item
+
+
+def test_greedy_against_sampled_pairs_one_chain_of_each(bank: Bank) -> None:
+    runs = [r for r in families(bank)[ALL] if r.suite != "hotpotqa"]
+    row = greedy_vs_sampled("two", runs)
+    # Both chains finish and are right on both items: greedy 24 and 11 tokens, sampled 14, 7.
+    assert row.greedy == Cell(2, 2) and row.sampled == Cell(2, 2)
+    assert (row.greedy_tokens, row.sampled_tokens) == (17.5, 10.5)
+    assert row.comparison.n == 2 and row.comparison.difference == 0
+    # Within 8 tokens only the 7-token sampled chain (MMLU) gets to its answer.
+    cut = greedy_vs_sampled("two", runs, room=8)
+    assert cut.greedy == Cell(0, 2) and cut.sampled == Cell(1, 2)
+    assert cut.comparison.difference == pytest.approx(-0.5)
 
 
 def test_flips_skip_ties_and_name_the_budget() -> None:

@@ -114,11 +114,14 @@ def request_body(call: Call, *, max_tokens: int | None, n: int = 1, sample: int 
     ``max_tokens`` (tokens per choice) is written to both ``max_tokens`` and
     ``max_completion_tokens``: a backend may honour either one, and a cap on only one of them
     enforces nothing. Fanned-out calls with a client ``seed`` get ``seed + sample`` so that
-    they are not all the same sample. Streamed calls always ask for usage.
+    they are not all the same sample. Streamed calls always ask for usage. The plan's
+    ``temperature`` is sent when the client set none.
     """
     routed = call.routed
     body = dict(routed.body)
     body["model"] = call.upstream_model
+    if call.plan.temperature is not None:
+        body.setdefault("temperature", call.plan.temperature)
     if messages is not None:
         body["messages"] = messages
     if prompt is not None:
@@ -179,6 +182,8 @@ def router_info(call: Call) -> dict[str, Any]:
         info["budget_total_tokens"] = call.ledger.total_budget_tokens
     if call.plan.reason:
         info["reason"] = call.plan.reason
+    if call.plan.temperature is not None:  # the gateway chose how the chain samples
+        info["temperature"] = call.plan.temperature
     if call.plan.policy is not None:  # the propensity, for off-policy evaluation
         info["probability"] = call.plan.probability
     if call.assignment is not None:

@@ -1,13 +1,16 @@
 """``POST /v1/feedback`` and the request log behind the gateway in process (SQLite and the real
-PostgreSQL), and ``/metrics`` behind its bearer token."""
+PostgreSQL), whose keys may post only on their own requests, and ``/metrics`` behind its bearer
+token."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 import pytest
 
+from service.keys import open_key_store
 from tests.conftest import gateway_client, make_settings, metric
 from tests.fakes import FakeBackend
 
@@ -70,6 +73,53 @@ async def test_an_unknown_id_is_a_404_in_the_error_envelope():
     assert reply.json() == {"error": {"message": "no request has the id 'dec_nope'",
                                       "type": "not_found_error", "param": "id",
                                       "code": "unknown_id"}}
+
+
+def unknown_id(ident: str) -> dict[str, Any]:
+    """The 404 envelope of feedback on an id no request has."""
+    return {"error": {"message": f"no request has the id {ident!r}", "type": "not_found_error",
+                      "param": "id", "code": "unknown_id"}}
+
+
+async def test_a_key_posts_feedback_only_on_its_own_requests_on_every_replica(database_url):
+    # Two replicas share the log: the one receiving the feedback never saw the request, so it
+    # can only know the request's key from the stored row.
+    settings = make_settings(database_url=database_url)
+    keys = open_key_store(settings.data_dir, database_url)
+    alice, bob, ops = keys.create("alice"), keys.create("bob"), keys.create("ops", admin=True)
+    async with (gateway_client(FakeBackend().transport(), settings) as one,
+                gateway_client(FakeBackend().transport(), settings) as two):
+        reply = await one.post("/v1/chat/completions", json=CHAT,
+                               headers={"authorization": f"Bearer {alice}"})
+        assert reply.status_code == 200, reply.text
+        decision_id = reply.headers["x-ttc-decision-id"]
+        for ident in (decision_id, reply.json()["id"]):  # another key's id: as if unknown
+            refused = await two.post("/v1/feedback", json={"id": ident, "correct": False},
+                                     headers={"authorization": f"Bearer {bob}"})
+            assert (refused.status_code, refused.json()) == (404, unknown_id(ident))
+        log = two._transport.app.state.gateway.request_log  # type: ignore[attr-defined]
+        assert (await log.get(decision_id)).feedback_count == 0
+        assert await log.backend.learning_events(0, 10) == []  # nothing taught to `auto`
+        own = await two.post("/v1/feedback", json={"id": reply.json()["id"], "correct": True},
+                             headers={"authorization": f"Bearer {alice}"})
+        admin = await two.post("/v1/feedback", json={"id": decision_id, "score": 0.25},
+                               headers={"authorization": f"Bearer {ops}"})
+        assert (own.status_code, admin.status_code) == (200, 200), (own.text, admin.text)
+        stored = await log.get(decision_id)
+    assert (stored.key_name, stored.feedback_count, stored.feedback_score) == ("alice", 2, 0.25)
+
+
+async def test_a_request_made_before_any_key_existed_takes_feedback_from_any_key():
+    settings = make_settings(keys_refresh_s=0.1)
+    async with gateway_client(FakeBackend().transport(), settings) as client:
+        decision_id = (await ask(client)).headers["x-ttc-decision-id"]  # an open gateway
+        secret = open_key_store(settings.data_dir, None).create("alice")
+        await asyncio.sleep(0.3)  # the gateway has seen the key: it is closed now
+        assert (await client.post("/v1/feedback", json={"id": decision_id, "correct": True})
+                ).status_code == 401
+        answer = await client.post("/v1/feedback", json={"id": decision_id, "correct": True},
+                                   headers={"authorization": f"Bearer {secret}"})
+    assert answer.status_code == 200, answer.text
 
 
 @pytest.mark.parametrize("body", [

@@ -7,6 +7,7 @@ often does (it draws ids from 999 values) and as simple proxies and replays may.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -15,6 +16,7 @@ import openai
 import pytest
 
 from service.app import create_app
+from service.keys import open_key_store
 from service.store import Record
 from tests.conftest import gateway_client, make_settings
 from tests.fakes import ScriptedStream
@@ -235,3 +237,23 @@ async def test_the_openai_client_reads_the_minted_id():
                               json={"id": completion.id, "correct": True})
         assert fed.json()["decision_id"] == reply.headers["x-ttc-decision-id"]
         await sdk.close()
+
+
+async def test_an_upstream_id_shared_with_another_keys_row_names_the_keys_own_row(
+        database_url):
+    # The other key's row is invisible to this key: no 409 that would tell it the id exists.
+    settings = make_settings(database_url=database_url)
+    alice = open_key_store(settings.data_dir, database_url).create("alice")
+    mine, theirs = "dec_" + "3" * 32, "dec_" + "4" * 32
+    async with gateway_client(same_id_backend(), settings) as client:
+        log = client._transport.app.state.gateway.request_log  # type: ignore[attr-defined]
+        await log.backend.write([
+            dataclasses.replace(old_row(mine, UPSTREAM_CHAT_ID, 1_700_000_000.0),
+                                key_name="alice"),
+            dataclasses.replace(old_row(theirs, UPSTREAM_CHAT_ID, 1_700_000_001.0),
+                                key_name="bob")])
+        answer = await client.post("/v1/feedback", json={"id": UPSTREAM_CHAT_ID, "correct": True},
+                                   headers={"authorization": f"Bearer {alice}"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["decision_id"] == mine
+        assert [(await log.get(d)).feedback_count for d in (mine, theirs)] == [1, 0]

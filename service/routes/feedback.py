@@ -1,4 +1,10 @@
-"""``POST /v1/feedback``: the outcome of one request, by decision id or response id."""
+"""``POST /v1/feedback``: the outcome of one request, by decision id or response id.
+
+Once API keys exist, a key posts only on the requests made with it (and on those logged
+before any key existed); an admin key on any. Another key's request answers as an unknown id
+(404), so one tenant can neither teach the learned policies another's outcomes nor probe
+which ids exist. The request log's stored ``key_name`` decides, so every replica agrees.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from service import metrics
+from service.admission import admission_of
 from service.deps import Gateway, gateway
 from service.errors import Conflict, GatewayError, NotFound
 from service.store import AmbiguousId, StoreError, UnknownId, is_correct
@@ -45,14 +53,15 @@ class FeedbackRequest(BaseModel):
 
 
 @router.post("/v1/feedback")
-async def feedback(body: FeedbackRequest,
+async def feedback(body: FeedbackRequest, request: Request,
                    gw: Annotated[Gateway, Depends(gateway)]) -> JSONResponse:
     """Record the outcome on the request log (the last value wins) and, at a request's first
     feedback only, in ``ttc_feedback_total`` and as a learning event (``service.learning``:
     the learned policies learn each decision once, from its first feedback).
 
     Raises:
-        NotFound: no request has this id (404).
+        NotFound: no request has this id, or (a key that is not an admin key) only another
+            key's request has it (404, the same answer).
         Conflict: several requests logged before the gateway minted its own response ids
             share this response id (409; the decision id names one).
         GatewayError: the request log failed (500).
@@ -60,8 +69,10 @@ async def feedback(body: FeedbackRequest,
     if gw.request_log is None:
         raise GatewayError("the request log is not available")
     score = body.as_score()
+    admission = admission_of(request)  # None: no keys, the gateway is open to all
+    key_name = None if admission is None or admission.key.admin else admission.key.name
     try:
-        applied = await gw.request_log.feedback(body.id, score)
+        applied = await gw.request_log.feedback(body.id, score, key_name=key_name)
     except UnknownId as exc:
         raise NotFound(str(exc), param="id", code="unknown_id") from exc
     except AmbiguousId as exc:

@@ -153,10 +153,11 @@ class Backend(Protocol):
     async def write(self, records: Sequence[Record]) -> None:
         """Insert ``records`` in one transaction (a decision id already present is kept)."""
 
-    async def set_feedback(self, ident: str, score: float, time_s: float
-                           ) -> FeedbackApplied | None:
+    async def set_feedback(self, ident: str, score: float, time_s: float,
+                           key_name: str | None = None) -> FeedbackApplied | None:
         """Store feedback on the record with this decision id, else the one record with this
-        response id; None when neither exists.
+        response id; None when neither exists. With ``key_name``, records logged under another
+        key name count as absent (``find_ids``); None: any record.
 
         Raises:
             AmbiguousId: no decision id matches and several records carry the response id.
@@ -237,9 +238,18 @@ PRUNE_SNAPSHOTS = "DELETE FROM policy_snapshots WHERE policy = {p} AND position 
 # The records ``ident`` may name: by decision id first, else by response id; two rows are
 # read so that a response id several records carry is seen (``AmbiguousId``). A UNION, not
 # an OR, so that each half uses its index (the primary key, ``requests_response_id``).
-FIND_IDS = ("SELECT decision_id, 0 AS by_response FROM requests WHERE decision_id = {p} "
-            "UNION ALL SELECT decision_id, 1 FROM requests WHERE response_id = {p} "
+FIND_IDS = ("SELECT decision_id, 0 AS by_response FROM requests WHERE decision_id = {id}{own} "
+            "UNION ALL SELECT decision_id, 1 FROM requests WHERE response_id = {id}{own} "
             "ORDER BY by_response LIMIT 2")
+
+
+def find_ids(id_param: str, key_param: str | None = None) -> str:
+    """``FIND_IDS`` in a dialect's named parameters (``:id`` in SQLite, ``%(id)s`` in
+    PostgreSQL). With ``key_param``, only the records logged under that key name or under none
+    are found: another key's record is then exactly as absent as an unknown id (no 409 for a
+    response id it shares, the same wait for a replica's commit), so ids cannot be probed."""
+    own = "" if key_param is None else f" AND (key_name IS NULL OR key_name = {key_param})"
+    return FIND_IDS.format(id=id_param, own=own)
 
 
 def decision_of(ident: str, rows: Sequence[Sequence[Any]]) -> str | None:

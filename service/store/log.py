@@ -119,26 +119,29 @@ class RequestLog:
         async with self._progress:
             await self._progress.wait_for(lambda: self._done >= target)
 
-    async def feedback(self, ident: str, score: float) -> FeedbackApplied:
+    async def feedback(self, ident: str, score: float, *,
+                       key_name: str | None = None) -> FeedbackApplied:
         """Store feedback (``score`` in [0, 1]; 1.0 is a correct answer) on the record with
-        this decision id or response id. A record still queued is flushed first.
+        this decision id or response id. A record still queued is flushed first. With
+        ``key_name`` (a key that is not an admin key), only that key's records and those
+        logged without a key count: another key's record is an unknown id.
 
         Raises:
-            UnknownId: no record has this id.
+            UnknownId: no record (that ``key_name`` may see) has this id.
             AmbiguousId: several records logged before the gateway minted its own response
                 ids carry this one (``service.store``).
             StoreError: the database failed.
         """
         now = time.time()
-        applied = await self.backend.set_feedback(ident, score, now)
+        applied = await self.backend.set_feedback(ident, score, now, key_name)
         if applied is None:
             await self.flush()
-            applied = await self.backend.set_feedback(ident, score, now)
+            applied = await self.backend.set_feedback(ident, score, now, key_name)
         if applied is None and getattr(self.backend, "shared", False):
             deadline = time.monotonic() + SHARED_RECORD_WAIT_S
             while applied is None and time.monotonic() < deadline:
                 await asyncio.sleep(_SHARED_POLL_S)
-                applied = await self.backend.set_feedback(ident, score, now)
+                applied = await self.backend.set_feedback(ident, score, now, key_name)
         if applied is None:
             raise UnknownId(f"no request has the id {ident!r}")
         return applied

@@ -17,7 +17,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from service.store import (
     COLUMNS,
-    FIND_IDS,
     INSERT_LEARNING_EVENT,
     INSERT_SNAPSHOT,
     JSON_COLUMNS,
@@ -31,6 +30,7 @@ from service.store import (
     Snapshot,
     StoreError,
     decision_of,
+    find_ids,
     is_correct,
     records_query,
 )
@@ -38,7 +38,8 @@ from service.store.migrations import MIGRATIONS, SCHEMA_VERSION_DDL, Migration, 
 
 _INSERT = (f"INSERT INTO requests ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join('%s' for _ in COLUMNS)}) ON CONFLICT (decision_id) DO NOTHING")
-_FIND_IDS = FIND_IDS.format(p="%(id)s")
+_FIND_IDS = find_ids("%(id)s")
+_FIND_OWN_IDS = find_ids("%(id)s", "%(key)s")
 _ARM_TOTALS = (
     "SELECT arm, COUNT(*), COALESCE(SUM(completion_tokens), 0), "
     "COALESCE(SUM(completion_tokens::double precision * completion_tokens), 0), "
@@ -104,8 +105,8 @@ class PostgresBackend:
         except psycopg.Error as exc:
             raise StoreError(f"cannot write the request log: {exc}") from exc
 
-    async def set_feedback(self, ident: str, score: float, time_s: float
-                           ) -> FeedbackApplied | None:
+    async def set_feedback(self, ident: str, score: float, time_s: float,
+                           key_name: str | None = None) -> FeedbackApplied | None:
         sql = ("UPDATE requests SET feedback_correct = %(correct)s, feedback_score = %(score)s,"
                " feedback_count = feedback_count + 1, feedback_time_s = %(time)s "
                "WHERE decision_id = %(target)s "
@@ -116,7 +117,9 @@ class PostgresBackend:
         try:
             async with self._pool.connection() as db, db.transaction():
                 await db.execute("SELECT pg_advisory_xact_lock(%s)", (_FEEDBACK_LOCK,))
-                found = await (await db.execute(_FIND_IDS, {"id": ident})).fetchall()
+                found = await (await db.execute(
+                    _FIND_IDS if key_name is None else _FIND_OWN_IDS,
+                    {"id": ident, "key": key_name})).fetchall()
                 target = decision_of(ident, found)  # AmbiguousId leaves the transaction
                 if target is not None:
                     row = await (await db.execute(

@@ -21,7 +21,6 @@ import orjson
 
 from service.store import (
     COLUMNS,
-    FIND_IDS,
     INSERT_LEARNING_EVENT,
     INSERT_SNAPSHOT,
     JSON_COLUMNS,
@@ -36,6 +35,7 @@ from service.store import (
     Snapshot,
     StoreError,
     decision_of,
+    find_ids,
     is_correct,
     records_query,
 )
@@ -46,7 +46,8 @@ T = TypeVar("T")
 _ROW_PLACEHOLDERS = f"({', '.join('?' for _ in COLUMNS)})"
 # Rows per INSERT statement, under SQLite's limit of 32,766 bound variables (3.32 and later).
 _ROWS_PER_INSERT = 32_766 // len(COLUMNS)
-_FIND_IDS = FIND_IDS.format(p="?")
+_FIND_IDS = find_ids(":id")
+_FIND_OWN_IDS = find_ids(":id", ":key")
 
 
 _ARM_TOTALS = (
@@ -177,14 +178,17 @@ class SqliteBackend:
 
         await self._run(insert)
 
-    async def set_feedback(self, ident: str, score: float, time_s: float
-                           ) -> FeedbackApplied | None:
+    async def set_feedback(self, ident: str, score: float, time_s: float,
+                           key_name: str | None = None) -> FeedbackApplied | None:
+        find = _FIND_IDS if key_name is None else _FIND_OWN_IDS
+
         def update(db: sqlite3.Connection) -> FeedbackApplied | None:
             # BEGIN IMMEDIATE takes the database's write lock first: the learning event's
             # MAX + 1 is then gapless across every process sharing the file.
             db.execute("BEGIN IMMEDIATE")
             try:
-                target = decision_of(ident, db.execute(_FIND_IDS, (ident, ident)).fetchall())
+                target = decision_of(ident, db.execute(
+                    find, {"id": ident, "key": key_name}).fetchall())
             except AmbiguousId:
                 db.execute("COMMIT")
                 raise
@@ -210,7 +214,7 @@ class SqliteBackend:
 
     async def get(self, ident: str) -> Record | None:
         def find(db: sqlite3.Connection) -> Record | None:
-            target = decision_of(ident, db.execute(_FIND_IDS, (ident, ident)).fetchall())
+            target = decision_of(ident, db.execute(_FIND_IDS, {"id": ident}).fetchall())
             if target is None:
                 return None
             row = db.execute(f"SELECT {', '.join(COLUMNS)} FROM requests WHERE decision_id = ?",

@@ -9,8 +9,9 @@ Which policy decides a request, first match wins:
 3. ``default_policy`` (``learned``) for ``model: "auto"`` with ``router.strategy`` ``auto``.
 
 Otherwise the plan comes from ``service.planning`` (a forced strategy, or a backend model passed
-through as ``direct``). Turns that may be answered by tool calls, and ``n`` > 1, always run
-``direct``; a vote the client did not name runs one chain at temperature 0
+through as ``direct``). Turns that may be answered by tool calls, ``n`` > 1, and, under a
+policy, open-ended generation (``router_models.generation``: a poem, a translation, an
+explanation; no answer a vote could count) always run ``direct``; a vote the client did not name runs one chain at temperature 0
 (``greedy_vote_as_chain``), and the one chain a policy plans runs at ``chain_temperature``
 (0: greedy) when the client set no temperature (``greedy_chain``).
 
@@ -41,8 +42,10 @@ from typing import Any
 from router_models import load_default
 from router_models.answer_lengths import AnswerLengths, observations
 from router_models.classifier import Classifier
+from router_models.generation import open_generation
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies import KIND_NAMES, LearnedPolicy, Policy, PolicyError, parse_policy
+from router_models.policies.learned import PLAN_CEILING
 from router_models.policies.prior import (
     MIN_VOTE_WIDTH,
     fit_cap,
@@ -106,6 +109,14 @@ def greedy_chain(plan: Plan, body: dict[str, Any], temperature: float | None) ->
     why = f"one chain at temperature {temperature:g} (chain_temperature)"
     return dataclasses.replace(plan, temperature=float(temperature),
                                reason=f"{plan.reason}; {why}" if plan.reason else why)
+
+
+def routed_text(routed: RoutedRequest) -> str:
+    """The text a request asks about: its last user turn, or a completions prompt (a prompt
+    list reads as its ``str``)."""
+    if routed.endpoint == "chat":
+        return prompt_text(routed.body["messages"])
+    return str(routed.body.get("prompt", ""))
 
 
 class Router:
@@ -174,6 +185,13 @@ class Router:
                 completions prompt list with a strategy other than ``direct`` (400).
         """
         policy_name = policy or self._policy_name(routed, upstream_model)
+        if policy_name is not None and routed.controls.strategy == "auto" and open_generation(
+                routed_text(routed)):
+            # Not scored for the policies either: feedback on a poem or a translation says
+            # nothing about how a kind of question should be answered.
+            return Plan("direct", budget_tokens=self.generation_budget(routed), reason=(
+                "open-ended generation (write, translate, explain, ...): no answer a vote "
+                "could count, answered directly")), None
         if (policy_name is None or may_call_tools(routed) or routed.n > 1
                 or prompt_list(routed)):
             plan = choose_plan(routed, self.settings, backend, upstream_model)
@@ -216,6 +234,16 @@ class Router:
                                 self.settings.chain_temperature)
         return plan, scores
 
+    def generation_budget(self, routed: RoutedRequest) -> int:
+        """The budget of open-ended generation (tokens): the client's ``budget_tokens`` or
+        ``max_tokens``, else the ceiling of any plan a policy makes on its own
+        (``PLAN_CEILING`` x ``learned_target_tokens``, 4,096 by default): room for a long text,
+        and a bound on a backend that never stops."""
+        controls = routed.controls
+        return controls.budget_tokens or routed.max_tokens or min(
+            self.settings.max_budget_tokens,
+            max(1, int(PLAN_CEILING * self.settings.learned_target_tokens)))
+
     def search_available(self) -> bool:
         """Whether ``search`` can find anything: a remote search service is configured, or the
         local index holds documents (``ttc-router index add``). Read at most every
@@ -244,8 +272,7 @@ class Router:
             return scores
         if not self.search_available():
             return dataclasses.replace(scores, search=0.0) if scores.search else scores
-        question = (prompt_text(routed.body["messages"]) if routed.endpoint == "chat"
-                    else str(routed.body.get("prompt", "")))
+        question = routed_text(routed)
         try:
             hits = self._local_index().search(question_query(question), COVERAGE_HITS)
         except SearchError as exc:

@@ -234,6 +234,46 @@ async def test_a_strategy_the_client_named_keeps_the_backends_temperature():
     assert llm_.requests and all("temperature" not in r for r in llm_.requests)
 
 
+@pytest.mark.parametrize("text", [
+    "Write a haiku about autumn.", "Please translate 'good morning' into French.",
+    "Can you help me write an email to my boss asking for a day off?",
+    "Summarize this article: The firm sold 300 cars. Then it bought a plant. Sales doubled.",
+])
+async def test_open_ended_generation_is_answered_directly_with_room(text):
+    # A vote needs answers to count (self-consistency); two good poems are different texts.
+    llm_ = llm()
+    async with gateway_client(llm_.transport()) as client:
+        reply = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": text}]})
+        capped = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": text}],
+            "max_tokens": 300})
+        named = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": text}],
+            "router": {"strategy": "parallel_vote", "budget_tokens": 1024}})
+    router = reply.json()["router"]
+    assert router["strategy"] == "direct" and router["scores"] is None, router
+    assert "open-ended generation" in router["reason"]
+    # Room for a long text, within the ceiling of auto's plans (8 x the 512-token mean).
+    assert router["budget_tokens"] == llm_.requests[0]["max_tokens"] == 4096
+    assert capped.json()["router"]["strategy"] == "direct"
+    assert capped.json()["router"]["budget_tokens"] == llm_.requests[1]["max_tokens"] == 300
+    assert named.json()["router"]["strategy"] == "parallel_vote"  # what the client named
+
+
+@pytest.mark.parametrize("text", [
+    "Explain your reasoning, then give the answer. What is 3 + 4?",
+    "Explain how many apples are left if Tom has 12 apples, gives 5 to Ann and then buys 3.",
+    "Describe the capital of France.\nA) Paris\nB) Rome\nC) Oslo", "What is 2 + 2?",
+])
+async def test_a_question_with_an_answer_to_count_is_still_routed(text):
+    async with gateway_client(llm().transport()) as client:
+        reply = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": text}]})
+    router = reply.json()["router"]
+    assert router["scores"] is not None and "open-ended" not in router.get("reason", "")
+
+
 async def test_an_operator_who_set_votes_of_two_keeps_them():
     settings = make_settings(vote_width=2)
     async with gateway_client(llm().transport(), settings) as client:

@@ -20,7 +20,7 @@ async def test_the_same_prompt_again_and_again_never_ratchets_its_budget():
     settings = make_settings(models=None, default_answer_tokens=256,
                              learned_target_tokens=target)
     body = {"model": "auto", "messages": [{"role": "user",
-                                           "content": "Write a haiku about the sea."}]}
+                                           "content": "A haiku about the sea, please."}]}
     spent = []
     async with gateway_client(httpx.ASGITransport(app=sim), settings) as client:
         for _ in range(25):

@@ -1,0 +1,82 @@
+"""Open-ended generation: requests whose answer is text to read, not an answer to count.
+
+Self-consistency elects the most frequent *answer* among sampled reasoning paths (Wang et al.
+2023, arXiv 2203.11171), so it needs answers that can be compared: a letter, a number, yes or
+no, a short name. "Write a haiku about autumn", "Translate this email into French", "Explain
+how a transistor works" or "Refactor this function" have none: two good samples are different
+texts, a majority vote cannot form, and aggregating free text takes another model call
+(Universal Self-Consistency, Chen et al. 2023, arXiv 2311.17311). A vote there buys nothing
+but its samples' tokens, and a budget sized for short answers cuts the text the user asked
+for. Such a request is answered directly, with the client's own caps
+(``service.routing.Router.plan``).
+
+``open_generation`` reads it off the request's text: the instruction opens with a generation
+verb (``GENERATION_VERBS``, after politeness such as "Please" or "Can you"), and nothing asks
+for an answer to count: no answer cue ("the answer", "answer with", ...), no lettered
+options, and, unless it transforms a text it carries (``TRANSFORM_VERBS``: translate,
+summarize, rewrite, ...), no dependent steps stated (``router_models.steps``: "Explain how
+many apples are left if ..." is a word problem with an answer).
+"""
+
+from __future__ import annotations
+
+import re
+
+from router_models.steps import state_steps
+
+# Imperatives whose object is a text the request carries, to be changed: the material may hold
+# numbers and events (an article, a story, code), so its steps say nothing about the request.
+TRANSFORM_VERBS = frozenset([
+    "translate", "summarize", "summarise", "paraphrase", "rephrase", "reword", "rewrite",
+    "proofread", "edit", "polish", "refactor", "shorten", "continue", "expand",
+])
+# Imperatives whose object is a text to produce or change. Verbs that as often open a question
+# with one answer ("give", "name", "list", "tell", "find", "compute") are left out.
+GENERATION_VERBS = TRANSFORM_VERBS | frozenset([
+    "write", "draft", "compose", "create", "generate", "explain", "describe", "outline",
+    "brainstorm", "suggest", "implement", "elaborate",
+])
+# Where a transforming request states its instruction; the material follows.
+INSTRUCTION_CHARS = 200
+# Openings that only ask politely: "Please", "Can you", "Could you please", "Help me",
+# "I'd like you to", "Now". Read off repeatedly, so "Please, can you help me" reaches the verb.
+_POLITE = re.compile(
+    r"^(?:please|pls|kindly|now|ok(?:ay)?|hey|hi|hello|so|also|and|then|"
+    r"(?:can|could|would|will)\s+you(?:\s+please)?|help\s+me(?:\s+to)?|"
+    r"i(?:'d|\s+would)\s+like\s+you\s+to|i\s+(?:want|need)\s+you\s+to)\b[\s,.!:;-]*",
+    re.IGNORECASE)
+# Asks for an answer that can be counted (the task's format instruction, or options).
+_ANSWER_CUE = re.compile(
+    r"\b(?:the|your|final|correct|short|one[- ]word)\s+answer\b|\banswer\s+(?:with|in|as|is)\b"
+    r"|\bwhich\s+of\s+the\s+following\b|\btrue\s+or\s+false\b|\byes\s+or\s+no\b",
+    re.IGNORECASE)
+_OPTIONS = re.compile(r"(?:^|\s)\(?[A-E][.)]\s", re.MULTILINE)
+_WORD = re.compile(r"[a-z]+")
+
+
+def opening_verb(text: str) -> str:
+    """The first word of ``text``'s instruction, lower case, after polite openings ("Please",
+    "Can you", "Help me"); "" for text without words."""
+    rest = text.strip()
+    for _ in range(4):  # "Hi! Please, could you help me ..." peels one opening at a time
+        peeled = _POLITE.sub("", rest, count=1).lstrip(" ,.!:;-\n\t")
+        if peeled == rest:
+            break
+        rest = peeled
+    word = _WORD.match(rest.lower())
+    return word.group(0) if word else ""
+
+
+def open_generation(text: str) -> bool:
+    """True when ``text`` (the last user turn) asks for open-ended text: it opens with one of
+    ``GENERATION_VERBS`` and asks for no answer that can be counted (module docstring). A
+    request to transform the text it carries (``TRANSFORM_VERBS``) is read on its first
+    ``INSTRUCTION_CHARS`` characters only: the material's numbers, options or "the answer"
+    belong to the text to translate or summarize."""
+    verb = opening_verb(text)
+    if verb not in GENERATION_VERBS:
+        return False
+    instruction = text[:INSTRUCTION_CHARS] if verb in TRANSFORM_VERBS else text
+    if _ANSWER_CUE.search(instruction) or len(_OPTIONS.findall(instruction)) >= 2:
+        return False
+    return verb in TRANSFORM_VERBS or state_steps(text) < 2

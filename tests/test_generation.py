@@ -1,0 +1,43 @@
+"""Open-ended generation read off a request's text (router_models/generation.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from router_models.generation import open_generation, opening_verb
+
+ARTICLE = ("The company sold 300 cars in 2020. Then it bought a factory. Sales doubled to 600. "
+           "It paid 2 million in fines. ") * 3 + "Asked why, the CEO said the answer is growth."
+
+
+@pytest.mark.parametrize("text", [
+    "Write a haiku about autumn.", "Translate 'good morning' into French.",
+    "Explain how a transistor works.", "Write a Python function that reverses a string.",
+    "Can you help me write an email to my boss asking for a day off?",
+    "Hi! Could you please summarise this article for me?",
+    "Write a 500-word essay on climate change.",  # a number, no answer asked for
+    "Continue the story: Once upon a time, a fox lived in the woods.",
+    "Please summarize this article for me: " + ARTICLE,  # the material's steps and answer
+])
+def test_requests_for_text_to_read_are_generation(text: str) -> None:
+    assert open_generation(text)
+
+
+@pytest.mark.parametrize("text", [
+    "What is the capital of France?", "Compute 3+4.", "and in French?",
+    "Give me three ideas for a birthday party.",  # "give" opens questions as often
+    "Explain your reasoning, then give the answer. What is 3 + 4?",  # an answer cue
+    "Describe the capital of France. A) Paris B) Rome",  # options to choose from
+    "Explain how many apples are left if Tom has 12 apples, gives 5 to Ann and then buys 3.",
+    "Explain " + ARTICLE,  # not a transforming verb: the stated steps make a word problem
+    "", "   ", "42",
+])
+def test_questions_with_an_answer_to_count_are_not(text: str) -> None:
+    assert not open_generation(text)
+
+
+def test_polite_openings_are_read_past_one_at_a_time() -> None:
+    assert opening_verb("Hi! Please, could you help me to draft a memo") == "draft"
+    assert opening_verb("I'd like you to rewrite this") == "rewrite"
+    assert opening_verb("Canyon walls are steep") == "canyon"  # "can" only as a word
+    assert opening_verb("!!!") == ""

@@ -8,7 +8,9 @@ alike). For each fold in turn:
 
 1. **Out of the box.** A gateway on a fresh data directory answers the held-out fold with
    ``model: auto`` and no feedback, then every fixed strategy at each ``--budgets`` budget
-   (``ttc-router eval``'s runner: same seeds, same scoring); and, for each ``--targets``
+   (``ttc-router eval``'s runner: same seeds, same scoring), and the strategies that run one
+   chain again at temperature 0 (``direct t0 @B``, ...: greedy, as ``auto``'s chains are
+   decoded; ``chain_temperature``); and, for each ``--targets``
    mean, another fresh gateway with ``TTC_LEARNED_TARGET_TOKENS`` at that mean answers with
    ``model: auto`` (``auto``'s own trade-off of tokens for accuracy).
 2. **Training.** A second fresh gateway answers the other folds' items ``--rounds`` times
@@ -85,6 +87,7 @@ from service.search.local import index_path
 
 ROOT = Path(__file__).resolve().parent.parent
 STRATEGIES = ("direct", "parallel_vote", "sequential", "search")
+GREEDY_STRATEGIES = ("direct", "sequential", "search")  # the ones that run one chain
 
 
 # ----------------------------------------------------------------------------- the folds
@@ -275,15 +278,20 @@ ROUTER_KEPT = ("strategy", "budget_tokens", "spent_tokens", "reason")
 
 
 def evaluate(url: str, items: Sequence[TaskItem], out: Path, *, policies: Sequence[str] = (),
-             strategies: Sequence[str] = (), budgets: Sequence[int] = ()) -> list[dict]:
+             strategies: Sequence[str] = (), budgets: Sequence[int] = (),
+             temperature: float | None = None) -> list[dict]:
     """``ttc-router eval``'s runner over ``items``; its records (one per item and arm),
     without the reply's text and with only ``ROUTER_KEPT`` of its ``router`` object, so the
-    results file stays small."""
+    results file stays small. With ``temperature``, every request sends it, and each
+    record's strategy is named ``<strategy> t<temperature>`` (a fixed arm of its own)."""
     jobs = plan_jobs(items, strategies, budgets, policies)
-    asyncio.run(run_jobs(jobs, out, RunOptions(backend=url, concurrency=4)))
+    asyncio.run(run_jobs(jobs, out, RunOptions(backend=url, concurrency=4,
+                                               temperature=temperature)))
     records = read_records(out / "items.jsonl")
     for record in records:
         record.pop("text", None)
+        if temperature is not None:
+            record["strategy"] = f"{record['strategy']} t{temperature:g}"
         router = record.get("router") or {}
         record["router"] = {k: router.get(k) for k in ROUTER_KEPT} if router else None
     return records
@@ -622,6 +630,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             before = evaluate(fresh, held_out, fold_dir / "before", policies=["auto"])
             fixed = evaluate(fresh, held_out, fold_dir / "fixed", strategies=STRATEGIES,
                              budgets=budgets)
+            # One chain decoded greedily, as `auto`'s are (chain_temperature): a fixed
+            # strategy a client could ask for with temperature 0.
+            fixed += evaluate(fresh, held_out, fold_dir / "fixed-greedy",
+                              strategies=GREEDY_STRATEGIES, budgets=budgets, temperature=0.0)
             at_targets: list[dict[str, Any]] = []
             for target in targets:  # out of the box at other means: auto's own trade-off
                 other = stack.gateway(f"fold-{number}-target-{target}", classifier, target)

@@ -65,7 +65,11 @@ def test_a_whole_run_on_the_fixture_bank(tmp_path: Path, monkeypatch: pytest.Mon
     for fold in results["folds"]:
         # Every held-out item answered by auto before and after, and by each fixed arm.
         assert len(fold["before"]) == len(fold["after"])
-        assert len(fold["fixed"]) == 4 * len(fold["before"])
+        # Every fixed strategy, and the three that run one chain again at temperature 0.
+        assert len(fold["fixed"]) == (4 + 3) * len(fold["before"])
+        assert {r["strategy"] for r in fold["fixed"]} == {
+            "direct", "parallel_vote", "sequential", "search",
+            "direct t0", "sequential t0", "search t0"}
         # ... and by auto out of the box at the other mean asked for.
         assert [r["item_id"] for r in fold["targets"]] == [r["item_id"] for r in fold["before"]]
         assert {r["strategy"] for r in fold["targets"]} == {"policy:auto @mean 128"}

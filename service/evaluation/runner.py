@@ -76,6 +76,7 @@ class RunOptions:
     vote_depth_tokens: int = 128
     api_key: str | None = None
     transport: httpx.AsyncBaseTransport | None = field(default=None, repr=False)
+    temperature: float | None = None  # sent with every request when set
 
 
 def record_key(record: dict[str, Any]) -> Key:
@@ -170,6 +171,8 @@ def needs_gateway(job: Job) -> bool:
 def _body(job: Job, mode: str, options: RunOptions) -> dict[str, Any]:
     body: dict[str, Any] = {"model": options.model, "seed": job.seed,
                             "messages": [{"role": "user", "content": job.item.prompt()}]}
+    if options.temperature is not None:
+        body["temperature"] = options.temperature
     if mode == "gateway":
         if job.strategy.startswith("policy:"):
             name = job.strategy.split(":", 1)[1]

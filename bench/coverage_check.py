@@ -5,12 +5,14 @@ does, each prompt's top 3 hits read by ``service.coverage`` and ``prior.read_sea
 search prompt is a misreading; HotpotQA's own questions should be read as search prompts,
 and none of ``GENERIC_PROMPTS`` (everyday requests) should be.
 
-Prints, per dataset, the share read as search by the word share alone, by the word or name
-share (``coverage_shares``: a self-contained word problem, ``router_models.quantities``, has
-neither), and by the gateway's reading (a prompt that states two or more dependent steps is
-not covered by its names alone either).
+Prints, per dataset, how many prompts read as search (and their share) by the word share
+alone, by the word or name share (``coverage_shares``: a self-contained word problem,
+``router_models.quantities``, has neither), and by the gateway's reading (a prompt that states
+two or more dependent steps is not covered by its names alone either). Words weigh by their
+inverse document frequency in the index (``LocalIndex.idf``), as the gateway weighs them;
+``--unweighted`` weighs every word 1, as before 7 Dec 2026 (the rest of the rule as now).
 
-Usage: ``python -m bench.coverage_check [--limit 200]``.
+Usage: ``python -m bench.coverage_check [--limit 200] [--unweighted]``.
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ def hotpotqa_corpus() -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--unweighted", action="store_true",
+                        help="weigh every word 1, not by its inverse document frequency")
     args = parser.parse_args(argv)
     # The outcome bank's retriever indexes the corpus as `ttc-router index add` does (kept
     # referenced: its index lives in its temporary folder).
@@ -100,19 +104,23 @@ def main(argv: list[str] | None = None) -> None:
     # instruction line).
     datasets["hotpotqa"] = [item.question for item in load_suite("hotpotqa", limit=args.limit)]
     datasets["generic"] = list(GENERIC_PROMPTS)
+    idf = None if args.unweighted else retriever.index.idf
     print("| dataset | n | search by words | by words or names | gateway (steps before names) |")
     print("|---|---:|---:|---:|---:|")
     for name, texts in datasets.items():
         words = either = read = 0
         for text in texts:
             hits = retriever.index.search(question_query(text), COVERAGE_HITS)
-            shares = coverage_shares(text, [replace(h, text=h.text[:SHOWN]) for h in hits])
+            shares = coverage_shares(text, [replace(h, text=h.text[:SHOWN]) for h in hits],
+                                     idf)
             scores = Scores(0.5, 0.5, 0.0, steps=state_steps(text))
             words += shares.words >= COVERED
             either += max(shares) >= COVERED
             read += read_search(scores, shares.words, shares.names).search >= COVERED
         n = len(texts)
-        print(f"| {name} | {n} | {words / n:.0%} | {either / n:.0%} | {read / n:.0%} |")
+        print(f"| {name} | {n} | {words} ({words / n:.0%}) | {either} ({either / n:.0%}) "
+              f"| {read} ({read / n:.0%}) |")
+
 
 if __name__ == "__main__":
     main()

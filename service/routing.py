@@ -264,7 +264,8 @@ class Router:
 
         Nothing to search in (the local backend with an empty index, or one that cannot be
         read): 0, so no policy plans or explores search. A local index with documents: the
-        share of the question's content words its top hits cover (``service.coverage``;
+        share of the question's content words its top hits cover, each weighed by its
+        rarity in the collection (``service.coverage``, ``LocalIndex.idf``;
         ``prior.read_search``: at least ``COVERED`` makes a search prompt, less caps the score
         at ``UNCOVERED_SEARCH``). A remote search service: the classifier's score.
         """
@@ -273,18 +274,20 @@ class Router:
         if not self.search_available():
             return dataclasses.replace(scores, search=0.0) if scores.search else scores
         question = routed_text(routed)
+        index = self._local_index()
         try:
-            hits = self._local_index().search(question_query(question), COVERAGE_HITS)
+            hits = index.search(question_query(question), COVERAGE_HITS)
+            # Read each hit as far as the search strategy shows it to the model: words past
+            # that cannot answer, and a whole book of a document would be read on the event
+            # loop. Words weigh by their rarity in the collection (``LocalIndex.idf``).
+            cut = self.settings.search_result_chars
+            shares = coverage_shares(question, [dataclasses.replace(hit, text=hit.text[:cut])
+                                                for hit in hits], index.idf)
         except SearchError as exc:
             # A damaged index, or one another version wrote, answers no search either: as
             # with an empty one, nothing can be found there.
             log.warning("coverage check of the local index failed: %s", exc)
             return dataclasses.replace(scores, search=0.0) if scores.search else scores
-        # Read each hit as far as the search strategy shows it to the model: words past that
-        # cannot answer, and a whole book of a document would be read on the event loop.
-        cut = self.settings.search_result_chars
-        shares = coverage_shares(question, [dataclasses.replace(hit, text=hit.text[:cut])
-                                            for hit in hits])
         return read_search(scores, shares.words, shares.names)
 
     def _local_index(self) -> LocalIndex:

@@ -11,9 +11,10 @@ Which policy decides a request, first match wins:
 Otherwise the plan comes from ``service.planning`` (a forced strategy, or a backend model passed
 through as ``direct``). Turns that may be answered by tool calls, ``n`` > 1, and, under a
 policy, open-ended generation (``router_models.generation``: a poem, a translation, an
-explanation; no answer a vote could count) always run ``direct``; a vote the client did not name runs one chain at temperature 0
-(``greedy_vote_as_chain``), and the one chain a policy plans runs at ``chain_temperature``
-(0: greedy) when the client set no temperature (``greedy_chain``).
+explanation; no answer a vote could count) always run ``direct``; a vote the client did not
+name runs one chain at temperature 0 (``greedy_vote_as_chain``), and the one chain a policy
+plans runs at ``chain_temperature`` (0: greedy) when the client set no temperature
+(``greedy_chain``).
 
 With the local search backend, a prompt's ``search`` score is read against the index before a
 policy sees it (``search_evidence``): 0 with an empty index, so ``auto`` never plans search

@@ -10,7 +10,8 @@ but its samples' tokens, and a budget sized for short answers cuts the text the 
 for. Such a request is answered directly, with the client's own caps
 (``service.routing.Router.plan``).
 
-``open_generation`` reads it off the request's text: the instruction opens with a generation
+``open_generation`` reads it off the request's text (``conversation_generation`` also reads a
+short follow-up by the turn it follows): the instruction opens with a generation
 verb (``GENERATION_VERBS``, after politeness such as "Please" or "Can you"), and nothing asks
 for an answer to count: no answer cue ("the answer", "answer with", ...), no lettered
 options, and, unless it transforms a text it carries (``TRANSFORM_VERBS``: translate,
@@ -21,7 +22,10 @@ many apples are left if ..." is a word problem with an answer).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
+from router_models.prompt import content_text
 from router_models.steps import state_steps
 
 # Imperatives whose object is a text the request carries, to be changed: the material may hold
@@ -52,6 +56,9 @@ _ANSWER_CUE = re.compile(
     re.IGNORECASE)
 _OPTIONS = re.compile(r"(?:^|\s)\(?[A-E][.)]\s", re.MULTILINE)
 _WORD = re.compile(r"[a-z]+")
+# A user turn this short after an answer refers back to it ("and in French?", "shorter,
+# please", "make it rhyme"): it asks for more of what the turn before asked for.
+FOLLOW_UP_WORDS = 8
 
 
 def opening_verb(text: str) -> str:
@@ -80,3 +87,21 @@ def open_generation(text: str) -> bool:
     if _ANSWER_CUE.search(instruction) or len(_OPTIONS.findall(instruction)) >= 2:
         return False
     return verb in TRANSFORM_VERBS or state_steps(text) < 2
+
+
+def conversation_generation(messages: Sequence[Any]) -> bool:
+    """True when a chat's last user turn asks for open-ended text (``open_generation``), or is
+    a short follow-up (at most ``FOLLOW_UP_WORDS`` words, after an assistant turn) to a user
+    turn that did: "and in French?" after a translation, "make it rhyme" after a poem.
+    Messages that are not objects are skipped."""
+    turns = [m for m in messages if isinstance(m, dict)]
+    users = [i for i, m in enumerate(turns) if m.get("role") == "user"]
+    if not users:
+        return False
+    last = content_text(turns[users[-1]].get("content"))
+    if open_generation(last):
+        return True
+    if len(users) < 2 or len(last.split()) > FOLLOW_UP_WORDS:
+        return False
+    answered = any(m.get("role") == "assistant" for m in turns[users[-2]:users[-1]])
+    return answered and open_generation(content_text(turns[users[-2]].get("content")))

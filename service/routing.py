@@ -43,7 +43,7 @@ from typing import Any
 from router_models import load_default
 from router_models.answer_lengths import AnswerLengths, observations
 from router_models.classifier import Classifier
-from router_models.generation import open_generation
+from router_models.generation import conversation_generation, open_generation
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies import KIND_NAMES, LearnedPolicy, Policy, PolicyError, parse_policy
 from router_models.policies.learned import PLAN_CEILING
@@ -186,8 +186,9 @@ class Router:
                 completions prompt list with a strategy other than ``direct`` (400).
         """
         policy_name = policy or self._policy_name(routed, upstream_model)
-        if policy_name is not None and routed.controls.strategy == "auto" and open_generation(
-                routed_text(routed)):
+        if policy_name is not None and routed.controls.strategy == "auto" and (
+                conversation_generation(routed.body["messages"]) if routed.endpoint == "chat"
+                else open_generation(routed_text(routed))):
             # Not scored for the policies either: feedback on a poem or a translation says
             # nothing about how a kind of question should be answered.
             return Plan("direct", budget_tokens=self.generation_budget(routed), reason=(

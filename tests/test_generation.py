@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router_models.generation import open_generation, opening_verb
+from router_models.generation import conversation_generation, open_generation, opening_verb
 
 ARTICLE = ("The company sold 300 cars in 2020. Then it bought a factory. Sales doubled to 600. "
            "It paid 2 million in fines. ") * 3 + "Asked why, the CEO said the answer is growth."
@@ -41,3 +41,23 @@ def test_polite_openings_are_read_past_one_at_a_time() -> None:
     assert opening_verb("I'd like you to rewrite this") == "rewrite"
     assert opening_verb("Canyon walls are steep") == "canyon"  # "can" only as a word
     assert opening_verb("!!!") == ""
+
+
+def _chat(*turns: tuple[str, str]) -> list[dict[str, str]]:
+    return [{"role": role, "content": text} for role, text in turns]
+
+
+def test_a_short_follow_up_to_a_generation_request_is_generation_too() -> None:
+    poem = ("user", "Write a haiku about autumn.")
+    answer = ("assistant", "Leaves fall, slow and red...")
+    assert conversation_generation(_chat(poem, answer, ("user", "and in French?")))
+    assert conversation_generation(_chat(("system", "Be brief."), poem, answer,
+                                         ("user", "Make it rhyme, please.")))
+    # A follow-up to a question, a long new turn, or no answer in between: read on its own.
+    question = ("user", "What is 17 * 23?")
+    assert not conversation_generation(_chat(question, ("assistant", "391"), ("user", "Why?")))
+    assert not conversation_generation(_chat(
+        poem, answer, ("user", "Now tell me which of these two numbers is larger: 17 or 23?")))
+    assert not conversation_generation(_chat(poem, ("user", "and in French?")))
+    assert not conversation_generation(_chat(("system", "Write poems.")))
+    assert not conversation_generation(["not a message", 3])

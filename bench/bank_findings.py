@@ -17,7 +17,9 @@ b. **The search axis on HotpotQA**: the greedy chain and a vote of 8 with 0, 1 a
    the items recorded with both.
 c. **Early stopping** (``bench.bank_stopping``): Adaptive-Consistency and ESC replayed over the
    recorded samples in recorded order, against the fixed vote of all of them (issue 14's
-   target: within 1 point of its accuracy with at least 2x fewer samples overall).
+   target: within 1 point of its accuracy with at least 2x fewer samples overall); and a
+   sweep of Beta rules, each half of the items scored with the rule chosen on the other
+   (``cross_fitted_sweep``).
 d. **DeepConf** (Fu et al. 2025): confidence-weighted and confidence-filtered votes against the
    plain vote (``bench.bank_figures.confidence_outcomes``), and how well each sample's
    confidence separates its right from its wrong answers (ROC AUC, scikit-learn).
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -263,7 +266,8 @@ class StoppingRow:
     def meets_target(self) -> bool:
         """Issue 14's target: accuracy within 1 point of the fixed vote, >= 2x fewer samples."""
         n = max(1, self.n)
-        return (self.fixed.correct - self.accuracy.correct) / n <= 0.01 and self.saving >= 2
+        return ((self.fixed.correct - self.accuracy.correct) / n <= TARGET_LOSS
+                and self.saving >= TARGET_SAVING)
 
 
 def stopping_rows(family: str, runs: Sequence[BankRun],
@@ -285,6 +289,63 @@ def stopping_rows(family: str, runs: Sequence[BankRun],
             sum(v.fixed_samples for v in votes) / max(1, n),
             sum(v.tokens for v in votes) / fixed_tokens if fixed_tokens else 0.0))
     return rows
+
+
+# The Beta rules a sweep chooses from: first wave x threshold (Adaptive-Consistency's family).
+SWEEP_FIRST_WAVES = (1, 2, 3)
+SWEEP_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+TARGET_LOSS = 0.01  # issue 14: within 1 point of the fixed vote's accuracy
+TARGET_SAVING = 2.0  # ... with at least 2x fewer samples
+
+
+def sweep_rules() -> list[StopRule]:
+    """Every Beta rule of the sweep (``SWEEP_FIRST_WAVES`` x ``SWEEP_THRESHOLDS``)."""
+    return [StopRule(f"first wave {w}, Beta {t:g}", "beta", first_wave=w, threshold=t)
+            for w in SWEEP_FIRST_WAVES for t in SWEEP_THRESHOLDS]
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One half of a cross-fitted sweep: the rule chosen on the other half (the one with the
+    most saving among those within ``TARGET_LOSS`` of the fixed vote there, else the most
+    accurate) and how it does on this half."""
+
+    half: int
+    chosen: str
+    chosen_on: int
+    row: StoppingRow
+
+
+def half_of(run: BankRun) -> int:
+    """0 or 1: a run's half, by a hash of its key (stable whatever the recording order)."""
+    return zlib.crc32(run.key.encode()) % 2
+
+
+def cross_fitted_sweep(runs: Sequence[BankRun],
+                       rules: Sequence[StopRule] | None = None) -> list[SweepRow]:
+    """Choose a stopping rule on one half of ``runs`` and score it on the other, both ways.
+    Picking the best of many rules on the items it is then scored on flatters it (the
+    winner's curse); scoring it on items it was not chosen on does not."""
+    rules = list(rules or sweep_rules())
+    runs = [r for r in runs if r.samples]
+    out = []
+    for half in (0, 1):
+        train = [r for r in runs if half_of(r) != half]
+        test = [r for r in runs if half_of(r) == half]
+        if not train or not test:
+            continue
+        scored = stopping_rows("train", train, rules)
+
+        def key(row: StoppingRow) -> tuple[bool, float, float]:
+            loss = (row.fixed.correct - row.accuracy.correct) / max(1, row.n)
+            return loss <= TARGET_LOSS, row.saving if loss <= TARGET_LOSS else -loss, \
+                -row.samples
+
+        best = max(scored, key=key)
+        rule = next(r for r in rules if r.name == best.rule)
+        out.append(SweepRow(half, rule.name, len(train),
+                            stopping_rows(f"half {half}", test, [rule])[0]))
+    return out
 
 
 def agreement(runs: Sequence[BankRun]) -> tuple[int, float, float]:
@@ -460,6 +521,19 @@ def render_stopping(rows: Sequence[StoppingRow]) -> str:
     return "\n".join(lines)
 
 
+def render_sweep(rows: Sequence[SweepRow]) -> str:
+    """Markdown: per held-out half, the rule chosen on the other and how it does here."""
+    lines = ["| held-out half | n | rule chosen on the other half (n) | accuracy | fixed vote | "
+             "rule - fixed (points, paired 95%), McNemar p | fewer samples | target |",
+             "| --- | ---: | --- | --- | --- | --- | ---: | --- |"]
+    for r in rows:
+        lines.append(f"| {r.half} | {r.row.n} | {r.chosen} ({r.chosen_on}) | "
+                     f"{r.row.accuracy.render()} | {r.row.fixed.render()} | "
+                     f"{r.row.comparison.render()} | {r.row.saving:.2f}x | "
+                     f"{'met' if r.row.meets_target else 'not met'} |")
+    return "\n".join(lines)
+
+
 def render_agreement(per_family: dict[str, tuple[int, float, float]]) -> str:
     """Markdown: per family, how settled its votes of 8 are."""
     lines = ["| family | n | mean share of the leading answer | items with one answer |",
@@ -518,6 +592,7 @@ class Findings:
     confidence: list[ConfidenceRow]
     auc: dict[str, tuple[int, int, dict[str, float | None]]]
     greedy: list[GreedyRow]
+    sweep: list[SweepRow]
 
 
 def compute(bank: Bank, budgets: Sequence[int] = DEFAULT_BUDGETS) -> Findings:
@@ -532,7 +607,8 @@ def compute(bank: Bank, budgets: Sequence[int] = DEFAULT_BUDGETS) -> Findings:
         {f: agreement(runs) for f, runs in groups.items()},
         [confidence_rows(f, runs) for f, runs in groups.items()],
         {f: confidence_auc(runs) for f, runs in groups.items()},
-        [greedy_vs_sampled(f, runs) for f, runs in groups.items()])
+        [greedy_vs_sampled(f, runs) for f, runs in groups.items()],
+        cross_fitted_sweep(groups[ALL]))
 
 
 def render(findings: Findings) -> str:
@@ -562,6 +638,9 @@ def render(findings: Findings) -> str:
         cut_lines,
         "### b. The search axis on HotpotQA", render_search(findings.search),
         "### c. Early stopping against a fixed vote", render_stopping(findings.stopping),
+        "Beta rules (first wave 1-3, threshold 0.5-0.9), one chosen on each half of the items "
+        "(the most saving within 1 point of the fixed vote there) and scored on the other:",
+        render_sweep(findings.sweep),
         "How settled the recorded votes are:", render_agreement(findings.agreement),
         "### d. DeepConf: confidence-weighted and confidence-filtered votes",
         render_confidence(findings.confidence),

@@ -15,6 +15,7 @@ from bench.bank_findings import (
     Paired,
     agreement,
     confidence_auc,
+    cross_fitted_sweep,
     cut_by_recording,
     families,
     flips,
@@ -115,6 +116,31 @@ def test_greedy_against_sampled_pairs_one_chain_of_each(bank: Bank) -> None:
     cut = greedy_vs_sampled("two", runs, room=8)
     assert cut.greedy == Cell(0, 2) and cut.sampled == Cell(1, 2)
     assert cut.comparison.difference == pytest.approx(-0.5)
+
+
+def test_a_sweep_scores_each_half_with_the_rule_chosen_on_the_other(bank: Bank) -> None:
+    runs = [r for r in families(bank)[ALL] if r.samples]
+    hasty = StopRule("hasty", "beta", first_wave=1, threshold=0.5)  # reads one sample
+    patient = StopRule("patient", "beta", first_wave=4, threshold=1.0)  # reads all four
+    rows = cross_fitted_sweep(runs, [patient, hasty])
+    assert [row.half for row in rows] == [0, 1]
+    assert [(row.chosen_on, row.row.n) for row in rows] == [(1, 2), (2, 1)]
+    # On this fixture both rules are as accurate as the fixed vote on either half, so the one
+    # that reads fewer samples is chosen on each, and scored on the half it was not chosen on.
+    assert [row.chosen for row in rows] == ["hasty", "hasty"]
+    assert all(row.row.saving == 4.0 and row.row.meets_target for row in rows)
+    # With only the patient rule to choose, it is chosen, and saves nothing.
+    only = cross_fitted_sweep(runs, [patient])
+    assert [(row.chosen, row.row.saving) for row in only] == [("patient", 1.0)] * 2
+    # The MMLU item (half 1) with a wrong sample read first: the hasty rule now loses it there,
+    # so half 0 is scored with the patient rule, which was within a point on half 1.
+    mmlu = next(r for r in runs if r.suite == "mmlu")
+    samples = sorted(mmlu.samples, key=lambda s: s.correct)
+    reordered = [dataclasses.replace(r, samples=tuple(samples)) if r is mmlu else r
+                 for r in runs]
+    assert not samples[0].correct
+    assert [row.chosen for row in cross_fitted_sweep(reordered, [patient, hasty])] == [
+        "patient", "hasty"]
 
 
 def test_flips_skip_ties_and_name_the_budget() -> None:

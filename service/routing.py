@@ -186,14 +186,6 @@ class Router:
                 completions prompt list with a strategy other than ``direct`` (400).
         """
         policy_name = policy or self._policy_name(routed, upstream_model)
-        if policy_name is not None and routed.controls.strategy == "auto" and (
-                conversation_generation(routed.body["messages"]) if routed.endpoint == "chat"
-                else open_generation(routed_text(routed))):
-            # Not scored for the policies either: feedback on a poem or a translation says
-            # nothing about how a kind of question should be answered.
-            return Plan("direct", budget_tokens=self.generation_budget(routed), reason=(
-                "open-ended generation (write, translate, explain, ...): no answer a vote "
-                "could count, answered directly")), None
         if (policy_name is None or may_call_tools(routed) or routed.n > 1
                 or prompt_list(routed)):
             plan = choose_plan(routed, self.settings, backend, upstream_model)
@@ -211,6 +203,14 @@ class Router:
             known = ", ".join(sorted(self.policies))
             raise InvalidRequest(f"unknown policy {policy_name!r}; known: {known}",
                                  param="router.policy")
+        if routed.controls.strategy == "auto" and (
+                conversation_generation(routed.body["messages"]) if routed.endpoint == "chat"
+                else open_generation(routed_text(routed))):
+            # Not scored for the policies either: feedback on a poem or a translation says
+            # nothing about how a kind of question should be answered.
+            return Plan("direct", budget_tokens=self.generation_budget(routed), reason=(
+                "open-ended generation (write, translate, explain, ...): no answer a vote "
+                "could count, answered directly")), None
         scores = self.search_evidence(routed, self.score(routed))
         controls = routed.controls
         forced = None if controls.strategy == "auto" else controls.strategy

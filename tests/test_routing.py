@@ -251,6 +251,11 @@ async def test_open_ended_generation_is_answered_directly_with_room(text):
         named = await client.post("/v1/chat/completions", json={
             "model": "auto", "messages": [{"role": "user", "content": text}],
             "router": {"strategy": "parallel_vote", "budget_tokens": 1024}})
+        unknown = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": text}],
+            "router": {"policy": "nope"}})
+        choices = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": text}], "n": 2})
     router = reply.json()["router"]
     assert router["strategy"] == "direct" and router["scores"] is None, router
     assert "open-ended generation" in router["reason"]
@@ -259,6 +264,10 @@ async def test_open_ended_generation_is_answered_directly_with_room(text):
     assert capped.json()["router"]["strategy"] == "direct"
     assert capped.json()["router"]["budget_tokens"] == llm_.requests[1]["max_tokens"] == 300
     assert named.json()["router"]["strategy"] == "parallel_vote"  # what the client named
+    assert unknown.status_code == 400  # a misspelt policy is still an error
+    # n > 1 keeps its own path: direct with the client's caps, n choices.
+    assert choices.json()["router"]["budget_tokens"] is None
+    assert len(choices.json()["choices"]) == 2
 
 
 @pytest.mark.parametrize("text", [

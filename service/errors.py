@@ -12,6 +12,7 @@ boundary where they happen, ``raise ...Error(...) from exc``.
     +-- Unauthorized                   401 authentication_error (missing or wrong bearer token)
     +-- Forbidden                      403 permission_error (an admin surface, no admin key)
     +-- NotFound                       404 not_found_error (unknown model, unknown route)
+    +-- UnknownObject                  404 invalid_request_error (another key's object)
     +-- Conflict                       409 invalid_request_error (an id naming several rows)
     +-- RateLimited                    429 rate_limit_error (over an API key's limits)
     +-- Overloaded                     503 service_unavailable (saturated, or cooling down)
@@ -87,6 +88,23 @@ class Forbidden(GatewayError):
 class NotFound(GatewayError):
     status = 404
     type = "not_found_error"
+
+
+class UnknownObject(GatewayError):
+    """A forwarded call names an object its key may not reach: another key's, or one no key
+    made through the gateway (``service.ownership``). Shaped as OpenAI answers an id it does
+    not have, with one message for both cases, so a key cannot learn which ids exist.
+
+    Args:
+        ident: the object id the call named.
+        param: where it named it: ``id`` (the path) or the body's field.
+    """
+
+    status = 404
+    type = "invalid_request_error"
+
+    def __init__(self, ident: str, *, param: str):
+        super().__init__(f"No such object: {ident}", param=param)
 
 
 class Conflict(GatewayError):

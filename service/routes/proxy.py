@@ -8,18 +8,23 @@ reply reports is counted (``service.proxy_usage``)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import orjson
 from fastapi import APIRouter
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from service import metrics
-from service.admission import reserve_for_proxy
+from service.admission import admission_of, reserve_for_proxy
 from service.backends import AUTO_MODEL
-from service.deps import gateway, read_body
+from service.deps import Gateway, gateway, read_body
 from service.errors import GatewayError, InvalidRequest, UpstreamUnavailable
+from service.ownership import Owned
 from service.proxy_usage import counted
+from service.store import Backend
 
 router = APIRouter()
 
@@ -37,13 +42,20 @@ _DROPPED_REQUEST_HEADERS = frozenset({
 
 
 @router.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-async def forward(path: str, request: Request) -> StreamingResponse:
+async def forward(path: str, request: Request) -> Response:
     gw = gateway(request)
     endpoint = path.split("/", 1)[0] if path.split("/", 1)[0] in KNOWN_ENDPOINTS else "other"
+    admission = admission_of(request)
+    # Whose objects the call may reach; None: every object (an admin key, or no keys at all).
+    owner = None if admission is None or admission.key.admin else admission.key.name
+    owned: Owned | None = None
     try:
         body = await read_body(request, gw.settings.max_body_bytes)
-        backend, body, parsed = await _choose_backend(
-            gw, body, request.headers.get("content-type", ""))
+        content_type = request.headers.get("content-type", "")
+        backend, body, parsed = await _choose_backend(gw, body, content_type)
+        if owner is not None:  # before any token is reserved
+            owned = await Owned.admit(_objects(gw), owner, request.method, path,
+                                      _json_body(body, content_type, parsed))
         model = parsed.get("model") if parsed is not None else None
         reservation = None
         if parsed is not None:  # a call that may generate: within the key's token limits
@@ -61,13 +73,45 @@ async def forward(path: str, request: Request) -> StreamingResponse:
         upstream_path = "/" + path + (f"?{request.url.query}" if request.url.query else "")
         status, out_headers, chunks = await gw.client.forward(
             backend, request.method, upstream_path, body, headers)
+        if owned is not None and owned.lists(status):
+
+            async def fetch(query: str) -> bytes:  # a further page of the backend's list
+                more = await gw.client.forward(backend, "GET", f"/{path}?{query}", b"", headers)
+                return b"".join([chunk async for chunk in more[2]])
+
+            first = b"".join([chunk async for chunk in chunks])
+            page = await owned.page(request.url.query, first, fetch)
+            metrics.PROXIED.labels(endpoint, str(status)).inc()
+            return Response(page, status_code=status, headers=out_headers)
     except GatewayError as exc:
         metrics.PROXIED.labels(endpoint, str(exc.status)).inc()
         raise
     metrics.PROXIED.labels(endpoint, str(status)).inc()
-    out = chunks if parsed is None else counted(chunks, str(model), reservation)
+    out: AsyncIterator[bytes] = chunks
+    if owned is not None:
+        out = owned.record(out, status, out_headers.get("content-type", ""))
+    if parsed is not None:
+        out = counted(out, str(model), reservation)
     return StreamingResponse(out, status_code=status, headers=out_headers,
                              background=BackgroundTask(chunks.aclose))
+
+
+def _objects(gw: Gateway) -> Backend:
+    """The database that records each object's owner (the request log's).
+
+    Raises:
+        GatewayError: the gateway has no request log, so owners cannot be checked (500).
+    """
+    if gw.request_log is None:
+        raise GatewayError("the request log is not available: objects' owners are unknown")
+    return gw.request_log.backend
+
+
+def _json_body(body: bytes, content_type: str, parsed: Any) -> Any:
+    """The request's JSON body (``parsed`` when ``_choose_backend`` parsed it), else None."""
+    if parsed is not None or not body or not content_type.startswith("application/json"):
+        return parsed
+    return orjson.loads(body)  # valid: ``_choose_backend`` parsed it once already
 
 
 async def _choose_backend(gw, body: bytes, content_type: str):  # type: ignore[no-untyped-def]

@@ -192,6 +192,15 @@ class Backend(Protocol):
         """Store ``snapshots`` in one transaction; a (policy, position) already stored is kept
         (replicas write identical checkpoints), and each policy's older snapshots go."""
 
+    async def own_objects(self, kind: str, ids: Sequence[str], key_name: str,
+                          time_s: float) -> None:
+        """Record that the key ``key_name`` owns the objects ``ids`` of ``kind`` (a forwarded
+        path's collection, ``service.ownership``), in one transaction. An id already recorded
+        passes to this key: a backend that hands out an id again has replaced its object."""
+
+    async def owned_ids(self, kind: str, key_name: str, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` (objects of ``kind``) that ``key_name`` owns."""
+
     async def close(self) -> None:
         """Release the connection(s)."""
 
@@ -233,6 +242,12 @@ INSERT_SNAPSHOT = (
     "INSERT INTO policy_snapshots (policy, position, state, time_s) VALUES ({p}, {p}, {p}, {p}) "
     "ON CONFLICT (policy, position) DO NOTHING")
 PRUNE_SNAPSHOTS = "DELETE FROM policy_snapshots WHERE policy = {p} AND position < {p}"
+
+
+# ``Backend.own_objects``: the latest key to be handed an id owns it.
+OWN_OBJECT = ("INSERT INTO proxy_objects (kind, object_id, key_name, time_s) "
+              "VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (kind, object_id) "
+              "DO UPDATE SET key_name = excluded.key_name, time_s = excluded.time_s")
 
 
 # The records ``ident`` may name: by decision id first, else by response id; two rows are

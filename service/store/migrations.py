@@ -92,6 +92,18 @@ CREATE TABLE policy_snapshots (
 )
 """
 
+# Objects made through the forwarded endpoints (``/v1/files``, ``/v1/responses``, ...) and the
+# key that made each (``service.ownership``): ``kind`` is the path's collection ("files").
+_OBJECTS_TABLE = """
+CREATE TABLE proxy_objects (
+    kind TEXT NOT NULL,
+    object_id TEXT NOT NULL,
+    key_name TEXT NOT NULL,
+    time_s {real} NOT NULL,
+    PRIMARY KEY (kind, object_id)
+)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "the requests table: one row per client request, with its feedback",
@@ -105,6 +117,11 @@ MIGRATIONS: tuple[Migration, ...] = (
            "checkpoints of the learned policies' state at positions of that sequence",
         sqlite=_LEARNING_TABLES.format(real="REAL"),
         postgres=_LEARNING_TABLES.format(real="DOUBLE PRECISION"),
+    ),
+    Migration(
+        3, "the objects made through forwarded endpoints, each with the key that made it",
+        sqlite=_OBJECTS_TABLE.format(real="REAL"),
+        postgres=_OBJECTS_TABLE.format(real="DOUBLE PRECISION"),
     ),
 )
 

@@ -22,6 +22,7 @@ from service.store import (
     JSON_COLUMNS,
     LATEST_SNAPSHOTS,
     LEARNING_EVENTS,
+    OWN_OBJECT,
     PRUNE_SNAPSHOTS,
     ArmRow,
     FeedbackApplied,
@@ -40,6 +41,8 @@ _INSERT = (f"INSERT INTO requests ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join('%s' for _ in COLUMNS)}) ON CONFLICT (decision_id) DO NOTHING")
 _FIND_IDS = find_ids("%(id)s")
 _FIND_OWN_IDS = find_ids("%(id)s", "%(key)s")
+_OWNED_IDS = ("SELECT object_id FROM proxy_objects WHERE kind = %s AND key_name = %s "
+              "AND object_id = ANY(%s)")
 _ARM_TOTALS = (
     "SELECT arm, COUNT(*), COALESCE(SUM(completion_tokens), 0), "
     "COALESCE(SUM(completion_tokens::double precision * completion_tokens), 0), "
@@ -197,6 +200,24 @@ class PostgresBackend:
                                      (snap.policy, snap.position))
         except psycopg.Error as exc:
             raise StoreError(f"cannot store a policy snapshot: {exc}") from exc
+
+    async def own_objects(self, kind: str, ids: Sequence[str], key_name: str,
+                          time_s: float) -> None:
+        try:
+            async with self._pool.connection() as db, db.transaction(), db.cursor() as cur:
+                await cur.executemany(OWN_OBJECT.format(p="%s"),  # type: ignore[arg-type]
+                                      [(kind, ident, key_name, time_s) for ident in ids])
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot record the owner of {kind} objects: {exc}") from exc
+
+    async def owned_ids(self, kind: str, key_name: str, ids: Sequence[str]) -> set[str]:
+        try:
+            async with self._pool.connection() as db:
+                rows = await (await db.execute(_OWNED_IDS, (kind, key_name, list(ids)))
+                              ).fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"request log: {exc}") from exc
+        return {row[0] for row in rows}
 
     async def close(self) -> None:
         await self._pool.close()

@@ -26,6 +26,7 @@ from service.store import (
     JSON_COLUMNS,
     LATEST_SNAPSHOTS,
     LEARNING_EVENTS,
+    OWN_OBJECT,
     PRUNE_SNAPSHOTS,
     AmbiguousId,
     ArmRow,
@@ -48,6 +49,9 @@ _ROW_PLACEHOLDERS = f"({', '.join('?' for _ in COLUMNS)})"
 _ROWS_PER_INSERT = 32_766 // len(COLUMNS)
 _FIND_IDS = find_ids(":id")
 _FIND_OWN_IDS = find_ids(":id", ":key")
+# The ids come as one JSON array, so that a list of any length is one bound parameter.
+_OWNED_IDS = ("SELECT object_id FROM proxy_objects WHERE kind = ? AND key_name = ? "
+              "AND object_id IN (SELECT value FROM json_each(?))")
 
 
 _ARM_TOTALS = (
@@ -259,6 +263,20 @@ class SqliteBackend:
             db.execute("COMMIT")
 
         await self._run(put)
+
+    async def own_objects(self, kind: str, ids: Sequence[str], key_name: str,
+                          time_s: float) -> None:
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN")
+            for ident in ids:
+                db.execute(OWN_OBJECT.format(p="?"), (kind, ident, key_name, time_s))
+            db.execute("COMMIT")
+
+        await self._run(insert)
+
+    async def owned_ids(self, kind: str, key_name: str, ids: Sequence[str]) -> set[str]:
+        args = (kind, key_name, orjson.dumps(list(ids)).decode())
+        return await self._run(lambda db: {r[0] for r in db.execute(_OWNED_IDS, args)})
 
     async def close(self) -> None:
         def shut() -> None:

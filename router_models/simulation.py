@@ -276,8 +276,12 @@ def _temper(dist: dict[str, float], temperature: float) -> dict[str, float]:
     if temperature == 1.0:
         return dist
     if temperature <= 0:
-        best = max(dist, key=lambda x: dist[x])
-        return {x: (1.0 if x == best else 0.0) for x in dist}
+        # Greedy: the most likely answer; answers tied for it share the mass, so a greedy
+        # guess among equally likely options is right by chance, not always (the first key
+        # is the right answer: picking it on a tie made every greedy guess right).
+        top = max(dist.values())
+        best = [x for x, p in dist.items() if p == top]
+        return {x: (1.0 / len(best) if x in best else 0.0) for x in dist}
     powered = {x: p ** (1.0 / temperature) for x, p in dist.items()}
     total = sum(powered.values())
     return {x: p / total for x, p in powered.items()}

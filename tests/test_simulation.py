@@ -111,6 +111,17 @@ def test_greedy_temperature_picks_the_mode(world: World) -> None:
     assert dist[CORRECT] == 1.0
 
 
+@pytest.mark.parametrize("family", COMPOSITIONAL)
+def test_a_greedy_guess_among_tied_options_is_right_by_chance(world: World, family: str
+                                                              ) -> None:
+    # Too short for the steps: every option is as likely, so greedy decoding picks one of
+    # them, not the right one (the first key) every time.
+    short = world.needed_tokens(family, 0.5) - 1
+    dist = world.answer_distribution(family, 0.5, short, temperature=0)
+    assert dist[CORRECT] == pytest.approx(world.family(family).chance)
+    assert sum(dist.values()) == pytest.approx(1.0)
+
+
 def test_plan_accuracy_is_deterministic(world: World) -> None:
     plan = Plan("parallel_vote", budget_tokens=1024, width=4)
     assert world.plan_accuracy("yes_no", 0.5, plan) == world.plan_accuracy("yes_no", 0.5, plan)

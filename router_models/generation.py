@@ -92,8 +92,10 @@ def open_generation(text: str) -> bool:
 def conversation_generation(messages: Sequence[Any]) -> bool:
     """True when a chat's last user turn asks for open-ended text (``open_generation``), or is
     a short follow-up (at most ``FOLLOW_UP_WORDS`` words, after an assistant turn) to a user
-    turn that did: "and in French?" after a translation, "make it rhyme" after a poem.
-    Messages that are not objects are skipped."""
+    turn that did: "and in French?" after a translation, "make it rhyme" after a poem. A run
+    of short follow-ups reads back to the turn it began with ("make it rhyme" after "and in
+    French?" after a poem), since each refers to the text before it; the run ends at a long
+    turn or one no answer followed. Messages that are not objects are skipped."""
     turns = [m for m in messages if isinstance(m, dict)]
     users = [i for i, m in enumerate(turns) if m.get("role") == "user"]
     if not users:
@@ -101,7 +103,11 @@ def conversation_generation(messages: Sequence[Any]) -> bool:
     last = content_text(turns[users[-1]].get("content"))
     if open_generation(last):
         return True
-    if len(users) < 2 or len(last.split()) > FOLLOW_UP_WORDS:
-        return False
-    answered = any(m.get("role") == "assistant" for m in turns[users[-2]:users[-1]])
-    return answered and open_generation(content_text(turns[users[-2]].get("content")))
+    for before, after in zip(reversed(users[:-1]), reversed(users[1:]), strict=True):
+        follow_up = content_text(turns[after].get("content"))
+        answered = any(m.get("role") == "assistant" for m in turns[before:after])
+        if not answered or len(follow_up.split()) > FOLLOW_UP_WORDS:
+            return False
+        if open_generation(content_text(turns[before].get("content"))):
+            return True
+    return False

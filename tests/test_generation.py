@@ -61,3 +61,26 @@ def test_a_short_follow_up_to_a_generation_request_is_generation_too() -> None:
     assert not conversation_generation(_chat(poem, ("user", "and in French?")))
     assert not conversation_generation(_chat(("system", "Write poems.")))
     assert not conversation_generation(["not a message", 3])
+
+
+def test_a_run_of_short_follow_ups_keeps_reading_back_to_the_generation_request() -> None:
+    # Seen on the embedded model: "make it rhyme" after "and in French?" after a poem got a
+    # vote of 8 samples cut at 39 tokens each, none with an answer to count.
+    poem = ("user", "Write a short poem about the sea.")
+    answer = ("assistant", "Waves roll in...")
+    follow_ups = [("user", "and in French?"), answer, ("user", "make it rhyme"), answer]
+    assert conversation_generation(_chat(poem, answer, *follow_ups, ("user", "another one")))
+    assert conversation_generation(_chat(
+        ("user", "Explain recursion to a beginner."), answer,
+        ("user", "Can you give an example?"), answer, ("user", "shorter please"), answer,
+        ("user", "Why?")))
+    # The run ends at the first long turn, and a run that began with a question is not one.
+    question = ("user", "What is 17 * 23?")
+    assert not conversation_generation(_chat(question, ("assistant", "391"), ("user", "Why?"),
+                                             answer, ("user", "and 18 * 23?")))
+    assert not conversation_generation(_chat(
+        poem, answer, ("user", "Now tell me which of these two numbers is larger: 17 or 23?"),
+        answer, ("user", "Why?"), answer, ("user", "and 19?")))
+    # A turn with no answer after it breaks the run, as it does for one follow-up.
+    assert not conversation_generation(_chat(poem, ("user", "and in French?"),
+                                             ("user", "make it rhyme")))

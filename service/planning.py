@@ -50,16 +50,21 @@ def choose_plan(routed: RoutedRequest, settings: Settings, backend: Backend,
         strategy = settings.default_strategy if routed.model == AUTO_MODEL else "direct"
         reason = "auto: the configured default" if routed.model == AUTO_MODEL else \
             "a backend model without router controls passes through"
-    if controls.strategy == "auto" and strategy != "direct" and (
-            routed.n > 1 or prompt_list(routed)):
+    # Under ``auto`` the reason names what held the request to ``direct`` even when the
+    # default strategy is ``direct``: otherwise it says "the configured default", as if no
+    # policy were configured, when a policy would have planned the turn.
+    unnamed = controls.strategy == "auto" and (
+        strategy != "direct" or routed.model == AUTO_MODEL)
+    if unnamed and (routed.n > 1 or prompt_list(routed)):
         # Nobody asked for this strategy, and it returns one answer: a request OpenAI accepts
         # (n choices, a batch of prompts) is answered directly rather than refused.
         asked = "n > 1" if routed.n > 1 else "a prompt list"
         return Plan("direct", budget_tokens=controls.budget_tokens, reason=(
-            f"{asked} needs direct (the default strategy {strategy} returns one answer)"))
-    if strategy != "direct" and may_call_tools(routed):
+            f"{asked} needs direct (a vote or a chain returns one answer)"))
+    if (unnamed or strategy != "direct") and may_call_tools(routed):
+        asked = "" if controls.strategy == "auto" else f"{strategy} asked, but "
         return Plan("direct", budget_tokens=controls.budget_tokens, reason=(
-            f"{strategy} asked, but the answer may be tool calls: answered directly"))
+            f"{asked}the answer may be tool calls: answered directly"))
     if strategy != "direct" and routed.n > 1:
         raise InvalidRequest(f"n > 1 needs strategy direct, not {strategy}", param="n")
     if strategy != "direct" and prompt_list(routed):

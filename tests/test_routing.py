@@ -270,6 +270,26 @@ async def test_open_ended_generation_is_answered_directly_with_room(text):
     assert len(choices.json()["choices"]) == 2
 
 
+async def test_auto_says_why_a_tool_turn_or_n_choices_run_direct():
+    # Seen on the embedded model: a turn with tools under auto said "auto: the configured
+    # default", which reads as if no policy were configured (the learned one is).
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {}}}]
+    question = [{"role": "user", "content": "What's the weather in Paris?"}]
+    async with gateway_client(llm().transport()) as client:
+        with_tools = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": question, "tools": tools})
+        two = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": question, "n": 2})
+        passed = await client.post("/v1/chat/completions", json={
+            "model": "fake-model", "messages": question, "tools": tools})
+    router = with_tools.json()["router"]
+    assert router["strategy"] == "direct" and "tool calls" in router["reason"], router
+    router = two.json()["router"]
+    assert router["strategy"] == "direct" and "n > 1" in router["reason"], router
+    assert passed.json()["router"]["reason"] == (
+        "a backend model without router controls passes through")
+
+
 @pytest.mark.parametrize("text", [
     "Explain your reasoning, then give the answer. What is 3 + 4?",
     "Explain how many apples are left if Tom has 12 apples, gives 5 to Ann and then buys 3.",

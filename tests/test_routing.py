@@ -222,6 +222,27 @@ async def test_the_one_chain_auto_plans_runs_at_chain_temperature(
                                                          and chain_temperature is not None)
 
 
+async def test_a_null_temperature_is_no_choice_of_sampling():
+    # Clients that serialise unset fields send "temperature": null (OpenAI reads it as unset);
+    # the gateway reported a greedy chain (router.temperature 0.0) but sent the null on, so
+    # the backend sampled at its own default, and a vote's samples lost their 0.7.
+    llm_ = llm()
+    settings = make_settings(policies={"chain": "fixed:sequential@512",
+                                       "votes": "fixed:parallel_vote@1024"})
+    async with gateway_client(llm_.transport(), settings) as client:
+        chain = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": GRAPH}],
+            "router": {"policy": "chain"}, "temperature": None, "top_p": None})
+        sent_chain = list(llm_.requests)
+        vote = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": "Guess a number"}],
+            "router": {"policy": "votes"}, "temperature": None})
+    assert chain.json()["router"]["temperature"] == 0.0
+    assert [r["temperature"] for r in sent_chain] == [0.0]
+    assert vote.json()["router"]["strategy"] == "parallel_vote"
+    assert {r["temperature"] for r in llm_.requests[len(sent_chain):]} == {0.7}
+
+
 async def test_a_strategy_the_client_named_keeps_the_backends_temperature():
     llm_ = llm()
     async with gateway_client(llm_.transport()) as client:

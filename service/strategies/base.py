@@ -115,13 +115,14 @@ def request_body(call: Call, *, max_tokens: int | None, n: int = 1, sample: int 
     ``max_completion_tokens``: a backend may honour either one, and a cap on only one of them
     enforces nothing. Fanned-out calls with a client ``seed`` get ``seed + sample`` so that
     they are not all the same sample. Streamed calls always ask for usage. The plan's
-    ``temperature`` is sent when the client set none.
+    ``temperature`` is sent when the client set none (absent or null: OpenAI reads a null as
+    unset, and a null sent on would leave the backend at its own default).
     """
     routed = call.routed
     body = dict(routed.body)
     body["model"] = call.upstream_model
-    if call.plan.temperature is not None:
-        body.setdefault("temperature", call.plan.temperature)
+    if call.plan.temperature is not None and body.get("temperature") is None:
+        body["temperature"] = call.plan.temperature
     if messages is not None:
         body["messages"] = messages
     if prompt is not None:

@@ -88,7 +88,7 @@ async def run_vote(call: Call) -> Sample:
     """
     plan, settings = call.plan, call.settings
     depth = depth_tokens(call)
-    overrides = None if "temperature" in call.routed.body else {
+    overrides = None if call.routed.body.get("temperature") is not None else {
         "temperature": DEFAULT_VOTE_TEMPERATURE}
     # "C) 12" reads as the option C only when the prompt offers lettered options.
     options = lettered_options(_prompt_of(call))

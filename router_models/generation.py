@@ -78,13 +78,17 @@ def open_generation(text: str) -> bool:
     """True when ``text`` (the last user turn) asks for open-ended text: it opens with one of
     ``GENERATION_VERBS`` and asks for no answer that can be counted (module docstring). A
     request to transform the text it carries (``TRANSFORM_VERBS``) is read on its first
-    ``INSTRUCTION_CHARS`` characters only: the material's numbers, options or "the answer"
-    belong to the text to translate or summarize."""
+    ``INSTRUCTION_CHARS`` characters only, and its answer cues up to its first colon, where
+    the material starts: the material's numbers, options or "the answer" belong to the text to
+    translate or summarize ("Translate into French: The answer is no."). Lettered options
+    still count on those characters: "Rewrite the expression ... What is q/p?" followed by
+    options A) to D) is a question (MMLU)."""
     verb = opening_verb(text)
     if verb not in GENERATION_VERBS:
         return False
     instruction = text[:INSTRUCTION_CHARS] if verb in TRANSFORM_VERBS else text
-    if _ANSWER_CUE.search(instruction) or len(_OPTIONS.findall(instruction)) >= 2:
+    asked = instruction.split(":", 1)[0] if verb in TRANSFORM_VERBS else text
+    if _ANSWER_CUE.search(asked) or len(_OPTIONS.findall(instruction)) >= 2:
         return False
     return verb in TRANSFORM_VERBS or state_steps(text) < 2
 

@@ -18,6 +18,10 @@ ARTICLE = ("The company sold 300 cars in 2020. Then it bought a factory. Sales d
     "Write a 500-word essay on climate change.",  # a number, no answer asked for
     "Continue the story: Once upon a time, a fox lived in the woods.",
     "Please summarize this article for me: " + ARTICLE,  # the material's steps and answer
+    # The material after the instruction's colon is the text to change, however short: its
+    # "the answer" or "yes or no" ask the model for nothing.
+    "Translate into French: The answer is no.",
+    "Summarize:\nThe survey asked yes or no questions; the answer was mostly yes.",
 ])
 def test_requests_for_text_to_read_are_generation(text: str) -> None:
     assert open_generation(text)
@@ -30,6 +34,10 @@ def test_requests_for_text_to_read_are_generation(text: str) -> None:
     "Describe the capital of France. A) Paris B) Rome",  # options to choose from
     "Explain how many apples are left if Tom has 12 apples, gives 5 to Ann and then buys 3.",
     "Explain " + ARTICLE,  # not a transforming verb: the stated steps make a word problem
+    "Translate and give the answer in French: is 7 a prime number?",  # asked before the colon
+    # Options still make a question (MMLU, high-school mathematics).
+    "Rewrite the expression $6j^2 - 4j + 12$ in the form $c(j + p)^2 + q$. What is $q/p$?\n"
+    "A) 3\nB) -34\nC) -38\nD) -1",
     "", "   ", "42",
 ])
 def test_questions_with_an_answer_to_count_are_not(text: str) -> None:

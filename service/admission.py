@@ -35,6 +35,7 @@ from typing import Any
 from starlette.requests import Request
 
 from router_models.plan import Plan
+from router_models.policies.prior import fit_cap
 from service import metrics
 from service.errors import (
     Forbidden,
@@ -172,17 +173,22 @@ async def _admit(gw: Any, scope: Scope) -> Admission | None:
     return Admission(key, headers)
 
 
-async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest,
-                           plan: Plan) -> tuple[Plan, Reservation | None]:
+async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest, plan: Plan,
+                           fit: Callable[[Plan, int], Plan] | None = None
+                           ) -> tuple[Plan, Reservation | None]:
     """Apply the operator's caps to one completion request and reserve its completion tokens
     from its key's limits, before any upstream call.
 
     The reservation is the plan's ``budget_tokens``, else ``max_tokens`` x ``n``; a request
     with neither gets as many as the key has left, up to ``default_budget_tokens``, which
-    becomes its budget. A key with a prompt-token limit also reserves the prompt's estimated
-    tokens times the upstream calls the plan may make. Returns the plan (with that budget)
-    and the reservation (None without a key), which ``record()`` settles with the true
-    spend.
+    becomes its budget. A budget the gateway sized itself (the client set neither
+    ``budget_tokens`` nor ``max_tokens``: ``auto``'s plans, a named strategy's default
+    budget) is reserved the same way, as much of it as the key has left, and the plan is
+    fitted to that by ``fit(plan, tokens)`` (default: ``fit_cap`` with samples of the whole
+    grant): only a cap the client set can be over a key's whole window. A key with a
+    prompt-token limit also reserves the prompt's estimated tokens times the upstream calls
+    the plan may make. Returns the plan (with that budget) and the reservation (None without
+    a key), which ``record()`` settles with the true spend.
 
     Raises:
         InvalidRequest: ``n``, the budget or the samples are over the operator's caps, or the
@@ -214,7 +220,9 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest,
     admission = admission_of(request)
     if admission is None:
         return plan, None
-    wanted = plan.budget_tokens
+    sized_here = (plan.budget_tokens is not None and routed.controls.budget_tokens is None
+                  and routed.max_tokens is None)
+    wanted = None if sized_here else plan.budget_tokens
     if wanted is None and routed.max_tokens is not None:
         wanted = routed.max_tokens * routed.n
     prompt_tokens = 0
@@ -223,10 +231,21 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest,
         calls = routed.n * plan.width + plan.search_calls
         prompt_tokens = estimate_prompt_tokens(routed.body) * calls
     param = "router.budget_tokens" if plan.budget_tokens else "max_tokens"
-    reservation = await _reserve(gw, admission, wanted, prompt_tokens, param)
+    flexible_cap = settings.default_budget_tokens
+    if sized_here and plan.budget_tokens is not None:
+        flexible_cap = plan.budget_tokens
+    reservation = await _reserve(gw, admission, wanted, prompt_tokens, param,
+                                 flexible_cap=flexible_cap)
     if plan.budget_tokens is None and reservation.tokens:
         plan = dataclasses.replace(plan, budget_tokens=reservation.tokens)
+    elif (sized_here and reservation.windows and plan.budget_tokens is not None
+          and reservation.tokens < plan.budget_tokens):
+        plan = (fit or _fit_whole)(plan, reservation.tokens)
     return plan, reservation
+
+
+def _fit_whole(plan: Plan, tokens: int) -> Plan:
+    return fit_cap(plan, tokens, tokens)
 
 
 async def reserve_for_proxy(request: Request, gw: Any, wanted: int | None, param: str,
@@ -249,17 +268,18 @@ async def reserve_for_proxy(request: Request, gw: Any, wanted: int | None, param
     prompt_tokens = 0
     if admission.key.prompt_tpm is not None:
         prompt_tokens = estimate_prompt_tokens({"prompt": body.get("input")})
-    return await _reserve(gw, admission, wanted, prompt_tokens, param)
+    return await _reserve(gw, admission, wanted, prompt_tokens, param,
+                          flexible_cap=gw.settings.default_budget_tokens)
 
 
 async def _reserve(gw: Any, admission: Admission, wanted: int | None, prompt_tokens: int,
-                   param: str) -> Reservation:
+                   param: str, flexible_cap: int) -> Reservation:
     """``KeyLimiter.reserve_tokens`` with its refusals counted and in the envelope; the
-    reservation is kept on ``admission`` (settled once the response is sent)."""
+    reservation is kept on ``admission`` (settled once the response is sent). With no
+    ``wanted``, as many tokens as the key has left up to ``flexible_cap``."""
     try:
         reservation, headers = await gw.limiter.reserve_tokens(
-            admission.key, wanted, flexible_cap=gw.settings.default_budget_tokens,
-            prompt_tokens=prompt_tokens)
+            admission.key, wanted, flexible_cap=flexible_cap, prompt_tokens=prompt_tokens)
     except TokensOverLimit as exc:
         metrics.child(metrics.REJECTED, "budget").inc()
         raise InvalidRequest(str(exc), param="messages" if exc.kind == "prompt" else param,

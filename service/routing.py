@@ -323,6 +323,15 @@ class Router:
         """Tokens a complete answer takes for this kind of prompt on this model (p90)."""
         return self.answer_lengths.estimate((upstream_model, KIND_NAMES[kind_of(scores)]))
 
+    def fit_budget(self, plan: Plan, budget_tokens: int, scores: Scores | None,
+                   upstream_model: str) -> Plan:
+        """``plan`` within ``budget_tokens`` (what a key has left, when less than the budget
+        the plan sized itself): a vote keeps the samples of this kind's answer length that fit
+        (``fit_cap``, ``fit_vote``; one chain when fewer than three do), a chain or a direct
+        answer gets the tokens, a search the retrieval calls they leave room for."""
+        answer = budget_tokens if scores is None else self.answer_tokens(scores, upstream_model)
+        return fit_cap(plan, budget_tokens, answer)
+
     def _fit_vote(self, plan: Plan, scores: Scores, upstream_model: str) -> Plan:
         if plan.strategy != "parallel_vote":
             return plan

@@ -214,6 +214,40 @@ async def test_a_request_bigger_than_a_whole_window_is_a_400():
         assert reply.json()["error"]["code"] == "over_key_limit"
 
 
+async def test_a_budget_the_gateway_sized_fits_what_the_key_has_left():
+    # Seen on the embedded model: a key with --tpm 600 got a 400 "lower max_tokens or
+    # router.budget_tokens" for "Write a haiku" (auto's 4,096 tokens of room for generation)
+    # and for a word problem (a 1,086-token plan), though the client had set neither.
+    secret = store().create("modest", tpm=600)
+    config = make_settings(policies={"votes": "fixed:parallel_vote@1024"})
+    haiku = {"model": "auto", "messages": [{"role": "user", "content": "Write a haiku."}]}
+    async with running(long_answers().transport(), config) as (_, client):
+        first = await client.post(CHAT, json=haiku, headers=bearer(secret))
+        assert first.status_code == 200, first.json()
+        assert first.json()["router"]["budget_tokens"] == 600  # all the minute holds
+        assert first.json()["usage"]["completion_tokens"] == 600
+    secrets = [store().create(f"modest-{n}", tpm=600) for n in range(2)]
+    async with running(long_answers().transport(), config) as (_, client):
+        # A named strategy's default budget (1,024) and a policy's vote of 1,024 tokens, with
+        # 150 of the key's minute left.
+        for secret, controls in zip(secrets, ({"strategy": "sequential"}, {"policy": "votes"}),
+                                    strict=True):
+            spent = await client.post(CHAT, json=ask(max_tokens=450), headers=bearer(secret))
+            assert spent.headers["x-ratelimit-remaining-tokens"] == "150"
+            reply = await client.post(CHAT, json={**haiku, "messages": [
+                {"role": "user", "content": "What is 3 + 4?"}], "router": controls},
+                headers=bearer(secret))
+            assert reply.status_code == 200, reply.json()
+            router = reply.json()["router"]
+            assert 0 < router["budget_tokens"] <= 150 and router["spent_tokens"] <= 150
+            assert reply.headers["x-ratelimit-remaining-tokens"] == str(
+                150 - router["spent_tokens"])
+        # A cap the client set is its own: over a whole window it is still refused.
+        over = await client.post(CHAT, json={**haiku, "max_tokens": 700},
+                                 headers=bearer(secret))
+        assert over.status_code == 400 and over.json()["error"]["code"] == "over_key_limit"
+
+
 async def test_key_tokens_reach_the_metric_and_the_request_log():
     secret = store().create("metered")
     before = metric("ttc_key_tokens_total", key_name="metered", kind="completion")

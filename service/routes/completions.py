@@ -51,7 +51,10 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
         assignment = await gw.experiments.assign(experiment, identity, how)
     plan, scores = gw.router.plan(routed, backend, upstream_model,
                                   policy=assignment.policy if assignment else None)
-    plan, reservation = await reserve_for_call(request, gw, routed, plan)
+    router = gw.router
+    plan, reservation = await reserve_for_call(
+        request, gw, routed, plan,
+        fit=lambda p, tokens: router.fit_budget(p, tokens, scores, upstream_model))
     call = Call(routed, backend, upstream_model, gw.client, gw.registry, gw.settings, plan,
                 reporter=gw.reporter, reservation=reservation, scores=scores,
                 assignment=assignment, search=gw.search,

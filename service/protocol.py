@@ -89,7 +89,8 @@ def parse_request(endpoint: Endpoint, body: dict[str, Any],
         InvalidRequest: missing ``model``, empty ``messages``, a missing ``prompt``, a bad
             ``router`` control (400).
         UnprocessableRequest: a field of the wrong type or out of range (422); ``stop``
-            counts as used, since the ledger sizes a stopped reply's allowance by it.
+            counts as used, since the ledger sizes a stopped reply's allowance by it, and
+            so do ``temperature`` and ``top_p`` (``SAMPLING_RANGES``), which routing reads.
     """
     model = body.get("model")
     if model is None:
@@ -113,6 +114,8 @@ def parse_request(endpoint: Endpoint, body: dict[str, Any],
     include_usage = bool(stream_options and stream_options.get("include_usage"))
 
     _check_stop(body.get("stop"))
+    for name, (low, high) in SAMPLING_RANGES.items():
+        _check_number(body, name, low, high)
     n = _positive_int(body, "n", default=1)
     caps = [v for v in (_positive_int(body, "max_tokens"),
                         _positive_int(body, "max_completion_tokens")) if v is not None]
@@ -195,6 +198,22 @@ def _check_stop(stop: Any) -> None:
     if not isinstance(stop, list) or not all(isinstance(word, str) for word in stop):
         raise UnprocessableRequest("stop must be a string, a list of strings, or null",
                                    param="stop")
+
+
+# OpenAI's ranges for the sampling fields (``CreateChatCompletionRequest``). The gateway reads
+# them (a greedy request is never planned a vote; ``chain_temperature`` applies only when the
+# client chose none), so a string or an out-of-range value is refused here, not by whichever
+# backend a plan's calls reach.
+SAMPLING_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}
+
+
+def _check_number(body: dict[str, Any], name: str, low: float, high: float) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise UnprocessableRequest(f"{name} must be a number from {low:g} to {high:g}",
+                                   param=name)
 
 
 def _positive_int(body: dict[str, Any], name: str, default: int | None = None) -> int | None:

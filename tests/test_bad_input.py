@@ -44,6 +44,16 @@ BAD_INPUTS = [
     ("stop a list holding a number",
      b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
      b' "stop": ["ok", 1]}', 422, "stop"),
+    # routing reads these: a string "0" would not read as greedy, 5 would reach the backend
+    ("temperature over 2",
+     b'{"model": "auto", "messages": [{"role": "user", "content": "x"}], "temperature": 5}',
+     422, "temperature"),
+    ("temperature a string",
+     b'{"model": "auto", "messages": [{"role": "user", "content": "x"}], "temperature": "0"}',
+     422, "temperature"),
+    ("top_p negative",
+     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "top_p": -0.1}',
+     422, "top_p"),
     ("unknown strategy",
      b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
      b' "router": {"strategy": "magic"}}', 400, "router.strategy"),

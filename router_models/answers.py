@@ -22,7 +22,8 @@ strict grammar, tried in this order on the answer's span:
   cut at the end of its first sentence.
 
 Where the answer is found, in order: the last ``\\boxed{...}``; the last "the answer is X",
-"correct answer is X", "final answer: X", "Answer: X", ``#### X``; then (unless ``strict``)
+"correct answer is X", "final answer: X", "Answer: X", "the answer to this question is X",
+"the answer must be X", ``#### X``; then (unless ``strict``)
 the last line: a lone option letter or yes/no, "So, no.", its last number, or the line itself.
 The markers follow the conventions of self-consistency evaluation (Wang et al. 2023) and of
 GSM8K (``#### X``).
@@ -51,9 +52,14 @@ _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # lower-cased text: re then scans for the literal, about 20 times faster on a long chain than
 # one case-insensitive alternation (bench/answers.py).
 _MARKER_TAIL = r"\s*[:：]?[ \t]*"
+# "The answer to this question is B) ..." and "the answer must be D) apartment" state the
+# answer as plainly as "the answer is B" (seen in the embedded model's CommonsenseQA votes,
+# where each became a ballot of its own text).
 _MARKERS = tuple(re.compile(pattern + _MARKER_TAIL) for pattern in (
     r"answer\s*(?:is|[:：=])", r"####", r"correct\s+(?:option|choice|letter)\s+is",
-    r"right\s+(?:option|choice|letter)\s+is"))
+    r"right\s+(?:option|choice|letter)\s+is",
+    r"answer\s+to\s+(?:this|the|that)\s+(?:question|problem)\s+is",
+    r"answer\s+(?:must|would|should|will)\s+be"))
 _MARKDOWN = re.compile(r"[*_`]")
 _LATEX_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textit|mbox)\s*\{([^{}]*)\}")
 _LATEX_INLINE = re.compile(r"^\$+|\$+$|^\\\(|\\\)$|^\\\[|\\\]$")

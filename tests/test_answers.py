@@ -211,3 +211,15 @@ def test_a_sample_cut_inside_hidden_reasoning_is_a_cut():
                         completion_tokens=300 + 180) == [(300, False), (180, True)]
     assert observations([("", "stop", 300)], completion_tokens=0) == []
 
+
+
+@pytest.mark.parametrize(("text", "reading"), [
+    ("The answer to this question is B) learn from each other.", "B"),
+    ("Given the context we can conclude that the answer must be D) apartment.", "D"),
+    ("The answer to the problem is 12", "12"),
+])
+def test_an_answer_stated_without_is_is_read(text, reading):
+    # Each of these voted as a text of its own on the embedded model (CommonsenseQA).
+    options = lettered_options("Where?\nA) bank\nB) learn\nC) mall\nD) apartment\nE) home")
+    assert extract_answer(text, options=options) == reading
+    assert extract_answer(text, options=options, strict=True) == reading  # explicit answers

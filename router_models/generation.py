@@ -106,37 +106,39 @@ def asks_explanation(text: str) -> bool:
 
 
 def open_generation(text: str) -> bool:
-    """True when ``text`` (the last user turn) asks for open-ended text: a question answered by
-    an explanation (``asks_explanation``), or an instruction that opens with one of
-    ``GENERATION_VERBS`` and asks for no answer that can be counted (``requests_text``). A
-    request to transform the text it carries (``TRANSFORM_VERBS``) is read on its first
-    ``INSTRUCTION_CHARS`` characters only, and its answer cues up to its first colon, where
-    the material starts: the material's numbers, options or "the answer" belong to the text to
-    translate or summarize ("Translate into French: The answer is no."). Lettered options
-    still count on those characters: "Rewrite the expression ... What is q/p?" followed by
-    options A) to D) is a question (MMLU)."""
+    """True when ``text`` (the last user turn) asks for open-ended text: an instruction to
+    write or change a text (``requests_text``), or a question answered by an explanation
+    (``asks_explanation``)."""
     return requests_text(text) or asks_explanation(text)
 
 
 def requests_text(text: str) -> bool:
     """True when ``text`` opens with one of ``GENERATION_VERBS`` and asks for no answer that
-    can be counted: the imperative half of ``open_generation``."""
+    can be counted: the imperative half of ``open_generation``.
+
+    A request to transform the text it carries (``TRANSFORM_VERBS``) is read on its first
+    ``INSTRUCTION_CHARS`` characters only, and its answer cues up to its first colon, where
+    the material starts: the material's numbers, options or "the answer" belong to the text to
+    translate or summarize ("Translate into French: The answer is no."). Lettered options
+    still count on those characters: "Rewrite the expression ... What is q/p?" followed by
+    options A) to D) is a question (MMLU)."""
     verb = opening_verb(text)
     if verb not in GENERATION_VERBS:
         return False
-    instruction = text[:INSTRUCTION_CHARS] if verb in TRANSFORM_VERBS else text
-    asked = instruction.split(":", 1)[0] if verb in TRANSFORM_VERBS else text
-    if _ANSWER_CUE.search(asked) or len(_OPTIONS.findall(instruction)) >= 2:
+    transforms = verb in TRANSFORM_VERBS
+    head = text[:INSTRUCTION_CHARS] if transforms else text
+    asked = head.split(":", 1)[0] if transforms else text
+    if _ANSWER_CUE.search(asked) or len(_OPTIONS.findall(head)) >= 2:
         return False
-    return verb in TRANSFORM_VERBS or state_steps(text) < 2
+    return transforms or state_steps(text) < 2
 
 
 def conversation_generation(messages: Sequence[Any]) -> bool:
     """True when a chat's last user turn asks for open-ended text (``open_generation``), or is
     a short follow-up (at most ``FOLLOW_UP_WORDS`` words, after an assistant turn) to a user
-    turn that asked for a text (``requests_text``; a short follow-up to "Why?" is a question of
-its own): "and in French?" after a translation, "make it rhyme" after a poem. A run
-    of short follow-ups reads back to the turn it began with ("make it rhyme" after "and in
+    turn that asked for a text (``requests_text``; a short follow-up to "Why?" is a question
+    of its own): "and in French?" after a translation, "make it rhyme" after a poem. A run of
+    short follow-ups reads back to the turn it began with ("make it rhyme" after "and in
     French?" after a poem), since each refers to the text before it; the run ends at a long
     turn or one no answer followed. Messages that are not objects are skipped."""
     turns = [m for m in messages if isinstance(m, dict)]

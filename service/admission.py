@@ -282,8 +282,10 @@ async def _reserve(gw: Any, admission: Admission, wanted: int | None, prompt_tok
             admission.key, wanted, flexible_cap=flexible_cap, prompt_tokens=prompt_tokens)
     except TokensOverLimit as exc:
         metrics.child(metrics.REJECTED, "budget").inc()
-        raise InvalidRequest(str(exc), param="messages" if exc.kind == "prompt" else param,
-                             code="over_key_limit") from exc
+        refused = InvalidRequest(str(exc), param="messages" if exc.kind == "prompt" else param,
+                                 code="over_key_limit")
+        refused.counted = True  # one refusal, one count: not "invalid" again when rendered
+        raise refused from exc
     except RateLimited as exc:
         reason = "budget" if exc.code == "daily_budget_exhausted" else "rate_limit"
         metrics.child(metrics.REJECTED, reason).inc()

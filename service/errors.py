@@ -38,10 +38,14 @@ class GatewayError(Exception):
         message: human-readable text; never contains keys or Authorization headers.
         param: the request field at fault, when there is one (OpenAI's ``param``).
         code: a short machine-readable code (OpenAI's ``code``), or None.
+
+    ``counted`` is set where a refusal is counted in ``ttc_rejected_total`` under a reason of
+    its own (``budget``), so that rendering it does not count it again as ``invalid``.
     """
 
     status: int = 500
     type: str = "server_error"
+    counted: bool = False
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)

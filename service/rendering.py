@@ -17,8 +17,9 @@ log = logging.getLogger(__name__)
 
 def error_response(exc: GatewayError) -> Response:
     """The response for a ``GatewayError`` raised while handling a request; a refused
-    request (400/404/413/422) is counted in ``ttc_rejected_total{reason="invalid"}``."""
-    if isinstance(exc, (InvalidRequest, NotFound)):
+    request (400/404/413/422) is counted in ``ttc_rejected_total{reason="invalid"}``, unless
+    it was counted under another reason where it was raised (``exc.counted``)."""
+    if isinstance(exc, (InvalidRequest, NotFound)) and not exc.counted:
         metrics.REJECTED.labels("invalid").inc()
     return render(exc)
 

@@ -214,6 +214,19 @@ async def test_a_request_bigger_than_a_whole_window_is_a_400():
         assert reply.json()["error"]["code"] == "over_key_limit"
 
 
+async def test_a_request_over_a_keys_window_is_rejected_once_as_budget():
+    # Seen through the gateway: one such 400 moved ttc_rejected_total{reason="budget"} and
+    # {reason="invalid"} both, so ttc:rejected_ratio:rate5m counted the request twice.
+    secret = store().create("once", tpm=100)
+    before = {reason: metric("ttc_rejected_total", reason=reason)
+              for reason in ("budget", "invalid")}
+    async with running(FakeBackend().transport()) as (_, client):
+        reply = await client.post(CHAT, json=ask(max_tokens=500), headers=bearer(secret))
+        assert reply.json()["error"]["code"] == "over_key_limit"
+    assert metric("ttc_rejected_total", reason="budget") == before["budget"] + 1
+    assert metric("ttc_rejected_total", reason="invalid") == before["invalid"]
+
+
 async def test_a_budget_the_gateway_sized_fits_what_the_key_has_left():
     # Seen on the embedded model: a key with --tpm 600 got a 400 "lower max_tokens or
     # router.budget_tokens" for "Write a haiku" (auto's 4,096 tokens of room for generation)

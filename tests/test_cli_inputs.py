@@ -4,11 +4,12 @@ data directory must honour alike. Nothing here starts a server."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
-from service.cli import main
+from service.cli import build_parser, main
 
 
 @pytest.mark.parametrize("port", ["99999", "-1", "http"])
@@ -81,3 +82,20 @@ def test_index_add_of_a_folder_with_no_document_file_is_refused(
     code = main(["index", "add", str(folder), "--data-dir", str(tmp_path / "state")])
     assert code == 2
     assert "no .jsonl, .txt or .md file" in capsys.readouterr().err
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every subcommand's parser under it, at any depth."""
+    found = [parser]
+    for action in parser._actions:  # argparse keeps its subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _parsers(sub)
+    return found
+
+
+def test_every_help_text_reads_percent_signs_as_written() -> None:
+    # `ttc-router ab report --help` printed "its 95%% Wilson interval": argparse %-formats
+    # an argument's help, not a parser's description, so a doubled % there shows as typed.
+    for parser in _parsers(build_parser()):
+        assert "%%" not in parser.format_help(), parser.prog

@@ -38,8 +38,8 @@ def register(subcommands: Any) -> None:
 
     report = actions.add_parser(
         "report", parents=[common], help="an experiment's report",
-        description="Per arm: requests, feedback, accuracy with its 95%% Wilson interval, "
-                    "mean completion tokens with its 95%% interval, correct answers per 1000 "
+        description="Per arm: requests, feedback, accuracy with its 95% Wilson interval, "
+                    "mean completion tokens with its 95% interval, correct answers per 1000 "
                     "tokens; the difference between the arms with its interval and p-value; "
                     "and whether the always-valid stopping rule lets the experiment stop.")
     report.add_argument("name", help="the experiment's name in the config")
@@ -48,7 +48,7 @@ def register(subcommands: Any) -> None:
     replay = actions.add_parser(
         "replay", parents=[common], help="estimate a policy's accuracy and tokens from the log",
         description="Off-policy evaluation: inverse propensity scoring (IPS), self-normalised "
-                    "IPS and doubly robust estimates, with 95%% intervals and the effective "
+                    "IPS and doubly robust estimates, with 95% intervals and the effective "
                     "sample size, of the accuracy and mean completion tokens SPEC would have "
                     "had on the logged requests. Refuses when the log never explored the "
                     "plans SPEC picks.")

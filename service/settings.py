@@ -131,11 +131,15 @@ def _with_scheme(value: SecretStr | None, schemes: tuple[str, ...]) -> SecretStr
 class Settings(BaseSettings):
     """Every setting of ``ttc-router serve``.
 
-    Times are seconds, sizes bytes. Raises ``pydantic.ValidationError`` on bad values (use
-    ``load_settings`` for a readable ``SettingsError``).
+    Times are seconds, sizes bytes. A ``TTC_*`` variable set to ``null`` unsets its setting
+    (None), as ``null`` does in the file. Raises ``pydantic.ValidationError`` on bad values
+    (use ``load_settings`` for a readable ``SettingsError``).
     """
 
-    model_config = SettingsConfigDict(env_prefix="TTC_", extra="forbid", yaml_file=None)
+    # env_parse_none_str: a Deployment's env is often the only way to set anything, and
+    # settings such as default_policy and chain_temperature are turned off by None.
+    model_config = SettingsConfigDict(env_prefix="TTC_", extra="forbid", yaml_file=None,
+                                      env_parse_none_str="null")
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -70,6 +70,17 @@ def test_bad_variable_is_named(monkeypatch):
         load_settings()
 
 
+def test_a_variable_set_to_null_unsets_a_setting_as_null_does_in_the_file(monkeypatch):
+    # The README says to set default_policy or chain_temperature to null; as TTC_* variables
+    # (the only settings a Deployment's env gives) "null" was the policy named 'null', which
+    # stopped the start, and a temperature that is not a number.
+    monkeypatch.setenv("TTC_DEFAULT_POLICY", "null")
+    monkeypatch.setenv("TTC_CHAIN_TEMPERATURE", "null")
+    settings = load_settings(upstream_urls=["http://a.test/v1"])
+    assert settings.default_policy is None
+    assert settings.chain_temperature is None
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(SettingsError, match="config file not found"):
         load_settings(tmp_path / "absent.yaml")

@@ -8,7 +8,11 @@ names each bad setting by its path (``upstreams.0.url``).
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +33,19 @@ from pydantic_settings import (
 )
 
 DEFAULT_DATA_DIR = Path("~/.local/share/ttc-router")
+
+log = logging.getLogger(__name__)
+
+# TTC_* variables that are read but are no setting: the config file, the upstream list, and
+# those of the benchmarks, the image build and the tests.
+OTHER_VARIABLES = frozenset({"TTC_CONFIG", "TTC_UPSTREAM_URL", "TTC_BENCH_DATA",
+                             "TTC_CACHE_DIR", "TTC_TEST_DATA_DIR", "TTC_BASE_IMAGE",
+                             "TTC_IMAGE", "TTC_GATEWAY_PORT"})
+# The service links Kubernetes sets in every pod for each Service (ttc-router ->
+# TTC_ROUTER_SERVICE_HOST, TTC_ROUTER_PORT_8000_TCP_ADDR, ...): not a setting, not a typo.
+_SERVICE_LINK = re.compile(
+    r"[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)"
+    r"(_(PROTO|PORT|ADDR))?)?)")
 
 
 class SettingsError(ValueError):
@@ -364,6 +381,7 @@ def load_settings(config_file: Path | str | None = None, **flags: Any) -> Settin
     class _WithFile(Settings):
         model_config = SettingsConfigDict(yaml_file=config_file)
 
+    _warn_unknown_variables(os.environ)
     try:
         loaded = _WithFile(**given)
     except ValidationError as exc:
@@ -371,6 +389,22 @@ def load_settings(config_file: Path | str | None = None, **flags: Any) -> Settin
     except Exception as exc:  # the YAML source raises yaml.YAMLError and friends
         raise SettingsError(f"cannot read config file {config_file}: {exc}") from exc
     return Settings.model_construct(**dict(loaded))
+
+
+def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Log a warning for each ``TTC_*`` variable that names no setting, with the setting's
+    variable it is closest to: pydantic-settings ignores such a variable, so a typo such as
+    ``TTC_SHUTDOWN_TIMEOUT`` would leave its setting at the default without a word (a typo
+    in the config file is an error, ``extra="forbid"``; a variable is only warned about,
+    since other tools may share the prefix)."""
+    known = {f"TTC_{name.upper()}" for name in Settings.model_fields}
+    for name in sorted(environ):
+        if (not name.startswith("TTC_") or name in known or name in OTHER_VARIABLES
+                or _SERVICE_LINK.fullmatch(name)):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        log.warning("the variable %s names no setting and is ignored%s", name,
+                    f"; did you mean {close[0]}?" if close else "")
 
 
 def _env_upstream_urls() -> list[str]:

@@ -81,6 +81,20 @@ def test_a_variable_set_to_null_unsets_a_setting_as_null_does_in_the_file(monkey
     assert settings.chain_temperature is None
 
 
+def test_a_misspelt_variable_is_named_with_the_setting_it_is_close_to(monkeypatch, caplog):
+    # TTC_SHUTDOWN_TIMEOUT=60 was ignored without a word: pods kept the 30 s default. The
+    # variables Kubernetes sets for a Service named ttc-router are not settings and not typos.
+    monkeypatch.setenv("TTC_SHUTDOWN_TIMEOUT", "60")
+    monkeypatch.setenv("TTC_ROUTER_SERVICE_HOST", "10.0.0.7")
+    monkeypatch.setenv("TTC_ROUTER_PORT_8000_TCP_ADDR", "10.0.0.7")
+    with caplog.at_level("WARNING", logger="service.settings"):
+        settings = load_settings(upstream_urls=["http://a.test/v1"])
+    assert settings.shutdown_timeout_s == 30.0
+    assert "TTC_SHUTDOWN_TIMEOUT names no setting" in caplog.text
+    assert "TTC_SHUTDOWN_TIMEOUT_S" in caplog.text
+    assert "TTC_ROUTER" not in caplog.text
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(SettingsError, match="config file not found"):
         load_settings(tmp_path / "absent.yaml")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from service.cli import main
-from service.settings import SettingsError, load_settings
+from service.settings import Settings, SettingsError, load_settings
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.fixture
@@ -105,3 +110,13 @@ def test_serve_exits_2_naming_the_bad_setting(tmp_path, capsys):
     path.write_text("log_level: chatty\n")
     assert main(["serve", "--config", str(path)]) == 2
     assert "log_level" in capsys.readouterr().err
+
+
+def test_every_setting_is_named_in_the_readme():
+    # An operator reading the README found no word of twelve settings (default_answer_tokens,
+    # which the TTCMeanSpendAboveTarget alert tells them to set, among them).
+    text = README.read_text()
+    named = (set(re.findall(r"`([a-z0-9_]+)[`:]", text))  # `max_n` or `log_text: true`
+             | set(re.findall(r"(?m)^\s*#?\s*([a-z0-9_]+):", text))  # a key of a YAML example
+             | {name.lower() for name in re.findall(r"TTC_([A-Z0-9_]+)", text)})
+    assert sorted(set(Settings.model_fields) - named) == []

@@ -31,6 +31,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as SourceError
 
 DEFAULT_DATA_DIR = Path("~/.local/share/ttc-router")
 
@@ -386,6 +387,13 @@ def load_settings(config_file: Path | str | None = None, **flags: Any) -> Settin
         loaded = _WithFile(**given)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from exc
+    except SourceError as exc:  # a TTC_* variable of a list or mapping that is not JSON
+        found = re.search(r'field "([^"]+)" from source "EnvSettingsSource"', str(exc))
+        if found is None:
+            raise SettingsError(f"cannot read config file {config_file}: {exc}") from exc
+        raise SettingsError(
+            f"invalid settings:\n  {found[1]}: TTC_{found[1].upper()} must be JSON, as "
+            f"the setting is a list or a mapping: {exc.__cause__ or exc}") from exc
     except Exception as exc:  # the YAML source raises yaml.YAMLError and friends
         raise SettingsError(f"cannot read config file {config_file}: {exc}") from exc
     return Settings.model_construct(**dict(loaded))

@@ -100,6 +100,17 @@ def test_a_misspelt_variable_is_named_with_the_setting_it_is_close_to(monkeypatc
     assert "TTC_ROUTER" not in caplog.text
 
 
+def test_a_variable_that_is_not_json_is_named_not_blamed_on_the_file(monkeypatch):
+    # Was "cannot read config file None: error parsing value for field "policies" from
+    # source "EnvSettingsSource"", with no config file given.
+    monkeypatch.setenv("TTC_POLICIES", "cheap=fixed:direct@256")
+    with pytest.raises(SettingsError) as error:
+        load_settings(upstream_urls=["http://a.test/v1"])
+    message = str(error.value)
+    assert "TTC_POLICIES" in message and "JSON" in message
+    assert "config file" not in message
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(SettingsError, match="config file not found"):
         load_settings(tmp_path / "absent.yaml")

@@ -66,7 +66,13 @@ class BackendRegistry:
                 listing = await client.get_json(backend, "/models", retries=retries)
                 ids = tuple(str(m["id"]) for m in listing.get("data", []) if "id" in m)
             except (GatewayError, AttributeError, KeyError, TypeError) as exc:
-                log.warning("could not list the models of backend %s: %s", backend.label, exc)
+                # The usual cause of a 404 here is a base URL without its /v1; other servers
+                # (Gemini's .../v1beta/openai) are not refused for it, so it is only said.
+                hint = (f" ({settings.url} does not end in /v1: is it the API's base URL?)"
+                        if getattr(exc, "status", None) == 404
+                        and not settings.url.endswith("/v1") else "")
+                log.warning("could not list the models of backend %s: %s%s", backend.label,
+                            exc, hint)
                 continue
             self._backends[i] = dataclasses.replace(backend, models=ids)
 

@@ -100,3 +100,14 @@ async def test_ready_stays_ready_while_traffic_fills_the_backends_slots():
         assert (await busy).status_code == 200
     assert refused.status_code == 503  # the one slot is taken and nobody may wait
     assert ready.status_code == 200 and ready.json()["backends"] == {"fake": "up"}
+
+
+async def test_an_upstream_url_without_v1_is_named_when_its_models_are_not_found(caplog):
+    # `--upstream http://127.0.0.1:8500` (no /v1) left /ready at 503 with the warning
+    # "GET /models: Not Found" and nothing to say which part of the URL was wrong.
+    settings = make_settings(models=None, upstreams=[{"url": "http://backend.test",
+                                                      "name": "fake"}])
+    with caplog.at_level("WARNING", logger="service.backends"):
+        async with gateway_client(FakeBackend().transport(), settings) as client:
+            assert (await client.get("/ready")).status_code == 503
+    assert "http://backend.test does not end in /v1" in caplog.text

@@ -21,8 +21,9 @@ ENV PATH=/opt/ttc-router/bin:$PATH \
     TTC_DATA_DIR=/data TTC_HOST=0.0.0.0 TTC_PORT=8000 \
     PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 EXPOSE 8000
+# The port the gateway listens on (TTC_PORT, set above and overridable with -e).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
-  CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status != 200)"
+  CMD python -c "import os,urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('TTC_PORT', '8000'), timeout=2).status != 200)"
 
 # --- slim: point it at a backend with TTC_UPSTREAM_URL or a config file ----------------------
 FROM runtime AS slim

@@ -271,3 +271,34 @@ def test_compose_runs_the_four_services_with_files_that_exist():
                for v in services["grafana"]["volumes"])
     scrape = yaml.safe_load((DEPLOY / "compose" / "prometheus.yml").read_text())
     assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["gateway:8000"]
+
+
+def test_the_images_healthcheck_asks_the_port_the_gateway_listens_on():
+    # The HEALTHCHECK asked 127.0.0.1:8000 whatever TTC_PORT said, so a container run with
+    # -e TTC_PORT=9000 (as deploy/images/image-test.sh runs them) was marked unhealthy.
+    import http.server
+    import re
+    import threading
+
+    dockerfile = (DEPLOY.parent / "Dockerfile").read_text().replace("\\\n", " ")
+    check = re.search(r'HEALTHCHECK .*? CMD python -c "([^"]+)"', dockerfile)
+    assert check is not None
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the name http.server calls
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {"PATH": "/usr/bin:/bin", "TTC_PORT": str(server.server_address[1])}
+        ran = subprocess.run([sys.executable, "-c", check[1]], env=env, timeout=30,
+                             capture_output=True, text=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert ran.returncode == 0, ran.stderr

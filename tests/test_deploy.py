@@ -5,10 +5,13 @@ references between the Grafana, compose, Prometheus and Kubernetes files."""
 from __future__ import annotations
 
 import base64
+import http.server
 import json
+import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -276,10 +279,6 @@ def test_compose_runs_the_four_services_with_files_that_exist():
 def test_the_images_healthcheck_asks_the_port_the_gateway_listens_on():
     # The HEALTHCHECK asked 127.0.0.1:8000 whatever TTC_PORT said, so a container run with
     # -e TTC_PORT=9000 (as deploy/images/image-test.sh runs them) was marked unhealthy.
-    import http.server
-    import re
-    import threading
-
     dockerfile = (DEPLOY.parent / "Dockerfile").read_text().replace("\\\n", " ")
     check = re.search(r'HEALTHCHECK .*? CMD python -c "([^"]+)"', dockerfile)
     assert check is not None

@@ -16,6 +16,7 @@ boundary where they happen, ``raise ...Error(...) from exc``.
     +-- Conflict                       409 invalid_request_error (an id naming several rows)
     +-- RateLimited                    429 rate_limit_error (over an API key's limits)
     +-- Overloaded                     503 service_unavailable (saturated, or cooling down)
+    +-- ClientClosed                   499 client_closed (the client left; recorded, never sent)
     +-- UpstreamError                  502 upstream_error (5xx, garbage, broken stream)
     |   +-- UpstreamClientError        the backend's own 4xx status, passed on
     |   +-- UpstreamRateLimited        429 rate_limit_error
@@ -154,6 +155,15 @@ class Overloaded(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class ClientClosed(GatewayError):
+    """The client went away before its answer ended (a stream it stopped reading): what the
+    request log and ``ttc_requests_total`` record, with nginx's 499, so that a closed chat tab
+    is not counted as the gateway's own 503. Never rendered: nobody is left to read it."""
+
+    status = 499
+    type = "client_closed"
 
 
 class UpstreamError(GatewayError):

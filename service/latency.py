@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 RECEIVED = "ttc.received"  # scope key: time.perf_counter() when the request arrived
 CALL = "ttc.call"  # scope key: the request's ``Call``, set by the completion route
+# scope key: True once the server said the client went away (``http.disconnect``), set by
+# ``service.hotpath``: a stream cancelled after it was cut by the client, not by a shutdown.
+DISCONNECTED = "ttc.disconnected"
 OVERHEAD_HEADER = b"x-ttc-overhead-ms"
 
 _TOKEN_TEXT = re.compile(rb'"(?:content|text|reasoning_content|arguments)"\s*:\s*"(?!")')

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 from starlette.requests import Request
@@ -17,9 +17,9 @@ from service import sse
 from service.admission import admission_of, reserve_for_call
 from service.backends import AUTO_MODEL
 from service.deps import gateway, read_body
-from service.errors import GatewayError, InvalidRequest, Overloaded
+from service.errors import ClientClosed, GatewayError, InvalidRequest, Overloaded
 from service.experiments import identity_of
-from service.latency import CALL, RECEIVED
+from service.latency import CALL, DISCONNECTED, RECEIVED
 from service.observe import Reporter
 from service.protocol import Endpoint, RoutedRequest, parse_json_object, parse_request
 from service.routing import Router
@@ -87,14 +87,17 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
         record(call, str(Overloaded.status))
         raise
     headers["cache-control"] = "no-cache"
-    return StreamingResponse(_recorded(call, body_iter, gw.router, gw.reporter),
+    return StreamingResponse(_recorded(call, body_iter, gw.router, gw.reporter,
+                                       client_left=lambda: bool(request.scope.get(DISCONNECTED))),
                              media_type="text/event-stream",
                              headers=headers)
 
 
 async def _recorded(call: Call, body: AsyncIterator[bytes], router: Router | None,
-                    reporter: Reporter | None = None) -> AsyncIterator[bytes]:
-    """The strategy's SSE body, reported once it ends (also when the client goes away). A
+                    reporter: Reporter | None = None,
+                    client_left: Callable[[], bool] = lambda: False) -> AsyncIterator[bytes]:
+    """The strategy's SSE body, reported once it ends (also when the client goes away: 499,
+    ``client_left()`` says so; else a cancellation is the shutdown deadline's, 503). A
     durable reporter's row is committed before the client reads ``data: [DONE]``."""
     recorded = False
     try:
@@ -105,8 +108,10 @@ async def _recorded(call: Call, body: AsyncIterator[bytes], router: Router | Non
                 if reporter is not None and reporter.durable:
                     await reporter.committed(call.routed.decision_id)
             yield chunk
-    except asyncio.CancelledError:  # cut off at the shutdown deadline (service.admission)
-        call.stream_error = call.stream_error or Overloaded("the gateway is shutting down")
+    except asyncio.CancelledError:  # the client left, or the shutdown deadline passed
+        call.stream_error = call.stream_error or (
+            ClientClosed("the client went away") if client_left()
+            else Overloaded("the gateway is shutting down"))
         raise
     finally:
         if not recorded:

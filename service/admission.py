@@ -113,8 +113,15 @@ class AdmissionMiddleware:
                 tracker.extra_headers = admission.headers
             await self.app(scope, receive, tracker.send)
         except asyncio.CancelledError:
-            await tracker.cut_off()
-            raise
+            if not await tracker.cut_off():
+                raise
+            # The client has its answer and the request its record: the request ends here.
+            # Re-raised, the cancellation uvicorn sends at the shutdown deadline reached it as
+            # "Exception in ASGI application" with a traceback at ERROR, once per request cut
+            # off, on every rolling update with a long request in flight.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
         finally:
             if admission is not None and admission.reservation is not None:
                 await gw.limiter.settle(admission.reservation)
@@ -352,10 +359,12 @@ class _Tracker:
                 self.finished = True
         await self._send(message)
 
-    async def cut_off(self) -> None:
-        """Answer a request cancelled before it finished (the shutdown deadline passed)."""
+    async def cut_off(self) -> bool:
+        """Answer a request cancelled before it finished (the shutdown deadline passed);
+        whether its response is now complete (False: it stopped inside an event, or the
+        connection is gone)."""
         if self.finished:
-            return
+            return True
         error = Overloaded("the gateway is shutting down; retry the request",
                            code="shutting_down")
         try:
@@ -364,5 +373,9 @@ class _Tracker:
             elif self.sse and self.at_event_boundary:
                 await self._send({"type": "http.response.body", "more_body": False,
                                   "body": b"data: " + error_json(error) + b"\n\ndata: [DONE]\n\n"})
+            else:
+                return False
         except Exception:  # the connection is already gone: nothing more to say
             log.debug("could not answer a request cut off at shutdown", exc_info=True)
+            return False
+        return True

@@ -134,6 +134,30 @@ async def test_body_over_the_size_limit_is_413():
     assert backend.requests == [GOOD]
 
 
+async def test_a_feedback_body_over_the_size_limit_is_413_too():
+    # POST /v1/feedback read any body whole before its checks: 17 MB through the gateway
+    # (max_body_bytes 16 MiB) came back 422 "id: Field required", so one request could make
+    # a replica hold as much as its client sent (its pod's memory limit is 512 MiB).
+    settings = make_settings(max_body_bytes=4096)
+    big = {"id": "dec_x", "correct": True, "note": "x" * 10_000}
+    async with gateway_client(FakeBackend().transport(), settings) as client:
+        reply = await client.post("/v1/feedback", json=big)
+        assert reply.status_code == 413
+        assert reply.json()["error"]["type"] == "invalid_request_error"
+
+        async def chunked():  # no content-length: the limit holds while reading
+            yield b'{"id": "dec_x", "correct": true, "note": "'
+            for _ in range(10):
+                yield b"y" * 1000
+            yield b'"}'
+
+        reply = await client.post("/v1/feedback", content=chunked(),
+                                  headers={"content-type": "application/json"})
+        assert reply.status_code == 413
+        unknown = await client.post("/v1/feedback", json={"id": "dec_x", "correct": True})
+        assert unknown.status_code == 404  # a body within the limit is read as before
+
+
 async def test_unknown_route_is_404_in_the_envelope():
     async with gateway_client(FakeBackend().transport()) as client:
         reply = await client.get("/nothing/here")

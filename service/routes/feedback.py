@@ -12,13 +12,14 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from service import metrics
 from service.admission import admission_of
-from service.deps import Gateway, gateway
+from service.deps import Gateway, gateway, read_body
 from service.errors import Conflict, GatewayError, NotFound
 from service.store import AmbiguousId, StoreError, UnknownId, is_correct
 
@@ -52,20 +53,24 @@ class FeedbackRequest(BaseModel):
         return 1.0 if self.correct else 0.0
 
 
-@router.post("/v1/feedback")
-async def feedback(body: FeedbackRequest, request: Request,
-                   gw: Annotated[Gateway, Depends(gateway)]) -> JSONResponse:
+@router.post("/v1/feedback", openapi_extra={"requestBody": {"content": {"application/json": {
+    "schema": FeedbackRequest.model_json_schema()}}, "required": True}})
+async def feedback(request: Request, gw: Annotated[Gateway, Depends(gateway)]) -> JSONResponse:
     """Record the outcome on the request log (the last value wins) and, at a request's first
     feedback only, in ``ttc_feedback_total`` and as a learning event (``service.learning``:
     the learned policies learn each decision once, from its first feedback).
 
     Raises:
+        RequestTooLarge: the body is over ``max_body_bytes`` (413).
+        RequestValidationError: the body is not JSON (400) or not a ``FeedbackRequest``
+            (422), rendered by the app's handler.
         NotFound: no request has this id, or (a key that is not an admin key) only another
             key's request has it (404, the same answer).
         Conflict: several requests logged before the gateway minted its own response ids
             share this response id (409; the decision id names one).
         GatewayError: the request log failed (500).
     """
+    body = await _feedback_body(request, gw.settings.max_body_bytes)
     if gw.request_log is None:
         raise GatewayError("the request log is not available")
     score = body.as_score()
@@ -94,3 +99,17 @@ async def feedback(body: FeedbackRequest, request: Request,
     return JSONResponse({"object": "feedback", "id": body.id,
                          "decision_id": applied.decision_id, "correct": correct,
                          "score": score})
+
+
+async def _feedback_body(request: Request, limit_bytes: int) -> FeedbackRequest:
+    """The body, read within ``limit_bytes`` as every other body is (``read_body``): declared
+    as a FastAPI body parameter, it was read whole, whatever its size, before any check."""
+    raw = await read_body(request, limit_bytes)
+    if not raw.strip():  # as FastAPI words a missing body: "not valid JSON: it is empty"
+        raise RequestValidationError([{"type": "missing", "loc": ("body",),
+                                       "msg": "Field required", "input": None}])
+    try:
+        return FeedbackRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) from exc

@@ -280,6 +280,8 @@ async def test_open_ended_generation_is_answered_directly_with_room(text):
     router = reply.json()["router"]
     assert router["strategy"] == "direct" and router["scores"] is None, router
     assert "open-ended generation" in router["reason"]
+    # Sampled as the client asked: greedy decoding repeats itself on long free text.
+    assert "temperature" not in router and "temperature" not in llm_.requests[0]
     # Room for a long text, within the ceiling of auto's plans (8 x the 512-token mean).
     assert router["budget_tokens"] == llm_.requests[0]["max_tokens"] == 4096
     assert capped.json()["router"]["strategy"] == "direct"

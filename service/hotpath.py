@@ -26,8 +26,9 @@ from starlette.responses import Response
 
 from service import metrics, tracing
 from service.admission import AdmissionMiddleware
-from service.errors import GatewayError
-from service.latency import CALL, DISCONNECTED, RECEIVED, ClientTimer
+from service.disconnect import noting_disconnect
+from service.errors import ClientClosed, GatewayError
+from service.latency import CALL, RECEIVED, ClientTimer
 from service.rendering import error_response, unexpected_error_response
 from service.routes.completions import chat_completions, completions
 
@@ -93,26 +94,15 @@ class HotPath:
                                          status[0] if status else None)
 
     async def _handle(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        receive = _noting_disconnect(scope, receive)
+        receive = noting_disconnect(scope, receive)
         request = Request(scope, receive)
         try:
             response = await HANDLERS[scope["path"]](request)
+        except ClientClosed:
+            return  # nobody is left to read an answer (recorded by the route, 499)
         except GatewayError as exc:
             response = error_response(exc)
         except Exception as exc:  # a bug: a 500 in the envelope, and the gateway keeps serving
             response = unexpected_error_response(request, exc)
         await response(scope, receive, send)
 
-
-def _noting_disconnect(scope: MutableMapping[str, Any], receive: Any) -> Any:
-    """``receive`` that marks ``scope[DISCONNECTED]`` when the client goes away: a stream's
-    body is then cancelled the same way as at the shutdown deadline, and only this tells the
-    two apart (``service.routes.completions``)."""
-
-    async def noted() -> MutableMapping[str, Any]:
-        message: MutableMapping[str, Any] = await receive()
-        if message["type"] == "http.disconnect":
-            scope[DISCONNECTED] = True
-        return message
-
-    return noted

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -17,6 +18,7 @@ from service import sse
 from service.admission import admission_of, reserve_for_call
 from service.backends import AUTO_MODEL
 from service.deps import gateway, read_body
+from service.disconnect import ClientWatch
 from service.errors import ClientClosed, GatewayError, InvalidRequest, Overloaded
 from service.experiments import identity_of
 from service.latency import CALL, DISCONNECTED, RECEIVED
@@ -24,7 +26,7 @@ from service.observe import Reporter
 from service.protocol import Endpoint, RoutedRequest, parse_json_object, parse_request
 from service.routing import Router
 from service.strategies import REGISTRY, Call
-from service.strategies.base import record
+from service.strategies.base import Strategy, record
 
 
 async def chat_completions(request: Request) -> Response:
@@ -64,14 +66,7 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
     headers = {"x-ttc-decision-id": routed.decision_id, "x-ttc-strategy": plan.strategy}
 
     if not routed.stream:
-        try:
-            result = await strategy.complete(call)
-        except GatewayError as exc:
-            record(call, str(exc.status))
-            raise
-        except asyncio.CancelledError:  # cut off at the shutdown deadline: answered 503
-            record(call, str(Overloaded.status))
-            raise
+        result = await _complete_watched(call, strategy, request)
         record(call, "200")
         _observe_usage(gw.router, call)
         if gw.reporter.durable:  # the decision is in the shared log before the client sees it
@@ -91,6 +86,40 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
                                        client_left=lambda: bool(request.scope.get(DISCONNECTED))),
                              media_type="text/event-stream",
                              headers=headers)
+
+
+async def _complete_watched(call: Call, strategy: Strategy, request: Request) -> dict[str, Any]:
+    """``strategy.complete(call)``, stopped if the client goes away meanwhile
+    (``service.disconnect.ClientWatch``). A failure is recorded here: its own status, 503
+    for the shutdown deadline's cancellation, 499 for the client's.
+
+    Raises:
+        ClientClosed: the client went away; its upstream calls were abandoned and counted.
+        GatewayError: the strategy failed.
+        asyncio.CancelledError: the shutdown deadline passed.
+    """
+    watch = ClientWatch(request.receive)
+    try:
+        result = await strategy.complete(call)
+    except GatewayError as exc:
+        watch.close()
+        if not watch.left:
+            record(call, str(exc.status))
+            raise
+    except asyncio.CancelledError:
+        watch.close()
+        if not watch.left:  # cut off at the shutdown deadline: answered 503
+            record(call, str(Overloaded.status))
+            raise
+    else:
+        watch.close()
+        if not watch.left:
+            return result
+    # The client went away, and its cancellation ended the work (or was lost in it).
+    record(call, str(ClientClosed.status))
+    if not watch.uncancel():
+        raise asyncio.CancelledError("the gateway is shutting down")
+    raise ClientClosed("the client went away before its answer was ready")
 
 
 async def _recorded(call: Call, body: AsyncIterator[bytes], router: Router | None,

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, ClassVar
 
+import anyio
 import orjson
 
 from router_models.answers import extract_answer, json_answer, lettered_options
@@ -212,10 +213,21 @@ async def stream_when_done(call: Call, work: Coroutine[Any, Any, Sample],
         if task.done():
             task.result()  # raises the refusal before any byte is sent
     except BaseException:
-        if not task.done():
-            task.cancel()
+        await _stopped(task)
         raise
     return _stream_when_done(call, task, activity)
+
+
+async def _stopped(task: asyncio.Task[Sample]) -> None:
+    """Cancel ``task`` if it still runs and wait until it has ended: the calls it abandons
+    are charged what they may have generated (``service.strategies.metered``) as they end,
+    and the request is recorded right after (the client went away, or the shutdown deadline
+    passed). Shielded: anyio cancels the response's task again at every await."""
+    if task.done():
+        return
+    task.cancel()
+    with anyio.CancelScope(shield=True):
+        await asyncio.wait({task})
 
 
 async def _stream_when_done(call: Call, task: asyncio.Task[Sample],
@@ -231,8 +243,7 @@ async def _stream_when_done(call: Call, task: asyncio.Task[Sample],
         yield sse.DONE
         return
     finally:
-        if not task.done():
-            task.cancel()
+        await _stopped(task)
     for chunk in answer_chunks(call, chosen):
         yield sse.data_event(orjson.dumps(chunk))
     yield sse.DONE

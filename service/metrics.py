@@ -8,7 +8,10 @@ Names (labels):
   forwarded call (``/v1/responses``, ``/v1/embeddings``, ...) has ``strategy``, ``policy``
   and ``arm`` ``none`` (``service.proxy_usage``).
 - ``ttc_upstream_requests_total{backend, status}``: every attempt sent to a backend, retries
-  included; ``status`` is the HTTP status, or ``error`` when no status came back.
+  included; ``status`` is the HTTP status, ``error`` when no status came back, or
+  ``stream_error`` when a completion's 2xx reply failed after its headers (its body broke off
+  or timed out, was not the JSON or SSE promised, or a stream sent an error event or ended
+  before its answer): such an attempt is counted once its body is read, a stream once closed.
 - ``ttc_upstream_retries_total{backend, reason}``: attempts repeated after a failure.
 - ``ttc_upstream_retries_refused_total{backend, reason}``: retries not made although the call
   allowed one: ``retry_budget`` (the backend's retry budget, a share of its calls, was spent),

@@ -21,7 +21,13 @@ DONE = object()  # the payload of a ``data: [DONE]`` event
 
 async def events(stream: UpstreamStream) -> AsyncGenerator[tuple[Any, str], None]:
     """(parsed JSON payload, data text) of each event of one upstream stream; the payload is
-    ``DONE`` for ``[DONE]``."""
+    ``DONE`` for ``[DONE]``. A stream that fails here is marked broken (``broke()``): its
+    attempt is counted as a ``stream_error``.
+
+    Raises:
+        UpstreamError: the stream broke off, sent an error event, or is not UTF-8 SSE with
+            JSON events (``UpstreamTimeout``: it stalled past the read timeout).
+    """
     decoder = sse.EventDecoder()
     try:
         async for chunk in stream.chunks():
@@ -34,8 +40,12 @@ async def events(stream: UpstreamStream) -> AsyncGenerator[tuple[Any, str], None
             if parsed is not None:
                 yield parsed
     except UnicodeDecodeError as exc:
+        stream.broke()
         raise UpstreamError("the backend sent a stream that is not UTF-8",
                             code="upstream_malformed") from exc
+    except GatewayError:  # broken off, timed out, an error event, an event that is not JSON
+        stream.broke()
+        raise
 
 
 def parse_event(event: sse.Event) -> tuple[Any, str] | None:

@@ -7,7 +7,10 @@ its first bytes arrive, before anything is sent to the client; after that a fail
 as ``UpstreamError`` for the caller to end its stream with.
 
 Every attempt is counted in ``ttc_upstream_requests_total{backend, status}`` and timed in
-``ttc_upstream_duration_seconds{backend}``; retries in ``ttc_upstream_retries_total``.
+``ttc_upstream_duration_seconds{backend}``; retries in ``ttc_upstream_retries_total``. A
+completion's 2xx reply is counted once its body has been read (a stream: once it is closed),
+under ``STREAM_ERROR`` when the body failed after its 2xx headers, so that broken streams
+reach the backend error ratio instead of hiding under their 200.
 
 Retries are bounded three ways: per call (``max_retries``), per client request (the caller's
 ``retry`` hook: the request's own retry count, and a new grant from its budget ledger, since
@@ -60,6 +63,10 @@ HOP_HEADERS = frozenset(
 )
 # The most a Retry-After from a backend may delay one retry; longer waits become a 429 reply.
 MAX_RETRY_AFTER_S = 5.0
+# ``ttc_upstream_requests_total``'s status for a reply whose body failed after its 2xx headers:
+# it broke off or timed out, was not the JSON or SSE promised, or (a stream) carried an error
+# event or ended before its answer did. The attempt is counted under it instead of its 2xx.
+STREAM_ERROR = "stream_error"
 
 
 @dataclass(frozen=True)
@@ -182,7 +189,10 @@ class UpstreamStream:
     """An open streamed reply (2xx) whose first chunk has already arrived.
 
     Iterate ``chunks()`` for the raw bytes; failures while reading raise ``UpstreamError`` or
-    ``UpstreamTimeout``. Always ``aclose()`` (the routes do it in ``finally``).
+    ``UpstreamTimeout``. A failure the reader finds in the bytes themselves (an error event,
+    a malformed or truncated stream) is reported with ``broke()``. Always ``aclose()`` (the
+    routes do it in ``finally``): the attempt is counted in ``ttc_upstream_requests_total``
+    then, under its status, or ``STREAM_ERROR`` when it broke.
     """
 
     def __init__(self, response: httpx.Response, first: bytes, byte_iter: AsyncIterator[bytes],
@@ -199,6 +209,8 @@ class UpstreamStream:
         self._gate = gate
         self._breaker = breaker
         self.span: Any = None  # the call's trace span, ended by aclose (service.tracing)
+        # Counted by aclose, once; a status other than 2xx was counted by ``_exchange``.
+        self._outcome = str(response.status_code) if response.is_success else None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         if self._first:
@@ -211,6 +223,7 @@ class UpstreamStream:
             except StopAsyncIteration:
                 return
             except httpx.HTTPError as exc:
+                self.broke()
                 if self._breaker is not None:
                     count_failure(self._breaker, self._backend, self._acct)
                 error = _translate(exc, self._backend, streaming=True)
@@ -223,7 +236,16 @@ class UpstreamStream:
                 tracing.note_stream_chunk(self.span, chunk)
             yield chunk
 
+    def broke(self) -> None:
+        """Note that this stream failed after its 2xx headers (an error event, a malformed or
+        truncated stream): ``aclose`` counts it as ``STREAM_ERROR``."""
+        if self._outcome is not None:
+            self._outcome = STREAM_ERROR
+
     async def aclose(self) -> None:
+        if self._outcome is not None:
+            outcome, self._outcome = self._outcome, None
+            metrics.child(metrics.UPSTREAM_REQUESTS, self._backend.label, outcome).inc()
         try:
             await self._response.aclose()
         finally:
@@ -489,8 +511,16 @@ class UpstreamClient:
         started = time.perf_counter()
         try:
             response = await self._exchange(backend, method, self._url(backend, path), content,
-                                            _fixed_headers(backend, "json"), acct)
-            payload = await _read(response, backend)
+                                            _fixed_headers(backend, "json"), acct,
+                                            count_2xx=False)
+            try:
+                payload = await _read(response, backend)
+            except GatewayError:
+                _count_2xx(backend, response, STREAM_ERROR)
+                raise
+            except BaseException:  # cancelled: the gateway gave up, not the backend
+                _count_2xx(backend, response)
+                raise
         finally:
             gate.release()
             elapsed = time.perf_counter() - started
@@ -503,8 +533,10 @@ class UpstreamClient:
         try:
             parsed = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
+            _count_2xx(backend, response, STREAM_ERROR)
             raise UpstreamError(f"backend {backend.label} returned a body that is not JSON",
                                 code="upstream_malformed") from exc
+        _count_2xx(backend, response)
         return JsonReply(response.status_code, parsed, response.headers)
 
     async def _stream_attempt(self, backend: Backend, path: str, content: bytes,
@@ -514,7 +546,8 @@ class UpstreamClient:
         started = time.perf_counter()
         try:
             response = await self._exchange(backend, "POST", self._url(backend, path), content,
-                                            _fixed_headers(backend, "sse"), acct)
+                                            _fixed_headers(backend, "sse"), acct,
+                                            count_2xx=False)
             if response.status_code >= 400:
                 payload = await _read(response, backend)
                 raise _error_from_status(response.status_code, payload, response.headers,
@@ -525,8 +558,12 @@ class UpstreamClient:
             except StopAsyncIteration:
                 first = b""
             except httpx.HTTPError as exc:
+                _count_2xx(backend, response, STREAM_ERROR)
                 await response.aclose()
                 raise _translate(exc, backend) from exc  # nothing reached the client: retryable
+            except BaseException:  # cancelled: the gateway gave up, not the backend
+                _count_2xx(backend, response)
+                raise
         except BaseException:
             gate.release()
             raise
@@ -538,9 +575,11 @@ class UpstreamClient:
 
     async def _exchange(self, backend: Backend, method: str, url: httpx.URL,
                         content: bytes | None, headers: Mapping[str, str],
-                        acct: Accounting | None) -> httpx.Response:
+                        acct: Accounting | None, *, count_2xx: bool = True) -> httpx.Response:
         """Send one request and return the response with its body unread; counts the attempt
-        in ``ttc_upstream_requests_total`` and translates transport errors."""
+        in ``ttc_upstream_requests_total`` (a 2xx one only with ``count_2xx``: else the
+        caller counts it once its body is read, ``_count_2xx``) and translates transport
+        errors."""
         request = httpx.Request(method, url, content=content or None, headers=headers,
                                 extensions=self._timeouts)
         try:
@@ -548,8 +587,9 @@ class UpstreamClient:
         except httpx.HTTPError as exc:
             metrics.child(metrics.UPSTREAM_REQUESTS, backend.label, "error").inc()
             raise _translate(exc, backend) from exc
-        metrics.child(metrics.UPSTREAM_REQUESTS, backend.label,
-                      str(response.status_code)).inc()
+        if count_2xx or not response.is_success:
+            metrics.child(metrics.UPSTREAM_REQUESTS, backend.label,
+                          str(response.status_code)).inc()
         if acct is not None:
             acct.upstream_calls += 1
         return response
@@ -621,6 +661,14 @@ _T = TypeVar("_T")
 TOKENIZE_PATHS = ("/tokenize", "/extras/tokenize/count")
 _JSON_HEADERS = {"content-type": "application/json"}
 _SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
+
+
+def _count_2xx(backend: Backend, response: httpx.Response, outcome: str | None = None) -> None:
+    """Count an attempt whose 2xx status ``_exchange`` left uncounted: under ``outcome``
+    (``STREAM_ERROR``: its body failed), else its status. Other statuses were counted."""
+    if response.is_success:
+        metrics.child(metrics.UPSTREAM_REQUESTS, backend.label,
+                      outcome or str(response.status_code)).inc()
 
 
 async def _read(response: httpx.Response, backend: Backend) -> bytes:

@@ -242,3 +242,63 @@ async def test_a_vote_whose_samples_all_fail_counts_once():
         assert metric("ttc_circuit_open", backend="fake") == 0  # one request: one failure
         assert (await client.post(CHAT, json=vote)).status_code == 502
         assert metric("ttc_circuit_open", backend="fake") == 1
+
+
+def upstream_counts(backend: str) -> dict[str, float]:
+    return {status: metric("ttc_upstream_requests_total", backend=backend, status=status)
+            for status in ("200", "stream_error")}
+
+
+async def test_a_stream_broken_after_its_headers_is_counted_as_a_stream_error(fault_url):
+    # Seen on /metrics: a backend that dropped every stream mid-way was counted under the 200
+    # its headers carried, so ttc:upstream_error_ratio:rate5m stayed at 0 and
+    # TTCBackendErrors never fired.
+    before = upstream_counts("cut-stream")
+    settings = settings_for({"url": fault_url, "name": "cut-stream",
+                             "models": ["cut-model", "ok-model"]})  # no listing to count
+    async with gateway_client(None, settings) as client:  # type: ignore[arg-type]
+        broken = await client.post(CHAT, json=ask("cut-model", stream=True))
+        assert broken.status_code == 200 and '"error"' in broken.text
+        whole = await client.post(CHAT, json=ask("ok-model", stream=True))
+        assert whole.status_code == 200 and '"error"' not in whole.text
+    after = upstream_counts("cut-stream")
+    # One broken attempt, or two when it broke before its first bytes and was retried.
+    assert after["stream_error"] in (before["stream_error"] + 1, before["stream_error"] + 2)
+    assert after["200"] == before["200"] + 1  # the whole one, counted once
+
+
+async def test_a_reply_cut_off_after_its_headers_is_counted_as_a_stream_error(fault_url):
+    before = upstream_counts("cut-json")
+    settings = settings_for({"url": fault_url, "name": "cut-json", "models": ["cut-model"]})
+    async with gateway_client(None, settings) as client:  # type: ignore[arg-type]
+        reply = await client.post(CHAT, json=ask("cut-model"))
+        assert_envelope(reply, 502, "upstream_error")
+    after = upstream_counts("cut-json")
+    assert after["stream_error"] == before["stream_error"] + 2  # the attempt and its retry
+    assert after["200"] == before["200"]
+
+
+@pytest.mark.parametrize("ending", ["error_event", "reset", "truncated"])
+async def test_a_stream_that_fails_mid_way_in_process_is_a_stream_error(ending):
+    import httpx
+
+    from tests.fakes import ScriptedStream, scripted_transport, sse_body
+
+    word = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "fake-model",
+            "choices": [{"index": 0, "delta": {"content": "Once"}, "finish_reason": None}]}
+    events = {"error_event": sse_body(word, {"error": {"message": "the model crashed"}}),
+              "reset": sse_body(word), "truncated": sse_body(word)}[ending]
+    error = httpx.ReadError("connection reset by peer") if ending == "reset" else None
+
+    def backend(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              stream=ScriptedStream(events, error))
+
+    before = upstream_counts("fake")
+    async with gateway_client(scripted_transport(backend)) as client:
+        reply = await client.post(CHAT, json={**ask("fake-model"), "stream": True})
+        assert reply.status_code == 200
+        assert json.loads(stream_events(reply.text)[-2])["error"]["type"] == "upstream_error"
+    after = upstream_counts("fake")
+    assert after["stream_error"] == before["stream_error"] + 1
+    assert after["200"] == before["200"]

@@ -238,7 +238,7 @@ async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
                     state.metered.abandon(state.usage, "", at_least=state.chunks)
                     raise UpstreamError("the backend sent more tokens than its max_tokens",
                                         code="upstream_over_cap")
-        _check_complete(call, states)
+        _check_complete(call, states, streams)
         for state in states:
             await state.metered.finish_counted(
                 state.usage, list(state.texts.values()),
@@ -306,10 +306,14 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
     return orjson.dumps(payload) if changed else data.encode()
 
 
-def _check_complete(call: Call, states: list[_StreamState]) -> None:
-    for state in states:
+def _check_complete(call: Call, states: list[_StreamState],
+                    streams: list[UpstreamStream]) -> None:
+    """Raise ``UpstreamError`` (``stream_truncated``) when a stream ended before its answer
+    did (no ``[DONE]``, choices without a finish reason); that stream is marked broken."""
+    for state, stream in zip(states, streams, strict=True):
         expected = 1 if len(states) > 1 else call.routed.n
         if not state.done and len(state.finished) < expected:
+            stream.broke()
             raise UpstreamError("the stream from the backend ended before the answer was complete",
                                 code="stream_truncated")
 

@@ -240,6 +240,7 @@ async def _forward(call: Call, stream: UpstreamStream, metered: Metered,
         if overran:  # counted in full (at least a token per chunk): the ledger notes it
             metered.abandon(piece.usage, piece.generated, at_least=piece.chunks)
         elif not piece.done and piece.finish_reason is None:
+            stream.broke()
             raise UpstreamError("the stream from the backend ended before the answer was "
                                 "complete", code="stream_truncated")
         await metered.finish_counted(piece.usage, [piece.generated], [piece.finish_reason],

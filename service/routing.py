@@ -98,10 +98,11 @@ def greedy_chain(plan: Plan, body: dict[str, Any], temperature: float | None) ->
     client chose no sampling (neither ``temperature`` nor ``top_p``); else ``plan``.
 
     One chain's answer is what the client gets, and decoding it greedily is the more accurate
-    way for it on the outcome bank: the embedded model's greedy chain is right on 34.6% of
-    410 items, a chain sampled at temperature 0.7 on 29.3%, at 225 and 234 mean tokens
-    (+5.4 points, paired 95% interval [+0.2, +10.5], McNemar p = 0.045; ahead on 6 of 8
-    suites; ``python -m bench.bank_findings``, section e). Votes keep sampling
+    way for it on the outcome bank: the embedded model's greedy chain is right on 33.3% of
+    498 items, a chain sampled at temperature 0.7 on 28.1%, at 227 and 232 mean tokens
+    (+5.2 points, paired 95% interval [+0.6, +9.8], McNemar p = 0.036; ahead on 5 of 8
+    suites, behind on MMLU and StrategyQA by 3 and 1.5; 543-run bank, 7 Dec 2026;
+    ``python -m bench.bank_findings``, section e). Votes keep sampling
     (self-consistency needs different paths, Wang et al. 2023). A chat UI's "regenerate"
     then repeats the answer unless it sends a temperature, as with any greedy backend."""
     if (temperature is None or plan.strategy not in CHAINS

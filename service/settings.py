@@ -205,7 +205,7 @@ class Settings(BaseSettings):
     default_answer_tokens: int = Field(256, ge=1)
     # The temperature of the one chain `auto` plans (direct, sequential, search) when the
     # client sets neither temperature nor top_p; None keeps the backend's default. 0 (greedy):
-    # on the outcome bank a greedy chain is right on 34.6% of 410 items against 29.3% for a
+    # on the outcome bank a greedy chain is right on 33.3% of 498 items against 28.1% for a
     # sampled one (temperature 0.7) at about the same tokens (service/routing.py,
     # greedy_chain; python -m bench.bank_findings, section e).
     chain_temperature: float | None = Field(0.0, ge=0, le=2)

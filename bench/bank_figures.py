@@ -37,6 +37,8 @@ from router_models.voting import Ballot, tally, winner
 from service.evaluation.analysis import wilson
 
 VOTE_SIZES = (2, 4, 8)
+# The samples' max_tokens in the bank's recording (bank.json): a vote of k reads k whole samples.
+SAMPLE_TOKENS = 512
 
 
 @dataclass(frozen=True)

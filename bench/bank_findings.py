@@ -25,7 +25,7 @@ d. **DeepConf** (Fu et al. 2025): confidence-weighted and confidence-filtered vo
    confidence separates its right from its wrong answers (ROC AUC, scikit-learn).
 e. **One chain, greedy or sampled**: the greedy chain against the first sampled chain
    (temperature 0.7) of the same items, both within the samples' recorded room
-   (``SAMPLE_ROOM``), paired: what ``chain_temperature`` (``service.routing.greedy_chain``)
+   (``SAMPLE_TOKENS``), paired: what ``chain_temperature`` (``service.routing.greedy_chain``)
    rests on.
 
 Accuracies are percent with Wilson 95% intervals; n is the number of items. A bank still being
@@ -51,6 +51,7 @@ from sklearn.metrics import roc_auc_score
 from bench.bank_figures import (
     ARMS,
     CONFIDENCE_VOTES,
+    SAMPLE_TOKENS,
     Cell,
     ballot_answer,
     confidence_outcomes,
@@ -410,12 +411,9 @@ def confidence_auc(runs: Sequence[BankRun]) -> tuple[int, int, dict[str, float |
 
 # e. one chain, greedy or sampled ------------------------------------------------------------
 
-SAMPLE_ROOM = 512  # the samples' max_tokens in the bank's recording (bank.json)
-
-
 @dataclass(frozen=True)
 class GreedyRow:
-    """One family: the greedy chain and one sampled chain at ``SAMPLE_ROOM`` tokens (their
+    """One family: the greedy chain and one sampled chain at ``SAMPLE_TOKENS`` tokens (their
     accuracy and mean completion tokens spent) and their paired comparison (greedy -
     sampled)."""
 
@@ -427,7 +425,7 @@ class GreedyRow:
     comparison: Paired
 
 
-def greedy_vs_sampled(family: str, runs: Sequence[BankRun], room: int = SAMPLE_ROOM
+def greedy_vs_sampled(family: str, runs: Sequence[BankRun], room: int = SAMPLE_TOKENS
                       ) -> GreedyRow:
     """The ``GreedyRow`` of the runs with a sampled chain, each chain cut at ``room`` tokens
     (the long greedy chains too, so both sides had the same room)."""
@@ -646,7 +644,7 @@ def render(findings: Findings) -> str:
         render_confidence(findings.confidence),
         "Per-sample confidence as a predictor of a right answer (ROC AUC, 0.5 = chance):",
         render_auc(findings.auc),
-        f"### e. One chain, greedy or sampled, within {SAMPLE_ROOM} tokens",
+        f"### e. One chain, greedy or sampled, within {SAMPLE_TOKENS} tokens",
         render_greedy(findings.greedy)])
 
 

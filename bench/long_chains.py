@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from bench.bank_figures import outcome, spent
+from bench.bank_figures import SAMPLE_TOKENS, outcome, spent
 from bench.bank_findings import paired
 from bench.options import positive_int
 from bench.outcome_bank import (
@@ -126,7 +126,6 @@ def record_long_chain(client: httpx.Client, url: str, run: BankRun, max_tokens: 
 
 
 REPORT_ARMS = ("cut chain", "long chain", "vote 4", "vote 8")
-SAMPLE_TOKENS = 512  # the samples' room in the recording: a vote of k reads k whole samples
 
 
 def report_rows(recorded: Bank, extended: Bank, keys: set[str]) -> list[dict[str, Any]]:

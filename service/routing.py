@@ -46,7 +46,7 @@ from router_models.classifier import Classifier
 from router_models.generation import conversation_generation, open_generation
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies import KIND_NAMES, LearnedPolicy, Policy, PolicyError, parse_policy
-from router_models.policies.learned import PLAN_CEILING
+from router_models.policies.learned import plan_ceiling
 from router_models.policies.prior import (
     MIN_VOTE_WIDTH,
     fit_cap,
@@ -240,12 +240,11 @@ class Router:
     def generation_budget(self, routed: RoutedRequest) -> int:
         """The budget of open-ended generation (tokens): the client's ``budget_tokens`` or
         ``max_tokens``, else the ceiling of any plan a policy makes on its own
-        (``PLAN_CEILING`` x ``learned_target_tokens``, 4,096 by default): room for a long text,
+        (``plan_ceiling`` of ``learned_target_tokens``: 4,096 by default): room for a long text,
         and a bound on a backend that never stops."""
         controls = routed.controls
         return controls.budget_tokens or routed.max_tokens or min(
-            self.settings.max_budget_tokens,
-            max(1, int(PLAN_CEILING * self.settings.learned_target_tokens)))
+            self.settings.max_budget_tokens, plan_ceiling(self.settings.learned_target_tokens))
 
     def search_available(self) -> bool:
         """Whether ``search`` can find anything: a remote search service is configured, or the

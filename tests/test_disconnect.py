@@ -126,6 +126,15 @@ def leaving_client(body: dict[str, Any], left: asyncio.Event) -> Any:
     return LeavingClient(body, left).receive
 
 
+def collecting(sent: list[dict[str, Any]]) -> Any:
+    """An ASGI ``send`` that keeps every message in ``sent``."""
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    return send
+
+
 async def test_a_client_leaving_mid_stream_is_recorded_as_499_not_503(tmp_path):
     # Seen through the gateway: `curl` stopped one second into a stream was logged and
     # counted as status 503, "the gateway is shutting down", so ttc_requests_total's 5xx
@@ -172,9 +181,7 @@ async def test_a_json_request_whose_client_leaves_stops_its_upstream_calls(strat
     scope = http_scope([(b"authorization", f"Bearer {secret}".encode())])
     left = asyncio.Event()
     sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    send = collecting(sent)
 
     async def leave_when_the_slow_calls_wait() -> None:
         await backend.in_flight.wait()
@@ -220,9 +227,7 @@ async def test_a_json_request_cut_off_at_shutdown_is_still_a_503():
     body = {**QUESTION, "router": {"strategy": "sequential", "budget_tokens": 64}}
     scope = http_scope()
     sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    send = collecting(sent)
 
     async with app.router.lifespan_context(app):
         request = asyncio.create_task(app(scope, leaving_client(body, asyncio.Event()), send))
@@ -242,9 +247,7 @@ async def test_a_client_that_stays_gets_its_answer_and_leaves_no_watcher_behind(
     body = {**QUESTION, "router": {"strategy": "sequential", "budget_tokens": 64}}
     scope = http_scope()
     sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    send = collecting(sent)
 
     client = LeavingClient(body, asyncio.Event())
     async with app.router.lifespan_context(app):

@@ -134,6 +134,12 @@ _DEFAULT_REFERENCE = tuple(
     for difficulty in (0.25, 0.75) for sequential, search in ((0.2, 0.1), (0.8, 0.1), (0.3, 0.8)))
 
 
+def plan_ceiling(target_tokens: float) -> int:
+    """The most completion tokens a plan made on ``auto``'s own account may have, for a mean
+    budget of ``target_tokens``: ``PLAN_CEILING`` x ``target_tokens`` (at least 1)."""
+    return max(1, int(PLAN_CEILING * target_tokens))
+
+
 def difference_bounds(successes: float, trials: float, base_successes: float,
                       base_trials: float, confidence: float = SWITCH_CONFIDENCE
                       ) -> tuple[float, float]:
@@ -292,9 +298,9 @@ class LearnedPolicy(Policy):
         return current
 
     def plan_ceiling(self) -> int:
-        """The most completion tokens a plan of this policy's own choosing may have:
-        ``PLAN_CEILING`` x ``target_tokens``."""
-        return max(1, int(PLAN_CEILING * self.target_tokens))
+        """The most completion tokens a plan of this policy's own choosing may have
+        (``plan_ceiling``)."""
+        return plan_ceiling(self.target_tokens)
 
     def sized(self, strategy: str, scores: Scores, budget_tokens: int | None = None, *,
               exploring: bool = False, ceiling: bool = True) -> Plan:

@@ -32,7 +32,8 @@ Names (labels):
   (``service.latency``).
 - ``ttc_proxied_requests_total{endpoint, status}``: other ``/v1/*`` calls forwarded as they are.
 - ``ttc_rejected_total{reason}``: requests refused before any upstream call
-  (``invalid``, ``auth``, ``rate_limit``, ``budget``, ``overload``).
+  (``invalid``, ``auth``, ``rate_limit``, ``budget``, ``overload``, and ``unknown_id``: a
+  feedback on an id no request has, or only another key's).
 - ``ttc_budget_tokens{strategy}``: histogram of the completion-token budgets allocated, one
   observation per request that had a budget.
 - ``ttc_budget_utilization_ratio{strategy}``: histogram of spent / allocated completion tokens

@@ -67,8 +67,15 @@ async def test_the_response_id_names_the_request_too(database_url):
 
 
 async def test_an_unknown_id_is_a_404_in_the_error_envelope():
+    # Seen on /metrics: feedback on an unknown id was counted as
+    # ttc_rejected_total{reason="invalid"}, with the malformed bodies, so a client posting
+    # stale or another tenant's ids could not be told from one posting broken JSON.
+    before = {reason: metric("ttc_rejected_total", reason=reason)
+              for reason in ("invalid", "unknown_id")}
     async with gateway_client(FakeBackend().transport()) as client:
         reply = await client.post("/v1/feedback", json={"id": "dec_nope", "correct": True})
+    assert metric("ttc_rejected_total", reason="unknown_id") == before["unknown_id"] + 1
+    assert metric("ttc_rejected_total", reason="invalid") == before["invalid"]
     assert reply.status_code == 404
     assert reply.json() == {"error": {"message": "no request has the id 'dec_nope'",
                                       "type": "not_found_error", "param": "id",

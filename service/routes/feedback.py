@@ -65,7 +65,8 @@ async def feedback(request: Request, gw: Annotated[Gateway, Depends(gateway)]) -
         RequestValidationError: the body is not JSON (400) or not a ``FeedbackRequest``
             (422), rendered by the app's handler.
         NotFound: no request has this id, or (a key that is not an admin key) only another
-            key's request has it (404, the same answer).
+            key's request has it (404, the same answer; counted in
+            ``ttc_rejected_total{reason="unknown_id"}``).
         Conflict: several requests logged before the gateway minted its own response ids
             share this response id (409; the decision id names one).
         GatewayError: the request log failed (500).
@@ -79,7 +80,12 @@ async def feedback(request: Request, gw: Annotated[Gateway, Depends(gateway)]) -
     try:
         applied = await gw.request_log.feedback(body.id, score, key_name=key_name)
     except UnknownId as exc:
-        raise NotFound(str(exc), param="id", code="unknown_id") from exc
+        # Its own reason, not "invalid": a well-formed feedback on a stale id, or on another
+        # key's (answered alike), is not a malformed request and is watched for apart.
+        metrics.child(metrics.REJECTED, "unknown_id").inc()
+        unknown = NotFound(str(exc), param="id", code="unknown_id")
+        unknown.counted = True
+        raise unknown from exc
     except AmbiguousId as exc:
         raise Conflict(str(exc), param="id", code="ambiguous_id") from exc
     except StoreError as exc:

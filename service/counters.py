@@ -62,8 +62,9 @@ class Window:
 class Charge:
     """The result of ``Counters.charge``: units ``granted`` (0 when refused), each window's use
     before the charge, and each window's ``wait_s``: when refused, seconds until it has room
-    for ``minimum`` (``Retry-After``); when granted, until it is back to empty (OpenAI's
-    ``x-ratelimit-reset-*``). A fixed window's is always the time to its reset."""
+    for ``minimum`` (``Retry-After``); when granted, or for a charge of 0 units (a look that
+    charges nothing), until it is back to empty (OpenAI's ``x-ratelimit-reset-*``). A fixed
+    window's is always the time to its reset."""
 
     granted: int
     used: list[int]
@@ -76,7 +77,8 @@ class Counters(Protocol):
     async def charge(self, windows: Sequence[Window], amount: int, minimum: int, entry: str,
                      now: float) -> Charge:
         """Grant ``g = min(amount, room in every window)`` as the entry ``entry`` of every
-        window if ``g >= minimum``, else nothing.
+        window if ``g >= minimum``, else nothing. ``amount`` 0 charges nothing and reads each
+        window's use and time until empty (``KeyLimiter`` builds headers from it).
 
         Raises:
             Overloaded: the counters cannot be reached (503).
@@ -135,7 +137,7 @@ class MemoryCounters:
                 else:
                     value = self._fixed_value(w.name, now)
                     self._fixed[w.name] = (value + granted, w.end_s + GRACE_S)
-        waits = [self._wait(w, u + granted, None if granted else minimum, now)
+        waits = [self._wait(w, u + granted, None if granted or not amount else minimum, now)
                  for w, u in zip(windows, used, strict=True)]
         return Charge(granted, used, waits)
 
@@ -195,7 +197,8 @@ class MemoryCounters:
 # KEYS: the windows' names. ARGV: now, amount, minimum, entry, then per window its limit,
 # length (s), sliding flag (1/0) and end (Unix s, fixed windows). A sliding window NAME is
 # NAME:z (entries by time), NAME:h (entry -> amount) and NAME:t (the total).
-# Returns {granted or 0, each window's use before, each window's wait in ms}.
+# Returns {granted or 0, each window's use before, each window's wait in ms}; an amount of 0
+# charges nothing and returns each window's wait until it is empty, as a granted charge does.
 _CHARGE_LUA = """
 local now = tonumber(ARGV[1])
 local amount = tonumber(ARGV[2])
@@ -248,7 +251,7 @@ for i, key in ipairs(KEYS) do
   local wait = 0
   if ARGV[3 + 4 * i] ~= '1' then
     wait = tonumber(ARGV[4 + 4 * i]) - now
-  elseif granted > 0 then
+  elseif granted > 0 or amount == 0 then
     local newest = redis.call('ZRANGE', key .. ':z', -1, -1, 'WITHSCORES')
     if #newest > 0 then wait = tonumber(newest[2]) + len - now end
   else

@@ -186,6 +186,13 @@ class UpstreamClientError(UpstreamError):
 
 
 class UpstreamRateLimited(UpstreamError):
+    """The backend answered 429 after the gateway's retries. ``retry_after_s``: the backend's
+    own ``Retry-After``, or None when it sent none.
+
+    The client's 429 always carries a ``Retry-After``, as every 429 of the gateway does: the
+    backend's, in whole seconds rounded up (never sooner than it asked), else 1 s (the
+    gateway has already retried with backoff and knows no better)."""
+
     status = 429
     type = "rate_limit_error"
 
@@ -194,9 +201,7 @@ class UpstreamRateLimited(UpstreamError):
         self.retry_after_s = retry_after_s
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after_s is None:
-            return {}
-        return {"Retry-After": str(max(1, round(self.retry_after_s)))}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s or 0)))}
 
 
 class UpstreamUnavailable(UpstreamError):

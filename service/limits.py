@@ -21,6 +21,7 @@ shared by every replica).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -126,9 +127,35 @@ class KeyLimiter:
         if not charge.granted:
             wait = max(charge.wait_s[0], 0.001)
             noun = "requests" if what == "requests" else "feedbacks"
+            if what == "requests":
+                # The refusal tells everything the key's answers tell (its token limits
+                # too, as OpenAI's 429s do), so a client can back off on either.
+                headers.update(await self.token_headers(key))
             raise RateLimited(f"this key may make {key.rpm} {noun} per minute; retry in "
                               f"{seconds(wait)}s", retry_after_s=wait,
                               code=f"rate_limit_{what}", rate_headers=headers)
+        return headers
+
+    async def token_headers(self, key: ApiKey) -> dict[str, str]:
+        """The ``x-ratelimit-{limit,remaining,reset}-tokens`` headers of the key's
+        completion-token limits (the tightest window) and the ``...-prompt-tokens`` ones of
+        its prompt-token limit, as they stand now; charges nothing ({} for a key without
+        token limits).
+
+        Raises:
+            Overloaded: the shared counters do not answer (503).
+        """
+        now = self.clock()
+        windows = self._token_windows(key, now)
+        prompt = self._prompt_windows(key)
+        if not windows and not prompt:
+            return {}
+        charge = await self.counters.charge([*windows, *prompt], 0, 0, "", now)
+        n = len(windows)
+        headers = _tokens_headers(windows, charge.used[:n], 0, charge.wait_s[:n])
+        if prompt:
+            headers.update(_headers("prompt-tokens", prompt[0].limit,
+                                    prompt[0].limit - charge.used[n], charge.wait_s[n]))
         return headers
 
     async def reserve_tokens(self, key: ApiKey, tokens: int | None, flexible_cap: int,
@@ -137,7 +164,9 @@ class KeyLimiter:
         (the request set no cap), as many as the key has left up to ``flexible_cap``; and
         ``prompt_tokens`` (an estimate) against the key's prompt-token limit.
 
-        Returns the reservation and the ``x-ratelimit-*-tokens`` headers (completion tokens).
+        Returns the reservation and the ``x-ratelimit-*-tokens`` headers (completion tokens),
+        with the ``x-ratelimit-*-prompt-tokens`` ones for a key with a prompt-token limit; a
+        refusal carries the same headers.
 
         Raises:
             TokensOverLimit: ``tokens`` or ``prompt_tokens`` is more than a window's whole
@@ -148,26 +177,33 @@ class KeyLimiter:
         entry = secrets.token_hex(8)
         now = self.clock()
         prompt_windows: tuple[Window, ...] = ()
+        prompt_headers: dict[str, str] = {}
         if key.prompt_tpm is not None and prompt_tokens > 0:
             if prompt_tokens > key.prompt_tpm:
                 raise TokensOverLimit(prompt_tokens, key.prompt_tpm, kind="prompt")
-            prompt_windows = (Window(f"{self._prefix}{key.name}:ptpm", key.prompt_tpm,
-                                     MINUTE_S),)
+            prompt_windows = self._prompt_windows(key)
             charge = await self.counters.charge(prompt_windows, prompt_tokens, prompt_tokens,
                                                 entry, now)
+            prompt_used, prompt_wait = charge.used[0], charge.wait_s[0]
+            left = key.prompt_tpm - prompt_used - charge.granted
+            prompt_headers = _headers("prompt-tokens", key.prompt_tpm, left, prompt_wait)
             if not charge.granted:
-                left = max(0, key.prompt_tpm - charge.used[0])
                 wait = max(charge.wait_s[0], 0.001)
+                # The completion-token headers too, as every answer of the key carries them.
+                completion = await self.token_headers(dataclasses.replace(key, prompt_tpm=None))
                 raise RateLimited(
-                    f"this key may send {key.prompt_tpm} prompt tokens per minute; {left} are "
-                    f"left and this request needs about {prompt_tokens}; retry in "
-                    f"{seconds(wait)}s", retry_after_s=wait, code="rate_limit_prompt_tokens",
-                    rate_headers={"x-ratelimit-limit-prompt-tokens": str(key.prompt_tpm),
-                                  "x-ratelimit-remaining-prompt-tokens": str(left)})
+                    f"this key may send {key.prompt_tpm} prompt tokens per minute; "
+                    f"{max(0, left)} are left and this request needs about {prompt_tokens}; "
+                    f"retry in {seconds(wait)}s", retry_after_s=wait,
+                    code="rate_limit_prompt_tokens",
+                    rate_headers={**completion, **prompt_headers})
+        elif key.prompt_tpm is not None:  # nothing to reserve: the limit's headers all the same
+            prompt_headers = await self.token_headers(dataclasses.replace(
+                key, tpm=None, tokens_per_day=None))
         reservation = Reservation(key.name, prompt_tokens=prompt_tokens if prompt_windows else 0,
                                   prompt_windows=prompt_windows, entry=entry)
         if not key.limits_tokens:
-            return reservation, {}
+            return reservation, prompt_headers
         windows = self._token_windows(key, now)
         limits = [w.limit for w in windows]
         if tokens is not None and tokens > min(limits):
@@ -176,13 +212,13 @@ class KeyLimiter:
         amount = flexible_cap if tokens is None else tokens
         minimum = 1 if tokens is None else amount
         charge = await self.counters.charge(windows, amount, minimum, entry, now)
-        rooms = [w.limit - u - charge.granted for w, u in zip(windows, charge.used, strict=True)]
-        tightest = min(range(len(rooms)), key=lambda i: rooms[i])
-        headers = {"x-ratelimit-limit-tokens": str(limits[tightest]),
-                   "x-ratelimit-remaining-tokens": str(max(0, rooms[tightest])),
-                   "x-ratelimit-reset-tokens": f"{seconds(charge.wait_s[tightest])}s"}
+        headers = {**_tokens_headers(windows, charge.used, charge.granted, charge.wait_s),
+                   **prompt_headers}
         if not charge.granted:
             await self._release_prompt(reservation)
+            if key.prompt_tpm is not None and reservation.prompt_tokens:  # given back
+                headers.update(_headers("prompt-tokens", key.prompt_tpm,
+                                        key.prompt_tpm - prompt_used, prompt_wait))
             # The window that refused: the one that frees room last.
             refusing = max((i for i in range(len(windows)) if windows[i].limit
                             - charge.used[i] < minimum), key=lambda i: charge.wait_s[i])
@@ -233,6 +269,12 @@ class KeyLimiter:
                 log.warning("could not release a prompt reservation of key %s: %s",
                             reservation.key_name, type(exc).__name__)
 
+    def _prompt_windows(self, key: ApiKey) -> tuple[Window, ...]:
+        """The prompt-token window (the last minute, sliding), or none without the limit."""
+        if key.prompt_tpm is None:
+            return ()
+        return (Window(f"{self._prefix}{key.name}:ptpm", key.prompt_tpm, MINUTE_S),)
+
     def _token_windows(self, key: ApiKey, now: float) -> list[Window]:
         """The completion-token windows: the last minute (sliding), and the UTC day (fixed,
         from 00:00 UTC)."""
@@ -244,6 +286,24 @@ class KeyLimiter:
             windows.append(Window(f"{self._prefix}{key.name}:tpd:{day}", key.tokens_per_day,
                                   DAY_S, sliding=False, end_s=(day + 1) * DAY_S))
         return windows
+
+
+def _headers(what: str, limit: int, remaining: int, reset_s: float) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{what}`` for one window."""
+    return {f"x-ratelimit-limit-{what}": str(limit),
+            f"x-ratelimit-remaining-{what}": str(max(0, remaining)),
+            f"x-ratelimit-reset-{what}": f"{seconds(reset_s)}s"}
+
+
+def _tokens_headers(windows: list[Window], used: list[int], granted: int,
+                    waits: list[float]) -> dict[str, str]:
+    """The ``x-ratelimit-*-tokens`` headers of the completion-token window with the least
+    room after ``granted`` ({} without windows)."""
+    if not windows:
+        return {}
+    rooms = [w.limit - u - granted for w, u in zip(windows, used, strict=True)]
+    tightest = min(range(len(rooms)), key=lambda i: rooms[i])
+    return _headers("tokens", windows[tightest].limit, rooms[tightest], waits[tightest])
 
 
 class TokensOverLimit(Exception):

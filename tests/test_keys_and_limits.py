@@ -473,3 +473,76 @@ async def test_feedback_has_its_own_window_and_leaves_the_request_limit_to_answe
         assert refused.status_code == 429
         assert refused.json()["error"]["code"] == "rate_limit_feedback"
         assert refused.headers["retry-after"] == "60"
+
+
+def rate_headers(reply: httpx.Response) -> dict[str, str]:
+    return {k: v for k, v in reply.headers.items() if k.startswith("x-ratelimit-")}
+
+
+LIMIT_HEADERS = {f"x-ratelimit-{part}-{what}" for part in ("limit", "remaining", "reset")
+                 for what in ("requests", "tokens", "prompt-tokens")}
+
+
+@pytest.mark.parametrize("limits, refusal", [
+    ({"rpm": 1, "tpm": 1000, "prompt_tpm": 1000}, "rate_limit_requests"),
+    ({"rpm": 100, "tpm": 50, "prompt_tpm": 1000}, "rate_limit_tokens"),
+    ({"rpm": 100, "tpm": 1000, "prompt_tpm": 28}, "rate_limit_prompt_tokens"),
+])
+async def test_every_429_of_a_key_carries_retry_after_and_every_limits_headers(limits, refusal):
+    # Seen through the gateway: a key's requests-per-minute refusal carried only the
+    # x-ratelimit-*-requests headers, though the same key's answers and its token refusals
+    # carry x-ratelimit-*-tokens as OpenAI sends them; a prompt-token refusal had no
+    # x-ratelimit-reset-prompt-tokens and no completion-token headers; and no answer carried
+    # the prompt-token limit at all. A client that backs off on the headers could not.
+    from tests.fakes import PROMPT_TOKENS
+
+    secret = store().create(refusal.replace("_", ""), **limits)
+    answers = []
+    async with running(FakeBackend().transport()) as (_, client):
+        while True:  # each answer spends 4 completion and 7 prompt tokens
+            reply = await client.post(CHAT, json=ask(max_tokens=48), headers=bearer(secret))
+            if reply.status_code != 200:
+                break
+            answers.append(reply)
+    assert reply.status_code == 429 and reply.json()["error"]["code"] == refusal
+    assert reply.headers["retry-after"] == "60"  # the oldest answer leaves the window at 60 s
+    assert set(rate_headers(reply)) == LIMIT_HEADERS
+    assert all(set(rate_headers(answer)) == LIMIT_HEADERS for answer in answers)
+    spent = len(answers)
+    assert rate_headers(reply) == {
+        "x-ratelimit-limit-requests": str(limits["rpm"]),
+        "x-ratelimit-remaining-requests": str(limits["rpm"] - spent - 1 if refusal !=
+                                              "rate_limit_requests" else 0),
+        "x-ratelimit-reset-requests": "60s",
+        "x-ratelimit-limit-tokens": str(limits["tpm"]),
+        "x-ratelimit-remaining-tokens": str(limits["tpm"] - 4 * spent),
+        "x-ratelimit-reset-tokens": "60s",
+        "x-ratelimit-limit-prompt-tokens": str(limits["prompt_tpm"]),
+        "x-ratelimit-remaining-prompt-tokens": str(limits["prompt_tpm"] - PROMPT_TOKENS * spent),
+        "x-ratelimit-reset-prompt-tokens": "60s",
+    }
+
+
+async def test_a_backends_429_reaches_the_client_with_a_retry_after():
+    # A backend that refuses with 429 and no Retry-After (llama.cpp's server when its slots
+    # are full behind a proxy, many OpenAI-compatible proxies): the gateway's 429 had no
+    # Retry-After either, the one 429 of the gateway without it.
+    from tests.fakes import scripted_transport
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, json={"error": {"message": "slow down"}})
+
+    def busy_for_a_while(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"retry-after": "7.2"},
+                              json={"error": {"message": "slow down"}})
+
+    config = make_settings(max_retries=0)
+    for backend, expected in ((busy, "1"), (busy_for_a_while, "8")):
+        async with running(scripted_transport(backend), config) as (_, client):
+            reply = await client.post(CHAT, json=ask())
+            forwarded = await client.post("/v1/embeddings",
+                                          json={"model": "fake-model", "input": "x"})
+        for refused in (reply, forwarded):
+            assert refused.status_code == 429
+            assert refused.json()["error"]["type"] == "rate_limit_error"
+            assert refused.headers["retry-after"] == expected  # whole seconds, rounded up

@@ -149,3 +149,20 @@ async def test_unreachable_redis_refuses_with_503_rather_than_opening_up():
         await limiter.admit_request(key(rpm=5))
     assert refused.value.status == 503
     await limiter.aclose()
+
+
+async def test_a_charge_of_nothing_reads_the_windows_without_charging(make_counters):
+    # The x-ratelimit-*-tokens headers of a refusal that is not about tokens (a key's
+    # requests per minute) read the token windows this way.
+    counters = make_counters()
+    day = int(NOON // 86_400)
+    minute = Window(f"look{uuid.uuid4().hex}", 100, 60)
+    whole_day = Window(f"lookday{uuid.uuid4().hex}:{day}", 500, 86_400, sliding=False,
+                       end_s=(day + 1) * 86_400)
+    assert (await counters.charge([minute, whole_day], 40, 40, "r1", NOON)).granted == 40
+    for _ in range(2):  # a look changes nothing, so a second one reads the same
+        look = await counters.charge([minute, whole_day], 0, 0, "", NOON + 15)
+        assert (look.granted, look.used) == (0, [40, 40])
+        assert look.wait_s == [pytest.approx(45.0), pytest.approx(43_200 - 15)]  # until empty
+    assert (await counters.charge([minute], 60, 60, "r2", NOON + 16)).granted == 60
+    await counters.aclose()

@@ -8,10 +8,13 @@ Names (labels):
   forwarded call (``/v1/responses``, ``/v1/embeddings``, ...) has ``strategy``, ``policy``
   and ``arm`` ``none`` (``service.proxy_usage``).
 - ``ttc_upstream_requests_total{backend, status}``: every attempt sent to a backend, retries
-  included; ``status`` is the HTTP status, ``error`` when no status came back, or
-  ``stream_error`` when a completion's 2xx reply failed after its headers (its body broke off
-  or timed out, was not the JSON or SSE promised, or a stream sent an error event or ended
-  before its answer): such an attempt is counted once its body is read, a stream once closed.
+  and the tokenizer's calls included, each once; ``status`` is the HTTP status, ``error``
+  when no status came back, ``cancelled`` when the gateway gave up on it before the backend
+  sent its headers (the client left, a vote had its answer, the shutdown deadline: not a
+  backend failure), or ``stream_error`` when a 2xx reply failed after its headers (its body
+  broke off or timed out, was not the JSON or SSE promised, or a stream sent an error event
+  or ended before its answer): such an attempt is counted once its body is read, a stream
+  once closed.
 - ``ttc_upstream_retries_total{backend, reason}``: attempts repeated after a failure.
 - ``ttc_upstream_retries_refused_total{backend, reason}``: retries not made although the call
   allowed one: ``retry_budget`` (the backend's retry budget, a share of its calls, was spent),

@@ -67,6 +67,8 @@ MAX_RETRY_AFTER_S = 5.0
 # it broke off or timed out, was not the JSON or SSE promised, or (a stream) carried an error
 # event or ended before its answer did. The attempt is counted under it instead of its 2xx.
 STREAM_ERROR = "stream_error"
+# Its status for an attempt the gateway gave up on before the backend sent its headers.
+CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -441,20 +443,24 @@ class UpstreamClient:
         body = ({"input": text, "model": model} if path.startswith("/extras") else
                 {"model": model, "content": text, "prompt": text, "add_special": False,
                  "add_special_tokens": False})
-        request = httpx.Request("POST", root + path, content=orjson.dumps(body),
-                                headers=_fixed_headers(backend, "json"),
-                                extensions=self._timeouts)
+        # Through ``_exchange``, so that it is counted in ttc_upstream_requests_total like
+        # every other call to the backend (it was sent beside the metric).
         try:
-            response = await self._transport.handle_async_request(request)
+            response = await self._exchange(backend, "POST", httpx.URL(root + path),
+                                            orjson.dumps(body), _fixed_headers(backend, "json"),
+                                            None, count_2xx=False)
+        except GatewayError:
+            return None
+        try:
             payload = await _read(response, backend)
-        except (httpx.HTTPError, GatewayError):
+            parsed = orjson.loads(payload) if response.status_code == 200 else None
+        except (GatewayError, orjson.JSONDecodeError):
+            _count_2xx(backend, response, STREAM_ERROR)
             return None
-        if response.status_code != 200:
-            return None
-        try:
-            parsed = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return None
+        except BaseException:  # cancelled: the gateway gave up, not the backend
+            _count_2xx(backend, response)
+            raise
+        _count_2xx(backend, response)
         if not isinstance(parsed, dict):
             return None
         if isinstance(parsed.get("count"), int):
@@ -587,6 +593,16 @@ class UpstreamClient:
         except httpx.HTTPError as exc:
             metrics.child(metrics.UPSTREAM_REQUESTS, backend.label, "error").inc()
             raise _translate(exc, backend) from exc
+        except asyncio.CancelledError:
+            # The gateway gave up before the backend answered (the client left, a vote had
+            # its answer, the shutdown deadline): counted, as every attempt is, but apart
+            # from "error", since the backend did not fail. Uncounted, the metric showed
+            # fewer attempts than the backend served.
+            metrics.child(metrics.UPSTREAM_REQUESTS, backend.label, CANCELLED).inc()
+            raise
+        except Exception:
+            metrics.child(metrics.UPSTREAM_REQUESTS, backend.label, "error").inc()
+            raise
         if count_2xx or not response.is_success:
             metrics.child(metrics.UPSTREAM_REQUESTS, backend.label,
                           str(response.status_code)).inc()

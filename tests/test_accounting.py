@@ -38,9 +38,23 @@ async def post_all(backend: LyingBackend, bodies: list[dict[str, Any]],
         return [await client.post(CHAT, json=body) for body in bodies]
 
 
+def upstream_total() -> float:
+    """Every attempt ``ttc_upstream_requests_total`` counted for the fake backend."""
+    from prometheus_client import REGISTRY
+
+    return sum(sample.value for family in REGISTRY.collect()
+               if family.name == "ttc_upstream_requests"
+               for sample in family.samples
+               if sample.name == "ttc_upstream_requests_total"
+               and sample.labels["backend"] == "fake")
+
+
 async def test_a_reply_without_usage_is_counted_with_the_backends_tokenizer():
     backend = LyingBackend([5, 9], usage=False, tokenizer=True)
+    before = upstream_total()
     replies = await post_all(backend, [ask("sequential", 100), ask("sequential", 100)])
+    # The tokenizer's calls are calls to the backend too: they were counted nowhere.
+    assert upstream_total() == before + 2 + backend.tokenize_calls
     for reply in replies:
         router = reply.json()["router"]
         assert router["usage_source"] == "tokenizer"

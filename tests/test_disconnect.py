@@ -89,6 +89,12 @@ class SlowCalls:
                          "message": {"role": "assistant", "content": text}}]})
 
 
+def upstream_counts() -> dict[str, float]:
+    """``ttc_upstream_requests_total`` of the fake backend, by the statuses a call may get."""
+    return {status: metric("ttc_upstream_requests_total", backend="fake", status=status)
+            for status in ("200", "error", "stream_error", "cancelled")}
+
+
 def http_scope(headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
     return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": "1.1", "method": "POST", "scheme": "http",
@@ -177,6 +183,7 @@ async def test_a_json_request_whose_client_leaves_stops_its_upstream_calls(strat
     labels = {"strategy": strategy, "policy": "none", "arm": "none", "model": "fake-model"}
     before = {status: metric("ttc_requests_total", **labels, status=status)
               for status in ("200", "499", "503")}
+    upstream_before = upstream_counts()
     body = {**QUESTION, "router": {"strategy": strategy, "budget_tokens": 5 * 64}}
     scope = http_scope([(b"authorization", f"Bearer {secret}".encode())])
     left = asyncio.Event()
@@ -195,6 +202,7 @@ async def test_a_json_request_whose_client_leaves_stops_its_upstream_calls(strat
         await leaving
         record = await app.state.gateway.request_log.get(scope[CALL].routed.decision_id)
         calls, cancelled = list(backend.bodies), backend.cancelled
+        upstream_after = upstream_counts()
         backend.delay_s = 0
         # What the key really spent is what it has left: a probe reserves its 10 tokens.
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
@@ -217,6 +225,12 @@ async def test_a_json_request_whose_client_leaves_stops_its_upstream_calls(strat
     assert probe.status_code == 200
     assert int(probe.headers["x-ratelimit-remaining-tokens"]) == (
         10_000 - record.completion_tokens - 10)
+    # Every upstream call is counted once in ttc_upstream_requests_total: the answered ones
+    # under 200, the ones given up before the backend sent its headers under "cancelled"
+    # (they were counted nowhere, so the metric showed fewer calls than the backend served).
+    assert upstream_after["200"] == upstream_before["200"] + quick
+    assert upstream_after["cancelled"] == upstream_before["cancelled"] + slow
+    assert sum(upstream_after.values()) == sum(upstream_before.values()) + len(calls)
 
 
 async def test_a_json_request_cut_off_at_shutdown_is_still_a_503():

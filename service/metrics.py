@@ -13,8 +13,8 @@ Names (labels):
   sent its headers (the client left, a vote had its answer, the shutdown deadline: not a
   backend failure), or ``stream_error`` when a 2xx reply failed after its headers (its body
   broke off or timed out, was not the JSON or SSE promised, or a stream sent an error event
-  or ended before its answer): such an attempt is counted once its body is read, a stream
-  once closed.
+  or ended before its answer): such an attempt, a forwarded call's included, is counted once
+  its body is read, a stream once closed.
 - ``ttc_upstream_retries_total{backend, reason}``: attempts repeated after a failure.
 - ``ttc_upstream_retries_refused_total{backend, reason}``: retries not made although the call
   allowed one: ``retry_budget`` (the backend's retry budget, a share of its calls, was spent),
@@ -33,7 +33,11 @@ Names (labels):
   the first event carrying generated text sent to the client; and
   ``ttc_inter_token_latency_seconds{strategy}``: the gaps between such events
   (``service.latency``).
-- ``ttc_proxied_requests_total{endpoint, status}``: other ``/v1/*`` calls forwarded as they are.
+- ``ttc_proxied_requests_total{endpoint, status}``: other ``/v1/*`` calls forwarded as they
+  are, each counted once its reply ends, with what its client got: the backend's status, the
+  error's (502, 504) when the reply failed (a JSON body cut off or not JSON is a 502 before
+  any byte is sent; a stream that broke off after its headers counts as its error), or 499
+  when the client left before the end (``service.proxy_usage``).
 - ``ttc_rejected_total{reason}``: requests refused before any upstream call
   (``invalid``, ``auth``, ``rate_limit``, ``budget``, ``overload``, and ``unknown_id``: a
   feedback on an id no request has, or only another key's).

@@ -1,5 +1,5 @@
-"""What a forwarded call (``/v1/responses``, ``/v1/embeddings``, ...) cost, read from the reply
-as it passes through to the client.
+"""What a forwarded call (``/v1/responses``, ``/v1/embeddings``, ...) gave its client and
+cost, read from the reply as it passes through to the client.
 
 The gateway does not parse these replies, but they spend tokens upstream like any completion,
 so their ``usage`` is counted in ``ttc_tokens_total`` (``strategy``, ``policy`` and ``arm``
@@ -11,8 +11,16 @@ ends with it (chat, embeddings, the Responses API), a stream's last event carrie
 chat chunk's ``usage``, the Responses API's ``response.completed``), and a later usage is a
 running total that replaces an earlier one. Its fields are OpenAI's two spellings:
 ``prompt_tokens`` / ``completion_tokens`` and the Responses API's ``input_tokens`` /
-``output_tokens``. A reply with no usage is counted as nothing: the gateway cannot tell what
-an unknown endpoint generated.
+``output_tokens``. A whole reply with no usage is counted as nothing: the gateway cannot tell
+what an unknown endpoint generated. A reply that did not end (it broke off, or its client
+left) and a call that failed once it reached the backend (a 5xx, a body cut off or not JSON)
+may have generated their whole grant, and are charged it, as a completion's failed call is:
+the call's reservation (``max_output_tokens``, or what the key had left), else its own cap;
+a call the backend refused (a 4xx, a 429) or never reached is charged nothing.
+
+``ttc_proxied_requests_total{endpoint, status}`` counts each call once, with what its client
+got: the backend's status for a reply that ended whole, the error's (502, 504) for one that
+broke off after its headers, 499 for one whose client left before its end.
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from service import metrics
+from service.errors import ClientClosed, GatewayError
 from service.limits import Reservation
-from service.upstream import is_token_count
+from service.upstream import is_token_count, may_have_generated
 
 # The end of a reply kept to find its usage in: a Responses API object puts ``usage`` after
 # its whole output, and a stream's final event repeats that output.
@@ -63,18 +72,20 @@ def _counts(usage: Any) -> tuple[int, int] | None:
     return (prompt, completion) if prompt or completion else None
 
 
-async def counted(chunks: AsyncIterator[bytes], model: str,
-                  reservation: Reservation | None) -> AsyncIterator[bytes]:
-    """``chunks`` passed through unchanged; once the reply ends, its usage is added to the
-    metrics and settles ``reservation`` (a reply that did not end keeps its whole
-    reservation charged, as a completion's does)."""
-    tail = bytearray()
-    async for chunk in chunks:
-        tail += chunk
-        if len(tail) > 2 * TAIL_BYTES:
-            del tail[:-TAIL_BYTES]
-        yield chunk
-    prompt, completion = read_usage(bytes(tail[-TAIL_BYTES:])) or (0, 0)
+def output_cap(body: dict[str, Any]) -> int | None:
+    """The call's own cap on what it generates: ``max_output_tokens`` (the Responses API),
+    else ``max_completion_tokens`` or ``max_tokens`` (chat-like and Messages APIs); None
+    when it sets none that is a positive integer."""
+    for name in ("max_output_tokens", "max_completion_tokens", "max_tokens"):
+        cap = body.get(name)
+        if is_token_count(cap) and cap > 0:
+            return cap
+    return None
+
+
+def _charge(model: str, reservation: Reservation | None, prompt: int, completion: int) -> None:
+    """Count one forwarded call's tokens in the metrics and settle its key's reservation
+    with them: the one count both use."""
     metrics.record_tokens(metrics.NO_LABEL, metrics.NO_LABEL, metrics.NO_LABEL, model,
                           prompt, completion)
     if reservation is not None:
@@ -82,3 +93,87 @@ async def counted(chunks: AsyncIterator[bytes], model: str,
         for kind, tokens in (("prompt", prompt), ("completion", completion)):
             if tokens:
                 metrics.child(metrics.KEY_TOKENS, reservation.key_name, kind).inc(tokens)
+
+
+def _charge_grant(model: str, reservation: Reservation | None, grant: int | None) -> None:
+    """Charge a call that may have generated without reporting it: its grant, and the
+    prompt tokens its key reserved (the estimate: the backend read the prompt)."""
+    _charge(model, reservation, reservation.prompt_tokens if reservation is not None else 0,
+            grant or 0)
+
+
+def charge_failed(error: GatewayError, model: str, reservation: Reservation | None,
+                  grant: int | None) -> None:
+    """Charge a forwarded call that failed before its reply reached the client: ``grant``
+    (completion tokens) when it may have generated (``upstream.may_have_generated``), else
+    nothing, its reservation given back."""
+    if may_have_generated(error):
+        _charge_grant(model, reservation, grant)
+    else:
+        _charge(model, reservation, 0, 0)
+
+
+class Passing:
+    """One forwarded reply on its way to the client (see the module docstring).
+
+    Args:
+        endpoint: the ``endpoint`` label (``service.routes.proxy.KNOWN_ENDPOINTS`` or
+            ``other``).
+        status: the reply's HTTP status.
+        model: the model the call named; None for a call that names none (its tokens are
+            not counted: nothing can generate under no model).
+        reservation: its key's token reservation, settled here (None without keys).
+        grant: the completion tokens it may generate (its reservation's, else its cap);
+            charged when it does not end whole and reports no usage.
+    """
+
+    def __init__(self, endpoint: str, status: int, model: str | None,
+                 reservation: Reservation | None, grant: int | None):
+        self._endpoint = endpoint
+        self._status = status
+        self._model = model
+        self._reservation = reservation
+        self._grant = grant
+        self._tail = bytearray()
+        self._finished = False
+
+    async def chunks(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``chunks`` passed through unchanged; the reply is counted when they end or break
+        off, or the client stops reading them."""
+        try:
+            async for chunk in chunks:
+                if self._model is not None:
+                    self._tail += chunk
+                    if len(self._tail) > 2 * TAIL_BYTES:
+                        del self._tail[:-TAIL_BYTES]
+                yield chunk
+        except GatewayError as exc:  # the body broke off: the client got that error
+            self.finish(exc.status, whole=False)
+            raise
+        except BaseException:  # closed or cancelled: the client went away
+            self.finish(ClientClosed.status, whole=False)
+            raise
+        self.finish(self._status, whole=True)
+
+    def finish(self, status: int, *, whole: bool) -> None:
+        """Count the reply once (later calls do nothing): ``status`` in
+        ``ttc_proxied_requests_total``, and its tokens (see the module docstring)."""
+        if self._finished:
+            return
+        self._finished = True
+        metrics.PROXIED.labels(self._endpoint, str(status)).inc()
+        if self._model is None:
+            return
+        usage = read_usage(bytes(self._tail[-TAIL_BYTES:]))
+        if usage is None and not whole:
+            _charge_grant(self._model, self._reservation, self._grant)
+        else:
+            _charge(self._model, self._reservation, *(usage or (0, 0)))
+
+    async def close(self, body: Any) -> None:
+        """After the response (its background task): close the upstream ``body`` and count
+        a reply whose client left before it was read (one never started included)."""
+        try:
+            await body.aclose()
+        finally:
+            self.finish(ClientClosed.status, whole=False)

@@ -35,7 +35,7 @@ import asyncio
 import functools
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard, TypeVar
 
@@ -470,27 +470,34 @@ class UpstreamClient:
 
     async def forward(self, backend: Backend, method: str, path: str, body: bytes,
                       headers: Mapping[str, str], acct: Accounting | None = None,
-                      ) -> tuple[int, dict[str, str], AsyncGenerator[bytes, None]]:
+                      ) -> tuple[int, dict[str, str], ForwardedBody]:
         """Forward any other ``/v1/*`` call as it is: returns (status, headers, body chunks).
 
-        Retried on connection errors, 429 and 5xx before any byte is returned. The body
-        iterator closes the upstream response when exhausted or closed.
+        Retried on connection errors, 429 and 5xx before any byte is returned. A JSON reply
+        (``application/json``) is read whole and checked before it is returned, so that one
+        cut off or not JSON is an error the client gets in the envelope rather than a 200
+        with a broken body; any other (a stream, a file) is returned as it comes. The body
+        iterator closes the upstream response when exhausted or closed, and counts the
+        attempt in ``ttc_upstream_requests_total`` then: ``stream_error`` when it broke off.
 
         Raises:
             the ``UpstreamError`` family as ``post_json`` does, for a failure or an error
             status (4xx, or 5xx after retries) of the last attempt: the backend's own error
-            body is never passed through as it is.
+            body is never passed through as it is; and (not retried: the backend may have
+            done the work) ``UpstreamError`` for a JSON reply cut off or not JSON.
         """
 
-        async def attempt(last: bool) -> tuple[int, dict[str, str], AsyncGenerator[bytes, None]]:
+        async def attempt(last: bool) -> tuple[int, dict[str, str], ForwardedBody]:
             started = time.perf_counter()
-            # A forwarded call holds its slot until the reply's headers arrive: its body is
-            # read by the route's response, which may never start if the client goes away.
+            # A forwarded call holds its slot until the reply's headers arrive (a JSON reply:
+            # until it is read): a stream's body is read by the route's response, which may
+            # never start if the client goes away.
             gate = self._gate(backend)
             await gate.acquire()
             try:
                 response = await self._exchange(backend, method, self._url(backend, path),
-                                                body, _auth_headers(backend, headers), acct)
+                                                body, _auth_headers(backend, headers), acct,
+                                                count_2xx=False)
                 if response.status_code in RETRYABLE_STATUSES and not last:
                     await _read(response, backend)
                     raise _error_from_status(response.status_code, b"", response.headers)
@@ -500,11 +507,15 @@ class UpstreamClient:
                     payload = await _read(response, backend)
                     raise _error_from_status(response.status_code, payload, response.headers,
                                              backend.api_key)
+                out_headers = {k: v for k, v in response.headers.items()
+                               if k.lower() not in HOP_HEADERS}
+                if response.headers.get("content-type", "").startswith("application/json"):
+                    payload = await _forwarded_json(response, backend, started)
+                    return response.status_code, out_headers, ForwardedBody.read(payload)
             finally:
                 gate.release()
-            out_headers = {k: v for k, v in response.headers.items()
-                           if k.lower() not in HOP_HEADERS}
-            return response.status_code, out_headers, _closing_iter(response, backend, started)
+            return (response.status_code, out_headers,
+                    ForwardedBody(response, backend, started))
 
         return await self._retrying(backend, acct, None, attempt)
 
@@ -702,17 +713,94 @@ async def _read(response: httpx.Response, backend: Backend) -> bytes:
         await response.aclose()
 
 
-async def _closing_iter(response: httpx.Response, backend: Backend,
-                        started: float) -> AsyncGenerator[bytes, None]:
+async def _forwarded_json(response: httpx.Response, backend: Backend, started: float) -> bytes:
+    """The whole body of a forwarded 2xx JSON reply, checked, then closed; its attempt
+    counted under its status, or ``STREAM_ERROR`` when the body broke off or is not JSON.
+    An empty body passes (a DELETE's 200 may have none).
+
+    Raises:
+        UpstreamError: the body broke off (``stream_broken``) or is not JSON
+            (``upstream_malformed``); ``UpstreamTimeout``: it stalled past the read timeout.
+    """
+    outcome: str | None = None
     try:
-        async for chunk in response.aiter_bytes():
-            yield chunk
+        # Decoded (gzip, ...), as a streamed body is: the encoding header is not passed on.
+        payload = b"".join([chunk async for chunk in response.aiter_bytes()])
+        if payload.strip():
+            orjson.loads(payload)
     except httpx.HTTPError as exc:
+        outcome = STREAM_ERROR
         raise _translate(exc, backend, streaming=True) from exc
+    except orjson.JSONDecodeError as exc:
+        outcome = STREAM_ERROR
+        raise UpstreamError(f"backend {backend.label} returned a body that is not JSON",
+                            code="upstream_malformed") from exc
     finally:
         await response.aclose()
+        _count_2xx(backend, response, outcome)  # cancelled: under its status, as elsewhere
         metrics.child(metrics.UPSTREAM_DURATION, backend.label).observe(
             time.perf_counter() - started)
+    return payload
+
+
+class ForwardedBody:
+    """The body of a forwarded reply, as an async iterator of chunks with ``aclose``.
+
+    Streamed: ``ForwardedBody(response, backend, started)`` reads the response as the client
+    takes it and, when it ends, breaks off or is closed (read or not: exactly once), closes
+    it and counts its attempt in ``ttc_upstream_requests_total``, ``STREAM_ERROR`` when it
+    broke off. Read already (a JSON reply, counted when read): ``ForwardedBody.read(payload)``.
+    """
+
+    def __init__(self, response: httpx.Response | None, backend: Backend | None,
+                 started: float, payload: bytes | None = None):
+        self._response = response
+        self._backend = backend
+        self._started = started
+        self._payload = payload
+        self._chunks = response.aiter_bytes() if response is not None else None
+        self._closed = response is None
+
+    @classmethod
+    def read(cls, payload: bytes) -> ForwardedBody:
+        """A body read whole already: one chunk (none when empty)."""
+        return cls(None, None, 0.0, payload)
+
+    def __aiter__(self) -> ForwardedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._chunks is None:
+            payload, self._payload = self._payload, None
+            if not payload:
+                raise StopAsyncIteration
+            return payload
+        assert self._backend is not None
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            await self._close(None)
+            raise
+        except httpx.HTTPError as exc:
+            await self._close(STREAM_ERROR)
+            raise _translate(exc, self._backend, streaming=True) from exc
+
+    async def aclose(self) -> None:
+        """Close the upstream response (cancelled or left unread: the attempt counts under
+        its status; the gateway gave up, not the backend)."""
+        await self._close(None)
+
+    async def _close(self, outcome: str | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        assert self._response is not None and self._backend is not None
+        try:
+            await self._response.aclose()
+        finally:
+            _count_2xx(self._backend, self._response, outcome)
+            metrics.child(metrics.UPSTREAM_DURATION, self._backend.label).observe(
+                time.perf_counter() - self._started)
 
 
 @functools.lru_cache(maxsize=256)

@@ -22,8 +22,9 @@ from service.admission import admission_of, reserve_for_proxy
 from service.backends import AUTO_MODEL
 from service.deps import Gateway, gateway, read_body
 from service.errors import GatewayError, InvalidRequest, UpstreamUnavailable
+from service.limits import Reservation
 from service.ownership import Owned
-from service.proxy_usage import counted
+from service.proxy_usage import Passing, charge_failed, output_cap
 from service.store import Backend
 
 router = APIRouter()
@@ -56,6 +57,9 @@ async def forward(path: str, request: Request) -> Response:
     # Whose objects the call may reach; None: every object (an admin key, or no keys at all).
     owner = None if admission is None or admission.key.admin else admission.key.name
     owned: Owned | None = None
+    parsed: Any = None
+    reservation: Reservation | None = None
+    grant: int | None = None
     try:
         body = await read_body(request, gw.settings.max_body_bytes)
         content_type = request.headers.get("content-type", "")
@@ -64,7 +68,6 @@ async def forward(path: str, request: Request) -> Response:
             owned = await Owned.admit(_objects(gw), owner, request.method, path,
                                       _json_body(body, content_type, parsed))
         model = parsed.get("model") if parsed is not None else None
-        reservation = None
         if parsed is not None:  # a call that may generate: within the key's token limits
             cap = parsed.get("max_output_tokens")  # the Responses API's cap on its output
             valid = isinstance(cap, int) and not isinstance(cap, bool) and cap > 0
@@ -75,6 +78,9 @@ async def forward(path: str, request: Request) -> Response:
                 # The key's grant becomes the call's cap: a backend that honours it cannot
                 # spend past what the key has left (a budget is never exceeded).
                 body = orjson.dumps({**parsed, "max_output_tokens": reservation.tokens})
+            # What a call that fails or is cut off may have generated: charged then.
+            grant = (reservation.tokens if reservation is not None and reservation.tokens
+                     else output_cap(parsed))
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in _DROPPED_REQUEST_HEADERS}
         upstream_path = "/" + path + (f"?{request.url.query}" if request.url.query else "")
@@ -92,15 +98,18 @@ async def forward(path: str, request: Request) -> Response:
             return Response(page, status_code=status, headers=out_headers)
     except GatewayError as exc:
         metrics.PROXIED.labels(endpoint, str(exc.status)).inc()
+        if parsed is not None:
+            charge_failed(exc, str(parsed.get("model")), reservation, grant)
         raise
-    metrics.PROXIED.labels(endpoint, str(status)).inc()
+    # Counted once the reply ends, as what the client got: a 200 whose body broke off was
+    # counted as a 200 when its headers came.
+    passing = Passing(endpoint, status, str(model) if parsed is not None else None,
+                      reservation, grant)
     out: AsyncIterator[bytes] = chunks
     if owned is not None:
         out = owned.record(out, status, out_headers.get("content-type", ""))
-    if parsed is not None:
-        out = counted(out, str(model), reservation)
-    return StreamingResponse(out, status_code=status, headers=out_headers,
-                             background=BackgroundTask(chunks.aclose))
+    return StreamingResponse(passing.chunks(out), status_code=status, headers=out_headers,
+                             background=BackgroundTask(passing.close, chunks))
 
 
 # One route per method, each with its own operation id: one route serving five methods gave

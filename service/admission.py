@@ -48,7 +48,7 @@ from service.errors import (
 )
 from service.keys import ApiKey
 from service.limits import Reservation, TokensOverLimit
-from service.protocol import RoutedRequest
+from service.protocol import RoutedRequest, candidates
 from service.strategies.base import estimate_prompt_tokens
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,8 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest, pla
     """Apply the operator's caps to one completion request and reserve its completion tokens
     from its key's limits, before any upstream call.
 
-    The reservation is the plan's ``budget_tokens``, else ``max_tokens`` x ``n``; a request
+    The reservation is the plan's ``budget_tokens``, else ``max_tokens`` x ``n`` (x
+    ``best_of`` when larger: every candidate is generated); a request
     with neither gets as many as the key has left, up to ``default_budget_tokens``, which
     becomes its budget. A budget the gateway sized itself (the client set neither
     ``budget_tokens`` nor ``max_tokens``: ``auto``'s plans, a named strategy's default
@@ -220,9 +221,12 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest, pla
         raise InvalidRequest(f"{field} is at most {settings.max_budget_tokens} on this gateway "
                              "when it sets a strategy's budget", param=field,
                              code="over_operator_cap")
-    if routed.n * plan.width > settings.max_samples:
-        raise InvalidRequest(f"this request would draw {routed.n * plan.width} samples; at "
-                             f"most {settings.max_samples} on this gateway", param="n",
+    # best_of candidates are samples the backend draws too, though only n come back.
+    width = candidates(routed.body, routed.n)
+    if width * plan.width > settings.max_samples:
+        raise InvalidRequest(f"this request would draw {width * plan.width} samples; at "
+                             f"most {settings.max_samples} on this gateway",
+                             param="n" if width == routed.n else "best_of",
                              code="over_operator_cap")
     admission = admission_of(request)
     if admission is None:
@@ -231,7 +235,7 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest, pla
                   and routed.max_tokens is None)
     wanted = None if sized_here else plan.budget_tokens
     if wanted is None and routed.max_tokens is not None:
-        wanted = routed.max_tokens * routed.n
+        wanted = routed.max_tokens * width
     prompt_tokens = 0
     if admission.key.prompt_tpm is not None:
         # Every upstream call resends the prompt: one per sample, one more per search call.

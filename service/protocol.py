@@ -64,6 +64,18 @@ class RoutedRequest:
     response_id: str
 
 
+def candidates(body: dict[str, Any], n: int) -> int:
+    """The completions one upstream call of ``body`` generates for its ``n`` choices: ``n``,
+    or the legacy completions API's ``best_of`` when larger (the backend generates
+    ``best_of`` candidates and returns the ``n`` best, and every candidate costs tokens).
+    A ``best_of`` that is not a positive integer is the backend's to refuse, and counts
+    as ``n``."""
+    best_of = body.get("best_of")
+    if isinstance(best_of, int) and not isinstance(best_of, bool) and best_of > n:
+        return best_of
+    return n
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """Decode a request body.
 

@@ -306,3 +306,42 @@ async def test_a_stream_whose_only_usage_came_early_is_counted_by_its_chunks(cha
             last = last_event(await client.post(CHAT, json={**stream, **extra}))
             assert last["usage"]["completion_tokens"] >= 30, extra
             assert last["router"]["usage_estimated"] is True
+
+
+def best_of_backend(seen: list[dict[str, Any]]) -> httpx.MockTransport:
+    """A legacy-completions backend that honours ``best_of`` as OpenAI does: it generates
+    ``best_of`` candidates of ``max_tokens`` each, returns the ``n`` best, and reports the
+    usage of all of them."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        cap, n = body["max_tokens"], body.get("n") or 1
+        generated = cap * max(n, body.get("best_of") or 1)
+        return httpx.Response(200, json={
+            "id": "cmpl-1", "object": "text_completion", "created": 1, "model": body["model"],
+            "choices": [{"index": i, "text": " ".join(["w"] * cap), "finish_reason": "length",
+                         "logprobs": None} for i in range(n)],
+            "usage": {"prompt_tokens": 3, "completion_tokens": generated,
+                      "total_tokens": 3 + generated}})
+
+    return scripted_transport(handle)
+
+
+async def test_best_of_candidates_are_paid_from_the_budget_not_past_it():
+    # Seen through the gateway: /v1/completions with best_of 5 (passed to the backend
+    # untouched) and budget_tokens 10 sent max_tokens 10 and spent 50 tokens, five times
+    # its budget (router.budget_overrun): the grant counted the n returned choices, not the
+    # best_of candidates the backend generates.
+    seen: list[dict[str, Any]] = []
+    ask_best = {"model": "fake-model", "prompt": "Once", "best_of": 5, "max_tokens": 10}
+    async with gateway_client(best_of_backend(seen)) as client:
+        budgeted = await client.post("/v1/completions",
+                                     json={**ask_best, "router": {"budget_tokens": 10}})
+        free = await client.post("/v1/completions", json=ask_best)
+    router = budgeted.json()["router"]
+    assert budgeted.status_code == 200
+    assert seen[0]["best_of"] == 5 and seen[0]["max_tokens"] == 2  # 5 candidates of 2
+    assert router["spent_tokens"] == 10 and not router.get("budget_overrun")
+    assert free.json()["usage"]["completion_tokens"] == 50  # no budget: the client's cap kept
+    assert seen[1]["max_tokens"] == 10

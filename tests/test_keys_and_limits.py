@@ -546,3 +546,19 @@ async def test_a_backends_429_reaches_the_client_with_a_retry_after():
             assert refused.status_code == 429
             assert refused.json()["error"]["type"] == "rate_limit_error"
             assert refused.headers["retry-after"] == expected  # whole seconds, rounded up
+
+
+async def test_a_key_reserves_every_best_of_candidate():
+    # max_tokens 10 with best_of 5 costs up to 50 tokens: the key reserved 10, so the call
+    # was squeezed to 2 tokens a candidate (the client's max_tokens silently cut to 2).
+    from tests.test_accounting import best_of_backend
+
+    secret = store().create("bestof", tpm=100)
+    seen: list[dict[str, Any]] = []
+    async with running(best_of_backend(seen)) as (_, client):
+        reply = await client.post("/v1/completions", headers=bearer(secret), json={
+            "model": "fake-model", "prompt": "Once", "best_of": 5, "max_tokens": 10})
+    assert reply.status_code == 200, reply.text
+    assert seen[0]["max_tokens"] == 10
+    assert reply.json()["usage"]["completion_tokens"] == 50
+    assert reply.headers["x-ratelimit-remaining-tokens"] == "50"

@@ -40,6 +40,7 @@ from router_models.prompt import content_text
 from service import metrics
 from service.errors import GatewayError, InvalidRequest
 from service.ledger import BudgetExhausted
+from service.protocol import candidates
 from service.strategies.base import Call
 from service.upstream import UpstreamStream, is_token_count, may_have_generated
 
@@ -67,6 +68,9 @@ class Metered:
     prompt_bound: int = 0
     settled: bool = False
     attempt_open: bool = True  # the current attempt's grant is reserved and not yet settled
+    # The completions the call generates: ``n``, or its ``best_of`` when larger (every one
+    # is paid from the grant, though only ``n`` come back); 0 means ``n``.
+    candidates: int = 0
 
     async def open_stream(self, call: Call) -> UpstreamStream:
         """Open this reserved call as a stream; a failure to open is charged what it may have
@@ -88,10 +92,11 @@ class Metered:
     @classmethod
     def reserve(cls, call: Call, body: dict[str, Any], per_choice: int | None,
                 n: int = 1) -> Metered | None:
-        """Reserve ``per_choice`` x ``n`` completion tokens (fewer when the ledger has less:
+        """Reserve ``per_choice`` x ``n`` completion tokens (x ``best_of`` instead when the
+        body asks for more candidates than choices; fewer when the ledger has less:
         ``per_choice`` shrinks to what is granted) and write the cap into ``body``'s
         ``max_tokens`` (and ``max_completion_tokens``). Returns None when the ledger cannot
-        grant a token per choice.
+        grant a token per candidate.
 
         Raises:
             InvalidRequest: the request's first call finds ``budget_total_tokens`` too small
@@ -105,21 +110,22 @@ class Metered:
                 f"budget_total_tokens ({ledger.total_budget_tokens}) leaves no room for an "
                 f"answer after the prompt (at most {bound} tokens, counted as UTF-8 bytes "
                 "without the backend's usage)", param="router.budget_total_tokens")
+        width = candidates(body, n)  # best_of: candidates the backend generates and drops
         if per_choice is None and call.ledger.remaining is None:
-            return cls(call, body, n, None, None, bound)
+            return cls(call, body, n, None, None, bound, candidates=width)
         want = per_choice if per_choice is not None else call.ledger.remaining or 0
         try:
-            granted = call.ledger.reserve(want * n, bound)
+            granted = call.ledger.reserve(want * width, bound)
         except BudgetExhausted:
             return None
-        per = granted // n
+        per = granted // width
         if per < 1:
             call.ledger.settle(granted, 0, prompt_reserved=bound)
             return None
-        if per * n != granted:
-            call.ledger.settle(granted - per * n, 0)
+        if per * width != granted:
+            call.ledger.settle(granted - per * width, 0)
         set_cap(call, body, per)
-        return cls(call, body, n, per, per * n, bound)
+        return cls(call, body, n, per, per * width, bound, candidates=width)
 
     # --- retries -------------------------------------------------------------------------
 
@@ -212,7 +218,9 @@ class Metered:
         """(completion tokens, prompt tokens or None, source) of a finished call."""
         if _has_usage(usage):
             return int(usage["completion_tokens"]), _prompt_of(usage), "backend"
-        if not texts:  # nothing came back: it may still have generated its grant
+        if not texts or self.candidates > self.n:
+            # Nothing came back, or best_of's dropped candidates never do: it may have
+            # generated its whole grant.
             return self._fallback(texts)
         call = self.call
         total = 0

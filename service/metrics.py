@@ -10,8 +10,8 @@ Names (labels):
 - ``ttc_upstream_requests_total{backend, status}``: every attempt sent to a backend, retries
   and the tokenizer's calls included, each once; ``status`` is the HTTP status, ``error``
   when no status came back, ``cancelled`` when the gateway gave up on it before the backend
-  sent its headers (the client left, a vote had its answer, the shutdown deadline: not a
-  backend failure), or ``stream_error`` when a 2xx reply failed after its headers (its body
+  sent its headers (the client left, or the shutdown deadline passed: not a backend
+  failure), or ``stream_error`` when a 2xx reply failed after its headers (its body
   broke off or timed out, was not the JSON or SSE promised, or a stream sent an error event
   or ended before its answer): such an attempt, a forwarded call's included, is counted once
   its body is read, a stream once closed.

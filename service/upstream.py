@@ -605,10 +605,10 @@ class UpstreamClient:
             metrics.child(metrics.UPSTREAM_REQUESTS, backend.label, "error").inc()
             raise _translate(exc, backend) from exc
         except asyncio.CancelledError:
-            # The gateway gave up before the backend answered (the client left, a vote had
-            # its answer, the shutdown deadline): counted, as every attempt is, but apart
-            # from "error", since the backend did not fail. Uncounted, the metric showed
-            # fewer attempts than the backend served.
+            # The gateway gave up before the backend answered (the client left, or the
+            # shutdown deadline passed): counted, as every attempt is, but apart from
+            # "error", since the backend did not fail. Uncounted, the metric showed fewer
+            # attempts than the backend served.
             metrics.child(metrics.UPSTREAM_REQUESTS, backend.label, CANCELLED).inc()
             raise
         except Exception:

@@ -19,7 +19,8 @@ c. **Early stopping** (``bench.bank_stopping``): Adaptive-Consistency and ESC re
    recorded samples in recorded order, against the fixed vote of all of them (issue 14's
    target: within 1 point of its accuracy with at least 2x fewer samples overall); and a
    sweep of Beta rules, each half of the items scored with the rule chosen on the other
-   (``cross_fitted_sweep``).
+   (``cross_fitted_sweep``); and the same sweep with stopping for futility added (a vote
+   whose first samples scatter stops too).
 d. **DeepConf** (Fu et al. 2025): confidence-weighted and confidence-filtered votes against the
    plain vote (``bench.bank_figures.confidence_outcomes``), and how well each sample's
    confidence separates its right from its wrong answers (ROC AUC, scikit-learn).
@@ -299,10 +300,19 @@ TARGET_LOSS = 0.01  # issue 14: within 1 point of the fixed vote's accuracy
 TARGET_SAVING = 2.0  # ... with at least 2x fewer samples
 
 
-def sweep_rules() -> list[StopRule]:
-    """Every Beta rule of the sweep (``SWEEP_FIRST_WAVES`` x ``SWEEP_THRESHOLDS``)."""
-    return [StopRule(f"first wave {w}, Beta {t:g}", "beta", first_wave=w, threshold=t)
-            for w in SWEEP_FIRST_WAVES for t in SWEEP_THRESHOLDS]
+# Stopping for futility: (samples read, most votes the leader may hold) pairs of the sweep.
+SWEEP_FUTILITY = ((3, 1), (4, 1), (5, 1), (6, 1), (4, 2), (6, 2))
+
+
+def sweep_rules(futility: bool = False) -> list[StopRule]:
+    """Every Beta rule of the sweep (``SWEEP_FIRST_WAVES`` x ``SWEEP_THRESHOLDS``); with
+    ``futility``, each also with every stop for futility of ``SWEEP_FUTILITY``."""
+    stops = [(0, 0), *SWEEP_FUTILITY] if futility else [(0, 0)]
+    return [StopRule(f"first wave {w}, Beta {t:g}" + (
+                f", futility at {after} with leader <= {lead}" if after else ""),
+                     "beta", first_wave=w, threshold=t, futility_after=after,
+                     futility_lead=lead)
+            for w in SWEEP_FIRST_WAVES for t in SWEEP_THRESHOLDS for after, lead in stops]
 
 
 @dataclass(frozen=True)
@@ -591,6 +601,7 @@ class Findings:
     auc: dict[str, tuple[int, int, dict[str, float | None]]]
     greedy: list[GreedyRow]
     sweep: list[SweepRow]
+    futility_sweep: list[SweepRow]
 
 
 def compute(bank: Bank, budgets: Sequence[int] = DEFAULT_BUDGETS) -> Findings:
@@ -606,7 +617,8 @@ def compute(bank: Bank, budgets: Sequence[int] = DEFAULT_BUDGETS) -> Findings:
         [confidence_rows(f, runs) for f, runs in groups.items()],
         {f: confidence_auc(runs) for f, runs in groups.items()},
         [greedy_vs_sampled(f, runs) for f, runs in groups.items()],
-        cross_fitted_sweep(groups[ALL]))
+        cross_fitted_sweep(groups[ALL]),
+        cross_fitted_sweep(groups[ALL], sweep_rules(futility=True)))
 
 
 def render(findings: Findings) -> str:
@@ -639,6 +651,9 @@ def render(findings: Findings) -> str:
         "Beta rules (first wave 1-3, threshold 0.5-0.9), one chosen on each half of the items "
         "(the most saving within 1 point of the fixed vote there) and scored on the other:",
         render_sweep(findings.sweep),
+        "The same, with stopping for futility added to every Beta rule (it also stops once 3 "
+        "to 6 samples are read and the leading answer holds at most 1 or 2 of them):",
+        render_sweep(findings.futility_sweep),
         "How settled the recorded votes are:", render_agreement(findings.agreement),
         "### d. DeepConf: confidence-weighted and confidence-filtered votes",
         render_confidence(findings.confidence),

@@ -13,6 +13,11 @@ Rules:
   samples cannot change the leader), checked after every wave; the paper draws one sample
   at a time with threshold 0.95. The gateway's own ``parallel_vote`` uses a first wave of
   ``vote_first_wave`` samples, then waves of ``vote_wave``, at ``vote_stop_threshold``.
+- Stopping for futility, as group sequential trials stop a trial that cannot succeed (Jennison
+  and Turnbull 2000, "Group Sequential Methods with Applications to Clinical Trials"): a Beta
+  rule that also stops once ``futility_after`` samples are read and the leading answer holds
+  at most ``futility_lead`` of them (the samples scatter: the model does not know, and more
+  samples are unlikely to elect the right answer).
 - ESC, Early-stopping Self-Consistency (Li et al. 2024): samples are drawn in windows of ``w``;
   sampling stops after the first window whose answers are all the same (an answerless sample
   never agrees). The paper reports about 80% fewer samples on GSM8K at equal accuracy.
@@ -45,6 +50,9 @@ class StopRule:
         first_wave, wave: samples read before the first check, then between checks (``beta``).
         threshold: the Beta criterion's threshold in (0, 1] (``beta``).
         window: ESC's window size in samples (``esc``).
+        futility_after, futility_lead: stop for futility once at least ``futility_after``
+            samples are read and the leading answer holds at most ``futility_lead`` of them
+            (``beta``; 0: never).
     """
 
     name: str
@@ -53,6 +61,8 @@ class StopRule:
     wave: int = 1
     threshold: float = 0.95
     window: int = 0
+    futility_after: int = 0
+    futility_lead: int = 0
 
     def used(self, answers: Sequence[str | None]) -> int:
         """How many of ``answers`` (in recorded order) the rule reads before it stops:
@@ -61,18 +71,22 @@ class StopRule:
         if not answers:
             raise ValueError("a vote needs at least one sample")
         if self.kind == "beta":
-            return _beta_used(answers, self.first_wave, self.wave, self.threshold)
+            return _beta_used(answers, self.first_wave, self.wave, self.threshold,
+                              self.futility_after, self.futility_lead)
         if self.kind == "esc":
             return _esc_used(answers, self.window)
         raise ValueError(f"unknown stopping rule kind {self.kind!r}")
 
 
 def _beta_used(answers: Sequence[str | None], first_wave: int, wave: int,
-               threshold: float) -> int:
+               threshold: float, futility_after: int = 0, futility_lead: int = 0) -> int:
     read = min(first_wave, len(answers))
     while read < len(answers):
         counts = tally(Ballot(a) for a in answers[:read])
         if is_settled(counts, remaining=len(answers) - read, threshold=threshold):
+            break
+        if futility_after and read >= futility_after and \
+                max(counts.values(), default=0) <= futility_lead:
             break
         read = min(read + wave, len(answers))
     return read

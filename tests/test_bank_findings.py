@@ -12,6 +12,7 @@ import pytest
 from bench.bank_figures import Cell, confidence_outcomes
 from bench.bank_findings import (
     ALL,
+    SWEEP_FUTILITY,
     Paired,
     agreement,
     confidence_auc,
@@ -24,6 +25,7 @@ from bench.bank_findings import (
     paired,
     search_axis,
     stopping_rows,
+    sweep_rules,
     vote_vs_chain,
 )
 from bench.bank_stopping import StopRule, stopped_vote
@@ -51,6 +53,24 @@ def test_beta_rule_stops_once_the_leader_is_settled() -> None:
     assert ONE_AT_A_TIME.used(["a", "b"] * 4) == 8
     # Answerless samples give no vote, so they never settle the vote either.
     assert ONE_AT_A_TIME.used([None] * 8) == 8
+
+
+def test_futility_stops_a_vote_whose_samples_scatter() -> None:
+    futile = dataclasses.replace(ONE_AT_A_TIME, futility_after=4, futility_lead=1)
+    # Four different answers (or no answers) after four samples: stop there.
+    assert futile.used(["a", "b", "c", "d", "a", "a", "a", "a"]) == 4
+    assert futile.used([None] * 8) == 4
+    # A leader with two votes at the fourth sample is not futile: read on to the end.
+    assert futile.used(["a", "b", "a", "c", "d", "e", "f", "g"]) == 8
+    # Without the futility stop the scattered vote reads every sample.
+    assert ONE_AT_A_TIME.used(["a", "b", "c", "d", "a", "a", "a", "a"]) == 7
+
+
+def test_the_futility_sweep_adds_each_stop_to_every_beta_rule() -> None:
+    plain, futile = sweep_rules(), sweep_rules(futility=True)
+    assert len(futile) == len(plain) * (1 + len(SWEEP_FUTILITY))
+    assert {r.name for r in plain} < {r.name for r in futile}
+    assert all(r.futility_after == 0 for r in plain)
 
 
 def test_esc_stops_after_the_first_window_that_agrees() -> None:

@@ -325,6 +325,7 @@ def warm_up(policy: Policy, world: RandomWorld, routed: Sequence[Routed], table:
         return
     if hasattr(policy, "lengths_from_feedback"):
         policy.lengths_from_feedback = False
+    votes_rng = _votes_rng(np_rng)
     for i in _training_order(table, per_kind, rng):
         r = routed[i]
         plan = policy.decide(r.scores, r.features, rng=rng).plan
@@ -332,6 +333,27 @@ def warm_up(policy: Policy, world: RandomWorld, routed: Sequence[Routed], table:
                                             accuracy=float(table(plan)[0][i]))
         if plan.strategy in OBSERVED_STRATEGIES:
             observe_usage(r.scores, samples)
+        observe_vote(policy, world, table, i, r, plan, len(samples), votes_rng)
+
+
+def observe_vote(policy: Policy, world: RandomWorld, table: PlanTable, index: int,
+                 routed: Routed, plan: Plan, drawn: int, np_rng: np.random.Generator) -> None:
+    """As the gateway does after a vote (``Router.observe_usage``): tell a policy that reads
+    it (``observe_vote``) whether the vote's first sample stated the elected answer
+    (``RandomWorld.vote_agreement``)."""
+    observe = getattr(policy, "observe_vote", None)
+    if observe is None or plan.strategy != "parallel_vote":
+        return
+    agrees = world.vote_agreement(table.prompts, index, plan, drawn, np_rng)
+    if agrees is not None:
+        observe(routed.scores, agrees)
+
+
+def _votes_rng(np_rng: np.random.Generator) -> np.random.Generator:
+    """A stream of its own for the votes' ballots (``observe_vote``), split off ``np_rng``
+    without drawing from it: the outcomes and lengths drawn stay those of a policy that
+    reads no votes, so comparing one with the other compares policies, not draws."""
+    return np_rng.spawn(1)[0]
 
 
 def _training_order(table: PlanTable, per_kind: int, rng: random.Random) -> list[int]:
@@ -355,6 +377,7 @@ def train(policy: Policy, world: RandomWorld, routed: Sequence[Routed], table: P
     if hasattr(policy, "lengths_from_feedback"):
         policy.lengths_from_feedback = False  # usage reports the lengths, as in the gateway
     order = _training_order(table, per_kind, rng)
+    votes_rng = _votes_rng(np_rng)
     for i in order:
         r = routed[i]
         plan = policy.decide(r.scores, r.features, rng=rng).plan
@@ -366,6 +389,7 @@ def train(policy: Policy, world: RandomWorld, routed: Sequence[Routed], table: P
         observe_usage = getattr(policy, "observe_usage", None)
         if observe_usage is not None and plan.strategy in OBSERVED_STRATEGIES:
             observe_usage(r.scores, samples)
+        observe_vote(policy, world, table, i, r, plan, len(samples), votes_rng)
         policy.update(r.scores, plan, correct, features=r.features, spent_tokens=spent)
     return len(order)
 

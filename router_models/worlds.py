@@ -360,6 +360,35 @@ class RandomWorld:
         return bool(rng.random() < accuracy), int(round(spent)), samples
 
 
+    def vote_agreement(self, prompts: Prompts, index: int, plan: Plan, drawn: int,
+                       rng: np.random.Generator) -> bool | None:
+        """One vote of ``drawn`` samples of ``plan`` on prompt ``index``, drawn ballot by
+        ballot: whether its first sample stated the answer the vote elected (what the gateway
+        reports, ``Router.observe_usage``); None when no sample answered. A sample answers,
+        and is then right, the most common wrong answer or a scattered one of its own, with
+        ``sample_parts``' chances; the most votes win, ties to the answer seen first (as
+        ``router_models.voting.winner``). Drawn apart from ``realize_usage``'s outcome, which
+        is the plan's expected accuracy: both follow the same chances."""
+        answered, right, top, _ = self.sample_parts(
+            single_prompt(prompts, index), float(plan_depth(plan)), plan.search_calls > 0,
+            plan.search_calls)
+        a, r, t = float(answered[0]), float(right[0]), float(top[0])
+        ballots: list[str | None] = []
+        for j in range(max(1, drawn)):
+            if rng.random() >= a:
+                ballots.append(None)
+                continue
+            u = rng.random()
+            ballots.append("right" if u < r else "top" if u < r + t else f"scattered {j}")
+        counts: dict[str, int] = {}
+        for ballot in ballots:
+            if ballot is not None:
+                counts[ballot] = counts.get(ballot, 0) + 1
+        if not counts:
+            return None
+        elected = max(counts, key=lambda answer: counts[answer])  # the first of the most
+        return ballots[0] == elected
+
     def _samples_drawn(self, prompts: Prompts, index: int, plan: Plan, depth: int,
                        rng: np.random.Generator) -> int:
         """Samples one request of ``plan`` draws: all ``width``, or for a vote the first

@@ -140,7 +140,8 @@ class Router:
         self._learned_options: dict[str, Any] = {
             "target_tokens": settings.learned_target_tokens,
             "exploration": settings.learned_exploration, "vote_width": settings.vote_width,
-            "default_answer_tokens": settings.default_answer_tokens}
+            "default_answer_tokens": settings.default_answer_tokens,
+            "vote_gain_floor": settings.learned_vote_gain_floor}
         self.classifier, builtins = load_default(self.models_dir, **self._learned_options)
         learned = builtins.get("learned")
         if isinstance(learned, LearnedPolicy):
@@ -345,7 +346,8 @@ class Router:
 
     def observe_usage(self, scores: Scores | None, plan: Plan, upstream_model: str,
                       completion_tokens: int,
-                      samples: Sequence[tuple[str, str | None, int | None]]) -> None:
+                      samples: Sequence[tuple[str, str | None, int | None]], *,
+                      vote_first_agrees: bool | None = None) -> None:
         """Learn answer lengths from one answered request of a direct answer, a vote or a
         chain: each sample's (text, ``finish_reason``, ``max_tokens``), whose usage sums to
         ``completion_tokens`` (``router_models.answer_lengths.observations``: the tokens up to
@@ -353,7 +355,8 @@ class Router:
         chain counts up to its answer too, so what a model writes after it (a chain given
         room checks its work) does not grow the kind's samples; a chain cut by its cap tells
         the kind's answers need more room. A search's answer, read with passages in its
-        context, is not counted."""
+        context, is not counted. ``vote_first_agrees``, a vote's: whether its first sample
+        stated the elected answer (``LearnedPolicy.observe_vote``: what votes can buy)."""
         if (scores is None or completion_tokens <= 0 or not samples
                 or plan.strategy not in ("direct", "parallel_vote", "sequential")):
             return
@@ -364,6 +367,8 @@ class Router:
         learned = self.policies.get("learned")
         if isinstance(learned, LearnedPolicy):
             learned.observe_usage(scores, found)
+            if plan.strategy == "parallel_vote" and vote_first_agrees is not None:
+                learned.observe_vote(scores, vote_first_agrees)
 
     def export_budgets(self) -> None:
         """Set ``ttc_policy_budget_tokens`` and ``ttc_policy_feedback`` from the learning

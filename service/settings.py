@@ -199,6 +199,10 @@ class Settings(BaseSettings):
     # 13/26 at 1024).
     learned_target_tokens: float = Field(512.0, gt=0)
     learned_exploration: float = Field(0.05, ge=0, lt=1)
+    # A kind of prompt whose votes can gain less than this share of accuracy over one answer
+    # gets one answer instead (the share of votes whose first sample did not state the
+    # elected answer bounds that gain: router_models/vote_agreement.py); 0 keeps every vote.
+    learned_vote_gain_floor: float = Field(0.05, ge=0, le=1)
     # Completion tokens a complete answer is assumed to take (p90) for a kind of prompt and
     # model until usage has shown it (router_models/answer_lengths.py): a vote's samples get
     # 1.25x that, so none is cut before its answer.

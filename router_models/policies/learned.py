@@ -56,6 +56,13 @@ Learning is safe by construction:
   and other policies' traffic teach it too. Counting each decision once is the caller's job
   (the gateway applies a decision's first feedback only).
 
+Votes that buy nothing give way to one answer, from usage alone: a vote's first sample is one
+answer of the same size, so a vote can beat one answer only on the votes whose first sample did
+not state the elected answer (``router_models.vote_agreement``). A kind whose votes bound that
+gain below ``vote_gain_floor`` (the one-sided 95% Wilson upper bound of the disagreement rate)
+gets one direct answer where its plan was a vote, as a budget too small for votes gives one
+(``vote_above``); an explored or forced vote still votes.
+
 Answer lengths (``router_models.answer_lengths``) are learnt per kind from usage: the gateway
 reports every direct answer's, vote's and chain's samples, each counted up to its first
 explicit answer (``observe_usage``); without it, ``update``'s ``spent_tokens`` of a direct
@@ -101,6 +108,7 @@ from router_models.policies.prior import (
     solve_scale,
     solve_vote_above,
 )
+from router_models.vote_agreement import VoteAgreement
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +131,15 @@ RUNNER_UP = {
 POTENTIAL_SMOOTHING = 1 / 256
 SWITCH_CONFIDENCE = 0.95  # one-sided, for both bounds of the improvement test
 FORCED_VOTE_WIDTH = 3  # a forced vote with no budget: the smallest vote with a majority
+# A kind's votes give way to one answer when their first samples bound what they buy over one
+# answer below this share (``VoteAgreement.gain_bound``): two or more samples for at most this
+# many points (tune seeds 30-69 of bench/policy_sim.py, SIMULATION; README "Votes that buy
+# nothing").
+VOTE_GAIN_FLOOR = 0.05
+# The one answer that replaces such a vote gets this many samples' tokens as room: a sample is
+# sized to finish nine times in ten, and the vote it replaces outlived a cut sample; a direct
+# answer stops when done, so room is not spend.
+IDLE_VOTE_ROOM = 2
 # No plan this policy makes on its own exceeds this multiple of ``target_tokens``: the
 # operator's mean is a promise about spend, and a plan sized from answer lengths alone (a
 # model that writes long, a kind whose answers run to any cap) is otherwise bounded only by
@@ -209,9 +226,12 @@ class LearnedPolicy(Policy):
         reference_size: recent prompts kept to solve the difficulty scale over.
         resolve_every: re-solve the scale after this many decisions or outcomes.
         seed: seeds the policy's own random source.
+        vote_gain_floor: a kind whose votes can gain less than this share of accuracy over
+            one answer (``VoteAgreement.gain_bound``) gets one answer instead; 0 never.
 
     Raises:
-        PolicyError: exploration outside [0, 1), a non-positive target, or a bad count.
+        PolicyError: exploration outside [0, 1), a non-positive target, a bad count, or a
+            vote gain floor outside [0, 1].
     """
 
     name = "learned"
@@ -220,7 +240,8 @@ class LearnedPolicy(Policy):
                  vote_width: int = 8, min_switch_feedback: int = MIN_SWITCH_FEEDBACK,
                  confidence: float = SWITCH_CONFIDENCE,
                  default_answer_tokens: int = DEFAULT_ANSWER_TOKENS,
-                 reference_size: int = 512, resolve_every: int = 64, seed: int = 0):
+                 reference_size: int = 512, resolve_every: int = 64, seed: int = 0,
+                 vote_gain_floor: float = VOTE_GAIN_FLOOR):
         if not 0.0 <= exploration < 1.0:
             raise PolicyError("exploration must be in [0, 1)")
         if target_tokens <= 0:
@@ -228,7 +249,10 @@ class LearnedPolicy(Policy):
         if vote_width < 1 or min_switch_feedback < 1 or not 0.5 < confidence < 1:
             raise PolicyError("vote_width and min_switch_feedback must be at least 1, "
                               "confidence in (0.5, 1)")
+        if not 0.0 <= vote_gain_floor <= 1.0:
+            raise PolicyError("vote_gain_floor must be in [0, 1]")
         self.target_tokens = float(target_tokens)
+        self.vote_gain_floor = float(vote_gain_floor)
         self.exploration = float(exploration)
         self.vote_width = int(vote_width)
         self.min_switch_feedback = int(min_switch_feedback)
@@ -243,6 +267,8 @@ class LearnedPolicy(Policy):
         self.exploring_decisions = 0  # decisions since the first feedback (module docstring)
         self.switches: list[dict[str, Any]] = []
         self.lengths = AnswerLengths(self.default_answer_tokens)
+        self.agreement = VoteAgreement()
+        self._idle_votes: frozenset[str] = frozenset()  # vote keys that buy too little
         # Set False by a caller that reports usage through observe_usage, so that a request's
         # length is not counted twice.
         self.lengths_from_feedback = True
@@ -273,7 +299,8 @@ class LearnedPolicy(Policy):
         kinds' current strategies) meets ``target_tokens``; returns it."""
         prompts: Iterable[Scores] = self.reference or _DEFAULT_REFERENCE
         answers = [self.answer_tokens(k) for k in range(len(KIND_NAMES))]
-        rows = [(s, self.strategy_for(s), answers[kind_of(s)]) for s in prompts]
+        self._idle_votes = frozenset(k for k in self.agreement.keys_seen() if self._idle(k))
+        rows = [(s, self._sized_strategy(s), answers[kind_of(s)]) for s in prompts]
         self.scale = solve_scale(lambda x: mean_spend(rows, x, self.vote_width),
                                  self.target_tokens)
         self.vote_above = solve_vote_above(
@@ -297,6 +324,30 @@ class LearnedPolicy(Policy):
             return PRIOR_STRATEGY[KIND_NAMES[kind]]
         return current
 
+    @staticmethod
+    def vote_key(scores: Scores) -> str:
+        """What votes are judged by: the kind of prompt and the form of its answer (a kind
+        pools guesses with one-liners the classifier cannot tell apart; their forms often
+        differ)."""
+        return f"{KIND_NAMES[kind_of(scores)]}/{scores.form or 'any'}"
+
+    def votes_idle(self, scores: Scores) -> bool:
+        """True when votes of prompts like this one (``vote_key``) can gain less than
+        ``vote_gain_floor`` over one answer, with confidence (``VoteAgreement.gain_bound``
+        over the votes usage reported)."""
+        return self._idle(self.vote_key(scores))
+
+    def _idle(self, key: str) -> bool:
+        return self.vote_gain_floor > 0 and self.agreement.gain_bound(key) < self.vote_gain_floor
+
+    def _sized_strategy(self, scores: Scores) -> str:
+        """The strategy the prompt's plan runs: its kind's (``strategy_for``), except a vote
+        whose votes buy too little (``votes_idle``), which runs one direct answer."""
+        strategy = self.strategy_for(scores)
+        if strategy == "parallel_vote" and self.vote_key(scores) in self._idle_votes:
+            return "direct"
+        return strategy
+
     def plan_ceiling(self) -> int:
         """The most completion tokens a plan of this policy's own choosing may have
         (``plan_ceiling``)."""
@@ -308,9 +359,20 @@ class LearnedPolicy(Policy):
         cap ``budget_tokens`` (tokens) and, when ``ceiling``, ``plan_ceiling``. An explored
         vote stays a vote whatever ``vote_above`` says: a vote turned into one answer would
         teach nothing about votes."""
-        answer = self.answer_tokens(kind_of(scores))
-        plan = size_plan(strategy, scores, answer, self.scale, self.vote_width,
-                         vote_above=0.0 if exploring else self.vote_above)
+        kind = kind_of(scores)
+        answer = self.answer_tokens(kind)
+        key = self.vote_key(scores)
+        if strategy == "parallel_vote" and not exploring and key in self._idle_votes:
+            agreed, votes = self.agreement.count(key)
+            # Room for the one answer to finish: the vote it replaces outlived a cut sample.
+            room = IDLE_VOTE_ROOM * sample_tokens(answer)
+            plan = Plan("direct", room, depth_tokens=room, reason=(
+                f"{agreed} of the last {votes} votes of {key} elected their first sample's "
+                f"answer, so a vote gains at most {self.agreement.gain_bound(key):.0%} over "
+                "one answer: one answer"))
+        else:
+            plan = size_plan(strategy, scores, answer, self.scale, self.vote_width,
+                             vote_above=0.0 if exploring else self.vote_above)
         caps = [c for c in (budget_tokens, self.plan_ceiling() if ceiling else None)
                 if c is not None]
         return fit_cap(plan, min(caps) if caps else None, answer)
@@ -519,6 +581,15 @@ class LearnedPolicy(Policy):
             self.lengths.observe(KIND_NAMES[kind], int(tokens), bool(finished))
         self._resolve_if_lengths_moved(kind)
 
+    def observe_vote(self, scores: Scores, first_agrees: bool) -> None:
+        """Record one vote of this prompt's kind: ``first_agrees`` when its first sample
+        stated the answer the vote elected (``router_models.vote_agreement``). Re-solves the
+        scale when the kind's votes become idle or pay again."""
+        key = self.vote_key(scores)
+        self.agreement.observe(key, first_agrees)
+        if self._idle(key) != (key in self._idle_votes):
+            self.resolve()
+
     def _resolve_if_lengths_moved(self, kind: int) -> None:
         # Plans are sized from the answer lengths the scale was solved with; a length that
         # moved by more than a tenth would otherwise overshoot the target until the next solve.
@@ -580,7 +651,8 @@ class LearnedPolicy(Policy):
                        "confidence": self.confidence,
                        "default_answer_tokens": self.default_answer_tokens,
                        "reference_size": self.reference.maxlen,
-                       "resolve_every": self.resolve_every},
+                       "resolve_every": self.resolve_every,
+                       "vote_gain_floor": self.vote_gain_floor},
             "current": dict(zip(KIND_NAMES, self.current, strict=True)),
             "trials": np.round(self.trials, 6).tolist(),
             "successes": np.round(self.successes, 6).tolist(),
@@ -589,6 +661,7 @@ class LearnedPolicy(Policy):
             "switches": self.switches,
             "worse": {KIND_NAMES[k]: sorted(v) for k, v in sorted(self._worse.items()) if v},
             "answer_lengths": self.lengths.state(),
+            "vote_agreement": self.agreement.state(),
             "reference": [[round(s.difficulty, 6), round(s.sequential, 6), round(s.search, 6),
                            s.form, s.steps] for s in self.reference],
         }
@@ -639,6 +712,8 @@ class LearnedPolicy(Policy):
             if any(s not in STRATEGIES for v in policy._worse.values() for s in v):
                 raise ValueError(f"unknown strategy in {state.get('worse')}")
             policy.lengths.restore(state.get("answer_lengths", {}))
+            # A state written before votes were bounded has none: they are observed anew.
+            policy.agreement.restore(state.get("vote_agreement") or {})
             for d, s, r, form, *steps in state.get("reference", []):
                 policy.reference.append(Scores(
                     float(d), float(s), float(r), form if form in FORMS else None,

@@ -160,7 +160,8 @@ def _observe_usage(router: Router | None, call: Call) -> None:
     """Teach the router how long this kind of prompt's answers run on this model."""
     if router is not None:
         router.observe_usage(call.scores, call.plan, call.upstream_model,
-                             call.acct.completion_tokens, call.answer_samples)
+                             call.acct.completion_tokens, call.answer_samples,
+                             vote_first_agrees=call.vote_first_agrees)
 
 
 def _check_routable(routed: RoutedRequest) -> None:

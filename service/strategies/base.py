@@ -67,6 +67,10 @@ class Call:
     # direct answer's choices, a vote's samples, a chain): what answer lengths are learnt from
     # (``Router.observe_usage``, ``router_models.answer_lengths.observations``).
     answer_samples: list[tuple[str, str | None, int | None]] = field(default_factory=list)
+    # A vote's: whether its first sample stated the answer the vote elected (None: no vote,
+    # or one that elected nothing), what bounds a vote's gain over one answer
+    # (``router_models.vote_agreement``).
+    vote_first_agrees: bool | None = None
 
     def __post_init__(self) -> None:
         self.ledger = BudgetLedger(self.plan.budget_tokens,

@@ -135,6 +135,8 @@ async def run_vote(call: Call) -> Sample:
     call.answer_samples = [(s.text, s.finish_reason, depth) for s in samples]
     counts = tally(ballots)
     best = winner(counts)
+    if best is not None:
+        call.vote_first_agrees = ballots[0].answer == best
     call.report.update({
         "votes": {answer: _round(v) for answer, v in counts.items()},
         "winner": best,

@@ -1,0 +1,139 @@
+"""Votes that buy nothing give way to one answer: a vote's first sample bounds its gain."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router_models.plan import Plan, Scores
+from router_models.policies import PolicyError
+from router_models.policies.learned import IDLE_VOTE_ROOM, LearnedPolicy
+from router_models.policies.prior import sample_tokens
+from router_models.vote_agreement import VoteAgreement
+from router_models.worlds import draw_world
+from tests.conftest import gateway_client, make_settings
+from tests.scripted import ScriptedLLM
+
+GUESS = Scores(0.5, 0.1, 0.0, "open")  # hard, independent: the prior votes
+
+
+def test_the_gain_bound_is_a_wilson_upper_bound_of_disagreement():
+    agreement = VoteAgreement()
+    assert agreement.gain_bound("k") == 1.0  # no vote seen: nothing is bounded
+    for _ in range(20):
+        agreement.observe("k", True)
+    # No disagreement in 20 votes still leaves 12 points possible (one-sided 95% Wilson).
+    assert agreement.gain_bound("k") == pytest.approx(0.119, abs=0.002)
+    for _ in range(80):
+        agreement.observe("k", True)
+    assert agreement.gain_bound("k") == pytest.approx(0.026, abs=0.002)
+    for _ in range(10):
+        agreement.observe("k", False)
+    assert agreement.count("k") == (100, 110)
+    assert 0.09 < agreement.gain_bound("k") < 0.2  # 9% disagreed: the bound sits above it
+
+
+def test_the_window_forgets_old_votes():
+    agreement = VoteAgreement(window=10)
+    for _ in range(10):
+        agreement.observe("k", False)
+    for _ in range(10):
+        agreement.observe("k", True)
+    assert agreement.count("k") == (10, 10)
+
+
+def test_votes_whose_first_sample_always_agrees_become_one_answer_with_room():
+    policy = LearnedPolicy(vote_gain_floor=0.05)
+    assert policy.decide(GUESS).plan.strategy == "parallel_vote"
+    for _ in range(40):  # bound 0.063: not yet below 5 points
+        policy.observe_vote(GUESS, True)
+    assert policy.decide(GUESS).plan.strategy == "parallel_vote"
+    for _ in range(20):  # 60 of 60: bound 0.043
+        policy.observe_vote(GUESS, True)
+    plan = policy.decide(GUESS).plan
+    answer = policy.answer_tokens(0 if GUESS.difficulty < 0.1 else 3)
+    assert plan.strategy == "direct"
+    assert plan.budget_tokens == IDLE_VOTE_ROOM * sample_tokens(answer)
+    assert "60 of the last 60 votes" in plan.reason and "one answer" in plan.reason
+    # Another form of the same kind has its own evidence: it still votes.
+    assert policy.decide(Scores(0.5, 0.1, 0.0, "choice")).plan.strategy == "parallel_vote"
+    # An explored or forced vote still votes.
+    assert policy.sized("parallel_vote", GUESS, exploring=True).strategy == "parallel_vote"
+    assert policy.decide(GUESS, strategy="parallel_vote").plan.strategy == "parallel_vote"
+
+
+def test_votes_that_disagree_keep_voting_and_the_floor_zero_never_idles():
+    disagreeing = LearnedPolicy(vote_gain_floor=0.05)
+    never = LearnedPolicy(vote_gain_floor=0.0)
+    for i in range(200):
+        disagreeing.observe_vote(GUESS, i % 5 != 0)  # one vote in five: the vote decided
+        never.observe_vote(GUESS, True)
+    assert disagreeing.decide(GUESS).plan.strategy == "parallel_vote"
+    assert never.decide(GUESS).plan.strategy == "parallel_vote"
+    with pytest.raises(PolicyError, match="vote_gain_floor"):
+        LearnedPolicy(vote_gain_floor=1.5)
+
+
+def test_idle_votes_free_tokens_for_the_mean():
+    policy = LearnedPolicy(target_tokens=512)
+    chain = Scores(0.7, 0.9, 0.0, "numeric", 3)
+    for _ in range(100):
+        policy.add_reference(GUESS)
+        policy.add_reference(chain)
+    policy.resolve()
+    before = policy.sized("sequential", chain).budget_tokens
+    scale = policy.scale
+    for _ in range(100):
+        policy.observe_vote(GUESS, True)
+    # The guesses' votes became one answer, so the solved scale can give more: never less.
+    assert policy.scale >= scale
+    assert policy.sized("sequential", chain).budget_tokens == before  # a chain's room is fixed
+
+
+def test_the_agreement_round_trips_through_the_state(tmp_path):
+    policy = LearnedPolicy()
+    for _ in range(100):
+        policy.observe_vote(GUESS, True)
+    policy.save(tmp_path / "learned.json")
+    restored = LearnedPolicy.load(tmp_path / "learned.json")
+    assert restored.agreement.count(LearnedPolicy.vote_key(GUESS)) == (100, 100)
+    assert restored.decide(GUESS).plan.strategy == "direct"
+    # An operator's floor of 0 overrides the saved one: votes again.
+    assert LearnedPolicy.load(tmp_path / "learned.json", vote_gain_floor=0.0).decide(
+        GUESS).plan.strategy == "parallel_vote"
+
+
+def test_a_simulated_vote_agrees_with_its_first_sample_as_often_as_its_chances_say():
+    world = draw_world(31)
+    prompts = world.prompts(40, split="train", per_kind=True)
+    rng = np.random.default_rng(0)
+    vote = Plan("parallel_vote", 3 * 400, width=3, depth_tokens=400)
+    seen = [world.vote_agreement(prompts, i, vote, 3, rng) for i in range(len(prompts))]
+    assert any(seen) and not all(seen)  # some votes overturn their first sample
+    one = Plan("parallel_vote", 400, width=1, depth_tokens=400)
+    alone = [world.vote_agreement(prompts, i, one, 1, rng) for i in range(len(prompts))]
+    assert all(a is None or a for a in alone)  # a vote of one elects its only answer
+
+
+async def test_the_gateway_reports_each_votes_agreement_to_the_learned_policy():
+    # Every sample answers 7: after five votes, one answer is planned (a floor of 0.5 so that
+    # five votes are enough evidence). Votes whose majority overturns the first sample keep
+    # voting (a vote of three different answers elects its first: it gains nothing either).
+    settings = make_settings(learned_vote_gain_floor=0.5, vote_width=3)
+    guess = {"model": "auto", "messages": [{"role": "user", "content": "Guess a number"}]}
+    forced = dict(guess, router={"strategy": "parallel_vote", "policy": "learned"})
+    agreeing = ScriptedLLM(lambda i, body: "Let me see. The answer is 7.")
+    async with gateway_client(agreeing.transport(), settings) as client:
+        first = (await client.post("/v1/chat/completions", json=guess)).json()["router"]
+        for _ in range(5):
+            assert (await client.post("/v1/chat/completions", json=forced)).status_code == 200
+        later = (await client.post("/v1/chat/completions", json=guess)).json()["router"]
+    assert first["strategy"] == "parallel_vote"
+    assert later["strategy"] == "direct" and "elected their first sample's answer" in (
+        later["reason"])
+    overturned = ScriptedLLM(lambda i, body: f"Let me see. The answer is {3 if i % 3 else 7}.")
+    async with gateway_client(overturned.transport(), settings) as client:
+        for _ in range(6):
+            await client.post("/v1/chat/completions", json=forced)
+        kept = (await client.post("/v1/chat/completions", json=guess)).json()["router"]
+    assert kept["strategy"] == "parallel_vote"

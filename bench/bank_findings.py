@@ -32,8 +32,13 @@ e. **One chain, greedy or sampled**: the greedy chain against the first sampled 
 Accuracies are percent with Wilson 95% intervals; n is the number of items. A bank still being
 recorded is read up to its last complete line.
 
+With ``--since-bank OLD`` every table reads only the runs that are not in the bank folder
+``OLD`` (the same bank as it stood earlier, for example ``git archive REV
+router_models/data/bank | tar -x -C /tmp/old``): a check, on items recorded after a decision,
+of what that decision was made on.
+
 Usage: ``python -m bench.bank_findings [--bank PATH] [--budgets 128,256,512,1024,2048,4096]
-[--out docs/findings]``.
+[--since-bank OLD] [--out docs/findings]``.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ from bench.bank_figures import (
 )
 from bench.bank_stopping import FULL, StopRule, default_rules, stopped_vote
 from bench.options import load_bank, token_budgets
-from router_models.bank import Bank, BankRun
+from router_models.bank import Bank, BankError, BankRun
 from router_models.voting import Ballot, tally
 from service.evaluation.analysis import paired_difference
 
@@ -108,6 +113,19 @@ def paired(a: Sequence[bool], b: Sequence[bool]) -> Paired:
         return Paired(0)
     difference, ci, p = paired_difference(list(a), list(b))
     return Paired(len(a), difference, ci, p)
+
+
+def recorded_since(bank: Bank, old: Bank) -> Bank:
+    """``bank`` without the runs ``old`` holds (by key): what was recorded since ``old``.
+
+    Raises:
+        BankError: no run is new.
+    """
+    known = {run.key for run in old.runs}
+    fresh = [run for run in bank.runs if run.key not in known]
+    if not fresh:
+        raise BankError(f"every run of {bank.path} is in {old.path}")
+    return Bank(fresh, bank.meta, bank.path)
 
 
 def families(bank: Bank) -> dict[str, list[BankRun]]:
@@ -674,10 +692,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budgets", type=token_budgets, default=list(DEFAULT_BUDGETS),
                         help="comma-separated token budgets for votes against one chain "
                              f"(default {','.join(map(str, DEFAULT_BUDGETS))})")
+    parser.add_argument("--since-bank", type=Path, default=None, metavar="OLD",
+                        help="read only the runs not in the bank folder OLD (the bank as it "
+                             "stood earlier): findings on items recorded since")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the PNG plots and bank_findings.md (none without it)")
     args = parser.parse_args(argv)
-    findings = compute(load_bank(parser, args.bank), args.budgets)
+    bank = load_bank(parser, args.bank)
+    if args.since_bank is not None:
+        try:
+            bank = recorded_since(bank, load_bank(parser, args.since_bank))
+        except BankError as exc:
+            parser.error(str(exc))
+    findings = compute(bank, args.budgets)
     report = render(findings)
     print(report)
     if args.out is not None:

@@ -23,13 +23,14 @@ from bench.bank_findings import (
     greedy_vs_sampled,
     main,
     paired,
+    recorded_since,
     search_axis,
     stopping_rows,
     sweep_rules,
     vote_vs_chain,
 )
 from bench.bank_stopping import StopRule, stopped_vote
-from router_models.bank import Bank, BankRun
+from router_models.bank import Bank, BankError, BankRun
 
 FIXTURE = Path(__file__).parent / "bank_fixture"
 ONE_AT_A_TIME = StopRule("AC", "beta", first_wave=1, wave=1, threshold=0.95)
@@ -241,6 +242,24 @@ def test_paired_needs_equal_lengths_and_renders_nothing_for_no_items() -> None:
     assert not Paired(0).significant
     both = paired([True] * 12, [False] * 12)
     assert both.difference == 1.0 and both.p_value < 0.05 and both.significant
+
+
+def test_since_an_older_bank_only_the_runs_recorded_after_it_are_read(
+        tmp_path: Path, bank: Bank, capsys: pytest.CaptureFixture[str]) -> None:
+    # The older bank: the fixture without its MMLU run.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "bank.json").write_text((FIXTURE / "bank.json").read_text())
+    lines = (FIXTURE / "fixture-001.jsonl").read_text().splitlines(keepends=True)
+    (old / "fixture-001.jsonl").write_text("".join(x for x in lines if '"mmlu/' not in x))
+    fresh = recorded_since(bank, Bank.load(old))
+    assert [r.key for r in fresh.runs] == ["mmlu/astronomy-fixture/0"]
+    with pytest.raises(BankError, match="every run"):
+        recorded_since(bank, bank)
+    main(["--bank", str(FIXTURE), "--budgets", "64", "--since-bank", str(old)])
+    assert "1 runs, items per suite: mmlu 1" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--bank", str(FIXTURE), "--since-bank", str(FIXTURE)])
 
 
 def test_generator_writes_the_report_and_plots(tmp_path: Path,

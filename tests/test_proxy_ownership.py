@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from service.keys import open_key_store
-from service.ownership import Target, made_ids, references, target_of
+from service.object_refs import made_ids, references
+from service.ownership import Target, target_of
 from tests.conftest import gateway_client, make_settings
 
 
@@ -225,8 +226,18 @@ async def test_files_and_batch_outputs_belong_to_the_key_and_lists_show_its_own(
             bobs[1], bobs[0], False)
         # Pages of two: bob's files sit behind alice's newer ones, and the cursor the client
         # gets back is always one of its own ids, so the next page goes on from there.
-        first = await listed(bob, limit=2, after=output)
+        first = await listed(bob, limit=2)
         assert [f["id"] for f in first["data"]] == bobs[::-1]
+        # A cursor is an object id like any other: the page after alice's file would tell bob
+        # where it sits, so it is unknown to him as an id never made is.
+        for cursor in ("after", "before"):
+            for ident in (output, "file-never"):
+                calls = list(backend.calls)
+                refused = await client.get("/v1/files", params={cursor: ident},
+                                           headers=bearer(bob))
+                assert (refused.status_code, refused.json()) == (
+                    404, unknown_object(ident, cursor))
+                assert backend.calls == calls
         pages, after = [], None
         while True:
             page = await listed(alice, limit=2, **({"after": after} if after else {}))
@@ -237,6 +248,36 @@ async def test_files_and_batch_outputs_belong_to_the_key_and_lists_show_its_own(
             assert after == page["data"][-1]["id"]
         assert [i for page in pages for i in page] == [output, *alices[::-1]]
         assert all(0 < len(page) <= 2 for page in pages)
+
+
+async def test_a_filtered_page_keeps_no_figure_or_cursor_of_the_backends_whole_page():
+    # A backend's page may say more than OpenAI's fields: a count over every tenant's objects,
+    # a cursor naming the last object of the page it read (another key's).
+    settings = make_settings()
+    keys = open_key_store(settings.data_dir, None)
+    alice, bob = keys.create("alice"), keys.create("bob")
+    backend = ObjectBackend()
+    plain = backend.handle
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        reply = plain(request)
+        if request.method == "GET" and request.url.path == "/v1/files":
+            page = json.loads(reply.content)
+            last = page["data"][-1]["id"] if page["data"] else None
+            return httpx.Response(200, json={**page, "total": len(backend.objects["files"]),
+                                             "next_cursor": last, "after": last})
+        return reply
+
+    async with gateway_client(httpx.MockTransport(handle), settings) as client:
+        for key in (bob, alice, alice):
+            made = await client.post("/v1/files", files={"file": ("a.jsonl", b"{}")},
+                                     data={"purpose": "batch"}, headers=bearer(key))
+            assert made.status_code == 200, made.text
+        mine = await client.get("/v1/files", params={"limit": 5}, headers=bearer(bob))
+    assert mine.status_code == 200, mine.text
+    (own,) = [made for made in backend.objects["files"].values()][:1]
+    assert mine.json() == {"object": "list", "data": [own], "has_more": False,
+                           "first_id": own["id"], "last_id": own["id"]}
 
 
 async def test_without_keys_every_call_is_forwarded_as_before():
@@ -311,7 +352,7 @@ def test_what_a_path_names():
     assert target_of("files/file-1/content") == Target("files", "file-1")
     assert target_of("chat/completions/chatcmpl-1") == Target("chat/completions", "chatcmpl-1")
     assert target_of("fine_tuning/jobs") == Target("fine_tuning/jobs", None)
-    assert target_of("responses/input_tokens") == Target(None, None)
+    assert target_of("responses/input_tokens") == Target("responses", None)  # an action
     assert target_of("audio/speech") == Target(None, None)
 
 
@@ -326,10 +367,34 @@ def test_what_a_body_names_and_a_reply_made():
         ("vector_store_ids", "vector_stores", "vs_2")]
     assert references([[[[{"file_id": 3}]]]]) == []  # not an id
     assert references({"metadata": {"thread_id": "the client's own"}}) == []
+    items = {"input": [{"type": "item_reference", "id": "msg_1"},
+                       {"type": "reasoning", "id": "rs_1", "summary": []},
+                       {"type": "message", "role": "user", "content": [{"type": "output_text",
+                        "annotations": [{"type": "container_file_citation",
+                                         "container_id": "cntr_1", "file_id": "cfile_1"}]}]},
+                       {"type": "code_interpreter_call", "id": "ci_1", "container_id": "cntr_2"}],
+             "tools": [{"type": "code_interpreter", "container": {"type": "auto",
+                                                                  "file_ids": ["file-2"]}}],
+             "data_source": {"source": {"type": "file_id", "id": "file-3"}}}
+    assert sorted(references(items)) == [
+        ("container_id", "containers", "cntr_2"), ("file_ids", "files", "file-2"),
+        ("input", "items", "ci_1"), ("input", "items", "msg_1"), ("input", "items", "rs_1"),
+        ("source", "files", "file-3")]
+    # A tool call's id in a chat message, or an item-shaped value outside an input, names none.
+    assert references({"messages": [{"role": "assistant", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}],
+        "testing_criteria": [{"type": "message", "id": "criterion"}]}) == []
     upload = {"id": "upload_1", "status": "completed", "file": {"id": "file-9"}}
     assert made_ids("uploads", upload, created=False) == [("files", "file-9")]
     event = {"type": "response.created", "response": {"id": "resp_2"}}
     assert made_ids("responses", event, created=True) == [("responses", "resp_2")]
+    added = {"type": "response.output_item.added", "item": {
+        "type": "code_interpreter_call", "id": "ci_1", "container_id": "cntr_1"}}
+    assert made_ids("responses", added, created=False) == [
+        ("items", "ci_1"), ("containers", "cntr_1")]
+    listed = {"object": "list", "data": [{"type": "message", "id": "msg_1"}]}
+    assert made_ids("conversations", listed, created=False) == [("items", "msg_1")]
+    assert made_ids("files", listed, created=False) == []
 
 
 async def test_the_latest_key_handed_an_id_owns_it_and_long_lists_are_read(database_url):

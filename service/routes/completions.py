@@ -22,7 +22,9 @@ from service.disconnect import ClientWatch
 from service.errors import ClientClosed, GatewayError, InvalidRequest, Overloaded
 from service.experiments import identity_of
 from service.latency import CALL, DISCONNECTED, RECEIVED
+from service.object_refs import references
 from service.observe import Reporter
+from service.ownership import check_owned
 from service.protocol import Endpoint, RoutedRequest, parse_json_object, parse_request
 from service.routing import Router
 from service.strategies import REGISTRY, Call
@@ -41,13 +43,18 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
     gw = gateway(request)
     body = parse_json_object(await read_body(request, gw.settings.max_body_bytes))
     routed = parse_request(endpoint, body, dict(request.headers))
+    admission = admission_of(request)
+    if admission is not None and not admission.key.admin:
+        # A content part may name a file (``{"type": "file", "file": {"file_id": ...}}``),
+        # which the backend reads with the gateway's credentials: the key's own only.
+        await check_owned(gw.request_log.backend if gw.request_log is not None else None,
+                          admission.key.name, references(body))
     _check_routable(routed)
     assert gw.router is not None and gw.experiments is not None
     experiment = gw.experiments.experiment_for(routed)
     backend, upstream_model = await gw.registry.resolve(routed.model, gw.client)
     assignment = None
     if experiment is not None:
-        admission = admission_of(request)
         identity, how = identity_of(routed, request.headers.get("x-session-id"),
                                     admission.key.name if admission is not None else None)
         assignment = await gw.experiments.assign(experiment, identity, how)

@@ -4,7 +4,9 @@ at the gateway breaks nothing. A JSON body that does not parse is a 400, and a b
 reply (whatever its body: JSON or plain text) is rendered in OpenAI's envelope, its message
 kept. Counted in ``ttc_proxied_requests_total``; a call that names a model reserves tokens
 from its key's limits like a completion (``admission.reserve_for_proxy``), and the usage its
-reply reports is counted (``service.proxy_usage``)."""
+reply reports is counted (``service.proxy_usage``). With a key that is not an admin key, a
+call reaches only the key's own objects (``service.ownership``), those that the requests in a
+new batch's input file name included (``service.batch_input``)."""
 
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ from starlette.responses import Response, StreamingResponse
 from service import metrics
 from service.admission import admission_of, reserve_for_proxy
 from service.backends import AUTO_MODEL
+from service.batch_input import batch_input_file, batch_references
 from service.deps import Gateway, gateway, read_body
 from service.errors import GatewayError, InvalidRequest, UpstreamUnavailable
 from service.limits import Reservation
-from service.ownership import Owned
+from service.ownership import Owned, check_owned
 from service.proxy_usage import Passing, charge_failed, output_cap
 from service.store import Backend
 
@@ -64,9 +67,21 @@ async def forward(path: str, request: Request) -> Response:
         body = await read_body(request, gw.settings.max_body_bytes)
         content_type = request.headers.get("content-type", "")
         backend, body, parsed = await _choose_backend(gw, body, content_type)
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in _DROPPED_REQUEST_HEADERS}
         if owner is not None:  # before any token is reserved
+            json_body = _json_body(body, content_type, parsed)
             owned = await Owned.admit(_objects(gw), owner, request.method, path,
-                                      _json_body(body, content_type, parsed))
+                                      request.url.query, json_body)
+            batch_file = batch_input_file(request.method, owned.target, json_body)
+            if batch_file is not None:  # its requests run with the gateway's credentials
+                bare = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+                content = (await gw.client.forward(
+                    backend, "GET", f"/files/{batch_file}/content", b"", bare))[2]
+                try:
+                    await check_owned(owned.store, owner, await batch_references(content))
+                finally:
+                    await content.aclose()
         model = parsed.get("model") if parsed is not None else None
         if parsed is not None:  # a call that may generate: within the key's token limits
             cap = parsed.get("max_output_tokens")  # the Responses API's cap on its output
@@ -81,8 +96,6 @@ async def forward(path: str, request: Request) -> Response:
             # What a call that fails or is cut off may have generated: charged then.
             grant = (reservation.tokens if reservation is not None and reservation.tokens
                      else output_cap(parsed))
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() not in _DROPPED_REQUEST_HEADERS}
         upstream_path = "/" + path + (f"?{request.url.query}" if request.url.query else "")
         status, out_headers, chunks = await gw.client.forward(
             backend, request.method, upstream_path, body, headers)

@@ -62,6 +62,20 @@ def test_votes_whose_first_sample_always_agrees_become_one_answer_with_room():
     assert policy.decide(GUESS, strategy="parallel_vote").plan.strategy == "parallel_vote"
 
 
+def test_feedback_that_shows_one_answer_worse_brings_the_votes_back():
+    policy = LearnedPolicy()
+    for _ in range(100):
+        policy.observe_vote(GUESS, True)
+    assert policy.decide(GUESS).plan.strategy == "direct"
+    kind = 3  # hard/independent
+    vote = Plan("parallel_vote", 900, width=3, depth_tokens=300)
+    for _ in range(5):  # the first look: votes right 5 of 5, one answer 0 of 5
+        policy.update(GUESS, vote, True)
+        policy.update(GUESS, Plan("direct", 600, depth_tokens=600), False)
+    assert policy.eliminated(kind, "direct")
+    assert policy.decide(GUESS).plan.strategy == "parallel_vote"
+
+
 def test_votes_that_disagree_keep_voting_and_the_floor_zero_never_idles():
     disagreeing = LearnedPolicy(vote_gain_floor=0.05)
     never = LearnedPolicy(vote_gain_floor=0.0)

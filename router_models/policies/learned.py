@@ -340,11 +340,19 @@ class LearnedPolicy(Policy):
     def _idle(self, key: str) -> bool:
         return self.vote_gain_floor > 0 and self.agreement.gain_bound(key) < self.vote_gain_floor
 
+    def _answers_once(self, scores: Scores) -> bool:
+        """Whether this prompt's planned vote runs one direct answer instead: its votes buy
+        too little (``votes_idle``, as of the last ``resolve``), unless feedback showed a
+        direct answer worse than the kind's current strategy (the bound holds with 95%
+        confidence, not always)."""
+        return (self.vote_key(scores) in self._idle_votes
+                and not self.eliminated(kind_of(scores), "direct"))
+
     def _sized_strategy(self, scores: Scores) -> str:
         """The strategy the prompt's plan runs: its kind's (``strategy_for``), except a vote
-        whose votes buy too little (``votes_idle``), which runs one direct answer."""
+        that answers once (``_answers_once``)."""
         strategy = self.strategy_for(scores)
-        if strategy == "parallel_vote" and self.vote_key(scores) in self._idle_votes:
+        if strategy == "parallel_vote" and self._answers_once(scores):
             return "direct"
         return strategy
 
@@ -361,8 +369,8 @@ class LearnedPolicy(Policy):
         teach nothing about votes."""
         kind = kind_of(scores)
         answer = self.answer_tokens(kind)
-        key = self.vote_key(scores)
-        if strategy == "parallel_vote" and not exploring and key in self._idle_votes:
+        if strategy == "parallel_vote" and not exploring and self._answers_once(scores):
+            key = self.vote_key(scores)
             agreed, votes = self.agreement.count(key)
             # Room for the one answer to finish: the vote it replaces outlived a cut sample.
             room = IDLE_VOTE_ROOM * sample_tokens(answer)

@@ -76,6 +76,11 @@ class Plan:
         temperature: the sampling temperature of the plan's calls when the client set none
             (``auto``'s one chain runs greedy, ``service.routing.greedy_chain``), or None:
             the client's temperature, else the backend's default.
+        decided: the plan a policy chose, as ``(strategy, budget_tokens, width,
+            depth_tokens, search_calls)``, set by the gateway, which may run it fitted (to
+            answer lengths, caps, a key's budget; a vote too narrow for a majority runs as
+            one chain); None when no policy chose. Off-policy replay compares policies by
+            what they choose: the fitting depends on the gateway's state, not the policy.
     """
 
     strategy: str
@@ -87,8 +92,11 @@ class Plan:
     probability: float = 1.0
     reason: str = ""
     temperature: float | None = None
+    decided: tuple[str, int | None, int, int | None, int] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.decided, list):  # read back from a logged row's JSON
+            object.__setattr__(self, "decided", tuple(self.decided))
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}")
         if self.width < 1:

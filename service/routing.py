@@ -43,6 +43,7 @@ from typing import Any
 from router_models import load_default
 from router_models.answer_lengths import AnswerLengths, observations
 from router_models.classifier import Classifier
+from router_models.experiments.replay import plan_key
 from router_models.generation import conversation_generation, open_generation
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies import KIND_NAMES, LearnedPolicy, Policy, PolicyError, parse_policy
@@ -236,6 +237,9 @@ class Router:
         if forced is None:  # a strategy the client named runs as it asked
             plan = greedy_chain(greedy_vote_as_chain(plan, routed.body), routed.body,
                                 self.settings.chain_temperature)
+        # Logged with what ran: replay compares policies by what they chose, whatever the
+        # answer lengths, caps and a key's budget (``fit_budget``, later) made of it.
+        plan = dataclasses.replace(plan, decided=plan_key(decision.plan))
         return plan, scores
 
     def generation_budget(self, routed: RoutedRequest) -> int:

@@ -78,3 +78,21 @@ def test_failed_requests_count_as_wrong_and_refusals_are_left_out():
     result = replay(rows, parse_policy("fixed:direct@256"))
     assert result.feedback == 3 and abs(result.accuracy["snips"].value - 1 / 3) < 1e-9
 
+
+
+def test_intervals_stay_within_what_accuracy_and_tokens_can_be():
+    # A target that a 20% arm ran, right on 9 of its 10 prompts, among 40 rows of the other
+    # arm: the t interval of the IPS terms (5 or 0 each) reached past 1 (and, for the
+    # tokens of a rarely logged plan, below 0), though accuracy lies in [0, 1] and tokens
+    # are never negative.
+    direct, chain = fixed_plan("direct", 256), fixed_plan("sequential", 256)
+    support = frozenset({plan_key(direct), plan_key(chain)})
+    rows = ([_row(chain, float(i < 9), propensity=0.2, support=support) for i in range(10)]
+            + [_row(direct, 0.0, propensity=0.8, support=support) for _ in range(40)])
+    result = replay(rows, parse_policy("fixed:sequential@256"))
+    assert result.supported
+    for key in ("ips", "snips", "dr"):
+        low, high = result.accuracy[key].ci95
+        assert 0.0 <= low <= high <= 1.0, (key, low, high)
+        low, high = result.mean_tokens[key].ci95
+        assert 0.0 <= low <= high, (key, low, high)

@@ -16,6 +16,8 @@ Estimators, each with a 95% interval:
   cross-fitted on two folds so no row is predicted by a model that saw it. Interval:
   Student's t on the terms.
 
+Each interval is cut to the range its quantity can take ([0, 1] for accuracy, tokens from 0).
+
 The propensity of a row in an A/B experiment is its arm's share times the arm policy's
 probability of the plan (for arms whose plans overlap, the caller adds the other arms' share
 of the same plan: the propensity is the probability of the plan, whichever arm picked it).
@@ -55,7 +57,10 @@ PlanKey = tuple[str, int | None, int, int | None, int]
 
 
 def plan_key(plan: Plan) -> PlanKey:
-    """What makes two plans the same plan: strategy, budget, width, depth and search calls."""
+    """What makes two plans the same plan: strategy, budget, width, depth and search calls,
+    as the policy chose them (``plan.decided`` when the gateway ran a fitted plan)."""
+    if plan.decided is not None:
+        return plan.decided
     return (plan.strategy, plan.budget_tokens, plan.width, plan.depth_tokens, plan.search_calls)
 
 
@@ -160,6 +165,16 @@ def _t_interval(terms: np.ndarray) -> Estimate:
         return Estimate(mean, (mean, mean))
     low, high = stats.t.interval(0.95, len(terms) - 1, loc=mean, scale=stats.sem(terms))
     return Estimate(mean, (float(low), float(high)))
+
+
+def _within(estimate: Estimate, low: float, high: float) -> Estimate:
+    """``estimate`` with its interval cut to [low, high], the range the quantity can take.
+    The t interval of importance-weighted terms is symmetric and ignores that range (terms of
+    1 / 0.2 put an accuracy's upper end past 1); the true value lies inside the range, so
+    cutting the interval there loses no coverage. The value itself is left as estimated: IPS
+    past 1 says the weights are too few to trust."""
+    lo, hi = estimate.ci95
+    return Estimate(estimate.value, (min(max(lo, low), high), max(min(hi, high), low)))
 
 
 def _snips(weights: np.ndarray, values: np.ndarray, seed: int) -> Estimate:
@@ -306,6 +321,7 @@ def replay(decisions: Sequence[LoggedDecision], target: Policy, *,
         "snips": _snips(weights, tokens, seed),
         "dr": _t_interval(_dr_terms(logged_keys, x, tokens, weights, targets, False, seed)),
     }
+    mean_tokens = {k: _within(e, 0.0, np.inf) for k, e in mean_tokens.items()}
     accuracy: dict[str, Estimate] = {}
     if has_feedback.sum() >= 2 and fb_weights.sum() > 0:
         idx = [int(i) for i in np.flatnonzero(has_feedback)]
@@ -317,6 +333,7 @@ def replay(decisions: Sequence[LoggedDecision], target: Policy, *,
             "dr": _t_interval(_dr_terms(keys, x[idx], y, fb_weights,
                                         [targets[i] for i in idx], True, seed)),
         }
+        accuracy = {k: _within(e, 0.0, 1.0) for k, e in accuracy.items()}
     reason = "" if accuracy else "too little feedback on the plans the target picks"
     return _with(result, supported=True, accuracy=accuracy, mean_tokens=mean_tokens,
                  reason=reason)

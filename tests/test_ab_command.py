@@ -224,3 +224,14 @@ def test_replaying_an_arms_own_policy_recovers_that_arms_accuracy(tmp_path, caps
     assert result["accuracy"]["snips"]["value"] == pytest.approx(control["accuracy"])
     ips = result["accuracy"]["ips"]
     assert ips["ci95"][0] <= control["accuracy"] <= ips["ci95"][1]
+
+
+def test_ab_report_without_the_gateways_config_says_to_pass_it(tmp_path, capsys, monkeypatch):
+    # The README's `ttc-router ab report chain-vs-vote` answered only "known: none
+    # configured": the experiments are in the gateway's config file, which the command
+    # needs too.
+    monkeypatch.delenv("TTC_CONFIG", raising=False)
+    assert main(["ab", "report", "chain-vs-vote", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown experiment 'chain-vs-vote'" in err
+    assert "--config" in err and "TTC_CONFIG" in err

@@ -134,8 +134,10 @@ def _report(args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     config = settings.experiments.get(args.name)
     if config is None:
-        return _fail(f"unknown experiment {args.name!r}; known: "
-                     f"{', '.join(sorted(settings.experiments)) or 'none configured'}", 2)
+        # The experiments live in the gateway's config file: without it none are known.
+        known = ", ".join(sorted(settings.experiments)) or (
+            "none configured (pass the gateway's config file: --config FILE or TTC_CONFIG)")
+        return _fail(f"unknown experiment {args.name!r}; known: {known}", 2)
     try:
         rows = asyncio.run(_read(settings, "totals", experiment=args.name))
     except Exception as exc:  # the store's errors: report them, do not trace back

@@ -2,12 +2,12 @@
 arm's share of traffic (fixed, or adaptive by Thompson sampling), and the report.
 
 A request joins the experiment its ``router.experiment`` (or ``x-ttc-experiment``) names, or
-the operator's ``default_experiment`` when it names no policy of its own; an unknown name is a
-400. Its arm comes from a stable hash of (experiment, identity), the identity being the
-request's ``user``, else its ``x-session-id`` header, else its API key's name; a request with
-none of them is assigned at random and marked ``random`` (``router.assignment``). The arm's
-policy plans the request; the arm is in the response (``router.arm``), the request log and the
-metrics (``ttc_experiment_assignments_total``, ``ttc_experiment_tokens_total``,
+the operator's ``default_experiment`` when it names no policy or strategy of its own; an
+unknown name is a 400. Its arm comes from a stable hash of (experiment, identity), the identity
+being the request's ``user``, else its ``x-session-id`` header, else its API key's name; a
+request with none of them is assigned at random and marked ``random`` (``router.assignment``).
+The arm's policy plans the request; the arm is in the response (``router.arm``), the request
+log and the metrics (``ttc_experiment_assignments_total``, ``ttc_experiment_tokens_total``,
 ``ttc_experiment_feedback_total`` and the ``arm`` label of the others).
 
 Adaptive allocation (``adaptive: true``, off by default) re-reads the arms' totals from the
@@ -341,7 +341,7 @@ class Experiments:
 
     def experiment_for(self, routed: RoutedRequest) -> str | None:
         """The experiment the request joins (its own, else the default unless it names a
-        policy), or None.
+        policy or a strategy), or None.
 
         Raises:
             InvalidRequest: an unknown experiment, or both a policy and an experiment (400).
@@ -353,7 +353,9 @@ class Experiments:
                                      param="router.experiment")
             self.config(controls.experiment)
             return controls.experiment
-        if controls.policy is None:
+        if controls.policy is None and controls.strategy == "auto":
+            # A request that names its strategy (``ttc-router eval``'s, for one) was planned
+            # by no arm's policy: in an arm it would only blur the comparison.
             return self.default
         return None
 

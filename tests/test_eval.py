@@ -147,3 +147,25 @@ async def test_report_writes_every_output_file(tmp_path: Path, items: list[Any],
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert {"accuracy_vs_tokens_graph_connectivity.png",
             "accuracy_vs_tokens_all.png"} <= set(summary["plots"])
+
+
+def test_a_strategy_the_gateway_ran_as_another_says_so(tmp_path: Path) -> None:
+    # Through the gateway, 99 of 100 parallel_vote@512 items ran as one chain (the samples
+    # could not finish in 512 tokens), yet the report named parallel_vote the winner at 512
+    # with 137 mean tokens, with nothing to say that no vote had run.
+    records = []
+    for i in range(40):
+        vote = _record(str(i), "parallel_vote", 512, i < 30, 130)
+        vote["router"] = {"strategy": "parallel_vote" if i == 0 else "sequential"}
+        chain = _record(str(i), "sequential", 512, i < 28, 130)
+        chain["router"] = {"strategy": "sequential"}
+        records += [vote, chain]
+    by = {(c.family, c.strategy): c for c in analysis.cells(records)}
+    assert by[("f", "parallel_vote")].ran_as_asked == 1
+    assert by[("f", "sequential")].ran_as_asked == 40
+    assert analysis.cells([_record("a", "direct", 128, True, 10)])[0].ran_as_asked is None
+    report.write_report(tmp_path, records, {"backend": "gw", "mode": "gateway"})
+    text = (tmp_path / report.REPORT_FILE).read_text()
+    first_table = text.split("| family | budget | winner |", 1)[1].split("\n\n", 1)[0]
+    assert "| f | 512 | parallel_vote (tie; ran as asked on 1 of 40 items) |" in first_table
+    assert "| f | parallel_vote | 512 | 40 | 75.0 |" in text and "| 1 of 40 |" in text

@@ -27,7 +27,10 @@ ALL = "all"
 @dataclass(frozen=True)
 class Cell:
     """One (family, strategy, budget): items, accuracy with its Wilson 95% interval, mean
-    completion tokens (all upstream calls) with a normal 95% interval, errors."""
+    completion tokens (all upstream calls) with a normal 95% interval, errors, and
+    ``ran_as_asked``: the items the gateway ran with the strategy asked (its reply's
+    ``router.strategy``; a vote whose samples cannot finish in the budget runs one chain), or
+    None when no reply says (client mode, policies)."""
 
     family: str
     strategy: str
@@ -39,6 +42,7 @@ class Cell:
     mean_tokens: float
     mean_tokens_ci95: tuple[float, float]
     errors: int
+    ran_as_asked: int | None = None
 
 
 @dataclass(frozen=True)
@@ -136,9 +140,12 @@ def cells(records: Sequence[dict[str, Any]], with_all: bool = True) -> list[Cell
         ok = _ok(rows)
         correct = sum(bool(r["correct"]) for r in ok)
         mean, ci = _mean_ci([r["completion_tokens"] for r in ok])
+        ran = [(r.get("router") or {}).get("strategy") for r in ok]
         out.append(Cell(family, strategy, budget, len(ok), correct,
                         correct / len(ok) if ok else 0.0, wilson(correct, len(ok)), mean, ci,
-                        len(rows) - len(ok)))
+                        len(rows) - len(ok),
+                        sum(s == strategy for s in ran) if budget is not None and any(ran)
+                        else None))
     return out
 
 

@@ -85,7 +85,10 @@ def _winner_rows(comparisons: Sequence[Comparison], cells: Sequence[Cell]) -> li
     for c in ordered:
         w = by_cell[(c.family, c.winner, c.budget_tokens)]
         r = by_cell.get((c.family, c.runner_up, c.budget_tokens)) if c.runner_up else None
-        winner = c.winner if c.significant or c.runner_up is None else f"{c.winner} (tie)"
+        notes = [] if c.significant or c.runner_up is None else ["tie"]
+        if w.ran_as_asked is not None and w.ran_as_asked < w.n:
+            notes.append(f"ran as asked on {w.ran_as_asked} of {w.n} items")
+        winner = c.winner + (f" ({'; '.join(notes)})" if notes else "")
         margin = "-" if c.difference is None else \
             f"{100 * c.difference:+.1f} {_ci(c.difference_ci95)}"
         p = "-" if c.p_value is None else f"{c.p_value:.3g}"
@@ -131,17 +134,20 @@ def write_report(out_dir: Path, records: Sequence[dict[str, Any]],
               "its accuracy minus the runner-up's on the same items, in percentage points, "
               "with a paired bootstrap 95% interval; `(tie)` marks a margin whose interval "
               "reaches 0 or whose McNemar p is 0.05 or more. Accuracy intervals are "
-              "Wilson 95%.", ""]
+              "Wilson 95%. A winner the gateway did not always run as asked says on how many "
+              "items it did (a vote whose samples cannot finish in the budget runs one "
+              "chain).", ""]
     lines += _winner_rows(comparisons, cells)
     lines += ["", "## Accuracy and tokens per strategy", "",
               "| family | strategy | budget | n | accuracy % | 95% CI (Wilson) | "
-              "mean completion tokens (95% CI) | errors |",
-              "| --- | --- | ---: | ---: | ---: | --- | --- | ---: |"]
+              "mean completion tokens (95% CI) | errors | ran as asked |",
+              "| --- | --- | ---: | ---: | ---: | --- | --- | ---: | ---: |"]
     for c in sorted(cells, key=lambda c: (c.family == ALL, c.family, c.strategy,
                                           c.budget_tokens or 0)):
+        ran = "-" if c.ran_as_asked is None else f"{c.ran_as_asked} of {c.n}"
         lines.append(f"| {c.family} | {c.strategy} | {c.budget_tokens or '-'} | {c.n} | "
                      f"{_pct(c.accuracy)} | {_ci(c.accuracy_ci95)} | {c.mean_tokens:.0f} "
-                     f"{_ci(c.mean_tokens_ci95, 1.0)} | {c.errors} |")
+                     f"{_ci(c.mean_tokens_ci95, 1.0)} | {c.errors} | {ran} |")
     lines += ["", "## Per-prompt oracle envelope", "",
               "Per item, the cheapest configuration (strategy and budget up to the cap) that "
               "answered correctly, when any did: an upper bound for any router over these "

@@ -130,7 +130,7 @@ def build_report(name: str, config: ExperimentSettings, rows: list[ArmRow]) -> d
     score interval and p-value, for one look; with more than two arms, Bonferroni-adjusted
     over the other arms. ``sequential``: the same difference as an always-valid confidence
     sequence, and ``can_stop`` / ``winner`` once it excludes 0. ``leader``: the arm with the
-    best estimated objective.
+    best estimated objective (None when arms tie): a point estimate, not a verdict.
     """
     totals = arm_totals(config, rows)
     shares, adaptive_now = current_shares(config, totals)
@@ -173,6 +173,9 @@ def build_report(name: str, config: ExperimentSettings, rows: list[ArmRow]) -> d
         sequential.update(ci95=list(seq.ci95), can_stop=seq.can_stop, winner=seq.winner)
     values = {arm: objective_value(config, t) for arm, t in totals.items()}
     scored = {arm: v for arm, v in values.items() if v is not None}
+    best = max(scored.values(), default=None)
+    # Equal estimates lead nowhere: max() would name the first arm configured.
+    leaders = [arm for arm, v in scored.items() if v == best]
     return {
         "object": "experiment",
         "name": name,
@@ -183,7 +186,7 @@ def build_report(name: str, config: ExperimentSettings, rows: list[ArmRow]) -> d
                        "objective": config.objective,
                        "lambda_per_1k_tokens": config.lambda_per_1k_tokens,
                        "min_feedback": config.min_feedback, "floor": config.floor},
-        "leader": max(scored, key=lambda arm: scored[arm]) if scored else None,
+        "leader": leaders[0] if len(leaders) == 1 else None,
     }
 
 

@@ -235,3 +235,27 @@ def test_ab_report_without_the_gateways_config_says_to_pass_it(tmp_path, capsys,
     err = capsys.readouterr().err
     assert "unknown experiment 'chain-vs-vote'" in err
     assert "--config" in err and "TTC_CONFIG" in err
+
+
+def test_a_tie_has_no_leader_and_the_text_does_not_read_as_a_verdict():
+    from service.experiments import build_report
+    from service.settings import Settings
+    from service.store import ArmRow
+
+    config = Settings(experiments=VOTE_VS_CHAIN["experiments"]).experiments["chain-vs-vote"]
+
+    def rows(control: int, treatment: int) -> list[ArmRow]:
+        return [ArmRow("control", requests=1, feedback=1, correct=control, tokens_sum=600.0,
+                       tokens_sumsq=360000.0),
+                ArmRow("treatment", requests=1, feedback=1, correct=treatment,
+                       tokens_sum=700.0, tokens_sumsq=490000.0)]
+
+    # One right answer in each arm named "control" the leader: the first of equals.
+    tied = build_report("chain-vs-vote", config, rows(1, 1))
+    assert tied["leader"] is None
+    ahead = build_report("chain-vs-vote", config, rows(0, 1))
+    assert ahead["leader"] == "treatment" and ahead["sequential"]["winner"] is None
+    from service.commands.ab import format_report
+    text = format_report(ahead)
+    assert "leader on the objective: treatment" not in text
+    assert "ahead on the estimates (not a verdict: see the intervals): treatment" in text

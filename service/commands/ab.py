@@ -180,7 +180,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("allocation: Thompson sampling on " + allocation["objective"] + (
             " (in force)" if allocation["in_force"] else
             f" (waiting for {allocation['min_feedback']} feedback per arm)"))
-    lines.append(f"leader on the objective: {report['leader'] or '-'}")
+    lines.append("ahead on the estimates (not a verdict: see the intervals): "
+                 f"{report['leader'] or '-'}")
     return "\n".join(lines)
 
 

@@ -105,3 +105,10 @@ class Plan:
             raise ValueError("budget_tokens must be at least 1")
         if self.temperature is not None and self.temperature < 0:
             raise ValueError("temperature must be at least 0")
+
+    @property
+    def shape(self) -> tuple[str, int | None, int, int | None, int]:
+        """What makes two plans the same plan: ``(strategy, budget_tokens, width,
+        depth_tokens, search_calls)``."""
+        return (self.strategy, self.budget_tokens, self.width, self.depth_tokens,
+                self.search_calls)

@@ -586,3 +586,19 @@ def test_a_kind_of_one_liners_and_long_guesses_probes_up_instead_of_seeing_loops
     # 13 is more than twice the longest answer, but no sample given 13 tokens can be judged
     # never to answer: the estimate probes twice the cut, so the next samples get room.
     assert lengths.estimate("k") == 26
+
+
+def test_a_plan_two_strategies_size_alike_is_logged_with_both_their_probabilities():
+    # Under a cap of 200 tokens an explored vote is sized as one chain of 200, the very plan
+    # the current strategy makes: the plan ran with both probabilities, and a propensity of
+    # the chosen strategy's alone (0.7 where the plan had 0.95) over-weights it in replay.
+    policy = LearnedPolicy(exploration=0.3, seed=3)
+    policy.update(HARD_CHAIN, Plan("sequential", 960), True)  # feedback flows
+    rng = random.Random(5)
+    shared = 0
+    for scores in _random_scores(500, seed=9):
+        decision = policy.decide(scores, budget_tokens=200, rng=rng)
+        same = [c for c in decision.candidates if c.plan.shape == decision.plan.shape]
+        shared += len(same) > 1
+        assert decision.plan.probability == pytest.approx(sum(c.probability for c in same))
+    assert shared > 0

@@ -59,9 +59,7 @@ PlanKey = tuple[str, int | None, int, int | None, int]
 def plan_key(plan: Plan) -> PlanKey:
     """What makes two plans the same plan: strategy, budget, width, depth and search calls,
     as the policy chose them (``plan.decided`` when the gateway ran a fitted plan)."""
-    if plan.decided is not None:
-        return plan.decided
-    return (plan.strategy, plan.budget_tokens, plan.width, plan.depth_tokens, plan.search_calls)
+    return plan.decided if plan.decided is not None else plan.shape
 
 
 def describe(key: PlanKey) -> str:

@@ -482,7 +482,10 @@ class LearnedPolicy(Policy):
         plan = plans[chosen]
         if plan.reason:
             reason += f"; {plan.reason}"
-        plan = dataclasses.replace(plan, policy=self.name, probability=probabilities[chosen],
+        # Strategies sized alike under a cap (an explored vote cut to one chain) are one
+        # plan: its probability, logged as the propensity, is theirs together.
+        probability = sum(p for a, p in probabilities.items() if plans[a].shape == plan.shape)
+        plan = dataclasses.replace(plan, policy=self.name, probability=probability,
                                    reason=reason)
         candidates = tuple(
             Candidate(plan if a == chosen else plans[a], p, self.accuracy(kind, a)[0])

@@ -602,3 +602,12 @@ def test_a_plan_two_strategies_size_alike_is_logged_with_both_their_probabilitie
         shared += len(same) > 1
         assert decision.plan.probability == pytest.approx(sum(c.probability for c in same))
     assert shared > 0
+
+
+def test_a_random_policys_plans_capped_alike_carry_their_probabilities_together():
+    policy = parse_policy("random:sequential@512,sequential@1024,direct@256")
+    for seed in range(6):
+        decision = policy.decide(Scores(0.5, 0.5, 0.0), budget_tokens=256,
+                                 rng=random.Random(seed))
+        same = [c for c in decision.candidates if c.plan.shape == decision.plan.shape]
+        assert decision.plan.probability == pytest.approx(sum(c.probability for c in same))

@@ -126,10 +126,12 @@ class RandomPolicy(Policy):
         pool = [p for p in self.plans if strategy in (None, p.strategy)] or [
             fixed_plan(str(strategy), self.plans[0].budget_tokens or VOTE_SAMPLE_TOKENS)]
         probability = 1.0 / len(pool)
-        chosen = fit_to_budget(pool[(rng or self.rng).randrange(len(pool))], budget_tokens)
+        fitted = [fit_to_budget(p, budget_tokens) for p in pool]
+        chosen = fitted[(rng or self.rng).randrange(len(pool))]
         candidates = tuple(Candidate(dataclasses.replace(
-            fit_to_budget(p, budget_tokens), policy=self.name, probability=probability),
-            probability) for p in pool)
-        plan = dataclasses.replace(chosen, policy=self.name, probability=probability,
+            p, policy=self.name, probability=probability), probability) for p in fitted)
+        # Plans a cap made alike are one plan, drawn with their probabilities together.
+        alike = sum(p.shape == chosen.shape for p in fitted)
+        plan = dataclasses.replace(chosen, policy=self.name, probability=alike * probability,
                                    reason=f"uniformly random among {len(pool)} plans")
         return Decision(plan, scores, candidates)

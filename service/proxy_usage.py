@@ -11,12 +11,14 @@ ends with it (chat, embeddings, the Responses API), a stream's last event carrie
 chat chunk's ``usage``, the Responses API's ``response.completed``), and a later usage is a
 running total that replaces an earlier one. Its fields are OpenAI's two spellings:
 ``prompt_tokens`` / ``completion_tokens`` and the Responses API's ``input_tokens`` /
-``output_tokens``. A whole reply with no usage is counted as nothing: the gateway cannot tell
-what an unknown endpoint generated. A reply that did not end (it broke off, or its client
-left) and a call that failed once it reached the backend (a 5xx, a body cut off or not JSON)
-may have generated their whole grant, and are charged it, as a completion's failed call is:
-the call's reservation (``max_output_tokens``, or what the key had left), else its own cap;
-a call the backend refused (a 4xx, a 429) or never reached is charged nothing.
+``output_tokens``, with reasoning reported apart from them counted in
+(``upstream.completion_tokens_of``). A whole reply with no usage is counted as nothing: the
+gateway cannot tell what an unknown endpoint generated. A reply that did not end (it broke
+off, or its client left) and a call that failed once it reached the backend (a 5xx, a body
+cut off or not JSON) may have generated their whole grant, and are charged it, as a
+completion's failed call is: the call's reservation (``max_output_tokens``, or what the key
+had left), else its own cap; a call the backend refused (a 4xx, a 429) or never reached is
+charged nothing.
 
 ``ttc_proxied_requests_total{endpoint, status}`` counts each call once, with what its client
 got: the backend's status for a reply that ended whole, the error's (502, 504) for one that
@@ -32,7 +34,7 @@ from typing import Any
 from service import metrics
 from service.errors import ClientClosed, GatewayError
 from service.limits import Reservation
-from service.upstream import is_token_count, may_have_generated
+from service.upstream import completion_tokens_of, is_token_count, may_have_generated
 
 # The end of a reply kept to find its usage in: a Responses API object puts ``usage`` after
 # its whole output, and a stream's final event repeats that output.
@@ -66,7 +68,8 @@ def _counts(usage: Any) -> tuple[int, int] | None:
     if not isinstance(usage, dict):
         return None
     prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
-    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    completion = (completion_tokens_of(usage)
+                  if "completion_tokens" in usage or "output_tokens" in usage else 0)
     if not (is_token_count(prompt) and is_token_count(completion)):
         return None
     return (prompt, completion) if prompt or completion else None

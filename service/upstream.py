@@ -102,6 +102,34 @@ def is_token_count(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def completion_tokens_of(usage: Mapping[str, Any]) -> int | None:
+    """The completion tokens a backend's ``usage`` says a call generated, reasoning
+    included; None when it holds no count (``completion_tokens``, or the Responses API's
+    ``output_tokens``, missing or not ``is_token_count``).
+
+    OpenAI counts reasoning inside ``completion_tokens`` (``reasoning_tokens`` in its
+    details is a part of it), and ``total_tokens`` is prompt plus completion. Some backends
+    count the reasoning apart (Gemini's OpenAI-compatible endpoint and several proxies:
+    ``total_tokens`` = prompt + completion + reasoning, or ``completion_tokens`` 0 beside
+    ``reasoning_tokens`` 60), which would make a thinking model's tokens free. So the count
+    is at least ``total_tokens - prompt_tokens``, and a ``reasoning_tokens`` larger than it
+    (no part can be) is added to it. Both only ever raise the count: a backend following
+    OpenAI's reading is counted as it says.
+    """
+    completion = usage.get("completion_tokens", usage.get("output_tokens"))
+    if not is_token_count(completion):
+        return None
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    total = usage.get("total_tokens")
+    if is_token_count(total) and is_token_count(prompt) and total - prompt > completion:
+        completion = total - prompt
+    details = usage.get("completion_tokens_details", usage.get("output_tokens_details"))
+    reasoning = details.get("reasoning_tokens") if isinstance(details, Mapping) else None
+    if is_token_count(reasoning) and reasoning > completion:
+        completion += reasoning
+    return completion
+
+
 @dataclass
 class Accounting:
     """What one client request cost upstream, filled in by every call made on its behalf.

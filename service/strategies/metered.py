@@ -4,7 +4,11 @@ Every strategy sends its calls through ``Metered``, so that the budget ledger, `
 ``router.spent_tokens``, the key limits, the metrics and the request log all read one count
 (``call.acct``), whatever the backend reports:
 
-- **Usage reported.** The backend's ``usage`` is the count.
+- **Usage reported.** The backend's ``usage`` is the count, reasoning counted apart from
+  ``completion_tokens`` included (``upstream.completion_tokens_of``), unless it is below what
+  the reply shows: a choice that wrote text or was cut by its cap generated a token at least,
+  and so did a stream's every chunk of text. Such a usage is wrong (0 beside an answer) or
+  stale, and the call is counted as if it had none.
 - **No usage** (llama-cpp-python's server in streams, some proxies): a choice cut by its cap
   (``finish_reason: length``) generated exactly its ``max_tokens``, or its tokenizer's count
   when that is more (a backend that ignores ``max_tokens``); any other choice is counted
@@ -42,7 +46,12 @@ from service.errors import GatewayError, InvalidRequest
 from service.ledger import BudgetExhausted
 from service.protocol import candidates
 from service.strategies.base import Call
-from service.upstream import UpstreamStream, is_token_count, may_have_generated
+from service.upstream import (
+    UpstreamStream,
+    completion_tokens_of,
+    is_token_count,
+    may_have_generated,
+)
 
 # Tokens a chat template adds around each message (role markers, separators): an upper bound
 # for the common templates (ChatML adds 4 to 5, Llama 3 adds 5).
@@ -189,11 +198,17 @@ class Metered:
                              finishes: list[str | None], *, at_least: int = 0) -> None:
         """Count a call from its ``usage`` (None when absent) or from the ``texts`` and
         ``finishes`` of its choices, and settle. ``at_least``: a stream's chunks that carried
-        text, a token each at least; a usage below that is a stale running total (sent early,
-        never updated) or wrong, and the call is counted as if it had none."""
+        text, a token each at least. A choice that wrote text, or was cut by its cap
+        (``length``: a cap is at least a token), generated a token at least too. A usage below
+        either is a stale running total (sent early, never updated) or wrong (a usage of 0
+        beside a written answer, or a model that thought out of sight until its cap and
+        says it spent nothing: believed, the ledger would keep granting), and the call is
+        counted as if it had none."""
         if self.settled:
             return
-        if _has_usage(usage) and usage["completion_tokens"] < at_least:
+        at_least = max(at_least, sum(1 for text, finish in zip(texts, finishes, strict=True)
+                                     if text or finish == "length"))
+        if _has_usage(usage) and _completion_of(usage) < at_least:
             usage = None
         completion, prompt, source = await self._count(usage, texts, finishes)
         self._settle(max(completion, at_least), prompt, source,
@@ -206,8 +221,8 @@ class Metered:
         no cap, the text seen, in UTF-8 bytes)."""
         if self.settled:
             return
-        if _has_usage(usage) and usage["completion_tokens"] >= at_least:
-            self._settle(int(usage["completion_tokens"]), _prompt_of(usage), "backend", usage)
+        if _has_usage(usage) and _completion_of(usage) >= at_least:
+            self._settle(_completion_of(usage), _prompt_of(usage), "backend", usage)
         elif self.granted is not None:
             self._settle(max(self.granted, at_least), None, "grant")
         else:
@@ -217,7 +232,7 @@ class Metered:
                      ) -> tuple[int, int | None, str]:
         """(completion tokens, prompt tokens or None, source) of a finished call."""
         if _has_usage(usage):
-            return int(usage["completion_tokens"]), _prompt_of(usage), "backend"
+            return _completion_of(usage), _prompt_of(usage), "backend"
         if not texts or self.candidates > self.n:
             # Nothing came back, or best_of's dropped candidates never do: it may have
             # generated its whole grant.
@@ -378,6 +393,11 @@ def body_prompt_bound(body: dict[str, Any]) -> int:
 
 def _has_usage(usage: Any) -> bool:
     return isinstance(usage, dict) and is_token_count(usage.get("completion_tokens"))
+
+
+def _completion_of(usage: dict[str, Any]) -> int:
+    """A usage's completion tokens, reasoning counted apart included (``_has_usage``)."""
+    return completion_tokens_of(usage) or 0
 
 
 def _prompt_of(usage: dict[str, Any]) -> int | None:

@@ -21,12 +21,14 @@ DONE = object()  # the payload of a ``data: [DONE]`` event
 
 async def events(stream: UpstreamStream) -> AsyncGenerator[tuple[Any, str], None]:
     """(parsed JSON payload, data text) of each event of one upstream stream; the payload is
-    ``DONE`` for ``[DONE]``. A stream that fails here is marked broken (``broke()``): its
-    attempt is counted as a ``stream_error``.
+    ``DONE`` for ``[DONE]``, and an object's ``choices`` are of the shape ``chunk_choices``
+    checks. A stream that fails here is marked broken (``broke()``): its attempt is counted
+    as a ``stream_error``.
 
     Raises:
-        UpstreamError: the stream broke off, sent an error event, or is not UTF-8 SSE with
-            JSON events (``UpstreamTimeout``: it stalled past the read timeout).
+        UpstreamError: the stream broke off, sent an error event, is not UTF-8 SSE with
+            JSON events, or sent a chunk of the wrong shape (``UpstreamTimeout``: it stalled
+            past the read timeout).
     """
     decoder = sse.EventDecoder()
     try:
@@ -63,7 +65,39 @@ def parse_event(event: sse.Event) -> tuple[Any, str] | None:
         message = detail.get("message") if isinstance(detail, dict) else str(detail)
         raise UpstreamError(f"the backend reported an error mid-stream: {message}",
                             code="upstream_stream_error")
+    if isinstance(payload, dict):
+        chunk_choices(payload)  # a chunk of the wrong shape breaks the stream here
     return payload, event.data
+
+
+def chunk_choices(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``choices`` of one parsed stream chunk (``[]`` when it has none, as a usage chunk),
+    each an object with an integer ``index`` (0 when absent or null) and a ``delta`` that is
+    an object when present.
+
+    Raises:
+        UpstreamError: ``upstream_malformed``, the chunk is not of that shape (a
+            ``choices`` that is not a list of objects, an ``index`` that is not a
+            non-negative integer, a ``delta`` that is not an object): the stream cannot be
+            read on, and ends with an error event like any other broken stream.
+    """
+    choices = payload.get("choices")
+    if choices is None:
+        return []
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise UpstreamError("the backend sent a stream chunk whose choices are not a list of "
+                            "objects", code="upstream_malformed")
+    for choice in choices:
+        index = choice.get("index")
+        if index is not None and (not isinstance(index, int) or isinstance(index, bool)
+                                  or index < 0):
+            raise UpstreamError("the backend sent a stream chunk whose choice index is not "
+                                "a non-negative integer", code="upstream_malformed")
+        delta = choice.get("delta")
+        if delta is not None and not isinstance(delta, dict):
+            raise UpstreamError("the backend sent a stream chunk whose delta is not an object",
+                                code="upstream_malformed")
+    return choices
 
 
 async def merged_events(streams: list[UpstreamStream],

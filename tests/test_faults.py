@@ -302,3 +302,46 @@ async def test_a_stream_that_fails_mid_way_in_process_is_a_stream_error(ending):
     after = upstream_counts("fake")
     assert after["stream_error"] == before["stream_error"] + 1
     assert after["200"] == before["200"]
+
+
+@pytest.mark.parametrize("choices", [
+    [{"index": "a", "delta": {"content": "7"}, "finish_reason": None}],
+    {"0": {"delta": {"content": "7"}}},
+    ["7"],
+    [{"index": 0, "delta": "7", "finish_reason": None}],
+], ids=["index_not_a_number", "choices_an_object", "choice_a_string", "delta_a_string"])
+@pytest.mark.parametrize("strategy", ["direct", "sequential"])
+async def test_a_stream_chunk_of_the_wrong_shape_ends_with_an_error_event(strategy, choices):
+    # Seen before: a TypeError, ValueError, AttributeError or KeyError inside the streamed body
+    # ('Exception in ASGI application'), the client's stream cut without an error event or
+    # [DONE], and the request recorded as a 200.
+    import httpx
+
+    from tests.fakes import ScriptedStream, scripted_transport, sse_body
+
+    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "fake-model"}
+    word = {**base, "choices": [{"index": 0, "delta": {"content": "Once"},
+                                 "finish_reason": None}]}
+
+    def backend(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              stream=ScriptedStream(sse_body(word, {**base, "choices": choices},
+                                                             "data: [DONE]\n\n")))
+
+    labels = {"strategy": strategy, "policy": "none", "arm": "none", "model": "fake-model"}
+    before = {status: metric("ttc_requests_total", **labels, status=status)
+              for status in ("200", "502")}
+    tokens = metric("ttc_tokens_total", kind="completion", **labels)
+    upstream = upstream_counts("fake")
+    async with gateway_client(scripted_transport(backend)) as client:
+        reply = await client.post(CHAT, json={
+            **ask("fake-model"), "stream": True, "router": {"strategy": strategy}})
+    assert reply.status_code == 200
+    events = stream_events(reply.text)
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "upstream_malformed"
+    assert metric("ttc_requests_total", **labels, status="502") == before["502"] + 1
+    assert metric("ttc_requests_total", **labels, status="200") == before["200"]
+    # The call is charged its grant (max_tokens 8): the backend may have generated it all.
+    assert metric("ttc_tokens_total", kind="completion", **labels) == tokens + 8
+    assert upstream_counts("fake")["stream_error"] == upstream["stream_error"] + 1

@@ -275,7 +275,7 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
     usage = payload.get("usage")
     if isinstance(usage, dict):
         state.usage = usage
-    choices = payload.get("choices")
+    choices = payload.get("choices")  # a list of objects (streaming.chunk_choices)
     if not choices:
         return None  # the usage chunk: one summed chunk is sent at the end instead
     changed = False
@@ -290,7 +290,7 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
         payload.pop("usage")
         changed = True
     for choice in choices:
-        index = int(choice.get("index", 0)) + state.offset
+        index = (choice.get("index") or 0) + state.offset
         if state.offset:
             choice["index"] = index
             changed = True

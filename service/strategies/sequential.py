@@ -262,7 +262,7 @@ def _take(call: Call, piece: _Piece, payload: Any) -> bytes | None:
         piece.template["id"] = call.response_id
     if isinstance(payload.get("usage"), dict):
         piece.usage = payload["usage"]
-    choices = payload.get("choices") or []
+    choices = payload.get("choices")  # a list of objects (streaming.chunk_choices)
     if not choices:
         return None
     choice = choices[0]

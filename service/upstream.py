@@ -6,7 +6,9 @@ exponential backoff on connection errors, 429 and 5xx. A streamed call is retrie
 its first bytes arrive, before anything is sent to the client; after that a failure is raised
 as ``UpstreamError`` for the caller to end its stream with.
 
-Every attempt is counted in ``ttc_upstream_requests_total{backend, status}`` and timed in
+Every failure of the transport is one of httpx's, translated here into the gateway's error
+tree (``_Translating`` closes the gaps httpx-aiohttp leaves). Every attempt is counted in
+``ttc_upstream_requests_total{backend, status}`` and timed in
 ``ttc_upstream_duration_seconds{backend}``; retries in ``ttc_upstream_retries_total``. A
 completion's 2xx reply is counted once its body has been read (a stream: once it is closed),
 under ``STREAM_ERROR`` when the body failed after its 2xx headers, so that broken streams
@@ -311,9 +313,9 @@ class UpstreamClient:
         if transport is None:
             from httpx_aiohttp import AiohttpTransport
 
-            transport = AiohttpTransport(limits=httpx.Limits(
+            transport = _Translating(AiohttpTransport(limits=httpx.Limits(
                 max_connections=settings.max_connections,
-                max_keepalive_connections=settings.max_connections))
+                max_keepalive_connections=settings.max_connections)))
         self._transport = transport
         self._urls: dict[tuple[str, str], httpx.URL] = {}
         self._gates: dict[str, ConcurrencyGate] = {}
@@ -712,6 +714,34 @@ class UpstreamClient:
         return retry is None or retry(error)
 
 
+class _Unreadable(httpx.RemoteProtocolError):
+    """A reply the transport could not read as HTTP (``_Translating``)."""
+
+
+class _Translating(httpx.AsyncBaseTransport):
+    """A transport whose failures to send or read a request's head are all httpx's.
+
+    httpx-aiohttp maps most of aiohttp's errors to httpx's, not all: a reply no HTTP client
+    can read (a bad status line, a malformed header) comes as aiohttp's
+    ``ClientResponseError``, which escaped the error tree as a 500 "the gateway failed
+    unexpectedly", never recorded. It becomes ``_Unreadable``, a 502 ``upstream_malformed``.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport):
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self._inner.handle_async_request(request)
+        except httpx.HTTPError:
+            raise
+        except Exception as exc:
+            raise _Unreadable(f"{type(exc).__name__}: {exc}", request=request) from exc
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 _T = TypeVar("_T")
 TOKENIZE_PATHS = ("/tokenize", "/extras/tokenize/count")
 _JSON_HEADERS = {"content-type": "application/json"}
@@ -889,6 +919,9 @@ def _translate(exc: httpx.HTTPError, backend: Backend, streaming: bool = False) 
     """Map an httpx exception to the error tree; messages name the backend, never its key."""
     name = backend.label
     cause = exc.__cause__
+    if isinstance(exc, _Unreadable):
+        return UpstreamError(f"backend {name} sent a reply that is not readable HTTP",
+                             code="upstream_malformed")
     if isinstance(exc, httpx.ConnectTimeout) and cause is not None and not isinstance(
             cause, TimeoutError):
         # httpx-aiohttp maps every aiohttp ClientConnectionError to ConnectTimeout, a refused

@@ -345,3 +345,81 @@ async def test_a_stream_chunk_of_the_wrong_shape_ends_with_an_error_event(strate
     # The call is charged its grant (max_tokens 8): the backend may have generated it all.
     assert metric("ttc_tokens_total", kind="completion", **labels) == tokens + 8
     assert upstream_counts("fake")["stream_error"] == upstream["stream_error"] + 1
+
+
+@pytest.fixture
+def malformed_http_url() -> Iterator[str]:
+    """A backend on a real socket that answers every request with a status line no HTTP
+    client can read (aiohttp raises ``ClientResponseError``, which httpx-aiohttp leaves
+    untranslated)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                data = b""
+                while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+                    data += chunk
+                conn.sendall(b"HTTP/1.1 2000 Nope\r\nContent-Length: 2\r\n\r\n{}")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_reply_no_http_client_can_read_is_a_502_and_counted(malformed_http_url,
+                                                                    stream):
+    # Seen before: "the gateway failed unexpectedly" (500) with aiohttp's ClientResponseError
+    # in the log, and the request in neither ttc_requests_total nor ttc_tokens_total nor the
+    # request log, though the backend had the request and may have generated its grant.
+    settings = settings_for({"url": malformed_http_url, "name": "garbled", "models": ["m"]},
+                            max_retries=0)
+    labels = {"strategy": "direct", "policy": "none", "arm": "none", "model": "m"}
+    before = metric("ttc_requests_total", **labels, status="502")
+    tokens = metric("ttc_tokens_total", kind="completion", **labels)
+    async with gateway_client(None, settings) as client:  # type: ignore[arg-type]
+        reply = await client.post(CHAT, json=ask("m", stream=stream))
+        await asyncio.sleep(0.1)
+    assert_envelope(reply, 502, "upstream_error")
+    assert metric("ttc_requests_total", **labels, status="502") == before + 1
+    assert metric("ttc_tokens_total", kind="completion", **labels) == tokens + 8
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_an_unexpected_failure_is_recorded_and_its_grant_counted(stream):
+    # A failure outside the error tree (a bug, or an exception a library lets through) was
+    # answered 500 but never recorded: the call's grant, charged to the request, reached
+    # neither ttc_tokens_total nor the request log; and the JSON request's client watch kept
+    # running, to cancel whatever the task did next (here: the gateway's shutdown).
+    import httpx
+
+    from tests.fakes import scripted_transport
+
+    def backend(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("a bug on the way")
+
+    labels = {"strategy": "direct", "policy": "none", "arm": "none", "model": "fake-model"}
+    before = metric("ttc_requests_total", **labels, status="500")
+    tokens = metric("ttc_tokens_total", kind="completion", **labels)
+    async with gateway_client(scripted_transport(backend)) as client:
+        reply = await client.post(CHAT, json=ask("fake-model", stream=stream))
+        await asyncio.sleep(0.1)  # a watch left running would cancel this task meanwhile
+    assert_envelope(reply, 500, "server_error")
+    assert metric("ttc_requests_total", **labels, status="500") == before + 1
+    assert metric("ttc_tokens_total", kind="completion", **labels) == tokens + 8

@@ -88,6 +88,9 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
     except asyncio.CancelledError:
         record(call, str(Overloaded.status))
         raise
+    except Exception:  # a bug: answered 500 (service.hotpath), and what it spent counted
+        record(call, str(GatewayError.status))
+        raise
     headers["cache-control"] = "no-cache"
     return StreamingResponse(_recorded(call, body_iter, gw.router, gw.reporter,
                                        client_left=lambda: bool(request.scope.get(DISCONNECTED))),
@@ -104,6 +107,8 @@ async def _complete_watched(call: Call, strategy: Strategy, request: Request) ->
         ClientClosed: the client went away; its upstream calls were abandoned and counted.
         GatewayError: the strategy failed.
         asyncio.CancelledError: the shutdown deadline passed.
+        Exception: a bug (recorded 500: the tokens its calls spent are counted all the
+            same, and the watch is closed, which would otherwise cancel the task later).
     """
     watch = ClientWatch(request.receive)
     try:
@@ -112,6 +117,11 @@ async def _complete_watched(call: Call, strategy: Strategy, request: Request) ->
         watch.close()
         if not watch.left:
             record(call, str(exc.status))
+            raise
+    except Exception:
+        watch.close()
+        if not watch.left:
+            record(call, str(GatewayError.status))
             raise
     except asyncio.CancelledError:
         watch.close()

@@ -243,6 +243,7 @@ class UpstreamStream:
         self.span: Any = None  # the call's trace span, ended by aclose (service.tracing)
         # Counted by aclose, once; a status other than 2xx was counted by ``_exchange``.
         self._outcome = str(response.status_code) if response.is_success else None
+        self._closed = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         if self._first:
@@ -275,6 +276,10 @@ class UpstreamStream:
             self._outcome = STREAM_ERROR
 
     async def aclose(self) -> None:
+        """Close the reply (idempotent), count its attempt and free its concurrency slot."""
+        if self._closed:
+            return
+        self._closed = True
         if self._outcome is not None:
             outcome, self._outcome = self._outcome, None
             metrics.child(metrics.UPSTREAM_REQUESTS, self._backend.label, outcome).inc()

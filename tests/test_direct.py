@@ -225,6 +225,27 @@ async def test_stream_fan_out_reindexes_choices_and_sums_usage(chat_body):
                                    "total_tokens": 33}
 
 
+async def test_a_stream_from_a_backend_found_to_ignore_n_is_completed_by_fan_out(chat_body):
+    # Seen before: n=3 streamed from a backend not known to ignore n (supports_n unset) gave
+    # one choice, answered 200, and every later request asked it for n again.
+    backend = FakeBackend(honours_n=False)
+    request = {**chat_body, "n": 3, "seed": 5, "stream": True,
+               "stream_options": {"include_usage": True}}
+    async with gateway_client(backend.transport()) as client:
+        replies = [await client.post("/v1/chat/completions", json=request) for _ in range(2)]
+    for reply in replies:
+        events = [e for e in sse_payloads(reply.text) if isinstance(e, dict)]
+        finishes = {c["index"]: c["finish_reason"] for e in events for c in e["choices"]
+                    if c.get("finish_reason")}
+        assert finishes == {0: "stop", 1: "stop", 2: "stop"}, reply.text
+        assert events[-1]["usage"]["completion_tokens"] == 12
+        assert events[-1]["router"]["upstream_calls"] == 3
+    # one call asking n=3, then the two choices it did not give as single calls (seeds 6, 7);
+    # once detected, the next request fans out from the start
+    assert [r.get("n") for r in backend.requests] == [3, 1, 1, 1, 1, 1]
+    assert sorted(r["seed"] for r in backend.requests[1:3]) == [6, 7]
+
+
 async def test_tool_call_deltas_split_over_many_chunks_arrive_intact(chat_body):
     arguments = json.dumps({"city": "Zürich", "days": 3, "units": "metric"})
     backend = FakeBackend(tool_call=("get_weather", arguments))
@@ -569,3 +590,31 @@ async def test_a_backend_that_returns_no_choices_is_a_malformed_reply_not_a_spen
                 **chat_body, "router": {"strategy": strategy, "budget_tokens": 400}})
             assert reply.status_code == 502, (strategy, reply.text)
             assert reply.json()["error"]["code"] == "upstream_malformed", strategy
+
+
+async def test_a_stream_completed_by_fan_out_stays_within_its_budget(chat_body):
+    # The first call's grant (both choices' caps) must be settled with what it spent before
+    # the rest are asked for: held, it left nothing to grant them ("budget_spent").
+    backend = FakeBackend(honours_n=False)
+    request = {**chat_body, "n": 2, "stream": True, "stream_options": {"include_usage": True},
+               "router": {"budget_tokens": 64}}
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post("/v1/chat/completions", json=request)
+    events = [e for e in sse_payloads(reply.text) if isinstance(e, dict)]
+    assert not any("error" in e for e in events), reply.text
+    assert {c["index"] for e in events for c in e["choices"]} == {0, 1}
+    assert [r["max_tokens"] for r in backend.requests] == [32, 32]
+    assert events[-1]["router"]["spent_tokens"] == 8 <= 64
+
+
+async def test_a_stream_completed_by_fan_out_frees_its_first_calls_slot(chat_body):
+    # With one call at a time to the backend, the rest of the choices must not wait behind
+    # the first stream's finished call.
+    backend = FakeBackend(honours_n=False)
+    config = make_settings(backend_max_concurrency=1, backend_queue_timeout_s=0.5)
+    request = {**chat_body, "n": 2, "stream": True}
+    async with gateway_client(backend.transport(), config) as client:
+        reply = await client.post("/v1/chat/completions", json=request)
+    events = [e for e in sse_payloads(reply.text) if isinstance(e, dict)]
+    assert not any("error" in e for e in events), reply.text
+    assert {c["index"] for e in events for c in e["choices"]} == {0, 1}

@@ -186,14 +186,19 @@ async def open_streams(call: Call) -> list[OpenStream]:
     """
     if not _fans_out(call):
         return [await _open_one(call, call.routed.n, 0)]
+    return await _open_single_choices(call, range(call.routed.n))
+
+
+async def _open_single_choices(call: Call, samples: range) -> list[OpenStream]:
+    """One single-choice stream per sample, ``fanout_concurrency`` opening at a time; when
+    one fails, those opened are closed (and charged their grants) and its error raised."""
     gate = asyncio.Semaphore(call.settings.fanout_concurrency)
 
     async def one(sample: int) -> OpenStream:
         async with gate:
             return await _open_one(call, 1, sample)
 
-    results = await asyncio.gather(*(one(s) for s in range(call.routed.n)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(*(one(s) for s in samples), return_exceptions=True)
     opened = [r for r in results if isinstance(r, OpenStream)]
     for result in results:
         if isinstance(result, BaseException):
@@ -218,6 +223,10 @@ async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
     Usage is settled in ``call.acct`` and the ledger at the end, also when the client goes
     away (``service.strategies.metered``: a stream that did not finish is charged its grant
     unless its usage arrived).
+
+    A single stream asked for ``n`` > 1 choices that ends with fewer (a backend that ignores
+    ``n``, not known to: ``supports_n`` unset) is followed by single-choice streams for the
+    rest, as ``complete_json`` does, and the backend is noted as ignoring ``n``.
     """
     streams = [item.stream for item in opened]
     states = [_StreamState(offset=i if len(opened) > 1 else 0, metered=item.metered)
@@ -225,26 +234,24 @@ async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
     template: dict[str, Any] = {}
     error: GatewayError | None = None
     try:
-        async with aclosing(merged_events(streams)) as events:
-            async for index, (payload, data) in events:
-                state = states[index]
-                out = _rewrite_chunk(call, state, payload, data, template)
-                if out is not None:
-                    yield sse.data_event(out)
-                granted = state.metered.granted
-                if granted is not None and state.chunks > granted:
-                    # It ignores max_tokens, and every chunk of text costs a token at least:
-                    # stop paying, count it in full (the ledger marks the overrun).
-                    state.metered.abandon(state.usage, "", at_least=state.chunks)
-                    raise UpstreamError("the backend sent more tokens than its max_tokens",
-                                        code="upstream_over_cap")
+        async for out in _relay_events(call, streams, states, template):
+            yield out
         _check_complete(call, states, streams)
+        got = max(len(states[0].finished), 1)
+        if len(states) == 1 and got < call.routed.n:
+            call.registry.note_n_support(call.backend, False)
+            await close_all(streams)  # its concurrency slot is needed for the rest
+            await _count_stream(call, states[0])  # and its grant, of every choice's cap
+            more = await _open_single_choices(call, range(got, call.routed.n))
+            new_states = [_StreamState(offset=got + i, metered=item.metered)
+                          for i, item in enumerate(more)]
+            streams += [item.stream for item in more]
+            states += new_states
+            async for out in _relay_events(call, streams[1:], new_states, template):
+                yield out
+            _check_complete(call, states, streams)
         for state in states:
-            await state.metered.finish_counted(
-                state.usage, list(state.texts.values()),
-                [state.finishes.get(i) for i in state.texts], at_least=state.chunks)
-            call.answer_samples += [(text, state.finishes.get(i), choice_cap(call))
-                                    for i, text in state.texts.items()]
+            await _count_stream(call, state)
     except GatewayError as exc:
         error = exc
     finally:
@@ -257,6 +264,40 @@ async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
     elif call.routed.include_usage:
         yield sse.data_event(orjson.dumps(_usage_chunk(call, template)))
     yield sse.DONE
+
+
+async def _count_stream(call: Call, state: _StreamState) -> None:
+    """Count a stream that ended normally (once) and note its choices' answers."""
+    if state.metered.settled:
+        return
+    await state.metered.finish_counted(
+        state.usage, list(state.texts.values()),
+        [state.finishes.get(i) for i in state.texts], at_least=state.chunks)
+    call.answer_samples += [(text, state.finishes.get(i), choice_cap(call))
+                            for i, text in state.texts.items()]
+
+
+async def _relay_events(call: Call, streams: list[UpstreamStream], states: list[_StreamState],
+                        template: dict[str, Any]) -> AsyncIterator[bytes]:
+    """The client's events for ``streams`` (``states`` alike), merged as they arrive.
+
+    Raises:
+        UpstreamError: a stream broke, or sent more chunks of text than its grant
+            (``upstream_over_cap``: it ignores ``max_tokens``; counted in full).
+    """
+    async with aclosing(merged_events(streams)) as events:
+        async for index, (payload, data) in events:
+            state = states[index]
+            out = _rewrite_chunk(call, state, payload, data, template)
+            if out is not None:
+                yield sse.data_event(out)
+            granted = state.metered.granted
+            if granted is not None and state.chunks > granted:
+                # It ignores max_tokens, and every chunk of text costs a token at least:
+                # stop paying, count it in full (the ledger marks the overrun).
+                state.metered.abandon(state.usage, "", at_least=state.chunks)
+                raise UpstreamError("the backend sent more tokens than its max_tokens",
+                                    code="upstream_over_cap")
 
 
 def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,

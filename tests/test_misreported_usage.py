@@ -247,3 +247,39 @@ def test_a_forwarded_replys_unfolded_reasoning_is_counted():
     folded = json.dumps({"usage": {"input_tokens": 10, "output_tokens": 34, "total_tokens": 44,
                                    "output_tokens_details": {"reasoning_tokens": 30}}})
     assert read_usage(folded.encode()) == (10, 34)
+
+
+@pytest.mark.parametrize("strategy", ["direct", "sequential"])
+async def test_a_stream_broken_after_running_usage_totals_is_charged_its_grant(strategy):
+    # vLLM's continuous usage stats put a running total on every chunk. A stream that breaks
+    # off after three of them was charged those 3 tokens, though the backend may have gone on
+    # generating what never reached the gateway (a stream broken without usage is charged its
+    # grant for that reason): a running total is what was sent, not what was spent.
+    from tests.fakes import ScriptedStream, scripted_transport, sse_body
+
+    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "fake-model"}
+    chunks = [{**base, "choices": [{"index": 0, "delta": {"content": f"w{k} "},
+                                    "finish_reason": None}],
+               "usage": {"prompt_tokens": 5, "completion_tokens": k, "total_tokens": 5 + k}}
+              for k in (1, 2, 3)]
+
+    def backend(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              stream=ScriptedStream(sse_body(*chunks),
+                                                    httpx.ReadError("connection reset")))
+
+    labels = {"strategy": strategy, "policy": "none", "arm": "none", "model": "fake-model"}
+    before = metric("ttc_tokens_total", kind="completion", **labels)
+    app = create_app(make_settings(), transport=scripted_transport(backend))
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                  base_url="http://gateway.test") as client):
+        reply = await client.post(CHAT, json={
+            "model": "fake-model", "messages": [{"role": "user", "content": "Go on."}],
+            "max_tokens": 50, "stream": True, "router": {"strategy": strategy}})
+        row = await app.state.gateway.request_log.get(reply.headers["x-ttc-decision-id"])
+    # The call's grant: max_tokens, less the chain's reserve for a forced answer (12 of 50).
+    grant = {"direct": 50, "sequential": 38}[strategy]
+    assert '"stream_broken"' in reply.text
+    assert metric("ttc_tokens_total", kind="completion", **labels) - before == grant
+    assert row.completion_tokens == grant and row.status == "502"

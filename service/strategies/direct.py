@@ -161,7 +161,11 @@ class _StreamState:
 
     offset: int
     metered: Metered
+    expected: int = 1  # choices this stream was asked for
     usage: dict[str, Any] | None = None
+    # The usage came in the usage chunk (no choices) or once every choice had finished: a
+    # count of the whole call, not a running total of what had been sent so far.
+    usage_final: bool = False
     finished: set[int] = field(default_factory=set)
     texts: dict[int, str] = field(default_factory=dict)
     finishes: dict[int, str | None] = field(default_factory=dict)
@@ -229,7 +233,8 @@ async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
     rest, as ``complete_json`` does, and the backend is noted as ignoring ``n``.
     """
     streams = [item.stream for item in opened]
-    states = [_StreamState(offset=i if len(opened) > 1 else 0, metered=item.metered)
+    states = [_StreamState(offset=i if len(opened) > 1 else 0, metered=item.metered,
+                           expected=1 if len(opened) > 1 else call.routed.n)
               for i, item in enumerate(opened)]
     template: dict[str, Any] = {}
     error: GatewayError | None = None
@@ -257,13 +262,20 @@ async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
     finally:
         await close_all(streams)
         for state in states:  # not counted above: broken, or the client went away
-            state.metered.abandon(state.usage, "".join(state.texts.values()))
+            state.metered.abandon(_final_usage(state), "".join(state.texts.values()))
     if error is not None:
         call.stream_error = error
         yield sse.data_event(error_json(error))
     elif call.routed.include_usage:
         yield sse.data_event(orjson.dumps(_usage_chunk(call, template)))
     yield sse.DONE
+
+
+def _final_usage(state: _StreamState) -> dict[str, Any] | None:
+    """The usage a stream that did not end normally may be charged: its final one only. A
+    running total (vLLM's continuous usage stats) counts what was sent before the break;
+    the backend may have gone on generating, so without a final usage the grant is charged."""
+    return state.usage if state.usage_final else None
 
 
 async def _count_stream(call: Call, state: _StreamState) -> None:
@@ -295,7 +307,7 @@ async def _relay_events(call: Call, streams: list[UpstreamStream], states: list[
             if granted is not None and state.chunks > granted:
                 # It ignores max_tokens, and every chunk of text costs a token at least:
                 # stop paying, count it in full (the ledger marks the overrun).
-                state.metered.abandon(state.usage, "", at_least=state.chunks)
+                state.metered.abandon(_final_usage(state), "", at_least=state.chunks)
                 raise UpstreamError("the backend sent more tokens than its max_tokens",
                                     code="upstream_over_cap")
 
@@ -318,6 +330,7 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
         state.usage = usage
     choices = payload.get("choices")  # a list of objects (streaming.chunk_choices)
     if not choices:
+        state.usage_final = state.usage_final or isinstance(usage, dict)
         return None  # the usage chunk: one summed chunk is sent at the end instead
     changed = False
     for key in ("id", "created"):
@@ -344,6 +357,8 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
                 choice["finish_reason"] = None  # one finish_reason per choice reaches the client
                 changed = True
             state.finished.add(index)
+    if isinstance(usage, dict):
+        state.usage_final = len(state.finished) >= state.expected
     return orjson.dumps(payload) if changed else data.encode()
 
 

@@ -23,8 +23,10 @@ Every strategy sends its calls through ``Metered``, so that the budget ledger, `
 - **Retries.** A retried call may generate its tokens again, so a retry needs a new grant of
   the same size from the ledger, and the request's retry count must be under
   ``max_request_retries``; the backend's retry budget is checked by the upstream client.
-- **A broken or abandoned stream** is charged its grant unless its usage arrived: the backend
-  may have generated more than reached the gateway. A stream's usage below its chunks of text
+- **A broken or abandoned stream** is charged its grant unless its final usage arrived (the
+  usage chunk, or a usage sent once every choice had finished; a running total, vLLM's
+  continuous usage stats, counts only what was sent): the backend may have generated more
+  than reached the gateway. A stream's usage below its chunks of text
   (a token each at least) is a stale running total, sent early and never updated: the call is
   counted as if it had none.
 

@@ -164,6 +164,9 @@ class _Piece:
     chunks: int = 0  # chunks that carried generated text: each holds at least one token
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
+    # The usage came in the usage chunk (no choices) or once the choice had finished: the
+    # whole call's count, not a running total (which a broken stream is not charged by).
+    usage_final: bool = False
     done: bool = False
     template: dict[str, Any] = field(default_factory=dict)
 
@@ -238,7 +241,7 @@ async def _forward(call: Call, stream: UpstreamStream, metered: Metered,
                     overran = True
                     break
         if overran:  # counted in full (at least a token per chunk): the ledger notes it
-            metered.abandon(piece.usage, piece.generated, at_least=piece.chunks)
+            metered.abandon(_final_usage(piece), piece.generated, at_least=piece.chunks)
         elif not piece.done and piece.finish_reason is None:
             stream.broke()
             raise UpstreamError("the stream from the backend ended before the answer was "
@@ -247,7 +250,13 @@ async def _forward(call: Call, stream: UpstreamStream, metered: Metered,
                                      at_least=piece.chunks)
     finally:
         await close_all([stream])
-        metered.abandon(piece.usage, piece.generated)
+        metered.abandon(_final_usage(piece), piece.generated)
+
+
+def _final_usage(piece: _Piece) -> dict[str, Any] | None:
+    """The usage a call that did not end normally may be charged: its final one only (a
+    running total counts what was sent, not what the backend went on generating)."""
+    return piece.usage if piece.usage_final else None
 
 
 def _take(call: Call, piece: _Piece, payload: Any) -> bytes | None:
@@ -260,14 +269,15 @@ def _take(call: Call, piece: _Piece, payload: Any) -> bytes | None:
         piece.template.update({k: payload[k] for k in ("object", "created", "model",
                                                        "system_fingerprint") if k in payload})
         piece.template["id"] = call.response_id
+    choices = payload.get("choices")  # a list of objects (streaming.chunk_choices)
+    if choices and choices[0].get("finish_reason") is not None:
+        piece.finish_reason = choices[0]["finish_reason"]
     if isinstance(payload.get("usage"), dict):
         piece.usage = payload["usage"]
-    choices = payload.get("choices")  # a list of objects (streaming.chunk_choices)
+        piece.usage_final = not choices or piece.finish_reason is not None
     if not choices:
         return None
     choice = choices[0]
-    if choice.get("finish_reason") is not None:
-        piece.finish_reason = choice["finish_reason"]
     generated = delta_text(choice)
     if generated:
         piece.generated += generated

@@ -174,13 +174,15 @@ class LyingBackend:
       ``fail_status=429`` the call is refused instead, before generating anything;
     - ``tokenizer``: serve llama.cpp's ``POST /tokenize`` (``{"tokens": [...]}``), counting
       words; without it that path answers 404;
-    - ``honours_n``: answer ``n`` choices per call, or one.
+    - ``honours_n``: answer ``n`` choices per call, or one;
+    - ``zero_usage``: a usage that says ``completion_tokens: 0`` (``total_tokens`` the
+      prompt's), whatever was generated.
     """
 
     def __init__(self, lengths: list[int], *, tail: Any = None, usage: bool = True,
                  tokens_per_chunk: int = 1, fail: set[int] | None = None,
                  tokenizer: bool = False, honours_n: bool = True, model: str = "fake-model",
-                 fail_status: int = 500):
+                 fail_status: int = 500, zero_usage: bool = False):
         self.lengths = lengths
         self.tail = tail or (lambda i: "7")
         self.usage = usage
@@ -190,6 +192,7 @@ class LyingBackend:
         self.honours_n = honours_n
         self.model = model
         self.fail_status = fail_status
+        self.zero_usage = zero_usage
         self.generated = 0  # completion tokens really generated, failed calls included
         self.calls = 0  # completion calls received, failed ones included
         self.tokenize_calls = 0  # tokenizer calls answered
@@ -242,6 +245,8 @@ class LyingBackend:
             return httpx.Response(429, json={"error": {"message": "slow down"}})
         self.generated += spent
         usage = {"prompt_tokens": 5, "completion_tokens": spent, "total_tokens": 5 + spent}
+        if self.zero_usage:
+            usage |= {"completion_tokens": 0, "total_tokens": 5}
         if body.get("stream"):
             chunks = self._sse(choices, usage if self.usage else None, body)
             if failed:

@@ -1,8 +1,8 @@
-"""Property: whatever a backend reports (usage or none, many tokens per chunk, failures after
-generating), the tokens it really generated never exceed ``budget_tokens``, and the usage,
-the metrics and the ledger never count fewer. Every strategy, streamed and not, ``search``
-included; the backend is ``tests.fault_backend.LyingBackend`` (a simulation that keeps the
-true count)."""
+"""Property: whatever a backend reports (usage or none, a usage of 0 completion tokens, many
+tokens per chunk, failures after generating), the tokens it really generated never exceed
+``budget_tokens``, and the usage, the metrics and the ledger never count fewer. Every
+strategy, streamed and not, ``search`` included; the backend is
+``tests.fault_backend.LyingBackend`` (a simulation that keeps the true count)."""
 
 from __future__ import annotations
 
@@ -61,12 +61,13 @@ def reply_usage(reply: Any) -> dict[str, Any] | None:
        tokenizer=st.booleans(), tokens_per_chunk=st.sampled_from([1, 8, 50]),
        honours_n=st.booleans(), stream=st.booleans(), retries=st.integers(0, 2),
        n=st.sampled_from([1, 1, 2]), asks=st.booleans(),
-       total=st.none() | st.integers(30, 3000))
+       total=st.none() | st.integers(30, 3000), zero_usage=st.booleans())
 def test_generated_tokens_stay_within_the_budget_and_are_never_under_counted(
         strategy, budget, width, lengths, fail, usage, tokenizer, tokens_per_chunk, honours_n,
-        stream, retries, n, asks, total):
+        stream, retries, n, asks, total, zero_usage):
     backend = LyingBackend(lengths, usage=usage, tokenizer=tokenizer, fail=fail,
                            tokens_per_chunk=tokens_per_chunk, honours_n=honours_n,
+                           zero_usage=zero_usage,
                            tail=lambda i: "SEARCH: bridges" if asks and i % 2 == 0 else "7")
     request: dict[str, Any] = {
         "model": "fake-model", "messages": [{"role": "user", "content": "How many bridges?"}],
@@ -98,7 +99,7 @@ def test_generated_tokens_stay_within_the_budget_and_are_never_under_counted(
         assert seen["completion_tokens"] >= backend.generated
         if total is not None:
             assert seen["prompt_tokens"] + seen["completion_tokens"] <= total
-        if usage and not fail:
+        if usage and not fail and not zero_usage:
             assert seen["completion_tokens"] == backend.generated
             assert seen["router"]["usage_source"] == "backend"
         elif not usage and seen["completion_tokens"] > backend.generated:

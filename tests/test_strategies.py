@@ -69,13 +69,49 @@ async def test_a_vote_whose_finished_samples_state_no_answer_stops_after_its_fir
     assert reply.json()["choices"][0]["message"]["content"] == code
 
 
-async def test_a_vote_keeps_drawing_when_its_first_wave_was_cut():
-    # Cut samples may state an answer in another draw: only finished ones say there is none.
-    llm = ScriptedLLM(lambda i, body: " ".join(["step"] * 100) if i < 3
-                      else "The answer is 7.", honours_n=False)
+async def test_a_vote_whose_first_wave_is_cut_gives_the_rest_to_one_chain():
+    # Every sample of the first wave was cut before it stated an answer: more samples of the
+    # same depth are mostly cut too, and cast no vote. It drew all 8 (8 x 64 tokens, no
+    # answer); the undrawn samples' tokens now buy one chain of 5 x 64 (sequential's caps:
+    # 256 and a 64-token reserve). On the outcome bank such chains were right on 75 of 377
+    # all-cut first waves at 64 tokens a sample, drawing on on 22 (README, "Strategies").
+    reasoning = " ".join(["step"] * 200) + " The answer is 7."
+    llm = ScriptedLLM(lambda i, body: reasoning, honours_n=False)
     reply = await post(llm, vote(budget=8 * 64), vote_width=8, supports_n=False)
     router = reply.json()["router"]
-    assert router["samples"] > 3 and router["winner"] == "7", router
+    assert [b["max_tokens"] for b in llm.requests] == [64, 64, 64, 256], router
+    assert router["chain_after_cut"] is True and router["cut_samples"] == 3
+    assert router["samples"] == 3 and router["continued"] is False
+    assert reply.json()["choices"][0]["message"]["content"] == reasoning
+    assert reply.json()["choices"][0]["finish_reason"] == "stop"
+    assert router["winner"] == "7"
+    usage = reply.json()["usage"]["completion_tokens"]
+    assert usage == llm.reported_tokens == 3 * 64 + 204 and usage <= 8 * 64
+
+
+async def test_a_chain_after_a_cut_wave_that_is_cut_too_forces_its_answer_within_budget():
+    # The chain is sequential's: cut before an answer, its reserve buys the forced answer.
+    # Samples, chain and answer together spend the budget at most, every token counted.
+    llm = ScriptedLLM(lambda i, body: "The answer is 7." if i == 4
+                      else " ".join(["step"] * 400), honours_n=False)
+    reply = await post(llm, vote(budget=8 * 64), vote_width=8, supports_n=False)
+    router = reply.json()["router"]
+    assert [b["max_tokens"] for b in llm.requests] == [64, 64, 64, 256, 64], router
+    assert router["chain_after_cut"] is True and router["continued"] is True
+    assert reply.json()["choices"][0]["message"]["content"].endswith("The answer is 7.")
+    usage = reply.json()["usage"]["completion_tokens"]
+    assert usage == llm.reported_tokens == 3 * 64 + 256 + 4 <= 8 * 64
+    assert router["spent_tokens"] == usage
+
+
+async def test_a_vote_with_a_stated_answer_in_its_first_wave_keeps_drawing():
+    # One cut sample that stated nothing among answering ones is the vote's usual business.
+    llm = ScriptedLLM(lambda i, body: " ".join(["step"] * 100) if i == 0
+                      else f"The answer is {i % 2 + 6}.", honours_n=False)
+    reply = await post(llm, vote(budget=8 * 64), vote_width=8, supports_n=False)
+    router = reply.json()["router"]
+    assert router["samples"] > 3 and "chain_after_cut" not in router, router
+    assert all(b["max_tokens"] == 64 for b in llm.requests)
 
 
 async def test_a_settled_vote_stops_early_and_says_what_it_saved():
@@ -110,7 +146,7 @@ async def test_a_sample_cut_before_its_answer_casts_no_vote():
     # ("The answer is", \boxed{}), so the complete samples decide (issue 13: on the outcome
     # bank, graph-connectivity votes of 3 rose from 10% to 28% right).
     rambling = "Let me think about 6 times 7 step by step. " + "We have 5 " * 40
-    llm = ScriptedLLM(answers(rambling, rambling, rambling, "The answer is 42.",
+    llm = ScriptedLLM(answers(rambling, rambling, "The answer is 42.", rambling,
                               "The answer is 42."), honours_n=False)
     reply = await post(llm, vote(budget=5 * 64), vote_width=5, supports_n=False)
     router = reply.json()["router"]
@@ -297,6 +333,17 @@ async def test_parallel_vote_streams_the_winner():
     assert events[1]["choices"][0]["finish_reason"] == "stop"
     assert events[2]["router"]["votes"] == {"3": 2, "4": 1}
     assert events[3] == "[DONE]"
+
+
+async def test_a_streamed_vote_whose_first_wave_is_cut_streams_the_chain():
+    reasoning = " ".join(["step"] * 100) + " The answer is 7."
+    llm = ScriptedLLM(lambda i, body: reasoning, honours_n=False)
+    body = vote(budget=8 * 64, stream=True, stream_options={"include_usage": True})
+    reply = await post(llm, body, vote_width=8, supports_n=False)
+    events = sse_events(reply.text)
+    assert events[0]["choices"][0]["delta"]["content"] == reasoning
+    assert events[2]["router"]["chain_after_cut"] is True and events[2]["router"]["winner"] == "7"
+    assert events[2]["usage"]["completion_tokens"] == llm.reported_tokens == 3 * 64 + 104
 
 
 async def test_a_backend_that_ignores_its_cap_is_counted_and_stopped():

@@ -98,7 +98,7 @@ async def run_vote(call: Call) -> Sample:
     ballots: list[Ballot] = []
     failures: list[GatewayError] = []
     drawn = 0
-    early_stop = no_answer = False
+    early_stop = no_answer = cut = False
     while drawn < plan.width:
         wave = min(first_wave(plan.width, settings) if drawn == 0 else settings.vote_wave,
                    plan.width - drawn)
@@ -124,6 +124,13 @@ async def run_vote(call: Call) -> Sample:
             # of them settle nothing: the vote would draw its whole width to return the first.
             no_answer = early_stop = True
             break
+        if drawn < plan.width and _all_cut(samples, ballots):
+            # Every sample so far was cut before it stated an answer: the prompt needs more
+            # than this depth, so more samples of it are mostly cut too and cast no vote
+            # (outcome bank, first waves of 3 all cut at 64-256 tokens: 4-25% of the later
+            # samples answered). The undrawn samples' tokens go to one longer chain instead.
+            cut = True
+            break
         if drawn < plan.width and is_settled(tally(ballots), remaining=plan.width - drawn,
                                              threshold=settings.vote_stop_threshold):
             early_stop = True
@@ -137,6 +144,7 @@ async def run_vote(call: Call) -> Sample:
     best = winner(counts)
     if best is not None:
         call.vote_first_agrees = ballots[0].answer == best
+    chain = await _chain_of_the_rest(call, (plan.width - drawn) * depth) if cut else None
     call.report.update({
         "votes": {answer: _round(v) for answer, v in counts.items()},
         "winner": best,
@@ -150,7 +158,38 @@ async def run_vote(call: Call) -> Sample:
     })
     if no_answer:
         call.report["no_answer"] = True
+    if chain is not None:
+        call.report["chain_after_cut"] = True
+        call.report["winner"] = extract_answer(chain.text, options=options)
+        return chain
     return _best_sample(samples, ballots, best)
+
+
+async def _chain_of_the_rest(call: Call, rest_tokens: int) -> Sample | None:
+    """One chain (``sequential.run_chain``: its cap, its forced answer) of ``rest_tokens``,
+    the tokens the vote's undrawn samples would have had, at most what the ledger has left;
+    None when nothing is left or the chain failed (the vote's cut samples stand)."""
+    # imported here: sequential imports this module's ``completion_body``
+    from service.strategies.sequential import run_chain
+
+    left = call.ledger.remaining
+    budget = rest_tokens if left is None else min(rest_tokens, left)
+    if budget < 1 or call.ledger.overrun:
+        return None
+    try:
+        return await run_chain(call, budget)
+    except GatewayError:
+        # counted (``Metered``) like any failed sample; a chain that cannot run leaves the
+        # vote's answer as it was
+        call.report["failed_samples"] = call.report.get("failed_samples", 0) + 1
+        return None
+
+
+def _all_cut(samples: list[Sample], ballots: list[Ballot]) -> bool:
+    """True when samples were drawn, every one was cut by its cap, and none stated an answer
+    to vote with."""
+    return bool(samples) and all(s.finish_reason == "length" for s in samples) and not any(
+        b.answer for b in ballots)
 
 
 def _unanswerable(samples: list[Sample], ballots: list[Ballot]) -> bool:

@@ -50,23 +50,9 @@ class Sequential:
     name: ClassVar[str] = "sequential"
 
     async def complete(self, call: Call) -> dict[str, Any]:
-        chain_cap, reserve = caps(call)
-        samples, failures = await draw(call, 1, chain_cap, body_overrides=_effort(call, chain_cap))
-        if not samples:
-            raise failures[0] if failures else UpstreamError("the chain could not be started",
-                                                             code="budget_spent")
-        chain = samples[0]
-        call.answer_samples = [(chain.text, chain.finish_reason, chain_cap)]
-        call.report.update({"samples": 1, "chain_tokens": chain_cap, "continued": False})
-        if (not reserve or not _needs_answer(call, chain.finish_reason, chain.text)
-                or call.ledger.remaining == 0):
-            return completion_body(call, chain)
-        continuation, _ = await draw(call, 1, reserve,
-                                     body_overrides=_continuation(call, chain.text))
-        call.report["continued"] = True
-        if not continuation:
-            return completion_body(call, chain)
-        return completion_body(call, _joined(call, chain, continuation[0]))
+        chain = await run_chain(call)
+        call.report["samples"] = 1
+        return completion_body(call, chain)
 
     async def open_stream(self, call: Call) -> AsyncIterator[bytes]:
         chain_cap, reserve = caps(call)
@@ -77,7 +63,36 @@ class Sequential:
         return _stream(call, opened, chain_cap, reserve)
 
 
-def caps(call: Call) -> tuple[int, int]:
+async def run_chain(call: Call, budget_tokens: int | None = None) -> Sample:
+    """One chain within ``budget_tokens`` (default the plan's), and when the chain is cut
+    before it states an answer, the forced answer its reserve buys (``caps``): the chain, or
+    the chain joined with its forced answer. Adds the chain to ``call.answer_samples`` and
+    ``chain_tokens`` and ``continued`` to ``call.report``. ``parallel_vote`` runs one with
+    the tokens of its undrawn samples when its first wave was all cut.
+
+    Raises:
+        The chain's own error when its call failed; UpstreamError (``budget_spent``) when the
+        ledger granted it nothing.
+    """
+    chain_cap, reserve = caps(call, budget_tokens)
+    samples, failures = await draw(call, 1, chain_cap, body_overrides=_effort(call, chain_cap))
+    if not samples:
+        raise failures[0] if failures else UpstreamError("the chain could not be started",
+                                                         code="budget_spent")
+    chain = samples[0]
+    call.answer_samples.append((chain.text, chain.finish_reason, chain_cap))
+    call.report.update({"chain_tokens": chain_cap, "continued": False})
+    if (not reserve or not _needs_answer(call, chain.finish_reason, chain.text)
+            or call.ledger.remaining == 0):
+        return chain
+    continuation, _ = await draw(call, 1, reserve, body_overrides=_continuation(call, chain.text))
+    call.report["continued"] = True
+    if not continuation:
+        return chain
+    return _joined(call, chain, continuation[0])
+
+
+def caps(call: Call, budget_tokens: int | None = None) -> tuple[int, int]:
     """(chain cap, reserve) in tokens: the reserve is ``answer_reserve_tokens`` but at most a
     quarter of the budget; the chain gets the rest (or the plan's depth if smaller). The chain
     and its continuation are the reply the client receives, so together they get at most the
@@ -85,10 +100,17 @@ def caps(call: Call) -> tuple[int, int]:
     Structured output (``structured_output``) keeps no reserve, nor does a budget whose
     quarter cannot hold a forced answer (``FORCED_ANSWER_TOKENS``).
 
+    Args:
+        budget_tokens: the chain's and its forced answer's tokens together; None for the
+            plan's budget (and then the plan's depth caps the chain: a vote's depth is not
+            the chain's when it passes ``budget_tokens``).
+
     Raises:
         InvalidRequest: never; a budget of 1 gives the chain 1 token and no reserve.
     """
-    budget = reply_cap(call, call.plan.budget_tokens or call.settings.default_budget_tokens)
+    given = budget_tokens
+    budget = reply_cap(call, given or call.plan.budget_tokens
+                       or call.settings.default_budget_tokens)
     # structured output is never continued (``_needs_answer``): the chain gets it all
     reserve = 0 if structured_output(call.routed.body) else min(
         call.settings.answer_reserve_tokens, budget // 4)
@@ -97,7 +119,7 @@ def caps(call: Call) -> tuple[int, int]:
         # reply and resend the prompt and chain for it: the chain gets it all instead.
         reserve = 0
     chain = budget - reserve
-    if call.plan.depth_tokens is not None:
+    if given is None and call.plan.depth_tokens is not None:
         chain = min(chain, call.plan.depth_tokens)
     return max(1, chain), reserve
 

@@ -297,3 +297,30 @@ async def test_a_streamed_vote_whose_client_leaves_counts_the_calls_it_abandons(
     assert record.status == "499"
     assert backend.cancelled == 2 and len(backend.bodies) == 3
     assert record.completion_tokens == 4 + sum(b["max_tokens"] for b in backend.bodies[1:])
+
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("strategy", ["parallel_vote", "direct"])
+async def test_a_client_gone_before_the_strategy_starts_costs_no_upstream_call(strategy,
+                                                                               stream):
+    # The watcher starts 50 ms into the strategy: a client that left before (while the
+    # prompt was classified, its coverage read, the request queued) was not noticed, so a
+    # vote drew its samples for nobody and was logged 200. Here the client sends its body
+    # and is gone at once: the server says so to the first receive() after the body.
+    backend = SlowCalls(quick=100, slow=0)
+    app = create_app(make_settings(vote_width=5, supports_n=False),
+                     transport=backend.transport())
+    body = {**QUESTION, "stream": stream,
+            "router": {"strategy": strategy, "budget_tokens": 5 * 64}}
+    scope = http_scope()
+    left = asyncio.Event()
+    left.set()
+    sent: list[dict[str, Any]] = []
+
+    async with app.router.lifespan_context(app):
+        await asyncio.wait_for(app(scope, leaving_client(body, left), collecting(sent)), 5)
+        record = await app.state.gateway.request_log.get(scope[CALL].routed.decision_id)
+    assert backend.bodies == []  # no completion call went upstream
+    assert not any(m["type"] == "http.response.start" for m in sent)
+    assert record.status == "499" and record.completion_tokens == 0

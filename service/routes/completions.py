@@ -18,7 +18,7 @@ from service import sse
 from service.admission import admission_of, reserve_for_call
 from service.backends import AUTO_MODEL
 from service.deps import gateway, read_body
-from service.disconnect import ClientWatch
+from service.disconnect import ClientWatch, already_left
 from service.errors import ClientClosed, GatewayError, InvalidRequest, Overloaded
 from service.experiments import identity_of
 from service.latency import CALL, DISCONNECTED, RECEIVED
@@ -71,6 +71,12 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
     request.scope[CALL] = call  # for the overhead header and the trace (service.latency)
     strategy = REGISTRY[plan.strategy]
     headers = {"x-ttc-decision-id": routed.decision_id, "x-ttc-strategy": plan.strategy}
+    if already_left(request.receive):
+        # Gone while the request was classified, its key's tokens reserved or its model
+        # resolved: the watcher (50 ms into the strategy) would see it only after the first
+        # upstream calls went out, for nobody.
+        record(call, str(ClientClosed.status))
+        raise ClientClosed("the client went away before its request was started")
 
     if not routed.stream:
         result = await _complete_watched(call, strategy, request)

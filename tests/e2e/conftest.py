@@ -1,7 +1,9 @@
 """Real processes on 127.0.0.1: ``ttc-router serve`` with its embedded llama.cpp backend.
 
-The model is assembled under ``TTC_TEST_DATA_DIR`` when set (so repeated runs reuse it), else
-under a temporary directory.
+The gateway's data directory is ``TTC_TEST_DATA_DIR`` when set, else a temporary one. The
+model is assembled once into the user's cache (``service.local_backend.model_path``), so a
+temporary data directory no longer costs a 491 MB copy a run; a copy already in
+``TTC_TEST_DATA_DIR/models`` is used as before.
 """
 
 from __future__ import annotations

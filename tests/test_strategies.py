@@ -104,6 +104,18 @@ async def test_a_chain_after_a_cut_wave_that_is_cut_too_forces_its_answer_within
     assert router["spent_tokens"] == usage
 
 
+async def test_a_chain_after_a_cut_wave_that_fails_leaves_the_vote_as_it_was():
+    llm = ScriptedLLM(lambda i, body: " ".join(["step"] * 400), honours_n=False, fail={3})
+    reply = await post(llm, vote(budget=8 * 64), vote_width=8, supports_n=False,
+                       max_retries=0)
+    router = reply.json()["router"]
+    assert reply.status_code == 200 and len(llm.requests) == 4
+    assert router["failed_samples"] == 1 and router["samples"] == 3
+    assert reply.json()["choices"][0]["finish_reason"] == "length"
+    # the failed call reached the backend: charged its whole grant
+    assert router["spent_tokens"] == 3 * 64 + 256 <= 8 * 64
+
+
 async def test_a_vote_with_a_stated_answer_in_its_first_wave_keeps_drawing():
     # One cut sample that stated nothing among answering ones is the vote's usual business.
     llm = ScriptedLLM(lambda i, body: " ".join(["step"] * 100) if i == 0

@@ -9,7 +9,9 @@ then ``vote_wave`` at a time, and after each wave the Beta stopping rule
 Each sample's final answer is extracted and normalised (``router_models.answers``); samples
 without one do not vote; votes are weighted by confidence when the backend returns logprobs.
 The reply is the best sample that gave the winning answer, as a normal completion, with the
-vote in ``router.votes``.
+vote in ``router.votes``. When every sample drawn was cut by its cap before stating an answer,
+the tokens of the undrawn samples buy one chain instead (``sequential.run_chain``), which is
+the reply (``router.chain_after_cut``).
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ def first_wave(width: int, settings: Any) -> int:
 
 async def run_vote(call: Call) -> Sample:
     """Draw waves of samples until the vote is settled or the width or budget is spent;
-    returns the chosen sample and fills ``call.report``.
+    returns the chosen sample and fills ``call.report``. A vote whose samples so far were all
+    cut before stating an answer stops drawing and returns one chain of the undrawn samples'
+    tokens (``_chain_of_the_rest``), or its first sample when that chain cannot run.
 
     Raises:
         UpstreamError (502) or the first failure's own error: every sample failed.
@@ -144,7 +148,6 @@ async def run_vote(call: Call) -> Sample:
     best = winner(counts)
     if best is not None:
         call.vote_first_agrees = ballots[0].answer == best
-    chain = await _chain_of_the_rest(call, (plan.width - drawn) * depth) if cut else None
     call.report.update({
         "votes": {answer: _round(v) for answer, v in counts.items()},
         "winner": best,
@@ -158,6 +161,7 @@ async def run_vote(call: Call) -> Sample:
     })
     if no_answer:
         call.report["no_answer"] = True
+    chain = await _chain_of_the_rest(call, (plan.width - drawn) * depth) if cut else None
     if chain is not None:
         call.report["chain_after_cut"] = True
         call.report["winner"] = extract_answer(chain.text, options=options)

@@ -116,6 +116,21 @@ async def test_a_chain_after_a_cut_wave_that_fails_leaves_the_vote_as_it_was():
     assert router["spent_tokens"] == 3 * 64 + 256 <= 8 * 64
 
 
+@pytest.mark.parametrize("extra, settings", [
+    ({"max_tokens": 64}, {"vote_width": 8}),  # the client's cap holds the chain to 64 too
+    ({}, {"vote_width": 3}),  # a vote of 3: one undrawn sample buys a chain of 48
+])
+async def test_a_cut_wave_keeps_drawing_when_the_rest_buys_no_longer_chain(extra, settings):
+    # A chain no longer than twice the samples' depth would be one more cut sample with a
+    # forced answer; on the outcome bank drawing on was right more often then.
+    llm = ScriptedLLM(lambda i, body: " ".join(["step"] * 400), honours_n=False)
+    width = settings["vote_width"]
+    reply = await post(llm, vote(budget=width * 64, **extra), supports_n=False, **settings)
+    router = reply.json()["router"]
+    assert "chain_after_cut" not in router and router["samples"] == width, router
+    assert all(b["max_tokens"] == 64 for b in llm.requests)
+
+
 async def test_a_vote_with_a_stated_answer_in_its_first_wave_keeps_drawing():
     # One cut sample that stated nothing among answering ones is the vote's usual business.
     llm = ScriptedLLM(lambda i, body: " ".join(["step"] * 100) if i == 0

@@ -103,6 +103,7 @@ async def run_vote(call: Call) -> Sample:
     failures: list[GatewayError] = []
     drawn = 0
     early_stop = no_answer = cut = False
+    rest: int | None = None
     while drawn < plan.width:
         wave = min(first_wave(plan.width, settings) if drawn == 0 else settings.vote_wave,
                    plan.width - drawn)
@@ -132,9 +133,12 @@ async def run_vote(call: Call) -> Sample:
             # Every sample so far was cut before it stated an answer: the prompt needs more
             # than this depth, so more samples of it are mostly cut too and cast no vote
             # (outcome bank, first waves of 3 all cut at 64-256 tokens: 4-25% of the later
-            # samples answered). The undrawn samples' tokens go to one longer chain instead.
-            cut = True
-            break
+            # samples answered). The undrawn samples' tokens go to one longer chain instead,
+            # when they buy one (``_chain_budget``).
+            rest = _chain_budget(call, (plan.width - drawn) * depth, depth)
+            if rest is not None:
+                cut = True
+                break
         if drawn < plan.width and is_settled(tally(ballots), remaining=plan.width - drawn,
                                              threshold=settings.vote_stop_threshold):
             early_stop = True
@@ -161,7 +165,7 @@ async def run_vote(call: Call) -> Sample:
     })
     if no_answer:
         call.report["no_answer"] = True
-    chain = await _chain_of_the_rest(call, (plan.width - drawn) * depth) if cut else None
+    chain = await _chain_of_the_rest(call, rest) if cut else None
     if chain is not None:
         call.report["chain_after_cut"] = True
         call.report["winner"] = extract_answer(chain.text, options=options)
@@ -169,19 +173,40 @@ async def run_vote(call: Call) -> Sample:
     return _best_sample(samples, ballots, best)
 
 
-async def _chain_of_the_rest(call: Call, rest_tokens: int) -> Sample | None:
-    """One chain (``sequential.run_chain``: its cap, its forced answer) of ``rest_tokens``,
-    the tokens the vote's undrawn samples would have had, at most what the ledger has left;
-    None when nothing is left or the chain failed (the vote's cut samples stand)."""
+# A chain replaces a cut vote's undrawn samples only when its cap is at least this many times
+# the samples' depth. Outcome bank (``bench.cut_first_wave``, first waves of 3 all cut at
+# 64-170 tokens a sample): a chain of twice the depth stated the right answer on 22, 39, 47
+# and 32 items where drawing on was right on 22, 33, 37 and 31; one of 1.5 times on 6, 23,
+# 26 and 22. A chain no longer than the samples (a client's ``max_tokens`` caps both) would
+# be one more sample with a forced answer, and drawing on does better there.
+CHAIN_OVER_DEPTH = 2
+
+
+def _chain_budget(call: Call, rest_tokens: int, depth: int) -> int | None:
+    """The budget of the chain that would replace a cut vote's undrawn samples:
+    ``rest_tokens`` (their tokens), at most what the ledger has left; None when the chain it
+    buys (``sequential.caps``: the client's ``max_tokens`` and the forced answer's reserve
+    come off) is shorter than ``CHAIN_OVER_DEPTH`` times the samples' ``depth``."""
     # imported here: sequential imports this module's ``completion_body``
-    from service.strategies.sequential import run_chain
+    from service.strategies.sequential import caps
 
     left = call.ledger.remaining
     budget = rest_tokens if left is None else min(rest_tokens, left)
     if budget < 1 or call.ledger.overrun:
         return None
+    chain_cap, _ = caps(call, budget)
+    return budget if chain_cap >= CHAIN_OVER_DEPTH * depth else None
+
+
+async def _chain_of_the_rest(call: Call, budget_tokens: int | None) -> Sample | None:
+    """One chain (``sequential.run_chain``: its cap, its forced answer) of ``budget_tokens``
+    (``_chain_budget``); None when the chain failed (the vote's cut samples stand)."""
+    from service.strategies.sequential import run_chain
+
+    if budget_tokens is None:
+        return None
     try:
-        return await run_chain(call, budget)
+        return await run_chain(call, budget_tokens)
     except GatewayError:
         # counted (``Metered``) like any failed sample; a chain that cannot run leaves the
         # vote's answer as it was

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from service.backends import BackendRegistry
-from service.errors import RequestTooLarge
+from service.errors import ClientClosed, RequestTooLarge
 from service.experiments import Experiments
 from service.keys import KeyRing
 from service.learning import Learner
@@ -51,7 +51,17 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
 
     Raises:
         RequestTooLarge: the declared or the received size is over the limit (413).
+        ClientClosed: the client went away before its body was read (uvicorn drops a body it
+            buffered once the connection is lost); Starlette's ``ClientDisconnect`` was
+            reported as an unexpected error, and a 500 sent to nobody.
     """
+    try:
+        return await _read_body(request, limit_bytes)
+    except ClientDisconnect as exc:
+        raise ClientClosed("the client went away before its request was read") from exc
+
+
+async def _read_body(request: Request, limit_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
         if int(declared) > limit_bytes:

@@ -324,3 +324,23 @@ async def test_a_client_gone_before_the_strategy_starts_costs_no_upstream_call(s
     assert backend.bodies == []  # no completion call went upstream
     assert not any(m["type"] == "http.response.start" for m in sent)
     assert record.status == "499" and record.completion_tokens == 0
+
+
+async def test_a_client_gone_before_its_body_is_read_is_no_unexpected_error(caplog):
+    # Seen through uvicorn: a client that sent its request and closed at once, while
+    # admission read the keys in a thread, made the body read raise Starlette's
+    # ClientDisconnect, logged as an unexpected error with its traceback, and a 500 was sent
+    # to nobody.
+    backend = SlowCalls(quick=100, slow=0)
+    app = create_app(make_settings(), transport=backend.transport())
+    sent: list[dict[str, Any]] = []
+
+    async def gone() -> dict[str, Any]:
+        return {"type": "http.disconnect"}  # as uvicorn answers once the connection is lost
+
+    async with app.router.lifespan_context(app):
+        with caplog.at_level("ERROR"):
+            await asyncio.wait_for(app(http_scope(), gone, collecting(sent)), 5)
+    assert backend.bodies == []
+    assert not any(m["type"] == "http.response.start" for m in sent)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

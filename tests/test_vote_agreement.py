@@ -117,6 +117,14 @@ def test_the_agreement_round_trips_through_the_state(tmp_path):
         GUESS).plan.strategy == "parallel_vote"
 
 
+def test_a_state_from_a_later_version_loads_without_its_unknown_settings(caplog):
+    state = LearnedPolicy(target_tokens=700).state()
+    state["config"]["a_later_setting"] = 3
+    policy = LearnedPolicy.from_state(state)
+    assert policy.target_tokens == 700
+    assert "a_later_setting" in caplog.text
+
+
 def test_a_simulated_vote_agrees_with_its_first_sample_as_often_as_its_chances_say():
     world = draw_world(31)
     prompts = world.prompts(40, split="train", per_kind=True)

@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import random
@@ -155,6 +156,18 @@ def plan_ceiling(target_tokens: float) -> int:
     """The most completion tokens a plan made on ``auto``'s own account may have, for a mean
     budget of ``target_tokens``: ``PLAN_CEILING`` x ``target_tokens`` (at least 1)."""
     return max(1, int(PLAN_CEILING * target_tokens))
+
+
+def _known_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the settings this version does not know, each named in a warning:
+    a state written by a later version (a replica upgraded first, during a rolling deploy)
+    still loads, its known settings and evidence intact."""
+    known = inspect.signature(LearnedPolicy.__init__).parameters
+    unknown = sorted(k for k in config if k not in known or k == "self")
+    if unknown:
+        logger.warning("learned policy state has settings this version ignores: %s",
+                       ", ".join(unknown))
+    return {k: v for k, v in config.items() if k not in unknown}
 
 
 def difference_bounds(successes: float, trials: float, base_successes: float,
@@ -700,7 +713,7 @@ class LearnedPolicy(Policy):
             raise PolicyError(f"learned policy state version {version}; this code reads "
                               f"{STATE_VERSION} and older")
         try:
-            policy = cls(**dict(state["config"], **overrides))
+            policy = cls(**dict(_known_config(state["config"]), **overrides))
             current = state["current"]
             policy.current = [str(current.get(name, PRIOR_STRATEGY[name])) for name in KIND_NAMES]
             if any(s not in STRATEGIES for s in policy.current):

@@ -63,11 +63,12 @@ class Routed:
 
 
 def read_prompts(prompts: Prompts, classifier: Classifier,
-                 rng: np.random.Generator | None = None) -> list[Routed]:
+                 rng: np.random.Generator | None = None,
+                 indexed: Sequence[str] = ("fact",)) -> list[Routed]:
     """Score every prompt's messages with the real classifier, then, with ``rng``, read the
     search score against a simulated collection as the gateway reads it against its index
-    (``collection_coverage``, ``prior.read_search``)."""
-    covered = collection_coverage(prompts, rng) if rng is not None else None
+    (``collection_coverage`` of the ``indexed`` kinds, ``prior.read_search``)."""
+    covered = collection_coverage(prompts, rng, indexed) if rng is not None else None
     out = []
     for i, messages in enumerate(prompts.messages):
         features = extract(messages)
@@ -79,19 +80,33 @@ def read_prompts(prompts: Prompts, classifier: Classifier,
 
 
 # SIMULATION of the gateway's coverage reading (service/coverage.py): the operator indexed the
-# documents that hold the fact questions' answers, so their content words are mostly found
-# (a share drawn in COVERED_FACT); another prompt shares a few words with the collection by
-# chance, and is read as covered with probability FALSE_COVERAGE.
+# documents that hold the answers retrieval finds, those of the kinds whose axis is search
+# (``indexed_kinds``: the fact questions in a literature world, another kind in a reversed
+# one), so their content words are mostly found (a share drawn in COVERED_FACT); another
+# prompt shares a few words with the collection by chance, and is read as covered with
+# probability FALSE_COVERAGE.
 COVERED_FACT = (0.5, 1.0)
 FALSE_COVERAGE = 0.05
 
 
-def collection_coverage(prompts: Prompts, rng: np.random.Generator) -> np.ndarray:
-    """SIMULATION: each prompt's coverage by the collection, (n,) shares in [0, 1]."""
-    fact = prompts.kind == KINDS.index("fact")
+def collection_coverage(prompts: Prompts, rng: np.random.Generator,
+                        indexed: Sequence[str] = ("fact",)) -> np.ndarray:
+    """SIMULATION: each prompt's coverage by a collection that holds the answers of the
+    ``indexed`` kinds, (n,) shares in [0, 1]."""
+    held = np.isin(prompts.kind, [KINDS.index(k) for k in indexed])
     share = rng.uniform(*COVERED_FACT, len(prompts))
     false = rng.random(len(prompts)) < FALSE_COVERAGE
-    return np.where(fact | false, share, rng.uniform(0.0, 0.45, len(prompts)))
+    return np.where(held | false, share, rng.uniform(0.0, 0.45, len(prompts)))
+
+
+def indexed_kinds(world: RandomWorld) -> tuple[str, ...]:
+    """The kinds whose questions the world's collection covers: the fact questions (the
+    operator indexed the documents they ask about, up to date or stale: in a world where
+    retrieval does not help them, the collection is there and misleads), and every kind
+    whose axis is search (retrieval finds its facts, so they are in the collection, and the
+    gateway's reading of the index finds them)."""
+    return ("fact", *(kind for kind, axis in world.axes.items()
+                      if axis == "search" and kind != "fact"))
 
 
 def plan_key(plan: Plan) -> tuple[Any, ...]:
@@ -478,8 +493,9 @@ def set_up_world(seed: int, classifier: Classifier, feedback_per_kind: int,
     eval_prompts = world.prompts(held_out, split="eval")
     rng = np.random.default_rng(seed)
     return WorldSetup(world, PlanTable(world, train_prompts),
-                      read_prompts(train_prompts, classifier, rng),
-                      PlanTable(world, eval_prompts), read_prompts(eval_prompts, classifier, rng))
+                      read_prompts(train_prompts, classifier, rng, indexed_kinds(world)),
+                      PlanTable(world, eval_prompts),
+                      read_prompts(eval_prompts, classifier, rng, indexed_kinds(world)))
 
 
 def evaluate_policy(setup: WorldSetup, make_policy: Callable[[], Policy], name: str,

@@ -20,11 +20,13 @@ from router_models.world_eval import (
     PlanTable,
     WorldResult,
     best_fixed,
+    collection_coverage,
     evaluate_policy,
     expected_figures,
     fixed_at_tokens,
     fixed_plan_of,
     grouped_oracle,
+    indexed_kinds,
     kind_oracle,
     observable_groups,
     oracle_plans,
@@ -33,7 +35,7 @@ from router_models.world_eval import (
     read_prompts,
     set_up_world,
 )
-from router_models.worlds import draw_world
+from router_models.worlds import KINDS, draw_world
 from service.sim import SimConfig, create_sim_app
 
 
@@ -200,3 +202,20 @@ def test_finer_groups_never_lower_the_oracle(classifier: Classifier) -> None:
     assert one <= by_kind + 1e-9 <= per_prompt + 2e-9
     observable, chosen = grouped_oracle(table, plans, tokens, observable_groups(routed))
     assert one - 1e-9 <= observable <= per_prompt + 1e-9 and chosen
+
+
+def test_the_simulated_collection_covers_the_fact_questions_and_every_kind_search_helps():
+    # A reversed world whose one-liners need the collection: their documents are indexed,
+    # so the gateway's reading of the index finds them; the fact questions' documents are
+    # there too (stale where retrieval does not help them).
+    reversed_world = next(draw_world(s) for s in range(200)
+                          if draw_world(s).axes.get("easy") == "search")
+    assert set(indexed_kinds(reversed_world)) == {"fact", "easy"}
+    literature = next(draw_world(s) for s in range(200)
+                      if draw_world(s).world_type == "literature")
+    assert indexed_kinds(literature) == ("fact",)
+    prompts = reversed_world.prompts(400, split="eval")
+    shares = collection_coverage(prompts, np.random.default_rng(0), ("fact", "easy"))
+    held = np.isin(prompts.kind, [KINDS.index("fact"), KINDS.index("easy")])
+    assert (shares[held] >= 0.5).all()
+    assert (shares[~held] >= 0.5).mean() < 0.15  # by chance only

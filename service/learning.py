@@ -30,7 +30,8 @@ and replays the events after it.
 events through ``update`` in the same order, so what they learn from feedback equals the
 canonical state's; the canonical copy never decides. Deciding and usage also change a served
 ``LearnedPolicy`` locally (its exploration counters, the prompts it sizes budgets over, the
-answer lengths it observes): that part is each replica's own, starts from the checkpoint at
+answer lengths it observes, its votes' agreement with their first samples): that part is each
+replica's own, starts from the checkpoint at
 start-up, and is saved atomically (temporary file, fsync, rename) to
 ``DATA_DIR/models/learned.json`` at checkpoints and at shutdown.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
 
@@ -11,6 +12,7 @@ from router_models.policies.learned import IDLE_VOTE_ROOM, LearnedPolicy
 from router_models.policies.prior import sample_tokens
 from router_models.vote_agreement import VoteAgreement
 from router_models.worlds import draw_world
+from service.app import create_app
 from tests.conftest import gateway_client, make_settings
 from tests.scripted import ScriptedLLM
 
@@ -159,3 +161,63 @@ async def test_the_gateway_reports_each_votes_agreement_to_the_learned_policy():
             await client.post("/v1/chat/completions", json=forced)
         kept = (await client.post("/v1/chat/completions", json=guess)).json()["router"]
     assert kept["strategy"] == "parallel_vote"
+
+
+
+GUESS_MESSAGES = [{"role": "user", "content": "Guess a number"}]
+
+
+def _forced_vote(**extra):
+    # A vote the client names, no policy deciding it (the model is named, not auto): its
+    # agreement still reaches learned, which plans the same prompt's auto requests.
+    return {"model": "fake-model", "messages": GUESS_MESSAGES,
+            "router": {"strategy": "parallel_vote", "budget_tokens": 8 * 64}, **extra}
+
+
+async def _agreement_after(llm: ScriptedLLM, bodies: list[dict], **settings
+                           ) -> tuple[int, int]:
+    """(agreed, votes) learned recorded for the guess's kind after the gateway answered
+    ``bodies`` in turn."""
+    app = create_app(make_settings(**settings), transport=llm.transport())
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                  base_url="http://gateway.test") as client):
+        for body in bodies:
+            reply = await client.post("/v1/chat/completions", json=body)
+            assert reply.status_code == 200, reply.text
+        scores = Scores.from_dict(reply.json()["router"]["scores"]) if not body.get(
+            "stream") else None
+        learned = app.state.gateway.router.policies["learned"]
+        assert isinstance(learned, LearnedPolicy)
+        keys = learned.agreement.keys_seen()
+        assert scores is None or not keys or keys == [LearnedPolicy.vote_key(scores)]
+        return learned.agreement.count(keys[0]) if keys else (0, 0)
+
+
+async def test_a_vote_that_gave_way_to_a_chain_counts_as_overturning_its_first_sample():
+    # The first wave of three was cut before any answer, and the undrawn samples' tokens
+    # bought one chain that answered 7: the vote's reply is the chain's answer, which the cut
+    # first sample never stated, so one answer (that first sample) and the vote differ. The
+    # vote was not recorded at all (the cut samples elected nothing), so the votes that beat
+    # their first sample most plainly were dropped and the bound was biased down.
+    reasoning = " ".join(["step"] * 200) + " The answer is 7."
+    llm = ScriptedLLM(lambda i, body: reasoning, honours_n=False)
+    assert await _agreement_after(llm, [_forced_vote()], supports_n=False) == (0, 1)
+    # A vote whose first wave agrees is one agreeing vote, as before.
+    agreeing = ScriptedLLM(lambda i, body: "The answer is 7.")
+    assert await _agreement_after(agreeing, [_forced_vote()]) == (1, 1)
+
+
+async def test_greedy_votes_say_nothing_about_what_sampled_votes_buy():
+    # A client that names parallel_vote at temperature 0 gets it, and its samples are one
+    # greedy answer repeated: every such vote agrees with its first sample by construction.
+    # Counted, five of them idled the kind's auto votes (floor 0.5), which sample at 0.7.
+    llm = ScriptedLLM(lambda i, body: "The answer is 7.")
+    greedy = [_forced_vote(temperature=0)] * 5
+    assert await _agreement_after(llm, greedy, learned_vote_gain_floor=0.5) == (0, 0)
+    assert await _agreement_after(llm, [_forced_vote(temperature=0.7)]) == (1, 1)
+
+
+async def test_streamed_votes_report_their_agreement_too():
+    llm = ScriptedLLM(lambda i, body: "The answer is 7.")
+    assert await _agreement_after(llm, [_forced_vote(stream=True)] * 3) == (3, 3)

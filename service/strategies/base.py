@@ -67,9 +67,10 @@ class Call:
     # direct answer's choices, a vote's samples, a chain): what answer lengths are learnt from
     # (``Router.observe_usage``, ``router_models.answer_lengths.observations``).
     answer_samples: list[tuple[str, str | None, int | None]] = field(default_factory=list)
-    # A vote's: whether its first sample stated the answer the vote elected (None: no vote,
-    # or one that elected nothing), what bounds a vote's gain over one answer
-    # (``router_models.vote_agreement``).
+    # A vote's: whether its first sample stated the answer the vote elected (False when a
+    # chain replaced a cut wave: its answer is the reply), what bounds a vote's gain over one
+    # answer (``router_models.vote_agreement``). None: no vote, one that elected nothing, or
+    # a greedy one (temperature 0: its samples agree by construction).
     vote_first_agrees: bool | None = None
 
     def __post_init__(self) -> None:

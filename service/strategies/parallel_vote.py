@@ -150,7 +150,8 @@ async def run_vote(call: Call) -> Sample:
     call.answer_samples = [(s.text, s.finish_reason, depth) for s in samples]
     counts = tally(ballots)
     best = winner(counts)
-    if best is not None:
+    sampled = _samples_vary(call.routed.body)
+    if best is not None and sampled:
         call.vote_first_agrees = ballots[0].answer == best
     call.report.update({
         "votes": {answer: _round(v) for answer, v in counts.items()},
@@ -169,6 +170,10 @@ async def run_vote(call: Call) -> Sample:
     if chain is not None:
         call.report["chain_after_cut"] = True
         call.report["winner"] = extract_answer(chain.text, options=options)
+        if sampled:
+            # The reply is the chain's, and the first sample was cut before any answer: one
+            # answer of this depth would have had none, so this vote overturned it.
+            call.vote_first_agrees = False
         return chain
     return _best_sample(samples, ballots, best)
 
@@ -212,6 +217,16 @@ async def _chain_of_the_rest(call: Call, budget_tokens: int | None) -> Sample | 
         # vote's answer as it was
         call.report["failed_samples"] = call.report.get("failed_samples", 0) + 1
         return None
+
+
+def _samples_vary(body: dict[str, Any]) -> bool:
+    """Whether a vote's samples are draws that may differ: not at ``temperature`` 0, which
+    a client naming ``parallel_vote`` may ask for. Greedy samples repeat one answer, so their
+    votes agree with their first sample by construction and say nothing about what a sampled
+    vote buys over one answer (``Call.vote_first_agrees``)."""
+    temperature = body.get("temperature")
+    return isinstance(temperature, bool) or not isinstance(temperature, int | float) or (
+        temperature > 0)
 
 
 def _all_cut(samples: list[Sample], ballots: list[Ballot]) -> bool:

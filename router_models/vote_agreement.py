@@ -18,7 +18,8 @@ where votes pay (compute-optimal allocation, Snell et al. 2024).
 The bound is the one-sided ``CONFIDENCE`` Wilson upper bound of the disagreement rate over the
 last ``WINDOW`` votes of a key (statsmodels ``proportion_confint``): it is loose on few votes
 (no disagreement in 20 votes still bounds the gain at 12 points), so a kind is judged only on
-enough evidence, and it follows a backend whose behaviour changes.
+enough evidence, and it follows a backend whose behaviour changes as long as votes of the key
+are still run (a policy that gives an idle key one answer records no more of its own votes).
 """
 
 from __future__ import annotations

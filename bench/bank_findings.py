@@ -33,9 +33,10 @@ Accuracies are percent with Wilson 95% intervals; n is the number of items. A ba
 recorded is read up to its last complete line.
 
 With ``--since-bank OLD`` every table reads only the runs that are not in the bank folder
-``OLD`` (the same bank as it stood earlier, for example ``git archive REV
-router_models/data/bank | tar -x -C /tmp/old``): a check, on items recorded after a decision,
-of what that decision was made on.
+``OLD`` (the same bank as it stood earlier: after ``git archive REV router_models/data/bank |
+tar -x -C /tmp/old``, OLD is ``/tmp/old/router_models/data/bank``, the folder holding
+``bank.json``): a check, on items recorded after a decision, of what that decision was made
+on.
 
 Usage: ``python -m bench.bank_findings [--bank PATH] [--budgets 128,256,512,1024,2048,4096]
 [--since-bank OLD] [--out docs/findings]``.

@@ -78,6 +78,10 @@ WORLD_TYPES = {"literature": 0.60, "reversed": 0.25, "flat": 0.15}
 QUERY_TOKENS = 64
 # The gateway's first wave of vote samples before its early-stopping rule is read.
 FIRST_WAVE = 3
+# Redraws of a vote that drew every sample until its first wave disagrees (``vote_ballots``):
+# such a wave agrees with the chance the vote stops, so this many fail only where votes stop
+# almost always.
+FIRST_WAVE_REDRAWS = 64
 # A plan with neither depth nor budget: a request without max_tokens.
 DEFAULT_MAX_TOKENS = 512
 # The answer-length median of a prompt varies around its kind's curve by this log-normal sigma.
@@ -362,24 +366,11 @@ class RandomWorld:
 
     def vote_agreement(self, prompts: Prompts, index: int, plan: Plan, drawn: int,
                        rng: np.random.Generator) -> bool | None:
-        """One vote of ``drawn`` samples of ``plan`` on prompt ``index``, drawn ballot by
-        ballot: whether its first sample stated the answer the vote elected (what the gateway
-        reports, ``Router.observe_usage``); None when no sample answered. A sample answers,
-        and is then right, the most common wrong answer or a scattered one of its own, with
-        ``sample_parts``' chances; the most votes win, ties to the answer seen first (as
-        ``router_models.voting.winner``). Drawn apart from ``realize_usage``'s outcome, which
-        is the plan's expected accuracy: both follow the same chances."""
-        answered, right, top, _ = self.sample_parts(
-            single_prompt(prompts, index), float(plan_depth(plan)), plan.search_calls > 0,
-            plan.search_calls)
-        a, r, t = float(answered[0]), float(right[0]), float(top[0])
-        ballots: list[str | None] = []
-        for j in range(max(1, drawn)):
-            if rng.random() >= a:
-                ballots.append(None)
-                continue
-            u = rng.random()
-            ballots.append("right" if u < r else "top" if u < r + t else f"scattered {j}")
+        """One vote of ``drawn`` samples of ``plan`` on prompt ``index`` (``vote_ballots``):
+        whether its first sample stated the answer the vote elected (what the gateway
+        reports, ``Router.observe_usage``); None when no sample answered. The most votes win,
+        ties to the answer seen first (as ``router_models.voting.winner``)."""
+        ballots = self.vote_ballots(prompts, index, plan, drawn, rng)
         counts: dict[str, int] = {}
         for ballot in ballots:
             if ballot is not None:
@@ -388,6 +379,44 @@ class RandomWorld:
             return None
         elected = max(counts, key=lambda answer: counts[answer])  # the first of the most
         return ballots[0] == elected
+
+    def vote_ballots(self, prompts: Prompts, index: int, plan: Plan, drawn: int,
+                     rng: np.random.Generator) -> list[str | None]:
+        """The answers of one vote's ``drawn`` samples (``max(1, drawn)`` of them): None for a
+        sample cut before its answer, else ``"right"``, ``"top"`` (the most common wrong
+        answer) or ``"scattered j"`` (a wrong answer of its own), with ``sample_parts``'
+        chances, and as the number drawn says (``_samples_drawn``, ``expected_samples``): a
+        vote of more than ``FIRST_WAVE`` that stopped after it drew a first wave that agreed
+        (all right or all the top wrong answer), one that drew every sample a first wave that
+        did not. Drawn apart from ``realize_usage``'s outcome, which is the plan's expected
+        accuracy: both follow the same chances."""
+        answered, right, top, _ = self.sample_parts(
+            single_prompt(prompts, index), float(plan_depth(plan)), plan.search_calls > 0,
+            plan.search_calls)
+        a, r, t = float(answered[0]), float(right[0]), float(top[0])
+        count = max(1, drawn)
+        stops = plan.strategy == "parallel_vote" and plan.width > FIRST_WAVE
+        alike_right, alike_top = (a * r) ** FIRST_WAVE, (a * t) ** FIRST_WAVE
+        if stops and count < plan.width and alike_right + alike_top > 0:
+            # Stopped after the first wave: its samples agreed, on the right answer or on the
+            # top wrong one in proportion to the chances of each.
+            agreed = "right" if rng.random() * (alike_right + alike_top) < alike_right else "top"
+            return [agreed] * count
+
+        def one(j: int) -> str | None:
+            if rng.random() >= a:
+                return None
+            u = rng.random()
+            return "right" if u < r else "top" if u < r + t else f"scattered {j}"
+
+        ballots = [one(j) for j in range(count)]
+        # Drew every sample: its first wave did not agree (rejection; a first wave that
+        # nearly always agrees nearly always stops, so few redraws are needed).
+        for _ in range(FIRST_WAVE_REDRAWS):
+            if not (stops and count >= plan.width and _alike(ballots[:FIRST_WAVE])):
+                break
+            ballots = [one(j) for j in range(count)]
+        return ballots
 
     def _samples_drawn(self, prompts: Prompts, index: int, plan: Plan, depth: int,
                        rng: np.random.Generator) -> int:
@@ -401,6 +430,11 @@ class RandomWorld:
         expected = float(np.asarray(expected_samples(plan, answered, right, top))[0])
         stop = (plan.width - expected) / (plan.width - FIRST_WAVE)
         return FIRST_WAVE if rng.random() < stop else plan.width
+
+
+def _alike(wave: list[str | None]) -> bool:
+    """Whether a first wave's samples all state one answer (``expected_samples``' stop)."""
+    return bool(wave) and wave[0] is not None and all(b == wave[0] for b in wave)
 
 
 def plan_depth(plan: Plan) -> int:

@@ -11,7 +11,7 @@ from router_models.policies import PolicyError
 from router_models.policies.learned import IDLE_VOTE_ROOM, LearnedPolicy
 from router_models.policies.prior import sample_tokens
 from router_models.vote_agreement import VoteAgreement
-from router_models.worlds import draw_world
+from router_models.worlds import FIRST_WAVE, draw_world
 from service.app import create_app
 from tests.conftest import gateway_client, make_settings
 from tests.scripted import ScriptedLLM
@@ -138,6 +138,31 @@ def test_a_simulated_vote_agrees_with_its_first_sample_as_often_as_its_chances_s
     alone = [world.vote_agreement(prompts, i, one, 1, rng) for i in range(len(prompts))]
     assert all(a is None or a for a in alone)  # a vote of one elects its only answer
 
+
+def test_a_simulated_vote_agrees_as_its_stopping_says():
+    # The simulator stops a vote after its first wave exactly when that wave's samples agree
+    # (``expected_samples``), as the gateway stops a settled vote: a stopped vote's first
+    # sample states the elected answer, and a vote that drew all its samples had a first
+    # wave that did not agree. Its ballots were drawn apart from that, so 21 of 252 stopped
+    # votes of world 31 reported overturning their first sample, which no stopped vote does.
+    world = draw_world(31)
+    prompts = world.prompts(60, split="train", per_kind=True)
+    rng = np.random.default_rng(0)
+    vote = Plan("parallel_vote", 8 * 300, width=8, depth_tokens=300)
+    stopped, full = 0, 0
+    for i in range(len(prompts)):
+        drawn = world._samples_drawn(prompts, i, vote, 300, rng)
+        ballots = world.vote_ballots(prompts, i, vote, drawn, rng)
+        assert len(ballots) == drawn
+        first_wave = ballots[:FIRST_WAVE]
+        alike = first_wave[0] in ("right", "top") and len(set(first_wave)) == 1
+        if drawn < vote.width:
+            stopped += 1
+            assert alike and world.vote_agreement(prompts, i, vote, drawn, rng) is not False
+        else:
+            full += 1
+            assert not alike, ballots
+    assert stopped and full
 
 async def test_the_gateway_reports_each_votes_agreement_to_the_learned_policy():
     # Every sample answers 7: after five votes, one answer is planned (a floor of 0.5 so that

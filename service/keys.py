@@ -237,6 +237,7 @@ class PostgresKeyStore(_SqlKeyStore):
 
     def __init__(self, url: str):
         self._url = url
+        self._schema_ready = False  # the table is made once per store, not at every reload
 
     @contextmanager
     def _connect(self) -> Iterator[Any]:
@@ -244,18 +245,30 @@ class PostgresKeyStore(_SqlKeyStore):
 
         try:
             with psycopg.connect(self._url, connect_timeout=5) as db:
-                db.execute(_SCHEMA.format(real="DOUBLE PRECISION"))
-                if db.execute("SELECT 1 FROM information_schema.columns WHERE table_name = "
-                              "'ttc_api_keys' AND column_name = 'prompt_tpm'").fetchone() is None:
-                    # A key table from before the column (ALTER only then: it locks the table).
-                    db.execute("ALTER TABLE ttc_api_keys ADD COLUMN IF NOT EXISTS prompt_tpm "
-                               "BIGINT")
+                if not self._schema_ready:
+                    self._ensure_schema(db)
                 yield db
         except psycopg.Error as exc:
             # psycopg's messages can carry the connection string; name the table instead.
             raise KeyStoreError(
                 f"the key table ttc_api_keys failed: {type(exc).__name__}") from exc
 
+    def _ensure_schema(self, db: Any) -> None:
+        # Under an advisory lock: CREATE TABLE IF NOT EXISTS is not safe against a concurrent
+        # one (the loser hits a unique violation in pg_type), and replicas starting together
+        # on a fresh database, or ``keys create`` beside them, all run it.
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            db.execute(_SCHEMA.format(real="DOUBLE PRECISION"))
+            if db.execute("SELECT 1 FROM information_schema.columns WHERE table_name = "
+                          "'ttc_api_keys' AND column_name = 'prompt_tpm'").fetchone() is None:
+                # A key table from before the column (ALTER only then: it locks the table).
+                db.execute("ALTER TABLE ttc_api_keys ADD COLUMN IF NOT EXISTS prompt_tpm BIGINT")
+        self._schema_ready = True
+
+
+# "ttc_keys": the advisory lock key that serialises creating (or upgrading) the key table.
+_SCHEMA_LOCK = 0x7474635F6B6579
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS ttc_api_keys (
     name TEXT PRIMARY KEY,

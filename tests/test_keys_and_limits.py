@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from service.app import create_app
 from service.keys import (
     KeyExists,
+    KeyStoreError,
     PostgresKeyStore,
     SqliteKeyStore,
     UnknownKey,
@@ -403,6 +405,31 @@ def test_key_store_create_list_revoke(database_url, tmp_path):
         keys.revoke("svc")
     again = keys.create("svc")  # a revoked name can be reused; the old secret stays refused
     assert [k.key_hash for k in keys.active()] == [hash_secret(again)]
+
+
+def test_replicas_starting_together_on_a_fresh_database_all_read_the_keys(postgres_server):
+    # Replicas started together (a Deployment's pods, a rolling start) each read the keys of
+    # a database that has no key table yet: CREATE TABLE IF NOT EXISTS is not safe against a
+    # concurrent one in PostgreSQL (a unique violation in pg_type), and a replica that lost
+    # the race failed to start.
+    failures = []
+    for _ in range(3):
+        url = postgres_server.new_database()
+        start = threading.Barrier(6)
+
+        def replica(url: str = url, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                PostgresKeyStore(url).active()
+            except KeyStoreError as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=replica) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
 
 
 async def test_with_postgresql_the_gateway_reads_keys_from_the_database(postgres_url):

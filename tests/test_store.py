@@ -317,3 +317,31 @@ async def test_feedback_waits_for_a_row_another_gateway_on_the_same_data_dir_com
     finally:
         for log in (answering, other, lone):
             await log.close()
+
+
+async def test_feedback_after_the_database_restarted_is_recorded_not_a_500(postgres_url):
+    # A PostgreSQL restart (or failover) closes every connection the pool holds. The request
+    # writer retries, but feedback, reports and look-ups took a dead connection from the pool
+    # and failed at once ("terminating connection due to administrator command"): feedback
+    # posted during or just after a restart was a 500 and lost, although the database was
+    # back (or about to be) and answers were only delayed.
+    import psycopg
+
+    log = await open_log(postgres_url)
+    try:
+        for i in range(3):
+            log.submit(make_record(40 + i))
+        await log.flush()
+        database = postgres_url.rsplit("/", 1)[1]
+        with psycopg.connect(postgres_url.rsplit("/", 1)[0] + "/postgres",
+                             autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM "
+                "pg_stat_activity WHERE datname = %s", (database,)).fetchone()
+        assert killed is not None and killed[0] >= 1
+        applied = await log.feedback("chatcmpl-40", 1.0)
+        assert applied.first and applied.learning_seq == 1
+        assert (await log.get("chatcmpl-41")).decision_id == make_record(41).decision_id
+        assert [row.requests for row in await log.arm_totals("exp1")] == [3]
+    finally:
+        await log.close()

@@ -72,8 +72,13 @@ class PostgresBackend:
                  max_connections: int = 4, connect_timeout_s: float = 10.0):
         self._migrations = migrations
         self._connect_timeout_s = connect_timeout_s
+        # ``check``: a connection is tried (one empty query) as it leaves the pool. A database
+        # restart or failover closes every pooled connection; unchecked, feedback, reports and
+        # look-ups took a dead one and failed at once (500), while the writer retried. Checked,
+        # a dead one is replaced, and the caller waits for the server as answers do.
         self._pool = AsyncConnectionPool(url, min_size=1, max_size=max_connections,
-                                         open=False, kwargs={"autocommit": True})
+                                         open=False, kwargs={"autocommit": True},
+                                         check=AsyncConnectionPool.check_connection)
 
     async def open(self) -> None:
         try:

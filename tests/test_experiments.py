@@ -15,7 +15,7 @@ import pytest
 from statsmodels.stats.proportion import proportion_confint
 
 from router_models.experiments import assign, bucket
-from service.experiments import identity_of
+from service.experiments import Experiments, identity_of
 from service.keys import open_key_store
 from service.protocol import parse_request
 from service.routing import Router
@@ -87,6 +87,42 @@ async def test_a_user_lands_in_one_arm_across_two_gateways_sharing_a_config():
                 arms.setdefault(f"user-{i}", set()).add(reply.json()["router"]["arm"])
     assert all(len(seen) == 1 for seen in arms.values())
     assert {arm for seen in arms.values() for arm in seen} == {"control", "treatment"}
+
+
+async def test_adaptive_shares_move_users_and_replicas_agree_once_each_has_re_read_the_log(
+        tmp_path):
+    # The README said a user keeps one arm "across requests, replicas and restarts": true of
+    # fixed weights, not of adaptive allocation. A user's bucket maps to the arm that holds
+    # it under the current shares, so a user moves when the shares move, and a replica that
+    # has not re-read the log yet (experiment_refresh_s) assigns by the old shares meanwhile
+    # (17 of 40 users on two real replicas, until the second one refreshed).
+    config = make_settings(experiments={"exp": {"arms": ARMS, "adaptive": True,
+                                                "min_feedback": 5}},
+                           experiment_refresh_s=3600)
+    log = open_request_log(tmp_path, None)
+    await log.start()
+    try:
+        one, two = Experiments(config, log), Experiments(config, log)
+        users = [f"user-{i}" for i in range(200)]
+
+        async def arms(replica: Experiments) -> list[str]:
+            return [(await replica.assign("exp", user, "user")).arm for user in users]
+
+        before = await arms(two)
+        assert before == await arms(one)  # both read the log once: no feedback, the weights
+        for i in range(40):  # the treatment is always right, the control always wrong
+            log.submit(make_record(i, experiment="exp", arm=("control", "treatment")[i % 2],
+                                   feedback_correct=bool(i % 2), feedback_score=float(i % 2),
+                                   feedback_count=1))
+        await log.flush()
+        await one.refresh("exp")
+        moved = await arms(one)
+        assert sum(a != b for a, b in zip(before, moved, strict=True)) > 20
+        assert await arms(two) == before  # not re-read yet: the old shares
+        await two.refresh("exp")
+        assert await arms(two) == moved
+    finally:
+        await log.close()
 
 
 async def test_the_arm_plans_and_is_in_the_response_the_log_and_the_metrics():

@@ -164,6 +164,28 @@ async def test_gateways_sharing_a_database_converge_to_the_same_state(database_u
         assert alone.state() == learned_state(a)
 
 
+async def test_feedback_posted_again_to_another_replica_is_learned_there_before_it_answers(
+        database_url, tmp_path):
+    # A client that posts a feedback again on another replica (its first reply was lost,
+    # and the load balancer sent the retry elsewhere) gets a 200 there: that replica must
+    # then decide with it, as the README promises of the replica that received a feedback.
+    # It answered before learning it (the decision had its event already, so it did not
+    # read the log) and decided without it until its next poll: 10 of 10 on two real
+    # replicas.
+    settings = [make_settings(data_dir=tmp_path / name, database_url=database_url,
+                              learn_interval_s=3600.0) for name in ("a", "b")]
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(gateway_client(llm().transport(), settings[0]))
+        b = await stack.enter_async_context(gateway_client(llm().transport(), settings[1]))
+        reply = await decide(a, PROMPTS[1])
+        for client in (a, b):
+            answer = await client.post("/v1/feedback", json={"id": reply["id"], "correct": True})
+            assert answer.status_code == 200, answer.text
+        status = [(await client.get("/v1/learner")).json() for client in (a, b)]
+        assert [s["cursor"] for s in status] == [1, 1]
+        assert status[0]["policies"] == status[1]["policies"]
+
+
 def test_an_atomic_save_never_leaves_a_torn_file(tmp_path):
     class Exploding:
         def save(self, path: Path) -> None:

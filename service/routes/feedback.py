@@ -91,8 +91,11 @@ async def feedback(request: Request, gw: Annotated[Gateway, Depends(gateway)]) -
     except StoreError as exc:
         raise GatewayError(f"cannot record feedback: {exc}") from exc
     correct = is_correct(score)
-    if gw.learner is not None and applied.learning_seq is not None:
-        try:  # learn it here at once; other replicas read it within learn_interval_s
+    if gw.learner is not None:
+        # Learn it here before answering, also when it was posted before (perhaps to another
+        # replica, whose reply the client lost): its event is then in the log already, and
+        # this replica would otherwise decide without it until its next read.
+        try:  # other replicas read it within learn_interval_s
             await gw.learner.sync()
         except StoreError as exc:  # recorded all the same: the learner's next read applies it
             log.warning("feedback recorded, learning deferred: %s", exc)

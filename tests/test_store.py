@@ -345,3 +345,61 @@ async def test_feedback_after_the_database_restarted_is_recorded_not_a_500(postg
         assert [row.requests for row in await log.arm_totals("exp1")] == [3]
     finally:
         await log.close()
+
+
+async def test_a_replica_frozen_inside_a_feedback_holds_up_the_others_for_seconds_only(
+        postgres_url, monkeypatch):
+    # Feedback takes one advisory lock shared by every replica. A replica frozen while it
+    # holds it (SIGSTOP, a paused VM or container, a host gone without closing its socket)
+    # stopped feedback on every other replica for as long as it stayed frozen, and with it
+    # their answers: the waiting feedbacks held each pool's connections, so the durable
+    # writer could not commit (on three real replicas: no answer on another replica for 8 s,
+    # until the frozen one was resumed). Here the frozen replica is a backend whose event
+    # loop blocks in its own thread right after it has taken the lock.
+    import threading
+
+    from service.store import postgres
+
+    frozen_thread, resume = "frozen-replica", threading.Event()
+    real_decision_of = postgres.decision_of
+
+    def decision_of(ident: str, rows: Sequence[Any]) -> str | None:
+        if threading.current_thread().name == frozen_thread:
+            resume.wait(30)  # the whole replica stops here, inside the transaction
+        return real_decision_of(ident, rows)
+
+    monkeypatch.setattr(postgres, "decision_of", decision_of)
+    log = await open_log(postgres_url)
+    outcome: list[BaseException | None] = []
+
+    def frozen_replica() -> None:
+        async def run() -> None:
+            other = await open_log(postgres_url)
+            try:
+                await other.feedback("chatcmpl-50", 1.0)
+                outcome.append(None)
+            except StoreError as exc:
+                outcome.append(exc)
+            finally:
+                await other.close()
+        asyncio.run(run())
+
+    try:
+        log.submit(make_record(50))
+        log.submit(make_record(51))
+        await log.flush()
+        thread = threading.Thread(target=frozen_replica, name=frozen_thread)
+        thread.start()
+        await asyncio.sleep(1.0)  # it holds the lock now
+        applied = await asyncio.wait_for(log.feedback("chatcmpl-51", 1.0), 8)
+        assert applied.first and applied.learning_seq == 1
+        resume.set()
+        await asyncio.to_thread(thread.join, 30)
+        # The frozen replica's transaction was ended for it: its feedback failed (a 500 the
+        # client retries), and it left no learning event behind.
+        assert len(outcome) == 1 and isinstance(outcome[0], StoreError)
+        assert [e.decision_id for e in await log.backend.learning_events(0, 10)] == [
+            applied.decision_id]
+    finally:
+        resume.set()
+        await log.close()

@@ -53,6 +53,17 @@ _MIGRATION_LOCK = 0x7474635F6C6F67  # "ttc_log": the advisory lock key that seri
 # "ttc_learn": serialises feedback, so each learning event's MAX + 1 is gapless and commits in
 # sequence order (a reader never sees seq n + 1 before n).
 _FEEDBACK_LOCK = 0x7474635F6C6561
+# Every replica waits for that lock, so its holder must not keep it for long: a replica frozen
+# inside the transaction (SIGSTOP, a paused VM, a host gone without closing its socket) has
+# its session ended by the server after ``FEEDBACK_IDLE_S`` idle in the transaction (the lock
+# goes with it; a healthy one runs the three statements back to back), and a waiter gives up
+# after ``FEEDBACK_LOCK_WAIT_S`` rather than hold its pool connection, which the durable
+# writer needs, indefinitely. Set for the feedback transaction only (``set_config(..., true)``).
+FEEDBACK_IDLE_S = 2
+FEEDBACK_LOCK_WAIT_S = 10
+_FEEDBACK_LIMITS = (
+    "SELECT set_config('idle_in_transaction_session_timeout', %s, true), "
+    "set_config('lock_timeout', %s, true)")
 
 
 class PostgresBackend:
@@ -124,6 +135,8 @@ class PostgresBackend:
         row = event = None
         try:
             async with self._pool.connection() as db, db.transaction():
+                await db.execute(_FEEDBACK_LIMITS,
+                                 (f"{FEEDBACK_IDLE_S}s", f"{FEEDBACK_LOCK_WAIT_S}s"))
                 await db.execute("SELECT pg_advisory_xact_lock(%s)", (_FEEDBACK_LOCK,))
                 found = await (await db.execute(
                     _FIND_IDS if key_name is None else _FIND_OWN_IDS,

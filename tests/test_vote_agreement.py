@@ -8,8 +8,8 @@ import pytest
 
 from router_models.plan import Plan, Scores
 from router_models.policies import PolicyError
-from router_models.policies.learned import IDLE_VOTE_ROOM, LearnedPolicy
-from router_models.policies.prior import sample_tokens
+from router_models.policies.learned import LearnedPolicy
+from router_models.policies.prior import DIRECT_ROOM, sample_tokens
 from router_models.vote_agreement import VoteAgreement
 from router_models.worlds import FIRST_WAVE, draw_world
 from service.app import create_app
@@ -55,7 +55,9 @@ def test_votes_whose_first_sample_always_agrees_become_one_answer_with_room():
     plan = policy.decide(GUESS).plan
     answer = policy.answer_tokens(0 if GUESS.difficulty < 0.1 else 3)
     assert plan.strategy == "direct"
-    assert plan.budget_tokens == IDLE_VOTE_ROOM * sample_tokens(answer)
+    assert plan.budget_tokens == DIRECT_ROOM * sample_tokens(answer)
+    # The same room as any direct answer to such a prompt: their outcomes count together.
+    assert policy.sized("direct", GUESS).budget_tokens == plan.budget_tokens
     assert "60 of the last 60 votes" in plan.reason and "one answer" in plan.reason
     # Another form of the same kind has its own evidence: it still votes.
     assert policy.decide(Scores(0.5, 0.1, 0.0, "choice")).plan.strategy == "parallel_vote"

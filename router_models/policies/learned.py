@@ -99,6 +99,7 @@ from router_models.policies.base import (
 from router_models.policies.prior import (
     KIND_NAMES,
     PRIOR_STRATEGY,
+    direct_room,
     fit_cap,
     fit_vote,
     kind_of,
@@ -137,10 +138,6 @@ FORCED_VOTE_WIDTH = 3  # a forced vote with no budget: the smallest vote with a 
 # many points (tune seeds 30-69 of bench/policy_sim.py, SIMULATION; README "Votes that buy
 # nothing").
 VOTE_GAIN_FLOOR = 0.05
-# The one answer that replaces such a vote gets this many samples' tokens as room: a sample is
-# sized to finish nine times in ten, and the vote it replaces outlived a cut sample; a direct
-# answer stops when done, so room is not spend.
-IDLE_VOTE_ROOM = 2
 # No plan this policy makes on its own exceeds this multiple of ``target_tokens``: the
 # operator's mean is a promise about spend, and a plan sized from answer lengths alone (a
 # model that writes long, a kind whose answers run to any cap) is otherwise bounded only by
@@ -385,8 +382,8 @@ class LearnedPolicy(Policy):
         if strategy == "parallel_vote" and not exploring and self._answers_once(scores):
             key = self.vote_key(scores)
             agreed, votes = self.agreement.count(key)
-            # Room for the one answer to finish: the vote it replaces outlived a cut sample.
-            room = IDLE_VOTE_ROOM * sample_tokens(answer)
+            # The room of any direct answer to such a prompt (``prior.direct_room``).
+            room = direct_room(answer, scores)
             plan = Plan("direct", room, depth_tokens=room, reason=(
                 f"{agreed} of the last {votes} votes of {key} elected their first sample's "
                 f"answer, so a vote gains at most {self.agreement.gain_bound(key):.0%} over "

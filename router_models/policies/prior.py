@@ -58,6 +58,14 @@ PRIOR_STRATEGY = {
 # A sample gets this multiple of the observed p90 answer length: room for the answer itself
 # and for variation between samples.
 HEADROOM = 1.25
+# A direct answer planned for a prompt that is not easy (an explored or learnt alternative, or
+# the one answer that replaces votes which buy nothing) gets this many samples' tokens as room:
+# a sample is sized to finish nine times in ten, and a vote outlives a cut sample where one
+# answer does not. A direct answer stops when done, so room is not spend. One room for those
+# paths, whose outcomes count together per kind, so that a kind learns of the plan it will run
+# (tune seeds 30-69 of bench/policy_sim.py, SIMULATION: after 100 feedbacks per kind, (b) median
+# share 76% against 75%, flat worlds' feedback target 3/3 against 2/3; (a) unchanged).
+DIRECT_ROOM = 2
 # A chain's cap is this multiple of a sample, times (1 + difficulty): a chain ends when its
 # answer is written, so the cap is room for long chains (whose length the answer-length
 # estimate of the kind may not know yet), not spend.
@@ -198,12 +206,16 @@ def size_plan(strategy: str, scores: Scores, answer_tokens: int, scale: float,
         complete samples comes back as one chain (``fit_vote``).
     """
     sample = sample_tokens(answer_tokens)
+    one = direct_room(answer_tokens, scores)
     if strategy == "direct":
-        return Plan("direct", sample, depth_tokens=sample)
+        return Plan("direct", one, depth_tokens=one)
     cap = int(sample * CHAIN_CAP * (1.0 + scores.difficulty))
     if strategy == "sequential":
         return Plan("sequential", cap, depth_tokens=cap)
     if strategy == "parallel_vote" and scores.difficulty < vote_above:
+        # The mean's own cut: one sample, since room is spent by models that think on
+        # (tune seeds 30-69, SIMULATION: two samples' room here took target 1 from 22/26
+        # literature worlds to 20/26).
         return Plan("direct", sample, depth_tokens=sample, reason=(
             f"the mean budget buys votes only above difficulty {vote_above:.2f}: one answer"))
     if strategy == "parallel_vote":
@@ -214,6 +226,13 @@ def size_plan(strategy: str, scores: Scores, answer_tokens: int, scale: float,
         return Plan("search", cap + QUERY_TOKENS * (search_calls - 1), depth_tokens=cap,
                     search_calls=search_calls)
     raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def direct_room(answer_tokens: int, scores: Scores) -> int:
+    """Tokens a direct answer gets: one sample (``sample_tokens``) for an easy prompt,
+    ``DIRECT_ROOM`` samples for any other."""
+    sample = sample_tokens(answer_tokens)
+    return sample if scores.difficulty < EASY_BELOW else DIRECT_ROOM * sample
 
 
 def vote_width_for(difficulty: float, scale: float, vote_width: int) -> int:

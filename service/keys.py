@@ -40,6 +40,11 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # A request with an unknown key reloads the keys, but not more often than this (seconds), so
 # a client trying wrong keys cannot turn every request into a database read.
 MISS_RELOAD_S = 0.25
+# How long a request waits for the keys to be read again (seconds). A read that takes longer
+# (new connections to the database hang while open ones work: a stopped postmaster, a failover
+# whose address does not answer yet) goes on in the background, and requests are served from
+# the keys last read, as when a read fails, rather than each waiting out the connect timeout.
+KEY_RELOAD_WAIT_S = 0.5
 
 
 class KeyStoreError(Exception):
@@ -299,7 +304,8 @@ class KeyRing:
         refresh_s: the snapshot's most age (seconds) before a request reloads it.
 
     A reload that fails keeps the previous snapshot (and logs a warning), so a database hiccup
-    neither opens a closed gateway nor locks every client out.
+    neither opens a closed gateway nor locks every client out; one that takes longer than
+    ``KEY_RELOAD_WAIT_S`` finishes in the background while requests use the previous snapshot.
     """
 
     def __init__(self, store: KeyStore, refresh_s: float = 1.0):
@@ -307,7 +313,8 @@ class KeyRing:
         self._refresh_s = refresh_s
         self._by_hash: dict[str, ApiKey] = {}
         self._loaded_at = float("-inf")
-        self._lock = asyncio.Lock()
+        self._reading: asyncio.Task[None] | None = None  # the read in progress, one at a time
+        self._reading_since = 0.0
 
     async def reload(self) -> None:
         """Read the active keys now.
@@ -320,16 +327,27 @@ class KeyRing:
         self._loaded_at = time.monotonic()
 
     async def _fresh(self, max_age_s: float) -> None:
+        """Read the keys again when the snapshot is older than ``max_age_s``, waiting for the
+        read at most ``KEY_RELOAD_WAIT_S`` from its start (requests that come during a slow
+        read share it and do not wait past that)."""
         if time.monotonic() - self._loaded_at <= max_age_s:
             return
-        async with self._lock:
-            if time.monotonic() - self._loaded_at <= max_age_s:
-                return  # another request reloaded while this one waited
-            try:
-                await self.reload()
-            except KeyStoreError as exc:
-                self._loaded_at = time.monotonic()  # retry after refresh_s, not every request
-                log.warning("could not reload the API keys, keeping the previous ones: %s", exc)
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.create_task(self._read_keeping(), name="ttc-keys-reload")
+            self._reading_since = time.monotonic()
+        left_s = self._reading_since + KEY_RELOAD_WAIT_S - time.monotonic()
+        if left_s > 0:  # asyncio.wait leaves the read running for the others at its timeout
+            await asyncio.wait({self._reading}, timeout=left_s)
+
+    async def _read_keeping(self) -> None:
+        try:
+            await self.reload()
+        except KeyStoreError as exc:
+            self._loaded_at = time.monotonic()  # retry after refresh_s, not every request
+            log.warning("could not reload the API keys, keeping the previous ones: %s", exc)
+        except Exception:  # a background read: never lose its error silently
+            self._loaded_at = time.monotonic()
+            log.exception("could not reload the API keys, keeping the previous ones")
 
     def limited(self) -> list[str]:
         """The names of the active keys (as last loaded) that have a limit, sorted."""

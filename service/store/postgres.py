@@ -61,6 +61,9 @@ _FEEDBACK_LOCK = 0x7474635F6C6561
 # writer needs, indefinitely. Set for the feedback transaction only (``set_config(..., true)``).
 FEEDBACK_IDLE_S = 2
 FEEDBACK_LOCK_WAIT_S = 10
+# A feedback transaction cut by these is tried again (``set_feedback``); a lock wait past
+# ``FEEDBACK_LOCK_WAIT_S`` (LockNotAvailable, also an OperationalError) is not.
+_CONNECTION_LOST = (psycopg.OperationalError, psycopg.errors.IdleInTransactionSessionTimeout)
 _FEEDBACK_LIMITS = (
     "SELECT set_config('idle_in_transaction_session_timeout', %s, true), "
     "set_config('lock_timeout', %s, true)")
@@ -126,6 +129,22 @@ class PostgresBackend:
 
     async def set_feedback(self, ident: str, score: float, time_s: float,
                            key_name: str | None = None) -> FeedbackApplied | None:
+        for attempt in (1, 2):
+            try:
+                return await self._set_feedback_once(ident, score, time_s, key_name)
+            except _CONNECTION_LOST as exc:
+                # Cut mid-transaction (a restart, a failover, or this replica's own session
+                # ended after it froze): it committed or it did not, so it is tried once more
+                # on a new connection; a decision is learned once either way (its event is
+                # unique), and at most the log counts the feedback twice.
+                if attempt == 2 or isinstance(exc, psycopg.errors.LockNotAvailable):
+                    raise StoreError(f"cannot record feedback: {exc}") from exc
+            except psycopg.Error as exc:
+                raise StoreError(f"cannot record feedback: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _set_feedback_once(self, ident: str, score: float, time_s: float,
+                                 key_name: str | None) -> FeedbackApplied | None:
         sql = ("UPDATE requests SET feedback_correct = %(correct)s, feedback_score = %(score)s,"
                " feedback_count = feedback_count + 1, feedback_time_s = %(time)s "
                "WHERE decision_id = %(target)s "
@@ -133,24 +152,20 @@ class PostgresBackend:
                "completion_tokens")
         args = {"correct": is_correct(score), "score": score, "time": time_s}
         row = event = None
-        try:
-            async with self._pool.connection() as db, db.transaction():
-                await db.execute(_FEEDBACK_LIMITS,
-                                 (f"{FEEDBACK_IDLE_S}s", f"{FEEDBACK_LOCK_WAIT_S}s"))
-                await db.execute("SELECT pg_advisory_xact_lock(%s)", (_FEEDBACK_LOCK,))
-                found = await (await db.execute(
-                    _FIND_IDS if key_name is None else _FIND_OWN_IDS,
-                    {"id": ident, "key": key_name})).fetchall()
-                target = decision_of(ident, found)  # AmbiguousId leaves the transaction
-                if target is not None:
-                    row = await (await db.execute(
-                        sql, {**args, "target": target})).fetchone()  # type: ignore[arg-type]
-                if row is not None:
-                    event = await (await db.execute(
-                        INSERT_LEARNING_EVENT.format(p="%s"),  # type: ignore[arg-type]
-                        (row[0], score, time_s))).fetchone()
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot record feedback: {exc}") from exc
+        async with self._pool.connection() as db, db.transaction():
+            await db.execute(_FEEDBACK_LIMITS, (f"{FEEDBACK_IDLE_S}s", f"{FEEDBACK_LOCK_WAIT_S}s"))
+            await db.execute("SELECT pg_advisory_xact_lock(%s)", (_FEEDBACK_LOCK,))
+            found = await (await db.execute(
+                _FIND_IDS if key_name is None else _FIND_OWN_IDS,
+                {"id": ident, "key": key_name})).fetchall()
+            target = decision_of(ident, found)  # AmbiguousId leaves the transaction
+            if target is not None:
+                row = await (await db.execute(
+                    sql, {**args, "target": target})).fetchone()  # type: ignore[arg-type]
+            if row is not None:
+                event = await (await db.execute(
+                    INSERT_LEARNING_EVENT.format(p="%s"),  # type: ignore[arg-type]
+                    (row[0], score, time_s))).fetchone()
         if row is None:
             return None
         return FeedbackApplied(row[0], row[1], row[2], row[3], first=row[4] == 1,

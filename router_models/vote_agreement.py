@@ -19,7 +19,7 @@ The bound is the one-sided ``CONFIDENCE`` Wilson upper bound of the disagreement
 last ``WINDOW`` votes of a key (statsmodels ``proportion_confint``): it is loose on few votes
 (no disagreement in 20 votes still bounds the gain at 12 points), so a kind is judged only on
 enough evidence, and it follows a backend whose behaviour changes as long as votes of the key
-are still run (a policy that gives an idle key one answer records no more of its own votes).
+are still run (``LearnedPolicy`` keeps exploring the vote of a key it gives one answer).
 """
 
 from __future__ import annotations

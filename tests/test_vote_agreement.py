@@ -80,6 +80,21 @@ def test_feedback_that_shows_one_answer_worse_brings_the_votes_back():
     assert policy.decide(GUESS).plan.strategy == "parallel_vote"
 
 
+def test_a_kind_whose_votes_gave_way_still_explores_the_vote():
+    policy = LearnedPolicy(exploration=0.3)
+    for _ in range(100):
+        policy.observe_vote(GUESS, True)
+    policy.update(GUESS, Plan("direct", 600, depth_tokens=600), True)  # feedback flows
+    plans = [policy.decide(GUESS).plan for _ in range(3000)]
+    votes = [p for p in plans if p.strategy == "parallel_vote"]
+    ones = [p for p in plans if p.strategy == "direct"]
+    assert votes and all("exploring parallel_vote" in p.reason and p.probability < 1
+                         for p in votes)
+    assert len(ones) > len(plans) / 2  # the one answer is what the kind runs
+    assert all("instead of direct" in p.reason for p in plans if "exploring" in p.reason)
+    assert policy.explored <= 0.3 * policy.exploring_decisions
+
+
 def test_votes_that_disagree_keep_voting_and_the_floor_zero_never_idles():
     disagreeing = LearnedPolicy(vote_gain_floor=0.05)
     never = LearnedPolicy(vote_gain_floor=0.0)

@@ -471,24 +471,30 @@ class LearnedPolicy(Policy):
 
         feedback_flows = bool(self.trials.any())
         self.exploring_decisions += feedback_flows
+        # What the kind's plan runs: one direct answer where its votes buy too little. Then a
+        # real vote is an alternative to explore, so that the votes' agreement and outcomes
+        # keep coming and feedback can bring the votes back.
+        running = "direct" if (current == "parallel_vote"
+                               and self._answers_once(scores)) else current
         alternatives = [a for a in plausible_strategies(scores)
-                        if a != current and not self.eliminated(kind, a)]
+                        if a != running and not self.eliminated(kind, a)]
         may_explore = feedback_flows and bool(alternatives) and self.exploration > 0 and (
             self.explored + 1 <= self.exploration * self.exploring_decisions)
         rate = self._exploration_rate(kind, alternatives) if may_explore else 0.0
-        probabilities = {current: 1.0 - rate}
+        probabilities = {running: 1.0 - rate}
         if may_explore:
             probabilities.update(self._exploration_shares(kind, alternatives, rate))
-        chosen = current
+        chosen = running
         if may_explore and rng.random() < rate:
             weights = [probabilities[a] for a in alternatives]
             chosen = rng.choices(alternatives, weights=weights)[0]
             self.explored += 1
-        plans = {a: self.sized(a, scores, budget_tokens, exploring=a != current)
+        plans = {a: self.sized(current if a == running else a, scores, budget_tokens,
+                               exploring=a != running)
                  for a in probabilities}
         prior_note = "the prior" if current == PRIOR_STRATEGY[name] else "learnt from feedback"
-        reason = (f"{name}: {current} ({prior_note})" if chosen == current else
-                  f"{name}: exploring {chosen} (share {self.exploration:g}) instead of {current}")
+        reason = (f"{name}: {current} ({prior_note})" if chosen == running else
+                  f"{name}: exploring {chosen} (share {self.exploration:g}) instead of {running}")
         plan = plans[chosen]
         if plan.reason:
             reason += f"; {plan.reason}"

@@ -117,16 +117,22 @@ def paired(a: Sequence[bool], b: Sequence[bool]) -> Paired:
 
 
 def recorded_since(bank: Bank, old: Bank) -> Bank:
-    """``bank`` without the runs ``old`` holds (by key): what was recorded since ``old``.
+    """``bank`` without the runs ``old`` holds (by key): what was recorded since ``old``. The
+    result's ``meta["since"]`` names ``old``'s folder (the report says so).
 
     Raises:
-        BankError: no run is new.
+        BankError: no run is new, or the two were recorded from different model files (their
+            ``model_sha256`` differ: runs of the same key are then not the same outcomes).
     """
+    ours, theirs = bank.meta.get("model_sha256"), old.meta.get("model_sha256")
+    if ours and theirs and ours != theirs:
+        raise BankError(f"{old.path} was recorded from another model file ({theirs[:12]}, "
+                        f"not {ours[:12]})")
     known = {run.key for run in old.runs}
     fresh = [run for run in bank.runs if run.key not in known]
     if not fresh:
         raise BankError(f"every run of {bank.path} is in {old.path}")
-    return Bank(fresh, bank.meta, bank.path)
+    return Bank(fresh, {**bank.meta, "since": str(old.path)}, bank.path)
 
 
 def families(bank: Bank) -> dict[str, list[BankRun]]:
@@ -653,7 +659,9 @@ def render(findings: Findings) -> str:
         ["| family | greedy chains cut | samples cut |", "| --- | ---: | ---: |"]
         + [f"| {f} | {100 * g:.0f}% | {100 * c:.0f}% |" for f, (g, c) in findings.cut.items()])
     return "\n\n".join([
-        f"Outcome bank `{bank.path}`: {len(bank)} runs, items per suite: {per_suite}; model "
+        f"Outcome bank `{bank.path}`"
+        + (f" (only the runs not in `{bank.meta['since']}`)" if "since" in bank.meta else "")
+        + f": {len(bank)} runs, items per suite: {per_suite}; model "
         f"`{bank.meta.get('model_file')}`; read {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. "
         "Accuracy in % with Wilson 95% intervals; (N t) = mean completion tokens spent.",
         "### a. Votes against one chain at equal tokens",

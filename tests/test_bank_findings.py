@@ -257,7 +257,12 @@ def test_since_an_older_bank_only_the_runs_recorded_after_it_are_read(
     with pytest.raises(BankError, match="every run"):
         recorded_since(bank, bank)
     main(["--bank", str(FIXTURE), "--budgets", "64", "--since-bank", str(old)])
-    assert "1 runs, items per suite: mmlu 1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "1 runs, items per suite: mmlu 1" in printed
+    assert f"(only the runs not in `{old}`)" in printed
+    other = Bank(Bank.load(old).runs, {"model_sha256": "0" * 64}, old)
+    with pytest.raises(BankError, match="another model file"):
+        recorded_since(Bank(bank.runs, {"model_sha256": "1" * 64}, FIXTURE), other)
     with pytest.raises(SystemExit):
         main(["--bank", str(FIXTURE), "--since-bank", str(FIXTURE)])
 

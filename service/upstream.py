@@ -48,6 +48,7 @@ from service import metrics, tracing
 from service.breaker import CircuitBreaker, ConcurrencyGate
 from service.errors import (
     GatewayError,
+    InvalidRequest,
     UpstreamClientError,
     UpstreamError,
     UpstreamRateLimited,
@@ -63,6 +64,9 @@ HOP_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
      "server", "date"}
 )
+# The most URLs ``UpstreamClient`` keeps parsed: its own few paths are parsed once each, while
+# a forwarded call's path is the client's choice, so an unbounded cache grew with every new one.
+MAX_CACHED_URLS = 256
 # The most a Retry-After from a backend may delay one retry; longer waits become a 429 reply.
 MAX_RETRY_AFTER_S = 5.0
 # ``ttc_upstream_requests_total``'s status for a reply whose body failed after its 2xx headers:
@@ -522,6 +526,8 @@ class UpstreamClient:
             done the work) ``UpstreamError`` for a JSON reply cut off or not JSON.
         """
 
+        url = self._url(backend, path)  # a path no URL can hold is the client's 400, untried
+
         async def attempt(last: bool) -> tuple[int, dict[str, str], ForwardedBody]:
             started = time.perf_counter()
             # A forwarded call holds its slot until the reply's headers arrive (a JSON reply:
@@ -530,7 +536,7 @@ class UpstreamClient:
             gate = self._gate(backend)
             await gate.acquire()
             try:
-                response = await self._exchange(backend, method, self._url(backend, path),
+                response = await self._exchange(backend, method, url,
                                                 body, _auth_headers(backend, headers), acct,
                                                 count_2xx=False)
                 if response.status_code in RETRYABLE_STATUSES and not last:
@@ -657,12 +663,22 @@ class UpstreamClient:
         return response
 
     def _url(self, backend: Backend, path: str) -> httpx.URL:
+        """``backend``'s URL for ``path`` (which starts with ``/``, and may hold a query).
+
+        Raises:
+            InvalidRequest: no URL can hold ``path`` (a forwarded call's path with a control
+                character, say): the client's fault, a 400 naming ``path``.
+        """
         # Parsing a URL string is a visible share of the per-request CPU: parse each once.
         key = (backend.base_url, path)
         url = self._urls.get(key)
         if url is None:
-            url = httpx.URL(backend.base_url + path)
-            if "?" not in path:
+            try:
+                url = httpx.URL(backend.base_url + path)
+            except httpx.InvalidURL as exc:
+                raise InvalidRequest(f"the path cannot be forwarded: {exc}",
+                                     param="path") from exc
+            if "?" not in path and len(self._urls) < MAX_CACHED_URLS:
                 self._urls[key] = url
         return url
 

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.app import create_app
 from tests.conftest import gateway_client, make_settings
 
 CHAT = "/v1/chat/completions"
@@ -178,3 +179,42 @@ def test_fuzzed_requests_never_get_a_5xx(endpoint, body, headers, raw):
     if reply.status_code >= 400:
         assert envelope_ok(reply), reply.text
     assert follow_up.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/a%12b", "/v1/files%00", "/v1/embeddings%7F"])
+async def test_a_control_character_in_a_forwarded_path_is_a_400(path):
+    # Found by schemathesis: a forwarded path holding a control character is no URL the
+    # backend can be asked for (httpx.InvalidURL), and was a 500 with a traceback in the log.
+    async with gateway_client(answering_backend()) as client:
+        for method in ("GET", "POST", "DELETE"):
+            reply = await client.request(method, path, json={"model": "fake-model"})
+            assert reply.status_code == 400, reply.text
+            assert envelope_ok(reply)
+            assert reply.json()["error"]["param"] == "path"
+        assert (await client.post(CHAT, json=GOOD)).status_code == 200
+
+
+async def test_forwarded_paths_do_not_grow_the_gateway_without_bound():
+    # Every distinct forwarded path was parsed into a URL and kept for the life of the
+    # process: a client walking /v1/<random> grew the gateway's memory without limit.
+    app = create_app(make_settings(), transport=answering_backend())
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                  base_url="http://gateway.test") as client):
+        for i in range(3000):
+            assert (await client.get(f"/v1/files/file-{i}")).status_code == 200
+        cached = len(app.state.gateway.client._urls)
+        assert cached <= 256, cached
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("TRACE", "/health", "GET"), ("POST", "/metrics", "GET"),
+    ("TRACE", "/v1/chat/completions", "POST"), ("TRACE", "/v1/feedback", "POST")])
+async def test_a_method_not_allowed_is_a_405_that_says_which_are(method, path, allowed):
+    # Found by schemathesis: the 405 came in the envelope but without the Allow header that
+    # RFC 9110 requires of it (the HTTP error handler dropped Starlette's headers).
+    async with gateway_client(answering_backend()) as client:
+        reply = await client.request(method, path)
+        assert reply.status_code == 405, reply.text
+        assert envelope_ok(reply)
+        assert allowed in [m.strip() for m in reply.headers["allow"].split(",")]

@@ -21,13 +21,20 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from router_models.answers import load_latex_parser
 from service import __version__, metrics, tracing
 from service.admission import AdmissionMiddleware
 from service.backends import BackendRegistry
 from service.deps import Gateway
-from service.errors import GatewayError, InvalidRequest, NotFound, UnprocessableRequest
+from service.errors import (
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    UnprocessableRequest,
+)
 from service.experiments import Experiments
 from service.hotpath import HotPath
 from service.keys import KeyRing, open_key_store
@@ -168,6 +175,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         error: GatewayError
         if exc.status_code == 404:
             error = NotFound(f"no route for {request.method} {request.url.path}")
+        elif exc.status_code == 405:
+            error = MethodNotAllowed(str(exc.detail), allow=_allowed_methods(request))
         else:
             error = InvalidRequest(str(exc.detail))
             error.status = exc.status_code
@@ -176,3 +185,17 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         return unexpected_error_response(request, exc)
+
+
+def _allowed_methods(request: Request) -> str:
+    """The ``Allow`` header of a 405 for ``request``'s path: every method some route serves
+    there. Starlette's own names only the first route's, and the forwarding routes are one
+    per method (``service.routes.proxy``), so it would allow GET alone on ``/v1/...``."""
+    routes = request.app.router.routes
+    allowed = [method for method in _METHODS
+               if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
+                      for route in routes)]
+    return ", ".join(allowed)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

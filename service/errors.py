@@ -9,6 +9,7 @@ boundary where they happen, ``raise ...Error(...) from exc``.
     +-- InvalidRequest                 400 invalid_request_error
     |   +-- UnprocessableRequest       422 invalid_request_error
     |   +-- RequestTooLarge            413 invalid_request_error
+    |   +-- MethodNotAllowed           405 invalid_request_error (with its Allow header)
     +-- Unauthorized                   401 authentication_error (missing or wrong bearer token)
     +-- Forbidden                      403 permission_error (an admin surface, no admin key)
     +-- NotFound                       404 not_found_error (unknown model, unknown route)
@@ -70,6 +71,23 @@ class UnprocessableRequest(InvalidRequest):
 
 class RequestTooLarge(InvalidRequest):
     status = 413
+
+
+class MethodNotAllowed(InvalidRequest):
+    """A route asked for with a method it does not serve.
+
+    Args:
+        allow: the methods it serves, for the ``Allow`` header RFC 9110 requires of a 405.
+    """
+
+    status = 405
+
+    def __init__(self, message: str, *, allow: str):
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow}
 
 
 class Unauthorized(GatewayError):

@@ -275,16 +275,18 @@ def vote_accuracy(dist: dict[str, float], width: int, trials: int = VOTE_TRIALS,
 def _temper(dist: dict[str, float], temperature: float) -> dict[str, float]:
     if temperature == 1.0:
         return dist
-    if temperature <= 0:
-        # Greedy: the most likely answer; answers tied for it share the mass, so a greedy
-        # guess among equally likely options is right by chance, not always (the first key
-        # is the right answer: picking it on a tie made every greedy guess right).
-        top = max(dist.values())
-        best = [x for x, p in dist.items() if p == top]
-        return {x: (1.0 / len(best) if x in best else 0.0) for x in dist}
-    powered = {x: p ** (1.0 / temperature) for x, p in dist.items()}
-    total = sum(powered.values())
-    return {x: p / total for x, p in powered.items()}
+    if temperature > 0:
+        powered = {x: p ** (1.0 / temperature) for x, p in dist.items()}
+        total = sum(powered.values())
+        if total > 0:
+            return {x: p / total for x, p in powered.items()}
+        # A temperature so near 0 (1e-40) that every power underflowed: greedy, as at 0.
+    # Greedy: the most likely answer; answers tied for it share the mass, so a greedy
+    # guess among equally likely options is right by chance, not always (the first key
+    # is the right answer: picking it on a tie made every greedy guess right).
+    top = max(dist.values())
+    best = [x for x, p in dist.items() if p == top]
+    return {x: (1.0 / len(best) if x in best else 0.0) for x in dist}
 
 
 def _clamp(difficulty: float) -> float:

@@ -86,3 +86,24 @@ async def test_the_plain_sim_ends_a_choice_at_its_stop_string(stream: bool) -> N
     # Each choice generated its words before the stop plus the stop's two.
     expected = sum(len(t[:t.index("The answer")].split()) + 2 for t in texts)
     assert usage["completion_tokens"] == expected
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 5e-324])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+async def test_the_plain_sim_answers_a_temperature_just_above_zero(path: str,
+                                                                  temperature: float) -> None:
+    # Found fuzzing the gateway in front of the sim: every answer's probability raised to the
+    # power 1/temperature underflowed to 0.0, and the sim divided by their sum (a 500, which
+    # the gateway passed on as a 502). A temperature this small is as good as greedy.
+    sim = apps()[0]
+    question = "What is 2 + 2?"
+    body = ({"messages": [{"role": "user", "content": question}]} if "chat" in path
+            else {"prompt": question})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim),
+                                 base_url="http://sim.test") as client:
+        tiny = await client.post(path, json={"model": "m", "seed": 1, "max_tokens": 400,
+                                             "temperature": temperature, **body})
+        greedy = await client.post(path, json={"model": "m", "seed": 1, "max_tokens": 400,
+                                               "temperature": 0, **body})
+    assert tiny.status_code == 200, tiny.text
+    assert tiny.json()["choices"] == greedy.json()["choices"]

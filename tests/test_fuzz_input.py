@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -218,3 +219,21 @@ async def test_a_method_not_allowed_is_a_405_that_says_which_are(method, path, a
         assert reply.status_code == 405, reply.text
         assert envelope_ok(reply)
         assert allowed in [m.strip() for m in reply.headers["allow"].split(",")]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(paths=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=20),
+       method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE"]))
+def test_fuzzed_forwarded_paths_never_get_a_5xx(paths, method):
+    async def run() -> list[httpx.Response]:
+        async with gateway_client(answering_backend()) as client:
+            return [await client.request(method, "/v1/" + quote(path, safe="/?=&"),
+                                         json={"model": "fake-model"})
+                    for path in paths] + [await client.post(CHAT, json=GOOD)]
+
+    *replies, follow_up = asyncio.run(run())
+    for reply in replies:
+        assert reply.status_code < 500, (reply.request.url, reply.text)
+        if reply.status_code >= 400:
+            assert envelope_ok(reply), reply.text
+    assert follow_up.status_code == 200

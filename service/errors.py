@@ -194,13 +194,19 @@ class UpstreamError(GatewayError):
 
 class UpstreamClientError(UpstreamError):
     """The backend refused the request itself (a 4xx such as a context-length overflow): the
-    client sees the backend's status and message, since the fault is in the request."""
+    client sees the backend's status and message, since the fault is in the request.
+    ``allow``: a 405's ``Allow`` header, passed on as the backend sent it."""
 
     def __init__(self, message: str, *, status: int, param: str | None = None,
-                 code: str | None = None, error_type: str | None = None):
+                 code: str | None = None, error_type: str | None = None,
+                 allow: str | None = None):
         super().__init__(message, param=param, code=code)
         self.status = status
         self.type = error_type or "invalid_request_error"
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow} if self.allow is not None else {}
 
 
 class UpstreamRateLimited(UpstreamError):

@@ -984,7 +984,8 @@ def _error_from_status(status: int, payload: bytes, headers: Mapping[str, str],
         return UpstreamTimeout("the backend timed out", code="upstream_408")
     if 400 <= status < 500:
         return UpstreamClientError(message or f"the backend refused the request ({status})",
-                                   status=status, param=param, code=code, error_type=error_type)
+                                   status=status, param=param, code=code, error_type=error_type,
+                                   allow=headers.get("allow") if status == 405 else None)
     return UpstreamError(f"backend error {status}: {message}" if message
                          else f"backend error {status}", code="upstream_5xx")
 

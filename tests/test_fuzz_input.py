@@ -237,3 +237,19 @@ def test_fuzzed_forwarded_paths_never_get_a_5xx(paths, method):
         if reply.status_code >= 400:
             assert envelope_ok(reply), reply.text
     assert follow_up.status_code == 200
+
+
+async def test_a_backends_405_keeps_its_allow_header():
+    # Found by schemathesis through the sim (PUT /v1/chat/completions, forwarded): the
+    # backend's 405 came back in the envelope, its Allow header dropped on the way.
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"data": [{"id": "fake-model"}]})
+        return httpx.Response(405, headers={"Allow": "POST"},
+                              json={"error": {"message": "Method Not Allowed"}})
+
+    async with gateway_client(httpx.MockTransport(handle)) as client:
+        reply = await client.put("/v1/embeddings", json={"model": "fake-model"})
+    assert reply.status_code == 405
+    assert envelope_ok(reply)
+    assert reply.headers["allow"] == "POST"

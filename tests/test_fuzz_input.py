@@ -253,3 +253,25 @@ async def test_a_backends_405_keeps_its_allow_header():
     assert reply.status_code == 405
     assert envelope_ok(reply)
     assert reply.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize(("model", "controls"), [
+    ("auto", {"max_tokens": 1}),
+    ("fake-model", {"max_tokens": 1, "router": {"strategy": "sequential"}}),
+    ("fake-model", {"max_tokens": 1, "router": {"strategy": "parallel_vote"}}),
+    ("fake-model", {"router": {"budget_tokens": 1}}),
+    ("auto", {"router": {"strategy": "direct", "budget_tokens": 1}})])
+async def test_a_budget_smaller_than_best_of_is_a_400(model, controls, stream):
+    # Found by schemathesis: {"model": "auto", "prompt": ..., "best_of": 2, "max_tokens": 1}
+    # was a 502 upstream_error "the chain could not be started" (budget_spent): the budget
+    # cannot give each of best_of's candidates a token, which is the request's fault.
+    body = {"model": model, "prompt": "What is 2 + 2?", "best_of": 2, "stream": stream,
+            **controls}
+    async with gateway_client(answering_backend()) as client:
+        reply = await client.post("/v1/completions", json=body)
+        assert reply.status_code == 400, reply.text
+        assert envelope_ok(reply)
+        assert reply.json()["error"]["param"] == "best_of"
+        fits = await client.post("/v1/completions", json={**body, "best_of": 1})
+        assert fits.status_code == 200, fits.text

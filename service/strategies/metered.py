@@ -111,12 +111,14 @@ class Metered:
 
         Raises:
             InvalidRequest: the request's first call finds ``budget_total_tokens`` too small
-                for its prompt's upper bound and one token of answer (400).
+                for its prompt's upper bound and one token of answer, or the budget too
+                small for one token per candidate (400).
         """
         ledger = call.ledger
         bound = prompt_bound(call, body) if ledger.total_budget_tokens is not None else 0
+        first = ledger.spent == ledger.prompt_spent == ledger.reserved == 0
         if (ledger.total_budget_tokens is not None and bound >= ledger.total_budget_tokens
-                and ledger.spent == ledger.prompt_spent == ledger.reserved == 0):
+                and first):
             raise InvalidRequest(
                 f"budget_total_tokens ({ledger.total_budget_tokens}) leaves no room for an "
                 f"answer after the prompt (at most {bound} tokens, counted as UTF-8 bytes "
@@ -132,6 +134,11 @@ class Metered:
         per = granted // width
         if per < 1:
             call.ledger.settle(granted, 0, prompt_reserved=bound)
+            if first:  # the whole budget cannot start one call: the request's fault, not a 502
+                param = "best_of" if width > n else "n"
+                raise InvalidRequest(
+                    f"the token budget ({granted} tokens) is smaller than the {width} "
+                    f"candidates {param} asks for, each at least one token", param=param)
             return None
         if per * width != granted:
             call.ledger.settle(granted - per * width, 0)

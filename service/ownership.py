@@ -37,6 +37,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -79,10 +80,14 @@ def target_of(path: str) -> Target:
     Raises:
         InvalidRequest: a ``.`` or ``..`` segment, or an empty one before the last (400): the
             upstream URL would resolve them, so ``embeddings/../files/ID`` would reach a file
-            while reading as an embedding call.
+            while reading as an embedding call. So is a segment that becomes one of those, or
+            splits, once percent-decoded again (``%2e%2e``, ``..%2f``, ``%5c``: the client
+            sent them encoded twice), or that holds a backslash: the path is forwarded as
+            decoded once, and the backend or a proxy before it (nginx) decodes and resolves
+            it again.
     """
     parts = path.split("/")
-    if any(part in (".", "..") for part in parts) or "" in parts[:-1]:
+    if any(_steers(part) for part in parts) or "" in parts[:-1]:
         raise InvalidRequest("a path may not hold '.', '..' or empty segments")
     if parts[0] in STATELESS:
         return Target(None, None)
@@ -93,6 +98,14 @@ def target_of(path: str) -> Target:
     if f"{kind}/{rest[0]}" in _ACTIONS:
         return Target(kind, None)
     return Target(kind, rest[0])
+
+
+def _steers(segment: str) -> bool:
+    """Whether a path segment is, or decodes to, a dot segment or more than one segment."""
+    if segment in (".", "..") or "\\" in segment:
+        return True
+    decoded = unquote(segment)
+    return decoded in (".", "..") or "/" in decoded or "\\" in decoded
 
 
 @dataclass(frozen=True)

@@ -346,6 +346,28 @@ async def test_dot_segments_cannot_steer_a_stateless_call_to_an_object():
     assert backend.calls == []
 
 
+async def test_dot_segments_encoded_twice_cannot_steer_a_stateless_call_to_an_object():
+    # The gateway forwards the path as decoded once; the backend, or a proxy in front of it
+    # (nginx resolves '%2e%2e' and '%2f'), decodes it again, and would reach the file.
+    settings = make_settings()
+    keys = open_key_store(settings.data_dir, None)
+    alice, bob = keys.create("alice"), keys.create("bob")
+    backend = ObjectBackend()
+    async with gateway_client(backend.transport(), settings) as client:
+        ident = (await client.post("/v1/files", files={"file": ("a.jsonl", b"{}")},
+                                   data={"purpose": "batch"}, headers=bearer(alice))).json()["id"]
+        backend.calls.clear()
+        for path in (f"/v1/embeddings/%252e%252e/files/{ident}",
+                     f"/v1/embeddings/%252E./files/{ident}",
+                     f"/v1/embeddings/..%252ffiles%252f{ident}",
+                     f"/v1/embeddings/%255c..%255cfiles%255c{ident}",
+                     f"/v1/embeddings/..%5Cfiles%5C{ident}"):
+            refused = await client.get(path, headers=bearer(bob))
+            assert refused.status_code == 400, (path, refused.text)
+            assert refused.json()["error"]["type"] == "invalid_request_error"
+    assert backend.calls == []
+
+
 def test_what_a_path_names():
     assert target_of("files") == Target("files", None)
     assert target_of("files/") == Target("files", None)

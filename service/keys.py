@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from service.store.sqlite import create_private
+
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "ttc-"
@@ -218,7 +220,7 @@ class SqliteKeyStore(_SqlKeyStore):
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            create_private(self.path)
             db = sqlite3.connect(self.path, timeout=5.0)
         except (OSError, sqlite3.Error) as exc:
             raise KeyStoreError(f"cannot open the key database {self.path}: {exc}") from exc

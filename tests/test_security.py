@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 
 import httpx
@@ -147,3 +148,24 @@ async def test_prompts_are_logged_only_when_the_operator_opts_in(caplog):
             record = await app.state.gateway.request_log.get(reply.headers["x-ttc-decision-id"])
         assert PROMPT not in caplog.text  # never in the process log
         assert (record.prompt_text is not None and PROMPT in record.prompt_text) == keep
+
+
+async def test_the_data_dir_and_its_databases_are_private_to_the_gateways_user():
+    # The request log keeps prompts and answers (log_text), and the key store every tenant's
+    # name and limits: under the usual umask (022) they were made readable by every local user.
+    data = Path(os.environ["TTC_DATA_DIR"])
+    previous = os.umask(0o022)
+    try:
+        key = new_key("alice")
+        async with gateway_client(Recorder().transport(), make_settings(log_text=True)) as client:
+            reply = await client.post(CHAT, headers={"authorization": f"Bearer {key}"}, json={
+                "model": "fake-model", "messages": [{"role": "user", "content": PROMPT}]})
+            assert reply.status_code == 200
+            made = sorted(path.name for path in data.iterdir())
+            assert {"keys.db", "requests.db"} <= set(made)
+            for path in data.iterdir():  # the databases, their -wal and -shm files
+                if path.is_file():
+                    assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, (path.name, made)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700

@@ -119,6 +119,8 @@ class LocalIndex:
             if not create:
                 raise SearchError(f"the local search index at {self.path} is empty: add "
                                   "documents with `ttc-router index add PATH...`")
+            # The data directory private to this user when made here, as the request log's.
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.path.mkdir(parents=True, exist_ok=True)
         try:
             # An existing index is opened with the schema it was built with (its analyzers).

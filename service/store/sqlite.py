@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +60,20 @@ _ARM_TOTALS = (
     "COALESCE(SUM(CAST(completion_tokens AS REAL) * completion_tokens), 0), "
     "SUM(feedback_count > 0), SUM(feedback_count > 0 AND feedback_correct) "
     "FROM requests WHERE experiment = ? AND arm IS NOT NULL GROUP BY arm ORDER BY arm")
+
+
+def create_private(path: Path) -> None:
+    """Make the database file ``path`` (and its folder, the data directory) readable by this
+    user only, when they do not exist yet: the request log keeps prompts and answers, the key
+    store every tenant's name and limits, and under the usual umask (022) both were readable
+    by every local user. SQLite gives the ``-wal`` and ``-shm`` files the database file's
+    mode. An existing file or folder keeps its mode: the operator may have chosen it.
+
+    Raises:
+        OSError: the folder or the file cannot be made (or the file opened).
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
 
 
 def enable_wal(db: sqlite3.Connection, timeout_s: float) -> None:
@@ -135,7 +150,7 @@ class SqliteBackend:
     async def open(self) -> None:
         def connect() -> None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                create_private(self.path)
                 db = sqlite3.connect(self.path, isolation_level=None,
                                      timeout=self._busy_timeout_s)
                 enable_wal(db, self._busy_timeout_s)

@@ -14,7 +14,11 @@ before every route:
 - every response of a key carries its ``x-ratelimit-*`` headers, as OpenAI's do;
 - a token reservation made by the completion route is settled once the response is sent;
 - a request still running when the shutdown deadline cancels it gets a 503 in the envelope, or,
-  when its stream had started, a final error event and ``data: [DONE]``.
+  when its stream had started, a final error event and ``data: [DONE]``;
+- a client that does not take a piece of its response within ``client_send_timeout_s`` (it
+  stopped reading and keeps the connection: a full TCP window) is cut off as if it had left
+  (``ClientStalled``): its stream would otherwise hold its backend's concurrency slot for as
+  long as the client liked, and a few such streams of one key make every tenant wait.
 
 The completion route calls ``reserve_for_call`` between planning and the first upstream
 call: it applies the operator's caps (``max_n``, ``max_budget_tokens``, ``max_samples``) and
@@ -67,6 +71,13 @@ _STATE = "ttc_admission"
 _ADMIN = "ttc_admin"
 
 
+class ClientStalled(BaseException):
+    """The client took no piece of its response for ``client_send_timeout_s``: the request
+    ends as if the client had left. A ``BaseException``, like a cancellation, so that no
+    error handler on its way (Starlette's, FastAPI's) turns it into a 500 for a response that
+    has started; ``AdmissionMiddleware`` ends the request with it."""
+
+
 @dataclass
 class Admission:
     """A request admitted with a key: the key, the ``x-ratelimit-*`` headers its response
@@ -100,7 +111,7 @@ class AdmissionMiddleware:
         if scope["type"] != "http" or gw is None:
             await self.app(scope, receive, send)
             return
-        tracker = _Tracker(send)
+        tracker = _Tracker(send, gw.settings.client_send_timeout_s)
         admission: Admission | None = None
         try:
             try:
@@ -112,6 +123,10 @@ class AdmissionMiddleware:
                 scope.setdefault("state", {})[_STATE] = admission
                 tracker.extra_headers = admission.headers
             await self.app(scope, receive, tracker.send)
+        except ClientStalled:
+            # The server closes a connection whose response was not completed.
+            log.info("cut off %s %s: its client took no part of the response for %g s",
+                     scope.get("method"), scope["path"], gw.settings.client_send_timeout_s)
         except asyncio.CancelledError:
             if not await tracker.cut_off():
                 raise
@@ -123,6 +138,7 @@ class AdmissionMiddleware:
             if task is not None:
                 task.uncancel()
         finally:
+            tracker.close()
             if admission is not None and admission.reservation is not None:
                 await gw.limiter.settle(admission.reservation)
 
@@ -333,8 +349,13 @@ class _Tracker:
     """Wraps ``send``: adds the key's ``x-ratelimit-*`` headers, and remembers how far the
     response got, so that a request cancelled at shutdown can still end cleanly."""
 
-    def __init__(self, send: Send):
+    def __init__(self, send: Send, send_timeout_s: float | None = None):
         self._send = send
+        self._send_timeout_s = send_timeout_s
+        self._sender: asyncio.Task[Any] | None = None
+        self._sending_since: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._stalled = False
         self.extra_headers: dict[str, str] = {}
         self.started = False
         self.finished = False
@@ -361,7 +382,55 @@ class _Tracker:
                 self.at_event_boundary = body.endswith(b"\n\n")
             if not message.get("more_body", False):
                 self.finished = True
+            await self._send_body(message)
+            return
         await self._send(message)
+
+    async def _send_body(self, message: Message) -> None:
+        """Send a body message, cutting the client off (``ClientStalled``) when it does not
+        take it within the timeout. One timer per request (``_watch``), not one per message:
+        an ``asyncio.timeout`` around each cost 6 us a message, milliseconds a long stream."""
+        if self._send_timeout_s is None:
+            await self._send(message)
+            return
+        loop = asyncio.get_running_loop()
+        # The task that sends: Starlette streams in a task of its own.
+        self._sender = asyncio.current_task()
+        self._sending_since = loop.time()
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._send_timeout_s, self._watch)
+        try:
+            await self._send(message)
+        except asyncio.CancelledError:
+            if not self._stalled or self._sender is None:
+                raise
+            if self._sender.uncancel() > 0:  # cancelled for another reason too (shutdown)
+                raise
+            self.finished = False  # not sent: nothing more can be
+            raise ClientStalled() from None
+        finally:
+            self._sending_since = None
+
+    def _watch(self) -> None:
+        """The timer: cancel the send that has waited ``_send_timeout_s``, or wait on for the
+        one in progress; idle, it stops (the next send starts it again)."""
+        self._watchdog = None
+        since = self._sending_since
+        if since is None or self._sender is None or self._send_timeout_s is None:
+            return
+        loop = asyncio.get_running_loop()
+        left_s = since + self._send_timeout_s - loop.time()
+        if left_s > 0:
+            self._watchdog = loop.call_later(left_s, self._watch)
+            return
+        self._stalled = True
+        self._sender.cancel()
+
+    def close(self) -> None:
+        """Stop the timer (the response is over)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     async def cut_off(self) -> bool:
         """Answer a request cancelled before it finished (the shutdown deadline passed);
@@ -375,11 +444,12 @@ class _Tracker:
             if not self.started:
                 await _send_error(self._send, error)
             elif self.sse and self.at_event_boundary:
-                await self._send({"type": "http.response.body", "more_body": False,
-                                  "body": b"data: " + error_json(error) + b"\n\ndata: [DONE]\n\n"})
+                await self._send_body({"type": "http.response.body", "more_body": False,
+                                       "body": b"data: " + error_json(error)
+                                       + b"\n\ndata: [DONE]\n\n"})
             else:
                 return False
-        except Exception:  # the connection is already gone: nothing more to say
+        except (Exception, ClientStalled):  # the connection is gone or stalled: nothing more
             log.debug("could not answer a request cut off at shutdown", exc_info=True)
             return False
         return True

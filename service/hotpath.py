@@ -25,10 +25,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import metrics, tracing
-from service.admission import AdmissionMiddleware
+from service.admission import AdmissionMiddleware, ClientStalled
 from service.disconnect import noting_disconnect
 from service.errors import ClientClosed, GatewayError
-from service.latency import CALL, RECEIVED, ClientTimer
+from service.latency import CALL, DISCONNECTED, RECEIVED, ClientTimer
 from service.rendering import error_response, unexpected_error_response
 from service.routes.completions import chat_completions, completions
 
@@ -104,5 +104,14 @@ class HotPath:
             response = error_response(exc)
         except Exception as exc:  # a bug: a 500 in the envelope, and the gateway keeps serving
             response = unexpected_error_response(request, exc)
-        await response(scope, receive, send)
+        try:
+            await response(scope, receive, send)
+        except ClientStalled:
+            # Cut off as a client that left: its stream is recorded (499) and its upstream
+            # call closed now, not when the abandoned body is collected.
+            scope[DISCONNECTED] = True
+            close = getattr(getattr(response, "body_iterator", None), "aclose", None)
+            if close is not None:
+                await close()
+            raise
 

@@ -292,6 +292,9 @@ class Settings(BaseSettings):
     # Circuit breaker: consecutive failures that take a backend out, and for how long (s).
     breaker_failures: int = Field(5, ge=1)
     breaker_cool_down_s: float = Field(30.0, gt=0)
+    # A client that takes longer than this (s) to take one piece of its response (it stopped
+    # reading: a full TCP window) is cut off, so that its stream frees its backend slot.
+    client_send_timeout_s: float = Field(60.0, gt=0)
     # On SIGTERM, in-flight requests get this long (s) to finish before they are cut off.
     shutdown_timeout_s: float = Field(30.0, ge=0)
 

@@ -5,6 +5,8 @@ operator opts in."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import stat
@@ -18,6 +20,7 @@ from service.app import create_app
 from service.keys import SqliteKeyStore
 from service.settings import Settings, UpstreamSettings
 from tests.conftest import BACKEND_URL, gateway_client, make_settings
+from tests.fakes import FakeBackend
 
 CHAT = "/v1/chat/completions"
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
@@ -169,3 +172,73 @@ async def test_the_data_dir_and_its_databases_are_private_to_the_gateways_user()
     finally:
         os.umask(previous)
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
+
+
+def _requests_with_status(status: str) -> float:
+    return sum(sample.value for family in REGISTRY.collect()
+               if family.name == "ttc_requests" for sample in family.samples
+               if sample.name == "ttc_requests_total" and sample.labels["status"] == status)
+
+
+def _stalled_stream_call(app, body: bytes, key: str):  # type: ignore[no-untyped-def]
+    """Call ``app`` as a server would for a client that sends ``body`` and then never reads
+    its response (a zero TCP window: every body message waits for ever) and never leaves.
+    Returns the call's task and the statuses the server was sent."""
+    statuses: list[int] = []
+    given = [False]
+
+    async def receive() -> dict:
+        if not given[0]:
+            given[0] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the client stays connected
+        raise AssertionError("unreachable")
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+        elif message.get("body"):
+            await asyncio.Event().wait()  # the client's window is full: never drains
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+             "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": CHAT, "raw_path": CHAT.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"gateway.test"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode()),
+                         (b"authorization", f"Bearer {key}".encode())],
+             "client": ("127.0.0.1", 40000), "server": ("gateway.test", 80)}
+    return asyncio.create_task(app(scope, receive, send)), statuses
+
+
+async def test_a_client_that_stops_reading_its_stream_does_not_hold_a_backend_slot():
+    # A stream holds its backend's concurrency slot until it ends, and it ends only when the
+    # client has read it: a client that stops reading (and keeps the connection) held the
+    # slot for ever, so a key's 256 such streams made every other tenant's request wait
+    # backend_queue_timeout_s and get a 503.
+    mallory, alice = new_key("mallory"), new_key("alice")
+    settings = make_settings(backend_max_concurrency=1, backend_queue_timeout_s=2.0,
+                             client_send_timeout_s=0.3)
+    app = create_app(settings, transport=FakeBackend().transport())
+    ask = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+    left_before = _requests_with_status("499")
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                  base_url="http://gateway.test") as client):
+        stalled, statuses = _stalled_stream_call(
+            app, json.dumps({**ask, "stream": True}).encode(), mallory)
+        try:
+            for _ in range(200):
+                if statuses:
+                    break
+                await asyncio.sleep(0.01)
+            assert statuses == [200]  # its stream started, and holds the one slot
+            reply = await client.post(CHAT, json=ask,
+                                      headers={"authorization": f"Bearer {alice}"})
+            assert reply.status_code == 200, reply.text
+            # The stalled call ended (a server closes its connection then), recorded as a
+            # client that left.
+            await asyncio.wait_for(asyncio.shield(stalled), 2.0)
+            assert _requests_with_status("499") == left_before + 1
+        finally:
+            stalled.cancel()  # before the fix: cancelled, it waited on its client for ever
+            await asyncio.wait({stalled}, timeout=1.0)

@@ -160,7 +160,8 @@ async def _recorded(call: Call, body: AsyncIterator[bytes], router: Router | Non
                 if reporter is not None and reporter.durable:
                     await reporter.committed(call.routed.decision_id)
             yield chunk
-    except asyncio.CancelledError:  # the client left, or the shutdown deadline passed
+    except (asyncio.CancelledError, GeneratorExit):  # the client left (or stopped reading and
+        # was cut off: the body is closed), or the shutdown deadline passed
         call.stream_error = call.stream_error or (
             ClientClosed("the client went away") if client_left()
             else Overloaded("the gateway is shutting down"))

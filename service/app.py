@@ -99,6 +99,12 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                             "on this database allows them in full (3 replicas, 3 times each "
                             "limit); set redis_url to share the counters",
                             ", ".join(repr(name) for name in keys.limited()))
+            if (await keys.any_keys() and not settings.protect_metrics
+                    and settings.metrics_token is None):
+                # Every tenant can read /metrics: each key's name and token counts among them.
+                log.warning("API keys exist but /metrics is open to anyone who can reach it "
+                            "(every key's name and token counts); set protect_metrics: true "
+                            "or a metrics_token, or keep /metrics off the tenants' network")
             registry = BackendRegistry(settings.upstreams, settings.default_model)
             router = Router(settings)
             learner = Learner(router, request_log.backend, interval_s=settings.learn_interval_s,

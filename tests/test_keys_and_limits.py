@@ -173,6 +173,17 @@ async def test_admin_surfaces_need_an_admin_key():
         assert "ttc_rejected_total" in scraped.text
 
 
+async def test_open_metrics_beside_keys_are_named_in_a_warning_at_start(caplog):
+    store().create("tenant")
+    async with running(FakeBackend().transport()) as (_, client):
+        assert (await client.get("/metrics")).status_code == 200  # open, as documented
+    assert "/metrics is open" in caplog.text
+    caplog.clear()
+    async with running(FakeBackend().transport(), make_settings(protect_metrics=True)):
+        pass
+    assert "/metrics is open" not in caplog.text
+
+
 async def test_metrics_token_and_admin_key_both_open_a_protected_metrics():
     admin = store().create("root", admin=True)
     config = make_settings(metrics_token="scrape-me")

@@ -221,6 +221,14 @@ async def test_a_method_not_allowed_is_a_405_that_says_which_are(method, path, a
         assert allowed in [m.strip() for m in reply.headers["allow"].split(",")]
 
 
+async def test_the_health_probes_answer_head_as_load_balancers_send_it():
+    async with gateway_client(answering_backend()) as client:
+        for path in ("/health", "/ready"):
+            reply = await client.head(path)
+            assert reply.status_code == (await client.get(path)).status_code == 200
+            assert reply.content == b""
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(paths=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=20),
        method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE"]))

@@ -1,4 +1,7 @@
-"""``GET /health`` (the process is alive), ``GET /ready`` (a backend answers), ``/metrics``."""
+"""``GET /health`` (the process is alive), ``GET /ready`` (a backend answers), ``/metrics``.
+
+The two probes also answer ``HEAD`` (the same status, no body): some load balancers check
+health with it."""
 
 from __future__ import annotations
 
@@ -20,11 +23,13 @@ READY_TIMEOUT_S = 5.0
 
 
 @router.get("/health")
+@router.head("/health", include_in_schema=False)
 async def health() -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
 @router.get("/ready")
+@router.head("/ready", include_in_schema=False)
 async def ready(request: Request) -> JSONResponse:
     gw = gateway(request)
 

@@ -284,11 +284,11 @@ def _token_control(router: dict[str, Any], headers: dict[str, str], name: str) -
         header = headers.get("x-ttc-" + name.replace("_", "-"))
         if header is None:
             return None
-        try:
-            value = int(header)
-        except ValueError as exc:
-            raise InvalidRequest(f"{name} must be an integer",
-                                 param=f"router.{name}") from exc
+        # Digits only: int() also reads "+5", " 5" and "1_000", which the contract does not.
+        if not (header.isascii() and header.isdigit()):
+            raise InvalidRequest(f"{name} must be an integer (its digits)",
+                                 param=f"router.{name}")
+        value = int(header)
     if value < 1:
         raise InvalidRequest(f"{name} must be at least 1", param=f"router.{name}")
     return value

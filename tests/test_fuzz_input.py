@@ -221,6 +221,18 @@ async def test_a_method_not_allowed_is_a_405_that_says_which_are(method, path, a
         assert allowed in [m.strip() for m in reply.headers["allow"].split(",")]
 
 
+@pytest.mark.parametrize("header", ["+5", " 5", "1_000", "0x10", "5.0"])
+async def test_a_budget_header_is_digits_only(header):
+    # Found by fuzzing: int() read "+5", " 5" and "1_000" (as 1000), and "５" (a full-width
+    # digit, as a server may decode it) as 5; INTERFACE.md says the header carries digits.
+    async with gateway_client(answering_backend()) as client:
+        reply = await client.post(CHAT, json=GOOD, headers={"x-ttc-budget-tokens": header})
+        assert reply.status_code == 400, reply.text
+        assert envelope_ok(reply) and reply.json()["error"]["param"] == "router.budget_tokens"
+        ok = await client.post(CHAT, json=GOOD, headers={"x-ttc-budget-tokens": "64"})
+        assert ok.status_code == 200
+
+
 async def test_the_health_probes_answer_head_as_load_balancers_send_it():
     async with gateway_client(answering_backend()) as client:
         for path in ("/health", "/ready"):

@@ -24,7 +24,10 @@ are still run (``LearnedPolicy`` keeps exploring the vote of a key it gives one 
 
 from __future__ import annotations
 
+import functools
 from collections import deque
+
+from router_models.experiments.stats import wilson_interval
 
 WINDOW = 256  # recent votes per key, as ``answer_lengths.WINDOW``
 CONFIDENCE = 0.95  # one-sided
@@ -61,12 +64,7 @@ class VoteAgreement:
         at one-sided ``confidence``: the Wilson upper bound of the share of votes whose first
         sample did not state the elected answer. 1.0 before any vote."""
         agreed, votes = self.count(key)
-        if votes == 0:
-            return 1.0
-        from statsmodels.stats.proportion import proportion_confint
-        _, high = proportion_confint(votes - agreed, votes, alpha=2 * (1 - confidence),
-                                     method="wilson")
-        return float(high)
+        return _upper_bound(votes - agreed, votes, confidence)
 
     def state(self) -> dict[str, list[int]]:
         """JSON-ready votes (1 agreed, 0 not), keyed by ``str(key)``."""
@@ -83,3 +81,11 @@ class VoteAgreement:
                 raise TypeError(f"vote agreement of {key!r} is not a list")
             for agreed in rows:
                 self.observe(key, bool(int(agreed)))
+
+
+@functools.lru_cache(maxsize=4096)  # pure; a decision on a kind whose votes gave way asks it
+def _upper_bound(disagreed: int, votes: int, confidence: float) -> float:
+    """The one-sided ``confidence`` upper end of ``wilson_interval`` (the two-sided interval at
+    ``2 x confidence - 1``) of ``disagreed / votes``; 1.0 with no votes."""
+    interval = wilson_interval(disagreed, votes, alpha=2 * (1 - confidence))
+    return 1.0 if interval is None else interval[1]

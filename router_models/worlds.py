@@ -69,6 +69,7 @@ import numpy as np
 from scipy.special import gammaln, ndtr
 
 from router_models.plan import Plan
+from router_models.voting import Ballot, tally, winner
 from router_models.world_prompts import KINDS, Phrasing, draw_phrasing, write_prompt
 
 AXES = ("votes", "chain", "search", "nothing")
@@ -368,17 +369,11 @@ class RandomWorld:
                        rng: np.random.Generator) -> bool | None:
         """One vote of ``drawn`` samples of ``plan`` on prompt ``index`` (``vote_ballots``):
         whether its first sample stated the answer the vote elected (what the gateway
-        reports, ``Router.observe_usage``); None when no sample answered. The most votes win,
-        ties to the answer seen first (as ``router_models.voting.winner``)."""
+        reports, ``Router.observe_usage``); None when no sample answered. Elected as the
+        gateway elects (``router_models.voting``: the most votes, ties to the first seen)."""
         ballots = self.vote_ballots(prompts, index, plan, drawn, rng)
-        counts: dict[str, int] = {}
-        for ballot in ballots:
-            if ballot is not None:
-                counts[ballot] = counts.get(ballot, 0) + 1
-        if not counts:
-            return None
-        elected = max(counts, key=lambda answer: counts[answer])  # the first of the most
-        return ballots[0] == elected
+        elected = winner(tally(Ballot(b) for b in ballots))
+        return None if elected is None else ballots[0] == elected
 
     def vote_ballots(self, prompts: Prompts, index: int, plan: Plan, drawn: int,
                      rng: np.random.Generator) -> list[str | None]:

@@ -329,26 +329,16 @@ async def test_objects_no_key_made_through_the_gateway_are_unknown_to_a_key(meth
     assert backend.calls == []
 
 
-async def test_dot_segments_cannot_steer_a_stateless_call_to_an_object():
+@pytest.mark.parametrize("paths", [
     # The upstream URL resolves '..': 'embeddings/../files/ID' would reach the file.
-    settings = make_settings()
-    keys = open_key_store(settings.data_dir, None)
-    alice, bob = keys.create("alice"), keys.create("bob")
-    backend = ObjectBackend()
-    async with gateway_client(backend.transport(), settings) as client:
-        ident = (await client.post("/v1/files", files={"file": ("a.jsonl", b"{}")},
-                                   data={"purpose": "batch"}, headers=bearer(alice))).json()["id"]
-        backend.calls.clear()
-        for path in (f"/v1/embeddings/%2e%2e/files/{ident}", f"/v1/embeddings//files/{ident}",
-                     f"/v1/files/{ident}/%2e"):
-            refused = await client.get(path, headers=bearer(bob))
-            assert refused.status_code == 400, (path, refused.text)
-    assert backend.calls == []
-
-
-async def test_dot_segments_encoded_twice_cannot_steer_a_stateless_call_to_an_object():
+    ("/v1/embeddings/%2e%2e/files/{id}", "/v1/embeddings//files/{id}", "/v1/files/{id}/%2e"),
     # The gateway forwards the path as decoded once; the backend, or a proxy in front of it
     # (nginx resolves '%2e%2e' and '%2f'), decodes it again, and would reach the file.
+    ("/v1/embeddings/%252e%252e/files/{id}", "/v1/embeddings/%252E./files/{id}",
+     "/v1/embeddings/..%252ffiles%252f{id}", "/v1/embeddings/%255c..%255cfiles%255c{id}",
+     "/v1/embeddings/..%5Cfiles%5C{id}"),
+], ids=["decoded once", "encoded twice"])
+async def test_dot_segments_cannot_steer_a_stateless_call_to_an_object(paths):
     settings = make_settings()
     keys = open_key_store(settings.data_dir, None)
     alice, bob = keys.create("alice"), keys.create("bob")
@@ -357,11 +347,7 @@ async def test_dot_segments_encoded_twice_cannot_steer_a_stateless_call_to_an_ob
         ident = (await client.post("/v1/files", files={"file": ("a.jsonl", b"{}")},
                                    data={"purpose": "batch"}, headers=bearer(alice))).json()["id"]
         backend.calls.clear()
-        for path in (f"/v1/embeddings/%252e%252e/files/{ident}",
-                     f"/v1/embeddings/%252E./files/{ident}",
-                     f"/v1/embeddings/..%252ffiles%252f{ident}",
-                     f"/v1/embeddings/%255c..%255cfiles%255c{ident}",
-                     f"/v1/embeddings/..%5Cfiles%5C{ident}"):
+        for path in (p.format(id=ident) for p in paths):
             refused = await client.get(path, headers=bearer(bob))
             assert refused.status_code == 400, (path, refused.text)
             assert refused.json()["error"]["type"] == "invalid_request_error"

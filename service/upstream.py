@@ -189,13 +189,6 @@ class Accounting:
             return {}
         return {name: dict(part) for name, part in self.details.items()}
 
-    def add_usage(self, usage: Mapping[str, Any] | None) -> None:
-        """Add one call's final ``usage`` object (prompt and completion tokens)."""
-        if not usage:
-            return
-        self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-        self.completion_tokens += int(usage.get("completion_tokens") or 0)
-
     def add_counted(self, prompt_tokens: int, completion_tokens: int, source: str,
                     *, estimated: bool) -> None:
         """Add one call's tokens counted by the gateway, saying how (``source``)."""

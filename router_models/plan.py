@@ -26,7 +26,10 @@ class Scores:
     not). ``search``: how much it needs facts the model may not have. ``form``: the
     prompt's form, one of ``router_models.features.FORMS``, or None when unknown (scores
     logged before forms existed, or built by hand). ``steps``: the dependent steps the prompt
-    states (``router_models.steps.state_steps``), or None when unknown.
+    states (``router_models.steps.state_steps``), or None when unknown. ``covered``: whether
+    the operator's document collection covers the question (``prior.read_search``: its top hits
+    hold at least ``prior.COVERED`` of its content words), or None when no collection was read
+    (then ``search`` is the classifier's alone).
     """
 
     difficulty: float
@@ -34,15 +37,18 @@ class Scores:
     search: float
     form: str | None = None
     steps: int | None = None
+    covered: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The three scores by name, plus ``form`` and ``steps`` when known."""
+        """The three scores by name, plus ``form``, ``steps`` and ``covered`` when known."""
         out: dict[str, Any] = {"difficulty": self.difficulty, "sequential": self.sequential,
                                "search": self.search}
         if self.form is not None:
             out["form"] = self.form
         if self.steps is not None:
             out["steps"] = self.steps
+        if self.covered is not None:
+            out["covered"] = self.covered
         return out
 
     @classmethod
@@ -52,10 +58,11 @@ class Scores:
         Raises:
             KeyError: a score is missing. TypeError, ValueError: a score is not a number.
         """
-        form, steps = values.get("form"), values.get("steps")
+        form, steps, covered = values.get("form"), values.get("steps"), values.get("covered")
         return cls(float(values["difficulty"]), float(values["sequential"]),
                    float(values["search"]), str(form) if form is not None else None,
-                   int(steps) if steps is not None else None)
+                   int(steps) if steps is not None else None,
+                   bool(covered) if covered is not None else None)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ bounded exploration and conservative learning."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -20,7 +21,13 @@ from router_models.policies import (
     parse_policy,
 )
 from router_models.policies.learned import difference_bounds, look_confidence, wilson_bounds
-from router_models.policies.prior import KIND_NAMES, PRIOR_STRATEGY, fit_vote, mean_spend
+from router_models.policies.prior import (
+    KIND_NAMES,
+    PRIOR_STRATEGY,
+    fit_vote,
+    mean_spend,
+    read_search,
+)
 from router_models.steps import state_steps
 
 EASY = Scores(difficulty=0.05, sequential=0.1, search=0.0)
@@ -92,6 +99,26 @@ def test_a_self_contained_prompt_is_a_chain_for_both_policies_whatever_its_searc
         assert rules.plan(scores).strategy == learned.decide(scores).plan.strategy \
             == "sequential"
     assert KIND_NAMES[kind_of(Scores(0.6, 0.2, 0.8, steps=2))] == "hard/search"
+
+
+def test_a_calculation_the_collection_covers_is_a_search_prompt_for_both_policies():
+    # Three dependent steps over figures only the operator's report holds: the collection
+    # covers its words (``read_search``), so it is searched; the same prompt with the
+    # classifier's score alone, or a collection that does not cover it, stays a chain.
+    rules, learned = RulesPolicy.from_yaml(), LearnedPolicy()
+    calculation = Scores(0.6, 0.8, 0.2, form="numeric", steps=3)
+    covered = read_search(calculation, 0.8)
+    assert covered.covered is True and covered.search == 0.8
+    assert KIND_NAMES[kind_of(covered)] == "hard/search"
+    assert rules.plan(covered).strategy == learned.decide(covered).plan.strategy == "search"
+    uncovered = read_search(dataclasses.replace(calculation, search=0.9), 0.3)
+    assert uncovered.covered is False
+    for scores in (uncovered, dataclasses.replace(calculation, search=0.9)):
+        assert KIND_NAMES[kind_of(scores)] == "hard/chain"
+        assert rules.plan(scores).strategy == "sequential"
+    # The reading survives the request log's round trip (A/B replay re-decides from it).
+    assert Scores.from_dict(json.loads(json.dumps(covered.as_dict()))) == covered
+    assert "covered" not in calculation.as_dict()
 
 
 def test_dated_background_sentences_do_not_make_a_fact_question_self_contained():
@@ -508,6 +535,22 @@ def test_rules_may_name_the_prompts_form(tmp_path):
                    "default: {plan: {strategy: direct, budget_tokens: 1}}\n")
     with pytest.raises(PolicyError, match="rules.0.when.form"):
         RulesPolicy.from_yaml(bad)
+
+
+def test_rules_may_ask_whether_the_collection_covers_the_prompt(tmp_path):
+    path = tmp_path / "covered.yaml"
+    path.write_text("rules:\n  - when: {covered: false}\n"
+                    "    plan: {strategy: direct, budget_tokens: 64}\n"
+                    "default: {plan: {strategy: search, budget_tokens: 512}}\n")
+    rules = RulesPolicy.from_yaml(path)
+    # Unknown (no collection read) counts as not covered.
+    for covered, strategy in ((None, "direct"), (False, "direct"), (True, "search")):
+        assert rules.plan(Scores(0.5, 0.1, 0.9, covered=covered)).strategy == strategy
+    path.write_text("rules:\n  - when: {covered: 1}\n"
+                    "    plan: {strategy: direct, budget_tokens: 64}\n"
+                    "default: {plan: {strategy: search, budget_tokens: 512}}\n")
+    with pytest.raises(PolicyError, match="rules.0.when.covered: expected true or false"):
+        RulesPolicy.from_yaml(path)
 
 
 def test_samples_that_had_room_and_never_answered_do_not_raise_the_estimate():

@@ -4,8 +4,8 @@ any feedback, and how large each plan is.
 Kinds of prompt (``KIND_NAMES``) are read off the classifier's scores: easy (``difficulty``
 below ``EASY_BELOW``, 0.1: the direct answer fails less than one time in ten) or hard, and of
 three archetypes: ``search`` (``search`` >= 0.5: facts the model lacks; the gateway reads this
-score against its collection, ``read_search``; never a prompt stating ``SELF_CONTAINED_STEPS``
-dependent steps, ``is_search``), ``chain`` (the answer builds on intermediate
+score against its collection, ``read_search``; a prompt stating ``SELF_CONTAINED_STEPS``
+dependent steps only when the collection covers it, ``is_search``), ``chain`` (the answer builds on intermediate
 results: the prompt states ``CHAIN_STEPS`` dependent steps, or is a graph, or ``sequential`` >=
 0.5; ``is_chain``), else ``independent`` (knowledge, estimation, judgement: each
 try is an independent guess).
@@ -88,9 +88,13 @@ MAX_SCALE = 32.0
 # object tracking and coin flips, 68% of dates, 0% of CommonsenseQA, StrategyQA and HotpotQA
 # and 18% of MMLU (its arithmetic and algebra).
 CHAIN_STEPS = 2
-# A prompt that states this many dependent steps is self-contained, never a search prompt,
+# A prompt that states this many dependent steps is self-contained, not a search prompt,
 # whatever the classifier's ``search`` (which reads kinds of prompt it never saw as search:
-# held-out graph questions scored 0.86, README's leave-one-dataset-out table). Three, not two,
+# held-out graph questions scored 0.86, README's leave-one-dataset-out table), unless the
+# operator's collection covers its content words (``Scores.covered``): a calculation over
+# figures a report holds needs the report. Word coverage alone, against the HotpotQA corpus,
+# read none of 200 GSM8K, SVAMP, MultiArith, object-tracking or date prompts as covered
+# (``python -m bench.coverage_check``, 7 Dec 2026). Three, not two,
 # for a margin: with years not counted as quantities (``router_models.steps``: dated background
 # sentences before a fact question do not make it self-contained), none of HotpotQA's 100 or
 # FanOutQA's 310 dev questions states even two, while 616 of GSM8K's 1,319 test problems (47%)
@@ -125,14 +129,20 @@ def read_search(scores: Scores, coverage: float | None, name_coverage: float = 0
             24 word problems on the outcome bank). A word problem with fewer steps ("Claire
             makes a 3 egg omelet every morning...") arrives with both shares 0:
             ``service.coverage.coverage_shares`` reads it as self-contained.
+
+    Returns:
+        ``scores`` with ``covered`` set (True when the coverage reaches ``COVERED``) and
+        ``search`` the coverage, or at most ``UNCOVERED_SEARCH`` when not covered; ``scores``
+        unchanged when ``coverage`` is None.
     """
     if coverage is None:
         return scores
     if (scores.steps or 0) < CHAIN_STEPS:
         coverage = max(coverage, name_coverage)
     if coverage >= COVERED:
-        return dataclasses.replace(scores, search=round(coverage, 4))
-    return dataclasses.replace(scores, search=min(scores.search, UNCOVERED_SEARCH))
+        return dataclasses.replace(scores, search=round(coverage, 4), covered=True)
+    return dataclasses.replace(scores, search=min(scores.search, UNCOVERED_SEARCH),
+                               covered=False)
 
 
 def archetype_of(scores: Scores) -> str:
@@ -145,8 +155,11 @@ def archetype_of(scores: Scores) -> str:
 def is_search(scores: Scores) -> bool:
     """Whether the prompt needs facts from a collection: ``search`` at least 0.5, unless it
     states ``SELF_CONTAINED_STEPS`` or more dependent steps (it carries its premises: a graph
-    given by its edges, a word problem, a sequence of moves), whatever the score says."""
-    return scores.search >= 0.5 and (scores.steps or 0) < SELF_CONTAINED_STEPS
+    given by its edges, a word problem, a sequence of moves) and the operator's collection
+    does not cover it (``Scores.covered``): the classifier's score alone does not make such a
+    prompt a search prompt, the collection holding its words does."""
+    return scores.search >= 0.5 and (
+        bool(scores.covered) or (scores.steps or 0) < SELF_CONTAINED_STEPS)
 
 
 def _archetype_index(scores: Scores) -> int:

@@ -39,9 +39,14 @@ class Rule:
     bounds: dict[str, tuple[float | None, float | None]]
     plan: Plan
     forms: frozenset[str] | None = None  # the prompt forms it applies to (None: any)
+    # Whether the operator's collection must cover the prompt (``Scores.covered``; unknown
+    # counts as not covered), or None: either.
+    covered: bool | None = None
 
     def matches(self, scores: Scores) -> bool:
         if self.forms is not None and scores.form not in self.forms:
+            return False
+        if self.covered is not None and bool(scores.covered) != self.covered:
             return False
         values = scores.as_dict()
         values.setdefault("steps", 0)
@@ -74,7 +79,13 @@ def _rule(entry: Any, where: str) -> Rule:
     if not isinstance(when, dict):
         raise PolicyError(f"{where}.when: expected a mapping of score -> bounds")
     forms: frozenset[str] | None = None
+    covered: bool | None = None
     for score, bound in when.items():
+        if score == "covered":
+            if not isinstance(bound, bool):
+                raise PolicyError(f"{where}.when.covered: expected true or false")
+            covered = bound
+            continue
         if score == "form":
             names = [bound] if isinstance(bound, str) else bound
             if not isinstance(names, list) or not all(n in FORMS for n in names):
@@ -102,7 +113,7 @@ def _rule(entry: Any, where: str) -> Rule:
                                              if k not in ("strategy", "budget_tokens")})
     except (TypeError, ValueError) as exc:
         raise PolicyError(f"{where}.plan: {exc}") from exc
-    return Rule(str(entry.get("name", where)), bounds, plan, forms)
+    return Rule(str(entry.get("name", where)), bounds, plan, forms, covered)
 
 
 class RulesPolicy(Policy):

@@ -5,10 +5,10 @@ Kinds of prompt (``KIND_NAMES``) are read off the classifier's scores: easy (``d
 below ``EASY_BELOW``, 0.1: the direct answer fails less than one time in ten) or hard, and of
 three archetypes: ``search`` (``search`` >= 0.5: facts the model lacks; the gateway reads this
 score against its collection, ``read_search``; a prompt stating ``SELF_CONTAINED_STEPS``
-dependent steps only when the collection covers it, ``is_search``), ``chain`` (the answer builds on intermediate
-results: the prompt states ``CHAIN_STEPS`` dependent steps, or is a graph, or ``sequential`` >=
-0.5; ``is_chain``), else ``independent`` (knowledge, estimation, judgement: each
-try is an independent guess).
+dependent steps only when the collection covers it, ``is_search``), ``chain`` (the answer
+builds on intermediate results: the prompt states ``CHAIN_STEPS`` dependent steps, or is a
+graph, or ``sequential`` >= 0.5; ``is_chain``), else ``independent`` (knowledge, estimation,
+judgement: each try is an independent guess).
 
 The strategy per kind (``PRIOR_STRATEGY``):
 

@@ -483,13 +483,21 @@ def test_learned_state_round_trips_through_json(tmp_path):
         policy.decide(scores)
         policy.update(scores, Plan("sequential", 512), True, spent_tokens=300)
     policy.observe_usage(INDEPENDENT_HARD, [(200, True)] * 10)
+    covered = read_search(Scores(0.6, 0.8, 0.2, steps=3), 0.8)  # a search prompt, by coverage
+    policy.decide(covered)
     policy.save(tmp_path / "learned.json")
     again = parse_policy(f"learned:{tmp_path / 'learned.json'}")
     assert isinstance(again, LearnedPolicy)
+    assert again.reference[-1] == covered
     assert json.loads((tmp_path / "learned.json").read_text())["config"]["target_tokens"] == 700
     again.save(tmp_path / "again.json")
     assert (tmp_path / "again.json").read_text() == (tmp_path / "learned.json").read_text()
     assert not list(tmp_path.glob(".*.tmp"))
+    # A state written before coverage was read keeps five fields per reference prompt.
+    older = json.loads((tmp_path / "learned.json").read_text())
+    older["reference"] = [row[:5] for row in older["reference"]]
+    restored = LearnedPolicy.from_state(older)
+    assert restored.reference[-1] == dataclasses.replace(covered, covered=None)
 
 
 def test_an_older_state_starts_from_the_prior_keeping_its_target(tmp_path):

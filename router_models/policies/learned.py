@@ -690,7 +690,7 @@ class LearnedPolicy(Policy):
             "answer_lengths": self.lengths.state(),
             "vote_agreement": self.agreement.state(),
             "reference": [[round(s.difficulty, 6), round(s.sequential, 6), round(s.search, 6),
-                           s.form, s.steps] for s in self.reference],
+                           s.form, s.steps, s.covered] for s in self.reference],
         }
 
     @classmethod
@@ -741,10 +741,13 @@ class LearnedPolicy(Policy):
             policy.lengths.restore(state.get("answer_lengths", {}))
             # A state written before votes were bounded has none: they are observed anew.
             policy.agreement.restore(state.get("vote_agreement") or {})
-            for d, s, r, form, *steps in state.get("reference", []):
+            # Rows of older states end earlier: steps, then covered, unknown.
+            for d, s, r, form, *rest in state.get("reference", []):
+                steps, covered = (list(rest) + [None, None])[:2]
                 policy.reference.append(Scores(
                     float(d), float(s), float(r), form if form in FORMS else None,
-                    int(steps[0]) if steps and steps[0] is not None else None))
+                    int(steps) if steps is not None else None,
+                    bool(covered) if covered is not None else None))
         except (KeyError, TypeError, ValueError) as exc:
             raise PolicyError(f"malformed learned policy state: {exc}") from exc
         policy.resolve()

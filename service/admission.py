@@ -276,13 +276,15 @@ def _fit_whole(plan: Plan, tokens: int) -> Plan:
 
 
 async def reserve_for_proxy(request: Request, gw: Any, wanted: int | None, param: str,
-                            body: dict[str, Any]) -> Reservation | None:
+                            body: dict[str, Any], prompt_tokens: int | None = None
+                            ) -> Reservation | None:
     """Reserve the completion tokens of a forwarded call that may generate (``/v1/responses``,
-    ``/v1/embeddings``, ...) from its key's limits: ``wanted`` (its own cap, ``param``), else
-    what the key has left up to ``default_budget_tokens``; and, under a prompt-token limit,
-    the estimated tokens of its ``input`` (``body``, parsed). The route settles it with the
-    usage the reply reports (``service.proxy_usage``), so a key cannot spend past its limits
-    through endpoints other than completions. None without a key.
+    ``/v1/embeddings``, an Assistants run, ...) from its key's limits: ``wanted`` (its own
+    cap, ``param``), else what the key has left up to ``default_budget_tokens``; and, under a
+    prompt-token limit, ``prompt_tokens``, else the estimated tokens of its ``input``
+    (``body``, parsed). The route settles it with the usage the reply reports
+    (``service.proxy_usage``), so a key cannot spend past its limits through endpoints other
+    than completions. None without a key.
 
     Raises:
         InvalidRequest: ``wanted`` is more than the key may spend in a whole window (400).
@@ -292,8 +294,9 @@ async def reserve_for_proxy(request: Request, gw: Any, wanted: int | None, param
     admission = admission_of(request)
     if admission is None:
         return None
-    prompt_tokens = 0
-    if admission.key.prompt_tpm is not None:
+    if admission.key.prompt_tpm is None:
+        prompt_tokens = 0
+    elif prompt_tokens is None:
         prompt_tokens = estimate_prompt_tokens({"prompt": body.get("input")})
     return await _reserve(gw, admission, wanted, prompt_tokens, param,
                           flexible_cap=gw.settings.default_budget_tokens)

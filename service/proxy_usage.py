@@ -20,6 +20,14 @@ completion's failed call is: the call's reservation (``max_output_tokens``, or w
 had left), else its own cap; a call the backend refused (a 4xx, a 429) or never reached is
 charged nothing.
 
+An Assistants API run (``POST /v1/threads/runs``, ``POST /v1/threads/{id}/runs``: ``starts_run``)
+names no model, yet it generates, and mostly after its reply: a run comes back ``queued`` and
+runs on. So it reserves from its key like any call that may generate (its own
+``max_completion_tokens``, else what the key has left, which the route sends as its cap) and
+is charged the ``usage`` of the finished run its reply ends with (a stream that ran to its
+end), else its whole grant (``run_usage``): a reply that ends before its run did cannot say
+what the run will spend, only the cap it runs under.
+
 ``ttc_proxied_requests_total{endpoint, status}`` counts each call once, with what its client
 got: the backend's status for a reply that ended whole, the error's (502, 504) for one that
 broke off after its headers, 499 for one whose client left before its end.
@@ -28,8 +36,11 @@ broke off after its headers, 499 for one whose client left before its end.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
+
+import orjson
 
 from service import metrics
 from service.errors import ClientClosed, GatewayError
@@ -41,6 +52,14 @@ from service.upstream import completion_tokens_of, is_token_count, may_have_gene
 TAIL_BYTES = 1 << 20
 _KEY = b'"usage"'
 _DECODER = json.JSONDecoder()
+# The forwarded paths (without ``/v1/``) that start a run: a thread's, or a new thread's.
+_RUN_PATH = re.compile(r"threads/(?:[^/]+/)?runs/?")
+# The statuses of a run that is over: its usage is the whole run's.
+_RUN_ENDED = frozenset({"completed", "failed", "cancelled", "expired", "incomplete"})
+# The fields of a run's body that carry prompt text (the thread's earlier messages do too,
+# unseen by the gateway).
+_RUN_PROMPT_FIELDS = ("instructions", "additional_instructions", "additional_messages",
+                      "thread")
 
 
 def read_usage(tail: bytes) -> tuple[int, int] | None:
@@ -73,6 +92,33 @@ def _counts(usage: Any) -> tuple[int, int] | None:
     if not (is_token_count(prompt) and is_token_count(completion)):
         return None
     return (prompt, completion) if prompt or completion else None
+
+
+def starts_run(method: str, path: str) -> bool:
+    """Whether ``METHOD /v1/{path}`` starts an Assistants API run (see the module
+    docstring)."""
+    return method == "POST" and _RUN_PATH.fullmatch(path) is not None
+
+
+def run_prompt_text(body: dict[str, Any]) -> Any:
+    """What a run's body adds to its prompt (instructions, messages), for an estimate."""
+    return [body[name] for name in _RUN_PROMPT_FIELDS if body.get(name)]
+
+
+def run_usage(tail: bytes) -> tuple[int, int] | None:
+    """(prompt tokens, completion tokens) of a run reply (``tail``: its bytes): the usage of
+    the last run object in it (a JSON reply's run, a stream's last ``thread.run.*`` event)
+    when that run is over; None when it is not (``queued``, ``requires_action``: the run goes
+    on) or reports no usage. A step's usage is a part of the run's, never its whole."""
+    events = [line[5:].strip() for line in tail.split(b"\n") if line.startswith(b"data:")]
+    for payload in reversed(events or [tail]):
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and data.get("object") == "thread.run":
+            return _counts(data.get("usage")) if data.get("status") in _RUN_ENDED else None
+    return None
 
 
 def output_cap(body: dict[str, Any]) -> int | None:
@@ -128,15 +174,18 @@ class Passing:
         reservation: its key's token reservation, settled here (None without keys).
         grant: the completion tokens it may generate (its reservation's, else its cap);
             charged when it does not end whole and reports no usage.
+        run: the call starts a run (``starts_run``): charged its finished run's usage, else
+            its grant, however its reply ended.
     """
 
     def __init__(self, endpoint: str, status: int, model: str | None,
-                 reservation: Reservation | None, grant: int | None):
+                 reservation: Reservation | None, grant: int | None, *, run: bool = False):
         self._endpoint = endpoint
         self._status = status
         self._model = model
         self._reservation = reservation
         self._grant = grant
+        self._run = run
         self._tail = bytearray()
         self._finished = False
 
@@ -167,8 +216,9 @@ class Passing:
         metrics.PROXIED.labels(self._endpoint, str(status)).inc()
         if self._model is None:
             return
-        usage = read_usage(bytes(self._tail[-TAIL_BYTES:]))
-        if usage is None and not whole:
+        tail = bytes(self._tail[-TAIL_BYTES:])
+        usage = run_usage(tail) if self._run else read_usage(tail)
+        if usage is None and (self._run or not whole):
             _charge_grant(self._model, self._reservation, self._grant)
         else:
             _charge(self._model, self._reservation, *(usage or (0, 0)))

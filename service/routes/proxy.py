@@ -2,9 +2,10 @@
 to the backend serving the named model, streaming included, so that pointing an application
 at the gateway breaks nothing. A JSON body that does not parse is a 400, and a backend's error
 reply (whatever its body: JSON or plain text) is rendered in OpenAI's envelope, its message
-kept. Counted in ``ttc_proxied_requests_total``; a call that names a model reserves tokens
-from its key's limits like a completion (``admission.reserve_for_proxy``), and the usage its
-reply reports is counted (``service.proxy_usage``). With a key that is not an admin key, a
+kept. Counted in ``ttc_proxied_requests_total``; a call that names a model, or starts an
+Assistants run (which names none), reserves tokens from its key's limits like a completion
+(``admission.reserve_for_proxy``), and the usage its reply reports is counted
+(``service.proxy_usage``). With a key that is not an admin key, a
 call reaches only the key's own objects (``service.ownership``), those that the requests in a
 new batch's input file name included (``service.batch_input``)."""
 
@@ -27,8 +28,16 @@ from service.deps import Gateway, gateway, read_body
 from service.errors import GatewayError, InvalidRequest, UpstreamUnavailable
 from service.limits import Reservation
 from service.ownership import Owned, check_owned
-from service.proxy_usage import Passing, charge_failed, output_cap
+from service.proxy_usage import (
+    Passing,
+    charge_failed,
+    output_cap,
+    run_prompt_text,
+    starts_run,
+)
 from service.store import Backend
+from service.strategies.base import estimate_prompt_tokens
+from service.upstream import is_token_count
 
 router = APIRouter()
 
@@ -63,14 +72,19 @@ async def forward(path: str, request: Request) -> Response:
     parsed: Any = None
     reservation: Reservation | None = None
     grant: int | None = None
+    label: str | None = None  # the model label of a call that may generate, else None
+    run = False
     try:
         body = await read_body(request, gw.settings.max_body_bytes)
         content_type = request.headers.get("content-type", "")
         backend, body, parsed = await _choose_backend(gw, body, content_type)
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in _DROPPED_REQUEST_HEADERS}
-        if owner is not None:  # before any token is reserved
+        run = starts_run(request.method, path)
+        json_body = parsed
+        if owner is not None or run:
             json_body = _json_body(body, content_type, parsed)
+        if owner is not None:  # before any token is reserved
             owned = await Owned.admit(_objects(gw), owner, request.method, path,
                                       request.url.query, json_body)
             batch_file = batch_input_file(request.method, owned.target, json_body)
@@ -82,8 +96,11 @@ async def forward(path: str, request: Request) -> Response:
                     await check_owned(owned.store, owner, await batch_references(content))
                 finally:
                     await content.aclose()
-        model = parsed.get("model") if parsed is not None else None
-        if parsed is not None:  # a call that may generate: within the key's token limits
+        if run and isinstance(json_body, dict):  # it names no model, yet it generates
+            label = str(json_body.get("model") or metrics.NO_LABEL)
+            reservation, body, grant = await _reserve_run(request, gw, json_body, body)
+        elif parsed is not None:  # a call that may generate: within the key's token limits
+            label = str(parsed.get("model"))
             cap = parsed.get("max_output_tokens")  # the Responses API's cap on its output
             valid = isinstance(cap, int) and not isinstance(cap, bool) and cap > 0
             reservation = await reserve_for_proxy(request, gw, cap if valid else None,
@@ -111,13 +128,12 @@ async def forward(path: str, request: Request) -> Response:
             return Response(page, status_code=status, headers=out_headers)
     except GatewayError as exc:
         metrics.PROXIED.labels(endpoint, str(exc.status)).inc()
-        if parsed is not None:
-            charge_failed(exc, str(parsed.get("model")), reservation, grant)
+        if label is not None:
+            charge_failed(exc, label, reservation, grant)
         raise
     # Counted once the reply ends, as what the client got: a 200 whose body broke off was
     # counted as a 200 when its headers came.
-    passing = Passing(endpoint, status, str(model) if parsed is not None else None,
-                      reservation, grant)
+    passing = Passing(endpoint, status, label, reservation, grant, run=run)
     out: AsyncIterator[bytes] = chunks
     if owned is not None:
         out = owned.record(out, status, out_headers.get("content-type", ""))
@@ -131,6 +147,35 @@ async def forward(path: str, request: Request) -> Response:
 for _method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
     router.add_api_route("/v1/{path:path}", forward, methods=[_method],
                          operation_id=f"forward_{_method.lower()}")
+
+
+async def _reserve_run(request: Request, gw: Gateway, run: dict[str, Any], body: bytes,
+                       ) -> tuple[Reservation | None, bytes, int | None]:
+    """(reservation, body, grant) of a call that starts an Assistants run (``run``: its body
+    parsed; ``service.proxy_usage``): its ``max_completion_tokens``, else what the key has
+    left up to ``default_budget_tokens``, which is then written into the body as the run's
+    ``max_completion_tokens`` (the backend ends the run ``incomplete`` there, so the run
+    cannot spend past what its key was granted); under a prompt-token limit, its
+    ``max_prompt_tokens``, else the estimate of the prompt its body carries. ``grant``: the
+    completion tokens the run may generate, charged unless its finished run's usage comes.
+
+    Raises:
+        InvalidRequest: ``max_completion_tokens`` is over a whole window of the key (400).
+        RateLimited: the key has no tokens left this minute or today (429).
+        Overloaded: the shared counters do not answer (503).
+    """
+    cap = run.get("max_completion_tokens")
+    prompt_cap = run.get("max_prompt_tokens")
+    valid = is_token_count(cap) and cap > 0
+    prompt_tokens = (prompt_cap if is_token_count(prompt_cap) and prompt_cap > 0
+                     else estimate_prompt_tokens({"prompt": run_prompt_text(run)}))
+    reservation = await reserve_for_proxy(request, gw, cap if valid else None,
+                                          "max_completion_tokens", run, prompt_tokens)
+    if reservation is None or not reservation.tokens:
+        return reservation, body, cap if valid else None
+    if not valid:
+        body = orjson.dumps({**run, "max_completion_tokens": reservation.tokens})
+    return reservation, body, reservation.tokens
 
 
 def _objects(gw: Gateway) -> Backend:

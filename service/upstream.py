@@ -203,6 +203,8 @@ class Accounting:
 # what the attempt may have generated and says whether another attempt may be made (False:
 # the error is raised instead). See ``service.strategies.metered``.
 RetryHook = Callable[["GatewayError"], bool]
+# Called as an attempt leaves the gateway: from then on it may make the backend generate.
+SendHook = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -386,10 +388,12 @@ class UpstreamClient:
                                 code="upstream_malformed") from exc
 
     async def post_json(self, backend: Backend, path: str, body: Mapping[str, Any],
-                        acct: Accounting | None = None,
-                        retry: RetryHook | None = None) -> JsonReply:
+                        acct: Accounting | None = None, retry: RetryHook | None = None,
+                        sending: SendHook | None = None) -> JsonReply:
         """POST a JSON body and parse the JSON reply, with retries (each one first allowed by
-        ``retry`` when given, and by the backend's retry budget).
+        ``retry`` when given, and by the backend's retry budget). ``sending()``, when given,
+        is called as each attempt leaves the gateway (its concurrency slot taken): an attempt
+        cancelled before that never reached the backend.
 
         Raises:
             UpstreamClientError: the backend refused the request (4xx other than 429).
@@ -401,7 +405,7 @@ class UpstreamClient:
         content = orjson.dumps(body)
 
         def attempt(last: bool) -> Awaitable[JsonReply]:
-            return self._json_attempt(backend, "POST", path, content, acct)
+            return self._json_attempt(backend, "POST", path, content, acct, sending)
 
         if not tracing.enabled():
             return await self._retrying(backend, acct, None, attempt, retry)
@@ -416,17 +420,18 @@ class UpstreamClient:
             return reply
 
     async def open_stream(self, backend: Backend, path: str, body: Mapping[str, Any],
-                          acct: Accounting | None = None,
-                          retry: RetryHook | None = None) -> UpstreamStream:
+                          acct: Accounting | None = None, retry: RetryHook | None = None,
+                          sending: SendHook | None = None) -> UpstreamStream:
         """POST and open a streamed reply; retried until the first bytes arrive (each retry
-        first allowed by ``retry`` when given, and by the backend's retry budget).
+        first allowed by ``retry`` when given, and by the backend's retry budget);
+        ``sending`` as ``post_json``'s.
 
         Raises the same errors as ``post_json`` for failures before the first byte.
         """
         content = orjson.dumps(body)
 
         def attempt(last: bool) -> Awaitable[UpstreamStream]:
-            return self._stream_attempt(backend, path, content, acct)
+            return self._stream_attempt(backend, path, content, acct, sending)
 
         if not tracing.enabled():
             return await self._retrying(backend, acct, None, attempt, retry)
@@ -556,9 +561,12 @@ class UpstreamClient:
     # --- one attempt each -------------------------------------------------------------------
 
     async def _json_attempt(self, backend: Backend, method: str, path: str,
-                            content: bytes | None, acct: Accounting | None) -> JsonReply:
+                            content: bytes | None, acct: Accounting | None,
+                            sending: SendHook | None = None) -> JsonReply:
         gate = self._gate(backend)
         await gate.acquire()
+        if sending is not None:
+            sending()
         started = time.perf_counter()
         try:
             response = await self._exchange(backend, method, self._url(backend, path), content,
@@ -591,9 +599,12 @@ class UpstreamClient:
         return JsonReply(response.status_code, parsed, response.headers)
 
     async def _stream_attempt(self, backend: Backend, path: str, content: bytes,
-                              acct: Accounting | None) -> UpstreamStream:
+                              acct: Accounting | None,
+                              sending: SendHook | None = None) -> UpstreamStream:
         gate = self._gate(backend)
         await gate.acquire()
+        if sending is not None:
+            sending()
         started = time.perf_counter()
         try:
             response = await self._exchange(backend, "POST", self._url(backend, path), content,

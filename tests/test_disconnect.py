@@ -344,3 +344,76 @@ async def test_a_client_gone_before_its_body_is_read_is_no_unexpected_error(capl
     assert backend.bodies == []
     assert not any(m["type"] == "http.response.start" for m in sent)
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize("ending", ["client_left", "shutdown"])
+async def test_calls_still_waiting_for_a_backend_slot_are_charged_nothing(ending):
+    # A request whose calls wait for the backend's concurrency slot (backend_max_concurrency)
+    # when it is cancelled: the call that reached the backend may be generating its whole
+    # grant and is charged it, but each call still waiting for a slot was charged its grant
+    # too, and its key with it, though nothing of it ever left the gateway.
+    secret = SqliteKeyStore(Path(os.environ["TTC_DATA_DIR"]) / "keys.db").create(
+        "waiter", tpm=10_000)
+    backend = SlowCalls(quick=0, slow=1, delay_s=30)
+    app = create_app(make_settings(supports_n=False, backend_max_concurrency=1),
+                     transport=backend.transport())
+    stream = ending == "shutdown"  # a stream's calls open before its response: no watcher
+    body = {**QUESTION, "n": 3, "stream": stream, "router": {"strategy": "direct"}}
+    scope = http_scope([(b"authorization", f"Bearer {secret}".encode())])
+    left = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+
+    async with app.router.lifespan_context(app):
+        app.state.gateway.limiter.clock = lambda: NOON
+        request = asyncio.create_task(app(scope, leaving_client(body, left), collecting(sent)))
+        await asyncio.wait_for(backend.in_flight.wait(), 5)
+        await asyncio.sleep(0.1)  # the two other calls wait for the one slot
+        if ending == "client_left":
+            left.set()
+        else:
+            request.cancel()  # as uvicorn does at the shutdown deadline
+        await asyncio.wait_for(request, 5)
+        record = await app.state.gateway.request_log.get(scope[CALL].routed.decision_id)
+        calls, cancelled = list(backend.bodies), backend.cancelled
+        # What the key was charged is what it has left: a probe reserves its 10 tokens.
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://gateway.test") as client:
+            backend.delay_s = 0
+            probe = await client.post("/v1/chat/completions",
+                                      json={**QUESTION, "max_tokens": 10},
+                                      headers={"authorization": f"Bearer {secret}"})
+    assert record.status == ("499" if ending == "client_left" else "503")
+    assert len(calls) == 1 and cancelled == 1
+    grant = calls[0]["max_tokens"]  # of the one call that reached the backend
+    assert record.completion_tokens == grant
+    assert int(probe.headers["x-ratelimit-remaining-tokens"]) == 10_000 - grant - 10
+
+
+async def test_a_retry_still_in_its_backoff_when_the_client_leaves_is_charged_nothing():
+    # The failed attempt (a 500: the backend may have generated) is charged its grant; the
+    # retry, granted again before its backoff, was charged too, though it was never sent.
+    failed = asyncio.Event()
+    bodies: list[dict[str, Any]] = []
+
+    def fail_once(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "fake-model"}]})
+        bodies.append(json.loads(request.content))
+        failed.set()
+        return httpx.Response(500, json={"error": {"message": "scripted failure"}})
+
+    app = create_app(make_settings(retry_backoff_s=30.0), transport=httpx.MockTransport(
+        fail_once))
+    body = {**QUESTION, "max_tokens": 100}
+    scope = http_scope()
+    left = asyncio.Event()
+    async with app.router.lifespan_context(app):
+        request = asyncio.create_task(app(scope, leaving_client(body, left), collecting([])))
+        await asyncio.wait_for(failed.wait(), 5)
+        await asyncio.sleep(0.1)  # the retry waits out its backoff (15 s at least)
+        left.set()
+        await asyncio.wait_for(request, 5)
+        record = await app.state.gateway.request_log.get(scope[CALL].routed.decision_id)
+    assert len(bodies) == 1
+    assert record.status == "499"
+    assert record.completion_tokens == 100  # the failed attempt's grant, not the retry's

@@ -20,6 +20,10 @@ Every strategy sends its calls through ``Metered``, so that the budget ledger, `
 - **Failed calls** are charged what they may have generated: the grant of every attempt that
   reached the backend and may have worked (``upstream.may_have_generated``); nothing for a
   refused connection, a 4xx or a 429.
+- **Cancelled calls** (the client left, the shutdown deadline passed) are charged the grant
+  of an attempt that had left the gateway (the backend may be generating all of it), and
+  nothing for one that had not: still waiting for the backend's concurrency slot, or for a
+  retry's backoff (``UpstreamClient``'s ``sending`` hook tells them apart).
 - **Retries.** A retried call may generate its tokens again, so a retry needs a new grant of
   the same size from the ledger, and the request's retry count must be under
   ``max_request_retries``; the backend's retry budget is checked by the upstream client.
@@ -79,26 +83,49 @@ class Metered:
     prompt_bound: int = 0
     settled: bool = False
     attempt_open: bool = True  # the current attempt's grant is reserved and not yet settled
+    attempt_sent: bool = False  # the current attempt has left the gateway (``sending``)
     # The completions the call generates: ``n``, or its ``best_of`` when larger (every one
     # is paid from the grant, though only ``n`` come back); 0 means ``n``.
     candidates: int = 0
 
     async def open_stream(self, call: Call) -> UpstreamStream:
         """Open this reserved call as a stream; a failure to open is charged what it may have
-        generated (``fail``), a cancellation gives the grant back (``abandon``).
+        generated (``fail``), a cancellation its grant (``abandon``) unless the attempt had
+        not left the gateway (``give_back_unsent``).
 
         Raises:
             GatewayError: the backend refused or failed before streaming.
         """
         try:
             return await call.client.open_stream(call.backend, call.path, self.body,
-                                                 call.acct, retry=self.retry)
+                                                 call.acct, retry=self.retry,
+                                                 sending=self.sending)
         except GatewayError as exc:
             self.fail(exc)
             raise
         except BaseException:
-            self.abandon(None, "")
+            if not self.give_back_unsent():
+                self.abandon(None, "")
             raise
+
+    def sending(self) -> None:
+        """The upstream client's send hook: the current attempt leaves the gateway now."""
+        self.attempt_sent = True
+
+    def give_back_unsent(self) -> bool:
+        """Settle a cancelled call whose current attempt never left the gateway (it waited
+        for the backend's concurrency slot, or for a retry's backoff): its grant is given
+        back and nothing is charged for it (earlier attempts were charged as they failed).
+        Returns whether it did; False (nothing done) when the attempt was sent, or the call
+        is settled already."""
+        if self.settled or self.attempt_sent:
+            return False
+        self.settled = True
+        if self.attempt_open:
+            self.attempt_open = False
+            if self.granted is not None:
+                self.call.ledger.settle(self.granted, 0, prompt_reserved=self.prompt_bound)
+        return True
 
     @classmethod
     def reserve(cls, call: Call, body: dict[str, Any], per_choice: int | None,
@@ -167,6 +194,7 @@ class Metered:
                 metrics.child(metrics.RETRIES_REFUSED, label, "token_budget").inc()
                 return False
         self.attempt_open = True
+        self.attempt_sent = False
         return True
 
     def _charge_attempt(self, error: GatewayError) -> None:

@@ -104,7 +104,7 @@ async def post_completion(call: Call, metered: Metered) -> dict[str, Any]:
     """
     try:
         reply = await call.client.post_json(call.backend, call.path, metered.body, call.acct,
-                                            retry=metered.retry)
+                                            retry=metered.retry, sending=metered.sending)
         data = reply.body
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise UpstreamError(f"backend {call.backend.label} returned no choices",
@@ -112,8 +112,9 @@ async def post_completion(call: Call, metered: Metered) -> dict[str, Any]:
     except GatewayError as exc:
         metered.fail(exc)
         raise
-    except BaseException:  # cancelled: the backend may be generating the whole grant
-        metered.fail(UpstreamError("the call was abandoned", code="connection_lost"))
+    except BaseException:  # cancelled: once sent, the backend may be generating the grant
+        if not metered.give_back_unsent():
+            metered.fail(UpstreamError("the call was abandoned", code="connection_lost"))
         raise
     if not isinstance(data.get("usage"), dict):
         data["usage"] = None

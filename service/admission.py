@@ -12,7 +12,9 @@ before every route:
   window of its own, ``KeyLimiter.admit_feedback``); ``/metrics``, when protected
   (``protect_metrics`` or ``metrics_token``), takes an admin key or the metrics token;
 - every response of a key carries its ``x-ratelimit-*`` headers, as OpenAI's do;
-- a token reservation made by the completion route is settled once the response is sent;
+- a token reservation made by the completion route is settled once the response is sent,
+  and a stream's place among its key's open streams (``admit_stream``,
+  ``service.key_streams``) given back, however the response ended;
 - a request still running when the shutdown deadline cancels it gets a 503 in the envelope, or,
   when its stream had started, a final error event and ``data: [DONE]``;
 - a client that does not take a piece of its response within ``client_send_timeout_s`` (it
@@ -50,6 +52,7 @@ from service.errors import (
     Unauthorized,
     error_json,
 )
+from service.key_streams import StreamPlace
 from service.keys import ApiKey
 from service.limits import Reservation, TokensOverLimit
 from service.protocol import RoutedRequest, candidates
@@ -81,11 +84,13 @@ class ClientStalled(BaseException):
 @dataclass
 class Admission:
     """A request admitted with a key: the key, the ``x-ratelimit-*`` headers its response
-    gets, and the token reservation of a completion request (settled after the response)."""
+    gets, the token reservation of a completion request (settled after the response), and
+    the place of a stream among its key's open streams (given back after the response)."""
 
     key: ApiKey
     headers: dict[str, str] = field(default_factory=dict)
     reservation: Reservation | None = None
+    stream: StreamPlace | None = None
 
 
 def admission_of(request: Request) -> Admission | None:
@@ -139,6 +144,8 @@ class AdmissionMiddleware:
                 task.uncancel()
         finally:
             tracker.close()
+            if admission is not None and admission.stream is not None:
+                admission.stream.release()
             if admission is not None and admission.reservation is not None:
                 await gw.limiter.settle(admission.reservation)
 
@@ -194,6 +201,30 @@ async def _admit(gw: Any, scope: Scope) -> Admission | None:
         metrics.child(metrics.REJECTED, "overload").inc()
         raise
     return Admission(key, headers)
+
+
+async def admit_stream(request: Request, gw: Any) -> None:
+    """Take a place among the open streams of the request's key for the stream it asks for
+    (``service.key_streams``), before any token is reserved; ``AdmissionMiddleware`` gives it
+    back when the response is over. Nothing without a key.
+
+    Raises:
+        RateLimited: the key holds ``key_max_concurrent_streams`` open streams already (429,
+            ``Retry-After``, with the key's ``x-ratelimit-*`` headers).
+        Overloaded: the shared counters do not answer while the refusal's token headers are
+            read (503).
+    """
+    admission = admission_of(request)
+    if admission is None or admission.stream is not None or gw.streams is None:
+        return
+    try:
+        admission.stream = gw.streams.open(admission.key.name)
+    except RateLimited as exc:
+        # Every 429 of a key tells all its limits, as OpenAI's do.
+        exc.rate_headers = {**admission.headers,
+                            **await gw.limiter.token_headers(admission.key)}
+        metrics.child(metrics.REJECTED, "rate_limit").inc()
+        raise
 
 
 async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest, plan: Plan,

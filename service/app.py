@@ -37,6 +37,7 @@ from service.errors import (
 )
 from service.experiments import Experiments
 from service.hotpath import HotPath
+from service.key_streams import KeyStreams
 from service.keys import KeyRing, open_key_store
 from service.learning import Learner
 from service.limits import KeyLimiter, MemoryCounters, RedisCounters
@@ -120,7 +121,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 reporter=Reporter(request_log, keep_text=settings.log_text, durable=durable),
                 request_log=request_log, keys=keys, limiter=limiter, router=router,
                 experiments=Experiments(settings, request_log), learner=learner,
-                search=search_backend or open_backend(settings, search_client))
+                search=search_backend or open_backend(settings, search_client),
+                streams=KeyStreams(settings.key_max_concurrent_streams))
             # Start-up made hundreds of thousands of long-lived objects (scikit-learn, numpy,
             # the classifier): freezing them keeps the garbage collector's full passes, which
             # pause the event loop, from walking them again and again.

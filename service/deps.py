@@ -9,6 +9,7 @@ from starlette.requests import ClientDisconnect, Request
 from service.backends import BackendRegistry
 from service.errors import ClientClosed, RequestTooLarge
 from service.experiments import Experiments
+from service.key_streams import KeyStreams
 from service.keys import KeyRing
 from service.learning import Learner
 from service.limits import KeyLimiter
@@ -24,10 +25,10 @@ from service.upstream import UpstreamClient
 class Gateway:
     """The state the lifespan owns: settings, the upstream client, the backend registry,
     the reporter of finished requests, the request log (None when there is none), the API
-    keys and the per-key limiter (``service.admission`` uses both), the router (the
-    classifier and the policies behind ``model: "auto"``), the A/B experiments, the learner
-    that feeds feedback to the learned policies, and the search backend of the ``search``
-    strategy (opened once, on the app's search HTTP client)."""
+    keys, the per-key limiter and the keys' open streams (``service.admission`` uses them),
+    the router (the classifier and the policies behind ``model: "auto"``), the A/B
+    experiments, the learner that feeds feedback to the learned policies, and the search
+    backend of the ``search`` strategy (opened once, on the app's search HTTP client)."""
 
     settings: Settings
     client: UpstreamClient
@@ -40,6 +41,7 @@ class Gateway:
     experiments: Experiments | None = None
     search: SearchBackend | None = None
     learner: Learner | None = None
+    streams: KeyStreams | None = None
 
 
 def gateway(request: Request) -> Gateway:

@@ -280,6 +280,10 @@ class Settings(BaseSettings):
     keys_refresh_s: float = Field(1.0, gt=0)  # how stale the gateway's view of the keys may be
     # Per-key counters shared by replicas (redis://...); without it they live in this process.
     redis_url: SecretStr | None = None
+    # Streams one key may hold open at once on each replica (service/key_streams.py); past it
+    # a 429 with Retry-After. None: unlimited. 64: a quarter of backend_max_concurrency, so
+    # one key's streams cannot hold every slot of a backend.
+    key_max_concurrent_streams: int | None = Field(64, ge=1)
     # Operator caps per request: past them a 400, never an unbounded amount of work.
     max_n: int = Field(16, ge=1)
     max_budget_tokens: int = Field(32_768, ge=1)

@@ -78,8 +78,8 @@ RUN_CALLS = [
 
 @pytest.mark.parametrize("path, body, admin", RUN_CALLS)
 async def test_a_key_out_of_tokens_cannot_start_runs(path, body, admin):
-    # Seen through the gateway: a key whose day was spent started runs all the same, since a
-    # forwarded call reserved tokens only when its body named a model.
+    # Before: a key whose day was spent started runs all the same, since a forwarded call
+    # reserved tokens only when its body named a model, and a queued run cost nothing.
     secret = store().create("runner", tokens_per_day=100, admin=admin)
     backend = RunsBackend()
     before = metric("ttc_key_tokens_total", key_name="runner", kind="completion")

@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 
 from router_models.prompt import has_conversation
 from service import sse
-from service.admission import admission_of, reserve_for_call
+from service.admission import admission_of, admit_stream, reserve_for_call
 from service.backends import AUTO_MODEL
 from service.deps import gateway, read_body
 from service.disconnect import ClientWatch, already_left
@@ -61,6 +61,8 @@ async def _complete(request: Request, endpoint: Endpoint) -> Response:
     plan, scores = gw.router.plan(routed, backend, upstream_model,
                                   policy=assignment.policy if assignment else None)
     router = gw.router
+    if routed.stream:  # one of its key's open streams, before its tokens are reserved
+        await admit_stream(request, gw)
     plan, reservation = await reserve_for_call(
         request, gw, routed, plan,
         fit=lambda p, tokens: router.fit_budget(p, tokens, scores, upstream_model))

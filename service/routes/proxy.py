@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from service import metrics
-from service.admission import admission_of, reserve_for_proxy
+from service.admission import admission_of, admit_stream, reserve_for_proxy
 from service.backends import AUTO_MODEL
 from service.batch_input import batch_input_file, batch_references
 from service.deps import Gateway, gateway, read_body
@@ -81,9 +81,9 @@ async def forward(path: str, request: Request) -> Response:
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in _DROPPED_REQUEST_HEADERS}
         run = starts_run(request.method, path)
-        json_body = parsed
-        if owner is not None or run:
-            json_body = _json_body(body, content_type, parsed)
+        json_body = _json_body(body, content_type, parsed)
+        if isinstance(json_body, dict) and json_body.get("stream") is True:
+            await admit_stream(request, gw)  # one of its key's open streams
         if owner is not None:  # before any token is reserved
             owned = await Owned.admit(_objects(gw), owner, request.method, path,
                                       request.url.query, json_body)

@@ -18,7 +18,8 @@ off, or its client left) and a call that failed once it reached the backend (a 5
 cut off or not JSON) may have generated their whole grant, and are charged it, as a
 completion's failed call is: the call's reservation (``max_output_tokens``, or what the key
 had left), else its own cap; a call the backend refused (a 4xx, a 429) or never reached is
-charged nothing.
+charged nothing, and so is one cancelled before it left the gateway (it waited for the
+backend's concurrency slot at the shutdown deadline: ``charge_cancelled``).
 
 An Assistants API run (``POST /v1/threads/runs``, ``POST /v1/threads/{id}/runs``: ``starts_run``)
 names no model, yet it generates, and mostly after its reply: a run comes back ``queued`` and
@@ -157,6 +158,17 @@ def charge_failed(error: GatewayError, model: str, reservation: Reservation | No
     (completion tokens) when it may have generated (``upstream.may_have_generated``), else
     nothing, its reservation given back."""
     if may_have_generated(error):
+        _charge_grant(model, reservation, grant)
+    else:
+        _charge(model, reservation, 0, 0)
+
+
+def charge_cancelled(model: str, reservation: Reservation | None, grant: int | None, *,
+                     sent: bool) -> None:
+    """Charge a forwarded call cancelled before its reply came (the shutdown deadline): its
+    grant when it had left the gateway (the backend may be generating all of it), nothing
+    when it was still waiting for the backend's concurrency slot or a retry's backoff."""
+    if sent:
         _charge_grant(model, reservation, grant)
     else:
         _charge(model, reservation, 0, 0)

@@ -507,8 +507,10 @@ class UpstreamClient:
 
     async def forward(self, backend: Backend, method: str, path: str, body: bytes,
                       headers: Mapping[str, str], acct: Accounting | None = None,
+                      sending: SendHook | None = None,
                       ) -> tuple[int, dict[str, str], ForwardedBody]:
         """Forward any other ``/v1/*`` call as it is: returns (status, headers, body chunks).
+        ``sending`` as ``post_json``'s.
 
         Retried on connection errors, 429 and 5xx before any byte is returned. A JSON reply
         (``application/json``) is read whole and checked before it is returned, so that one
@@ -533,6 +535,8 @@ class UpstreamClient:
             # never start if the client goes away.
             gate = self._gate(backend)
             await gate.acquire()
+            if sending is not None:
+                sending()
             try:
                 response = await self._exchange(backend, method, url,
                                                 body, _auth_headers(backend, headers), acct,

@@ -186,3 +186,57 @@ async def test_a_client_that_leaves_a_forwarded_stream_is_counted_as_499():
     async with app.router.lifespan_context(app):
         await asyncio.wait_for(app(scope, receive, send), 5)
     assert moved(before, counts("responses")) == {"proxied 499": 1, "upstream 200": 1}
+
+
+async def test_a_forwarded_call_cut_off_while_waiting_for_a_backend_slot_costs_nothing():
+    # At the shutdown deadline, a forwarded call still waiting for the backend's one slot
+    # kept its whole reservation charged to its key, though it never reached the backend;
+    # the call that did reach it is charged its grant (it may be generating all of it).
+    from tests.test_disconnect import LeavingClient, http_scope
+    from tests.test_keys_and_limits import NOON
+
+    reached = asyncio.Event()
+    bodies: list[dict[str, Any]] = []  # of the calls that reached the backend
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "fake-model"}]})
+        bodies.append(json.loads(request.content))
+        if request.url.path.endswith("/responses"):
+            reached.set()
+            await asyncio.sleep(30)
+        return httpx.Response(200, json={"id": "c", "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "4"},
+             "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 1,
+                                                  "total_tokens": 6}})
+
+    secret = SqliteKeyStore(Path(os.environ["TTC_DATA_DIR"]) / "keys.db").create(
+        "queued", tpm=1000)
+    app = create_app(make_settings(backend_max_concurrency=1),
+                     transport=httpx.MockTransport(handle))
+    scope = http_scope([(b"authorization", f"Bearer {secret}".encode())])
+    scope["path"], scope["raw_path"] = "/v1/responses", b"/v1/responses"
+    tasks = []
+    async with app.router.lifespan_context(app):
+        app.state.gateway.limiter.clock = lambda: NOON
+        for cap in (50, 70):  # the first takes the slot, the second waits for it
+            body = {**EMBED, "input": "hi", "max_output_tokens": cap}
+            receive = LeavingClient(body, asyncio.Event()).receive
+            tasks.append(asyncio.create_task(app(dict(scope), receive, collecting_nothing)))
+            await asyncio.wait_for(reached.wait(), 5)
+        await asyncio.sleep(0.1)
+        for task in reversed(tasks):  # as uvicorn does at the shutdown deadline
+            task.cancel()
+            await asyncio.wait_for(task, 5)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://gateway.test") as client:
+            probe = await client.post("/v1/chat/completions", headers={
+                "authorization": f"Bearer {secret}"}, json={
+                "model": "fake-model", "max_tokens": 10,
+                "messages": [{"role": "user", "content": "2+2?"}]})
+    assert [b.get("max_output_tokens") for b in bodies] == [50, None]  # and the probe
+    assert int(probe.headers["x-ratelimit-remaining-tokens"]) == 1000 - 50 - 10
+
+
+async def collecting_nothing(message: dict[str, Any]) -> None:
+    """An ASGI ``send`` whose client takes every message and keeps none."""

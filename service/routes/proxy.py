@@ -30,6 +30,7 @@ from service.limits import Reservation
 from service.ownership import Owned, check_owned
 from service.proxy_usage import (
     Passing,
+    charge_cancelled,
     charge_failed,
     output_cap,
     run_prompt_text,
@@ -114,8 +115,21 @@ async def forward(path: str, request: Request) -> Response:
             grant = (reservation.tokens if reservation is not None and reservation.tokens
                      else output_cap(parsed))
         upstream_path = "/" + path + (f"?{request.url.query}" if request.url.query else "")
-        status, out_headers, chunks = await gw.client.forward(
-            backend, request.method, upstream_path, body, headers)
+        sent = False
+
+        def sending() -> None:  # an attempt leaves the gateway: from now on it may generate
+            nonlocal sent
+            sent = True
+
+        try:
+            status, out_headers, chunks = await gw.client.forward(
+                backend, request.method, upstream_path, body, headers, sending=sending)
+        except GatewayError:
+            raise
+        except BaseException:  # cancelled (the shutdown deadline): charged if it was sent
+            if label is not None:
+                charge_cancelled(label, reservation, grant, sent=sent)
+            raise
         if owned is not None and owned.lists(status):
 
             async def fetch(query: str) -> bytes:  # a further page of the backend's list

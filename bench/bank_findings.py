@@ -20,7 +20,13 @@ c. **Early stopping** (``bench.bank_stopping``): Adaptive-Consistency and ESC re
    target: within 1 point of its accuracy with at least 2x fewer samples overall); and a
    sweep of Beta rules, each half of the items scored with the rule chosen on the other
    (``cross_fitted_sweep``); and the same sweep with stopping for futility added (a vote
-   whose first samples scatter stops too).
+   whose first samples scatter stops too). Each sweep's two held-out halves are also pooled
+   (``pooled``): every item scored with a rule chosen without it.
+c2. **Confidence-aware early stopping** (``bench.bank_stopping``): DeepConf online's consensus
+   stop and confidence filter (Fu et al. 2025), Beta rules on confidence-weighted votes, and
+   both together, at their published settings (``confidence_rules``) and cross-fitted
+   (``confidence_sweep_rules``); with ``--out``, every rule of those sweeps in sample in
+   ``bank_stopping_grid.md``.
 d. **DeepConf** (Fu et al. 2025): confidence-weighted and confidence-filtered votes against the
    plain vote (``bench.bank_figures.confidence_outcomes``), and how well each sample's
    confidence separates its right from its wrong answers (ROC AUC, scikit-learn).
@@ -49,7 +55,7 @@ import math
 import sys
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -67,9 +73,17 @@ from bench.bank_figures import (
     right,
     spent,
 )
-from bench.bank_stopping import FULL, StopRule, default_rules, stopped_vote
+from bench.bank_stopping import (
+    FULL,
+    StoppedVote,
+    StopRule,
+    default_rules,
+    sample_answers,
+    stopped_vote,
+)
 from bench.options import load_bank, token_budgets
 from router_models.bank import Bank, BankError, BankRun
+from router_models.experiments.stats import ArmTotals, mean_interval
 from router_models.voting import Ballot, tally
 from service.evaluation.analysis import paired_difference
 
@@ -283,11 +297,22 @@ class StoppingRow:
     samples: float
     fixed_samples: float
     token_share: float
+    samples_ci95: tuple[float, float] | None = None
 
     @property
     def saving(self) -> float:
         """How many times fewer samples than the fixed vote (inf when none read)."""
         return self.fixed_samples / self.samples if self.samples else math.inf
+
+    @property
+    def saving_ci95(self) -> tuple[float, float] | None:
+        """``saving``'s 95% interval: the fixed vote's samples over the ends of the t interval
+        of the mean samples read per item (``samples_ci95``); None below 2 items."""
+        if self.samples_ci95 is None:
+            return None
+        low, high = self.samples_ci95
+        return (self.fixed_samples / high if high > 0 else math.inf,
+                self.fixed_samples / low if low > 0 else math.inf)
 
     @property
     def meets_target(self) -> bool:
@@ -297,25 +322,32 @@ class StoppingRow:
                 and self.saving >= TARGET_SAVING)
 
 
+def stopping_row(family: str, rule: str, votes: Sequence[StoppedVote]) -> StoppingRow:
+    """The ``StoppingRow`` of one rule's ``votes`` (one per item), with the Student's t 95%
+    interval of the mean samples read per item (``router_models.experiments.stats``)."""
+    n = len(votes)
+    fixed_tokens = sum(v.fixed_tokens for v in votes)
+    read = [v.samples for v in votes]
+    return StoppingRow(
+        family, rule, n, Cell(sum(v.correct for v in votes), n),
+        Cell(sum(v.fixed_correct for v in votes), n),
+        paired([v.correct for v in votes], [v.fixed_correct for v in votes]),
+        sum(read) / max(1, n), sum(v.fixed_samples for v in votes) / max(1, n),
+        sum(v.tokens for v in votes) / fixed_tokens if fixed_tokens else 0.0,
+        mean_interval(ArmTotals(rule, requests=n, tokens_sum=float(sum(read)),
+                                tokens_sumsq=float(sum(x * x for x in read)))))
+
+
 def stopping_rows(family: str, runs: Sequence[BankRun],
                   rules: Sequence[StopRule] | None = None) -> list[StoppingRow]:
     """One ``StoppingRow`` per rule (default ``default_rules`` for votes as wide as the
     runs' samples) over the runs with samples."""
     runs = [r for r in runs if r.samples]
     width = max((len(r.samples) for r in runs), default=8)
-    rows = []
-    for rule in rules or default_rules(width):
-        votes = [stopped_vote(r, rule) for r in runs]
-        n = len(votes)
-        fixed_tokens = sum(v.fixed_tokens for v in votes)
-        rows.append(StoppingRow(
-            family, rule.name, n, Cell(sum(v.correct for v in votes), n),
-            Cell(sum(v.fixed_correct for v in votes), n),
-            paired([v.correct for v in votes], [v.fixed_correct for v in votes]),
-            sum(v.samples for v in votes) / max(1, n),
-            sum(v.fixed_samples for v in votes) / max(1, n),
-            sum(v.tokens for v in votes) / fixed_tokens if fixed_tokens else 0.0))
-    return rows
+    answers = [sample_answers(r) for r in runs]  # read once, replayed by every rule
+    return [stopping_row(family, rule.name, [stopped_vote(r, rule, a) for r, a in
+                                             zip(runs, answers, strict=True)])
+            for rule in rules or default_rules(width)]
 
 
 # The Beta rules a sweep chooses from: first wave x threshold (Adaptive-Consistency's family).
@@ -350,6 +382,7 @@ class SweepRow:
     chosen: str
     chosen_on: int
     row: StoppingRow
+    votes: tuple[StoppedVote, ...] = ()
 
 
 def half_of(run: BankRun) -> int:
@@ -379,9 +412,99 @@ def cross_fitted_sweep(runs: Sequence[BankRun],
 
         best = max(scored, key=key)
         rule = next(r for r in rules if r.name == best.rule)
+        votes = tuple(stopped_vote(r, rule) for r in test)
         out.append(SweepRow(half, rule.name, len(train),
-                            stopping_rows(f"half {half}", test, [rule])[0]))
+                            stopping_row(f"half {half}", rule.name, votes), votes))
     return out
+
+
+def pooled(sweep: Sequence[SweepRow]) -> StoppingRow | None:
+    """Both held-out halves of a cross-fitted sweep as one ``StoppingRow``: every item scored
+    with the rule chosen on the half it is not in, so the whole bank is out of sample (issue
+    14's target is on all items). None when a half is missing."""
+    if len(sweep) < 2:
+        return None
+    return stopping_row("both halves", " / ".join(r.chosen for r in sweep),
+                        [v for r in sweep for v in r.votes])
+
+
+# c2. confidence-aware stopping ------------------------------------------------------------
+
+# DeepConf's consensus stop: warm-ups (first waves) x consensus thresholds tau x online filters
+# (eta: 0 none, 90 DeepConf-high, 10 DeepConf-low), its votes weighted by confidence.
+CONSENSUS_WARMUPS = (2, 3, 4)
+CONSENSUS_TAUS = (0.6, 0.7, 0.8, 0.95)
+DEEPCONF_KEEP = (0, 90, 10)
+# Fixed confidence floors (lowest group confidence; the shipped bank's samples span 4.2-12.0,
+# median 7.4): a floor is a threshold set on other items, so the sweep chooses it per half.
+CONF_FLOORS = (5.0, 6.0, 7.0)
+CONFIDENCE_SWEEPS = ("DeepConf consensus", "confidence-weighted Beta",
+                     "Beta or DeepConf consensus", "every confidence-aware rule")
+
+
+def _filter_label(keep: int) -> str:
+    return {0: "", 90: ", DeepConf-high filter (top 90%)",
+            10: ", DeepConf-low filter (top 10%)"}[keep]
+
+
+def confidence_rules(width: int = 8) -> list[StopRule]:
+    """The confidence-aware rules at their published settings, not tuned on the bank:
+    DeepConf's consensus stop at tau 0.95 after warm-ups of 2 and 4 (the paper warms up on 16
+    of 512 traces), DeepConf-low and -high online (warm-up 4, filter, tau 0.95), the gateway's
+    default Beta rule with its votes weighted as ``parallel_vote`` weighs them
+    (``exp(lp_mean)``), Adaptive-Consistency (1 at a time, 0.95) on DeepConf-weighted votes,
+    and that rule with DeepConf's consensus stop added (warm-up 2)."""
+    gateway = default_rules(width)[1]
+    return [
+        StopRule("DeepConf consensus (warm-up 2, tau 0.95)", "consensus", first_wave=2,
+                 consensus=0.95, weights="conf"),
+        StopRule("DeepConf consensus (warm-up 4, tau 0.95)", "consensus", first_wave=4,
+                 consensus=0.95, weights="conf"),
+        StopRule("DeepConf-low online (warm-up 4, top 10%, tau 0.95)", "consensus",
+                 first_wave=4, consensus=0.95, weights="conf", keep_percent=10),
+        StopRule("DeepConf-high online (warm-up 4, top 90%, tau 0.95)", "consensus",
+                 first_wave=4, consensus=0.95, weights="conf", keep_percent=90),
+        StopRule(gateway.name.replace("gateway default", "gateway default, votes weighted "
+                                      "exp(lp_mean)"), "beta", first_wave=gateway.first_wave,
+                 wave=gateway.wave, threshold=gateway.threshold, weights="gateway"),
+        StopRule("Adaptive-Consistency on DeepConf-weighted votes (1 at a time, Beta 0.95)",
+                 "beta", weights="conf"),
+        StopRule("the same or DeepConf consensus 0.95 (first wave 2)", "beta", first_wave=2,
+                 weights="conf", consensus=0.95),
+    ]
+
+
+def confidence_sweep_rules(group: str) -> list[StopRule]:
+    """The confidence-aware rules a cross-fitted sweep chooses from, per ``CONFIDENCE_SWEEPS``
+    group: DeepConf's consensus stop (``CONSENSUS_WARMUPS`` x ``CONSENSUS_TAUS`` x
+    ``DEEPCONF_KEEP``, and unweighted without a filter, the control); the Beta rules of
+    ``sweep_rules`` on confidence-weighted votes (DeepConf's or the gateway's weights), and on
+    DeepConf-weighted votes of the samples above a ``CONF_FLOORS`` floor; a Beta rule on
+    DeepConf-weighted votes (first wave 2 or 3, threshold 0.7-0.9) or DeepConf's consensus
+    stop (0.8, 0.95), whichever holds first; or all of them. Raises ValueError for an
+    unknown group."""
+    if group == CONFIDENCE_SWEEPS[0]:
+        return [StopRule(f"DeepConf consensus, warm-up {w}, tau {t:g}"
+                         + ("" if weights == "conf" else ", unweighted") + _filter_label(keep),
+                         "consensus", first_wave=w, consensus=t, weights=weights,
+                         keep_percent=keep)
+                for w in CONSENSUS_WARMUPS for t in CONSENSUS_TAUS
+                for weights, keep in [("conf", k) for k in DEEPCONF_KEEP] + [("none", 0)]]
+    if group == CONFIDENCE_SWEEPS[1]:
+        return [StopRule(f"first wave {w}, Beta {t:g}, {weights}-weighted", "beta",
+                         first_wave=w, threshold=t, weights=weights)
+                for weights in ("conf", "gateway") for w in SWEEP_FIRST_WAVES
+                for t in SWEEP_THRESHOLDS] + [
+                StopRule(f"first wave {w}, Beta {t:g}, conf-weighted, floor {f:g}", "beta",
+                         first_wave=w, threshold=t, weights="conf", conf_floor=f)
+                for f in CONF_FLOORS for w in SWEEP_FIRST_WAVES for t in SWEEP_THRESHOLDS[1:]]
+    if group == CONFIDENCE_SWEEPS[2]:
+        return [StopRule(f"first wave {w}, Beta {t:g} or consensus {c:g}, conf-weighted",
+                         "beta", first_wave=w, threshold=t, weights="conf", consensus=c)
+                for w in (2, 3) for t in (0.7, 0.8, 0.9) for c in (0.8, 0.95)]
+    if group == CONFIDENCE_SWEEPS[3]:
+        return [r for g in CONFIDENCE_SWEEPS[:3] for r in confidence_sweep_rules(g)]
+    raise ValueError(f"unknown sweep {group!r}; known: {', '.join(CONFIDENCE_SWEEPS)}")
 
 
 def agreement(runs: Sequence[BankRun]) -> tuple[int, float, float]:
@@ -399,6 +522,23 @@ def agreement(runs: Sequence[BankRun]) -> tuple[int, float, float]:
         unanimous += top == len(answers)
     n = len(shares)
     return n, (sum(shares) / n if n else 0.0), (unanimous / n if n else 0.0)
+
+
+def first_agreement(runs: Sequence[BankRun]) -> tuple[float, float]:
+    """What an early stop has to go on, over the runs with at least two samples: (share of
+    samples without an answer, which cast no vote; share of items whose first two samples
+    give the same answer, the least a stop after two needs). 0.0 for both with no runs."""
+    answered, items, agree = 0, 0, 0
+    total = 0
+    for run in runs:
+        if len(run.samples) < 2:
+            continue
+        answers = sample_answers(run)
+        items += 1
+        total += len(answers)
+        answered += sum(a is not None for a in answers)
+        agree += answers[0] is not None and answers[0] == answers[1]
+    return ((total - answered) / total if total else 0.0, agree / items if items else 0.0)
 
 
 # d. DeepConf ----------------------------------------------------------------------------------
@@ -540,39 +680,61 @@ def render_search(rows: Sequence[SearchRow]) -> str:
     return "\n".join(lines)
 
 
-def render_stopping(rows: Sequence[StoppingRow]) -> str:
-    """Markdown: one line per (family, rule)."""
+def _saving(row: StoppingRow, interval: bool) -> str:
+    ci = row.saving_ci95
+    return f"{row.saving:.2f}x" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if interval and ci else "")
+
+
+def render_stopping(rows: Sequence[StoppingRow], intervals: bool = False) -> str:
+    """Markdown: one line per (family, rule); with ``intervals``, the saving's 95% interval
+    too."""
+    saving = "fewer samples [95%]" if intervals else "fewer samples"
     lines = ["| family | n | rule | accuracy | fixed vote | rule - fixed (points, paired 95%), "
-             "McNemar p | samples (fixed) | fewer samples | tokens read | target |",
+             f"McNemar p | samples (fixed) | {saving} | tokens read | target |",
              "| --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: | --- |"]
     for r in rows:
         lines.append(f"| {r.family} | {r.n} | {r.rule} | {r.accuracy.render()} | "
                      f"{r.fixed.render()} | {r.comparison.render()} | "
                      f"{r.samples:.2f} ({r.fixed_samples:.0f}) | "
-                     f"{r.saving:.2f}x | {100 * r.token_share:.0f}% | "
+                     f"{_saving(r, intervals)} | {100 * r.token_share:.0f}% | "
                      f"{'met' if r.meets_target else 'not met'} |")
     return "\n".join(lines)
 
 
 def render_sweep(rows: Sequence[SweepRow]) -> str:
-    """Markdown: per held-out half, the rule chosen on the other and how it does here."""
+    """Markdown: per held-out half, the rule chosen on the other and how it does here; then
+    both halves pooled (``pooled``), every item out of sample."""
     lines = ["| held-out half | n | rule chosen on the other half (n) | accuracy | fixed vote | "
-             "rule - fixed (points, paired 95%), McNemar p | fewer samples | target |",
+             "rule - fixed (points, paired 95%), McNemar p | fewer samples [95%] | target |",
              "| --- | ---: | --- | --- | --- | --- | ---: | --- |"]
+
+    def line(half: str, chosen: str, row: StoppingRow) -> str:
+        return (f"| {half} | {row.n} | {chosen} | {row.accuracy.render()} | "
+                f"{row.fixed.render()} | {row.comparison.render()} | {_saving(row, True)} | "
+                f"{'met' if row.meets_target else 'not met'} |")
+
     for r in rows:
-        lines.append(f"| {r.half} | {r.row.n} | {r.chosen} ({r.chosen_on}) | "
-                     f"{r.row.accuracy.render()} | {r.row.fixed.render()} | "
-                     f"{r.row.comparison.render()} | {r.row.saving:.2f}x | "
-                     f"{'met' if r.row.meets_target else 'not met'} |")
+        lines.append(line(str(r.half), f"{r.chosen} ({r.chosen_on})", r.row))
+    both = pooled(rows)
+    if both is not None:
+        lines.append(line("both", "each half's own", both))
     return "\n".join(lines)
 
 
-def render_agreement(per_family: dict[str, tuple[int, float, float]]) -> str:
-    """Markdown: per family, how settled its votes of 8 are."""
-    lines = ["| family | n | mean share of the leading answer | items with one answer |",
-             "| --- | ---: | ---: | ---: |"]
+def render_agreement(per_family: dict[str, tuple[int, float, float]],
+                     first: dict[str, tuple[float, float]] | None = None) -> str:
+    """Markdown: per family, how settled its votes of 8 are; with ``first``
+    (``first_agreement`` per family), samples without an answer and first two agreeing."""
+    extra = " samples without an answer | first two samples agree |" if first else ""
+    lines = ["| family | n | mean share of the leading answer | items with one answer |" + extra,
+             "| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if first else "")]
     for family, (n, share, unanimous) in per_family.items():
-        lines.append(f"| {family} | {n} | {100 * share:.0f}% | {100 * unanimous:.0f}% |")
+        more = ""
+        if first and family in first:
+            none, two = first[family]
+            more = f" {100 * none:.0f}% | {100 * two:.0f}% |"
+        lines.append(f"| {family} | {n} | {100 * share:.0f}% | {100 * unanimous:.0f}% |"
+                     + more)
     return "\n".join(lines)
 
 
@@ -627,10 +789,14 @@ class Findings:
     greedy: list[GreedyRow]
     sweep: list[SweepRow]
     futility_sweep: list[SweepRow]
+    confidence_stopping: list[StoppingRow] = field(default_factory=list)
+    confidence_sweeps: dict[str, list[SweepRow]] = field(default_factory=dict)
+    confidence_grid: list[StoppingRow] = field(default_factory=list)
+    first_agreement: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def compute(bank: Bank, budgets: Sequence[int] = DEFAULT_BUDGETS) -> Findings:
-    """All five findings for ``bank`` at ``budgets`` (tokens)."""
+    """All findings for ``bank`` at ``budgets`` (tokens)."""
     groups = families(bank)
     return Findings(
         bank, tuple(budgets),
@@ -643,7 +809,67 @@ def compute(bank: Bank, budgets: Sequence[int] = DEFAULT_BUDGETS) -> Findings:
         {f: confidence_auc(runs) for f, runs in groups.items()},
         [greedy_vs_sampled(f, runs) for f, runs in groups.items()],
         cross_fitted_sweep(groups[ALL]),
-        cross_fitted_sweep(groups[ALL], sweep_rules(futility=True)))
+        cross_fitted_sweep(groups[ALL], sweep_rules(futility=True)),
+        [row for f, runs in groups.items()
+         for row in stopping_rows(f, runs, confidence_rules())],
+        {group: cross_fitted_sweep(groups[ALL], confidence_sweep_rules(group))
+         for group in CONFIDENCE_SWEEPS},
+        stopping_rows(ALL, groups[ALL], confidence_sweep_rules(CONFIDENCE_SWEEPS[-1])),
+        {f: first_agreement(runs) for f, runs in groups.items()})
+
+
+def render_confidence_stopping(findings: Findings) -> list[str]:
+    """Markdown blocks of the confidence-aware stopping rules (``bench.bank_stopping``): the
+    published settings per family, then each ``CONFIDENCE_SWEEPS`` group cross-fitted."""
+    if not findings.confidence_stopping:
+        return []
+    blocks = [
+        "### c2. Confidence-aware early stopping: DeepConf online, confidence-weighted Beta",
+        "The rules at their published settings (not tuned here); votes weighted by DeepConf's "
+        "lowest group confidence unless named otherwise, the fixed vote plain; the saving's "
+        "interval from the t interval of the samples read per item:",
+        render_stopping(findings.confidence_stopping, intervals=True)]
+    for group, rows in findings.confidence_sweeps.items():
+        count = len(confidence_sweep_rules(group))
+        blocks += [f"{group[0].upper()}{group[1:]} ({count} rules), one chosen on each half "
+                   "(the most saving within 1 point of the fixed vote there) and scored on the "
+                   "other; `both` pools the two held-out halves:", render_sweep(rows)]
+    blocks += ["Out of sample on every item (`both` above), each sweep against the Beta sweeps "
+               "of section c:", render_pooled_sweeps(findings)]
+    if findings.confidence_grid:
+        blocks.append(f"Every one of the {len(findings.confidence_grid)} confidence-aware "
+                      "rules on all items, in sample: `bank_stopping_grid.md` beside this "
+                      "report (with --out).")
+    return blocks
+
+
+def render_pooled_sweeps(findings: Findings) -> str:
+    """Markdown: one line per cross-fitted sweep (section c's Beta and futility sweeps, then
+    ``CONFIDENCE_SWEEPS``), its two held-out halves pooled (``pooled``)."""
+    sweeps = {"Beta (section c)": (findings.sweep, len(sweep_rules())),
+              "Beta with futility (section c)": (findings.futility_sweep,
+                                                 len(sweep_rules(futility=True))),
+              **{g: (rows, len(confidence_sweep_rules(g)))
+                 for g, rows in findings.confidence_sweeps.items()}}
+    lines = ["| sweep | rules | n | accuracy | fixed vote | rule - fixed (points, paired 95%), "
+             "McNemar p | fewer samples [95%] | target |",
+             "| --- | ---: | ---: | --- | --- | --- | ---: | --- |"]
+    for name, (rows, count) in sweeps.items():
+        row = pooled(rows)
+        if row is None:
+            continue
+        lines.append(f"| {name} | {count} | {row.n} | {row.accuracy.render()} | "
+                     f"{row.fixed.render()} | {row.comparison.render()} | "
+                     f"{_saving(row, True)} | {'met' if row.meets_target else 'not met'} |")
+    return "\n".join(lines)
+
+
+def render_grid(findings: Findings) -> str:
+    """Markdown: every confidence-aware rule of the sweeps on all items (in sample)."""
+    return ("# Confidence-aware stopping rules, every one on all items (generated)\n\n"
+            "In sample: each rule's accuracy and saving on the items it is scored on, with no "
+            "choice among them (the cross-fitted sweeps in bank_findings.md choose one).\n\n"
+            + render_stopping(findings.confidence_grid, intervals=True) + "\n")
 
 
 def render(findings: Findings) -> str:
@@ -681,7 +907,9 @@ def render(findings: Findings) -> str:
         "The same, with stopping for futility added to every Beta rule (it also stops once 3 "
         "to 6 samples are read and the leading answer holds at most 1 or 2 of them):",
         render_sweep(findings.futility_sweep),
-        "How settled the recorded votes are:", render_agreement(findings.agreement),
+        "How settled the recorded votes are:",
+        render_agreement(findings.agreement, findings.first_agreement),
+        *render_confidence_stopping(findings),
         "### d. DeepConf: confidence-weighted and confidence-filtered votes",
         render_confidence(findings.confidence),
         "Per-sample confidence as a predictor of a right answer (ROC AUC, 0.5 = chance):",
@@ -705,7 +933,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="read only the runs not in the bank folder OLD (the bank as it "
                              "stood earlier): findings on items recorded since")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for the PNG plots and bank_findings.md (none without it)")
+                        help="folder for the PNG plots, bank_findings.md and "
+                             "bank_stopping_grid.md (none without it)")
     args = parser.parse_args(argv)
     bank = load_bank(parser, args.bank)
     if args.since_bank is not None:
@@ -724,7 +953,9 @@ def main(argv: list[str] | None = None) -> None:
         command = " ".join(["python -m bench.bank_findings",
                             *(sys.argv[1:] if argv is None else argv)])
         markdown.write_text(f"# Outcome bank findings (generated)\n\n`{command}`\n\n{report}\n")
-        for path in [*paths, markdown]:
+        grid = args.out / "bank_stopping_grid.md"
+        grid.write_text(render_grid(findings))
+        for path in [*paths, markdown, grid]:
             print(f"\nwrote {path}")
 
 

@@ -12,13 +12,16 @@ import pytest
 from bench.bank_figures import Cell, confidence_outcomes
 from bench.bank_findings import (
     ALL,
+    CONFIDENCE_SWEEPS,
     SWEEP_FUTILITY,
     Paired,
     agreement,
     confidence_auc,
+    confidence_sweep_rules,
     cross_fitted_sweep,
     cut_by_recording,
     families,
+    first_agreement,
     flips,
     greedy_vs_sampled,
     main,
@@ -233,6 +236,9 @@ def test_agreement_counts_settled_votes(bank: Bank) -> None:
     n, share, unanimous = agreement(runs)
     assert (n, unanimous) == (3, 0.0)
     assert share == pytest.approx((0.5 + 0.5 + 0.75) / 3)
+    # One of 12 samples without an answer; first two: 16/18, B/C, paris/paris.
+    assert first_agreement(runs) == (pytest.approx(1 / 12), pytest.approx(1 / 3))
+    assert first_agreement([]) == (0.0, 0.0)
 
 
 def test_paired_needs_equal_lengths_and_renders_nothing_for_no_items() -> None:
@@ -271,7 +277,7 @@ def test_generator_writes_the_report_and_plots(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     main(["--bank", str(FIXTURE), "--budgets", "8,64", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
-    for heading in ("### a.", "### b.", "### c.", "### d."):
+    for heading in ("### a.", "### b.", "### c.", "### c2.", "### d."):
         assert heading in printed
     assert "| all | 3 | 64 |" in printed
     # The winner grid: at 8 tokens the sampled chain still answers the MMLU item ("B" in 7
@@ -279,8 +285,12 @@ def test_generator_writes_the_report_and_plots(tmp_path: Path,
     assert "| all | 3 | chain -33 | tie |" in printed
     names = {p.name for p in tmp_path.iterdir()}
     assert names == {"bank_vote_vs_chain.png", "bank_search_axis.png",
-                     "bank_early_stopping.png", "bank_deepconf.png", "bank_findings.md"}
+                     "bank_early_stopping.png", "bank_deepconf.png", "bank_findings.md",
+                     "bank_stopping_grid.md"}
     assert all((tmp_path / n).stat().st_size > 1000 for n in names)
+    # Every confidence-aware rule of the sweeps has its line in the grid.
+    grid = (tmp_path / "bank_stopping_grid.md").read_text()
+    assert grid.count("| all | 3 |") == len(confidence_sweep_rules(CONFIDENCE_SWEEPS[-1]))
     assert "--budgets 8,64" in (tmp_path / "bank_findings.md").read_text()
 
 

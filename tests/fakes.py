@@ -30,6 +30,7 @@ class FakeBackend:
     ``failures``: statuses to answer with, one per request, before answering normally.
     ``tool_call``: answer with this tool call (name, arguments JSON) instead of text.
     ``continuous_usage``: put running usage totals on every stream chunk (vLLM's option).
+    ``model_answers``: the answer of a model other than ``answer`` (model id -> text).
     ``requests``: the JSON bodies received, in order.
     """
 
@@ -39,6 +40,7 @@ class FakeBackend:
     failures: list[int] = field(default_factory=list)
     tool_call: tuple[str, str] | None = None
     continuous_usage: bool = False
+    model_answers: dict[str, str] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
 
@@ -69,15 +71,17 @@ class FakeBackend:
                                 status_code=status)
         return body
 
-    def _tokens(self) -> list[str]:
-        return [piece + " " for piece in self.answer.split(" ")]
+    def _tokens(self, model: Any = None) -> list[str]:
+        answer = self.model_answers.get(model, self.answer) if isinstance(model, str) else (
+            self.answer)
+        return [piece + " " for piece in answer.split(" ")]
 
     async def _chat(self, request: Request) -> Response:
         body = await self._receive(request)
         if isinstance(body, Response):
             return body
         n = int(body.get("n") or 1) if self.honours_n else 1
-        tokens = self._tokens()
+        tokens = self._tokens(body.get("model"))
         cap = body.get("max_tokens")
         if cap is not None:
             tokens = tokens[:cap]
@@ -136,7 +140,7 @@ class FakeBackend:
         if isinstance(body, Response):
             return body
         n = int(body.get("n") or 1) if self.honours_n else 1
-        tokens = self._tokens()
+        tokens = self._tokens(body.get("model"))
         return JSONResponse({
             "id": "cmpl-fake", "object": "text_completion", "created": 1, "model": body["model"],
             "choices": [{"index": i, "text": "".join(tokens), "finish_reason": "stop"}

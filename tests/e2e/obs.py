@@ -57,12 +57,14 @@ def _answers(path: str) -> Callable[[str], bool]:
     return lambda url: httpx.get(url + path, timeout=1).status_code == 200
 
 
-def start_fake_backend(workdir: Path, delay_ms: float = 0) -> Process:
-    """``tests/e2e/fake_backend.py`` on a free port; its URL ends in ``/v1``."""
+def start_fake_backend(workdir: Path, delay_ms: float = 0,
+                       token_delay_ms: float = 0) -> Process:
+    """``tests/e2e/fake_backend.py`` on a free port (``delay_ms`` before each reply,
+    ``token_delay_ms`` per streamed token); its URL ends in ``/v1``."""
     port = free_port()
     return _start([sys.executable, "-m", "tests.e2e.fake_backend", "--port", str(port),
-                   "--delay-ms", str(delay_ms)], workdir / "backend.log",
-                  _answers("/models"), f"http://127.0.0.1:{port}/v1")
+                   "--delay-ms", str(delay_ms), "--token-delay-ms", str(token_delay_ms)],
+                  workdir / "backend.log", _answers("/models"), f"http://127.0.0.1:{port}/v1")
 
 
 def start_sim(workdir: Path) -> Process:

@@ -106,7 +106,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 log.warning("API keys exist but /metrics is open to anyone who can reach it "
                             "(every key's name and token counts); set protect_metrics: true "
                             "or a metrics_token, or keep /metrics off the tenants' network")
-            registry = BackendRegistry(settings.upstreams, settings.default_model)
+            registry = BackendRegistry(settings.upstreams, settings.default_model,
+                                       settings.ignores_max_tokens_ttl_s)
             router = Router(settings)
             learner = Learner(router, request_log.backend, interval_s=settings.learn_interval_s,
                               checkpoint_every=settings.learn_checkpoint_every,

@@ -28,14 +28,21 @@ REDISCOVER_S = 5.0
 
 
 class BackendRegistry:
-    """Maps model ids to backends and remembers which backends honour ``n``.
+    """Maps model ids to backends and remembers which backends honour ``n`` and which
+    generate past ``max_tokens``.
+
+    What it learns is this process's own: each replica learns it from its own calls, with no
+    state shared between replicas.
 
     Args:
         upstreams: the configured upstreams, in order of preference.
         default_model: the model ``auto`` means, or None for the first one known.
+        ignores_max_tokens_ttl_s: seconds a backend and model seen generating past
+            ``max_tokens`` are remembered as doing it (``ignores_max_tokens``).
     """
 
-    def __init__(self, upstreams: list[UpstreamSettings], default_model: str | None = None):
+    def __init__(self, upstreams: list[UpstreamSettings], default_model: str | None = None,
+                 ignores_max_tokens_ttl_s: float = 3600.0):
         self._configured = upstreams
         self._default_model = default_model
         self._backends = [
@@ -46,6 +53,10 @@ class BackendRegistry:
         ]
         self._supports_n: dict[str, bool | None] = {u.label: u.supports_n for u in upstreams}
         self._last_discovery = 0.0
+        self._ignores_configured = {u.label for u in upstreams if u.ignores_max_tokens}
+        # (backend label, model) -> monotonic time until which it is taken to ignore its cap
+        self._ignores_until: dict[tuple[str, str], float] = {}
+        self._ignores_ttl_s = ignores_max_tokens_ttl_s
 
     @property
     def backends(self) -> list[Backend]:
@@ -146,3 +157,32 @@ class BackendRegistry:
         if self._supports_n.get(backend.label) is None:
             log.info("backend %s %s n", backend.label, "honours" if supported else "ignores")
         self._supports_n[backend.label] = supported
+
+    def ignores_max_tokens(self, backend: Backend, model: str) -> bool:
+        """Whether ``backend`` generates past ``max_tokens`` for ``model``: configured so
+        (``ignores_max_tokens``), or seen doing it (``note_ignores_max_tokens``) less than
+        ``ignores_max_tokens_ttl_s`` ago. Once that time is over the fact is forgotten, and
+        the next call is sent as to any backend: a backend fixed since (a new version, a
+        proxy that now passes the cap on) gets its usual calls back, one that is not
+        overruns that call and is noted again."""
+        if backend.label in self._ignores_configured:
+            return True
+        key = (backend.label, model)
+        until = self._ignores_until.get(key)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._ignores_until[key]
+        log.info("backend %s (model %s): checking again whether it honours max_tokens",
+                 backend.label, model)
+        return False
+
+    def note_ignores_max_tokens(self, backend: Backend, model: str) -> None:
+        """Remember that ``backend`` generated past a call's ``max_tokens`` for ``model``."""
+        key = (backend.label, model)
+        if key not in self._ignores_until and backend.label not in self._ignores_configured:
+            log.warning("backend %s (model %s) generated more tokens than max_tokens granted: "
+                        "for %.0f s its strategy calls are streamed and cut at their grants",
+                        backend.label, model, self._ignores_ttl_s)
+        self._ignores_until[key] = time.monotonic() + self._ignores_ttl_s

@@ -63,7 +63,10 @@ class UpstreamSettings(BaseModel):
     ``reasoning_effort``: it accepts OpenAI's ``reasoning_effort``. ``budget_tokens``: the
     default budget (tokens) of requests it serves that name none. ``tools``: it accepts
     OpenAI tool calls, so the ``search`` strategy offers search as a tool instead of its
-    plain-text protocol.
+    plain-text protocol. ``ignores_max_tokens``: it is known to generate past ``max_tokens``,
+    so the strategies stream their calls to it and close each at its grant from the first
+    request (without it, the gateway learns it from the first call that overruns:
+    ``service.strategies.capped``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -78,6 +81,8 @@ class UpstreamSettings(BaseModel):
     budget_tokens: int | None = Field(default=None, ge=1)
     # It accepts OpenAI's tools / tool_calls: the search strategy offers search as a tool.
     tools: bool = False
+    # It generates past max_tokens: strategy calls to it are streamed and cut at their grant.
+    ignores_max_tokens: bool = False
 
     @field_validator("url")
     @classmethod
@@ -233,6 +238,11 @@ class Settings(BaseSettings):
     vote_majority_first: bool = True
     vote_stop_threshold: float = Field(0.9, gt=0, le=1)
     answer_reserve_tokens: int = Field(64, ge=0)
+    # How long (s) a backend seen generating past max_tokens has its strategy calls streamed
+    # and cut at their grants (service/strategies/capped.py) before one call is sent as
+    # usual again, to see whether it still does: one overrun at most per backend, model and
+    # replica in this time.
+    ignores_max_tokens_ttl_s: float = Field(3600.0, gt=0)
     keepalive_s: float = Field(10.0, gt=0)
 
     # The search strategy (README, "Search"): where it searches, how often, how much it reads.

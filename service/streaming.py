@@ -6,7 +6,8 @@ Shared by every strategy that streams from a backend.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -101,19 +102,41 @@ def chunk_choices(payload: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def merged_events(streams: list[UpstreamStream],
-                         ) -> AsyncGenerator[tuple[int, tuple[Any, str]], None]:
-    """(stream index, event) pairs from all streams, in arrival order."""
+                        stops: Sequence[Callable[[Any], bool] | None] | None = None,
+                        ) -> AsyncGenerator[tuple[int, tuple[Any, str]], None]:
+    """(stream index, event) pairs from all streams, in arrival order.
+
+    ``stops``: per stream, None or a predicate given each of its payloads in order (before
+    the caller sees it, which may change it); when it says True, that stream ends after that
+    event and is closed at once (by the task that reads it), the others go on: a backend
+    generating past its grant (``service.strategies.capped.CutRule``) must stop generating,
+    not only be ignored.
+    """
     if len(streams) == 1:
-        async for event in events(streams[0]):
-            yield 0, event
+        stop = stops[0] if stops else None
+        stopped = False
+        async with aclosing(events(streams[0])) as upstream:
+            async for event in upstream:
+                stopped = stop is not None and stop(event[0])
+                yield 0, event
+                if stopped:
+                    break
+        if stopped:
+            await close_all(streams)
         return
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
     end = object()
 
     async def pump(i: int, stream: UpstreamStream) -> None:
+        stop = stops[i] if stops else None
         try:
-            async for event in events(stream):
-                await queue.put((i, event))
+            async with aclosing(events(stream)) as upstream:
+                async for event in upstream:
+                    stopped = stop is not None and stop(event[0])
+                    await queue.put((i, event))
+                    if stopped:
+                        await close_all([stream])
+                        break
         except GatewayError as exc:
             await queue.put((i, exc))
         finally:

@@ -18,7 +18,8 @@ added for every backend:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -28,6 +29,7 @@ import orjson
 from service import sse
 from service.errors import GatewayError, InvalidRequest, UpstreamError, error_json
 from service.strategies.base import Call, conform_choice, request_body, router_info, usage_body
+from service.strategies.capped import CutRule, cuts
 from service.strategies.metered import Metered, delta_text
 from service.strategies.sampling import choice_text, post_completion
 from service.streaming import DONE, close_all, merged_events
@@ -171,6 +173,9 @@ class _StreamState:
     finishes: dict[int, str | None] = field(default_factory=dict)
     chunks: int = 0  # choice chunks that carried generated text: a token each at least
     done: bool = False
+    # Set when the backend is known to generate past max_tokens (``capped.cuts``): each
+    # choice is cut at its cap and the stream closed at its grant (``capped.CutRule``).
+    rule: CutRule | None = None
 
 
 @dataclass(frozen=True)
@@ -234,7 +239,8 @@ async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
     """
     streams = [item.stream for item in opened]
     states = [_StreamState(offset=i if len(opened) > 1 else 0, metered=item.metered,
-                           expected=1 if len(opened) > 1 else call.routed.n)
+                           expected=1 if len(opened) > 1 else call.routed.n,
+                           rule=_rule(call, item.metered))
               for i, item in enumerate(opened)]
     template: dict[str, Any] = {}
     error: GatewayError | None = None
@@ -248,7 +254,8 @@ async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
             await close_all(streams)  # its concurrency slot is needed for the rest
             await _count_stream(call, states[0])  # and its grant, of every choice's cap
             more = await _open_single_choices(call, range(got, call.routed.n))
-            new_states = [_StreamState(offset=got + i, metered=item.metered)
+            new_states = [_StreamState(offset=got + i, metered=item.metered,
+                                       rule=_rule(call, item.metered))
                           for i, item in enumerate(more)]
             streams += [item.stream for item in more]
             states += new_states
@@ -269,6 +276,25 @@ async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
     elif call.routed.include_usage:
         yield sse.data_event(orjson.dumps(_usage_chunk(call, template)))
     yield sse.DONE
+
+
+def _rule(call: Call, metered: Metered) -> CutRule | None:
+    """The ``CutRule`` of a stream whose backend is known to generate past its cap."""
+    return CutRule.of(metered) if cuts(call, metered) else None
+
+
+def _stops(states: list[_StreamState]) -> list[Callable[[Any], bool] | None]:
+    """For ``merged_events``: close each cut stream as soon as its rule is over (a rule of
+    its own, fed the same chunks as the state's)."""
+
+    def stop(rule: CutRule) -> Callable[[Any], bool]:
+        def over(payload: Any) -> bool:
+            rule.see(payload)
+            return rule.over
+        return over
+
+    return [stop(dataclasses.replace(state.rule, counts={}, finished=set(), cut=set()))
+            if state.rule is not None else None for state in states]
 
 
 def _final_usage(state: _StreamState) -> dict[str, Any] | None:
@@ -297,12 +323,19 @@ async def _relay_events(call: Call, streams: list[UpstreamStream], states: list[
         UpstreamError: a stream broke, or sent more chunks of text than its grant
             (``upstream_over_cap``: it ignores ``max_tokens``; counted in full).
     """
-    async with aclosing(merged_events(streams)) as events:
+    async with aclosing(merged_events(streams, _stops(states))) as events:
         async for index, (payload, data) in events:
             state = states[index]
             out = _rewrite_chunk(call, state, payload, data, template)
             if out is not None:
                 yield sse.data_event(out)
+            if state.rule is not None:
+                if state.rule.over:  # closed at its grant (``merged_events`` closed it)
+                    state.done = True
+                    state.metered.abandon(None, "", at_least=state.rule.total)
+                    call.answer_samples += [(text, state.finishes.get(i), choice_cap(call))
+                                            for i, text in state.texts.items()]
+                continue
             granted = state.metered.granted
             if granted is not None and state.chunks > granted:
                 # It ignores max_tokens, and every chunk of text costs a token at least:
@@ -333,6 +366,11 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
         state.usage_final = state.usage_final or isinstance(usage, dict)
         return None  # the usage chunk: one summed chunk is sent at the end instead
     changed = False
+    if state.rule is not None:
+        choices, changed = _cut_choices(state.rule, choices, call.routed.endpoint == "chat")
+        if not choices:
+            return None
+        payload["choices"] = choices
     for key in ("id", "created"):
         # One completion's chunks share one id (the gateway's, not the backend's) and one
         # time: clients group a stream's chunks by id, and n fanned out as several calls
@@ -360,6 +398,31 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
     if isinstance(usage, dict):
         state.usage_final = len(state.finished) >= state.expected
     return orjson.dumps(payload) if changed else data.encode()
+
+
+def _cut_choices(rule: CutRule, choices: list[dict[str, Any]],
+                 chat: bool) -> tuple[list[dict[str, Any]], bool]:
+    """A chunk's choices under ``rule`` (fed the chunk here): those of choices cut before it
+    dropped, a choice it cuts ending with ``length`` (as from a backend that honours its
+    cap), and a finish of ``length`` added for each choice it cuts without a chunk in it (the
+    grant ran out on the others). Returns the choices and whether they changed."""
+    cut_before = set(rule.cut)
+    newly = rule.see({"choices": choices})
+    kept = [c for c in choices if (c.get("index") or 0) not in cut_before]
+    changed = len(kept) != len(choices)
+    present = set()
+    for choice in kept:
+        index = choice.get("index") or 0
+        present.add(index)
+        if index in newly:
+            choice["finish_reason"] = "length"
+            changed = True
+    for index in newly:
+        if index not in present:
+            empty: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
+            kept.append({"index": index, **empty, "finish_reason": "length"})
+            changed = True
+    return kept, changed
 
 
 def _check_complete(call: Call, states: list[_StreamState],

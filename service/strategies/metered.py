@@ -345,6 +345,10 @@ class Metered:
         if self.granted is not None:
             call.ledger.settle(self.granted, completion, prompt_reserved=self.prompt_bound,
                                prompt_spent=prompt)
+            if completion > self.granted:
+                # It generated past its cap: its later calls are streamed and closed at their
+                # grants (``service.strategies.capped``).
+                call.registry.note_ignores_max_tokens(call.backend, call.upstream_model)
         else:
             call.ledger.charge(completion, prompt)
 

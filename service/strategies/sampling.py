@@ -19,6 +19,7 @@ from typing import Any
 
 from service.errors import GatewayError, UpstreamError
 from service.strategies.base import Call, request_body
+from service.strategies.capped import cuts, post_streamed
 from service.strategies.metered import Metered
 
 
@@ -96,12 +97,18 @@ async def _call(call: Call, n: int, max_tokens: int, sample: int,
 
 
 async def post_completion(call: Call, metered: Metered) -> dict[str, Any]:
-    """One non-streamed upstream call of ``metered.body``: the reply body, its cost counted
-    into ``call.acct`` and the ledger (also when it fails).
+    """One upstream call of ``metered.body``: the reply body, its cost counted into
+    ``call.acct`` and the ledger (also when it fails). Sent non-streamed, unless its backend
+    is known to generate past ``max_tokens`` (``capped.cuts``): then it is streamed and
+    closed at its grant (``capped.post_streamed``), and the reply is assembled from the
+    chunks.
 
     Raises:
-        UpstreamError: the reply has no ``choices`` list; and ``post_json``'s errors.
+        UpstreamError: the reply has no ``choices`` list; and ``post_json``'s errors (or
+            ``post_streamed``'s).
     """
+    if cuts(call, metered):
+        return await post_streamed(call, metered)
     try:
         reply = await call.client.post_json(call.backend, call.path, metered.body, call.acct,
                                             retry=metered.retry, sending=metered.sending)

@@ -30,6 +30,7 @@ from service.strategies.base import (
     structured_output,
     usage_body,
 )
+from service.strategies.capped import CutRule, cuts
 from service.strategies.metered import Metered, delta_text
 from service.strategies.parallel_vote import completion_body
 from service.strategies.sampling import Sample, draw
@@ -248,8 +249,11 @@ async def _forward(call: Call, stream: UpstreamStream, metered: Metered,
     (``Metered``): its usage, else its tokenizer's count, else its grant; a stream that did
     not end normally is charged its grant unless its usage arrived. Stops reading a backend
     that sends more chunks of text than it was granted tokens: it ignores its cap, and every
-    chunk it sends costs a token at least."""
+    chunk it sends costs a token at least. A backend already known to ignore its cap
+    (``capped.cuts``) is closed when its chunks reach the grant, and the piece ends with
+    ``length``."""
     overran = False
+    rule = CutRule.of(metered) if cuts(call, metered) else None
     try:
         async with aclosing(events(stream)) as upstream:
             async for payload, _data in upstream:
@@ -259,10 +263,20 @@ async def _forward(call: Call, stream: UpstreamStream, metered: Metered,
                 out = _take(call, piece, payload)
                 if out is not None:
                     yield out
-                if metered.granted is not None and piece.chunks > metered.granted:
+                if rule is not None:
+                    rule.see(payload)
+                    if rule.over:
+                        piece.finish_reason = "length"  # as from a backend honouring its cap
+                        break
+                elif metered.granted is not None and piece.chunks > metered.granted:
                     overran = True
                     break
-        if overran:  # counted in full (at least a token per chunk): the ledger notes it
+        if rule is not None and rule.over:
+            # A backend known to ignore its cap, closed at its grant before it makes more;
+            # charged the grant: it may have generated tokens it had not sent yet.
+            await close_all([stream])
+            metered.abandon(None, piece.generated, at_least=rule.total)
+        elif overran:  # counted in full (at least a token per chunk): the ledger notes it
             metered.abandon(_final_usage(piece), piece.generated, at_least=piece.chunks)
         elif not piece.done and piece.finish_reason is None:
             stream.broke()

@@ -5,7 +5,9 @@ its ``max_tokens`` before it is sent and settles with the tokens it cost afterwa
 backend's usage, else the backend's tokenizer's count, else the whole grant: see
 ``service.strategies.metered``), so that calls in flight together can never be granted more
 than the budget. A backend that returns more tokens than it was granted is counted in full
-(the spend is real), the ledger is marked ``overrun``, and strategies stop issuing calls.
+(the spend is real), the ledger is marked ``overrun``, and strategies stop issuing calls. That
+call cannot be undone, but it is the last: the backend is noted as ignoring ``max_tokens``, and
+its later calls are streamed and closed at their grants (``service.strategies.capped``).
 
 ``total_budget_tokens`` (optional, the ``router.budget_total_tokens`` control) bounds prompt
 and completion tokens together: fan-out and search resend the prompt with every call, so a

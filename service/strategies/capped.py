@@ -27,7 +27,9 @@ non-streamed one, in full; a stream, by the chunks read past the grant before th
 noticed), and so has every call sent with it before its reply came back (a vote's first
 wave). Tokens a backend generates after the gateway closed its stream and before it notices
 reach nobody and are not counted: none for a server that checks its client before each
-token, about one a choice for one that notices only when a write fails.
+token, a few a choice for one that notices later (when a write fails, or when it next reads
+the socket). A backend that cannot stream at all fails these calls (``stream_truncated``)
+until the fact expires.
 
 Why not stream every call: a backend that honours its cap needs no cut, a non-streamed reply
 is one JSON document instead of a parsed event per token, and some servers report no usage
@@ -63,13 +65,17 @@ def cuts(call: Call, metered: Metered) -> bool:
 class CutRule:
     """When to stop reading a stream of ``choices`` choices of at most ``per_choice`` tokens
     each, ``granted`` tokens in all: feed it every chunk (``see``); ``over`` says when to
-    close it. ``total`` counts the chunks of text of all choices, dropped ones included (a
-    token each at least: what the call cost at least)."""
+    close it, and ``charge_cut`` settles it then. ``total`` counts the chunks of text of all
+    choices, dropped ones included (a token each at least: what the call cost at least).
+
+    A chunk is taken for one token, as llama.cpp, vLLM and OpenAI send them: a backend that
+    puts several in a chunk is cut later than its cap, and ``charge_cut`` counts the text."""
 
     per_choice: int
     choices: int
     granted: int
     total: int = 0
+    text: str = ""  # everything the chunks generated, dropped chunks included
     counts: dict[int, int] = field(default_factory=dict)
     finished: set[int] = field(default_factory=set)
     cut: set[int] = field(default_factory=set)
@@ -87,8 +93,10 @@ class CutRule:
         newly = []
         for choice in chunk_choices(payload):
             index = choice.get("index") or 0
-            generated = bool(delta_text(choice))
+            text = delta_text(choice)
+            generated = bool(text)
             self.total += generated
+            self.text += text
             if index in self.finished or index in self.cut:
                 continue
             self.counts[index] = self.counts.get(index, 0) + generated
@@ -231,9 +239,8 @@ async def post_streamed(call: Call, metered: Metered) -> dict[str, Any]:
                 if rule.over:
                     break
         if rule.over:
-            # Closed at its grant: the backend may have generated more than it sent.
             await close_all([stream])
-            metered.abandon(None, "", at_least=rule.total)
+            await charge_cut(call, metered, rule)
         elif not done and len(rule.finished) < rule.choices:
             stream.broke()
             raise UpstreamError("the stream from the backend ended before the answer was "
@@ -251,6 +258,17 @@ async def post_streamed(call: Call, metered: Metered) -> dict[str, Any]:
     return {**template, "object": kind.removesuffix(".chunk"),
             "choices": [choices[i].body(i, chat) for i in sorted(choices)],
             "usage": usage if usage_final else None}
+
+
+async def charge_cut(call: Call, metered: Metered, rule: CutRule) -> None:
+    """Settle a stream closed under ``rule`` (``Metered.abandon``): its grant, since the
+    backend may have generated tokens it had not sent yet, or more when its chunks show more,
+    or the text they carried does, counted with the backend's tokenizer when it has one (a
+    backend may put several tokens in a chunk)."""
+    counted = None
+    if rule.text and not metered.settled:
+        counted = await call.client.count_tokens(call.backend, call.upstream_model, rule.text)
+    metered.abandon(None, rule.text, at_least=max(rule.total, counted or 0))
 
 
 def _generated(choice: _Choice) -> str:

@@ -12,7 +12,12 @@ added for every backend:
   count, else its grant; a failed call is charged what it may have generated;
 - ``n`` is honoured against backends that ignore it (llama-cpp-python's server) by fanning out
   ``n`` single-choice calls, at most ``fanout_concurrency`` at a time, merged into one reply
-  whose choices are re-indexed.
+  whose choices are re-indexed;
+- against a backend known to ignore ``max_tokens`` (``service.strategies.capped``), a JSON
+  call is sent streamed and a stream is read under a ``CutRule``: each choice ends with
+  ``length`` at its cap and the upstream stream is closed at its grant. A stream to a backend
+  not known to ignore it is cut off once it has sent more chunks of text than its grant
+  (``upstream_over_cap``), and the backend is noted.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import orjson
 from service import sse
 from service.errors import GatewayError, InvalidRequest, UpstreamError, error_json
 from service.strategies.base import Call, conform_choice, request_body, router_info, usage_body
-from service.strategies.capped import CutRule, cuts
+from service.strategies.capped import CutRule, charge_cut, cuts
 from service.strategies.metered import Metered, delta_text
 from service.strategies.sampling import choice_text, post_completion
 from service.streaming import DONE, close_all, merged_events
@@ -332,7 +337,7 @@ async def _relay_events(call: Call, streams: list[UpstreamStream], states: list[
             if state.rule is not None:
                 if state.rule.over:  # closed at its grant (``merged_events`` closed it)
                     state.done = True
-                    state.metered.abandon(None, "", at_least=state.rule.total)
+                    await charge_cut(call, state.metered, state.rule)
                     call.answer_samples += [(text, state.finishes.get(i), choice_cap(call))
                                             for i, text in state.texts.items()]
                 continue

@@ -27,12 +27,17 @@ Every strategy sends its calls through ``Metered``, so that the budget ledger, `
 - **Retries.** A retried call may generate its tokens again, so a retry needs a new grant of
   the same size from the ledger, and the request's retry count must be under
   ``max_request_retries``; the backend's retry budget is checked by the upstream client.
-- **A broken or abandoned stream** is charged its grant unless its final usage arrived (the
-  usage chunk, or a usage sent once every choice had finished; a running total, vLLM's
-  continuous usage stats, counts only what was sent): the backend may have generated more
-  than reached the gateway. A stream's usage below its chunks of text
-  (a token each at least) is a stale running total, sent early and never updated: the call is
-  counted as if it had none.
+- **A broken or abandoned stream**, or one the gateway closed at its grant (a backend known to
+  ignore ``max_tokens``: ``service.strategies.capped``), is charged its grant unless its final
+  usage arrived (the usage chunk, or a usage sent once every choice had finished; a running
+  total, vLLM's continuous usage stats, counts only what was sent): the backend may have
+  generated more than reached the gateway. A stream's usage below its chunks of text (a token
+  each at least) is a stale running total, sent early and never updated: the call is counted
+  as if it had none.
+
+A call that cost more than its grant is noted in the registry
+(``BackendRegistry.note_ignores_max_tokens``): its backend's later calls are cut at their
+grants (``service.strategies.capped``).
 
 ``router.usage_source`` names the most cautious source any call needed (``backend``,
 ``tokenizer``, ``grant``, ``text_bytes``: a call with no cap at all, bounded by its text's

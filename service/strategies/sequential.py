@@ -30,7 +30,7 @@ from service.strategies.base import (
     structured_output,
     usage_body,
 )
-from service.strategies.capped import CutRule, cuts
+from service.strategies.capped import CutRule, charge_cut, cuts
 from service.strategies.metered import Metered, delta_text
 from service.strategies.parallel_vote import completion_body
 from service.strategies.sampling import Sample, draw
@@ -275,7 +275,7 @@ async def _forward(call: Call, stream: UpstreamStream, metered: Metered,
             # A backend known to ignore its cap, closed at its grant before it makes more;
             # charged the grant: it may have generated tokens it had not sent yet.
             await close_all([stream])
-            metered.abandon(None, piece.generated, at_least=rule.total)
+            await charge_cut(call, metered, rule)
         elif overran:  # counted in full (at least a token per chunk): the ledger notes it
             metered.abandon(_final_usage(piece), piece.generated, at_least=piece.chunks)
         elif not piece.done and piece.finish_reason is None:

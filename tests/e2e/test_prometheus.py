@@ -70,9 +70,13 @@ def stack(tmp_path: Path) -> Iterator[tuple[Process, Process]]:
     try:
         # A target mean of one token: the auto request spends more than 1.5x it, so the
         # TTCMeanSpendAboveTarget expression has data (pending; it fires after an hour).
+        # The gateway forgets at once that overrun-model ignores max_tokens, so that every
+        # round's overrun requests overrun again (TTCBudgetOverruns has data), instead of
+        # being cut at their grants from the second one on.
         gateway = start_gateway(backend.url, tmp_path / "data", tmp_path,
                                 env={"TTC_EXPERIMENTS": json.dumps(EXPERIMENTS),
-                                     "TTC_LEARNED_TARGET_TOKENS": "1"})
+                                     "TTC_LEARNED_TARGET_TOKENS": "1",
+                                     "TTC_IGNORES_MAX_TOKENS_TTL_S": "0.001"})
         config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(DEPLOY / f) for f in config["rule_files"]]
@@ -114,7 +118,7 @@ def send_round(client: httpx.Client, traffic: Traffic, index: int) -> None:
     completion = client.post("/v1/completions", json={"model": "fake-model", "prompt": "2+2="})
     assert completion.status_code == 200, completion.text
     traffic.add_usage(completion.json()["usage"])
-    for _ in range(2):  # the backend ignores max_tokens: 4 tokens spent on a budget of 2
+    for _ in range(2):  # the backend ignores max_tokens: 24 tokens spent on a budget of 2
         overrun = chat("overrun-model", router={"budget_tokens": 2})
         assert overrun.status_code == 200, overrun.text
         traffic.add_usage(overrun.json()["usage"])

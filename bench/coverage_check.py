@@ -6,8 +6,9 @@ search prompt is a misreading; HotpotQA's own questions should be read as search
 and none of ``GENERIC_PROMPTS`` (everyday requests) should be.
 
 Prints, per dataset, how many prompts read as search (and their share) by the word share
-alone, by the word or name share (``coverage_shares``: a self-contained word problem,
-``router_models.quantities``, has neither), and by the gateway's reading (a prompt that states
+alone, by the word or name share (``coverage_shares``: a word problem,
+``router_models.quantities``, has no name share, and a word share only when it holds a hit's
+whole subject), and by the gateway's reading (a prompt that states
 two or more dependent steps is not covered by its names alone either). Words weigh by their
 inverse document frequency in the index (``LocalIndex.idf``), as the gateway weighs them;
 ``--unweighted`` weighs every word 1, as before 7 Dec 2026 (the rest of the rule as now).

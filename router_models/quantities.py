@@ -64,6 +64,23 @@ _ASKS_QUANTITY = re.compile(
     re.IGNORECASE)
 
 
+# Words that state an arithmetic operation or ask for its result ("add 3 for each decade",
+# "then double it", "how many are left altogether"): they say what to compute, not what about,
+# so a document about the subject of a calculation does not hold them
+# (``service.coverage.coverage_shares`` leaves them out of a word problem's words).
+ARITHMETIC_WORDS = frozenset((
+    "add", "added", "adds", "adding", "subtract", "subtracted", "subtracts", "minus", "plus",
+    "multiply", "multiplied", "multiplies", "divide", "divided", "divides", "double",
+    "doubled", "doubles", "triple", "tripled", "half", "halved", "twice", "thrice", "times",
+    "total", "sum", "difference", "product", "quotient", "remainder", "result", "answer",
+    "each", "every", "per", "number", "numbers", "amount", "many", "much", "more", "less",
+    "fewer", "left", "remain", "remains", "remaining", "altogether", "combined", "take",
+    "takes", "took", "then", "since", "now", "after", "before", "calculate", "compute",
+    "find", "work", "out", "increase", "increased", "decrease", "decreased", "percent",
+    "percentage", "average", "ratio",
+))
+
+
 def numerals(text: str) -> int:
     """The numerals in ``text`` that are not years (module docstring). A count >= 0."""
     return sum(not _YEAR.fullmatch(m.group(0)) for m in _NUMBER.finditer(text))

@@ -48,7 +48,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
-from router_models.quantities import is_word_problem
+from router_models.quantities import ARITHMETIC_WORDS, is_word_problem
 from service.search.base import Hit
 from service.search.local import STOP_WORDS
 
@@ -160,8 +160,10 @@ def coverage_shares(question: str, hits: Sequence[Hit], idf: Weigh | None = None
     and the share of its names (``names``) that a hit is about (in its title or first
     sentence; one such name is not chance: it is the question's subject), 0 unless the
     question holds a hit's subject (``_holds_subject``). Both 0 when the question has no
-    content words, when there are no hits, and for a self-contained word problem
-    (``router_models.quantities.is_word_problem``), which needs no collection.
+    content words or there are no hits. A word problem
+    (``router_models.quantities.is_word_problem``) has no name share: its names are its
+    characters; its words still count, since a calculation may be over figures only the
+    collection holds ("the telescopes the Quenmoor observatory had when it opened").
 
     Args:
         question: the prompt's text.
@@ -175,10 +177,11 @@ def coverage_shares(question: str, hits: Sequence[Hit], idf: Weigh | None = None
         SearchError: from ``idf``, when the index cannot be read.
     """
     words = content_words(question)
-    # A word problem states every fact its answer is computed from: the collection holds
-    # nothing it lacks, and its names are characters ("Claire makes a 3 egg omelet every
-    # morning..." is not about the Claire of an article the top hit is).
-    if not words or not hits or is_word_problem(question):
+    word_problem = is_word_problem(question)
+    if word_problem:
+        # What to compute is not what it is about (``quantities.ARITHMETIC_WORDS``).
+        words = [w for w in words if w not in ARITHMETIC_WORDS]
+    if not words or not hits:
         return Coverage(0.0, 0.0)
     leads = [_lead(hit.text) for hit in hits]
     headings = [(content_words(hit.title), content_words(_subject(lead)))
@@ -204,6 +207,18 @@ def coverage_shares(question: str, hits: Sequence[Hit], idf: Weigh | None = None
     subject = names(question, hits)
     asked = {w[:STEM_CHARS] for w in words}
     named = {w[:STEM_CHARS] for w in subject}
+    if word_problem:
+        # A word problem's names are its characters ("Claire makes a 3 egg omelet every
+        # morning..." is not about the Claire Fryer of an article the top hit is), so they
+        # cover nothing by themselves; its words count only when it holds the whole subject
+        # of a hit ("the telescopes the Quenmoor observatory had when it opened": a
+        # calculation over figures of the collection). A self-contained problem's few words
+        # left are common ones a document may hold by chance ("a book has 31 chapters"). On
+        # the HotpotQA corpus this reads none of 1,000 GSM8K or SVAMP or 600 MultiArith
+        # prompts as covered (``python -m bench.coverage_check --limit 1000``, 7 Dec 2026).
+        whole = any(_holds_subject(part, named, asked, weight, share=1.0)
+                    for pair in headings for part in pair)
+        return Coverage(word_share if whole else 0.0, 0.0)
     held = any(_holds_subject(part, named, asked, weight) for pair in headings for part in pair)
     name_share = (sum(w[:STEM_CHARS] in about for w in subject) / len(subject)
                   if held else 0.0)
@@ -215,11 +230,12 @@ SUBJECT_HELD = 0.5
 
 
 def _holds_subject(subject: Sequence[str], named: set[str], asked: set[str],
-                   weight: Mapping[str, float]) -> bool:
+                   weight: Mapping[str, float], share: float = SUBJECT_HELD) -> bool:
     """Whether a question whose names' stems are ``named`` and whose content words' stems
     are ``asked`` (first ``STEM_CHARS`` characters, matched as ``_word_share`` matches) holds
     a hit's ``subject`` (its title's or first sentence's content words): one of its names is
-    in it, and it holds at least ``SUBJECT_HELD`` of the subject's weight. "Where was
+    in it, and it holds at least ``share`` (default ``SUBJECT_HELD``) of the subject's
+    weight. "Where was
     Derrickson born?" holds "Scott Derrickson" (the rare surname weighs most); "What is the
     national sport of Canada?" does not hold "1985 United States-Canada tornado outbreak",
     nor "What is the largest ocean on Earth?" "Not If You Were the Last Junkie on Earth"."""
@@ -227,7 +243,7 @@ def _holds_subject(subject: Sequence[str], named: set[str], asked: set[str],
         return False
     total = sum(weight[w] for w in subject)
     found = sum(weight[w] for w in subject if not asked.isdisjoint(_stems(w)))
-    return total > 0 and found >= SUBJECT_HELD * total
+    return total > 0 and found >= share * total
 
 
 def _word_share(words: Sequence[str], hit: Hit, weight: Mapping[str, float]) -> float:

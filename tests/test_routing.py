@@ -514,3 +514,38 @@ def test_an_index_that_cannot_be_read_is_nothing_to_search(tmp_path):
     routed = parse_request("chat", {"model": "auto", "messages": [
         {"role": "user", "content": "Who founded the Quenmoor observatory?"}]})
     assert router.search_evidence(routed, Scores(0.5, 0.1, 0.9)).search == 0.0
+
+
+OBSERVATORY = ("Take the number of telescopes the Quenmoor observatory had when it opened. Add 3 "
+               "for each decade since. Then subtract the 4 it sold. Then double it. How many "
+               "telescopes does the Quenmoor observatory have?")
+OMELET = ("Claire makes a 3 egg omelet every morning for her family. She buys 2 dozen eggs "
+          "each week and gives 4 to her neighbour. How many eggs are left after 4 weeks?")
+
+
+@pytest.mark.parametrize(("question", "strategy"), [(OBSERVATORY, "search"),
+                                                    (OMELET, "sequential")])
+async def test_a_calculation_over_the_collections_figures_is_searched(tmp_path, question,
+                                                                      strategy):
+    """A calculation that states its steps but not its figures ("the telescopes the Quenmoor
+    observatory had when it opened") holds the whole subject of a document of the operator's
+    collection: ``auto`` searches for them. A self-contained word problem stays one chain,
+    though a document about eggs and a Claire is there too."""
+    from router_models.steps import state_steps
+    from service.search import LocalIndex
+    from service.search.documents import Document
+    from service.search.local import index_path
+
+    assert state_steps(question) >= 2
+    LocalIndex(index_path(tmp_path)).add([
+        Document("q", "Quenmoor observatory", "The Quenmoor observatory opened in 1961 with 5 "
+                 "telescopes. It adds telescopes every decade and sold 4 of them in 2019."),
+        Document("c", "Claire Fryer", "Claire Fryer is a cook who wrote books on eggs, omelets "
+                 "and family breakfasts for every morning of the week.")])
+    async with gateway_client(llm().transport(), make_settings(data_dir=tmp_path)) as client:
+        reply = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": question}]})
+    assert reply.status_code == 200
+    router = reply.json()["router"]
+    assert router["strategy"] == strategy
+    assert router["scores"]["covered"] is (strategy == "search")

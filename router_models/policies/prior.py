@@ -92,9 +92,10 @@ CHAIN_STEPS = 2
 # whatever the classifier's ``search`` (which reads kinds of prompt it never saw as search:
 # held-out graph questions scored 0.86, README's leave-one-dataset-out table), unless the
 # operator's collection covers its content words (``Scores.covered``): a calculation over
-# figures a report holds needs the report. Word coverage alone, against the HotpotQA corpus,
-# read none of 200 GSM8K, SVAMP, MultiArith, object-tracking or date prompts as covered
-# (``python -m bench.coverage_check``, 7 Dec 2026). Three, not two,
+# figures a report holds needs the report. A word problem's words count only when it holds a
+# document's whole subject (``service.coverage.coverage_shares``); on the HotpotQA corpus none
+# of 1,000 GSM8K or SVAMP, 600 MultiArith, 750 object-tracking or 369 date prompts is covered
+# (``python -m bench.coverage_check --limit 1000``, 7 Dec 2026). Three, not two,
 # for a margin: with years not counted as quantities (``router_models.steps``: dated background
 # sentences before a fact question do not make it self-contained), none of HotpotQA's 100 or
 # FanOutQA's 310 dev questions states even two, while 616 of GSM8K's 1,319 test problems (47%)

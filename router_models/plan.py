@@ -27,9 +27,9 @@ class Scores:
     prompt's form, one of ``router_models.features.FORMS``, or None when unknown (scores
     logged before forms existed, or built by hand). ``steps``: the dependent steps the prompt
     states (``router_models.steps.state_steps``), or None when unknown. ``covered``: whether
-    the operator's document collection covers the question (``prior.read_search``: its top hits
-    hold at least ``prior.COVERED`` of its content words), or None when no collection was read
-    (then ``search`` is the classifier's alone).
+    the operator's document collection covers the question (``prior.read_search``: what its
+    top hits hold of the question reaches ``prior.COVERED``), or None when no collection was
+    read (then ``search`` is the classifier's alone).
     """
 
     difficulty: float

@@ -161,8 +161,9 @@ def coverage_shares(question: str, hits: Sequence[Hit], idf: Weigh | None = None
     sentence; one such name is not chance: it is the question's subject), 0 unless the
     question holds a hit's subject (``_holds_subject``). Both 0 when the question has no
     content words or there are no hits. A word problem
-    (``router_models.quantities.is_word_problem``) has no name share: its names are its
-    characters; its words still count, since a calculation may be over figures only the
+    (``router_models.quantities.is_word_problem``) has no name share (its names are its
+    characters), and its word share, without the words that say what to compute, counts only
+    when it holds a hit's whole subject: a calculation may be over figures only the
     collection holds ("the telescopes the Quenmoor observatory had when it opened").
 
     Args:

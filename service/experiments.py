@@ -2,7 +2,8 @@
 arm's share of traffic (fixed, or adaptive by Thompson sampling), and the report.
 
 A request joins the experiment its ``router.experiment`` (or ``x-ttc-experiment``) names, or
-the operator's ``default_experiment`` when it names no policy or strategy of its own; an
+the operator's ``default_experiment`` when it asks for ``model: "auto"`` and names no policy or
+strategy of its own (a backend model id passes through unchanged until its client opts in); an
 unknown name is a 400. Its arm comes from a stable hash of (experiment, identity), the identity
 being the request's ``user``, else its ``x-session-id`` header, else its API key's name; a
 request with none of them is assigned at random and marked ``random`` (``router.assignment``).
@@ -49,6 +50,7 @@ from router_models.experiments.replay import (
 from router_models.plan import Plan, Scores
 from router_models.policies import Policy, PolicyError
 from service import metrics
+from service.backends import AUTO_MODEL
 from service.errors import InvalidRequest
 from service.protocol import RoutedRequest
 from service.settings import ExperimentSettings, Settings
@@ -343,8 +345,8 @@ class Experiments:
         return config
 
     def experiment_for(self, routed: RoutedRequest) -> str | None:
-        """The experiment the request joins (its own, else the default unless it names a
-        policy or a strategy), or None.
+        """The experiment the request joins (its own, else the default for ``model: "auto"``
+        unless it names a policy or a strategy), or None.
 
         Raises:
             InvalidRequest: an unknown experiment, or both a policy and an experiment (400).
@@ -356,9 +358,12 @@ class Experiments:
                                      param="router.experiment")
             self.config(controls.experiment)
             return controls.experiment
-        if controls.policy is None and controls.strategy == "auto":
+        if controls.policy is None and controls.strategy == "auto" \
+                and routed.model == AUTO_MODEL:
             # A request that names its strategy (``ttc-router eval``'s, for one) was planned
-            # by no arm's policy: in an arm it would only blur the comparison.
+            # by no arm's policy: in an arm it would only blur the comparison. A request for a
+            # backend model id passes through as its client sent it (INTERFACE.md: existing
+            # clients see no change until they opt in), as ``default_policy`` leaves it too.
             return self.default
         return None
 

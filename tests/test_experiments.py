@@ -173,11 +173,29 @@ async def test_the_session_header_is_sticky():
 
 async def test_the_default_experiment_applies_unless_the_request_names_a_policy():
     async with gateway_client(llm().transport(), settings(default_experiment="exp")) as client:
-        joined = (await client.post("/v1/chat/completions", json=chat(user="bob"))).json()
+        joined = (await client.post("/v1/chat/completions",
+                                    json=chat(user="bob", model="auto"))).json()
         own = (await client.post("/v1/chat/completions",
                                  json=chat({"policy": "rules"}, user="bob"))).json()
     assert joined["router"]["arm"] in ARMS
     assert own["router"]["arm"] is None and own["router"]["policy"] == "rules"
+
+
+async def test_a_backend_model_without_router_controls_stays_out_of_the_default_experiment():
+    # ../shared/INTERFACE.md: a request for a backend model id with no `router` object passes
+    # through unchanged (direct, the client's own parameters); existing clients see no change
+    # until they opt in. With a default experiment, such a request was planned by an arm's
+    # policy instead (a sequential chain under fixed:sequential@512, say).
+    async with gateway_client(llm().transport(), settings(default_experiment="exp")) as client:
+        plain = (await client.post("/v1/chat/completions",
+                                   json=chat(user="bob", temperature=0.3))).json()
+        opted_in = (await client.post("/v1/chat/completions", json=chat(
+            {"experiment": "exp"}, user="bob"))).json()
+        report = (await client.get("/v1/experiments/exp")).json()
+    assert plain["router"]["arm"] is None and plain["router"]["strategy"] == "direct"
+    assert plain["router"]["policy"] is None
+    assert opted_in["router"]["arm"] in ARMS  # naming the experiment still joins it
+    assert sum(arm["requests"] for arm in report["arms"].values()) == 1
 
 
 async def test_a_request_that_names_its_strategy_stays_out_of_the_default_experiment():
@@ -189,8 +207,8 @@ async def test_a_request_that_names_its_strategy_stays_out_of_the_default_experi
             {"strategy": "sequential", "budget_tokens": 128}, user="bob"))).json()
         by_header = (await client.post("/v1/chat/completions", json=chat(user="bob"),
                                        headers={"x-ttc-strategy": "direct"})).json()
-        capped = (await client.post("/v1/chat/completions",
-                                    json=chat({"budget_tokens": 128}, user="bob"))).json()
+        capped = (await client.post("/v1/chat/completions", json=chat(
+            {"budget_tokens": 128}, user="bob", model="auto"))).json()
         named = (await client.post("/v1/chat/completions", json=chat(
             {"strategy": "direct", "experiment": "exp"}, user="bob"))).json()
         report = (await client.get("/v1/experiments/exp")).json()

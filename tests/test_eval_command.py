@@ -127,10 +127,46 @@ async def test_an_out_folder_of_another_backend_is_not_resumed(tmp_path: Path) -
     assert (await runner.run_jobs(jobs, out, first))[1] == 1
     assert (await runner.run_jobs(jobs, out, first))[1] == 0  # the same run resumes
     for other in (runner.RunOptions(backend="http://b.test/v1", transport=transport),
-                  runner.RunOptions(backend="http://a.test/v1", model="m",
+                  runner.RunOptions(backend="http://a.test/v1", model="other",
                                     transport=transport)):
         with pytest.raises(runner.EvalError, match="--out"):
             await runner.run_jobs(jobs, out, other)
+
+
+@pytest.mark.parametrize("mode", ["auto", "client"])
+async def test_client_mode_asks_for_the_backends_model_not_auto(tmp_path: Path,
+                                                                mode: str) -> None:
+    # Pointed straight at a plain backend (vLLM, the README's "against a backend directly"),
+    # eval sent `model: "auto"`, which such a backend does not serve (that is how client mode
+    # was detected): every request was a 404 and the run exited 1 having measured nothing.
+    sent: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [
+                {"id": "served-model", "object": "model"}, {"id": "other", "object": "model"}]})
+        model = json.loads(request.content)["model"]
+        sent.append(model)
+        if model != "served-model":
+            return httpx.Response(404, json={"error": {
+                "message": f"The model `{model}` does not exist.", "type": "NotFoundError"}})
+        return httpx.Response(200, json={"choices": [{"message": {"content": "5"}}],
+                                         "usage": {"completion_tokens": 1}})
+
+    jobs = runner.plan_jobs(load_tasks_file(_tasks(tmp_path)), ["direct"], [64])
+    out = tmp_path / "out"
+    options = runner.RunOptions(backend="http://vllm.test/v1", mode=mode,
+                                transport=httpx.MockTransport(handle))
+    assert (await runner.run_jobs(jobs, out, options)) == ("client", 1)
+    assert sent == ["served-model"]
+    assert not any(r["error"] for r in runner.read_records(out / runner.ITEMS_FILE))
+    # The folder names the model measured, which the report's header shows.
+    assert json.loads((out / runner.RUN_FILE).read_text())["model"] == "served-model"
+    # A model named with --model is sent as given.
+    named = runner.RunOptions(backend="http://vllm.test/v1", mode=mode, model="other",
+                              transport=httpx.MockTransport(handle))
+    await runner.run_jobs(jobs, tmp_path / "named", named)
+    assert sent[-1] == "other"
 
 
 def test_tasks_without_a_family_are_grouped_under_their_file(tmp_path: Path) -> None:

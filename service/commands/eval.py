@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shlex
 import sys
 import time
@@ -49,7 +50,9 @@ def register(subcommands: Any) -> None:
     ev.add_argument("--limit", type=int, help="items per suite (default: the whole suite)")
     ev.add_argument("--out", type=Path, default=Path("eval-out"),
                     help="output folder (default ./eval-out)")
-    ev.add_argument("--model", default="auto", help="the model field sent (default auto)")
+    ev.add_argument("--model", default="auto",
+                    help="the model field sent (default auto; in client mode, auto is the "
+                         "backend's first listed model)")
     ev.add_argument("--mode", choices=("auto", "gateway", "client"), default="auto",
                     help="gateway: send router controls; client: approximate the strategies "
                          "with n and max_tokens on a plain backend; auto: gateway when the "
@@ -148,7 +151,9 @@ def run(args: argparse.Namespace) -> int:
         if all(runner.needs_gateway(j) for j in jobs):
             return 2
     records = runner.read_records(args.out / runner.ITEMS_FILE)
-    meta = {"backend": args.backend, "mode": mode, "model": args.model,
+    # The model sent, which differs from --model when client mode took the backend's own.
+    model = json.loads((args.out / runner.RUN_FILE).read_text()).get("model", args.model)
+    meta = {"backend": args.backend, "mode": mode, "model": model,
             "suites": suites + (["tasks"] if args.tasks else []) + (["bank"] if args.bank else []),
             "strategies": strategies,
             "budgets": budgets, "policies": policies, "limit": args.limit,

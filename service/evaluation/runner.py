@@ -12,7 +12,9 @@ Two modes:
   k = budget // vote_depth_tokens within [2, 8]; ``search`` and policies need the gateway and
   are skipped.
 
-``auto`` picks ``gateway`` when the URL's ``/models`` lists the model ``auto``.
+``auto`` picks ``gateway`` when the URL's ``/models`` lists the model ``auto``. In client mode
+the model ``auto`` (the default) means the backend's first listed model, since a plain backend
+serves no model of that name.
 
 Resume: a record's key is (suite, item id, strategy, budget). On start the records already in
 ``items.jsonl`` without an ``error`` are kept and their keys are not sent again; a line cut
@@ -112,6 +114,29 @@ async def detect_mode(client: httpx.AsyncClient, options: RunOptions) -> str:
     does not answer ``/models`` with a model list (unreachable, a refusal, not JSON)."""
     if options.mode != "auto":
         return options.mode
+    return "gateway" if "auto" in await _model_ids(client, options) else "client"
+
+
+async def resolve_model(client: httpx.AsyncClient, options: RunOptions, mode: str) -> str:
+    """The ``model`` field to send: ``options.model``, except ``auto`` in client mode, which
+    becomes the backend's first listed model (a plain backend serves no ``auto``: vLLM
+    answers it with a 404, so every request of the run failed). A backend that lists no
+    models keeps ``auto``: its requests then say what is wrong, one record each."""
+    if mode != "client" or options.model != "auto":
+        return options.model
+    try:
+        ids = await _model_ids(client, options)
+    except EvalError:  # only with --mode client, which asked for no /models before
+        return options.model
+    return "auto" if "auto" in ids or not ids else ids[0]
+
+
+async def _model_ids(client: httpx.AsyncClient, options: RunOptions) -> list[str]:
+    """The ids ``GET /models`` lists, in its order.
+
+    Raises:
+        EvalError: the URL is unreachable, refuses, or answers with no model list.
+    """
     try:
         response = await client.get("/models")
     except httpx.HTTPError as exc:
@@ -127,22 +152,22 @@ async def detect_mode(client: httpx.AsyncClient, options: RunOptions) -> str:
         raise EvalError(f"{options.backend}/models answered HTTP {response.status_code}"
                         f"{hint}")
     try:
-        ids = {m.get("id") for m in response.json().get("data", [])}
+        ids = [m.get("id") for m in response.json().get("data", [])]
     except (ValueError, AttributeError) as exc:
         raise EvalError(f"{options.backend}/models is not an OpenAI model list: {exc}") \
             from exc
-    return "gateway" if "auto" in ids else "client"
+    return [i for i in ids if isinstance(i, str) and i]
 
 
-def claim(out_dir: Path, options: RunOptions) -> None:
-    """Check that ``out_dir`` holds records of this run's backend URL and model (its
-    ``run.json``, else the ``meta`` of a ``summary.json`` written before ``run.json`` existed),
-    and record them there when it holds none.
+def claim(out_dir: Path, options: RunOptions, model: str | None = None) -> None:
+    """Check that ``out_dir`` holds records of this run's backend URL and model (``model``,
+    else ``options.model``; its ``run.json``, else the ``meta`` of a ``summary.json`` written
+    before ``run.json`` existed), and record them there when it holds none.
 
     Raises:
         EvalError: the folder holds another backend's or model's records.
     """
-    target = {"backend": options.backend.rstrip("/"), "model": options.model}
+    target = {"backend": options.backend.rstrip("/"), "model": model or options.model}
     held: Any = None
     for name, part in ((RUN_FILE, None), ("summary.json", "meta")):
         try:
@@ -168,8 +193,9 @@ def needs_gateway(job: Job) -> bool:
     return job.strategy == "search" or job.strategy.startswith("policy:")
 
 
-def _body(job: Job, mode: str, options: RunOptions) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": options.model, "seed": job.seed,
+def _body(job: Job, mode: str, options: RunOptions, model: str | None = None
+          ) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model or options.model, "seed": job.seed,
                             "messages": [{"role": "user", "content": job.item.prompt()}]}
     if options.temperature is not None:
         body["temperature"] = options.temperature
@@ -250,19 +276,22 @@ async def run_jobs(jobs: Sequence[Job], out_dir: Path, options: RunOptions,
     reply as it arrives. ``progress(done, total)`` builds a tqdm-like bar (``update(1)``,
     ``close()``). Returns (mode, jobs sent now).
 
+    The model sent (``resolve_model``) is recorded in ``out_dir/run.json``.
+
     Raises:
         EvalError: the backend does not answer ``/models`` (mode ``auto``), or ``out_dir``
             holds another backend's or model's run (``claim``).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    claim(out_dir, options)
     path = out_dir / ITEMS_FILE
-    done = {record_key(r) for r in read_records(path) if not r.get("error")}
     headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
     timeout = httpx.Timeout(options.timeout_s, connect=10.0)
     async with httpx.AsyncClient(base_url=options.backend.rstrip("/"), timeout=timeout,
                                  headers=headers, transport=options.transport) as client:
         mode = await detect_mode(client, options)
+        model = await resolve_model(client, options, mode)
+        claim(out_dir, options, model)
+        done = {record_key(r) for r in read_records(path) if not r.get("error")}
         applicable = [j for j in jobs if not (mode == "client" and needs_gateway(j))]
         pending = [j for j in applicable if j.key not in done]
         bar = progress(len(applicable) - len(pending), len(applicable)) if progress else None
@@ -276,7 +305,7 @@ async def run_jobs(jobs: Sequence[Job], out_dir: Path, options: RunOptions,
                 started = time.perf_counter()
                 try:
                     response = await client.post("/chat/completions",
-                                                 json=_body(job, mode, options))
+                                                 json=_body(job, mode, options, model))
                     elapsed = time.perf_counter() - started
                     if response.status_code != 200:
                         record = _error_record(job, mode, f"HTTP {response.status_code}: "

@@ -251,6 +251,8 @@ def _parse_controls(router: Any, headers: dict[str, str]) -> RouterControls:
             f"{', '.join(sorted(ROUTER_CONTROLS))}", param=f"router.{unknown[0]}",
             code="unknown_parameter")
     strategy = router.get("strategy", headers.get("x-ttc-strategy", "auto"))
+    if strategy is None:  # null is "not given", as for every other control
+        strategy = "auto"
     if strategy not in STRATEGIES:
         raise InvalidRequest(
             f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}",

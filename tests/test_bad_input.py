@@ -195,3 +195,18 @@ async def test_a_forwarded_endpoints_errors_are_in_the_envelope():
     assert missing.json()["error"]["message"] == "Not Found: no such route"
     assert malformed.status_code == 400
     assert "not valid JSON" in malformed.json()["error"]["message"]
+
+
+async def test_a_null_router_control_means_not_given_for_strategy_too():
+    # Every other control (and `router: null` itself) read null as "not given"; a null
+    # strategy was a 400 "unknown strategy None", Python's spelling of null.
+    backend = FakeBackend()
+    async with gateway_client(backend.transport()) as client:
+        reply = await client.post(CHAT, json={**GOOD, "model": "auto",
+                                              "router": {"strategy": None}})
+        named = await client.post(CHAT, json={**GOOD, "router": {"strategy": 5}})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["router"]["policy"] is not None  # planned as `auto`
+    assert named.status_code == 400
+    assert "None" not in named.json()["error"]["message"]
+    assert named.json()["error"]["param"] == "router.strategy"

@@ -76,18 +76,43 @@ def candidates(body: dict[str, Any], n: int) -> int:
     return n
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """Decode a request body.
+# orjson reads 1,024 levels of nesting but writes at most 254, so a body nested deeper parses
+# and then cannot be sent upstream (a 500 as the first call was made).
+MAX_JSON_DEPTH = 254
+
+
+def load_json(raw: bytes) -> Any:
+    """Decode a request body that the gateway may have to write again to send it upstream.
 
     Raises:
-        InvalidRequest: the body is not valid UTF-8 JSON, or not a JSON object.
+        InvalidRequest: the body is not valid UTF-8 JSON, or is nested deeper than
+            ``MAX_JSON_DEPTH`` levels (400).
     """
-    if not raw:
-        raise InvalidRequest("the request body is empty; expected a JSON object")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+    # Only a body with that many brackets can be that deep; counting them is C-speed, so the
+    # usual body pays no second serialisation.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+        try:
+            orjson.dumps(body)
+        except TypeError as exc:  # orjson's "Recursion limit reached"
+            raise InvalidRequest(f"the request body is nested deeper than {MAX_JSON_DEPTH} "
+                                 "levels, more than the gateway forwards") from exc
+    return body
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Decode a request body (``load_json``) that must be a JSON object.
+
+    Raises:
+        InvalidRequest: the body is empty, not valid UTF-8 JSON, nested too deep, or not a
+            JSON object.
+    """
+    if not raw:
+        raise InvalidRequest("the request body is empty; expected a JSON object")
+    body = load_json(raw)
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from tests.conftest import gateway_client, make_settings, metric
@@ -210,3 +211,31 @@ async def test_a_null_router_control_means_not_given_for_strategy_too():
     assert named.status_code == 400
     assert "None" not in named.json()["error"]["message"]
     assert named.json()["error"]["param"] == "router.strategy"
+
+
+def _nested(levels: int) -> bytes:
+    return b"[" * levels + b"]" * levels
+
+
+@pytest.mark.parametrize("path", [CHAT, "/v1/completions", "/v1/responses"])
+async def test_a_body_nested_deeper_than_the_gateway_can_forward_is_400(path: str):
+    # orjson reads 1,024 levels of nesting but writes only 254: a body nested 300 deep in a
+    # field the gateway passes through parsed, then failed as it was sent upstream, a 500
+    # ("the gateway failed unexpectedly"); on a forwarded endpoint too once `auto` was
+    # rewritten to the backend's model.
+    backend = FakeBackend()
+    head = {CHAT: b'"messages": [{"role": "user", "content": "hi"}]',
+            "/v1/completions": b'"prompt": "hi"', "/v1/responses": b'"input": "hi"'}[path]
+    raw = b'{"model": "auto", ' + head + b', "max_tokens": 8, "extra": '
+
+    async with gateway_client(backend.transport()) as client:
+        deep = await client.post(path, content=raw + _nested(300) + b"}",
+                                 headers={"content-type": "application/json"})
+        shallow = await client.post(path, content=raw + _nested(200) + b"}",
+                                    headers={"content-type": "application/json"})
+    assert deep.status_code == 400, deep.text
+    error = deep.json()["error"]
+    assert error["type"] == "invalid_request_error" and "nested" in error["message"]
+    assert shallow.status_code == 200, shallow.text  # what the gateway can forward, it does
+    assert len(backend.requests) == 1 and backend.requests[0]["extra"] == \
+        orjson.loads(_nested(200))

@@ -25,9 +25,10 @@ from service.admission import admission_of, admit_stream, reserve_for_proxy
 from service.backends import AUTO_MODEL
 from service.batch_input import batch_input_file, batch_references
 from service.deps import Gateway, gateway, read_body
-from service.errors import GatewayError, InvalidRequest, UpstreamUnavailable
+from service.errors import GatewayError, UpstreamUnavailable
 from service.limits import Reservation
 from service.ownership import Owned, check_owned
+from service.protocol import load_json
 from service.proxy_usage import (
     Passing,
     charge_cancelled,
@@ -220,10 +221,7 @@ async def _choose_backend(gw, body: bytes, content_type: str):  # type: ignore[n
         NotFound: no backend serves the named model (404).
     """
     if body and content_type.startswith("application/json"):
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+        parsed = load_json(body)  # a 400 for a body it could not write again upstream
         if isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
             backend, model = await gw.registry.resolve(parsed["model"], gw.client)
             if parsed["model"] == AUTO_MODEL:

@@ -169,6 +169,35 @@ async def test_client_mode_asks_for_the_backends_model_not_auto(tmp_path: Path,
     assert sent[-1] == "other"
 
 
+def test_a_strategy_or_policy_whose_every_request_failed_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # `--policies rules,nope` (a misspelt policy): every request of policy:nope was a 400, yet
+    # the run said only "6 records (2 errors)" and exited 0, the arm a row of zeros.
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"data": [{"id": "auto"}, {"id": "m"}]})
+        router = json.loads(request.content).get("router", {})
+        if router.get("policy") == "nope":
+            return httpx.Response(400, json={"error": {
+                "message": "unknown policy 'nope'; known: learned, rules",
+                "type": "invalid_request_error", "param": "router.policy", "code": None}})
+        return httpx.Response(200, json={"choices": [{"message": {"content": "5"}}],
+                                         "usage": {"completion_tokens": 1}})
+
+    real = runner.RunOptions
+    monkeypatch.setattr(runner, "RunOptions", lambda **options: real(
+        **options, transport=httpx.MockTransport(handle)))
+    code = _eval("--backend", "http://gw.test/v1", "--tasks", str(_tasks(tmp_path)),
+                 "--strategies", "direct", "--budgets", "64", "--policies", "rules,nope",
+                 "--out", str(tmp_path / "out"))
+    err = capsys.readouterr().err
+    assert code == 0  # the other points were measured
+    named = [line for line in err.splitlines() if "every request of" in line]
+    assert len(named) == 1, err
+    assert "policy:nope" in named[0] and "unknown policy 'nope'" in named[0]
+
+
 def test_tasks_without_a_family_are_grouped_under_their_file(tmp_path: Path) -> None:
     # They were reported as `independent_mc`, a family of the project's simulator that says
     # something about the tasks (independent guesses, multiple choice) nobody claimed.

@@ -168,7 +168,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"ttc-router eval: every request failed; the first: {records[0]['error']} "
               f"(the rest are in {args.out / runner.ITEMS_FILE})", file=sys.stderr)
         return 1
+    for point, error in failed_points(records):
+        # A misspelt --policies name is a 400 on each of its requests; the report's row of
+        # zeros, with its errors column, is easy to read as a measurement.
+        print(f"ttc-router eval: every request of {point} failed; the first: {error}",
+              file=sys.stderr)
     return 0
+
+
+def failed_points(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(point, first error) for each strategy at a budget, or policy, whose every record
+    is an error: ``"sequential @128"``, ``"policy:rules"``."""
+    by_point: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        budget = record.get("budget_tokens")
+        point = record["strategy"] + (f" @{budget}" if budget is not None else "")
+        by_point.setdefault(point, []).append(record)
+    return [(point, str(rows[0]["error"])[:300]) for point, rows in by_point.items()
+            if all(row.get("error") for row in rows)]
 
 
 def bank_items(path: Path, suites: list[str], limit: int | None) -> list[Any]:

@@ -216,3 +216,21 @@ def test_missing_data_names_the_flag_that_gives_it(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr("router_models.tasks.default_data_dir", lambda: None)
     with pytest.raises(SuiteUnavailable, match="--data"):
         load_suite("gsm8k", limit=1)
+
+
+def test_a_json_boolean_answer_is_yes_or_no_and_a_null_one_is_refused(tmp_path: Path) -> None:
+    # `"answer": true` was read as the text "True": a yes/no question whose model said
+    # "Yes" was scored wrong every time. `"answer": null` became the gold text "None".
+    path = tmp_path / "tasks.jsonl"
+    rows = [{"question": "Is water wet? Answer yes or no.", "answer": True},
+            {"question": "Is fire cold? Answer yes or no.", "answer": False}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    items = load_tasks_file(path)
+    assert [(i.kind, i.answer) for i in items] == [("yes_no", "yes"), ("yes_no", "no")]
+    assert check(items[0], "Water is wet. The answer is yes.")
+    assert check(items[1], "The answer is no.")
+    for bad in ('{"question": "x", "answer": null}', '{"question": null, "answer": "x"}',
+                '{"question": "x", "answer": ["a"]}'):
+        path.write_text(bad + "\n")
+        with pytest.raises(ValueError, match=":1:"):
+            load_tasks_file(path)

@@ -132,10 +132,11 @@ def load_suite(name: str, limit: int | None = None,
 def load_tasks_file(path: Path, default_family: str = "independent_mc") -> list[TaskItem]:
     """The user's own tasks: JSONL with ``question``, ``answer`` and optional ``family``,
     ``difficulty``, ``id`` per line. The answer's kind is inferred (a number, a single
-    letter A-E, yes/no, else a phrase).
+    letter A-E, yes/no, else a phrase); a JSON boolean answer is yes or no.
 
     Raises:
-        ValueError: a line that is not a JSON object with string-able question and answer.
+        ValueError: a line that is not a JSON object whose question and answer are strings,
+            numbers or (the answer) booleans.
         OSError: the file cannot be read.
     """
     items = []
@@ -144,7 +145,10 @@ def load_tasks_file(path: Path, default_family: str = "independent_mc") -> list[
             continue
         try:
             row = json.loads(line)
-            question, answer = str(row["question"]), str(row["answer"]).strip()
+            question, answer = _scalar(row["question"]), row["answer"]
+            # str(True) is "True", a text no reply states: a yes/no item scored wrong always.
+            answer = ("yes" if answer else "no") if isinstance(answer, bool) \
+                else _scalar(answer).strip()
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}:{number}: expected {{question, answer}}: {exc}") from exc
         kind = infer_kind(answer)
@@ -154,6 +158,18 @@ def load_tasks_file(path: Path, default_family: str = "independent_mc") -> list[
             difficulty=float(row.get("difficulty", 0.5)), question=question,
             answer=answer.lower() if kind == "yes_no" else answer, kind=kind))
     return items
+
+
+def _scalar(value: object) -> str:
+    """A task field as text: a string, or a number as written.
+
+    Raises:
+        TypeError: null, a list or an object (``str`` would make "None" or "['a']" the
+            gold answer).
+    """
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"a string or a number expected, not {json.dumps(value)}")
 
 
 def infer_kind(answer: str) -> str:

@@ -122,6 +122,48 @@ def routed_text(routed: RoutedRequest) -> str:
     return str(routed.body.get("prompt", ""))
 
 
+BUILTIN_POLICIES = ("rules", "learned")  # the names ``router_models.load_default`` serves
+
+
+def configured_policies(settings: Settings) -> dict[str, Policy]:
+    """The policies the configuration adds to the built-in ones: each of ``policies`` under
+    its name, and each experiment arm's spec that names no policy, under that spec. Cheap
+    (no classifier), so ``ttc-router serve`` checks them before the server starts.
+
+    Raises:
+        SettingsError: a malformed spec, or a ``default_policy`` / ``model_policies`` name
+            that no policy has; the message names the setting.
+    """
+    policies: dict[str, Policy] = {}
+    for name, spec in settings.policies.items():
+        try:
+            policy = parse_policy(spec)
+        except PolicyError as exc:
+            raise SettingsError(f"invalid settings:\n  policies.{name}: {exc}") from exc
+        policy.name = name
+        policies[name] = policy
+    for experiment, config in settings.experiments.items():
+        for arm, arm_settings in config.arms.items():
+            spec = arm_settings.policy
+            if spec in policies or spec in BUILTIN_POLICIES:
+                continue
+            try:  # an arm may name a spec directly; it is registered under that spec
+                policy = parse_policy(spec)
+            except PolicyError as exc:
+                raise SettingsError(f"invalid settings:\n  experiments.{experiment}.arms."
+                                    f"{arm}.policy: {exc}") from exc
+            policy.name = spec
+            policies[spec] = policy
+    known = set(policies) | set(BUILTIN_POLICIES)
+    for field_name, names in (("default_policy", [settings.default_policy]),
+                              ("model_policies", list(settings.model_policies.values()))):
+        unknown = [n for n in names if n is not None and n not in known]
+        if unknown:
+            raise SettingsError(f"invalid settings:\n  {field_name}: unknown policy "
+                                f"{unknown[0]!r}; known: {', '.join(sorted(known))}")
+    return policies
+
+
 class Router:
     """The classifier and the named policies of one gateway.
 
@@ -149,32 +191,7 @@ class Router:
             learned.lengths_from_feedback = False  # observe_usage reports every request's
         # Tokens a complete answer takes, per (backend model, kind of prompt).
         self.answer_lengths = AnswerLengths(settings.default_answer_tokens)
-        self.policies: dict[str, Policy] = dict(builtins)
-        for name, spec in settings.policies.items():
-            try:
-                policy = parse_policy(spec)
-            except PolicyError as exc:
-                raise SettingsError(f"invalid settings:\n  policies.{name}: {exc}") from exc
-            policy.name = name
-            self.policies[name] = policy
-        for experiment, config in settings.experiments.items():
-            for arm, arm_settings in config.arms.items():
-                spec = arm_settings.policy
-                if spec in self.policies:
-                    continue
-                try:  # an arm may name a spec directly; it is registered under that spec
-                    policy = parse_policy(spec)
-                except PolicyError as exc:
-                    raise SettingsError(f"invalid settings:\n  experiments.{experiment}.arms."
-                                        f"{arm}.policy: {exc}") from exc
-                policy.name = spec
-                self.policies[spec] = policy
-        for field_name, names in (("default_policy", [settings.default_policy]),
-                                  ("model_policies", list(settings.model_policies.values()))):
-            unknown = [n for n in names if n is not None and n not in self.policies]
-            if unknown:
-                raise SettingsError(f"invalid settings:\n  {field_name}: unknown policy "
-                                    f"{unknown[0]!r}; known: {', '.join(sorted(self.policies))}")
+        self.policies: dict[str, Policy] = {**builtins, **configured_policies(settings)}
         self._search_available = False
         self._search_checked_at = -SEARCH_CHECK_S
         self._index: LocalIndex | None = None

@@ -123,6 +123,23 @@ def test_serve_exits_2_naming_the_bad_setting(tmp_path, capsys):
     assert "log_level" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("config", "named"), [
+    ('policies: {cheap: "fixed:vote@100"}', "policies.cheap"),
+    ("default_policy: missing", "default_policy"),
+    ('experiments: {e: {arms: {a: {policy: "fixed:vote@1", weight: 1}}}}',
+     "experiments.e.arms.a.policy"),
+])
+def test_serve_exits_2_naming_a_bad_policy_without_a_traceback(tmp_path, capsys, config, named):
+    # A bad policy spec passed the settings' checks and failed in the app's lifespan: uvicorn
+    # printed some 60 lines of traceback ending in "Application startup failed" (exit 3),
+    # where every other bad setting is two lines and exit 2.
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"upstreams: [{{url: 'http://127.0.0.1:9/v1'}}]\n{config}\n")
+    assert main(["serve", "--config", str(path), "--data-dir", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+
+
 def test_every_setting_is_named_in_the_readme():
     # An operator reading the README found no word of twelve settings (default_answer_tokens,
     # which the TTCMeanSpendAboveTarget alert tells them to set, among them).

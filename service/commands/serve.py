@@ -48,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
             data_dir=args.data_dir, default_model=args.default_model,
             local_model=args.local_model, local_server=args.local_server,
             log_level=args.log_level)
+        # Checked here, not first in the app's lifespan, where a bad spec became uvicorn's
+        # traceback and "Application startup failed" (exit 3).
+        from service.routing import configured_policies
+
+        configured_policies(settings)
     except SettingsError as exc:
         print(f"ttc-router: {exc}", file=sys.stderr)
         return 2

@@ -166,8 +166,10 @@ def charge_failed(error: GatewayError, model: str, reservation: Reservation | No
 def charge_cancelled(model: str, reservation: Reservation | None, grant: int | None, *,
                      sent: bool) -> None:
     """Charge a forwarded call cancelled before its reply came (the shutdown deadline): its
-    grant when it had left the gateway (the backend may be generating all of it), nothing
-    when it was still waiting for the backend's concurrency slot or a retry's backoff."""
+    grant when ``sent`` (an attempt in flight, or an earlier one that failed as one that may
+    have generated: the backend may be generating all of it), nothing when it was still
+    waiting for the backend's concurrency slot, or for a retry's backoff after attempts
+    that generated nothing (a 429, a refused connection)."""
     if sent:
         _charge_grant(model, reservation, grant)
     else:

@@ -507,10 +507,10 @@ class UpstreamClient:
 
     async def forward(self, backend: Backend, method: str, path: str, body: bytes,
                       headers: Mapping[str, str], acct: Accounting | None = None,
-                      sending: SendHook | None = None,
+                      sending: SendHook | None = None, retry: RetryHook | None = None,
                       ) -> tuple[int, dict[str, str], ForwardedBody]:
         """Forward any other ``/v1/*`` call as it is: returns (status, headers, body chunks).
-        ``sending`` as ``post_json``'s.
+        ``sending`` and ``retry`` as ``post_json``'s.
 
         Retried on connection errors, 429 and 5xx before any byte is returned. A JSON reply
         (``application/json``) is read whole and checked before it is returned, so that one
@@ -560,7 +560,7 @@ class UpstreamClient:
             return (response.status_code, out_headers,
                     ForwardedBody(response, backend, started))
 
-        return await self._retrying(backend, acct, None, attempt)
+        return await self._retrying(backend, acct, None, attempt, retry)
 
     # --- one attempt each -------------------------------------------------------------------
 

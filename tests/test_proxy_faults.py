@@ -205,10 +205,7 @@ async def test_a_forwarded_call_cut_off_while_waiting_for_a_backend_slot_costs_n
         if request.url.path.endswith("/responses"):
             reached.set()
             await asyncio.sleep(30)
-        return httpx.Response(200, json={"id": "c", "object": "chat.completion", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "4"},
-             "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 1,
-                                                  "total_tokens": 6}})
+        return chat_answer()
 
     secret = SqliteKeyStore(Path(os.environ["TTC_DATA_DIR"]) / "keys.db").create(
         "queued", tpm=1000)
@@ -228,15 +225,68 @@ async def test_a_forwarded_call_cut_off_while_waiting_for_a_backend_slot_costs_n
         for task in reversed(tasks):  # as uvicorn does at the shutdown deadline
             task.cancel()
             await asyncio.wait_for(task, 5)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://gateway.test") as client:
-            probe = await client.post("/v1/chat/completions", headers={
-                "authorization": f"Bearer {secret}"}, json={
-                "model": "fake-model", "max_tokens": 10,
-                "messages": [{"role": "user", "content": "2+2?"}]})
+        remaining = await remaining_tokens(app, secret)
     assert [b.get("max_output_tokens") for b in bodies] == [50, None]  # and the probe
-    assert int(probe.headers["x-ratelimit-remaining-tokens"]) == 1000 - 50 - 10
+    assert remaining == 1000 - 50 - 10
 
 
 async def collecting_nothing(message: dict[str, Any]) -> None:
     """An ASGI ``send`` whose client takes every message and keeps none."""
+
+
+def chat_answer() -> httpx.Response:
+    """A backend's chat completion of 1 token."""
+    return httpx.Response(200, json={"id": "c", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "4"},
+         "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 1,
+                                              "total_tokens": 6}})
+
+
+async def remaining_tokens(app: Any, secret: str) -> int:
+    """The tokens ``secret``'s key has left this minute, after a probe that reserves 10."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://gateway.test") as client:
+        probe = await client.post("/v1/chat/completions", headers={
+            "authorization": f"Bearer {secret}"}, json={
+            "model": "fake-model", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "2+2?"}]})
+    return int(probe.headers["x-ratelimit-remaining-tokens"])
+
+
+@pytest.mark.parametrize("first, charged", [(429, 0), (500, 50)])
+async def test_a_forwarded_call_cut_off_in_a_retrys_backoff_costs_what_was_generated(
+        first, charged):
+    # A forwarded call whose attempt the backend refused (a 429: nothing generated) and that
+    # was cut off at the shutdown deadline while waiting out its retry's backoff kept its whole
+    # grant charged: an attempt had left the gateway once, so it counted as sent. One whose
+    # attempt failed with a 500 (the backend may have generated) is still charged its grant.
+    from tests.test_disconnect import LeavingClient, http_scope
+    from tests.test_keys_and_limits import NOON
+
+    failed = asyncio.Event()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "fake-model"}]})
+        if request.url.path.endswith("/responses"):
+            failed.set()
+            return httpx.Response(first, json={"error": {"message": "scripted"}})
+        return chat_answer()
+
+    secret = SqliteKeyStore(Path(os.environ["TTC_DATA_DIR"]) / "keys.db").create(
+        "backoff", tpm=1000)
+    app = create_app(make_settings(retry_backoff_s=30.0),
+                     transport=httpx.MockTransport(handle))
+    scope = http_scope([(b"authorization", f"Bearer {secret}".encode())])
+    scope["path"], scope["raw_path"] = "/v1/responses", b"/v1/responses"
+    async with app.router.lifespan_context(app):
+        app.state.gateway.limiter.clock = lambda: NOON
+        body = {**EMBED, "input": "hi", "max_output_tokens": 50}
+        task = asyncio.create_task(app(scope, LeavingClient(body, asyncio.Event()).receive,
+                                       collecting_nothing))
+        await asyncio.wait_for(failed.wait(), 5)
+        await asyncio.sleep(0.1)  # the retry waits out its backoff (15 s at least)
+        task.cancel()  # as uvicorn does at the shutdown deadline
+        await asyncio.wait_for(task, 5)
+        remaining = await remaining_tokens(app, secret)
+    assert remaining == 1000 - charged - 10

@@ -39,7 +39,7 @@ from service.proxy_usage import (
 )
 from service.store import Backend
 from service.strategies.base import estimate_prompt_tokens
-from service.upstream import is_token_count
+from service.upstream import is_token_count, may_have_generated
 
 router = APIRouter()
 
@@ -116,20 +116,29 @@ async def forward(path: str, request: Request) -> Response:
             grant = (reservation.tokens if reservation is not None and reservation.tokens
                      else output_cap(parsed))
         upstream_path = "/" + path + (f"?{request.url.query}" if request.url.query else "")
-        sent = False
+        sent = generated = False
 
         def sending() -> None:  # an attempt leaves the gateway: from now on it may generate
             nonlocal sent
             sent = True
 
+        def retrying(error: GatewayError) -> bool:
+            # A failed attempt may have generated (a 5xx) or not (a 429, a refused
+            # connection); the retry waits out its backoff unsent until it leaves in turn.
+            nonlocal sent, generated
+            generated = generated or may_have_generated(error)
+            sent = False
+            return True
+
         try:
             status, out_headers, chunks = await gw.client.forward(
-                backend, request.method, upstream_path, body, headers, sending=sending)
+                backend, request.method, upstream_path, body, headers, sending=sending,
+                retry=retrying)
         except GatewayError:
             raise
-        except BaseException:  # cancelled (the shutdown deadline): charged if it was sent
-            if label is not None:
-                charge_cancelled(label, reservation, grant, sent=sent)
+        except BaseException:  # cancelled (the shutdown deadline): charged if it may have
+            if label is not None:  # generated, nothing while it waits for a slot or backoff
+                charge_cancelled(label, reservation, grant, sent=sent or generated)
             raise
         if owned is not None and owned.lists(status):
 

@@ -56,6 +56,8 @@ class BackendRegistry:
         self._ignores_configured = {u.label for u in upstreams if u.ignores_max_tokens}
         # (backend label, model) -> monotonic time until which it is taken to ignore its cap
         self._ignores_until: dict[tuple[str, str], float] = {}
+        # Those whose time is over and whose one checking call has not reported yet
+        self._checking: set[tuple[str, str]] = set()
         self._ignores_ttl_s = ignores_max_tokens_ttl_s
 
     @property
@@ -161,28 +163,47 @@ class BackendRegistry:
     def ignores_max_tokens(self, backend: Backend, model: str) -> bool:
         """Whether ``backend`` generates past ``max_tokens`` for ``model``: configured so
         (``ignores_max_tokens``), or seen doing it (``note_ignores_max_tokens``) less than
-        ``ignores_max_tokens_ttl_s`` ago. Once that time is over the fact is forgotten, and
-        the next call is sent as to any backend: a backend fixed since (a new version, a
-        proxy that now passes the cap on) gets its usual calls back, one that is not
-        overruns that call and is noted again."""
+        ``ignores_max_tokens_ttl_s`` ago. Once that time is over, the next call (this one:
+        False) checks it again, sent as to any backend, while the calls sent before it
+        reports stay cut: a backend fixed since (a new version, a proxy that now passes the
+        cap on) keeps to its cap and gets its usual calls back
+        (``note_honours_max_tokens``), one that is not overruns that one call and is noted
+        again. A check that never reports (it failed) is repeated after the same time."""
         if backend.label in self._ignores_configured:
             return True
         key = (backend.label, model)
         until = self._ignores_until.get(key)
         if until is None:
             return False
-        if time.monotonic() < until:
+        now = time.monotonic()
+        if now < until:
             return True
-        del self._ignores_until[key]
+        # Forgotten at once, every call sent before the check came back would overrun too
+        # (a vote's wave, n fanned out, concurrent requests): only this one may.
+        self._ignores_until[key] = now + self._ignores_ttl_s
+        self._checking.add(key)
         log.info("backend %s (model %s): checking again whether it honours max_tokens",
                  backend.label, model)
         return False
 
+    def note_honours_max_tokens(self, backend: Backend, model: str) -> None:
+        """A call to ``backend`` for ``model`` sent as usual (not cut) kept to its
+        ``max_tokens``: while it is being checked again (``ignores_max_tokens``), the fact
+        is forgotten."""
+        key = (backend.label, model)
+        if key in self._checking:
+            self._checking.discard(key)
+            self._ignores_until.pop(key, None)
+            log.info("backend %s (model %s) honours max_tokens again: its calls are sent "
+                     "as usual", backend.label, model)
+
     def note_ignores_max_tokens(self, backend: Backend, model: str) -> None:
         """Remember that ``backend`` generated past a call's ``max_tokens`` for ``model``."""
         key = (backend.label, model)
-        if key not in self._ignores_until and backend.label not in self._ignores_configured:
+        if ((key not in self._ignores_until or key in self._checking)
+                and backend.label not in self._ignores_configured):
             log.warning("backend %s (model %s) generated more tokens than max_tokens granted: "
                         "for %.0f s its strategy calls are streamed and cut at their grants",
                         backend.label, model, self._ignores_ttl_s)
+        self._checking.discard(key)
         self._ignores_until[key] = time.monotonic() + self._ignores_ttl_s

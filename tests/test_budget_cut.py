@@ -5,6 +5,7 @@ interleaves its choices as vLLM does; ``tests/e2e/test_budget_cut.py`` drives a 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -172,6 +173,56 @@ def test_the_learnt_fact_expires_and_is_checked_again(monkeypatch: pytest.Monkey
     assert registry.ignores_max_tokens(backend, "m")
     now[0] += 2
     assert not registry.ignores_max_tokens(backend, "m")  # the next call checks it again
+
+
+def test_once_the_fact_expires_one_call_checks_while_the_others_stay_cut(
+        monkeypatch: pytest.MonkeyPatch):
+    # Forgotten at once, every call sent before the first of them came back overran: under
+    # load (a vote's wave, n fanned out, concurrent requests) not "one call" but all of them.
+    now = [1000.0]
+    monkeypatch.setattr("service.backends.time.monotonic", lambda: now[0])
+    registry = BackendRegistry([], ignores_max_tokens_ttl_s=60)
+    backend = Backend("b", "http://b/v1", None, ("m",))
+    registry.note_ignores_max_tokens(backend, "m")
+    now[0] += 61
+    assert not registry.ignores_max_tokens(backend, "m")  # the check, sent as usual
+    assert registry.ignores_max_tokens(backend, "m")  # sent before it came back: still cut
+    registry.note_honours_max_tokens(backend, "m")  # it kept to its cap: forgotten
+    assert not registry.ignores_max_tokens(backend, "m")
+    assert not registry.ignores_max_tokens(backend, "m")
+    # A check that overruns is noted again; one that never reports (it failed) is repeated
+    # once another ttl has passed.
+    registry.note_ignores_max_tokens(backend, "m")
+    now[0] += 61
+    assert not registry.ignores_max_tokens(backend, "m")
+    now[0] += 30
+    assert registry.ignores_max_tokens(backend, "m")
+    registry.note_ignores_max_tokens(backend, "m")
+    now[0] += 59
+    assert registry.ignores_max_tokens(backend, "m")
+    now[0] += 2
+    assert not registry.ignores_max_tokens(backend, "m")
+    now[0] += 61
+    assert not registry.ignores_max_tokens(backend, "m")  # that check never reported
+
+
+async def test_once_the_fact_expires_a_fanned_out_request_sends_one_call_uncut():
+    backend = Rambler()
+
+    async def slowly(request: httpx.Request) -> httpx.Response:  # calls in flight together
+        await asyncio.sleep(0.01)
+        return backend._handle(request)
+
+    settings = make_settings(supports_n=False, ignores_max_tokens_ttl_s=0.05)
+    async with gateway_client(httpx.MockTransport(slowly), settings) as client:
+        await client.post(CHAT, json=ask(10))  # overruns: noted
+        await asyncio.sleep(0.1)  # forgotten
+        reply = (await client.post(CHAT, json=ask(30, n=3))).json()
+    # Three single-choice calls sent together: one checks the backend again, two are cut.
+    sent = backend.requests[1:]
+    assert len(sent) == 3
+    assert sorted(bool(body.get("stream")) for body in sent) == [False, True, True]
+    assert reply["usage"]["completion_tokens"] == WORDS + 10 + 10
 
 
 def chunk(index: int, text: str = "w ", finish: str | None = None) -> dict[str, Any]:

@@ -53,12 +53,14 @@ _TEXT_FIELDS = ("content", "reasoning_content", "reasoning")
 
 
 def cuts(call: Call, metered: Metered) -> bool:
-    """Whether ``metered``'s call must be read under a ``CutRule``: its backend is known to
-    generate past ``max_tokens`` for this model, and the call has a cap. A call with
-    ``best_of`` candidates beyond its ``n`` cannot be streamed (OpenAI refuses both) and is
-    left as it is."""
-    return (metered.per_choice is not None and metered.candidates <= metered.n
-            and call.registry.ignores_max_tokens(call.backend, call.upstream_model))
+    """Whether ``metered``'s call must be read under a ``CutRule`` (noted in ``metered.cut``:
+    asked once per call, as it may be the one that checks the backend again): its backend is
+    known to generate past ``max_tokens`` for this model, and the call has a cap. A call
+    with ``best_of`` candidates beyond its ``n`` cannot be streamed (OpenAI refuses both) and
+    is left as it is."""
+    metered.cut = (metered.per_choice is not None and metered.candidates <= metered.n
+                   and call.registry.ignores_max_tokens(call.backend, call.upstream_model))
+    return metered.cut
 
 
 @dataclass

@@ -89,6 +89,7 @@ class Metered:
     settled: bool = False
     attempt_open: bool = True  # the current attempt's grant is reserved and not yet settled
     attempt_sent: bool = False  # the current attempt has left the gateway (``sending``)
+    cut: bool = False  # read under a ``capped.CutRule`` (``capped.cuts``)
     # The completions the call generates: ``n``, or its ``best_of`` when larger (every one
     # is paid from the grant, though only ``n`` come back); 0 means ``n``.
     candidates: int = 0
@@ -354,6 +355,10 @@ class Metered:
                 # It generated past its cap: its later calls are streamed and closed at their
                 # grants (``service.strategies.capped``).
                 call.registry.note_ignores_max_tokens(call.backend, call.upstream_model)
+            elif not self.cut and source in ("backend", "tokenizer"):
+                # Sent as usual and counted within its cap: a backend being checked again
+                # honours max_tokens now.
+                call.registry.note_honours_max_tokens(call.backend, call.upstream_model)
         else:
             call.ledger.charge(completion, prompt)
 

@@ -22,8 +22,9 @@ that the hits contain, once the question holds a hit's subject (``_holds_subject
 question that names what a document is about is covered however it is phrased. A prompt
 that carries its own facts is the exception: its names are its characters, not the
 collection's subjects. That is a word problem (it states quantities and asks for one
-computed from them, ``router_models.quantities.is_word_problem``: both its shares
-are 0 here) and a prompt that states its own dependent steps (``prior.read_search``). Measured
+computed from them, ``router_models.quantities.is_word_problem``: its name share is 0 here,
+and its word share too unless it holds the whole subject of a hit: ``coverage_shares``) and a
+prompt that states its own dependent steps (``prior.read_search``). Measured
 with ``bench/coverage_check.py`` on the HotpotQA corpus (whole datasets): before the
 word-problem rule a first name alone ("Claire makes a 3 egg omelet every morning...", of the
 article "Claire Fryer") made 30 of 1,319 GSM8K and 32 of 1,000 SVAMP prompts search prompts;

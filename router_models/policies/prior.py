@@ -128,8 +128,9 @@ def read_search(scores: Scores, coverage: float | None, name_coverage: float = 0
             clips to 48 of her friends..." is not about the Natalia of a document that the
             top hit is about; a GSM8K item's first name matched a HotpotQA article for 5 of
             24 word problems on the outcome bank). A word problem with fewer steps ("Claire
-            makes a 3 egg omelet every morning...") arrives with both shares 0:
-            ``service.coverage.coverage_shares`` reads it as self-contained.
+            makes a 3 egg omelet every morning...") arrives with a name share of 0, and a
+            word share of 0 unless it holds the whole subject of a top hit
+            (``service.coverage.coverage_shares``).
 
     Returns:
         ``scores`` with ``covered`` set (True when the coverage reaches ``COVERED``) and

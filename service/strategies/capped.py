@@ -125,6 +125,33 @@ class CutRule:
             bool(self.cut) and len(self.finished | self.cut) >= self.choices)
 
 
+def cut_choices(rule: CutRule, choices: list[dict[str, Any]],
+                chat: bool) -> tuple[list[dict[str, Any]], bool]:
+    """A chunk's choices under ``rule`` (fed the chunk here): those of choices cut before it
+    dropped, a choice it cuts ending with ``length`` (as from a backend that honours its
+    cap), and a finish of ``length`` added for each choice it cuts without a chunk in it (the
+    grant ran out on the others). Returns the choices and whether they changed: what a
+    client's stream (``direct``) sends and a streamed call's reply (``post_streamed``) is
+    assembled from."""
+    cut_before = set(rule.cut)
+    newly = rule.see({"choices": choices})
+    kept = [c for c in choices if (c.get("index") or 0) not in cut_before]
+    changed = len(kept) != len(choices)
+    present = set()
+    for choice in kept:
+        index = choice.get("index") or 0
+        present.add(index)
+        if index in newly:
+            choice["finish_reason"] = "length"
+            changed = True
+    for index in newly:
+        if index not in present:
+            empty: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
+            kept.append({"index": index, **empty, "finish_reason": "length"})
+            changed = True
+    return kept, changed
+
+
 @dataclass
 class _Choice:
     """One choice assembled from its chunks."""
@@ -213,6 +240,7 @@ async def post_streamed(call: Call, metered: Metered) -> dict[str, Any]:
     template: dict[str, Any] = {}
     usage: dict[str, Any] | None = None
     usage_final = done = False
+    chat = call.routed.endpoint == "chat"
     try:
         async with aclosing(events(stream)) as upstream:
             async for payload, _data in upstream:
@@ -225,14 +253,9 @@ async def post_streamed(call: Call, metered: Metered) -> dict[str, Any]:
                 if not template:
                     template = {k: payload[k] for k in ("id", "object", "created", "model",
                                                         "system_fingerprint") if k in payload}
-                cut_before = set(rule.cut)
-                newly = rule.see(payload)
-                for choice in chunk_choices(payload):
-                    index = choice.get("index") or 0
-                    if index not in cut_before:  # a cut choice's later chunks are dropped
-                        choices.setdefault(index, _Choice()).add(choice)
-                for index in newly:
-                    choices[index].finish_reason = "length"
+                kept, _ = cut_choices(rule, chunk_choices(payload), chat)
+                for choice in kept:
+                    choices.setdefault(choice.get("index") or 0, _Choice()).add(choice)
                 if isinstance(payload.get("usage"), dict):
                     # the call's count once every choice has finished, not a running total
                     usage = payload["usage"]
@@ -255,7 +278,6 @@ async def post_streamed(call: Call, metered: Metered) -> dict[str, Any]:
     finally:
         await close_all([stream])
         metered.abandon(usage if usage_final else None, "", at_least=rule.total)
-    chat = call.routed.endpoint == "chat"
     kind = str(template.get("object") or ("chat.completion" if chat else "text_completion"))
     return {**template, "object": kind.removesuffix(".chunk"),
             "choices": [choices[i].body(i, chat) for i in sorted(choices)],

@@ -34,7 +34,7 @@ import orjson
 from service import sse
 from service.errors import GatewayError, InvalidRequest, UpstreamError, error_json
 from service.strategies.base import Call, conform_choice, request_body, router_info, usage_body
-from service.strategies.capped import CutRule, charge_cut, cuts
+from service.strategies.capped import CutRule, charge_cut, cut_choices, cuts
 from service.strategies.metered import Metered, delta_text
 from service.strategies.sampling import choice_text, post_completion
 from service.streaming import DONE, close_all, merged_events
@@ -372,7 +372,7 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
         return None  # the usage chunk: one summed chunk is sent at the end instead
     changed = False
     if state.rule is not None:
-        choices, changed = _cut_choices(state.rule, choices, call.routed.endpoint == "chat")
+        choices, changed = cut_choices(state.rule, choices, call.routed.endpoint == "chat")
         if not choices:
             return None
         payload["choices"] = choices
@@ -403,31 +403,6 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
     if isinstance(usage, dict):
         state.usage_final = len(state.finished) >= state.expected
     return orjson.dumps(payload) if changed else data.encode()
-
-
-def _cut_choices(rule: CutRule, choices: list[dict[str, Any]],
-                 chat: bool) -> tuple[list[dict[str, Any]], bool]:
-    """A chunk's choices under ``rule`` (fed the chunk here): those of choices cut before it
-    dropped, a choice it cuts ending with ``length`` (as from a backend that honours its
-    cap), and a finish of ``length`` added for each choice it cuts without a chunk in it (the
-    grant ran out on the others). Returns the choices and whether they changed."""
-    cut_before = set(rule.cut)
-    newly = rule.see({"choices": choices})
-    kept = [c for c in choices if (c.get("index") or 0) not in cut_before]
-    changed = len(kept) != len(choices)
-    present = set()
-    for choice in kept:
-        index = choice.get("index") or 0
-        present.add(index)
-        if index in newly:
-            choice["finish_reason"] = "length"
-            changed = True
-    for index in newly:
-        if index not in present:
-            empty: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
-            kept.append({"index": index, **empty, "finish_reason": "length"})
-            changed = True
-    return kept, changed
 
 
 def _check_complete(call: Call, states: list[_StreamState],

@@ -55,7 +55,7 @@ from service.errors import (
 from service.key_streams import StreamPlace
 from service.keys import ApiKey
 from service.limits import Reservation, TokensOverLimit
-from service.protocol import RoutedRequest, candidates
+from service.protocol import RoutedRequest, candidates, candidates_param
 from service.strategies.base import estimate_prompt_tokens
 
 log = logging.getLogger(__name__)
@@ -273,7 +273,7 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest, pla
     if width * plan.width > settings.max_samples:
         raise InvalidRequest(f"this request would draw {width * plan.width} samples; at "
                              f"most {settings.max_samples} on this gateway",
-                             param="n" if width == routed.n else "best_of",
+                             param=candidates_param(routed.body, routed.n),
                              code="over_operator_cap")
     admission = admission_of(request)
     if admission is None:

@@ -67,13 +67,31 @@ class RoutedRequest:
 def candidates(body: dict[str, Any], n: int) -> int:
     """The completions one upstream call of ``body`` generates for its ``n`` choices: ``n``,
     or the legacy completions API's ``best_of`` when larger (the backend generates
-    ``best_of`` candidates and returns the ``n`` best, and every candidate costs tokens).
-    A ``best_of`` that is not a positive integer is the backend's to refuse, and counts
-    as ``n``."""
+    ``best_of`` candidates and returns the ``n`` best, and every candidate costs tokens),
+    for each prompt of a batch (``prompt_count``). A ``best_of`` that is not a positive
+    integer is the backend's to refuse, and counts as ``n``."""
     best_of = body.get("best_of")
     if isinstance(best_of, int) and not isinstance(best_of, bool) and best_of > n:
-        return best_of
-    return n
+        return best_of * prompt_count(body)
+    return n * prompt_count(body)
+
+
+def candidates_param(body: dict[str, Any], n: int) -> str:
+    """The field that makes ``candidates(body, n)`` as large as it is, for an error's
+    ``param``: ``prompt`` (a batch), ``best_of`` or ``n``."""
+    if prompt_count(body) > 1:
+        return "prompt"
+    return "best_of" if candidates(body, n) > n else "n"
+
+
+def prompt_count(body: dict[str, Any]) -> int:
+    """The prompts one legacy completions call answers: each string or token list of a batch
+    ``prompt`` (OpenAI answers each with its ``n`` choices), else 1 (one string, or one
+    prompt's token ids)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str | list) for p in prompt):
+        return len(prompt)
+    return 1
 
 
 # orjson reads 1,024 levels of nesting but writes at most 254, so a body nested deeper parses

@@ -345,3 +345,46 @@ async def test_best_of_candidates_are_paid_from_the_budget_not_past_it():
     assert router["spent_tokens"] == 10 and not router.get("budget_overrun")
     assert free.json()["usage"]["completion_tokens"] == 50  # no budget: the client's cap kept
     assert seen[1]["max_tokens"] == 10
+
+
+def batch_backend(seen: list[dict[str, Any]]) -> httpx.MockTransport:
+    """A legacy-completions backend that answers a batch ``prompt`` as OpenAI and vLLM do:
+    ``n`` choices of up to ``max_tokens`` for each prompt, prompt-major, with the usage of
+    them all."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+        cap, n = body["max_tokens"], body.get("n") or 1
+        return httpx.Response(200, json={
+            "id": "cmpl-1", "object": "text_completion", "created": 1, "model": body["model"],
+            "choices": [{"index": i, "text": " ".join(["w"] * cap), "finish_reason": "length",
+                         "logprobs": None} for i in range(len(prompts) * n)],
+            "usage": {"prompt_tokens": 3 * len(prompts), "completion_tokens": cap * len(prompts)
+                      * n, "total_tokens": (3 + cap * n) * len(prompts)}})
+
+    return scripted_transport(handle)
+
+
+async def test_a_batch_of_prompts_is_paid_from_the_budget_not_past_it():
+    # /v1/completions with 5 prompts and budget_tokens 10 sent max_tokens 10 and spent 50
+    # tokens (router.budget_overrun), and the gateway took the backend for one that ignores
+    # max_tokens ("generated more tokens than max_tokens granted": its calls streamed and cut
+    # for an hour): the grant counted the n choices of one prompt, not of every prompt.
+    seen: list[dict[str, Any]] = []
+    batch = {"model": "fake-model", "prompt": [f"Once {i}" for i in range(5)], "max_tokens": 10}
+    async with gateway_client(batch_backend(seen)) as client:
+        budgeted = await client.post("/v1/completions",
+                                     json={**batch, "router": {"budget_tokens": 10}})
+        free = await client.post("/v1/completions", json=batch)
+        small = await client.post("/v1/completions",
+                                  json={**batch, "router": {"budget_tokens": 3}})
+    router = budgeted.json()["router"]
+    assert budgeted.status_code == 200, budgeted.text
+    assert seen[0]["max_tokens"] == 2  # 5 prompts of 2 tokens
+    assert router["spent_tokens"] == 10 and not router.get("budget_overrun")
+    assert len(budgeted.json()["choices"]) == 5
+    assert free.json()["usage"]["completion_tokens"] == 50  # no budget: the client's cap kept
+    assert seen[1]["max_tokens"] == 10 and not free.json()["router"].get("budget_overrun")
+    assert small.status_code == 400 and small.json()["error"]["param"] == "prompt"

@@ -55,7 +55,7 @@ from router_models.prompt import content_text
 from service import metrics
 from service.errors import GatewayError, InvalidRequest
 from service.ledger import BudgetExhausted
-from service.protocol import candidates
+from service.protocol import candidates, candidates_param
 from service.strategies.base import Call
 from service.upstream import (
     UpstreamStream,
@@ -168,7 +168,7 @@ class Metered:
         if per < 1:
             call.ledger.settle(granted, 0, prompt_reserved=bound)
             if first:  # the whole budget cannot start one call: the request's fault, not a 502
-                param = "best_of" if width > n else "n"
+                param = candidates_param(body, n)
                 raise InvalidRequest(
                     f"the token budget ({granted} tokens) is smaller than the {width} "
                     f"candidates {param} asks for, each at least one token", param=param)

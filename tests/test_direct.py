@@ -618,3 +618,63 @@ async def test_a_stream_completed_by_fan_out_frees_its_first_calls_slot(chat_bod
     events = [e for e in sse_payloads(reply.text) if isinstance(e, dict)]
     assert not any("error" in e for e in events), reply.text
     assert {c["index"] for e in events for c in e["choices"]} == {0, 1}
+
+
+def _batch_backend(honours_n: bool) -> httpx.MockTransport:
+    """A legacy-completions backend that answers a batch prompt with one choice per prompt
+    and sample, prompt-major as OpenAI and vLLM order them, and honours ``n`` or not."""
+
+    def choices(body: dict[str, Any]) -> list[tuple[str, int]]:
+        n = int(body.get("n") or 1) if honours_n else 1
+        return [(prompt, sample) for prompt in body["prompt"] for sample in range(n)]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seed = body.get("seed", 0)
+        answers = [f"answer to {p} #{seed + s}" for p, s in choices(body)]
+        usage = {"prompt_tokens": 2, "completion_tokens": 4 * len(answers),
+                 "total_tokens": 2 + 4 * len(answers)}
+        if body.get("stream"):
+            events = [{"id": "x", "object": "text_completion", "created": 1, "model": "m",
+                       "choices": [{"index": i, "text": text, "finish_reason": None}]}
+                      for i, text in enumerate(answers)]
+            events += [{"id": "x", "object": "text_completion", "created": 1, "model": "m",
+                        "choices": [{"index": i, "text": "", "finish_reason": "stop"}]}
+                       for i in range(len(answers))]
+            events.append({"id": "x", "object": "text_completion", "created": 1, "model": "m",
+                           "choices": [], "usage": usage})
+            return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                  stream=ScriptedStream(sse_body(*events, "data: [DONE]\n\n")))
+        return httpx.Response(200, json={
+            "id": "x", "object": "text_completion", "created": 1, "model": "m",
+            "choices": [{"index": i, "text": text, "finish_reason": "stop", "logprobs": None}
+                        for i, text in enumerate(answers)], "usage": usage})
+
+    return scripted_transport(handle)
+
+
+@pytest.mark.parametrize("honours_n", [True, False])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_batch_prompt_with_n_gets_n_choices_per_prompt_in_openais_order(
+        honours_n: bool, stream: bool):
+    # Two prompts, n=2, from a backend that ignores n (llama-cpp-python's server): the
+    # gateway took its 2 choices (one per prompt) for the 2 asked, so the client got p1's
+    # answer at index 1, where OpenAI puts p0's second sample, and no second samples at all.
+    body = {"model": "fake-model", "prompt": ["p0", "p1"], "n": 2, "max_tokens": 8,
+            "seed": 10, "stream": stream}
+    async with gateway_client(_batch_backend(honours_n)) as client:
+        reply = await client.post("/v1/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    if stream:
+        texts: dict[int, str] = {}
+        for payload in sse_payloads(reply.text):
+            if isinstance(payload, dict):
+                for choice in payload.get("choices", []):
+                    texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+    else:
+        texts = {c["index"]: c["text"] for c in reply.json()["choices"]}
+    assert sorted(texts) == [0, 1, 2, 3]
+    # choices i*n .. i*n+n-1 answer prompt i, with n distinct samples
+    assert [texts[i].split(" #")[0] for i in range(4)] == ["answer to p0"] * 2 + \
+        ["answer to p1"] * 2
+    assert texts[0] != texts[1] and texts[2] != texts[3]

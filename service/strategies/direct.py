@@ -12,7 +12,9 @@ added for every backend:
   count, else its grant; a failed call is charged what it may have generated;
 - ``n`` is honoured against backends that ignore it (llama-cpp-python's server) by fanning out
   ``n`` single-choice calls, at most ``fanout_concurrency`` at a time, merged into one reply
-  whose choices are re-indexed;
+  whose choices are re-indexed; a batch ``prompt`` (a list of prompts) is fanned out unless the
+  backend is known to honour ``n``, since a first reply of one choice per prompt cannot show
+  whether it did, and its choices take OpenAI's order: ``i * n + sample`` for prompt ``i``;
 - against a backend known to ignore ``max_tokens`` (``service.strategies.capped``), a JSON
   call is sent streamed and a stream is read under a ``CutRule``: each choice ends with
   ``length`` at its cap and the upstream stream is closed at its grant. A stream to a backend
@@ -33,6 +35,7 @@ import orjson
 
 from service import sse
 from service.errors import GatewayError, InvalidRequest, UpstreamError, error_json
+from service.protocol import prompt_count
 from service.strategies.base import Call, conform_choice, request_body, router_info, usage_body
 from service.strategies.capped import CutRule, charge_cut, cut_choices, cuts
 from service.strategies.metered import Metered, delta_text
@@ -76,7 +79,9 @@ def _body(call: Call, *, n: int, sample: int = 0) -> dict[str, Any]:
 
 
 def _fans_out(call: Call) -> bool:
-    return call.routed.n > 1 and call.registry.supports_n(call.backend) is False
+    support = call.registry.supports_n(call.backend)
+    return call.routed.n > 1 and (support is False or (
+        support is None and prompt_count(call.routed.body) > 1))
 
 
 async def complete_json(call: Call) -> dict[str, Any]:
@@ -133,7 +138,18 @@ async def _fan_out_json(call: Call, samples: range) -> list[dict[str, Any]]:
 
 def _merge_json(call: Call, replies: list[dict[str, Any]]) -> dict[str, Any]:
     merged = replies[0] if len(replies) == 1 else dict(replies[0])
-    if len(replies) > 1:
+    if len(replies) > 1 and prompt_count(call.routed.body) > 1:
+        # Fanned out, one reply per sample, each with a choice per prompt: prompt i's
+        # samples are choices i * n .. i * n + n - 1, as OpenAI orders a batch's choices.
+        n = call.routed.n
+        indexed = []
+        for sample, reply in enumerate(replies):
+            for choice in reply["choices"]:
+                choice = dict(choice)
+                choice["index"] = (choice.get("index") or 0) * n + sample
+                indexed.append(choice)
+        merged["choices"] = sorted(indexed, key=lambda c: c["index"])
+    elif len(replies) > 1:
         choices: list[dict[str, Any]] = []
         for reply in replies:
             for choice in reply["choices"]:
@@ -168,7 +184,9 @@ class _StreamState:
 
     offset: int
     metered: Metered
-    expected: int = 1  # choices this stream was asked for
+    expected: int = 1  # choices this stream was asked for (for each prompt of a batch)
+    # A fanned-out stream's choice i (prompt i of a batch) is the client's i * stride + offset.
+    stride: int = 1
     usage: dict[str, Any] | None = None
     # The usage came in the usage chunk (no choices) or once every choice had finished: a
     # count of the whole call, not a running total of what had been sent so far.
@@ -243,8 +261,11 @@ async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
     rest, as ``complete_json`` does, and the backend is noted as ignoring ``n``.
     """
     streams = [item.stream for item in opened]
-    states = [_StreamState(offset=i if len(opened) > 1 else 0, metered=item.metered,
-                           expected=1 if len(opened) > 1 else call.routed.n,
+    prompts = prompt_count(call.routed.body)
+    fanned = len(opened) > 1
+    states = [_StreamState(offset=i if fanned else 0, metered=item.metered,
+                           expected=prompts * (1 if fanned else call.routed.n),
+                           stride=call.routed.n if fanned else 1,
                            rule=_rule(call, item.metered))
               for i, item in enumerate(opened)]
     template: dict[str, Any] = {}
@@ -387,8 +408,8 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
         payload.pop("usage")
         changed = True
     for choice in choices:
-        index = (choice.get("index") or 0) + state.offset
-        if state.offset:
+        index = (choice.get("index") or 0) * state.stride + state.offset
+        if index != (choice.get("index") or 0):
             choice["index"] = index
             changed = True
         generated = delta_text(choice)
@@ -410,8 +431,7 @@ def _check_complete(call: Call, states: list[_StreamState],
     """Raise ``UpstreamError`` (``stream_truncated``) when a stream ended before its answer
     did (no ``[DONE]``, choices without a finish reason); that stream is marked broken."""
     for state, stream in zip(states, streams, strict=True):
-        expected = 1 if len(states) > 1 else call.routed.n
-        if not state.done and len(state.finished) < expected:
+        if not state.done and len(state.finished) < state.expected:
             stream.broke()
             raise UpstreamError("the stream from the backend ended before the answer was complete",
                                 code="stream_truncated")

@@ -356,3 +356,14 @@ def test_from_log_on_an_empty_log_prints_no_nan(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "0 outcomes" in printed
     assert "nan" not in printed
+
+
+def test_train_reports_the_learned_policy_at_the_gateways_mean_budget():
+    # train's strategy table shows `auto` as shipped: at the gateway's default mean budget,
+    # from the library and from the command alike (it said 1,024 while the gateway used 512).
+    from service.cli import build_parser
+    from service.settings import Settings
+
+    shipped = Settings.model_fields["learned_target_tokens"].default
+    assert shipped == training.TARGET_TOKENS
+    assert build_parser().parse_args(["train"]).target_tokens == shipped

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from router_models.classifier import DEFAULT_ARTIFACT_DIR, ArtifactError, Classifier
 from router_models.plan import Plan, Scores
 from router_models.policies import LearnedPolicy, PolicyError, parse_policy
-from service.settings import SettingsError, load_settings
+from service.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:  # router_models.train imports scikit-learn's solvers: only when training
     from router_models.train import FeedbackRecord
@@ -47,8 +47,10 @@ def register(subcommands: Any) -> None:
     train.add_argument("--generated", type=int, default=1500, metavar="N",
                        help="generated tasks of each family (graph connectivity, arithmetic "
                             "chains)")
-    train.add_argument("--target-tokens", type=float, default=1024.0,
-                       help="the learned policy's mean budget per request (tokens)")
+    train.add_argument("--target-tokens", type=float,
+                       default=float(Settings.model_fields["learned_target_tokens"].default),
+                       help="the learned policy's mean budget per request in the strategy "
+                            "table (tokens; default: the gateway's learned_target_tokens)")
     train.add_argument("--bank", type=Path, default=None, metavar="DIR",
                        help="also learn from an outcome bank recorded from the local model "
                             "(a folder of JSONL shards, e.g. router_models/data/bank): "

@@ -17,6 +17,10 @@ before every route:
   ``service.key_streams``) given back, however the response ended;
 - a request still running when the shutdown deadline cancels it gets a 503 in the envelope, or,
   when its stream had started, a final error event and ``data: [DONE]``;
+- a request whose body is not all in within ``client_body_timeout_s`` of its headers (a
+  client sending a few bytes a second, or its headers and then nothing) gets a 408
+  (``service.body_deadline``), counted in ``ttc_rejected_total{reason="body_timeout"}``, and
+  its connection is closed;
 - a client that does not take a piece of its response within ``client_send_timeout_s`` (it
   stopped reading and keeps the connection: a full TCP window) is cut off as if it had left
   (``ClientStalled``): its stream would otherwise hold its backend's concurrency slot for as
@@ -25,7 +29,8 @@ before every route:
 The completion route calls ``reserve_for_call`` between planning and the first upstream
 call: it applies the operator's caps (``max_n``, ``max_budget_tokens``, ``max_samples``) and
 reserves the request's tokens from its key's limits. Refusals are counted in
-``ttc_rejected_total{reason}`` (``auth``, ``rate_limit``, ``budget``, ``overload``).
+``ttc_rejected_total{reason}`` (``auth``, ``rate_limit``, ``budget``, ``overload``,
+``body_timeout``).
 Neither the key nor the Authorization header is ever logged or echoed.
 """
 
@@ -43,7 +48,9 @@ from starlette.requests import Request
 from router_models.plan import Plan
 from router_models.policies.prior import fit_cap
 from service import metrics
+from service.body_deadline import BodyDeadline, BodyDeadlinePassed, has_body
 from service.errors import (
+    BodyTimeout,
     Forbidden,
     GatewayError,
     InvalidRequest,
@@ -116,18 +123,32 @@ class AdmissionMiddleware:
         if scope["type"] != "http" or gw is None:
             await self.app(scope, receive, send)
             return
-        tracker = _Tracker(send, gw.settings.client_send_timeout_s)
+        body: BodyDeadline | None = None
+        if has_body(scope["headers"]):
+            body = BodyDeadline(receive, gw.settings.client_body_timeout_s)
+            receive = body.receive
+        tracker = _Tracker(send, gw.settings.client_send_timeout_s, body)
         admission: Admission | None = None
         try:
             try:
                 admission = await _admit(gw, scope)
             except GatewayError as exc:
-                await _send_error(send, exc)
+                await _send_error(tracker.send, exc)
                 return
             if admission is not None:
                 scope.setdefault("state", {})[_STATE] = admission
                 tracker.extra_headers = admission.headers
             await self.app(scope, receive, tracker.send)
+        except BodyDeadlinePassed:
+            assert body is not None
+            metrics.child(metrics.REJECTED, "body_timeout").inc()
+            log.info("408 for %s %s: its body did not arrive within %g s",
+                     scope.get("method"), scope["path"], body.timeout_s)
+            if not tracker.started:  # else the server closes the unfinished response
+                try:
+                    await _send_error(tracker.send, BodyTimeout(body.timeout_s))
+                except (Exception, ClientStalled):  # gone, or not reading either
+                    log.debug("could not send a 408 for a slow body", exc_info=True)
         except ClientStalled:
             # The server closes a connection whose response was not completed.
             log.info("cut off %s %s: its client took no part of the response for %g s",
@@ -143,6 +164,8 @@ class AdmissionMiddleware:
             if task is not None:
                 task.uncancel()
         finally:
+            if body is not None:
+                body.close()
             tracker.close()
             if admission is not None and admission.stream is not None:
                 admission.stream.release()
@@ -380,12 +403,15 @@ async def _send_error(send: Send, exc: GatewayError) -> None:
 
 
 class _Tracker:
-    """Wraps ``send``: adds the key's ``x-ratelimit-*`` headers, and remembers how far the
-    response got, so that a request cancelled at shutdown can still end cleanly."""
+    """Wraps ``send``: adds the key's ``x-ratelimit-*`` headers (and ``Connection: close`` to
+    a response that starts before the request's ``body`` is all read), and remembers how far
+    the response got, so that a request cancelled at shutdown can still end cleanly."""
 
-    def __init__(self, send: Send, send_timeout_s: float | None = None):
+    def __init__(self, send: Send, send_timeout_s: float | None = None,
+                 body: BodyDeadline | None = None):
         self._send = send
         self._send_timeout_s = send_timeout_s
+        self.body = body  # the request's body, while it may be still arriving
         self._sender: asyncio.Task[Any] | None = None
         self._sending_since: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
@@ -404,11 +430,17 @@ class _Tracker:
             for name, value in headers:
                 if name.lower() == b"content-type" and value.startswith(b"text/event-stream"):
                     self.sse = True
-            if self.extra_headers:
+            unread = self.body is not None and not self.body.done
+            if self.extra_headers or unread:
                 present = {name.lower() for name, _ in headers}
                 headers += [(k.encode("latin-1"), v.encode("latin-1"))
                             for k, v in self.extra_headers.items()
                             if k.encode("latin-1") not in present]
+                if unread and b"connection" not in present:
+                    # Answered before its body was read (a refusal, a route that reads none):
+                    # the server would wait for the rest on the open connection, each byte
+                    # stopping its keep-alive timer, for as long as the client trickles it.
+                    headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
         elif kind == "http.response.body":
             body = message.get("body", b"")

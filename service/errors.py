@@ -9,6 +9,7 @@ boundary where they happen, ``raise ...Error(...) from exc``.
     +-- InvalidRequest                 400 invalid_request_error
     |   +-- UnprocessableRequest       422 invalid_request_error
     |   +-- RequestTooLarge            413 invalid_request_error
+    |   +-- BodyTimeout                408 invalid_request_error (body not in within the timeout)
     |   +-- MethodNotAllowed           405 invalid_request_error (with its Allow header)
     +-- Unauthorized                   401 authentication_error (missing or wrong bearer token)
     +-- Forbidden                      403 permission_error (an admin surface, no admin key)
@@ -71,6 +72,23 @@ class UnprocessableRequest(InvalidRequest):
 
 class RequestTooLarge(InvalidRequest):
     status = 413
+
+
+class BodyTimeout(InvalidRequest):
+    """The request's body did not all arrive within ``client_body_timeout_s`` of its
+    headers (``service.body_deadline``). Sent with ``Connection: close``: the rest of the body
+    may still be on its way, and is no request to parse. Counted under its own reason,
+    ``ttc_rejected_total{reason="body_timeout"}``."""
+
+    status = 408
+    counted = True
+
+    def __init__(self, timeout_s: float):
+        super().__init__(f"the request body did not arrive within {timeout_s:g} s "
+                         "(client_body_timeout_s)", code="body_timeout")
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
 
 
 class MethodNotAllowed(InvalidRequest):

@@ -39,8 +39,9 @@ Names (labels):
   any byte is sent; a stream that broke off after its headers counts as its error), or 499
   when the client left before the end (``service.proxy_usage``).
 - ``ttc_rejected_total{reason}``: requests refused before any upstream call
-  (``invalid``, ``auth``, ``rate_limit``, ``budget``, ``overload``, and ``unknown_id``: a
-  feedback on an id no request has, or only another key's).
+  (``invalid``, ``auth``, ``rate_limit``, ``budget``, ``overload``, ``body_timeout``: a body
+  not all received within ``client_body_timeout_s``, and ``unknown_id``: a feedback on an id
+  no request has, or only another key's).
 - ``ttc_budget_tokens{strategy}``: histogram of the completion-token budgets allocated, one
   observation per request that had a budget.
 - ``ttc_budget_utilization_ratio{strategy}``: histogram of spent / allocated completion tokens

@@ -309,6 +309,10 @@ class Settings(BaseSettings):
     # A client that takes longer than this (s) to take one piece of its response (it stopped
     # reading: a full TCP window) is cut off, so that its stream frees its backend slot.
     client_send_timeout_s: float = Field(60.0, gt=0)
+    # A request whose body has not all arrived this long (s) after its headers gets a 408 and
+    # its connection is closed: a client sending a few bytes a second, or its headers and then
+    # nothing, held its connection and request for as long as it liked.
+    client_body_timeout_s: float = Field(30.0, gt=0)
     # On SIGTERM, in-flight requests get this long (s) to finish before they are cut off.
     shutdown_timeout_s: float = Field(30.0, ge=0)
 

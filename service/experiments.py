@@ -335,13 +335,14 @@ class Experiments:
         """The experiment's settings.
 
         Raises:
-            InvalidRequest: no experiment has this name (400).
+            InvalidRequest: no experiment has this name (400). The message names only the
+                one asked for: the configured ones are the operator's, not every caller's
+                (``ttc-router ab report`` lists them to the operator).
         """
         config = self.configs.get(name)
         if config is None:
-            known = ", ".join(sorted(self.configs)) or "none configured"
-            raise InvalidRequest(f"unknown experiment {name!r}; known: {known}",
-                                 param="router.experiment", code="unknown_experiment")
+            raise InvalidRequest(f"unknown experiment {name!r}", param="router.experiment",
+                                 code="unknown_experiment")
         return config
 
     def experiment_for(self, routed: RoutedRequest) -> str | None:

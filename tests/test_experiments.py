@@ -230,7 +230,39 @@ async def test_unknown_experiments_are_400_in_the_envelope():
     for reply in (by_body, by_header, both, report):
         assert reply.status_code == 400, reply.text
         assert reply.json()["error"]["type"] == "invalid_request_error"
-    assert "exp" in by_body.json()["error"]["message"]
+    for reply in (by_body, by_header, report):
+        assert reply.json()["error"]["message"] == "unknown experiment 'nope'"
+        assert reply.json()["error"]["code"] == "unknown_experiment"
+
+
+SECRET_ARMS = {"control": {"policy": "fixed:direct@256", "weight": 0.5},
+               "treatment": {"policy": "fixed:sequential@777", "weight": 0.5}}
+
+
+def configured_privately() -> Settings:
+    """Experiments, policies and arm specs that a tenant's errors must not reveal."""
+    return make_settings(experiments={"exp": {"arms": ARMS},
+                                      "launch-q3-pricing": {"arms": SECRET_ARMS}},
+                         policies={"internal-cheap": "fixed:direct@123"})
+
+
+def tells_nothing_configured(reply: Any) -> bool:
+    return not any(secret in reply.text for secret in (
+        "launch-q3-pricing", "internal-cheap", "@777", "@123", "learned", "known:"))
+
+
+async def test_an_unknown_experiment_does_not_tell_the_configured_ones():
+    # The 400 listed every configured experiment ("known: exp, launch-q3-pricing") to any
+    # caller: the operator's configuration, which a tenant has no business reading.
+    async with gateway_client(llm().transport(), configured_privately()) as client:
+        replies = [await client.post("/v1/chat/completions", json=chat({"experiment": "x"})),
+                   await client.post("/v1/chat/completions", json=chat(),
+                                     headers={"x-ttc-experiment": "x"}),
+                   await client.get("/v1/experiments/x")]
+    for reply in replies:
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["message"] == "unknown experiment 'x'"
+        assert tells_nothing_configured(reply), reply.text
 
 
 def test_an_arm_with_an_unknown_policy_fails_at_start():

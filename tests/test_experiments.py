@@ -265,6 +265,20 @@ async def test_an_unknown_experiment_does_not_tell_the_configured_ones():
         assert tells_nothing_configured(reply), reply.text
 
 
+async def test_an_unknown_policy_does_not_tell_the_configured_ones():
+    # The unknown-policy 400 listed every policy, each experiment's arm specs among them
+    # ("fixed:sequential@777"): the same leak of the operator's configuration.
+    async with gateway_client(llm().transport(), configured_privately()) as client:
+        replies = [await client.post("/v1/chat/completions", json=chat({"policy": "x"})),
+                   await client.post("/v1/chat/completions", json=chat(),
+                                     headers={"x-ttc-policy": "x"})]
+    for reply in replies:
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["message"] == "unknown policy 'x'"
+        assert reply.json()["error"]["param"] == "router.policy"
+        assert tells_nothing_configured(reply), reply.text
+
+
 def test_an_arm_with_an_unknown_policy_fails_at_start():
     bad = make_settings(experiments={"exp": {"arms": {"a": {"policy": "nope"}}}})
     with pytest.raises(SettingsError, match="experiments.exp.arms.a.policy"):

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.backends import BackendRegistry
 from service.settings import UpstreamSettings
@@ -223,6 +224,54 @@ async def test_once_the_fact_expires_a_fanned_out_request_sends_one_call_uncut()
     assert len(sent) == 3
     assert sorted(bool(body.get("stream")) for body in sent) == [False, True, True]
     assert reply["usage"]["completion_tokens"] == WORDS + 10 + 10
+
+
+async def scraped(client: httpx.AsyncClient, name: str) -> dict[tuple[str, ...], float]:
+    """``GET /metrics`` as a Prometheus server reads it: ``name``'s samples, label values
+    (sorted by label name) -> value."""
+    text = (await client.get("/metrics")).text
+    return {tuple(v for _, v in sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.name == name}
+
+
+def cut_metric(name: str) -> float:
+    return metric(name, backend="fake", model="fake-model")
+
+
+async def test_a_backend_seen_ignoring_max_tokens_is_shown_and_its_cut_calls_counted():
+    # An operator sees which backend and model are cut, for as long as they are, how often a
+    # call overran its max_tokens, and how many calls were closed at their grants.
+    backend = Rambler()
+    overruns, cut = (cut_metric("ttc_upstream_max_tokens_overruns_total"),
+                     cut_metric("ttc_budget_cut_calls_total"))
+    settings = make_settings(ignores_max_tokens_ttl_s=0.2)
+    async with gateway_client(backend.transport(), settings) as client:
+        assert await scraped(client, "ttc_upstream_ignores_max_tokens") == {}
+        await client.post(CHAT, json=ask(10, n=2))  # overruns: noted
+        assert cut_metric("ttc_upstream_max_tokens_overruns_total") == overruns + 1
+        assert await scraped(client, "ttc_upstream_ignores_max_tokens") == {
+            ("fake", "fake-model", "observed"): 1.0}
+        await client.post(CHAT, json=ask(10, n=2))  # streamed and closed at its grant
+        await client.post(CHAT, json=ask(10, n=2, stream=True))  # a client's stream, too
+        assert cut_metric("ttc_budget_cut_calls_total") == cut + 2
+        assert cut_metric("ttc_upstream_max_tokens_overruns_total") == overruns + 1
+        await asyncio.sleep(0.3)  # the fact expired: the next call checks the backend again
+        assert await scraped(client, "ttc_upstream_ignores_max_tokens") == {
+            ("fake", "fake-model", "observed"): 0.0}
+    assert len(backend.requests) == 3 and backend.requests[2]["stream"] is True
+
+
+async def test_an_upstream_configured_as_ignoring_max_tokens_is_shown_as_configured():
+    backend = Rambler()
+    settings = make_settings(upstreams=[UpstreamSettings(
+        url=BACKEND_URL, name="fake", models=["fake-model"], ignores_max_tokens=True)])
+    cut = cut_metric("ttc_budget_cut_calls_total")
+    async with gateway_client(backend.transport(), settings) as client:
+        assert await scraped(client, "ttc_upstream_ignores_max_tokens") == {
+            ("fake", "fake-model", "configured"): 1.0}
+        await client.post(CHAT, json=ask(4))
+    assert cut_metric("ttc_budget_cut_calls_total") == cut + 1
 
 
 def chunk(index: int, text: str = "w ", finish: str | None = None) -> dict[str, Any]:

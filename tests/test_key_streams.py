@@ -56,10 +56,12 @@ async def hold(app: Any, secret: str, path: str = CHAT,
 
 async def test_a_key_over_its_open_streams_gets_429_with_retry_after_until_one_ends():
     secret, other = store().create("streamer", rpm=100), store().create("neighbour")
-    before = metric("ttc_rejected_total", reason="rate_limit")
+    before = {reason: metric("ttc_rejected_total", reason=reason)
+              for reason in ("rate_limit", "rate_limit_streams")}
     config = make_settings(key_max_concurrent_streams=2)
     async with running(httpx.MockTransport(hanging_stream), config) as (app, client):
         held = [await hold(app, secret), await hold(app, secret)]
+        assert metric("ttc_key_open_streams", key_name="streamer") == 2
         refused = await client.post(CHAT, json=STREAM, headers=bearer(secret))
         assert refused.status_code == 429
         error = refused.json()["error"]
@@ -71,11 +73,18 @@ async def test_a_key_over_its_open_streams_gets_429_with_retry_after_until_one_e
         # Its other requests are no streams: served.
         assert (await client.get("/v1/models", headers=bearer(secret))).status_code == 200
         neighbour = await hold(app, other)  # the cap is each key's, not the gateway's
+        assert metric("ttc_key_open_streams", key_name="neighbour") == 1
         await held[0].leave()  # its client went away: its place is free
+        assert metric("ttc_key_open_streams", key_name="streamer") == 1
         again = await hold(app, secret)
         for stream in (held[1], neighbour, again):
             await stream.leave()
-    assert metric("ttc_rejected_total", reason="rate_limit") == before + 1
+    # Counted apart from the request-rate refusals: a different limit, a different remedy.
+    assert metric("ttc_rejected_total", reason="rate_limit_streams") == \
+        before["rate_limit_streams"] + 1
+    assert metric("ttc_rejected_total", reason="rate_limit") == before["rate_limit"]
+    assert metric("ttc_key_open_streams", key_name="streamer") == 0
+    assert metric("ttc_key_open_streams", key_name="neighbour") == 0
 
 
 async def test_a_forwarded_stream_counts_as_one_of_the_keys_streams():
@@ -120,6 +129,7 @@ async def test_every_end_of_a_stream_gives_its_place_back(backend, status, endin
             assert reply.status_code == status, reply.text
             assert ending in reply.content
         assert app.state.gateway.streams.open_streams("oneatatime") == 0
+        assert metric("ttc_key_open_streams", key_name="oneatatime") == 0
 
 
 async def test_without_a_cap_or_without_keys_streams_are_not_counted():

@@ -246,7 +246,10 @@ async def admit_stream(request: Request, gw: Any) -> None:
         # Every 429 of a key tells all its limits, as OpenAI's do.
         exc.rate_headers = {**admission.headers,
                             **await gw.limiter.token_headers(admission.key)}
-        metrics.child(metrics.REJECTED, "rate_limit").inc()
+        # Its own reason, named as its code: a key holding streams open is not one sending
+        # requests too fast, and the remedy differs (close streams, or raise
+        # key_max_concurrent_streams, not rpm).
+        metrics.child(metrics.REJECTED, "rate_limit_streams").inc()
         raise
 
 

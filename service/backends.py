@@ -59,6 +59,8 @@ class BackendRegistry:
         # Those whose time is over and whose one checking call has not reported yet
         self._checking: set[tuple[str, str]] = set()
         self._ignores_ttl_s = ignores_max_tokens_ttl_s
+        # Every (backend label, model) ever noted: exported at 0 once its fact expired
+        self._noted: set[tuple[str, str]] = set()
 
     @property
     def backends(self) -> list[Backend]:
@@ -198,8 +200,11 @@ class BackendRegistry:
                      "as usual", backend.label, model)
 
     def note_ignores_max_tokens(self, backend: Backend, model: str) -> None:
-        """Remember that ``backend`` generated past a call's ``max_tokens`` for ``model``."""
+        """Remember that ``backend`` generated past a call's ``max_tokens`` for ``model``
+        (counted in ``ttc_upstream_max_tokens_overruns_total``)."""
         key = (backend.label, model)
+        metrics.child(metrics.MAX_TOKENS_OVERRUNS, backend.label, model).inc()
+        self._noted.add(key)
         if ((key not in self._ignores_until or key in self._checking)
                 and backend.label not in self._ignores_configured):
             log.warning("backend %s (model %s) generated more tokens than max_tokens granted: "
@@ -207,3 +212,22 @@ class BackendRegistry:
                         backend.label, model, self._ignores_ttl_s)
         self._checking.discard(key)
         self._ignores_until[key] = time.monotonic() + self._ignores_ttl_s
+
+    def export_ignores_max_tokens(self) -> None:
+        """Set ``ttc_upstream_ignores_max_tokens{backend, model, source}`` from what this
+        registry holds now (called when Prometheus scrapes): 1 for every model of an upstream
+        configured with ``ignores_max_tokens``, and for each backend and model seen overrunning
+        whose fact has not expired, 0 for those whose fact expired or was forgotten. Read
+        without ``ignores_max_tokens``' side effect: a scrape never starts a check. Set here
+        rather than on events, since the fact expires with no call to tell it."""
+        now = time.monotonic()
+        gauge = metrics.IGNORES_MAX_TOKENS
+        gauge.clear()  # only what this registry knows: no series of an earlier one in process
+        for backend in self._backends:
+            if backend.label in self._ignores_configured:
+                for model in backend.models:
+                    gauge.labels(backend.label, model, "configured").set(1)
+        for label, model in self._noted:
+            if label not in self._ignores_configured:
+                ignoring = self._ignores_until.get((label, model), 0.0) > now
+                gauge.labels(label, model, "observed").set(float(ignoring))

@@ -9,6 +9,10 @@ get 503s. So a keyed request that asks for a stream (a completion's or a forward
 ``AdmissionMiddleware`` gives the place back when the response is over, however it ended: its
 last event, its client leaving or stalling, its backend failing, the shutdown deadline.
 
+Each key's count is exported as ``ttc_key_open_streams{key_name}`` (0 once its streams end: the
+operator's key names, a bounded set, as ``ttc_key_tokens_total`` has them); a refusal counts in
+``ttc_rejected_total{reason="rate_limit_streams"}``.
+
 The count is per replica, as the backends' concurrency gates are: a stream lives in the
 process that serves it and ends with it, so a count in memory is exact and never outlives a
 killed replica (a count in Redis would need leases that expire); behind a balancer of N
@@ -17,6 +21,7 @@ replicas a key may hold up to N times the cap.
 
 from __future__ import annotations
 
+from service import metrics
 from service.errors import RateLimited
 
 # Seconds a refused client is told to wait: a stream's end cannot be foreseen.
@@ -64,6 +69,7 @@ class KeyStreams:
                 f"one or retry in {RETRY_AFTER_S:g}s", retry_after_s=RETRY_AFTER_S,
                 code="rate_limit_streams")
         self._open[key_name] = count + 1
+        metrics.child(metrics.KEY_OPEN_STREAMS, key_name).set(count + 1)
         return StreamPlace(self, key_name)
 
     def open_streams(self, key_name: str) -> int:
@@ -72,6 +78,7 @@ class KeyStreams:
 
     def _close(self, key_name: str) -> None:
         count = self._open.get(key_name, 0) - 1
+        metrics.child(metrics.KEY_OPEN_STREAMS, key_name).set(max(count, 0))
         if count > 0:
             self._open[key_name] = count
         else:  # a key with no stream open keeps no entry: the map stays as small as the load

@@ -39,9 +39,23 @@ Names (labels):
   any byte is sent; a stream that broke off after its headers counts as its error), or 499
   when the client left before the end (``service.proxy_usage``).
 - ``ttc_rejected_total{reason}``: requests refused before any upstream call
-  (``invalid``, ``auth``, ``rate_limit``, ``budget``, ``overload``, ``body_timeout``: a body
-  not all received within ``client_body_timeout_s``, and ``unknown_id``: a feedback on an id
-  no request has, or only another key's).
+  (``invalid``, ``auth``, ``rate_limit``: a key's requests or tokens per minute,
+  ``rate_limit_streams``: a key holding ``key_max_concurrent_streams`` open streams already,
+  ``budget``, ``overload``, ``body_timeout``: a body not all received within
+  ``client_body_timeout_s``, and ``unknown_id``: a feedback on an id no request has, or only
+  another key's). ``reason=~"rate_limit.*"`` counts every 429 of a key's limits.
+- ``ttc_key_open_streams{key_name}``: streams each API key holds open on this replica
+  (``service.key_streams``; capped at ``key_max_concurrent_streams``); 0 once they end.
+- ``ttc_upstream_ignores_max_tokens{backend, model, source}``: 1 while the gateway takes a
+  backend and model for one that generates past ``max_tokens``, so that its strategy calls
+  are streamed and cut at their grants (``service.strategies.capped``), else 0; ``source`` is
+  ``configured`` (the upstream's ``ignores_max_tokens``) or ``observed`` (a call overran, less
+  than ``ignores_max_tokens_ttl_s`` ago). Set at each scrape from the registry, as the
+  observed fact expires without an event.
+- ``ttc_upstream_max_tokens_overruns_total{backend, model}``: calls that generated more
+  completion tokens than their ``max_tokens`` granted (each one notes the backend as above).
+- ``ttc_budget_cut_calls_total{backend, model}``: calls to such a backend closed at their
+  grants (``capped.charge_cut``) before they finished by themselves.
 - ``ttc_budget_tokens{strategy}``: histogram of the completion-token budgets allocated, one
   observation per request that had a budget.
 - ``ttc_budget_utilization_ratio{strategy}``: histogram of spent / allocated completion tokens
@@ -186,6 +200,18 @@ EXPERIMENT_FEEDBACK = Counter(
 KEY_TOKENS = Counter(
     "ttc_key_tokens", "Upstream tokens spent per API key, by kind (prompt, completion).",
     ["key_name", "kind"])
+KEY_OPEN_STREAMS = Gauge(
+    "ttc_key_open_streams", "Streams an API key holds open on this replica.", ["key_name"])
+IGNORES_MAX_TOKENS = Gauge(
+    "ttc_upstream_ignores_max_tokens", "1 while a backend and model are taken to generate past "
+    "max_tokens (their calls are streamed and cut at their grants), by source (configured, "
+    "observed); set at each scrape.", ["backend", "model", "source"])
+MAX_TOKENS_OVERRUNS = Counter(
+    "ttc_upstream_max_tokens_overruns", "Upstream calls that generated more completion tokens "
+    "than their max_tokens granted.", ["backend", "model"])
+BUDGET_CUT_CALLS = Counter(
+    "ttc_budget_cut_calls", "Upstream calls to a backend that ignores max_tokens closed at "
+    "their grants.", ["backend", "model"])
 CIRCUIT_OPEN = Gauge(
     "ttc_circuit_open", "1 while a backend is taken out after repeated failures.", ["backend"])
 UPSTREAM_FAILOVERS = Counter(

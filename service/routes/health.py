@@ -66,7 +66,8 @@ async def metrics(request: Request) -> Response:
         given = request.headers.get("authorization", "").encode()
         if not secrets.compare_digest(given, expected):
             raise Unauthorized("GET /metrics needs Authorization: Bearer <metrics_token>")
-    router = gateway(request).router
-    if router is not None:
-        router.export_budgets()
+    gw = gateway(request)
+    if gw.router is not None:
+        gw.router.export_budgets()
+    gw.registry.export_ignores_max_tokens()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

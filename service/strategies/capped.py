@@ -43,6 +43,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+from service import metrics
 from service.errors import UpstreamError
 from service.strategies.base import Call
 from service.strategies.metered import Metered, delta_text
@@ -288,7 +289,8 @@ async def charge_cut(call: Call, metered: Metered, rule: CutRule) -> None:
     """Settle a stream closed under ``rule`` (``Metered.abandon``): its grant, since the
     backend may have generated tokens it had not sent yet, or more when its chunks show more,
     or the text they carried does, counted with the backend's tokenizer when it has one (a
-    backend may put several tokens in a chunk)."""
+    backend may put several tokens in a chunk). Counted in ``ttc_budget_cut_calls_total``."""
+    metrics.child(metrics.BUDGET_CUT_CALLS, call.backend.label, call.upstream_model).inc()
     counted = None
     if rule.text and not metered.settled:
         counted = await call.client.count_tokens(call.backend, call.upstream_model, rule.text)

@@ -103,7 +103,8 @@ def test_every_alert_the_issue_asks_for_exists():
     alerts = {rule["alert"] for group in yaml.safe_load(
         (DEPLOY / "rules" / "ttc-alerts.yml").read_text())["groups"] for rule in group["rules"]}
     assert alerts == {"TTCBackendErrors", "TTCBudgetOverruns", "TTCAccuracyDrop",
-                      "TTCRejectedRequests", "TTCMeanSpendAboveTarget"}
+                      "TTCRejectedRequests", "TTCMeanSpendAboveTarget",
+                      "TTCBackendIgnoresMaxTokens"}
 
 
 def test_every_kubernetes_manifest_validates_against_the_api_schemas():

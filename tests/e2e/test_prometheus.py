@@ -26,6 +26,7 @@ pytestmark = pytest.mark.e2e
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 ROUNDS = 3
 ROUND_PAUSE_S = 2.5  # more than two scrape intervals: counters must grow between scrapes
+IGNORES_TTL_S = 2.0  # under ROUND_PAUSE_S, over the 1 s scrape interval: see ``stack``
 
 # Metrics that the gateway defines but whose producers (API keys, the classifier, the search
 # strategy, A/B assignment) are other issues' work not yet in this build; expressions
@@ -34,6 +35,7 @@ ROUND_PAUSE_S = 2.5  # more than two scrape intervals: counters must grow betwee
 NOT_YET_PRODUCED = {
     "ttc_key_tokens_total": "API keys",
     "ttc_search_calls_total": "the search strategy",
+    "ttc_key_open_streams": "API keys",
 }
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "15s",
                      "$strategy": ".*", "$policy": ".*", "$arm": ".*", "$model": ".*",
@@ -70,13 +72,15 @@ def stack(tmp_path: Path) -> Iterator[tuple[Process, Process]]:
     try:
         # A target mean of one token: the auto request spends more than 1.5x it, so the
         # TTCMeanSpendAboveTarget expression has data (pending; it fires after an hour).
-        # The gateway forgets at once that overrun-model ignores max_tokens, so that every
-        # round's overrun requests overrun again (TTCBudgetOverruns has data), instead of
-        # being cut at their grants from the second one on.
+        # The gateway remembers for 2 s that overrun-model ignores max_tokens: less than a
+        # round's pause, so that every round's first overrun request overruns again
+        # (TTCBudgetOverruns has data) and its second is cut at its grant
+        # (ttc_budget_cut_calls_total), and more than a scrape interval, so that a scrape
+        # sees the fact (TTCBackendIgnoresMaxTokens).
         gateway = start_gateway(backend.url, tmp_path / "data", tmp_path,
                                 env={"TTC_EXPERIMENTS": json.dumps(EXPERIMENTS),
                                      "TTC_LEARNED_TARGET_TOKENS": "1",
-                                     "TTC_IGNORES_MAX_TOKENS_TTL_S": "0.001"})
+                                     "TTC_IGNORES_MAX_TOKENS_TTL_S": str(IGNORES_TTL_S)})
         config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(DEPLOY / f) for f in config["rule_files"]]
@@ -118,10 +122,15 @@ def send_round(client: httpx.Client, traffic: Traffic, index: int) -> None:
     completion = client.post("/v1/completions", json={"model": "fake-model", "prompt": "2+2="})
     assert completion.status_code == 200, completion.text
     traffic.add_usage(completion.json()["usage"])
-    for _ in range(2):  # the backend ignores max_tokens: 24 tokens spent on a budget of 2
+    # The backend ignores max_tokens: the first spends 24 tokens on a budget of 2, and the
+    # gateway cuts the second at its 2.
+    spent = []
+    for _ in range(2):
         overrun = chat("overrun-model", router={"budget_tokens": 2})
         assert overrun.status_code == 200, overrun.text
         traffic.add_usage(overrun.json()["usage"])
+        spent.append(overrun.json()["router"]["spent_tokens"])
+    assert spent[0] > 2 and spent[1] == 2, spent
     failed = chat("flaky-model")
     assert failed.status_code == 502, failed.text
     for bad in (b"{not json", b'{"model": "fake-model", "messages": []}'):
@@ -257,7 +266,7 @@ def test_every_dashboard_and_rule_expression_returns_data(stack):
     alerts = httpx.get(prometheus.url + "/api/v1/alerts", timeout=10).json()["data"]["alerts"]
     assert {a["labels"]["alertname"] for a in alerts} == {
         "TTCBackendErrors", "TTCBudgetOverruns", "TTCAccuracyDrop", "TTCRejectedRequests",
-        "TTCMeanSpendAboveTarget"}
+        "TTCMeanSpendAboveTarget", "TTCBackendIgnoresMaxTokens"}
 
     # Grafana's template variables (label_values(ttc_requests_total, LABEL)) have values.
     for label in ("strategy", "policy", "arm", "model"):

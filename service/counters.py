@@ -16,14 +16,20 @@ log needs neither compromise.)
 
 ``MemoryCounters`` keeps them in this process (one replica); ``RedisCounters`` in Redis, shared
 by every replica (redis-py; each step is a Lua script, which Redis runs atomically: a sorted
-set of entries by time, a hash of their amounts and a total per window). Times are the
-callers' Unix clocks in seconds; replicas' clocks agree to well under a second (NTP), small
-against a minute.
+set of entries by time, a hash of their amounts and a total per window).
+
+Shared counters keep time by *their own* clock: each script reads Redis's ``TIME``, which
+dates entries, prunes them and picks a fixed window's period. Replicas' clocks may disagree
+by seconds (NTP slewing after a boot, a VM resumed from pause), and a charge dated by its
+replica's clock was pruned by a replica running ahead that much early (a key spent twice its
+limit in less than a minute) and counted in another UTC day by replicas on either side of
+midnight. ``MemoryCounters`` serves one replica, so the caller's clock is the only one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -46,16 +52,32 @@ GRACE_S = 60
 class Window:
     """One limit's counter: at most ``limit`` units per ``length_s`` seconds.
 
-    ``name`` identifies the counter (for a fixed window, including the window's number);
-    ``sliding`` windows count any span of ``length_s`` seconds, fixed ones the span ending at
-    ``end_s`` (Unix seconds).
+    ``sliding`` windows count any span of ``length_s`` seconds. Fixed ones count periods of
+    ``length_s`` seconds from the Unix epoch (a day's from 00:00 UTC): the counter of period
+    ``p`` is ``NAME:p`` and resets at ``(p + 1) * length_s``. ``period`` None means the one
+    the counters' clock is in when charged (``at`` pins it, so a settlement later finds the
+    period it was charged in).
     """
 
     name: str
     limit: int
     length_s: int
     sliding: bool = True
-    end_s: float = 0.0
+    period: int | None = None
+
+    def at(self, now: float) -> Window:
+        """This window as charged at ``now`` (Unix s): a fixed one with its period pinned."""
+        if self.sliding or self.period is not None:
+            return self
+        return dataclasses.replace(self, period=int(now // self.length_s))
+
+    def counter(self, now: float) -> str:
+        """The counter's name at ``now`` (Unix s): ``name``, or ``NAME:period`` if fixed."""
+        return self.name if self.sliding else f"{self.name}:{self.at(now).period}"
+
+    def end_s(self, now: float) -> float:
+        """When a fixed window's period at ``now`` ends (Unix s)."""
+        return float((self.at(now).period or 0) + 1) * self.length_s
 
 
 @dataclass(frozen=True)
@@ -69,6 +91,7 @@ class Charge:
     granted: int
     used: list[int]
     wait_s: list[float]
+    now_s: float = 0.0  # the counters' clock at the charge (Unix s)
 
 
 class Counters(Protocol):
@@ -76,9 +99,10 @@ class Counters(Protocol):
 
     async def charge(self, windows: Sequence[Window], amount: int, minimum: int, entry: str,
                      now: float) -> Charge:
-        """Grant ``g = min(amount, room in every window)`` as the entry ``entry`` of every
-        window if ``g >= minimum``, else nothing. ``amount`` 0 charges nothing and reads each
-        window's use and time until empty (``KeyLimiter`` builds headers from it).
+        """At ``now`` (the caller's Unix clock, s; counters shared by replicas use their own
+        clock instead), grant ``g = min(amount, room in every window)`` as the entry ``entry``
+        of every window if ``g >= minimum``, else nothing. ``amount`` 0 charges nothing and
+        reads each window's use and time until empty (``KeyLimiter`` builds headers from it).
 
         Raises:
             Overloaded: the counters cannot be reached (503).
@@ -86,7 +110,8 @@ class Counters(Protocol):
         ...
 
     async def adjust(self, windows: Sequence[Window], entry: str, delta: int) -> None:
-        """Add ``delta`` (may be negative) to ``entry`` in each window that still holds it."""
+        """Add ``delta`` (may be negative) to ``entry`` in each window that still holds it
+        (a fixed window's period pinned by ``Window.at`` when charged)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -125,7 +150,7 @@ class MemoryCounters:
                 counter.prune(now - w.length_s)
                 used.append(counter.total)
             else:
-                used.append(self._fixed_value(w.name, now))
+                used.append(self._fixed_value(w.counter(now), now))
         grant = min([amount, *(w.limit - u for w, u in zip(windows, used, strict=True))])
         granted = grant if grant >= minimum else 0
         if granted:
@@ -135,11 +160,11 @@ class MemoryCounters:
                     counter.entries[entry] = [now, granted]
                     counter.total += granted
                 else:
-                    value = self._fixed_value(w.name, now)
-                    self._fixed[w.name] = (value + granted, w.end_s + GRACE_S)
+                    value = self._fixed_value(w.counter(now), now)
+                    self._fixed[w.counter(now)] = (value + granted, w.end_s(now) + GRACE_S)
         waits = [self._wait(w, u + granted, None if granted or not amount else minimum, now)
                  for w, u in zip(windows, used, strict=True)]
-        return Charge(granted, used, waits)
+        return Charge(granted, used, waits, now)
 
     async def adjust(self, windows: Sequence[Window], entry: str, delta: int) -> None:
         for w in windows:
@@ -148,9 +173,9 @@ class MemoryCounters:
                 if counter is not None and entry in counter.entries:
                     counter.entries[entry][1] += delta
                     counter.total += delta
-            elif w.name in self._fixed:
-                value, expires = self._fixed[w.name]
-                self._fixed[w.name] = (value + delta, expires)
+            elif w.period is not None and w.counter(0) in self._fixed:
+                value, expires = self._fixed[w.counter(0)]
+                self._fixed[w.counter(0)] = (value + delta, expires)
 
     async def aclose(self) -> None:
         self._logs.clear()
@@ -159,7 +184,7 @@ class MemoryCounters:
     def _wait(self, w: Window, used: int, need: int | None, now: float) -> float:
         """Seconds until ``w`` has room for ``need`` units (None: until it is empty)."""
         if not w.sliding:
-            return max(0.0, w.end_s - now)
+            return max(0.0, w.end_s(now) - now)
         counter = self._logs.get(w.name)
         entries = list(counter.entries.values()) if counter is not None else []
         if need is None:
@@ -194,16 +219,33 @@ class MemoryCounters:
             del self._logs[name]
 
 
-# KEYS: the windows' names. ARGV: now, amount, minimum, entry, then per window its limit,
-# length (s), sliding flag (1/0) and end (Unix s, fixed windows). A sliding window NAME is
-# NAME:z (entries by time), NAME:h (entry -> amount) and NAME:t (the total).
-# Returns {granted or 0, each window's use before, each window's wait in ms}; an amount of 0
-# charges nothing and returns each window's wait until it is empty, as a granted charge does.
+# KEYS: the windows' names. ARGV: now ('' for Redis's own clock, TIME), amount, minimum,
+# entry, then per window its limit, length (s), sliding flag (1/0) and period (fixed windows;
+# '' for the period now is in). A sliding window NAME is NAME:z (entries by time), NAME:h
+# (entry -> amount) and NAME:t (the total); a fixed one's counter is NAME:period.
+# Returns {granted or 0, each window's use before, each window's wait in ms, now in ms}; an
+# amount of 0 charges nothing and returns each window's wait until it is empty, as a granted
+# charge does. (TIME before writes needs Redis >= 5, which replicates a script's effects.)
 _CHARGE_LUA = """
-local now = tonumber(ARGV[1])
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[1])
+end
 local amount = tonumber(ARGV[2])
 local minimum = tonumber(ARGV[3])
 local entry = ARGV[4]
+local fixed, ends = {}, {}
+for i, key in ipairs(KEYS) do
+  if ARGV[3 + 4 * i] ~= '1' then
+    local len = tonumber(ARGV[2 + 4 * i])
+    local period = tonumber(ARGV[4 + 4 * i]) or math.floor(now / len)
+    fixed[i] = key .. ':' .. string.format('%d', period)
+    ends[i] = (period + 1) * len
+  end
+end
 local used = {}
 local grant = amount
 for i, key in ipairs(KEYS) do
@@ -223,7 +265,7 @@ for i, key in ipairs(KEYS) do
     end
     used[i] = tonumber(redis.call('GET', t) or '0')
   else
-    used[i] = tonumber(redis.call('GET', key) or '0')
+    used[i] = tonumber(redis.call('GET', fixed[i]) or '0')
   end
   if limit - used[i] < grant then grant = limit - used[i] end
 end
@@ -240,8 +282,8 @@ for i, key in ipairs(KEYS) do
       redis.call('INCRBY', t, granted)
       for _, k in ipairs({z, h, t}) do redis.call('EXPIRE', k, len + 60) end
     else
-      redis.call('INCRBY', key, granted)
-      redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[4 + 4 * i]) - now) + 60)
+      redis.call('INCRBY', fixed[i], granted)
+      redis.call('EXPIRE', fixed[i], math.ceil(ends[i] - now) + 60)
     end
   end
   out[1 + i] = used[i]
@@ -250,7 +292,7 @@ for i, key in ipairs(KEYS) do
   local len = tonumber(ARGV[2 + 4 * i])
   local wait = 0
   if ARGV[3 + 4 * i] ~= '1' then
-    wait = tonumber(ARGV[4 + 4 * i]) - now
+    wait = ends[i] - now
   elseif granted > 0 or amount == 0 then
     local newest = redis.call('ZRANGE', key .. ':z', -1, -1, 'WITHSCORES')
     if #newest > 0 then wait = tonumber(newest[2]) + len - now end
@@ -272,9 +314,11 @@ for i, key in ipairs(KEYS) do
   if wait < 0 then wait = 0 end
   out[1 + #KEYS + i] = math.ceil(wait * 1000)
 end
+out[2 + 2 * #KEYS] = math.floor(now * 1000)
 return out
 """
-# KEYS: the windows' names; ARGV: entry, delta, then each window's sliding flag (1/0). Adds
+# KEYS: the windows' names (a fixed one's with its period); ARGV: entry, delta, then each
+# window's sliding flag (1/0). Adds
 # delta to the entry in each window still holding it (an expired window needs no refund).
 _ADJUST_LUA = """
 for i, key in ipairs(KEYS) do
@@ -293,16 +337,22 @@ return 0
 
 class RedisCounters:
     """Counters in Redis, shared by every replica pointing at the same ``redis_url`` (one
-    Redis server: a window's keys are derived inside the scripts, so Redis Cluster is not
-    supported).
+    Redis server, 5 or later: a window's keys are derived inside the scripts, so Redis Cluster
+    is not supported).
+
+    Every charge is dated by Redis's clock (``TIME`` inside the script), never the caller's
+    ``now``, so replicas whose clocks disagree still share one window. ``callers_clock=True``
+    dates charges by ``now`` instead: for tests that replay a timeline on one Redis, never
+    for replicas.
 
     Raises ``Overloaded`` (503) from ``charge`` when Redis does not answer within
     ``REDIS_TIMEOUT_S``: without its counters the gateway cannot tell what a key has left.
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, callers_clock: bool = False):
         import redis.asyncio as redis
 
+        self._callers_clock = callers_clock
         self._redis = redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S,
                                      socket_connect_timeout=REDIS_TIMEOUT_S)
         self._charge = self._redis.register_script(_CHARGE_LUA)
@@ -312,9 +362,11 @@ class RedisCounters:
                      now: float) -> Charge:
         from redis.exceptions import RedisError
 
-        argv: list[int | float | str] = [repr(now), amount, minimum, entry]
+        argv: list[int | float | str] = [repr(now) if self._callers_clock else "", amount,
+                                         minimum, entry]
         for w in windows:
-            argv += [w.limit, w.length_s, int(w.sliding), repr(w.end_s)]
+            argv += [w.limit, w.length_s, int(w.sliding),
+                     "" if w.period is None else w.period]
         try:
             reply = await asyncio.wait_for(
                 self._charge(keys=[w.name for w in windows], args=argv), REDIS_TIMEOUT_S)
@@ -325,11 +377,11 @@ class RedisCounters:
                              code="limits_unavailable") from exc
         n = len(windows)
         return Charge(int(reply[0]), [int(v) for v in reply[1:1 + n]],
-                      [int(v) / 1000 for v in reply[1 + n:1 + 2 * n]])
+                      [int(v) / 1000 for v in reply[1 + n:1 + 2 * n]], int(reply[1 + 2 * n]) / 1000)
 
     async def adjust(self, windows: Sequence[Window], entry: str, delta: int) -> None:
         await asyncio.wait_for(
-            self._adjust(keys=[w.name for w in windows],
+            self._adjust(keys=[w.counter(0) for w in windows],
                          args=[entry, delta, *(int(w.sliding) for w in windows)]),
             REDIS_TIMEOUT_S)
 

@@ -16,7 +16,7 @@ under-estimated is charged the difference after the fact, and the key's next req
 for it. Completion tokens are the unit of ``budget_tokens``, which the gateway caps exactly.
 
 The counters live in process (``MemoryCounters``: one replica) or in Redis (``RedisCounters``:
-shared by every replica).
+shared by every replica, and dated by Redis's clock, so replicas' clocks need not agree).
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ class KeyLimiter:
 
     Args:
         counters: ``MemoryCounters`` or ``RedisCounters``.
-        clock: Unix time in seconds (tests move it).
+        clock: Unix time in seconds (tests move it): the time of ``MemoryCounters``; shared
+            counters date charges by their own clock, as replicas' clocks disagree.
         prefix: the counters' name prefix.
     """
 
@@ -146,7 +147,7 @@ class KeyLimiter:
             Overloaded: the shared counters do not answer (503).
         """
         now = self.clock()
-        windows = self._token_windows(key, now)
+        windows = self._token_windows(key)
         prompt = self._prompt_windows(key)
         if not windows and not prompt:
             return {}
@@ -204,7 +205,7 @@ class KeyLimiter:
                                   prompt_windows=prompt_windows, entry=entry)
         if not key.limits_tokens:
             return reservation, prompt_headers
-        windows = self._token_windows(key, now)
+        windows = self._token_windows(key)
         limits = [w.limit for w in windows]
         if tokens is not None and tokens > min(limits):
             await self._release_prompt(reservation)
@@ -233,7 +234,8 @@ class KeyLimiter:
                 code="rate_limit_tokens" if window.sliding else "daily_budget_exhausted",
                 rate_headers=headers)
         reservation.tokens = charge.granted
-        reservation.windows = tuple(windows)
+        # Pinned to the day charged, by the counters' clock, for the settlement.
+        reservation.windows = tuple(w.at(charge.now_s) for w in windows)
         return reservation, headers
 
     async def settle(self, reservation: Reservation) -> None:
@@ -275,16 +277,17 @@ class KeyLimiter:
             return ()
         return (Window(f"{self._prefix}{key.name}:ptpm", key.prompt_tpm, MINUTE_S),)
 
-    def _token_windows(self, key: ApiKey, now: float) -> list[Window]:
+    def _token_windows(self, key: ApiKey) -> list[Window]:
         """The completion-token windows: the last minute (sliding), and the UTC day (fixed,
         from 00:00 UTC)."""
         windows = []
         if key.tpm is not None:
             windows.append(Window(f"{self._prefix}{key.name}:tpm", key.tpm, MINUTE_S))
         if key.tokens_per_day is not None:
-            day = int(now // DAY_S)
-            windows.append(Window(f"{self._prefix}{key.name}:tpd:{day}", key.tokens_per_day,
-                                  DAY_S, sliding=False, end_s=(day + 1) * DAY_S))
+            # The day is the counters' (their clock's period of DAY_S), so that replicas on
+            # either side of midnight by their own clocks count one day.
+            windows.append(Window(f"{self._prefix}{key.name}:tpd", key.tokens_per_day, DAY_S,
+                                  sliding=False))
         return windows
 
 

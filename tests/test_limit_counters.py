@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 
 import pytest
@@ -25,7 +26,9 @@ def make_counters(request, redis_url):  # noqa: F811
     made = []
 
     def make():
-        counters = MemoryCounters() if request.param == "memory" else RedisCounters(redis_url)
+        # These tests replay a timeline, so Redis dates charges by the tests' clock.
+        counters = (MemoryCounters() if request.param == "memory"
+                    else RedisCounters(redis_url, callers_clock=True))
         made.append(counters)
         return counters
 
@@ -68,9 +71,7 @@ async def test_a_sliding_window_holds_at_the_minute_edge(make_counters):
 
 async def test_a_fixed_day_window_resets_at_midnight(make_counters):
     counters = make_counters()
-    day = int(NOON // 86_400)
-    w = Window(f"day{uuid.uuid4().hex}:{day}", 10, 86_400, sliding=False,
-               end_s=(day + 1) * 86_400)
+    w = Window(f"day{uuid.uuid4().hex}", 10, 86_400, sliding=False)
     assert (await counters.charge([w], 10, 10, "a", NOON)).granted == 10
     refused = await counters.charge([w], 1, 1, "b", NOON)
     assert refused.granted == 0 and refused.wait_s[0] == pytest.approx(43_200)
@@ -121,7 +122,7 @@ async def test_reservations_are_settled_with_the_true_spend(make_counters):
 
 
 async def test_two_replicas_sharing_redis_never_grant_past_the_limit(redis_url):  # noqa: F811
-    replicas = [KeyLimiter(RedisCounters(redis_url), clock=lambda: NOON) for _ in range(2)]
+    replicas = [KeyLimiter(RedisCounters(redis_url)) for _ in range(2)]
     budgeted = key(tokens_per_day=1000, tpm=800)
     rng = random.Random(7)
 
@@ -155,10 +156,8 @@ async def test_a_charge_of_nothing_reads_the_windows_without_charging(make_count
     # The x-ratelimit-*-tokens headers of a refusal that is not about tokens (a key's
     # requests per minute) read the token windows this way.
     counters = make_counters()
-    day = int(NOON // 86_400)
     minute = Window(f"look{uuid.uuid4().hex}", 100, 60)
-    whole_day = Window(f"lookday{uuid.uuid4().hex}:{day}", 500, 86_400, sliding=False,
-                       end_s=(day + 1) * 86_400)
+    whole_day = Window(f"lookday{uuid.uuid4().hex}", 500, 86_400, sliding=False)
     assert (await counters.charge([minute, whole_day], 40, 40, "r1", NOON)).granted == 40
     for _ in range(2):  # a look changes nothing, so a second one reads the same
         look = await counters.charge([minute, whole_day], 0, 0, "", NOON + 15)
@@ -166,3 +165,68 @@ async def test_a_charge_of_nothing_reads_the_windows_without_charging(make_count
         assert look.wait_s == [pytest.approx(45.0), pytest.approx(43_200 - 15)]  # until empty
     assert (await counters.charge([minute], 60, 60, "r2", NOON + 16)).granted == 60
     await counters.aclose()
+
+
+# Two replicas' local clocks disagree by a few seconds (NTP slews, a VM resumed from pause):
+# the shared counters must window every charge by one clock, Redis's own, not the caller's.
+
+
+async def test_a_replica_clock_ahead_does_not_forget_another_replicas_charges(
+        redis_url):  # noqa: F811
+    """A replica whose clock runs 1.5 s ahead prunes the other replica's charges 1.5 s early:
+    scaled to a 2-second window, a key charged its whole limit on one replica got it again
+    from the other 0.6 s later (200 units inside one window of 100)."""
+    name = f"skew{uuid.uuid4().hex}"
+    window = Window(name, 100, 2)
+    right, ahead = RedisCounters(redis_url), RedisCounters(redis_url)
+    assert (await right.charge([window], 100, 100, "a", time.time())).granted == 100
+    await asyncio.sleep(0.6)
+    again = await ahead.charge([window], 100, 1, "b", time.time() + 1.5)
+    assert again.granted == 0 and again.used == [100]
+    await right.aclose()
+    await ahead.aclose()
+
+
+async def test_replicas_two_seconds_apart_at_midnight_share_one_day(redis_url,  # noqa: F811
+                                                                     monkeypatch):
+    """One replica's clock reads 23:59:59 while the other's reads 00:00:01: each counted the
+    key's day quota under its own day, so the key spent two days' tokens at once."""
+    budgeted = key(tokens_per_day=100)
+    midnight = (time.time() // 86_400 + 1) * 86_400
+    before, after = KeyLimiter(RedisCounters(redis_url)), KeyLimiter(RedisCounters(redis_url))
+    monkeypatch.setattr(before, "clock", lambda: midnight - 1)
+    monkeypatch.setattr(after, "clock", lambda: midnight + 1)
+    reservation, _ = await before.reserve_tokens(budgeted, 100, flexible_cap=100)
+    assert reservation.tokens == 100
+    with pytest.raises(RateLimited) as refused:
+        await after.reserve_tokens(budgeted, 100, flexible_cap=100)
+    assert refused.value.code == "daily_budget_exhausted"
+    # Settling finds the day it was charged in, whatever the settling replica's clock says.
+    reservation.settle_with(40)
+    await after.settle(reservation)
+    flexible, _ = await after.reserve_tokens(budgeted, None, flexible_cap=100)
+    assert flexible.tokens == 60
+    await before.aclose()
+    await after.aclose()
+
+
+async def test_a_minute_window_is_the_same_minute_on_skewed_replicas(redis_url,  # noqa: F811
+                                                                     monkeypatch):
+    """A replica 61 s ahead of another sees none of its charges in the last minute (the
+    limiter's own windows, at their real length); one 3 s behind tells a refused key to come
+    back 3 s later than the window frees."""
+    budgeted = key(tpm=100)
+    base = time.time()
+    right, ahead, behind = (KeyLimiter(RedisCounters(redis_url)) for _ in range(3))
+    monkeypatch.setattr(right, "clock", lambda: base)
+    monkeypatch.setattr(ahead, "clock", lambda: base + 61)
+    monkeypatch.setattr(behind, "clock", lambda: base - 3)
+    await right.reserve_tokens(budgeted, 100, flexible_cap=100)
+    with pytest.raises(RateLimited) as refused:
+        await ahead.reserve_tokens(budgeted, 100, flexible_cap=100)
+    assert refused.value.code == "rate_limit_tokens"
+    with pytest.raises(RateLimited) as late:
+        await behind.reserve_tokens(budgeted, 100, flexible_cap=100)
+    assert late.value.retry_after_s <= 60
+    for limiter in (right, ahead, behind):
+        await limiter.aclose()

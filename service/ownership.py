@@ -263,6 +263,19 @@ def _event_data(event: bytes) -> Any:
     return _json(b"\n".join(line[5:].strip() for line in lines if line.startswith(b"data:")))
 
 
+async def record_owned(store: Backend, owner: str, made: Sequence[tuple[str, str]]) -> None:
+    """Record the objects ``made`` (kind, id) as ``owner``'s own: ones the gateway made for
+    the key itself (a batch input file's copy).
+
+    Raises:
+        GatewayError: the database failed (500).
+    """
+    try:
+        await _record(store, owner, made)
+    except StoreError as exc:
+        raise GatewayError(f"cannot record the owner of objects: {exc}") from exc
+
+
 async def _record(store: Backend, owner: str, made: Sequence[tuple[str, str]]) -> None:
     now = time.time()
     for kind in dict.fromkeys(k for k, _ in made):

@@ -23,11 +23,21 @@ from starlette.responses import Response, StreamingResponse
 from service import metrics
 from service.admission import admission_of, admit_stream, reserve_for_proxy
 from service.backends import AUTO_MODEL
-from service.batch_input import batch_input_file, batch_references
+from service.batch_input import (
+    batch_bound,
+    batch_input_file,
+    batch_references,
+    multipart_upload,
+)
 from service.deps import Gateway, gateway, read_body
-from service.errors import GatewayError, UpstreamUnavailable
+from service.errors import (
+    GatewayError,
+    RequestTooLarge,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from service.limits import Reservation
-from service.ownership import Owned, check_owned
+from service.ownership import Owned, check_owned, record_owned, target_of
 from service.protocol import load_json
 from service.proxy_usage import (
     Passing,
@@ -75,7 +85,7 @@ async def forward(path: str, request: Request) -> Response:
     reservation: Reservation | None = None
     grant: int | None = None
     label: str | None = None  # the model label of a call that may generate, else None
-    run = False
+    run = batch = False
     try:
         body = await read_body(request, gw.settings.max_body_bytes)
         content_type = request.headers.get("content-type", "")
@@ -89,15 +99,22 @@ async def forward(path: str, request: Request) -> Response:
         if owner is not None:  # before any token is reserved
             owned = await Owned.admit(_objects(gw), owner, request.method, path,
                                       request.url.query, json_body)
-            batch_file = batch_input_file(request.method, owned.target, json_body)
-            if batch_file is not None:  # its requests run with the gateway's credentials
-                bare = {k: v for k, v in headers.items() if k.lower() != "content-type"}
-                content = (await gw.client.forward(
-                    backend, "GET", f"/files/{batch_file}/content", b"", bare))[2]
-                try:
-                    await check_owned(owned.store, owner, await batch_references(content))
-                finally:
-                    await content.aclose()
+        batch_file = batch_input_file(request.method, target_of(path), json_body)
+        if batch_file is not None and admission is not None and (
+                admission.key.limits_tokens or admission.key.prompt_tpm is not None):
+            # Its requests run later, with the gateway's credentials: paid for now.
+            body, reservation = await _reserve_batch(request, gw, backend, headers,
+                                                     json_body, batch_file, owner)
+            batch = True
+        elif batch_file is not None and owned is not None and owner is not None:
+            # Its requests run with the gateway's credentials: only the key's own objects.
+            bare = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+            content = (await gw.client.forward(
+                backend, "GET", f"/files/{batch_file}/content", b"", bare))[2]
+            try:
+                await check_owned(owned.store, owner, await batch_references(content))
+            finally:
+                await content.aclose()
         if run and isinstance(json_body, dict):  # it names no model, yet it generates
             label = str(json_body.get("model") or metrics.NO_LABEL)
             reservation, body, grant = await _reserve_run(request, gw, json_body, body)
@@ -154,6 +171,8 @@ async def forward(path: str, request: Request) -> Response:
         metrics.PROXIED.labels(endpoint, str(exc.status)).inc()
         if label is not None:
             charge_failed(exc, label, reservation, grant)
+        elif batch and reservation is not None and not may_have_generated(exc):
+            reservation.settle_with(0, 0)  # refused: no batch was made, nothing will run
         raise
     # Counted once the reply ends, as what the client got: a 200 whose body broke off was
     # counted as a 200 when its headers came.
@@ -200,6 +219,76 @@ async def _reserve_run(request: Request, gw: Gateway, run: dict[str, Any], body:
     if not valid:
         body = orjson.dumps({**run, "max_completion_tokens": reservation.tokens})
     return reservation, body, reservation.tokens
+
+
+async def _reserve_batch(request: Request, gw: Gateway, backend: Any, headers: dict[str, str],
+                         batch: dict[str, Any], input_file: str, owner: str | None,
+                         ) -> tuple[bytes, Reservation | None]:
+    """(body, reservation) of ``POST /v1/batches`` (``batch``: its body) by a key with token
+    limits: its input file read back from the backend, whose requests must name only the
+    key's own objects (``owner``; None: any), and the most they may generate
+    (``batch_input.batch_bound``) reserved from the key. When a request set no cap, a copy of
+    the file with ``default_budget_tokens`` written into it is uploaded (the key's own, as
+    its upload) and the batch runs that copy instead.
+
+    The batch is charged its whole bound: the gateway keeps no state across requests, and
+    its requests finish hours later, so what they did not spend is not given back.
+
+    Raises:
+        RequestTooLarge: the input file is over ``max_body_bytes`` (413).
+        UnknownObject: a request names an object the key does not own (404).
+        InvalidRequest: the bound is over a whole window of the key's limits (400).
+        RateLimited: the key has no room for it this minute or today (429).
+        Overloaded: the shared counters do not answer (503).
+        GatewayError: the backend failed to serve the file or take its copy.
+    """
+    bare = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+    chunks = (await gw.client.forward(backend, "GET", f"/files/{input_file}/content", b"",
+                                      bare))[2]
+    limit = gw.settings.max_body_bytes
+    held = bytearray()
+    try:
+        async for chunk in chunks:
+            held += chunk
+            if len(held) > limit:
+                raise RequestTooLarge(
+                    f"the batch's input file is over {limit} bytes, more than the gateway "
+                    "reads to bound what its requests may spend", param="input_file_id",
+                    code="batch_input_too_large")
+    finally:
+        await chunks.aclose()
+    content = bytes(held)
+    if owner is not None:
+        await check_owned(_objects(gw), owner, await batch_references(_once(content)))
+    bound = batch_bound(content, gw.settings.default_budget_tokens)
+    # A batch of embeddings generates nothing, but a reservation of 0 reads as no room.
+    reservation = await reserve_for_proxy(request, gw, max(1, bound.completion_tokens),
+                                          "input_file_id", batch, bound.prompt_tokens)
+    if bound.content is None:
+        return orjson.dumps(batch), reservation
+    try:
+        upload, content_type = multipart_upload(bound.content)
+        reply = (await gw.client.forward(
+            backend, "POST", "/files", upload, {**bare, "content-type": content_type}))[2]
+        try:
+            made = orjson.loads(b"".join([chunk async for chunk in reply]))
+        except orjson.JSONDecodeError:
+            made = None
+        copy = made.get("id") if isinstance(made, dict) else None
+        if not isinstance(copy, str):
+            raise UpstreamError("the backend's reply to the upload of the batch's input "
+                                "file names no file id")
+        if owner is not None:
+            await record_owned(_objects(gw), owner, [("files", copy)])
+    except BaseException:
+        if reservation is not None:
+            reservation.settle_with(0, 0)  # no batch was made
+        raise
+    return orjson.dumps({**batch, "input_file_id": copy}), reservation
+
+
+async def _once(content: bytes) -> AsyncIterator[bytes]:
+    yield content
 
 
 def _objects(gw: Gateway) -> Backend:

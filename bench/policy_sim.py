@@ -31,6 +31,7 @@ How to run it (from the repository root; about 1.5 s of CPU per world)
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -43,6 +44,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from router_models.classifier import Classifier  # noqa: E402
+from router_models.policies import LearnedPolicy  # noqa: E402
 from router_models.world_eval import (  # noqa: E402
     WorldResult,
     evaluate_policy,
@@ -162,6 +164,25 @@ def print_summary(name: str, rows: list[WorldResult], feedback: int) -> dict[str
     return out
 
 
+def learned_options(pairs: list[str]) -> dict[str, float | int]:
+    """``--learned NAME=VALUE`` pairs as keyword settings of ``LearnedPolicy`` (an int when
+    the value is written as one, else a float).
+
+    Raises:
+        ValueError: a pair without ``=``, a name ``LearnedPolicy`` does not take, or a value
+            that is not a number.
+    """
+    known = inspect.signature(LearnedPolicy).parameters
+    options: dict[str, float | int] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in known:
+            raise ValueError(f"--learned {pair!r}: expected NAME=VALUE with NAME one of "
+                             f"{', '.join(known)}")
+        options[name] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+    return options
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="SIMULATION: routing policies on randomized "
                                                  "worlds (domain randomization)")
@@ -181,15 +202,22 @@ def main() -> int:
     parser.add_argument("--explain", action="store_true",
                         help="also print, per world and kind of prompt, the classifier's "
                              "scores, the policy's strategies and the oracle's plan")
+    parser.add_argument("--learned", action="append", default=[], metavar="NAME=VALUE",
+                        help="a LearnedPolicy setting for every learned policy (e.g. "
+                             "exploration=0.2); repeat for several")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args()
+    try:
+        options = learned_options(args.learned)
+    except ValueError as exc:
+        parser.error(str(exc))
     seeds = pick_seeds(args.seeds, args.worlds)
     specs = [s.strip() for s in args.policies.split(",") if s.strip()]
     print("SIMULATION: every figure below comes from randomized simulated worlds "
           "(router_models/worlds.py), not from a real model.")
     print(f"seeds ({args.seeds}, {len(seeds)}): {','.join(map(str, seeds))}")
     classifier = Classifier.load()
-    factories = {spec: policy_factory(spec) for spec in specs}
+    factories = {spec: policy_factory(spec, **options) for spec in specs}
     results: dict[str, list[WorldResult]] = {spec: [] for spec in specs}
     started, cpu_started = time.perf_counter(), time.process_time()
     for seed in tqdm(seeds, desc="SIMULATION worlds", unit="world", file=sys.stderr):

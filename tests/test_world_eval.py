@@ -219,3 +219,20 @@ def test_the_simulated_collection_covers_the_fact_questions_and_every_kind_searc
     held = np.isin(prompts.kind, [KINDS.index("fact"), KINDS.index("easy")])
     assert (shares[held] >= 0.5).all()
     assert (shares[~held] >= 0.5).mean() < 0.15  # by chance only
+
+
+def test_policy_sim_passes_learned_settings_through():
+    # bench/policy_sim.py --learned NAME=VALUE: the settings a README figure was measured with
+    # (exploration 0.2) reach the learned policy the worlds evaluate; a name LearnedPolicy
+    # does not take is refused rather than ignored.
+    from bench import policy_sim
+
+    options = policy_sim.learned_options(["exploration=0.2", "vote_width=16"])
+    assert options == {"exploration": 0.2, "vote_width": 16}
+    assert isinstance(options["vote_width"], int)
+    built = policy_sim.policy_factory("learned", **options)()
+    assert built.exploration == 0.2 and built.vote_width == 16
+    with pytest.raises(ValueError, match="nope"):
+        policy_sim.learned_options(["nope=1"])
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        policy_sim.learned_options(["exploration"])

@@ -132,7 +132,9 @@ async def test_every_end_of_a_stream_gives_its_place_back(backend, status, endin
         assert metric("ttc_key_open_streams", key_name="oneatatime") == 0
 
 
-async def test_without_a_cap_or_without_keys_streams_are_not_counted():
+async def test_without_a_cap_or_without_keys_no_stream_is_refused():
+    # ``hold`` asserts each stream's 200. An open gateway has no key to count against; a key
+    # without a cap still has its streams counted (``ttc_key_open_streams``), never refused.
     async with running(httpx.MockTransport(hanging_stream),
                        make_settings(key_max_concurrent_streams=1)) as (app, _):
         held = [await hold(app, "unused"), await hold(app, "unused")]  # an open gateway
@@ -142,6 +144,7 @@ async def test_without_a_cap_or_without_keys_streams_are_not_counted():
     async with running(httpx.MockTransport(hanging_stream),
                        make_settings(key_max_concurrent_streams=None)) as (app, _):
         held = [await hold(app, secret) for _ in range(3)]
+        assert app.state.gateway.streams.open_streams("unlimited") == 3
         for stream in held:
             await stream.leave()
 

@@ -2,11 +2,14 @@
 
 ``FakeBackend`` is a real ASGI app (Starlette) reached through ``httpx.ASGITransport``;
 ``scripted_transport`` is an ``httpx.MockTransport`` for byte-level faults (a stream that
-breaks after N chunks, a character split across chunks) that an ASGI app cannot produce.
+breaks after N chunks, a character split across chunks) that an ASGI app cannot produce;
+``RecordingBackend`` is the skeleton of a stateful backend (objects with ids, every call kept)
+that a test module fills in with the endpoints it needs.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -198,14 +201,47 @@ def scripted_transport(handler: Callable[[httpx.Request], httpx.Response | Excep
 
     def handle(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/models"):
-            return httpx.Response(200, json={"object": "list", "data": [
-                {"id": m, "object": "model"} for m in models]})
+            return httpx.Response(200, json=_model_list(models))
         result = handler(request)
         if isinstance(result, Exception):
             raise result
         return result
 
     return httpx.MockTransport(handle)
+
+
+def _model_list(models: tuple[str, ...]) -> dict[str, Any]:
+    """``GET /v1/models``'s body listing ``models`` (ids)."""
+    return {"object": "list", "data": [{"id": m, "object": "model"} for m in models]}
+
+
+class RecordingBackend:
+    """The skeleton of a stateful fake backend on an ``httpx.MockTransport``.
+
+    ``GET /v1/models`` lists ``fake-model``; every other call is kept in ``calls`` as
+    (method, path), e.g. ``("POST", "/v1/files")``, then answered by ``route`` with the path's
+    parts after ``/v1/`` (``/v1/files/file-1`` -> ``["files", "file-1"]``). ``_ids`` numbers
+    the objects a subclass makes, from 1, one counter for every kind. A subclass must define
+    ``route``; the base one raises ``NotImplementedError``.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self._ids = itertools.count(1)
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        parts = request.url.path.removeprefix("/v1/").split("/")
+        if parts == ["models"]:
+            return httpx.Response(200, json=_model_list(("fake-model",)))
+        self.calls.append((request.method, request.url.path))
+        return self.route(request, parts)
+
+    def route(self, request: httpx.Request, parts: list[str]) -> httpx.Response:
+        """The answer to a call other than ``GET /v1/models``; ``parts`` as in the class doc."""
+        raise NotImplementedError
 
 
 def sse_body(*payloads: dict[str, Any] | str) -> list[bytes]:

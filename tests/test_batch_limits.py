@@ -4,7 +4,6 @@ gateway in process, in front of a backend that stores files and batches as OpenA
 
 from __future__ import annotations
 
-import itertools
 import json
 from typing import Any
 
@@ -13,28 +12,20 @@ import pytest
 
 from service.keys import open_key_store
 from tests.conftest import gateway_client, make_settings
+from tests.fakes import RecordingBackend
 
 
-class BatchBackend:
+class BatchBackend(RecordingBackend):
     """Files (multipart upload, ``GET /v1/files/{id}[/content]``), batches (``POST
     /v1/batches``, which keeps the input file it would run in ``ran``) and chat completions
     (which spend what they are allowed). Every call is kept in ``calls``."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.files: dict[str, bytes] = {}
         self.ran: list[list[dict[str, Any]]] = []  # each batch's input lines, as it runs them
-        self.calls: list[tuple[str, str]] = []
-        self._ids = itertools.count(1)
 
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handle)
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        parts = request.url.path.removeprefix("/v1/").split("/")
-        if parts == ["models"]:
-            return httpx.Response(200, json={"object": "list", "data": [
-                {"id": "fake-model", "object": "model"}]})
-        self.calls.append((request.method, request.url.path))
+    def route(self, request: httpx.Request, parts: list[str]) -> httpx.Response:
         match request.method, parts:
             case "POST", ["files"]:
                 ident = f"file-{next(self._ids)}"

@@ -7,7 +7,6 @@ sees the call."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 from service.keys import open_key_store
 from service.ownership import recorded
 from tests.conftest import gateway_client, make_settings
+from tests.fakes import RecordingBackend
 from tests.test_proxy_ownership import bearer, missing, unknown_object
 
 # Item types of the Responses API that the fake backend makes.
@@ -24,7 +24,7 @@ _ITEM_PREFIX = {"message": "msg_", "reasoning": "rs_", "code_interpreter_call": 
                 "compaction": "cmp_"}
 
 
-class ReferenceBackend:
+class ReferenceBackend(RecordingBackend):
     """A backend holding OpenAI's stateful objects and resolving what a body names: a response's
     ``previous_response_id``, ``conversation``, input items given by id, and code interpreter
     containers; files and their content, batches, evals, and the Assistants API's assistants,
@@ -32,14 +32,10 @@ class ReferenceBackend:
     OpenAI's 404. Every call is kept in ``calls`` as (method, path)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.objects: dict[str, dict[str, dict[str, Any]]] = {}
         self.items: dict[str, dict[str, Any]] = {}  # every item any response or conversation holds
         self.contents: dict[str, bytes] = {}
-        self.calls: list[tuple[str, str]] = []
-        self._ids = itertools.count(1)
-
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handle)
 
     def make(self, kind: str, prefix: str, **fields: Any) -> dict[str, Any]:
         made = {"id": f"{prefix}{next(self._ids)}", **fields}
@@ -51,14 +47,9 @@ class ReferenceBackend:
         self.items[made["id"]] = made
         return made
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        parts = request.url.path.removeprefix("/v1/").split("/")
-        if parts == ["models"]:
-            return httpx.Response(200, json={"object": "list", "data": [
-                {"id": "fake-model", "object": "model"}]})
-        self.calls.append((request.method, request.url.path))
+    def route(self, request: httpx.Request, parts: list[str]) -> httpx.Response:
         try:
-            return self._route(request, parts)
+            return self._answer(request, parts)
         except LookupError as exc:
             return missing(str(exc.args[0]))
 
@@ -68,7 +59,7 @@ class ReferenceBackend:
             raise LookupError(ident)
         return found
 
-    def _route(self, request: httpx.Request, parts: list[str]) -> httpx.Response:
+    def _answer(self, request: httpx.Request, parts: list[str]) -> httpx.Response:
         body = json.loads(request.content) if request.headers.get(
             "content-type", "").startswith("application/json") else {}
         match request.method, parts:

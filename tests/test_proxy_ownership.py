@@ -5,7 +5,6 @@ object answers as an unknown one and never reaches the backend, and lists show a
 
 from __future__ import annotations
 
-import itertools
 import json
 from typing import Any
 
@@ -16,13 +15,14 @@ from service.keys import open_key_store
 from service.object_refs import made_ids, references
 from service.ownership import Target, target_of
 from tests.conftest import gateway_client, make_settings
+from tests.fakes import RecordingBackend
 
 
 def bearer(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
 
-class ObjectBackend:
+class ObjectBackend(RecordingBackend):
     """A backend that keeps objects as OpenAI's stateful endpoints do: ``POST /v1/responses``
     (JSON or a stream), ``POST /v1/files`` (multipart), ``POST /v1/batches`` (which makes its
     output file), then ``GET`` / ``DELETE`` / ``POST .../cancel`` on ``/v1/<kind>/<id>`` and
@@ -30,24 +30,15 @@ class ObjectBackend:
     ``calls`` as (method, path)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.objects: dict[str, dict[str, dict[str, Any]]] = {}
-        self.calls: list[tuple[str, str]] = []
-        self._ids = itertools.count(1)
-
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handle)
 
     def _make(self, kind: str, prefix: str, **fields: Any) -> dict[str, Any]:
         made = {"id": f"{prefix}{next(self._ids)}", **fields}
         self.objects.setdefault(kind, {})[made["id"]] = made
         return made
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        parts = request.url.path.removeprefix("/v1/").split("/")
-        if parts == ["models"]:
-            return httpx.Response(200, json={"object": "list", "data": [
-                {"id": "fake-model", "object": "model"}]})
-        self.calls.append((request.method, request.url.path))
+    def route(self, request: httpx.Request, parts: list[str]) -> httpx.Response:
         kind, rest = parts[0], parts[1:]
         if request.method == "POST" and not rest:
             return self._create(kind, request)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -192,7 +192,7 @@ async def test_a_forwarded_call_cut_off_while_waiting_for_a_backend_slot_costs_n
     # At the shutdown deadline, a forwarded call still waiting for the backend's one slot
     # kept its whole reservation charged to its key, though it never reached the backend;
     # the call that did reach it is charged its grant (it may be generating all of it).
-    from tests.test_disconnect import LeavingClient, http_scope
+    from tests.test_disconnect import LeavingClient
     from tests.test_keys_and_limits import NOON
 
     reached = asyncio.Event()
@@ -207,12 +207,7 @@ async def test_a_forwarded_call_cut_off_while_waiting_for_a_backend_slot_costs_n
             await asyncio.sleep(30)
         return chat_answer()
 
-    secret = SqliteKeyStore(Path(os.environ["TTC_DATA_DIR"]) / "keys.db").create(
-        "queued", tpm=1000)
-    app = create_app(make_settings(backend_max_concurrency=1),
-                     transport=httpx.MockTransport(handle))
-    scope = http_scope([(b"authorization", f"Bearer {secret}".encode())])
-    scope["path"], scope["raw_path"] = "/v1/responses", b"/v1/responses"
+    app, secret, scope = keyed_responses_call("queued", handle, backend_max_concurrency=1)
     tasks = []
     async with app.router.lifespan_context(app):
         app.state.gateway.limiter.clock = lambda: NOON
@@ -253,6 +248,21 @@ async def remaining_tokens(app: Any, secret: str) -> int:
     return int(probe.headers["x-ratelimit-remaining-tokens"])
 
 
+def keyed_responses_call(name: str, handle: Callable[[httpx.Request], Any],
+                         **settings: Any) -> tuple[Any, str, dict[str, Any]]:
+    """A key ``name`` of 1000 tokens a minute, an app made with ``settings`` (``make_settings``
+    overrides) in front of a backend answered by ``handle`` (sync or async), and the ASGI scope
+    of that key's ``POST /v1/responses``: (app, the key's secret, scope)."""
+    from tests.test_disconnect import http_scope
+
+    secret = SqliteKeyStore(Path(os.environ["TTC_DATA_DIR"]) / "keys.db").create(
+        name, tpm=1000)
+    app = create_app(make_settings(**settings), transport=httpx.MockTransport(handle))
+    scope = http_scope([(b"authorization", f"Bearer {secret}".encode())])
+    scope["path"], scope["raw_path"] = "/v1/responses", b"/v1/responses"
+    return app, secret, scope
+
+
 @pytest.mark.parametrize("first, charged", [(429, 0), (500, 50)])
 async def test_a_forwarded_call_cut_off_in_a_retrys_backoff_costs_what_was_generated(
         first, charged):
@@ -260,7 +270,7 @@ async def test_a_forwarded_call_cut_off_in_a_retrys_backoff_costs_what_was_gener
     # was cut off at the shutdown deadline while waiting out its retry's backoff kept its whole
     # grant charged: an attempt had left the gateway once, so it counted as sent. One whose
     # attempt failed with a 500 (the backend may have generated) is still charged its grant.
-    from tests.test_disconnect import LeavingClient, http_scope
+    from tests.test_disconnect import LeavingClient
     from tests.test_keys_and_limits import NOON
 
     failed = asyncio.Event()
@@ -273,12 +283,7 @@ async def test_a_forwarded_call_cut_off_in_a_retrys_backoff_costs_what_was_gener
             return httpx.Response(first, json={"error": {"message": "scripted"}})
         return chat_answer()
 
-    secret = SqliteKeyStore(Path(os.environ["TTC_DATA_DIR"]) / "keys.db").create(
-        "backoff", tpm=1000)
-    app = create_app(make_settings(retry_backoff_s=30.0),
-                     transport=httpx.MockTransport(handle))
-    scope = http_scope([(b"authorization", f"Bearer {secret}".encode())])
-    scope["path"], scope["raw_path"] = "/v1/responses", b"/v1/responses"
+    app, secret, scope = keyed_responses_call("backoff", handle, retry_backoff_s=30.0)
     async with app.router.lifespan_context(app):
         app.state.gateway.limiter.clock = lambda: NOON
         body = {**EMBED, "input": "hi", "max_output_tokens": 50}

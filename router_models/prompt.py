@@ -7,11 +7,16 @@ text. Anything that reads the prompt (the classifier, policies) goes through her
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
 # Roles whose text is the conversation to answer; system and developer turns are instructions.
 CONVERSATION_ROLES = frozenset({"user", "assistant", "tool", "function"})
+# Hex digits of a prompt key: 48 bits, so two different prompts among a learner's window of a
+# few thousand share a key with a chance of about 1e-8.
+PROMPT_KEY_HEX = 12
 
 
 def content_text(content: Any) -> str:
@@ -46,3 +51,20 @@ def has_conversation(messages: Sequence[Any]) -> bool:
     """True when at least one message is a user, assistant or tool turn (not only system or
     developer instructions)."""
     return any(isinstance(m, dict) and m.get("role") in CONVERSATION_ROLES for m in messages)
+
+
+def prompt_key(messages: Sequence[Any] | str) -> str:
+    """What identifies a prompt for learning: the first ``PROMPT_KEY_HEX`` hex digits of the
+    SHA-256 of every message's role and text (``content_text``), or of a completions prompt
+    string. Two requests with the same conversation get the same key, whatever else differs
+    (sampling settings, images, tools): the learner counts a prompt asked again once.
+
+    A truncated hash, not the text, but a short prompt can be confirmed by hashing a guess:
+    it is kept with the decision in the request log, like the classifier's scores."""
+    if isinstance(messages, str):
+        parts: Any = messages
+    else:
+        parts = [[m.get("role"), content_text(m.get("content"))] for m in messages
+                 if isinstance(m, dict)]
+    text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:PROMPT_KEY_HEX]

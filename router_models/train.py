@@ -66,13 +66,16 @@ class FeedbackRecord:
     """One logged request with feedback: the messages (or prompt text), the plan that ran,
     whether it was correct (True/False or a score in [0, 1]), the scores logged with the
     decision (None: score ``messages`` again with the current classifier), and the completion
-    tokens it spent (None when unknown)."""
+    tokens it spent (None when unknown), and what identifies the prompt
+    (``router_models.prompt.prompt_key``; None when the log has no key: then every record
+    counts as a new prompt)."""
 
     messages: Sequence[Any] | str
     plan: Plan
     correct: bool | float
     scores: Scores | None = None
     spent_tokens: int | None = None
+    prompt_key: str | None = None
 
 
 @dataclass
@@ -370,17 +373,20 @@ def train_from_records(records: Iterable[FeedbackRecord], classifier: Classifier
 
     Each record (its logged scores, else its messages scored by ``classifier``) is replayed,
     in order, as one online update of the plan that ran. Returns counts: records, correct,
-    and per strategy.
+    per strategy, and repeats (outcomes of a prompt already counted for its kind and
+    strategy, which teach nothing new: ``LearnedPolicy.update``).
 
     Raises:
         ValueError: a record's ``correct`` is not a bool or a score in [0, 1].
     """
     counts: Counter[str] = Counter()
     correct = 0.0
+    repeats_before = learned.repeats
     for record in records:
         scores = record.scores or classifier.score(record.messages)
         learned.add_reference(scores)
-        learned.update(scores, record.plan, record.correct, spent_tokens=record.spent_tokens)
+        learned.update(scores, record.plan, record.correct, spent_tokens=record.spent_tokens,
+                       prompt_key=record.prompt_key)
         counts[record.plan.strategy] += 1
         correct += float(record.correct)
     learned.resolve()
@@ -389,7 +395,8 @@ def train_from_records(records: Iterable[FeedbackRecord], classifier: Classifier
     learned.save(out_dir / "learned.json")
     total = sum(counts.values())
     return {"records": total, "correct": correct,
-            "by_strategy": {s: counts[s] for s in STRATEGIES if counts[s]}}
+            "by_strategy": {s: counts[s] for s in STRATEGIES if counts[s]},
+            "repeats": learned.repeats - repeats_before}
 
 
 # -- printing ---------------------------------------------------------------------------------

@@ -219,8 +219,10 @@ class Learner:
         try:
             plan = Plan(**{k: v for k, v in event.plan.items() if k in _PLAN_FIELDS})
             scores = Scores.from_dict(event.scores)
+            key = event.plan.get("prompt_key")  # absent from rows logged before it existed
             for policy in (canonical, self._router.policies[name]):
-                policy.update(scores, plan, event.score, spent_tokens=event.completion_tokens)
+                policy.update(scores, plan, event.score, spent_tokens=event.completion_tokens,
+                              prompt_key=key if isinstance(key, str) else None)
         except (KeyError, TypeError, ValueError) as exc:
             # Every replica skips the same malformed row, so the states still agree.
             log.warning("learner: event %d (%s) skipped: %s", event.seq, event.decision_id, exc)

@@ -33,7 +33,8 @@ class Outcome:
     a vote that stopped before drawing every planned sample. ``propensity`` is the
     probability with which this request got its plan (the A/B arm's share times the policy's
     probability of the plan); ``controls`` the request's ``strategy`` and ``budget_tokens`` as
-    the policy read them.
+    the policy read them; ``prompt_key`` what identifies the prompt for learning
+    (``router_models.prompt.prompt_key``, logged with the plan).
     """
 
     decision_id: str
@@ -64,6 +65,7 @@ class Outcome:
     answer_text: str | None = None
     propensity: float | None = None
     controls: dict[str, Any] | None = None
+    prompt_key: str | None = None
 
 
 class Reporter:
@@ -155,6 +157,9 @@ def record_of(outcome: Outcome, *, time_s: float, keep_text: bool) -> Record:
             logged_plan["propensity"] = outcome.propensity
         if outcome.controls is not None:
             logged_plan["controls"] = dict(outcome.controls)
+        if outcome.prompt_key is not None:
+            # The learner counts each prompt once per strategy (LearnedPolicy.update).
+            logged_plan["prompt_key"] = outcome.prompt_key
     return Record(
         decision_id=outcome.decision_id, response_id=outcome.response_id, time_s=time_s,
         endpoint=outcome.endpoint, key_name=outcome.key_name, model=outcome.model,

@@ -66,9 +66,10 @@ async def test_repeated_feedback_moves_the_learner_once_with_the_true_spend(tmp_
         original = canonical.update
 
         def spy(scores: Scores, plan: Plan, correct: float, features: Any = None,
-                spent_tokens: int | None = None) -> None:
+                spent_tokens: int | None = None, prompt_key: str | None = None) -> None:
             seen.append((plan, correct, spent_tokens))
-            original(scores, plan, correct, features=features, spent_tokens=spent_tokens)
+            original(scores, plan, correct, features=features, spent_tokens=spent_tokens,
+                     prompt_key=prompt_key)
 
         canonical.update = spy  # type: ignore[method-assign]
         before = LearnedPolicy.from_state(learned_state(client))
@@ -111,6 +112,31 @@ async def test_the_learner_endpoint_counts_a_decision_once_across_posts_and_a_re
     assert restarted == after  # the same state: the decision's feedback was learned already
 
 
+async def test_a_prompt_asked_again_is_learned_once_per_strategy(tmp_path):
+    """Two decisions on one prompt, each with its own feedback: the second is a repeat of a
+    prompt the learner already counted for that strategy, not a new draw; the key rides in
+    the logged plan, so every replica and ``train --from-log`` read the same."""
+    settings = make_settings(data_dir=tmp_path)
+    async with gateway_client(llm().transport(), settings) as client:
+        start = (await client.get("/v1/learner")).json()["policies"]["learned"]
+        first = await decide(client, PROMPTS[4])
+        again = await decide(client, PROMPTS[4])
+        other = await decide(client, PROMPTS[5])
+        strategy = first["router"]["strategy"]
+        assert again["router"]["strategy"] == strategy  # no feedback yet: no exploring
+        for reply in (first, again, other):
+            answer = await client.post("/v1/feedback", json={
+                "id": reply["router"]["decision_id"], "correct": True})
+            assert answer.status_code == 200
+        after = (await client.get("/v1/learner")).json()["policies"]["learned"]
+        rows = [await gateway_of(client).request_log.get(r["router"]["decision_id"])
+                for r in (first, again, other)]
+    keys = [row.plan["prompt_key"] for row in rows]
+    assert keys[0] == keys[1] != keys[2]
+    assert after["feedback"] == start["feedback"] + 2
+    assert after["repeats"] == start["repeats"] + 1
+
+
 async def test_gateways_sharing_a_database_converge_to_the_same_state(database_url, tmp_path):
     """Two gateways on one database: decisions on both, each one's feedback posted to the
     *other*, and the state of both equals the initial state updated with every first
@@ -138,8 +164,11 @@ async def test_gateways_sharing_a_database_converge_to_the_same_state(database_u
         assert gateway_of(a).learner.cursor == gateway_of(b).learner.cursor == len(replies)
         assert learned_state(a) == learned_state(b)
         served = [gateway_of(c).router.policies["learned"] for c in (a, b)]
+        # Each prompt was asked twice: an outcome of a prompt already counted for its kind
+        # and strategy is a repeat, not new evidence (LearnedPolicy.update).
+        assert served[0].repeats == served[1].repeats
         assert feedback_seen(served[0]) == feedback_seen(served[1]) == \
-            feedback_seen(LearnedPolicy.from_state(initial)) + len(replies)
+            feedback_seen(LearnedPolicy.from_state(initial)) + len(replies) - served[0].repeats
         # The same decisions.
         probes = [Scores(d, s, r, form) for d in (0.2, 0.8) for s in (0.2, 0.8)
                   for r in (0.1, 0.8) for form in ("numeric", "choice")]
@@ -157,7 +186,8 @@ async def test_gateways_sharing_a_database_converge_to_the_same_state(database_u
             assert row.completion_tokens == reply["router"]["spent_tokens"]
             plan = Plan(**{k: v for k, v in row.plan.items() if k in Plan.__dataclass_fields__})
             alone.update(Scores.from_dict(row.scores), plan, float(correct),
-                         spent_tokens=row.completion_tokens)
+                         spent_tokens=row.completion_tokens,
+                         prompt_key=row.plan["prompt_key"])
             if n % 5 == 0:  # the checkpoints' round trip
                 alone = gateway_of(a).router.restore(
                     "learned", json.loads(json.dumps(alone.state(), sort_keys=True)))

@@ -20,7 +20,12 @@ from router_models.policies import (
     kind_of,
     parse_policy,
 )
-from router_models.policies.learned import difference_bounds, look_confidence, wilson_bounds
+from router_models.policies.learned import (
+    PROMPT_WINDOW,
+    difference_bounds,
+    look_confidence,
+    wilson_bounds,
+)
 from router_models.policies.prior import (
     KIND_NAMES,
     PRIOR_STRATEGY,
@@ -475,6 +480,64 @@ def test_wilson_bounds_bracket_the_proportion_and_tighten_with_trials():
 def test_update_rejects_scores_outside_zero_one():
     with pytest.raises(ValueError):
         LearnedPolicy().update(EASY, Plan("direct", 256), 1.5)
+
+
+def test_a_prompt_teaches_each_strategy_once():
+    """The improvement test's outcomes must be independent draws; the same prompt asked again
+    is not one, so only its first outcome per kind and strategy counts."""
+    policy = LearnedPolicy()
+    chain, vote = Plan("sequential", 960), Plan("parallel_vote", 960, width=4, depth_tokens=240)
+    for _ in range(20):  # one prompt, asked 20 times, right every time with votes
+        policy.update(HARD_CHAIN, vote, True, prompt_key="same")
+    kind = kind_of(HARD_CHAIN)
+    votes = STRATEGIES.index("parallel_vote")
+    assert policy.trials[kind, votes] == 1 and policy.repeats == 19
+    # The same prompt's outcome with another strategy is new evidence about that strategy.
+    policy.update(HARD_CHAIN, chain, False, prompt_key="same")
+    assert policy.trials[kind, STRATEGIES.index("sequential")] == 1 and policy.repeats == 19
+    # Without a key every outcome counts (callers that cannot tell prompts apart).
+    policy.update(HARD_CHAIN, vote, True)
+    policy.update(HARD_CHAIN, vote, True)
+    assert policy.trials[kind, votes] == 3
+
+
+def test_repeats_of_a_few_prompts_do_not_switch_a_kind():
+    # Five chains wrong and one vote right, each asked again and again: counted as new draws,
+    # 100 votes right against 100 chains half right would switch at once; as five prompts
+    # and one, nothing is shown.
+    policy = LearnedPolicy(exploration=0.0)
+    chain, vote = Plan("sequential", 960), Plan("parallel_vote", 960, width=4, depth_tokens=240)
+    for i in range(100):
+        policy.update(HARD_CHAIN, chain, i % 2 == 0, prompt_key=f"chain-{i % 5}")
+        policy.update(HARD_CHAIN, vote, True, prompt_key="vote-0")
+    assert policy.current[kind_of(HARD_CHAIN)] == "sequential" and not policy.switches
+    counted = LearnedPolicy(exploration=0.0)
+    for i in range(100):
+        counted.update(HARD_CHAIN, chain, i % 2 == 0)
+        counted.update(HARD_CHAIN, vote, True)
+    assert counted.current[kind_of(HARD_CHAIN)] == "parallel_vote"
+
+
+def test_counted_prompts_are_a_bounded_window_kept_in_the_state():
+    policy = LearnedPolicy()
+    direct = Plan("direct", 256)
+    for i in range(PROMPT_WINDOW + 1):
+        policy.update(EASY, direct, True, prompt_key=f"p{i}")
+    policy.update(EASY, direct, True, prompt_key="p0")  # dropped out of the window: counts
+    policy.update(EASY, direct, True, prompt_key=f"p{PROMPT_WINDOW}")  # still in it: a repeat
+    kind = kind_of(EASY)
+    assert policy.trials[kind, STRATEGIES.index("direct")] == PROMPT_WINDOW + 2
+    assert policy.repeats == 1
+    restored = LearnedPolicy.from_state(json.loads(json.dumps(policy.state())))
+    assert restored.state() == policy.state()
+    restored.update(EASY, direct, False, prompt_key="p0")
+    assert restored.repeats == 2
+    # A state written before prompts were keyed loads with none counted.
+    older = policy.state()
+    del older["counted_prompts"], older["repeats"]
+    fresh = LearnedPolicy.from_state(older)
+    fresh.update(EASY, direct, False, prompt_key="p0")
+    assert fresh.repeats == 0
 
 
 def test_learned_state_round_trips_through_json(tmp_path):

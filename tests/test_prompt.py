@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from router_models.prompt import content_text, has_conversation, prompt_text
+from router_models.prompt import (
+    PROMPT_KEY_HEX,
+    content_text,
+    has_conversation,
+    prompt_key,
+    prompt_text,
+)
 
 
 def test_content_parts_give_their_text():
@@ -28,3 +34,16 @@ def test_empty_and_system_only_lists_do_not_crash():
     assert prompt_text([{"role": "system", "content": "x"}, "junk", None]) == ""
     assert not has_conversation([{"role": "system", "content": "x"}])
     assert not has_conversation([])
+
+
+def test_prompt_key_identifies_the_conversation_not_the_request():
+    question = [{"role": "user", "content": "What is 17 * 23?"}]
+    parts = [{"role": "user", "content": [{"type": "text", "text": "What is 17 * 23?"}]}]
+    key = prompt_key(question)
+    assert len(key) == PROMPT_KEY_HEX and int(key, 16) >= 0
+    assert prompt_key(parts) == key  # the same text, whatever shape the content takes
+    assert prompt_key([{"role": "system", "content": "Be brief."}, *question]) != key
+    assert prompt_key([{"role": "assistant", "content": "What is 17 * 23?"}]) != key
+    assert prompt_key([{"role": "user", "content": "What is 17 * 24?"}]) != key
+    assert prompt_key("What is 17 * 23?") == prompt_key("What is 17 * 23?") != key
+    assert prompt_key([None, *question, 3]) == key  # non-objects are skipped, never an error

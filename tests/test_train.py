@@ -165,7 +165,7 @@ def test_records_with_feedback_refit_the_learned_policy(tmp_path):
                                         Scores(0.9, 0.9, 0.0)) for _ in range(30)]
     counts = training.train_from_records(records, classifier, policy, tmp_path)
     assert counts == {"records": 60, "correct": 30.0,
-                      "by_strategy": {"parallel_vote": 30, "sequential": 30}}
+                      "by_strategy": {"parallel_vote": 30, "sequential": 30}, "repeats": 0}
     assert sum(row["feedback"] for row in policy.budgets().values()) == 60
     assert LearnedPolicy.load(tmp_path / "learned.json").state() == policy.state()
 
@@ -186,6 +186,9 @@ def test_request_log_rows_become_feedback_records():
     assert len(records) == 3
     assert records[0].scores == Scores(0.2, 0.7, 0.1) and records[0].plan.probability == 0.9
     assert records[0].spent_tokens == 300
+    assert records[0].prompt_key is None  # logged before prompts were keyed
+    keyed = row(plan={"strategy": "direct", "budget_tokens": 64, "prompt_key": "0123456789ab"})
+    assert next(feedback_records([keyed])).prompt_key == "0123456789ab"
     assert records[1].scores is None and records[1].messages == "Who wrote Dune?"
     assert records[2].plan == Plan("sequential", 512)
 
@@ -209,7 +212,8 @@ def test_from_log_replays_the_sqlite_request_log_into_the_learned_policy(tmp_pat
                 search_calls=0, duration_s=0.1, wait_s=0.1, stream=False,
                 scores={"difficulty": 0.8, "sequential": 0.9, "search": 0.0},
                 plan={"strategy": "sequential", "budget_tokens": 1024, "width": 1,
-                      "depth_tokens": 1024, "search_calls": 0}))
+                      "depth_tokens": 1024, "search_calls": 0,
+                      "prompt_key": f"key{i % 3}"}))  # dec_3 asks dec_0's prompt again
         await backend.write(rows)
         for i in range(4):  # two decisions get no feedback
             await backend.set_feedback(f"dec_{i}", float(i % 2), 10.0)
@@ -221,12 +225,15 @@ def test_from_log_replays_the_sqlite_request_log_into_the_learned_policy(tmp_pat
     printed = capsys.readouterr()
     assert "4 decisions with feedback" in printed.err
     assert "replayed 4 outcomes (2 correct)" in printed.out
+    assert "1 outcomes were of a prompt already counted" in printed.out
     state = LearnedPolicy.load(out / "learned.json")
-    assert sum(row["feedback"] for row in state.budgets().values()) == 4
+    assert sum(row["feedback"] for row in state.budgets().values()) == 3
+    assert state.repeats == 1
     # Run again over the state it wrote: the log's outcomes are not counted twice.
     assert main(["train", "--from-log", "--data-dir", str(tmp_path), "--out", str(out)]) == 0
     again = LearnedPolicy.load(out / "learned.json")
-    assert sum(row["feedback"] for row in again.budgets().values()) == 4
+    assert sum(row["feedback"] for row in again.budgets().values()) == 3
+    assert again.repeats == 1
 
 
 def test_a_missing_outcome_bank_is_reported_not_traced(tmp_path, capsys):

@@ -87,10 +87,13 @@ class Policy(ABC):
         return self.decide(scores, features, **controls).plan
 
     def update(self, scores: Scores, plan: Plan, correct: bool | float,
-               features: Features | None = None, spent_tokens: int | None = None) -> None:
+               features: Features | None = None, spent_tokens: int | None = None,
+               prompt_key: str | None = None) -> None:
         """Learn from one outcome: ``correct`` is True/False or a score in [0, 1];
-        ``spent_tokens`` the completion tokens the request spent, when known. Policies that
-        do not learn ignore it."""
+        ``spent_tokens`` the completion tokens the request spent, when known; ``prompt_key``
+        what identifies the prompt (``router_models.prompt.prompt_key``), when known, so that
+        a prompt asked again is not counted as new evidence. Policies that do not learn
+        ignore it."""
         return None
 
 

@@ -55,6 +55,15 @@ Learning is safe by construction:
   strategy on a kind of prompt does not depend on which policy picked it, so forced strategies
   and other policies' traffic teach it too. Counting each decision once is the caller's job
   (the gateway applies a decision's first feedback only).
+- **A prompt is one unit of evidence.** The improvement test treats outcomes as independent
+  draws, and the same prompt asked again is not one: a backend at temperature 0 answers it
+  the same way, and users ask again more often when the answer was wrong. So a strategy's
+  outcome on a prompt it already has an outcome for on that kind (``update``'s
+  ``prompt_key``, among the last ``PROMPT_WINDOW`` prompts of that kind and strategy) is not
+  counted: each prompt teaches each strategy once, by its first outcome, which is an unbiased
+  draw of that prompt's accuracy (the prompts, not the requests, are the sample; counting
+  the repeats made a false switch on the outcome bank, ``bench/bank_feedback.py --rounds
+  12``). ``repeats`` counts the outcomes left out.
 
 Votes that buy nothing give way to one answer, from usage alone: a vote's first sample is one
 answer of the same size, so a vote can beat one answer only on the votes whose first sample did
@@ -116,6 +125,9 @@ logger = logging.getLogger(__name__)
 
 STATE_VERSION = 4  # 4: the prior with conservative per-kind learning (3 was a logistic model)
 MIN_SWITCH_FEEDBACK = 5
+# Per kind and strategy, the prompts whose outcome was counted, most recent last: a prompt
+# asked again within this many others is not counted again (``update``).
+PROMPT_WINDOW = 512
 FOCUS = 2 / 3  # the exploring share given to the most promising alternative
 # A kind with much to gain explores up to this many times the share (``_exploration_rate``);
 # the running mean of potentials it is weighed against forgets over about 1 / SMOOTHING
@@ -276,6 +288,9 @@ class LearnedPolicy(Policy):
         self.explored = 0
         self.exploring_decisions = 0  # decisions since the first feedback (module docstring)
         self.switches: list[dict[str, Any]] = []
+        # (kind, strategy index) -> prompt keys counted, oldest first (``update``).
+        self._counted: dict[tuple[int, int], dict[str, None]] = {}
+        self.repeats = 0  # outcomes of a prompt already counted for its kind and strategy
         self.lengths = AnswerLengths(self.default_answer_tokens)
         self.agreement = VoteAgreement()
         self._idle_votes: frozenset[str] = frozenset()  # vote keys that buy too little
@@ -556,13 +571,16 @@ class LearnedPolicy(Policy):
     # -- learning --------------------------------------------------------------------------
 
     def update(self, scores: Scores, plan: Plan, correct: bool | float,
-               features: Features | None = None, spent_tokens: int | None = None) -> None:
+               features: Features | None = None, spent_tokens: int | None = None,
+               prompt_key: str | None = None) -> None:
         """Count one outcome of ``plan.strategy`` on the prompt's kind, then apply the
         conservative improvement test to that kind (module docstring).
 
         ``correct``: True/False or a score in [0, 1]. ``spent_tokens``: the completion tokens
         the request spent, when known: a direct answer's tells the kind's answer length
-        (unless ``observe_usage`` reports lengths).
+        (unless ``observe_usage`` reports lengths). ``prompt_key``: what identifies the
+        prompt (``router_models.prompt.prompt_key``); an outcome of a prompt already counted
+        for this kind and strategy is left out (``repeats``). None: every outcome counts.
 
         Raises:
             ValueError: ``correct`` outside [0, 1].
@@ -572,12 +590,26 @@ class LearnedPolicy(Policy):
             raise ValueError("correct must be a bool or a score in [0, 1]")
         kind = kind_of(scores)
         i = STRATEGIES.index(plan.strategy)
-        self.trials[kind, i] += 1
-        self.successes[kind, i] += y
         if self.lengths_from_feedback and spent_tokens:
             self._observe_spend(kind, plan, int(spent_tokens))
-        self._consider_switch(kind, plan.strategy)
+        if prompt_key is not None and not self._first_outcome(kind, i, str(prompt_key)):
+            self.repeats += 1
+        else:
+            self.trials[kind, i] += 1
+            self.successes[kind, i] += y
+            self._consider_switch(kind, plan.strategy)
         self._tick()
+
+    def _first_outcome(self, kind: int, strategy: int, key: str) -> bool:
+        """Record that ``key`` has an outcome of this kind and strategy; False when it had
+        one already (within the last ``PROMPT_WINDOW``, the oldest dropping out)."""
+        counted = self._counted.setdefault((kind, strategy), {})
+        if key in counted:
+            return False
+        counted[key] = None
+        if len(counted) > PROMPT_WINDOW:
+            del counted[next(iter(counted))]
+        return True
 
     def _observe_spend(self, kind: int, plan: Plan, spent_tokens: int) -> None:
         # Only a short sample tells how long an answer runs when one is asked for: a chain
@@ -595,6 +627,8 @@ class LearnedPolicy(Policy):
         request log, whose feedback this state may already have counted."""
         self.trials[:] = 0.0
         self.successes[:] = 0.0
+        self._counted = {}
+        self.repeats = 0
         self.current = [PRIOR_STRATEGY[kind] for kind in KIND_NAMES]
         self.switches = []
         self._worse = {}
@@ -686,6 +720,12 @@ class LearnedPolicy(Policy):
             "decisions": self.decisions, "explored": self.explored,
             "exploring_decisions": self.exploring_decisions,
             "switches": self.switches,
+            "repeats": self.repeats,
+            "counted_prompts": {
+                KIND_NAMES[kind]: {STRATEGIES[i]: list(keys)
+                                   for (k, i), keys in sorted(self._counted.items())
+                                   if k == kind and keys}
+                for kind in sorted({k for k, _ in self._counted})},
             "worse": {KIND_NAMES[k]: sorted(v) for k, v in sorted(self._worse.items()) if v},
             "answer_lengths": self.lengths.state(),
             "vote_agreement": self.agreement.state(),
@@ -731,6 +771,13 @@ class LearnedPolicy(Policy):
             policy.exploring_decisions = int(state.get(
                 "exploring_decisions", policy.decisions if policy.trials.any() else 0))
             policy.switches = list(state.get("switches", []))
+            # A state written before prompts were keyed has none: every prompt is new to it.
+            policy.repeats = int(state.get("repeats", 0))
+            for name, cells in (state.get("counted_prompts") or {}).items():
+                for strategy, keys in cells.items():
+                    if name in KIND_NAMES and strategy in STRATEGIES:
+                        policy._counted[(KIND_NAMES.index(name), STRATEGIES.index(strategy))] = (
+                            dict.fromkeys(str(k) for k in keys[-PROMPT_WINDOW:]))
             # Verdicts of past looks; a state written before looks existed has none, and its
             # alternatives are judged again at their next look.
             policy._worse = {KIND_NAMES.index(name): set(strategies)

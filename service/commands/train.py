@@ -255,6 +255,9 @@ def _from_log(data_dir: Path, database_url: str | None, out: Path) -> int:
     counts = training.train_from_records(records, classifier, learned, out)
     print(f"replayed {counts['records']} outcomes ({counts['correct']:.0f} correct) into the "
           f"learned policy; by strategy: {counts['by_strategy']}")
+    if counts["repeats"]:
+        print(f"{counts['repeats']} outcomes were of a prompt already counted for its kind and "
+              "strategy, and taught nothing new (each prompt is one unit of evidence)")
     print("current budgets by kind of prompt:")
     for kind, row in learned.budgets().items():
         # NaN when no reference prompt is of this kind: nothing to average, so say so.
@@ -301,5 +304,6 @@ def feedback_records(rows: list[Any]) -> Iterator[FeedbackRecord]:
                 if row.plan else Plan(row.strategy, row.budget_tokens)
         except (TypeError, ValueError):
             continue
+        key = (row.plan or {}).get("prompt_key")
         yield FeedbackRecord(row.prompt_text or "", plan, float(row.feedback_score), scores,
-                             row.completion_tokens)
+                             row.completion_tokens, key if isinstance(key, str) else None)

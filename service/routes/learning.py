@@ -32,9 +32,11 @@ def feedback_learned(state: dict[str, Any]) -> float:
 @router.get("/v1/learner")
 async def learner_status(gw: Annotated[Gateway, Depends(gateway)],
                          state: bool = False) -> JSONResponse:
-    """``{"cursor": N, "policies": {NAME: {"sha256", "feedback"[, "state"]}}}``: the last
-    learning event applied, and per learning policy the SHA-256 of its state's JSON (keys
-    sorted), the feedback it has learned from, and with ``?state=true`` the state itself.
+    """``{"cursor": N, "policies": {NAME: {"sha256", "feedback", "repeats"[, "state"]}}}``:
+    the last learning event applied, and per learning policy the SHA-256 of its state's JSON
+    (keys sorted), the feedback it has learned from, the feedback left out as a repeat of a
+    prompt already counted (``LearnedPolicy.update``), and with ``?state=true`` the state
+    itself.
 
     Raises:
         NotFound: this gateway has no learner (404).
@@ -49,7 +51,8 @@ async def learner_status(gw: Annotated[Gateway, Depends(gateway)],
             snapshot = policy.state()  # type: ignore[attr-defined]
             text = json.dumps(snapshot, sort_keys=True)
             entry: dict[str, Any] = {"sha256": hashlib.sha256(text.encode()).hexdigest(),
-                                     "feedback": feedback_learned(snapshot)}
+                                     "feedback": feedback_learned(snapshot),
+                                     "repeats": int(snapshot.get("repeats", 0))}
             if state:
                 entry["state"] = snapshot
             out[name] = entry

@@ -12,7 +12,7 @@ import orjson
 
 from router_models.experiments.assignment import Assignment
 from router_models.plan import Plan, Scores
-from router_models.prompt import content_text, prompt_text
+from router_models.prompt import content_text, prompt_key, prompt_text
 from service.backends import BackendRegistry
 from service.errors import GatewayError
 from service.ledger import BudgetLedger
@@ -272,6 +272,7 @@ def record(call: Call, status: str) -> None:
         propensity=propensity(call),
         controls={"strategy": call.routed.controls.strategy,
                   "budget_tokens": call.routed.controls.budget_tokens or call.routed.max_tokens},
+        prompt_key=_prompt_key_of(call.routed.body),
     ))
 
 
@@ -281,6 +282,13 @@ def propensity(call: Call) -> float:
     (inverse propensity weights need both when arms run different policies)."""
     share = call.assignment.probability if call.assignment is not None else 1.0
     return share * call.plan.probability
+
+
+def _prompt_key_of(body: dict[str, Any]) -> str | None:
+    if isinstance(body.get("messages"), list):
+        return prompt_key(body["messages"])
+    prompt = body.get("prompt")
+    return prompt_key(prompt) if isinstance(prompt, str) else None
 
 
 def _prompt_of(body: dict[str, Any]) -> str:

@@ -86,7 +86,8 @@ Names (labels):
   learned policy's budget curriculum per kind of prompt (its mean budget in tokens, and the
   feedback it has learned from), set at each scrape by ``service.routing``;
   ``ttc_policy_target_tokens{policy}``, ``ttc_policy_exploration_share{policy}``,
-  ``ttc_policy_explored_ratio{policy}`` and ``ttc_policy_strategy{policy, kind, strategy}``.
+  ``ttc_policy_explored_ratio{policy}``, ``ttc_policy_repeated_feedback{policy}`` and
+  ``ttc_policy_strategy{policy, kind, strategy}``.
 
 ``service.observe.Reporter`` records the request, token, duration, budget, vote and key metrics
 from each ``Outcome``; ``service.routes.feedback`` records feedback; the upstream client, the
@@ -238,6 +239,10 @@ POLICY_EXPLORATION_SHARE = Gauge(
 POLICY_EXPLORED_RATIO = Gauge(
     "ttc_policy_explored_ratio", "The share of the learned policy's decisions so far that "
     "explored another strategy (never above ttc_policy_exploration_share).", ["policy"])
+POLICY_REPEATS = Gauge(
+    "ttc_policy_repeated_feedback", "Feedback the learned policy left out because its prompt "
+    "already had an outcome of the same strategy on its kind (each prompt is one unit of "
+    "evidence).", ["policy"])
 POLICY_STRATEGY = Gauge(
     "ttc_policy_strategy", "1 for the strategy the learned policy currently gives each kind of "
     "prompt (the prior until feedback shows another better with confidence), else 0.",

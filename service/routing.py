@@ -410,6 +410,7 @@ class Router:
                 metrics.POLICY_TARGET_TOKENS.labels(name).set(policy.target_tokens)
                 metrics.POLICY_EXPLORATION_SHARE.labels(name).set(policy.exploration)
                 metrics.POLICY_EXPLORED_RATIO.labels(name).set(policy.exploration_share())
+                metrics.POLICY_REPEATS.labels(name).set(policy.repeats)
 
     def restore(self, name: str, state: dict[str, Any]) -> Policy:
         """The policy ``name`` rebuilt from a ``state()`` of it (a checkpoint of the shared

@@ -131,10 +131,12 @@ async def test_a_prompt_asked_again_is_learned_once_per_strategy(tmp_path):
         after = (await client.get("/v1/learner")).json()["policies"]["learned"]
         rows = [await gateway_of(client).request_log.get(r["router"]["decision_id"])
                 for r in (first, again, other)]
+        scraped = (await client.get("/metrics")).text
     keys = [row.plan["prompt_key"] for row in rows]
     assert keys[0] == keys[1] != keys[2]
     assert after["feedback"] == start["feedback"] + 2
     assert after["repeats"] == start["repeats"] + 1
+    assert f'ttc_policy_repeated_feedback{{policy="learned"}} {float(after["repeats"])}' in scraped
 
 
 async def test_gateways_sharing_a_database_converge_to_the_same_state(database_url, tmp_path):

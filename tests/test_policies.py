@@ -499,6 +499,9 @@ def test_a_prompt_teaches_each_strategy_once():
     policy.update(HARD_CHAIN, vote, True)
     policy.update(HARD_CHAIN, vote, True)
     assert policy.trials[kind, votes] == 3
+    # Feedback received counts every outcome; the evidence the test reads leaves repeats out.
+    assert policy.budgets()["hard/chain"]["feedback"] == 23
+    assert policy.budgets()["hard/chain"]["evidence"] == 4
 
 
 def test_repeats_of_a_few_prompts_do_not_switch_a_kind():
@@ -534,7 +537,7 @@ def test_counted_prompts_are_a_bounded_window_kept_in_the_state():
     assert restored.repeats == 2
     # A state written before prompts were keyed loads with none counted.
     older = policy.state()
-    del older["counted_prompts"], older["repeats"]
+    del older["counted_prompts"], older["repeated"]
     fresh = LearnedPolicy.from_state(older)
     fresh.update(EASY, direct, False, prompt_key="p0")
     assert fresh.repeats == 0

@@ -227,12 +227,13 @@ def test_from_log_replays_the_sqlite_request_log_into_the_learned_policy(tmp_pat
     assert "replayed 4 outcomes (2 correct)" in printed.out
     assert "1 outcomes were of a prompt already counted" in printed.out
     state = LearnedPolicy.load(out / "learned.json")
-    assert sum(row["feedback"] for row in state.budgets().values()) == 3
+    assert sum(row["feedback"] for row in state.budgets().values()) == 4
+    assert sum(row["evidence"] for row in state.budgets().values()) == 3
     assert state.repeats == 1
     # Run again over the state it wrote: the log's outcomes are not counted twice.
     assert main(["train", "--from-log", "--data-dir", str(tmp_path), "--out", str(out)]) == 0
     again = LearnedPolicy.load(out / "learned.json")
-    assert sum(row["feedback"] for row in again.budgets().values()) == 3
+    assert sum(row["feedback"] for row in again.budgets().values()) == 4
     assert again.repeats == 1
 
 

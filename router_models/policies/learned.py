@@ -63,7 +63,8 @@ Learning is safe by construction:
   counted: each prompt teaches each strategy once, by its first outcome, which is an unbiased
   draw of that prompt's accuracy (the prompts, not the requests, are the sample; counting
   the repeats made a false switch on the outcome bank, ``bench/bank_feedback.py --rounds
-  12``). ``repeats`` counts the outcomes left out.
+  12``). ``repeated`` counts the outcomes left out per kind and strategy; feedback received
+  is ``trials`` + ``repeated``, the evidence the test reads is ``trials``.
 
 Votes that buy nothing give way to one answer, from usage alone: a vote's first sample is one
 answer of the same size, so a vote can beat one answer only on the votes whose first sample did
@@ -290,7 +291,8 @@ class LearnedPolicy(Policy):
         self.switches: list[dict[str, Any]] = []
         # (kind, strategy index) -> prompt keys counted, oldest first (``update``).
         self._counted: dict[tuple[int, int], dict[str, None]] = {}
-        self.repeats = 0  # outcomes of a prompt already counted for its kind and strategy
+        # Per kind and strategy, outcomes of a prompt already counted there (``update``).
+        self.repeated = np.zeros(shape)
         self.lengths = AnswerLengths(self.default_answer_tokens)
         self.agreement = VoteAgreement()
         self._idle_votes: frozenset[str] = frozenset()  # vote keys that buy too little
@@ -580,7 +582,8 @@ class LearnedPolicy(Policy):
         the request spent, when known: a direct answer's tells the kind's answer length
         (unless ``observe_usage`` reports lengths). ``prompt_key``: what identifies the
         prompt (``router_models.prompt.prompt_key``); an outcome of a prompt already counted
-        for this kind and strategy is left out (``repeats``). None: every outcome counts.
+        for this kind and strategy is left out (counted in ``repeated``). None: every outcome
+        counts.
 
         Raises:
             ValueError: ``correct`` outside [0, 1].
@@ -593,7 +596,7 @@ class LearnedPolicy(Policy):
         if self.lengths_from_feedback and spent_tokens:
             self._observe_spend(kind, plan, int(spent_tokens))
         if prompt_key is not None and not self._first_outcome(kind, i, str(prompt_key)):
-            self.repeats += 1
+            self.repeated[kind, i] += 1
         else:
             self.trials[kind, i] += 1
             self.successes[kind, i] += y
@@ -628,7 +631,7 @@ class LearnedPolicy(Policy):
         self.trials[:] = 0.0
         self.successes[:] = 0.0
         self._counted = {}
-        self.repeats = 0
+        self.repeated[:] = 0.0
         self.current = [PRIOR_STRATEGY[kind] for kind in KIND_NAMES]
         self.switches = []
         self._worse = {}
@@ -682,20 +685,27 @@ class LearnedPolicy(Policy):
 
     # -- reporting and state ---------------------------------------------------------------
 
+    @property
+    def repeats(self) -> int:
+        """Outcomes left out as repeats of a prompt already counted (``update``)."""
+        return int(self.repeated.sum())
+
     def exploration_share(self) -> float:
         """Explored decisions / all decisions so far (0 before any)."""
         return self.explored / self.decisions if self.decisions else 0.0
 
     def budgets(self) -> dict[str, dict[str, Any]]:
-        """Per kind of prompt: ``feedback`` seen, the ``strategy`` it gets now, its
-        ``answer_tokens`` estimate, and the ``mean_expected_tokens`` of its current plan over
-        its reference prompts (NaN when none of them is of that kind)."""
+        """Per kind of prompt: ``feedback`` received, the ``evidence`` the improvement test
+        counts of it (repeats of a prompt left out, ``update``), the ``strategy`` it gets now,
+        its ``answer_tokens`` estimate, and the ``mean_expected_tokens`` of its current plan
+        over its reference prompts (NaN when none of them is of that kind)."""
         out: dict[str, dict[str, Any]] = {}
         prompts = list(self.reference or _DEFAULT_REFERENCE)
         for kind, name in enumerate(KIND_NAMES):
             own = [s for s in prompts if kind_of(s) == kind]
             spend = [self.sized(self.strategy_for(s), s).budget_tokens or 0 for s in own]
-            out[name] = {"feedback": float(self.trials[kind].sum()),
+            out[name] = {"feedback": float(self.trials[kind].sum() + self.repeated[kind].sum()),
+                         "evidence": float(self.trials[kind].sum()),
                          "strategy": self.current[kind],
                          "answer_tokens": self.answer_tokens(kind),
                          "mean_expected_tokens": float(np.mean(spend)) if spend
@@ -720,7 +730,7 @@ class LearnedPolicy(Policy):
             "decisions": self.decisions, "explored": self.explored,
             "exploring_decisions": self.exploring_decisions,
             "switches": self.switches,
-            "repeats": self.repeats,
+            "repeated": self.repeated.tolist(),
             "counted_prompts": {
                 KIND_NAMES[kind]: {STRATEGIES[i]: list(keys)
                                    for (k, i), keys in sorted(self._counted.items())
@@ -772,7 +782,11 @@ class LearnedPolicy(Policy):
                 "exploring_decisions", policy.decisions if policy.trials.any() else 0))
             policy.switches = list(state.get("switches", []))
             # A state written before prompts were keyed has none: every prompt is new to it.
-            policy.repeats = int(state.get("repeats", 0))
+            if state.get("repeated") is not None:
+                repeated = np.array(state["repeated"], float)
+                if repeated.shape != policy.repeated.shape:
+                    raise ValueError(f"repeated has shape {repeated.shape}")
+                policy.repeated = repeated
             for name, cells in (state.get("counted_prompts") or {}).items():
                 for strategy, keys in cells.items():
                     if name in KIND_NAMES and strategy in STRATEGIES:

@@ -21,22 +21,31 @@ from service.errors import NotFound
 router = APIRouter()
 
 
+def _total(counts: Any) -> float:
+    return sum(_total(c) for c in counts) if isinstance(counts, list) else float(counts)
+
+
 def feedback_learned(state: dict[str, Any]) -> float:
     """The feedback a learning policy's ``state()`` has learned from: the sum of its outcome
-    counts per kind and strategy (``trials``, a nested list; a score counts as one)."""
-    def total(counts: Any) -> float:
-        return sum(total(c) for c in counts) if isinstance(counts, list) else float(counts)
-    return total(state.get("trials") or [])
+    counts per kind and strategy (``trials``, a nested list; a score counts as one) and of the
+    outcomes it left out as repeats of a prompt already counted (``repeated``)."""
+    return _total(state.get("trials") or []) + _total(state.get("repeated") or [])
+
+
+def evidence_counted(state: dict[str, Any]) -> float:
+    """The outcomes a learning policy's improvement test counts (``trials``): its feedback
+    without the repeats."""
+    return _total(state.get("trials") or [])
 
 
 @router.get("/v1/learner")
 async def learner_status(gw: Annotated[Gateway, Depends(gateway)],
                          state: bool = False) -> JSONResponse:
-    """``{"cursor": N, "policies": {NAME: {"sha256", "feedback", "repeats"[, "state"]}}}``:
-    the last learning event applied, and per learning policy the SHA-256 of its state's JSON
-    (keys sorted), the feedback it has learned from, the feedback left out as a repeat of a
-    prompt already counted (``LearnedPolicy.update``), and with ``?state=true`` the state
-    itself.
+    """``{"cursor": N, "policies": {NAME: {"sha256", "feedback", "evidence", "repeats"[,
+    "state"]}}}``: the last learning event applied, and per learning policy the SHA-256 of its
+    state's JSON (keys sorted), the feedback it has learned from, the part its improvement
+    test counts as evidence, the part left out as repeats of a prompt already counted
+    (``LearnedPolicy.update``), and with ``?state=true`` the state itself.
 
     Raises:
         NotFound: this gateway has no learner (404).
@@ -52,7 +61,8 @@ async def learner_status(gw: Annotated[Gateway, Depends(gateway)],
             text = json.dumps(snapshot, sort_keys=True)
             entry: dict[str, Any] = {"sha256": hashlib.sha256(text.encode()).hexdigest(),
                                      "feedback": feedback_learned(snapshot),
-                                     "repeats": int(snapshot.get("repeats", 0))}
+                                     "evidence": evidence_counted(snapshot),
+                                     "repeats": _total(snapshot.get("repeated") or [])}
             if state:
                 entry["state"] = snapshot
             out[name] = entry

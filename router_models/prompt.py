@@ -55,16 +55,35 @@ def has_conversation(messages: Sequence[Any]) -> bool:
 
 def prompt_key(messages: Sequence[Any] | str) -> str:
     """What identifies a prompt for learning: the first ``PROMPT_KEY_HEX`` hex digits of the
-    SHA-256 of every message's role and text (``content_text``), or of a completions prompt
-    string. Two requests with the same conversation get the same key, whatever else differs
-    (sampling settings, images, tools): the learner counts a prompt asked again once.
+    SHA-256 of every message's role and text (``content_text``), plus, where a message has
+    them, its parts that are not text (images, audio, files: as sent) and its ``tool_calls``;
+    or of a completions prompt string. Two requests with the same conversation get the same
+    key, whatever else differs (sampling settings, tools offered): the learner counts a prompt
+    asked again once. The same question about another picture is another prompt, since its
+    answer depends on the picture. A text-only message keys as ``[role, text]`` alone, the
+    key it had before other parts counted.
 
     A truncated hash, not the text, but a short prompt can be confirmed by hashing a guess:
     it is kept with the decision in the request log, like the classifier's scores."""
     if isinstance(messages, str):
         parts: Any = messages
     else:
-        parts = [[m.get("role"), content_text(m.get("content"))] for m in messages
-                 if isinstance(m, dict)]
-    text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+        parts = [_message_key(m) for m in messages if isinstance(m, dict)]
+    # sort_keys: the same part sent with its keys in another order is the same prompt;
+    # default=str: the library is also handed values that did not come from JSON.
+    text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"), sort_keys=True,
+                      default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:PROMPT_KEY_HEX]
+
+
+def _message_key(message: dict[str, Any]) -> list[Any]:
+    content = message.get("content")
+    key: list[Any] = [message.get("role"), content_text(content)]
+    if isinstance(content, list):
+        others = [part for part in content if not isinstance(part, str) and not (
+            isinstance(part, dict) and isinstance(part.get("text"), str))]
+        if others:
+            key.append(others)
+    if message.get("tool_calls"):
+        key.append({"tool_calls": message["tool_calls"]})
+    return key

@@ -140,6 +140,38 @@ async def test_a_prompt_asked_again_is_learned_once_per_strategy(tmp_path):
     assert f'ttc_policy_repeated_feedback{{policy="learned"}} {float(after["repeats"])}' in scraped
 
 
+async def test_one_question_about_two_pictures_is_two_prompts(tmp_path):
+    """The same text with a different image is a different prompt: each picture's outcome is
+    counted, and only the same picture asked again is a repeat."""
+    def ask(url: str) -> dict[str, Any]:
+        return {"model": "auto", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": PROMPTS[1]},
+            {"type": "image_url", "image_url": {"url": url}}]}]}
+
+    settings = make_settings(data_dir=tmp_path)
+    async with gateway_client(llm().transport(), settings) as client:
+        start = (await client.get("/v1/learner")).json()["policies"]["learned"]
+        replies = []
+        for url in ("https://example.com/a.png", "https://example.com/b.png",
+                    "https://example.com/a.png"):
+            reply = await client.post("/v1/chat/completions", json=ask(url))
+            assert reply.status_code == 200, reply.text
+            replies.append(reply.json())
+        assert len({r["router"]["strategy"] for r in replies}) == 1
+        for reply in replies:
+            answer = await client.post("/v1/feedback", json={
+                "id": reply["router"]["decision_id"], "correct": True})
+            assert answer.status_code == 200
+        after = (await client.get("/v1/learner")).json()["policies"]["learned"]
+        rows = [await gateway_of(client).request_log.get(r["router"]["decision_id"])
+                for r in replies]
+    keys = [row.plan["prompt_key"] for row in rows]
+    assert keys[0] == keys[2] != keys[1]
+    assert after["feedback"] == start["feedback"] + 3
+    assert after["evidence"] == start["evidence"] + 2  # each picture once
+    assert after["repeats"] == start["repeats"] + 1  # the first picture asked again
+
+
 async def test_gateways_sharing_a_database_converge_to_the_same_state(database_url, tmp_path):
     """Two gateways on one database: decisions on both, each one's feedback posted to the
     *other*, and the state of both equals the initial state updated with every first

@@ -289,6 +289,31 @@ async def test_outcomes_of_policies_that_do_not_learn_teach_the_learned_policy(t
         assert feedback_seen(gateway_of(client).router.policies["learned"]) == before + 1
 
 
+async def test_a_strategy_forced_without_a_policy_teaches_only_as_the_readme_says(tmp_path):
+    """README ("Outcomes teach the policy whoever chose the plan"): a strategy forced under a
+    ``router.policy`` is scored and teaches the learned policy; one forced with no policy is
+    planned without the classifier and teaches nothing (the README said every forced
+    strategy taught it)."""
+    settings = make_settings(data_dir=tmp_path)
+    async with gateway_client(llm().transport(), settings) as client:
+        learner = gateway_of(client).learner
+        taught = []
+        for i, controls in enumerate(({"strategy": "sequential"},
+                                      {"strategy": "sequential", "policy": "learned"})):
+            reply = await client.post("/v1/chat/completions", json={
+                "model": "auto", "messages": [{"role": "user", "content": PROMPTS[i + 1]}],
+                "router": controls})
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["router"]["strategy"] == "sequential"
+            before = feedback_seen(learner.policies["learned"])
+            answer = await client.post("/v1/feedback", json={
+                "id": reply.json()["router"]["decision_id"], "correct": True})
+            assert answer.status_code == 200
+            await learner.sync()
+            taught.append(feedback_seen(learner.policies["learned"]) - before)
+    assert taught == [0, 1]
+
+
 async def test_a_learning_policy_added_later_leaves_the_checkpointed_ones_as_they_were(tmp_path):
     """A restart that adds a learning policy (``policies: {mine: learned}``, or an A/B arm
     ``learned:PATH``) replays the log from 0 for it; the policies already checkpointed past

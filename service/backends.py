@@ -53,6 +53,7 @@ class BackendRegistry:
         ]
         self._supports_n: dict[str, bool | None] = {u.label: u.supports_n for u in upstreams}
         self._last_discovery = 0.0
+        self._warned_default = False
         self._ignores_configured = {u.label for u in upstreams if u.ignores_max_tokens}
         # (backend label, model) -> monotonic time until which it is taken to ignore its cap
         self._ignores_until: dict[tuple[str, str], float] = {}
@@ -90,6 +91,13 @@ class BackendRegistry:
                             exc, hint)
                 continue
             self._backends[i] = dataclasses.replace(backend, models=ids)
+        served = self.model_ids()
+        if (self._default_model and served and self._default_model not in served
+                and not self._warned_default):
+            # Said once, at start-up in practice: every "auto" request fails until it is fixed.
+            self._warned_default = True
+            log.warning("default_model %r is served by no backend (they serve: %s): requests "
+                        "for model auto fail with 404", self._default_model, ", ".join(served))
 
     def model_ids(self) -> list[str]:
         """Every model id served, in configuration order, without duplicates."""
@@ -109,7 +117,8 @@ class BackendRegistry:
         """The backend for ``model`` and the model id to send it (``auto`` resolved).
 
         Raises:
-            NotFound: no configured backend serves ``model`` (404).
+            NotFound: no configured backend serves ``model`` (404; for ``auto``, the message
+                names ``default_model``, which no backend serves).
             UpstreamUnavailable: no backend's models are known, none is reachable (503).
             Overloaded: every backend serving ``model`` is cooling down after failures (503
                 with ``Retry-After``).
@@ -120,9 +129,16 @@ class BackendRegistry:
             found = self._lookup(model)
         if found is not None:
             return self._healthy(found, client)
-        if not self.model_ids():
+        served = self.model_ids()
+        if not served:
             raise UpstreamUnavailable("no backend is available: none could list its models",
                                       code="no_backend")
+        if model == AUTO_MODEL:
+            # "auto" is listed by GET /v1/models whatever it resolves to, so the usual message
+            # would send the client to a listing that shows it.
+            raise NotFound(f"model 'auto' resolves to default_model {self.default_model()!r}, "
+                           f"which no backend serves (they serve: {', '.join(served)})",
+                           param="model", code="model_not_found")
         raise NotFound(f"the model {model!r} does not exist; GET /v1/models lists the models",
                        param="model", code="model_not_found")
 

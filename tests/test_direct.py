@@ -139,6 +139,30 @@ async def test_auto_resolves_to_the_default_model(chat_body):
     assert backend.requests[0]["model"] == "m-b"
 
 
+async def test_a_default_model_no_backend_serves_is_named_in_the_error_and_at_start(
+        chat_body, caplog):
+    """``default_model`` mistyped (``m-c``): ``/v1/models`` lists ``auto``, so "the model
+    'auto' does not exist" sent the user to a listing that shows it; the error names the
+    setting and what the backends serve, and the start-up log says so at once."""
+    backend = FakeBackend(models=("m-a", "m-b"))
+    settings = make_settings(models=None, default_model="m-c")
+    with caplog.at_level("WARNING", logger="service.backends"):
+        async with gateway_client(backend.transport(), settings) as client:
+            listed = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]
+            reply = await client.post("/v1/chat/completions", json={**chat_body,
+                                                                    "model": "auto"})
+            served = await client.post("/v1/chat/completions", json={**chat_body,
+                                                                     "model": "m-a"})
+    assert "auto" in listed
+    assert reply.status_code == 404
+    error = reply.json()["error"]
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert "default_model 'm-c'" in error["message"] and "m-a, m-b" in error["message"]
+    assert served.status_code == 200  # the models the backends serve still work
+    assert not backend.requests[:-1]  # nothing was sent upstream for auto
+    assert any("default_model 'm-c'" in r.getMessage() for r in caplog.records)
+
+
 async def test_two_upstreams_each_serve_their_models(chat_body):
     first, second = FakeBackend(models=("m-a",)), FakeBackend(models=("m-b",))
     apps = {"one.test": first.transport(), "two.test": second.transport()}

@@ -88,6 +88,9 @@ class SimRequest:
     logprobs: bool
     top_logprobs: int
     stop: tuple[str, ...] = ()  # OpenAI's ``stop``: up to 4 strings that end a choice
+    # A completions batch (``prompt`` a list of prompts): each one's text, answered apart;
+    # ``messages`` then holds them joined (the bank replay reads only that).
+    prompts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,11 +159,17 @@ async def _complete(config: SimConfig, request: Request, endpoint: str) -> Respo
         return _error(SimError("the body is not valid JSON"))
     except SimError as exc:
         return _error(exc)
-    match = config.registry.identify(parsed.messages)
-    samples = sample(config.world, match, parsed)
+    # A batch answers each prompt as alone (its n choices, its seeds), in OpenAI's order:
+    # prompt i's choices at i * n .. i * n + n - 1.
+    matches = [config.registry.identify([("user", p)]) for p in parsed.prompts] or [
+        config.registry.identify(parsed.messages)]
+    samples = [s for match in matches for s in sample(config.world, match, parsed)]
+    match = matches[0]
     meta = {"world": config.world_name, "family": match.item.family,
             "difficulty": match.item.difficulty, "match": match.how,
             "searched": match.searched}
+    if len(matches) > 1:
+        meta["prompts"] = len(matches)  # the fields above are the first prompt's
     if parsed.stream:
         return StreamingResponse(_stream(config, parsed, samples, meta),
                                  media_type="text/event-stream")
@@ -173,6 +182,7 @@ def parse_request(body: Any, endpoint: str, default_max_tokens: int) -> SimReque
     """Validate a request body. Raises ``SimError`` naming the field at fault."""
     if not isinstance(body, dict):
         raise SimError("the body must be a JSON object")
+    prompts: tuple[str, ...] = ()
     if endpoint == "chat":
         raw = body.get("messages")
         if not isinstance(raw, list) or not raw:
@@ -181,7 +191,13 @@ def parse_request(body: Any, endpoint: str, default_max_tokens: int) -> SimReque
                     for m in raw if isinstance(m, dict)]
     else:
         prompt = body.get("prompt")
-        if isinstance(prompt, list):
+        if isinstance(prompt, list) and prompt and all(
+                isinstance(p, str | list) for p in prompt):
+            # Several prompts (strings, or token id lists); a list of token ids is one.
+            prompts = tuple(p if isinstance(p, str) else "\n".join(str(t) for t in p)
+                            for p in prompt)
+            prompt = "\n".join(prompts)
+        elif isinstance(prompt, list):
             prompt = "\n".join(str(p) for p in prompt)
         if not isinstance(prompt, str):
             raise SimError("prompt must be a string", "prompt")
@@ -220,7 +236,7 @@ def parse_request(body: Any, endpoint: str, default_max_tokens: int) -> SimReque
         temperature=float(temperature), seed=seed, stream=bool(stream),
         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
         logprobs=bool(logprobs) or (endpoint == "completions" and isinstance(logprobs, int)),
-        top_logprobs=top, stop=tuple(stops))
+        top_logprobs=top, stop=tuple(stops), prompts=prompts)
 
 
 def sample(world: World | WorldReasoner, match: Match, request: SimRequest) -> list[Sample]:

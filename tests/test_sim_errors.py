@@ -107,3 +107,38 @@ async def test_the_plain_sim_answers_a_temperature_just_above_zero(path: str,
                                                "temperature": 0, **body})
     assert tiny.status_code == 200, tiny.text
     assert tiny.json()["choices"] == greedy.json()["choices"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_plain_sim_answers_each_prompt_of_a_batch(stream: bool) -> None:
+    # OpenAI's completions take a list of prompts and answer each, prompt i's n choices at
+    # i * n .. i * n + n - 1. The sim joined the list into one prompt and answered once: two
+    # prompts through the gateway came back as one choice.
+    sim = apps()[0]
+    prompts = [f"Q{answer} [[sim family=independent_mc difficulty=0 answer={answer}]]"
+               for answer in (11, 22)]
+    body = {"model": "m", "max_tokens": 400, "temperature": 0, "n": 2, "seed": 7}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim),
+                                 base_url="http://sim.test") as client:
+        alone = [(await client.post("/v1/completions", json={**body, "prompt": p})).json()
+                 for p in prompts]
+        reply = await client.post("/v1/completions", json={
+            **body, "prompt": prompts, "stream": stream,
+            "stream_options": {"include_usage": True}})
+    assert reply.status_code == 200, reply.text
+    if stream:
+        chunks = [json.loads(line[6:]) for line in reply.text.splitlines()
+                  if line.startswith("data: {")]
+        texts = ["".join(c["choices"][0]["text"] for c in chunks
+                         if c["choices"] and c["choices"][0]["index"] == i) for i in range(4)]
+        assert {c["choices"][0]["index"] for c in chunks if c["choices"]} == {0, 1, 2, 3}
+        usage = chunks[-1]["usage"]
+    else:
+        assert [c["index"] for c in reply.json()["choices"]] == [0, 1, 2, 3]
+        texts = [c["text"] for c in reply.json()["choices"]]
+        usage = reply.json()["usage"]
+    assert texts == [c["text"] for one in alone for c in one["choices"]]
+    assert [t.endswith(f"The answer is {a}.") for t, a in zip(texts, (11, 11, 22, 22),
+                                                              strict=True)] == [True] * 4
+    for kind in ("prompt_tokens", "completion_tokens"):
+        assert usage[kind] == sum(one["usage"][kind] for one in alone)

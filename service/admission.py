@@ -289,8 +289,7 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest, pla
                              "gateway", param="router.budget_tokens", code="over_operator_cap")
     if plan.budget_tokens is not None and plan.budget_tokens > settings.max_budget_tokens:
         # Not the client's budget_tokens (checked above): its max_tokens set the plan's.
-        field = ("max_completion_tokens" if routed.body.get("max_completion_tokens")
-                 == routed.max_tokens else "max_tokens")
+        field = _cap_field(routed)
         raise InvalidRequest(f"{field} is at most {settings.max_budget_tokens} on this gateway "
                              "when it sets a strategy's budget", param=field,
                              code="over_operator_cap")
@@ -314,7 +313,11 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest, pla
         # Every upstream call resends the prompt: one per sample, one more per search call.
         calls = routed.n * plan.width + plan.search_calls
         prompt_tokens = estimate_prompt_tokens(routed.body) * calls
-    param = "router.budget_tokens" if plan.budget_tokens else "max_tokens"
+    # The field the client set that asks for these tokens: its budget, else its cap (which a
+    # budget the client did not name is taken from).
+    param = "router.budget_tokens"
+    if routed.controls.budget_tokens is None and routed.max_tokens is not None:
+        param = _cap_field(routed)
     flexible_cap = settings.default_budget_tokens
     if sized_here and plan.budget_tokens is not None:
         flexible_cap = plan.budget_tokens
@@ -326,6 +329,13 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest, pla
           and reservation.tokens < plan.budget_tokens):
         plan = (fit or _fit_whole)(plan, reservation.tokens)
     return plan, reservation
+
+
+def _cap_field(routed: RoutedRequest) -> str:
+    """The field that set ``routed.max_tokens``: ``max_completion_tokens`` when it is the
+    smaller one sent, else ``max_tokens``."""
+    return ("max_completion_tokens" if routed.body.get("max_completion_tokens")
+            == routed.max_tokens else "max_tokens")
 
 
 def _fit_whole(plan: Plan, tokens: int) -> Plan:

@@ -270,6 +270,26 @@ async def test_a_request_bigger_than_a_whole_window_is_a_400():
         assert reply.json()["error"]["code"] == "over_key_limit"
 
 
+@pytest.mark.parametrize(("cap", "param"), [
+    ({"max_tokens": 500}, "max_tokens"),
+    ({"max_completion_tokens": 500}, "max_completion_tokens"),
+    ({"router": {"budget_tokens": 500}}, "router.budget_tokens"),
+    ({"max_tokens": 50, "router": {"strategy": "parallel_vote", "budget_tokens": 500}},
+     "router.budget_tokens")])
+async def test_a_cap_over_a_keys_window_names_the_field_the_client_set(cap, param):
+    # Seen through the gateway (--tpm 100, max_tokens 200, a chain): the 400 named
+    # router.budget_tokens, which the client never sent, because a chain's budget is taken
+    # from max_tokens when none is given.
+    secret = store().create("capped", tpm=100)
+    body = ask(**cap)
+    body["router"] = {"strategy": "sequential", **body.get("router", {})}
+    async with running(FakeBackend().transport()) as (_, client):
+        reply = await client.post(CHAT, json=body, headers=bearer(secret))
+    assert reply.status_code == 400
+    assert reply.json()["error"]["code"] == "over_key_limit"
+    assert reply.json()["error"]["param"] == param
+
+
 async def test_a_request_over_a_keys_window_is_rejected_once_as_budget():
     # Seen through the gateway: one such 400 moved ttc_rejected_total{reason="budget"} and
     # {reason="invalid"} both, so ttc:rejected_ratio:rate5m counted the request twice.

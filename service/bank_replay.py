@@ -12,7 +12,8 @@ How a request is answered (``router_models.bank`` holds the recordings):
   system, user or tool message, or one of its blank-line blocks, whose normalised text is a
   recorded question. Unknown prompts get a 404 in OpenAI's error envelope
   (``code: bank_item_not_found``): the bank has no outcome for them, and inventing one would
-  not be a replay.
+  not be a replay. A completions batch (``prompt`` a list of prompts) is answered prompt by
+  prompt, in OpenAI's order, and is a 404 when one of its prompts is unknown.
 - **Samples.** Temperature 0 serves the greedy chain (to every choice). Otherwise choice ``i``
   is recorded sample ``(start + i) mod S`` (``S`` samples per run, 8 in the shipped bank), with
   ``start = seed mod S`` when a seed is given (so replies repeat) and a random start when not.
@@ -64,6 +65,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 import json
 import math
 import random
@@ -247,8 +249,18 @@ def answer(bank: Bank, request: SimRequest, body: dict[str, Any]) -> Reply:
     """The choices a request is answered with (see the module docstring).
 
     Raises:
-        SimError: 404 when no recorded question is in the prompt.
+        SimError: 404 when no recorded question is in the prompt (of a batch: in one of its
+            prompts).
     """
+    if len(request.prompts) > 1:
+        # A completions batch: each prompt answered as alone, prompt i's n choices at
+        # i * n .. i * n + n - 1, as OpenAI orders them.
+        replies = [answer(bank, dataclasses.replace(request, messages=[("user", prompt)],
+                                                    prompts=()), body)
+                   for prompt in request.prompts]
+        return Reply([c for reply in replies for c in reply.choices],
+                     sum(reply.prompt_tokens for reply in replies),
+                     {**replies[0].meta, "prompts": len(replies)})
     messages = request.messages
     found = _find_question(bank, messages)
     if found is None:

@@ -242,6 +242,37 @@ async def test_completions_endpoint_replays_too() -> None:
         v / 100 for v in MC.greedy.lp[:2]]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_completions_batch_replays_each_prompt(stream: bool) -> None:
+    # A list of prompts is answered prompt by prompt, prompt i's n choices at i * n ..
+    # i * n + n - 1, as OpenAI answers it: the replay joined them into one prompt and
+    # answered the first question once.
+    body = {"model": "bank-replay", "temperature": 0, "max_tokens": 3, "n": 2}
+    alone = [(await replay({**body, "prompt": run.prompt}, "/v1/completions")).json()
+             for run in (MC, CHAIN)]
+    reply = await replay({**body, "prompt": [MC.prompt, CHAIN.prompt], "stream": stream,
+                          "stream_options": {"include_usage": True}}, "/v1/completions")
+    assert reply.status_code == 200, reply.text
+    if stream:
+        chunks = [json.loads(line[6:]) for line in reply.text.splitlines()
+                  if line.startswith("data: {")]
+        texts = ["".join(c["choices"][0]["text"] for c in chunks
+                         if c["choices"] and c["choices"][0]["index"] == i) for i in range(4)]
+        usage = chunks[-1]["usage"]
+    else:
+        assert [c["index"] for c in reply.json()["choices"]] == [0, 1, 2, 3]
+        texts = [c["text"] for c in reply.json()["choices"]]
+        usage = reply.json()["usage"]
+    assert texts == [c["text"] for one in alone for c in one["choices"]]
+    assert texts[0] == "".join(MC.greedy.tokens[:3])
+    assert texts[2] == "".join(CHAIN.greedy.tokens[:3])
+    for kind in ("prompt_tokens", "completion_tokens"):
+        assert usage[kind] == sum(one["usage"][kind] for one in alone)
+    unknown = await replay({**body, "prompt": [MC.prompt, "What is love?"]},
+                           "/v1/completions")
+    assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "prompt"
+
+
 # --- every strategy through the gateway -------------------------------------------------
 
 

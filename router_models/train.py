@@ -374,7 +374,7 @@ def train_from_records(records: Iterable[FeedbackRecord], classifier: Classifier
     Each record (its logged scores, else its messages scored by ``classifier``) is replayed,
     in order, as one online update of the plan that ran. Returns counts: records, correct,
     per strategy, and repeats (outcomes of a prompt already counted for its kind and
-    strategy, which teach nothing new: ``LearnedPolicy.update``).
+    strategy, learnt as feedback but left out of the evidence: ``LearnedPolicy.update``).
 
     Raises:
         ValueError: a record's ``correct`` is not a bool or a score in [0, 1].

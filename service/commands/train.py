@@ -257,7 +257,8 @@ def _from_log(data_dir: Path, database_url: str | None, out: Path) -> int:
           f"learned policy; by strategy: {counts['by_strategy']}")
     if counts["repeats"]:
         print(f"{counts['repeats']} outcomes were of a prompt already counted for its kind and "
-              "strategy, and taught nothing new (each prompt is one unit of evidence)")
+              "strategy: learnt as feedback, left out of the evidence (each prompt is one unit "
+              "of evidence)")
     print("current budgets by kind of prompt:")
     for kind, row in learned.budgets().items():
         # NaN when no reference prompt is of this kind: nothing to average, so say so.

@@ -91,6 +91,12 @@ def test_cues_fire_on_their_kind_of_prompt():
 
 @pytest.mark.parametrize(("text", "form"), [
     ("Which is a mammal?\nA) trout\nB) whale\nC) eel", "choice"),
+    # Options inside a line, as letters or as "Option X:"; one such mark alone is no list.
+    ("Maya needs a perfect square. The choices are A) 148, B) 441, C) 393. Which one?",
+     "choice"),
+    ("Ravi wrote down scores. Option A: 41. Option B: 45. Which option is the highest?",
+     "choice"),
+    ("Plan A) is to walk 3 km. How far is it?", "numeric"),
     # Options win over the coordinates and the path a multiple-choice question mentions.
     ("Reflect the path through (1, 2) and (3, 4). Which of the following is it? (A) x (B) y",
      "choice"),

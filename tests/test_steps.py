@@ -23,6 +23,8 @@ from router_models.steps import state_steps
     ("Which planet has the most moons?\nA) Earth\nB) Mars\nC) Saturn\nD) Venus", 0),
     ("About how long would it take to walk from Oslo to Rome?\nA. 900\nB. 9\nC. 90", 0),
     ("Roughly how many marbles fit in a bus? (A) 20 (B) 200 (C) 2000 (D) 20000", 0),
+    ("Ines wrote down four scores to circle the highest. Option A: 66. Option B: 37. "
+     "Option C: 33. Option D: 71. Which option is the highest score?", 0),
     ("Think step by step. Is 17 prime?", 0),
     ("What is 2 + 2?", 0),
     ("", 0),

@@ -358,12 +358,35 @@ def test_train_names_an_out_that_cannot_be_a_folder(mode, tmp_path, capsys):
 
 
 def test_from_log_on_an_empty_log_prints_no_nan(tmp_path, capsys):
+    import asyncio
+
+    from service.store.sqlite import SqliteBackend
+
+    async def create_empty_log() -> None:  # what a gateway that served nothing leaves
+        backend = SqliteBackend(tmp_path / "requests.db")
+        await backend.open()
+        await backend.close()
+
+    asyncio.run(create_empty_log())
     # Kinds of prompt with no reference prompt printed "mean budget nan tokens".
     assert main(["train", "--from-log", "--data-dir", str(tmp_path),
                  "--out", str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
     assert "0 outcomes" in printed
     assert "nan" not in printed
+
+
+def test_commands_that_read_a_data_dir_do_not_create_one(tmp_path, capsys):
+    # A mistyped --data-dir made an empty request log (and key store) there, read as "no
+    # requests": train --from-log then wrote the prior and exited 0 (helper 48).
+    missing = tmp_path / "typo"
+    for command in (["train", "--from-log", "--out", str(tmp_path / "o")],
+                    ["ab", "replay", "--policy", "fixed:direct@256"],
+                    ["keys", "list"], ["keys", "revoke", "alice"]):
+        assert main([*command, "--data-dir", str(missing)]) == 1, command
+        err = capsys.readouterr().err
+        assert str(missing) in err and "Traceback" not in err, command
+    assert not missing.exists()
 
 
 def test_train_reports_the_learned_policy_at_the_gateways_mean_budget():

@@ -112,10 +112,10 @@ def _fail(message: str, status: int = 1) -> int:
 
 
 async def _read(settings: Settings, what: str, **kwargs: Any) -> Any:
-    from service.store.log import open_request_log
+    from service.store.log import open_existing_request_log
 
     url = settings.database_url.get_secret_value() if settings.database_url else None
-    log = open_request_log(settings.data_dir, url)
+    log = open_existing_request_log(settings.data_dir, url)
     await log.backend.open()
     try:
         if what == "totals":

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.keys import KeyStore, KeyStoreError, open_key_store
+from service.keys import KeyStore, KeyStoreError, SqliteKeyStore, open_key_store
 from service.settings import SettingsError, load_settings
 
 
@@ -51,10 +51,21 @@ def register(subcommands: Any) -> None:
     revoke.set_defaults(run=_revoke)
 
 
-def _store(args: argparse.Namespace) -> KeyStore:
+def _store(args: argparse.Namespace, *, existing: bool = False) -> KeyStore:
+    """The key store of the settings; with ``existing``, a SQLite store must exist already
+    (reading or revoking keys in a mistyped ``--data-dir`` must not create one there).
+
+    Raises:
+        SettingsError: bad settings. KeyStoreError: ``existing`` and no SQLite file.
+    """
     settings = load_settings(args.config, data_dir=args.data_dir)
     url = settings.database_url.get_secret_value() if settings.database_url else None
-    return open_key_store(settings.data_dir, url)
+    store = open_key_store(settings.data_dir, url)
+    if existing and isinstance(store, SqliteKeyStore) and not store.path.is_file():
+        raise KeyStoreError(f"no key store at {store.path}: no key was created with this data "
+                            "directory (check --data-dir or TTC_DATA_DIR; keys create makes "
+                            "it)")
+    return store
 
 
 def _fail(message: str) -> int:
@@ -81,7 +92,7 @@ def _create(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     try:
-        keys = _store(args).all()
+        keys = _store(args, existing=True).all()
     except (SettingsError, KeyStoreError) as exc:
         return _fail(str(exc))
     rows = [("NAME", "ADMIN", "RPM", "TPM", "TOKENS/DAY", "PROMPT TPM", "CREATED (UTC)",
@@ -103,7 +114,7 @@ def _list(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, data_dir=args.data_dir)
-        store = _store(args)
+        store = _store(args, existing=True)
         store.revoke(args.name)
         left = len(store.active())
     except (SettingsError, KeyStoreError) as exc:

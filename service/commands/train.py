@@ -271,9 +271,9 @@ def _from_log(data_dir: Path, database_url: str | None, out: Path) -> int:
 
 
 async def _read_feedback(data_dir: Path, database_url: str | None) -> list[Any]:
-    from service.store.log import open_request_log
+    from service.store.log import open_existing_request_log
 
-    log = open_request_log(data_dir, database_url)
+    log = open_existing_request_log(data_dir, database_url)
     await log.backend.open()
     try:
         return list(await log.backend.records(with_feedback=True))

@@ -247,3 +247,19 @@ class RecordingBackend:
 def sse_body(*payloads: dict[str, Any] | str) -> list[bytes]:
     """SSE events as chunks: dicts become ``data: {json}``, strings are sent as they are."""
     return [p.encode() if isinstance(p, str) else _event(p) for p in payloads]
+
+
+def completion_choices(reply: httpx.Response, stream: bool, count: int
+                       ) -> tuple[list[str], dict[str, Any]]:
+    """The texts of a /v1/completions reply's ``count`` choices, by index, and its usage,
+    whether it was streamed (its chunks joined per index; the usage of the last chunk, which
+    ``stream_options.include_usage`` asks for) or not. Asserts every index is present."""
+    if stream:
+        chunks = [json.loads(line[6:]) for line in reply.text.splitlines()
+                  if line.startswith("data: {")]
+        assert {c["choices"][0]["index"] for c in chunks if c["choices"]} == set(range(count))
+        texts = ["".join(c["choices"][0]["text"] for c in chunks
+                         if c["choices"] and c["choices"][0]["index"] == i) for i in range(count)]
+        return texts, chunks[-1]["usage"]
+    assert [c["index"] for c in reply.json()["choices"]] == list(range(count))
+    return [c["text"] for c in reply.json()["choices"]], reply.json()["usage"]

@@ -18,6 +18,7 @@ from service.search import LocalIndex
 from service.search.documents import Document
 from service.search.local import index_path
 from tests.conftest import gateway_client, make_settings
+from tests.fakes import completion_choices
 
 FIXTURE = Path(__file__).parent / "bank_fixture"
 BANK = Bank.load(FIXTURE)
@@ -253,16 +254,7 @@ async def test_a_completions_batch_replays_each_prompt(stream: bool) -> None:
     reply = await replay({**body, "prompt": [MC.prompt, CHAIN.prompt], "stream": stream,
                           "stream_options": {"include_usage": True}}, "/v1/completions")
     assert reply.status_code == 200, reply.text
-    if stream:
-        chunks = [json.loads(line[6:]) for line in reply.text.splitlines()
-                  if line.startswith("data: {")]
-        texts = ["".join(c["choices"][0]["text"] for c in chunks
-                         if c["choices"] and c["choices"][0]["index"] == i) for i in range(4)]
-        usage = chunks[-1]["usage"]
-    else:
-        assert [c["index"] for c in reply.json()["choices"]] == [0, 1, 2, 3]
-        texts = [c["text"] for c in reply.json()["choices"]]
-        usage = reply.json()["usage"]
+    texts, usage = completion_choices(reply, stream, 4)
     assert texts == [c["text"] for one in alone for c in one["choices"]]
     assert texts[0] == "".join(MC.greedy.tokens[:3])
     assert texts[2] == "".join(CHAIN.greedy.tokens[:3])

@@ -16,6 +16,7 @@ from router_models.simulation import World
 from router_models.tasks.registry import TaskRegistry
 from service.bank_replay import ReplayConfig, create_replay_app
 from service.sim import SimConfig, create_sim_app
+from tests.fakes import completion_choices
 
 FIXTURE = Path(__file__).parent / "bank_fixture"
 
@@ -126,17 +127,7 @@ async def test_the_plain_sim_answers_each_prompt_of_a_batch(stream: bool) -> Non
             **body, "prompt": prompts, "stream": stream,
             "stream_options": {"include_usage": True}})
     assert reply.status_code == 200, reply.text
-    if stream:
-        chunks = [json.loads(line[6:]) for line in reply.text.splitlines()
-                  if line.startswith("data: {")]
-        texts = ["".join(c["choices"][0]["text"] for c in chunks
-                         if c["choices"] and c["choices"][0]["index"] == i) for i in range(4)]
-        assert {c["choices"][0]["index"] for c in chunks if c["choices"]} == {0, 1, 2, 3}
-        usage = chunks[-1]["usage"]
-    else:
-        assert [c["index"] for c in reply.json()["choices"]] == [0, 1, 2, 3]
-        texts = [c["text"] for c in reply.json()["choices"]]
-        usage = reply.json()["usage"]
+    texts, usage = completion_choices(reply, stream, 4)
     assert texts == [c["text"] for one in alone for c in one["choices"]]
     assert [t.endswith(f"The answer is {a}.") for t, a in zip(texts, (11, 11, 22, 22),
                                                               strict=True)] == [True] * 4

@@ -700,9 +700,46 @@ def _ci(rows: Sequence[Result]) -> str:
     return f"{_acc(rows):.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def interpolate(fixed: dict[str, list[Result]], strategy: str, tokens: float,
+                kind: str | None = None) -> tuple[float, str]:
+    """One strategy's accuracy at ``tokens`` mean completion tokens, read off its curve over
+    budgets (configs whose mean spends lie within 1 token of each other are pooled; linear
+    between neighbours; the end's value outside the curve). Restricted to ``kind`` when given.
+
+    Returns (accuracy, how: "a@x-b@y" or "clipped at a")."""
+    points: list[tuple[float, list[Result]]] = []
+    for config in sorted(c for c in fixed if c.startswith(strategy + "@")):
+        rows = [r for r in fixed[config] if kind is None or r.kind == kind]
+        spend = _tok(rows)
+        for i, (other, pooled) in enumerate(points):
+            if abs(other - spend) <= 1:
+                points[i] = (other, pooled + rows)
+                break
+        else:
+            points.append((spend, list(rows)))
+    curve = sorted((spend, _acc(rows)) for spend, rows in points)
+    if tokens <= curve[0][0]:
+        return curve[0][1], f"clipped at {curve[0][0]:.0f}"
+    if tokens >= curve[-1][0]:
+        return curve[-1][1], f"clipped at {curve[-1][0]:.0f}"
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:], strict=False):
+        if x0 <= tokens <= x1:
+            return y0 + (y1 - y0) * (tokens - x0) / (x1 - x0), f"{x0:.0f}-{x1:.0f}"
+    raise AssertionError("unreachable: tokens lies inside the curve")
+
+
+def _mix(rows: Sequence[Result]) -> str:
+    by: dict[str, list[int]] = {}
+    for r in rows:
+        by.setdefault(r.strategy, []).append(r.budget or 0)
+    return ", ".join(f"{s} {len(b)} (budget ~{sum(b) / len(b):.0f})"
+                     for s, b in sorted(by.items(), key=lambda kv: -len(kv[1])))
+
+
 def compare(auto: Sequence[Result], fixed: dict[str, list[Result]], title: str) -> list[str]:
     """Markdown: auto against each fixed strategy at the budget whose mean spend is closest to
-    auto's, the best of those named and tested pairwise (McNemar); per kind, auto's choices."""
+    auto's and interpolated at auto's spend; the best of those tested pairwise (McNemar); per
+    kind, auto's strategies and the best fixed strategy interpolated at auto's spend there."""
     out = [f"#### {title}", ""]
     auto_tokens = _tok(auto)
     key = {(r.item, r.rep): r for r in auto}
@@ -739,17 +776,22 @@ def compare(auto: Sequence[Result], fixed: dict[str, list[Result]], title: str) 
                    f"auto at {auto_tokens / _tok(fixed[config]):.2f}x its tokens; McNemar "
                    f"(exact) over {len(paired)} pairs: auto alone right {only_auto}, it alone "
                    f"right {only_fixed}, p = {p:.3g}")
-    out += ["", "| kind | auto accuracy | auto tokens | auto's strategies (budget: count) |"
-            + "".join(f" {c} |" for c in nearest.values()),
-            "| --- | --- | --- | --- |" + " --- |" * len(nearest)]
+    curves = {s: interpolate(fixed, s, auto_tokens) for s in nearest}
+    top = max(curves, key=lambda s: curves[s][0])
+    out.append(f"- interpolated at auto's {auto_tokens:.1f} tokens: "
+               + "; ".join(f"{s} {a:.3f} ({how})" for s, (a, how) in curves.items())
+               + f"; auto minus the best ({top}) {(_acc(auto) - curves[top][0]) * 100:+.1f} "
+               "points (no paired test: an interpolated arm has no replies)")
+    out += ["", "| kind | auto accuracy | auto tokens | auto's strategies | best fixed "
+            "interpolated at auto's spend | auto minus it, points |",
+            "| --- | --- | --- | --- | --- | --- |"]
     for kind in KINDS:
         rows = [r for r in auto if r.kind == kind]
-        mix = Counter(f"{r.strategy}@{r.budget}" for r in rows)
-        cells = "".join(
-            f" {_acc([r for r in fixed[c] if r.kind == kind]):.3f} / "
-            f"{_tok([r for r in fixed[c] if r.kind == kind]):.0f} |" for c in nearest.values())
-        out.append(f"| {kind} | {_ci(rows)} | {_tok(rows):.1f} | "
-                   + ", ".join(f"{k}: {v}" for k, v in mix.most_common(4)) + f" |{cells}")
+        spend = _tok(rows)
+        at = {s: interpolate(fixed, s, spend, kind) for s in nearest}
+        win = max(at, key=lambda s: at[s][0])
+        out.append(f"| {kind} | {_ci(rows)} | {spend:.1f} | {_mix(rows)} | {win} "
+                   f"{at[win][0]:.3f} ({at[win][1]}) | {(_acc(rows) - at[win][0]) * 100:+.1f} |")
     out.append("")
     return out
 
@@ -840,7 +882,8 @@ def _progress(world: str, what: str, rows: Sequence[Result], started: float) -> 
 
 def _wrong_examples(rows: Sequence[Result], limit: int) -> list[str]:
     keep = ("strategy", "policy", "budget_tokens", "spent_tokens", "upstream_calls", "samples",
-            "votes", "winner", "search_calls", "reason", "kind", "scores")
+            "votes", "winner", "search_calls", "reason", "early_stop", "chain_after_cut",
+            "no_answer", "continued", "temperature", "scores")
     out = []
     for r in [r for r in rows if not r.correct and r.router][:limit]:
         brief = {k: r.router[k] for k in keep if r.router and k in r.router}

@@ -11,9 +11,11 @@ import pytest
 from bench.held_out_worlds import (
     KINDS,
     STRATEGIES,
+    Result,
     Script,
     extract,
     generate,
+    interpolate,
     main,
     read_items,
     run_world,
@@ -58,6 +60,21 @@ def test_vote_world_samples_are_right_at_their_rate_and_greedy_is_one_draw() -> 
     # the answer comes after the reasoning: a chain cut before its end states none
     content, tokens, finish = script.reply(item.question, 0.7, item.length)
     assert extract(content) is None and finish == "length" and tokens == item.length
+
+
+def _rows(config: str, right: int, tokens: int, n: int = 4) -> list[Result]:
+    strategy, budget = config.split("@")
+    return [Result(f"i{k}", "word", config, 0, k < right, tokens, strategy, int(budget))
+            for k in range(n)]
+
+
+def test_interpolation_pools_equal_spends_and_is_linear_between_budgets() -> None:
+    fixed = {"direct@64": _rows("direct@64", 1, 40), "direct@128": _rows("direct@128", 3, 40),
+             "direct@512": _rows("direct@512", 4, 240)}
+    # 64 and 128 spend alike: pooled at 0.5, then a line to 1.0 at 240 tokens
+    assert interpolate(fixed, "direct", 140) == (0.75, "40-240")
+    assert interpolate(fixed, "direct", 20) == (0.5, "clipped at 40")
+    assert interpolate(fixed, "direct", 900) == (1.0, "clipped at 240")
 
 
 def test_tiny_run_through_real_gateways(tmp_path: Path) -> None:

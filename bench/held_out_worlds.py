@@ -821,6 +821,7 @@ class WorldRun:
     after: list[Result]
     backend_stats: dict[str, int]
     seconds: float
+    learner: dict[str, Any] = field(default_factory=dict)
 
 
 def run_world(world: str, args: argparse.Namespace, workdir: Path) -> WorldRun:
@@ -865,12 +866,16 @@ def run_world(world: str, args: argparse.Namespace, workdir: Path) -> WorldRun:
             jobs = [(i, "auto", r) for r in range(args.repeats) for i in heldout]
             after = asyncio.run(send_all(gateway.url, jobs, args.concurrency))
             _progress(world, "auto after feedback", after, started)
+            # the documented read-only view of what feedback taught (no keys: open to us)
+            learner = httpx.get(gateway.url + "/v1/learner", params={"state": "true"},
+                                timeout=30).json()
         finally:
             gateway.stop()
         stats = httpx.get(backend.url.removesuffix("/v1") + "/stats", timeout=5).json()
     finally:
         backend.stop()
-    return WorldRun(world, auto, fixed, done_rounds, after, stats, time.monotonic() - started)
+    return WorldRun(world, auto, fixed, done_rounds, after, stats, time.monotonic() - started,
+                    learner)
 
 
 def _progress(world: str, what: str, rows: Sequence[Result], started: float) -> None:
@@ -878,6 +883,29 @@ def _progress(world: str, what: str, rows: Sequence[Result], started: float) -> 
     print(f"[{time.monotonic() - started:6.1f}s] {world}: {what}: accuracy {_acc(rows):.3f}, "
           f"tokens {_tok(rows):.1f}" + (f", {errors} errors" if errors else ""),
           file=sys.stderr, flush=True)
+
+
+def learner_summary(learner: dict[str, Any]) -> list[str]:
+    """Markdown: per kind of the gateway's classifier, the learned policy's outcomes counted
+    per strategy (right / counted), its strategy now, its exploring share and switches."""
+    out = []
+    for name, entry in (learner.get("policies") or {}).items():
+        state = entry.get("state") or {}
+        current = state.get("current") or {}
+        trials, successes = state.get("trials") or [], state.get("successes") or []
+        out.append(f"Learner `{name}` after the feedback rounds: {state.get('explored', 0)} "
+                   f"explored of {state.get('decisions', 0)} decisions; switches: "
+                   f"{json.dumps(state.get('switches') or [])}.")
+        out += ["", "| classifier kind | strategy now | "
+                + " | ".join(f"{s} right/counted" for s in STRATEGIES) + " |",
+                "| --- | --- |" + " --- |" * len(STRATEGIES)]
+        for k, (kind, strategy) in enumerate(current.items()):
+            if k < len(trials) and sum(trials[k]):
+                cells = " | ".join(f"{successes[k][i]:.0f}/{trials[k][i]:.0f}"
+                                   for i in range(len(STRATEGIES)))
+                out.append(f"| {kind} | {strategy} | {cells} |")
+        out.append("")
+    return out
 
 
 def _wrong_examples(rows: Sequence[Result], limit: int) -> list[str]:
@@ -926,6 +954,7 @@ def report(runs: Sequence[WorldRun], command: str, args: argparse.Namespace) -> 
                               for i, r in enumerate(run.rounds)), ""]
         lines += compare(run.after, run.fixed,
                          "Phase 2: auto on the held-out set after the feedback rounds")
+        lines += learner_summary(run.learner)
         lines += ["A few wrong replies of auto after feedback (their `router` objects):", ""]
         lines += _wrong_examples(run.after, 4) + [""]
     return "\n".join(lines)

@@ -92,6 +92,9 @@ def test_tiny_run_through_real_gateways(tmp_path: Path) -> None:
     # included, is right exactly on the items the script knows
     assert all(r.correct == items[r.item].known for r in every)
     assert all(r.tokens <= 256 for r in run.fixed["direct@256"])
+    # the learner counted the feedback rounds' outcomes (one round of 8 replies)
+    state = run.learner["policies"]["learned"]["state"]
+    assert sum(map(sum, state["trials"])) == len(KINDS) * 2
 
 
 @pytest.mark.parametrize("world", ["vote"])

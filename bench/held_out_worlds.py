@@ -893,8 +893,10 @@ def learner_summary(learner: dict[str, Any]) -> list[str]:
         state = entry.get("state") or {}
         current = state.get("current") or {}
         trials, successes = state.get("trials") or [], state.get("successes") or []
-        out.append(f"Learner `{name}` after the feedback rounds: {state.get('explored', 0)} "
-                   f"explored of {state.get('decisions', 0)} decisions; switches: "
+        # The learner's own copy makes no decisions, so its explored/decisions counters stay
+        # 0: the outcomes of strategies other than a kind's current one are its explorations.
+        out.append(f"Learner `{name}` after the feedback rounds (outcomes it counted; those of "
+                   f"strategies other than a kind's current one were explored); switches: "
                    f"{json.dumps(state.get('switches') or [])}.")
         out += ["", "| classifier kind | strategy now | "
                 + " | ".join(f"{s} right/counted" for s in STRATEGIES) + " |",

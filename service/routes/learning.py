@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from starlette.responses import JSONResponse
 
+from router_models.policies import LearnedPolicy
 from service.deps import Gateway, gateway
 from service.errors import NotFound
 
@@ -42,10 +43,12 @@ def evidence_counted(state: dict[str, Any]) -> float:
 async def learner_status(gw: Annotated[Gateway, Depends(gateway)],
                          state: bool = False) -> JSONResponse:
     """``{"cursor": N, "policies": {NAME: {"sha256", "feedback", "evidence", "repeats"[,
-    "state"]}}}``: the last learning event applied, and per learning policy the SHA-256 of its
-    state's JSON (keys sorted), the feedback it has learned from, the part its improvement
-    test counts as evidence, the part left out as repeats of a prompt already counted
-    (``LearnedPolicy.update``), and with ``?state=true`` the state itself.
+    "served"][, "state"]}}}``: the last learning event applied, and per learning policy the
+    SHA-256 of its state's JSON (keys sorted), the feedback it has learned from, the part its
+    improvement test counts as evidence, the part left out as repeats of a prompt already
+    counted (``LearnedPolicy.update``), this replica's own deciding counters (``served``:
+    ``decisions``, ``explored``, ``explored_ratio``; the shared state decides nothing, so its
+    counters stay 0), and with ``?state=true`` the shared state itself.
 
     Raises:
         NotFound: this gateway has no learner (404).
@@ -63,6 +66,10 @@ async def learner_status(gw: Annotated[Gateway, Depends(gateway)],
                                      "feedback": feedback_learned(snapshot),
                                      "evidence": evidence_counted(snapshot),
                                      "repeats": _total(snapshot.get("repeated") or [])}
+            served = gw.router.policies.get(name) if gw.router is not None else None
+            if isinstance(served, LearnedPolicy):
+                entry["served"] = {"decisions": served.decisions, "explored": served.explored,
+                                   "explored_ratio": served.exploration_share()}
             if state:
                 entry["state"] = snapshot
             out[name] = entry

@@ -62,9 +62,14 @@ _CHOICE_CUES = ("answer choices", "which of the following", "choose", "options:"
 
 def _option_marks(text: str) -> int:
     """Options' letters in ``text``: ``_OPTION``'s, and ``_INLINE_OPTION``'s when there are
-    two or more of them."""
-    inline = len(_INLINE_OPTION.findall(text))
-    return len(_OPTION.findall(text)) + (inline if inline >= 2 else 0)
+    two or more of them, each letter once."""
+    spans = [m.span() for m in _OPTION.finditer(text)]
+    inline = [m.start() for m in _INLINE_OPTION.finditer(text)]
+    if len(inline) < 2:
+        return len(spans)
+    # A line-opening "A)" is both (the newline before it is the inline mark's space): it is
+    # one option, already counted, though it still shows the marks are a list.
+    return len(spans) + sum(1 for at in inline if not any(a <= at < b for a, b in spans))
 
 
 def _words(text: str) -> frozenset[str]:

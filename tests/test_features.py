@@ -89,6 +89,20 @@ def test_cues_fire_on_their_kind_of_prompt():
     assert plain["log_edges"] == plain["log_options"] == plain["log_fact_cues"] == 0
 
 
+@pytest.mark.parametrize("letters", [
+    "Which is a mammal?\nA) trout\nB) whale\nC) eel\nD) newt",
+    "Which is a mammal?\n  A) trout\n  B) whale\n  C) eel\n  D) newt",
+    "Which is a mammal? The choices are A) trout, B) whale, C) eel, D) newt",
+    "Which is a mammal?\nA) trout B) whale\nC) eel D) newt",
+])
+def test_each_option_counts_once_however_it_is_written(letters):
+    """Four options are four, whether each opens its line or they share one: a line-opening
+    "A)" is an option line and, preceded by its newline, also looked like an option inside a
+    line, so lettered lines with ")" counted twice (log_options log1p(8) for four options,
+    where "A." lines gave log1p(4))."""
+    assert extract(letters).as_dict()["log_options"] == pytest.approx(math.log1p(4))
+
+
 @pytest.mark.parametrize(("text", "form"), [
     ("Which is a mammal?\nA) trout\nB) whale\nC) eel", "choice"),
     # Options inside a line, as letters or as "Option X:"; one such mark alone is no list.

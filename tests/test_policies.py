@@ -543,6 +543,20 @@ def test_counted_prompts_are_a_bounded_window_kept_in_the_state():
     assert fresh.repeats == 0
 
 
+@pytest.mark.parametrize("counted", [
+    ["p0"], {"easy/independent": ["p0"]}, {"easy/independent": {"direct": "p0"}},
+    {"easy/independent": {"direct": 5}}, {"easy/independent": {"direct": [7]}},
+])
+def test_a_malformed_counted_prompts_is_a_malformed_state(counted):
+    """``from_state`` says what is wrong with a state (PolicyError, which ``parse_policy``
+    callers report) rather than raising AttributeError, or reading a string as its letters
+    and a number as a prompt key."""
+    state = LearnedPolicy().state()
+    state["counted_prompts"] = counted
+    with pytest.raises(PolicyError, match="counted_prompts"):
+        LearnedPolicy.from_state(state)
+
+
 def test_learned_state_round_trips_through_json(tmp_path):
     policy = LearnedPolicy(target_tokens=700, exploration=0.1)
     for scores in _random_scores(50):

@@ -171,6 +171,28 @@ def plan_ceiling(target_tokens: float) -> int:
     return max(1, int(PLAN_CEILING * target_tokens))
 
 
+def _counted_prompts(value: Any) -> dict[tuple[int, int], dict[str, None]]:
+    """``state()``'s ``counted_prompts`` (kind name -> strategy -> prompt keys, oldest first)
+    as ``LearnedPolicy._counted``; kinds and strategies this version does not know are
+    dropped, as ``worse``'s are.
+
+    Raises:
+        ValueError: not that shape (a key that is not a string included).
+    """
+    if not isinstance(value, dict) or not all(isinstance(c, dict) for c in value.values()):
+        raise ValueError("counted_prompts must map kinds to {strategy: [prompt keys]}")
+    counted: dict[tuple[int, int], dict[str, None]] = {}
+    for name, cells in value.items():
+        for strategy, keys in cells.items():
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise ValueError(f"counted_prompts.{name}.{strategy} must be a list of "
+                                 "prompt keys")
+            if name in KIND_NAMES and strategy in STRATEGIES and keys:
+                counted[(KIND_NAMES.index(name), STRATEGIES.index(strategy))] = (
+                    dict.fromkeys(keys[-PROMPT_WINDOW:]))
+    return counted
+
+
 def _known_config(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` without the settings this version does not know, each named in a warning:
     a state written by a later version (a replica upgraded first, during a rolling deploy)
@@ -790,11 +812,7 @@ class LearnedPolicy(Policy):
                 if repeated.shape != policy.repeated.shape:
                     raise ValueError(f"repeated has shape {repeated.shape}")
                 policy.repeated = repeated
-            for name, cells in (state.get("counted_prompts") or {}).items():
-                for strategy, keys in cells.items():
-                    if name in KIND_NAMES and strategy in STRATEGIES:
-                        policy._counted[(KIND_NAMES.index(name), STRATEGIES.index(strategy))] = (
-                            dict.fromkeys(str(k) for k in keys[-PROMPT_WINDOW:]))
+            policy._counted = _counted_prompts(state.get("counted_prompts") or {})
             # Verdicts of past looks; a state written before looks existed has none, and its
             # alternatives are judged again at their next look.
             policy._worse = {KIND_NAMES.index(name): set(strategies)

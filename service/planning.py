@@ -9,7 +9,7 @@ no change until they opt in). The budget of a request that names none:
   value, as the total of all calls: a client that capped its answer at N tokens is never
   billed more than N completion tokens, whatever the strategy;
 - otherwise the model's ``model_budget_tokens``, else the upstream's ``budget_tokens``, else
-  ``default_budget_tokens``.
+  ``default_budget_tokens``, at most ``max_budget_tokens``.
 
 A request's ``max_tokens`` also caps the reply it receives when it names a larger budget: the
 strategies grant every call whose reply may be returned at most that
@@ -78,8 +78,11 @@ def choose_plan(routed: RoutedRequest, settings: Settings, backend: Backend,
     if strategy == "search" and routed.endpoint != "chat":
         strategy, reason = "sequential", "search needs chat messages: ran sequential"
 
-    budget = controls.budget_tokens or routed.max_tokens or settings.model_budget_tokens.get(
-        upstream_model) or backend.budget_tokens or settings.default_budget_tokens
+    # The operator's own default holds under its cap (``max_budget_tokens``): the client asked
+    # for no budget, so nothing it sent is over the cap (only a cap it sends is refused).
+    budget = controls.budget_tokens or routed.max_tokens or min(
+        settings.max_budget_tokens, settings.model_budget_tokens.get(upstream_model)
+        or backend.budget_tokens or settings.default_budget_tokens)
     width = 1
     if strategy == "parallel_vote":
         width = max(1, min(settings.vote_width, budget // settings.vote_min_depth_tokens))

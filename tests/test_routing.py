@@ -476,6 +476,28 @@ async def test_a_plan_sized_from_long_answers_is_fitted_under_the_operators_cap(
     assert router["strategy"] == "sequential" and 0 < router["budget_tokens"] <= 1000
 
 
+@pytest.mark.parametrize("strategy", ["sequential", "parallel_vote", "search"])
+async def test_a_named_strategys_default_budget_is_fitted_under_the_operators_cap(strategy):
+    # max_budget_tokens 100 under default_budget_tokens 1,024: a client naming a strategy and
+    # no cap at all was refused, 400 "max_completion_tokens is at most 100", a field it never
+    # sent (and that /v1/completions does not have). The budget is the gateway's own, so it
+    # fits under the cap, as a policy's plan does; a cap the client sends is still checked.
+    settings = make_settings(max_budget_tokens=100, vote_min_depth_tokens=16)
+    async with gateway_client(llm().transport(), settings) as client:
+        reply = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": "What is 17 * 23?"}],
+            "router": {"strategy": strategy}})
+        completions = await client.post("/v1/completions", json={
+            "model": "auto", "prompt": "What is 17 * 23?", "router": {"strategy": strategy}})
+        over = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": "What is 17 * 23?"}],
+            "max_tokens": 101, "router": {"strategy": strategy}})
+    for answer in (reply, completions):
+        assert answer.status_code == 200, answer.text
+        assert 0 < answer.json()["router"]["budget_tokens"] <= 100
+    assert over.status_code == 400 and over.json()["error"]["param"] == "max_tokens"
+
+
 def test_coverage_reads_a_hit_as_far_as_the_model_would(tmp_path):
     """A hit is put in the model's context cut to ``search_result_chars``: words past the cut
     cannot answer, so they do not cover the question. (Before, a 16 MB document was read

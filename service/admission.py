@@ -333,7 +333,8 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest, pla
 
 def _cap_field(routed: RoutedRequest) -> str:
     """The field that set ``routed.max_tokens``: ``max_completion_tokens`` when it is the
-    smaller one sent, else ``max_tokens``."""
+    smaller one sent, else ``max_tokens``. Only for a request that sent one of them (with
+    neither, it would name ``max_completion_tokens``)."""
     return ("max_completion_tokens" if routed.body.get("max_completion_tokens")
             == routed.max_tokens else "max_tokens")
 

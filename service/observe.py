@@ -145,8 +145,9 @@ def record_of(outcome: Outcome, *, time_s: float, keep_text: bool) -> Record:
     """The request log's row for ``outcome``, finished at ``time_s`` (Unix seconds); prompt
     and answer text are kept only when ``keep_text``. The row's ``plan`` is the plan's fields
     plus, for replay, ``propensity`` (the probability of this plan for this request: the
-    arm's share times the policy's probability) and ``controls`` (the request's own
-    ``strategy`` and ``budget_tokens``, which the deciding policy read)."""
+    arm's share times the policy's probability), ``controls`` (the request's own
+    ``strategy`` and ``budget_tokens``, which the deciding policy read) and, for learning,
+    ``prompt_key`` (``router_models.prompt.prompt_key``; kept whether or not the text is)."""
     plan = outcome.plan
     logged_plan = None
     if plan is not None:

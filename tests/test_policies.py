@@ -543,6 +543,24 @@ def test_counted_prompts_are_a_bounded_window_kept_in_the_state():
     assert fresh.repeats == 0
 
 
+def test_a_prompt_asked_again_and_again_stays_counted():
+    """``PROMPT_WINDOW``: a prompt asked again within that many others is not counted again.
+    Asked every other request, it dropped out of the window all the same once 512 other
+    prompts came after its first asking, and counted again every 512 others (3 times in 1,100
+    askings, through the policy): the window forgot the prompts asked most, the ones it is
+    for."""
+    policy = LearnedPolicy()
+    direct = Plan("direct", 256)
+    for i in range(3 * PROMPT_WINDOW):
+        policy.update(EASY, direct, True, prompt_key="asked often")
+        policy.update(EASY, direct, True, prompt_key=f"once {i}")
+    assert policy.repeats == 3 * PROMPT_WINDOW - 1
+    restored = LearnedPolicy.from_state(json.loads(json.dumps(policy.state())))
+    assert restored.state() == policy.state()
+    restored.update(EASY, direct, True, prompt_key="asked often")
+    assert restored.repeats == 3 * PROMPT_WINDOW
+
+
 @pytest.mark.parametrize("counted", [
     ["p0"], {"easy/independent": ["p0"]}, {"easy/independent": {"direct": "p0"}},
     {"easy/independent": {"direct": 5}}, {"easy/independent": {"direct": [7]}},

@@ -62,7 +62,7 @@ Learning is safe by construction:
   draws, and the same prompt asked again is not one: a backend at temperature 0 answers it
   the same way, and users ask again more often when the answer was wrong. So a strategy's
   outcome on a prompt it already has an outcome for on that kind (``update``'s
-  ``prompt_key``, among the last ``PROMPT_WINDOW`` prompts of that kind and strategy) is not
+  ``prompt_key``, among the last ``PROMPT_WINDOW`` prompts asked of that kind and strategy) is not
   counted: each prompt teaches each strategy once, by its first outcome, which is an unbiased
   draw of that prompt's accuracy (the prompts, not the requests, are the sample; counting
   the repeats made a false switch on the outcome bank, ``bench/bank_feedback.py --rounds
@@ -129,8 +129,8 @@ logger = logging.getLogger(__name__)
 
 STATE_VERSION = 4  # 4: the prior with conservative per-kind learning (3 was a logistic model)
 MIN_SWITCH_FEEDBACK = 5
-# Per kind and strategy, the prompts whose outcome was counted, most recent last: a prompt
-# asked again within this many others is not counted again (``update``).
+# Per kind and strategy, the prompts whose outcome was counted, the most recently asked last:
+# a prompt asked again within this many others is not counted again (``update``).
 PROMPT_WINDOW = 512
 FOCUS = 2 / 3  # the exploring share given to the most promising alternative
 # A kind with much to gain explores up to this many times the share (``_exploration_rate``);
@@ -172,9 +172,9 @@ def plan_ceiling(target_tokens: float) -> int:
 
 
 def _counted_prompts(value: Any) -> dict[tuple[int, int], dict[str, None]]:
-    """``state()``'s ``counted_prompts`` (kind name -> strategy -> prompt keys, oldest first)
-    as ``LearnedPolicy._counted``; kinds and strategies this version does not know are
-    dropped, as ``worse``'s are.
+    """``state()``'s ``counted_prompts`` (kind name -> strategy -> prompt keys, the one asked
+    longest ago first) as ``LearnedPolicy._counted``; kinds and strategies this version does
+    not know are dropped, as ``worse``'s are.
 
     Raises:
         ValueError: not that shape (a key that is not a string included).
@@ -314,7 +314,7 @@ class LearnedPolicy(Policy):
         self.explored = 0
         self.exploring_decisions = 0  # decisions since the first feedback (module docstring)
         self.switches: list[dict[str, Any]] = []
-        # (kind, strategy index) -> prompt keys counted, oldest first (``update``).
+        # (kind, strategy index) -> prompt keys counted, asked longest ago first (``update``).
         self._counted: dict[tuple[int, int], dict[str, None]] = {}
         # Per kind and strategy, outcomes of a prompt already counted there (``update``).
         self.repeated = np.zeros(shape)
@@ -630,9 +630,12 @@ class LearnedPolicy(Policy):
 
     def _first_outcome(self, kind: int, strategy: int, key: str) -> bool:
         """Record that ``key`` has an outcome of this kind and strategy; False when it had
-        one already (within the last ``PROMPT_WINDOW``, the oldest dropping out)."""
+        one already (within the last ``PROMPT_WINDOW`` prompts asked, the one asked longest
+        ago dropping out)."""
         counted = self._counted.setdefault((kind, strategy), {})
         if key in counted:
+            # Asked again: now the most recent, so a prompt asked often never drops out.
+            counted[key] = counted.pop(key)
             return False
         counted[key] = None
         if len(counted) > PROMPT_WINDOW:

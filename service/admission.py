@@ -322,7 +322,9 @@ async def reserve_for_call(request: Request, gw: Any, routed: RoutedRequest, pla
     if sized_here and plan.budget_tokens is not None:
         flexible_cap = plan.budget_tokens
     reservation = await _reserve(gw, admission, wanted, prompt_tokens, param,
-                                 flexible_cap=flexible_cap)
+                                 flexible_cap=flexible_cap,
+                                 prompt_param="messages" if routed.endpoint == "chat"
+                                 else "prompt")
     if plan.budget_tokens is None and reservation.tokens:
         plan = dataclasses.replace(plan, budget_tokens=reservation.tokens)
     elif (sized_here and reservation.windows and plan.budget_tokens is not None
@@ -367,20 +369,22 @@ async def reserve_for_proxy(request: Request, gw: Any, wanted: int | None, param
     elif prompt_tokens is None:
         prompt_tokens = estimate_prompt_tokens({"prompt": body.get("input")})
     return await _reserve(gw, admission, wanted, prompt_tokens, param,
-                          flexible_cap=gw.settings.default_budget_tokens)
+                          flexible_cap=gw.settings.default_budget_tokens, prompt_param="input")
 
 
 async def _reserve(gw: Any, admission: Admission, wanted: int | None, prompt_tokens: int,
-                   param: str, flexible_cap: int) -> Reservation:
-    """``KeyLimiter.reserve_tokens`` with its refusals counted and in the envelope; the
-    reservation is kept on ``admission`` (settled once the response is sent). With no
-    ``wanted``, as many tokens as the key has left up to ``flexible_cap``."""
+                   param: str, flexible_cap: int, prompt_param: str) -> Reservation:
+    """``KeyLimiter.reserve_tokens`` with its refusals counted and in the envelope (``param``
+    names the field that asked for the completion tokens, ``prompt_param`` the one that holds
+    the prompt: ``messages``, ``prompt`` or ``input``); the reservation is kept on
+    ``admission`` (settled once the response is sent). With no ``wanted``, as many tokens as
+    the key has left up to ``flexible_cap``."""
     try:
         reservation, headers = await gw.limiter.reserve_tokens(
             admission.key, wanted, flexible_cap=flexible_cap, prompt_tokens=prompt_tokens)
     except TokensOverLimit as exc:
         metrics.child(metrics.REJECTED, "budget").inc()
-        refused = InvalidRequest(str(exc), param="messages" if exc.kind == "prompt" else param,
+        refused = InvalidRequest(str(exc), param=prompt_param if exc.kind == "prompt" else param,
                                  code="over_key_limit")
         refused.counted = True  # one refusal, one count: not "invalid" again when rendered
         raise refused from exc

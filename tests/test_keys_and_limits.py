@@ -525,6 +525,11 @@ async def test_a_prompt_token_limit_reserves_the_estimate_and_settles_the_true_c
         assert too_long.status_code == 400  # more than a whole minute's prompt tokens
         assert too_long.json()["error"]["code"] == "over_key_limit"
         assert too_long.json()["error"]["param"] == "messages"
+        # On /v1/completions the prompt is in "prompt", which the refusal names.
+        too_long = await client.post("/v1/completions", json={
+            "model": "fake-model", "max_tokens": 4, "prompt": "x" * 400}, headers=bearer(secret))
+        assert too_long.status_code == 400
+        assert too_long.json()["error"]["param"] == "prompt"
         # A short prompt is estimated at 2 tokens and charged the backend's count on settling,
         # so four requests use the minute up and the fifth waits for the oldest to leave.
         for _ in range(4):

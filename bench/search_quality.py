@@ -21,13 +21,21 @@ the loop and the index (how often the search calls bring the supporting paragrap
 context within the budget) and the token cost of each strategy; the closed-book strategies are
 at 0 by construction of the simulation. Nothing here measures a real model's reading.
 
-Run: ``.venv/bin/python bench/search_quality.py [--budgets 128,256,512] [--calls 1,2,3]``
+The gateway runs a forced ``parallel_vote`` as one chain when its budget cannot buy 3 samples
+long enough to finish (``router_models.policies.prior.fit_vote``: before usage has shown this
+model's answer lengths, 3 x 320 tokens); the column "ran as" says what each row really ran
+(``router.strategy`` per question) and "mean samples" how many samples it drew. Below 960
+tokens the ``parallel_vote`` row is one chain; 1024 is among the default budgets so that one
+row is a real vote.
+
+Run: ``.venv/bin/python bench/search_quality.py [--budgets 128,256,512,1024] [--calls 1,2,3]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import re
 import statistics
@@ -49,6 +57,7 @@ from service.settings import Settings, UpstreamSettings  # noqa: E402
 THINK_TOKENS = 16
 CHAIN_TOKENS = 200
 WORD = re.compile(r"\w+")
+DEFAULT_BUDGETS = (128, 256, 512, 1024)
 
 
 class SimReader:
@@ -112,13 +121,21 @@ class SimReader:
 
 
 async def evaluate(items: list[dict[str, Any]], texts: dict[str, str], data_dir: Path,
-                   strategy: str, budget: int, calls: int) -> dict[str, float]:
+                   strategy: str, budget: int, calls: int) -> dict[str, Any]:
+    """Accuracy, mean tokens, mean search calls and mean samples of ``strategy`` at ``budget``
+    over ``items``, and ``ran``: how many questions each strategy really answered (the
+    gateway's ``router.strategy``; a vote it cannot afford runs as ``sequential``).
+
+    Raises:
+        SystemExit: the gateway refused a request.
+    """
     settings = Settings(
         upstreams=[UpstreamSettings(url="http://sim.test/v1", name="sim",
                                     models=["sim-reader"], supports_n=True)],
         data_dir=data_dir, search_max_calls=calls, retry_backoff_s=0.0)
     app = create_app(settings, transport=SimReader(items, texts).transport())
-    correct, tokens, searches = [], [], []
+    correct, tokens, searches, samples = [], [], [], []
+    ran: collections.Counter[str] = collections.Counter()
     async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
         for item in items:
@@ -133,9 +150,12 @@ async def evaluate(items: list[dict[str, Any]], texts: dict[str, str], data_dir:
             correct.append(answer.endswith(f"The answer is {item['answer']}."))
             tokens.append(body["router"]["spent_tokens"])
             searches.append(body["router"]["search_calls"])
+            samples.append(body["router"]["samples"])
+            ran[body["router"]["strategy"]] += 1
             assert body["router"]["spent_tokens"] <= budget
     return {"accuracy": statistics.mean(correct), "tokens": statistics.mean(tokens),
-            "searches": statistics.mean(searches)}
+            "searches": statistics.mean(searches), "samples": statistics.mean(samples),
+            "ran": dict(ran)}
 
 
 def recall_at_k(index: LocalIndex, items: list[dict[str, Any]], ks: tuple[int, ...]) -> str:
@@ -153,7 +173,7 @@ def recall_at_k(index: LocalIndex, items: list[dict[str, Any]], ks: tuple[int, .
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--budgets", default="128,256,512")
+    parser.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)))
     parser.add_argument("--calls", default="1,2,3", help="search_max_calls values to run")
     args = parser.parse_args()
     if not (args.data / "hotpotqa_train_corpus.json").exists():
@@ -166,17 +186,19 @@ async def main() -> None:
         index.add(Document(*d) for d in docs)
         print(f"SIMULATION. HotpotQA, {len(items)} questions, {len(docs)} documents; index "
               f"(question as the query): {recall_at_k(index, items, (1, 2, 3, 5, 10))}\n")
-        print("| budget tokens | strategy | search calls allowed | accuracy | mean tokens "
-              "| mean search calls |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        print("| budget tokens | strategy | ran as | search calls allowed | accuracy "
+              "| mean tokens | mean search calls | mean samples |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for budget in (int(b) for b in args.budgets.split(",")):
             runs = [("sequential", 0), ("parallel_vote", 0)]
             runs += [("search", int(c)) for c in args.calls.split(",")]
             for strategy, calls in runs:
                 r = await evaluate(items, texts, data_dir, strategy, budget, calls)
-                print(f"| {budget} | {strategy} | {calls if strategy == 'search' else '-'} "
-                      f"| {r['accuracy']:.2f} | {r['tokens']:.1f} | {r['searches']:.2f} |",
-                      flush=True)
+                ran = ", ".join(f"{s} {n}" for s, n in sorted(r["ran"].items()))
+                print(f"| {budget} | {strategy} | {ran} "
+                      f"| {calls if strategy == 'search' else '-'} "
+                      f"| {r['accuracy']:.2f} | {r['tokens']:.1f} | {r['searches']:.2f} "
+                      f"| {r['samples']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,11 @@ first pass) so that its mean completion tokens match ``auto``'s. A strategy whos
 on their own below that mean (a direct answer, one chain, a search) cannot spend more: its
 bisection stops where a larger budget buys nothing, and the table shows what it spent. It
 prints accuracy, mean completion tokens and correct answers per 1,000 tokens per policy,
-per-kind accuracy, the best fixed strategy per kind, and what ``auto`` chose per kind with the
-classifier's scores read from the ``router`` objects (``--json`` keeps every reply).
+per-kind accuracy, the best fixed strategy per kind, what each fixed strategy really ran per
+kind (``router.strategy`` and mean samples: at ``auto``'s mean tokens a forced vote rarely buys
+3 samples long enough to finish, and the gateway then runs it as one chain, ``sequential``),
+and what ``auto`` chose per kind with the classifier's scores read from the ``router`` objects
+(``--json`` keeps every reply).
 
 Run (from the repository root; about 30 s of CPU for the bench, its backend and the gateway
 together):
@@ -59,6 +62,7 @@ together):
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -690,10 +694,17 @@ class Client:
 
 
 def summary(replies: Sequence[Reply]) -> dict[str, Any]:
-    """Accuracy and mean completion tokens, overall and per kind."""
-    def stats(rows: Sequence[Reply]) -> dict[str, float]:
+    """Accuracy, mean completion tokens, mean samples (``router.samples``) and the strategies
+    the gateway ran (``ran``: ``router.strategy`` -> replies; a forced vote it cannot afford
+    runs as ``sequential``), overall and per kind."""
+    def stats(rows: Sequence[Reply]) -> dict[str, Any]:
+        answered = [r for r in rows if r.error is None]
+        ran = collections.Counter(str(r.router.get("strategy")) for r in answered)
         return {"accuracy": sum(r.correct for r in rows) / len(rows) if rows else math.nan,
                 "mean_tokens": sum(r.tokens for r in rows) / len(rows) if rows else math.nan,
+                "samples": (sum(r.router.get("samples") or 0 for r in answered) / len(answered)
+                            if answered else math.nan),
+                "ran": dict(ran.most_common()),
                 "requests": len(rows), "errors": sum(r.error is not None for r in rows)}
     return {"all": stats(replies),
             **{kind: stats([r for r in replies if r.kind == kind]) for kind in KINDS}}
@@ -923,6 +934,18 @@ def print_tables(results: dict[str, Any]) -> None:
         cells = [f"{row['summary'][k]['accuracy']:.2f} / {row['summary'][k]['mean_tokens']:.0f}"
                  for k in KINDS]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    if fixed:
+        print("\nwhat each fixed strategy ran per kind (router.strategy; mean samples): a forced "
+              "vote whose budget cannot buy 3 samples long enough to finish runs one chain\n")
+        print("| policy | " + " | ".join(KINDS) + " |")
+        print("| --- |" + " --- |" * len(KINDS))
+        for name, row in fixed.items():
+            cells = []
+            for kind in KINDS:
+                stats = row["summary"][kind]
+                ran = ", ".join(f"{s} {n}" for s, n in stats.get("ran", {}).items())
+                cells.append(f"{ran}; {stats.get('samples', math.nan):.1f} samples")
+            print(f"| {name} | " + " | ".join(cells) + " |")
     print("\nwhat `auto` chose per kind (router objects):")
     for line in results["auto_choices"]:
         print(line)

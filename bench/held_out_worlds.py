@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import random
@@ -728,6 +729,17 @@ def interpolate(fixed: dict[str, list[Result]], strategy: str, tokens: float,
     raise AssertionError("unreachable: tokens lies inside the curve")
 
 
+def _label(config: str, rows: Sequence[Result]) -> str:
+    """``config`` as a table names it: with "(ran as S n, ...)" when some of its replies ran
+    another strategy than the one forced (the gateway runs a vote whose budget cannot buy 3
+    samples long enough to finish as one chain, ``sequential``)."""
+    forced = config.split("@")[0]
+    ran = collections.Counter(r.strategy for r in rows if r.error is None)
+    if set(ran) <= {forced}:
+        return config
+    return f"{config} (ran as {', '.join(f'{s} {n}' for s, n in ran.most_common())})"
+
+
 def _mix(rows: Sequence[Result]) -> str:
     by: dict[str, list[int]] = {}
     for r in rows:
@@ -753,7 +765,8 @@ def compare(auto: Sequence[Result], fixed: dict[str, list[Result]], title: str) 
             nearest[strategy] = min(configs, key=lambda c: abs(_tok(fixed[c]) - auto_tokens))
     for near in nearest.values():
         rows = fixed[near]
-        out.append(f"| {near} (closest spend) | {len(rows)} | {_ci(rows)} | {_tok(rows):.1f} |")
+        out.append(f"| {_label(near, rows)} (closest spend) | {len(rows)} | {_ci(rows)} "
+                   f"| {_tok(rows):.1f} |")
     best = max(nearest.values(), key=lambda c: _acc(fixed[c]))
     under = [c for c in fixed if _tok(fixed[c]) <= auto_tokens * 1.05]
     best_under = max(under, key=lambda c: (_acc(fixed[c]), -_tok(fixed[c]))) if under else None
@@ -797,14 +810,15 @@ def compare(auto: Sequence[Result], fixed: dict[str, list[Result]], title: str) 
 
 
 def all_configs(fixed: dict[str, list[Result]]) -> list[str]:
-    """Markdown: every fixed config's accuracy and mean tokens, per kind too."""
+    """Markdown: every fixed config's accuracy and mean tokens, per kind too; a config whose
+    replies ran another strategy than the one forced says what they ran (``_label``)."""
     out = ["| config | accuracy [95% Wilson] | tokens |"
            + "".join(f" {k} acc / tokens |" for k in KINDS),
            "| --- | --- | --- |" + " --- |" * len(KINDS)]
     for config, rows in fixed.items():
         cells = "".join(f" {_acc([r for r in rows if r.kind == k]):.3f} / "
                         f"{_tok([r for r in rows if r.kind == k]):.0f} |" for k in KINDS)
-        out.append(f"| {config} | {_ci(rows)} | {_tok(rows):.1f} |{cells}")
+        out.append(f"| {_label(config, rows)} | {_ci(rows)} | {_tok(rows):.1f} |{cells}")
     return out + [""]
 
 

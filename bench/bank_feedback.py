@@ -353,6 +353,22 @@ def arm_name(record: dict[str, Any]) -> str:
     return f"{record['strategy']} @{record['budget_tokens']}"
 
 
+def ran_as(arm: str, records: Sequence[dict[str, Any]]) -> str:
+    """``arm``, with "(ran as S n of N)" when some of its replies ran another strategy than the
+    one forced: the gateway runs a vote whose budget cannot buy 3 samples long enough to finish
+    as one chain (``sequential``; at 256 and 512 tokens for this model's answers)."""
+    if arm.startswith("policy:"):
+        return arm
+    forced = arm.split(" ")[0]
+    other = Counter(str((r.get("router") or {}).get("strategy")) for r in records
+                    if not r.get("error") and (r.get("router") or {}).get("strategy")
+                    not in (None, forced))
+    if not other:
+        return arm
+    ran = ", ".join(f"{s} {n} of {len(records)}" for s, n in other.most_common())
+    return f"{arm} (ran as {ran})"
+
+
 def by_arm(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     """arm -> item key -> record."""
     arms: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -384,7 +400,8 @@ def arm_rows(arms: dict[str, dict[str, dict[str, Any]]], reference: str) -> list
             only_ref = sum(x and not y for x, y in zip(a, b, strict=True))
             only_arm = sum(y and not x for x, y in zip(a, b, strict=True))
             pairing = f"{only_ref} / {only_arm} | {p:.2g}"
-        rows.append(f"| {arm} | {100 * correct / max(1, n):.1f} [{100 * low:.1f}, "
+        rows.append(f"| {ran_as(arm, list(records.values()))} | "
+                    f"{100 * correct / max(1, n):.1f} [{100 * low:.1f}, "
                     f"{100 * high:.1f}] | {tokens:.0f} | {pairing} | {errors} | {n} |")
     return rows
 

@@ -179,3 +179,20 @@ def test_cross_fitting_chooses_each_folds_fixed_arm_on_the_other_folds_items() -
     assert cells[3] == "steady @64 / lucky @64"
     assert cells[4] == "25.0"  # steady 2/4 on fold 0, lucky 0/4 on fold 1
     assert cells[1] == "50.0" and cells[2] == "100"
+
+
+def test_the_arm_table_says_when_a_forced_vote_ran_as_one_chain() -> None:
+    # At 256 tokens a forced vote cannot buy 3 samples long enough to finish: the gateway ran
+    # one chain, and the row "parallel_vote @256" had said nothing of it.
+    from bench.bank_feedback import arm_rows, by_arm
+
+    def record(strategy: str, ran: str, item: str, correct: bool) -> dict[str, object]:
+        return {"suite": "mmlu", "item_id": item, "strategy": strategy, "budget_tokens": 256,
+                "correct": correct, "completion_tokens": 9, "router": {"strategy": ran}}
+
+    records = [record("direct", "direct", "a", True), record("direct", "direct", "b", False),
+               record("parallel_vote", "sequential", "a", True),
+               record("parallel_vote", "parallel_vote", "b", True)]
+    rows = arm_rows(by_arm(records), "direct @256")
+    assert rows[0].startswith("| direct @256 |")
+    assert rows[1].startswith("| parallel_vote @256 (ran as sequential 1 of 2) |")

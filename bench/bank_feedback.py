@@ -551,11 +551,14 @@ def report(results: dict[str, Any]) -> str:
             train_rounds.items()))
         state = fold["learner"]
         explored = sum("exploring" in (r["reason"] or "") for r in fold["training"])
+        # The improvement test's evidence: each item's first outcome per strategy (a round's
+        # repeat of an item with the same strategy is feedback received, not new evidence).
         feedback = {k: int(sum(row)) for k, row in zip(state["current"], state["trials"],
                                                        strict=True) if sum(row)}
         lines += [f"- fold {number}: {len(fold['training'])} training requests with feedback; "
                   f"training accuracy by round: {accuracy}; {explored} of them explored; "
-                  f"feedback per kind {feedback}; switches: "
+                  f"evidence per kind (items per strategy, repeats left out) {feedback}; "
+                  f"switches: "
                   f"{state['switches'] or 'none'}; strategies now "
                   f"{ {k: v for k, v in state['current'].items() if k in feedback} }"]
     return "\n".join(lines) + "\n"

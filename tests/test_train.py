@@ -377,15 +377,21 @@ def test_from_log_on_an_empty_log_prints_no_nan(tmp_path, capsys):
 
 
 def test_commands_that_read_a_data_dir_do_not_create_one(tmp_path, capsys):
-    # A mistyped --data-dir made an empty request log (and key store) there, read as "no
-    # requests": train --from-log then wrote the prior and exited 0 (helper 48).
+    # A mistyped --data-dir made an empty request log (and key store) there and read it
+    # silently as "no requests" (helper 48). A data dir never served is read as empty, as
+    # before, but nothing is created there and the command says where it looked.
     missing = tmp_path / "typo"
-    for command in (["train", "--from-log", "--out", str(tmp_path / "o")],
-                    ["ab", "replay", "--policy", "fixed:direct@256"],
-                    ["keys", "list"], ["keys", "revoke", "alice"]):
-        assert main([*command, "--data-dir", str(missing)]) == 1, command
-        err = capsys.readouterr().err
-        assert str(missing) in err and "Traceback" not in err, command
+    for command, code in ((["train", "--from-log", "--out", str(tmp_path / "o")], 0),
+                          (["ab", "replay", "--policy", "fixed:direct@256"], 1),
+                          (["keys", "list"], 0), (["keys", "revoke", "alice"], 1)):
+        assert main([*command, "--data-dir", str(missing)]) == code, command
+        captured = capsys.readouterr()
+        assert str(missing) in captured.err and "Traceback" not in captured.err, command
+        if command[0] == "train":
+            assert "0 decisions with feedback" in captured.err
+        if command[:2] == ["keys", "list"]:
+            assert captured.out.split() == ["NAME", "ADMIN", "RPM", "TPM", "TOKENS/DAY",
+                                            "PROMPT", "TPM", "CREATED", "(UTC)", "STATUS"]
     assert not missing.exists()
 
 

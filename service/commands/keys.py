@@ -51,21 +51,22 @@ def register(subcommands: Any) -> None:
     revoke.set_defaults(run=_revoke)
 
 
-def _store(args: argparse.Namespace, *, existing: bool = False) -> KeyStore:
-    """The key store of the settings; with ``existing``, a SQLite store must exist already
-    (reading or revoking keys in a mistyped ``--data-dir`` must not create one there).
-
-    Raises:
-        SettingsError: bad settings. KeyStoreError: ``existing`` and no SQLite file.
-    """
+def _store(args: argparse.Namespace) -> KeyStore:
     settings = load_settings(args.config, data_dir=args.data_dir)
     url = settings.database_url.get_secret_value() if settings.database_url else None
-    store = open_key_store(settings.data_dir, url)
-    if existing and isinstance(store, SqliteKeyStore) and not store.path.is_file():
-        raise KeyStoreError(f"no key store at {store.path}: no key was created with this data "
-                            "directory (check --data-dir or TTC_DATA_DIR; keys create makes "
-                            "it)")
-    return store
+    return open_key_store(settings.data_dir, url)
+
+
+def _missing(store: KeyStore) -> Path | None:
+    """The SQLite key file when it does not exist yet (opening it would create it and its
+    directory, which a command that only reads or revokes keys must not), else None."""
+    if isinstance(store, SqliteKeyStore) and not store.path.is_file():
+        return store.path
+    return None
+
+
+_NO_STORE = ("no key store at {path} yet: no key was created with this data directory (check "
+             "--data-dir or TTC_DATA_DIR; keys create makes it)")
 
 
 def _fail(message: str) -> int:
@@ -92,7 +93,11 @@ def _create(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     try:
-        keys = _store(args, existing=True).all()
+        store = _store(args)
+        missing = _missing(store)
+        if missing is not None:  # no keys, and nothing created
+            print(f"ttc-router keys: {_NO_STORE.format(path=missing)}", file=sys.stderr)
+        keys = [] if missing is not None else store.all()
     except (SettingsError, KeyStoreError) as exc:
         return _fail(str(exc))
     rows = [("NAME", "ADMIN", "RPM", "TPM", "TOKENS/DAY", "PROMPT TPM", "CREATED (UTC)",
@@ -114,7 +119,11 @@ def _list(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, data_dir=args.data_dir)
-        store = _store(args, existing=True)
+        store = _store(args)
+        missing = _missing(store)
+        if missing is not None:
+            return _fail(f"no active key is named {args.name!r}: "
+                         + _NO_STORE.format(path=missing))
         store.revoke(args.name)
         left = len(store.active())
     except (SettingsError, KeyStoreError) as exc:

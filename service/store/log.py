@@ -228,22 +228,21 @@ class RequestLog:
             self._progress.notify_all()
 
 
-def open_existing_request_log(data_dir: Path, database_url: str | None) -> RequestLog:
-    """``open_request_log`` for a command that only reads the log (``ab``, ``train
-    --from-log``): a SQLite log must exist already, so that a mistyped ``--data-dir`` is an
-    error rather than a new, empty log (and a new directory) read as "no requests".
-
-    Raises:
-        StoreError: the SQLite file does not exist, or ``database_url`` has an unknown scheme.
-    """
+def missing_request_log(data_dir: Path, database_url: str | None) -> Path | None:
+    """The SQLite file the settings name when it does not exist yet, else None (it exists, or
+    the log is PostgreSQL). A command that only reads the log (``ab``, ``train --from-log``)
+    reads such a log as empty and says where it looked, rather than opening it, which would
+    create the file and its directory: a mistyped ``--data-dir`` must leave nothing behind."""
     path: Path | None = data_dir / "requests.db" if database_url is None else None
     if database_url is not None and database_url.startswith("sqlite:///"):
         path = Path(database_url.removeprefix("sqlite:///")).expanduser()
-    if path is not None and not path.is_file():
-        raise StoreError(f"no request log at {path}: the gateway writes it there once it "
-                         "serves with that data directory (check --data-dir, TTC_DATA_DIR or "
-                         "database_url)")
-    return open_request_log(data_dir, database_url)
+    return path if path is not None and not path.is_file() else None
+
+
+def no_log_note(path: Path) -> str:
+    """What a reading command says of a request log that does not exist (``path``)."""
+    return (f"no request log at {path} yet: read as empty (the gateway writes it there once it "
+            "serves with that data directory; check --data-dir, TTC_DATA_DIR or database_url)")
 
 
 def open_request_log(data_dir: Path, database_url: str | None, *,

@@ -112,12 +112,12 @@ def _fail(message: str, status: int = 1) -> int:
 
 
 async def _read(settings: Settings, what: str, **kwargs: Any) -> Any:
-    from service.store.log import missing_request_log, no_log_note, open_request_log
+    from service.store.log import missing_request_log, open_request_log
 
     url = settings.database_url.get_secret_value() if settings.database_url else None
     missing = missing_request_log(settings.data_dir, url)
     if missing is not None:  # opening it would create it: read nothing, create nothing
-        print(f"ttc-router ab: {no_log_note(missing)}", file=sys.stderr)
+        print(f"ttc-router ab: {missing}", file=sys.stderr)
         return []
     log = open_request_log(settings.data_dir, url)
     await log.backend.open()

@@ -271,11 +271,11 @@ def _from_log(data_dir: Path, database_url: str | None, out: Path) -> int:
 
 
 async def _read_feedback(data_dir: Path, database_url: str | None) -> list[Any]:
-    from service.store.log import missing_request_log, no_log_note, open_request_log
+    from service.store.log import missing_request_log, open_request_log
 
     missing = missing_request_log(data_dir, database_url)
     if missing is not None:  # opening it would create it: read nothing, create nothing
-        print(f"ttc-router train: {no_log_note(missing)}", file=sys.stderr)
+        print(f"ttc-router train: {missing}", file=sys.stderr)
         return []
     log = open_request_log(data_dir, database_url)
     await log.backend.open()

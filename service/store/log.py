@@ -228,19 +228,24 @@ class RequestLog:
             self._progress.notify_all()
 
 
-def missing_request_log(data_dir: Path, database_url: str | None) -> Path | None:
-    """The SQLite file the settings name when it does not exist yet, else None (it exists, or
-    the log is PostgreSQL). A command that only reads the log (``ab``, ``train --from-log``)
-    reads such a log as empty and says where it looked, rather than opening it, which would
+def _sqlite_path(data_dir: Path, database_url: str | None) -> Path | None:
+    """The SQLite file of the request log the settings name (``open_request_log``), or None
+    when it is not SQLite."""
+    if database_url is None:
+        return data_dir / "requests.db"
+    if database_url.startswith("sqlite:///"):
+        return Path(database_url.removeprefix("sqlite:///")).expanduser()
+    return None
+
+
+def missing_request_log(data_dir: Path, database_url: str | None) -> str | None:
+    """What a command that only reads the log (``ab``, ``train --from-log``) says when the
+    SQLite file the settings name does not exist yet, else None (it exists, or the log is
+    PostgreSQL). Such a command reads the log as empty rather than opening it, which would
     create the file and its directory: a mistyped ``--data-dir`` must leave nothing behind."""
-    path: Path | None = data_dir / "requests.db" if database_url is None else None
-    if database_url is not None and database_url.startswith("sqlite:///"):
-        path = Path(database_url.removeprefix("sqlite:///")).expanduser()
-    return path if path is not None and not path.is_file() else None
-
-
-def no_log_note(path: Path) -> str:
-    """What a reading command says of a request log that does not exist (``path``)."""
+    path = _sqlite_path(data_dir, database_url)
+    if path is None or path.is_file():
+        return None
     return (f"no request log at {path} yet: read as empty (the gateway writes it there once it "
             "serves with that data directory; check --data-dir, TTC_DATA_DIR or database_url)")
 
@@ -254,17 +259,15 @@ def open_request_log(data_dir: Path, database_url: str | None, *,
     Raises:
         StoreError: ``database_url`` has a scheme other than these.
     """
-    if database_url is None:
+    path = _sqlite_path(data_dir, database_url)
+    if path is not None:
         from service.store.sqlite import SqliteBackend
 
-        return RequestLog(SqliteBackend(data_dir / "requests.db"), queue_size=queue_size)
-    if database_url.startswith(("postgresql://", "postgres://")):
+        # A log named by URL may be shared with other gateways; DATA_DIR's is this one's.
+        return RequestLog(SqliteBackend(path, shared=database_url is not None),
+                          queue_size=queue_size)
+    if database_url is not None and database_url.startswith(("postgresql://", "postgres://")):
         from service.store.postgres import PostgresBackend
 
         return RequestLog(PostgresBackend(database_url), queue_size=queue_size)
-    if database_url.startswith("sqlite:///"):
-        from service.store.sqlite import SqliteBackend
-
-        path = Path(database_url.removeprefix("sqlite:///")).expanduser()
-        return RequestLog(SqliteBackend(path, shared=True), queue_size=queue_size)
     raise StoreError("database_url must start with postgresql://, postgres:// or sqlite:///")

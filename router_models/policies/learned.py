@@ -713,6 +713,15 @@ class LearnedPolicy(Policy):
 
     # -- reporting and state ---------------------------------------------------------------
 
+    def _counted_state(self) -> dict[str, dict[str, list[str]]]:
+        """``_counted`` as JSON (kind name -> strategy -> keys), in (kind, strategy) order; the
+        inverse of ``_counted_prompts``."""
+        out: dict[str, dict[str, list[str]]] = {}
+        for (kind, strategy), keys in sorted(self._counted.items()):
+            if keys:
+                out.setdefault(KIND_NAMES[kind], {})[STRATEGIES[strategy]] = list(keys)
+        return out
+
     @property
     def repeats(self) -> int:
         """Outcomes left out as repeats of a prompt already counted (``update``)."""
@@ -759,11 +768,7 @@ class LearnedPolicy(Policy):
             "exploring_decisions": self.exploring_decisions,
             "switches": self.switches,
             "repeated": self.repeated.tolist(),
-            "counted_prompts": {
-                KIND_NAMES[kind]: {STRATEGIES[i]: list(keys)
-                                   for (k, i), keys in sorted(self._counted.items())
-                                   if k == kind and keys}
-                for kind in sorted({k for k, _ in self._counted})},
+            "counted_prompts": self._counted_state(),
             "worse": {KIND_NAMES[k]: sorted(v) for k, v in sorted(self._worse.items()) if v},
             "answer_lengths": self.lengths.state(),
             "vote_agreement": self.agreement.state(),
@@ -799,7 +804,11 @@ class LearnedPolicy(Policy):
             policy.current = [str(current.get(name, PRIOR_STRATEGY[name])) for name in KIND_NAMES]
             if any(s not in STRATEGIES for s in policy.current):
                 raise ValueError(f"unknown strategy in {current}")
-            for name in ("trials", "successes"):
+            # ``repeated`` is absent from a state written before prompts were keyed: every
+            # prompt is new to it.
+            for name in ("trials", "successes", "repeated"):
+                if name == "repeated" and state.get(name) is None:
+                    continue
                 value = np.array(state[name], float)
                 if value.shape != getattr(policy, name).shape:
                     raise ValueError(f"{name} has shape {value.shape}")
@@ -809,12 +818,6 @@ class LearnedPolicy(Policy):
             policy.exploring_decisions = int(state.get(
                 "exploring_decisions", policy.decisions if policy.trials.any() else 0))
             policy.switches = list(state.get("switches", []))
-            # A state written before prompts were keyed has none: every prompt is new to it.
-            if state.get("repeated") is not None:
-                repeated = np.array(state["repeated"], float)
-                if repeated.shape != policy.repeated.shape:
-                    raise ValueError(f"repeated has shape {repeated.shape}")
-                policy.repeated = repeated
             policy._counted = _counted_prompts(state.get("counted_prompts") or {})
             # Verdicts of past looks; a state written before looks existed has none, and its
             # alternatives are judged again at their next look.

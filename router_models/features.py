@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.utils import murmurhash3_32
 
 from router_models.prompt import content_text, prompt_text
-from router_models.steps import state_steps
+from router_models.steps import NAMED_OPTION, state_steps
 
 # 2**14 buckets: collisions cost little for a linear model of three heads, and the shipped
 # weights stay small (3 x 16384 float32 = 192 KiB).
@@ -50,8 +50,7 @@ _OPTION = re.compile(r"\([A-Ha-h]\)|(?:^|\n)\s*[A-H][.)]\s")
 # (``_option_marks``). They change the count of 18 of the 31,000 training prompts, all
 # read as choices already, so they move no shipped weight; without them such questions read
 # as numeric word problems, and "Option A: 41." as a step (held-out worlds of helper 49).
-_INLINE_OPTION = re.compile(r"(?<=[\s,;:])[A-H]\)(?=\s)"
-                            r"|\b(?:[Oo]ption|[Cc]hoice)\s+[A-H]\b(?=\s*[:.)])")
+_INLINE_OPTION = re.compile(r"(?<=[\s,;:])[A-H]\)(?=\s)|" + NAMED_OPTION)
 _YEAR = re.compile(r"\b(?:1[5-9]\d\d|20\d\d)\b")
 _QUOTE = re.compile(r"\"[^\"]{2,}\"|“[^”]{2,}”")
 _MONEY_CHARS = ("$", "€", "£", "%")

@@ -27,10 +27,11 @@ from router_models.quantities import numerals
 _CLAUSE = re.compile(r"(?<=[.!?;:])\s+|\n+|,\s*(?:and\s+)?then\s+|,\s+and\s+|\s+and\s+then\s+"
                      r"|(?:,\s*|\s+)(?=(?:how|what|which|who|when|where)\s)", re.IGNORECASE)
 _OPTION_LINE = re.compile(r"^\s*\(?[A-Ha-h][.)]\s")
+# An option named in words: "Option A: 41.", "Choice B)" (``features`` counts them too).
+NAMED_OPTION = r"\b(?:[Oo]ption|[Cc]hoice)\s+[A-H]\b(?=\s*[:.)])"
 # A line listing options side by side: "A) 20 B) 200 C) 2000", "(A) cat (B) dog",
 # "Option A: 41. Option B: 45.".
-_OPTION_MARK = re.compile(r"(?:^|\s)\(?[A-H][.)](?=\s)"
-                          r"|\b(?:[Oo]ption|[Cc]hoice)\s+[A-H]\b(?=\s*[:.)])")
+_OPTION_MARK = re.compile(r"(?:^|\s)\(?[A-H][.)](?=\s)|" + NAMED_OPTION)
 _WORD = re.compile(r"[a-z]+")
 # An arithmetic operator between two operands: "3 + 4", "(2 * 5)", "12/4".
 _EXPRESSION_OPERATOR = re.compile(r"(?<=[\d)])\s*[-+*/×÷^]\s*(?=[\d(])")

@@ -272,7 +272,10 @@ def record(call: Call, status: str) -> None:
         propensity=propensity(call),
         controls={"strategy": call.routed.controls.strategy,
                   "budget_tokens": call.routed.controls.budget_tokens or call.routed.max_tokens},
-        prompt_key=_prompt_key_of(call.routed.body),
+        # Only a logged decision with scores can teach the learner (service.learning skips
+        # the rest), so only it pays for hashing the prompt, images included.
+        prompt_key=(_prompt_key_of(call.routed.body) if call.scores is not None
+                    and call.reporter.request_log is not None else None),
     ))
 
 

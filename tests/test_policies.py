@@ -29,6 +29,7 @@ from router_models.policies.learned import (
 from router_models.policies.prior import (
     KIND_NAMES,
     PRIOR_STRATEGY,
+    fit_cap,
     fit_vote,
     mean_spend,
     read_search,
@@ -299,6 +300,22 @@ def test_fit_vote_never_shortens_samples_below_an_answer():
     assert plan.strategy == "sequential" and plan.budget_tokens == 256
     wide = fit_vote(Plan("parallel_vote", 2000, width=8, depth_tokens=250), answer_tokens=200)
     assert wide.strategy == "parallel_vote" and wide.depth_tokens == 250 and wide.width == 8
+
+
+def test_a_capped_search_keeps_its_retrieval_calls_and_shortens_its_room():
+    # A search whose chain room (sized from a long answer) reaches the cap: the room is not
+    # spend, the retrieval calls are what the strategy is for, so the room gives way.
+    plan = Plan("search", 4200 + 2 * 64, depth_tokens=4200, search_calls=3)
+    capped = fit_cap(plan, 4096, answer_tokens=640)
+    assert capped.search_calls == 3
+    assert capped.depth_tokens == 4096 - 2 * 64 and capped.budget_tokens == 4096
+    # A cap too small for every call and one complete answer (800 tokens with headroom)
+    # keeps the answer's room and the calls that fit beside it.
+    tight = fit_cap(plan, 900, answer_tokens=640)
+    assert tight.search_calls == 2 and tight.depth_tokens == 836 and tight.budget_tokens == 900
+    assert fit_cap(plan, 850, answer_tokens=640).search_calls == 1
+    # A plan within the cap is unchanged.
+    assert fit_cap(plan, 8000, answer_tokens=640) == plan
 
 
 def test_exploration_never_exceeds_its_share_over_10000_decisions():

@@ -310,14 +310,22 @@ def fit_vote(plan: Plan, answer_tokens: int, budget_tokens: int | None = None,
 def fit_cap(plan: Plan, cap: int | None, answer_tokens: int) -> Plan:
     """``plan`` within a request's cap of ``cap`` completion tokens (None: unchanged): a vote
     keeps the samples that fit whole (``fit_vote``), a chain or direct answer gets at most the
-    cap, a search keeps the retrieval calls the cap leaves room for."""
+    cap, a search keeps the retrieval calls that leave its answer one sample's room
+    (``sample_tokens(answer_tokens)``) and gives its answer the rest.
+
+    A search's answer is a chain whose cap is room, not spend (``size_plan``), while its
+    retrieval calls are what the strategy is for: so the room gives way first. (It used to
+    be the calls: a kind whose answers grew long got a room at the cap and one call, and lost
+    accuracy to feedback; tune seeds 100-199 of bench/policy_sim.py, SIMULATION.)"""
     if cap is None or (plan.budget_tokens is not None and plan.budget_tokens <= cap):
         return plan
     if plan.strategy == "parallel_vote":
         return fit_vote(plan, answer_tokens, cap)
     if plan.strategy == "search":
-        depth = min(plan.depth_tokens or cap, cap)
-        calls = max(1, min(plan.search_calls, 1 + (cap - depth) // QUERY_TOKENS))
+        room = min(plan.depth_tokens or cap, cap)
+        needed = min(room, sample_tokens(answer_tokens))
+        calls = max(1, min(plan.search_calls, 1 + (cap - needed) // QUERY_TOKENS))
+        depth = min(room, cap - QUERY_TOKENS * (calls - 1))
         return dataclasses.replace(plan, budget_tokens=cap, depth_tokens=depth,
                                    search_calls=calls)
     return dataclasses.replace(plan, budget_tokens=cap, depth_tokens=cap)

@@ -65,6 +65,7 @@ from service.protocol import RoutedRequest
 from service.search.base import SearchError, question_query
 from service.search.local import LocalIndex, index_path
 from service.settings import Settings, SettingsError
+from service.strategies.base import client_chose_sampling
 from service.upstream import Backend
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,6 @@ def greedy_vote_as_chain(plan: Plan, body: dict[str, Any]) -> Plan:
 
 
 CHAINS = ("direct", "sequential", "search")  # the strategies that run one chain
-SAMPLING_FIELDS = ("temperature", "top_p")  # a client that sets either chose how to sample
 
 
 def greedy_chain(plan: Plan, body: dict[str, Any], temperature: float | None) -> Plan:
@@ -106,8 +106,7 @@ def greedy_chain(plan: Plan, body: dict[str, Any], temperature: float | None) ->
     ``python -m bench.bank_findings``, section e). Votes keep sampling
     (self-consistency needs different paths, Wang et al. 2023). A chat UI's "regenerate"
     then repeats the answer unless it sends a temperature, as with any greedy backend."""
-    if (temperature is None or plan.strategy not in CHAINS
-            or any(body.get(name) is not None for name in SAMPLING_FIELDS)):
+    if temperature is None or plan.strategy not in CHAINS or client_chose_sampling(body):
         return plan
     why = f"one chain at temperature {temperature:g} (chain_temperature)"
     return dataclasses.replace(plan, temperature=float(temperature),

@@ -236,6 +236,10 @@ class Settings(BaseSettings):
     # those agree, the rest cannot change the answer (a vote of 3 settled by 2 agreeing
     # samples spends two thirds), at the latency of one more wave when they disagree.
     vote_majority_first: bool = True
+    # A vote whose sampling the gateway chooses (the client set neither temperature nor top_p)
+    # draws its first sample greedily (temperature 0) and the rest sampled; ties go to the
+    # first answer seen, so to the greedy one (parallel_vote.py, "greedy first").
+    vote_greedy_first: bool = True
     vote_stop_threshold: float = Field(0.9, gt=0, le=1)
     answer_reserve_tokens: int = Field(64, ge=0)
     # How long (s) a backend seen generating past max_tokens has its strategy calls streamed

@@ -279,6 +279,23 @@ def routed(run: Any, strategy: str, budget: int, **extra: Any) -> dict[str, Any]
     return {**ask(run, **extra), "router": {"strategy": strategy, "budget_tokens": budget}}
 
 
+async def test_a_greedy_first_vote_replays_the_greedy_chain_then_samples() -> None:
+    transport = Recording()
+    reply = await gateway(routed(CHAIN, "parallel_vote", 4 * 64, seed=0), transport,
+                          vote_width=4, vote_first_wave=4, vote_majority_first=False)
+    assert reply.status_code == 200, reply.text
+    router = reply.json()["router"]
+    assert router["greedy_first"] is True and router["samples"] == 4
+    sent = sorted((body["temperature"], body.get("n", 1)) for body, _ in transport.calls)
+    assert sent == [(0.0, 1), (0.7, 3)]
+    greedy_reply = next(r for body, r in transport.calls if body["temperature"] == 0.0)
+    assert greedy_reply.json()["choices"][0]["message"]["content"] == "".join(CHAIN.greedy.tokens)
+    # The greedy chain says 16, as the recorded samples' majority does: one more vote for it.
+    assert router["winner"] == "16" and router["votes"]["16"] >= 2
+    served = sum(r.json()["usage"]["completion_tokens"] for _, r in transport.calls)
+    assert reply.json()["usage"]["completion_tokens"] == served
+
+
 async def test_direct_through_the_gateway_counts_the_replayed_tokens() -> None:
     transport = Recording()
     reply = await gateway(routed(MC, "direct", 64, temperature=0, max_tokens=6), transport)
@@ -293,7 +310,7 @@ async def test_parallel_vote_through_the_gateway_votes_on_recorded_samples() -> 
     transport = Recording()
     reply = await gateway(routed(CHAIN, "parallel_vote", 4 * 64, seed=0), transport,
                           vote_width=4, vote_first_wave=4,
-                          vote_majority_first=False)
+                          vote_majority_first=False, vote_greedy_first=False)
     assert reply.status_code == 200, reply.text
     router = reply.json()["router"]
     # Samples 0 and 2 say 16, sample 1 says 18, and the cut sample 3 ends on "= 16, so the

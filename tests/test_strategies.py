@@ -227,12 +227,48 @@ async def test_all_samples_failing_is_a_502():
 async def test_vote_temperature_defaults_but_client_fields_reach_every_sample():
     llm = ScriptedLLM(answers("The answer is 1."))
     await post(llm, vote(stop=["\n\n"], seed=3, response_format={"type": "text"}),
-               vote_width=2)
+               vote_width=2, vote_greedy_first=False)
     assert all(b["temperature"] == 0.7 and b["stop"] == ["\n\n"] and
                b["response_format"] == {"type": "text"} for b in llm.requests)
     llm = ScriptedLLM(answers("The answer is 1."))
     await post(llm, vote(temperature=1.1), vote_width=2)
     assert all(b["temperature"] == 1.1 for b in llm.requests)
+
+
+async def test_a_vote_draws_its_first_sample_greedily_when_the_client_chose_no_sampling():
+    llm = ScriptedLLM(answers("The answer is 1."))
+    reply = await post(llm, vote(stop=["\n\n"]), vote_width=3, vote_first_wave=3,
+                       vote_majority_first=False)
+    assert reply.json()["router"]["greedy_first"] is True
+    sent = sorted((b["temperature"], b.get("n", 1)) for b in llm.requests)
+    assert sent == [(0.0, 1), (0.7, 2)]
+    assert all(b["stop"] == ["\n\n"] for b in llm.requests)
+    # A client that chose how to sample (temperature or top_p) gets only what it chose.
+    for chosen in ({"temperature": 0.9}, {"top_p": 0.5}):
+        llm = ScriptedLLM(answers("The answer is 1."))
+        reply = await post(llm, vote(**chosen), vote_width=3, vote_first_wave=3,
+                           vote_majority_first=False)
+        assert reply.json()["router"]["greedy_first"] is False
+        assert all(b.get("temperature") != 0.0 for b in llm.requests)
+
+
+async def test_a_tie_goes_to_the_greedy_sample():
+    # The greedy call says 7; the two sampled ones say 8 and 9: a three-way tie.
+    def script(i, body):
+        if body["temperature"] == 0.0:
+            return "The answer is 7."
+        return "The answer is 8." if i % 2 else "The answer is 9."
+
+    llm = ScriptedLLM(script, honours_n=False)
+    reply = await post(llm, vote(), vote_width=3, vote_first_wave=3,
+                       vote_majority_first=False, supports_n=False)
+    router = reply.json()["router"]
+    assert set(router["votes"]) == {"7", "8", "9"} and router["winner"] == "7"
+    # Two sampled answers that agree outvote it.
+    llm = ScriptedLLM(lambda i, body: "The answer is 7." if body["temperature"] == 0.0
+                      else "The answer is 8.")
+    reply = await post(llm, vote(), vote_width=3, vote_first_wave=3, vote_majority_first=False)
+    assert reply.json()["router"]["winner"] == "8"
 
 
 async def test_votes_are_weighted_by_confidence_when_logprobs_come_back():

@@ -24,6 +24,7 @@ from service.settings import Settings
 from service.upstream import Accounting, Backend, UpstreamClient
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions"}
+SAMPLING_FIELDS = ("temperature", "top_p")  # a client that sets either chose how to sample
 
 
 @dataclass
@@ -307,3 +308,9 @@ def structured_output(body: dict[str, Any]) -> bool:
     response_format = body.get("response_format")
     return isinstance(response_format, dict) and response_format.get("type") in (
         "json_object", "json_schema")
+
+
+def client_chose_sampling(body: dict[str, Any]) -> bool:
+    """True when the client set ``temperature`` or ``top_p`` (a null reads as unset, as in
+    OpenAI's API): then the gateway keeps its sampling as sent."""
+    return any(body.get(name) is not None for name in SAMPLING_FIELDS)

@@ -8,6 +8,20 @@ then ``vote_wave`` at a time, and after each wave the Beta stopping rule
 (``router_models.voting.is_settled``) decides whether more samples could change the answer.
 Each sample's final answer is extracted and normalised (``router_models.answers``); samples
 without one do not vote; votes are weighted by confidence when the backend returns logprobs.
+
+**Greedy first** (``vote_greedy_first``, on by default). When the gateway chooses how the
+vote samples (the client set neither ``temperature`` nor ``top_p``), its first sample is the
+greedy decode (temperature 0) and the rest are sampled at ``DEFAULT_VOTE_TEMPERATURE``; ties
+go to the answer seen first, so to the greedy one. A small model's sampled chains are worse
+than its greedy chain, and a vote of them can lose to the one chain it was meant to improve.
+On the outcome bank (Qwen2.5-Coder-0.5B, 997 runs, ``python -m bench.greedy_first``, 7 Dec
+2026), with samples of 512 tokens: a vote of 3 right on 32.8% plain, 36.1% greedy first (+3.3
+points, paired 95% [+0.6, +6.0], McNemar p = 0.023; the greedy chain alone 33.8%); of 5,
+36.6% against 39.2% (+2.6, p = 0.033); of 8, +0.4 (p = 0.77); with samples of 256 tokens, of
+3, +3.4 (p = 0.007). Two samples that agree against the greedy answer still outvote it, so
+the vote keeps what self-consistency buys; a model whose samples are as good as its greedy
+chain loses nothing but one sample's diversity.
+
 The reply is the best sample that gave the winning answer, as a normal completion, with the
 vote in ``router.votes``. When every sample drawn was cut by its cap before stating an answer,
 the tokens of the undrawn samples buy one chain instead (``sequential.run_chain``), which is
@@ -31,6 +45,7 @@ from service import sse
 from service.errors import GatewayError, UpstreamError, error_json
 from service.strategies.base import (
     Call,
+    client_chose_sampling,
     conform_choice,
     reply_cap,
     router_info,
@@ -95,6 +110,7 @@ async def run_vote(call: Call) -> Sample:
     depth = depth_tokens(call)
     overrides = None if call.routed.body.get("temperature") is not None else {
         "temperature": DEFAULT_VOTE_TEMPERATURE}
+    greedy_first = settings.vote_greedy_first and not client_chose_sampling(call.routed.body)
     # "C) 12" reads as the option C only when the prompt offers lettered options.
     options = lettered_options(_prompt_of(call))
     structured = structured_output(call.routed.body)
@@ -107,8 +123,11 @@ async def run_vote(call: Call) -> Sample:
     while drawn < plan.width:
         wave = min(first_wave(plan.width, settings) if drawn == 0 else settings.vote_wave,
                    plan.width - drawn)
-        new, failed = await draw(call, wave, depth, first_sample=drawn,
-                                 body_overrides=overrides)
+        if drawn == 0 and greedy_first:
+            new, failed = await _draw_greedy_first(call, wave, depth, overrides)
+        else:
+            new, failed = await draw(call, wave, depth, first_sample=drawn,
+                                     body_overrides=overrides)
         if not new and not failed:
             break  # the budget is spent
         drawn += wave
@@ -163,6 +182,7 @@ async def run_vote(call: Call) -> Sample:
         "failed_samples": len(failures),
         "cut_samples": sum(s.finish_reason == "length" for s in samples),
         "depth_tokens": depth,
+        "greedy_first": greedy_first,
     })
     if no_answer:
         call.report["no_answer"] = True
@@ -176,6 +196,22 @@ async def run_vote(call: Call) -> Sample:
             call.vote_first_agrees = False
         return chain
     return _best_sample(samples, ballots, best)
+
+
+async def _draw_greedy_first(call: Call, count: int, depth: int,
+                             overrides: dict[str, Any] | None
+                             ) -> tuple[list[Sample], list[GatewayError]]:
+    """A vote's first wave of ``count`` samples of ``depth`` tokens with its first sample
+    greedy: one call at temperature 0 beside ``count - 1`` sampled ones (``overrides``), the
+    greedy sample first in the list, so that a tie goes to its answer (``voting.winner``:
+    ties go to the answer seen first). Returns the samples and the failed calls' errors."""
+    greedy = draw(call, 1, depth, first_sample=0,
+                  body_overrides={**(overrides or {}), "temperature": 0.0})
+    if count <= 1:
+        return await greedy
+    (first, first_failed), (rest, rest_failed) = await asyncio.gather(
+        greedy, draw(call, count - 1, depth, first_sample=1, body_overrides=overrides))
+    return first + rest, first_failed + rest_failed
 
 
 # A chain replaces a cut vote's undrawn samples only when its cap is at least this many times

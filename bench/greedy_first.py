@@ -1,0 +1,110 @@
+"""Greedy first: a vote whose first sample is the greedy chain, against a plain vote and
+against the greedy chain alone, read straight from an outcome bank (no gateway, no model).
+
+Per sample depth ``L`` (tokens) and vote width ``k``, on every run of the bank:
+
+- ``greedy``: the greedy chain cut at ``L`` (read leniently, as the evaluation reads a chain);
+- ``vote k``: a majority vote of the first ``k`` recorded samples (temperature 0.7), each cut
+  at ``L``;
+- ``greedy + k-1``: the greedy chain and the first ``k - 1`` samples, each cut at ``L``; ties
+  go to the answer seen first, the greedy one (``router_models.voting.winner``), as in the
+  gateway's votes with ``vote_greedy_first`` (``service.strategies.parallel_vote``).
+
+A sample cut before it stated an answer casts no vote (``bench.bank_figures.ballot_answer``).
+Intervals are Wilson 95%; differences are paired on the same runs (bootstrap 95% interval,
+McNemar exact p; ``service.evaluation.analysis.paired_difference``). Every arm spends about
+``k`` samples' tokens, so the comparison is at equal width, not at equal tokens
+(``bench/bank_findings.py`` compares votes with one chain at equal tokens).
+
+Usage: ``python -m bench.greedy_first [--bank PATH] [--depths 256,512] [--widths 3,5,8]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.bank_figures import Cell, ballot_answer, cut_answer, right
+from bench.bank_findings import paired
+from bench.options import load_bank, token_budgets
+from router_models.bank import BankRun, BankSample
+from router_models.voting import Ballot, tally, winner
+
+
+def vote_of(run: BankRun, samples: Sequence[BankSample], depth: int) -> bool:
+    """Whether the majority of ``samples`` cut at ``depth`` tokens is right; ties go to the
+    answer of the earliest sample among the tied."""
+    return right(run, winner(tally(Ballot(ballot_answer(run, s, depth)) for s in samples)))
+
+
+def arms(run: BankRun, depth: int, width: int) -> tuple[bool, bool, bool]:
+    """(greedy, plain vote of ``width``, greedy first then ``width - 1`` samples) right on
+    ``run`` at ``depth`` tokens a sample.
+
+    Raises:
+        ValueError: the run holds fewer than ``width`` samples.
+    """
+    if len(run.samples) < width:
+        raise ValueError(f"{run.key}: {len(run.samples)} samples, a vote of {width} needs more")
+    greedy = right(run, cut_answer(run, run.greedy, depth))
+    plain = vote_of(run, run.samples[:width], depth)
+    first = vote_of(run, [run.greedy, *run.samples[:width - 1]], depth)
+    return greedy, plain, first
+
+
+def table(runs: Sequence[BankRun], depths: Sequence[int], widths: Sequence[int]) -> str:
+    """The markdown table of every depth and width, all runs pooled."""
+    lines = ["| depth (tokens) | width | n | greedy % | plain vote % | greedy first % | "
+             "greedy first - plain, points | greedy first - greedy, points |",
+             "| ---: | ---: | ---: | --- | --- | --- | --- | --- |"]
+    for depth in depths:
+        for width in widths:
+            usable = [r for r in runs if len(r.samples) >= width]
+            outcomes = [arms(r, depth, width) for r in usable]
+            greedy, plain, first = (list(column) for column in zip(*outcomes, strict=True))
+            n = len(usable)
+            lines.append(
+                f"| {depth} | {width} | {n} | {Cell(sum(greedy), n).render()} | "
+                f"{Cell(sum(plain), n).render()} | {Cell(sum(first), n).render()} | "
+                f"{paired(first, plain).render()} | {paired(first, greedy).render()} |")
+    return "\n".join(lines)
+
+
+def per_suite(runs: Sequence[BankRun], depth: int, width: int) -> str:
+    """The markdown table per suite at one depth and width."""
+    lines = [f"| suite | n | greedy % | plain vote of {width} % | greedy first % |",
+             "| --- | ---: | --- | --- | --- |"]
+    suites = sorted({r.suite for r in runs})
+    for suite in suites:
+        usable = [r for r in runs if r.suite == suite and len(r.samples) >= width]
+        outcomes = [arms(r, depth, width) for r in usable]
+        n = len(usable)
+        if not n:
+            continue
+        counts = [sum(o[i] for o in outcomes) for i in range(3)]
+        lines.append(f"| {suite} | {n} | " + " | ".join(Cell(c, n).render() for c in counts)
+                     + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bank", type=Path, default=None,
+                        help="outcome bank folder (default: the shipped one)")
+    parser.add_argument("--depths", type=token_budgets, default=(256, 512),
+                        help="tokens per sample, comma-separated (default 256,512)")
+    parser.add_argument("--widths", type=token_budgets, default=(3, 5, 8),
+                        help="vote widths, comma-separated (default 3,5,8)")
+    args = parser.parse_args(argv)
+    bank = load_bank(parser, args.bank)
+    runs = [r for r in bank.runs if r.samples]
+    print(f"Greedy first on the outcome bank: {len(runs)} runs "
+          f"({', '.join(f'{s} {n}' for s, n in sorted(bank.suites().items()))})\n")
+    print(table(runs, args.depths, args.widths))
+    print(f"\nPer suite, {max(args.depths)} tokens a sample, vote of 5:\n")
+    print(per_suite(runs, max(args.depths), 5))
+
+
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,10 @@ Per sample depth ``L`` (tokens) and vote width ``k``, on every run of the bank:
   go to the answer seen first, the greedy one (``router_models.voting.winner``), as in the
   gateway's votes with ``vote_greedy_first`` (``service.strategies.parallel_vote``).
 
+And early stopping on greedy-first votes of 8 (whole samples): the gateway's default rule
+(``bench.bank_stopping.default_rules``) replayed on the greedy chain then 7 samples, against
+the same rule on 8 samples and the fixed votes.
+
 A sample cut before it stated an answer casts no vote (``bench.bank_figures.ballot_answer``).
 Intervals are Wilson 95%; differences are paired on the same runs (bootstrap 95% interval,
 McNemar exact p; ``service.evaluation.analysis.paired_difference``). Every arm spends about
@@ -27,6 +31,7 @@ from pathlib import Path
 
 from bench.bank_figures import Cell, ballot_answer, cut_answer, right
 from bench.bank_findings import paired
+from bench.bank_stopping import FULL, default_rules, sample_answers
 from bench.options import load_bank, token_budgets
 from router_models.bank import BankRun, BankSample
 from router_models.voting import Ballot, tally, winner
@@ -88,6 +93,34 @@ def per_suite(runs: Sequence[BankRun], depth: int, width: int) -> str:
     return "\n".join(lines)
 
 
+def stopping(runs: Sequence[BankRun], width: int = 8) -> str:
+    """The gateway's default stopping rule on plain and greedy-first votes of ``width`` whole
+    samples: accuracy, mean samples read and the saving against the fixed vote, as markdown."""
+    rule = default_rules(width)[1]
+    usable = [r for r in runs if len(r.samples) >= width]
+    lines = [f"| vote of {width} | fixed % | stopped by the gateway's rule % | samples read | "
+             "saving |", "| --- | --- | --- | ---: | ---: |"]
+    for name in ("plain", "greedy first"):
+        fixed, stopped, read = [], [], []
+        for run in usable:
+            answers = sample_answers(run)[:width]
+            pool = list(run.samples[:width])
+            if name == "greedy first":
+                answers = [ballot_answer(run, run.greedy, FULL), *answers[:width - 1]]
+                pool = [run.greedy, *pool[:width - 1]]
+            used, counts = rule.replay(answers, [s.conf_min for s in pool],
+                                       [s.lp_mean for s in pool])
+            fixed.append(right(run, winner(tally(Ballot(a) for a in answers))))
+            stopped.append(right(run, winner(counts)))
+            read.append(used)
+        n = len(usable)
+        mean_read = sum(read) / max(1, n)
+        lines.append(f"| {name} | {Cell(sum(fixed), n).render()} | "
+                     f"{Cell(sum(stopped), n).render()} | {mean_read:.2f} | "
+                     f"{width / max(mean_read, 1e-9):.2f}x |")
+    return f"{rule.name}:\n\n" + "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bank", type=Path, default=None,
@@ -104,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table(runs, args.depths, args.widths))
     print(f"\nPer suite, {max(args.depths)} tokens a sample, vote of 5:\n")
     print(per_suite(runs, max(args.depths), 5))
+    print("\nEarly stopping, whole samples: " + stopping(runs))
 
 
 if __name__ == "__main__":

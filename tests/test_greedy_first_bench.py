@@ -1,0 +1,40 @@
+"""``bench/greedy_first.py`` on the bank fixture: the arms it compares and the tables it prints."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from bench import greedy_first
+from router_models.bank import Bank
+
+FIXTURE = Path(__file__).parent / "bank_fixture"
+CHAIN = Bank.load(FIXTURE).runs[0]  # greedy 16 (right); samples 16, 18, 16 and one cut
+
+
+def test_the_greedy_answer_breaks_a_tie_and_two_samples_outvote_it():
+    # Greedy first with 2 samples: greedy 16, samples 16 and 18: 16 wins, right.
+    assert greedy_first.arms(CHAIN, 512, 3) == (True, True, True)
+    # The samples reordered so the two sampled ballots are 18 and a cut one: 16 against 18
+    # is a tie, which the greedy answer, seen first, wins; the plain vote's first is 18.
+    reordered = dataclasses.replace(CHAIN, samples=(CHAIN.samples[1], CHAIN.samples[3],
+                                                    CHAIN.samples[0], CHAIN.samples[2]))
+    greedy, plain, first = greedy_first.arms(reordered, 512, 3)
+    assert (greedy, plain, first) == (True, False, True)
+    # Two samples saying 18 against the greedy 16 elect 18.
+    wrong = dataclasses.replace(CHAIN, samples=(CHAIN.samples[1],) * 3)
+    assert greedy_first.arms(wrong, 512, 3) == (True, False, False)
+
+
+def test_a_vote_wider_than_the_run_is_refused():
+    with pytest.raises(ValueError, match="samples"):
+        greedy_first.arms(CHAIN, 512, 5)
+
+
+def test_the_script_prints_its_tables(capsys):
+    greedy_first.main(["--bank", str(FIXTURE), "--depths", "64,512", "--widths", "3"])
+    out = capsys.readouterr().out
+    assert "| 512 | 3 |" in out and "| 64 | 3 |" in out
+    assert "| greedy first |" in out and "saving" in out

@@ -3,8 +3,10 @@ the forced final answer, streaming, and the budget."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import httpx
 import pytest
 
 from tests.conftest import gateway_client, make_settings
@@ -269,6 +271,52 @@ async def test_a_tie_goes_to_the_greedy_sample():
                       else "The answer is 8.")
     reply = await post(llm, vote(), vote_width=3, vote_first_wave=3, vote_majority_first=False)
     assert reply.json()["router"]["winner"] == "8"
+
+
+@pytest.mark.parametrize("supports_n", [True, False])
+async def test_a_greedy_first_wave_short_of_budget_grants_the_greedy_sample_first(supports_n):
+    # budget_total_tokens leaves room for about two samples of 64 after the prompts: the
+    # greedy sample, which ties go to, is granted its whole depth first, and the sampled ones
+    # share what is left. The sampled call (n=2) used to reserve first and leave the greedy
+    # one 12 tokens, cut before its answer.
+    llm = ScriptedLLM(lambda i, body: "The answer is 7." if body["temperature"] == 0.0
+                      else " ".join(["step"] * 100))
+    body = {**QUESTION, "router": {"strategy": "parallel_vote", "budget_tokens": 3 * 64,
+                                   "budget_total_tokens": 150}}
+    reply = await post(llm, body, vote_width=3, vote_first_wave=3, vote_majority_first=False,
+                       supports_n=supports_n)
+    assert reply.status_code == 200, reply.text
+    greedy = [b for b in llm.requests if b["temperature"] == 0.0]
+    assert [b["max_tokens"] for b in greedy] == [64]
+    assert any(b["temperature"] == 0.7 for b in llm.requests)
+    assert reply.json()["router"]["winner"] == "7"
+    assert reply.json()["usage"]["total_tokens"] <= 150
+
+
+@pytest.mark.parametrize("supports_n", [True, False])
+async def test_a_greedy_first_wave_keeps_to_fanout_concurrency(supports_n):
+    # fanout_concurrency is the most calls one vote sends at once (llama_server sizes its
+    # slots by it): the greedy call counts against it with the sampled ones.
+    llm = ScriptedLLM(answers("The answer is 7."), honours_n=supports_n)
+    in_flight = peak = 0
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.01)
+            return llm._handle(request)
+        finally:
+            in_flight -= 1
+
+    settings = make_settings(vote_width=3, vote_first_wave=3, vote_majority_first=False,
+                             fanout_concurrency=1, supports_n=supports_n)
+    async with gateway_client(httpx.MockTransport(handle), settings) as client:
+        reply = await client.post("/v1/chat/completions", json=vote())
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["router"]["samples"] == 3 and reply.json()["router"]["greedy_first"]
+    assert peak == 1
 
 
 async def test_votes_are_weighted_by_confidence_when_logprobs_come_back():

@@ -123,11 +123,10 @@ async def run_vote(call: Call) -> Sample:
     while drawn < plan.width:
         wave = min(first_wave(plan.width, settings) if drawn == 0 else settings.vote_wave,
                    plan.width - drawn)
-        if drawn == 0 and greedy_first:
-            new, failed = await _draw_greedy_first(call, wave, depth, overrides)
-        else:
-            new, failed = await draw(call, wave, depth, first_sample=drawn,
-                                     body_overrides=overrides)
+        # Greedy first: the greedy sample comes first in the list, so a tie goes to its
+        # answer (``voting.winner``: ties go to the answer seen first).
+        new, failed = await draw(call, wave, depth, first_sample=drawn, body_overrides=overrides,
+                                 greedy_first=greedy_first and drawn == 0)
         if not new and not failed:
             break  # the budget is spent
         drawn += wave
@@ -196,22 +195,6 @@ async def run_vote(call: Call) -> Sample:
             call.vote_first_agrees = False
         return chain
     return _best_sample(samples, ballots, best)
-
-
-async def _draw_greedy_first(call: Call, count: int, depth: int,
-                             overrides: dict[str, Any] | None
-                             ) -> tuple[list[Sample], list[GatewayError]]:
-    """A vote's first wave of ``count`` samples of ``depth`` tokens with its first sample
-    greedy: one call at temperature 0 beside ``count - 1`` sampled ones (``overrides``), the
-    greedy sample first in the list, so that a tie goes to its answer (``voting.winner``:
-    ties go to the answer seen first). Returns the samples and the failed calls' errors."""
-    greedy = draw(call, 1, depth, first_sample=0,
-                  body_overrides={**(overrides or {}), "temperature": 0.0})
-    if count <= 1:
-        return await greedy
-    (first, first_failed), (rest, rest_failed) = await asyncio.gather(
-        greedy, draw(call, count - 1, depth, first_sample=1, body_overrides=overrides))
-    return first + rest, first_failed + rest_failed
 
 
 # A chain replaces a cut vote's undrawn samples only when its cap is at least this many times

@@ -3,11 +3,16 @@
 
 ``draw`` asks for ``count`` samples of at most ``max_tokens`` each. It uses the backend's
 ``n`` when the backend honours it, and concurrent single-choice calls otherwise (at most
-``fanout_concurrency`` in flight). Every call reserves its tokens from the ledger before it
-is sent and settles with what it cost after (``service.strategies.metered``: the backend's
-usage, else its tokenizer's count, else the grant; a failed call is charged what it may have
-generated), so calls in flight together never exceed the budget. Failed calls are dropped
-and returned as failures; the caller decides what "all failed" means.
+``fanout_concurrency`` calls in flight, an ``n`` call counting as one). Every call reserves
+its tokens from the ledger before it is sent and settles with what it cost after
+(``service.strategies.metered``: the backend's usage, else its tokenizer's count, else the
+grant; a failed call is charged what it may have generated), so calls in flight together
+never exceed the budget. Failed calls are dropped and returned as failures; the caller
+decides what "all failed" means.
+
+``greedy_first`` (a vote's first wave, ``parallel_vote``): the first sample is a call of its
+own at temperature 0, granted before the others, so that a ledger short of the whole wave
+shortens the sampled ones rather than the sample that ties go to.
 """
 
 from __future__ import annotations
@@ -40,17 +45,48 @@ class Sample:
 
 
 async def draw(call: Call, count: int, max_tokens: int, *, first_sample: int = 0,
-               body_overrides: dict[str, Any] | None = None,
+               body_overrides: dict[str, Any] | None = None, greedy_first: bool = False,
                ) -> tuple[list[Sample], list[GatewayError]]:
     """Draw up to ``count`` samples of at most ``max_tokens`` completion tokens each.
 
-    Fewer are drawn when the ledger cannot grant ``max_tokens`` to each. Returns the samples
-    and the errors of failed calls.
+    Fewer are drawn when the ledger cannot grant ``max_tokens`` to each. With
+    ``greedy_first``, sample ``first_sample`` is drawn at temperature 0 in a call of its own,
+    reserved before the others and listed first (module docstring). Returns the samples and
+    the errors of failed calls.
+
+    Raises:
+        InvalidRequest: the greedy sample's grant finds the budget too small for the request
+            (``Metered.reserve``); the other calls' errors are returned, not raised.
     """
+    gate = asyncio.Semaphore(call.settings.fanout_concurrency)
+    if not greedy_first or count < 1:
+        return await _draw(call, count, max_tokens, first_sample, body_overrides, gate)
+    greedy = _reserve(call, 1, max_tokens, first_sample,
+                      {**(body_overrides or {}), "temperature": 0.0})
+    if greedy is None:  # the ledger granted nothing: the budget is spent
+        return [], []
+
+    async def first() -> tuple[list[Sample], list[GatewayError]]:
+        async with gate:
+            try:
+                return await _send(call, greedy), []
+            except GatewayError as exc:
+                return [], [exc]
+
+    try:
+        (mine, mine_failed), (rest, rest_failed) = await asyncio.gather(
+            first(), _draw(call, count - 1, max_tokens, first_sample + 1, body_overrides, gate))
+    finally:
+        greedy.give_back_unsent()  # cancelled before it was sent: nothing to charge
+    return mine + rest, mine_failed + rest_failed
+
+
+async def _draw(call: Call, count: int, max_tokens: int, first_sample: int,
+                body_overrides: dict[str, Any] | None, gate: asyncio.Semaphore,
+                ) -> tuple[list[Sample], list[GatewayError]]:
     supports_n = call.registry.supports_n(call.backend)
     if count > 1 and supports_n is not False:
-        return await _draw_with_n(call, count, max_tokens, first_sample, body_overrides)
-    gate = asyncio.Semaphore(call.settings.fanout_concurrency)
+        return await _draw_with_n(call, count, max_tokens, first_sample, body_overrides, gate)
 
     async def one(sample: int) -> list[Sample]:
         async with gate:
@@ -62,32 +98,42 @@ async def draw(call: Call, count: int, max_tokens: int, *, first_sample: int = 0
 
 
 async def _draw_with_n(call: Call, count: int, max_tokens: int, first_sample: int,
-                       body_overrides: dict[str, Any] | None,
+                       body_overrides: dict[str, Any] | None, gate: asyncio.Semaphore,
                        ) -> tuple[list[Sample], list[GatewayError]]:
     try:
-        samples = await _call(call, count, max_tokens, first_sample, body_overrides)
+        async with gate:
+            samples = await _call(call, count, max_tokens, first_sample, body_overrides)
     except GatewayError as exc:
         return [], [exc]
     if not samples:  # the ledger granted nothing: the budget is spent
         return [], []
     if len(samples) < count:  # the backend ignores n: fill up with single calls
         call.registry.note_n_support(call.backend, False)
-        more, failures = await draw(call, count - len(samples), max_tokens,
-                                    first_sample=first_sample + len(samples),
-                                    body_overrides=body_overrides)
+        more, failures = await _draw(call, count - len(samples), max_tokens,
+                                     first_sample + len(samples), body_overrides, gate)
         return samples + more, failures
     call.registry.note_n_support(call.backend, True)
     return samples, []
 
 
-async def _call(call: Call, n: int, max_tokens: int, sample: int,
-                body_overrides: dict[str, Any] | None) -> list[Sample]:
+def _reserve(call: Call, n: int, max_tokens: int, sample: int,
+             body_overrides: dict[str, Any] | None) -> Metered | None:
+    """The body of one call of ``n`` choices, its grant reserved (None: nothing granted)."""
     body = request_body(call, max_tokens=max_tokens, n=n, sample=sample)
     if body_overrides:
         body.update(body_overrides)
-    metered = Metered.reserve(call, body, max_tokens, n)
+    return Metered.reserve(call, body, max_tokens, n)
+
+
+async def _call(call: Call, n: int, max_tokens: int, sample: int,
+                body_overrides: dict[str, Any] | None) -> list[Sample]:
+    metered = _reserve(call, n, max_tokens, sample, body_overrides)
     if metered is None:
         return []
+    return await _send(call, metered)
+
+
+async def _send(call: Call, metered: Metered) -> list[Sample]:
     data = await post_completion(call, metered)
     samples = [_sample(choice, data) for choice in data["choices"] if isinstance(choice, dict)]
     if not samples:  # counted; not "the budget is spent", which an empty list would read as

@@ -59,13 +59,17 @@ def arms(run: BankRun, depth: int, width: int) -> tuple[bool, bool, bool]:
 
 
 def table(runs: Sequence[BankRun], depths: Sequence[int], widths: Sequence[int]) -> str:
-    """The markdown table of every depth and width, all runs pooled."""
+    """The markdown table of every depth and width, all runs pooled (a width no run holds
+    gets a row of n = 0)."""
     lines = ["| depth (tokens) | width | n | greedy % | plain vote % | greedy first % | "
              "greedy first - plain, points | greedy first - greedy, points |",
              "| ---: | ---: | ---: | --- | --- | --- | --- | --- |"]
     for depth in depths:
         for width in widths:
             usable = [r for r in runs if len(r.samples) >= width]
+            if not usable:  # no run holds this many samples
+                lines.append(f"| {depth} | {width} | 0 | - | - | - | - | - |")
+                continue
             outcomes = [arms(r, depth, width) for r in usable]
             greedy, plain, first = (list(column) for column in zip(*outcomes, strict=True))
             n = len(usable)
@@ -114,10 +118,11 @@ def stopping(runs: Sequence[BankRun], width: int = 8) -> str:
             stopped.append(right(run, winner(counts)))
             read.append(used)
         n = len(usable)
-        mean_read = sum(read) / max(1, n)
+        # no run holds ``width`` samples: nothing was read, and no saving to divide by
+        read_cell = f"{sum(read) / n:.2f}" if n else "-"
+        saving = f"{width * n / sum(read):.2f}x" if n else "-"
         lines.append(f"| {name} | {Cell(sum(fixed), n).render()} | "
-                     f"{Cell(sum(stopped), n).render()} | {mean_read:.2f} | "
-                     f"{width / max(mean_read, 1e-9):.2f}x |")
+                     f"{Cell(sum(stopped), n).render()} | {read_cell} | {saving} |")
     return f"{rule.name}:\n\n" + "\n".join(lines)
 
 

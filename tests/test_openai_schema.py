@@ -3,7 +3,8 @@ envelope, checked against OpenAI's published OpenAPI schemas (``tests/openai_sch
 schemas cut from github.com/openai/openai-openapi, with their commit and version).
 
 The backend here is a scripted one that sends what llama.cpp's server sends: no ``refusal``
-and no ``logprobs`` in its choices, so the gateway's own conformance is what is checked.
+in its messages or its chat ``logprobs``, and ``logprobs`` only when asked, so the gateway's
+own conformance is what is checked.
 """
 
 from __future__ import annotations
@@ -72,9 +73,20 @@ def test_the_check_fails_on_a_message_without_refusal():
     assert list(validator("CreateChatCompletionResponse").iter_errors(bare))
 
 
+def _logprobs(words: list[str], chat: bool) -> dict[str, Any]:
+    """``words``' logprobs as llama.cpp's server sends them: chat's ``content`` list with no
+    ``refusal`` key, or the legacy completions lists."""
+    if chat:
+        return {"content": [{"token": w, "logprob": -0.5, "bytes": list(w.encode()),
+                             "top_logprobs": []} for w in words]}
+    return {"tokens": words, "token_logprobs": [-0.5] * len(words),
+            "top_logprobs": [{} for _ in words], "text_offset": list(range(len(words)))}
+
+
 class LlamaLike:
     """Chat and completions, streamed or not, in llama.cpp's server's shape (no ``refusal``,
-    no ``logprobs``); the i-th sample's text is ``script(i, body)``; one word a token."""
+    ``logprobs`` only when asked); the i-th sample's text is ``script(i, body)``; one word a
+    token."""
 
     def __init__(self, script: Callable[[int, dict[str, Any]], str]):
         self.script = script
@@ -104,6 +116,8 @@ class LlamaLike:
                 choice["message"] = {"role": "assistant", "content": text}
             else:
                 choice["text"] = text
+            if body.get("logprobs"):
+                choice["logprobs"] = _logprobs(words, chat)
             return httpx.Response(200, json={"id": "cmpl-1", "object": kind, "created": 1,
                                              "model": body["model"], "choices": [choice],
                                              "usage": usage})
@@ -112,7 +126,9 @@ class LlamaLike:
         events = []
         for j, word in enumerate(words):
             piece = word if j == 0 else " " + word
-            part = {"delta": {"content": piece}} if chat else {"text": piece}
+            part: dict[str, Any] = {"delta": {"content": piece}} if chat else {"text": piece}
+            if body.get("logprobs"):
+                part["logprobs"] = _logprobs([piece], chat)
             events.append({**base, "choices": [{"index": 0, **part, "finish_reason": None}]})
         end = {"delta": {}} if chat else {"text": ""}
         events.append({**base, "choices": [{"index": 0, **end, "finish_reason": finish}]})
@@ -167,6 +183,30 @@ async def test_chat_responses_and_chunks_of_every_strategy_conform(strategy, dat
             for chunk in chunks:
                 check("CreateChatCompletionStreamResponse", chunk)
             assert ("usage" in chunks[-1]) is include_usage
+
+
+@pytest.mark.parametrize("strategy", (*STRATEGIES, "auto"))
+async def test_chat_logprobs_of_every_strategy_conform(strategy, data_dir):
+    """A chat choice's ``logprobs`` holds ``content`` and ``refusal`` (both required, null
+    allowed), in replies and in chunks, whichever sample a strategy picks: llama.cpp and vLLM
+    send no ``refusal``."""
+    body = {"model": "auto", "messages": [{"role": "user", "content": "How many legs?"}],
+            "logprobs": True, "top_logprobs": 2,
+            "router": {"strategy": strategy, "budget_tokens": 1024}}
+    async with gateway_client(LlamaLike(_script).transport(),
+                              make_settings(data_dir=data_dir)) as client:
+        reply = await client.post("/v1/chat/completions", json=body)
+        assert reply.status_code == 200, reply.text
+        check("CreateChatCompletionResponse", reply.json())
+        assert reply.json()["choices"][0]["logprobs"]["content"]
+        stream = await client.post("/v1/chat/completions", json={
+            **body, "stream": True, "stream_options": {"include_usage": True}})
+        assert stream.status_code == 200, stream.text
+        chunks = _events(stream.text)
+        assert chunks and not any("error" in c for c in chunks), stream.text
+        for chunk in chunks:
+            check("CreateChatCompletionStreamResponse", chunk)
+        assert any(c.get("logprobs") for chunk in chunks for c in chunk["choices"])
 
 
 @pytest.mark.parametrize("strategy", ("direct", "parallel_vote", "sequential"))

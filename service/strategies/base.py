@@ -203,14 +203,27 @@ def router_info(call: Call) -> dict[str, Any]:
 def conform_choice(choice: dict[str, Any]) -> dict[str, Any]:
     """A response choice as OpenAI's schemas require it (``CreateChatCompletionResponse``,
     ``CreateCompletionResponse``): ``logprobs`` present (null when the backend sent none),
-    and a chat message's ``refusal`` present (null unless the backend gave one). Backends
-    such as llama.cpp leave both out; the SDKs tolerate it, strict clients do not."""
+    and a chat message's ``refusal`` present (null unless the backend gave one), in the
+    message and in its ``logprobs`` (``conform_chat_logprobs``). Backends such as llama.cpp
+    leave them out; the SDKs tolerate it, strict clients do not."""
     out = {**choice}
     out.setdefault("logprobs", None)
     message = out.get("message")
-    if isinstance(message, dict) and "refusal" not in message:
-        out["message"] = {**message, "refusal": None}
+    if isinstance(message, dict):
+        if "refusal" not in message:
+            out["message"] = {**message, "refusal": None}
+        out["logprobs"] = conform_chat_logprobs(out["logprobs"])
     return out
+
+
+def conform_chat_logprobs(logprobs: Any) -> Any:
+    """A chat choice's (or chunk choice's) ``logprobs`` with both keys OpenAI's schemas
+    require, ``content`` and ``refusal`` (null when absent: llama.cpp and vLLM send no
+    ``refusal``); anything but an object is returned as it is. Completions' legacy
+    ``logprobs`` (``tokens``, ``token_logprobs``, ...) must not pass through here."""
+    if not isinstance(logprobs, dict) or ("content" in logprobs and "refusal" in logprobs):
+        return logprobs
+    return {"content": None, "refusal": None, **logprobs}
 
 
 def usage_body(call: Call) -> dict[str, Any]:

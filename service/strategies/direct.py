@@ -36,7 +36,14 @@ import orjson
 from service import sse
 from service.errors import GatewayError, InvalidRequest, UpstreamError, error_json
 from service.protocol import prompt_count
-from service.strategies.base import Call, conform_choice, request_body, router_info, usage_body
+from service.strategies.base import (
+    Call,
+    conform_chat_logprobs,
+    conform_choice,
+    request_body,
+    router_info,
+    usage_body,
+)
 from service.strategies.capped import CutRule, charge_cut, cut_choices, cuts
 from service.strategies.metered import Metered, delta_text
 from service.strategies.sampling import choice_text, post_completion
@@ -392,8 +399,9 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
         state.usage_final = state.usage_final or isinstance(usage, dict)
         return None  # the usage chunk: one summed chunk is sent at the end instead
     changed = False
+    chat = call.routed.endpoint == "chat"
     if state.rule is not None:
-        choices, changed = cut_choices(state.rule, choices, call.routed.endpoint == "chat")
+        choices, changed = cut_choices(state.rule, choices, chat)
         if not choices:
             return None
         payload["choices"] = choices
@@ -412,6 +420,11 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
         if index != (choice.get("index") or 0):
             choice["index"] = index
             changed = True
+        if chat and isinstance(choice.get("logprobs"), dict):
+            conformed = conform_chat_logprobs(choice["logprobs"])
+            if conformed is not choice["logprobs"]:
+                choice["logprobs"] = conformed
+                changed = True
         generated = delta_text(choice)
         state.texts[index] = state.texts.get(index, "") + generated
         state.chunks += 1 if generated else 0

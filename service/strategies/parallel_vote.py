@@ -46,6 +46,7 @@ from service.errors import GatewayError, UpstreamError, error_json
 from service.strategies.base import (
     Call,
     client_chose_sampling,
+    conform_chat_logprobs,
     conform_choice,
     reply_cap,
     router_info,
@@ -379,7 +380,8 @@ def answer_chunks(call: Call, chosen: Sample) -> list[dict[str, Any]]:
     if chosen.choice.get("logprobs") is not None:
         # the one delta holds the whole answer, so it holds the whole answer's logprobs,
         # as the JSON reply of the same request does
-        content["logprobs"] = chosen.choice["logprobs"]
+        content["logprobs"] = (conform_chat_logprobs(chosen.choice["logprobs"]) if chat
+                               else chosen.choice["logprobs"])
     finish = {"index": 0, "delta": {}, "finish_reason": chosen.finish_reason} if chat else {
         "index": 0, "text": "", "finish_reason": chosen.finish_reason}
     chunks = [{**base, "choices": [content]}, {**base, "choices": [finish]}]

@@ -24,6 +24,7 @@ from service import sse
 from service.errors import GatewayError, UpstreamError, error_json
 from service.strategies.base import (
     Call,
+    conform_chat_logprobs,
     reply_cap,
     request_body,
     router_info,
@@ -325,8 +326,10 @@ def _take(call: Call, piece: _Piece, payload: Any) -> bytes | None:
     piece.text += text
     # The gateway's id and the chain's time on every chunk, the continuation's too: the
     # client reads one completion, not the two upstream calls behind it.
-    forwarded = {**payload, "id": piece.template["id"],
-                 "choices": [{**choice, "index": 0, "finish_reason": None}]}
+    forwarded_choice = {**choice, "index": 0, "finish_reason": None}
+    if "logprobs" in choice and call.routed.endpoint == "chat":
+        forwarded_choice["logprobs"] = conform_chat_logprobs(choice["logprobs"])
+    forwarded = {**payload, "id": piece.template["id"], "choices": [forwarded_choice]}
     if "created" in piece.template:
         forwarded["created"] = piece.template["created"]
     forwarded.pop("usage", None)

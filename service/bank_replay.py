@@ -500,14 +500,19 @@ async def _stream(config: ReplayConfig, request: SimRequest,
     def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         return b"data: " + json.dumps({**base, "choices": choices, **extra}).encode() + b"\n\n"
 
-    def piece(index: int, text: str, logprob: int | None) -> dict[str, Any]:
-        logprobs = None if logprob is None or not request.logprobs else {"content": [
-            {"token": text, "logprob": logprob / 100, "bytes": list(text.encode()),
-             "top_logprobs": []}]}
+    def piece(index: int, position: int, text: str, logprob: int | None) -> dict[str, Any]:
+        # each chunk's logprobs in its endpoint's shape, as _logprobs gives a whole reply's
         if chat:
+            logprobs = None if logprob is None or not request.logprobs else {"content": [
+                {"token": text, "logprob": logprob / 100, "bytes": list(text.encode()),
+                 "top_logprobs": []}]}
             return {"index": index, "delta": {"content": text}, "finish_reason": None,
                     "logprobs": logprobs}
-        return {"index": index, "text": text, "finish_reason": None, "logprobs": logprobs}
+        offset = sum(len(p) for p in reply.choices[index].pieces[:position])
+        legacy = None if logprob is None or not request.logprobs else {
+            "tokens": [text], "token_logprobs": [logprob / 100], "top_logprobs": [{}],
+            "text_offset": [offset]}
+        return {"index": index, "text": text, "finish_reason": None, "logprobs": legacy}
 
     await asyncio.sleep(config.ttft_s)
     if chat:
@@ -520,7 +525,8 @@ async def _stream(config: ReplayConfig, request: SimRequest,
             await asyncio.sleep(config.latency_per_token_s)
         for index, choice in enumerate(reply.choices):
             if position < len(choice.pieces) and not (chat and _is_tool(choice)):
-                yield event([piece(index, choice.pieces[position], choice.lp[position])])
+                yield event([piece(index, position, choice.pieces[position],
+                                   choice.lp[position])])
     for index, choice in enumerate(reply.choices):
         if chat and _is_tool(choice):
             call = _tool_call(choice)

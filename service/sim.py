@@ -337,8 +337,18 @@ def _filler(tokens: int) -> list[str]:
 
 
 def _logprobs(request: SimRequest, s: Sample) -> dict[str, Any] | None:
+    """The answer span's log-probability (one token) in the endpoint's shape: chat's
+    ``content`` list, or the legacy completions lists (``tokens``, ``token_logprobs``,
+    ``top_logprobs`` as token -> logprob, ``text_offset`` into the choice's text)."""
     if not request.logprobs:
         return None
+    if request.endpoint != "chat":
+        if s.answer is None:
+            return {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        stated = f"The answer is {s.answer}."
+        return {"tokens": [s.answer], "token_logprobs": [math.log(max(s.probability, 1e-12))],
+                "top_logprobs": [{a: math.log(max(p, 1e-12)) for a, p in s.alternatives}],
+                "text_offset": [" ".join(s.words).rfind(stated) + len("The answer is ")]}
     if s.answer is None:
         return {"content": []}
 

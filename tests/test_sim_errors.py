@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -133,3 +134,47 @@ async def test_the_plain_sim_answers_each_prompt_of_a_batch(stream: bool) -> Non
                                                               strict=True)] == [True] * 4
     for kind in ("prompt_tokens", "completion_tokens"):
         assert usage[kind] == sum(one["usage"][kind] for one in alone)
+
+
+def _legacy_logprobs(choices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The non-null ``logprobs`` of completions choices, each checked to be in the legacy
+    completions shape OpenAI's ``/v1/completions`` sends (``tokens``, ``token_logprobs``,
+    ``top_logprobs``, ``text_offset``; the chat shape's ``content`` is not it)."""
+    found = [c["logprobs"] for c in choices if c.get("logprobs") is not None]
+    for logprobs in found:
+        assert "content" not in logprobs, logprobs
+        assert set(logprobs) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"}
+        tokens = logprobs["tokens"]
+        assert tokens and all(isinstance(t, str) for t in tokens)
+        assert [isinstance(v, float) for v in logprobs["token_logprobs"]] == [True] * len(tokens)
+        assert len(logprobs["top_logprobs"]) == len(logprobs["text_offset"]) == len(tokens)
+        assert all(isinstance(top, dict) for top in logprobs["top_logprobs"])
+    return found
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("bank", [False, True], ids=["sim", "sim --bank"])
+async def test_completions_logprobs_come_in_the_completions_shape(bank: bool,
+                                                                  stream: bool) -> None:
+    # Both sims sent /v1/completions logprobs in the chat shape ({"content": [...]}), the
+    # bank's stream too: a client reading choices[0].logprobs.token_logprobs found nothing.
+    app = apps()[bank]
+    prompt = (Bank.load(FIXTURE).runs[1].prompt if bank
+              else "[[sim family=independent_mc difficulty=0 answer=B]] A, B, C or D?")
+    body = {"model": "m", "prompt": prompt, "max_tokens": 400, "temperature": 0,
+            "logprobs": 2, "stream": stream}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://sim.test") as client:
+        reply = await client.post("/v1/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    if stream:
+        events = [json.loads(line[6:]) for line in reply.text.splitlines()
+                  if line.startswith("data: {")]
+        choices = [c for event in events for c in event["choices"]]
+    else:
+        choices = reply.json()["choices"]
+    found = _legacy_logprobs(choices)
+    assert found, "logprobs were asked for"
+    text = "".join(c["text"] for c in choices)
+    for logprobs in found:
+        assert "".join(logprobs["tokens"]) in text

@@ -65,6 +65,12 @@ def choose_plan(routed: RoutedRequest, settings: Settings, backend: Backend,
         asked = "" if controls.strategy == "auto" else f"{strategy} asked, but "
         return Plan("direct", budget_tokens=controls.budget_tokens, reason=(
             f"{asked}the answer may be tool calls: answered directly"))
+    if (unnamed or strategy != "direct") and echoes(routed):
+        # The backend returns the prompt before each sample's text: a chain's continuation
+        # would echo the prompt and the chain again, and a vote would read the prompt's text.
+        asked = "" if controls.strategy == "auto" else f"{strategy} asked, but "
+        return Plan("direct", budget_tokens=controls.budget_tokens, reason=(
+            f"{asked}echo returns the prompt with the answer: answered directly"))
     if strategy != "direct" and routed.n > 1:
         raise InvalidRequest(f"n > 1 needs strategy direct, not {strategy}", param="n")
     if strategy != "direct" and prompt_list(routed):
@@ -103,6 +109,12 @@ def may_call_tools(routed: RoutedRequest) -> bool:
     """True when the answer may be tool calls (``tools`` given, ``tool_choice`` not none)."""
     tools = routed.body.get("tools") or routed.body.get("functions")
     return bool(tools) and routed.body.get("tool_choice") != "none"
+
+
+def echoes(routed: RoutedRequest) -> bool:
+    """True when a completions request sets ``echo`` (the reply's text starts with the
+    prompt)."""
+    return routed.endpoint == "completions" and routed.body.get("echo") is True
 
 
 def prompt_list(routed: RoutedRequest) -> bool:

@@ -86,7 +86,8 @@ def _logprobs(words: list[str], chat: bool) -> dict[str, Any]:
 class LlamaLike:
     """Chat and completions, streamed or not, in llama.cpp's server's shape (no ``refusal``,
     ``logprobs`` only when asked); the i-th sample's text is ``script(i, body)``; one word a
-    token."""
+    token. A completions ``echo`` puts the prompt before the text (in a stream, in the first
+    token's chunk), as vLLM does."""
 
     def __init__(self, script: Callable[[int, dict[str, Any]], str]):
         self.script = script
@@ -107,6 +108,8 @@ class LlamaLike:
         if cap is not None and len(words) > cap:
             words, finish = words[:cap], "length"
         text = " ".join(words)
+        if body.get("echo") and not chat:
+            text = body["prompt"] + text
         usage = {"prompt_tokens": 5, "completion_tokens": len(words),
                  "total_tokens": 5 + len(words)}
         kind = "chat.completion" if chat else "text_completion"
@@ -126,6 +129,8 @@ class LlamaLike:
         events = []
         for j, word in enumerate(words):
             piece = word if j == 0 else " " + word
+            if j == 0 and body.get("echo") and not chat:
+                piece = body["prompt"] + piece  # with the first token, as vLLM sends it
             part: dict[str, Any] = {"delta": {"content": piece}} if chat else {"text": piece}
             if body.get("logprobs"):
                 part["logprobs"] = _logprobs([piece], chat)
@@ -264,3 +269,25 @@ async def test_errors_conform_to_the_error_envelope():
     assert [r.status_code for r in replies] == [400, 400, 502, 400]
     for reply in replies:
         check("ErrorResponse", reply.json())
+
+
+@pytest.mark.parametrize("budget", [40, 300])
+@pytest.mark.parametrize("strategy", ("direct", "parallel_vote", "sequential", "auto"))
+async def test_an_echoed_prompt_comes_back_once_whatever_the_strategy(strategy, budget):
+    """``echo`` (completions) returns the prompt, then the completion. A chain that was cut
+    and continued sent its continuation prompt (prompt + chain) with ``echo`` too, and
+    returned the prompt three times; a vote counted answers in the echoed prompt."""
+    prompt = "Q: 2 + 2?\nA:"
+    long_chain = " ".join(["step"] * 50) + " The answer is 4."
+    body = {"model": "auto" if strategy == "auto" else "fake-model", "prompt": prompt,
+            "echo": True, "router": {"strategy": strategy, "budget_tokens": budget}}
+    async with gateway_client(LlamaLike(lambda i, b: long_chain).transport()) as client:
+        reply = await client.post("/v1/completions", json=body)
+        stream = await client.post("/v1/completions", json={**body, "stream": True})
+    assert reply.status_code == 200, reply.text
+    check("CreateCompletionResponse", reply.json())
+    text = reply.json()["choices"][0]["text"]
+    assert text.startswith(prompt) and text.count(prompt) == 1, text
+    assert reply.json()["router"]["strategy"] == "direct"
+    streamed = "".join(c["text"] for chunk in _events(stream.text) for c in chunk["choices"])
+    assert streamed.startswith(prompt) and streamed.count(prompt) == 1, streamed

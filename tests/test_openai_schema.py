@@ -227,11 +227,13 @@ async def test_completions_responses_and_chunks_of_every_strategy_conform(strate
         chunks = _events(stream.text)
         assert chunks and not any("error" in c for c in chunks), stream.text
         # The document has no schema for legacy completion chunks (OpenAI's own carry
-        # ``finish_reason: null`` until the last one, which CreateCompletionResponse forbids):
-        # the last content chunk, once complete, is a CreateCompletionResponse.
-        last = [c for c in chunks if c["choices"]][-1]
-        check("CreateCompletionResponse", {
-            **last, "choices": [{"logprobs": None, **c} for c in last["choices"]]})
+        # ``finish_reason: null`` until the last one, which CreateCompletionResponse forbids;
+        # the SDK reads them as ``Completion``): every chunk with its finish reason filled in
+        # is a CreateCompletionResponse, its choices' ``logprobs`` present (null when not
+        # asked), as OpenAI sends them.
+        for chunk in chunks[:-1]:
+            check("CreateCompletionResponse", {**chunk, "choices": [
+                {**c, "finish_reason": c["finish_reason"] or "stop"} for c in chunk["choices"]]})
         assert "usage" in chunks[-1]
 
 

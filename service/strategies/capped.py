@@ -147,7 +147,7 @@ def cut_choices(rule: CutRule, choices: list[dict[str, Any]],
             changed = True
     for index in newly:
         if index not in present:
-            empty: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
+            empty: dict[str, Any] = {"delta": {}} if chat else {"text": "", "logprobs": None}
             kept.append({"index": index, **empty, "finish_reason": "length"})
             changed = True
     return kept, changed

@@ -425,6 +425,9 @@ def _rewrite_chunk(call: Call, state: _StreamState, payload: Any, data: str,
             if conformed is not choice["logprobs"]:
                 choice["logprobs"] = conformed
                 changed = True
+        elif not chat and "logprobs" not in choice:
+            choice["logprobs"] = None  # OpenAI's completions chunks always carry the key
+            changed = True
         generated = delta_text(choice)
         state.texts[index] = state.texts.get(index, "") + generated
         state.chunks += 1 if generated else 0

@@ -356,8 +356,10 @@ async def _stream_when_done(call: Call, task: asyncio.Task[Sample],
 
 def answer_chunks(call: Call, chosen: Sample) -> list[dict[str, Any]]:
     """A finished answer as stream chunks: the content (or text) in one delta, with the
-    chosen sample's ``logprobs`` when it has them, the finish reason, then the usage chunk
-    when the client asked for it; every chunk carries the backend's ``system_fingerprint``."""
+    chosen sample's ``logprobs`` when it has them (a completions choice always has the key,
+    null when there are none, as OpenAI's chunks do), the finish reason, then the usage
+    chunk when the client asked for it; every chunk carries the backend's
+    ``system_fingerprint``."""
     reply = chosen.reply
     call.answer_text = chosen.text
     chat = call.routed.endpoint == "chat"
@@ -376,14 +378,14 @@ def answer_chunks(call: Call, chosen: Sample) -> list[dict[str, Any]]:
                                    for i, tool in enumerate(delta["tool_calls"])]
         content = {"index": 0, "delta": delta, "finish_reason": None}
     else:
-        content = {"index": 0, "text": chosen.text, "finish_reason": None}
+        content = {"index": 0, "text": chosen.text, "logprobs": None, "finish_reason": None}
     if chosen.choice.get("logprobs") is not None:
         # the one delta holds the whole answer, so it holds the whole answer's logprobs,
         # as the JSON reply of the same request does
         content["logprobs"] = (conform_chat_logprobs(chosen.choice["logprobs"]) if chat
                                else chosen.choice["logprobs"])
     finish = {"index": 0, "delta": {}, "finish_reason": chosen.finish_reason} if chat else {
-        "index": 0, "text": "", "finish_reason": chosen.finish_reason}
+        "index": 0, "text": "", "logprobs": None, "finish_reason": chosen.finish_reason}
     chunks = [{**base, "choices": [content]}, {**base, "choices": [finish]}]
     if call.routed.include_usage:
         chunks.append({**base, "choices": [], "usage": usage_body(call),

@@ -327,7 +327,9 @@ def _take(call: Call, piece: _Piece, payload: Any) -> bytes | None:
     # The gateway's id and the chain's time on every chunk, the continuation's too: the
     # client reads one completion, not the two upstream calls behind it.
     forwarded_choice = {**choice, "index": 0, "finish_reason": None}
-    if "logprobs" in choice and call.routed.endpoint == "chat":
+    if call.routed.endpoint != "chat":
+        forwarded_choice.setdefault("logprobs", None)  # as OpenAI's completions chunks
+    elif "logprobs" in choice:
         forwarded_choice["logprobs"] = conform_chat_logprobs(choice["logprobs"])
     forwarded = {**payload, "id": piece.template["id"], "choices": [forwarded_choice]}
     if "created" in piece.template:
@@ -340,7 +342,7 @@ def _delta_event(template: dict[str, Any], call: Call, text: str) -> bytes:
     if call.routed.endpoint == "chat":
         choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None}
     else:
-        choice = {"index": 0, "text": text, "finish_reason": None}
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
     return sse.data_event(orjson.dumps({**template, "choices": [choice]}))
 
 
@@ -349,6 +351,6 @@ def _finish_chunk(call: Call, template: dict[str, Any],
     if call.routed.endpoint == "chat":
         choice: dict[str, Any] = {"index": 0, "delta": {}, "finish_reason": finish_reason}
     else:
-        choice = {"index": 0, "text": "", "finish_reason": finish_reason}
+        choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason}
     return {**template, "choices": [choice]}
 

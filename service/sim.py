@@ -13,7 +13,8 @@ Endpoints: ``GET /v1/models``, ``GET /health``, ``POST /v1/chat/completions`` an
 choice's token allowance; ``temperature`` (reshapes the answer distribution, 0 is greedy);
 ``seed`` (choice i draws from ``Random(f"{seed}-{i}")``, so replies repeat); ``stream`` with
 ``stream_options.include_usage``; ``logprobs``/``top_logprobs`` (for the answer span only: the
-probability of the stated answer under that sample's distribution, a confidence). Each reply
+probability of the stated answer under that sample's distribution, a confidence; in chat's
+shape or, on ``/v1/completions``, the legacy ``tokens``/``token_logprobs`` one). Each reply
 takes ``ttft_s + tokens * latency_per_token_s`` seconds (choices decode in parallel).
 
 A continued chain counts as one: assistant turns after the question add their tokens to the

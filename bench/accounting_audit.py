@@ -16,11 +16,16 @@ tokens above the budget), ``OVER_TOTAL`` (prompt plus completion above the total
 a cancelled call is charged its grant, so this one is expected where a client left),
 ``COUNTERS`` (the key's or the histogram's tokens differ from ``ttc_tokens_total``).
 
-Run: ``PYTHONPATH=$PWD .venv/bin/python bench/accounting_audit.py`` (about 90 scenarios, a
+Run: ``PYTHONPATH=$PWD .venv/bin/python bench/accounting_audit.py`` (83 scenarios, a
 minute); ``--only TEXT`` runs the scenarios whose name contains it, ``--fan-out`` configures
-the upstream as ignoring ``n`` (the gateway fans ``n`` out), ``--verbose`` prints each
-upstream call and the reply's ``router`` object. ``tests/e2e/test_accounting_audit.py`` runs
-a subset as a test.
+the upstream as ignoring ``n`` (the gateway fans ``n`` out), ``--bank DIR`` serves an outcome
+bank (``ttc-router sim --bank``: a real model's recorded pieces, so chains cut before their
+answer, continuations, votes whose samples are all cut, search requests) and runs its 27
+scenarios (give it a copy, never the bank being recorded: ``git archive HEAD
+router_models/data/bank | tar -x -C /tmp/copy``), ``--gateway-env TTC_X=V`` sets the
+gateway's settings (``TTC_DEFAULT_ANSWER_TOKENS=60`` lets a vote's samples be cut), and
+``--verbose`` prints each upstream call and the reply's ``router`` object.
+``tests/e2e/test_accounting_audit.py`` runs subsets as tests.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class UpstreamCall:
     usage: dict[str, Any] | None = None
     text_tokens: int = 0  # whitespace words of text seen in a stream
     finished: bool = False  # the JSON body, or the stream's [DONE], went through
+    status: int = 0
 
 
 @dataclass
@@ -102,6 +108,7 @@ class CountingProxy:
             self.open_calls -= 1
             await client.aclose()
             raise
+        record.status = upstream.status_code
         if not body.get("stream"):
             try:
                 content = await upstream.aread()
@@ -202,6 +209,7 @@ class Stack:
     proxy: CountingProxy
     data_dir: Path
     key: str
+    model: str = "sim-reasoner"
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -217,10 +225,12 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextlib.contextmanager
-def running_stack(folder: Path, *, fan_out: bool = False,
-                  latency_ms_per_token: float = 1.0) -> Iterator[Stack]:
-    """Start ``ttc-router sim``, the counting proxy (a thread) and ``ttc-router serve`` (an
-    admin key made first; keep-alives every 0.5 s), logs in ``folder``; stop them on exit."""
+def running_stack(folder: Path, *, fan_out: bool = False, latency_ms_per_token: float = 1.0,
+                  bank: Path | None = None, gateway_env: dict[str, str] | None = None
+                  ) -> Iterator[Stack]:
+    """Start ``ttc-router sim`` (``--bank bank`` when given: a real model's recorded outcomes),
+    the counting proxy (a thread) and ``ttc-router serve`` (an admin key made first;
+    keep-alives every 0.5 s), logs in ``folder``; stop them on exit."""
     python = sys.executable
     env = {k: v for k, v in os.environ.items() if not k.startswith("TTC_")}
     sim_port, proxy_port, gw_port = free_port(), free_port(), free_port()
@@ -240,7 +250,8 @@ def running_stack(folder: Path, *, fan_out: bool = False,
     thread = threading.Thread(target=server.run, daemon=True)
     try:
         sim = start(["sim", "--port", str(sim_port), "--latency-ms-per-token",
-                     str(latency_ms_per_token), "--ttft-ms", "1", "--log-level", "warning"],
+                     str(latency_ms_per_token), "--ttft-ms", "1", "--log-level", "warning",
+                     *(["--bank", str(bank)] if bank is not None else [])],
                     folder / "sim.log")
         _wait_ready(f"http://{HOST}:{sim_port}/health", sim, folder / "sim.log")
         thread.start()
@@ -256,10 +267,11 @@ def running_stack(folder: Path, *, fan_out: bool = False,
             upstream = ["--config", str(config)]
         gateway = start(["serve", *upstream, "--port", str(gw_port), "--data-dir",
                          str(folder / "data"), "--log-level", "warning"],
-                        folder / "gateway.log", {"TTC_KEEPALIVE_S": "0.5"})
+                        folder / "gateway.log", {"TTC_KEEPALIVE_S": "0.5", **(gateway_env or {})})
         _wait_ready(f"http://{HOST}:{gw_port}/health", gateway, folder / "gateway.log")
         _wait_ready(f"http://{HOST}:{gw_port}/ready", gateway, folder / "gateway.log")
-        yield Stack(f"http://{HOST}:{gw_port}", proxy, folder / "data", key)
+        yield Stack(f"http://{HOST}:{gw_port}", proxy, folder / "data", key,
+                    "bank-replay" if bank is not None else "sim-reasoner")
     finally:
         for process in reversed(processes):
             stop_process(process, grace_s=15)
@@ -357,10 +369,10 @@ class Audit:
             print("    router:", {k: self.router.get(k) for k in (
                 "strategy", "budget_tokens", "spent_tokens", "samples", "greedy_first",
                 "reason", "continued") if k in self.router})
-            print("    calls (n, max_tokens, temperature, stream, usage, finished):",
+            print("    calls (n, max_tokens, temperature, stream, usage, finished, status):",
                   [(c.body.get("n"), c.body.get("max_tokens"), c.body.get("temperature"),
                     bool(c.body.get("stream")), (c.usage or {}).get("completion_tokens"),
-                    c.finished) for c in calls])
+                    c.finished, c.status) for c in calls])
         return outcome
 
     # --- request shapes -----------------------------------------------------------------
@@ -368,7 +380,10 @@ class Audit:
     def ask(self, strategy: str | None, question: Any, *, budget: int | None = None,
             total: int | None = None, stream: bool = False, endpoint: str = "chat",
             usage_opt: bool = True, model: str = "sim-reasoner", **extra: Any) -> Act:
-        """A request by the ``openai`` client; ``strategy`` None names none."""
+        """A request by the ``openai`` client; ``strategy`` None names none. The model
+        ``sim-reasoner`` stands for the backend's model (``bank-replay`` on a bank)."""
+        if model == "sim-reasoner":
+            model = self.stack.model
         router = {k: v for k, v in (("strategy", strategy), ("budget_tokens", budget),
                                     ("budget_total_tokens", total)) if v is not None}
 
@@ -427,17 +442,22 @@ class Audit:
         """A raw client that gives up on a JSON request after ``after_s`` seconds."""
 
         async def act() -> tuple[int | None, str | None]:
+            since = time.time() - 0.01
             async with httpx.AsyncClient(base_url=self.stack.gateway,
                                          headers=self.auth) as client:
                 with contextlib.suppress(httpx.TimeoutException):
                     await client.post("/v1/chat/completions", json=body,
                                       timeout=httpx.Timeout(after_s))
-            await asyncio.sleep(0.5)
-            # its decision id never reached the client: the newest row is this request's
-            with contextlib.closing(sqlite3.connect(self.db)) as db:
-                row = db.execute("SELECT decision_id FROM requests ORDER BY time_s DESC "
-                                 "LIMIT 1").fetchone()
-            return None, row[0] if row else None
+            # Its decision id never reached the client: the row logged since it was sent is
+            # this request's (written once its abandoned calls have settled).
+            for _ in range(100):
+                await asyncio.sleep(0.1)
+                with contextlib.closing(sqlite3.connect(self.db)) as db:
+                    row = db.execute("SELECT decision_id FROM requests WHERE time_s >= ? "
+                                     "ORDER BY time_s DESC LIMIT 1", (since,)).fetchone()
+                if row is not None:
+                    return None, row[0]
+            return None, None
 
         return act
 
@@ -583,12 +603,90 @@ def scenarios(audit: Audit) -> list[Scenario]:
     return out
 
 
-async def audit_all(stack: Stack, only: str = "", verbose: bool = False) -> list[Outcome]:
-    """Run the scenarios whose name contains ``only``; returns their outcomes."""
+def bank_scenarios(audit: Audit, bank: Path) -> list[Scenario]:
+    """Scenarios on a real model's recorded outcomes (``ttc-router sim --bank``), which the
+    simulator cannot produce: chains cut before their answer (``sequential`` continues them),
+    votes whose samples are all cut (their rest buys one chain), search requests."""
+    from router_models.bank import Bank
+
+    first: dict[str, str] = {}
+    for run in Bank.load(bank).runs:
+        if run.searches == 0:
+            first.setdefault(run.suite, run.item.question)
+
+    def pick(*suites: str) -> str:
+        return next(first[suite] for suite in suites if suite in first)
+
+    # in the shipped bank: a greedy chain of 234 tokens; samples of 385-512 tokens (a fixture
+    # bank has fewer suites: the nearest is taken)
+    gsm8k = pick("gsm8k", "svamp", "arithmetic_chain")
+    graph = pick("graph_connectivity", "arithmetic_chain", "gsm8k")
+    mmlu = pick("mmlu", "commonsenseqa", "strategyqa")
+    hotpot = pick("hotpotqa")
+    a = audit.ask
+    out = [
+        Scenario("bank seq json cut b=150", 150, a("sequential", gsm8k, budget=150)),
+        Scenario("bank seq stream cut b=150", 150, a("sequential", gsm8k, budget=150,
+                                                     stream=True)),
+        Scenario("bank seq json t=0 b=100", 100, a("sequential", gsm8k, budget=100,
+                                                   temperature=0)),
+        Scenario("bank seq stream max 60", 60, a("sequential", gsm8k, stream=True,
+                                                 max_tokens=60)),
+        Scenario("bank vote json gsm8k b=1500", 1500, a("parallel_vote", gsm8k, budget=1500)),
+        Scenario("bank vote stream gsm8k b=1500", 1500, a("parallel_vote", gsm8k, budget=1500,
+                                                          stream=True)),
+        Scenario("bank vote json graph cut b=1500", 1500, a("parallel_vote", graph,
+                                                            budget=1500)),
+        Scenario("bank vote stream graph cut b=1500", 1500, a("parallel_vote", graph,
+                                                              budget=1500, stream=True)),
+        Scenario("bank vote json graph b=600", 600, a("parallel_vote", graph, budget=600)),
+        Scenario("bank vote stream graph b=600", 600, a("parallel_vote", graph, budget=600,
+                                                        stream=True)),
+        Scenario("bank vote json mmlu t=0.7 b=2000", 2000, a("parallel_vote", mmlu,
+                                                             budget=2000, temperature=0.7)),
+        Scenario("bank search json hotpot b=600", 600, a("search", hotpot, budget=600)),
+        Scenario("bank search stream hotpot b=600", 600, a("search", hotpot, budget=600,
+                                                           stream=True)),
+        Scenario("bank search json hotpot max 20", 20, a("search", hotpot, max_tokens=20)),
+        Scenario("bank search json hotpot b=60", 60, a("search", hotpot, budget=60)),
+        Scenario("bank direct json n=3 max 100", 300, a("direct", mmlu, n=3, max_tokens=100)),
+        Scenario("bank direct stream n=3 b=120", 120, a("direct", mmlu, n=3, budget=120,
+                                                        stream=True)),
+        Scenario("bank auto json gsm8k", None, a(None, gsm8k, model="auto")),
+        Scenario("bank auto stream graph", None, a(None, graph, model="auto", stream=True)),
+        Scenario("bank auto json hotpot", None, a(None, hotpot, model="auto")),
+        Scenario("bank auto json mmlu b=300", 300, a(None, mmlu, model="auto", budget=300)),
+        Scenario("bank completions seq b=150", 150, a("sequential", gsm8k, budget=150,
+                                                      endpoint="completions")),
+        Scenario("bank completions vote b=1500", 1500, a("parallel_vote", graph, budget=1500,
+                                                         endpoint="completions")),
+        Scenario("bank seq total 250", None, a("sequential", gsm8k, total=250),
+                 total_budget=250),
+        Scenario("bank vote total 700", None, a("parallel_vote", gsm8k, total=700),
+                 total_budget=700),
+    ]
+    chat: dict[str, Any] = {"model": audit.stack.model,
+                            "messages": [{"role": "user", "content": graph}]}
+    out += [
+        Scenario("bank seq stream client leaves", 1500, audit.leave(
+            {**chat, "router": {"strategy": "sequential", "budget_tokens": 1500}}, 8),
+            client_leaves=True),
+        Scenario("bank vote stream client leaves", 1500, audit.leave(
+            {**chat, "router": {"strategy": "parallel_vote", "budget_tokens": 1500}}, 2),
+            client_leaves=True),
+    ]
+    return out
+
+
+async def audit_all(stack: Stack, only: str = "", verbose: bool = False,
+                    bank: Path | None = None) -> list[Outcome]:
+    """Run the scenarios whose name contains ``only`` (the bank's, with ``bank``); returns
+    their outcomes."""
     audit = Audit(stack, verbose)
     try:
+        chosen = bank_scenarios(audit, bank) if bank is not None else scenarios(audit)
         return [await audit.run(s.name, s.budget, s.act, s.total_budget)
-                for s in scenarios(audit) if only in s.name]
+                for s in chosen if only in s.name]
     finally:
         await audit.aclose()
 
@@ -600,14 +698,21 @@ def main() -> None:
     parser.add_argument("--fan-out", action="store_true",
                         help="configure the upstream as ignoring n (supports_n: false), so "
                         "the gateway fans n out into single-choice calls")
+    parser.add_argument("--bank", type=Path, default=None, metavar="DIR",
+                        help="serve this outcome bank (ttc-router sim --bank DIR; a copy, not "
+                        "the one being recorded) and run the bank's scenarios")
+    parser.add_argument("--gateway-env", action="append", default=[], metavar="TTC_X=V",
+                        help="a setting for the gateway (repeatable)")
     parser.add_argument("--verbose", action="store_true", help="each upstream call and the "
                         "reply's router object")
     args = parser.parse_args()
     started = time.monotonic()
     folder = Path(tempfile.mkdtemp(prefix="ttc-audit-"))
     with running_stack(folder, fan_out=args.fan_out,
-                       latency_ms_per_token=args.latency_ms_per_token) as stack:
-        outcomes = asyncio.run(audit_all(stack, args.only, args.verbose))
+                       latency_ms_per_token=args.latency_ms_per_token,
+                       bank=args.bank,
+                       gateway_env=dict(e.split("=", 1) for e in args.gateway_env)) as stack:
+        outcomes = asyncio.run(audit_all(stack, args.only, args.verbose, args.bank))
     flagged = [o for o in outcomes if o.flags()]
     print(f"\n{len(outcomes)} scenarios, {len(flagged)} flagged "
           f"({', '.join(sorted({f for o in flagged for f in o.flags()})) or 'none'}); "

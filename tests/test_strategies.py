@@ -106,6 +106,27 @@ async def test_a_chain_after_a_cut_wave_that_is_cut_too_forces_its_answer_within
     assert router["spent_tokens"] == usage
 
 
+async def test_the_chain_after_a_cut_wave_is_greedy_unless_the_client_chose_sampling():
+    # One chain's answer is the reply: decoded greedily (chain_temperature), as every chain
+    # the gateway plans; it went out with no temperature, so at the backend's own default.
+    reasoning = " ".join(["step"] * 200) + " The answer is 7."
+    llm = ScriptedLLM(lambda i, body: reasoning, honours_n=False)
+    await post(llm, vote(budget=8 * 64), vote_width=8, supports_n=False)
+    assert [b["temperature"] for b in llm.requests] == [0.0, 0.7, 0.7, 0.0]
+    llm = ScriptedLLM(lambda i, body: reasoning, honours_n=False)
+    await post(llm, vote(budget=8 * 64, temperature=0.9), vote_width=8, supports_n=False)
+    assert [b["temperature"] for b in llm.requests] == [0.9] * 4
+
+
+async def test_continued_says_false_when_the_forced_answer_could_not_be_drawn():
+    # The chain (call 0) is cut before an answer; its continuation (call 1) fails.
+    llm = ScriptedLLM(lambda i, body: " ".join(["step"] * 600), fail={1})
+    reply = await post(llm, {**QUESTION, "router": {"strategy": "sequential",
+                                                     "budget_tokens": 512}}, max_retries=0)
+    router = reply.json()["router"]
+    assert len(llm.requests) == 2 and router["continued"] is False, router
+
+
 async def test_a_chain_after_a_cut_wave_that_fails_leaves_the_vote_as_it_was():
     llm = ScriptedLLM(lambda i, body: " ".join(["step"] * 400), honours_n=False, fail={3})
     reply = await post(llm, vote(budget=8 * 64), vote_width=8, supports_n=False,

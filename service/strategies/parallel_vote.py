@@ -225,13 +225,18 @@ def _chain_budget(call: Call, rest_tokens: int, depth: int) -> int | None:
 
 async def _chain_of_the_rest(call: Call, budget_tokens: int | None) -> Sample | None:
     """One chain (``sequential.run_chain``: its cap, its forced answer) of ``budget_tokens``
-    (``_chain_budget``); None when the chain failed (the vote's cut samples stand)."""
+    (``_chain_budget``), at ``chain_temperature`` when the client chose no sampling; None
+    when the chain failed (the vote's cut samples stand)."""
     from service.strategies.sequential import run_chain
 
     if budget_tokens is None:
         return None
+    # One chain's answer is the reply, so it is decoded as the gateway decodes every chain it
+    # plans (``chain_temperature``, greedy by default) unless the client chose how to sample.
+    temperature = None if client_chose_sampling(call.routed.body) else \
+        call.settings.chain_temperature
     try:
-        return await run_chain(call, budget_tokens)
+        return await run_chain(call, budget_tokens, temperature=temperature)
     except GatewayError:
         # counted (``Metered``) like any failed sample; a chain that cannot run leaves the
         # vote's answer as it was

@@ -65,19 +65,23 @@ class Sequential:
         return _stream(call, opened, chain_cap, reserve)
 
 
-async def run_chain(call: Call, budget_tokens: int | None = None) -> Sample:
+async def run_chain(call: Call, budget_tokens: int | None = None,
+                    temperature: float | None = None) -> Sample:
     """One chain within ``budget_tokens`` (default the plan's), and when the chain is cut
     before it states an answer, the forced answer its reserve buys (``caps``): the chain, or
     the chain joined with its forced answer. Adds the chain to ``call.answer_samples`` and
-    ``chain_tokens`` and ``continued`` to ``call.report``. ``parallel_vote`` runs one with
-    the tokens of its undrawn samples when its first wave was all cut.
+    ``chain_tokens`` and ``continued`` (whether a forced answer was drawn) to
+    ``call.report``. ``parallel_vote`` runs one with the tokens of its undrawn samples when
+    its first wave was all cut, at ``temperature`` (None: as the request and plan say).
 
     Raises:
         The chain's own error when its call failed; UpstreamError (``budget_spent``) when the
         ledger granted it nothing.
     """
+    sampling = {} if temperature is None else {"temperature": temperature}
     chain_cap, reserve = caps(call, budget_tokens)
-    samples, failures = await draw(call, 1, chain_cap, body_overrides=_effort(call, chain_cap))
+    samples, failures = await draw(call, 1, chain_cap,
+                                   body_overrides={**_effort(call, chain_cap), **sampling})
     if not samples:
         raise failures[0] if failures else UpstreamError("the chain could not be started",
                                                          code="budget_spent")
@@ -87,10 +91,11 @@ async def run_chain(call: Call, budget_tokens: int | None = None) -> Sample:
     if (not reserve or not _needs_answer(call, chain.finish_reason, chain.text)
             or call.ledger.remaining == 0):
         return chain
-    continuation, _ = await draw(call, 1, reserve, body_overrides=_continuation(call, chain.text))
-    call.report["continued"] = True
-    if not continuation:
+    continuation, _ = await draw(call, 1, reserve,
+                                 body_overrides={**_continuation(call, chain.text), **sampling})
+    if not continuation:  # failed or not granted: the cut chain is the reply
         return chain
+    call.report["continued"] = True
     return _joined(call, chain, continuation[0])
 
 
@@ -204,7 +209,6 @@ async def _stream(call: Call, opened: tuple[UpstreamStream, Metered], chain_cap:
             yield out
         call.answer_samples = [(chain.text, chain.finish_reason, chain_cap)]
         if _needs_answer(call, chain.finish_reason, chain.text) and reserve:
-            call.report["continued"] = True
             last = _Piece(template=chain.template)
             yield _delta_event(chain.template, call, _separator(call))
             async for out in _continue(call, chain.text, reserve, last):
@@ -228,6 +232,7 @@ async def _continue(call: Call, chain_text: str, reserve: int,
     opened = await _open(call, reserve, _continuation(call, chain_text))
     if opened is None:
         return
+    call.report["continued"] = True  # the forced answer's call was sent
     async for out in _forward(call, *opened, piece):
         yield out
 

@@ -793,6 +793,16 @@ class Findings:
     confidence_sweeps: dict[str, list[SweepRow]] = field(default_factory=dict)
     confidence_grid: list[StoppingRow] = field(default_factory=list)
     first_agreement: dict[str, tuple[float, float]] = field(default_factory=dict)
+    greedy_first: str = ""  # section f, markdown (``bench.greedy_first``)
+
+
+def greedy_first_section(bank: Bank) -> str:
+    """Section f: plain votes against greedy-first votes and the greedy chain, at 256 and 512
+    tokens a sample, with the gateway's early stopping on both (``bench.greedy_first``)."""
+    from bench.greedy_first import stopping, table  # it imports this module's ``paired``
+
+    runs = [r for r in bank.runs if r.samples]
+    return "\n\n".join([table(runs, (256, 512), (3, 5, 8)), stopping(runs)])
 
 
 def compute(bank: Bank, budgets: Sequence[int] = DEFAULT_BUDGETS) -> Findings:
@@ -815,7 +825,8 @@ def compute(bank: Bank, budgets: Sequence[int] = DEFAULT_BUDGETS) -> Findings:
         {group: cross_fitted_sweep(groups[ALL], confidence_sweep_rules(group))
          for group in CONFIDENCE_SWEEPS},
         stopping_rows(ALL, groups[ALL], confidence_sweep_rules(CONFIDENCE_SWEEPS[-1])),
-        {f: first_agreement(runs) for f, runs in groups.items()})
+        {f: first_agreement(runs) for f, runs in groups.items()},
+        greedy_first_section(bank))
 
 
 def render_confidence_stopping(findings: Findings) -> list[str]:
@@ -915,7 +926,11 @@ def render(findings: Findings) -> str:
         "Per-sample confidence as a predictor of a right answer (ROC AUC, 0.5 = chance):",
         render_auc(findings.auc),
         f"### e. One chain, greedy or sampled, within {SAMPLE_TOKENS} tokens",
-        render_greedy(findings.greedy)])
+        render_greedy(findings.greedy),
+        "### f. Greedy first: a vote whose first sample is the greedy chain",
+        "Each vote's first ballot is the greedy chain and ties go to it, as in the gateway's "
+        "votes (`vote_greedy_first`); equal width, not equal tokens:",
+        findings.greedy_first])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -277,8 +277,10 @@ def test_generator_writes_the_report_and_plots(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     main(["--bank", str(FIXTURE), "--budgets", "8,64", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
-    for heading in ("### a.", "### b.", "### c.", "### c2.", "### d."):
+    for heading in ("### a.", "### b.", "### c.", "### c2.", "### d.", "### f."):
         assert heading in printed
+    # Section f: greedy-first votes of 3 on the fixture's 5 runs (a vote of 5 or 8 has none).
+    assert "| 512 | 3 | 5 |" in printed and "| 512 | 8 | 0 |" in printed
     assert "| all | 3 | 64 |" in printed
     # The winner grid: at 8 tokens the sampled chain still answers the MMLU item ("B" in 7
     # tokens), a vote of 2 samples of 4 tokens answers nothing.

@@ -455,6 +455,23 @@ async def test_sequential_streams_the_chain_then_the_forced_answer():
     assert events[-2]["usage"]["completion_tokens"] == llm.reported_tokens <= 64
 
 
+async def test_a_streamed_chain_whose_forced_answer_fails_says_it_did_not_continue():
+    # The chain (call 0) is cut before an answer; the forced answer's call (1) fails.
+    llm = ScriptedLLM(long_chain, fail={1})
+    body = {**QUESTION, "stream": True, "stream_options": {"include_usage": True},
+            "router": {"strategy": "sequential", "budget_tokens": 64}}
+    reply = await post(llm, body, answer_reserve_tokens=16, max_retries=0)
+    events = [e for e in sse_events(reply.text) if isinstance(e, dict)]
+    routers = [e["router"] for e in events if "router" in e]
+    assert len(llm.requests) == 2 and routers and routers[-1]["continued"] is False, routers
+    # As without streaming, the cut chain is the reply: it ends as cut, not with an error
+    # event after its text (the SDKs raise on one and the chain is lost).
+    assert not any("error" in e for e in events)
+    finishes = [c["finish_reason"] for e in events for c in e.get("choices", [])
+                if c["finish_reason"]]
+    assert finishes == ["length"]
+
+
 async def test_parallel_vote_streams_the_winner():
     llm = ScriptedLLM(answers("The answer is 3.", "The answer is 3.", "The answer is 4."))
     body = vote(budget=256, stream=True, stream_options={"include_usage": True})

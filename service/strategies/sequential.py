@@ -211,8 +211,15 @@ async def _stream(call: Call, opened: tuple[UpstreamStream, Metered], chain_cap:
         if _needs_answer(call, chain.finish_reason, chain.text) and reserve:
             last = _Piece(template=chain.template)
             yield _delta_event(chain.template, call, _separator(call))
-            async for out in _continue(call, chain.text, reserve, last):
-                yield out
+            try:
+                async for out in _continue(call, chain.text, reserve, last):
+                    yield out
+            except GatewayError:
+                # As without streaming (``run_chain``): a forced answer that failed leaves
+                # the cut chain as the reply, ended as cut rather than by an error event
+                # after its text (which the SDKs raise, losing the chain).
+                call.report["continued"] = False
+                last.finish_reason = last.finish_reason or "length"
     except GatewayError as exc:
         call.stream_error = exc
         yield sse.data_event(error_json(exc))

@@ -103,8 +103,9 @@ def greedy_chain(plan: Plan, body: dict[str, Any], temperature: float | None) ->
     498 items, a chain sampled at temperature 0.7 on 28.1%, at 227 and 232 mean tokens
     (+5.2 points, paired 95% interval [+0.6, +9.8], McNemar p = 0.036; ahead on 5 of 8
     suites, behind on MMLU and StrategyQA by 3 and 1.5; 543-run bank, 7 Dec 2026;
-    ``python -m bench.bank_findings``, section e). Votes keep sampling
-    (self-consistency needs different paths, Wang et al. 2023). A chat UI's "regenerate"
+    ``python -m bench.bank_findings``, section e). Votes keep sampling all but their first
+    sample (self-consistency needs different paths, Wang et al. 2023; the first is greedy,
+    ``parallel_vote``'s "greedy first"). A chat UI's "regenerate"
     then repeats the answer unless it sends a temperature, as with any greedy backend."""
     if temperature is None or plan.strategy not in CHAINS or client_chose_sampling(body):
         return plan

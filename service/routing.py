@@ -252,8 +252,10 @@ class Router:
             plan = dataclasses.replace(plan, strategy="sequential", search_calls=0,
                                        reason="search needs chat messages: ran sequential")
         if forced is None:  # a strategy the client named runs as it asked
+            # (an upstream that takes only its default temperature gets none of ours)
             plan = greedy_chain(greedy_vote_as_chain(plan, routed.body), routed.body,
-                                self.settings.chain_temperature)
+                                self.settings.chain_temperature if backend.temperature
+                                else None)
         # Logged with what ran: replay compares policies by what they chose, whatever the
         # answer lengths, caps and a key's budget (``fit_budget``, later) made of it.
         plan = dataclasses.replace(plan, decided=plan_key(decision.plan))

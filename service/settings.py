@@ -60,7 +60,11 @@ class UpstreamSettings(BaseModel):
     empty they are read from its ``GET /models`` at start-up. ``supports_n``: whether the
     backend honours ``n`` (None: detected from the first reply that returns fewer choices).
     ``prefill``: it continues a final assistant message (vLLM's ``continue_final_message``).
-    ``reasoning_effort``: it accepts OpenAI's ``reasoning_effort``. ``budget_tokens``: the
+    ``reasoning_effort``: it accepts OpenAI's ``reasoning_effort``. ``temperature``: it
+    accepts a temperature other than its default (false for OpenAI's reasoning models, which
+    answer any other with a 400): when false the gateway sends no temperature of its own
+    (greedy chains, greedy-first votes and the votes' 0.7), and a client's own is sent as
+    given. ``budget_tokens``: the
     default budget (tokens) of requests it serves that name none. ``tools``: it accepts
     OpenAI tool calls, so the ``search`` strategy offers search as a tool instead of its
     plain-text protocol. ``ignores_max_tokens``: it is known to generate past ``max_tokens``,
@@ -78,6 +82,7 @@ class UpstreamSettings(BaseModel):
     supports_n: bool | None = None
     prefill: bool = False
     reasoning_effort: bool = False
+    temperature: bool = True
     budget_tokens: int | None = Field(default=None, ge=1)
     # It accepts OpenAI's tools / tool_calls: the search strategy offers search as a tool.
     tools: bool = False

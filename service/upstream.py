@@ -88,6 +88,7 @@ class Backend:
     models: tuple[str, ...]
     prefill: bool = False
     reasoning_effort: bool = False
+    temperature: bool = True  # it accepts a temperature other than its default
     budget_tokens: int | None = None
 
 

@@ -127,7 +127,7 @@ def request_body(call: Call, *, max_tokens: int | None, n: int = 1, sample: int 
     routed = call.routed
     body = dict(routed.body)
     body["model"] = call.upstream_model
-    if call.plan.temperature is not None and body.get("temperature") is None:
+    if gateway_temperature(call) is not None and body.get("temperature") is None:
         body["temperature"] = call.plan.temperature
     if messages is not None:
         body["messages"] = messages
@@ -189,7 +189,7 @@ def router_info(call: Call) -> dict[str, Any]:
         info["budget_total_tokens"] = call.ledger.total_budget_tokens
     if call.plan.reason:
         info["reason"] = call.plan.reason
-    if call.plan.temperature is not None:  # the gateway chose how the chain samples
+    if gateway_temperature(call) is not None:  # the gateway chose how the chain samples
         info["temperature"] = call.plan.temperature
     if call.plan.policy is not None:  # the propensity, for off-policy evaluation
         info["probability"] = call.plan.probability
@@ -327,3 +327,15 @@ def client_chose_sampling(body: dict[str, Any]) -> bool:
     """True when the client set ``temperature`` or ``top_p`` (a null reads as unset, as in
     OpenAI's API): then the gateway keeps its sampling as sent."""
     return any(body.get(name) is not None for name in SAMPLING_FIELDS)
+
+
+def gateway_temperature(call: Call) -> float | None:
+    """The temperature the gateway chose for this call's plan (``plan.temperature``), or None
+    when it chose none or the backend takes only its default (``Backend.temperature``)."""
+    return call.plan.temperature if call.backend.temperature else None
+
+
+def may_set_temperature(call: Call) -> bool:
+    """Whether the gateway may send a temperature of its own on this call: the client set
+    no sampling (``client_chose_sampling``) and the backend accepts one."""
+    return call.backend.temperature and not client_chose_sampling(call.routed.body)

@@ -45,9 +45,9 @@ from service import sse
 from service.errors import GatewayError, UpstreamError, error_json
 from service.strategies.base import (
     Call,
-    client_chose_sampling,
     conform_chat_logprobs,
     conform_choice,
+    may_set_temperature,
     reply_cap,
     router_info,
     structured_output,
@@ -109,9 +109,10 @@ async def run_vote(call: Call) -> Sample:
     """
     plan, settings = call.plan, call.settings
     depth = depth_tokens(call)
-    overrides = None if call.routed.body.get("temperature") is not None else {
+    overrides = None if (call.routed.body.get("temperature") is not None
+                         or not call.backend.temperature) else {
         "temperature": DEFAULT_VOTE_TEMPERATURE}
-    greedy_first = settings.vote_greedy_first and not client_chose_sampling(call.routed.body)
+    greedy_first = settings.vote_greedy_first and may_set_temperature(call)
     # "C) 12" reads as the option C only when the prompt offers lettered options.
     options = lettered_options(_prompt_of(call))
     structured = structured_output(call.routed.body)
@@ -233,8 +234,7 @@ async def _chain_of_the_rest(call: Call, budget_tokens: int | None) -> Sample | 
         return None
     # One chain's answer is the reply, so it is decoded as the gateway decodes every chain it
     # plans (``chain_temperature``, greedy by default) unless the client chose how to sample.
-    temperature = None if client_chose_sampling(call.routed.body) else \
-        call.settings.chain_temperature
+    temperature = call.settings.chain_temperature if may_set_temperature(call) else None
     try:
         return await run_chain(call, budget_tokens, temperature=temperature)
     except GatewayError:

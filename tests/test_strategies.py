@@ -472,6 +472,50 @@ async def test_a_streamed_chain_whose_forced_answer_fails_says_it_did_not_contin
     assert finishes == ["length"]
 
 
+async def test_a_streamed_chain_whose_forced_answer_is_not_granted_ends_as_cut():
+    # budget_total_tokens grants the chain (48 tokens after a short prompt), but the forced
+    # answer's call resends the prompt and the chain (about 250 bytes, counted as tokens
+    # without a tokenizer): the ledger grants it nothing. Its stream ended with a finish
+    # chunk whose finish_reason was null, after a separator no answer followed.
+    llm = ScriptedLLM(long_chain)
+    body = {**QUESTION, "stream": True, "stream_options": {"include_usage": True},
+            "router": {"strategy": "sequential", "budget_tokens": 64,
+                       "budget_total_tokens": 150}}
+    reply = await post(llm, body, answer_reserve_tokens=16, max_retries=0)
+    events = [e for e in sse_events(reply.text) if isinstance(e, dict)]
+    assert len(llm.requests) == 1 and not any("error" in e for e in events), events
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events
+                   if e["choices"])
+    assert text == " ".join(["step"] * 48)  # the cut chain, as the JSON reply's
+    finishes = [c["finish_reason"] for e in events for c in e.get("choices", [])
+                if "finish_reason" in c and not c["delta"]]
+    assert finishes == ["length"], events
+    assert events[-1]["router"]["continued"] is False
+    assert events[-1]["usage"]["completion_tokens"] == llm.reported_tokens == 48
+    json_reply = await post(ScriptedLLM(long_chain), {**body, "stream": False,
+                                                      "stream_options": None},
+                            answer_reserve_tokens=16, max_retries=0)
+    assert json_reply.json()["choices"][0]["message"]["content"] == text
+    assert json_reply.json()["choices"][0]["finish_reason"] == "length"
+
+
+async def test_a_streamed_chain_stopped_at_its_grant_ends_as_cut():
+    # A backend not yet known to ignore max_tokens sends more chunks than the chain's grant
+    # (48): the gateway stops reading it. The stream's last choice chunk had finish_reason
+    # null, so the client never learnt why the reply ended; it was cut, as at its cap.
+    llm = ScriptedLLM(long_chain, ignore_cap=True)
+    body = {**QUESTION, "stream": True, "stream_options": {"include_usage": True},
+            "router": {"strategy": "sequential", "budget_tokens": 64}}
+    reply = await post(llm, body, answer_reserve_tokens=16, max_retries=0)
+    events = [e for e in sse_events(reply.text) if isinstance(e, dict)]
+    assert len(llm.requests) == 1 and not any("error" in e for e in events), events
+    finishes = [c["finish_reason"] for e in events for c in e["choices"] if not c["delta"]]
+    assert finishes == ["length"], finishes
+    assert events[-1]["router"]["budget_overrun"] is True
+    assert events[-1]["router"]["continued"] is False  # the overrun ledger grants nothing
+    assert events[-1]["usage"]["completion_tokens"] == 49  # a token per chunk seen, at least
+
+
 async def test_parallel_vote_streams_the_winner():
     llm = ScriptedLLM(answers("The answer is 3.", "The answer is 3.", "The answer is 4."))
     body = vote(budget=256, stream=True, stream_options={"include_usage": True})

@@ -197,6 +197,7 @@ class _Piece:
     # whole call's count, not a running total (which a broken stream is not charged by).
     usage_final: bool = False
     done: bool = False
+    opened: bool = False  # its call was opened (a forced answer: its separator was sent)
     template: dict[str, Any] = field(default_factory=dict)
 
 
@@ -210,7 +211,6 @@ async def _stream(call: Call, opened: tuple[UpstreamStream, Metered], chain_cap:
         call.answer_samples = [(chain.text, chain.finish_reason, chain_cap)]
         if _needs_answer(call, chain.finish_reason, chain.text) and reserve:
             last = _Piece(template=chain.template)
-            yield _delta_event(chain.template, call, _separator(call))
             try:
                 async for out in _continue(call, chain.text, reserve, last):
                     yield out
@@ -220,6 +220,10 @@ async def _stream(call: Call, opened: tuple[UpstreamStream, Metered], chain_cap:
                 # after its text (which the SDKs raise, losing the chain).
                 call.report["continued"] = False
                 last.finish_reason = last.finish_reason or "length"
+            if not last.opened:
+                # Not granted (a total budget the resent chain does not fit) or refused: the
+                # client got the chain alone, which ends as cut, as the JSON reply does.
+                last = chain
     except GatewayError as exc:
         call.stream_error = exc
         yield sse.data_event(error_json(exc))
@@ -240,6 +244,10 @@ async def _continue(call: Call, chain_text: str, reserve: int,
     if opened is None:
         return
     call.report["continued"] = True  # the forced answer's call was sent
+    # The separator only once a forced answer follows it: a chain left without one is sent
+    # as the JSON reply has it, with nothing after its text.
+    piece.opened = True
+    yield _delta_event(piece.template, call, _separator(call))
     async for out in _forward(call, *opened, piece):
         yield out
 
@@ -283,6 +291,9 @@ async def _forward(call: Call, stream: UpstreamStream, metered: Metered,
                         break
                 elif metered.granted is not None and piece.chunks > metered.granted:
                     overran = True
+                    # stopped at its grant, as a backend honouring its cap would have: the
+                    # client is told the reply was cut, not sent a null finish reason
+                    piece.finish_reason = piece.finish_reason or "length"
                     break
         if rule is not None and rule.over:
             # A backend known to ignore its cap, closed at its grant before it makes more;

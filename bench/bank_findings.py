@@ -34,6 +34,11 @@ e. **One chain, greedy or sampled**: the greedy chain against the first sampled 
    (temperature 0.7) of the same items, both within the samples' recorded room
    (``SAMPLE_TOKENS``), paired: what ``chain_temperature`` (``service.routing.greedy_chain``)
    rests on.
+f. **Greedy first** (``bench.greedy_first``): votes of 3, 5 and 8 samples of 256 and 512
+   tokens whose first ballot is the greedy chain, against plain votes and the greedy chain,
+   and the gateway's early stopping on both. Read over every run with samples, as
+   ``bench.greedy_first`` reads them (HotpotQA at each search count, so n counts runs, not
+   items), unlike the sections above.
 
 Accuracies are percent with Wilson 95% intervals; n is the number of items. A bank still being
 recorded is read up to its last complete line.

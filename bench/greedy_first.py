@@ -20,7 +20,8 @@ McNemar exact p; ``service.evaluation.analysis.paired_difference``). Every arm s
 ``k`` samples' tokens, so the comparison is at equal width, not at equal tokens
 (``bench/bank_findings.py`` compares votes with one chain at equal tokens).
 
-Usage: ``python -m bench.greedy_first [--bank PATH] [--depths 256,512] [--widths 3,5,8]``.
+Usage: ``python -m bench.greedy_first [--bank PATH] [--depths 256,512] [--widths 3,5,8]
+[--since-bank OLDER]``.
 """
 
 from __future__ import annotations
@@ -29,18 +30,12 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.bank_figures import Cell, ballot_answer, cut_answer, right
-from bench.bank_findings import paired
+from bench.bank_figures import Cell, ballot_answer, cut_answer, right, vote
+from bench.bank_findings import paired, recorded_since
 from bench.bank_stopping import FULL, default_rules, sample_answers
 from bench.options import load_bank, token_budgets
-from router_models.bank import BankRun, BankSample
+from router_models.bank import BankError, BankRun
 from router_models.voting import Ballot, tally, winner
-
-
-def vote_of(run: BankRun, samples: Sequence[BankSample], depth: int) -> bool:
-    """Whether the majority of ``samples`` cut at ``depth`` tokens is right; ties go to the
-    answer of the earliest sample among the tied."""
-    return right(run, winner(tally(Ballot(ballot_answer(run, s, depth)) for s in samples)))
 
 
 def arms(run: BankRun, depth: int, width: int) -> tuple[bool, bool, bool]:
@@ -53,8 +48,9 @@ def arms(run: BankRun, depth: int, width: int) -> tuple[bool, bool, bool]:
     if len(run.samples) < width:
         raise ValueError(f"{run.key}: {len(run.samples)} samples, a vote of {width} needs more")
     greedy = right(run, cut_answer(run, run.greedy, depth))
-    plain = vote_of(run, run.samples[:width], depth)
-    first = vote_of(run, [run.greedy, *run.samples[:width - 1]], depth)
+    # ties go to the answer seen first (``voting.winner``), so to the greedy one
+    plain = vote(run, run.samples[:width], depth)
+    first = vote(run, [run.greedy, *run.samples[:width - 1]], depth)
     return greedy, plain, first
 
 
@@ -134,8 +130,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="tokens per sample, comma-separated (default 256,512)")
     parser.add_argument("--widths", type=token_budgets, default=(3, 5, 8),
                         help="vote widths, comma-separated (default 3,5,8)")
+    parser.add_argument("--since-bank", type=Path, default=None,
+                        help="read only the runs this older bank lacks (items recorded since: "
+                             "held out from anything chosen on the older bank)")
     args = parser.parse_args(argv)
     bank = load_bank(parser, args.bank)
+    if args.since_bank is not None:
+        try:
+            bank = recorded_since(bank, load_bank(parser, args.since_bank))
+        except BankError as exc:
+            parser.error(str(exc))
     runs = [r for r in bank.runs if r.samples]
     print(f"Greedy first on the outcome bank: {len(runs)} runs "
           f"({', '.join(f'{s} {n}' for s, n in sorted(bank.suites().items()))})\n")

@@ -48,3 +48,18 @@ def test_a_width_no_run_holds_prints_an_empty_row():
     table = greedy_first.table(Bank.load(FIXTURE).runs, [64], [3, 99])
     assert "| 64 | 3 |" in table
     assert "| 64 | 99 | 0 | - | - | - | - | - |" in table
+
+
+def test_since_bank_reads_only_the_runs_an_older_bank_lacks(tmp_path, capsys):
+    # The older bank: the fixture without its MMLU run, so only that run is read.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "bank.json").write_text((FIXTURE / "bank.json").read_text())
+    lines = (FIXTURE / "fixture-001.jsonl").read_text().splitlines(keepends=True)
+    (old / "fixture-001.jsonl").write_text("".join(x for x in lines if '"mmlu/' not in x))
+    greedy_first.main(["--bank", str(FIXTURE), "--since-bank", str(old), "--depths", "512",
+                       "--widths", "3"])
+    out = capsys.readouterr().out
+    assert "1 runs (mmlu 1)" in out and "| 512 | 3 | 1 |" in out
+    with pytest.raises(SystemExit):  # nothing new to read
+        greedy_first.main(["--bank", str(FIXTURE), "--since-bank", str(FIXTURE)])

@@ -167,6 +167,20 @@ def _events(text: str) -> list[dict[str, Any]]:
     return out
 
 
+async def _conforming_chat_chunks(client: Any, body: dict[str, Any],
+                                  include_usage: bool) -> list[dict[str, Any]]:
+    """``body`` streamed: asserts a 200 with chunks and no error event, each chunk a
+    CreateChatCompletionStreamResponse; returns the chunks."""
+    stream = await client.post("/v1/chat/completions", json={
+        **body, "stream": True, "stream_options": {"include_usage": include_usage}})
+    assert stream.status_code == 200, stream.text
+    chunks = _events(stream.text)
+    assert chunks and not any("error" in c for c in chunks), stream.text
+    for chunk in chunks:
+        check("CreateChatCompletionStreamResponse", chunk)
+    return chunks
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_chat_responses_and_chunks_of_every_strategy_conform(strategy, data_dir):
     body = {"model": "auto", "messages": [{"role": "user", "content": "How many legs?"}],
@@ -180,13 +194,7 @@ async def test_chat_responses_and_chunks_of_every_strategy_conform(strategy, dat
             assert reply.json()["router"]["search_calls"] == 2
         check("CreateChatCompletionResponse", reply.json())
         for include_usage in (False, True):
-            stream = await client.post("/v1/chat/completions", json={
-                **body, "stream": True, "stream_options": {"include_usage": include_usage}})
-            assert stream.status_code == 200, stream.text
-            chunks = _events(stream.text)
-            assert chunks and not any("error" in c for c in chunks), stream.text
-            for chunk in chunks:
-                check("CreateChatCompletionStreamResponse", chunk)
+            chunks = await _conforming_chat_chunks(client, body, include_usage)
             assert ("usage" in chunks[-1]) is include_usage
 
 
@@ -204,13 +212,7 @@ async def test_chat_logprobs_of_every_strategy_conform(strategy, data_dir):
         assert reply.status_code == 200, reply.text
         check("CreateChatCompletionResponse", reply.json())
         assert reply.json()["choices"][0]["logprobs"]["content"]
-        stream = await client.post("/v1/chat/completions", json={
-            **body, "stream": True, "stream_options": {"include_usage": True}})
-        assert stream.status_code == 200, stream.text
-        chunks = _events(stream.text)
-        assert chunks and not any("error" in c for c in chunks), stream.text
-        for chunk in chunks:
-            check("CreateChatCompletionStreamResponse", chunk)
+        chunks = await _conforming_chat_chunks(client, body, include_usage=True)
         assert any(c.get("logprobs") for chunk in chunks for c in chunk["choices"])
 
 

@@ -18,7 +18,10 @@ On the outcome bank (Qwen2.5-Coder-0.5B, 997 runs, ``python -m bench.greedy_firs
 2026), with samples of 512 tokens: a vote of 3 right on 32.8% plain, 36.1% greedy first (+3.3
 points, paired 95% [+0.6, +6.0], McNemar p = 0.023; the greedy chain alone 33.8%); of 5,
 36.6% against 39.2% (+2.6, p = 0.033); of 8, +0.4 (p = 0.77); with samples of 256 tokens, of
-3, +3.4 (p = 0.007). Two samples that agree against the greedy answer still outvote it, so
+3, +3.4 (p = 0.007). Those figures are in sample: on the 185 runs recorded after it was chosen
+(``--since-bank``) it ties the plain vote of 3 and trails those of 5 and 8 (-6.5, p = 0.043;
+-5.9, p = 0.071, at 512 tokens), while beating the greedy answer alone (findings 3.0l). Two
+samples that agree against the greedy answer still outvote it, so
 the vote keeps what self-consistency buys; a model whose samples are as good as its greedy
 chain loses nothing but one sample's diversity.
 

@@ -182,8 +182,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         error: GatewayError
-        if exc.status_code == 404:
-            error = NotFound(f"no route for {request.method} {request.url.path}")
+        if exc.status_code == 404:  # OpenAI's answer to a path it does not serve
+            error = NotFound(f"Unknown request URL: {request.method} {request.url.path}. "
+                             "Please check the URL for typos; the OpenAI API is served "
+                             "under /v1/.", code="unknown_url")
         elif exc.status_code == 405:
             error = MethodNotAllowed(str(exc.detail), allow=_allowed_methods(request))
         else:

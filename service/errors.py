@@ -13,7 +13,7 @@ boundary where they happen, ``raise ...Error(...) from exc``.
     |   +-- MethodNotAllowed           405 invalid_request_error (with its Allow header)
     +-- Unauthorized                   401 authentication_error (missing or wrong bearer token)
     +-- Forbidden                      403 permission_error (an admin surface, no admin key)
-    +-- NotFound                       404 not_found_error (unknown model, unknown route)
+    +-- NotFound                       404 invalid_request_error (unknown model, route, id)
     +-- UnknownObject                  404 invalid_request_error (another key's object)
     +-- Conflict                       409 invalid_request_error (an id naming several rows)
     +-- RateLimited                    429 rate_limit_error (over an API key's limits)
@@ -127,8 +127,13 @@ class Forbidden(GatewayError):
 
 
 class NotFound(GatewayError):
+    """Something the request names does not exist: a model (code ``model_not_found``), a
+    route (``unknown_url``), a logged request's id. Typed ``invalid_request_error`` as every
+    404 of OpenAI's API is; ``not_found_error`` is other APIs' vocabulary (Anthropic's,
+    llama.cpp's server's), which clients written for OpenAI do not expect."""
+
     status = 404
-    type = "not_found_error"
+    type = "invalid_request_error"
 
 
 class UnknownObject(GatewayError):

@@ -2,9 +2,16 @@
 
 The checks are deliberately the few the gateway relies on (the body is a JSON object, ``model``
 is a string, ``messages`` / ``prompt`` are present, the token caps and ``n`` are positive
-integers). Everything else, including fields the gateway does not know, content given as a list
-of parts, assistant turns with ``content: null`` and ``tool_calls``, and tool turns, is left
-for the backend exactly as the client sent it: strict validators wrongly refuse valid inputs.
+integers, ``temperature`` and ``top_p`` are in range). Everything else, including fields the
+gateway does not know, content given as a list of parts, assistant turns with ``content:
+null`` and ``tool_calls``, and tool turns, is left for the backend exactly as the client sent
+it: strict validators wrongly refuse valid inputs.
+
+A field that fails a check is refused as OpenAI refuses it: 400 ``invalid_request_error``
+with its ``param``, OpenAI's ``code`` (``missing_required_parameter``, ``invalid_type``,
+``empty_array``, ``integer_below_min_value``, ``decimal_above_max_value``, ...) and wording,
+so that a client written for OpenAI catches the same exception (the SDKs pick it by status)
+and reads the same code.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any, Literal
 
 import orjson
 
-from service.errors import InvalidRequest, UnprocessableRequest
+from service.errors import InvalidRequest
 
 Endpoint = Literal["chat", "completions"]
 
@@ -141,17 +148,18 @@ def parse_request(endpoint: Endpoint, body: dict[str, Any],
     """Check the fields the gateway uses and build the ``RoutedRequest``.
 
     Raises:
-        InvalidRequest: missing ``model``, empty ``messages``, a missing ``prompt``, a bad
-            ``router`` control (400).
-        UnprocessableRequest: a field of the wrong type or out of range (422); ``stop``
-            counts as used, since the ledger sizes a stopped reply's allowance by it, and
-            so do ``temperature`` and ``top_p`` (``SAMPLING_RANGES``), which routing reads.
+        InvalidRequest: (400, OpenAI's codes) a missing ``model``, ``messages`` or
+            ``prompt``; a field of the wrong type or out of range (``stop`` counts as used,
+            since the ledger sizes a stopped reply's allowance by it, and so do
+            ``temperature`` and ``top_p``, ``SAMPLING_RANGES``, which routing reads);
+            empty ``messages``; ``stream_options`` without ``stream``; a bad ``router``
+            control.
     """
     model = body.get("model")
-    if model is None:
+    if model is None or model == "":
         raise InvalidRequest("you must provide a model parameter", param="model")
-    if not isinstance(model, str) or not model:
-        raise UnprocessableRequest("model must be a non-empty string", param="model")
+    if not isinstance(model, str):
+        raise _invalid_type("model", "a string", model)
 
     if endpoint == "chat":
         _check_messages(body.get("messages"))
@@ -162,10 +170,14 @@ def parse_request(endpoint: Endpoint, body: dict[str, Any],
     if stream is None:
         stream = False
     if not isinstance(stream, bool):
-        raise UnprocessableRequest("stream must be a boolean", param="stream")
+        raise _invalid_type("stream", "a boolean", stream)
     stream_options = body.get("stream_options")
     if stream_options is not None and not isinstance(stream_options, dict):
-        raise UnprocessableRequest("stream_options must be an object", param="stream_options")
+        raise _invalid_type("stream_options", "an object", stream_options)
+    if stream_options is not None and not stream:
+        # OpenAI's refusal, word for word; the gateway would otherwise drop the options.
+        raise InvalidRequest("The 'stream_options' parameter is only allowed when 'stream' "
+                             "is enabled.", param="stream_options")
     include_usage = bool(stream_options and stream_options.get("include_usage"))
 
     _check_stop(body.get("stop"))
@@ -208,30 +220,56 @@ def new_response_id(endpoint: Endpoint) -> str:
     return prefix + os.urandom(16).hex()
 
 
+def _kind(value: Any) -> str:
+    """A JSON value's type as OpenAI's messages name it ("a string", "a decimal number")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _invalid_type(name: str, expected: str, value: Any) -> InvalidRequest:
+    return InvalidRequest(f"Invalid type for '{name}': expected {expected}, but got "
+                          f"{_kind(value)} instead.", param=name, code="invalid_type")
+
+
+def _missing(name: str) -> InvalidRequest:
+    return InvalidRequest(f"Missing required parameter: '{name}'.", param=name,
+                          code="missing_required_parameter")
+
+
 def _check_messages(messages: Any) -> None:
     if messages is None:
-        raise InvalidRequest("messages is required", param="messages")
+        raise _missing("messages")
     if not isinstance(messages, list):
-        raise UnprocessableRequest("messages must be a list", param="messages")
+        raise _invalid_type("messages", "an array of objects", messages)
     if not messages:
-        raise InvalidRequest("messages must not be empty", param="messages")
+        raise InvalidRequest("Invalid 'messages': empty array. Expected an array with minimum "
+                             "length 1, but got an empty array instead.", param="messages",
+                             code="empty_array")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise UnprocessableRequest(f"messages[{i}] must be an object",
-                                       param=f"messages[{i}]")
-        if not isinstance(message.get("role"), str):
-            raise UnprocessableRequest(f"messages[{i}].role must be a string",
-                                       param=f"messages[{i}].role")
+            raise _invalid_type(f"messages[{i}]", "an object", message)
+        if "role" not in message:
+            raise _missing(f"messages[{i}].role")
+        if not isinstance(message["role"], str):
+            raise _invalid_type(f"messages[{i}].role", "a string", message["role"])
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
-            raise UnprocessableRequest(
-                f"messages[{i}].content must be a string, a list of parts, or null",
-                param=f"messages[{i}].content")
+            raise _invalid_type(f"messages[{i}].content",
+                                "one of a string, an array of content parts, or null", content)
 
 
 def _check_prompt(prompt: Any) -> None:
     if prompt is None:
-        raise InvalidRequest("prompt is required", param="prompt")
+        raise _missing("prompt")
     if isinstance(prompt, str):
         return
     if isinstance(prompt, list) and prompt and all(
@@ -239,8 +277,8 @@ def _check_prompt(prompt: Any) -> None:
                                           all(isinstance(t, int) for t in p))
             for p in prompt):
         return
-    raise UnprocessableRequest(
-        "prompt must be a string, a list of strings, or token ids", param="prompt")
+    raise _invalid_type("prompt", "one of a string, an array of strings, an array of integers "
+                        "or an array of arrays of integers", prompt)
 
 
 def _check_stop(stop: Any) -> None:
@@ -250,9 +288,11 @@ def _check_stop(stop: Any) -> None:
     # stop that is neither a string nor a list, so a client's mistake would pass unnoticed.
     if stop is None or isinstance(stop, str):
         return
-    if not isinstance(stop, list) or not all(isinstance(word, str) for word in stop):
-        raise UnprocessableRequest("stop must be a string, a list of strings, or null",
-                                   param="stop")
+    if not isinstance(stop, list):
+        raise _invalid_type("stop", "one of a string, an array of strings, or null", stop)
+    for i, word in enumerate(stop):
+        if not isinstance(word, str):
+            raise _invalid_type(f"stop[{i}]", "a string", word)
 
 
 # OpenAI's ranges for the sampling fields (``CreateChatCompletionRequest``). The gateway reads
@@ -266,9 +306,16 @@ def _check_number(body: dict[str, Any], name: str, low: float, high: float) -> N
     value = body.get(name)
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise UnprocessableRequest(f"{name} must be a number from {low:g} to {high:g}",
-                                   param=name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _invalid_type(name, "a decimal", value)
+    if value < low:
+        raise InvalidRequest(f"Invalid '{name}': decimal below minimum value. Expected a value "
+                             f">= {low:g}, but got {value} instead.", param=name,
+                             code="decimal_below_min_value")
+    if value > high:
+        raise InvalidRequest(f"Invalid '{name}': decimal above maximum value. Expected a value "
+                             f"<= {high:g}, but got {value} instead.", param=name,
+                             code="decimal_above_max_value")
 
 
 def _positive_int(body: dict[str, Any], name: str, default: int | None = None) -> int | None:
@@ -276,9 +323,11 @@ def _positive_int(body: dict[str, Any], name: str, default: int | None = None) -
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise UnprocessableRequest(f"{name} must be an integer", param=name)
+        raise _invalid_type(name, "an integer", value)
     if value < 1:
-        raise UnprocessableRequest(f"{name} must be at least 1", param=name)
+        raise InvalidRequest(f"Invalid '{name}': integer below minimum value. Expected a value "
+                             f">= 1, but got {value} instead.", param=name,
+                             code="integer_below_min_value")
     return value
 
 

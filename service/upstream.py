@@ -7,8 +7,9 @@ its first bytes arrive, before anything is sent to the client; after that a fail
 as ``UpstreamError`` for the caller to end its stream with.
 
 Every failure of the transport is one of httpx's, translated here into the gateway's error
-tree (``_Translating`` closes the gaps httpx-aiohttp leaves). Every attempt is counted in
-``ttc_upstream_requests_total{backend, status}`` and timed in
+tree (``_Translating`` closes the gaps httpx-aiohttp leaves); a backend's own refusal (a
+4xx) keeps its message, its error vocabulary made OpenAI's (``_openai_vocabulary``). Every
+attempt is counted in ``ttc_upstream_requests_total{backend, status}`` and timed in
 ``ttc_upstream_duration_seconds{backend}``; retries in ``ttc_upstream_retries_total``. A
 completion's 2xx reply is counted once its body has been read (a stream: once it is closed),
 under ``STREAM_ERROR`` when the body failed after its 2xx headers, so that broken streams
@@ -992,11 +993,38 @@ def _error_from_status(status: int, payload: bytes, headers: Mapping[str, str],
     if status == 408:
         return UpstreamTimeout("the backend timed out", code="upstream_408")
     if 400 <= status < 500:
+        error_type, code = _openai_vocabulary(status, error_type, code)
         return UpstreamClientError(message or f"the backend refused the request ({status})",
                                    status=status, param=param, code=code, error_type=error_type,
                                    allow=headers.get("allow") if status == 405 else None)
     return UpstreamError(f"backend error {status}: {message}" if message
                          else f"backend error {status}", code="upstream_5xx")
+
+
+# Error types of the backends the gateway fronts that OpenAI's API never sends, as OpenAI
+# types a refusal of the same kind: llama.cpp's server (the embedded backend) answers a path
+# it does not serve with ``not_found_error``, a prompt over its context with
+# ``exceed_context_size_error`` (OpenAI: code ``context_length_exceeded``); vLLM names its
+# exception's class. Clients written for OpenAI branch on ``invalid_request_error``.
+_FOREIGN_TYPES = {
+    "not_found_error": ("invalid_request_error", None),
+    "NotFoundError": ("invalid_request_error", None),
+    "BadRequestError": ("invalid_request_error", None),
+    "exceed_context_size_error": ("invalid_request_error", "context_length_exceeded"),
+}
+
+
+def _openai_vocabulary(status: int, error_type: str | None, code: str | None,
+                       ) -> tuple[str | None, str | None]:
+    """(type, code) of a backend's 4xx as OpenAI words them: a type in ``_FOREIGN_TYPES``
+    translated, and a code that only repeats the HTTP status (llama.cpp's and vLLM's
+    ``"code": 404``; OpenAI's codes are names such as ``model_not_found``) dropped."""
+    if code == str(status):
+        code = None
+    if error_type in _FOREIGN_TYPES:
+        error_type, usual_code = _FOREIGN_TYPES[error_type]
+        code = code or usual_code
+    return error_type, code
 
 
 def _parse_error(payload: bytes) -> tuple[str, str | None, str | None, str | None]:

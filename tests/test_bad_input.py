@@ -18,43 +18,43 @@ BAD_INPUTS = [
     ("empty body", b"", 400, None),
     ("missing model", b'{"messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
     ("model not a string", b'{"model": 5, "messages": [{"role": "user", "content": "x"}]}',
-     422, "model"),
+     400, "model"),
     ("empty messages", b'{"model": "fake-model", "messages": []}', 400, "messages"),
-    ("messages not a list", b'{"model": "fake-model", "messages": "hi"}', 422, "messages"),
+    ("messages not a list", b'{"model": "fake-model", "messages": "hi"}', 400, "messages"),
     ("message without role", b'{"model": "fake-model", "messages": [{"content": "hi"}]}',
-     422, "messages[0].role"),
+     400, "messages[0].role"),
     ("content a number", b'{"model": "fake-model", "messages": [{"role": "user", "content": 5}]}',
-     422, "messages[0].content"),
+     400, "messages[0].content"),
     ("max_tokens a string",
      b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}',
-     422, "max_tokens"),
+     400, "max_tokens"),
     ("negative max_tokens",
      b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}',
-     422, "max_tokens"),
+     400, "max_tokens"),
     ("n zero", b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "n": 0}',
-     422, "n"),
+     400, "n"),
     ("stream not a bool",
      b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
-     422, "stream"),
+     400, "stream"),
     ("stop a number",
      b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "stop": 5}',
-     422, "stop"),
+     400, "stop"),
     ("stop an object",
      b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
-     b' "stop": {"a": 1}}', 422, "stop"),
+     b' "stop": {"a": 1}}', 400, "stop"),
     ("stop a list holding a number",
      b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
-     b' "stop": ["ok", 1]}', 422, "stop"),
+     b' "stop": ["ok", 1]}', 400, "stop[1]"),
     # routing reads these: a string "0" would not read as greedy, 5 would reach the backend
     ("temperature over 2",
      b'{"model": "auto", "messages": [{"role": "user", "content": "x"}], "temperature": 5}',
-     422, "temperature"),
+     400, "temperature"),
     ("temperature a string",
      b'{"model": "auto", "messages": [{"role": "user", "content": "x"}], "temperature": "0"}',
-     422, "temperature"),
+     400, "temperature"),
     ("top_p negative",
      b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "top_p": -0.1}',
-     422, "top_p"),
+     400, "top_p"),
     ("unknown strategy",
      b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
      b' "router": {"strategy": "magic"}}', 400, "router.strategy"),
@@ -163,7 +163,8 @@ async def test_unknown_route_is_404_in_the_envelope():
     async with gateway_client(FakeBackend().transport()) as client:
         reply = await client.get("/nothing/here")
     assert reply.status_code == 404
-    assert reply.json()["error"]["type"] == "not_found_error"
+    assert reply.json()["error"]["type"] == "invalid_request_error"
+    assert reply.json()["error"]["code"] == "unknown_url"
 
 
 async def test_budget_smaller_than_n_is_400():

@@ -78,14 +78,14 @@ async def test_an_unknown_id_is_a_404_in_the_error_envelope():
     assert metric("ttc_rejected_total", reason="invalid") == before["invalid"]
     assert reply.status_code == 404
     assert reply.json() == {"error": {"message": "no request has the id 'dec_nope'",
-                                      "type": "not_found_error", "param": "id",
+                                      "type": "invalid_request_error", "param": "id",
                                       "code": "unknown_id"}}
 
 
 def unknown_id(ident: str) -> dict[str, Any]:
     """The 404 envelope of feedback on an id no request has."""
-    return {"error": {"message": f"no request has the id {ident!r}", "type": "not_found_error",
-                      "param": "id", "code": "unknown_id"}}
+    return {"error": {"message": f"no request has the id {ident!r}",
+                      "type": "invalid_request_error", "param": "id", "code": "unknown_id"}}
 
 
 async def test_a_key_posts_feedback_only_on_its_own_requests_on_every_replica(database_url):

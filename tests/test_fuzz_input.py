@@ -64,17 +64,17 @@ TABLE = [
             b'"temperature": NaN}', 400),
     ("a bare string", b'"hello"', 400),
     ("null", b"null", 400),
-    ("messages an object", b'{"model": "fake-model", "messages": {"role": "user"}}', 422),
+    ("messages an object", b'{"model": "fake-model", "messages": {"role": "user"}}', 400),
     ("role a number", b'{"model": "fake-model", "messages": [{"role": 1, "content": "x"}]}',
-     422),
+     400),
     ("n a float", b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], '
-                  b'"n": 1.5}', 422),
+                  b'"n": 1.5}', 400),
     ("n a boolean", b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], '
-                    b'"n": true}', 422),
+                    b'"n": true}', 400),
     ("absurd n", b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], '
                  b'"n": 1000000000000}', 400),
     ("astronomical n", b'{"model": "fake-model", "messages": [{"role": "user", "content": '
-                       b'"x"}], "n": 100000000000000000000000000000000}', 422),  # a float
+                       b'"x"}], "n": 100000000000000000000000000000000}', 400),  # a float
     ("negative budget", b'{"model": "fake-model", "messages": [{"role": "user", "content": '
                         b'"x"}], "router": {"budget_tokens": -1}}', 400),
     ("absurd budget", b'{"model": "fake-model", "messages": [{"role": "user", "content": '
@@ -83,9 +83,9 @@ TABLE = [
                       b'"x"}], "router": {"budget_tokens": [1]}}', 400),
     ("router a string", b'{"model": "fake-model", "messages": [{"role": "user", "content": '
                         b'"x"}], "router": "fast"}', 400),
-    ("prompt an object", b'{"model": "fake-model", "prompt": {"a": 1}}', 422),
+    ("prompt an object", b'{"model": "fake-model", "prompt": {"a": 1}}', 400),
     ("stream_options a list", b'{"model": "fake-model", "messages": [{"role": "user", '
-                              b'"content": "x"}], "stream": true, "stream_options": []}', 422),
+                              b'"content": "x"}], "stream": true, "stream_options": []}', 400),
 ]
 
 

@@ -11,8 +11,10 @@ Per sample depth ``L`` (tokens) and vote width ``k``, on every run of the bank:
   gateway's votes with ``vote_greedy_first`` (``service.strategies.parallel_vote``).
 
 And early stopping on greedy-first votes of 8 (whole samples): the gateway's default rule
-(``bench.bank_stopping.default_rules``) replayed on the greedy chain then 7 samples, against
-the same rule on 8 samples and the fixed votes.
+(``bench.bank_stopping.default_rules``) and the embedded model's own
+(``service.local_backend.QWEN_CODER_05B.vote_stopping``: a first wave of 2, Beta 0.6) replayed
+on the greedy chain then 7 samples, against the same rules on 8 samples and the fixed votes;
+the stopped vote against the fixed one is paired on the same runs.
 
 A sample cut before it stated an answer casts no vote (``bench.bank_figures.ballot_answer``).
 Intervals are Wilson 95%; differences are paired on the same runs (bootstrap 95% interval,
@@ -32,10 +34,11 @@ from pathlib import Path
 
 from bench.bank_figures import Cell, ballot_answer, cut_answer, right, vote
 from bench.bank_findings import paired, recorded_since
-from bench.bank_stopping import FULL, default_rules, sample_answers
+from bench.bank_stopping import FULL, StopRule, default_rules, sample_answers
 from bench.options import load_bank, token_budgets
 from router_models.bank import BankError, BankRun
 from router_models.voting import Ballot, tally, winner
+from service.local_backend import QWEN_CODER_05B
 
 
 def arms(run: BankRun, depth: int, width: int) -> tuple[bool, bool, bool]:
@@ -93,13 +96,22 @@ def per_suite(runs: Sequence[BankRun], depth: int, width: int) -> str:
     return "\n".join(lines)
 
 
-def stopping(runs: Sequence[BankRun], width: int = 8) -> str:
-    """The gateway's default stopping rule on plain and greedy-first votes of ``width`` whole
-    samples: accuracy, mean samples read and the saving against the fixed vote, as markdown."""
-    rule = default_rules(width)[1]
+def embedded_rule() -> StopRule:
+    """The early-stopping rule the embedded model's votes run (``LocalModel.vote_stopping``)."""
+    wave, threshold = QWEN_CODER_05B.vote_stopping or (3, 0.9)
+    return StopRule(f"the embedded model's rule (first wave {wave}, then 1, Beta {threshold:g})",
+                    "beta", first_wave=wave, wave=1, threshold=threshold)
+
+
+def stopping(runs: Sequence[BankRun], width: int = 8, rule: StopRule | None = None) -> str:
+    """A stopping rule (default: the gateway's default, ``default_rules``) on plain and
+    greedy-first votes of ``width`` whole samples: accuracy, the stopped vote minus the fixed
+    one (paired), mean samples read and the saving against the fixed vote, as markdown."""
+    rule = rule or default_rules(width)[1]
     usable = [r for r in runs if len(r.samples) >= width]
-    lines = [f"| vote of {width} | fixed % | stopped by the gateway's rule % | samples read | "
-             "saving |", "| --- | --- | --- | ---: | ---: |"]
+    lines = [f"| vote of {width} | fixed % | stopped by the rule % | stopped - fixed, points "
+             "(paired 95%), McNemar p | samples read | saving |",
+             "| --- | --- | --- | --- | ---: | ---: |"]
     for name in ("plain", "greedy first"):
         fixed, stopped, read = [], [], []
         for run in usable:
@@ -118,7 +130,8 @@ def stopping(runs: Sequence[BankRun], width: int = 8) -> str:
         read_cell = f"{sum(read) / n:.2f}" if n else "-"
         saving = f"{width * n / sum(read):.2f}x" if n else "-"
         lines.append(f"| {name} | {Cell(sum(fixed), n).render()} | "
-                     f"{Cell(sum(stopped), n).render()} | {read_cell} | {saving} |")
+                     f"{Cell(sum(stopped), n).render()} | "
+                     f"{paired(stopped, fixed).render() if n else '-'} | {read_cell} | {saving} |")
     return f"{rule.name}:\n\n" + "\n".join(lines)
 
 
@@ -147,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nPer suite, {max(args.depths)} tokens a sample, vote of 5:\n")
     print(per_suite(runs, max(args.depths), 5))
     print("\nEarly stopping, whole samples: " + stopping(runs))
+    print("\nEarly stopping, whole samples: " + stopping(runs, rule=embedded_rule()))
 
 
 if __name__ == "__main__":

@@ -1075,6 +1075,32 @@ def report(auto: list[Result], fixed: dict, budgets: dict, stats: dict, sends: i
     print_other_choices(auto, best)
 
 
+def learner_summary(url: str) -> str:
+    """What the gateway's learning policy holds, read from its public ``/v1/learner``: per
+    kind of prompt its current strategy and, per strategy with outcomes, successes/trials;
+    then the switches made. A JSON line; the state's shape is the gateway's, read by key
+    only (this harness imports nothing of the router)."""
+    with urllib.request.urlopen(f"{url}/v1/learner?state=true", timeout=30) as reply:
+        policies = json.load(reply)["policies"]
+    out: dict[str, Any] = {}
+    for name, entry in policies.items():
+        state = entry.get("state") or {}
+        # Rows of trials and successes follow the order of ``current``'s kinds, columns the
+        # OpenAI-facing strategy names in the gateway's order (the same as STRATEGIES here).
+        current = state.get("current") or {}
+        trials, successes = state.get("trials") or [], state.get("successes") or []
+        per_kind = {}
+        for i, (kind, now) in enumerate(current.items()):
+            cells = {s: f"{successes[i][j]:g}/{trials[i][j]:g}"
+                     for j, s in enumerate(STRATEGIES) if i < len(trials) and trials[i][j]}
+            if cells:
+                per_kind[kind] = {"current": now, **cells}
+        out[name] = {"kinds": per_kind, "switches": [
+            f"{s.get('kind')}: {s.get('from')} -> {s.get('to')}"
+            for s in state.get("switches") or []]}
+    return json.dumps(out)
+
+
 def part_two(args, docs, items_by_kind, workdir: Path) -> None:
     size, rounds = args.round_size, args.rounds
     per_round = []
@@ -1099,6 +1125,8 @@ def part_two(args, docs, items_by_kind, workdir: Path) -> None:
             print("    strategies per kind (explored decisions): " + json.dumps(
                 {k: strategy_counts([x for x in results if x.item.kind == k]) for k in KINDS}),
                 flush=True)
+            print("    the gateway's learner (GET /v1/learner?state=true): "
+                  + learner_summary(world.url), flush=True)
         auto, fixed, budgets, stats = auto_against_fixed(world, per_round[rounds], "reversed",
                                                          args, "held-out auto")
     finally:

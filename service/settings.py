@@ -70,7 +70,11 @@ class UpstreamSettings(BaseModel):
     plain-text protocol. ``ignores_max_tokens``: it is known to generate past ``max_tokens``,
     so the strategies stream their calls to it and close each at its grant from the first
     request (without it, the gateway learns it from the first call that overruns:
-    ``service.strategies.capped``).
+    ``service.strategies.capped``). ``vote_first_wave`` and ``vote_stop_threshold``: the
+    early-stopping rule of votes run against it (samples in the first wave, Beta threshold),
+    when its model's own outcomes call for another than the gateway-wide ``vote_first_wave``
+    and ``vote_stop_threshold`` (None: those; the embedded model sets its own,
+    ``LocalModel.vote_stopping``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -88,6 +92,8 @@ class UpstreamSettings(BaseModel):
     tools: bool = False
     # It generates past max_tokens: strategy calls to it are streamed and cut at their grant.
     ignores_max_tokens: bool = False
+    vote_first_wave: int | None = Field(default=None, ge=1)
+    vote_stop_threshold: float | None = Field(default=None, gt=0, le=1)
 
     @field_validator("url")
     @classmethod
@@ -430,7 +436,7 @@ def load_settings(config_file: Path | str | None = None, **flags: Any) -> Settin
             f"the setting is a list or a mapping: {exc.__cause__ or exc}") from exc
     except Exception as exc:  # the YAML source raises yaml.YAMLError and friends
         raise SettingsError(f"cannot read config file {config_file}: {exc}") from exc
-    return Settings.model_construct(**dict(loaded))
+    return Settings.model_construct(_fields_set=loaded.model_fields_set, **dict(loaded))
 
 
 def _warn_unknown_variables(environ: Mapping[str, str]) -> None:

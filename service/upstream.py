@@ -91,6 +91,9 @@ class Backend:
     reasoning_effort: bool = False
     temperature: bool = True  # it accepts a temperature other than its default
     budget_tokens: int | None = None
+    # Its votes' early-stopping rule where it differs from the gateway's (None: the gateway's).
+    vote_first_wave: int | None = None
+    vote_stop_threshold: float | None = None
 
 
 # How a call's tokens were known, from the best source to the most cautious: the backend's

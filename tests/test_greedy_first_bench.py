@@ -63,3 +63,23 @@ def test_since_bank_reads_only_the_runs_an_older_bank_lacks(tmp_path, capsys):
     assert "1 runs (mmlu 1)" in out and "| 512 | 3 | 1 |" in out
     with pytest.raises(SystemExit):  # nothing new to read
         greedy_first.main(["--bank", str(FIXTURE), "--since-bank", str(FIXTURE)])
+
+
+def test_the_embedded_models_rule_is_replayed_beside_the_default():
+    runs = Bank.load(FIXTURE).runs
+    rule = greedy_first.embedded_rule()
+    assert (rule.first_wave, rule.threshold) == (2, 0.6)
+    # The fixture's 5 runs hold 4 samples: votes of 4. Every row pairs the stopped vote with
+    # the fixed one on the same runs.
+    default, embedded = (greedy_first.stopping(runs, 4), greedy_first.stopping(runs, 4, rule))
+    assert "first wave 2, then 1, Beta 0.6" in embedded and "Beta 0.9" in default
+    for table in (default, embedded):
+        rows = [x for x in table.splitlines() if x.startswith(("| plain", "| greedy first"))]
+        assert len(rows) == 2 and all("McNemar" not in x and "p = " in x for x in rows)
+    read = [float(x.split("|")[5]) for x in embedded.splitlines()
+            if x.startswith(("| plain", "| greedy first"))]
+    read_default = [float(x.split("|")[5]) for x in default.splitlines()
+                    if x.startswith(("| plain", "| greedy first"))]
+    # Two agreeing samples settle a vote at 0.6, not at 0.9: plain 2.6 against 3.6 samples
+    # read a vote, greedy first 2.2 against 3.6.
+    assert read == [2.6, 2.2] and read_default == [3.6, 3.6]

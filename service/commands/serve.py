@@ -10,9 +10,12 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.settings import Settings, SettingsError, UpstreamSettings, load_settings
+
+if TYPE_CHECKING:
+    from service.local_backend import LocalBackend
 
 log = logging.getLogger("ttc_router")
 
@@ -69,14 +72,29 @@ def run(args: argparse.Namespace) -> int:
         except LocalBackendError as exc:
             print(f"ttc-router: {exc}", file=sys.stderr)
             return 1
-        settings = settings.model_copy(update={"upstreams": [UpstreamSettings(
-            url=local.url, name="local", models=[local.alias], supports_n=local.supports_n)]})
+        settings = settings.model_copy(update={"upstreams": [embedded_upstream(settings, local)]})
     try:
         _run_uvicorn(settings, on_shutdown=local.stop if local is not None else None)
     finally:
         if local is not None:  # when uvicorn failed before its lifespan ran
             local.stop()
     return 0
+
+
+def embedded_upstream(settings: Settings, local: LocalBackend) -> UpstreamSettings:
+    """The upstream entry of the running embedded backend ``local``: its URL, model and
+    ``n`` support, and its model's own early-stopping rule (``LocalModel.vote_stopping``)
+    unless the operator set ``vote_first_wave`` or ``vote_stop_threshold`` (a setting set in
+    the config file or the environment holds for every upstream)."""
+    from service.local_backend import LOCAL_MODELS
+
+    model = LOCAL_MODELS.get(local.alias)
+    stopping = model.vote_stopping if model is not None else None
+    chosen = settings.model_fields_set & {"vote_first_wave", "vote_stop_threshold"}
+    first, threshold = (None, None) if stopping is None or chosen else stopping
+    return UpstreamSettings(url=local.url, name="local", models=[local.alias],
+                            supports_n=local.supports_n, vote_first_wave=first,
+                            vote_stop_threshold=threshold)
 
 
 def _run_uvicorn(settings: Settings, on_shutdown: Callable[[], None] | None) -> None:

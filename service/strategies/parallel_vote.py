@@ -5,7 +5,10 @@
 The plan gives the most samples (``width``, k) and the tokens per sample (``depth_tokens``, L;
 by default ``budget_tokens // width``). Samples are drawn in waves: ``vote_first_wave`` first,
 then ``vote_wave`` at a time, and after each wave the Beta stopping rule
-(``router_models.voting.is_settled``) decides whether more samples could change the answer.
+(``router_models.voting.is_settled``, at ``vote_stop_threshold``) decides whether more
+samples could change the answer. An upstream may have its own first wave and threshold
+(``UpstreamSettings``): the embedded model's votes stop once two samples agree, the rule its
+outcome bank validated (``LocalModel.vote_stopping``).
 Each sample's final answer is extracted and normalised (``router_models.answers``); samples
 without one do not vote; votes are weighted by confidence when the backend returns logprobs.
 
@@ -57,6 +60,7 @@ from service.strategies.base import (
     usage_body,
 )
 from service.strategies.sampling import Sample, draw
+from service.upstream import Backend
 
 # A sample's temperature when the client set none: votes over greedy samples are all alike.
 # 0.7 is the temperature self-consistency is usually run at (Wang et al. 2023 use 0.5-0.7).
@@ -90,12 +94,13 @@ def depth_tokens(call: Call) -> int:
     return reply_cap(call, depth)
 
 
-def first_wave(width: int, settings: Any) -> int:
-    """Samples of a vote's first wave: ``vote_first_wave``, or, when that is the whole vote
-    and ``vote_majority_first`` is on, a strict majority of it (``width // 2 + 1``): if the
-    majority agrees, the remaining samples cannot outvote it (``is_settled``), so they are
-    never drawn."""
-    wave = min(settings.vote_first_wave, width)
+def first_wave(width: int, settings: Any, backend: Backend | None = None) -> int:
+    """Samples of a vote's first wave: ``vote_first_wave`` (the backend's own when it has
+    one, ``UpstreamSettings``), or, when that is the whole vote and ``vote_majority_first``
+    is on, a strict majority of it (``width // 2 + 1``): if the majority agrees, the remaining
+    samples cannot outvote it (``is_settled``), so they are never drawn."""
+    own = backend.vote_first_wave if backend is not None else None
+    wave = min(own or settings.vote_first_wave, width)
     if settings.vote_majority_first and wave == width and width > 2:
         return width // 2 + 1
     return wave
@@ -116,6 +121,7 @@ async def run_vote(call: Call) -> Sample:
                          or not call.backend.temperature) else {
         "temperature": DEFAULT_VOTE_TEMPERATURE}
     greedy_first = settings.vote_greedy_first and may_set_temperature(call)
+    threshold = call.backend.vote_stop_threshold or settings.vote_stop_threshold
     # "C) 12" reads as the option C only when the prompt offers lettered options.
     options = lettered_options(_prompt_of(call))
     structured = structured_output(call.routed.body)
@@ -126,8 +132,8 @@ async def run_vote(call: Call) -> Sample:
     early_stop = no_answer = cut = False
     rest: int | None = None
     while drawn < plan.width:
-        wave = min(first_wave(plan.width, settings) if drawn == 0 else settings.vote_wave,
-                   plan.width - drawn)
+        wave = min(first_wave(plan.width, settings, call.backend) if drawn == 0
+                   else settings.vote_wave, plan.width - drawn)
         # Greedy first: the greedy sample comes first in the list, so a tie goes to its
         # answer (``voting.winner``: ties go to the answer seen first).
         new, failed = await draw(call, wave, depth, first_sample=drawn, body_overrides=overrides,
@@ -163,7 +169,7 @@ async def run_vote(call: Call) -> Sample:
                 cut = True
                 break
         if drawn < plan.width and is_settled(tally(ballots), remaining=plan.width - drawn,
-                                             threshold=settings.vote_stop_threshold):
+                                             threshold=threshold):
             early_stop = True
             break
     if not samples:

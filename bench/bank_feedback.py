@@ -83,6 +83,7 @@ from router_models.tasks.checkers import check
 from service.commands.eval import BANK_DEFAULT, bank_items
 from service.evaluation.analysis import paired_difference, wilson
 from service.evaluation.runner import RunOptions, plan_jobs, read_records, run_jobs
+from service.local_backend import QWEN_CODER_05B
 from service.search.local import index_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,9 +125,11 @@ def make_folds(items: Sequence[TaskItem], count: int) -> list[list[TaskItem]]:
 class Stack:
     """The replay and the gateways in front of it, as subprocesses; ``close`` stops them."""
 
-    def __init__(self, bank: Path | None, work: Path, exploration: float | None):
+    def __init__(self, bank: Path | None, work: Path, exploration: float | None,
+                 vote_stopping: tuple[int, float] | None = None):
         self.work = work
         self.exploration = exploration
+        self.vote_stopping = vote_stopping
         self.processes: list[subprocess.Popen[bytes]] = []
         port = free_port()
         log = work / "replay.log"
@@ -168,6 +171,11 @@ class Stack:
             env["TTC_LEARNED_EXPLORATION"] = str(self.exploration)
         if target_tokens is not None:
             env["TTC_LEARNED_TARGET_TOKENS"] = str(target_tokens)
+        if self.vote_stopping is not None:
+            # The replayed bank is the embedded model's: its gateway stops votes by that
+            # model's own rule (``LocalModel.vote_stopping``), as ``ttc-router serve`` does.
+            env["TTC_VOTE_FIRST_WAVE"] = str(self.vote_stopping[0])
+            env["TTC_VOTE_STOP_THRESHOLD"] = str(self.vote_stopping[1])
         port = free_port()
         log = self.work / f"{name}.log"
         with log.open("wb") as out:
@@ -517,6 +525,7 @@ def report(results: dict[str, Any]) -> str:
         f"{results['items']} items; {results['folds_count']} folds, {results['rounds']} training "
         f"rounds per training item; exploration "
         f"{results['exploration'] if results['exploration'] is not None else 'default'}; "
+        f"votes stopped by {stopping_note(results.get('vote_stopping'))}; "
         f"classifier: {classifier_note(results)}; "
         f"{results['elapsed_s']:.0f} s.", "",
         "Every item held out once: each answer below is made by a gateway that received no "
@@ -564,6 +573,14 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stopping_note(stopping: Sequence[float] | None) -> str:
+    """How the report names the votes' early-stopping rule (``--vote-stopping``)."""
+    if not stopping:
+        return "the gateway-wide default rule"
+    return (f"the embedded model's rule (first wave {int(stopping[0])}, Beta "
+            f"{stopping[1]:g})")
+
+
 # ----------------------------------------------------------------------------- main
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -583,6 +600,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "empty for none")
     parser.add_argument("--exploration", type=share, default=None,
                         help="the learned policy's exploration share (default: the gateway's)")
+    parser.add_argument("--vote-stopping", choices=("embedded", "default"),
+                        default="embedded",
+                        help="embedded (default): votes stop by the embedded model's own rule, "
+                             "as `ttc-router serve` runs that model (the bank's); default: "
+                             "the gateway-wide rule every other upstream gets")
     parser.add_argument("--limit", type=positive_int, default=None,
                         help="items per suite (a quick run)")
     parser.add_argument("--classifier", choices=("fold", "shipped"), default="fold",
@@ -635,7 +657,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["classifier_bank"] = Classifier.load().metadata.get("bank")
     work = Path(tempfile.mkdtemp(prefix="bank-feedback-"))
     finished = False
-    stack = Stack(args.bank, work, args.exploration)
+    stopping = QWEN_CODER_05B.vote_stopping if args.vote_stopping == "embedded" else None
+    results["vote_stopping"] = stopping
+    stack = Stack(args.bank, work, args.exploration, stopping)
     try:
         for number, held_out in enumerate(folds):
             training = [i for k, fold in enumerate(folds) if k != number for i in fold]

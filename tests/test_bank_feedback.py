@@ -85,6 +85,10 @@ def test_a_whole_run_on_the_fixture_bank(tmp_path: Path, monkeypatch: pytest.Mon
         assert training_items <= sum(map(sum, learner["trials"])) <= 2 * training_items
     text = (out / "report.md").read_text()
     assert "| policy:auto after feedback |" in text and "| policy:auto |" in text
+    # The replayed bank is the embedded model's, so its gateways stop votes by that model's
+    # rule, and the report says which.
+    assert results["vote_stopping"] == [2, 0.6]
+    assert "votes stopped by the embedded model's rule (first wave 2, Beta 0.6)" in text
     # Each auto arm has its row of the equal-token comparison, against a fixed arm or none.
     equal = text.split("At equal tokens")[1].split("Per family")[0]
     for arm in ("policy:auto", "policy:auto after feedback", "policy:auto @mean 128"):

@@ -178,7 +178,9 @@ async def spend(backend: MisreportingBackend, strategy: str, budget: int, *,
             answer = reply.json()
         row = await app.state.gateway.request_log.get(reply.headers["x-ttc-decision-id"])
         generated = backend.generated
-        probe = await client.post(CHAT, json={**body, "stream": False, "max_tokens": 1,
+        # Not streamed, so without stream_options (OpenAI refuses them without stream).
+        unstreamed = {k: v for k, v in body.items() if k != "stream_options"}
+        probe = await client.post(CHAT, json={**unstreamed, "stream": False, "max_tokens": 1,
                                               "router": {"strategy": "direct"}}, headers=auth)
     return {"generated": generated, "usage": answer["usage"], "router": answer["router"],
             "log": row.completion_tokens,

@@ -803,11 +803,14 @@ class Findings:
 
 def greedy_first_section(bank: Bank) -> str:
     """Section f: plain votes against greedy-first votes and the greedy chain, at 256 and 512
-    tokens a sample, with the gateway's early stopping on both (``bench.greedy_first``)."""
-    from bench.greedy_first import stopping, table  # it imports this module's ``paired``
+    tokens a sample, with the gateway's default early stopping and the embedded model's own
+    rule on both (``bench.greedy_first``)."""
+    # it imports this module's ``paired``
+    from bench.greedy_first import embedded_rule, stopping, table
 
     runs = [r for r in bank.runs if r.samples]
-    return "\n\n".join([table(runs, (256, 512), (3, 5, 8)), stopping(runs)])
+    return "\n\n".join([table(runs, (256, 512), (3, 5, 8)), stopping(runs),
+                        stopping(runs, rule=embedded_rule())])
 
 
 def compute(bank: Bank, budgets: Sequence[int] = DEFAULT_BUDGETS) -> Findings:

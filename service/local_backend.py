@@ -80,10 +80,10 @@ QWEN_CODER_05B = LocalModel(
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     # Its votes stop once two samples agree (a first wave of 2, Beta threshold 0.6): chosen
     # on half of its outcome bank and scored on the other, at 919 runs (docs/findings.md 3.0j),
-    # then on the 303 runs recorded after that choice, with greedy-first votes of 8 as the
-    # gateway draws them: -0.7 points against all 8 samples at 2.32x fewer samples read,
-    # where the gateway's default (3, 0.9) saves 1.17x (`python -m bench.greedy_first
-    # --since-bank OLD`, docs/findings.md 3.0m). Its samples agree with each other too little
+    # then on the 431 runs recorded after that choice, with greedy-first votes of 8 as the
+    # gateway draws them: -0.5 points [-2.8, +1.6] against all 8 samples at 2.33x fewer
+    # samples read, where the gateway's default (3, 0.9) saves 1.23x (`python -m
+    # bench.greedy_first --since-bank OLD`, docs/findings.md 3.0m). Its samples agree too little
     # for votes to pay much, so stopping early costs it little; the default stays for every
     # other model, since on a model whose contested votes pay the same rule loses 19 points
     # on them (bench/early_stopping.py, SIMULATION).

@@ -98,7 +98,8 @@ def per_suite(runs: Sequence[BankRun], depth: int, width: int) -> str:
 
 def embedded_rule() -> StopRule:
     """The early-stopping rule the embedded model's votes run (``LocalModel.vote_stopping``)."""
-    wave, threshold = QWEN_CODER_05B.vote_stopping or (3, 0.9)
+    assert QWEN_CODER_05B.vote_stopping is not None, "the embedded model has its own rule"
+    wave, threshold = QWEN_CODER_05B.vote_stopping
     return StopRule(f"the embedded model's rule (first wave {wave}, then 1, Beta {threshold:g})",
                     "beta", first_wave=wave, wave=1, threshold=threshold)
 

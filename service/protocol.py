@@ -240,6 +240,16 @@ def _invalid_type(name: str, expected: str, value: Any) -> InvalidRequest:
                           f"{_kind(value)} instead.", param=name, code="invalid_type")
 
 
+def _out_of_range(name: str, kind: str, value: float, bound: float) -> InvalidRequest:
+    """OpenAI's refusal of a ``kind`` ("integer", "decimal") below or above ``bound``: code
+    ``{kind}_below_min_value`` or ``{kind}_above_max_value``, with its wording."""
+    below = value < bound
+    side, limit, sign = ("below", "minimum", ">=") if below else ("above", "maximum", "<=")
+    return InvalidRequest(f"Invalid '{name}': {kind} {side} {limit} value. Expected a value "
+                          f"{sign} {bound:g}, but got {value} instead.", param=name,
+                          code=f"{kind}_{side}_{limit[:3]}_value")
+
+
 def _missing(name: str) -> InvalidRequest:
     return InvalidRequest(f"Missing required parameter: '{name}'.", param=name,
                           code="missing_required_parameter")
@@ -309,13 +319,9 @@ def _check_number(body: dict[str, Any], name: str, low: float, high: float) -> N
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _invalid_type(name, "a decimal", value)
     if value < low:
-        raise InvalidRequest(f"Invalid '{name}': decimal below minimum value. Expected a value "
-                             f">= {low:g}, but got {value} instead.", param=name,
-                             code="decimal_below_min_value")
+        raise _out_of_range(name, "decimal", value, low)
     if value > high:
-        raise InvalidRequest(f"Invalid '{name}': decimal above maximum value. Expected a value "
-                             f"<= {high:g}, but got {value} instead.", param=name,
-                             code="decimal_above_max_value")
+        raise _out_of_range(name, "decimal", value, high)
 
 
 def _positive_int(body: dict[str, Any], name: str, default: int | None = None) -> int | None:
@@ -325,9 +331,7 @@ def _positive_int(body: dict[str, Any], name: str, default: int | None = None) -
     if isinstance(value, bool) or not isinstance(value, int):
         raise _invalid_type(name, "an integer", value)
     if value < 1:
-        raise InvalidRequest(f"Invalid '{name}': integer below minimum value. Expected a value "
-                             f">= 1, but got {value} instead.", param=name,
-                             code="integer_below_min_value")
+        raise _out_of_range(name, "integer", value, 1)
     return value
 
 

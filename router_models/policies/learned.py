@@ -16,8 +16,9 @@ Learning is safe by construction:
   that could most be better), else any of them evenly. The share is spent where it can gain
   most: a decision's chance is the share times its kind's ``potential`` (the best
   alternative's upper bound minus the current strategy's accuracy) over the mean of the
-  kinds' current potentials weighted by their traffic, at most four times the share, so a kind whose current strategy fails often explores more
-  than one that is right nine times in ten.
+  kinds' current potentials weighted by their traffic, at most four times the share, so a
+  kind whose current strategy fails often explores more than one that is right nine times
+  in ten.
   A running cap makes the share a hard bound: a decision may explore only while explored
   decisions stay at most ``exploration`` x decisions, so over any prefix of traffic the share
   never exceeds the setting. Exploration buys information only when outcomes come back, so

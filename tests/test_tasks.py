@@ -172,6 +172,24 @@ def test_data_suites_load_with_gold_answers() -> None:
     assert {i.kind for i in hotpot} >= {"text", "yes_no"}
 
 
+@needs_data
+def test_state_tracking_suites_load_with_their_gold_answers() -> None:
+    # Two BIG-bench-style families the bank records as held out from the policy's tuning.
+    objects = load_suite("object_tracking", limit=3, data_dir=DATA)
+    first = objects[0]
+    assert (first.kind, first.family, first.choices, first.answer) == (
+        "choice", "arithmetic_chain", ("A", "B", "C"), "C")
+    assert first.question.endswith("A) orange ball.\nB) white ball.\nC) blue ball.")
+    assert check(first, "Alice ends with the blue ball. The answer is C.")
+    assert not check(first, "The answer is A.")
+    assert len(load_suite("object_tracking", limit=None, data_dir=DATA)) == 750
+    flips = load_suite("coin_flip", limit=None, data_dir=DATA)
+    assert len(flips) == 500 and {i.answer for i in flips} == {"yes", "no"}
+    assert flips[0].answer == "yes" and flips[0].question.startswith("A coin is heads up.")
+    assert check(flips[0], "Two flips leave it heads up. The answer is yes.")
+    assert 0 <= min(i.difficulty for i in flips) < max(i.difficulty for i in flips) <= 1
+
+
 def test_registry_recognises_a_question_inside_a_wider_prompt() -> None:
     item = load_suite("arithmetic_chain", limit=1)[0]
     registry = TaskRegistry([item])

@@ -10,6 +10,7 @@ Difficulty, in [0, 1], comes from the data where the data says something:
 - CommonsenseQA, StrategyQA: text-davinci-002 zero-shot-CoT's greedy outcome in Kojima et al.
   2022's logs (right 0.25, wrong 0.75), 0.5 when the question is not in the log.
 - HotpotQA: its ``level`` field (easy 0.2, medium 0.5, hard 0.8).
+- Object tracking, coin flip: as CommonsenseQA (text-davinci-002's logged outcome).
 """
 
 from __future__ import annotations
@@ -127,6 +128,44 @@ def commonsenseqa(limit: int | None, folder: Path) -> list[TaskItem]:
                 difficulty=_outcome_difficulty(outcomes, stem),
                 question=stem + "\n" + "\n".join(choices), answer=row["answerKey"],
                 kind="choice", choices=tuple(c["label"] for c in row["question"]["choices"])))
+    return items
+
+
+def object_tracking(limit: int | None, folder: Path) -> list[TaskItem]:
+    """BIG-bench tracking shuffled objects, three objects (750, Kojima et al. 2022's copy):
+    who holds what after three swaps, three lettered choices; family arithmetic_chain (each
+    swap builds on the last: state tracking). Difficulty from text-davinci-002's logged
+    outcome, matched on the question's first 160 characters, which several items share (the
+    last of them counts)."""
+    path = folder / "zero_shot_cot" / "dataset" / "Bigbench_object_tracking" / "task.json"
+    outcomes = _davinci_outcomes(folder, "shuffled_objects")
+    items = []
+    for index, row in enumerate(json.loads(_need(path).read_text())["examples"][:limit]):
+        options = list(row["target_scores"])
+        letters = LETTERS[:len(options)]
+        answer = letters[[row["target_scores"][o] for o in options].index(1)]
+        question = row["input"].strip()
+        items.append(TaskItem(
+            suite="object_tracking", item_id=f"object_tracking-{index:05d}",
+            family="arithmetic_chain", difficulty=_outcome_difficulty(outcomes, question),
+            question=question + "\n" + "\n".join(
+                f"{letter}) {option}" for letter, option in zip(letters, options, strict=True)),
+            answer=answer, kind="choice", choices=letters))
+    return items
+
+
+def coin_flip(limit: int | None, folder: Path) -> list[TaskItem]:
+    """Coin flip (500, Kojima et al. 2022): is a coin still heads up after people flip it or
+    not, yes/no; family arithmetic_chain (each flip builds on the last: state tracking)."""
+    path = folder / "zero_shot_cot" / "dataset" / "coin_flip" / "coin_flip.json"
+    outcomes = _davinci_outcomes(folder, "coin_flip")
+    items = []
+    for index, row in enumerate(json.loads(_need(path).read_text())["examples"][:limit]):
+        items.append(TaskItem(
+            suite="coin_flip", item_id=f"coin_flip-{index:05d}", family="arithmetic_chain",
+            difficulty=_outcome_difficulty(outcomes, row["question"]),
+            question=row["question"], answer=row["answer"].strip().lower(), kind="yes_no",
+            choices=("yes", "no")))
     return items
 
 

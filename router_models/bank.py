@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from router_models.tasks import TaskItem
+from router_models.tasks.registry import question_spans
 
 DEFAULT_BANK = Path(__file__).resolve().parent / "data" / "bank"
 LONG_CHAINS = "long-chains-"  # the prefix of the files of greedy chains recorded with more room
@@ -188,13 +189,10 @@ class Bank:
 
     def lookup(self, text: str) -> dict[int, BankRun] | None:
         """The runs (by number of searches) whose question is ``text``, one of its
-        blank-line blocks, or, for a recorded prompt, the whole prompt; None when none."""
-        key = question_key(text)
-        found = self._by_question.get(key)
-        if found is not None:
-            return found
-        for block in re.split(r"\n\s*\n", text):
-            found = self._by_question.get(question_key(block))
+        blank-line blocks or a run of them (``registry.question_spans``), or, for a recorded
+        prompt, the whole prompt; None when none."""
+        for span in question_spans(text):
+            found = self._by_question.get(question_key(span))
             if found is not None:
                 return found
         return None

@@ -5,6 +5,7 @@ process against it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from router_models.bank import Bank, BankError
+from router_models.tasks.registry import TaskRegistry
 from service.bank_replay import ReplayConfig, create_replay_app
 from service.search import LocalIndex
 from service.search.documents import Document
@@ -61,6 +63,22 @@ def test_the_fixture_loads_and_a_bad_bank_is_refused(tmp_path: Path) -> None:
     (tmp_path / "x-001.jsonl").write_text('{"key": "x"}\n')
     with pytest.raises(BankError, match="x-001.jsonl:1"):
         Bank.load(tmp_path)
+
+
+def test_a_question_of_several_paragraphs_is_found_inside_its_prompt() -> None:
+    # BIG-bench's shuffled objects: the players, a blank line, then the swaps. The prompt adds
+    # the instruction as one more block, so neither the whole text nor any one block is the
+    # question; the run of blocks that is, is found.
+    question = ("Alice, Bob and Claire each hold a ball.\n\nFirst, Alice and Bob swap balls. "
+                "At the end, Alice has the\nA) red ball.\nB) blue ball.")
+    item = dataclasses.replace(MC.item, item_id="paragraphs", question=question)
+    bank = Bank([MC, dataclasses.replace(MC, item=item, key="mmlu/paragraphs/0")])
+    assert bank.lookup(item.prompt()) == {MC.searches: bank.runs[1]}
+    assert bank.lookup(f"Passages.\n\n{item.prompt()}") == {MC.searches: bank.runs[1]}
+    assert bank.lookup(MC.item.prompt()) == {MC.searches: MC}
+    assert bank.lookup("Alice, Bob and Claire each hold a ball.") is None
+    registry = TaskRegistry([item])
+    assert registry.identify([("user", item.prompt())]).item == item
 
 
 async def test_a_budget_cuts_the_recorded_chain_and_usage_is_exact() -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,20 @@ MARKER = re.compile(r"\[\[sim\s+([^\]]*)\]\]")
 GENERATED_KNOWN = 1000
 _LABEL = re.compile(r"^(?:question|q)\s*:\s*", re.IGNORECASE)
 CONTEXT_ROLES = frozenset({"system", "developer", "user", "tool", "function"})
+
+
+def question_spans(text: str, most_blocks: int = 8) -> Iterator[str]:
+    """Where a question may sit in a message, in the order matching tries them: the whole
+    text, each of its blank-line blocks, then each run of 2 to ``most_blocks`` consecutive
+    blocks. A question with paragraphs of its own (BIG-bench's shuffled objects: the players,
+    a blank line, the swaps) spans several blocks, and a prompt adds its instruction, or
+    retrieved passages, as more."""
+    yield text
+    blocks = re.split(r"\n\s*\n", text)
+    yield from blocks
+    for size in range(2, min(most_blocks, len(blocks) - 1) + 1):
+        for start in range(len(blocks) - size + 1):
+            yield "\n\n".join(blocks[start:start + size])
 
 
 def _key(text: str) -> str:
@@ -88,12 +102,10 @@ class TaskRegistry:
         return registry
 
     def lookup(self, text: str) -> TaskItem | None:
-        """The registered item whose question is ``text`` or one of its blank-line blocks."""
-        found = self._by_key.get(_key(text))
-        if found is not None:
-            return found
-        for block in re.split(r"\n\s*\n", text):
-            found = self._by_key.get(_key(block))
+        """The registered item whose question is ``text``, one of its blank-line blocks or a
+        run of them (``question_spans``)."""
+        for span in question_spans(text):
+            found = self._by_key.get(_key(span))
             if found is not None:
                 return found
         return None

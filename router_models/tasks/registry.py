@@ -46,7 +46,8 @@ def question_spans(text: str, most_blocks: int = 8) -> Iterator[str]:
     text, each of its blank-line blocks, then each run of 2 to ``most_blocks`` consecutive
     blocks. A question with paragraphs of its own (BIG-bench's shuffled objects: the players,
     a blank line, the swaps) spans several blocks, and a prompt adds its instruction, or
-    retrieved passages, as more."""
+    retrieved passages, as more. Runs longer than ``most_blocks`` blocks are not tried, so a
+    message of many paragraphs costs at most ``most_blocks`` lookups per block."""
     yield text
     blocks = re.split(r"\n\s*\n", text)
     yield from blocks

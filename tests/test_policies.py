@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from router_models import budget
+from router_models.answer_lengths import DEFAULT_ANSWER_TOKENS
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies import (
     FixedPolicy,
@@ -33,6 +34,7 @@ from router_models.policies.prior import (
     fit_vote,
     mean_spend,
     read_search,
+    sample_tokens,
 )
 from router_models.steps import state_steps
 
@@ -804,3 +806,23 @@ def test_the_exploration_share_is_spent_as_outcomes_come_in():
             assert policy.explored <= 0.05 * policy.exploring_decisions
         shares.append(policy.explored / policy.exploring_decisions)
     assert sum(shares) / len(shares) > 0.8 * 0.05
+
+
+def test_a_chain_keeps_one_default_samples_room_when_its_kind_answers_in_one_line():
+    # Held-out bank families (object tracking and coin flips, both the chain kind): the 0.5B
+    # model answers a coin flip in 6 tokens without reasoning, so the kind's answer length
+    # fell to 6 and a shuffled-objects chain, which reasons for about 200 tokens, was planned
+    # 54 tokens and cut before its answer. A chain's cap is room, so it never falls below one
+    # sample of the answer length assumed before usage.
+    policy = LearnedPolicy(seed=1)
+    for _ in range(40):
+        policy.observe_usage(HARD_CHAIN, [(6, True)])
+    assert policy.answer_tokens(kind_of(HARD_CHAIN)) <= 8
+    chain = policy.decide(HARD_CHAIN).plan
+    assert chain.strategy == "sequential"
+    assert chain.budget_tokens == chain.depth_tokens >= sample_tokens(DEFAULT_ANSWER_TOKENS)
+    # Where answers run long, the cap follows them as before.
+    long = LearnedPolicy(seed=1)
+    for _ in range(40):
+        long.observe_usage(HARD_CHAIN, [(600, True)])
+    assert long.decide(HARD_CHAIN).plan.budget_tokens > 4 * sample_tokens(600)

@@ -436,7 +436,8 @@ class LearnedPolicy(Policy):
                 "one answer: one answer"))
         else:
             plan = size_plan(strategy, scores, answer, self.scale, self.vote_width,
-                             vote_above=0.0 if exploring else self.vote_above)
+                             vote_above=0.0 if exploring else self.vote_above,
+                             chain_floor=sample_tokens(self.default_answer_tokens))
         caps = [c for c in (budget_tokens, self.plan_ceiling() if ceiling else None)
                 if c is not None]
         return fit_cap(plan, min(caps) if caps else None, answer)

@@ -29,12 +29,14 @@ Sizes (``size_plan``) follow the tokens a complete answer of that kind takes, ``
 (observed: ``router_models.answer_lengths``), times ``HEADROOM``: a direct answer and each vote
 sample get that much, so every sample can finish. A chain's cap is ``CHAIN_CAP`` samples times
 (1 + difficulty): room for long chains, not spend, since a chain stops when its answer is
-written. A vote gets ``2 + scale x difficulty`` samples, and ``scale`` is solved so the mean
-expected spend over recent traffic meets the operator's target (``solve_scale``, ``mean_spend``):
-harder prompts get more tokens within the configured mean (compute-optimal allocation, Snell et
-al. 2024). A vote whose budget buys fewer than three complete samples runs one chain instead
-(``fit_vote``). The vote's early stopping (Adaptive-Consistency) then saves samples where the
-first ones agree.
+written; never less than ``chain_floor`` (one sample of the answer length assumed before
+usage), since a kind's observed answers can all be one-liners while some of its prompts reason
+for hundreds of tokens. A vote gets ``2 + scale x difficulty`` samples, and ``scale`` is
+solved so the mean expected spend over recent traffic meets the operator's target
+(``solve_scale``, ``mean_spend``): harder prompts get more tokens within the configured mean
+(compute-optimal allocation, Snell et al. 2024). A vote whose budget buys fewer than three
+complete samples runs one chain instead (``fit_vote``). The vote's early stopping
+(Adaptive-Consistency) then saves samples where the first ones agree.
 """
 
 from __future__ import annotations
@@ -196,7 +198,8 @@ def sample_tokens(answer_tokens: int) -> int:
 
 
 def size_plan(strategy: str, scores: Scores, answer_tokens: int, scale: float,
-              vote_width: int = 8, search_calls: int = 3, vote_above: float = 0.0) -> Plan:
+              vote_width: int = 8, search_calls: int = 3, vote_above: float = 0.0,
+              chain_floor: int = 0) -> Plan:
     """The plan of ``strategy`` for this prompt (module docstring).
 
     A direct answer and each vote sample get ``sample_tokens(answer)``. A chain (``sequential``,
@@ -215,6 +218,8 @@ def size_plan(strategy: str, scores: Scores, answer_tokens: int, scale: float,
         search_calls: the most retrieval calls of a search.
         vote_above: the difficulty below which the mean budget buys no vote
             (``solve_vote_above``): such a prompt gets one direct answer instead.
+        chain_floor: the least room a chain gets, tokens, whatever ``answer_tokens`` says
+            (``LearnedPolicy`` passes one sample of the answer length assumed before usage).
 
     Returns:
         A ``Plan`` with ``budget_tokens`` and ``depth_tokens`` set; a vote that cannot buy two
@@ -224,7 +229,7 @@ def size_plan(strategy: str, scores: Scores, answer_tokens: int, scale: float,
     one = direct_room(answer_tokens, scores)
     if strategy == "direct":
         return Plan("direct", one, depth_tokens=one)
-    cap = int(sample * CHAIN_CAP * (1.0 + scores.difficulty))
+    cap = max(chain_floor, int(sample * CHAIN_CAP * (1.0 + scores.difficulty)))
     if strategy == "sequential":
         return Plan("sequential", cap, depth_tokens=cap)
     if strategy == "parallel_vote" and scores.difficulty < vote_above:

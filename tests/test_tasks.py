@@ -190,6 +190,17 @@ def test_state_tracking_suites_load_with_their_gold_answers() -> None:
     assert 0 <= min(i.difficulty for i in flips) < max(i.difficulty for i in flips) <= 1
 
 
+@needs_data
+def test_last_letters_and_addsub_load_with_their_gold_answers() -> None:
+    letters = load_suite("last_letters", limit=None, data_dir=DATA)
+    assert len(letters) == 500 and letters[0].answer == "yajo" and letters[0].kind == "text"
+    assert check(letters[0], 'The answer is "yajo".')
+    assert not check(letters[0], "The answer is yaj.")
+    sums = load_suite("addsub", limit=None, data_dir=DATA)
+    assert len(sums) == 395 and sums[0].answer == "43" and sums[0].family == "word_math"
+    assert check(sums[0], "70 - 27 = 43. The answer is 43.")
+
+
 def test_registry_recognises_a_question_inside_a_wider_prompt() -> None:
     item = load_suite("arithmetic_chain", limit=1)[0]
     registry = TaskRegistry([item])

@@ -81,7 +81,7 @@ def default_data_dir() -> Path | None:
 
 SUITES = ("graph_connectivity", "arithmetic_chain", "mc_guess", "gsm8k", "svamp",
           "multiarith", "commonsenseqa", "strategyqa", "mmlu", "hotpotqa", "object_tracking",
-          "coin_flip")
+          "coin_flip", "last_letters", "addsub")
 GENERATED_SUITES = SUITES[:3]
 
 
@@ -101,7 +101,8 @@ def _data(name: str) -> Callable[[int | None, Path], list[TaskItem]]:
         "gsm8k": datasets.gsm8k, "svamp": datasets.svamp, "multiarith": datasets.multiarith,
         "commonsenseqa": datasets.commonsenseqa, "strategyqa": datasets.strategyqa,
         "mmlu": datasets.mmlu, "hotpotqa": datasets.hotpotqa,
-        "object_tracking": datasets.object_tracking, "coin_flip": datasets.coin_flip}
+        "object_tracking": datasets.object_tracking, "coin_flip": datasets.coin_flip,
+        "last_letters": datasets.last_letters, "addsub": datasets.addsub}
     return loaders[name]
 
 

@@ -3,14 +3,15 @@ licences). Each loader takes (limit, folder) and returns items in file order.
 
 Difficulty, in [0, 1], comes from the data where the data says something:
 
-- GSM8K, SVAMP, MultiArith: the number of arithmetic operations in the reference solution
+- GSM8K, SVAMP, MultiArith, AddSub: the number of arithmetic operations in the reference solution
   (GSM8K's ``<<...>>`` annotations, the others' equations), 1 -> 0 and 8 or more -> 1.
 - MMLU: RouteLLM's recorded correctness of Mixtral-8x7B and GPT-4 on the same question
   (both right 0.1, one 0.5, neither 0.9), 0.5 when that file is absent.
 - CommonsenseQA, StrategyQA: text-davinci-002 zero-shot-CoT's greedy outcome in Kojima et al.
   2022's logs (right 0.25, wrong 0.75), 0.5 when the question is not in the log.
 - HotpotQA: its ``level`` field (easy 0.2, medium 0.5, hard 0.8).
-- Object tracking, coin flip: as CommonsenseQA (text-davinci-002's logged outcome).
+- Object tracking, coin flip, last letters: as CommonsenseQA (text-davinci-002's logged
+  outcome). AddSub: as MultiArith.
 """
 
 from __future__ import annotations
@@ -85,6 +86,36 @@ def multiarith(limit: int | None, folder: Path) -> list[TaskItem]:
             suite="multiarith", item_id=f"multiarith-{row['iIndex']}", family="word_math",
             difficulty=_ops_difficulty(ops), question=row["sQuestion"].strip(),
             answer=_number(row["lSolutions"][0]), kind="number"))
+    return items
+
+
+def addsub(limit: int | None, folder: Path) -> list[TaskItem]:
+    """AddSub (395) from the zero-shot-CoT copy: one- and two-step addition and subtraction
+    word problems; family word_math."""
+    path = folder / "zero_shot_cot" / "dataset" / "AddSub" / "AddSub.json"
+    items = []
+    for row in json.loads(_need(path).read_text())[:limit]:
+        ops = sum(len(re.findall(r"[-+*/]", eq.split("=", 1)[-1])) for eq in row["lEquations"])
+        items.append(TaskItem(
+            suite="addsub", item_id=f"addsub-{row['iIndex']}", family="word_math",
+            difficulty=_ops_difficulty(ops), question=row["sQuestion"].strip(),
+            answer=_number(row["lSolutions"][0]), kind="number"))
+    return items
+
+
+def last_letters(limit: int | None, folder: Path) -> list[TaskItem]:
+    """Last letter concatenation (500, Kojima et al. 2022): the last letters of four names,
+    joined; a short text answer; family arithmetic_chain (each letter is appended to the
+    last result). Difficulty from text-davinci-002's logged outcome."""
+    path = folder / "zero_shot_cot" / "dataset" / "last_letters" / "last_letters.json"
+    outcomes = _davinci_outcomes(folder, "last_letters")
+    items = []
+    for index, row in enumerate(json.loads(_need(path).read_text())["examples"][:limit]):
+        items.append(TaskItem(
+            suite="last_letters", item_id=f"last_letters-{index:05d}",
+            family="arithmetic_chain",
+            difficulty=_outcome_difficulty(outcomes, row["question"]),
+            question=row["question"], answer=row["answer"].strip().lower(), kind="text"))
     return items
 
 

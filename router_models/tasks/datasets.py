@@ -76,31 +76,31 @@ def svamp(limit: int | None, folder: Path) -> list[TaskItem]:
     return items
 
 
-def multiarith(limit: int | None, folder: Path) -> list[TaskItem]:
-    """MultiArith (600) from the zero-shot-CoT copy; family word_math."""
-    path = folder / "zero_shot_cot" / "dataset" / "MultiArith" / "MultiArith.json"
+def _equation_problems(suite: str, folder_name: str, limit: int | None, folder: Path
+                       ) -> list[TaskItem]:
+    """Word problems of the zero-shot-CoT copy's equation format (``sQuestion``,
+    ``lEquations``, ``lSolutions``, ``iIndex``: MultiArith, AddSub), difficulty from their
+    equations' operations; family word_math."""
+    path = folder / "zero_shot_cot" / "dataset" / folder_name / f"{folder_name}.json"
     items = []
     for row in json.loads(_need(path).read_text())[:limit]:
         ops = sum(len(re.findall(r"[-+*/]", eq.split("=", 1)[-1])) for eq in row["lEquations"])
         items.append(TaskItem(
-            suite="multiarith", item_id=f"multiarith-{row['iIndex']}", family="word_math",
+            suite=suite, item_id=f"{suite}-{row['iIndex']}", family="word_math",
             difficulty=_ops_difficulty(ops), question=row["sQuestion"].strip(),
             answer=_number(row["lSolutions"][0]), kind="number"))
     return items
+
+
+def multiarith(limit: int | None, folder: Path) -> list[TaskItem]:
+    """MultiArith (600) from the zero-shot-CoT copy; family word_math."""
+    return _equation_problems("multiarith", "MultiArith", limit, folder)
 
 
 def addsub(limit: int | None, folder: Path) -> list[TaskItem]:
     """AddSub (395) from the zero-shot-CoT copy: one- and two-step addition and subtraction
     word problems; family word_math."""
-    path = folder / "zero_shot_cot" / "dataset" / "AddSub" / "AddSub.json"
-    items = []
-    for row in json.loads(_need(path).read_text())[:limit]:
-        ops = sum(len(re.findall(r"[-+*/]", eq.split("=", 1)[-1])) for eq in row["lEquations"])
-        items.append(TaskItem(
-            suite="addsub", item_id=f"addsub-{row['iIndex']}", family="word_math",
-            difficulty=_ops_difficulty(ops), question=row["sQuestion"].strip(),
-            answer=_number(row["lSolutions"][0]), kind="number"))
-    return items
+    return _equation_problems("addsub", "AddSub", limit, folder)
 
 
 def last_letters(limit: int | None, folder: Path) -> list[TaskItem]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 
 import pytest
@@ -263,3 +263,27 @@ def test_a_json_boolean_answer_is_yes_or_no_and_a_null_one_is_refused(tmp_path: 
         path.write_text(bad + "\n")
         with pytest.raises(ValueError, match=":1:"):
             load_tasks_file(path)
+
+
+@needs_data
+def test_singleeq_date_and_aqua_load_with_their_gold_answers() -> None:
+    single = load_suite("singleeq", limit=None, data_dir=DATA)
+    assert len(single) == 508 and single[0].answer == "43" and single[0].kind == "number"
+    dates = load_suite("date_understanding", limit=None, data_dir=DATA)
+    assert len(dates) == 369 and {i.family for i in dates} == {"arithmetic_chain"}
+    first = dates[0]
+    assert first.question.startswith("Yesterday was April 30, 2021.")
+    gold_line = next(line for line in first.question.splitlines()
+                     if line.startswith(f"{first.answer})"))
+    assert gold_line.endswith("05/01/2021")  # the day after April 30
+    # The file lists the right option first almost always; the suite must not.
+    assert max(Counter(i.answer for i in dates).values()) < 0.3 * len(dates)
+    assert any(i.answer == "F" for i in dates) and check(
+        next(i for i in dates if i.answer == "F"), "Counting the days, the answer is F.")
+    assert load_suite("date_understanding", limit=3, data_dir=DATA) == dates[:3]
+    aqua = load_suite("aqua", limit=None, data_dir=DATA)
+    assert len(aqua) == 254 and aqua[0].answer == "A"
+    assert aqua[0].choices == ("A", "B", "C", "D", "E")
+    assert aqua[0].question.splitlines()[-5:][0] == "A) 5(\u221a3 + 1)"
+    assert check(aqua[0], "So it takes 5(\u221a3 + 1) minutes. The answer is A.")
+    assert not check(aqua[0], "The answer is E.")

@@ -81,7 +81,7 @@ def default_data_dir() -> Path | None:
 
 SUITES = ("graph_connectivity", "arithmetic_chain", "mc_guess", "gsm8k", "svamp",
           "multiarith", "commonsenseqa", "strategyqa", "mmlu", "hotpotqa", "object_tracking",
-          "coin_flip", "last_letters", "addsub")
+          "coin_flip", "last_letters", "addsub", "singleeq", "date_understanding", "aqua")
 GENERATED_SUITES = SUITES[:3]
 
 
@@ -102,7 +102,9 @@ def _data(name: str) -> Callable[[int | None, Path], list[TaskItem]]:
         "commonsenseqa": datasets.commonsenseqa, "strategyqa": datasets.strategyqa,
         "mmlu": datasets.mmlu, "hotpotqa": datasets.hotpotqa,
         "object_tracking": datasets.object_tracking, "coin_flip": datasets.coin_flip,
-        "last_letters": datasets.last_letters, "addsub": datasets.addsub}
+        "last_letters": datasets.last_letters, "addsub": datasets.addsub,
+        "singleeq": datasets.singleeq, "date_understanding": datasets.date_understanding,
+        "aqua": datasets.aqua}
     return loaders[name]
 
 
@@ -135,7 +137,7 @@ def load_suite(name: str, limit: int | None = None,
 def load_tasks_file(path: Path, default_family: str = "independent_mc") -> list[TaskItem]:
     """The user's own tasks: JSONL with ``question``, ``answer`` and optional ``family``,
     ``difficulty``, ``id`` per line. The answer's kind is inferred (a number, a single
-    letter A-E, yes/no, else a phrase); a JSON boolean answer is yes or no.
+    letter A-F, yes/no, else a phrase); a JSON boolean answer is yes or no.
 
     Raises:
         ValueError: a line that is not a JSON object whose question and answer are strings,
@@ -176,11 +178,11 @@ def _scalar(value: object) -> str:
 
 
 def infer_kind(answer: str) -> str:
-    """The answer kind of a bare gold answer: number, choice (one letter A-E), yes_no, text."""
+    """The answer kind of a bare gold answer: number, choice (one letter A-F), yes_no, text."""
     text = answer.strip()
     if re.fullmatch(r"[-+]?\$?[\d,]*\.?\d+", text):
         return "number"
-    if re.fullmatch(r"[A-Ea-e]", text):
+    if re.fullmatch(r"[A-Fa-f]", text):
         return "choice"
     if text.lower() in ("yes", "no"):
         return "yes_no"

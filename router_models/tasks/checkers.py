@@ -92,7 +92,7 @@ def parsed(item: TaskItem, reply: str) -> str | None:
     if answer is None:
         return None
     if item.kind == "choice":
-        letter = re.match(r"^\W*([A-Ea-e])(?:\W|$)", answer.strip())
+        letter = re.match(r"^\W*([A-Fa-f])(?:\W|$)", answer.strip())
         return letter.group(1).upper() if letter else None
     if item.kind == "yes_no":
         word = re.search(r"\b(yes|no)\b", answer.lower())

@@ -10,20 +10,21 @@ Difficulty, in [0, 1], comes from the data where the data says something:
 - CommonsenseQA, StrategyQA: text-davinci-002 zero-shot-CoT's greedy outcome in Kojima et al.
   2022's logs (right 0.25, wrong 0.75), 0.5 when the question is not in the log.
 - HotpotQA: its ``level`` field (easy 0.2, medium 0.5, hard 0.8).
-- Object tracking, coin flip, last letters: as CommonsenseQA (text-davinci-002's logged
-  outcome). AddSub: as MultiArith.
+- Object tracking, coin flip, last letters, date understanding, AQuA: as CommonsenseQA
+  (text-davinci-002's logged outcome). AddSub, SingleEq: as MultiArith.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import random
 import re
 from pathlib import Path
 
 from router_models.tasks import SuiteUnavailable, TaskItem, infer_kind
 
-LETTERS = ("A", "B", "C", "D", "E")
+LETTERS = ("A", "B", "C", "D", "E", "F")
 
 
 def _need(path: Path) -> Path:
@@ -76,12 +77,10 @@ def svamp(limit: int | None, folder: Path) -> list[TaskItem]:
     return items
 
 
-def _equation_problems(suite: str, folder_name: str, limit: int | None, folder: Path
-                       ) -> list[TaskItem]:
+def _equation_problems(suite: str, path: Path, limit: int | None) -> list[TaskItem]:
     """Word problems of the zero-shot-CoT copy's equation format (``sQuestion``,
-    ``lEquations``, ``lSolutions``, ``iIndex``: MultiArith, AddSub), difficulty from their
-    equations' operations; family word_math."""
-    path = folder / "zero_shot_cot" / "dataset" / folder_name / f"{folder_name}.json"
+    ``lEquations``, ``lSolutions``, ``iIndex``: MultiArith, AddSub, SingleEq), difficulty
+    from their equations' operations; family word_math."""
     items = []
     for row in json.loads(_need(path).read_text())[:limit]:
         ops = sum(len(re.findall(r"[-+*/]", eq.split("=", 1)[-1])) for eq in row["lEquations"])
@@ -92,15 +91,73 @@ def _equation_problems(suite: str, folder_name: str, limit: int | None, folder: 
     return items
 
 
+def _equation_file(folder: Path, name: str) -> Path:
+    return folder / "zero_shot_cot" / "dataset" / name / f"{name}.json"
+
+
 def multiarith(limit: int | None, folder: Path) -> list[TaskItem]:
     """MultiArith (600) from the zero-shot-CoT copy; family word_math."""
-    return _equation_problems("multiarith", "MultiArith", limit, folder)
+    return _equation_problems("multiarith", _equation_file(folder, "MultiArith"), limit)
 
 
 def addsub(limit: int | None, folder: Path) -> list[TaskItem]:
     """AddSub (395) from the zero-shot-CoT copy: one- and two-step addition and subtraction
     word problems; family word_math."""
-    return _equation_problems("addsub", "AddSub", limit, folder)
+    return _equation_problems("addsub", _equation_file(folder, "AddSub"), limit)
+
+
+def singleeq(limit: int | None, folder: Path) -> list[TaskItem]:
+    """SingleEq (508) from the zero-shot-CoT copy: word problems of one equation; family
+    word_math."""
+    path = folder / "zero_shot_cot" / "dataset" / "SingleEq" / "questions.json"
+    return _equation_problems("singleeq", path, limit)
+
+
+def date_understanding(limit: int | None, folder: Path) -> list[TaskItem]:
+    """BIG-bench date understanding (369, Kojima et al. 2022's copy): a date in MM/DD/YYYY
+    after a stated shift from a stated date, five or six lettered choices; family
+    arithmetic_chain (each shift builds on the date before it). Difficulty from
+    text-davinci-002's logged outcome. The file lists the right option first in 364 of 369
+    items, so the options are shuffled, the same way every time (seeded by the item)."""
+    path = folder / "zero_shot_cot" / "dataset" / "Bigbench_Date" / "task.json"
+    outcomes = _davinci_outcomes(folder, "date_understanding")
+    items = []
+    for index, row in enumerate(json.loads(_need(path).read_text())["examples"][:limit]):
+        question = row["input"].strip()
+        options = list(row["target_scores"])
+        random.Random(f"date_understanding-{index}").shuffle(options)
+        letters = LETTERS[:len(options)]
+        answer = letters[[row["target_scores"][o] for o in options].index(1)]
+        items.append(TaskItem(
+            suite="date_understanding", item_id=f"date_understanding-{index:05d}",
+            family="arithmetic_chain", difficulty=_outcome_difficulty(outcomes, question),
+            question=question + "\n" + "\n".join(
+                f"{letter}) {option}" for letter, option in zip(letters, options, strict=True)),
+            answer=answer, kind="choice", choices=letters))
+    return items
+
+
+def aqua(limit: int | None, folder: Path) -> list[TaskItem]:
+    """AQuA-RAT test (254, Ling et al. 2017; Kojima et al. 2022's copy): algebra word problems
+    with five lettered choices; family word_math. Difficulty from text-davinci-002's logged
+    outcome."""
+    path = folder / "zero_shot_cot" / "dataset" / "AQuA" / "test.json"
+    outcomes = _davinci_outcomes(folder, "aqua")
+    items: list[TaskItem] = []
+    with _need(path).open() as lines:
+        for index, line in enumerate(lines):
+            if limit is not None and len(items) >= limit:
+                break
+            row = json.loads(line)
+            question = row["question"].strip()
+            # Options come lettered ("A)5(...)"); a space after the letter reads as the rest.
+            options = [re.sub(r"^([A-E])\)\s*", r"\1) ", o) for o in row["options"]]
+            items.append(TaskItem(
+                suite="aqua", item_id=f"aqua-{index:05d}", family="word_math",
+                difficulty=_outcome_difficulty(outcomes, question),
+                question=question + "\n" + "\n".join(options), answer=row["correct"],
+                kind="choice", choices=LETTERS[:len(options)]))
+    return items
 
 
 def last_letters(limit: int | None, folder: Path) -> list[TaskItem]:

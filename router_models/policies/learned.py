@@ -576,9 +576,9 @@ class LearnedPolicy(Policy):
         of recent decisions (``TRAFFIC_SMOOTHING``), so the chances average to the share now.
         A running mean of past decisions' potentials lagged behind potentials that fall as
         outcomes come in, and the boosts then averaged below one: a third of the share went
-        unspent (a replay of a world like held-out traffic seed 31, 60 seeds, 720 decisions
-        each: 3.4% of 5% spent, the chain kind moved to votes in 35 runs; with this mean
-        4.3% and 46 runs).
+        unspent (``bench/exploration_share.py``: a replay of a world like held-out traffic
+        seed 31, 60 seeds, 720 decisions each: 3.4% of 5% spent, the chain kind moved to votes
+        in 35 runs; with this mean 4.3% and 46 runs).
         """
         potential = self.potential(kind, alternatives)
         self._traffic *= 1.0 - TRAFFIC_SMOOTHING

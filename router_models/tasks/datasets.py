@@ -120,21 +120,8 @@ def date_understanding(limit: int | None, folder: Path) -> list[TaskItem]:
     text-davinci-002's logged outcome. The file lists the right option first in 364 of 369
     items, so the options are shuffled, the same way every time (seeded by the item)."""
     path = folder / "zero_shot_cot" / "dataset" / "Bigbench_Date" / "task.json"
-    outcomes = _davinci_outcomes(folder, "date_understanding")
-    items = []
-    for index, row in enumerate(json.loads(_need(path).read_text())["examples"][:limit]):
-        question = row["input"].strip()
-        options = list(row["target_scores"])
-        random.Random(f"date_understanding-{index}").shuffle(options)
-        letters = LETTERS[:len(options)]
-        answer = letters[[row["target_scores"][o] for o in options].index(1)]
-        items.append(TaskItem(
-            suite="date_understanding", item_id=f"date_understanding-{index:05d}",
-            family="arithmetic_chain", difficulty=_outcome_difficulty(outcomes, question),
-            question=question + "\n" + "\n".join(
-                f"{letter}) {option}" for letter, option in zip(letters, options, strict=True)),
-            answer=answer, kind="choice", choices=letters))
-    return items
+    return _bigbench_choices("date_understanding", path, "date_understanding", limit, folder,
+                             shuffle=True)
 
 
 def aqua(limit: int | None, folder: Path) -> list[TaskItem]:
@@ -226,16 +213,27 @@ def object_tracking(limit: int | None, folder: Path) -> list[TaskItem]:
     outcome, matched on the question's first 160 characters, which several items share (the
     last of them counts)."""
     path = folder / "zero_shot_cot" / "dataset" / "Bigbench_object_tracking" / "task.json"
-    outcomes = _davinci_outcomes(folder, "shuffled_objects")
+    return _bigbench_choices("object_tracking", path, "shuffled_objects", limit, folder)
+
+
+def _bigbench_choices(suite: str, path: Path, log_name: str, limit: int | None,
+                      folder: Path, shuffle: bool = False) -> list[TaskItem]:
+    """A BIG-bench multiple-choice task (``examples`` with ``input`` and ``target_scores``)
+    as lettered choices, family arithmetic_chain, difficulty from text-davinci-002's log
+    ``log_name``; with ``shuffle`` the options are shuffled per item (seeded by suite and
+    index, so the same every time)."""
+    outcomes = _davinci_outcomes(folder, log_name)
     items = []
     for index, row in enumerate(json.loads(_need(path).read_text())["examples"][:limit]):
+        question = row["input"].strip()
         options = list(row["target_scores"])
+        if shuffle:
+            random.Random(f"{suite}-{index}").shuffle(options)
         letters = LETTERS[:len(options)]
         answer = letters[[row["target_scores"][o] for o in options].index(1)]
-        question = row["input"].strip()
         items.append(TaskItem(
-            suite="object_tracking", item_id=f"object_tracking-{index:05d}",
-            family="arithmetic_chain", difficulty=_outcome_difficulty(outcomes, question),
+            suite=suite, item_id=f"{suite}-{index:05d}", family="arithmetic_chain",
+            difficulty=_outcome_difficulty(outcomes, question),
             question=question + "\n" + "\n".join(
                 f"{letter}) {option}" for letter, option in zip(letters, options, strict=True)),
             answer=answer, kind="choice", choices=letters))

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -58,6 +59,8 @@ from service.errors import (
 )
 from service.retry_budget import RetryBudget
 from service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Response headers that describe the upstream hop itself and must not be copied to the client.
@@ -332,6 +335,9 @@ class UpstreamClient:
         self._retry_budgets: dict[str, RetryBudget] = {}
         # backend label -> its tokenizer path, or None when it has none (absent: not probed)
         self._tokenizers: dict[str, str | None] = {}
+        # Labels of backends that refused a body carrying both caps (``_refuses_both_caps``):
+        # their calls carry ``max_completion_tokens`` alone from then on.
+        self._completion_cap_only: set[str] = set()
 
     def retry_budget(self, backend: Backend) -> RetryBudget:
         """The retry budget of ``backend`` (one per backend label)."""
@@ -398,7 +404,8 @@ class UpstreamClient:
         """POST a JSON body and parse the JSON reply, with retries (each one first allowed by
         ``retry`` when given, and by the backend's retry budget). ``sending()``, when given,
         is called as each attempt leaves the gateway (its concurrency slot taken): an attempt
-        cancelled before that never reached the backend.
+        cancelled before that never reached the backend. The caps are sent as the backend
+        takes them (``_one_cap_field``).
 
         Raises:
             UpstreamClientError: the backend refused the request (4xx other than 429).
@@ -407,6 +414,39 @@ class UpstreamClient:
             UpstreamTimeout: no reply within the read timeout.
             UpstreamError: 5xx after retries, or a body that is not JSON.
         """
+        return await self._one_cap_field(
+            backend, body, lambda sent: self._post_json(backend, path, sent, acct, retry,
+                                                        sending))
+
+    async def _one_cap_field(self, backend: Backend, body: Mapping[str, Any],
+                             send: Callable[[Mapping[str, Any]], Awaitable[_T]]) -> _T:
+        """``send(body)``, with ``max_tokens`` left out for a backend that refuses it beside
+        ``max_completion_tokens``.
+
+        The strategies cap every chat call with both fields, since some servers honour only
+        one of them. OpenAI's API refuses the pair ("Setting 'max_tokens' and
+        'max_completion_tokens' at the same time is not supported", a 400), and its reasoning
+        models refuse ``max_tokens`` at all, so against it every capped call failed, the
+        client's own passed-through ``max_tokens`` included. Such a refusal is answered by
+        sending the body again with ``max_completion_tokens`` alone (the backend generated
+        nothing, so nothing is charged twice), and the backend is remembered as taking that
+        field only.
+        """
+        if backend.label in self._completion_cap_only:
+            return await send(_without_max_tokens(body))
+        try:
+            return await send(body)
+        except UpstreamClientError as error:
+            if not _refuses_both_caps(error, body):
+                raise
+            log.info("backend %s refuses max_tokens beside max_completion_tokens (%s): its "
+                     "calls carry max_completion_tokens alone", backend.label, error.message)
+            self._completion_cap_only.add(backend.label)
+            return await send(_without_max_tokens(body))
+
+    async def _post_json(self, backend: Backend, path: str, body: Mapping[str, Any],
+                         acct: Accounting | None, retry: RetryHook | None,
+                         sending: SendHook | None) -> JsonReply:
         content = orjson.dumps(body)
 
         def attempt(last: bool) -> Awaitable[JsonReply]:
@@ -433,6 +473,13 @@ class UpstreamClient:
 
         Raises the same errors as ``post_json`` for failures before the first byte.
         """
+        return await self._one_cap_field(
+            backend, body, lambda sent: self._open_stream(backend, path, sent, acct, retry,
+                                                          sending))
+
+    async def _open_stream(self, backend: Backend, path: str, body: Mapping[str, Any],
+                           acct: Accounting | None, retry: RetryHook | None,
+                           sending: SendHook | None) -> UpstreamStream:
         content = orjson.dumps(body)
 
         def attempt(last: bool) -> Awaitable[UpstreamStream]:
@@ -919,6 +966,22 @@ def count_failure(breaker: CircuitBreaker, backend: Backend, acct: Accounting | 
             return
         acct.failed_backends.add(backend.label)
     breaker.record_failure()
+
+
+def _refuses_both_caps(error: UpstreamClientError, body: Mapping[str, Any]) -> bool:
+    """True when ``error`` is a backend's 400 for a ``body`` carrying both ``max_tokens`` and
+    ``max_completion_tokens`` that asks for the latter: OpenAI's refusal of the pair, or of
+    ``max_tokens`` on its reasoning models, both of which name ``max_completion_tokens``
+    (a cap too large for the model names only the field it was given)."""
+    return (error.status == 400 and "max_tokens" in body and "max_completion_tokens" in body
+            and "max_completion_tokens" in error.message)
+
+
+def _without_max_tokens(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``body`` without ``max_tokens`` when ``max_completion_tokens`` caps it instead."""
+    if "max_tokens" not in body or "max_completion_tokens" not in body:
+        return body
+    return {key: value for key, value in body.items() if key != "max_tokens"}
 
 
 def _backend_fault(error: GatewayError) -> bool:

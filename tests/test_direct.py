@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.responses import JSONResponse
 
 from tests.conftest import gateway_client, make_settings, metric
 from tests.fakes import FakeBackend, ScriptedStream, scripted_transport, sse_body
@@ -702,3 +703,64 @@ async def test_a_batch_prompt_with_n_gets_n_choices_per_prompt_in_openais_order(
     assert [texts[i].split(" #")[0] for i in range(4)] == ["answer to p0"] * 2 + \
         ["answer to p1"] * 2
     assert texts[0] != texts[1] and texts[2] != texts[3]
+
+
+# OpenAI's API refuses a body that sets both caps (gpt-4o, gpt-4.1: code
+# invalid_parameter_combination), and its reasoning models refuse max_tokens at all; both
+# messages name max_completion_tokens, the field they take.
+BOTH_CAPS_REFUSALS = {
+    "both_set": {"message": "Setting 'max_tokens' and 'max_completion_tokens' at the same time "
+                            "is not supported.", "type": "invalid_request_error",
+                 "param": "max_tokens", "code": "invalid_parameter_combination"},
+    "reasoning_model": {"message": "Unsupported parameter: 'max_tokens' is not supported with "
+                                   "this model. Use 'max_completion_tokens' instead.",
+                        "type": "invalid_request_error", "param": "max_tokens",
+                        "code": "unsupported_parameter"},
+}
+
+
+class OneCapBackend(FakeBackend):
+    """OpenAI's API as to the caps: a body with ``max_tokens`` and ``max_completion_tokens``
+    both is a 400 (``refusal``); ``max_completion_tokens`` alone caps the answer."""
+
+    def __init__(self, refusal: dict[str, Any]):
+        super().__init__()
+        self.refusal = refusal
+
+    async def _receive(self, request: Any) -> Any:
+        body = await super()._receive(request)
+        if isinstance(body, dict) and "max_tokens" in body and "max_completion_tokens" in body:
+            return JSONResponse({"error": self.refusal}, status_code=400)
+        if isinstance(body, dict) and "max_completion_tokens" in body:
+            # how the fake caps its answer (``requests`` keeps the body as it came)
+            return {**body, "max_tokens": body["max_completion_tokens"]}
+        return body
+
+
+@pytest.mark.parametrize("refusal", list(BOTH_CAPS_REFUSALS.values()),
+                         ids=list(BOTH_CAPS_REFUSALS))
+@pytest.mark.parametrize("router", [None, {"strategy": "direct", "budget_tokens": 64},
+                                    {"strategy": "sequential", "budget_tokens": 64},
+                                    {"strategy": "parallel_vote", "budget_tokens": 240}],
+                         ids=["passthrough", "direct", "sequential", "parallel_vote"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_backend_refusing_both_caps_gets_max_completion_tokens_alone(
+        chat_body, refusal, router, stream):
+    backend = OneCapBackend(refusal)
+    request: dict[str, Any] = {**chat_body, "max_tokens": 3, "stream": stream}
+    if router is not None:
+        request["router"] = router
+    async with gateway_client(backend.transport()) as client:
+        first = await client.post("/v1/chat/completions", json=request)
+        second = await client.post("/v1/chat/completions", json=request)
+    for reply in (first, second):
+        assert reply.status_code == 200, reply.text
+        assert "error" not in reply.text
+        text = (reply.json()["choices"][0]["message"]["content"] if not stream else
+                "".join(p["choices"][0]["delta"].get("content") or ""
+                        for p in sse_payloads(reply.text) if p != "[DONE]" and p["choices"]))
+        assert text.split() == ["The", "answer", "is"]  # still capped at 3 tokens
+    # refused once, then learnt: every later call carries the one cap the backend takes
+    refused = [r for r in backend.requests if "max_tokens" in r]
+    assert len(refused) == 1
+    assert all(r["max_completion_tokens"] <= 3 for r in backend.requests)

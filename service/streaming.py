@@ -1,4 +1,5 @@
-"""Reading upstream SSE streams: parsed events, several streams merged, closing them safely.
+"""Reading upstream SSE streams: parsed events, several streams merged, closing them safely,
+and a client stream's first chunk read before its response starts (``started``).
 
 Shared by every strategy that streams from a backend.
 """
@@ -6,7 +7,7 @@ Shared by every strategy that streams from a backend.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -64,7 +65,7 @@ def parse_event(event: sse.Event) -> tuple[Any, str] | None:
     if isinstance(payload, dict) and payload.get("error") is not None:
         detail = payload["error"]
         message = detail.get("message") if isinstance(detail, dict) else str(detail)
-        raise UpstreamError(f"the backend reported an error mid-stream: {message}",
+        raise UpstreamError(f"the backend reported an error in its stream: {message}",
                             code="upstream_stream_error")
     if isinstance(payload, dict):
         chunk_choices(payload)  # a chunk of the wrong shape breaks the stream here
@@ -171,3 +172,32 @@ async def close_all(streams: list[UpstreamStream]) -> None:
         for stream in streams:
             await stream.aclose()
 
+
+
+async def started(body: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    """``body`` (a client stream's SSE body) with its first chunk already read, so that the
+    response starts only once the stream has: a body that fails before it sends anything (its
+    backend's 200 stream held only an error event, was empty, or was not SSE) raises here,
+    and the client gets that failure as its HTTP status in the envelope, as it gets a
+    refusal, rather than a 200 stream holding nothing but the error. The strategies' bodies
+    raise such an early failure instead of sending it as an error event.
+
+    Raises:
+        GatewayError: ``body`` failed before its first chunk (it is closed first).
+    """
+    try:
+        first = await anext(body)
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await body.aclose()
+        raise
+    return _after(first, body)
+
+
+async def _after(first: bytes | None, body: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    async with aclosing(body):
+        if first is not None:
+            yield first
+        async for chunk in body:
+            yield chunk

@@ -77,15 +77,10 @@ async def test_garbage_is_a_502(fault_url):
         assert error["code"] == "upstream_malformed"
 
 
-async def test_garbage_stream_ends_cleanly(fault_url):
+async def test_garbage_stream_is_a_502(fault_url):
     async with gateway_client(None, settings_for({"url": fault_url})) as client:  # type: ignore[arg-type]
         reply = await client.post(CHAT, json=ask("garbage-model", stream=True))
-        assert reply.status_code in (200, 502), reply.text
-        if reply.status_code == 200:
-            events = stream_events(reply.text)
-            assert events[-1] == "[DONE]"
-        else:
-            assert reply.json()["error"]["type"] == "upstream_error"
+        assert_envelope(reply, 502, "upstream_error")  # nothing had reached the client
 
 
 async def test_reply_cut_off_is_a_502(fault_url):
@@ -345,6 +340,50 @@ async def test_a_stream_chunk_of_the_wrong_shape_ends_with_an_error_event(strate
     # The call is charged its grant (max_tokens 8): the backend may have generated it all.
     assert metric("ttc_tokens_total", kind="completion", **labels) == tokens + 8
     assert upstream_counts("fake")["stream_error"] == upstream["stream_error"] + 1
+
+
+BEFORE_FIRST_EVENT = {
+    # a backend that reports its refusal as the stream's only event (OpenRouter, proxies)
+    "error_event": ("text/event-stream", b'data: {"error": {"message": "the model crashed"}}\n\n'),
+    "empty": ("text/event-stream", b""),
+    "garbage": ("text/event-stream", b"\x00\x01 not an event stream"),
+    # a server that ignores stream: true
+    "json_body": ("application/json", json.dumps({
+        "id": "c", "object": "chat.completion", "created": 1, "model": "fake-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "4"},
+                     "finish_reason": "stop"}]}).encode()),
+}
+
+
+@pytest.mark.parametrize("reply", list(BEFORE_FIRST_EVENT))
+@pytest.mark.parametrize("strategy", ["direct", "sequential"])
+async def test_a_stream_that_fails_before_its_first_event_is_an_http_error(strategy, reply):
+    # Seen through the openai SDK: a 200 stream whose only event was the error, while the same
+    # failure without streaming was a 502; clients that retry on a 5xx status never saw one.
+    # Nothing had reached the client, so the failure is its HTTP status, as a refusal's is.
+    import httpx
+
+    from tests.fakes import ScriptedStream, scripted_transport
+
+    content_type, body = BEFORE_FIRST_EVENT[reply]
+
+    def backend(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": content_type},
+                              stream=ScriptedStream([body] if body else []))
+
+    labels = {"strategy": strategy, "policy": "none", "arm": "none", "model": "fake-model"}
+    failed = metric("ttc_requests_total", **labels, status="502")
+    tokens = metric("ttc_tokens_total", kind="completion", **labels)
+    async with gateway_client(scripted_transport(backend)) as client:
+        reply_ = await client.post(CHAT, json={
+            **ask("fake-model"), "stream": True, "router": {"strategy": strategy}})
+        assert_envelope(reply_, 502, "upstream_error")
+        assert reply_.headers["content-type"].startswith("application/json")
+        healthy = await client.get("/health")
+    assert healthy.status_code == 200
+    assert metric("ttc_requests_total", **labels, status="502") == failed + 1
+    # The call reached the backend, which may have generated its grant (max_tokens 8).
+    assert metric("ttc_tokens_total", kind="completion", **labels) == tokens + 8
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -47,7 +47,7 @@ from service.strategies.base import (
 from service.strategies.capped import CutRule, charge_cut, cut_choices, cuts
 from service.strategies.metered import Metered, delta_text
 from service.strategies.sampling import choice_text, post_completion
-from service.streaming import DONE, close_all, merged_events
+from service.streaming import DONE, close_all, merged_events, started
 from service.upstream import DETAIL_FIELDS, UpstreamStream
 
 
@@ -60,7 +60,7 @@ class Direct:
         return await complete_json(call)
 
     async def open_stream(self, call: Call) -> AsyncIterator[bytes]:
-        return relay(call, await open_streams(call))
+        return await started(relay(call, await open_streams(call)))
 
 
 def choice_cap(call: Call) -> int | None:
@@ -253,11 +253,12 @@ async def _open_one(call: Call, n: int, sample: int) -> OpenStream:
     return OpenStream(await metered.open_stream(call), metered)
 
 
-async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
+async def relay(call: Call, opened: list[OpenStream]) -> AsyncGenerator[bytes, None]:
     """The client's SSE body: upstream chunks passed through with the gateway's response id
     (``call.response_id``) in place of the backend's, choices re-indexed when fanned out, one
     usage chunk at the end when the client asked, then ``data: [DONE]``. A broken upstream
-    ends the stream with an error event.
+    ends the stream with an error event, or, when it broke before the body sent anything,
+    raises its ``GatewayError`` (``streaming.started`` makes that the HTTP status).
 
     Usage is settled in ``call.acct`` and the ledger at the end, also when the client goes
     away (``service.strategies.metered``: a stream that did not finish is charged its grant
@@ -277,8 +278,10 @@ async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
               for i, item in enumerate(opened)]
     template: dict[str, Any] = {}
     error: GatewayError | None = None
+    sent = False
     try:
         async for out in _relay_events(call, streams, states, template):
+            sent = True
             yield out
         _check_complete(call, states, streams)
         got = max(len(states[0].finished), 1)
@@ -293,6 +296,7 @@ async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
             streams += [item.stream for item in more]
             states += new_states
             async for out in _relay_events(call, streams[1:], new_states, template):
+                sent = True
                 yield out
             _check_complete(call, states, streams)
         for state in states:
@@ -304,6 +308,8 @@ async def relay(call: Call, opened: list[OpenStream]) -> AsyncIterator[bytes]:
         for state in states:  # not counted above: broken, or the client went away
             state.metered.abandon(_final_usage(state), "".join(state.texts.values()))
     if error is not None:
+        if not sent:
+            raise error
         call.stream_error = error
         yield sse.data_event(error_json(error))
     elif call.routed.include_usage:

@@ -12,7 +12,7 @@ cap when the client did not say.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -35,7 +35,7 @@ from service.strategies.capped import CutRule, charge_cut, cuts
 from service.strategies.metered import Metered, delta_text
 from service.strategies.parallel_vote import completion_body
 from service.strategies.sampling import Sample, draw
-from service.streaming import DONE, close_all, events
+from service.streaming import DONE, close_all, events, started
 from service.text_protocol import PREFILL
 from service.upstream import UpstreamStream
 
@@ -62,7 +62,7 @@ class Sequential:
         if opened is None:
             raise UpstreamError("the chain could not be started", code="budget_spent")
         call.report.update({"samples": 1, "chain_tokens": chain_cap, "continued": False})
-        return _stream(call, opened, chain_cap, reserve)
+        return await started(_stream(call, opened, chain_cap, reserve))
 
 
 async def run_chain(call: Call, budget_tokens: int | None = None,
@@ -202,17 +202,22 @@ class _Piece:
 
 
 async def _stream(call: Call, opened: tuple[UpstreamStream, Metered], chain_cap: int,
-                  reserve: int) -> AsyncIterator[bytes]:
+                  reserve: int) -> AsyncGenerator[bytes, None]:
+    """The chain's SSE body; a chain that failed before it sent anything raises its error
+    (``streaming.started``), one that failed later ends with an error event."""
     chain = _Piece()
     last = chain
+    sent = False
     try:
         async for out in _forward(call, *opened, chain):
+            sent = True
             yield out
         call.answer_samples = [(chain.text, chain.finish_reason, chain_cap)]
         if _needs_answer(call, chain.finish_reason, chain.text) and reserve:
             last = _Piece(template=chain.template)
             try:
                 async for out in _continue(call, chain.text, reserve, last):
+                    sent = True
                     yield out
             except GatewayError:
                 # As without streaming (``run_chain``): a forced answer that failed leaves
@@ -225,6 +230,8 @@ async def _stream(call: Call, opened: tuple[UpstreamStream, Metered], chain_cap:
                 # client got the chain alone, which ends as cut, as the JSON reply does.
                 last = chain
     except GatewayError as exc:
+        if not sent:
+            raise
         call.stream_error = exc
         yield sse.data_event(error_json(exc))
         yield sse.DONE

@@ -968,6 +968,18 @@ def count_failure(breaker: CircuitBreaker, backend: Backend, acct: Accounting | 
     breaker.record_failure()
 
 
+# llama.cpp's server's refusal of n != 1 ("Only one completion choice is allowed", or in some
+# versions "Illegal param: only one completion choice is allowed").
+_ONE_CHOICE_ONLY = "only one completion choice"
+
+
+def refuses_n(error: GatewayError) -> bool:
+    """True when ``error`` is a backend's refusal of a call's ``n`` (more than one choice):
+    a 4xx naming ``n`` as its ``param``, llama.cpp's "Only one completion choice is allowed"
+    included. Such a backend is asked for one choice a call instead."""
+    return isinstance(error, UpstreamClientError) and error.param == "n"
+
+
 def _refuses_both_caps(error: UpstreamClientError, body: Mapping[str, Any]) -> bool:
     """True when ``error`` is a backend's 400 for a ``body`` carrying both ``max_tokens`` and
     ``max_completion_tokens`` that asks for the latter: OpenAI's refusal of the pair, or of
@@ -1058,6 +1070,11 @@ def _error_from_status(status: int, payload: bytes, headers: Mapping[str, str],
                              code="upstream_auth")
     if status == 408:
         return UpstreamTimeout("the backend timed out", code="upstream_408")
+    if _ONE_CHOICE_ONLY in message.lower():
+        # llama.cpp's server refuses n != 1 so, as a 500 server_error in many versions: a
+        # refusal of the request's n (nothing generated, nothing to retry), not a failure,
+        # which the strategies answer by sending single-choice calls (``refuses_n``).
+        return UpstreamClientError(message, status=400, param="n", code="unsupported_value")
     if 400 <= status < 500:
         error_type, code = _openai_vocabulary(status, error_type, code)
         return UpstreamClientError(message or f"the backend refused the request ({status})",

@@ -764,3 +764,72 @@ async def test_a_backend_refusing_both_caps_gets_max_completion_tokens_alone(
     refused = [r for r in backend.requests if "max_tokens" in r]
     assert len(refused) == 1
     assert all(r["max_completion_tokens"] <= 3 for r in backend.requests)
+
+
+# llama.cpp's server refuses n != 1 (utils.hpp: "Only one completion choice is allowed"):
+# a 500 server_error in the versions llama-cpp-python 0.3.16 bundles, a 400 in others.
+N_REFUSALS = {
+    "llama_cpp_500": (500, {"code": 500, "message": "Only one completion choice is allowed",
+                            "type": "server_error"}),
+    "llama_cpp_400": (400, {"code": 400, "message": "Only one completion choice is allowed",
+                            "type": "invalid_request_error"}),
+}
+
+
+class RefusesNBackend(FakeBackend):
+    """A backend that refuses any call asking for more than one choice, as llama.cpp's
+    server does; single-choice calls are answered as ``FakeBackend`` answers them."""
+
+    def __init__(self, status: int, error: dict[str, Any]):
+        super().__init__(honours_n=False)
+        self.status, self.error = status, error
+
+    async def _receive(self, request: Any) -> Any:
+        body = await super()._receive(request)
+        if isinstance(body, dict) and (body.get("n") or 1) != 1:
+            return JSONResponse({"error": self.error}, status_code=self.status)
+        return body
+
+
+@pytest.mark.parametrize("refusal", list(N_REFUSALS), ids=list(N_REFUSALS))
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_n_is_fanned_out_against_a_backend_that_refuses_it(chat_body, refusal, stream):
+    backend = RefusesNBackend(*N_REFUSALS[refusal])
+    async with gateway_client(backend.transport()) as client:
+        first = await client.post("/v1/chat/completions",
+                                  json={**chat_body, "n": 3, "stream": stream,
+                                        "stream_options": {"include_usage": True} if stream
+                                        else None})
+        again = await client.post("/v1/chat/completions", json={**chat_body, "n": 2})
+    assert first.status_code == 200, first.text
+    if stream:
+        payloads = [p for p in sse_payloads(first.text) if p != "[DONE]"]
+        assert not any("error" in p for p in payloads)
+        assert {c["index"] for p in payloads for c in p["choices"]} == {0, 1, 2}
+        usage = payloads[-1]["usage"]
+    else:
+        assert [c["index"] for c in first.json()["choices"]] == [0, 1, 2]
+        usage = first.json()["usage"]
+    # three answers of 4 tokens; the refusal generated nothing and is charged nothing
+    assert usage["completion_tokens"] == 12
+    assert [c["index"] for c in again.json()["choices"]] == [0, 1]
+    # refused once (not retried), then single-choice calls from then on
+    assert [r.get("n") for r in backend.requests] == [3, 1, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("refusal", list(N_REFUSALS), ids=list(N_REFUSALS))
+async def test_a_vote_against_a_backend_that_refuses_n_draws_every_sample(chat_body, refusal):
+    backend = RefusesNBackend(*N_REFUSALS[refusal])
+    # 8 samples of 75 tokens: a first wave of 1 greedy + 2 sampled (asked as one call of n=2)
+    vote = {**chat_body, "router": {"strategy": "parallel_vote", "budget_tokens": 600}}
+    async with gateway_client(backend.transport()) as client:
+        replies = [await client.post("/v1/chat/completions", json=vote) for _ in range(2)]
+    for reply in replies:
+        assert reply.status_code == 200, reply.text
+        router = reply.json()["router"]
+        assert router["strategy"] == "parallel_vote"
+        assert not router.get("failed_samples")
+        assert router["samples"] == 3  # the first wave agreed: stopped early
+        # every sample answered in 4 tokens: nothing charged for the refused call
+        assert router["spent_tokens"] == 4 * router["samples"]
+    assert sum(1 for r in backend.requests if (r.get("n") or 1) != 1) == 1

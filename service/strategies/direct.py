@@ -34,7 +34,13 @@ from typing import Any, ClassVar
 import orjson
 
 from service import sse
-from service.errors import GatewayError, InvalidRequest, UpstreamError, error_json
+from service.errors import (
+    GatewayError,
+    InvalidRequest,
+    UpstreamClientError,
+    UpstreamError,
+    error_json,
+)
 from service.protocol import prompt_count
 from service.strategies.base import (
     Call,
@@ -48,7 +54,7 @@ from service.strategies.capped import CutRule, charge_cut, cut_choices, cuts
 from service.strategies.metered import Metered, delta_text
 from service.strategies.sampling import choice_text, post_completion
 from service.streaming import DONE, close_all, merged_events, started
-from service.upstream import DETAIL_FIELDS, UpstreamStream
+from service.upstream import DETAIL_FIELDS, UpstreamStream, refuses_n
 
 
 class Direct:
@@ -98,10 +104,17 @@ async def complete_json(call: Call) -> dict[str, Any]:
     still in ``call.acct``.
     """
     n = call.routed.n
-    if _fans_out(call):
+    first = None
+    if not _fans_out(call):
+        try:
+            first = await _one_json(call, n=n, sample=0)
+        except UpstreamClientError as exc:
+            if n == 1 or not refuses_n(exc):
+                raise
+            call.registry.note_n_support(call.backend, False)  # llama.cpp's server
+    if first is None:
         replies = await _fan_out_json(call, range(n))
     else:
-        first = await _one_json(call, n=n, sample=0)
         replies = [first]
         got = len(first["choices"])
         if n > 1 and got < n:  # the backend ignores n (llama-cpp-python's server)
@@ -224,7 +237,12 @@ async def open_streams(call: Call) -> list[OpenStream]:
     charged their grants: their backends may have started generating).
     """
     if not _fans_out(call):
-        return [await _open_one(call, call.routed.n, 0)]
+        try:
+            return [await _open_one(call, call.routed.n, 0)]
+        except UpstreamClientError as exc:
+            if call.routed.n == 1 or not refuses_n(exc):
+                raise
+            call.registry.note_n_support(call.backend, False)  # llama.cpp's server
     return await _open_single_choices(call, range(call.routed.n))
 
 

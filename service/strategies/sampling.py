@@ -26,6 +26,7 @@ from service.errors import GatewayError, UpstreamError
 from service.strategies.base import Call, request_body
 from service.strategies.capped import cuts, post_streamed
 from service.strategies.metered import Metered
+from service.upstream import refuses_n
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,11 @@ async def _draw_with_n(call: Call, count: int, max_tokens: int, first_sample: in
         async with gate:
             samples = await _call(call, count, max_tokens, first_sample, body_overrides)
     except GatewayError as exc:
-        return [], [exc]
+        if not refuses_n(exc):
+            return [], [exc]
+        # refused for its n (llama.cpp's server), nothing generated: single calls instead
+        call.registry.note_n_support(call.backend, False)
+        return await _draw(call, count, max_tokens, first_sample, body_overrides, gate)
     if not samples:  # the ledger granted nothing: the budget is spent
         return [], []
     if len(samples) < count:  # the backend ignores n: fill up with single calls

@@ -38,6 +38,7 @@ import asyncio
 import functools
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -968,9 +969,32 @@ def count_failure(breaker: CircuitBreaker, backend: Backend, acct: Accounting | 
     breaker.record_failure()
 
 
-# llama.cpp's server's refusal of n != 1 ("Only one completion choice is allowed", or in some
-# versions "Illegal param: only one completion choice is allowed").
-_ONE_CHOICE_ONLY = "only one completion choice"
+# The messages of llama.cpp's server (tools/server/utils.hpp, server.cpp) refusing a request's
+# parameters, which it sends as 500 server_error, lower-cased, and the parameter each names
+# (None: read from the message, "Unsupported param: best_of").
+_LLAMA_CPP_REFUSALS = (
+    ("only one completion choice is allowed", "n"),  # also "Illegal param: only one ..."
+    ("only no echo is supported", "echo"),
+    ("requires logprobs", "top_logprobs"),
+    ('"top_logprobs" requires', "top_logprobs"),
+    ("--jinja", "tools"),  # "Unsupported param (--jinja mode required for tool call): tools"
+    ("unsupported param", None),
+    ("illegal param", None),
+)
+_NAMED_PARAM = re.compile(r"param(?: \([^)]*\))?: \"?([A-Za-z_]+)")
+
+
+def _llama_cpp_refusal(message: str) -> str | None:
+    """The parameter a backend's 5xx ``message`` refuses, when it is one of llama.cpp's
+    server's refusals of a request parameter ("" when it names none), else None."""
+    lowered = message.lower()
+    for marker, param in _LLAMA_CPP_REFUSALS:
+        if marker in lowered:
+            if param is not None:
+                return param
+            named = _NAMED_PARAM.search(message)
+            return named[1] if named else ""
+    return None
 
 
 def refuses_n(error: GatewayError) -> bool:
@@ -1070,15 +1094,19 @@ def _error_from_status(status: int, payload: bytes, headers: Mapping[str, str],
                              code="upstream_auth")
     if status == 408:
         return UpstreamTimeout("the backend timed out", code="upstream_408")
-    if _ONE_CHOICE_ONLY in message.lower():
-        # llama.cpp's server refuses n != 1 so, as a 500 server_error in many versions: a
-        # refusal of the request's n (nothing generated, nothing to retry), not a failure,
-        # which the strategies answer by sending single-choice calls (``refuses_n``).
-        return UpstreamClientError(message, status=400, param="n", code="unsupported_value")
+    refused = _llama_cpp_refusal(message)
+    if refused is not None and status >= 500:
+        # llama.cpp's server refuses a parameter it does not take with a 500 (a runtime_error
+        # while it parses the request), before generating anything: the client's 400, not a
+        # backend failure to retry, charge or count against its circuit breaker (five such
+        # requests took the backend out for every client).
+        return UpstreamClientError(message, status=400, param=refused or None,
+                                   code="unsupported_parameter")
     if 400 <= status < 500:
         error_type, code = _openai_vocabulary(status, error_type, code)
         return UpstreamClientError(message or f"the backend refused the request ({status})",
-                                   status=status, param=param, code=code, error_type=error_type,
+                                   status=status, param=param or refused or None, code=code,
+                                   error_type=error_type,
                                    allow=headers.get("allow") if status == 405 else None)
     return UpstreamError(f"backend error {status}: {message}" if message
                          else f"backend error {status}", code="upstream_5xx")

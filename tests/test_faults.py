@@ -198,6 +198,60 @@ async def test_a_recovered_backend_closes_its_circuit(fault_url):
         assert metric("ttc_circuit_open", backend="flappy") == 0
 
 
+# llama.cpp's server refuses parameters it does not take with a 500 server_error (a
+# std::runtime_error while it parses the request), before generating anything.
+LLAMA_CPP_REFUSALS = {
+    "tools_without_jinja": ({"tools": [{"type": "function", "function": {"name": "f"}}]},
+                            "Unsupported param (--jinja mode required for tool call): tools",
+                            "tools"),
+    "best_of": ({"best_of": 2}, "Unsupported param: best_of", "best_of"),
+    "top_logprobs": ({"top_logprobs": 2}, "top_logprobs requires logprobs to be set to true",
+                     "top_logprobs"),
+}
+
+
+@pytest.mark.parametrize("refusal", list(LLAMA_CPP_REFUSALS))
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_llama_cpp_parameter_refusal_is_a_400_not_a_backend_failure(refusal, stream):
+    # Seen against an upstream process answering as llama.cpp's server does: five requests
+    # with tools (no --jinja) were each retried twice, answered 502, charged 3 x max_tokens,
+    # and opened the circuit breaker: the backend was taken out for 30 s for every client.
+    import httpx
+
+    from tests.fakes import scripted_transport
+
+    fields, message, param = LLAMA_CPP_REFUSALS[refusal]
+    calls: list[dict[str, Any]] = []
+
+    def backend(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        calls.append(body)
+        if any(key in body for key in fields):
+            return httpx.Response(500, json={"error": {"code": 500, "message": message,
+                                                       "type": "server_error"}})
+        return httpx.Response(200, json={
+            "id": "c", "object": "chat.completion", "created": 1, "model": "fake-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "4"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+
+    labels = {"strategy": "direct", "policy": "none", "arm": "none", "model": "fake-model"}
+    tokens = metric("ttc_tokens_total", kind="completion", **labels)
+    settings = settings_for({"url": "http://llama.test/v1", "name": "llama-cpp",
+                             "models": ["fake-model"]}, breaker_failures=2, max_retries=2)
+    async with gateway_client(scripted_transport(backend), settings) as client:
+        for _ in range(3):
+            reply = await client.post(CHAT, json={**ask("fake-model", stream=stream), **fields})
+            error = assert_envelope(reply, 400, "invalid_request_error")
+            assert error["message"] == message and error["param"] == param
+        # the backend is not failing: it still serves a request it can take
+        assert (await client.post(CHAT, json=ask("fake-model"))).status_code == 200
+    assert len(calls) == 4  # each refusal asked once, never retried
+    assert metric("ttc_circuit_open", backend="llama-cpp") == 0
+    # a refusal generated nothing: only the last answer's token is charged
+    assert metric("ttc_tokens_total", kind="completion", **labels) == tokens + 1
+
+
 def test_half_open_lets_exactly_one_trial_through():
     from service.breaker import CircuitBreaker
 

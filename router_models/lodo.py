@@ -146,7 +146,8 @@ def format_markdown(result: LodoResult, target_auc: float = 0.8) -> str:
     """The leave-one-dataset-out table in Markdown: a row per held-out family (its prompts,
     then AUC and Brier score per head), then the pooled row. ``one class``: the family's label
     is constant, so AUC is undefined; ``no label``: the family has no label for that head.
-    AUCs below ``target_auc`` are marked with an asterisk."""
+    AUCs below ``target_auc`` are marked with an asterisk, and with a dagger where no score
+    could reach it (``auc_ceiling`` below ``target_auc``: the family's labels are soft)."""
     head_cols = " | ".join(f"{h} AUC | {h} Brier" for h in HEADS)
     lines = [f"| held-out dataset | prompts | {head_cols} |",
              "| --- | ---: |" + " ---: | ---: |" * len(HEADS)]
@@ -155,6 +156,8 @@ def format_markdown(result: LodoResult, target_auc: float = 0.8) -> str:
         text = _cell(row, "auc")
         if row is not None and row["auc"] is not None and row["auc"] < target_auc:
             text += "*"
+            if (row.get("auc_ceiling") or 1.0) < target_auc:
+                text += "\u2020"
         return text
 
     for family in result.families:
@@ -188,7 +191,8 @@ def format_calibration(result: LodoResult) -> str:
 
 def unmet(result: LodoResult, target_auc: float = 0.8) -> list[str]:
     """Where the target is not met: "head on family (AUC x)" for each AUC below
-    ``target_auc``, and "head on family (one class)" where AUC is undefined."""
+    ``target_auc`` (with the labels' ``auc_ceiling`` where even that is below it), and "head
+    on family (one class)" where AUC is undefined."""
     out = []
     for head in HEADS:
         for family in result.families:
@@ -198,5 +202,9 @@ def unmet(result: LodoResult, target_auc: float = 0.8) -> list[str]:
             if row["auc"] is None:
                 out.append(f"{head} on {family} (one class)")
             elif row["auc"] < target_auc:
-                out.append(f"{head} on {family} (AUC {row['auc']:.3f})")
+                ceiling = row.get("auc_ceiling")
+                out.append(f"{head} on {family} (AUC {row['auc']:.3f}"
+                           + (f"; no score can reach {target_auc:g} here: ceiling "
+                              f"{ceiling:.3f})" if ceiling is not None and ceiling < target_auc
+                              else ")"))
     return out

@@ -45,7 +45,9 @@ def metrics(labels: Sequence[float], probs: Sequence[float],
     Returns:
         n (labelled prompts), weight (their total weight), mean_label and mean_score
         (weighted), brier, brier_constant (a constant predictor at the base rate), auc (None
-        when only one class has weight) and ece (10 equal-width bins), rounded to 4 places.
+        when only one class has weight), auc_ceiling (the AUC of the labels themselves as
+        scores: the most any score can reach; None with auc) and ece (10 equal-width bins),
+        rounded to 4 places.
     """
     index, y, w = expand(labels, weights)
     p = np.asarray(probs, float)[index]
@@ -58,6 +60,12 @@ def metrics(labels: Sequence[float], probs: Sequence[float],
     out["brier_constant"] = (float(brier_score_loss(y, np.full(len(y), base), sample_weight=w))
                              if total > 0 else None)
     out["auc"] = float(roc_auc_score(y, p, sample_weight=w)) if len(set(y)) == 2 else None
+    # The best AUC any score can reach on these labels: ranking by the label itself orders
+    # every pair best (f_i (1 - f_j) >= f_j (1 - f_i) when f_i >= f_j). 1 for hard labels;
+    # below 1 where soft labels (a share of samples, a corrected probability) tie or overlap.
+    out["auc_ceiling"] = (float(roc_auc_score(y, np.asarray(labels, float)[index],
+                                              sample_weight=w))
+                          if len(set(y)) == 2 else None)
     bins = np.minimum((p * 10).astype(int), 9)
     ece = sum(abs(np.average(y[bins == b], weights=w[bins == b])
                   - np.average(p[bins == b], weights=w[bins == b])) * w[bins == b].sum()

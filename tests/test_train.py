@@ -404,3 +404,35 @@ def test_train_reports_the_learned_policy_at_the_gateways_mean_budget():
     shipped = Settings.model_fields["learned_target_tokens"].default
     assert shipped == training.TARGET_TOKENS
     assert build_parser().parse_args(["train"]).target_tokens == shipped
+
+
+def test_the_auc_ceiling_is_what_the_labels_themselves_reach() -> None:
+    from router_models.reliability import metrics
+
+    # Hard labels: a perfect score reaches 1. Soft labels that overlap cap every score below.
+    assert metrics([0.0, 1.0, 1.0], [0.2, 0.1, 0.9])["auc_ceiling"] == 1.0
+    soft = [0.4, 0.5, 0.6, 0.5]
+    best = metrics(soft, soft)
+    assert best["auc"] == best["auc_ceiling"] < 0.8
+    for scores in ([0.6, 0.5, 0.4, 0.5], [0.9, 0.1, 0.5, 0.3], [0.1, 0.2, 0.3, 0.4]):
+        assert metrics(soft, scores)["auc"] <= best["auc_ceiling"]
+    assert metrics([1.0, 1.0], [0.3, 0.7])["auc_ceiling"] is None  # one class
+
+
+def test_the_lodo_table_marks_cells_no_score_could_meet() -> None:
+    soft = {"n": 4.0, "auc": 0.55, "auc_ceiling": 0.6, "brier": 0.25}
+    hard = {"n": 4.0, "auc": 0.55, "auc_ceiling": 1.0, "brier": 0.25}
+    result = lodo.LodoResult(["coins", "sums"])
+    result.by_family = {"difficulty": {"coins": hard, "sums": hard},
+                        "sequential": {"coins": soft, "sums": hard},
+                        "search": {"coins": None, "sums": None}}
+    result.pooled = result.pooled_balanced = {"difficulty": hard, "sequential": hard,
+                                              "search": hard}
+    table = lodo.format_markdown(result)
+    coins = next(line for line in table.splitlines() if line.startswith("| coins |"))
+    assert "0.550*\u2020" in coins and coins.count("\u2020") == 1
+    assert "\u2020" not in next(line for line in table.splitlines()
+                                if line.startswith("| sums |"))
+    missed = lodo.unmet(result)
+    assert "sequential on coins (AUC 0.550; no score can reach 0.8 here: ceiling 0.600)" in missed
+    assert "sequential on sums (AUC 0.550)" in missed

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from router_models.plan import Plan
 from router_models.policies.prior import MIN_VOTE_WIDTH
+from router_models.prompt import has_conversation
 from service.backends import AUTO_MODEL
 from service.errors import InvalidRequest
 from service.protocol import RoutedRequest
@@ -61,6 +62,11 @@ def choose_plan(routed: RoutedRequest, settings: Settings, backend: Backend,
         asked = "n > 1" if routed.n > 1 else "a prompt list"
         return Plan("direct", budget_tokens=controls.budget_tokens, reason=(
             f"{asked} needs direct (a vote or a chain returns one answer)"))
+    if unnamed and without_user_turn(routed):
+        # Instructions alone (system or developer messages), which OpenAI answers: nothing a
+        # classifier could read or a vote could count, so the backend answers them as sent.
+        return Plan("direct", budget_tokens=controls.budget_tokens, reason=(
+            "no user turn to read, only instructions: answered directly"))
     if (unnamed or strategy != "direct") and may_call_tools(routed):
         asked = "" if controls.strategy == "auto" else f"{strategy} asked, but "
         return Plan("direct", budget_tokens=controls.budget_tokens, reason=(
@@ -103,6 +109,12 @@ def choose_plan(routed: RoutedRequest, settings: Settings, backend: Backend,
     search_calls = settings.search_max_calls if strategy == "search" else 0
     return Plan(strategy, budget_tokens=budget, width=width, search_calls=search_calls,
                 reason=reason)
+
+
+def without_user_turn(routed: RoutedRequest) -> bool:
+    """True when a chat request's messages hold no user, assistant or tool turn, only
+    system or developer instructions."""
+    return routed.endpoint == "chat" and not has_conversation(routed.body["messages"])
 
 
 def may_call_tools(routed: RoutedRequest) -> bool:

@@ -60,7 +60,7 @@ from service import metrics, tracing
 from service.backends import AUTO_MODEL
 from service.coverage import coverage_shares
 from service.errors import InvalidRequest
-from service.planning import choose_plan, echoes, may_call_tools, prompt_list
+from service.planning import choose_plan, echoes, may_call_tools, prompt_list, without_user_turn
 from service.protocol import RoutedRequest
 from service.search.base import SearchError, question_query
 from service.search.local import LocalIndex, index_path
@@ -207,7 +207,7 @@ class Router:
         """
         policy_name = policy or self._policy_name(routed, upstream_model)
         if (policy_name is None or may_call_tools(routed) or routed.n > 1
-                or prompt_list(routed) or echoes(routed)):
+                or prompt_list(routed) or echoes(routed) or without_user_turn(routed)):
             plan = choose_plan(routed, self.settings, backend, upstream_model)
             if plan.strategy != "parallel_vote":
                 return plan, None

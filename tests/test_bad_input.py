@@ -77,9 +77,10 @@ BAD_INPUTS = [
     ("unknown policy",
      b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
      b' "router": {"policy": "nope"}}', 400, "router.policy"),
-    ("auto with only a system turn",
-     b'{"model": "auto", "messages": [{"role": "system", "content": "be nice"}]}',
-     400, "messages"),
+    # (under auto, instructions alone are answered directly, as OpenAI answers them)
+    ("a vote with only a system turn",
+     b'{"model": "auto", "messages": [{"role": "system", "content": "be nice"}],'
+     b' "router": {"strategy": "parallel_vote"}}', 400, "messages"),
     ("unknown model", b'{"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}',
      404, "model"),
     ("misspelt router control",

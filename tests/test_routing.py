@@ -317,6 +317,33 @@ async def test_auto_says_why_a_tool_turn_or_n_choices_run_direct():
         "a backend model without router controls passes through")
 
 
+async def test_auto_answers_instructions_without_a_user_turn_directly():
+    # OpenAI (and vLLM, llama.cpp) answer a conversation of system or developer messages
+    # alone; model auto refused it with a 400 ("messages hold no user turn to answer"), so a
+    # client pointed at the gateway failed where it had worked.
+    only_system = [{"role": "system", "content": "Write a haiku about autumn."}]
+    scripted = llm()
+    async with gateway_client(scripted.transport()) as client:
+        plain = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": only_system, "max_tokens": 40})
+        streamed = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "developer", "content": "Say hi."}],
+            "stream": True})
+        forced = await client.post("/v1/chat/completions", json={
+            "model": "auto", "messages": only_system,
+            "router": {"strategy": "parallel_vote"}})
+    assert plain.status_code == 200, plain.text
+    router = plain.json()["router"]
+    assert router["strategy"] == "direct" and router["scores"] is None
+    assert "no user turn" in router["reason"], router
+    assert scripted.requests[0]["messages"] == only_system  # passed on as sent
+    assert scripted.requests[0]["max_tokens"] == 40
+    assert streamed.status_code == 200 and "data: [DONE]" in streamed.text
+    # a strategy that reads the question still needs one
+    assert forced.status_code == 400
+    assert forced.json()["error"]["param"] == "messages"
+
+
 @pytest.mark.parametrize("text", [
     "Explain your reasoning, then give the answer. What is 3 + 4?",
     "Explain how many apples are left if Tom has 12 apples, gives 5 to Ann and then buys 3.",

@@ -191,7 +191,10 @@ def _observe_usage(router: Router | None, call: Call) -> None:
 
 
 def _check_routable(routed: RoutedRequest) -> None:
-    """Refuse prompts ``auto`` cannot read."""
+    """Refuse a strategy that reads the question (any but ``direct``, named by the client)
+    for messages that hold none; under ``auto`` those are answered directly
+    (``planning.without_user_turn``)."""
     if (routed.endpoint == "chat" and routed.model == AUTO_MODEL
+            and routed.controls.strategy not in ("auto", "direct")
             and not has_conversation(routed.body["messages"])):
         raise InvalidRequest("messages hold no user turn to answer", param="messages")

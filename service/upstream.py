@@ -336,9 +336,9 @@ class UpstreamClient:
         self._retry_budgets: dict[str, RetryBudget] = {}
         # backend label -> its tokenizer path, or None when it has none (absent: not probed)
         self._tokenizers: dict[str, str | None] = {}
-        # Labels of backends that refused a body carrying both caps (``_refuses_both_caps``):
-        # their calls carry ``max_completion_tokens`` alone from then on.
-        self._completion_cap_only: set[str] = set()
+        # backend label -> the one cap field its calls carry, for a backend that refused a
+        # body carrying both (``_one_cap_field``); absent: both are sent.
+        self._cap_field: dict[str, str] = {}
 
     def retry_budget(self, backend: Backend) -> RetryBudget:
         """The retry budget of ``backend`` (one per backend label)."""
@@ -421,29 +421,42 @@ class UpstreamClient:
 
     async def _one_cap_field(self, backend: Backend, body: Mapping[str, Any],
                              send: Callable[[Mapping[str, Any]], Awaitable[_T]]) -> _T:
-        """``send(body)``, with ``max_tokens`` left out for a backend that refuses it beside
-        ``max_completion_tokens``.
+        """``send(body)``, with one of ``max_tokens`` and ``max_completion_tokens`` left out
+        for a backend that refuses the two together.
 
         The strategies cap every chat call with both fields, since some servers honour only
         one of them. OpenAI's API refuses the pair ("Setting 'max_tokens' and
         'max_completion_tokens' at the same time is not supported", a 400), and its reasoning
         models refuse ``max_tokens`` at all, so against it every capped call failed, the
-        client's own passed-through ``max_tokens`` included. Such a refusal is answered by
-        sending the body again with ``max_completion_tokens`` alone (the backend generated
-        nothing, so nothing is charged twice), and the backend is remembered as taking that
-        field only.
+        client's own passed-through ``max_tokens`` included. Such a refusal (a 400 naming
+        ``max_completion_tokens``) is answered by sending the body again with
+        ``max_completion_tokens`` alone, or, when that is refused for naming it, with
+        ``max_tokens`` alone (a server that knows only the older field); the backend
+        generated nothing, so nothing is charged twice. The field that was taken is
+        remembered for the backend's later calls.
         """
-        if backend.label in self._completion_cap_only:
-            return await send(_without_max_tokens(body))
+        kept = self._cap_field.get(backend.label)
+        if kept is not None:
+            return await send(_only_cap(body, kept))
         try:
             return await send(body)
         except UpstreamClientError as error:
             if not _refuses_both_caps(error, body):
                 raise
-            log.info("backend %s refuses max_tokens beside max_completion_tokens (%s): its "
-                     "calls carry max_completion_tokens alone", backend.label, error.message)
-            self._completion_cap_only.add(backend.label)
-            return await send(_without_max_tokens(body))
+            refusal = error
+        for kept in CAP_FIELDS:
+            try:
+                result = await send(_only_cap(body, kept))
+            except UpstreamClientError as error:
+                if error.status != 400 or kept not in error.message:
+                    raise
+                refusal = error
+                continue
+            log.info("backend %s refuses max_tokens and max_completion_tokens together (%s): "
+                     "its calls carry %s alone", backend.label, refusal.message, kept)
+            self._cap_field[backend.label] = kept
+            return result
+        raise refusal
 
     async def _post_json(self, backend: Backend, path: str, body: Mapping[str, Any],
                          acct: Accounting | None, retry: RetryHook | None,
@@ -1013,11 +1026,16 @@ def _refuses_both_caps(error: UpstreamClientError, body: Mapping[str, Any]) -> b
             and "max_completion_tokens" in error.message)
 
 
-def _without_max_tokens(body: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``body`` without ``max_tokens`` when ``max_completion_tokens`` caps it instead."""
+# The cap fields a call may carry alone, in the order tried (``UpstreamClient._one_cap_field``).
+CAP_FIELDS = ("max_completion_tokens", "max_tokens")
+
+
+def _only_cap(body: Mapping[str, Any], kept: str) -> Mapping[str, Any]:
+    """``body`` capped by the field ``kept`` alone, when it carries both cap fields."""
     if "max_tokens" not in body or "max_completion_tokens" not in body:
         return body
-    return {key: value for key, value in body.items() if key != "max_tokens"}
+    dropped = next(field for field in CAP_FIELDS if field != kept)
+    return {key: value for key, value in body.items() if key != dropped}
 
 
 def _backend_fault(error: GatewayError) -> bool:

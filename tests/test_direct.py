@@ -707,46 +707,53 @@ async def test_a_batch_prompt_with_n_gets_n_choices_per_prompt_in_openais_order(
 
 # OpenAI's API refuses a body that sets both caps (gpt-4o, gpt-4.1: code
 # invalid_parameter_combination), and its reasoning models refuse max_tokens at all; both
-# messages name max_completion_tokens, the field they take.
+# messages name max_completion_tokens, the field they take. A server that knows only the older
+# field refuses the newer one by name (a JSON schema of its own: "Unknown name").
 BOTH_CAPS_REFUSALS = {
-    "both_set": {"message": "Setting 'max_tokens' and 'max_completion_tokens' at the same time "
-                            "is not supported.", "type": "invalid_request_error",
-                 "param": "max_tokens", "code": "invalid_parameter_combination"},
-    "reasoning_model": {"message": "Unsupported parameter: 'max_tokens' is not supported with "
-                                   "this model. Use 'max_completion_tokens' instead.",
-                        "type": "invalid_request_error", "param": "max_tokens",
-                        "code": "unsupported_parameter"},
+    "both_set": ("max_completion_tokens", {
+        "message": "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not "
+                   "supported.", "type": "invalid_request_error", "param": "max_tokens",
+        "code": "invalid_parameter_combination"}),
+    "reasoning_model": ("max_completion_tokens", {
+        "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                   "Use 'max_completion_tokens' instead.", "type": "invalid_request_error",
+        "param": "max_tokens", "code": "unsupported_parameter"}),
+    "older_field_only": ("max_tokens", {
+        "message": 'Invalid JSON payload received. Unknown name "max_completion_tokens": '
+                   "Cannot find field.", "type": "invalid_request_error", "param": None,
+        "code": None}),
 }
 
 
 class OneCapBackend(FakeBackend):
-    """OpenAI's API as to the caps: a body with ``max_tokens`` and ``max_completion_tokens``
-    both is a 400 (``refusal``); ``max_completion_tokens`` alone caps the answer."""
+    """A backend that takes one cap field (``takes``) and refuses with ``refusal`` (a 400)
+    any body that carries the other; the field it takes caps the answer."""
 
-    def __init__(self, refusal: dict[str, Any]):
+    def __init__(self, takes: str, refusal: dict[str, Any]):
         super().__init__()
-        self.refusal = refusal
+        self.takes, self.refusal = takes, refusal
 
     async def _receive(self, request: Any) -> Any:
         body = await super()._receive(request)
-        if isinstance(body, dict) and "max_tokens" in body and "max_completion_tokens" in body:
+        other = "max_tokens" if self.takes == "max_completion_tokens" else "max_completion_tokens"
+        if isinstance(body, dict) and other in body:
             return JSONResponse({"error": self.refusal}, status_code=400)
-        if isinstance(body, dict) and "max_completion_tokens" in body:
+        if isinstance(body, dict) and self.takes in body:
             # how the fake caps its answer (``requests`` keeps the body as it came)
-            return {**body, "max_tokens": body["max_completion_tokens"]}
+            return {**body, "max_tokens": body[self.takes]}
         return body
 
 
-@pytest.mark.parametrize("refusal", list(BOTH_CAPS_REFUSALS.values()),
-                         ids=list(BOTH_CAPS_REFUSALS))
+@pytest.mark.parametrize("refusal", list(BOTH_CAPS_REFUSALS), ids=list(BOTH_CAPS_REFUSALS))
 @pytest.mark.parametrize("router", [None, {"strategy": "direct", "budget_tokens": 64},
                                     {"strategy": "sequential", "budget_tokens": 64},
                                     {"strategy": "parallel_vote", "budget_tokens": 240}],
                          ids=["passthrough", "direct", "sequential", "parallel_vote"])
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-async def test_a_backend_refusing_both_caps_gets_max_completion_tokens_alone(
+async def test_a_backend_refusing_both_caps_gets_the_one_it_takes(
         chat_body, refusal, router, stream):
-    backend = OneCapBackend(refusal)
+    takes, error = BOTH_CAPS_REFUSALS[refusal]
+    backend = OneCapBackend(takes, error)
     request: dict[str, Any] = {**chat_body, "max_tokens": 3, "stream": stream}
     if router is not None:
         request["router"] = router
@@ -760,10 +767,13 @@ async def test_a_backend_refusing_both_caps_gets_max_completion_tokens_alone(
                 "".join(p["choices"][0]["delta"].get("content") or ""
                         for p in sse_payloads(reply.text) if p != "[DONE]" and p["choices"]))
         assert text.split() == ["The", "answer", "is"]  # still capped at 3 tokens
-    # refused once, then learnt: every later call carries the one cap the backend takes
-    refused = [r for r in backend.requests if "max_tokens" in r]
-    assert len(refused) == 1
-    assert all(r["max_completion_tokens"] <= 3 for r in backend.requests)
+    # refused until the field it takes was found, then learnt: every later call carries it
+    other = "max_tokens" if takes == "max_completion_tokens" else "max_completion_tokens"
+    refused = [r for r in backend.requests if other in r]
+    assert len(refused) == (1 if takes == "max_completion_tokens" else 2)
+    answered = [r for r in backend.requests if other not in r]
+    assert answered and all(r[takes] <= 3 for r in answered)
+    assert backend.requests[len(refused):] == answered  # no refusal once it was learnt
 
 
 # llama.cpp's server refuses n != 1 (utils.hpp: "Only one completion choice is allowed"):

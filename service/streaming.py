@@ -173,7 +173,6 @@ async def close_all(streams: list[UpstreamStream]) -> None:
             await stream.aclose()
 
 
-
 async def started(body: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
     """``body`` (a client stream's SSE body) with its first chunk already read, so that the
     response starts only once the stream has: a body that fails before it sends anything (its

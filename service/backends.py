@@ -28,8 +28,8 @@ REDISCOVER_S = 5.0
 
 
 class BackendRegistry:
-    """Maps model ids to backends and remembers which backends honour ``n`` and which
-    generate past ``max_tokens``.
+    """Maps model ids to backends and remembers which backends honour ``n``, which
+    generate past ``max_tokens`` and which take only their default temperature.
 
     What it learns is this process's own: each replica learns it from its own calls, with no
     state shared between replicas.
@@ -91,7 +91,8 @@ class BackendRegistry:
                 log.warning("could not list the models of backend %s: %s%s", backend.label,
                             exc, hint)
                 continue
-            self._backends[i] = dataclasses.replace(backend, models=ids)
+            # the entry as it is now: what was learnt while the listing was read is kept
+            self._backends[i] = dataclasses.replace(self._backends[i], models=ids)
         served = self.model_ids()
         if (self._default_model and served and self._default_model not in served
                 and not self._warned_default):
@@ -178,6 +179,21 @@ class BackendRegistry:
         if self._supports_n.get(backend.label) is None:
             log.info("backend %s %s n", backend.label, "honours" if supported else "ignores")
         self._supports_n[backend.label] = supported
+
+    def note_default_temperature_only(self, backend: Backend, refusal: str) -> Backend:
+        """Remember that ``backend`` refused a temperature the gateway chose (``refusal``, its
+        message): from now on it is served as if configured ``temperature: false``, so no
+        call of the gateway's own carries one. Returns the backend as now known; logged once.
+        """
+        for i, known in enumerate(self._backends):
+            if known.label == backend.label:
+                if known.temperature:
+                    log.info("backend %s takes only its default temperature (%s): the gateway "
+                             "sends it none of its own (as configured temperature: false)",
+                             backend.label, refusal)
+                    self._backends[i] = dataclasses.replace(known, temperature=False)
+                return self._backends[i]
+        return dataclasses.replace(backend, temperature=False)
 
     def ignores_max_tokens(self, backend: Backend, model: str) -> bool:
         """Whether ``backend`` generates past ``max_tokens`` for ``model``: configured so

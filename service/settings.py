@@ -64,7 +64,9 @@ class UpstreamSettings(BaseModel):
     accepts a temperature other than its default (false for OpenAI's reasoning models, which
     answer any other with a 400): when false the gateway sends no temperature of its own
     (greedy chains, greedy-first votes and the votes' 0.7), and a client's own is sent as
-    given. ``budget_tokens``: the
+    given; when true, a refusal of the gateway's own sets it false for this process
+    (``BackendRegistry.note_default_temperature_only``), false sparing that refused call.
+    ``budget_tokens``: the
     default budget (tokens) of requests it serves that name none. ``tools``: it accepts
     OpenAI tool calls, so the ``search`` strategy offers search as a tool instead of its
     plain-text protocol. ``ignores_max_tokens``: it is known to generate past ``max_tokens``,

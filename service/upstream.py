@@ -93,7 +93,9 @@ class Backend:
     models: tuple[str, ...]
     prefill: bool = False
     reasoning_effort: bool = False
-    temperature: bool = True  # it accepts a temperature other than its default
+    # it accepts a temperature other than its default (configured, or learnt false from a
+    # refusal: ``BackendRegistry.note_default_temperature_only``)
+    temperature: bool = True
     budget_tokens: int | None = None
     # Its votes' early-stopping rule where it differs from the gateway's (None: the gateway's).
     vote_first_wave: int | None = None
@@ -1024,6 +1026,22 @@ def _refuses_both_caps(error: UpstreamClientError, body: Mapping[str, Any]) -> b
     (a cap too large for the model names only the field it was given)."""
     return (error.status == 400 and "max_tokens" in body and "max_completion_tokens" in body
             and "max_completion_tokens" in error.message)
+
+
+def refuses_temperature(error: GatewayError) -> bool:
+    """True when ``error`` is a backend's refusal of the ``temperature`` a call carried: a
+    4xx whose ``param`` is ``temperature`` (OpenAI's reasoning models: "Unsupported value:
+    'temperature' does not support 0.0 with this model. Only the default (1) value is
+    supported."), or whose message names temperature as unsupported (servers and proxies
+    that leave ``param`` out)."""
+    if not isinstance(error, UpstreamClientError) or not 400 <= error.status < 500:
+        return False
+    if error.param == "temperature":
+        return True
+    message = error.message.lower()
+    return "temperature" in message and any(
+        words in message for words in ("unsupported", "not supported", "does not support",
+                                       "only the default"))
 
 
 # The cap fields a call may carry alone, in the order tried (``UpstreamClient._one_cap_field``).

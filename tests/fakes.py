@@ -34,6 +34,8 @@ class FakeBackend:
     ``tool_call``: answer with this tool call (name, arguments JSON) instead of text.
     ``continuous_usage``: put running usage totals on every stream chunk (vLLM's option).
     ``model_answers``: the answer of a model other than ``answer`` (model id -> text).
+    ``cut_reason``: the ``finish_reason`` of an answer its ``max_tokens`` cut (real servers
+    say ``length``; "stop" by default, as this fake always said).
     ``requests``: the JSON bodies received, in order.
     """
 
@@ -44,6 +46,7 @@ class FakeBackend:
     tool_call: tuple[str, str] | None = None
     continuous_usage: bool = False
     model_answers: dict[str, str] = field(default_factory=dict)
+    cut_reason: str = "stop"
     requests: list[dict[str, Any]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
 
@@ -86,24 +89,28 @@ class FakeBackend:
         n = int(body.get("n") or 1) if self.honours_n else 1
         tokens = self._tokens(body.get("model"))
         cap = body.get("max_tokens")
-        if cap is not None:
+        finish = "tool_calls" if self.tool_call else "stop"
+        if cap is not None and len(tokens) > cap:
             tokens = tokens[:cap]
+            if not self.tool_call:
+                finish = self.cut_reason
         if body.get("stream"):
-            return StreamingResponse(self._chat_stream(body, n, tokens),
+            return StreamingResponse(self._chat_stream(body, n, tokens, finish),
                                      media_type="text/event-stream")
         message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
         if self.tool_call:
             message = {"role": "assistant", "content": None, "tool_calls": [
                 {"id": "call_1", "type": "function",
                  "function": {"name": self.tool_call[0], "arguments": self.tool_call[1]}}]}
-        choices = [{"index": i, "message": message, "finish_reason": "stop"} for i in range(n)]
+        choices = [{"index": i, "message": message,
+                    "finish_reason": "stop" if self.tool_call else finish} for i in range(n)]
         return JSONResponse({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
             "model": body["model"], "choices": choices,
             "usage": _usage(PROMPT_TOKENS, len(tokens) * n)})
 
-    async def _chat_stream(self, body: dict[str, Any], n: int,
-                           tokens: list[str]) -> AsyncIterator[bytes]:
+    async def _chat_stream(self, body: dict[str, Any], n: int, tokens: list[str],
+                           finish: str) -> AsyncIterator[bytes]:
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
                 "model": body["model"]}
         sent = 0
@@ -131,8 +138,7 @@ class FakeBackend:
                     yield _event(chunk)
         for i in range(n):
             yield _event({**base, "choices": [{"index": i, "delta": {},
-                                               "finish_reason": "tool_calls" if self.tool_call
-                                               else "stop"}]})
+                                               "finish_reason": finish}]})
         if (body.get("stream_options") or {}).get("include_usage"):
             yield _event({**base, "choices": [], "usage": _usage(PROMPT_TOKENS,
                                                                  len(tokens) * n)})

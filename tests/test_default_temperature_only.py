@@ -1,7 +1,8 @@
 """An upstream that takes only its default temperature (OpenAI's reasoning models answer any
 other with a 400, ``param: temperature``): with ``temperature: false`` the gateway sends no
 temperature of its own, so greedy chains, greedy-first votes and the vote's 0.7 never reach
-it, while a client's own temperature still does."""
+it, while a client's own temperature still does. Without the setting, the first refusal
+teaches the gateway the same (tests/test_direct.py covers it in detail)."""
 
 from __future__ import annotations
 
@@ -71,10 +72,14 @@ async def test_no_temperature_of_the_gateways_own_reaches_such_an_upstream(name,
     router = reply.json()["router"]
     assert "temperature" not in router and router.get("greedy_first") in (None, False)
     assert "chain_temperature" not in router.get("reason", "")
-    # The same upstream configured as taking temperatures gets the gateway's, and refuses.
-    refused = await ask(DefaultTemperatureOnly(lambda i, b: text), body, accepts=True,
-                        max_retries=0, **overrides)
-    assert refused.status_code == 400 and refused.json()["error"]["param"] == "temperature"
+    # The same upstream configured as taking temperatures gets the gateway's, refuses it, and
+    # is sent the call again without it (the setting spares that refused call).
+    learning = DefaultTemperatureOnly(lambda i, b: text)
+    learnt = await ask(learning, body, accepts=True, max_retries=0, **overrides)
+    assert learnt.status_code == 200, learnt.text
+    assert any(b.get("temperature") is not None for b in learning.requests)
+    router = learnt.json()["router"]
+    assert "temperature" not in router and router.get("greedy_first") in (None, False)
 
 
 async def test_a_clients_own_temperature_is_still_sent():

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import httpx
 import pytest
 from starlette.responses import JSONResponse
 
+from service.backends import BackendRegistry
+from service.errors import UpstreamClientError, UpstreamError
+from service.search import Hit
+from service.upstream import refuses_temperature
 from tests.conftest import gateway_client, make_settings, metric
 from tests.fakes import FakeBackend, ScriptedStream, scripted_transport, sse_body
 
@@ -774,6 +779,248 @@ async def test_a_backend_refusing_both_caps_gets_the_one_it_takes(
     answered = [r for r in backend.requests if other not in r]
     assert answered and all(r[takes] <= 3 for r in answered)
     assert backend.requests[len(refused):] == answered  # no refusal once it was learnt
+
+
+# OpenAI's reasoning models (o1, o3, o4-mini, the gpt-5 family) take only their default
+# temperature (1) and refuse any other with a 400 naming the parameter; some servers and proxies
+# say it in the message alone.
+TEMPERATURE_REFUSALS = {
+    "unsupported_value": {
+        "message": "Unsupported value: 'temperature' does not support 0.0 with this model. "
+                   "Only the default (1) value is supported.", "type": "invalid_request_error",
+        "param": "temperature", "code": "unsupported_value"},
+    "in_the_message": {
+        "message": "Unsupported parameter: 'temperature' is not supported with this model.",
+        "type": "invalid_request_error", "param": None, "code": None},
+}
+
+
+class DefaultTemperatureBackend(FakeBackend):
+    """A backend that takes only its default temperature, as OpenAI's reasoning models: a
+    body with any other (``temperature`` set and not 1) is a 400 (``refusal``)."""
+
+    def __init__(self, refusal: dict[str, Any], **fields: Any):
+        super().__init__(**fields)
+        self.refusal = refusal
+
+    async def _receive(self, request: Any) -> Any:
+        body = await super()._receive(request)
+        if isinstance(body, dict) and body.get("temperature") not in (None, 1):
+            return JSONResponse({"error": self.refusal}, status_code=400)
+        return body
+
+
+def router_objects(reply: httpx.Response, stream: bool) -> list[dict[str, Any]]:
+    """The ``router`` objects of a reply: the body's, or those of its stream's chunks."""
+    if not stream:
+        return [reply.json()["router"]]
+    return [p["router"] for p in sse_payloads(reply.text) if p != "[DONE]" and "router" in p]
+
+
+def answer_of(reply: httpx.Response, stream: bool) -> str:
+    if not stream:
+        return str(reply.json()["choices"][0]["message"]["content"])
+    return "".join(p["choices"][0]["delta"].get("content") or ""
+                   for p in sse_payloads(reply.text) if p != "[DONE]" and p["choices"])
+
+
+def usage_of(reply: httpx.Response, stream: bool) -> dict[str, Any]:
+    if not stream:
+        return dict(reply.json()["usage"])
+    return next(p["usage"] for p in reversed(sse_payloads(reply.text))
+                if p != "[DONE]" and p.get("usage"))
+
+
+# The plans whose calls carry a temperature the gateway chose: model auto's one chain
+# (``chain_temperature``, 0) of each strategy, and votes, planned or named (their first sample
+# greedy, the rest at 0.7).
+GATEWAY_TEMPERATURES = {
+    "auto_direct": "fixed:direct@64",
+    "auto_sequential": "fixed:sequential@64",
+    "auto_search": "fixed:search@256",
+    "auto_vote": "fixed:parallel_vote@768",  # 3 samples of 256
+    "named_vote": {"strategy": "parallel_vote", "budget_tokens": 240},
+}
+
+
+STRATEGY_OF = {"auto_direct": "direct", "auto_sequential": "sequential",
+               "auto_search": "search", "auto_vote": "parallel_vote",
+               "named_vote": "parallel_vote"}
+
+
+def routed_request(case: str, stream: bool) -> tuple[dict[str, Any], Any]:
+    """(request body, settings) of a ``GATEWAY_TEMPERATURES`` case: model auto with the
+    case's policy as the default one, or the router object it names."""
+    plan = GATEWAY_TEMPERATURES[case]
+    messages = [{"role": "user", "content": "What is 2+2?"}]
+    request: dict[str, Any] = {"model": "auto", "messages": messages, "stream": stream}
+    if stream:  # the usage chunk carries the router object
+        request["stream_options"] = {"include_usage": True}
+    if isinstance(plan, dict):
+        return {**request, "model": "fake-model", "router": plan}, make_settings()
+    return request, make_settings(policies={"chosen": plan}, default_policy="chosen")
+
+
+class OneDocumentSearch:
+    """A search backend that finds one document for every query."""
+
+    name = "local"
+
+    async def search(self, query: str, k: int) -> list[Hit]:
+        return [Hit("doc", "Sums", "2+2 is 4.", 1.0)]
+
+
+@pytest.mark.parametrize("refusal", list(TEMPERATURE_REFUSALS), ids=list(TEMPERATURE_REFUSALS))
+@pytest.mark.parametrize("case", list(GATEWAY_TEMPERATURES), ids=list(GATEWAY_TEMPERATURES))
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_backend_refusing_the_gateways_temperature_gets_its_default(
+        refusal, case, stream, caplog):
+    backend = DefaultTemperatureBackend(TEMPERATURE_REFUSALS[refusal])
+    request, settings = routed_request(case, stream)
+    caplog.set_level(logging.INFO)
+    async with gateway_client(backend.transport(), settings,
+                              search_backend=OneDocumentSearch()) as client:
+        first = await client.post("/v1/chat/completions", json=request)
+        calls = len(backend.requests)
+        second = await client.post("/v1/chat/completions", json=request)
+    for reply in (first, second):
+        assert reply.status_code == 200, reply.text
+        assert '"error"' not in reply.text
+        assert "The answer is 4." in answer_of(reply, stream)
+        # no claim of a temperature that was not sent
+        (info,) = router_objects(reply, stream)
+        assert info["strategy"] == STRATEGY_OF[case]
+        assert "temperature" not in info and not info.get("greedy_first")
+        assert "chain_temperature" not in info.get("reason", "") or (
+            "takes only its default temperature: sent none" in info["reason"])
+    refused = [r for r in backend.requests if r.get("temperature") is not None]
+    assert refused and all(r in backend.requests[:calls] for r in refused)
+    # each refused call was sent again without the gateway's temperature, and the backend is
+    # remembered as taking only its default: the next request sends it none
+    assert all("temperature" not in r for r in backend.requests[calls:])
+    # the refused attempts generated nothing and cost nothing: the first request spent what
+    # the second one did (a vote's greedy first sample is a call of its own in the first)
+    spent = [usage_of(reply, stream)["completion_tokens"] for reply in (first, second)]
+    assert spent[0] == spent[1] > 0
+    assert [router_objects(reply, stream)[0]["spent_tokens"] for reply in (first, second)] \
+        == spent
+    learnt = [r for r in caplog.records if "default temperature" in r.getMessage()]
+    assert len(learnt) == 1 and "fake" in learnt[0].getMessage()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_chain_cut_before_its_answer_forces_it_at_the_backends_default_temperature(
+        stream):
+    # model auto's one chain (sequential, chain_temperature 0) is cut before it states an
+    # answer: its forced-answer continuation is a call of its own, and must not carry the
+    # temperature the backend refused either
+    backend = DefaultTemperatureBackend(TEMPERATURE_REFUSALS["unsupported_value"],
+                                        answer="Let us think " * 40, cut_reason="length")
+    request: dict[str, Any] = {"model": "auto", "stream": stream,
+                               "messages": [{"role": "user", "content": "What is 2+2?"}]}
+    if stream:
+        request["stream_options"] = {"include_usage": True}
+    settings = make_settings(policies={"chain": "fixed:sequential@64"}, default_policy="chain",
+                             answer_reserve_tokens=16)
+    async with gateway_client(backend.transport(), settings) as client:
+        first = await client.post("/v1/chat/completions", json=request)
+        calls = len(backend.requests)
+        second = await client.post("/v1/chat/completions", json=request)
+    for reply in (first, second):
+        assert reply.status_code == 200, reply.text
+        assert '"error"' not in reply.text
+        (info,) = router_objects(reply, stream)
+        assert info["continued"] is True and "temperature" not in info
+    assert [r.get("temperature") for r in backend.requests[:calls]] == [0.0, None, None]
+    assert all("temperature" not in r for r in backend.requests[calls:])
+    assert len(backend.requests) - calls == 2  # the chain, then its forced answer
+    assert usage_of(first, stream) == usage_of(second, stream)
+
+
+@pytest.mark.parametrize("router", [None, {"policy": "chosen"},
+                                    {"strategy": "parallel_vote", "budget_tokens": 240}],
+                         ids=["passthrough", "auto", "parallel_vote"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_the_clients_own_temperature_is_sent_and_its_refusal_reaches_the_client(
+        chat_body, router, stream):
+    refusal = TEMPERATURE_REFUSALS["unsupported_value"]
+    backend = DefaultTemperatureBackend(refusal)
+    request: dict[str, Any] = {**chat_body, "temperature": 0.2, "stream": stream}
+    if router is not None:
+        request["router"] = router
+    settings = make_settings(policies={"chosen": "fixed:direct@64"}, max_retries=0)
+    async with gateway_client(backend.transport(), settings) as client:
+        first = await client.post("/v1/chat/completions", json=request)
+        second = await client.post("/v1/chat/completions", json=request)
+    for reply in (first, second):
+        # as OpenAI answers it: the status, and its error envelope
+        assert reply.status_code == 400, reply.text
+        assert reply.headers["content-type"].startswith("application/json")
+        assert reply.json() == {"error": {**refusal, "message": refusal["message"]}}
+    # sent as the client set it, never dropped, and nothing learnt from the client's choice
+    assert backend.requests and all(r["temperature"] == 0.2 for r in backend.requests)
+
+
+class ReasoningModelBackend(OneCapBackend):
+    """OpenAI's reasoning models in both respects: they refuse ``max_tokens``, and any
+    temperature but their default."""
+
+    def __init__(self) -> None:
+        super().__init__(*BOTH_CAPS_REFUSALS["reasoning_model"])
+
+    async def _receive(self, request: Any) -> Any:
+        body = await super()._receive(request)
+        if isinstance(body, dict) and body.get("temperature") not in (None, 1):
+            return JSONResponse({"error": TEMPERATURE_REFUSALS["unsupported_value"]},
+                                status_code=400)
+        return body
+
+
+@pytest.mark.parametrize("case", ["auto_sequential", "auto_vote"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_reasoning_model_refusing_both_max_tokens_and_temperature_answers(
+        case, stream):
+    backend = ReasoningModelBackend()
+    request, settings = routed_request(case, stream)
+    async with gateway_client(backend.transport(), settings) as client:
+        first = await client.post("/v1/chat/completions", json=request)
+        calls = len(backend.requests)
+        second = await client.post("/v1/chat/completions", json=request)
+    for reply in (first, second):
+        assert reply.status_code == 200, reply.text
+        assert "The answer is 4." in answer_of(reply, stream)
+    assert all("max_tokens" not in r and "temperature" not in r
+               for r in backend.requests[calls:])
+
+
+def test_only_a_backends_refusal_of_temperature_reads_as_one():
+    assert refuses_temperature(UpstreamClientError(
+        TEMPERATURE_REFUSALS["unsupported_value"]["message"], status=400, param="temperature"))
+    assert refuses_temperature(UpstreamClientError(
+        TEMPERATURE_REFUSALS["in_the_message"]["message"], status=400))
+    # other refusals, and a failing backend, are not
+    assert not refuses_temperature(UpstreamClientError(
+        BOTH_CAPS_REFUSALS["reasoning_model"][1]["message"], status=400, param="max_tokens"))
+    assert not refuses_temperature(UpstreamClientError(
+        "This model's maximum context length is 4096 tokens.", status=400,
+        param="messages"))
+    assert not refuses_temperature(UpstreamError(
+        "backend error 500: temperature is not supported", code="upstream_5xx"))
+
+
+async def test_a_backend_learnt_to_take_only_its_default_temperature_keeps_it_on_rediscovery():
+    registry = BackendRegistry(make_settings(models=None).upstreams)
+
+    class Listing:
+        """Lists one model, while a call to the backend learns of its refusal."""
+
+        async def get_json(self, backend: Any, path: str, retries: int = 0) -> Any:
+            registry.note_default_temperature_only(backend, "refused")
+            return {"data": [{"id": "o4-mini"}]}
+
+    await registry.discover(Listing())  # type: ignore[arg-type]
+    (backend,) = registry.backends
+    assert backend.models == ("o4-mini",) and backend.temperature is False
 
 
 # llama.cpp's server refuses n != 1 (utils.hpp: "Only one completion choice is allowed"):

@@ -3,8 +3,9 @@ it sends upstream, the ``router`` object it returns and the outcome it reports."
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -339,3 +340,29 @@ def may_set_temperature(call: Call) -> bool:
     """Whether the gateway may send a temperature of its own on this call: the client set
     no sampling (``client_chose_sampling``) and the backend accepts one."""
     return call.backend.temperature and not client_chose_sampling(call.routed.body)
+
+
+def gateway_chose_temperature(call: Call, body: Mapping[str, Any]) -> bool:
+    """Whether ``body``, one of ``call``'s upstream calls, carries a temperature the gateway
+    chose rather than the client.
+
+    Every temperature of the gateway's (the plan's in ``request_body``, a vote's samples and
+    its greedy first one, a chain's ``chain_temperature``) is set only when the client's body
+    has none, and the client's is never replaced: so a body's temperature is the gateway's
+    exactly when the client sent none. Only such a temperature may be dropped for a backend
+    that refuses it (``default_temperature_only``); the client's is sent as it was set.
+    """
+    return body.get("temperature") is not None and call.routed.body.get("temperature") is None
+
+
+def default_temperature_only(call: Call, refusal: str) -> None:
+    """``call``'s backend refused a temperature the gateway chose (``refusal``, its message):
+    it is remembered as taking only its default (``BackendRegistry``), and this request runs
+    on as if it had been configured so: its later calls carry no temperature of the
+    gateway's, and its ``router`` object claims none (``router_info``); a plan that chose one
+    says that none was sent."""
+    call.backend = call.registry.note_default_temperature_only(call.backend, refusal)
+    if call.plan.temperature is not None:
+        why = "the backend takes only its default temperature: sent none"
+        call.plan = dataclasses.replace(call.plan, temperature=None, reason=(
+            f"{call.plan.reason}; {why}" if call.plan.reason else why))

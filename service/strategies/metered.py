@@ -46,8 +46,9 @@ UTF-8 bytes) and ``router.usage_estimated`` is True whenever a count is not the 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -56,13 +57,16 @@ from service import metrics
 from service.errors import GatewayError, InvalidRequest
 from service.ledger import BudgetExhausted
 from service.protocol import candidates, candidates_param
-from service.strategies.base import Call
+from service.strategies.base import Call, default_temperature_only, gateway_chose_temperature
 from service.upstream import (
     UpstreamStream,
     completion_tokens_of,
     is_token_count,
     may_have_generated,
+    refuses_temperature,
 )
+
+_T = TypeVar("_T")
 
 # Tokens a chat template adds around each message (role markers, separators): an upper bound
 # for the common templates (ChatML adds 4 to 5, Llama 3 adds 5).
@@ -103,9 +107,9 @@ class Metered:
             GatewayError: the backend refused or failed before streaming.
         """
         try:
-            return await call.client.open_stream(call.backend, call.path, self.body,
-                                                 call.acct, retry=self.retry,
-                                                 sending=self.sending)
+            return await self.send(lambda body: call.client.open_stream(
+                call.backend, call.path, body, call.acct, retry=self.retry,
+                sending=self.sending))
         except GatewayError as exc:
             self.fail(exc)
             raise
@@ -113,6 +117,34 @@ class Metered:
             if not self.give_back_unsent():
                 self.abandon(None, "")
             raise
+
+    async def send(self, send: Callable[[dict[str, Any]], Awaitable[_T]]) -> _T:
+        """``send(self.body)``: this call sent upstream (``send`` posts it or opens its
+        stream), without the temperature the gateway chose for a backend that takes only
+        its default.
+
+        A backend that refuses such a temperature (``refuses_temperature``: OpenAI's
+        reasoning models answer any but their default with a 400) is sent the call again
+        without it, once, on the same grant: the refusal generated nothing and is charged
+        nothing. The backend is then remembered as taking only its default
+        (``base.default_temperature_only``). A temperature the client set is never dropped:
+        its refusal is raised, for the client to receive as the backend sent it.
+
+        Raises:
+            GatewayError: ``send``'s errors.
+        """
+        call = self.call
+        own = gateway_chose_temperature(call, self.body)
+        if own and not call.backend.temperature:  # learnt since this body was built
+            self.body = _without_temperature(self.body)
+        try:
+            return await send(self.body)
+        except GatewayError as exc:
+            if not own or "temperature" not in self.body or not refuses_temperature(exc):
+                raise
+            default_temperature_only(call, exc.message)
+            self.body = _without_temperature(self.body)
+        return await send(self.body)
 
     def sending(self) -> None:
         """The upstream client's send hook: the current attempt leaves the gateway now."""
@@ -466,3 +498,7 @@ def _stop_allowance(body: dict[str, Any]) -> int:
     if isinstance(stop, list):
         return max((len(s.encode()) for s in stop if isinstance(s, str)), default=0)
     return 0
+
+
+def _without_temperature(body: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in body.items() if key != "temperature"}

@@ -192,7 +192,8 @@ async def run_vote(call: Call) -> Sample:
         "failed_samples": len(failures),
         "cut_samples": sum(s.finish_reason == "length" for s in samples),
         "depth_tokens": depth,
-        "greedy_first": greedy_first,
+        # not when the backend refused the greedy sample's temperature: it ran at its default
+        "greedy_first": greedy_first and call.backend.temperature,
     })
     if no_answer:
         call.report["no_answer"] = True

@@ -161,8 +161,9 @@ async def post_completion(call: Call, metered: Metered) -> dict[str, Any]:
     if cuts(call, metered):
         return await post_streamed(call, metered)
     try:
-        reply = await call.client.post_json(call.backend, call.path, metered.body, call.acct,
-                                            retry=metered.retry, sending=metered.sending)
+        reply = await metered.send(lambda body: call.client.post_json(
+            call.backend, call.path, body, call.acct, retry=metered.retry,
+            sending=metered.sending))
         data = reply.body
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise UpstreamError(f"backend {call.backend.label} returned no choices",

@@ -11,6 +11,7 @@ test checks the two agree; it is reimplemented here only because the vectorizer 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import re
 from collections.abc import Sequence
@@ -277,3 +278,41 @@ def extract(messages: Sequence[Any] | str) -> Features:
     ], np.float64)
     indices, values = _hash_tokens(tokens, bigrams)
     return Features(dense, indices, values, state_steps(text))
+
+
+# Prompts that exercise every cue (options on lines and inline, steps, dates, graphs, money,
+# code, Chinese text, a conversation): their features fingerprint the extraction code
+# (``fingerprint``).
+PROBE_PROMPTS: tuple[Any, ...] = (
+    "What is the capital of France?",
+    "Tom has 3 apples and buys 2 bags of 6. He gives half to Ann. How many apples has he now?",
+    "Which of the following is a prime number?\n(A) 21\n(B) 23\n(C) 25\n(D) 27",
+    "The choices are A) 148, B) 441, C) 12. Option D: 41. Which is right?",
+    "Yesterday was April 30, 2021. What is the date today in MM/DD/YYYY?\nA) 05/01/2021\n"
+    "B) 04/29/2021",
+    "Edges: 1 -> 2, 2 -> 3, 4 -> 5. Is node 3 reachable from node 1? Answer yes or no.",
+    "Alice has a red ball and Bob a blue ball. First they swap. Then Bob swaps with Claire. "
+    "What does Alice hold at the end?",
+    'Who directed the film "Moonlight" released in 2016, and in which city was he born?',
+    "A shirt costs $20 and is 15% off. What is the price in dollars?",
+    "def f(x):\n    return x * 2\n\nWhat does f(21) return?",
+    "小明有3个苹果，又买了5个。他现在有几个苹果？",
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi."},
+     {"role": "assistant", "content": "Hello!"},
+     {"role": "user", "content": "Is 91 divisible by 7? Explain step by step."}],
+)
+
+
+def fingerprint() -> str:
+    """SHA-256 (hex) of the features of ``PROBE_PROMPTS``: dense cues rounded to 9 places,
+    hashed n-gram indices and values, and stated steps. A classifier records it when fitted
+    (``router_models.train``): features computed otherwise than at training time change it,
+    and the shipped weights would then be read against cues they were not fitted on."""
+    digest = hashlib.sha256()
+    for prompt in PROBE_PROMPTS:
+        features = extract(prompt)
+        digest.update(np.round(features.dense, 9).tobytes())
+        digest.update(features.hash_indices.astype(np.int64).tobytes())
+        digest.update(np.round(features.hash_values, 9).tobytes())
+        digest.update(str(features.steps).encode())
+    return digest.hexdigest()

@@ -33,7 +33,7 @@ from router_models.classifier import (
     Head,
     from_arrays,
 )
-from router_models.features import N_DENSE, N_HASH, Features, extract
+from router_models.features import N_DENSE, N_HASH, Features, extract, fingerprint
 from router_models.plan import STRATEGIES, Plan, Scores
 from router_models.policies import LearnedPolicy, Policy, RulesPolicy
 from router_models.reliability import evaluate, expand
@@ -281,6 +281,9 @@ def fit_classifier(examples: Sequence[Example], seed: int = 0,
     test_scores = [classifier.score_features(feats[i]) for i in test_idx]
     classifier.metadata = {
         "version": ARTIFACT_VERSION, "seed": seed, "data_hash": data_hash(examples),
+        # The extraction code the weights were fitted on (``features.fingerprint``): a test
+        # fails when the shipped weights meet features computed otherwise.
+        "features_fingerprint": fingerprint(),
         "examples": {"train": len(train_idx), "calibration": len(calib_idx),
                      "test": len(test_idx)},
         "regularisation_c": chosen_c,

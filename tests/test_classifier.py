@@ -16,7 +16,7 @@ from router_models.classifier import (
     Classifier,
     StaleFeaturesError,
 )
-from router_models.features import FEATURE_NAMES, FORMS
+from router_models.features import FEATURE_NAMES, FORMS, fingerprint
 from router_models.plan import Scores
 from tests.test_features import MESSAGE_SHAPES
 
@@ -49,6 +49,16 @@ def test_shipped_artifact_is_small_safe_and_carries_its_provenance():
         overall = meta["metrics"][head]["overall"]
         assert 0.5 < overall["auc"] <= 1.0
         assert overall["brier"] < overall["brier_constant"]  # better than the base rate
+
+
+def test_the_shipped_weights_were_fitted_on_the_features_computed_now():
+    # A change to feature extraction (a cue counted otherwise) must come with a refit, or the
+    # shipped weights read cues they were not fitted on. Refit with README's command
+    # (`ttc-router train --bank router_models/data/bank --bank-until ... --out
+    # router_models/artifacts`).
+    meta = json.loads((DEFAULT_ARTIFACT_DIR / "classifier.json").read_text())
+    assert meta.get("features_fingerprint") == fingerprint(), (
+        "feature extraction changed since the shipped classifier was fitted: retrain it")
 
 
 def test_round_trip_gives_the_same_scores_and_the_same_bytes(classifier, tmp_path):

@@ -44,6 +44,7 @@ from service.limits import KeyLimiter, MemoryCounters, RedisCounters
 from service.observe import Reporter
 from service.rendering import error_response, render, unexpected_error_response
 from service.routes import experiments, feedback, health, learning, models, proxy
+from service.routes.proxy import own_route_methods
 from service.routing import Router
 from service.search import SearchBackend, open_backend, open_client
 from service.settings import Settings
@@ -201,7 +202,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _allowed_methods(request: Request) -> str:
     """The ``Allow`` header of a 405 for ``request``'s path: every method some route serves
     there. Starlette's own names only the first route's, and the forwarding routes are one
-    per method (``service.routes.proxy``), so it would allow GET alone on ``/v1/...``."""
+    per method (``service.routes.proxy``), so it would allow GET alone on ``/v1/...``. On a
+    path the gateway serves itself, only its own routes' methods
+    (``service.routes.proxy.own_route_methods``)."""
+    own = own_route_methods(request)
+    if own:  # the gateway's own path: the forwarding routes do not serve it
+        return ", ".join(own)
     routes = request.app.router.routes
     allowed = [method for method in _METHODS
                if any(route.matches({**request.scope, "method": method})[0] is Match.FULL

@@ -221,6 +221,22 @@ async def test_a_method_not_allowed_is_a_405_that_says_which_are(method, path, a
         assert allowed in [m.strip() for m in reply.headers["allow"].split(",")]
 
 
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("GET", "/v1/feedback", "POST"), ("DELETE", "/v1/feedback", "POST"),
+    ("POST", "/v1/learner", "GET"), ("PUT", "/v1/experiments/ab", "GET")])
+async def test_the_gateways_own_paths_answer_other_methods_with_405(method, path, allowed):
+    # A path the gateway serves itself (no OpenAI path) was forwarded for any other method:
+    # GET /v1/feedback came back as the backend's 404, and a 405's Allow listed the forwarding
+    # routes' methods as well.
+    backend = answering_backend()
+    async with gateway_client(backend) as client:
+        reply = await client.request(method, path, json={"model": "fake-model"})
+        assert reply.status_code == 405, reply.text
+        assert envelope_ok(reply)
+        assert [m.strip() for m in reply.headers["allow"].split(",")] == [allowed]
+        assert method in reply.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("header", ["+5", " 5", "1_000", "0x10", "5.0"])
 async def test_a_budget_header_is_digits_only(header):
     # Found by fuzzing: int() read "+5", " 5" and "1_000" (as 1000), and "５" (a full-width

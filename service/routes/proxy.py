@@ -19,6 +19,7 @@ from fastapi import APIRouter
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.routing import Match
 
 from service import metrics
 from service.admission import admission_of, admit_stream, reserve_for_proxy
@@ -32,6 +33,7 @@ from service.batch_input import (
 from service.deps import Gateway, gateway, read_body
 from service.errors import (
     GatewayError,
+    MethodNotAllowed,
     RequestTooLarge,
     UpstreamError,
     UpstreamUnavailable,
@@ -75,6 +77,11 @@ async def forward(path: str, request: Request) -> Response:
             serves its model (404), the key may not reach the object it names (404) or is
             over its limits (429), or the backend failed (the ``UpstreamError`` family).
     """
+    own = own_route_methods(request)
+    if own:  # a path of the gateway's own (no OpenAI path): other methods are not forwarded
+        raise MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}, which "
+                               f"the gateway serves with {', '.join(own)}",
+                               allow=", ".join(own))
     gw = gateway(request)
     endpoint = path.split("/", 1)[0] if path.split("/", 1)[0] in KNOWN_ENDPOINTS else "other"
     admission = admission_of(request)
@@ -182,6 +189,30 @@ async def forward(path: str, request: Request) -> Response:
         out = owned.record(out, status, out_headers.get("content-type", ""))
     return StreamingResponse(passing.chunks(out), status_code=status, headers=out_headers,
                              background=BackgroundTask(passing.close, chunks))
+
+
+# The first segments of the paths under /v1/ that the gateway serves itself and OpenAI's API
+# has not (``/v1/models`` is OpenAI's too: its other methods, such as DELETE of a fine-tuned
+# model, are forwarded).
+GATEWAY_PATHS = frozenset({"feedback", "learner", "experiments"})
+
+
+def own_route_methods(request: Request) -> list[str]:
+    """The methods the gateway's own routes serve on ``request``'s path when it is one of
+    ``GATEWAY_PATHS``, in a fixed order; empty for any other path. Such a path is the
+    gateway's, so a method it does not serve there is a 405, not a call forwarded to a backend
+    that knows nothing of the path."""
+    parts = request.url.path.split("/", 3)  # "", "v1", first segment, rest
+    if len(parts) < 3 or parts[1] != "v1" or parts[2] not in GATEWAY_PATHS:
+        return []
+    # FastAPI wraps an included router in one route (``original_router``); the forwarding
+    # routes are this module's ``router``, which serves every path under /v1/.
+    own = [route for route in request.app.router.routes
+           if getattr(route, "original_router", None) is not router
+           and getattr(route, "endpoint", None) is not forward]
+    return [method for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+            if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
+                   for route in own)]
 
 
 # One route per method, each with its own operation id: one route serving five methods gave

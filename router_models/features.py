@@ -304,15 +304,15 @@ PROBE_PROMPTS: tuple[Any, ...] = (
 
 
 def fingerprint() -> str:
-    """SHA-256 (hex) of the features of ``PROBE_PROMPTS``: dense cues rounded to 9 places,
-    hashed n-gram indices and values, and stated steps. A classifier records it when fitted
-    (``router_models.train``): features computed otherwise than at training time change it,
-    and the shipped weights would then be read against cues they were not fitted on."""
+    """SHA-256 (hex) of what the classifier's heads read of ``PROBE_PROMPTS``: dense cues
+    rounded to 9 places, hashed n-gram indices and values (not ``steps``, which only the
+    policies read, each time). A classifier records it when fitted (``router_models.train``):
+    features computed otherwise than at training time change it, and the shipped weights
+    would then be read against cues they were not fitted on."""
     digest = hashlib.sha256()
     for prompt in PROBE_PROMPTS:
         features = extract(prompt)
         digest.update(np.round(features.dense, 9).tobytes())
         digest.update(features.hash_indices.astype(np.int64).tobytes())
         digest.update(np.round(features.hash_values, 9).tobytes())
-        digest.update(str(features.steps).encode())
     return digest.hexdigest()

@@ -154,7 +154,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     app.add_middleware(AdmissionMiddleware)
     _install_error_handlers(app)
     # The completion routes are registered once, on the hot path in front of the app.
-    return HotPath(app)
+    return HotPath(app, settings.cors_allow_origins)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -17,10 +17,11 @@ is the root span of its trace (``service.tracing``).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -39,12 +40,26 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+# Response headers a browser page may read when CORS is on (``cors_allow_origins``): the
+# gateway's own and the per-key limits', as OpenAI's API exposes its x-ratelimit-* ones.
+EXPOSED_HEADERS = ["x-ttc-strategy", "x-ttc-policy", "x-ttc-decision-id", "x-ttc-experiment",
+                   "x-ttc-overhead-ms", "x-ratelimit-limit-requests",
+                   "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+                   "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
+                   "x-ratelimit-reset-tokens", "retry-after"]
+
 class HotPath:
     """An ASGI app in front of ``app`` (see the module docstring)."""
 
-    def __init__(self, app: FastAPI):
+    def __init__(self, app: FastAPI, cors_allow_origins: Sequence[str] = ()):
         self.app = app
         self._admitted = AdmissionMiddleware(self._handle)
+        # CORS wraps everything, completions included: they never reach the app's middleware.
+        self._entry: Callable[..., Awaitable[None]] = self._dispatch
+        if cors_allow_origins:
+            self._entry = CORSMiddleware(
+                self._dispatch, allow_origins=list(cors_allow_origins), allow_methods=["*"],
+                allow_headers=["*"], expose_headers=EXPOSED_HEADERS)
 
     @property
     def state(self) -> Any:
@@ -57,6 +72,9 @@ class HotPath:
         return self.app.router
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        await self._entry(scope, receive, send)
+
+    async def _dispatch(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return

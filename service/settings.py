@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -199,6 +200,11 @@ class Settings(BaseSettings):
     fanout_concurrency: int = Field(8, ge=1, le=256)
 
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    # Browser origins allowed to call the gateway directly (CORS: a web app's page on another
+    # origin), such as https://app.example.com, or "*" for any; a list in the file,
+    # comma-separated in TTC_CORS_ALLOW_ORIGINS. Empty (the default): no CORS headers, and
+    # browsers keep other origins' pages out, as before.
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Strategies (see README, "Strategies and budgets").
     default_strategy: Literal["direct", "parallel_vote", "sequential"] = "direct"
@@ -343,6 +349,14 @@ class Settings(BaseSettings):
     local_parallel: int | None = Field(None, ge=1, le=256)
     local_threads: int | None = Field(None, ge=1)
     local_start_timeout_s: float = Field(180.0, gt=0)
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        # The environment gives one string: origins separated by commas.
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
 
     @field_validator("data_dir")
     @classmethod

@@ -870,6 +870,19 @@ class OneDocumentSearch:
         return [Hit("doc", "Sums", "2+2 is 4.", 1.0)]
 
 
+async def asked_twice(backend: Any, request: dict[str, Any], settings: Any, **client_args: Any
+                      ) -> tuple[httpx.Response, int, httpx.Response]:
+    """The same chat request sent twice to one gateway in front of ``backend``: the first
+    reply, the backend calls made by then, the second reply (each asserted to be a 200)."""
+    async with gateway_client(backend.transport(), settings, **client_args) as client:
+        first = await client.post("/v1/chat/completions", json=request)
+        calls = len(backend.requests)
+        second = await client.post("/v1/chat/completions", json=request)
+    for reply in (first, second):
+        assert reply.status_code == 200, reply.text
+    return first, calls, second
+
+
 @pytest.mark.parametrize("refusal", list(TEMPERATURE_REFUSALS), ids=list(TEMPERATURE_REFUSALS))
 @pytest.mark.parametrize("case", list(GATEWAY_TEMPERATURES), ids=list(GATEWAY_TEMPERATURES))
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
@@ -878,13 +891,9 @@ async def test_a_backend_refusing_the_gateways_temperature_gets_its_default(
     backend = DefaultTemperatureBackend(TEMPERATURE_REFUSALS[refusal])
     request, settings = routed_request(case, stream)
     caplog.set_level(logging.INFO)
-    async with gateway_client(backend.transport(), settings,
-                              search_backend=OneDocumentSearch()) as client:
-        first = await client.post("/v1/chat/completions", json=request)
-        calls = len(backend.requests)
-        second = await client.post("/v1/chat/completions", json=request)
+    first, calls, second = await asked_twice(backend, request, settings,
+                                             search_backend=OneDocumentSearch())
     for reply in (first, second):
-        assert reply.status_code == 200, reply.text
         assert '"error"' not in reply.text
         assert "The answer is 4." in answer_of(reply, stream)
         # no claim of a temperature that was not sent
@@ -922,12 +931,8 @@ async def test_a_chain_cut_before_its_answer_forces_it_at_the_backends_default_t
         request["stream_options"] = {"include_usage": True}
     settings = make_settings(policies={"chain": "fixed:sequential@64"}, default_policy="chain",
                              answer_reserve_tokens=16)
-    async with gateway_client(backend.transport(), settings) as client:
-        first = await client.post("/v1/chat/completions", json=request)
-        calls = len(backend.requests)
-        second = await client.post("/v1/chat/completions", json=request)
+    first, calls, second = await asked_twice(backend, request, settings)
     for reply in (first, second):
-        assert reply.status_code == 200, reply.text
         assert '"error"' not in reply.text
         (info,) = router_objects(reply, stream)
         assert info["continued"] is True and "temperature" not in info
@@ -982,12 +987,8 @@ async def test_a_reasoning_model_refusing_both_max_tokens_and_temperature_answer
         case, stream):
     backend = ReasoningModelBackend()
     request, settings = routed_request(case, stream)
-    async with gateway_client(backend.transport(), settings) as client:
-        first = await client.post("/v1/chat/completions", json=request)
-        calls = len(backend.requests)
-        second = await client.post("/v1/chat/completions", json=request)
+    first, calls, second = await asked_twice(backend, request, settings)
     for reply in (first, second):
-        assert reply.status_code == 200, reply.text
         assert "The answer is 4." in answer_of(reply, stream)
     assert all("max_tokens" not in r and "temperature" not in r
                for r in backend.requests[calls:])

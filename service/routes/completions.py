@@ -13,7 +13,6 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from router_models.prompt import has_conversation
 from service import sse
 from service.admission import admission_of, admit_stream, reserve_for_call
 from service.backends import AUTO_MODEL
@@ -25,6 +24,7 @@ from service.latency import CALL, DISCONNECTED, RECEIVED
 from service.object_refs import references
 from service.observe import Reporter
 from service.ownership import check_owned
+from service.planning import without_user_turn
 from service.protocol import Endpoint, RoutedRequest, parse_json_object, parse_request
 from service.routing import Router
 from service.strategies import REGISTRY, Call
@@ -194,7 +194,6 @@ def _check_routable(routed: RoutedRequest) -> None:
     """Refuse a strategy that reads the question (any but ``direct``, named by the client)
     for messages that hold none; under ``auto`` those are answered directly
     (``planning.without_user_turn``)."""
-    if (routed.endpoint == "chat" and routed.model == AUTO_MODEL
-            and routed.controls.strategy not in ("auto", "direct")
-            and not has_conversation(routed.body["messages"])):
+    if (routed.model == AUTO_MODEL and routed.controls.strategy not in ("auto", "direct")
+            and without_user_turn(routed)):
         raise InvalidRequest("messages hold no user turn to answer", param="messages")

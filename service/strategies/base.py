@@ -22,7 +22,7 @@ from service.observe import Outcome, Reporter
 from service.protocol import RoutedRequest
 from service.search import SearchBackend
 from service.settings import Settings
-from service.upstream import Accounting, Backend, UpstreamClient
+from service.upstream import Accounting, Backend, UpstreamClient, refuses_n
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 SAMPLING_FIELDS = ("temperature", "top_p")  # a client that sets either chose how to sample
@@ -366,3 +366,14 @@ def default_temperature_only(call: Call, refusal: str) -> None:
         why = "the backend takes only its default temperature: sent none"
         call.plan = dataclasses.replace(call.plan, temperature=None, reason=(
             f"{call.plan.reason}; {why}" if call.plan.reason else why))
+
+
+def learnt_n_refused(call: Call, error: GatewayError) -> bool:
+    """True when ``error`` is the backend's refusal of a call's ``n`` (``refuses_n``:
+    llama.cpp's server allows one choice a call); the backend is then remembered as not
+    honouring ``n``, and the caller asks for one choice a call instead. False for any other
+    error."""
+    if not refuses_n(error):
+        return False
+    call.registry.note_n_support(call.backend, False)
+    return True

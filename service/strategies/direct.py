@@ -46,6 +46,7 @@ from service.strategies.base import (
     Call,
     conform_chat_logprobs,
     conform_choice,
+    learnt_n_refused,
     request_body,
     router_info,
     usage_body,
@@ -54,7 +55,7 @@ from service.strategies.capped import CutRule, charge_cut, cut_choices, cuts
 from service.strategies.metered import Metered, delta_text
 from service.strategies.sampling import choice_text, post_completion
 from service.streaming import DONE, close_all, merged_events, started
-from service.upstream import DETAIL_FIELDS, UpstreamStream, refuses_n
+from service.upstream import DETAIL_FIELDS, UpstreamStream
 
 
 class Direct:
@@ -109,9 +110,8 @@ async def complete_json(call: Call) -> dict[str, Any]:
         try:
             first = await _one_json(call, n=n, sample=0)
         except UpstreamClientError as exc:
-            if n == 1 or not refuses_n(exc):
+            if n == 1 or not learnt_n_refused(call, exc):
                 raise
-            call.registry.note_n_support(call.backend, False)  # llama.cpp's server
     if first is None:
         replies = await _fan_out_json(call, range(n))
     else:
@@ -240,9 +240,8 @@ async def open_streams(call: Call) -> list[OpenStream]:
         try:
             return [await _open_one(call, call.routed.n, 0)]
         except UpstreamClientError as exc:
-            if call.routed.n == 1 or not refuses_n(exc):
+            if call.routed.n == 1 or not learnt_n_refused(call, exc):
                 raise
-            call.registry.note_n_support(call.backend, False)  # llama.cpp's server
     return await _open_single_choices(call, range(call.routed.n))
 
 

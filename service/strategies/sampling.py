@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.errors import GatewayError, UpstreamError
-from service.strategies.base import Call, request_body
+from service.strategies.base import Call, learnt_n_refused, request_body
 from service.strategies.capped import cuts, post_streamed
 from service.strategies.metered import Metered
-from service.upstream import refuses_n
 
 
 @dataclass(frozen=True)
@@ -105,10 +104,9 @@ async def _draw_with_n(call: Call, count: int, max_tokens: int, first_sample: in
         async with gate:
             samples = await _call(call, count, max_tokens, first_sample, body_overrides)
     except GatewayError as exc:
-        if not refuses_n(exc):
+        if not learnt_n_refused(call, exc):
             return [], [exc]
-        # refused for its n (llama.cpp's server), nothing generated: single calls instead
-        call.registry.note_n_support(call.backend, False)
+        # refused for its n, nothing generated: single calls instead
         return await _draw(call, count, max_tokens, first_sample, body_overrides, gate)
     if not samples:  # the ledger granted nothing: the budget is spent
         return [], []
